@@ -1,0 +1,48 @@
+// common.h: errors, allocation, atomic files, timing. Used by every program.
+#ifndef HAX_COMMON_H
+#define HAX_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+// Exit statuses shared by all programs (documented in the README).
+enum {
+    HAX_EXIT_OK = 0,
+    HAX_EXIT_ERROR = 1,      // bad input or a failed run: nothing to retry
+    HAX_EXIT_USAGE = 2,      // bad command line
+    HAX_EXIT_PREEMPTED = 3,  // stopped by a signal after writing a checkpoint: requeue to resume
+};
+
+// Prints "hax: <message>" as one line on stderr and exits with HAX_EXIT_ERROR.
+// Messages name the file, the field, what was expected and what was found.
+void hax_die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+// Same, with a chosen exit status.
+void hax_die_code(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+// Prints "hax: warning: <message>" on stderr.
+void hax_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+// Allocation that never returns NULL (dies with the requested size instead).
+void *xmalloc(size_t n);
+void *xcalloc(size_t count, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+
+// Writes len bytes to path atomically: a temporary file beside it, fsync,
+// rename, fsync of the folder. Returns 0, or -1 with errno set (path untouched).
+int hax_write_file_atomic(const char *path, const void *buf, size_t len);
+
+// Reads a whole file into a new buffer (NUL-terminated for convenience).
+// Returns NULL with errno set on failure.
+char *hax_read_file(const char *path, size_t *len);
+
+// Creates a folder and its parents (like mkdir -p). Returns 0 or -1 (errno).
+int hax_mkdir_p(const char *path);
+
+// Monotonic wall clock in seconds.
+double hax_now(void);
+
+// 1 if stderr is a terminal (live progress lines are only drawn there).
+int hax_stderr_is_tty(void);
+
+#endif

@@ -1,0 +1,41 @@
+// linear.c: see linear.h.
+#include "linear.h"
+
+#include <cblas.h>
+#include <string.h>
+
+void openblas_set_num_threads(int num_threads);
+
+void hax_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
+               const float *b, int ldb, float beta, float *c, int ldc) {
+    if (m == 0 || n == 0) return;
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void linear_forward(float *out, int ld_out, const float *inp, int ld_inp, const float *weight,
+                    const float *bias, int n, int in_dim, int out_dim) {
+    if (n == 0) return;
+    float beta = 0.0f;
+    if (bias) {
+        for (int i = 0; i < n; i++) memcpy(out + (size_t)i * ld_out, bias, sizeof(float) * out_dim);
+        beta = 1.0f;
+    }
+    hax_sgemm(0, 1, n, out_dim, in_dim, 1.0f, inp, ld_inp, weight, in_dim, beta, out, ld_out);
+}
+
+void linear_backward(float *dinp, int ld_dinp, float *dweight, float *dbias, const float *dout,
+                     int ld_dout, const float *inp, int ld_inp, const float *weight, int n,
+                     int in_dim, int out_dim) {
+    if (n == 0) return;
+    if (dinp) hax_sgemm(0, 0, n, in_dim, out_dim, 1.0f, dout, ld_dout, weight, in_dim, 1.0f, dinp, ld_dinp);
+    if (dweight) hax_sgemm(1, 0, out_dim, in_dim, n, 1.0f, dout, ld_dout, inp, ld_inp, 1.0f, dweight, in_dim);
+    if (dbias) {
+        for (int i = 0; i < n; i++) {
+            const float *row = dout + (size_t)i * ld_dout;
+            for (int o = 0; o < out_dim; o++) dbias[o] += row[o];
+        }
+    }
+}
+
+void hax_blas_set_threads(int n) { openblas_set_num_threads(n); }

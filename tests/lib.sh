@@ -1,0 +1,23 @@
+# lib.sh: the shell side of the test harness. Source it, call ok/fail (or
+# check CMD...), and end with `finish`, which prints "N passed, N failed".
+HAX_TEST_PASSED=0
+HAX_TEST_FAILED=0
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=$ROOT/bin
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_rmaps_base_oversubscribe=1
+MPIRUN="mpirun --oversubscribe --allow-run-as-root --bind-to none"
+ok() { HAX_TEST_PASSED=$((HAX_TEST_PASSED + 1)); echo "ok   $*"; }
+fail() { HAX_TEST_FAILED=$((HAX_TEST_FAILED + 1)); echo "FAIL $*"; }
+# check NAME CMD...: passes when CMD exits 0.
+check() { local name=$1; shift; if "$@"; then ok "$name"; else fail "$name"; fi; }
+# check_fails NAME PATTERN CMD...: passes when CMD exits non-zero and its
+# stderr (one line) matches PATTERN (grep -E).
+check_fails() {
+    local name=$1 pattern=$2; shift 2
+    local err rc
+    err=$("$@" 2>&1 >/dev/null); rc=$?
+    if [ $rc -ne 0 ] && printf '%s' "$err" | grep -Eq -- "$pattern"; then ok "$name"
+    else fail "$name (exit $rc, stderr: $(printf '%s' "$err" | tail -n 3))"; fi
+}
+finish() { echo "$HAX_TEST_PASSED passed, $HAX_TEST_FAILED failed"; [ $HAX_TEST_FAILED -eq 0 ]; }

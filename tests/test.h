@@ -1,0 +1,101 @@
+// test.h: the suite's small test harness. A test file defines functions
+// `static void test_x(void)`, calls RUN(test_x) for each in main, and ends
+// with `return test_summary();`, which prints "N passed, N failed".
+// tests/run.sh adds the counts of every test program into one total.
+#ifndef HAX_TEST_H
+#define HAX_TEST_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int test_passed, test_failed, test_current_failed;
+static const char *test_current_name;
+
+// Fails the current test (and goes on, so one run shows every problem).
+#define CHECK(cond, ...)                                                          \
+    do {                                                                          \
+        if (!(cond)) {                                                            \
+            test_current_failed = 1;                                              \
+            fprintf(stderr, "  %s:%d: %s: check failed: %s: ", __FILE__, __LINE__, \
+                    test_current_name, #cond);                                    \
+            fprintf(stderr, __VA_ARGS__);                                         \
+            fprintf(stderr, "\n");                                                \
+        }                                                                         \
+    } while (0)
+
+#define RUN(fn)                                                         \
+    do {                                                                \
+        test_current_name = #fn;                                        \
+        test_current_failed = 0;                                        \
+        fn();                                                           \
+        if (test_current_failed) {                                      \
+            test_failed++;                                              \
+            printf("FAIL %s\n", #fn);                                   \
+        } else {                                                        \
+            test_passed++;                                              \
+            printf("ok   %s\n", #fn);                                   \
+        }                                                               \
+        fflush(stdout);                                                 \
+    } while (0)
+
+static inline int test_summary(void) {
+    printf("%d passed, %d failed\n", test_passed, test_failed);
+    return test_failed ? 1 : 0;
+}
+
+// Normwise relative error ||a - b|| / ||b|| (absolute error when ||b|| = 0).
+static inline double rel_err(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+// Largest |a - b| / max|b| (the golden README's metric).
+static inline double max_rel_err(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)b[i]);
+        if (d > num) num = d;
+        if (fabs((double)b[i]) > den) den = fabs((double)b[i]);
+    }
+    return den > 0 ? num / den : num;
+}
+
+// Central finite differences of a scalar function of x[0..n), in double,
+// against an analytic gradient. loss(ctx) reads x. Checks at most max_probe
+// entries spread over x. Returns the largest |fd - analytic| / (|fd| + |analytic| + floor).
+typedef double (*test_loss_fn)(void *ctx);
+static inline double fd_check(float *x, size_t n, const float *grad, test_loss_fn loss, void *ctx,
+                              float h, size_t max_probe, double floor) {
+    double worst = 0;
+    size_t stride = n > max_probe ? n / max_probe : 1;
+    for (size_t i = 0; i < n; i += stride) {
+        float saved = x[i];
+        x[i] = saved + h;
+        double lp = loss(ctx);
+        x[i] = saved - h;
+        double lm = loss(ctx);
+        x[i] = saved;
+        double fd = (lp - lm) / (2.0 * (double)h);
+        double err = fabs(fd - grad[i]) / (fabs(fd) + fabs(grad[i]) + floor);
+        if (err > worst) worst = err;
+    }
+    return worst;
+}
+
+// Deterministic pseudo-random fill for test inputs (not the suite's rng).
+static inline void test_fill(float *x, size_t n, unsigned seed, float scale) {
+    unsigned s = seed * 2654435761u + 12345u;
+    for (size_t i = 0; i < n; i++) {
+        s = s * 1664525u + 1013904223u;
+        x[i] = scale * ((float)(s >> 8) / 16777216.0f * 2.0f - 1.0f);
+    }
+}
+
+#endif
