@@ -44,6 +44,8 @@ CU_OBJ   := $(patsubst cuda/%.cu,build/cuda/%.o,$(CU_SRC))
 CUDA_LIB := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lnccl -lstdc++
 endif
 
+# Every recipe writes a temporary file and renames it: several builds may
+# run at once in one tree.
 # Every .c under these folders goes into build/libhax.a, except program
 # mains, named *_main.c: cuda/x/hax_NAME_main.c becomes bin/hax-NAME.
 LIB_DIRS := src mpi data-gen analysis
@@ -65,27 +67,27 @@ deps:
 
 build/%.o: %.c $(wildcard src/*.h mpi/*.h data-gen/*.h analysis/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@
+	$(CC) $(CFLAGS) -c $< -o $@.$$$$.tmp && mv $@.$$$$.tmp $@
 
 build/cuda/%.o: cuda/%.cu $(wildcard cuda/*.h cuda/*.cuh src/*.h)
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@.$$$$.tmp && mv $@.$$$$.tmp $@
 
 build/libhax.a: $(LIB_OBJ) $(CU_OBJ)
-	@rm -f $@
-	ar rcs $@ $^
+	@# built aside and renamed, so concurrent builds never see half an archive
+	ar rcs $@.$$$$.tmp $^ && mv $@.$$$$.tmp $@
 
 # bin/hax-NAME from whichever folder holds hax_NAME_main.c
 define prog_rule
 bin/$(subst _,-,$(patsubst %_main,%,$(basename $(notdir $(1))))): build/$(1:.c=.o) build/libhax.a
 	@mkdir -p bin
-	$$(CC) $$(CFLAGS) $$< -o $$@ $$(LIBS)
+	$$(CC) $$(CFLAGS) $$< -o $$@.$$$$$$$$.tmp $$(LIBS) && mv $$@.$$$$$$$$.tmp $$@
 endef
 $(foreach m,$(MAIN_C),$(eval $(call prog_rule,$(m))))
 
 build/tests/%: tests/%.c tests/test.h build/libhax.a
 	@mkdir -p build/tests
-	$(CC) $(CFLAGS) -Itests $< -o $@ $(LIBS)
+	$(CC) $(CFLAGS) -Itests $< -o $@.$$$$.tmp $(LIBS) && mv $@.$$$$.tmp $@
 
 test: deps
 	@$(MAKE) --no-print-directory all
