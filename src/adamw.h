@@ -1,0 +1,43 @@
+// adamw.h: torch.optim.AdamW (single-tensor path, float32, amsgrad off) and
+// the reference's learning-rate schedule (linear warm-up, then constant).
+//
+// Per element, with n the step count after its increment (n = 1 first):
+//   p <- p * (1 - lr*wd)
+//   m <- m + (1 - b1) * (g - m)
+//   v <- b2*v + (1 - b2) * g*g
+//   bc1 = 1 - b1^n,  bc2 = 1 - b2^n                    (double)
+//   p <- p - (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
+// Weight decay applies to every parameter, as in the reference (quirk 21).
+#ifndef HAX_ADAMW_H
+#define HAX_ADAMW_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct {
+    double beta1, beta2, eps, weight_decay;  // 0.9, 0.999, 1e-8, 0.01 (doubles, as PyTorch's hyperparameters)
+    int64_t step;   // steps taken so far (0 before the first)
+    size_t n;       // parameters (one flat buffer)
+    float *m, *v;   // first and second moments [n], zero at start
+} hax_adamw;
+
+// Allocates zeroed moments for n parameters.
+void adamw_init(hax_adamw *opt, size_t n, double beta1, double beta2, double eps, double weight_decay);
+void adamw_free(hax_adamw *opt);
+
+// One step over the whole flat buffer: increments opt->step, then updates
+// p[0..n) from g[0..n) with learning rate lr (already scheduled).
+void adamw_step(hax_adamw *opt, float *p, const float *g, double lr);
+
+// The element-wise update of one step on a range, for callers that keep their
+// own moments (a CUDA backend's CPU check, a sharded update). step is the
+// step count after its increment (>= 1).
+void adamw_update(float *p, const float *g, float *m, float *v, size_t n, double lr, double beta1, double beta2,
+                  double eps, double weight_decay, int64_t step);
+
+// The reference schedule (MODEL.md 8.4, quirk 16): optimizer step s (1-based)
+// uses lr * min((s-1)/warmup, 1); step 1 uses 0. warmup <= 0: lr throughout.
+// Learning rates are doubles, like PyTorch's Python floats.
+double adamw_schedule_lr(double lr, int64_t step, int64_t warmup);
+
+#endif
