@@ -33,17 +33,13 @@
 
 #include "batch.h"
 #include "model_config.h"
+#include "sparse_ks.h"
 
 // Key-selection MLP parameters (dx_proj_1/2/3, PyTorch layout, all inside the
-// caller's flat buffer): w1 [2N, 2N], b1 [2N], w2 [2N, 2N], b2 [2N], w3 [1, 2N], b3 [1].
-typedef struct {
-    const float *w1, *b1, *w2, *b2, *w3, *b3;
-} hax_sparse_ks_params;
-
-// Their gradients (accumulated +=), same shapes.
-typedef struct {
-    float *w1, *b1, *w2, *b2, *w3, *b3;
-} hax_sparse_ks_grads;
+// caller's flat buffer): w1 [2N, 2N], b1 [2N], w2 [2N, 2N], b2 [2N], w3 [1, 2N], b3 [1];
+// and their gradients (accumulated +=), same shapes. The types of sparse_ks.h.
+typedef ks_params hax_sparse_ks_params;
+typedef ks_grads hax_sparse_ks_grads;
 
 // Everything one layer's forward keeps for its backward and for hax-check.
 // Sizes are for the capacities given to sparse_state_alloc; a forward fills
@@ -78,13 +74,13 @@ typedef struct hax_sparse_state {
     int *tr_ent;             // [max_tok * row_cap]
     float *lse;              // [max_tok] `full` only: log-sum-exp of each row's scores
 
-    // Key selection (key_selection patterns)
-    float *key_score;        // [max_tok] s_j, the KS MLP output per position
-    float *ks_target;        // [max_seq, k_c] ranking targets y_m (training), dbg ks_selected_attn
-    int *ks_cand;            // [max_seq, k_c] the candidate positions used (local), training
-    float *ks_dscore;        // [max_tok] scratch: d loss / d key_score (backward)
+    // Key selection (key_selection patterns; NULL otherwise): the workspace of
+    // src/sparse_ks.h. ks->score [n_tok] is the key score (golden key_score),
+    // ks->sel the per-query selections, ks->cand [n_seq, k_c] the candidates
+    // used, ks->y [n_seq, k_c] (double) the ranking targets (ks_selected_attn).
+    ks_state *ks;
+    float *key_score;        // = ks->score (NULL without key selection)
     double gate_loss;        // this layer's ranking-loss partial sum (see sparse_forward)
-    void *ks;                // key-selection workspace (src/sparse_ks.h), NULL without KS
 
     // scratch
     double *seq_stats;       // per-sequence sums (LSH statistics, empty-row factors)
