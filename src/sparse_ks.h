@@ -19,6 +19,7 @@
 #ifndef HAX_SPARSE_KS_H
 #define HAX_SPARSE_KS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "model_config.h"
