@@ -71,8 +71,10 @@ typedef struct hax_sparse_state {
     float *allow_p;          // [max_tok * row_cap] softmax probability of each allowed key
     float *allow_ds;         // [max_tok * row_cap] scratch (backward: d score)
     int *tr_off;             // [max_tok + 1] transpose of the CSR (key -> entries), backward
-    int *tr_ent;             // [max_tok * row_cap]
+    int *tr_ent;             // [max_tok * row_cap] CSR entry indices, by key, queries ascending
+    int *ent_row;            // [max_tok * row_cap] the packed query row of each CSR entry
     float *lse;              // [max_tok] `full` only: log-sum-exp of each row's scores
+    float *rowD;             // [max_tok] `full` backward: sum_j P_tj dP_tj per row
 
     // Key selection (key_selection patterns; NULL otherwise): the workspace of
     // src/sparse_ks.h. ks->score [n_tok] is the key score (golden key_score),
@@ -83,7 +85,8 @@ typedef struct hax_sparse_state {
     double gate_loss;        // this layer's ranking-loss partial sum (see sparse_forward)
 
     // scratch
-    double *seq_stats;       // per-sequence sums (LSH statistics, empty-row factors)
+    double *seq_sv;          // [max_seq, E] sum_{j<n} V_j per sequence (reference empty rows)
+    int64_t *lsh_sorted;     // [max_tok] per sequence: (bucket << 32 | position), sorted
     float *dKQ;              // [max_tok, 2N] backward
 } hax_sparse_state;
 
