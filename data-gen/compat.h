@@ -39,6 +39,11 @@ typedef struct {
 int compat_generate_ex(const compat_params *p, int min_n_context, int min_n_key,
                        compat_stats *stats, compat_sink sink, void *ctx, char *err, int errlen);
 
+// Test hook: keep only the low `hash_bits` bits of each sample hash (64 =
+// normal) and copy the generator every `checkpoint_words` words (0 = the
+// default 2^19), so tests can force hash collisions and long replays.
+void compat_set_test_hooks(int hash_bits, uint32_t checkpoint_words);
+
 // The reference's padded length (2 max_n_context)(2 max_n_key + 1) + 2.
 int compat_pad_len(int max_n_context, int max_n_key);
 

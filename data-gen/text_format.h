@@ -20,9 +20,9 @@ text_writer *text_writer_open(const char *dir, int max_n_context, int max_n_key,
 int text_writer_add(text_writer *w, int split, const int32_t *tokens, const uint8_t *mask, int len);
 // commit=1: temporaries flushed, synced and renamed into place; 0: removed
 // (never leave partial files under the final names). Frees w. Returns 0 or -1
-// (a failed commit removes the temporaries; the message went to stderr).
+// (a failed commit removes the temporaries; text_writer_error(NULL) says why).
 int text_writer_close(text_writer *w, int commit);
-// The last error of w ("" when none).
+// The last error of w ("" when none); with NULL, that of the last failed close.
 const char *text_writer_error(const text_writer *w);
 // The final path of one file: kind 0 inputs, 1 mask. Returns snprintf's count.
 int text_format_path(char *buf, int buflen, const char *dir, int max_n_context, int max_n_key,
