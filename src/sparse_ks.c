@@ -282,44 +282,30 @@ static inline double bce_logits(double P, double T) {
     return fmax(P, 0.0) - P * T + log1p(exp(-fabs(P)));
 }
 
-double ks_rank_loss_forward(double *y, const float *score, const float *K, int ldk,
-                            const float *Q, int ldq, const int *cand, const int *seq_off,
-                            int n_seq, int model_len, int N, int k_c, hax_semantics sem) {
-    for (int s = 0; s < n_seq; s++) {
-        int n = seq_off[s + 1] - seq_off[s];
-        count_candidates(cand + (size_t)s * k_c, n, k_c, s);
-        if (sem == SEMANTICS_REFERENCE && n > model_len)
-            hax_die("sparse_ks: batch model_len: expected at least every sequence length, found "
-                    "%d < length %d of sequence %d", model_len, n, s);
-    }
+// Candidates of every row, checked (dies on a bad one).
+static void check_candidates(const int *cand, const int *seq_off, int n_seq, int k_c) {
+    for (int s = 0; s < n_seq; s++)
+        count_candidates(cand + (size_t)s * k_c, seq_off[s + 1] - seq_off[s], k_c, s);
+}
+
+static inline int n_candidates(const int *row, int k_c) {
+    int m = 0;
+    while (m < k_c && row[m] >= 0) m++;
+    return m;
+}
+
+double ks_rank_loss_pairs(const float *score, const double *y, const int *cand, const int *seq_off,
+                          int n_seq, int k_c) {
+    check_candidates(cand, seq_off, n_seq, k_c);
     // Per-sequence losses, summed in sequence order afterwards (thread-count
     // independent).
     double *loss_s = xmalloc(sizeof(double) * (size_t)(n_seq > 0 ? n_seq : 1));
 #pragma omp parallel for schedule(dynamic, 1)
     for (int s = 0; s < n_seq; s++) {
-        size_t o = (size_t)seq_off[s];
-        int n = seq_off[s + 1] - seq_off[s];
         const int *I = cand + (size_t)s * k_c;
-        double *ys = y + (size_t)s * k_c;
-        const float *x = score + o;
-        int m = 0;
-        while (m < k_c && I[m] >= 0) m++;
-        for (int a = 0; a < k_c; a++) ys[a] = 0.0;
-        // y_a: how much later queries (and the key's own position) attend to
-        // key I_a under a sigmoid "linear attention" (detached).
-        for (int a = 0; a < m; a++) {
-            const float *k = K + (o + (size_t)I[a]) * ldk;
-            double sum = 0.0;
-            for (int t = I[a]; t < n; t++) {
-                const float *q = Q + (o + (size_t)t) * ldq;
-                double dot = 0.0;
-                for (int i = 0; i < N; i++) dot += (double)q[i] * (double)k[i];
-                sum += sigmoid_d(dot);
-            }
-            // Quirk 5: each pad query (Q = 0) adds sigmoid(0) = 0.5.
-            if (sem == SEMANTICS_REFERENCE) sum += 0.5 * (double)(model_len - n);
-            ys[a] = sum;
-        }
+        const double *ys = y + (size_t)s * k_c;
+        const float *x = score + seq_off[s];
+        int m = n_candidates(I, k_c);
         double l = 0.0;
         for (int a = 0; a < m; a++)
             for (int b = 0; b < m; b++)
@@ -333,6 +319,49 @@ double ks_rank_loss_forward(double *y, const float *score, const float *K, int l
     return total;
 }
 
+void ks_rank_targets(double *y, const float *K, int ldk, const float *Q, int ldq, const int *cand,
+                     const int *seq_off, int n_seq, int model_len, int N, int k_c,
+                     hax_semantics sem) {
+    check_candidates(cand, seq_off, n_seq, k_c);
+    for (int s = 0; s < n_seq; s++) {
+        int n = seq_off[s + 1] - seq_off[s];
+        if (sem == SEMANTICS_REFERENCE && n > model_len)
+            hax_die("sparse_ks: batch model_len: expected at least every sequence length, found "
+                    "%d < length %d of sequence %d", model_len, n, s);
+    }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int s = 0; s < n_seq; s++) {
+        size_t o = (size_t)seq_off[s];
+        int n = seq_off[s + 1] - seq_off[s];
+        const int *I = cand + (size_t)s * k_c;
+        double *ys = y + (size_t)s * k_c;
+        int m = n_candidates(I, k_c);
+        for (int a = 0; a < k_c; a++) ys[a] = 0.0;
+        // y_a: how much the later queries (and the key's own position) attend
+        // to key I_a under a sigmoid "linear attention" (detached).
+        for (int a = 0; a < m; a++) {
+            const float *k = K + (o + (size_t)I[a]) * ldk;
+            double sum = 0.0;
+            for (int t = I[a]; t < n; t++) {
+                const float *q = Q + (o + (size_t)t) * ldq;
+                double dot = 0.0;
+                for (int i = 0; i < N; i++) dot += (double)q[i] * (double)k[i];
+                sum += sigmoid_d(dot);
+            }
+            // Quirk 5: each pad query (Q = 0) adds sigmoid(0) = 0.5.
+            if (sem == SEMANTICS_REFERENCE) sum += 0.5 * (double)(model_len - n);
+            ys[a] = sum;
+        }
+    }
+}
+
+double ks_rank_loss_forward(double *y, const float *score, const float *K, int ldk,
+                            const float *Q, int ldq, const int *cand, const int *seq_off,
+                            int n_seq, int model_len, int N, int k_c, hax_semantics sem) {
+    ks_rank_targets(y, K, ldk, Q, ldq, cand, seq_off, n_seq, model_len, N, k_c, sem);
+    return ks_rank_loss_pairs(score, y, cand, seq_off, n_seq, k_c);
+}
+
 void ks_rank_loss_backward(float *dscore, const float *score, const double *y, const int *cand,
                            const int *seq_off, int n_seq, int k_c, float scale) {
 #pragma omp parallel for schedule(dynamic, 1)
@@ -341,8 +370,7 @@ void ks_rank_loss_backward(float *dscore, const float *score, const double *y, c
         const int *I = cand + (size_t)s * k_c;
         const double *ys = y + (size_t)s * k_c;
         const float *x = score + o;
-        int m = 0;
-        while (m < k_c && I[m] >= 0) m++;
+        int m = n_candidates(I, k_c);
         if (m == 0) continue;
         // With P_ab = x_a - x_b, T_ba = 1 - T_ab: d/dx_a of the mean is
         // (2/m^2) sum_b (sigmoid(P_ab) - T_ab).

@@ -97,6 +97,14 @@ double ks_rank_loss_forward(double *y, const float *score, const float *K, int l
                             const float *Q, int ldq, const int *cand, const int *seq_off,
                             int n_seq, int model_len, int N, int k_c, hax_semantics sem);
 
+// The two halves of ks_rank_loss_forward: the targets y alone, and the loss
+// from given targets (e.g. the golden ks_selected_attn).
+void ks_rank_targets(double *y, const float *K, int ldk, const float *Q, int ldq, const int *cand,
+                     const int *seq_off, int n_seq, int model_len, int N, int k_c,
+                     hax_semantics sem);
+double ks_rank_loss_pairs(const float *score, const double *y, const int *cand, const int *seq_off,
+                          int n_seq, int k_c);
+
 // Ranking loss backward: dscore[seq_off[s] + I_m] += scale * d(returned sum)/dx_m,
 // scale = d(total loss)/d(returned sum) (e.g. gate_loss_weight / global n_seq).
 void ks_rank_loss_backward(float *dscore, const float *score, const double *y, const int *cand,

@@ -6,6 +6,7 @@
 
 #include "../src/common.h"
 #include "../src/linear.h"
+#include "../src/safetensors.h"
 #include "../src/sparse_ks.h"
 #include "test.h"
 
@@ -578,6 +579,100 @@ static void test_packed_and_threads(void) {
     free(kq);
 }
 
+// ---------------------------------------------------------------- goldens
+
+// The golden files' own key scores through ks_cumtopk must give the golden
+// allowed keys on real rows (equal for key_selection, a subset for HAX), and
+// the golden scores and targets through ks_rank_loss_pairs the golden
+// per-layer gate loss (the reference's mean over B k^2 pairs).
+static void check_golden_case(const char *name, int ks_only) {
+    const char *dir = getenv("HAX_GOLDEN") ? getenv("HAX_GOLDEN") : "tests/golden";
+    char path[512], key[128];
+    snprintf(path, sizeof(path), "%s/%s.safetensors", dir, name);
+    char err[512];
+    st_file *f = st_load(path, err, sizeof(err));
+    CHECK(f != NULL, "%s", err);
+    if (!f) return;
+    const st_tensor *ids = st_find(f, "input_ids");
+    int B = (int)ids->shape[0], L = (int)ids->shape[1] - 1;
+    int64_t *tok = xmalloc(sizeof(int64_t) * (size_t)B * (L + 1));
+    st_tensor_to_i64(ids, tok);
+    int *off = xmalloc(sizeof(int) * (B + 1));
+    off[0] = 0;
+    for (int b = 0; b < B; b++) {
+        int n = 0;
+        while (n < L && tok[(size_t)b * (L + 1) + n] != 3) n++;  // inputs = ids[:, :-1], pad 3
+        off[b + 1] = off[b] + n;
+    }
+    float *full = xmalloc(sizeof(float) * (size_t)B * L), *score = xmalloc(sizeof(float) * off[B]);
+    for (int li = 0;; li++) {
+        snprintf(key, sizeof(key), "dbg.layers.%d.key_score", li);
+        const st_tensor *ts = st_find(f, key);
+        if (!ts) {
+            CHECK(li > 0, "%s: no %s", name, key);
+            break;
+        }
+        st_tensor_to_f32(ts, full);
+        for (int b = 0; b < B; b++)
+            memcpy(score + off[b], full + (size_t)b * L, sizeof(float) * (off[b + 1] - off[b]));
+        snprintf(key, sizeof(key), "rand.layers.%d.ks_selected_idx", li);
+        const st_tensor *tsel = st_find(f, key);
+        snprintf(key, sizeof(key), "dbg.layers.%d.allowed_keys", li);
+        const st_tensor *tal = st_find(f, key);
+        CHECK(tsel && tal, "%s layer %d: selected idx / allowed keys missing", name, li);
+        if (!tsel || !tal) break;
+        int k = (int)tsel->shape[1], W = (int)tal->shape[2];
+        int64_t *al = xmalloc(sizeof(int64_t) * (size_t)B * L * W);
+        st_tensor_to_i64(tal, al);
+        int *sel = xmalloc(sizeof(int) * (size_t)off[B] * k);
+        ks_cumtopk(sel, score, off, B, k);
+        int bad = 0;
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < off[b + 1] - off[b]; t++) {
+                const int *row = sel + (size_t)(off[b] + t) * k;
+                const int64_t *arow = al + ((size_t)b * L + t) * W;
+                for (int i = 0; i < k && row[i] >= 0; i++) {
+                    int found = 0;
+                    for (int j = 0; j < W; j++) found |= arow[j] == row[i];
+                    bad += !found;
+                }
+                if (ks_only)
+                    for (int j = 0; j < W; j++) bad += arow[j] != (j < k ? row[j] : -1);
+            }
+        CHECK(bad == 0, "%s layer %d: %d top-k entries differ from the golden allowed keys", name, li, bad);
+        // Gate loss from the golden scores and targets.
+        int64_t *idx = xmalloc(sizeof(int64_t) * (size_t)B * k);
+        int *cand = xmalloc(sizeof(int) * (size_t)B * k);
+        float *yf = xmalloc(sizeof(float) * (size_t)B * k);
+        double *y = xmalloc(sizeof(double) * (size_t)B * k), gl;
+        st_tensor_to_i64(tsel, idx);
+        for (int i = 0; i < B * k; i++) cand[i] = (int)idx[i];
+        snprintf(key, sizeof(key), "dbg.layers.%d.ks_selected_attn", li);
+        st_get_f32(f, key, yf, ST_SHAPE(B, k));
+        for (int i = 0; i < B * k; i++) y[i] = yf[i];
+        snprintf(key, sizeof(key), "out.gate_loss.layers.%d", li);
+        const st_tensor *tg = st_find(f, key);
+        CHECK(tg != NULL, "%s: %s missing", name, key);
+        if (tg) {
+            st_tensor_to_f64(tg, &gl);
+            double l = ks_rank_loss_pairs(score, y, cand, off, B, k) / B;
+            CHECK(fabs(l - gl) <= 1e-6 * fabs(gl), "%s layer %d: gate loss %.10g vs golden %.10g", name, li, l, gl);
+        }
+        free(al); free(sel); free(idx); free(cand); free(yf); free(y);
+    }
+    free(tok); free(off); free(full); free(score);
+    st_close(f);
+}
+
+static void test_golden(void) {
+    check_golden_case("mamba_key_selection", 1);
+    check_golden_case("mamba2_key_selection", 1);
+    check_golden_case("mamba_sign_bin_lsh__key_selection", 0);
+    check_golden_case("mamba2_sign_bin_lsh__key_selection", 0);
+    check_golden_case("paper_mamba_hax", 0);
+    check_golden_case("paper_mamba2_hax", 0);
+}
+
 int main(void) {
     RUN(test_features);
     RUN(test_mlp);
@@ -587,5 +682,6 @@ int main(void) {
     RUN(test_rank_loss_backward);
     RUN(test_layer_fd);
     RUN(test_packed_and_threads);
+    RUN(test_golden);
     return test_summary();
 }
