@@ -63,6 +63,12 @@ case_ "redraw path: 1x2, 1 value (no randint draws)" 1 2 1 2 1 6 1 2
 case_ "redraw path: 1..3 x 1..2, 5 values"   3 2 5 1 1 42 1 1
 unset want_redraws
 
+# Errors: one line naming the file or the field; nothing left under final names.
+check_fails "unwritable folder is refused" "nonexistent/hax/max_n_context_5.*cannot create" "$T" --dump /nonexistent/hax 5 5 16 1 1 1
+mkdir -p "$work/full"
+check_fails "a cell that cannot hold its samples is refused" "cell 1x1.*never finish" "$T" --dump "$work/full" 1 1 3 2 1 1 1 1
+check "nothing written by a refused run" test -z "$(ls -A "$work/full")"
+
 # A file whose bytes differ must be caught by the comparison itself.
 mkdir -p "$work/x"; printf '1 2 3\n' > "$work/x/a"; printf '1 2 4\n' > "$work/x/b"
 check "cmp catches a changed id" bash -c "! cmp -s '$work/x/a' '$work/x/b'"
