@@ -197,6 +197,7 @@ static void cumtopk_seq(int *sel, const float *s, int n, int k_c, int *heap, int
 }
 
 void ks_cumtopk(int *sel, const float *score, const int *seq_off, int n_seq, int k_c) {
+    if (k_c < 1) hax_die("sparse_ks: k_c: expected at least 1 key per component, found %d", k_c);
 #pragma omp parallel
     {
         int *heap = xmalloc(sizeof(int) * 2 * (size_t)k_c);
@@ -329,29 +330,31 @@ void ks_rank_targets(double *y, const float *K, int ldk, const float *Q, int ldq
             hax_die("sparse_ks: batch model_len: expected at least every sequence length, found "
                     "%d < length %d of sequence %d", model_len, n, s);
     }
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int s = 0; s < n_seq; s++) {
+    // One task per (sequence, candidate slot), so that a long single
+    // sequence still spreads over the threads; each writes its own y.
+#pragma omp parallel for schedule(dynamic, 8)
+    for (long j = 0; j < (long)n_seq * k_c; j++) {
+        int s = (int)(j / k_c);
         size_t o = (size_t)seq_off[s];
         int n = seq_off[s + 1] - seq_off[s];
-        const int *I = cand + (size_t)s * k_c;
-        double *ys = y + (size_t)s * k_c;
-        int m = n_candidates(I, k_c);
-        for (int a = 0; a < k_c; a++) ys[a] = 0.0;
+        int Ia = cand[j];
+        if (Ia < 0) {  // an unused slot
+            y[j] = 0.0;
+            continue;
+        }
         // y_a: how much the later queries (and the key's own position) attend
         // to key I_a under a sigmoid "linear attention" (detached).
-        for (int a = 0; a < m; a++) {
-            const float *k = K + (o + (size_t)I[a]) * ldk;
-            double sum = 0.0;
-            for (int t = I[a]; t < n; t++) {
-                const float *q = Q + (o + (size_t)t) * ldq;
-                double dot = 0.0;
-                for (int i = 0; i < N; i++) dot += (double)q[i] * (double)k[i];
-                sum += sigmoid_d(dot);
-            }
-            // Quirk 5: each pad query (Q = 0) adds sigmoid(0) = 0.5.
-            if (sem == SEMANTICS_REFERENCE) sum += 0.5 * (double)(model_len - n);
-            ys[a] = sum;
+        const float *k = K + (o + (size_t)Ia) * ldk;
+        double sum = 0.0;
+        for (int t = Ia; t < n; t++) {
+            const float *q = Q + (o + (size_t)t) * ldq;
+            double dot = 0.0;
+            for (int i = 0; i < N; i++) dot += (double)q[i] * (double)k[i];
+            sum += sigmoid_d(dot);
         }
+        // Quirk 5: each pad query (Q = 0) adds sigmoid(0) = 0.5.
+        if (sem == SEMANTICS_REFERENCE) sum += 0.5 * (double)(model_len - n);
+        y[j] = sum;
     }
 }
 
@@ -397,6 +400,8 @@ int ks_candidate_rows(int *rows, const int *cand, const int *seq_off, int n_seq,
 
 void ks_state_init(ks_state *st, int max_tok, int max_seq, int N, int k_c) {
     memset(st, 0, sizeof(*st));
+    if (k_c < 1 || N < 1)
+        hax_die("sparse_ks: ks_state_init: expected k_c >= 1 and N >= 1, found k_c %d, N %d", k_c, N);
     st->max_tok = max_tok;
     st->max_seq = max_seq;
     st->N = N;

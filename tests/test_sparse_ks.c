@@ -579,6 +579,62 @@ static void test_packed_and_threads(void) {
     free(kq);
 }
 
+// Paper-like sizes (N 16, k_c 32, a few thousand tokens), where OpenMP and
+// BLAS really split the work: 1 vs 2 threads bit-identical.
+static void run_big(float *score, int *sel, double *y, double *loss, float *grad, ks_state *st,
+                    const float *par, const float *kq, const int *off, int ns, const int *cand) {
+    enum { N = 16, D = 32 };
+    ks_params p = {par, par + D * D, par + D * D + D, par + 2 * D * D + D, par + 2 * D * D + 2 * D,
+                   par + 2 * D * D + 3 * D};
+    ks_grads g = {grad, grad + D * D, grad + D * D + D, grad + 2 * D * D + D,
+                  grad + 2 * D * D + 2 * D, grad + 2 * D * D + 3 * D};
+    *loss = ks_forward(st, &p, kq, D, kq + N, D, off, ns, 1057, SEMANTICS_REFERENCE, cand);
+    ks_backward(st, &p, &g, 0.01f);
+    memcpy(score, st->score, sizeof(float) * off[ns]);
+    memcpy(sel, st->sel, sizeof(int) * off[ns] * 32);
+    memcpy(y, st->y, sizeof(double) * ns * 32);
+}
+
+static void test_threads_large(void) {
+    enum { NS = 12, N = 16, D = 32, K = 32, NP = 2 * D * D + 3 * D + 1 };
+    int off[NS + 1] = {0};
+    int64_t ids[NS];
+    for (int s = 0; s < NS; s++) {
+        off[s + 1] = off[s] + 111 + (s * 157) % 700;
+        ids[s] = 5000 + s;
+    }
+    int nt = off[NS];
+    float *kq = xmalloc(sizeof(float) * nt * D), par[NP];
+    test_fill(kq, (size_t)nt * D, 81, 1.0f);
+    test_fill(par, NP, 82, 0.25f);
+    int cand[NS * K];
+    ks_sample_candidates(cand, off, NS, ids, K, 3, 7, 1);
+    ks_state st;
+    ks_state_init(&st, nt, NS, N, K);
+    float *sc[2], *gr[2];
+    int *sel[2];
+    double y[2][NS * K], loss[2];
+    for (int r = 0; r < 2; r++) {
+        sc[r] = xmalloc(sizeof(float) * nt);
+        sel[r] = xmalloc(sizeof(int) * nt * K);
+        gr[r] = xcalloc(NP, sizeof(float));
+        omp_set_num_threads(r + 1);
+        hax_blas_set_threads(r + 1);
+        run_big(sc[r], sel[r], y[r], &loss[r], gr[r], &st, par, kq, off, NS, cand);
+    }
+    CHECK(memcmp(sc[0], sc[1], sizeof(float) * nt) == 0, "scores differ between 1 and 2 threads");
+    CHECK(memcmp(sel[0], sel[1], sizeof(int) * nt * K) == 0, "selections differ");
+    CHECK(memcmp(y[0], y[1], sizeof(y[0])) == 0 && loss[0] == loss[1], "targets / loss differ");
+    CHECK(memcmp(gr[0], gr[1], sizeof(float) * NP) == 0, "gradients differ");
+    for (int r = 0; r < 2; r++) {
+        free(sc[r]);
+        free(sel[r]);
+        free(gr[r]);
+    }
+    ks_state_free(&st);
+    free(kq);
+}
+
 // ---------------------------------------------------------------- goldens
 
 // The golden files' own key scores through ks_cumtopk must give the golden
@@ -682,6 +738,7 @@ int main(void) {
     RUN(test_rank_loss_backward);
     RUN(test_layer_fd);
     RUN(test_packed_and_threads);
+    RUN(test_threads_large);
     RUN(test_golden);
     return test_summary();
 }
