@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "dataset.h"
 #include "model_config.h"
 
 typedef enum { DEVICE_AUTO = 0, DEVICE_CPU = 1, DEVICE_CUDA = 2 } hax_device;
@@ -24,13 +25,11 @@ typedef enum {
 typedef struct {
     char path[HAX_PATH_MAX]; // dataset folder (manifest.yaml + shards)
     int generate;            // generate the dataset when path holds none
-    // Generator parameters (used to generate, and checked against the manifest).
-    uint64_t seed;           // 1
-    int min_n_context, max_n_context;  // 5, 16
-    int min_n_key, max_n_key;          // 5, 16
-    int n_value;                       // 16
-    int64_t train_per_cell, valid_per_cell, test_per_cell;  // 10000, 100, 100
     int shuffle;             // 0: the reference's stored order; 1: seeded shuffle per epoch
+    // Generator parameters: used to generate, and checked against the
+    // manifest of an existing dataset. Defaults: the reference's dataset
+    // (2 levels, contexts and keys 5..16, 16 values, 10000/100/100 per cell, seed 1).
+    hax_data_params gen;
 } hax_data_config;
 
 typedef struct {
@@ -51,7 +50,7 @@ typedef struct {
 
 typedef struct {
     char root[HAX_PATH_MAX]; // results root ("results")
-    char arch[64];           // architecture label: results/<arch>/lr_<lr>/seed_<seed>/
+    char arch[128];          // architecture label: results/<arch>/lr_<lr>/seed_<seed>/
 } hax_output_config;
 
 typedef struct {
@@ -64,21 +63,24 @@ typedef struct {
 // The defaults: a Mamba+HAX (d=64) model with the paper's training settings.
 void config_defaults(hax_config *c);
 
-// Loads a YAML file over the defaults, applies the overrides
-// ("section.field=value", n_over of them; may be 0) and validates the
-// result. Returns 0, or -1 with one line in err ("FILE:LINE: field: expected
-// ..., found ..." or "override '...': ..."). The caller dies with it.
+// Loads a YAML file, applies the overrides ("section.field=value", n_over of
+// them; may be 0) and validates the result. Fields not given take the
+// defaults of config_defaults, with the model section taken from the d=64
+// reference config of the model.arch that the file or an override names.
+// Returns 0, or -1 with one line in err ("FILE:LINE: section.field: expected
+// ..., found ..." or "override '...': expected ..., found ..."). The caller dies.
 int config_load(hax_config *c, const char *path, const char *const *overrides, int n_over, char *err, int errlen);
+// The same from YAML text in memory (name is used in messages).
+int config_load_text(hax_config *c, const char *name, const char *text, size_t len, const char *const *overrides,
+                     int n_over, char *err, int errlen);
 
-// Parses YAML text (name is used in messages) over the current contents of c,
-// without validating. Returns 0 or -1 with a message.
-int config_parse_text(hax_config *c, const char *name, const char *text, size_t len, char *err, int errlen);
-
-// Applies one override "section.field=value". Returns 0 or -1 with a message.
+// Applies one override "section.field=value" to c (no validation). 0 or -1.
 int config_override(hax_config *c, const char *arg, char *err, int errlen);
 
-// Cross-field checks (the model's, plus data and train ranges). 0 or -1.
-int config_validate(const hax_config *c, char *err, int errlen);
+// Cross-field checks (the model's, the data generator's, the training
+// loop's), after deriving the sparse fields (mask, parts, k_c) and the
+// default output label. 0 or -1 with a message.
+int config_finalize(hax_config *c, char *err, int errlen);
 
 // Prints the fully resolved config as YAML that config_load reads back to an
 // equal config (floats printed with enough digits to round-trip).

@@ -1,0 +1,201 @@
+// test_config.c: every file in configs/ loads with the paper's settings, the
+// printed config reads back equal, overrides work, and bad configs and
+// overrides are refused with "file:line: field: expected ..., found ...".
+#include <dirent.h>
+
+#include "common.h"
+#include "config.h"
+#include "test.h"
+
+static const char *configs_dir(void) {
+    const char *d = getenv("HAX_CONFIGS");
+    return d ? d : "configs";
+}
+
+static int load_named(hax_config *c, const char *stem, char *err, int errlen) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s.yaml", configs_dir(), stem);
+    return config_load(c, path, NULL, 0, err, errlen);
+}
+
+static void check_round_trip(const hax_config *c, const char *name) {
+    char *text = config_to_string(c);
+    hax_config back;
+    char err[512];
+    int rc = config_load_text(&back, "printed", text, strlen(text), NULL, 0, err, sizeof err);
+    CHECK(rc == 0, "%s: printed config does not load: %s\n%s", name, err, text);
+    if (rc == 0) {
+        CHECK(config_equal(c, &back), "%s: printed config reads back different", name);
+        char *again = config_to_string(&back);
+        CHECK(strcmp(text, again) == 0, "%s: printing twice differs", name);
+        free(again);
+    }
+    free(text);
+}
+
+static void test_every_config(void) {
+    DIR *d = opendir(configs_dir());
+    CHECK(d != NULL, "cannot open %s", configs_dir());
+    if (!d) return;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (l < 6 || strcmp(e->d_name + l - 5, ".yaml") != 0) continue;
+        char stem[256], err[512];
+        snprintf(stem, sizeof stem, "%.*s", (int)(l - 5), e->d_name);
+        hax_config c;
+        int rc = load_named(&c, stem, err, sizeof err);
+        CHECK(rc == 0, "%s", err);
+        if (rc != 0) continue;
+        n++;
+        CHECK(strcmp(c.output.arch, stem) == 0, "%s: output.arch '%s'", stem, c.output.arch);
+        if (strcmp(stem, "tiny") != 0) {  // the paper's settings
+            CHECK(c.train.batch_size == 64 && c.train.steps == 400000 && c.train.warmup == 5000 &&
+                      c.train.valid_every == 500,
+                  "%s: batch %d steps %lld warmup %lld valid %lld", stem, c.train.batch_size, (long long)c.train.steps,
+                  (long long)c.train.warmup, (long long)c.train.valid_every);
+            CHECK(c.model.sparse_keys == 64 && c.model.num_hash == 8 && c.model.gate_loss_weight == 0.1f &&
+                      c.model.data_max_length == 2048 && c.model.semantics == SEMANTICS_REFERENCE,
+                  "%s: sparse settings", stem);
+            CHECK(c.data.gen.max_size[0] == 16 && c.data.gen.max_size[1] == 16 && c.data.gen.n_per_cell[0] == 10000,
+                  "%s: dataset", stem);
+            CHECK(c.model.vocab_size == 100 && c.train.beta2 == 0.999 && c.train.weight_decay == 0.01, "%s: vocab/adamw",
+                  stem);
+        }
+        check_round_trip(&c, stem);
+    }
+    closedir(d);
+    CHECK(n == 20, "%d configs loaded, expected 20 (9 mamba, 9 mamba2, samba, tiny)", n);
+}
+
+static void test_config_values(void) {
+    hax_config c;
+    char err[512];
+    CHECK(load_named(&c, "mamba_hax", err, sizeof err) == 0, "%s", err);
+    CHECK(c.model.arch == ARCH_MAMBA && c.model.hidden_size == 64 && c.model.intermediate_size == 128 &&
+              c.model.state_size == 16,
+          "mamba_hax model");
+    CHECK(c.model.sparse_mask == (SPARSE_SIGN_BIN_LSH | SPARSE_KEY_SELECTION) && c.model.k_c == 32 &&
+              strcmp(c.model.sparse_arch, "sign_bin_lsh+key_selection") == 0,
+          "mamba_hax sparse: mask %x k_c %d", c.model.sparse_mask, c.model.k_c);
+    CHECK(load_named(&c, "mamba2_2x", err, sizeof err) == 0, "%s", err);
+    CHECK(c.model.arch == ARCH_MAMBA2 && c.model.hidden_size == 128 && c.model.head_dim == 32 && c.model.n_heads == 8 &&
+              c.model.state_size == 32 && c.model.sparse_mask == 0,
+          "mamba2_2x");
+    CHECK(load_named(&c, "mamba", err, sizeof err) == 0, "%s", err);
+    CHECK(c.model.hidden_size == 64 && c.model.sparse_mask == 0, "mamba base d=64");
+    CHECK(load_named(&c, "mamba_2x", err, sizeof err) == 0, "%s", err);
+    CHECK(c.model.hidden_size == 128 && c.model.intermediate_size == 256, "mamba_2x");
+    CHECK(load_named(&c, "mamba2_swd", err, sizeof err) == 0, "%s", err);
+    CHECK(c.model.sparse_mask == (SPARSE_SLIDING_WINDOW | SPARSE_DILATED) && c.model.k_c == 32, "mamba2_swd");
+    CHECK(load_named(&c, "mamba_a", err, sizeof err) == 0, "%s", err);
+    CHECK(c.model.sparse_mask == (SPARSE_SLIDING_WINDOW | SPARSE_SINK), "mamba_a");
+    CHECK(load_named(&c, "mamba_d", err, sizeof err) == 0, "%s", err);
+    CHECK(c.model.sparse_mask == SPARSE_DILATED && c.model.k_c == 64, "mamba_d");
+    CHECK(load_named(&c, "samba", err, sizeof err) == 0, "%s", err);
+    CHECK(c.model.arch == ARCH_SAMBA && c.model.hidden_size == 32 && c.model.n_layers == 4 && c.model.attn_heads == 4 &&
+              c.model.window_size == 64 && c.model.mlp_hidden == 256 && c.model.initializer_range == 0.02f,
+          "samba");
+    CHECK(load_named(&c, "tiny", err, sizeof err) == 0, "%s", err);
+    CHECK(c.data.generate && strcmp(c.data.path, "data/tiny") == 0 && c.data.gen.max_size[0] == 6 &&
+              c.data.gen.max_size[1] == 6 && c.model.hidden_size == 16 && c.train.device == DEVICE_CPU,
+          "tiny");
+}
+
+static void test_overrides(void) {
+    hax_config c;
+    char err[512];
+    const char *ov[] = {"train.lr=3e-4", "train.seed=2", "sparse.semantics=causal", "data.max_sizes=[16,12]"};
+    char path[1024];
+    snprintf(path, sizeof path, "%s/mamba_hax.yaml", configs_dir());
+    CHECK(config_load(&c, path, ov, 4, err, sizeof err) == 0, "%s", err);
+    CHECK(c.train.lr == 3e-4 && c.train.seed == 2 && c.model.semantics == SEMANTICS_CAUSAL && c.data.gen.max_size[1] == 12,
+          "override values");
+    char dir[1024];
+    config_run_dir(&c, dir, sizeof dir);
+    CHECK(strcmp(dir, "results/mamba_hax/lr_0.0003/seed_2") == 0, "run dir %s", dir);
+    // The architecture named by an override decides the model defaults.
+    const char *ov2[] = {"model.arch=mamba2"};
+    CHECK(config_load_text(&c, "t.yaml", "train:\n  seed: 3\n", 17, ov2, 1, err, sizeof err) == 0, "%s", err);
+    CHECK(c.model.arch == ARCH_MAMBA2 && c.model.n_heads == 8 && c.model.state_size == 32 && c.train.seed == 3,
+          "mamba2 defaults by override");
+    // A config with only a section header takes every default.
+    CHECK(config_load_text(&c, "t.yaml", "train:\n", 7, NULL, 0, err, sizeof err) == 0, "%s", err);
+    CHECK(c.train.lr == 0.002 && c.model.hidden_size == 64 && strcmp(c.output.arch, "mamba") == 0, "defaults");
+    const char *ov3[] = {"sparse.pattern=sliding_window"};
+    CHECK(config_load_text(&c, "t.yaml", "train:\n", 7, ov3, 1, err, sizeof err) == 0, "%s", err);
+    CHECK(strcmp(c.output.arch, "mamba+sliding_window") == 0 && c.model.k_c == 64, "derived label %s", c.output.arch);
+}
+
+// Loads text (as "bad.yaml") with optional overrides and expects an error
+// whose message contains want.
+static void expect_error(const char *text, const char *override, const char *want) {
+    hax_config c;
+    char err[512] = "";
+    const char *ov[1] = {override};
+    int rc = config_load_text(&c, "bad.yaml", text, strlen(text), ov, override ? 1 : 0, err, sizeof err);
+    CHECK(rc != 0, "accepted: %s %s", text, override ? override : "");
+    CHECK(strstr(err, want) != NULL, "config:\n%s\noverride %s\nmessage '%s' lacks '%s'", text, override ? override : "-",
+          err, want);
+    CHECK(strchr(err, '\n') == NULL, "message is not one line: %s", err);
+}
+
+static void test_bad_configs(void) {
+    expect_error("model:\n  arch: [mamba\n", NULL, "bad.yaml:3: expected valid YAML");
+    expect_error("model:\n\tarch: mamba\n", NULL, "bad.yaml:2: expected valid YAML");
+    expect_error("- 1\n- 2\n", NULL, "bad.yaml:1: expected a mapping of the sections");
+    expect_error("", NULL, "bad.yaml:1: expected a mapping of the sections");
+    expect_error("training:\n  lr: 1\n", NULL, "bad.yaml:1: expected a section among model, sparse, data, train, output; "
+                                               "found unknown key 'training'");
+    expect_error("train:\n  lr: 0.001\n  lrr: 1\n", NULL, "bad.yaml:3: train.lrr: expected a field of train (seed, lr,");
+    expect_error("train:\n  lr: abc\n", NULL, "bad.yaml:2: train.lr: expected a number, found 'abc'");
+    expect_error("train:\n  lr: {a: 1}\n", NULL, "bad.yaml:2: train.lr: expected a single value, found a mapping");
+    expect_error("train:\n  batch_size: 6.5\n", NULL, "bad.yaml:2: train.batch_size: expected an integer in 1..1048576, found '6.5'");
+    expect_error("train:\n  batch_size: 0\n", NULL, "bad.yaml:2: train.batch_size: expected an integer in 1..1048576, found 0");
+    expect_error("train:\n  lr: -0.1\n", NULL, "bad.yaml:2: train.lr: expected a number in (0, 1], found -0.1");
+    expect_error("train:\n  seed: -1\n", NULL, "train.seed: expected a non-negative integer, found '-1'");
+    expect_error("sparse:\n  hash_bits: 31\n", NULL, "bad.yaml:2: sparse.hash_bits: expected an integer in 1..30, found 31");
+    expect_error("data:\n  shuffle: yes\n", NULL, "bad.yaml:2: data.shuffle: expected true or false, found 'yes'");
+    expect_error("train:\n  device: tpu\n", NULL, "train.device: expected auto, cpu or cuda, found 'tpu'");
+    expect_error("model:\n  arch: mamba3\n", NULL, "bad.yaml:2: model.arch: expected mamba, mamba2 or samba, found 'mamba3'");
+    expect_error("train:\n  lr: 1\ntrain:\n  seed: 1\n", NULL, "bad.yaml:3: train: expected each section once");
+    expect_error("train:\n  lr: 0.1\n  lr: 0.2\n", NULL, "bad.yaml:3: train.lr: expected each field once, found it again (first at line 2)");
+    expect_error("train: 5\n", NULL, "bad.yaml:1: train: expected a mapping of fields, found a scalar");
+    expect_error("data:\n  min_sizes: [5, x]\n", NULL, "bad.yaml:2: data.min_sizes: expected an integer in 1..65535, found 'x'");
+    expect_error("data:\n  min_sizes: [5, 5, 5]\n", NULL, "data.min_sizes, data.max_sizes: expected 2 entries each");
+    expect_error("data:\n  max_sizes: [60, 16]\n", NULL, "model.vocab_size: expected more than the dataset's largest token id");
+    expect_error("output:\n  arch: a/b\n", NULL, "bad.yaml:2: output.arch: expected a label of letters");
+    expect_error("data:\n  path: \"\"\n", NULL, "bad.yaml:2: data.path: expected a string of 1..511 characters, found 0");
+    expect_error("train:\n  steps: 100\n  warmup: 200\n", NULL, "train.warmup: expected at most train.steps (100), found 200");
+    // Sparse patterns and budgets.
+    expect_error("sparse:\n  pattern: sliding_windows\n", NULL,
+                 "bad.yaml:2: sparse.pattern: expected '+'-joined parts among sliding_window");
+    expect_error("sparse:\n  pattern: full+sink\n", NULL, "expected 'full' alone");
+    expect_error("sparse:\n  pattern: sliding_window+sink+dilated\n  keys: 64\n", NULL,
+                 "sparse.keys: expected a multiple of the 3 parts of 'sliding_window+sink+dilated', found 64");
+    expect_error("model:\n  arch: samba\nsparse:\n  pattern: sliding_window\n", NULL, "sparse.pattern: expected none for samba");
+    expect_error("model:\n  arch: mamba2\n  head_dim: 10\n", NULL, "model.n_heads x model.head_dim: expected to equal");
+    // Overrides.
+    expect_error("train:\n  lr: 0.1\n", "train.lr=abc", "override 'train.lr=abc': expected a number, found 'abc'");
+    expect_error("train:\n  lr: 0.1\n", "train.lr", "override 'train.lr': expected section.field=value");
+    expect_error("train:\n  lr: 0.1\n", "lr=3", "override 'lr=3': expected section.field=value");
+    expect_error("train:\n  lr: 0.1\n", "train.rate=3", "override 'train.rate=3': expected a field of train");
+    expect_error("train:\n  lr: 0.1\n", "optim.lr=3", "override 'optim.lr=3': expected a section among");
+    expect_error("train:\n  lr: 0.1\n", "sparse.pattern=lsh", "override 'sparse.pattern=lsh': expected '+'-joined parts");
+    expect_error("sparse:\n  pattern: sign_bin_lsh+key_selection\n", "sparse.keys=63", "sparse.keys: expected a multiple of the 2 parts");
+    // Missing file.
+    hax_config c;
+    char err[512];
+    CHECK(config_load(&c, "/tmp/hax_no_such_config.yaml", NULL, 0, err, sizeof err) != 0 &&
+              strstr(err, "/tmp/hax_no_such_config.yaml: cannot read"),
+          "missing file: %s", err);
+}
+
+int main(void) {
+    RUN(test_every_config);
+    RUN(test_config_values);
+    RUN(test_overrides);
+    RUN(test_bad_configs);
+    return test_summary();
+}
