@@ -259,6 +259,9 @@ void case_load_params(hax_model *m, const st_file *f) {
     for (int i = 0; i < m->n_params; i++) {
         const hax_param *p = &m->params[i];
         int64_t shape[3] = {p->shape[0], p->shape[1], p->shape[2]};
+        const st_tensor *t = st_find(f, p->name);
+        if (t && t->dtype != ST_F32)
+            hax_die("%s: tensor %s: expected dtype F32 (a parameter), found %s", f->path, p->name, st_dtype_name(t->dtype));
         st_get_f32(f, p->name, model_w(m, i), p->ndim, shape);
     }
     for (int i = 0; i < f->n_tensors; i++) {

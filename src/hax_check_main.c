@@ -433,7 +433,7 @@ static int check_case(checker *k, const char *path) {
     cmp_scalar(k, f, "eval.acc", r.acc, 1, 1e-6);
 
     int fails = k->n_fail - fail0;
-    printf("%s: %s: forward worst %.1e, gradients worst %.1e, adamw worst %.3f lr\n", c.name,
+    printf("%s: %s: forward worst %.1e, gradients worst %.1e, adamw worst %.1e lr\n", c.name,
            fails ? "FAIL" : "ok", k->worst_fwd, k->worst_grad, k->worst_adamw);
     if (fails) printf("%s: %d tensors past tolerance\n", c.name, fails);
     for (int l = 0; l < cfg->n_layers; l++) {
