@@ -76,6 +76,8 @@ static void ssd_case_init(ssd_case *c, unsigned seed) {
         c->A_log[h] = 0.5f * r[SH + h];
         c->D[h] = r[2 * SH + h];
     }
+    // dt + dt_bias above softplus's threshold of 20 (Δ = u there) at one position.
+    c->dt[(size_t)(c->n - 3) * SLDT + 1] = 22.0f;
 }
 
 static void ssd_case_free(ssd_case *c) {
