@@ -51,6 +51,8 @@ static void ssd_forward_head(float *y, int ld_y, float *ckpt_h, size_t ckpt_stri
             float *Sp = S + (size_t)p * N;
             float dx = dl * xt[p];
             float acc = 0.0f;
+            // omp simd: a vectorised (fixed-order for a given build) reduction.
+#pragma omp simd reduction(+ : acc)
             for (int n = 0; n < N; n++) {
                 Sp[n] = a * Sp[n] + dx * Bt[n];
                 acc += Ct[n] * Sp[n];
@@ -115,6 +117,9 @@ static void ssd_backward_head(const ssd_bwd_args *g, const float *ck, size_t ck_
     int H = g->H, P = g->P, N = g->N;
     size_t state = (size_t)P * N;
     memset(G, 0, state * sizeof(float));
+    // G holds dL/dS_{t} only after the scaling by a_{t+1} (a_next), which is
+    // folded into the next position's update to save one pass over G.
+    float a_next = 0.0f;
     int nc = n_chunks_of(t1 - t0);
     for (int c = nc - 1; c >= 0; c--) {
         int c0 = t0 + c * SSD_CHUNK, c1 = c0 + SSD_CHUNK < t1 ? c0 + SSD_CHUNK : t1;
@@ -141,8 +146,9 @@ static void ssd_backward_head(const ssd_bwd_args *g, const float *ck, size_t ck_
                 float *Gp = G + (size_t)p * N;
                 const float *Sp = St + (size_t)p * N, *Spp = Sprev + (size_t)p * N;
                 float gb = 0.0f, gs = 0.0f;
+#pragma omp simd reduction(+ : gb, gs)
                 for (int n = 0; n < N; n++) {
-                    Gp[n] += dyt[p] * Ct[n];
+                    Gp[n] = a_next * Gp[n] + dyt[p] * Ct[n];
                     gb += Gp[n] * Bt[n];
                     gs += Gp[n] * Spp[n];
                 }
@@ -168,7 +174,7 @@ static void ssd_backward_head(const ssd_bwd_args *g, const float *ck, size_t ck_
             double d_u = d_delta * (u > 20.0f ? 1.0 : (double)sigmoidf_(u));
             part[2] += d_u;
             if (g->ddt) g->ddt[(size_t)t * g->ld_ddt + h] += (float)d_u;
-            for (size_t i = 0; i < state; i++) G[i] *= a;  // now dL/dS_{t-1}
+            a_next = a;
         }
     }
 }
