@@ -8,6 +8,7 @@
 #include "ops_scan.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,6 +24,41 @@ size_t scan_ckpt_floats(int n_tok, int n_seq, int E, int N) {
 
 static size_t ckpt_base(const int *seq_off, int s) {
     return (size_t)s + (size_t)(seq_off[s] - seq_off[0]) / SCAN_CHUNK;
+}
+
+// exp(x) for the N-wide inner loops, written so that the compiler vectorizes
+// it (libm's expf is a scalar call, and floorf and float compares do not
+// vectorize under the default -ftrapping-math): x = k·ln2 + r with |r| <= ln2/2
+// (k rounded by the 1.5·2^23 trick), 2^k built from the exponent bits, exp(r)
+// by the Cephes minimax polynomial; relative error below 1e-7. Inputs below
+// −87 (−inf included) give 0, through integer masks. Meant for x <= 0 (Δ·A);
+// x > 88 would overflow the exponent. Every lane does the same IEEE operations
+// (C11 mode does not contract them into FMAs), so the result does not depend on
+// vectorization.
+typedef union {
+    float f;
+    int32_t i;
+    uint32_t u;
+} fbits;
+
+static inline float exp_poly(float x) {
+    fbits bx = {x};
+    int32_t keep = -(int32_t)(bx.u <= 0xC2AE0000u);  // all ones unless x < −87 (0xC2AE0000 = −87.0f)
+    fbits bxc = {.u = (bx.u & (uint32_t)keep) | (0xC2AE0000u & ~(uint32_t)keep)};
+    float xc = bxc.f;
+    float k = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+    float r = xc - k * 0.693359375f - k * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    fbits scale = {.i = ((int32_t)k + 127) << 23};
+    fbits res = {p * scale.f};
+    res.i &= keep;
+    return res.f;
 }
 
 // A[c, n] = −exp(A_log[c, n]), once per call.
@@ -62,10 +98,10 @@ void scan_forward(float *y, float *ckpt, const float *x, int ld_x, const float *
                         const float *Ac = A + (size_t)c * N;
                         float *sc = st + (size_t)ci * N;
                         float acc = 0.0f;
-                        for (int n = 0; n < N; n++) {
-                            sc[n] = expf(delta * Ac[n]) * sc[n] + dx * B[n];
-                            acc += C[n] * sc[n];
-                        }
+#pragma omp simd
+                        for (int n = 0; n < N; n++) sc[n] = exp_poly(delta * Ac[n]) * sc[n] + dx * B[n];
+#pragma omp simd reduction(+ : acc)
+                        for (int n = 0; n < N; n++) acc += C[n] * sc[n];
                         y[(size_t)t * E + c] = acc + D[c] * xv;
                     }
                 }
@@ -107,11 +143,10 @@ static void scan_chunk_backward(scan_work *wk, double *pA, double *pD, double *p
         const float *B = Bm + (size_t)t * ld_bc;
         wk->raw[i] = r;
         wk->delta[i] = delta;
-        for (int n = 0; n < N; n++) {
-            float an = expf(delta * Ac[n]);
-            a[(size_t)i * N + n] = an;
-            S[(size_t)(i + 1) * N + n] = an * S[(size_t)i * N + n] + dxv * B[n];
-        }
+        float *ai = a + (size_t)i * N;
+#pragma omp simd
+        for (int n = 0; n < N; n++) ai[n] = exp_poly(delta * Ac[n]);
+        for (int n = 0; n < N; n++) S[(size_t)(i + 1) * N + n] = ai[n] * S[(size_t)i * N + n] + dxv * B[n];
     }
     float *h = wk->h + (size_t)c * N;
     for (int i = L - 1; i >= 0; i--) {
@@ -124,14 +159,17 @@ static void scan_chunk_backward(scan_work *wk, double *pA, double *pD, double *p
         double *dBi = wk->dB + (size_t)i * N, *dCi = wk->dC + (size_t)i * N;
         *pD += (double)g * xv;
         float dxt = g * D[c], ddelta = 0.0f;
+        // (products in float, long sums in double; the simd reduction order is
+        // fixed by the code, not by the thread count)
+#pragma omp simd reduction(+ : dxt, ddelta)
         for (int n = 0; n < N; n++) {
             float hn = h[n] + g * C[n];  // adjoint of the state after position t
-            dCi[n] += (double)g * Sn[n];
-            dBi[n] += (double)hn * delta * xv;
+            dCi[n] += (double)(g * Sn[n]);
+            dBi[n] += (double)(hn * delta * xv);
             dxt += hn * delta * B[n];
             float da = hn * Si[n];       // adjoint of exp(Δ·A)
             ddelta += hn * B[n] * xv + da * ai[n] * Ac[n];
-            pA[n] += (double)da * ai[n] * delta;  // dA; times A at the end gives dA_log
+            pA[n] += (double)(da * ai[n] * delta);  // dA; times A at the end gives dA_log
             h[n] = hn * ai[n];           // carried to position t − 1
         }
         float dr = ddelta * hax_dsoftplus(wk->raw[i]);
