@@ -2,6 +2,7 @@
 #include "ops_ssd.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -111,9 +112,12 @@ typedef struct {
 
 // Backward of head h of the sequence at rows t0..t1-1 whose first checkpoint
 // is ck (stride between chunks ck_stride). Ss holds (SSD_CHUNK+1)·P·N floats,
-// G P·N floats. part[0..2] accumulate dD, dA (w.r.t. A), Σ ddt.
-static void ssd_backward_head(const ssd_bwd_args *g, const float *ck, size_t ck_stride, float *Ss,
-                              float *G, float A, float Dh, int t0, int t1, int h, double *part) {
+// G P·N floats, loc 2·N floats. part[0..2] accumulate dD, dA (w.r.t. A), Σ ddt.
+// This head's share of dB_t and dC_t (summed over p first) is added to row t
+// of dBh and dCh (leading dimension ld_h; NULL: not wanted).
+static void ssd_backward_head(const ssd_bwd_args *g, float *dBh, float *dCh, size_t ld_h,
+                              const float *ck, size_t ck_stride, float *Ss, float *G, float *loc,
+                              float A, float Dh, int t0, int t1, int h, double *part) {
     int H = g->H, P = g->P, N = g->N;
     size_t state = (size_t)P * N;
     memset(G, 0, state * sizeof(float));
@@ -142,6 +146,8 @@ static void ssd_backward_head(const ssd_bwd_args *g, const float *ck, size_t ck_
             const float *dyt = g->dy + (size_t)t * g->ld_dy + h * P;
             const float *St = Ss + (size_t)(t - c0 + 1) * state, *Sprev = St - state;
             double d_delta = 0.0, d_a = 0.0, dD = 0.0;
+            float *lB = loc, *lC = loc + N;
+            memset(loc, 0, 2 * (size_t)N * sizeof(float));
             for (int p = 0; p < P; p++) {
                 float *Gp = G + (size_t)p * N;
                 const float *Sp = St + (size_t)p * N, *Spp = Sprev + (size_t)p * N;
@@ -152,20 +158,20 @@ static void ssd_backward_head(const ssd_bwd_args *g, const float *ck, size_t ck_
                     gb += Gp[n] * Bt[n];
                     gs += Gp[n] * Spp[n];
                 }
-                if (g->dC) {
-                    float *dCt = g->dC + (size_t)t * g->ld_dbc;
-                    for (int n = 0; n < N; n++) dCt[n] += dyt[p] * Sp[n];
-                }
-                if (g->dB) {
-                    float *dBt = g->dB + (size_t)t * g->ld_dbc;
-                    float dxp = dl * xt[p];
-                    for (int n = 0; n < N; n++) dBt[n] += dxp * Gp[n];
+                float dxp = dl * xt[p];
+                for (int n = 0; n < N; n++) {
+                    lC[n] += dyt[p] * Sp[n];
+                    lB[n] += dxp * Gp[n];
                 }
                 if (g->dx) g->dx[(size_t)t * g->ld_dx + h * P + p] += Dh * dyt[p] + dl * gb;
                 d_delta += (double)xt[p] * gb;
                 d_a += gs;
                 dD += (double)dyt[p] * xt[p];
             }
+            if (dBh)
+                for (int n = 0; n < N; n++) dBh[(size_t)t * ld_h + n] += lB[n];
+            if (dCh)
+                for (int n = 0; n < N; n++) dCh[(size_t)t * ld_h + n] += lC[n];
             d_delta += (double)A * a * d_a;
             part[0] += dD;
             part[1] += (double)a * dl * d_a;
@@ -191,21 +197,53 @@ void ssd_backward(float *dx, int ld_dx, float *ddt, int ld_ddt, float *dB, float
     size_t state = (size_t)P * N;
     // Per-sequence partials [n_seq][H][3] so the sum order never depends on threads.
     double *part = xcalloc((size_t)n_seq * H * 3, sizeof(double));
+    // dB and dC of a position receive every head's share, added in head order.
+    // With many sequences one thread takes a whole sequence (all heads, in
+    // order). With fewer sequences than threads each (sequence, head) is a task
+    // that writes its share to a scratch slice; the slices are then added in
+    // head order, which gives the same float results as the first way.
+    int n_tok = seq_off[n_seq];
+    int per_head = n_seq < omp_get_max_threads() && H > 1 && (dB || dC);
+    size_t ld_h = 2 * (size_t)N;
+    float *scr = per_head ? xcalloc((size_t)H * n_tok * ld_h, sizeof(float)) : NULL;
 #pragma omp parallel
     {
         float *Ss = xmalloc((size_t)(SSD_CHUNK + 1) * state * sizeof(float));
-        float *G = xmalloc(state * sizeof(float));
-        // dB and dC of a sequence receive every head's share: one thread per sequence.
+        float *G = xmalloc(state * sizeof(float)), *loc = xmalloc(ld_h * sizeof(float));
+        if (per_head) {
+#pragma omp for schedule(dynamic, 1) collapse(2)
+            for (int s = 0; s < n_seq; s++)
+                for (int h = 0; h < H; h++) {
+                    const float *ck = ckpt + ((size_t)coff[s] * H + h) * state;
+                    float *sh = scr + (size_t)h * n_tok * ld_h;
+                    ssd_backward_head(&g, sh, sh + N, ld_h, ck, (size_t)H * state, Ss, G, loc,
+                                      -expf(A_log[h]), D[h], seq_off[s], seq_off[s + 1], h,
+                                      part + ((size_t)s * H + h) * 3);
+                }
+#pragma omp for schedule(static)
+            for (int t = 0; t < n_tok; t++)
+                for (int h = 0; h < H; h++) {
+                    const float *st = scr + ((size_t)h * n_tok + t) * ld_h;
+                    for (int n = 0; n < N; n++) {
+                        if (dB) dB[(size_t)t * ld_dbc + n] += st[n];
+                        if (dC) dC[(size_t)t * ld_dbc + n] += st[N + n];
+                    }
+                }
+        } else {
 #pragma omp for schedule(dynamic, 1)
-        for (int s = 0; s < n_seq; s++)
-            for (int h = 0; h < H; h++) {
-                const float *ck = ckpt + ((size_t)coff[s] * H + h) * state;
-                ssd_backward_head(&g, ck, (size_t)H * state, Ss, G, -expf(A_log[h]), D[h],
-                                  seq_off[s], seq_off[s + 1], h, part + ((size_t)s * H + h) * 3);
-            }
+            for (int s = 0; s < n_seq; s++)
+                for (int h = 0; h < H; h++) {
+                    const float *ck = ckpt + ((size_t)coff[s] * H + h) * state;
+                    ssd_backward_head(&g, dB, dC, (size_t)ld_dbc, ck, (size_t)H * state, Ss, G,
+                                      loc, -expf(A_log[h]), D[h], seq_off[s], seq_off[s + 1], h,
+                                      part + ((size_t)s * H + h) * 3);
+                }
+        }
         free(Ss);
         free(G);
+        free(loc);
     }
+    free(scr);
     // Added one sequence at a time (in float) so that a packed batch gives the
     // same parameter gradients as its sequences passed one call at a time.
     for (int s = 0; s < n_seq; s++)

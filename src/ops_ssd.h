@@ -38,9 +38,11 @@ void ssd_forward(float *y, int ld_y, float *delta, float *ckpt, const float *x, 
 // the gradient of the raw dt), dB, dC [n_tok, N] (ld_dbc), and the parameter
 // gradients ddt_bias, dA_log, dD [H], from dy [n_tok, H·P] (ld_dy). delta and
 // ckpt are the forward's. Any of dx, ddt, dB, dC may be NULL. Allocates its
-// own small scratch (per-thread chunk states, per-sequence partials) per call.
-// Deterministic for any thread count (threads split sequences; the
-// parameter gradients are summed per sequence, then in sequence order).
+// own scratch per call (per-thread chunk states, per-sequence partials, and
+// H·n_tok·2N floats when there are fewer sequences than threads, so the heads
+// of one long sequence run in parallel). Bit-identical for any thread count
+// and for a packed batch vs its sequences one call at a time (heads' shares
+// of dB/dC are added in head order; parameter gradients one sequence at a time).
 void ssd_backward(float *dx, int ld_dx, float *ddt, int ld_ddt, float *dB, float *dC, int ld_dbc,
                   float *ddt_bias, float *dA_log, float *dD, const float *dy, int ld_dy,
                   const float *delta, const float *ckpt, const float *x, int ld_x,

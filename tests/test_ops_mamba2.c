@@ -50,7 +50,7 @@ static void set_threads(int n) {
 // ---------------------------------------------------------------------------
 // SSD
 
-enum { SH = 2, SP = 3, SN = 4, SE = SH * SP, SLD = SE + 2 * SN, SLDT = SH + 1 };
+enum { SH = 3, SP = 3, SN = 4, SE = SH * SP, SLD = SE + 2 * SN, SLDT = SH + 1 };
 
 typedef struct {
     int seq_off[NSEQ + 1], n;
@@ -213,8 +213,9 @@ static void test_ssd_packed_vs_single_and_threads(void) {
     ssd_out_init(&two, c.n);
     set_threads(1);
     ssd_run(&packed, &c, 0, NSEQ);
-    for (int s = 0; s < NSEQ; s++) ssd_run(&single, &c, s, s + 1);
+    // One sequence on 2 threads: the backward splits the heads (its other path).
     set_threads(2);
+    for (int s = 0; s < NSEQ; s++) ssd_run(&single, &c, s, s + 1);
     ssd_run(&two, &c, 0, NSEQ);
     CHECK(ssd_out_equal(&packed, &single, c.n), "packed batch differs from one sequence at a time");
     CHECK(ssd_out_equal(&packed, &two, c.n), "1 thread differs from 2 threads");
