@@ -10,6 +10,7 @@
 #include "linear.h"
 #include "model.h"
 #include "safetensors.h"
+#include "sparse.h"
 #include "common.h"
 #include "test.h"
 
@@ -402,6 +403,67 @@ static void test_thread_independence(void) {
     omp_set_num_threads(omp_get_num_procs());
 }
 
+// Random inputs: the same (seed, step) draws the same hash matrices and
+// candidates, another step other ones; evaluation uses its own stream. And
+// injected buckets equal to the computed ones change nothing, others do.
+static void test_random_inputs_and_injection(void) {
+    loaded x;
+    load_case(&x, "mamba_sign_bin_lsh__key_selection", 0);
+    hax_model *m = &x.m;
+    int L = m->cfg.n_layers;
+    size_t nh = (size_t)m->cfg.state_size * m->cfg.num_hash, nl = (size_t)x.b.n_tok * m->cfg.vocab_size;
+    hax_fwd_result r1, r2, r3, r4;
+    hax_fwd_opts o = {1, 9, 4, 0, NULL};
+    engine_forward(x.e, &x.b, &o, &r1);
+    float *h1 = xmalloc(sizeof(float) * nh);
+    memcpy(h1, engine_cpu_hash(x.e, L - 1), sizeof(float) * nh);
+    engine_forward(x.e, &x.b, &o, &r2);
+    CHECK(r1.total_loss == r2.total_loss, "same step, same loss");
+    CHECK(memcmp(h1, engine_cpu_hash(x.e, L - 1), sizeof(float) * nh) == 0, "same step, same hash");
+    o.step = 5;
+    engine_forward(x.e, &x.b, &o, &r3);
+    CHECK(r3.gate_loss != r1.gate_loss, "another step draws other candidates");
+    CHECK(memcmp(h1, engine_cpu_hash(x.e, L - 1), sizeof(float) * nh) != 0, "another step, another hash");
+    o.train = 0;
+    o.step = 4;
+    engine_forward(x.e, &x.b, &o, &r4);
+    CHECK(r4.gate_loss == 0, "no ranking loss in evaluation");
+    CHECK(memcmp(h1, engine_cpu_hash(x.e, L - 1), sizeof(float) * nh) != 0, "evaluation has its own hash stream");
+
+    // forced buckets: the computed ones reproduce the run bit for bit
+    o.train = 1;
+    engine_forward(x.e, &x.b, &o, &r1);
+    float *logits = xmalloc(sizeof(float) * nl);
+    memcpy(logits, engine_cpu_logits(x.e), sizeof(float) * nl);
+    hax_inject inj;
+    memset(&inj, 0, sizeof inj);
+    int32_t *qb[HAX_MAX_LAYERS], *kb[HAX_MAX_LAYERS];
+    for (int l = 0; l < L; l++) {
+        const hax_sparse_state *st = engine_cpu_sparse(x.e, l);
+        qb[l] = xmalloc(sizeof(int32_t) * x.b.n_tok);
+        kb[l] = xmalloc(sizeof(int32_t) * x.b.n_tok);
+        memcpy(qb[l], st->q_bucket, sizeof(int32_t) * x.b.n_tok);
+        memcpy(kb[l], st->k_bucket, sizeof(int32_t) * x.b.n_tok);
+        inj.hash[l] = NULL;
+        inj.q_bucket[l] = qb[l];
+        inj.k_bucket[l] = kb[l];
+    }
+    o.inject = &inj;
+    engine_forward(x.e, &x.b, &o, &r2);
+    CHECK(r2.total_loss == r1.total_loss && memcmp(logits, engine_cpu_logits(x.e), sizeof(float) * nl) == 0,
+          "computed buckets injected: same result");
+    for (int t = 0; t < x.b.n_tok; t++) qb[0][t] = kb[0][t] = 0;  // one bucket: every earlier key is a candidate
+    engine_forward(x.e, &x.b, &o, &r3);
+    CHECK(memcmp(logits, engine_cpu_logits(x.e), sizeof(float) * nl) != 0, "other buckets injected: other result");
+    for (int l = 0; l < L; l++) {
+        free(qb[l]);
+        free(kb[l]);
+    }
+    free(logits);
+    free(h1);
+    unload(&x);
+}
+
 int main(void) {
     RUN(test_param_counts);
     RUN(test_param_order);
@@ -410,5 +472,6 @@ int main(void) {
     RUN(test_names_vs_golden);
     RUN(test_packed_vs_single);
     RUN(test_thread_independence);
+    RUN(test_random_inputs_and_injection);
     return test_summary();
 }
