@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# test_datagen.sh: hax-datagen end to end on small parameters: byte-identical
+# output for 1, 2 and 3 ranks, structure and counts of every cell (also by an
+# independent Python reader of the format), the collision path, levels 1 and
+# 3, the text layout, --compat reference against numpy, --verify catching a
+# flipped byte and a truncated shard, and every bad input.
+source "$(dirname "$0")/lib.sh"
+G=$BIN/hax-datagen
+work=$(mktemp -d /tmp/hax_test_datagen.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+PY=$(command -v python3 || true)
+NP=
+for p in /usr/bin/python3 python3; do
+    if "$p" -c 'import numpy' 2>/dev/null; then NP=$p; break; fi
+done
+q() { "$@" >/dev/null; }  # quiet: only the verdict lines
+pycheck() { "$PY" "$ROOT/tests/datagen_shards.py" check "$1" >/dev/null; }
+
+SMALL=(--max-n-context 7 --max-n-key 6 --n-train-per-cell 30 --n-test-per-cell 4 --shard-size 40 --seed 5)
+
+# ---- determinism over rank counts
+check "generate, 1 rank" q $G --out "$work/r1" "${SMALL[@]}"
+check "generate, 2 ranks" q $MPIRUN -np 2 $G --out "$work/r2" "${SMALL[@]}"
+check "generate, 3 ranks" q $MPIRUN -np 3 $G --out "$work/r3" "${SMALL[@]}"
+check "1 and 2 ranks byte-identical" diff -r "$work/r1" "$work/r2"
+check "1 and 3 ranks byte-identical" diff -r "$work/r1" "$work/r3"
+check "no temporary folder left" test -z "$(ls -A "$work/r1" | grep tmp)"
+n_shards=$(ls "$work/r1"/*.bin | wc -l)
+check "shard count (3x2 cells: 180 train in 5 shards, 24 valid in 1, 24 test in 1)" test "$n_shards" -eq 7
+check "--verify passes" q $G --verify "$work/r1"
+check "--verify passes on 3 ranks" q $MPIRUN -np 3 $G --verify "$work/r1"
+if [ -n "$PY" ]; then
+    check "independent reader: structure, cells, counts, uniqueness" pycheck "$work/r1"
+fi
+out=$($G --out "$work/seed6" "${SMALL[@]}" --seed 6)
+check "final line: samples, tokens, bytes, seconds, samples/s" \
+    grep -Eq '^hax-datagen: 228 samples, [0-9]+ tokens, [0-9]+ bytes in [0-9.]+ s \([0-9]+ samples/s' <<<"$out"
+check "another seed gives other samples" bash -c "! cmp -s '$work/r1/train-00000.bin' '$work/seed6/train-00000.bin'"
+# Default sizes: the reference's token layout (contexts at 42, keys at 26).
+check "default token layout in the manifest" grep -q 'level_bases: \[42, 26\]' \
+    <($G --out "$work/layout" --n-train-per-cell 1 --n-test-per-cell 1 >/dev/null && cat "$work/layout/manifest.yaml")
+check "default pad_len 1058" grep -q '^pad_len: 1058$' "$work/layout/manifest.yaml"
+
+# ---- collisions: cells of 1 context x 2..3 keys with 2 values have 16 and
+# 288 distinct samples; 12 per cell must be unique, so redraws are certain.
+COLL=(--min-n-context 1 --max-n-context 1 --min-n-key 2 --max-n-key 3 --n-value 2 --n-train-per-cell 8 --n-test-per-cell 2 --shard-size 3)
+out1=$($G --out "$work/c1" "${COLL[@]}")
+check "collisions are redrawn" grep -q 'redraws for uniqueness' <<<"$out1"
+check "collisions: 3 ranks byte-identical" bash -c "$MPIRUN -np 3 $G --out '$work/c3' ${COLL[*]} >/dev/null && diff -r '$work/c1' '$work/c3'"
+check "collisions: --verify passes (unique)" q $G --verify "$work/c1"
+[ -n "$PY" ] && check "collisions: independent uniqueness check" pycheck "$work/c1"
+
+# ---- levels
+check "levels 1 (associative recall)" q $G --out "$work/w1" --levels 1 --max-n-key 9 --n-train-per-cell 10 --n-test-per-cell 2
+check "levels 1 verify" q $G --verify "$work/w1"
+check "levels 3 (nested contexts)" q $MPIRUN -np 2 $G --out "$work/w3" --levels 3 --level-sizes 2:3,1:3,2:4 --n-train-per-cell 4 --n-test-per-cell 2 --shard-size 50
+check "levels 3 verify" q $G --verify "$work/w3"
+check "levels 2 via --level-sizes equals the default options" bash -c \
+    "$G --out '$work/w2' --levels 2 --level-sizes 5:7,5:6 ${SMALL[*]:4} --n-train-per-cell 30 --n-test-per-cell 4 >/dev/null && diff -r '$work/r1' '$work/w2'"
+if [ -n "$PY" ]; then
+    check "levels 1: independent reader" pycheck "$work/w1"
+    check "levels 3: independent reader" pycheck "$work/w3"
+fi
+
+# ---- text layout
+check "--format both" q $G --out "$work/both" "${SMALL[@]}" --format both
+txt="$work/both/max_n_context_7_max_n_key_6_seed_5_train_inputs.txt"
+check "text: one line per sample" test "$(wc -l < "$txt")" -eq 180
+check "text: every line padded to 184 ids" test "$(awk '{print NF}' "$txt" | sort -u)" = 184
+check "text: shards identical to --format shards" bash -c "for f in '$work/r1'/*; do cmp -s \"\$f\" '$work/both'/\$(basename \"\$f\") || exit 1; done"
+if [ -n "$PY" ]; then
+    mkdir -p "$work/pytext"
+    "$PY" "$ROOT/tests/datagen_shards.py" text "$work/r1" "$work/pytext"
+    check "text: equals the shards read independently" bash -c \
+        "for f in '$work/pytext'/*; do cmp -s \"\$f\" '$work/both'/\$(basename \"\$f\") || exit 1; done"
+fi
+check "--format text alone: text files, no manifest" bash -c \
+    "$G --out '$work/textonly' ${SMALL[*]} --format text >/dev/null && test -f '$work/textonly/max_n_context_7_max_n_key_6_seed_5_valid_mask.txt' && ! test -e '$work/textonly/manifest.yaml' && test -z \"\$(ls -A '$work/textonly' | grep -v '\.txt$')\""
+check_fails "--format text refuses existing text files" "already holds a text dataset" $G --out "$work/textonly" "${SMALL[@]}" --format text
+
+# ---- --compat reference
+CP=(--max-n-context 6 --max-n-key 7 --n-value 16 --n-train-per-cell 6 --n-test-per-cell 2 --seed 3)
+check "--compat reference, 2 ranks (rank 0 works)" q $MPIRUN -np 2 $G --out "$work/cp" --compat reference --format both "${CP[@]}" --shard-size 50
+check "--compat reference verify" q $G --verify "$work/cp"
+check "--compat manifest says so" grep -q '^generator: compat-reference$' "$work/cp/manifest.yaml"
+if [ -n "$NP" ]; then
+    compat_vs_numpy() {  # NAME, then the shared parameters as create_dataset.py spells them
+        local name=$1; shift
+        rm -rf "$work/np" "$work/npt" "$work/cpx"; mkdir -p "$work/np" "$work/npt"
+        "$NP" "$ROOT/tests/compat_numpy.py" --out "$work/np" "$@" >/dev/null || { fail "$name: numpy script"; return; }
+        local a=("$@"); a=("${a[@]//--max_n_context/--max-n-context}"); a=("${a[@]//--max_n_key/--max-n-key}")
+        a=("${a[@]//--min_n_context/--min-n-context}"); a=("${a[@]//--min_n_key/--min-n-key}")
+        a=("${a[@]//--n_value/--n-value}"); a=("${a[@]//--n_train/--n-train-per-cell}"); a=("${a[@]//--n_test/--n-test-per-cell}")
+        $G --out "$work/cpx" --compat reference --shard-size 7 "${a[@]}" >/dev/null || { fail "$name: hax-datagen"; return; }
+        "$PY" "$ROOT/tests/datagen_shards.py" text "$work/cpx" "$work/npt"
+        local bad=0
+        for f in "$work/np"/*.txt; do cmp -s "$f" "$work/npt/$(basename "$f")" || bad=1; done
+        [ "$(ls "$work/np"/*.txt | wc -l)" -eq 6 ] || bad=1
+        [ $bad -eq 0 ] && ok "$name" || fail "$name"
+    }
+    compat_vs_numpy "--compat shards equal numpy's samples" --max_n_context 6 --max_n_key 7 --n_value 16 --n_train 6 --n_test 2 --seed 3
+    compat_vs_numpy "--compat shards equal numpy's samples (redraws)" --max_n_context 2 --max_n_key 3 --min_n_context 1 --min_n_key 2 --n_value 2 --n_train 5 --n_test 1 --seed 7
+else
+    fail "numpy not found (install python3-numpy): --compat not compared with numpy"
+fi
+
+# ---- --verify catches damage
+cp -r "$work/r1" "$work/flip"
+printf '\x07' | dd of="$work/flip/train-00003.bin" bs=1 seek=2000 conv=notrunc status=none
+check_fails "--verify: flipped byte" "train-00003.bin.*(checksum|corrupted)" $G --verify "$work/flip"
+cp -r "$work/r1" "$work/trunc"
+truncate -s -100 "$work/trunc/valid-00000.bin"
+check_fails "--verify: truncated shard" "valid-00000.bin: expected [0-9]+ bytes \(manifest\), found [0-9]+: truncated" $G --verify "$work/trunc"
+cp -r "$work/r1" "$work/hdr"
+printf 'X' | dd of="$work/hdr/test-00000.bin" bs=1 seek=30 conv=notrunc status=none
+check_fails "--verify: corrupted header" "test-00000.bin: header checksum" $G --verify "$work/hdr"
+cp -r "$work/r1" "$work/man"
+sed -i 's/^n_value: 16$/n_value: abc/' "$work/man/manifest.yaml"
+check_fails "--verify: malformed manifest" "manifest.yaml:[0-9]+: field n_value: expected an integer" $G --verify "$work/man"
+cp -r "$work/r1" "$work/swap"
+cp "$work/seed6/train-00000.bin" "$work/swap/train-00000.bin"
+check_fails "--verify: a shard of another dataset" "train-00000.bin" $G --verify "$work/swap"
+check_fails "--verify: not a dataset" "manifest.yaml: cannot read" $G --verify "$work/nothing"
+
+# ---- bad input
+check_fails "unknown option" "unknown option '--bogus'" $G --out "$work/x" --bogus 1
+check_fails "malformed integer" "--seed: expected an integer" $G --out "$work/x" --seed 12abc
+check_fails "missing value" "--seed: expected a value" $G --out "$work/x" --seed
+check_fails "max below min" "maximum: expected >= its minimum 5, found 4" $G --out "$work/x" --max-n-key 4
+check_fails "ids beyond the 16-bit token type" "does not fit the 16-bit token type" $G --out "$work/x" --n-value 65530
+check_fails "more samples than a cell holds" "distinct samples" $G --out "$work/x" --min-n-context 1 --max-n-context 1 --min-n-key 1 --max-n-key 1 --n-value 2 --n-train-per-cell 3
+check_fails "bad --format" "--format: expected shards, text or both" $G --out "$work/x" --format csv
+check_fails "bad --compat" "--compat: expected 'reference'" $G --out "$work/x" --compat numpy
+check_fails "--compat needs 2 levels" "expected --levels 2" $G --out "$work/x" --compat reference --levels 3
+check_fails "--level-sizes count" "expected 2 levels" $G --out "$work/x" --level-sizes 5:6
+check_fails "no --out" "--out: expected an output folder" $G --seed 1
+check_fails "existing dataset without --force" "already holds a dataset.*--force" $G --out "$work/r1" "${SMALL[@]}"
+check "existing dataset with --force" q $G --out "$work/r1" "${SMALL[@]}" --seed 6 --force
+check "--force replaced it" bash -c "diff -r '$work/r1' '$work/seed6' && $G --verify '$work/r1' >/dev/null"
+touch "$work/afile"
+check_fails "unwritable folder" "--out $work/afile/sub: cannot create the folder" $G --out "$work/afile/sub" "${SMALL[@]}"
+check_fails "output is a file" "expected a folder, found a file" $G --out "$work/afile" "${SMALL[@]}"
+check "a failed run leaves no dataset behind" bash -c "! test -e '$work/x/manifest.yaml'"
+finish
