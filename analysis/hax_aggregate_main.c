@@ -1,0 +1,125 @@
+// hax-aggregate: results tree -> the paper's Table 1 (and plots).
+//
+//   hax-aggregate [--format markdown|csv|json] [--paper] [--plot DIR]
+//                 [--metric test|test_reference] RESULTS_DIR
+//
+// Reads every result.json under RESULTS_DIR, averages complete runs over
+// seeds per (architecture label, lr), picks each architecture's lr by mean
+// validation accuracy and prints the table on stdout. Exit 0 when something
+// was aggregated (a footer may list what was not), 1 when nothing was (or
+// the folder is missing), 2 for a bad command line.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "aggregate.h"
+#include "common.h"
+#include "plot_svg.h"
+#include "results.h"
+#include "table.h"
+
+static void usage(FILE *out) {
+    fputs("usage: hax-aggregate [--format markdown|csv|json] [--paper] [--plot DIR]\n"
+          "                     [--metric test|test_reference] RESULTS_DIR\n"
+          "  Reads RESULTS_DIR/**/result.json, averages complete runs over seeds, picks each\n"
+          "  architecture's learning rate by mean validation accuracy (ties: the smaller lr)\n"
+          "  and prints the paper's Table 1 (test accuracy %, mean ± sample std) on stdout.\n"
+          "  --format   markdown (default), csv (one row per architecture and lr; the footer\n"
+          "             goes to stderr) or json (everything, footer included)\n"
+          "  --paper    add the paper's Table 1 numbers beside ours\n"
+          "  --plot DIR write acc_vs_n.svg and heatmap_<label>.svg into DIR\n"
+          "  --metric   test (default: test_acc) or test_reference (test_acc_reference,\n"
+          "             the reference code's figure)\n",
+          out);
+}
+
+int main(int argc, char **argv) {
+    const char *format = "markdown", *plot_dir = NULL, *dir = NULL;
+    int paper = 0;
+    hax_summary s;
+    memset(&s, 0, sizeof s);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int has_value = i + 1 < argc;
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--paper") == 0) {
+            paper = 1;
+        } else if (strcmp(a, "--format") == 0 && has_value) {
+            format = argv[++i];
+            if (strcmp(format, "markdown") && strcmp(format, "csv") && strcmp(format, "json"))
+                hax_die_code(HAX_EXIT_USAGE, "--format: expected markdown, csv or json, found '%s'", format);
+        } else if (strcmp(a, "--plot") == 0 && has_value) {
+            plot_dir = argv[++i];
+        } else if (strcmp(a, "--metric") == 0 && has_value) {
+            const char *m = argv[++i];
+            if (strcmp(m, "test") == 0) s.metric = METRIC_TEST;
+            else if (strcmp(m, "test_reference") == 0) s.metric = METRIC_TEST_REFERENCE;
+            else hax_die_code(HAX_EXIT_USAGE, "--metric: expected test or test_reference, found '%s'", m);
+        } else if (a[0] == '-' && a[1]) {
+            hax_die_code(HAX_EXIT_USAGE, "%s: expected --format, --paper, --plot DIR, --metric or --help%s", a,
+                         has_value ? "" : " (or a missing value)");
+        } else if (dir) {
+            hax_die_code(HAX_EXIT_USAGE, "expected one RESULTS_DIR, found '%s' and '%s'", dir, a);
+        } else {
+            dir = a;
+        }
+    }
+    if (!dir) {
+        usage(stderr);
+        return HAX_EXIT_USAGE;
+    }
+
+    int tty = hax_stderr_is_tty();
+    char err[1024];
+    char **paths;
+    int n = results_find(dir, &paths, tty, err, sizeof err);
+    if (n < 0) hax_die("%s", err);
+    hax_run *runs = xcalloc((size_t)(n ? n : 1), sizeof *runs);
+    int n_read = 0;
+    double t0 = hax_now(), last = t0;
+    for (int i = 0; i < n; i++) {
+        if (tty && hax_now() - last > 0.2) {  // progress on a large tree
+            fprintf(stderr, "\rreading result files: %d/%d", i, n);
+            last = hax_now();
+        }
+        if (results_read_file(paths[i], &runs[n_read], err, sizeof err) == 0) n_read++;
+        else {
+            summary_note(&s.unreadable, &s.n_unreadable, paths[i], "%s", err);
+            results_run_free(&runs[n_read]);
+        }
+        free(paths[i]);
+    }
+    if (tty && last > t0) fputs("\r\033[K", stderr);
+    free(paths);
+    s.n_files = n;
+    aggregate_runs(runs, n_read, &s);
+    for (int i = 0; i < n_read; i++) results_run_free(&runs[i]);
+    free(runs);
+
+    if (s.n_archs == 0) {
+        table_footer_lines(stderr, &s, "hax-aggregate: ");
+        if (n == 0) hax_die("%s: expected result.json files under the folder, found none", dir);
+        hax_die("%s: expected at least one complete, readable result.json, found none (%d files: %d incomplete, %d "
+                "unreadable)",
+                dir, n, s.n_incomplete, s.n_unreadable);
+    }
+    if (strcmp(format, "csv") == 0) {
+        table_csv(stdout, &s, paper);
+        table_footer_lines(stderr, &s, "hax-aggregate: ");
+    } else if (strcmp(format, "json") == 0) {
+        table_json(stdout, &s, paper);
+    } else {
+        table_markdown(stdout, &s, paper);
+    }
+    if (fflush(stdout) != 0) hax_die("stdout: cannot write the table");
+    if (plot_dir) {
+        int w = plot_write_all(plot_dir, &s, err, sizeof err);
+        if (w < 0) hax_die("--plot: %s", err);
+        if (w == 0) hax_warn("--plot %s: no run reports per-cell accuracies; no figure written", plot_dir);
+        else fprintf(stderr, "hax-aggregate: wrote %d figure%s into %s\n", w, w == 1 ? "" : "s", plot_dir);
+    }
+    summary_free(&s);
+    return 0;
+}

@@ -1,0 +1,275 @@
+// plot_svg.c: the line plot (accuracy vs n) and the per-architecture
+// heatmaps as plain SVG: axes, ticks, labels, legend, colour bar.
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "plot_svg.h"
+
+static int fail(char *err, int errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, (size_t)errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static void xml_text(FILE *out, const char *s) {
+    for (; *s; s++) {
+        switch (*s) {
+        case '&': fputs("&amp;", out); break;
+        case '<': fputs("&lt;", out); break;
+        case '>': fputs("&gt;", out); break;
+        case '"': fputs("&quot;", out); break;
+        default: fputc(*s, out);
+        }
+    }
+}
+
+// A tick spacing of 1, 2 or 5 times a power of ten giving about `count` ticks.
+static double nice_step(double range, int count) {
+    double raw = range / count, p = pow(10, floor(log10(raw))), f = raw / p;
+    return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * p;
+}
+
+// Ten distinguishable colours; lines beyond ten also change their dash.
+static const char *const palette[10] = {"#1f5fa8", "#d9531e", "#2e9e44", "#c0392b", "#7b4fb0",
+                                        "#8c5a3c", "#d14fa0", "#555555", "#a8a81c", "#17a5b8"};
+static const char *const dashes[3] = {"", "6,3", "2,3"};
+
+int plot_curve(const hax_cells *cells, int **n_out, double **acc_out) {
+    int *n = xmalloc((size_t)(cells->n ? cells->n : 1) * sizeof *n), *cnt = xcalloc((size_t)(cells->n ? cells->n : 1), sizeof *cnt);
+    double *acc = xcalloc((size_t)(cells->n ? cells->n : 1), sizeof *acc);
+    int m = 0;
+    for (int i = 0; i < cells->n; i++) {
+        // one-level data (associative recall) has no contexts: n_c 0 counts as 1
+        int v = (cells->v[i].n_c ? cells->v[i].n_c : 1) * cells->v[i].n_k, k = 0;
+        while (k < m && n[k] != v) k++;
+        if (k == m) n[m++] = v;
+        acc[k] += cells->v[i].acc;
+        cnt[k]++;
+    }
+    for (int k = 0; k < m; k++) acc[k] /= cnt[k];
+    // insertion sort by n (a few hundred points at most)
+    for (int i = 1; i < m; i++)
+        for (int j = i; j > 0 && n[j - 1] > n[j]; j--) {
+            int t = n[j]; n[j] = n[j - 1]; n[j - 1] = t;
+            double u = acc[j]; acc[j] = acc[j - 1]; acc[j - 1] = u;
+        }
+    free(cnt);
+    *n_out = n;
+    *acc_out = acc;
+    return m;
+}
+
+static void svg_begin(FILE *out, int w, int h) {
+    fprintf(out,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" "
+            "font-family=\"DejaVu Sans, Arial, sans-serif\" font-size=\"12\">\n"
+            "<rect x=\"0\" y=\"0\" width=\"%d\" height=\"%d\" fill=\"white\"/>\n",
+            w, h, w, h, w, h);
+}
+
+// ---------------------------------------------------------------------------
+// Accuracy against n
+
+enum { LW = 960, LH = 560, L_LEFT = 70, L_RIGHT = 250, L_TOP = 50, L_BOTTOM = 60 };
+
+static void line_plot(FILE *out, const hax_summary *s) {
+    int pw = LW - L_LEFT - L_RIGHT, ph = LH - L_TOP - L_BOTTOM;
+    int nmin = 1 << 30, nmax = 0;
+    for (int a = 0; a < s->n_archs; a++) {
+        const hax_cells *c = &s->archs[a].lrs[s->archs[a].best].cells;
+        for (int i = 0; i < c->n; i++) {
+            int v = (c->v[i].n_c ? c->v[i].n_c : 1) * c->v[i].n_k;
+            if (v < nmin) nmin = v;
+            if (v > nmax) nmax = v;
+        }
+    }
+    double step = nice_step(nmax > nmin ? nmax - nmin : 1, 8);
+    double x0 = floor(nmin / step) * step, x1 = ceil(nmax / step) * step;
+    if (x1 <= x0) x1 = x0 + step;
+#define XPOS(v) (L_LEFT + ((v) - x0) / (x1 - x0) * pw)
+#define YPOS(p) (L_TOP + ph - (p) / 100.0 * ph)
+    svg_begin(out, LW, LH);
+    fprintf(out, "<text x=\"%d\" y=\"28\" font-size=\"15\" text-anchor=\"middle\">Test accuracy against table size "
+                 "n = n_c·n_k (best lr, mean over seeds)</text>\n",
+            L_LEFT + pw / 2);
+    // grid and ticks
+    for (double p = 0; p <= 100.001; p += 10) {
+        fprintf(out, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#e4e4e4\"/>\n", L_LEFT, YPOS(p),
+                L_LEFT + pw, YPOS(p));
+        fprintf(out, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%.0f</text>\n", L_LEFT - 6, YPOS(p) + 4, p);
+    }
+    for (double v = x0; v <= x1 + step / 2; v += step) {
+        fprintf(out, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#e4e4e4\"/>\n", XPOS(v), L_TOP, XPOS(v),
+                L_TOP + ph);
+        fprintf(out, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%g</text>\n", XPOS(v), L_TOP + ph + 18, v);
+    }
+    fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"black\"/>\n", L_LEFT, L_TOP,
+            pw, ph);
+    fprintf(out, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">table size n = n_c · n_k</text>\n", L_LEFT + pw / 2,
+            LH - 18);
+    fprintf(out, "<text x=\"18\" y=\"%d\" text-anchor=\"middle\" transform=\"rotate(-90 18 %d)\">test accuracy (%%)"
+                 "</text>\n",
+            L_TOP + ph / 2, L_TOP + ph / 2);
+    // one line per architecture, and its legend entry
+    int shown = 0;
+    for (int a = 0; a < s->n_archs; a++) {
+        const hax_arch_stats *A = &s->archs[a];
+        int *n;
+        double *acc;
+        int m = plot_curve(&A->lrs[A->best].cells, &n, &acc);
+        if (m) {
+            // Table 1 rows share a colour across Mamba (solid) and Mamba2
+            // (dashed); other architectures are dotted.
+            const char *col = palette[(A->row >= 0 ? A->row : shown) % 10];
+            const char *dash = dashes[A->row >= 0 ? A->col : 2];
+            fprintf(out, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s%s%s points=\"", col,
+                    *dash ? " stroke-dasharray=\"" : "", dash, *dash ? "\"" : "");
+            for (int i = 0; i < m; i++) fprintf(out, "%s%.1f,%.1f", i ? " " : "", XPOS(n[i]), YPOS(100 * acc[i]));
+            fputs("\"/>\n", out);
+            for (int i = 0; i < m; i++)
+                fprintf(out, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"2.5\" fill=\"%s\"/>\n", XPOS(n[i]), YPOS(100 * acc[i]),
+                        col);
+            int ly = L_TOP + 8 + 20 * shown, lx = L_LEFT + pw + 16;
+            fprintf(out, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"%s\" stroke-width=\"2\"%s%s%s/>\n", lx,
+                    ly, lx + 28, ly, col, *dash ? " stroke-dasharray=\"" : "", dash, *dash ? "\"" : "");
+            fprintf(out, "<text x=\"%d\" y=\"%d\">", lx + 36, ly + 4);
+            xml_text(out, A->label);
+            fputs("</text>\n", out);
+            shown++;
+        }
+        free(n);
+        free(acc);
+    }
+#undef XPOS
+#undef YPOS
+    fputs("</svg>\n", out);
+}
+
+// ---------------------------------------------------------------------------
+// Heatmap over (n_c, n_k)
+
+// Dark blue -> teal -> yellow, by linear interpolation between three anchors.
+static void heat_colour(double t, int rgb[3]) {
+    static const int anchor[3][3] = {{68, 1, 84}, {33, 145, 140}, {253, 231, 37}};
+    t = t < 0 ? 0 : t > 1 ? 1 : t;
+    int i = t < 0.5 ? 0 : 1;
+    double f = (t - 0.5 * i) * 2;
+    for (int c = 0; c < 3; c++) rgb[c] = (int)lround(anchor[i][c] + f * (anchor[i + 1][c] - anchor[i][c]));
+}
+
+static void heatmap(FILE *out, const hax_arch_stats *A) {
+    const hax_lr_stats *st = &A->lrs[A->best];
+    const hax_cells *c = &st->cells;
+    int cmin = 1 << 30, cmax = 0, kmin = 1 << 30, kmax = 0;
+    for (int i = 0; i < c->n; i++) {
+        if (c->v[i].n_c < cmin) cmin = c->v[i].n_c;
+        if (c->v[i].n_c > cmax) cmax = c->v[i].n_c;
+        if (c->v[i].n_k < kmin) kmin = c->v[i].n_k;
+        if (c->v[i].n_k > kmax) kmax = c->v[i].n_k;
+    }
+    int nx = kmax - kmin + 1, ny = cmax - cmin + 1;
+    int big = nx > ny ? nx : ny, cell = 480 / big;
+    if (cell > 48) cell = 48;
+    if (cell < 4) cell = 4;
+    int left = 80, top = 60, pw = nx * cell, ph = ny * cell;
+    int w = left + pw + 110, h = top + ph + 60;
+    svg_begin(out, w, h);
+    fprintf(out, "<text x=\"%d\" y=\"24\" font-size=\"14\" text-anchor=\"middle\">", left + pw / 2);
+    xml_text(out, A->label);
+    fprintf(out, ": test accuracy (%%) per cell</text>\n<text x=\"%d\" y=\"42\" text-anchor=\"middle\" "
+                 "fill=\"#444\">lr %g, %d seed%s</text>\n",
+            left + pw / 2, st->lr, st->n, st->n == 1 ? "" : "s");
+    fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"#cccccc\"/>\n", left, top, pw, ph);
+    for (int i = 0; i < c->n; i++) {
+        int x = left + (c->v[i].n_k - kmin) * cell, y = top + (c->v[i].n_c - cmin) * cell, rgb[3];
+        heat_colour(c->v[i].acc, rgb);
+        fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"#%02x%02x%02x\"/>\n", x, y, cell, cell,
+                rgb[0], rgb[1], rgb[2]);
+        if (cell >= 22)
+            fprintf(out, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" font-size=\"%d\" fill=\"%s\">%.0f</text>\n",
+                    x + cell / 2, y + cell / 2 + 4, cell >= 30 ? 11 : 9, c->v[i].acc > 0.6 ? "black" : "white",
+                    100 * c->v[i].acc);
+    }
+    fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"black\"/>\n", left, top, pw,
+            ph);
+    int every = cell >= 16 ? 1 : (16 + cell - 1) / cell;  // label every tick when there is room
+    for (int k = kmin; k <= kmax; k++)
+        if ((k - kmin) % every == 0)
+            fprintf(out, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%d</text>\n", left + (k - kmin) * cell + cell / 2,
+                    top + ph + 16, k);
+    for (int cc = cmin; cc <= cmax; cc++)
+        if ((cc - cmin) % every == 0)
+            fprintf(out, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%d</text>\n", left - 6,
+                    top + (cc - cmin) * cell + cell / 2 + 4, cc);
+    fprintf(out, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">n_k (keys per context)</text>\n", left + pw / 2,
+            top + ph + 38);
+    fprintf(out, "<text x=\"24\" y=\"%d\" text-anchor=\"middle\" transform=\"rotate(-90 24 %d)\">n_c (contexts)</text>\n",
+            top + ph / 2, top + ph / 2);
+    // colour bar, 0..100 %
+    int bx = left + pw + 30, bh = ph < 120 ? 120 : ph, steps = 50;
+    for (int i = 0; i < steps; i++) {
+        int rgb[3];
+        heat_colour(1 - (i + 0.5) / steps, rgb);
+        fprintf(out, "<rect x=\"%d\" y=\"%.2f\" width=\"16\" height=\"%.2f\" fill=\"#%02x%02x%02x\"/>\n", bx,
+                top + (double)bh * i / steps, (double)bh / steps + 0.5, rgb[0], rgb[1], rgb[2]);
+    }
+    fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"16\" height=\"%d\" fill=\"none\" stroke=\"black\"/>\n", bx, top, bh);
+    for (int p = 0; p <= 100; p += 25)
+        fprintf(out, "<text x=\"%d\" y=\"%.1f\">%d</text>\n", bx + 22, top + bh - bh * p / 100.0 + 4, p);
+    fputs("</svg>\n", out);
+}
+
+// ---------------------------------------------------------------------------
+
+// Writes what fn draws into path atomically.
+static int write_svg(const char *path, void (*fn)(FILE *, const void *), const void *arg, char *err, int errlen) {
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    if (!mem) return fail(err, errlen, "%s: cannot allocate: %s", path, strerror(errno));
+    fn(mem, arg);
+    fclose(mem);
+    int rc = hax_write_file_atomic(path, buf, len);
+    free(buf);
+    if (rc) return fail(err, errlen, "%s: cannot write: %s", path, strerror(errno));
+    return 0;
+}
+
+static void draw_lines(FILE *out, const void *s) { line_plot(out, s); }
+static void draw_heatmap(FILE *out, const void *a) { heatmap(out, a); }
+
+int plot_write_all(const char *dir, const hax_summary *s, char *err, int errlen) {
+    if (hax_mkdir_p(dir)) return fail(err, errlen, "%s: cannot create the plot folder: %s", dir, strerror(errno));
+    char path[2048];
+    int written = 0, with_cells = 0;
+    for (int a = 0; a < s->n_archs; a++) {
+        const hax_arch_stats *A = &s->archs[a];
+        if (!A->lrs[A->best].cells.n) continue;
+        with_cells++;
+        // The label in a file name: letters, digits and . _ + - only.
+        char name[160];
+        size_t i;
+        for (i = 0; A->label[i] && i < sizeof name - 1; i++) {
+            char ch = A->label[i];
+            int keep = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || strchr("._+-", ch);
+            name[i] = keep ? ch : '_';
+        }
+        name[i] = 0;
+        snprintf(path, sizeof path, "%s/heatmap_%s.svg", dir, name);
+        if (write_svg(path, draw_heatmap, A, err, errlen)) return -1;
+        written++;
+    }
+    if (with_cells) {
+        snprintf(path, sizeof path, "%s/acc_vs_n.svg", dir);
+        if (write_svg(path, draw_lines, s, err, errlen)) return -1;
+        written++;
+    }
+    return written;
+}

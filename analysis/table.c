@@ -1,0 +1,298 @@
+// table.c: Markdown, CSV and JSON renderings of an aggregated summary.
+#include <math.h>
+#include <string.h>
+
+#include "table.h"
+
+static const char *metric_name(hax_metric m) { return m == METRIC_TEST_REFERENCE ? "test_reference" : "test"; }
+
+// "38.0 ± 1.2" (percent, one decimal); "38.0" for one seed.
+static void fmt_acc(char *buf, size_t n, double mean, double std) {
+    if (isnan(std)) snprintf(buf, n, "%.1f", 100 * mean);
+    else snprintf(buf, n, "%.1f ± %.1f", 100 * mean, 100 * std);
+}
+
+static const hax_lr_stats *chosen(const hax_arch_stats *a) { return &a->lrs[a->best]; }
+
+static const hax_arch_stats *at_place(const hax_summary *s, int row, int col) {
+    for (int a = 0; a < s->n_archs; a++)
+        if (s->archs[a].row == row && s->archs[a].col == col) return &s->archs[a];
+    return NULL;
+}
+
+// ---------------------------------------------------------------------------
+// Markdown
+
+static void md_cell(FILE *out, const hax_arch_stats *a) {
+    if (!a) {
+        fputs(" – |", out);
+        return;
+    }
+    const hax_lr_stats *st = chosen(a);
+    char acc[64];
+    fmt_acc(acc, sizeof acc, st->test_mean, st->test_std);
+    fprintf(out, " %s (%d seed%s, lr %g) |", acc, st->n, st->n == 1 ? "" : "s", st->lr);
+}
+
+static void md_table1(FILE *out, const hax_summary *s, int paper) {
+    fputs("|  |", out);
+    for (int c = 0; c < TABLE1_COLS; c++) {
+        fprintf(out, " %s |", table1_col_name(c));
+        if (paper) fprintf(out, " %s (paper) |", table1_col_name(c));
+    }
+    fputs("\n|---|", out);
+    for (int c = 0; c < TABLE1_COLS * (paper ? 2 : 1); c++) fputs("---|", out);
+    fputc('\n', out);
+    for (int r = 0; r < TABLE1_ROWS; r++) {
+        fprintf(out, "| %s |", table1_row_name(r));
+        for (int c = 0; c < TABLE1_COLS; c++) {
+            md_cell(out, at_place(s, r, c));
+            if (!paper) continue;
+            double p = table1_paper(r, c);
+            if (isnan(p)) fputs(" – |", out);
+            else fprintf(out, " %.1f |", p);
+        }
+        fputc('\n', out);
+    }
+}
+
+static void md_others(FILE *out, const hax_summary *s) {
+    fputs("| architecture | model | pattern | hidden | test acc (%) | seeds | lr |\n", out);
+    fputs("|---|---|---|---|---|---|---|\n", out);
+    for (int i = 0; i < s->n_archs; i++) {
+        const hax_arch_stats *a = &s->archs[i];
+        if (a->row >= 0) continue;
+        const hax_lr_stats *st = chosen(a);
+        char acc[64], hidden[16];
+        fmt_acc(acc, sizeof acc, st->test_mean, st->test_std);
+        if (a->hidden_size) snprintf(hidden, sizeof hidden, "%d", a->hidden_size);
+        else snprintf(hidden, sizeof hidden, "?");
+        fprintf(out, "| %s | %s | %s | %s | %s | %d | %g |\n", a->label, a->model[0] ? a->model : "?",
+                a->pattern[0] ? a->pattern : "?", hidden, acc, st->n, st->lr);
+    }
+}
+
+static void md_lrs(FILE *out, const hax_summary *s) {
+    fputs("| architecture | lr | seeds | valid acc (%) | test acc (%) | chosen |\n", out);
+    fputs("|---|---|---|---|---|---|\n", out);
+    for (int i = 0; i < s->n_archs; i++) {
+        const hax_arch_stats *a = &s->archs[i];
+        for (int l = 0; l < a->n_lrs; l++) {
+            const hax_lr_stats *st = &a->lrs[l];
+            char valid[64], test[64], seeds[256] = "";
+            size_t len = 0;
+            for (int k = 0; k < st->n && len + 24 < sizeof seeds; k++)
+                len += (size_t)snprintf(seeds + len, sizeof seeds - len, "%s%llu", k ? "," : "",
+                                        (unsigned long long)st->seeds[k]);
+            fmt_acc(valid, sizeof valid, st->valid_mean, st->valid_std);
+            fmt_acc(test, sizeof test, st->test_mean, st->test_std);
+            fprintf(out, "| %s | %g | %d (%s) | %s | %s | %s |\n", a->label, st->lr, st->n, seeds, valid, test,
+                    l == a->best ? "yes" : "");
+        }
+    }
+}
+
+static void md_notes(FILE *out, const char *title, const hax_note *v, int n) {
+    if (!n) return;
+    fprintf(out, "\n%s (%d):\n\n", title, n);
+    for (int i = 0; i < n; i++) fprintf(out, "- `%s`: %s\n", v[i].path, v[i].text);
+}
+
+void table_markdown(FILE *out, const hax_summary *s, int paper) {
+    int placed = 0, others = 0;
+    for (int a = 0; a < s->n_archs; a++) {
+        if (s->archs[a].row >= 0) placed++;
+        else others++;
+    }
+    fprintf(out, "Test accuracy (%%, metric %s): mean ± sample std (n-1) over seeds, at the learning rate with the best "
+                 "mean validation accuracy (ties: the smaller lr). %d complete runs of %d result files.\n",
+            metric_name(s->metric), s->n_runs, s->n_files);
+    if (placed || paper) {
+        fputs("\n### Table 1\n\n", out);
+        md_table1(out, s, paper);
+    }
+    if (others) {
+        fputs("\n### Other architectures\n\n", out);
+        md_others(out, s);
+    }
+    fputs("\n### Every learning rate\n\n", out);
+    md_lrs(out, s);
+    if (!s->n_incomplete && !s->n_missing && !s->n_unreadable) {
+        fprintf(out, "\nAll %d result files were complete and averaged; no seed is missing.\n", s->n_files);
+        return;
+    }
+    fputs("\n### Not averaged\n", out);
+    md_notes(out, "Incomplete or failed runs", s->incomplete, s->n_incomplete);
+    md_notes(out, "Missing seeds or learning rates", s->missing, s->n_missing);
+    md_notes(out, "Unreadable result files", s->unreadable, s->n_unreadable);
+}
+
+void table_footer_lines(FILE *out, const hax_summary *s, const char *prefix) {
+    for (int i = 0; i < s->n_incomplete; i++)
+        fprintf(out, "%sincomplete: %s: %s\n", prefix, s->incomplete[i].path, s->incomplete[i].text);
+    for (int i = 0; i < s->n_missing; i++)
+        fprintf(out, "%smissing: %s: %s\n", prefix, s->missing[i].path, s->missing[i].text);
+    for (int i = 0; i < s->n_unreadable; i++)
+        fprintf(out, "%sunreadable: %s: %s\n", prefix, s->unreadable[i].path, s->unreadable[i].text);
+}
+
+// ---------------------------------------------------------------------------
+// CSV: one row per (architecture, learning rate); percent with 4 decimals;
+// an undefined std is an empty field. Labels never hold commas or quotes in
+// practice, but are quoted when they do.
+
+static void csv_str(FILE *out, const char *s) {
+    if (!strpbrk(s, ",\"\n")) {
+        fputs(s, out);
+        return;
+    }
+    fputc('"', out);
+    for (; *s; s++) {
+        if (*s == '"') fputc('"', out);
+        fputc(*s, out);
+    }
+    fputc('"', out);
+}
+
+static void csv_num(FILE *out, double v, double scale) {
+    if (!isnan(v)) fprintf(out, "%.4f", scale * v);
+}
+
+void table_csv(FILE *out, const hax_summary *s, int paper) {
+    fputs("label,table1_row,table1_column,model,pattern,hidden_size,lr,chosen,n_seeds,seeds,"
+          "valid_mean,valid_std,test_mean,test_std",
+          out);
+    fputs(paper ? ",paper\n" : "\n", out);
+    for (int i = 0; i < s->n_archs; i++) {
+        const hax_arch_stats *a = &s->archs[i];
+        for (int l = 0; l < a->n_lrs; l++) {
+            const hax_lr_stats *st = &a->lrs[l];
+            csv_str(out, a->label);
+            fputc(',', out);
+            if (a->row >= 0) csv_str(out, table1_row_name(a->row));
+            fputc(',', out);
+            if (a->row >= 0) fputs(table1_col_name(a->col), out);
+            fputc(',', out);
+            csv_str(out, a->model);
+            fputc(',', out);
+            csv_str(out, a->pattern);
+            fputc(',', out);
+            if (a->hidden_size) fprintf(out, "%d", a->hidden_size);
+            fprintf(out, ",%g,%d,%d,", st->lr, l == a->best, st->n);
+            for (int k = 0; k < st->n; k++) fprintf(out, "%s%llu", k ? ";" : "", (unsigned long long)st->seeds[k]);
+            fputc(',', out);
+            csv_num(out, st->valid_mean, 100);
+            fputc(',', out);
+            csv_num(out, st->valid_std, 100);
+            fputc(',', out);
+            csv_num(out, st->test_mean, 100);
+            fputc(',', out);
+            csv_num(out, st->test_std, 100);
+            if (paper) {
+                fputc(',', out);
+                csv_num(out, table1_paper(a->row, a->col), 1);
+            }
+            fputc('\n', out);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// JSON
+
+static void json_str(FILE *out, const char *s) {
+    fputc('"', out);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') fprintf(out, "\\%c", c);
+        else if (c < 0x20) fprintf(out, "\\u%04x", c);
+        else fputc(c, out);
+    }
+    fputc('"', out);
+}
+
+static void json_num(FILE *out, double v, double scale) {
+    if (isnan(v)) fputs("null", out);
+    else fprintf(out, "%.4f", scale * v);
+}
+
+static void json_seeds(FILE *out, const hax_lr_stats *st) {
+    fputc('[', out);
+    for (int k = 0; k < st->n; k++) fprintf(out, "%s%llu", k ? ", " : "", (unsigned long long)st->seeds[k]);
+    fputc(']', out);
+}
+
+static void json_stats(FILE *out, const hax_lr_stats *st) {
+    fprintf(out, "\"lr\": %.17g, \"n_seeds\": %d, \"seeds\": ", st->lr, st->n);
+    json_seeds(out, st);
+    fputs(", \"valid_mean\": ", out);
+    json_num(out, st->valid_mean, 100);
+    fputs(", \"valid_std\": ", out);
+    json_num(out, st->valid_std, 100);
+    fputs(", \"test_mean\": ", out);
+    json_num(out, st->test_mean, 100);
+    fputs(", \"test_std\": ", out);
+    json_num(out, st->test_std, 100);
+}
+
+static void json_notes(FILE *out, const char *name, const char *k1, const char *k2, const hax_note *v, int n) {
+    fprintf(out, "  \"%s\": [", name);
+    for (int i = 0; i < n; i++) {
+        fprintf(out, "%s\n    {\"%s\": ", i ? "," : "", k1);
+        json_str(out, v[i].path);
+        fprintf(out, ", \"%s\": ", k2);
+        json_str(out, v[i].text);
+        fputc('}', out);
+    }
+    fputs(n ? "\n  ]" : "]", out);
+}
+
+static void json_arch(FILE *out, const hax_arch_stats *a, int paper) {
+    const hax_lr_stats *st = chosen(a);
+    fputs("    {\"label\": ", out);
+    json_str(out, a->label);
+    fputs(", \"model\": ", out);
+    json_str(out, a->model);
+    fputs(", \"pattern\": ", out);
+    json_str(out, a->pattern);
+    fprintf(out, ", \"hidden_size\": %d,\n     \"table1_row\": ", a->hidden_size);
+    if (a->row >= 0) json_str(out, table1_row_name(a->row));
+    else fputs("null", out);
+    fputs(", \"table1_column\": ", out);
+    if (a->row >= 0) json_str(out, table1_col_name(a->col));
+    else fputs("null", out);
+    if (paper) {
+        fputs(", \"paper\": ", out);
+        json_num(out, table1_paper(a->row, a->col), 1);
+    }
+    fprintf(out, ",\n     \"chosen_lr\": %.17g, ", st->lr);
+    json_stats(out, st);
+    fputs(",\n     \"lrs\": [", out);
+    for (int l = 0; l < a->n_lrs; l++) {
+        fprintf(out, "%s\n       {", l ? "," : "");
+        json_stats(out, &a->lrs[l]);
+        fputc('}', out);
+    }
+    fputs("],\n     \"cells\": [", out);
+    for (int k = 0; k < st->cells.n; k++)
+        fprintf(out, "%s{\"n_c\": %d, \"n_k\": %d, \"test_acc\": %.4f}", k ? ", " : "", st->cells.v[k].n_c,
+                st->cells.v[k].n_k, 100 * st->cells.v[k].acc);
+    fputs("]}", out);
+}
+
+void table_json(FILE *out, const hax_summary *s, int paper) {
+    fprintf(out, "{\n  \"metric\": \"%s\",\n  \"unit\": \"percent\",\n  \"std\": \"sample (n-1)\",\n", metric_name(s->metric));
+    fputs("  \"lr_rule\": \"best mean best_valid_acc over seeds; ties (within 1e-9) go to the smaller lr\",\n", out);
+    fprintf(out, "  \"n_files\": %d,\n  \"n_runs\": %d,\n  \"architectures\": [", s->n_files, s->n_runs);
+    for (int i = 0; i < s->n_archs; i++) {
+        fputs(i ? ",\n" : "\n", out);
+        json_arch(out, &s->archs[i], paper);
+    }
+    fputs(s->n_archs ? "\n  ],\n" : "],\n", out);
+    json_notes(out, "incomplete", "path", "status", s->incomplete, s->n_incomplete);
+    fputs(",\n", out);
+    json_notes(out, "missing", "label", "what", s->missing, s->n_missing);
+    fputs(",\n", out);
+    json_notes(out, "unreadable", "path", "reason", s->unreadable, s->n_unreadable);
+    fputs("\n}\n", out);
+}
