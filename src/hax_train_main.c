@@ -1,0 +1,184 @@
+// hax-train: trains one model of a YAML config on every MPI rank it is
+// started with (mpirun, srun, or none), and leaves a resumable record in
+// <root>/<arch>/lr_<lr>/seed_<seed>/ (src/train.h).
+#include <errno.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common.h"
+#include "config.h"
+#include "datagen.h"
+#include "dataset.h"
+#include "dist.h"
+#include "linear.h"
+#include "train.h"
+
+static const char *usage =
+    "usage: hax-train CONFIG.yaml [section.field=value ...] [--force] [--results DIR]\n"
+    "\n"
+    "Trains the model of CONFIG (the reference's protocol; README \"Training\") on all ranks it is\n"
+    "started with, and writes result.json, metrics.csv, best.safetensors and checkpoint.safetensors\n"
+    "into RESULTS/<arch>/lr_<lr>/seed_<seed>/. A folder holding a checkpoint is resumed; one whose\n"
+    "result.json is complete is skipped.\n"
+    "\n"
+    "  section.field=value   override a config field (train.lr=3e-4 train.seed=2 ...)\n"
+    "  --force               start over: ignore a complete result and the checkpoint\n"
+    "  --results DIR         the results root (output.root)\n"
+    "  --help                this text\n"
+    "\n"
+    "exit status: 0 done (or skipped), 1 error, 2 usage, 3 stopped by SIGTERM/SIGUSR1 after writing a\n"
+    "checkpoint (run it again to resume)\n";
+
+static hax_dist dist;
+
+static void usage_error(const char *fmt, const char *arg) __attribute__((noreturn));
+static void usage_error(const char *fmt, const char *arg) {
+    if (dist.rank == 0) {
+        fprintf(stderr, "hax: ");
+        fprintf(stderr, fmt, arg);
+        fprintf(stderr, " (see hax-train --help)\n");
+    }
+    dist_finalize();
+    exit(HAX_EXIT_USAGE);
+}
+
+static double parse_num(const char *opt, const char *v) {
+    char *end = NULL;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (!v[0] || *end || errno || x < 0) usage_error("%s: expected a non-negative number", opt);
+    return x;
+}
+
+// One thread per rank where ranks share a node (unless OMP_NUM_THREADS says otherwise).
+static void set_threads(void) {
+    int n;
+    if (getenv("OMP_NUM_THREADS")) {
+        n = omp_get_max_threads();
+    } else {
+        n = omp_get_num_procs() / (dist.local_size > 0 ? dist.local_size : 1);
+        if (n < 1) n = 1;
+        omp_set_num_threads(n);
+    }
+    hax_blas_set_threads(n);
+}
+
+// Opens (generating it first where the config allows) and checks the dataset.
+static hax_dataset *open_dataset(const hax_config *cfg) {
+    char manifest[HAX_PATH_MAX + 32], err[2048] = "";
+    snprintf(manifest, sizeof manifest, "%s/manifest.yaml", cfg->data.path);
+    int missing = access(manifest, F_OK) != 0;
+    if (missing && !cfg->data.generate) {
+        snprintf(err, sizeof err,
+                 "data.path: expected a dataset (manifest.yaml) in %s, found none; generate it with hax-datagen or "
+                 "set data.generate: true",
+                 cfg->data.path);
+        train_check_all(&dist, 1, err, HAX_EXIT_ERROR);
+    }
+    if (missing) {
+        if (dist.rank == 0) printf("hax-train: no dataset in %s: generating it\n", cfg->data.path);
+        datagen_opts o;
+        memset(&o, 0, sizeof o);
+        o.p = cfg->data.gen;
+        o.out = cfg->data.path;
+        o.shard_size = 32768;
+        o.format = FORMAT_SHARDS;
+        int rc = datagen_run(&o, dist.rank, dist.size);
+        if (rc) {
+            dist_finalize();
+            exit(rc);
+        }
+    }
+    hax_dataset *ds = dataset_open(cfg->data.path, err, sizeof err);
+    train_check_all(&dist, ds == NULL, err, HAX_EXIT_ERROR);
+    int bad = train_check_dataset(ds, &cfg->data.gen, cfg->data.path, err, sizeof err);
+    train_check_all(&dist, bad, err, HAX_EXIT_ERROR);
+    bad = dataset_check_checksums(ds, dist.rank, dist.size, err, sizeof err) != 0;
+    train_check_all(&dist, bad, err, HAX_EXIT_ERROR);
+    return ds;
+}
+
+int main(int argc, char **argv) {
+    dist_init(&dist, &argc, &argv);
+    train_opts o;
+    memset(&o, 0, sizeof o);
+    const char *config_path = NULL, *results = NULL;
+    const char **over = xcalloc((size_t)argc + 1, sizeof(char *));
+    int n_over = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            if (dist.rank == 0) fputs(usage, stdout);
+            dist_finalize();
+            return HAX_EXIT_OK;
+        } else if (!strcmp(a, "--force")) {
+            o.force = 1;
+        } else if (!strcmp(a, "--results") || !strcmp(a, "--stop-after-step") || !strcmp(a, "--slow-step")) {
+            if (i + 1 >= argc) usage_error("%s: expected a value, found none", a);
+            const char *v = argv[++i];
+            if (!strcmp(a, "--results")) results = v;
+            else if (!strcmp(a, "--stop-after-step")) o.stop_after_step = (int64_t)parse_num(a, v);
+            else o.slow_step = parse_num(a, v);  // test hooks, not in --help
+        } else if (a[0] == '-') {
+            usage_error("unknown option '%s'", a);
+        } else if (strchr(a, '=')) {
+            over[n_over++] = a;
+        } else if (!config_path) {
+            config_path = a;
+        } else {
+            usage_error("expected one CONFIG.yaml, found a second one: '%s'", a);
+        }
+    }
+    if (!config_path) usage_error("%sexpected a CONFIG.yaml argument, found none", "");
+
+    hax_config cfg;
+    char err[2048] = "";
+    int bad = config_load(&cfg, config_path, over, n_over, err, sizeof err) != 0;
+    if (!bad && results) {
+        if (strlen(results) >= sizeof cfg.output.root) {
+            snprintf(err, sizeof err, "--results: expected a path shorter than %zu bytes, found %zu bytes",
+                     sizeof cfg.output.root, strlen(results));
+            bad = 1;
+        } else {
+            snprintf(cfg.output.root, sizeof cfg.output.root, "%s", results);
+        }
+    }
+    train_check_all(&dist, bad, err, HAX_EXIT_ERROR);
+    if (cfg.train.device == DEVICE_CUDA) {
+        train_check_all(&dist, 1,
+                        "train.device: expected cpu or auto, found cuda: this hax-train has no CUDA backend yet "
+                        "(use device: auto or cpu)",
+                        HAX_EXIT_ERROR);
+    }
+    char *text = config_to_string(&cfg);
+    if (!dist_all_equal(text, strlen(text)))
+        dist_die(&dist, "config: expected every rank to resolve the same config, found different ones (are the "
+                        "config file and the arguments the same on every node?)");
+    if (dist.rank == 0) {
+        printf("hax-train: config %s%s (device %s -> cpu)\n%s", config_path, n_over ? " with overrides" : "",
+               config_device_name(cfg.train.device), text);
+        fflush(stdout);
+    }
+    o.cfg = &cfg;
+    o.config_text = text;
+    o.config_path = config_path;
+    o.dist = &dist;
+    config_run_dir(&cfg, o.run_dir, sizeof o.run_dir);
+    if (!o.force && train_result_complete(o.run_dir)) {
+        if (dist.rank == 0) printf("hax-train: %s is complete (result.json); skipped (--force runs it again)\n", o.run_dir);
+        dist_finalize();
+        return HAX_EXIT_OK;
+    }
+    set_threads();
+    train_install_signals();
+    o.ds = open_dataset(&cfg);
+    int rc = train_run(&o);
+    dataset_close(o.ds);
+    free(text);
+    free(over);
+    dist_finalize();
+    return rc;
+}
