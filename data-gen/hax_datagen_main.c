@@ -3,6 +3,7 @@
 // srun the ranks share the work and the output is the same byte for byte.
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <mpi.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -195,6 +196,12 @@ int main(int argc, char **argv) {
             usage_error("--compat reference: --n-valid-per-cell: expected the test count %" PRId64 ", found %" PRId64,
                         n_test, p->n_per_cell[SPLIT_VALID]);
     }
+    // The shard being written is held in memory: keep it under 2 GiB.
+    double shard_bytes = (double)o.shard_size * (double)data_pad_len(p) * (data_token_bytes(p) + 0.125);
+    if (shard_bytes > 2147483648.0)
+        usage_error("--shard-size: %" PRId64 " samples of up to %" PRId64 " tokens exceed 2 GiB per shard; expected at "
+                    "most %.0f", o.shard_size, data_pad_len(p),
+                    floor(2147483648.0 / ((double)data_pad_len(p) * (data_token_bytes(p) + 0.125))));
     if (o.format & FORMAT_TEXT) {
         int64_t pad = data_pad_len(p);
         if (pad > 100000000) usage_error("--format text: padded lines of %" PRId64 " tokens are too long", pad);
