@@ -22,8 +22,8 @@ static const char *usage =
     "test) and per cell (n_c, n_k), n_c in MIN..MAX contexts and n_k in MIN..MAX keys, the given number of\n"
     "unique samples, the cell cycling fastest. Run it under mpirun/srun to share the work among ranks.\n"
     "\n"
-    "options (defaults are the reference's):\n"
-    "  --out DIR                  output folder (created; shards + manifest.yaml, written last)\n"
+    "options (defaults are the reference's; its underscore spellings, e.g. --max_n_context, work too):\n"
+    "  --out DIR                  output folder (created; shards + manifest.yaml, written last); alias --data-dir\n"
     "  --max-n-context N          largest number of contexts (16)\n"
     "  --max-n-key N              largest number of keys per context (16)\n"
     "  --min-n-context N          smallest number of contexts (5)\n"
@@ -125,6 +125,10 @@ int main(int argc, char **argv) {
             snprintf(name, sizeof name, "%s", a);
             v = i + 1 < argc ? argv[++i] : NULL;
         }
+        // The reference's spellings work too: --max_n_context, --data_dir.
+        for (char *q = name; *q; q++)
+            if (*q == '_') *q = '-';
+        if (strcmp(name, "--data-dir") == 0) snprintf(name, sizeof name, "--out");
         static const char *known[] = {"--out", "--max-n-context", "--max-n-key", "--min-n-context", "--min-n-key",
                                       "--n-value", "--n-train-per-cell", "--n-train-per-context-key",
                                       "--n-test-per-cell", "--n-test-per-context-key", "--n-valid-per-cell",

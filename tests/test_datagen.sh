@@ -41,6 +41,9 @@ check "default token layout in the manifest" grep -q 'level_bases: \[42, 26\]' \
     <($G --out "$work/layout" --n-train-per-cell 1 --n-test-per-cell 1 >/dev/null && cat "$work/layout/manifest.yaml")
 check "default pad_len 1058" grep -q '^pad_len: 1058$' "$work/layout/manifest.yaml"
 
+check "the reference's option spellings (--data_dir, --max_n_context, ...)" bash -c \
+    "$G --data_dir '$work/us' --max_n_context 7 --max_n_key 6 --n_train_per_context_key 30 --n_test_per_context_key 4 --shard-size 40 --seed 5 >/dev/null && diff -r '$work/r1' '$work/us'"
+
 # ---- collisions: cells of 1 context x 2..3 keys with 2 values have 16 and
 # 288 distinct samples; 12 per cell must be unique, so redraws are certain.
 COLL=(--min-n-context 1 --max-n-context 1 --min-n-key 2 --max-n-key 3 --n-value 2 --n-train-per-cell 8 --n-test-per-cell 2 --shard-size 3)
