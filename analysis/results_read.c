@@ -159,7 +159,8 @@ static void path_parts(const char *path, char *label, size_t llen, char *lr, siz
 //   [{"n_c": 5, "n_k": 7, "acc": 0.5}, ...]     (also "accuracy")
 //   {"5x7": 0.5, ...}  or  {"5,7": 0.5, ...}
 // found at "<split>_cells", "cells_<split>", "per_cell.<split>" or
-// "cells.<split>"; or one list "cells": [{"n_c", "n_k", "valid_acc", "test_acc"}].
+// "cells.<split>"; or (valid and test only) one list
+// "cells": [{"n_c", "n_k", "valid_acc", "test_acc"}].
 
 static int cell_key(const char *s, int *n_c, int *n_k) {
     char *end;
@@ -232,7 +233,7 @@ static int read_cells(ynode root, const char *split, hax_cells *out, char *err, 
         if (x.node) return read_cell_list(x, keys[i], "acc", out, err, errlen);
     }
     ynode x = get(root, "cells");
-    if (x.node && x.node->type == YAML_SEQUENCE_NODE) {
+    if (x.node && x.node->type == YAML_SEQUENCE_NODE && strcmp(split, "test_reference") != 0) {
         char acc_key[32];
         snprintf(acc_key, sizeof acc_key, "%s_acc", split);
         return read_cell_list(x, "cells", acc_key, out, err, errlen);
