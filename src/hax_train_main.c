@@ -116,11 +116,13 @@ int main(int argc, char **argv) {
             return HAX_EXIT_OK;
         } else if (!strcmp(a, "--force")) {
             o.force = 1;
-        } else if (!strcmp(a, "--results") || !strcmp(a, "--stop-after-step") || !strcmp(a, "--slow-step")) {
+        } else if (!strcmp(a, "--results") || !strcmp(a, "--stop-after-step") || !strcmp(a, "--slow-step") ||
+                   !strcmp(a, "--nan-at-step")) {
             if (i + 1 >= argc) usage_error("%s: expected a value, found none", a);
             const char *v = argv[++i];
             if (!strcmp(a, "--results")) results = v;
             else if (!strcmp(a, "--stop-after-step")) o.stop_after_step = (int64_t)parse_num(a, v);
+            else if (!strcmp(a, "--nan-at-step")) o.nan_at_step = (int64_t)parse_num(a, v);
             else o.slow_step = parse_num(a, v);  // test hooks, not in --help
         } else if (a[0] == '-') {
             usage_error("unknown option '%s'", a);

@@ -166,6 +166,7 @@ static void train_step(train_ctx *t, int64_t s, step_stats *st) {
         engine_forward(t->eng, b, &fo, &r);
         engine_backward(t->eng);
     }
+    if (s == t->o->nan_at_step && t->d->rank == 0) m->grad[0] = NAN;  // test hook
     if (t->d->size > 1) dist_allreduce_sum_f32(m->grad, m->n_floats);
     double v[4] = {r.loss, r.gate_loss, r.acc, r.total_loss};
     if (t->d->size > 1) dist_allreduce_sum_f64(v, 4);
@@ -431,7 +432,8 @@ int train_run(const train_opts *o) {
         if (s % tc->log_every == 0 || val || s == tc->steps) close_row(&t, s, lr, val ? ev.acc : NAN);
         if (o->stop_after_step == s && root) raise(SIGTERM);
         int stop = dist_allreduce_max_int(train_stop_requested());
-        if (stop || s % tc->checkpoint_every == 0) save_state(&t, stop ? "preempted" : "running");
+        int periodic = tc->checkpoint_every > 0 && s % tc->checkpoint_every == 0;  // 0: only on stop and at the end
+        if (stop || periodic) save_state(&t, stop ? "preempted" : "running");
         else if (val && root) train_write_result(&t, "running", NULL, NULL, err, sizeof err);
         if (stop) {
             if (root) {

@@ -34,6 +34,7 @@ typedef struct {
     int force;                // start over even where a checkpoint exists
     int64_t stop_after_step;  // test hook: raise SIGTERM at itself after this step (0: off)
     double slow_step;         // test hook: sleep this many seconds after each step (0: off)
+    int64_t nan_at_step;      // test hook: a NaN gradient on rank 0 at this step (0: off)
 } train_opts;
 
 // Installs the SIGTERM / SIGUSR1 handlers: they only set a flag that the loop

@@ -191,7 +191,7 @@ int train_ckpt_load(train_ctx *t, char *err, int errlen) {
     char path[HAX_PATH_MAX + 320];
     path_of(t, "checkpoint.safetensors", path, sizeof path);
     if (access(path, F_OK) != 0) {
-        if (errno == ENOENT) return 0;
+        if (errno == ENOENT || errno == ENOTDIR) return 0;  // no checkpoint (yet)
         snprintf(err, errlen, "%s: cannot read the checkpoint: %s", path, strerror(errno));
         return -1;
     }

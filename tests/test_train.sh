@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# test_train.sh: hax-train end to end on the tiny config (CPU): 1 rank vs 2
+# ranks, stop (SIGTERM/SIGUSR1) and resume bit for bit, best.safetensors vs
+# the golden parameters, every bad input, and the tiny run learning.
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+T=$BIN/hax-train
+FILES=$ROOT/build/tests/test_train_files
+GOLDEN=$ROOT/tests/golden/mamba_sign_bin_lsh__key_selection.safetensors
+tmp=$(mktemp -d /tmp/hax_test_train.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+export OMP_NUM_THREADS=1
+
+# A short run: 40 steps, validation after 9, 19, 29, 39, a row per step.
+SHORT=(configs/tiny.yaml data.path=$tmp/data train.steps=40 train.warmup=5 train.valid_every=10
+       train.log_every=1 train.checkpoint_every=15)
+RUN=lr_0.003/seed_1
+run_dir() { echo "$tmp/$1/tiny/$RUN"; }
+# result.json without the lines that differ between equal runs (timing, ranks,
+# the results root inside the stored config)
+stable() { grep -Ev '"(wall_time|tokens_per_s|ranks|git_revision|output)"' "$1"; }
+status_of() { sed -n 's/.*"status": "\([a-z]*\)".*/\1/p' "$1/result.json"; }
+same_run() {  # same_run NAME DIR_A DIR_B: every tensor and record bit for bit
+    local a=$2 b=$3
+    check "$1: checkpoint bit for bit" "$FILES" cmp "$a/checkpoint.safetensors" "$b/checkpoint.safetensors" 0
+    check "$1: best.safetensors bit for bit" "$FILES" cmp "$a/best.safetensors" "$b/best.safetensors" 0
+    check "$1: metrics.csv equal" cmp -s "$a/metrics.csv" "$b/metrics.csv"
+    check "$1: result.json equal apart from timing" diff <(stable "$a/result.json") <(stable "$b/result.json")
+}
+
+# ---- an uninterrupted run (generates the dataset first)
+out=$("$T" "${SHORT[@]}" --results "$tmp/A" 2>&1); rc=$?
+A=$(run_dir A)
+check "run A exits 0" test $rc -eq 0
+check "run A generated the dataset" test -f "$tmp/data/manifest.yaml"
+check "run A prints the resolved config" grep -q "valid_every: 10" <<<"$out"
+check "run A prints a summary line" grep -q "hax-train: done: 40 steps" <<<"$out"
+for f in result.json metrics.csv best.safetensors checkpoint.safetensors; do
+    check "run A wrote $f" test -s "$A/$f"
+done
+check "run A complete" test "$(status_of "$A")" = complete
+check "metrics.csv: header + 40 rows" test "$(wc -l <"$A/metrics.csv")" -eq 41
+check "validation after steps 9,19,29,39 (the reference's (step+1) % 10)" \
+    test "$(awk -F, 'NR > 1 && $6 != "" {printf "%s ", $1}' "$A/metrics.csv")" = "9 19 29 39 "
+check "result.json has the test figures and cells" grep -q '"test_acc_reference": 0\.' "$A/result.json"
+check "result.json per-cell accuracies" grep -q '"n_c": 6, "n_k": 6' "$A/result.json"
+check "best.safetensors: names and shapes of the golden parameters + eval hash matrices" \
+    "$FILES" golden "$A/best.safetensors" "$GOLDEN"
+
+# ---- a complete run is skipped
+sum=$(md5sum "$A"/*)
+out=$("$T" "${SHORT[@]}" --results "$tmp/A" 2>&1); rc=$?
+check "complete run skipped (exit 0)" test $rc -eq 0
+check "skip message" grep -q "complete" <<<"$out"
+check "skip leaves the files alone" test "$sum" = "$(md5sum "$A"/*)"
+
+# ---- 2 ranks: the same curve and weights within 1e-5
+$MPIRUN -np 2 "$T" "${SHORT[@]}" --results "$tmp/B" >"$tmp/B.log" 2>&1; rc=$?
+B=$(run_dir B)
+check "2 ranks exit 0" test $rc -eq 0
+check "2 ranks: result.json says 2 ranks" grep -q '"ranks": 2' "$B/result.json"
+# The bias of the last key-score layer (dx_proj_3.bias) is left out: the
+# ranking loss depends on score differences only, so its gradient is zero up to
+# rounding, and AdamW turns that rounding noise (~1e-11) into steps of size lr.
+# Which noise depends on the summation order, so the two runs differ there
+# (harmlessly: the top-k key choice is shift-invariant too).
+NOISE=(--skip dx_proj_3.bias)
+check "2 ranks: final weights within 1e-5" "$FILES" cmp "$A/checkpoint.safetensors" "$B/checkpoint.safetensors" 1e-5 --weights "${NOISE[@]}"
+check "2 ranks: AdamW moments within 1e-5" "$FILES" cmp "$A/checkpoint.safetensors" "$B/checkpoint.safetensors" 1e-5 "${NOISE[@]}"
+check "2 ranks: best weights within 1e-5" "$FILES" cmp "$A/best.safetensors" "$B/best.safetensors" 1e-5 "${NOISE[@]}"
+curve_ok=$(paste -d, "$A/metrics.csv" "$B/metrics.csv" | awk -F, 'NR > 1 {
+    for (c = 2; c <= 5; c++) { a = $c; b = $(c + 6); d = a - b; if (d < 0) d = -d; m = a < 0 ? -a : a;
+        if (d > 1e-5 * (m > 1e-3 ? m : 1e-3)) bad++ } } END { print bad + 0 }')
+check "2 ranks: loss, gate loss, accuracy and lr curves within 1e-5 (${curve_ok} differ)" test "$curve_ok" -eq 0
+
+# ---- stopped by its own SIGTERM after step 17, resumed: bit for bit
+"$T" "${SHORT[@]}" --results "$tmp/C" --stop-after-step 17 >"$tmp/C.log" 2>&1; rc=$?
+C=$(run_dir C)
+check "SIGTERM: exit 3" test $rc -eq 3
+check "SIGTERM: result.json preempted" test "$(status_of "$C")" = preempted
+check "SIGTERM: checkpoint at step 17" grep -q "after step 17" "$tmp/C.log"
+cp -r "$C" "$tmp/C_stopped"
+"$T" "${SHORT[@]}" --results "$tmp/C" >"$tmp/C2.log" 2>&1; rc=$?
+check "resume exits 0" test $rc -eq 0
+check "resume starts at step 17" grep -q "resuming .* at step 17" "$tmp/C2.log"
+same_run "SIGTERM+resume" "$A" "$C"
+
+# ---- a real kill -TERM from outside, mid-run, then resume
+"$T" "${SHORT[@]}" --results "$tmp/D" --slow-step 0.1 >"$tmp/D.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do grep -q "^step 3/" "$tmp/D.log" && break; sleep 0.1; done
+kill -TERM $pid; wait $pid; rc=$?
+D=$(run_dir D)
+check "kill -TERM: exit 3" test $rc -eq 3
+check "kill -TERM: stopped before the end" grep -q "stopped by a signal" "$tmp/D.log"
+"$T" "${SHORT[@]}" --results "$tmp/D" >>"$tmp/D.log" 2>&1
+same_run "kill -TERM+resume" "$A" "$D"
+
+# ---- SIGUSR1 the same way
+"$T" "${SHORT[@]}" --results "$tmp/E" --slow-step 0.1 >"$tmp/E.log" 2>&1 &
+pid=$!
+for _ in $(seq 100); do grep -q "^step 22/" "$tmp/E.log" && break; sleep 0.1; done
+kill -USR1 $pid; wait $pid; rc=$?
+check "kill -USR1: exit 3" test $rc -eq 3
+"$T" "${SHORT[@]}" --results "$tmp/E" >>"$tmp/E.log" 2>&1
+same_run "SIGUSR1+resume" "$A" "$(run_dir E)"
+
+# ---- 2 ranks stopped (rank 0 alone gets the signal) and resumed on 2 ranks
+$MPIRUN -np 2 "$T" "${SHORT[@]}" --results "$tmp/F" --stop-after-step 25 >"$tmp/F.log" 2>&1; rc=$?
+check "2 ranks, SIGTERM on rank 0: exit 3" test $rc -eq 3
+$MPIRUN -np 2 "$T" "${SHORT[@]}" --results "$tmp/F" >>"$tmp/F.log" 2>&1
+same_run "2 ranks stop+resume" "$B" "$(run_dir F)"
+
+# ---- a non-finite loss stops the run and keeps the last good checkpoint
+"$T" "${SHORT[@]}" --results "$tmp/G" --nan-at-step 23 >"$tmp/G.log" 2>&1; rc=$?
+G=$(run_dir G)
+check "non-finite: exit 1" test $rc -eq 1
+check "non-finite: one clear line" grep -q "^hax: step 23: non-finite" "$tmp/G.log"
+check "non-finite: result.json failed" test "$(status_of "$G")" = failed
+check "non-finite: checkpoint of step 15 kept" grep -q '"step":"15"' <(head -c 4096 "$G/checkpoint.safetensors")
+
+# ---- bad inputs: one line, non-zero exit, nothing overwritten
+printf 'model:\n  arch: mamba\n  hidden_size: [16\n' >"$tmp/bad_yaml.yaml"
+printf 'model:\n  arch: mamba\n  hiden_size: 16\n' >"$tmp/bad_key.yaml"
+check_fails "malformed YAML" "bad_yaml.yaml:[0-9]+: expected valid YAML" "$T" "$tmp/bad_yaml.yaml"
+check_fails "unknown key" "bad_key.yaml:3: .*hiden_size" "$T" "$tmp/bad_key.yaml"
+check_fails "bad override value" "train.lr" "$T" "${SHORT[@]}" train.lr=fast --results "$tmp/X"
+check_fails "unknown override field" "train.speed" "$T" "${SHORT[@]}" train.speed=1 --results "$tmp/X"
+check_fails "no config: usage" "expected a CONFIG.yaml" "$T"
+"$T" --bogus >/dev/null 2>&1
+check "unknown option exits 2" test $? -eq 2
+check_fails "device cuda without CUDA" "train.device" "$T" "${SHORT[@]}" train.device=cuda --results "$tmp/X"
+check_fails "missing dataset" "data.path: expected a dataset .*manifest.yaml" \
+    "$T" "${SHORT[@]}" data.path=$tmp/nodata data.generate=false --results "$tmp/X"
+check_fails "dataset made with other parameters" "n_value: the config expects 12, the dataset has 16" \
+    "$T" "${SHORT[@]}" data.n_value=12 --results "$tmp/X"
+cp -r "$tmp/data" "$tmp/corrupt"
+shard=$(ls "$tmp/corrupt"/train-*.bin | head -n 1)
+printf '\x55' | dd of="$shard" bs=1 seek=4000 conv=notrunc 2>/dev/null
+check_fails "corrupt dataset (a flipped byte)" "corrupt.*train-00000" \
+    "$T" "${SHORT[@]}" data.path=$tmp/corrupt --results "$tmp/X"
+truncate -s 1000 "$shard"
+check_fails "corrupt dataset (a truncated shard)" "corrupt.*train-00000" \
+    "$T" "${SHORT[@]}" data.path=$tmp/corrupt --results "$tmp/X"
+check "no results written by the bad inputs" test ! -e "$tmp/X"
+
+# a stopped run whose checkpoint is corrupt, or of another config
+H=$tmp/H/tiny/$RUN
+mkdir -p "$(dirname "$H")" && cp -r "$tmp/C_stopped" "$H"
+sum=$(md5sum "$H"/*)
+check_fails "checkpoint of another config" "checkpoint.safetensors: .*gate_loss_weight: checkpoint has 0.1, config has 0.2" \
+    "$T" "${SHORT[@]}" sparse.gate_loss_weight=0.2 --results "$tmp/H"
+check "mismatched checkpoint left alone" test "$sum" = "$(md5sum "$H"/*)"
+truncate -s 5000 "$H/checkpoint.safetensors"
+sum=$(md5sum "$H"/*)
+check_fails "corrupt checkpoint" "checkpoint.safetensors" "$T" "${SHORT[@]}" --results "$tmp/H"
+check "corrupt checkpoint left alone" test "$sum" = "$(md5sum "$H"/*)"
+touch "$tmp/afile"
+check_fails "unwritable results folder" "cannot create the results folder" \
+    "$T" "${SHORT[@]}" --results "$tmp/afile/results"
+
+# ---- the tiny config learns (the README's first command, 1500 steps)
+out=$("$T" configs/tiny.yaml data.path=$tmp/data --results "$tmp/tiny" 2>&1); rc=$?
+acc=$(sed -n 's/.*"best_valid_acc": \([0-9.e-]*\).*/\1/p' "$tmp/tiny/tiny/$RUN/result.json")
+echo "  tiny: $(grep 'hax-train: done' <<<"$out")"
+check "tiny run exits 0" test $rc -eq 0
+check "tiny learns: best validation accuracy $acc > 0.15 (chance 1/16)" awk -v a="$acc" 'BEGIN { exit !(a > 0.15) }'
+
+finish
