@@ -102,5 +102,12 @@ bench-cpu: all
 bench-datagen: all
 	tests/bench_datagen.sh
 
+# The README's first command: a tiny Mamba+HAX trained on the CPU (its
+# dataset is generated into data/tiny the first time).
+.PHONY: demo
+demo: deps
+	@$(MAKE) --no-print-directory all
+	bin/hax-train configs/tiny.yaml
+
 clean:
 	rm -rf build bin
