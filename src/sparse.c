@@ -117,9 +117,9 @@ void sparse_force_buckets(hax_sparse_state *st, const int32_t *q_bucket, const i
 
 static void check_batch(const hax_sparse_state *st, const hax_model_config *cfg,
                         const hax_batch *b) {
-    int n_tok = b->seq_off[b->n_seq];
-    if (b->n_seq < 1 || b->n_seq > st->max_seq || n_tok > st->max_tok)
-        hax_die("sparse_forward: batch: expected 1..%d sequences and at most %d positions, "
+    int n_tok = b->n_seq > 0 ? b->seq_off[b->n_seq] : 0;
+    if (b->n_seq < 0 || b->n_seq > st->max_seq || n_tok > st->max_tok)
+        hax_die("sparse_forward: batch: expected 0..%d sequences and at most %d positions, "
                 "found %d and %d", st->max_seq, st->max_tok, b->n_seq, n_tok);
     for (int s = 0; s < b->n_seq; s++) {
         int n = b->seq_off[s + 1] - b->seq_off[s];
@@ -153,11 +153,13 @@ double sparse_forward(hax_sparse_state *st, const hax_model_config *cfg, const h
                       const float *hash, const int *ks_cand, int training, float *attn,
                       int ld_attn) {
     check_batch(st, cfg, b);
-    int N = st->N, E = st->E, n_seq = b->n_seq, n_tok = b->seq_off[n_seq];
+    int N = st->N, E = st->E, n_seq = b->n_seq, n_tok = n_seq > 0 ? b->seq_off[n_seq] : 0;
     const int *seq_off = b->seq_off;
     st->n_tok = n_tok, st->n_seq = n_seq;
     st->gate_loss = 0;
     st->has_empty = 0;
+    if (st->ks) st->ks->has_loss = 0;
+    if (n_tok == 0) return 0;  // a rank holding no sequence of this batch
     // KQ = X W_xx^T; K = KQ[:, :N] / sqrt(N) in place (Q is not scaled)
     linear_forward(st->KQ, 2 * N, X, ldX, W_xx, NULL, n_tok, E, 2 * N);
     float sqrt_n = (float)sqrt((double)N);
@@ -188,10 +190,11 @@ void sparse_backward(hax_sparse_state *st, const hax_model_config *cfg, const ha
                      const float *dattn, int ld_dattn, float gate_scale, const float *X, int ldX,
                      const float *W_xx, const hax_sparse_ks_params *ks, float *dX, int ld_dX,
                      float *dW_xx, hax_sparse_ks_grads *dks) {
-    int N = st->N, E = st->E, n_seq = b->n_seq, n_tok = b->seq_off[n_seq];
+    int N = st->N, E = st->E, n_seq = b->n_seq, n_tok = n_seq > 0 ? b->seq_off[n_seq] : 0;
     if (n_tok != st->n_tok || n_seq != st->n_seq)
         hax_die("sparse_backward: batch: expected the last forward's %d sequences / %d positions, "
                 "found %d / %d", st->n_seq, st->n_tok, n_seq, n_tok);
+    if (n_tok == 0) return;
     if (HAS(cfg, SPARSE_FULL))
         sparse_full_backward(st, X, ldX, b->seq_off, n_seq, dattn, ld_dattn, dX, ld_dX);
     else

@@ -26,10 +26,19 @@
 #include "common.h"
 #include "sparse_internal.h"
 
+// A dot product in float (vectorised: the lanes' order is fixed, so the result
+// does not depend on threads or on how the batch is packed).
 static inline float dot_f(const float *a, const float *b, int n) {
     float s = 0;
+#pragma omp simd reduction(+ : s)
     for (int i = 0; i < n; i++) s += a[i] * b[i];
     return s;
+}
+
+// y += a x over n floats.
+static inline void axpy_f(float *restrict y, float a, const float *restrict x, int n) {
+#pragma omp simd
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
 }
 
 // S_V = sum_{j<n} V_j per sequence, in double (reference empty rows).
@@ -77,7 +86,7 @@ void sparse_attn_forward(hax_sparse_state *st, const float *V, int ldv, const in
         for (int i = 0; i < cnt; i++) {
             p[i] *= inv;
             const float *v = V + (size_t)(o + key[i]) * ldv;
-            for (int e = 0; e < E; e++) out[e] += p[i] * v[e];
+            axpy_f(out, p[i], v, E);
         }
     }
 }
@@ -177,7 +186,7 @@ void sparse_attn_backward(hax_sparse_state *st, const float *V, int ldv, const i
         for (int i = 0; i < cnt; i++) {
             ds[i] = p[i] * (ds[i] - (float)D);
             const float *k = KQ + (size_t)(o + key[i]) * ldkq;
-            for (int f = 0; f < N; f++) dq[f] += ds[i] * k[f];
+            axpy_f(dq, ds[i], k, N);
         }
     }
     transpose_lists(st, seq_off, n_seq);
@@ -189,8 +198,8 @@ void sparse_attn_backward(hax_sparse_state *st, const float *V, int ldv, const i
             int e = st->tr_ent[x], g = st->ent_row[e];
             float ds = st->allow_ds[e], p = st->allow_p[e];
             const float *q = KQ + (size_t)g * ldkq + N, *da = dattn + (size_t)g * ld_dattn;
-            for (int f = 0; f < N; f++) dk[f] += ds * q[f];
-            for (int c = 0; c < E; c++) dv[c] += p * da[c];
+            axpy_f(dk, ds, q, N);
+            axpy_f(dv, p, da, E);
         }
     }
     if (!(st->has_empty && sem == SEMANTICS_REFERENCE)) return;
@@ -233,7 +242,7 @@ void sparse_full_forward(hax_sparse_state *st, const float *V, int ldv, const in
             for (int j = 0; j <= t; j++) {
                 const float *v = V + (size_t)(o + j) * ldv;
                 float p = sc[j] * inv;
-                for (int e = 0; e < E; e++) out[e] += p * v[e];
+                axpy_f(out, p, v, E);
             }
             st->lse[g] = mx + (float)log(sum);
         }
@@ -265,7 +274,7 @@ void sparse_full_backward(hax_sparse_state *st, const float *V, int ldv, const i
             for (int j = 0; j <= t; j++) {
                 float ds = pp[j] * (dp[j] - (float)D);
                 const float *k = KQ + (size_t)(o + j) * ldkq;
-                for (int f = 0; f < N; f++) dq[f] += ds * k[f];
+                axpy_f(dq, ds, k, N);
             }
         }
         free(pp);
@@ -280,8 +289,8 @@ void sparse_full_backward(hax_sparse_state *st, const float *V, int ldv, const i
             const float *q = KQ + (size_t)g * ldkq + N, *da = dattn + (size_t)g * ld_dattn;
             float p = expf(dot_f(q, k, N) - st->lse[g]);
             float ds = p * (dot_f(da, v, E) - st->rowD[g]);
-            for (int f = 0; f < N; f++) dk[f] += ds * q[f];
-            for (int c = 0; c < E; c++) dv[c] += p * da[c];
+            axpy_f(dk, ds, q, N);
+            axpy_f(dv, p, da, E);
         }
     }
 }

@@ -8,6 +8,8 @@
 #include <float.h>
 #include <omp.h>
 #include <stdint.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "../src/common.h"
 #include "../src/model_config.h"
@@ -631,6 +633,90 @@ static void test_threads(void) {
     }
 }
 
+// A rank may hold no sequence of a batch: nothing to do, no error.
+static void test_empty_batch(void) {
+    tcase c;
+    make_case(&c, "sign_bin_lsh+key_selection", SEMANTICS_REFERENCE, 909, LENS, NSEQ);
+    hax_sparse_state *st = sparse_state_alloc(&c.cfg, c.n_tok, NSEQ, L_PAD);
+    hax_batch b0 = c.b;
+    b0.n_seq = 0, b0.n_tok = 0;
+    ks_params kp = ks_view(c.ksp);
+    float attn[1] = {7}, dX[1] = {0}, dW[1] = {0};
+    double gl = sparse_forward(st, &c.cfg, &b0, c.X, LDX, c.W, &kp, c.Hm, c.cand, 1, attn, EE);
+    sparse_backward(st, &c.cfg, &b0, attn, EE, 1.0f, c.X, LDX, c.W, &kp, dX, LDX, dW, NULL);
+    CHECK(gl == 0 && attn[0] == 7 && dX[0] == 0 && dW[0] == 0, "empty batch touched outputs");
+    sparse_state_free(st);
+    free_case(&c);
+}
+
+// Runs the named refusal case in a fresh process (fork + exec of this
+// program: a forked child must not touch OpenMP); returns its exit status
+// (hax_die exits 1).
+static int exit_status_of(const char *name) {
+    fflush(stdout), fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stderr)) _exit(99);
+        execl("/proc/self/exe", "test_sparse", "--case", name, (char *)NULL);
+        _exit(98);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static void die_too_long(void) {  // a sequence longer than model_len (reference semantics)
+    tcase c;
+    make_case(&c, "sliding_window", SEMANTICS_REFERENCE, 1, LENS, NSEQ);
+    c.b.model_len = 10;
+    tresult r;
+    run_impl(&c, &r, 0, 0);
+}
+
+static void die_no_hash(void) {  // LSH without a hash matrix
+    tcase c;
+    make_case(&c, "sign_bin_lsh", SEMANTICS_REFERENCE, 1, LENS, NSEQ);
+    hax_sparse_state *st = sparse_state_alloc(&c.cfg, c.n_tok, NSEQ, L_PAD);
+    float *attn = xmalloc(sizeof(float) * c.n_tok * EE);
+    sparse_forward(st, &c.cfg, &c.b, c.X, LDX, c.W, NULL, NULL, NULL, 0, attn, EE);
+}
+
+static void die_no_cand(void) {  // key selection in training without candidates
+    tcase c;
+    make_case(&c, "key_selection", SEMANTICS_REFERENCE, 1, LENS, NSEQ);
+    hax_sparse_state *st = sparse_state_alloc(&c.cfg, c.n_tok, NSEQ, L_PAD);
+    float *attn = xmalloc(sizeof(float) * c.n_tok * EE);
+    ks_params kp = ks_view(c.ksp);
+    sparse_forward(st, &c.cfg, &c.b, c.X, LDX, c.W, &kp, NULL, NULL, 1, attn, EE);
+}
+
+static void die_two_lsh(void) {  // sign_bin_lsh + argmax_lsh (one bucket set per layer)
+    tcase c;
+    make_case(&c, "sign_bin_lsh+argmax_lsh", SEMANTICS_REFERENCE, 1, LENS, NSEQ);
+    sparse_state_alloc(&c.cfg, c.n_tok, NSEQ, L_PAD);
+}
+
+static void ok_run(void) {  // the control: a good call exits 0
+    tcase c;
+    make_case(&c, "sliding_window", SEMANTICS_REFERENCE, 1, LENS, NSEQ);
+    tresult r;
+    run_impl(&c, &r, 0, 1);
+}
+
+static const struct {
+    const char *name;
+    void (*fn)(void);
+} CASES[] = {{"ok", ok_run}, {"too_long", die_too_long}, {"no_hash", die_no_hash},
+             {"no_cand", die_no_cand}, {"two_lsh", die_two_lsh}};
+
+static void test_refusals(void) {
+    CHECK(exit_status_of("ok") == 0, "a good call failed");
+    CHECK(exit_status_of("too_long") == 1, "a sequence longer than model_len was accepted");
+    CHECK(exit_status_of("no_hash") == 1, "LSH without a hash matrix was accepted");
+    CHECK(exit_status_of("no_cand") == 1, "KS training without candidates was accepted");
+    CHECK(exit_status_of("two_lsh") == 1, "sign_bin_lsh+argmax_lsh was accepted");
+}
+
 // ---------------------------------------------------------------- scaling (printed)
 
 static void bench_hax(int n, double *us_per_tok) {
@@ -676,7 +762,12 @@ static void test_scaling_printed(void) {
     CHECK(a > 0 && b > 0, "timing");
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc == 3 && strcmp(argv[1], "--case") == 0) {  // a refusal case, run alone
+        for (size_t i = 0; i < sizeof CASES / sizeof CASES[0]; i++)
+            if (strcmp(argv[2], CASES[i].name) == 0) CASES[i].fn();
+        return 0;
+    }
     RUN(test_patterns_reference);
     RUN(test_patterns_causal);
     RUN(test_fd_impl);
@@ -686,6 +777,8 @@ int main(void) {
     RUN(test_empty_rows);
     RUN(test_packed_vs_alone);
     RUN(test_threads);
+    RUN(test_empty_batch);
+    RUN(test_refusals);
     RUN(test_scaling_printed);
     return test_summary();
 }
