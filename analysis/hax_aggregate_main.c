@@ -81,7 +81,7 @@ int main(int argc, char **argv) {
     double t0 = hax_now(), last = t0;
     for (int i = 0; i < n; i++) {
         if (tty && hax_now() - last > 0.2) {  // progress on a large tree
-            fprintf(stderr, "\rreading result files: %d/%d", i, n);
+            fprintf(stderr, "\r\033[Kreading result files: %d/%d", i, n);
             last = hax_now();
         }
         if (results_read_file(paths[i], &runs[n_read], err, sizeof err) == 0) n_read++;

@@ -126,9 +126,10 @@ static void line_plot(FILE *out, const hax_summary *s) {
         int m = plot_curve(&A->lrs[A->best].cells, &n, &acc);
         if (m) {
             // Table 1 rows share a colour across Mamba (solid) and Mamba2
-            // (dashed); other architectures are dotted.
+            // (dashed); other architectures take the next colour, and a new
+            // dash every ten.
             const char *col = palette[(A->row >= 0 ? A->row : shown) % 10];
-            const char *dash = dashes[A->row >= 0 ? A->col : 2];
+            const char *dash = dashes[A->row >= 0 ? A->col : (shown / 10) % 3];
             fprintf(out, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s%s%s points=\"", col,
                     *dash ? " stroke-dasharray=\"" : "", dash, *dash ? "\"" : "");
             for (int i = 0; i < m; i++) fprintf(out, "%s%.1f,%.1f", i ? " " : "", XPOS(n[i]), YPOS(100 * acc[i]));

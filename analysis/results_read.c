@@ -395,7 +395,7 @@ static void walk(const char *dir, path_list *pl) {
     if (!d) return;  // unreadable subfolder: nothing to find in it
     struct dirent *e;
     pl->dirs++;
-    if (pl->progress && pl->dirs % 64 == 0) fprintf(stderr, "\rsearching %s: %d result files", dir, pl->n);
+    if (pl->progress && pl->dirs % 64 == 0) fprintf(stderr, "\r\033[Ksearching: %d result files so far", pl->n);
     while ((e = readdir(d))) {
         if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
         size_t n = strlen(dir) + strlen(e->d_name) + 2;

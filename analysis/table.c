@@ -1,5 +1,6 @@
 // table.c: Markdown, CSV and JSON renderings of an aggregated summary.
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "table.h"
@@ -211,6 +212,17 @@ static void json_str(FILE *out, const char *s) {
     fputc('"', out);
 }
 
+// The shortest %g form that reads back to v (learning rates: 0.003, not
+// 0.0030000000000000001).
+static void json_exact(FILE *out, double v) {
+    char buf[40];
+    for (int p = 1; p <= 17; p++) {
+        snprintf(buf, sizeof buf, "%.*g", p, v);
+        if (strtod(buf, NULL) == v) break;
+    }
+    fputs(buf, out);
+}
+
 static void json_num(FILE *out, double v, double scale) {
     if (isnan(v)) fputs("null", out);
     else fprintf(out, "%.4f", scale * v);
@@ -223,7 +235,9 @@ static void json_seeds(FILE *out, const hax_lr_stats *st) {
 }
 
 static void json_stats(FILE *out, const hax_lr_stats *st) {
-    fprintf(out, "\"lr\": %.17g, \"n_seeds\": %d, \"seeds\": ", st->lr, st->n);
+    fputs("\"lr\": ", out);
+    json_exact(out, st->lr);
+    fprintf(out, ", \"n_seeds\": %d, \"seeds\": ", st->n);
     json_seeds(out, st);
     fputs(", \"valid_mean\": ", out);
     json_num(out, st->valid_mean, 100);
@@ -265,7 +279,9 @@ static void json_arch(FILE *out, const hax_arch_stats *a, int paper) {
         fputs(", \"paper\": ", out);
         json_num(out, table1_paper(a->row, a->col), 1);
     }
-    fprintf(out, ",\n     \"chosen_lr\": %.17g, ", st->lr);
+    fputs(",\n     \"chosen_lr\": ", out);
+    json_exact(out, st->lr);
+    fputs(", ", out);
     json_stats(out, st);
     fputs(",\n     \"lrs\": [", out);
     for (int l = 0; l < a->n_lrs; l++) {
