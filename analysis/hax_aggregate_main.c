@@ -1,13 +1,14 @@
 // hax-aggregate: results tree -> the paper's Table 1 (and plots).
 //
 //   hax-aggregate [--format markdown|csv|json] [--paper] [--plot DIR]
-//                 [--metric test|test_reference] RESULTS_DIR
+//                 [--metric test|test_reference] [--output FILE] RESULTS_DIR
 //
 // Reads every result.json under RESULTS_DIR, averages complete runs over
 // seeds per (architecture label, lr), picks each architecture's lr by mean
 // validation accuracy and prints the table on stdout. Exit 0 when something
 // was aggregated (a footer may list what was not), 1 when nothing was (or
 // the folder is missing), 2 for a bad command line.
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +21,7 @@
 
 static void usage(FILE *out) {
     fputs("usage: hax-aggregate [--format markdown|csv|json] [--paper] [--plot DIR]\n"
-          "                     [--metric test|test_reference] RESULTS_DIR\n"
+          "                     [--metric test|test_reference] [--output FILE] RESULTS_DIR\n"
           "  Reads RESULTS_DIR/**/result.json, averages complete runs over seeds, picks each\n"
           "  architecture's learning rate by mean validation accuracy (ties: the smaller lr)\n"
           "  and prints the paper's Table 1 (test accuracy %, mean ± sample std) on stdout.\n"
@@ -29,12 +30,14 @@ static void usage(FILE *out) {
           "  --paper    add the paper's Table 1 numbers beside ours\n"
           "  --plot DIR write acc_vs_n.svg and heatmap_<label>.svg into DIR\n"
           "  --metric   test (default: test_acc) or test_reference (test_acc_reference,\n"
-          "             the reference code's figure)\n",
+          "             the reference code's figure)\n"
+          "  --output   write the table into FILE atomically instead of stdout (an existing\n"
+          "             FILE is kept when nothing can be aggregated)\n",
           out);
 }
 
 int main(int argc, char **argv) {
-    const char *format = "markdown", *plot_dir = NULL, *dir = NULL;
+    const char *format = "markdown", *plot_dir = NULL, *dir = NULL, *output = NULL;
     int paper = 0;
     hax_summary s;
     memset(&s, 0, sizeof s);
@@ -50,6 +53,8 @@ int main(int argc, char **argv) {
             format = argv[++i];
             if (strcmp(format, "markdown") && strcmp(format, "csv") && strcmp(format, "json"))
                 hax_die_code(HAX_EXIT_USAGE, "--format: expected markdown, csv or json, found '%s'", format);
+        } else if ((strcmp(a, "--output") == 0 || strcmp(a, "-o") == 0) && has_value) {
+            output = argv[++i];
         } else if (strcmp(a, "--plot") == 0 && has_value) {
             plot_dir = argv[++i];
         } else if (strcmp(a, "--metric") == 0 && has_value) {
@@ -58,7 +63,7 @@ int main(int argc, char **argv) {
             else if (strcmp(m, "test_reference") == 0) s.metric = METRIC_TEST_REFERENCE;
             else hax_die_code(HAX_EXIT_USAGE, "--metric: expected test or test_reference, found '%s'", m);
         } else if (a[0] == '-' && a[1]) {
-            hax_die_code(HAX_EXIT_USAGE, "%s: expected --format, --paper, --plot DIR, --metric or --help%s", a,
+            hax_die_code(HAX_EXIT_USAGE, "%s: expected --format, --paper, --plot DIR, --metric, --output FILE or --help%s", a,
                          has_value ? "" : " (or a missing value)");
         } else if (dir) {
             hax_die_code(HAX_EXIT_USAGE, "expected one RESULTS_DIR, found '%s' and '%s'", dir, a);
@@ -105,15 +110,26 @@ int main(int argc, char **argv) {
                 "unreadable)",
                 dir, n, s.n_incomplete, s.n_unreadable);
     }
+    // The table goes to memory first: --output writes it whole or not at all.
+    char *text = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&text, &len);
+    if (!mem) hax_die("cannot allocate the table");
     if (strcmp(format, "csv") == 0) {
-        table_csv(stdout, &s, paper);
+        table_csv(mem, &s, paper);
         table_footer_lines(stderr, &s, "hax-aggregate: ");
     } else if (strcmp(format, "json") == 0) {
-        table_json(stdout, &s, paper);
+        table_json(mem, &s, paper);
     } else {
-        table_markdown(stdout, &s, paper);
+        table_markdown(mem, &s, paper);
     }
-    if (fflush(stdout) != 0) hax_die("stdout: cannot write the table");
+    fclose(mem);
+    if (output) {
+        if (hax_write_file_atomic(output, text, len) != 0) hax_die("%s: cannot write the table: %s", output, strerror(errno));
+    } else if (fwrite(text, 1, len, stdout) != len || fflush(stdout) != 0) {
+        hax_die("stdout: cannot write the table");
+    }
+    free(text);
     if (plot_dir) {
         int w = plot_write_all(plot_dir, &s, err, sizeof err);
         if (w < 0) hax_die("--plot: %s", err);

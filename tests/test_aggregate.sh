@@ -273,6 +273,16 @@ else fail "without a config: label, lr, seed from the folders"; cat "$tmp/noconf
 "$AGG" --plot "$tmp/noplots" "$N" >/dev/null 2>"$tmp/noplot.err"
 grep -q "no run reports per-cell accuracies" "$tmp/noplot.err" && ok "--plot without per-cell accuracies: a warning" || fail "--plot without per-cell accuracies: a warning"
 
+# --- --output: written atomically; kept when nothing can be aggregated ----------
+"$AGG" --format json --output "$tmp/out.json" "$R" >"$tmp/out.stdout"
+if [ ! -s "$tmp/out.stdout" ] && cmp -s "$tmp/out.json" "$tmp/full.json"; then ok "--output FILE: the same table, nothing on stdout"
+else fail "--output FILE: the same table, nothing on stdout"; fi
+mkdir -p "$tmp/empty2"
+"$AGG" --output "$tmp/out.json" "$tmp/empty2" 2>/dev/null
+[ $? -eq 1 ] && cmp -s "$tmp/out.json" "$tmp/full.json" && ok "--output: a good table is not replaced when nothing aggregates" ||
+    fail "--output: a good table is not replaced when nothing aggregates"
+check_fails "--output into a missing folder: one line" "out.md: cannot write the table" "$AGG" --output "$tmp/no/such/out.md" "$R"
+
 # --- Nothing to aggregate -------------------------------------------------------
 mkdir -p "$tmp/empty/sub"
 check_fails "empty folder: exit 1, one line" "empty: expected result.json files under the folder, found none" "$AGG" "$tmp/empty"
