@@ -44,6 +44,7 @@ check "validation after steps 9,19,29,39 (the reference's (step+1) % 10)" \
     test "$(awk -F, 'NR > 1 && $6 != "" {printf "%s ", $1}' "$A/metrics.csv")" = "9 19 29 39 "
 check "result.json has the test figures and cells" grep -q '"test_acc_reference": 0\.' "$A/result.json"
 check "result.json per-cell accuracies" grep -q '"n_c": 6, "n_k": 6' "$A/result.json"
+check "result.json readable by hax-aggregate" grep -q "| tiny " <("$BIN/hax-aggregate" "$tmp/A" 2>&1)
 check "best.safetensors: names and shapes of the golden parameters + eval hash matrices" \
     "$FILES" golden "$A/best.safetensors" "$GOLDEN"
 
