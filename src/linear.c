@@ -6,11 +6,36 @@
 
 void openblas_set_num_threads(int num_threads);
 
+// OpenBLAS's own threading splits work differently for different thread
+// counts, and its results then differ in the last bits. So BLAS runs on one
+// thread per call and the parallelism is ours: C is cut into blocks of a
+// fixed number of rows, whatever the thread count, each block one
+// single-threaded call. Every element's sum over k then happens inside one
+// call on the same block shape, so the result does not depend on the threads.
+#define SGEMM_ROW_BLOCK 256
+
+static void sgemm_rows(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a,
+                       int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
 void hax_sgemm(int trans_a, int trans_b, int m, int n, int k, float alpha, const float *a, int lda,
                const float *b, int ldb, float beta, float *c, int ldc) {
     if (m == 0 || n == 0) return;
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                trans_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    int n_blocks = (m + SGEMM_ROW_BLOCK - 1) / SGEMM_ROW_BLOCK;
+    if (n_blocks == 1) {
+        sgemm_rows(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < n_blocks; blk++) {
+        int row = blk * SGEMM_ROW_BLOCK;
+        int rows = m - row < SGEMM_ROW_BLOCK ? m - row : SGEMM_ROW_BLOCK;
+        // Row `row` of op(A): row of A when not transposed, column otherwise.
+        const float *a_blk = trans_a ? a + row : a + (size_t)row * lda;
+        sgemm_rows(trans_a, trans_b, rows, n, k, alpha, a_blk, lda, b, ldb, beta, c + (size_t)row * ldc, ldc);
+    }
 }
 
 void linear_forward(float *out, int ld_out, const float *inp, int ld_inp, const float *weight,
@@ -39,3 +64,8 @@ void linear_backward(float *dinp, int ld_dinp, float *dweight, float *dbias, con
 }
 
 void hax_blas_set_threads(int n) { openblas_set_num_threads(n); }
+
+__attribute__((constructor)) static void blas_one_thread(void) {
+    // See hax_sgemm: our threads, not OpenBLAS's.
+    openblas_set_num_threads(1);
+}
