@@ -112,6 +112,20 @@ check "2 ranks, SIGTERM on rank 0: exit 3" test $rc -eq 3
 $MPIRUN -np 2 "$T" "${SHORT[@]}" --results "$tmp/F" >>"$tmp/F.log" 2>&1
 same_run "2 ranks stop+resume" "$B" "$(run_dir F)"
 
+# ---- the reference's protocol switches: test with the final embedding, no
+# final validation, hash matrices redrawn in evaluation
+"$T" "${SHORT[@]}" train.test_output_layer=final train.validate_final=false train.eval_fixed_hash=false \
+    --results "$tmp/R" >"$tmp/R.log" 2>&1; rc=$?
+R=$(run_dir R)
+check "reference switches: exit 0" test $rc -eq 0
+t_ours=$(sed -n 's/.*"test_acc": \([0-9.e-]*\).*/\1/p' "$R/result.json")
+t_ref=$(sed -n 's/.*"test_acc_reference": \([0-9.e-]*\).*/\1/p' "$R/result.json")
+check "reference switches: test_acc ($t_ours) = test_acc_reference ($t_ref)" test -n "$t_ours" -a "$t_ours" = "$t_ref"
+check "reference switches: no final validation" grep -q '"final_valid_acc": null' "$R/result.json"
+check "reference switches: no fixed hash matrices in best.safetensors" \
+    bash -c "! head -c 8192 '$R/best.safetensors' | grep -aq eval.rand"
+check "fixed switches: final validation in A" grep -q '"final_valid_acc": 0\.' "$A/result.json"
+
 # ---- a non-finite loss stops the run and keeps the last good checkpoint
 "$T" "${SHORT[@]}" --results "$tmp/G" --nan-at-step 23 >"$tmp/G.log" 2>&1; rc=$?
 G=$(run_dir G)
