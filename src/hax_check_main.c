@@ -27,12 +27,23 @@ typedef struct {
     int quiet;
     int n_checked, n_fail;
     double worst_fwd, worst_grad, worst_adamw;
+    // The file being checked, and which of its tensors were compared or used
+    // as inputs: any other one is reported, so nothing a file holds goes
+    // unchecked unnoticed (a misspelt name, a layer the model does not have).
+    const st_file *f;
+    unsigned char *used;  // [f->n_tensors]
 } checker;
+
+static void mark_used(checker *k, const char *name) {
+    const st_tensor *t = st_find(k->f, name);
+    if (t) k->used[t - k->f->tensors] = 1;
+}
 
 // One result line; ok < 0 means "err <= tol".
 static void verdict_ok(checker *k, const char *name, const char *metric, double err, double tol, int ok,
                        const char *note) {
     if (ok < 0) ok = err <= tol && !isnan(err);
+    mark_used(k, name);
     k->n_checked++;
     if (!ok) k->n_fail++;
     if (!ok || !k->quiet)
@@ -56,32 +67,58 @@ static double norm_rel(const float *a, const float *b, size_t n) {
 
 static double scalar_rel(double a, double b) { return b != 0 ? fabs(a - b) / fabs(b) : fabs(a - b); }
 
-// A golden tensor as float32, or NULL when the file lacks it.
-static float *golden_f32(const st_file *f, const char *name, size_t *n) {
+static int is_float_dtype(st_dtype dt) { return dt == ST_F64 || dt == ST_F32 || dt == ST_F16 || dt == ST_BF16; }
+
+// A golden tensor, or NULL when the file lacks it. One that is there must
+// have the shape [s0, s1, s2][0..ndim) and a dtype of the expected kind
+// (floating point, or integer for ids and buckets); otherwise hax-check
+// stops with one line naming it, before reading any of its values.
+static const st_tensor *golden_tensor(const st_file *f, const char *name, int integer, int ndim, int64_t s0,
+                                      int64_t s1, int64_t s2) {
     const st_tensor *t = st_find(f, name);
     if (!t) return NULL;
-    *n = st_numel(t);
-    float *out = xmalloc(sizeof(float) * (*n ? *n : 1));
+    int64_t shape[3] = {s0, s1, s2};
+    int same = t->ndim == ndim;
+    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
+    if (!same) {
+        char want[96], found[160];
+        st_format_shape(want, sizeof want, ndim, shape);
+        st_format_shape(found, sizeof found, t->ndim, t->shape);
+        hax_die("%s: tensor %s: expected shape %s, found %s", f->path, name, want, found);
+    }
+    if (integer == is_float_dtype(t->dtype) || t->dtype == ST_BOOL)
+        hax_die("%s: tensor %s: expected %s dtype, found %s", f->path, name,
+                integer ? "an integer (I64, I32, I16, ...)" : "a floating-point (F32, F64, ...)",
+                st_dtype_name(t->dtype));
+    return t;
+}
+
+// A golden tensor as float32 (checked as above), or NULL when absent.
+static float *golden_f32(const st_file *f, const char *name, int ndim, int64_t s0, int64_t s1, int64_t s2) {
+    const st_tensor *t = golden_tensor(f, name, 0, ndim, s0, s1, s2);
+    if (!t) return NULL;
+    size_t n = st_numel(t);
+    float *out = xmalloc(sizeof(float) * (n ? n : 1));
     st_tensor_to_f32(t, out);
     return out;
 }
 
-static int64_t *golden_i64(const st_file *f, const char *name, size_t *n) {
-    const st_tensor *t = st_find(f, name);
+static int64_t *golden_i64(const st_file *f, const char *name, int ndim, int64_t s0, int64_t s1, int64_t s2) {
+    const st_tensor *t = golden_tensor(f, name, 1, ndim, s0, s1, s2);
     if (!t) return NULL;
-    *n = st_numel(t);
-    int64_t *out = xmalloc(sizeof(int64_t) * (*n ? *n : 1));
+    size_t n = st_numel(t);
+    int64_t *out = xmalloc(sizeof(int64_t) * (n ? n : 1));
     st_tensor_to_i64(t, out);
     return out;
 }
 
-// Non-pad rows of golden [B, L, C] against ours [n_tok, C] (normwise).
+// Non-pad rows of golden [B, L, C] ([B, L] where C is 0: one value per row)
+// against ours [n_tok, C] (normwise).
 static void cmp_rows(checker *k, const st_file *f, const hax_case *c, const char *name, const float *ours, int n_tok,
                      int C) {
-    size_t n;
-    float *g = golden_f32(f, name, &n);
+    float *g = golden_f32(f, name, C ? 3 : 2, c->B, c->L, C);
     if (!g) return;
-    if (n != (size_t)c->B * c->L * C) hax_die("%s: tensor %s: expected %d x %d x %d values, found %zu", f->path, name, c->B, c->L, C, n);
+    if (C == 0) C = 1;
     float *p = xmalloc(sizeof(float) * (size_t)n_tok * C);
     case_pack_rows_f32(c, g, C, p);
     double e = norm_rel(ours, p, (size_t)n_tok * C);
@@ -92,7 +129,7 @@ static void cmp_rows(checker *k, const st_file *f, const hax_case *c, const char
 }
 
 static void cmp_scalar(checker *k, const st_file *f, const char *name, double ours, int absolute, double tol) {
-    const st_tensor *t = st_find(f, name);
+    const st_tensor *t = golden_tensor(f, name, 0, 0, 0, 0, 0);
     if (!t) return;
     double g;
     st_tensor_to_f64(t, &g);
@@ -104,8 +141,7 @@ static void cmp_scalar(checker *k, const st_file *f, const char *name, double ou
 // Non-pad rows of an integer golden [B, L, C] against ours [n_tok, C]: exact.
 static void cmp_int_rows(checker *k, const st_file *f, const hax_case *c, const char *name, const int64_t *ours, int C,
                          const char *note) {
-    size_t n;
-    int64_t *g = golden_i64(f, name, &n);
+    int64_t *g = golden_i64(f, name, 3, c->B, c->L, C);
     if (!g) return;
     size_t bad = 0, row = 0;
     for (int b = 0; b < c->B; b++)
@@ -120,8 +156,7 @@ static void cmp_int_rows(checker *k, const st_file *f, const hax_case *c, const 
 
 // Golden buckets of layer l packed as int32 [n_tok]; NULL when absent.
 static int32_t *golden_buckets(const st_file *f, const hax_case *c, const char *name, int n_tok) {
-    size_t n;
-    int64_t *g = golden_i64(f, name, &n);
+    int64_t *g = golden_i64(f, name, 2, c->B, c->L, 0);
     if (!g) return NULL;
     int32_t *p = xmalloc(sizeof(int32_t) * n_tok);
     size_t k = 0;
@@ -149,8 +184,7 @@ static int flip_tolerated(const float *proj, int h, int32_t gold, int32_t ours, 
 // number of mismatching rows, and in *n_tol how many of them are tolerated.
 static int bucket_mismatch(const st_file *f, const hax_case *c, const int32_t *ours, const int32_t *gold,
                            const char *proj_name, int h, int argmax, int n_tok, int *n_tol, char *where, size_t wlen) {
-    size_t n;
-    float *proj = golden_f32(f, proj_name, &n);  // [B, L, h]
+    float *proj = golden_f32(f, proj_name, 3, c->B, c->L, h);
     float *pp = NULL;
     if (proj) {
         pp = xmalloc(sizeof(float) * (size_t)n_tok * h);
@@ -255,17 +289,17 @@ static void cmp_sparse_dbg(checker *k, const hax_engine *e, const st_file *f, co
         }
         if (!st->key_score) continue;
         snprintf(name, sizeof name, "dbg.layers.%d.key_score", l);
-        cmp_rows(k, f, c, name, st->key_score, b->n_tok, 1);
+        cmp_rows(k, f, c, name, st->key_score, b->n_tok, 0);
         // ranking targets: ours follow the (sorted) candidate order, the
         // golden ones the order of ks_selected_idx
         snprintf(name, sizeof name, "dbg.layers.%d.ks_selected_attn", l);
         char iname[128];
         snprintf(iname, sizeof iname, "rand.layers.%d.ks_selected_idx", l);
-        size_t n = 0, ni = 0;
-        float *g = golden_f32(f, name, &n);
-        int64_t *gi = golden_i64(f, iname, &ni);
+        int kc = cfg->k_c;
+        size_t n = (size_t)c->B * kc;
+        float *g = golden_f32(f, name, 2, c->B, kc, 0);
+        int64_t *gi = golden_i64(f, iname, 2, c->B, kc, 0);
         if (g && gi && cand[l] && st->ks && st->ks->y) {
-            int kc = cfg->k_c;
             float *ours = xcalloc(n, sizeof(float));
             for (int s = 0; s < c->B; s++)
                 for (int m = 0; m < kc; m++)
@@ -292,10 +326,9 @@ static void cmp_grads_adamw(checker *k, const hax_model *m, const st_file *f, co
         const float *g = model_g(m, i);
         int degenerate = is_degenerate(p->name);
         snprintf(name, sizeof name, "grad.%s", p->name);
-        size_t n;
-        float *gold = golden_f32(f, name, &n);
+        size_t n = p->numel;
+        float *gold = golden_f32(f, name, p->ndim, p->shape[0], p->shape[1], p->shape[2]);
         if (gold) {
-            if (n != p->numel) hax_die("%s: tensor %s: expected %zu values, found %zu", f->path, name, p->numel, n);
             if (degenerate) {  // mathematically 0 (the ranking loss is shift invariant)
                 double mx = 0;
                 for (size_t j = 0; j < n; j++) mx = fmax(mx, fabs(g[j]));
@@ -308,7 +341,7 @@ static void cmp_grads_adamw(checker *k, const hax_model *m, const st_file *f, co
             free(gold);
         }
         snprintf(name, sizeof name, "adamw.%s", p->name);
-        gold = golden_f32(f, name, &n);
+        gold = golden_f32(f, name, p->ndim, p->shape[0], p->shape[1], p->shape[2]);
         if (!gold) continue;
         float *w = xmalloc(sizeof(float) * p->numel);
         float *mom = xcalloc(p->numel, sizeof(float));
@@ -338,25 +371,27 @@ static void cmp_grads_adamw(checker *k, const hax_model *m, const st_file *f, co
 
 // Injected random tensors of the train pass: hash matrices and the sorted
 // key-selection candidates.
-static void load_injection(hax_inject *inj, float **hash, int **cand, const st_file *f, const hax_case *c,
+static void load_injection(checker *k, hax_inject *inj, float **hash, int **cand, const st_file *f, const hax_case *c,
                            const char *prefix) {
     const hax_model_config *cfg = &c->cfg;
     char name[128];
     for (int l = 0; l < cfg->n_layers; l++) {
-        size_t n;
         snprintf(name, sizeof name, "%slayers.%d.hash_matrix", prefix, l);
-        hash[l] = golden_f32(f, name, &n);
-        if (hash[l] && n != (size_t)cfg->state_size * cfg->num_hash)
-            hax_die("%s: tensor %s: expected %d x %d values, found %zu", f->path, name, cfg->state_size, cfg->num_hash, n);
+        hash[l] = golden_f32(f, name, 2, cfg->state_size, cfg->num_hash, 0);
+        if (hash[l]) mark_used(k, name);
         inj->hash[l] = hash[l];
         if (!cand) continue;
         snprintf(name, sizeof name, "%slayers.%d.ks_selected_idx", prefix, l);
-        int64_t *idx = golden_i64(f, name, &n);
+        int kc = cfg->k_c;
+        int64_t *idx = golden_i64(f, name, 2, c->B, kc, 0);
         cand[l] = NULL;
         if (!idx) continue;
-        int kc = cfg->k_c;
-        if (n != (size_t)c->B * kc) hax_die("%s: tensor %s: expected %d x %d values, found %zu", f->path, name, c->B, kc, n);
-        cand[l] = xmalloc(sizeof(int) * n);
+        mark_used(k, name);
+        // ks_noise is the draw that ks_selected_idx was taken from (its top-k
+        // over real tokens); the index list is what is injected.
+        snprintf(name, sizeof name, "%slayers.%d.ks_noise", prefix, l);
+        mark_used(k, name);
+        cand[l] = xmalloc(sizeof(int) * (size_t)c->B * kc);
         for (int s = 0; s < c->B; s++) {  // insertion sort: ascending local positions
             int *row = cand[l] + s * kc;
             for (int j = 0; j < kc; j++) {
@@ -376,6 +411,18 @@ static void load_injection(hax_inject *inj, float **hash, int **cand, const st_f
     }
 }
 
+// Every tensor of the file that is neither a parameter (case_load_params
+// refuses other names) nor compared nor used as an input fails: a name
+// hax-check does not know (misspelt, or a layer or family this case lacks)
+// would otherwise pass unchecked.
+static void report_unused(checker *k, const hax_model *m) {
+    for (int i = 0; i < k->f->n_tensors; i++) {
+        const char *name = k->f->tensors[i].name;
+        if (k->used[i] || model_find(m, name) >= 0) continue;
+        verdict_ok(k, name, "unknown", 0, 0, 0, "(not a tensor of the golden format for this case: not checked)");
+    }
+}
+
 static int check_case(checker *k, const char *path) {
     st_file *f = st_open(path);
     hax_case c;
@@ -390,15 +437,20 @@ static int check_case(checker *k, const char *path) {
     printf("%s (%s, %s, %d layers, batch %d x %d, %d tokens)\n", c.name,
            cfg->arch == ARCH_MAMBA ? "mamba" : cfg->arch == ARCH_MAMBA2 ? "mamba2" : "samba",
            cfg->sparse_mask ? cfg->sparse_arch : "no sparse branch", cfg->n_layers, c.B, c.L, n);
+    fflush(stdout);  // before any error line on stderr
     int fail0 = k->n_fail;
     k->worst_fwd = k->worst_grad = k->worst_adamw = 0;
+    k->f = f;
+    k->used = xcalloc(f->n_tensors ? f->n_tensors : 1, 1);
+    mark_used(k, "input_ids");
+    mark_used(k, "loss_mask");
 
     hax_engine *e = engine_cpu_create(&m, n, b.n_seq, c.L);
     hax_inject inj;
     memset(&inj, 0, sizeof inj);
     float *hash[HAX_MAX_LAYERS] = {0}, *ehash[HAX_MAX_LAYERS] = {0};
     int *cand[HAX_MAX_LAYERS] = {0};
-    load_injection(&inj, hash, cand, f, &c, "rand.");
+    load_injection(k, &inj, hash, cand, f, &c, "rand.");
     hax_fwd_opts o = {1, 0, 0, 0, &inj};
     hax_fwd_result r;
     bucket_info bi;
@@ -425,12 +477,13 @@ static int check_case(checker *k, const char *path) {
     // evaluation pass: its own hash matrices, no ranking loss, computed buckets
     hax_inject einj;
     memset(&einj, 0, sizeof einj);
-    load_injection(&einj, ehash, NULL, f, &c, "eval.rand.");
+    load_injection(k, &einj, ehash, NULL, f, &c, "eval.rand.");
     hax_fwd_opts eo = {0, 0, 0, 0, &einj};
     engine_forward(e, &b, &eo, &r);
     cmp_rows(k, f, &c, "eval.logits", engine_cpu_logits(e), n, V);
     cmp_scalar(k, f, "eval.loss", r.loss, 0, k->tol);
     cmp_scalar(k, f, "eval.acc", r.acc, 1, 1e-6);
+    report_unused(k, &m);
 
     int fails = k->n_fail - fail0;
     printf("%s: %s: forward worst %.1e, gradients worst %.1e, adamw worst %.1e lr\n", c.name,
@@ -443,6 +496,7 @@ static int check_case(checker *k, const char *path) {
         free(bi.gq[l]);
         free(bi.gk[l]);
     }
+    free(k->used);
     engine_free(e);
     case_batch_free(&b);
     model_free(&m);

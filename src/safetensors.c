@@ -380,7 +380,7 @@ static int parse_header(json_in *j, st_file *f) {
             t->name = name;
             if (parse_tensor(j, t) != 0) return -1;
         }
-        more = next_member(j, "header");
+        more = next_member(j, "top-level object");
         if (more < 0) return -1;
     }
     skip_ws(j);
@@ -620,6 +620,12 @@ int st_read_i64(const st_file *f, const char *name, int64_t *out, int ndim, cons
                 int errlen) {
     const st_tensor *t = find_checked(f, name, ndim, shape, err, errlen);
     if (!t) return -1;
+    // ids and masks: a floating-point tensor would be truncated silently
+    if (t->dtype == ST_F64 || t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16) {
+        snprintf(err, errlen, "%s: tensor %s: expected an integer dtype (I64, I32, ...), found %s", f->path, name,
+                 st_dtype_name(t->dtype));
+        return -1;
+    }
     st_tensor_to_i64(t, out);
     return 0;
 }

@@ -74,7 +74,8 @@ void st_tensor_to_i64(const st_tensor *t, int64_t *out);
 void st_tensor_to_f64(const st_tensor *t, double *out);
 
 // Reads tensor `name` into out with a shape check. ndim < 0 skips the check
-// (out must hold numel elements). Returns 0, or -1 with a message such as
+// (out must hold numel elements). st_read_i64 also refuses a floating-point
+// dtype (ids and masks are integers). Returns 0, or -1 with a message such as
 // "PATH: tensor X: expected shape [a,b], found [c,d]" or "...: not found".
 int st_read_f32(const st_file *f, const char *name, float *out, int ndim, const int64_t *shape, char *err,
                 int errlen);

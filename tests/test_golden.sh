@@ -41,6 +41,27 @@ perl -0777 -pe 's/("embeddings.weight":\{"dtype":"F32","shape":)\[100,16\]/$1\[1
 check_fails "wrong parameter shape refused" "embeddings.weight.*shape" "$CHECK" "$T/shape.safetensors"
 perl -0777 -pe 's/("norm_f.weight":\{"dtype":)"F32"/$1"I32"/' "$base" > "$T/dtype.safetensors"
 check_fails "wrong parameter dtype refused" "norm_f.weight.*F32" "$CHECK" "$T/dtype.safetensors"
+# golden tensors of the wrong shape or dtype kind are refused before use, even
+# with the same number of values (a transposed hash matrix)
+ks=$G/mamba_sign_bin_lsh__key_selection.safetensors
+perl -0777 -pe 's/("rand.layers.0.hash_matrix":\{"dtype":"F32","shape":)\[8,3\]/$1\[3,8\]/' "$ks" > "$T/hash.safetensors"
+check_fails "transposed hash matrix refused" "rand.layers.0.hash_matrix: expected shape \[8,3\], found \[3,8\]" "$CHECK" "$T/hash.safetensors"
+perl -0777 -pe 's/("input_ids":\{"dtype":)"I64"/$1"F64"/' "$ks" > "$T/ids.safetensors"
+check_fails "floating-point input_ids refused" "input_ids: expected an integer dtype.*found F64" "$CHECK" "$T/ids.safetensors"
+perl -0777 -pe 's/("dbg.layers.1.q_bucket":\{"dtype":)"I64"/$1"F64"/' "$ks" > "$T/bucket.safetensors"
+check_fails "floating-point buckets refused" "dbg.layers.1.q_bucket: expected an integer" "$CHECK" "$T/bucket.safetensors"
+perl -0777 -pe 's/("dbg.layers.0.allowed_keys":\{"dtype":"I64","shape":)\[3,73,8\]/$1\[3,8,73\]/' "$ks" > "$T/allowed.safetensors"
+check_fails "allowed_keys of another shape refused" "allowed_keys: expected shape \[3,73,8\]" "$CHECK" "$T/allowed.safetensors"
+# a tensor hax-check does not know is a failure, not silently skipped
+perl -0777 -pe 's/"grad.norm_f.weight"/"grad.norm_f.weighX"/' "$ks" > "$T/unknown.safetensors"
+out=$("$CHECK" -q "$T/unknown.safetensors" 2>&1); rc=$?
+if [ $rc -ne 0 ] && printf '%s\n' "$out" | grep -q "grad.norm_f.weighX .*FAIL.*not checked"; then ok "unknown tensor name fails"
+else fail "unknown tensor name fails (exit $rc)"; fi
+# model configs in the metadata that the engine cannot run
+perl -0777 -pe 's/\\"sparse_keys\\": 8/\\"sparse_keys\\": 7/' "$ks" > "$T/keys.safetensors"
+check_fails "sparse_keys not divisible refused" "sparse.keys: expected a multiple of the 2 parts.*found 7" "$CHECK" "$T/keys.safetensors"
+perl -0777 -pe 's/\\"sparse_arch\\": \\"sign_bin_lsh\+key_selection\\"/\\"sparse_arch\\": \\"sign_bin_lsx+key_selection\\"/' "$ks" > "$T/pattern.safetensors"
+check_fails "unknown pattern refused" "found 'sign_bin_lsx'" "$CHECK" "$T/pattern.safetensors"
 check_fails "no file given" "usage" "$CHECK"
 check_fails "bad --tol" "--tol" "$CHECK" --tol abc "$base"
 finish
