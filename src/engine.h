@@ -63,6 +63,13 @@ typedef struct {
     void (*forward)(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_fwd_result *r);
     void (*backward)(hax_engine *e);
     void (*destroy)(hax_engine *e);
+    // Outputs of the last forward in host memory, valid until the next
+    // forward (a device backend copies them back when asked). Evaluation and
+    // the reference-style test figure use them through engine_hidden /
+    // engine_logits; best.safetensors stores engine_hash.
+    const float *(*hidden)(hax_engine *e);           // [n_tok, d] last_hidden_state (after norm_f)
+    const float *(*logits)(hax_engine *e);           // [n_tok, V]
+    const float *(*hash)(hax_engine *e, int layer);  // [N, num_hash], NULL when layer drew none
 } hax_backend;
 
 struct hax_engine {
@@ -81,8 +88,14 @@ void engine_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, ha
 // caller zeroes it with model_zero_grad before a step).
 void engine_backward(hax_engine *e);
 void engine_free(hax_engine *e);
+// The last forward's outputs, from any backend (see hax_backend).
+const float *engine_hidden(hax_engine *e);
+const float *engine_logits(hax_engine *e);
+const float *engine_hash(hax_engine *e, int layer);
 
-// CPU backend outputs of the last forward (packed rows, host memory):
+// CPU backend outputs of the last forward (packed rows, host memory; the
+// backend-neutral engine_hidden / engine_logits / engine_hash above call these
+// on the CPU backend):
 const float *engine_cpu_hidden(const hax_engine *e);  // [n_tok, d] last_hidden_state (after norm_f)
 const float *engine_cpu_logits(const hax_engine *e);  // [n_tok, V]
 struct hax_sparse_state;

@@ -455,7 +455,13 @@ static void cpu_destroy(hax_engine *e) {
     free(c);
 }
 
-static const hax_backend cpu_backend = {"cpu", cpu_forward, cpu_backward, cpu_destroy};
+static const float *cpu_hidden(hax_engine *e) { return engine_cpu_hidden(e); }
+static const float *cpu_logits(hax_engine *e) { return engine_cpu_logits(e); }
+static const float *cpu_hash(hax_engine *e, int layer) { return engine_cpu_hash(e, layer); }
+
+static const hax_backend cpu_backend = {.name = "cpu", .forward = cpu_forward, .backward = cpu_backward,
+                                        .destroy = cpu_destroy, .hidden = cpu_hidden, .logits = cpu_logits,
+                                        .hash = cpu_hash};
 
 hax_engine *engine_cpu_create(hax_model *m, int max_tok, int max_seq, int max_len) {
     if (m->cfg.n_layers > HAX_MAX_LAYERS) hax_die("model.n_layers: expected at most %d, found %d", HAX_MAX_LAYERS, m->cfg.n_layers);
@@ -480,6 +486,20 @@ void engine_free(hax_engine *e) {
     if (!e) return;
     e->be->destroy(e);
     free(e);
+}
+
+// A backend table without an output is a programming error, not bad input.
+const float *engine_hidden(hax_engine *e) {
+    if (!e->be->hidden) hax_die("engine %s: expected a hidden output in the backend table, found none", e->be->name);
+    return e->be->hidden(e);
+}
+const float *engine_logits(hax_engine *e) {
+    if (!e->be->logits) hax_die("engine %s: expected a logits output in the backend table, found none", e->be->name);
+    return e->be->logits(e);
+}
+const float *engine_hash(hax_engine *e, int layer) {
+    if (!e->be->hash) hax_die("engine %s: expected a hash output in the backend table, found none", e->be->name);
+    return e->be->hash(e, layer);
 }
 
 const float *engine_cpu_hidden(const hax_engine *e) { return ((const cpu_impl *)e->impl)->hf; }

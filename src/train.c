@@ -129,9 +129,9 @@ static void evaluate(train_ctx *t, int split, const float *alt_emb, train_eval *
         hax_fwd_opts fo = {.train = 0, .seed = cfg->train.seed, .step = draw, .ce_count = 0, .inject = NULL};
         hax_fwd_result r;
         engine_forward(t->eng, &t->batch, &fo, &r);
-        eval_add(t, ev, engine_cpu_logits(t->eng));
+        eval_add(t, ev, engine_logits(t->eng));
         if (ev_alt) {
-            logits_forward(scratch.logits, engine_cpu_hidden(t->eng), alt_emb, t->batch.n_tok,
+            logits_forward(scratch.logits, engine_hidden(t->eng), alt_emb, t->batch.n_tok,
                            cfg->model.hidden_size, cfg->model.vocab_size);
             eval_add(t, ev_alt, scratch.logits);
         }

@@ -259,7 +259,7 @@ int train_best_write(train_ctx *t, char *err, int errlen) {
     int lsh = (mc->sparse_mask & (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH)) != 0;
     if (lsh && t->cfg->train.eval_fixed_hash) {
         for (int l = 0; !rc && l < mc->n_layers; l++) {
-            const float *h = engine_cpu_hash(t->eng, l);
+            const float *h = engine_hash(t->eng, l);
             if (!h) continue;
             char name[96];
             snprintf(name, sizeof name, "eval.rand.layers.%d.hash_matrix", l);
