@@ -75,17 +75,11 @@ static int is_float_dtype(st_dtype dt) { return dt == ST_F64 || dt == ST_F32 || 
 // stops with one line naming it, before reading any of its values.
 static const st_tensor *golden_tensor(const st_file *f, const char *name, int integer, int ndim, int64_t s0,
                                       int64_t s1, int64_t s2) {
-    const st_tensor *t = st_find(f, name);
-    if (!t) return NULL;
+    if (!st_find(f, name)) return NULL;
     int64_t shape[3] = {s0, s1, s2};
-    int same = t->ndim == ndim;
-    for (int i = 0; same && i < ndim; i++) same = t->shape[i] == shape[i];
-    if (!same) {
-        char want[96], found[160];
-        st_format_shape(want, sizeof want, ndim, shape);
-        st_format_shape(found, sizeof found, t->ndim, t->shape);
-        hax_die("%s: tensor %s: expected shape %s, found %s", f->path, name, want, found);
-    }
+    char err[512];
+    const st_tensor *t = st_find_shaped(f, name, ndim, shape, err, sizeof err);
+    if (!t) hax_die("%s", err);
     if (integer == is_float_dtype(t->dtype) || t->dtype == ST_BOOL)
         hax_die("%s: tensor %s: expected %s dtype, found %s", f->path, name,
                 integer ? "an integer (I64, I32, I16, ...)" : "a floating-point (F32, F64, ...)",

@@ -589,8 +589,8 @@ void st_tensor_to_i64(const st_tensor *t, int64_t *out) {
     for (size_t i = 0; i < n; i++) out[i] = (int64_t)elem_f64(t, i);
 }
 
-static const st_tensor *find_checked(const st_file *f, const char *name, int ndim, const int64_t *shape, char *err,
-                                     int errlen) {
+const st_tensor *st_find_shaped(const st_file *f, const char *name, int ndim, const int64_t *shape, char *err,
+                                int errlen) {
     const st_tensor *t = st_find(f, name);
     if (!t) {
         snprintf(err, errlen, "%s: tensor %s: expected it in the file, found none", f->path, name);
@@ -610,7 +610,7 @@ static const st_tensor *find_checked(const st_file *f, const char *name, int ndi
 }
 
 int st_read_f32(const st_file *f, const char *name, float *out, int ndim, const int64_t *shape, char *err, int errlen) {
-    const st_tensor *t = find_checked(f, name, ndim, shape, err, errlen);
+    const st_tensor *t = st_find_shaped(f, name, ndim, shape, err, errlen);
     if (!t) return -1;
     st_tensor_to_f32(t, out);
     return 0;
@@ -618,7 +618,7 @@ int st_read_f32(const st_file *f, const char *name, float *out, int ndim, const 
 
 int st_read_i64(const st_file *f, const char *name, int64_t *out, int ndim, const int64_t *shape, char *err,
                 int errlen) {
-    const st_tensor *t = find_checked(f, name, ndim, shape, err, errlen);
+    const st_tensor *t = st_find_shaped(f, name, ndim, shape, err, errlen);
     if (!t) return -1;
     // ids and masks: a floating-point tensor would be truncated silently
     if (t->dtype == ST_F64 || t->dtype == ST_F32 || t->dtype == ST_F16 || t->dtype == ST_BF16) {

@@ -73,6 +73,12 @@ void st_tensor_to_i64(const st_tensor *t, int64_t *out);
 // Converts to float64 (losses stored as F64 scalars keep their precision).
 void st_tensor_to_f64(const st_tensor *t, double *out);
 
+// Lookup with a shape check: NULL with a message ("PATH: tensor X: expected
+// shape [a,b], found [c,d]" or "...: expected it in the file, found none")
+// when absent or of another shape. ndim < 0 skips the check.
+const st_tensor *st_find_shaped(const st_file *f, const char *name, int ndim, const int64_t *shape, char *err,
+                                int errlen);
+
 // Reads tensor `name` into out with a shape check. ndim < 0 skips the check
 // (out must hold numel elements). st_read_i64 also refuses a floating-point
 // dtype (ids and masks are integers). Returns 0, or -1 with a message such as

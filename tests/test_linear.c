@@ -52,11 +52,18 @@ static void test_sgemm_thread_independent(void) {
         float *c1 = xcalloc((size_t)m * n, sizeof(float)), *c2 = xcalloc((size_t)m * n, sizeof(float));
         test_fill(a, (size_t)m * k, 4, 1.0f);
         test_fill(b, (size_t)k * n, 5, 1.0f);
-        omp_set_num_threads(1);
-        hax_sgemm(0, 0, m, n, k, 1.0f, a, k, b, n, 0.0f, c1, n);
-        omp_set_num_threads(2);
-        hax_sgemm(0, 0, m, n, k, 1.0f, a, k, b, n, 0.0f, c2, n);
-        CHECK(memcmp(c1, c2, sizeof(float) * m * n) == 0, "shape %dx%dx%d differs between 1 and 2 threads", m, n, k);
+        // every transpose: op(A) rows come from A's rows or, transposed, its
+        // columns, so the row blocks take another path through A
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                int lda = ta ? m : k, ldb = tb ? k : n;
+                omp_set_num_threads(1);
+                hax_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c1, n);
+                omp_set_num_threads(2);
+                hax_sgemm(ta, tb, m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c2, n);
+                CHECK(memcmp(c1, c2, sizeof(float) * m * n) == 0,
+                      "shape %dx%dx%d (ta=%d tb=%d) differs between 1 and 2 threads", m, n, k, ta, tb);
+            }
         free(a); free(b); free(c1); free(c2);
     }
 }

@@ -370,8 +370,10 @@ static void threads_once(const char *file) {
     float *logits[2], *grad[2];
     double loss[2];
     for (int k = 0; k < 2; k++) {
+        // The only thread count there is: OpenMP's. hax_sgemm splits its GEMMs
+        // over fixed row blocks on these threads, each block one
+        // single-threaded BLAS call (linear.c).
         omp_set_num_threads(k + 1);
-        hax_blas_set_threads(k + 1);  // the engine itself runs BLAS on one thread (see engine_cpu.c)
         hax_fwd_opts o = {1, 3, 7, 0, NULL};
         hax_fwd_result r;
         model_zero_grad(m);

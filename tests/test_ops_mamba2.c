@@ -10,28 +10,7 @@
 #include "mixer_mamba2.h"
 #include "ops_ssd.h"
 #include "test.h"
-
-// Central finite differences of a double-precision loss, dividing by the step
-// actually taken in float ((x+h) − (x−h) as rounded), so the float rounding
-// of the perturbed input does not bias the difference. Same contract as
-// fd_check in test.h.
-static double fd_exact(float *x, size_t n, const float *grad, test_loss_fn loss, void *ctx, float h,
-                       size_t max_probe, double floor) {
-    double worst = 0;
-    size_t stride = n > max_probe ? n / max_probe : 1;
-    for (size_t i = 0; i < n; i += stride) {
-        float saved = x[i], xp = saved + h, xm = saved - h;
-        x[i] = xp;
-        double lp = loss(ctx);
-        x[i] = xm;
-        double lm = loss(ctx);
-        x[i] = saved;
-        double fd = (lp - lm) / ((double)xp - (double)xm);
-        double err = fabs(fd - grad[i]) / (fabs(fd) + fabs(grad[i]) + floor);
-        if (err > worst) worst = err;
-    }
-    return worst;
-}
+#include "test_ops_fd.h"
 
 // Ragged batch: length 1, shorter than the conv kernel, one chunk, several chunks.
 static const int LENS[] = {1, 3, 20, 150};

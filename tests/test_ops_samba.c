@@ -10,6 +10,7 @@
 #include "ops_attn.h"
 #include "ops_mlp.h"
 #include "test.h"
+#include "test_ops_fd.h"
 
 // Sequences shorter than the window (1, 3), equal to it (5) and longer (12, 40).
 static const int LENS[] = {1, 3, 5, 12, 40};
@@ -19,25 +20,6 @@ enum { D = 8, HEADS = 2, HD = D / HEADS, WIN = 5, M = 16 };
 static void set_threads(int n) {
     omp_set_num_threads(n);
     hax_blas_set_threads(n);
-}
-
-// Central differences of a double loss, divided by the step actually taken in float.
-static double fd_exact(float *x, size_t n, const float *grad, test_loss_fn loss, void *ctx, float h,
-                       size_t max_probe, double floor) {
-    double worst = 0;
-    size_t stride = n > max_probe ? n / max_probe : 1;
-    for (size_t i = 0; i < n; i += stride) {
-        float saved = x[i], xp = saved + h, xm = saved - h;
-        x[i] = xp;
-        double lp = loss(ctx);
-        x[i] = xm;
-        double lm = loss(ctx);
-        x[i] = saved;
-        double fd = (lp - lm) / ((double)xp - (double)xm);
-        double err = fabs(fd - grad[i]) / (fabs(fd) + fabs(grad[i]) + floor);
-        if (err > worst) worst = err;
-    }
-    return worst;
 }
 
 typedef struct {
