@@ -13,7 +13,6 @@
 
 #include "common.h"
 #include "engine.h"
-#include "linear.h"
 #include "mixer_mamba.h"
 #include "mixer_mamba2.h"
 #include "ops_attn.h"
@@ -298,11 +297,9 @@ static double mixer_forward(cpu_impl *c, const hax_model *m, int l, const hax_ba
 
 static void cpu_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_fwd_result *r) {
     cpu_impl *c = e->impl;
-    // OpenBLAS's sgemm rounds differently with different thread counts (its
-    // partitioning changes the kernels used), so the engine runs BLAS on one
-    // thread: results then depend on nothing but the inputs; the ops' own
-    // loops still run on all OpenMP threads.
-    hax_blas_set_threads(1);
+    // Every loop here and in the ops, the GEMMs of hax_sgemm included, runs on
+    // the OpenMP threads over a split that does not depend on their number, so
+    // results are bit-identical for any thread count (test_model).
     const hax_model *m = e->model;
     const hax_model_config *cfg = &m->cfg;
     int n = b->n_tok, d = cfg->hidden_size, V = cfg->vocab_size;
@@ -398,7 +395,6 @@ static void cpu_backward(hax_engine *e) {
     const hax_model_config *cfg = &m->cfg;
     const hax_batch *b = c->batch;
     if (!b) hax_die("engine_backward: called before engine_forward");
-    hax_blas_set_threads(1);  // see cpu_forward
     int n = b->n_tok, d = cfg->hidden_size, V = cfg->vocab_size;
     size_t nd = (size_t)n * d;
     float *W_emb = model_w(m, m->embeddings), *dW_emb = model_g(m, m->embeddings);
