@@ -86,6 +86,7 @@ static int parse_level_sizes(const char *v, int *min, int *max) {
         min[n] = (int)a;
         max[n++] = (int)b;
         s = *end ? end + 1 : end;
+        if (*end && !*s) usage_error("--level-sizes: expected MIN:MAX after the last ',', found the end in '%s'", v);
     }
     if (n == 0) usage_error("--level-sizes: expected MIN:MAX,..., found '%s'", v);
     return n;
@@ -114,6 +115,7 @@ int main(int argc, char **argv) {
             o.force = 1;
             continue;
         }
+        if (strncmp(a, "--force=", 8) == 0) usage_error("--force: expected no value, found '%s'", a + 8);
         if (strncmp(a, "--", 2) != 0) usage_error("unexpected argument '%s'", a);
         // --name value or --name=value
         char name[64];

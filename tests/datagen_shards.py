@@ -4,6 +4,11 @@
 
   datagen_shards.py check DIR       structure of every sample, counts per cell, uniqueness
   datagen_shards.py text DIR OUT    the reference's text files (padded ids / mask per split)
+  datagen_shards.py damage DIR FILE KIND I [J]
+                                    changes samples I, J (within shard FILE) and reseals the
+                                    checksums, so that only --verify's deeper checks can notice:
+                                    copy (J := I), swap (I <-> J), answer (I's last answer),
+                                    cell (I's stored cell)
 
 Only the standard library: the test runs wherever python3 is.
 """
@@ -48,6 +53,59 @@ def read_shard(path, levels):
         meta = struct.unpack_from("<%dH" % (levels + 1), data, off[3] + i * meta_stride)
         samples.append((t, mk, list(meta[:levels]), meta[levels]))
     return SPLITS[split], first, samples
+
+
+def crc32c(data):
+    """CRC-32C (Castagnoli, reflected, as src/checksum.h)."""
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def damage(d, name, kind, i, j=None):
+    """Changes sample i (and j) of one shard, then recomputes the section and
+    header checksums and the manifest's, so the files look intact."""
+    path = os.path.join(d, name)
+    data = bytearray(open(path, "rb").read())
+    h = HEADER.unpack_from(data, 0)
+    n, tb, levels = h[6], h[7], h[8]
+    off, size, meta_stride = h[12:16], h[16:20], h[24]
+    offsets = struct.unpack_from("<%dQ" % (n + 1), data, off[0])
+
+    def span(k):  # byte range of sample k's tokens
+        return off[1] + offsets[k] * tb, off[1] + offsets[k + 1] * tb
+
+    a, b = span(i)
+    if kind in ("copy", "swap"):
+        c, e = span(j)
+        assert e - c == b - a, "samples %d and %d differ in length" % (i, j)
+        si, sj = bytes(data[a:b]), bytes(data[c:e])
+        data[c:e] = si
+        if kind == "swap":
+            data[a:b] = sj
+    elif kind == "answer":
+        nv = int(re.search(r"^n_value: (\d+)$", open(os.path.join(d, "manifest.yaml")).read(), re.M).group(1))
+        last = b - tb
+        v = int.from_bytes(data[last:b], "little") - BIAS
+        data[last:b] = (BIAS + (v + 1) % nv).to_bytes(tb, "little")
+    elif kind == "cell":
+        m0 = off[3] + i * meta_stride
+        data[m0:m0 + 2] = (struct.unpack_from("<H", data, m0)[0] + 1).to_bytes(2, "little")
+    else:
+        raise SystemExit("damage: unknown kind %s" % kind)
+    for k in range(4):
+        struct.pack_into("<I", data, 128 + 4 * k, crc32c(data[off[k]:off[k] + size[k]]))
+    hcrc = crc32c(data[:156])
+    struct.pack_into("<I", data, 156, hcrc)
+    open(path, "wb").write(data)
+    mpath = os.path.join(d, "manifest.yaml")
+    text = open(mpath).read()
+    text, n_sub = re.subn(r"(\{file: %s,[^}]*crc32c: )0x[0-9a-f]+" % re.escape(name), r"\g<1>0x%08x" % hcrc, text)
+    assert n_sub == 1, "manifest entry of %s" % name
+    open(mpath, "w").write(text)
 
 
 def cell_of(m, idx):
@@ -152,8 +210,10 @@ if __name__ == "__main__":
             check(sys.argv[2])
         elif sys.argv[1] == "text":
             text(sys.argv[2], sys.argv[3])
+        elif sys.argv[1] == "damage":
+            damage(sys.argv[2], sys.argv[3], sys.argv[4], *map(int, sys.argv[5:7]))
         else:
-            raise SystemExit("usage: datagen_shards.py check DIR | text DIR OUT")
+            raise SystemExit("usage: datagen_shards.py check DIR | text DIR OUT | damage DIR FILE KIND I [J]")
     except AssertionError as e:
         print("FAIL: %s" % e)
         sys.exit(1)

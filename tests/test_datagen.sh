@@ -3,7 +3,9 @@
 # output for 1, 2 and 3 ranks, structure and counts of every cell (also by an
 # independent Python reader of the format), the collision path, levels 1 and
 # 3, the text layout, --compat reference against numpy, --verify catching a
-# flipped byte and a truncated shard, and every bad input.
+# flipped byte, a truncated shard and (checksums resealed) a repeated sample,
+# a wrong answer, a misplaced cell and swapped samples, progress on a
+# terminal, every bad input (one line, exit status) and runs killed midway.
 source "$(dirname "$0")/lib.sh"
 G=$BIN/hax-datagen
 work=$(mktemp -d /tmp/hax_test_datagen.XXXXXX)
@@ -15,6 +17,19 @@ for p in /usr/bin/python3 python3; do
 done
 q() { "$@" >/dev/null; }  # quiet: only the verdict lines
 pycheck() { "$PY" "$ROOT/tests/datagen_shards.py" check "$1" >/dev/null; }
+# refuses NAME STATUS PATTERN CMD...: CMD exits with STATUS, prints nothing on
+# stdout and exactly one line on stderr, which matches PATTERN (grep -E).
+refuses() {
+    local name=$1 want=$2 pattern=$3; shift 3
+    local out err rc
+    out=$("$@" 2>"$work/stderr"); rc=$?; err=$(cat "$work/stderr")
+    if [ $rc -eq "$want" ] && [ -z "$out" ] && [ "$(printf '%s\n' "$err" | wc -l)" -eq 1 ] &&
+        printf '%s' "$err" | grep -Eq -- "$pattern"; then ok "$name"
+    else fail "$name (exit $rc, expected $want; stdout: $(printf '%s' "$out" | head -c 200); stderr: $(printf '%s' "$err" | tail -n 3))"; fi
+}
+# damage DIR FILE KIND I [J]: changes stored samples and reseals every checksum.
+damage() { "$PY" "$ROOT/tests/datagen_shards.py" damage "$@"; }
+fingerprint() { (cd "$1" && find . -type f | sort | xargs md5sum); }
 
 SMALL=(--max-n-context 7 --max-n-key 6 --n-train-per-cell 30 --n-test-per-cell 4 --shard-size 40 --seed 5)
 
@@ -35,6 +50,13 @@ fi
 out=$($G --out "$work/seed6" "${SMALL[@]}" --seed 6)
 check "final line: samples, tokens, bytes, seconds, samples/s" \
     grep -Eq '^hax-datagen: 228 samples, [0-9]+ tokens, [0-9]+ bytes in [0-9.]+ s \([0-9]+ samples/s' <<<"$out"
+check "no progress when stderr is not a terminal" test -z "$($G --out "$work/quiet" "${SMALL[@]}" 2>&1 >/dev/null)"
+if command -v script >/dev/null; then
+    # script(1) gives the program a terminal; progress is drawn on it.
+    tty_out=$(script -qec "$G --out '$work/tty' ${SMALL[*]}" /dev/null | tr '\r' '\n')
+    check "progress on a terminal" grep -Eq '^generating: 100.0% \(228 / 228 samples' <<<"$tty_out"
+    check "progress on a terminal, then the final line" grep -q '^hax-datagen: 228 samples' <<<"$tty_out"
+fi
 check "another seed gives other samples" bash -c "! cmp -s '$work/r1/train-00000.bin' '$work/seed6/train-00000.bin'"
 # Default sizes: the reference's token layout (contexts at 42, keys at 26).
 check "default token layout in the manifest" grep -q 'level_bases: \[42, 26\]' \
@@ -124,24 +146,78 @@ cp -r "$work/r1" "$work/swap"
 cp "$work/seed6/train-00000.bin" "$work/swap/train-00000.bin"
 check_fails "--verify: a shard of another dataset" "train-00000.bin" $G --verify "$work/swap"
 check_fails "--verify: not a dataset" "manifest.yaml: cannot read" $G --verify "$work/nothing"
+# Damage behind intact checksums (the checksums resealed): only the deeper checks see it.
+# train-00001.bin holds samples 40..79; samples 40 and 46 share the cell 5x5.
+if [ -n "$PY" ]; then
+    deep() {  # NAME DATASET PATTERN KIND I [J]
+        local name=$1 src=$2 pattern=$3; shift 3
+        rm -rf "$work/deep"; cp -r "$src" "$work/deep"
+        damage "$work/deep" train-00001.bin "$@" || { fail "$name: damage tool"; return; }
+        check_fails "$name" "$pattern" $G --verify "$work/deep"
+    }
+    q $G --out "$work/cpsmall" --compat reference "${SMALL[@]}"
+    deep "--verify: a repeated sample (uniqueness)" "$work/cpsmall" "train sample 46 equals train sample 40 \(samples must be unique\)" copy 0 6
+    check_fails "--verify: a repeated sample, 3 ranks" "train sample 46 equals train sample 40" $MPIRUN -np 3 $G --verify "$work/deep"
+    deep "--verify: a wrong inquiry answer (structure)" "$work/r1" "train sample 43: position [0-9]+: inquiry answer [0-9]+ differs from the information table" answer 3
+    deep "--verify: a sample out of the reference's order (cell)" "$work/r1" "train sample 42: cell 6x5, expected 5x5" cell 2
+    deep "--verify: two samples swapped (generator stream)" "$work/r1" "train sample 40: differs from the generator's sample" swap 0 6
+fi
 
-# ---- bad input
-check_fails "unknown option" "unknown option '--bogus'" $G --out "$work/x" --bogus 1
-check_fails "malformed integer" "--seed: expected an integer" $G --out "$work/x" --seed 12abc
-check_fails "missing value" "--seed: expected a value" $G --out "$work/x" --seed
-check_fails "max below min" "maximum: expected >= its minimum 5, found 4" $G --out "$work/x" --max-n-key 4
-check_fails "ids beyond the 16-bit token type" "does not fit the 16-bit token type" $G --out "$work/x" --n-value 65530
-check_fails "more samples than a cell holds" "distinct samples" $G --out "$work/x" --min-n-context 1 --max-n-context 1 --min-n-key 1 --max-n-key 1 --n-value 2 --n-train-per-cell 3
-check_fails "bad --format" "--format: expected shards, text or both" $G --out "$work/x" --format csv
-check_fails "bad --compat" "--compat: expected 'reference'" $G --out "$work/x" --compat numpy
-check_fails "--compat needs 2 levels" "expected --levels 2" $G --out "$work/x" --compat reference --levels 3
-check_fails "--level-sizes count" "expected 2 levels" $G --out "$work/x" --level-sizes 5:6
-check_fails "no --out" "--out: expected an output folder" $G --seed 1
-check_fails "existing dataset without --force" "already holds a dataset.*--force" $G --out "$work/r1" "${SMALL[@]}"
+# ---- bad input: one line on stderr, status 2 for the command line, 1 for files
+refuses "unknown option" 2 "unknown option '--bogus'" $G --out "$work/x" --bogus 1
+refuses "malformed integer" 2 "--seed: expected an integer in 0\.\.[0-9]+, found '12abc'" $G --out "$work/x" --seed 12abc
+refuses "negative integer" 2 "--n-value: expected an integer in 1\.\.65535, found '-3'" $G --out "$work/x" --n-value -3
+refuses "missing value" 2 "--seed: expected a value" $G --out "$work/x" --seed
+refuses "a value given to --force" 2 "--force: expected no value, found 'yes'" $G --out "$work/x" --force=yes
+refuses "unexpected argument" 2 "unexpected argument 'extra'" $G --out "$work/x" extra
+refuses "max below min" 2 "maximum: expected >= its minimum 5, found 4" $G --out "$work/x" --max-n-key 4
+refuses "ids beyond the 16-bit token type" 2 "does not fit the 16-bit token type" $G --out "$work/x" --n-value 65530
+refuses "more samples than a cell holds" 2 "distinct samples" $G --out "$work/x" --min-n-context 1 --max-n-context 1 --min-n-key 1 --max-n-key 1 --n-value 2 --n-train-per-cell 3
+refuses "a shard too large for memory" 2 "--shard-size: .* exceed 2 GiB per shard; expected at most [0-9]+" $G --out "$work/x" --max-n-context 200 --max-n-key 200
+refuses "bad --format" 2 "--format: expected shards, text or both, found 'csv'" $G --out "$work/x" --format csv
+refuses "bad --compat" 2 "--compat: expected 'reference', found 'numpy'" $G --out "$work/x" --compat numpy
+refuses "--compat needs 2 levels" 2 "expected --levels 2" $G --out "$work/x" --compat reference --levels 3
+refuses "--compat: a seed numpy cannot take" 2 "--seed: expected 0\.\.4294967295 \(numpy\), found 4294967296" $G --out "$work/x" --compat reference --seed 4294967296
+refuses "--level-sizes count" 2 "expected 2 levels" $G --out "$work/x" --level-sizes 5:6
+refuses "--level-sizes malformed" 2 "--level-sizes: expected MIN:MAX" $G --out "$work/x" --level-sizes 5-6,5:6
+refuses "--level-sizes trailing comma" 2 "--level-sizes: expected MIN:MAX after the last ','" $G --out "$work/x" --levels 1 --level-sizes 5:6,
+refuses "no --out" 2 "--out: expected an output folder, found none" $G --seed 1
+refuses "--out and --verify together" 2 "--verify and --out: expected one of them, found both" $G --out "$work/x" --verify "$work/r1"
+check "refused runs created nothing" test ! -e "$work/x"
+before=$(fingerprint "$work/r1")
+refuses "existing dataset without --force" 1 "--out $work/r1: already holds a dataset \(manifest.yaml\); use --force to replace it" $G --out "$work/r1" "${SMALL[@]}" --seed 6
+refuses "existing dataset, 2 ranks: one line (mpirun -q hides its own banner)" 1 "already holds a dataset" $MPIRUN -q -np 2 $G --out "$work/r1" "${SMALL[@]}" --seed 6
+check "a refused run leaves the existing dataset as it was" test "$before" = "$(fingerprint "$work/r1")"
 check "existing dataset with --force" q $G --out "$work/r1" "${SMALL[@]}" --seed 6 --force
 check "--force replaced it" bash -c "diff -r '$work/r1' '$work/seed6' && $G --verify '$work/r1' >/dev/null"
 touch "$work/afile"
-check_fails "unwritable folder" "--out $work/afile/sub: cannot create the folder" $G --out "$work/afile/sub" "${SMALL[@]}"
-check_fails "output is a file" "expected a folder, found a file" $G --out "$work/afile" "${SMALL[@]}"
-check "a failed run leaves no dataset behind" bash -c "! test -e '$work/x/manifest.yaml'"
+refuses "unwritable folder" 1 "--out $work/afile/sub: cannot create the folder: Not a directory" $G --out "$work/afile/sub" "${SMALL[@]}"
+refuses "output is a file" 1 "--out $work/afile: expected a folder, found a file" $G --out "$work/afile" "${SMALL[@]}"
+check "a failed run leaves no dataset behind" bash -c "! test -e '$work/afile/sub' && test -f '$work/afile' && ! test -s '$work/afile'"
+
+# ---- a run killed at any moment never leaves a folder that looks complete:
+# either no manifest.yaml (not a dataset) or a dataset that verifies.
+KILL=(--max-n-context 12 --max-n-key 12 --n-train-per-cell 1500 --n-test-per-cell 10 --shard-size 2000)
+# With --force over an existing dataset the old one stays until the new one
+# is complete (its manifest goes first in the swap).
+for delay in 0.05 0.2 0.5 force0.1 force0.4; do
+    rm -rf "$work/killed"
+    force=()
+    if [ "${delay#force}" != "$delay" ]; then
+        delay=${delay#force}; force=(--force)
+        q $G --out "$work/killed" "${SMALL[@]}"
+    fi
+    $G --out "$work/killed" "${KILL[@]}" "${force[@]}" >/dev/null 2>&1 &
+    pid=$!
+    sleep $delay
+    kill -9 $pid 2>/dev/null
+    wait $pid 2>/dev/null
+    if [ -e "$work/killed/manifest.yaml" ]; then
+        check "killed after ${delay} s ${force[*]}: complete and verified" q $G --verify "$work/killed"
+    else
+        check "killed after ${delay} s ${force[*]}: no manifest, so not a dataset" bash -c "! $G --verify '$work/killed' 2>/dev/null"
+    fi
+done
+check "a killed run's leftovers do not block the next run" q $G --out "$work/killed" "${SMALL[@]}" --force
+check "... which verifies" q $G --verify "$work/killed"
 finish
