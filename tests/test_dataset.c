@@ -218,7 +218,8 @@ static void test_rank_independence(void) {
 }
 
 // A shuffled epoch visits every sample once; epochs differ; the same seed
-// gives the same order; evaluation splits keep the stored order.
+// gives the same order, another seed another; evaluation splits keep the
+// stored order.
 static void test_shuffle(void) {
     hax_data_params p;
     params_small(&p, 16);
@@ -252,6 +253,12 @@ static void test_shuffle(void) {
     }
     CHECK(bad == 0, "an epoch must visit every sample once");
     CHECK(moved > 150 && same < 20, "shuffle too weak: %d moved, %d equal across epochs", moved, same);
+    // Another shuffle seed, another order (the epoch-0 first batch).
+    dataset_set_shuffle(b2, 1, 6);
+    dataset_batch(b2, SPLIT_TRAIN, 0, 64, 0, 1, &c);
+    int differ = 0;
+    for (int k = 0; k < c.n_seq; k++) differ += c.sample_idx[k] != order[0][k];
+    CHECK(differ > 50, "seeds 5 and 6 give nearly the same order (%d of 64 differ)", differ);
     dataset_batch(a, SPLIT_VALID, 0, 64, 0, 1, &b);
     CHECK(b.sample_idx[0] == 0 && b.sample_idx[29] == 29, "validation is not shuffled");
     dataset_batch_free(&b);
