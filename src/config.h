@@ -90,6 +90,11 @@ char *config_to_string(const hax_config *c);
 
 // 1 when two configs are equal field by field.
 int config_equal(const hax_config *a, const hax_config *b);
+// The first field where a and b differ, as "section.field: LABEL_A has X,
+// LABEL_B has Y" (values as config_print writes them); "" when every field is
+// equal.
+void config_first_difference(const hax_config *a, const hax_config *b, const char *label_a, const char *label_b,
+                             char *out, size_t n);
 
 // The run's folder: <root>/<arch>/lr_<lr>/seed_<seed> (lr printed with %g).
 void config_run_dir(const hax_config *c, char *buf, size_t n);

@@ -104,6 +104,32 @@ static int field_equal(const hax_config *a, const hax_config *b, const cfg_field
     return 0;
 }
 
+// One field's value as config_print writes it.
+static void value_string(const hax_config *c, const cfg_field *f, char *buf, size_t n) {
+    char *text = NULL;
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    if (!out) hax_die("config: cannot open a memory stream");
+    print_value(out, c, f);
+    fclose(out);
+    snprintf(buf, n, "%s", text);
+    free(text);
+}
+
+void config_first_difference(const hax_config *a, const hax_config *b, const char *label_a, const char *label_b,
+                             char *out, size_t n) {
+    out[0] = 0;
+    for (int i = 0; i < cfg_n_fields; i++) {
+        const cfg_field *f = &cfg_fields[i];
+        if (field_equal(a, b, f)) continue;
+        char va[HAX_PATH_MAX + 8], vb[HAX_PATH_MAX + 8];
+        value_string(a, f, va, sizeof va);
+        value_string(b, f, vb, sizeof vb);
+        snprintf(out, n, "%s.%s: %s has %s, %s has %s", f->section, f->name, label_a, va, label_b, vb);
+        return;
+    }
+}
+
 int config_equal(const hax_config *a, const hax_config *b) {
     for (int i = 0; i < cfg_n_fields; i++)
         if (!field_equal(a, b, &cfg_fields[i])) return 0;

@@ -69,6 +69,30 @@ static void set_threads(const hax_config *cfg, const hax_dataset *ds) {
     omp_set_num_threads(n < 1 ? 1 : n);
 }
 
+// Every rank must resolve the same config. On a mismatch each rank compares
+// its config with rank 0's, and the lowest differing rank names the first
+// differing field: one error line on every rank, never a hang.
+static void check_same_config(const hax_config *cfg, const char *text) {
+    if (dist_all_equal(text, strlen(text))) return;
+    int64_t len = (int64_t)strlen(text);
+    dist_bcast(&len, sizeof len);
+    char *root_text = xmalloc((size_t)len + 1);
+    if (dist.rank == 0) memcpy(root_text, text, (size_t)len + 1);
+    dist_bcast(root_text, (size_t)len + 1);
+    int differs = strcmp(root_text, text) != 0;
+    hax_config root;
+    char err[2048], diff[1200] = "the printed configs differ", mine[32];
+    snprintf(mine, sizeof mine, "rank %d", dist.rank);
+    if (differs && config_load_text(&root, "rank 0's config", root_text, (size_t)len, NULL, 0, err, sizeof err) == 0)
+        config_first_difference(&root, cfg, "rank 0", mine, diff, sizeof diff);
+    snprintf(err, sizeof err,
+             "config: expected every rank to resolve rank 0's config, found another on rank %d (%s); are the config "
+             "file and the arguments the same on every node?",
+             dist.rank, diff);
+    free(root_text);
+    train_check_all(&dist, differs, err, HAX_EXIT_ERROR);
+}
+
 // Opens (generating it first where the config allows) and checks the dataset.
 static hax_dataset *open_dataset(const hax_config *cfg) {
     char manifest[HAX_PATH_MAX + 32], err[2048] = "";
@@ -177,9 +201,7 @@ int main(int argc, char **argv) {
                         HAX_EXIT_ERROR);
     }
     char *text = config_to_string(&cfg);
-    if (!dist_all_equal(text, strlen(text)))
-        dist_die(&dist, "config: expected every rank to resolve the same config, found different ones (are the "
-                        "config file and the arguments the same on every node?)");
+    check_same_config(&cfg, text);
     if (dist.rank == 0) {
         printf("hax-train: config %s%s (device %s -> cpu)\n%s", config_path, n_over ? " with overrides" : "",
                config_device_name(cfg.train.device), text);

@@ -96,30 +96,6 @@ int train_ckpt_write(train_ctx *t, char *err, int errlen) {
 
 // ---------------------------------------------------------------- loading
 
-// The first line where two printed configs differ, as "section.field: A vs B".
-static void first_difference(const char *a, const char *b, char *out, size_t n) {
-    char sec[64] = "";
-    snprintf(out, n, "?");
-    while (*a || *b) {
-        const char *ea = strchr(a, '\n'), *eb = strchr(b, '\n');
-        size_t la = ea ? (size_t)(ea - a) : strlen(a), lb = eb ? (size_t)(eb - b) : strlen(b);
-        if (la > 0 && a[0] != ' ') snprintf(sec, sizeof sec, "%.*s", (int)(la > 1 ? la - 1 : la), a);
-        if (la != lb || memcmp(a, b, la) != 0) {
-            const char *ca = memchr(a, ':', la), *cb = memchr(b, ':', lb);
-            const char *ka = a;
-            while (*ka == ' ') ka++;
-            if (ca && cb && a[0] == ' ')
-                snprintf(out, n, "%s.%.*s: checkpoint has%.*s, config has%.*s", sec, (int)(ca - ka), ka,
-                         (int)(la - (size_t)(ca + 1 - a)), ca + 1, (int)(lb - (size_t)(cb + 1 - b)), cb + 1);
-            else
-                snprintf(out, n, "'%.*s' vs '%.*s'", (int)la, a, (int)lb, b);
-            return;
-        }
-        a += la + (ea ? 1 : 0);
-        b += lb + (eb ? 1 : 0);
-    }
-}
-
 // The checkpoint's config must equal this run's, apart from fields that may
 // change between sessions (length of the run, logging, where files live).
 static int check_config(const train_ctx *t, const st_file *f, const char *path, char *err, int errlen) {
@@ -149,12 +125,10 @@ static int check_config(const train_ctx *t, const st_file *f, const char *path, 
     snprintf(old.data.path, sizeof old.data.path, "%s", c->data.path);
     old.data.generate = c->data.generate;
     if (config_equal(&old, c)) return 0;
-    char *a = config_to_string(&old), *b = config_to_string(c), diff[512];
-    first_difference(a, b, diff, sizeof diff);
+    char diff[1200];
+    config_first_difference(&old, c, "checkpoint", "config", diff, sizeof diff);
     snprintf(err, errlen, "%s: expected a checkpoint of this config, found one of another config (%s); use --force "
              "to start over", path, diff);
-    free(a);
-    free(b);
     return -1;
 }
 

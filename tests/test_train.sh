@@ -20,6 +20,20 @@ run_dir() { echo "$tmp/$1/tiny/$RUN"; }
 # the results root inside the stored config)
 stable() { grep -Ev '"(wall_time|tokens_per_s|ranks|git_revision|output)"' "$1"; }
 status_of() { sed -n 's/.*"status": "\([a-z]*\)".*/\1/p' "$1/result.json"; }
+# json_num DIR KEY: a top-level number of DIR/result.json
+json_num() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),*\$/\1/p" "$1/result.json"; }
+# near A B: |A-B| <= 1e-5 * max(|B|, 1e-3)
+near() { awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; if (d < 0) d = -d; m = b < 0 ? -b : b; if (m < 1e-3) m = 1e-3;
+    exit !(a != "" && b != "" && d <= 1e-5 * m) }'; }
+# refuses NAME PATTERN CMD...: check_fails, and stderr is exactly one line
+refuses() {
+    local name=$1 pattern=$2; shift 2
+    check_fails "$name" "$pattern" "$@"
+    local lines
+    lines=$("$@" 2>&1 >/dev/null | wc -l)
+    check "$name: one line on stderr ($lines)" test "$lines" -eq 1
+}
+PY=/usr/bin/python3
 same_run() {  # same_run NAME DIR_A DIR_B: every tensor and record bit for bit
     local a=$2 b=$3
     check "$1: checkpoint bit for bit" "$FILES" cmp "$a/checkpoint.safetensors" "$b/checkpoint.safetensors" 0
@@ -47,6 +61,23 @@ check "result.json per-cell accuracies" grep -q '"n_c": 6, "n_k": 6' "$A/result.
 check "result.json readable by hax-aggregate" grep -q "| tiny " <("$BIN/hax-aggregate" "$tmp/A" 2>&1)
 check "best.safetensors: names and shapes of the golden parameters + eval hash matrices" \
     "$FILES" golden "$A/best.safetensors" "$GOLDEN"
+check "best.safetensors and the checkpoint obey the safetensors rules (independent Python reader)" \
+    bash -c "$PY tests/test_train_safetensors.py '$A/best.safetensors' && $PY tests/test_train_safetensors.py '$A/checkpoint.safetensors'"
+check "result.json: valid JSON with every field of the issue" "$PY" -c '
+import json, sys
+r = json.load(open(sys.argv[1]))
+need = ["status", "config", "best_valid_acc", "best_step", "test_acc", "test_acc_reference", "valid_cells",
+        "test_cells", "test_cells_reference", "steps", "wall_time", "tokens_per_s", "git_revision"]
+miss = [k for k in need if k not in r]
+assert not miss, miss
+assert r["config"]["train"]["valid_every"] == 10 and r["config"]["data"]["path"].endswith("/data"), r["config"]
+assert r["best_step"] in (9, 19, 29, 39, 40) and r["steps"] == 40 and r["tokens_per_s"] > 0
+cells = {(c["n_c"], c["n_k"]) for c in r["test_cells"]}
+assert cells == {(c, k) for c in range(2, 7) for k in range(2, 7)}, sorted(cells)
+' "$A/result.json"
+check "metrics.csv header" test "$(head -n 1 "$A/metrics.csv")" = "step,loss,gate_loss,train_acc,lr,valid_acc"
+check "progress line: step, loss, accuracy, lr, tokens/s, ETA" \
+    grep -Eq "^step 20/40 \| loss [0-9.]+ \| gate [0-9.]+ \| acc [0-9.]+ \| lr [0-9.e+-]+ \| [0-9]+ tok/s \| ETA " <<<"$out"
 
 # ---- a complete run is skipped
 sum=$(md5sum "$A"/*)
@@ -72,7 +103,26 @@ check "2 ranks: best weights within 1e-5" "$FILES" cmp "$A/best.safetensors" "$B
 curve_ok=$(paste -d, "$A/metrics.csv" "$B/metrics.csv" | awk -F, 'NR > 1 {
     for (c = 2; c <= 5; c++) { a = $c; b = $(c + 6); d = a - b; if (d < 0) d = -d; m = a < 0 ? -a : a;
         if (d > 1e-5 * (m > 1e-3 ? m : 1e-3)) bad++ } } END { print bad + 0 }')
-check "2 ranks: loss, gate loss, accuracy and lr curves within 1e-5 (${curve_ok} differ)" test "$curve_ok" -eq 0
+curve_ok=$(paste -d, "$A/metrics.csv" "$B/metrics.csv" | awk -F, 'NR > 1 {
+    for (c = 2; c <= 6; c++) { a = $c; b = $(c + 6); if ((a == "") != (b == "")) { bad++; continue }
+        d = a - b; if (d < 0) d = -d; m = b < 0 ? -b : b;
+        if (d > 1e-5 * (m > 1e-3 ? m : 1e-3)) bad++ } } END { print bad + 0 }')
+check "2 ranks: loss, gate loss, accuracy, lr and validation accuracy curves within 1e-5 (${curve_ok} differ)" \
+    test "$curve_ok" -eq 0
+for k in best_valid_acc final_valid_acc test_acc test_acc_reference; do
+    check "2 ranks: result.json $k within 1e-5 ($(json_num "$A" $k) vs $(json_num "$B" $k))" \
+        near "$(json_num "$A" $k)" "$(json_num "$B" $k)"
+done
+check "2 ranks: same best step" test "$(json_num "$A" best_step)" = "$(json_num "$B" best_step)"
+
+# ---- ranks that resolve different configs: one error line, no hang, nothing written
+timeout 60 $MPIRUN -np 1 "$T" "${SHORT[@]}" --results "$tmp/Y" : -np 1 "$T" "${SHORT[@]}" train.lr=0.004 \
+    --results "$tmp/Y" >"$tmp/Y.log" 2>"$tmp/Y.err"; rc=$?
+check "ranks with different configs: exit 1, no hang (exit $rc)" test $rc -eq 1
+check "ranks with different configs: one line naming the field" \
+    grep -q "^hax: config: expected every rank to resolve rank 0's config, found another on rank 1 (train.lr: rank 0 has 0.003, rank 1 has 0.004)" "$tmp/Y.err"
+check "ranks with different configs: one hax line" test "$(grep -c '^hax:' "$tmp/Y.err")" -eq 1
+check "ranks with different configs: nothing written" test ! -e "$tmp/Y"
 
 # ---- stopped by its own SIGTERM after step 17, resumed: bit for bit
 "$T" "${SHORT[@]}" --results "$tmp/C" --stop-after-step 17 >"$tmp/C.log" 2>&1; rc=$?
@@ -112,6 +162,23 @@ check "2 ranks, SIGTERM on rank 0: exit 3" test $rc -eq 3
 $MPIRUN -np 2 "$T" "${SHORT[@]}" --results "$tmp/F" >>"$tmp/F.log" 2>&1
 same_run "2 ranks stop+resume" "$B" "$(run_dir F)"
 
+# ---- data.shuffle: a seeded permutation per epoch (a small train split of
+# 250 samples: 40 steps of 16 cross two epoch boundaries); stopped and resumed
+# across an epoch boundary it ends bit-identical; 2 ranks within 1e-5
+SMALL=("${SHORT[@]}" data.path=$tmp/small data.train_per_cell=10)
+"$T" "${SMALL[@]}" --results "$tmp/U" >"$tmp/U.log" 2>&1
+"$T" "${SMALL[@]}" data.shuffle=true --results "$tmp/S" >"$tmp/S.log" 2>&1; rc=$?
+S=$(run_dir S)
+check "shuffled run exits 0" test $rc -eq 0
+check "shuffling changes the data order (another loss curve)" bash -c "! cmp -s '$(run_dir U)/metrics.csv' '$S/metrics.csv'"
+"$T" "${SMALL[@]}" data.shuffle=true --results "$tmp/S2" --stop-after-step 20 >"$tmp/S2.log" 2>&1; rc=$?
+check "shuffled run stopped after step 20: exit 3" test $rc -eq 3
+"$T" "${SMALL[@]}" data.shuffle=true --results "$tmp/S2" >>"$tmp/S2.log" 2>&1
+same_run "shuffled stop+resume" "$S" "$(run_dir S2)"
+$MPIRUN -np 2 "$T" "${SMALL[@]}" data.shuffle=true --results "$tmp/S3" >"$tmp/S3.log" 2>&1
+check "shuffled, 2 ranks: final weights within 1e-5" "$FILES" cmp "$S/checkpoint.safetensors" \
+    "$(run_dir S3)/checkpoint.safetensors" 1e-5 --weights "${NOISE[@]}"
+
 # ---- the reference's protocol switches: test with the final embedding, no
 # final validation, hash matrices redrawn in evaluation
 "$T" "${SHORT[@]}" train.test_output_layer=final train.validate_final=false train.eval_fixed_hash=false \
@@ -137,25 +204,25 @@ check "non-finite: checkpoint of step 15 kept" grep -q '"step":"15"' <(head -c 4
 # ---- bad inputs: one line, non-zero exit, nothing overwritten
 printf 'model:\n  arch: mamba\n  hidden_size: [16\n' >"$tmp/bad_yaml.yaml"
 printf 'model:\n  arch: mamba\n  hiden_size: 16\n' >"$tmp/bad_key.yaml"
-check_fails "malformed YAML" "bad_yaml.yaml:[0-9]+: expected valid YAML" "$T" "$tmp/bad_yaml.yaml"
-check_fails "unknown key" "bad_key.yaml:3: .*hiden_size" "$T" "$tmp/bad_key.yaml"
-check_fails "bad override value" "train.lr" "$T" "${SHORT[@]}" train.lr=fast --results "$tmp/X"
-check_fails "unknown override field" "train.speed" "$T" "${SHORT[@]}" train.speed=1 --results "$tmp/X"
-check_fails "no config: usage" "expected a CONFIG.yaml" "$T"
+refuses "malformed YAML" "bad_yaml.yaml:[0-9]+: expected valid YAML" "$T" "$tmp/bad_yaml.yaml"
+refuses "unknown key" "bad_key.yaml:3: .*hiden_size" "$T" "$tmp/bad_key.yaml"
+refuses "bad override value" "train.lr" "$T" "${SHORT[@]}" train.lr=fast --results "$tmp/X"
+refuses "unknown override field" "train.speed" "$T" "${SHORT[@]}" train.speed=1 --results "$tmp/X"
+refuses "no config: usage" "expected a CONFIG.yaml" "$T"
 "$T" --bogus >/dev/null 2>&1
 check "unknown option exits 2" test $? -eq 2
-check_fails "device cuda without CUDA" "train.device" "$T" "${SHORT[@]}" train.device=cuda --results "$tmp/X"
-check_fails "missing dataset" "data.path: expected a dataset .*manifest.yaml" \
+refuses "device cuda without CUDA" "train.device" "$T" "${SHORT[@]}" train.device=cuda --results "$tmp/X"
+refuses "missing dataset" "data.path: expected a dataset .*manifest.yaml" \
     "$T" "${SHORT[@]}" data.path=$tmp/nodata data.generate=false --results "$tmp/X"
-check_fails "dataset made with other parameters" "n_value: the config expects 12, the dataset has 16" \
+refuses "dataset made with other parameters" "n_value: the config expects 12, the dataset has 16" \
     "$T" "${SHORT[@]}" data.n_value=12 --results "$tmp/X"
 cp -r "$tmp/data" "$tmp/corrupt"
 shard=$(ls "$tmp/corrupt"/train-*.bin | head -n 1)
 printf '\x55' | dd of="$shard" bs=1 seek=4000 conv=notrunc 2>/dev/null
-check_fails "corrupt dataset (a flipped byte)" "corrupt.*train-00000" \
+refuses "corrupt dataset (a flipped byte)" "corrupt.*train-00000" \
     "$T" "${SHORT[@]}" data.path=$tmp/corrupt --results "$tmp/X"
 truncate -s 1000 "$shard"
-check_fails "corrupt dataset (a truncated shard)" "corrupt.*train-00000" \
+refuses "corrupt dataset (a truncated shard)" "corrupt.*train-00000" \
     "$T" "${SHORT[@]}" data.path=$tmp/corrupt --results "$tmp/X"
 check "no results written by the bad inputs" test ! -e "$tmp/X"
 
@@ -163,15 +230,15 @@ check "no results written by the bad inputs" test ! -e "$tmp/X"
 H=$tmp/H/tiny/$RUN
 mkdir -p "$(dirname "$H")" && cp -r "$tmp/C_stopped" "$H"
 sum=$(md5sum "$H"/*)
-check_fails "checkpoint of another config" "checkpoint.safetensors: .*gate_loss_weight: checkpoint has 0.1, config has 0.2" \
+refuses "checkpoint of another config" "checkpoint.safetensors: .*gate_loss_weight: checkpoint has 0.1, config has 0.2" \
     "$T" "${SHORT[@]}" sparse.gate_loss_weight=0.2 --results "$tmp/H"
 check "mismatched checkpoint left alone" test "$sum" = "$(md5sum "$H"/*)"
 truncate -s 5000 "$H/checkpoint.safetensors"
 sum=$(md5sum "$H"/*)
-check_fails "corrupt checkpoint" "checkpoint.safetensors" "$T" "${SHORT[@]}" --results "$tmp/H"
+refuses "corrupt checkpoint" "checkpoint.safetensors: .*truncated" "$T" "${SHORT[@]}" --results "$tmp/H"
 check "corrupt checkpoint left alone" test "$sum" = "$(md5sum "$H"/*)"
 touch "$tmp/afile"
-check_fails "unwritable results folder" "cannot create the results folder" \
+refuses "unwritable results folder" "cannot create the results folder" \
     "$T" "${SHORT[@]}" --results "$tmp/afile/results"
 
 # ---- the tiny config learns (the README's first command, 1500 steps)
