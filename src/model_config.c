@@ -64,7 +64,8 @@ int model_config_validate(const hax_model_config *c, char *err, int errlen) {
             return -1;                           \
         }                                        \
     } while (0)
-    NEED(c->arch >= ARCH_MAMBA && c->arch <= ARCH_SAMBA, "model.arch: expected mamba, mamba2 or samba");
+    NEED(c->arch >= ARCH_MAMBA && c->arch <= ARCH_SAMBA, "model.arch: expected mamba, mamba2 or samba, found value %d",
+         (int)c->arch);
     NEED(c->vocab_size >= 2 && c->vocab_size <= 1 << 20, "model.vocab_size: expected 2..1048576, found %d", c->vocab_size);
     NEED(c->hidden_size >= 1 && c->hidden_size <= 8192, "model.hidden_size: expected 1..8192, found %d", c->hidden_size);
     NEED(c->n_layers >= 1 && c->n_layers <= 64, "model.n_layers: expected 1..64, found %d", c->n_layers);
