@@ -107,6 +107,74 @@ static void test_config_values(void) {
           "tiny");
 }
 
+// Every row of Table 1 by name: its base architecture, width and sparse
+// pattern, and every model and sparse field equal to the reference config
+// (model_config_reference: mamba.json, mamba2.json, *_double_size.json,
+// samba.json, the paper's k = 64, h = 8, alpha = 0.1).
+static void test_table1_rows(void) {
+    static const struct {
+        const char *stem;
+        hax_arch arch;
+        int double_size;
+        const char *pattern;
+    } rows[] = {
+        {"mamba", ARCH_MAMBA, 0, ""},
+        {"mamba_2x", ARCH_MAMBA, 1, ""},
+        {"mamba_d", ARCH_MAMBA, 0, "dilated"},
+        {"mamba_sw", ARCH_MAMBA, 0, "sliding_window"},
+        {"mamba_swd", ARCH_MAMBA, 0, "sliding_window+dilated"},
+        {"mamba_a", ARCH_MAMBA, 0, "sliding_window+sink"},
+        {"mamba_lsh", ARCH_MAMBA, 0, "sign_bin_lsh"},
+        {"mamba_ks", ARCH_MAMBA, 0, "key_selection"},
+        {"mamba_hax", ARCH_MAMBA, 0, "sign_bin_lsh+key_selection"},
+        {"mamba2", ARCH_MAMBA2, 0, ""},
+        {"mamba2_2x", ARCH_MAMBA2, 1, ""},
+        {"mamba2_d", ARCH_MAMBA2, 0, "dilated"},
+        {"mamba2_sw", ARCH_MAMBA2, 0, "sliding_window"},
+        {"mamba2_swd", ARCH_MAMBA2, 0, "sliding_window+dilated"},
+        {"mamba2_a", ARCH_MAMBA2, 0, "sliding_window+sink"},
+        {"mamba2_lsh", ARCH_MAMBA2, 0, "sign_bin_lsh"},
+        {"mamba2_ks", ARCH_MAMBA2, 0, "key_selection"},
+        {"mamba2_hax", ARCH_MAMBA2, 0, "sign_bin_lsh+key_selection"},
+        {"samba", ARCH_SAMBA, 0, ""},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        hax_config c, ref;
+        char err[512];
+        int rc = load_named(&c, rows[i].stem, err, sizeof err);
+        CHECK(rc == 0, "%s: %s", rows[i].stem, err);
+        if (rc) continue;
+        CHECK(c.model.arch == rows[i].arch && strcmp(c.model.sparse_arch, rows[i].pattern) == 0,
+              "%s: arch %s pattern '%s'", rows[i].stem, config_arch_name(c.model.arch), c.model.sparse_arch);
+        ref = c;
+        model_config_reference(&ref.model, rows[i].arch, rows[i].double_size, rows[i].pattern);
+        char diff[1024];
+        config_first_difference(&ref, &c, "the reference config", rows[i].stem, diff, sizeof diff);
+        CHECK(diff[0] == 0, "%s: %s", rows[i].stem, diff);
+        CHECK(c.train.lr == 0.002 && c.train.seed == 1 && c.data.shuffle == 0 && c.train.test_output_layer == TEST_OUTPUT_BEST,
+              "%s: lr, seed, order, test output", rows[i].stem);
+    }
+}
+
+// config_first_difference names the first differing field with both values.
+static void test_first_difference(void) {
+    hax_config a, b;
+    config_defaults(&a);
+    b = a;
+    char diff[256] = "x";
+    config_first_difference(&a, &b, "A", "B", diff, sizeof diff);
+    CHECK(diff[0] == 0, "equal configs: '%s'", diff);
+    b.train.lr = 0.004;
+    b.train.seed = 7;
+    snprintf(b.data.path, sizeof b.data.path, "elsewhere");
+    config_first_difference(&a, &b, "A", "B", diff, sizeof diff);
+    CHECK(strcmp(diff, "data.path: A has \"data/joint_recall\", B has \"elsewhere\"") == 0, "diff '%s'", diff);
+    b = a;
+    b.train.lr = 0.004;
+    config_first_difference(&a, &b, "rank 0", "rank 1", diff, sizeof diff);
+    CHECK(strcmp(diff, "train.lr: rank 0 has 0.002, rank 1 has 0.004") == 0, "diff '%s'", diff);
+}
+
 static void test_overrides(void) {
     hax_config c;
     char err[512];
@@ -199,6 +267,8 @@ static void test_bad_configs(void) {
 int main(void) {
     RUN(test_every_config);
     RUN(test_config_values);
+    RUN(test_table1_rows);
+    RUN(test_first_difference);
     RUN(test_overrides);
     RUN(test_bad_configs);
     return test_summary();
