@@ -32,6 +32,13 @@ BLAS_INC := $(firstword $(wildcard $(BLAS_PREFIX)/include/x86_64-linux-gnu/openb
 BLAS_DIR := $(firstword $(wildcard $(BLAS_PREFIX)/lib/x86_64-linux-gnu/openblas-pthread $(BLAS_PREFIX)/lib))
 CFLAGS   += -I$(BLAS_INC)
 BLAS_LIB ?= -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas
+# BLAS=none: no BLAS library; src/linear.c then uses its own plain C sgemm
+# (for machines without OpenBLAS, such as the GPU nodes, where the CPU ops only
+# serve as the oracle of small tests). Run make clean when switching.
+ifeq ($(BLAS),none)
+CFLAGS   += -DHAX_NO_BLAS
+BLAS_LIB :=
+endif
 
 # CUDA, where the toolkit is present
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
@@ -57,9 +64,12 @@ PROGS    := $(foreach m,$(MAIN_C),bin/$(subst _,-,$(patsubst %_main,%,$(basename
 TEST_C   := $(wildcard tests/test_*.c)
 TESTS    := $(patsubst tests/%.c,build/tests/%,$(TEST_C))
 LIBS     := build/libhax.a $(YAML_LIB) $(BLAS_LIB) $(CUDA_LIB) $(LDLIBS)
+# GPU test programs (tests/gpu_*.c -> build/gpu/gpu_*): built where CUDA is,
+# run by make test-gpu only (tests/run.sh runs build/tests/test_* alone).
+GPU_TESTS := $(if $(CU_OBJ),$(patsubst tests/%.c,build/gpu/%,$(wildcard tests/gpu_*.c)))
 
 .PHONY: all deps test test-gpu bench-cpu bench-datagen clean
-all: $(PROGS) $(TESTS)
+all: $(PROGS) $(TESTS) $(GPU_TESTS)
 
 # Installs the Debian packages once (a no-op when they are there).
 deps:
@@ -88,6 +98,10 @@ $(foreach m,$(MAIN_C),$(eval $(call prog_rule,$(m))))
 build/tests/%: tests/%.c tests/test.h build/libhax.a
 	@mkdir -p build/tests
 	$(CC) $(CFLAGS) -Itests $< -o $@.$$$$.tmp $(LIBS) && mv $@.$$$$.tmp $@
+
+build/gpu/%: tests/%.c tests/test.h $(wildcard cuda/*.h) build/libhax.a
+	@mkdir -p build/gpu
+	$(CC) $(CFLAGS) -Itests -Icuda $< -o $@.$$$$.tmp $(LIBS) && mv $@.$$$$.tmp $@
 
 test: deps
 	@$(MAKE) --no-print-directory all
