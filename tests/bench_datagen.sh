@@ -2,8 +2,10 @@
 # bench_datagen.sh: hax-datagen speed on the full default dataset (1.44M +
 # 14.4K + 14.4K samples), printed, never asserted: the default generator on
 # 1 and 2 ranks, each verified afterwards, and --compat reference (one core)
-# to shards. Usage: tests/bench_datagen.sh [OUT-FOLDER] (default: a temporary
-# folder, removed at the end; about 0.8 GB per dataset).
+# to shards, then its text layout on its own (about 6.5 GB: skipped when the
+# disk has less than 12 GB free, or with HAX_BENCH_TEXT=0).
+# Usage: tests/bench_datagen.sh [OUT-FOLDER] (default: a temporary folder,
+# removed at the end; about 0.8 GB per shard dataset).
 source "$(dirname "$0")/lib.sh"
 G=$BIN/hax-datagen
 work=${1:-$(mktemp -d /tmp/hax_bench_datagen.XXXXXX)}
@@ -21,4 +23,14 @@ echo "== --compat reference (sequential) to shards: $G --out DIR --compat refere
 wall $G --out "$work/compat" --compat reference --force && \
     wall $G --verify "$work/compat" && ok "compat reference, verified" || fail "compat reference"
 du -sh "$work/default" "$work/compat" 2>/dev/null
+free_kb=$(df -Pk "$work" | awk 'NR == 2 { print $4 }')
+if [ "${HAX_BENCH_TEXT:-1}" != 0 ] && [ "$free_kb" -gt 12000000 ]; then
+    echo "== --compat reference, the reference's text layout only: $G --out DIR --compat reference --format text --force"
+    wall $G --out "$work/text" --compat reference --format text --force && ok "compat reference, text layout" ||
+        fail "compat reference, text layout"
+    du -sh "$work/text"
+    rm -rf "$work/text"
+else
+    echo "== text layout skipped (HAX_BENCH_TEXT=0 or less than 12 GB free)"
+fi
 finish
