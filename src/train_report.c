@@ -144,12 +144,20 @@ static void put_cells(FILE *f, const train_eval *ev) {
     fputs(first ? "]" : "\n  ]", f);
 }
 
-static int write_text(const char *path, char *buf, size_t len, char *err, int errlen) {
-    if (hax_write_file_atomic(path, buf, len)) {
+// Closes the memory stream f (over buf, len) and writes its text to
+// <run_dir>/<file> atomically; frees buf.
+static int write_stream(const train_ctx *t, FILE *f, char *const *buf, const size_t *len, const char *file, char *err,
+                        int errlen) {
+    fclose(f);
+    char path[HAX_PATH_MAX + 320];
+    snprintf(path, sizeof path, "%s/%s", t->o->run_dir, file);
+    int rc = 0;
+    if (hax_write_file_atomic(path, *buf, *len)) {
         snprintf(err, errlen, "%s: cannot write: %s", path, strerror(errno));
-        return -1;
+        rc = -1;
     }
-    return 0;
+    free(*buf);
+    return rc;
 }
 
 int train_write_result(train_ctx *t, const char *status, const train_test *test, const char *message, char *err,
@@ -202,12 +210,7 @@ int train_write_result(train_ctx *t, const char *status, const train_test *test,
     fputs(",\n  \"config\": ", f);
     put_config(f, t->o->config_text);
     fputs("\n}\n", f);
-    fclose(f);
-    char path[HAX_PATH_MAX + 320];
-    snprintf(path, sizeof path, "%s/result.json", t->o->run_dir);
-    int rc = write_text(path, buf, len, err, errlen);
-    free(buf);
-    return rc;
+    return write_stream(t, f, &buf, &len, "result.json", err, errlen);
 }
 
 int train_write_metrics(train_ctx *t, char *err, int errlen) {
@@ -222,12 +225,7 @@ int train_write_metrics(train_ctx *t, char *err, int errlen) {
         if (isfinite(r[M_VALID])) fprintf(f, "%.8g", r[M_VALID]);
         fputc('\n', f);
     }
-    fclose(f);
-    char path[HAX_PATH_MAX + 320];
-    snprintf(path, sizeof path, "%s/metrics.csv", t->o->run_dir);
-    int rc = write_text(path, buf, len, err, errlen);
-    free(buf);
-    return rc;
+    return write_stream(t, f, &buf, &len, "metrics.csv", err, errlen);
 }
 
 int train_result_complete(const char *run_dir) {

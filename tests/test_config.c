@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "config.h"
+#include "config_fields.h"
 #include "test.h"
 
 static const char *configs_dir(void) {
@@ -264,6 +265,36 @@ static void test_bad_configs(void) {
           "missing file: %s", err);
 }
 
+// The README's "Configs" section documents every field (its tables name
+// each one in backquotes, under the section's own table).
+static void test_readme_documents_fields(void) {
+    size_t len = 0;
+    char *readme = hax_read_file("README.md", &len);
+    CHECK(readme != NULL, "cannot read README.md");
+    if (!readme) return;
+    char *start = strstr(readme, "\n## Configs\n");
+    CHECK(start != NULL, "README.md has no '## Configs' section");
+    if (!start) {
+        free(readme);
+        return;
+    }
+    char *end = strstr(start + 1, "\n## ");
+    if (end) *end = 0;
+    for (int i = 0; i < cfg_n_fields; i++) {
+        char head[64], name[80];
+        snprintf(head, sizeof head, "**`%s`**", cfg_fields[i].section);
+        snprintf(name, sizeof name, "`%s`", cfg_fields[i].name);
+        const char *sec = strstr(start, head);
+        CHECK(sec != NULL, "README Configs: no table for section %s", cfg_fields[i].section);
+        if (!sec) continue;
+        const char *next = strstr(sec + strlen(head), "\n**`");  // the next section's table
+        const char *hit = strstr(sec, name);
+        CHECK(hit && (!next || hit < next), "README Configs: %s.%s is not documented", cfg_fields[i].section,
+              cfg_fields[i].name);
+    }
+    free(readme);
+}
+
 int main(void) {
     RUN(test_every_config);
     RUN(test_config_values);
@@ -271,5 +302,6 @@ int main(void) {
     RUN(test_first_difference);
     RUN(test_overrides);
     RUN(test_bad_configs);
+    RUN(test_readme_documents_fields);
     return test_summary();
 }

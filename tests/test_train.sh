@@ -86,6 +86,14 @@ check "complete run skipped (exit 0)" test $rc -eq 0
 check "skip message" grep -q "complete" <<<"$out"
 check "skip leaves the files alone" test "$sum" = "$(md5sum "$A"/*)"
 
+# ---- --force runs a complete run again from step 0 (the same files: runs are deterministic)
+AF=$(run_dir AF)
+mkdir -p "$(dirname "$AF")" && cp -r "$A" "$AF"
+out=$("$T" "${SHORT[@]}" --results "$tmp/AF" --force 2>&1); rc=$?
+check "--force on a complete run: exit 0" test $rc -eq 0
+check "--force: not skipped, not resumed" bash -c "! grep -Eq 'skipped|resuming' <<<'$out'"
+same_run "--force rerun" "$A" "$AF"
+
 # ---- 2 ranks: the same curve and weights within 1e-5
 $MPIRUN -np 2 "$T" "${SHORT[@]}" --results "$tmp/B" >"$tmp/B.log" 2>&1; rc=$?
 B=$(run_dir B)
@@ -237,6 +245,8 @@ truncate -s 5000 "$H/checkpoint.safetensors"
 sum=$(md5sum "$H"/*)
 refuses "corrupt checkpoint" "checkpoint.safetensors: .*truncated" "$T" "${SHORT[@]}" --results "$tmp/H"
 check "corrupt checkpoint left alone" test "$sum" = "$(md5sum "$H"/*)"
+out=$("$T" "${SHORT[@]}" --results "$tmp/H" --force 2>&1); rc=$?
+check "--force starts over from a corrupt checkpoint (exit $rc)" test $rc -eq 0 -a "$(status_of "$H")" = complete
 touch "$tmp/afile"
 refuses "unwritable results folder" "cannot create the results folder" \
     "$T" "${SHORT[@]}" --results "$tmp/afile/results"
