@@ -51,6 +51,21 @@ static int64_t split_offset(const hax_data_params *p, int split) {
     return g;
 }
 
+// Rank k takes the shards that start in samples [N k / R, N (k+1) / R):
+// plan[*lo .. *hi). Every rank computes every rank's share alike.
+static void rank_shards(const run_ctx *r, int k, int *lo, int *hi) {
+    int64_t g_lo = r->n_total * k / r->n_ranks, g_hi = r->n_total * (k + 1) / r->n_ranks;
+    int a = 0;
+    while (a < r->n_plan && r->plan[a].gpos < g_lo) a++;
+    int b = a;
+    while (b < r->n_plan && r->plan[b].gpos < g_hi) b++;
+    *lo = a;
+    *hi = b;
+}
+
+// Global position of the first sample of plan[j] (n_total past the end).
+static int64_t plan_gpos(const run_ctx *r, int j) { return j < r->n_plan ? r->plan[j].gpos : r->n_total; }
+
 static void make_plan(run_ctx *r) {
     const hax_data_params *p = &r->o->p;
     int64_t ss = r->o->shard_size, n = 0;
@@ -69,27 +84,18 @@ static void make_plan(run_ctx *r) {
         }
     }
     r->n_total = split_offset(p, HAX_N_SPLITS);
-    // Rank k takes the shards that start in [N k / R, N (k+1) / R).
-    r->my_lo = r->my_hi = 0;
-    int64_t lo = r->n_total * r->rank / r->n_ranks, hi = r->n_total * (r->rank + 1) / r->n_ranks;
-    while (r->my_lo < r->n_plan && r->plan[r->my_lo].gpos < lo) r->my_lo++;
-    r->my_hi = r->my_lo;
-    while (r->my_hi < r->n_plan && r->plan[r->my_hi].gpos < hi) r->my_hi++;
-    r->g_lo = r->my_lo < r->n_plan ? r->plan[r->my_lo].gpos : r->n_total;
-    r->g_hi = r->my_hi < r->n_plan ? r->plan[r->my_hi].gpos : r->n_total;
+    rank_shards(r, r->rank, &r->my_lo, &r->my_hi);
+    r->g_lo = plan_gpos(r, r->my_lo);
+    r->g_hi = plan_gpos(r, r->my_hi);
     r->info = xcalloc((size_t)r->n_plan + 1, sizeof(shard_info));
 }
 
 // Samples of rank k (from the plan, which every rank computes alike).
 static int64_t rank_count(run_ctx *r, int k, int64_t *first) {
-    int64_t lo = r->n_total * k / r->n_ranks, hi = r->n_total * (k + 1) / r->n_ranks;
-    int64_t a = r->n_total, b = r->n_total;
-    for (int i = r->n_plan - 1; i >= 0; i--) {
-        if (r->plan[i].gpos >= lo) a = r->plan[i].gpos;
-        if (r->plan[i].gpos >= hi) b = r->plan[i].gpos;
-    }
-    *first = a;
-    return b - a;
+    int a, b;
+    rank_shards(r, k, &a, &b);
+    *first = plan_gpos(r, a);
+    return plan_gpos(r, b) - *first;
 }
 
 static void progress(run_ctx *r, const char *what, int64_t done, int64_t total) {
@@ -452,11 +458,8 @@ int datagen_run(const datagen_opts *o, int rank, int n_ranks) {
     if (status == 0 && !o->p.compat) {
         int *counts = xcalloc((size_t)n_ranks, sizeof(int)), *displs = xcalloc((size_t)n_ranks, sizeof(int));
         for (int k = 0; k < n_ranks; k++) {
-            int64_t lo = r.n_total * k / n_ranks, hi = r.n_total * (k + 1) / n_ranks;
-            int a = 0, b = 0;
-            while (a < r.n_plan && r.plan[a].gpos < lo) a++;
-            b = a;
-            while (b < r.n_plan && r.plan[b].gpos < hi) b++;
+            int a, b;
+            rank_shards(&r, k, &a, &b);
             counts[k] = (b - a) * (int)sizeof(shard_info);
             displs[k] = a * (int)sizeof(shard_info);
         }

@@ -39,6 +39,9 @@ check "generate, 2 ranks" q $MPIRUN -np 2 $G --out "$work/r2" "${SMALL[@]}"
 check "generate, 3 ranks" q $MPIRUN -np 3 $G --out "$work/r3" "${SMALL[@]}"
 check "1 and 2 ranks byte-identical" diff -r "$work/r1" "$work/r2"
 check "1 and 3 ranks byte-identical" diff -r "$work/r1" "$work/r3"
+ONE=(--max-n-context 5 --max-n-key 5 --n-train-per-cell 1 --n-test-per-cell 1)  # 3 shards of 1 sample
+check "more ranks than shards: 4 ranks, 3 shards, byte-identical" bash -c \
+    "$G --out '$work/one1' ${ONE[*]} >/dev/null && $MPIRUN -np 4 $G --out '$work/one4' ${ONE[*]} >/dev/null && diff -r '$work/one1' '$work/one4'"
 check "no temporary folder left" test -z "$(ls -A "$work/r1" | grep tmp)"
 n_shards=$(ls "$work/r1"/*.bin | wc -l)
 check "shard count (3x2 cells: 180 train in 5 shards, 24 valid in 1, 24 test in 1)" test "$n_shards" -eq 7
