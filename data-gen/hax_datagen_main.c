@@ -195,6 +195,12 @@ int main(int argc, char **argv) {
     p->compat = compat != NULL;
     char err[512];
     if (data_params_check(p, err, sizeof err)) usage_error("%s", err);
+    // Refused now rather than after the generation: the uniqueness gather
+    // and --verify count samples in MPI's int.
+    int64_t n_all = 0;
+    for (int s = 0; s < HAX_N_SPLITS; s++) n_all += data_split_size(p, s);
+    if (n_all > INT32_MAX)
+        usage_error("samples: expected at most %d in the three splits together, found %" PRId64, INT32_MAX, n_all);
     if (p->compat) {
         if (levels != 2) usage_error("--compat reference: expected --levels 2 (the reference's layout), found %d", levels);
         if (seed > UINT32_MAX) usage_error("--compat reference: --seed: expected 0..4294967295 (numpy), found %" PRId64, seed);

@@ -177,6 +177,7 @@ refuses "max below min" 2 "maximum: expected >= its minimum 5, found 4" $G --out
 refuses "ids beyond the 16-bit token type" 2 "does not fit the 16-bit token type" $G --out "$work/x" --n-value 65530
 refuses "more samples than a cell holds" 2 "distinct samples" $G --out "$work/x" --min-n-context 1 --max-n-context 1 --min-n-key 1 --max-n-key 1 --n-value 2 --n-train-per-cell 3
 refuses "a shard too large for memory" 2 "--shard-size: .* exceed 2 GiB per shard; expected at most [0-9]+" $G --out "$work/x" --max-n-context 200 --max-n-key 200
+refuses "more samples than one gather can count" 2 "samples: expected at most 2147483647 in the three splits together, found 2880288000" $G --out "$work/x" --n-train-per-cell 20000000 --n-test-per-cell 1000
 refuses "bad --format" 2 "--format: expected shards, text or both, found 'csv'" $G --out "$work/x" --format csv
 refuses "bad --compat" 2 "--compat: expected 'reference', found 'numpy'" $G --out "$work/x" --compat numpy
 refuses "--compat needs 2 levels" 2 "expected --levels 2" $G --out "$work/x" --compat reference --levels 3
