@@ -105,12 +105,16 @@ if [ "$n_fail" -gt 0 ]; then
     exit 1
 fi
 if [ "$n_pre" -gt 0 ]; then
+    # This task only: an array task's SLURM_JOB_ID may be the array's own id,
+    # and `scontrol requeue <array id>` would requeue every task of the array.
+    me=${SLURM_JOB_ID:-JOB}
+    [ -n "${SLURM_ARRAY_JOB_ID:-}" ] && me=${SLURM_ARRAY_JOB_ID}_$task
     if [ "$stop_signal" = USR1 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
-        say "requeueing job $SLURM_JOB_ID: the runs resume from their checkpoints"
-        scontrol requeue "$SLURM_JOB_ID" || fail "scontrol requeue $SLURM_JOB_ID failed"
+        say "requeueing job $me: the runs resume from their checkpoints"
+        scontrol requeue "$me" || fail "scontrol requeue $me failed"
         exit 0
     fi
-    say "$n_pre run(s) stopped with a checkpoint: exit 3 (scontrol requeue ${SLURM_JOB_ID:-JOB} resumes them)"
+    say "$n_pre run(s) stopped with a checkpoint: exit 3 (scontrol requeue $me resumes them)"
     exit 3
 fi
 say "all runs done"
