@@ -22,25 +22,32 @@ __global__ static void embedding_fwd_kernel(float *out, const int32_t *ids, cons
     out[i] = W[(size_t)id * d + j];
 }
 
-// Block v owns row v of dW: its threads scan every token id (in tiles through
-// shared memory) and add the matching dout rows in token order.
-__global__ static void embedding_bwd_kernel(float *dW, const float *dout, const int32_t *ids, int n_tok, int d) {
-    __shared__ int32_t tile[1024];
-    int v = blockIdx.x;
-    for (int j0 = 0; j0 < d; j0 += blockDim.x) {
-        int j = j0 + threadIdx.x;
-        float acc = j < d ? dW[(size_t)v * d + j] : 0.0f;
-        for (int t0 = 0; t0 < n_tok; t0 += 1024) {
-            int nt = n_tok - t0 < 1024 ? n_tok - t0 : 1024;
-            __syncthreads();
-            for (int i = threadIdx.x; i < nt; i += blockDim.x) tile[i] = ids[t0 + i];
-            __syncthreads();
-            if (j < d)
-                for (int i = 0; i < nt; i++)
-                    if (tile[i] == v) acc += dout[(size_t)(t0 + i) * d + j];
-        }
-        if (j < d) dW[(size_t)v * d + j] = acc;
+// dW rows are summed per chunk of EMB_T tokens: block (v, chunk) scans the
+// chunk's ids (staged in shared memory) and adds the matching dout rows in
+// token order into part[chunk][v][:]; the chunks are then added in order.
+#define EMB_T 1024
+
+__global__ static void embedding_part_kernel(float *part, const float *dout, const int32_t *ids, int n_tok,
+                                             int d, int V) {
+    __shared__ int32_t tile[EMB_T];
+    int v = blockIdx.x, chunk = blockIdx.y, t0 = chunk * EMB_T;
+    int nt = n_tok - t0 < EMB_T ? n_tok - t0 : EMB_T;
+    for (int i = threadIdx.x; i < nt; i += blockDim.x) tile[i] = ids[t0 + i];
+    __syncthreads();
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float acc = 0.0f;
+        for (int i = 0; i < nt; i++)
+            if (tile[i] == v) acc += dout[(size_t)(t0 + i) * d + j];
+        part[((size_t)chunk * V + v) * d + j] = acc;
     }
+}
+
+__global__ static void embedding_sum_kernel(float *dW, const float *part, int n_chunk, int d, int V) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)V * d) return;
+    float acc = dW[i];
+    for (int ch = 0; ch < n_chunk; ch++) acc += part[(size_t)ch * V * d + i];
+    dW[i] = acc;
 }
 
 extern "C" void cuda_embedding_forward(float *out, const int32_t *ids, const float *W_emb, int n_tok,
@@ -51,11 +58,18 @@ extern "C" void cuda_embedding_forward(float *out, const int32_t *ids, const flo
     CUDA_LAUNCHED();
 }
 
+extern "C" size_t cuda_embedding_workspace_bytes(int n_tok, int d, int V) {
+    return (size_t)((n_tok + EMB_T - 1) / EMB_T) * V * d * sizeof(float);
+}
+
 extern "C" void cuda_embedding_backward(float *dW_emb, const float *dout, const int32_t *ids, int n_tok,
-                                        int d, int V) {
+                                        int d, int V, void *work) {
     if (n_tok == 0) return;
-    int threads = d < 256 ? (d + 31) / 32 * 32 : 256;
-    embedding_bwd_kernel<<<V, threads, 0, cu_stream()>>>(dW_emb, dout, ids, n_tok, d);
+    int n_chunk = (n_tok + EMB_T - 1) / EMB_T, threads = d < 128 ? (d + 31) / 32 * 32 : 128;
+    embedding_part_kernel<<<dim3(V, n_chunk), threads, 0, cu_stream()>>>((float *)work, dout, ids, n_tok, d, V);
+    CUDA_LAUNCHED();
+    embedding_sum_kernel<<<cu_blocks((long)V * d, 256), 256, 0, cu_stream()>>>(dW_emb, (const float *)work,
+                                                                             n_chunk, d, V);
     CUDA_LAUNCHED();
 }
 
@@ -230,19 +244,26 @@ __global__ static void ce_rows_kernel(double *tok_loss, int *tok_ok, const float
     }
 }
 
-// Per sequence (one thread each): positions in order, as the CPU.
+// Per sequence, one warp each: lane l takes positions l, l+32, ...; the
+// lanes' sums are combined in a fixed tree (deterministic).
 __global__ static void ce_seq_kernel(double *seq_loss, int *correct, int *count, const double *tok_loss,
                                      const int *tok_ok, const int *seq_off, int n_seq) {
-    int s = blockIdx.x * blockDim.x + threadIdx.x;
+    int s = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (s >= n_seq) return;
     double acc = 0.0;
     int n_ok = 0, n_scored = 0;
-    for (int t = seq_off[s]; t < seq_off[s + 1]; t++) {
+    for (int t = seq_off[s] + lane; t < seq_off[s + 1]; t += 32) {
         if (tok_ok[t] < 0) continue;
         acc += tok_loss[t];
         n_ok += tok_ok[t];
         n_scored++;
     }
+    acc = cu_warp_sum(acc);
+    for (int o = 16; o > 0; o >>= 1) {
+        n_ok += __shfl_xor_sync(0xffffffffu, n_ok, o);
+        n_scored += __shfl_xor_sync(0xffffffffu, n_scored, o);
+    }
+    if (lane) return;
     seq_loss[s] = acc;
     if (correct) correct[s] = n_ok;
     if (count) count[s] = n_scored;
@@ -269,7 +290,7 @@ extern "C" void cuda_ce_forward(double *loss, int *correct, int *count, const fl
         CUDA_LAUNCHED();
     }
     if (n_seq > 0) {
-        ce_seq_kernel<<<cu_blocks(n_seq, 64), 64, 0, cu_stream()>>>(seq_loss, correct, count, tok_loss, tok_ok,
+        ce_seq_kernel<<<cu_blocks(n_seq, WARPS), WARPS * 32, 0, cu_stream()>>>(seq_loss, correct, count, tok_loss, tok_ok,
                                                                    seq_off, n_seq);
         CUDA_LAUNCHED();
     }

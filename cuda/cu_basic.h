@@ -17,9 +17,12 @@ extern "C" {
 // out[t, :] = W_emb[ids[t], :]. An id outside [0, V) gives a zero row and
 // sets the error flag that the next cuda_sync reports.
 void cuda_embedding_forward(float *out, const int32_t *ids, const float *W_emb, int n_tok, int d, int V);
-// dW_emb[ids[t], :] += dout[t, :], rows added in token order (one block per id:
-// meant for the small vocabularies of this suite, V = 100).
-void cuda_embedding_backward(float *dW_emb, const float *dout, const int32_t *ids, int n_tok, int d, int V);
+// dW_emb[ids[t], :] += dout[t, :]: per chunk of 1024 tokens, one block per
+// id sums its rows in token order, then the chunks are added in order (meant
+// for the small vocabularies of this suite, V = 100: the work is V·n_tok).
+size_t cuda_embedding_workspace_bytes(int n_tok, int d, int V);
+void cuda_embedding_backward(float *dW_emb, const float *dout, const int32_t *ids, int n_tok, int d, int V,
+                             void *work);
 
 // Workspace of the norm backwards (dw partials): bytes for n rows of d.
 size_t cuda_norm_workspace_bytes(int n, int d);
@@ -40,8 +43,9 @@ void cuda_logits_backward(float *dh, float *dW_emb, const float *dlogits, const 
 
 // Cross-entropy + accuracy (src/ops_basic.h ce_forward). Instead of returning
 // the sum, writes it to *loss (one device double); correct[s] and count[s]
-// (device ints, either may be NULL) as on the CPU. Sums run in the CPU's order
-// (positions of a sequence in order, then sequences in order). mask may be NULL.
+// (device ints, either may be NULL) as on the CPU. The sum is deterministic (a
+// fixed tree over the positions of a sequence, then the sequences in order).
+// mask may be NULL.
 size_t cuda_ce_workspace_bytes(int n_tok, int n_seq);
 void cuda_ce_forward(double *loss, int *correct, int *count, const float *logits, const int32_t *labels,
                      const uint8_t *mask, const int *seq_off, int n_seq, int n_tok, int V, void *work);

@@ -1,6 +1,6 @@
 // cu_conv.cu: see cu_conv.h. One thread per (position, channel) for the
-// forward and dinp (channels fastest: coalesced), one per (sequence, channel)
-// for the dw/db partials.
+// forward and dinp (channels fastest: coalesced), one per (channel, chunk of
+// CONV_T positions of a sequence) for the dw/db partials.
 #include "cu_common.cuh"
 #include "cu_conv.h"
 
@@ -38,16 +38,33 @@ __global__ static void conv_dinp_kernel(float *dinp, int ld_dinp, const float *d
     *d = acc;
 }
 
-// part[s][k·C + c] = Σ_t g[t, c]·inp[t−(K−1)+k, c], part[s][K·C + c] = Σ_t g[t, c].
+// The dw/db partials are per chunk of CONV_T positions of a sequence (more
+// parallel work than one per sequence): sequence s owns the chunk slots
+// base_s .. base_s + ceil(len_s / CONV_T) − 1, base_s = s + seq_off[s] / CONV_T
+// (strictly increasing in s; n_tok / CONV_T + n_seq slots in all).
+#define CONV_T 64
+
+__device__ __forceinline__ int conv_base(const int *seq_off, int s) { return s + seq_off[s] / CONV_T; }
+
+// part[slot][k·C + c] = Σ_t g[t, c]·inp[t−(K−1)+k, c], part[slot][K·C + c] = Σ_t g[t, c]
+// over the positions t of the slot's chunk.
 __global__ static void conv_part_kernel(double *part, const float *dout, const float *pre, const float *inp,
                                         int ld_inp, const int *seq_off, int n_seq, int C, int K) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y;
-    if (c >= C || s >= n_seq) return;
-    int t0 = seq_off[s], t1 = seq_off[s + 1];
+    int c = blockIdx.x * blockDim.x + threadIdx.x, slot = blockIdx.y;
+    // The sequence holding this slot: the last s with base_s <= slot.
+    int lo = 0, hi = n_seq - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (conv_base(seq_off, mid) <= slot) lo = mid;
+        else hi = mid - 1;
+    }
+    int s = lo, t0 = seq_off[s], t1 = seq_off[s + 1];
+    int ta = t0 + (slot - conv_base(seq_off, s)) * CONV_T, tb = ta + CONV_T < t1 ? ta + CONV_T : t1;
+    if (c >= C || ta >= t1) return;  // past the sequence's last chunk: an unused slot
     double pw[KMAX], pb = 0.0;
 #pragma unroll
     for (int k = 0; k < KMAX; k++) pw[k] = 0.0;
-    for (int t = t0; t < t1; t++) {
+    for (int t = ta; t < tb; t++) {
         float g = dout[(size_t)t * C + c] * cu_dsilu(pre[(size_t)t * C + c]);
         pb += g;
 #pragma unroll
@@ -56,22 +73,28 @@ __global__ static void conv_part_kernel(double *part, const float *dout, const f
             if (k < K && src >= t0) pw[k] += (double)g * inp[(size_t)src * ld_inp + c];
         }
     }
-    double *p = part + (size_t)s * C * (K + 1);
+    double *p = part + (size_t)slot * C * (K + 1);
 #pragma unroll
     for (int k = 0; k < KMAX; k++)
         if (k < K) p[(size_t)k * C + c] = pw[k];
     p[(size_t)K * C + c] = pb;
 }
 
-// dw, db += the sequence partials, in sequence order (each rounded to float
-// first, as the CPU adds them).
-__global__ static void conv_sum_kernel(float *dw, float *db, const double *part, int n_seq, int C, int K) {
+// dw, db += each sequence's sum of its chunk partials (in double, chunks in
+// order), rounded to float and added in sequence order as the CPU does.
+__global__ static void conv_sum_kernel(float *dw, float *db, const double *part, const int *seq_off, int n_seq,
+                                       int C, int K) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
     for (int s = 0; s < n_seq; s++) {
-        const double *p = part + (size_t)s * C * (K + 1);
-        for (int k = 0; k < K; k++) dw[c * K + k] += (float)p[(size_t)k * C + c];
-        if (db) db[c] += (float)p[(size_t)K * C + c];
+        int n_ch = (seq_off[s + 1] - seq_off[s] + CONV_T - 1) / CONV_T;
+        const double *p0 = part + (size_t)conv_base(seq_off, s) * C * (K + 1);
+        for (int k = 0; k <= K; k++) {
+            double acc = 0.0;
+            for (int j = 0; j < n_ch; j++) acc += p0[(size_t)j * C * (K + 1) + (size_t)k * C + c];
+            if (k < K) dw[c * K + k] += (float)acc;
+            else if (db) db[c] += (float)acc;
+        }
     }
 }
 
@@ -84,8 +107,10 @@ extern "C" void cuda_conv_silu_forward(float *out, float *pre, const float *inp,
     CUDA_LAUNCHED();
 }
 
-extern "C" size_t cuda_conv_workspace_bytes(int n_seq, int C, int K) {
-    return (size_t)n_seq * C * (K + 1) * sizeof(double);
+static int conv_slots(int n_tok, int n_seq) { return n_tok / CONV_T + n_seq; }
+
+extern "C" size_t cuda_conv_workspace_bytes(int n_tok, int n_seq, int C, int K) {
+    return (size_t)conv_slots(n_tok, n_seq) * C * (K + 1) * sizeof(double);
 }
 
 extern "C" void cuda_conv_silu_backward(float *dinp, int ld_dinp, float *dw, float *db, const float *dout,
@@ -98,9 +123,9 @@ extern "C" void cuda_conv_silu_backward(float *dinp, int ld_dinp, float *dw, flo
                                                                                  seq_off, n_seq, n_tok, C, K);
         CUDA_LAUNCHED();
     }
-    dim3 grid(cu_blocks(C, 64), n_seq);
+    dim3 grid(cu_blocks(C, 64), conv_slots(n_tok, n_seq));
     conv_part_kernel<<<grid, 64, 0, cu_stream()>>>((double *)work, dout, pre, inp, ld_inp, seq_off, n_seq, C, K);
     CUDA_LAUNCHED();
-    conv_sum_kernel<<<cu_blocks(C, 64), 64, 0, cu_stream()>>>(dw, db, (const double *)work, n_seq, C, K);
+    conv_sum_kernel<<<cu_blocks(C, 64), 64, 0, cu_stream()>>>(dw, db, (const double *)work, seq_off, n_seq, C, K);
     CUDA_LAUNCHED();
 }

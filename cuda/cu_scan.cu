@@ -49,13 +49,6 @@ static size_t ckpt_slots(int n_tok, int n_seq) { return (size_t)n_tok / T + (siz
 // Slot of sequence s's first checkpoint (seq_off[0] = 0): s + start/T.
 __device__ __forceinline__ size_t ckpt_base(const int *seq_off, int s) { return (size_t)s + seq_off[s] / T; }
 
-// Δ of channel c's head at row t.
-template <bool SSD>
-__device__ __forceinline__ float delta_at(const scan_args &a, int t, int h) {
-    if (SSD) return a.delta[(size_t)t * a.H + h];
-    return cu_softplus(a.dt[(size_t)t * a.ld_dt + h] + a.dt_bias[h]);
-}
-
 // SSD only: Δ [n_tok, H] = softplus(dt + dt_bias).
 __global__ static void ssd_delta_kernel(float *delta, const float *dt, int ld_dt, const float *dt_bias,
                                         int n_tok, int H) {
@@ -65,13 +58,54 @@ __global__ static void ssd_delta_kernel(float *delta, const float *dt, int ld_dt
     delta[i] = cu_softplus(dt[(size_t)t * ld_dt + h] + dt_bias[h]);
 }
 
+// A chunk of T positions staged in shared memory by the whole block (loads
+// coalesced and all in flight at once, B and C read once for all channels):
+// x, Δ, Δ's pre-activation and dy as [T][CPB], B and C as [T][N].
+struct chunk_stage {
+    float *x, *dl, *raw, *g, *B, *C;
+};
+
+static size_t stage_floats(int CPB, int N, bool bwd) { return (size_t)T * ((bwd ? 4 : 2) * CPB + 2 * N); }
+
+__device__ __forceinline__ chunk_stage stage_at(float *p, int CPB, int N, bool bwd) {
+    chunk_stage st;
+    st.x = p, st.dl = p + T * CPB;
+    st.raw = bwd ? p + 2 * T * CPB : NULL, st.g = bwd ? p + 3 * T * CPB : NULL;
+    st.B = p + (bwd ? 4 : 2) * T * CPB, st.C = st.B + T * N;
+    return st;
+}
+
+// Loads positions ta .. ta+L-1 of channel block cb (callers synchronise
+// before and after).
+template <bool SSD>
+__device__ static void load_chunk(const scan_args &a, const chunk_stage &st, int ta, int L, int cb, bool bwd) {
+    int CPB = a.CPB, N = a.N;
+    for (int q = threadIdx.x; q < L * CPB; q += blockDim.x) {
+        int i = q / CPB, c = min(cb * CPB + q % CPB, a.E - 1), t = ta + i, h = c / a.P;
+        st.x[q] = a.x[(size_t)t * a.ld_x + c];
+        float r = a.dt[(size_t)t * a.ld_dt + h] + a.dt_bias[h];
+        st.dl[q] = SSD ? a.delta[(size_t)t * a.H + h] : cu_softplus(r);
+        if (bwd) {
+            st.raw[q] = r;
+            st.g[q] = a.dy[(size_t)t * a.ld_dy + c];
+        }
+    }
+    for (int q = threadIdx.x; q < L * N; q += blockDim.x) {
+        int i = q / N, n = q % N;
+        st.B[q] = a.B[(size_t)(ta + i) * a.ld_bc + n];
+        st.C[q] = a.C[(size_t)(ta + i) * a.ld_bc + n];
+    }
+}
+
 template <int NPL, bool SSD>
 __global__ static void __launch_bounds__(SSD ? 1024 : 256) scan_fwd_kernel(scan_args a) {
-    int G = a.G, ch = threadIdx.x / G, lane = threadIdx.x % G, s = blockIdx.y;
-    int c = blockIdx.x * a.CPB + ch;
+    extern __shared__ float smem_f[];
+    int G = a.G, CPB = a.CPB, ch = threadIdx.x / G, lane = threadIdx.x % G, s = blockIdx.y;
+    int c = blockIdx.x * CPB + ch;
     bool active = c < a.E;
     if (!active) c = a.E - 1;  // reads stay in bounds; nothing is written
     int h = c / a.P, N = a.N;
+    chunk_stage sg = stage_at(smem_f, CPB, N, false);
     float A[NPL], st[NPL];
 #pragma unroll
     for (int k = 0; k < NPL; k++) {
@@ -79,38 +113,45 @@ __global__ static void __launch_bounds__(SSD ? 1024 : 256) scan_fwd_kernel(scan_
         st[k] = 0.0f;
     }
     float Dc = a.D[h];
-    int t0 = a.seq_off[s], t1 = a.seq_off[s + 1];
+    int t0 = a.seq_off[s], len = a.seq_off[s + 1] - t0;
     size_t base = ckpt_base(a.seq_off, s);
-    for (int t = t0; t < t1; t++) {
-        if (a.ckpt && active && (t - t0) % T == 0) {
-            float *ck = a.ckpt + (base + (t - t0) / T) * a.E * N + (size_t)c * N;
+    for (int j = 0; j * T < len; j++) {
+        int ta = t0 + j * T, L = len - j * T < T ? len - j * T : T;
+        if (a.ckpt && active) {
+            float *ck = a.ckpt + (base + j) * a.E * N + (size_t)c * N;
 #pragma unroll
             for (int k = 0; k < NPL; k++) ck[k * G + lane] = st[k];
         }
-        float xv = a.x[(size_t)t * a.ld_x + c], dl = delta_at<SSD>(a, t, h), dxv = dl * xv;
-        const float *Bt = a.B + (size_t)t * a.ld_bc, *Ct = a.C + (size_t)t * a.ld_bc;
-        float acc = 0.0f;
+        __syncthreads();
+        load_chunk<SSD>(a, sg, ta, L, blockIdx.x, false);
+        __syncthreads();
+        for (int i = 0; i < L; i++) {
+            float xv = sg.x[i * CPB + ch], dl = sg.dl[i * CPB + ch], dxv = dl * xv;
+            const float *Bt = sg.B + i * N, *Ct = sg.C + i * N;
+            float acc = 0.0f;
 #pragma unroll
-        for (int k = 0; k < NPL; k++) {
-            int n = k * G + lane;
-            st[k] = expf(dl * A[k]) * st[k] + dxv * Bt[n];
-            acc += Ct[n] * st[k];
+            for (int k = 0; k < NPL; k++) {
+                int n = k * G + lane;
+                st[k] = expf(dl * A[k]) * st[k] + dxv * Bt[n];
+                acc += Ct[n] * st[k];
+            }
+            acc = group_sum(acc, G);
+            if (active && lane == 0) a.y[(size_t)(ta + i) * a.ld_y + c] = acc + Dc * xv;
         }
-        acc = group_sum(acc, G);
-        if (active && lane == 0) a.y[(size_t)t * a.ld_y + c] = acc + Dc * xv;
     }
 }
 
 // Shared memory of the backward: dB|dC shares [T][CPB][2N] floats, dΔ
-// shares [T][CPB] floats, dΔraw of each position [T] doubles, and [2·CPB]
-// doubles for the final parameter sums.
+// shares [T][CPB] floats, dΔraw of each position [T] doubles, [2·CPB]
+// doubles for the final parameter sums, then the staged chunk.
 static size_t bwd_smem_bytes(int CPB, int N) {
     return (size_t)T * CPB * 2 * N * sizeof(float) + (size_t)T * CPB * sizeof(float) +
-           (size_t)T * sizeof(double) + 2 * (size_t)CPB * sizeof(double);
+           (size_t)T * sizeof(double) + 2 * (size_t)CPB * sizeof(double) +
+           stage_floats(CPB, N, true) * sizeof(float);
 }
 
 template <int NPL, bool SSD>
-__global__ static void __launch_bounds__(SSD ? 1024 : 256) scan_bwd_kernel(scan_args a) {
+__global__ static void __launch_bounds__(SSD ? 1024 : 256, SSD ? 1 : 2) scan_bwd_kernel(scan_args a) {
     extern __shared__ double smem_d[];
     int G = a.G, CPB = a.CPB, N = a.N, ch = threadIdx.x / G, lane = threadIdx.x % G, s = blockIdx.y;
     int cb = blockIdx.x, c = cb * CPB + ch;
@@ -122,6 +163,7 @@ __global__ static void __launch_bounds__(SSD ? 1024 : 256) scan_bwd_kernel(scan_
     float *sm_dd = sm_bc + (size_t)T * CPB * 2 * N;      // [T][CPB]
     double *sm_du = (double *)(sm_dd + (size_t)T * CPB); // [T] (8-byte aligned: T·CPB is even)
     double *sm_red = sm_du + T;                          // [2·CPB]
+    chunk_stage sg = stage_at((float *)(sm_red + 2 * CPB), CPB, N, true);
 
     float A[NPL], hadj[NPL];
     double pA[NPL];
@@ -137,6 +179,8 @@ __global__ static void __launch_bounds__(SSD ? 1024 : 256) scan_bwd_kernel(scan_
     size_t base = ckpt_base(a.seq_off, s);
     for (int j = n_chunk - 1; j >= 0; j--) {
         int ta = t0 + j * T, L = len - j * T < T ? len - j * T : T;
+        load_chunk<SSD>(a, sg, ta, L, cb, true);  // (the previous chunk ended with a barrier)
+        __syncthreads();
         // Recompute the chunk's states: S[i] is the state before position ta+i.
         float S[T + 1][NPL];
         const float *ck = a.ckpt + (base + j) * a.E * N + (size_t)c * N;
@@ -145,9 +189,8 @@ __global__ static void __launch_bounds__(SSD ? 1024 : 256) scan_bwd_kernel(scan_
 #pragma unroll
         for (int i = 0; i < T; i++) {
             if (i < L) {
-                int t = ta + i;
-                float xv = a.x[(size_t)t * a.ld_x + c], dl = delta_at<SSD>(a, t, h), dxv = dl * xv;
-                const float *Bt = a.B + (size_t)t * a.ld_bc;
+                float xv = sg.x[i * CPB + ch], dl = sg.dl[i * CPB + ch], dxv = dl * xv;
+                const float *Bt = sg.B + i * N;
 #pragma unroll
                 for (int k = 0; k < NPL; k++) S[i + 1][k] = expf(dl * A[k]) * S[i][k] + dxv * Bt[k * G + lane];
             }
@@ -157,9 +200,8 @@ __global__ static void __launch_bounds__(SSD ? 1024 : 256) scan_bwd_kernel(scan_
         for (int i = T - 1; i >= 0; i--) {
             if (i < L) {
                 int t = ta + i;
-                float g = a.dy[(size_t)t * a.ld_dy + c];
-                float xv = a.x[(size_t)t * a.ld_x + c], dl = delta_at<SSD>(a, t, h);
-                const float *Bt = a.B + (size_t)t * a.ld_bc, *Ct = a.C + (size_t)t * a.ld_bc;
+                float g = sg.g[i * CPB + ch], xv = sg.x[i * CPB + ch], dl = sg.dl[i * CPB + ch];
+                const float *Bt = sg.B + i * N, *Ct = sg.C + i * N;
                 float dxt = 0.0f, ddl = 0.0f;
                 float *bc = sm_bc + ((size_t)i * CPB + ch) * 2 * N;
 #pragma unroll
@@ -181,7 +223,7 @@ __global__ static void __launch_bounds__(SSD ? 1024 : 256) scan_bwd_kernel(scan_
                     if (a.dx) a.dx[(size_t)t * a.ld_dx + c] += dxt + g * Dc;
                     pD += (double)g * xv;
                     if (a.P == 1) {
-                        float dr = ddl * cu_dsoftplus(a.dt[(size_t)t * a.ld_dt + h] + a.dt_bias[h]);
+                        float dr = ddl * cu_dsoftplus(sg.raw[i * CPB + ch]);
                         if (a.ddt) a.ddt[(size_t)t * a.ld_ddt + h] += dr;
                         pb += dr;
                     }
@@ -202,7 +244,7 @@ __global__ static void __launch_bounds__(SSD ? 1024 : 256) scan_bwd_kernel(scan_
             int i = threadIdx.x, t = ta + i;
             double dd = 0.0;
             for (int cc = 0; cc < CPB; cc++) dd += (double)sm_dd[i * CPB + cc];
-            float u = a.dt[(size_t)t * a.ld_dt + h] + a.dt_bias[h];
+            float u = sg.raw[i * CPB];
             double du = dd * (u > 20.0f ? 1.0 : (double)cu_sigmoid(u));
             if (a.ddt) a.ddt[(size_t)t * a.ld_ddt + h] += (float)du;
             sm_du[i] = du;
@@ -280,11 +322,12 @@ template <bool SSD>
 static void launch_fwd(const scan_args &a) {
     dim3 grid((a.E + a.CPB - 1) / a.CPB, a.n_seq);
     int threads = a.CPB * a.G, npl = a.N / a.G;
+    size_t smem = stage_floats(a.CPB, a.N, false) * sizeof(float);  // under 48 KB for N <= 256
     switch (npl) {
-    case 1: scan_fwd_kernel<1, SSD><<<grid, threads, 0, cu_stream()>>>(a); break;
-    case 2: scan_fwd_kernel<2, SSD><<<grid, threads, 0, cu_stream()>>>(a); break;
-    case 4: scan_fwd_kernel<4, SSD><<<grid, threads, 0, cu_stream()>>>(a); break;
-    default: scan_fwd_kernel<8, SSD><<<grid, threads, 0, cu_stream()>>>(a); break;
+    case 1: scan_fwd_kernel<1, SSD><<<grid, threads, smem, cu_stream()>>>(a); break;
+    case 2: scan_fwd_kernel<2, SSD><<<grid, threads, smem, cu_stream()>>>(a); break;
+    case 4: scan_fwd_kernel<4, SSD><<<grid, threads, smem, cu_stream()>>>(a); break;
+    default: scan_fwd_kernel<8, SSD><<<grid, threads, smem, cu_stream()>>>(a); break;
     }
     CUDA_LAUNCHED();
 }

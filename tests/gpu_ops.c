@@ -120,7 +120,7 @@ static void test_linear(void) {
 // ---------------------------------------------------------------- embedding, norms, logits, CE
 
 static void test_embedding(void) {
-    int n = 500, d = 64, V = 100;
+    int n = 2500, d = 64, V = 100;  // three chunks of the GPU's 1024 tokens
     int32_t *ids = xmalloc(sizeof(int32_t) * n);
     for (int t = 0; t < n; t++) ids[t] = (int32_t)((t * 37 + t / 7) % V);
     float *W = rnd((size_t)V * d, -1, 1), *out = rnd((size_t)n * d, 0, 1), *dout = rnd((size_t)n * d, -1, 1);
@@ -128,14 +128,15 @@ static void test_embedding(void) {
     int32_t *d_ids = up(ids, sizeof(int32_t) * n);
     float *d_W = upf(W, (size_t)V * d), *d_out = upf(out, (size_t)n * d), *d_dout = upf(dout, (size_t)n * d);
     float *d_dW = upf(dW0, (size_t)V * d);
+    void *work = cuda_malloc(cuda_embedding_workspace_bytes(n, d, V));
     embedding_forward(out, ids, W, n, d, V);
     cuda_embedding_forward(d_out, d_ids, d_W, n, d, V);
     expect("embedding out", d_out, out, NULL, (size_t)n * d, 0.0);
     embedding_backward(dW, dout, ids, n, d);
-    cuda_embedding_backward(d_dW, d_dout, d_ids, n, d, V);
+    cuda_embedding_backward(d_dW, d_dout, d_ids, n, d, V, work);
     expect("embedding dW", d_dW, dW, dW0, (size_t)V * d, TOL_BWD);
     free(ids), free(W), free(out), free(dout), free(dW0), free(dW);
-    cuda_free(d_ids), cuda_free(d_W), cuda_free(d_out), cuda_free(d_dout), cuda_free(d_dW);
+    cuda_free(d_ids), cuda_free(d_W), cuda_free(d_out), cuda_free(d_dout), cuda_free(d_dW), cuda_free(work);
 }
 
 static void test_rmsnorm(int fused) {
@@ -266,7 +267,7 @@ static void test_conv(void) {
     float *d_out = cuda_malloc(sizeof(float) * n * C), *d_pre = cuda_malloc(sizeof(float) * n * C);
     float *d_dout = upf(dout, (size_t)n * C), *d_di = upf(di0, (size_t)n * ld), *d_dw = upf(dw0, (size_t)C * K);
     float *d_db = upf(db0, C);
-    void *work = cuda_malloc(cuda_conv_workspace_bytes(b.n_seq, C, K));
+    void *work = cuda_malloc(cuda_conv_workspace_bytes(b.n_tok, b.n_seq, C, K));
     conv_silu_forward(out, pre, inp, ld, w, bias, b.off, b.n_seq, C, K);
     cuda_conv_silu_forward(d_out, d_pre, d_inp, ld, d_w, d_b, b.d_off, b.n_seq, n, C, K);
     expect("conv out", d_out, out, NULL, (size_t)n * C, TOL_FWD);
@@ -514,12 +515,13 @@ static void test_paper_size(void) {
     uint8_t *g_mask = up(mask, n);
     double *g_loss = cuda_malloc(sizeof(double));
     size_t wb = cuda_norm_workspace_bytes(n, E);
-    if (cuda_conv_workspace_bytes(n_seq, E, K) > wb) wb = cuda_conv_workspace_bytes(n_seq, E, K);
+    if (cuda_conv_workspace_bytes(n, n_seq, E, K) > wb) wb = cuda_conv_workspace_bytes(n, n_seq, E, K);
+    if (cuda_embedding_workspace_bytes(n, d, V) > wb) wb = cuda_embedding_workspace_bytes(n, d, V);
     if (cuda_ce_workspace_bytes(n, n_seq) > wb) wb = cuda_ce_workspace_bytes(n, n_seq);
     void *work = cuda_malloc(wb);
 
     TIME_OP("embedding fwd", embedding_forward(h, ids, Wemb, n, d, V), cuda_embedding_forward(g_h, g_ids, g_Wemb, n, d, V));
-    TIME_OP("embedding bwd", embedding_backward(Wemb, h2, ids, n, d), cuda_embedding_backward(g_Wemb, g_h2, g_ids, n, d, V));
+    TIME_OP("embedding bwd", embedding_backward(Wemb, h2, ids, n, d), cuda_embedding_backward(g_Wemb, g_h2, g_ids, n, d, V, work));
     TIME_OP("rmsnorm fwd (d 64)", rmsnorm_forward(h2, rstd, h, wd, n, d, 1e-5f),
             cuda_rmsnorm_forward(g_h2, g_rstd, g_h, g_wd, n, d, 1e-5f));
     TIME_OP("rmsnorm bwd (d 64)", rmsnorm_backward(h, wd, h2, h, rstd, wd, n, d),
