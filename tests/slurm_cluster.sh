@@ -63,6 +63,9 @@ CredType=cred/munge
 AuthInfo=socket=$dir/munge/munge.socket,cred_expire=15
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
+# Per-cluster temporary files (the pmix plugin's), so that two test clusters
+# on one host never share a job's folder (both number jobs from 1).
+TmpFS=$dir/tmp
 SlurmctldPidFile=$dir/run/slurmctld.pid
 SlurmdPidFile=$dir/run/slurmd.pid
 SlurmctldLogFile=$dir/log/slurmctld.log
@@ -100,7 +103,7 @@ start() {
         command -v "$p" >/dev/null || die "$p not found: install Debian's slurm-wlm and munge"
     done
     [ ! -e "$dir/slurm.conf" ] || die "$dir/slurm.conf exists: a cluster may already run there (stop it first)"
-    mkdir -p "$dir"/{munge,state,spool,run,log} || die "cannot create $dir"
+    mkdir -p "$dir"/{munge,state,spool,run,log,tmp} || die "cannot create $dir"
     dir=$(cd "$dir" && pwd)
     chmod 700 "$dir/munge"
 
