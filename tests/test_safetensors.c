@@ -227,7 +227,8 @@ static void test_truncated_files(void) {
     char *buf = hax_read_file(path, &len);
     CHECK(buf != NULL, "cannot read %s", path);
     if (!buf) return;
-    const char *tmp = "/tmp/hax_test_st_trunc.safetensors";
+    char tmp[64];  // per process: several test runs may share /tmp
+    snprintf(tmp, sizeof tmp, "/tmp/hax_test_st_trunc.%d.safetensors", (int)getpid());
     CHECK(hax_write_file_atomic(tmp, buf, len / 2) == 0, "write tmp");
     st_file *f = st_load(tmp, err, sizeof err);
     CHECK(f == NULL && strstr(err, tmp) && strstr(err, "truncated"), "half file: %s", err);
