@@ -112,6 +112,11 @@ fail: {
 }
 
 char *hax_read_file(const char *path, size_t *len) {
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        errno = EISDIR;  // fopen accepts a folder; its reads would fail with a vaguer EIO
+        return NULL;
+    }
     FILE *f = fopen(path, "rb");
     if (!f) return NULL;
     size_t cap = 1 << 16, n = 0;
