@@ -65,6 +65,13 @@ check "another seed gives other samples" bash -c "! cmp -s '$work/r1/train-00000
 check "default token layout in the manifest" grep -q 'level_bases: \[42, 26\]' \
     <($G --out "$work/layout" --n-train-per-cell 1 --n-test-per-cell 1 >/dev/null && cat "$work/layout/manifest.yaml")
 check "default pad_len 1058" grep -q '^pad_len: 1058$' "$work/layout/manifest.yaml"
+# The default counts of validation and test: 100 per cell of the 12 x 12 cells.
+q $G --out "$work/defcounts" --n-train-per-cell 1
+check "default valid/test counts: 100 per cell, 144 cells" bash -c "grep -q '^n_valid_per_cell: 100$' '$work/defcounts/manifest.yaml' &&
+    grep -q '^n_test_per_cell: 100$' '$work/defcounts/manifest.yaml' &&
+    test \"\$(grep -c '^    n_samples: 14400$' '$work/defcounts/manifest.yaml')\" -eq 2 &&
+    grep -q '^    n_samples: 144$' '$work/defcounts/manifest.yaml'"
+rm -rf "$work/defcounts"
 
 check "the reference's option spellings (--data_dir, --max_n_context, ...)" bash -c \
     "$G --data_dir '$work/us' --max_n_context 7 --max_n_key 6 --n_train_per_context_key 30 --n_test_per_context_key 4 --shard-size 40 --seed 5 >/dev/null && diff -r '$work/r1' '$work/us'"
