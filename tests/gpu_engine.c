@@ -1,0 +1,180 @@
+// gpu_engine.c: the CUDA engine (cuda/cu_engine.h) against the CPU engine on
+// the reference Mamba and Mamba-2 models (Table 1 'Base' sizes, random
+// initialisation): loss, accuracy counts, hidden states and logits within
+// 1e-5, every parameter's gradient within 1e-4 (normwise, per tensor), on a
+// ragged batch; then the time of a training step (forward + backward) at the
+// paper's batch size (64 sequences of ~464 positions), CPU vs GPU. Skips
+// (exit 0) without a CUDA device.
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "cu_common.h"
+#include "cu_engine.h"
+#include "engine.h"
+#include "model.h"
+#include "test.h"
+
+typedef struct {
+    hax_batch b;
+    int max_len;
+} tbatch;
+
+static tbatch make_batch(const int *lens, int n_seq, int V, unsigned seed) {
+    tbatch t;
+    hax_batch *b = &t.b;
+    memset(b, 0, sizeof *b);
+    b->n_seq = n_seq;
+    b->seq_off = xmalloc(sizeof(int) * (n_seq + 1));
+    b->seq_off[0] = 0;
+    t.max_len = 0;
+    for (int s = 0; s < n_seq; s++) {
+        b->seq_off[s + 1] = b->seq_off[s] + lens[s];
+        if (lens[s] > t.max_len) t.max_len = lens[s];
+    }
+    int n = b->n_tok = b->seq_off[n_seq];
+    b->inputs = xmalloc(sizeof(int32_t) * n);
+    b->labels = xmalloc(sizeof(int32_t) * n);
+    b->loss_mask = xmalloc(n);
+    unsigned r = seed * 2654435761u + 7u;
+    for (int i = 0; i < n; i++) {
+        r = r * 1664525u + 1013904223u;
+        b->inputs[i] = (int32_t)((r >> 8) % (unsigned)V);
+        r = r * 1664525u + 1013904223u;
+        b->labels[i] = (int32_t)((r >> 8) % (unsigned)V);
+        b->loss_mask[i] = (uint8_t)(((r >> 4) & 3) == 0);  // about a quarter scored
+    }
+    b->sample_idx = xcalloc(n_seq, sizeof(int64_t));
+    b->n_context = xcalloc(n_seq, sizeof(int));
+    b->n_key = xcalloc(n_seq, sizeof(int));
+    for (int s = 0; s < n_seq; s++) b->sample_idx[s] = s;
+    b->model_len = t.max_len;
+    b->global_n_seq = n_seq;
+    b->first_seq = 0;
+    return t;
+}
+
+static void free_batch(tbatch *t) {
+    hax_batch *b = &t->b;
+    free(b->seq_off), free(b->inputs), free(b->labels), free(b->loss_mask), free(b->sample_idx);
+    free(b->n_context), free(b->n_key);
+}
+
+static const char *arch_name(hax_arch a) { return a == ARCH_MAMBA2 ? "mamba2" : "mamba"; }
+
+static void build_model(hax_model *m, hax_arch arch) {
+    hax_model_config cfg;
+    model_config_reference(&cfg, arch, 0, NULL);
+    char err[256];
+    if (model_config_validate(&cfg, err, sizeof err)) hax_die("gpu_engine: reference config: %s", err);
+    model_build(m, &cfg);
+    model_init(m, 7);
+}
+
+// One forward + backward on engine e; the gradients are left in m->grad.
+static void step(hax_engine *e, hax_model *m, const hax_batch *b, hax_fwd_result *r) {
+    hax_fwd_opts o = {1, 1, 0, 0.0, NULL};
+    model_zero_grad(m);
+    engine_forward(e, b, &o, r);
+    engine_backward(e);
+}
+
+static void compare_engines(hax_arch arch) {
+    hax_model m;
+    build_model(&m, arch);
+    static const int lens[] = {5, 1, 17, 3, 100, 4, 40, 1, 64, 33, 130};
+    int n_seq = (int)(sizeof lens / sizeof lens[0]);
+    tbatch t = make_batch(lens, n_seq, m.cfg.vocab_size, 3);
+    hax_batch *b = &t.b;
+    int n = b->n_tok, d = m.cfg.hidden_size, V = m.cfg.vocab_size;
+    hax_engine *cpu = engine_cpu_create(&m, n, n_seq, t.max_len);
+    hax_engine *gpu = engine_cuda_create(&m, 16, 2, t.max_len);  // small: the buffers grow
+    hax_fwd_result rc, rg;
+    step(cpu, &m, b, &rc);
+    float *g_cpu = xmalloc(sizeof(float) * m.n_floats);
+    memcpy(g_cpu, m.grad, sizeof(float) * m.n_floats);
+    float *hid = xmalloc(sizeof(float) * (size_t)n * d), *lg = xmalloc(sizeof(float) * (size_t)n * V);
+    memcpy(hid, engine_hidden(cpu), sizeof(float) * (size_t)n * d);
+    memcpy(lg, engine_logits(cpu), sizeof(float) * (size_t)n * V);
+    step(gpu, &m, b, &rg);
+    double el = fabs(rg.loss - rc.loss) / fabs(rc.loss);
+    printf("    %s: loss cpu %.7f gpu %.7f (rel err %.2e), acc %.5f / %.5f, scored %d / %d, correct %d / %d\n",
+           arch_name(arch), rc.loss, rg.loss, el, rc.acc, rg.acc, rc.n_scored, rg.n_scored, rc.correct, rg.correct);
+    CHECK(el <= 1e-5, "%s: loss relative error %.3e", arch_name(arch), el);
+    CHECK(rc.n_scored == rg.n_scored && rc.correct == rg.correct && rc.acc == rg.acc,
+          "%s: accuracy counts differ", arch_name(arch));
+    double eh = rel_err(engine_hidden(gpu), hid, (size_t)n * d), eg = rel_err(engine_logits(gpu), lg, (size_t)n * V);
+    printf("    %s: hidden rel err %.2e, logits rel err %.2e\n", arch_name(arch), eh, eg);
+    CHECK(eh <= 1e-5 && eg <= 1e-5, "%s: hidden %.3e logits %.3e", arch_name(arch), eh, eg);
+    double worst = 0;
+    const char *worst_name = "";
+    for (int i = 0; i < m.n_params; i++) {
+        const hax_param *p = &m.params[i];
+        double e = rel_err(m.grad + p->offset, g_cpu + p->offset, p->numel);
+        CHECK(e <= 1e-4, "%s: gradient of %s: relative error %.3e", arch_name(arch), p->name, e);
+        if (e > worst) worst = e, worst_name = p->name;
+    }
+    printf("    %s: %d parameter gradients, worst rel err %.2e (%s)\n", arch_name(arch), m.n_params, worst, worst_name);
+    // A second step on the same engine (buffers reused) gives the same loss.
+    hax_fwd_result r2;
+    step(gpu, &m, b, &r2);
+    CHECK(r2.loss == rg.loss, "%s: a second step differs: %.9f vs %.9f", arch_name(arch), r2.loss, rg.loss);
+    engine_free(cpu);
+    engine_free(gpu);
+    free(g_cpu), free(hid), free(lg);
+    free_batch(&t);
+    model_free(&m);
+}
+
+static void test_engine_mamba(void) { compare_engines(ARCH_MAMBA); }
+static void test_engine_mamba2(void) { compare_engines(ARCH_MAMBA2); }
+
+// A training step at the paper's batch size: CPU once, GPU mean of 5 after a
+// warm-up; the losses are compared too.
+static void time_step(hax_arch arch) {
+    hax_model m;
+    build_model(&m, arch);
+    int n_seq = 64, lens[64];
+    for (int s = 0; s < n_seq; s++) lens[s] = 400 + (s * 37) % 129;
+    tbatch t = make_batch(lens, n_seq, m.cfg.vocab_size, 5);
+    hax_engine *cpu = engine_cpu_create(&m, t.b.n_tok, n_seq, t.max_len);
+    hax_engine *gpu = engine_cuda_create(&m, t.b.n_tok, n_seq, t.max_len);
+    hax_fwd_result rc, rg;
+    double t0 = hax_now();
+    step(cpu, &m, &t.b, &rc);
+    double cpu_s = hax_now() - t0;
+    step(gpu, &m, &t.b, &rg);
+    int reps = 5;
+    t0 = hax_now();
+    for (int r = 0; r < reps; r++) step(gpu, &m, &t.b, &rg);
+    double gpu_s = (hax_now() - t0) / reps;
+    double el = fabs(rg.loss - rc.loss) / fabs(rc.loss);
+    printf("TIME %s step (%d positions): cpu %8.1f ms  gpu %7.2f ms  %5.0fx  (%.2f M tokens/s on the GPU; loss rel err %.1e)\n",
+           arch_name(arch), t.b.n_tok, cpu_s * 1e3, gpu_s * 1e3, cpu_s / gpu_s, t.b.n_tok / gpu_s / 1e6, el);
+    CHECK(el <= 1e-5, "%s: paper-size loss relative error %.3e", arch_name(arch), el);
+    engine_free(cpu);
+    engine_free(gpu);
+    free_batch(&t);
+    model_free(&m);
+}
+
+static void test_step_time(void) {
+    time_step(ARCH_MAMBA);
+    time_step(ARCH_MAMBA2);
+}
+
+int main(int argc, char **argv) {
+    int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;  // --quick: no paper-size timings
+    if (cuda_device_count() == 0) {
+        printf("SKIP: no CUDA device\n");
+        return 0;
+    }
+    cuda_init(0);
+    printf("device: %s\n", cuda_device_name());
+    RUN(test_engine_mamba);
+    RUN(test_engine_mamba2);
+    if (!quick) RUN(test_step_time);
+    return test_summary();
+}
