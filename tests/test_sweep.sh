@@ -38,6 +38,7 @@ done
 tmp=$(mktemp -d /tmp/hax_sweep.XXXXXX)
 cleanup() { "$ROOT/tests/slurm_cluster.sh" stop "$tmp/cluster"; rm -rf "$tmp"; }
 trap cleanup EXIT
+trap 'exit 1' INT TERM  # (run.sh's timeout) still stops the daemons
 if ! conf=$("$ROOT/tests/slurm_cluster.sh" start "$tmp/cluster"); then
     fail "the one-node cluster did not start (logs above)"
     finish
@@ -86,7 +87,7 @@ check "sweep job completed" test "$(job_states "$sweep")" = "COMPLETED "
 [ -f "$res/logs/sweep_jobs.txt" ] || { cat hax-sweep_*.log; fail "sweep wrote no job list"; finish; exit 1; }
 dg=$(jobs_id datagen) arr=$(jobs_id train) agg=$(jobs_id aggregate)
 check "datagen job submitted (data/tiny missing)" test -n "$dg"
-wait_gone "$agg" 400
+wait_gone "$agg" 300
 check "datagen job completed" test "$(job_states "$dg")" = "COMPLETED "
 check "all 16 array tasks completed" test "$(job_states "$arr")" = "COMPLETED "
 check "aggregation job completed" test "$(job_states "$agg")" = "COMPLETED "
@@ -140,7 +141,7 @@ out=$(bash "$ROOT/jobs/sweep.sh" --runs-per-task 2 "$GRID" "$res" 2>&1)
 check "second sweep: dataset present, no datagen" grep -q "dataset data/tiny: present" <<<"$out"
 check "second sweep: no datagen job" test -z "$(jobs_id datagen)"
 arr2=$(jobs_id train) agg2=$(jobs_id aggregate)
-wait_gone "$agg2" 300
+wait_gone "$agg2" 200
 check "second sweep: array and aggregation completed" test "$(job_states "$arr2")$(job_states "$agg2")" = "COMPLETED COMPLETED "
 skipped=$(cat "$res"/logs/run_*.log | grep -c "is complete (result.json); skipped")
 check "second sweep: all 16 runs skipped as complete" test "$skipped" = 16
@@ -165,7 +166,7 @@ check "SIGTERM: hax-train stopped before the end" grep -q "^hax-train: stopped b
 dir5=$("$BIN/hax-grid" "$GRID" --results "$res3" --dir 5)
 check "SIGTERM: result.json says preempted" grep -q '"status": "preempted"' "$dir5/result.json"
 scontrol requeue "${stop}_5"
-wait_gone "$stop" 240
+wait_gone "$stop" 180
 check "SIGTERM: requeued task completed" grep -q "JobState=COMPLETED .*Restarts=1" <<<"$(scontrol -o show job "${stop}_5" | sed 's/Reason=[^ ]* //; s/Dependency=[^ ]* //')"
 check "USR1: the task requeued itself and completed" grep -q "requeueing job" "$res3"/logs/train_"$stop"_6.log
 check "USR1: restarted once, completed" grep -q "JobState=COMPLETED .*Restarts=1" <<<"$(scontrol -o show job "${stop}_6" | sed 's/Reason=[^ ]* //; s/Dependency=[^ ]* //')"
