@@ -147,6 +147,12 @@ submit() {
     echo "${id%%;*}"
 }
 
+n_tasks=$(((n + per_task - 1) / per_task))
+if [ "$dry" -eq 0 ]; then  # the cluster's largest array index is MaxArraySize - 1
+    max_array=$(scontrol show config 2>/dev/null | sed -n 's/^MaxArraySize *= *\([0-9]*\).*/\1/p')
+    [ -z "$max_array" ] || [ "$n_tasks" -le "$max_array" ] ||
+        fail "array: expected at most MaxArraySize = $max_array tasks, found $n_tasks (raise --runs-per-task)"
+fi
 dep=()
 if [ ${#missing[@]} -gt 0 ]; then
     dg=$(submit datagen "${common[@]}" --job-name=hax-datagen --nodes="$dg_nodes" --ntasks="$dg_tasks" \
@@ -155,7 +161,6 @@ if [ ${#missing[@]} -gt 0 ]; then
     dep=(--dependency=afterok:"$dg")
 fi
 
-n_tasks=$(((n + per_task - 1) / per_task))
 train=(--job-name=hax-train --array=0-$((n_tasks - 1))%"$throttle" --requeue --open-mode=append
     --signal=B:USR1@"$signal_time" --time="$time_limit" --ntasks=$((per_task * ranks)) --cpus-per-task="$cpus"
     --output="$results/logs/train_%A_%a.log")
