@@ -185,7 +185,10 @@ int main(int argc, char **argv) {
     char err[2048] = "";
     int bad = config_load(&cfg, config_path, over, n_over, err, sizeof err) != 0;
     if (!bad && results) {
-        if (strlen(results) >= sizeof cfg.output.root) {
+        if (!results[0]) {  // an empty root would put the run under / (as output.root, it needs a character)
+            snprintf(err, sizeof err, "--results: expected a folder, found an empty string");
+            bad = 1;
+        } else if (strlen(results) >= sizeof cfg.output.root) {
             snprintf(err, sizeof err, "--results: expected a path shorter than %zu bytes, found %zu bytes",
                      sizeof cfg.output.root, strlen(results));
             bad = 1;

@@ -232,6 +232,9 @@ refuses "corrupt dataset (a flipped byte)" "corrupt.*train-00000" \
 truncate -s 1000 "$shard"
 refuses "corrupt dataset (a truncated shard)" "corrupt.*train-00000" \
     "$T" "${SHORT[@]}" data.path=$tmp/corrupt --results "$tmp/X"
+# (a missing dataset too, so that nothing is written under / should the check break)
+refuses "empty --results" "--results: expected a folder, found an empty string" \
+    "$T" "${SHORT[@]}" data.path=$tmp/nodata data.generate=false --results ""
 check "no results written by the bad inputs" test ! -e "$tmp/X"
 
 # a stopped run whose checkpoint is corrupt, or of another config
