@@ -127,3 +127,24 @@ extern "C" float cuda_event_ms(int start, int stop) {
     CUDA_CHECK(cudaEventElapsedTime(&ms, g_events[start], g_events[stop]));
     return ms;
 }
+
+extern "C" void cuda_graph_begin(void) {
+    CUDA_CHECK(cudaStreamBeginCapture(cu_stream(), cudaStreamCaptureModeThreadLocal));
+}
+
+extern "C" void *cuda_graph_end(void) {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    CUDA_CHECK(cudaStreamEndCapture(cu_stream(), &graph));
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    CUDA_CHECK(cudaGraphDestroy(graph));
+    return (void *)exec;
+}
+
+extern "C" void cuda_graph_launch(void *graph) {
+    CUDA_CHECK(cudaGraphLaunch((cudaGraphExec_t)graph, cu_stream()));
+}
+
+extern "C" void cuda_graph_free(void *graph) {
+    if (graph) CUDA_CHECK(cudaGraphExecDestroy((cudaGraphExec_t)graph));
+}

@@ -51,6 +51,14 @@ int cuda_event_record(void);
 // Milliseconds between two recorded events (synchronises on the second).
 float cuda_event_ms(int start, int stop);
 
+// CUDA graphs: cuda_graph_begin starts capturing the stream (ops called
+// until cuda_graph_end are recorded, not run); cuda_graph_end returns the
+// instantiated graph, which cuda_graph_launch replays on the stream.
+void cuda_graph_begin(void);
+void *cuda_graph_end(void);
+void cuda_graph_launch(void *graph);
+void cuda_graph_free(void *graph);
+
 #ifdef __cplusplus
 }
 #endif

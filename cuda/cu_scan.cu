@@ -142,10 +142,13 @@ __global__ static void __launch_bounds__(SSD ? 1024 : 256) scan_fwd_kernel(scan_
 }
 
 // Shared memory of the backward: dB|dC shares [T][CPB][2N] floats, dΔ
-// shares [T][CPB] floats, dΔraw of each position [T] doubles, [2·CPB]
-// doubles for the final parameter sums, then the staged chunk.
+// shares (SSD) or dΔraw (Mamba) [T][CPB] floats, dx [T][CPB] floats, dΔraw
+// of each position [T] doubles, [2·CPB] doubles for the final parameter sums,
+// then the staged chunk. dx and dΔraw go through shared memory so that their
+// global read-modify-writes happen once per chunk, coalesced and all in
+// flight, instead of stalling the sequential sweep at every position.
 static size_t bwd_smem_bytes(int CPB, int N) {
-    return (size_t)T * CPB * 2 * N * sizeof(float) + (size_t)T * CPB * sizeof(float) +
+    return (size_t)T * CPB * 2 * N * sizeof(float) + 2 * (size_t)T * CPB * sizeof(float) +
            (size_t)T * sizeof(double) + 2 * (size_t)CPB * sizeof(double) +
            stage_floats(CPB, N, true) * sizeof(float);
 }
@@ -160,8 +163,9 @@ __global__ static void __launch_bounds__(SSD ? 1024 : 256, SSD ? 1 : 2) scan_bwd
     if (!active) c = a.E - 1;
     int h = c / a.P;
     float *sm_bc = (float *)smem_d;                      // [T][CPB][2N]
-    float *sm_dd = sm_bc + (size_t)T * CPB * 2 * N;      // [T][CPB]
-    double *sm_du = (double *)(sm_dd + (size_t)T * CPB); // [T] (8-byte aligned: T·CPB is even)
+    float *sm_dd = sm_bc + (size_t)T * CPB * 2 * N;      // [T][CPB] dΔ (SSD) or dΔraw (Mamba)
+    float *sm_dx = sm_dd + (size_t)T * CPB;              // [T][CPB]
+    double *sm_du = (double *)(sm_dx + (size_t)T * CPB); // [T] (8-byte aligned: T·CPB is even)
     double *sm_red = sm_du + T;                          // [2·CPB]
     chunk_stage sg = stage_at((float *)(sm_red + 2 * CPB), CPB, N, true);
 
@@ -219,19 +223,28 @@ __global__ static void __launch_bounds__(SSD ? 1024 : 256, SSD ? 1 : 2) scan_bwd
                 }
                 dxt = group_sum(dxt, G);
                 ddl = group_sum(ddl, G);
-                if (lane == 0 && active) {
-                    if (a.dx) a.dx[(size_t)t * a.ld_dx + c] += dxt + g * Dc;
+                if (lane == 0) {
+                    sm_dx[i * CPB + ch] = dxt + g * Dc;
                     pD += (double)g * xv;
                     if (a.P == 1) {
                         float dr = ddl * cu_dsoftplus(sg.raw[i * CPB + ch]);
-                        if (a.ddt) a.ddt[(size_t)t * a.ld_ddt + h] += dr;
                         pb += dr;
+                        sm_dd[i * CPB + ch] = dr;
+                    } else {
+                        sm_dd[i * CPB + ch] = ddl;
                     }
                 }
-                if (lane == 0) sm_dd[i * CPB + ch] = ddl;
             }
         }
         __syncthreads();
+        // dx (and Mamba's dΔraw) of the chunk, one coalesced pass.
+        for (int q = threadIdx.x; q < L * CPB; q += blockDim.x) {
+            int i = q / CPB, cc = cb * CPB + q % CPB;
+            if (cc >= a.E) continue;
+            size_t t = (size_t)(ta + i);
+            if (a.dx) a.dx[t * a.ld_dx + cc] += sm_dx[q];
+            if (a.P == 1 && a.ddt) a.ddt[t * a.ld_ddt + cc] += sm_dd[q];
+        }
         // dB|dC of each position: this block's channels summed in order.
         for (int q = threadIdx.x; q < L * 2 * N; q += blockDim.x) {
             int i = q / (2 * N), jn = q % (2 * N);

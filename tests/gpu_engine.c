@@ -150,9 +150,14 @@ static void time_step(hax_arch arch) {
     t0 = hax_now();
     for (int r = 0; r < reps; r++) step(gpu, &m, &t.b, &rg);
     double gpu_s = (hax_now() - t0) / reps;
+    hax_fwd_opts o = {1, 1, 0, 0.0, NULL};
+    t0 = hax_now();
+    for (int r = 0; r < reps; r++) engine_forward(gpu, &t.b, &o, &rg);
+    double fwd_s = (hax_now() - t0) / reps;
     double el = fabs(rg.loss - rc.loss) / fabs(rc.loss);
-    printf("TIME %s step (%d positions): cpu %8.1f ms  gpu %7.2f ms  %5.0fx  (%.2f M tokens/s on the GPU; loss rel err %.1e)\n",
-           arch_name(arch), t.b.n_tok, cpu_s * 1e3, gpu_s * 1e3, cpu_s / gpu_s, t.b.n_tok / gpu_s / 1e6, el);
+    printf("TIME %s step (%d positions): cpu %8.1f ms  gpu %7.2f ms (forward %.2f ms)  %5.0fx  (%.2f M tokens/s on "
+           "the GPU; loss rel err %.1e)\n",
+           arch_name(arch), t.b.n_tok, cpu_s * 1e3, gpu_s * 1e3, fwd_s * 1e3, cpu_s / gpu_s, t.b.n_tok / gpu_s / 1e6, el);
     CHECK(el <= 1e-5, "%s: paper-size loss relative error %.3e", arch_name(arch), el);
     engine_free(cpu);
     engine_free(gpu);
