@@ -80,22 +80,31 @@ __global__ static void conv_part_kernel(double *part, const float *dout, const f
     p[(size_t)K * C + c] = pb;
 }
 
-// dw, db += each sequence's sum of its chunk partials (in double, chunks in
-// order), rounded to float and added in sequence order as the CPU does.
-__global__ static void conv_sum_kernel(float *dw, float *db, const double *part, const int *seq_off, int n_seq,
-                                       int C, int K) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    for (int s = 0; s < n_seq; s++) {
-        int n_ch = (seq_off[s + 1] - seq_off[s] + CONV_T - 1) / CONV_T;
-        const double *p0 = part + (size_t)conv_base(seq_off, s) * C * (K + 1);
-        for (int k = 0; k <= K; k++) {
-            double acc = 0.0;
-            for (int j = 0; j < n_ch; j++) acc += p0[(size_t)j * C * (K + 1) + (size_t)k * C + c];
-            if (k < K) dw[c * K + k] += (float)acc;
-            else if (db) db[c] += (float)acc;
-        }
-    }
+// Each sequence's total of its chunk partials (in double, chunks in order):
+// seq_part[s][k·C + c], one thread per (sequence, entry).
+__global__ static void conv_seq_kernel(double *seq_part, const double *part, const int *seq_off, int n_seq,
+                                       int per) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y;
+    if (i >= per || s >= n_seq) return;
+    int n_ch = (seq_off[s + 1] - seq_off[s] + CONV_T - 1) / CONV_T;
+    const double *p0 = part + (size_t)conv_base(seq_off, s) * per + i;
+    double acc = 0.0;
+    for (int j = 0; j < n_ch; j++) acc += p0[(size_t)j * per];
+    seq_part[(size_t)s * per + i] = acc;
+}
+
+// dw, db += the sequence totals, each rounded to float and added in sequence
+// order as the CPU does; one thread per entry.
+__global__ static void conv_sum_kernel(float *dw, float *db, const double *seq_part, int n_seq, int C, int K) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x, per = C * (K + 1);
+    if (i >= per) return;
+    int k = i / C, c = i % C;
+    float *dst = k < K ? dw + c * K + k : db ? db + c : NULL;
+    if (!dst) return;
+    float acc = *dst;
+#pragma unroll 8
+    for (int s = 0; s < n_seq; s++) acc += (float)seq_part[(size_t)s * per + i];
+    *dst = acc;
 }
 
 extern "C" void cuda_conv_silu_forward(float *out, float *pre, const float *inp, int ld_inp, const float *w,
@@ -109,8 +118,9 @@ extern "C" void cuda_conv_silu_forward(float *out, float *pre, const float *inp,
 
 static int conv_slots(int n_tok, int n_seq) { return n_tok / CONV_T + n_seq; }
 
+// Chunk partials [slots][C·(K+1)], then sequence totals [n_seq][C·(K+1)].
 extern "C" size_t cuda_conv_workspace_bytes(int n_tok, int n_seq, int C, int K) {
-    return (size_t)conv_slots(n_tok, n_seq) * C * (K + 1) * sizeof(double);
+    return ((size_t)conv_slots(n_tok, n_seq) + n_seq) * C * (K + 1) * sizeof(double);
 }
 
 extern "C" void cuda_conv_silu_backward(float *dinp, int ld_dinp, float *dw, float *db, const float *dout,
@@ -126,6 +136,11 @@ extern "C" void cuda_conv_silu_backward(float *dinp, int ld_dinp, float *dw, flo
     dim3 grid(cu_blocks(C, 64), conv_slots(n_tok, n_seq));
     conv_part_kernel<<<grid, 64, 0, cu_stream()>>>((double *)work, dout, pre, inp, ld_inp, seq_off, n_seq, C, K);
     CUDA_LAUNCHED();
-    conv_sum_kernel<<<cu_blocks(C, 64), 64, 0, cu_stream()>>>(dw, db, (const double *)work, seq_off, n_seq, C, K);
+    int per = C * (K + 1);
+    double *seq_part = (double *)work + (size_t)conv_slots(n_tok, n_seq) * per;
+    conv_seq_kernel<<<dim3(cu_blocks(per, 128), n_seq), 128, 0, cu_stream()>>>(seq_part, (const double *)work, seq_off,
+                                                                              n_seq, per);
+    CUDA_LAUNCHED();
+    conv_sum_kernel<<<cu_blocks(per, 128), 128, 0, cu_stream()>>>(dw, db, seq_part, n_seq, C, K);
     CUDA_LAUNCHED();
 }

@@ -203,7 +203,6 @@ __global__ static void __launch_bounds__(SSD ? 1024 : 256, SSD ? 1 : 2) scan_bwd
 #pragma unroll
         for (int i = T - 1; i >= 0; i--) {
             if (i < L) {
-                int t = ta + i;
                 float g = sg.g[i * CPB + ch], xv = sg.x[i * CPB + ch], dl = sg.dl[i * CPB + ch];
                 const float *Bt = sg.B + i * N, *Ct = sg.C + i * N;
                 float dxt = 0.0f, ddl = 0.0f;
@@ -332,7 +331,15 @@ static void split_state(int N, int *G, int *NPL, const char *who) {
 }
 
 template <bool SSD>
-static void launch_fwd(const scan_args &a) {
+static void launch_fwd(const scan_args &args) {
+    // The forward gives each lane 4 state entries (fewer lanes per channel:
+    // fewer shuffles per entry in the sum over n; it is bound by instruction
+    // issue), at least 32 threads a block. The backward keeps N/min(N,32), as
+    // its registers hold a chunk of states.
+    scan_args a = args;
+    a.G = a.N / 4 < 1 ? 1 : a.N / 4 > 32 ? 32 : a.N / 4;
+    if (a.P == 1) a.CPB = 128 / a.G;
+    while (a.CPB * a.G < 32 && a.G < (a.N < 32 ? a.N : 32)) a.G *= 2;
     dim3 grid((a.E + a.CPB - 1) / a.CPB, a.n_seq);
     int threads = a.CPB * a.G, npl = a.N / a.G;
     size_t smem = stage_floats(a.CPB, a.N, false) * sizeof(float);  // under 48 KB for N <= 256

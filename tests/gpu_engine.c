@@ -3,7 +3,8 @@
 // initialisation): loss, accuracy counts, hidden states and logits within
 // 1e-5, every parameter's gradient within 1e-4 (normwise, per tensor), on a
 // ragged batch; then the time of a training step (forward + backward) at the
-// paper's batch size (64 sequences of ~464 positions), CPU vs GPU. Skips
+// paper's batch size (64 sequences of ~464 positions), CPU vs GPU, with the
+// loss and every gradient compared there too. Skips
 // (exit 0) without a CUDA device.
 #include <stdint.h>
 #include <stdio.h>
@@ -145,7 +146,18 @@ static void time_step(hax_arch arch) {
     double t0 = hax_now();
     step(cpu, &m, &t.b, &rc);
     double cpu_s = hax_now() - t0;
+    float *g_cpu = xmalloc(sizeof(float) * m.n_floats);
+    memcpy(g_cpu, m.grad, sizeof(float) * m.n_floats);
     step(gpu, &m, &t.b, &rg);
+    double worst = 0;
+    for (int i = 0; i < m.n_params; i++) {
+        const hax_param *p = &m.params[i];
+        double e = rel_err(m.grad + p->offset, g_cpu + p->offset, p->numel);
+        CHECK(e <= 1e-4, "%s paper size: gradient of %s: relative error %.3e", arch_name(arch), p->name, e);
+        if (e > worst) worst = e;
+    }
+    printf("    %s paper size: worst gradient rel err %.2e\n", arch_name(arch), worst);
+    free(g_cpu);
     int reps = 5;
     t0 = hax_now();
     for (int r = 0; r < reps; r++) step(gpu, &m, &t.b, &rg);

@@ -25,6 +25,8 @@
 #include "ops_ssd.h"
 #include "test.h"
 
+#include <sys/wait.h>
+
 #define TOL_FWD 1e-5
 #define TOL_BWD 1e-4
 
@@ -585,14 +587,49 @@ static void test_paper_size(void) {
     free_batch(&b);
 }
 
+// A token id outside [0, V) sets the device error flag: the next cuda_sync
+// dies with one line naming it. Run in a fresh process (this program with
+// --bad-token-child; a CUDA context does not survive fork).
+static const char *g_self;
+
+static int bad_token_child(void) {
+    int32_t ids[3] = {1, 100, 2};  // 100 with V = 100
+    float W[100 * 4] = {0};
+    int32_t *d_ids = up(ids, sizeof ids);
+    float *d_W = upf(W, 400), *d_out = cuda_malloc(sizeof(float) * 12);
+    cuda_embedding_forward(d_out, d_ids, d_W, 3, 4, 100);
+    cuda_sync();
+    return 0;  // not reached when the flag works
+}
+
+static void test_bad_token_id(void) {
+    char cmd[1200], out[1024] = "";
+    snprintf(cmd, sizeof cmd, "'%s' --bad-token-child 2>&1", g_self);
+    FILE *p = popen(cmd, "r");
+    CHECK(p != NULL, "popen failed");
+    if (!p) return;
+    size_t got = fread(out, 1, sizeof out - 1, p);
+    out[got] = 0;
+    int status = pclose(p);
+    printf("    bad token id: %s", out);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 1, "expected exit status 1, found %d", status);
+    CHECK(strstr(out, "hax: cuda: embedding: token ids") != NULL, "expected the token-id message, found: %s", out);
+}
+
 int main(int argc, char **argv) {
     int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;  // --quick: no paper-size timings
+    g_self = argv[0];
     if (cuda_device_count() == 0) {
         printf("SKIP: no CUDA device\n");
         return 0;
     }
     cuda_init(0);
+    if (argc > 1 && strcmp(argv[1], "--bad-token-child") == 0) return bad_token_child();
     printf("device: %s\n", cuda_device_name());
+    if (argc > 1 && strcmp(argv[1], "--paper-only") == 0) {  // for profilers: the paper-size part alone
+        RUN(test_paper_size);
+        return test_summary();
+    }
     RUN(test_linear);
     RUN(test_embedding);
     RUN(test_rmsnorm_plain);
@@ -602,6 +639,7 @@ int main(int argc, char **argv) {
     RUN(test_scan);
     RUN(test_ssd);
     RUN(test_gated_norm);
+    RUN(test_bad_token_id);
     if (!quick) RUN(test_paper_size);
     return test_summary();
 }
