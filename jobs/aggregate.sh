@@ -18,15 +18,11 @@ agg=$root/bin/hax-aggregate
 [ -x "$agg" ] || fail "$agg: expected the hax program (run make in HAX_ROOT=$root), found none"
 [ -d "$results" ] || fail "$results: expected the sweep's results folder, found none"
 
-# Each table is written aside and renamed: a reader never sees half a file.
-write() {
-    local out=$1; shift
-    "$agg" "$@" >"$out.tmp.$$" && mv "$out.tmp.$$" "$out" || { rm -f "$out.tmp.$$"; fail "hax-aggregate $* failed"; }
-}
-write "$results/table.md" --paper "$results"
-write "$results/table.csv" --format csv "$results"
-write "$results/table.json" --format json "$results"
-mkdir -p "$results/plots" || fail "$results/plots: cannot create"
-"$agg" --plot "$results/plots" "$results" >/dev/null || fail "hax-aggregate --plot failed"
+# --output writes each table atomically (a reader never sees half a file) and
+# keeps an existing one when nothing can be aggregated.
+"$agg" --paper --plot "$results/plots" --output "$results/table.md" "$results" ||
+    fail "hax-aggregate --paper --plot failed (message above)"
+"$agg" --format csv --output "$results/table.csv" "$results" || fail "hax-aggregate --format csv failed (message above)"
+"$agg" --format json --output "$results/table.json" "$results" || fail "hax-aggregate --format json failed (message above)"
 say "wrote $results/table.md, table.csv, table.json and plots/"
 cat "$results/table.md"

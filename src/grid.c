@@ -10,6 +10,8 @@
 #include <yaml.h>
 
 #include "common.h"
+#include "dataset.h"
+#include "train.h"
 
 static int msg(char *err, int errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 static int msg(char *err, int errlen, const char *fmt, ...) {
@@ -234,6 +236,23 @@ static int by_dir(const void *a, const void *b) {
     return strcmp(((const run_dir_entry *)a)->dir, ((const run_dir_entry *)b)->dir);
 }
 
+// A dataset that is already there is not generated again, so every run of the
+// config would fail on it if it were unreadable or made with other generator
+// options: refused here, before anything is queued. A folder without
+// manifest.yaml is no dataset yet (datagen makes it).
+static int check_existing_dataset(const char *config, const hax_data_config *d, char *err, int errlen) {
+    char manifest[HAX_PATH_MAX + 32], why[1024];
+    snprintf(manifest, sizeof manifest, "%s/manifest.yaml", d->path);
+    FILE *f = fopen(manifest, "r");
+    if (!f) return 0;
+    fclose(f);
+    hax_dataset *ds = dataset_open(d->path, why, sizeof why);
+    int bad = ds == NULL || train_check_dataset(ds, &d->gen, d->path, why, sizeof why) != 0;
+    if (ds) dataset_close(ds);
+    if (bad) return msg(err, errlen, "%s: data.path: expected a usable existing dataset, found: %s", config, why);
+    return 0;
+}
+
 int grid_check(const hax_grid *g, const char *results, char *err, int errlen) {
     int64_t n = grid_size(g);
     run_dir_entry *dirs = xcalloc((size_t)n, sizeof *dirs);
@@ -259,6 +278,7 @@ int grid_check(const hax_grid *g, const char *results, char *err, int errlen) {
                     rc = msg(err, errlen,
                              "%s: data.path %s: expected one dataset per folder, found %s asking for '%s' and %s for '%s'",
                              g->path, data_path[ci], g->configs[j], data_opts[j], g->configs[ci], data_opts[ci]);
+            if (rc == 0) rc = check_existing_dataset(g->configs[ci], &c->data, err, errlen);
         }
     }
     if (rc == 0) {

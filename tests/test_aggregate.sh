@@ -153,6 +153,18 @@ a = {x['label']: x for x in d['architectures']}
 assert a['mamba_hax']['paper'] == 38.0 and a['mamba_full']['paper'] is None and a['samba']['table1_column'] == 'Mamba'
 assert d['incomplete'] == [] and d['missing'] == [] and d['unreadable'] == []"
 
+# Progress on a large tree: on a terminal (script gives stderr a pty) a
+# "searching:" count on stderr, erased afterwards; the table itself unchanged.
+if command -v script >/dev/null; then
+    script -qec "'$AGG' '$R' >'$tmp/tty.md'" "$tmp/tty.log" >/dev/null 2>&1
+    if grep -q "searching: [0-9]* result files so far" "$tmp/tty.log" && grep -q $'\r\033\[K' "$tmp/tty.log" &&
+        cmp -s "$tmp/tty.md" "$tmp/full.md"; then ok "progress on a terminal: a count on stderr, the same table"
+    else fail "progress on a terminal: a count on stderr, the same table ($(tr '\r' '\n' <"$tmp/tty.log" | head -n 3))"; fi
+    grep -q "searching" "$tmp/full.err" && fail "no progress when stderr is not a terminal" || ok "no progress when stderr is not a terminal"
+else
+    fail "script (util-linux) not found: the progress count is untested"
+fi
+
 # --- Plots ------------------------------------------------------------------
 "$AGG" --plot "$tmp/plots" "$R" >/dev/null 2>"$tmp/plot.err"
 check "--plot: 22 heatmaps + acc_vs_n.svg, well-formed, one line per architecture" $PY - "$tmp/plots" <<'EOF'
@@ -282,6 +294,19 @@ mkdir -p "$tmp/empty2"
 [ $? -eq 1 ] && cmp -s "$tmp/out.json" "$tmp/full.json" && ok "--output: a good table is not replaced when nothing aggregates" ||
     fail "--output: a good table is not replaced when nothing aggregates"
 check_fails "--output into a missing folder: one line" "out.md: cannot write the table" "$AGG" --output "$tmp/no/such/out.md" "$R"
+
+# --- jobs/aggregate.sh (the sweep's last job), run by hand -----------------------
+if HAX_ROOT=$ROOT bash "$ROOT/jobs/aggregate.sh" "$T" >"$tmp/job.out" 2>&1 &&
+    "$AGG" --paper "$T" | cmp -s - "$T/table.md" && "$AGG" --format json "$T" | cmp -s - "$T/table.json" &&
+    "$AGG" --format csv "$T" 2>/dev/null | cmp -s - "$T/table.csv" && [ -s "$T/plots/acc_vs_n.svg" ]
+then ok "aggregate.sh: table.md (--paper), table.csv, table.json and plots/ next to the results"
+else fail "aggregate.sh: tables and plots next to the results ($(tail -n 2 "$tmp/job.out"))"; fi
+rm -f "$T"/*/lr_*/seed_*/result.json
+check_fails "aggregate.sh: nothing left to aggregate: one line" "expected result.json files under the folder, found none" \
+    env HAX_ROOT="$ROOT" bash "$ROOT/jobs/aggregate.sh" "$T"
+check "aggregate.sh: the earlier table.md is kept" grep -q "Incomplete or failed runs (2)" "$T/table.md"
+check_fails "aggregate.sh: a missing results folder" "nope: expected the sweep's results folder, found none" \
+    env HAX_ROOT="$ROOT" bash "$ROOT/jobs/aggregate.sh" "$tmp/nope"
 
 # --- Nothing to aggregate -------------------------------------------------------
 mkdir -p "$tmp/empty/sub"

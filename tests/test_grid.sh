@@ -86,8 +86,20 @@ for want in --partition=gpu --account=proj --array=0-2%3 --requeue --signal=B:US
 done
 check "dry run: aggregation after the array" grep -q 'would run: sbatch .*--dependency=afterany:DRY-train .*jobs/aggregate.sh' <<<"$out"
 check "dry run: datagen submitted for the missing dataset" grep -q 'would run: sbatch .*jobs/datagen.sh' <<<"$out"
+# An existing dataset is checked against the configs before anything is queued.
 mkdir -p "$tmp/data" && : >"$tmp/data/manifest.yaml"
+check_fails "sweep: an unreadable existing dataset stops it before sbatch" \
+    "a.yaml: data.path: expected a usable existing dataset, found: .*manifest.yaml" \
+    bash "$ROOT/jobs/sweep.sh" --dry-run "$tmp/g.yaml" "$tmp/res"
+IFS=$'\t' read -r dg_dir dg_opts <<<"$($G "$tmp/g.yaml" --datasets)"
+read -r -a dg_opts <<<"$dg_opts"
+$BIN/hax-datagen --out "$dg_dir" --force "${dg_opts[@]}" --n-value 12 >/dev/null
+check_fails "sweep: an existing dataset made with other options stops it before sbatch" \
+    "a.yaml: data.path: expected a usable existing dataset, found: $tmp/data: n_value: the config expects 16, the dataset has 12" \
+    bash "$ROOT/jobs/sweep.sh" --dry-run "$tmp/g.yaml" "$tmp/res"
+$BIN/hax-datagen --out "$dg_dir" --force "${dg_opts[@]}" >/dev/null
 out=$(cd "$tmp" && HAX_GPUS_PER_TASK=0 bash "$ROOT/jobs/sweep.sh" --dry-run "$tmp/g.yaml" "$tmp/res" 2>&1)
+check "dry run: the matching dataset is found present" grep -q "dataset $tmp/data: present" <<<"$out"
 check "dry run: no datagen when the dataset exists" test "$(grep -c 'jobs/datagen.sh' <<<"$out")" = 0
 check "dry run: 12 tasks, no GPU, no dependency" grep -q -- '--array=0-11%32 .*--cpus-per-task=2 --output' <<<"$out"
 check "dry run: CPU-only asks no GPU" test "$(grep -c -- '--gpus' <<<"$out")" = 0
