@@ -21,4 +21,8 @@ typedef struct {
     int first_seq;         // global position of this rank's first sequence within the batch
 } hax_batch;
 
+// Frees the arrays of a batch that owns them (the reader's and the golden
+// loader's batches) and zeroes it.
+void hax_batch_free(hax_batch *b);
+
 #endif

@@ -134,7 +134,6 @@ void dataset_set_shuffle(hax_dataset *ds, int on, uint64_t seed);
 int64_t dataset_batches_per_epoch(const hax_dataset *ds, int split, int global_batch);
 // Allocates a batch able to hold global_batch sequences of the model length.
 void dataset_batch_alloc(const hax_dataset *ds, int global_batch, hax_batch *b);
-void dataset_batch_free(hax_batch *b);
 // Fills this rank's slice of global batch `batch` (counted across epochs:
 // epoch = batch / batches_per_epoch) of a split: sequences
 // [n * rank / n_ranks, n * (rank + 1) / n_ranks) of the n in that batch.

@@ -30,17 +30,6 @@ void dataset_batch_alloc(const hax_dataset *ds, int global_batch, hax_batch *b) 
     b->model_len = ds->pad_len - 1;
 }
 
-void dataset_batch_free(hax_batch *b) {
-    free(b->seq_off);
-    free(b->inputs);
-    free(b->labels);
-    free(b->loss_mask);
-    free(b->sample_idx);
-    free(b->n_context);
-    free(b->n_key);
-    memset(b, 0, sizeof *b);
-}
-
 // The train split's order in this epoch: a Fisher-Yates shuffle of 0..n-1
 // drawn from (seed, RNG_SHUFFLE, epoch), so any rank computes the same one.
 static const int64_t *epoch_perm(hax_dataset *ds, int64_t epoch) {

@@ -236,17 +236,6 @@ static void make_batch(const hax_case *c, int s0, int ns, hax_batch *b) {
 void case_batch(const hax_case *c, hax_batch *b) { make_batch(c, 0, c->B, b); }
 void case_batch_one(const hax_case *c, int s, hax_batch *b) { make_batch(c, s, 1, b); }
 
-void case_batch_free(hax_batch *b) {
-    free(b->seq_off);
-    free(b->inputs);
-    free(b->labels);
-    free(b->loss_mask);
-    free(b->sample_idx);
-    free(b->n_context);
-    free(b->n_key);
-    memset(b, 0, sizeof *b);
-}
-
 // Tensors of the golden format that are not parameters.
 static int is_special(const char *name) {
     static const char *prefix[] = {"out.", "dbg.", "grad.", "adamw.", "eval.", "rand."};

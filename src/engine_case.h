@@ -28,11 +28,10 @@ void case_free(hax_case *c);
 
 // The packed batch of all B sequences (inputs = ids[:, :-1] without pads,
 // labels = ids[:, 1:], mask = loss_mask[:, :-1], model_len = L). Free with
-// case_batch_free.
+// hax_batch_free.
 void case_batch(const hax_case *c, hax_batch *b);
 // The packed batch of sequence s alone (global_n_seq = 1).
 void case_batch_one(const hax_case *c, int s, hax_batch *b);
-void case_batch_free(hax_batch *b);
 
 // Copies every parameter of m from the file (names and shapes must match the
 // table); dies naming the tensor otherwise. Also refuses a file holding a

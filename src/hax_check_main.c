@@ -492,7 +492,7 @@ static int check_case(checker *k, const char *path) {
     }
     free(k->used);
     engine_free(e);
-    case_batch_free(&b);
+    hax_batch_free(&b);
     model_free(&m);
     case_free(&c);
     st_close(f);

@@ -245,7 +245,7 @@ static void ctx_init(train_ctx *t, const train_opts *o) {
 static void ctx_free(train_ctx *t) {
     engine_free(t->eng);
     adamw_free(&t->opt);
-    dataset_batch_free(&t->batch);
+    hax_batch_free(&t->batch);
     model_free(&t->model);
     train_eval_free(&t->best_valid);
     free(t->best);

@@ -176,7 +176,7 @@ static void test_batches_reference_order(void) {
     }
     CHECK(full_seen, "no full-length sample (the 4x4 cell has pad_len tokens)");
     CHECK(bad == 0, "%d mismatches against the stored samples", bad);
-    dataset_batch_free(&b);
+    hax_batch_free(&b);
     dataset_close(ds);
 }
 
@@ -212,8 +212,8 @@ static void test_rank_independence(void) {
         }
     }
     CHECK(bad == 0, "%d differences between rank slices and the whole batch", bad);
-    dataset_batch_free(&one);
-    dataset_batch_free(&part);
+    hax_batch_free(&one);
+    hax_batch_free(&part);
     dataset_close(ds);
 }
 
@@ -261,8 +261,8 @@ static void test_shuffle(void) {
     CHECK(differ > 50, "seeds 5 and 6 give nearly the same order (%d of 64 differ)", differ);
     dataset_batch(a, SPLIT_VALID, 0, 64, 0, 1, &b);
     CHECK(b.sample_idx[0] == 0 && b.sample_idx[29] == 29, "validation is not shuffled");
-    dataset_batch_free(&b);
-    dataset_batch_free(&c);
+    hax_batch_free(&b);
+    hax_batch_free(&c);
     dataset_close(a);
     dataset_close(b2);
 }
@@ -289,7 +289,7 @@ static void test_iterator(void) {
     }
     for (int i = 0; i < 30; i++) bad += count[i] != 1;
     CHECK(bad == 0, "3 ranks must cover the 30 validation samples once each, in order");
-    dataset_batch_free(&b);
+    hax_batch_free(&b);
     dataset_close(ds);
 }
 

@@ -295,7 +295,7 @@ static void load_case(loaded *x, const char *file, int causal) {
 
 static void unload(loaded *x) {
     engine_free(x->e);
-    case_batch_free(&x->b);
+    hax_batch_free(&x->b);
     model_free(&x->m);
     case_free(&x->c);
 }
@@ -332,7 +332,7 @@ static void packed_vs_single(const char *file, int causal) {
         acc += rs.acc;
         double e = rel_err(engine_cpu_logits(x.e), logits + (size_t)x.b.seq_off[s] * V, (size_t)one.n_tok * V);
         if (e > worst_logits) worst_logits = e;
-        case_batch_free(&one);
+        hax_batch_free(&one);
     }
     CHECK(worst_logits < 1e-6, "%s: logits differ by %g", file, worst_logits);
     CHECK(fabs(loss - r.loss) < 1e-6 * fabs(r.loss), "%s: loss %.9g vs packed %.9g", file, loss, r.loss);

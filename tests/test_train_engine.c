@@ -32,7 +32,7 @@ static void load(loaded *x) {
 
 static void unload(loaded *x) {
     engine_free(x->e);
-    case_batch_free(&x->b);
+    hax_batch_free(&x->b);
     model_free(&x->m);
     case_free(&x->c);
 }
