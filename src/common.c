@@ -42,6 +42,14 @@ void hax_warn(const char *fmt, ...) {
     va_end(ap);
 }
 
+int hax_errf(char *err, int errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    if (err && errlen > 0) vsnprintf(err, (size_t)errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
 void *xmalloc(size_t n) {
     void *p = malloc(n ? n : 1);
     if (!p) hax_die("out of memory allocating %zu bytes", n);

@@ -22,6 +22,10 @@ void hax_die_code(int code, const char *fmt, ...) __attribute__((format(printf, 
 // Prints "hax: warning: <message>" on stderr.
 void hax_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+// Formats an error message into err (when err is not NULL) and returns -1,
+// for functions that report failure to a caller that decides what to do.
+int hax_errf(char *err, int errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
 // Allocation that never returns NULL (dies with the requested size instead).
 void *xmalloc(size_t n);
 void *xcalloc(size_t count, size_t size);

@@ -138,15 +138,6 @@ void config_defaults(hax_config *c) {
 
 // ---------------------------------------------------------------- values
 
-static int msg(char *err, int errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int msg(char *err, int errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 static void fmt_range(char *buf, size_t n, const cfg_field *f) {
     if (f->type == F_U64) snprintf(buf, n, "a non-negative integer");
     else if (f->lo_open) snprintf(buf, n, "a number in (0, %g]", f->hi);
@@ -160,8 +151,8 @@ static int parse_integer(const cfg_field *f, const char *s, int64_t *out, char *
     errno = 0;
     char *end;
     long long v = strtoll(s, &end, 10);
-    if (!*s || *end || errno) return msg(err, errlen, "expected %s, found '%s'", rng, s);
-    if (v < f->lo || v > f->hi) return msg(err, errlen, "expected %s, found %lld", rng, v);
+    if (!*s || *end || errno) return hax_errf(err, errlen, "expected %s, found '%s'", rng, s);
+    if (v < f->lo || v > f->hi) return hax_errf(err, errlen, "expected %s, found %lld", rng, v);
     *out = v;
     return 0;
 }
@@ -188,7 +179,7 @@ static int set_value(hax_config *c, const cfg_field *f, const char *s, char *err
         errno = 0;
         char *end;
         unsigned long long v = strtoull(s, &end, 10);
-        if (!*s || *end || errno || *s == '-' || *s == '+') return msg(err, errlen, "expected %s, found '%s'", rng, s);
+        if (!*s || *end || errno || *s == '-' || *s == '+') return hax_errf(err, errlen, "expected %s, found '%s'", rng, s);
         *(uint64_t *)p = v;
         return 0;
     }
@@ -197,8 +188,8 @@ static int set_value(hax_config *c, const cfg_field *f, const char *s, char *err
         errno = 0;
         char *end;
         double v = strtod(s, &end);
-        if (!*s || *end || errno == ERANGE || !isfinite(v)) return msg(err, errlen, "expected a number, found '%s'", s);
-        if (v > f->hi || (f->lo_open ? v <= 0 : v < f->lo)) return msg(err, errlen, "expected %s, found %s", rng, s);
+        if (!*s || *end || errno == ERANGE || !isfinite(v)) return hax_errf(err, errlen, "expected a number, found '%s'", s);
+        if (v > f->hi || (f->lo_open ? v <= 0 : v < f->lo)) return hax_errf(err, errlen, "expected %s, found %s", rng, s);
         if (f->type == F_FLOAT) *(float *)p = (float)v;
         else *(double *)p = v;
         return 0;
@@ -206,7 +197,7 @@ static int set_value(hax_config *c, const cfg_field *f, const char *s, char *err
     case F_BOOL:
         if (strcmp(s, "true") == 0) *(int *)p = 1;
         else if (strcmp(s, "false") == 0) *(int *)p = 0;
-        else return msg(err, errlen, "expected true or false, found '%s'", s);
+        else return hax_errf(err, errlen, "expected true or false, found '%s'", s);
         return 0;
     case F_ENUM:
         for (int i = 0; f->names[i]; i++)
@@ -219,22 +210,22 @@ static int set_value(hax_config *c, const cfg_field *f, const char *s, char *err
             for (int i = 0; f->names[i]; i++)
                 snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? (f->names[i + 1] ? ", " : " or ") : "",
                          f->names[i]);
-            return msg(err, errlen, "expected %s, found '%s'", list, s);
+            return hax_errf(err, errlen, "expected %s, found '%s'", list, s);
         }
     case F_STR:
         if (strlen(s) < (size_t)f->lo || strlen(s) > (size_t)f->hi)
-            return msg(err, errlen, "expected a string of %.0f..%.0f characters, found %zu", f->lo, f->hi, strlen(s));
+            return hax_errf(err, errlen, "expected a string of %.0f..%.0f characters, found %zu", f->lo, f->hi, strlen(s));
         if (strcmp(f->name, "arch") == 0)  // the output label becomes a folder name
             for (const char *q = s; *q; q++)
                 if (!(isalnum((unsigned char)*q) || strchr("_-.+", *q)))
-                    return msg(err, errlen, "expected a label of letters, digits and _ - . +, found '%s'", s);
+                    return hax_errf(err, errlen, "expected a label of letters, digits and _ - . +, found '%s'", s);
         memset(p, 0, f->size);
         strcpy(p, s);
         return 0;
     case F_PATTERN: {
         hax_model_config tmp = c->model;
         char why[300];
-        if (model_config_set_sparse(&tmp, s, why, sizeof why) != 0) return msg(err, errlen, "%s", why);
+        if (model_config_set_sparse(&tmp, s, why, sizeof why) != 0) return hax_errf(err, errlen, "%s", why);
         memset(p, 0, f->size);
         strcpy(p, strcmp(s, "none") == 0 ? "" : s);
         return 0;
@@ -252,18 +243,18 @@ static int set_value(hax_config *c, const cfg_field *f, const char *s, char *err
             char *e = tok + strlen(tok);
             while (e > tok && e[-1] == ' ') *--e = 0;
             int64_t v;
-            if (n == HAX_MAX_LEVELS) return msg(err, errlen, "expected at most %d entries, found more in '%s'", HAX_MAX_LEVELS, s);
+            if (n == HAX_MAX_LEVELS) return hax_errf(err, errlen, "expected at most %d entries, found more in '%s'", HAX_MAX_LEVELS, s);
             if (parse_integer(f, tok, &v, err, errlen)) return -1;
             vals[n++] = (int)v;
         }
-        if (n == 0) return msg(err, errlen, "expected a list of integers such as [5, 5], found '%s'", s);
+        if (n == 0) return hax_errf(err, errlen, "expected a list of integers such as [5, 5], found '%s'", s);
         int *dst = (int *)p;
         memset(dst, 0, sizeof(int) * f->size);
         memcpy(dst, vals, sizeof(int) * n);  // zeros after the entries mark the count
         return 0;
     }
     }
-    return msg(err, errlen, "internal: unknown field type");
+    return hax_errf(err, errlen, "internal: unknown field type");
 }
 
 static const cfg_field *find_field(const char *section, const char *name) {
@@ -291,22 +282,22 @@ int config_override(hax_config *c, const char *arg, char *err, int errlen) {
     const char *eq = strchr(arg, '=');
     const char *dot = strchr(arg, '.');
     if (!eq || !dot || dot > eq)
-        return msg(err, errlen, "override '%s': expected section.field=value (e.g. train.lr=3e-4), found no %s", arg,
+        return hax_errf(err, errlen, "override '%s': expected section.field=value (e.g. train.lr=3e-4), found no %s", arg,
                    !eq ? "'='" : "'.' before the '='");
     char section[64], name[64];
     snprintf(section, sizeof section, "%.*s", (int)(dot - arg), arg);
     snprintf(name, sizeof name, "%.*s", (int)(eq - dot - 1), dot + 1);
     if (!known_section(section))
-        return msg(err, errlen, "override '%s': expected a section among model, sparse, data, train, output; found '%s'",
+        return hax_errf(err, errlen, "override '%s': expected a section among model, sparse, data, train, output; found '%s'",
                    arg, section);
     const cfg_field *f = find_field(section, name);
     if (!f) {
         char names[1024];
         field_names(section, names, sizeof names);
-        return msg(err, errlen, "override '%s': expected a field of %s (%s), found '%s'", arg, section, names, name);
+        return hax_errf(err, errlen, "override '%s': expected a field of %s (%s), found '%s'", arg, section, names, name);
     }
     char why[400];
-    if (set_value(c, f, eq + 1, why, sizeof why) != 0) return msg(err, errlen, "override '%s': %s", arg, why);
+    if (set_value(c, f, eq + 1, why, sizeof why) != 0) return hax_errf(err, errlen, "override '%s': %s", arg, why);
     return 0;
 }
 
@@ -340,7 +331,7 @@ static int apply_node(ydoc *y, hax_config *c, const char *section, yaml_node_t *
     if (!f) {
         char names[1024];
         field_names(section, names, sizeof names);
-        return msg(y->err, y->errlen, "%s:%d: %s.%s: expected a field of %s (%s), found unknown key '%s'", y->name,
+        return hax_errf(y->err, y->errlen, "%s:%d: %s.%s: expected a field of %s (%s), found unknown key '%s'", y->name,
                    line_of(key), section, name, section, names, name);
     }
     char text[512], why[400];
@@ -349,21 +340,21 @@ static int apply_node(ydoc *y, hax_config *c, const char *section, yaml_node_t *
         for (yaml_node_item_t *it = val->data.sequence.items.start; it < val->data.sequence.items.top; it++) {
             yaml_node_t *e = yaml_document_get_node(y->doc, *it);
             if (!e || e->type != YAML_SCALAR_NODE)
-                return msg(y->err, y->errlen, "%s:%d: %s.%s: expected a list of integers, found %s in it", y->name,
+                return hax_errf(y->err, y->errlen, "%s:%d: %s.%s: expected a list of integers, found %s in it", y->name,
                            line_of(e ? e : val), section, name, node_kind(e));
             snprintf(text + strlen(text), sizeof text - strlen(text), "%s%s", text[0] ? "," : "", scalar(e));
         }
     } else if (val->type != YAML_SCALAR_NODE) {
-        return msg(y->err, y->errlen, "%s:%d: %s.%s: expected %s, found %s", y->name, line_of(val), section, name,
+        return hax_errf(y->err, y->errlen, "%s:%d: %s.%s: expected %s, found %s", y->name, line_of(val), section, name,
                    f->type == F_INTLIST ? "a list of integers" : "a single value", node_kind(val));
     } else {
         if (strlen(scalar(val)) >= sizeof text)
-            return msg(y->err, y->errlen, "%s:%d: %s.%s: expected a value of at most %zu characters, found %zu", y->name,
+            return hax_errf(y->err, y->errlen, "%s:%d: %s.%s: expected a value of at most %zu characters, found %zu", y->name,
                        line_of(val), section, name, sizeof text - 1, strlen(scalar(val)));
         strcpy(text, scalar(val));
     }
     if (set_value(c, f, text, why, sizeof why) != 0)
-        return msg(y->err, y->errlen, "%s:%d: %s.%s: %s", y->name, line_of(val), section, name, why);
+        return hax_errf(y->err, y->errlen, "%s:%d: %s.%s: %s", y->name, line_of(val), section, name, why);
     return 0;
 }
 
@@ -372,32 +363,32 @@ static int apply_node(ydoc *y, hax_config *c, const char *section, yaml_node_t *
 static int walk(ydoc *y, hax_config *c) {
     yaml_node_t *root = yaml_document_get_root_node(y->doc);
     if (!root || root->type != YAML_MAPPING_NODE)
-        return msg(y->err, y->errlen, "%s:%d: expected a mapping of the sections model, sparse, data, train, output; found %s",
+        return hax_errf(y->err, y->errlen, "%s:%d: expected a mapping of the sections model, sparse, data, train, output; found %s",
                    y->name, line_of(root) ? line_of(root) : 1, node_kind(root));
     for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
         yaml_node_t *k = yaml_document_get_node(y->doc, p->key), *v = yaml_document_get_node(y->doc, p->value);
         if (k->type != YAML_SCALAR_NODE || !known_section(scalar(k)))
-            return msg(y->err, y->errlen, "%s:%d: expected a section among model, sparse, data, train, output; found %s%s%s",
+            return hax_errf(y->err, y->errlen, "%s:%d: expected a section among model, sparse, data, train, output; found %s%s%s",
                        y->name, line_of(k), k->type == YAML_SCALAR_NODE ? "unknown key '" : node_kind(k),
                        k->type == YAML_SCALAR_NODE ? scalar(k) : "", k->type == YAML_SCALAR_NODE ? "'" : "");
         for (yaml_node_pair_t *q = root->data.mapping.pairs.start; q < p; q++)
             if (strcmp(scalar(yaml_document_get_node(y->doc, q->key)), scalar(k)) == 0)
-                return msg(y->err, y->errlen, "%s:%d: %s: expected each section once, found it again", y->name,
+                return hax_errf(y->err, y->errlen, "%s:%d: %s: expected each section once, found it again", y->name,
                            line_of(k), scalar(k));
         if (v->type != YAML_MAPPING_NODE) {
             if (v->type == YAML_SCALAR_NODE && !*scalar(v)) continue;  // "section:" with nothing under it
-            return msg(y->err, y->errlen, "%s:%d: %s: expected a mapping of fields, found %s", y->name, line_of(v),
+            return hax_errf(y->err, y->errlen, "%s:%d: %s: expected a mapping of fields, found %s", y->name, line_of(v),
                        scalar(k), node_kind(v));
         }
         for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top; q++) {
             yaml_node_t *fk = yaml_document_get_node(y->doc, q->key), *fv = yaml_document_get_node(y->doc, q->value);
             if (fk->type != YAML_SCALAR_NODE)
-                return msg(y->err, y->errlen, "%s:%d: %s: expected a field name, found %s", y->name, line_of(fk),
+                return hax_errf(y->err, y->errlen, "%s:%d: %s: expected a field name, found %s", y->name, line_of(fk),
                            scalar(k), node_kind(fk));
             for (yaml_node_pair_t *r = v->data.mapping.pairs.start; r < q; r++) {
                 yaml_node_t *rk = yaml_document_get_node(y->doc, r->key);
                 if (rk->type == YAML_SCALAR_NODE && strcmp(scalar(rk), scalar(fk)) == 0)
-                    return msg(y->err, y->errlen, "%s:%d: %s.%s: expected each field once, found it again (first at line %d)",
+                    return hax_errf(y->err, y->errlen, "%s:%d: %s.%s: expected each field once, found it again (first at line %d)",
                                y->name, line_of(fk), scalar(k), scalar(fk), line_of(rk));
             }
             if (c && apply_node(y, c, scalar(k), fk, fv) != 0) return -1;
@@ -426,11 +417,11 @@ int config_load_text(hax_config *c, const char *name, const char *text, size_t l
                      int n_over, char *err, int errlen) {
     yaml_parser_t parser;
     yaml_document_t doc;
-    if (!yaml_parser_initialize(&parser)) return msg(err, errlen, "%s: cannot initialise the YAML parser", name);
+    if (!yaml_parser_initialize(&parser)) return hax_errf(err, errlen, "%s: cannot initialise the YAML parser", name);
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
     if (!yaml_parser_load(&parser, &doc)) {
         int line = (int)parser.problem_mark.line + 1;
-        msg(err, errlen, "%s:%d: expected valid YAML, found a syntax error: %s%s%s", name, line,
+        hax_errf(err, errlen, "%s:%d: expected valid YAML, found a syntax error: %s%s%s", name, line,
             parser.problem ? parser.problem : "unknown problem", parser.context ? " " : "",
             parser.context ? parser.context : "");
         yaml_parser_delete(&parser);
@@ -457,7 +448,7 @@ int config_load_text(hax_config *c, const char *name, const char *text, size_t l
     for (int i = 0; rc == 0 && i < n_over; i++) rc = config_override(c, overrides[i], err, errlen);
     if (rc == 0) {
         char why[400];
-        if (config_finalize(c, why, sizeof why) != 0) rc = msg(err, errlen, "%s: %s", name, why);
+        if (config_finalize(c, why, sizeof why) != 0) rc = hax_errf(err, errlen, "%s: %s", name, why);
     }
     return rc;
 }
@@ -465,7 +456,7 @@ int config_load_text(hax_config *c, const char *name, const char *text, size_t l
 int config_load(hax_config *c, const char *path, const char *const *overrides, int n_over, char *err, int errlen) {
     size_t len;
     char *text = hax_read_file(path, &len);
-    if (!text) return msg(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+    if (!text) return hax_errf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
     int rc = config_load_text(c, path, text, len, overrides, n_over, err, errlen);
     free(text);
     return rc;
@@ -483,18 +474,18 @@ int config_finalize(hax_config *c, char *err, int errlen) {
     char why[400], pattern[64];
     snprintf(pattern, sizeof pattern, "%s", c->model.sparse_arch);
     if (model_config_set_sparse(&c->model, pattern, why, sizeof why) != 0)
-        return msg(err, errlen, "sparse.pattern: %s", why);
-    if (model_config_validate(&c->model, why, sizeof why) != 0) return msg(err, errlen, "%s", why);
+        return hax_errf(err, errlen, "sparse.pattern: %s", why);
+    if (model_config_validate(&c->model, why, sizeof why) != 0) return hax_errf(err, errlen, "%s", why);
     hax_data_params *g = &c->data.gen;
     if (list_len(g->min_size) != g->levels || list_len(g->max_size) != g->levels)
-        return msg(err, errlen, "data.min_sizes, data.max_sizes: expected %d entries each (data.levels), found %d and %d",
+        return hax_errf(err, errlen, "data.min_sizes, data.max_sizes: expected %d entries each (data.levels), found %d and %d",
                    g->levels, list_len(g->min_size), list_len(g->max_size));
-    if (data_params_check(g, why, sizeof why) != 0) return msg(err, errlen, "data: %s", why);
+    if (data_params_check(g, why, sizeof why) != 0) return hax_errf(err, errlen, "data: %s", why);
     if (c->model.vocab_size <= data_max_token(g))
-        return msg(err, errlen, "model.vocab_size: expected more than the dataset's largest token id %d, found %d",
+        return hax_errf(err, errlen, "model.vocab_size: expected more than the dataset's largest token id %d, found %d",
                    data_max_token(g), c->model.vocab_size);
     if (c->train.warmup > c->train.steps)
-        return msg(err, errlen, "train.warmup: expected at most train.steps (%lld), found %lld", (long long)c->train.steps,
+        return hax_errf(err, errlen, "train.warmup: expected at most train.steps (%lld), found %lld", (long long)c->train.steps,
                    (long long)c->train.warmup);
     if (!c->output.arch[0]) {  // default label: the base architecture and the pattern
         if (c->model.sparse_arch[0])

@@ -1,6 +1,7 @@
 // dataset.c: dataset parameters, shard mapping and checks, manifest parsing,
 // sample access. Batches are in dataset_batch.c.
 #include "dataset.h"
+#include "yaml_util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -20,15 +21,6 @@
 
 const char *const hax_split_names[HAX_N_SPLITS] = {"train", "valid", "test"};
 
-static int fail(char *err, int errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int fail(char *err, int errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    if (err && errlen > 0) vsnprintf(err, (size_t)errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
-
 // ---------------------------------------------------------------- parameters
 
 // How many distinct samples the smallest cell has, as a natural log: the
@@ -44,41 +36,41 @@ static double log_distinct(const hax_data_params *p) {
 
 int data_params_check(const hax_data_params *p, char *err, int errlen) {
     if (p->levels < 1 || p->levels > HAX_MAX_LEVELS)
-        return fail(err, errlen, "levels: expected 1..%d, found %d", HAX_MAX_LEVELS, p->levels);
+        return hax_errf(err, errlen, "levels: expected 1..%d, found %d", HAX_MAX_LEVELS, p->levels);
     for (int l = 0; l < p->levels; l++) {
         if (p->min_size[l] < 1)
-            return fail(err, errlen, "level %d minimum: expected >= 1, found %d", l + 1, p->min_size[l]);
+            return hax_errf(err, errlen, "level %d minimum: expected >= 1, found %d", l + 1, p->min_size[l]);
         if (p->max_size[l] < p->min_size[l])
-            return fail(err, errlen, "level %d maximum: expected >= its minimum %d, found %d", l + 1,
+            return hax_errf(err, errlen, "level %d maximum: expected >= its minimum %d, found %d", l + 1,
                         p->min_size[l], p->max_size[l]);
         if (p->max_size[l] > 65535)
-            return fail(err, errlen, "level %d maximum: expected <= 65535, found %d", l + 1, p->max_size[l]);
+            return hax_errf(err, errlen, "level %d maximum: expected <= 65535, found %d", l + 1, p->max_size[l]);
     }
     if (p->n_value < 1 || p->n_value > 65535)
-        return fail(err, errlen, "n_value: expected 1..65535, found %d", p->n_value);
+        return hax_errf(err, errlen, "n_value: expected 1..65535, found %d", p->n_value);
     for (int s = 0; s < HAX_N_SPLITS; s++)
         if (p->n_per_cell[s] < 0 || p->n_per_cell[s] > ((int64_t)1 << 40))
-            return fail(err, errlen, "%s samples per cell: expected 0..2^40, found %" PRId64, hax_split_names[s],
+            return hax_errf(err, errlen, "%s samples per cell: expected 0..2^40, found %" PRId64, hax_split_names[s],
                         p->n_per_cell[s]);
     int64_t top = TOK_BIAS + (int64_t)p->n_value;
     for (int l = 0; l < p->levels; l++) top += p->max_size[l];
     if (top - 1 > 65535)
-        return fail(err, errlen, "token ids: the largest id %" PRId64 " does not fit the 16-bit token type "
+        return hax_errf(err, errlen, "token ids: the largest id %" PRId64 " does not fit the 16-bit token type "
                     "(n_value + the level maxima must be at most 65526)", top - 1);
     // Sample length, computed in doubles first so that the products cannot overflow.
     double len = 2, prod = 1;
     for (int l = 0; l < p->levels; l++) { prod *= p->max_size[l]; len += 2 * prod; }
     len += 2 * prod;
     if (len > 1e9)
-        return fail(err, errlen, "level maxima: a sample of the largest cell would have %.0f tokens (at most 1e9)", len);
+        return hax_errf(err, errlen, "level maxima: a sample of the largest cell would have %.0f tokens (at most 1e9)", len);
     double cells = (double)data_n_cells(p);
     for (int s = 0; s < HAX_N_SPLITS; s++)
         if (cells * (double)p->n_per_cell[s] > 4e12)
-            return fail(err, errlen, "%s split: %.0f samples is too many (at most 4e12)", hax_split_names[s],
+            return hax_errf(err, errlen, "%s split: %.0f samples is too many (at most 4e12)", hax_split_names[s],
                         cells * (double)p->n_per_cell[s]);
     int64_t per_cell = p->n_per_cell[0] + p->n_per_cell[1] + p->n_per_cell[2];
     if (per_cell > 0 && log((double)per_cell) > log_distinct(p) + 1e-9)
-        return fail(err, errlen, "samples per cell: the smallest cell has only %.0f distinct samples, fewer than "
+        return hax_errf(err, errlen, "samples per cell: the smallest cell has only %.0f distinct samples, fewer than "
                     "the %" PRId64 " (train + valid + test) that must be unique; lower the counts or raise the "
                     "minimum sizes", exp(log_distinct(p)), per_cell);
     return 0;
@@ -129,26 +121,26 @@ static uint64_t align8(uint64_t x) { return (x + 7) & ~(uint64_t)7; }
 int shard_open(hax_shard *s, const char *path, uint64_t expect_bytes, char *err, int errlen) {
     memset(s, 0, sizeof *s);
     int fd = open(path, O_RDONLY);
-    if (fd < 0) return fail(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    if (fd < 0) return hax_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         close(fd);
-        return fail(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
+        return hax_errf(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
     }
     uint64_t size = (uint64_t)st.st_size;
     if (expect_bytes > 0 && size != expect_bytes) {
         close(fd);
-        return fail(err, errlen, "%s: expected %" PRIu64 " bytes (manifest), found %" PRIu64 "%s", path,
+        return hax_errf(err, errlen, "%s: expected %" PRIu64 " bytes (manifest), found %" PRIu64 "%s", path,
                     expect_bytes, size, size < expect_bytes ? ": truncated" : "");
     }
     if (size < sizeof(hax_shard_header)) {
         close(fd);
-        return fail(err, errlen, "%s: expected a shard header of %zu bytes, found a file of %" PRIu64 " bytes",
+        return hax_errf(err, errlen, "%s: expected a shard header of %zu bytes, found a file of %" PRIu64 " bytes",
                     path, sizeof(hax_shard_header), size);
     }
     void *map = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
     close(fd);
-    if (map == MAP_FAILED) return fail(err, errlen, "%s: cannot map: %s", path, strerror(errno));
+    if (map == MAP_FAILED) return hax_errf(err, errlen, "%s: cannot map: %s", path, strerror(errno));
     s->path = xstrdup(path);
     s->map = map;
     s->map_bytes = size;
@@ -196,7 +188,7 @@ int shard_open(hax_shard *s, const char *path, uint64_t expect_bytes, char *err,
     s->split = (int)h->split;
     s->index = (int)h->shard_index;
     if (why[0]) {
-        fail(err, errlen, "%s: %s", path, why);
+        hax_errf(err, errlen, "%s: %s", path, why);
         shard_close(s);
         return -1;
     }
@@ -214,7 +206,7 @@ int shard_check_crc(const hax_shard *s, char *err, int errlen) {
     for (int k = 0; k < HAX_N_SECTIONS; k++) {
         uint32_t c = hax_crc32c(0, s->map + s->h.sec_offset[k], s->h.sec_bytes[k]);
         if (c != s->h.sec_crc[k])
-            return fail(err, errlen, "%s: %s section (bytes %" PRIu64 "..%" PRIu64 "): checksum expected 0x%08x, "
+            return hax_errf(err, errlen, "%s: %s section (bytes %" PRIu64 "..%" PRIu64 "): checksum expected 0x%08x, "
                         "found 0x%08x (corrupted)", s->path, names[k], s->h.sec_offset[k],
                         s->h.sec_offset[k] + s->h.sec_bytes[k], s->h.sec_crc[k], c);
     }
@@ -231,27 +223,21 @@ typedef struct {
 } manifest_doc;
 
 static yaml_node_t *map_get(manifest_doc *m, yaml_node_t *map, const char *key) {
-    if (!map || map->type != YAML_MAPPING_NODE) return NULL;
-    for (yaml_node_pair_t *pr = map->data.mapping.pairs.start; pr < map->data.mapping.pairs.top; pr++) {
-        yaml_node_t *k = yaml_document_get_node(&m->doc, pr->key);
-        if (k && k->type == YAML_SCALAR_NODE && strcmp((const char *)k->data.scalar.value, key) == 0)
-            return yaml_document_get_node(&m->doc, pr->value);
-    }
-    return NULL;
+    return hax_yaml_get(&m->doc, map, key);
 }
 
 static int line_of(yaml_node_t *n) { return n ? (int)n->start_mark.line + 1 : 0; }
 
 static int parse_i64(manifest_doc *m, yaml_node_t *n, const char *field, int64_t lo, int64_t hi, int64_t *out) {
     if (!n || n->type != YAML_SCALAR_NODE)
-        return fail(m->err, m->errlen, "%s:%d: field %s: expected an integer, found %s", m->path, line_of(n),
+        return hax_errf(m->err, m->errlen, "%s:%d: field %s: expected an integer, found %s", m->path, line_of(n),
                     field, n ? "a list or mapping" : "nothing (missing)");
     const char *v = (const char *)n->data.scalar.value;
     char *end;
     errno = 0;
     long long x = strtoll(v, &end, 0);
     if (errno || end == v || *end || x < lo || x > hi)
-        return fail(m->err, m->errlen, "%s:%d: field %s: expected an integer in %" PRId64 "..%" PRId64
+        return hax_errf(m->err, m->errlen, "%s:%d: field %s: expected an integer in %" PRId64 "..%" PRId64
                     ", found '%s'", m->path, line_of(n), field, lo, hi, v);
     *out = x;
     return 0;
@@ -259,7 +245,7 @@ static int parse_i64(manifest_doc *m, yaml_node_t *n, const char *field, int64_t
 
 static int get_i64(manifest_doc *m, yaml_node_t *map, const char *key, int64_t lo, int64_t hi, int64_t *out) {
     yaml_node_t *n = map_get(m, map, key);
-    if (!n) return fail(m->err, m->errlen, "%s:%d: field %s: missing", m->path, line_of(map), key);
+    if (!n) return hax_errf(m->err, m->errlen, "%s:%d: field %s: missing", m->path, line_of(map), key);
     return parse_i64(m, n, key, lo, hi, out);
 }
 
@@ -273,7 +259,7 @@ static int get_int(manifest_doc *m, yaml_node_t *map, const char *key, int lo, i
 static const char *get_str(manifest_doc *m, yaml_node_t *map, const char *key) {
     yaml_node_t *n = map_get(m, map, key);
     if (!n || n->type != YAML_SCALAR_NODE) {
-        fail(m->err, m->errlen, "%s:%d: field %s: expected a string, found %s", m->path, line_of(n ? n : map), key,
+        hax_errf(m->err, m->errlen, "%s:%d: field %s: expected a string, found %s", m->path, line_of(n ? n : map), key,
              n ? "a list or mapping" : "nothing (missing)");
         return NULL;
     }
@@ -283,11 +269,11 @@ static const char *get_str(manifest_doc *m, yaml_node_t *map, const char *key) {
 static int get_int_list(manifest_doc *m, yaml_node_t *map, const char *key, int n_want, int *out) {
     yaml_node_t *n = map_get(m, map, key);
     if (!n || n->type != YAML_SEQUENCE_NODE)
-        return fail(m->err, m->errlen, "%s:%d: field %s: expected a list of %d integers, found %s", m->path,
+        return hax_errf(m->err, m->errlen, "%s:%d: field %s: expected a list of %d integers, found %s", m->path,
                     line_of(n ? n : map), key, n_want, n ? "a scalar or mapping" : "nothing (missing)");
     int count = (int)(n->data.sequence.items.top - n->data.sequence.items.start);
     if (count != n_want)
-        return fail(m->err, m->errlen, "%s:%d: field %s: expected %d entries (levels), found %d", m->path,
+        return hax_errf(m->err, m->errlen, "%s:%d: field %s: expected %d entries (levels), found %d", m->path,
                     line_of(n), key, n_want, count);
     for (int i = 0; i < count; i++) {
         int64_t x;
@@ -304,17 +290,17 @@ static int parse_params(manifest_doc *m, yaml_node_t *root, hax_dataset *ds) {
     const char *format = get_str(m, root, "format");
     if (!format) return -1;
     if (strcmp(format, "hax-dataset") != 0)
-        return fail(m->err, m->errlen, "%s: field format: expected hax-dataset, found '%s'", m->path, format);
+        return hax_errf(m->err, m->errlen, "%s: field format: expected hax-dataset, found '%s'", m->path, format);
     int version;
     if (get_int(m, root, "version", 0, 1000, &version)) return -1;
     if (version != HAX_SHARD_VERSION)
-        return fail(m->err, m->errlen, "%s: field version: expected %d, found %d", m->path, HAX_SHARD_VERSION,
+        return hax_errf(m->err, m->errlen, "%s: field version: expected %d, found %d", m->path, HAX_SHARD_VERSION,
                     version);
     const char *gen = get_str(m, root, "generator");
     if (!gen) return -1;
     if (strcmp(gen, "default") == 0) p->compat = 0;
     else if (strcmp(gen, "compat-reference") == 0) p->compat = 1;
-    else return fail(m->err, m->errlen, "%s: field generator: expected default or compat-reference, found '%s'",
+    else return hax_errf(m->err, m->errlen, "%s: field generator: expected default or compat-reference, found '%s'",
                      m->path, gen);
     int64_t seed;
     if (get_int(m, root, "levels", 1, HAX_MAX_LEVELS, &p->levels) ||
@@ -332,12 +318,12 @@ static int parse_params(manifest_doc *m, yaml_node_t *root, hax_dataset *ds) {
     p->seed = (uint64_t)seed;
     char why[200];
     if (data_params_check(p, why, sizeof why))
-        return fail(m->err, m->errlen, "%s: %s", m->path, why);
+        return hax_errf(m->err, m->errlen, "%s: %s", m->path, why);
     if (ds->pad_len != data_pad_len(p))
-        return fail(m->err, m->errlen, "%s: field pad_len: expected %" PRId64 " from the level maxima, found %d",
+        return hax_errf(m->err, m->errlen, "%s: field pad_len: expected %" PRId64 " from the level maxima, found %d",
                     m->path, data_pad_len(p), ds->pad_len);
     if (ds->token_bytes != data_token_bytes(p))
-        return fail(m->err, m->errlen, "%s: field token_bytes: expected %d for ids up to %d, found %d", m->path,
+        return hax_errf(m->err, m->errlen, "%s: field token_bytes: expected %d for ids up to %d, found %d", m->path,
                     data_token_bytes(p), data_max_token(p), ds->token_bytes);
     return 0;
 }
@@ -346,22 +332,22 @@ static int parse_split(manifest_doc *m, yaml_node_t *splits, int s, hax_dataset 
     const char *name = hax_split_names[s];
     yaml_node_t *sp = map_get(m, splits, name);
     if (!sp || sp->type != YAML_MAPPING_NODE)
-        return fail(m->err, m->errlen, "%s:%d: field splits.%s: expected a mapping, found %s", m->path,
+        return hax_errf(m->err, m->errlen, "%s:%d: field splits.%s: expected a mapping, found %s", m->path,
                     line_of(sp ? sp : splits), name, sp ? "something else" : "nothing (missing)");
     int64_t n, n_tok;
     if (get_i64(m, sp, "n_samples", 0, INT64_MAX, &n) || get_i64(m, sp, "n_tokens", 0, INT64_MAX, &n_tok)) return -1;
     int64_t want = data_split_size(&ds->p, s);
     if (n != want)
-        return fail(m->err, m->errlen, "%s:%d: field splits.%s.n_samples: expected %" PRId64
+        return hax_errf(m->err, m->errlen, "%s:%d: field splits.%s.n_samples: expected %" PRId64
                     " (cells x samples per cell), found %" PRId64, m->path, line_of(sp), name, want, n);
     ds->n[s] = n;
     yaml_node_t *list = map_get(m, sp, "shards");
     if (!list || list->type != YAML_SEQUENCE_NODE)
-        return fail(m->err, m->errlen, "%s:%d: field splits.%s.shards: expected a list", m->path, line_of(sp), name);
+        return hax_errf(m->err, m->errlen, "%s:%d: field splits.%s.shards: expected a list", m->path, line_of(sp), name);
     int count = (int)(list->data.sequence.items.top - list->data.sequence.items.start);
     int64_t want_shards = (n + ds->shard_size - 1) / ds->shard_size;
     if (count != want_shards)
-        return fail(m->err, m->errlen, "%s:%d: field splits.%s.shards: expected %" PRId64 " shards of %" PRId64
+        return hax_errf(m->err, m->errlen, "%s:%d: field splits.%s.shards: expected %" PRId64 " shards of %" PRId64
                     " samples, found %d", m->path, line_of(list), name, want_shards, ds->shard_size, count);
     ds->n_shards[s] = count;
     ds->shards[s] = xcalloc((size_t)count + 1, sizeof(hax_shard));
@@ -375,10 +361,10 @@ static int parse_split(manifest_doc *m, yaml_node_t *splits, int s, hax_dataset 
             return -1;
         int64_t want_ns = i + 1 < count ? ds->shard_size : n - (int64_t)i * ds->shard_size;
         if (ns != want_ns)
-            return fail(m->err, m->errlen, "%s:%d: shard %s: n_samples: expected %" PRId64 ", found %" PRId64,
+            return hax_errf(m->err, m->errlen, "%s:%d: shard %s: n_samples: expected %" PRId64 ", found %" PRId64,
                         m->path, line_of(e), file, want_ns, ns);
         if (strchr(file, '/'))
-            return fail(m->err, m->errlen, "%s:%d: shard file '%s': expected a plain file name", m->path,
+            return hax_errf(m->err, m->errlen, "%s:%d: shard file '%s': expected a plain file name", m->path,
                         line_of(e), file);
         size_t plen = strlen(ds->dir) + strlen(file) + 2;
         char *path = xmalloc(plen);
@@ -389,19 +375,19 @@ static int parse_split(manifest_doc *m, yaml_node_t *splits, int s, hax_dataset 
         if (rc) return -1;
         const hax_shard_header *h = &sh->h;
         if (h->header_crc != (uint32_t)crc)
-            return fail(m->err, m->errlen, "%s: header checksum 0x%08x differs from the manifest's 0x%08x "
+            return hax_errf(m->err, m->errlen, "%s: header checksum 0x%08x differs from the manifest's 0x%08x "
                         "(a shard of another dataset?)", sh->path, h->header_crc, (uint32_t)crc);
         if (h->split != (uint32_t)s || h->shard_index != (uint32_t)i || h->first_index != (uint64_t)i * ds->shard_size ||
             h->n_samples != ns || h->n_tokens != (uint64_t)nt || h->token_bytes != (uint32_t)ds->token_bytes ||
             h->levels != (uint32_t)ds->p.levels || h->pad_len != (uint32_t)ds->pad_len || h->seed != ds->p.seed)
-            return fail(m->err, m->errlen, "%s: header (split %u, shard %u, first %" PRIu64 ", %u samples, %" PRIu64
+            return hax_errf(m->err, m->errlen, "%s: header (split %u, shard %u, first %" PRIu64 ", %u samples, %" PRIu64
                         " tokens) disagrees with the manifest (split %s, shard %d, %" PRId64 " samples, %" PRId64
                         " tokens)", sh->path, h->split, h->shard_index, h->first_index, h->n_samples, h->n_tokens,
                         name, i, ns, nt);
         tok_sum += nt;
     }
     if (tok_sum != n_tok)
-        return fail(m->err, m->errlen, "%s: field splits.%s.n_tokens: expected the shards' sum %" PRId64
+        return hax_errf(m->err, m->errlen, "%s: field splits.%s.n_tokens: expected the shards' sum %" PRId64
                     ", found %" PRId64, m->path, name, tok_sum, n_tok);
     ds->n_tokens[s] = n_tok;
     return 0;
@@ -417,7 +403,7 @@ hax_dataset *dataset_open(const char *dir, char *err, int errlen) {
     size_t len;
     char *text = hax_read_file(path, &len);
     if (!text) {
-        fail(err, errlen, "%s: cannot read: %s (not a hax dataset, or an unfinished one)", path, strerror(errno));
+        hax_errf(err, errlen, "%s: cannot read: %s (not a hax dataset, or an unfinished one)", path, strerror(errno));
         free(path);
         dataset_close(ds);
         return NULL;
@@ -428,14 +414,14 @@ hax_dataset *dataset_open(const char *dir, char *err, int errlen) {
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
     int rc = -1;
     if (!yaml_parser_load(&parser, &m.doc)) {
-        fail(err, errlen, "%s:%d: not valid YAML: %s", path, (int)parser.problem_mark.line + 1,
+        hax_errf(err, errlen, "%s:%d: not valid YAML: %s", path, (int)parser.problem_mark.line + 1,
              parser.problem ? parser.problem : "parse error");
         yaml_parser_delete(&parser);
     } else {
         yaml_parser_delete(&parser);
         yaml_node_t *root = yaml_document_get_root_node(&m.doc);
         if (!root || root->type != YAML_MAPPING_NODE) {
-            fail(err, errlen, "%s: expected a mapping at the top, found %s", path, root ? "something else" : "nothing");
+            hax_errf(err, errlen, "%s: expected a mapping at the top, found %s", path, root ? "something else" : "nothing");
         } else if (parse_params(&m, root, ds) == 0) {
             yaml_node_t *splits = map_get(&m, root, "splits");
             rc = 0;

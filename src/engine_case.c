@@ -1,5 +1,6 @@
 // engine_case.c: see engine_case.h.
 #include "engine_case.h"
+#include "yaml_util.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -17,15 +18,7 @@ typedef struct {
     yaml_document_t doc;
 } json_doc;
 
-static yaml_node_t *jget(json_doc *j, yaml_node_t *map, const char *key) {
-    if (!map || map->type != YAML_MAPPING_NODE) return NULL;
-    for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
-        yaml_node_t *k = yaml_document_get_node(&j->doc, p->key);
-        if (k && k->type == YAML_SCALAR_NODE && strcmp((const char *)k->data.scalar.value, key) == 0)
-            return yaml_document_get_node(&j->doc, p->value);
-    }
-    return NULL;
-}
+static yaml_node_t *jget(json_doc *j, yaml_node_t *map, const char *key) { return hax_yaml_get(&j->doc, map, key); }
 
 static const char *jscalar(yaml_node_t *n) {
     return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;

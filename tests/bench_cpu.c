@@ -57,16 +57,6 @@ static void make_batch(hax_batch *b, int n_seq, int fixed_len, int model_len, ui
     free(len);
 }
 
-static void free_batch(hax_batch *b) {
-    free(b->seq_off);
-    free(b->inputs);
-    free(b->labels);
-    free(b->loss_mask);
-    free(b->sample_idx);
-    free(b->n_context);
-    free(b->n_key);
-}
-
 static void bench(const char *label, const hax_model_config *cfg, int n_seq, int fixed_len, int model_len,
                   double min_s) {
     hax_model m;
@@ -101,7 +91,7 @@ static void bench(const char *label, const hax_model_config *cfg, int n_seq, int
            b.n_seq, b.n_tok, 1e3 * fwd / iters, 1e3 * bwd / iters, b.n_tok / per, m.n_floats, r.total_loss);
     fflush(stdout);
     engine_free(e);
-    free_batch(&b);
+    hax_batch_free(&b);
     model_free(&m);
 }
 
