@@ -49,8 +49,9 @@ int grid_train_args(const hax_grid *g, int64_t index, const char **argv, int max
 int grid_load_entry(const hax_grid *g, int64_t index, const char *results, hax_config *c, char *err, int errlen);
 
 // Loads every entry's config and checks the grid as a whole: every entry has
-// its own run folder, and configs that share a dataset folder ask for the same
-// dataset. 0, or -1 with one line in err.
+// its own run folder, configs that share a dataset folder ask for the same
+// dataset, and a dataset already there (manifest.yaml) opens and was made with
+// the config's generator options. 0, or -1 with one line in err.
 int grid_check(const hax_grid *g, const char *results, char *err, int errlen);
 
 // hax-datagen's options that make the dataset a config expects (without
