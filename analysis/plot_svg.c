@@ -2,20 +2,11 @@
 // heatmaps as plain SVG: axes, ticks, labels, legend, colour bar.
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common.h"
 #include "plot_svg.h"
-
-static int fail(char *err, int errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, (size_t)errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 static void xml_text(FILE *out, const char *s) {
     for (; *s; s++) {
@@ -234,12 +225,12 @@ static int write_svg(const char *path, void (*fn)(FILE *, const void *), const v
     char *buf = NULL;
     size_t len = 0;
     FILE *mem = open_memstream(&buf, &len);
-    if (!mem) return fail(err, errlen, "%s: cannot allocate: %s", path, strerror(errno));
+    if (!mem) return hax_errf(err, errlen, "%s: cannot allocate: %s", path, strerror(errno));
     fn(mem, arg);
     fclose(mem);
     int rc = hax_write_file_atomic(path, buf, len);
     free(buf);
-    if (rc) return fail(err, errlen, "%s: cannot write: %s", path, strerror(errno));
+    if (rc) return hax_errf(err, errlen, "%s: cannot write: %s", path, strerror(errno));
     return 0;
 }
 
@@ -247,7 +238,7 @@ static void draw_lines(FILE *out, const void *s) { line_plot(out, s); }
 static void draw_heatmap(FILE *out, const void *a) { heatmap(out, a); }
 
 int plot_write_all(const char *dir, const hax_summary *s, char *err, int errlen) {
-    if (hax_mkdir_p(dir)) return fail(err, errlen, "%s: cannot create the plot folder: %s", dir, strerror(errno));
+    if (hax_mkdir_p(dir)) return hax_errf(err, errlen, "%s: cannot create the plot folder: %s", dir, strerror(errno));
     char path[2048];
     int written = 0, with_cells = 0;
     for (int a = 0; a < s->n_archs; a++) {

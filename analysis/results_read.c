@@ -3,7 +3,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -11,14 +10,6 @@
 
 #include "common.h"
 #include "results.h"
-
-static int fail(char *err, int errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, (size_t)errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 // ---------------------------------------------------------------------------
 // Node access. A "doc" is a loaded libyaml document; lookups return NULL when
@@ -97,12 +88,13 @@ static int is_null(ynode n) {
 static int read_acc(ynode root, const char *key, double *out, int required, char *err, int errlen) {
     ynode n = get_path(root, key);
     *out = NAN;
-    if (!n.node || is_null(n)) return required ? fail(err, errlen, "%s: expected a number in [0, 1], found nothing", key) : 0;
+    if (!n.node || is_null(n))
+        return required ? hax_errf(err, errlen, "%s: expected a number in [0, 1], found nothing", key) : 0;
     double v;
     if (!as_number(n, &v) || v < 0 || v > 1) {
         char what[80];
         describe(n, what, sizeof what);
-        return fail(err, errlen, "%s: expected a number in [0, 1], found %s", key, what);
+        return hax_errf(err, errlen, "%s: expected a number in [0, 1], found %s", key, what);
     }
     *out = v;
     return 0;
@@ -116,9 +108,10 @@ static int read_str(ynode root, const char *key, char *buf, size_t len, char *er
     if (!s || !*s) {
         char what[80];
         describe(n, what, sizeof what);
-        return fail(err, errlen, "%s: expected a non-empty string, found %s", key, what);
+        return hax_errf(err, errlen, "%s: expected a non-empty string, found %s", key, what);
     }
-    if (strlen(s) >= len) return fail(err, errlen, "%s: expected at most %zu characters, found %zu", key, len - 1, strlen(s));
+    if (strlen(s) >= len)
+        return hax_errf(err, errlen, "%s: expected at most %zu characters, found %zu", key, len - 1, strlen(s));
     snprintf(buf, len, "%s", s);
     return 0;
 }
@@ -130,8 +123,8 @@ static int read_int(ynode root, const char *key, int64_t lo, int64_t hi, int64_t
     if (!as_int(n, &v) || v < lo || v > hi) {
         char what[80];
         describe(n, what, sizeof what);
-        return fail(err, errlen, "%s: expected an integer in [%lld, %lld], found %s", key, (long long)lo, (long long)hi,
-                    what);
+        return hax_errf(err, errlen, "%s: expected an integer in [%lld, %lld], found %s", key, (long long)lo,
+                        (long long)hi, what);
     }
     *out = v;
     return 1;
@@ -198,25 +191,26 @@ static int read_cell_list(ynode x, const char *where, const char *acc_key, hax_c
             double acc;
             const char *ks = scalar_text(k);
             if (!ks || !cell_key(ks, &n_c, &n_k))
-                return fail(err, errlen, "%s: expected keys 'N_CxN_K', found '%.40s'", where, ks ? ks : "?");
+                return hax_errf(err, errlen, "%s: expected keys 'N_CxN_K', found '%.40s'", where, ks ? ks : "?");
             if (!as_number(v, &acc) || acc < 0 || acc > 1)
-                return fail(err, errlen, "%s.%s: expected a number in [0, 1]", where, ks);
+                return hax_errf(err, errlen, "%s.%s: expected a number in [0, 1]", where, ks);
             cells_push(out, n_c, n_k, acc);
         }
         return 0;
     }
-    if (x.node->type != YAML_SEQUENCE_NODE) return fail(err, errlen, "%s: expected a list or a mapping of cells", where);
+    if (x.node->type != YAML_SEQUENCE_NODE)
+        return hax_errf(err, errlen, "%s: expected a list or a mapping of cells", where);
     int i = 0;
     for (yaml_node_item_t *it = x.node->data.sequence.items.start; it < x.node->data.sequence.items.top; it++, i++) {
         ynode e = {x.doc, yaml_document_get_node(x.doc, *it)};
         int n_c, n_k;
         double acc;
         if (!cell_dim(e, "n_c", "contexts", &n_c) || !cell_dim(e, "n_k", "keys", &n_k))
-            return fail(err, errlen, "%s[%d]: expected integer fields n_c and n_k", where, i);
+            return hax_errf(err, errlen, "%s[%d]: expected integer fields n_c and n_k", where, i);
         ynode a = get(e, acc_key);
         if (!a.node && strcmp(acc_key, "acc") == 0) a = get(e, "accuracy");
         if (!as_number(a, &acc) || acc < 0 || acc > 1)
-            return fail(err, errlen, "%s[%d].%s: expected a number in [0, 1]", where, i, acc_key);
+            return hax_errf(err, errlen, "%s[%d].%s: expected a number in [0, 1]", where, i, acc_key);
         cells_push(out, n_c, n_k, acc);
     }
     return 0;
@@ -245,18 +239,18 @@ static int read_cells(ynode root, const char *split, hax_cells *out, char *err, 
 
 static int load_doc(yaml_document_t *doc, const char *text, size_t len, const char *what, char *err, int errlen) {
     yaml_parser_t parser;
-    if (!yaml_parser_initialize(&parser)) return fail(err, errlen, "cannot initialise the YAML parser");
+    if (!yaml_parser_initialize(&parser)) return hax_errf(err, errlen, "cannot initialise the YAML parser");
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
     if (!yaml_parser_load(&parser, doc)) {
-        fail(err, errlen, "%s: expected valid JSON, found a syntax error at line %d: %s", what,
-             (int)parser.problem_mark.line + 1, parser.problem ? parser.problem : "unknown problem");
+        hax_errf(err, errlen, "%s: expected valid JSON, found a syntax error at line %d: %s", what,
+                 (int)parser.problem_mark.line + 1, parser.problem ? parser.problem : "unknown problem");
         yaml_parser_delete(&parser);
         return -1;
     }
     yaml_parser_delete(&parser);
     if (!yaml_document_get_root_node(doc)) {
         yaml_document_delete(doc);
-        return fail(err, errlen, "%s: expected a JSON object, found an empty file", what);
+        return hax_errf(err, errlen, "%s: expected a JSON object, found an empty file", what);
     }
     return 0;
 }
@@ -266,14 +260,14 @@ static const char *const status_names[] = {"complete", "running", "failed", "pre
 // The fields, once the document (and the config's, when the config is
 // embedded as YAML text) is loaded.
 static int read_fields(ynode root, ynode cfg, const char *path, hax_run *r, char *err, int errlen) {
-    if (root.node->type != YAML_MAPPING_NODE) return fail(err, errlen, "expected a JSON object at the top");
+    if (root.node->type != YAML_MAPPING_NODE) return hax_errf(err, errlen, "expected a JSON object at the top");
     char status[32] = "";
     if (read_str(root, "status", status, sizeof status, err, errlen)) return -1;
-    if (!status[0]) return fail(err, errlen, "status: expected complete|running|failed|preempted, found nothing");
+    if (!status[0]) return hax_errf(err, errlen, "status: expected complete|running|failed|preempted, found nothing");
     int s = 0;
     while (status_names[s] && strcmp(status_names[s], status) != 0) s++;
     if (!status_names[s])
-        return fail(err, errlen, "status: expected complete|running|failed|preempted, found '%s'", status);
+        return hax_errf(err, errlen, "status: expected complete|running|failed|preempted, found '%s'", status);
     r->status = (hax_run_status)s;
     snprintf(r->status_name, sizeof r->status_name, "%s", status);
 
@@ -285,8 +279,9 @@ static int read_fields(ynode root, ynode cfg, const char *path, hax_run *r, char
     if (!r->label[0] && read_str(root, "arch", r->label, sizeof r->label, err, errlen)) return -1;
     if (!r->label[0]) snprintf(r->label, sizeof r->label, "%s", plabel);
     if (!r->label[0])
-        return fail(err, errlen, "config.output.arch: expected the architecture label, found nothing (and no "
-                                 "<arch>/lr_<lr>/seed_<seed> folders)");
+        return hax_errf(err, errlen,
+                        "config.output.arch: expected the architecture label, found nothing (and no "
+                        "<arch>/lr_<lr>/seed_<seed> folders)");
     if (read_str(cfg, "model.arch", r->model, sizeof r->model, err, errlen)) return -1;
     if (read_str(cfg, "sparse.pattern", r->pattern, sizeof r->pattern, err, errlen)) return -1;
     int64_t v;
@@ -302,11 +297,12 @@ static int read_fields(ynode root, ynode cfg, const char *path, hax_run *r, char
     ynode lr = get_path(cfg, "train.lr");
     if (!lr.node) lr = get(root, "lr");
     if (lr.node) {
-        if (!as_number(lr, &r->lr) || r->lr <= 0) return fail(err, errlen, "train.lr: expected a positive number");
+        if (!as_number(lr, &r->lr) || r->lr <= 0) return hax_errf(err, errlen, "train.lr: expected a positive number");
     } else {
         char *end;
         r->lr = strtod(plr, &end);
-        if (!plr[0] || *end || !(r->lr > 0)) return fail(err, errlen, "train.lr: expected a positive number, found nothing");
+        if (!plr[0] || *end || !(r->lr > 0))
+            return hax_errf(err, errlen, "train.lr: expected a positive number, found nothing");
     }
     if ((got = read_int(cfg, "train.seed", 0, INT64_MAX, &v, err, errlen)) < 0) return -1;
     if (!got && (got = read_int(root, "seed", 0, INT64_MAX, &v, err, errlen)) < 0) return -1;
@@ -314,7 +310,7 @@ static int read_fields(ynode root, ynode cfg, const char *path, hax_run *r, char
     else {
         char *end;
         r->seed = strtoull(pseed, &end, 10);
-        if (!pseed[0] || *end) return fail(err, errlen, "train.seed: expected an integer, found nothing");
+        if (!pseed[0] || *end) return hax_errf(err, errlen, "train.seed: expected an integer, found nothing");
     }
 
     int complete = r->status == RUN_COMPLETE;
@@ -349,7 +345,8 @@ int results_read_text(const char *path, const char *text, size_t len, hax_run *r
         have_cdoc = 1;
         cfg = (ynode){&cdoc, yaml_document_get_root_node(&cdoc)};
     }
-    if (cfg.node && cfg.node->type != YAML_MAPPING_NODE) rc = fail(err, errlen, "config: expected an object");
+    if (cfg.node && cfg.node->type != YAML_MAPPING_NODE)
+        rc = hax_errf(err, errlen, "config: expected an object");
     else rc = read_fields(root, cfg, path, r, err, errlen);
     if (have_cdoc) yaml_document_delete(&cdoc);
     yaml_document_delete(&doc);
@@ -361,12 +358,12 @@ int results_read_file(const char *path, hax_run *r, char *err, int errlen) {
     char *text = hax_read_file(path, &len);
     if (!text) {
         memset(r, 0, sizeof *r);
-        return fail(err, errlen, "cannot read: %s", strerror(errno));
+        return hax_errf(err, errlen, "cannot read: %s", strerror(errno));
     }
     if (memchr(text, 0, len)) {  // libyaml would stop at the NUL silently
         free(text);
         memset(r, 0, sizeof *r);
-        return fail(err, errlen, "expected JSON text, found a NUL byte");
+        return hax_errf(err, errlen, "expected JSON text, found a NUL byte");
     }
     int rc = results_read_text(path, text, len, r, err, errlen);
     free(text);
@@ -423,10 +420,11 @@ static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *
 int results_find(const char *dir, char ***paths, int progress, char *err, int errlen) {
     struct stat st;
     *paths = NULL;
-    if (stat(dir, &st) != 0) return fail(err, errlen, "%s: expected a results folder, found %s", dir, strerror(errno));
-    if (!S_ISDIR(st.st_mode)) return fail(err, errlen, "%s: expected a results folder, found a file", dir);
+    if (stat(dir, &st) != 0)
+        return hax_errf(err, errlen, "%s: expected a results folder, found %s", dir, strerror(errno));
+    if (!S_ISDIR(st.st_mode)) return hax_errf(err, errlen, "%s: expected a results folder, found a file", dir);
     DIR *d = opendir(dir);
-    if (!d) return fail(err, errlen, "%s: cannot open the folder: %s", dir, strerror(errno));
+    if (!d) return hax_errf(err, errlen, "%s: cannot open the folder: %s", dir, strerror(errno));
     closedir(d);
     // A trailing slash would double in every path.
     char root[1024];

@@ -159,10 +159,21 @@ static void csv_num(FILE *out, double v, double scale) {
     if (!isnan(v)) fprintf(out, "%.4f", scale * v);
 }
 
+// The four figures of one (architecture, lr), in the order and with the names
+// of the csv columns and json fields.
+enum { N_FIGURES = 4 };
+static const char *const figure_names[N_FIGURES] = {"valid_mean", "valid_std", "test_mean", "test_std"};
+
+static void figures(const hax_lr_stats *st, double v[N_FIGURES]) {
+    v[0] = st->valid_mean;
+    v[1] = st->valid_std;
+    v[2] = st->test_mean;
+    v[3] = st->test_std;
+}
+
 void table_csv(FILE *out, const hax_summary *s, int paper) {
-    fputs("label,table1_row,table1_column,model,pattern,hidden_size,lr,chosen,n_seeds,seeds,"
-          "valid_mean,valid_std,test_mean,test_std",
-          out);
+    fputs("label,table1_row,table1_column,model,pattern,hidden_size,lr,chosen,n_seeds,seeds", out);
+    for (int k = 0; k < N_FIGURES; k++) fprintf(out, ",%s", figure_names[k]);
     fputs(paper ? ",paper\n" : "\n", out);
     for (int i = 0; i < s->n_archs; i++) {
         const hax_arch_stats *a = &s->archs[i];
@@ -181,14 +192,12 @@ void table_csv(FILE *out, const hax_summary *s, int paper) {
             if (a->hidden_size) fprintf(out, "%d", a->hidden_size);
             fprintf(out, ",%g,%d,%d,", st->lr, l == a->best, st->n);
             for (int k = 0; k < st->n; k++) fprintf(out, "%s%llu", k ? ";" : "", (unsigned long long)st->seeds[k]);
-            fputc(',', out);
-            csv_num(out, st->valid_mean, 100);
-            fputc(',', out);
-            csv_num(out, st->valid_std, 100);
-            fputc(',', out);
-            csv_num(out, st->test_mean, 100);
-            fputc(',', out);
-            csv_num(out, st->test_std, 100);
+            double v[N_FIGURES];
+            figures(st, v);
+            for (int k = 0; k < N_FIGURES; k++) {
+                fputc(',', out);
+                csv_num(out, v[k], 100);
+            }
             if (paper) {
                 fputc(',', out);
                 csv_num(out, table1_paper(a->row, a->col), 1);
@@ -239,14 +248,12 @@ static void json_stats(FILE *out, const hax_lr_stats *st) {
     json_exact(out, st->lr);
     fprintf(out, ", \"n_seeds\": %d, \"seeds\": ", st->n);
     json_seeds(out, st);
-    fputs(", \"valid_mean\": ", out);
-    json_num(out, st->valid_mean, 100);
-    fputs(", \"valid_std\": ", out);
-    json_num(out, st->valid_std, 100);
-    fputs(", \"test_mean\": ", out);
-    json_num(out, st->test_mean, 100);
-    fputs(", \"test_std\": ", out);
-    json_num(out, st->test_std, 100);
+    double v[N_FIGURES];
+    figures(st, v);
+    for (int k = 0; k < N_FIGURES; k++) {
+        fprintf(out, ", \"%s\": ", figure_names[k]);
+        json_num(out, v[k], 100);
+    }
 }
 
 static void json_notes(FILE *out, const char *name, const char *k1, const char *k2, const hax_note *v, int n) {

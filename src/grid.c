@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,15 +11,6 @@
 #include "common.h"
 #include "dataset.h"
 #include "train.h"
-
-static int msg(char *err, int errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static int msg(char *err, int errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, (size_t)errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 static int line_of(const yaml_node_t *n) { return n ? (int)n->start_mark.line + 1 : 1; }
 static const char *scalar(const yaml_node_t *n) { return (const char *)n->data.scalar.value; }
@@ -67,16 +57,17 @@ static int read_list(yaml_document_t *doc, const char *file, const char *key, ya
                      int may_be_empty, char *err, int errlen) {
     if (v->type == YAML_SCALAR_NODE && !*scalar(v) && may_be_empty) return 0;  // "overrides:" with nothing
     if (v->type != YAML_SEQUENCE_NODE)
-        return msg(err, errlen, "%s:%d: %s: expected a list, found %s", file, line_of(v), key, node_kind(v));
+        return hax_errf(err, errlen, "%s:%d: %s: expected a list, found %s", file, line_of(v), key, node_kind(v));
     int count = (int)(v->data.sequence.items.top - v->data.sequence.items.start);
     if (count == 0 && !may_be_empty)
-        return msg(err, errlen, "%s:%d: %s: expected at least one entry, found an empty list", file, line_of(v), key);
+        return hax_errf(err, errlen, "%s:%d: %s: expected at least one entry, found an empty list", file, line_of(v),
+                        key);
     *out = xcalloc((size_t)count + 1, sizeof(char *));
     for (int i = 0; i < count; i++) {
         yaml_node_t *e = yaml_document_get_node(doc, v->data.sequence.items.start[i]);
         if (!e || e->type != YAML_SCALAR_NODE || !*scalar(e))
-            return msg(err, errlen, "%s:%d: %s: expected a list of single values, found %s as entry %d", file,
-                       line_of(e ? e : v), key, node_kind(e), i + 1);
+            return hax_errf(err, errlen, "%s:%d: %s: expected a list of single values, found %s as entry %d", file,
+                            line_of(e ? e : v), key, node_kind(e), i + 1);
         (*out)[i] = xstrdup(scalar(e));
         *n = i + 1;
     }
@@ -91,18 +82,20 @@ static int check_values(yaml_document_t *doc, const char *file, const char *key,
         double lr_i, lr_j;
         unsigned long long s_i, s_j;
         if (strcmp(key, "lrs") == 0 && check_lr(vals[i], &lr_i) != 0)
-            return msg(err, errlen, "%s:%d: lrs: expected a learning rate in (0, 1], found '%s'", file, line, vals[i]);
+            return hax_errf(err, errlen, "%s:%d: lrs: expected a learning rate in (0, 1], found '%s'", file, line,
+                            vals[i]);
         if (strcmp(key, "seeds") == 0 && check_seed(vals[i], &s_i) != 0)
-            return msg(err, errlen, "%s:%d: seeds: expected an integer >= 0, found '%s'", file, line, vals[i]);
+            return hax_errf(err, errlen, "%s:%d: seeds: expected an integer >= 0, found '%s'", file, line, vals[i]);
         if (strcmp(key, "overrides") == 0 && !strchr(vals[i], '='))
-            return msg(err, errlen, "%s:%d: overrides: expected section.field=value, found '%s'", file, line, vals[i]);
+            return hax_errf(err, errlen, "%s:%d: overrides: expected section.field=value, found '%s'", file, line,
+                            vals[i]);
         for (int j = 0; j < i; j++) {
             int same = strcmp(vals[i], vals[j]) == 0;
             if (strcmp(key, "lrs") == 0) same = (check_lr(vals[j], &lr_j), lr_i == lr_j);
             if (strcmp(key, "seeds") == 0) same = (check_seed(vals[j], &s_j), s_i == s_j);
             if (same && strcmp(key, "overrides") != 0)
-                return msg(err, errlen, "%s:%d: %s: expected each value once, found '%s' again (as '%s')", file, line,
-                           key, vals[i], vals[j]);
+                return hax_errf(err, errlen, "%s:%d: %s: expected each value once, found '%s' again (as '%s')", file,
+                                line, key, vals[i], vals[j]);
         }
     }
     return 0;
@@ -113,8 +106,8 @@ static int walk(yaml_document_t *doc, hax_grid *g, char *err, int errlen) {
     const char *file = g->path;
     yaml_node_t *root = yaml_document_get_root_node(doc);
     if (!root || root->type != YAML_MAPPING_NODE)
-        return msg(err, errlen, "%s:%d: expected a mapping with configs, lrs, seeds (and overrides), found %s", file,
-                   line_of(root), node_kind(root));
+        return hax_errf(err, errlen, "%s:%d: expected a mapping with configs, lrs, seeds (and overrides), found %s",
+                        file, line_of(root), node_kind(root));
     int seen[4] = {0};
     for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
         yaml_node_t *k = yaml_document_get_node(doc, p->key), *v = yaml_document_get_node(doc, p->value);
@@ -122,12 +115,12 @@ static int walk(yaml_document_t *doc, hax_grid *g, char *err, int errlen) {
         for (int i = 0; k->type == YAML_SCALAR_NODE && i < 4; i++)
             if (strcmp(scalar(k), keys[i]) == 0) which = i;
         if (which < 0)
-            return msg(err, errlen, "%s:%d: expected a key among configs, lrs, seeds, overrides; found %s%s%s", file,
-                       line_of(k), k->type == YAML_SCALAR_NODE ? "'" : node_kind(k),
-                       k->type == YAML_SCALAR_NODE ? scalar(k) : "", k->type == YAML_SCALAR_NODE ? "'" : "");
+            return hax_errf(err, errlen, "%s:%d: expected a key among configs, lrs, seeds, overrides; found %s%s%s",
+                            file, line_of(k), k->type == YAML_SCALAR_NODE ? "'" : node_kind(k),
+                            k->type == YAML_SCALAR_NODE ? scalar(k) : "", k->type == YAML_SCALAR_NODE ? "'" : "");
         if (seen[which])
-            return msg(err, errlen, "%s:%d: %s: expected once, found it again (first at line %d)", file, line_of(k),
-                       keys[which], seen[which]);
+            return hax_errf(err, errlen, "%s:%d: %s: expected once, found it again (first at line %d)", file,
+                            line_of(k), keys[which], seen[which]);
         seen[which] = line_of(k);
         char ***lists[4] = {&g->configs, &g->lrs, &g->seeds, &g->overrides};
         int *counts[4] = {&g->n_configs, &g->n_lrs, &g->n_seeds, &g->n_overrides};
@@ -137,14 +130,14 @@ static int walk(yaml_document_t *doc, hax_grid *g, char *err, int errlen) {
             return -1;
     }
     for (int i = 0; i < 3; i++)
-        if (!seen[i]) return msg(err, errlen, "%s:1: %s: expected a list, found no such key", file, keys[i]);
+        if (!seen[i]) return hax_errf(err, errlen, "%s:1: %s: expected a list, found no such key", file, keys[i]);
     for (int i = 0; i < g->n_configs; i++) {  // config paths: relative to the grid file
         char *r = resolve(g->path, g->configs[i]);
         free(g->configs[i]);
         g->configs[i] = r;
         for (int j = 0; j < i; j++)
             if (strcmp(g->configs[i], g->configs[j]) == 0)
-                return msg(err, errlen, "%s: configs: expected each config once, found %s twice", file, r);
+                return hax_errf(err, errlen, "%s: configs: expected each config once, found %s twice", file, r);
     }
     return 0;
 }
@@ -152,22 +145,22 @@ static int walk(yaml_document_t *doc, hax_grid *g, char *err, int errlen) {
 int grid_load(hax_grid *g, const char *path, char *err, int errlen) {
     memset(g, 0, sizeof *g);
     if (strlen(path) >= sizeof g->path)
-        return msg(err, errlen, "%s: expected a path of at most %zu characters", path, sizeof g->path - 1);
+        return hax_errf(err, errlen, "%s: expected a path of at most %zu characters", path, sizeof g->path - 1);
     strcpy(g->path, path);
     size_t len;
     char *text = hax_read_file(path, &len);
-    if (!text) return msg(err, errlen, "%s: cannot read the grid file: %s", path, strerror(errno));
+    if (!text) return hax_errf(err, errlen, "%s: cannot read the grid file: %s", path, strerror(errno));
     yaml_parser_t parser;
     yaml_document_t doc;
     if (!yaml_parser_initialize(&parser)) {
         free(text);
-        return msg(err, errlen, "%s: cannot initialise the YAML parser", path);
+        return hax_errf(err, errlen, "%s: cannot initialise the YAML parser", path);
     }
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
     int rc;
     if (!yaml_parser_load(&parser, &doc)) {
-        rc = msg(err, errlen, "%s:%d: expected valid YAML, found a syntax error: %s", path,
-                 (int)parser.problem_mark.line + 1, parser.problem ? parser.problem : "unknown problem");
+        rc = hax_errf(err, errlen, "%s:%d: expected valid YAML, found a syntax error: %s", path,
+                      (int)parser.problem_mark.line + 1, parser.problem ? parser.problem : "unknown problem");
     } else {
         rc = walk(&doc, g, err, errlen);
         yaml_document_delete(&doc);
@@ -219,7 +212,7 @@ int grid_load_entry(const hax_grid *g, int64_t index, const char *results, hax_c
     const char *argv[64];
     char buf[1024], root[HAX_PATH_MAX + 16];
     int n = grid_train_args(g, index, argv, 63, buf, sizeof buf);
-    if (n < 0) return msg(err, errlen, "%s: expected at most 60 overrides and short lr/seed values", g->path);
+    if (n < 0) return hax_errf(err, errlen, "%s: expected at most 60 overrides and short lr/seed values", g->path);
     if (results) {
         snprintf(root, sizeof root, "output.root=%s", results);
         argv[n++] = root;
@@ -249,7 +242,7 @@ static int check_existing_dataset(const char *config, const hax_data_config *d, 
     hax_dataset *ds = dataset_open(d->path, why, sizeof why);
     int bad = ds == NULL || train_check_dataset(ds, &d->gen, d->path, why, sizeof why) != 0;
     if (ds) dataset_close(ds);
-    if (bad) return msg(err, errlen, "%s: data.path: expected a usable existing dataset, found: %s", config, why);
+    if (bad) return hax_errf(err, errlen, "%s: data.path: expected a usable existing dataset, found: %s", config, why);
     return 0;
 }
 
@@ -275,9 +268,10 @@ int grid_check(const hax_grid *g, const char *results, char *err, int errlen) {
             grid_datagen_options(&c->data.gen, data_opts[ci], sizeof data_opts[ci]);
             for (int j = 0; j < ci; j++)
                 if (strcmp(data_path[j], data_path[ci]) == 0 && strcmp(data_opts[j], data_opts[ci]) != 0)
-                    rc = msg(err, errlen,
-                             "%s: data.path %s: expected one dataset per folder, found %s asking for '%s' and %s for '%s'",
-                             g->path, data_path[ci], g->configs[j], data_opts[j], g->configs[ci], data_opts[ci]);
+                    rc = hax_errf(
+                        err, errlen,
+                        "%s: data.path %s: expected one dataset per folder, found %s asking for '%s' and %s for '%s'",
+                        g->path, data_path[ci], g->configs[j], data_opts[j], g->configs[ci], data_opts[ci]);
             if (rc == 0) rc = check_existing_dataset(g->configs[ci], &c->data, err, errlen);
         }
     }
@@ -288,11 +282,12 @@ int grid_check(const hax_grid *g, const char *results, char *err, int errlen) {
                 int a, b, x;
                 grid_entry(g, dirs[i - 1].index, &a, &x, &x);
                 grid_entry(g, dirs[i].index, &b, &x, &x);
-                rc = msg(err, errlen,
-                         "%s: entries %lld (%s) and %lld (%s): expected a run folder each, found both writing to %s "
-                         "(give them different output.arch)",
-                         g->path, (long long)dirs[i - 1].index, g->configs[a], (long long)dirs[i].index, g->configs[b],
-                         dirs[i].dir);
+                rc = hax_errf(
+                    err, errlen,
+                    "%s: entries %lld (%s) and %lld (%s): expected a run folder each, found both writing to %s "
+                    "(give them different output.arch)",
+                    g->path, (long long)dirs[i - 1].index, g->configs[a], (long long)dirs[i].index, g->configs[b],
+                    dirs[i].dir);
             }
     }
     free(c);
