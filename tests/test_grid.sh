@@ -112,6 +112,16 @@ check_fails "sweep: programs not built" "bin/hax-grid: expected the built progra
 check_fails "sweep: bad setting" "throttle: expected a whole number, found 'many'" \
     bash "$ROOT/jobs/sweep.sh" --dry-run --throttle many "$tmp/g.yaml"
 check_fails "sweep: unknown option" "unknown option '--gpu'" bash "$ROOT/jobs/sweep.sh" --gpu 1
+# ---- datagen.sh and train.sh check their inputs before doing anything
+check_fails "datagen.sh: a missing grid" "nope.yaml: the grid does not load" \
+    env HAX_ROOT="$ROOT" bash "$ROOT/jobs/datagen.sh" "$tmp/nope.yaml"
+check_fails "train.sh: not an array task" "SLURM_ARRAY_TASK_ID: expected an array task index" \
+    env -u SLURM_ARRAY_TASK_ID HAX_ROOT="$ROOT" bash "$ROOT/jobs/train.sh" "$tmp/g.yaml" "$tmp/res_t"
+check_fails "train.sh: a task past the grid's end" "array task 12: expected runs below 12" \
+    env HAX_ROOT="$ROOT" SLURM_ARRAY_TASK_ID=12 bash "$ROOT/jobs/train.sh" "$tmp/g.yaml" "$tmp/res_t"
+check_fails "train.sh: programs not built" "bin/hax-grid: expected the hax program" \
+    env HAX_ROOT="$tmp/fake" SLURM_ARRAY_TASK_ID=0 bash "$ROOT/jobs/train.sh" "$tmp/g.yaml" "$tmp/res_t"
+check "train.sh: nothing written by a refused task" test ! -e "$tmp/res_t"
 if ! command -v sbatch >/dev/null; then
     check_fails "sweep: no sbatch" "sbatch: expected Slurm's client" bash "$ROOT/jobs/sweep.sh" "$tmp/g.yaml"
 fi
