@@ -5,10 +5,11 @@
 // Both are the same recurrence per channel c and state index n:
 //   s[c,n] <- exp(Δ·A)·s[c,n] + Δ·x_t[c]·B_t[n],  y_t[c] = Σ_n C_t[n]·s[c,n] + D·x_t[c]
 // (Mamba: Δ and D per channel, A per (c, n); SSD: Δ, A and D per head of P
-// channels), so one kernel serves both. First design: one group of
-// G = min(N, 32) lanes per (sequence, channel), each lane holding N/G state
-// entries in registers, stepping through the sequence (parallel over
-// sequences × channels × state). The backward recomputes the states of
+// channels), so one kernel serves both. First design: one group of lanes per
+// (sequence, channel) (N/4 lanes in the forward, min(N, 32) in the backward),
+// each lane holding the rest of the N state entries in registers, stepping
+// through the sequence (parallel over sequences × channels × state, 16
+// positions at a time staged in shared memory). The backward recomputes the states of
 // chunks of CU_SCAN_T positions from checkpoints (its own layout, sized by
 // cuda_*_ckpt_floats) and sweeps them in reverse; dB/dC (sums over channels)
 // and the parameter gradients go through per-block / per-sequence partials
