@@ -107,8 +107,8 @@ done
 [ "$dry" -eq 1 ] || command -v sbatch >/dev/null || fail "sbatch: expected Slurm's client on PATH, found none"
 [ -f "$grid" ] || fail "$grid: expected a grid file (configs/grid_*.yaml), found none"
 grid=$(cd "$(dirname "$grid")" && pwd)/$(basename "$grid")
-mkdir -p "$results/logs" || fail "$results: cannot create the results folder"
-results=$(cd "$results" && pwd)
+# (made only once every check has passed: a refused sweep leaves nothing behind)
+results=$(realpath -m -- "$results") || fail "$results: expected a folder path for the results, found none"
 check=$("$HAX_ROOT/bin/hax-grid" "$grid" --results "$results" --check) || fail "$grid: the grid does not pass hax-grid --check (message above)"
 say "$check"
 n=$("$HAX_ROOT/bin/hax-grid" "$grid" --size) || exit 1
@@ -153,6 +153,7 @@ if [ "$dry" -eq 0 ]; then  # the cluster's largest array index is MaxArraySize -
     [ -z "$max_array" ] || [ "$n_tasks" -le "$max_array" ] ||
         fail "array: expected at most MaxArraySize = $max_array tasks, found $n_tasks (raise --runs-per-task)"
 fi
+[ "$dry" -eq 1 ] || mkdir -p "$results/logs" || fail "$results/logs: cannot create the results folder"
 dep=()
 if [ ${#missing[@]} -gt 0 ]; then
     dg=$(submit datagen "${common[@]}" --job-name=hax-datagen --nodes="$dg_nodes" --ntasks="$dg_tasks" \

@@ -105,6 +105,9 @@ check "dry run: 12 tasks, no GPU, no dependency" grep -q -- '--array=0-11%32 .*-
 check "dry run: CPU-only asks no GPU" test "$(grep -c -- '--gpus' <<<"$out")" = 0
 check_fails "sweep: a bad grid stops it before sbatch" "the grid does not pass hax-grid --check" \
     bash "$ROOT/jobs/sweep.sh" --dry-run "$tmp/bad.yaml" "$tmp/res"
+check_fails "sweep (not a dry run): a bad grid stops it before sbatch" "the grid does not pass hax-grid --check" \
+    bash "$ROOT/jobs/sweep.sh" "$tmp/bad.yaml" "$tmp/res_refused"
+check "a refused sweep leaves no results folder; a dry run makes none" test ! -e "$tmp/res_refused" -a ! -e "$tmp/res"
 check_fails "sweep: no grid file" "nope.yaml: expected a grid file" bash "$ROOT/jobs/sweep.sh" --dry-run "$tmp/nope.yaml"
 mkdir -p "$tmp/fake/jobs" && cp "$ROOT"/jobs/*.sh "$tmp/fake/jobs/"
 check_fails "sweep: programs not built" "bin/hax-grid: expected the built program, found none" \
