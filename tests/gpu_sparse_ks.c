@@ -1,0 +1,508 @@
+// gpu_sparse_ks.c: GPU key selection (cuda/cu_sparse_ks.h) against the CPU's
+// (src/sparse_ks.h) on random ragged packed batches, both semantics: features
+// and scores within 1e-5, the cumulative top-k (given the CPU's scores, also
+// tie-heavy ones) and the candidates EXACTLY equal, targets and loss within
+// 1e-6, dscore and the MLP gradients within 1e-4 (normwise relative errors;
+// gradients accumulate into random initial values and the increments are
+// compared); then the per-layer state chained (forward + backward, also
+// replayed from a CUDA graph: bit-identical), and one paper-size timing CPU
+// vs GPU. Skips (exit 0) without a CUDA device.
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "cu_common.h"
+#include "cu_sparse_ks.h"
+#include "sparse_ks.h"
+#include "test.h"
+
+#define TOL_FWD 1e-5
+#define TOL_BWD 1e-4
+#define TOL_DBL 1e-6
+
+// ---------------------------------------------------------------- helpers
+
+static unsigned g_seed = 7;
+
+static float *rnd(size_t n, float lo, float hi) {
+    float *p = xmalloc(sizeof(float) * (n ? n : 1));
+    test_fill(p, n, g_seed++, 1.0f);
+    for (size_t i = 0; i < n; i++) p[i] = lo + (p[i] + 1.0f) * 0.5f * (hi - lo);
+    return p;
+}
+
+static void *up(const void *h, size_t bytes) { return cuda_upload_new(h, bytes ? bytes : 1); }
+
+static void *down(const void *d, size_t bytes) {
+    void *h = xmalloc(bytes ? bytes : 1);
+    cuda_download(h, d, bytes);
+    cuda_sync();
+    return h;
+}
+
+// Normwise relative error of the GPU array (device) against the CPU's; with
+// init != NULL both are increments over init.
+static void expect(const char *what, const float *d_gpu, const float *cpu, const float *init, size_t n,
+                   double tol) {
+    float *g = down(d_gpu, sizeof(float) * n);
+    float *c = xmalloc(sizeof(float) * (n ? n : 1));
+    memcpy(c, cpu, sizeof(float) * n);
+    if (init)
+        for (size_t i = 0; i < n; i++) g[i] -= init[i], c[i] -= init[i];
+    double err = rel_err(g, c, n);
+    printf("    %-34s rel err %.2e\n", what, err);
+    CHECK(err <= tol, "%s: relative error %.3e above %.0e", what, err, tol);
+    free(g);
+    free(c);
+}
+
+static double rel_err_d(const double *a, const double *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+// Integer arrays must be equal; prints the first difference.
+static void expect_ints(const char *what, const int *d_gpu, const int *cpu, size_t n) {
+    int *g = down(d_gpu, sizeof(int) * n);
+    size_t bad = 0, first = 0;
+    for (size_t i = 0; i < n; i++)
+        if (g[i] != cpu[i] && bad++ == 0) first = i;
+    printf("    %-34s %zu of %zu differ\n", what, bad, n);
+    CHECK(bad == 0, "%s: %zu entries differ, first at %zu: gpu %d cpu %d", what, bad, first,
+          g[first], cpu[first]);
+    free(g);
+}
+
+typedef struct {
+    int n_seq, n_tok, model_len;
+    int *off, *d_off;
+} tbatch;
+
+static tbatch make_batch(const int *lens, int n_seq, int extra_pad) {
+    tbatch b = {n_seq, 0, 0, xmalloc(sizeof(int) * (n_seq + 1)), NULL};
+    b.off[0] = 0;
+    for (int s = 0; s < n_seq; s++) {
+        b.off[s + 1] = b.off[s] + lens[s];
+        if (lens[s] > b.model_len) b.model_len = lens[s];
+    }
+    b.model_len += extra_pad;
+    b.n_tok = b.off[n_seq];
+    b.d_off = up(b.off, sizeof(int) * (n_seq + 1));
+    return b;
+}
+
+static void free_batch(tbatch *b) {
+    free(b->off);
+    cuda_free(b->d_off);
+}
+
+// MLP parameters and gradients: one flat host buffer, its device copy, and
+// the ks_params / ks_grads views of both.
+typedef struct {
+    size_t n;
+    float *h, *d;
+    ks_params hp, dp;
+} tparams;
+
+static void views(float *base, int D, const float **w1, const float **b1, const float **w2,
+                  const float **b2, const float **w3, const float **b3) {
+    *w1 = base;
+    *b1 = *w1 + (size_t)D * D;
+    *w2 = *b1 + D;
+    *b2 = *w2 + (size_t)D * D;
+    *w3 = *b2 + D;
+    *b3 = *w3 + D;
+}
+
+static tparams make_params(int N, float scale) {
+    int D = 2 * N;
+    tparams p;
+    p.n = 2 * ((size_t)D * D + D) + D + 1;
+    p.h = rnd(p.n, -scale, scale);
+    p.d = up(p.h, sizeof(float) * p.n);
+    views(p.h, D, &p.hp.w1, &p.hp.b1, &p.hp.w2, &p.hp.b2, &p.hp.w3, &p.hp.b3);
+    views(p.d, D, &p.dp.w1, &p.dp.b1, &p.dp.w2, &p.dp.b2, &p.dp.w3, &p.dp.b3);
+    return p;
+}
+
+static ks_grads grads_of(float *base, int N) {
+    ks_params v;
+    views(base, 2 * N, &v.w1, &v.b1, &v.w2, &v.b2, &v.w3, &v.b3);
+    ks_grads g = {(float *)v.w1, (float *)v.b1, (float *)v.w2, (float *)v.b2, (float *)v.w3,
+                  (float *)v.b3};
+    return g;
+}
+
+static const char *sem_name(hax_semantics sem) {
+    return sem == SEMANTICS_CAUSAL ? "causal" : "reference";
+}
+
+// ---------------------------------------------------------------- the ops
+
+// Every op once, on one batch, inputs shared with the CPU where exactness is
+// asked (top-k on the CPU's scores, loss on the CPU's scores and targets).
+static void run_ops(const tbatch *b, int N, int k_c, int ldk, int ldq, hax_semantics sem) {
+    printf("  ops: %d sequences, %d tokens, N %d, k_c %d, %s\n", b->n_seq, b->n_tok, N, k_c,
+           sem_name(sem));
+    int n = b->n_tok, D = 2 * N, ns = b->n_seq;
+    size_t nD = (size_t)n * D, nc = (size_t)ns * k_c;
+    float *K = rnd((size_t)n * ldk, -0.6f, 0.6f), *Q = rnd((size_t)n * ldq, -0.6f, 0.6f);
+    float *d_K = up(K, sizeof(float) * n * ldk), *d_Q = up(Q, sizeof(float) * n * ldq);
+    tparams p = make_params(N, 1.0f / sqrtf((float)D));
+
+    // features
+    float *T = xmalloc(sizeof(float) * nD), *d_T = cuda_malloc(sizeof(float) * nD);
+    ks_features(T, K, ldk, Q, ldq, b->off, ns, b->model_len, N, sem);
+    cuda_ks_features(d_T, d_K, ldk, d_Q, ldq, b->d_off, ns, n, b->model_len, N, sem);
+    expect("features T", d_T, T, NULL, nD, TOL_FWD);
+
+    // MLP forward (from each side's own features)
+    float *h1 = xmalloc(sizeof(float) * nD), *h2 = xmalloc(sizeof(float) * nD);
+    float *score = xmalloc(sizeof(float) * n);
+    float *d_h1 = cuda_malloc(sizeof(float) * nD), *d_h2 = cuda_malloc(sizeof(float) * nD);
+    float *d_score = cuda_malloc(sizeof(float) * n);
+    ks_mlp_forward(score, h1, h2, T, &p.hp, n, N);
+    cuda_ks_mlp_forward(d_score, d_h1, d_h2, d_T, &p.dp, n, N);
+    expect("mlp h1", d_h1, h1, NULL, nD, TOL_FWD);
+    expect("mlp h2", d_h2, h2, NULL, nD, TOL_FWD);
+    expect("key score", d_score, score, NULL, n, TOL_FWD);
+
+    // cumulative top-k on the CPU's scores, then on tie-heavy scores
+    float *d_cs = up(score, sizeof(float) * n);
+    int *sel = xmalloc(sizeof(int) * n * k_c), *d_sel = cuda_malloc(sizeof(int) * n * k_c);
+    ks_cumtopk(sel, score, b->off, ns, k_c);
+    cuda_ks_cumtopk(d_sel, d_cs, b->d_off, ns, k_c);
+    expect_ints("cumtopk sel", d_sel, sel, (size_t)n * k_c);
+    float *ties = xmalloc(sizeof(float) * n);
+    for (int t = 0; t < n; t++) ties[t] = floorf(score[t] * 8.0f) / 8.0f;  // a few levels only
+    float *d_ties = up(ties, sizeof(float) * n);
+    ks_cumtopk(sel, ties, b->off, ns, k_c);
+    cuda_ks_cumtopk(d_sel, d_ties, b->d_off, ns, k_c);
+    expect_ints("cumtopk sel (ties)", d_sel, sel, (size_t)n * k_c);
+
+    // candidates: a 64-bit seed, sample ids past 2^32 (truncated like the CPU)
+    int64_t *sid = xmalloc(sizeof(int64_t) * ns);
+    for (int s = 0; s < ns; s++) sid[s] = (int64_t)s * 977 + ((s % 3 == 0) ? (1ll << 33) : 0);
+    int64_t *d_sid = up(sid, sizeof(int64_t) * ns);
+    int *cand = xmalloc(sizeof(int) * nc), *d_cand = cuda_malloc(sizeof(int) * nc);
+    uint64_t seed = 0x123456789abcull;
+    ks_sample_candidates(cand, b->off, ns, sid, k_c, seed, 17, 1);
+    cuda_ks_sample_candidates(d_cand, b->d_off, ns, d_sid, k_c, seed, 17, 1);
+    expect_ints("candidates", d_cand, cand, nc);
+
+    // targets (from the same candidates)
+    double *y = xmalloc(sizeof(double) * nc), *d_y = cuda_malloc(sizeof(double) * nc);
+    ks_rank_targets(y, K, ldk, Q, ldq, cand, b->off, ns, b->model_len, N, k_c, sem);
+    cuda_ks_rank_targets(d_y, d_K, ldk, d_Q, ldq, d_cand, b->d_off, ns, b->model_len, N, k_c, sem);
+    double *gy = down(d_y, sizeof(double) * nc);
+    double ey = rel_err_d(gy, y, nc);
+    printf("    %-34s rel err %.2e\n", "targets y", ey);
+    CHECK(ey <= TOL_DBL, "targets: relative error %.3e above %.0e", ey, TOL_DBL);
+
+    // loss on the CPU's scores and targets
+    double *d_yc = up(y, sizeof(double) * nc), *d_loss = cuda_malloc(sizeof(double));
+    void *lw = cuda_malloc(cuda_ks_loss_workspace_bytes(ns));
+    double loss = ks_rank_loss_pairs(score, y, cand, b->off, ns, k_c);
+    cuda_ks_rank_loss_pairs(d_loss, d_cs, d_yc, d_cand, b->d_off, ns, k_c, lw);
+    double *gl = down(d_loss, sizeof(double));
+    double el = fabs(*gl - loss) / fmax(fabs(loss), 1e-30);
+    printf("    %-34s %.9f vs %.9f rel err %.2e\n", "loss", *gl, loss, el);
+    CHECK(el <= TOL_DBL, "loss: gpu %.12g cpu %.12g", *gl, loss);
+
+    // backward into dscore, then the MLP
+    float scale = 0.37f;
+    float *ds0 = rnd(n, -1, 1), *ds = xmalloc(sizeof(float) * n);
+    memcpy(ds, ds0, sizeof(float) * n);
+    float *d_ds = up(ds0, sizeof(float) * n);
+    ks_rank_loss_backward(ds, score, y, cand, b->off, ns, k_c, scale);
+    cuda_ks_rank_loss_backward(d_ds, d_cs, d_yc, d_cand, b->d_off, ns, k_c, scale);
+    expect("dscore", d_ds, ds, ds0, n, TOL_BWD);
+
+    int *rows = xmalloc(sizeof(int) * nc), *d_rows = cuda_malloc(sizeof(int) * nc);
+    int n_rows = ks_candidate_rows(rows, cand, b->off, ns, k_c);
+    cuda_ks_candidate_rows(d_rows, d_cand, b->d_off, ns, k_c);
+    int *grows = down(d_rows, sizeof(int) * nc), r = 0, rows_ok = 1;
+    for (size_t i = 0; i < nc; i++)
+        if (grows[i] >= 0) rows_ok &= r < n_rows && grows[i] == rows[r++];
+    CHECK(rows_ok && r == n_rows, "candidate rows differ from the CPU's (%d of %d)", r, n_rows);
+
+    // MLP backward from the CPU's dscore, both sides on the CPU's activations
+    float *d_ds2 = up(ds, sizeof(float) * n), *d_Tc = up(T, sizeof(float) * nD);
+    float *d_h1c = up(h1, sizeof(float) * nD), *d_h2c = up(h2, sizeof(float) * nD);
+    float *g0 = rnd(p.n, -1, 1), *gc = xmalloc(sizeof(float) * p.n);
+    memcpy(gc, g0, sizeof(float) * p.n);
+    float *d_g = up(g0, sizeof(float) * p.n);
+    ks_grads hg = grads_of(gc, N), dg = grads_of(d_g, N);
+    float *scratch = xmalloc(sizeof(float) * ks_mlp_scratch_floats((int)nc, N));
+    void *mw = cuda_malloc(cuda_ks_mlp_workspace_bytes((int)nc, N));
+    ks_mlp_backward(&hg, &p.hp, T, h1, h2, ds, rows, n_rows, N, scratch);
+    cuda_ks_mlp_backward(&dg, &p.dp, d_Tc, d_h1c, d_h2c, d_ds2, d_rows, (int)nc, N, mw);
+    expect("mlp grads (all six)", d_g, gc, g0, p.n, TOL_BWD);
+    size_t DD = (size_t)D * D;
+    expect("mlp grad w1", d_g, gc, g0, DD, TOL_BWD);
+    expect("mlp grad b3", d_g + p.n - 1, gc + p.n - 1, g0 + p.n - 1, 1, TOL_BWD);
+
+    void *hp[] = {K, Q, T, h1, h2, score, sel, ties, sid, cand, y, gy, gl, ds0, ds, rows, grows, g0,
+                  gc, scratch, p.h};
+    for (size_t i = 0; i < sizeof(hp) / sizeof(hp[0]); i++) free(hp[i]);
+    void *dp[] = {d_K, d_Q, d_T, d_h1, d_h2, d_score, d_cs, d_sel, d_ties, d_sid, d_cand, d_y,
+                  d_yc, d_loss, lw, d_ds, d_rows, d_ds2, d_Tc, d_h1c, d_h2c, d_g, mw, p.d};
+    for (size_t i = 0; i < sizeof(dp) / sizeof(dp[0]); i++) cuda_free(dp[i]);
+}
+
+static const int k_lens[] = {5, 1, 17, 3, 100, 4, 40, 1, 64, 33, 2, 130};
+#define K_NSEQ ((int)(sizeof(k_lens) / sizeof(k_lens[0])))
+
+static void test_ops(void) {
+    tbatch b = make_batch(k_lens, K_NSEQ, 7);
+    for (int sem = 0; sem < 2; sem++) {
+        run_ops(&b, 16, 8, 16, 16, (hax_semantics)sem);    // dense K, Q; many n < k_c
+        run_ops(&b, 40, 40, 56, 48, (hax_semantics)sem);   // 2 feature columns per lane, k_c > 32
+        run_ops(&b, 32, 64, 96, 96, (hax_semantics)sem);   // strided, k_c > most lengths
+    }
+    free_batch(&b);
+}
+
+// ---------------------------------------------------------------- per layer
+
+typedef struct {
+    float *T, *score;
+    int *sel;
+    double loss;
+    float *grads;
+} state_out;
+
+// Forward (with GPU-drawn candidates) + backward of the GPU state; results
+// downloaded. With graph != 0 the two calls are captured and replayed.
+static state_out gpu_state_run(cuda_ks_state *st, const tparams *p, const tbatch *b, const float *d_K,
+                               int ldk, const float *d_Q, int ldq, const int64_t *d_sid,
+                               hax_semantics sem, float scale, float *d_g, const float *g0,
+                               int graph) {
+    int N = st->N;
+    cuda_upload(d_g, g0, sizeof(float) * p->n);
+    ks_grads dg = grads_of(d_g, N);
+    void *gr = NULL;
+    if (graph) cuda_graph_begin();
+    cuda_ks_sample_candidates(st->cand, b->d_off, b->n_seq, d_sid, st->k_c, 99, 3, 0);
+    cuda_ks_forward(st, &p->dp, d_K, ldk, d_Q, ldq, b->d_off, b->n_seq, b->n_tok, b->model_len, sem,
+                    st->cand);
+    cuda_ks_backward(st, &p->dp, &dg, scale);
+    if (graph) {
+        gr = cuda_graph_end();
+        cuda_graph_launch(gr);
+    }
+    state_out o;
+    size_t nD = (size_t)b->n_tok * 2 * N;
+    o.T = down(st->T, sizeof(float) * nD);
+    o.score = down(st->score, sizeof(float) * b->n_tok);
+    o.sel = down(st->sel, sizeof(int) * (size_t)b->n_tok * st->k_c);
+    double *l = down(st->loss, sizeof(double));
+    o.loss = *l;
+    free(l);
+    o.grads = down(d_g, sizeof(float) * p->n);
+    if (gr) cuda_graph_free(gr);
+    return o;
+}
+
+static void free_out(state_out *o) {
+    free(o->T);
+    free(o->score);
+    free(o->sel);
+    free(o->grads);
+}
+
+static void run_state(const tbatch *b, int N, int k_c, hax_semantics sem) {
+    printf("  state: %d sequences, %d tokens, N %d, k_c %d, %s\n", b->n_seq, b->n_tok, N, k_c,
+           sem_name(sem));
+    int n = b->n_tok, ldk = N + 3, ldq = 2 * N, ns = b->n_seq;
+    float *K = rnd((size_t)n * ldk, -0.6f, 0.6f), *Q = rnd((size_t)n * ldq, -0.6f, 0.6f);
+    float *d_K = up(K, sizeof(float) * n * ldk), *d_Q = up(Q, sizeof(float) * n * ldq);
+    tparams p = make_params(N, 1.0f / sqrtf(2.0f * N));
+    int64_t *sid = xmalloc(sizeof(int64_t) * ns);
+    for (int s = 0; s < ns; s++) sid[s] = 1000 + 3 * s;
+    int64_t *d_sid = up(sid, sizeof(int64_t) * ns);
+    float scale = 0.05f;
+
+    // CPU
+    ks_state cs;
+    ks_state_init(&cs, n, ns, N, k_c);
+    int *cand = xmalloc(sizeof(int) * (size_t)ns * k_c);
+    ks_sample_candidates(cand, b->off, ns, sid, k_c, 99, 3, 0);
+    float *g0 = rnd(p.n, -1, 1), *gc = xmalloc(sizeof(float) * p.n);
+    memcpy(gc, g0, sizeof(float) * p.n);
+    ks_grads hg = grads_of(gc, N);
+    double loss = ks_forward(&cs, &p.hp, K, ldk, Q, ldq, b->off, ns, b->model_len, sem, cand);
+    ks_backward(&cs, &p.hp, &hg, scale);
+
+    // GPU, plain and from a graph
+    cuda_ks_state st;
+    void *mem = cuda_malloc(cuda_ks_state_bytes(n + 5, ns + 1, N, k_c));
+    cuda_ks_state_init(&st, mem, n + 5, ns + 1, N, k_c);
+    float *d_g = cuda_malloc(sizeof(float) * p.n);
+    state_out o = gpu_state_run(&st, &p, b, d_K, ldk, d_Q, ldq, d_sid, sem, scale, d_g, g0, 0);
+    float *d_tmp = up(o.score, sizeof(float) * n);
+    expect("state score", d_tmp, cs.score, NULL, n, TOL_FWD);
+    cuda_free(d_tmp);
+    size_t bad = 0;
+    for (size_t i = 0; i < (size_t)n * k_c; i++) bad += o.sel[i] != cs.sel[i];
+    printf("    %-34s %zu of %zu differ\n", "state sel (own scores)", bad, (size_t)n * k_c);
+    CHECK(bad == 0, "state sel: %zu entries differ", bad);
+    double el = fabs(o.loss - loss) / fmax(fabs(loss), 1e-30);
+    printf("    %-34s %.9f vs %.9f rel err %.2e\n", "state loss", o.loss, loss, el);
+    CHECK(el <= TOL_DBL, "state loss: gpu %.12g cpu %.12g", o.loss, loss);
+    d_tmp = up(o.grads, sizeof(float) * p.n);
+    expect("state mlp grads", d_tmp, gc, g0, p.n, TOL_BWD);
+    cuda_free(d_tmp);
+
+    state_out o2 = gpu_state_run(&st, &p, b, d_K, ldk, d_Q, ldq, d_sid, sem, scale, d_g, g0, 1);
+    size_t nD = (size_t)n * 2 * N;
+    int same = memcmp(o.T, o2.T, sizeof(float) * nD) == 0 &&
+               memcmp(o.score, o2.score, sizeof(float) * n) == 0 &&
+               memcmp(o.sel, o2.sel, sizeof(int) * (size_t)n * k_c) == 0 && o.loss == o2.loss &&
+               memcmp(o.grads, o2.grads, sizeof(float) * p.n) == 0;
+    printf("    %-34s %s\n", "graph replay bit-identical", same ? "yes" : "NO");
+    CHECK(same, "the graph replay differs from the plain run");
+
+    // without candidates: no loss, and backward is a no-op
+    cuda_upload(d_g, g0, sizeof(float) * p.n);
+    ks_grads dg = grads_of(d_g, N);
+    cuda_ks_forward(&st, &p.dp, d_K, ldk, d_Q, ldq, b->d_off, ns, n, b->model_len, sem, NULL);
+    cuda_ks_backward(&st, &p.dp, &dg, scale);
+    double *l = down(st.loss, sizeof(double));
+    float *g = down(d_g, sizeof(float) * p.n);
+    CHECK(*l == 0.0 && memcmp(g, g0, sizeof(float) * p.n) == 0,
+          "eval forward: expected loss 0 and untouched gradients, found loss %g", *l);
+    free(l);
+    free(g);
+
+    free_out(&o);
+    free_out(&o2);
+    ks_state_free(&cs);
+    void *hp[] = {K, Q, sid, cand, g0, gc, p.h};
+    for (size_t i = 0; i < sizeof(hp) / sizeof(hp[0]); i++) free(hp[i]);
+    void *dp[] = {d_K, d_Q, d_sid, mem, d_g, p.d};
+    for (size_t i = 0; i < sizeof(dp) / sizeof(dp[0]); i++) cuda_free(dp[i]);
+}
+
+static void test_state(void) {
+    tbatch b = make_batch(k_lens, K_NSEQ, 3);
+    for (int sem = 0; sem < 2; sem++) {
+        run_state(&b, 16, 32, (hax_semantics)sem);
+        run_state(&b, 32, 8, (hax_semantics)sem);
+    }
+    free_batch(&b);
+}
+
+// ---------------------------------------------------------------- paper size
+
+static void test_paper_size(void) {
+    int ns = 64, lens[64];
+    for (int s = 0; s < ns; s++) lens[s] = 400 + (s * 37) % 129;  // 400..528, mean ~464
+    tbatch b = make_batch(lens, ns, 0);
+    int n = b.n_tok;
+    for (int sem = 0; sem < 2; sem++) {
+        for (int N = 16; N <= 32; N += 16) {
+            int k_c = 64, ldk = N, ldq = N;
+            printf("  paper size: %d sequences, %d positions, N %d, k_c %d, %s\n", ns, n, N, k_c,
+                   sem_name((hax_semantics)sem));
+            float *K = rnd((size_t)n * ldk, -0.6f, 0.6f), *Q = rnd((size_t)n * ldq, -0.6f, 0.6f);
+            float *d_K = up(K, sizeof(float) * n * ldk), *d_Q = up(Q, sizeof(float) * n * ldq);
+            tparams p = make_params(N, 1.0f / sqrtf(2.0f * N));
+            int64_t *sid = xmalloc(sizeof(int64_t) * ns);
+            for (int s = 0; s < ns; s++) sid[s] = 5 * s;
+            int64_t *d_sid = up(sid, sizeof(int64_t) * ns);
+            int *cand = xmalloc(sizeof(int) * ns * k_c);
+            float *gc = xcalloc(p.n, sizeof(float));
+            ks_grads hg = grads_of(gc, N);
+            ks_state cs;
+            ks_state_init(&cs, n, ns, N, k_c);
+            double t0 = hax_now();
+            ks_sample_candidates(cand, b.off, ns, sid, k_c, 5, 1, 0);
+            double loss = ks_forward(&cs, &p.hp, K, ldk, Q, ldq, b.off, ns, b.model_len,
+                                     (hax_semantics)sem, cand);
+            double t1 = hax_now();
+            ks_backward(&cs, &p.hp, &hg, 1.0f / ns);
+            double t2 = hax_now();
+
+            cuda_ks_state st;
+            void *mem = cuda_malloc(cuda_ks_state_bytes(n, ns, N, k_c));
+            cuda_ks_state_init(&st, mem, n, ns, N, k_c);
+            float *d_g = cuda_malloc(sizeof(float) * p.n);
+            ks_grads dg = grads_of(d_g, N);
+            cuda_zero(d_g, sizeof(float) * p.n);
+            float ms[6] = {0};
+            for (int rep = 0; rep < 11; rep++) {  // the first is a warm-up
+                int e[7];
+                e[0] = cuda_event_record();
+                cuda_ks_features(st.T, d_K, ldk, d_Q, ldq, b.d_off, ns, n, b.model_len, N,
+                                 (hax_semantics)sem);
+                e[1] = cuda_event_record();
+                cuda_ks_mlp_forward(st.score, st.h1, st.h2, st.T, &p.dp, n, N);
+                e[2] = cuda_event_record();
+                cuda_ks_cumtopk(st.sel, st.score, b.d_off, ns, k_c);
+                e[3] = cuda_event_record();
+                cuda_ks_sample_candidates(st.cand, b.d_off, ns, d_sid, k_c, 5, 1, 0);
+                e[4] = cuda_event_record();
+                cuda_ks_forward(&st, &p.dp, d_K, ldk, d_Q, ldq, b.d_off, ns, n, b.model_len,
+                                (hax_semantics)sem, st.cand);
+                e[5] = cuda_event_record();
+                cuda_ks_backward(&st, &p.dp, &dg, 1.0f / ns);
+                e[6] = cuda_event_record();
+                if (rep == 0) {
+                    cuda_zero(d_g, sizeof(float) * p.n);
+                    cuda_sync();
+                    continue;
+                }
+                for (int i = 0; i < 6; i++) ms[i] += cuda_event_ms(e[i], e[i + 1]) / 10;
+            }
+            double *l = down(st.loss, sizeof(double));
+            float *g = down(d_g, sizeof(float) * p.n);
+            // the gradients accumulated 10 backwards (after the zeroing)
+            for (size_t i = 0; i < p.n; i++) g[i] /= 10.0f;
+            double el = fabs(*l - loss) / fmax(fabs(loss), 1e-30);
+            double eg = rel_err(g, gc, p.n);
+            int *sel = down(st.sel, sizeof(int) * (size_t)n * k_c);
+            size_t bad = 0;
+            for (size_t i = 0; i < (size_t)n * k_c; i++) bad += sel[i] != cs.sel[i];
+            printf("    selections differing from the CPU's (own scores): %zu of %zu\n", bad,
+                   (size_t)n * k_c);
+            free(sel);
+            printf("    loss %.9f vs CPU %.9f (rel err %.1e), grads rel err %.1e\n", *l, loss, el, eg);
+            CHECK(el <= TOL_DBL && eg <= TOL_BWD, "paper size: loss err %.2e grads err %.2e", el, eg);
+            printf("TIME ks features                gpu %8.3f ms\n", ms[0]);
+            printf("TIME ks mlp fwd                 gpu %8.3f ms\n", ms[1]);
+            printf("TIME ks cumtopk                 gpu %8.3f ms\n", ms[2]);
+            printf("TIME ks candidates              gpu %8.3f ms\n", ms[3]);
+            printf("TIME ks forward (whole, +loss)  cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n",
+                   (t1 - t0) * 1e3, ms[4], (t1 - t0) * 1e3 / ms[4]);
+            printf("TIME ks backward                cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n",
+                   (t2 - t1) * 1e3, ms[5], (t2 - t1) * 1e3 / ms[5]);
+            free(l);
+            free(g);
+            ks_state_free(&cs);
+            void *hp[] = {K, Q, sid, cand, gc, p.h};
+            for (size_t i = 0; i < sizeof(hp) / sizeof(hp[0]); i++) free(hp[i]);
+            void *dp[] = {d_K, d_Q, d_sid, mem, d_g, p.d};
+            for (size_t i = 0; i < sizeof(dp) / sizeof(dp[0]); i++) cuda_free(dp[i]);
+        }
+    }
+    free_batch(&b);
+}
+
+int main(int argc, char **argv) {
+    int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;  // --quick: no paper-size timings
+    if (cuda_device_count() == 0) {
+        printf("SKIP: no CUDA device\n");
+        return 0;
+    }
+    cuda_init(0);
+    printf("device: %s\n", cuda_device_name());
+    RUN(test_ops);
+    RUN(test_state);
+    if (!quick) RUN(test_paper_size);
+    return test_summary();
+}
