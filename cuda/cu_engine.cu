@@ -1,8 +1,10 @@
 // cu_engine.cu: see cu_engine.h. The structure follows engine_cpu.c and
 // src/mixer_mamba*.c step by step, with device buffers and the cuda_* ops.
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cu_adamw.h"
 #include "cu_basic.h"
 #include "cu_common.cuh"
 #include "cu_conv.h"
@@ -39,6 +41,9 @@ __global__ static void gate_bwd_kernel(float *dy, float *dxz, const float *do_, 
 
 // ---------------------------------------------------------------- state
 
+#define CU_MAX_GRAPHS 64  // graphs kept (one per padded batch shape)
+#define CU_BUCKET 256     // graph steps pad the packed positions to a multiple of this
+
 typedef struct {
     float *hin, *a, *rstd;                                  // block input, normed input, its 1/rms
     float *xz, *conv_pre, *X, *x_dbl, *draw, *y, *ckpt;     // Mamba (mixer_mamba.h names)
@@ -48,6 +53,19 @@ typedef struct {
 typedef struct {
     const hax_model_config *cfg;
     float *w, *gr;            // device parameters and gradients [n_floats]
+    int resident;             // 1 after push: the device weights are the master copy
+    float *am, *av;           // device AdamW moments [n_floats] (resident mode)
+    cuda_adamw_hp *hp;        // device AdamW scalars of the current step
+    int *flag;                // device finiteness flag
+    // graph steps (engine_cuda_train_step): the batch padded to a bucket, the
+    // CE scale on the device, and the graphs captured per padded shape
+    hax_batch pad;
+    int pad_cap_tok, pad_cap_seq;
+    float *ce_scale;
+    cuda_adamw_hp hp_host;
+    float ce_scale_host;
+    struct { int n, n_seq; void *exec; } graphs[CU_MAX_GRAPHS];
+    int n_graphs, graph_launches;
     float *host_g;            // host staging of the gradients
     int cap_tok, cap_seq;     // the batch capacity of the buffers below
     float *arena;             // activations
@@ -217,24 +235,27 @@ static void mixer_forward(cu_impl *c, const hax_model *m, int l, int n, int n_se
     cuda_linear_forward(out, d, c->o, E, dev_w(c, m, lp->out_proj), NULL, n, E, d);
 }
 
-static void cu_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_fwd_result *r) {
-    cu_impl *c = (cu_impl *)e->impl;
-    const hax_model *m = e->model;
-    const hax_model_config *cfg = &m->cfg;
-    int n = b->n_tok, n_seq = b->n_seq, d = cfg->hidden_size, V = cfg->vocab_size;
+// Checks the batch, sizes the buffers and uploads its arrays (and the weights
+// when they are not resident).
+static void fwd_prepare(cu_impl *c, const hax_model *m, const hax_batch *b) {
+    int n = b->n_tok, n_seq = b->n_seq;
     if (n_seq > 0 && (b->seq_off[0] != 0 || b->seq_off[n_seq] != n))
         hax_die("engine cuda: batch seq_off: expected 0 .. n_tok = %d, found %d .. %d", n, b->seq_off[0],
                 b->seq_off[n_seq]);
     reserve(c, m, n, n_seq);
     layout(c, m, n, n_seq, c->arena);
     c->batch = b, c->n_tok = n, c->hidden_ok = c->logits_ok = 0;
-    memset(r, 0, sizeof *r);
-    cuda_upload(c->w, m->data, sizeof(float) * m->n_floats);
+    if (!c->resident) cuda_upload(c->w, m->data, sizeof(float) * m->n_floats);
     cuda_upload(c->ids, b->inputs, sizeof(int32_t) * n);
     cuda_upload(c->labels, b->labels, sizeof(int32_t) * n);
     if (b->loss_mask) cuda_upload(c->mask, b->loss_mask, n);
     cuda_upload(c->seq_off, b->seq_off, sizeof(int) * (n_seq + 1));
+}
 
+// The forward's kernels, embedding to cross-entropy (no host wait).
+static void fwd_enqueue(cu_impl *c, const hax_model *m, const hax_batch *b) {
+    const hax_model_config *cfg = &m->cfg;
+    int n = b->n_tok, n_seq = b->n_seq, d = cfg->hidden_size, V = cfg->vocab_size;
     float *W_emb = dev_w(c, m, m->embeddings);
     cuda_embedding_forward(c->L[0].hin, c->ids, W_emb, n, d, V);
     for (int l = 0; l < cfg->n_layers; l++) {
@@ -248,6 +269,12 @@ static void cu_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o,
     cuda_logits_forward(c->logits, c->hf, W_emb, n, d, V);
     cuda_ce_forward(c->loss, c->correct, c->count, c->logits, c->labels, b->loss_mask ? c->mask : NULL, c->seq_off,
                     n_seq, n, V, c->work);
+}
+
+// Waits for the forward and fills r from its device figures.
+static void fwd_collect(cu_impl *c, const hax_batch *b, const hax_fwd_opts *o, hax_fwd_result *r) {
+    int n_seq = b->n_seq;
+    memset(r, 0, sizeof *r);
     cuda_download(&r->ce_sum, c->loss, sizeof(double));
     cuda_download(c->h_correct, c->correct, sizeof(int) * n_seq);
     cuda_download(c->h_count, c->count, sizeof(int) * n_seq);
@@ -264,6 +291,13 @@ static void cu_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o,
     r->acc = acc_sum / b->global_n_seq;
     r->gate_loss = 0;
     r->total_loss = r->loss;
+}
+
+static void cu_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_fwd_result *r) {
+    cu_impl *c = (cu_impl *)e->impl;
+    fwd_prepare(c, e->model, b);
+    fwd_enqueue(c, e->model, b);
+    fwd_collect(c, b, o, r);
 }
 
 // ---------------------------------------------------------------- backward
@@ -324,18 +358,29 @@ static void mixer_backward(cu_impl *c, const hax_model *m, int l, int n, int n_s
                          d, 2 * E);
 }
 
-static void cu_backward(hax_engine *e) {
-    cu_impl *c = (cu_impl *)e->impl;
-    hax_model *m = e->model;
+// Multiplies x[0..n) by the device scalar *s (the CE normaliser of a graph
+// step, which changes from step to step while the graph stays the same).
+__global__ static void scale_kernel(float *x, long n, const float *s) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = x[i] * *s;
+}
+
+// The backward's kernels. ce_scale_dev: NULL for the host scale 1/ce_count,
+// else a device float that scales the CE gradient (graph steps).
+static void bwd_enqueue(cu_impl *c, hax_model *m, const hax_batch *b, const float *ce_scale_dev) {
     const hax_model_config *cfg = &m->cfg;
-    const hax_batch *b = c->batch;
-    if (!b) hax_die("engine_backward: called before engine_forward");
     int n = b->n_tok, n_seq = b->n_seq, d = cfg->hidden_size, V = cfg->vocab_size;
     size_t nd = (size_t)n * d;
     float *W_emb = dev_w(c, m, m->embeddings), *dW_emb = dev_g(c, m, m->embeddings);
     cuda_zero(c->gr, sizeof(float) * m->n_floats);
-    cuda_ce_backward(c->dlogits, c->logits, c->labels, b->loss_mask ? c->mask : NULL, n, V,
-                     c->ce_count > 0 ? (float)(1.0 / c->ce_count) : 0.0f);
+    if (ce_scale_dev) {
+        cuda_ce_backward(c->dlogits, c->logits, c->labels, b->loss_mask ? c->mask : NULL, n, V, 1.0f);
+        scale_kernel<<<cu_blocks((long)n * V, 256), 256, 0, cu_stream()>>>(c->dlogits, (long)n * V, ce_scale_dev);
+        CUDA_LAUNCHED();
+    } else {
+        cuda_ce_backward(c->dlogits, c->logits, c->labels, b->loss_mask ? c->mask : NULL, n, V,
+                         c->ce_count > 0 ? (float)(1.0 / c->ce_count) : 0.0f);
+    }
     cuda_zero(c->dh2, sizeof(float) * nd);
     cuda_logits_backward(c->dh2, dW_emb, c->dlogits, c->hf, W_emb, n, d, V);
     cuda_zero(c->dh, sizeof(float) * nd);
@@ -350,12 +395,22 @@ static void cu_backward(hax_engine *e) {
         cuda_rmsnorm_backward(c->dh, dev_g(c, m, norm), c->da, L->hin, L->rstd, dev_w(c, m, norm), n, d, c->work);
     }
     cuda_embedding_backward(dW_emb, c->dh, c->ids, n, d, V, c->work);
+}
+
+static void cu_backward(hax_engine *e) {
+    cu_impl *c = (cu_impl *)e->impl;
+    hax_model *m = e->model;
+    if (!c->batch) hax_die("engine_backward: called before engine_forward");
+    bwd_enqueue(c, m, c->batch, NULL);
+    if (c->resident) return;  // the gradients stay on the device
     cuda_download(c->host_g, c->gr, sizeof(float) * m->n_floats);
     cuda_sync();
     for (size_t i = 0; i < m->n_floats; i++) m->grad[i] += c->host_g[i];
 }
 
 // ---------------------------------------------------------------- outputs, lifetime
+
+static void graphs_free(cu_impl *c);
 
 static const float *cu_hidden(hax_engine *e) {
     cu_impl *c = (cu_impl *)e->impl;
@@ -387,12 +442,154 @@ static void cu_destroy(hax_engine *e) {
     cuda_sync();
     cuda_free(c->w), cuda_free(c->gr), cuda_free(c->arena), cuda_free(c->work), cuda_free(c->ids);
     cuda_free(c->labels), cuda_free(c->mask), cuda_free(c->seq_off), cuda_free(c->loss), cuda_free(c->correct);
-    cuda_free(c->count);
+    graphs_free(c);
+    cuda_free(c->ce_scale);
+    free(c->pad.inputs), free(c->pad.labels), free(c->pad.loss_mask), free(c->pad.seq_off);
+    cuda_free(c->count), cuda_free(c->am), cuda_free(c->av), cuda_free(c->hp), cuda_free(c->flag);
     free(c->host_g), free(c->h_correct), free(c->h_count), free(c->h_hidden), free(c->h_logits), free(c->L);
     free(c);
 }
 
-static const hax_backend cuda_backend = {"cuda", cu_forward, cu_backward, cu_destroy, cu_hidden, cu_logits, cu_hash};
+// ---------------------------------------------------------------- graph steps
+
+// c->pad = b plus one sequence of padding (token 0, label 0, unscored) that
+// brings the positions to a multiple of CU_BUCKET. The padding adds exact
+// zeros to every gradient (its CE gradient rows are zero) and its sequence
+// scores nothing, so only summation orders change.
+static void pad_batch(cu_impl *c, const hax_batch *b) {
+    int n = b->n_tok, np = (n + CU_BUCKET - 1) / CU_BUCKET * CU_BUCKET;
+    if (np == 0) np = CU_BUCKET;
+    int ns = b->n_seq + (np > n);
+    hax_batch *p = &c->pad;
+    if (np > c->pad_cap_tok || ns + 1 > c->pad_cap_seq) {
+        free(p->inputs), free(p->labels), free(p->loss_mask), free(p->seq_off);
+        c->pad_cap_tok = np > c->pad_cap_tok ? np : c->pad_cap_tok;
+        c->pad_cap_seq = ns + 1 > c->pad_cap_seq ? ns + 1 : c->pad_cap_seq;
+        p->inputs = (int32_t *)xmalloc(sizeof(int32_t) * c->pad_cap_tok);
+        p->labels = (int32_t *)xmalloc(sizeof(int32_t) * c->pad_cap_tok);
+        p->loss_mask = (uint8_t *)xmalloc(c->pad_cap_tok);
+        p->seq_off = (int *)xmalloc(sizeof(int) * (c->pad_cap_seq + 1));
+    }
+    memcpy(p->inputs, b->inputs, sizeof(int32_t) * n);
+    memcpy(p->labels, b->labels, sizeof(int32_t) * n);
+    if (b->loss_mask) memcpy(p->loss_mask, b->loss_mask, n);
+    else memset(p->loss_mask, 1, n);
+    memset(p->inputs + n, 0, sizeof(int32_t) * (np - n));
+    memset(p->labels + n, 0, sizeof(int32_t) * (np - n));
+    memset(p->loss_mask + n, 0, np - n);
+    memcpy(p->seq_off, b->seq_off, sizeof(int) * (b->n_seq + 1));
+    p->seq_off[ns] = np;
+    p->n_tok = np, p->n_seq = ns;
+    p->global_n_seq = b->global_n_seq;
+    p->model_len = b->model_len;
+}
+
+static void graphs_free(cu_impl *c) {
+    for (int i = 0; i < c->n_graphs; i++) cuda_graph_free(c->graphs[i].exec);
+    c->n_graphs = 0;
+}
+
+// The kernels of one whole step: forward, backward, AdamW.
+static void step_enqueue(cu_impl *c, hax_model *m) {
+    fwd_enqueue(c, m, &c->pad);
+    bwd_enqueue(c, m, &c->pad, c->ce_scale);
+    cuda_adamw_step(c->w, c->gr, c->am, c->av, m->n_floats, c->hp);
+}
+
+extern "C" void engine_cuda_train_step(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_adamw *opt,
+                                       double lr, hax_fwd_result *r) {
+    cu_impl *c = (cu_impl *)e->impl;
+    hax_model *m = e->model;
+    if (!c->resident) hax_die("engine_cuda_train_step: expected resident weights (push first), found none");
+    pad_batch(c, b);
+    float *arena = c->arena;
+    fwd_prepare(c, m, &c->pad);  // sizes, uploads the padded batch
+    if (c->arena != arena) graphs_free(c);  // the buffers moved: every graph is stale
+    double ce_count = o->ce_count;
+    if (ce_count <= 0) {
+        ce_count = 0;
+        for (int i = 0; i < b->n_tok; i++) ce_count += b->loss_mask ? b->loss_mask[i] != 0 : 1;
+    }
+    c->ce_scale_host = ce_count > 0 ? (float)(1.0 / ce_count) : 0.0f;
+    cuda_upload(c->ce_scale, &c->ce_scale_host, sizeof(float));
+    opt->step++;
+    cuda_adamw_hp_make(&c->hp_host, lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, opt->step);
+    cuda_adamw_set(c->hp, &c->hp_host);
+    int g = 0;
+    while (g < c->n_graphs && (c->graphs[g].n != c->pad.n_tok || c->graphs[g].n_seq != c->pad.n_seq)) g++;
+    if (g < c->n_graphs) {
+        cuda_graph_launch(c->graphs[g].exec);
+        c->graph_launches++;
+    } else {
+        // First time at this shape: run it as is, then record it for next time.
+        step_enqueue(c, m);
+        if (c->n_graphs == CU_MAX_GRAPHS) graphs_free(c);
+        cuda_graph_begin();
+        step_enqueue(c, m);
+        c->graphs[c->n_graphs].n = c->pad.n_tok;
+        c->graphs[c->n_graphs].n_seq = c->pad.n_seq;
+        c->graphs[c->n_graphs].exec = cuda_graph_end();
+        c->n_graphs++;
+    }
+    fwd_collect(c, &c->pad, o, r);
+    c->ce_count = ce_count;
+    r->loss = ce_count > 0 ? r->ce_sum / ce_count : 0;
+    r->total_loss = r->loss;
+}
+
+extern "C" int engine_cuda_graph_launches(const hax_engine *e) { return ((const cu_impl *)e->impl)->graph_launches; }
+
+// ---------------------------------------------------------------- device-resident training
+
+static void cu_push(hax_engine *e, const hax_adamw *opt) {
+    cu_impl *c = (cu_impl *)e->impl;
+    size_t bytes = sizeof(float) * e->model->n_floats;
+    cuda_upload(c->w, e->model->data, bytes);
+    if (opt) {
+        cuda_upload(c->am, opt->m, bytes);
+        cuda_upload(c->av, opt->v, bytes);
+    }
+    cuda_sync();
+    c->resident = 1;
+}
+
+static void cu_pull(hax_engine *e, hax_adamw *opt) {
+    cu_impl *c = (cu_impl *)e->impl;
+    size_t bytes = sizeof(float) * e->model->n_floats;
+    cuda_download(e->model->data, c->w, bytes);
+    if (opt) {
+        cuda_download(opt->m, c->am, bytes);
+        cuda_download(opt->v, c->av, bytes);
+    }
+    cuda_sync();
+}
+
+static float *cu_grad_buffer(hax_engine *e) { return ((cu_impl *)e->impl)->gr; }
+
+static int cu_grad_finite(hax_engine *e, int poison) {
+    cu_impl *c = (cu_impl *)e->impl;
+    static const float nan_value = NAN;
+    if (poison) cuda_upload(c->gr, &nan_value, sizeof(float));
+    cuda_zero(c->flag, sizeof(int));
+    cuda_check_finite(c->flag, c->gr, e->model->n_floats);
+    int bad = 0;
+    cuda_download(&bad, c->flag, sizeof(int));
+    cuda_sync();
+    return !bad;
+}
+
+static void cu_adamw(hax_engine *e, hax_adamw *opt, double lr) {
+    cu_impl *c = (cu_impl *)e->impl;
+    opt->step++;
+    cuda_adamw_hp_make(&c->hp_host, lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, opt->step);
+    cuda_adamw_set(c->hp, &c->hp_host);
+    cuda_adamw_step(c->w, c->gr, c->am, c->av, e->model->n_floats, c->hp);
+}
+
+static const hax_device_ops cuda_dev_ops = {cu_push, cu_pull, cu_grad_buffer, cu_grad_finite, cu_adamw};
+
+static const hax_backend cuda_backend = {"cuda", cu_forward, cu_backward, cu_destroy, cu_hidden,
+                                         cu_logits, cu_hash, &cuda_dev_ops};
 
 extern "C" int engine_cuda_supports(const hax_model_config *cfg, char *why, int why_len) {
     const char *no = NULL;
@@ -415,6 +612,13 @@ extern "C" hax_engine *engine_cuda_create(hax_model *m, int max_tok, int max_seq
     c->w = (float *)cuda_malloc(sizeof(float) * m->n_floats);
     c->gr = (float *)cuda_malloc(sizeof(float) * m->n_floats);
     c->host_g = (float *)xmalloc(sizeof(float) * m->n_floats);
+    c->am = (float *)cuda_malloc(sizeof(float) * m->n_floats);
+    c->av = (float *)cuda_malloc(sizeof(float) * m->n_floats);
+    cuda_zero(c->am, sizeof(float) * m->n_floats);
+    cuda_zero(c->av, sizeof(float) * m->n_floats);
+    c->hp = (cuda_adamw_hp *)cuda_malloc(sizeof(cuda_adamw_hp));
+    c->flag = (int *)cuda_malloc(sizeof(int));
+    c->ce_scale = (float *)cuda_malloc(sizeof(float));
     c->loss = (double *)cuda_malloc(sizeof(double));
     reserve(c, m, max_tok > 0 ? max_tok : 1, max_seq > 0 ? max_seq : 1);
     e->be = &cuda_backend;

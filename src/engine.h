@@ -25,6 +25,7 @@
 
 #include <stdint.h>
 
+#include "adamw.h"
 #include "batch.h"
 #include "model.h"
 
@@ -57,6 +58,26 @@ typedef struct {
 
 typedef struct hax_engine hax_engine;
 
+// Device-resident training (optional: NULL in the CPU backend's table). Once
+// push has run, the weights, gradients and AdamW moments live on the device:
+// forward reads the device weights, backward leaves the gradients there
+// (model->grad is not touched), and the host copies (model->data, opt->m/v)
+// are brought up to date only by pull (checkpoints, the best model).
+typedef struct {
+    // model->data (and opt->m, opt->v when opt != NULL) -> device.
+    void (*push)(hax_engine *e, const hax_adamw *opt);
+    // device -> model->data (and opt->m, opt->v when opt != NULL).
+    void (*pull)(hax_engine *e, hax_adamw *opt);
+    // The device gradient buffer [model->n_floats] (for the all-reduce).
+    float *(*grad_buffer)(hax_engine *e);
+    // 1 when every gradient is finite; poison != 0 first sets gradient 0 to
+    // NaN (a test hook).
+    int (*grad_finite)(hax_engine *e, int poison);
+    // opt->step++, then AdamW (src/adamw.h, same float32 op order) with lr
+    // on the device weights and moments.
+    void (*adamw_step)(hax_engine *e, hax_adamw *opt, double lr);
+} hax_device_ops;
+
 // The backend table (one per device kind).
 typedef struct {
     const char *name;
@@ -70,6 +91,7 @@ typedef struct {
     const float *(*hidden)(hax_engine *e);           // [n_tok, d] last_hidden_state (after norm_f)
     const float *(*logits)(hax_engine *e);           // [n_tok, V]
     const float *(*hash)(hax_engine *e, int layer);  // [N, num_hash], NULL when layer drew none
+    const hax_device_ops *dev;                       // NULL: host-resident training (CPU)
 } hax_backend;
 
 struct hax_engine {

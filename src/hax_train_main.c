@@ -197,20 +197,21 @@ int main(int argc, char **argv) {
         }
     }
     train_check_all(&dist, bad, err, HAX_EXIT_ERROR);
-    if (cfg.train.device == DEVICE_CUDA) {
-        train_check_all(&dist, 1,
-                        "train.device: expected cpu or auto, found cuda: this hax-train has no CUDA backend yet "
-                        "(use device: auto or cpu)",
-                        HAX_EXIT_ERROR);
-    }
+    int use_cuda = train_pick_device(&cfg, err, sizeof err);
+    train_check_all(&dist, use_cuda < 0, err, HAX_EXIT_ERROR);
+    // every rank must take the same backend (auto could differ across nodes)
+    train_check_all(&dist, dist_allreduce_max_int(use_cuda) != use_cuda,
+                    "train.device: auto chose cuda on some ranks and cpu on others (set device: cpu or cuda)",
+                    HAX_EXIT_ERROR);
     char *text = config_to_string(&cfg);
     check_same_config(&cfg, text);
     if (dist.rank == 0) {
-        printf("hax-train: config %s%s (device %s -> cpu)\n%s", config_path, n_over ? " with overrides" : "",
-               config_device_name(cfg.train.device), text);
+        printf("hax-train: config %s%s (device %s -> %s)\n%s", config_path, n_over ? " with overrides" : "",
+               config_device_name(cfg.train.device), use_cuda ? "cuda" : "cpu", text);
         fflush(stdout);
     }
     o.cfg = &cfg;
+    o.use_cuda = use_cuda;
     o.config_text = text;
     o.config_path = config_path;
     o.dist = &dist;

@@ -15,8 +15,13 @@
 #include <unistd.h>
 
 #include "common.h"
+#include "dist_nccl.h"
 #include "ops_basic.h"
 #include "train_internal.h"
+#ifdef HAX_CUDA
+#include "../cuda/cu_common.h"
+#include "../cuda/cu_engine.h"
+#endif
 
 // ---------------------------------------------------------------- signals
 
@@ -146,6 +151,7 @@ static void evaluate(train_ctx *t, int split, const float *alt_emb, train_eval *
 typedef struct {
     double loss, gate, acc, total, tokens;
     int finite;  // loss and every gradient finite
+    int stepped; // the optimizer step was taken already (a CUDA graph step)
 } step_stats;
 
 static void train_step(train_ctx *t, int64_t s, step_stats *st) {
@@ -157,17 +163,41 @@ static void train_step(train_ctx *t, int64_t s, step_stats *st) {
     for (int i = 0; i < b->n_tok; i++) counts[0] += b->loss_mask[i] != 0;
     if (t->d->size > 1) dist_allreduce_sum_f64(counts, 2);
 
-    model_zero_grad(m);
+    const hax_device_ops *dev = t->eng->be->dev;
+    if (!dev) model_zero_grad(m);
     hax_fwd_result r;
     memset(&r, 0, sizeof r);
+    int poison = s == t->o->nan_at_step && t->d->rank == 0;  // test hook
+    st->stepped = 0;
+#ifdef HAX_CUDA
+    // One rank on the GPU: forward, backward and AdamW replayed as one CUDA
+    // graph (HAX_CUDA_GRAPH=0 turns it off).
+    const char *genv = getenv("HAX_CUDA_GRAPH");
+    if (dev && t->d->size == 1 && b->n_seq > 0 && !poison && !(genv && !strcmp(genv, "0"))) {
+        hax_fwd_opts fo = {.train = 1, .seed = cfg->train.seed, .step = (uint32_t)s, .ce_count = counts[0],
+                           .inject = NULL};
+        engine_cuda_train_step(t->eng, b, &fo, &t->opt, adamw_schedule_lr(cfg->train.lr, s, cfg->train.warmup), &r);
+        st->stepped = 1;
+    } else
+#endif
     if (b->n_seq > 0) {
         hax_fwd_opts fo = {.train = 1, .seed = cfg->train.seed, .step = (uint32_t)s, .ce_count = counts[0],
                            .inject = NULL};
         engine_forward(t->eng, b, &fo, &r);
-        engine_backward(t->eng);
+        engine_backward(t->eng);  // on a device backend: zeroes, then fills the device gradients
     }
-    if (s == t->o->nan_at_step && t->d->rank == 0) m->grad[0] = NAN;  // test hook
-    if (t->d->size > 1) dist_allreduce_sum_f32(m->grad, m->n_floats);
+#ifdef HAX_CUDA
+    else if (dev) {
+        cuda_zero(dev->grad_buffer(t->eng), m->n_floats * sizeof(float));  // this rank adds nothing
+    }
+#endif
+    if (dev) {
+        if (poison) dev->grad_finite(t->eng, 1);
+        if (t->d->size > 1) dist_nccl_allreduce_sum_f32(t->nccl, dev->grad_buffer(t->eng), m->n_floats);
+    } else {
+        if (poison) m->grad[0] = NAN;
+        if (t->d->size > 1) dist_allreduce_sum_f32(m->grad, m->n_floats);
+    }
     double v[4] = {r.loss, r.gate_loss, r.acc, r.total_loss};
     if (t->d->size > 1) dist_allreduce_sum_f64(v, 4);
     st->loss = v[0];
@@ -176,11 +206,21 @@ static void train_step(train_ctx *t, int64_t s, step_stats *st) {
     st->total = v[3];
     st->tokens = counts[1];
     st->finite = isfinite(st->total) && isfinite(st->loss);
-    for (size_t i = 0; st->finite && i < m->n_floats; i++)
+    if (dev) st->finite = st->finite && dev->grad_finite(t->eng, 0);
+    for (size_t i = 0; !dev && st->finite && i < m->n_floats; i++)
         if (!isfinite(m->grad[i])) st->finite = 0;
 }
 
 // ---------------------------------------------------------------- validation
+
+// Device backends keep the weights (and moments) on the device: these bring
+// the host copies up to date (pull) or send them back (push). No-ops on the CPU.
+static void dev_pull(train_ctx *t, int moments) {
+    if (t->eng->be->dev) t->eng->be->dev->pull(t->eng, moments ? &t->opt : NULL);
+}
+static void dev_push(train_ctx *t, int moments) {
+    if (t->eng->be->dev) t->eng->be->dev->push(t->eng, moments ? &t->opt : NULL);
+}
 
 // Stops every rank when rank 0 failed to write a file.
 static void check_write(const train_ctx *t, int rc, const char *err) { train_check_all(t->d, rc != 0, err, HAX_EXIT_ERROR); }
@@ -192,6 +232,7 @@ static int validate(train_ctx *t, int64_t s, train_eval *ev) {
     t->last_valid = ev->acc;
     int better = ev->acc > t->best_acc;
     if (better) {
+        dev_pull(t, 0);
         memcpy(t->best, t->model.data, t->model.n_floats * sizeof(float));
         t->best_acc = ev->acc;
         t->best_step = s;
@@ -229,7 +270,19 @@ static void ctx_init(train_ctx *t, const train_opts *o) {
     dataset_batch_alloc(o->ds, tc->batch_size, &t->batch);
     int max_len = dataset_pad_len(o->ds) - 1;
     int max_seq = (tc->batch_size + t->d->size - 1) / t->d->size;
-    t->eng = engine_cpu_create(&t->model, max_seq * max_len, max_seq, max_len);
+    t->eng = NULL;
+#ifdef HAX_CUDA
+    if (o->use_cuda) {
+        cuda_init(t->d->local_rank % cuda_device_count());
+        t->eng = engine_cuda_create(&t->model, max_seq * max_len, max_seq, max_len);
+        t->nccl = dist_nccl_create(t->d);
+        if (t->d->rank == 0 && t->d->size > 1) {
+            printf("hax-train: gradients summed through %s\n", dist_nccl_mode(t->nccl));
+            fflush(stdout);
+        }
+    }
+#endif
+    if (!t->eng) t->eng = engine_cpu_create(&t->model, max_seq * max_len, max_seq, max_len);
     scratch.correct = xcalloc((size_t)max_seq, sizeof(int));
     scratch.count = xcalloc((size_t)max_seq, sizeof(int));
     scratch.logits = xmalloc((size_t)max_seq * max_len * cfg->model.vocab_size * sizeof(float));
@@ -243,6 +296,7 @@ static void ctx_init(train_ctx *t, const train_opts *o) {
 }
 
 static void ctx_free(train_ctx *t) {
+    if (t->nccl) dist_nccl_free(t->nccl);
     engine_free(t->eng);
     adamw_free(&t->opt);
     hax_batch_free(&t->batch);
@@ -291,6 +345,7 @@ static void close_row(train_ctx *t, int64_t s, double lr, double valid) {
 static void save_state(train_ctx *t, const char *status) {
     char err[1024] = "";
     int rc = 0;
+    dev_pull(t, 1);
     if (t->d->rank == 0) {
         rc = train_ckpt_write(t, err, sizeof err);
         if (!rc) rc = train_write_metrics(t, err, sizeof err);
@@ -335,6 +390,7 @@ static void finish(train_ctx *t, train_test *test, train_eval *ev_ours, train_ev
     }
 
     float *final_w = xmalloc(bytes);
+    dev_pull(t, 0);
     memcpy(final_w, m->data, bytes);
     const float *final_emb = final_w + m->params[m->embeddings].offset;
     const float *ours_w = t->have_best ? t->best : final_w;
@@ -342,14 +398,17 @@ static void finish(train_ctx *t, train_test *test, train_eval *ev_ours, train_ev
     train_eval ev_own;  // the best model with its own embedding
     train_eval_alloc(&ev_own, t->nc, t->nk);
     memcpy(m->data, ours_w, bytes);
+    dev_push(t, 0);
     evaluate(t, SPLIT_TEST, final_emb, &ev_own, ev_ref);  // ev_ref: the best's hf x the final embedding
     if (cfg->train.test_output_layer == TEST_OUTPUT_BEST) train_eval_copy(ev_ours, &ev_own);
     else train_eval_copy(ev_ours, ev_ref);
     if (ref_w != ours_w) {  // the reference's best differs from ours: score it too
         memcpy(m->data, ref_w, bytes);
+        dev_push(t, 0);
         evaluate(t, SPLIT_TEST, final_emb, &ev_own, ev_ref);
     }
     memcpy(m->data, final_w, bytes);
+    dev_push(t, 0);
     test->acc = ev_ours->acc;
     test->acc_ref = ev_ref->acc;
     test->ev = ev_ours;
@@ -381,6 +440,7 @@ int train_run(const train_opts *o) {
         loaded = train_ckpt_load(&t, err, sizeof err);
         train_check_all(t.d, loaded < 0, err, HAX_EXIT_ERROR);
     }
+    dev_push(&t, 1);  // a device backend trains from here on its own copies
     if (root) {
         int rc = hax_mkdir_p(o->run_dir);
         if (rc) snprintf(err, sizeof err, "%s: cannot create the results folder: %s", o->run_dir, strerror(errno));
@@ -417,7 +477,9 @@ int train_run(const train_opts *o) {
             train_check_all(t.d, 1, err, HAX_EXIT_ERROR);
         }
         double lr = adamw_schedule_lr(tc->lr, s, tc->warmup);
-        adamw_step(&t.opt, t.model.data, t.model.grad, lr);
+        if (st.stepped) {
+        } else if (t.eng->be->dev) t.eng->be->dev->adamw_step(t.eng, &t.opt, lr);
+        else adamw_step(&t.opt, t.model.data, t.model.grad, lr);
         t.step = s;
         t.tokens += st.tokens;
         t.run_sum[0] += st.loss;
@@ -454,6 +516,7 @@ int train_run(const train_opts *o) {
     train_eval_alloc(&ev_ref, t.nc, t.nk);
     finish(&t, &test, &ev_ours, &ev_ref);
     int rc = 0;
+    dev_pull(&t, 1);
     if (root) {
         rc = train_ckpt_write(&t, err, sizeof err);
         if (!rc) rc = train_write_metrics(&t, err, sizeof err);
@@ -472,4 +535,27 @@ int train_run(const train_opts *o) {
     train_eval_free(&ev_ref);
     ctx_free(&t);
     return HAX_EXIT_OK;
+}
+
+// ---------------------------------------------------------------- backend choice
+
+int train_pick_device(const hax_config *cfg, char *why, int why_len) {
+    hax_device want = cfg->train.device;
+    if (want == DEVICE_CPU) return 0;
+#ifdef HAX_CUDA
+    char reason[200] = "";
+    int ok = 0;
+    if (cuda_device_count() <= 0) snprintf(reason, sizeof reason, "no CUDA device is visible");
+    else ok = engine_cuda_supports(&cfg->model, reason, sizeof reason);
+    if (ok) return 1;
+    if (want == DEVICE_AUTO) return 0;
+    snprintf(why, (size_t)why_len, "train.device: expected a model and machine the CUDA backend runs, found %s "
+             "(use device: auto or cpu)", reason);
+    return -1;
+#else
+    if (want == DEVICE_AUTO) return 0;
+    snprintf(why, (size_t)why_len, "train.device: expected cpu or auto, found cuda: this hax-train was built "
+             "without CUDA (nvcc not found; use device: auto or cpu)");
+    return -1;
+#endif
 }

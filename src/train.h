@@ -35,7 +35,13 @@ typedef struct {
     int64_t stop_after_step;  // test hook: raise SIGTERM at itself after this step (0: off)
     double slow_step;         // test hook: sleep this many seconds after each step (0: off)
     int64_t nan_at_step;      // test hook: a NaN gradient on rank 0 at this step (0: off)
+    int use_cuda;             // 1: the CUDA backend (train_pick_device), weights and AdamW on the device
 } train_opts;
+
+// The backend for train.device: 0 for the CPU, 1 for CUDA (auto: CUDA when
+// this build has it, a device is visible and the CUDA engine implements the
+// model), -1 with the reason in why when device: cuda cannot be honoured.
+int train_pick_device(const hax_config *cfg, char *why, int why_len);
 
 // Installs the SIGTERM / SIGUSR1 handlers: they only set a flag that the loop
 // checks at each step boundary (then: checkpoint, exit 3).

@@ -32,6 +32,7 @@ typedef struct {
     const hax_dist *d;
     hax_model model;
     hax_engine *eng;
+    struct hax_nccl *nccl;  // the device gradient all-reduce (CUDA backend only)
     hax_adamw opt;          // (ckpt) moments and step count
     hax_batch batch;
     int nc, nk;             // per-cell table dimensions
