@@ -1,0 +1,331 @@
+// gpu_sparse.c: the GPU sparse branch (cuda/cu_sparse.h) against the CPU
+// branch (src/sparse.h), for 10 patterns (the 7 components alone and three
+// unions) in both semantics, on a ragged packed batch (lengths 1 to 100, with
+// empty rows: dilated queries before the first dilated key, LSH queries
+// alone in their bucket). X and W_xx are multiples of 1/16, so KQ is exact in
+// float on both sides and the LSH buckets, the allowed lists and the key
+// selection must be EXACTLY the CPU's; attn within 1e-5, dX / dW_xx / the KS
+// MLP gradients within 1e-4 (normwise, increments over random initial values).
+// Then the LSH buckets on unrounded data against the CPU's hash of the GPU's
+// own KQ (exact), and a paper-size timing (64 x ~464 positions, E 128, N 16
+// and 32, HAX = sign_bin_lsh+key_selection with 32+32 keys), CPU vs GPU.
+// Skips (exit 0) without a CUDA device. --quick: no paper-size timing.
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "cu_common.h"
+#include "cu_sparse.h"
+#include "sparse.h"
+#include "sparse_internal.h"
+#include "test.h"
+
+#define TOL_FWD 1e-5
+#define TOL_BWD 1e-4
+
+static unsigned g_seed = 7;
+
+static float *rnd(size_t n, float scale) {
+    float *p = xmalloc(sizeof(float) * (n ? n : 1));
+    test_fill(p, n, g_seed++, scale);
+    return p;
+}
+
+// Random multiples of 1/16 in [-1, 1]: products and sums stay exact in float.
+static float *rnd_q(size_t n) {
+    float *p = rnd(n, 1.0f);
+    for (size_t i = 0; i < n; i++) p[i] = roundf(p[i] * 16.0f) / 16.0f;
+    return p;
+}
+
+static void *up(const void *h, size_t bytes) { return cuda_upload_new(h, bytes ? bytes : 4); }
+
+static void *down(const void *d, size_t bytes) {
+    void *h = xmalloc(bytes ? bytes : 4);
+    cuda_download(h, d, bytes);
+    cuda_sync();
+    return h;
+}
+
+static double cmp(const char *what, const float *d_gpu, const float *cpu, const float *init, size_t n,
+                  double tol) {
+    float *g = down(d_gpu, sizeof(float) * n), *c = xmalloc(sizeof(float) * (n ? n : 1));
+    memcpy(c, cpu, sizeof(float) * n);
+    if (init)
+        for (size_t i = 0; i < n; i++) g[i] -= init[i], c[i] -= init[i];
+    double err = rel_err(g, c, n);
+    printf("      %-12s rel err %.2e\n", what, err);
+    CHECK(err <= tol, "%s: relative error %.3e above %.0e", what, err, tol);
+    free(g), free(c);
+    return err;
+}
+
+static void set_cfg(hax_model_config *cfg, const char *pattern, int keys, int N, int E, int h,
+                    int dml, hax_semantics sem) {
+    char err[200];
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->state_size = N, cfg->intermediate_size = E, cfg->sparse_keys = keys;
+    cfg->num_hash = h, cfg->data_max_length = dml, cfg->semantics = sem;
+    if (model_config_set_sparse(cfg, pattern, err, sizeof err) != 0) hax_die("gpu_sparse: %s", err);
+}
+
+// One problem: host inputs and their device copies.
+typedef struct {
+    hax_batch b;
+    int ldX, N, E, h, k_c;
+    float *X, *W, *H, *dattn, *dX0, *dW0;
+    float *kp[6], *kg0[6];  // KS parameters and gradient initial values
+    int *cand;
+    int *d_off, *d_cand;
+    float *d_X, *d_W, *d_H, *d_dattn, *d_dX, *d_dW, *d_kp[6], *d_kg[6];
+} problem;
+
+static size_t kp_size(int i, int N) {
+    size_t w = 2 * (size_t)N;
+    size_t sz[6] = {w * w, w, w * w, w, w, 1};
+    return sz[i];
+}
+
+static void make_problem(problem *p, const int *lens, int n_seq, int model_len, int N, int E, int ldX,
+                         int h, int k_c, int quantised) {
+    memset(p, 0, sizeof(*p));
+    p->b.n_seq = n_seq, p->b.model_len = model_len, p->b.global_n_seq = n_seq;
+    p->b.seq_off = xmalloc(sizeof(int) * (n_seq + 1));
+    p->b.sample_idx = xmalloc(sizeof(int64_t) * n_seq);
+    p->b.seq_off[0] = 0;
+    for (int s = 0; s < n_seq; s++) p->b.seq_off[s + 1] = p->b.seq_off[s] + lens[s], p->b.sample_idx[s] = 1000 + s;
+    int n = p->b.n_tok = p->b.seq_off[n_seq];
+    p->ldX = ldX, p->N = N, p->E = E, p->h = h, p->k_c = k_c;
+    p->X = quantised ? rnd_q((size_t)n * ldX) : rnd((size_t)n * ldX, 1.0f);
+    p->W = quantised ? rnd_q((size_t)2 * N * E) : rnd((size_t)2 * N * E, 0.3f);
+    p->H = rnd((size_t)N * h, 1.0f);
+    p->dattn = rnd((size_t)n * E, 1.0f), p->dX0 = rnd((size_t)n * ldX, 1.0f), p->dW0 = rnd((size_t)2 * N * E, 1.0f);
+    for (int i = 0; i < 6; i++) p->kp[i] = rnd(kp_size(i, N), 0.4f), p->kg0[i] = rnd(kp_size(i, N), 1.0f);
+    p->cand = xmalloc(sizeof(int) * n_seq * k_c);
+    ks_sample_candidates(p->cand, p->b.seq_off, n_seq, p->b.sample_idx, k_c, 11, 3, 1);
+    p->d_off = up(p->b.seq_off, sizeof(int) * (n_seq + 1));
+    p->d_cand = up(p->cand, sizeof(int) * n_seq * k_c);
+    p->d_X = up(p->X, sizeof(float) * n * ldX), p->d_W = up(p->W, sizeof(float) * 2 * N * E);
+    p->d_H = up(p->H, sizeof(float) * N * h), p->d_dattn = up(p->dattn, sizeof(float) * n * E);
+    p->d_dX = up(p->dX0, sizeof(float) * n * ldX), p->d_dW = up(p->dW0, sizeof(float) * 2 * N * E);
+    for (int i = 0; i < 6; i++)
+        p->d_kp[i] = up(p->kp[i], sizeof(float) * kp_size(i, N)),
+        p->d_kg[i] = up(p->kg0[i], sizeof(float) * kp_size(i, N));
+}
+
+static void free_problem(problem *p) {
+    free(p->b.seq_off), free(p->b.sample_idx), free(p->X), free(p->W), free(p->H), free(p->dattn);
+    free(p->dX0), free(p->dW0), free(p->cand);
+    cuda_free(p->d_off), cuda_free(p->d_cand), cuda_free(p->d_X), cuda_free(p->d_W), cuda_free(p->d_H);
+    cuda_free(p->d_dattn), cuda_free(p->d_dX), cuda_free(p->d_dW);
+    for (int i = 0; i < 6; i++) free(p->kp[i]), free(p->kg0[i]), cuda_free(p->d_kp[i]), cuda_free(p->d_kg[i]);
+}
+
+static ks_params host_ks(float **w) { return (ks_params){w[0], w[1], w[2], w[3], w[4], w[5]}; }
+static ks_grads host_kg(float **w) { return (ks_grads){w[0], w[1], w[2], w[3], w[4], w[5]}; }
+
+// Counts rows whose allowed list differs between the CPU (CSR) and GPU (stride).
+static int list_mismatches(const hax_sparse_state *cs, const cu_sparse_state *gs, int n_tok) {
+    int *cnt = down(gs->allow_cnt, sizeof(int) * n_tok);
+    int *key = down(gs->allow_key, sizeof(int) * (size_t)n_tok * gs->row_cap);
+    int bad = 0;
+    for (int g = 0; g < n_tok; g++) {
+        int off = cs->allow_off[g], c = cs->allow_off[g + 1] - off;
+        int same = c == cnt[g] && memcmp(cs->allow_key + off, key + (size_t)g * gs->row_cap, sizeof(int) * c) == 0;
+        bad += !same;
+    }
+    free(cnt), free(key);
+    return bad;
+}
+
+static int bucket_mismatches(const int32_t *cpu, const int32_t *d_gpu, int n) {
+    int32_t *g = down(d_gpu, sizeof(int32_t) * n);
+    int bad = 0;
+    for (int i = 0; i < n; i++) bad += g[i] != cpu[i];
+    free(g);
+    return bad;
+}
+
+// CPU and GPU forward + backward of one pattern on problem p; checks
+// everything. Returns the CPU state (freed by the caller).
+static void check_pattern(problem *p, const hax_model_config *cfg, int max_len) {
+    int n = p->b.n_tok, N = p->N, E = p->E, ldX = p->ldX, ks_on = (cfg->sparse_mask & SPARSE_KEY_SELECTION) != 0;
+    printf("    %s / %s\n", cfg->sparse_arch, cfg->semantics == SEMANTICS_REFERENCE ? "reference" : "causal");
+    hax_sparse_state *cs = sparse_state_alloc(cfg, n, p->b.n_seq, max_len);
+    cu_sparse_state *gs = cuda_sparse_state_alloc(cfg, n, p->b.n_seq, max_len);
+    ks_params hk = host_ks(p->kp), dk = host_ks(p->d_kp);
+    float *attn = xcalloc((size_t)n * E, sizeof(float));
+    float *d_attn = cuda_malloc(sizeof(float) * n * E);
+    double gl = sparse_forward(cs, cfg, &p->b, p->X, ldX, p->W, &hk, p->H, p->cand, 1, attn, E);
+    cuda_sparse_forward(gs, p->d_off, p->b.n_seq, n, p->b.model_len, p->d_X, ldX, p->d_W, &dk, p->d_H,
+                        p->d_cand, 1, d_attn, E);
+    cuda_sync();
+    int bq = bucket_mismatches(cs->q_bucket, gs->q_bucket, n), bk = bucket_mismatches(cs->k_bucket, gs->k_bucket, n);
+    CHECK(bq == 0 && bk == 0, "%s: buckets differ at %d query / %d key rows", cfg->sparse_arch, bq, bk);
+    if (!(cfg->sparse_mask & SPARSE_FULL)) {
+        int bad = list_mismatches(cs, gs, n), empty = 0;
+        for (int g = 0; g < n; g++) empty += cs->allow_off[g + 1] == cs->allow_off[g];
+        printf("      lists: %d rows, %d empty, %d differ\n", n, empty, bad);
+        CHECK(bad == 0, "%s: %d allowed lists differ", cfg->sparse_arch, bad);
+    }
+    cmp("attn", d_attn, attn, NULL, (size_t)n * E, TOL_FWD);
+    double ggl = 0;
+    cuda_download(&ggl, gs->gate_loss, sizeof(double));
+    cuda_sync();
+    CHECK(fabs(ggl - gl) <= 1e-5 * (fabs(gl) + 1e-3), "gate loss %.9g vs CPU %.9g", ggl, gl);
+    // backward
+    float *dX = xmalloc(sizeof(float) * n * ldX), *dW = xmalloc(sizeof(float) * 2 * N * E), *kg[6];
+    memcpy(dX, p->dX0, sizeof(float) * n * ldX), memcpy(dW, p->dW0, sizeof(float) * 2 * N * E);
+    for (int i = 0; i < 6; i++) kg[i] = xmalloc(sizeof(float) * kp_size(i, N)), memcpy(kg[i], p->kg0[i], sizeof(float) * kp_size(i, N));
+    ks_grads hg = host_kg(kg), dg = host_kg(p->d_kg);
+    float gate_scale = 0.1f / p->b.n_seq;
+    sparse_backward(cs, cfg, &p->b, p->dattn, E, gate_scale, p->X, ldX, p->W, &hk, dX, ldX, dW, &hg);
+    cuda_sparse_backward(gs, p->d_off, p->b.n_seq, n, p->d_dattn, E, gate_scale, p->d_X, ldX, p->d_W, &dk,
+                         p->d_dX, ldX, p->d_dW, &dg);
+    cuda_sync();
+    cmp("dX", p->d_dX, dX, p->dX0, (size_t)n * ldX, TOL_BWD);
+    cmp("dW_xx", p->d_dW, dW, p->dW0, (size_t)2 * N * E, TOL_BWD);
+    if (ks_on) {
+        const char *names[6] = {"d w1", "d b1", "d w2", "d b2", "d w3", "d b3"};
+        for (int i = 0; i < 6; i++) cmp(names[i], p->d_kg[i], kg[i], p->kg0[i], kp_size(i, N), TOL_BWD);
+    }
+    // reset the device gradients for the next pattern
+    cuda_upload(p->d_dX, p->dX0, sizeof(float) * n * ldX), cuda_upload(p->d_dW, p->dW0, sizeof(float) * 2 * N * E);
+    for (int i = 0; i < 6; i++) cuda_upload(p->d_kg[i], p->kg0[i], sizeof(float) * kp_size(i, N));
+    cuda_sync();
+    for (int i = 0; i < 6; i++) free(kg[i]);
+    free(dX), free(dW), free(attn);
+    cuda_free(d_attn);
+    sparse_state_free(cs);
+    cuda_sparse_state_free(gs);
+}
+
+static const char *k_patterns[] = {"sliding_window", "sink", "dilated", "sign_bin_lsh", "argmax_lsh",
+                                   "key_selection", "full", "sliding_window+sink",
+                                   "sign_bin_lsh+key_selection", "sink+dilated+argmax_lsh"};
+static const int k_lens[] = {5, 1, 17, 3, 100, 4, 40, 1, 64, 33};
+#define K_NSEQ ((int)(sizeof(k_lens) / sizeof(k_lens[0])))
+
+static void test_patterns(void) {
+    int N = 16, E = 40, ldX = 45, h = 4, L = 128;
+    for (int sem = 0; sem < 2; sem++)
+        for (size_t i = 0; i < sizeof(k_patterns) / sizeof(k_patterns[0]); i++) {
+            hax_model_config cfg;
+            int parts = 1;
+            for (const char *c = k_patterns[i]; *c; c++) parts += *c == '+';
+            set_cfg(&cfg, k_patterns[i], 8 * parts, N, E, h, 32, (hax_semantics)sem);
+            problem p;
+            make_problem(&p, k_lens, K_NSEQ, L, N, E, ldX, h, cfg.k_c > 0 ? cfg.k_c : 1, 1);
+            check_pattern(&p, &cfg, L);
+            free_problem(&p);
+        }
+}
+
+// Unrounded data: the GPU's buckets must equal the CPU hash of the GPU's KQ.
+static void test_lsh_exact(void) {
+    int N = 32, E = 64, h = 8, L = 128;
+    const char *pats[2] = {"sign_bin_lsh", "argmax_lsh"};
+    for (int sem = 0; sem < 2; sem++)
+        for (int a = 0; a < 2; a++) {
+            hax_model_config cfg;
+            set_cfg(&cfg, pats[a], 8, N, E, h, 64, (hax_semantics)sem);
+            problem p;
+            make_problem(&p, k_lens, K_NSEQ, L, N, E, E, h, cfg.k_c, 0);
+            int n = p.b.n_tok;
+            cu_sparse_state *gs = cuda_sparse_state_alloc(&cfg, n, K_NSEQ, L);
+            float *d_attn = cuda_malloc(sizeof(float) * n * E);
+            cuda_sparse_forward(gs, p.d_off, K_NSEQ, n, L, p.d_X, E, p.d_W, NULL, p.d_H, NULL, 0, d_attn, E);
+            float *KQ = down(gs->KQ, sizeof(float) * n * 2 * N);
+            int32_t *qb = xmalloc(sizeof(int32_t) * n), *kb = xmalloc(sizeof(int32_t) * n);
+            float *pq = xmalloc(sizeof(float) * n * h), *pk = xmalloc(sizeof(float) * n * h);
+            sparse_lsh_hash(qb, pq, KQ + N, 2 * N, N, p.H, h, a, p.b.seq_off, K_NSEQ, L, (hax_semantics)sem);
+            sparse_lsh_hash(kb, pk, KQ, 2 * N, N, p.H, h, a, p.b.seq_off, K_NSEQ, L, (hax_semantics)sem);
+            int bad = bucket_mismatches(qb, gs->q_bucket, n) + bucket_mismatches(kb, gs->k_bucket, n);
+            float *gq = down(gs->hq_proj, sizeof(float) * n * h);
+            int pbad = memcmp(gq, pq, sizeof(float) * n * h) != 0;
+            printf("    %s / %s: %d positions, %d bucket mismatches, projections %s\n", pats[a],
+                   sem ? "causal" : "reference", n, bad, pbad ? "DIFFER" : "bit-identical");
+            CHECK(bad == 0 && !pbad, "%s: LSH on the GPU's KQ differs from the CPU's", pats[a]);
+            free(KQ), free(qb), free(kb), free(pq), free(pk), free(gq);
+            cuda_free(d_attn);
+            cuda_sparse_state_free(gs);
+            free_problem(&p);
+        }
+}
+
+// Paper size: CPU vs GPU time of forward + backward, results compared.
+static void time_paper(int N, const char *pattern) {
+    int n_seq = 64, E = 128, h = 8, lens[64], L = 0;
+    for (int s = 0; s < n_seq; s++) lens[s] = 400 + (int)((s * 37u) % 129), L = lens[s] > L ? lens[s] : L;
+    hax_model_config cfg;
+    set_cfg(&cfg, pattern, 64, N, E, h, 2048, SEMANTICS_REFERENCE);
+    problem p;
+    make_problem(&p, lens, n_seq, L, N, E, E, h, cfg.k_c, 1);
+    int n = p.b.n_tok;
+    printf("    %s, N %d: %d sequences, %d positions, E %d, k %d\n", pattern, N, n_seq, n, E, cfg.sparse_keys);
+    hax_sparse_state *cs = sparse_state_alloc(&cfg, n, n_seq, L);
+    cu_sparse_state *gs = cuda_sparse_state_alloc(&cfg, n, n_seq, L);
+    ks_params hk = host_ks(p.kp), dk = host_ks(p.d_kp);
+    float *attn = xmalloc(sizeof(float) * n * E), *d_attn = cuda_malloc(sizeof(float) * n * E);
+    float *dX = xmalloc(sizeof(float) * n * E), *dW = xmalloc(sizeof(float) * 2 * N * E), *kg[6];
+    memcpy(dX, p.dX0, sizeof(float) * n * E), memcpy(dW, p.dW0, sizeof(float) * 2 * N * E);
+    for (int i = 0; i < 6; i++) kg[i] = xmalloc(sizeof(float) * kp_size(i, N)), memcpy(kg[i], p.kg0[i], sizeof(float) * kp_size(i, N));
+    ks_grads hg = host_kg(kg), dg = host_kg(p.d_kg);
+    double t0 = hax_now();
+    sparse_forward(cs, &cfg, &p.b, p.X, E, p.W, &hk, p.H, p.cand, 1, attn, E);
+    double t1 = hax_now();
+    sparse_backward(cs, &cfg, &p.b, p.dattn, E, 0.1f / n_seq, p.X, E, p.W, &hk, dX, E, dW, &hg);
+    double t2 = hax_now();
+    // GPU: once for the comparison, then timed repeats
+    cuda_sparse_forward(gs, p.d_off, n_seq, n, L, p.d_X, E, p.d_W, &dk, p.d_H, p.d_cand, 1, d_attn, E);
+    cuda_sparse_backward(gs, p.d_off, n_seq, n, p.d_dattn, E, 0.1f / n_seq, p.d_X, E, p.d_W, &dk, p.d_dX, E,
+                         p.d_dW, &dg);
+    cuda_sync();
+    int bad = list_mismatches(cs, gs, n);
+    printf("      lists differing: %d of %d rows\n", bad, n);
+    if (!(cfg.sparse_mask & SPARSE_KEY_SELECTION)) CHECK(bad == 0, "paper size: %d lists differ", bad);
+    cmp("attn", d_attn, attn, NULL, (size_t)n * E, bad ? 1e-2 : TOL_FWD);
+    cmp("dX", p.d_dX, dX, p.dX0, (size_t)n * E, bad ? 1e-2 : TOL_BWD);
+    cmp("dW_xx", p.d_dW, dW, p.dW0, (size_t)2 * N * E, bad ? 1e-2 : TOL_BWD);
+    int reps = 10, e0 = cuda_event_record();
+    for (int r = 0; r < reps; r++)
+        cuda_sparse_forward(gs, p.d_off, n_seq, n, L, p.d_X, E, p.d_W, &dk, p.d_H, p.d_cand, 1, d_attn, E);
+    int e1 = cuda_event_record();
+    for (int r = 0; r < reps; r++)
+        cuda_sparse_backward(gs, p.d_off, n_seq, n, p.d_dattn, E, 0.1f / n_seq, p.d_X, E, p.d_W, &dk,
+                             p.d_dX, E, p.d_dW, &dg);
+    int e2 = cuda_event_record();
+    float fwd = cuda_event_ms(e0, e1) / reps, bwd = cuda_event_ms(e1, e2) / reps;
+    printf("      CPU fwd %.1f ms, bwd %.1f ms | GPU fwd %.3f ms, bwd %.3f ms (bwd timed after a forward)\n",
+           (t1 - t0) * 1e3, (t2 - t1) * 1e3, fwd, bwd);
+    for (int i = 0; i < 6; i++) free(kg[i]);
+    free(attn), free(dX), free(dW);
+    cuda_free(d_attn);
+    sparse_state_free(cs);
+    cuda_sparse_state_free(gs);
+    free_problem(&p);
+}
+
+static void test_paper(void) {
+    time_paper(16, "sign_bin_lsh+key_selection");
+    time_paper(32, "sign_bin_lsh+key_selection");
+    time_paper(16, "sliding_window+sink");
+    time_paper(16, "full");
+}
+
+int main(int argc, char **argv) {
+    int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    if (cuda_device_count() == 0) {
+        printf("SKIP: no CUDA device\n");
+        return 0;
+    }
+    cuda_init(0);
+    printf("device: %s\n", cuda_device_name());
+    RUN(test_patterns);
+    RUN(test_lsh_exact);
+    if (!quick) RUN(test_paper);
+    return test_summary();
+}
