@@ -174,12 +174,15 @@ static size_t work_bytes(const hax_model *m, int n, int n_seq) {
     return w;
 }
 
+static void graphs_free(cu_impl *c);
+
 // (Re)allocates every batch-sized buffer for n_tok positions, n_seq sequences.
 static void reserve(cu_impl *c, const hax_model *m, int n_tok, int n_seq) {
     if (n_tok <= c->cap_tok && n_seq <= c->cap_seq && c->arena) return;
     if (n_tok > c->cap_tok) c->cap_tok = n_tok;
     if (n_seq > c->cap_seq) c->cap_seq = n_seq;
     cuda_sync();  // nothing may still use the old buffers
+    graphs_free(c);  // captured steps point into the old buffers
     cuda_free(c->arena), cuda_free(c->work), cuda_free(c->ids), cuda_free(c->labels), cuda_free(c->mask);
     cuda_free(c->seq_off), cuda_free(c->correct), cuda_free(c->count);
     free(c->h_correct), free(c->h_count), free(c->h_hidden), free(c->h_logits);
@@ -410,8 +413,6 @@ static void cu_backward(hax_engine *e) {
 
 // ---------------------------------------------------------------- outputs, lifetime
 
-static void graphs_free(cu_impl *c);
-
 static const float *cu_hidden(hax_engine *e) {
     cu_impl *c = (cu_impl *)e->impl;
     if (!c->hidden_ok) {
@@ -502,9 +503,7 @@ extern "C" void engine_cuda_train_step(hax_engine *e, const hax_batch *b, const 
     hax_model *m = e->model;
     if (!c->resident) hax_die("engine_cuda_train_step: expected resident weights (push first), found none");
     pad_batch(c, b);
-    float *arena = c->arena;
-    fwd_prepare(c, m, &c->pad);  // sizes, uploads the padded batch
-    if (c->arena != arena) graphs_free(c);  // the buffers moved: every graph is stale
+    fwd_prepare(c, m, &c->pad);  // sizes (a reallocation drops every graph), uploads the padded batch
     double ce_count = o->ce_count;
     if (ce_count <= 0) {
         ce_count = 0;

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# gpu_train.sh: hax-train on the GPU (train.device: cuda) against the CPU on
+# the tiny plain Mamba (configs/tiny_mamba.yaml): the loss curves of 300
+# steps, graph steps vs plain device steps, 2 ranks sharing the GPU (NCCL
+# refuses one device per two ranks: the host MPI all-reduce is taken then),
+# stop + resume bit for bit on the GPU, device: auto picks cuda, and an
+# unsupported model with device: cuda is refused in one line. Prints
+# "SKIP: no CUDA device" and exits 0 without one. Not run by tests/run.sh.
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q GPU; then
+    echo "SKIP: no CUDA device"; exit 0
+fi
+T=$BIN/hax-train
+FILES=$ROOT/build/tests/test_train_files
+tmp=$(mktemp -d /tmp/hax_gpu_train.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+STEPS=${GPU_TRAIN_STEPS:-300}
+RUNARGS=(configs/tiny_mamba.yaml data.path=$tmp/data train.steps=$STEPS train.valid_every=100 train.log_every=1
+         train.checkpoint_every=0)
+run_dir() { echo "$tmp/$1/tiny_mamba/lr_0.003/seed_1"; }
+# curve_diff A B COL: largest |a - b| / max(|b|, 1e-3) over the rows of a metrics.csv column
+curve_diff() { paste -d, "$1/metrics.csv" "$2/metrics.csv" | awk -F, -v c="$3" 'NR > 1 {
+    a = $c; b = $(c + 6); d = a - b; if (d < 0) d = -d; m = b < 0 ? -b : b; if (m < 1e-3) m = 1e-3;
+    if (d / m > w) w = d / m } END { printf "%.2e", w + 0 }'; }
+le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a <= b) }'; }
+
+t0=$(date +%s.%N)
+"$T" "${RUNARGS[@]}" train.device=cpu --results "$tmp/cpu" >"$tmp/cpu.log" 2>&1; rc=$?
+t1=$(date +%s.%N)
+check "cpu run exits 0" test $rc -eq 0
+HAX_CUDA_GRAPH=1 "$T" "${RUNARGS[@]}" train.device=cuda --results "$tmp/gpu" >"$tmp/gpu.log" 2>&1; rc=$?
+t2=$(date +%s.%N)
+check "gpu run exits 0 ($(tail -n 1 "$tmp/gpu.log"))" test $rc -eq 0
+check "gpu run says device cuda" grep -q "device cuda -> cuda" "$tmp/gpu.log"
+echo "  wall: cpu $(awk -v a=$t0 -v b=$t1 'BEGIN{printf "%.1f", b-a}') s, gpu $(awk -v a=$t1 -v b=$t2 'BEGIN{printf "%.1f", b-a}') s ($STEPS steps + validation + test)"
+grep "tok/s" "$tmp/cpu.log" | tail -n 1; grep "tok/s" "$tmp/gpu.log" | tail -n 1
+C=$(run_dir cpu) G=$(run_dir gpu)
+dl=$(curve_diff "$G" "$C" 2) da=$(curve_diff "$G" "$C" 4)
+d100=$(head -n 101 "$G/metrics.csv" >"$tmp/g100.csv"; head -n 101 "$C/metrics.csv" >"$tmp/c100.csv"
+       paste -d, "$tmp/g100.csv" "$tmp/c100.csv" | awk -F, 'NR > 1 { d = $2 - $8; if (d < 0) d = -d;
+       m = $8 < 0 ? -$8 : $8; if (d / m > w) w = d / m } END { printf "%.2e", w + 0 }')
+echo "  gpu vs cpu: loss curve max rel diff $dl (first 100 steps $d100), train acc $da"
+check "gpu vs cpu: first 100 losses within 1e-4 ($d100)" le "$d100" 1e-4
+check "gpu vs cpu: all $STEPS losses within 1e-3 ($dl)" le "$dl" 1e-3
+check "gpu vs cpu: final weights within 1e-3" "$FILES" cmp "$C/checkpoint.safetensors" "$G/checkpoint.safetensors" 1e-3 --weights
+for k in best_valid_acc test_acc; do
+    echo "  $k: cpu $(sed -n "s/^  \"$k\": \([0-9.e+-]*\),*\$/\1/p" "$C/result.json") gpu $(sed -n "s/^  \"$k\": \([0-9.e+-]*\),*\$/\1/p" "$G/result.json")"
+done
+
+# plain device steps (no graph): same curve to rounding
+HAX_CUDA_GRAPH=0 "$T" "${RUNARGS[@]}" train.device=cuda --results "$tmp/plain" >"$tmp/plain.log" 2>&1; rc=$?
+check "gpu plain-step run exits 0" test $rc -eq 0
+P=$(run_dir plain)
+dp=$(curve_diff "$P" "$G" 2)
+check "plain vs graph steps: losses within 1e-4 ($dp)" le "$dp" 1e-4
+
+# 2 ranks on the one GPU
+$MPIRUN -np 2 "$T" "${RUNARGS[@]}" train.device=cuda --results "$tmp/two" >"$tmp/two.log" 2>&1; rc=$?
+check "2 ranks on the GPU exit 0 ($(tail -n 1 "$tmp/two.log"))" test $rc -eq 0
+grep "gradients summed" "$tmp/two.log"
+W=$(run_dir two)
+d2=$(curve_diff "$W" "$P" 2)
+check "2 ranks vs 1 rank on the GPU: losses within 1e-4 ($d2)" le "$d2" 1e-4
+check "2 ranks: result.json says 2 ranks" grep -q '"ranks": 2' "$W/result.json"
+
+# stop after step 150 and resume: bit for bit with the uninterrupted graph run
+"$T" "${RUNARGS[@]}" train.device=cuda --results "$tmp/stop" --stop-after-step 150 >"$tmp/stop.log" 2>&1; rc=$?
+check "stopped run exits 3" test $rc -eq 3
+"$T" "${RUNARGS[@]}" train.device=cuda --results "$tmp/stop" >"$tmp/stop2.log" 2>&1; rc=$?
+check "resumed run exits 0" test $rc -eq 0
+S=$(run_dir stop)
+check "resume on the GPU: checkpoint bit for bit" "$FILES" cmp "$G/checkpoint.safetensors" "$S/checkpoint.safetensors" 0
+check "resume on the GPU: metrics.csv equal" cmp -s "$G/metrics.csv" "$S/metrics.csv"
+
+# device choice
+out=$("$T" "${RUNARGS[@]}" train.steps=2 train.device=auto --results "$tmp/auto" 2>&1); rc=$?
+check "device auto picks cuda for plain Mamba" grep -q "device auto -> cuda" <<<"$out"
+check_fails "device cuda refuses Samba in one line" "train.device: expected a model" \
+    "$T" configs/tiny_samba.yaml data.path=$tmp/data train.steps=2 train.device=cuda --results "$tmp/samba"
+finish
