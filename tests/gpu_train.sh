@@ -74,8 +74,8 @@ check "resume on the GPU: checkpoint bit for bit" "$FILES" cmp "$G/checkpoint.sa
 check "resume on the GPU: metrics.csv equal" cmp -s "$G/metrics.csv" "$S/metrics.csv"
 
 # device choice
-out=$("$T" "${RUNARGS[@]}" train.steps=2 train.device=auto --results "$tmp/auto" 2>&1); rc=$?
+out=$("$T" "${RUNARGS[@]}" train.steps=2 train.warmup=1 train.device=auto --results "$tmp/auto" 2>&1); rc=$?
 check "device auto picks cuda for plain Mamba" grep -q "device auto -> cuda" <<<"$out"
 check_fails "device cuda refuses Samba in one line" "train.device: expected a model" \
-    "$T" configs/tiny_samba.yaml data.path=$tmp/data train.steps=2 train.device=cuda --results "$tmp/samba"
+    "$T" configs/tiny_samba.yaml data.path=$tmp/data train.steps=2 train.warmup=1 train.device=cuda --results "$tmp/samba"
 finish
