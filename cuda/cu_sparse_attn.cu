@@ -213,15 +213,20 @@ __global__ static void attn_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const
                                          const float *allow_p, const int *allow_cnt,
                                          const int *allow_key, const float *KQ, const float *dattn,
                                          int ld_dattn, const int *seq_off, int n_seq, int n_tok,
-                                         int N, int E, int cap) {
+                                         int N, int E, int cap, unsigned m, int k, int delta) {
     int j = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (j >= n_tok) return;
     int s = cu_seq_of(seq_off, n_seq, j), o = seq_off[s], n = seq_off[s + 1] - o, jl = j - o;
     int ldkq = 2 * N;
+    // The last query that can hold j: any for LSH / KS / sink keys / dilated
+    // grid keys; else only the sliding window's t < j + k.
+    int far = (m & (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH | SPARSE_KEY_SELECTION)) ||
+              ((m & SPARSE_SINK) && jl < k) || ((m & SPARSE_DILATED) && jl % delta == delta - 1);
+    int t_end = far ? n : min(n, (m & SPARSE_SLIDING_WINDOW) ? jl + k : jl);
     float dk[CU_SP_FPL] = {0}, dv[CU_SP_EPL] = {0};
-    for (int t0 = jl; t0 < n; t0 += 32) {
+    for (int t0 = jl; t0 < t_end; t0 += 32) {
         int t = t0 + lane, idx = -1;
-        if (t < n) {
+        if (t < t_end) {
             const int *row = allow_key + (size_t)(o + t) * cap;
             int lo = 0, hi = allow_cnt[o + t];
             while (lo < hi) {  // first entry >= jl
@@ -439,7 +444,8 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
     CUDA_LAUNCHED();
     attn_bwd_k_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, dV, ld_dv, st->allow_ds, st->allow_p,
                                                      st->allow_cnt, st->allow_key, st->KQ, dattn,
-                                                     ld_dattn, seq_off, n_seq, n_tok, N, E, cap);
+                                                     ld_dattn, seq_off, n_seq, n_tok, N, E, cap,
+                                                     st->mask, st->k_c, st->delta);
     CUDA_LAUNCHED();
     if (st->sem != SEMANTICS_REFERENCE) return;
     empty_prep_kernel<<<n_seq, 256, 0, sm>>>(st->empty_work, st->allow_cnt, st->KQ, V, ldv, st->seq_sv,
