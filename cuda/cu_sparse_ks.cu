@@ -5,70 +5,109 @@
 #include "cu_linear.h"
 #include "cu_sparse_ks.h"
 
-#define KS_MAX_N 128   // features: at most 4 feature columns per lane
-#define KS_CHUNK 32    // features: positions of Q staged in shared memory at a time
+#define KS_MAX_N 128  // features: at most 4 feature columns per lane
+#define KS_WARPS 8    // features: warps per sequence, each a contiguous chunk of positions
+#define KS_STAGE 1024 // features: floats of Q staged in shared memory per warp
 
 // ---------------------------------------------------------------- features
 
-// One warp per sequence; lane owns the feature columns lane, lane+32, ...
-// Q is staged KS_CHUNK rows at a time in shared memory so the sequential
-// running sum reads no global memory. The running sums and the norms are in
-// double and in the CPU's order per column (the causal per-vector norm sums
-// the columns in a different order: a few ulps of a double).
+// What a warp does with its chunk of positions in ks_features_kernel.
+enum { KS_SUM, KS_SUM_W2, KS_WRITE_REF, KS_WRITE_CAUSAL };
+
+// One pass of a warp over positions t0..t1-1 of the sequence at row o: the
+// running sums c (lane's columns lane, lane+32, ...) are advanced row by row,
+// and per mode the squares are added to w2 or the normalised sums written to
+// T's TQ half. Q rows are staged in the warp's shared buffer first, so the
+// sequential chain reads no global memory. The loop bounds are the same for
+// every lane of the warp (the causal norm is a warp sum).
+__device__ static void ks_feature_pass(int mode, double *c, double *w2, float *T, const float *Q,
+                                       int ldq, int o, int t0, int t1, int N, float *stage,
+                                       int lane) {
+    int D = 2 * N, rows_per = KS_STAGE / N;
+    for (int tb = t0; tb < t1; tb += rows_per) {
+        int rows = min(rows_per, t1 - tb);
+        __syncwarp();
+        for (int e = lane; e < rows * N; e += 32) stage[e] = Q[(size_t)(o + tb + e / N) * ldq + e % N];
+        __syncwarp();
+        for (int t = 0; t < rows; t++) {
+            double nrm2 = 0.0;
+            for (int r = 0; r < KS_MAX_N / 32 && lane + 32 * r < N; r++) {
+                c[r] += stage[t * N + lane + 32 * r];
+                if (mode == KS_SUM_W2) w2[r] += c[r] * c[r];
+                nrm2 += c[r] * c[r];
+            }
+            float *tq = T + (size_t)(o + tb + t) * D + N;
+            if (mode == KS_WRITE_REF) {
+                for (int r = 0; r < KS_MAX_N / 32 && lane + 32 * r < N; r++)
+                    tq[lane + 32 * r] = (float)(c[r] * w2[r]);
+            } else if (mode == KS_WRITE_CAUSAL) {
+                double inv = 1.0 / fmax(sqrt(cu_warp_sum(nrm2)), 1e-12);
+                for (int r = 0; r < KS_MAX_N / 32 && lane + 32 * r < N; r++)
+                    tq[lane + 32 * r] = (float)(c[r] * inv);
+            }
+        }
+    }
+}
+
+// One block of KS_WARPS warps per sequence; warp w takes the w-th contiguous
+// chunk of positions. The running sums C_t = sum_{p<=t} Q_p (double) start
+// each chunk from the in-order sum of the earlier chunks' totals; in
+// reference semantics the column norms w^2 = sum_t C_t^2 + n_pad C_{n-1}^2
+// are chunk partials added in order too. Fixed order: deterministic, and
+// equal to the CPU's sequential double sums up to a few double ulps.
 __global__ static void ks_features_kernel(float *T, const float *K, int ldk, const float *Q, int ldq,
                                           const int *seq_off, int model_len, int N, int causal,
                                           int *err) {
-    extern __shared__ float q_sh[];  // [KS_CHUNK, N]
-    int s = blockIdx.x, lane = threadIdx.x, D = 2 * N;
+    extern __shared__ double feat_sh[];  // part [KS_WARPS][N], w2p [KS_WARPS][N], stage
+    double *part = feat_sh, *w2p = part + KS_WARPS * N;
+    int s = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32, D = 2 * N;
+    float *stage = (float *)(w2p + KS_WARPS * N) + warp * KS_STAGE;
     int o = seq_off[s], n = seq_off[s + 1] - o;
     int n_pad = model_len - n;
     if (!causal && n_pad < 0) {
-        if (lane == 0) atomicOr(err, CU_ERR_KS);
+        if (threadIdx.x == 0) atomicOr(err, CU_ERR_KS);
         return;
     }
     // TK = K (detached).
-    for (long e = lane; e < (long)n * N; e += 32) {
-        long t = e / N;
-        int i = (int)(e % N);
-        T[(size_t)(o + t) * D + i] = K[(size_t)(o + t) * ldk + i];
-    }
-    double c[KS_MAX_N / 32], w[KS_MAX_N / 32];
-    for (int r = 0; r < KS_MAX_N / 32; r++) c[r] = 0.0, w[r] = 0.0;
-    // Reference: two passes (the column norms over the sequence, then the
-    // normalised sums); causal: one pass.
-    for (int pass = causal ? 1 : 0; pass < 2; pass++) {
-        for (int r = 0; r < KS_MAX_N / 32; r++) c[r] = 0.0;
-        for (int t0 = 0; t0 < n; t0 += KS_CHUNK) {
-            int rows = min(KS_CHUNK, n - t0);
-            __syncwarp();
-            for (int e = lane; e < rows * N; e += 32)
-                q_sh[e] = Q[(size_t)(o + t0 + e / N) * ldq + e % N];
-            __syncwarp();
-            for (int t = 0; t < rows; t++) {
-                double nrm2 = 0.0;
-                for (int r = 0; r < KS_MAX_N / 32; r++) {
-                    int i = lane + 32 * r;
-                    if (i >= N) break;
-                    c[r] += q_sh[t * N + i];
-                    if (pass == 0) w[r] += c[r] * c[r];
-                    else nrm2 += c[r] * c[r];
-                }
-                if (pass == 0) continue;
-                float *tq = T + (size_t)(o + t0 + t) * D + N;
-                if (causal) {
-                    double inv = 1.0 / fmax(sqrt(cu_warp_sum(nrm2)), 1e-12);
-                    for (int r = 0; r < KS_MAX_N / 32 && lane + 32 * r < N; r++)
-                        tq[lane + 32 * r] = (float)(c[r] * inv);
-                } else {
-                    for (int r = 0; r < KS_MAX_N / 32 && lane + 32 * r < N; r++)
-                        tq[lane + 32 * r] = (float)(c[r] * w[r]);
-                }
-            }
+    for (int e = threadIdx.x; e < n * N; e += blockDim.x)
+        T[(size_t)(o + e / N) * D + e % N] = K[(size_t)(o + e / N) * ldk + e % N];
+    int len = (n + KS_WARPS - 1) / KS_WARPS;
+    int t0 = min(n, warp * len), t1 = min(n, t0 + len);
+    const int R = KS_MAX_N / 32;
+    double c[R], w2[R];
+    for (int r = 0; r < R; r++) c[r] = 0.0, w2[r] = 0.0;
+    ks_feature_pass(KS_SUM, c, w2, T, Q, ldq, o, t0, t1, N, stage, lane);
+    for (int r = 0; r < R && lane + 32 * r < N; r++) part[warp * N + lane + 32 * r] = c[r];
+    __syncthreads();
+    // c = this chunk's starting sum; total = C_{n-1}
+    double total[R];
+    for (int r = 0; r < R; r++) c[r] = 0.0, total[r] = 0.0;
+    for (int r = 0; r < R; r++) {
+        int i = lane + 32 * r;
+        if (i >= N) break;
+        for (int w = 0; w < KS_WARPS; w++) {
+            if (w == warp) c[r] = total[r];
+            total[r] += part[w * N + i];
         }
-        if (pass == 0)  // the n_pad pad positions hold the total C_{n-1}
-            for (int r = 0; r < KS_MAX_N / 32; r++)
-                w[r] = 1.0 / fmax(sqrt(w[r] + (double)n_pad * c[r] * c[r]), 1e-12);
     }
+    if (causal) {
+        ks_feature_pass(KS_WRITE_CAUSAL, c, w2, T, Q, ldq, o, t0, t1, N, stage, lane);
+        return;
+    }
+    double c0[R];
+    for (int r = 0; r < R; r++) c0[r] = c[r];
+    ks_feature_pass(KS_SUM_W2, c, w2, T, Q, ldq, o, t0, t1, N, stage, lane);
+    for (int r = 0; r < R && lane + 32 * r < N; r++) w2p[warp * N + lane + 32 * r] = w2[r];
+    __syncthreads();
+    for (int r = 0; r < R; r++) {
+        int i = lane + 32 * r;
+        if (i >= N) break;
+        double sum = 0.0;
+        for (int w = 0; w < KS_WARPS; w++) sum += w2p[w * N + i];
+        // the n_pad pad positions hold the total C_{n-1}
+        w2[r] = 1.0 / fmax(sqrt(sum + (double)n_pad * total[r] * total[r]), 1e-12);
+    }
+    ks_feature_pass(KS_WRITE_REF, c0, w2, T, Q, ldq, o, t0, t1, N, stage, lane);
 }
 
 extern "C" void cuda_ks_features(float *T, const float *K, int ldk, const float *Q, int ldq,
@@ -78,9 +117,9 @@ extern "C" void cuda_ks_features(float *T, const float *K, int ldk, const float 
     if (N < 1 || N > KS_MAX_N)
         hax_die("cu_sparse_ks: features: N: expected 1..%d, found %d", KS_MAX_N, N);
     if (n_seq <= 0) return;
-    size_t smem = sizeof(float) * KS_CHUNK * (size_t)N;
-    ks_features_kernel<<<n_seq, 32, smem, cu_stream()>>>(T, K, ldk, Q, ldq, seq_off, model_len, N,
-                                                         sem == SEMANTICS_CAUSAL, cu_error_flag());
+    size_t smem = sizeof(double) * 2 * KS_WARPS * (size_t)N + sizeof(float) * KS_WARPS * KS_STAGE;
+    ks_features_kernel<<<n_seq, 32 * KS_WARPS, smem, cu_stream()>>>(
+        T, K, ldk, Q, ldq, seq_off, model_len, N, sem == SEMANTICS_CAUSAL, cu_error_flag());
     CUDA_LAUNCHED();
 }
 
@@ -180,8 +219,10 @@ __global__ static void ks_cumtopk_kernel(int *sel, const float *score, const int
     int s = blockIdx.x, lane = threadIdx.x;
     int o = seq_off[s], n = seq_off[s + 1] - o;
     int m = 0;
+    float s_lane = 0.0f;  // scores of the next 32 positions, one per lane
     for (int t = 0; t < n; t++) {
-        float st = score[o + t];
+        if ((t & 31) == 0) s_lane = t + lane < n ? score[o + t + lane] : 0.0f;
+        float st = __shfl_sync(0xffffffffu, s_lane, t & 31);
         __syncwarp();
         if (m < k_c) {
             if (lane == 0) cur[m] = t, cs[m] = st;
@@ -197,6 +238,7 @@ __global__ static void ks_cumtopk_kernel(int *sel, const float *score, const int
                 float os = __shfl_xor_sync(0xffffffffu, ws, off);
                 if (oj >= 0 && (wj < 0 || ks_worse(os, oi, ws, wi))) wj = oj, wi = oi, ws = os;
             }
+            __syncwarp();  // the reads above before any write below
             if (ks_worse(ws, wi, st, t)) {
                 // drop slot wj: shift the slots after it left, 32 at a time
                 for (int base = wj; base < m - 1; base += 32) {

@@ -66,44 +66,44 @@ __device__ static uint32_t cu_rng_below(cu_rng *r, uint32_t n) {
 
 // ---------------------------------------------------------------- candidates
 
-// One thread per sequence: Floyd's algorithm (a uniform min(n, k_c)-subset
-// of 0..n-1, the draws in the CPU's order), then an insertion sort, written
-// straight into the sequence's row.
-__global__ static void ks_sample_kernel(int *cand, const int *seq_off, int n_seq,
-                                        const int64_t *sample_id, int k_c, uint64_t seed,
-                                        uint32_t step, uint32_t layer) {
-    int s = blockIdx.x * blockDim.x + threadIdx.x;
-    if (s >= n_seq) return;
+// One warp per sequence. Floyd's algorithm (a uniform min(n, k_c)-subset of
+// 0..n-1) with the CPU's draws in the CPU's order: every lane runs the same
+// generator, so all lanes draw the same t; the "seen before" test is a warp
+// vote over the picks so far (shared memory). The picks are distinct, so the
+// ascending order is a rank sort: pick a goes to slot #{picks < pick a}.
+__global__ static void ks_sample_kernel(int *cand, const int *seq_off, const int64_t *sample_id,
+                                        int k_c, uint64_t seed, uint32_t step, uint32_t layer) {
+    extern __shared__ int pick[];  // [k_c]
+    int s = blockIdx.x, lane = threadIdx.x;
     int n = seq_off[s + 1] - seq_off[s];
     int m = n < k_c ? n : k_c;
     int *out = cand + (size_t)s * k_c;
     cu_rng r;
     cu_rng_init(&r, seed, RNG_KS, step, layer, (uint32_t)sample_id[s]);
-    int k = 0;
-    for (int j = n - m; j < n; j++) {
+    for (int j = n - m, k = 0; j < n; j++, k++) {
         int t = (int)cu_rng_below(&r, (uint32_t)j + 1);
-        int seen = 0;
-        for (int i = 0; i < k; i++)
-            if (out[i] == t) seen = 1;
-        out[k++] = seen ? j : t;
+        bool seen = false;
+        for (int i = lane; i < k; i += 32) seen |= pick[i] == t;
+        seen = __any_sync(0xffffffffu, seen);
+        if (lane == 0) pick[k] = seen ? j : t;
+        __syncwarp();
     }
-    for (int i = 1; i < m; i++) {
-        int v = out[i], j = i - 1;
-        while (j >= 0 && out[j] > v) {
-            out[j + 1] = out[j];
-            j--;
-        }
-        out[j + 1] = v;
+    for (int a = lane; a < m; a += 32) {
+        int v = pick[a], rank = 0;
+        for (int b = 0; b < m; b++) rank += pick[b] < v;
+        out[rank] = v;
     }
-    for (int i = m; i < k_c; i++) out[i] = -1;
+    for (int i = m + lane; i < k_c; i += 32) out[i] = -1;
 }
 
 extern "C" void cuda_ks_sample_candidates(int *cand, const int *seq_off, int n_seq,
                                           const int64_t *sample_id, int k_c, uint64_t seed,
                                           uint32_t step, uint32_t layer) {
     if (n_seq <= 0) return;
-    ks_sample_kernel<<<cu_blocks(n_seq, 64), 64, 0, cu_stream()>>>(cand, seq_off, n_seq, sample_id,
-                                                                   k_c, seed, step, layer);
+    if (k_c < 1 || (size_t)k_c * sizeof(int) > 48 * 1024)
+        hax_die("cu_sparse_ks: candidates: k_c: expected 1..%d, found %d", 12 * 1024, k_c);
+    ks_sample_kernel<<<n_seq, 32, sizeof(int) * (size_t)k_c, cu_stream()>>>(cand, seq_off, sample_id,
+                                                                           k_c, seed, step, layer);
     CUDA_LAUNCHED();
 }
 
