@@ -5,12 +5,19 @@
 #include <string.h>
 
 #include "cu_adamw.h"
+#include "cu_attn.h"
 #include "cu_basic.h"
 #include "cu_common.cuh"
 #include "cu_conv.h"
 #include "cu_engine.h"
 #include "cu_linear.h"
+#include "cu_mlp.h"
 #include "cu_scan.h"
+#include "cu_sparse.h"
+
+extern "C" {
+#include "rng.h"
+}
 
 // ---------------------------------------------------------------- small kernels
 
@@ -20,23 +27,86 @@ __global__ static void add_kernel(float *out, const float *a, const float *b, lo
     if (i < n) out[i] = a[i] + b[i];
 }
 
-// Mamba gate: o = y·silu(z), z = xz[:, E:2E].
-__global__ static void gate_fwd_kernel(float *o, const float *y, const float *xz, int n, int E) {
+// Mamba gate: o = y·silu(z) (+ (attn·Ev)·silu(z), the Enhanced mixer, in
+// the reference's order of operations as mixer_mamba.c), z = xz[:, E:2E].
+__global__ static void gate_fwd_kernel(float *o, const float *y, const float *xz, const float *attn,
+                                       const float *Ev, int n, int E) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)n * E) return;
     int t = (int)(i / E), c = (int)(i % E);
-    o[i] = y[i] * cu_silu(xz[(size_t)t * 2 * E + E + c]);
+    float g = cu_silu(xz[(size_t)t * 2 * E + E + c]);
+    o[i] = y[i] * g;
+    if (attn) o[i] += attn[i] * Ev[c] * g;
 }
 
-// Its backward: dy = do·silu(z) (=), dz = do·y·silu'(z) into xz's z half (=).
-__global__ static void gate_bwd_kernel(float *dy, float *dxz, const float *do_, const float *y, const float *xz,
-                                       int n, int E) {
+// Its backward: dy = do·silu(z) (=), dz = do·(y + attn·Ev)·silu'(z) into xz's
+// z half (=); with attn also dattn += do·Ev·silu(z) and prod = do·attn·silu(z)
+// (=, summed over positions into dEv afterwards).
+__global__ static void gate_bwd_kernel(float *dy, float *dxz, float *dattn, float *prod, const float *do_,
+                                       const float *y, const float *xz, const float *attn, const float *Ev, int n,
+                                       int E) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)n * E) return;
     int t = (int)(i / E), c = (int)(i % E);
     float z = xz[(size_t)t * 2 * E + E + c];
-    dy[i] = do_[i] * cu_silu(z);
-    dxz[(size_t)t * 2 * E + E + c] = do_[i] * y[i] * cu_dsilu(z);
+    float g = cu_silu(z), v = y[i];
+    if (attn) {
+        v += attn[i] * Ev[c];
+        dattn[i] += do_[i] * Ev[c] * g;
+        prod[i] = do_[i] * attn[i] * g;
+    }
+    dy[i] = do_[i] * g;
+    dxz[(size_t)t * 2 * E + E + c] = do_[i] * v * cu_dsilu(z);
+}
+
+// Enhanced Mamba-2: y += attn·Ev before the gated norm (mixer_mamba2.c).
+__global__ static void add_attn_kernel(float *y, const float *attn, const float *Ev, int n, int E) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (long)n * E) y[i] += attn[i] * Ev[(int)(i % E)];
+}
+
+// Its backward: dattn += dy·Ev, prod = dy·attn (=).
+__global__ static void add_attn_bwd_kernel(float *dattn, float *prod, const float *dy, const float *attn,
+                                           const float *Ev, int n, int E) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)n * E) return;
+    dattn[i] += dy[i] * Ev[(int)(i % E)];
+    prod[i] = dy[i] * attn[i];
+}
+
+// Column sums of x [n, E] in a fixed order: partials over chunks of
+// COLSUM_CHUNK rows in double, then the chunks in order, added (+=) to out.
+#define COLSUM_CHUNK 64
+__global__ static void colsum_part_kernel(double *part, const float *x, int n, int E) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    int n_chunk = (n + COLSUM_CHUNK - 1) / COLSUM_CHUNK;
+    if (i >= (long)n_chunk * E) return;
+    int ch = (int)(i / E), c = (int)(i % E);
+    int t1 = (ch + 1) * COLSUM_CHUNK < n ? (ch + 1) * COLSUM_CHUNK : n;
+    double acc = 0;
+    for (int t = ch * COLSUM_CHUNK; t < t1; t++) acc += (double)x[(size_t)t * E + c];
+    part[i] = acc;
+}
+
+__global__ static void colsum_final_kernel(float *out, const double *part, int n_chunk, int E) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= E) return;
+    double acc = 0;
+    for (int ch = 0; ch < n_chunk; ch++) acc += part[(size_t)ch * E + c];
+    out[c] += (float)acc;
+}
+
+// out[c] += Σ_t x[t, c]; work holds colsum_work_bytes(n, E).
+static size_t colsum_work_bytes(int n, int E) {
+    return sizeof(double) * (size_t)((n + COLSUM_CHUNK - 1) / COLSUM_CHUNK) * E;
+}
+static void colsum_add(float *out, const float *x, int n, int E, void *work) {
+    int n_chunk = (n + COLSUM_CHUNK - 1) / COLSUM_CHUNK;
+    if (n_chunk == 0) return;
+    colsum_part_kernel<<<cu_blocks((long)n_chunk * E, 256), 256, 0, cu_stream()>>>((double *)work, x, n, E);
+    CUDA_LAUNCHED();
+    colsum_final_kernel<<<cu_blocks(E, 128), 128, 0, cu_stream()>>>(out, (const double *)work, n_chunk, E);
+    CUDA_LAUNCHED();
 }
 
 // ---------------------------------------------------------------- state
@@ -48,6 +118,16 @@ typedef struct {
     float *hin, *a, *rstd;                                  // block input, normed input, its 1/rms
     float *xz, *conv_pre, *X, *x_dbl, *draw, *y, *ckpt;     // Mamba (mixer_mamba.h names)
     float *p, *xbc_pre, *xbc, *delta, *grstd, *g;           // Mamba-2 (mixer_mamba2.h names; y, ckpt shared)
+    attn_acts att;                                          // Samba attention layers (odd)
+    float *s, *rstd2, *a2;                                  // Samba: residual after the mixer, MLP norm
+    mlp_acts mlp;                                           // Samba GatedMLP
+    // the sparse branch (Enhanced Mamba / Mamba-2)
+    float *attn;              // [n, E] branch output (arena)
+    cu_sparse_state *sp;
+    float *hash_dev, *hash;   // [N, h] the hash matrix of the last forward (device, host)
+    int have_hash;
+    int *cand_dev, *cand;     // [cap_seq, k_c] key-selection candidates (device, host)
+    int32_t *qb_dev, *kb_dev; // [cap_tok] injected buckets (device)
 } cu_layer;
 
 typedef struct {
@@ -64,10 +144,11 @@ typedef struct {
     float *ce_scale;
     cuda_adamw_hp hp_host;
     float ce_scale_host;
-    struct { int n, n_seq; void *exec; } graphs[CU_MAX_GRAPHS];
+    struct { int n, n_seq, global_n_seq, model_len; void *exec; } graphs[CU_MAX_GRAPHS];
     int n_graphs, graph_launches;
     float *host_g;            // host staging of the gradients
     int cap_tok, cap_seq;     // the batch capacity of the buffers below
+    int cap_len;              // the longest sequence / model_len the sparse states take
     float *arena;             // activations
     void *work;               // op workspaces (used one op at a time)
     int32_t *ids, *labels;
@@ -80,11 +161,15 @@ typedef struct {
     float *hlast, *hf, *rstd_f, *logits, *dlogits, *dh, *dh2, *da, *tmp;
     float *o, *do_, *dy, *ddraw, *dx_dbl, *dxz, *dX;  // Mamba backward scratch (o also in forward)
     float *dp, *dxbc, *dg;                            // Mamba-2 backward scratch (dy shared)
+    float *dmix, *dattn;                              // Samba d mixer output; sparse d branch output
+    double *h_gate;                                   // host [n_layers] the layers' ranking-loss sums
     float *h_hidden, *h_logits;                       // host copies, made on request
     int hidden_ok, logits_ok;
     const hax_batch *batch;
     int n_tok;
     double ce_count;
+    // the current forward's scalars the sparse branch needs (set by sparse_prepare)
+    int train, model_len, global_n_seq;
 } cu_impl;
 
 static float *dev_w(const cu_impl *c, const hax_model *m, int idx) {
@@ -106,7 +191,7 @@ static size_t layout(cu_impl *c, const hax_model *m, int n, int n_seq, float *ar
     const hax_model_config *cfg = &m->cfg;
     int d = cfg->hidden_size, E = cfg->intermediate_size, N = cfg->state_size, V = cfg->vocab_size;
     int RN = cfg->time_step_rank + 2 * N, cd = m->conv_dim, W = m->in_proj_dim, H = cfg->n_heads;
-    int mamba2 = cfg->arch == ARCH_MAMBA2;
+    int mamba2 = cfg->arch == ARCH_MAMBA2, H_att = cfg->attn_heads > 0 ? cfg->attn_heads : 1;
     float *cur = arena;
     size_t used = 0;
 #define TAKE(n_) (used += ((size_t)(n_) + 63) / 64 * 64, arena ? take(&cur, (size_t)(n_)) : NULL)
@@ -115,6 +200,23 @@ static size_t layout(cu_impl *c, const hax_model *m, int n, int n_seq, float *ar
         L->hin = TAKE((size_t)n * d);
         L->a = TAKE((size_t)n * d);
         L->rstd = TAKE(n);
+        if (cfg->arch == ARCH_SAMBA) {
+            L->s = TAKE((size_t)n * d);
+            L->rstd2 = TAKE(n);
+            L->a2 = TAKE((size_t)n * d);
+            L->mlp.g = TAKE((size_t)n * cfg->mlp_hidden);
+            L->mlp.u = TAKE((size_t)n * cfg->mlp_hidden);
+            L->mlp.s = TAKE((size_t)n * cfg->mlp_hidden);
+        }
+        L->attn = cfg->sparse_mask ? TAKE((size_t)n * E) : NULL;
+        if (m->layers[l].is_attn) {
+            L->att.q = TAKE((size_t)n * d);
+            L->att.k = TAKE((size_t)n * d);
+            L->att.v = TAKE((size_t)n * d);
+            L->att.o = TAKE((size_t)n * d);
+            L->att.lse = TAKE((size_t)n * H_att);
+            continue;
+        }
         L->y = TAKE((size_t)n * E);
         if (mamba2) {
             L->p = TAKE((size_t)n * W);
@@ -143,6 +245,8 @@ static size_t layout(cu_impl *c, const hax_model *m, int n, int n_seq, float *ar
     c->da = TAKE((size_t)n * d);
     c->tmp = TAKE((size_t)n * d);
     c->dy = TAKE((size_t)n * E);
+    c->dmix = cfg->arch == ARCH_SAMBA ? TAKE((size_t)n * d) : NULL;
+    c->dattn = cfg->sparse_mask ? TAKE((size_t)n * E) : NULL;
     if (mamba2) {
         c->dp = TAKE((size_t)n * W);
         c->dxbc = TAKE((size_t)n * cd);
@@ -171,16 +275,52 @@ static size_t work_bytes(const hax_model *m, int n, int n_seq) {
     w = max_sz(w, cuda_embedding_workspace_bytes(n, d, V));
     if (cfg->arch == ARCH_MAMBA2) w = max_sz(w, cuda_ssd_workspace_bytes(n, n_seq, cfg->n_heads, cfg->head_dim, N));
     else w = max_sz(w, cuda_scan_workspace_bytes(n, n_seq, E, N));
+    if (cfg->arch == ARCH_SAMBA) {
+        w = max_sz(w, cuda_attn_workspace_bytes(cfg, n));
+        w = max_sz(w, cuda_mlp_workspace_bytes(n, cfg->mlp_hidden));
+    }
+    if (cfg->sparse_mask) w = max_sz(w, colsum_work_bytes(n, E));
     return w;
 }
 
 static void graphs_free(cu_impl *c);
 
+// The sparse branch's per-layer states and buffers for the capacities in c.
+static void sparse_free(cu_impl *c, const hax_model *m) {
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        cu_layer *L = &c->L[l];
+        if (L->sp) cuda_sparse_state_free(L->sp);
+        cuda_free(L->cand_dev), cuda_free(L->qb_dev), cuda_free(L->kb_dev);
+        free(L->cand);
+        L->sp = NULL, L->cand_dev = NULL, L->qb_dev = L->kb_dev = NULL, L->cand = NULL;
+    }
+}
+
+static void sparse_reserve(cu_impl *c, const hax_model *m) {
+    const hax_model_config *cfg = &m->cfg;
+    int kc = cfg->k_c > 0 ? cfg->k_c : 1;
+    sparse_free(c, m);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        cu_layer *L = &c->L[l];
+        L->sp = cuda_sparse_state_alloc(cfg, c->cap_tok, c->cap_seq, c->cap_len);
+        L->cand_dev = (int *)cuda_malloc(sizeof(int) * (size_t)c->cap_seq * kc);
+        L->cand = (int *)xmalloc(sizeof(int) * (size_t)c->cap_seq * kc);
+        L->qb_dev = (int32_t *)cuda_malloc(sizeof(int32_t) * c->cap_tok);
+        L->kb_dev = (int32_t *)cuda_malloc(sizeof(int32_t) * c->cap_tok);
+        if (!L->hash_dev) {
+            size_t nh = (size_t)cfg->state_size * (cfg->num_hash > 0 ? cfg->num_hash : 1);
+            L->hash_dev = (float *)cuda_malloc(sizeof(float) * nh);
+            L->hash = (float *)xmalloc(sizeof(float) * nh);
+        }
+    }
+}
+
 // (Re)allocates every batch-sized buffer for n_tok positions, n_seq sequences.
-static void reserve(cu_impl *c, const hax_model *m, int n_tok, int n_seq) {
-    if (n_tok <= c->cap_tok && n_seq <= c->cap_seq && c->arena) return;
+static void reserve(cu_impl *c, const hax_model *m, int n_tok, int n_seq, int max_len) {
+    if (n_tok <= c->cap_tok && n_seq <= c->cap_seq && max_len <= c->cap_len && c->arena) return;
     if (n_tok > c->cap_tok) c->cap_tok = n_tok;
     if (n_seq > c->cap_seq) c->cap_seq = n_seq;
+    if (max_len > c->cap_len) c->cap_len = max_len;
     cuda_sync();  // nothing may still use the old buffers
     graphs_free(c);  // captured steps point into the old buffers
     cuda_free(c->arena), cuda_free(c->work), cuda_free(c->ids), cuda_free(c->labels), cuda_free(c->mask);
@@ -199,6 +339,7 @@ static void reserve(cu_impl *c, const hax_model *m, int n_tok, int n_seq) {
     c->h_count = (int *)xmalloc(sizeof(int) * c->cap_seq);
     c->h_hidden = (float *)xmalloc(sizeof(float) * (size_t)c->cap_tok * m->cfg.hidden_size);
     c->h_logits = (float *)xmalloc(sizeof(float) * (size_t)c->cap_tok * m->cfg.vocab_size);
+    if (m->cfg.sparse_mask) sparse_reserve(c, m);
 }
 
 // ---------------------------------------------------------------- forward
@@ -208,19 +349,60 @@ static void launch_add(float *out, const float *a, const float *b, long n) {
     CUDA_LAUNCHED();
 }
 
+static ks_params ks_w(const cu_impl *c, const hax_model *m, const hax_layer_params *lp) {
+    ks_params p = {dev_w(c, m, lp->dx1_w), dev_w(c, m, lp->dx1_b), dev_w(c, m, lp->dx2_w),
+                   dev_w(c, m, lp->dx2_b), dev_w(c, m, lp->dx3_w), dev_w(c, m, lp->dx3_b)};
+    return p;
+}
+
+static ks_grads ks_g(const cu_impl *c, const hax_model *m, const hax_layer_params *lp) {
+    ks_grads g = {dev_g(c, m, lp->dx1_w), dev_g(c, m, lp->dx1_b), dev_g(c, m, lp->dx2_w),
+                  dev_g(c, m, lp->dx2_b), dev_g(c, m, lp->dx3_w), dev_g(c, m, lp->dx3_b)};
+    return g;
+}
+
+static int has_ks(const hax_model_config *cfg) { return (cfg->sparse_mask & SPARSE_KEY_SELECTION) != 0; }
+static int has_lsh(const hax_model_config *cfg) {
+    return (cfg->sparse_mask & (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH)) != 0;
+}
+
+// The sparse branch of layer l on X (ld ldX) into L->attn; the hash matrix
+// and candidates were uploaded by sparse_prepare.
+static void sparse_layer_forward(cu_impl *c, const hax_model *m, int l, int n, int n_seq, const float *X, int ldX) {
+    const hax_model_config *cfg = &m->cfg;
+    const hax_layer_params *lp = &m->layers[l];
+    cu_layer *L = &c->L[l];
+    ks_params kp = ks_w(c, m, lp);
+    cuda_sparse_forward(L->sp, c->seq_off, n_seq, n, c->model_len, X, ldX, dev_w(c, m, lp->xx_proj),
+                        has_ks(cfg) ? &kp : NULL, has_lsh(cfg) ? L->hash_dev : NULL,
+                        has_ks(cfg) && c->train ? L->cand_dev : NULL, c->train, L->attn, cfg->intermediate_size);
+}
+
 static void mixer_forward(cu_impl *c, const hax_model *m, int l, int n, int n_seq, float *out) {
     const hax_model_config *cfg = &m->cfg;
     const hax_layer_params *lp = &m->layers[l];
     cu_layer *L = &c->L[l];
     int d = cfg->hidden_size, E = cfg->intermediate_size, N = cfg->state_size, K = cfg->conv_kernel;
+    if (lp->is_attn) {
+        attn_params p = {dev_w(c, m, lp->q_proj), dev_w(c, m, lp->k_proj), dev_w(c, m, lp->v_proj),
+                         dev_w(c, m, lp->o_proj)};
+        cuda_attn_forward(out, d, &L->att, L->a, d, &p, cfg, c->seq_off, n_seq, n);
+        return;
+    }
     if (cfg->arch == ARCH_MAMBA2) {
         int cd = m->conv_dim, W = m->in_proj_dim;
         cuda_linear_forward(L->p, W, L->a, d, dev_w(c, m, lp->in_proj), NULL, n, d, W);
         cuda_conv_silu_forward(L->xbc, L->xbc_pre, L->p + E, W, dev_w(c, m, lp->conv_w), dev_w(c, m, lp->conv_b),
                                c->seq_off, n_seq, n, cd, K);
+        if (cfg->sparse_mask) sparse_layer_forward(c, m, l, n, n_seq, L->xbc, cd);
         cuda_ssd_forward(L->y, E, L->delta, L->ckpt, L->xbc, cd, L->p + E + cd, W, L->xbc + E, L->xbc + E + N, cd,
                          dev_w(c, m, lp->dt_bias), dev_w(c, m, lp->A_log), dev_w(c, m, lp->D), c->seq_off, n_seq, n,
                          cfg->n_heads, cfg->head_dim, N);
+        if (cfg->sparse_mask) {
+            add_attn_kernel<<<cu_blocks((long)n * E, 256), 256, 0, cu_stream()>>>(L->y, L->attn, dev_w(c, m, lp->E),
+                                                                                   n, E);
+            CUDA_LAUNCHED();
+        }
         cuda_gated_norm_forward(L->g, E, L->grstd, L->y, E, L->p, W, dev_w(c, m, lp->gnorm), n, E, cfg->norm_eps);
         cuda_linear_forward(out, d, L->g, E, dev_w(c, m, lp->out_proj), NULL, n, E, d);
         return;
@@ -229,11 +411,13 @@ static void mixer_forward(cu_impl *c, const hax_model *m, int l, int n, int n_se
     cuda_linear_forward(L->xz, 2 * E, L->a, d, dev_w(c, m, lp->in_proj), NULL, n, d, 2 * E);
     cuda_conv_silu_forward(L->X, L->conv_pre, L->xz, 2 * E, dev_w(c, m, lp->conv_w), dev_w(c, m, lp->conv_b),
                            c->seq_off, n_seq, n, E, K);
+    if (cfg->sparse_mask) sparse_layer_forward(c, m, l, n, n_seq, L->X, E);
     cuda_linear_forward(L->x_dbl, RN, L->X, E, dev_w(c, m, lp->x_proj), NULL, n, E, RN);
     cuda_linear_forward(L->draw, E, L->x_dbl, RN, dev_w(c, m, lp->dt_proj_w), NULL, n, R, E);
     cuda_scan_forward(L->y, L->ckpt, L->X, E, L->draw, dev_w(c, m, lp->dt_proj_b), dev_w(c, m, lp->A_log),
                       L->x_dbl + R, L->x_dbl + R + N, RN, dev_w(c, m, lp->D), c->seq_off, n_seq, n, E, N);
-    gate_fwd_kernel<<<cu_blocks((long)n * E, 256), 256, 0, cu_stream()>>>(c->o, L->y, L->xz, n, E);
+    gate_fwd_kernel<<<cu_blocks((long)n * E, 256), 256, 0, cu_stream()>>>(c->o, L->y, L->xz, L->attn,
+                                                                           dev_w(c, m, lp->E), n, E);
     CUDA_LAUNCHED();
     cuda_linear_forward(out, d, c->o, E, dev_w(c, m, lp->out_proj), NULL, n, E, d);
 }
@@ -245,7 +429,10 @@ static void fwd_prepare(cu_impl *c, const hax_model *m, const hax_batch *b) {
     if (n_seq > 0 && (b->seq_off[0] != 0 || b->seq_off[n_seq] != n))
         hax_die("engine cuda: batch seq_off: expected 0 .. n_tok = %d, found %d .. %d", n, b->seq_off[0],
                 b->seq_off[n_seq]);
-    reserve(c, m, n, n_seq);
+    int max_len = b->model_len;
+    for (int s = 0; s < n_seq; s++)
+        if (b->seq_off[s + 1] - b->seq_off[s] > max_len) max_len = b->seq_off[s + 1] - b->seq_off[s];
+    reserve(c, m, n, n_seq, max_len > 0 ? max_len : 1);
     layout(c, m, n, n_seq, c->arena);
     c->batch = b, c->n_tok = n, c->hidden_ok = c->logits_ok = 0;
     if (!c->resident) cuda_upload(c->w, m->data, sizeof(float) * m->n_floats);
@@ -253,6 +440,54 @@ static void fwd_prepare(cu_impl *c, const hax_model *m, const hax_batch *b) {
     cuda_upload(c->labels, b->labels, sizeof(int32_t) * n);
     if (b->loss_mask) cuda_upload(c->mask, b->loss_mask, n);
     cuda_upload(c->seq_off, b->seq_off, sizeof(int) * (n_seq + 1));
+}
+
+// The sparse branch's random inputs of this forward, drawn on the host from
+// the CPU engine's keyed streams (engine.h) or injected, and uploaded into
+// the layers' fixed device buffers (so a captured graph reads the new ones):
+// the hash matrices and, in training with key selection, the candidates of
+// b's sequences (rows of the padded batch bd beyond them: -1, none).
+static void sparse_prepare(cu_impl *c, const hax_model *m, const hax_batch *b, const hax_batch *bd,
+                           const hax_fwd_opts *o) {
+    const hax_model_config *cfg = &m->cfg;
+    c->train = o->train, c->model_len = bd->model_len, c->global_n_seq = bd->global_n_seq;
+    if (!cfg->sparse_mask) return;
+    const hax_inject *inj = o->inject;
+    size_t nh = (size_t)cfg->state_size * cfg->num_hash;
+    int kc = cfg->k_c;
+    for (int l = 0; l < cfg->n_layers; l++) {
+        cu_layer *L = &c->L[l];
+        if (has_lsh(cfg)) {
+            if (inj && inj->hash[l]) {
+                memcpy(L->hash, inj->hash[l], sizeof(float) * nh);
+            } else {
+                hax_rng r;
+                rng_init(&r, o->seed, o->train ? RNG_LSH : RNG_LSH_EVAL, o->step, (uint32_t)l, 0);
+                for (size_t i = 0; i < nh; i++) L->hash[i] = (float)rng_normal(&r);
+            }
+            L->have_hash = 1;
+            cuda_upload(L->hash_dev, L->hash, sizeof(float) * nh);
+            if (inj && inj->q_bucket[l] && inj->k_bucket[l]) {
+                if (bd->n_tok != b->n_tok)
+                    hax_die("engine cuda: injected buckets: expected an unpadded batch (no graph step), found %d "
+                            "padded positions", bd->n_tok - b->n_tok);
+                cuda_upload(L->qb_dev, inj->q_bucket[l], sizeof(int32_t) * b->n_tok);
+                cuda_upload(L->kb_dev, inj->k_bucket[l], sizeof(int32_t) * b->n_tok);
+                cuda_sparse_force_buckets(L->sp, L->qb_dev, L->kb_dev);
+            } else {
+                cuda_sparse_force_buckets(L->sp, NULL, NULL);
+            }
+        }
+        if (has_ks(cfg) && o->train) {
+            if (inj && inj->ks_cand[l])
+                memcpy(L->cand, inj->ks_cand[l], sizeof(int) * (size_t)b->n_seq * kc);
+            else
+                ks_sample_candidates(L->cand, b->seq_off, b->n_seq, b->sample_idx, kc, o->seed, o->step,
+                                     (uint32_t)l);
+            for (size_t i = (size_t)b->n_seq * kc; i < (size_t)bd->n_seq * kc; i++) L->cand[i] = -1;
+            cuda_upload(L->cand_dev, L->cand, sizeof(int) * (size_t)bd->n_seq * kc);
+        }
+    }
 }
 
 // The forward's kernels, embedding to cross-entropy (no host wait).
@@ -264,9 +499,18 @@ static void fwd_enqueue(cu_impl *c, const hax_model *m, const hax_batch *b) {
     for (int l = 0; l < cfg->n_layers; l++) {
         cu_layer *L = &c->L[l];
         float *next = l + 1 < cfg->n_layers ? c->L[l + 1].hin : c->hlast;
-        cuda_rmsnorm_forward(L->a, L->rstd, L->hin, dev_w(c, m, m->layers[l].norm), n, d, cfg->norm_eps);
+        const hax_layer_params *lp = &m->layers[l];
+        cuda_rmsnorm_forward(L->a, L->rstd, L->hin, dev_w(c, m, lp->norm), n, d, cfg->norm_eps);
         mixer_forward(c, m, l, n, n_seq, c->tmp);
-        launch_add(next, L->hin, c->tmp, (long)n * d);
+        if (cfg->arch == ARCH_SAMBA) {
+            cuda_add_rmsnorm_forward(L->a2, L->s, L->rstd2, c->tmp, L->hin, dev_w(c, m, lp->mlp_norm), n, d,
+                                     cfg->norm_eps);
+            mlp_params mp = {dev_w(c, m, lp->gate_proj), dev_w(c, m, lp->up_proj), dev_w(c, m, lp->down_proj)};
+            cuda_mlp_forward(c->tmp, d, &L->mlp, L->a2, d, &mp, n, d, cfg->mlp_hidden);
+            launch_add(next, L->s, c->tmp, (long)n * d);
+        } else {
+            launch_add(next, L->hin, c->tmp, (long)n * d);
+        }
     }
     cuda_rmsnorm_forward(c->hf, c->rstd_f, c->hlast, dev_w(c, m, m->norm_f), n, d, cfg->norm_eps);
     cuda_logits_forward(c->logits, c->hf, W_emb, n, d, V);
@@ -281,8 +525,17 @@ static void fwd_collect(cu_impl *c, const hax_batch *b, const hax_fwd_opts *o, h
     cuda_download(&r->ce_sum, c->loss, sizeof(double));
     cuda_download(c->h_correct, c->correct, sizeof(int) * n_seq);
     cuda_download(c->h_count, c->count, sizeof(int) * n_seq);
+    int n_layers = c->cfg->n_layers;
+    if (c->cfg->sparse_mask)
+        for (int l = 0; l < n_layers; l++) cuda_download(&c->h_gate[l], c->L[l].sp->gate_loss, sizeof(double));
     cuda_sync();
-    // The rest exactly as engine_cpu.c (no sparse branch: no gate loss).
+    // The rest exactly as engine_cpu.c.
+    double gate_sum = 0;
+    if (c->cfg->sparse_mask)
+        for (int l = 0; l < n_layers; l++) {
+            r->gate_layer[l] = c->h_gate[l] / b->global_n_seq;
+            gate_sum += c->h_gate[l];
+        }
     double acc_sum = 0;
     for (int s = 0; s < n_seq; s++) {
         r->n_scored += c->h_count[s];
@@ -292,13 +545,14 @@ static void fwd_collect(cu_impl *c, const hax_batch *b, const hax_fwd_opts *o, h
     c->ce_count = o->ce_count > 0 ? o->ce_count : (double)r->n_scored;
     r->loss = c->ce_count > 0 ? r->ce_sum / c->ce_count : 0;
     r->acc = acc_sum / b->global_n_seq;
-    r->gate_loss = 0;
-    r->total_loss = r->loss;
+    r->gate_loss = gate_sum / b->global_n_seq;
+    r->total_loss = r->loss + c->cfg->gate_loss_weight * r->gate_loss;
 }
 
 static void cu_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_fwd_result *r) {
     cu_impl *c = (cu_impl *)e->impl;
     fwd_prepare(c, e->model, b);
+    sparse_prepare(c, e->model, b, b, o);
     fwd_enqueue(c, e->model, b);
     fwd_collect(c, b, o, r);
 }
@@ -312,6 +566,19 @@ static void mixer_backward(cu_impl *c, const hax_model *m, int l, int n, int n_s
     cu_layer *L = &c->L[l];
     int d = cfg->hidden_size, E = cfg->intermediate_size, N = cfg->state_size, K = cfg->conv_kernel;
     size_t nE = (size_t)n * E;
+    if (lp->is_attn) {
+        attn_params p = {dev_w(c, m, lp->q_proj), dev_w(c, m, lp->k_proj), dev_w(c, m, lp->v_proj),
+                         dev_w(c, m, lp->o_proj)};
+        attn_grads g = {dev_g(c, m, lp->q_proj), dev_g(c, m, lp->k_proj), dev_g(c, m, lp->v_proj),
+                        dev_g(c, m, lp->o_proj)};
+        cuda_attn_backward(da, d, &g, dout, d, L->a, d, &L->att, &p, cfg, c->seq_off, n_seq, n, c->work);
+        return;
+    }
+    int sparse = cfg->sparse_mask != 0;
+    ks_params kp = ks_w(c, m, lp);
+    ks_grads kg = ks_g(c, m, lp);
+    float gate_scale = (float)(cfg->gate_loss_weight / c->global_n_seq);
+    if (sparse) cuda_zero(c->dattn, sizeof(float) * nE);
     if (cfg->arch == ARCH_MAMBA2) {
         int cd = m->conv_dim, W = m->in_proj_dim;
         cuda_zero(c->dg, sizeof(float) * nE);
@@ -322,11 +589,21 @@ static void mixer_backward(cu_impl *c, const hax_model *m, int l, int n, int n_s
                              n, E, d);
         cuda_gated_norm_backward(c->dy, E, c->dp, W, dev_g(c, m, lp->gnorm), c->dg, E, L->grstd, L->y, E, L->p, W,
                                  dev_w(c, m, lp->gnorm), n, E, c->work);
+        if (sparse) {  // y' = y + attn·Ev: dattn += dy·Ev, dEv += Σ_t dy·attn (dg is free again)
+            add_attn_bwd_kernel<<<cu_blocks((long)nE, 256), 256, 0, cu_stream()>>>(c->dattn, c->dg, c->dy, L->attn,
+                                                                                    dev_w(c, m, lp->E), n, E);
+            CUDA_LAUNCHED();
+            colsum_add(dev_g(c, m, lp->E), c->dg, n, E, c->work);
+        }
         cuda_ssd_backward(c->dxbc, cd, c->dp + E + cd, W, c->dxbc + E, c->dxbc + E + N, cd, dev_g(c, m, lp->dt_bias),
                           dev_g(c, m, lp->A_log), dev_g(c, m, lp->D), c->dy, E, L->delta, L->ckpt, L->xbc, cd,
                           L->p + E + cd, W, L->xbc + E, L->xbc + E + N, cd, dev_w(c, m, lp->dt_bias),
                           dev_w(c, m, lp->A_log), dev_w(c, m, lp->D), c->seq_off, n_seq, n, cfg->n_heads,
                           cfg->head_dim, N, c->work);
+        if (sparse)
+            cuda_sparse_backward(L->sp, c->seq_off, n_seq, n, c->dattn, E, gate_scale, L->xbc, cd,
+                                 dev_w(c, m, lp->xx_proj), has_ks(cfg) ? &kp : NULL, c->dxbc, cd,
+                                 dev_g(c, m, lp->xx_proj), has_ks(cfg) ? &kg : NULL);
         cuda_conv_silu_backward(c->dp + E, W, dev_g(c, m, lp->conv_w), dev_g(c, m, lp->conv_b), c->dxbc, L->xbc_pre,
                                 L->p + E, W, dev_w(c, m, lp->conv_w), c->seq_off, n_seq, n, cd, K, c->work);
         cuda_linear_backward(da, d, dev_g(c, m, lp->in_proj), NULL, c->dp, W, L->a, d, dev_w(c, m, lp->in_proj), n,
@@ -335,13 +612,18 @@ static void mixer_backward(cu_impl *c, const hax_model *m, int l, int n, int n_s
     }
     int R = cfg->time_step_rank, RN = R + 2 * N;
     // out_proj (its input o is recomputed, as on the CPU)
-    gate_fwd_kernel<<<cu_blocks((long)nE, 256), 256, 0, cu_stream()>>>(c->o, L->y, L->xz, n, E);
+    gate_fwd_kernel<<<cu_blocks((long)nE, 256), 256, 0, cu_stream()>>>(c->o, L->y, L->xz, L->attn,
+                                                                        dev_w(c, m, lp->E), n, E);
     CUDA_LAUNCHED();
     cuda_zero(c->do_, sizeof(float) * nE);
     cuda_linear_backward(c->do_, E, dev_g(c, m, lp->out_proj), NULL, dout, d, c->o, E, dev_w(c, m, lp->out_proj), n,
                          E, d);
-    gate_bwd_kernel<<<cu_blocks((long)nE, 256), 256, 0, cu_stream()>>>(c->dy, c->dxz, c->do_, L->y, L->xz, n, E);
+    // with the branch, do·attn·silu(z) goes to ddraw (zeroed below) for dEv
+    gate_bwd_kernel<<<cu_blocks((long)nE, 256), 256, 0, cu_stream()>>>(c->dy, c->dxz, c->dattn, c->ddraw, c->do_,
+                                                                        L->y, L->xz, L->attn, dev_w(c, m, lp->E), n,
+                                                                        E);
     CUDA_LAUNCHED();
+    if (sparse) colsum_add(dev_g(c, m, lp->E), c->ddraw, n, E, c->work);
     cuda_zero(c->dX, sizeof(float) * nE);
     cuda_zero(c->ddraw, sizeof(float) * nE);
     cuda_zero(c->dx_dbl, sizeof(float) * (size_t)n * RN);
@@ -353,6 +635,9 @@ static void mixer_backward(cu_impl *c, const hax_model *m, int l, int n, int n_s
                          dev_w(c, m, lp->dt_proj_w), n, R, E);
     cuda_linear_backward(c->dX, E, dev_g(c, m, lp->x_proj), NULL, c->dx_dbl, RN, L->X, E, dev_w(c, m, lp->x_proj), n,
                          E, RN);
+    if (sparse)
+        cuda_sparse_backward(L->sp, c->seq_off, n_seq, n, c->dattn, E, gate_scale, L->X, E, dev_w(c, m, lp->xx_proj),
+                             has_ks(cfg) ? &kp : NULL, c->dX, E, dev_g(c, m, lp->xx_proj), has_ks(cfg) ? &kg : NULL);
     // the x half of dxz from zero (the z half was set by the gate)
     CUDA_CHECK(cudaMemset2DAsync(c->dxz, sizeof(float) * 2 * E, 0, sizeof(float) * E, n, cu_stream()));
     cuda_conv_silu_backward(c->dxz, 2 * E, dev_g(c, m, lp->conv_w), dev_g(c, m, lp->conv_b), c->dX, L->conv_pre,
@@ -386,18 +671,38 @@ static void bwd_enqueue(cu_impl *c, hax_model *m, const hax_batch *b, const floa
     }
     cuda_zero(c->dh2, sizeof(float) * nd);
     cuda_logits_backward(c->dh2, dW_emb, c->dlogits, c->hf, W_emb, n, d, V);
-    cuda_zero(c->dh, sizeof(float) * nd);
-    cuda_rmsnorm_backward(c->dh, dev_g(c, m, m->norm_f), c->dh2, c->hlast, c->rstd_f, dev_w(c, m, m->norm_f), n, d,
+    // dh: gradient of the current block's output; tmp: the other buffer (Samba swaps them)
+    float *dh = c->dh, *tmp = c->tmp;
+    cuda_zero(dh, sizeof(float) * nd);
+    cuda_rmsnorm_backward(dh, dev_g(c, m, m->norm_f), c->dh2, c->hlast, c->rstd_f, dev_w(c, m, m->norm_f), n, d,
                           c->work);
     for (int l = cfg->n_layers - 1; l >= 0; l--) {
         cu_layer *L = &c->L[l];
-        int norm = m->layers[l].norm;
+        const hax_layer_params *lp = &m->layers[l];
         cuda_zero(c->da, sizeof(float) * nd);
-        mixer_backward(c, m, l, n, n_seq, c->dh, c->da);
-        // the residual passes dh through unchanged; the norm adds its share
-        cuda_rmsnorm_backward(c->dh, dev_g(c, m, norm), c->da, L->hin, L->rstd, dev_w(c, m, norm), n, d, c->work);
+        if (cfg->arch == ARCH_SAMBA) {
+            // h_out = s + mlp(norm2(s)), s = hin + mixer(norm(hin)) (engine_cpu.c)
+            mlp_params mp = {dev_w(c, m, lp->gate_proj), dev_w(c, m, lp->up_proj), dev_w(c, m, lp->down_proj)};
+            mlp_grads mg = {dev_g(c, m, lp->gate_proj), dev_g(c, m, lp->up_proj), dev_g(c, m, lp->down_proj)};
+            cuda_zero(c->dh2, sizeof(float) * nd);  // d a2
+            cuda_mlp_backward(c->dh2, d, &mg, dh, d, L->a2, d, &L->mlp, &mp, n, d, cfg->mlp_hidden, c->work);
+            cuda_zero(c->dmix, sizeof(float) * nd);
+            cuda_zero(tmp, sizeof(float) * nd);  // d hin (residual path)
+            cuda_add_rmsnorm_backward(c->dmix, tmp, dev_g(c, m, lp->mlp_norm), c->dh2, dh, L->s, L->rstd2,
+                                      dev_w(c, m, lp->mlp_norm), n, d, c->work);
+            mixer_backward(c, m, l, n, n_seq, c->dmix, c->da);
+            cuda_rmsnorm_backward(tmp, dev_g(c, m, lp->norm), c->da, L->hin, L->rstd, dev_w(c, m, lp->norm), n, d,
+                                  c->work);
+            float *t = dh;
+            dh = tmp, tmp = t;
+        } else {
+            mixer_backward(c, m, l, n, n_seq, dh, c->da);
+            // the residual passes dh through unchanged; the norm adds its share
+            cuda_rmsnorm_backward(dh, dev_g(c, m, lp->norm), c->da, L->hin, L->rstd, dev_w(c, m, lp->norm), n, d,
+                                  c->work);
+        }
     }
-    cuda_embedding_backward(dW_emb, c->dh, c->ids, n, d, V, c->work);
+    cuda_embedding_backward(dW_emb, dh, c->ids, n, d, V, c->work);
 }
 
 static void cu_backward(hax_engine *e) {
@@ -434,8 +739,8 @@ static const float *cu_logits(hax_engine *e) {
 }
 
 static const float *cu_hash(hax_engine *e, int layer) {
-    (void)e, (void)layer;
-    return NULL;  // no sparse branch: no hash matrix
+    const cu_layer *L = &((cu_impl *)e->impl)->L[layer];
+    return L->have_hash ? L->hash : NULL;
 }
 
 static void cu_destroy(hax_engine *e) {
@@ -447,6 +752,9 @@ static void cu_destroy(hax_engine *e) {
     cuda_free(c->ce_scale);
     free(c->pad.inputs), free(c->pad.labels), free(c->pad.loss_mask), free(c->pad.seq_off);
     cuda_free(c->count), cuda_free(c->am), cuda_free(c->av), cuda_free(c->hp), cuda_free(c->flag);
+    sparse_free(c, e->model);
+    for (int l = 0; l < e->model->cfg.n_layers; l++) cuda_free(c->L[l].hash_dev), free(c->L[l].hash);
+    free(c->h_gate);
     free(c->host_g), free(c->h_correct), free(c->h_count), free(c->h_hidden), free(c->h_logits), free(c->L);
     free(c);
 }
@@ -456,11 +764,16 @@ static void cu_destroy(hax_engine *e) {
 // c->pad = b plus one sequence of padding (token 0, label 0, unscored) that
 // brings the positions to a multiple of CU_BUCKET. The padding adds exact
 // zeros to every gradient (its CE gradient rows are zero) and its sequence
-// scores nothing, so only summation orders change.
+// scores nothing, so only summation orders change. With the sparse branch
+// the padding is cut into sequences of at most model_len positions (the
+// branch's statistics assume no longer one) and gets no ranking candidates
+// (sparse_prepare), so it adds nothing to the ranking loss either.
 static void pad_batch(cu_impl *c, const hax_batch *b) {
     int n = b->n_tok, np = (n + CU_BUCKET - 1) / CU_BUCKET * CU_BUCKET;
     if (np == 0) np = CU_BUCKET;
-    int ns = b->n_seq + (np > n);
+    int piece = c->cfg->sparse_mask && b->model_len > 0 ? b->model_len : CU_BUCKET;
+    int n_pad_seq = (np - n + piece - 1) / piece;
+    int ns = b->n_seq + n_pad_seq;
     hax_batch *p = &c->pad;
     if (np > c->pad_cap_tok || ns + 1 > c->pad_cap_seq) {
         free(p->inputs), free(p->labels), free(p->loss_mask), free(p->seq_off);
@@ -479,7 +792,7 @@ static void pad_batch(cu_impl *c, const hax_batch *b) {
     memset(p->labels + n, 0, sizeof(int32_t) * (np - n));
     memset(p->loss_mask + n, 0, np - n);
     memcpy(p->seq_off, b->seq_off, sizeof(int) * (b->n_seq + 1));
-    p->seq_off[ns] = np;
+    for (int s = b->n_seq + 1; s <= ns; s++) p->seq_off[s] = p->seq_off[s - 1] + piece < np ? p->seq_off[s - 1] + piece : np;
     p->n_tok = np, p->n_seq = ns;
     p->global_n_seq = b->global_n_seq;
     p->model_len = b->model_len;
@@ -504,6 +817,7 @@ extern "C" void engine_cuda_train_step(hax_engine *e, const hax_batch *b, const 
     if (!c->resident) hax_die("engine_cuda_train_step: expected resident weights (push first), found none");
     pad_batch(c, b);
     fwd_prepare(c, m, &c->pad);  // sizes (a reallocation drops every graph), uploads the padded batch
+    sparse_prepare(c, m, b, &c->pad, o);  // this step's hash matrices and candidates
     double ce_count = o->ce_count;
     if (ce_count <= 0) {
         ce_count = 0;
@@ -515,7 +829,12 @@ extern "C" void engine_cuda_train_step(hax_engine *e, const hax_batch *b, const 
     cuda_adamw_hp_make(&c->hp_host, lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, opt->step);
     cuda_adamw_set(c->hp, &c->hp_host);
     int g = 0;
-    while (g < c->n_graphs && (c->graphs[g].n != c->pad.n_tok || c->graphs[g].n_seq != c->pad.n_seq)) g++;
+    // the key: every host value a capture bakes in (sizes, the gate scale's
+    // global_n_seq, the branch's model_len)
+    while (g < c->n_graphs && (c->graphs[g].n != c->pad.n_tok || c->graphs[g].n_seq != c->pad.n_seq ||
+                               c->graphs[g].global_n_seq != c->pad.global_n_seq ||
+                               c->graphs[g].model_len != c->pad.model_len))
+        g++;
     if (g < c->n_graphs) {
         cuda_graph_launch(c->graphs[g].exec);
         c->graph_launches++;
@@ -527,13 +846,15 @@ extern "C" void engine_cuda_train_step(hax_engine *e, const hax_batch *b, const 
         step_enqueue(c, m);
         c->graphs[c->n_graphs].n = c->pad.n_tok;
         c->graphs[c->n_graphs].n_seq = c->pad.n_seq;
+        c->graphs[c->n_graphs].global_n_seq = c->pad.global_n_seq;
+        c->graphs[c->n_graphs].model_len = c->pad.model_len;
         c->graphs[c->n_graphs].exec = cuda_graph_end();
         c->n_graphs++;
     }
     fwd_collect(c, &c->pad, o, r);
     c->ce_count = ce_count;
     r->loss = ce_count > 0 ? r->ce_sum / ce_count : 0;
-    r->total_loss = r->loss;
+    r->total_loss = r->loss + m->cfg.gate_loss_weight * r->gate_loss;
 }
 
 extern "C" int engine_cuda_graph_launches(const hax_engine *e) { return ((const cu_impl *)e->impl)->graph_launches; }
@@ -592,14 +913,18 @@ static const hax_backend cuda_backend = {"cuda", cu_forward, cu_backward, cu_des
 
 extern "C" int engine_cuda_supports(const hax_model_config *cfg, char *why, int why_len) {
     const char *no = NULL;
-    if (cfg->arch != ARCH_MAMBA && cfg->arch != ARCH_MAMBA2) no = "arch: expected mamba or mamba2 (Samba is not ported yet)";
-    else if (cfg->sparse_mask) no = "sparse pattern: expected none (the sparse branch is not ported yet)";
+    int d = cfg->hidden_size, H = cfg->attn_heads;
+    if (cfg->arch != ARCH_MAMBA && cfg->arch != ARCH_MAMBA2 && cfg->arch != ARCH_SAMBA)
+        no = "arch: expected mamba, mamba2 or samba";
+    else if (cfg->arch == ARCH_SAMBA && (H <= 0 || d % H != 0 || d / H > 128 || (d / H) % 2 != 0))
+        no = "attn_heads: expected a head size hidden_size / attn_heads that is even and at most 128";
+    else if ((cfg->sparse_mask & SPARSE_KEY_SELECTION) && cfg->state_size > 128)
+        no = "state_size: expected at most 128 with key_selection";
     if (no && why) snprintf(why, why_len, "%s", no);
     return no == NULL;
 }
 
 extern "C" hax_engine *engine_cuda_create(hax_model *m, int max_tok, int max_seq, int max_len) {
-    (void)max_len;
     char why[160];
     if (!engine_cuda_supports(&m->cfg, why, sizeof why)) hax_die("engine cuda: %s", why);
     if (m->cfg.n_layers > HAX_MAX_LAYERS)
@@ -619,7 +944,8 @@ extern "C" hax_engine *engine_cuda_create(hax_model *m, int max_tok, int max_seq
     c->flag = (int *)cuda_malloc(sizeof(int));
     c->ce_scale = (float *)cuda_malloc(sizeof(float));
     c->loss = (double *)cuda_malloc(sizeof(double));
-    reserve(c, m, max_tok > 0 ? max_tok : 1, max_seq > 0 ? max_seq : 1);
+    c->h_gate = (double *)xcalloc(m->cfg.n_layers, sizeof(double));
+    reserve(c, m, max_tok > 0 ? max_tok : 1, max_seq > 0 ? max_seq : 1, max_len > 0 ? max_len : 1);
     e->be = &cuda_backend;
     e->model = m;
     e->impl = c;

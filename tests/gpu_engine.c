@@ -1,11 +1,14 @@
 // gpu_engine.c: the CUDA engine (cuda/cu_engine.h) against the CPU engine on
-// the reference Mamba and Mamba-2 models (Table 1 'Base' sizes, random
-// initialisation): loss, accuracy counts, hidden states and logits within
-// 1e-5, every parameter's gradient within 1e-4 (normwise, per tensor), on a
-// ragged batch; then the time of a training step (forward + backward) at the
-// paper's batch size (64 sequences of ~464 positions), CPU vs GPU, with the
-// loss and every gradient compared there too. Skips
-// (exit 0) without a CUDA device.
+// the Table 1 models (reference sizes, random initialisation): Mamba,
+// Mamba-2, Samba, and the Enhanced Mamba / Mamba-2 with the sparse branch
+// (HAX = sign_bin_lsh + key_selection, dilated, sliding_window + sink):
+// loss, gate loss, accuracy counts, hidden states and logits within 1e-5,
+// every parameter's gradient within 1e-4 (normwise, per tensor), on a ragged
+// batch; then a training step at the paper's batch size (64 sequences of
+// ~464 positions), CPU vs GPU, with the loss and every gradient compared
+// there too; device training (plain and CUDA-graph steps) against the CPU
+// engine + AdamW; and the benchmark of a whole training step. Skips (exit 0)
+// without a CUDA device.
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,11 +68,20 @@ static void free_batch(tbatch *t) {
     free(b->n_context), free(b->n_key);
 }
 
-static const char *arch_name(hax_arch a) { return a == ARCH_MAMBA2 ? "mamba2" : "mamba"; }
+// The model's name in the printouts: arch, then the sparse pattern if any.
+static const char *cur_pattern = NULL;
+static char name_buf[96];
+static const char *arch_name(hax_arch a) {
+    const char *base = a == ARCH_MAMBA2 ? "mamba2" : a == ARCH_SAMBA ? "samba" : "mamba";
+    if (!cur_pattern) return base;
+    snprintf(name_buf, sizeof name_buf, "%s+%s", base, cur_pattern);
+    return name_buf;
+}
 
+// The reference config of arch with the sparse pattern cur_pattern (NULL: none).
 static void build_model(hax_model *m, hax_arch arch) {
     hax_model_config cfg;
-    model_config_reference(&cfg, arch, 0, NULL);
+    model_config_reference(&cfg, arch, 0, cur_pattern);
     char err[256];
     if (model_config_validate(&cfg, err, sizeof err)) hax_die("gpu_engine: reference config: %s", err);
     model_build(m, &cfg);
@@ -103,9 +115,20 @@ static void compare_engines(hax_arch arch) {
     memcpy(lg, engine_logits(cpu), sizeof(float) * (size_t)n * V);
     step(gpu, &m, b, &rg);
     double el = fabs(rg.loss - rc.loss) / fabs(rc.loss);
-    printf("    %s: loss cpu %.7f gpu %.7f (rel err %.2e), acc %.5f / %.5f, scored %d / %d, correct %d / %d\n",
-           arch_name(arch), rc.loss, rg.loss, el, rc.acc, rg.acc, rc.n_scored, rg.n_scored, rc.correct, rg.correct);
+    double eg_loss = fabs(rg.gate_loss - rc.gate_loss) / (fabs(rc.gate_loss) > 1e-12 ? fabs(rc.gate_loss) : 1.0);
+    printf("    %s: loss cpu %.7f gpu %.7f (rel err %.2e), gate loss %.7f / %.7f (rel err %.2e), acc %.5f / %.5f, "
+           "scored %d / %d, correct %d / %d\n",
+           arch_name(arch), rc.loss, rg.loss, el, rc.gate_loss, rg.gate_loss, eg_loss, rc.acc, rg.acc, rc.n_scored,
+           rg.n_scored, rc.correct, rg.correct);
     CHECK(el <= 1e-5, "%s: loss relative error %.3e", arch_name(arch), el);
+    CHECK(eg_loss <= 1e-5, "%s: gate loss relative error %.3e", arch_name(arch), eg_loss);
+    for (int l = 0; l < m.cfg.n_layers; l++) {
+        const float *hc = engine_hash(cpu, l), *hg = engine_hash(gpu, l);
+        CHECK((hc == NULL) == (hg == NULL), "%s: layer %d: hash matrix on one engine only", arch_name(arch), l);
+        if (hc && hg)
+            CHECK(memcmp(hc, hg, sizeof(float) * m.cfg.state_size * m.cfg.num_hash) == 0,
+                  "%s: layer %d: hash matrices differ", arch_name(arch), l);
+    }
     CHECK(rc.n_scored == rg.n_scored && rc.correct == rg.correct && rc.acc == rg.acc,
           "%s: accuracy counts differ", arch_name(arch));
     double eh = rel_err(engine_hidden(gpu), hid, (size_t)n * d), eg = rel_err(engine_logits(gpu), lg, (size_t)n * V);
@@ -124,6 +147,16 @@ static void compare_engines(hax_arch arch) {
     hax_fwd_result r2;
     step(gpu, &m, b, &r2);
     CHECK(r2.loss == rg.loss, "%s: a second step differs: %.9f vs %.9f", arch_name(arch), r2.loss, rg.loss);
+    // An evaluation forward (fixed evaluation hash matrix, no ranking loss).
+    hax_fwd_opts oe = {0, 1, 0, 0.0, NULL};
+    engine_forward(cpu, b, &oe, &rc);
+    engine_forward(gpu, b, &oe, &rg);
+    el = fabs(rg.loss - rc.loss) / fabs(rc.loss);
+    double ee = rel_err(engine_logits(gpu), engine_logits(cpu), (size_t)n * V);
+    printf("    %s: evaluation forward: loss rel err %.2e, logits rel err %.2e, gate loss %g / %g\n", arch_name(arch),
+           el, ee, rc.gate_loss, rg.gate_loss);
+    CHECK(el <= 1e-5 && ee <= 1e-5 && rg.gate_loss == 0 && rc.correct == rg.correct,
+          "%s: evaluation forward differs: loss %.3e logits %.3e", arch_name(arch), el, ee);
     engine_free(cpu);
     engine_free(gpu);
     free(g_cpu), free(hid), free(lg);
@@ -133,6 +166,19 @@ static void compare_engines(hax_arch arch) {
 
 static void test_engine_mamba(void) { compare_engines(ARCH_MAMBA); }
 static void test_engine_mamba2(void) { compare_engines(ARCH_MAMBA2); }
+static void test_engine_samba(void) { compare_engines(ARCH_SAMBA); }
+
+// The sparse branch in both mixers: HAX, and patterns with empty rows
+// (dilated) and a sink.
+static void test_engine_sparse(void) {
+    static const char *patterns[] = {"sign_bin_lsh+key_selection", "dilated", "sliding_window+sink", "key_selection"};
+    for (int i = 0; i < 4; i++) {
+        cur_pattern = patterns[i];
+        compare_engines(ARCH_MAMBA);
+        compare_engines(ARCH_MAMBA2);
+    }
+    cur_pattern = NULL;
+}
 
 // A training step at the paper's batch size: CPU once, GPU mean of 5 after a
 // warm-up; the losses are compared too.
@@ -182,6 +228,11 @@ static void time_step(hax_arch arch) {
 static void test_step_time(void) {
     time_step(ARCH_MAMBA);
     time_step(ARCH_MAMBA2);
+    time_step(ARCH_SAMBA);
+    cur_pattern = "sign_bin_lsh+key_selection";
+    time_step(ARCH_MAMBA);
+    time_step(ARCH_MAMBA2);
+    cur_pattern = NULL;
 }
 
 // ---------------------------------------------------------------- device training
@@ -296,6 +347,13 @@ static void train_compare(hax_arch arch) {
 
 static void test_train_mamba(void) { train_compare(ARCH_MAMBA); }
 static void test_train_mamba2(void) { train_compare(ARCH_MAMBA2); }
+static void test_train_samba(void) { train_compare(ARCH_SAMBA); }
+static void test_train_hax(void) {
+    cur_pattern = "sign_bin_lsh+key_selection";
+    train_compare(ARCH_MAMBA);
+    train_compare(ARCH_MAMBA2);
+    cur_pattern = NULL;
+}
 
 // A whole training step at the paper's batch (64 sequences of 400-528
 // positions): device-resident plain steps (forward, backward, AdamW; one
@@ -318,7 +376,8 @@ static void time_train(hax_arch arch) {
     }
     cuda_sync();
     double t0 = hax_now();
-    for (int i = 0; i < reps; i++) {
+    for (int i = 0; i < reps; i++) {  // a new step each time: new hash matrices and candidates
+        o.step++;
         engine_forward(e, &t.b, &o, &r), engine_backward(e), e->be->dev->adamw_step(e, &opt, 1e-3);
     }
     cuda_sync();
@@ -326,12 +385,14 @@ static void time_train(hax_arch arch) {
     for (int i = 0; i < 2; i++) engine_cuda_train_step(e, &t.b, &o, &opt, 1e-3, &r);
     cuda_sync();
     t0 = hax_now();
-    for (int i = 0; i < reps; i++) engine_cuda_train_step(e, &t.b, &o, &opt, 1e-3, &r);
+    for (int i = 0; i < reps; i++) o.step++, engine_cuda_train_step(e, &t.b, &o, &opt, 1e-3, &r);
     cuda_sync();
     double graph = (hax_now() - t0) / reps;
     printf("TIME %s train step, batch 64 (%d positions): resident %.2f ms, CUDA graph %.2f ms (%.2f M tokens/s); "
            "the reference's Mamba2+HAX step: ~50 ms\n",
            arch_name(arch), t.b.n_tok, plain * 1e3, graph * 1e3, t.b.n_tok / graph / 1e6);
+    printf("BENCH | %s | %.2f | %.2f | %.2f M |\n", arch_name(arch), plain * 1e3, graph * 1e3,
+           t.b.n_tok / graph / 1e6);
     CHECK(isfinite(r.loss), "%s: timed steps gave a non-finite loss", arch_name(arch));
     engine_free(e);
     adamw_free(&opt);
@@ -342,6 +403,11 @@ static void time_train(hax_arch arch) {
 static void test_train_time(void) {
     time_train(ARCH_MAMBA);
     time_train(ARCH_MAMBA2);
+    time_train(ARCH_SAMBA);
+    cur_pattern = "sign_bin_lsh+key_selection";
+    time_train(ARCH_MAMBA);
+    time_train(ARCH_MAMBA2);
+    cur_pattern = NULL;
 }
 
 int main(int argc, char **argv) {
@@ -354,9 +420,13 @@ int main(int argc, char **argv) {
     printf("device: %s\n", cuda_device_name());
     RUN(test_engine_mamba);
     RUN(test_engine_mamba2);
+    RUN(test_engine_samba);
+    RUN(test_engine_sparse);
     RUN(test_adamw_bitexact);
     RUN(test_train_mamba);
     RUN(test_train_mamba2);
+    RUN(test_train_samba);
+    RUN(test_train_hax);
     if (!quick) RUN(test_step_time);
     if (!quick) RUN(test_train_time);
     return test_summary();
