@@ -80,6 +80,9 @@ extern "C" void cuda_sync(void) {
         hax_die("cuda: embedding: token ids: expected 0..V-1, found one outside (checked on the device)");
     if (flag & CU_ERR_LABEL)
         hax_die("cuda: cross-entropy: labels at scored positions: expected 0..V-1, found one outside");
+    if (flag & CU_ERR_KS)
+        hax_die("cuda: key selection: candidates: expected distinct positions inside each sequence (and sequences "
+                "no longer than model_len), found one outside (checked on the device)");
 }
 
 extern "C" void *cuda_malloc(size_t bytes) {
