@@ -1,6 +1,8 @@
 // cu_attn.cu: see cu_attn.h. The maths follows src/ops_attn.c line by line;
 // the kernels are one thread per (position, head), the head's hd floats in
-// registers (hd <= CU_ATTN_MAX_HD).
+// registers: each kernel is instantiated for a bound HDM of 8, 16, 32, 64 or
+// 128 (fully unrolled loops over HDM lanes, lanes >= hd skipped), so the
+// arrays stay in registers (hd <= CU_ATTN_MAX_HD).
 #include <math.h>
 
 #include "cu_attn.h"
@@ -52,14 +54,36 @@ extern "C" void cuda_rope_apply(float *x, int ld_x, const int *seq_off, int n_se
 
 // ---------------------------------------------------------------- forward
 
+// a·b over the first hd of HDM lanes (a in registers, b in memory), in lane order.
+template <int HDM>
+__device__ __forceinline__ float dot_reg(const float (&a)[HDM], const float *b, int hd) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int i = 0; i < HDM; i++)
+        if (i < hd) acc += a[i] * b[i];
+    return acc;
+}
+
 __device__ __forceinline__ float dot_hd(const float *a, const float *b, int hd) {
     float acc = 0.0f;
     for (int i = 0; i < hd; i++) acc += a[i] * b[i];
     return acc;
 }
 
+// Launches KERNEL<HDM> for the smallest HDM >= hd (check_cfg bounds hd).
+#define ATTN_DISPATCH(hd, KERNEL, grid, block, ...)                                        \
+    do {                                                                                   \
+        if ((hd) <= 8) KERNEL<8><<<grid, block, 0, cu_stream()>>>(__VA_ARGS__);            \
+        else if ((hd) <= 16) KERNEL<16><<<grid, block, 0, cu_stream()>>>(__VA_ARGS__);     \
+        else if ((hd) <= 32) KERNEL<32><<<grid, block, 0, cu_stream()>>>(__VA_ARGS__);     \
+        else if ((hd) <= 64) KERNEL<64><<<grid, block, 0, cu_stream()>>>(__VA_ARGS__);     \
+        else KERNEL<128><<<grid, block, 0, cu_stream()>>>(__VA_ARGS__);                    \
+        CUDA_LAUNCHED();                                                                   \
+    } while (0)
+
 // One thread per (query t, head h): scores of keys max(t0, t-W+1) .. t, the
 // max, then exp, their double sum and the weighted sum of v (as the CPU).
+template <int HDM>
 __global__ static void attn_fwd_kernel(float *o, float *lse, const float *q, const float *k, const float *v,
                                        const int *seq_off, int n_seq, int n_tok, int d, int H, int hd, int W,
                                        float scale) {
@@ -68,21 +92,26 @@ __global__ static void attn_fwd_kernel(float *o, float *lse, const float *q, con
     int t = (int)(idx / H), h = (int)(idx % H);
     int t0 = seq_off[cu_seq_of(seq_off, n_seq, t)];
     int j0 = t - W + 1 > t0 ? t - W + 1 : t0;
-    float qt[CU_ATTN_MAX_HD], acc[CU_ATTN_MAX_HD];
+    float qt[HDM], acc[HDM];
     const float *qp = q + (size_t)t * d + h * hd;
-    for (int i = 0; i < hd; i++) qt[i] = qp[i], acc[i] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < HDM; i++) qt[i] = i < hd ? qp[i] : 0.0f, acc[i] = 0.0f;
     float m = -INFINITY;
-    for (int j = j0; j <= t; j++) m = fmaxf(m, scale * dot_hd(qt, k + (size_t)j * d + h * hd, hd));
+    for (int j = j0; j <= t; j++) m = fmaxf(m, scale * dot_reg<HDM>(qt, k + (size_t)j * d + h * hd, hd));
     double sum = 0.0;
     for (int j = j0; j <= t; j++) {
-        float p = expf(scale * dot_hd(qt, k + (size_t)j * d + h * hd, hd) - m);
-        sum += p;
         const float *vj = v + (size_t)j * d + h * hd;
-        for (int i = 0; i < hd; i++) acc[i] += p * vj[i];
+        float p = expf(scale * dot_reg<HDM>(qt, k + (size_t)j * d + h * hd, hd) - m);
+        sum += p;
+#pragma unroll
+        for (int i = 0; i < HDM; i++)
+            if (i < hd) acc[i] += p * vj[i];
     }
     float rs = (float)(1.0 / sum);
     float *ot = o + (size_t)t * d + h * hd;
-    for (int i = 0; i < hd; i++) ot[i] = acc[i] * rs;
+#pragma unroll
+    for (int i = 0; i < HDM; i++)
+        if (i < hd) ot[i] = acc[i] * rs;
     lse[(size_t)t * H + h] = m + (float)log(sum);
 }
 
@@ -99,9 +128,8 @@ extern "C" void cuda_attn_forward(float *out, int ld_out, const attn_acts *acts,
     cuda_rope_apply(acts->q, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 0);
     cuda_rope_apply(acts->k, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 0);
     long n = (long)n_tok * H;
-    attn_fwd_kernel<<<cu_blocks(n, 128), 128, 0, cu_stream()>>>(acts->o, acts->lse, acts->q, acts->k, acts->v,
-                                                                 seq_off, n_seq, n_tok, d, H, hd, W, scale);
-    CUDA_LAUNCHED();
+    ATTN_DISPATCH(hd, attn_fwd_kernel, cu_blocks(n, 128), 128, acts->o, acts->lse, acts->q, acts->k, acts->v,
+                  seq_off, n_seq, n_tok, d, H, hd, W, scale);
     cuda_linear_forward(out, ld_out, acts->o, d, w->o_proj, NULL, n_tok, d, d);
 }
 
@@ -121,6 +149,7 @@ __global__ static void attn_rowdot_kernel(float *D, const float *dO, const float
     D[idx] = dot_hd(dO + r, o + r, hd);
 }
 
+template <int HDM>
 __global__ static void attn_dq_kernel(float *dq, const float *dO, const float *D, const float *lse, const float *q,
                                       const float *k, const float *v, const int *seq_off, int n_seq, int n_tok, int d,
                                       int H, int hd, int W, float scale) {
@@ -130,18 +159,29 @@ __global__ static void attn_dq_kernel(float *dq, const float *dO, const float *D
     int t0 = seq_off[cu_seq_of(seq_off, n_seq, t)];
     int j0 = t - W + 1 > t0 ? t - W + 1 : t0;
     size_t rt = (size_t)t * d + h * hd;
-    float qt[CU_ATTN_MAX_HD], dot[CU_ATTN_MAX_HD], acc[CU_ATTN_MAX_HD];
-    for (int i = 0; i < hd; i++) qt[i] = q[rt + i], dot[i] = dO[rt + i], acc[i] = 0.0f;
+    float qt[HDM], dot[HDM], acc[HDM];
+#pragma unroll
+    for (int i = 0; i < HDM; i++) {
+        qt[i] = i < hd ? q[rt + i] : 0.0f;
+        dot[i] = i < hd ? dO[rt + i] : 0.0f;
+        acc[i] = 0.0f;
+    }
     float Dt = D[idx], l = lse[idx];
     for (int j = j0; j <= t; j++) {
         size_t rj = (size_t)j * d + h * hd;
-        float p = expf(scale * dot_hd(qt, k + rj, hd) - l);
-        float ds = p * (dot_hd(dot, v + rj, hd) - Dt) * scale;
-        for (int i = 0; i < hd; i++) acc[i] += ds * k[rj + i];
+        // the CPU's order: q·k, then dO·v
+        float p = expf(scale * dot_reg<HDM>(qt, k + rj, hd) - l);
+        float ds = p * (dot_reg<HDM>(dot, v + rj, hd) - Dt) * scale;
+#pragma unroll
+        for (int i = 0; i < HDM; i++)
+            if (i < hd) acc[i] += ds * k[rj + i];
     }
-    for (int i = 0; i < hd; i++) dq[rt + i] = acc[i];
+#pragma unroll
+    for (int i = 0; i < HDM; i++)
+        if (i < hd) dq[rt + i] = acc[i];
 }
 
+template <int HDM>
 __global__ static void attn_dkv_kernel(float *dk, float *dv, const float *dO, const float *D, const float *lse,
                                        const float *q, const float *k, const float *v, const int *seq_off, int n_seq,
                                        int n_tok, int d, int H, int hd, int W, float scale) {
@@ -151,16 +191,26 @@ __global__ static void attn_dkv_kernel(float *dk, float *dv, const float *dO, co
     int t1 = seq_off[cu_seq_of(seq_off, n_seq, j) + 1];
     int tl = j + W - 1 < t1 - 1 ? j + W - 1 : t1 - 1;
     size_t rj = (size_t)j * d + h * hd;
-    float kj[CU_ATTN_MAX_HD], vj[CU_ATTN_MAX_HD], ak[CU_ATTN_MAX_HD], av[CU_ATTN_MAX_HD];
-    for (int i = 0; i < hd; i++) kj[i] = k[rj + i], vj[i] = v[rj + i], ak[i] = 0.0f, av[i] = 0.0f;
+    float kj[HDM], vj[HDM], ak[HDM], av[HDM];
+#pragma unroll
+    for (int i = 0; i < HDM; i++) {
+        kj[i] = i < hd ? k[rj + i] : 0.0f;
+        vj[i] = i < hd ? v[rj + i] : 0.0f;
+        ak[i] = 0.0f, av[i] = 0.0f;
+    }
     for (int t = j; t <= tl; t++) {
         size_t rt = (size_t)t * d + h * hd;
         const float *qt = q + rt, *dot = dO + rt;
-        float p = expf(scale * dot_hd(qt, kj, hd) - lse[(size_t)t * H + h]);
-        float ds = p * (dot_hd(dot, vj, hd) - D[(size_t)t * H + h]) * scale;
-        for (int i = 0; i < hd; i++) ak[i] += ds * qt[i], av[i] += p * dot[i];
+        // the CPU's q_t·k_j in q order (a·b = b·a lane by lane, same sum order)
+        float p = expf(scale * dot_reg<HDM>(kj, qt, hd) - lse[(size_t)t * H + h]);
+        float ds = p * (dot_reg<HDM>(vj, dot, hd) - D[(size_t)t * H + h]) * scale;
+#pragma unroll
+        for (int i = 0; i < HDM; i++)
+            if (i < hd) ak[i] += ds * qt[i], av[i] += p * dot[i];
     }
-    for (int i = 0; i < hd; i++) dk[rj + i] = ak[i], dv[rj + i] = av[i];
+#pragma unroll
+    for (int i = 0; i < HDM; i++)
+        if (i < hd) dk[rj + i] = ak[i], dv[rj + i] = av[i];
 }
 
 extern "C" size_t cuda_attn_workspace_bytes(const hax_model_config *cfg, int n_tok) {
@@ -183,12 +233,10 @@ extern "C" void cuda_attn_backward(float *da, int ld_da, const attn_grads *gr, c
     long n = (long)n_tok * H;
     attn_rowdot_kernel<<<cu_blocks(n, 256), 256, 0, cu_stream()>>>(D, dO, acts->o, n_tok, d, H, hd);
     CUDA_LAUNCHED();
-    attn_dq_kernel<<<cu_blocks(n, 128), 128, 0, cu_stream()>>>(dq, dO, D, acts->lse, acts->q, acts->k, acts->v,
-                                                                seq_off, n_seq, n_tok, d, H, hd, W, scale);
-    CUDA_LAUNCHED();
-    attn_dkv_kernel<<<cu_blocks(n, 128), 128, 0, cu_stream()>>>(dk, dv, dO, D, acts->lse, acts->q, acts->k,
-                                                                 acts->v, seq_off, n_seq, n_tok, d, H, hd, W, scale);
-    CUDA_LAUNCHED();
+    ATTN_DISPATCH(hd, attn_dq_kernel, cu_blocks(n, 128), 128, dq, dO, D, acts->lse, acts->q, acts->k, acts->v,
+                  seq_off, n_seq, n_tok, d, H, hd, W, scale);
+    ATTN_DISPATCH(hd, attn_dkv_kernel, cu_blocks(n, 128), 128, dk, dv, dO, D, acts->lse, acts->q, acts->k, acts->v,
+                  seq_off, n_seq, n_tok, d, H, hd, W, scale);
     // The rotation is orthogonal: its backward is its inverse.
     cuda_rope_apply(dq, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 1);
     cuda_rope_apply(dk, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 1);
