@@ -859,6 +859,10 @@ extern "C" void engine_cuda_train_step(hax_engine *e, const hax_batch *b, const 
 
 extern "C" int engine_cuda_graph_launches(const hax_engine *e) { return ((const cu_impl *)e->impl)->graph_launches; }
 
+extern "C" const struct cu_sparse_state *engine_cuda_sparse(const hax_engine *e, int layer) {
+    return ((const cu_impl *)e->impl)->L[layer].sp;
+}
+
 // ---------------------------------------------------------------- device-resident training
 
 static void cu_push(hax_engine *e, const hax_adamw *opt) {

@@ -19,8 +19,11 @@
 #include "cu_adamw.h"
 #include "cu_common.h"
 #include "cu_engine.h"
+#include "cu_sparse.h"
+#include "cu_sparse_ks.h"
 #include "engine.h"
 #include "model.h"
+#include "sparse.h"
 #include "test.h"
 
 typedef struct {
@@ -88,6 +91,75 @@ static void build_model(hax_model *m, hax_arch arch) {
     model_init(m, 7);
 }
 
+// The discrete choices of the sparse branch that differ between the CPU and
+// the GPU engine after their last forwards on batch b (the GPU's may have run
+// on b padded at the end): LSH buckets of queries and keys, key-selection
+// picks, and the ordering of the ranking targets of candidate pairs. Each is
+// a comparison of floats (a sign, a top-k, ya > yb) that the last-bit
+// differences of the two engines' activations can flip where two values
+// nearly tie; where none flipped the engines compute the same function.
+static int ranking(double a, double b) { return a > b ? 2 : a == b ? 1 : 0; }
+static long discrete_diffs(hax_engine *cpu, hax_engine *gpu, const hax_model *m, const hax_batch *b) {
+    const hax_model_config *cfg = &m->cfg;
+    if (!cfg->sparse_mask) return 0;
+    int n = b->n_tok, kc = cfg->k_c;
+    long diff = 0;
+    int32_t *qb = xmalloc(sizeof(int32_t) * n), *kb = xmalloc(sizeof(int32_t) * n);
+    int *sel = xmalloc(sizeof(int) * (size_t)n * kc);
+    double *y = xmalloc(sizeof(double) * (size_t)b->n_seq * kc);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const hax_sparse_state *cs = engine_cpu_sparse(cpu, l);
+        const cu_sparse_state *gs = engine_cuda_sparse(gpu, l);
+        if (cfg->sparse_mask & (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH)) {
+            cuda_download(qb, gs->q_bucket, sizeof(int32_t) * n);
+            cuda_download(kb, gs->k_bucket, sizeof(int32_t) * n);
+            cuda_sync();
+            for (int t = 0; t < n; t++) diff += (qb[t] != cs->q_bucket[t]) + (kb[t] != cs->k_bucket[t]);
+        }
+        if (cfg->sparse_mask & SPARSE_KEY_SELECTION) {
+            const cuda_ks_state *gk = (const cuda_ks_state *)gs->ks;
+            cuda_download(sel, gk->sel, sizeof(int) * (size_t)n * kc);
+            cuda_download(y, gk->y, sizeof(double) * (size_t)b->n_seq * kc);
+            cuda_sync();
+            for (size_t i = 0; i < (size_t)n * kc; i++) diff += sel[i] != cs->ks->sel[i];
+            if (cs->ks->has_loss)
+                for (int q = 0; q < b->n_seq; q++)
+                    for (int a = 0; a < kc; a++)
+                        for (int c = a + 1; c < kc; c++) {
+                            const double *yc = cs->ks->y + (size_t)q * kc, *yg = y + (size_t)q * kc;
+                            diff += ranking(yc[a], yc[c]) != ranking(yg[a], yg[c]);
+                        }
+        }
+    }
+    free(qb), free(kb), free(sel), free(y);
+    return diff;
+}
+
+// Every parameter's gradient against the CPU's (normwise, per tensor): 1e-4;
+// the key-score MLP's (dx_proj_*) 1e-2 when some discrete choice flipped
+// (n_flips > 0; each flip moves a ranking-loss term of a candidate pair).
+// dx_proj_3.bias is a zero-sum gradient (the pairwise loss depends on score
+// differences only): compared absolutely, 1e-6. Returns the worst figure.
+static double check_grads(const hax_model *m, const float *g_cpu, const char *what, long n_flips,
+                          const char **worst_name) {
+    double worst = 0;
+    *worst_name = "";
+    for (int i = 0; i < m->n_params; i++) {
+        const hax_param *p = &m->params[i];
+        if (strstr(p->name, "dx_proj_3.bias")) {
+            double e = fabs((double)m->grad[p->offset] - (double)g_cpu[p->offset]);
+            CHECK(e <= 1e-6, "%s: gradient of %s (zero-sum): absolute error %.3e", what, p->name, e);
+            continue;
+        }
+        double e = rel_err(m->grad + p->offset, g_cpu + p->offset, p->numel);
+        double tol = n_flips > 0 && strstr(p->name, "dx_proj_") ? 1e-2 : 1e-4;
+        CHECK(e <= tol, "%s: gradient of %s: relative error %.3e (%ld discrete choices differ)", what, p->name, e,
+              n_flips);
+        if (e > worst) worst = e, *worst_name = p->name;
+    }
+    return worst;
+}
+
 // One forward + backward on engine e; the gradients are left in m->grad.
 static void step(hax_engine *e, hax_model *m, const hax_batch *b, hax_fwd_result *r) {
     hax_fwd_opts o = {1, 1, 0, 0.0, NULL};
@@ -134,15 +206,11 @@ static void compare_engines(hax_arch arch) {
     double eh = rel_err(engine_hidden(gpu), hid, (size_t)n * d), eg = rel_err(engine_logits(gpu), lg, (size_t)n * V);
     printf("    %s: hidden rel err %.2e, logits rel err %.2e\n", arch_name(arch), eh, eg);
     CHECK(eh <= 1e-5 && eg <= 1e-5, "%s: hidden %.3e logits %.3e", arch_name(arch), eh, eg);
-    double worst = 0;
-    const char *worst_name = "";
-    for (int i = 0; i < m.n_params; i++) {
-        const hax_param *p = &m.params[i];
-        double e = rel_err(m.grad + p->offset, g_cpu + p->offset, p->numel);
-        CHECK(e <= 1e-4, "%s: gradient of %s: relative error %.3e", arch_name(arch), p->name, e);
-        if (e > worst) worst = e, worst_name = p->name;
-    }
-    printf("    %s: %d parameter gradients, worst rel err %.2e (%s)\n", arch_name(arch), m.n_params, worst, worst_name);
+    long flips = discrete_diffs(cpu, gpu, &m, b);
+    const char *worst_name;
+    double worst = check_grads(&m, g_cpu, arch_name(arch), flips, &worst_name);
+    printf("    %s: %d parameter gradients, worst rel err %.2e (%s); %ld discrete choices differ\n", arch_name(arch),
+           m.n_params, worst, worst_name, flips);
     // A second step on the same engine (buffers reused) gives the same loss.
     hax_fwd_result r2;
     step(gpu, &m, b, &r2);
@@ -197,14 +265,11 @@ static void time_step(hax_arch arch) {
     float *g_cpu = xmalloc(sizeof(float) * m.n_floats);
     memcpy(g_cpu, m.grad, sizeof(float) * m.n_floats);
     step(gpu, &m, &t.b, &rg);
-    double worst = 0;
-    for (int i = 0; i < m.n_params; i++) {
-        const hax_param *p = &m.params[i];
-        double e = rel_err(m.grad + p->offset, g_cpu + p->offset, p->numel);
-        CHECK(e <= 1e-4, "%s paper size: gradient of %s: relative error %.3e", arch_name(arch), p->name, e);
-        if (e > worst) worst = e;
-    }
-    printf("    %s paper size: worst gradient rel err %.2e\n", arch_name(arch), worst);
+    long flips = discrete_diffs(cpu, gpu, &m, &t.b);
+    const char *worst_name;
+    double worst = check_grads(&m, g_cpu, arch_name(arch), flips, &worst_name);
+    printf("    %s paper size: worst gradient rel err %.2e (%s); %ld discrete choices differ\n", arch_name(arch), worst,
+           worst_name, flips);
     free(g_cpu);
     int reps = 5;
     t0 = hax_now();
@@ -301,7 +366,7 @@ static void train_compare(hax_arch arch) {
     gpu->be->dev->push(gpu, &og);
     gra->be->dev->push(gra, &oh);
     double worst_plain = 0, worst_graph = 0;
-    int steps = 40, finite = 1;
+    int steps = 40, finite = 1, first_flip_plain = 0, first_flip_graph = 0;
     for (int s = 1; s <= steps; s++) {
         const hax_batch *b = &tb[s % 3].b;
         double lr = adamw_schedule_lr(3e-3, s, 5);
@@ -317,21 +382,28 @@ static void train_compare(hax_arch arch) {
         gpu->be->dev->adamw_step(gpu, &og, lr);
         engine_cuda_train_step(gra, b, &o, &oh, lr, &rh);
         double e1 = fabs(rg.loss - rc.loss) / fabs(rc.loss), e2 = fabs(rh.loss - rc.loss) / fabs(rc.loss);
-        if (e1 > worst_plain) worst_plain = e1;
-        if (e2 > worst_graph) worst_graph = e2;
+        // Until a discrete choice of the branch first flips (see
+        // discrete_diffs) the curves must agree closely; after it, loosely.
+        if (!first_flip_plain && discrete_diffs(cpu, gpu, &mc, b)) first_flip_plain = s;
+        if (!first_flip_graph && discrete_diffs(cpu, gra, &mc, b)) first_flip_graph = s;
+        if (!first_flip_plain && e1 > worst_plain) worst_plain = e1;
+        if (!first_flip_graph && e2 > worst_graph) worst_graph = e2;
+        CHECK(e1 <= 1e-2 && e2 <= 1e-2, "%s: step %d: loss differs by %.3e / %.3e", arch_name(arch), s, e1, e2);
     }
     gpu->be->dev->pull(gpu, &og);
     gra->be->dev->pull(gra, &oh);
     double ew = rel_err(mg.data, mc.data, mc.n_floats), eh = rel_err(mh.data, mc.data, mc.n_floats);
     double em = rel_err(og.m, oc.m, mc.n_floats);
     int launches = engine_cuda_graph_launches(gra);
-    printf("    %s: %d steps: loss rel err plain %.2e graph %.2e; final weights rel err plain %.2e graph %.2e; "
-           "moments %.2e; %d graph replays\n",
-           arch_name(arch), steps, worst_plain, worst_graph, ew, eh, em, launches);
+    printf("    %s: %d steps: loss rel err plain %.2e graph %.2e (before a first discrete flip: plain at step %d, "
+           "graph at step %d, 0 = none); final weights rel err plain %.2e graph %.2e; moments %.2e; %d graph "
+           "replays\n",
+           arch_name(arch), steps, worst_plain, worst_graph, first_flip_plain, first_flip_graph, ew, eh, em, launches);
+    double wtol = first_flip_plain || first_flip_graph ? 1e-2 : 1e-4;
     CHECK(finite, "%s: device gradients reported non-finite", arch_name(arch));
     CHECK(worst_plain <= 1e-4 && worst_graph <= 1e-4, "%s: loss curve differs: %.3e / %.3e", arch_name(arch),
           worst_plain, worst_graph);
-    CHECK(ew <= 1e-4 && eh <= 1e-4 && em <= 1e-4, "%s: final weights differ: %.3e / %.3e (moments %.3e)",
+    CHECK(ew <= wtol && eh <= wtol && em <= wtol, "%s: final weights differ: %.3e / %.3e (moments %.3e)",
           arch_name(arch), ew, eh, em);
     CHECK(og.step == steps && oh.step == steps, "%s: AdamW step counts %lld / %lld", arch_name(arch),
           (long long)og.step, (long long)oh.step);
