@@ -94,7 +94,9 @@ static void build_model(hax_model *m, hax_arch arch) {
 // The discrete choices of the sparse branch that differ between the CPU and
 // the GPU engine after their last forwards on batch b (the GPU's may have run
 // on b padded at the end): LSH buckets of queries and keys, key-selection
-// picks, and the ordering of the ranking targets of candidate pairs. Each is
+// picks, the ordering of the ranking targets of candidate pairs, and the
+// ReLU gates of the key-score MLP (a pre-activation near 0 on one side and
+// the other switches that unit's dx_proj_1 gradient row). Each is
 // a comparison of floats (a sign, a top-k, ya > yb) that the last-bit
 // differences of the two engines' activations can flip where two values
 // nearly tie; where none flipped the engines compute the same function.
@@ -107,6 +109,8 @@ static long discrete_diffs(hax_engine *cpu, hax_engine *gpu, const hax_model *m,
     int32_t *qb = xmalloc(sizeof(int32_t) * n), *kb = xmalloc(sizeof(int32_t) * n);
     int *sel = xmalloc(sizeof(int) * (size_t)n * kc);
     double *y = xmalloc(sizeof(double) * (size_t)b->n_seq * kc);
+    size_t nh = (size_t)n * 2 * cfg->state_size;
+    float *h = xmalloc(sizeof(float) * nh);
     for (int l = 0; l < cfg->n_layers; l++) {
         const hax_sparse_state *cs = engine_cpu_sparse(cpu, l);
         const cu_sparse_state *gs = engine_cuda_sparse(gpu, l);
@@ -122,6 +126,12 @@ static long discrete_diffs(hax_engine *cpu, hax_engine *gpu, const hax_model *m,
             cuda_download(y, gk->y, sizeof(double) * (size_t)b->n_seq * kc);
             cuda_sync();
             for (size_t i = 0; i < (size_t)n * kc; i++) diff += sel[i] != cs->ks->sel[i];
+            for (int k = 0; k < 2; k++) {  // post-ReLU h1, h2: zero exactly where the gate is shut
+                cuda_download(h, k ? gk->h2 : gk->h1, sizeof(float) * nh);
+                cuda_sync();
+                const float *hc = k ? cs->ks->h2 : cs->ks->h1;
+                for (size_t i = 0; i < nh; i++) diff += (h[i] > 0) != (hc[i] > 0);
+            }
             if (cs->ks->has_loss)
                 for (int q = 0; q < b->n_seq; q++)
                     for (int a = 0; a < kc; a++)
@@ -131,7 +141,7 @@ static long discrete_diffs(hax_engine *cpu, hax_engine *gpu, const hax_model *m,
                         }
         }
     }
-    free(qb), free(kb), free(sel), free(y);
+    free(qb), free(kb), free(sel), free(y), free(h);
     return diff;
 }
 
