@@ -117,6 +117,13 @@ extern "C" void *cuda_upload_new(const void *src, size_t bytes) {
     return p;
 }
 
+extern "C" void *cuda_download_new(const void *src, size_t bytes) {
+    void *h = xmalloc(bytes ? bytes : 1);
+    cuda_download(h, src, bytes);
+    cuda_sync();
+    return h;
+}
+
 extern "C" int cuda_event_record(void) {
     int i = g_next_event;
     g_next_event = (g_next_event + 1) % N_EVENTS;

@@ -45,6 +45,9 @@ void cuda_download(void *dst_host, const void *src_dev, size_t bytes);
 void cuda_zero(void *p_dev, size_t bytes);
 // Allocates and uploads in one call (then synchronises: setup code only).
 void *cuda_upload_new(const void *src_host, size_t bytes);
+// The reverse: a new host buffer (malloc'd, at least 1 byte) holding bytes
+// downloaded from the device (synchronises: setup and test code only).
+void *cuda_download_new(const void *src_dev, size_t bytes);
 
 // Timing on the stream: returns an opaque event index (0..63).
 int cuda_event_record(void);

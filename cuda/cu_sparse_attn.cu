@@ -20,6 +20,30 @@
 #define WARPS 4  // rows per block of 128 threads
 #define FULL_MASK 0xffffffffu
 
+// One query's share of a key's gradients (the gathers of both backwards):
+// dK += d * Q_query (d = dScore), dV += p * dattn_query (p = the weight).
+__device__ __forceinline__ void key_grad_add(float *dk, float *dv, float d, const float *q, float p,
+                                             const float *da, int N, int E, int lane) {
+#pragma unroll
+    for (int u = 0; u < CU_SP_FPL; u++)
+        if (lane + 32 * u < N) dk[u] += d * q[lane + 32 * u];
+#pragma unroll
+    for (int u = 0; u < CU_SP_EPL; u++)
+        if (lane + 32 * u < E) dv[u] += p * da[lane + 32 * u];
+}
+
+// Writes a key's gathered gradients: its dK row (the key half of dKQ, written)
+// and its dV row (accumulated: V is X, which other paths also feed).
+__device__ __forceinline__ void key_grad_store(float *dk_row, float *dv_row, const float *dk, const float *dv,
+                                               int N, int E, int lane) {
+#pragma unroll
+    for (int u = 0; u < CU_SP_FPL; u++)
+        if (lane + 32 * u < N) dk_row[lane + 32 * u] = dk[u];
+#pragma unroll
+    for (int u = 0; u < CU_SP_EPL; u++)
+        if (lane + 32 * u < E) dv_row[lane + 32 * u] += dv[u];
+}
+
 __device__ __forceinline__ float warp_maxf(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
     return v;
@@ -243,20 +267,10 @@ __global__ static void attn_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const
             int e = __shfl_sync(FULL_MASK, idx, b), gb = o + t0 + b;
             float d = allow_ds[(size_t)gb * cap + e], p = allow_p[(size_t)gb * cap + e];
             const float *q = KQ + (size_t)gb * ldkq + N, *da = dattn + (size_t)gb * ld_dattn;
-#pragma unroll
-            for (int u = 0; u < CU_SP_FPL; u++)
-                if (lane + 32 * u < N) dk[u] += d * q[lane + 32 * u];
-#pragma unroll
-            for (int u = 0; u < CU_SP_EPL; u++)
-                if (lane + 32 * u < E) dv[u] += p * da[lane + 32 * u];
+            key_grad_add(dk, dv, d, q, p, da, N, E, lane);
         }
     }
-#pragma unroll
-    for (int u = 0; u < CU_SP_FPL; u++)
-        if (lane + 32 * u < N) dKQ[(size_t)j * ldkq + lane + 32 * u] = dk[u];
-#pragma unroll
-    for (int u = 0; u < CU_SP_EPL; u++)
-        if (lane + 32 * u < E) dV[(size_t)j * ld_dv + lane + 32 * u] += dv[u];
+    key_grad_store(dKQ + (size_t)j * ldkq, dV + (size_t)j * ld_dv, dk, dv, N, E, lane);
 }
 
 // ---------------------------------------------------------------- full backward
@@ -327,19 +341,9 @@ __global__ static void full_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const
         const float *q = KQ + (size_t)g * ldkq + N, *da = dattn + (size_t)g * ld_dattn;
         float p = expf(dot_n(kr, q, N, lane) - lse[g]);
         float d = p * (dot_e(vr, da, E, lane) - rowD[g]);
-#pragma unroll
-        for (int u = 0; u < CU_SP_FPL; u++)
-            if (lane + 32 * u < N) dk[u] += d * q[lane + 32 * u];
-#pragma unroll
-        for (int u = 0; u < CU_SP_EPL; u++)
-            if (lane + 32 * u < E) dv[u] += p * da[lane + 32 * u];
+        key_grad_add(dk, dv, d, q, p, da, N, E, lane);
     }
-#pragma unroll
-    for (int u = 0; u < CU_SP_FPL; u++)
-        if (lane + 32 * u < N) dKQ[(size_t)j * ldkq + lane + 32 * u] = dk[u];
-#pragma unroll
-    for (int u = 0; u < CU_SP_EPL; u++)
-        if (lane + 32 * u < E) dV[(size_t)j * ld_dv + lane + 32 * u] += dv[u];
+    key_grad_store(dKQ + (size_t)j * ldkq, dV + (size_t)j * ld_dv, dk, dv, N, E, lane);
 }
 
 // ---------------------------------------------------------------- reference empty rows

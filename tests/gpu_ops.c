@@ -49,13 +49,7 @@ static float *copy(const float *h, size_t n) {
 
 static void *up(const void *h, size_t bytes) { return cuda_upload_new(h, bytes); }
 static float *upf(const float *h, size_t n) { return up(h, sizeof(float) * n); }
-
-static float *down(const float *d, size_t n) {
-    float *h = xmalloc(sizeof(float) * (n ? n : 1));
-    cuda_download(h, d, sizeof(float) * n);
-    cuda_sync();
-    return h;
-}
+static float *down(const float *d, size_t n) { return cuda_download_new(d, sizeof(float) * n); }
 
 // Compares the GPU result (device) with the CPU's; with init != NULL both
 // are increments over init (backward ops accumulate).
