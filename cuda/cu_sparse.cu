@@ -15,6 +15,7 @@
 #include "cu_linear.h"
 #include "cu_sparse_internal.cuh"
 #include "cu_sparse_ks.h"
+#include "sparse.h"  // sparse_row_cap: the same list capacity as the CPU branch
 
 #define HAS(m, bit) (((m) & (bit)) != 0)
 #define LSH_BITS (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH)
@@ -46,20 +47,6 @@ static void check_config(const hax_model_config *cfg) {
     if (HAS(m, SPARSE_DILATED) && cfg->data_max_length / cfg->k_c < 1)
         hax_die("cu_sparse: data_max_length: expected >= k_c = %d for a dilation >= 1, found %d",
                 cfg->k_c, cfg->data_max_length);
-}
-
-// Per-row capacity of the union (sparse_masks.c sparse_row_cap).
-static int row_cap(const hax_model_config *cfg, int max_len) {
-    unsigned m = cfg->sparse_mask;
-    int k = cfg->k_c, cap = 0;
-    if (HAS(m, SPARSE_FULL)) return 1;
-    if (m & SPARSE_SLIDING_WINDOW) cap += k;
-    if (m & SPARSE_SINK) cap += k;
-    if (m & SPARSE_SIGN_BIN_LSH) cap += k;
-    if (m & SPARSE_ARGMAX_LSH) cap += k;
-    if (m & SPARSE_KEY_SELECTION) cap += k;
-    if (m & SPARSE_DILATED) cap += max_len / (cfg->data_max_length / k) + 1;
-    return cap > 0 ? cap : 1;
 }
 
 // The state's device buffers, carved from one allocation (every piece
@@ -101,7 +88,7 @@ static void layout(cu_sparse_state *st, carver *c, const hax_model_config *cfg) 
 static void fill_shape(cu_sparse_state *st, const hax_model_config *cfg, int max_tok, int max_seq,
                        int max_len) {
     st->max_tok = max_tok, st->max_seq = max_seq, st->max_len = max_len;
-    st->row_cap = row_cap(cfg, max_len);
+    st->row_cap = sparse_row_cap(cfg, max_len);
     st->N = cfg->state_size, st->E = cfg->intermediate_size;
     st->h = (cfg->sparse_mask & LSH_BITS) ? cfg->num_hash : 0;
     st->k_c = cfg->k_c;

@@ -35,6 +35,15 @@
 #include "model_config.h"
 #include "sparse_ks.h"
 
+#ifdef __cplusplus
+extern "C" {  // the CUDA branch (cuda/cu_sparse.cu) shares sparse_row_cap
+#endif
+
+// The components' per-row capacity of cfg's pattern for sequences of up to
+// max_len positions: an upper bound of a query's union size (1 for `full`,
+// which keeps no lists). Both backends size their lists with it.
+int sparse_row_cap(const hax_model_config *cfg, int max_len);
+
 // Key-selection MLP parameters (dx_proj_1/2/3, PyTorch layout, all inside the
 // caller's flat buffer): w1 [2N, 2N], b1 [2N], w2 [2N, 2N], b2 [2N], w3 [1, 2N], b3 [1];
 // and their gradients (accumulated +=), same shapes. The types of sparse_ks.h.
@@ -138,5 +147,9 @@ void sparse_force_buckets(hax_sparse_state *st, const int32_t *q_bucket, const i
 // layout, width = sparse_keys). For `full` every j <= t (truncated to width).
 void sparse_allowed_table(const hax_sparse_state *st, const hax_batch *b, int full, int width,
                           int64_t *out);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -30,8 +30,6 @@ void sparse_lsh_hash(int32_t *bucket, float *proj, const float *x, int ldx, int 
 // from st->ks->sel. Returns 1 if some row is empty.
 int sparse_build_union(hax_sparse_state *st, const hax_model_config *cfg, const int *seq_off,
                        int n_seq);
-// Components' per-row capacity (an upper bound of a row's union size).
-int sparse_row_cap(const hax_model_config *cfg, int max_len);
 
 // sparse_attn.c: attention over the CSR lists, and the dense causal `full`.
 void sparse_attn_forward(hax_sparse_state *st, const float *V, int ldv, const int *seq_off,
