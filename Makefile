@@ -14,7 +14,7 @@ ifeq ($(origin CC),default)
 CC       := mpicc
 endif
 OPT      ?= -O2 -march=x86-64-v2
-CFLAGS   += -std=c11 $(OPT) -g -Wall -Wextra -Werror -fopenmp -D_GNU_SOURCE -Isrc -Impi -Idata-gen -Ianalysis
+CFLAGS   += -std=c11 $(OPT) -g -Wall -Wextra -Werror -fopenmp -D_GNU_SOURCE -I.
 LDLIBS   += -lm -lpthread
 
 # libyaml (static where a prefix is given, so a carried copy needs no install)
@@ -32,7 +32,7 @@ BLAS_INC := $(firstword $(wildcard $(BLAS_PREFIX)/include/x86_64-linux-gnu/openb
 BLAS_DIR := $(firstword $(wildcard $(BLAS_PREFIX)/lib/x86_64-linux-gnu/openblas-pthread $(BLAS_PREFIX)/lib))
 CFLAGS   += -I$(BLAS_INC)
 BLAS_LIB ?= -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas
-# BLAS=none: no BLAS library; src/linear.c then uses its own plain C sgemm
+# BLAS=none: no BLAS library; src/ops/linear.c then uses its own plain C sgemm
 # (for machines without OpenBLAS, such as the GPU nodes, where the CPU ops only
 # serve as the oracle of small tests). Run make clean when switching.
 ifeq ($(BLAS),none)
@@ -42,31 +42,41 @@ endif
 
 # CUDA, where the toolkit is present
 NVCC     ?= $(shell command -v nvcc 2>/dev/null || { test -x /usr/local/cuda/bin/nvcc && echo /usr/local/cuda/bin/nvcc; })
-CU_SRC   := $(wildcard cuda/*.cu)
+CUDA_ARCH ?= sm_90
+CU_DIRS  := cuda/core cuda/ops cuda/sparse cuda/engine
+CU_SRC   := $(foreach d,$(CU_DIRS),$(wildcard $(d)/*.cu))
 ifneq ($(and $(NVCC),$(CU_SRC)),)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-NVCCFLAGS ?= -O3 -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Wextra,-Werror -Isrc -Icuda
+NVCCFLAGS ?= -O3 -std=c++17 -arch=$(CUDA_ARCH) -Xcompiler -Wall,-Wextra,-Werror -I.
 CFLAGS   += -DHAX_CUDA -I$(CUDA_HOME)/include
-CU_OBJ   := $(patsubst cuda/%.cu,build/cuda/%.o,$(CU_SRC))
 CUDA_LIB := -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lnccl -lstdc++
+else
+CU_DIRS  :=
 endif
 
-# Every recipe writes a temporary file and renames it: several builds may
-# run at once in one tree.
-# Every .c under these folders goes into build/libhax.a, except program
-# mains, named *_main.c: cuda/x/hax_NAME_main.c becomes bin/hax-NAME.
-LIB_DIRS := src mpi data-gen analysis
-ALL_C    := $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.c))
+# The code is in layers, one static library per folder (build/lib/libhax_*.a;
+# tests/test_layers.sh checks that no folder includes a layer above it).
+# Every .c of a folder goes into its library, except program mains, named
+# *_main.c: FOLDER/hax_NAME_main.c becomes bin/hax-NAME. Every recipe writes a
+# temporary file and renames it: several builds may run at once in one tree.
+C_DIRS   := src/core src/io src/model src/config src/ops src/sparse src/engine src/train src/prog \
+            mpi data-gen analysis
+lib_of    = build/lib/libhax_$(subst /,_,$(patsubst src/%,%,$(subst data-gen,datagen,$(1)))).a
+ALL_C    := $(foreach d,$(C_DIRS),$(wildcard $(d)/*.c))
 MAIN_C   := $(filter %_main.c,$(ALL_C))
-LIB_C    := $(filter-out %_main.c,$(ALL_C))
-LIB_OBJ  := $(patsubst %.c,build/%.o,$(LIB_C))
 PROGS    := $(foreach m,$(MAIN_C),bin/$(subst _,-,$(patsubst %_main,%,$(basename $(notdir $(m))))))
+LIB_DIRS := $(foreach d,$(C_DIRS) $(CU_DIRS),$(if $(filter-out %_main.c,$(wildcard $(d)/*.c $(d)/*.cu)),$(d)))
+HAX_LIBS := $(foreach d,$(LIB_DIRS),$(call lib_of,$(d)))
 TEST_C   := $(wildcard tests/test_*.c)
 TESTS    := $(patsubst tests/%.c,build/tests/%,$(TEST_C))
-LIBS     := build/libhax.a $(YAML_LIB) $(BLAS_LIB) $(CUDA_LIB) $(LDLIBS)
+# Static libraries in a group (they call each other both ways: the engine
+# calls the CUDA backend's table, the backend the CPU helpers); shared
+# libraries only where a program uses them (--as-needed).
+LIBS     := -Wl,--start-group $(HAX_LIBS) -Wl,--end-group -Wl,--as-needed $(YAML_LIB) $(BLAS_LIB) $(CUDA_LIB) $(LDLIBS)
 # GPU test programs (tests/gpu_*.c -> build/gpu/gpu_*): built where CUDA is,
 # run by make test-gpu only (tests/run.sh runs build/tests/test_* alone).
-GPU_TESTS := $(if $(CU_OBJ),$(patsubst tests/%.c,build/gpu/%,$(wildcard tests/gpu_*.c)))
+GPU_TESTS := $(if $(CU_DIRS),$(patsubst tests/%.c,build/gpu/%,$(wildcard tests/gpu_*.c)))
+DEPFLAGS  = -MMD -MP -MF $(basename $@).d -MT $@
 
 .PHONY: all deps test test-gpu bench-cpu bench-datagen clean
 all: $(PROGS) $(TESTS) $(GPU_TESTS)
@@ -75,33 +85,40 @@ all: $(PROGS) $(TESTS) $(GPU_TESTS)
 deps:
 	@bash .ci/install-deps.sh
 
-build/%.o: %.c $(wildcard src/*.h mpi/*.h data-gen/*.h analysis/*.h)
+build/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c $< -o $@.$$$$.tmp && mv $@.$$$$.tmp $@
+	$(CC) $(CFLAGS) $(DEPFLAGS) -c $< -o $@.$$$$.tmp && mv $@.$$$$.tmp $@
 
-build/cuda/%.o: cuda/%.cu $(wildcard cuda/*.h cuda/*.cuh src/*.h)
+build/%.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVCCFLAGS) -c $< -o $@.$$$$.tmp && mv $@.$$$$.tmp $@
+	$(NVCC) $(NVCCFLAGS) $(DEPFLAGS) -c $< -o $@.$$$$.tmp && mv $@.$$$$.tmp $@
 
-build/libhax.a: $(LIB_OBJ) $(CU_OBJ)
-	@# built aside and renamed, so concurrent builds never see half an archive
-	ar rcs $@.$$$$.tmp $^ && mv $@.$$$$.tmp $@
+# build/lib/libhax_FOLDER.a from the objects of one folder (built aside and
+# renamed, so concurrent builds never see half an archive)
+define lib_rule
+$(call lib_of,$(1)): $(patsubst %,build/%.o,$(basename $(filter-out %_main.c,$(wildcard $(1)/*.c $(1)/*.cu))))
+	@mkdir -p build/lib
+	ar rcs $$@.$$$$$$$$.tmp $$^ && mv $$@.$$$$$$$$.tmp $$@
+endef
+$(foreach d,$(LIB_DIRS),$(eval $(call lib_rule,$(d))))
 
 # bin/hax-NAME from whichever folder holds hax_NAME_main.c
 define prog_rule
-bin/$(subst _,-,$(patsubst %_main,%,$(basename $(notdir $(1))))): build/$(1:.c=.o) build/libhax.a
+bin/$(subst _,-,$(patsubst %_main,%,$(basename $(notdir $(1))))): build/$(1:.c=.o) $(HAX_LIBS)
 	@mkdir -p bin
 	$$(CC) $$(CFLAGS) $$< -o $$@.$$$$$$$$.tmp $$(LIBS) && mv $$@.$$$$$$$$.tmp $$@
 endef
 $(foreach m,$(MAIN_C),$(eval $(call prog_rule,$(m))))
 
-build/tests/%: tests/%.c tests/test.h build/libhax.a
+build/tests/%: tests/%.c $(HAX_LIBS)
 	@mkdir -p build/tests
-	$(CC) $(CFLAGS) -Itests $< -o $@.$$$$.tmp $(LIBS) && mv $@.$$$$.tmp $@
+	$(CC) $(CFLAGS) $(DEPFLAGS) -Itests $< -o $@.$$$$.tmp $(LIBS) && mv $@.$$$$.tmp $@
 
-build/gpu/%: tests/%.c tests/test.h $(wildcard cuda/*.h) build/libhax.a
+build/gpu/%: tests/%.c $(HAX_LIBS)
 	@mkdir -p build/gpu
-	$(CC) $(CFLAGS) -Itests -Icuda $< -o $@.$$$$.tmp $(LIBS) && mv $@.$$$$.tmp $@
+	$(CC) $(CFLAGS) $(DEPFLAGS) -Itests $< -o $@.$$$$.tmp $(LIBS) && mv $@.$$$$.tmp $@
+
+-include $(shell find build -name '*.d' 2>/dev/null)
 
 test: deps
 	@$(MAKE) --no-print-directory all

@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregate.h"
-#include "common.h"
-#include "model_config.h"
+#include "analysis/aggregate.h"
+#include "src/core/common.h"
+#include "src/model/model_config.h"
 
 // ---------------------------------------------------------------------------
 // Table 1 of the paper (spec/PAPER.md): test accuracy in percent.

@@ -16,7 +16,7 @@
 #ifndef HAX_AGGREGATE_H
 #define HAX_AGGREGATE_H
 
-#include "results.h"
+#include "analysis/results.h"
 
 typedef enum { METRIC_TEST = 0, METRIC_TEST_REFERENCE = 1 } hax_metric;
 

@@ -13,11 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregate.h"
-#include "common.h"
-#include "plot_svg.h"
-#include "results.h"
-#include "table.h"
+#include "analysis/aggregate.h"
+#include "src/core/common.h"
+#include "analysis/plot_svg.h"
+#include "analysis/results.h"
+#include "analysis/table.h"
 
 static void usage(FILE *out) {
     fputs("usage: hax-aggregate [--format markdown|csv|json] [--paper] [--plot DIR]\n"

@@ -5,8 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "plot_svg.h"
+#include "src/core/common.h"
+#include "analysis/plot_svg.h"
 
 static void xml_text(FILE *out, const char *s) {
     for (; *s; s++) {

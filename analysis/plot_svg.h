@@ -10,7 +10,7 @@
 #ifndef HAX_PLOT_SVG_H
 #define HAX_PLOT_SVG_H
 
-#include "aggregate.h"
+#include "analysis/aggregate.h"
 
 // Writes the figures into dir (created when missing). Returns the number of
 // files written, or -1 with a reason in err.

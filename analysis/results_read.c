@@ -8,8 +8,8 @@
 #include <sys/stat.h>
 #include <yaml.h>
 
-#include "common.h"
-#include "results.h"
+#include "src/core/common.h"
+#include "analysis/results.h"
 
 // ---------------------------------------------------------------------------
 // Node access. A "doc" is a loaded libyaml document; lookups return NULL when

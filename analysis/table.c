@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "table.h"
+#include "analysis/table.h"
 
 static const char *metric_name(hax_metric m) { return m == METRIC_TEST_REFERENCE ? "test_reference" : "test"; }
 

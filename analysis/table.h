@@ -7,7 +7,7 @@
 
 #include <stdio.h>
 
-#include "aggregate.h"
+#include "analysis/aggregate.h"
 
 // paper: add the paper's Table 1 numbers beside ours.
 void table_markdown(FILE *out, const hax_summary *s, int paper);

@@ -9,7 +9,7 @@
 // CKPT_WORDS words, so regeneration replays at most CKPT_WORDS words. A true
 // duplicate or a 64-bit collision is thus always told apart exactly, with
 // 8 bytes per sample instead of the samples themselves.
-#include "compat.h"
+#include "data-gen/compat.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -17,8 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "mt19937.h"
+#include "src/core/common.h"
+#include "data-gen/mt19937.h"
 
 #define REF_MIN_N 5                 // the reference's smallest n_c and n_k
 #define CKPT_WORDS (1u << 19)       // generator copies every 512Ki words (2.5 KB each)

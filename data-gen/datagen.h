@@ -5,7 +5,7 @@
 
 #include <stdint.h>
 
-#include "dataset.h"
+#include "src/io/dataset.h"
 
 // ---- one sample (datagen_sample.c) ----
 

@@ -1,4 +1,4 @@
-// datagen_manifest.c: the text of manifest.yaml (read back by src/dataset.c).
+// datagen_manifest.c: the text of manifest.yaml (read back by src/io/dataset.c).
 // Plain block YAML with one flow mapping per shard, so it diffs well.
 #include <inttypes.h>
 #include <stdarg.h>
@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "datagen.h"
+#include "src/core/common.h"
+#include "data-gen/datagen.h"
 
 typedef struct {
     char *buf;

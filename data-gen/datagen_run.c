@@ -21,10 +21,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "common.h"
-#include "compat.h"
-#include "datagen.h"
-#include "text_format.h"
+#include "src/core/common.h"
+#include "data-gen/compat.h"
+#include "data-gen/datagen.h"
+#include "data-gen/text_format.h"
 
 typedef struct {
     int split, index;

@@ -15,9 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "datagen.h"
-#include "rng.h"
+#include "src/core/common.h"
+#include "data-gen/datagen.h"
+#include "src/core/rng.h"
 
 void sample_ctx_init(sample_ctx *c, const hax_data_params *p) {
     memset(c, 0, sizeof *c);

@@ -1,4 +1,4 @@
-// datagen_shard.c: builds one shard in memory and writes it (format in src/dataset.h).
+// datagen_shard.c: builds one shard in memory and writes it (format in src/io/dataset.h).
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -6,9 +6,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "checksum.h"
-#include "common.h"
-#include "datagen.h"
+#include "src/core/checksum.h"
+#include "src/core/common.h"
+#include "data-gen/datagen.h"
 
 void shard_writer_init(shard_writer *w, const hax_data_params *p, uint32_t cap_samples) {
     memset(w, 0, sizeof *w);

@@ -10,8 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "datagen.h"
+#include "src/core/common.h"
+#include "data-gen/datagen.h"
 
 #define MAX_REPORTS 10  // problems printed per rank (all are counted)
 

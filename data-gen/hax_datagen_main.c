@@ -11,8 +11,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "common.h"
-#include "datagen.h"
+#include "src/core/common.h"
+#include "data-gen/datagen.h"
 
 static const char *usage =
     "usage: hax-datagen --out DIR [options]        generate a dataset\n"

@@ -1,7 +1,7 @@
 // mt19937.c: MT19937 block generation and numpy's legacy randint/permutation.
 // Written from the MT19937 definition (Matsumoto & Nishimura 1998) and
 // numpy's documented draw order; see mt19937.h.
-#include "mt19937.h"
+#include "data-gen/mt19937.h"
 
 #define MT_M 397
 #define MT_UPPER 0x80000000u

@@ -1,5 +1,5 @@
 // text_format.c: buffered writer of the reference's text layout (see text_format.h).
-#include "text_format.h"
+#include "data-gen/text_format.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "common.h"
+#include "src/core/common.h"
 
 #define TEXT_BUF (1 << 20)
 

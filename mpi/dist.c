@@ -1,13 +1,13 @@
 // dist.c: see dist.h.
-#include "dist.h"
+#include "mpi/dist.h"
 
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "checksum.h"
-#include "common.h"
+#include "src/core/checksum.h"
+#include "src/core/common.h"
 
 void dist_init(hax_dist *d, int *argc, char ***argv) {
     int provided = 0, inited = 0;

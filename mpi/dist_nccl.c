@@ -1,19 +1,19 @@
 // dist_nccl.c: see dist_nccl.h.
-#include "dist_nccl.h"
+#include "mpi/dist_nccl.h"
 
 #include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
+#include "src/core/common.h"
 
 #ifdef HAX_CUDA
 #include <cuda_runtime.h>
 #include <nccl.h>
 
-#include "../cuda/cu_adamw.h"
-#include "../cuda/cu_common.h"
+#include "cuda/ops/adamw.h"
+#include "cuda/core/common.h"
 
 enum { MODE_SINGLE, MODE_NCCL, MODE_HOST };
 

@@ -1,7 +1,7 @@
 // dist_nccl.h: the gradient all-reduce of the CUDA backend. One NCCL
 // communicator over all MPI ranks (the unique id is broadcast with MPI), each
 // rank on its own device; the sum runs on the device, on the CUDA backend's
-// stream (cuda/cu_adamw.h: cuda_stream_handle), in place.
+// stream (cuda/ops/adamw.h: cuda_stream_handle), in place.
 //
 // NCCL refuses two ranks on one device. When ranks share a device (a test on
 // a one-GPU machine), or HAX_NCCL=0 is set, the sum goes through the host
@@ -13,7 +13,7 @@
 
 #include <stddef.h>
 
-#include "dist.h"
+#include "mpi/dist.h"
 
 typedef struct hax_nccl hax_nccl;
 

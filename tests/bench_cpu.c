@@ -14,10 +14,10 @@
 #include <string.h>
 #include <omp.h>
 
-#include "common.h"
-#include "engine.h"
-#include "model.h"
-#include "rng.h"
+#include "src/core/common.h"
+#include "src/engine/engine.h"
+#include "src/model/model.h"
+#include "src/core/rng.h"
 
 // A batch shaped like joint recall: random cells, random ids, loss at n_c n_k
 // positions of the second half.

@@ -56,7 +56,7 @@ def read_shard(path, levels):
 
 
 def crc32c(data):
-    """CRC-32C (Castagnoli, reflected, as src/checksum.h)."""
+    """CRC-32C (Castagnoli, reflected, as src/core/checksum.h)."""
     crc = 0xFFFFFFFF
     for b in data:
         crc ^= b

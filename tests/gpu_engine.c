@@ -1,4 +1,4 @@
-// gpu_engine.c: the CUDA engine (cuda/cu_engine.h) against the CPU engine on
+// gpu_engine.c: the CUDA engine (cuda/engine/engine.h) against the CPU engine on
 // the Table 1 models (reference sizes, random initialisation): Mamba,
 // Mamba-2, Samba, and the Enhanced Mamba / Mamba-2 with the sparse branch
 // (HAX = sign_bin_lsh + key_selection, dilated, sliding_window + sink):
@@ -14,16 +14,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "adamw.h"
-#include "common.h"
-#include "cu_adamw.h"
-#include "cu_common.h"
-#include "cu_engine.h"
-#include "cu_sparse.h"
-#include "cu_sparse_ks.h"
-#include "engine.h"
-#include "model.h"
-#include "sparse.h"
+#include "src/ops/adamw.h"
+#include "src/core/common.h"
+#include "cuda/ops/adamw.h"
+#include "cuda/core/common.h"
+#include "cuda/engine/engine.h"
+#include "cuda/sparse/sparse.h"
+#include "cuda/sparse/ks.h"
+#include "src/engine/engine.h"
+#include "src/model/model.h"
+#include "src/sparse/sparse.h"
 #include "test.h"
 
 typedef struct {
@@ -312,7 +312,7 @@ static void test_step_time(void) {
 
 // ---------------------------------------------------------------- device training
 
-// cuda_adamw_step against src/adamw.c's adamw_update: bit for bit over
+// cuda_adamw_step against src/ops/adamw.c's adamw_update: bit for bit over
 // several steps (warm-up lr, weight decay, gradients of mixed scales).
 static void test_adamw_bitexact(void) {
     size_t n = 100003;

@@ -12,17 +12,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "cu_basic.h"
-#include "cu_common.h"
-#include "cu_conv.h"
-#include "cu_linear.h"
-#include "cu_scan.h"
-#include "linear.h"
-#include "ops_basic.h"
-#include "ops_conv.h"
-#include "ops_scan.h"
-#include "ops_ssd.h"
+#include "src/core/common.h"
+#include "cuda/ops/basic.h"
+#include "cuda/core/common.h"
+#include "cuda/ops/conv.h"
+#include "cuda/ops/linear.h"
+#include "cuda/ops/scan.h"
+#include "src/ops/linear.h"
+#include "src/ops/basic.h"
+#include "src/ops/conv.h"
+#include "src/ops/scan.h"
+#include "src/ops/ssd.h"
 #include "test.h"
 
 #include <sys/wait.h>

@@ -1,5 +1,5 @@
-// gpu_sparse.c: the GPU sparse branch (cuda/cu_sparse.h) against the CPU
-// branch (src/sparse.h), for 10 patterns (the 7 components alone and three
+// gpu_sparse.c: the GPU sparse branch (cuda/sparse/sparse.h) against the CPU
+// branch (src/sparse/sparse.h), for 10 patterns (the 7 components alone and three
 // unions) in both semantics, on a ragged packed batch (lengths 1 to 100, with
 // empty rows: dilated queries before the first dilated key, LSH queries
 // alone in their bucket). X and W_xx are multiples of 1/16, so KQ is exact in
@@ -18,11 +18,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "cu_common.h"
-#include "cu_sparse.h"
-#include "sparse.h"
-#include "sparse_internal.h"
+#include "src/core/common.h"
+#include "cuda/core/common.h"
+#include "cuda/sparse/sparse.h"
+#include "src/sparse/sparse.h"
+#include "src/sparse/internal.h"
 #include "test.h"
 
 #define TOL_FWD 1e-5

@@ -1,5 +1,5 @@
-// gpu_sparse_ks.c: GPU key selection (cuda/cu_sparse_ks.h) against the CPU's
-// (src/sparse_ks.h) on random ragged packed batches, both semantics: features
+// gpu_sparse_ks.c: GPU key selection (cuda/sparse/ks.h) against the CPU's
+// (src/sparse/ks.h) on random ragged packed batches, both semantics: features
 // and scores within 1e-5, the cumulative top-k (given the CPU's scores, also
 // tie-heavy ones) and the candidates EXACTLY equal, targets and loss within
 // 1e-6, dscore and the MLP gradients within 1e-4 (normwise relative errors;
@@ -13,10 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "common.h"
-#include "cu_common.h"
-#include "cu_sparse_ks.h"
-#include "sparse_ks.h"
+#include "src/core/common.h"
+#include "cuda/core/common.h"
+#include "cuda/sparse/ks.h"
+#include "src/sparse/ks.h"
 #include "test.h"
 
 #define TOL_FWD 1e-5

@@ -3,9 +3,9 @@
 #include <dirent.h>
 #include <stdint.h>
 
-#include "adamw.h"
-#include "common.h"
-#include "safetensors.h"
+#include "src/ops/adamw.h"
+#include "src/core/common.h"
+#include "src/io/safetensors.h"
 #include "test.h"
 
 static const char *golden_dir(void) {

@@ -6,11 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "aggregate.h"
-#include "common.h"
-#include "config.h"
-#include "plot_svg.h"
-#include "results.h"
+#include "analysis/aggregate.h"
+#include "src/core/common.h"
+#include "src/config/config.h"
+#include "analysis/plot_svg.h"
+#include "analysis/results.h"
 #include "test.h"
 
 static const char *configs_dir(void) {

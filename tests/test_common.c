@@ -2,9 +2,9 @@
 #include <errno.h>
 #include <unistd.h>
 
-#include "checksum.h"
-#include "common.h"
-#include "rng.h"
+#include "src/core/checksum.h"
+#include "src/core/common.h"
+#include "src/core/rng.h"
 #include "test.h"
 
 static void test_crc32c_known_value(void) {

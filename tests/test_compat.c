@@ -13,11 +13,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "common.h"
-#include "compat.h"
-#include "mt19937.h"
+#include "src/core/common.h"
+#include "data-gen/compat.h"
+#include "data-gen/mt19937.h"
 #include "test.h"
-#include "text_format.h"
+#include "data-gen/text_format.h"
 
 // ---- MT19937 and numpy's draws ----
 

@@ -3,9 +3,9 @@
 // overrides are refused with "file:line: field: expected ..., found ...".
 #include <dirent.h>
 
-#include "common.h"
-#include "config.h"
-#include "config_fields.h"
+#include "src/core/common.h"
+#include "src/config/config.h"
+#include "src/config/config_fields.h"
 #include "test.h"
 
 static const char *configs_dir(void) {

@@ -1,4 +1,4 @@
-// test_dataset.c: the dataset reader (src/dataset.c, src/dataset_batch.c):
+// test_dataset.c: the dataset reader (src/io/dataset.c, src/io/dataset_batch.c):
 // parameters and layout, shard round trip (8- and 16-bit ids), batches in
 // the reference's order, rank independence, shuffling, the evaluation
 // iterator, the structure check, and damaged datasets.
@@ -6,9 +6,9 @@
 #include <stdint.h>
 #include <unistd.h>
 
-#include "common.h"
-#include "datagen.h"
-#include "dataset.h"
+#include "src/core/common.h"
+#include "data-gen/datagen.h"
+#include "src/io/dataset.h"
 #include "test.h"
 
 static char root[256];

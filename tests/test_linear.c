@@ -2,8 +2,8 @@
 // for 1 and 2 threads (row blocks of a fixed size), linear layers vs naive.
 #include <omp.h>
 
-#include "common.h"
-#include "linear.h"
+#include "src/core/common.h"
+#include "src/ops/linear.h"
 #include "test.h"
 
 static void naive_gemm(int ta, int tb, int m, int n, int k, float alpha, const float *a, int lda,

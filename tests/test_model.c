@@ -5,13 +5,13 @@
 #include <math.h>
 #include <omp.h>
 
-#include "engine.h"
-#include "engine_case.h"
-#include "linear.h"
-#include "model.h"
-#include "safetensors.h"
-#include "sparse.h"
-#include "common.h"
+#include "src/engine/engine.h"
+#include "src/engine/case.h"
+#include "src/ops/linear.h"
+#include "src/model/model.h"
+#include "src/io/safetensors.h"
+#include "src/sparse/sparse.h"
+#include "src/core/common.h"
 #include "test.h"
 
 #define GOLDEN "tests/golden/"

@@ -1,11 +1,11 @@
 // test_ops_basic.c: embedding, RMSNorm, fused add + RMSNorm, logits,
-// cross-entropy + accuracy (src/ops_basic.h) against double-precision
+// cross-entropy + accuracy (src/ops/basic.h) against double-precision
 // references written here, and their backward passes against central finite
 // differences of those references.
 #include <omp.h>
 #include <stdint.h>
 
-#include "ops_basic.h"
+#include "src/ops/basic.h"
 #include "test.h"
 
 #define FD_H 1e-3f

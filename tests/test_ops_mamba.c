@@ -1,5 +1,5 @@
-// test_ops_mamba.c: depthwise causal conv + SiLU (ops_conv.h), the selective
-// scan (ops_scan.h) and the Mamba mixer halves (mixer_mamba.h), against
+// test_ops_mamba.c: depthwise causal conv + SiLU (src/ops/conv.h), the selective
+// scan (src/ops/scan.h) and the Mamba mixer halves (mixer_mamba.h), against
 // double-precision references written here: forward values, backward passes
 // vs central finite differences of the references, the chunked scan backward
 // vs a naive one that stores every state, packed batch == one sequence at a
@@ -8,10 +8,10 @@
 // scan chunks.
 #include <omp.h>
 
-#include "linear.h"
-#include "mixer_mamba.h"
-#include "ops_conv.h"
-#include "ops_scan.h"
+#include "src/ops/linear.h"
+#include "src/engine/mixer_mamba.h"
+#include "src/ops/conv.h"
+#include "src/ops/scan.h"
 #include "test.h"
 
 #define FD_H 1e-3f

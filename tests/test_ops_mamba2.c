@@ -1,14 +1,14 @@
 // test_ops_mamba2.c: the Mamba-2 SSD scan, gated RMSNorm and the mixer halves
-// (src/ops_ssd.h, src/mixer_mamba2.h): forward against naive double-precision
+// (src/ops/ssd.h, src/engine/mixer_mamba2.h): forward against naive double-precision
 // versions written here, backward against central finite differences, packed
 // batch against one sequence at a time, 1 thread against 2 (bit-identical).
 #include <omp.h>
 #include <stdint.h>
 
-#include "common.h"
-#include "linear.h"
-#include "mixer_mamba2.h"
-#include "ops_ssd.h"
+#include "src/core/common.h"
+#include "src/ops/linear.h"
+#include "src/engine/mixer_mamba2.h"
+#include "src/ops/ssd.h"
 #include "test.h"
 #include "test_ops_fd.h"
 

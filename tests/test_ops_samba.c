@@ -1,14 +1,14 @@
-// test_ops_samba.c: Samba's sliding-window attention with RoPE (src/ops_attn.h)
-// and GatedMLP (src/ops_mlp.h): forward against naive double-precision
+// test_ops_samba.c: Samba's sliding-window attention with RoPE (src/ops/attn.h)
+// and GatedMLP (src/ops/mlp.h): forward against naive double-precision
 // versions written here (full score matrix with an explicit window mask),
 // backward against central finite differences of those, packed batch against
 // one sequence at a time, 1 thread against 2 (bit-identical).
 #include <omp.h>
 
-#include "common.h"
-#include "linear.h"
-#include "ops_attn.h"
-#include "ops_mlp.h"
+#include "src/core/common.h"
+#include "src/ops/linear.h"
+#include "src/ops/attn.h"
+#include "src/ops/mlp.h"
 #include "test.h"
 #include "test_ops_fd.h"
 

@@ -4,8 +4,8 @@
 #include <stdint.h>
 #include <unistd.h>
 
-#include "common.h"
-#include "safetensors.h"
+#include "src/core/common.h"
+#include "src/io/safetensors.h"
 #include "test.h"
 
 static const char *golden_dir(void) {

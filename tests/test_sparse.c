@@ -1,4 +1,4 @@
-// test_sparse.c: the sparse attention branch (src/sparse.h) against a naive
+// test_sparse.c: the sparse attention branch (src/sparse/sparse.h) against a naive
 // dense mirror of the reference written here in double (each sequence padded
 // to L with zero X rows, L x L masks, additive-minimum softmax over all L, the
 // reference's sequence-axis LSH statistics, autograd-literal backward),
@@ -11,9 +11,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../src/common.h"
-#include "../src/model_config.h"
-#include "../src/sparse.h"
+#include "src/core/common.h"
+#include "src/model/model_config.h"
+#include "src/sparse/sparse.h"
 #include "test.h"
 
 #define NN 4          // state size N

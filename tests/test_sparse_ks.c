@@ -1,13 +1,13 @@
-// test_sparse_ks.c: key selection (src/sparse_ks.h) against naive mirrors of
+// test_sparse_ks.c: key selection (src/sparse/ks.h) against naive mirrors of
 // the reference (sequences padded to L with zero Q/K rows, sequence-axis
 // statistics), finite differences, and determinism checks.
 #include <omp.h>
 #include <stdint.h>
 
-#include "../src/common.h"
-#include "../src/linear.h"
-#include "../src/safetensors.h"
-#include "../src/sparse_ks.h"
+#include "src/core/common.h"
+#include "src/ops/linear.h"
+#include "src/io/safetensors.h"
+#include "src/sparse/ks.h"
 #include "test.h"
 
 #define NN 4       // state size N of the tests (2N = 8 features)

@@ -4,11 +4,11 @@
 // provide them: on the CPU backend they are the CPU engine's own buffers, and
 // a table whose accessors return other buffers is what the engine_* calls
 // return.
-#include "common.h"
-#include "engine.h"
-#include "engine_case.h"
-#include "model.h"
-#include "safetensors.h"
+#include "src/core/common.h"
+#include "src/engine/engine.h"
+#include "src/engine/case.h"
+#include "src/model/model.h"
+#include "src/io/safetensors.h"
 #include "test.h"
 
 #define CASE "tests/golden/mamba_sign_bin_lsh__key_selection.safetensors"

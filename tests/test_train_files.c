@@ -17,7 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "safetensors.h"
+#include "src/io/safetensors.h"
 #include "test.h"
 
 static char msg[1024];

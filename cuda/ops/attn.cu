@@ -1,0 +1,246 @@
+// cuda/ops/attn.cu: see cuda/ops/attn.h. The maths follows src/ops/attn.c line by line;
+// the kernels are one thread per (position, head), the head's hd floats in
+// registers: each kernel is instantiated for a bound HDM of 8, 16, 32, 64 or
+// 128 (fully unrolled loops over HDM lanes, lanes >= hd skipped), so the
+// arrays stay in registers (hd <= CU_ATTN_MAX_HD).
+#include <math.h>
+
+#include "cuda/ops/attn.h"
+#include "cuda/core/common.cuh"
+#include "cuda/ops/linear.h"
+
+#define CU_ATTN_MAX_HD 128
+
+static void check_cfg(const hax_model_config *cfg) {
+    int d = cfg->hidden_size, H = cfg->attn_heads;
+    if (H <= 0 || d % H != 0 || (d / H) % 2 != 0 || d / H > CU_ATTN_MAX_HD)
+        hax_die("cu_attn: attn_heads: expected a divisor of hidden_size %d with an even head size <= %d, found %d",
+                d, CU_ATTN_MAX_HD, H);
+    if (cfg->attn_kv_heads != H)
+        hax_die("cu_attn: attn_kv_heads: expected %d (= attn_heads), found %d", H, cfg->attn_kv_heads);
+    if (cfg->window_size <= 0)
+        hax_die("cu_attn: window_size: expected a positive number, found %d", cfg->window_size);
+}
+
+// ---------------------------------------------------------------- RoPE
+
+// One thread per (position, frequency i): rotates the pair (i, i + hd/2) of
+// every head, with the CPU's float angle pos·inv_freq_i.
+__global__ static void rope_kernel(float *x, int ld_x, const int *seq_off, int n_seq, int n_tok, int H, int hd,
+                                   float theta, int inverse) {
+    int half = hd / 2;
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)n_tok * half) return;
+    int t = (int)(idx / half), i = (int)(idx % half);
+    float pos = (float)(t - seq_off[cu_seq_of(seq_off, n_seq, t)]);
+    float inv = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
+    float ang = pos * inv, c = cosf(ang), sn = inverse ? -sinf(ang) : sinf(ang);
+    for (int h = 0; h < H; h++) {
+        float *xh = x + (size_t)t * ld_x + h * hd;
+        float x1 = xh[i], x2 = xh[i + half];
+        xh[i] = x1 * c - x2 * sn;
+        xh[i + half] = x2 * c + x1 * sn;
+    }
+}
+
+extern "C" void cuda_rope_apply(float *x, int ld_x, const int *seq_off, int n_seq, int n_tok, int n_heads, int hd,
+                                float theta, int inverse) {
+    long n = (long)n_tok * (hd / 2);
+    if (n == 0) return;
+    rope_kernel<<<cu_blocks(n, 256), 256, 0, cu_stream()>>>(x, ld_x, seq_off, n_seq, n_tok, n_heads, hd, theta,
+                                                             inverse);
+    CUDA_LAUNCHED();
+}
+
+// ---------------------------------------------------------------- forward
+
+// a·b over the first hd of HDM lanes (a in registers, b in memory), in lane order.
+template <int HDM>
+__device__ __forceinline__ float dot_reg(const float (&a)[HDM], const float *b, int hd) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int i = 0; i < HDM; i++)
+        if (i < hd) acc += a[i] * b[i];
+    return acc;
+}
+
+__device__ __forceinline__ float dot_hd(const float *a, const float *b, int hd) {
+    float acc = 0.0f;
+    for (int i = 0; i < hd; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+// Launches KERNEL<HDM> for the smallest HDM >= hd (check_cfg bounds hd).
+#define ATTN_DISPATCH(hd, KERNEL, grid, block, ...)                                        \
+    do {                                                                                   \
+        if ((hd) <= 8) KERNEL<8><<<grid, block, 0, cu_stream()>>>(__VA_ARGS__);            \
+        else if ((hd) <= 16) KERNEL<16><<<grid, block, 0, cu_stream()>>>(__VA_ARGS__);     \
+        else if ((hd) <= 32) KERNEL<32><<<grid, block, 0, cu_stream()>>>(__VA_ARGS__);     \
+        else if ((hd) <= 64) KERNEL<64><<<grid, block, 0, cu_stream()>>>(__VA_ARGS__);     \
+        else KERNEL<128><<<grid, block, 0, cu_stream()>>>(__VA_ARGS__);                    \
+        CUDA_LAUNCHED();                                                                   \
+    } while (0)
+
+// One thread per (query t, head h): scores of keys max(t0, t-W+1) .. t, the
+// max, then exp, their double sum and the weighted sum of v (as the CPU).
+template <int HDM>
+__global__ static void attn_fwd_kernel(float *o, float *lse, const float *q, const float *k, const float *v,
+                                       const int *seq_off, int n_seq, int n_tok, int d, int H, int hd, int W,
+                                       float scale) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)n_tok * H) return;
+    int t = (int)(idx / H), h = (int)(idx % H);
+    int t0 = seq_off[cu_seq_of(seq_off, n_seq, t)];
+    int j0 = t - W + 1 > t0 ? t - W + 1 : t0;
+    float qt[HDM], acc[HDM];
+    const float *qp = q + (size_t)t * d + h * hd;
+#pragma unroll
+    for (int i = 0; i < HDM; i++) qt[i] = i < hd ? qp[i] : 0.0f, acc[i] = 0.0f;
+    float m = -INFINITY;
+    for (int j = j0; j <= t; j++) m = fmaxf(m, scale * dot_reg<HDM>(qt, k + (size_t)j * d + h * hd, hd));
+    double sum = 0.0;
+    for (int j = j0; j <= t; j++) {
+        const float *vj = v + (size_t)j * d + h * hd;
+        float p = expf(scale * dot_reg<HDM>(qt, k + (size_t)j * d + h * hd, hd) - m);
+        sum += p;
+#pragma unroll
+        for (int i = 0; i < HDM; i++)
+            if (i < hd) acc[i] += p * vj[i];
+    }
+    float rs = (float)(1.0 / sum);
+    float *ot = o + (size_t)t * d + h * hd;
+#pragma unroll
+    for (int i = 0; i < HDM; i++)
+        if (i < hd) ot[i] = acc[i] * rs;
+    lse[(size_t)t * H + h] = m + (float)log(sum);
+}
+
+extern "C" void cuda_attn_forward(float *out, int ld_out, const attn_acts *acts, const float *a, int ld_a,
+                                  const attn_params *w, const hax_model_config *cfg, const int *seq_off, int n_seq,
+                                  int n_tok) {
+    check_cfg(cfg);
+    int d = cfg->hidden_size, H = cfg->attn_heads, hd = d / H, W = cfg->window_size;
+    float scale = 1.0f / sqrtf((float)hd);
+    if (n_tok == 0) return;
+    cuda_linear_forward(acts->q, d, a, ld_a, w->q_proj, NULL, n_tok, d, d);
+    cuda_linear_forward(acts->k, d, a, ld_a, w->k_proj, NULL, n_tok, d, d);
+    cuda_linear_forward(acts->v, d, a, ld_a, w->v_proj, NULL, n_tok, d, d);
+    cuda_rope_apply(acts->q, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 0);
+    cuda_rope_apply(acts->k, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 0);
+    long n = (long)n_tok * H;
+    ATTN_DISPATCH(hd, attn_fwd_kernel, cu_blocks(n, 128), 128, acts->o, acts->lse, acts->q, acts->k, acts->v,
+                  seq_off, n_seq, n_tok, d, H, hd, W, scale);
+    cuda_linear_forward(out, ld_out, acts->o, d, w->o_proj, NULL, n_tok, d, d);
+}
+
+// ---------------------------------------------------------------- backward
+//
+// With P_tj = exp(scale q_t·k_j − lse_t) and D_t = dO_t·o_t:
+//   dS_tj = P_tj (dO_t·v_j − D_t) scale
+//   dq_t = Σ_j dS_tj k_j          (j = max(t0, t−W+1) .. t)
+//   dk_j = Σ_t dS_tj q_t,  dv_j = Σ_t P_tj dO_t   (t = j .. min(t1−1, j+W−1))
+
+__global__ static void attn_rowdot_kernel(float *D, const float *dO, const float *o, int n_tok, int d, int H,
+                                          int hd) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)n_tok * H) return;
+    int t = (int)(idx / H), h = (int)(idx % H);
+    size_t r = (size_t)t * d + h * hd;
+    D[idx] = dot_hd(dO + r, o + r, hd);
+}
+
+template <int HDM>
+__global__ static void attn_dq_kernel(float *dq, const float *dO, const float *D, const float *lse, const float *q,
+                                      const float *k, const float *v, const int *seq_off, int n_seq, int n_tok, int d,
+                                      int H, int hd, int W, float scale) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)n_tok * H) return;
+    int t = (int)(idx / H), h = (int)(idx % H);
+    int t0 = seq_off[cu_seq_of(seq_off, n_seq, t)];
+    int j0 = t - W + 1 > t0 ? t - W + 1 : t0;
+    size_t rt = (size_t)t * d + h * hd;
+    float qt[HDM], dot[HDM], acc[HDM];
+#pragma unroll
+    for (int i = 0; i < HDM; i++) {
+        qt[i] = i < hd ? q[rt + i] : 0.0f;
+        dot[i] = i < hd ? dO[rt + i] : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float Dt = D[idx], l = lse[idx];
+    for (int j = j0; j <= t; j++) {
+        size_t rj = (size_t)j * d + h * hd;
+        // the CPU's order: q·k, then dO·v
+        float p = expf(scale * dot_reg<HDM>(qt, k + rj, hd) - l);
+        float ds = p * (dot_reg<HDM>(dot, v + rj, hd) - Dt) * scale;
+#pragma unroll
+        for (int i = 0; i < HDM; i++)
+            if (i < hd) acc[i] += ds * k[rj + i];
+    }
+#pragma unroll
+    for (int i = 0; i < HDM; i++)
+        if (i < hd) dq[rt + i] = acc[i];
+}
+
+template <int HDM>
+__global__ static void attn_dkv_kernel(float *dk, float *dv, const float *dO, const float *D, const float *lse,
+                                       const float *q, const float *k, const float *v, const int *seq_off, int n_seq,
+                                       int n_tok, int d, int H, int hd, int W, float scale) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)n_tok * H) return;
+    int j = (int)(idx / H), h = (int)(idx % H);
+    int t1 = seq_off[cu_seq_of(seq_off, n_seq, j) + 1];
+    int tl = j + W - 1 < t1 - 1 ? j + W - 1 : t1 - 1;
+    size_t rj = (size_t)j * d + h * hd;
+    float kj[HDM], vj[HDM], ak[HDM], av[HDM];
+#pragma unroll
+    for (int i = 0; i < HDM; i++) {
+        kj[i] = i < hd ? k[rj + i] : 0.0f;
+        vj[i] = i < hd ? v[rj + i] : 0.0f;
+        ak[i] = 0.0f, av[i] = 0.0f;
+    }
+    for (int t = j; t <= tl; t++) {
+        size_t rt = (size_t)t * d + h * hd;
+        const float *qt = q + rt, *dot = dO + rt;
+        // the CPU's q_t·k_j in q order (a·b = b·a lane by lane, same sum order)
+        float p = expf(scale * dot_reg<HDM>(kj, qt, hd) - lse[(size_t)t * H + h]);
+        float ds = p * (dot_reg<HDM>(vj, dot, hd) - D[(size_t)t * H + h]) * scale;
+#pragma unroll
+        for (int i = 0; i < HDM; i++)
+            if (i < hd) ak[i] += ds * qt[i], av[i] += p * dot[i];
+    }
+#pragma unroll
+    for (int i = 0; i < HDM; i++)
+        if (i < hd) dk[rj + i] = ak[i], dv[rj + i] = av[i];
+}
+
+extern "C" size_t cuda_attn_workspace_bytes(const hax_model_config *cfg, int n_tok) {
+    size_t nd = (size_t)n_tok * cfg->hidden_size;
+    return sizeof(float) * (4 * nd + (size_t)n_tok * (cfg->attn_heads > 0 ? cfg->attn_heads : 1)) + 256;
+}
+
+extern "C" void cuda_attn_backward(float *da, int ld_da, const attn_grads *gr, const float *dout, int ld_dout,
+                                   const float *a, int ld_a, const attn_acts *acts, const attn_params *w,
+                                   const hax_model_config *cfg, const int *seq_off, int n_seq, int n_tok,
+                                   void *work) {
+    check_cfg(cfg);
+    int d = cfg->hidden_size, H = cfg->attn_heads, hd = d / H, W = cfg->window_size;
+    float scale = 1.0f / sqrtf((float)hd);
+    if (n_tok == 0) return;
+    size_t nd = (size_t)n_tok * d;
+    float *dO = (float *)work, *dq = dO + nd, *dk = dq + nd, *dv = dk + nd, *D = dv + nd;
+    cuda_zero(dO, sizeof(float) * nd);
+    cuda_linear_backward(dO, d, gr->o_proj, NULL, dout, ld_dout, acts->o, d, w->o_proj, n_tok, d, d);
+    long n = (long)n_tok * H;
+    attn_rowdot_kernel<<<cu_blocks(n, 256), 256, 0, cu_stream()>>>(D, dO, acts->o, n_tok, d, H, hd);
+    CUDA_LAUNCHED();
+    ATTN_DISPATCH(hd, attn_dq_kernel, cu_blocks(n, 128), 128, dq, dO, D, acts->lse, acts->q, acts->k, acts->v,
+                  seq_off, n_seq, n_tok, d, H, hd, W, scale);
+    ATTN_DISPATCH(hd, attn_dkv_kernel, cu_blocks(n, 128), 128, dk, dv, dO, D, acts->lse, acts->q, acts->k, acts->v,
+                  seq_off, n_seq, n_tok, d, H, hd, W, scale);
+    // The rotation is orthogonal: its backward is its inverse.
+    cuda_rope_apply(dq, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 1);
+    cuda_rope_apply(dk, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 1);
+    cuda_linear_backward(da, ld_da, gr->q_proj, NULL, dq, d, a, ld_a, w->q_proj, n_tok, d, d);
+    cuda_linear_backward(da, ld_da, gr->k_proj, NULL, dk, d, a, ld_a, w->k_proj, n_tok, d, d);
+    cuda_linear_backward(da, ld_da, gr->v_proj, NULL, dv, d, a, ld_a, w->v_proj, n_tok, d, d);
+}

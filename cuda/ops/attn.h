@@ -1,0 +1,50 @@
+// cuda/ops/attn.h: Samba's sliding-window attention with RoPE on the GPU, the CUDA
+// version of src/ops/attn.h (same maths, same arguments, same attn_acts
+// layout: q, k after RoPE, v, o [n_tok, d], lse [n_tok, attn_heads]).
+//
+// Conventions (cuda/core/common.h): device pointers, seq_off on the device, host
+// sizes, backward ACCUMULATES (+=) into da and the weight gradients; scratch
+// passed in. The window is O(n·W): one thread per (query, head) in forward
+// (two passes over its W keys: the max, then exp and the weighted sum, as
+// the CPU); in backward one thread per (query, head) for dq and one per
+// (key, head) for dk, dv, each looping over the queries that see the key, so
+// no float atomics and a fixed summation order (results repeat exactly).
+#ifndef HAX_CU_ATTN_H
+#define HAX_CU_ATTN_H
+
+#include <stddef.h>
+
+#include "src/model/model_config.h"
+#include "src/ops/attn.h"  // attn_params / attn_grads / attn_acts (device pointers here)
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Scratch bytes of cuda_attn_backward for n_tok positions (dO, dq, dk, dv
+// [n_tok, d] and D [n_tok, attn_heads]).
+size_t cuda_attn_workspace_bytes(const hax_model_config *cfg, int n_tok);
+
+// Forward: a [n_tok, d] (ld_a) -> out [n_tok, d] (ld_out, written); acts
+// filled. n_tok = seq_off[n_seq] given by the host. Dies (host check) on a
+// config src/ops/attn.c refuses, or a head size above 128.
+void cuda_attn_forward(float *out, int ld_out, const attn_acts *acts, const float *a, int ld_a,
+                       const attn_params *w, const hax_model_config *cfg, const int *seq_off, int n_seq,
+                       int n_tok);
+
+// Backward: da (+=, ld_da, may be NULL) and the four weight gradients (+=)
+// from dout [n_tok, d] (ld_dout).
+void cuda_attn_backward(float *da, int ld_da, const attn_grads *gr, const float *dout, int ld_dout,
+                        const float *a, int ld_a, const attn_acts *acts, const attn_params *w,
+                        const hax_model_config *cfg, const int *seq_off, int n_seq, int n_tok, void *work);
+
+// RoPE in place on x [n_tok, n_heads·hd] (ld_x), positions 0.. per sequence;
+// inverse = 1 applies the transpose (as rope_apply).
+void cuda_rope_apply(float *x, int ld_x, const int *seq_off, int n_seq, int n_tok, int n_heads, int hd,
+                     float theta, int inverse);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,407 @@
+// cuda/ops/basic.cu: see cuda/ops/basic.h. Row ops use one warp per row (d or V spread
+// over the lanes); sums over a row are in double like the CPU's.
+#include "cuda/ops/basic.h"
+#include "cuda/core/common.cuh"
+#include "cuda/ops/linear.h"
+
+#define ROW_CHUNK 64    // rows per dw partial: the CPU's value (src/ops/basic.c)
+#define WARPS 8         // warps per block of the row kernels
+
+// ---------------------------------------------------------------- embedding
+
+__global__ static void embedding_fwd_kernel(float *out, const int32_t *ids, const float *W, int n_tok,
+                                            int d, int V, int *flag) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)n_tok * d) return;
+    int t = (int)(i / d), j = (int)(i % d), id = ids[t];
+    if (id < 0 || id >= V) {
+        if (j == 0) atomicOr(flag, CU_ERR_TOKEN_ID);
+        out[i] = 0.0f;
+        return;
+    }
+    out[i] = W[(size_t)id * d + j];
+}
+
+// dW rows are summed per chunk of EMB_T tokens: block (v, chunk) scans the
+// chunk's ids (staged in shared memory) and adds the matching dout rows in
+// token order into part[chunk][v][:]; the chunks are then added in order.
+#define EMB_T 1024
+
+__global__ static void embedding_part_kernel(float *part, const float *dout, const int32_t *ids, int n_tok,
+                                             int d, int V) {
+    __shared__ int32_t tile[EMB_T];
+    int v = blockIdx.x, chunk = blockIdx.y, t0 = chunk * EMB_T;
+    int nt = n_tok - t0 < EMB_T ? n_tok - t0 : EMB_T;
+    for (int i = threadIdx.x; i < nt; i += blockDim.x) tile[i] = ids[t0 + i];
+    __syncthreads();
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        float acc = 0.0f;
+        for (int i = 0; i < nt; i++)
+            if (tile[i] == v) acc += dout[(size_t)(t0 + i) * d + j];
+        part[((size_t)chunk * V + v) * d + j] = acc;
+    }
+}
+
+__global__ static void embedding_sum_kernel(float *dW, const float *part, int n_chunk, int d, int V) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)V * d) return;
+    float acc = dW[i];
+    for (int ch = 0; ch < n_chunk; ch++) acc += part[(size_t)ch * V * d + i];
+    dW[i] = acc;
+}
+
+extern "C" void cuda_embedding_forward(float *out, const int32_t *ids, const float *W_emb, int n_tok,
+                                       int d, int V) {
+    if (n_tok == 0) return;
+    embedding_fwd_kernel<<<cu_blocks((long)n_tok * d, 256), 256, 0, cu_stream()>>>(out, ids, W_emb, n_tok,
+                                                                                   d, V, cu_error_flag());
+    CUDA_LAUNCHED();
+}
+
+extern "C" size_t cuda_embedding_workspace_bytes(int n_tok, int d, int V) {
+    return (size_t)((n_tok + EMB_T - 1) / EMB_T) * V * d * sizeof(float);
+}
+
+extern "C" void cuda_embedding_backward(float *dW_emb, const float *dout, const int32_t *ids, int n_tok,
+                                        int d, int V, void *work) {
+    if (n_tok == 0) return;
+    int n_chunk = (n_tok + EMB_T - 1) / EMB_T, threads = d < 128 ? (d + 31) / 32 * 32 : 128;
+    embedding_part_kernel<<<dim3(V, n_chunk), threads, 0, cu_stream()>>>((float *)work, dout, ids, n_tok, d, V);
+    CUDA_LAUNCHED();
+    embedding_sum_kernel<<<cu_blocks((long)V * d, 256), 256, 0, cu_stream()>>>(dW_emb, (const float *)work,
+                                                                             n_chunk, d, V);
+    CUDA_LAUNCHED();
+}
+
+// ---------------------------------------------------------------- RMSNorm
+
+// Forward of one row per warp; with residual != NULL, s = x + residual first
+// (the fused add), and the norm is of s.
+__global__ static void rmsnorm_fwd_kernel(float *out, float *s, float *rstd, const float *x,
+                                          const float *residual, const float *w, int n, int d, float eps) {
+    int row = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= n) return;
+    size_t o = (size_t)row * d;
+    double ss = 0.0;
+    for (int j = lane; j < d; j += 32) {
+        float v = x[o + j];
+        if (residual) {
+            v += residual[o + j];
+            s[o + j] = v;
+        }
+        ss += (double)v * v;
+    }
+    ss = cu_warp_sum(ss);
+    float r = (float)(1.0 / sqrt(ss / d + eps));
+    if (rstd && lane == 0) rstd[row] = r;
+    const float *src = residual ? s : x;
+    for (int j = lane; j < d; j += 32) out[o + j] = src[o + j] * r * w[j];
+}
+
+// Backward of one row per warp: g = r·(dy·w − x·r²·mean(dy·w·x)) (+ ds);
+// dx += g, dres += g (either NULL; they may be one buffer: this lane adds twice).
+__global__ static void rmsnorm_bwd_kernel(float *dx, float *dres, const float *dout, const float *ds,
+                                          const float *x, const float *rstd, const float *w, int n, int d) {
+    int row = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= n) return;
+    size_t o = (size_t)row * d;
+    float r = rstd[row];
+    double dot = 0.0;
+    for (int j = lane; j < d; j += 32) dot += (double)dout[o + j] * w[j] * x[o + j];
+    dot = cu_warp_sum(dot);
+    float c = (float)(dot / d) * r * r;
+    for (int j = lane; j < d; j += 32) {
+        float g = r * (dout[o + j] * w[j] - x[o + j] * c);
+        if (ds) g += ds[o + j];
+        if (dx) dx[o + j] += g;
+        if (dres) dres[o + j] += g;
+    }
+}
+
+// part[ch, j] = Σ_{rows i of chunk ch} dy[i, j]·x[i, j]·r[i] (double, rows in order).
+__global__ static void rmsnorm_dw_part_kernel(double *part, const float *dout, const float *x,
+                                              const float *rstd, int n, int d) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x, ch = blockIdx.y;
+    if (j >= d) return;
+    double acc = 0.0;
+    int i1 = (ch + 1) * ROW_CHUNK < n ? (ch + 1) * ROW_CHUNK : n;
+    for (int i = ch * ROW_CHUNK; i < i1; i++) acc += (double)dout[(size_t)i * d + j] * x[(size_t)i * d + j] * rstd[i];
+    part[(size_t)ch * d + j] = acc;
+}
+
+// dw[j] += Σ_ch part[ch, j], chunks in order.
+__global__ static void sum_parts_kernel(float *dw, const double *part, int n_chunk, int d) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= d) return;
+    double acc = 0.0;
+    for (int ch = 0; ch < n_chunk; ch++) acc += part[(size_t)ch * d + j];
+    dw[j] += (float)acc;
+}
+
+extern "C" size_t cuda_norm_workspace_bytes(int n, int d) {
+    return (size_t)((n + ROW_CHUNK - 1) / ROW_CHUNK) * d * sizeof(double);
+}
+
+static void norm_dw(float *dw, const float *dout, const float *x, const float *rstd, int n, int d, void *work) {
+    int n_chunk = (n + ROW_CHUNK - 1) / ROW_CHUNK;
+    dim3 grid(cu_blocks(d, 64), n_chunk);
+    rmsnorm_dw_part_kernel<<<grid, 64, 0, cu_stream()>>>((double *)work, dout, x, rstd, n, d);
+    CUDA_LAUNCHED();
+    sum_parts_kernel<<<cu_blocks(d, 64), 64, 0, cu_stream()>>>(dw, (const double *)work, n_chunk, d);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int n, int d,
+                                     float eps) {
+    if (n == 0) return;
+    rmsnorm_fwd_kernel<<<cu_blocks(n, WARPS), WARPS * 32, 0, cu_stream()>>>(out, NULL, rstd, x, NULL, w, n, d, eps);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
+                                      const float *rstd, const float *w, int n, int d, void *work) {
+    if (n == 0) return;
+    if (dx) {
+        rmsnorm_bwd_kernel<<<cu_blocks(n, WARPS), WARPS * 32, 0, cu_stream()>>>(dx, NULL, dout, NULL, x, rstd, w, n, d);
+        CUDA_LAUNCHED();
+    }
+    if (dw) norm_dw(dw, dout, x, rstd, n, d, work);
+}
+
+extern "C" void cuda_add_rmsnorm_forward(float *out, float *s, float *rstd, const float *x,
+                                         const float *residual, const float *w, int n, int d, float eps) {
+    if (n == 0) return;
+    rmsnorm_fwd_kernel<<<cu_blocks(n, WARPS), WARPS * 32, 0, cu_stream()>>>(out, s, rstd, x, residual, w, n, d, eps);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void cuda_add_rmsnorm_backward(float *dx, float *dresidual, float *dw, const float *dout,
+                                          const float *ds, const float *s, const float *rstd,
+                                          const float *w, int n, int d, void *work) {
+    if (n == 0) return;
+    if (dx || dresidual) {
+        rmsnorm_bwd_kernel<<<cu_blocks(n, WARPS), WARPS * 32, 0, cu_stream()>>>(dx, dresidual, dout, ds, s, rstd,
+                                                                               w, n, d);
+        CUDA_LAUNCHED();
+    }
+    if (dw) norm_dw(dw, dout, s, rstd, n, d, work);
+}
+
+// ---------------------------------------------------------------- logits
+
+extern "C" void cuda_logits_forward(float *logits, const float *h, const float *W_emb, int n, int d, int V) {
+    cuda_linear_forward(logits, V, h, d, W_emb, NULL, n, d, V);
+}
+
+extern "C" void cuda_logits_backward(float *dh, float *dW_emb, const float *dlogits, const float *h,
+                                     const float *W_emb, int n, int d, int V) {
+    cuda_linear_backward(dh, d, dW_emb, NULL, dlogits, V, h, d, W_emb, n, d, V);
+}
+
+// ---------------------------------------------------------------- cross-entropy
+
+// log Σ exp(l) (max taken out, in double) of one row, and its first argmax;
+// every lane of the warp gets both.
+__device__ static double row_lse(const float *l, int V, int lane, int *argmax) {
+    float best = -INFINITY;
+    int am = 0x7fffffff;
+    for (int v = lane; v < V; v += 32)
+        if (l[v] > best || am == 0x7fffffff) best = l[v], am = v;
+    for (int o = 16; o > 0; o >>= 1) {
+        float ob = __shfl_xor_sync(0xffffffffu, best, o);
+        int oa = __shfl_xor_sync(0xffffffffu, am, o);
+        if (ob > best || (ob == best && oa < am)) best = ob, am = oa;
+    }
+    double sum = 0.0;
+    for (int v = lane; v < V; v += 32) sum += exp((double)l[v] - (double)best);
+    sum = cu_warp_sum(sum);
+    *argmax = am;
+    return (double)best + log(sum);
+}
+
+// Per position: tok_loss[t] = lse − l[label], tok_ok[t] = argmax == label
+// (−1 at unscored positions).
+__global__ static void ce_rows_kernel(double *tok_loss, int *tok_ok, const float *logits,
+                                      const int32_t *labels, const uint8_t *mask, int n_tok, int V,
+                                      int *flag) {
+    int t = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (t >= n_tok) return;
+    if (mask && !mask[t]) {
+        if (lane == 0) tok_ok[t] = -1;
+        return;
+    }
+    int lab = labels[t];
+    if (lab < 0 || lab >= V) {
+        if (lane == 0) atomicOr(flag, CU_ERR_LABEL), tok_ok[t] = -1;
+        return;
+    }
+    const float *l = logits + (size_t)t * V;
+    int am;
+    double lse = row_lse(l, V, lane, &am);
+    if (lane == 0) {
+        tok_loss[t] = lse - (double)l[lab];
+        tok_ok[t] = am == lab;
+    }
+}
+
+// Per sequence, one warp each: lane l takes positions l, l+32, ...; the
+// lanes' sums are combined in a fixed tree (deterministic).
+__global__ static void ce_seq_kernel(double *seq_loss, int *correct, int *count, const double *tok_loss,
+                                     const int *tok_ok, const int *seq_off, int n_seq) {
+    int s = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (s >= n_seq) return;
+    double acc = 0.0;
+    int n_ok = 0, n_scored = 0;
+    for (int t = seq_off[s] + lane; t < seq_off[s + 1]; t += 32) {
+        if (tok_ok[t] < 0) continue;
+        acc += tok_loss[t];
+        n_ok += tok_ok[t];
+        n_scored++;
+    }
+    acc = cu_warp_sum(acc);
+    for (int o = 16; o > 0; o >>= 1) {
+        n_ok += __shfl_xor_sync(0xffffffffu, n_ok, o);
+        n_scored += __shfl_xor_sync(0xffffffffu, n_scored, o);
+    }
+    if (lane) return;
+    seq_loss[s] = acc;
+    if (correct) correct[s] = n_ok;
+    if (count) count[s] = n_scored;
+}
+
+__global__ static void ce_total_kernel(double *loss, const double *seq_loss, int n_seq) {
+    double total = 0.0;
+    for (int s = 0; s < n_seq; s++) total += seq_loss[s];
+    *loss = total;
+}
+
+extern "C" size_t cuda_ce_workspace_bytes(int n_tok, int n_seq) {
+    return (size_t)n_tok * (sizeof(double) + sizeof(int)) + (size_t)n_seq * sizeof(double) + 16;
+}
+
+extern "C" void cuda_ce_forward(double *loss, int *correct, int *count, const float *logits,
+                                const int32_t *labels, const uint8_t *mask, const int *seq_off, int n_seq,
+                                int n_tok, int V, void *work) {
+    double *tok_loss = (double *)work, *seq_loss = tok_loss + n_tok;
+    int *tok_ok = (int *)(seq_loss + n_seq);
+    if (n_tok > 0) {
+        ce_rows_kernel<<<cu_blocks(n_tok, WARPS), WARPS * 32, 0, cu_stream()>>>(tok_loss, tok_ok, logits, labels,
+                                                                               mask, n_tok, V, cu_error_flag());
+        CUDA_LAUNCHED();
+    }
+    if (n_seq > 0) {
+        ce_seq_kernel<<<cu_blocks(n_seq, WARPS), WARPS * 32, 0, cu_stream()>>>(seq_loss, correct, count, tok_loss, tok_ok,
+                                                                   seq_off, n_seq);
+        CUDA_LAUNCHED();
+    }
+    ce_total_kernel<<<1, 1, 0, cu_stream()>>>(loss, seq_loss, n_seq);
+    CUDA_LAUNCHED();
+}
+
+__global__ static void ce_bwd_kernel(float *dl, const float *logits, const int32_t *labels,
+                                     const uint8_t *mask, int n_tok, int V, float scale, int *flag) {
+    int t = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (t >= n_tok) return;
+    float *d = dl + (size_t)t * V;
+    int lab = labels[t];
+    if ((mask && !mask[t]) || lab < 0 || lab >= V) {
+        if (lane == 0 && !(mask && !mask[t])) atomicOr(flag, CU_ERR_LABEL);
+        for (int v = lane; v < V; v += 32) d[v] = 0.0f;
+        return;
+    }
+    const float *l = logits + (size_t)t * V;
+    int am;
+    double lse = row_lse(l, V, lane, &am);
+    for (int v = lane; v < V; v += 32) {
+        float g = (float)exp((double)l[v] - lse) * scale;
+        d[v] = v == lab ? g - scale : g;
+    }
+}
+
+extern "C" void cuda_ce_backward(float *dlogits, const float *logits, const int32_t *labels,
+                                 const uint8_t *mask, int n_tok, int V, float scale) {
+    if (n_tok == 0) return;
+    ce_bwd_kernel<<<cu_blocks(n_tok, WARPS), WARPS * 32, 0, cu_stream()>>>(dlogits, logits, labels, mask, n_tok,
+                                                                          V, scale, cu_error_flag());
+    CUDA_LAUNCHED();
+}
+
+// ---------------------------------------------------------------- gated RMSNorm
+
+__device__ __forceinline__ float gated_v(float y, float z) { return y * (z * cu_sigmoid(z)); }
+
+__global__ static void gated_fwd_kernel(float *out, int ld_out, float *rstd, const float *y, int ld_y,
+                                        const float *z, int ld_z, const float *w, int n, int E, float eps) {
+    int row = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= n) return;
+    const float *yt = y + (size_t)row * ld_y, *zt = z + (size_t)row * ld_z;
+    float *ot = out + (size_t)row * ld_out;
+    double ss = 0.0;
+    for (int c = lane; c < E; c += 32) {
+        float v = gated_v(yt[c], zt[c]);
+        ss += (double)v * v;
+    }
+    ss = cu_warp_sum(ss);
+    float r = (float)(1.0 / sqrt(ss / E + (double)eps));
+    if (rstd && lane == 0) rstd[row] = r;
+    for (int c = lane; c < E; c += 32) ot[c] = gated_v(yt[c], zt[c]) * r * w[c];
+}
+
+// dv = r·w·do − v·r³/E·Σ_j w_j do_j v_j; dy += dv·silu(z); dz += dv·y·silu'(z).
+__global__ static void gated_bwd_kernel(float *dy, int ld_dy, float *dz, int ld_dz, const float *dout,
+                                        int ld_dout, const float *rstd, const float *y, int ld_y,
+                                        const float *z, int ld_z, const float *w, int n, int E) {
+    int row = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= n) return;
+    const float *yt = y + (size_t)row * ld_y, *zt = z + (size_t)row * ld_z, *dot = dout + (size_t)row * ld_dout;
+    float r = rstd[row];
+    double s = 0.0;
+    for (int c = lane; c < E; c += 32) s += (double)w[c] * dot[c] * gated_v(yt[c], zt[c]);
+    s = cu_warp_sum(s);
+    float k = (float)(s * (double)r * r * r / E);
+    for (int c = lane; c < E; c += 32) {
+        float sg = cu_sigmoid(zt[c]), sl = zt[c] * sg, v = yt[c] * sl;
+        float dv = r * w[c] * dot[c] - v * k;
+        if (dy) dy[(size_t)row * ld_dy + c] += dv * sl;
+        if (dz) dz[(size_t)row * ld_dz + c] += dv * yt[c] * sg * (1.0f + zt[c] * (1.0f - sg));
+    }
+}
+
+// part[ch, c] = Σ_{rows of chunk ch} do·v·r (double, rows in order).
+__global__ static void gated_dw_part_kernel(double *part, const float *dout, int ld_dout, const float *rstd,
+                                            const float *y, int ld_y, const float *z, int ld_z, int n, int E) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x, ch = blockIdx.y;
+    if (c >= E) return;
+    double acc = 0.0;
+    int i1 = (ch + 1) * ROW_CHUNK < n ? (ch + 1) * ROW_CHUNK : n;
+    for (int i = ch * ROW_CHUNK; i < i1; i++)
+        acc += (double)dout[(size_t)i * ld_dout + c] * gated_v(y[(size_t)i * ld_y + c], z[(size_t)i * ld_z + c]) * rstd[i];
+    part[(size_t)ch * E + c] = acc;
+}
+
+extern "C" void cuda_gated_norm_forward(float *out, int ld_out, float *rstd, const float *y, int ld_y,
+                                        const float *z, int ld_z, const float *w, int n, int E, float eps) {
+    if (n == 0) return;
+    gated_fwd_kernel<<<cu_blocks(n, WARPS), WARPS * 32, 0, cu_stream()>>>(out, ld_out, rstd, y, ld_y, z, ld_z, w,
+                                                                         n, E, eps);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void cuda_gated_norm_backward(float *dy, int ld_dy, float *dz, int ld_dz, float *dw, const float *dout,
+                                         int ld_dout, const float *rstd, const float *y, int ld_y,
+                                         const float *z, int ld_z, const float *w, int n, int E, void *work) {
+    if (n == 0) return;
+    if (dy || dz) {
+        gated_bwd_kernel<<<cu_blocks(n, WARPS), WARPS * 32, 0, cu_stream()>>>(dy, ld_dy, dz, ld_dz, dout, ld_dout,
+                                                                              rstd, y, ld_y, z, ld_z, w, n, E);
+        CUDA_LAUNCHED();
+    }
+    if (dw) {
+        int n_chunk = (n + ROW_CHUNK - 1) / ROW_CHUNK;
+        dim3 grid(cu_blocks(E, 64), n_chunk);
+        gated_dw_part_kernel<<<grid, 64, 0, cu_stream()>>>((double *)work, dout, ld_dout, rstd, y, ld_y, z, ld_z, n, E);
+        CUDA_LAUNCHED();
+        sum_parts_kernel<<<cu_blocks(E, 64), 64, 0, cu_stream()>>>(dw, (const double *)work, n_chunk, E);
+        CUDA_LAUNCHED();
+    }
+}

@@ -1,0 +1,59 @@
+// cuda/ops/scan.h: the CUDA versions of Mamba's selective scan (src/ops/scan.h)
+// and Mamba-2's SSD scan (src/ops/ssd.h), with the CPU ops' arguments plus
+// n_tok (seq_off[0] must be 0) and a workspace for the backward.
+//
+// Both are the same recurrence per channel c and state index n:
+//   s[c,n] <- exp(Δ·A)·s[c,n] + Δ·x_t[c]·B_t[n],  y_t[c] = Σ_n C_t[n]·s[c,n] + D·x_t[c]
+// (Mamba: Δ and D per channel, A per (c, n); SSD: Δ, A and D per head of P
+// channels), so one kernel serves both. First design: one group of lanes per
+// (sequence, channel) (N/4 lanes in the forward, min(N, 32) in the backward),
+// each lane holding the rest of the N state entries in registers, stepping
+// through the sequence (parallel over sequences × channels × state, 16
+// positions at a time staged in shared memory). The backward recomputes the states of
+// chunks of CU_SCAN_T positions from checkpoints (its own layout, sized by
+// cuda_*_ckpt_floats) and sweeps them in reverse; dB/dC (sums over channels)
+// and the parameter gradients go through per-block / per-sequence partials
+// added in a fixed order, so results are deterministic.
+// N must be a power of two up to 256; SSD needs P·min(N,32) <= 1024.
+#ifndef HAX_CU_SCAN_H
+#define HAX_CU_SCAN_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CU_SCAN_T 16  // positions between two checkpoints
+
+// ---- Mamba selective scan (src/ops/scan.h)
+size_t cuda_scan_ckpt_floats(int n_tok, int n_seq, int E, int N);
+void cuda_scan_forward(float *y, float *ckpt, const float *x, int ld_x, const float *draw,
+                       const float *dt_bias, const float *A_log, const float *Bm, const float *Cm,
+                       int ld_bc, const float *D, const int *seq_off, int n_seq, int n_tok, int E, int N);
+size_t cuda_scan_workspace_bytes(int n_tok, int n_seq, int E, int N);
+void cuda_scan_backward(float *dx, int ld_dx, float *ddraw, float *dBm, float *dCm, int ld_dbc,
+                        float *ddt_bias, float *dA_log, float *dD, const float *dy, const float *ckpt,
+                        const float *x, int ld_x, const float *draw, const float *dt_bias,
+                        const float *A_log, const float *Bm, const float *Cm, int ld_bc,
+                        const float *D, const int *seq_off, int n_seq, int n_tok, int E, int N, void *work);
+
+// ---- Mamba-2 SSD (src/ops/ssd.h)
+size_t cuda_ssd_ckpt_floats(int n_tok, int n_seq, int H, int P, int N);
+void cuda_ssd_forward(float *y, int ld_y, float *delta, float *ckpt, const float *x, int ld_x,
+                      const float *dt, int ld_dt, const float *B, const float *C, int ld_bc,
+                      const float *dt_bias, const float *A_log, const float *D, const int *seq_off,
+                      int n_seq, int n_tok, int H, int P, int N);
+size_t cuda_ssd_workspace_bytes(int n_tok, int n_seq, int H, int P, int N);
+void cuda_ssd_backward(float *dx, int ld_dx, float *ddt, int ld_ddt, float *dB, float *dC, int ld_dbc,
+                       float *ddt_bias, float *dA_log, float *dD, const float *dy, int ld_dy,
+                       const float *delta, const float *ckpt, const float *x, int ld_x,
+                       const float *dt, int ld_dt, const float *B, const float *C, int ld_bc,
+                       const float *dt_bias, const float *A_log, const float *D, const int *seq_off,
+                       int n_seq, int n_tok, int H, int P, int N, void *work);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

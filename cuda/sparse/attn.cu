@@ -1,0 +1,463 @@
+// cuda/sparse/attn.cu: the attention of the sparse branch on the GPU (the CUDA
+// version of src/sparse/attn.c; see there for the formulas), over the
+// fixed-stride lists of cuda/sparse/sparse.cu, and the dense causal `full` pattern.
+//
+// One warp per query row (forward, backward dQ) or per key row (backward dK,
+// dV): a row of E values lives in registers, CU_SP_EPL per lane, and N
+// features CU_SP_FPL per lane. Every sum runs in a fixed order (keys or
+// queries ascending, warp sums by the same butterfly), so results repeat
+// exactly. dK and dV of a key are gathered over the queries t >= j whose list
+// holds j (a binary search in each sorted row, 32 queries at a time, the hits
+// taken in ascending order), so no atomics and no transposed lists are needed.
+//
+// Reference empty rows (uniform 1/L over all L padded positions) use the
+// CPU's factorised backward through per-sequence matrices M = sum_j V_j^T K_j
+// and G = sum_{t empty} dattn_t^T Q_t (src/sparse/attn.c), in double.
+#include <math.h>
+
+#include "cuda/sparse/internal.cuh"
+
+#define WARPS 4  // rows per block of 128 threads
+#define FULL_MASK 0xffffffffu
+
+// One query's share of a key's gradients (the gathers of both backwards):
+// dK += d * Q_query (d = dScore), dV += p * dattn_query (p = the weight).
+__device__ __forceinline__ void key_grad_add(float *dk, float *dv, float d, const float *q, float p,
+                                             const float *da, int N, int E, int lane) {
+#pragma unroll
+    for (int u = 0; u < CU_SP_FPL; u++)
+        if (lane + 32 * u < N) dk[u] += d * q[lane + 32 * u];
+#pragma unroll
+    for (int u = 0; u < CU_SP_EPL; u++)
+        if (lane + 32 * u < E) dv[u] += p * da[lane + 32 * u];
+}
+
+// Writes a key's gathered gradients: its dK row (the key half of dKQ, written)
+// and its dV row (accumulated: V is X, which other paths also feed).
+__device__ __forceinline__ void key_grad_store(float *dk_row, float *dv_row, const float *dk, const float *dv,
+                                               int N, int E, int lane) {
+#pragma unroll
+    for (int u = 0; u < CU_SP_FPL; u++)
+        if (lane + 32 * u < N) dk_row[lane + 32 * u] = dk[u];
+#pragma unroll
+    for (int u = 0; u < CU_SP_EPL; u++)
+        if (lane + 32 * u < E) dv_row[lane + 32 * u] += dv[u];
+}
+
+__device__ __forceinline__ float warp_maxf(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// sv[s, e] = sum_{j<n} V_j[e] in double, positions in order.
+__global__ static void seq_sum_kernel(double *sv, const float *V, int ldv, const int *seq_off,
+                                      int n_seq, int E) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_seq * E) return;
+    int s = i / E, e = i % E;
+    double acc = 0;
+    for (int j = seq_off[s]; j < seq_off[s + 1]; j++) acc += V[(size_t)j * ldv + e];
+    sv[i] = acc;
+}
+
+// ---------------------------------------------------------------- sparse forward
+
+__global__ static void attn_fwd_kernel(float *attn, int ld_attn, float *allow_p, const int *allow_cnt,
+                                       const int *allow_key, const float *KQ, const float *V, int ldv,
+                                       const double *sv, const int *seq_off, int n_seq, int n_tok,
+                                       int N, int E, int cap, int L, int ref) {
+    int g = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (g >= n_tok) return;  // the whole warp
+    int s = cu_seq_of(seq_off, n_seq, g), o = seq_off[s], cnt = allow_cnt[g], ldkq = 2 * N;
+    float *out = attn + (size_t)g * ld_attn;
+    if (cnt == 0) {
+        for (int e = lane; e < E; e += 32)
+            out[e] = ref ? (float)(sv[(size_t)s * E + e] / L) : 0.0f;
+        return;
+    }
+    const int *key = allow_key + (size_t)g * cap;
+    float *p = allow_p + (size_t)g * cap;
+    const float *q = KQ + (size_t)g * ldkq + N;
+    float mx = -INFINITY;
+    for (int i = lane; i < cnt; i += 32) {
+        const float *k = KQ + (size_t)(o + key[i]) * ldkq;
+        float sc = 0;
+        for (int f = 0; f < N; f++) sc += q[f] * k[f];
+        p[i] = sc;
+        mx = fmaxf(mx, sc);
+    }
+    mx = warp_maxf(mx);
+    double sum = 0;
+    for (int i = lane; i < cnt; i += 32) {
+        float ex = expf(p[i] - mx);
+        p[i] = ex;
+        sum += ex;
+    }
+    float inv = (float)(1.0 / cu_warp_sum(sum));
+    for (int i = lane; i < cnt; i += 32) p[i] *= inv;
+    __syncwarp();
+    float acc[CU_SP_EPL] = {0};
+    for (int i = 0; i < cnt; i++) {
+        float pi = p[i];
+        const float *v = V + (size_t)(o + key[i]) * ldv;
+#pragma unroll
+        for (int u = 0; u < CU_SP_EPL; u++)
+            if (lane + 32 * u < E) acc[u] += pi * v[lane + 32 * u];
+    }
+#pragma unroll
+    for (int u = 0; u < CU_SP_EPL; u++)
+        if (lane + 32 * u < E) out[lane + 32 * u] = acc[u];
+}
+
+// ---------------------------------------------------------------- full forward
+
+// Online softmax per lane over keys j = lane, lane + 32, ... <= t, merged
+// across lanes; then the keys 32 at a time, each lane scoring one and the
+// probabilities broadcast by shuffles into the E-lane accumulators.
+__global__ static void full_fwd_kernel(float *attn, int ld_attn, float *lse, const float *KQ,
+                                       const float *V, int ldv, const int *seq_off, int n_seq,
+                                       int n_tok, int N, int E) {
+    int g = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (g >= n_tok) return;
+    int o = seq_off[cu_seq_of(seq_off, n_seq, g)], t = g - o, ldkq = 2 * N;
+    const float *q = KQ + (size_t)g * ldkq + N;
+    float m = -INFINITY, l = 0;
+    for (int j = lane; j <= t; j += 32) {
+        const float *k = KQ + (size_t)(o + j) * ldkq;
+        float sc = 0;
+        for (int f = 0; f < N; f++) sc += q[f] * k[f];
+        if (sc > m) l = l * expf(m - sc) + 1.0f, m = sc;
+        else l += expf(sc - m);
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+        float m2 = __shfl_xor_sync(FULL_MASK, m, off), l2 = __shfl_xor_sync(FULL_MASK, l, off);
+        float mn = fmaxf(m, m2);
+        l = (l > 0 ? l * expf(m - mn) : 0.0f) + (l2 > 0 ? l2 * expf(m2 - mn) : 0.0f);
+        m = mn;
+    }
+    float ls = m + logf(l);
+    float acc[CU_SP_EPL] = {0};
+    for (int j0 = 0; j0 <= t; j0 += 32) {
+        int j = j0 + lane, nb = min(32, t - j0 + 1);
+        float p = 0;
+        if (j <= t) {
+            const float *k = KQ + (size_t)(o + j) * ldkq;
+            float sc = 0;
+            for (int f = 0; f < N; f++) sc += q[f] * k[f];
+            p = expf(sc - ls);
+        }
+        for (int b = 0; b < nb; b++) {
+            float pb = __shfl_sync(FULL_MASK, p, b);
+            const float *v = V + (size_t)(o + j0 + b) * ldv;
+#pragma unroll
+            for (int u = 0; u < CU_SP_EPL; u++)
+                if (lane + 32 * u < E) acc[u] += pb * v[lane + 32 * u];
+        }
+    }
+    float *out = attn + (size_t)g * ld_attn;
+#pragma unroll
+    for (int u = 0; u < CU_SP_EPL; u++)
+        if (lane + 32 * u < E) out[lane + 32 * u] = acc[u];
+    if (lane == 0) lse[g] = ls;
+}
+
+void cu_sp_attn_forward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,
+                        float *attn, int ld_attn) {
+    int n_tok = st->n_tok, n_seq = st->n_seq, blocks = cu_blocks(n_tok, WARPS);
+    cudaStream_t sm = cu_stream();
+    if (st->mask & SPARSE_FULL) {
+        full_fwd_kernel<<<blocks, 32 * WARPS, 0, sm>>>(attn, ld_attn, st->lse, st->KQ, V, ldv, seq_off,
+                                                       n_seq, n_tok, st->N, st->E);
+        CUDA_LAUNCHED();
+        return;
+    }
+    int ref = st->sem == SEMANTICS_REFERENCE;
+    if (ref) {  // needed only by empty rows; cheap, and no host wait to learn whether any exists
+        seq_sum_kernel<<<cu_blocks((long)n_seq * st->E, 128), 128, 0, sm>>>(st->seq_sv, V, ldv, seq_off,
+                                                                          n_seq, st->E);
+        CUDA_LAUNCHED();
+    }
+    attn_fwd_kernel<<<blocks, 32 * WARPS, 0, sm>>>(attn, ld_attn, st->allow_p, st->allow_cnt,
+                                                   st->allow_key, st->KQ, V, ldv, st->seq_sv, seq_off,
+                                                   n_seq, n_tok, st->N, st->E, st->row_cap,
+                                                   st->model_len, ref);
+    CUDA_LAUNCHED();
+}
+
+// ---------------------------------------------------------------- sparse backward
+
+// Per query: dP_i = dattn . V_key (warp sums), D = sum p dP (double, keys in
+// order), ds_i = p_i (dP_i - D) into allow_ds, dQ = sum ds_i K_key.
+__global__ static void attn_bwd_q_kernel(float *dKQ, float *allow_ds, const float *allow_p,
+                                         const int *allow_cnt, const int *allow_key, const float *KQ,
+                                         const float *V, int ldv, const float *dattn, int ld_dattn,
+                                         const int *seq_off, int n_seq, int n_tok, int N, int E,
+                                         int cap) {
+    int g = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (g >= n_tok) return;
+    int cnt = allow_cnt[g], ldkq = 2 * N;
+    if (cnt == 0) return;
+    int o = seq_off[cu_seq_of(seq_off, n_seq, g)];
+    const int *key = allow_key + (size_t)g * cap;
+    const float *p = allow_p + (size_t)g * cap, *da = dattn + (size_t)g * ld_dattn;
+    float *ds = allow_ds + (size_t)g * cap;
+    float dr[CU_SP_EPL];
+#pragma unroll
+    for (int u = 0; u < CU_SP_EPL; u++) dr[u] = lane + 32 * u < E ? da[lane + 32 * u] : 0.0f;
+    double D = 0;
+    for (int i = 0; i < cnt; i++) {
+        const float *v = V + (size_t)(o + key[i]) * ldv;
+        float part = 0;
+#pragma unroll
+        for (int u = 0; u < CU_SP_EPL; u++)
+            if (lane + 32 * u < E) part += dr[u] * v[lane + 32 * u];
+        part = cu_warp_sumf(part);
+        D += (double)p[i] * part;  // every lane the same sum
+        if (lane == (i & 31)) ds[i] = part;
+    }
+    for (int i = lane; i < cnt; i += 32) ds[i] = p[i] * (ds[i] - (float)D);
+    __syncwarp();
+    float acc[CU_SP_FPL] = {0};
+    for (int i = 0; i < cnt; i++) {
+        float dsi = ds[i];
+        const float *k = KQ + (size_t)(o + key[i]) * ldkq;
+#pragma unroll
+        for (int u = 0; u < CU_SP_FPL; u++)
+            if (lane + 32 * u < N) acc[u] += dsi * k[lane + 32 * u];
+    }
+    float *dq = dKQ + (size_t)g * ldkq + N;
+#pragma unroll
+    for (int u = 0; u < CU_SP_FPL; u++)
+        if (lane + 32 * u < N) dq[lane + 32 * u] = acc[u];
+}
+
+// Per key j: dK_j = sum_t ds_tj Q_t, dV_j += sum_t P_tj dattn_t over the
+// queries t >= j of its sequence whose sorted list holds j, t ascending.
+__global__ static void attn_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const float *allow_ds,
+                                         const float *allow_p, const int *allow_cnt,
+                                         const int *allow_key, const float *KQ, const float *dattn,
+                                         int ld_dattn, const int *seq_off, int n_seq, int n_tok,
+                                         int N, int E, int cap, unsigned m, int k, int delta) {
+    int j = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (j >= n_tok) return;
+    int s = cu_seq_of(seq_off, n_seq, j), o = seq_off[s], n = seq_off[s + 1] - o, jl = j - o;
+    int ldkq = 2 * N;
+    // The last query that can hold j: any for LSH / KS / sink keys / dilated
+    // grid keys; else only the sliding window's t < j + k.
+    int far = (m & (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH | SPARSE_KEY_SELECTION)) ||
+              ((m & SPARSE_SINK) && jl < k) || ((m & SPARSE_DILATED) && jl % delta == delta - 1);
+    int t_end = far ? n : min(n, (m & SPARSE_SLIDING_WINDOW) ? jl + k : jl);
+    float dk[CU_SP_FPL] = {0}, dv[CU_SP_EPL] = {0};
+    for (int t0 = jl; t0 < t_end; t0 += 32) {
+        int t = t0 + lane, idx = -1;
+        if (t < t_end) {
+            const int *row = allow_key + (size_t)(o + t) * cap;
+            int lo = 0, hi = allow_cnt[o + t];
+            while (lo < hi) {  // first entry >= jl
+                int mid = (lo + hi) / 2;
+                if (row[mid] < jl) lo = mid + 1;
+                else hi = mid;
+            }
+            if (lo < allow_cnt[o + t] && row[lo] == jl) idx = lo;
+        }
+        unsigned hits = __ballot_sync(FULL_MASK, idx >= 0);
+        while (hits) {
+            int b = __ffs(hits) - 1;
+            hits &= hits - 1;
+            int e = __shfl_sync(FULL_MASK, idx, b), gb = o + t0 + b;
+            float d = allow_ds[(size_t)gb * cap + e], p = allow_p[(size_t)gb * cap + e];
+            const float *q = KQ + (size_t)gb * ldkq + N, *da = dattn + (size_t)gb * ld_dattn;
+            key_grad_add(dk, dv, d, q, p, da, N, E, lane);
+        }
+    }
+    key_grad_store(dKQ + (size_t)j * ldkq, dV + (size_t)j * ld_dv, dk, dv, N, E, lane);
+}
+
+// ---------------------------------------------------------------- full backward
+
+// Warp dot products of a register row (per lane FPL/EPL values) with a row in memory.
+__device__ __forceinline__ float dot_n(const float *r, const float *x, int N, int lane) {
+    float part = 0;
+#pragma unroll
+    for (int u = 0; u < CU_SP_FPL; u++)
+        if (lane + 32 * u < N) part += r[u] * x[lane + 32 * u];
+    return cu_warp_sumf(part);
+}
+__device__ __forceinline__ float dot_e(const float *r, const float *x, int E, int lane) {
+    float part = 0;
+#pragma unroll
+    for (int u = 0; u < CU_SP_EPL; u++)
+        if (lane + 32 * u < E) part += r[u] * x[lane + 32 * u];
+    return cu_warp_sumf(part);
+}
+
+// Per query: D_t = sum_{j<=t} P dP (double), then dQ_t = sum_j P (dP - D) K_j.
+__global__ static void full_bwd_q_kernel(float *dKQ, float *rowD, const float *lse, const float *KQ,
+                                         const float *V, int ldv, const float *dattn, int ld_dattn,
+                                         const int *seq_off, int n_seq, int n_tok, int N, int E) {
+    int g = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (g >= n_tok) return;
+    int o = seq_off[cu_seq_of(seq_off, n_seq, g)], t = g - o, ldkq = 2 * N;
+    float qr[CU_SP_FPL], dr[CU_SP_EPL], ls = lse[g];
+    const float *q = KQ + (size_t)g * ldkq + N, *da = dattn + (size_t)g * ld_dattn;
+#pragma unroll
+    for (int u = 0; u < CU_SP_FPL; u++) qr[u] = lane + 32 * u < N ? q[lane + 32 * u] : 0.0f;
+#pragma unroll
+    for (int u = 0; u < CU_SP_EPL; u++) dr[u] = lane + 32 * u < E ? da[lane + 32 * u] : 0.0f;
+    double D = 0;
+    for (int j = 0; j <= t; j++) {
+        float p = expf(dot_n(qr, KQ + (size_t)(o + j) * ldkq, N, lane) - ls);
+        D += (double)p * dot_e(dr, V + (size_t)(o + j) * ldv, E, lane);
+    }
+    float Df = (float)D, acc[CU_SP_FPL] = {0};
+    for (int j = 0; j <= t; j++) {
+        const float *k = KQ + (size_t)(o + j) * ldkq;
+        float p = expf(dot_n(qr, k, N, lane) - ls);
+        float d = p * (dot_e(dr, V + (size_t)(o + j) * ldv, E, lane) - Df);
+#pragma unroll
+        for (int u = 0; u < CU_SP_FPL; u++)
+            if (lane + 32 * u < N) acc[u] += d * k[lane + 32 * u];
+    }
+#pragma unroll
+    for (int u = 0; u < CU_SP_FPL; u++)
+        if (lane + 32 * u < N) dKQ[(size_t)g * ldkq + N + lane + 32 * u] = acc[u];
+    if (lane == 0) rowD[g] = Df;
+}
+
+// Per key j: dK_j and dV_j over the queries t >= j (P recomputed from lse).
+__global__ static void full_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const float *lse,
+                                         const float *rowD, const float *KQ, const float *V, int ldv,
+                                         const float *dattn, int ld_dattn, const int *seq_off,
+                                         int n_seq, int n_tok, int N, int E) {
+    int j = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (j >= n_tok) return;
+    int end = seq_off[cu_seq_of(seq_off, n_seq, j) + 1], ldkq = 2 * N;
+    float kr[CU_SP_FPL], vr[CU_SP_EPL], dk[CU_SP_FPL] = {0}, dv[CU_SP_EPL] = {0};
+#pragma unroll
+    for (int u = 0; u < CU_SP_FPL; u++) kr[u] = lane + 32 * u < N ? KQ[(size_t)j * ldkq + lane + 32 * u] : 0.0f;
+#pragma unroll
+    for (int u = 0; u < CU_SP_EPL; u++) vr[u] = lane + 32 * u < E ? V[(size_t)j * ldv + lane + 32 * u] : 0.0f;
+    for (int g = j; g < end; g++) {
+        const float *q = KQ + (size_t)g * ldkq + N, *da = dattn + (size_t)g * ld_dattn;
+        float p = expf(dot_n(kr, q, N, lane) - lse[g]);
+        float d = p * (dot_e(vr, da, E, lane) - rowD[g]);
+        key_grad_add(dk, dv, d, q, p, da, N, E, lane);
+    }
+    key_grad_store(dKQ + (size_t)j * ldkq, dV + (size_t)j * ld_dv, dk, dv, N, E, lane);
+}
+
+// ---------------------------------------------------------------- reference empty rows
+
+// One block per sequence: if some row is empty, the per-sequence sums
+// M [E, N], G [E, N], dsum [E], sk [N], c [N] of src/sparse/attn.c (double,
+// positions in order); the flag says whether the sequence has an empty row.
+__global__ static void empty_prep_kernel(double *work, const int *allow_cnt, const float *KQ,
+                                         const float *V, int ldv, const double *sv,
+                                         const float *dattn, int ld_dattn, const int *seq_off,
+                                         int N, int E) {
+    int s = blockIdx.x, o = seq_off[s], n = seq_off[s + 1] - o, ldkq = 2 * N;
+    double *M = work + (size_t)s * cu_sp_empty_doubles(E, N), *G = M + (size_t)E * N;
+    double *dsum = G + (size_t)E * N, *sk = dsum + E, *c = sk + N, *flag = c + N;
+    int any = 0;
+    for (int t = threadIdx.x; t < n; t += blockDim.x) any |= allow_cnt[o + t] == 0;
+    any = __syncthreads_or(any);
+    if (threadIdx.x == 0) *flag = any;
+    if (!any) return;
+    const double *svs = sv + (size_t)s * E;
+    for (int x = threadIdx.x; x < E * N; x += blockDim.x) {
+        int e = x / N, f = x % N;
+        double mm = 0, gg = 0;
+        for (int j = 0; j < n; j++) {
+            mm += (double)V[(size_t)(o + j) * ldv + e] * KQ[(size_t)(o + j) * ldkq + f];
+            if (allow_cnt[o + j] == 0)
+                gg += (double)dattn[(size_t)(o + j) * ld_dattn + e] * KQ[(size_t)(o + j) * ldkq + N + f];
+        }
+        M[x] = mm, G[x] = gg;
+    }
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        double d = 0;
+        for (int t = 0; t < n; t++)
+            if (allow_cnt[o + t] == 0) d += dattn[(size_t)(o + t) * ld_dattn + e];
+        dsum[e] = d;
+    }
+    for (int f = threadIdx.x; f < N; f += blockDim.x) {
+        double k = 0, cc = 0;
+        for (int t = 0; t < n; t++) {
+            k += KQ[(size_t)(o + t) * ldkq + f];
+            if (allow_cnt[o + t] != 0) continue;
+            const float *da = dattn + (size_t)(o + t) * ld_dattn;
+            double a = 0;
+            for (int e = 0; e < E; e++) a += (double)da[e] * svs[e];
+            cc += a * KQ[(size_t)(o + t) * ldkq + N + f];
+        }
+        sk[f] = k, c[f] = cc;
+    }
+}
+
+// One thread per row of a sequence with an empty row: dQ of the empty rows,
+// dK and dV of every row (src/sparse/attn.c empty_rows_backward).
+__global__ static void empty_apply_kernel(float *dKQ, float *dV, int ld_dv, const double *work,
+                                          const int *allow_cnt, const float *V, int ldv,
+                                          const double *sv, const float *dattn, int ld_dattn,
+                                          const int *seq_off, int n_seq, int n_tok, int N, int E,
+                                          int L) {
+    int g = blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= n_tok) return;
+    int s = cu_seq_of(seq_off, n_seq, g), ldkq = 2 * N;
+    const double *M = work + (size_t)s * cu_sp_empty_doubles(E, N), *G = M + (size_t)E * N;
+    const double *dsum = G + (size_t)E * N, *sk = dsum + E, *c = sk + N, *flag = c + N;
+    if (*flag == 0) return;
+    const float *v = V + (size_t)g * ldv, *da = dattn + (size_t)g * ld_dattn;
+    if (allow_cnt[g] == 0) {
+        const double *svs = sv + (size_t)s * E;
+        double a = 0;
+        for (int e = 0; e < E; e++) a += (double)da[e] * svs[e];
+        for (int f = 0; f < N; f++) {
+            double m = 0;
+            for (int e = 0; e < E; e++) m += (double)da[e] * M[(size_t)e * N + f];
+            dKQ[(size_t)g * ldkq + N + f] += (float)((m - a * sk[f] / L) / L);
+        }
+    }
+    for (int f = 0; f < N; f++) {
+        double m = 0;
+        for (int e = 0; e < E; e++) m += (double)v[e] * G[(size_t)e * N + f];
+        dKQ[(size_t)g * ldkq + f] += (float)((m - c[f] / L) / L);
+    }
+    for (int e = 0; e < E; e++) dV[(size_t)g * ld_dv + e] += (float)(dsum[e] / L);
+}
+
+void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,
+                         const float *dattn, int ld_dattn, float *dV, int ld_dv) {
+    int n_tok = st->n_tok, n_seq = st->n_seq, N = st->N, E = st->E, cap = st->row_cap;
+    int blocks = cu_blocks(n_tok, WARPS);
+    cudaStream_t sm = cu_stream();
+    CUDA_CHECK(cudaMemsetAsync(st->dKQ, 0, sizeof(float) * (size_t)n_tok * 2 * N, sm));
+    if (st->mask & SPARSE_FULL) {
+        full_bwd_q_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, st->rowD, st->lse, st->KQ, V, ldv,
+                                                         dattn, ld_dattn, seq_off, n_seq, n_tok, N, E);
+        CUDA_LAUNCHED();
+        full_bwd_k_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, dV, ld_dv, st->lse, st->rowD, st->KQ,
+                                                         V, ldv, dattn, ld_dattn, seq_off, n_seq,
+                                                         n_tok, N, E);
+        CUDA_LAUNCHED();
+        return;
+    }
+    attn_bwd_q_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, st->allow_ds, st->allow_p, st->allow_cnt,
+                                                     st->allow_key, st->KQ, V, ldv, dattn, ld_dattn,
+                                                     seq_off, n_seq, n_tok, N, E, cap);
+    CUDA_LAUNCHED();
+    attn_bwd_k_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, dV, ld_dv, st->allow_ds, st->allow_p,
+                                                     st->allow_cnt, st->allow_key, st->KQ, dattn,
+                                                     ld_dattn, seq_off, n_seq, n_tok, N, E, cap,
+                                                     st->mask, st->k_c, st->delta);
+    CUDA_LAUNCHED();
+    if (st->sem != SEMANTICS_REFERENCE) return;
+    empty_prep_kernel<<<n_seq, 256, 0, sm>>>(st->empty_work, st->allow_cnt, st->KQ, V, ldv, st->seq_sv,
+                                             dattn, ld_dattn, seq_off, N, E);
+    CUDA_LAUNCHED();
+    empty_apply_kernel<<<cu_blocks(n_tok, 128), 128, 0, sm>>>(st->dKQ, dV, ld_dv, st->empty_work,
+                                                              st->allow_cnt, V, ldv, st->seq_sv, dattn,
+                                                              ld_dattn, seq_off, n_seq, n_tok, N, E,
+                                                              st->model_len);
+    CUDA_LAUNCHED();
+}

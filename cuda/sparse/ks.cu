@@ -1,0 +1,362 @@
+// cuda/sparse/ks.cu: key selection on the GPU, part 1: features, score MLP,
+// cumulative top-k and the per-layer state (the ranking loss and the
+// candidates are in cuda/sparse/ks_rank.cu). See cuda/sparse/ks.h.
+#include "cuda/core/common.cuh"
+#include "cuda/ops/linear.h"
+#include "cuda/sparse/ks.h"
+
+#define KS_MAX_N 128  // features: at most 4 feature columns per lane
+#define KS_WARPS 8    // features: warps per sequence, each a contiguous chunk of positions
+#define KS_STAGE 1024 // features: floats of Q staged in shared memory per warp
+
+// ---------------------------------------------------------------- features
+
+// What a warp does with its chunk of positions in ks_features_kernel.
+enum { KS_SUM, KS_SUM_W2, KS_WRITE_REF, KS_WRITE_CAUSAL };
+
+// One pass of a warp over positions t0..t1-1 of the sequence at row o: the
+// running sums c (lane's columns lane, lane+32, ...) are advanced row by row,
+// and per mode the squares are added to w2 or the normalised sums written to
+// T's TQ half. Q rows are staged in the warp's shared buffer first, so the
+// sequential chain reads no global memory. The loop bounds are the same for
+// every lane of the warp (the causal norm is a warp sum).
+__device__ static void ks_feature_pass(int mode, double *c, double *w2, float *T, const float *Q,
+                                       int ldq, int o, int t0, int t1, int N, float *stage,
+                                       int lane) {
+    int D = 2 * N, rows_per = KS_STAGE / N;
+    for (int tb = t0; tb < t1; tb += rows_per) {
+        int rows = min(rows_per, t1 - tb);
+        __syncwarp();
+        for (int e = lane; e < rows * N; e += 32) stage[e] = Q[(size_t)(o + tb + e / N) * ldq + e % N];
+        __syncwarp();
+        for (int t = 0; t < rows; t++) {
+            double nrm2 = 0.0;
+            for (int r = 0; r < KS_MAX_N / 32 && lane + 32 * r < N; r++) {
+                c[r] += stage[t * N + lane + 32 * r];
+                if (mode == KS_SUM_W2) w2[r] += c[r] * c[r];
+                nrm2 += c[r] * c[r];
+            }
+            float *tq = T + (size_t)(o + tb + t) * D + N;
+            if (mode == KS_WRITE_REF) {
+                for (int r = 0; r < KS_MAX_N / 32 && lane + 32 * r < N; r++)
+                    tq[lane + 32 * r] = (float)(c[r] * w2[r]);
+            } else if (mode == KS_WRITE_CAUSAL) {
+                double inv = 1.0 / fmax(sqrt(cu_warp_sum(nrm2)), 1e-12);
+                for (int r = 0; r < KS_MAX_N / 32 && lane + 32 * r < N; r++)
+                    tq[lane + 32 * r] = (float)(c[r] * inv);
+            }
+        }
+    }
+}
+
+// One block of KS_WARPS warps per sequence; warp w takes the w-th contiguous
+// chunk of positions. The running sums C_t = sum_{p<=t} Q_p (double) start
+// each chunk from the in-order sum of the earlier chunks' totals; in
+// reference semantics the column norms w^2 = sum_t C_t^2 + n_pad C_{n-1}^2
+// are chunk partials added in order too. Fixed order: deterministic, and
+// equal to the CPU's sequential double sums up to a few double ulps.
+__global__ static void ks_features_kernel(float *T, const float *K, int ldk, const float *Q, int ldq,
+                                          const int *seq_off, int model_len, int N, int causal,
+                                          int *err) {
+    extern __shared__ double feat_sh[];  // part [KS_WARPS][N], w2p [KS_WARPS][N], stage
+    double *part = feat_sh, *w2p = part + KS_WARPS * N;
+    int s = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32, D = 2 * N;
+    float *stage = (float *)(w2p + KS_WARPS * N) + warp * KS_STAGE;
+    int o = seq_off[s], n = seq_off[s + 1] - o;
+    int n_pad = model_len - n;
+    if (!causal && n_pad < 0) {
+        if (threadIdx.x == 0) atomicOr(err, CU_ERR_KS);
+        return;
+    }
+    // TK = K (detached).
+    for (int e = threadIdx.x; e < n * N; e += blockDim.x)
+        T[(size_t)(o + e / N) * D + e % N] = K[(size_t)(o + e / N) * ldk + e % N];
+    int len = (n + KS_WARPS - 1) / KS_WARPS;
+    int t0 = min(n, warp * len), t1 = min(n, t0 + len);
+    const int R = KS_MAX_N / 32;
+    double c[R], w2[R];
+    for (int r = 0; r < R; r++) c[r] = 0.0, w2[r] = 0.0;
+    ks_feature_pass(KS_SUM, c, w2, T, Q, ldq, o, t0, t1, N, stage, lane);
+    for (int r = 0; r < R && lane + 32 * r < N; r++) part[warp * N + lane + 32 * r] = c[r];
+    __syncthreads();
+    // c = this chunk's starting sum; total = C_{n-1}
+    double total[R];
+    for (int r = 0; r < R; r++) c[r] = 0.0, total[r] = 0.0;
+    for (int r = 0; r < R; r++) {
+        int i = lane + 32 * r;
+        if (i >= N) break;
+        for (int w = 0; w < KS_WARPS; w++) {
+            if (w == warp) c[r] = total[r];
+            total[r] += part[w * N + i];
+        }
+    }
+    if (causal) {
+        ks_feature_pass(KS_WRITE_CAUSAL, c, w2, T, Q, ldq, o, t0, t1, N, stage, lane);
+        return;
+    }
+    double c0[R];
+    for (int r = 0; r < R; r++) c0[r] = c[r];
+    ks_feature_pass(KS_SUM_W2, c, w2, T, Q, ldq, o, t0, t1, N, stage, lane);
+    for (int r = 0; r < R && lane + 32 * r < N; r++) w2p[warp * N + lane + 32 * r] = w2[r];
+    __syncthreads();
+    for (int r = 0; r < R; r++) {
+        int i = lane + 32 * r;
+        if (i >= N) break;
+        double sum = 0.0;
+        for (int w = 0; w < KS_WARPS; w++) sum += w2p[w * N + i];
+        // the n_pad pad positions hold the total C_{n-1}
+        w2[r] = 1.0 / fmax(sqrt(sum + (double)n_pad * total[r] * total[r]), 1e-12);
+    }
+    ks_feature_pass(KS_WRITE_REF, c0, w2, T, Q, ldq, o, t0, t1, N, stage, lane);
+}
+
+extern "C" void cuda_ks_features(float *T, const float *K, int ldk, const float *Q, int ldq,
+                                 const int *seq_off, int n_seq, int n_tok, int model_len, int N,
+                                 hax_semantics sem) {
+    (void)n_tok;
+    if (N < 1 || N > KS_MAX_N)
+        hax_die("cu_sparse_ks: features: N: expected 1..%d, found %d", KS_MAX_N, N);
+    if (n_seq <= 0) return;
+    size_t smem = sizeof(double) * 2 * KS_WARPS * (size_t)N + sizeof(float) * KS_WARPS * KS_STAGE;
+    ks_features_kernel<<<n_seq, 32 * KS_WARPS, smem, cu_stream()>>>(
+        T, K, ldk, Q, ldq, seq_off, model_len, N, sem == SEMANTICS_CAUSAL, cu_error_flag());
+    CUDA_LAUNCHED();
+}
+
+// ---------------------------------------------------------------- score MLP
+
+__global__ static void relu_kernel(float *x, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n && !(x[i] > 0.0f)) x[i] = 0.0f;
+}
+
+// dh *= relu'(pre), read from the post-ReLU h (PyTorch passes nothing at 0).
+__global__ static void relu_backward_kernel(float *dh, const float *h, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n && !(h[i] > 0.0f)) dh[i] = 0.0f;
+}
+
+static void relu(float *x, long n) {
+    if (n <= 0) return;
+    relu_kernel<<<cu_blocks(n, 256), 256, 0, cu_stream()>>>(x, n);
+    CUDA_LAUNCHED();
+}
+
+static void relu_backward(float *dh, const float *h, long n) {
+    if (n <= 0) return;
+    relu_backward_kernel<<<cu_blocks(n, 256), 256, 0, cu_stream()>>>(dh, h, n);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void cuda_ks_mlp_forward(float *score, float *h1, float *h2, const float *T,
+                                    const ks_params *p, int n_tok, int N) {
+    int D = 2 * N;
+    if (n_tok <= 0) return;
+    cuda_linear_forward(h1, D, T, D, p->w1, p->b1, n_tok, D, D);
+    relu(h1, (long)n_tok * D);
+    cuda_linear_forward(h2, D, h1, D, p->w2, p->b2, n_tok, D, D);
+    relu(h2, (long)n_tok * D);
+    cuda_linear_forward(score, 1, h2, D, p->w3, p->b3, n_tok, D, 1);
+}
+
+extern "C" size_t cuda_ks_mlp_workspace_bytes(int n_rows, int N) {
+    return sizeof(float) * (size_t)(n_rows > 0 ? n_rows : 1) * (5 * (size_t)(2 * N) + 1);
+}
+
+// Gathers the visited rows (a row < 0 gives zeros: it then adds nothing).
+__global__ static void ks_gather_kernel(float *Tg, float *h1g, float *h2g, float *ds, const float *T,
+                                       const float *h1, const float *h2, const float *dscore,
+                                       const int *rows, int n_rows, int D) {
+    long e = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (long)n_rows * D) return;
+    int r = (int)(e / D), k = (int)(e % D);
+    int i = rows ? rows[r] : r;
+    bool on = i >= 0;
+    size_t src = (size_t)(on ? i : 0) * D + k;
+    Tg[e] = on ? T[src] : 0.0f;
+    h1g[e] = on ? h1[src] : 0.0f;
+    h2g[e] = on ? h2[src] : 0.0f;
+    if (k == 0) ds[r] = on ? dscore[i] : 0.0f;
+}
+
+extern "C" void cuda_ks_mlp_backward(const ks_grads *g, const ks_params *p, const float *T,
+                                     const float *h1, const float *h2, const float *dscore,
+                                     const int *rows, int n_rows, int N, void *work) {
+    if (n_rows <= 0) return;
+    int D = 2 * N;
+    long nd = (long)n_rows * D;
+    float *Tg = (float *)work, *h1g = Tg + nd, *h2g = h1g + nd, *dh1 = h2g + nd, *dh2 = dh1 + nd;
+    float *ds = dh2 + nd;
+    ks_gather_kernel<<<cu_blocks(nd, 256), 256, 0, cu_stream()>>>(Tg, h1g, h2g, ds, T, h1, h2,
+                                                                  dscore, rows, n_rows, D);
+    CUDA_LAUNCHED();
+    cuda_zero(dh1, sizeof(float) * 2 * (size_t)nd);  // dh1 and dh2
+    cuda_linear_backward(dh2, D, g->w3, g->b3, ds, 1, h2g, D, p->w3, n_rows, D, 1);
+    relu_backward(dh2, h2g, nd);
+    cuda_linear_backward(dh1, D, g->w2, g->b2, dh2, D, h1g, D, p->w2, n_rows, D, D);
+    relu_backward(dh1, h1g, nd);
+    cuda_linear_backward(NULL, 0, g->w1, g->b1, dh1, D, Tg, D, p->w1, n_rows, D, D);
+}
+
+// ---------------------------------------------------------------- cumulative top-k
+
+// a is a worse key than b: a lower score, or an equal score and a higher
+// index (ties keep the lower index). Indices are distinct, so "the worst" of
+// a set is unique and any reduction order finds the same one.
+__device__ __forceinline__ bool ks_worse(float sa, int a, float sb, int b) {
+    return sa < sb || (sa == sb && a > b);
+}
+
+// One warp per sequence. The selected set changes by at most one key per
+// step (key t enters and evicts the worst, or does not enter), so the warp
+// keeps it in shared memory in ascending index order with the scores beside
+// (cur, cs: k_c each), finds the worst with a warp reduction, shifts it out
+// and appends t. Each row of sel is then written by the whole warp.
+__global__ static void ks_cumtopk_kernel(int *sel, const float *score, const int *seq_off, int k_c) {
+    extern __shared__ int topk_sh[];
+    int *cur = topk_sh;
+    float *cs = (float *)(topk_sh + k_c);
+    int s = blockIdx.x, lane = threadIdx.x;
+    int o = seq_off[s], n = seq_off[s + 1] - o;
+    int m = 0;
+    float s_lane = 0.0f;  // scores of the next 32 positions, one per lane
+    for (int t = 0; t < n; t++) {
+        if ((t & 31) == 0) s_lane = t + lane < n ? score[o + t + lane] : 0.0f;
+        float st = __shfl_sync(0xffffffffu, s_lane, t & 31);
+        __syncwarp();
+        if (m < k_c) {
+            if (lane == 0) cur[m] = t, cs[m] = st;
+            m++;
+        } else {
+            int wj = -1, wi = 0;
+            float ws = 0.0f;
+            for (int j = lane; j < m; j += 32)
+                if (wj < 0 || ks_worse(cs[j], cur[j], ws, wi)) wj = j, wi = cur[j], ws = cs[j];
+            for (int off = 16; off > 0; off >>= 1) {
+                int oj = __shfl_xor_sync(0xffffffffu, wj, off);
+                int oi = __shfl_xor_sync(0xffffffffu, wi, off);
+                float os = __shfl_xor_sync(0xffffffffu, ws, off);
+                if (oj >= 0 && (wj < 0 || ks_worse(os, oi, ws, wi))) wj = oj, wi = oi, ws = os;
+            }
+            __syncwarp();  // the reads above before any write below
+            if (ks_worse(ws, wi, st, t)) {
+                // drop slot wj: shift the slots after it left, 32 at a time
+                for (int base = wj; base < m - 1; base += 32) {
+                    int j = base + lane;
+                    int ci = 0;
+                    float cv = 0.0f;
+                    if (j < m - 1) ci = cur[j + 1], cv = cs[j + 1];
+                    __syncwarp();
+                    if (j < m - 1) cur[j] = ci, cs[j] = cv;
+                    __syncwarp();
+                }
+                if (lane == 0) cur[m - 1] = t, cs[m - 1] = st;
+            }
+        }
+        __syncwarp();
+        int *row = sel + (size_t)(o + t) * k_c;
+        for (int j = lane; j < k_c; j += 32) row[j] = j < m ? cur[j] : -1;
+    }
+}
+
+extern "C" void cuda_ks_cumtopk(int *sel, const float *score, const int *seq_off, int n_seq, int k_c) {
+    if (k_c < 1) hax_die("cu_sparse_ks: k_c: expected at least 1 key per component, found %d", k_c);
+    if (n_seq <= 0) return;
+    size_t smem = (sizeof(int) + sizeof(float)) * (size_t)k_c;
+    if (smem > 48 * 1024)
+        hax_die("cu_sparse_ks: cumtopk: k_c: expected at most %d, found %d",
+                (int)(48 * 1024 / (sizeof(int) + sizeof(float))), k_c);
+    ks_cumtopk_kernel<<<n_seq, 32, smem, cu_stream()>>>(sel, score, seq_off, k_c);
+    CUDA_LAUNCHED();
+}
+
+// ---------------------------------------------------------------- per layer
+
+static size_t align256(size_t b) { return (b + 255) / 256 * 256; }
+
+// The state's buffers in one block, in this order.
+static size_t ks_carve(cuda_ks_state *st, char *mem, int max_tok, int max_seq, int N, int k_c) {
+    size_t D = 2 * (size_t)N, nt = max_tok > 0 ? (size_t)max_tok : 1;
+    size_t nc = (size_t)(max_seq > 0 ? max_seq : 1) * (size_t)k_c;
+    size_t work = cuda_ks_mlp_workspace_bytes((int)nc, N);
+    size_t lw = cuda_ks_loss_workspace_bytes(max_seq);
+    if (lw > work) work = lw;
+    size_t sizes[] = {sizeof(float) * nt * D, sizeof(float) * nt * D, sizeof(float) * nt * D,
+                      sizeof(float) * nt, sizeof(int) * nt * k_c, sizeof(int) * nc,
+                      sizeof(double) * nc, sizeof(double), sizeof(float) * nt, sizeof(int) * nc, work};
+    void **ptrs[] = {(void **)&st->T, (void **)&st->h1, (void **)&st->h2, (void **)&st->score,
+                     (void **)&st->sel, (void **)&st->cand, (void **)&st->y, (void **)&st->loss,
+                     (void **)&st->dscore, (void **)&st->rows, &st->work};
+    size_t off = 0;
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        if (mem) *ptrs[i] = mem + off;
+        off += align256(sizes[i]);
+    }
+    return off;
+}
+
+extern "C" size_t cuda_ks_state_bytes(int max_tok, int max_seq, int N, int k_c) {
+    cuda_ks_state tmp;
+    return ks_carve(&tmp, NULL, max_tok, max_seq, N, k_c);
+}
+
+extern "C" void cuda_ks_state_init(cuda_ks_state *st, void *mem, int max_tok, int max_seq, int N,
+                                   int k_c) {
+    memset(st, 0, sizeof(*st));
+    if (k_c < 1 || N < 1 || N > KS_MAX_N)
+        hax_die("cu_sparse_ks: cuda_ks_state_init: expected k_c >= 1 and N in 1..%d, found k_c %d, "
+                "N %d", KS_MAX_N, k_c, N);
+    st->max_tok = max_tok;
+    st->max_seq = max_seq;
+    st->N = N;
+    st->k_c = k_c;
+    ks_carve(st, (char *)mem, max_tok, max_seq, N, k_c);
+    cuda_zero(st->dscore, sizeof(float) * (size_t)(max_tok > 0 ? max_tok : 1));
+    cuda_zero(st->loss, sizeof(double));
+}
+
+extern "C" void cuda_ks_forward(cuda_ks_state *st, const ks_params *p, const float *K, int ldk,
+                                const float *Q, int ldq, const int *seq_off, int n_seq, int n_tok,
+                                int model_len, hax_semantics sem, const int *cand) {
+    if (n_tok > st->max_tok || n_seq > st->max_seq || n_tok < 0 || n_seq < 0)
+        hax_die("cu_sparse_ks: batch: expected at most %d tokens and %d sequences "
+                "(cuda_ks_state_init), found %d and %d", st->max_tok, st->max_seq, n_tok, n_seq);
+    st->n_tok = n_tok;
+    st->n_seq = n_seq;
+    st->seq_off = seq_off;
+    cuda_ks_features(st->T, K, ldk, Q, ldq, seq_off, n_seq, n_tok, model_len, st->N, sem);
+    cuda_ks_mlp_forward(st->score, st->h1, st->h2, st->T, p, n_tok, st->N);
+    cuda_ks_cumtopk(st->sel, st->score, seq_off, n_seq, st->k_c);
+    st->has_loss = cand != NULL;
+    if (!cand) {
+        cuda_zero(st->loss, sizeof(double));
+        return;
+    }
+    size_t nc = (size_t)n_seq * st->k_c;
+    if (cand != st->cand && nc)
+        CUDA_CHECK(cudaMemcpyAsync(st->cand, cand, sizeof(int) * nc, cudaMemcpyDeviceToDevice,
+                                   cu_stream()));
+    cuda_ks_rank_targets(st->y, K, ldk, Q, ldq, st->cand, seq_off, n_seq, model_len, st->N,
+                         st->k_c, sem);
+    cuda_ks_rank_loss_pairs(st->loss, st->score, st->y, st->cand, seq_off, n_seq, st->k_c,
+                            st->work);
+}
+
+// dscore[rows[r]] = 0 at the candidate rows (the rest of dscore is never read).
+__global__ static void ks_zero_rows_kernel(float *dscore, const int *rows, int n_rows) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r < n_rows && rows[r] >= 0) dscore[rows[r]] = 0.0f;
+}
+
+extern "C" void cuda_ks_backward(cuda_ks_state *st, const ks_params *p, const ks_grads *g,
+                                 float scale) {
+    if (!st->has_loss || st->n_seq == 0) return;
+    int n_rows = st->n_seq * st->k_c;
+    cuda_ks_candidate_rows(st->rows, st->cand, st->seq_off, st->n_seq, st->k_c);
+    ks_zero_rows_kernel<<<cu_blocks(n_rows, 256), 256, 0, cu_stream()>>>(st->dscore, st->rows, n_rows);
+    CUDA_LAUNCHED();
+    cuda_ks_rank_loss_backward(st->dscore, st->score, st->y, st->cand, st->seq_off, st->n_seq,
+                               st->k_c, scale);
+    cuda_ks_mlp_backward(g, p, st->T, st->h1, st->h2, st->dscore, st->rows, n_rows, st->N,
+                         st->work);
+}

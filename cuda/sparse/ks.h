@@ -1,0 +1,133 @@
+// cuda/sparse/ks.h: key selection (KS) of the sparse branch on the GPU, the
+// CUDA version of src/sparse/ks.h (MODEL.md §5.5, §5.8; quirks 3, 5, 8): the
+// detached features, the key-score MLP, the cumulative top-k, the ranking-loss
+// candidates (drawn on the device with the CPU's Philox stream, so both draw
+// the same), the ranking targets and the pairwise ranking loss.
+//
+// Conventions (cuda/core/common.h): every array is a DEVICE pointer laid out as for
+// the CPU op of the same name (packed batch, seq_off [n_seq + 1] on the
+// device, K/Q with leading dimensions, key positions LOCAL 0..n-1); sizes are
+// host ints; backward ops accumulate +=; nothing allocates or waits for the
+// host, so a step can be captured in a CUDA graph; fixed summation orders
+// (results repeat bit for bit). ks_params / ks_grads (src/sparse/ks.h) hold
+// DEVICE pointers here.
+//
+// Exactness against the CPU: given the same scores, cuda_ks_cumtopk selects
+// exactly the CPU's keys (ties: the lower index); cuda_ks_sample_candidates
+// draws exactly the CPU's candidates; the targets are summed in double.
+//
+// Errors the CPU dies on are found on the device here (no host wait): a bad
+// candidate row (a position >= n, a repeat, a non -1 after -1) or a sequence
+// longer than model_len (reference semantics) sets the bit CU_ERR_KS of the
+// device error flag (cuda/core/common.cuh); the bad slot / sequence is then skipped.
+#ifndef HAX_CU_SPARSE_KS_H
+#define HAX_CU_SPARSE_KS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+#include "src/sparse/ks.h"
+#ifdef __cplusplus
+}
+#endif
+
+#define CU_ERR_KS 4  // the device error flag's bit for bad KS inputs (see above)
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---------------------------------------------------------------- the ops
+
+// Features T [n_tok, 2N] = [K, TQ] as ks_features (N <= 128).
+void cuda_ks_features(float *T, const float *K, int ldk, const float *Q, int ldq, const int *seq_off,
+                      int n_seq, int n_tok, int model_len, int N, hax_semantics sem);
+
+// Score MLP on all n_tok rows (h1, h2 [n_tok, 2N] kept for the backward).
+void cuda_ks_mlp_forward(float *score, float *h1, float *h2, const float *T, const ks_params *p,
+                         int n_tok, int N);
+
+// Workspace of cuda_ks_mlp_backward for n_rows rows.
+size_t cuda_ks_mlp_workspace_bytes(int n_rows, int N);
+
+// MLP parameter gradients (+=) from dscore [n_tok], visiting the rows
+// rows[0..n_rows) (device; global packed row indices; a row < 0 is skipped,
+// i.e. contributes nothing). rows == NULL: rows 0..n_rows-1.
+void cuda_ks_mlp_backward(const ks_grads *g, const ks_params *p, const float *T, const float *h1,
+                          const float *h2, const float *dscore, const int *rows, int n_rows, int N,
+                          void *work);
+
+// Cumulative top-k, as ks_cumtopk: sel [n_tok, k_c] (one warp per sequence,
+// sequential in time).
+void cuda_ks_cumtopk(int *sel, const float *score, const int *seq_off, int n_seq, int k_c);
+
+// Candidates, as ks_sample_candidates: cand [n_seq, k_c]; sample_id [n_seq]
+// (device int64, batch->sample_idx). Same stream and algorithm as the CPU.
+void cuda_ks_sample_candidates(int *cand, const int *seq_off, int n_seq, const int64_t *sample_id,
+                               int k_c, uint64_t seed, uint32_t step, uint32_t layer);
+
+// Ranking targets y [n_seq, k_c] (double, unused slots 0), as ks_rank_targets.
+void cuda_ks_rank_targets(double *y, const float *K, int ldk, const float *Q, int ldq,
+                          const int *cand, const int *seq_off, int n_seq, int model_len, int N,
+                          int k_c, hax_semantics sem);
+
+// Workspace of cuda_ks_rank_loss_pairs.
+size_t cuda_ks_loss_workspace_bytes(int n_seq);
+
+// The loss sum of ks_rank_loss_pairs, written to *loss (one device double):
+// per-sequence means, added in sequence order.
+void cuda_ks_rank_loss_pairs(double *loss, const float *score, const double *y, const int *cand,
+                             const int *seq_off, int n_seq, int k_c, void *work);
+
+// dscore[seq_off[s] + I_m] += scale * d(sum)/dx_m, as ks_rank_loss_backward.
+void cuda_ks_rank_loss_backward(float *dscore, const float *score, const double *y, const int *cand,
+                                const int *seq_off, int n_seq, int k_c, float scale);
+
+// rows [n_seq * k_c]: slot (s, m) gets seq_off[s] + cand[s, m], or -1 for
+// an unused slot (for cuda_ks_mlp_backward with n_rows = n_seq * k_c).
+void cuda_ks_candidate_rows(int *rows, const int *cand, const int *seq_off, int n_seq, int k_c);
+
+// ---------------------------------------------------------------- per layer
+
+typedef struct {
+    int max_tok, max_seq, N, k_c;  // capacity
+    int n_tok, n_seq;              // the last forward
+    const int *seq_off;            // the last forward's (device; kept by the caller until backward)
+    float *T, *h1, *h2;            // [max_tok, 2N]
+    float *score;                  // [max_tok] key score
+    int *sel;                      // [max_tok, k_c] selected keys per query
+    int has_loss;                  // the last forward computed the ranking loss
+    int *cand;                     // [max_seq, k_c] candidates (may be filled by the caller)
+    double *y;                     // [max_seq, k_c] ranking targets
+    double *loss;                  // [1] the last forward's ranking-loss sum (device)
+    float *dscore;                 // [max_tok]
+    int *rows;                     // [max_seq * k_c]
+    void *work;                    // loss + MLP-backward workspace
+} cuda_ks_state;
+
+// Device bytes a state of this capacity needs (one block, carved by init).
+size_t cuda_ks_state_bytes(int max_tok, int max_seq, int N, int k_c);
+// Points the state's buffers into mem (cuda_ks_state_bytes bytes of device
+// memory, owned by the caller); zeroes dscore. Host-side checks only.
+void cuda_ks_state_init(cuda_ks_state *st, void *mem, int max_tok, int max_seq, int N, int k_c);
+
+// Features, MLP, cumulative top-k (st->score, st->sel); with cand != NULL
+// (device [n_seq, k_c], may be st->cand) also the targets and the loss sum
+// (st->y, *st->loss; not divided by the global sequence count). n_tok =
+// seq_off[n_seq] (host int). Without cand, *st->loss is set to 0.
+void cuda_ks_forward(cuda_ks_state *st, const ks_params *p, const float *K, int ldk, const float *Q,
+                     int ldq, const int *seq_off, int n_seq, int n_tok, int model_len,
+                     hax_semantics sem, const int *cand);
+
+// From the last training forward: MLP gradients (+=) of scale * (loss sum).
+// No-op if the last forward had no loss.
+void cuda_ks_backward(cuda_ks_state *st, const ks_params *p, const ks_grads *g, float scale);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

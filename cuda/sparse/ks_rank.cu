@@ -1,0 +1,319 @@
+// cuda/sparse/ks_rank.cu: key selection on the GPU, part 2: the ranking-loss
+// candidates (the CPU's Philox stream and sampler, on the device), the
+// ranking targets, the pairwise loss and its backward. See cuda/sparse/ks.h.
+#include "cuda/core/common.cuh"
+#include "cuda/sparse/ks.h"
+
+extern "C" {
+#include "src/core/rng.h"
+}
+
+// ---------------------------------------------------------------- Philox on the device
+
+// The generator of src/core/rng.c, word for word in behaviour: Philox4x32-10 on
+// the counter (block, a, b, c), the domain folded into the key.
+struct cu_rng {
+    uint32_t key[2], ctr[4], buf[4];
+    int used;
+};
+
+__device__ static void cu_philox4x32(const uint32_t key[2], const uint32_t ctr[4], uint32_t out[4]) {
+    uint32_t c0 = ctr[0], c1 = ctr[1], c2 = ctr[2], c3 = ctr[3], k0 = key[0], k1 = key[1];
+    for (int round = 0; round < 10; round++) {
+        uint32_t hi0 = __umulhi(0xD2511F53u, c0), lo0 = 0xD2511F53u * c0;
+        uint32_t hi1 = __umulhi(0xCD9E8D57u, c2), lo1 = 0xCD9E8D57u * c2;
+        c0 = hi1 ^ c1 ^ k0;
+        c1 = lo1;
+        c2 = hi0 ^ c3 ^ k1;
+        c3 = lo0;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    out[0] = c0, out[1] = c1, out[2] = c2, out[3] = c3;
+}
+
+__device__ static void cu_rng_init(cu_rng *r, uint64_t seed, uint32_t domain, uint32_t a, uint32_t b,
+                                   uint32_t c) {
+    r->key[0] = (uint32_t)seed;
+    r->key[1] = (uint32_t)(seed >> 32) ^ (domain * 0x85EBCA6Bu);
+    r->ctr[0] = 0, r->ctr[1] = a, r->ctr[2] = b, r->ctr[3] = c;
+    r->used = 4;
+}
+
+__device__ static uint32_t cu_rng_u32(cu_rng *r) {
+    if (r->used == 4) {
+        cu_philox4x32(r->key, r->ctr, r->buf);
+        r->ctr[0]++;
+        r->used = 0;
+    }
+    return r->buf[r->used++];
+}
+
+// rng_below: Lemire's multiply-shift with rejection of the biased low range.
+__device__ static uint32_t cu_rng_below(cu_rng *r, uint32_t n) {
+    if (n <= 1) return 0;
+    uint64_t m = (uint64_t)cu_rng_u32(r) * n;
+    uint32_t low = (uint32_t)m;
+    if (low < n) {
+        uint32_t threshold = (uint32_t)(-n) % n;
+        while (low < threshold) {
+            m = (uint64_t)cu_rng_u32(r) * n;
+            low = (uint32_t)m;
+        }
+    }
+    return (uint32_t)(m >> 32);
+}
+
+// ---------------------------------------------------------------- candidates
+
+// One warp per sequence. Floyd's algorithm (a uniform min(n, k_c)-subset of
+// 0..n-1) with the CPU's draws in the CPU's order: every lane runs the same
+// generator, so all lanes draw the same t; the "seen before" test is a warp
+// vote over the picks so far (shared memory). The picks are distinct, so the
+// ascending order is a rank sort: pick a goes to slot #{picks < pick a}.
+__global__ static void ks_sample_kernel(int *cand, const int *seq_off, const int64_t *sample_id,
+                                        int k_c, uint64_t seed, uint32_t step, uint32_t layer) {
+    extern __shared__ int pick[];  // [k_c]
+    int s = blockIdx.x, lane = threadIdx.x;
+    int n = seq_off[s + 1] - seq_off[s];
+    int m = n < k_c ? n : k_c;
+    int *out = cand + (size_t)s * k_c;
+    cu_rng r;
+    cu_rng_init(&r, seed, RNG_KS, step, layer, (uint32_t)sample_id[s]);
+    for (int j = n - m, k = 0; j < n; j++, k++) {
+        int t = (int)cu_rng_below(&r, (uint32_t)j + 1);
+        bool seen = false;
+        for (int i = lane; i < k; i += 32) seen |= pick[i] == t;
+        seen = __any_sync(0xffffffffu, seen);
+        if (lane == 0) pick[k] = seen ? j : t;
+        __syncwarp();
+    }
+    for (int a = lane; a < m; a += 32) {
+        int v = pick[a], rank = 0;
+        for (int b = 0; b < m; b++) rank += pick[b] < v;
+        out[rank] = v;
+    }
+    for (int i = m + lane; i < k_c; i += 32) out[i] = -1;
+}
+
+extern "C" void cuda_ks_sample_candidates(int *cand, const int *seq_off, int n_seq,
+                                          const int64_t *sample_id, int k_c, uint64_t seed,
+                                          uint32_t step, uint32_t layer) {
+    if (n_seq <= 0) return;
+    if (k_c < 1 || (size_t)k_c * sizeof(int) > 48 * 1024)
+        hax_die("cu_sparse_ks: candidates: k_c: expected 1..%d, found %d", 12 * 1024, k_c);
+    ks_sample_kernel<<<n_seq, 32, sizeof(int) * (size_t)k_c, cu_stream()>>>(cand, seq_off, sample_id,
+                                                                           k_c, seed, step, layer);
+    CUDA_LAUNCHED();
+}
+
+// ---------------------------------------------------------------- helpers
+
+// Number of candidates of a row: the entries before the first -1.
+__device__ static int ks_count(const int *row, int k_c) {
+    int m = 0;
+    while (m < k_c && row[m] >= 0) m++;
+    return m;
+}
+
+// Slot a of a row of m candidates is usable: a position below n not seen in
+// an earlier slot. Otherwise sets the error flag (the CPU dies there).
+__device__ static bool ks_slot_ok(const int *row, int a, int n, int *err) {
+    int v = row[a];
+    bool ok = v >= 0 && v < n;
+    for (int b = 0; ok && b < a; b++) ok = row[b] != v;
+    if (!ok) atomicOr(err, CU_ERR_KS);
+    return ok;
+}
+
+// Every candidate of the row lies inside the sequence (a bad row was flagged
+// by ks_check_kernel; it is skipped rather than read out of bounds).
+__device__ static bool ks_row_inside(const int *row, int m, int n) {
+    for (int a = 0; a < m; a++)
+        if (row[a] >= n) return false;
+    return true;
+}
+
+__device__ __forceinline__ double ks_sigmoid_d(double a) { return 1.0 / (1.0 + exp(-a)); }
+
+__device__ __forceinline__ double ks_rank_target(double ya, double yb) {
+    return ya > yb ? 1.0 : (ya == yb ? 0.5 : 0.0);
+}
+
+__device__ __forceinline__ double ks_bce_logits(double P, double T) {
+    return fmax(P, 0.0) - P * T + log1p(exp(-fabs(P)));
+}
+
+// ---------------------------------------------------------------- targets
+
+// One warp per (sequence, slot): lanes take the queries t = I + lane, + 32,
+// ... and sum sigmoid(Q_t . K_I) in double; the lane sums are added by a
+// fixed shuffle tree. Entries after the first -1 must be -1 (else the flag).
+__global__ static void ks_targets_kernel(double *y, const float *K, int ldk, const float *Q, int ldq,
+                                         const int *cand, const int *seq_off, int n_seq,
+                                         int model_len, int N, int k_c, int causal, int *err) {
+    long slot = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (slot >= (long)n_seq * k_c) return;
+    int s = (int)(slot / k_c), a = (int)(slot % k_c);
+    int o = seq_off[s], n = seq_off[s + 1] - o;
+    const int *row = cand + (size_t)s * k_c;
+    int m = ks_count(row, k_c);
+    if (a >= m) {
+        if (lane == 0) {
+            if (row[a] >= 0) atomicOr(err, CU_ERR_KS);
+            y[slot] = 0.0;
+        }
+        return;
+    }
+    bool ok = ks_slot_ok(row, a, n, err) && (causal || model_len >= n);
+    if (!ok) {
+        if (lane == 0) {
+            atomicOr(err, CU_ERR_KS);
+            y[slot] = 0.0;
+        }
+        return;
+    }
+    int I = row[a];
+    const float *k = K + (size_t)(o + I) * ldk;
+    double sum = 0.0;
+    for (int t = I + lane; t < n; t += 32) {
+        const float *q = Q + (size_t)(o + t) * ldq;
+        double dot = 0.0;
+        for (int i = 0; i < N; i++) dot += (double)q[i] * (double)k[i];
+        sum += ks_sigmoid_d(dot);
+    }
+    sum = cu_warp_sum(sum);
+    // Quirk 5: each pad query (Q = 0) adds sigmoid(0) = 0.5.
+    if (!causal) sum += 0.5 * (double)(model_len - n);
+    if (lane == 0) y[slot] = sum;
+}
+
+extern "C" void cuda_ks_rank_targets(double *y, const float *K, int ldk, const float *Q, int ldq,
+                                     const int *cand, const int *seq_off, int n_seq, int model_len,
+                                     int N, int k_c, hax_semantics sem) {
+    long slots = (long)n_seq * k_c;
+    if (slots <= 0) return;
+    ks_targets_kernel<<<cu_blocks(slots * 32, 128), 128, 0, cu_stream()>>>(
+        y, K, ldk, Q, ldq, cand, seq_off, n_seq, model_len, N, k_c, sem == SEMANTICS_CAUSAL, cu_error_flag());
+    CUDA_LAUNCHED();
+}
+
+// ---------------------------------------------------------------- loss
+
+extern "C" size_t cuda_ks_loss_workspace_bytes(int n_seq) {
+    return sizeof(double) * (size_t)(n_seq > 0 ? n_seq : 1);
+}
+
+// One block per sequence: thread a sums its row of pairs over b in order
+// (as the CPU), thread 0 adds the rows in order: loss_s[s] = mean over the
+// m^2 pairs, the diagonal included (quirk 8).
+__global__ static void ks_loss_seq_kernel(double *loss_s, const float *score, const double *y,
+                                          const int *cand, const int *seq_off, int k_c) {
+    extern __shared__ double row_sum[];  // [k_c]
+    int s = blockIdx.x;
+    int o = seq_off[s];
+    const int *I = cand + (size_t)s * k_c;
+    const double *ys = y + (size_t)s * k_c;
+    const float *x = score + o;
+    int m = ks_count(I, k_c);
+    if (!ks_row_inside(I, m, seq_off[s + 1] - o)) m = 0;
+    for (int a = threadIdx.x; a < m; a += blockDim.x) {
+        double l = 0.0;
+        for (int b = 0; b < m; b++)
+            l += ks_bce_logits((double)x[I[a]] - (double)x[I[b]], ks_rank_target(ys[a], ys[b]));
+        row_sum[a] = l;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double l = 0.0;
+        for (int a = 0; a < m; a++) l += row_sum[a];
+        loss_s[s] = m > 0 ? l / ((double)m * m) : 0.0;
+    }
+}
+
+__global__ static void ks_loss_total_kernel(double *loss, const double *loss_s, int n_seq) {
+    double total = 0.0;
+    for (int s = 0; s < n_seq; s++) total += loss_s[s];
+    *loss = total;
+}
+
+// Flags bad rows (checked once here; the loss kernels trust the slots).
+__global__ static void ks_check_kernel(const int *cand, const int *seq_off, int n_seq, int k_c,
+                                       int *err) {
+    long slot = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (slot >= (long)n_seq * k_c) return;
+    int s = (int)(slot / k_c), a = (int)(slot % k_c);
+    const int *row = cand + (size_t)s * k_c;
+    int m = ks_count(row, k_c);
+    if (a < m) ks_slot_ok(row, a, seq_off[s + 1] - seq_off[s], err);
+    else if (row[a] >= 0) atomicOr(err, CU_ERR_KS);
+}
+
+extern "C" void cuda_ks_rank_loss_pairs(double *loss, const float *score, const double *y,
+                                        const int *cand, const int *seq_off, int n_seq, int k_c,
+                                        void *work) {
+    if (n_seq <= 0) {
+        cuda_zero(loss, sizeof(double));
+        return;
+    }
+    long slots = (long)n_seq * k_c;
+    ks_check_kernel<<<cu_blocks(slots, 256), 256, 0, cu_stream()>>>(cand, seq_off, n_seq, k_c,
+                                                                   cu_error_flag());
+    CUDA_LAUNCHED();
+    double *loss_s = (double *)work;
+    ks_loss_seq_kernel<<<n_seq, 64, sizeof(double) * (size_t)k_c, cu_stream()>>>(loss_s, score, y,
+                                                                                cand, seq_off, k_c);
+    CUDA_LAUNCHED();
+    ks_loss_total_kernel<<<1, 1, 0, cu_stream()>>>(loss, loss_s, n_seq);
+    CUDA_LAUNCHED();
+}
+
+// d/dx_a of the mean = (2/m^2) sum_b (sigmoid(x_a - x_b) - T_ab), b in order.
+__global__ static void ks_loss_backward_kernel(float *dscore, const float *score, const double *y,
+                                               const int *cand, const int *seq_off, int k_c,
+                                               float scale) {
+    int s = blockIdx.x;
+    int o = seq_off[s];
+    const int *I = cand + (size_t)s * k_c;
+    const double *ys = y + (size_t)s * k_c;
+    const float *x = score + o;
+    int m = ks_count(I, k_c);
+    if (m == 0 || !ks_row_inside(I, m, seq_off[s + 1] - o)) return;
+    double c = 2.0 * (double)scale / ((double)m * m);
+    for (int a = threadIdx.x; a < m; a += blockDim.x) {
+        double g = 0.0;
+        for (int b = 0; b < m; b++)
+            g += ks_sigmoid_d((double)x[I[a]] - (double)x[I[b]]) - ks_rank_target(ys[a], ys[b]);
+        dscore[o + I[a]] += (float)(c * g);
+    }
+}
+
+extern "C" void cuda_ks_rank_loss_backward(float *dscore, const float *score, const double *y,
+                                           const int *cand, const int *seq_off, int n_seq, int k_c,
+                                           float scale) {
+    if (n_seq <= 0) return;
+    ks_loss_backward_kernel<<<n_seq, 64, 0, cu_stream()>>>(dscore, score, y, cand, seq_off, k_c,
+                                                           scale);
+    CUDA_LAUNCHED();
+}
+
+// rows[s * k_c + a] = seq_off[s] + cand[s, a] for a usable slot, else -1.
+__global__ static void ks_rows_kernel(int *rows, const int *cand, const int *seq_off, int n_seq,
+                                      int k_c) {
+    long slot = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (slot >= (long)n_seq * k_c) return;
+    int s = (int)(slot / k_c), a = (int)(slot % k_c);
+    const int *row = cand + (size_t)s * k_c;
+    int n = seq_off[s + 1] - seq_off[s];
+    bool on = a < ks_count(row, k_c) && row[a] < n;
+    rows[slot] = on ? seq_off[s] + row[a] : -1;
+}
+
+extern "C" void cuda_ks_candidate_rows(int *rows, const int *cand, const int *seq_off, int n_seq,
+                                       int k_c) {
+    long slots = (long)n_seq * k_c;
+    if (slots <= 0) return;
+    ks_rows_kernel<<<cu_blocks(slots, 256), 256, 0, cu_stream()>>>(rows, cand, seq_off, n_seq, k_c);
+    CUDA_LAUNCHED();
+}

@@ -1,0 +1,110 @@
+// cuda/sparse/sparse.h: the sparse attention branch on the GPU, the CUDA version of
+// src/sparse/sparse.h (MODEL.md §5) with the same calling shape: a per-layer state
+// allocated once, a forward that keeps what the backward needs, a backward
+// that ACCUMULATES into dX, dW_xx and the key-selection MLP gradients.
+//
+// Conventions (cuda/core/common.h): every array argument is a DEVICE pointer laid out
+// as for the CPU branch (packed batch, seq_off [n_seq + 1] on the device,
+// leading dimensions); sizes are host ints. Forward and backward only enqueue
+// work on the stream: no allocation, no host wait (a step can be captured in a
+// CUDA graph); every buffer lives in the state, allocated by
+// cuda_sparse_state_alloc.
+//
+//   KQ = X . W_xx^T [n_tok, 2N];  K = KQ[:, :N] / sqrt(N);  Q = KQ[:, N:];  V = X[:, :E]
+//   attn_t = sum_{j allowed for t} softmax_j(Q_t . K_j) V_j
+//
+// The LSH statistics and projections are computed in double with the CPU's
+// order of operations and no fused multiply-add, so the buckets are the CPU
+// branch's bit for bit. The allowed keys of each query are the same sorted
+// union as on the CPU (src/sparse/masks.c), stored at a fixed stride of row_cap
+// entries per query (not compacted): row g is allow_key[g*row_cap ..
+// g*row_cap + allow_cnt[g] - 1], local positions, increasing. `full` builds no
+// lists (dense causal, O(n^2)). Empty rows: reference semantics uniform 1/L
+// over all L padded positions with the CPU's factorised backward; causal 0.
+// All sums run in a fixed order: results repeat exactly run to run.
+#ifndef HAX_CU_SPARSE_H
+#define HAX_CU_SPARSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "src/model/model_config.h"
+#include "src/sparse/ks.h"  // ks_params / ks_grads: six weight pointers (here device pointers)
+
+typedef struct cu_sparse_state {
+    // capacities, and the config it was made for
+    int max_tok, max_seq, max_len, row_cap;
+    int N, E, h, k_c, delta;     // delta: dilation (data_max_length / k_c), 0 without `dilated`
+    unsigned mask;               // cfg->sparse_mask
+    hax_semantics sem;
+    // the last forward's shape
+    int n_tok, n_seq, model_len;
+
+    // device buffers (read-only for the caller, except the forced buckets)
+    float *KQ;                   // [max_tok, 2N]: K / sqrt(N) in [:, :N], Q in [:, N:]
+    float *dKQ;                  // [max_tok, 2N] backward scratch
+    int32_t *q_bucket, *k_bucket;// [max_tok] LSH buckets (-1 without LSH)
+    float *hq_proj, *hk_proj;    // [max_tok, h] the projections (as the CPU's, float)
+    double *lsh_stat;            // [max_tok, N] LSH statistics scratch
+    int *lsh_keys;               // [max_tok, k_c] the LSH component of each row (scratch)
+    int *allow_cnt;              // [max_tok] allowed keys per query (0 for `full`)
+    int *allow_key;              // [max_tok, row_cap] the sorted lists
+    float *allow_p;              // [max_tok, row_cap] softmax probabilities
+    float *allow_ds;             // [max_tok, row_cap] backward: d score
+    float *lse, *rowD;           // [max_tok] `full` only
+    double *seq_sv;              // [max_seq, E] sum_{j<n} V_j (reference empty rows)
+    double *empty_work;          // [max_seq, 2EN + E + 2N] reference empty-row backward
+    int *has_empty;              // [1] device flag: some row of the last forward was empty
+    double *gate_loss;           // [1] device: the last forward's ranking-loss partial sum
+    // Bucket injection (golden README): device [n_tok] buckets that replace
+    // the computed ones in the following forwards (NULL: computed ones).
+    const int32_t *force_q_bucket, *force_k_bucket;
+    void *ks;                    // key-selection state (cuda/sparse/ks.h), NULL without KS
+} cu_sparse_state;
+
+// Device bytes a state of these capacities holds (for memory reports).
+size_t cuda_sparse_state_bytes(const hax_model_config *cfg, int max_tok, int max_seq, int max_len);
+// Allocates the state (device buffers) for batches of at most max_tok
+// positions, max_seq sequences, sequences of at most max_len positions.
+// Dies (hax_die) naming the field on a config the branch cannot run (the
+// CPU's checks: sparse.c).
+cu_sparse_state *cuda_sparse_state_alloc(const hax_model_config *cfg, int max_tok, int max_seq,
+                                         int max_len);
+void cuda_sparse_state_free(cu_sparse_state *st);
+
+// Forward of one layer's branch (as sparse_forward, sparse.h), all device
+// pointers: seq_off [n_seq + 1] with n_tok = seq_off[n_seq] given by the host,
+// model_len = the padded length L (batch->model_len); X [n_tok, ldX] (V =
+// X[:, :E]); W_xx [2N, E]; ks: dx_proj parameters (key_selection; else NULL);
+// hash: H [N, h] row-major (LSH; else NULL); ks_cand [n_seq, k_c] ranking
+// candidates (key_selection in training; else NULL). Writes attn [n_tok,
+// ld_attn] (first E columns) and *st->gate_loss (device double: the ranking
+// loss partial sum of sparse_forward; 0 without it). Host checks only: dies
+// if n_tok / n_seq exceed the capacities or a needed input is NULL.
+void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int n_seq, int n_tok,
+                         int model_len, const float *X, int ldX, const float *W_xx,
+                         const ks_params *ks, const float *hash, const int *ks_cand, int training,
+                         float *attn, int ld_attn);
+
+// Backward of the last forward (same batch, X, W_xx, ks): accumulates (+=)
+// dX[:, :E] (ld_dX), dW_xx [2N, E], and the dx_proj gradients in dks from the
+// ranking loss scaled by gate_scale (key_selection in training; dks may be
+// NULL otherwise).
+void cuda_sparse_backward(cu_sparse_state *st, const int *seq_off, int n_seq, int n_tok,
+                          const float *dattn, int ld_dattn, float gate_scale, const float *X,
+                          int ldX, const float *W_xx, const ks_params *ks, float *dX, int ld_dX,
+                          float *dW_xx, const ks_grads *dks);
+
+// Device buckets [n_tok] replacing the computed ones (NULL, NULL: computed).
+void cuda_sparse_force_buckets(cu_sparse_state *st, const int32_t *q_bucket,
+                               const int32_t *k_bucket);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

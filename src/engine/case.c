@@ -1,0 +1,262 @@
+// src/engine/case.c: see src/engine/case.h.
+#include "src/engine/case.h"
+#include "src/core/yaml_util.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <yaml.h>
+
+#include "src/core/common.h"
+
+// ---------------------------------------------------------------- JSON via libyaml
+// JSON is a subset of YAML's flow style, so libyaml's document loader reads
+// the metadata string; these helpers walk its node tree.
+
+typedef struct {
+    const char *path;
+    yaml_document_t doc;
+} json_doc;
+
+static yaml_node_t *jget(json_doc *j, yaml_node_t *map, const char *key) { return hax_yaml_get(&j->doc, map, key); }
+
+static const char *jscalar(yaml_node_t *n) {
+    return n && n->type == YAML_SCALAR_NODE ? (const char *)n->data.scalar.value : NULL;
+}
+
+static int jis_null(yaml_node_t *n) {
+    const char *s = jscalar(n);
+    return !n || (s && (strcmp(s, "null") == 0 || strcmp(s, "~") == 0));
+}
+
+static double jnum(json_doc *j, yaml_node_t *map, const char *key, const char *where) {
+    const char *s = jscalar(jget(j, map, key));
+    if (!s) hax_die("%s: metadata hax_case: %s%s: expected a number, found %s", j->path, where, key, "nothing");
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || *end) hax_die("%s: metadata hax_case: %s%s: expected a number, found '%s'", j->path, where, key, s);
+    return v;
+}
+
+static int jint(json_doc *j, yaml_node_t *map, const char *key, const char *where) {
+    double v = jnum(j, map, key, where);
+    if (v != floor(v) || fabs(v) > 1e9)
+        hax_die("%s: metadata hax_case: %s%s: expected an integer, found %g", j->path, where, key, v);
+    return (int)v;
+}
+
+static int jbool(json_doc *j, yaml_node_t *map, const char *key, const char *where) {
+    const char *s = jscalar(jget(j, map, key));
+    if (s && strcmp(s, "true") == 0) return 1;
+    if (s && strcmp(s, "false") == 0) return 0;
+    hax_die("%s: metadata hax_case: %s%s: expected true or false, found '%s'", j->path, where, key, s ? s : "nothing");
+}
+
+// fla GatedMLP width: int(d * ratio * 2/3) rounded up to a multiple of 256 (Q18).
+static int gated_mlp_width(int d, double ratio) {
+    int w = (int)(d * ratio * 2.0 / 3.0);
+    return 256 * ((w + 255) / 256);
+}
+
+static void config_from_json(hax_case *c, json_doc *j, yaml_node_t *root) {
+    hax_model_config *m = &c->cfg;
+    const char *base = jscalar(jget(j, root, "base_arch"));
+    if (!base) hax_die("%s: metadata hax_case: base_arch: expected mamba, mamba2 or samba, found nothing", j->path);
+    hax_arch arch;
+    if (strcmp(base, "mamba") == 0) arch = ARCH_MAMBA;
+    else if (strcmp(base, "mamba2") == 0) arch = ARCH_MAMBA2;
+    else if (strcmp(base, "samba") == 0) arch = ARCH_SAMBA;
+    else hax_die("%s: metadata hax_case: base_arch: expected mamba, mamba2 or samba, found '%s'", j->path, base);
+    model_config_reference(m, arch, 0, NULL);
+    yaml_node_t *cf = jget(j, root, "config");
+    if (!cf || cf->type != YAML_MAPPING_NODE) hax_die("%s: metadata hax_case: config: expected an object", j->path);
+    const char *w = "config.";
+    m->vocab_size = jint(j, cf, "vocab_size", w);
+    m->hidden_size = jint(j, cf, "hidden_size", w);
+    m->state_size = jint(j, cf, "state_size", w);
+    m->n_layers = jint(j, cf, "num_hidden_layers", w);
+    m->conv_kernel = jint(j, cf, "conv_kernel", w);
+    m->initializer_range = (float)jnum(j, cf, "initializer_range", w);
+    m->rescale_prenorm_residual = jbool(j, cf, "rescale_prenorm_residual", w);
+    m->time_step_min = (float)jnum(j, cf, "time_step_min", w);
+    m->time_step_max = (float)jnum(j, cf, "time_step_max", w);
+    m->time_step_floor = (float)jnum(j, cf, "time_step_floor", w);
+    m->norm_eps = (float)jnum(j, cf, arch == ARCH_SAMBA ? "norm_eps" : "layer_norm_epsilon", w);
+    double expand = jnum(j, cf, "expand", w);
+    if (arch == ARCH_MAMBA2) {
+        m->intermediate_size = (int)(expand * m->hidden_size);
+        m->n_heads = jint(j, cf, "num_heads", w);
+        m->head_dim = jint(j, cf, "head_dim", w);
+        if (jint(j, cf, "n_groups", w) != 1)
+            hax_die("%s: metadata hax_case: config.n_groups: expected 1 (the only supported value)", j->path);
+    } else {
+        // PretrainedConfig sets a JSON intermediate_size after expand * hidden
+        m->intermediate_size = jget(j, cf, "intermediate_size") ? jint(j, cf, "intermediate_size", w)
+                                                                 : (int)(expand * m->hidden_size);
+        m->time_step_rank = jint(j, cf, "time_step_rank", w);
+    }
+    if (arch == ARCH_SAMBA) {
+        yaml_node_t *at = jget(j, cf, "attn");
+        if (!at || at->type != YAML_MAPPING_NODE) hax_die("%s: metadata hax_case: config.attn: expected an object", j->path);
+        const char *wa = "config.attn.";
+        m->attn_heads = jint(j, at, "num_heads", wa);
+        m->attn_kv_heads = jint(j, at, "num_kv_heads", wa);
+        m->window_size = jint(j, at, "window_size", wa);
+        m->rope_theta = (float)jnum(j, at, "rope_theta", wa);
+        yaml_node_t *ly = jget(j, at, "layers");
+        if (!ly || ly->type != YAML_SEQUENCE_NODE) hax_die("%s: metadata hax_case: config.attn.layers: expected a list", j->path);
+        // the suite's Samba puts attention at the odd layers, as samba.json does
+        int k = 0, n_attn = 0;
+        for (yaml_node_item_t *it = ly->data.sequence.items.start; it < ly->data.sequence.items.top; it++, k++) {
+            const char *s = jscalar(yaml_document_get_node(&j->doc, *it));
+            if (!s || atoi(s) != 2 * k + 1)
+                hax_die("%s: metadata hax_case: config.attn.layers: expected the odd layers 1, 3, ..., found %s at item %d",
+                        j->path, s ? s : "a non-number", k);
+            n_attn++;
+        }
+        if (n_attn != m->n_layers / 2)
+            hax_die("%s: metadata hax_case: config.attn.layers: expected %d odd layers, found %d", j->path, m->n_layers / 2, n_attn);
+        m->mlp_hidden = gated_mlp_width(m->hidden_size, jnum(j, cf, "hidden_ratio", w));
+    }
+    m->sparse_keys = jint(j, cf, "sparse_keys", w);
+    m->num_hash = jint(j, cf, "num_hash", w);
+    m->data_max_length = jint(j, cf, "data_max_length", w);
+    m->gate_loss_weight = (float)jnum(j, root, "gate_loss_weight", "");
+    yaml_node_t *sa = jget(j, root, "sparse_arch");
+    char err[256];
+    if (model_config_set_sparse(m, jis_null(sa) ? NULL : jscalar(sa), err, sizeof err) != 0)
+        hax_die("%s: metadata hax_case: sparse_arch: %s", j->path, err);
+    if (model_config_validate(m, err, sizeof err) != 0) hax_die("%s: metadata hax_case: %s", j->path, err);
+}
+
+void case_load(hax_case *c, const st_file *f) {
+    memset(c, 0, sizeof *c);
+    const char *meta = st_meta(f, "hax_case");
+    if (!meta) hax_die("%s: __metadata__: expected a \"hax_case\" entry (golden format), found none", f->path);
+    json_doc j;
+    memset(&j, 0, sizeof j);
+    j.path = f->path;
+    yaml_parser_t p;
+    yaml_parser_initialize(&p);
+    yaml_parser_set_input_string(&p, (const unsigned char *)meta, strlen(meta));
+    if (!yaml_parser_load(&p, &j.doc))
+        hax_die("%s: metadata hax_case: expected JSON, found a syntax error at offset %zu: %s", f->path,
+                p.problem_offset, p.problem ? p.problem : "?");
+    yaml_parser_delete(&p);
+    yaml_node_t *root = yaml_document_get_root_node(&j.doc);
+    if (!root || root->type != YAML_MAPPING_NODE) hax_die("%s: metadata hax_case: expected a JSON object", f->path);
+    const char *name = jscalar(jget(&j, root, "case"));
+    if (name) snprintf(c->name, sizeof c->name, "%s", name);
+    else snprintf(c->name, sizeof c->name, "%s", f->path);
+    config_from_json(c, &j, root);
+    yaml_node_t *ad = jget(&j, root, "adamw");
+    c->lr = jnum(&j, ad, "lr", "adamw.");
+    c->eps = jnum(&j, ad, "eps", "adamw.");
+    c->weight_decay = jnum(&j, ad, "weight_decay", "adamw.");
+    yaml_node_t *betas = jget(&j, ad, "betas");
+    if (!betas || betas->type != YAML_SEQUENCE_NODE || betas->data.sequence.items.top - betas->data.sequence.items.start != 2)
+        hax_die("%s: metadata hax_case: adamw.betas: expected a list of 2 numbers", f->path);
+    c->beta1 = atof(jscalar(yaml_document_get_node(&j.doc, betas->data.sequence.items.start[0])));
+    c->beta2 = atof(jscalar(yaml_document_get_node(&j.doc, betas->data.sequence.items.start[1])));
+    int model_len = jint(&j, root, "model_seq_len", "");
+    yaml_document_delete(&j.doc);
+
+    const st_tensor *ids = st_find(f, "input_ids");
+    if (!ids || ids->ndim != 2) hax_die("%s: tensor input_ids: expected shape [B, L+1], found %s", f->path, ids ? "another shape" : "none");
+    c->B = (int)ids->shape[0];
+    c->L = (int)ids->shape[1] - 1;
+    if (c->L != model_len)
+        hax_die("%s: tensor input_ids: expected %d + 1 columns (model_seq_len), found %d", f->path, model_len, c->L + 1);
+    size_t n = (size_t)c->B * (c->L + 1);
+    c->input_ids = xmalloc(sizeof(int64_t) * n);
+    c->loss_mask = xmalloc(sizeof(int64_t) * n);
+    st_get_i64(f, "input_ids", c->input_ids, ST_SHAPE(c->B, c->L + 1));
+    st_get_i64(f, "loss_mask", c->loss_mask, ST_SHAPE(c->B, c->L + 1));
+    c->len = xmalloc(sizeof(int) * c->B);
+    for (int b = 0; b < c->B; b++) {
+        const int64_t *row = c->input_ids + (size_t)b * (c->L + 1);
+        int len = 0;
+        while (len < c->L && row[len] != 3) len++;
+        for (int t = len; t < c->L; t++)
+            if (row[t] != 3)
+                hax_die("%s: tensor input_ids: expected padding (3) only at the end of row %d, found %lld at %d", f->path,
+                        b, (long long)row[t], t);
+        if (len == 0) hax_die("%s: tensor input_ids: row %d has no token", f->path, b);
+        c->len[b] = len;
+    }
+}
+
+void case_free(hax_case *c) {
+    free(c->input_ids);
+    free(c->loss_mask);
+    free(c->len);
+    memset(c, 0, sizeof *c);
+}
+
+// The batch of sequences s0 .. s0+ns-1.
+static void make_batch(const hax_case *c, int s0, int ns, hax_batch *b) {
+    memset(b, 0, sizeof *b);
+    int n_tok = 0;
+    for (int s = s0; s < s0 + ns; s++) n_tok += c->len[s];
+    b->n_seq = ns;
+    b->n_tok = n_tok;
+    b->seq_off = xmalloc(sizeof(int) * (ns + 1));
+    b->inputs = xmalloc(sizeof(int32_t) * n_tok);
+    b->labels = xmalloc(sizeof(int32_t) * n_tok);
+    b->loss_mask = xmalloc(n_tok);
+    b->sample_idx = xmalloc(sizeof(int64_t) * ns);
+    b->n_context = xcalloc(ns, sizeof(int));
+    b->n_key = xcalloc(ns, sizeof(int));
+    b->model_len = c->L;
+    b->global_n_seq = ns;
+    b->first_seq = s0;
+    int k = 0;
+    for (int i = 0; i < ns; i++) {
+        int s = s0 + i;
+        const int64_t *ids = c->input_ids + (size_t)s * (c->L + 1);
+        const int64_t *mask = c->loss_mask + (size_t)s * (c->L + 1);
+        b->seq_off[i] = k;
+        b->sample_idx[i] = s;
+        for (int t = 0; t < c->len[s]; t++, k++) {
+            b->inputs[k] = (int32_t)ids[t];
+            b->labels[k] = (int32_t)ids[t + 1];
+            b->loss_mask[k] = mask[t] != 0;
+        }
+    }
+    b->seq_off[ns] = k;
+}
+
+void case_batch(const hax_case *c, hax_batch *b) { make_batch(c, 0, c->B, b); }
+void case_batch_one(const hax_case *c, int s, hax_batch *b) { make_batch(c, s, 1, b); }
+
+// Tensors of the golden format that are not parameters.
+static int is_special(const char *name) {
+    static const char *prefix[] = {"out.", "dbg.", "grad.", "adamw.", "eval.", "rand."};
+    for (size_t i = 0; i < sizeof prefix / sizeof *prefix; i++)
+        if (strncmp(name, prefix[i], strlen(prefix[i])) == 0) return 1;
+    return strcmp(name, "input_ids") == 0 || strcmp(name, "loss_mask") == 0;
+}
+
+void case_load_params(hax_model *m, const st_file *f) {
+    for (int i = 0; i < m->n_params; i++) {
+        const hax_param *p = &m->params[i];
+        int64_t shape[3] = {p->shape[0], p->shape[1], p->shape[2]};
+        const st_tensor *t = st_find(f, p->name);
+        if (t && t->dtype != ST_F32)
+            hax_die("%s: tensor %s: expected dtype F32 (a parameter), found %s", f->path, p->name, st_dtype_name(t->dtype));
+        st_get_f32(f, p->name, model_w(m, i), p->ndim, shape);
+    }
+    for (int i = 0; i < f->n_tensors; i++) {
+        const char *name = f->tensors[i].name;
+        if (!is_special(name) && model_find(m, name) < 0)
+            hax_die("%s: tensor %s: expected only parameters of the %s model, found this extra one", f->path, name,
+                    m->cfg.arch == ARCH_MAMBA ? "mamba" : m->cfg.arch == ARCH_MAMBA2 ? "mamba2" : "samba");
+    }
+}
+
+void case_pack_rows_f32(const hax_case *c, const float *golden, int C, float *out) {
+    size_t k = 0;
+    for (int b = 0; b < c->B; b++)
+        for (int t = 0; t < c->len[b]; t++, k++)
+            memcpy(out + k * C, golden + ((size_t)b * c->L + t) * C, sizeof(float) * C);
+}

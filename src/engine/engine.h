@@ -1,0 +1,130 @@
+// engine.h: the backend interface — whole-model forward and backward for a
+// packed batch (hax_batch), for every architecture (Mamba, Mamba2, Samba, with
+// or without the sparse branch). The training loop and hax-check only call
+// these functions; the CPU backend (src/engine/cpu.c) implements them with the
+// src/ops_*.c kernels, a CUDA backend implements the same hax_backend table.
+//
+// Loss conventions (joint_recall.py Trainer.forward, MODEL.md §8.3):
+//   loss       = sum of CE over the scored positions / ce_count (the GLOBAL number
+//                of scored positions of the batch, over all ranks)
+//   acc        = sum over this rank's sequences of (correct / scored), each in
+//                float32, divided by batch->global_n_seq
+//   gate_loss  = sum over layers of the ranking losses (each a mean over the
+//                GLOBAL batch of per-sequence pair means)
+//   total_loss = loss + gate_loss_weight * gate_loss (what backward differentiates)
+// Every field is this rank's share: summed over ranks it gives the global value.
+//
+// Random inputs: the LSH hash matrix of layer l is drawn from
+// (seed, RNG_LSH, step, l, 0) in training and (seed, RNG_LSH_EVAL, step, l, 0)
+// in evaluation (pass step = 0 there for a fixed matrix, quirk 6 fixed, or a
+// counter to redraw it); key-selection candidates from
+// (seed, RNG_KS, step, l, global sample index). Tests and hax-check inject
+// them instead (hax_inject).
+#ifndef HAX_ENGINE_H
+#define HAX_ENGINE_H
+
+#include <stdint.h>
+
+#include "src/ops/adamw.h"
+#include "src/io/batch.h"
+#include "src/model/model.h"
+
+#define HAX_MAX_LAYERS 64
+
+// Injected random tensors and debug overrides; any pointer may be NULL (then
+// the engine draws / computes it). Arrays are indexed by layer.
+typedef struct {
+    const float *hash[HAX_MAX_LAYERS];       // [N, num_hash] hash matrix H
+    const int *ks_cand[HAX_MAX_LAYERS];      // [n_seq, k_c] candidate keys (local positions, ascending, -1 padded)
+    const int32_t *q_bucket[HAX_MAX_LAYERS]; // [n_tok] forced LSH buckets (both q and k must be given)
+    const int32_t *k_bucket[HAX_MAX_LAYERS];
+} hax_inject;
+
+typedef struct {
+    int train;          // 1: training forward (ranking loss, RNG_LSH); 0: evaluation
+    uint64_t seed;      // the run's seed
+    uint32_t step;      // optimizer step (training) or the evaluation draw index
+    double ce_count;    // global number of scored positions (the CE normaliser); <= 0: this batch's own count
+    const hax_inject *inject;  // may be NULL
+} hax_fwd_opts;
+
+typedef struct {
+    double loss, acc, gate_loss, total_loss;  // this rank's shares (see above)
+    double gate_layer[HAX_MAX_LAYERS];        // per-layer ranking loss shares
+    double ce_sum;                            // un-normalised CE sum of this rank
+    int n_scored;                             // scored positions of this rank
+    int correct;                              // correctly predicted scored positions of this rank
+} hax_fwd_result;
+
+typedef struct hax_engine hax_engine;
+
+// Device-resident training (optional: NULL in the CPU backend's table). Once
+// push has run, the weights, gradients and AdamW moments live on the device:
+// forward reads the device weights, backward leaves the gradients there
+// (model->grad is not touched), and the host copies (model->data, opt->m/v)
+// are brought up to date only by pull (checkpoints, the best model).
+typedef struct {
+    // model->data (and opt->m, opt->v when opt != NULL) -> device.
+    void (*push)(hax_engine *e, const hax_adamw *opt);
+    // device -> model->data (and opt->m, opt->v when opt != NULL).
+    void (*pull)(hax_engine *e, hax_adamw *opt);
+    // The device gradient buffer [model->n_floats] (for the all-reduce).
+    float *(*grad_buffer)(hax_engine *e);
+    // 1 when every gradient is finite; poison != 0 first sets gradient 0 to
+    // NaN (a test hook).
+    int (*grad_finite)(hax_engine *e, int poison);
+    // opt->step++, then AdamW (src/ops/adamw.h, same float32 op order) with lr
+    // on the device weights and moments.
+    void (*adamw_step)(hax_engine *e, hax_adamw *opt, double lr);
+} hax_device_ops;
+
+// The backend table (one per device kind).
+typedef struct {
+    const char *name;
+    void (*forward)(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_fwd_result *r);
+    void (*backward)(hax_engine *e);
+    void (*destroy)(hax_engine *e);
+    // Outputs of the last forward in host memory, valid until the next
+    // forward (a device backend copies them back when asked). Evaluation and
+    // the reference-style test figure use them through engine_hidden /
+    // engine_logits; best.safetensors stores engine_hash.
+    const float *(*hidden)(hax_engine *e);           // [n_tok, d] last_hidden_state (after norm_f)
+    const float *(*logits)(hax_engine *e);           // [n_tok, V]
+    const float *(*hash)(hax_engine *e, int layer);  // [N, num_hash], NULL when layer drew none
+    const hax_device_ops *dev;                       // NULL: host-resident training (CPU)
+} hax_backend;
+
+struct hax_engine {
+    const hax_backend *be;
+    hax_model *model;   // weights and gradients (host buffers)
+    void *impl;         // the backend's state
+};
+
+// The CPU backend. Workspace grows to the largest batch seen; the capacities
+// given here are preallocated.
+hax_engine *engine_cpu_create(hax_model *m, int max_tok, int max_seq, int max_len);
+
+// Forward of one batch; keeps what backward needs until the next forward.
+void engine_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_fwd_result *r);
+// Gradient of the last forward's total_loss share, ADDED to model->grad (the
+// caller zeroes it with model_zero_grad before a step).
+void engine_backward(hax_engine *e);
+void engine_free(hax_engine *e);
+// The last forward's outputs, from any backend (see hax_backend).
+const float *engine_hidden(hax_engine *e);
+const float *engine_logits(hax_engine *e);
+const float *engine_hash(hax_engine *e, int layer);
+
+// CPU backend outputs of the last forward (packed rows, host memory; the
+// backend-neutral engine_hidden / engine_logits / engine_hash above call these
+// on the CPU backend):
+const float *engine_cpu_hidden(const hax_engine *e);  // [n_tok, d] last_hidden_state (after norm_f)
+const float *engine_cpu_logits(const hax_engine *e);  // [n_tok, V]
+struct hax_sparse_state;
+// The sparse-branch state of a layer (buckets, allowed keys, key scores,
+// ranking targets) or NULL without a sparse branch.
+const struct hax_sparse_state *engine_cpu_sparse(const hax_engine *e, int layer);
+// The hash matrix [N, num_hash] layer l used in the last forward (NULL if none).
+const float *engine_cpu_hash(const hax_engine *e, int layer);
+
+#endif

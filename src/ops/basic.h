@@ -1,0 +1,75 @@
+// src/ops/basic.h: the blocks shared by every model (MODEL.md §1.1, §1.2, §1.6,
+// §8.3): embedding, RMSNorm, Samba's fused add + RMSNorm, logits through the
+// tied embedding matrix, cross-entropy + accuracy at the scored positions, and
+// small scalar helpers (silu, softplus, sigmoid).
+//
+// Activations are packed row-major [n_tok, C]; sequences are seq_off[0..n_seq].
+// Backward functions ACCUMULATE (+=) into input and parameter gradients (the
+// caller zeroes), except ce_backward, which writes dlogits. Results do not depend
+// on the OpenMP thread count (reductions over rows go through fixed-size row
+// chunks summed in a fixed order).
+#ifndef HAX_OPS_BASIC_H
+#define HAX_OPS_BASIC_H
+
+#include <math.h>
+#include <stdint.h>
+
+// ---- scalar helpers (prefixed so they never clash with a file's own statics)
+static inline float hax_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+static inline float hax_silu(float x) { return x / (1.0f + expf(-x)); }
+// d silu(x)/dx = σ(x)·(1 + x·(1 − σ(x)))
+static inline float hax_dsilu(float x) {
+    float s = hax_sigmoid(x);
+    return s * (1.0f + x * (1.0f - s));
+}
+// softplus with PyTorch's threshold form: x itself when x > 20.
+static inline float hax_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+// Its derivative, consistent with the threshold (1 when x > 20).
+static inline float hax_dsoftplus(float x) { return x > 20.0f ? 1.0f : hax_sigmoid(x); }
+
+// ---- embedding (§1.1): out[t, :] = W_emb[ids[t], :], W_emb [V, d].
+// Dies (naming the position and id) on an id outside [0, V).
+void embedding_forward(float *out, const int32_t *ids, const float *W_emb, int n_tok, int d, int V);
+// dW_emb[ids[t], :] += dout[t, :] (rows added in token order).
+void embedding_backward(float *dW_emb, const float *dout, const int32_t *ids, int n_tok, int d);
+
+// ---- RMSNorm (§1.2): out = x · w / sqrt(mean(x²) + eps), per row of d.
+// x, out [n, d] dense; rstd [n] saves 1/sqrt(mean(x²)+eps) for backward.
+void rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int n, int d, float eps);
+// dx [n, d] += ..., dw [d] += ... (either may be NULL).
+void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *rstd,
+                      const float *w, int n, int d);
+
+// ---- fused add + RMSNorm (§1.2, Samba's mlp_norm with prenorm=True):
+// s = x + residual (the new residual, written to s; s may alias x or residual),
+// out = rmsnorm(s) · w; rstd [n] saved.
+void add_rmsnorm_forward(float *out, float *s, float *rstd, const float *x, const float *residual,
+                         const float *w, int n, int d, float eps);
+// dout: gradient of the normed output; ds: gradient reaching the new residual s
+// directly (may be NULL). With g = ds + d(out)/ds: dx += g and dresidual += g
+// (either may be NULL; they may be the same buffer, which then gets 2g); dw +=.
+void add_rmsnorm_backward(float *dx, float *dresidual, float *dw, const float *dout, const float *ds,
+                          const float *s, const float *rstd, const float *w, int n, int d);
+
+// ---- logits (§1.6): logits [n, V] = h [n, d] · W_embᵀ (W_emb [V, d], tied).
+void logits_forward(float *logits, const float *h, const float *W_emb, int n, int d, int V);
+// dh [n, d] += dlogits · W_emb; dW_emb [V, d] += dlogitsᵀ · h (either may be NULL).
+void logits_backward(float *dh, float *dW_emb, const float *dlogits, const float *h,
+                     const float *W_emb, int n, int d, int V);
+
+// ---- cross-entropy and accuracy at the scored positions (§8.3, Q20).
+// logits [n_tok, V]; labels [n_tok]; mask [n_tok] (1 = scored; NULL = every
+// position). Returns the SUM over scored positions of −log softmax(logits[t])[labels[t]]
+// (the caller divides by the global scored count). For each sequence s, writes
+// correct[s] = #scored positions whose argmax over all V ids (first maximum on
+// ties) equals the label, and count[s] = #scored positions (either array may be
+// NULL). The reference accuracy is then mean_s(correct[s] / count[s]) over the
+// global batch. Dies on a scored label outside [0, V).
+double ce_forward(const float *logits, const int32_t *labels, const uint8_t *mask,
+                  const int *seq_off, int n_seq, int V, int *correct, int *count);
+// WRITES dlogits [n_tok, V] = (softmax(logits[t]) − onehot(labels[t])) · scale at
+// scored positions and 0 elsewhere (scale = dloss / global scored count).
+void ce_backward(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask,
+                 int n_tok, int V, float scale);
+
+#endif

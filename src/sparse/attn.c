@@ -1,0 +1,296 @@
+// src/sparse/attn.c: softmax attention of the sparse branch over each query's
+// allowed keys (MODEL.md §5.6, §5.9; golden README Q3), forward and backward,
+// and the dense causal `full` pattern.
+//
+// K = KQ[:, :N] (already / sqrt(N)), Q = KQ[:, N:], score_tj = Q_t . K_j.
+// Row t with allowed keys A_t: P_tj = softmax_{j in A_t}(score_tj),
+// attn_t = sum_j P_tj V_j. Backward: dP_j = dattn_t . V_j, D = sum P dP,
+// dscore_j = P_j (dP_j - D); dQ_t = sum dscore_j K_j, dK_j = sum_t dscore_tj Q_t,
+// dV_j = sum_t P_tj dattn_t. dK and dV are gathered per key through the
+// transposed lists, queries ascending, so no sum depends on the threads.
+//
+// Empty rows, reference semantics: the additive-minimum mask makes the row
+// uniform over all L padded positions, P_tj = 1/L (pads: V = K = 0), and
+// autograd sends the softmax gradient to all L scores:
+//   dscore_tj = (1/L) (dattn_t . V_j - (1/L) dattn_t . S_V),  S_V = sum_{j<n} V_j.
+// Summed over j or t these factorise through per-sequence matrices,
+//   dQ_t += (1/L) (dattn_t . M - (1/L)(dattn_t . S_V) S_K),   M = sum_j V_j^T K_j [E, N]
+//   dK_j += (1/L) (V_j . G - (1/L) c),  G = sum_{t empty} dattn_t^T Q_t, c = sum_t (dattn_t . S_V) Q_t
+//   dV_j += (1/L) sum_{t empty} dattn_t,
+// so the cost is O(n E N) per sequence, not O(n L E). Causal semantics: an
+// empty row outputs 0 and has no gradient.
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "src/core/common.h"
+#include "src/sparse/internal.h"
+
+// A dot product in float (vectorised: the lanes' order is fixed, so the result
+// does not depend on threads or on how the batch is packed).
+static inline float dot_f(const float *a, const float *b, int n) {
+    float s = 0;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+// y += a x over n floats.
+static inline void axpy_f(float *restrict y, float a, const float *restrict x, int n) {
+#pragma omp simd
+    for (int i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+// S_V = sum_{j<n} V_j per sequence, in double (reference empty rows).
+static void sum_values(double *sv, const float *V, int ldv, const int *seq_off, int n_seq, int E) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int s = 0; s < n_seq; s++) {
+        double *out = sv + (size_t)s * E;
+        for (int e = 0; e < E; e++) out[e] = 0;
+        for (int j = seq_off[s]; j < seq_off[s + 1]; j++)
+            for (int e = 0; e < E; e++) out[e] += V[(size_t)j * ldv + e];
+    }
+}
+
+void sparse_attn_forward(hax_sparse_state *st, const float *V, int ldv, const int *seq_off,
+                         int n_seq, int L, hax_semantics sem, float *attn, int ld_attn) {
+    int N = st->N, E = st->E, ldkq = 2 * N, n_tok = seq_off[n_seq];
+    const float *KQ = st->KQ;
+    if (st->has_empty && sem == SEMANTICS_REFERENCE) sum_values(st->seq_sv, V, ldv, seq_off, n_seq, E);
+#pragma omp parallel for schedule(static)
+    for (int g = 0; g < n_tok; g++) {
+        int off = st->allow_off[g], cnt = st->allow_off[g + 1] - off;
+        float *out = attn + (size_t)g * ld_attn;
+        int s = sparse_seq_of(seq_off, n_seq, g), o = seq_off[s];
+        if (cnt == 0) {
+            const double *sv = st->seq_sv + (size_t)s * E;
+            for (int e = 0; e < E; e++)
+                out[e] = sem == SEMANTICS_REFERENCE ? (float)(sv[e] / L) : 0.0f;
+            continue;
+        }
+        const int *key = st->allow_key + off;
+        float *p = st->allow_p + off;
+        const float *q = KQ + (size_t)g * ldkq + N;
+        float mx = -INFINITY;
+        for (int i = 0; i < cnt; i++) {
+            p[i] = dot_f(q, KQ + (size_t)(o + key[i]) * ldkq, N);
+            if (p[i] > mx) mx = p[i];
+        }
+        double sum = 0;
+        for (int i = 0; i < cnt; i++) {
+            p[i] = expf(p[i] - mx);
+            sum += p[i];
+        }
+        float inv = (float)(1.0 / sum);
+        for (int e = 0; e < E; e++) out[e] = 0;
+        for (int i = 0; i < cnt; i++) {
+            p[i] *= inv;
+            const float *v = V + (size_t)(o + key[i]) * ldv;
+            axpy_f(out, p[i], v, E);
+        }
+    }
+}
+
+// Transposes the CSR: for every packed key row j, the entries e whose key is
+// j, in increasing e (hence increasing query); ent_row[e] = the query row.
+static void transpose_lists(hax_sparse_state *st, const int *seq_off, int n_seq) {
+    int n_tok = seq_off[n_seq];
+    int *cnt = st->tr_off;
+    memset(cnt, 0, sizeof(int) * (n_tok + 1));
+    for (int s = 0; s < n_seq; s++)
+        for (int g = seq_off[s]; g < seq_off[s + 1]; g++)
+            for (int e = st->allow_off[g]; e < st->allow_off[g + 1]; e++) {
+                st->ent_row[e] = g;
+                cnt[seq_off[s] + st->allow_key[e] + 1]++;
+            }
+    for (int j = 0; j < n_tok; j++) cnt[j + 1] += cnt[j];
+    // fill with a moving cursor per key (allocated per backward, not per row)
+    int *cursor = xmalloc(sizeof(int) * (n_tok + 1));
+    memcpy(cursor, cnt, sizeof(int) * (n_tok + 1));
+    for (int g = 0; g < n_tok; g++) {
+        int o = seq_off[sparse_seq_of(seq_off, n_seq, g)];
+        for (int e = st->allow_off[g]; e < st->allow_off[g + 1]; e++)
+            st->tr_ent[cursor[o + st->allow_key[e]]++] = e;
+    }
+    free(cursor);
+}
+
+// The reference's empty rows of one sequence (see the top of the file).
+// w: 2 E N + E + 2 N doubles.
+static void empty_rows_backward(hax_sparse_state *st, const float *V, int ldv, int o, int n, int L,
+                                const double *sv, const float *dattn, int ld_dattn, float *dV,
+                                int ld_dv, double *w) {
+    int N = st->N, E = st->E, ldkq = 2 * N;
+    const float *KQ = st->KQ;
+    double *M = w, *G = w + (size_t)E * N, *dsum = G + (size_t)E * N, *sk = dsum + E, *c = sk + N;
+    int any = 0;
+    for (int t = 0; t < n && !any; t++) any = st->allow_off[o + t + 1] == st->allow_off[o + t];
+    if (!any) return;
+    memset(w, 0, sizeof(double) * (2 * (size_t)E * N + E + 2 * N));
+    for (int j = 0; j < n; j++) {
+        const float *v = V + (size_t)(o + j) * ldv, *k = KQ + (size_t)(o + j) * ldkq;
+        for (int f = 0; f < N; f++) sk[f] += k[f];
+        for (int e = 0; e < E; e++)
+            for (int f = 0; f < N; f++) M[(size_t)e * N + f] += (double)v[e] * k[f];
+    }
+    for (int t = 0; t < n; t++) {
+        if (st->allow_off[o + t + 1] != st->allow_off[o + t]) continue;
+        const float *da = dattn + (size_t)(o + t) * ld_dattn, *q = KQ + (size_t)(o + t) * ldkq + N;
+        double a = 0;
+        for (int e = 0; e < E; e++) a += (double)da[e] * sv[e];
+        for (int e = 0; e < E; e++) {
+            dsum[e] += da[e];
+            for (int f = 0; f < N; f++) G[(size_t)e * N + f] += (double)da[e] * q[f];
+        }
+        for (int f = 0; f < N; f++) c[f] += a * q[f];
+        // dQ_t
+        float *dq = st->dKQ + (size_t)(o + t) * ldkq + N;
+        for (int f = 0; f < N; f++) {
+            double m = 0;
+            for (int e = 0; e < E; e++) m += (double)da[e] * M[(size_t)e * N + f];
+            dq[f] += (float)((m - a * sk[f] / L) / L);
+        }
+    }
+    for (int j = 0; j < n; j++) {
+        const float *v = V + (size_t)(o + j) * ldv;
+        float *dk = st->dKQ + (size_t)(o + j) * ldkq, *dv = dV + (size_t)(o + j) * ld_dv;
+        for (int f = 0; f < N; f++) {
+            double m = 0;
+            for (int e = 0; e < E; e++) m += (double)v[e] * G[(size_t)e * N + f];
+            dk[f] += (float)((m - c[f] / L) / L);
+        }
+        for (int e = 0; e < E; e++) dv[e] += (float)(dsum[e] / L);
+    }
+}
+
+void sparse_attn_backward(hax_sparse_state *st, const float *V, int ldv, const int *seq_off,
+                          int n_seq, int L, hax_semantics sem, const float *dattn, int ld_dattn,
+                          float *dV, int ld_dv) {
+    int N = st->N, E = st->E, ldkq = 2 * N, n_tok = seq_off[n_seq];
+    const float *KQ = st->KQ;
+    memset(st->dKQ, 0, sizeof(float) * (size_t)n_tok * ldkq);
+    // per query: d score of each allowed key, and dQ
+#pragma omp parallel for schedule(static)
+    for (int g = 0; g < n_tok; g++) {
+        int off = st->allow_off[g], cnt = st->allow_off[g + 1] - off;
+        if (cnt == 0) continue;
+        int o = seq_off[sparse_seq_of(seq_off, n_seq, g)];
+        const int *key = st->allow_key + off;
+        const float *p = st->allow_p + off, *da = dattn + (size_t)g * ld_dattn;
+        float *ds = st->allow_ds + off, *dq = st->dKQ + (size_t)g * ldkq + N;
+        double D = 0;
+        for (int i = 0; i < cnt; i++) {
+            ds[i] = dot_f(da, V + (size_t)(o + key[i]) * ldv, E);
+            D += (double)p[i] * ds[i];
+        }
+        for (int i = 0; i < cnt; i++) {
+            ds[i] = p[i] * (ds[i] - (float)D);
+            const float *k = KQ + (size_t)(o + key[i]) * ldkq;
+            axpy_f(dq, ds[i], k, N);
+        }
+    }
+    transpose_lists(st, seq_off, n_seq);
+    // per key: dK and dV gathered over the queries that use it
+#pragma omp parallel for schedule(static)
+    for (int j = 0; j < n_tok; j++) {
+        float *dk = st->dKQ + (size_t)j * ldkq, *dv = dV + (size_t)j * ld_dv;
+        for (int x = st->tr_off[j]; x < st->tr_off[j + 1]; x++) {
+            int e = st->tr_ent[x], g = st->ent_row[e];
+            float ds = st->allow_ds[e], p = st->allow_p[e];
+            const float *q = KQ + (size_t)g * ldkq + N, *da = dattn + (size_t)g * ld_dattn;
+            axpy_f(dk, ds, q, N);
+            axpy_f(dv, p, da, E);
+        }
+    }
+    if (!(st->has_empty && sem == SEMANTICS_REFERENCE)) return;
+#pragma omp parallel
+    {
+        double *w = xmalloc(sizeof(double) * (2 * (size_t)E * N + E + 2 * N));
+#pragma omp for schedule(dynamic, 1)
+        for (int s = 0; s < n_seq; s++)
+            empty_rows_backward(st, V, ldv, seq_off[s], seq_off[s + 1] - seq_off[s], L,
+                                st->seq_sv + (size_t)s * E, dattn, ld_dattn, dV, ld_dv, w);
+        free(w);
+    }
+}
+
+// ---------------------------------------------------------------- full
+
+void sparse_full_forward(hax_sparse_state *st, const float *V, int ldv, const int *seq_off,
+                         int n_seq, float *attn, int ld_attn) {
+    int N = st->N, E = st->E, ldkq = 2 * N, n_tok = seq_off[n_seq];
+    const float *KQ = st->KQ;
+#pragma omp parallel
+    {
+        float *sc = xmalloc(sizeof(float) * (size_t)st->max_len);
+#pragma omp for schedule(dynamic, 16)
+        for (int g = 0; g < n_tok; g++) {
+            int o = seq_off[sparse_seq_of(seq_off, n_seq, g)], t = g - o;
+            const float *q = KQ + (size_t)g * ldkq + N;
+            float mx = -INFINITY;
+            for (int j = 0; j <= t; j++) {
+                sc[j] = dot_f(q, KQ + (size_t)(o + j) * ldkq, N);
+                if (sc[j] > mx) mx = sc[j];
+            }
+            double sum = 0;
+            for (int j = 0; j <= t; j++) {
+                sc[j] = expf(sc[j] - mx);
+                sum += sc[j];
+            }
+            float inv = (float)(1.0 / sum), *out = attn + (size_t)g * ld_attn;
+            for (int e = 0; e < E; e++) out[e] = 0;
+            for (int j = 0; j <= t; j++) {
+                const float *v = V + (size_t)(o + j) * ldv;
+                float p = sc[j] * inv;
+                axpy_f(out, p, v, E);
+            }
+            st->lse[g] = mx + (float)log(sum);
+        }
+        free(sc);
+    }
+}
+
+void sparse_full_backward(hax_sparse_state *st, const float *V, int ldv, const int *seq_off,
+                          int n_seq, const float *dattn, int ld_dattn, float *dV, int ld_dv) {
+    int N = st->N, E = st->E, ldkq = 2 * N, n_tok = seq_off[n_seq];
+    const float *KQ = st->KQ;
+    memset(st->dKQ, 0, sizeof(float) * (size_t)n_tok * ldkq);
+    // pass 1, per query: D_t = sum_j P_tj dP_tj, and dQ_t
+#pragma omp parallel
+    {
+        float *pp = xmalloc(sizeof(float) * 2 * (size_t)st->max_len), *dp = pp + st->max_len;
+#pragma omp for schedule(dynamic, 16)
+        for (int g = 0; g < n_tok; g++) {
+            int o = seq_off[sparse_seq_of(seq_off, n_seq, g)], t = g - o;
+            const float *q = KQ + (size_t)g * ldkq + N, *da = dattn + (size_t)g * ld_dattn;
+            double D = 0;
+            for (int j = 0; j <= t; j++) {
+                pp[j] = expf(dot_f(q, KQ + (size_t)(o + j) * ldkq, N) - st->lse[g]);
+                dp[j] = dot_f(da, V + (size_t)(o + j) * ldv, E);
+                D += (double)pp[j] * dp[j];
+            }
+            st->rowD[g] = (float)D;
+            float *dq = st->dKQ + (size_t)g * ldkq + N;
+            for (int j = 0; j <= t; j++) {
+                float ds = pp[j] * (dp[j] - (float)D);
+                const float *k = KQ + (size_t)(o + j) * ldkq;
+                axpy_f(dq, ds, k, N);
+            }
+        }
+        free(pp);
+    }
+    // pass 2, per key: dK_j and dV_j over the queries t >= j (P recomputed)
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int j = 0; j < n_tok; j++) {
+        int s = sparse_seq_of(seq_off, n_seq, j), end = seq_off[s + 1];
+        const float *k = KQ + (size_t)j * ldkq, *v = V + (size_t)j * ldv;
+        float *dk = st->dKQ + (size_t)j * ldkq, *dv = dV + (size_t)j * ld_dv;
+        for (int g = j; g < end; g++) {
+            const float *q = KQ + (size_t)g * ldkq + N, *da = dattn + (size_t)g * ld_dattn;
+            float p = expf(dot_f(q, k, N) - st->lse[g]);
+            float ds = p * (dot_f(da, v, E) - st->rowD[g]);
+            axpy_f(dk, ds, q, N);
+            axpy_f(dv, p, da, E);
+        }
+    }
+}

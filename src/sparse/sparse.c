@@ -1,0 +1,221 @@
+// sparse.c: the sparse branch of one Enhanced Mamba / Mamba-2 layer (see
+// sparse.h): the state, and forward/backward chaining the Q/K projection,
+// the LSH buckets (src/sparse/lsh.c), key selection (src/sparse/ks.c), the union of
+// the components (src/sparse/masks.c) and the attention (src/sparse/attn.c).
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "src/core/common.h"
+#include "src/ops/linear.h"
+#include "src/sparse/internal.h"
+
+#define HAS(cfg, bit) (((cfg)->sparse_mask & (bit)) != 0)
+#define LSH_BITS (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH)
+
+// Refuses what the branch cannot run, naming the field.
+static void check_config(const hax_model_config *cfg) {
+    if (cfg->sparse_mask == 0) hax_die("sparse: sparse_arch: expected a pattern, found none");
+    if (cfg->state_size < 1 || cfg->intermediate_size < 1)
+        hax_die("sparse: state_size %d / intermediate_size %d: expected >= 1", cfg->state_size,
+                cfg->intermediate_size);
+    if (HAS(cfg, SPARSE_FULL)) {
+        if (cfg->sparse_mask != SPARSE_FULL)
+            hax_die("sparse: sparse_arch '%s': 'full' cannot be combined with other components",
+                    cfg->sparse_arch);
+        return;
+    }
+    if (cfg->k_c < 1)
+        hax_die("sparse: k_c (sparse_keys / parts): expected >= 1, found %d", cfg->k_c);
+    if ((cfg->sparse_mask & LSH_BITS) == LSH_BITS)
+        hax_die("sparse: sparse_arch '%s': sign_bin_lsh and argmax_lsh together are not supported",
+                cfg->sparse_arch);
+    if ((cfg->sparse_mask & LSH_BITS) && (cfg->num_hash < 1 || cfg->num_hash > 30))
+        hax_die("sparse: num_hash: expected 1..30, found %d", cfg->num_hash);
+    if (HAS(cfg, SPARSE_DILATED) && cfg->data_max_length / cfg->k_c < 1)
+        hax_die("sparse: data_max_length: expected >= k_c = %d for a dilation >= 1, found %d",
+                cfg->k_c, cfg->data_max_length);
+}
+
+static int hash_bits(const hax_model_config *cfg) {
+    return (cfg->sparse_mask & LSH_BITS) ? cfg->num_hash : 0;
+}
+
+size_t sparse_state_bytes(const hax_model_config *cfg, int max_tok, int max_seq, int max_len) {
+    size_t N = cfg->state_size, E = cfg->intermediate_size, T = max_tok, h = hash_bits(cfg);
+    size_t bytes = sizeof(hax_sparse_state) + 2 * T * 2 * N * sizeof(float);  // KQ, dKQ
+    bytes += 2 * T * sizeof(int32_t) + 2 * T * h * sizeof(float) + T * sizeof(int64_t);
+    bytes += 2 * (T + 1) * sizeof(int) + (size_t)max_seq * E * sizeof(double);
+    if (HAS(cfg, SPARSE_FULL)) return bytes + 2 * T * sizeof(float);
+    size_t nnz = T * (size_t)sparse_row_cap(cfg, max_len);
+    bytes += nnz * (3 * sizeof(int) + 2 * sizeof(float));
+    if (HAS(cfg, SPARSE_KEY_SELECTION)) {  // src/sparse/ks.h's ks_state, approximately
+        size_t k = cfg->k_c, S = max_seq;
+        bytes += T * (3 * 2 * N + 2) * sizeof(float) + T * k * sizeof(int);
+        bytes += S * k * (2 * sizeof(int) + sizeof(double)) + S * k * 6 * N * sizeof(float);
+    }
+    return bytes;
+}
+
+hax_sparse_state *sparse_state_alloc(const hax_model_config *cfg, int max_tok, int max_seq,
+                                     int max_len) {
+    check_config(cfg);
+    if (max_tok < 1 || max_seq < 1 || max_len < 1)
+        hax_die("sparse: state capacities: expected >= 1, found max_tok %d max_seq %d max_len %d",
+                max_tok, max_seq, max_len);
+    hax_sparse_state *st = xcalloc(1, sizeof(*st));
+    size_t T = max_tok, N = cfg->state_size, E = cfg->intermediate_size;
+    st->max_tok = max_tok, st->max_seq = max_seq, st->max_len = max_len;
+    st->N = (int)N, st->E = (int)E, st->h = hash_bits(cfg), st->k_c = cfg->k_c;
+    st->KQ = xmalloc(sizeof(float) * T * 2 * N);
+    st->dKQ = xmalloc(sizeof(float) * T * 2 * N);
+    st->q_bucket = xmalloc(sizeof(int32_t) * T);
+    st->k_bucket = xmalloc(sizeof(int32_t) * T);
+    st->hq_proj = xcalloc(T * st->h + 1, sizeof(float));
+    st->hk_proj = xcalloc(T * st->h + 1, sizeof(float));
+    st->lsh_sorted = xmalloc(sizeof(int64_t) * T);
+    st->allow_off = xcalloc(T + 1, sizeof(int));
+    st->tr_off = xcalloc(T + 1, sizeof(int));
+    st->seq_sv = xcalloc((size_t)max_seq * E, sizeof(double));
+    if (HAS(cfg, SPARSE_FULL)) {
+        st->lse = xmalloc(sizeof(float) * T);
+        st->rowD = xmalloc(sizeof(float) * T);
+        return st;
+    }
+    st->row_cap = sparse_row_cap(cfg, max_len);
+    size_t nnz = T * st->row_cap;
+    st->allow_key = xmalloc(sizeof(int) * nnz);
+    st->allow_p = xmalloc(sizeof(float) * nnz);
+    st->allow_ds = xmalloc(sizeof(float) * nnz);
+    st->tr_ent = xmalloc(sizeof(int) * nnz);
+    st->ent_row = xmalloc(sizeof(int) * nnz);
+    if (HAS(cfg, SPARSE_KEY_SELECTION)) {
+        st->ks = xcalloc(1, sizeof(ks_state));
+        ks_state_init(st->ks, max_tok, max_seq, (int)N, cfg->k_c);
+        st->key_score = st->ks->score;
+    }
+    return st;
+}
+
+void sparse_state_free(hax_sparse_state *st) {
+    if (!st) return;
+    if (st->ks) {
+        ks_state_free(st->ks);
+        free(st->ks);
+    }
+    free(st->KQ), free(st->dKQ), free(st->q_bucket), free(st->k_bucket);
+    free(st->hq_proj), free(st->hk_proj), free(st->lsh_sorted), free(st->allow_off);
+    free(st->tr_off), free(st->seq_sv), free(st->lse), free(st->rowD), free(st->allow_key);
+    free(st->allow_p), free(st->allow_ds), free(st->tr_ent), free(st->ent_row);
+    free(st);
+}
+
+void sparse_force_buckets(hax_sparse_state *st, const int32_t *q_bucket, const int32_t *k_bucket) {
+    st->force_q_bucket = q_bucket;
+    st->force_k_bucket = k_bucket;
+}
+
+static void check_batch(const hax_sparse_state *st, const hax_model_config *cfg,
+                        const hax_batch *b) {
+    int n_tok = b->n_seq > 0 ? b->seq_off[b->n_seq] : 0;
+    if (b->n_seq < 0 || b->n_seq > st->max_seq || n_tok > st->max_tok)
+        hax_die("sparse_forward: batch: expected 0..%d sequences and at most %d positions, "
+                "found %d and %d", st->max_seq, st->max_tok, b->n_seq, n_tok);
+    for (int s = 0; s < b->n_seq; s++) {
+        int n = b->seq_off[s + 1] - b->seq_off[s];
+        if (n < 1 || n > st->max_len)
+            hax_die("sparse_forward: sequence %d: expected length 1..%d (the state's max_len), "
+                    "found %d", s, st->max_len, n);
+        if (cfg->semantics == SEMANTICS_REFERENCE && n > b->model_len)
+            hax_die("sparse_forward: sequence %d: length %d exceeds model_len %d", s, n,
+                    b->model_len);
+    }
+}
+
+static void compute_buckets(hax_sparse_state *st, const hax_model_config *cfg, const hax_batch *b,
+                            const float *hash) {
+    int n_tok = b->seq_off[b->n_seq], N = st->N, argmax = HAS(cfg, SPARSE_ARGMAX_LSH);
+    if (!(cfg->sparse_mask & LSH_BITS)) {
+        for (int g = 0; g < n_tok; g++) st->q_bucket[g] = st->k_bucket[g] = -1;
+        return;
+    }
+    if (!hash) hax_die("sparse_forward: pattern '%s' needs a hash matrix, none given", cfg->sparse_arch);
+    sparse_lsh_hash(st->q_bucket, st->hq_proj, st->KQ + N, 2 * N, N, hash, st->h, argmax,
+                    b->seq_off, b->n_seq, b->model_len, cfg->semantics);
+    sparse_lsh_hash(st->k_bucket, st->hk_proj, st->KQ, 2 * N, N, hash, st->h, argmax, b->seq_off,
+                    b->n_seq, b->model_len, cfg->semantics);
+    if (st->force_q_bucket) memcpy(st->q_bucket, st->force_q_bucket, sizeof(int32_t) * n_tok);
+    if (st->force_k_bucket) memcpy(st->k_bucket, st->force_k_bucket, sizeof(int32_t) * n_tok);
+}
+
+double sparse_forward(hax_sparse_state *st, const hax_model_config *cfg, const hax_batch *b,
+                      const float *X, int ldX, const float *W_xx, const hax_sparse_ks_params *ks,
+                      const float *hash, const int *ks_cand, int training, float *attn,
+                      int ld_attn) {
+    check_batch(st, cfg, b);
+    int N = st->N, E = st->E, n_seq = b->n_seq, n_tok = n_seq > 0 ? b->seq_off[n_seq] : 0;
+    const int *seq_off = b->seq_off;
+    st->n_tok = n_tok, st->n_seq = n_seq;
+    st->gate_loss = 0;
+    st->has_empty = 0;
+    if (st->ks) st->ks->has_loss = 0;
+    if (n_tok == 0) return 0;  // a rank holding no sequence of this batch
+    // KQ = X W_xx^T; K = KQ[:, :N] / sqrt(N) in place (Q is not scaled)
+    linear_forward(st->KQ, 2 * N, X, ldX, W_xx, NULL, n_tok, E, 2 * N);
+    float sqrt_n = (float)sqrt((double)N);
+    for (int g = 0; g < n_tok; g++)
+        for (int f = 0; f < N; f++) st->KQ[(size_t)g * 2 * N + f] /= sqrt_n;
+    if (HAS(cfg, SPARSE_FULL)) {
+        for (int g = 0; g < n_tok; g++) st->q_bucket[g] = st->k_bucket[g] = -1;
+        memset(st->allow_off, 0, sizeof(int) * (n_tok + 1));
+        sparse_full_forward(st, X, ldX, seq_off, n_seq, attn, ld_attn);
+        return 0;
+    }
+    compute_buckets(st, cfg, b, hash);
+    if (HAS(cfg, SPARSE_KEY_SELECTION)) {
+        if (!ks) hax_die("sparse_forward: pattern '%s' needs the dx_proj parameters, none given",
+                         cfg->sparse_arch);
+        if (training && !ks_cand)
+            hax_die("sparse_forward: pattern '%s' in training needs KS candidates, none given",
+                    cfg->sparse_arch);
+        st->gate_loss = ks_forward(st->ks, ks, st->KQ, 2 * N, st->KQ + N, 2 * N, seq_off, n_seq,
+                                   b->model_len, cfg->semantics, training ? ks_cand : NULL);
+    }
+    st->has_empty = sparse_build_union(st, cfg, seq_off, n_seq);
+    sparse_attn_forward(st, X, ldX, seq_off, n_seq, b->model_len, cfg->semantics, attn, ld_attn);
+    return st->gate_loss;
+}
+
+void sparse_backward(hax_sparse_state *st, const hax_model_config *cfg, const hax_batch *b,
+                     const float *dattn, int ld_dattn, float gate_scale, const float *X, int ldX,
+                     const float *W_xx, const hax_sparse_ks_params *ks, float *dX, int ld_dX,
+                     float *dW_xx, hax_sparse_ks_grads *dks) {
+    int N = st->N, E = st->E, n_seq = b->n_seq, n_tok = n_seq > 0 ? b->seq_off[n_seq] : 0;
+    if (n_tok != st->n_tok || n_seq != st->n_seq)
+        hax_die("sparse_backward: batch: expected the last forward's %d sequences / %d positions, "
+                "found %d / %d", st->n_seq, st->n_tok, n_seq, n_tok);
+    if (n_tok == 0) return;
+    if (HAS(cfg, SPARSE_FULL))
+        sparse_full_backward(st, X, ldX, b->seq_off, n_seq, dattn, ld_dattn, dX, ld_dX);
+    else
+        sparse_attn_backward(st, X, ldX, b->seq_off, n_seq, b->model_len, cfg->semantics, dattn,
+                             ld_dattn, dX, ld_dX);
+    float sqrt_n = (float)sqrt((double)N);
+    for (int g = 0; g < n_tok; g++)
+        for (int f = 0; f < N; f++) st->dKQ[(size_t)g * 2 * N + f] /= sqrt_n;
+    linear_backward(dX, ld_dX, dW_xx, NULL, st->dKQ, 2 * N, X, ldX, W_xx, n_tok, E, 2 * N);
+    if (st->ks && st->ks->has_loss && ks && dks) ks_backward(st->ks, ks, dks, gate_scale);
+}
+
+void sparse_allowed_table(const hax_sparse_state *st, const hax_batch *b, int full, int width,
+                          int64_t *out) {
+    for (int s = 0; s < b->n_seq; s++)
+        for (int g = b->seq_off[s]; g < b->seq_off[s + 1]; g++) {
+            int t = g - b->seq_off[s], off = st->allow_off[g], cnt = st->allow_off[g + 1] - off;
+            int64_t *row = out + (size_t)g * width;
+            for (int i = 0; i < width; i++) {
+                if (full) row[i] = i <= t ? i : -1;
+                else row[i] = i < cnt ? st->allow_key[off + i] : -1;
+            }
+        }
+}

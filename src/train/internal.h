@@ -1,0 +1,95 @@
+// src/train/internal.h: the state shared by train.c (the loop and evaluation),
+// src/train/ckpt.c (checkpoint, best.safetensors) and src/train/report.c
+// (result.json, metrics.csv, progress). Internal to those files.
+#ifndef HAX_TRAIN_INTERNAL_H
+#define HAX_TRAIN_INTERNAL_H
+
+#include <stdint.h>
+
+#include "src/ops/adamw.h"
+#include "src/io/batch.h"
+#include "src/engine/engine.h"
+#include "src/model/model.h"
+#include "src/train/train.h"
+
+// Columns of a metrics row (metrics.csv and the checkpoint's "metrics" tensor).
+enum { M_STEP, M_LOSS, M_GATE, M_ACC, M_LR, M_VALID, M_COLS };
+
+// Accuracy of one evaluation pass, overall and per (n_c, n_k) cell. Cell
+// (c, k) is index c * nk + k; sums are of per-sample accuracies.
+typedef struct {
+    int nc, nk;
+    double acc;        // mean per-sample accuracy over the split
+    double n;          // samples
+    double *sum, *cnt; // [nc * nk]
+} train_eval;
+
+// Everything the loop carries from step to step. The fields marked (ckpt)
+// are saved in the resume checkpoint; the rest is rebuilt on start.
+typedef struct {
+    const train_opts *o;
+    const hax_config *cfg;
+    const hax_dist *d;
+    hax_model model;
+    hax_engine *eng;
+    struct hax_nccl *nccl;  // the device gradient all-reduce (CUDA backend only)
+    hax_adamw opt;          // (ckpt) moments and step count
+    hax_batch batch;
+    int nc, nk;             // per-cell table dimensions
+
+    int64_t step;           // (ckpt) optimizer steps done
+    int64_t eval_draws;     // (ckpt) evaluation batches so far (redraw index when eval_fixed_hash is off)
+    int have_best;          // (ckpt)
+    double best_acc;        // (ckpt) best validation accuracy (strict >, from 0)
+    int64_t best_step;      // (ckpt)
+    float *best;            // (ckpt) [n_floats] the best model's weights
+    train_eval best_valid;  // (ckpt) its validation pass (per cell)
+    double last_valid;      // (ckpt) the latest validation accuracy (NAN: none yet)
+    double *rows;           // (ckpt) metrics rows [n_rows][M_COLS]
+    int64_t n_rows, cap_rows;
+    double run_sum[4];      // (ckpt) loss, gate, acc sums and steps since the last row
+    double tokens;          // (ckpt) tokens trained on (global, all sessions)
+    double wall_before;     // (ckpt metadata) seconds of earlier sessions
+    double train_before;    // (ckpt metadata) seconds of training steps in earlier sessions
+
+    double t0, train_s;     // this session's start, seconds spent in training steps
+    double tokens0;         // tokens at the session's start
+    int64_t step0;          // step at the session's start
+    int64_t last_ckpt;      // step of the latest checkpoint written (-1: none)
+    char git_rev[64];
+} train_ctx;
+
+// ---- evaluation (train.c) ----
+void train_eval_alloc(train_eval *ev, int nc, int nk);
+void train_eval_free(train_eval *ev);
+void train_eval_copy(train_eval *dst, const train_eval *src);
+
+// ---- checkpoint and best model (src/train/ckpt.c) ----
+// Writes checkpoint.safetensors (rank 0; the other ranks return). 0 or -1 with err.
+int train_ckpt_write(train_ctx *t, char *err, int errlen);
+// Loads <run_dir>/checkpoint.safetensors into t when it exists (every rank
+// reads it). Returns 1 when loaded, 0 when there is none, -1 with err when it
+// is corrupt or belongs to another config.
+int train_ckpt_load(train_ctx *t, char *err, int errlen);
+// Writes best.safetensors from t->best (rank 0). 0 or -1 with err.
+int train_best_write(train_ctx *t, char *err, int errlen);
+
+// ---- records (src/train/report.c) ----
+// result.json with this status ("running", "complete", "failed", "preempted");
+// test figures may be NULL (not run yet), message may be NULL. Rank 0 only.
+typedef struct {
+    double acc, acc_ref;             // ours and the reference-style figure
+    const train_eval *ev, *ev_ref;   // per-cell
+    double final_valid;              // the final weights' validation (NAN: not run)
+} train_test;
+int train_write_result(train_ctx *t, const char *status, const train_test *test, const char *message, char *err,
+                       int errlen);
+int train_write_metrics(train_ctx *t, char *err, int errlen);
+// Appends a metrics row.
+void train_add_row(train_ctx *t, const double row[M_COLS]);
+// The git revision of the source tree the program was built from ("unknown").
+void train_git_revision(char *buf, size_t n);
+// Seconds of wall time over all sessions.
+double train_wall(const train_ctx *t);
+
+#endif

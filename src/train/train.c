@@ -1,0 +1,561 @@
+// train.c: the training loop of train.h — steps, validation, the best
+// model, the test pass, signals — on every rank of the run.
+//
+// One step (MODEL.md §8.2-8.5): this rank's slice of global batch s-1; the
+// GLOBAL count of scored positions is all-reduced before the forward (the CE
+// normaliser), the batch size is the global one (accuracy and ranking loss),
+// so every rank's loss is its share of the single-rank loss; gradients are
+// summed over ranks; AdamW with the warm-up schedule updates every parameter.
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "src/core/common.h"
+#include "mpi/dist_nccl.h"
+#include "src/ops/basic.h"
+#include "src/train/internal.h"
+#ifdef HAX_CUDA
+#include "cuda/core/common.h"
+#include "cuda/engine/engine.h"
+#endif
+
+// ---------------------------------------------------------------- signals
+
+static volatile sig_atomic_t stop_flag = 0;
+
+static void on_stop(int sig) {
+    (void)sig;
+    stop_flag = 1;
+}
+
+void train_install_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+}
+
+int train_stop_requested(void) { return stop_flag != 0; }
+
+// ---------------------------------------------------------------- evaluation
+
+void train_eval_alloc(train_eval *ev, int nc, int nk) {
+    memset(ev, 0, sizeof *ev);
+    ev->nc = nc;
+    ev->nk = nk;
+    ev->sum = xcalloc((size_t)nc * nk, sizeof(double));
+    ev->cnt = xcalloc((size_t)nc * nk, sizeof(double));
+}
+
+void train_eval_free(train_eval *ev) {
+    free(ev->sum);
+    free(ev->cnt);
+    memset(ev, 0, sizeof *ev);
+}
+
+void train_eval_copy(train_eval *dst, const train_eval *src) {
+    size_t n = (size_t)src->nc * src->nk;
+    dst->acc = src->acc;
+    dst->n = src->n;
+    memcpy(dst->sum, src->sum, n * sizeof(double));
+    memcpy(dst->cnt, src->cnt, n * sizeof(double));
+}
+
+static void eval_zero(train_eval *ev) {
+    size_t n = (size_t)ev->nc * ev->nk;
+    ev->acc = ev->n = 0;
+    memset(ev->sum, 0, n * sizeof(double));
+    memset(ev->cnt, 0, n * sizeof(double));
+}
+
+// Scratch of the evaluation passes.
+typedef struct {
+    int *correct, *count;  // [max_seq]
+    float *logits;         // [max_tok, V] logits with another output matrix
+} eval_scratch;
+static eval_scratch scratch;
+
+// Adds the sequences of the current batch, scored by logits [n_tok, V], to
+// ev: the reference's per-sample accuracy #correct / #scored in float32.
+static void eval_add(train_ctx *t, train_eval *ev, const float *logits) {
+    const hax_batch *b = &t->batch;
+    ce_forward(logits, b->labels, b->loss_mask, b->seq_off, b->n_seq, t->cfg->model.vocab_size, scratch.correct,
+               scratch.count);
+    for (int s = 0; s < b->n_seq; s++) {
+        double a = scratch.count[s] > 0 ? (double)((float)scratch.correct[s] / (float)scratch.count[s]) : 0.0;
+        ev->acc += a;  // a sum until the reduction
+        ev->n += 1;
+        int c = b->n_context[s], k = b->n_key[s];
+        if (c >= 0 && c < ev->nc && k >= 0 && k < ev->nk) {
+            ev->sum[(size_t)c * ev->nk + k] += a;
+            ev->cnt[(size_t)c * ev->nk + k] += 1;
+        }
+    }
+}
+
+// Sums an evaluation over ranks and turns the overall sum into a mean.
+static void eval_reduce(const train_ctx *t, train_eval *ev) {
+    size_t n = (size_t)ev->nc * ev->nk;
+    double *buf = xmalloc((2 * n + 2) * sizeof(double));
+    memcpy(buf, ev->sum, n * sizeof(double));
+    memcpy(buf + n, ev->cnt, n * sizeof(double));
+    buf[2 * n] = ev->acc;
+    buf[2 * n + 1] = ev->n;
+    if (t->d->size > 1) dist_allreduce_sum_f64(buf, 2 * n + 2);
+    memcpy(ev->sum, buf, n * sizeof(double));
+    memcpy(ev->cnt, buf + n, n * sizeof(double));
+    ev->n = buf[2 * n + 1];
+    ev->acc = ev->n > 0 ? buf[2 * n] / ev->n : 0.0;
+    free(buf);
+}
+
+// One pass over a split with the model's current weights (evaluation mode:
+// no ranking loss, the evaluation hash matrices). With alt_emb, each batch is
+// also scored with logits hf · alt_embᵀ into ev_alt (quirk 1's test figure).
+static void evaluate(train_ctx *t, int split, const float *alt_emb, train_eval *ev, train_eval *ev_alt) {
+    const hax_config *cfg = t->cfg;
+    eval_zero(ev);
+    if (ev_alt) eval_zero(ev_alt);
+    dataset_iter it;
+    dataset_iter_begin(&it, t->o->ds, split, cfg->train.batch_size, t->d->rank, t->d->size);
+    while (dataset_iter_next(&it, &t->batch)) {
+        // Fixed matrices (paper App. D.2): draw 0 for every batch; else a new
+        // draw per evaluation batch, as the reference (quirk 6).
+        uint32_t draw = cfg->train.eval_fixed_hash ? 0 : (uint32_t)(t->eval_draws + 1);
+        t->eval_draws++;
+        if (t->batch.n_seq == 0) continue;
+        hax_fwd_opts fo = {.train = 0, .seed = cfg->train.seed, .step = draw, .ce_count = 0, .inject = NULL};
+        hax_fwd_result r;
+        engine_forward(t->eng, &t->batch, &fo, &r);
+        eval_add(t, ev, engine_logits(t->eng));
+        if (ev_alt) {
+            logits_forward(scratch.logits, engine_hidden(t->eng), alt_emb, t->batch.n_tok,
+                           cfg->model.hidden_size, cfg->model.vocab_size);
+            eval_add(t, ev_alt, scratch.logits);
+        }
+    }
+    eval_reduce(t, ev);
+    if (ev_alt) eval_reduce(t, ev_alt);
+}
+
+// ---------------------------------------------------------------- one step
+
+// Global figures of a step (every rank holds the same values).
+typedef struct {
+    double loss, gate, acc, total, tokens;
+    int finite;  // loss and every gradient finite
+    int stepped; // the optimizer step was taken already (a CUDA graph step)
+} step_stats;
+
+static void train_step(train_ctx *t, int64_t s, step_stats *st) {
+    const hax_config *cfg = t->cfg;
+    hax_batch *b = &t->batch;
+    hax_model *m = &t->model;
+    dataset_batch(t->o->ds, SPLIT_TRAIN, s - 1, cfg->train.batch_size, t->d->rank, t->d->size, b);
+    double counts[2] = {0, (double)b->n_tok};  // scored positions, tokens
+    for (int i = 0; i < b->n_tok; i++) counts[0] += b->loss_mask[i] != 0;
+    if (t->d->size > 1) dist_allreduce_sum_f64(counts, 2);
+
+    const hax_device_ops *dev = t->eng->be->dev;
+    if (!dev) model_zero_grad(m);
+    hax_fwd_result r;
+    memset(&r, 0, sizeof r);
+    int poison = s == t->o->nan_at_step && t->d->rank == 0;  // test hook
+    st->stepped = 0;
+#ifdef HAX_CUDA
+    // One rank on the GPU: forward, backward and AdamW replayed as one CUDA
+    // graph (HAX_CUDA_GRAPH=0 turns it off).
+    const char *genv = getenv("HAX_CUDA_GRAPH");
+    if (dev && t->d->size == 1 && b->n_seq > 0 && !poison && !(genv && !strcmp(genv, "0"))) {
+        hax_fwd_opts fo = {.train = 1, .seed = cfg->train.seed, .step = (uint32_t)s, .ce_count = counts[0],
+                           .inject = NULL};
+        engine_cuda_train_step(t->eng, b, &fo, &t->opt, adamw_schedule_lr(cfg->train.lr, s, cfg->train.warmup), &r);
+        st->stepped = 1;
+    } else
+#endif
+    if (b->n_seq > 0) {
+        hax_fwd_opts fo = {.train = 1, .seed = cfg->train.seed, .step = (uint32_t)s, .ce_count = counts[0],
+                           .inject = NULL};
+        engine_forward(t->eng, b, &fo, &r);
+        engine_backward(t->eng);  // on a device backend: zeroes, then fills the device gradients
+    }
+#ifdef HAX_CUDA
+    else if (dev) {
+        cuda_zero(dev->grad_buffer(t->eng), m->n_floats * sizeof(float));  // this rank adds nothing
+    }
+#endif
+    if (dev) {
+        if (poison) dev->grad_finite(t->eng, 1);
+        if (t->d->size > 1) dist_nccl_allreduce_sum_f32(t->nccl, dev->grad_buffer(t->eng), m->n_floats);
+    } else {
+        if (poison) m->grad[0] = NAN;
+        if (t->d->size > 1) dist_allreduce_sum_f32(m->grad, m->n_floats);
+    }
+    double v[4] = {r.loss, r.gate_loss, r.acc, r.total_loss};
+    if (t->d->size > 1) dist_allreduce_sum_f64(v, 4);
+    st->loss = v[0];
+    st->gate = v[1];
+    st->acc = v[2];
+    st->total = v[3];
+    st->tokens = counts[1];
+    st->finite = isfinite(st->total) && isfinite(st->loss);
+    if (dev) st->finite = st->finite && dev->grad_finite(t->eng, 0);
+    for (size_t i = 0; !dev && st->finite && i < m->n_floats; i++)
+        if (!isfinite(m->grad[i])) st->finite = 0;
+}
+
+// ---------------------------------------------------------------- validation
+
+// Device backends keep the weights (and moments) on the device: these bring
+// the host copies up to date (pull) or send them back (push). No-ops on the CPU.
+static void dev_pull(train_ctx *t, int moments) {
+    if (t->eng->be->dev) t->eng->be->dev->pull(t->eng, moments ? &t->opt : NULL);
+}
+static void dev_push(train_ctx *t, int moments) {
+    if (t->eng->be->dev) t->eng->be->dev->push(t->eng, moments ? &t->opt : NULL);
+}
+
+// Stops every rank when rank 0 failed to write a file.
+static void check_write(const train_ctx *t, int rc, const char *err) { train_check_all(t->d, rc != 0, err, HAX_EXIT_ERROR); }
+
+// Validates the current weights after step s; keeps them as the best when
+// strictly better (JR:171). Returns 1 when they became the best.
+static int validate(train_ctx *t, int64_t s, train_eval *ev) {
+    evaluate(t, SPLIT_VALID, NULL, ev, NULL);
+    t->last_valid = ev->acc;
+    int better = ev->acc > t->best_acc;
+    if (better) {
+        dev_pull(t, 0);
+        memcpy(t->best, t->model.data, t->model.n_floats * sizeof(float));
+        t->best_acc = ev->acc;
+        t->best_step = s;
+        t->have_best = 1;
+        train_eval_copy(&t->best_valid, ev);
+        char err[1024] = "";
+        int rc = t->d->rank == 0 ? train_best_write(t, err, sizeof err) : 0;
+        check_write(t, rc, err);
+    }
+    if (t->d->rank == 0) {
+        printf("valid step %lld: acc %.4f (best %.4f at step %lld)\n", (long long)s, ev->acc, t->best_acc,
+               (long long)t->best_step);
+        fflush(stdout);
+    }
+    return better;
+}
+
+// ---------------------------------------------------------------- setup
+
+static void ctx_init(train_ctx *t, const train_opts *o) {
+    memset(t, 0, sizeof *t);
+    t->o = o;
+    t->cfg = o->cfg;
+    t->d = o->dist;
+    const hax_config *cfg = o->cfg;
+    const hax_data_params *p = dataset_params(o->ds);
+    t->nc = (p->levels >= 2 ? p->max_size[p->levels - 2] : 1) + 1;
+    t->nk = p->max_size[p->levels - 1] + 1;
+
+    model_build(&t->model, &cfg->model);
+    model_init(&t->model, cfg->train.seed);
+    const hax_train_config *tc = &cfg->train;
+    adamw_init(&t->opt, t->model.n_floats, tc->beta1, tc->beta2, tc->eps, tc->weight_decay);
+    dataset_set_shuffle(o->ds, o->cfg->data.shuffle, tc->seed);
+    dataset_batch_alloc(o->ds, tc->batch_size, &t->batch);
+    int max_len = dataset_pad_len(o->ds) - 1;
+    int max_seq = (tc->batch_size + t->d->size - 1) / t->d->size;
+    t->eng = NULL;
+#ifdef HAX_CUDA
+    if (o->use_cuda) {
+        cuda_init(t->d->local_rank % cuda_device_count());
+        t->eng = engine_cuda_create(&t->model, max_seq * max_len, max_seq, max_len);
+        t->nccl = dist_nccl_create(t->d);
+        if (t->d->rank == 0 && t->d->size > 1) {
+            printf("hax-train: gradients summed through %s\n", dist_nccl_mode(t->nccl));
+            fflush(stdout);
+        }
+    }
+#endif
+    if (!t->eng) t->eng = engine_cpu_create(&t->model, max_seq * max_len, max_seq, max_len);
+    scratch.correct = xcalloc((size_t)max_seq, sizeof(int));
+    scratch.count = xcalloc((size_t)max_seq, sizeof(int));
+    scratch.logits = xmalloc((size_t)max_seq * max_len * cfg->model.vocab_size * sizeof(float));
+
+    t->best = xcalloc(t->model.n_floats, sizeof(float));
+    train_eval_alloc(&t->best_valid, t->nc, t->nk);
+    t->last_valid = NAN;
+    t->last_ckpt = -1;
+    if (t->d->rank == 0) train_git_revision(t->git_rev, sizeof t->git_rev);
+    dist_bcast(t->git_rev, sizeof t->git_rev);
+}
+
+static void ctx_free(train_ctx *t) {
+    if (t->nccl) dist_nccl_free(t->nccl);
+    engine_free(t->eng);
+    adamw_free(&t->opt);
+    hax_batch_free(&t->batch);
+    model_free(&t->model);
+    train_eval_free(&t->best_valid);
+    free(t->best);
+    free(t->rows);
+    free(scratch.correct);
+    free(scratch.count);
+    free(scratch.logits);
+    memset(&scratch, 0, sizeof scratch);
+}
+
+// ---------------------------------------------------------------- progress
+
+static void fmt_duration(char *buf, size_t n, double s) {
+    if (!(s >= 0) || s > 1e9) snprintf(buf, n, "?");
+    else if (s < 60) snprintf(buf, n, "%.0fs", s);
+    else if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)(s / 60), (int)s % 60);
+    else snprintf(buf, n, "%dh%02dm", (int)(s / 3600), ((int)s % 3600) / 60);
+}
+
+static void print_progress(const train_ctx *t, const double row[M_COLS]) {
+    if (t->d->rank != 0) return;
+    int64_t done = t->step - t->step0;
+    double tps = t->train_s > 0 ? (t->tokens - t->tokens0) / t->train_s : 0;
+    double eta = done > 0 ? t->train_s / done * (double)(t->cfg->train.steps - t->step) : -1;
+    char e[32];
+    fmt_duration(e, sizeof e, eta);
+    printf("step %lld/%lld | loss %.4f | gate %.4f | acc %.4f | lr %.3e | %.0f tok/s | ETA %s\n",
+           (long long)t->step, (long long)t->cfg->train.steps, row[M_LOSS], row[M_GATE], row[M_ACC], row[M_LR],
+           tps, e);
+    fflush(stdout);
+}
+
+// Closes the metrics interval at step s (means since the last row).
+static void close_row(train_ctx *t, int64_t s, double lr, double valid) {
+    double n = t->run_sum[3] > 0 ? t->run_sum[3] : 1;
+    double row[M_COLS] = {(double)s, t->run_sum[0] / n, t->run_sum[1] / n, t->run_sum[2] / n, lr, valid};
+    train_add_row(t, row);
+    memset(t->run_sum, 0, sizeof t->run_sum);
+    print_progress(t, row);
+}
+
+// Checkpoint + metrics.csv + result.json (status) on rank 0; collective error check.
+static void save_state(train_ctx *t, const char *status) {
+    char err[1024] = "";
+    int rc = 0;
+    dev_pull(t, 1);
+    if (t->d->rank == 0) {
+        rc = train_ckpt_write(t, err, sizeof err);
+        if (!rc) rc = train_write_metrics(t, err, sizeof err);
+        if (!rc) rc = train_write_result(t, status, NULL, NULL, err, sizeof err);
+    }
+    check_write(t, rc, err);
+    t->last_ckpt = t->step;
+}
+
+// ---------------------------------------------------------------- the end
+
+// Final validation (unless the reference's steps already covered the last
+// step), then the test pass on the best model: ours (by test_output_layer)
+// and the reference-style figure (the reference's best model, i.e. without
+// the final validation, scored with the final step's embedding: quirk 1).
+static void finish(train_ctx *t, train_test *test, train_eval *ev_ours, train_eval *ev_ref) {
+    const hax_config *cfg = t->cfg;
+    hax_model *m = &t->model;
+    size_t bytes = m->n_floats * sizeof(float);
+    int64_t steps = cfg->train.steps;
+    float *ref_best = NULL;  // the reference's best, when the final validation replaced it
+    int ref_have = t->have_best;
+    test->final_valid = NAN;
+    if (steps > 0 && (steps + 1) % cfg->train.valid_every == 0) {
+        test->final_valid = t->last_valid;  // validated at the last step already
+    } else if (cfg->train.validate_final && steps > 0) {
+        if (t->have_best) {
+            ref_best = xmalloc(bytes);
+            memcpy(ref_best, t->best, bytes);
+        }
+        train_eval ev;
+        train_eval_alloc(&ev, t->nc, t->nk);
+        if (!validate(t, steps, &ev)) {
+            free(ref_best);
+            ref_best = NULL;
+        }
+        test->final_valid = ev.acc;
+        train_eval_free(&ev);
+    }
+    if (!t->have_best && t->d->rank == 0) {
+        hax_warn("no validation accuracy above 0 (MODEL.md quirk 19): testing the final weights");
+    }
+
+    float *final_w = xmalloc(bytes);
+    dev_pull(t, 0);
+    memcpy(final_w, m->data, bytes);
+    const float *final_emb = final_w + m->params[m->embeddings].offset;
+    const float *ours_w = t->have_best ? t->best : final_w;
+    const float *ref_w = ref_best ? ref_best : (ref_have ? t->best : final_w);
+    train_eval ev_own;  // the best model with its own embedding
+    train_eval_alloc(&ev_own, t->nc, t->nk);
+    memcpy(m->data, ours_w, bytes);
+    dev_push(t, 0);
+    evaluate(t, SPLIT_TEST, final_emb, &ev_own, ev_ref);  // ev_ref: the best's hf x the final embedding
+    if (cfg->train.test_output_layer == TEST_OUTPUT_BEST) train_eval_copy(ev_ours, &ev_own);
+    else train_eval_copy(ev_ours, ev_ref);
+    if (ref_w != ours_w) {  // the reference's best differs from ours: score it too
+        memcpy(m->data, ref_w, bytes);
+        dev_push(t, 0);
+        evaluate(t, SPLIT_TEST, final_emb, &ev_own, ev_ref);
+    }
+    memcpy(m->data, final_w, bytes);
+    dev_push(t, 0);
+    test->acc = ev_ours->acc;
+    test->acc_ref = ev_ref->acc;
+    test->ev = ev_ours;
+    test->ev_ref = ev_ref;
+    if (!t->have_best) {  // best.safetensors holds the final weights then
+        memcpy(t->best, final_w, bytes);
+        t->best_step = steps;
+        char err[1024] = "";
+        int rc = t->d->rank == 0 ? train_best_write(t, err, sizeof err) : 0;
+        check_write(t, rc, err);
+    }
+    train_eval_free(&ev_own);
+    free(final_w);
+    free(ref_best);
+}
+
+// ---------------------------------------------------------------- the loop
+
+int train_run(const train_opts *o) {
+    train_ctx t;
+    ctx_init(&t, o);
+    const hax_config *cfg = o->cfg;
+    const hax_train_config *tc = &cfg->train;
+    int root = t.d->rank == 0;
+    char err[2048] = "";
+
+    int loaded = 0;
+    if (!o->force) {
+        loaded = train_ckpt_load(&t, err, sizeof err);
+        train_check_all(t.d, loaded < 0, err, HAX_EXIT_ERROR);
+    }
+    dev_push(&t, 1);  // a device backend trains from here on its own copies
+    if (root) {
+        int rc = hax_mkdir_p(o->run_dir);
+        if (rc) snprintf(err, sizeof err, "%s: cannot create the results folder: %s", o->run_dir, strerror(errno));
+        if (!rc) rc = train_write_result(&t, "running", NULL, NULL, err, sizeof err);
+        check_write(&t, rc, err);
+    } else {
+        check_write(&t, 0, "");
+    }
+    t.t0 = hax_now();
+    t.step0 = t.step;
+    t.tokens0 = t.tokens;
+    if (root) {
+        if (loaded) printf("hax-train: resuming %s at step %lld\n", o->run_dir, (long long)t.step);
+        printf("hax-train: %zu parameters, %d rank%s, steps %lld, results in %s\n", t.model.n_floats, t.d->size,
+               t.d->size == 1 ? "" : "s", (long long)tc->steps, o->run_dir);
+        fflush(stdout);
+    }
+
+    train_eval ev;
+    train_eval_alloc(&ev, t.nc, t.nk);
+    for (int64_t s = t.step + 1; s <= tc->steps; s++) {
+        double ts = hax_now();
+        step_stats st;
+        train_step(&t, s, &st);
+        if (!st.finite) {
+            if (root) {
+                snprintf(err, sizeof err,
+                         "step %lld: non-finite loss or gradient (loss %g, total %g); stopped, the last good "
+                         "checkpoint (step %lld) is kept in %s",
+                         (long long)s, st.loss, st.total, (long long)t.last_ckpt, o->run_dir);
+                char e2[1024];
+                train_write_result(&t, "failed", NULL, err, e2, sizeof e2);
+            }
+            train_check_all(t.d, 1, err, HAX_EXIT_ERROR);
+        }
+        double lr = adamw_schedule_lr(tc->lr, s, tc->warmup);
+        if (st.stepped) {
+        } else if (t.eng->be->dev) t.eng->be->dev->adamw_step(t.eng, &t.opt, lr);
+        else adamw_step(&t.opt, t.model.data, t.model.grad, lr);
+        t.step = s;
+        t.tokens += st.tokens;
+        t.run_sum[0] += st.loss;
+        t.run_sum[1] += st.gate;
+        t.run_sum[2] += st.acc;
+        t.run_sum[3] += 1;
+        t.train_s += hax_now() - ts;
+        if (o->slow_step > 0) usleep((useconds_t)(o->slow_step * 1e6));
+
+        int val = (s + 1) % tc->valid_every == 0;  // the reference's (step+1) % valid_step
+        if (val) validate(&t, s, &ev);
+        if (s % tc->log_every == 0 || val || s == tc->steps) close_row(&t, s, lr, val ? ev.acc : NAN);
+        if (o->stop_after_step == s && root) raise(SIGTERM);
+        int stop = dist_allreduce_max_int(train_stop_requested());
+        int periodic = tc->checkpoint_every > 0 && s % tc->checkpoint_every == 0;  // 0: only on stop and at the end
+        if (stop || periodic) save_state(&t, stop ? "preempted" : "running");
+        else if (val && root) train_write_result(&t, "running", NULL, NULL, err, sizeof err);
+        if (stop) {
+            if (root) {
+                printf("hax-train: stopped by a signal after step %lld; checkpoint written, exit %d (requeue "
+                       "resumes)\n", (long long)s, HAX_EXIT_PREEMPTED);
+                fflush(stdout);
+            }
+            train_eval_free(&ev);
+            ctx_free(&t);
+            return HAX_EXIT_PREEMPTED;
+        }
+    }
+    train_eval_free(&ev);
+
+    train_test test;
+    train_eval ev_ours, ev_ref;
+    train_eval_alloc(&ev_ours, t.nc, t.nk);
+    train_eval_alloc(&ev_ref, t.nc, t.nk);
+    finish(&t, &test, &ev_ours, &ev_ref);
+    int rc = 0;
+    dev_pull(&t, 1);
+    if (root) {
+        rc = train_ckpt_write(&t, err, sizeof err);
+        if (!rc) rc = train_write_metrics(&t, err, sizeof err);
+        if (!rc) rc = train_write_result(&t, "complete", &test, NULL, err, sizeof err);
+    }
+    check_write(&t, rc, err);
+    if (root) {
+        double wall = train_wall(&t), tr = t.train_before + t.train_s;
+        printf("hax-train: done: %lld steps, %.1f s (%.0f tok/s); best valid acc %.4f at step %lld; test acc "
+               "%.4f (reference-style %.4f) -> %s\n",
+               (long long)t.step, wall, tr > 0 ? t.tokens / tr : 0.0, t.best_acc, (long long)t.best_step, test.acc,
+               test.acc_ref, o->run_dir);
+        fflush(stdout);
+    }
+    train_eval_free(&ev_ours);
+    train_eval_free(&ev_ref);
+    ctx_free(&t);
+    return HAX_EXIT_OK;
+}
+
+// ---------------------------------------------------------------- backend choice
+
+int train_pick_device(const hax_config *cfg, char *why, int why_len) {
+    hax_device want = cfg->train.device;
+    if (want == DEVICE_CPU) return 0;
+#ifdef HAX_CUDA
+    char reason[200] = "";
+    int ok = 0;
+    if (cuda_device_count() <= 0) snprintf(reason, sizeof reason, "no CUDA device is visible");
+    else ok = engine_cuda_supports(&cfg->model, reason, sizeof reason);
+    if (ok) return 1;
+    if (want == DEVICE_AUTO) return 0;
+    snprintf(why, (size_t)why_len, "train.device: expected a model and machine the CUDA backend runs, found %s "
+             "(use device: auto or cpu)", reason);
+    return -1;
+#else
+    if (want == DEVICE_AUTO) return 0;
+    snprintf(why, (size_t)why_len, "train.device: expected cpu or auto, found cuda: this hax-train was built "
+             "without CUDA (nvcc not found; use device: auto or cpu)");
+    return -1;
+#endif
+}
