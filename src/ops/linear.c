@@ -1,7 +1,10 @@
 // linear.c: see linear.h.
 #include "src/ops/linear.h"
 
+#include <stdlib.h>
 #include <string.h>
+
+#include "src/core/common.h"
 
 #ifndef HAX_NO_BLAS
 #include <cblas.h>
@@ -93,6 +96,33 @@ void linear_forward(float *out, int ld_out, const float *inp, int ld_inp, const 
         beta = 1.0f;
     }
     hax_sgemm(0, 1, n, out_dim, in_dim, 1.0f, inp, ld_inp, weight, in_dim, beta, out, ld_out);
+}
+
+// Each row on its own: out[t, o] = (sum over i ascending of inp[t, i] *
+// weight[o, i]) + bias[o]. A BLAS kernel computes a row differently
+// depending on its place in the register tile, so the same row packed among
+// others and alone can differ in the last bit (OpenBLAS 0.3.21's Prescott,
+// Haswell and SkylakeX kernels all do, measured); here it cannot, for any
+// batch and thread count. For small layers (the key-selection MLP).
+void linear_forward_rows(float *out, int ld_out, const float *inp, int ld_inp, const float *weight,
+                         const float *bias, int n, int in_dim, int out_dim) {
+    if (n == 0) return;
+    float *wt = xmalloc(sizeof(float) * (size_t)in_dim * out_dim);  // weight^T, so o runs contiguously
+    for (int o = 0; o < out_dim; o++)
+        for (int i = 0; i < in_dim; i++) wt[(size_t)i * out_dim + o] = weight[(size_t)o * in_dim + i];
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < n; t++) {
+        float *y = out + (size_t)t * ld_out;
+        const float *x = inp + (size_t)t * ld_inp;
+        for (int o = 0; o < out_dim; o++) y[o] = 0.0f;
+        for (int i = 0; i < in_dim; i++) {
+            const float xi = x[i], *w = wt + (size_t)i * out_dim;
+            for (int o = 0; o < out_dim; o++) y[o] += xi * w[o];
+        }
+        if (bias)
+            for (int o = 0; o < out_dim; o++) y[o] += bias[o];
+    }
+    free(wt);
 }
 
 void linear_backward(float *dinp, int ld_dinp, float *dweight, float *dbias, const float *dout,

@@ -10,6 +10,11 @@
 void linear_forward(float *out, int ld_out, const float *inp, int ld_inp, const float *weight,
                     const float *bias, int n, int in_dim, int out_dim);
 
+// The same product computed row by row in a fixed order: a row's result does
+// not depend on the other rows of the batch (bitwise), unlike a BLAS call.
+void linear_forward_rows(float *out, int ld_out, const float *inp, int ld_inp, const float *weight,
+                         const float *bias, int n, int in_dim, int out_dim);
+
 // Accumulates (+=): dinp += dout . weight; dweight += dout^T . inp;
 // dbias += column sums of dout. Any of dinp, dweight, dbias may be NULL.
 void linear_backward(float *dinp, int ld_dinp, float *dweight, float *dbias, const float *dout,

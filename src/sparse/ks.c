@@ -90,11 +90,13 @@ static void relu_inplace(float *x, size_t n) {
 void ks_mlp_forward(float *score, float *h1, float *h2, const float *T, const ks_params *p,
                     int n_tok, int N) {
     int D = 2 * N;
-    linear_forward(h1, D, T, D, p->w1, p->b1, n_tok, D, D);
+    // row by row (linear_forward_rows): a key's score must not depend on the
+    // sequences packed beside it, or the top-k could pick differently
+    linear_forward_rows(h1, D, T, D, p->w1, p->b1, n_tok, D, D);
     relu_inplace(h1, (size_t)n_tok * D);
-    linear_forward(h2, D, h1, D, p->w2, p->b2, n_tok, D, D);
+    linear_forward_rows(h2, D, h1, D, p->w2, p->b2, n_tok, D, D);
     relu_inplace(h2, (size_t)n_tok * D);
-    linear_forward(score, 1, h2, D, p->w3, p->b3, n_tok, D, 1);
+    linear_forward_rows(score, 1, h2, D, p->w3, p->b3, n_tok, D, 1);
 }
 
 size_t ks_mlp_scratch_floats(int n_rows, int N) {
