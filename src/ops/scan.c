@@ -55,7 +55,9 @@ static inline float exp_poly(float x) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * r * r + r + 1.0f;
-    fbits scale = {.i = ((int32_t)k + 127) << 23};
+    // shifted as unsigned: with a NaN or Inf weight k is garbage, and a signed
+    // left shift of a negative value would be undefined (UBSan)
+    fbits scale = {.u = (uint32_t)((int32_t)k + 127) << 23};
     fbits res = {p * scale.f};
     res.i &= keep;
     return res.f;

@@ -204,7 +204,7 @@ static int bucket_mismatch(const st_file *f, const hax_case *c, const int32_t *o
 typedef struct {
     int32_t *gq[HAX_MAX_LAYERS], *gk[HAX_MAX_LAYERS];  // golden buckets (LSH layers)
     int q_bad[HAX_MAX_LAYERS], k_bad[HAX_MAX_LAYERS], injected[HAX_MAX_LAYERS];
-    char note[HAX_MAX_LAYERS][160];
+    char note[HAX_MAX_LAYERS][384];  // room for both 127-character bucket notes
 } bucket_info;
 
 // Train-mode forward; where a layer's buckets differ from the golden ones only
