@@ -4,17 +4,6 @@
 #include <stdio.h>
 #include <string.h>
 
-static const struct {
-    const char *name;
-    unsigned bit;
-} sparse_components[] = {
-    {"sliding_window", SPARSE_SLIDING_WINDOW}, {"sink", SPARSE_SINK},
-    {"dilated", SPARSE_DILATED},               {"sign_bin_lsh", SPARSE_SIGN_BIN_LSH},
-    {"argmax_lsh", SPARSE_ARGMAX_LSH},         {"key_selection", SPARSE_KEY_SELECTION},
-    {"full", SPARSE_FULL},
-};
-#define N_COMPONENTS (int)(sizeof sparse_components / sizeof sparse_components[0])
-
 int model_config_set_sparse(hax_model_config *cfg, const char *pattern, char *err, int errlen) {
     cfg->sparse_mask = 0;
     cfg->sparse_parts = 0;
@@ -24,33 +13,11 @@ int model_config_set_sparse(hax_model_config *cfg, const char *pattern, char *er
         snprintf(err, errlen, "expected a sparse pattern name, found a string of %zu characters", strlen(pattern));
         return -1;
     }
-    char buf[64];
-    strcpy(buf, pattern);
-    for (char *part = strtok(buf, "+"); part; part = strtok(NULL, "+")) {
-        int found = -1;
-        for (int i = 0; i < N_COMPONENTS; i++)
-            if (strcmp(part, sparse_components[i].name) == 0) found = i;
-        if (found < 0) {
-            snprintf(err, errlen,
-                     "expected '+'-joined parts among sliding_window, sink, dilated, sign_bin_lsh, "
-                     "argmax_lsh, key_selection, full; found '%s' in '%s'", part, pattern);
-            return -1;
-        }
-        if (cfg->sparse_mask & sparse_components[found].bit) {
-            snprintf(err, errlen, "expected each part once, found '%s' twice in '%s'", part, pattern);
-            return -1;
-        }
-        cfg->sparse_mask |= sparse_components[found].bit;
-        cfg->sparse_parts++;
-    }
-    if ((cfg->sparse_mask & SPARSE_FULL) && cfg->sparse_parts > 1) {
-        snprintf(err, errlen, "expected 'full' alone, found '%s'", pattern);
-        return -1;
-    }
-    if ((cfg->sparse_mask & SPARSE_SINK) && !(cfg->sparse_mask & SPARSE_SLIDING_WINDOW)) {
-        // The reference's 'sink' only appears as sliding_window+sink; alone it is
-        // still well defined (the first k_c positions), so it is allowed.
-    }
+    unsigned mask;
+    int parts;
+    if (sparse_pattern_parse(pattern, &mask, &parts, err, errlen) != 0) return -1;
+    cfg->sparse_mask = mask;
+    cfg->sparse_parts = parts;
     strcpy(cfg->sparse_arch, pattern);
     cfg->k_c = cfg->sparse_parts ? cfg->sparse_keys / cfg->sparse_parts : 0;
     return 0;
@@ -94,9 +61,9 @@ int model_config_validate(const hax_model_config *c, char *err, int errlen) {
         NEED(c->sparse_keys >= c->sparse_parts && c->sparse_keys % c->sparse_parts == 0,
              "sparse.keys: expected a multiple of the %d parts of '%s', found %d", c->sparse_parts, c->sparse_arch,
              c->sparse_keys);
-        if (c->sparse_mask & (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH))
+        if (sparse_pattern_has(c->sparse_mask, SPF_LSH))
             NEED(c->num_hash >= 1 && c->num_hash <= 30, "sparse.hash_bits: expected 1..30, found %d", c->num_hash);
-        if (c->sparse_mask & SPARSE_DILATED)
+        if (sparse_pattern_has(c->sparse_mask, SPF_DILATION))
             NEED(c->data_max_length >= c->k_c, "sparse.data_max_length: expected >= keys per part %d, found %d", c->k_c,
                  c->data_max_length);
     }
