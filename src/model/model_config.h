@@ -4,9 +4,9 @@
 #ifndef HAX_MODEL_CONFIG_H
 #define HAX_MODEL_CONFIG_H
 
+#include "src/model/arch.h"             // hax_arch and the table of architectures
 #include "src/model/sparse_patterns.h"  // the components of a sparse pattern (SPARSE_* bits)
 
-typedef enum { ARCH_MAMBA = 0, ARCH_MAMBA2 = 1, ARCH_SAMBA = 2 } hax_arch;
 
 typedef enum {
     SEMANTICS_REFERENCE = 0,  // the reference: sequence-wide statistics counting pads, empty rows uniform over L

@@ -429,7 +429,7 @@ static int check_case(checker *k, const char *path) {
     const hax_model_config *cfg = &m.cfg;
     int n = b.n_tok, d = cfg->hidden_size, V = cfg->vocab_size;
     printf("%s (%s, %s, %d layers, batch %d x %d, %d tokens)\n", c.name,
-           cfg->arch == ARCH_MAMBA ? "mamba" : cfg->arch == ARCH_MAMBA2 ? "mamba2" : "samba",
+           arch_name(cfg->arch),
            cfg->sparse_mask ? cfg->sparse_arch : "no sparse branch", cfg->n_layers, c.B, c.L, n);
     fflush(stdout);  // before any error line on stderr
     int fail0 = k->n_fail;
