@@ -1,5 +1,6 @@
 // aggregate.c: grouping, learning-rate choice, seed statistics, Table 1
 // placement and the footer. See aggregate.h for the rules.
+#include <ctype.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -12,61 +13,65 @@
 // ---------------------------------------------------------------------------
 // Table 1 of the paper (spec/PAPER.md): test accuracy in percent.
 
-static const char *const row_names[TABLE1_ROWS] = {"Base", "+D", "+SW", "+SW+D", "+A",
-                                                   "+LSH", "+KS", "+HAX", "Base (2×dim)", "Samba"};
 static const char *const col_names[TABLE1_COLS] = {"Mamba", "Mamba2"};
 static const double paper[TABLE1_ROWS][TABLE1_COLS] = {
     {16.3, 36.6}, {7.8, 19.6}, {18.7, 70.6}, {16.6, 48.6}, {16.4, 49.3},
     {11.6, 13.5}, {36.6, 60.1}, {38.0, 74.3}, {34.5, 59.2}, {6.3, NAN},
 };
-// Label suffixes of the configs/ files, and the pattern of each row.
-static const char *const row_suffix[TABLE1_ROWS] = {"", "_d", "_sw", "_swd", "_a", "_lsh", "_ks", "_hax", "_2x", ""};
-static const unsigned row_mask[8] = {
-    0,
-    SPARSE_DILATED,
-    SPARSE_SLIDING_WINDOW,
-    SPARSE_SLIDING_WINDOW | SPARSE_DILATED,
-    SPARSE_SLIDING_WINDOW | SPARSE_SINK,
-    SPARSE_SIGN_BIN_LSH,
-    SPARSE_KEY_SELECTION,
-    SPARSE_SIGN_BIN_LSH | SPARSE_KEY_SELECTION,
+// The sparse pattern of rows 0..7 (Base and its sparse variants); rows 8 and
+// 9 are "Base (2×dim)" and "Samba". A row's name ("+SW+D") and the label
+// suffix of its configs/ files ("_swd") come from the pattern's Table 1
+// label in src/model/sparse_patterns.h ("SW+D").
+#define PATTERN_ROWS 8
+static const char *const row_pattern[PATTERN_ROWS] = {
+    "none", "dilated", "sliding_window", "sliding_window+dilated", "sliding_window+sink",
+    "sign_bin_lsh", "key_selection", "sign_bin_lsh+key_selection",
 };
 
-const char *table1_row_name(int row) { return row >= 0 && row < TABLE1_ROWS ? row_names[row] : "?"; }
+// "sliding_window+sink" -> bits; -1 for a pattern the registry refuses.
+static long pattern_mask(const char *pattern) {
+    unsigned mask;
+    int parts;
+    char err[400];
+    return sparse_pattern_parse(pattern, &mask, &parts, err, sizeof err) == 0 ? (long)mask : -1;
+}
+
+static unsigned row_mask(int row) { return (unsigned)pattern_mask(row_pattern[row]); }
+
+// "+SW+D" (name) and "_swd" (suffix) of a pattern row.
+static void row_texts(int row, char *name, char *suffix, int len) {
+    char label[20];  // the longest Table 1 label is "SW+D"
+    sparse_pattern_label(row_mask(row), label, sizeof label);
+    snprintf(name, len, "%s%s", row ? "+" : "Base", label);
+    int n = snprintf(suffix, len, "%s", row ? "_" : "");
+    for (const char *p = label; *p && n < len - 1; p++)
+        if (*p != '+') suffix[n++] = (char)tolower((unsigned char)*p);
+    suffix[n] = 0;
+}
+
+const char *table1_row_name(int row) {
+    static char names[PATTERN_ROWS][32];
+    if (row == 8) return "Base (2×dim)";
+    if (row == 9) return "Samba";
+    if (row < 0 || row >= PATTERN_ROWS) return "?";
+    char suffix[32];
+    row_texts(row, names[row], suffix, sizeof names[row]);
+    return names[row];
+}
 const char *table1_col_name(int col) { return col >= 0 && col < TABLE1_COLS ? col_names[col] : "?"; }
 double table1_paper(int row, int col) {
     return row >= 0 && row < TABLE1_ROWS && col >= 0 && col < TABLE1_COLS ? paper[row][col] : NAN;
 }
 
 const char *table1_label(int row, int col) {
-    static char buf[TABLE1_ROWS][TABLE1_COLS][24];
+    static char buf[TABLE1_ROWS][TABLE1_COLS][48];
     if (row < 0 || row >= TABLE1_ROWS || col < 0 || col >= TABLE1_COLS) return NULL;
     if (row == 9) return col == 0 ? "samba" : NULL;
-    snprintf(buf[row][col], sizeof buf[row][col], "%s%s", col ? "mamba2" : "mamba", row_suffix[row]);
+    char name[32], suffix[32];
+    if (row == 8) snprintf(suffix, sizeof suffix, "_2x");
+    else row_texts(row, name, suffix, sizeof suffix);
+    snprintf(buf[row][col], sizeof buf[row][col], "%s%s", col ? "mamba2" : "mamba", suffix);
     return buf[row][col];
-}
-
-// "sliding_window+sink" -> bits; -1 for an unknown component.
-static long pattern_mask(const char *pattern) {
-    static const struct { const char *name; unsigned bit; } parts[] = {
-        {"sliding_window", SPARSE_SLIDING_WINDOW}, {"sink", SPARSE_SINK}, {"dilated", SPARSE_DILATED},
-        {"sign_bin_lsh", SPARSE_SIGN_BIN_LSH}, {"argmax_lsh", SPARSE_ARGMAX_LSH},
-        {"key_selection", SPARSE_KEY_SELECTION}, {"full", SPARSE_FULL},
-    };
-    if (!*pattern || strcmp(pattern, "none") == 0) return 0;
-    long mask = 0;
-    const char *p = pattern;
-    while (*p) {
-        size_t len = strcspn(p, "+");
-        size_t i, n = sizeof parts / sizeof parts[0];
-        for (i = 0; i < n; i++)
-            if (strlen(parts[i].name) == len && strncmp(parts[i].name, p, len) == 0) break;
-        if (i == n) return -1;
-        mask |= parts[i].bit;
-        p += len;
-        if (*p == '+') p++;
-    }
-    return mask;
 }
 
 int table1_place(const char *label, const char *model, const char *pattern, int hidden_size, int n_layers,
@@ -100,8 +105,8 @@ int table1_place(const char *label, const char *model, const char *pattern, int 
         return 1;
     }
     if (hidden_size && hidden_size != 64) return 0;
-    for (int r = 0; r < 8; r++)
-        if ((long)row_mask[r] == mask) {
+    for (int r = 0; r < PATTERN_ROWS; r++)
+        if ((long)row_mask(r) == mask) {
             *row = r;
             *col = c;
             return 1;

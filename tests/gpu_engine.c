@@ -74,8 +74,8 @@ static void free_batch(tbatch *t) {
 // The model's name in the printouts: arch, then the sparse pattern if any.
 static const char *cur_pattern = NULL;
 static char name_buf[96];
-static const char *arch_name(hax_arch a) {
-    const char *base = a == ARCH_MAMBA2 ? "mamba2" : a == ARCH_SAMBA ? "samba" : "mamba";
+static const char *model_label(hax_arch a) {
+    const char *base = arch_name(a);
     if (!cur_pattern) return base;
     snprintf(name_buf, sizeof name_buf, "%s+%s", base, cur_pattern);
     return name_buf;
@@ -200,41 +200,41 @@ static void compare_engines(hax_arch arch) {
     double eg_loss = fabs(rg.gate_loss - rc.gate_loss) / (fabs(rc.gate_loss) > 1e-12 ? fabs(rc.gate_loss) : 1.0);
     printf("    %s: loss cpu %.7f gpu %.7f (rel err %.2e), gate loss %.7f / %.7f (rel err %.2e), acc %.5f / %.5f, "
            "scored %d / %d, correct %d / %d\n",
-           arch_name(arch), rc.loss, rg.loss, el, rc.gate_loss, rg.gate_loss, eg_loss, rc.acc, rg.acc, rc.n_scored,
+           model_label(arch), rc.loss, rg.loss, el, rc.gate_loss, rg.gate_loss, eg_loss, rc.acc, rg.acc, rc.n_scored,
            rg.n_scored, rc.correct, rg.correct);
-    CHECK(el <= 1e-5, "%s: loss relative error %.3e", arch_name(arch), el);
-    CHECK(eg_loss <= 1e-5, "%s: gate loss relative error %.3e", arch_name(arch), eg_loss);
+    CHECK(el <= 1e-5, "%s: loss relative error %.3e", model_label(arch), el);
+    CHECK(eg_loss <= 1e-5, "%s: gate loss relative error %.3e", model_label(arch), eg_loss);
     for (int l = 0; l < m.cfg.n_layers; l++) {
         const float *hc = engine_hash(cpu, l), *hg = engine_hash(gpu, l);
-        CHECK((hc == NULL) == (hg == NULL), "%s: layer %d: hash matrix on one engine only", arch_name(arch), l);
+        CHECK((hc == NULL) == (hg == NULL), "%s: layer %d: hash matrix on one engine only", model_label(arch), l);
         if (hc && hg)
             CHECK(memcmp(hc, hg, sizeof(float) * m.cfg.state_size * m.cfg.num_hash) == 0,
-                  "%s: layer %d: hash matrices differ", arch_name(arch), l);
+                  "%s: layer %d: hash matrices differ", model_label(arch), l);
     }
     CHECK(rc.n_scored == rg.n_scored && rc.correct == rg.correct && rc.acc == rg.acc,
-          "%s: accuracy counts differ", arch_name(arch));
+          "%s: accuracy counts differ", model_label(arch));
     double eh = rel_err(engine_hidden(gpu), hid, (size_t)n * d), eg = rel_err(engine_logits(gpu), lg, (size_t)n * V);
-    printf("    %s: hidden rel err %.2e, logits rel err %.2e\n", arch_name(arch), eh, eg);
-    CHECK(eh <= 1e-5 && eg <= 1e-5, "%s: hidden %.3e logits %.3e", arch_name(arch), eh, eg);
+    printf("    %s: hidden rel err %.2e, logits rel err %.2e\n", model_label(arch), eh, eg);
+    CHECK(eh <= 1e-5 && eg <= 1e-5, "%s: hidden %.3e logits %.3e", model_label(arch), eh, eg);
     long flips = discrete_diffs(cpu, gpu, &m, b);
     const char *worst_name;
-    double worst = check_grads(&m, g_cpu, arch_name(arch), flips, &worst_name);
-    printf("    %s: %d parameter gradients, worst rel err %.2e (%s); %ld discrete choices differ\n", arch_name(arch),
+    double worst = check_grads(&m, g_cpu, model_label(arch), flips, &worst_name);
+    printf("    %s: %d parameter gradients, worst rel err %.2e (%s); %ld discrete choices differ\n", model_label(arch),
            m.n_params, worst, worst_name, flips);
     // A second step on the same engine (buffers reused) gives the same loss.
     hax_fwd_result r2;
     step(gpu, &m, b, &r2);
-    CHECK(r2.loss == rg.loss, "%s: a second step differs: %.9f vs %.9f", arch_name(arch), r2.loss, rg.loss);
+    CHECK(r2.loss == rg.loss, "%s: a second step differs: %.9f vs %.9f", model_label(arch), r2.loss, rg.loss);
     // An evaluation forward (fixed evaluation hash matrix, no ranking loss).
     hax_fwd_opts oe = {0, 1, 0, 0.0, NULL};
     engine_forward(cpu, b, &oe, &rc);
     engine_forward(gpu, b, &oe, &rg);
     el = fabs(rg.loss - rc.loss) / fabs(rc.loss);
     double ee = rel_err(engine_logits(gpu), engine_logits(cpu), (size_t)n * V);
-    printf("    %s: evaluation forward: loss rel err %.2e, logits rel err %.2e, gate loss %g / %g\n", arch_name(arch),
+    printf("    %s: evaluation forward: loss rel err %.2e, logits rel err %.2e, gate loss %g / %g\n", model_label(arch),
            el, ee, rc.gate_loss, rg.gate_loss);
     CHECK(el <= 1e-5 && ee <= 1e-5 && rg.gate_loss == 0 && rc.correct == rg.correct,
-          "%s: evaluation forward differs: loss %.3e logits %.3e", arch_name(arch), el, ee);
+          "%s: evaluation forward differs: loss %.3e logits %.3e", model_label(arch), el, ee);
     engine_free(cpu);
     engine_free(gpu);
     free(g_cpu), free(hid), free(lg);
@@ -277,8 +277,8 @@ static void time_step(hax_arch arch) {
     step(gpu, &m, &t.b, &rg);
     long flips = discrete_diffs(cpu, gpu, &m, &t.b);
     const char *worst_name;
-    double worst = check_grads(&m, g_cpu, arch_name(arch), flips, &worst_name);
-    printf("    %s paper size: worst gradient rel err %.2e (%s); %ld discrete choices differ\n", arch_name(arch), worst,
+    double worst = check_grads(&m, g_cpu, model_label(arch), flips, &worst_name);
+    printf("    %s paper size: worst gradient rel err %.2e (%s); %ld discrete choices differ\n", model_label(arch), worst,
            worst_name, flips);
     free(g_cpu);
     int reps = 5;
@@ -292,8 +292,8 @@ static void time_step(hax_arch arch) {
     double el = fabs(rg.loss - rc.loss) / fabs(rc.loss);
     printf("TIME %s step (%d positions): cpu %8.1f ms  gpu %7.2f ms (forward %.2f ms)  %5.0fx  (%.2f M tokens/s on "
            "the GPU; loss rel err %.1e)\n",
-           arch_name(arch), t.b.n_tok, cpu_s * 1e3, gpu_s * 1e3, fwd_s * 1e3, cpu_s / gpu_s, t.b.n_tok / gpu_s / 1e6, el);
-    CHECK(el <= 1e-5, "%s: paper-size loss relative error %.3e", arch_name(arch), el);
+           model_label(arch), t.b.n_tok, cpu_s * 1e3, gpu_s * 1e3, fwd_s * 1e3, cpu_s / gpu_s, t.b.n_tok / gpu_s / 1e6, el);
+    CHECK(el <= 1e-5, "%s: paper-size loss relative error %.3e", model_label(arch), el);
     engine_free(cpu);
     engine_free(gpu);
     free_batch(&t);
@@ -398,7 +398,7 @@ static void train_compare(hax_arch arch) {
         if (!first_flip_graph && discrete_diffs(cpu, gra, &mc, b)) first_flip_graph = s;
         if (!first_flip_plain && e1 > worst_plain) worst_plain = e1;
         if (!first_flip_graph && e2 > worst_graph) worst_graph = e2;
-        CHECK(e1 <= 1e-2 && e2 <= 1e-2, "%s: step %d: loss differs by %.3e / %.3e", arch_name(arch), s, e1, e2);
+        CHECK(e1 <= 1e-2 && e2 <= 1e-2, "%s: step %d: loss differs by %.3e / %.3e", model_label(arch), s, e1, e2);
     }
     gpu->be->dev->pull(gpu, &og);
     gra->be->dev->pull(gra, &oh);
@@ -408,19 +408,19 @@ static void train_compare(hax_arch arch) {
     printf("    %s: %d steps: loss rel err plain %.2e graph %.2e (before a first discrete flip: plain at step %d, "
            "graph at step %d, 0 = none); final weights rel err plain %.2e graph %.2e; moments %.2e; %d graph "
            "replays\n",
-           arch_name(arch), steps, worst_plain, worst_graph, first_flip_plain, first_flip_graph, ew, eh, em, launches);
+           model_label(arch), steps, worst_plain, worst_graph, first_flip_plain, first_flip_graph, ew, eh, em, launches);
     double wtol = first_flip_plain || first_flip_graph ? 1e-2 : 1e-4;
-    CHECK(finite, "%s: device gradients reported non-finite", arch_name(arch));
-    CHECK(worst_plain <= 1e-4 && worst_graph <= 1e-4, "%s: loss curve differs: %.3e / %.3e", arch_name(arch),
+    CHECK(finite, "%s: device gradients reported non-finite", model_label(arch));
+    CHECK(worst_plain <= 1e-4 && worst_graph <= 1e-4, "%s: loss curve differs: %.3e / %.3e", model_label(arch),
           worst_plain, worst_graph);
     CHECK(ew <= wtol && eh <= wtol && em <= wtol, "%s: final weights differ: %.3e / %.3e (moments %.3e)",
-          arch_name(arch), ew, eh, em);
-    CHECK(og.step == steps && oh.step == steps, "%s: AdamW step counts %lld / %lld", arch_name(arch),
+          model_label(arch), ew, eh, em);
+    CHECK(og.step == steps && oh.step == steps, "%s: AdamW step counts %lld / %lld", model_label(arch),
           (long long)og.step, (long long)oh.step);
-    CHECK(launches >= steps - 6, "%s: only %d of %d steps replayed a graph", arch_name(arch), launches, steps);
+    CHECK(launches >= steps - 6, "%s: only %d of %d steps replayed a graph", model_label(arch), launches, steps);
     // The poison hook makes the check fail.
     engine_cuda_train_step(gra, &tb[0].b, &(hax_fwd_opts){1, 1, 99, 0.0, NULL}, &oh, 0.0, &(hax_fwd_result){0});
-    CHECK(!gra->be->dev->grad_finite(gra, 1), "%s: a NaN gradient passed the finiteness check", arch_name(arch));
+    CHECK(!gra->be->dev->grad_finite(gra, 1), "%s: a NaN gradient passed the finiteness check", model_label(arch));
     engine_free(cpu), engine_free(gpu), engine_free(gra);
     adamw_free(&oc), adamw_free(&og), adamw_free(&oh);
     for (int i = 0; i < 3; i++) free_batch(&tb[i]);
@@ -472,10 +472,10 @@ static void time_train(hax_arch arch) {
     double graph = (hax_now() - t0) / reps;
     printf("TIME %s train step, batch 64 (%d positions): resident %.2f ms, CUDA graph %.2f ms (%.2f M tokens/s); "
            "the reference's Mamba2+HAX step: ~50 ms\n",
-           arch_name(arch), t.b.n_tok, plain * 1e3, graph * 1e3, t.b.n_tok / graph / 1e6);
-    printf("BENCH | %s | %.2f | %.2f | %.2f M |\n", arch_name(arch), plain * 1e3, graph * 1e3,
+           model_label(arch), t.b.n_tok, plain * 1e3, graph * 1e3, t.b.n_tok / graph / 1e6);
+    printf("BENCH | %s | %.2f | %.2f | %.2f M |\n", model_label(arch), plain * 1e3, graph * 1e3,
            t.b.n_tok / graph / 1e6);
-    CHECK(isfinite(r.loss), "%s: timed steps gave a non-finite loss", arch_name(arch));
+    CHECK(isfinite(r.loss), "%s: timed steps gave a non-finite loss", model_label(arch));
     engine_free(e);
     adamw_free(&opt);
     free_batch(&t);

@@ -8,6 +8,7 @@
 #include <cuda_runtime.h>
 
 #include "cuda/core/common.h"
+#include "src/core/scalar.h"
 
 extern "C" {
 #include "src/core/common.h"
@@ -46,15 +47,13 @@ int *cu_error_flag(void);
 
 static inline int cu_blocks(long n, int threads) { return (int)((n + threads - 1) / threads); }
 
-// ---- device helpers (float versions of the CPU's hax_* scalar functions)
-__device__ __forceinline__ float cu_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
-__device__ __forceinline__ float cu_silu(float x) { return x / (1.0f + expf(-x)); }
-__device__ __forceinline__ float cu_dsilu(float x) {
-    float s = cu_sigmoid(x);
-    return s * (1.0f + x * (1.0f - s));
-}
-__device__ __forceinline__ float cu_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
-__device__ __forceinline__ float cu_dsoftplus(float x) { return x > 20.0f ? 1.0f : cu_sigmoid(x); }
+// ---- the scalar helpers: hax_sigmoid, hax_silu, ... of src/core/scalar.h (host
+// and device, one copy). The cu_* names remain as aliases for cuda/engine/.
+#define cu_sigmoid hax_sigmoid
+#define cu_silu hax_silu
+#define cu_dsilu hax_dsilu
+#define cu_softplus hax_softplus
+#define cu_dsoftplus hax_dsoftplus
 
 // The start of the sequence holding row t (binary search of seq_off).
 __device__ __forceinline__ int cu_seq_of(const int *seq_off, int n_seq, int t) {

@@ -328,7 +328,7 @@ extern "C" void cuda_ce_backward(float *dlogits, const float *logits, const int3
 
 // ---------------------------------------------------------------- gated RMSNorm
 
-__device__ __forceinline__ float gated_v(float y, float z) { return y * (z * cu_sigmoid(z)); }
+__device__ __forceinline__ float gated_v(float y, float z) { return y * (z * hax_sigmoid(z)); }
 
 __global__ static void gated_fwd_kernel(float *out, int ld_out, float *rstd, const float *y, int ld_y,
                                         const float *z, int ld_z, const float *w, int n, int E, float eps) {
@@ -360,7 +360,7 @@ __global__ static void gated_bwd_kernel(float *dy, int ld_dy, float *dz, int ld_
     s = cu_warp_sum(s);
     float k = (float)(s * (double)r * r * r / E);
     for (int c = lane; c < E; c += 32) {
-        float sg = cu_sigmoid(zt[c]), sl = zt[c] * sg, v = yt[c] * sl;
+        float sg = hax_sigmoid(zt[c]), sl = zt[c] * sg, v = yt[c] * sl;
         float dv = r * w[c] * dot[c] - v * k;
         if (dy) dy[(size_t)row * ld_dy + c] += dv * sl;
         if (dz) dz[(size_t)row * ld_dz + c] += dv * yt[c] * sg * (1.0f + zt[c] * (1.0f - sg));

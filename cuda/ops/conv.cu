@@ -18,7 +18,7 @@ __global__ static void conv_fwd_kernel(float *out, float *pre, const float *inp,
         if (src >= t0) acc += w[c * K + k] * inp[(size_t)src * ld_inp + c];
     }
     if (pre) pre[i] = acc;
-    out[i] = cu_silu(acc);
+    out[i] = hax_silu(acc);
 }
 
 // dinp[src, c] += Σ_t g[t, c]·w[c, k] over the outputs t = src .. src+K−1 of
@@ -32,7 +32,7 @@ __global__ static void conv_dinp_kernel(float *dinp, int ld_dinp, const float *d
     float *d = dinp + (size_t)src * ld_dinp + c;
     float acc = *d;
     for (int t = src; t < src + K && t < t1; t++) {
-        float g = dout[(size_t)t * C + c] * cu_dsilu(pre[(size_t)t * C + c]);
+        float g = dout[(size_t)t * C + c] * hax_dsilu(pre[(size_t)t * C + c]);
         acc += g * w[c * K + (K - 1 - (t - src))];
     }
     *d = acc;
@@ -65,7 +65,7 @@ __global__ static void conv_part_kernel(double *part, const float *dout, const f
 #pragma unroll
     for (int k = 0; k < KMAX; k++) pw[k] = 0.0;
     for (int t = ta; t < tb; t++) {
-        float g = dout[(size_t)t * C + c] * cu_dsilu(pre[(size_t)t * C + c]);
+        float g = dout[(size_t)t * C + c] * hax_dsilu(pre[(size_t)t * C + c]);
         pb += g;
 #pragma unroll
         for (int k = 0; k < KMAX; k++) {

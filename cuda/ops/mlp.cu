@@ -6,7 +6,7 @@
 
 __global__ static void swiglu_fwd_kernel(float *s, const float *g, const float *u, long n) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) s[i] = g[i] * cu_sigmoid(g[i]) * u[i];
+    if (i < n) s[i] = g[i] * hax_sigmoid(g[i]) * u[i];
 }
 
 // s = silu(g) u:  dg = ds u silu'(g),  du = ds silu(g)  (the CPU's expressions)
@@ -14,7 +14,7 @@ __global__ static void swiglu_bwd_kernel(float *dg, float *du, const float *ds, 
                                          long n) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    float x = g[i], sg = cu_sigmoid(x);
+    float x = g[i], sg = hax_sigmoid(x);
     dg[i] = ds[i] * u[i] * sg * (1.0f + x * (1.0f - sg));
     du[i] = ds[i] * x * sg;
 }

@@ -55,7 +55,7 @@ __global__ static void ssd_delta_kernel(float *delta, const float *dt, int ld_dt
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)n_tok * H) return;
     int t = (int)(i / H), h = (int)(i % H);
-    delta[i] = cu_softplus(dt[(size_t)t * ld_dt + h] + dt_bias[h]);
+    delta[i] = hax_softplus(dt[(size_t)t * ld_dt + h] + dt_bias[h]);
 }
 
 // A chunk of T positions staged in shared memory by the whole block (loads
@@ -84,7 +84,7 @@ __device__ static void load_chunk(const scan_args &a, const chunk_stage &st, int
         int i = q / CPB, c = min(cb * CPB + q % CPB, a.E - 1), t = ta + i, h = c / a.P;
         st.x[q] = a.x[(size_t)t * a.ld_x + c];
         float r = a.dt[(size_t)t * a.ld_dt + h] + a.dt_bias[h];
-        st.dl[q] = SSD ? a.delta[(size_t)t * a.H + h] : cu_softplus(r);
+        st.dl[q] = SSD ? a.delta[(size_t)t * a.H + h] : hax_softplus(r);
         if (bwd) {
             st.raw[q] = r;
             st.g[q] = a.dy[(size_t)t * a.ld_dy + c];
@@ -226,7 +226,7 @@ __global__ static void __launch_bounds__(SSD ? 1024 : 256, SSD ? 1 : 2) scan_bwd
                     sm_dx[i * CPB + ch] = dxt + g * Dc;
                     pD += (double)g * xv;
                     if (a.P == 1) {
-                        float dr = ddl * cu_dsoftplus(sg.raw[i * CPB + ch]);
+                        float dr = ddl * hax_dsoftplus(sg.raw[i * CPB + ch]);
                         pb += dr;
                         sm_dd[i * CPB + ch] = dr;
                     } else {
@@ -257,7 +257,7 @@ __global__ static void __launch_bounds__(SSD ? 1024 : 256, SSD ? 1 : 2) scan_bwd
             double dd = 0.0;
             for (int cc = 0; cc < CPB; cc++) dd += (double)sm_dd[i * CPB + cc];
             float u = sg.raw[i * CPB];
-            double du = dd * (u > 20.0f ? 1.0 : (double)cu_sigmoid(u));
+            double du = dd * (u > 20.0f ? 1.0 : (double)hax_sigmoid(u));
             if (a.ddt) a.ddt[(size_t)t * a.ld_ddt + h] += (float)du;
             sm_du[i] = du;
         }

@@ -165,7 +165,7 @@ void cu_sp_attn_forward(cu_sparse_state *st, const int *seq_off, const float *V,
                         float *attn, int ld_attn) {
     int n_tok = st->n_tok, n_seq = st->n_seq, blocks = cu_blocks(n_tok, WARPS);
     cudaStream_t sm = cu_stream();
-    if (st->mask & SPARSE_FULL) {
+    if (sparse_pattern_has(st->mask, SPF_DENSE)) {
         full_fwd_kernel<<<blocks, 32 * WARPS, 0, sm>>>(attn, ld_attn, st->lse, st->KQ, V, ldv, seq_off,
                                                        n_seq, n_tok, st->N, st->E);
         CUDA_LAUNCHED();
@@ -242,11 +242,13 @@ __global__ static void attn_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const
     if (j >= n_tok) return;
     int s = cu_seq_of(seq_off, n_seq, j), o = seq_off[s], n = seq_off[s + 1] - o, jl = j - o;
     int ldkq = 2 * N;
-    // The last query that can hold j: any for LSH / KS / sink keys / dilated
-    // grid keys; else only the sliding window's t < j + k.
-    int far = (m & (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH | SPARSE_KEY_SELECTION)) ||
-              ((m & SPARSE_SINK) && jl < k) || ((m & SPARSE_DILATED) && jl % delta == delta - 1);
-    int t_end = far ? n : min(n, (m & SPARSE_SLIDING_WINDOW) ? jl + k : jl);
+    // The end of the queries that can hold j: the furthest reach of the
+    // pattern's components (the CUDA rules of cuda/sparse/internal.cuh).
+    cu_rule_query q = {jl, n, k, delta, NULL, 0, NULL, 0};
+    int t_end = jl;
+#pragma unroll
+    for (int c = 0; c < SP_N_COMPONENTS; c++)
+        if ((m >> c) & 1) t_end = max(t_end, cu_rule_reach(c, jl, q));
     float dk[CU_SP_FPL] = {0}, dv[CU_SP_EPL] = {0};
     for (int t0 = jl; t0 < t_end; t0 += 32) {
         int t = t0 + lane, idx = -1;
@@ -432,7 +434,7 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
     int blocks = cu_blocks(n_tok, WARPS);
     cudaStream_t sm = cu_stream();
     CUDA_CHECK(cudaMemsetAsync(st->dKQ, 0, sizeof(float) * (size_t)n_tok * 2 * N, sm));
-    if (st->mask & SPARSE_FULL) {
+    if (sparse_pattern_has(st->mask, SPF_DENSE)) {
         full_bwd_q_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, st->rowD, st->lse, st->KQ, V, ldv,
                                                          dattn, ld_dattn, seq_off, n_seq, n_tok, N, E);
         CUDA_LAUNCHED();

@@ -4,6 +4,8 @@
 #ifndef HAX_CU_SPARSE_INTERNAL_CUH
 #define HAX_CU_SPARSE_INTERNAL_CUH
 
+#include <limits.h>
+
 #include "cuda/core/common.cuh"
 #include "cuda/sparse/sparse.h"
 
@@ -15,6 +17,76 @@
 // Doubles of the reference empty-row workspace per sequence:
 // M [E, N], G [E, N], dsum [E], sk [N], c [N], and a flag (any empty row).
 __host__ __device__ static inline size_t cu_sp_empty_doubles(int E, int N) { return 2 * (size_t)E * N + E + 2 * N + 1; }
+
+// ---- the CUDA rules: one per component of src/model/sparse_patterns.h
+// (src/sparse/masks.c holds the CPU ones). cu_rule<C>::key(q, i) is the i-th
+// allowed key of component C for query q, ascending, or INT_MAX past its last;
+// cu_rule<C>::reach(jl, q) is the end (exclusive) of the queries of the
+// sequence (n positions) that may hold key jl (jl itself: none).
+// cu_rule_key / cu_rule_reach dispatch on a run-time component over every
+// C < SP_N_COMPONENTS, so a component without its cu_rule fails to compile.
+typedef struct {
+    int t, n, k, delta;  // local query position, sequence length, k_c, dilation
+    const int *lk;       // LSH: the query's bucket keys, newest first ...
+    int ln;              // ... and their count
+    const int *sk;       // key selection: the query's selections, ascending ...
+    int kn;              // ... and their count
+} cu_rule_query;
+
+template <int C>
+struct cu_rule {
+    static_assert(C < 0, "this component of src/model/sparse_patterns.h has no CUDA rule (cu_rule<C>)");
+};
+template <>
+struct cu_rule<SP_SLIDING_WINDOW> {
+    __device__ static int key(const cu_rule_query &q, int i) {
+        int j = max(0, q.t - q.k + 1) + i;
+        return j <= q.t ? j : INT_MAX;
+    }
+    __device__ static int reach(int jl, const cu_rule_query &q) { return min(q.n, jl + q.k); }
+};
+template <>
+struct cu_rule<SP_SINK> {
+    __device__ static int key(const cu_rule_query &q, int i) { return i < min(q.t + 1, q.k) ? i : INT_MAX; }
+    __device__ static int reach(int jl, const cu_rule_query &q) { return jl < q.k ? q.n : jl; }
+};
+template <>
+struct cu_rule<SP_DILATED> {
+    __device__ static int key(const cu_rule_query &q, int i) {
+        int j = q.delta - 1 + i * q.delta;
+        return j <= q.t ? j : INT_MAX;
+    }
+    __device__ static int reach(int jl, const cu_rule_query &q) { return jl % q.delta == q.delta - 1 ? q.n : jl; }
+};
+struct cu_rule_lsh {  // both LSH kinds: the k_c most recent keys of the query's bucket
+    __device__ static int key(const cu_rule_query &q, int i) { return i < q.ln ? q.lk[q.ln - 1 - i] : INT_MAX; }
+    __device__ static int reach(int jl, const cu_rule_query &q) { return (void)jl, q.n; }
+};
+template <>
+struct cu_rule<SP_SIGN_BIN_LSH> : cu_rule_lsh {};
+template <>
+struct cu_rule<SP_ARGMAX_LSH> : cu_rule_lsh {};
+template <>
+struct cu_rule<SP_KEY_SELECTION> {
+    __device__ static int key(const cu_rule_query &q, int i) { return i < q.kn ? q.sk[i] : INT_MAX; }
+    __device__ static int reach(int jl, const cu_rule_query &q) { return (void)jl, q.n; }
+};
+template <>
+struct cu_rule<SP_FULL> {  // dense: no lists (never called for them)
+    __device__ static int key(const cu_rule_query &q, int i) { return (void)q, (void)i, INT_MAX; }
+    __device__ static int reach(int jl, const cu_rule_query &q) { return (void)jl, q.n; }
+};
+
+template <int C = 0>
+__device__ __forceinline__ int cu_rule_key(int c, const cu_rule_query &q, int i) {
+    if constexpr (C == SP_N_COMPONENTS) return INT_MAX;
+    else return c == C ? cu_rule<C>::key(q, i) : cu_rule_key<C + 1>(c, q, i);
+}
+template <int C = 0>
+__device__ __forceinline__ int cu_rule_reach(int c, int jl, const cu_rule_query &q) {
+    if constexpr (C == SP_N_COMPONENTS) return jl;
+    else return c == C ? cu_rule<C>::reach(jl, q) : cu_rule_reach<C + 1>(c, jl, q);
+}
 
 // cuda/sparse/attn.cu: sparse attention over the fixed-stride lists, the
 // `full` dense causal attention, and the reference empty rows.

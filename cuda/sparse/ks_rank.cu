@@ -134,15 +134,8 @@ __device__ static bool ks_row_inside(const int *row, int m, int n) {
     return true;
 }
 
-__device__ __forceinline__ double ks_sigmoid_d(double a) { return 1.0 / (1.0 + exp(-a)); }
-
-__device__ __forceinline__ double ks_rank_target(double ya, double yb) {
-    return ya > yb ? 1.0 : (ya == yb ? 0.5 : 0.0);
-}
-
-__device__ __forceinline__ double ks_bce_logits(double P, double T) {
-    return fmax(P, 0.0) - P * T + log1p(exp(-fabs(P)));
-}
+// The loss terms hax_sigmoid_d, hax_rank_target, hax_bce_logits: src/core/scalar.h
+// (included by cuda/core/common.cuh), shared with src/sparse/ks.c.
 
 // ---------------------------------------------------------------- targets
 
@@ -181,7 +174,7 @@ __global__ static void ks_targets_kernel(double *y, const float *K, int ldk, con
         const float *q = Q + (size_t)(o + t) * ldq;
         double dot = 0.0;
         for (int i = 0; i < N; i++) dot += (double)q[i] * (double)k[i];
-        sum += ks_sigmoid_d(dot);
+        sum += hax_sigmoid_d(dot);
     }
     sum = cu_warp_sum(sum);
     // Quirk 5: each pad query (Q = 0) adds sigmoid(0) = 0.5.
@@ -221,7 +214,7 @@ __global__ static void ks_loss_seq_kernel(double *loss_s, const float *score, co
     for (int a = threadIdx.x; a < m; a += blockDim.x) {
         double l = 0.0;
         for (int b = 0; b < m; b++)
-            l += ks_bce_logits((double)x[I[a]] - (double)x[I[b]], ks_rank_target(ys[a], ys[b]));
+            l += hax_bce_logits((double)x[I[a]] - (double)x[I[b]], hax_rank_target(ys[a], ys[b]));
         row_sum[a] = l;
     }
     __syncthreads();
@@ -284,7 +277,7 @@ __global__ static void ks_loss_backward_kernel(float *dscore, const float *score
     for (int a = threadIdx.x; a < m; a += blockDim.x) {
         double g = 0.0;
         for (int b = 0; b < m; b++)
-            g += ks_sigmoid_d((double)x[I[a]] - (double)x[I[b]]) - ks_rank_target(ys[a], ys[b]);
+            g += hax_sigmoid_d((double)x[I[a]] - (double)x[I[b]]) - hax_rank_target(ys[a], ys[b]);
         dscore[o + I[a]] += (float)(c * g);
     }
 }

@@ -15,38 +15,23 @@
 #include "cuda/ops/linear.h"
 #include "cuda/sparse/internal.cuh"
 #include "cuda/sparse/ks.h"
-#include "src/sparse/sparse.h"  // sparse_row_cap: the same list capacity as the CPU branch
 
 #define HAS(m, bit) (((m) & (bit)) != 0)
-#define LSH_BITS (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH)
-#define MAX_HASH 30
+#define MAX_HASH 30  // sparse_pattern_check's limit of hash_bits
 
 // ---------------------------------------------------------------- config, state
 
-// The CPU branch's checks (sparse.c check_config), plus the GPU's limits.
+// The GPU's size limits, then the pattern's requirements
+// (src/model/sparse_patterns.h), as the CPU branch (sparse.c check_config).
 static void check_config(const hax_model_config *cfg) {
-    unsigned m = cfg->sparse_mask;
-    if (m == 0) hax_die("cu_sparse: sparse_arch: expected a pattern, found none");
+    char why[256];
+    if (cfg->sparse_mask == 0) hax_die("cu_sparse: sparse_arch: expected a pattern, found none");
     if (cfg->state_size < 1 || cfg->state_size > 32 * CU_SP_FPL)
         hax_die("cu_sparse: state_size: expected 1..%d, found %d", 32 * CU_SP_FPL, cfg->state_size);
     if (cfg->intermediate_size < 1 || cfg->intermediate_size > 32 * CU_SP_EPL)
         hax_die("cu_sparse: intermediate_size: expected 1..%d, found %d", 32 * CU_SP_EPL,
                 cfg->intermediate_size);
-    if (HAS(m, SPARSE_FULL)) {
-        if (m != SPARSE_FULL)
-            hax_die("cu_sparse: sparse_arch '%s': 'full' cannot be combined with other components",
-                    cfg->sparse_arch);
-        return;
-    }
-    if (cfg->k_c < 1) hax_die("cu_sparse: k_c (sparse_keys / parts): expected >= 1, found %d", cfg->k_c);
-    if ((m & LSH_BITS) == LSH_BITS)
-        hax_die("cu_sparse: sparse_arch '%s': sign_bin_lsh and argmax_lsh together are not supported",
-                cfg->sparse_arch);
-    if ((m & LSH_BITS) && (cfg->num_hash < 1 || cfg->num_hash > MAX_HASH))
-        hax_die("cu_sparse: num_hash: expected 1..%d, found %d", MAX_HASH, cfg->num_hash);
-    if (HAS(m, SPARSE_DILATED) && cfg->data_max_length / cfg->k_c < 1)
-        hax_die("cu_sparse: data_max_length: expected >= k_c = %d for a dilation >= 1, found %d",
-                cfg->k_c, cfg->data_max_length);
+    if (sparse_pattern_check(cfg, why, sizeof why) != 0) hax_die("cu_sparse: %s", why);
 }
 
 // The state's device buffers, carved from one allocation (every piece
@@ -90,14 +75,14 @@ static void fill_shape(cu_sparse_state *st, const hax_model_config *cfg, int max
     st->max_tok = max_tok, st->max_seq = max_seq, st->max_len = max_len;
     st->row_cap = sparse_row_cap(cfg, max_len);
     st->N = cfg->state_size, st->E = cfg->intermediate_size;
-    st->h = (cfg->sparse_mask & LSH_BITS) ? cfg->num_hash : 0;
+    st->h = sparse_pattern_has(cfg->sparse_mask, SPF_LSH) ? cfg->num_hash : 0;
     st->k_c = cfg->k_c;
-    st->delta = HAS(cfg->sparse_mask, SPARSE_DILATED) ? cfg->data_max_length / cfg->k_c : 0;
+    st->delta = sparse_pattern_has(cfg->sparse_mask, SPF_DILATION) ? cfg->data_max_length / cfg->k_c : 0;
     st->mask = cfg->sparse_mask, st->sem = cfg->semantics;
 }
 
 static size_t ks_bytes(const hax_model_config *cfg, int max_tok, int max_seq) {
-    if (!HAS(cfg->sparse_mask, SPARSE_KEY_SELECTION)) return 0;
+    if (!sparse_pattern_has(cfg->sparse_mask, SPF_KS_WEIGHTS)) return 0;
     return sizeof(cuda_ks_state) + cuda_ks_state_bytes(max_tok, max_seq, cfg->state_size, cfg->k_c);
 }
 
@@ -132,7 +117,7 @@ extern "C" cu_sparse_state *cuda_sparse_state_alloc(const hax_model_config *cfg,
     c.base = (char *)box->mem, c.used = 0;
     layout(st, &c, cfg);
     cuda_zero(box->mem, c.used);
-    if (HAS(cfg->sparse_mask, SPARSE_KEY_SELECTION)) {
+    if (sparse_pattern_has(cfg->sparse_mask, SPF_KS_WEIGHTS)) {
         box->ks_mem = cuda_malloc(cuda_ks_state_bytes(max_tok, max_seq, st->N, st->k_c));
         cuda_ks_state_init(&box->ks, box->ks_mem, max_tok, max_seq, st->N, st->k_c);
         st->ks = &box->ks;
@@ -274,47 +259,45 @@ static void lsh_hash(cu_sparse_state *st, const int *seq_off, int n_seq, int n_t
 
 // ---------------------------------------------------------------- allowed lists
 
-// One thread per query: the sorted union of the components, by merging the
-// component streams (sink, dilated, LSH, key selection, sliding window) one
-// smallest head at a time. Same lists as src/sparse/masks.c build_row.
+// One thread per query: the sorted union of the components of mask m, by
+// merging the components' ascending key streams (the CUDA rules of
+// cuda/sparse/internal.cuh) one smallest head at a time. Same lists as
+// src/sparse/masks.c build_row.
 __global__ static void build_lists_kernel(int *allow_cnt, int *allow_key, int *lsh_keys,
                                           int *has_empty, const int32_t *q_bucket,
                                           const int32_t *k_bucket, const int *sel,
                                           const int *seq_off, int n_seq, int n_tok, unsigned m,
-                                          int k, int delta, int cap) {
+                                          unsigned lsh_bits, int k, int delta, int cap) {
     int g = blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= n_tok) return;
     int s = cu_seq_of(seq_off, n_seq, g), o = seq_off[s], t = g - o;
-    // LSH: the k most recent j <= t in the query's bucket, stored newest first
-    int *lk = lsh_keys + (size_t)g * k, li = -1;
-    if (m & LSH_BITS) {
+    cu_rule_query q = {t, seq_off[s + 1] - o, k, delta, lsh_keys + (size_t)g * k, 0, NULL, 0};
+    if (m & lsh_bits) {  // LSH: the k most recent j <= t in the query's bucket, newest first
         int32_t b = q_bucket[g];
-        for (int j = t; j >= 0 && li + 1 < k; j--)
-            if (k_bucket[o + j] == b) lk[++li] = j;
+        int *lk = lsh_keys + (size_t)g * k;
+        for (int j = t; j >= 0 && q.ln < k; j--)
+            if (k_bucket[o + j] == b) lk[q.ln++] = j;
     }
-    const int *sk = sel ? sel + (size_t)g * k : NULL;
-    int ks_n = 0;
-    if (sk)
-        while (ks_n < k && sk[ks_n] >= 0) ks_n++;
-    int ki = 0;
-    int sink_end = (m & SPARSE_SINK) ? min(t + 1, k) : 0, si = 0;
-    int dv = (m & SPARSE_DILATED) ? delta - 1 : t + 1;
-    int wv = (m & SPARSE_SLIDING_WINDOW) ? max(0, t - k + 1) : t + 1;
+    if (sel) {
+        q.sk = sel + (size_t)g * k;
+        while (q.kn < k && q.sk[q.kn] >= 0) q.kn++;
+    }
+    int idx[SP_N_COMPONENTS], head[SP_N_COMPONENTS];
+#pragma unroll
+    for (int c = 0; c < SP_N_COMPONENTS; c++) {
+        idx[c] = 0;
+        head[c] = (m >> c) & 1 ? cu_rule_key(c, q, 0) : INT_MAX;
+    }
     int *row = allow_key + (size_t)g * cap, cnt = 0;
     for (;;) {
         int nxt = INT_MAX;
-        if (si < sink_end) nxt = si;
-        if (dv <= t) nxt = min(nxt, dv);
-        if (li >= 0) nxt = min(nxt, lk[li]);
-        if (ki < ks_n) nxt = min(nxt, sk[ki]);
-        if (wv <= t) nxt = min(nxt, wv);
+#pragma unroll
+        for (int c = 0; c < SP_N_COMPONENTS; c++) nxt = min(nxt, head[c]);
         if (nxt == INT_MAX) break;
         row[cnt++] = nxt;
-        if (si < sink_end && si == nxt) si++;
-        if (dv == nxt) dv += delta;
-        if (li >= 0 && lk[li] == nxt) li--;
-        if (ki < ks_n && sk[ki] == nxt) ki++;
-        if (wv == nxt) wv++;
+#pragma unroll
+        for (int c = 0; c < SP_N_COMPONENTS; c++)
+            if (head[c] == nxt) head[c] = cu_rule_key(c, q, ++idx[c]);
     }
     allow_cnt[g] = cnt;
     if (cnt == 0) atomicOr(has_empty, 1);
@@ -337,11 +320,11 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
     int N = st->N, E = st->E;
     cudaStream_t sm = cu_stream();
     st->n_tok = n_tok, st->n_seq = n_seq, st->model_len = model_len;
-    if (HAS(m, SPARSE_KEY_SELECTION) && !ks)
+    if (sparse_pattern_has(m, SPF_KS_WEIGHTS) && !ks)
         hax_die("cuda_sparse_forward: pattern needs the dx_proj parameters, none given");
-    if (HAS(m, SPARSE_KEY_SELECTION) && training && !ks_cand)
+    if (sparse_pattern_has(m, SPF_KS_WEIGHTS) && training && !ks_cand)
         hax_die("cuda_sparse_forward: pattern in training needs KS candidates, none given");
-    if ((m & LSH_BITS) && !hash)
+    if (sparse_pattern_has(m, SPF_LSH) && !hash)
         hax_die("cuda_sparse_forward: pattern needs a hash matrix, none given");
     CUDA_CHECK(cudaMemsetAsync(st->has_empty, 0, sizeof(int), sm));
     CUDA_CHECK(cudaMemsetAsync(st->gate_loss, 0, sizeof(double), sm));
@@ -350,16 +333,16 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
     scale_k_kernel<<<cu_blocks((long)n_tok * N, 256), 256, 0, sm>>>(st->KQ, n_tok, N,
                                                                     (float)sqrt((double)N));
     CUDA_LAUNCHED();
-    if (m & LSH_BITS) {
+    if (sparse_pattern_has(m, SPF_LSH)) {
         lsh_hash(st, seq_off, n_seq, n_tok, model_len, hash, 1);
         lsh_hash(st, seq_off, n_seq, n_tok, model_len, hash, 0);
     } else {
         fill_i32_kernel<<<cu_blocks(n_tok, 256), 256, 0, sm>>>(st->q_bucket, st->k_bucket, n_tok, -1);
         CUDA_LAUNCHED();
     }
-    if (!HAS(m, SPARSE_FULL)) {
+    if (!sparse_pattern_has(m, SPF_DENSE)) {
         const int *sel = NULL;
-        if (HAS(m, SPARSE_KEY_SELECTION)) {
+        if (sparse_pattern_has(m, SPF_KS_WEIGHTS)) {
             cuda_ks_state *kst = (cuda_ks_state *)st->ks;
             cuda_ks_forward(kst, ks, st->KQ, 2 * N, st->KQ + N, 2 * N, seq_off, n_seq, n_tok,
                             model_len, st->sem, training ? ks_cand : NULL);
@@ -369,7 +352,7 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
         }
         build_lists_kernel<<<cu_blocks(n_tok, 128), 128, 0, sm>>>(
             st->allow_cnt, st->allow_key, st->lsh_keys, st->has_empty, st->q_bucket, st->k_bucket,
-            sel, seq_off, n_seq, n_tok, m, st->k_c, st->delta, st->row_cap);
+            sel, seq_off, n_seq, n_tok, m, sparse_pattern_bits(SPF_LSH), st->k_c, st->delta, st->row_cap);
         CUDA_LAUNCHED();
     } else {
         CUDA_CHECK(cudaMemsetAsync(st->allow_cnt, 0, sizeof(int) * n_tok, sm));
@@ -393,6 +376,6 @@ extern "C" void cuda_sparse_backward(cu_sparse_state *st, const int *seq_off, in
         st->dKQ, n_tok, N, (float)sqrt((double)N));
     CUDA_LAUNCHED();
     cuda_linear_backward(dX, ld_dX, dW_xx, NULL, st->dKQ, 2 * N, X, ldX, W_xx, n_tok, E, 2 * N);
-    if (HAS(st->mask, SPARSE_KEY_SELECTION) && ks && dks)
+    if (sparse_pattern_has(st->mask, SPF_KS_WEIGHTS) && ks && dks)
         cuda_ks_backward((cuda_ks_state *)st->ks, ks, dks, gate_scale);
 }

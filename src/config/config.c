@@ -14,12 +14,12 @@
 #include "src/core/common.h"
 #include "src/config/config_fields.h"
 
-static const char *const arch_names[] = {"mamba", "mamba2", "samba", NULL};
+#define arch_names hax_arch_names  // src/model/arch.h
 static const char *const device_names[] = {"auto", "cpu", "cuda", NULL};
 static const char *const semantics_names[] = {"reference", "causal", NULL};
 static const char *const test_output_names[] = {"best", "final", NULL};
 
-const char *config_arch_name(hax_arch a) { return a <= ARCH_SAMBA ? arch_names[a] : "?"; }
+const char *config_arch_name(hax_arch a) { return arch_name(a); }
 const char *config_device_name(hax_device d) { return d <= DEVICE_CUDA ? device_names[d] : "?"; }
 const char *config_semantics_name(hax_semantics s) { return s <= SEMANTICS_CAUSAL ? semantics_names[s] : "?"; }
 

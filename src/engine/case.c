@@ -61,12 +61,13 @@ static int gated_mlp_width(int d, double ratio) {
 static void config_from_json(hax_case *c, json_doc *j, yaml_node_t *root) {
     hax_model_config *m = &c->cfg;
     const char *base = jscalar(jget(j, root, "base_arch"));
-    if (!base) hax_die("%s: metadata hax_case: base_arch: expected mamba, mamba2 or samba, found nothing", j->path);
-    hax_arch arch;
-    if (strcmp(base, "mamba") == 0) arch = ARCH_MAMBA;
-    else if (strcmp(base, "mamba2") == 0) arch = ARCH_MAMBA2;
-    else if (strcmp(base, "samba") == 0) arch = ARCH_SAMBA;
-    else hax_die("%s: metadata hax_case: base_arch: expected mamba, mamba2 or samba, found '%s'", j->path, base);
+    char names[128];
+    arch_name_list(names, sizeof names);
+    if (!base) hax_die("%s: metadata hax_case: base_arch: expected %s, found nothing", j->path, names);
+    int found = arch_from_name(base);
+    if (found < 0) hax_die("%s: metadata hax_case: base_arch: expected %s, found '%s'", j->path, names, base);
+    hax_arch arch = (hax_arch)found;
+    const hax_arch_info *a = arch_info(arch);
     model_config_reference(m, arch, 0, NULL);
     yaml_node_t *cf = jget(j, root, "config");
     if (!cf || cf->type != YAML_MAPPING_NODE) hax_die("%s: metadata hax_case: config: expected an object", j->path);
@@ -81,9 +82,9 @@ static void config_from_json(hax_case *c, json_doc *j, yaml_node_t *root) {
     m->time_step_min = (float)jnum(j, cf, "time_step_min", w);
     m->time_step_max = (float)jnum(j, cf, "time_step_max", w);
     m->time_step_floor = (float)jnum(j, cf, "time_step_floor", w);
-    m->norm_eps = (float)jnum(j, cf, arch == ARCH_SAMBA ? "norm_eps" : "layer_norm_epsilon", w);
+    m->norm_eps = (float)jnum(j, cf, a->golden_eps, w);
     double expand = jnum(j, cf, "expand", w);
-    if (arch == ARCH_MAMBA2) {
+    if (a->ssm == MIXER_MAMBA2) {
         m->intermediate_size = (int)(expand * m->hidden_size);
         m->n_heads = jint(j, cf, "num_heads", w);
         m->head_dim = jint(j, cf, "head_dim", w);
@@ -95,7 +96,7 @@ static void config_from_json(hax_case *c, json_doc *j, yaml_node_t *root) {
                                                                  : (int)(expand * m->hidden_size);
         m->time_step_rank = jint(j, cf, "time_step_rank", w);
     }
-    if (arch == ARCH_SAMBA) {
+    if (a->attn_every) {
         yaml_node_t *at = jget(j, cf, "attn");
         if (!at || at->type != YAML_MAPPING_NODE) hax_die("%s: metadata hax_case: config.attn: expected an object", j->path);
         const char *wa = "config.attn.";
@@ -116,8 +117,8 @@ static void config_from_json(hax_case *c, json_doc *j, yaml_node_t *root) {
         }
         if (n_attn != m->n_layers / 2)
             hax_die("%s: metadata hax_case: config.attn.layers: expected %d odd layers, found %d", j->path, m->n_layers / 2, n_attn);
-        m->mlp_hidden = gated_mlp_width(m->hidden_size, jnum(j, cf, "hidden_ratio", w));
     }
+    if (a->has_mlp) m->mlp_hidden = gated_mlp_width(m->hidden_size, jnum(j, cf, "hidden_ratio", w));
     m->sparse_keys = jint(j, cf, "sparse_keys", w);
     m->num_hash = jint(j, cf, "num_hash", w);
     m->data_max_length = jint(j, cf, "data_max_length", w);
@@ -250,7 +251,7 @@ void case_load_params(hax_model *m, const st_file *f) {
         const char *name = f->tensors[i].name;
         if (!is_special(name) && model_find(m, name) < 0)
             hax_die("%s: tensor %s: expected only parameters of the %s model, found this extra one", f->path, name,
-                    m->cfg.arch == ARCH_MAMBA ? "mamba" : m->cfg.arch == ARCH_MAMBA2 ? "mamba2" : "samba");
+                    arch_name(m->cfg.arch));
     }
 }
 

@@ -103,23 +103,34 @@ static void add_mamba2_mixer(hax_model *m, int i, hax_layer_params *l) {
         l->out_proj = P2(INIT_NORMAL, ir, d, E, "layers.%d.mixer.out_proj.weight", i);
 }
 
-static void add_samba_attn_mlp(hax_model *m, int i, hax_layer_params *l, int attn) {
+// Samba's attention layers (q, k, v, o projections).
+static void add_attn_mixer(hax_model *m, int i, hax_layer_params *l) {
+    const hax_model_config *c = &m->cfg;
+    int d = c->hidden_size;
+    float ir = c->initializer_range;
+    l->q_proj = P2(INIT_NORMAL, ir, d, d, "layers.%d.mixer.q_proj.weight", i);
+    l->k_proj = P2(INIT_NORMAL, ir, d, d, "layers.%d.mixer.k_proj.weight", i);
+    l->v_proj = P2(INIT_NORMAL, ir, d, d, "layers.%d.mixer.v_proj.weight", i);
+    l->o_proj = P2(INIT_NORMAL, ir, d, d, "layers.%d.mixer.o_proj.weight", i);
+}
+
+// The GatedMLP sublayer with its norm (Samba).
+static void add_mlp(hax_model *m, int i, hax_layer_params *l) {
     const hax_model_config *c = &m->cfg;
     int d = c->hidden_size, F = c->mlp_hidden;
     float ir = c->initializer_range;
-    if (attn) {
-        l->q_proj = P2(INIT_NORMAL, ir, d, d, "layers.%d.mixer.q_proj.weight", i);
-        l->k_proj = P2(INIT_NORMAL, ir, d, d, "layers.%d.mixer.k_proj.weight", i);
-        l->v_proj = P2(INIT_NORMAL, ir, d, d, "layers.%d.mixer.v_proj.weight", i);
-        l->o_proj = P2(INIT_NORMAL, ir, d, d, "layers.%d.mixer.o_proj.weight", i);
-    } else {
-        add_mamba_mixer(m, i, l);
-    }
     l->mlp_norm = P1(INIT_ONES, 0, d, "layers.%d.mlp_norm.weight", i);
     l->gate_proj = P2(INIT_NORMAL, ir, F, d, "layers.%d.mlp.gate_proj.weight", i);
     l->up_proj = P2(INIT_NORMAL, ir, F, d, "layers.%d.mlp.up_proj.weight", i);
     l->down_proj = P2(INIT_NORMAL, ir, d, F, "layers.%d.mlp.down_proj.weight", i);
 }
+
+// The parameter builder of each mixer kind (src/model/arch.h).
+static void (*const add_mixer[])(hax_model *m, int i, hax_layer_params *l) = {
+    [MIXER_MAMBA] = add_mamba_mixer,
+    [MIXER_MAMBA2] = add_mamba2_mixer,
+    [MIXER_ATTN] = add_attn_mixer,
+};
 
 static void build_table(hax_model *m, const hax_model_config *cfg) {
     char err[256];
@@ -127,7 +138,8 @@ static void build_table(hax_model *m, const hax_model_config *cfg) {
     memset(m, 0, sizeof *m);
     m->cfg = *cfg;
     const hax_model_config *c = &m->cfg;
-    if (c->arch == ARCH_MAMBA2) {
+    const hax_arch_info *a = arch_info(c->arch);
+    if (a->ssm == MIXER_MAMBA2) {
         m->conv_dim = c->intermediate_size + 2 * c->state_size;
         m->in_proj_dim = c->intermediate_size + m->conv_dim + c->n_heads;
     } else {
@@ -141,16 +153,11 @@ static void build_table(hax_model *m, const hax_model_config *cfg) {
     for (i = 0; i < c->n_layers; i++) {
         hax_layer_params *l = &m->layers[i];
         memset(l, 0xff, sizeof *l);  // every index -1
-        l->is_attn = 0;
-        if (c->arch == ARCH_SAMBA) {
-            l->is_attn = i % 2 == 1;
-            l->norm = P1(INIT_ONES, 0, d, "layers.%d.mixer_norm.weight", i);
-            add_samba_attn_mlp(m, i, l, l->is_attn);
-        } else {
-            l->norm = P1(INIT_ONES, 0, d, "layers.%d.norm.weight", i);
-            if (c->arch == ARCH_MAMBA) add_mamba_mixer(m, i, l);
-            else add_mamba2_mixer(m, i, l);
-        }
+        hax_mixer_kind kind = arch_layer_mixer(c, i);
+        l->is_attn = kind == MIXER_ATTN;
+        l->norm = P1(INIT_ONES, 0, d, "layers.%d.%s.weight", i, a->norm_name);
+        add_mixer[kind](m, i, l);
+        if (a->has_mlp) add_mlp(m, i, l);
     }
     i = -1;
     m->norm_f = P1(INIT_ONES, 0, d, "norm_f.weight");

@@ -4,17 +4,6 @@
 #include <stdio.h>
 #include <string.h>
 
-static const struct {
-    const char *name;
-    unsigned bit;
-} sparse_components[] = {
-    {"sliding_window", SPARSE_SLIDING_WINDOW}, {"sink", SPARSE_SINK},
-    {"dilated", SPARSE_DILATED},               {"sign_bin_lsh", SPARSE_SIGN_BIN_LSH},
-    {"argmax_lsh", SPARSE_ARGMAX_LSH},         {"key_selection", SPARSE_KEY_SELECTION},
-    {"full", SPARSE_FULL},
-};
-#define N_COMPONENTS (int)(sizeof sparse_components / sizeof sparse_components[0])
-
 int model_config_set_sparse(hax_model_config *cfg, const char *pattern, char *err, int errlen) {
     cfg->sparse_mask = 0;
     cfg->sparse_parts = 0;
@@ -24,33 +13,11 @@ int model_config_set_sparse(hax_model_config *cfg, const char *pattern, char *er
         snprintf(err, errlen, "expected a sparse pattern name, found a string of %zu characters", strlen(pattern));
         return -1;
     }
-    char buf[64];
-    strcpy(buf, pattern);
-    for (char *part = strtok(buf, "+"); part; part = strtok(NULL, "+")) {
-        int found = -1;
-        for (int i = 0; i < N_COMPONENTS; i++)
-            if (strcmp(part, sparse_components[i].name) == 0) found = i;
-        if (found < 0) {
-            snprintf(err, errlen,
-                     "expected '+'-joined parts among sliding_window, sink, dilated, sign_bin_lsh, "
-                     "argmax_lsh, key_selection, full; found '%s' in '%s'", part, pattern);
-            return -1;
-        }
-        if (cfg->sparse_mask & sparse_components[found].bit) {
-            snprintf(err, errlen, "expected each part once, found '%s' twice in '%s'", part, pattern);
-            return -1;
-        }
-        cfg->sparse_mask |= sparse_components[found].bit;
-        cfg->sparse_parts++;
-    }
-    if ((cfg->sparse_mask & SPARSE_FULL) && cfg->sparse_parts > 1) {
-        snprintf(err, errlen, "expected 'full' alone, found '%s'", pattern);
-        return -1;
-    }
-    if ((cfg->sparse_mask & SPARSE_SINK) && !(cfg->sparse_mask & SPARSE_SLIDING_WINDOW)) {
-        // The reference's 'sink' only appears as sliding_window+sink; alone it is
-        // still well defined (the first k_c positions), so it is allowed.
-    }
+    unsigned mask;
+    int parts;
+    if (sparse_pattern_parse(pattern, &mask, &parts, err, errlen) != 0) return -1;
+    cfg->sparse_mask = mask;
+    cfg->sparse_parts = parts;
     strcpy(cfg->sparse_arch, pattern);
     cfg->k_c = cfg->sparse_parts ? cfg->sparse_keys / cfg->sparse_parts : 0;
     return 0;
@@ -64,21 +31,23 @@ int model_config_validate(const hax_model_config *c, char *err, int errlen) {
             return -1;                           \
         }                                        \
     } while (0)
-    NEED(c->arch >= ARCH_MAMBA && c->arch <= ARCH_SAMBA, "model.arch: expected mamba, mamba2 or samba, found value %d",
-         (int)c->arch);
+    const hax_arch_info *a = arch_info(c->arch);
+    char names[128];
+    arch_name_list(names, sizeof names);
+    NEED(a != NULL, "model.arch: expected %s, found value %d", names, (int)c->arch);
     NEED(c->vocab_size >= 2 && c->vocab_size <= 1 << 20, "model.vocab_size: expected 2..1048576, found %d", c->vocab_size);
     NEED(c->hidden_size >= 1 && c->hidden_size <= 8192, "model.hidden_size: expected 1..8192, found %d", c->hidden_size);
     NEED(c->n_layers >= 1 && c->n_layers <= 64, "model.n_layers: expected 1..64, found %d", c->n_layers);
     NEED(c->state_size >= 1 && c->state_size <= 1024, "model.state_size: expected 1..1024, found %d", c->state_size);
     NEED(c->intermediate_size >= 1, "model.intermediate_size: expected >= 1, found %d", c->intermediate_size);
     NEED(c->conv_kernel >= 1 && c->conv_kernel <= 16, "model.conv_kernel: expected 1..16, found %d", c->conv_kernel);
-    if (c->arch != ARCH_MAMBA2)
+    if (a->ssm == MIXER_MAMBA)
         NEED(c->time_step_rank >= 1, "model.time_step_rank: expected >= 1, found %d", c->time_step_rank);
-    if (c->arch == ARCH_MAMBA2)
+    if (a->ssm == MIXER_MAMBA2)
         NEED(c->n_heads >= 1 && c->head_dim >= 1 && c->n_heads * c->head_dim == c->intermediate_size,
              "model.n_heads x model.head_dim: expected to equal intermediate_size %d, found %d x %d",
              c->intermediate_size, c->n_heads, c->head_dim);
-    if (c->arch == ARCH_SAMBA) {
+    if (a->attn_every) {
         NEED(c->attn_heads >= 1 && c->hidden_size % c->attn_heads == 0,
              "model.attn_heads: expected a divisor of hidden_size %d, found %d", c->hidden_size, c->attn_heads);
         NEED(c->attn_kv_heads == c->attn_heads, "model.attn_kv_heads: expected %d (= attn_heads), found %d",
@@ -86,17 +55,18 @@ int model_config_validate(const hax_model_config *c, char *err, int errlen) {
         NEED((c->hidden_size / c->attn_heads) % 2 == 0, "model.attn_heads: expected an even head size for RoPE, found %d",
              c->hidden_size / c->attn_heads);
         NEED(c->window_size >= 1, "model.window_size: expected >= 1, found %d", c->window_size);
-        NEED(c->mlp_hidden >= 1, "model.mlp_hidden: expected >= 1, found %d", c->mlp_hidden);
-        NEED(c->sparse_mask == 0, "sparse.pattern: expected none for samba (the reference has no sparse Samba), found '%s'",
-             c->sparse_arch);
     }
+    if (a->has_mlp) NEED(c->mlp_hidden >= 1, "model.mlp_hidden: expected >= 1, found %d", c->mlp_hidden);
+    if (!a->sparse_ok)
+        NEED(c->sparse_mask == 0, "sparse.pattern: expected none for %s (the reference has no sparse %s), found '%s'",
+             hax_arch_names[c->arch], a->title, c->sparse_arch);
     if (c->sparse_mask) {
         NEED(c->sparse_keys >= c->sparse_parts && c->sparse_keys % c->sparse_parts == 0,
              "sparse.keys: expected a multiple of the %d parts of '%s', found %d", c->sparse_parts, c->sparse_arch,
              c->sparse_keys);
-        if (c->sparse_mask & (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH))
+        if (sparse_pattern_has(c->sparse_mask, SPF_LSH))
             NEED(c->num_hash >= 1 && c->num_hash <= 30, "sparse.hash_bits: expected 1..30, found %d", c->num_hash);
-        if (c->sparse_mask & SPARSE_DILATED)
+        if (sparse_pattern_has(c->sparse_mask, SPF_DILATION))
             NEED(c->data_max_length >= c->k_c, "sparse.data_max_length: expected >= keys per part %d, found %d", c->k_c,
                  c->data_max_length);
     }
@@ -121,34 +91,7 @@ void model_config_reference(hax_model_config *c, hax_arch arch, int double_size,
     c->data_max_length = 2048;
     c->gate_loss_weight = 0.1f;
     c->semantics = SEMANTICS_REFERENCE;
-    int d = double_size ? 128 : 64;
-    switch (arch) {
-    case ARCH_MAMBA:
-        c->hidden_size = d;
-        c->intermediate_size = 2 * d;
-        c->state_size = 16;
-        break;
-    case ARCH_MAMBA2:
-        c->hidden_size = d;
-        c->intermediate_size = 2 * d;
-        c->state_size = 32;
-        c->n_heads = 8;
-        c->head_dim = 2 * d / 8;
-        c->rescale_prenorm_residual = 1;
-        break;
-    case ARCH_SAMBA:
-        c->hidden_size = 32;
-        c->intermediate_size = 64;
-        c->state_size = 16;
-        c->n_layers = 4;
-        c->initializer_range = 0.02f;
-        c->attn_heads = 4;
-        c->attn_kv_heads = 4;
-        c->window_size = 64;
-        c->rope_theta = 10000.0f;
-        c->mlp_hidden = 256;
-        break;
-    }
+    if (arch_info(arch)) arch_info(arch)->reference(c, double_size);
     char err[256];
     if (pattern) model_config_set_sparse(c, pattern, err, sizeof err);
 }

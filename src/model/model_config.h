@@ -4,25 +4,16 @@
 #ifndef HAX_MODEL_CONFIG_H
 #define HAX_MODEL_CONFIG_H
 
-typedef enum { ARCH_MAMBA = 0, ARCH_MAMBA2 = 1, ARCH_SAMBA = 2 } hax_arch;
+#include "src/model/arch.h"             // hax_arch and the table of architectures
+#include "src/model/sparse_patterns.h"  // the components of a sparse pattern (SPARSE_* bits)
 
-// Components of a sparse pattern: a pattern is a '+'-joined set of them.
-enum {
-    SPARSE_SLIDING_WINDOW = 1 << 0,
-    SPARSE_SINK = 1 << 1,
-    SPARSE_DILATED = 1 << 2,
-    SPARSE_SIGN_BIN_LSH = 1 << 3,
-    SPARSE_ARGMAX_LSH = 1 << 4,
-    SPARSE_KEY_SELECTION = 1 << 5,
-    SPARSE_FULL = 1 << 6,  // dense causal attention; never combined with others
-};
 
 typedef enum {
     SEMANTICS_REFERENCE = 0,  // the reference: sequence-wide statistics counting pads, empty rows uniform over L
     SEMANTICS_CAUSAL = 1,     // the paper: causal per-token statistics, empty rows contribute nothing
 } hax_semantics;
 
-typedef struct {
+typedef struct hax_model_config {
     hax_arch arch;
     int vocab_size;        // V (100)
     int hidden_size;       // d

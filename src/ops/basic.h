@@ -14,18 +14,10 @@
 #include <math.h>
 #include <stdint.h>
 
-// ---- scalar helpers (prefixed so they never clash with a file's own statics)
-static inline float hax_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
-static inline float hax_silu(float x) { return x / (1.0f + expf(-x)); }
-// d silu(x)/dx = σ(x)·(1 + x·(1 − σ(x)))
-static inline float hax_dsilu(float x) {
-    float s = hax_sigmoid(x);
-    return s * (1.0f + x * (1.0f - s));
-}
-// softplus with PyTorch's threshold form: x itself when x > 20.
-static inline float hax_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
-// Its derivative, consistent with the threshold (1 when x > 20).
-static inline float hax_dsoftplus(float x) { return x > 20.0f ? 1.0f : hax_sigmoid(x); }
+#include "src/core/scalar.h"
+
+// ---- scalar helpers (hax_sigmoid, hax_silu, hax_dsilu, hax_softplus, hax_dsoftplus):
+// src/core/scalar.h, shared with the CUDA ops.
 
 // ---- embedding (§1.1): out[t, :] = W_emb[ids[t], :], W_emb [V, d].
 // Dies (naming the position and id) on an id outside [0, V).

@@ -212,7 +212,7 @@ typedef struct {
 static void forward_with_flips(hax_engine *e, const hax_batch *b, hax_fwd_opts *o, hax_inject *inj, const st_file *f,
                                const hax_case *c, bucket_info *bi, hax_fwd_result *r) {
     const hax_model_config *cfg = &e->model->cfg;
-    int lsh = (cfg->sparse_mask & (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH)) != 0;
+    int lsh = sparse_pattern_has(cfg->sparse_mask, SPF_LSH);
     int argmax = (cfg->sparse_mask & SPARSE_ARGMAX_LSH) != 0;
     char name[128];
     for (int l = 0; lsh && l < cfg->n_layers; l++) {
@@ -277,7 +277,7 @@ static void cmp_sparse_dbg(checker *k, const hax_engine *e, const st_file *f, co
         snprintf(name, sizeof name, "dbg.layers.%d.allowed_keys", l);
         if (st_find(f, name)) {
             int64_t *tab = xmalloc(sizeof(int64_t) * (size_t)b->n_tok * cfg->sparse_keys);
-            sparse_allowed_table(st, b, (cfg->sparse_mask & SPARSE_FULL) != 0, cfg->sparse_keys, tab);
+            sparse_allowed_table(st, b, sparse_pattern_has(cfg->sparse_mask, SPF_DENSE), cfg->sparse_keys, tab);
             cmp_int_rows(k, f, c, name, tab, cfg->sparse_keys, NULL);
             free(tab);
         }
@@ -429,7 +429,7 @@ static int check_case(checker *k, const char *path) {
     const hax_model_config *cfg = &m.cfg;
     int n = b.n_tok, d = cfg->hidden_size, V = cfg->vocab_size;
     printf("%s (%s, %s, %d layers, batch %d x %d, %d tokens)\n", c.name,
-           cfg->arch == ARCH_MAMBA ? "mamba" : cfg->arch == ARCH_MAMBA2 ? "mamba2" : "samba",
+           arch_name(cfg->arch),
            cfg->sparse_mask ? cfg->sparse_arch : "no sparse branch", cfg->n_layers, c.B, c.L, n);
     fflush(stdout);  // before any error line on stderr
     int fail0 = k->n_fail;

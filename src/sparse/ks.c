@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "src/core/common.h"
+#include "src/core/scalar.h"
 #include "src/ops/linear.h"
 #include "src/core/rng.h"
 
@@ -273,17 +274,8 @@ static int count_candidates(const int *row, int n, int k_c, int s) {
     return m;
 }
 
-static inline double sigmoid_d(double a) { return 1.0 / (1.0 + exp(-a)); }
-
-// Pairwise target T_ab from the ranking targets.
-static inline double rank_target(double ya, double yb) {
-    return ya > yb ? 1.0 : (ya == yb ? 0.5 : 0.0);
-}
-
-// BCE with logits, the stable form max(P,0) - P T + log(1 + e^{-|P|}).
-static inline double bce_logits(double P, double T) {
-    return fmax(P, 0.0) - P * T + log1p(exp(-fabs(P)));
-}
+// hax_sigmoid_d, hax_rank_target, hax_bce_logits: src/core/scalar.h (shared with
+// cuda/sparse/ks_rank.cu).
 
 // Candidates of every row, checked (dies on a bad one).
 static void check_candidates(const int *cand, const int *seq_off, int n_seq, int k_c) {
@@ -312,7 +304,7 @@ double ks_rank_loss_pairs(const float *score, const double *y, const int *cand, 
         double l = 0.0;
         for (int a = 0; a < m; a++)
             for (int b = 0; b < m; b++)
-                l += bce_logits((double)x[I[a]] - (double)x[I[b]], rank_target(ys[a], ys[b]));
+                l += hax_bce_logits((double)x[I[a]] - (double)x[I[b]], hax_rank_target(ys[a], ys[b]));
         // Quirk 8: the mean runs over all m^2 pairs, the diagonal included.
         loss_s[s] = m > 0 ? l / ((double)m * m) : 0.0;
     }
@@ -352,7 +344,7 @@ void ks_rank_targets(double *y, const float *K, int ldk, const float *Q, int ldq
             const float *q = Q + (o + (size_t)t) * ldq;
             double dot = 0.0;
             for (int i = 0; i < N; i++) dot += (double)q[i] * (double)k[i];
-            sum += sigmoid_d(dot);
+            sum += hax_sigmoid_d(dot);
         }
         // Quirk 5: each pad query (Q = 0) adds sigmoid(0) = 0.5.
         if (sem == SEMANTICS_REFERENCE) sum += 0.5 * (double)(model_len - n);
@@ -383,7 +375,7 @@ void ks_rank_loss_backward(float *dscore, const float *score, const double *y, c
         for (int a = 0; a < m; a++) {
             double g = 0.0;
             for (int b = 0; b < m; b++)
-                g += sigmoid_d((double)x[I[a]] - (double)x[I[b]]) - rank_target(ys[a], ys[b]);
+                g += hax_sigmoid_d((double)x[I[a]] - (double)x[I[b]]) - hax_rank_target(ys[a], ys[b]);
             dscore[o + (size_t)I[a]] += (float)(c * g);
         }
     }

@@ -14,18 +14,6 @@
 #include "src/core/common.h"
 #include "src/sparse/internal.h"
 
-int sparse_row_cap(const hax_model_config *cfg, int max_len) {
-    unsigned m = cfg->sparse_mask;
-    int k = cfg->k_c, cap = 0;
-    if (m & SPARSE_SLIDING_WINDOW) cap += k;
-    if (m & SPARSE_SINK) cap += k;
-    if (m & SPARSE_SIGN_BIN_LSH) cap += k;
-    if (m & SPARSE_ARGMAX_LSH) cap += k;
-    if (m & SPARSE_KEY_SELECTION) cap += k;
-    if (m & SPARSE_DILATED) cap += max_len / (cfg->data_max_length / k) + 1;
-    return cap > 0 ? cap : 1;
-}
-
 // out = sorted union of the sorted lists a and b (no duplicates inside either).
 static int merge_union(int *out, const int *a, int na, const int *b, int nb) {
     int i = 0, j = 0, n = 0;
@@ -75,38 +63,74 @@ static void add_component(int **cur, int *ncur, int **spare, const int *c, int n
     *spare = tmp;
 }
 
-// Builds the allowed list of query t (local) of a sequence starting at o.
+// ---- the CPU rules: the allowed keys of one component for query t (local)
+// of a sequence starting at packed row o with n positions, ascending, into
+// out (at most its row_share); returns their count. One per component of
+// src/model/sparse_patterns.h, in its order; NULL for a dense one.
+typedef struct {
+    const hax_sparse_state *st;
+    const hax_model_config *cfg;
+    int o, n, t;
+} rule_query;
+typedef int (*sparse_rule)(const rule_query *q, int *out);
+
+static int rule_sliding_window(const rule_query *q, int *out) {
+    int k = q->cfg->k_c, t = q->t, j0 = t - k + 1 > 0 ? t - k + 1 : 0, nc = t - j0 + 1;
+    for (int j = 0; j < nc; j++) out[j] = j0 + j;
+    return nc;
+}
+
+static int rule_sink(const rule_query *q, int *out) {
+    int k = q->cfg->k_c, nc = q->t + 1 < k ? q->t + 1 : k;
+    for (int j = 0; j < nc; j++) out[j] = j;
+    return nc;
+}
+
+static int rule_dilated(const rule_query *q, int *out) {
+    int delta = q->cfg->data_max_length / q->cfg->k_c, nc = 0;
+    for (int j = delta - 1; j <= q->t; j += delta) out[nc++] = j;
+    return nc;
+}
+
+// Both LSH kinds: the k_c most recent keys in the query's bucket.
+static int rule_lsh(const rule_query *q, int *out) {
+    const hax_sparse_state *st = q->st;
+    return lsh_keys(out, st->lsh_sorted + q->o, q->n, st->q_bucket[q->o + q->t], q->t, q->cfg->k_c);
+}
+
+static int rule_key_selection(const rule_query *q, int *out) {
+    int k = q->cfg->k_c, nc;
+    const int *sel = q->st->ks->sel + (size_t)(q->o + q->t) * k;
+    for (nc = 0; nc < k && sel[nc] >= 0; nc++) out[nc] = sel[nc];
+    return nc;
+}
+
+static const sparse_rule cpu_rules[] = {
+    [SP_SLIDING_WINDOW] = rule_sliding_window,
+    [SP_SINK] = rule_sink,
+    [SP_DILATED] = rule_dilated,
+    [SP_SIGN_BIN_LSH] = rule_lsh,
+    [SP_ARGMAX_LSH] = rule_lsh,
+    [SP_KEY_SELECTION] = rule_key_selection,
+    [SP_FULL] = NULL,  // dense: no lists
+};
+_Static_assert(sizeof cpu_rules / sizeof cpu_rules[0] == SP_N_COMPONENTS,
+               "every component of src/model/sparse_patterns.h needs its CPU rule here");
+
+int sparse_component_has_cpu_rule(int c) {
+    return c >= 0 && c < SP_N_COMPONENTS && cpu_rules[c] != NULL;
+}
+
+// Builds the allowed list of query t (local) of a sequence starting at o:
+// the union of its components' lists.
 static int build_row(int *row, const hax_sparse_state *st, const hax_model_config *cfg, int o,
                      int n, int t, int *bufa, int *bufb, int *comp) {
-    unsigned m = cfg->sparse_mask;
-    int k = cfg->k_c, nc, ncur = 0;
+    rule_query q = {st, cfg, o, n, t};
+    int ncur = 0;
     int *cur = bufa, *spare = bufb;
-    if (m & SPARSE_SINK) {
-        nc = t + 1 < k ? t + 1 : k;
-        for (int j = 0; j < nc; j++) comp[j] = j;
-        add_component(&cur, &ncur, &spare, comp, nc);
-    }
-    if (m & SPARSE_DILATED) {
-        int delta = cfg->data_max_length / k;
-        nc = 0;
-        for (int j = delta - 1; j <= t; j += delta) comp[nc++] = j;
-        add_component(&cur, &ncur, &spare, comp, nc);
-    }
-    if (m & (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH)) {
-        nc = lsh_keys(comp, st->lsh_sorted + o, n, st->q_bucket[o + t], t, k);
-        add_component(&cur, &ncur, &spare, comp, nc);
-    }
-    if (m & SPARSE_KEY_SELECTION) {
-        const int *sel = st->ks->sel + (size_t)(o + t) * k;
-        for (nc = 0; nc < k && sel[nc] >= 0; nc++) comp[nc] = sel[nc];
-        add_component(&cur, &ncur, &spare, comp, nc);
-    }
-    if (m & SPARSE_SLIDING_WINDOW) {
-        int j0 = t - k + 1 > 0 ? t - k + 1 : 0;
-        nc = t - j0 + 1;
-        for (int j = 0; j < nc; j++) comp[j] = j0 + j;
-        add_component(&cur, &ncur, &spare, comp, nc);
-    }
+    for (int c = 0; c < SP_N_COMPONENTS; c++)
+        if ((cfg->sparse_mask & sparse_patterns[c].bit) && cpu_rules[c])
+            add_component(&cur, &ncur, &spare, comp, cpu_rules[c](&q, comp));
     memcpy(row, cur, sizeof(int) * ncur);
     return ncur;
 }
@@ -114,7 +138,7 @@ static int build_row(int *row, const hax_sparse_state *st, const hax_model_confi
 int sparse_build_union(hax_sparse_state *st, const hax_model_config *cfg, const int *seq_off,
                        int n_seq) {
     int n_tok = seq_off[n_seq], cap = st->row_cap;
-    if (cfg->sparse_mask & (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH)) {
+    if (sparse_pattern_has(cfg->sparse_mask, SPF_LSH)) {
 #pragma omp parallel for schedule(dynamic, 1)
         for (int s = 0; s < n_seq; s++) {
             int o = seq_off[s], n = seq_off[s + 1] - o;

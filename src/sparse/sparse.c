@@ -11,34 +11,20 @@
 #include "src/sparse/internal.h"
 
 #define HAS(cfg, bit) (((cfg)->sparse_mask & (bit)) != 0)
-#define LSH_BITS (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH)
 
-// Refuses what the branch cannot run, naming the field.
+// Refuses what the branch cannot run, naming the field: its sizes, then the
+// pattern's requirements (src/model/sparse_patterns.h).
 static void check_config(const hax_model_config *cfg) {
+    char why[256];
     if (cfg->sparse_mask == 0) hax_die("sparse: sparse_arch: expected a pattern, found none");
     if (cfg->state_size < 1 || cfg->intermediate_size < 1)
         hax_die("sparse: state_size %d / intermediate_size %d: expected >= 1", cfg->state_size,
                 cfg->intermediate_size);
-    if (HAS(cfg, SPARSE_FULL)) {
-        if (cfg->sparse_mask != SPARSE_FULL)
-            hax_die("sparse: sparse_arch '%s': 'full' cannot be combined with other components",
-                    cfg->sparse_arch);
-        return;
-    }
-    if (cfg->k_c < 1)
-        hax_die("sparse: k_c (sparse_keys / parts): expected >= 1, found %d", cfg->k_c);
-    if ((cfg->sparse_mask & LSH_BITS) == LSH_BITS)
-        hax_die("sparse: sparse_arch '%s': sign_bin_lsh and argmax_lsh together are not supported",
-                cfg->sparse_arch);
-    if ((cfg->sparse_mask & LSH_BITS) && (cfg->num_hash < 1 || cfg->num_hash > 30))
-        hax_die("sparse: num_hash: expected 1..30, found %d", cfg->num_hash);
-    if (HAS(cfg, SPARSE_DILATED) && cfg->data_max_length / cfg->k_c < 1)
-        hax_die("sparse: data_max_length: expected >= k_c = %d for a dilation >= 1, found %d",
-                cfg->k_c, cfg->data_max_length);
+    if (sparse_pattern_check(cfg, why, sizeof why) != 0) hax_die("sparse: %s", why);
 }
 
 static int hash_bits(const hax_model_config *cfg) {
-    return (cfg->sparse_mask & LSH_BITS) ? cfg->num_hash : 0;
+    return sparse_pattern_has(cfg->sparse_mask, SPF_LSH) ? cfg->num_hash : 0;
 }
 
 size_t sparse_state_bytes(const hax_model_config *cfg, int max_tok, int max_seq, int max_len) {
@@ -46,10 +32,10 @@ size_t sparse_state_bytes(const hax_model_config *cfg, int max_tok, int max_seq,
     size_t bytes = sizeof(hax_sparse_state) + 2 * T * 2 * N * sizeof(float);  // KQ, dKQ
     bytes += 2 * T * sizeof(int32_t) + 2 * T * h * sizeof(float) + T * sizeof(int64_t);
     bytes += 2 * (T + 1) * sizeof(int) + (size_t)max_seq * E * sizeof(double);
-    if (HAS(cfg, SPARSE_FULL)) return bytes + 2 * T * sizeof(float);
+    if (sparse_pattern_has(cfg->sparse_mask, SPF_DENSE)) return bytes + 2 * T * sizeof(float);
     size_t nnz = T * (size_t)sparse_row_cap(cfg, max_len);
     bytes += nnz * (3 * sizeof(int) + 2 * sizeof(float));
-    if (HAS(cfg, SPARSE_KEY_SELECTION)) {  // src/sparse/ks.h's ks_state, approximately
+    if (sparse_pattern_has(cfg->sparse_mask, SPF_KS_WEIGHTS)) {  // src/sparse/ks.h's ks_state, approximately
         size_t k = cfg->k_c, S = max_seq;
         bytes += T * (3 * 2 * N + 2) * sizeof(float) + T * k * sizeof(int);
         bytes += S * k * (2 * sizeof(int) + sizeof(double)) + S * k * 6 * N * sizeof(float);
@@ -77,7 +63,7 @@ hax_sparse_state *sparse_state_alloc(const hax_model_config *cfg, int max_tok, i
     st->allow_off = xcalloc(T + 1, sizeof(int));
     st->tr_off = xcalloc(T + 1, sizeof(int));
     st->seq_sv = xcalloc((size_t)max_seq * E, sizeof(double));
-    if (HAS(cfg, SPARSE_FULL)) {
+    if (sparse_pattern_has(cfg->sparse_mask, SPF_DENSE)) {
         st->lse = xmalloc(sizeof(float) * T);
         st->rowD = xmalloc(sizeof(float) * T);
         return st;
@@ -89,7 +75,7 @@ hax_sparse_state *sparse_state_alloc(const hax_model_config *cfg, int max_tok, i
     st->allow_ds = xmalloc(sizeof(float) * nnz);
     st->tr_ent = xmalloc(sizeof(int) * nnz);
     st->ent_row = xmalloc(sizeof(int) * nnz);
-    if (HAS(cfg, SPARSE_KEY_SELECTION)) {
+    if (sparse_pattern_has(cfg->sparse_mask, SPF_KS_WEIGHTS)) {
         st->ks = xcalloc(1, sizeof(ks_state));
         ks_state_init(st->ks, max_tok, max_seq, (int)N, cfg->k_c);
         st->key_score = st->ks->score;
@@ -135,7 +121,7 @@ static void check_batch(const hax_sparse_state *st, const hax_model_config *cfg,
 static void compute_buckets(hax_sparse_state *st, const hax_model_config *cfg, const hax_batch *b,
                             const float *hash) {
     int n_tok = b->seq_off[b->n_seq], N = st->N, argmax = HAS(cfg, SPARSE_ARGMAX_LSH);
-    if (!(cfg->sparse_mask & LSH_BITS)) {
+    if (!sparse_pattern_has(cfg->sparse_mask, SPF_LSH)) {
         for (int g = 0; g < n_tok; g++) st->q_bucket[g] = st->k_bucket[g] = -1;
         return;
     }
@@ -165,14 +151,14 @@ double sparse_forward(hax_sparse_state *st, const hax_model_config *cfg, const h
     float sqrt_n = (float)sqrt((double)N);
     for (int g = 0; g < n_tok; g++)
         for (int f = 0; f < N; f++) st->KQ[(size_t)g * 2 * N + f] /= sqrt_n;
-    if (HAS(cfg, SPARSE_FULL)) {
+    if (sparse_pattern_has(cfg->sparse_mask, SPF_DENSE)) {
         for (int g = 0; g < n_tok; g++) st->q_bucket[g] = st->k_bucket[g] = -1;
         memset(st->allow_off, 0, sizeof(int) * (n_tok + 1));
         sparse_full_forward(st, X, ldX, seq_off, n_seq, attn, ld_attn);
         return 0;
     }
     compute_buckets(st, cfg, b, hash);
-    if (HAS(cfg, SPARSE_KEY_SELECTION)) {
+    if (sparse_pattern_has(cfg->sparse_mask, SPF_KS_WEIGHTS)) {
         if (!ks) hax_die("sparse_forward: pattern '%s' needs the dx_proj parameters, none given",
                          cfg->sparse_arch);
         if (training && !ks_cand)
@@ -195,7 +181,7 @@ void sparse_backward(hax_sparse_state *st, const hax_model_config *cfg, const ha
         hax_die("sparse_backward: batch: expected the last forward's %d sequences / %d positions, "
                 "found %d / %d", st->n_seq, st->n_tok, n_seq, n_tok);
     if (n_tok == 0) return;
-    if (HAS(cfg, SPARSE_FULL))
+    if (sparse_pattern_has(cfg->sparse_mask, SPF_DENSE))
         sparse_full_backward(st, X, ldX, b->seq_off, n_seq, dattn, ld_dattn, dX, ld_dX);
     else
         sparse_attn_backward(st, X, ldX, b->seq_off, n_seq, b->model_len, cfg->semantics, dattn,

@@ -36,13 +36,15 @@
 #include "src/sparse/ks.h"
 
 #ifdef __cplusplus
-extern "C" {  // the CUDA branch (cuda/sparse/sparse.cu) shares sparse_row_cap
+extern "C" {
 #endif
 
-// The components' per-row capacity of cfg's pattern for sequences of up to
-// max_len positions: an upper bound of a query's union size (1 for `full`,
-// which keeps no lists). Both backends size their lists with it.
-int sparse_row_cap(const hax_model_config *cfg, int max_len);
+// sparse_row_cap (the list capacity both backends use) is in
+// src/model/sparse_patterns.h.
+
+// Whether the CPU backend has a list rule for component c (src/sparse/masks.c);
+// every component that is not SPF_DENSE must (tests/test_sparse_patterns.c).
+int sparse_component_has_cpu_rule(int c);
 
 // Key-selection MLP parameters (dx_proj_1/2/3, PyTorch layout, all inside the
 // caller's flat buffer): w1 [2N, 2N], b1 [2N], w2 [2N, 2N], b2 [2N], w3 [1, 2N], b3 [1];
