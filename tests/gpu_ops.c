@@ -18,6 +18,7 @@
 #include "cuda/ops/conv.h"
 #include "cuda/ops/linear.h"
 #include "cuda/ops/scan.h"
+#include "cuda/ops/ssd.h"
 #include "src/ops/linear.h"
 #include "src/ops/basic.h"
 #include "src/ops/conv.h"

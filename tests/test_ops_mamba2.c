@@ -8,6 +8,7 @@
 #include "src/core/common.h"
 #include "src/ops/linear.h"
 #include "src/engine/mixer_mamba2.h"
+#include "src/ops/basic.h"
 #include "src/ops/ssd.h"
 #include "test.h"
 #include "test_ops_fd.h"

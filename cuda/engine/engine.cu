@@ -11,6 +11,7 @@
 #include "cuda/ops/conv.h"
 #include "cuda/engine/internal.cuh"
 #include "cuda/ops/scan.h"
+#include "cuda/ops/ssd.h"
 
 // ---------------------------------------------------------------- small kernels
 

@@ -9,6 +9,7 @@
 #include "cuda/engine/internal.cuh"
 #include "cuda/ops/linear.h"
 #include "cuda/ops/scan.h"
+#include "cuda/ops/ssd.h"
 
 extern "C" {
 #include "src/core/rng.h"

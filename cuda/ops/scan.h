@@ -1,5 +1,5 @@
-// cuda/ops/scan.h: the CUDA versions of Mamba's selective scan (src/ops/scan.h)
-// and Mamba-2's SSD scan (src/ops/ssd.h), with the CPU ops' arguments plus
+// cuda/ops/scan.h: the CUDA version of Mamba's selective scan (src/ops/scan.h);
+// Mamba-2's SSD scan (src/ops/ssd.h) is in cuda/ops/ssd.h. Both take the CPU ops' arguments plus
 // n_tok (seq_off[0] must be 0) and a workspace for the backward.
 //
 // Both are the same recurrence per channel c and state index n:
@@ -37,20 +37,6 @@ void cuda_scan_backward(float *dx, int ld_dx, float *ddraw, float *dBm, float *d
                         const float *x, int ld_x, const float *draw, const float *dt_bias,
                         const float *A_log, const float *Bm, const float *Cm, int ld_bc,
                         const float *D, const int *seq_off, int n_seq, int n_tok, int E, int N, void *work);
-
-// ---- Mamba-2 SSD (src/ops/ssd.h)
-size_t cuda_ssd_ckpt_floats(int n_tok, int n_seq, int H, int P, int N);
-void cuda_ssd_forward(float *y, int ld_y, float *delta, float *ckpt, const float *x, int ld_x,
-                      const float *dt, int ld_dt, const float *B, const float *C, int ld_bc,
-                      const float *dt_bias, const float *A_log, const float *D, const int *seq_off,
-                      int n_seq, int n_tok, int H, int P, int N);
-size_t cuda_ssd_workspace_bytes(int n_tok, int n_seq, int H, int P, int N);
-void cuda_ssd_backward(float *dx, int ld_dx, float *ddt, int ld_ddt, float *dB, float *dC, int ld_dbc,
-                       float *ddt_bias, float *dA_log, float *dD, const float *dy, int ld_dy,
-                       const float *delta, const float *ckpt, const float *x, int ld_x,
-                       const float *dt, int ld_dt, const float *B, const float *C, int ld_bc,
-                       const float *dt_bias, const float *A_log, const float *D, const int *seq_off,
-                       int n_seq, int n_tok, int H, int P, int N, void *work);
 
 #ifdef __cplusplus
 }

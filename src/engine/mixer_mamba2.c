@@ -7,6 +7,7 @@
 #include "src/core/common.h"
 #include "src/ops/linear.h"
 #include "src/ops/conv.h"
+#include "src/ops/basic.h"
 #include "src/ops/ssd.h"
 
 int mamba2_conv_dim(const hax_model_config *cfg) {

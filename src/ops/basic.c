@@ -1,6 +1,7 @@
 // src/ops/basic.c: see src/ops/basic.h.
 #include "src/ops/basic.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -211,5 +212,67 @@ void ce_backward(float *dlogits, const float *logits, const int32_t *labels, con
         double lse = row_logsumexp(l, V, NULL);
         for (int v = 0; v < V; v++) dl[v] = (float)exp((double)l[v] - lse) * scale;
         dl[labels[t]] -= scale;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Gated RMSNorm
+
+void gated_norm_forward(float *out, int ld_out, float *rstd, const float *y, int ld_y,
+                        const float *z, int ld_z, const float *w, int n, int E, float eps) {
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < n; t++) {
+        const float *yt = y + (size_t)t * ld_y, *zt = z + (size_t)t * ld_z;
+        float *ot = out + (size_t)t * ld_out;
+        double ss = 0.0;
+        for (int c = 0; c < E; c++) {
+            float v = yt[c] * (zt[c] * hax_sigmoid(zt[c]));
+            ot[c] = v;
+            ss += (double)v * v;
+        }
+        float r = (float)(1.0 / sqrt(ss / E + (double)eps));
+        if (rstd) rstd[t] = r;
+        for (int c = 0; c < E; c++) ot[c] = ot[c] * r * w[c];
+    }
+}
+
+#define GN_BLOCK 256  // rows per partial sum of dw (fixed, so dw does not depend on threads)
+
+void gated_norm_backward(float *dy, int ld_dy, float *dz, int ld_dz, float *dw, const float *dout,
+                         int ld_dout, const float *rstd, const float *y, int ld_y, const float *z,
+                         int ld_z, const float *w, int n, int E) {
+    int nb = (n + GN_BLOCK - 1) / GN_BLOCK;
+    double *part = dw ? xcalloc((size_t)nb * E, sizeof(double)) : NULL;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int b = 0; b < nb; b++) {
+        int t1 = (b + 1) * GN_BLOCK < n ? (b + 1) * GN_BLOCK : n;
+        for (int t = b * GN_BLOCK; t < t1; t++) {
+            const float *yt = y + (size_t)t * ld_y, *zt = z + (size_t)t * ld_z;
+            const float *dot = dout + (size_t)t * ld_dout;
+            float r = rstd[t];
+            // v = y silu(z); out = v r w;  dv = r w do − v r³/E Σ_j w_j do_j v_j
+            double s = 0.0;
+            for (int c = 0; c < E; c++) {
+                float v = yt[c] * (zt[c] * hax_sigmoid(zt[c]));
+                s += (double)w[c] * dot[c] * v;
+                if (part) part[(size_t)b * E + c] += (double)dot[c] * v * r;
+            }
+            float k = (float)(s * (double)r * r * r / E);
+            for (int c = 0; c < E; c++) {
+                float sg = hax_sigmoid(zt[c]), sl = zt[c] * sg;
+                float v = yt[c] * sl;
+                float dv = r * w[c] * dot[c] - v * k;
+                if (dy) dy[(size_t)t * ld_dy + c] += dv * sl;
+                if (dz) dz[(size_t)t * ld_dz + c] += dv * yt[c] * sg * (1.0f + zt[c] * (1.0f - sg));
+            }
+        }
+    }
+    if (dw) {
+        for (int c = 0; c < E; c++) {
+            double acc = 0.0;
+            for (int b = 0; b < nb; b++) acc += part[(size_t)b * E + c];
+            dw[c] += (float)acc;
+        }
+        free(part);
     }
 }

@@ -64,4 +64,17 @@ double ce_forward(const float *logits, const int32_t *labels, const uint8_t *mas
 void ce_backward(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask,
                  int n_tok, int V, float scale);
 
+// Gated RMSNorm (fla RMSNormGated, norm_before_gate=False, one group of all E
+// channels), row by row:  v = y ⊙ silu(z);  out = v ⊙ w / sqrt(mean(v²) + eps).
+// out [n, E] (ld_out) is written; rstd [n] receives 1/sqrt(mean(v²)+eps)
+// (may be NULL). y (ld_y), z (ld_z) are [n, E]; w is [E].
+void gated_norm_forward(float *out, int ld_out, float *rstd, const float *y, int ld_y,
+                        const float *z, int ld_z, const float *w, int n, int E, float eps);
+
+// Backward: accumulates (+=) dy (ld_dy), dz (ld_dz) [n, E] and dw [E] from
+// dout (ld_dout). rstd is the forward's. dy or dz may be NULL.
+void gated_norm_backward(float *dy, int ld_dy, float *dz, int ld_dz, float *dw, const float *dout,
+                         int ld_dout, const float *rstd, const float *y, int ld_y, const float *z,
+                         int ld_z, const float *w, int n, int E);
+
 #endif

@@ -1,4 +1,4 @@
-// src/ops/ssd.c: Mamba-2 SSD scan and gated RMSNorm, forward and backward (see src/ops/ssd.h).
+// src/ops/ssd.c: Mamba-2 SSD scan, forward and backward (see src/ops/ssd.h).
 #include "src/ops/ssd.h"
 
 #include <math.h>
@@ -7,11 +7,7 @@
 #include <string.h>
 
 #include "src/core/common.h"
-
-static inline float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
-
-// softplus with PyTorch's threshold: x itself above 20.
-static inline float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+#include "src/core/scalar.h"
 
 static int n_chunks_of(int len) { return (len + SSD_CHUNK - 1) / SSD_CHUNK; }
 
@@ -72,7 +68,7 @@ void ssd_forward(float *y, int ld_y, float *delta, float *ckpt, const float *x, 
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < n_tok; t++)
         for (int h = 0; h < H; h++)
-            delta[(size_t)t * H + h] = softplusf_(dt[(size_t)t * ld_dt + h] + dt_bias[h]);
+            delta[(size_t)t * H + h] = hax_softplus(dt[(size_t)t * ld_dt + h] + dt_bias[h]);
 
     int *coff = chunk_offsets(seq_off, n_seq);
     size_t state = (size_t)P * N;
@@ -177,7 +173,7 @@ static void ssd_backward_head(const ssd_bwd_args *g, float *dBh, float *dCh, siz
             part[1] += (double)a * dl * d_a;
             // Δ = softplus(u), u = dt + dt_bias: dΔ/du = σ(u) (1 above the threshold).
             float u = g->dt[(size_t)t * g->ld_dt + h] + g->dt_bias[h];
-            double d_u = d_delta * (u > 20.0f ? 1.0 : (double)sigmoidf_(u));
+            double d_u = d_delta * (u > 20.0f ? 1.0 : (double)hax_sigmoid(u));
             part[2] += d_u;
             if (g->ddt) g->ddt[(size_t)t * g->ld_ddt + h] += (float)d_u;
             a_next = a;
@@ -256,66 +252,4 @@ void ssd_backward(float *dx, int ld_dx, float *ddt, int ld_ddt, float *dB, float
         }
     free(part);
     free(coff);
-}
-
-// ---------------------------------------------------------------------------
-// Gated RMSNorm
-
-void gated_norm_forward(float *out, int ld_out, float *rstd, const float *y, int ld_y,
-                        const float *z, int ld_z, const float *w, int n, int E, float eps) {
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < n; t++) {
-        const float *yt = y + (size_t)t * ld_y, *zt = z + (size_t)t * ld_z;
-        float *ot = out + (size_t)t * ld_out;
-        double ss = 0.0;
-        for (int c = 0; c < E; c++) {
-            float v = yt[c] * (zt[c] * sigmoidf_(zt[c]));
-            ot[c] = v;
-            ss += (double)v * v;
-        }
-        float r = (float)(1.0 / sqrt(ss / E + (double)eps));
-        if (rstd) rstd[t] = r;
-        for (int c = 0; c < E; c++) ot[c] = ot[c] * r * w[c];
-    }
-}
-
-#define GN_BLOCK 256  // rows per partial sum of dw (fixed, so dw does not depend on threads)
-
-void gated_norm_backward(float *dy, int ld_dy, float *dz, int ld_dz, float *dw, const float *dout,
-                         int ld_dout, const float *rstd, const float *y, int ld_y, const float *z,
-                         int ld_z, const float *w, int n, int E) {
-    int nb = (n + GN_BLOCK - 1) / GN_BLOCK;
-    double *part = dw ? xcalloc((size_t)nb * E, sizeof(double)) : NULL;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int b = 0; b < nb; b++) {
-        int t1 = (b + 1) * GN_BLOCK < n ? (b + 1) * GN_BLOCK : n;
-        for (int t = b * GN_BLOCK; t < t1; t++) {
-            const float *yt = y + (size_t)t * ld_y, *zt = z + (size_t)t * ld_z;
-            const float *dot = dout + (size_t)t * ld_dout;
-            float r = rstd[t];
-            // v = y silu(z); out = v r w;  dv = r w do − v r³/E Σ_j w_j do_j v_j
-            double s = 0.0;
-            for (int c = 0; c < E; c++) {
-                float v = yt[c] * (zt[c] * sigmoidf_(zt[c]));
-                s += (double)w[c] * dot[c] * v;
-                if (part) part[(size_t)b * E + c] += (double)dot[c] * v * r;
-            }
-            float k = (float)(s * (double)r * r * r / E);
-            for (int c = 0; c < E; c++) {
-                float sg = sigmoidf_(zt[c]), sl = zt[c] * sg;
-                float v = yt[c] * sl;
-                float dv = r * w[c] * dot[c] - v * k;
-                if (dy) dy[(size_t)t * ld_dy + c] += dv * sl;
-                if (dz) dz[(size_t)t * ld_dz + c] += dv * yt[c] * sg * (1.0f + zt[c] * (1.0f - sg));
-            }
-        }
-    }
-    if (dw) {
-        for (int c = 0; c < E; c++) {
-            double acc = 0.0;
-            for (int b = 0; b < nb; b++) acc += part[(size_t)b * E + c];
-            dw[c] += (float)acc;
-        }
-        free(part);
-    }
 }

@@ -1,5 +1,5 @@
-// src/ops/ssd.h: the Mamba-2 state-space scan ("SSD", MODEL.md §3.2 step 6) and
-// the gated RMSNorm that follows it (MODEL.md §1.3), on the CPU.
+// src/ops/ssd.h: the Mamba-2 state-space scan ("SSD", MODEL.md §3.2 step 6), on
+// the CPU (the gated RMSNorm that follows it is in src/ops/basic.h).
 //
 // SSD, per sequence and head h (P channels per head, state N, one group: B and
 // C are shared by all heads), state S[p, n] starting at 0 for each sequence:
@@ -49,18 +49,5 @@ void ssd_backward(float *dx, int ld_dx, float *ddt, int ld_ddt, float *dB, float
                   const float *dt, int ld_dt, const float *B, const float *C, int ld_bc,
                   const float *dt_bias, const float *A_log, const float *D, const int *seq_off,
                   int n_seq, int H, int P, int N);
-
-// Gated RMSNorm (fla RMSNormGated, norm_before_gate=False, one group of all E
-// channels), row by row:  v = y ⊙ silu(z);  out = v ⊙ w / sqrt(mean(v²) + eps).
-// out [n, E] (ld_out) is written; rstd [n] receives 1/sqrt(mean(v²)+eps)
-// (may be NULL). y (ld_y), z (ld_z) are [n, E]; w is [E].
-void gated_norm_forward(float *out, int ld_out, float *rstd, const float *y, int ld_y,
-                        const float *z, int ld_z, const float *w, int n, int E, float eps);
-
-// Backward: accumulates (+=) dy (ld_dy), dz (ld_dz) [n, E] and dw [E] from
-// dout (ld_dout). rstd is the forward's. dy or dz may be NULL.
-void gated_norm_backward(float *dy, int ld_dy, float *dz, int ld_dz, float *dw, const float *dout,
-                         int ld_dout, const float *rstd, const float *y, int ld_y, const float *z,
-                         int ld_z, const float *w, int n, int E);
 
 #endif

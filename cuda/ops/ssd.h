@@ -1,0 +1,31 @@
+// cuda/ops/ssd.h: the CUDA version of Mamba-2's SSD scan (src/ops/ssd.h), with
+// the CPU op's arguments plus n_tok (seq_off[0] must be 0) and a workspace for
+// the backward. It runs the recurrence of the Mamba scan (cuda/ops/scan.h
+// describes the design) with one block per head of P channels.
+#ifndef HAX_CU_SSD_H
+#define HAX_CU_SSD_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+size_t cuda_ssd_ckpt_floats(int n_tok, int n_seq, int H, int P, int N);
+void cuda_ssd_forward(float *y, int ld_y, float *delta, float *ckpt, const float *x, int ld_x,
+                      const float *dt, int ld_dt, const float *B, const float *C, int ld_bc,
+                      const float *dt_bias, const float *A_log, const float *D, const int *seq_off,
+                      int n_seq, int n_tok, int H, int P, int N);
+size_t cuda_ssd_workspace_bytes(int n_tok, int n_seq, int H, int P, int N);
+void cuda_ssd_backward(float *dx, int ld_dx, float *ddt, int ld_ddt, float *dB, float *dC, int ld_dbc,
+                       float *ddt_bias, float *dA_log, float *dD, const float *dy, int ld_dy,
+                       const float *delta, const float *ckpt, const float *x, int ld_x,
+                       const float *dt, int ld_dt, const float *B, const float *C, int ld_bc,
+                       const float *dt_bias, const float *A_log, const float *D, const int *seq_off,
+                       int n_seq, int n_tok, int H, int P, int N, void *work);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
