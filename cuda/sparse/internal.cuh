@@ -88,6 +88,15 @@ __device__ __forceinline__ int cu_rule_reach(int c, int jl, const cu_rule_query 
     else return c == C ? cu_rule<C>::reach(jl, q) : cu_rule_reach<C + 1>(c, jl, q);
 }
 
+#define MAX_HASH 30  // sparse_pattern_check's limit of hash_bits
+
+// cuda/sparse/lsh.cu: the buckets of the queries (which = 1: Q = KQ[:, N:]) or
+// keys (which = 0) into st->q_bucket / k_bucket (forced ones where given).
+void cu_sp_lsh_hash(cu_sparse_state *st, const int *seq_off, int n_seq, int n_tok, int L, const float *hash,
+                    int which);
+// cuda/sparse/masks.cu: the allowed lists of every query.
+void cu_sp_build_lists(cu_sparse_state *st, const int *sel, const int *seq_off, int n_seq, int n_tok);
+
 // cuda/sparse/attn.cu: sparse attention over the fixed-stride lists, the
 // `full` dense causal attention, and the reference empty rows.
 void cu_sp_attn_forward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,

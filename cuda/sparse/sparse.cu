@@ -1,14 +1,7 @@
-// cuda/sparse/sparse.cu: see cuda/sparse/sparse.h. The state, the Q/K projection, the LSH
-// buckets, the allowed lists of every query, and forward/backward chaining
-// them with key selection (cuda/sparse/ks.h) and the attention
-// (cuda/sparse/attn.cu).
-//
-// LSH exactness: the CPU (src/sparse/lsh.c) computes the statistics and the
-// projections in double, in a fixed order, without fused multiply-adds (plain
-// x86-64). nvcc would contract a*b+c into an FMA, so every double operation
-// here is an explicit round-to-nearest intrinsic (__dadd_rn, __dmul_rn, ...)
-// in the CPU's order: given the same KQ, the projections are the CPU's bit for
-// bit, hence the buckets.
+// cuda/sparse/sparse.cu: see cuda/sparse/sparse.h. The state, the Q/K
+// projection, and forward/backward chaining the LSH buckets
+// (cuda/sparse/lsh.cu), key selection (cuda/sparse/ks.h), the allowed lists
+// (cuda/sparse/masks.cu) and the attention (cuda/sparse/attn.cu).
 #include <limits.h>
 #include <math.h>
 
@@ -17,7 +10,6 @@
 #include "cuda/sparse/ks.h"
 
 #define HAS(m, bit) (((m) & (bit)) != 0)
-#define MAX_HASH 30  // sparse_pattern_check's limit of hash_bits
 
 // ---------------------------------------------------------------- config, state
 
@@ -150,157 +142,9 @@ __global__ static void scale_k_kernel(float *KQ, int n_tok, int N, float sqrt_n)
     KQ[(size_t)g * 2 * N + f] /= sqrt_n;
 }
 
-// ---------------------------------------------------------------- LSH (see the top)
-
-// Reference statistics, one thread per (sequence, feature): stat[s, 0:N] = mu,
-// stat[s, N:2N] = 1 / max(nu, 1e-12), with n_pad = L - n pads holding 0.
-__global__ static void lsh_stats_reference(double *stat, const float *x, int ldx, const int *seq_off,
-                                           int n_seq, int N, int L) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n_seq * N) return;
-    int s = i / N, f = i % N, o = seq_off[s], n = seq_off[s + 1] - o;
-    double mu = 0;
-    for (int t = 0; t < n; t++) mu = __dadd_rn(mu, (double)x[(size_t)(o + t) * ldx + f]);
-    mu = __ddiv_rn(mu, (double)L);
-    double v = __dmul_rn(__dmul_rn((double)(L - n), mu), mu);
-    for (int t = 0; t < n; t++) {
-        double d = __dsub_rn((double)x[(size_t)(o + t) * ldx + f], mu);
-        v = __dadd_rn(v, __dmul_rn(d, d));
-    }
-    stat[(size_t)s * 2 * N + f] = mu;
-    stat[(size_t)s * 2 * N + N + f] = __ddiv_rn(1.0, fmax(__dsqrt_rn(v), 1e-12));
-}
-
-// Causal statistics: stat[g, f] = sum_{p <= t} x_pf within the sequence.
-__global__ static void lsh_stats_causal(double *stat, const float *x, int ldx, const int *seq_off,
-                                        int n_seq, int N) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n_seq * N) return;
-    int s = i / N, f = i % N;
-    double sum = 0;
-    for (int g = seq_off[s]; g < seq_off[s + 1]; g++) {
-        sum = __dadd_rn(sum, (double)x[(size_t)g * ldx + f]);
-        stat[(size_t)g * N + f] = sum;
-    }
-}
-
-// The centred, normalised feature f of row g (reference: per-sequence mu and
-// 1/nu; causal: prefix mean, times 1/||.|| given in inv).
-__device__ __forceinline__ double lsh_centred(const float *x, int ldx, const double *stat, int N,
-                                              int ref, int s, int g, int t, int f) {
-    double v = (double)x[(size_t)g * ldx + f];
-    if (ref) {
-        const double *st = stat + (size_t)s * 2 * N;
-        return __dmul_rn(__dsub_rn(v, st[f]), st[N + f]);
-    }
-    return __dsub_rn(v, __ddiv_rn(stat[(size_t)g * N + f], (double)(t + 1)));
-}
-
-// One thread per row: projection onto H [N, h], then the bucket (or the
-// forced one). bucket = -1 rows never reach here.
-__global__ static void lsh_project_kernel(int32_t *bucket, float *proj_out, const float *x, int ldx,
-                                          const double *stat, const float *H, int h, int N,
-                                          int argmax, int ref, const int *seq_off, int n_seq,
-                                          int n_tok, const int32_t *force) {
-    int g = blockIdx.x * blockDim.x + threadIdx.x;
-    if (g >= n_tok) return;
-    int s = cu_seq_of(seq_off, n_seq, g), t = g - seq_off[s];
-    double inv = 1.0;
-    if (!ref) {  // causal: the vector's own norm
-        double nrm = 0;
-        for (int f = 0; f < N; f++) {
-            double c = lsh_centred(x, ldx, stat, N, 0, s, g, t, f);
-            nrm = __dadd_rn(nrm, __dmul_rn(c, c));
-        }
-        inv = __ddiv_rn(1.0, fmax(__dsqrt_rn(nrm), 1e-12));
-    }
-    double proj[MAX_HASH];
-    for (int i = 0; i < h; i++) proj[i] = 0;
-    for (int f = 0; f < N; f++) {
-        double c = lsh_centred(x, ldx, stat, N, ref, s, g, t, f);
-        if (!ref) c = __dmul_rn(c, inv);
-        const float *hrow = H + (size_t)f * h;
-        for (int i = 0; i < h; i++) proj[i] = __dadd_rn(proj[i], __dmul_rn(c, (double)hrow[i]));
-    }
-    int32_t code = 0;
-    if (argmax) {
-        for (int i = 1; i < h; i++)
-            if (proj[i] > proj[code]) code = i;
-    } else {
-        for (int i = 0; i < h; i++)
-            if (proj[i] > 0) code |= (int32_t)1 << i;
-    }
-    for (int i = 0; i < h; i++) proj_out[(size_t)g * h + i] = (float)proj[i];
-    bucket[g] = force ? force[g] : code;
-}
-
 __global__ static void fill_i32_kernel(int32_t *a, int32_t *b, int n, int32_t v) {
     int g = blockIdx.x * blockDim.x + threadIdx.x;
     if (g < n) a[g] = b[g] = v;
-}
-
-// Buckets of the queries (which = 1: Q = KQ[:, N:]) or keys (which = 0).
-static void lsh_hash(cu_sparse_state *st, const int *seq_off, int n_seq, int n_tok, int L,
-                     const float *hash, int which) {
-    int N = st->N, ref = st->sem == SEMANTICS_REFERENCE;
-    const float *x = st->KQ + (which ? N : 0);
-    cudaStream_t sm = cu_stream();
-    if (ref) lsh_stats_reference<<<cu_blocks((long)n_seq * N, 128), 128, 0, sm>>>(
-        st->lsh_stat, x, 2 * N, seq_off, n_seq, N, L);
-    else lsh_stats_causal<<<cu_blocks((long)n_seq * N, 128), 128, 0, sm>>>(
-        st->lsh_stat, x, 2 * N, seq_off, n_seq, N);
-    CUDA_LAUNCHED();
-    lsh_project_kernel<<<cu_blocks(n_tok, 128), 128, 0, sm>>>(
-        which ? st->q_bucket : st->k_bucket, which ? st->hq_proj : st->hk_proj, x, 2 * N,
-        st->lsh_stat, hash, st->h, N, HAS(st->mask, SPARSE_ARGMAX_LSH), ref, seq_off, n_seq, n_tok,
-        which ? st->force_q_bucket : st->force_k_bucket);
-    CUDA_LAUNCHED();
-}
-
-// ---------------------------------------------------------------- allowed lists
-
-// One thread per query: the sorted union of the components of mask m, by
-// merging the components' ascending key streams (the CUDA rules of
-// cuda/sparse/internal.cuh) one smallest head at a time. Same lists as
-// src/sparse/masks.c build_row.
-__global__ static void build_lists_kernel(int *allow_cnt, int *allow_key, int *lsh_keys,
-                                          int *has_empty, const int32_t *q_bucket,
-                                          const int32_t *k_bucket, const int *sel,
-                                          const int *seq_off, int n_seq, int n_tok, unsigned m,
-                                          unsigned lsh_bits, int k, int delta, int cap) {
-    int g = blockIdx.x * blockDim.x + threadIdx.x;
-    if (g >= n_tok) return;
-    int s = cu_seq_of(seq_off, n_seq, g), o = seq_off[s], t = g - o;
-    cu_rule_query q = {t, seq_off[s + 1] - o, k, delta, lsh_keys + (size_t)g * k, 0, NULL, 0};
-    if (m & lsh_bits) {  // LSH: the k most recent j <= t in the query's bucket, newest first
-        int32_t b = q_bucket[g];
-        int *lk = lsh_keys + (size_t)g * k;
-        for (int j = t; j >= 0 && q.ln < k; j--)
-            if (k_bucket[o + j] == b) lk[q.ln++] = j;
-    }
-    if (sel) {
-        q.sk = sel + (size_t)g * k;
-        while (q.kn < k && q.sk[q.kn] >= 0) q.kn++;
-    }
-    int idx[SP_N_COMPONENTS], head[SP_N_COMPONENTS];
-#pragma unroll
-    for (int c = 0; c < SP_N_COMPONENTS; c++) {
-        idx[c] = 0;
-        head[c] = (m >> c) & 1 ? cu_rule_key(c, q, 0) : INT_MAX;
-    }
-    int *row = allow_key + (size_t)g * cap, cnt = 0;
-    for (;;) {
-        int nxt = INT_MAX;
-#pragma unroll
-        for (int c = 0; c < SP_N_COMPONENTS; c++) nxt = min(nxt, head[c]);
-        if (nxt == INT_MAX) break;
-        row[cnt++] = nxt;
-#pragma unroll
-        for (int c = 0; c < SP_N_COMPONENTS; c++)
-            if (head[c] == nxt) head[c] = cu_rule_key(c, q, ++idx[c]);
-    }
-    allow_cnt[g] = cnt;
-    if (cnt == 0) atomicOr(has_empty, 1);
 }
 
 // ---------------------------------------------------------------- forward / backward
@@ -334,8 +178,8 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
                                                                     (float)sqrt((double)N));
     CUDA_LAUNCHED();
     if (sparse_pattern_has(m, SPF_LSH)) {
-        lsh_hash(st, seq_off, n_seq, n_tok, model_len, hash, 1);
-        lsh_hash(st, seq_off, n_seq, n_tok, model_len, hash, 0);
+        cu_sp_lsh_hash(st, seq_off, n_seq, n_tok, model_len, hash, 1);
+        cu_sp_lsh_hash(st, seq_off, n_seq, n_tok, model_len, hash, 0);
     } else {
         fill_i32_kernel<<<cu_blocks(n_tok, 256), 256, 0, sm>>>(st->q_bucket, st->k_bucket, n_tok, -1);
         CUDA_LAUNCHED();
@@ -350,10 +194,7 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
                                        cudaMemcpyDeviceToDevice, sm));
             sel = kst->sel;
         }
-        build_lists_kernel<<<cu_blocks(n_tok, 128), 128, 0, sm>>>(
-            st->allow_cnt, st->allow_key, st->lsh_keys, st->has_empty, st->q_bucket, st->k_bucket,
-            sel, seq_off, n_seq, n_tok, m, sparse_pattern_bits(SPF_LSH), st->k_c, st->delta, st->row_cap);
-        CUDA_LAUNCHED();
+        cu_sp_build_lists(st, sel, seq_off, n_seq, n_tok);
     } else {
         CUDA_CHECK(cudaMemsetAsync(st->allow_cnt, 0, sizeof(int) * n_tok, sm));
     }

@@ -1,0 +1,116 @@
+// cuda/sparse/lsh.cu: the LSH buckets of the sparse branch on the GPU (the
+// CUDA twin of src/sparse/lsh.c): per-sequence statistics of Q or K, the
+// projections on the hash matrix, and the bucket of every position.
+//
+// LSH exactness: the CPU (src/sparse/lsh.c) computes the statistics and the
+// projections in double, in a fixed order, without fused multiply-adds (plain
+// x86-64). nvcc would contract a*b+c into an FMA, so every double operation
+// here is an explicit round-to-nearest intrinsic (__dadd_rn, __dmul_rn, ...)
+// in the CPU's order: given the same KQ, the projections are the CPU's bit for
+// bit, hence the buckets.
+#include <math.h>
+
+#include "cuda/sparse/internal.cuh"
+
+#define HAS(m, bit) (((m) & (bit)) != 0)
+
+
+// Reference statistics, one thread per (sequence, feature): stat[s, 0:N] = mu,
+// stat[s, N:2N] = 1 / max(nu, 1e-12), with n_pad = L - n pads holding 0.
+__global__ static void lsh_stats_reference(double *stat, const float *x, int ldx, const int *seq_off,
+                                           int n_seq, int N, int L) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_seq * N) return;
+    int s = i / N, f = i % N, o = seq_off[s], n = seq_off[s + 1] - o;
+    double mu = 0;
+    for (int t = 0; t < n; t++) mu = __dadd_rn(mu, (double)x[(size_t)(o + t) * ldx + f]);
+    mu = __ddiv_rn(mu, (double)L);
+    double v = __dmul_rn(__dmul_rn((double)(L - n), mu), mu);
+    for (int t = 0; t < n; t++) {
+        double d = __dsub_rn((double)x[(size_t)(o + t) * ldx + f], mu);
+        v = __dadd_rn(v, __dmul_rn(d, d));
+    }
+    stat[(size_t)s * 2 * N + f] = mu;
+    stat[(size_t)s * 2 * N + N + f] = __ddiv_rn(1.0, fmax(__dsqrt_rn(v), 1e-12));
+}
+
+// Causal statistics: stat[g, f] = sum_{p <= t} x_pf within the sequence.
+__global__ static void lsh_stats_causal(double *stat, const float *x, int ldx, const int *seq_off,
+                                        int n_seq, int N) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_seq * N) return;
+    int s = i / N, f = i % N;
+    double sum = 0;
+    for (int g = seq_off[s]; g < seq_off[s + 1]; g++) {
+        sum = __dadd_rn(sum, (double)x[(size_t)g * ldx + f]);
+        stat[(size_t)g * N + f] = sum;
+    }
+}
+
+// The centred, normalised feature f of row g (reference: per-sequence mu and
+// 1/nu; causal: prefix mean, times 1/||.|| given in inv).
+__device__ __forceinline__ double lsh_centred(const float *x, int ldx, const double *stat, int N,
+                                              int ref, int s, int g, int t, int f) {
+    double v = (double)x[(size_t)g * ldx + f];
+    if (ref) {
+        const double *st = stat + (size_t)s * 2 * N;
+        return __dmul_rn(__dsub_rn(v, st[f]), st[N + f]);
+    }
+    return __dsub_rn(v, __ddiv_rn(stat[(size_t)g * N + f], (double)(t + 1)));
+}
+
+// One thread per row: projection onto H [N, h], then the bucket (or the
+// forced one). bucket = -1 rows never reach here.
+__global__ static void lsh_project_kernel(int32_t *bucket, float *proj_out, const float *x, int ldx,
+                                          const double *stat, const float *H, int h, int N,
+                                          int argmax, int ref, const int *seq_off, int n_seq,
+                                          int n_tok, const int32_t *force) {
+    int g = blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= n_tok) return;
+    int s = cu_seq_of(seq_off, n_seq, g), t = g - seq_off[s];
+    double inv = 1.0;
+    if (!ref) {  // causal: the vector's own norm
+        double nrm = 0;
+        for (int f = 0; f < N; f++) {
+            double c = lsh_centred(x, ldx, stat, N, 0, s, g, t, f);
+            nrm = __dadd_rn(nrm, __dmul_rn(c, c));
+        }
+        inv = __ddiv_rn(1.0, fmax(__dsqrt_rn(nrm), 1e-12));
+    }
+    double proj[MAX_HASH];
+    for (int i = 0; i < h; i++) proj[i] = 0;
+    for (int f = 0; f < N; f++) {
+        double c = lsh_centred(x, ldx, stat, N, ref, s, g, t, f);
+        if (!ref) c = __dmul_rn(c, inv);
+        const float *hrow = H + (size_t)f * h;
+        for (int i = 0; i < h; i++) proj[i] = __dadd_rn(proj[i], __dmul_rn(c, (double)hrow[i]));
+    }
+    int32_t code = 0;
+    if (argmax) {
+        for (int i = 1; i < h; i++)
+            if (proj[i] > proj[code]) code = i;
+    } else {
+        for (int i = 0; i < h; i++)
+            if (proj[i] > 0) code |= (int32_t)1 << i;
+    }
+    for (int i = 0; i < h; i++) proj_out[(size_t)g * h + i] = (float)proj[i];
+    bucket[g] = force ? force[g] : code;
+}
+
+// Buckets of the queries (which = 1: Q = KQ[:, N:]) or keys (which = 0).
+void cu_sp_lsh_hash(cu_sparse_state *st, const int *seq_off, int n_seq, int n_tok, int L,
+                     const float *hash, int which) {
+    int N = st->N, ref = st->sem == SEMANTICS_REFERENCE;
+    const float *x = st->KQ + (which ? N : 0);
+    cudaStream_t sm = cu_stream();
+    if (ref) lsh_stats_reference<<<cu_blocks((long)n_seq * N, 128), 128, 0, sm>>>(
+        st->lsh_stat, x, 2 * N, seq_off, n_seq, N, L);
+    else lsh_stats_causal<<<cu_blocks((long)n_seq * N, 128), 128, 0, sm>>>(
+        st->lsh_stat, x, 2 * N, seq_off, n_seq, N);
+    CUDA_LAUNCHED();
+    lsh_project_kernel<<<cu_blocks(n_tok, 128), 128, 0, sm>>>(
+        which ? st->q_bucket : st->k_bucket, which ? st->hq_proj : st->hk_proj, x, 2 * N,
+        st->lsh_stat, hash, st->h, N, HAS(st->mask, SPARSE_ARGMAX_LSH), ref, seq_off, n_seq, n_tok,
+        which ? st->force_q_bucket : st->force_k_bucket);
+    CUDA_LAUNCHED();
+}
