@@ -12,14 +12,12 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
-#include "cuda/ops/adamw.h"
-#include "cuda/core/common.h"
-
 enum { MODE_SINGLE, MODE_NCCL, MODE_HOST };
 
 struct hax_nccl {
     int mode;
     ncclComm_t comm;
+    cudaStream_t stream;  // the engine's (hax_device_ops.stream)
     float *host;  // staging buffer (MODE_HOST)
     size_t host_n;
 };
@@ -45,8 +43,15 @@ static int devices_shared(const hax_dist *d) {
     return shared;
 }
 
-hax_nccl *dist_nccl_create(const hax_dist *d) {
+#define CUDA_OK(call)                                                                                   \
+    do {                                                                                                \
+        cudaError_t e_ = (call);                                                                        \
+        if (e_ != cudaSuccess) hax_die("cuda: %s: %s", #call, cudaGetErrorString(e_));                  \
+    } while (0)
+
+hax_nccl *dist_nccl_create(const hax_dist *d, void *stream) {
     hax_nccl *c = xcalloc(1, sizeof *c);
+    c->stream = (cudaStream_t)stream;
     if (d->size == 1) {
         c->mode = MODE_SINGLE;
         return c;
@@ -70,7 +75,7 @@ hax_nccl *dist_nccl_create(const hax_dist *d) {
 void dist_nccl_allreduce_sum_f32(hax_nccl *c, float *dev, size_t n) {
     if (c->mode == MODE_SINGLE || n == 0) return;
     if (c->mode == MODE_NCCL) {
-        NCCL_OK(ncclAllReduce(dev, dev, n, ncclFloat32, ncclSum, c->comm, (cudaStream_t)cuda_stream_handle()));
+        NCCL_OK(ncclAllReduce(dev, dev, n, ncclFloat32, ncclSum, c->comm, c->stream));
         return;
     }
     if (c->host_n < n) {
@@ -78,11 +83,11 @@ void dist_nccl_allreduce_sum_f32(hax_nccl *c, float *dev, size_t n) {
         c->host = xmalloc(n * sizeof(float));
         c->host_n = n;
     }
-    cuda_download(c->host, dev, n * sizeof(float));
-    cuda_sync();
+    CUDA_OK(cudaMemcpyAsync(c->host, dev, n * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+    CUDA_OK(cudaStreamSynchronize(c->stream));
     dist_allreduce_sum_f32(c->host, n);
-    cuda_upload(dev, c->host, n * sizeof(float));
-    cuda_sync();  // the staging buffer may be reused by the next call
+    CUDA_OK(cudaMemcpyAsync(dev, c->host, n * sizeof(float), cudaMemcpyHostToDevice, c->stream));
+    CUDA_OK(cudaStreamSynchronize(c->stream));  // the staging buffer may be reused by the next call
 }
 
 const char *dist_nccl_mode(const hax_nccl *c) {
@@ -102,8 +107,8 @@ struct hax_nccl {
     int unused;
 };
 
-hax_nccl *dist_nccl_create(const hax_dist *d) {
-    (void)d;
+hax_nccl *dist_nccl_create(const hax_dist *d, void *stream) {
+    (void)d, (void)stream;
     hax_die("nccl: this build has no CUDA (nvcc was not found when it was compiled)");
 }
 void dist_nccl_allreduce_sum_f32(hax_nccl *c, float *dev, size_t n) { (void)c, (void)dev, (void)n; }

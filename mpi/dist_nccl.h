@@ -1,7 +1,7 @@
 // dist_nccl.h: the gradient all-reduce of the CUDA backend. One NCCL
 // communicator over all MPI ranks (the unique id is broadcast with MPI), each
 // rank on its own device; the sum runs on the device, on the CUDA backend's
-// stream (cuda/ops/adamw.h: cuda_stream_handle), in place.
+// stream (hax_device_ops.stream, given at creation), in place.
 //
 // NCCL refuses two ranks on one device. When ranks share a device (a test on
 // a one-GPU machine), or HAX_NCCL=0 is set, the sum goes through the host
@@ -17,9 +17,11 @@
 
 typedef struct hax_nccl hax_nccl;
 
-// Collective over all ranks (call after cuda_init on every rank). Dies with
-// one line when NCCL fails or this build has no CUDA.
-hax_nccl *dist_nccl_create(const hax_dist *d);
+// Collective over all ranks (call once the engine has chosen the device on
+// every rank). stream: the engine's (hax_device_ops.stream, a cudaStream_t),
+// on which the all-reduces are enqueued. Dies with one line when NCCL fails
+// or this build has no CUDA.
+hax_nccl *dist_nccl_create(const hax_dist *d, void *stream);
 // In-place sum over ranks of n device floats (enqueued on the stream; with a
 // single rank nothing is done).
 void dist_nccl_allreduce_sum_f32(hax_nccl *c, float *dev, size_t n);

@@ -474,18 +474,19 @@ static void mixer_run(float *out, float **g, const mix_ctx *c, int s0, int s1) {
                       p[P_ATTN] ? p[P_E] : NULL};
     mamba_grads gr = {g[P_ALOG], g[P_D], g[P_CW], g[P_CB], g[P_IN], g[P_XP], g[P_DTW], g[P_DTB], g[P_OUT],
                       p[P_ATTN] ? g[P_E] : NULL};
-    float *abuf = fmalloc(mamba_acts_floats(&c->cfg, n, ns)), *sbuf = fmalloc(mamba_bwd_floats(&c->cfg, n));
+    const hax_ops *ops = hax_cpu_ops();  // the mixer on the CPU's kernels
+    float *abuf = fmalloc(mamba_acts_floats(ops, &c->cfg, n, ns)), *sbuf = fmalloc(mamba_bwd_floats(ops, &c->cfg, n));
     mamba_acts acts;
     mamba_bwd s;
-    mamba_acts_assign(&acts, abuf, &c->cfg, n, ns);
-    mamba_bwd_assign(&s, sbuf, &c->cfg, n);
+    mamba_acts_assign(ops, &acts, abuf, &c->cfg, n, ns);
+    mamba_bwd_assign(ops, &s, sbuf, &c->cfg, n);
     const float *a = p[P_A] + (size_t)t0 * d;
     const float *attn = p[P_ATTN] ? p[P_ATTN] + (size_t)t0 * E : NULL;
-    mamba_pre_forward(&acts, a, d, &w, &c->cfg, so, ns, n);
-    mamba_post_forward(out + (size_t)t0 * d, d, &acts, &s, attn, &w, &c->cfg, so, ns, n);
-    mamba_post_backward(&s, attn ? g[P_ATTN] + (size_t)t0 * E : NULL, c->r + (size_t)t0 * d, d, &acts, attn, &w,
-                        &gr, &c->cfg, so, ns, n);
-    mamba_pre_backward(g[P_A] + (size_t)t0 * d, d, &s, a, d, &acts, &w, &gr, &c->cfg, so, ns, n);
+    mamba_pre_forward(ops, &acts, a, d, &w, &c->cfg, so, ns, n);
+    mamba_post_forward(ops, out + (size_t)t0 * d, d, &acts, &s, attn, &w, &c->cfg, so, ns, n);
+    mamba_post_backward(ops, &s, attn ? g[P_ATTN] + (size_t)t0 * E : NULL, c->r + (size_t)t0 * d, d, &acts, attn, &w,
+                        &gr, &c->cfg, so, ns, n, NULL);
+    mamba_pre_backward(ops, g[P_A] + (size_t)t0 * d, d, &s, a, d, &acts, &w, &gr, &c->cfg, so, ns, n, NULL);
     free(abuf);
     free(sbuf);
 }

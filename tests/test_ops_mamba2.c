@@ -346,10 +346,10 @@ static void mx_init(mx_case *c, int mode, unsigned seed) {
     test_fill(c->a, n * d, seed + 1, 1.0f);
     test_fill(c->attn, n * E, seed + 2, 1.0f);
     test_fill(c->R, n * d, seed + 3, 1.0f);
-    c->acts_buf = xmalloc(mamba2_acts_floats(cfg, c->seq_off, NSEQ) * sizeof(float));
-    mamba2_acts_assign(&c->acts, c->acts_buf, cfg, c->seq_off, NSEQ);
-    c->bwd_buf = xmalloc(mamba2_bwd_floats(cfg, c->n) * sizeof(float));
-    mamba2_bwd_assign(&c->bwd, c->bwd_buf, cfg, c->n);
+    c->acts_buf = xmalloc(mamba2_acts_floats(hax_cpu_ops(), cfg, c->n, NSEQ) * sizeof(float));
+    mamba2_acts_assign(hax_cpu_ops(), &c->acts, c->acts_buf, cfg, c->n, NSEQ);
+    c->bwd_buf = xmalloc(mamba2_bwd_floats(hax_cpu_ops(), cfg, c->n) * sizeof(float));
+    mamba2_bwd_assign(hax_cpu_ops(), &c->bwd, c->bwd_buf, cfg, c->n);
 }
 
 static void mx_free(mx_case *c) {
@@ -366,31 +366,31 @@ static void mx_free(mx_case *c) {
 }
 
 static void mx_forward(mx_case *c) {
-    mamba2_pre_forward(&c->acts, c->a, c->d, &c->w, &c->cfg, c->seq_off, NSEQ);
+    mamba2_pre_forward(hax_cpu_ops(), &c->acts, c->a, c->d, &c->w, &c->cfg, c->seq_off, NSEQ, c->n);
     if (c->mode == MODE_ATTN_OF_X)  // a stand-in sparse branch: attn = X²/2, V = X
         for (int t = 0; t < c->n; t++)
             for (int i = 0; i < c->E; i++) {
                 float x = c->acts.xbc[(size_t)t * c->cd + i];
                 c->attn[(size_t)t * c->E + i] = 0.5f * x * x;
             }
-    mamba2_post_forward(c->out, c->d, &c->acts, c->mode == MODE_PLAIN ? NULL : c->attn, &c->w,
-                        &c->cfg, c->seq_off, NSEQ);
+    mamba2_post_forward(hax_cpu_ops(), c->out, c->d, &c->acts, c->mode == MODE_PLAIN ? NULL : c->attn, &c->w,
+                        &c->cfg, c->seq_off, NSEQ, c->n);
 }
 
 static void mx_backward(mx_case *c) {
     memset(c->grad, 0, c->n_par * sizeof(float));
     memset(c->da, 0, (size_t)c->n * c->d * sizeof(float));
     memset(c->dattn, 0, (size_t)c->n * c->E * sizeof(float));
-    mamba2_post_backward(&c->bwd, c->dattn, c->R, c->d, &c->acts,
+    mamba2_post_backward(hax_cpu_ops(), &c->bwd, c->dattn, c->R, c->d, &c->acts,
                          c->mode == MODE_PLAIN ? NULL : c->attn, &c->w, &c->g, &c->cfg, c->seq_off,
-                         NSEQ);
+                         NSEQ, c->n, NULL);
     if (c->mode == MODE_ATTN_OF_X)  // the stand-in branch adds its share of dX
         for (int t = 0; t < c->n; t++)
             for (int i = 0; i < c->E; i++)
                 c->bwd.dxbc[(size_t)t * c->cd + i] +=
                     c->dattn[(size_t)t * c->E + i] * c->acts.xbc[(size_t)t * c->cd + i];
-    mamba2_pre_backward(c->da, c->d, &c->bwd, c->a, c->d, &c->acts, &c->w, &c->g, &c->cfg,
-                        c->seq_off, NSEQ);
+    mamba2_pre_backward(hax_cpu_ops(), c->da, c->d, &c->bwd, c->a, c->d, &c->acts, &c->w, &c->g, &c->cfg,
+                        c->seq_off, NSEQ, c->n, NULL);
 }
 
 
@@ -548,8 +548,8 @@ static void test_mixer_packed_and_threads(void) {
         memcpy(one.a, c.a + (size_t)r0 * c.d, (size_t)len * c.d * sizeof(float));
         memcpy(one.attn, c.attn + (size_t)r0 * c.E, (size_t)len * c.E * sizeof(float));
         memcpy(one.R, c.R + (size_t)r0 * c.d, (size_t)len * c.d * sizeof(float));
-        mamba2_acts_assign(&one.acts, one.acts_buf, &one.cfg, one.seq_off, NSEQ);
-        mamba2_bwd_assign(&one.bwd, one.bwd_buf, &one.cfg, one.n);
+        mamba2_acts_assign(hax_cpu_ops(), &one.acts, one.acts_buf, &one.cfg, one.n, NSEQ);
+        mamba2_bwd_assign(hax_cpu_ops(), &one.bwd, one.bwd_buf, &one.cfg, one.n);
         mx_forward(&one);
         mx_backward(&one);
         memcpy(out1 + (size_t)r0 * c.d, one.out, (size_t)len * c.d * sizeof(float));

@@ -48,12 +48,7 @@ int *cu_error_flag(void);
 static inline int cu_blocks(long n, int threads) { return (int)((n + threads - 1) / threads); }
 
 // ---- the scalar helpers: hax_sigmoid, hax_silu, ... of src/core/scalar.h (host
-// and device, one copy). The cu_* names remain as aliases for cuda/engine/.
-#define cu_sigmoid hax_sigmoid
-#define cu_silu hax_silu
-#define cu_dsilu hax_dsilu
-#define cu_softplus hax_softplus
-#define cu_dsoftplus hax_dsoftplus
+// and device, one copy).
 
 // The start of the sequence holding row t (binary search of seq_off).
 __device__ __forceinline__ int cu_seq_of(const int *seq_off, int n_seq, int t) {

@@ -1,16 +1,14 @@
 // cuda/engine/engine.h: the CUDA backend of engine.h (hax_backend "cuda") for every
 // Table 1 model: Mamba, Mamba-2 (with or without the sparse branch in any
 // pattern, cuda/sparse/sparse.h) and Samba (sliding-window attention and GatedMLP,
-// cuda/ops/attn.h, cuda/ops/mlp.h). It runs the block structure of src/engine/cpu.c with the
-// cuda_* ops:
-//   Mamba / Mamba-2: h <- h + mixer(rmsnorm(h))
-//   Samba:           s = h + mixer(rmsnorm(h)); h <- s + mlp(rmsnorm(s))
-//   mixer = pre half -> [sparse branch on X] -> post half
-//   head: hf = rmsnorm_f(h); logits = hf·W_embᵀ; CE.
+// cuda/ops/attn.h, cuda/ops/mlp.h). The model runs in the shared engine
+// (src/engine/engine.c, mixer*.c) on the CUDA op table (cuda/engine/ops.cu);
+// this backend adds device memory, the device-resident training ops and the
+// whole step as one CUDA graph (hax_device_ops.train_step).
 // The branch's random inputs (hash matrices, ranking candidates) are drawn
-// on the host from the CPU engine's keyed streams (engine.h) and uploaded
-// into fixed device buffers before each forward or graph replay, so both
-// engines use the same ones.
+// on the host by the shared engine from the keyed streams (engine.h) and
+// uploaded into fixed device buffers before each forward or graph replay, so
+// both backends use the same ones.
 //
 // Interface as the CPU backend (engine.h): weights are read from
 // model->data at every forward (uploaded) and the gradients of backward are

@@ -1,8 +1,10 @@
-// engine.h: the backend interface — whole-model forward and backward for a
+// engine.h: the engine interface — whole-model forward and backward for a
 // packed batch (hax_batch), for every architecture (Mamba, Mamba2, Samba, with
 // or without the sparse branch). The training loop and hax-check only call
-// these functions; the CPU backend (src/engine/cpu.c) implements them with the
-// src/ops_*.c kernels, a CUDA backend implements the same hax_backend table.
+// these functions. One backend-neutral engine (engine.c, mixer*.c) runs the
+// model on a backend's op table (ops.h): the CPU's (src/engine/cpu.c, the
+// src/ops kernels) or CUDA's (cuda/engine/). Backends are created by name
+// through the registry (backends.c).
 //
 // Loss conventions (joint_recall.py Trainer.forward, MODEL.md §8.3):
 //   loss       = sum of CE over the scored positions / ce_count (the GLOBAL number
@@ -70,39 +72,65 @@ typedef struct {
     void (*pull)(hax_engine *e, hax_adamw *opt);
     // The device gradient buffer [model->n_floats] (for the all-reduce).
     float *(*grad_buffer)(hax_engine *e);
+    // Zeroes the device gradient buffer (a rank without a batch adds nothing).
+    void (*zero_grad)(hax_engine *e);
     // 1 when every gradient is finite; poison != 0 first sets gradient 0 to
     // NaN (a test hook).
     int (*grad_finite)(hax_engine *e, int poison);
     // opt->step++, then AdamW (src/ops/adamw.h, same float32 op order) with lr
     // on the device weights and moments.
     void (*adamw_step)(hax_engine *e, hax_adamw *opt, double lr);
+    // One whole training step of one rank (forward, backward, AdamW with
+    // opt->step++ and lr), e.g. replayed from a CUDA graph; NULL where the
+    // backend has none (then forward, backward, adamw_step).
+    void (*train_step)(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_adamw *opt, double lr,
+                       hax_fwd_result *r);
+    // The backend's stream (a cudaStream_t for CUDA; NULL: the default one),
+    // for collectives enqueued beside the engine's work (mpi/dist_nccl.c).
+    void *(*stream)(hax_engine *e);
 } hax_device_ops;
 
-// The backend table (one per device kind).
+struct hax_ops;
+
+// A backend: its op table (ops.h) and the hooks around the shared engine.
 typedef struct {
     const char *name;
-    void (*forward)(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_fwd_result *r);
-    void (*backward)(hax_engine *e);
+    const struct hax_ops *ops;
+    const hax_device_ops *dev;  // NULL: host-resident training (CPU)
+    // 1: backward overwrites the backend's gradient buffer (zeroing it first,
+    // on the stream); 0: it adds into it (the CPU's model->grad).
+    int backward_sets_grads;
+    // Hooks, each may be NULL: before the batch upload of a forward (CUDA:
+    // the weights unless resident); after backward (CUDA: the gradients into
+    // model->grad unless resident); before the batch-sized buffers are
+    // reallocated (CUDA: wait, drop the captured graphs); destroy frees impl.
+    void (*before_forward)(hax_engine *e);
+    void (*after_backward)(hax_engine *e);
+    void (*before_realloc)(hax_engine *e);
     void (*destroy)(hax_engine *e);
-    // Outputs of the last forward in host memory, valid until the next
-    // forward (a device backend copies them back when asked). Evaluation and
-    // the reference-style test figure use them through engine_hidden /
-    // engine_logits; best.safetensors stores engine_hash.
-    const float *(*hidden)(hax_engine *e);           // [n_tok, d] last_hidden_state (after norm_f)
-    const float *(*logits)(hax_engine *e);           // [n_tok, V]
-    const float *(*hash)(hax_engine *e, int layer);  // [N, num_hash], NULL when layer drew none
-    const hax_device_ops *dev;                       // NULL: host-resident training (CPU)
 } hax_backend;
+
+struct eng_core;
 
 struct hax_engine {
     const hax_backend *be;
-    hax_model *model;   // weights and gradients (host buffers)
-    void *impl;         // the backend's state
+    hax_model *model;        // weights and gradients (host buffers)
+    void *impl;              // the backend's own state
+    struct eng_core *core;   // the shared engine's state (src/engine/internal.h)
 };
 
-// The CPU backend. Workspace grows to the largest batch seen; the capacities
-// given here are preallocated.
+// The CPU backend. Buffers are sized for batches of up to max_tok positions,
+// max_seq sequences of up to max_len positions (and model_len); they grow
+// when a larger batch arrives.
 hax_engine *engine_cpu_create(hax_model *m, int max_tok, int max_seq, int max_len);
+
+// The backend registry (backends.c): "cpu", and "cuda" where built with it.
+// 1 when backend name is built in, sees a device and runs model cfg, else 0
+// with the reason in why (may be NULL).
+int engine_backend_available(const char *name, const hax_model_config *cfg, char *why, int why_len);
+// Selects the device of this process for a backend (CUDA: local_rank modulo
+// the visible devices; no-op on the CPU), then creates the engine.
+hax_engine *engine_create(const char *name, hax_model *m, int local_rank, int max_tok, int max_seq, int max_len);
 
 // Forward of one batch; keeps what backward needs until the next forward.
 void engine_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_fwd_result *r);
@@ -116,8 +144,7 @@ const float *engine_logits(hax_engine *e);
 const float *engine_hash(hax_engine *e, int layer);
 
 // CPU backend outputs of the last forward (packed rows, host memory; the
-// backend-neutral engine_hidden / engine_logits / engine_hash above call these
-// on the CPU backend):
+// same pointers as engine_hidden / engine_logits / engine_hash there):
 const float *engine_cpu_hidden(const hax_engine *e);  // [n_tok, d] last_hidden_state (after norm_f)
 const float *engine_cpu_logits(const hax_engine *e);  // [n_tok, V]
 struct hax_sparse_state;

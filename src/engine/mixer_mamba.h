@@ -1,6 +1,6 @@
 // mixer_mamba.h: the Mamba mixer (fla MambaMixer, MODEL.md §2.2) and the
-// Enhanced Mamba mixer's merge of the sparse branch (MODEL.md §5.7), on the
-// CPU, split in two halves so the sparse branch can run between them:
+// Enhanced Mamba mixer's merge of the sparse branch (MODEL.md §5.7), for any
+// backend (the ops of the table ops.h, on its memory), split in two halves so the sparse branch can run between them:
 //
 //   pre:  xz = a·W_inᵀ                 [n_tok, 2E]  (x = cols [0,E), z = cols [E,2E))
 //         X  = silu(causalconv(x))     [n_tok, E]: the SSM input, and the sparse
@@ -24,6 +24,8 @@
 
 #include <stddef.h>
 
+#include "src/engine/acts.h"
+#include "src/engine/ops.h"
 #include "src/model/model_config.h"
 
 // Pointers into the flat parameter buffer (reference state_dict names, §2.1).
@@ -70,42 +72,48 @@ typedef struct {
     float *dX;      // [n_tok, E] gradient of X (post backward sets it; the sparse branch adds)
 } mamba_bwd;
 
-// Floats needed by one layer's activations for a packed batch, and the
-// assignment of the struct's pointers into buf (which holds that many floats).
-size_t mamba_acts_floats(const hax_model_config *cfg, int n_tok, int n_seq);
-void mamba_acts_assign(mamba_acts *acts, float *buf, const hax_model_config *cfg, int n_tok, int n_seq);
+// The layer's activations as named tensors (for n_tok positions in n_seq
+// sequences, checkpoint sizes from ops), and the backward scratch's; the
+// engine lays them out in its arena. _floats / _assign: the same for one
+// buffer of that many floats (tests).
+void mamba_acts_list(hax_act_table *t, const hax_ops *ops, mamba_acts *acts, const hax_model_config *cfg, int n_tok,
+                     int n_seq);
+void mamba_bwd_list(hax_act_table *t, mamba_bwd *s, const hax_model_config *cfg, int n_tok);
+size_t mamba_acts_floats(const hax_ops *ops, const hax_model_config *cfg, int n_tok, int n_seq);
+void mamba_acts_assign(const hax_ops *ops, mamba_acts *acts, float *buf, const hax_model_config *cfg, int n_tok,
+                       int n_seq);
+size_t mamba_bwd_floats(const hax_ops *ops, const hax_model_config *cfg, int n_tok);
+void mamba_bwd_assign(const hax_ops *ops, mamba_bwd *s, float *buf, const hax_model_config *cfg, int n_tok);
 
-// Floats of the scratch for n_tok positions, and its assignment.
-size_t mamba_bwd_floats(const hax_model_config *cfg, int n_tok);
-void mamba_bwd_assign(mamba_bwd *s, float *buf, const hax_model_config *cfg, int n_tok);
+// Every function below runs ops' kernels on its memory: seq_off is the
+// backend's copy, work its workspace (ops->work_bytes; NULL on the CPU).
 
 // Pre half forward: a [n_tok, d] (ld_a) → acts->xz, acts->conv_pre, acts->X.
 // Afterwards acts->X (dense [n_tok, E]) is ready for the sparse branch.
-void mamba_pre_forward(mamba_acts *acts, const float *a, int ld_a, const mamba_params *w,
+void mamba_pre_forward(const hax_ops *ops, mamba_acts *acts, const float *a, int ld_a, const mamba_params *w,
                        const hax_model_config *cfg, const int *seq_off, int n_seq, int n_tok);
 
 // Post half forward: x_proj, dt_proj, scan, gate, optional attention merge
 // (attn [n_tok, E] dense and w->E both non-NULL, or attn NULL), out_proj.
 // Writes (=) out [n_tok, d] (ld_out), fills the rest of acts, uses s->o.
-void mamba_post_forward(float *out, int ld_out, mamba_acts *acts, mamba_bwd *s, const float *attn,
-                        const mamba_params *w, const hax_model_config *cfg, const int *seq_off,
+void mamba_post_forward(const hax_ops *ops, float *out, int ld_out, mamba_acts *acts, mamba_bwd *s,
+                        const float *attn, const mamba_params *w, const hax_model_config *cfg, const int *seq_off,
                         int n_seq, int n_tok);
 
 // Post half backward from dout [n_tok, d] (ld_dout). SETS s->dX (from the scan,
 // the D skip and x_proj) and the z half of s->dxz, adds (+=) dattn [n_tok, E]
 // (when attn and dattn are non-NULL) and the gradients of out_proj, x_proj,
 // dt_proj (weight, bias), A_log, D and E.
-void mamba_post_backward(mamba_bwd *s, float *dattn, const float *dout, int ld_dout,
-                         const mamba_acts *acts, const float *attn, const mamba_params *w,
-                         mamba_grads *gr, const hax_model_config *cfg, const int *seq_off,
-                         int n_seq, int n_tok);
+void mamba_post_backward(const hax_ops *ops, mamba_bwd *s, float *dattn, const float *dout, int ld_dout,
+                         const mamba_acts *acts, const float *attn, const mamba_params *w, mamba_grads *gr,
+                         const hax_model_config *cfg, const int *seq_off, int n_seq, int n_tok, void *work);
 
 // Pre half backward: from the total s->dX (including the sparse branch's share)
 // through conv+SiLU into the x half of s->dxz, then through in_proj:
 // da [n_tok, d] (ld_da, may be NULL) +=, conv1d weight/bias and in_proj grads +=.
 // a is the pre half's input.
-void mamba_pre_backward(float *da, int ld_da, mamba_bwd *s, const float *a, int ld_a,
-                        const mamba_acts *acts, const mamba_params *w, mamba_grads *gr,
-                        const hax_model_config *cfg, const int *seq_off, int n_seq, int n_tok);
+void mamba_pre_backward(const hax_ops *ops, float *da, int ld_da, mamba_bwd *s, const float *a, int ld_a,
+                        const mamba_acts *acts, const mamba_params *w, mamba_grads *gr, const hax_model_config *cfg,
+                        const int *seq_off, int n_seq, int n_tok, void *work);
 
 #endif

@@ -1,14 +1,7 @@
 // mixer_mamba2.c: the (Enhanced) Mamba-2 mixer in two halves (see mixer_mamba2.h).
 #include "src/engine/mixer_mamba2.h"
 
-#include <stdlib.h>
-#include <string.h>
-
 #include "src/core/common.h"
-#include "src/ops/linear.h"
-#include "src/ops/conv.h"
-#include "src/ops/basic.h"
-#include "src/ops/ssd.h"
 
 int mamba2_conv_dim(const hax_model_config *cfg) {
     return cfg->intermediate_size + 2 * cfg->state_size;
@@ -18,126 +11,117 @@ int mamba2_proj_dim(const hax_model_config *cfg) {
     return cfg->intermediate_size + mamba2_conv_dim(cfg) + cfg->n_heads;
 }
 
-size_t mamba2_acts_floats(const hax_model_config *cfg, const int *seq_off, int n_seq) {
-    size_t n = (size_t)seq_off[n_seq], E = (size_t)cfg->intermediate_size;
-    size_t cd = (size_t)mamba2_conv_dim(cfg), W = (size_t)mamba2_proj_dim(cfg);
-    return n * W + 2 * n * cd + n * (size_t)cfg->n_heads + 2 * n * E + n +
-           ssd_ckpt_floats(seq_off, n_seq, cfg->n_heads, cfg->head_dim, cfg->state_size);
-}
-
-void mamba2_acts_assign(mamba2_acts *acts, float *buf, const hax_model_config *cfg,
-                        const int *seq_off, int n_seq) {
-    size_t n = (size_t)seq_off[n_seq], E = (size_t)cfg->intermediate_size;
-    size_t cd = (size_t)mamba2_conv_dim(cfg), W = (size_t)mamba2_proj_dim(cfg);
-    acts->p = buf;
-    buf += n * W;
-    acts->xbc_pre = buf;
-    buf += n * cd;
-    acts->xbc = buf;
-    buf += n * cd;
-    acts->delta = buf;
-    buf += n * (size_t)cfg->n_heads;
-    acts->y = buf;
-    buf += n * E;
-    acts->g = buf;
-    buf += n * E;
-    acts->rstd = buf;
-    buf += n;
-    acts->ckpt = buf;
-}
-
-size_t mamba2_bwd_floats(const hax_model_config *cfg, int n_tok) {
+void mamba2_acts_list(hax_act_table *t, const hax_ops *ops, mamba2_acts *acts, const hax_model_config *cfg,
+                      int n_tok, int n_seq) {
     size_t n = (size_t)n_tok, E = (size_t)cfg->intermediate_size;
-    return n * (size_t)mamba2_proj_dim(cfg) + n * (size_t)mamba2_conv_dim(cfg) + 2 * n * E;
+    size_t cd = (size_t)mamba2_conv_dim(cfg), W = (size_t)mamba2_proj_dim(cfg);
+    acts_add(t, "mamba2.p", &acts->p, n * W);
+    acts_add(t, "mamba2.xbc_pre", &acts->xbc_pre, n * cd);
+    acts_add(t, "mamba2.xbc", &acts->xbc, n * cd);
+    acts_add(t, "mamba2.delta", &acts->delta, n * (size_t)cfg->n_heads);
+    acts_add(t, "mamba2.y", &acts->y, n * E);
+    acts_add(t, "mamba2.g", &acts->g, n * E);
+    acts_add(t, "mamba2.rstd", &acts->rstd, n);
+    acts_add(t, "mamba2.ckpt", &acts->ckpt,
+             ops->ssd_ckpt_floats(n_tok, n_seq, cfg->n_heads, cfg->head_dim, cfg->state_size));
 }
 
-void mamba2_bwd_assign(mamba2_bwd *s, float *buf, const hax_model_config *cfg, int n_tok) {
+void mamba2_bwd_list(hax_act_table *t, mamba2_bwd *s, const hax_model_config *cfg, int n_tok) {
     size_t n = (size_t)n_tok, E = (size_t)cfg->intermediate_size;
-    s->dp = buf;
-    buf += n * (size_t)mamba2_proj_dim(cfg);
-    s->dxbc = buf;
-    buf += n * (size_t)mamba2_conv_dim(cfg);
-    s->dy = buf;
-    buf += n * E;
-    s->dg = buf;
+    acts_add(t, "mamba2.dp", &s->dp, n * (size_t)mamba2_proj_dim(cfg));
+    acts_add(t, "mamba2.dxbc", &s->dxbc, n * (size_t)mamba2_conv_dim(cfg));
+    acts_add(t, "mamba2.dy", &s->dy, n * E);
+    acts_add(t, "mamba2.dg", &s->dg, n * E);
 }
 
-void mamba2_pre_forward(mamba2_acts *acts, const float *a, int ld_a, const mamba2_params *w,
-                        const hax_model_config *cfg, const int *seq_off, int n_seq) {
-    int n = seq_off[n_seq], E = cfg->intermediate_size, d = cfg->hidden_size;
+size_t mamba2_acts_floats(const hax_ops *ops, const hax_model_config *cfg, int n_tok, int n_seq) {
+    mamba2_acts a;
+    hax_act_table t = {0};
+    mamba2_acts_list(&t, ops, &a, cfg, n_tok, n_seq);
+    size_t k = acts_layout(&t, NULL, ops->align);
+    acts_clear(&t);
+    return k;
+}
+
+void mamba2_acts_assign(const hax_ops *ops, mamba2_acts *acts, float *buf, const hax_model_config *cfg, int n_tok,
+                        int n_seq) {
+    hax_act_table t = {0};
+    mamba2_acts_list(&t, ops, acts, cfg, n_tok, n_seq);
+    acts_layout(&t, buf, ops->align);
+    acts_clear(&t);
+}
+
+size_t mamba2_bwd_floats(const hax_ops *ops, const hax_model_config *cfg, int n_tok) {
+    mamba2_bwd s;
+    hax_act_table t = {0};
+    mamba2_bwd_list(&t, &s, cfg, n_tok);
+    size_t k = acts_layout(&t, NULL, ops->align);
+    acts_clear(&t);
+    return k;
+}
+
+void mamba2_bwd_assign(const hax_ops *ops, mamba2_bwd *s, float *buf, const hax_model_config *cfg, int n_tok) {
+    hax_act_table t = {0};
+    mamba2_bwd_list(&t, s, cfg, n_tok);
+    acts_layout(&t, buf, ops->align);
+    acts_clear(&t);
+}
+
+void mamba2_pre_forward(const hax_ops *ops, mamba2_acts *acts, const float *a, int ld_a, const mamba2_params *w,
+                        const hax_model_config *cfg, const int *seq_off, int n_seq, int n_tok) {
+    int E = cfg->intermediate_size, d = cfg->hidden_size;
     int cd = mamba2_conv_dim(cfg), W = mamba2_proj_dim(cfg);
-    linear_forward(acts->p, W, a, ld_a, w->in_proj, NULL, n, d, W);
-    conv_silu_forward(acts->xbc, acts->xbc_pre, acts->p + E, W, w->conv_w, w->conv_b, seq_off,
-                      n_seq, cd, cfg->conv_kernel);
+    ops->linear_forward(acts->p, W, a, ld_a, w->in_proj, NULL, n_tok, d, W);
+    ops->conv_silu_forward(acts->xbc, acts->xbc_pre, acts->p + E, W, w->conv_w, w->conv_b, seq_off, n_seq, n_tok, cd,
+                           cfg->conv_kernel);
 }
 
-void mamba2_post_forward(float *out, int ld_out, mamba2_acts *acts, const float *attn,
-                         const mamba2_params *w, const hax_model_config *cfg, const int *seq_off,
-                         int n_seq) {
-    int n = seq_off[n_seq], E = cfg->intermediate_size, N = cfg->state_size;
+void mamba2_post_forward(const hax_ops *ops, float *out, int ld_out, mamba2_acts *acts, const float *attn,
+                         const mamba2_params *w, const hax_model_config *cfg, const int *seq_off, int n_seq,
+                         int n_tok) {
+    int n = n_tok, E = cfg->intermediate_size, N = cfg->state_size;
     int cd = mamba2_conv_dim(cfg), W = mamba2_proj_dim(cfg);
     const float *X = acts->xbc, *dt = acts->p + E + cd;
-    ssd_forward(acts->y, E, acts->delta, acts->ckpt, X, cd, dt, W, X + E, X + E + N, cd,
-                w->dt_bias, w->A_log, w->D, seq_off, n_seq, cfg->n_heads, cfg->head_dim, N);
+    ops->ssd_forward(acts->y, E, acts->delta, acts->ckpt, X, cd, dt, W, X + E, X + E + N, cd, w->dt_bias, w->A_log,
+                     w->D, seq_off, n_seq, n, cfg->n_heads, cfg->head_dim, N);
     if (attn) {
         if (!w->E) hax_die("mixer_mamba2: an attention output was given but the parameter E is NULL");
         // Enhanced Mamba-2 (MODEL.md §5.7): y' = y + attn ⊙ E before the gated norm.
-#pragma omp parallel for schedule(static)
-        for (int t = 0; t < n; t++)
-            for (int c = 0; c < E; c++)
-                acts->y[(size_t)t * E + c] += attn[(size_t)t * E + c] * w->E[c];
+        ops->add_attn_forward(acts->y, attn, w->E, n, E);
     }
-    gated_norm_forward(acts->g, E, acts->rstd, acts->y, E, acts->p, W, w->norm_w, n, E,
-                       cfg->norm_eps);
-    linear_forward(out, ld_out, acts->g, E, w->out_proj, NULL, n, E, cfg->hidden_size);
+    ops->gated_norm_forward(acts->g, E, acts->rstd, acts->y, E, acts->p, W, w->norm_w, n, E, cfg->norm_eps);
+    ops->linear_forward(out, ld_out, acts->g, E, w->out_proj, NULL, n, E, cfg->hidden_size);
 }
 
-void mamba2_post_backward(mamba2_bwd *s, float *dattn, const float *dout, int ld_dout,
-                          const mamba2_acts *acts, const float *attn, const mamba2_params *w,
-                          mamba2_grads *gr, const hax_model_config *cfg, const int *seq_off,
-                          int n_seq) {
-    int n = seq_off[n_seq], E = cfg->intermediate_size, N = cfg->state_size;
+void mamba2_post_backward(const hax_ops *ops, mamba2_bwd *s, float *dattn, const float *dout, int ld_dout,
+                          const mamba2_acts *acts, const float *attn, const mamba2_params *w, mamba2_grads *gr,
+                          const hax_model_config *cfg, const int *seq_off, int n_seq, int n_tok, void *work) {
+    int n = n_tok, E = cfg->intermediate_size, N = cfg->state_size;
     int cd = mamba2_conv_dim(cfg), W = mamba2_proj_dim(cfg);
     size_t nE = (size_t)n * E;
-    memset(s->dg, 0, nE * sizeof(float));
-    memset(s->dy, 0, nE * sizeof(float));
-    memset(s->dp, 0, (size_t)n * W * sizeof(float));
-    memset(s->dxbc, 0, (size_t)n * cd * sizeof(float));
+    ops->zero(s->dg, nE * sizeof(float));
+    ops->zero(s->dy, nE * sizeof(float));
+    ops->zero(s->dp, (size_t)n * W * sizeof(float));
+    ops->zero(s->dxbc, (size_t)n * cd * sizeof(float));
 
-    linear_backward(s->dg, E, gr->out_proj, NULL, dout, ld_dout, acts->g, E, w->out_proj, n, E,
-                    cfg->hidden_size);
-    gated_norm_backward(s->dy, E, s->dp, W, gr->norm_w, s->dg, E, acts->rstd, acts->y, E, acts->p,
-                        W, w->norm_w, n, E);
-    if (attn) {
-        if (dattn) {
-#pragma omp parallel for schedule(static)
-            for (int t = 0; t < n; t++)
-                for (int c = 0; c < E; c++)
-                    dattn[(size_t)t * E + c] += s->dy[(size_t)t * E + c] * w->E[c];
-        }
-        if (gr->E) {
-            // Serial sum over positions: cheap, and independent of the thread count.
-            double *acc = xcalloc((size_t)E, sizeof(double));
-            for (int t = 0; t < n; t++)
-                for (int c = 0; c < E; c++)
-                    acc[c] += (double)s->dy[(size_t)t * E + c] * attn[(size_t)t * E + c];
-            for (int c = 0; c < E; c++) gr->E[c] += (float)acc[c];
-            free(acc);
-        }
-    }
+    ops->linear_backward(s->dg, E, gr->out_proj, NULL, dout, ld_dout, acts->g, E, w->out_proj, n, E,
+                         cfg->hidden_size);
+    ops->gated_norm_backward(s->dy, E, s->dp, W, gr->norm_w, s->dg, E, acts->rstd, acts->y, E, acts->p, W, w->norm_w,
+                             n, E, work);
+    // y' = y + attn·E: dattn += dy·E, dE += Σ_t dy·attn (dg is free again: the sum's scratch)
+    if (attn) ops->add_attn_backward(dattn, gr->E, s->dg, s->dy, attn, w->E, n, E, work);
     const float *X = acts->xbc, *dt = acts->p + E + cd;
-    ssd_backward(s->dxbc, cd, s->dp + E + cd, W, s->dxbc + E, s->dxbc + E + N, cd, gr->dt_bias,
-                 gr->A_log, gr->D, s->dy, E, acts->delta, acts->ckpt, X, cd, dt, W, X + E,
-                 X + E + N, cd, w->dt_bias, w->A_log, w->D, seq_off, n_seq, cfg->n_heads,
-                 cfg->head_dim, N);
+    ops->ssd_backward(s->dxbc, cd, s->dp + E + cd, W, s->dxbc + E, s->dxbc + E + N, cd, gr->dt_bias, gr->A_log,
+                      gr->D, s->dy, E, acts->delta, acts->ckpt, X, cd, dt, W, X + E, X + E + N, cd, w->dt_bias,
+                      w->A_log, w->D, seq_off, n_seq, n, cfg->n_heads, cfg->head_dim, N, work);
 }
 
-void mamba2_pre_backward(float *da, int ld_da, mamba2_bwd *s, const float *a, int ld_a,
+void mamba2_pre_backward(const hax_ops *ops, float *da, int ld_da, mamba2_bwd *s, const float *a, int ld_a,
                          const mamba2_acts *acts, const mamba2_params *w, mamba2_grads *gr,
-                         const hax_model_config *cfg, const int *seq_off, int n_seq) {
-    int n = seq_off[n_seq], E = cfg->intermediate_size, d = cfg->hidden_size;
+                         const hax_model_config *cfg, const int *seq_off, int n_seq, int n_tok, void *work) {
+    int E = cfg->intermediate_size, d = cfg->hidden_size;
     int cd = mamba2_conv_dim(cfg), W = mamba2_proj_dim(cfg);
-    conv_silu_backward(s->dp + E, W, gr->conv_w, gr->conv_b, s->dxbc, acts->xbc_pre, acts->p + E, W,
-                       w->conv_w, seq_off, n_seq, cd, cfg->conv_kernel);
-    linear_backward(da, ld_da, gr->in_proj, NULL, s->dp, W, a, ld_a, w->in_proj, n, d, W);
+    ops->conv_silu_backward(s->dp + E, W, gr->conv_w, gr->conv_b, s->dxbc, acts->xbc_pre, acts->p + E, W, w->conv_w,
+                            seq_off, n_seq, n_tok, cd, cfg->conv_kernel, work);
+    ops->linear_backward(da, ld_da, gr->in_proj, NULL, s->dp, W, a, ld_a, w->in_proj, n_tok, d, W);
 }

@@ -1,6 +1,6 @@
 // mixer_mamba2.h: the Mamba-2 mixer (fla Mamba2Mixer, MODEL.md §3.2) and the
-// Enhanced Mamba-2 mixer's merge of the sparse branch (MODEL.md §5.7), on the
-// CPU, split in two halves so the sparse branch can run between them:
+// Enhanced Mamba-2 mixer's merge of the sparse branch (MODEL.md §5.7), for
+// any backend (the ops of the table ops.h, on its memory), split in two halves so the sparse branch can run between them:
 //
 //   pre:  p = a·W_inᵀ  [n_tok, E + conv_dim + H]  (z = [0,E), xBC = [E, E+conv_dim), dt = last H)
 //         xBC' = silu(causalconv(xBC))            [n_tok, conv_dim], conv_dim = E + 2N
@@ -24,6 +24,8 @@
 
 #include <stddef.h>
 
+#include "src/engine/acts.h"
+#include "src/engine/ops.h"
 #include "src/model/model_config.h"
 
 // Pointers into the flat parameter buffer (reference state_dict names, §3.1).
@@ -69,43 +71,48 @@ typedef struct {
 int mamba2_conv_dim(const hax_model_config *cfg);   // E + 2N
 int mamba2_proj_dim(const hax_model_config *cfg);   // E + conv_dim + H
 
-// Floats needed by one layer's activations for a packed batch, and the
-// assignment of the struct's pointers into buf (which holds that many floats).
-size_t mamba2_acts_floats(const hax_model_config *cfg, const int *seq_off, int n_seq);
-void mamba2_acts_assign(mamba2_acts *acts, float *buf, const hax_model_config *cfg,
-                        const int *seq_off, int n_seq);
+// The layer's activations as named tensors (for n_tok positions in n_seq
+// sequences, checkpoint sizes from ops), and the backward scratch's; the
+// engine lays them out in its arena. _floats / _assign: the same for one
+// buffer of that many floats (tests).
+void mamba2_acts_list(hax_act_table *t, const hax_ops *ops, mamba2_acts *acts, const hax_model_config *cfg,
+                      int n_tok, int n_seq);
+void mamba2_bwd_list(hax_act_table *t, mamba2_bwd *s, const hax_model_config *cfg, int n_tok);
+size_t mamba2_acts_floats(const hax_ops *ops, const hax_model_config *cfg, int n_tok, int n_seq);
+void mamba2_acts_assign(const hax_ops *ops, mamba2_acts *acts, float *buf, const hax_model_config *cfg, int n_tok,
+                        int n_seq);
+size_t mamba2_bwd_floats(const hax_ops *ops, const hax_model_config *cfg, int n_tok);
+void mamba2_bwd_assign(const hax_ops *ops, mamba2_bwd *s, float *buf, const hax_model_config *cfg, int n_tok);
 
-// Floats of the backward scratch for n_tok positions, and its assignment.
-size_t mamba2_bwd_floats(const hax_model_config *cfg, int n_tok);
-void mamba2_bwd_assign(mamba2_bwd *s, float *buf, const hax_model_config *cfg, int n_tok);
+// Every function below runs ops' kernels on its memory: seq_off is the
+// backend's copy, work its workspace (ops->work_bytes; NULL on the CPU).
 
 // Pre half forward: a [n_tok, d] (ld_a) → acts->p, acts->xbc_pre, acts->xbc.
 // Afterwards X = acts->xbc (ld mamba2_conv_dim) is ready for the sparse branch.
-void mamba2_pre_forward(mamba2_acts *acts, const float *a, int ld_a, const mamba2_params *w,
-                        const hax_model_config *cfg, const int *seq_off, int n_seq);
+void mamba2_pre_forward(const hax_ops *ops, mamba2_acts *acts, const float *a, int ld_a, const mamba2_params *w,
+                        const hax_model_config *cfg, const int *seq_off, int n_seq, int n_tok);
 
 // Post half forward: SSD, optional attention merge (attn [n_tok, E] dense and
 // w->E both non-NULL, or attn NULL), gated norm, out_proj. Writes (=) out
 // [n_tok, d] (ld_out) and fills the rest of acts.
-void mamba2_post_forward(float *out, int ld_out, mamba2_acts *acts, const float *attn,
-                         const mamba2_params *w, const hax_model_config *cfg, const int *seq_off,
-                         int n_seq);
+void mamba2_post_forward(const hax_ops *ops, float *out, int ld_out, mamba2_acts *acts, const float *attn,
+                         const mamba2_params *w, const hax_model_config *cfg, const int *seq_off, int n_seq,
+                         int n_tok);
 
 // Post half backward from dout [n_tok, d] (ld_dout). SETS s->dy, s->dg, s->dxbc
 // (dX, dB, dC) and s->dp (dz and ddt parts; the xBC part is zeroed), adds (+=)
 // dattn [n_tok, E] (when attn and dattn are non-NULL) and the gradients of
 // out_proj, norm.weight, dt_bias, A_log, D and E.
-void mamba2_post_backward(mamba2_bwd *s, float *dattn, const float *dout, int ld_dout,
-                          const mamba2_acts *acts, const float *attn, const mamba2_params *w,
-                          mamba2_grads *gr, const hax_model_config *cfg, const int *seq_off,
-                          int n_seq);
+void mamba2_post_backward(const hax_ops *ops, mamba2_bwd *s, float *dattn, const float *dout, int ld_dout,
+                          const mamba2_acts *acts, const float *attn, const mamba2_params *w, mamba2_grads *gr,
+                          const hax_model_config *cfg, const int *seq_off, int n_seq, int n_tok, void *work);
 
 // Pre half backward: from the total s->dxbc (including the sparse branch's
 // share of dX) through conv+SiLU into s->dp's xBC part, then through in_proj:
 // da [n_tok, d] (ld_da, may be NULL) +=, conv1d.weight/bias and in_proj grads +=.
 // a is the pre half's input.
-void mamba2_pre_backward(float *da, int ld_da, mamba2_bwd *s, const float *a, int ld_a,
+void mamba2_pre_backward(const hax_ops *ops, float *da, int ld_da, mamba2_bwd *s, const float *a, int ld_a,
                          const mamba2_acts *acts, const mamba2_params *w, mamba2_grads *gr,
-                         const hax_model_config *cfg, const int *seq_off, int n_seq);
+                         const hax_model_config *cfg, const int *seq_off, int n_seq, int n_tok, void *work);
 
 #endif

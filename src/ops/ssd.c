@@ -25,6 +25,10 @@ size_t ssd_ckpt_floats(const int *seq_off, int n_seq, int H, int P, int N) {
     return chunks * (size_t)H * P * N;
 }
 
+size_t ssd_ckpt_floats_max(int n_tok, int n_seq, int H, int P, int N) {
+    return ((size_t)n_seq + (size_t)n_tok / SSD_CHUNK) * (size_t)H * P * N;
+}
+
 // ---------------------------------------------------------------------------
 // SSD forward
 

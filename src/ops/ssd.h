@@ -23,6 +23,9 @@
 // Number of floats of the state checkpoints of a packed batch:
 // H·P·N per chunk, ceil(len/SSD_CHUNK) chunks per sequence.
 size_t ssd_ckpt_floats(const int *seq_off, int n_seq, int H, int P, int N);
+// Its upper bound for any split of n_tok positions into n_seq sequences
+// (Σ ceil(len/SSD_CHUNK) <= n_seq + n_tok/SSD_CHUNK): the engine's sizing.
+size_t ssd_ckpt_floats_max(int n_tok, int n_seq, int H, int P, int N);
 
 // Forward. y [n_tok, H·P] (ld_y) is written; delta [n_tok, H] (dense) receives
 // Δ; ckpt [ssd_ckpt_floats] receives the checkpoints (may be NULL when no

@@ -18,10 +18,6 @@
 #include "mpi/dist_nccl.h"
 #include "src/ops/basic.h"
 #include "src/train/internal.h"
-#ifdef HAX_CUDA
-#include "cuda/core/common.h"
-#include "cuda/engine/engine.h"
-#endif
 
 // ---------------------------------------------------------------- signals
 
@@ -169,28 +165,20 @@ static void train_step(train_ctx *t, int64_t s, step_stats *st) {
     memset(&r, 0, sizeof r);
     int poison = s == t->o->nan_at_step && t->d->rank == 0;  // test hook
     st->stepped = 0;
-#ifdef HAX_CUDA
-    // One rank on the GPU: forward, backward and AdamW replayed as one CUDA
-    // graph (HAX_CUDA_GRAPH=0 turns it off).
+    // One rank on a device with a whole-step op (CUDA: forward, backward and
+    // AdamW replayed as one graph; HAX_CUDA_GRAPH=0 turns it off).
     const char *genv = getenv("HAX_CUDA_GRAPH");
-    if (dev && t->d->size == 1 && b->n_seq > 0 && !poison && !(genv && !strcmp(genv, "0"))) {
-        hax_fwd_opts fo = {.train = 1, .seed = cfg->train.seed, .step = (uint32_t)s, .ce_count = counts[0],
-                           .inject = NULL};
-        engine_cuda_train_step(t->eng, b, &fo, &t->opt, adamw_schedule_lr(cfg->train.lr, s, cfg->train.warmup), &r);
+    hax_fwd_opts fo = {.train = 1, .seed = cfg->train.seed, .step = (uint32_t)s, .ce_count = counts[0],
+                       .inject = NULL};
+    if (dev && dev->train_step && t->d->size == 1 && b->n_seq > 0 && !poison && !(genv && !strcmp(genv, "0"))) {
+        dev->train_step(t->eng, b, &fo, &t->opt, adamw_schedule_lr(cfg->train.lr, s, cfg->train.warmup), &r);
         st->stepped = 1;
-    } else
-#endif
-    if (b->n_seq > 0) {
-        hax_fwd_opts fo = {.train = 1, .seed = cfg->train.seed, .step = (uint32_t)s, .ce_count = counts[0],
-                           .inject = NULL};
+    } else if (b->n_seq > 0) {
         engine_forward(t->eng, b, &fo, &r);
         engine_backward(t->eng);  // on a device backend: zeroes, then fills the device gradients
+    } else if (dev) {
+        dev->zero_grad(t->eng);  // this rank adds nothing
     }
-#ifdef HAX_CUDA
-    else if (dev) {
-        cuda_zero(dev->grad_buffer(t->eng), m->n_floats * sizeof(float));  // this rank adds nothing
-    }
-#endif
     if (dev) {
         if (poison) dev->grad_finite(t->eng, 1);
         if (t->d->size > 1) dist_nccl_allreduce_sum_f32(t->nccl, dev->grad_buffer(t->eng), m->n_floats);
@@ -270,19 +258,15 @@ static void ctx_init(train_ctx *t, const train_opts *o) {
     dataset_batch_alloc(o->ds, tc->batch_size, &t->batch);
     int max_len = dataset_pad_len(o->ds) - 1;
     int max_seq = (tc->batch_size + t->d->size - 1) / t->d->size;
-    t->eng = NULL;
-#ifdef HAX_CUDA
-    if (o->use_cuda) {
-        cuda_init(t->d->local_rank % cuda_device_count());
-        t->eng = engine_cuda_create(&t->model, max_seq * max_len, max_seq, max_len);
-        t->nccl = dist_nccl_create(t->d);
+    const char *backend = o->use_cuda ? "cuda" : "cpu";
+    t->eng = engine_create(backend, &t->model, t->d->local_rank, max_seq * max_len, max_seq, max_len);
+    if (t->eng->be->dev) {
+        t->nccl = dist_nccl_create(t->d, t->eng->be->dev->stream(t->eng));
         if (t->d->rank == 0 && t->d->size > 1) {
             printf("hax-train: gradients summed through %s\n", dist_nccl_mode(t->nccl));
             fflush(stdout);
         }
     }
-#endif
-    if (!t->eng) t->eng = engine_cpu_create(&t->model, max_seq * max_len, max_seq, max_len);
     scratch.correct = xcalloc((size_t)max_seq, sizeof(int));
     scratch.count = xcalloc((size_t)max_seq, sizeof(int));
     scratch.logits = xmalloc((size_t)max_seq * max_len * cfg->model.vocab_size * sizeof(float));
@@ -542,20 +526,10 @@ int train_run(const train_opts *o) {
 int train_pick_device(const hax_config *cfg, char *why, int why_len) {
     hax_device want = cfg->train.device;
     if (want == DEVICE_CPU) return 0;
-#ifdef HAX_CUDA
     char reason[200] = "";
-    int ok = 0;
-    if (cuda_device_count() <= 0) snprintf(reason, sizeof reason, "no CUDA device is visible");
-    else ok = engine_cuda_supports(&cfg->model, reason, sizeof reason);
-    if (ok) return 1;
+    if (engine_backend_available("cuda", &cfg->model, reason, sizeof reason)) return 1;
     if (want == DEVICE_AUTO) return 0;
-    snprintf(why, (size_t)why_len, "train.device: expected a model and machine the CUDA backend runs, found %s "
-             "(use device: auto or cpu)", reason);
+    snprintf(why, (size_t)why_len, "train.device: expected a model, machine and build the CUDA backend runs, found "
+             "%s (use device: auto or cpu)", reason);
     return -1;
-#else
-    if (want == DEVICE_AUTO) return 0;
-    snprintf(why, (size_t)why_len, "train.device: expected cpu or auto, found cuda: this hax-train was built "
-             "without CUDA (nvcc not found; use device: auto or cpu)");
-    return -1;
-#endif
 }

@@ -1,0 +1,126 @@
+// cuda/ops/gate.cu: see gate.h (kernels moved from cuda/engine unchanged).
+#include "cuda/core/common.cuh"
+#include "cuda/ops/gate.h"
+
+__global__ static void gate_fwd_kernel(float *o, const float *y, const float *xz, const float *attn,
+                                       const float *Ev, int n, int E) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)n * E) return;
+    int t = (int)(i / E), c = (int)(i % E);
+    float g = hax_silu(xz[(size_t)t * 2 * E + E + c]);
+    o[i] = y[i] * g;
+    if (attn) o[i] += attn[i] * Ev[c] * g;
+}
+
+__global__ static void gate_bwd_kernel(float *dy, float *dxz, float *dattn, float *prod, const float *do_,
+                                       const float *y, const float *xz, const float *attn, const float *Ev, int n,
+                                       int E) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)n * E) return;
+    int t = (int)(i / E), c = (int)(i % E);
+    float z = xz[(size_t)t * 2 * E + E + c];
+    float g = hax_silu(z), v = y[i];
+    if (attn) {
+        v += attn[i] * Ev[c];
+        dattn[i] += do_[i] * Ev[c] * g;
+        prod[i] = do_[i] * attn[i] * g;
+    }
+    dy[i] = do_[i] * g;
+    dxz[(size_t)t * 2 * E + E + c] = do_[i] * v * hax_dsilu(z);
+}
+
+__global__ static void add_attn_kernel(float *y, const float *attn, const float *Ev, int n, int E) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < (long)n * E) y[i] += attn[i] * Ev[(int)(i % E)];
+}
+
+__global__ static void add_attn_bwd_kernel(float *dattn, float *prod, const float *dy, const float *attn,
+                                           const float *Ev, int n, int E) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)n * E) return;
+    dattn[i] += dy[i] * Ev[(int)(i % E)];
+    prod[i] = dy[i] * attn[i];
+}
+
+#define COLSUM_CHUNK 64
+__global__ static void colsum_part_kernel(double *part, const float *x, int n, int E) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    int n_chunk = (n + COLSUM_CHUNK - 1) / COLSUM_CHUNK;
+    if (i >= (long)n_chunk * E) return;
+    int ch = (int)(i / E), c = (int)(i % E);
+    int t1 = (ch + 1) * COLSUM_CHUNK < n ? (ch + 1) * COLSUM_CHUNK : n;
+    double acc = 0;
+    for (int t = ch * COLSUM_CHUNK; t < t1; t++) acc += (double)x[(size_t)t * E + c];
+    part[i] = acc;
+}
+
+__global__ static void colsum_final_kernel(float *out, const double *part, int n_chunk, int E) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= E) return;
+    double acc = 0;
+    for (int ch = 0; ch < n_chunk; ch++) acc += part[(size_t)ch * E + c];
+    out[c] += (float)acc;
+}
+
+__global__ static void add_kernel(float *out, const float *a, const float *b, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = a[i] + b[i];
+}
+
+// The CE normaliser of a graph step, which changes from step to step while
+// the graph stays the same.
+__global__ static void scale_kernel(float *x, long n, const float *s) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = x[i] * *s;
+}
+
+extern "C" size_t cuda_gate_work_bytes(int n, int E) {
+    return sizeof(double) * (size_t)((n + COLSUM_CHUNK - 1) / COLSUM_CHUNK) * E;
+}
+
+// out[c] += Σ_t x[t, c]; work holds cuda_gate_work_bytes(n, E).
+static void colsum_add(float *out, const float *x, int n, int E, void *work) {
+    int n_chunk = (n + COLSUM_CHUNK - 1) / COLSUM_CHUNK;
+    if (n_chunk == 0) return;
+    colsum_part_kernel<<<cu_blocks((long)n_chunk * E, 256), 256, 0, cu_stream()>>>((double *)work, x, n, E);
+    CUDA_LAUNCHED();
+    colsum_final_kernel<<<cu_blocks(E, 128), 128, 0, cu_stream()>>>(out, (const double *)work, n_chunk, E);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void cuda_gate_forward(float *o, const float *y, const float *xz, const float *attn, const float *Ev,
+                                  int n, int E) {
+    gate_fwd_kernel<<<cu_blocks((long)n * E, 256), 256, 0, cu_stream()>>>(o, y, xz, attn, Ev, n, E);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void cuda_gate_backward(float *dy, float *dxz, float *dattn, float *dEv, float *prod, const float *do_,
+                                   const float *y, const float *xz, const float *attn, const float *Ev, int n, int E,
+                                   void *work) {
+    gate_bwd_kernel<<<cu_blocks((long)n * E, 256), 256, 0, cu_stream()>>>(dy, dxz, dattn, prod, do_, y, xz, attn,
+                                                                           Ev, n, E);
+    CUDA_LAUNCHED();
+    if (attn && dEv) colsum_add(dEv, prod, n, E, work);
+}
+
+extern "C" void cuda_add_attn_forward(float *y, const float *attn, const float *Ev, int n, int E) {
+    add_attn_kernel<<<cu_blocks((long)n * E, 256), 256, 0, cu_stream()>>>(y, attn, Ev, n, E);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void cuda_add_attn_backward(float *dattn, float *dEv, float *prod, const float *dy, const float *attn,
+                                       const float *Ev, int n, int E, void *work) {
+    add_attn_bwd_kernel<<<cu_blocks((long)n * E, 256), 256, 0, cu_stream()>>>(dattn, prod, dy, attn, Ev, n, E);
+    CUDA_LAUNCHED();
+    if (dEv) colsum_add(dEv, prod, n, E, work);
+}
+
+extern "C" void cuda_add(float *out, const float *a, const float *b, long n) {
+    add_kernel<<<cu_blocks(n, 256), 256, 0, cu_stream()>>>(out, a, b, n);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void cuda_scale(float *x, long n, const float *s) {
+    scale_kernel<<<cu_blocks(n, 256), 256, 0, cu_stream()>>>(x, n, s);
+    CUDA_LAUNCHED();
+}

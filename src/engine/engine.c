@@ -1,0 +1,334 @@
+// engine.c: the backend-neutral engine (internal.h): the activation table,
+// the block stack forward and backward, the loss bookkeeping, the outputs.
+// Every kernel and buffer is the backend's (ops.h):
+//
+//   Mamba / Mamba2 block:  h <- h + mixer(rmsnorm(h))                  (MODEL.md §1.5)
+//   Samba block:           s = h + mixer(rmsnorm(h)); h <- s + mlp(rmsnorm(s))   (§4.2, Q19)
+//   mixer = pre half -> [sparse branch on X] -> post half (mixer.c)
+//   head:  hf = rmsnorm_f(h); logits = hf . W_emb^T; CE + accuracy at scored positions
+#include <stdlib.h>
+#include <string.h>
+
+#include "src/core/common.h"
+#include "src/engine/internal.h"
+
+// ---------------------------------------------------------------- buffers
+
+// The activation table for n positions in n_seq sequences.
+static void acts_table(hax_act_table *t, eng_core *c, const hax_model *m, int n, int n_seq) {
+    const hax_model_config *cfg = &m->cfg;
+    size_t nd = (size_t)n * cfg->hidden_size, nV = (size_t)n * cfg->vocab_size;
+    int samba = arch_has_mlp(cfg);  // Samba's MLP sublayer
+    for (int l = 0; l < cfg->n_layers; l++) {
+        eng_layer *L = &c->L[l];
+        acts_add(t, "hin", &L->hin, nd);
+        acts_add(t, "a", &L->a, nd);
+        acts_add(t, "rstd", &L->rstd, n);
+        mixer_acts_list(t, c, m, l, n, n_seq);
+        if (samba) {
+            size_t nm = (size_t)n * cfg->mlp_hidden;
+            acts_add(t, "s", &L->s, nd);
+            acts_add(t, "rstd2", &L->rstd2, n);
+            acts_add(t, "a2", &L->a2, nd);
+            acts_add(t, "mlp.g", &L->mlp.g, nm);
+            acts_add(t, "mlp.u", &L->mlp.u, nm);
+            acts_add(t, "mlp.s", &L->mlp.s, nm);
+        }
+    }
+    acts_add(t, "hlast", &c->hlast, nd);
+    acts_add(t, "hf", &c->hf, nd);
+    acts_add(t, "rstd_f", &c->rstd_f, n);
+    acts_add(t, "logits", &c->logits, nV);
+    acts_add(t, "dlogits", &c->dlogits, nV);
+    acts_add(t, "dh", &c->dh, nd);
+    acts_add(t, "dh2", &c->dh2, nd);
+    acts_add(t, "da", &c->da, nd);
+    acts_add(t, "tmp", &c->tmp, nd);
+    if (samba) acts_add(t, "dmix", &c->dmix, nd);
+    if (cfg->sparse_mask) acts_add(t, "dattn", &c->dattn, (size_t)n * cfg->intermediate_size);
+    if (arch_ssm_mixer(cfg) == MIXER_MAMBA2) mamba2_bwd_list(t, &c->m2bwd, cfg, n);
+    else mamba_bwd_list(t, &c->mbwd, cfg, n);
+}
+
+static void batch_free(eng_core *c, const hax_model *m) {
+    const hax_ops *ops = c->ops;
+    ops->free(c->arena), ops->free(c->work), ops->free(c->ids), ops->free(c->labels), ops->free(c->mask);
+    ops->free(c->seq_off), ops->free(c->correct), ops->free(c->count);
+    free(c->h_correct), free(c->h_count), free(c->h_hidden), free(c->h_logits);
+    c->h_hidden = c->h_logits = NULL;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        eng_layer *L = &c->L[l];
+        if (L->sp) ops->sparse_free(L->sp);
+        ops->free(L->cand_dev), ops->free(L->qb), ops->free(L->kb);
+        free(L->cand);
+        L->sp = NULL, L->cand_dev = NULL, L->qb = L->kb = NULL, L->cand = NULL;
+    }
+}
+
+// The sparse branch's per-layer states and buffers for the capacities.
+static void sparse_reserve(eng_core *c, const hax_model *m) {
+    const hax_model_config *cfg = &m->cfg;
+    const hax_ops *ops = c->ops;
+    int kc = cfg->k_c > 0 ? cfg->k_c : 1;
+    size_t nh = (size_t)cfg->state_size * (cfg->num_hash > 0 ? cfg->num_hash : 1);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        eng_layer *L = &c->L[l];
+        L->sp = ops->sparse_alloc(cfg, c->cap_tok, c->cap_seq, c->cap_len);
+        L->cand_dev = ops->alloc(sizeof(int) * (size_t)c->cap_seq * kc);
+        L->cand = xmalloc(sizeof(int) * (size_t)c->cap_seq * kc);
+        L->qb = ops->alloc(sizeof(int32_t) * c->cap_tok);
+        L->kb = ops->alloc(sizeof(int32_t) * c->cap_tok);
+        if (!L->hash) {
+            L->hash_dev = ops->alloc(sizeof(float) * nh);
+            L->hash = xmalloc(sizeof(float) * nh);
+        }
+    }
+}
+
+// (Re)allocates every batch-sized buffer when a batch exceeds the capacities.
+static void reserve(hax_engine *e, int n_tok, int n_seq, int max_len) {
+    eng_core *c = e->core;
+    const hax_model *m = e->model;
+    const hax_ops *ops = c->ops;
+    if (n_tok <= c->cap_tok && n_seq <= c->cap_seq && max_len <= c->cap_len && c->arena) return;
+    if (n_tok > c->cap_tok) c->cap_tok = n_tok;
+    if (n_seq > c->cap_seq) c->cap_seq = n_seq;
+    if (max_len > c->cap_len) c->cap_len = max_len;
+    if (c->arena && e->be->before_realloc) e->be->before_realloc(e);  // nothing may use the old buffers
+    batch_free(c, m);
+    // Sized for the worst split of cap_tok positions into cap_seq sequences
+    // (the checkpoints grow with n_seq); laid out once: a batch uses the first rows.
+    hax_act_table t = {0};
+    acts_table(&t, c, m, c->cap_tok, c->cap_seq);
+    c->arena_floats = acts_layout(&t, NULL, ops->align);
+    c->arena = ops->alloc(sizeof(float) * c->arena_floats);
+    acts_layout(&t, c->arena, ops->align);
+    acts_clear(&t);
+    c->work = ops->alloc(ops->work_bytes(m, c->cap_tok, c->cap_seq));
+    c->ids = ops->alloc(sizeof(int32_t) * c->cap_tok);
+    c->labels = ops->alloc(sizeof(int32_t) * c->cap_tok);
+    c->mask = ops->alloc(c->cap_tok);
+    c->seq_off = ops->alloc(sizeof(int) * (c->cap_seq + 1));
+    c->correct = ops->alloc(sizeof(int) * c->cap_seq);
+    c->count = ops->alloc(sizeof(int) * c->cap_seq);
+    c->h_correct = xmalloc(sizeof(int) * c->cap_seq);
+    c->h_count = xmalloc(sizeof(int) * c->cap_seq);
+    if (!ops->host) {
+        c->h_hidden = xmalloc(sizeof(float) * (size_t)c->cap_tok * m->cfg.hidden_size);
+        c->h_logits = xmalloc(sizeof(float) * (size_t)c->cap_tok * m->cfg.vocab_size);
+    }
+    if (m->cfg.sparse_mask) sparse_reserve(c, m);
+}
+
+hax_engine *engine_new(const hax_backend *be, hax_model *m, float *w, float *g, void *impl, int max_tok,
+                       int max_seq, int max_len) {
+    if (m->cfg.n_layers > HAX_MAX_LAYERS)
+        hax_die("model.n_layers: expected at most %d, found %d", HAX_MAX_LAYERS, m->cfg.n_layers);
+    hax_engine *e = xcalloc(1, sizeof *e);
+    eng_core *c = xcalloc(1, sizeof *c);
+    e->be = be, e->model = m, e->impl = impl, e->core = c;
+    c->ops = be->ops, c->w = w, c->g = g;
+    c->L = xcalloc(m->cfg.n_layers, sizeof(eng_layer));
+    c->loss = c->ops->alloc(sizeof(double));
+    c->h_gate = xcalloc(m->cfg.n_layers, sizeof(double));
+    reserve(e, max_tok > 0 ? max_tok : 1, max_seq > 0 ? max_seq : 1, max_len > 0 ? max_len : 1);
+    return e;
+}
+
+void engine_free(hax_engine *e) {
+    if (!e) return;
+    eng_core *c = e->core;
+    c->ops->sync();
+    batch_free(c, e->model);
+    for (int l = 0; l < e->model->cfg.n_layers; l++) c->ops->free(c->L[l].hash_dev), free(c->L[l].hash);
+    c->ops->free(c->loss);
+    if (e->be->destroy) e->be->destroy(e);
+    free(c->h_gate), free(c->L), free(c);
+    free(e);
+}
+
+// ---------------------------------------------------------------- forward
+
+void engine_run_prepare(hax_engine *e, const hax_batch *bd, const hax_batch *b, const hax_fwd_opts *o) {
+    eng_core *c = e->core;
+    const hax_ops *ops = c->ops;
+    int n = bd->n_tok, n_seq = bd->n_seq;
+    if (n_seq > 0 && (bd->seq_off[0] != 0 || bd->seq_off[n_seq] != n))
+        hax_die("engine %s: batch seq_off: expected 0 .. n_tok = %d, found %d .. %d", ops->name, n, bd->seq_off[0],
+                bd->seq_off[n_seq]);
+    int max_len = bd->model_len;
+    for (int s = 0; s < n_seq; s++)
+        if (bd->seq_off[s + 1] - bd->seq_off[s] > max_len) max_len = bd->seq_off[s + 1] - bd->seq_off[s];
+    reserve(e, n, n_seq, max_len > 0 ? max_len : 1);
+    c->run = bd, c->train = o->train, c->hidden_ok = c->logits_ok = 0;
+    if (e->be->before_forward) e->be->before_forward(e);
+    ops->upload(c->ids, bd->inputs, sizeof(int32_t) * n);
+    ops->upload(c->labels, bd->labels, sizeof(int32_t) * n);
+    if (bd->loss_mask) ops->upload(c->mask, bd->loss_mask, n);
+    ops->upload(c->seq_off, bd->seq_off, sizeof(int) * (n_seq + 1));
+    mixer_inputs(c, e->model, b, bd, o);
+}
+
+void engine_run_forward(hax_engine *e) {
+    eng_core *c = e->core;
+    const hax_ops *ops = c->ops;
+    const hax_model *m = e->model;
+    const hax_model_config *cfg = &m->cfg;
+    const hax_batch *b = c->run;
+    int n = b->n_tok, d = cfg->hidden_size, V = cfg->vocab_size;
+    float *W_emb = eng_w(c, m, m->embeddings);
+    ops->embedding_forward(c->L[0].hin, c->ids, W_emb, n, d, V);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        eng_layer *L = &c->L[l];
+        const hax_layer_params *lp = &m->layers[l];
+        float *next = l + 1 < cfg->n_layers ? c->L[l + 1].hin : c->hlast;
+        ops->rmsnorm_forward(L->a, L->rstd, L->hin, eng_w(c, m, lp->norm), n, d, cfg->norm_eps);
+        mixer_forward(c, m, l, c->tmp);
+        if (arch_has_mlp(cfg)) {
+            ops->add_rmsnorm_forward(L->a2, L->s, L->rstd2, c->tmp, L->hin, eng_w(c, m, lp->mlp_norm), n, d,
+                                     cfg->norm_eps);
+            mlp_params mp = {eng_w(c, m, lp->gate_proj), eng_w(c, m, lp->up_proj), eng_w(c, m, lp->down_proj)};
+            ops->mlp_forward(c->tmp, d, &L->mlp, L->a2, d, &mp, n, d, cfg->mlp_hidden);
+            ops->add(next, L->s, c->tmp, (long)n * d);
+        } else {
+            ops->add(next, L->hin, c->tmp, (long)n * d);
+        }
+    }
+    ops->rmsnorm_forward(c->hf, c->rstd_f, c->hlast, eng_w(c, m, m->norm_f), n, d, cfg->norm_eps);
+    ops->logits_forward(c->logits, c->hf, W_emb, n, d, V);
+    ops->ce_forward(c->loss, c->correct, c->count, c->logits, c->labels, b->loss_mask ? c->mask : NULL, c->seq_off,
+                    b->n_seq, n, V, c->work);
+}
+
+void engine_run_collect(hax_engine *e, const hax_fwd_opts *o, hax_fwd_result *r) {
+    eng_core *c = e->core;
+    const hax_ops *ops = c->ops;
+    const hax_model_config *cfg = &e->model->cfg;
+    const hax_batch *b = c->run;
+    int n_seq = b->n_seq, n_layers = cfg->n_layers;
+    memset(r, 0, sizeof *r);
+    ops->download(&r->ce_sum, c->loss, sizeof(double));
+    ops->download(c->h_correct, c->correct, sizeof(int) * n_seq);
+    ops->download(c->h_count, c->count, sizeof(int) * n_seq);
+    if (cfg->sparse_mask)
+        for (int l = 0; l < n_layers; l++) ops->download(&c->h_gate[l], ops->sparse_gate_loss(c->L[l].sp), sizeof(double));
+    ops->sync();
+    double gate_sum = 0;
+    if (cfg->sparse_mask)
+        for (int l = 0; l < n_layers; l++) {
+            r->gate_layer[l] = c->h_gate[l] / b->global_n_seq;
+            gate_sum += c->h_gate[l];
+        }
+    double acc_sum = 0;
+    for (int s = 0; s < n_seq; s++) {
+        r->n_scored += c->h_count[s];
+        r->correct += c->h_correct[s];
+        // float32 per-sample ratio, as the reference's .float() (Q20)
+        if (c->h_count[s] > 0) acc_sum += (double)((float)c->h_correct[s] / (float)c->h_count[s]);
+    }
+    c->ce_count = o->ce_count > 0 ? o->ce_count : (double)r->n_scored;
+    r->loss = c->ce_count > 0 ? r->ce_sum / c->ce_count : 0;
+    r->acc = acc_sum / b->global_n_seq;
+    r->gate_loss = gate_sum / b->global_n_seq;
+    r->total_loss = r->loss + cfg->gate_loss_weight * r->gate_loss;
+}
+
+void engine_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_fwd_result *r) {
+    // Every CPU loop, the GEMMs of hax_sgemm included, runs on the OpenMP
+    // threads over a split that does not depend on their number, so results
+    // are bit-identical for any thread count (test_model).
+    engine_run_prepare(e, b, b, o);
+    engine_run_forward(e);
+    engine_run_collect(e, o, r);
+}
+
+// ---------------------------------------------------------------- backward
+
+void engine_run_backward(hax_engine *e, const float *ce_scale) {
+    eng_core *c = e->core;
+    const hax_ops *ops = c->ops;
+    hax_model *m = e->model;
+    const hax_model_config *cfg = &m->cfg;
+    const hax_batch *b = c->run;
+    int n = b->n_tok, d = cfg->hidden_size, V = cfg->vocab_size;
+    size_t nd = (size_t)n * d;
+    const uint8_t *mask = b->loss_mask ? c->mask : NULL;
+    float *W_emb = eng_w(c, m, m->embeddings), *dW_emb = eng_g(c, m, m->embeddings);
+    if (e->be->backward_sets_grads) ops->zero(c->g, sizeof(float) * m->n_floats);
+    if (ce_scale) {  // the normaliser from backend memory: a graph replays with each step's
+        ops->ce_backward(c->dlogits, c->logits, c->labels, mask, n, V, 1.0f);
+        ops->scale(c->dlogits, (long)n * V, ce_scale);
+    } else {
+        ops->ce_backward(c->dlogits, c->logits, c->labels, mask, n, V,
+                         c->ce_count > 0 ? (float)(1.0 / c->ce_count) : 0.0f);
+    }
+    ops->zero(c->dh2, sizeof(float) * nd);  // d hf
+    ops->logits_backward(c->dh2, dW_emb, c->dlogits, c->hf, W_emb, n, d, V);
+    // dh: gradient of the current block's output; tmp: the other buffer (Samba swaps them)
+    float *dh = c->dh, *tmp = c->tmp;
+    ops->zero(dh, sizeof(float) * nd);  // d hlast
+    ops->rmsnorm_backward(dh, eng_g(c, m, m->norm_f), c->dh2, c->hlast, c->rstd_f, eng_w(c, m, m->norm_f), n, d,
+                          c->work);
+    for (int l = cfg->n_layers - 1; l >= 0; l--) {
+        eng_layer *L = &c->L[l];
+        const hax_layer_params *lp = &m->layers[l];
+        ops->zero(c->da, sizeof(float) * nd);
+        if (arch_has_mlp(cfg)) {
+            mlp_params mp = {eng_w(c, m, lp->gate_proj), eng_w(c, m, lp->up_proj), eng_w(c, m, lp->down_proj)};
+            mlp_grads mg = {eng_g(c, m, lp->gate_proj), eng_g(c, m, lp->up_proj), eng_g(c, m, lp->down_proj)};
+            ops->zero(c->dh2, sizeof(float) * nd);  // d a2
+            ops->mlp_backward(c->dh2, d, &mg, dh, d, L->a2, d, &L->mlp, &mp, n, d, cfg->mlp_hidden, c->work);
+            // s = mixer_out + hin receives dh directly and through the norm
+            ops->zero(c->dmix, sizeof(float) * nd);
+            ops->zero(tmp, sizeof(float) * nd);  // d hin (residual path)
+            ops->add_rmsnorm_backward(c->dmix, tmp, eng_g(c, m, lp->mlp_norm), c->dh2, dh, L->s, L->rstd2,
+                                      eng_w(c, m, lp->mlp_norm), n, d, c->work);
+            mixer_backward(c, m, l, c->dmix, c->da);
+            ops->rmsnorm_backward(tmp, eng_g(c, m, lp->norm), c->da, L->hin, L->rstd, eng_w(c, m, lp->norm), n, d,
+                                  c->work);
+            float *t = dh;
+            dh = tmp, tmp = t;
+        } else {
+            mixer_backward(c, m, l, dh, c->da);
+            // the residual passes dh through unchanged; the norm adds its share
+            ops->rmsnorm_backward(dh, eng_g(c, m, lp->norm), c->da, L->hin, L->rstd, eng_w(c, m, lp->norm), n, d,
+                                  c->work);
+        }
+    }
+    ops->embedding_backward(dW_emb, dh, c->ids, n, d, V, c->work);
+}
+
+void engine_backward(hax_engine *e) {
+    if (!e->core->run) hax_die("engine_backward: called before engine_forward");
+    engine_run_backward(e, NULL);
+    if (e->be->after_backward) e->be->after_backward(e);
+}
+
+// ---------------------------------------------------------------- outputs
+
+const float *engine_hidden(hax_engine *e) {
+    eng_core *c = e->core;
+    if (c->ops->host) return c->hf;
+    if (!c->hidden_ok) {
+        c->ops->download(c->h_hidden, c->hf, sizeof(float) * (size_t)c->run->n_tok * e->model->cfg.hidden_size);
+        c->ops->sync();
+        c->hidden_ok = 1;
+    }
+    return c->h_hidden;
+}
+
+const float *engine_logits(hax_engine *e) {
+    eng_core *c = e->core;
+    if (c->ops->host) return c->logits;
+    if (!c->logits_ok) {
+        c->ops->download(c->h_logits, c->logits, sizeof(float) * (size_t)c->run->n_tok * e->model->cfg.vocab_size);
+        c->ops->sync();
+        c->logits_ok = 1;
+    }
+    return c->h_logits;
+}
+
+const float *engine_hash(hax_engine *e, int layer) {
+    const eng_layer *L = &e->core->L[layer];
+    return L->have_hash ? L->hash : NULL;
+}
