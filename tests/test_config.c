@@ -269,6 +269,43 @@ static void test_bad_configs(void) {
 
 // ---------------------------------------------------------------- base files
 
+// tests/configs_full/ holds, for each configs/ file that names a base, its
+// fully written form from before base: existed. Both resolve to the same
+// config, printed the same.
+static void test_based_configs_match_full_copies(void) {
+    const char *full_dir = "tests/configs_full";
+    DIR *d = opendir(full_dir);
+    CHECK(d != NULL, "cannot open %s", full_dir);
+    if (!d) return;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (l < 6 || strcmp(e->d_name + l - 5, ".yaml") != 0) continue;
+        char full_path[1024], based_path[1024], err[512], diff[1024];
+        snprintf(full_path, sizeof full_path, "%s/%s", full_dir, e->d_name);
+        snprintf(based_path, sizeof based_path, "%s/%s", configs_dir(), e->d_name);
+        char *text = hax_read_file(based_path, NULL);
+        CHECK(text && (strncmp(text, "base:", 5) == 0 || strstr(text, "\nbase:")), "%s names no base", based_path);
+        free(text);
+        hax_config full, based;
+        int rc = config_load(&full, full_path, NULL, 0, err, sizeof err);
+        CHECK(rc == 0, "%s", err);
+        rc |= config_load(&based, based_path, NULL, 0, err, sizeof err);
+        CHECK(rc == 0, "%s", err);
+        if (rc) continue;
+        n++;
+        config_first_difference(&full, &based, full_path, based_path, diff, sizeof diff);
+        CHECK(diff[0] == 0 && config_equal(&full, &based), "%s", diff);
+        char *a = config_to_string(&full), *b = config_to_string(&based);
+        CHECK(strcmp(a, b) == 0, "%s and %s print differently", full_path, based_path);
+        free(a);
+        free(b);
+    }
+    closedir(d);
+    CHECK(n == 19, "%d based configs compared, expected 19 (16 Table 1 variants, 3 tiny)", n);
+}
+
 // A temporary folder for the base-file tests, and files in it.
 static char tmp_dir[64];
 
@@ -430,6 +467,7 @@ int main(void) {
     RUN(test_first_difference);
     RUN(test_overrides);
     RUN(test_bad_configs);
+    RUN(test_based_configs_match_full_copies);
     RUN(test_base_chain);
     RUN(test_base_errors);
     RUN(test_readme_documents_fields);
