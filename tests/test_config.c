@@ -1,7 +1,9 @@
 // test_config.c: every file in configs/ loads with the paper's settings, the
-// printed config reads back equal, overrides work, and bad configs and
-// overrides are refused with "file:line: field: expected ..., found ...".
+// printed config reads back equal, overrides work, base files chain, and bad
+// configs and overrides are refused with "file:line: field: expected ...,
+// found ...".
 #include <dirent.h>
+#include <stdlib.h>
 
 #include "src/core/common.h"
 #include "src/config/config.h"
@@ -219,8 +221,8 @@ static void test_bad_configs(void) {
     expect_error("model:\n\tarch: mamba\n", NULL, "bad.yaml:2: expected valid YAML");
     expect_error("- 1\n- 2\n", NULL, "bad.yaml:1: expected a mapping of the sections");
     expect_error("", NULL, "bad.yaml:1: expected a mapping of the sections");
-    expect_error("training:\n  lr: 1\n", NULL, "bad.yaml:1: expected a section among model, sparse, data, train, output; "
-                                               "found unknown key 'training'");
+    expect_error("training:\n  lr: 1\n", NULL, "bad.yaml:1: expected a section among model, sparse, data, train, output "
+                                               "or the key base; found unknown key 'training'");
     expect_error("train:\n  lr: 0.001\n  lrr: 1\n", NULL, "bad.yaml:3: train.lrr: expected a field of train (seed, lr,");
     expect_error("train:\n  lr: abc\n", NULL, "bad.yaml:2: train.lr: expected a number, found 'abc'");
     expect_error("train:\n  lr: {a: 1}\n", NULL, "bad.yaml:2: train.lr: expected a single value, found a mapping");
@@ -265,6 +267,169 @@ static void test_bad_configs(void) {
           "missing file: %s", err);
 }
 
+// ---------------------------------------------------------------- base files
+
+// tests/configs_full/ holds, for each configs/ file that names a base, its
+// fully written form from before base: existed. Both resolve to the same
+// config, printed the same.
+static void test_based_configs_match_full_copies(void) {
+    const char *full_dir = "tests/configs_full";
+    DIR *d = opendir(full_dir);
+    CHECK(d != NULL, "cannot open %s", full_dir);
+    if (!d) return;
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        size_t l = strlen(e->d_name);
+        if (l < 6 || strcmp(e->d_name + l - 5, ".yaml") != 0) continue;
+        char full_path[1024], based_path[1024], err[512], diff[1024];
+        snprintf(full_path, sizeof full_path, "%s/%s", full_dir, e->d_name);
+        snprintf(based_path, sizeof based_path, "%s/%s", configs_dir(), e->d_name);
+        char *text = hax_read_file(based_path, NULL);
+        CHECK(text && (strncmp(text, "base:", 5) == 0 || strstr(text, "\nbase:")), "%s names no base", based_path);
+        free(text);
+        hax_config full, based;
+        int rc = config_load(&full, full_path, NULL, 0, err, sizeof err);
+        CHECK(rc == 0, "%s", err);
+        rc |= config_load(&based, based_path, NULL, 0, err, sizeof err);
+        CHECK(rc == 0, "%s", err);
+        if (rc) continue;
+        n++;
+        config_first_difference(&full, &based, full_path, based_path, diff, sizeof diff);
+        CHECK(diff[0] == 0 && config_equal(&full, &based), "%s", diff);
+        char *a = config_to_string(&full), *b = config_to_string(&based);
+        CHECK(strcmp(a, b) == 0, "%s and %s print differently", full_path, based_path);
+        free(a);
+        free(b);
+    }
+    closedir(d);
+    CHECK(n == 19, "%d based configs compared, expected 19 (16 Table 1 variants, 3 tiny)", n);
+}
+
+// A temporary folder for the base-file tests, and files in it.
+static char tmp_dir[64];
+
+static void tmp_put(const char *name, const char *text) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", tmp_dir, name);
+    char *slash = strrchr(path, '/');
+    *slash = 0;
+    hax_mkdir_p(path);
+    *slash = '/';
+    CHECK(hax_write_file_atomic(path, text, strlen(text)) == 0, "cannot write %s", path);
+}
+
+static int tmp_load(hax_config *c, const char *name, const char *override, char *err, int errlen) {
+    char path[256];
+    snprintf(path, sizeof path, "%s/%s", tmp_dir, name);
+    const char *ov[1] = {override};
+    return config_load(c, path, ov, override ? 1 : 0, err, errlen);
+}
+
+// Loading name fails with exactly the message want (a format with one %s, the folder).
+static void expect_tmp_error(const char *name, const char *want) {
+    hax_config c;
+    char err[512] = "", full[512];
+    snprintf(full, sizeof full, want, tmp_dir);
+    CHECK(tmp_load(&c, name, NULL, err, sizeof err) != 0, "%s accepted", name);
+    CHECK(strcmp(err, full) == 0, "%s: message\n  '%s', expected\n  '%s'", name, err, full);
+}
+
+static void tmp_begin(void) {
+    snprintf(tmp_dir, sizeof tmp_dir, "/tmp/hax_test_config.XXXXXX");
+    if (!mkdtemp(tmp_dir)) hax_die("mkdtemp failed");
+}
+
+static void tmp_end(void) {
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);
+    CHECK(system(cmd) == 0, "%s", cmd);
+}
+
+// A base is loaded first (paths relative to the including file's folder),
+// the including file's fields override it, the command line overrides both;
+// the model defaults come from the nearest model.arch of the chain.
+static void test_base_chain(void) {
+    tmp_begin();
+    tmp_put("low.yaml", "model:\n  arch: mamba2\ntrain:\n  lr: 0.1\n  seed: 5\n  steps: 1000\n  warmup: 10\n");
+    tmp_put("sub/mid.yaml", "base: ../low.yaml\ntrain:\n  lr: 0.2\n");
+    tmp_put("top.yaml", "# a comment\nbase: sub/mid.yaml\ntrain:\n  lr: 0.3\n");
+    hax_config c;
+    char err[512];
+    CHECK(tmp_load(&c, "top.yaml", NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(c.train.lr == 0.3 && c.train.seed == 5 && c.train.steps == 1000, "top: lr %g seed %llu", c.train.lr,
+          (unsigned long long)c.train.seed);
+    CHECK(c.model.arch == ARCH_MAMBA2 && c.model.n_heads == 8 && c.model.state_size == 32, "mamba2 defaults from the base");
+    CHECK(tmp_load(&c, "top.yaml", "train.lr=0.4", err, sizeof err) == 0 && c.train.lr == 0.4, "override: %s", err);
+    CHECK(tmp_load(&c, "sub/mid.yaml", NULL, err, sizeof err) == 0 && c.train.lr == 0.2, "mid: %s", err);
+    check_round_trip(&c, "sub/mid.yaml");
+    char *text = config_to_string(&c);
+    CHECK(strstr(text, "base") == NULL, "the printed config names a base:\n%s", text);
+    free(text);
+    // The nearest model.arch decides the model defaults; an override beats the files.
+    tmp_put("mamba_top.yaml", "base: low.yaml\nmodel:\n  arch: mamba\n");
+    CHECK(tmp_load(&c, "mamba_top.yaml", NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(c.model.arch == ARCH_MAMBA && c.model.state_size == 16 && c.model.n_heads == 0, "mamba over a mamba2 base");
+    tmp_put("samba_mid.yaml", "base: low.yaml\nmodel:\n  arch: samba\n");
+    tmp_put("samba_top.yaml", "base: samba_mid.yaml\n");
+    CHECK(tmp_load(&c, "samba_top.yaml", NULL, err, sizeof err) == 0, "%s", err);
+    CHECK(c.model.arch == ARCH_SAMBA && c.model.attn_heads == 4 && c.model.n_layers == 4, "samba from the nearest base");
+    CHECK(tmp_load(&c, "samba_top.yaml", "model.arch=mamba2", err, sizeof err) == 0, "%s", err);
+    CHECK(c.model.arch == ARCH_MAMBA2 && c.model.n_heads == 8 && c.model.attn_heads == 0, "mamba2 by override");
+    // Text in memory: base is relative to the folder of its name.
+    char name[128];
+    snprintf(name, sizeof name, "%s/in_memory.yaml", tmp_dir);
+    CHECK(config_load_text(&c, name, "base: low.yaml\n", 15, NULL, 0, err, sizeof err) == 0 && c.train.lr == 0.1, "%s", err);
+    // 8 nested bases load; a 9th is refused.
+    for (int i = 0; i <= 9; i++) {
+        char file[32], body[64];
+        snprintf(file, sizeof file, "c%d.yaml", i);
+        if (i < 9) snprintf(body, sizeof body, "base: c%d.yaml\n", i + 1);
+        else snprintf(body, sizeof body, "train:\n  seed: 9\n");
+        tmp_put(file, body);
+    }
+    CHECK(tmp_load(&c, "c1.yaml", NULL, err, sizeof err) == 0 && c.train.seed == 9, "8 bases: %s", err);
+    expect_tmp_error("c0.yaml", "%s/c8.yaml:1: base: expected at most 8 nested base files, found more at 'c9.yaml'");
+    tmp_end();
+}
+
+static void test_base_errors(void) {
+    tmp_begin();
+    tmp_put("low.yaml", "train:\n  lr: 0.1\n");
+    tmp_put("x.yaml", "base: nope.yaml\n");
+    expect_tmp_error("x.yaml", "%s/x.yaml:1: base: cannot read 'nope.yaml': No such file or directory");
+    tmp_put("sub/low.yaml", "train:\n  lr: 0.1\n");
+    tmp_put("folder.yaml", "train:\n  seed: 2\nbase: sub\n");
+    expect_tmp_error("folder.yaml", "%s/folder.yaml:3: base: cannot read 'sub': Is a directory");
+    tmp_put("a.yaml", "base: b.yaml\n");
+    tmp_put("b.yaml", "train:\n  lr: 0.1\nbase: ./a.yaml\n");
+    expect_tmp_error("a.yaml", "%s/b.yaml:3: base: include cycle through './a.yaml'");
+    tmp_put("self.yaml", "base: self.yaml\n");
+    expect_tmp_error("self.yaml", "%s/self.yaml:1: base: include cycle through 'self.yaml'");
+    // An error in a base names the base file.
+    tmp_put("bad_low.yaml", "train:\n  lr: abc\n");
+    tmp_put("bad_top.yaml", "base: bad_low.yaml\n");
+    expect_tmp_error("bad_top.yaml", "%s/bad_low.yaml:2: train.lr: expected a number, found 'abc'");
+    tmp_put("syntax_low.yaml", "train:\n  lr: [1\n");
+    tmp_put("syntax_top.yaml", "base: syntax_low.yaml\n");
+    hax_config c;
+    char err[512], want[256];
+    snprintf(want, sizeof want, "%s/syntax_low.yaml:3: expected valid YAML", tmp_dir);
+    CHECK(tmp_load(&c, "syntax_top.yaml", NULL, err, sizeof err) != 0 && strstr(err, want) == err, "syntax: %s", err);
+    // A field given in the base and in the including file is fine; twice in one file is not.
+    tmp_put("dup.yaml", "base: low.yaml\ntrain:\n  lr: 0.2\n  lr: 0.3\n");
+    expect_tmp_error("dup.yaml", "%s/dup.yaml:4: train.lr: expected each field once, found it again (first at line 3)");
+    tmp_end();
+    // The key itself (checked before any base is read).
+    expect_error("base: [a.yaml]\n", NULL, "bad.yaml:1: base: expected a file name, found a list");
+    expect_error("base:\n  file: a.yaml\n", NULL, "bad.yaml:2: base: expected a file name, found a mapping");
+    expect_error("base:\ntrain:\n  lr: 0.1\n", NULL, "bad.yaml:1: base: expected a file name, found nothing");
+    expect_error("base: a.yaml\ntrain:\n  lr: 0.1\nbase: b.yaml\n", NULL,
+                 "bad.yaml:4: base: expected once, found it again (first at line 1)");
+    expect_error("bse: a.yaml\n", NULL, "bad.yaml:1: expected a section among model, sparse, data, train, output or the key "
+                                        "base; found unknown key 'bse'");
+}
+
 // The README's "Configs" section documents every field (its tables name
 // each one in backquotes, under the section's own table).
 static void test_readme_documents_fields(void) {
@@ -302,6 +467,9 @@ int main(void) {
     RUN(test_first_difference);
     RUN(test_overrides);
     RUN(test_bad_configs);
+    RUN(test_based_configs_match_full_copies);
+    RUN(test_base_chain);
+    RUN(test_base_errors);
     RUN(test_readme_documents_fields);
     return test_summary();
 }

@@ -1,6 +1,6 @@
 // config.c: the config's fields, defaults, YAML loading (libyaml document
-// API, so every node carries its line), overrides and cross-field checks.
-// Printing and comparison are in config_print.c.
+// API, so every node carries its line) with chains of base files, overrides
+// and cross-field checks. Printing and comparison are in config_print.c.
 #include "src/config/config.h"
 
 #include <ctype.h>
@@ -358,8 +358,48 @@ static int apply_node(ydoc *y, hax_config *c, const char *section, yaml_node_t *
     return 0;
 }
 
-// Checks the document's shape (a mapping of known sections, each a mapping
-// with scalar keys, no key twice) and, with c != NULL, applies it.
+// The pair before p in root whose key is the same scalar as p's, or NULL.
+static yaml_node_t *earlier_key(ydoc *y, yaml_node_t *root, yaml_node_pair_t *p) {
+    const char *key = scalar(yaml_document_get_node(y->doc, p->key));
+    for (yaml_node_pair_t *q = root->data.mapping.pairs.start; q < p; q++) {
+        yaml_node_t *k = yaml_document_get_node(y->doc, q->key);
+        if (k->type == YAML_SCALAR_NODE && strcmp(scalar(k), key) == 0) return k;
+    }
+    return NULL;
+}
+
+// "base: FILE": a non-empty scalar, given once.
+static int check_base(ydoc *y, yaml_node_t *root, yaml_node_pair_t *p) {
+    yaml_node_t *k = yaml_document_get_node(y->doc, p->key), *v = yaml_document_get_node(y->doc, p->value);
+    yaml_node_t *first = earlier_key(y, root, p);
+    if (first)
+        return hax_errf(y->err, y->errlen, "%s:%d: base: expected once, found it again (first at line %d)", y->name,
+                        line_of(k), line_of(first));
+    if (v->type != YAML_SCALAR_NODE || !*scalar(v))
+        return hax_errf(y->err, y->errlen, "%s:%d: base: expected a file name, found %s", y->name, line_of(v),
+                        v->type == YAML_SCALAR_NODE ? "nothing" : node_kind(v));
+    return 0;
+}
+
+// Checks one section's fields (scalar keys, each once) and, with c != NULL, applies them.
+static int walk_section(ydoc *y, hax_config *c, const char *section, yaml_node_t *v) {
+    for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top; q++) {
+        yaml_node_t *fk = yaml_document_get_node(y->doc, q->key), *fv = yaml_document_get_node(y->doc, q->value);
+        if (fk->type != YAML_SCALAR_NODE)
+            return hax_errf(y->err, y->errlen, "%s:%d: %s: expected a field name, found %s", y->name, line_of(fk), section,
+                            node_kind(fk));
+        yaml_node_t *first = earlier_key(y, v, q);
+        if (first)
+            return hax_errf(y->err, y->errlen, "%s:%d: %s.%s: expected each field once, found it again (first at line %d)",
+                            y->name, line_of(fk), section, scalar(fk), line_of(first));
+        if (c && apply_node(y, c, section, fk, fv) != 0) return -1;
+    }
+    return 0;
+}
+
+// Checks the document's shape (a mapping of known sections and base, each
+// section a mapping with scalar keys, no key twice) and, with c != NULL,
+// applies its fields (base is the caller's).
 static int walk(ydoc *y, hax_config *c) {
     yaml_node_t *root = yaml_document_get_root_node(y->doc);
     if (!root || root->type != YAML_MAPPING_NODE)
@@ -367,34 +407,35 @@ static int walk(ydoc *y, hax_config *c) {
                    y->name, line_of(root) ? line_of(root) : 1, node_kind(root));
     for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
         yaml_node_t *k = yaml_document_get_node(y->doc, p->key), *v = yaml_document_get_node(y->doc, p->value);
+        if (k->type == YAML_SCALAR_NODE && strcmp(scalar(k), "base") == 0) {
+            if (check_base(y, root, p) != 0) return -1;
+            continue;
+        }
         if (k->type != YAML_SCALAR_NODE || !known_section(scalar(k)))
-            return hax_errf(y->err, y->errlen, "%s:%d: expected a section among model, sparse, data, train, output; found %s%s%s",
-                       y->name, line_of(k), k->type == YAML_SCALAR_NODE ? "unknown key '" : node_kind(k),
-                       k->type == YAML_SCALAR_NODE ? scalar(k) : "", k->type == YAML_SCALAR_NODE ? "'" : "");
-        for (yaml_node_pair_t *q = root->data.mapping.pairs.start; q < p; q++)
-            if (strcmp(scalar(yaml_document_get_node(y->doc, q->key)), scalar(k)) == 0)
-                return hax_errf(y->err, y->errlen, "%s:%d: %s: expected each section once, found it again", y->name,
-                           line_of(k), scalar(k));
+            return hax_errf(y->err, y->errlen,
+                            "%s:%d: expected a section among model, sparse, data, train, output or the key base; found %s%s%s",
+                            y->name, line_of(k), k->type == YAML_SCALAR_NODE ? "unknown key '" : node_kind(k),
+                            k->type == YAML_SCALAR_NODE ? scalar(k) : "", k->type == YAML_SCALAR_NODE ? "'" : "");
+        if (earlier_key(y, root, p))
+            return hax_errf(y->err, y->errlen, "%s:%d: %s: expected each section once, found it again", y->name,
+                       line_of(k), scalar(k));
         if (v->type != YAML_MAPPING_NODE) {
             if (v->type == YAML_SCALAR_NODE && !*scalar(v)) continue;  // "section:" with nothing under it
             return hax_errf(y->err, y->errlen, "%s:%d: %s: expected a mapping of fields, found %s", y->name, line_of(v),
                        scalar(k), node_kind(v));
         }
-        for (yaml_node_pair_t *q = v->data.mapping.pairs.start; q < v->data.mapping.pairs.top; q++) {
-            yaml_node_t *fk = yaml_document_get_node(y->doc, q->key), *fv = yaml_document_get_node(y->doc, q->value);
-            if (fk->type != YAML_SCALAR_NODE)
-                return hax_errf(y->err, y->errlen, "%s:%d: %s: expected a field name, found %s", y->name, line_of(fk),
-                           scalar(k), node_kind(fk));
-            for (yaml_node_pair_t *r = v->data.mapping.pairs.start; r < q; r++) {
-                yaml_node_t *rk = yaml_document_get_node(y->doc, r->key);
-                if (rk->type == YAML_SCALAR_NODE && strcmp(scalar(rk), scalar(fk)) == 0)
-                    return hax_errf(y->err, y->errlen, "%s:%d: %s.%s: expected each field once, found it again (first at line %d)",
-                               y->name, line_of(fk), scalar(k), scalar(fk), line_of(rk));
-            }
-            if (c && apply_node(y, c, scalar(k), fk, fv) != 0) return -1;
-        }
+        if (walk_section(y, c, scalar(k), v) != 0) return -1;
     }
     return 0;
+}
+
+// The value node of the document's base key (checked by walk), or NULL.
+static yaml_node_t *doc_base(ydoc *y) {
+    yaml_node_t *root = yaml_document_get_root_node(y->doc);
+    for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++)
+        if (strcmp(scalar(yaml_document_get_node(y->doc, p->key)), "base") == 0)
+            return yaml_document_get_node(y->doc, p->value);
+    return NULL;
 }
 
 // model.arch as the document gives it (-1 when absent or not a known name).
@@ -413,38 +454,143 @@ static int doc_arch(ydoc *y) {
     return -1;
 }
 
-int config_load_text(hax_config *c, const char *name, const char *text, size_t len, const char *const *overrides,
-                     int n_over, char *err, int errlen) {
-    yaml_parser_t parser;
+// ---------------------------------------------------------------- base files
+
+// A config and its bases: f[0] the file loaded, f[1] its base, f[2] the
+// base's base, ... (CONFIG_MAX_BASES at most).
+#define CONFIG_MAX_BASES 8
+
+typedef struct {
+    char *name;            // its path, for messages and as the folder of its own base
+    char *real;            // realpath (NULL for text with no file behind it), to find cycles
     yaml_document_t doc;
+} chain_file;
+
+typedef struct {
+    chain_file f[CONFIG_MAX_BASES + 1];
+    int n;
+} config_chain;
+
+static void chain_free(config_chain *ch) {
+    for (int i = 0; i < ch->n; i++) {
+        yaml_document_delete(&ch->f[i].doc);
+        free(ch->f[i].name);
+        free(ch->f[i].real);
+    }
+    ch->n = 0;
+}
+
+static ydoc chain_ydoc(config_chain *ch, int i, char *err, int errlen) {
+    return (ydoc){&ch->f[i].doc, ch->f[i].name, err, errlen};
+}
+
+// Parses text as the chain's next file and checks its shape. 0 or -1.
+static int chain_push(config_chain *ch, const char *name, const char *text, size_t len, char *err, int errlen) {
+    yaml_parser_t parser;
+    chain_file *f = &ch->f[ch->n];
     if (!yaml_parser_initialize(&parser)) return hax_errf(err, errlen, "%s: cannot initialise the YAML parser", name);
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
-    if (!yaml_parser_load(&parser, &doc)) {
-        int line = (int)parser.problem_mark.line + 1;
-        hax_errf(err, errlen, "%s:%d: expected valid YAML, found a syntax error: %s%s%s", name, line,
-            parser.problem ? parser.problem : "unknown problem", parser.context ? " " : "",
-            parser.context ? parser.context : "");
+    if (!yaml_parser_load(&parser, &f->doc)) {
+        hax_errf(err, errlen, "%s:%d: expected valid YAML, found a syntax error: %s%s%s", name,
+                 (int)parser.problem_mark.line + 1, parser.problem ? parser.problem : "unknown problem",
+                 parser.context ? " " : "", parser.context ? parser.context : "");
         yaml_parser_delete(&parser);
         return -1;
     }
     yaml_parser_delete(&parser);
-    ydoc y = {&doc, name, err, errlen};
-    int rc = walk(&y, NULL);
-    if (rc == 0) {
-        // The model section's defaults come from the reference config of the
-        // architecture in force: the last model.arch override, else the file's.
-        int arch = doc_arch(&y);
-        for (int i = 0; i < n_over; i++)
-            for (int a = 0; arch_names[a]; a++) {
-                char want[32];
-                snprintf(want, sizeof want, "model.arch=%s", arch_names[a]);
-                if (strcmp(overrides[i], want) == 0) arch = a;
-            }
-        config_defaults(c);
-        if (arch > 0) model_config_reference(&c->model, (hax_arch)arch, 0, NULL);
-        rc = walk(&y, c);
+    f->name = xstrdup(name);
+    f->real = realpath(name, NULL);
+    ch->n++;
+    ydoc y = chain_ydoc(ch, ch->n - 1, err, errlen);
+    return walk(&y, NULL);
+}
+
+// A base path as the including file names it, made relative to that file's folder.
+static char *beside(const char *including, const char *path) {
+    const char *slash = strrchr(including, '/');
+    if (path[0] == '/' || !slash) return xstrdup(path);
+    size_t dl = (size_t)(slash - including), n = dl + 1 + strlen(path) + 1;
+    char *out = xmalloc(n);
+    snprintf(out, n, "%.*s/%s", (int)dl, including, path);
+    return out;
+}
+
+// 1 when the file at path is already in the chain.
+static int chain_has(const config_chain *ch, const char *path) {
+    char *real = realpath(path, NULL);
+    int found = 0;
+    for (int i = 0; real && i < ch->n; i++) found |= ch->f[i].real && strcmp(ch->f[i].real, real) == 0;
+    free(real);
+    return found;
+}
+
+// Loads the base that v (the base key's value in the chain's last file) names. 0 or -1.
+static int chain_load_base(config_chain *ch, yaml_node_t *v, char *err, int errlen) {
+    const char *including = ch->f[ch->n - 1].name, *base = scalar(v);
+    char *path = beside(including, base);
+    size_t len;
+    char *text = hax_read_file(path, &len);
+    int rc = 0;
+    if (!text)
+        rc = hax_errf(err, errlen, "%s:%d: base: cannot read '%s': %s", including, line_of(v), base, strerror(errno));
+    else if (chain_has(ch, path))
+        rc = hax_errf(err, errlen, "%s:%d: base: include cycle through '%s'", including, line_of(v), base);
+    else if (ch->n > CONFIG_MAX_BASES)
+        rc = hax_errf(err, errlen, "%s:%d: base: expected at most %d nested base files, found more at '%s'", including,
+                      line_of(v), CONFIG_MAX_BASES, base);
+    else
+        rc = chain_push(ch, path, text, len, err, errlen);
+    free(text);
+    free(path);
+    return rc;
+}
+
+// Loads the base of the chain's last file, then that one's base, and so on. 0 or -1.
+static int chain_load_bases(config_chain *ch, char *err, int errlen) {
+    for (;;) {
+        ydoc y = chain_ydoc(ch, ch->n - 1, err, errlen);
+        yaml_node_t *v = doc_base(&y);
+        if (!v) return 0;
+        if (chain_load_base(ch, v, err, errlen) != 0) return -1;
     }
-    yaml_document_delete(&doc);
+}
+
+// The architecture whose reference config gives the model defaults: the
+// last model.arch override, else the nearest file of the chain that names one.
+static int chain_arch(config_chain *ch, const char *const *overrides, int n_over) {
+    int arch = -1;
+    for (int i = 0; i < ch->n && arch < 0; i++) {
+        ydoc y = chain_ydoc(ch, i, NULL, 0);
+        arch = doc_arch(&y);
+    }
+    for (int i = 0; i < n_over; i++)
+        for (int a = 0; arch_names[a]; a++) {
+            char want[32];
+            snprintf(want, sizeof want, "model.arch=%s", arch_names[a]);
+            if (strcmp(overrides[i], want) == 0) arch = a;
+        }
+    return arch;
+}
+
+// Defaults, then the files from the deepest base to the one loaded.
+static int chain_apply(config_chain *ch, hax_config *c, const char *const *overrides, int n_over, char *err, int errlen) {
+    int arch = chain_arch(ch, overrides, n_over);
+    config_defaults(c);
+    if (arch > 0) model_config_reference(&c->model, (hax_arch)arch, 0, NULL);
+    for (int i = ch->n - 1; i >= 0; i--) {
+        ydoc y = chain_ydoc(ch, i, err, errlen);
+        if (walk(&y, c) != 0) return -1;
+    }
+    return 0;
+}
+
+int config_load_text(hax_config *c, const char *name, const char *text, size_t len, const char *const *overrides,
+                     int n_over, char *err, int errlen) {
+    config_chain ch = {.n = 0};
+    int rc = chain_push(&ch, name, text, len, err, errlen);
+    if (rc == 0) rc = chain_load_bases(&ch, err, errlen);
+    if (rc == 0) rc = chain_apply(&ch, c, overrides, n_over, err, errlen);
+    chain_free(&ch);
     for (int i = 0; rc == 0 && i < n_over; i++) rc = config_override(c, overrides[i], err, errlen);
     if (rc == 0) {
         char why[400];

@@ -1,8 +1,10 @@
 // config.h: the typed training config, read from YAML (libyaml) with every
-// field checked. Sections: model, sparse, data, train, output. Unknown keys,
-// wrong types and out-of-range values are errors "FILE:LINE: section.field:
-// expected ..., found ...". Command-line overrides `section.field=value` go
-// through the same checks. The README's "Configs" section lists every field.
+// field checked. Sections: model, sparse, data, train, output, and the
+// top-level key `base: FILE`, a config this one starts from (relative to
+// this file's folder; up to 8 nested). Unknown keys, wrong types and
+// out-of-range values are errors "FILE:LINE: section.field: expected ...,
+// found ...". Command-line overrides `section.field=value` go through the
+// same checks. The README's "Configs" section lists every field.
 #ifndef HAX_CONFIG_H
 #define HAX_CONFIG_H
 
@@ -64,13 +66,17 @@ typedef struct {
 void config_defaults(hax_config *c);
 
 // Loads a YAML file, applies the overrides ("section.field=value", n_over of
-// them; may be 0) and validates the result. Fields not given take the
-// defaults of config_defaults, with the model section taken from the d=64
-// reference config of the model.arch that the file or an override names.
-// Returns 0, or -1 with one line in err ("FILE:LINE: section.field: expected
-// ..., found ..." or "override '...': expected ..., found ..."). The caller dies.
+// them; may be 0) and validates the result. A file that names a base is
+// applied over its base (loaded first, itself over its own base, and so on).
+// Fields not given take the defaults of config_defaults, with the model
+// section taken from the d=64 reference config of the architecture in force:
+// the last model.arch override, else the nearest file of the chain that names
+// one. Returns 0, or -1 with one line in err ("FILE:LINE: section.field:
+// expected ..., found ..." or "override '...': expected ..., found ...").
+// The caller dies.
 int config_load(hax_config *c, const char *path, const char *const *overrides, int n_over, char *err, int errlen);
-// The same from YAML text in memory (name is used in messages).
+// The same from YAML text in memory (name is its path: used in messages, and
+// its folder is where a base is looked for).
 int config_load_text(hax_config *c, const char *name, const char *text, size_t len, const char *const *overrides,
                      int n_over, char *err, int errlen);
 
@@ -82,8 +88,9 @@ int config_override(hax_config *c, const char *arg, char *err, int errlen);
 // default output label. 0 or -1 with a message.
 int config_finalize(hax_config *c, char *err, int errlen);
 
-// Prints the fully resolved config as YAML that config_load reads back to an
-// equal config (floats printed with enough digits to round-trip).
+// Prints the fully resolved config (every field, no base) as YAML that
+// config_load reads back to an equal config (floats printed with enough
+// digits to round-trip).
 void config_print(FILE *out, const hax_config *c);
 // The same into a new NUL-terminated string (free it).
 char *config_to_string(const hax_config *c);
