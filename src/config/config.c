@@ -505,16 +505,6 @@ static int chain_push(config_chain *ch, const char *name, const char *text, size
     return walk(&y, NULL);
 }
 
-// A base path as the including file names it, made relative to that file's folder.
-static char *beside(const char *including, const char *path) {
-    const char *slash = strrchr(including, '/');
-    if (path[0] == '/' || !slash) return xstrdup(path);
-    size_t dl = (size_t)(slash - including), n = dl + 1 + strlen(path) + 1;
-    char *out = xmalloc(n);
-    snprintf(out, n, "%.*s/%s", (int)dl, including, path);
-    return out;
-}
-
 // 1 when the file at path is already in the chain.
 static int chain_has(const config_chain *ch, const char *path) {
     char *real = realpath(path, NULL);
@@ -527,7 +517,7 @@ static int chain_has(const config_chain *ch, const char *path) {
 // Loads the base that v (the base key's value in the chain's last file) names. 0 or -1.
 static int chain_load_base(config_chain *ch, yaml_node_t *v, char *err, int errlen) {
     const char *including = ch->f[ch->n - 1].name, *base = scalar(v);
-    char *path = beside(including, base);
+    char *path = hax_path_beside(including, base);
     size_t len;
     char *text = hax_read_file(path, &len);
     int rc = 0;

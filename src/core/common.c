@@ -166,3 +166,12 @@ double hax_now(void) {
 }
 
 int hax_stderr_is_tty(void) { return isatty(2); }
+
+char *hax_path_beside(const char *from, const char *path) {
+    const char *slash = strrchr(from, '/');
+    if (path[0] == '/' || !slash) return xstrdup(path);
+    size_t dl = (size_t)(slash - from), n = dl + 1 + strlen(path) + 1;
+    char *out = xmalloc(n);
+    snprintf(out, n, "%.*s/%s", (int)dl, from, path);
+    return out;
+}

@@ -31,6 +31,9 @@ void *xmalloc(size_t n);
 void *xcalloc(size_t count, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
+// path as a file at `from` names it: relative to from's folder, unless absolute
+// or from has no folder (a new string).
+char *hax_path_beside(const char *from, const char *path);
 
 // Writes len bytes to path atomically: a temporary file beside it, fsync,
 // rename, fsync of the folder. Returns 0, or -1 with errno set (path untouched).

@@ -25,16 +25,6 @@ static const char *node_kind(const yaml_node_t *n) {
     }
 }
 
-// A config path as the grid names it, made relative to the grid's folder.
-static char *resolve(const char *grid_path, const char *p) {
-    const char *slash = strrchr(grid_path, '/');
-    if (p[0] == '/' || !slash) return xstrdup(p);
-    size_t dl = (size_t)(slash - grid_path), n = dl + 1 + strlen(p) + 1;
-    char *out = xmalloc(n);
-    snprintf(out, n, "%.*s/%s", (int)dl, grid_path, p);
-    return out;
-}
-
 // 0 when s is a learning rate: a number in (0, 1].
 static int check_lr(const char *s, double *v) {
     char *end;
@@ -132,7 +122,7 @@ static int walk(yaml_document_t *doc, hax_grid *g, char *err, int errlen) {
     for (int i = 0; i < 3; i++)
         if (!seen[i]) return hax_errf(err, errlen, "%s:1: %s: expected a list, found no such key", file, keys[i]);
     for (int i = 0; i < g->n_configs; i++) {  // config paths: relative to the grid file
-        char *r = resolve(g->path, g->configs[i]);
+        char *r = hax_path_beside(g->path, g->configs[i]);
         free(g->configs[i]);
         g->configs[i] = r;
         for (int j = 0; j < i; j++)
