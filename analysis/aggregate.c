@@ -11,7 +11,7 @@
 #include "src/model/model_config.h"
 
 // ---------------------------------------------------------------------------
-// Table 1 of the paper (spec/PAPER.md): test accuracy in percent.
+// Table 1 of the paper (docs/PAPER.md): test accuracy in percent.
 
 static const char *const col_names[TABLE1_COLS] = {"Mamba", "Mamba2"};
 static const double paper[TABLE1_ROWS][TABLE1_COLS] = {

@@ -52,7 +52,7 @@ static int jbool(json_doc *j, yaml_node_t *map, const char *key, const char *whe
     hax_die("%s: metadata hax_case: %s%s: expected true or false, found '%s'", j->path, where, key, s ? s : "nothing");
 }
 
-// fla GatedMLP width: int(d * ratio * 2/3) rounded up to a multiple of 256 (Q18).
+// fla GatedMLP width: int(d * ratio * 2/3) rounded up to a multiple of 256 (golden README Q18).
 static int gated_mlp_width(int d, double ratio) {
     int w = (int)(d * ratio * 2.0 / 3.0);
     return 256 * ((w + 255) / 256);

@@ -3,7 +3,7 @@
 // Every kernel and buffer is the backend's (ops.h):
 //
 //   Mamba / Mamba2 block:  h <- h + mixer(rmsnorm(h))                  (MODEL.md §1.5)
-//   Samba block:           s = h + mixer(rmsnorm(h)); h <- s + mlp(rmsnorm(s))   (§4.2, Q19)
+//   Samba block:           s = h + mixer(rmsnorm(h)); h <- s + mlp(rmsnorm(s))   (§4.2, golden README Q19)
 //   mixer = pre half -> [sparse branch on X] -> post half (mixer.c)
 //   head:  hf = rmsnorm_f(h); logits = hf . W_emb^T; CE + accuracy at scored positions
 #include <stdlib.h>
@@ -223,7 +223,7 @@ void engine_run_collect(hax_engine *e, const hax_fwd_opts *o, hax_fwd_result *r)
     for (int s = 0; s < n_seq; s++) {
         r->n_scored += c->h_count[s];
         r->correct += c->h_correct[s];
-        // float32 per-sample ratio, as the reference's .float() (Q20)
+        // float32 per-sample ratio, as the reference's .float() (golden README Q20)
         if (c->h_count[s] > 0) acc_sum += (double)((float)c->h_correct[s] / (float)c->h_count[s]);
     }
     c->ce_count = o->ce_count > 0 ? o->ce_count : (double)r->n_scored;

@@ -12,7 +12,7 @@
 //         out   = o·W_outᵀ             [n_tok, d]
 //
 // Packed batches have no pad rows, so the reference's masks (§2.2 steps 2, 4,
-// Q15) vanish. Dimensions come from hax_model_config: d = hidden_size,
+// golden README Q15) vanish. Dimensions come from hax_model_config: d = hidden_size,
 // E = intermediate_size, N = state_size, R = time_step_rank, K = conv_kernel.
 //
 // Backward order for one layer:

@@ -194,7 +194,7 @@ int model_find(const hax_model *m, const char *name) {
 
 void model_zero_grad(hax_model *m) { memset(m->grad, 0, sizeof(float) * m->n_floats); }
 
-// softplus^-1 of dt = exp(u (ln max - ln min) + ln min), floored (Q22).
+// softplus^-1 of dt = exp(u (ln max - ln min) + ln min), floored (golden README Q22).
 static float dt_bias_value(const hax_model_config *c, double u) {
     double lo = log((double)c->time_step_min), hi = log((double)c->time_step_max);
     double dt = exp(u * (hi - lo) + lo);

@@ -1,7 +1,7 @@
 // model.h: the parameter table of a model — the reference's state_dict names,
 // shapes and order (MODEL.md §2.1, §3.1, §4.1, §5.1) laid out in one flat
 // float buffer, with a parallel gradient buffer — and the reference's
-// initialisation (MODEL.md §1.7, quirk Q22), seeded through src/core/rng.h.
+// initialisation (MODEL.md §1.7, golden README Q22), seeded through src/core/rng.h.
 //
 // Every backend reads weights through the per-layer index table (hax_layer_params):
 // an entry is a parameter index, or -1 where the architecture has no such tensor.

@@ -7,7 +7,7 @@
 //   v <- b2*v + (1 - b2) * g*g
 //   bc1 = 1 - b1^n,  bc2 = 1 - b2^n                    (double)
 //   p <- p - (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
-// Weight decay applies to every parameter, as in the reference (quirk 21).
+// Weight decay applies to every parameter, as in the reference (quirk 17).
 #ifndef HAX_ADAMW_H
 #define HAX_ADAMW_H
 

@@ -49,7 +49,7 @@ void logits_forward(float *logits, const float *h, const float *W_emb, int n, in
 void logits_backward(float *dh, float *dW_emb, const float *dlogits, const float *h,
                      const float *W_emb, int n, int d, int V);
 
-// ---- cross-entropy and accuracy at the scored positions (§8.3, Q20).
+// ---- cross-entropy and accuracy at the scored positions (§8.3, golden README Q20).
 // logits [n_tok, V]; labels [n_tok]; mask [n_tok] (1 = scored; NULL = every
 // position). Returns the SUM over scored positions of −log softmax(logits[t])[labels[t]]
 // (the caller divides by the global scored count). For each sequence s, writes
