@@ -1,0 +1,144 @@
+"""ref_train.py: the reference's own bf16 training, for the curves hax-train's
+train.precision=bf16-pure is checked against (issue 10). Test-side only: hax
+never imports it.
+
+It runs DeepGraphLearning/HAX's scripts/joint_recall.py code itself: its
+load_model (the model cast to bfloat16, no autocast), its Trainer.forward
+(loss, gate loss, accuracy), torch.optim.AdamW with its defaults on the bf16
+parameters, its LambdaLR warm-up (lr_lambda), batches of 64 of the reference
+dataset in stored order (the script's DataLoader has no shuffle). Only what
+needs a network is replaced: wandb (not imported), datasets.load_dataset (the
+samples come from the reference's text files, which `hax-datagen --compat
+reference --format text` writes byte-equal to scripts/create_dataset.py), and
+causal_conv1d's CUDA extension (PyTorch's depthwise conv1d + SiLU, as
+/work/shared/oracle/ref_gpu_bench.py does; mamba_ssm's Triton SSD kernel is the
+real one). Mamba-1 needs mamba_ssm's selective_scan CUDA extension and is not
+run here.
+
+One JSON line per step: step, loss, gate_loss, acc, lr (as the script logs them
+to wandb), and a first line naming the GPU, torch, triton and the run.
+
+On a GPU machine, with carry/ holding the wheels and sources (see
+tests/ref/README.md):
+  python3 -m pip install -q --no-index --find-links carry/wheels --target /tmp/site \
+      transformers==4.49.0 einops numpy
+  python3 -m pip install -q --no-index --no-deps --find-links carry/wheels --target /tmp/site \
+      flash-linear-attention==0.2.0
+  bin/hax-datagen --out data/ref --compat reference --format text
+  PYTHONPATH=/tmp/site python3 tests/ref/ref_train.py --data data/ref --base_arch mamba2 \
+      --sparse_arch sign_bin_lsh+key_selection --lr 1e-3 --steps 3000 --seed 1 > ref_seed1.jsonl
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import types
+
+
+def stub_modules():
+    """Modules joint_recall.py imports that need a network or are not used here."""
+    for name in ("wandb", "datasets"):
+        m = types.ModuleType(name)
+        m.init = m.log = lambda *a, **k: None
+        m.Dataset = object
+        m.load_dataset = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no hub here"))
+        sys.modules.setdefault(name, m)
+    if "tqdm" not in sys.modules:
+        try:
+            import tqdm  # noqa: F401
+        except ImportError:
+            m = types.ModuleType("tqdm")
+            m.tqdm = lambda x, *a, **k: x
+            sys.modules["tqdm"] = m
+    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+
+
+def conv_ref(x, weight, bias=None, activation=None, **kw):
+    import torch.nn.functional as F
+    L = x.shape[-1]
+    dim, width = weight.shape
+    out = F.conv1d(x, weight.unsqueeze(1), bias, padding=width - 1, groups=dim)[..., :L]
+    return out if activation is None else F.silu(out)
+
+
+def text_files(data, split):
+    names = sorted(f for f in os.listdir(data) if f.endswith("_%s_inputs.txt" % split))
+    if len(names) != 1:
+        raise SystemExit("ref_train.py: %s: expected one *_%s_inputs.txt, found %d" % (data, split, len(names)))
+    inputs = os.path.join(data, names[0])
+    return inputs, inputs[: -len("inputs.txt")] + "mask.txt"
+
+
+def batches(data, bsz):
+    """Batches of the train split in stored order, as the script's DataLoader gives them."""
+    fi, fm = (open(p) for p in text_files(data, "train"))
+    while True:
+        rows = [(fi.readline(), fm.readline()) for _ in range(bsz)]
+        if not rows[-1][0]:
+            return
+        yield {"inputs": [list(map(int, a.split())) for a, _ in rows],
+               "mask": [list(map(int, b.split())) for _, b in rows]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--hax", default="carry/hax", help="a checkout of DeepGraphLearning/HAX")
+    ap.add_argument("--mamba", default="carry/mamba", help="state-spaces/mamba v2.2.4 (Triton SSD only)")
+    ap.add_argument("--base_arch", default="mamba2")
+    ap.add_argument("--sparse_arch", default=None)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--warmup_step", type=int, default=5000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--bsz", type=int, default=64)
+    a = ap.parse_args()
+
+    stub_modules()
+    sys.path.insert(0, a.mamba)
+    sys.path.insert(0, a.hax)
+    sys.argv = ["joint_recall.py", "--base_arch", a.base_arch, "--lr", str(a.lr), "--step", str(a.steps),
+                "--warmup_step", str(a.warmup_step), "--seed", str(a.seed), "--bsz", str(a.bsz),
+                "--config_dir", os.path.join(a.hax, "configs")] + (["--sparse_arch", a.sparse_arch] if a.sparse_arch else [])
+    import torch
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("joint_recall", os.path.join(a.hax, "scripts", "joint_recall.py"))
+    jr = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(jr)
+    for mod in ("src.modeling_enhanced_mamba", "src.modeling_enhanced_mamba2"):
+        if mod in sys.modules and hasattr(sys.modules[mod], "causal_conv1d_fn"):
+            sys.modules[mod].causal_conv1d_fn = conv_ref
+
+    args = jr.parse_args()
+    jr.args = args  # lr_lambda reads the module's global args
+    jr.set_seed(args.seed)
+    # main()'s model choice (quirk 14: without a sparse branch, the *_double_size config)
+    name = args.base_arch if (args.sparse_arch or args.base_arch == "samba") else args.base_arch + "_double_size"
+    config = json.load(open(os.path.join(args.config_dir, name + ".json")))
+    config.update(sparse_arch=args.sparse_arch, sparse_keys=args.sparse_keys, num_hash=args.num_hash)
+    model = jr.load_model(args.base_arch, args.sparse_arch, config, "cuda")
+    trainer = jr.Trainer(model, torch.nn.CrossEntropyLoss(), "cuda")
+    optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=jr.lr_lambda)
+    trainer.model.train()
+    print(json.dumps(dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
+                          triton=__import__("triton").__version__, config=name, sparse_arch=args.sparse_arch,
+                          lr=args.lr, seed=args.seed, steps=args.steps, warmup=args.warmup_step)), flush=True)
+    t0 = time.time()
+    for step, data in enumerate(batches(a.data, args.bsz), 1):
+        if step > args.steps:
+            break
+        data = jr.collate_fn([{"inputs": x, "mask": m} for x, m in zip(data["inputs"], data["mask"])])
+        lr = optimizer.param_groups[0]["lr"]
+        loss, gate_loss, acc = trainer.forward(data)
+        (loss + gate_loss * args.gate_loss_weight).backward()
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        print(json.dumps(dict(step=step, loss=float(loss), gate_loss=float(gate_loss), acc=float(acc), lr=lr,
+                              s=round(time.time() - t0, 2))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
