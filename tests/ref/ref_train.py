@@ -7,7 +7,7 @@ load_model (the model cast to bfloat16, no autocast), its Trainer.forward
 (loss, gate loss, accuracy), torch.optim.AdamW with its defaults on the bf16
 parameters, its LambdaLR warm-up (lr_lambda), batches of 64 of the reference
 dataset in stored order (the script's DataLoader has no shuffle). Only what
-needs a network is replaced: wandb (not imported), datasets.load_dataset (the
+needs a network is replaced: wandb and datasets (not imported; the
 samples come from the reference's text files, which `hax-datagen --compat
 reference --format text` writes byte-equal to scripts/create_dataset.py), and
 causal_conv1d's CUDA extension (PyTorch's depthwise conv1d + SiLU, as
@@ -36,22 +36,21 @@ import time
 import types
 
 
-def stub_modules():
-    """Modules joint_recall.py imports that need a network or are not used here."""
-    for name in ("wandb", "datasets"):
-        m = types.ModuleType(name)
-        m.init = m.log = lambda *a, **k: None
-        m.Dataset = object
-        m.load_dataset = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no hub here"))
-        sys.modules.setdefault(name, m)
-    if "tqdm" not in sys.modules:
-        try:
-            import tqdm  # noqa: F401
-        except ImportError:
-            m = types.ModuleType("tqdm")
-            m.tqdm = lambda x, *a, **k: x
-            sys.modules["tqdm"] = m
-    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+def load_joint_recall(path):
+    """scripts/joint_recall.py as a module, its two network imports (wandb,
+    datasets) replaced by None: they are not used here, and fake modules
+    would mislead transformers' checks for installed packages."""
+    src = open(path).read()
+    for line, repl in (("from datasets import Dataset, load_dataset", "Dataset = load_dataset = None"),
+                       ("import wandb", "wandb = None")):
+        if line not in src:
+            raise SystemExit("ref_train.py: %s: expected the line '%s'" % (path, line))
+        src = src.replace(line, repl, 1)
+    mod = types.ModuleType("joint_recall")
+    mod.__file__ = path
+    sys.modules["joint_recall"] = mod
+    exec(compile(src, path, "exec"), mod.__dict__)
+    return mod
 
 
 def conv_ref(x, weight, bias=None, activation=None, **kw):
@@ -95,17 +94,18 @@ def main():
     ap.add_argument("--bsz", type=int, default=64)
     a = ap.parse_args()
 
-    stub_modules()
+    # mamba_ssm's Mamba-1 kernel module (a CUDA extension, not built): imported, never called here
+    import importlib.machinery
+    ssc = types.ModuleType("selective_scan_cuda")
+    ssc.__spec__ = importlib.machinery.ModuleSpec("selective_scan_cuda", None)
+    sys.modules.setdefault("selective_scan_cuda", ssc)
     sys.path.insert(0, a.mamba)
     sys.path.insert(0, a.hax)
     sys.argv = ["joint_recall.py", "--base_arch", a.base_arch, "--lr", str(a.lr), "--step", str(a.steps),
                 "--warmup_step", str(a.warmup_step), "--seed", str(a.seed), "--bsz", str(a.bsz),
                 "--config_dir", os.path.join(a.hax, "configs")] + (["--sparse_arch", a.sparse_arch] if a.sparse_arch else [])
     import torch
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("joint_recall", os.path.join(a.hax, "scripts", "joint_recall.py"))
-    jr = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(jr)
+    jr = load_joint_recall(os.path.join(a.hax, "scripts", "joint_recall.py"))
     for mod in ("src.modeling_enhanced_mamba", "src.modeling_enhanced_mamba2"):
         if mod in sys.modules and hasattr(sys.modules[mod], "causal_conv1d_fn"):
             sys.modules[mod].causal_conv1d_fn = conv_ref
@@ -117,17 +117,19 @@ def main():
     name = args.base_arch if (args.sparse_arch or args.base_arch == "samba") else args.base_arch + "_double_size"
     config = json.load(open(os.path.join(args.config_dir, name + ".json")))
     config.update(sparse_arch=args.sparse_arch, sparse_keys=args.sparse_keys, num_hash=args.num_hash)
-    model = jr.load_model(args.base_arch, args.sparse_arch, config, "cuda")
+    import contextlib
+    with contextlib.redirect_stdout(sys.stderr):  # its parameter count: not a JSON line
+        model = jr.load_model(args.base_arch, args.sparse_arch, config, "cuda")
     trainer = jr.Trainer(model, torch.nn.CrossEntropyLoss(), "cuda")
     optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=jr.lr_lambda)
     trainer.model.train()
     print(json.dumps(dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
                           triton=__import__("triton").__version__, config=name, sparse_arch=args.sparse_arch,
-                          lr=args.lr, seed=args.seed, steps=args.steps, warmup=args.warmup_step)), flush=True)
+                          lr=args.lr, seed=args.seed, steps=args.step, warmup=args.warmup_step)), flush=True)
     t0 = time.time()
     for step, data in enumerate(batches(a.data, args.bsz), 1):
-        if step > args.steps:
+        if step > args.step:
             break
         data = jr.collate_fn([{"inputs": x, "mask": m} for x, m in zip(data["inputs"], data["mask"])])
         lr = optimizer.param_groups[0]["lr"]
