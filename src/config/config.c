@@ -221,8 +221,8 @@ static int set_value(hax_config *c, const cfg_field *f, const char *s, char *err
             return hax_errf(err, errlen, "expected a string of %.0f..%.0f characters, found %zu", f->lo, f->hi, strlen(s));
         if (strcmp(f->name, "arch") == 0)  // the output label becomes a folder name
             for (const char *q = s; *q; q++)
-                if (!(isalnum((unsigned char)*q) || strchr("_-.+", *q)))
-                    return hax_errf(err, errlen, "expected a label of letters, digits and _ - . +, found '%s'", s);
+                if (!(isalnum((unsigned char)*q) || strchr("_-.+@", *q)))
+                    return hax_errf(err, errlen, "expected a label of letters, digits and _ - . + @, found '%s'", s);
         memset(p, 0, f->size);
         strcpy(p, s);
         return 0;
