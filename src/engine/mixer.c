@@ -6,6 +6,7 @@
 
 #include "src/core/common.h"
 #include "src/core/rng.h"
+#include "src/core/scalar.h"
 #include "src/engine/internal.h"
 #include "src/sparse/ks.h"
 
@@ -103,6 +104,9 @@ void mixer_inputs(eng_core *c, const hax_model *m, const hax_batch *b, const hax
                 hax_rng r;
                 rng_init(&r, o->seed, o->train ? RNG_LSH : RNG_LSH_EVAL, o->step, (uint32_t)l, 0);
                 for (size_t i = 0; i < nh; i++) L->hash[i] = (float)rng_normal(&r);
+                // bf16-pure: the reference draws H with torch.randn in bf16 (§5.4)
+                if (cfg->precision == PREC_BF16_PURE)
+                    for (size_t i = 0; i < nh; i++) L->hash[i] = hax_bf16_round(L->hash[i]);
             }
             L->have_hash = 1;
             ops->upload(L->hash_dev, L->hash, sizeof(float) * nh);
