@@ -415,7 +415,10 @@ void aggregate_runs(const hax_run *runs, int n_runs, hax_summary *s) {
         hax_arch_stats *a = &s->archs[s->n_archs++];
         memset(a, 0, sizeof *a);
         arch_stats(a, ok + i, j - i, s->metric);
-        if (!table1_place(a->label, a->model, a->pattern, a->hidden_size, a->n_layers, a->sparse_keys, &a->row,
+        // Table 1 holds one regime: fp32 runs for now (the others are listed
+        // by label below it, never averaged with fp32's)
+        if ((ok[i]->precision[0] && strcmp(ok[i]->precision, "fp32") != 0) ||
+            !table1_place(a->label, a->model, a->pattern, a->hidden_size, a->n_layers, a->sparse_keys, &a->row,
                           &a->col))
             a->row = a->col = -1;
         i = j;

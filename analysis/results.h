@@ -31,6 +31,7 @@ typedef struct {
     char label[128];
     char model[16];          // mamba | mamba2 | samba ("" when the config lacks it)
     char pattern[64];        // sparse pattern, "none" for no sparse branch ("" unknown)
+    char precision[16];      // train.precision (fp32 when absent); a non-fp32 label ends in "@<precision>"
     int hidden_size;         // 0: unknown
     int n_layers;            // 0: unknown
     int sparse_keys;         // 0: unknown

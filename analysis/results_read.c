@@ -282,6 +282,19 @@ static int read_fields(ynode root, ynode cfg, const char *path, hax_run *r, char
         return hax_errf(err, errlen,
                         "config.output.arch: expected the architecture label, found nothing (and no "
                         "<arch>/lr_<lr>/seed_<seed> folders)");
+    // The regime: two regimes never share a label (so never an average): a
+    // non-fp32 run's label ends in "@<precision>" (hax-train adds it; added
+    // here for files written otherwise).
+    r->precision[0] = 0;
+    if (read_str(cfg, "train.precision", r->precision, sizeof r->precision, err, errlen)) return -1;
+    if (!r->precision[0] && read_str(root, "precision", r->precision, sizeof r->precision, err, errlen)) return -1;
+    if (!r->precision[0]) snprintf(r->precision, sizeof r->precision, "fp32");
+    if (strcmp(r->precision, "fp32") != 0) {
+        char suf[20];
+        snprintf(suf, sizeof suf, "@%s", r->precision);
+        size_t la = strlen(r->label), ls = strlen(suf);
+        if ((la < ls || strcmp(r->label + la - ls, suf) != 0) && la + ls < sizeof r->label) strcat(r->label, suf);
+    }
     if (read_str(cfg, "model.arch", r->model, sizeof r->model, err, errlen)) return -1;
     if (read_str(cfg, "sparse.pattern", r->pattern, sizeof r->pattern, err, errlen)) return -1;
     int64_t v;

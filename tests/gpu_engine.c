@@ -24,6 +24,7 @@
 #include "src/engine/engine.h"
 #include "src/model/model.h"
 #include "src/sparse/sparse.h"
+#include "src/core/scalar.h"
 #include "test.h"
 
 typedef struct {
@@ -312,9 +313,11 @@ static void test_step_time(void) {
 
 // ---------------------------------------------------------------- device training
 
-// cuda_adamw_step against src/ops/adamw.c's adamw_update: bit for bit over
-// several steps (warm-up lr, weight decay, gradients of mixed scales).
-static void test_adamw_bitexact(void) {
+// cuda_adamw_step against src/ops/adamw.c's adamw_update (pure = 0) or
+// adamw_bf16_update (pure = 1, bf16 weights, fp32 gradients rounded on the
+// way in): bit for bit over several steps (warm-up lr, weight decay,
+// gradients of mixed scales).
+static void adamw_bitexact(int pure) {
     size_t n = 100003;
     float *p = xmalloc(n * sizeof(float)), *g = xmalloc(n * sizeof(float));
     float *m = xcalloc(n, sizeof(float)), *v = xcalloc(n, sizeof(float));
@@ -323,6 +326,7 @@ static void test_adamw_bitexact(void) {
     for (size_t i = 0; i < n; i++) {
         r = r * 1664525u + 1013904223u;
         p[i] = ((float)(r >> 8) / 16777216.0f - 0.5f);
+        if (pure) p[i] = hax_bf16_round(p[i]);
     }
     float *dp = cuda_upload_new(p, n * sizeof(float)), *dg = cuda_malloc(n * sizeof(float));
     float *dm = cuda_malloc(n * sizeof(float)), *dv = cuda_malloc(n * sizeof(float));
@@ -337,9 +341,11 @@ static void test_adamw_bitexact(void) {
             g[i] = ((float)(r >> 8) / 16777216.0f - 0.5f) * scale;
         }
         double lr = adamw_schedule_lr(3e-3, step, 3);
-        adamw_update(p, g, m, v, n, lr, 0.9, 0.999, 1e-8, 0.01, step);
+        if (pure) adamw_bf16_update(p, g, m, v, n, lr, 0.9, 0.999, 1e-8, 0.01, step);
+        else adamw_update(p, g, m, v, n, lr, 0.9, 0.999, 1e-8, 0.01, step);
         cuda_upload(dg, g, n * sizeof(float));
         cuda_adamw_hp_make(&hp, lr, 0.9, 0.999, 1e-8, 0.01, step);
+        hp.bf16_pure = pure;
         cuda_adamw_set(hp_dev, &hp);
         cuda_adamw_step(dp, dg, dm, dv, n, hp_dev);
         cuda_sync();
@@ -350,11 +356,17 @@ static void test_adamw_bitexact(void) {
     cuda_download(back, dv, n * sizeof(float));
     cuda_sync();
     for (size_t i = 0; i < n; i++) bad += memcmp(&back[i], &v[i], sizeof(float)) != 0;
-    printf("    adamw: %zu parameters, 6 steps: %ld values differ from the CPU's bits\n", n, bad);
+    cuda_download(back, dm, n * sizeof(float));
+    cuda_sync();
+    for (size_t i = 0; i < n; i++) bad += memcmp(&back[i], &m[i], sizeof(float)) != 0;
+    printf("    adamw%s: %zu parameters, 6 steps: %ld values differ from the CPU's bits\n", pure ? " (bf16-pure)" : "", n, bad);
     CHECK(bad == 0, "adamw: %ld weights/moments differ from the CPU op", bad);
     cuda_free(dp), cuda_free(dg), cuda_free(dm), cuda_free(dv), cuda_free(hp_dev);
     free(p), free(g), free(m), free(v), free(back);
 }
+
+static void test_adamw_bitexact(void) { adamw_bitexact(0); }
+static void test_adamw_bf16_bitexact(void) { adamw_bitexact(1); }
 
 // Training on the device (weights, gradients, AdamW resident; plain steps
 // and graph steps) against the CPU engine + CPU AdamW over 40 steps of three
@@ -505,6 +517,7 @@ int main(int argc, char **argv) {
     RUN(test_engine_samba);
     RUN(test_engine_sparse);
     RUN(test_adamw_bitexact);
+    RUN(test_adamw_bf16_bitexact);
     RUN(test_train_mamba);
     RUN(test_train_mamba2);
     RUN(test_train_samba);

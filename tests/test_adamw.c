@@ -5,6 +5,9 @@
 
 #include "src/ops/adamw.h"
 #include "src/core/common.h"
+#include "src/core/rng.h"
+#include "src/core/scalar.h"
+#include "src/ops/basic.h"
 #include "src/io/safetensors.h"
 #include "test.h"
 
@@ -171,10 +174,139 @@ static void test_first_step_lr_zero(void) {
     adamw_free(&opt);
 }
 
+// ---------------------------------------------------------------- bf16
+
+static float from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static uint32_t bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+// hax_bf16_round: nearest, ties to even, on normals, subnormals, the
+// overflow edge, ±0, ±Inf and NaN; round_bf16 (the CPU op) agrees.
+static void test_bf16_round(void) {
+    static const uint32_t cases[][2] = {
+        {0x3f800000u, 0x3f800000u},  // 1
+        {0x3f808000u, 0x3f800000u},  // 1 + 2^-8: tie, to even (down)
+        {0x3f818000u, 0x3f820000u},  // 1 + 3*2^-8: tie, to even (up)
+        {0x3f808001u, 0x3f810000u},  // just above the tie
+        {0x3f807fffu, 0x3f800000u},  // just below
+        {0xbf808000u, 0xbf800000u},  // negative tie
+        {0xbf818000u, 0xbf820000u},
+        {0x00008000u, 0x00000000u},  // subnormal tie to even (zero)
+        {0x00018000u, 0x00020000u},  // subnormal tie to even (up)
+        {0x00010000u, 0x00010000u},  // smallest bf16 subnormal
+        {0x00007fffu, 0x00000000u},
+        {0x80008000u, 0x80000000u},  // to -0
+        {0x007fffffu, 0x00800000u},  // largest float subnormal -> smallest normal
+        {0x80000000u, 0x80000000u},  // -0
+        {0x7f7f0000u, 0x7f7f0000u},  // largest bf16
+        {0x7f7f7fffu, 0x7f7f0000u},
+        {0x7f7f8000u, 0x7f800000u},  // tie past the largest: Inf
+        {0x7f7fffffu, 0x7f800000u},  // FLT_MAX -> Inf
+        {0xff7fffffu, 0xff800000u},
+        {0x7f800000u, 0x7f800000u},  // Inf
+        {0xff800000u, 0xff800000u},  // -Inf
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        uint32_t got = bits(hax_bf16_round(from_bits(cases[k][0])));
+        CHECK(got == cases[k][1], "bf16(0x%08x) = 0x%08x, expected 0x%08x", cases[k][0], got, cases[k][1]);
+    }
+    static const uint32_t nans[] = {0x7fc00000u, 0x7fc00001u, 0x7f800001u, 0xffffffffu, 0x7fffffffu};
+    for (size_t k = 0; k < sizeof nans / sizeof nans[0]; k++) {
+        float r = hax_bf16_round(from_bits(nans[k]));
+        CHECK(r != r && (bits(r) & 0xffffu) == 0, "bf16(NaN 0x%08x) = 0x%08x", nans[k], bits(r));
+    }
+    // random values: the op equals the scalar, results are bf16, idempotent,
+    // and the nearest (|x - r| <= half the spacing of bf16 around x)
+    enum { N = 100000 };
+    float *x = xmalloc(sizeof(float) * N), *y = xmalloc(sizeof(float) * N);
+    hax_rng r;
+    rng_init(&r, 7, 0, 0, 0, 0);
+    for (int i = 0; i < N; i++) x[i] = (float)(rng_normal(&r) * pow(10.0, (double)(i % 13) - 6));
+    round_bf16(y, x, N);
+    int bad = 0;
+    for (int i = 0; i < N; i++) {
+        float s = hax_bf16_round(x[i]);
+        double ulp = ldexp(1.0, ilogb(x[i]) - 7);
+        if (bits(s) != bits(y[i]) || (bits(s) & 0xffffu) || hax_bf16_round(s) != s ||
+            fabs((double)s - x[i]) > 0.5 * ulp)
+            bad++;
+    }
+    CHECK(bad == 0, "%d of %d random values rounded wrongly", bad, N);
+    free(x), free(y);
+}
+
+// §8.5 written out line by line, one bf16 rounding per torch op.
+static void bf16_adamw_ref(float *p, const float *g_in, float *m, float *v, size_t n, double lr, double b1,
+                           double b2, double eps, double wd, int64_t step) {
+    for (size_t i = 0; i < n; i++) {
+        float g = hax_bf16_round(g_in[i]);
+        p[i] = hax_bf16_round(p[i] * (float)(1.0 - lr * wd));                  // p.mul_(1 - lr*wd)
+        float w = (float)(1.0 - b1);                                           // m.lerp_(g, 1 - b1)
+        float lerp = fabsf(w) < 0.5f ? m[i] + w * (g - m[i]) : g - (g - m[i]) * (1.0f - w);
+        m[i] = hax_bf16_round(lerp);
+        v[i] = hax_bf16_round(v[i] * (float)b2);                               // v.mul_(b2)
+        v[i] = hax_bf16_round(v[i] + (float)(1.0 - b2) * (g * g));             // v.addcmul_(g, g, 1 - b2)
+        double bc1 = 1.0 - pow(b1, (double)step), bc2 = 1.0 - pow(b2, (double)step);
+        float den = hax_bf16_round(sqrtf(v[i]));                               // v.sqrt()
+        den = hax_bf16_round(den / (float)sqrt(bc2));                          // .div_(sqrt(bc2))
+        den = hax_bf16_round(den + (float)eps);                                // .add_(eps)
+        p[i] = hax_bf16_round(p[i] + (float)(-(lr / bc1)) * (m[i] / den));     // p.addcdiv_(m, den, -lr/bc1)
+    }
+}
+
+static void test_bf16_adamw(void) {
+    enum { N = 4096, STEPS = 30 };
+    const double betas1[] = {0.9, 0.3};  // both branches of torch's lerp
+    const double lrs[] = {1e-3, 0.5};
+    for (int c = 0; c < 4; c++) {
+        double b1 = betas1[c & 1], lr = lrs[c >> 1];
+        float *p = xmalloc(sizeof(float) * N), *g = xmalloc(sizeof(float) * N);
+        float *pr = xmalloc(sizeof(float) * N), *mr = xcalloc(N, sizeof(float)), *vr = xcalloc(N, sizeof(float));
+        hax_rng r;
+        rng_init(&r, 3, 0, 0, 0, (uint32_t)c);
+        for (int i = 0; i < N; i++) p[i] = pr[i] = hax_bf16_round((float)rng_normal(&r));
+        hax_adamw opt;
+        adamw_init(&opt, N, b1, 0.999, 1e-8, 0.01);
+        opt.bf16_pure = 1;
+        int bad = 0, moved = 0;
+        for (int s = 1; s <= STEPS; s++) {
+            for (int i = 0; i < N; i++) g[i] = (float)(rng_normal(&r) * 1e-2);  // fp32: rounded on the way in
+            adamw_step(&opt, p, g, lr);
+            bf16_adamw_ref(pr, g, mr, vr, N, lr, b1, 0.999, 1e-8, 0.01, s);
+            for (int i = 0; i < N; i++)
+                bad += bits(p[i]) != bits(pr[i]) || bits(opt.m[i]) != bits(mr[i]) || bits(opt.v[i]) != bits(vr[i]);
+        }
+        for (int i = 0; i < N; i++) moved += (bits(p[i]) & 0xffffu) == 0 && (bits(opt.m[i]) & 0xffffu) == 0;
+        CHECK(bad == 0, "b1 %g lr %g: %d elements differ from the line-by-line reference", b1, lr, bad);
+        CHECK(moved == N, "b1 %g lr %g: %d of %d parameters / moments not bf16", b1, lr, N - moved, N);
+        adamw_free(&opt);
+        free(p), free(g), free(pr), free(mr), free(vr);
+    }
+    // quirk 17: a zero gradient leaves bf16 weights unchanged (the decay rounds away)
+    float p[3] = {hax_bf16_round(0.3f), hax_bf16_round(-1.7f), hax_bf16_round(3.0f)}, g[3] = {0, 0, 0};
+    float p0[3] = {p[0], p[1], p[2]};
+    hax_adamw opt;
+    adamw_init(&opt, 3, 0.9, 0.999, 1e-8, 0.01);
+    opt.bf16_pure = 1;
+    for (int s = 0; s < 10; s++) adamw_step(&opt, p, g, 2e-3);
+    CHECK(p[0] == p0[0] && p[1] == p0[1] && p[2] == p0[2], "weight decay moved bf16 weights: %g %g %g", p[0], p[1],
+          p[2]);
+    adamw_free(&opt);
+}
+
 int main(void) {
     RUN(test_golden_step);
     RUN(test_multi_step);
     RUN(test_schedule);
     RUN(test_first_step_lr_zero);
+    RUN(test_bf16_round);
+    RUN(test_bf16_adamw);
     return test_summary();
 }

@@ -7,6 +7,8 @@
 
 #include "src/engine/engine.h"
 #include "src/engine/case.h"
+#include "src/engine/internal.h"
+#include "src/ops/basic.h"
 #include "src/ops/linear.h"
 #include "src/model/model.h"
 #include "src/io/safetensors.h"
@@ -405,6 +407,88 @@ static void test_thread_independence(void) {
     omp_set_num_threads(omp_get_num_procs());
 }
 
+// ---------------------------------------------------------------- bf16-pure
+
+// Elements of x[0..n) that are not bf16 values (low 16 bits set).
+static long not_bf16(const float *x, size_t n) {
+    long bad = 0;
+    for (size_t i = 0; i < n; i++) bad += hax_bf16_round(x[i]) != x[i] && x[i] == x[i];
+    return bad;
+}
+
+// A golden case in bf16-pure (weights rounded to bf16): the logits are the
+// fp32 forward's (same rounded weights) within bf16 tolerance, and the
+// tensors the engine rounds are bf16 values after the forward, the
+// gradients after the backward. Finite differences mean nothing here. At
+// most a fraction frac of the logits may differ by more than tol times the
+// largest: with a sparse branch, bf16 inputs can flip an LSH sign or a key
+// selection, which moves whole rows (a discrete choice, not a rounding error).
+static void pure_once(const char *file, const char *const *names, double tol, double frac) {
+    loaded x;
+    load_case(&x, file, 0);
+    hax_model *m = &x.m;
+    round_bf16(m->data, m->data, (long)m->n_floats);
+    size_t nV = (size_t)x.b.n_tok * m->cfg.vocab_size;
+    hax_fwd_opts o = {1, 11, 5, 0, NULL};
+    hax_fwd_result r32, r16;
+    engine_forward(x.e, &x.b, &o, &r32);
+    float *ref = xmalloc(sizeof(float) * nV);
+    memcpy(ref, engine_cpu_logits(x.e), sizeof(float) * nV);
+    m->cfg.precision = PREC_BF16_PURE;  // the engine reads it at every call
+    engine_forward(x.e, &x.b, &o, &r16);
+    const float *lg = engine_cpu_logits(x.e);
+    double worst = 0, scale = 0;
+    for (size_t i = 0; i < nV; i++) {
+        double dlt = fabs((double)lg[i] - ref[i]);
+        if (dlt > worst) worst = dlt;
+        if (fabs(ref[i]) > scale) scale = fabs(ref[i]);
+    }
+    long far = 0;
+    for (size_t i = 0; i < nV; i++) far += fabs((double)lg[i] - ref[i]) > tol * scale;
+    printf("  %s: bf16-pure logits vs fp32: worst |diff| %.3g (largest |logit| %.3g), %ld of %zu beyond %.2g of it; "
+           "loss %.6f vs %.6f\n", file, worst, scale, far, nV, tol, r16.loss, r32.loss);
+    CHECK(far <= frac * nV, "%s: %ld logits differ by more than %.3g * %.3g", file, far, tol, scale);
+    CHECK(fabs(r16.loss - r32.loss) <= 1e-3 * fabs(r32.loss), "%s: loss %.6f vs %.6f", file, r16.loss, r32.loss);
+    CHECK(not_bf16(lg, nV) == 0, "%s: logits not bf16", file);
+    CHECK(not_bf16(engine_cpu_hidden(x.e), (size_t)x.b.n_tok * m->cfg.hidden_size) == 0, "%s: hf not bf16", file);
+    // named tensors of the activation table
+    hax_act_table t = {0};
+    eng_layer *L = &x.e->core->L[0];
+    for (int l = 0; l < m->cfg.n_layers; l++) mixer_acts_list(&t, x.e->core, m, l, x.b.n_tok, x.b.n_seq);
+    int checked = 0;
+    for (int k = 0; names[k]; k++)
+        for (int i = 0; i < t.n; i++)
+            if (!strcmp(t.v[i].name, names[k])) {
+                // the table's slots point into the engine: sizes for n_tok rows
+                CHECK(not_bf16(*t.v[i].slot, t.v[i].n) == 0, "%s: %s not bf16", file, names[k]);
+                checked++;
+            }
+    acts_clear(&t);
+    CHECK(checked >= 2, "%s: only %d named tensors found", file, checked);
+    CHECK(not_bf16(L->a, (size_t)x.b.n_tok * m->cfg.hidden_size) == 0, "%s: layer 0 norm output not bf16", file);
+    CHECK(not_bf16(x.e->core->L[1].hin, (size_t)x.b.n_tok * m->cfg.hidden_size) == 0, "%s: residual not bf16", file);
+    model_zero_grad(m);
+    engine_backward(x.e);
+    CHECK(not_bf16(m->grad, m->n_floats) == 0, "%s: gradients not bf16", file);
+    long nz = 0;
+    for (size_t i = 0; i < m->n_floats; i++) nz += m->grad[i] != 0;
+    CHECK(nz > (long)m->n_floats / 4, "%s: only %ld nonzero gradients", file, nz);
+    free(ref);
+    unload(&x);
+}
+
+static void test_bf16_pure_forward(void) {
+    // mixer_acts_list names: with n_tok rows each (checkpoints excluded)
+    static const char *const mamba[] = {"mamba.xz", "mamba.X", "mamba.x_dbl", "mamba.draw", "sparse.attn", NULL};
+    static const char *const mamba2[] = {"mamba2.p", "mamba2.xbc", "mamba2.y", "mamba2.g", "sparse.attn", NULL};
+    static const char *const samba[] = {"mamba.xz", "mamba.X", "attn.q", "attn.o", NULL};
+    pure_once("paper_mamba_hax", mamba, 0.02, 0.01);
+    pure_once("paper_mamba2_hax", mamba2, 0.02, 0.01);
+    pure_once("mamba_base", mamba, 0.02, 0);
+    pure_once("mamba2_base", mamba2, 0.02, 0);
+    pure_once("samba_base", samba, 0.02, 0);
+}
+
 // Random inputs: the same (seed, step) draws the same hash matrices and
 // candidates, another step other ones; evaluation uses its own stream. And
 // injected buckets equal to the computed ones change nothing, others do.
@@ -475,5 +559,6 @@ int main(void) {
     RUN(test_packed_vs_single);
     RUN(test_thread_independence);
     RUN(test_random_inputs_and_injection);
+    RUN(test_bf16_pure_forward);
     return test_summary();
 }

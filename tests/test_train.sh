@@ -144,6 +144,29 @@ check "resume exits 0" test $rc -eq 0
 check "resume starts at step 17" grep -q "resuming .* at step 17" "$tmp/C2.log"
 same_run "SIGTERM+resume" "$A" "$C"
 
+# ---- bf16-pure (issue 10): its own folder, bf16 weights and moments, and a
+# stop + resume bit for bit
+PURE=(train.precision=bf16-pure)
+"$T" "${SHORT[@]}" "${PURE[@]}" --results "$tmp/P" >"$tmp/P.log" 2>&1; rc=$?
+P=$tmp/P/tiny@bf16-pure/$RUN
+check "bf16-pure run exits 0" test $rc -eq 0
+check "bf16-pure: the label carries the regime" test -s "$P/result.json"
+check "bf16-pure: the resolved config names it" grep -q "precision: bf16-pure" "$tmp/P.log"
+check "bf16-pure: result.json records it" grep -q '"precision": "bf16-pure"' "$P/result.json"
+check "bf16-pure: best.safetensors weights are all bf16" "$FILES" bf16 "$P/best.safetensors"
+check "bf16-pure: checkpoint weights and moments are all bf16" "$FILES" bf16 "$P/checkpoint.safetensors"
+check "bf16-pure: best.safetensors metadata names it" grep -aq '"precision":"bf16-pure"' "$P/best.safetensors"
+check "bf16-pure: the weights differ from fp32's" bash -c "! cmp -s '$A/best.safetensors' '$P/best.safetensors'"
+check "fp32: result.json records it" grep -q '"precision": "fp32"' "$A/result.json"
+"$T" "${SHORT[@]}" "${PURE[@]}" --results "$tmp/Q" --stop-after-step 17 >"$tmp/Q.log" 2>&1; rc=$?
+check "bf16-pure SIGTERM: exit 3" test $rc -eq 3
+"$T" "${SHORT[@]}" "${PURE[@]}" --results "$tmp/Q" >"$tmp/Q2.log" 2>&1; rc=$?
+check "bf16-pure resume exits 0" test $rc -eq 0
+check "bf16-pure resume starts at step 17" grep -q "resuming .* at step 17" "$tmp/Q2.log"
+same_run "bf16-pure SIGTERM+resume" "$P" "$tmp/Q/tiny@bf16-pure/$RUN"
+"$T" "${SHORT[@]}" train.precision=bf16 train.steps=5 --results "$tmp/M" >"$tmp/M.log" 2>&1; rc=$?
+check "mixed bf16 run exits 0, in its own folder" test $rc -eq 0 -a -s "$tmp/M/tiny@bf16/$RUN/result.json"
+
 # ---- a real kill -TERM from outside, mid-run, then resume
 "$T" "${SHORT[@]}" --results "$tmp/D" --slow-step 0.1 >"$tmp/D.log" 2>&1 &
 pid=$!

@@ -221,6 +221,38 @@ static void test_compare(void) {
     unlink(b);
 }
 
+// bf16 FILE [PREFIX]: every F32 tensor (whose name starts with PREFIX) holds
+// bf16 values: the low 16 bits of each float are zero. 0, or 1 with the first
+// offender in msg.
+static int bf16_check(const char *path, const char *prefix) {
+    char err[512];
+    st_file *f = st_load(path, err, sizeof err);
+    if (!f) return snprintf(msg, sizeof msg, "%s", err), 1;
+    int rc = 0, n_checked = 0;
+    for (int i = 0; i < f->n_tensors && !rc; i++) {
+        const st_tensor *t = &f->tensors[i];
+        if (t->dtype != ST_F32 || (prefix && strncmp(t->name, prefix, strlen(prefix)) != 0)) continue;
+        n_checked++;
+        const unsigned char *p = t->data;
+        for (size_t k = 0; k < st_numel(t); k++) {
+            uint32_t u;
+            memcpy(&u, p + 4 * k, 4);
+            if (u & 0xffffu) {
+                float x;
+                memcpy(&x, &u, 4);
+                snprintf(msg, sizeof msg, "%s: %s[%zu] = %.9g (0x%08x) is not a bf16 value", path, t->name, k,
+                         (double)x, u);
+                rc = 1;
+                break;
+            }
+        }
+    }
+    if (!rc && n_checked == 0) snprintf(msg, sizeof msg, "%s: no F32 tensor to check", path), rc = 1;
+    if (!rc) printf("  %d F32 tensors, every value bf16\n", n_checked);
+    st_close(f);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 5 && !strcmp(argv[1], "cmp")) {
         double worst;
@@ -240,8 +272,13 @@ int main(int argc, char **argv) {
         if (rc) fprintf(stderr, "%s\n", msg);
         return rc ? 1 : 0;
     }
+    if ((argc == 3 || argc == 4) && !strcmp(argv[1], "bf16")) {
+        int rc = bf16_check(argv[2], argc == 4 ? argv[3] : NULL);
+        if (rc) fprintf(stderr, "%s\n", msg);
+        return rc ? 1 : 0;
+    }
     if (argc > 1) {
-        fprintf(stderr, "usage: test_train_files [cmp A B RTOL [--weights] | golden FILE GOLDEN]\n");
+        fprintf(stderr, "usage: test_train_files [cmp A B RTOL [--weights] | golden FILE GOLDEN | bf16 FILE [PREFIX]]\n");
         return 2;
     }
     RUN(test_compare);

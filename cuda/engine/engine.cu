@@ -136,6 +136,7 @@ static void cu_train_step(hax_engine *e, const hax_batch *b, const hax_fwd_opts 
     cuda_upload(c->ce_scale, &c->ce_scale_host, sizeof(float));
     opt->step++;
     cuda_adamw_hp_make(&c->hp_host, lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, opt->step);
+    c->hp_host.bf16_pure = opt->bf16_pure;
     cuda_adamw_set(c->hp, &c->hp_host);
     int g = 0;
     // the key: every host value a capture bakes in (sizes, the gate scale's
@@ -222,6 +223,7 @@ static void cu_adamw(hax_engine *e, hax_adamw *opt, double lr) {
     cu_impl *c = impl_of(e);
     opt->step++;
     cuda_adamw_hp_make(&c->hp_host, lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, opt->step);
+    c->hp_host.bf16_pure = opt->bf16_pure;
     cuda_adamw_set(c->hp, &c->hp_host);
     cuda_adamw_step(c->w, c->gr, c->am, c->av, e->model->n_floats, c->hp);
 }

@@ -18,10 +18,29 @@ extern "C" void cuda_adamw_hp_make(cuda_adamw_hp *hp, double lr, double beta1, d
     hp->eps = (float)eps;
     hp->lerp_low = fabsf(hp->w1) < 0.5f;
     hp->one_minus_w1 = 1.0f - hp->w1;
+    hp->bf16_pure = 0;
 }
 
 extern "C" void cuda_adamw_set(cuda_adamw_hp *hp_dev, const cuda_adamw_hp *hp) {
     cuda_upload(hp_dev, hp, sizeof *hp);
+}
+
+// src/ops/adamw.c's adamw_bf16_update, op for op (each line one bf16 rounding).
+__device__ static void adamw_bf16_elem(float *p, const float *g, float *m, float *v, size_t i,
+                                       const cuda_adamw_hp &hp) {
+    float gi = hax_bf16_round(g[i]), mo = m[i];
+    float pi = hax_bf16_round(__fmul_rn(p[i], hp.decay));
+    float diff = __fsub_rn(gi, mo);
+    float mi = hax_bf16_round(hp.lerp_low ? __fadd_rn(mo, __fmul_rn(hp.w1, diff))
+                                          : __fsub_rn(gi, __fmul_rn(diff, hp.one_minus_w1)));
+    float vi = hax_bf16_round(__fmul_rn(v[i], hp.b2));
+    vi = hax_bf16_round(__fadd_rn(vi, __fmul_rn(hp.w2, __fmul_rn(gi, gi))));
+    float den = hax_bf16_round(__fsqrt_rn(vi));
+    den = hax_bf16_round(__fdiv_rn(den, hp.bc2_sqrt));
+    den = hax_bf16_round(__fadd_rn(den, hp.eps));
+    p[i] = hax_bf16_round(__fadd_rn(pi, __fmul_rn(hp.neg_step_size, __fdiv_rn(mi, den))));
+    m[i] = mi;
+    v[i] = vi;
 }
 
 __global__ static void adamw_kernel(float *p, const float *g, float *m, float *v, size_t n,
@@ -29,6 +48,10 @@ __global__ static void adamw_kernel(float *p, const float *g, float *m, float *v
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     const cuda_adamw_hp hp = *hp_;
+    if (hp.bf16_pure) {  // read on the device: a captured graph replays either regime
+        adamw_bf16_elem(p, g, m, v, i, hp);
+        return;
+    }
     float pi = __fmul_rn(p[i], hp.decay);
     float gi = g[i], mo = m[i];
     float diff = __fsub_rn(gi, mo);

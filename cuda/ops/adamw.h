@@ -25,13 +25,15 @@ typedef struct {
     float neg_step_size;  // -(lr / bc1)
     float bc2_sqrt, eps;
     int lerp_low;         // |w1| < 0.5 (torch.lerp's branch)
+    int bf16_pure;        // 1: adamw_bf16_update's op order (set by the caller; make leaves 0)
 } cuda_adamw_hp;
 
 void cuda_adamw_hp_make(cuda_adamw_hp *hp, double lr, double beta1, double beta2, double eps, double weight_decay,
                         int64_t step);
 // Copies hp (host) into hp_dev (device) on the stream.
 void cuda_adamw_set(cuda_adamw_hp *hp_dev, const cuda_adamw_hp *hp);
-// p, m, v updated in place from g, all [n] device floats.
+// p, m, v updated in place from g, all [n] device floats (adamw_update's
+// order, or adamw_bf16_update's when hp->bf16_pure: bit-identical to the CPU).
 void cuda_adamw_step(float *p, const float *g, float *m, float *v, size_t n, const cuda_adamw_hp *hp_dev);
 
 // flag (device int) is set to 1 when any of x[0..n) is not finite (it is not

@@ -67,6 +67,19 @@ __global__ static void add_kernel(float *out, const float *a, const float *b, lo
     if (i < n) out[i] = a[i] + b[i];
 }
 
+// bf16 emulation (src/core/scalar.h's rounding, the same bits as the CPU).
+__global__ static void round_bf16_kernel(float *out, const float *x, long n) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = hax_bf16_round(x[i]);
+}
+
+__global__ static void round_bf16_rows_kernel(float *x, int ld, int width, int rows) {
+    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long)width * rows) return;
+    size_t k = (size_t)(i / width) * ld + i % width;
+    x[k] = hax_bf16_round(x[k]);
+}
+
 // The CE normaliser of a graph step, which changes from step to step while
 // the graph stays the same.
 __global__ static void scale_kernel(float *x, long n, const float *s) {
@@ -117,6 +130,18 @@ extern "C" void cuda_add_attn_backward(float *dattn, float *dEv, float *prod, co
 
 extern "C" void cuda_add(float *out, const float *a, const float *b, long n) {
     add_kernel<<<cu_blocks(n, 256), 256, 0, cu_stream()>>>(out, a, b, n);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void cuda_round_bf16(float *out, const float *x, long n) {
+    if (n <= 0) return;
+    round_bf16_kernel<<<cu_blocks(n, 256), 256, 0, cu_stream()>>>(out, x, n);
+    CUDA_LAUNCHED();
+}
+
+extern "C" void cuda_round_bf16_rows(float *x, int ld, int width, int rows) {
+    if (rows <= 0 || width <= 0) return;
+    round_bf16_rows_kernel<<<cu_blocks((long)width * rows, 256), 256, 0, cu_stream()>>>(x, ld, width, rows);
     CUDA_LAUNCHED();
 }
 

@@ -28,6 +28,10 @@ void cuda_add_attn_backward(float *dattn, float *dEv, float *prod, const float *
                             const float *Ev, int n, int E, void *work);
 // out = a + b (n floats).
 void cuda_add(float *out, const float *a, const float *b, long n);
+// bf16 emulation: out = bf16(x) (n floats; out may be x), and in place on
+// rows x[t*ld + 0..width), t < rows (src/ops/basic.h's round_bf16*).
+void cuda_round_bf16(float *out, const float *x, long n);
+void cuda_round_bf16_rows(float *x, int ld, int width, int rows);
 // x *= *s (s a device float).
 void cuda_scale(float *x, long n, const float *s);
 

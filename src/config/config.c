@@ -18,10 +18,12 @@
 static const char *const device_names[] = {"auto", "cpu", "cuda", NULL};
 static const char *const semantics_names[] = {"reference", "causal", NULL};
 static const char *const test_output_names[] = {"best", "final", NULL};
+static const char *const precision_names[] = {"fp32", "bf16", "bf16-pure", NULL};
 
 const char *config_arch_name(hax_arch a) { return arch_name(a); }
 const char *config_device_name(hax_device d) { return d <= DEVICE_CUDA ? device_names[d] : "?"; }
 const char *config_semantics_name(hax_semantics s) { return s <= SEMANTICS_CAUSAL ? semantics_names[s] : "?"; }
+const char *config_precision_name(hax_precision p) { return p <= PREC_BF16_PURE ? precision_names[p] : "?"; }
 
 #define OFF(field) offsetof(hax_config, field)
 #define SZ(field) sizeof(((hax_config *)0)->field)
@@ -92,6 +94,7 @@ const cfg_field cfg_fields[] = {
     ENUM("train", "test_output_layer", train.test_output_layer, test_output_names),
     BOOL("train", "validate_final", train.validate_final),
     BOOL("train", "eval_fixed_hash", train.eval_fixed_hash),
+    ENUM("train", "precision", train.precision, precision_names),
 
     STR("output", "root", output.root, 1),
     STR("output", "arch", output.arch, 0),
@@ -133,6 +136,7 @@ void config_defaults(hax_config *c) {
     t->test_output_layer = TEST_OUTPUT_BEST;
     t->validate_final = 1;
     t->eval_fixed_hash = 1;
+    t->precision = PREC_FP32;  // the Table 1 configs say so explicitly (README "Precision")
     strcpy(c->output.root, "results");
 }
 
@@ -217,8 +221,8 @@ static int set_value(hax_config *c, const cfg_field *f, const char *s, char *err
             return hax_errf(err, errlen, "expected a string of %.0f..%.0f characters, found %zu", f->lo, f->hi, strlen(s));
         if (strcmp(f->name, "arch") == 0)  // the output label becomes a folder name
             for (const char *q = s; *q; q++)
-                if (!(isalnum((unsigned char)*q) || strchr("_-.+", *q)))
-                    return hax_errf(err, errlen, "expected a label of letters, digits and _ - . +, found '%s'", s);
+                if (!(isalnum((unsigned char)*q) || strchr("_-.+@", *q)))
+                    return hax_errf(err, errlen, "expected a label of letters, digits and _ - . + @, found '%s'", s);
         memset(p, 0, f->size);
         strcpy(p, s);
         return 0;
@@ -628,6 +632,20 @@ int config_finalize(hax_config *c, char *err, int errlen) {
             snprintf(c->output.arch, sizeof c->output.arch, "%s+%s", config_arch_name(c->model.arch), c->model.sparse_arch);
         else
             snprintf(c->output.arch, sizeof c->output.arch, "%s", config_arch_name(c->model.arch));
+    }
+    c->model.precision = c->train.precision;
+    // Two regimes never share a results folder: a label of a non-fp32 run
+    // ends in "@<precision>" (added once, so a printed config reloads equal).
+    if (c->train.precision != PREC_FP32) {
+        char suf[32];
+        snprintf(suf, sizeof suf, "@%s", config_precision_name(c->train.precision));
+        size_t la = strlen(c->output.arch), ls = strlen(suf);
+        if (la < ls || strcmp(c->output.arch + la - ls, suf) != 0) {
+            if (la + ls >= sizeof c->output.arch)
+                return hax_errf(err, errlen, "output.arch: expected at most %zu characters with the suffix %s, found %zu",
+                                sizeof c->output.arch - 1 - ls, suf, la);
+            strcat(c->output.arch, suf);
+        }
     }
     return 0;
 }

@@ -48,6 +48,7 @@ typedef struct {
     hax_test_output test_output_layer;  // best (fixed) | final (reference, quirk 1)
     int validate_final;      // 1: also validate the final weights (fixes quirk 15); 0: reference
     int eval_fixed_hash;     // 1: fixed seeded hash matrices in evaluation (paper); 0: redrawn (quirk 6)
+    hax_precision precision; // fp32 | bf16 | bf16-pure (README "Precision")
 } hax_train_config;
 
 typedef struct {
@@ -110,5 +111,6 @@ void config_run_dir(const hax_config *c, char *buf, size_t n);
 const char *config_arch_name(hax_arch a);
 const char *config_device_name(hax_device d);
 const char *config_semantics_name(hax_semantics s);
+const char *config_precision_name(hax_precision p);
 
 #endif

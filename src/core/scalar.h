@@ -10,6 +10,7 @@
 #define HAX_CORE_SCALAR_H
 
 #include <math.h>
+#include <stdint.h>
 
 #ifdef __CUDACC__
 #define HAX_HD __host__ __device__
@@ -30,6 +31,27 @@ HAX_HD HAX_INLINE float hax_dsilu(float x) {
 HAX_HD HAX_INLINE float hax_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 // Its derivative, consistent with the threshold (1 when x > 20).
 HAX_HD HAX_INLINE float hax_dsoftplus(float x) { return x > 20.0f ? 1.0f : hax_sigmoid(x); }
+
+// bf16 emulation (train.precision bf16 / bf16-pure, MODEL.md §0 "Precision"):
+// x rounded to the nearest bfloat16 value, ties to even, returned as a float
+// (its low 16 bits zero). Subnormals round like any other value (no flush),
+// ±Inf stay, values at or above the halfway point past bf16's largest finite
+// value (3.3895e38) become ±Inf, and a NaN stays a NaN (quiet, low bits
+// cleared, as torch's float->bf16 conversion does).
+HAX_HD HAX_INLINE float hax_bf16_round(float x) {
+    union {
+        float f;
+        uint32_t u;
+    } v;
+    v.f = x;
+    if ((v.u & 0x7fffffffu) > 0x7f800000u) {
+        v.u = (v.u | 0x00400000u) & 0xffff0000u;
+        return v.f;
+    }
+    v.u += 0x7fffu + ((v.u >> 16) & 1u);
+    v.u &= 0xffff0000u;
+    return v.f;
+}
 
 // ---- key selection's ranking loss (double)
 HAX_HD HAX_INLINE double hax_sigmoid_d(double a) { return 1.0 / (1.0 + exp(-a)); }

@@ -207,6 +207,7 @@ static const hax_ops cpu_ops = {
     .add_rmsnorm_forward = add_rmsnorm_forward, .add_rmsnorm_backward = cpu_add_rmsnorm_backward, .add = cpu_add,
     .logits_forward = logits_forward, .logits_backward = logits_backward, .ce_forward = cpu_ce_forward,
     .ce_backward = ce_backward, .scale = NULL,
+    .round_bf16 = round_bf16, .round_bf16_rows = round_bf16_rows,
     .linear_forward = linear_forward, .linear_backward = linear_backward,
     .conv_silu_forward = cpu_conv_silu_forward, .conv_silu_backward = cpu_conv_silu_backward,
     .scan_forward = cpu_scan_forward, .scan_backward = cpu_scan_backward,

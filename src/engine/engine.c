@@ -6,6 +6,15 @@
 //   Samba block:           s = h + mixer(rmsnorm(h)); h <- s + mlp(rmsnorm(s))   (§4.2, golden README Q19)
 //   mixer = pre half -> [sparse branch on X] -> post half (mixer.c)
 //   head:  hf = rmsnorm_f(h); logits = hf . W_emb^T; CE + accuracy at scored positions
+//
+// bf16 emulation (train.precision; ops.h's hax_bf16_pure / hax_bf16_act, no
+// ops at all in fp32). bf16-pure rounds, forward: each norm output, each
+// mixer / MLP output, the residual sum, hf, the logits (MODEL.md §1.2-§1.6,
+// §4.2); backward: dlogits, dhf, each block's gradient (the residual's sum
+// bf16(dh + bf16(dnorm)) as autograd adds them), da, and every parameter's
+// gradient at the end (fp32 sums inside the kernels, one rounding each, and
+// W_emb's two uses added in bf16). Mixed bf16: the GEMMs read the bf16 copy
+// wq of the weights and bf16-rounded inputs.
 #include <stdlib.h>
 #include <string.h>
 
@@ -128,6 +137,7 @@ hax_engine *engine_new(const hax_backend *be, hax_model *m, float *w, float *g, 
     eng_core *c = xcalloc(1, sizeof *c);
     e->be = be, e->model = m, e->impl = impl, e->core = c;
     c->ops = be->ops, c->w = w, c->g = g;
+    if (m->cfg.precision == PREC_BF16) c->wq = c->ops->alloc(sizeof(float) * m->n_floats);
     c->L = xcalloc(m->cfg.n_layers, sizeof(eng_layer));
     c->loss = c->ops->alloc(sizeof(double));
     c->h_gate = xcalloc(m->cfg.n_layers, sizeof(double));
@@ -142,6 +152,7 @@ void engine_free(hax_engine *e) {
     batch_free(c, e->model);
     for (int l = 0; l < e->model->cfg.n_layers; l++) c->ops->free(c->L[l].hash_dev), free(c->L[l].hash);
     c->ops->free(c->loss);
+    c->ops->free(c->wq);
     if (e->be->destroy) e->be->destroy(e);
     free(c->h_gate), free(c->L), free(c);
     free(e);
@@ -176,26 +187,43 @@ void engine_run_forward(hax_engine *e) {
     const hax_model_config *cfg = &m->cfg;
     const hax_batch *b = c->run;
     int n = b->n_tok, d = cfg->hidden_size, V = cfg->vocab_size;
+    long nd = (long)n * d;
     float *W_emb = eng_w(c, m, m->embeddings);
+    if (c->wq) ops->round_bf16(c->wq, c->w, (long)m->n_floats);  // mixed bf16: the GEMMs' weights
+    // bf16-pure: the weights are bf16 values, so the embedding rows are too
     ops->embedding_forward(c->L[0].hin, c->ids, W_emb, n, d, V);
     for (int l = 0; l < cfg->n_layers; l++) {
         eng_layer *L = &c->L[l];
         const hax_layer_params *lp = &m->layers[l];
         float *next = l + 1 < cfg->n_layers ? c->L[l + 1].hin : c->hlast;
         ops->rmsnorm_forward(L->a, L->rstd, L->hin, eng_w(c, m, lp->norm), n, d, cfg->norm_eps);
+        hax_bf16_act(ops, cfg, L->a, nd);
         mixer_forward(c, m, l, c->tmp);
+        hax_bf16_pure(ops, cfg, c->tmp, nd);
         if (arch_has_mlp(cfg)) {
+            // §1.2: s = bf16(o + res); a2 from the unrounded fp32 sum, then rounded
             ops->add_rmsnorm_forward(L->a2, L->s, L->rstd2, c->tmp, L->hin, eng_w(c, m, lp->mlp_norm), n, d,
                                      cfg->norm_eps);
-            mlp_params mp = {eng_w(c, m, lp->gate_proj), eng_w(c, m, lp->up_proj), eng_w(c, m, lp->down_proj)};
+            hax_bf16_pure(ops, cfg, L->s, nd);
+            hax_bf16_act(ops, cfg, L->a2, nd);
+            mlp_params mp = {eng_wg(c, m, lp->gate_proj), eng_wg(c, m, lp->up_proj), eng_wg(c, m, lp->down_proj)};
             ops->mlp_forward(c->tmp, d, &L->mlp, L->a2, d, &mp, n, d, cfg->mlp_hidden);
-            ops->add(next, L->s, c->tmp, (long)n * d);
+            hax_bf16_pure(ops, cfg, c->tmp, nd);
+            // g, u, s are bf16 in the reference (§4.2); the fused op used them
+            // in fp32, rounded here for its backward (not emulated inside)
+            long nm = (long)n * cfg->mlp_hidden;
+            hax_bf16_pure(ops, cfg, L->mlp.g, nm), hax_bf16_pure(ops, cfg, L->mlp.u, nm);
+            hax_bf16_pure(ops, cfg, L->mlp.s, nm);
+            ops->add(next, L->s, c->tmp, nd);
         } else {
-            ops->add(next, L->hin, c->tmp, (long)n * d);
+            ops->add(next, L->hin, c->tmp, nd);  // Mamba-2's fp32 residual sum, then bf16: the same value
         }
+        hax_bf16_pure(ops, cfg, next, nd);
     }
     ops->rmsnorm_forward(c->hf, c->rstd_f, c->hlast, eng_w(c, m, m->norm_f), n, d, cfg->norm_eps);
-    ops->logits_forward(c->logits, c->hf, W_emb, n, d, V);
+    hax_bf16_act(ops, cfg, c->hf, nd);
+    ops->logits_forward(c->logits, c->hf, eng_wg(c, m, m->embeddings), n, d, V);
+    hax_bf16_pure(ops, cfg, c->logits, (long)n * V);  // the CE reads bf16 logits in fp32
     ops->ce_forward(c->loss, c->correct, c->count, c->logits, c->labels, b->loss_mask ? c->mask : NULL, c->seq_off,
                     b->n_seq, n, V, c->work);
 }
@@ -244,6 +272,31 @@ void engine_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, ha
 
 // ---------------------------------------------------------------- backward
 
+// The block norm's backward from c->da: its share of the input gradient added
+// into dres (the residual's gradient, which passes through unchanged). In
+// bf16-pure the share is a bf16 tensor first (c->dh2 is free here), then the
+// sum is rounded, as autograd adds the two bf16 gradients.
+static void block_norm_backward(eng_core *c, const hax_model *m, int l, float *dres) {
+    const hax_ops *ops = c->ops;
+    const hax_model_config *cfg = &m->cfg;
+    const hax_layer_params *lp = &m->layers[l];
+    eng_layer *L = &c->L[l];
+    int n = c->run->n_tok, d = cfg->hidden_size;
+    long nd = (long)n * d;
+    hax_bf16_pure(ops, cfg, c->da, nd);
+    if (cfg->precision != PREC_BF16_PURE) {
+        ops->rmsnorm_backward(dres, eng_g(c, m, lp->norm), c->da, L->hin, L->rstd, eng_w(c, m, lp->norm), n, d,
+                              c->work);
+        return;
+    }
+    ops->zero(c->dh2, sizeof(float) * nd);
+    ops->rmsnorm_backward(c->dh2, eng_g(c, m, lp->norm), c->da, L->hin, L->rstd, eng_w(c, m, lp->norm), n, d,
+                          c->work);
+    hax_bf16_pure(ops, cfg, c->dh2, nd);
+    ops->add(dres, dres, c->dh2, nd);
+    hax_bf16_pure(ops, cfg, dres, nd);
+}
+
 void engine_run_backward(hax_engine *e, const float *ce_scale) {
     eng_core *c = e->core;
     const hax_ops *ops = c->ops;
@@ -253,7 +306,7 @@ void engine_run_backward(hax_engine *e, const float *ce_scale) {
     int n = b->n_tok, d = cfg->hidden_size, V = cfg->vocab_size;
     size_t nd = (size_t)n * d;
     const uint8_t *mask = b->loss_mask ? c->mask : NULL;
-    float *W_emb = eng_w(c, m, m->embeddings), *dW_emb = eng_g(c, m, m->embeddings);
+    float *dW_emb = eng_g(c, m, m->embeddings);
     if (e->be->backward_sets_grads) ops->zero(c->g, sizeof(float) * m->n_floats);
     if (ce_scale) {  // the normaliser from backend memory: a graph replays with each step's
         ops->ce_backward(c->dlogits, c->logits, c->labels, mask, n, V, 1.0f);
@@ -262,40 +315,46 @@ void engine_run_backward(hax_engine *e, const float *ce_scale) {
         ops->ce_backward(c->dlogits, c->logits, c->labels, mask, n, V,
                          c->ce_count > 0 ? (float)(1.0 / c->ce_count) : 0.0f);
     }
+    hax_bf16_pure(ops, cfg, c->dlogits, (long)n * V);
     ops->zero(c->dh2, sizeof(float) * nd);  // d hf
-    ops->logits_backward(c->dh2, dW_emb, c->dlogits, c->hf, W_emb, n, d, V);
+    ops->logits_backward(c->dh2, dW_emb, c->dlogits, c->hf, eng_wg(c, m, m->embeddings), n, d, V);
+    hax_bf16_pure(ops, cfg, c->dh2, (long)nd);
+    hax_bf16_pure(ops, cfg, dW_emb, (long)V * d);  // its first use; the embedding's share is added below
     // dh: gradient of the current block's output; tmp: the other buffer (Samba swaps them)
     float *dh = c->dh, *tmp = c->tmp;
     ops->zero(dh, sizeof(float) * nd);  // d hlast
     ops->rmsnorm_backward(dh, eng_g(c, m, m->norm_f), c->dh2, c->hlast, c->rstd_f, eng_w(c, m, m->norm_f), n, d,
                           c->work);
+    hax_bf16_pure(ops, cfg, dh, (long)nd);
     for (int l = cfg->n_layers - 1; l >= 0; l--) {
         eng_layer *L = &c->L[l];
         const hax_layer_params *lp = &m->layers[l];
         ops->zero(c->da, sizeof(float) * nd);
         if (arch_has_mlp(cfg)) {
-            mlp_params mp = {eng_w(c, m, lp->gate_proj), eng_w(c, m, lp->up_proj), eng_w(c, m, lp->down_proj)};
+            mlp_params mp = {eng_wg(c, m, lp->gate_proj), eng_wg(c, m, lp->up_proj), eng_wg(c, m, lp->down_proj)};
             mlp_grads mg = {eng_g(c, m, lp->gate_proj), eng_g(c, m, lp->up_proj), eng_g(c, m, lp->down_proj)};
             ops->zero(c->dh2, sizeof(float) * nd);  // d a2
             ops->mlp_backward(c->dh2, d, &mg, dh, d, L->a2, d, &L->mlp, &mp, n, d, cfg->mlp_hidden, c->work);
+            hax_bf16_pure(ops, cfg, c->dh2, (long)nd);
             // s = mixer_out + hin receives dh directly and through the norm
             ops->zero(c->dmix, sizeof(float) * nd);
             ops->zero(tmp, sizeof(float) * nd);  // d hin (residual path)
             ops->add_rmsnorm_backward(c->dmix, tmp, eng_g(c, m, lp->mlp_norm), c->dh2, dh, L->s, L->rstd2,
                                       eng_w(c, m, lp->mlp_norm), n, d, c->work);
+            hax_bf16_pure(ops, cfg, c->dmix, (long)nd);
+            hax_bf16_pure(ops, cfg, tmp, (long)nd);
             mixer_backward(c, m, l, c->dmix, c->da);
-            ops->rmsnorm_backward(tmp, eng_g(c, m, lp->norm), c->da, L->hin, L->rstd, eng_w(c, m, lp->norm), n, d,
-                                  c->work);
+            block_norm_backward(c, m, l, tmp);
             float *t = dh;
             dh = tmp, tmp = t;
         } else {
             mixer_backward(c, m, l, dh, c->da);
-            // the residual passes dh through unchanged; the norm adds its share
-            ops->rmsnorm_backward(dh, eng_g(c, m, lp->norm), c->da, L->hin, L->rstd, eng_w(c, m, lp->norm), n, d,
-                                  c->work);
+            block_norm_backward(c, m, l, dh);
         }
     }
     ops->embedding_backward(dW_emb, dh, c->ids, n, d, V, c->work);
+    // bf16-pure: each parameter's .grad is a bf16 tensor (W_emb: bf16 + bf16)
+    hax_bf16_pure(ops, cfg, c->g, (long)m->n_floats);
 }
 
 void engine_backward(hax_engine *e) {

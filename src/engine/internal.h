@@ -34,6 +34,7 @@ typedef struct {
 typedef struct eng_core {
     const hax_ops *ops;
     float *w, *g;            // the backend's weights and gradients [n_floats]
+    float *wq;               // mixed bf16 only: bf16(w), what the GEMMs read (else NULL)
     int cap_tok, cap_seq, cap_len;
     float *arena;            // the activation table's tensors
     size_t arena_floats;
@@ -60,6 +61,10 @@ typedef struct eng_core {
 // Backend weights / gradients of parameter idx (NULL for idx < 0).
 static inline float *eng_w(const eng_core *c, const hax_model *m, int idx) {
     return idx < 0 ? NULL : c->w + m->params[idx].offset;
+}
+// The weights a GEMM reads: the bf16 copy in mixed bf16, else eng_w.
+static inline float *eng_wg(const eng_core *c, const hax_model *m, int idx) {
+    return idx < 0 ? NULL : (c->wq ? c->wq : c->w) + m->params[idx].offset;
 }
 static inline float *eng_g(const eng_core *c, const hax_model *m, int idx) {
     return idx < 0 ? NULL : c->g + m->params[idx].offset;

@@ -6,15 +6,17 @@
 
 #include "src/core/common.h"
 #include "src/core/rng.h"
+#include "src/core/scalar.h"
 #include "src/engine/internal.h"
 #include "src/sparse/ks.h"
 
 // ---------------------------------------------------------------- parameters
 
 static mamba_params mamba_w(const eng_core *c, const hax_model *m, const hax_layer_params *l) {
-    mamba_params p = {eng_w(c, m, l->A_log),     eng_w(c, m, l->D),         eng_w(c, m, l->conv_w),
-                      eng_w(c, m, l->conv_b),    eng_w(c, m, l->in_proj),   eng_w(c, m, l->x_proj),
-                      eng_w(c, m, l->dt_proj_w), eng_w(c, m, l->dt_proj_b), eng_w(c, m, l->out_proj),
+    // GEMM weights through eng_wg (bf16 copies in mixed bf16)
+    mamba_params p = {eng_w(c, m, l->A_log),      eng_w(c, m, l->D),         eng_w(c, m, l->conv_w),
+                      eng_w(c, m, l->conv_b),     eng_wg(c, m, l->in_proj),  eng_wg(c, m, l->x_proj),
+                      eng_wg(c, m, l->dt_proj_w), eng_w(c, m, l->dt_proj_b), eng_wg(c, m, l->out_proj),
                       eng_w(c, m, l->E)};
     return p;
 }
@@ -28,9 +30,9 @@ static mamba_grads mamba_g(const eng_core *c, const hax_model *m, const hax_laye
 }
 
 static mamba2_params mamba2_w(const eng_core *c, const hax_model *m, const hax_layer_params *l) {
-    mamba2_params p = {eng_w(c, m, l->dt_bias), eng_w(c, m, l->A_log),   eng_w(c, m, l->D),
-                       eng_w(c, m, l->conv_w),  eng_w(c, m, l->conv_b),  eng_w(c, m, l->in_proj),
-                       eng_w(c, m, l->gnorm),   eng_w(c, m, l->out_proj), eng_w(c, m, l->E)};
+    mamba2_params p = {eng_w(c, m, l->dt_bias), eng_w(c, m, l->A_log),    eng_w(c, m, l->D),
+                       eng_w(c, m, l->conv_w),  eng_w(c, m, l->conv_b),   eng_wg(c, m, l->in_proj),
+                       eng_w(c, m, l->gnorm),   eng_wg(c, m, l->out_proj), eng_w(c, m, l->E)};
     return p;
 }
 
@@ -42,7 +44,8 @@ static mamba2_grads mamba2_g(const eng_core *c, const hax_model *m, const hax_la
 }
 
 static attn_params attn_w(const eng_core *c, const hax_model *m, const hax_layer_params *l) {
-    attn_params p = {eng_w(c, m, l->q_proj), eng_w(c, m, l->k_proj), eng_w(c, m, l->v_proj), eng_w(c, m, l->o_proj)};
+    attn_params p = {eng_wg(c, m, l->q_proj), eng_wg(c, m, l->k_proj), eng_wg(c, m, l->v_proj),
+                     eng_wg(c, m, l->o_proj)};
     return p;
 }
 
@@ -52,8 +55,8 @@ static attn_grads attn_g(const eng_core *c, const hax_model *m, const hax_layer_
 }
 
 static ks_params ks_w(const eng_core *c, const hax_model *m, const hax_layer_params *l) {
-    ks_params p = {eng_w(c, m, l->dx1_w), eng_w(c, m, l->dx1_b), eng_w(c, m, l->dx2_w),
-                   eng_w(c, m, l->dx2_b), eng_w(c, m, l->dx3_w), eng_w(c, m, l->dx3_b)};
+    ks_params p = {eng_wg(c, m, l->dx1_w), eng_w(c, m, l->dx1_b), eng_wg(c, m, l->dx2_w),
+                   eng_w(c, m, l->dx2_b),  eng_wg(c, m, l->dx3_w), eng_w(c, m, l->dx3_b)};
     return p;
 }
 
@@ -101,6 +104,9 @@ void mixer_inputs(eng_core *c, const hax_model *m, const hax_batch *b, const hax
                 hax_rng r;
                 rng_init(&r, o->seed, o->train ? RNG_LSH : RNG_LSH_EVAL, o->step, (uint32_t)l, 0);
                 for (size_t i = 0; i < nh; i++) L->hash[i] = (float)rng_normal(&r);
+                // bf16-pure: the reference draws H with torch.randn in bf16 (§5.4)
+                if (cfg->precision == PREC_BF16_PURE)
+                    for (size_t i = 0; i < nh; i++) L->hash[i] = hax_bf16_round(L->hash[i]);
             }
             L->have_hash = 1;
             ops->upload(L->hash_dev, L->hash, sizeof(float) * nh);
@@ -135,10 +141,13 @@ static void branch_forward(eng_core *c, const hax_model *m, int l, const float *
     const hax_layer_params *lp = &m->layers[l];
     eng_layer *L = &c->L[l];
     ks_params kp = ks_w(c, m, lp);
-    c->ops->sparse_forward(L->sp, cfg, c->run, c->seq_off, X, ldX, eng_w(c, m, lp->xx_proj),
+    c->ops->sparse_forward(L->sp, cfg, c->run, c->seq_off, X, ldX, eng_wg(c, m, lp->xx_proj),
                            eng_has_ks(cfg) ? &kp : NULL, eng_has_lsh(cfg) ? L->hash_dev : NULL,
                            eng_has_ks(cfg) && c->train ? L->cand_dev : NULL, c->train, L->attn,
                            cfg->intermediate_size);
+    // bf16-pure: the branch's output is a bf16 tensor (its inside — LSH, key
+    // selection, the sparse softmax — computes in fp32 here: not emulated)
+    hax_bf16_pure(c->ops, cfg, L->attn, (long)c->run->n_tok * cfg->intermediate_size);
 }
 
 // Its backward from c->dattn: adds into dX (ld ld_dX) and the branch's gradients.
@@ -149,7 +158,7 @@ static void branch_backward(eng_core *c, const hax_model *m, int l, const float 
     ks_grads kg = ks_g(c, m, lp);
     float gate_scale = (float)(cfg->gate_loss_weight / c->run->global_n_seq);
     c->ops->sparse_backward(c->L[l].sp, cfg, c->run, c->seq_off, c->dattn, cfg->intermediate_size, gate_scale, X,
-                            ldX, eng_w(c, m, lp->xx_proj), eng_has_ks(cfg) ? &kp : NULL, dX, ld_dX,
+                            ldX, eng_wg(c, m, lp->xx_proj), eng_has_ks(cfg) ? &kp : NULL, dX, ld_dX,
                             eng_g(c, m, lp->xx_proj), eng_has_ks(cfg) ? &kg : NULL);
 }
 
@@ -164,6 +173,12 @@ void mixer_forward(eng_core *c, const hax_model *m, int l, float *out) {
     if (lp->is_attn) {
         attn_params p = attn_w(c, m, lp);
         ops->attn_forward(out, d, &L->att, L->a, d, &p, cfg, c->seq_off, n_seq, n);
+        // bf16-pure: q, k, v, o are bf16 tensors in the reference; the fused op
+        // computes them in fp32 and they are rounded afterwards, for the
+        // backward (an approximation: the forward used the fp32 values)
+        size_t nd = (size_t)n * d;
+        hax_bf16_pure(ops, cfg, L->att.q, nd), hax_bf16_pure(ops, cfg, L->att.k, nd);
+        hax_bf16_pure(ops, cfg, L->att.v, nd), hax_bf16_pure(ops, cfg, L->att.o, nd);
     } else if (arch_ssm_mixer(cfg) == MIXER_MAMBA2) {
         mamba2_params p = mamba2_w(c, m, lp);
         mamba2_pre_forward(ops, &L->mam2, L->a, d, &p, cfg, c->seq_off, n_seq, n);

@@ -1,5 +1,12 @@
 // mixer_mamba.c: see mixer_mamba.h. The step order is the one both backends
 // ran before the orchestration was shared (the CUDA kernels launch in it).
+// bf16 emulation (ops.h's hax_bf16_pure / hax_bf16_act; no-ops in fp32):
+// forward, each op's output where the reference stores bf16 (MODEL.md §2.2:
+// xz, x' = silu(conv), x_dbl, Δraw, the gated scan output o); backward, each
+// gradient tensor autograd passes between ops (do, dy, dz, dattn, dX, dΔraw,
+// dx_dbl, dx). A tensor that receives several contributions (dX: the scan,
+// x_proj, the sparse branch) is rounded after each op that adds to it, so a
+// sum is bf16(bf16 + fp32 contribution) where the reference adds two bf16s.
 #include "src/engine/mixer_mamba.h"
 
 #include "src/core/common.h"
@@ -76,8 +83,10 @@ void mamba_pre_forward(const hax_ops *ops, mamba_acts *acts, const float *a, int
                        const hax_model_config *cfg, const int *seq_off, int n_seq, int n_tok) {
     mamba_dims m = dims_of(cfg);
     ops->linear_forward(acts->xz, 2 * m.E, a, ld_a, w->in_proj, NULL, n_tok, m.d, 2 * m.E);
+    hax_bf16_pure(ops, cfg, acts->xz, (long)n_tok * 2 * m.E);
     ops->conv_silu_forward(acts->X, acts->conv_pre, acts->xz, 2 * m.E, w->conv_w, w->conv_b, seq_off, n_seq, n_tok,
                            m.E, m.K);
+    hax_bf16_act(ops, cfg, acts->X, (long)n_tok * m.E);  // conv_pre stays fp32: the fused kernel's inside
 }
 
 void mamba_post_forward(const hax_ops *ops, float *out, int ld_out, mamba_acts *acts, mamba_bwd *s,
@@ -87,10 +96,16 @@ void mamba_post_forward(const hax_ops *ops, float *out, int ld_out, mamba_acts *
     if (attn && !w->E) hax_die("mixer_mamba: an attention output was given but the mixer has no E parameter");
     float *xd = acts->x_dbl;
     ops->linear_forward(xd, m.RN, acts->X, m.E, w->x_proj, NULL, n_tok, m.E, m.RN);
+    hax_bf16_act(ops, cfg, xd, (long)n_tok * m.RN);
     ops->linear_forward(acts->draw, m.E, xd, m.RN, w->dt_proj_w, NULL, n_tok, m.R, m.E);
+    hax_bf16_pure(ops, cfg, acts->draw, (long)n_tok * m.E);
+    // the scan: fp32 inside (A = -exp(A_log), the dt bias, y), its output is o
     ops->scan_forward(acts->y, acts->ckpt, acts->X, m.E, acts->draw, w->dt_proj_b, w->A_log, xd + m.R,
                       xd + m.R + m.N, m.RN, w->D, seq_off, n_seq, n_tok, m.E, m.N);
     ops->gate_forward(s->o, acts->y, acts->xz, attn, w->E, n_tok, m.E);
+    // o = y·silu(z) is the scan kernel's bf16 output. Enhanced Mamba (§5.7)
+    // rounds the merge's steps too; the fused gate rounds only its result.
+    hax_bf16_act(ops, cfg, s->o, (long)n_tok * m.E);
     ops->linear_forward(out, ld_out, s->o, m.E, w->out_proj, NULL, n_tok, m.E, m.d);
 }
 
@@ -102,11 +117,16 @@ void mamba_post_backward(const hax_ops *ops, mamba_bwd *s, float *dattn, const f
     const float *xd = acts->x_dbl;
     // out_proj (its input o is recomputed rather than kept per layer)
     ops->gate_forward(s->o, acts->y, acts->xz, attn, w->E, n_tok, m.E);
+    hax_bf16_act(ops, cfg, s->o, (long)nE);  // as in the forward
     ops->zero(s->do_, sizeof(float) * nE);
     ops->linear_backward(s->do_, m.E, gr->out_proj, NULL, dout, ld_dout, s->o, m.E, w->out_proj, n_tok, m.E, m.d);
+    hax_bf16_pure(ops, cfg, s->do_, (long)nE);
     // with the branch, s->ddraw (zeroed below) is the dE sum's scratch
     ops->gate_backward(s->dy, s->dxz, dattn, gr->E, s->ddraw, s->do_, acts->y, acts->xz, attn, w->E, n_tok, m.E,
                        work);
+    hax_bf16_pure(ops, cfg, s->dy, (long)nE);
+    hax_bf16_pure_rows(ops, cfg, s->dxz + m.E, 2 * m.E, m.E, n_tok);  // dz
+    if (attn) hax_bf16_pure(ops, cfg, dattn, (long)nE);
     // scan → dX (=, from zero), dΔraw, dB, dC and the scan parameters
     ops->zero(s->dX, sizeof(float) * nE);
     ops->zero(s->ddraw, sizeof(float) * nE);
@@ -114,19 +134,25 @@ void mamba_post_backward(const hax_ops *ops, mamba_bwd *s, float *dattn, const f
     ops->scan_backward(s->dX, m.E, s->ddraw, s->dx_dbl + m.R, s->dx_dbl + m.R + m.N, m.RN, gr->dt_proj_b, gr->A_log,
                        gr->D, s->dy, acts->ckpt, acts->X, m.E, acts->draw, w->dt_proj_b, w->A_log, xd + m.R,
                        xd + m.R + m.N, m.RN, w->D, seq_off, n_seq, n_tok, m.E, m.N, work);
+    hax_bf16_pure(ops, cfg, s->dX, (long)nE);
+    hax_bf16_pure(ops, cfg, s->ddraw, (long)nE);
     // dt_proj (its bias entered inside the scan) → dδ, then x_proj → dX
     ops->linear_backward(s->dx_dbl, m.RN, gr->dt_proj_w, NULL, s->ddraw, m.E, xd, m.RN, w->dt_proj_w, n_tok, m.R,
                          m.E);
+    hax_bf16_pure(ops, cfg, s->dx_dbl, (long)n_tok * m.RN);  // dδ | dB | dC
     ops->linear_backward(s->dX, m.E, gr->x_proj, NULL, s->dx_dbl, m.RN, acts->X, m.E, w->x_proj, n_tok, m.E, m.RN);
+    hax_bf16_pure(ops, cfg, s->dX, (long)nE);
 }
 
 void mamba_pre_backward(const hax_ops *ops, float *da, int ld_da, mamba_bwd *s, const float *a, int ld_a,
                         const mamba_acts *acts, const mamba_params *w, mamba_grads *gr, const hax_model_config *cfg,
                         const int *seq_off, int n_seq, int n_tok, void *work) {
     mamba_dims m = dims_of(cfg);
+    hax_bf16_pure(ops, cfg, s->dX, (long)n_tok * m.E);  // after the sparse branch's share
     // the x half of dxz from zero (the z half was set by the gate)
     ops->zero_rows(s->dxz, 2 * m.E, m.E, n_tok);
     ops->conv_silu_backward(s->dxz, 2 * m.E, gr->conv_w, gr->conv_b, s->dX, acts->conv_pre, acts->xz, 2 * m.E,
                             w->conv_w, seq_off, n_seq, n_tok, m.E, m.K, work);
+    hax_bf16_pure_rows(ops, cfg, s->dxz, 2 * m.E, m.E, n_tok);  // dx
     ops->linear_backward(da, ld_da, gr->in_proj, NULL, s->dxz, 2 * m.E, a, ld_a, w->in_proj, n_tok, m.d, 2 * m.E);
 }

@@ -1,4 +1,9 @@
 // mixer_mamba2.c: the (Enhanced) Mamba-2 mixer in two halves (see mixer_mamba2.h).
+// bf16 emulation (ops.h; no-ops in fp32): forward, p, xBC' = silu(conv), the
+// SSD output y (fp32 inside: A = -exp(A_log), the dt bias, Δ), y' = y +
+// attn·E (one rounding for the fused merge, where §5.7 has two bf16 ops) and
+// g; backward, dg, dy, dattn, dxBC' (after the SSD and after the branch) and
+// dp (z, xBC, dt parts) before in_proj's backward.
 #include "src/engine/mixer_mamba2.h"
 
 #include "src/core/common.h"
@@ -72,8 +77,10 @@ void mamba2_pre_forward(const hax_ops *ops, mamba2_acts *acts, const float *a, i
     int E = cfg->intermediate_size, d = cfg->hidden_size;
     int cd = mamba2_conv_dim(cfg), W = mamba2_proj_dim(cfg);
     ops->linear_forward(acts->p, W, a, ld_a, w->in_proj, NULL, n_tok, d, W);
+    hax_bf16_pure(ops, cfg, acts->p, (long)n_tok * W);
     ops->conv_silu_forward(acts->xbc, acts->xbc_pre, acts->p + E, W, w->conv_w, w->conv_b, seq_off, n_seq, n_tok, cd,
                            cfg->conv_kernel);
+    hax_bf16_act(ops, cfg, acts->xbc, (long)n_tok * cd);  // X is the branch's GEMM input
 }
 
 void mamba2_post_forward(const hax_ops *ops, float *out, int ld_out, mamba2_acts *acts, const float *attn,
@@ -84,12 +91,15 @@ void mamba2_post_forward(const hax_ops *ops, float *out, int ld_out, mamba2_acts
     const float *X = acts->xbc, *dt = acts->p + E + cd;
     ops->ssd_forward(acts->y, E, acts->delta, acts->ckpt, X, cd, dt, W, X + E, X + E + N, cd, w->dt_bias, w->A_log,
                      w->D, seq_off, n_seq, n, cfg->n_heads, cfg->head_dim, N);
+    hax_bf16_pure(ops, cfg, acts->y, (long)n * E);
     if (attn) {
         if (!w->E) hax_die("mixer_mamba2: an attention output was given but the parameter E is NULL");
         // Enhanced Mamba-2 (MODEL.md §5.7): y' = y + attn ⊙ E before the gated norm.
         ops->add_attn_forward(acts->y, attn, w->E, n, E);
+        hax_bf16_pure(ops, cfg, acts->y, (long)n * E);
     }
     ops->gated_norm_forward(acts->g, E, acts->rstd, acts->y, E, acts->p, W, w->norm_w, n, E, cfg->norm_eps);
+    hax_bf16_act(ops, cfg, acts->g, (long)n * E);
     ops->linear_forward(out, ld_out, acts->g, E, w->out_proj, NULL, n, E, cfg->hidden_size);
 }
 
@@ -106,14 +116,18 @@ void mamba2_post_backward(const hax_ops *ops, mamba2_bwd *s, float *dattn, const
 
     ops->linear_backward(s->dg, E, gr->out_proj, NULL, dout, ld_dout, acts->g, E, w->out_proj, n, E,
                          cfg->hidden_size);
+    hax_bf16_pure(ops, cfg, s->dg, (long)nE);
     ops->gated_norm_backward(s->dy, E, s->dp, W, gr->norm_w, s->dg, E, acts->rstd, acts->y, E, acts->p, W, w->norm_w,
                              n, E, work);
+    hax_bf16_pure(ops, cfg, s->dy, (long)nE);
     // y' = y + attn·E: dattn += dy·E, dE += Σ_t dy·attn (dg is free again: the sum's scratch)
     if (attn) ops->add_attn_backward(dattn, gr->E, s->dg, s->dy, attn, w->E, n, E, work);
+    if (attn) hax_bf16_pure(ops, cfg, dattn, (long)nE);
     const float *X = acts->xbc, *dt = acts->p + E + cd;
     ops->ssd_backward(s->dxbc, cd, s->dp + E + cd, W, s->dxbc + E, s->dxbc + E + N, cd, gr->dt_bias, gr->A_log,
                       gr->D, s->dy, E, acts->delta, acts->ckpt, X, cd, dt, W, X + E, X + E + N, cd, w->dt_bias,
                       w->A_log, w->D, seq_off, n_seq, n, cfg->n_heads, cfg->head_dim, N, work);
+    hax_bf16_pure(ops, cfg, s->dxbc, (long)n * cd);
 }
 
 void mamba2_pre_backward(const hax_ops *ops, float *da, int ld_da, mamba2_bwd *s, const float *a, int ld_a,
@@ -121,7 +135,9 @@ void mamba2_pre_backward(const hax_ops *ops, float *da, int ld_da, mamba2_bwd *s
                          const hax_model_config *cfg, const int *seq_off, int n_seq, int n_tok, void *work) {
     int E = cfg->intermediate_size, d = cfg->hidden_size;
     int cd = mamba2_conv_dim(cfg), W = mamba2_proj_dim(cfg);
+    hax_bf16_pure(ops, cfg, s->dxbc, (long)n_tok * cd);  // after the sparse branch's share
     ops->conv_silu_backward(s->dp + E, W, gr->conv_w, gr->conv_b, s->dxbc, acts->xbc_pre, acts->p + E, W, w->conv_w,
                             seq_off, n_seq, n_tok, cd, cfg->conv_kernel, work);
+    hax_bf16_pure(ops, cfg, s->dp, (long)n_tok * W);  // dz | dxBC | ddt
     ops->linear_backward(da, ld_da, gr->in_proj, NULL, s->dp, W, a, ld_a, w->in_proj, n_tok, d, W);
 }

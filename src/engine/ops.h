@@ -62,6 +62,10 @@ typedef struct hax_ops {
                        const uint8_t *mask, const int *seq_off, int n_seq, int n_tok, int V, void *work);
     void (*ce_backward)(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask, int n_tok,
                         int V, float scale);
+    // bf16 emulation (train.precision): out[0..n) = bf16(x) (out may be x),
+    // and in place on rows x[t*ld + 0..width), t < rows.
+    void (*round_bf16)(float *out, const float *x, long n);
+    void (*round_bf16_rows)(float *x, int ld, int width, int rows);
     // x[0..n) *= *s (s backend memory; graph steps' CE normaliser). May be NULL.
     void (*scale)(float *x, long n, const float *s);
 
@@ -138,6 +142,22 @@ typedef struct hax_ops {
                             const float *W_xx, const ks_params *ks, float *dX, int ld_dX, float *dW_xx,
                             ks_grads *dks);
 } hax_ops;
+
+// bf16 emulation in the neutral engine (train.precision, README "Precision").
+// pure: a tensor the reference materialises in bf16 (MODEL.md §0), rounded in
+// bf16-pure only. act: the same, and also a GEMM input, rounded in mixed bf16
+// too (there every GEMM reads bf16 inputs and accumulates in fp32). Both are
+// no-ops in fp32, so an fp32 run issues exactly the ops it did before.
+static inline void hax_bf16_pure(const hax_ops *ops, const hax_model_config *cfg, float *x, long n) {
+    if (cfg->precision == PREC_BF16_PURE && x && n > 0) ops->round_bf16(x, x, n);
+}
+static inline void hax_bf16_pure_rows(const hax_ops *ops, const hax_model_config *cfg, float *x, int ld, int width,
+                                      int rows) {
+    if (cfg->precision == PREC_BF16_PURE && x && rows > 0) ops->round_bf16_rows(x, ld, width, rows);
+}
+static inline void hax_bf16_act(const hax_ops *ops, const hax_model_config *cfg, float *x, long n) {
+    if (cfg->precision != PREC_FP32 && x && n > 0) ops->round_bf16(x, x, n);
+}
 
 // The CPU backend's table (src/engine/cpu.c): host memory, src/ops kernels.
 const hax_ops *hax_cpu_ops(void);

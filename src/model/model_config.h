@@ -13,6 +13,15 @@ typedef enum {
     SEMANTICS_CAUSAL = 1,     // the paper: causal per-token statistics, empty rows contribute nothing
 } hax_semantics;
 
+// The numeric regime of a run (train.precision; README "Precision"):
+//   PREC_FP32      float32 everywhere (the default; hax's engine before issue 10)
+//   PREC_BF16      mixed: fp32 weights, AdamW state and elementwise work, GEMM
+//                  inputs rounded to bf16 (fp32 accumulation), emulated
+//   PREC_BF16_PURE the reference's regime (MODEL.md §0 "Precision", §8.5): every
+//                  tensor the reference materialises rounded to bf16, emulated by
+//                  rounding fp32 values to nearest-even where it rounds
+typedef enum { PREC_FP32 = 0, PREC_BF16 = 1, PREC_BF16_PURE = 2 } hax_precision;
+
 typedef struct hax_model_config {
     hax_arch arch;
     int vocab_size;        // V (100)
@@ -46,6 +55,9 @@ typedef struct hax_model_config {
     int data_max_length;   // 2048: the dilation is data_max_length / k_c
     float gate_loss_weight;// alpha (0.1)
     hax_semantics semantics;
+    // Not a model field: the engine's copy of train.precision (config_finalize
+    // sets it; a config built otherwise, hax-check's, stays PREC_FP32).
+    hax_precision precision;
 } hax_model_config;
 
 // Parses a sparse pattern name ("sliding_window+sink", ...; "" or "none" for

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "src/core/common.h"
+#include "src/core/scalar.h"
 
 void adamw_init(hax_adamw *opt, size_t n, double beta1, double beta2, double eps, double weight_decay) {
     memset(opt, 0, sizeof *opt);
@@ -56,8 +57,43 @@ void adamw_update(float *p, const float *g, float *m, float *v, size_t n, double
     }
 }
 
+void adamw_bf16_update(float *p, const float *g, float *m, float *v, size_t n, double lr, double beta1,
+                       double beta2, double eps, double weight_decay, int64_t step) {
+    // the float scalars exactly as adamw_update makes them
+    const float decay = (float)(1.0 - lr * weight_decay);
+    const float w1 = (float)(1.0 - beta1);
+    const float b2 = (float)beta2, w2 = (float)(1.0 - beta2);
+    const double bc1 = 1.0 - pow(beta1, (double)step);
+    const double bc2 = 1.0 - pow(beta2, (double)step);
+    const float neg_step_size = (float)(-(lr / bc1));
+    const float bc2_sqrt = (float)sqrt(bc2);
+    const float epsf = (float)eps;
+    const int lerp_low = fabsf(w1) < 0.5f;
+    const float one_minus_w1 = 1.0f - w1;
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+    for (size_t i = 0; i < n; i++) {
+        float gi = hax_bf16_round(g[i]);
+        float pi = hax_bf16_round(p[i] * decay);
+        float diff = gi - m[i];
+        float mi = hax_bf16_round(lerp_low ? m[i] + w1 * diff : gi - diff * one_minus_w1);
+        float vi = hax_bf16_round(v[i] * b2);
+        vi = hax_bf16_round(vi + w2 * (gi * gi));
+        float den = hax_bf16_round(sqrtf(vi));
+        den = hax_bf16_round(den / bc2_sqrt);
+        den = hax_bf16_round(den + epsf);
+        p[i] = hax_bf16_round(pi + neg_step_size * (mi / den));
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+
 void adamw_step(hax_adamw *opt, float *p, const float *g, double lr) {
     opt->step++;
+    if (opt->bf16_pure) {
+        adamw_bf16_update(p, g, opt->m, opt->v, opt->n, lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay,
+                          opt->step);
+        return;
+    }
     adamw_update(p, g, opt->m, opt->v, opt->n, lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, opt->step);
 }
 

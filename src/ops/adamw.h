@@ -8,6 +8,20 @@
 //   bc1 = 1 - b1^n,  bc2 = 1 - b2^n                    (double)
 //   p <- p - (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps)
 // Weight decay applies to every parameter, as in the reference (quirk 17).
+//
+// bf16-pure (train.precision, MODEL.md §8.5, quirk 17): the reference's
+// torch.optim.AdamW foreach path on bf16 parameters, gradients and moments.
+// Each foreach op computes in fp32 from bf16 values (the Python-double
+// scalars cast to float) and stores bf16, so each line is one rounding:
+//   g   = bf16(g)                        (a bf16 .grad; a no-op for one rank)
+//   p   = bf16(p * decay)                _foreach_mul_
+//   m   = bf16(lerp(m, g, 1 - b1))       _foreach_lerp_ (torch's two-branch lerp)
+//   v   = bf16(v * b2)                   _foreach_mul_
+//   v   = bf16(v + (1 - b2) * (g * g))   _foreach_addcmul_ (self + value * (t1 * t2))
+//   den = bf16(sqrt(v))                  _foreach_sqrt
+//   den = bf16(den / sqrt(bc2))          _foreach_div_ (bc2 in double, as Python)
+//   den = bf16(den + eps)                _foreach_add_
+//   p   = bf16(p + (-(lr/bc1)) * (m / den))  _foreach_addcdiv_
 #ifndef HAX_ADAMW_H
 #define HAX_ADAMW_H
 
@@ -19,6 +33,7 @@ typedef struct {
     int64_t step;   // steps taken so far (0 before the first)
     size_t n;       // parameters (one flat buffer)
     float *m, *v;   // first and second moments [n], zero at start
+    int bf16_pure;  // 1: adamw_step runs adamw_bf16_update (train.precision bf16-pure)
 } hax_adamw;
 
 // Allocates zeroed moments for n parameters.
@@ -34,6 +49,11 @@ void adamw_step(hax_adamw *opt, float *p, const float *g, double lr);
 // step count after its increment (>= 1).
 void adamw_update(float *p, const float *g, float *m, float *v, size_t n, double lr, double beta1, double beta2,
                   double eps, double weight_decay, int64_t step);
+
+// The bf16-pure update of one step (see above; p, m, v hold bf16 values and
+// stay so). Same arguments as adamw_update.
+void adamw_bf16_update(float *p, const float *g, float *m, float *v, size_t n, double lr, double beta1,
+                       double beta2, double eps, double weight_decay, int64_t step);
 
 // The reference schedule (MODEL.md 8.4, quirk 16): optimizer step s (1-based)
 // uses lr * min((s-1)/warmup, 1); step 1 uses 0. warmup <= 0: lr throughout.

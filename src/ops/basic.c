@@ -16,6 +16,17 @@
 
 static int min_int(int a, int b) { return a < b ? a : b; }
 
+// ---------------------------------------------------------------- bf16 emulation
+
+void round_bf16(float *out, const float *x, long n) {
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+    for (long i = 0; i < n; i++) out[i] = hax_bf16_round(x[i]);
+}
+
+void round_bf16_rows(float *x, int ld, int width, int rows) {
+    for (int t = 0; t < rows; t++) round_bf16(x + (size_t)t * ld, x + (size_t)t * ld, width);
+}
+
 // ---------------------------------------------------------------- embedding
 
 void embedding_forward(float *out, const int32_t *ids, const float *W_emb, int n_tok, int d, int V) {

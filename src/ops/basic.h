@@ -19,6 +19,12 @@
 // ---- scalar helpers (hax_sigmoid, hax_silu, hax_dsilu, hax_softplus, hax_dsoftplus):
 // src/core/scalar.h, shared with the CUDA ops.
 
+// ---- bf16 emulation (train.precision, MODEL.md §0 "Precision"):
+// out[i] = hax_bf16_round(x[i]) for i < n (out may be x); the rows variant
+// rounds x[t*ld + 0..width) for t < rows in place.
+void round_bf16(float *out, const float *x, long n);
+void round_bf16_rows(float *x, int ld, int width, int rows);
+
 // ---- embedding (§1.1): out[t, :] = W_emb[ids[t], :], W_emb [V, d].
 // Dies (naming the position and id) on an id outside [0, V).
 void embedding_forward(float *out, const int32_t *ids, const float *W_emb, int n_tok, int d, int V);

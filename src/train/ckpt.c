@@ -79,6 +79,7 @@ int train_ckpt_write(train_ctx *t, char *err, int errlen) {
     char buf[64];
     st_writer_meta(w, "format", CKPT_FORMAT);
     st_writer_meta(w, "config", t->o->config_text);
+    st_writer_meta(w, "precision", config_precision_name(t->cfg->train.precision));
     snprintf(buf, sizeof buf, "%lld", (long long)t->step);
     st_writer_meta(w, "step", buf);
     // Timing lives in the metadata, not in tensors: the tensors of a stopped
@@ -248,6 +249,8 @@ int train_best_write(train_ctx *t, char *err, int errlen) {
     snprintf(buf, sizeof buf, "%.17g", t->best_acc);
     st_writer_meta(w, "valid_acc", buf);
     st_writer_meta(w, "config", t->o->config_text);
+    // the regime (also in the config); bf16 values are exact in the F32 tensors
+    st_writer_meta(w, "precision", config_precision_name(t->cfg->train.precision));
     char path[HAX_PATH_MAX + 320];
     path_of(t, "best.safetensors", path, sizeof path);
     if (!rc) rc = st_writer_write(w, path, err, errlen);

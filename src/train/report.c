@@ -173,6 +173,7 @@ int train_write_result(train_ctx *t, const char *status, const train_test *test,
     else fputs("null", f);
     fputs(",\n  \"label\": ", f);
     put_str(f, c->output.arch, strlen(c->output.arch));
+    fprintf(f, ",\n  \"precision\": \"%s\"", config_precision_name(c->train.precision));
     fputs(",\n  \"lr\": ", f);
     put_num(f, c->train.lr);
     fprintf(f, ",\n  \"seed\": %llu", (unsigned long long)c->train.seed);

@@ -253,7 +253,10 @@ static void ctx_init(train_ctx *t, const train_opts *o) {
     model_build(&t->model, &cfg->model);
     model_init(&t->model, cfg->train.seed);
     const hax_train_config *tc = &cfg->train;
+    // bf16-pure: the reference casts the fp32 init to bf16 (MODEL.md §1.7)
+    if (tc->precision == PREC_BF16_PURE) round_bf16(t->model.data, t->model.data, (long)t->model.n_floats);
     adamw_init(&t->opt, t->model.n_floats, tc->beta1, tc->beta2, tc->eps, tc->weight_decay);
+    t->opt.bf16_pure = tc->precision == PREC_BF16_PURE;
     dataset_set_shuffle(o->ds, o->cfg->data.shuffle, tc->seed);
     dataset_batch_alloc(o->ds, tc->batch_size, &t->batch);
     int max_len = dataset_pad_len(o->ds) - 1;
