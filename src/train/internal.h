@@ -1,4 +1,4 @@
-// src/train/internal.h: the state shared by train.c (the loop and evaluation),
+// src/train/internal.h: the state shared by train.c (the loop), eval.c (evaluation),
 // src/train/ckpt.c (checkpoint, best.safetensors) and src/train/report.c
 // (result.json, metrics.csv, progress). Internal to those files.
 #ifndef HAX_TRAIN_INTERNAL_H
@@ -59,10 +59,18 @@ typedef struct {
     char git_rev[64];
 } train_ctx;
 
-// ---- evaluation (train.c) ----
+// ---- evaluation (src/train/eval.c) ----
 void train_eval_alloc(train_eval *ev, int nc, int nk);
 void train_eval_free(train_eval *ev);
 void train_eval_copy(train_eval *dst, const train_eval *src);
+// The scratch of the evaluation passes (batches of max_seq sequences of up to
+// max_len positions), allocated in the loop's setup and freed at its end.
+void train_eval_scratch_alloc(int max_seq, int max_len, int vocab);
+void train_eval_scratch_free(void);
+// One pass over a split with the model's current weights (evaluation mode:
+// no ranking loss, the evaluation hash matrices). With alt_emb, each batch is
+// also scored with logits hf · alt_embᵀ into ev_alt (quirk 1's test figure).
+void train_evaluate(train_ctx *t, int split, const float *alt_emb, train_eval *ev, train_eval *ev_alt);
 
 // ---- checkpoint and best model (src/train/ckpt.c) ----
 // Writes checkpoint.safetensors (rank 0; the other ranks return). 0 or -1 with err.
