@@ -1,5 +1,5 @@
-// src/train/eval.c: the evaluation passes of the training loop (moved out of
-// train.c unchanged): one pass over a split with the current weights, the
+// src/train/eval.c: evaluation passes (eval.h) and the training loop's use of
+// them: one pass over a split with the engine's current weights, the
 // reference's per-sample accuracy, overall and per (n_c, n_k) cell, summed
 // over ranks.
 #include <stdlib.h>
@@ -8,6 +8,7 @@
 #include "src/core/common.h"
 #include "mpi/dist.h"
 #include "src/ops/basic.h"
+#include "src/train/eval.h"
 #include "src/train/internal.h"
 
 void train_eval_alloc(train_eval *ev, int nc, int nk) {
@@ -39,34 +40,33 @@ static void eval_zero(train_eval *ev) {
     memset(ev->cnt, 0, n * sizeof(double));
 }
 
-// Scratch of the evaluation passes.
+// Scratch of one pass, grown to the largest batch seen.
 typedef struct {
-    int *correct, *count;  // [max_seq]
-    float *logits;         // [max_tok, V] logits with another output matrix
+    int *correct, *count;  // [seq_cap]
+    float *logits;         // [tok_cap, V] logits with another output matrix
+    int seq_cap;
+    size_t tok_cap;
 } eval_scratch;
-static eval_scratch scratch;
 
-void train_eval_scratch_alloc(int max_seq, int max_len, int vocab) {
-    scratch.correct = xcalloc((size_t)max_seq, sizeof(int));
-    scratch.count = xcalloc((size_t)max_seq, sizeof(int));
-    scratch.logits = xmalloc((size_t)max_seq * max_len * vocab * sizeof(float));
+static void scratch_reserve(eval_scratch *sc, const hax_batch *b, int vocab, int need_logits) {
+    if (b->n_seq > sc->seq_cap) {
+        sc->seq_cap = b->n_seq;
+        sc->correct = xrealloc(sc->correct, (size_t)sc->seq_cap * sizeof(int));
+        sc->count = xrealloc(sc->count, (size_t)sc->seq_cap * sizeof(int));
+    }
+    if (need_logits && (size_t)b->n_tok > sc->tok_cap) {
+        sc->tok_cap = (size_t)b->n_tok;
+        free(sc->logits);
+        sc->logits = xmalloc(sc->tok_cap * (size_t)vocab * sizeof(float));
+    }
 }
 
-void train_eval_scratch_free(void) {
-    free(scratch.correct);
-    free(scratch.count);
-    free(scratch.logits);
-    memset(&scratch, 0, sizeof scratch);
-}
-
-// Adds the sequences of the current batch, scored by logits [n_tok, V], to
-// ev: the reference's per-sample accuracy #correct / #scored in float32.
-static void eval_add(train_ctx *t, train_eval *ev, const float *logits) {
-    const hax_batch *b = &t->batch;
-    ce_forward(logits, b->labels, b->loss_mask, b->seq_off, b->n_seq, t->cfg->model.vocab_size, scratch.correct,
-               scratch.count);
+// Adds the sequences of the batch, scored by logits [n_tok, V], to ev: the
+// reference's per-sample accuracy #correct / #scored in float32.
+static void eval_add(const hax_batch *b, int vocab, eval_scratch *sc, train_eval *ev, const float *logits) {
+    ce_forward(logits, b->labels, b->loss_mask, b->seq_off, b->n_seq, vocab, sc->correct, sc->count);
     for (int s = 0; s < b->n_seq; s++) {
-        double a = scratch.count[s] > 0 ? (double)((float)scratch.correct[s] / (float)scratch.count[s]) : 0.0;
+        double a = sc->count[s] > 0 ? (double)((float)sc->correct[s] / (float)sc->count[s]) : 0.0;
         ev->acc += a;  // a sum until the reduction
         ev->n += 1;
         int c = b->n_context[s], k = b->n_key[s];
@@ -78,14 +78,14 @@ static void eval_add(train_ctx *t, train_eval *ev, const float *logits) {
 }
 
 // Sums an evaluation over ranks and turns the overall sum into a mean.
-static void eval_reduce(const train_ctx *t, train_eval *ev) {
+static void eval_reduce(const hax_dist *d, train_eval *ev) {
     size_t n = (size_t)ev->nc * ev->nk;
     double *buf = xmalloc((2 * n + 2) * sizeof(double));
     memcpy(buf, ev->sum, n * sizeof(double));
     memcpy(buf + n, ev->cnt, n * sizeof(double));
     buf[2 * n] = ev->acc;
     buf[2 * n + 1] = ev->n;
-    if (t->d->size > 1) dist_allreduce_sum_f64(buf, 2 * n + 2);
+    if (d->size > 1) dist_allreduce_sum_f64(buf, 2 * n + 2);
     memcpy(ev->sum, buf, n * sizeof(double));
     memcpy(ev->cnt, buf + n, n * sizeof(double));
     ev->n = buf[2 * n + 1];
@@ -93,32 +93,56 @@ static void eval_reduce(const train_ctx *t, train_eval *ev) {
     free(buf);
 }
 
-// One pass over a split with the model's current weights (evaluation mode:
-// no ranking loss, the evaluation hash matrices). With alt_emb, each batch is
-// also scored with logits hf · alt_embᵀ into ev_alt (quirk 1's test figure).
-void train_evaluate(train_ctx *t, int split, const float *alt_emb, train_eval *ev, train_eval *ev_alt) {
-    const hax_config *cfg = t->cfg;
-    eval_zero(ev);
-    if (ev_alt) eval_zero(ev_alt);
-    dataset_iter it;
-    dataset_iter_begin(&it, t->o->ds, split, cfg->train.batch_size, t->d->rank, t->d->size);
-    while (dataset_iter_next(&it, &t->batch)) {
-        // Fixed matrices (paper App. D.2): draw 0 for every batch; else a new
-        // draw per evaluation batch, as the reference (quirk 6).
-        uint32_t draw = cfg->train.eval_fixed_hash ? 0 : (uint32_t)(t->eval_draws + 1);
-        t->eval_draws++;
-        if (t->batch.n_seq == 0) continue;
-        hax_fwd_opts fo = {.train = 0, .seed = cfg->train.seed, .step = draw, .ce_count = 0, .inject = NULL};
-        hax_fwd_result r;
-        engine_forward(t->eng, &t->batch, &fo, &r);
-        eval_add(t, ev, engine_logits(t->eng));
-        if (ev_alt) {
-            logits_forward(scratch.logits, engine_hidden(t->eng), alt_emb, t->batch.n_tok,
-                           cfg->model.hidden_size, cfg->model.vocab_size);
-            eval_add(t, ev_alt, scratch.logits);
-        }
+// Dataset ids -> model ids in place (inputs and labels; pads and the
+// special tokens map to themselves).
+static void map_ids(const eval_pass *p, hax_batch *b) {
+    for (int i = 0; i < b->n_tok; i++) {
+        if (b->inputs[i] >= 0 && b->inputs[i] < p->n_ids) b->inputs[i] = p->id_map[b->inputs[i]];
+        if (b->labels[i] >= 0 && b->labels[i] < p->n_ids) b->labels[i] = p->id_map[b->labels[i]];
     }
-    eval_reduce(t, ev);
-    if (ev_alt) eval_reduce(t, ev_alt);
 }
 
+void eval_run(eval_pass *p, int split, const float *alt_emb, train_eval *ev, train_eval *ev_alt) {
+    eval_scratch sc;
+    memset(&sc, 0, sizeof sc);
+    eval_zero(ev);
+    if (ev_alt) eval_zero(ev_alt);
+    double t0 = hax_now();
+    hax_batch *b = p->batch;
+    dataset_iter it;
+    dataset_iter_begin(&it, p->ds, split, p->batch_size, p->d->rank, p->d->size);
+    while (dataset_iter_next(&it, b)) {
+        // Fixed matrices (paper App. D.2): draw 0 for every batch; else a new
+        // draw per evaluation batch, as the reference (quirk 6).
+        uint32_t draw = p->fixed_hash ? 0 : (uint32_t)(*p->draws + 1);
+        (*p->draws)++;
+        if (b->n_seq == 0) continue;
+        if (p->id_map) map_ids(p, b);
+        scratch_reserve(&sc, b, p->vocab, ev_alt != NULL);
+        hax_fwd_opts fo = {.train = 0, .seed = p->seed, .step = draw, .ce_count = 0, .inject = p->inject};
+        hax_fwd_result r;
+        engine_forward(p->eng, b, &fo, &r);
+        eval_add(b, p->vocab, &sc, ev, engine_logits(p->eng));
+        if (ev_alt) {
+            logits_forward(sc.logits, engine_hidden(p->eng), alt_emb, b->n_tok, p->hidden, p->vocab);
+            eval_add(b, p->vocab, &sc, ev_alt, sc.logits);
+        }
+        p->tokens += b->n_tok;
+    }
+    p->seconds += hax_now() - t0;
+    eval_reduce(p->d, ev);
+    if (ev_alt) eval_reduce(p->d, ev_alt);
+    free(sc.correct);
+    free(sc.count);
+    free(sc.logits);
+}
+
+// The training loop's pass: its engine, dataset, batch and redraw counter.
+void train_evaluate(train_ctx *t, int split, const float *alt_emb, train_eval *ev, train_eval *ev_alt) {
+    const hax_config *cfg = t->cfg;
+    eval_pass p = {.eng = t->eng, .ds = t->o->ds, .d = t->d, .batch = &t->batch,
+                   .batch_size = cfg->train.batch_size, .vocab = cfg->model.vocab_size,
+                   .hidden = cfg->model.hidden_size, .seed = cfg->train.seed,
+                   .fixed_hash = cfg->train.eval_fixed_hash, .draws = &t->eval_draws};
+    eval_run(&p, split, alt_emb, ev, ev_alt);
+}

@@ -166,7 +166,6 @@ static void ctx_init(train_ctx *t, const train_opts *o) {
             fflush(stdout);
         }
     }
-    train_eval_scratch_alloc(max_seq, max_len, cfg->model.vocab_size);
 
     t->best = xcalloc(t->model.n_floats, sizeof(float));
     train_eval_alloc(&t->best_valid, t->nc, t->nk);
@@ -185,7 +184,6 @@ static void ctx_free(train_ctx *t) {
     train_eval_free(&t->best_valid);
     free(t->best);
     free(t->rows);
-    train_eval_scratch_free();
 }
 
 // ---------------------------------------------------------------- progress
