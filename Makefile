@@ -135,12 +135,12 @@ bench-datagen: all
 
 # The README's first command: a small Mamba+HAX trained on the CPU on
 # associative recall (its dataset is generated into data/demo the first
-# time), then scored per cell by hax-eval, with the figures in results/demo/figs.
+# time), then scored per cell by hax-eval, with the figures in results/tiny_demo/figs.
 .PHONY: demo
 demo: deps
 	@$(MAKE) --no-print-directory all
-	bin/hax-train configs/demo.yaml
-	bin/hax-eval results/demo/lr_0.003/seed_1/best.safetensors --data data/demo --plot results/demo/figs
+	bin/hax-train configs/tiny_demo.yaml
+	bin/hax-eval results/tiny_demo/lr_0.003/seed_1/best.safetensors --data data/demo --plot results/tiny_demo/figs
 
 clean:
 	rm -rf build bin
