@@ -133,12 +133,14 @@ bench-cpu: all
 bench-datagen: all
 	tests/bench_datagen.sh
 
-# The README's first command: a tiny Mamba+HAX trained on the CPU (its
-# dataset is generated into data/tiny the first time).
+# The README's first command: a small Mamba+HAX trained on the CPU on
+# associative recall (its dataset is generated into data/demo the first
+# time), then scored per cell by hax-eval, with the figures in results/tiny_demo/figs.
 .PHONY: demo
 demo: deps
 	@$(MAKE) --no-print-directory all
-	bin/hax-train configs/tiny.yaml
+	bin/hax-train configs/tiny_demo.yaml
+	bin/hax-eval results/tiny_demo/lr_0.003/seed_1/best.safetensors --data data/demo --plot results/tiny_demo/figs
 
 clean:
 	rm -rf build bin

@@ -1,4 +1,4 @@
-// src/train/internal.h: the state shared by train.c (the loop and evaluation),
+// src/train/internal.h: the state shared by train.c (the loop), eval.c (evaluation),
 // src/train/ckpt.c (checkpoint, best.safetensors) and src/train/report.c
 // (result.json, metrics.csv, progress). Internal to those files.
 #ifndef HAX_TRAIN_INTERNAL_H
@@ -10,19 +10,11 @@
 #include "src/io/batch.h"
 #include "src/engine/engine.h"
 #include "src/model/model.h"
+#include "src/train/eval.h"
 #include "src/train/train.h"
 
 // Columns of a metrics row (metrics.csv and the checkpoint's "metrics" tensor).
 enum { M_STEP, M_LOSS, M_GATE, M_ACC, M_LR, M_VALID, M_COLS };
-
-// Accuracy of one evaluation pass, overall and per (n_c, n_k) cell. Cell
-// (c, k) is index c * nk + k; sums are of per-sample accuracies.
-typedef struct {
-    int nc, nk;
-    double acc;        // mean per-sample accuracy over the split
-    double n;          // samples
-    double *sum, *cnt; // [nc * nk]
-} train_eval;
 
 // Everything the loop carries from step to step. The fields marked (ckpt)
 // are saved in the resume checkpoint; the rest is rebuilt on start.
@@ -59,10 +51,11 @@ typedef struct {
     char git_rev[64];
 } train_ctx;
 
-// ---- evaluation (train.c) ----
-void train_eval_alloc(train_eval *ev, int nc, int nk);
-void train_eval_free(train_eval *ev);
-void train_eval_copy(train_eval *dst, const train_eval *src);
+// ---- evaluation (src/train/eval.c) ----
+// One pass over a split with the model's current weights (evaluation mode:
+// no ranking loss, the evaluation hash matrices). With alt_emb, each batch is
+// also scored with logits hf · alt_embᵀ into ev_alt (quirk 1's test figure). Through eval_run (eval.h).
+void train_evaluate(train_ctx *t, int split, const float *alt_emb, train_eval *ev, train_eval *ev_alt);
 
 // ---- checkpoint and best model (src/train/ckpt.c) ----
 // Writes checkpoint.safetensors (rank 0; the other ranks return). 0 or -1 with err.
