@@ -9,6 +9,7 @@
 #include <yaml.h>
 
 #include "src/core/common.h"
+#include "src/core/yaml_util.h"
 #include "analysis/results.h"
 
 // ---------------------------------------------------------------------------
@@ -238,16 +239,10 @@ static int read_cells(ynode root, const char *split, hax_cells *out, char *err, 
 // ---------------------------------------------------------------------------
 
 static int load_doc(yaml_document_t *doc, const char *text, size_t len, const char *what, char *err, int errlen) {
-    yaml_parser_t parser;
-    if (!yaml_parser_initialize(&parser)) return hax_errf(err, errlen, "cannot initialise the YAML parser");
-    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
-    if (!yaml_parser_load(&parser, doc)) {
-        hax_errf(err, errlen, "%s: expected valid JSON, found a syntax error at line %d: %s", what,
-                 (int)parser.problem_mark.line + 1, parser.problem ? parser.problem : "unknown problem");
-        yaml_parser_delete(&parser);
-        return -1;
-    }
-    yaml_parser_delete(&parser);
+    char e[256];
+    int rc = hax_yaml_load(doc, text, len, HAX_MAX_DEPTH, e, sizeof e);
+    if (rc == -1) return hax_errf(err, errlen, "%s: expected valid JSON, found a syntax error at %s", what, e);
+    if (rc) return hax_errf(err, errlen, "%s: %s", what, e);
     if (!yaml_document_get_root_node(doc)) {
         yaml_document_delete(doc);
         return hax_errf(err, errlen, "%s: expected a JSON object, found an empty file", what);
@@ -355,10 +350,13 @@ int results_read_text(const char *path, const char *text, size_t len, hax_run *r
 
 int results_read_file(const char *path, hax_run *r, char *err, int errlen) {
     size_t len;
-    char *text = hax_read_file(path, &len);
+    char e[512];
+    char *text = hax_read_file_max(path, HAX_MAX_TEXT_BYTES, &len, e, sizeof e);
     if (!text) {
         memset(r, 0, sizeof *r);
-        return hax_errf(err, errlen, "cannot read: %s", strerror(errno));
+        // the caller names the file: keep what follows "PATH: "
+        size_t pl = strlen(path);
+        return hax_errf(err, errlen, "%s", strncmp(e, path, pl) == 0 && e[pl] == ':' ? e + pl + 2 : e);
     }
     if (memchr(text, 0, len)) {  // libyaml would stop at the NUL silently
         free(text);

@@ -48,3 +48,41 @@ mkfifo "$T/fifo.safetensors"
 refused "hax-check: a FIFO" "expected a regular file, found a FIFO" "$BIN/hax-check" -q "$T/fifo.safetensors"
 python3 -c 'import struct,sys; open(sys.argv[1],"wb").write(struct.pack("<Q", 65<<20) + b" " * (65<<20))' "$T/big.safetensors"
 refused "hax-check: a 65 MiB header" "header length: expected at most" "$BIN/hax-check" -q "$T/big.safetensors"
+
+# ---- datasets: manifest, shards; hax-train refuses before writing anything
+TRAIN=(configs/tiny.yaml data.path=$T/data data.train_per_cell=8 data.valid_per_cell=4 data.test_per_cell=4
+       train.steps=3 train.warmup=1 train.valid_every=2 train.log_every=1 train.checkpoint_every=0 train.batch_size=4)
+export OMP_NUM_THREADS=1
+cd "$ROOT"
+"$BIN/hax-train" "${TRAIN[@]}" --results "$T/r" >/dev/null 2>&1
+check "hax-train: a tiny run (its dataset generated)" grep -q '"status": "complete"' "$T/r/tiny/lr_0.003/seed_1/result.json"
+damage() { python3 "$ROOT/tests/datagen_shards.py" damage "$@"; }
+# bad_data NAME PATTERN EDIT...: a copy of the dataset, EDIT run in it; --verify and hax-train refuse it
+bad_data() {
+    local name=$1 pattern=$2; shift 2
+    rm -rf "$T/bad" "$T/rb"; cp -r "$T/data" "$T/bad"
+    (cd "$T/bad" && "$@") || { fail "$name: edit"; return; }
+    # --verify lists each problem, then its total: exit 1, and the problem named
+    local err rc
+    err=$(timeout 20 "$BIN/hax-datagen" --verify "$T/bad" 2>&1 >/dev/null); rc=$?
+    if [ $rc -eq 1 ] && printf '%s' "$err" | grep -Eq -- "${VPAT:-$pattern}"; then ok "--verify: $name"
+    else fail "--verify: $name (exit $rc: $(printf '%s' "$err" | head -n 2))"; fi
+    refused "hax-train: $name" "$pattern" "$BIN/hax-train" "${TRAIN[@]}" data.path="$T/bad" --results "$T/rb"
+    check "hax-train: $name: nothing written" test ! -e "$T/rb"
+}
+bad_data "manifest first" "first: expected 0" sed -i '0,/first: 0,/s//first: 1,/' manifest.yaml
+bad_data "manifest level_bases" "level_bases\[0\]: expected" sed -i 's/^level_bases: \[/level_bases: [1/' manifest.yaml
+bad_data "header reserved bytes" "reserved bytes 148..155: expected zero" damage . train-00000.bin reserved 0
+VPAT="found 250" bad_data "a token id above the dataset's largest" "expected token ids up to [0-9]+, found 250" \
+    damage . valid-00000.bin token 1
+bad_data "deep manifest" "nesting at most 64 levels" bash -c 'python3 -c "print(\"x: \" + \"[\" * 100000 + \"]\" * 100000)" > manifest.yaml'
+bad_data "manifest /dev/zero" "expected a regular file, found a character device" ln -sf /dev/zero manifest.yaml
+bad_data "manifest FIFO" "expected a regular file, found a FIFO" bash -c 'rm manifest.yaml && mkfifo manifest.yaml'
+bad_data "shard FIFO" "train-00000.bin: expected a regular file, found a FIFO" bash -c 'rm train-00000.bin && mkfifo train-00000.bin'
+
+# ---- resume: a checkpoint tensor relabelled F32 -> I32 (same size) is refused
+R=$T/r/tiny/lr_0.003/seed_1
+perl -0777 -pe 's/("norm_f.weight":\{"dtype":)"F32"/$1"I32"/' "$R/checkpoint.safetensors" > "$T/ck" && mv "$T/ck" "$R/checkpoint.safetensors"
+sed -i 's/"status": "complete"/"status": "preempted"/' "$R/result.json"
+refused "resume: checkpoint tensor relabelled I32" "norm_f.weight: expected dtype F32, found I32" \
+    "$BIN/hax-train" "${TRAIN[@]}" train.steps=5 --results "$T/r"

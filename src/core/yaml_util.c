@@ -62,7 +62,7 @@ static int yl_alias(yl_state *s, const yaml_char_t *anchor) {
     return 0;
 }
 
-// One event: 1 go on, 0 document done, -1 error (err set).
+// One event: 1 go on, 0 document done, -1 error, -2 too deep (err set).
 static int yl_event(yl_state *s, yaml_event_t *e, int max_depth, char *err, int errlen) {
     int line = (int)e->start_mark.line + 1, id = 0;
     switch (e->type) {
@@ -78,8 +78,10 @@ static int yl_event(yl_state *s, yaml_event_t *e, int max_depth, char *err, int 
         break;
     case YAML_SEQUENCE_START_EVENT:
     case YAML_MAPPING_START_EVENT:
-        if (s->depth >= max_depth)
-            return hax_errf(err, errlen, "line %d: expected nesting at most %d levels deep, found deeper", line, max_depth);
+        if (s->depth >= max_depth) {
+            hax_errf(err, errlen, "line %d: expected nesting at most %d levels deep, found deeper", line, max_depth);
+            return -2;
+        }
         id = e->type == YAML_SEQUENCE_START_EVENT
                  ? yaml_document_add_sequence(s->doc, e->data.sequence_start.tag, e->data.sequence_start.style)
                  : yaml_document_add_mapping(s->doc, e->data.mapping_start.tag, e->data.mapping_start.style);
@@ -129,7 +131,7 @@ int hax_yaml_load(yaml_document_t *doc, const char *text, size_t len, int max_de
     yaml_parser_delete(&p);
     if (rc < 0) {
         yaml_document_delete(doc);
-        return -1;
+        return rc;
     }
     return 0;
 }

@@ -15,7 +15,8 @@ yaml_node_t *hax_yaml_get(yaml_document_t *doc, yaml_node_t *map, const char *ke
 // level too deep, so deep input fails in time linear in its length (libyaml's
 // scanner alone is quadratic in the flow depth). Returns 0 (doc to be freed
 // with yaml_document_delete; an empty text gives a document without a root),
-// or -1 with "line N: ..." in err and nothing to free.
+// or -1 (a syntax error) or -2 (too deep) with "line N: ..." in err and
+// nothing to free.
 int hax_yaml_load(yaml_document_t *doc, const char *text, size_t len, int max_depth, char *err, int errlen);
 
 #endif

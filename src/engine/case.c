@@ -157,7 +157,7 @@ void case_load(hax_case *c, const st_file *f) {
     j.path = f->path;
     char err[256];
     if (hax_yaml_load(&j.doc, meta, strlen(meta), HAX_MAX_DEPTH, err, sizeof err) != 0)
-        hax_die("%s: metadata hax_case: expected JSON, found %s", f->path, err);
+        hax_die("%s: metadata hax_case: %s", f->path, err);
     yaml_node_t *root = yaml_document_get_root_node(&j.doc);
     if (!root || root->type != YAML_MAPPING_NODE) hax_die("%s: metadata hax_case: expected a JSON object", f->path);
     const char *name = jscalar(jget(&j, root, "case"));
