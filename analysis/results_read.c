@@ -314,6 +314,10 @@ static int read_fields(ynode root, ynode cfg, const char *path, hax_run *r, char
     if (read_acc(root, "test_acc_reference", &r->test_acc_reference, 0, err, errlen)) return -1;
     if (read_int(root, "best_step", -1, INT64_MAX, &r->best_step, err, errlen) < 0) return -1;
     if (read_int(root, "steps", 0, INT64_MAX, &r->steps, err, errlen) < 0) return -1;
+    ynode hb = get(root, "heartbeat");
+    if (hb.node && !is_null(hb) && (!as_number(hb, &r->heartbeat) || !(r->heartbeat >= 0)))
+        return hax_errf(err, errlen, "heartbeat: expected unix seconds (a number >= 0), found '%s'",
+                        scalar_text(hb) ? scalar_text(hb) : "an object or list");
     if (read_cells(root, "valid", &r->valid_cells, err, errlen)) return -1;
     if (read_cells(root, "test", &r->test_cells, err, errlen)) return -1;
     if (read_cells(root, "test_reference", &r->test_ref_cells, err, errlen)) return -1;
@@ -325,6 +329,7 @@ int results_read_text(const char *path, const char *text, size_t len, hax_run *r
     snprintf(r->path, sizeof r->path, "%s", path);
     r->best_valid_acc = r->test_acc = r->test_acc_reference = NAN;
     r->best_step = r->steps = -1;
+    r->heartbeat = NAN;
     yaml_document_t doc, cdoc;
     if (load_doc(&doc, text, len, "result.json", err, errlen)) return -1;
     ynode root = {&doc, yaml_document_get_root_node(&doc)};
@@ -366,6 +371,13 @@ int results_read_file(const char *path, hax_run *r, char *err, int errlen) {
     int rc = results_read_text(path, text, len, r, err, errlen);
     free(text);
     return rc;
+}
+
+int results_mark_stale(hax_run *r, double now, double max_age) {
+    if (r->status != RUN_RUNNING || max_age <= 0 || isnan(r->heartbeat) || now - r->heartbeat <= max_age) return 0;
+    r->status = RUN_STALE;
+    snprintf(r->status_name, sizeof r->status_name, "stale");
+    return 1;
 }
 
 void results_run_free(hax_run *r) {

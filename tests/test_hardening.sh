@@ -86,3 +86,34 @@ perl -0777 -pe 's/("norm_f.weight":\{"dtype":)"F32"/$1"I32"/' "$R/checkpoint.saf
 sed -i 's/"status": "complete"/"status": "preempted"/' "$R/result.json"
 refused "resume: checkpoint tensor relabelled I32" "norm_f.weight: expected dtype F32, found I32" \
     "$BIN/hax-train" "${TRAIN[@]}" train.steps=5 --results "$T/r"
+
+# ---- hax-aggregate: stale vs live "running", one line when nothing aggregates, bounded reads
+A=$T/agg
+mkdir -p "$A/x/lr_0.001/seed_1" "$A/x/lr_0.001/seed_2" "$A/x/lr_0.001/seed_3"
+now=$(date +%s)
+printf '{"status": "complete", "label": "x", "lr": 0.001, "seed": 1, "best_valid_acc": 0.5, "test_acc": 0.5}\n' \
+    > "$A/x/lr_0.001/seed_1/result.json"
+printf '{"status": "running", "label": "x", "lr": 0.001, "seed": 2, "heartbeat": %d}\n' $((now - 5)) \
+    > "$A/x/lr_0.001/seed_2/result.json"
+printf '{"status": "running", "label": "x", "lr": 0.001, "seed": 3, "heartbeat": %d}\n' $((now - 7200)) \
+    > "$A/x/lr_0.001/seed_3/result.json"
+out=$("$BIN/hax-aggregate" --format json "$A" 2>/dev/null)
+check "hax-aggregate: a fresh heartbeat stays running" grep -q "seed_2/result.json\", \"status\": \"running\"" <<<"$out"
+check "hax-aggregate: an old heartbeat is stale" grep -q "seed_3/result.json\", \"status\": \"stale\"" <<<"$out"
+out=$("$BIN/hax-aggregate" --format json --stale-after 0 "$A" 2>/dev/null)
+check "hax-aggregate: --stale-after 0 never marks stale" grep -q "seed_3/result.json\", \"status\": \"running\"" <<<"$out"
+err=$("$BIN/hax-aggregate" --stale-after abc "$A" 2>&1 >/dev/null); rc=$?
+check "hax-aggregate: --stale-after abc is a usage error (exit $rc)" test $rc -eq 2
+rm "$A/x/lr_0.001/seed_1/result.json"
+refused "hax-aggregate: nothing complete: one line" "found none \(2 files: 2 incomplete, 0 unreadable; first: .*seed_2/result.json: running\)" \
+    "$BIN/hax-aggregate" "$A"
+rm -rf "$A"; mkdir -p "$A/x/lr_0.001/seed_1"
+python3 -c 'print("[" * 1000000 + "]" * 1000000)' > "$A/x/lr_0.001/seed_1/result.json"
+start=$(date +%s)
+refused "hax-aggregate: 1,000,000 nested '[' (one line)" "seed_1/result.json: result.json: line 1: expected nesting at most 64 levels" \
+    "$BIN/hax-aggregate" "$A"
+check "hax-aggregate: deep nesting refused within 5 s" test $(( $(date +%s) - start )) -le 5
+rm "$A/x/lr_0.001/seed_1/result.json"; ln -s /dev/zero "$A/x/lr_0.001/seed_1/result.json"
+refused "hax-aggregate: result.json is /dev/zero" "expected a regular file, found a character device" "$BIN/hax-aggregate" "$A"
+rm "$A/x/lr_0.001/seed_1/result.json"; mkfifo "$A/x/lr_0.001/seed_1/result.json"
+refused "hax-aggregate: result.json is a FIFO" "expected a regular file, found a FIFO" "$BIN/hax-aggregate" "$A"
