@@ -117,3 +117,18 @@ rm "$A/x/lr_0.001/seed_1/result.json"; ln -s /dev/zero "$A/x/lr_0.001/seed_1/res
 refused "hax-aggregate: result.json is /dev/zero" "expected a regular file, found a character device" "$BIN/hax-aggregate" "$A"
 rm "$A/x/lr_0.001/seed_1/result.json"; mkfifo "$A/x/lr_0.001/seed_1/result.json"
 refused "hax-aggregate: result.json is a FIFO" "expected a regular file, found a FIFO" "$BIN/hax-aggregate" "$A"
+
+# ---- leftovers: hax-datagen's temporary folders
+SMALL=(--max-n-context 3 --min-n-context 2 --max-n-key 3 --min-n-key 2 --n-value 8 --n-train-per-cell 4
+       --n-test-per-cell 2 --shard-size 8)
+D=$T/gen
+err=$(bash -c 'ulimit -f 1; trap "" XFSZ; exec "$0" "$@"' "$BIN/hax-datagen" --out "$D" "${SMALL[@]}" 2>&1 >/dev/null); rc=$?
+check "hax-datagen: a failed write exits 1 (exit $rc)" test $rc -eq 1
+check "hax-datagen: a failed run removes its temporary folder" test -z "$(ls -A "$D" 2>/dev/null)"
+mkdir -p "$D/.hax-datagen-tmp-999999" && head -c 1000 /dev/urandom > "$D/.hax-datagen-tmp-999999/train-00000.bin"
+touch -d '1 hour ago' "$D/.hax-datagen-tmp-999999"
+mkdir -p "$D/.hax-datagen-tmp-$$"  # this shell: alive, kept
+err=$("$BIN/hax-datagen" --out "$D" "${SMALL[@]}" 2>&1 >/dev/null); rc=$?
+check "hax-datagen: a stale temporary folder of a dead process is removed" test $rc -eq 0 -a ! -e "$D/.hax-datagen-tmp-999999"
+check "hax-datagen: ... with one line saying so" test "$(grep -c 'removed .*hax-datagen-tmp-999999.*process 999999, which is gone' <<<"$err")" -eq 1
+check "hax-datagen: a live process's temporary folder is kept" test -d "$D/.hax-datagen-tmp-$$"
