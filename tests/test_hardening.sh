@@ -132,3 +132,4 @@ err=$("$BIN/hax-datagen" --out "$D" "${SMALL[@]}" 2>&1 >/dev/null); rc=$?
 check "hax-datagen: a stale temporary folder of a dead process is removed" test $rc -eq 0 -a ! -e "$D/.hax-datagen-tmp-999999"
 check "hax-datagen: ... with one line saying so" test "$(grep -c 'removed .*hax-datagen-tmp-999999.*process 999999, which is gone' <<<"$err")" -eq 1
 check "hax-datagen: a live process's temporary folder is kept" test -d "$D/.hax-datagen-tmp-$$"
+finish
