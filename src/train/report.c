@@ -262,7 +262,8 @@ int train_result_complete(const char *run_dir) {
     char path[HAX_PATH_MAX + 320];
     snprintf(path, sizeof path, "%s/result.json", run_dir);
     size_t len = 0;
-    char *s = hax_read_file(path, &len);
+    char err[512];
+    char *s = hax_read_file_max(path, HAX_MAX_TEXT_BYTES, &len, err, sizeof err);  // never /dev/zero or a FIFO
     if (!s) return 0;
     int done = strstr(s, "\"status\": \"complete\"") != NULL;
     free(s);
