@@ -132,4 +132,15 @@ err=$("$BIN/hax-datagen" --out "$D" "${SMALL[@]}" 2>&1 >/dev/null); rc=$?
 check "hax-datagen: a stale temporary folder of a dead process is removed" test $rc -eq 0 -a ! -e "$D/.hax-datagen-tmp-999999"
 check "hax-datagen: ... with one line saying so" test "$(grep -c 'removed .*hax-datagen-tmp-999999.*process 999999, which is gone' <<<"$err")" -eq 1
 check "hax-datagen: a live process's temporary folder is kept" test -d "$D/.hax-datagen-tmp-$$"
+
+# ---- SIGTERM during start-up (MPI initialisation, config, dataset): the
+# handler is installed first, so the run stops at step 1 with a checkpoint
+# and exit 3 instead of dying with 143
+cd "$ROOT"
+for d in 0.05 0.15; do
+    rm -rf "$T/sig"
+    "$BIN/hax-train" "${TRAIN[@]}" --results "$T/sig" >"$T/sig.out" 2>&1 & p=$!
+    sleep $d; kill -TERM $p; wait $p; rc=$?
+    check "SIGTERM ${d} s after start: exit 3 (exit $rc)" test $rc -eq 3
+done
 finish
