@@ -70,7 +70,7 @@ bad_data() {
     refused "hax-train: $name" "$pattern" "$BIN/hax-train" "${TRAIN[@]}" data.path="$T/bad" --results "$T/rb"
     check "hax-train: $name: nothing written" test ! -e "$T/rb"
 }
-bad_data "manifest first" "first: expected 0" sed -i '0,/first: 0,/s//first: 1,/' manifest.yaml
+bad_data "manifest first (with its line)" "manifest.yaml:[1-9][0-9]*: shard train-00000.bin: first: expected 0" sed -i '0,/first: 0,/s//first: 1,/' manifest.yaml
 bad_data "manifest level_bases" "level_bases\[0\]: expected" sed -i 's/^level_bases: \[/level_bases: [1/' manifest.yaml
 bad_data "header reserved bytes" "reserved bytes 148..155: expected zero" damage . train-00000.bin reserved 0
 VPAT="found 250" bad_data "a token id above the dataset's largest" "expected token ids up to [0-9]+, found 250" \

@@ -62,6 +62,14 @@ static int yl_alias(yl_state *s, const yaml_char_t *anchor) {
     return 0;
 }
 
+// Where a node is in the text (yaml_document_add_* leave the marks at zero;
+// messages cite node lines).
+static void yl_mark(yl_state *s, int id, const yaml_event_t *e) {
+    yaml_node_t *n = yaml_document_get_node(s->doc, id);
+    n->start_mark = e->start_mark;
+    n->end_mark = e->end_mark;
+}
+
 // One event: 1 go on, 0 document done, -1 error, -2 too deep (err set).
 static int yl_event(yl_state *s, yaml_event_t *e, int max_depth, char *err, int errlen) {
     int line = (int)e->start_mark.line + 1, id = 0;
@@ -87,12 +95,13 @@ static int yl_event(yl_state *s, yaml_event_t *e, int max_depth, char *err, int 
                  : yaml_document_add_mapping(s->doc, e->data.mapping_start.tag, e->data.mapping_start.style);
         yl_anchor(s, e->type == YAML_SEQUENCE_START_EVENT ? e->data.sequence_start.anchor : e->data.mapping_start.anchor, id);
         if (!id || !yl_attach(s, id)) return hax_errf(err, errlen, "line %d: out of memory", line);
+        yl_mark(s, id, e);
         s->stack[s->depth] = id;
         s->key_pending[s->depth++] = 0;
         return 1;
     case YAML_SEQUENCE_END_EVENT:
     case YAML_MAPPING_END_EVENT:
-        s->depth--;
+        yaml_document_get_node(s->doc, s->stack[--s->depth])->end_mark = e->end_mark;
         return 1;
     case YAML_DOCUMENT_END_EVENT:
     case YAML_STREAM_END_EVENT:
@@ -101,6 +110,7 @@ static int yl_event(yl_state *s, yaml_event_t *e, int max_depth, char *err, int 
         return 1;
     }
     if (!id || !yl_attach(s, id)) return hax_errf(err, errlen, "line %d: out of memory", line);
+    if (e->type == YAML_SCALAR_EVENT) yl_mark(s, id, e);
     return 1;
 }
 
