@@ -9,6 +9,10 @@
 # Library prefixes can be set for machines where they are not installed
 # system-wide, e.g. make YAML_PREFIX=$PWD/.deps/usr BLAS_PREFIX=...
 
+# Output folders: make BUILD=build-asan BINDIR=build-asan/bin keeps a second
+# build (the sanitizer one, make test-asan) beside the normal one.
+BUILD    ?= build
+BINDIR   ?= bin
 CC       ?= mpicc
 ifeq ($(origin CC),default)
 CC       := mpicc
@@ -61,21 +65,21 @@ endif
 # temporary file and renames it: several builds may run at once in one tree.
 C_DIRS   := src/core src/io src/model src/config src/ops src/sparse src/engine src/train src/prog \
             mpi data-gen analysis
-lib_of    = build/lib/libhax_$(subst /,_,$(patsubst src/%,%,$(subst data-gen,datagen,$(1)))).a
+lib_of    = $(BUILD)/lib/libhax_$(subst /,_,$(patsubst src/%,%,$(subst data-gen,datagen,$(1)))).a
 ALL_C    := $(foreach d,$(C_DIRS),$(wildcard $(d)/*.c))
 MAIN_C   := $(filter %_main.c,$(ALL_C))
-PROGS    := $(foreach m,$(MAIN_C),bin/$(subst _,-,$(patsubst %_main,%,$(basename $(notdir $(m))))))
+PROGS    := $(foreach m,$(MAIN_C),$(BINDIR)/$(subst _,-,$(patsubst %_main,%,$(basename $(notdir $(m))))))
 LIB_DIRS := $(foreach d,$(C_DIRS) $(CU_DIRS),$(if $(filter-out %_main.c,$(wildcard $(d)/*.c $(d)/*.cu)),$(d)))
 HAX_LIBS := $(foreach d,$(LIB_DIRS),$(call lib_of,$(d)))
 TEST_C   := $(wildcard tests/test_*.c)
-TESTS    := $(patsubst tests/%.c,build/tests/%,$(TEST_C))
+TESTS    := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_C))
 # Static libraries in a group (they call each other both ways: the engine
 # calls the CUDA backend's table, the backend the CPU helpers); shared
 # libraries only where a program uses them (--as-needed).
 LIBS     := -Wl,--start-group $(HAX_LIBS) -Wl,--end-group -Wl,--as-needed $(YAML_LIB) $(BLAS_LIB) $(CUDA_LIB) $(LDLIBS)
 # GPU test programs (tests/gpu_*.c -> build/gpu/gpu_*): built where CUDA is,
 # run by make test-gpu only (tests/run.sh runs build/tests/test_* alone).
-GPU_TESTS := $(if $(CU_DIRS),$(patsubst tests/%.c,build/gpu/%,$(wildcard tests/gpu_*.c)))
+GPU_TESTS := $(if $(CU_DIRS),$(patsubst tests/%.c,$(BUILD)/gpu/%,$(wildcard tests/gpu_*.c)))
 DEPFLAGS  = -MMD -MP -MF $(basename $@).d -MT $@
 
 .PHONY: all deps test test-gpu bench-cpu bench-datagen clean
@@ -85,40 +89,40 @@ all: $(PROGS) $(TESTS) $(GPU_TESTS)
 deps:
 	@bash .ci/install-deps.sh
 
-build/%.o: %.c
+$(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(DEPFLAGS) -c $< -o $@.$$$$.tmp && mv $@.$$$$.tmp $@
 
-build/%.o: %.cu
+$(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) $(DEPFLAGS) -c $< -o $@.$$$$.tmp && mv $@.$$$$.tmp $@
 
 # build/lib/libhax_FOLDER.a from the objects of one folder (built aside and
 # renamed, so concurrent builds never see half an archive)
 define lib_rule
-$(call lib_of,$(1)): $(patsubst %,build/%.o,$(basename $(filter-out %_main.c,$(wildcard $(1)/*.c $(1)/*.cu))))
-	@mkdir -p build/lib
+$(call lib_of,$(1)): $(patsubst %,$(BUILD)/%.o,$(basename $(filter-out %_main.c,$(wildcard $(1)/*.c $(1)/*.cu))))
+	@mkdir -p $(BUILD)/lib
 	ar rcs $$@.$$$$$$$$.tmp $$^ && mv $$@.$$$$$$$$.tmp $$@
 endef
 $(foreach d,$(LIB_DIRS),$(eval $(call lib_rule,$(d))))
 
 # bin/hax-NAME from whichever folder holds hax_NAME_main.c
 define prog_rule
-bin/$(subst _,-,$(patsubst %_main,%,$(basename $(notdir $(1))))): build/$(1:.c=.o) $(HAX_LIBS)
-	@mkdir -p bin
+$(BINDIR)/$(subst _,-,$(patsubst %_main,%,$(basename $(notdir $(1))))): $(BUILD)/$(1:.c=.o) $(HAX_LIBS)
+	@mkdir -p $(BINDIR)
 	$$(CC) $$(CFLAGS) $$< -o $$@.$$$$$$$$.tmp $$(LIBS) && mv $$@.$$$$$$$$.tmp $$@
 endef
 $(foreach m,$(MAIN_C),$(eval $(call prog_rule,$(m))))
 
-build/tests/%: tests/%.c $(HAX_LIBS)
-	@mkdir -p build/tests
+$(BUILD)/tests/%: tests/%.c $(HAX_LIBS)
+	@mkdir -p $(BUILD)/tests
 	$(CC) $(CFLAGS) $(DEPFLAGS) -Itests $< -o $@.$$$$.tmp $(LIBS) && mv $@.$$$$.tmp $@
 
-build/gpu/%: tests/%.c $(HAX_LIBS)
-	@mkdir -p build/gpu
+$(BUILD)/gpu/%: tests/%.c $(HAX_LIBS)
+	@mkdir -p $(BUILD)/gpu
 	$(CC) $(CFLAGS) $(DEPFLAGS) -Itests $< -o $@.$$$$.tmp $(LIBS) && mv $@.$$$$.tmp $@
 
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 test: deps
 	@$(MAKE) --no-print-directory all
@@ -142,5 +146,23 @@ demo: deps
 	bin/hax-train configs/tiny_demo.yaml
 	bin/hax-eval results/tiny_demo/lr_0.003/seed_1/best.safetensors --data data/demo --plot results/tiny_demo/figs
 
+# The CPU suite under AddressSanitizer and UBSan, built into build-asan/
+# (CPU only: NVCC= ), run with tests/run.sh against those binaries.
+ASAN_OPT := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+ASAN_ENV := HAX_BUILD=build-asan HAX_BIN=$(CURDIR)/build-asan/bin ASAN_OPTIONS=detect_leaks=0:abort_on_error=0 \
+            UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+.PHONY: asan test-asan fuzz
+asan: deps
+	@$(MAKE) --no-print-directory BUILD=build-asan BINDIR=build-asan/bin NVCC= OPT="$(ASAN_OPT)" all
+test-asan: asan
+	$(ASAN_ENV) tests/run.sh
+
+# Seeded mutation runs over every reader (tests/fuzz.sh): FUZZ_N inputs per
+# reader, FUZZ_SEED; fails on a crash, a hang or a modified file.
+FUZZ_N ?= 300
+FUZZ_SEED ?= 1
+fuzz: all
+	tests/fuzz.sh $(FUZZ_N) $(FUZZ_SEED)
+
 clean:
-	rm -rf build bin
+	rm -rf build bin build-asan

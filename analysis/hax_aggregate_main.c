@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "analysis/aggregate.h"
 #include "src/core/common.h"
@@ -21,7 +22,8 @@
 
 static void usage(FILE *out) {
     fputs("usage: hax-aggregate [--format markdown|csv|json] [--paper] [--plot DIR]\n"
-          "                     [--metric test|test_reference] [--output FILE] RESULTS_DIR\n"
+          "                     [--metric test|test_reference] [--output FILE] [--stale-after SECONDS]\n"
+          "                     RESULTS_DIR\n"
           "  Reads RESULTS_DIR/**/result.json, averages complete runs over seeds, picks each\n"
           "  architecture's learning rate by mean validation accuracy (ties: the smaller lr)\n"
           "  and prints the paper's Table 1 (test accuracy %, mean ± sample std) on stdout.\n"
@@ -32,13 +34,16 @@ static void usage(FILE *out) {
           "  --metric   test (default: test_acc) or test_reference (test_acc_reference,\n"
           "             the reference code's figure)\n"
           "  --output   write the table into FILE atomically instead of stdout (an existing\n"
-          "             FILE is kept when nothing can be aggregated)\n",
+          "             FILE is kept when nothing can be aggregated)\n"
+          "  --stale-after  a 'running' result.json whose heartbeat (unix seconds) is older\n"
+          "             than this is reported as 'stale': no live process (default 900; 0: never)\n",
           out);
 }
 
 int main(int argc, char **argv) {
     const char *format = "markdown", *plot_dir = NULL, *dir = NULL, *output = NULL;
     int paper = 0;
+    double stale_after = 900;
     hax_summary s;
     memset(&s, 0, sizeof s);
     for (int i = 1; i < argc; i++) {
@@ -62,8 +67,15 @@ int main(int argc, char **argv) {
             if (strcmp(m, "test") == 0) s.metric = METRIC_TEST;
             else if (strcmp(m, "test_reference") == 0) s.metric = METRIC_TEST_REFERENCE;
             else hax_die_code(HAX_EXIT_USAGE, "--metric: expected test or test_reference, found '%s'", m);
+        } else if (strcmp(a, "--stale-after") == 0 && has_value) {
+            const char *v = argv[++i];
+            char *end;
+            stale_after = strtod(v, &end);
+            if (!v[0] || *end || !(stale_after >= 0 && stale_after <= 1e9))
+                hax_die_code(HAX_EXIT_USAGE, "--stale-after: expected seconds in [0, 1e9], found '%s'", v);
         } else if (a[0] == '-' && a[1]) {
-            hax_die_code(HAX_EXIT_USAGE, "%s: expected --format, --paper, --plot DIR, --metric, --output FILE or --help%s", a,
+            hax_die_code(HAX_EXIT_USAGE, "%s: expected --format, --paper, --plot DIR, --metric, --output FILE, "
+                         "--stale-after SECONDS or --help%s", a,
                          has_value ? "" : " (or a missing value)");
         } else if (dir) {
             hax_die_code(HAX_EXIT_USAGE, "expected one RESULTS_DIR, found '%s' and '%s'", dir, a);
@@ -89,7 +101,8 @@ int main(int argc, char **argv) {
             fprintf(stderr, "\r\033[Kreading result files: %d/%d", i, n);
             last = hax_now();
         }
-        if (results_read_file(paths[i], &runs[n_read], err, sizeof err) == 0) n_read++;
+        if (results_read_file(paths[i], &runs[n_read], err, sizeof err) == 0)
+            results_mark_stale(&runs[n_read++], (double)time(NULL), stale_after);
         else {
             summary_note(&s.unreadable, &s.n_unreadable, paths[i], "%s", err);
             results_run_free(&runs[n_read]);
@@ -103,12 +116,13 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n_read; i++) results_run_free(&runs[i]);
     free(runs);
 
-    if (s.n_archs == 0) {
-        table_footer_lines(stderr, &s, "hax-aggregate: ");
+    if (s.n_archs == 0) {  // one line: the counts and the first file not averaged
         if (n == 0) hax_die("%s: expected result.json files under the folder, found none", dir);
+        const hax_note *first = s.n_unreadable ? &s.unreadable[0] : s.n_incomplete ? &s.incomplete[0] : NULL;
         hax_die("%s: expected at least one complete, readable result.json, found none (%d files: %d incomplete, %d "
-                "unreadable)",
-                dir, n, s.n_incomplete, s.n_unreadable);
+                "unreadable%s%s%s%s)",
+                dir, n, s.n_incomplete, s.n_unreadable, first ? "; first: " : "", first ? first->path : "",
+                first ? ": " : "", first ? first->text : "");
     }
     // The table goes to memory first: --output writes it whole or not at all.
     char *text = NULL;

@@ -19,7 +19,9 @@ typedef struct {
     int n;
 } hax_cells;
 
-typedef enum { RUN_COMPLETE = 0, RUN_RUNNING, RUN_FAILED, RUN_PREEMPTED } hax_run_status;
+// RUN_STALE: "running" in the file, but its heartbeat is older than the
+// limit (results_mark_stale): no live process writes it any more.
+typedef enum { RUN_COMPLETE = 0, RUN_RUNNING, RUN_FAILED, RUN_PREEMPTED, RUN_STALE } hax_run_status;
 
 typedef struct {
     char path[1024];         // the result.json file
@@ -41,6 +43,7 @@ typedef struct {
     // complete run: best_valid_acc and test_acc.
     double best_valid_acc, test_acc, test_acc_reference;
     int64_t best_step, steps;  // -1 when absent
+    double heartbeat;          // unix seconds of the writer's last sign of life; NaN when absent
     hax_cells valid_cells, test_cells;  // per-cell accuracies (may be empty)
     hax_cells test_ref_cells;           // per-cell test accuracies, reference style (may be empty)
 } hax_run;
@@ -53,6 +56,10 @@ int results_read_file(const char *path, hax_run *run, char *err, int errlen);
 // fallbacks of label, lr and seed).
 int results_read_text(const char *path, const char *text, size_t len, hax_run *run, char *err, int errlen);
 void results_run_free(hax_run *run);
+// Marks a "running" run whose heartbeat is more than max_age seconds before
+// now as RUN_STALE (status_name "stale"); max_age <= 0 or no heartbeat: no
+// change. Returns 1 when it marked the run.
+int results_mark_stale(hax_run *run, double now, double max_age);
 
 // Every file named result.json under dir (recursively; symbolic links to
 // folders are not followed), sorted by path. Returns the count, or -1 with a

@@ -9,6 +9,7 @@
 #include <yaml.h>
 
 #include "src/core/common.h"
+#include "src/core/yaml_util.h"
 #include "analysis/results.h"
 
 // ---------------------------------------------------------------------------
@@ -238,16 +239,10 @@ static int read_cells(ynode root, const char *split, hax_cells *out, char *err, 
 // ---------------------------------------------------------------------------
 
 static int load_doc(yaml_document_t *doc, const char *text, size_t len, const char *what, char *err, int errlen) {
-    yaml_parser_t parser;
-    if (!yaml_parser_initialize(&parser)) return hax_errf(err, errlen, "cannot initialise the YAML parser");
-    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
-    if (!yaml_parser_load(&parser, doc)) {
-        hax_errf(err, errlen, "%s: expected valid JSON, found a syntax error at line %d: %s", what,
-                 (int)parser.problem_mark.line + 1, parser.problem ? parser.problem : "unknown problem");
-        yaml_parser_delete(&parser);
-        return -1;
-    }
-    yaml_parser_delete(&parser);
+    char e[256];
+    int rc = hax_yaml_load(doc, text, len, HAX_MAX_DEPTH, e, sizeof e);
+    if (rc == -1) return hax_errf(err, errlen, "%s: expected valid JSON, found a syntax error at %s", what, e);
+    if (rc) return hax_errf(err, errlen, "%s: %s", what, e);
     if (!yaml_document_get_root_node(doc)) {
         yaml_document_delete(doc);
         return hax_errf(err, errlen, "%s: expected a JSON object, found an empty file", what);
@@ -332,6 +327,10 @@ static int read_fields(ynode root, ynode cfg, const char *path, hax_run *r, char
     if (read_acc(root, "test_acc_reference", &r->test_acc_reference, 0, err, errlen)) return -1;
     if (read_int(root, "best_step", -1, INT64_MAX, &r->best_step, err, errlen) < 0) return -1;
     if (read_int(root, "steps", 0, INT64_MAX, &r->steps, err, errlen) < 0) return -1;
+    ynode hb = get(root, "heartbeat");
+    if (hb.node && !is_null(hb) && (!as_number(hb, &r->heartbeat) || !(r->heartbeat >= 0)))
+        return hax_errf(err, errlen, "heartbeat: expected unix seconds (a number >= 0), found '%s'",
+                        scalar_text(hb) ? scalar_text(hb) : "an object or list");
     if (read_cells(root, "valid", &r->valid_cells, err, errlen)) return -1;
     if (read_cells(root, "test", &r->test_cells, err, errlen)) return -1;
     if (read_cells(root, "test_reference", &r->test_ref_cells, err, errlen)) return -1;
@@ -343,6 +342,7 @@ int results_read_text(const char *path, const char *text, size_t len, hax_run *r
     snprintf(r->path, sizeof r->path, "%s", path);
     r->best_valid_acc = r->test_acc = r->test_acc_reference = NAN;
     r->best_step = r->steps = -1;
+    r->heartbeat = NAN;
     yaml_document_t doc, cdoc;
     if (load_doc(&doc, text, len, "result.json", err, errlen)) return -1;
     ynode root = {&doc, yaml_document_get_root_node(&doc)};
@@ -368,10 +368,13 @@ int results_read_text(const char *path, const char *text, size_t len, hax_run *r
 
 int results_read_file(const char *path, hax_run *r, char *err, int errlen) {
     size_t len;
-    char *text = hax_read_file(path, &len);
+    char e[512];
+    char *text = hax_read_file_max(path, HAX_MAX_TEXT_BYTES, &len, e, sizeof e);
     if (!text) {
         memset(r, 0, sizeof *r);
-        return hax_errf(err, errlen, "cannot read: %s", strerror(errno));
+        // the caller names the file: keep what follows "PATH: "
+        size_t pl = strlen(path);
+        return hax_errf(err, errlen, "%s", strncmp(e, path, pl) == 0 && e[pl] == ':' ? e + pl + 2 : e);
     }
     if (memchr(text, 0, len)) {  // libyaml would stop at the NUL silently
         free(text);
@@ -381,6 +384,13 @@ int results_read_file(const char *path, hax_run *r, char *err, int errlen) {
     int rc = results_read_text(path, text, len, r, err, errlen);
     free(text);
     return rc;
+}
+
+int results_mark_stale(hax_run *r, double now, double max_age) {
+    if (r->status != RUN_RUNNING || max_age <= 0 || isnan(r->heartbeat) || now - r->heartbeat <= max_age) return 0;
+    r->status = RUN_STALE;
+    snprintf(r->status_name, sizeof r->status_name, "stale");
+    return 1;
 }
 
 void results_run_free(hax_run *r) {

@@ -18,7 +18,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "src/core/common.h"
@@ -121,6 +123,59 @@ static int exists(const char *path) {
     return stat(path, &st) == 0;
 }
 
+// Rank 0's temporary folder, removed at exit when a failure (hax_die) ends
+// the run before remove_tmp.
+static char tmp_at_exit[4096];
+
+// Removes a temporary folder and the files in it.
+static void remove_dir_files(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return;
+    struct dirent *e;
+    char path[8192];
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        unlink(path);
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+static void remove_tmp(run_ctx *r) {
+    remove_dir_files(r->tmp);
+    tmp_at_exit[0] = 0;
+}
+
+static void remove_tmp_at_exit(void) {
+    if (tmp_at_exit[0]) remove_dir_files(tmp_at_exit);
+}
+
+// Temporary folders .hax-datagen-tmp-PID of runs that are gone: the process
+// no longer exists here and the folder has not changed for 10 minutes (a
+// folder shared with another node may belong to a live run there, which
+// writes a shard every few seconds). Each removal says so in one line.
+static void remove_stale_tmps(const char *out) {
+    DIR *d = opendir(out);
+    if (!d) return;
+    struct dirent *e;
+    char path[8192];
+    while ((e = readdir(d)) != NULL) {
+        const char *pfx = ".hax-datagen-tmp-";
+        if (strncmp(e->d_name, pfx, strlen(pfx)) != 0) continue;
+        char *end;
+        long pid = strtol(e->d_name + strlen(pfx), &end, 10);
+        if (*end || pid <= 0 || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;  // alive (or not ours to judge)
+        snprintf(path, sizeof path, "%s/%s", out, e->d_name);
+        struct stat st;
+        if (lstat(path, &st) != 0 || !S_ISDIR(st.st_mode) || difftime(time(NULL), st.st_mtime) < 600) continue;
+        remove_dir_files(path);
+        fprintf(stderr, "hax-datagen: removed %s, the temporary folder of process %ld, which is gone\n", path, pid);
+    }
+    closedir(d);
+}
+
 // Rank 0: checks the output folder and creates the temporary one. Returns 0
 // or -1 with err.
 static int preflight(run_ctx *r, char *err, int errlen) {
@@ -142,25 +197,14 @@ static int preflight(run_ctx *r, char *err, int errlen) {
             return snprintf(err, (size_t)errlen, "--out %s: already holds a text dataset (%s); use --force to "
                             "replace it", o->out, path), -1;
     }
+    remove_stale_tmps(o->out);
     snprintf(r->tmp, sizeof r->tmp, "%s/.hax-datagen-tmp-%ld", o->out, (long)getpid());
     if (mkdir(r->tmp, 0755) != 0)
         return snprintf(err, (size_t)errlen, "--out %s: cannot write there (creating %s: %s)", o->out, r->tmp,
                         strerror(errno)), -1;
+    snprintf(tmp_at_exit, sizeof tmp_at_exit, "%s", r->tmp);
+    atexit(remove_tmp_at_exit);
     return 0;
-}
-
-static void remove_tmp(run_ctx *r) {
-    DIR *d = opendir(r->tmp);
-    if (!d) return;
-    struct dirent *e;
-    char path[8192];
-    while ((e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(path, sizeof path, "%s/%s", r->tmp, e->d_name);
-        unlink(path);
-    }
-    closedir(d);
-    rmdir(r->tmp);
 }
 
 // ---------------------------------------------------------------- default generator

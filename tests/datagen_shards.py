@@ -91,6 +91,10 @@ def damage(d, name, kind, i, j=None):
         last = b - tb
         v = int.from_bytes(data[last:b], "little") - BIAS
         data[last:b] = (BIAS + (v + 1) % nv).to_bytes(tb, "little")
+    elif kind == "reserved":  # a header byte that must be zero
+        data[150] = 1
+    elif kind == "token":  # an id far above the dataset's largest (last token of sample i)
+        data[b - tb:b] = (250 if tb == 1 else 65000).to_bytes(tb, "little")
     elif kind == "cell":
         m0 = off[3] + i * meta_stride
         data[m0:m0 + 2] = (struct.unpack_from("<H", data, m0)[0] + 1).to_bytes(2, "little")

@@ -3,7 +3,7 @@
 HAX_TEST_PASSED=0
 HAX_TEST_FAILED=0
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=$ROOT/bin
+BIN=${HAX_BIN:-$ROOT/bin}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1
 MPIRUN="mpirun --oversubscribe --allow-run-as-root --bind-to none"

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 filter=${1:-}
 passed=0 failed=0 broken=()
 shopt -s nullglob
-for t in build/tests/test_* tests/test_*.sh; do
+for t in "${HAX_BUILD:-build}"/tests/test_* tests/test_*.sh; do
     [ -x "$t" ] || [ "${t%.sh}" != "$t" ] || continue
     case "$t" in *"$filter"*) ;; *) continue ;; esac
     echo "== $t"

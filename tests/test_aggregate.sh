@@ -314,8 +314,9 @@ check_fails "empty folder: exit 1, one line" "empty: expected result.json files 
 check_fails "missing folder: exit 1, one line" "nope: expected a results folder" "$AGG" "$tmp/nope"
 mkdir -p "$tmp/bad/x/lr_0.001/seed_1" && echo '{"status": ' >"$tmp/bad/x/lr_0.001/seed_1/result.json"
 "$AGG" "$tmp/bad" >/dev/null 2>"$tmp/bad.err"; rc=$?
-[ $rc -eq 1 ] && tail -n 1 "$tmp/bad.err" | grep -q "found none (1 files: 0 incomplete, 1 unreadable)" &&
-    ok "only unreadable files: exit 1 with the count" || fail "only unreadable files: exit 1 (exit $rc: $(cat "$tmp/bad.err"))"
+[ $rc -eq 1 ] && [ "$(wc -l <"$tmp/bad.err")" -eq 1 ] &&
+    grep -q "found none (1 files: 0 incomplete, 1 unreadable; first: .*seed_1/result.json: .*syntax error" "$tmp/bad.err" &&
+    ok "only unreadable files: exit 1, one line with the count and the first reason" || fail "only unreadable files: exit 1 (exit $rc: $(cat "$tmp/bad.err"))"
 gen "run('$tmp/running', 'mamba', 'mamba', 'none', 64, 2, 1e-3, 1, 0.5, 0.5, status='running')"
 check_fails "only running runs: exit 1" "found none \(1 files: 1 incomplete" "$AGG" "$tmp/running"
 "$AGG" --format xml "$R" >/dev/null 2>&1; [ $? -eq 2 ] && ok "bad --format: exit 2" || fail "bad --format: exit 2"

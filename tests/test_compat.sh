@@ -5,7 +5,7 @@
 # (build/tests/test_compat --dump) writes them through the text writer; the
 # files must be byte-identical (cmp), and so must the redraw counts.
 source "$(dirname "$0")/lib.sh"
-T=$ROOT/build/tests/test_compat
+T=$ROOT/${HAX_BUILD:-build}/tests/test_compat
 work=$(mktemp -d /tmp/hax_test_compat_sh.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 

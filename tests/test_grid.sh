@@ -65,7 +65,7 @@ bad "key twice" "bad.yaml:4: lrs: expected once, found it again \(first at line 
     $'configs: [a.yaml]\nlrs: [1e-3]\nseeds: [1]\nlrs: [1e-3]'
 bad "override without =" "overrides: expected section.field=value, found 'train.steps'" \
     $'configs: [a.yaml]\nlrs: [1e-3]\nseeds: [1]\noverrides: [train.steps]'
-bad "YAML syntax" "bad.yaml:[0-9]+: expected valid YAML, found a syntax error" $'configs: [a.yaml\nlrs: [1e-3]'
+bad "YAML syntax" "bad.yaml: expected valid YAML, found a syntax error at line [0-9]+" $'configs: [a.yaml\nlrs: [1e-3]'
 bad "missing config file" "nope.yaml: cannot read" $'configs: [nope.yaml]\nlrs: [1e-3]\nseeds: [1]'
 bad "bad override value" "override 'train.steps=many'" \
     $'configs: [a.yaml]\nlrs: [1e-3]\nseeds: [1]\noverrides: [train.steps=many]'

@@ -5,7 +5,7 @@
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 T=$BIN/hax-train
-FILES=$ROOT/build/tests/test_train_files
+FILES=$ROOT/${HAX_BUILD:-build}/tests/test_train_files
 GOLDEN=$ROOT/tests/golden/mamba_sign_bin_lsh__key_selection.safetensors
 tmp=$(mktemp -d /tmp/hax_test_train.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT

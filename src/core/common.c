@@ -119,6 +119,60 @@ fail: {
     }
 }
 
+static const char *file_kind(mode_t m) {
+    return S_ISDIR(m) ? "a folder" : S_ISFIFO(m) ? "a FIFO" : S_ISCHR(m) ? "a character device" : S_ISBLK(m) ? "a block device"
+         : S_ISSOCK(m) ? "a socket" : "a special file";
+}
+
+char *hax_read_file_max(const char *path, size_t max, size_t *len, char *err, int errlen) {
+    // O_NONBLOCK: opening a FIFO without a writer must not wait for one
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        hax_errf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st = {0};
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        hax_errf(err, errlen, "%s: expected a regular file, found %s", path, file_kind(st.st_mode));
+        close(fd);
+        return NULL;
+    }
+    if ((uint64_t)st.st_size > max) {
+        hax_errf(err, errlen, "%s: expected at most %zu bytes, found %lld", path, max, (long long)st.st_size);
+        close(fd);
+        return NULL;
+    }
+    // The file may grow while we read: never read past max.
+    size_t cap = (size_t)st.st_size + 1, n = 0;
+    char *buf = xmalloc(cap + 1);
+    for (;;) {
+        ssize_t r = read(fd, buf + n, cap - n);
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0) {
+            hax_errf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+            free(buf);
+            close(fd);
+            return NULL;
+        }
+        if (r == 0) break;
+        n += (size_t)r;
+        if (n == cap) {
+            if (cap > max) {
+                hax_errf(err, errlen, "%s: expected at most %zu bytes, found more (the file grew)", path, max);
+                free(buf);
+                close(fd);
+                return NULL;
+            }
+            cap = cap * 2 > max + 1 ? max + 1 : cap * 2;
+            buf = xrealloc(buf, cap + 1);
+        }
+    }
+    close(fd);
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}
+
 char *hax_read_file(const char *path, size_t *len) {
     struct stat st;
     if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {

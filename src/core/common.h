@@ -43,6 +43,18 @@ int hax_write_file_atomic(const char *path, const void *buf, size_t len);
 // Returns NULL with errno set on failure.
 char *hax_read_file(const char *path, size_t *len);
 
+// Input limits of the readers (manifest, result.json, golden and checkpoint
+// headers, configs): text files and JSON headers, and nesting depth.
+#define HAX_MAX_TEXT_BYTES ((size_t)64 << 20)
+#define HAX_MAX_DEPTH 64
+
+// Bounded hax_read_file for input files: refuses anything that is not a
+// regular file (a FIFO, /dev/zero, a folder: checked without blocking) and a
+// file over max bytes, before reading it. Returns the buffer (NUL-terminated)
+// or NULL with "PATH: expected ..., found ..." (or "PATH: cannot read: ...")
+// in err.
+char *hax_read_file_max(const char *path, size_t max, size_t *len, char *err, int errlen);
+
 // Creates a folder and its parents (like mkdir -p). Returns 0 or -1 (errno).
 int hax_mkdir_p(const char *path);
 

@@ -29,13 +29,29 @@ static int jis_null(yaml_node_t *n) {
     return !n || (s && (strcmp(s, "null") == 0 || strcmp(s, "~") == 0));
 }
 
-static double jnum(json_doc *j, yaml_node_t *map, const char *key, const char *where) {
-    const char *s = jscalar(jget(j, map, key));
-    if (!s) hax_die("%s: metadata hax_case: %s%s: expected a number, found %s", j->path, where, key, "nothing");
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s || *end) hax_die("%s: metadata hax_case: %s%s: expected a number, found '%s'", j->path, where, key, s);
+// What a node is, for messages ("an object", "a list", "nothing", "'abc'").
+static const char *jdesc(yaml_node_t *n, char *buf, size_t len) {
+    if (!n) return "nothing";
+    if (n->type == YAML_MAPPING_NODE) return "an object";
+    if (n->type == YAML_SEQUENCE_NODE) return "a list";
+    snprintf(buf, len, "'%.60s'", (const char *)n->data.scalar.value);
+    return buf;
+}
+
+// A number node (what names it in messages: "adamw.betas[1]").
+static double jnum_node(json_doc *j, yaml_node_t *n, const char *what) {
+    const char *s = jscalar(n);
+    char *end = NULL, b[80];
+    double v = s ? strtod(s, &end) : 0;
+    if (!s || end == s || *end)
+        hax_die("%s: metadata hax_case: %s: expected a number, found %s", j->path, what, jdesc(n, b, sizeof b));
     return v;
+}
+
+static double jnum(json_doc *j, yaml_node_t *map, const char *key, const char *where) {
+    char what[160];
+    snprintf(what, sizeof what, "%s%s", where, key);
+    return jnum_node(j, jget(j, map, key), what);
 }
 
 static int jint(json_doc *j, yaml_node_t *map, const char *key, const char *where) {
@@ -109,10 +125,12 @@ static void config_from_json(hax_case *c, json_doc *j, yaml_node_t *root) {
         // the suite's Samba puts attention at the odd layers, as samba.json does
         int k = 0, n_attn = 0;
         for (yaml_node_item_t *it = ly->data.sequence.items.start; it < ly->data.sequence.items.top; it++, k++) {
-            const char *s = jscalar(yaml_document_get_node(&j->doc, *it));
-            if (!s || atoi(s) != 2 * k + 1)
-                hax_die("%s: metadata hax_case: config.attn.layers: expected the odd layers 1, 3, ..., found %s at item %d",
-                        j->path, s ? s : "a non-number", k);
+            char what[64];
+            snprintf(what, sizeof what, "config.attn.layers[%d]", k);
+            double v = jnum_node(j, yaml_document_get_node(&j->doc, *it), what);
+            if (v != 2 * k + 1)
+                hax_die("%s: metadata hax_case: config.attn.layers: expected the odd layers 1, 3, ..., found %g at item %d",
+                        j->path, v, k);
             n_attn++;
         }
         if (n_attn != m->n_layers / 2)
@@ -137,13 +155,9 @@ void case_load(hax_case *c, const st_file *f) {
     json_doc j;
     memset(&j, 0, sizeof j);
     j.path = f->path;
-    yaml_parser_t p;
-    yaml_parser_initialize(&p);
-    yaml_parser_set_input_string(&p, (const unsigned char *)meta, strlen(meta));
-    if (!yaml_parser_load(&p, &j.doc))
-        hax_die("%s: metadata hax_case: expected JSON, found a syntax error at offset %zu: %s", f->path,
-                p.problem_offset, p.problem ? p.problem : "?");
-    yaml_parser_delete(&p);
+    char err[256];
+    if (hax_yaml_load(&j.doc, meta, strlen(meta), HAX_MAX_DEPTH, err, sizeof err) != 0)
+        hax_die("%s: metadata hax_case: %s", f->path, err);
     yaml_node_t *root = yaml_document_get_root_node(&j.doc);
     if (!root || root->type != YAML_MAPPING_NODE) hax_die("%s: metadata hax_case: expected a JSON object", f->path);
     const char *name = jscalar(jget(&j, root, "case"));
@@ -157,8 +171,8 @@ void case_load(hax_case *c, const st_file *f) {
     yaml_node_t *betas = jget(&j, ad, "betas");
     if (!betas || betas->type != YAML_SEQUENCE_NODE || betas->data.sequence.items.top - betas->data.sequence.items.start != 2)
         hax_die("%s: metadata hax_case: adamw.betas: expected a list of 2 numbers", f->path);
-    c->beta1 = atof(jscalar(yaml_document_get_node(&j.doc, betas->data.sequence.items.start[0])));
-    c->beta2 = atof(jscalar(yaml_document_get_node(&j.doc, betas->data.sequence.items.start[1])));
+    c->beta1 = jnum_node(&j, yaml_document_get_node(&j.doc, betas->data.sequence.items.start[0]), "adamw.betas[0]");
+    c->beta2 = jnum_node(&j, yaml_document_get_node(&j.doc, betas->data.sequence.items.start[1]), "adamw.betas[1]");
     int model_len = jint(&j, root, "model_seq_len", "");
     yaml_document_delete(&j.doc);
 

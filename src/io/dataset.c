@@ -120,12 +120,17 @@ static uint64_t align8(uint64_t x) { return (x + 7) & ~(uint64_t)7; }
 
 int shard_open(hax_shard *s, const char *path, uint64_t expect_bytes, char *err, int errlen) {
     memset(s, 0, sizeof *s);
-    int fd = open(path, O_RDONLY);
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);  // a FIFO must not block
     if (fd < 0) return hax_errf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         close(fd);
         return hax_errf(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return hax_errf(err, errlen, "%s: expected a regular file, found %s", path,
+                        S_ISDIR(st.st_mode) ? "a folder" : S_ISFIFO(st.st_mode) ? "a FIFO" : "a device or special file");
     }
     uint64_t size = (uint64_t)st.st_size;
     if (expect_bytes > 0 && size != expect_bytes) {
@@ -155,6 +160,9 @@ int shard_open(hax_shard *s, const char *path, uint64_t expect_bytes, char *err,
         snprintf(why, sizeof why, "header_bytes: expected %zu, found %u", sizeof(hax_shard_header), h->header_bytes);
     else if (hax_crc32c(0, h, offsetof(hax_shard_header, header_crc)) != h->header_crc)
         snprintf(why, sizeof why, "header checksum mismatch (corrupted header)");
+    else if (h->reserved[0] != 0 || h->reserved[1] != 0)
+        snprintf(why, sizeof why, "reserved bytes 148..155: expected zero, found 0x%08x 0x%08x", h->reserved[0],
+                 h->reserved[1]);
     else if (h->token_bytes != 1 && h->token_bytes != 2)
         snprintf(why, sizeof why, "token_bytes: expected 1 or 2, found %u", h->token_bytes);
     else if (h->levels < 1 || h->levels > HAX_MAX_LEVELS || h->meta_stride != 2 * (h->levels + 1))
@@ -325,6 +333,12 @@ static int parse_params(manifest_doc *m, yaml_node_t *root, hax_dataset *ds) {
     if (ds->token_bytes != data_token_bytes(p))
         return hax_errf(m->err, m->errlen, "%s: field token_bytes: expected %d for ids up to %d, found %d", m->path,
                     data_token_bytes(p), data_max_token(p), ds->token_bytes);
+    int bases[HAX_MAX_LEVELS];
+    if (get_int_list(m, root, "level_bases", p->levels, bases)) return -1;
+    for (int l = 0; l < p->levels; l++)
+        if (bases[l] != data_level_base(p, l))
+            return hax_errf(m->err, m->errlen, "%s: field level_bases[%d]: expected %d from n_value and the level maxima, "
+                            "found %d", m->path, l, data_level_base(p, l), bases[l]);
     return 0;
 }
 
@@ -355,14 +369,18 @@ static int parse_split(manifest_doc *m, yaml_node_t *splits, int s, hax_dataset 
     for (int i = 0; i < count; i++) {
         yaml_node_t *e = yaml_document_get_node(&m->doc, list->data.sequence.items.start[i]);
         const char *file = get_str(m, e, "file");
-        int64_t ns, nt, bytes, crc;
-        if (!file || get_i64(m, e, "n_samples", 0, UINT32_MAX, &ns) || get_i64(m, e, "n_tokens", 0, INT64_MAX, &nt) ||
+        int64_t ns, nt, bytes, crc, first;
+        if (!file || get_i64(m, e, "first", 0, INT64_MAX, &first) || get_i64(m, e, "n_samples", 0, UINT32_MAX, &ns) || get_i64(m, e, "n_tokens", 0, INT64_MAX, &nt) ||
             get_i64(m, e, "bytes", 1, INT64_MAX, &bytes) || get_i64(m, e, "crc32c", 0, UINT32_MAX, &crc))
             return -1;
         int64_t want_ns = i + 1 < count ? ds->shard_size : n - (int64_t)i * ds->shard_size;
         if (ns != want_ns)
             return hax_errf(m->err, m->errlen, "%s:%d: shard %s: n_samples: expected %" PRId64 ", found %" PRId64,
                         m->path, line_of(e), file, want_ns, ns);
+        if (first != (int64_t)i * ds->shard_size)
+            return hax_errf(m->err, m->errlen, "%s:%d: shard %s: first: expected %" PRId64 " (shard %d of %" PRId64
+                            " samples), found %" PRId64, m->path, line_of(e), file, (int64_t)i * ds->shard_size, i,
+                            ds->shard_size, first);
         if (strchr(file, '/'))
             return hax_errf(m->err, m->errlen, "%s:%d: shard file '%s': expected a plain file name", m->path,
                         line_of(e), file);
@@ -401,24 +419,22 @@ hax_dataset *dataset_open(const char *dir, char *err, int errlen) {
     char *path = xmalloc(plen);
     snprintf(path, plen, "%s/manifest.yaml", dir);
     size_t len;
-    char *text = hax_read_file(path, &len);
+    char e[512];
+    char *text = hax_read_file_max(path, HAX_MAX_TEXT_BYTES, &len, e, sizeof e);
     if (!text) {
-        hax_errf(err, errlen, "%s: cannot read: %s (not a hax dataset, or an unfinished one)", path, strerror(errno));
+        if (strstr(e, ": cannot read: ")) hax_errf(err, errlen, "%s (not a hax dataset, or an unfinished one)", e);
+        else hax_errf(err, errlen, "%s", e);
         free(path);
         dataset_close(ds);
         return NULL;
     }
     manifest_doc m = {.path = path, .err = err, .errlen = errlen};
-    yaml_parser_t parser;
-    yaml_parser_initialize(&parser);
-    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
-    int rc = -1;
-    if (!yaml_parser_load(&parser, &m.doc)) {
-        hax_errf(err, errlen, "%s:%d: not valid YAML: %s", path, (int)parser.problem_mark.line + 1,
-             parser.problem ? parser.problem : "parse error");
-        yaml_parser_delete(&parser);
+    int rc = -1, yrc = hax_yaml_load(&m.doc, text, len, HAX_MAX_DEPTH, e, sizeof e);
+    if (yrc == -1) {
+        hax_errf(err, errlen, "%s: not valid YAML: %s", path, e);
+    } else if (yrc) {
+        hax_errf(err, errlen, "%s: %s", path, e);
     } else {
-        yaml_parser_delete(&parser);
         yaml_node_t *root = yaml_document_get_root_node(&m.doc);
         if (!root || root->type != YAML_MAPPING_NODE) {
             hax_errf(err, errlen, "%s: expected a mapping at the top, found %s", path, root ? "something else" : "nothing");
@@ -458,11 +474,41 @@ int dataset_pad_len(const hax_dataset *ds) { return ds->pad_len; }
 int dataset_n_shards(const hax_dataset *ds, int split) { return ds->n_shards[split]; }
 const hax_shard *dataset_shard(const hax_dataset *ds, int split, int i) { return &ds->shards[split][i]; }
 
+// One pass over a shard: every sample has its cell (the reference's order),
+// the length of that cell, and token ids up to the dataset's largest.
+int shard_check_samples(const hax_shard *sh, const hax_data_params *p, char *err, int errlen) {
+    int max_tok = data_max_token(p);
+    const char *split = sh->split < HAX_N_SPLITS ? hax_split_names[sh->split] : "?";
+    for (uint32_t i = 0; i < sh->h.n_samples; i++) {
+        int64_t idx = (int64_t)sh->h.first_index + i;
+        int sizes[HAX_MAX_LEVELS], want[HAX_MAX_LEVELS];
+        uint64_t a = sh->off[i], b = sh->off[i + 1];
+        shard_sample(sh, i, NULL, NULL, sizes, NULL);
+        data_cell_of(p, idx, want);
+        if (memcmp(sizes, want, (size_t)p->levels * sizeof(int)) != 0)
+            return hax_errf(err, errlen, "%s: %s sample %" PRId64 ": expected cell %dx%d (the reference's order), "
+                            "found %dx%d", sh->path, split, idx, want[0], p->levels > 1 ? want[1] : 0, sizes[0],
+                            p->levels > 1 ? sizes[1] : 0);
+        if ((int64_t)(b - a) != data_sample_len(p, sizes))
+            return hax_errf(err, errlen, "%s: %s sample %" PRId64 ": expected %" PRId64 " tokens for its cell, found %"
+                            PRIu64, sh->path, split, idx, data_sample_len(p, sizes), b - a);
+        for (uint64_t q = a; q < b; q++) {
+            int t = sh->h.token_bytes == 1 ? sh->tok[q] : (int)(sh->tok[2 * q] | sh->tok[2 * q + 1] << 8);
+            if (t > max_tok)
+                return hax_errf(err, errlen, "%s: %s sample %" PRId64 ": expected token ids up to %d, found %d at "
+                                "position %" PRIu64, sh->path, split, idx, max_tok, t, q - a);
+        }
+    }
+    return 0;
+}
+
 int dataset_check_checksums(const hax_dataset *ds, int rank, int n_ranks, char *err, int errlen) {
     int k = 0;
     for (int s = 0; s < HAX_N_SPLITS; s++)
         for (int i = 0; i < ds->n_shards[s]; i++, k++)
-            if (k % n_ranks == rank && shard_check_crc(&ds->shards[s][i], err, errlen)) return -1;
+            if (k % n_ranks == rank && (shard_check_crc(&ds->shards[s][i], err, errlen) ||
+                                        shard_check_samples(&ds->shards[s][i], &ds->p, err, errlen)))
+                return -1;
     return 0;
 }
 

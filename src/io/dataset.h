@@ -99,6 +99,10 @@ void shard_close(hax_shard *s);
 // Checks the section CRCs against the header (the header's own CRC is
 // checked by shard_open, and against the manifest by dataset_open).
 int shard_check_crc(const hax_shard *s, char *err, int errlen);
+// One cheap pass over the samples: each has its cell in the reference's
+// order, the length of that cell and token ids up to data_max_token (what
+// --verify would reject first, checked before a run writes anything).
+int shard_check_samples(const hax_shard *s, const hax_data_params *p, char *err, int errlen);
 
 // Copies sample i of a shard out (any pointer may be NULL); returns its length.
 int shard_sample(const hax_shard *sh, uint32_t i, int32_t *tokens, uint8_t *mask, int *sizes, int *attempt);
@@ -116,7 +120,8 @@ int64_t dataset_size(const hax_dataset *ds, int split);
 int dataset_pad_len(const hax_dataset *ds);
 int dataset_n_shards(const hax_dataset *ds, int split);
 const hax_shard *dataset_shard(const hax_dataset *ds, int split, int i);
-// Checks every shard's checksums; shards i with i % n_ranks == rank only.
+// Checks every shard's checksums and shard_check_samples; shards i with
+// i % n_ranks == rank only.
 int dataset_check_checksums(const hax_dataset *ds, int rank, int n_ranks, char *err, int errlen);
 
 // One stored sample: tokens and mask (each at least the sample's length),

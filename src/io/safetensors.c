@@ -473,6 +473,11 @@ st_file *st_parse(const char *path, unsigned char *buf, size_t len, char *err, i
                  path, (unsigned long long)hlen, len);
         goto fail;
     }
+    if (hlen > HAX_MAX_TEXT_BYTES) {
+        snprintf(err, errlen, "%s: header length: expected at most %zu bytes, found %llu", path, HAX_MAX_TEXT_BYTES,
+                 (unsigned long long)hlen);
+        goto fail;
+    }
     if (hlen < 2) {
         snprintf(err, errlen, "%s: header: expected a JSON object, found %llu bytes", path, (unsigned long long)hlen);
         goto fail;
@@ -489,11 +494,8 @@ fail:
 
 st_file *st_load(const char *path, char *err, int errlen) {
     size_t len;
-    char *buf = hax_read_file(path, &len);
-    if (!buf) {
-        snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
-        return NULL;
-    }
+    char *buf = hax_read_file_max(path, ST_MAX_FILE_BYTES, &len, err, errlen);
+    if (!buf) return NULL;
     return st_parse(path, (unsigned char *)buf, len, err, errlen);
 }
 

@@ -14,6 +14,9 @@
 #include <stdint.h>
 
 #define ST_MAX_DIM 8
+// st_load refuses larger files (and anything but a regular file); headers
+// are at most HAX_MAX_TEXT_BYTES (src/core/common.h).
+#define ST_MAX_FILE_BYTES ((size_t)16 << 30)
 
 typedef enum {
     ST_F64, ST_F32, ST_F16, ST_BF16,

@@ -147,7 +147,12 @@ static hax_dataset *open_dataset(const hax_config *cfg) {
 }
 
 int main(int argc, char **argv) {
+    // SIGTERM/SIGUSR1 from the very start: a job preempted while starting up
+    // stops at the first step with a checkpoint and exit 3, not with 143
+    // (installed again after MPI_Init, should the MPI library replace them)
+    train_install_signals();
     dist_init(&dist, &argc, &argv);
+    train_install_signals();
     train_opts o;
     memset(&o, 0, sizeof o);
     const char *config_path = NULL, *results = NULL;
@@ -221,7 +226,6 @@ int main(int argc, char **argv) {
         dist_finalize();
         return HAX_EXIT_OK;
     }
-    train_install_signals();
     o.ds = open_dataset(&cfg);
     set_threads(&cfg, o.ds);
     int rc = train_run(&o);

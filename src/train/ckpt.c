@@ -140,6 +140,12 @@ static int read_params(const st_file *f, const hax_model *m, const char *prefix,
         shape_of(p, shape);
         char name[160];
         snprintf(name, sizeof name, "%s%s", prefix, p->name);
+        // what train_ckpt_write wrote: F32, never another dtype's bits read as floats
+        const st_tensor *x = st_find(f, name);
+        if (x && x->dtype != ST_F32) {
+            snprintf(err, errlen, "%s: tensor %s: expected dtype F32, found %s", f->path, name, st_dtype_name(x->dtype));
+            return -1;
+        }
         if (st_read_f32(f, name, buf + p->offset, p->ndim, shape, err, errlen)) return -1;
     }
     return 0;

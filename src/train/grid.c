@@ -9,6 +9,7 @@
 #include <yaml.h>
 
 #include "src/core/common.h"
+#include "src/core/yaml_util.h"
 #include "src/io/dataset.h"
 #include "src/train/train.h"
 
@@ -138,24 +139,19 @@ int grid_load(hax_grid *g, const char *path, char *err, int errlen) {
         return hax_errf(err, errlen, "%s: expected a path of at most %zu characters", path, sizeof g->path - 1);
     strcpy(g->path, path);
     size_t len;
-    char *text = hax_read_file(path, &len);
-    if (!text) return hax_errf(err, errlen, "%s: cannot read the grid file: %s", path, strerror(errno));
-    yaml_parser_t parser;
+    char e[512];
+    char *text = hax_read_file_max(path, HAX_MAX_TEXT_BYTES, &len, e, sizeof e);
+    if (!text) return hax_errf(err, errlen, "%s", e);
     yaml_document_t doc;
-    if (!yaml_parser_initialize(&parser)) {
-        free(text);
-        return hax_errf(err, errlen, "%s: cannot initialise the YAML parser", path);
-    }
-    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
-    int rc;
-    if (!yaml_parser_load(&parser, &doc)) {
-        rc = hax_errf(err, errlen, "%s:%d: expected valid YAML, found a syntax error: %s", path,
-                      (int)parser.problem_mark.line + 1, parser.problem ? parser.problem : "unknown problem");
+    int rc = hax_yaml_load(&doc, text, len, HAX_MAX_DEPTH, e, sizeof e);
+    if (rc == -1) {
+        rc = hax_errf(err, errlen, "%s: expected valid YAML, found a syntax error at %s", path, e);
+    } else if (rc) {
+        rc = hax_errf(err, errlen, "%s: %s", path, e);
     } else {
         rc = walk(&doc, g, err, errlen);
         yaml_document_delete(&doc);
     }
-    yaml_parser_delete(&parser);
     free(text);
     if (rc != 0) grid_free(g);
     return rc;

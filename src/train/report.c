@@ -1,11 +1,15 @@
 // src/train/report.c: the human- and machine-readable record of a run —
 // result.json, metrics.csv — and the collective checks of hax-train's inputs.
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "src/core/common.h"
@@ -229,11 +233,38 @@ int train_write_metrics(train_ctx *t, char *err, int errlen) {
     return write_stream(t, f, &buf, &len, "metrics.csv", err, errlen);
 }
 
+int train_remove_stale_tmp(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int removed = 0;
+    struct dirent *e;
+    char path[HAX_PATH_MAX + 320];
+    while ((e = readdir(d)) != NULL) {
+        const char *t = strstr(e->d_name, ".tmp.");
+        while (t && strstr(t + 1, ".tmp.")) t = strstr(t + 1, ".tmp.");  // the last one
+        if (!t || t == e->d_name) continue;
+        char *end;
+        long pid = strtol(t + 5, &end, 10);
+        if (*end || pid <= 0 || t[5] < '0' || t[5] > '9' || pid == (long)getpid()) continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;  // alive (or not ours to judge)
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        struct stat st;
+        if (lstat(path, &st) != 0 || !S_ISREG(st.st_mode) || difftime(time(NULL), st.st_mtime) < 60) continue;
+        if (unlink(path) == 0) {
+            printf("hax-train: removed %s, a temporary file of process %ld, which is gone\n", path, pid);
+            removed++;
+        }
+    }
+    closedir(d);
+    return removed;
+}
+
 int train_result_complete(const char *run_dir) {
     char path[HAX_PATH_MAX + 320];
     snprintf(path, sizeof path, "%s/result.json", run_dir);
     size_t len = 0;
-    char *s = hax_read_file(path, &len);
+    char err[512];
+    char *s = hax_read_file_max(path, HAX_MAX_TEXT_BYTES, &len, err, sizeof err);  // never /dev/zero or a FIFO
     if (!s) return 0;
     int done = strstr(s, "\"status\": \"complete\"") != NULL;
     free(s);

@@ -57,6 +57,13 @@ int train_run(const train_opts *o);
 // 1 when <run_dir>/result.json exists and says "status": "complete".
 int train_result_complete(const char *run_dir);
 
+// Removes the temporary files NAME.tmp.PID (hax_write_file_atomic's) that a
+// killed hax-train left in dir: those whose process is gone here and which
+// have not changed for a minute (a live writer renames them within seconds).
+// Prints one line per file removed ("hax-train: removed ..."). Returns the
+// number removed. To call at start-up, before the run writes anything.
+int train_remove_stale_tmp(const char *dir);
+
 // Checks that an opened dataset was made with the generator parameters the
 // config expects. 0, or -1 with "DIR: field: config expects X, dataset has Y".
 int train_check_dataset(const hax_dataset *ds, const hax_data_params *want, const char *dir, char *err,
