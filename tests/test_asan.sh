@@ -22,7 +22,7 @@ out=$(HAX_BIN=$A bash tests/test_hardening.sh 2>&1); rc=$?
 if [ $rc -eq 0 ] && ! grep -Eq 'Sanitizer|runtime error:' <<<"$out"; then ok "asan: test_hardening.sh ($(tail -n 1 <<<"$out"))"
 else fail "asan: test_hardening.sh (exit $rc: $(grep -E 'FAIL|ERROR|runtime error' <<<"$out" | head -n 3))"; fi
 seed=${FUZZ_SEED:-$(date +%Y%m%d)}
-TARGETS="safetensors resume manifest shard result"  # config, override: see tests/test_fuzz.sh
+TARGETS="config override safetensors resume manifest shard result"
 out=$(HAX_BIN=$A tests/fuzz.sh 4 "$seed" "$TARGETS" 2>&1); rc=$?
 printf '%s\n' "$out" | tail -n 1
 check "asan: fuzz seed $seed, 4 inputs per reader: no crash, hang or modified file" test $rc -eq 0

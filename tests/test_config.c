@@ -400,7 +400,7 @@ static void test_base_errors(void) {
     expect_tmp_error("x.yaml", "%s/x.yaml:1: base: cannot read 'nope.yaml': No such file or directory");
     tmp_put("sub/low.yaml", "train:\n  lr: 0.1\n");
     tmp_put("folder.yaml", "train:\n  seed: 2\nbase: sub\n");
-    expect_tmp_error("folder.yaml", "%s/folder.yaml:3: base: cannot read 'sub': Is a directory");
+    expect_tmp_error("folder.yaml", "%s/folder.yaml:3: base: cannot read 'sub': expected a regular file, found a folder");
     tmp_put("a.yaml", "base: b.yaml\n");
     tmp_put("b.yaml", "train:\n  lr: 0.1\nbase: ./a.yaml\n");
     expect_tmp_error("a.yaml", "%s/b.yaml:3: base: include cycle through './a.yaml'");

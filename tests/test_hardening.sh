@@ -26,6 +26,21 @@ refused "hax-check: an object for adamw.betas[1]" "adamw.betas\[1\]: expected a 
 perl -0777 -pe 's/betas\\": \[0.9, 0.999\]/betas\\": [0.9, \\"a\\"]/' "$base" > "$T/str.safetensors"
 refused "hax-check: a string for adamw.betas[1]" "adamw.betas\[1\]: expected a number, found 'a'" \
     "$BIN/hax-check" -q "$T/str.safetensors"
+# ---- hax-train: the config reader (bounded like every other reader)
+python3 -c 'import sys; open(sys.argv[1], "w").write("model:\n  arch: " + "[" * 100000 + "\n")' "$T/deep.yaml"
+start=$(date +%s)
+refused "hax-train: a config nested 100000 deep" "deep.yaml:2: expected nesting at most 64 levels deep" "$BIN/hax-train" "$T/deep.yaml"
+check "hax-train: the deep config refused within 5 s" test $(( $(date +%s) - start )) -le 5
+mkfifo "$T/fifo.yaml"
+refused "hax-train: a FIFO config" "fifo.yaml: expected a regular file, found a FIFO" "$BIN/hax-train" "$T/fifo.yaml"
+ln -s /dev/zero "$T/zero.yaml"
+refused "hax-train: /dev/zero as config" "expected a regular file, found a character device" "$BIN/hax-train" "$T/zero.yaml"
+refused "hax-train: an override with a line break" "expected one line, found a line break" \
+    "$BIN/hax-train" "$ROOT/configs/tiny.yaml" "train.lr=0.001
+x: 1"
+printf 'base: zero.yaml\n' > "$T/based.yaml"
+refused "hax-train: a base that is /dev/zero" "base: cannot read 'zero.yaml': expected a regular file" "$BIN/hax-train" "$T/based.yaml"
+
 # st_file FILE META_JSON|deep:N TENSORS_JSON_ENTRIES: a small safetensors file (data of 4 zero bytes per tensor)
 st_file() {
     python3 - "$@" <<'PY'
@@ -135,12 +150,24 @@ check "hax-datagen: a live process's temporary folder is kept" test -d "$D/.hax-
 
 # ---- SIGTERM during start-up (MPI initialisation, config, dataset): the
 # handler is installed first, so the run stops at step 1 with a checkpoint
-# and exit 3 instead of dying with 143
+# and exit 3 instead of dying with 143. The signal is sent once the process
+# catches SIGTERM (its SigCgt mask in /proc: before that the dynamic loader
+# is still mapping the libraries, a window no program can close), then 0 and
+# 0.1 s later.
+caught_term() {  # waits (up to 10 s) until process $1 catches SIGTERM (bit 14 of SigCgt)
+    local m
+    for _ in $(seq 1000); do
+        m=$(awk '/^SigCgt/ {print $2}' "/proc/$1/status" 2>/dev/null)
+        [ -n "$m" ] && [ $(( (16#$m >> 14) & 1 )) -eq 1 ] && return 0
+        sleep 0.01
+    done
+    return 1
+}
 cd "$ROOT"
-for d in 0.05 0.15; do
+for d in 0 0.1; do
     rm -rf "$T/sig"
     "$BIN/hax-train" "${TRAIN[@]}" --results "$T/sig" >"$T/sig.out" 2>&1 & p=$!
-    sleep $d; kill -TERM $p; wait $p; rc=$?
-    check "SIGTERM ${d} s after start: exit 3 (exit $rc)" test $rc -eq 3
+    caught_term $p; sleep $d; kill -TERM $p; wait $p; rc=$?
+    check "SIGTERM ${d} s after the handler is installed: exit 3 (exit $rc)" test $rc -eq 3
 done
 finish

@@ -18,7 +18,7 @@ RUN=lr_0.003/seed_1
 run_dir() { echo "$tmp/$1/tiny/$RUN"; }
 # result.json without the lines that differ between equal runs (timing, ranks,
 # the results root inside the stored config)
-stable() { grep -Ev '"(wall_time|tokens_per_s|ranks|git_revision|output)"' "$1"; }
+stable() { grep -Ev '"(wall_time|tokens_per_s|ranks|git_revision|output|heartbeat)"' "$1"; }
 status_of() { sed -n 's/.*"status": "\([a-z]*\)".*/\1/p' "$1/result.json"; }
 # json_num DIR KEY: a top-level number of DIR/result.json
 json_num() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),*\$/\1/p" "$1/result.json"; }
@@ -283,5 +283,28 @@ acc=$(sed -n 's/.*"best_valid_acc": \([0-9.e-]*\).*/\1/p' "$tmp/tiny/tiny/$RUN/r
 echo "  tiny: $(grep 'hax-train: done' <<<"$out")"
 check "tiny run exits 0" test $rc -eq 0
 check "tiny learns: best validation accuracy $acc > 0.15 (chance 1/16)" awk -v a="$acc" 'BEGIN { exit !(a > 0.15) }'
+
+# result.json tells the truth: a heartbeat (unix seconds) in every write, and
+# "failed" with the reason when a write fails (the checkpoint: a folder stands
+# where it must go, as a full disk would refuse it; --force skips the resume
+# that would refuse the folder first)
+hb=$(sed -n 's/^  "heartbeat": \([0-9]*\),$/\1/p' "$tmp/A/tiny/$RUN/result.json")
+check "result.json has a heartbeat ($hb) within a day of now" test -n "$hb" -a $(( $(date +%s) - ${hb:-0} )) -lt 86400
+rm -rf "$tmp/F" && mkdir -p "$tmp/F/tiny/$RUN/checkpoint.safetensors"
+err=$("$T" "${SHORT[@]}" train.checkpoint_every=10 --force --results "$tmp/F" 2>&1 >/dev/null); rc=$?
+check "checkpoint write refused: exit 1 ($rc)" test $rc -eq 1
+check "checkpoint write refused: one stderr line naming it" \
+    test "$(grep -c . <<<"$err")" -eq 1 -a "$(grep -c 'checkpoint.safetensors: cannot write' <<<"$err")" -eq 1
+check "checkpoint write refused: result.json says failed" grep -q '"status": "failed"' "$tmp/F/tiny/$RUN/result.json"
+check "checkpoint write refused: result.json gives the reason" \
+    grep -q '"message": ".*checkpoint.safetensors: cannot write' "$tmp/F/tiny/$RUN/result.json"
+
+# a killed run's temporary files (NAME.tmp.PID of a process that is gone) are
+# removed when the next run starts in the folder, with one line
+rmdir "$tmp/F/tiny/$RUN/checkpoint.safetensors"
+touch -d '10 minutes ago' "$tmp/F/tiny/$RUN/result.json.tmp.999999"
+out=$("$T" "${SHORT[@]}" train.steps=2 train.warmup=1 --force --results "$tmp/F" 2>&1)
+check "stale result.json.tmp.999999 removed at start-up" test ! -e "$tmp/F/tiny/$RUN/result.json.tmp.999999"
+check "stale temporary: one line says so" test "$(grep -c 'removed .*result.json.tmp.999999' <<<"$out")" -eq 1
 
 finish

@@ -13,6 +13,7 @@
 
 #include "src/core/common.h"
 #include "src/config/config_fields.h"
+#include "src/core/yaml_util.h"
 
 #define arch_names hax_arch_names  // src/model/arch.h
 static const char *const device_names[] = {"auto", "cpu", "cuda", NULL};
@@ -283,6 +284,12 @@ static int known_section(const char *s) {
 // ---------------------------------------------------------------- overrides
 
 int config_override(hax_config *c, const char *arg, char *err, int errlen) {
+    // one line: a value with a line break would make a multi-line message
+    // and could smuggle YAML into a config stored with the run
+    size_t brk = strcspn(arg, "\r\n");
+    if (arg[brk])
+        return hax_errf(err, errlen, "override '%.*s...': expected one line, found a line break after %zu characters",
+                        (int)(brk < 60 ? brk : 60), arg, brk);
     const char *eq = strchr(arg, '=');
     const char *dot = strchr(arg, '.');
     if (!eq || !dot || dot > eq)
@@ -490,18 +497,17 @@ static ydoc chain_ydoc(config_chain *ch, int i, char *err, int errlen) {
 
 // Parses text as the chain's next file and checks its shape. 0 or -1.
 static int chain_push(config_chain *ch, const char *name, const char *text, size_t len, char *err, int errlen) {
-    yaml_parser_t parser;
     chain_file *f = &ch->f[ch->n];
-    if (!yaml_parser_initialize(&parser)) return hax_errf(err, errlen, "%s: cannot initialise the YAML parser", name);
-    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
-    if (!yaml_parser_load(&parser, &f->doc)) {
-        hax_errf(err, errlen, "%s:%d: expected valid YAML, found a syntax error: %s%s%s", name,
-                 (int)parser.problem_mark.line + 1, parser.problem ? parser.problem : "unknown problem",
-                 parser.context ? " " : "", parser.context ? parser.context : "");
-        yaml_parser_delete(&parser);
-        return -1;
+    char e[512];
+    // bounded: nesting deeper than HAX_MAX_DEPTH is refused while parsing (linear time)
+    int rc = hax_yaml_load(&f->doc, text, len, HAX_MAX_DEPTH, e, sizeof e);
+    if (rc != 0) {
+        int line = 1;
+        const char *why = e;
+        if (sscanf(e, "line %d: ", &line) == 1) why = strchr(e, ':') + 2;
+        if (rc == -1) return hax_errf(err, errlen, "%s:%d: expected valid YAML, found a syntax error: %s", name, line, why);
+        return hax_errf(err, errlen, "%s:%d: %s", name, line, why);
     }
-    yaml_parser_delete(&parser);
     f->name = xstrdup(name);
     f->real = realpath(name, NULL);
     ch->n++;
@@ -518,15 +524,23 @@ static int chain_has(const config_chain *ch, const char *path) {
     return found;
 }
 
+// The reason part of hax_read_file_max's "PATH: reason" message.
+static const char *base_why(const char *msg, const char *path) {
+    size_t n = strlen(path);
+    const char *why = strncmp(msg, path, n) == 0 && msg[n] == ':' ? msg + n + 2 : msg;
+    return strncmp(why, "cannot read: ", 13) == 0 ? why + 13 : why;
+}
+
 // Loads the base that v (the base key's value in the chain's last file) names. 0 or -1.
 static int chain_load_base(config_chain *ch, yaml_node_t *v, char *err, int errlen) {
     const char *including = ch->f[ch->n - 1].name, *base = scalar(v);
     char *path = hax_path_beside(including, base);
     size_t len;
-    char *text = hax_read_file(path, &len);
+    char why[600];
+    char *text = hax_read_file_max(path, HAX_MAX_TEXT_BYTES, &len, why, sizeof why);
     int rc = 0;
     if (!text)
-        rc = hax_errf(err, errlen, "%s:%d: base: cannot read '%s': %s", including, line_of(v), base, strerror(errno));
+        rc = hax_errf(err, errlen, "%s:%d: base: cannot read '%s': %s", including, line_of(v), base, base_why(why, path));
     else if (chain_has(ch, path))
         rc = hax_errf(err, errlen, "%s:%d: base: include cycle through '%s'", including, line_of(v), base);
     else if (ch->n > CONFIG_MAX_BASES)
@@ -595,8 +609,9 @@ int config_load_text(hax_config *c, const char *name, const char *text, size_t l
 
 int config_load(hax_config *c, const char *path, const char *const *overrides, int n_over, char *err, int errlen) {
     size_t len;
-    char *text = hax_read_file(path, &len);
-    if (!text) return hax_errf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+    // bounded: a regular file of at most HAX_MAX_TEXT_BYTES (no FIFO, no /dev/zero)
+    char *text = hax_read_file_max(path, HAX_MAX_TEXT_BYTES, &len, err, errlen);
+    if (!text) return -1;
     int rc = config_load_text(c, path, text, len, overrides, n_over, err, errlen);
     free(text);
     return rc;

@@ -48,6 +48,7 @@ typedef struct {
     double tokens0;         // tokens at the session's start
     int64_t step0;          // step at the session's start
     int64_t last_ckpt;      // step of the latest checkpoint written (-1: none)
+    double last_result;     // hax_now() of the latest result.json write (its heartbeat)
     char git_rev[64];
 } train_ctx;
 
@@ -85,4 +86,6 @@ void train_git_revision(char *buf, size_t n);
 // Seconds of wall time over all sessions.
 double train_wall(const train_ctx *t);
 
+// A running run rewrites result.json (its "heartbeat") at least this often.
+#define HAX_HEARTBEAT_S 60
 #endif

@@ -173,8 +173,12 @@ int train_write_result(train_ctx *t, const char *status, const train_test *test,
     if (!f) hax_die("result.json: cannot open a memory stream");
     double wall = train_wall(t), tr = t->train_before + t->train_s;
     fprintf(f, "{\n  \"status\": \"%s\",\n  \"message\": ", status);
+    // unix seconds of this write: hax-aggregate tells a live "running" run
+    // (rewritten at least every HAX_HEARTBEAT_S) from a killed one (--stale-after)
+    t->last_result = hax_now();
     if (message) put_str(f, message, strlen(message));
     else fputs("null", f);
+    fprintf(f, ",\n  \"heartbeat\": %lld", (long long)time(NULL));
     fputs(",\n  \"label\": ", f);
     put_str(f, c->output.arch, strlen(c->output.arch));
     fprintf(f, ",\n  \"precision\": \"%s\"", config_precision_name(c->train.precision));

@@ -109,8 +109,25 @@ static void dev_push(train_ctx *t, int moments) {
     if (t->eng->be->dev) t->eng->be->dev->push(t->eng, moments ? &t->opt : NULL);
 }
 
+// Stops every rank when any rank failed (msg: this rank's reason). Before
+// exiting, rank 0 marks the run "failed" in result.json with the reason (its
+// own, or which rank failed), where the run folder exists: an aggregator
+// then never sees a dead run as running. The write may itself fail (a full
+// disk); the message on stderr is then the only trace.
+static void train_fail_all(train_ctx *t, int failed, const char *msg) {
+    int who = dist_allreduce_max_int(failed ? t->d->size - t->d->rank : 0);  // the lowest failed rank
+    if (!who) return;
+    if (t->d->rank == 0 && access(t->o->run_dir, F_OK) == 0) {
+        char why[2200], e2[1024];
+        if (t->d->size - who == 0) snprintf(why, sizeof why, "%s", msg);
+        else snprintf(why, sizeof why, "rank %d failed (its message is on its stderr)", t->d->size - who);
+        train_write_result(t, "failed", NULL, why, e2, sizeof e2);
+    }
+    train_check_all(t->d, failed, msg, HAX_EXIT_ERROR);
+}
+
 // Stops every rank when rank 0 failed to write a file.
-static void check_write(const train_ctx *t, int rc, const char *err) { train_check_all(t->d, rc != 0, err, HAX_EXIT_ERROR); }
+static void check_write(train_ctx *t, int rc, const char *err) { train_fail_all(t, rc != 0, err); }
 
 // Validates the current weights after step s; keeps them as the best when
 // strictly better (JR:171). Returns 1 when they became the best.
@@ -317,12 +334,15 @@ int train_run(const train_opts *o) {
     int loaded = 0;
     if (!o->force) {
         loaded = train_ckpt_load(&t, err, sizeof err);
+        // a refused checkpoint (another config, corrupt) leaves the folder as it
+        // was: that run is still resumable with the right config, not failed
         train_check_all(t.d, loaded < 0, err, HAX_EXIT_ERROR);
     }
     dev_push(&t, 1);  // a device backend trains from here on its own copies
     if (root) {
         int rc = hax_mkdir_p(o->run_dir);
         if (rc) snprintf(err, sizeof err, "%s: cannot create the results folder: %s", o->run_dir, strerror(errno));
+        else train_remove_stale_tmp(o->run_dir);  // leftovers of a killed run, before anything is written
         if (!rc) rc = train_write_result(&t, "running", NULL, NULL, err, sizeof err);
         check_write(&t, rc, err);
     } else {
@@ -353,7 +373,7 @@ int train_run(const train_opts *o) {
                 char e2[1024];
                 train_write_result(&t, "failed", NULL, err, e2, sizeof e2);
             }
-            train_check_all(t.d, 1, err, HAX_EXIT_ERROR);
+            train_check_all(t.d, 1, err, HAX_EXIT_ERROR);  // result.json says failed already
         }
         double lr = adamw_schedule_lr(tc->lr, s, tc->warmup);
         if (st.stepped) {
@@ -375,7 +395,9 @@ int train_run(const train_opts *o) {
         int stop = dist_allreduce_max_int(train_stop_requested());
         int periodic = tc->checkpoint_every > 0 && s % tc->checkpoint_every == 0;  // 0: only on stop and at the end
         if (stop || periodic) save_state(&t, stop ? "preempted" : "running");
-        else if (val && root) train_write_result(&t, "running", NULL, NULL, err, sizeof err);
+        else if (root && (val || hax_now() - t.last_result >= HAX_HEARTBEAT_S))
+            train_write_result(&t, "running", NULL, NULL, err, sizeof err);  // rank 0 alone: no collective
+            // (a write that fails here, a full disk, is caught collectively at the next checkpoint)
         if (stop) {
             if (root) {
                 printf("hax-train: stopped by a signal after step %lld; checkpoint written, exit %d (requeue "
