@@ -1,5 +1,6 @@
-// config_fields.h: the table of config fields shared by config.c (parsing,
-// overrides) and config_print.c (printing, comparison). Internal to them.
+// config_fields.h: the table of config fields shared by config.c (values,
+// overrides), config_load.c (YAML) and config_print.c (printing,
+// comparison). Internal to them.
 #ifndef HAX_CONFIG_FIELDS_H
 #define HAX_CONFIG_FIELDS_H
 
@@ -32,5 +33,14 @@ typedef struct {
 
 extern const cfg_field cfg_fields[];
 extern const int cfg_n_fields;
+
+// (config.c, for config_load.c) The field section.name or NULL; the names of
+// a section's fields ("a, b, c") for messages; sets field f of c from its text
+// (0, or -1 with the reason in err).
+const cfg_field *cfg_find_field(const char *section, const char *name);
+void cfg_field_names(const char *section, char *buf, size_t n);
+int cfg_set_value(hax_config *c, const cfg_field *f, const char *s, char *err, int errlen);
+// 1 when s is a section of the config (model, sparse, data, train, output).
+int cfg_known_section(const char *s);
 
 #endif
