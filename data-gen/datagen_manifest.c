@@ -45,6 +45,11 @@ char *manifest_text(const hax_data_params *p, int64_t shard_size, const shard_in
     put(&b, "levels: %d\n", p->levels);
     put_list(&b, "min_sizes", p->min_size, p->levels);
     put_list(&b, "max_sizes", p->max_size, p->levels);
+    if (data_has_id_layout(p)) {  // absent: the layout of max_sizes (every dataset before the option)
+        int lay[HAX_MAX_LEVELS];
+        for (int l = 0; l < p->levels; l++) lay[l] = data_layout_max(p, l);
+        put_list(&b, "id_layout", lay, p->levels);
+    }
     put(&b, "n_value: %d\n", p->n_value);
     put(&b, "n_train_per_cell: %" PRId64 "\nn_valid_per_cell: %" PRId64 "\nn_test_per_cell: %" PRId64 "\n",
         p->n_per_cell[SPLIT_TRAIN], p->n_per_cell[SPLIT_VALID], p->n_per_cell[SPLIT_TEST]);

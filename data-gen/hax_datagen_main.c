@@ -37,6 +37,9 @@ static const char *usage =
     "                             recall (default), W > 2 = W-1 nested context levels then the keys\n"
     "  --level-sizes A:B,C:D,...  MIN:MAX of every level, outermost first, keys last (overrides the n-context\n"
     "                             and n-key options; default: the context range for every context level)\n"
+    "  --id-layout A:B:...        token ids laid out for these level maxima (outermost first, keys last; each\n"
+    "                             at least the level's maximum size): e.g. 32:32 gives a 5..16 dataset the ids\n"
+    "                             of 32x32 tables, so one model reads both (default: the maximum sizes)\n"
     "  --format shards|text|both  shards (default), the reference's text files, or both\n"
     "  --compat reference         the reference's exact samples (numpy's MT19937 stream, --seed as\n"
     "                             np.random.seed); sequential by nature: rank 0 does all the work\n"
@@ -70,6 +73,23 @@ static int64_t parse_int(const char *opt, const char *v, int64_t lo, int64_t hi)
     return x;
 }
 
+// --id-layout 32:32
+static int parse_id_layout(const char *v, int *out) {
+    int n = 0;
+    const char *s = v;
+    for (;;) {
+        if (n == HAX_MAX_LEVELS) usage_error("--id-layout: expected at most %d levels, found more in '%s'", HAX_MAX_LEVELS, v);
+        char *end;
+        errno = 0;
+        long a = strtol(s, &end, 10);
+        if (errno || end == s || (*end != ':' && *end) || a < 1 || a > 65535)
+            usage_error("--id-layout: expected MAX:MAX:... (one maximum in 1..65535 per level), found '%s'", v);
+        out[n++] = (int)a;
+        if (!*end) return n;
+        s = end + 1;
+    }
+}
+
 // --level-sizes 5:16,5:16
 static int parse_level_sizes(const char *v, int *min, int *max) {
     int n = 0;
@@ -101,7 +121,7 @@ int main(int argc, char **argv) {
 
     datagen_opts o = {.shard_size = 32768, .format = FORMAT_SHARDS};
     int max_c = 16, max_k = 16, min_c = 5, min_k = 5, levels = 2, n_level_sizes = 0;
-    int lmin[HAX_MAX_LEVELS], lmax[HAX_MAX_LEVELS];
+    int lmin[HAX_MAX_LEVELS], lmax[HAX_MAX_LEVELS], layout[HAX_MAX_LEVELS] = {0}, n_layout = 0;
     int64_t n_train = 10000, n_test = 100, n_valid = -1, seed = 1, n_value = 16;
     const char *verify = NULL, *compat = NULL;
     for (int i = 1; i < argc; i++) {
@@ -134,7 +154,7 @@ int main(int argc, char **argv) {
         static const char *known[] = {"--out", "--max-n-context", "--max-n-key", "--min-n-context", "--min-n-key",
                                       "--n-value", "--n-train-per-cell", "--n-train-per-context-key",
                                       "--n-test-per-cell", "--n-test-per-context-key", "--n-valid-per-cell",
-                                      "--seed", "--levels", "--level-sizes", "--format", "--compat",
+                                      "--seed", "--levels", "--level-sizes", "--id-layout", "--format", "--compat",
                                       "--shard-size", "--verify", NULL};
         int k = 0;
         while (known[k] && strcmp(known[k], name) != 0) k++;
@@ -152,6 +172,7 @@ int main(int argc, char **argv) {
         else if (strcmp(name, "--seed") == 0) seed = parse_int(name, v, 0, INT64_MAX);
         else if (strcmp(name, "--levels") == 0) levels = (int)parse_int(name, v, 1, HAX_MAX_LEVELS);
         else if (strcmp(name, "--level-sizes") == 0) n_level_sizes = parse_level_sizes(v, lmin, lmax);
+        else if (strcmp(name, "--id-layout") == 0) n_layout = parse_id_layout(v, layout);
         else if (strcmp(name, "--shard-size") == 0) o.shard_size = parse_int(name, v, 1, (int64_t)1 << 24);
         else if (strcmp(name, "--verify") == 0) verify = v;
         else if (strcmp(name, "--compat") == 0) {
@@ -193,6 +214,13 @@ int main(int argc, char **argv) {
     p->n_per_cell[SPLIT_TEST] = n_test;
     p->seed = (uint64_t)seed;
     p->compat = compat != NULL;
+    if (n_layout) {
+        if (n_layout != levels) usage_error("--id-layout: expected %d maxima (--levels), found %d", levels, n_layout);
+        if (p->compat) usage_error("--id-layout: expected no --compat reference (the reference's own layout), found both");
+        if (o.format & FORMAT_TEXT)
+            usage_error("--id-layout: expected --format shards (the reference's text files have its own layout), found text");
+        memcpy(p->id_max, layout, sizeof layout);
+    }
     char err[512];
     if (data_params_check(p, err, sizeof err)) usage_error("%s", err);
     // Refused now rather than after the generation: the uniqueness gather

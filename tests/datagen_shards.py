@@ -3,6 +3,8 @@
 (the README's byte-by-byte description, not the C code), for tests.
 
   datagen_shards.py check DIR       structure of every sample, counts per cell, uniqueness
+  datagen_shards.py ids DIR        the token ids met at each level (after check's structure checks),
+                                    one line per level: "level L: ids LO..HI", then "values: LO..HI"
   datagen_shards.py text DIR OUT    the reference's text files (padded ids / mask per split)
   datagen_shards.py damage DIR FILE KIND I [J]
                                     changes samples I, J (within shard FILE) and reseals the
@@ -31,6 +33,9 @@ def manifest(d):
         m[key] = int(re.search(r"^%s: (\d+)$" % key, text, re.M).group(1))
     for key in ("min_sizes", "max_sizes"):
         m[key] = [int(x) for x in re.search(r"^%s: \[(.*)\]$" % key, text, re.M).group(1).split(",")]
+    # id_layout (optional): the level maxima the ids are laid out for; absent: max_sizes
+    lay = re.search(r"^id_layout: \[(.*)\]$", text, re.M)
+    m["id_layout"] = [int(x) for x in lay.group(1).split(",")] if lay else m["max_sizes"]
     m["shards"] = re.findall(r"\{file: ([a-z]+-\d+\.bin), first: (\d+), n_samples: (\d+)", text)
     return m
 
@@ -125,14 +130,15 @@ def cell_of(m, idx):
     return sizes, n_cells
 
 
-def check_sample(m, t, mk, sizes):
-    """The multi-level layout: BOS, blocks, SEP, blocks again in fresh orders."""
+def check_sample(m, t, mk, sizes, met=None):
+    """The multi-level layout: BOS, blocks, SEP, blocks again in fresh orders.
+    met (optional): a dict level -> set of ids met; "v" -> values."""
     w, nv = m["levels"], m["n_value"]
     base = [0] * w
     b = BIAS + nv
     for l in reversed(range(w)):
         base[l] = b
-        b += m["max_sizes"][l]
+        b += m["id_layout"][l]
     pos = [0]
     table = {}
 
@@ -142,6 +148,8 @@ def check_sample(m, t, mk, sizes):
             i = t[pos[0]] - base[level]
             assert 0 <= i < sizes[level] and i not in seen, "level %d id at %d" % (level, pos[0])
             seen.add(i)
+            if met is not None:
+                met.setdefault(level, set()).add(t[pos[0]])
             last = level == w - 1
             assert mk[pos[0]] == (1 if last and inquiry else 0), "mask at %d" % pos[0]
             pos[0] += 1
@@ -149,6 +157,8 @@ def check_sample(m, t, mk, sizes):
             if last:
                 v = t[pos[0]] - BIAS
                 assert 0 <= v < nv and mk[pos[0]] == 0, "value at %d" % pos[0]
+                if met is not None:
+                    met.setdefault("v", set()).add(t[pos[0]])
                 if inquiry:
                     assert table[key] == v, "answer at %d" % pos[0]
                 else:
@@ -176,7 +186,7 @@ def load(d):
     return m, out
 
 
-def check(d):
+def check(d, met=None):
     m, data = load(d)
     seen = set()
     for split in SPLITS:
@@ -185,7 +195,7 @@ def check(d):
         for idx, (t, mk, sizes, attempt) in enumerate(data[split]):
             want, n_cells = cell_of(m, idx)
             assert sizes == want, "%s %d: cell %s, expected %s" % (split, idx, sizes, want)
-            check_sample(m, t, mk, sizes)
+            check_sample(m, t, mk, sizes, met)
             key = bytes(struct.pack("<%dH" % len(t), *t))
             assert key not in seen, "%s %d: repeated sample" % (split, idx)
             seen.add(key)
@@ -194,6 +204,14 @@ def check(d):
         assert len(data[split]) == n_cells * per_cell, split
         assert len(counts) == (n_cells if per_cell else 0) and all(c == per_cell for c in counts.values()), split
     print("ok: %d samples, %d levels" % (sum(len(v) for v in data.values()), m["levels"]))
+
+
+def ids(d):
+    met = {}
+    check(d, met)
+    for level in sorted(k for k in met if k != "v"):
+        print("level %d: ids %d..%d" % (level, min(met[level]), max(met[level])))
+    print("values: %d..%d" % (min(met["v"]), max(met["v"])))
 
 
 def text(d, out):
@@ -212,6 +230,8 @@ if __name__ == "__main__":
     try:
         if sys.argv[1] == "check":
             check(sys.argv[2])
+        elif sys.argv[1] == "ids":
+            ids(sys.argv[2])
         elif sys.argv[1] == "text":
             text(sys.argv[2], sys.argv[3])
         elif sys.argv[1] == "damage":

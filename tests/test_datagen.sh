@@ -97,6 +97,34 @@ if [ -n "$PY" ]; then
     check "levels 3: independent reader" pycheck "$work/w3"
 fi
 
+# ---- --id-layout: ids laid out for larger tables than the samples hold
+LAY=(--min-n-context 2 --max-n-context 4 --min-n-key 2 --max-n-key 4 --n-train-per-cell 5 --n-test-per-cell 3)
+q $G --out "$work/lay0" "${LAY[@]}"
+check "--id-layout equal to the max sizes: byte-identical to no option" bash -c \
+    "$G --out '$work/lay4' ${LAY[*]} --id-layout 4:4 >/dev/null && diff -r '$work/lay0' '$work/lay4'"
+check "--id-layout 32:32: generate, 2 ranks" q $MPIRUN -np 2 $G --out "$work/lay32" "${LAY[@]}" --id-layout 32:32
+check "--id-layout 32:32: id_layout and level_bases in the manifest" bash -c \
+    "grep -q '^id_layout: \[32, 32\]$' '$work/lay32/manifest.yaml' && grep -q '^level_bases: \[58, 26\]$' '$work/lay32/manifest.yaml'"
+check "--id-layout 32:32: --verify passes" q $G --verify "$work/lay32"
+if [ -n "$PY" ]; then
+    check "--id-layout 32:32: keys at 26..29, contexts at 58..61 (independent reader)" test \
+        "$("$PY" "$ROOT/tests/datagen_shards.py" ids "$work/lay32" | tr '\n' ' ')" = \
+        "ok: 99 samples, 2 levels level 0: ids 58..61 level 1: ids 26..29 values: 10..25 "
+    check "--id-layout 64 with --levels 1: keys at 26..33" bash -c "$G --out '$work/lay1' --levels 1 --min-n-key 2 \
+        --max-n-key 8 --n-train-per-cell 3 --n-test-per-cell 2 --id-layout 64 >/dev/null &&
+        grep -q '^id_layout: \[64\]$' '$work/lay1/manifest.yaml' &&
+        '$PY' '$ROOT/tests/datagen_shards.py' ids '$work/lay1' | grep -qx 'level 0: ids 26..33'"
+fi
+refuses "--id-layout below the max sizes" 2 "id_layout\[0\]: expected 16\.\.65535 \(at least the level's maximum size\), found 8" \
+    $G --out "$work/x" --id-layout 8:8
+refuses "--id-layout count" 2 "--id-layout: expected 2 maxima \(--levels\), found 1" $G --out "$work/x" --id-layout 32
+refuses "--id-layout malformed" 2 "--id-layout: expected MAX:MAX" $G --out "$work/x" --id-layout 32,32
+refuses "--id-layout with --compat reference" 2 "--id-layout: expected no --compat reference" \
+    $G --out "$work/x" --id-layout 32:32 --compat reference
+cp -r "$work/lay32" "$work/laybad"
+sed -i 's/^id_layout: \[32, 32\]$/id_layout: [3, 32]/' "$work/laybad/manifest.yaml"
+check_fails "--verify: an id_layout below the max sizes" "manifest.yaml: id_layout\[0\]: expected 4\.\.65535" $G --verify "$work/laybad"
+
 # ---- text layout
 check "--format both" q $G --out "$work/both" "${SMALL[@]}" --format both
 txt="$work/both/max_n_context_7_max_n_key_6_seed_5_train_inputs.txt"

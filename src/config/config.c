@@ -73,6 +73,7 @@ const cfg_field cfg_fields[] = {
     NUM("data", "levels", F_INT, data.gen.levels, 1, HAX_MAX_LEVELS),
     {"data", "min_sizes", F_INTLIST, OFF(data.gen.min_size), HAX_MAX_LEVELS, 1, 65535, 0, NULL},
     {"data", "max_sizes", F_INTLIST, OFF(data.gen.max_size), HAX_MAX_LEVELS, 1, 65535, 0, NULL},
+    {"data", "id_layout", F_INTLIST, OFF(data.gen.id_max), HAX_MAX_LEVELS, 1, 65535, 0, NULL},
     NUM("data", "n_value", F_INT, data.gen.n_value, 1, 65535),
     NUM("data", "train_per_cell", F_I64, data.gen.n_per_cell[SPLIT_TRAIN], 1, 1e12),
     NUM("data", "valid_per_cell", F_I64, data.gen.n_per_cell[SPLIT_VALID], 1, 1e12),
@@ -330,10 +331,13 @@ int config_finalize(hax_config *c, char *err, int errlen) {
     if (list_len(g->min_size) != g->levels || list_len(g->max_size) != g->levels)
         return hax_errf(err, errlen, "data.min_sizes, data.max_sizes: expected %d entries each (data.levels), found %d and %d",
                    g->levels, list_len(g->min_size), list_len(g->max_size));
+    if (list_len(g->id_max) != 0 && list_len(g->id_max) != g->levels)
+        return hax_errf(err, errlen, "data.id_layout: expected none or %d entries (data.levels), found %d", g->levels,
+                        list_len(g->id_max));
     if (data_params_check(g, why, sizeof why) != 0) return hax_errf(err, errlen, "data: %s", why);
     if (c->model.vocab_size <= data_max_token(g))
-        return hax_errf(err, errlen, "model.vocab_size: expected more than the dataset's largest token id %d, found %d",
-                   data_max_token(g), c->model.vocab_size);
+        return hax_errf(err, errlen, "model.vocab_size: expected more than the dataset's largest token id %d%s, found %d",
+                   data_max_token(g), data_has_id_layout(g) ? " (of data.id_layout)" : "", c->model.vocab_size);
     if (c->train.warmup > c->train.steps)
         return hax_errf(err, errlen, "train.warmup: expected at most train.steps (%lld), found %lld", (long long)c->train.steps,
                    (long long)c->train.warmup);

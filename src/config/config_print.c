@@ -70,6 +70,8 @@ void config_print(FILE *out, const hax_config *c) {
             section = f->section;
             fprintf(out, "%s:\n", section);
         }
+        // An empty list (data.id_layout unset) is left out: absent reads back as empty.
+        if (f->type == F_INTLIST && intlist_len((const int *)((const char *)c + f->off), f->size) == 0) continue;
         fprintf(out, "  %s: ", f->name);
         print_value(out, c, f);
         fputc('\n', out);

@@ -34,6 +34,24 @@ static double log_distinct(const hax_data_params *p) {
     return lg + blocks * log((double)p->n_value);
 }
 
+// The id layout: none (all 0), or one maximum per level, each at least the
+// level's max size; the compat generator has the reference's layout only.
+static int check_id_layout(const hax_data_params *p, char *err, int errlen) {
+    int n = 0;
+    while (n < HAX_MAX_LEVELS && p->id_max[n] > 0) n++;
+    if (n == 0) return 0;
+    if (n != p->levels)
+        return hax_errf(err, errlen, "id_layout: expected %d maxima (one per level), found %d", p->levels, n);
+    if (p->compat && data_has_id_layout(p))
+        return hax_errf(err, errlen, "id_layout: expected none with the compat generator (the reference's layout), "
+                        "found one");
+    for (int l = 0; l < p->levels; l++)
+        if (p->id_max[l] < p->max_size[l] || p->id_max[l] > 65535)
+            return hax_errf(err, errlen, "id_layout[%d]: expected %d..65535 (at least the level's maximum size), "
+                            "found %d", l, p->max_size[l], p->id_max[l]);
+    return 0;
+}
+
 int data_params_check(const hax_data_params *p, char *err, int errlen) {
     if (p->levels < 1 || p->levels > HAX_MAX_LEVELS)
         return hax_errf(err, errlen, "levels: expected 1..%d, found %d", HAX_MAX_LEVELS, p->levels);
@@ -52,11 +70,12 @@ int data_params_check(const hax_data_params *p, char *err, int errlen) {
         if (p->n_per_cell[s] < 0 || p->n_per_cell[s] > ((int64_t)1 << 40))
             return hax_errf(err, errlen, "%s samples per cell: expected 0..2^40, found %" PRId64, hax_split_names[s],
                         p->n_per_cell[s]);
+    if (check_id_layout(p, err, errlen)) return -1;
     int64_t top = TOK_BIAS + (int64_t)p->n_value;
-    for (int l = 0; l < p->levels; l++) top += p->max_size[l];
+    for (int l = 0; l < p->levels; l++) top += data_layout_max(p, l);
     if (top - 1 > 65535)
         return hax_errf(err, errlen, "token ids: the largest id %" PRId64 " does not fit the 16-bit token type "
-                    "(n_value + the level maxima must be at most 65526)", top - 1);
+                    "(n_value + the level maxima of the id layout must be at most 65526)", top - 1);
     // Sample length, computed in doubles first so that the products cannot overflow.
     double len = 2, prod = 1;
     for (int l = 0; l < p->levels; l++) { prod *= p->max_size[l]; len += 2 * prod; }
@@ -104,13 +123,23 @@ int64_t data_sample_len(const hax_data_params *p, const int *sizes) {
 
 int64_t data_pad_len(const hax_data_params *p) { return data_sample_len(p, p->max_size); }
 
+int data_layout_max(const hax_data_params *p, int level) {
+    return p->id_max[level] > 0 ? p->id_max[level] : p->max_size[level];
+}
+
+int data_has_id_layout(const hax_data_params *p) {
+    for (int l = 0; l < p->levels; l++)
+        if (data_layout_max(p, l) != p->max_size[l]) return 1;
+    return 0;
+}
+
 int data_level_base(const hax_data_params *p, int level) {
     int base = TOK_BIAS + p->n_value;
-    for (int l = p->levels - 1; l > level; l--) base += p->max_size[l];
+    for (int l = p->levels - 1; l > level; l--) base += data_layout_max(p, l);
     return base;
 }
 
-int data_max_token(const hax_data_params *p) { return data_level_base(p, 0) + p->max_size[0] - 1; }
+int data_max_token(const hax_data_params *p) { return data_level_base(p, 0) + data_layout_max(p, 0) - 1; }
 
 int data_token_bytes(const hax_data_params *p) { return data_max_token(p) <= 255 ? 1 : 2; }
 
@@ -324,6 +353,7 @@ static int parse_params(manifest_doc *m, yaml_node_t *root, hax_dataset *ds) {
         get_i64(m, root, "shard_size", 1, UINT32_MAX, &ds->shard_size))
         return -1;
     p->seed = (uint64_t)seed;
+    if (map_get(m, root, "id_layout") && get_int_list(m, root, "id_layout", p->levels, p->id_max)) return -1;
     char why[200];
     if (data_params_check(p, why, sizeof why))
         return hax_errf(m->err, m->errlen, "%s: %s", m->path, why);
@@ -337,8 +367,8 @@ static int parse_params(manifest_doc *m, yaml_node_t *root, hax_dataset *ds) {
     if (get_int_list(m, root, "level_bases", p->levels, bases)) return -1;
     for (int l = 0; l < p->levels; l++)
         if (bases[l] != data_level_base(p, l))
-            return hax_errf(m->err, m->errlen, "%s: field level_bases[%d]: expected %d from n_value and the level maxima, "
-                            "found %d", m->path, l, data_level_base(p, l), bases[l]);
+            return hax_errf(m->err, m->errlen, "%s: field level_bases[%d]: expected %d from n_value and the level maxima "
+                            "(or id_layout), found %d", m->path, l, data_level_base(p, l), bases[l]);
     return 0;
 }
 

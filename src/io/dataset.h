@@ -27,6 +27,9 @@ typedef struct {
     int levels;                     // w: 1 = associative recall, 2 = joint recall
     int min_size[HAX_MAX_LEVELS];   // per level, outermost context first, keys last
     int max_size[HAX_MAX_LEVELS];
+    // Token-id layout maxima per level (hax-datagen --id-layout): ids are laid
+    // out as if the level maxima were these. All 0: the max sizes themselves.
+    int id_max[HAX_MAX_LEVELS];
     int n_value;                    // |V|
     int64_t n_per_cell[HAX_N_SPLITS];  // samples per cell: train, valid, test
     uint64_t seed;
@@ -45,8 +48,13 @@ void data_cell_of(const hax_data_params *p, int64_t index, int *sizes);
 int64_t data_sample_len(const hax_data_params *p, const int *sizes);
 // The reference's padded length: the sample length at the maximum sizes (1058).
 int64_t data_pad_len(const hax_data_params *p);
+// The maximum a level's ids are laid out for: id_max[level], else max_size[level].
+int data_layout_max(const hax_data_params *p, int level);
+// 1 when the id layout differs from the one of the max sizes (the manifest
+// then records it as id_layout).
+int data_has_id_layout(const hax_data_params *p);
 // First token id of a level: keys start at 10 + n_value, each outer level
-// after the maxima of the levels inside it (contexts at 10 + n_value + max_n_key).
+// after the layout maxima of the levels inside it (contexts at 10 + n_value + max_n_key).
 int data_level_base(const hax_data_params *p, int level);
 int data_max_token(const hax_data_params *p);
 // 1 when every id fits a byte, else 2.

@@ -267,6 +267,19 @@ static int write_plots(const report *r, const train_eval *ev, char *err, int err
     return rc < 0 ? -1 : 0;
 }
 
+// A dataset within the model's id layout whose tables are larger than the
+// training ones (length generalisation): one note on stderr, rank 0.
+static void note_larger_tables(const hax_data_params *trained, const hax_data_params *data, const char *name) {
+    if (dist.rank != 0) return;
+    for (int l = 0; l < data->levels; l++)
+        if (data->max_size[l] > trained->max_size[l]) {
+            hax_warn("%s: tables up to %d at level %d, larger than the training maxima %d: within the model's id "
+                     "layout, ids %d.. of that level were never seen in training", name, data->max_size[l], l,
+                     trained->max_size[l], data_level_base(data, l) + trained->max_size[l]);
+            return;
+        }
+}
+
 // ---------------------------------------------------------------- main
 
 int main(int argc, char **argv) {
@@ -289,6 +302,7 @@ int main(int argc, char **argv) {
     int n_ids = 0;
     bad = saved_id_map(&sm.cfg.data.gen, p, sm.cfg.model.vocab_size, o.data, &id_map, &n_ids, err, sizeof err);
     train_check_all(&dist, bad, err, HAX_EXIT_ERROR);
+    note_larger_tables(&sm.cfg.data.gen, p, o.data);
     if (dataset_size(ds, o.split) == 0)
         snprintf(err, sizeof err, "%s: splits.%s: expected samples, found none", o.data, hax_split_names[o.split]);
     train_check_all(&dist, err[0] != 0, err, HAX_EXIT_ERROR);

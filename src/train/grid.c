@@ -288,6 +288,9 @@ void grid_datagen_options(const hax_data_params *p, char *buf, int buflen) {
                      p->levels);
     for (int l = 0; l < p->levels && w < buflen; l++)
         w += snprintf(buf + w, (size_t)(buflen - w), "%s%d:%d", l ? "," : "", p->min_size[l], p->max_size[l]);
+    if (data_has_id_layout(p))
+        for (int l = 0; l < p->levels && w < buflen; l++)
+            w += snprintf(buf + w, (size_t)(buflen - w), "%s%d", l ? ":" : " --id-layout ", data_layout_max(p, l));
     if (w < buflen)
         snprintf(buf + w, (size_t)(buflen - w),
                  " --n-value %d --n-train-per-cell %lld --n-valid-per-cell %lld --n-test-per-cell %lld --seed %llu",

@@ -291,6 +291,9 @@ int train_check_dataset(const hax_dataset *ds, const hax_data_params *want, cons
         if (p->min_size[l] != want->min_size[l]) DIFF("min_sizes (by level)", "%d", want->min_size[l], p->min_size[l]);
         if (p->max_size[l] != want->max_size[l]) DIFF("max_sizes (by level)", "%d", want->max_size[l], p->max_size[l]);
     }
+    for (int l = 0; l < p->levels; l++)
+        if (data_layout_max(p, l) != data_layout_max(want, l))
+            DIFF("id_layout (by level)", "%d", data_layout_max(want, l), data_layout_max(p, l));
     if (p->n_value != want->n_value) DIFF("n_value", "%d", want->n_value, p->n_value);
     static const char *const per[HAX_N_SPLITS] = {"train_per_cell", "valid_per_cell", "test_per_cell"};
     for (int s = 0; s < HAX_N_SPLITS; s++)

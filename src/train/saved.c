@@ -127,20 +127,22 @@ int saved_id_map(const hax_data_params *trained, const hax_data_params *data, in
         return hax_errf(err, errlen, "%s: n_value: expected at most %d, the values the model was trained to "
                         "answer, found %d", name, trained->n_value, data->n_value);
     for (int l = 0; l < data->levels; l++) {
-        if (data->max_size[l] <= trained->max_size[l]) continue;
+        int have = data_layout_max(trained, l), want = data_layout_max(data, l);
+        if (want <= have) continue;
         int base = data_level_base(trained, l);
-        return hax_errf(err, errlen, "%s: max_sizes[%d] (%s): expected at most %d, the %s the model has token ids "
-                        "for (%d..%d, its training data's layout), found %d: %s %d..%d have no trained embedding "
-                        "(train at these sizes to score them)", name, l, level_name(data, l), trained->max_size[l],
-                        level_name(data, l), base, base + trained->max_size[l] - 1, data->max_size[l],
-                        level_name(data, l), trained->max_size[l] + 1, data->max_size[l]);
+        const char *lv = level_name(data, l);
+        return hax_errf(err, errlen, "%s: %s[%d] (%s): expected at most %d, the %s the model has token ids for "
+                        "(%d..%d, its training data's layout), found %d: %s %d..%d have no token ids in the model "
+                        "(train with hax-datagen --id-layout covering these sizes to score them)", name,
+                        data_has_id_layout(data) ? "id_layout" : "max_sizes", l, lv, have, lv, base,
+                        base + have - 1, want, lv, have + 1, want);
     }
     int n = data_max_token(data) + 1, same = 1;
     int32_t *m = xmalloc((size_t)n * sizeof(int32_t));
     for (int i = 0; i < n; i++) m[i] = i;  // specials and values keep their ids
     for (int l = 0; l < data->levels; l++) {
         int from = data_level_base(data, l), to = data_level_base(trained, l);
-        for (int i = 0; i < data->max_size[l]; i++) m[from + i] = to + i;
+        for (int i = 0; i < data_layout_max(data, l); i++) m[from + i] = to + i;
         same = same && from == to;
     }
     int top = 0;

@@ -44,9 +44,11 @@ void saved_model_free(saved_model *s);
 
 // How a model trained on data laid out as `trained` reads a dataset laid out
 // as `data` (README "Dataset generation": values at 10.., each level's ids
-// after the maxima of the levels inside it). The ids the model knows are
-// those of its training layout: every level of the dataset must fit within
-// the trained maxima and the values within its n_value; the dataset's ids
+// after the maxima of the levels inside it, or of the id layout: hax-datagen
+// --id-layout). The ids the model knows are those of its training layout:
+// every level's layout maximum of the dataset must fit within the trained one
+// (its tables may be larger than the training tables) and the values within
+// its n_value; the dataset's ids
 // are then mapped onto the model's (*map [*n_ids], NULL when the layouts are
 // the same). Returns 0, or -1 with one line in err saying why not (name is
 // the dataset folder).
