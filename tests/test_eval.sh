@@ -72,6 +72,34 @@ $BIN/hax-datagen --out $T/ar --levels 1 --min-n-key 2 --max-n-key 4 --n-train-pe
 check_fails "associative-recall data for a joint-recall model" "levels: expected 2.*found 1" \
     $BIN/hax-eval $R/best.safetensors --data $T/ar
 
+# ---- length generalisation: a model trained on 5..8 tables with ids laid out
+# for 32 x 32 (hax-datagen --id-layout 32:32, data.id_layout) scored on 16..32
+LSET="data.path=$T/l8 output.root=$T/resl data.min_sizes=[5,5] data.max_sizes=[8,8] data.id_layout=[32,32]
+      data.train_per_cell=50 train.steps=40 train.warmup=10 train.valid_every=20 train.checkpoint_every=0"
+if $BIN/hax-train $CFG $LSET >"$T/trainl.log" 2>&1; then ok "tiny run on 5..8 tables, id layout 32:32"
+else fail "tiny run, id layout 32:32: $(tail -n 2 "$T/trainl.log")"; fi
+check "its dataset records the layout" grep -q '^id_layout: \[32, 32\]$' "$T/l8/manifest.yaml"
+RL=$T/resl/tiny/lr_0.003/seed_1
+$BIN/hax-datagen --out $T/l32 --min-n-context 16 --max-n-context 32 --min-n-key 16 --max-n-key 32 --id-layout 32:32 \
+    --n-train-per-cell 0 --n-valid-per-cell 0 --n-test-per-cell 1 >/dev/null 2>&1
+out=$($BIN/hax-eval $RL/best.safetensors --data $T/l32 2>"$T/errl")
+check "16..32 tables in the model's layout: scored, 289 cells" test "$(grep -c '^| [0-9]' <<<"$out")" = 289
+check "... the 32 x 32 cell: 4162 tokens per sample" grep -q '^| 32 | 32 | 1 | 4162 | ' <<<"$out"
+check "... a note that the tables are larger than the training ones" grep -q "larger than the training maxima 8" "$T/errl"
+$BIN/hax-datagen --out $T/l64 --min-n-context 2 --max-n-context 3 --min-n-key 2 --max-n-key 3 --id-layout 64:64 \
+    --n-train-per-cell 1 --n-test-per-cell 1 >/dev/null 2>&1
+$BIN/hax-datagen --out $T/l8b --min-n-context 5 --max-n-context 8 --min-n-key 5 --max-n-key 8 \
+    --n-train-per-cell 1 --n-test-per-cell 1 >/dev/null 2>&1
+check_fails "a wider layout than the model's: one line" "id_layout\[0\] \(contexts\): expected at most 32.*found 64" \
+    $BIN/hax-eval $RL/best.safetensors --data $T/l64
+check_fails "a 32 x 32 layout for a model trained without one: one line" \
+    "max_sizes\[0\] \(contexts\): expected at most 6.*found 32" $BIN/hax-eval $R/best.safetensors --data $T/l32
+check_fails "hax-train: config and dataset layouts differ" "id_layout \(by level\): the config expects 32, the dataset has 8" \
+    $BIN/hax-train $CFG $LSET data.path=$T/l8b output.root=$T/resl2
+check_fails "hax-train: the vocabulary must hold the layout's ids" \
+    "model.vocab_size: expected more than the dataset's largest token id 153 \(of data.id_layout\), found 100" \
+    $BIN/hax-train $CFG $LSET data.id_layout=[64,64]
+
 # ---- bad input: one line, exit 1 (2 for the command line)
 head -c 100 /dev/urandom >"$T/junk.safetensors"
 check_fails "not a safetensors file" "junk.safetensors" $BIN/hax-eval $T/junk.safetensors --data $T/data
@@ -85,7 +113,7 @@ $BIN/hax-eval $R/best.safetensors --data $T/data --split dev >/dev/null 2>&1
 check "a bad --split is a usage error (exit 2)" test $? -eq 2
 $BIN/hax-eval $R/best.safetensors >/dev/null 2>&1
 check "no --data is a usage error (exit 2)" test $? -eq 2
-for c in "$T/junk.safetensors --data $T/data" "$R/best.safetensors --data $T/big"; do
+for c in "$T/junk.safetensors --data $T/data" "$R/best.safetensors --data $T/big" "$RL/best.safetensors --data $T/l64"; do
     n=$($BIN/hax-eval $c 2>&1 >/dev/null | wc -l)
     check "exactly one line on stderr ($(basename ${c%% *}))" test "$n" -eq 1
 done
