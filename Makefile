@@ -82,6 +82,10 @@ LIBS     := -Wl,--start-group $(HAX_LIBS) -Wl,--end-group -Wl,--as-needed $(YAML
 GPU_TESTS := $(if $(CU_DIRS),$(patsubst tests/%.c,$(BUILD)/gpu/%,$(wildcard tests/gpu_*.c)))
 DEPFLAGS  = -MMD -MP -MF $(basename $@).d -MT $@
 
+# Parallel jobs of the builds that test, demo and asan start themselves
+# (every recipe writes aside and renames, so parallel builds are safe).
+JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
+
 .PHONY: all deps test test-gpu bench-cpu bench-datagen clean
 all: $(PROGS) $(TESTS) $(GPU_TESTS)
 
@@ -125,7 +129,7 @@ $(BUILD)/gpu/%: tests/%.c $(HAX_LIBS)
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 test: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(JOBS) all
 	tests/run.sh
 
 test-gpu: all
@@ -142,7 +146,7 @@ bench-datagen: all
 # time), then scored per cell by hax-eval, with the figures in results/tiny_demo/figs.
 .PHONY: demo
 demo: deps
-	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory -j$(JOBS) all
 	bin/hax-train configs/tiny_demo.yaml
 	bin/hax-eval results/tiny_demo/lr_0.003/seed_1/best.safetensors --data data/demo --plot results/tiny_demo/figs
 
@@ -153,7 +157,7 @@ ASAN_ENV := HAX_BUILD=build-asan HAX_BIN=$(CURDIR)/build-asan/bin ASAN_OPTIONS=d
             UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 .PHONY: asan test-asan fuzz
 asan: deps
-	@$(MAKE) --no-print-directory BUILD=build-asan BINDIR=build-asan/bin NVCC= OPT="$(ASAN_OPT)" all
+	@$(MAKE) --no-print-directory -j$(JOBS) BUILD=build-asan BINDIR=build-asan/bin NVCC= OPT="$(ASAN_OPT)" all
 test-asan: asan
 	$(ASAN_ENV) tests/run.sh
 

@@ -33,7 +33,7 @@ PY
 out=$("$A/hax-check" -q "$T/nan.safetensors" 2>&1)
 check "ubsan: NaN and Inf weights through the scan: no runtime error" test "$(grep -c 'runtime error' <<<"$out")" -eq 0
 # make OPT=-O1 builds (gcc's -Wformat-truncation sees more at -O1), CPU only
-if make --no-print-directory OPT=-O1 BUILD=build-o1 BINDIR=build-o1/bin NVCC= all >"$T/o1.log" 2>&1; then ok "make OPT=-O1 builds"
+if make --no-print-directory -j"$(nproc)" OPT=-O1 BUILD=build-o1 BINDIR=build-o1/bin NVCC= all >"$T/o1.log" 2>&1; then ok "make OPT=-O1 builds"
 else fail "make OPT=-O1 builds: $(grep -m2 'error' "$T/o1.log")"; fi
 out=$(HAX_BIN=$A bash tests/test_hardening.sh 2>&1); rc=$?
 if [ $rc -eq 0 ] && ! grep -Eq 'Sanitizer|runtime error:' <<<"$out"; then ok "asan: test_hardening.sh ($(tail -n 1 <<<"$out"))"
