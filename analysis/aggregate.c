@@ -375,6 +375,16 @@ static int same_arch(const hax_run *a, const hax_run *b) {
            a->n_layers == b->n_layers && a->sparse_keys == b->sparse_keys;
 }
 
+// A run's or a table's regime: its train.precision, fp32 when not given.
+static const char *regime(const char *precision) { return precision[0] ? precision : "fp32"; }
+
+// 1 when label is the canonical Table 1 label canon, or canon with its
+// regime's "@<precision>" suffix (mamba2_hax@bf16-pure).
+static int is_canon(const char *label, const char *canon) {
+    size_t n = strlen(canon);
+    return strncmp(label, canon, n) == 0 && (label[n] == 0 || label[n] == '@');
+}
+
 void aggregate_runs(const hax_run *runs, int n_runs, hax_summary *s) {
     const hax_run **ok = xmalloc((size_t)(n_runs ? n_runs : 1) * sizeof *ok);
     int n_ok = 0;
@@ -415,9 +425,9 @@ void aggregate_runs(const hax_run *runs, int n_runs, hax_summary *s) {
         hax_arch_stats *a = &s->archs[s->n_archs++];
         memset(a, 0, sizeof *a);
         arch_stats(a, ok + i, j - i, s->metric);
-        // Table 1 holds one regime: fp32 runs for now (the others are listed
-        // by label below it, never averaged with fp32's)
-        if ((ok[i]->precision[0] && strcmp(ok[i]->precision, "fp32") != 0) ||
+        // Table 1 holds one regime, s->precision (fp32 by default): the
+        // others are listed by label below it, never averaged with it
+        if (strcmp(regime(ok[i]->precision), regime(s->precision)) != 0 ||
             !table1_place(a->label, a->model, a->pattern, a->hidden_size, a->n_layers, a->sparse_keys, &a->row,
                           &a->col))
             a->row = a->col = -1;
@@ -431,7 +441,8 @@ void aggregate_runs(const hax_run *runs, int n_runs, hax_summary *s) {
             hax_arch_stats *A = &s->archs[a], *B = &s->archs[b];
             if (a == b || A->row < 0 || A->row != B->row || A->col != B->col) continue;
             const char *canon = table1_label(A->row, A->col);
-            int a_wins = strcmp(A->label, canon) == 0 || (strcmp(B->label, canon) != 0 && strcmp(A->label, B->label) < 0);
+            int a_canon = is_canon(A->label, canon), b_canon = is_canon(B->label, canon);
+            int a_wins = a_canon || (!b_canon && strcmp(A->label, B->label) < 0);
             hax_arch_stats *loser = a_wins ? B : A, *winner = a_wins ? A : B;
             summary_note(&s->missing, &s->n_missing, loser->label, "same Table 1 place (%s, %s) as '%s': listed below",
                          table1_row_name(loser->row), table1_col_name(loser->col), winner->label);

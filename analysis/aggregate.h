@@ -48,6 +48,7 @@ typedef struct {
 
 typedef struct {
     hax_metric metric;
+    char precision[16];       // the regime Table 1 holds (train.precision; "" = fp32)
     int n_files;              // result.json files found
     int n_runs;               // complete runs averaged in
     hax_arch_stats *archs;    // Table 1 places first (row, column), then the others by label

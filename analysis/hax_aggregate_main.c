@@ -22,7 +22,7 @@
 
 static void usage(FILE *out) {
     fputs("usage: hax-aggregate [--format markdown|csv|json] [--paper] [--plot DIR]\n"
-          "                     [--metric test|test_reference] [--output FILE] [--stale-after SECONDS]\n"
+          "                     [--metric test|test_reference] [--precision P] [--output FILE] [--stale-after SECONDS]\n"
           "                     RESULTS_DIR\n"
           "  Reads RESULTS_DIR/**/result.json, averages complete runs over seeds, picks each\n"
           "  architecture's learning rate by mean validation accuracy (ties: the smaller lr)\n"
@@ -35,6 +35,8 @@ static void usage(FILE *out) {
           "             the reference code's figure)\n"
           "  --output   write the table into FILE atomically instead of stdout (an existing\n"
           "             FILE is kept when nothing can be aggregated)\n"
+          "  --precision fp32 (default), bf16 or bf16-pure: the train.precision regime\n"
+          "             Table 1 holds (the other regimes' runs are listed below it)\n"
           "  --stale-after  a 'running' result.json whose heartbeat (unix seconds) is older\n"
           "             than this is reported as 'stale': no live process (default 900; 0: never)\n",
           out);
@@ -67,6 +69,11 @@ int main(int argc, char **argv) {
             if (strcmp(m, "test") == 0) s.metric = METRIC_TEST;
             else if (strcmp(m, "test_reference") == 0) s.metric = METRIC_TEST_REFERENCE;
             else hax_die_code(HAX_EXIT_USAGE, "--metric: expected test or test_reference, found '%s'", m);
+        } else if (strcmp(a, "--precision") == 0 && has_value) {
+            const char *p = argv[++i];
+            if (strcmp(p, "fp32") && strcmp(p, "bf16") && strcmp(p, "bf16-pure"))
+                hax_die_code(HAX_EXIT_USAGE, "--precision: expected fp32, bf16 or bf16-pure, found '%s'", p);
+            snprintf(s.precision, sizeof s.precision, "%s", p);
         } else if (strcmp(a, "--stale-after") == 0 && has_value) {
             const char *v = argv[++i];
             char *end;
@@ -75,7 +82,7 @@ int main(int argc, char **argv) {
                 hax_die_code(HAX_EXIT_USAGE, "--stale-after: expected seconds in [0, 1e9], found '%s'", v);
         } else if (a[0] == '-' && a[1]) {
             hax_die_code(HAX_EXIT_USAGE, "%s: expected --format, --paper, --plot DIR, --metric, --output FILE, "
-                         "--stale-after SECONDS or --help%s", a,
+                         "--precision P, --stale-after SECONDS or --help%s", a,
                          has_value ? "" : " (or a missing value)");
         } else if (dir) {
             hax_die_code(HAX_EXIT_USAGE, "expected one RESULTS_DIR, found '%s' and '%s'", dir, a);

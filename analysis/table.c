@@ -106,8 +106,9 @@ void table_markdown(FILE *out, const hax_summary *s, int paper) {
         else others++;
     }
     fprintf(out, "Test accuracy (%%, metric %s): mean ± sample std (n-1) over seeds, at the learning rate with the best "
-                 "mean validation accuracy (ties: the smaller lr). %d complete runs of %d result files.\n",
-            metric_name(s->metric), s->n_runs, s->n_files);
+                 "mean validation accuracy (ties: the smaller lr). %d complete runs of %d result files. Table 1 holds "
+                 "the %s runs.\n",
+            metric_name(s->metric), s->n_runs, s->n_files, s->precision[0] ? s->precision : "fp32");
     if (placed || paper) {
         fputs("\n### Table 1\n\n", out);
         md_table1(out, s, paper);
@@ -304,7 +305,8 @@ static void json_arch(FILE *out, const hax_arch_stats *a, int paper) {
 }
 
 void table_json(FILE *out, const hax_summary *s, int paper) {
-    fprintf(out, "{\n  \"metric\": \"%s\",\n  \"unit\": \"percent\",\n  \"std\": \"sample (n-1)\",\n", metric_name(s->metric));
+    fprintf(out, "{\n  \"metric\": \"%s\",\n  \"precision\": \"%s\",\n  \"unit\": \"percent\",\n  \"std\": \"sample (n-1)\",\n",
+            metric_name(s->metric), s->precision[0] ? s->precision : "fp32");
     fputs("  \"lr_rule\": \"best mean best_valid_acc over seeds; ties (within 1e-9) go to the smaller lr\",\n", out);
     fprintf(out, "  \"n_files\": %d,\n  \"n_runs\": %d,\n  \"architectures\": [", s->n_files, s->n_runs);
     for (int i = 0; i < s->n_archs; i++) {

@@ -28,7 +28,7 @@ def cells(rng, base, lo=5, hi=8):
             for c in range(lo, hi + 1) for k in range(lo, hi + 1)]
 
 def run(root, label, model, pattern, hidden, layers, lr, seed, valid, test, status="complete",
-        test_ref=None, with_cells=True, config=True, rng=None):
+        test_ref=None, with_cells=True, config=True, rng=None, precision=None):
     rng = rng or random.Random(seed)
     d = os.path.join(root, label, "lr_%g" % lr, "seed_%d" % seed)
     os.makedirs(d, exist_ok=True)
@@ -41,22 +41,28 @@ def run(root, label, model, pattern, hidden, layers, lr, seed, valid, test, stat
         r["test_cells"] = cells(rng, test)
         r["test_cells_reference"] = cells(rng, test * 0.9)
     r.update({"tokens": 1e6, "git_revision": "abc", "ranks": 1, "wall_time": 1.5, "tokens_per_s": 1000})
+    if precision:
+        r["precision"] = precision
     if config:
         r["config"] = {"model": {"arch": model, "hidden_size": hidden, "n_layers": layers},
                        "sparse": {"pattern": pattern, "keys": 64},
                        "train": {"seed": seed, "lr": lr}, "output": {"root": root, "arch": label}}
+        if precision:
+            r["config"]["train"]["precision"] = precision
     with open(os.path.join(d, "result.json"), "w") as f:
         json.dump(r, f, indent=2)
     return os.path.join(d, "result.json")
 
-def grid(root, archs, lrs=(3e-3, 1e-3, 3e-4), seeds=(1, 2, 3), seed=7):
+def grid(root, archs, lrs=(3e-3, 1e-3, 3e-4), seeds=(1, 2, 3), seed=7, precision=None):
     rng = random.Random(seed)
     for label, model, pat, hidden, layers in archs:
+        if precision:
+            label += "@" + precision
         for lr in lrs:
             for s in seeds:
                 v = round(rng.uniform(0.05, 0.9), 6)
                 run(root, label, model, pat, hidden, layers, lr, s, v, round(min(1, max(0, v + rng.uniform(-0.05, 0.05))), 6),
-                    test_ref=round(v * 0.9, 6), rng=rng)
+                    test_ref=round(v * 0.9, 6), rng=rng, precision=precision)
 
 def recompute(root, metric="test_acc"):
     """The expected table from the files: complete runs only, best mean
@@ -322,4 +328,29 @@ check_fails "only running runs: exit 1" "found none \(1 files: 1 incomplete" "$A
 "$AGG" --format xml "$R" >/dev/null 2>&1; [ $? -eq 2 ] && ok "bad --format: exit 2" || fail "bad --format: exit 2"
 "$AGG" --metric best "$R" >/dev/null 2>&1; [ $? -eq 2 ] && ok "bad --metric: exit 2" || fail "bad --metric: exit 2"
 "$AGG" >/dev/null 2>&1; [ $? -eq 2 ] && ok "no folder: usage, exit 2" || fail "no folder: usage, exit 2"
+# Table 1 per regime: the fp32 grid and the same architectures in bf16-pure
+# (labels NAME@bf16-pure) in one tree; --precision picks the regime Table 1
+# holds, the other regime's runs are listed below it, never averaged in.
+P=$tmp/prec
+gen "grid('$P', table1_archs()); grid('$P', table1_archs(), seed=13, precision='bf16-pure')"
+"$AGG" --format json "$P" >"$tmp/p32.json" 2>/dev/null
+"$AGG" --format json --precision bf16-pure "$P" >"$tmp/pbf.json" 2>/dev/null
+check "--precision: Table 1 holds one regime, the other listed below it" $PY - "$tmp/p32.json" "$tmp/pbf.json" "$P" "$tmp" <<'EOF'
+import json, sys
+sys.path.insert(0, sys.argv[4])
+from gen import recompute
+d32, dbf = (json.load(open(f)) for f in sys.argv[1:3])
+assert d32["precision"] == "fp32" and dbf["precision"] == "bf16-pure", (d32["precision"], dbf["precision"])
+a32 = {a["label"]: a for a in d32["architectures"]}
+abf = {a["label"]: a for a in dbf["architectures"]}
+assert a32["mamba2_hax"]["table1_row"] and a32["mamba2_hax@bf16-pure"]["table1_row"] is None
+assert abf["mamba2_hax@bf16-pure"]["table1_row"] == a32["mamba2_hax"]["table1_row"]
+assert abf["mamba2_hax"]["table1_row"] is None
+assert sum(1 for a in dbf["architectures"] if a["table1_row"]) == 19, "19 Table 1 places in bf16-pure"
+want = recompute(sys.argv[3])
+for label, a in abf.items():
+    assert abs(a["test_mean"] - want[label]["mean"]) < 1e-3 and a["chosen_lr"] == want[label]["lr"], label
+EOF
+check "--precision fp16 is a usage error" test "$("$AGG" --precision fp16 "$P" >/dev/null 2>&1; echo $?)" -eq 2
+
 finish
