@@ -338,9 +338,8 @@ int config_finalize(hax_config *c, char *err, int errlen) {
     if (c->model.vocab_size <= data_max_token(g))
         return hax_errf(err, errlen, "model.vocab_size: expected more than the dataset's largest token id %d%s, found %d",
                    data_max_token(g), data_has_id_layout(g) ? " (of data.id_layout)" : "", c->model.vocab_size);
-    if (c->train.warmup > c->train.steps)
-        return hax_errf(err, errlen, "train.warmup: expected at most train.steps (%lld), found %lld", (long long)c->train.steps,
-                   (long long)c->train.warmup);
+    // train.warmup may exceed train.steps: a run shorter than its warm-up, as
+    // the reference allows (--step below --warmup_step; lr never reaches its peak)
     if (!c->output.arch[0]) {  // default label: the base architecture and the pattern
         if (c->model.sparse_arch[0])
             snprintf(c->output.arch, sizeof c->output.arch, "%s+%s", config_arch_name(c->model.arch), c->model.sparse_arch);
