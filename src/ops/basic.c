@@ -79,8 +79,8 @@ static void rmsnorm_row_backward(float *g, double *dw_part, const float *dy, con
         for (int j = 0; j < d; j++) dw_part[j] += (double)dy[j] * x[j] * r;
 }
 
-// Adds the chunk partials into dw in chunk order.
-static void add_partials(float *dw, const double *part, int n_chunk, int d) {
+// See basic.h.
+void add_partials(float *dw, const double *part, int n_chunk, int d) {
     for (int j = 0; j < d; j++) {
         double acc = 0;
         for (int ch = 0; ch < n_chunk; ch++) acc += part[(size_t)ch * d + j];
@@ -278,12 +278,6 @@ void gated_norm_backward(float *dy, int ld_dy, float *dz, int ld_dz, float *dw, 
             }
         }
     }
-    if (dw) {
-        for (int c = 0; c < E; c++) {
-            double acc = 0.0;
-            for (int b = 0; b < nb; b++) acc += part[(size_t)b * E + c];
-            dw[c] += (float)acc;
-        }
-        free(part);
-    }
+    if (dw) add_partials(dw, part, nb, E);
+    free(part);
 }

@@ -83,4 +83,9 @@ void gated_norm_backward(float *dy, int ld_dy, float *dz, int ld_dz, float *dw, 
                          int ld_dout, const float *rstd, const float *y, int ld_y, const float *z,
                          int ld_z, const float *w, int n, int E);
 
+// dw[j] += sum over chunks ch (in order, in double) of part[ch * d + j]: the
+// fixed-order reduction of per-chunk partial sums that keeps the column sums
+// (norm weights, dE) independent of the thread count.
+void add_partials(float *dw, const double *part, int n_chunk, int d);
+
 #endif

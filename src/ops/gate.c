@@ -48,14 +48,8 @@ void mamba_gate_backward(float *dy, float *dxz, float *dattn, float *dEv, const 
             }
         }
     }
-    if (part) {
-        for (int c = 0; c < E; c++) {
-            double acc = 0;
-            for (int ch = 0; ch < n_chunk; ch++) acc += part[(size_t)ch * E + c];
-            dEv[c] += (float)acc;
-        }
-        free(part);
-    }
+    if (part) add_partials(dEv, part, n_chunk, E);
+    free(part);
 }
 
 void add_attn_forward(float *y, const float *attn, const float *Ev, int n_tok, int E) {
