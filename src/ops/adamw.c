@@ -29,29 +29,46 @@ void adamw_free(hax_adamw *opt) {
     opt->n = 0;
 }
 
+// The float scalars of one step, as PyTorch makes them from its Python
+// floats (combined in double, cast to float where they meet a tensor); shared
+// by the float32 and the bf16-pure updates.
+typedef struct {
+    float decay;          // param.mul_(1 - lr*wd)
+    float w1, one_minus_w1;
+    int lerp_low;         // exp_avg.lerp_(grad, w1): self + w*(end - self) for |w| < 0.5, else end - (end - self)*(1 - w)
+    float b2, w2;         // exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2)
+    float neg_step_size;  // addcdiv_ value, -(lr / bc1), bc1 = 1 - beta1^step in double
+    float bc2_sqrt;       // sqrt(1 - beta2^step), in double then float
+    float eps;
+} adamw_scalars;
+
+static adamw_scalars scalars_of(double lr, double beta1, double beta2, double eps, double weight_decay,
+                                int64_t step) {
+    adamw_scalars k;
+    k.decay = (float)(1.0 - lr * weight_decay);
+    k.w1 = (float)(1.0 - beta1);
+    k.one_minus_w1 = 1.0f - k.w1;
+    k.lerp_low = fabsf(k.w1) < 0.5f;
+    k.b2 = (float)beta2, k.w2 = (float)(1.0 - beta2);
+    k.neg_step_size = (float)(-(lr / (1.0 - pow(beta1, (double)step))));
+    k.bc2_sqrt = (float)sqrt(1.0 - pow(beta2, (double)step));
+    k.eps = (float)eps;
+    return k;
+}
+
 void adamw_update(float *p, const float *g, float *m, float *v, size_t n, double lr, double beta1, double beta2,
                   double eps, double weight_decay, int64_t step) {
-    const float decay = (float)(1.0 - lr * weight_decay);    // param.mul_(1 - lr*wd)
-    const float w1 = (float)(1.0 - beta1);                   // exp_avg.lerp_(grad, 1 - beta1)
-    const float b2 = (float)beta2, w2 = (float)(1.0 - beta2); // exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2)
-    const double bc1 = 1.0 - pow(beta1, (double)step);
-    const double bc2 = 1.0 - pow(beta2, (double)step);
-    const float neg_step_size = (float)(-(lr / bc1));        // addcdiv_ value
-    const float bc2_sqrt = (float)sqrt(bc2);
-    const float epsf = (float)eps;
-    // lerp(self, end, w) = self + w*(end - self) for |w| < 0.5, else end - (end - self)*(1 - w)
-    const int lerp_low = fabsf(w1) < 0.5f;
-    const float one_minus_w1 = 1.0f - w1;
+    const adamw_scalars k = scalars_of(lr, beta1, beta2, eps, weight_decay, step);
 #pragma omp parallel for schedule(static) if (n > (1 << 16))
     for (size_t i = 0; i < n; i++) {
-        float pi = p[i] * decay;
+        float pi = p[i] * k.decay;
         float gi = g[i];
         float diff = gi - m[i];
-        float mi = lerp_low ? m[i] + w1 * diff : gi - diff * one_minus_w1;
-        float vi = v[i] * b2;
-        vi = vi + w2 * gi * gi;
-        float denom = sqrtf(vi) / bc2_sqrt + epsf;
-        p[i] = pi + neg_step_size * mi / denom;
+        float mi = k.lerp_low ? m[i] + k.w1 * diff : gi - diff * k.one_minus_w1;
+        float vi = v[i] * k.b2;
+        vi = vi + k.w2 * gi * gi;
+        float denom = sqrtf(vi) / k.bc2_sqrt + k.eps;
+        p[i] = pi + k.neg_step_size * mi / denom;
         m[i] = mi;
         v[i] = vi;
     }
@@ -59,29 +76,19 @@ void adamw_update(float *p, const float *g, float *m, float *v, size_t n, double
 
 void adamw_bf16_update(float *p, const float *g, float *m, float *v, size_t n, double lr, double beta1,
                        double beta2, double eps, double weight_decay, int64_t step) {
-    // the float scalars exactly as adamw_update makes them
-    const float decay = (float)(1.0 - lr * weight_decay);
-    const float w1 = (float)(1.0 - beta1);
-    const float b2 = (float)beta2, w2 = (float)(1.0 - beta2);
-    const double bc1 = 1.0 - pow(beta1, (double)step);
-    const double bc2 = 1.0 - pow(beta2, (double)step);
-    const float neg_step_size = (float)(-(lr / bc1));
-    const float bc2_sqrt = (float)sqrt(bc2);
-    const float epsf = (float)eps;
-    const int lerp_low = fabsf(w1) < 0.5f;
-    const float one_minus_w1 = 1.0f - w1;
+    const adamw_scalars k = scalars_of(lr, beta1, beta2, eps, weight_decay, step);
 #pragma omp parallel for schedule(static) if (n > (1 << 16))
     for (size_t i = 0; i < n; i++) {
         float gi = hax_bf16_round(g[i]);
-        float pi = hax_bf16_round(p[i] * decay);
+        float pi = hax_bf16_round(p[i] * k.decay);
         float diff = gi - m[i];
-        float mi = hax_bf16_round(lerp_low ? m[i] + w1 * diff : gi - diff * one_minus_w1);
-        float vi = hax_bf16_round(v[i] * b2);
-        vi = hax_bf16_round(vi + w2 * (gi * gi));
+        float mi = hax_bf16_round(k.lerp_low ? m[i] + k.w1 * diff : gi - diff * k.one_minus_w1);
+        float vi = hax_bf16_round(v[i] * k.b2);
+        vi = hax_bf16_round(vi + k.w2 * (gi * gi));
         float den = hax_bf16_round(sqrtf(vi));
-        den = hax_bf16_round(den / bc2_sqrt);
-        den = hax_bf16_round(den + epsf);
-        p[i] = hax_bf16_round(pi + neg_step_size * (mi / den));
+        den = hax_bf16_round(den / k.bc2_sqrt);
+        den = hax_bf16_round(den + k.eps);
+        p[i] = hax_bf16_round(pi + k.neg_step_size * (mi / den));
         m[i] = mi;
         v[i] = vi;
     }
