@@ -15,17 +15,25 @@
 #include "src/core/common.h"
 #include "src/train/internal.h"
 
-void train_check_all(const hax_dist *d, int failed, const char *msg, int code) {
+int train_failed_rank(const hax_dist *d, int failed) {
     // max over ranks of (size - rank) among the failed ones: the lowest failed rank
     int who = dist_allreduce_max_int(failed ? d->size - d->rank : 0);
-    if (!who) return;
-    if (d->size - who == d->rank) {
+    return who ? d->size - who : -1;
+}
+
+void train_exit_failed(const hax_dist *d, int failed_rank, const char *msg, int code) {
+    if (failed_rank == d->rank) {
         fprintf(stderr, "hax: %s\n", msg);
         fflush(stderr);
     }
     dist_barrier();
     dist_finalize();
     exit(code);
+}
+
+void train_check_all(const hax_dist *d, int failed, const char *msg, int code) {
+    int r = train_failed_rank(d, failed);
+    if (r >= 0) train_exit_failed(d, r, msg, code);
 }
 
 double train_wall(const train_ctx *t) { return t->wall_before + (t->t0 > 0 ? hax_now() - t->t0 : 0); }

@@ -115,15 +115,15 @@ static void dev_push(train_ctx *t, int moments) {
 // then never sees a dead run as running. The write may itself fail (a full
 // disk); the message on stderr is then the only trace.
 static void train_fail_all(train_ctx *t, int failed, const char *msg) {
-    int who = dist_allreduce_max_int(failed ? t->d->size - t->d->rank : 0);  // the lowest failed rank
-    if (!who) return;
+    int r = train_failed_rank(t->d, failed);
+    if (r < 0) return;
     if (t->d->rank == 0 && access(t->o->run_dir, F_OK) == 0) {
         char why[2200], e2[1024];
-        if (t->d->size - who == 0) snprintf(why, sizeof why, "%s", msg);
-        else snprintf(why, sizeof why, "rank %d failed (its message is on its stderr)", t->d->size - who);
+        if (r == 0) snprintf(why, sizeof why, "%s", msg);
+        else snprintf(why, sizeof why, "rank %d failed (its message is on its stderr)", r);
         train_write_result(t, "failed", NULL, why, e2, sizeof e2);
     }
-    train_check_all(t->d, failed, msg, HAX_EXIT_ERROR);
+    train_exit_failed(t->d, r, msg, HAX_EXIT_ERROR);
 }
 
 // Stops every rank when rank 0 failed to write a file.

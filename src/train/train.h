@@ -73,5 +73,9 @@ int train_check_dataset(const hax_dataset *ds, const hax_data_params *want, cons
 // message). When any rank failed, the lowest failing rank prints its line,
 // all ranks finalize MPI and exit with `code`; otherwise returns.
 void train_check_all(const hax_dist *d, int failed, const char *msg, int code);
+// Its two halves, for a caller that acts between them: the lowest failed
+// rank (collective; -1 when none failed), and the exit (that rank prints msg).
+int train_failed_rank(const hax_dist *d, int failed);
+void train_exit_failed(const hax_dist *d, int failed_rank, const char *msg, int code);
 
 #endif
