@@ -1,23 +1,12 @@
 // cuda/ops/adamw.cu: see cuda/ops/adamw.h. The arithmetic uses the _rn intrinsics so
 // nvcc cannot fuse a multiply and an add (the CPU build has no FMA): every
 // operation rounds once, in the order of src/ops/adamw.c.
-#include <math.h>
-
 #include "cuda/ops/adamw.h"
 #include "cuda/core/common.cuh"
 
 extern "C" void cuda_adamw_hp_make(cuda_adamw_hp *hp, double lr, double beta1, double beta2, double eps,
                                    double weight_decay, int64_t step) {
-    hp->decay = (float)(1.0 - lr * weight_decay);
-    hp->w1 = (float)(1.0 - beta1);
-    hp->b2 = (float)beta2;
-    hp->w2 = (float)(1.0 - beta2);
-    double bc1 = 1.0 - pow(beta1, (double)step), bc2 = 1.0 - pow(beta2, (double)step);
-    hp->neg_step_size = (float)(-(lr / bc1));
-    hp->bc2_sqrt = (float)sqrt(bc2);
-    hp->eps = (float)eps;
-    hp->lerp_low = fabsf(hp->w1) < 0.5f;
-    hp->one_minus_w1 = 1.0f - hp->w1;
+    hp->k = adamw_scalars_of(lr, beta1, beta2, eps, weight_decay, step);
     hp->bf16_pure = 0;
 }
 
@@ -27,7 +16,7 @@ extern "C" void cuda_adamw_set(cuda_adamw_hp *hp_dev, const cuda_adamw_hp *hp) {
 
 // src/ops/adamw.c's adamw_bf16_update, op for op (each line one bf16 rounding).
 __device__ static void adamw_bf16_elem(float *p, const float *g, float *m, float *v, size_t i,
-                                       const cuda_adamw_hp &hp) {
+                                       const adamw_scalars &hp) {
     float gi = hax_bf16_round(g[i]), mo = m[i];
     float pi = hax_bf16_round(__fmul_rn(p[i], hp.decay));
     float diff = __fsub_rn(gi, mo);
@@ -47,9 +36,9 @@ __global__ static void adamw_kernel(float *p, const float *g, float *m, float *v
                                     const cuda_adamw_hp *hp_) {
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const cuda_adamw_hp hp = *hp_;
-    if (hp.bf16_pure) {  // read on the device: a captured graph replays either regime
-        adamw_bf16_elem(p, g, m, v, i, hp);
+    const adamw_scalars hp = hp_->k;
+    if (hp_->bf16_pure) {  // read on the device: a captured graph replays either regime
+        adamw_bf16_elem(p, g, m, v, i, hp_->k);
         return;
     }
     float pi = __fmul_rn(p[i], hp.decay);

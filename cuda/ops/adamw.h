@@ -16,16 +16,13 @@
 extern "C" {
 #endif
 
-// The float32 constants of one AdamW step, computed on the host exactly as
-// adamw_update (src/ops/adamw.c) computes them.
+#include "src/ops/adamw.h"  // adamw_scalars, adamw_scalars_of (C linkage)
+
+// The float32 constants of one AdamW step (src/ops/adamw.h's adamw_scalars_of,
+// the same values the CPU update uses) and the regime.
 typedef struct {
-    float decay;          // 1 - lr*wd
-    float w1, one_minus_w1;
-    float b2, w2;
-    float neg_step_size;  // -(lr / bc1)
-    float bc2_sqrt, eps;
-    int lerp_low;         // |w1| < 0.5 (torch.lerp's branch)
-    int bf16_pure;        // 1: adamw_bf16_update's op order (set by the caller; make leaves 0)
+    adamw_scalars k;
+    int bf16_pure;  // 1: adamw_bf16_update's op order (set by the caller; make leaves 0)
 } cuda_adamw_hp;
 
 void cuda_adamw_hp_make(cuda_adamw_hp *hp, double lr, double beta1, double beta2, double eps, double weight_decay,

@@ -29,20 +29,8 @@ void adamw_free(hax_adamw *opt) {
     opt->n = 0;
 }
 
-// The float scalars of one step, as PyTorch makes them from its Python
-// floats (combined in double, cast to float where they meet a tensor); shared
-// by the float32 and the bf16-pure updates.
-typedef struct {
-    float decay;          // param.mul_(1 - lr*wd)
-    float w1, one_minus_w1;
-    int lerp_low;         // exp_avg.lerp_(grad, w1): self + w*(end - self) for |w| < 0.5, else end - (end - self)*(1 - w)
-    float b2, w2;         // exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2)
-    float neg_step_size;  // addcdiv_ value, -(lr / bc1), bc1 = 1 - beta1^step in double
-    float bc2_sqrt;       // sqrt(1 - beta2^step), in double then float
-    float eps;
-} adamw_scalars;
 
-static adamw_scalars scalars_of(double lr, double beta1, double beta2, double eps, double weight_decay,
+adamw_scalars adamw_scalars_of(double lr, double beta1, double beta2, double eps, double weight_decay,
                                 int64_t step) {
     adamw_scalars k;
     k.decay = (float)(1.0 - lr * weight_decay);
@@ -58,7 +46,7 @@ static adamw_scalars scalars_of(double lr, double beta1, double beta2, double ep
 
 void adamw_update(float *p, const float *g, float *m, float *v, size_t n, double lr, double beta1, double beta2,
                   double eps, double weight_decay, int64_t step) {
-    const adamw_scalars k = scalars_of(lr, beta1, beta2, eps, weight_decay, step);
+    const adamw_scalars k = adamw_scalars_of(lr, beta1, beta2, eps, weight_decay, step);
 #pragma omp parallel for schedule(static) if (n > (1 << 16))
     for (size_t i = 0; i < n; i++) {
         float pi = p[i] * k.decay;
@@ -76,7 +64,7 @@ void adamw_update(float *p, const float *g, float *m, float *v, size_t n, double
 
 void adamw_bf16_update(float *p, const float *g, float *m, float *v, size_t n, double lr, double beta1,
                        double beta2, double eps, double weight_decay, int64_t step) {
-    const adamw_scalars k = scalars_of(lr, beta1, beta2, eps, weight_decay, step);
+    const adamw_scalars k = adamw_scalars_of(lr, beta1, beta2, eps, weight_decay, step);
 #pragma omp parallel for schedule(static) if (n > (1 << 16))
     for (size_t i = 0; i < n; i++) {
         float gi = hax_bf16_round(g[i]);

@@ -36,6 +36,21 @@ typedef struct {
     int bf16_pure;  // 1: adamw_step runs adamw_bf16_update (train.precision bf16-pure)
 } hax_adamw;
 
+// The float scalars of one step, as PyTorch makes them from its Python
+// floats (combined in double, cast to float where they meet a tensor); shared
+// by the float32 and the bf16-pure updates.
+typedef struct {
+    float decay;          // param.mul_(1 - lr*wd)
+    float w1, one_minus_w1;
+    int lerp_low;         // exp_avg.lerp_(grad, w1): self + w*(end - self) for |w| < 0.5, else end - (end - self)*(1 - w)
+    float b2, w2;         // exp_avg_sq.mul_(b2).addcmul_(g, g, 1 - b2)
+    float neg_step_size;  // addcdiv_ value, -(lr / bc1), bc1 = 1 - beta1^step in double
+    float bc2_sqrt;       // sqrt(1 - beta2^step), in double then float
+    float eps;
+} adamw_scalars;
+adamw_scalars adamw_scalars_of(double lr, double beta1, double beta2, double eps, double weight_decay,
+                               int64_t step);
+
 // Allocates zeroed moments for n parameters.
 void adamw_init(hax_adamw *opt, size_t n, double beta1, double beta2, double eps, double weight_decay);
 void adamw_free(hax_adamw *opt);
