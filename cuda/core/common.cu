@@ -158,3 +158,16 @@ extern "C" void cuda_graph_launch(void *graph) {
 extern "C" void cuda_graph_free(void *graph) {
     if (graph) CUDA_CHECK(cudaGraphExecDestroy((cudaGraphExec_t)graph));
 }
+
+__global__ static void add_chunk_partials_kernel(float *out, const double *part, int n_chunk, int n) {
+    int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= n) return;
+    double acc = 0.0;
+    for (int ch = 0; ch < n_chunk; ch++) acc += part[(size_t)ch * n + j];
+    out[j] += (float)acc;
+}
+
+void cu_add_chunk_partials(float *out, const double *part, int n_chunk, int n) {
+    add_chunk_partials_kernel<<<cu_blocks(n, 64), 64, 0, cu_stream()>>>(out, part, n_chunk, n);
+    CUDA_LAUNCHED();
+}

@@ -47,6 +47,11 @@ int *cu_error_flag(void);
 
 static inline int cu_blocks(long n, int threads) { return (int)((n + threads - 1) / threads); }
 
+// out[j] += (float)Σ_ch part[ch·n + j] for j < n, the chunk partials added in
+// chunk order in double (the column sums of the norm, gate and gated-norm
+// backwards: one fixed order, so the result repeats bit for bit).
+void cu_add_chunk_partials(float *out, const double *part, int n_chunk, int n);
+
 // ---- the scalar helpers: hax_sigmoid, hax_silu, ... of src/core/scalar.h (host
 // and device, one copy).
 

@@ -130,14 +130,6 @@ __global__ static void rmsnorm_dw_part_kernel(double *part, const float *dout, c
 }
 
 // dw[j] += Σ_ch part[ch, j], chunks in order.
-__global__ static void sum_parts_kernel(float *dw, const double *part, int n_chunk, int d) {
-    int j = blockIdx.x * blockDim.x + threadIdx.x;
-    if (j >= d) return;
-    double acc = 0.0;
-    for (int ch = 0; ch < n_chunk; ch++) acc += part[(size_t)ch * d + j];
-    dw[j] += (float)acc;
-}
-
 extern "C" size_t cuda_norm_workspace_bytes(int n, int d) {
     return (size_t)((n + ROW_CHUNK - 1) / ROW_CHUNK) * d * sizeof(double);
 }
@@ -147,8 +139,7 @@ static void norm_dw(float *dw, const float *dout, const float *x, const float *r
     dim3 grid(cu_blocks(d, 64), n_chunk);
     rmsnorm_dw_part_kernel<<<grid, 64, 0, cu_stream()>>>((double *)work, dout, x, rstd, n, d);
     CUDA_LAUNCHED();
-    sum_parts_kernel<<<cu_blocks(d, 64), 64, 0, cu_stream()>>>(dw, (const double *)work, n_chunk, d);
-    CUDA_LAUNCHED();
+    cu_add_chunk_partials(dw, (const double *)work, n_chunk, d);
 }
 
 extern "C" void cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int n, int d,
@@ -401,7 +392,6 @@ extern "C" void cuda_gated_norm_backward(float *dy, int ld_dy, float *dz, int ld
         dim3 grid(cu_blocks(E, 64), n_chunk);
         gated_dw_part_kernel<<<grid, 64, 0, cu_stream()>>>((double *)work, dout, ld_dout, rstd, y, ld_y, z, ld_z, n, E);
         CUDA_LAUNCHED();
-        sum_parts_kernel<<<cu_blocks(E, 64), 64, 0, cu_stream()>>>(dw, (const double *)work, n_chunk, E);
-        CUDA_LAUNCHED();
+        cu_add_chunk_partials(dw, (const double *)work, n_chunk, E);
     }
 }

@@ -54,14 +54,6 @@ __global__ static void colsum_part_kernel(double *part, const float *x, int n, i
     part[i] = acc;
 }
 
-__global__ static void colsum_final_kernel(float *out, const double *part, int n_chunk, int E) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= E) return;
-    double acc = 0;
-    for (int ch = 0; ch < n_chunk; ch++) acc += part[(size_t)ch * E + c];
-    out[c] += (float)acc;
-}
-
 __global__ static void add_kernel(float *out, const float *a, const float *b, long n) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) out[i] = a[i] + b[i];
@@ -97,8 +89,7 @@ static void colsum_add(float *out, const float *x, int n, int E, void *work) {
     if (n_chunk == 0) return;
     colsum_part_kernel<<<cu_blocks((long)n_chunk * E, 256), 256, 0, cu_stream()>>>((double *)work, x, n, E);
     CUDA_LAUNCHED();
-    colsum_final_kernel<<<cu_blocks(E, 128), 128, 0, cu_stream()>>>(out, (const double *)work, n_chunk, E);
-    CUDA_LAUNCHED();
+    cu_add_chunk_partials(out, (const double *)work, n_chunk, E);
 }
 
 extern "C" void cuda_gate_forward(float *o, const float *y, const float *xz, const float *attn, const float *Ev,
