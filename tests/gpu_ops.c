@@ -443,6 +443,26 @@ static void run_ssd(const tbatch *b, int H, int P, int N, int timing) {
     expect("ssd dx|dB|dC", g_dx, dx, dx0, nx, TOL_BWD);
     expect("ssd ddt", g_ddt, ddt, ddt0, ndt, TOL_BWD);
     expect("ssd ddt_bias|dA_log|dD", g_dp, dp, dp0, 3 * H, TOL_BWD);
+    {
+        // Forward + backward captured in a CUDA graph and replayed: bit-identical.
+        float *y1 = down(g_y, ny), *dx1 = down(g_dx, nx), *ddt1 = down(g_ddt, ndt), *dp1 = down(g_dp, 3 * H);
+        cuda_upload(g_dx, dx0, sizeof(float) * nx);
+        cuda_upload(g_ddt, ddt0, sizeof(float) * ndt);
+        cuda_upload(g_dp, dp0, sizeof(float) * 3 * H);
+        cuda_zero(g_y, sizeof(float) * ny);
+        cuda_graph_begin();
+        GPU_SSD_FWD();
+        GPU_SSD_BWD();
+        void *graph = cuda_graph_end();
+        cuda_graph_launch(graph);
+        float *y2 = down(g_y, ny), *dx2 = down(g_dx, nx), *ddt2 = down(g_ddt, ndt), *dp2 = down(g_dp, 3 * H);
+        int same = !memcmp(y1, y2, sizeof(float) * ny) && !memcmp(dx1, dx2, sizeof(float) * nx) &&
+                   !memcmp(ddt1, ddt2, sizeof(float) * ndt) && !memcmp(dp1, dp2, sizeof(float) * 3 * H);
+        printf("    ssd in a CUDA graph             %s\n", same ? "bit-identical" : "DIFFERENT");
+        CHECK(same, "ssd replayed from a CUDA graph differs from the direct launches");
+        cuda_graph_free(graph);
+        free(y1), free(dx1), free(ddt1), free(dp1), free(y2), free(dx2), free(ddt2), free(dp2);
+    }
     if (timing) {
         int reps = 10;
         int e0 = cuda_event_record();
@@ -462,11 +482,18 @@ static void run_ssd(const tbatch *b, int H, int P, int N, int timing) {
     for (size_t i = 0; i < sizeof(dptrs) / sizeof(dptrs[0]); i++) cuda_free(dptrs[i]);
 }
 
+// Lengths across the GPU's 64-position chunks too (63, 64, 65, 130).
+static const int k_ssd_lens[] = {63, 1, 64, 17, 65, 3, 130, 100};
+
 static void test_ssd(void) {
     tbatch b = make_batch(k_lens, K_NSEQ);
     run_ssd(&b, 3, 16, 32, 0);  // the paper's P and N, 3 heads
     run_ssd(&b, 2, 8, 16, 0);
-    run_ssd(&b, 2, 4, 64, 0);   // two state entries per lane
+    run_ssd(&b, 2, 4, 64, 0);   // four 16-row tiles of N
+    free_batch(&b);
+    b = make_batch(k_ssd_lens, (int)(sizeof k_ssd_lens / sizeof k_ssd_lens[0]));
+    run_ssd(&b, 3, 16, 32, 0);
+    run_ssd(&b, 2, 40, 20, 0);  // P, N not multiples of 16 (zero-padded tiles)
     free_batch(&b);
 }
 

@@ -1,8 +1,12 @@
-// cuda/ops/ssd.cu: Mamba-2's SSD scan on the GPU (see cuda/ops/ssd.h), on the
-// recurrence of cuda/ops/scan_kernels.cuh (one head of P channels per block).
-#include "cuda/ops/scan_kernels.cuh"
+// cuda/ops/ssd.cu: Mamba-2's SSD scan on the GPU (see cuda/ops/ssd.h) in its
+// chunked form (cuda/ops/ssd_chunk.cuh): chunk-local matrix products, and a
+// short pass over each sequence's chunks for the states between them.
+//   forward:  Δ; S_loc per chunk; pass (S_in per chunk, the checkpoint); y
+//   backward: dS_loc per chunk; reverse pass (dS_out); the chunk gradients;
+//             parameter gradients, one partial per sequence in sequence order.
+#include "cuda/ops/ssd_chunk_bwd.cuh"
 
-// SSD only: Δ [n_tok, H] = softplus(dt + dt_bias).
+// Δ [n_tok, H] = softplus(dt + dt_bias).
 __global__ static void ssd_delta_kernel(float *delta, const float *dt, int ld_dt, const float *dt_bias,
                                         int n_tok, int H) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -11,44 +15,145 @@ __global__ static void ssd_delta_kernel(float *delta, const float *dt, int ld_dt
     delta[i] = hax_softplus(dt[(size_t)t * ld_dt + h] + dt_bias[h]);
 }
 
-// ---------------------------------------------------------------- SSD
+// The pass over one sequence's chunks for head blockIdx.y, entry by entry:
+// buf holds each chunk's own part (S_loc or dS_loc) and receives what flows
+// into it (S_in, or in reverse dS_out): run' = e^{a_last}·run + own.
+__global__ static void ssd_pass_kernel(float *buf, const float *dec, const int *seq_off, int H, int PN, bool reverse) {
+    int s = blockIdx.x, h = blockIdx.y;
+    int base = ssd_slot_base(seq_off, s), nc = (seq_off[s + 1] - seq_off[s] + SSD_Q - 1) / SSD_Q;
+    for (int q = threadIdx.x; q < PN; q += blockDim.x) {
+        float run = 0.0f;
+        for (int i = 0; i < nc; i++) {
+            size_t k = (size_t)base + (reverse ? nc - 1 - i : i);
+            float *e = buf + (k * H + h) * PN + q;
+            float own = *e;
+            *e = run;
+            run = dec[k * H + h] * run + own;
+        }
+    }
+}
+
+// Parameter gradients += the sequence partials (each the sum of its chunks in
+// order, rounded to float as the CPU op does), one sequence at a time. Block
+// h; 256 sequences at a time are summed in parallel, then added in order.
+__global__ static void ssd_par_kernel(float *dA_log, float *dD, float *ddt_bias, const double *par,
+                                      const float *A_log, const int *seq_off, int n_seq, int H) {
+    __shared__ double part[SSD_THREADS][3];
+    int h = blockIdx.x;
+    float acc[3] = {dA_log ? dA_log[h] : 0.0f, dD ? dD[h] : 0.0f, ddt_bias ? ddt_bias[h] : 0.0f};
+    double Ah = -exp((double)A_log[h]);
+    for (int s0 = 0; s0 < n_seq; s0 += SSD_THREADS) {
+        int s = s0 + threadIdx.x;
+        if (s < n_seq) {
+            int base = ssd_slot_base(seq_off, s), nc = (seq_off[s + 1] - seq_off[s] + SSD_Q - 1) / SSD_Q;
+            double q[3] = {0.0, 0.0, 0.0};
+            for (int i = 0; i < nc; i++)
+                for (int k = 0; k < 3; k++) q[k] += par[((size_t)(base + i) * H + h) * 3 + k];
+            for (int k = 0; k < 3; k++) part[threadIdx.x][k] = q[k];
+        }
+        __syncthreads();
+        if (threadIdx.x < 3) {
+            int k = threadIdx.x;
+            for (int i = 0; i < SSD_THREADS && s0 + i < n_seq; i++)
+                acc[k] += (float)(k == 0 ? part[i][0] * Ah : part[i][k]);
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0 && dA_log) dA_log[h] = acc[0];
+    if (threadIdx.x == 1 && dD) dD[h] = acc[1];
+    if (threadIdx.x == 2 && ddt_bias) ddt_bias[h] = acc[2];
+}
+
+// ---------------------------------------------------------------- launches
+
+static int ssd_slots(int n_tok, int n_seq) { return n_tok / SSD_Q + n_seq; }
+static int ssd_tiles(int d) { return d <= 16 ? 1 : d <= 32 ? 2 : 4; }
+
+// Raises a kernel's dynamic shared-memory limit when needed (a host-side
+// attribute, set once per size; no synchronisation).
+#define SSD_LAUNCH(kernel, g, smem)                                                                      \
+    do {                                                                                                 \
+        static size_t raised_ = 48 * 1024;                                                               \
+        if ((smem) > raised_) {                                                                          \
+            CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(smem))); \
+            raised_ = (smem);                                                                            \
+        }                                                                                                \
+        kernel<<<(g).n_slots, SSD_THREADS, (smem), cu_stream()>>>(g);                                    \
+        CUDA_LAUNCHED();                                                                                 \
+    } while (0)
+
+template <int RP, int RN>
+static void ssd_fwd_chunks(const ssd_args &g) {
+    SSD_LAUNCH((ssd_state_kernel<RP, RN, false>), g, ssd_state_smem(RP, RN));
+    ssd_pass_kernel<<<dim3(g.n_seq, g.H), SSD_THREADS, 0, cu_stream()>>>(g.S, g.dec, g.seq_off, g.H, g.P * g.N, false);
+    CUDA_LAUNCHED();
+    SSD_LAUNCH((ssd_out_kernel<RP, RN>), g, ssd_out_smem(RP, RN));
+}
+
+template <int RP, int RN>
+static void ssd_bwd_chunks(const ssd_args &g) {
+    SSD_LAUNCH((ssd_state_kernel<RP, RN, true>), g, ssd_state_smem(RP, RN));
+    ssd_pass_kernel<<<dim3(g.n_seq, g.H), SSD_THREADS, 0, cu_stream()>>>(g.dS, g.dec, g.seq_off, g.H, g.P * g.N, true);
+    CUDA_LAUNCHED();
+    SSD_LAUNCH((ssd_bwd_kernel<RP, RN>), g, ssd_bwd_smem(RP, RN));
+}
+
+// Calls F<RP, RN> for the tile counts of P and N (16, 32 or 64 rows each).
+#define SSD_DISPATCH(F, g)                                                  \
+    switch (ssd_tiles((g).P) * 10 + ssd_tiles((g).N)) {                     \
+    case 11: F<1, 1>(g); break;                                             \
+    case 12: F<1, 2>(g); break;                                             \
+    case 14: F<1, 4>(g); break;                                             \
+    case 21: F<2, 1>(g); break;                                             \
+    case 22: F<2, 2>(g); break;                                             \
+    case 24: F<2, 4>(g); break;                                             \
+    case 41: F<4, 1>(g); break;                                             \
+    case 42: F<4, 2>(g); break;                                             \
+    default: F<4, 4>(g); break;                                             \
+    }
+
+static ssd_args ssd_args_of(const float *x, int ld_x, const float *dt, int ld_dt, const float *delta, const float *B,
+                            const float *C, int ld_bc, const float *dt_bias, const float *A_log, const float *D,
+                            const int *seq_off, int n_seq, int n_tok, int H, int P, int N) {
+    if (P < 1 || P > 64) hax_die("cuda: ssd: head_dim P: expected 1 to 64, found %d", P);
+    if (N < 1 || N > 64) hax_die("cuda: ssd: state size N: expected 1 to 64, found %d", N);
+    ssd_args g = {};
+    g.x = x, g.ld_x = ld_x, g.dt = dt, g.ld_dt = ld_dt, g.delta = delta, g.B = B, g.C = C, g.ld_bc = ld_bc;
+    g.dt_bias = dt_bias, g.A_log = A_log, g.D = D, g.seq_off = seq_off;
+    g.n_seq = n_seq, g.n_tok = n_tok, g.n_slots = ssd_slots(n_tok, n_seq), g.H = H, g.P = P, g.N = N;
+    return g;
+}
+
+// Checkpoint: S_in [slot][H][P·N] floats, then e^{a_last} [slot][H].
+static void ssd_set_ckpt(ssd_args *g, float *ckpt) {
+    g->S = ckpt;
+    g->dec = ckpt + (size_t)g->n_slots * g->H * g->P * g->N;
+}
 
 extern "C" size_t cuda_ssd_ckpt_floats(int n_tok, int n_seq, int H, int P, int N) {
-    return ckpt_slots(n_tok, n_seq) * H * P * N;
+    return (size_t)ssd_slots(n_tok, n_seq) * H * ((size_t)P * N + 1);
 }
 
+static size_t align256(size_t b) { return (b + 255) / 256 * 256; }
+
+// Workspace: dS [slot][H][P·N] floats, then the partials [slot][H][3] doubles.
 extern "C" size_t cuda_ssd_workspace_bytes(int n_tok, int n_seq, int H, int P, int N) {
-    (void)P;
-    return work_bytes(n_tok, n_seq, H, N, H, H);
-}
-
-static scan_args ssd_args(const float *x, int ld_x, const float *dt, int ld_dt, const float *delta,
-                          const float *B, const float *C, int ld_bc, const float *dt_bias, const float *A_log,
-                          const float *D, const int *seq_off, int n_seq, int n_tok, int H, int P, int N) {
-    scan_args a = {};
-    a.x = x, a.ld_x = ld_x, a.dt = dt, a.ld_dt = ld_dt, a.delta = delta, a.dt_bias = dt_bias;
-    a.A_log = A_log, a.B = B, a.C = C, a.ld_bc = ld_bc, a.D = D, a.seq_off = seq_off;
-    a.n_seq = n_seq, a.n_tok = n_tok, a.E = H * P, a.N = N, a.H = H, a.P = P;
-    int NPL;
-    split_state(N, &a.G, &NPL, "ssd");
-    a.CPB = P;
-    if (P * a.G > 1024)
-        hax_die("cuda: ssd: head_dim P times min(N, 32): expected at most 1024, found %d", P * a.G);
-    if (P * a.G < 32)
-        hax_die("cuda: ssd: head_dim P times min(N, 32): expected at least 32 (whole warps), found %d", P * a.G);
-    return a;
+    size_t slots = (size_t)ssd_slots(n_tok, n_seq);
+    return align256(slots * H * P * N * sizeof(float)) + slots * H * 3 * sizeof(double);
 }
 
 extern "C" void cuda_ssd_forward(float *y, int ld_y, float *delta, float *ckpt, const float *x, int ld_x,
                                  const float *dt, int ld_dt, const float *B, const float *C, int ld_bc,
                                  const float *dt_bias, const float *A_log, const float *D, const int *seq_off,
                                  int n_seq, int n_tok, int H, int P, int N) {
-    scan_args a = ssd_args(x, ld_x, dt, ld_dt, delta, B, C, ld_bc, dt_bias, A_log, D, seq_off, n_seq, n_tok, H, P, N);
+    ssd_args g = ssd_args_of(x, ld_x, dt, ld_dt, delta, B, C, ld_bc, dt_bias, A_log, D, seq_off, n_seq, n_tok, H, P, N);
     if (n_seq == 0 || n_tok == 0) return;
     ssd_delta_kernel<<<cu_blocks((long)n_tok * H, 256), 256, 0, cu_stream()>>>(delta, dt, ld_dt, dt_bias, n_tok, H);
     CUDA_LAUNCHED();
-    a.y = y, a.ld_y = ld_y, a.ckpt = ckpt;
-    launch_fwd<true>(a);
+    if (!ckpt) hax_die("cuda: ssd: forward: expected a checkpoint buffer (cuda_ssd_ckpt_floats), found NULL");
+    g.y = y, g.ld_y = ld_y;
+    ssd_set_ckpt(&g, ckpt);
+    SSD_DISPATCH(ssd_fwd_chunks, g);
 }
 
 extern "C" void cuda_ssd_backward(float *dx, int ld_dx, float *ddt, int ld_ddt, float *dB, float *dC, int ld_dbc,
@@ -57,11 +162,14 @@ extern "C" void cuda_ssd_backward(float *dx, int ld_dx, float *ddt, int ld_ddt, 
                                   const float *dt, int ld_dt, const float *B, const float *C, int ld_bc,
                                   const float *dt_bias, const float *A_log, const float *D, const int *seq_off,
                                   int n_seq, int n_tok, int H, int P, int N, void *work) {
-    scan_args a = ssd_args(x, ld_x, dt, ld_dt, delta, B, C, ld_bc, dt_bias, A_log, D, seq_off, n_seq, n_tok, H, P, N);
+    ssd_args g = ssd_args_of(x, ld_x, dt, ld_dt, delta, B, C, ld_bc, dt_bias, A_log, D, seq_off, n_seq, n_tok, H, P, N);
     if (n_seq == 0 || n_tok == 0) return;
-    a.ckpt = (float *)ckpt;
-    a.dx = dx, a.ld_dx = ld_dx, a.ddt = ddt, a.ld_ddt = ld_ddt, a.dB = dB, a.dC = dC, a.ld_dbc = ld_dbc;
-    a.dy = dy, a.ld_dy = ld_dy;
-    set_work(&a, work, H);
-    launch_bwd<true>(a, A_log, dA_log, dD, ddt_bias);
+    ssd_set_ckpt(&g, (float *)ckpt);
+    g.dx = dx, g.ld_dx = ld_dx, g.ddt = ddt, g.ld_ddt = ld_ddt, g.dB = dB, g.dC = dC, g.ld_dbc = ld_dbc;
+    g.dy = dy, g.ld_dy = ld_dy;
+    g.dS = (float *)work;
+    g.par = (double *)((char *)work + align256((size_t)g.n_slots * H * P * N * sizeof(float)));
+    SSD_DISPATCH(ssd_bwd_chunks, g);
+    ssd_par_kernel<<<H, SSD_THREADS, 0, cu_stream()>>>(dA_log, dD, ddt_bias, g.par, A_log, seq_off, n_seq, H);
+    CUDA_LAUNCHED();
 }

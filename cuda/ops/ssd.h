@@ -1,7 +1,9 @@
 // cuda/ops/ssd.h: the CUDA version of Mamba-2's SSD scan (src/ops/ssd.h), with
 // the CPU op's arguments plus n_tok (seq_off[0] must be 0) and a workspace for
-// the backward. It runs the recurrence of the Mamba scan (cuda/ops/scan.h
-// describes the design) with one block per head of P channels.
+// the backward. It runs the chunked (state-passing) form of the scan
+// (cuda/ops/ssd_chunk.cuh): chunks of 64 positions of one sequence, states
+// passed between chunks; the checkpoint holds each chunk's input state.
+// head_dim P and state size N: at most 64 each.
 #ifndef HAX_CU_SSD_H
 #define HAX_CU_SSD_H
 

@@ -1,0 +1,217 @@
+// cuda/ops/ssd_chunk.cuh: the chunked ("state passing") SSD of cuda/ops/ssd.cu:
+// its arguments, the chunk slots, the shared-memory matrix product and the
+// chunk-local kernels. tests/test_ssd_chunk.c writes the same algebra in C.
+//
+// A chunk is up to SSD_Q positions of one sequence. Sequence s's chunk j has
+// slot s + seq_off[s]/SSD_Q + j (distinct for every chunk, fewer than
+// n_tok/SSD_Q + n_seq: the host sizes grids and buffers by that bound without
+// reading seq_off; a block whose slot is no chunk exits). One block of 256
+// threads takes a chunk for all heads in order, so G = C·Bᵀ (one group) is
+// computed once and dB, dC (sums over heads) are added in head order.
+// Everything is fp32 FMAs on shared-memory tiles padded with zeros to
+// multiples of 16 (rows of odd length: no bank conflicts).
+#ifndef HAX_CU_SSD_CHUNK_CUH
+#define HAX_CU_SSD_CHUNK_CUH
+
+#include "cuda/core/common.cuh"
+
+#define SSD_Q 64         // positions per chunk
+#define SSD_THREADS 256  // a 16 × 16 grid of threads per block
+#define SSD_QP (SSD_Q + 1)
+
+struct ssd_args {
+    const float *x, *dt, *delta, *B, *C, *dt_bias, *A_log, *D, *dy;
+    int ld_x, ld_dt, ld_bc, ld_dy;
+    float *y;
+    int ld_y;
+    float *S, *dec;  // checkpoint: S_in [slot][H][P·N], then e^{a_last} [slot][H]
+    float *dx, *ddt, *dB, *dC;
+    int ld_dx, ld_ddt, ld_dbc;
+    float *dS;    // workspace: dS_loc, then dS_out [slot][H][P·N]
+    double *par;  // workspace: [slot][H][3] dA (w.r.t. A), dD, Σ d(dt)
+    const int *seq_off;
+    int n_seq, n_tok, n_slots, H, P, N;
+};
+
+struct ssd_chunk {
+    int t0, L;
+};
+
+__device__ __forceinline__ int ssd_slot_base(const int *seq_off, int s) { return s + seq_off[s] / SSD_Q; }
+
+// The chunk of slot k (false: no chunk, the block exits).
+__device__ __forceinline__ bool ssd_chunk_at(const int *seq_off, int n_seq, int k, ssd_chunk *c) {
+    int lo = 0, hi = n_seq - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (ssd_slot_base(seq_off, mid) <= k) lo = mid;
+        else hi = mid - 1;
+    }
+    int j = k - ssd_slot_base(seq_off, lo), len = seq_off[lo + 1] - seq_off[lo];
+    if (j * SSD_Q >= len) return false;
+    c->t0 = seq_off[lo] + j * SSD_Q;
+    c->L = min(SSD_Q, len - j * SSD_Q);
+    return true;
+}
+
+// acc[r][c] += Σ_{k<K} A(i, k)·B(k, j) for this thread's outputs i = ty + 16r,
+// j = tx + 16c, with A(i, k) = A[i·ai + k·ak] and B(k, j) = Bm[k·bk + j·bj]
+// (every operand in shared memory, padded so all reads are in bounds).
+template <int RM, int RC>
+__device__ __forceinline__ void ssd_mm(float (&acc)[RM][RC], const float *A, int ai, int ak, const float *Bm, int bk,
+                                       int bj, int K) {
+    int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    for (int k = 0; k < K; k++) {
+        float av[RM], bv[RC];
+#pragma unroll
+        for (int r = 0; r < RM; r++) av[r] = A[(ty + 16 * r) * ai + k * ak];
+#pragma unroll
+        for (int c = 0; c < RC; c++) bv[c] = Bm[k * bk + (tx + 16 * c) * bj];
+#pragma unroll
+        for (int r = 0; r < RM; r++)
+#pragma unroll
+            for (int c = 0; c < RC; c++) acc[r][c] = fmaf(av[r], bv[c], acc[r][c]);
+    }
+}
+
+template <int RM, int RC>
+__device__ __forceinline__ void ssd_zero(float (&acc)[RM][RC]) {
+#pragma unroll
+    for (int r = 0; r < RM; r++)
+#pragma unroll
+        for (int c = 0; c < RC; c++) acc[r][c] = 0.0f;
+}
+
+// rows × cols of a global matrix (row t0 + i, column col0 + j) into a shared
+// [R][ld] tile, zero outside L rows and cols columns (R·16 ≥ rows).
+__device__ __forceinline__ void ssd_load(float *dst, int ld, int R, int W, const float *src, int ld_src, int t0,
+                                         int col0, int L, int cols) {
+    for (int q = threadIdx.x; q < R * W; q += blockDim.x) {
+        int i = q / W, j = q % W;
+        dst[i * ld + j] = i < L && j < cols ? src[(size_t)(t0 + i) * ld_src + col0 + j] : 0.0f;
+    }
+}
+
+// Warp 0: a[i] = Σ_{j<=i} dl[j]·A over the chunk (fixed shuffle tree).
+__device__ __forceinline__ void ssd_cumsum(float *a, const float *dl, float A) {
+    int l = threadIdx.x;
+    float v0 = dl[2 * l] * A, v1 = dl[2 * l + 1] * A, s = v0 + v1;
+    for (int o = 1; o < 32; o <<= 1) {
+        float t = __shfl_up_sync(0xffffffffu, s, o);
+        if (l >= o) s += t;
+    }
+    float ex = __shfl_up_sync(0xffffffffu, s, 1);
+    if (l == 0) ex = 0.0f;
+    a[2 * l] = ex + v0;
+    a[2 * l + 1] = (ex + v0) + v1;
+}
+
+// Δ of the chunk for head h (zero past L) and a; callers synchronise after.
+__device__ __forceinline__ void ssd_load_a(const ssd_args &g, float *dl, float *a, int t0, int L, int h) {
+    if (threadIdx.x < SSD_Q) dl[threadIdx.x] = (int)threadIdx.x < L ? g.delta[(size_t)(t0 + threadIdx.x) * g.H + h] : 0.0f;
+    __syncthreads();
+    if (threadIdx.x < 32) ssd_cumsum(a, dl, -expf(g.A_log[h]));
+}
+
+// The chunk's own end state (forward, BWD false) or its state adjoint (BWD):
+//   S_loc[p,n]  = Σ_j e^{a_last-a_j} Δ_j x_j[p] B_j[n]    (into g.S, and g.dec = e^{a_last})
+//   dS_loc[p,n] = Σ_i e^{a_i} dy_i[p] C_i[n]              (into g.dS)
+template <int RP, int RN, bool BWD>
+__global__ static void __launch_bounds__(SSD_THREADS) ssd_state_kernel(ssd_args g) {
+    ssd_chunk ch;
+    if (!ssd_chunk_at(g.seq_off, g.n_seq, blockIdx.x, &ch)) return;
+    extern __shared__ float sm[];
+    const int ldP = 16 * RP + 1, ldN = 16 * RN + 1;
+    float *V = sm, *X = V + SSD_Q * ldN, *dl = X + SSD_Q * ldP, *a = dl + SSD_Q;
+    int P = g.P, N = g.N, PN = P * N, t0 = ch.t0, L = ch.L;
+    ssd_load(V, ldN, SSD_Q, 16 * RN, BWD ? g.C : g.B, g.ld_bc, t0, 0, L, N);
+    for (int h = 0; h < g.H; h++) {
+        ssd_load(X, ldP, SSD_Q, 16 * RP, BWD ? g.dy : g.x, BWD ? g.ld_dy : g.ld_x, t0, h * P, L, P);
+        ssd_load_a(g, dl, a, t0, L, h);
+        __syncthreads();
+        float al = a[L - 1];
+        for (int q = threadIdx.x; q < L * P; q += blockDim.x) {
+            int i = q / P, p = q % P;
+            X[i * ldP + p] *= BWD ? expf(a[i]) : expf(al - a[i]) * dl[i];
+        }
+        __syncthreads();
+        float acc[RP][RN];
+        ssd_zero(acc);
+        ssd_mm(acc, X, 1, ldP, V, ldN, 1, L);  // A(p, i) = X[i][p]
+        float *out = (BWD ? g.dS : g.S) + ((size_t)blockIdx.x * g.H + h) * PN;
+        int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+#pragma unroll
+        for (int r = 0; r < RP; r++)
+#pragma unroll
+            for (int c = 0; c < RN; c++) {
+                int p = ty + 16 * r, n = tx + 16 * c;
+                if (p < P && n < N) out[p * N + n] = acc[r][c];
+            }
+        if (!BWD && threadIdx.x == 0) g.dec[(size_t)blockIdx.x * g.H + h] = expf(al);
+        __syncthreads();
+    }
+}
+
+static inline size_t ssd_state_smem(int RP, int RN) {
+    return sizeof(float) * ((size_t)SSD_Q * (16 * RN + 1) + (size_t)SSD_Q * (16 * RP + 1) + 2 * SSD_Q);
+}
+
+// The outputs of a chunk from its input state S_in (in g.S):
+//   y_i[p] = Σ_{j<=i} G_ij e^{a_i-a_j} Δ_j x_j[p] + e^{a_i} Σ_n C_i[n] S_in[p,n] + D x_i[p]
+template <int RP, int RN>
+__global__ static void __launch_bounds__(SSD_THREADS) ssd_out_kernel(ssd_args g) {
+    ssd_chunk ch;
+    if (!ssd_chunk_at(g.seq_off, g.n_seq, blockIdx.x, &ch)) return;
+    extern __shared__ float sm[];
+    const int ldP = 16 * RP + 1, ldN = 16 * RN + 1;
+    float *Bs = sm, *Cs = Bs + SSD_Q * ldN, *Gs = Cs + SSD_Q * ldN, *Ms = Gs + SSD_Q * SSD_QP;
+    float *X = Ms + SSD_Q * SSD_QP, *Si = X + SSD_Q * ldP, *dl = Si + 16 * RP * ldN, *a = dl + SSD_Q;
+    int P = g.P, N = g.N, t0 = ch.t0, L = ch.L, tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+    ssd_load(Bs, ldN, SSD_Q, 16 * RN, g.B, g.ld_bc, t0, 0, L, N);
+    ssd_load(Cs, ldN, SSD_Q, 16 * RN, g.C, g.ld_bc, t0, 0, L, N);
+    __syncthreads();
+    {
+        float acc[4][4];
+        ssd_zero(acc);
+        ssd_mm(acc, Cs, ldN, 1, Bs, 1, ldN, N);  // G_ij = C_i·B_j
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) Gs[(ty + 16 * r) * SSD_QP + tx + 16 * c] = acc[r][c];
+    }
+    for (int h = 0; h < g.H; h++) {
+        ssd_load(X, ldP, SSD_Q, 16 * RP, g.x, g.ld_x, t0, h * P, L, P);
+        ssd_load(Si, ldN, 16 * RP, 16 * RN, g.S + ((size_t)blockIdx.x * g.H + h) * P * N, N, 0, 0, P, N);
+        ssd_load_a(g, dl, a, t0, L, h);
+        __syncthreads();
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                int i = ty + 16 * r, j = tx + 16 * c;
+                Ms[i * SSD_QP + j] = j <= i ? Gs[i * SSD_QP + j] * expf(a[i] - a[j]) * dl[j] : 0.0f;
+            }
+        __syncthreads();
+        float yi[4][RP], yo[4][RP];
+        ssd_zero(yi), ssd_zero(yo);
+        ssd_mm(yi, Ms, SSD_QP, 1, X, ldP, 1, L);
+        ssd_mm(yo, Cs, ldN, 1, Si, 1, ldN, N);  // B(n, p) = S_in[p][n]
+        float Dh = g.D[h];
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int c = 0; c < RP; c++) {
+                int i = ty + 16 * r, p = tx + 16 * c;
+                if (i < L && p < P)
+                    g.y[(size_t)(t0 + i) * g.ld_y + h * P + p] = yi[r][c] + expf(a[i]) * yo[r][c] + Dh * X[i * ldP + p];
+            }
+        __syncthreads();
+    }
+}
+
+static inline size_t ssd_out_smem(int RP, int RN) {
+    size_t ldP = 16 * RP + 1, ldN = 16 * RN + 1;
+    return sizeof(float) * (2 * SSD_Q * ldN + 2 * SSD_Q * SSD_QP + SSD_Q * ldP + 16 * RP * ldN + 2 * SSD_Q);
+}
+
+#endif
