@@ -5,6 +5,8 @@
 #   make test-gpu      CUDA ops against their CPU ops (skips without a GPU)
 #   make bench-cpu     forward+backward tokens/s of the CPU engine
 #   make bench-datagen dataset generation speed
+#   make bench-gpu     the CUDA engine on every Table 1 config and regime, hax-train
+#                      and hax-eval on the GPU (skips without a GPU)
 #
 # Library prefixes can be set for machines where they are not installed
 # system-wide, e.g. make YAML_PREFIX=$PWD/.deps/usr BLAS_PREFIX=...
@@ -80,14 +82,17 @@ LIBS     := -Wl,--start-group $(HAX_LIBS) -Wl,--end-group -Wl,--as-needed $(YAML
 # GPU test programs (tests/gpu_*.c -> build/gpu/gpu_*): built where CUDA is,
 # run by make test-gpu only (tests/run.sh runs build/tests/test_* alone).
 GPU_TESTS := $(if $(CU_DIRS),$(patsubst tests/%.c,$(BUILD)/gpu/%,$(wildcard tests/gpu_*.c)))
+# The GPU benchmark (tests/bench_gpu.c -> build/gpu/bench_gpu: outside
+# run_gpu.sh's build/gpu/gpu_* glob, run by make bench-gpu only).
+GPU_BENCH := $(if $(CU_DIRS),$(BUILD)/gpu/bench_gpu)
 DEPFLAGS  = -MMD -MP -MF $(basename $@).d -MT $@
 
 # Parallel jobs of the builds that test, demo and asan start themselves
 # (every recipe writes aside and renames, so parallel builds are safe).
 JOBS     ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps test test-gpu bench-cpu bench-datagen clean
-all: $(PROGS) $(TESTS) $(GPU_TESTS)
+.PHONY: all deps test test-gpu bench-cpu bench-datagen bench-gpu bench-eval-gpu clean
+all: $(PROGS) $(TESTS) $(GPU_TESTS) $(GPU_BENCH)
 
 # Installs the Debian packages once (a no-op when they are there).
 deps:
@@ -140,6 +145,15 @@ bench-cpu: all
 
 bench-datagen: all
 	tests/bench_datagen.sh
+
+# tests/bench_gpu.sh: the table of build/gpu/bench_gpu, hax-train 2,000 steps
+# of mamba2_hax and mamba2, then tests/bench_eval_gpu.sh (hax-eval throughput
+# against the sample length); SKIP without a CUDA device.
+bench-gpu: all
+	tests/bench_gpu.sh
+
+bench-eval-gpu: all
+	tests/bench_eval_gpu.sh
 
 # The README's first command: a small Mamba+HAX trained on the CPU on
 # associative recall (its dataset is generated into data/demo the first

@@ -85,17 +85,60 @@ extern "C" void cuda_sync(void) {
                 "no longer than model_len), found one outside (checked on the device)");
 }
 
+// The live allocations of cuda_malloc (pointer, size), for the accounting of
+// cuda_mem_live / cuda_mem_peak. Unordered: a free searches from the end
+// (buffers are few, a few hundred, and freed rarely: only when they grow).
+typedef struct {
+    void *p;
+    size_t bytes;
+} mem_rec;
+static mem_rec *g_recs;
+static size_t g_n_recs, g_cap_recs, g_live, g_peak;
+
+static void mem_add(void *p, size_t bytes) {
+    if (g_n_recs == g_cap_recs) {
+        g_cap_recs = g_cap_recs ? 2 * g_cap_recs : 256;
+        g_recs = (mem_rec *)xrealloc(g_recs, g_cap_recs * sizeof(mem_rec));
+    }
+    g_recs[g_n_recs++] = {p, bytes};
+    g_live += bytes;
+    if (g_live > g_peak) g_peak = g_live;
+}
+
+static void mem_remove(void *p) {
+    for (size_t i = g_n_recs; i-- > 0;)
+        if (g_recs[i].p == p) {
+            g_live -= g_recs[i].bytes;
+            g_recs[i] = g_recs[--g_n_recs];
+            return;
+        }
+}
+
 extern "C" void *cuda_malloc(size_t bytes) {
     ensure_init();
     void *p = NULL;
     cudaError_t err = cudaMalloc(&p, bytes ? bytes : 1);
     if (err != cudaSuccess)
         hax_die("cuda: cuda_malloc: could not allocate %zu bytes: %s", bytes, cudaGetErrorString(err));
+    mem_add(p, bytes ? bytes : 1);
     return p;
 }
 
 extern "C" void cuda_free(void *p) {
-    if (p) CUDA_CHECK(cudaFree(p));
+    if (!p) return;
+    CUDA_CHECK(cudaFree(p));
+    mem_remove(p);
+}
+
+extern "C" size_t cuda_mem_live(void) { return g_live; }
+extern "C" size_t cuda_mem_peak(void) { return g_peak; }
+extern "C" void cuda_mem_reset_peak(void) { g_peak = g_live; }
+
+extern "C" size_t cuda_mem_device_used(void) {
+    ensure_init();
+    size_t free_b = 0, total_b = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    return total_b - free_b;
 }
 
 extern "C" void cuda_upload(void *dst, const void *src, size_t bytes) {

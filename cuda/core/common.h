@@ -38,6 +38,14 @@ void cuda_sync(void);
 // Device memory (never NULL; dies naming the size on failure).
 void *cuda_malloc(size_t bytes);
 void cuda_free(void *p);
+// Device memory accounting (benchmarks): the bytes held by cuda_malloc now
+// and at most since the last cuda_mem_reset_peak (buffers only; cuBLAS's
+// workspace, CUDA graphs and the context are not counted), and the device's
+// memory in use by every user of the GPU (cudaMemGetInfo: total - free).
+size_t cuda_mem_live(void);
+size_t cuda_mem_peak(void);
+void cuda_mem_reset_peak(void);
+size_t cuda_mem_device_used(void);
 // Copies on the stream. The host side must stay valid until the next
 // cuda_sync (upload) / is valid after the next cuda_sync (download).
 void cuda_upload(void *dst_dev, const void *src_host, size_t bytes);

@@ -1,0 +1,285 @@
+// bench_gpu.c: the CUDA engine's speed and memory on every Table 1
+// architecture (make bench-gpu, tests/bench_gpu.sh). The configs are those of
+// a grid file (configs/grid_table1.yaml), loaded through the config loader
+// with train.precision set to each regime (fp32, bf16-pure, bf16), so the
+// bench follows the configs. For each (config, regime), at the paper's size:
+//   - a training step as hax-train runs it on one GPU: 64 sequences of the
+//     joint-recall lengths 400-528 (tests/gpu_engine.c time_train's batch,
+//     model_len 1057 as the dataset's), weights and AdamW resident on the
+//     device, engine_cuda_train_step (CUDA-graph steps), a new step number
+//     each time (new hash matrices and candidates), mean of N after 3 warm-up
+//     steps: ms per step and tokens/s;
+//   - one validation pass: the valid split (--data DIR: the real one, through
+//     hax-train's own eval_run) or, without a dataset, the same number of
+//     synthetic sequences of the split's lengths (cell cycling fastest, as
+//     the generator stores them; 14,400 in 225 batches of 64 by default),
+//     each batch run as eval_run runs it (evaluation forward, logits to the
+//     host, the accuracy counted there);
+//   - peak GPU memory: the most bytes the engine's buffers held (cuda_malloc,
+//     cuda/core/common.h) and the device's memory in use at the end
+//     (cudaMemGetInfo: with the context, cuBLAS's workspace and the graphs).
+// Figures are printed, never asserted; a non-finite loss or accuracy makes
+// the exit status 1. Without a CUDA device: "SKIP: no CUDA device", exit 0.
+//
+// usage: bench_gpu [--grid FILE] [--data DIR] [--reps N] [--only NAME,NAME...] [--precision P]
+//   --only: configs by file name without .yaml (mamba2_hax,samba); --precision: one regime
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/core/common.h"
+#include "cuda/engine/engine.h"
+#include "mpi/dist.h"
+#include "src/config/config.h"
+#include "src/core/common.h"
+#include "src/engine/engine.h"
+#include "src/io/dataset.h"
+#include "src/model/model.h"
+#include "src/ops/basic.h"
+#include "src/train/eval.h"
+#include "src/train/grid.h"
+
+typedef struct {
+    const char *grid, *data, *only, *precision;
+    int reps;
+} bench_opts;
+
+static const char *const regimes[] = {"fp32", "bf16-pure", "bf16"};
+static int n_bad;  // non-finite figures seen
+
+// A packed batch owning its arrays: random tokens and labels (ids below V),
+// about a quarter of the positions scored, model_len as the dataset's.
+static hax_batch make_batch(const int *lens, int n_seq, int V, int model_len, unsigned seed) {
+    hax_batch b;
+    memset(&b, 0, sizeof b);
+    b.n_seq = b.global_n_seq = n_seq;
+    b.seq_off = xmalloc(sizeof(int) * (n_seq + 1));
+    b.seq_off[0] = 0;
+    for (int s = 0; s < n_seq; s++) b.seq_off[s + 1] = b.seq_off[s] + lens[s];
+    int n = b.n_tok = b.seq_off[n_seq];
+    b.inputs = xmalloc(sizeof(int32_t) * n);
+    b.labels = xmalloc(sizeof(int32_t) * n);
+    b.loss_mask = xmalloc(n);
+    unsigned r = seed * 2654435761u + 7u;
+    for (int i = 0; i < n; i++) {
+        r = r * 1664525u + 1013904223u;
+        b.inputs[i] = (int32_t)((r >> 8) % (unsigned)V);
+        r = r * 1664525u + 1013904223u;
+        b.labels[i] = (int32_t)((r >> 8) % (unsigned)V);
+        b.loss_mask[i] = (uint8_t)(((r >> 4) & 3) == 0);
+    }
+    b.sample_idx = xcalloc(n_seq, sizeof(int64_t));
+    b.n_context = xcalloc(n_seq, sizeof(int));
+    b.n_key = xcalloc(n_seq, sizeof(int));
+    for (int s = 0; s < n_seq; s++) b.sample_idx[s] = s;
+    b.model_len = model_len;
+    return b;
+}
+
+// The synthetic valid split: batches of 64 sequences whose lengths are the
+// split's samples' in stored order (sample s has the cell of s; its model
+// positions are its tokens, at most model_len). The lengths repeat every
+// lcm(cells, 64) samples, so only that many distinct batches are built.
+typedef struct {
+    hax_batch *b;
+    int n_distinct, n_batches;
+} synth_valid;
+
+static synth_valid synth_valid_make(const hax_data_params *p, int V, int batch) {
+    synth_valid sv;
+    int64_t n = data_split_size(p, 1), cells = data_n_cells(p);
+    int64_t period = cells;
+    while (period % batch) period += cells;
+    sv.n_batches = (int)((n + batch - 1) / batch);
+    sv.n_distinct = (int)(period / batch) < sv.n_batches ? (int)(period / batch) : sv.n_batches;
+    sv.b = xmalloc(sizeof(hax_batch) * sv.n_distinct);
+    int model_len = (int)data_pad_len(p) - 1, *lens = xmalloc(sizeof(int) * batch), sizes[HAX_MAX_LEVELS];
+    for (int k = 0; k < sv.n_distinct; k++) {
+        for (int j = 0; j < batch; j++) {
+            data_cell_of(p, (int64_t)k * batch + j, sizes);
+            int64_t len = data_sample_len(p, sizes);
+            lens[j] = (int)(len < model_len ? len : model_len);
+        }
+        sv.b[k] = make_batch(lens, batch, V, model_len, 100u + (unsigned)k);
+    }
+    free(lens);
+    return sv;
+}
+
+static void synth_valid_free(synth_valid *sv) {
+    for (int k = 0; k < sv->n_distinct; k++) hax_batch_free(&sv->b[k]);
+    free(sv->b);
+}
+
+// One synthetic validation pass, each batch as eval_run does it. Returns the
+// mean accuracy (its finiteness is all that matters here); adds positions.
+static double synth_valid_pass(hax_engine *e, const synth_valid *sv, const hax_config *c, double *tokens) {
+    int V = c->model.vocab_size, bs = c->train.batch_size;
+    int *correct = xmalloc(sizeof(int) * 2 * bs), *count = correct + bs;
+    double acc = 0;
+    for (int i = 0; i < sv->n_batches; i++) {
+        const hax_batch *b = &sv->b[i % sv->n_distinct];
+        hax_fwd_opts fo = {.train = 0, .seed = c->train.seed, .step = 0, .ce_count = 0, .inject = NULL};
+        hax_fwd_result r;
+        engine_forward(e, b, &fo, &r);
+        ce_forward(engine_logits(e), b->labels, b->loss_mask, b->seq_off, b->n_seq, V, correct, count);
+        for (int s = 0; s < b->n_seq; s++) acc += count[s] ? (double)correct[s] / count[s] : 0.0;
+        *tokens += b->n_tok;
+    }
+    free(correct);
+    return acc / ((double)sv->n_batches * bs);
+}
+
+// The real valid split through hax-train's pass (one rank, fixed hash draw 0).
+static double real_valid_pass(hax_engine *e, hax_dataset *ds, const hax_config *c, double *tokens) {
+    hax_dist d = {0, 1, 0, 1};
+    hax_batch b;
+    dataset_batch_alloc(ds, c->train.batch_size, &b);
+    const hax_data_params *p = dataset_params(ds);
+    int64_t draws = 0;
+    eval_pass ep = {.eng = e, .ds = ds, .d = &d, .batch = &b, .batch_size = c->train.batch_size,
+                    .vocab = c->model.vocab_size, .hidden = c->model.hidden_size, .seed = c->train.seed,
+                    .fixed_hash = 1, .draws = &draws};
+    int nc = 1;
+    for (int l = 0; l + 1 < p->levels; l++) nc *= p->max_size[l];
+    train_eval ev;
+    train_eval_alloc(&ev, nc + 1, p->max_size[p->levels - 1] + 1);
+    eval_run(&ep, 1, NULL, &ev, NULL);
+    double acc = ev.acc;
+    *tokens += ep.tokens;
+    train_eval_free(&ev);
+    hax_batch_free(&b);
+    return acc;
+}
+
+// The training batch of tests/gpu_engine.c time_train: 64 sequences of 400-528.
+static hax_batch train_batch(const hax_config *c, int model_len) {
+    int lens[64];
+    for (int s = 0; s < 64; s++) lens[s] = 400 + (s * 37) % 129;
+    return make_batch(lens, 64, c->model.vocab_size, model_len, 5);
+}
+
+// The config's name: its file name without the folder and ".yaml".
+static void config_name(const char *path, char *out, int n) {
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    snprintf(out, n, "%.*s", (int)strcspn(base, "."), base);
+}
+
+// 1 when name is one of the comma-separated list (NULL: every name).
+static int selected(const char *list, const char *name) {
+    if (!list) return 1;
+    size_t n = strlen(name);
+    for (const char *p = list; *p;) {
+        size_t k = strcspn(p, ",");
+        if (k == n && !strncmp(p, name, n)) return 1;
+        p += k + (p[k] == ',');
+    }
+    return 0;
+}
+
+static void bench_case(const char *path, const char *regime, const bench_opts *bo, hax_dataset *ds) {
+    char name[128];
+    config_name(path, name, sizeof name);
+    if (!selected(bo->only, name)) return;
+    hax_config c;
+    char ov[64], err[768];
+    snprintf(ov, sizeof ov, "train.precision=%s", regime);
+    const char *ovs[] = {ov};
+    if (config_load(&c, path, ovs, 1, err, sizeof err)) hax_die("bench_gpu: %s", err);
+    if (!engine_cuda_supports(&c.model, err, sizeof err)) {
+        printf("| %s | %s | not run: %s |\n", name, regime, err);
+        return;
+    }
+    hax_model m;
+    model_build(&m, &c.model);
+    model_init(&m, c.train.seed);
+    if (c.train.precision == PREC_BF16_PURE) round_bf16(m.data, m.data, (long)m.n_floats);  // as hax-train
+    hax_adamw opt;
+    adamw_init(&opt, m.n_floats, c.train.beta1, c.train.beta2, c.train.eps, c.train.weight_decay);
+    opt.bf16_pure = c.train.precision == PREC_BF16_PURE;
+    const hax_data_params *dp = ds ? dataset_params(ds) : &c.data.gen;
+    int model_len = (int)data_pad_len(dp) - 1;
+    hax_batch tb = train_batch(&c, model_len);
+    synth_valid sv = {0};
+    if (!ds) sv = synth_valid_make(dp, c.model.vocab_size, c.train.batch_size);
+
+    cuda_sync();
+    size_t live0 = cuda_mem_live();
+    cuda_mem_reset_peak();
+    // sized as hax-train sizes it: the batch of sequences of the model length
+    int bs = c.train.batch_size;
+    hax_engine *e = engine_cuda_create(&m, bs * model_len, bs, model_len);
+    e->be->dev->push(e, &opt);
+    hax_fwd_opts o = {1, c.train.seed, 0, 0.0, NULL};
+    hax_fwd_result r;
+    for (int i = 0; i < 3; i++) o.step++, engine_cuda_train_step(e, &tb, &o, &opt, c.train.lr, &r);
+    cuda_sync();
+    double t0 = hax_now();
+    for (int i = 0; i < bo->reps; i++) o.step++, engine_cuda_train_step(e, &tb, &o, &opt, c.train.lr, &r);
+    cuda_sync();
+    double step_s = (hax_now() - t0) / bo->reps;
+    int finite = isfinite(r.loss) && e->be->dev->grad_finite(e, 0);
+
+    double vtok = 0;
+    t0 = hax_now();
+    double acc = ds ? real_valid_pass(e, ds, &c, &vtok) : synth_valid_pass(e, &sv, &c, &vtok);
+    cuda_sync();
+    double valid_s = hax_now() - t0;
+    finite &= isfinite(acc);
+    size_t peak = cuda_mem_peak() - live0, used = cuda_mem_device_used();
+    printf("| %s | %s | %.2f | %.2f M | %.2f | %.2f M | %.0f | %.0f |%s\n", name, regime, step_s * 1e3,
+           tb.n_tok / step_s / 1e6, valid_s, vtok / valid_s / 1e6, peak / 1048576.0, used / 1048576.0,
+           finite ? "" : " NON-FINITE");
+    fflush(stdout);
+    if (!finite) n_bad++;
+    engine_free(e);
+    if (!ds) synth_valid_free(&sv);
+    hax_batch_free(&tb);
+    adamw_free(&opt);
+    model_free(&m);
+}
+
+static void parse_args(int argc, char **argv, bench_opts *bo) {
+    *bo = (bench_opts){.grid = "configs/grid_table1.yaml", .reps = 20};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v) hax_die("bench_gpu: %s: expected a value after it, found the end of the arguments", a);
+        if (!strcmp(a, "--grid")) bo->grid = v;
+        else if (!strcmp(a, "--data")) bo->data = v;
+        else if (!strcmp(a, "--only")) bo->only = v;
+        else if (!strcmp(a, "--precision")) bo->precision = v;
+        else if (!strcmp(a, "--reps")) bo->reps = atoi(v);
+        else hax_die("bench_gpu: expected --grid, --data, --reps, --only or --precision, found '%s'", a);
+        i++;
+    }
+    if (bo->reps < 1) hax_die("bench_gpu: --reps: expected a count of at least 1, found %d", bo->reps);
+}
+
+int main(int argc, char **argv) {
+    bench_opts bo;
+    parse_args(argc, argv, &bo);
+    if (cuda_device_count() == 0) {
+        printf("SKIP: no CUDA device\n");
+        return 0;
+    }
+    cuda_init(0);
+    printf("device: %s\n", cuda_device_name());
+    char err[768];
+    hax_grid g;
+    if (grid_load(&g, bo.grid, err, sizeof err)) hax_die("bench_gpu: %s", err);
+    hax_dataset *ds = NULL;
+    if (bo.data && !(ds = dataset_open(bo.data, err, sizeof err))) hax_die("bench_gpu: --data: %s", err);
+    printf("train step: 64 sequences of 400-528 positions, CUDA-graph steps, mean of %d after 3; validation: %s\n",
+           bo.reps, ds ? "the dataset's valid split (eval_run)" : "synthetic sequences of the valid split's lengths");
+    printf("\n| config | precision | ms/step | tokens/s | valid pass s | valid tokens/s | engine peak MiB | device "
+           "MiB in use |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
+    for (int k = 0; k < g.n_configs; k++)
+        for (int r = 0; r < 3; r++)
+            if (!bo.precision || !strcmp(bo.precision, regimes[r])) bench_case(g.configs[k], regimes[r], &bo, ds);
+    if (ds) dataset_close(ds);
+    grid_free(&g);
+    if (n_bad) fprintf(stderr, "bench_gpu: %d cases gave a non-finite loss or accuracy\n", n_bad);
+    return n_bad ? 1 : 0;
+}
