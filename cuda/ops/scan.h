@@ -25,6 +25,7 @@ extern "C" {
 #endif
 
 #define CU_SCAN_T 16  // positions between two checkpoints
+#define CU_SCAN_Q 64  // positions of a chunk of the Mamba scan (a multiple of CU_SCAN_T)
 
 // ---- Mamba selective scan (src/ops/scan.h)
 size_t cuda_scan_ckpt_floats(int n_tok, int n_seq, int E, int N);
