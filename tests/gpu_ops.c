@@ -1,7 +1,7 @@
 // gpu_ops.c: every CUDA op (cuda/cu_*.h) against its CPU op (src/ops_*.h) on
 // random ragged packed batches (lengths 1, 3, 4, 5 around the conv width K = 4,
-// 17 and 40 across the GPU scan's 16-position chunks, 100 across the CPU's
-// 64-position chunks): outputs within 1e-5 and every gradient within 1e-4
+// 17 and 40 across the SSD's 16-position chunks, 100 across the CPU's
+// 64-position chunks; the Mamba scan's own batch, below): outputs within 1e-5 and every gradient within 1e-4
 // (normwise relative error; gradients accumulate into random initial values
 // and the increments are compared). Then one timing per op at the paper's
 // size (64 sequences of ~464 positions, d 64, E 128), CPU vs GPU, with the
@@ -328,8 +328,12 @@ static void run_scan(const tbatch *b, int E, int N, int timing) {
     scan_forward(y, ck, c.x, c.ld_x, c.draw, c.dtb, c.Alog, c.bc, c.bc + N, c.ld_bc, c.D, b->off, b->n_seq, E, N);
     double cpu_f = hax_now() - t0;
     cuda_scan_forward(g_y, g_ck, g_x, c.ld_x, g_draw, g_dtb, g_A, g_bc, g_bc + N, c.ld_bc, g_D, b->d_off, b->n_seq, n, E, N);
-    snprintf(name, sizeof name, "scan y (N=%d)", N);
+    snprintf(name, sizeof name, "scan y (E=%d N=%d)", E, N);
     expect(name, g_y, y, NULL, nE, TOL_FWD);
+    // without checkpoints (no backward follows): the sequential forward (into dy's copy, restored below)
+    cuda_scan_forward(g_dy, NULL, g_x, c.ld_x, g_draw, g_dtb, g_A, g_bc, g_bc + N, c.ld_bc, g_D, b->d_off, b->n_seq, n, E, N);
+    expect("scan y (no checkpoints)", g_dy, y, NULL, nE, TOL_FWD);
+    cuda_upload(g_dy, c.dy, sizeof(float) * nE);
     t0 = hax_now();
     scan_backward(dx, c.ld_x, ddr, dbc, dbc + N, c.ld_bc, ddtb, dA, dD, c.dy, ck, c.x, c.ld_x, c.draw, c.dtb, c.Alog,
                   c.bc, c.bc + N, c.ld_bc, c.D, b->off, b->n_seq, E, N);
@@ -381,6 +385,7 @@ static void run_scan(const tbatch *b, int E, int N, int timing) {
         float gf = cuda_event_ms(e0, e1) / reps, gb = cuda_event_ms(e1, e2) / reps;
         printf("TIME scan fwd (E=%d N=%d)   cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n", E, N, cpu_f * 1e3, gf, cpu_f * 1e3 / gf);
         printf("TIME scan bwd (E=%d N=%d)   cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n", E, N, cpu_b * 1e3, gb, cpu_b * 1e3 / gb);
+        printf("TIME scan fwd+bwd per layer       gpu %8.3f ms (issue 11's target: 0.35 ms)\n", gf + gb);
     }
 #undef GPU_SCAN_BWD
     void *ptrs[] = {y, ck, dx, ddr, dbc, ddtb, dA, dD};
@@ -390,11 +395,18 @@ static void run_scan(const tbatch *b, int E, int N, int timing) {
     scan_case_free(&c);
 }
 
+// Lengths around the scan's checkpoints and chunks (CU_SCAN_T 16, CU_SCAN_Q 64), up to the paper's ~464.
+static const int k_scan_lens[] = {5, 1, 17, 3, 31, 32, 33, 64, 63, 65, 130, 464, 128, 100};
+#define K_SCAN_NSEQ ((int)(sizeof(k_scan_lens) / sizeof(k_scan_lens[0])))
+
 static void test_scan(void) {
-    tbatch b = make_batch(k_lens, K_NSEQ);
-    run_scan(&b, 40, 16, 0);  // 40 channels: the last block of 16 is partly empty
+    tbatch b = make_batch(k_scan_lens, K_SCAN_NSEQ);
+    run_scan(&b, 40, 16, 0);   // one channel block of 64, partly empty
+    run_scan(&b, 130, 16, 0);  // three channel blocks: dB|dC through the block rows
     run_scan(&b, 24, 8, 0);
-    run_scan(&b, 20, 64, 0);  // two state entries per lane
+    run_scan(&b, 20, 64, 0);
+    run_scan(&b, 5, 256, 0);   // 8 state entries per lane, one channel per warp
+    run_scan(&b, 33, 1, 0);    // one lane per channel, 32 channels per warp
     free_batch(&b);
 }
 

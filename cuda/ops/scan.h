@@ -5,14 +5,22 @@
 // Both are the same recurrence per channel c and state index n:
 //   s[c,n] <- exp(Δ·A)·s[c,n] + Δ·x_t[c]·B_t[n],  y_t[c] = Σ_n C_t[n]·s[c,n] + D·x_t[c]
 // (Mamba: Δ and D per channel, A per (c, n); SSD: Δ, A and D per head of P
-// channels), so one kernel serves both. First design: one group of lanes per
-// (sequence, channel) (N/4 lanes in the forward, min(N, 32) in the backward),
-// each lane holding the rest of the N state entries in registers, stepping
-// through the sequence (parallel over sequences × channels × state, 16
-// positions at a time staged in shared memory). The backward recomputes the states of
-// chunks of CU_SCAN_T positions from checkpoints (its own layout, sized by
-// cuda_*_ckpt_floats) and sweeps them in reverse; dB/dC (sums over channels)
-// and the parameter gradients go through per-block / per-sequence partials
+// channels).
+//
+// Mamba (cuda/ops/scan.cu): a two-level scan over time. Sequences are cut
+// into chunks of CU_SCAN_Q positions, every chunk is scanned in parallel from a
+// zero state, the carries pass between chunks in a short sequential pass per
+// (sequence, channel, n), then every chunk is redone from its true input
+// state; the backward the same in reverse (adjoints pass backward), its states
+// recomputed CU_SCAN_T positions at a time from checkpoints. The checkpoint
+// buffer (cuda_scan_ckpt_floats) holds the states every CU_SCAN_T positions
+// and the chunks' carries; a forward with ckpt = NULL (no backward follows)
+// runs the sequential kernel instead.
+// SSD (cuda/ops/ssd.cu, on cuda/ops/scan_kernels.cuh): one group of lanes per
+// (sequence, channel) stepping through the sequence, the backward
+// recomputing chunks of CU_SCAN_T positions from checkpoints and sweeping
+// them in reverse.
+// Sums over channels (dB, dC) and the parameter gradients go through partials
 // added in a fixed order, so results are deterministic.
 // N must be a power of two up to 256; SSD needs P·min(N,32) <= 1024.
 #ifndef HAX_CU_SCAN_H
@@ -25,6 +33,7 @@ extern "C" {
 #endif
 
 #define CU_SCAN_T 16  // positions between two checkpoints
+#define CU_SCAN_Q 64  // positions of a chunk of the Mamba scan (a multiple of CU_SCAN_T)
 
 // ---- Mamba selective scan (src/ops/scan.h)
 size_t cuda_scan_ckpt_floats(int n_tok, int n_seq, int E, int N);

@@ -1,6 +1,8 @@
-// cuda/ops/scan_kernels.cuh: the recurrence shared by the Mamba scan
-// (cuda/ops/scan.cu) and Mamba-2's SSD (cuda/ops/ssd.cu): kernels templated on
-// SSD, their launch helpers and the workspace layout. Only those two include it.
+// cuda/ops/scan_kernels.cuh: the sequential recurrence of Mamba-2's SSD
+// (cuda/ops/ssd.cu): kernels templated on SSD, their launch helpers and the
+// workspace layout. cuda/ops/scan.cu includes it too: its Mamba scan is
+// chunked over time (its own kernels) but uses the sequential forward
+// (launch_fwd<false>) when no checkpoints are asked for, and bc_sum_kernel.
 //
 // Block layout: a block is CPB channels × G lanes of one sequence
 // (blockIdx.y); blockIdx.x is the channel block. Lane l of a channel holds
@@ -8,12 +10,11 @@
 // channels; SSD: CPB = P, the block is one head, so sums over a head's
 // channels (dΔ, dD, dA) stay inside the block.
 //
-// The efficient design, for later: a chunked scan (the SSD "state passing"
-// form: within a chunk of 64..256 positions the outputs are small matrix
-// products (C·Bᵀ masked by the decay) on tensor cores, between chunks only
-// the [P, N] states are passed), or for Mamba-1 a block-parallel prefix scan
-// over time of the (a, b) pairs as in mamba_ssm's selective_scan kernel. Both
-// parallelise over time as well, which this first version does not.
+// The efficient design for SSD, for later: a chunked scan (the "state
+// passing" form: within a chunk of 64..256 positions the outputs are small
+// matrix products (C·Bᵀ masked by the decay) on tensor cores, between chunks
+// only the [P, N] states are passed), parallel over time as cuda/ops/scan.cu
+// is for Mamba.
 #ifndef HAX_CU_SCAN_KERNELS_CUH
 #define HAX_CU_SCAN_KERNELS_CUH
 
