@@ -1,12 +1,10 @@
-// gpu_ops.c: every CUDA op (cuda/cu_*.h) against its CPU op (src/ops_*.h) on
-// random ragged packed batches (lengths 1, 3, 4, 5 around the conv width K = 4,
-// 17 and 40 across the SSD's 16-position chunks, 100 across the CPU's
-// 64-position chunks; the Mamba scan's own batch, below): outputs within 1e-5 and every gradient within 1e-4
-// (normwise relative error; gradients accumulate into random initial values
-// and the increments are compared). Then one timing per op at the paper's
-// size (64 sequences of ~464 positions, d 64, E 128), CPU vs GPU, with the
-// scans' results compared there too. The Mamba scan is also captured in a CUDA
-// graph and replayed (bit-identical). Skips (exit 0) without a CUDA device.
+// gpu_ops.c: every CUDA op but the scans (cuda/ops/*.h) against its CPU op
+// (src/ops/*.h) on random ragged packed batches (lengths 1, 3, 4, 5 around the
+// conv width K = 4, up to 100): outputs within 1e-5 and every gradient within
+// 1e-4 (normwise relative error; gradients accumulate into random initial
+// values and the increments are compared). Then one timing per op at the
+// paper's size (64 sequences of ~464 positions, d 64, E 128), CPU vs GPU. The
+// scans are in tests/gpu_scans.c. Skips (exit 0) without a CUDA device.
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,78 +15,13 @@
 #include "cuda/core/common.h"
 #include "cuda/ops/conv.h"
 #include "cuda/ops/linear.h"
-#include "cuda/ops/scan.h"
-#include "cuda/ops/ssd.h"
 #include "src/ops/linear.h"
 #include "src/ops/basic.h"
 #include "src/ops/conv.h"
-#include "src/ops/scan.h"
-#include "src/ops/ssd.h"
-#include "test.h"
+#include "gpu_util.h"
 
 #include <sys/wait.h>
 
-#define TOL_FWD 1e-5
-#define TOL_BWD 1e-4
-
-// ---------------------------------------------------------------- helpers
-
-static unsigned g_seed = 1;
-
-static float *rnd(size_t n, float lo, float hi) {
-    float *p = xmalloc(sizeof(float) * (n ? n : 1));
-    test_fill(p, n, g_seed++, 1.0f);
-    for (size_t i = 0; i < n; i++) p[i] = lo + (p[i] + 1.0f) * 0.5f * (hi - lo);
-    return p;
-}
-
-static float *copy(const float *h, size_t n) {
-    float *p = xmalloc(sizeof(float) * (n ? n : 1));
-    memcpy(p, h, sizeof(float) * n);
-    return p;
-}
-
-static void *up(const void *h, size_t bytes) { return cuda_upload_new(h, bytes); }
-static float *upf(const float *h, size_t n) { return up(h, sizeof(float) * n); }
-static float *down(const float *d, size_t n) { return cuda_download_new(d, sizeof(float) * n); }
-
-// Compares the GPU result (device) with the CPU's; with init != NULL both
-// are increments over init (backward ops accumulate).
-static void expect(const char *what, const float *d_gpu, const float *cpu, const float *init, size_t n,
-                   double tol) {
-    float *g = down(d_gpu, n);
-    float *c = copy(cpu, n);
-    if (init)
-        for (size_t i = 0; i < n; i++) g[i] -= init[i], c[i] -= init[i];
-    double err = rel_err(g, c, n);
-    printf("    %-30s rel err %.2e\n", what, err);
-    CHECK(err <= tol, "%s: relative error %.3e above %.0e", what, err, tol);
-    free(g);
-    free(c);
-}
-
-typedef struct {
-    int n_seq, n_tok;
-    int *off;    // host seq_off
-    int *d_off;  // device copy
-} tbatch;
-
-static tbatch make_batch(const int *lens, int n_seq) {
-    tbatch b = {n_seq, 0, xmalloc(sizeof(int) * (n_seq + 1)), NULL};
-    b.off[0] = 0;
-    for (int s = 0; s < n_seq; s++) b.off[s + 1] = b.off[s] + lens[s];
-    b.n_tok = b.off[n_seq];
-    b.d_off = up(b.off, sizeof(int) * (n_seq + 1));
-    return b;
-}
-
-static void free_batch(tbatch *b) {
-    free(b->off);
-    cuda_free(b->d_off);
-}
-
-static const int k_lens[] = {5, 1, 17, 3, 100, 4, 40, 1, 64, 33};
-#define K_NSEQ ((int)(sizeof(k_lens) / sizeof(k_lens[0])))
 
 // ---------------------------------------------------------------- linear
 
@@ -282,233 +215,6 @@ static void test_conv(void) {
     free_batch(&b);
 }
 
-// ---------------------------------------------------------------- Mamba scan
-
-// Inputs of one scan case: x and B|C are slices of one wide buffer as in the
-// mixer (x_proj's output), every gradient starts from random values.
-typedef struct {
-    int E, N, ld_x, ld_bc;
-    float *x, *draw, *dtb, *Alog, *bc, *D, *dy;
-    float *dx0, *ddr0, *dbc0, *ddtb0, *dA0, *dD0;
-} scan_case;
-
-static scan_case scan_case_new(int n, int E, int N) {
-    scan_case c = {E, N, E + 3, 2 * N + 5, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
-    c.x = rnd((size_t)n * c.ld_x, -1, 1), c.draw = rnd((size_t)n * E, -2, 1), c.dtb = rnd(E, -2, -0.5f);
-    c.Alog = rnd((size_t)E * N, 0, 2.7f), c.bc = rnd((size_t)n * c.ld_bc, -1, 1), c.D = rnd(E, 0.5f, 1.5f);
-    c.dy = rnd((size_t)n * E, -1, 1);
-    c.dx0 = rnd((size_t)n * c.ld_x, -1, 1), c.ddr0 = rnd((size_t)n * E, -1, 1), c.dbc0 = rnd((size_t)n * c.ld_bc, -1, 1);
-    c.ddtb0 = rnd(E, -1, 1), c.dA0 = rnd((size_t)E * N, -1, 1), c.dD0 = rnd(E, -1, 1);
-    return c;
-}
-
-static void scan_case_free(scan_case *c) {
-    float *p[] = {c->x, c->draw, c->dtb, c->Alog, c->bc, c->D, c->dy, c->dx0, c->ddr0, c->dbc0, c->ddtb0, c->dA0, c->dD0};
-    for (size_t i = 0; i < sizeof(p) / sizeof(p[0]); i++) free(p[i]);
-}
-
-// Runs the CPU and GPU scans forward and backward and compares; with
-// timing, prints both times (GPU: mean of reps after a warm-up).
-static void run_scan(const tbatch *b, int E, int N, int timing) {
-    int n = b->n_tok;
-    scan_case c = scan_case_new(n, E, N);
-    size_t nE = (size_t)n * E, nx = (size_t)n * c.ld_x, nbc = (size_t)n * c.ld_bc;
-    float *y = xmalloc(sizeof(float) * nE), *ck = xmalloc(sizeof(float) * scan_ckpt_floats(n, b->n_seq, E, N));
-    float *dx = copy(c.dx0, nx), *ddr = copy(c.ddr0, nE), *dbc = copy(c.dbc0, nbc);
-    float *ddtb = copy(c.ddtb0, E), *dA = copy(c.dA0, (size_t)E * N), *dD = copy(c.dD0, E);
-    float *g_x = upf(c.x, nx), *g_draw = upf(c.draw, nE), *g_dtb = upf(c.dtb, E), *g_A = upf(c.Alog, (size_t)E * N);
-    float *g_bc = upf(c.bc, nbc), *g_D = upf(c.D, E), *g_dy = upf(c.dy, nE);
-    float *g_y = cuda_malloc(sizeof(float) * nE), *g_ck = cuda_malloc(sizeof(float) * cuda_scan_ckpt_floats(n, b->n_seq, E, N));
-    float *g_dx = upf(c.dx0, nx), *g_ddr = upf(c.ddr0, nE), *g_dbc = upf(c.dbc0, nbc);
-    float *g_ddtb = upf(c.ddtb0, E), *g_dA = upf(c.dA0, (size_t)E * N), *g_dD = upf(c.dD0, E);
-    void *work = cuda_malloc(cuda_scan_workspace_bytes(n, b->n_seq, E, N));
-    char name[64];
-
-    double t0 = hax_now();
-    scan_forward(y, ck, c.x, c.ld_x, c.draw, c.dtb, c.Alog, c.bc, c.bc + N, c.ld_bc, c.D, b->off, b->n_seq, E, N);
-    double cpu_f = hax_now() - t0;
-    cuda_scan_forward(g_y, g_ck, g_x, c.ld_x, g_draw, g_dtb, g_A, g_bc, g_bc + N, c.ld_bc, g_D, b->d_off, b->n_seq, n, E, N);
-    snprintf(name, sizeof name, "scan y (E=%d N=%d)", E, N);
-    expect(name, g_y, y, NULL, nE, TOL_FWD);
-    // without checkpoints (no backward follows): the sequential forward (into dy's copy, restored below)
-    cuda_scan_forward(g_dy, NULL, g_x, c.ld_x, g_draw, g_dtb, g_A, g_bc, g_bc + N, c.ld_bc, g_D, b->d_off, b->n_seq, n, E, N);
-    expect("scan y (no checkpoints)", g_dy, y, NULL, nE, TOL_FWD);
-    cuda_upload(g_dy, c.dy, sizeof(float) * nE);
-    t0 = hax_now();
-    scan_backward(dx, c.ld_x, ddr, dbc, dbc + N, c.ld_bc, ddtb, dA, dD, c.dy, ck, c.x, c.ld_x, c.draw, c.dtb, c.Alog,
-                  c.bc, c.bc + N, c.ld_bc, c.D, b->off, b->n_seq, E, N);
-    double cpu_b = hax_now() - t0;
-#define GPU_SCAN_BWD()                                                                                       \
-    cuda_scan_backward(g_dx, c.ld_x, g_ddr, g_dbc, g_dbc + N, c.ld_bc, g_ddtb, g_dA, g_dD, g_dy, g_ck, g_x, \
-                       c.ld_x, g_draw, g_dtb, g_A, g_bc, g_bc + N, c.ld_bc, g_D, b->d_off, b->n_seq, n, E, N, work)
-    GPU_SCAN_BWD();
-    expect("scan dx", g_dx, dx, c.dx0, nx, TOL_BWD);
-    expect("scan ddraw", g_ddr, ddr, c.ddr0, nE, TOL_BWD);
-    expect("scan dB|dC", g_dbc, dbc, c.dbc0, nbc, TOL_BWD);
-    expect("scan ddt_bias", g_ddtb, ddtb, c.ddtb0, E, TOL_BWD);
-    expect("scan dA_log", g_dA, dA, c.dA0, (size_t)E * N, TOL_BWD);
-    expect("scan dD", g_dD, dD, c.dD0, E, TOL_BWD);
-    {
-        // The same forward + backward captured in a CUDA graph (no op allocates
-        // or waits for the host) and replayed gives bit-identical results.
-        float *y1 = down(g_y, nE), *dx1 = down(g_dx, nx), *dbc1 = down(g_dbc, nbc), *dA1 = down(g_dA, (size_t)E * N);
-        cuda_upload(g_dx, c.dx0, sizeof(float) * nx);
-        cuda_upload(g_ddr, c.ddr0, sizeof(float) * nE);
-        cuda_upload(g_dbc, c.dbc0, sizeof(float) * nbc);
-        cuda_upload(g_ddtb, c.ddtb0, sizeof(float) * E);
-        cuda_upload(g_dA, c.dA0, sizeof(float) * E * N);
-        cuda_upload(g_dD, c.dD0, sizeof(float) * E);
-        cuda_zero(g_y, sizeof(float) * nE);
-        cuda_graph_begin();
-        cuda_scan_forward(g_y, g_ck, g_x, c.ld_x, g_draw, g_dtb, g_A, g_bc, g_bc + N, c.ld_bc, g_D, b->d_off,
-                          b->n_seq, n, E, N);
-        GPU_SCAN_BWD();
-        void *graph = cuda_graph_end();
-        cuda_graph_launch(graph);
-        float *y2 = down(g_y, nE), *dx2 = down(g_dx, nx), *dbc2 = down(g_dbc, nbc), *dA2 = down(g_dA, (size_t)E * N);
-        int same = !memcmp(y1, y2, sizeof(float) * nE) && !memcmp(dx1, dx2, sizeof(float) * nx) &&
-                   !memcmp(dbc1, dbc2, sizeof(float) * nbc) && !memcmp(dA1, dA2, sizeof(float) * E * N);
-        printf("    scan in a CUDA graph            %s\n", same ? "bit-identical" : "DIFFERENT");
-        CHECK(same, "scan replayed from a CUDA graph differs from the direct launches");
-        cuda_graph_free(graph);
-        free(y1), free(dx1), free(dbc1), free(dA1), free(y2), free(dx2), free(dbc2), free(dA2);
-    }
-    if (timing) {
-        int reps = 10;
-        int e0 = cuda_event_record();
-        for (int r = 0; r < reps; r++)
-            cuda_scan_forward(g_y, g_ck, g_x, c.ld_x, g_draw, g_dtb, g_A, g_bc, g_bc + N, c.ld_bc, g_D, b->d_off,
-                              b->n_seq, n, E, N);
-        int e1 = cuda_event_record();
-        for (int r = 0; r < reps; r++) GPU_SCAN_BWD();
-        int e2 = cuda_event_record();
-        float gf = cuda_event_ms(e0, e1) / reps, gb = cuda_event_ms(e1, e2) / reps;
-        printf("TIME scan fwd (E=%d N=%d)   cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n", E, N, cpu_f * 1e3, gf, cpu_f * 1e3 / gf);
-        printf("TIME scan bwd (E=%d N=%d)   cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n", E, N, cpu_b * 1e3, gb, cpu_b * 1e3 / gb);
-        printf("TIME scan fwd+bwd per layer       gpu %8.3f ms (issue 11's target: 0.35 ms)\n", gf + gb);
-    }
-#undef GPU_SCAN_BWD
-    void *ptrs[] = {y, ck, dx, ddr, dbc, ddtb, dA, dD};
-    for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++) free(ptrs[i]);
-    void *dptrs[] = {g_x, g_draw, g_dtb, g_A, g_bc, g_D, g_dy, g_y, g_ck, g_dx, g_ddr, g_dbc, g_ddtb, g_dA, g_dD, work};
-    for (size_t i = 0; i < sizeof(dptrs) / sizeof(dptrs[0]); i++) cuda_free(dptrs[i]);
-    scan_case_free(&c);
-}
-
-// Lengths around the scan's checkpoints and chunks (CU_SCAN_T 16, CU_SCAN_Q 64), up to the paper's ~464.
-static const int k_scan_lens[] = {5, 1, 17, 3, 31, 32, 33, 64, 63, 65, 130, 464, 128, 100};
-#define K_SCAN_NSEQ ((int)(sizeof(k_scan_lens) / sizeof(k_scan_lens[0])))
-
-static void test_scan(void) {
-    tbatch b = make_batch(k_scan_lens, K_SCAN_NSEQ);
-    run_scan(&b, 40, 16, 0);   // one channel block of 64, partly empty
-    run_scan(&b, 130, 16, 0);  // three channel blocks: dB|dC through the block rows
-    run_scan(&b, 24, 8, 0);
-    run_scan(&b, 20, 64, 0);
-    run_scan(&b, 5, 256, 0);   // 8 state entries per lane, one channel per warp
-    run_scan(&b, 33, 1, 0);    // one lane per channel, 32 channels per warp
-    free_batch(&b);
-}
-
-// ---------------------------------------------------------------- Mamba-2 SSD
-
-static void run_ssd(const tbatch *b, int H, int P, int N, int timing) {
-    int n = b->n_tok, E = H * P;
-    int ld_xbc = E + 2 * N + 3, ld_dt = H + 2, ld_y = E + 1;  // x | B | C as one conv output, as in the mixer
-    size_t nx = (size_t)n * ld_xbc, ndt = (size_t)n * ld_dt, ny = (size_t)n * ld_y;
-    float *xbc = rnd(nx, -1, 1), *dt = rnd(ndt, -3, 1), *dtb = rnd(H, -2, 0), *Alog = rnd(H, 0, 2.7f);
-    float *D = rnd(H, 0.5f, 1.5f), *dy = rnd(ny, -1, 1);
-    float *y = xmalloc(sizeof(float) * ny), *delta = xmalloc(sizeof(float) * n * H);
-    float *ck = xmalloc(sizeof(float) * ssd_ckpt_floats(b->off, b->n_seq, H, P, N));
-    float *dx0 = rnd(nx, -1, 1), *ddt0 = rnd(ndt, -1, 1), *dp0 = rnd(3 * H, -1, 1);
-    float *dx = copy(dx0, nx), *ddt = copy(ddt0, ndt), *dp = copy(dp0, 3 * H);  // dp: ddt_bias | dA_log | dD
-    float *g_xbc = upf(xbc, nx), *g_dt = upf(dt, ndt), *g_dtb = upf(dtb, H), *g_A = upf(Alog, H), *g_D = upf(D, H);
-    float *g_dy = upf(dy, ny), *g_y = cuda_malloc(sizeof(float) * ny), *g_delta = cuda_malloc(sizeof(float) * n * H);
-    float *g_ck = cuda_malloc(sizeof(float) * cuda_ssd_ckpt_floats(n, b->n_seq, H, P, N));
-    float *g_dx = upf(dx0, nx), *g_ddt = upf(ddt0, ndt), *g_dp = upf(dp0, 3 * H);
-    void *work = cuda_malloc(cuda_ssd_workspace_bytes(n, b->n_seq, H, P, N));
-    cuda_zero(g_y, sizeof(float) * ny);
-    memset(y, 0, sizeof(float) * ny);
-    char name[64];
-
-    double t0 = hax_now();
-    ssd_forward(y, ld_y, delta, ck, xbc, ld_xbc, dt, ld_dt, xbc + E, xbc + E + N, ld_xbc, dtb, Alog, D, b->off,
-                b->n_seq, H, P, N);
-    double cpu_f = hax_now() - t0;
-#define GPU_SSD_FWD()                                                                                      \
-    cuda_ssd_forward(g_y, ld_y, g_delta, g_ck, g_xbc, ld_xbc, g_dt, ld_dt, g_xbc + E, g_xbc + E + N, ld_xbc, \
-                     g_dtb, g_A, g_D, b->d_off, b->n_seq, n, H, P, N)
-    GPU_SSD_FWD();
-    snprintf(name, sizeof name, "ssd y (H=%d P=%d N=%d)", H, P, N);
-    expect(name, g_y, y, NULL, ny, TOL_FWD);
-    expect("ssd delta", g_delta, delta, NULL, (size_t)n * H, TOL_FWD);
-    t0 = hax_now();
-    // dB and dC land in the x|B|C gradient buffer, beside dx.
-    ssd_backward(dx, ld_xbc, ddt, ld_dt, dx + E, dx + E + N, ld_xbc, dp, dp + H, dp + 2 * H, dy, ld_y, delta, ck,
-                 xbc, ld_xbc, dt, ld_dt, xbc + E, xbc + E + N, ld_xbc, dtb, Alog, D, b->off, b->n_seq, H, P, N);
-    double cpu_b = hax_now() - t0;
-#define GPU_SSD_BWD()                                                                                        \
-    cuda_ssd_backward(g_dx, ld_xbc, g_ddt, ld_dt, g_dx + E, g_dx + E + N, ld_xbc, g_dp, g_dp + H, g_dp + 2 * H, \
-                      g_dy, ld_y, g_delta, g_ck, g_xbc, ld_xbc, g_dt, ld_dt, g_xbc + E, g_xbc + E + N, ld_xbc,  \
-                      g_dtb, g_A, g_D, b->d_off, b->n_seq, n, H, P, N, work)
-    GPU_SSD_BWD();
-    expect("ssd dx|dB|dC", g_dx, dx, dx0, nx, TOL_BWD);
-    expect("ssd ddt", g_ddt, ddt, ddt0, ndt, TOL_BWD);
-    expect("ssd ddt_bias|dA_log|dD", g_dp, dp, dp0, 3 * H, TOL_BWD);
-    {
-        // Forward + backward captured in a CUDA graph and replayed: bit-identical.
-        float *y1 = down(g_y, ny), *dx1 = down(g_dx, nx), *ddt1 = down(g_ddt, ndt), *dp1 = down(g_dp, 3 * H);
-        cuda_upload(g_dx, dx0, sizeof(float) * nx);
-        cuda_upload(g_ddt, ddt0, sizeof(float) * ndt);
-        cuda_upload(g_dp, dp0, sizeof(float) * 3 * H);
-        cuda_zero(g_y, sizeof(float) * ny);
-        cuda_graph_begin();
-        GPU_SSD_FWD();
-        GPU_SSD_BWD();
-        void *graph = cuda_graph_end();
-        cuda_graph_launch(graph);
-        float *y2 = down(g_y, ny), *dx2 = down(g_dx, nx), *ddt2 = down(g_ddt, ndt), *dp2 = down(g_dp, 3 * H);
-        int same = !memcmp(y1, y2, sizeof(float) * ny) && !memcmp(dx1, dx2, sizeof(float) * nx) &&
-                   !memcmp(ddt1, ddt2, sizeof(float) * ndt) && !memcmp(dp1, dp2, sizeof(float) * 3 * H);
-        printf("    ssd in a CUDA graph             %s\n", same ? "bit-identical" : "DIFFERENT");
-        CHECK(same, "ssd replayed from a CUDA graph differs from the direct launches");
-        cuda_graph_free(graph);
-        free(y1), free(dx1), free(ddt1), free(dp1), free(y2), free(dx2), free(ddt2), free(dp2);
-    }
-    if (timing) {
-        int reps = 10;
-        int e0 = cuda_event_record();
-        for (int r = 0; r < reps; r++) GPU_SSD_FWD();
-        int e1 = cuda_event_record();
-        for (int r = 0; r < reps; r++) GPU_SSD_BWD();
-        int e2 = cuda_event_record();
-        float gf = cuda_event_ms(e0, e1) / reps, gb = cuda_event_ms(e1, e2) / reps;
-        printf("TIME ssd fwd (H=%d P=%d N=%d) cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n", H, P, N, cpu_f * 1e3, gf, cpu_f * 1e3 / gf);
-        printf("TIME ssd bwd (H=%d P=%d N=%d) cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n", H, P, N, cpu_b * 1e3, gb, cpu_b * 1e3 / gb);
-    }
-#undef GPU_SSD_FWD
-#undef GPU_SSD_BWD
-    void *ptrs[] = {xbc, dt, dtb, Alog, D, dy, y, delta, ck, dx0, ddt0, dp0, dx, ddt, dp};
-    for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++) free(ptrs[i]);
-    void *dptrs[] = {g_xbc, g_dt, g_dtb, g_A, g_D, g_dy, g_y, g_delta, g_ck, g_dx, g_ddt, g_dp, work};
-    for (size_t i = 0; i < sizeof(dptrs) / sizeof(dptrs[0]); i++) cuda_free(dptrs[i]);
-}
-
-// Lengths across the GPU's 64-position chunks too (63, 64, 65, 130).
-static const int k_ssd_lens[] = {63, 1, 64, 17, 65, 3, 130, 100};
-
-static void test_ssd(void) {
-    tbatch b = make_batch(k_lens, K_NSEQ);
-    run_ssd(&b, 3, 16, 32, 0);  // the paper's P and N, 3 heads
-    run_ssd(&b, 2, 8, 16, 0);
-    run_ssd(&b, 2, 4, 64, 0);   // four 16-row tiles of N
-    free_batch(&b);
-    b = make_batch(k_ssd_lens, (int)(sizeof k_ssd_lens / sizeof k_ssd_lens[0]));
-    run_ssd(&b, 3, 16, 32, 0);
-    run_ssd(&b, 2, 40, 20, 0);  // P, N not multiples of 16 (zero-padded tiles)
-    free_batch(&b);
-}
-
 // ---------------------------------------------------------------- gated RMSNorm
 
 static void test_gated_norm(void) {
@@ -537,19 +243,6 @@ static void test_gated_norm(void) {
 }
 
 // ---------------------------------------------------------------- paper size
-
-// One CPU call, then the GPU op once (warm-up) and the mean of 10 calls.
-#define TIME_OP(label, cpu_stmt, gpu_stmt)                                                                   \
-    do {                                                                                                     \
-        double t0_ = hax_now();                                                                              \
-        cpu_stmt;                                                                                            \
-        double cpu_ = (hax_now() - t0_) * 1e3;                                                               \
-        gpu_stmt;                                                                                            \
-        int e0_ = cuda_event_record();                                                                       \
-        for (int r_ = 0; r_ < 10; r_++) gpu_stmt;                                                            \
-        float gpu_ = cuda_event_ms(e0_, cuda_event_record()) / 10;                                           \
-        printf("TIME %-26s cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n", label, cpu_, gpu_, cpu_ / gpu_);          \
-    } while (0)
 
 static void test_paper_size(void) {
     int n_seq = 64, lens[64];
@@ -610,9 +303,6 @@ static void test_paper_size(void) {
     TIME_OP("logits bwd (V 100)", logits_backward(h, Wemb, dl, h2, Wemb, n, d, V),
             cuda_logits_backward(g_h, g_Wemb, g_dl, g_h2, g_Wemb, n, d, V));
     cuda_sync();
-    // The scans at this size, compared as well as timed.
-    run_scan(&b, E, 16, 1);
-    run_ssd(&b, 8, 16, 32, 1);
     void *ptrs[] = {ids, mask, h, h2, Wemb, wd, Win, xz, big, wc, bc, wE, rstd, outE, pre, logits, dl, dW};
     for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++) free(ptrs[i]);
     void *dptrs[] = {g_h, g_h2, g_Wemb, g_wd, g_Win, g_xz, g_big, g_wc, g_bc, g_wE, g_rstd, g_outE, g_pre,
@@ -670,8 +360,6 @@ int main(int argc, char **argv) {
     RUN(test_add_rmsnorm);
     RUN(test_logits_ce);
     RUN(test_conv);
-    RUN(test_scan);
-    RUN(test_ssd);
     RUN(test_gated_norm);
     RUN(test_bad_token_id);
     if (!quick) RUN(test_paper_size);
