@@ -37,7 +37,8 @@
 #                      (exit 3); waits for it (at most --wait SEC, default 600)
 #   --collect DIR      copy each run's result.json and metrics.csv under RESULTS into DIR,
 #                      keeping the <arch>/lr_<lr>/seed_<seed>/ folders; --with-best adds
-#                      best.safetensors, --with-checkpoint checkpoint.safetensors,
+#                      best.safetensors, --with-checkpoint checkpoint.safetensors of the
+#                      runs not complete (DIR is then a results folder they resume in),
 #                      --with-logs the run logs (DIR/logs/)
 # Exit status: 0 every run complete (or done: collect, status, stop); 1 an error or a
 # failed run (the others still run); 2 a bad command line; 3 stopped (time limit, signal
@@ -196,7 +197,8 @@ if [ "$mode" = collect ]; then
         mkdir -p "$dst/$rel" || fail "$dst/$rel: cannot create the folder"
         files=(result.json metrics.csv)
         [ $with_best = 1 ] && files+=(best.safetensors)
-        [ $with_ckpt = 1 ] && files+=(checkpoint.safetensors)
+        # a complete run is skipped by hax-train: only the others need their checkpoint
+        [ $with_ckpt = 1 ] && ! grep -q '^  "status": "complete",$' "$f" && files+=(checkpoint.safetensors)
         for name in "${files[@]}"; do
             [ -f "$src/$rel/$name" ] || continue
             cp "$src/$rel/$name" "$dst/$rel/$name.tmp.$$" && mv "$dst/$rel/$name.tmp.$$" "$dst/$rel/$name" ||

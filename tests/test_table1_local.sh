@@ -102,9 +102,17 @@ want="./progress.txt ./tiny/lr_0.003/seed_1/metrics.csv ./tiny/lr_0.003/seed_1/r
 [ $rc -eq 0 ] && [ "$files" = "$want" ] && cmp -s "$P/runs/tiny/lr_0.003/seed_1/metrics.csv" "$R/tiny/lr_0.003/seed_1/metrics.csv" &&
     ok "--collect: result.json and metrics.csv of every run, folders kept" || fail "--collect (exit $rc: $files)"
 "$DRV" --collect "$P/runs" --with-best --with-checkpoint --with-logs "$R" >/dev/null
-[ -f "$P/runs/tiny/lr_0.003/seed_1/best.safetensors" ] && [ -f "$P/runs/tiny/lr_0.003/seed_1/checkpoint.safetensors" ] &&
-    [ -f "$P/runs/logs/tiny__lr_0.003__seed_1.log" ] && ok "--collect --with-best --with-checkpoint --with-logs" ||
+[ -f "$P/runs/tiny/lr_0.003/seed_1/best.safetensors" ] && [ ! -f "$P/runs/tiny/lr_0.003/seed_1/checkpoint.safetensors" ] &&
+    [ -f "$P/runs/logs/tiny__lr_0.003__seed_1.log" ] && ok "--collect --with-best --with-logs; no checkpoint of a complete run" ||
     fail "--collect --with-best --with-checkpoint --with-logs"
+# the time-limited folder's stopped runs, carried elsewhere, resume there
+K=$tmp/carry
+"$DRV" --collect "$K" --with-checkpoint "$T" >/dev/null
+n_ck=$(find "$K" -name checkpoint.safetensors | wc -l)
+"$DRV" --steps 100000 --jobs 2 --time-limit 1 --configs "$CFG" --lrs 3e-3 --train-args "$TA" "$K" >"$tmp/carry.log" 2>&1; rc=$?
+n_res=$(cat "$K"/logs/*.log 2>/dev/null | grep -c "hax-train: resuming ")
+[ "$n_ck" = 2 ] && [ $rc -eq 3 ] && [ "$n_res" = 2 ] && ok "--collect --with-checkpoint: the 2 stopped runs resume in the collected folder" ||
+    fail "--collect --with-checkpoint: resume in the collected folder ($n_ck checkpoints, exit $rc, $n_res resumed)"
 check_fails "--collect into the results folder itself is refused" "expected a folder outside" "$DRV" --collect "$R/pub" "$R"
 rm -f "$P"/runs/*/lr_*/seed_*/*.safetensors && rm -rf "$P/runs/logs" "$P/runs/progress.txt"
 if bash "$ROOT/analysis/publish.sh" "$P" >/dev/null && grep -q "tiny_mamba2_sw@bf16-pure" "$P/tables/table.md" &&
