@@ -450,6 +450,10 @@ assert n == 3, n"
 if grep -q "warning: --curves nosuch: no run with validation rows matches; no curves.svg" "$tmp/vnone.err" &&
     [ ! -e "$tmp/vnone/curves.svg" ] && [ -e "$tmp/vnone/curves_mamba2_hax.svg" ]
 then ok "--curves matching nothing: a warning, no curves.svg, the per-architecture files still"; else fail "--curves matching nothing"; fi
+rm "$V/mamba/lr_0.001/seed_2/metrics.csv" && mkfifo "$V/mamba/lr_0.001/seed_2/metrics.csv"
+timeout 10 "$AGG" --plot "$tmp/vfifo" "$V" >/dev/null 2>"$tmp/vfifo.err"; rc=$?
+[ $rc -eq 0 ] && grep -q "seed_2/metrics.csv: expected a regular file, found a FIFO; no curve for this run" "$tmp/vfifo.err" &&
+    ok "a FIFO metrics.csv: a warning, no hang" || fail "a FIFO metrics.csv (exit $rc: $(cat "$tmp/vfifo.err"))"
 check_fails "--curves without --plot: exit 2" "--curves: expected --plot DIR with it" "$AGG" --curves mamba "$V"
 check_fails "--curves with an empty label: exit 2" "--curves: expected comma-separated labels, found 'a,,b'" "$AGG" --plot "$tmp/x" --curves a,,b "$V"
 
