@@ -76,10 +76,11 @@ const char *table1_label(int row, int col) {
 
 int table1_place(const char *label, const char *model, const char *pattern, int hidden_size, int n_layers,
                  int sparse_keys, int *row, int *col) {
-    if (!model[0]) {  // no config: the label decides
+    if (!model[0]) {  // no config: the label decides (without its "@<precision>")
+        size_t n = strcspn(label, "@");
         for (int r = 0; r < TABLE1_ROWS; r++)
             for (int c = 0; c < TABLE1_COLS; c++)
-                if (table1_label(r, c) && strcmp(label, table1_label(r, c)) == 0) {
+                if (table1_label(r, c) && strlen(table1_label(r, c)) == n && strncmp(label, table1_label(r, c), n) == 0) {
                     *row = r;
                     *col = c;
                     return 1;
@@ -363,7 +364,9 @@ static int cmp_run_ptr(const void *a, const void *b) {
 static int cmp_arch(const void *a, const void *b) {
     const hax_arch_stats *x = a, *y = b;
     int px = x->row >= 0, py = y->row >= 0;
-    if (px != py) return py - px;  // Table 1 places first
+    if (px != py) return py - px;  // Table 1 places first, regime by regime
+    int rx = regime_index(x->precision), ry = regime_index(y->precision);
+    if (px && rx != ry) return rx - ry;
     if (px && x->row != y->row) return x->row - y->row;
     if (px && x->col != y->col) return x->col - y->col;
     return strcmp(x->label, y->label);
@@ -375,8 +378,34 @@ static int same_arch(const hax_run *a, const hax_run *b) {
            a->n_layers == b->n_layers && a->sparse_keys == b->sparse_keys;
 }
 
-// A run's or a table's regime: its train.precision, fp32 when not given.
+// A run's regime: its train.precision, fp32 when not given.
 static const char *regime(const char *precision) { return precision[0] ? precision : "fp32"; }
+
+static const char *const regime_names[N_REGIMES] = {"fp32", "bf16-pure", "bf16"};
+
+const char *regime_name(int i) { return i >= 0 && i < N_REGIMES ? regime_names[i] : "?"; }
+
+int regime_index(const char *precision) {
+    for (int i = 0; i < N_REGIMES; i++)
+        if (strcmp(regime(precision), regime_names[i]) == 0) return i;
+    return -1;
+}
+
+int summary_regimes(const hax_summary *s, int out[N_REGIMES]) {
+    if (s->precision[0]) {
+        out[0] = regime_index(s->precision);
+        return 1;
+    }
+    int n = 0;
+    for (int i = 0; i < N_REGIMES; i++)
+        for (int a = 0; a < s->n_archs; a++)
+            if (s->archs[a].row >= 0 && regime_index(s->archs[a].precision) == i) {
+                out[n++] = i;
+                break;
+            }
+    if (!n) out[n++] = 0;
+    return n;
+}
 
 // 1 when label is the canonical Table 1 label canon, or canon with its
 // regime's "@<precision>" suffix (mamba2_hax@bf16-pure).
@@ -425,9 +454,10 @@ void aggregate_runs(const hax_run *runs, int n_runs, hax_summary *s) {
         hax_arch_stats *a = &s->archs[s->n_archs++];
         memset(a, 0, sizeof *a);
         arch_stats(a, ok + i, j - i, s->metric);
-        // Table 1 holds one regime, s->precision (fp32 by default): the
-        // others are listed by label below it, never averaged with it
-        if (strcmp(regime(ok[i]->precision), regime(s->precision)) != 0 ||
+        snprintf(a->precision, sizeof a->precision, "%s", regime(ok[i]->precision));
+        // Each regime has its own Table 1; with s->precision set, only that
+        // one, and the others' runs are listed by label below it.
+        if ((s->precision[0] && strcmp(a->precision, s->precision) != 0) ||
             !table1_place(a->label, a->model, a->pattern, a->hidden_size, a->n_layers, a->sparse_keys, &a->row,
                           &a->col))
             a->row = a->col = -1;
@@ -439,7 +469,8 @@ void aggregate_runs(const hax_run *runs, int n_runs, hax_summary *s) {
     for (int a = 0; a < s->n_archs; a++)
         for (int b = 0; b < s->n_archs; b++) {
             hax_arch_stats *A = &s->archs[a], *B = &s->archs[b];
-            if (a == b || A->row < 0 || A->row != B->row || A->col != B->col) continue;
+            if (a == b || A->row < 0 || A->row != B->row || A->col != B->col || strcmp(A->precision, B->precision))
+                continue;
             const char *canon = table1_label(A->row, A->col);
             int a_canon = is_canon(A->label, canon), b_canon = is_canon(B->label, canon);
             int a_wins = a_canon || (!b_canon && strcmp(A->label, B->label) < 0);

@@ -12,7 +12,10 @@
 //   - std is the sample standard deviation (divisor n-1); undefined (NaN)
 //     for a single seed;
 //   - a second complete run of the same (label, lr, seed) is a duplicate:
-//     footer, not averaged.
+//     footer, not averaged;
+//   - two precision regimes never meet in one average: a non-fp32 run's
+//     label ends in "@<precision>", and each regime has its own Table 1
+//     (or only the one asked for; the others are then listed below it).
 #ifndef HAX_AGGREGATE_H
 #define HAX_AGGREGATE_H
 
@@ -34,8 +37,9 @@ typedef struct {
 
 typedef struct {
     char label[128], model[16], pattern[64];
+    char precision[16];    // the regime of its runs (train.precision): fp32, bf16-pure or bf16
     int hidden_size, n_layers, sparse_keys;  // 0: unknown
-    int row, col;          // Table 1 place; -1 outside it
+    int row, col;          // Table 1 place in its regime's table; -1 outside it
     hax_lr_stats *lrs;     // ascending learning rate
     int n_lrs;
     int best;              // index of the chosen learning rate
@@ -48,7 +52,7 @@ typedef struct {
 
 typedef struct {
     hax_metric metric;
-    char precision[16];       // the regime Table 1 holds (train.precision; "" = fp32)
+    char precision[16];       // the one regime Table 1 holds (--precision); "": one Table 1 per regime
     int n_files;              // result.json files found
     int n_runs;               // complete runs averaged in
     hax_arch_stats *archs;    // Table 1 places first (row, column), then the others by label
@@ -76,6 +80,15 @@ const char *table1_row_name(int row);
 const char *table1_col_name(int col);
 double table1_paper(int row, int col);
 const char *table1_label(int row, int col);
+// The regimes in table order (fp32, bf16-pure, bf16), and a name's position
+// in that order (-1 for another name; "" counts as fp32).
+#define N_REGIMES 3
+const char *regime_name(int i);
+int regime_index(const char *precision);
+// The regimes that have a Table 1 in this summary, in table order: the one
+// asked for, else every regime with at least one placed architecture (fp32
+// when none has). Returns the count; out[] gets regime indices.
+int summary_regimes(const hax_summary *s, int out[N_REGIMES]);
 // The Table 1 place of an architecture: by its config (model, pattern,
 // hidden size, layers, keys; 0 or "" = unknown, which matches) when the
 // model is known, else by its label. 1 and *row, *col set, or 0.

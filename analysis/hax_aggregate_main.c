@@ -1,11 +1,13 @@
 // hax-aggregate: results tree -> the paper's Table 1 (and plots).
 //
-//   hax-aggregate [--format markdown|csv|json] [--paper] [--plot DIR]
-//                 [--metric test|test_reference] [--output FILE] RESULTS_DIR
+//   hax-aggregate [--format markdown|csv|json] [--paper] [--plot DIR] [--curves LABELS]
+//                 [--metric test|test_reference] [--precision P] [--output FILE]
+//                 [--stale-after SECONDS] RESULTS_DIR
 //
 // Reads every result.json under RESULTS_DIR, averages complete runs over
 // seeds per (architecture label, lr), picks each architecture's lr by mean
-// validation accuracy and prints the table on stdout. Exit 0 when something
+// validation accuracy and prints the table on stdout, one Table 1 per
+// precision regime (or the one --precision names). Exit 0 when something
 // was aggregated (a footer may list what was not), 1 when nothing was (or
 // the folder is missing), 2 for a bad command line.
 #include <errno.h>
@@ -15,35 +17,41 @@
 #include <time.h>
 
 #include "analysis/aggregate.h"
+#include "analysis/curves.h"
 #include "src/core/common.h"
 #include "analysis/plot_svg.h"
 #include "analysis/results.h"
 #include "analysis/table.h"
 
 static void usage(FILE *out) {
-    fputs("usage: hax-aggregate [--format markdown|csv|json] [--paper] [--plot DIR]\n"
+    fputs("usage: hax-aggregate [--format markdown|csv|json] [--paper] [--plot DIR] [--curves LABELS]\n"
           "                     [--metric test|test_reference] [--precision P] [--output FILE] [--stale-after SECONDS]\n"
           "                     RESULTS_DIR\n"
           "  Reads RESULTS_DIR/**/result.json, averages complete runs over seeds, picks each\n"
           "  architecture's learning rate by mean validation accuracy (ties: the smaller lr)\n"
-          "  and prints the paper's Table 1 (test accuracy %, mean ± sample std) on stdout.\n"
+          "  and prints the paper's Table 1 (test accuracy %, mean ± sample std) on stdout,\n"
+          "  one per precision regime (fp32, bf16-pure, bf16) present.\n"
           "  --format   markdown (default), csv (one row per architecture and lr; the footer\n"
           "             goes to stderr) or json (everything, footer included)\n"
           "  --paper    add the paper's Table 1 numbers beside ours\n"
-          "  --plot DIR write acc_vs_n.svg and heatmap_<label>.svg into DIR\n"
+          "  --plot DIR write acc_vs_n.svg and heatmap_<label>.svg into DIR, and from each run's\n"
+          "             metrics.csv curves.svg (validation accuracy against step, one line per run)\n"
+          "             and curves_<label>.svg per architecture with runs in several regimes\n"
+          "  --curves   the runs of curves.svg: comma-separated labels (mamba2_hax: every regime;\n"
+          "             mamba2_hax@bf16-pure: that one); default: every run\n"
           "  --metric   test (default: test_acc) or test_reference (test_acc_reference,\n"
           "             the reference code's figure)\n"
           "  --output   write the table into FILE atomically instead of stdout (an existing\n"
           "             FILE is kept when nothing can be aggregated)\n"
-          "  --precision fp32 (default), bf16 or bf16-pure: the train.precision regime\n"
-          "             Table 1 holds (the other regimes' runs are listed below it)\n"
+          "  --precision fp32, bf16 or bf16-pure: only this regime's Table 1 (the other\n"
+          "             regimes' runs are listed below it); default: one Table 1 per regime\n"
           "  --stale-after  a 'running' result.json whose heartbeat (unix seconds) is older\n"
           "             than this is reported as 'stale': no live process (default 900; 0: never)\n",
           out);
 }
 
 int main(int argc, char **argv) {
-    const char *format = "markdown", *plot_dir = NULL, *dir = NULL, *output = NULL;
+    const char *format = "markdown", *plot_dir = NULL, *dir = NULL, *output = NULL, *curves_sel = NULL;
     int paper = 0;
     double stale_after = 900;
     hax_summary s;
@@ -64,6 +72,11 @@ int main(int argc, char **argv) {
             output = argv[++i];
         } else if (strcmp(a, "--plot") == 0 && has_value) {
             plot_dir = argv[++i];
+        } else if (strcmp(a, "--curves") == 0 && has_value) {
+            curves_sel = argv[++i];
+            if (!curves_sel[0] || curves_sel[0] == ',' || strstr(curves_sel, ",,") ||
+                curves_sel[strlen(curves_sel) - 1] == ',')
+                hax_die_code(HAX_EXIT_USAGE, "--curves: expected comma-separated labels, found '%s'", curves_sel);
         } else if (strcmp(a, "--metric") == 0 && has_value) {
             const char *m = argv[++i];
             if (strcmp(m, "test") == 0) s.metric = METRIC_TEST;
@@ -81,7 +94,7 @@ int main(int argc, char **argv) {
             if (!v[0] || *end || !(stale_after >= 0 && stale_after <= 1e9))
                 hax_die_code(HAX_EXIT_USAGE, "--stale-after: expected seconds in [0, 1e9], found '%s'", v);
         } else if (a[0] == '-' && a[1]) {
-            hax_die_code(HAX_EXIT_USAGE, "%s: expected --format, --paper, --plot DIR, --metric, --output FILE, "
+            hax_die_code(HAX_EXIT_USAGE, "%s: expected --format, --paper, --plot DIR, --curves, --metric, --output FILE, "
                          "--precision P, --stale-after SECONDS or --help%s", a,
                          has_value ? "" : " (or a missing value)");
         } else if (dir) {
@@ -94,6 +107,7 @@ int main(int argc, char **argv) {
         usage(stderr);
         return HAX_EXIT_USAGE;
     }
+    if (curves_sel && !plot_dir) hax_die_code(HAX_EXIT_USAGE, "--curves: expected --plot DIR with it, found none");
 
     int tty = hax_stderr_is_tty();
     char err[1024];
@@ -120,6 +134,8 @@ int main(int argc, char **argv) {
     free(paths);
     s.n_files = n;
     aggregate_runs(runs, n_read, &s);
+    hax_curves curves = {NULL, 0};
+    if (plot_dir && s.n_archs) curves_load(runs, n_read, curves_sel, &curves);
     for (int i = 0; i < n_read; i++) results_run_free(&runs[i]);
     free(runs);
 
@@ -154,9 +170,13 @@ int main(int argc, char **argv) {
     if (plot_dir) {
         int w = plot_write_all(plot_dir, &s, err, sizeof err);
         if (w < 0) hax_die("--plot: %s", err);
-        if (w == 0) hax_warn("--plot %s: no run reports per-cell accuracies; no figure written", plot_dir);
-        else fprintf(stderr, "hax-aggregate: wrote %d figure%s into %s\n", w, w == 1 ? "" : "s", plot_dir);
+        int wc = plot_write_curves(plot_dir, &curves, err, sizeof err);
+        if (wc < 0) hax_die("--plot: %s", err);
+        if (w == 0) hax_warn("--plot %s: no run reports per-cell accuracies; no heatmap written", plot_dir);
+        if (wc == 0) hax_warn("--plot %s: no run has validation rows in a metrics.csv; no curve written", plot_dir);
+        if (w + wc) fprintf(stderr, "hax-aggregate: wrote %d figure%s into %s\n", w + wc, w + wc == 1 ? "" : "s", plot_dir);
     }
+    curves_free(&curves);
     summary_free(&s);
     return 0;
 }

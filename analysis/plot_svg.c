@@ -7,6 +7,7 @@
 
 #include "src/core/common.h"
 #include "analysis/plot_svg.h"
+#include "analysis/curves.h"
 
 static void xml_text(FILE *out, const char *s) {
     for (; *s; s++) {
@@ -29,7 +30,9 @@ static double nice_step(double range, int count) {
 // Ten distinguishable colours; lines beyond ten also change their dash.
 static const char *const palette[10] = {"#1f5fa8", "#d9531e", "#2e9e44", "#c0392b", "#7b4fb0",
                                         "#8c5a3c", "#d14fa0", "#555555", "#a8a81c", "#17a5b8"};
-static const char *const dashes[3] = {"", "6,3", "2,3"};
+// Dashes: Table 1 places take col + 2 * regime (Mamba fp32 solid, Mamba2
+// fp32 dashed, then the bf16-pure and bf16 pairs); others cycle the first 3.
+static const char *const dashes[6] = {"", "6,3", "2,3", "10,3,2,3", "1,3", "14,4"};
 
 int plot_curve(const hax_cells *cells, int **n_out, double **acc_out) {
     int *n = xmalloc((size_t)(cells->n ? cells->n : 1) * sizeof *n), *cnt = xcalloc((size_t)(cells->n ? cells->n : 1), sizeof *cnt);
@@ -120,7 +123,8 @@ static void line_plot(FILE *out, const hax_summary *s) {
             // (dashed); other architectures take the next colour, and a new
             // dash every ten.
             const char *col = palette[(A->row >= 0 ? A->row : shown) % 10];
-            const char *dash = dashes[A->row >= 0 ? A->col : (shown / 10) % 3];
+            int reg = regime_index(A->precision);
+            const char *dash = dashes[A->row >= 0 ? A->col + 2 * (reg > 0 ? reg : 0) : (shown / 10) % 3];
             fprintf(out, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"2\"%s%s%s points=\"", col,
                     *dash ? " stroke-dasharray=\"" : "", dash, *dash ? "\"" : "");
             for (int i = 0; i < m; i++) fprintf(out, "%s%.1f,%.1f", i ? " " : "", XPOS(n[i]), YPOS(100 * acc[i]));
@@ -219,6 +223,101 @@ static void heatmap(FILE *out, const hax_arch_stats *A) {
 }
 
 // ---------------------------------------------------------------------------
+// Validation accuracy against step (metrics.csv), one line per run
+
+// Twenty colours for the curves: the ten above, then ten lighter ones.
+static const char *const palette20[20] = {"#1f5fa8", "#d9531e", "#2e9e44", "#c0392b", "#7b4fb0", "#8c5a3c", "#d14fa0",
+                                          "#555555", "#a8a81c", "#17a5b8", "#7fa6d6", "#f2a36b", "#86cf8f", "#ea8c84",
+                                          "#b9a0d6", "#c49c84", "#ee9fcf", "#a5a5a5", "#d6d66a", "#7fd3df"};
+
+enum { CW = 1060, C_LEFT = 70, C_RIGHT = 420, C_TOP = 50, C_BOTTOM = 60, C_PH = 450, C_ROW = 17 };
+
+typedef struct {
+    const hax_curves *c;
+    const int *idx;  // the curves drawn: indices into c
+    int n;
+    char title[256];
+} curve_set;
+
+// A step as a tick label: 25000 -> "25k".
+static void step_text(double v, char *buf, size_t len) {
+    if (v >= 1000 && fmod(v, 1000) == 0) snprintf(buf, len, "%gk", v / 1000);
+    else snprintf(buf, len, "%g", v);
+}
+
+static void curve_plot(FILE *out, const curve_set *cs) {
+    int pw = CW - C_LEFT - C_RIGHT, ph = C_PH;
+    int h = C_TOP + ph + C_BOTTOM, legend_h = C_TOP + 8 + C_ROW * cs->n + 20;
+    if (legend_h > h) h = legend_h;
+    double xmax = 1;
+    for (int k = 0; k < cs->n; k++) {
+        const hax_curve *c = &cs->c->v[cs->idx[k]];
+        if (c->v[c->n - 1].step > xmax) xmax = (double)c->v[c->n - 1].step;
+    }
+    double step = nice_step(xmax, 8), x1 = ceil(xmax / step) * step;
+#define XPOS(v) (C_LEFT + (v) / x1 * pw)
+#define YPOS(p) (C_TOP + ph - (p) / 100.0 * ph)
+    svg_begin(out, CW, h);
+    fprintf(out, "<text x=\"%d\" y=\"28\" font-size=\"15\" text-anchor=\"middle\">", C_LEFT + pw / 2);
+    xml_text(out, cs->title);
+    fputs("</text>\n", out);
+    for (double p = 0; p <= 100.001; p += 10) {
+        fprintf(out, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#e4e4e4\"/>\n", C_LEFT, YPOS(p),
+                C_LEFT + pw, YPOS(p));
+        fprintf(out, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%.0f</text>\n", C_LEFT - 6, YPOS(p) + 4, p);
+    }
+    for (double v = 0; v <= x1 + step / 2; v += step) {
+        char t[32];
+        step_text(v, t, sizeof t);
+        fprintf(out, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#e4e4e4\"/>\n", XPOS(v), C_TOP, XPOS(v),
+                C_TOP + ph);
+        fprintf(out, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", XPOS(v), C_TOP + ph + 18, t);
+    }
+    fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"black\"/>\n", C_LEFT, C_TOP,
+            pw, ph);
+    fprintf(out, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">training step</text>\n", C_LEFT + pw / 2,
+            C_TOP + ph + 42);
+    fprintf(out, "<text x=\"18\" y=\"%d\" text-anchor=\"middle\" transform=\"rotate(-90 18 %d)\">validation accuracy "
+                 "(%%)</text>\n",
+            C_TOP + ph / 2, C_TOP + ph / 2);
+    // A colour per (architecture, lr, seed), in order of appearance; the
+    // regime picks the dash (fp32 solid, bf16-pure dashed, bf16 dotted).
+    int *key = xmalloc((size_t)(cs->n ? cs->n : 1) * sizeof *key), n_keys = 0;
+    for (int k = 0; k < cs->n; k++) {
+        const hax_curve *c = &cs->c->v[cs->idx[k]];
+        int j = 0;
+        while (j < k && !(strcmp(cs->c->v[cs->idx[j]].base, c->base) == 0 && cs->c->v[cs->idx[j]].lr == c->lr &&
+                          cs->c->v[cs->idx[j]].seed == c->seed))
+            j++;
+        key[k] = j < k ? key[j] : n_keys++;
+        const char *col = palette20[key[k] % 20];
+        int reg = regime_index(c->precision);
+        const char *dash = dashes[reg > 0 ? reg : 0];
+        fprintf(out, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.8\"%s%s%s points=\"", col,
+                *dash ? " stroke-dasharray=\"" : "", dash, *dash ? "\"" : "");
+        for (int i = 0; i < c->n; i++)
+            fprintf(out, "%s%.1f,%.1f", i ? " " : "", XPOS((double)c->v[i].step), YPOS(100 * c->v[i].acc));
+        fputs("\"/>\n", out);
+        if (c->n <= 60)  // markers while they stay apart
+            for (int i = 0; i < c->n; i++)
+                fprintf(out, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"2\" fill=\"%s\"/>\n", XPOS((double)c->v[i].step),
+                        YPOS(100 * c->v[i].acc), col);
+        int ly = C_TOP + 8 + C_ROW * k, lx = C_LEFT + pw + 16;
+        fprintf(out, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"%s\" stroke-width=\"2\"%s%s%s/>\n", lx, ly,
+                lx + 28, ly, col, *dash ? " stroke-dasharray=\"" : "", dash, *dash ? "\"" : "");
+        char name[320];
+        curve_name(c, name, sizeof name);
+        fprintf(out, "<text x=\"%d\" y=\"%d\" font-size=\"11\">", lx + 36, ly + 4);
+        xml_text(out, name);
+        fputs("</text>\n", out);
+    }
+    free(key);
+#undef XPOS
+#undef YPOS
+    fputs("</svg>\n", out);
+}
+
+// ---------------------------------------------------------------------------
 
 // Writes what fn draws into path atomically.
 static int write_svg(const char *path, void (*fn)(FILE *, const void *), const void *arg, char *err, int errlen) {
@@ -235,7 +334,55 @@ static int write_svg(const char *path, void (*fn)(FILE *, const void *), const v
 }
 
 static void draw_lines(FILE *out, const void *s) { line_plot(out, s); }
+static void draw_curves(FILE *out, const void *cs) { curve_plot(out, cs); }
 static void draw_heatmap(FILE *out, const void *a) { heatmap(out, a); }
+
+// A label in a file name: letters, digits and . _ + - only.
+static void file_name(const char *label, char *name, size_t len) {
+    size_t i;
+    for (i = 0; label[i] && i < len - 1; i++) {
+        char ch = label[i];
+        int keep = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || strchr("._+-", ch);
+        name[i] = keep ? ch : '_';
+    }
+    name[i] = 0;
+}
+
+int plot_write_curves(const char *dir, const hax_curves *c, char *err, int errlen) {
+    if (!c->n) return 0;
+    if (hax_mkdir_p(dir)) return hax_errf(err, errlen, "%s: cannot create the plot folder: %s", dir, strerror(errno));
+    char path[2048];
+    int *idx = xmalloc((size_t)c->n * sizeof *idx), written = 0, n_sel = 0, rc = 0;
+    for (int k = 0; k < c->n; k++)
+        if (c->v[k].selected) idx[n_sel++] = k;
+    curve_set cs = {c, idx, n_sel, "Validation accuracy against training step (metrics.csv)"};
+    if (n_sel) {
+        snprintf(path, sizeof path, "%s/curves.svg", dir);
+        rc = write_svg(path, draw_curves, &cs, err, errlen);
+        written += rc == 0;
+    }
+    for (int k = 0; k < c->n; k++) idx[k] = k;
+    // One file per architecture whose runs span several regimes (the curves
+    // are sorted by architecture, so its runs are adjacent).
+    for (int a = 0; a < c->n && rc == 0;) {
+        int b = a, multi = 0;
+        while (b < c->n && strcmp(c->v[b].base, c->v[a].base) == 0) multi |= strcmp(c->v[b++].precision, c->v[a].precision);
+        if (multi) {
+            char name[160];
+            cs.idx = idx + a;
+            cs.n = b - a;
+            snprintf(cs.title, sizeof cs.title, "%s: validation accuracy against training step, by precision regime",
+                     c->v[a].base);
+            file_name(c->v[a].base, name, sizeof name);
+            snprintf(path, sizeof path, "%s/curves_%s.svg", dir, name);
+            rc = write_svg(path, draw_curves, &cs, err, errlen);
+            written += rc == 0;
+        }
+        a = b;
+    }
+    free(idx);
+    return rc ? -1 : written;
+}
 
 int plot_write_all(const char *dir, const hax_summary *s, char *err, int errlen) {
     if (hax_mkdir_p(dir)) return hax_errf(err, errlen, "%s: cannot create the plot folder: %s", dir, strerror(errno));
@@ -245,15 +392,8 @@ int plot_write_all(const char *dir, const hax_summary *s, char *err, int errlen)
         const hax_arch_stats *A = &s->archs[a];
         if (!A->lrs[A->best].cells.n) continue;
         with_cells++;
-        // The label in a file name: letters, digits and . _ + - only.
         char name[160];
-        size_t i;
-        for (i = 0; A->label[i] && i < sizeof name - 1; i++) {
-            char ch = A->label[i];
-            int keep = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || strchr("._+-", ch);
-            name[i] = keep ? ch : '_';
-        }
-        name[i] = 0;
+        file_name(A->label, name, sizeof name);
         snprintf(path, sizeof path, "%s/heatmap_%s.svg", dir, name);
         if (write_svg(path, draw_heatmap, A, err, errlen)) return -1;
         written++;

@@ -15,10 +15,18 @@ static void fmt_acc(char *buf, size_t n, double mean, double std) {
 
 static const hax_lr_stats *chosen(const hax_arch_stats *a) { return &a->lrs[a->best]; }
 
-static const hax_arch_stats *at_place(const hax_summary *s, int row, int col) {
+// The architecture in a place of one regime's Table 1 (regime: its index).
+static const hax_arch_stats *at_place(const hax_summary *s, int regime, int row, int col) {
     for (int a = 0; a < s->n_archs; a++)
-        if (s->archs[a].row == row && s->archs[a].col == col) return &s->archs[a];
+        if (s->archs[a].row == row && s->archs[a].col == col && regime_index(s->archs[a].precision) == regime)
+            return &s->archs[a];
     return NULL;
+}
+
+static void md_paper(FILE *out, int row, int col) {
+    double p = table1_paper(row, col);
+    if (isnan(p)) fputs(" – |", out);
+    else fprintf(out, " %.1f |", p);
 }
 
 // ---------------------------------------------------------------------------
@@ -35,7 +43,8 @@ static void md_cell(FILE *out, const hax_arch_stats *a) {
     fprintf(out, " %s (%d seed%s, lr %g) |", acc, st->n, st->n == 1 ? "" : "s", st->lr);
 }
 
-static void md_table1(FILE *out, const hax_summary *s, int paper) {
+// One regime's Table 1: mean ± std (seeds, lr) per place, the paper's beside.
+static void md_table1(FILE *out, const hax_summary *s, int paper, int regime) {
     fputs("|  |", out);
     for (int c = 0; c < TABLE1_COLS; c++) {
         fprintf(out, " %s |", table1_col_name(c));
@@ -47,11 +56,34 @@ static void md_table1(FILE *out, const hax_summary *s, int paper) {
     for (int r = 0; r < TABLE1_ROWS; r++) {
         fprintf(out, "| %s |", table1_row_name(r));
         for (int c = 0; c < TABLE1_COLS; c++) {
-            md_cell(out, at_place(s, r, c));
-            if (!paper) continue;
-            double p = table1_paper(r, c);
-            if (isnan(p)) fputs(" – |", out);
-            else fprintf(out, " %.1f |", p);
+            md_cell(out, at_place(s, regime, r, c));
+            if (paper) md_paper(out, r, c);
+        }
+        fputc('\n', out);
+    }
+}
+
+// Every regime side by side, means ± std only: per column the paper's
+// number (with --paper), then ours in each regime.
+static void md_by_regime(FILE *out, const hax_summary *s, int paper, const int *reg, int n_reg) {
+    fputs("|  |", out);
+    for (int c = 0; c < TABLE1_COLS; c++) {
+        if (paper) fprintf(out, " %s (paper) |", table1_col_name(c));
+        for (int k = 0; k < n_reg; k++) fprintf(out, " %s %s |", table1_col_name(c), regime_name(reg[k]));
+    }
+    fputs("\n|---|", out);
+    for (int c = 0; c < TABLE1_COLS * (n_reg + (paper ? 1 : 0)); c++) fputs("---|", out);
+    fputc('\n', out);
+    for (int r = 0; r < TABLE1_ROWS; r++) {
+        fprintf(out, "| %s |", table1_row_name(r));
+        for (int c = 0; c < TABLE1_COLS; c++) {
+            if (paper) md_paper(out, r, c);
+            for (int k = 0; k < n_reg; k++) {
+                const hax_arch_stats *a = at_place(s, reg[k], r, c);
+                char acc[64] = "–";
+                if (a) fmt_acc(acc, sizeof acc, chosen(a)->test_mean, chosen(a)->test_std);
+                fprintf(out, " %s |", acc);
+            }
         }
         fputc('\n', out);
     }
@@ -105,13 +137,27 @@ void table_markdown(FILE *out, const hax_summary *s, int paper) {
         if (s->archs[a].row >= 0) placed++;
         else others++;
     }
+    int reg[N_REGIMES], n_reg = summary_regimes(s, reg);
     fprintf(out, "Test accuracy (%%, metric %s): mean ± sample std (n-1) over seeds, at the learning rate with the best "
-                 "mean validation accuracy (ties: the smaller lr). %d complete runs of %d result files. Table 1 holds "
-                 "the %s runs.\n",
-            metric_name(s->metric), s->n_runs, s->n_files, s->precision[0] ? s->precision : "fp32");
-    if (placed || paper) {
+                 "mean validation accuracy (ties: the smaller lr). %d complete runs of %d result files. ",
+            metric_name(s->metric), s->n_runs, s->n_files);
+    if (n_reg == 1) {
+        fprintf(out, "Table 1 holds the %s runs.\n", regime_name(reg[0]));
+    } else {
+        fputs("One Table 1 per precision regime (never averaged together):", out);
+        for (int k = 0; k < n_reg; k++) fprintf(out, "%s %s", k ? "," : "", regime_name(reg[k]));
+        fputs(".\n", out);
+    }
+    if ((placed || paper) && n_reg == 1) {
         fputs("\n### Table 1\n\n", out);
-        md_table1(out, s, paper);
+        md_table1(out, s, paper, reg[0]);
+    } else if (placed || paper) {
+        fputs("\n### Table 1 by regime\n\n", out);
+        md_by_regime(out, s, paper, reg, n_reg);
+        for (int k = 0; k < n_reg; k++) {
+            fprintf(out, "\n### Table 1: %s\n\n", regime_name(reg[k]));
+            md_table1(out, s, paper, reg[k]);
+        }
     }
     if (others) {
         fputs("\n### Other architectures\n\n", out);
@@ -173,7 +219,7 @@ static void figures(const hax_lr_stats *st, double v[N_FIGURES]) {
 }
 
 void table_csv(FILE *out, const hax_summary *s, int paper) {
-    fputs("label,table1_row,table1_column,model,pattern,hidden_size,lr,chosen,n_seeds,seeds", out);
+    fputs("label,precision,table1_row,table1_column,model,pattern,hidden_size,lr,chosen,n_seeds,seeds", out);
     for (int k = 0; k < N_FIGURES; k++) fprintf(out, ",%s", figure_names[k]);
     fputs(paper ? ",paper\n" : "\n", out);
     for (int i = 0; i < s->n_archs; i++) {
@@ -181,7 +227,7 @@ void table_csv(FILE *out, const hax_summary *s, int paper) {
         for (int l = 0; l < a->n_lrs; l++) {
             const hax_lr_stats *st = &a->lrs[l];
             csv_str(out, a->label);
-            fputc(',', out);
+            fprintf(out, ",%s,", a->precision);
             if (a->row >= 0) csv_str(out, table1_row_name(a->row));
             fputc(',', out);
             if (a->row >= 0) fputs(table1_col_name(a->col), out);
@@ -277,6 +323,8 @@ static void json_arch(FILE *out, const hax_arch_stats *a, int paper) {
     json_str(out, a->model);
     fputs(", \"pattern\": ", out);
     json_str(out, a->pattern);
+    fputs(", \"precision\": ", out);
+    json_str(out, a->precision);
     fprintf(out, ", \"hidden_size\": %d,\n     \"table1_row\": ", a->hidden_size);
     if (a->row >= 0) json_str(out, table1_row_name(a->row));
     else fputs("null", out);
@@ -305,8 +353,15 @@ static void json_arch(FILE *out, const hax_arch_stats *a, int paper) {
 }
 
 void table_json(FILE *out, const hax_summary *s, int paper) {
-    fprintf(out, "{\n  \"metric\": \"%s\",\n  \"precision\": \"%s\",\n  \"unit\": \"percent\",\n  \"std\": \"sample (n-1)\",\n",
-            metric_name(s->metric), s->precision[0] ? s->precision : "fp32");
+    // precision: the regime asked for (--precision), else null; regimes: those
+    // with a Table 1 (architectures placed in it have table1_row set)
+    int reg[N_REGIMES], n_reg = summary_regimes(s, reg);
+    fprintf(out, "{\n  \"metric\": \"%s\",\n  \"precision\": ", metric_name(s->metric));
+    if (s->precision[0]) fprintf(out, "\"%s\"", s->precision);
+    else fputs("null", out);
+    fputs(",\n  \"regimes\": [", out);
+    for (int k = 0; k < n_reg; k++) fprintf(out, "%s\"%s\"", k ? ", " : "", regime_name(reg[k]));
+    fputs("],\n  \"unit\": \"percent\",\n  \"std\": \"sample (n-1)\",\n", out);
     fputs("  \"lr_rule\": \"best mean best_valid_acc over seeds; ties (within 1e-9) go to the smaller lr\",\n", out);
     fprintf(out, "  \"n_files\": %d,\n  \"n_runs\": %d,\n  \"architectures\": [", s->n_files, s->n_runs);
     for (int i = 0; i < s->n_archs; i++) {

@@ -1,12 +1,14 @@
 // test_aggregate.c: the aggregator's parts in C: every configs/ file of
 // Table 1 lands in its own place (and tiny.yaml outside), result.json
 // parsing in every accepted shape and its refusals, statistics, the tie
-// rule, two labels claiming one place, and the accuracy-vs-n curve.
+// rule, two labels claiming one place, one Table 1 per precision regime,
+// the accuracy-vs-n curve, and metrics.csv's validation curves.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "analysis/aggregate.h"
+#include "analysis/curves.h"
 #include "src/core/common.h"
 #include "src/config/config.h"
 #include "analysis/plot_svg.h"
@@ -254,11 +256,97 @@ static void test_curve(void) {
     free(acc);
 }
 
+// Two regimes of the same architectures: each its own Table 1 (same
+// places), never one average; --precision keeps one and lists the other.
+static void test_regimes(void) {
+    hax_run runs[4];
+    runs[0] = mk("mamba2_hax", 1e-3, 1, 0.5, 0.5);
+    runs[1] = mk("mamba2_hax@bf16-pure", 1e-3, 1, 0.3, 0.2);
+    runs[2] = mk("mamba2_hax@bf16-pure", 1e-3, 2, 0.3, 0.4);
+    runs[3] = mk("mamba2", 1e-3, 1, 0.3, 0.1);
+    for (int i = 0; i < 4; i++) snprintf(runs[i].precision, 16, "%s", i == 1 || i == 2 ? "bf16-pure" : "fp32");
+    hax_summary s;
+    memset(&s, 0, sizeof s);
+    aggregate_runs(runs, 4, &s);
+    const hax_arch_stats *f = find(&s, "mamba2_hax"), *b = find(&s, "mamba2_hax@bf16-pure");
+    CHECK(s.n_archs == 3 && f && b, "3 architectures (found %d)", s.n_archs);
+    if (!f || !b) return;
+    CHECK(f->row == 7 && f->col == 1 && b->row == 7 && b->col == 1 && strcmp(b->precision, "bf16-pure") == 0,
+          "both regimes placed at +HAX, Mamba2 (fp32 %d,%d; bf16-pure %d,%d)", f->row, f->col, b->row, b->col);
+    CHECK(f->lrs[0].n == 1 && b->lrs[0].n == 2 && fabs(b->lrs[0].test_mean - 0.3) < 1e-12,
+          "never averaged together: fp32 1 run, bf16-pure 2 runs (mean %g)", b->lrs[0].test_mean);
+    CHECK(s.n_missing == 0 || strstr(s.missing[0].text, "same Table 1 place") == NULL, "no shared-place note");
+    int reg[N_REGIMES], n = summary_regimes(&s, reg);
+    CHECK(n == 2 && reg[0] == 0 && reg[1] == 1, "regimes: fp32 then bf16-pure (%d)", n);
+    CHECK(strcmp(s.archs[0].label, "mamba2") == 0 && strcmp(s.archs[1].label, "mamba2_hax") == 0 &&
+              strcmp(s.archs[2].label, "mamba2_hax@bf16-pure") == 0,
+          "order: fp32's places, then bf16-pure's");
+    summary_free(&s);
+    memset(&s, 0, sizeof s);
+    snprintf(s.precision, sizeof s.precision, "bf16-pure");
+    aggregate_runs(runs, 4, &s);
+    f = find(&s, "mamba2_hax");
+    b = find(&s, "mamba2_hax@bf16-pure");
+    CHECK(f && b && f->row == -1 && b->row == 7, "--precision bf16-pure: only its Table 1");
+    n = summary_regimes(&s, reg);
+    CHECK(n == 1 && reg[0] == 1, "--precision: one regime");
+    summary_free(&s);
+    CHECK(regime_index("") == 0 && regime_index("bf16") == 2 && regime_index("fp16") == -1, "regime_index");
+}
+
+// metrics.csv as hax-train writes it, and each refusal's message.
+static void test_metrics(void) {
+    hax_point *v;
+    char err[512];
+    const char *ok = "step,loss,gate_loss,train_acc,lr,valid_acc\n"
+                     "50,4.5,1.2,0.01,0.001,\n99,4.1,1.1,0.02,0.001,0.125\n100,4,1,0.03,0.001,\n\n"
+                     "199,3.9,1,0.05,0.001,1\n";
+    int n = metrics_read_text(ok, strlen(ok), &v, err, sizeof err);
+    CHECK(n == 2 && v[0].step == 99 && v[0].acc == 0.125 && v[1].step == 199 && v[1].acc == 1,
+          "validation rows only: %d (%s)", n, n < 0 ? err : "");
+    free(v);
+    n = metrics_read_text("step,valid_acc\n", 15, &v, err, sizeof err);
+    CHECK(n == 0 && !v, "no validation yet: 0 points");
+    static const struct {
+        const char *text, *expect;
+    } bad[] = {
+        {"", "line 1: expected a header with the columns step and valid_acc"},
+        {"step,loss\n1,2\n", "line 1: expected a header with the columns step and valid_acc"},
+        {"step,valid_acc\n1,0.5,7\n", "line 2: expected 2 comma-separated fields, found 3"},
+        {"step,valid_acc\n5,0.5\n5,0.6\n", "line 3: step: expected an integer above 5 (the row before), found '5'"},
+        {"step,valid_acc\nx,0.5\n", "line 2: step: expected an integer above -1"},
+        {"step,valid_acc\n1,\n\n2,50\n", "line 4: valid_acc: expected a number in [0, 1] or nothing, found '50'"},
+        {"step,valid_acc\n1,nan\n", "line 2: valid_acc: expected a number in [0, 1] or nothing, found 'nan'"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err[0] = 0;
+        n = metrics_read_text(bad[i].text, strlen(bad[i].text), &v, err, sizeof err);
+        CHECK(n == -1 && !v && strncmp(err, bad[i].expect, strlen(bad[i].expect)) == 0, "bad %zu: %d '%s', expected '%s'",
+              i, n, err, bad[i].expect);
+    }
+    CHECK(metrics_read_text("step,valid_acc\n\0", 16, &v, err, sizeof err) == -1 && strstr(err, "NUL"), "NUL byte");
+    CHECK(metrics_read_file("/nonexistent/metrics.csv", &v, err, sizeof err) == -1 && strcmp(err, "missing") == 0,
+          "a missing file says so");
+    hax_curve c;
+    memset(&c, 0, sizeof c);
+    snprintf(c.base, sizeof c.base, "mamba2_hax");
+    snprintf(c.precision, sizeof c.precision, "bf16-pure");
+    snprintf(c.status, sizeof c.status, "preempted");
+    c.lr = 1e-3;
+    c.seed = 2;
+    c.steps = 12000;
+    char name[200];
+    curve_name(&c, name, sizeof name);
+    CHECK(strcmp(name, "mamba2_hax@bf16-pure, lr 0.001, seed 2, preempted at step 12000") == 0, "curve_name: %s", name);
+}
+
 int main(void) {
     RUN(test_configs_place);
     RUN(test_read_shapes);
     RUN(test_read_refusals);
     RUN(test_statistics);
     RUN(test_curve);
+    RUN(test_regimes);
+    RUN(test_metrics);
     return test_summary();
 }

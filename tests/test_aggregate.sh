@@ -28,7 +28,7 @@ def cells(rng, base, lo=5, hi=8):
             for c in range(lo, hi + 1) for k in range(lo, hi + 1)]
 
 def run(root, label, model, pattern, hidden, layers, lr, seed, valid, test, status="complete",
-        test_ref=None, with_cells=True, config=True, rng=None, precision=None):
+        test_ref=None, with_cells=True, config=True, rng=None, precision=None, metrics=0):
     rng = rng or random.Random(seed)
     d = os.path.join(root, label, "lr_%g" % lr, "seed_%d" % seed)
     os.makedirs(d, exist_ok=True)
@@ -51,6 +51,12 @@ def run(root, label, model, pattern, hidden, layers, lr, seed, valid, test, stat
             r["config"]["train"]["precision"] = precision
     with open(os.path.join(d, "result.json"), "w") as f:
         json.dump(r, f, indent=2)
+    if metrics:  # hax-train's metrics.csv: a row every 50 steps, validation every 100 (steps 99, 199, ...)
+        with open(os.path.join(d, "metrics.csv"), "w") as f:
+            f.write("step,loss,gate_loss,train_acc,lr,valid_acc\n")
+            for k in range(1, metrics + 1):
+                f.write("%d,%.8g,%.8g,%.8g,%.8g,\n" % (100 * k - 50, 4.0 / k, 1.0, 0.01 * k, lr))
+                f.write("%d,%.8g,%.8g,%.8g,%.8g,%.8g\n" % (100 * k - 1, 4.0 / k, 1.0, 0.01 * k, lr, valid * k / metrics))
     return os.path.join(d, "result.json")
 
 def grid(root, archs, lrs=(3e-3, 1e-3, 3e-4), seeds=(1, 2, 3), seed=7, precision=None):
@@ -333,7 +339,7 @@ check_fails "only running runs: exit 1" "found none \(1 files: 1 incomplete" "$A
 # holds, the other regime's runs are listed below it, never averaged in.
 P=$tmp/prec
 gen "grid('$P', table1_archs()); grid('$P', table1_archs(), seed=13, precision='bf16-pure')"
-"$AGG" --format json "$P" >"$tmp/p32.json" 2>/dev/null
+"$AGG" --format json --precision fp32 "$P" >"$tmp/p32.json" 2>/dev/null
 "$AGG" --format json --precision bf16-pure "$P" >"$tmp/pbf.json" 2>/dev/null
 check "--precision: Table 1 holds one regime, the other listed below it" $PY - "$tmp/p32.json" "$tmp/pbf.json" "$P" "$tmp" <<'EOF'
 import json, sys
@@ -341,6 +347,7 @@ sys.path.insert(0, sys.argv[4])
 from gen import recompute
 d32, dbf = (json.load(open(f)) for f in sys.argv[1:3])
 assert d32["precision"] == "fp32" and dbf["precision"] == "bf16-pure", (d32["precision"], dbf["precision"])
+assert d32["regimes"] == ["fp32"] and dbf["regimes"] == ["bf16-pure"], (d32["regimes"], dbf["regimes"])
 a32 = {a["label"]: a for a in d32["architectures"]}
 abf = {a["label"]: a for a in dbf["architectures"]}
 assert a32["mamba2_hax"]["table1_row"] and a32["mamba2_hax@bf16-pure"]["table1_row"] is None
@@ -352,5 +359,102 @@ for label, a in abf.items():
     assert abs(a["test_mean"] - want[label]["mean"]) < 1e-3 and a["chosen_lr"] == want[label]["lr"], label
 EOF
 check "--precision fp16 is a usage error" test "$("$AGG" --precision fp16 "$P" >/dev/null 2>&1; echo $?)" -eq 2
+
+# Without --precision: one Table 1 per regime, each from its own runs only,
+# in markdown (side by side and one by one), csv and json alike.
+"$AGG" --format json --paper "$P" >"$tmp/pall.json" 2>/dev/null
+"$AGG" --format csv --paper "$P" >"$tmp/pall.csv" 2>/dev/null
+"$AGG" --paper "$P" >"$tmp/pall.md" 2>/dev/null
+check "no --precision: a Table 1 per regime (json, csv, markdown agree; never averaged together)" \
+    $PY - "$tmp/pall.json" "$tmp/pall.csv" "$tmp/pall.md" "$P" "$tmp" <<'EOF'
+import csv, json, re, sys
+sys.path.insert(0, sys.argv[5])
+from gen import recompute
+d = json.load(open(sys.argv[1]))
+assert d["precision"] is None and d["regimes"] == ["fp32", "bf16-pure"], (d["precision"], d["regimes"])
+a = {x["label"]: x for x in d["architectures"]}
+assert len(a) == 38 and all(x["table1_row"] for x in a.values()), "38 placed architectures"
+for label, w in recompute(sys.argv[4]).items():
+    x = a[label]
+    assert x["precision"] == ("bf16-pure" if label.endswith("@bf16-pure") else "fp32"), label
+    assert x["n_seeds"] == 3 and abs(x["test_mean"] - w["mean"]) < 1e-3 and x["chosen_lr"] == w["lr"], label
+rows = list(csv.DictReader(open(sys.argv[2])))
+assert len(rows) == 38 * 3 and {r["precision"] for r in rows} == {"fp32", "bf16-pure"}
+assert all(r["table1_row"] for r in rows) and all(r["paper"] for r in rows if not r["label"].startswith("samba"))
+md = open(sys.argv[3]).read()
+for h in ("### Table 1 by regime", "### Table 1: fp32", "### Table 1: bf16-pure"):
+    assert h in md, h
+assert "One Table 1 per precision regime (never averaged together): fp32, bf16-pure." in md
+assert "### Other architectures" not in md
+head = "|  | Mamba (paper) | Mamba fp32 | Mamba bf16-pure | Mamba2 (paper) | Mamba2 fp32 | Mamba2 bf16-pure |"
+assert head in md, head
+def acc(x):
+    return "%.1f ± %.1f" % (x["test_mean"], x["test_std"])
+want = "| +HAX | 38.0 | %s | %s | 74.3 | %s | %s |" % (acc(a["mamba_hax"]), acc(a["mamba_hax@bf16-pure"]),
+                                                     acc(a["mamba2_hax"]), acc(a["mamba2_hax@bf16-pure"]))
+assert want in md, want
+sec = md.split("### Table 1: bf16-pure")[1].split("###")[0]
+assert re.search(r"\| \+HAX \| %s \(3 seeds, lr [0-9.e-]+\) \| 38\.0 \|" % re.escape(acc(a["mamba_hax@bf16-pure"])), sec)
+EOF
+
+# --- Validation curves from metrics.csv ------------------------------------------
+V=$tmp/curves
+gen "
+for p in (None, 'bf16-pure'):
+    for s in (1, 2):
+        run('$V', 'mamba2_hax' + ('@' + p if p else ''), 'mamba2', 'sign_bin_lsh+key_selection', 64, 2, 1e-3, s, 0.6, 0.5, precision=p, metrics=4)
+run('$V', 'mamba2', 'mamba2', 'none', 64, 2, 1e-3, 1, 0.3, 0.3, metrics=3)
+run('$V', 'mamba2', 'mamba2', 'none', 64, 2, 1e-3, 2, 0.3, 0.3, status='preempted', metrics=2)
+run('$V', 'mamba', 'mamba', 'none', 64, 2, 1e-3, 1, 0.3, 0.3, metrics=2)
+run('$V', 'mamba', 'mamba', 'none', 64, 2, 1e-3, 2, 0.3, 0.3, metrics=2)
+run('$V', 'mamba', 'mamba', 'none', 64, 2, 1e-3, 3, 0.3, 0.3)
+"
+sed -i 's/^199,\(.*\),0\.3$/199,\1,abc/' "$V/mamba/lr_0.001/seed_2/metrics.csv"
+"$AGG" --plot "$tmp/vplots" "$V" >/dev/null 2>"$tmp/v.err"; rc=$?
+[ $rc -eq 0 ] && ok "curves: exit 0 with a malformed and a missing metrics.csv" || fail "curves: exit 0 (exit $rc)"
+if grep -q "^hax: warning: .*mamba/lr_0.001/seed_2/metrics.csv: line 5: valid_acc: expected a number in \[0, 1\] or nothing, found 'abc'; no curve for this run$" "$tmp/v.err" &&
+    grep -q "^hax: warning: --plot: 1 run without a metrics.csv beside result.json (first: .*mamba/lr_0.001/seed_3/result.json); no curve for it$" "$tmp/v.err"
+then ok "curves: one warning line per malformed metrics.csv, one for the missing ones"; else fail "curves: warnings ($(cat "$tmp/v.err"))"; fi
+check "curves.svg: one line per run with the validation points; curves_mamba2_hax.svg for its two regimes" \
+    $PY - "$tmp/vplots" <<'EOF'
+import os, sys, xml.etree.ElementTree as ET
+d = sys.argv[1]
+ns = "{http://www.w3.org/2000/svg}"
+files = sorted(f for f in os.listdir(d) if f.startswith("curves"))
+assert files == ["curves.svg", "curves_mamba2_hax.svg"], files
+def lines(f):
+    root = ET.parse(os.path.join(d, f)).getroot()
+    texts = [t.text for t in root.findall(ns + "text")]
+    return [(p.get("points").split(), p.get("stroke-dasharray")) for p in root.findall(ns + "polyline")], texts
+pl, texts = lines("curves.svg")
+want = ["mamba@fp32, lr 0.001, seed 1", "mamba2@fp32, lr 0.001, seed 1", "mamba2@fp32, lr 0.001, seed 2, preempted at step 1000",
+        "mamba2_hax@fp32, lr 0.001, seed 1", "mamba2_hax@fp32, lr 0.001, seed 2",
+        "mamba2_hax@bf16-pure, lr 0.001, seed 1", "mamba2_hax@bf16-pure, lr 0.001, seed 2"]
+legend = [t for t in texts if "lr 0.001" in t]
+assert legend == want, legend
+assert [len(p) for p, _ in pl] == [2, 3, 2, 4, 4, 4, 4], [len(p) for p, _ in pl]
+assert [dash for _, dash in pl][-2:] == ["6,3", "6,3"] and pl[0][1] is None, "bf16-pure dashed, fp32 solid"
+pl2, texts2 = lines("curves_mamba2_hax.svg")
+assert len(pl2) == 4 and any("by precision regime" in t for t in texts2), texts2
+# the last validation point of mamba2_hax, seed 1: 60 % (the plot is 450 px high from y = 50)
+x, y = map(float, pl[3][0][-1].split(","))
+assert abs(y - (50 + 450 - 0.6 * 450)) < 0.06, y
+EOF
+"$AGG" --plot "$tmp/vsel" --curves mamba2_hax@bf16-pure,mamba "$V" >/dev/null 2>/dev/null
+check "--curves: only the chosen runs in curves.svg (a plain label takes every regime)" $PY -c "
+import xml.etree.ElementTree as ET
+r = ET.parse('$tmp/vsel/curves.svg').getroot()
+n = len(r.findall('{http://www.w3.org/2000/svg}polyline'))
+assert n == 3, n"
+"$AGG" --plot "$tmp/vnone" --curves nosuch "$V" >/dev/null 2>"$tmp/vnone.err"
+if grep -q "warning: --curves nosuch: no run with validation rows matches; no curves.svg" "$tmp/vnone.err" &&
+    [ ! -e "$tmp/vnone/curves.svg" ] && [ -e "$tmp/vnone/curves_mamba2_hax.svg" ]
+then ok "--curves matching nothing: a warning, no curves.svg, the per-architecture files still"; else fail "--curves matching nothing"; fi
+rm "$V/mamba/lr_0.001/seed_2/metrics.csv" && mkfifo "$V/mamba/lr_0.001/seed_2/metrics.csv"
+timeout 10 "$AGG" --plot "$tmp/vfifo" "$V" >/dev/null 2>"$tmp/vfifo.err"; rc=$?
+[ $rc -eq 0 ] && grep -q "seed_2/metrics.csv: expected a regular file, found a FIFO; no curve for this run" "$tmp/vfifo.err" &&
+    ok "a FIFO metrics.csv: a warning, no hang" || fail "a FIFO metrics.csv (exit $rc: $(cat "$tmp/vfifo.err"))"
+check_fails "--curves without --plot: exit 2" "--curves: expected --plot DIR with it" "$AGG" --curves mamba "$V"
+check_fails "--curves with an empty label: exit 2" "--curves: expected comma-separated labels, found 'a,,b'" "$AGG" --plot "$tmp/x" --curves a,,b "$V"
 
 finish
