@@ -27,7 +27,7 @@ __host__ __device__ static inline size_t cu_sp_empty_doubles(int E, int N) { ret
 // C < SP_N_COMPONENTS, so a component without its cu_rule fails to compile.
 typedef struct {
     int t, n, k, delta;  // local query position, sequence length, k_c, dilation
-    const int *lk;       // LSH: the query's bucket keys, newest first ...
+    const int64_t *lk;   // LSH: the query's bucket keys (bucket << 32 | position), ascending ...
     int ln;              // ... and their count
     const int *sk;       // key selection: the query's selections, ascending ...
     int kn;              // ... and their count
@@ -59,7 +59,7 @@ struct cu_rule<SP_DILATED> {
     __device__ static int reach(int jl, const cu_rule_query &q) { return jl % q.delta == q.delta - 1 ? q.n : jl; }
 };
 struct cu_rule_lsh {  // both LSH kinds: the k_c most recent keys of the query's bucket
-    __device__ static int key(const cu_rule_query &q, int i) { return i < q.ln ? q.lk[q.ln - 1 - i] : INT_MAX; }
+    __device__ static int key(const cu_rule_query &q, int i) { return i < q.ln ? (int)(q.lk[i] & 0xffffffff) : INT_MAX; }
     __device__ static int reach(int jl, const cu_rule_query &q) { return (void)jl, q.n; }
 };
 template <>
@@ -94,6 +94,9 @@ __device__ __forceinline__ int cu_rule_reach(int c, int jl, const cu_rule_query 
 // keys (which = 0) into st->q_bucket / k_bucket (forced ones where given).
 void cu_sp_lsh_hash(cu_sparse_state *st, const int *seq_off, int n_seq, int n_tok, int L, const float *hash,
                     int which);
+// cuda/sparse/lsh.cu: each sequence's keys sorted by (k bucket, position)
+// into st->lsh_sorted, as the CPU's (src/sparse/masks.c).
+void cu_sp_lsh_sort(cu_sparse_state *st, const int *seq_off, int n_seq);
 // cuda/sparse/masks.cu: the allowed lists of every query.
 void cu_sp_build_lists(cu_sparse_state *st, const int *sel, const int *seq_off, int n_seq, int n_tok);
 

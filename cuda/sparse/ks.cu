@@ -181,6 +181,30 @@ __global__ static void ks_gather_kernel(float *Tg, float *h1g, float *h2g, float
     if (k == 0) ds[r] = on ? dscore[i] : 0.0f;
 }
 
+// dbias[c] += sum_i dout[i, c] over n rows: one block per column, each
+// thread a fixed strided set of rows (double), then a fixed tree over the
+// block: deterministic, and parallel where cu_linear's bias gradient walks
+// the n rows in one thread per column.
+#define KS_BIAS_THREADS 256
+__global__ static void ks_bias_grad_kernel(float *dbias, const float *dout, int ld, int n) {
+    __shared__ double part[KS_BIAS_THREADS];
+    int c = blockIdx.x, tid = threadIdx.x;
+    double acc = 0.0;
+    for (int i = tid; i < n; i += KS_BIAS_THREADS) acc += dout[(size_t)i * ld + c];
+    part[tid] = acc;
+    __syncthreads();
+    for (int w = KS_BIAS_THREADS / 2; w > 0; w >>= 1) {
+        if (tid < w) part[tid] += part[tid + w];
+        __syncthreads();
+    }
+    if (tid == 0) dbias[c] += (float)part[0];
+}
+
+static void ks_bias_grad(float *dbias, const float *dout, int ld, int n, int cols) {
+    ks_bias_grad_kernel<<<cols, KS_BIAS_THREADS, 0, cu_stream()>>>(dbias, dout, ld, n);
+    CUDA_LAUNCHED();
+}
+
 extern "C" void cuda_ks_mlp_backward(const ks_grads *g, const ks_params *p, const float *T,
                                      const float *h1, const float *h2, const float *dscore,
                                      const int *rows, int n_rows, int N, void *work) {
@@ -193,11 +217,15 @@ extern "C" void cuda_ks_mlp_backward(const ks_grads *g, const ks_params *p, cons
                                                                   dscore, rows, n_rows, D);
     CUDA_LAUNCHED();
     cuda_zero(dh1, sizeof(float) * 2 * (size_t)nd);  // dh1 and dh2
-    cuda_linear_backward(dh2, D, g->w3, g->b3, ds, 1, h2g, D, p->w3, n_rows, D, 1);
+    // the bias gradients by ks_bias_grad (cu_linear's is one thread per column)
+    cuda_linear_backward(dh2, D, g->w3, NULL, ds, 1, h2g, D, p->w3, n_rows, D, 1);
+    ks_bias_grad(g->b3, ds, 1, n_rows, 1);
     relu_backward(dh2, h2g, nd);
-    cuda_linear_backward(dh1, D, g->w2, g->b2, dh2, D, h1g, D, p->w2, n_rows, D, D);
+    cuda_linear_backward(dh1, D, g->w2, NULL, dh2, D, h1g, D, p->w2, n_rows, D, D);
+    ks_bias_grad(g->b2, dh2, D, n_rows, D);
     relu_backward(dh1, h1g, nd);
-    cuda_linear_backward(NULL, 0, g->w1, g->b1, dh1, D, Tg, D, p->w1, n_rows, D, D);
+    cuda_linear_backward(NULL, 0, g->w1, NULL, dh1, D, Tg, D, p->w1, n_rows, D, D);
+    ks_bias_grad(g->b1, dh1, D, n_rows, D);
 }
 
 // ---------------------------------------------------------------- cumulative top-k

@@ -39,9 +39,9 @@ static void *carve(carver *c, size_t bytes) {
     return c->base ? c->base + at : NULL;
 }
 
-static void layout(cu_sparse_state *st, carver *c, const hax_model_config *cfg) {
+static void layout(cu_sparse_state *st, carver *c) {
     size_t T = st->max_tok, S = st->max_seq, N = st->N, E = st->E, cap = st->row_cap;
-    size_t k = cfg->k_c > 0 ? cfg->k_c : 1, h = st->h > 0 ? st->h : 1;
+    size_t h = st->h > 0 ? st->h : 1;
     st->KQ = (float *)carve(c, sizeof(float) * T * 2 * N);
     st->dKQ = (float *)carve(c, sizeof(float) * T * 2 * N);
     st->q_bucket = (int32_t *)carve(c, sizeof(int32_t) * T);
@@ -49,7 +49,7 @@ static void layout(cu_sparse_state *st, carver *c, const hax_model_config *cfg) 
     st->hq_proj = (float *)carve(c, sizeof(float) * T * h);
     st->hk_proj = (float *)carve(c, sizeof(float) * T * h);
     st->lsh_stat = (double *)carve(c, sizeof(double) * (T + 2 * S) * N);
-    st->lsh_keys = (int *)carve(c, sizeof(int) * T * k);
+    st->lsh_sorted = (int64_t *)carve(c, sizeof(int64_t) * T);
     st->allow_cnt = (int *)carve(c, sizeof(int) * T);
     st->allow_key = (int *)carve(c, sizeof(int) * T * cap);
     st->allow_p = (float *)carve(c, sizeof(float) * T * cap);
@@ -83,7 +83,7 @@ extern "C" size_t cuda_sparse_state_bytes(const hax_model_config *cfg, int max_t
     cu_sparse_state st = {};
     carver c = {NULL, 0};
     fill_shape(&st, cfg, max_tok, max_seq, max_len);
-    layout(&st, &c, cfg);
+    layout(&st, &c);
     return c.used + ks_bytes(cfg, max_tok, max_seq);
 }
 
@@ -104,10 +104,10 @@ extern "C" cu_sparse_state *cuda_sparse_state_alloc(const hax_model_config *cfg,
     cu_sparse_state *st = &box->st;
     fill_shape(st, cfg, max_tok, max_seq, max_len);
     carver c = {NULL, 0};
-    layout(st, &c, cfg);
+    layout(st, &c);
     box->mem = cuda_malloc(c.used);
     c.base = (char *)box->mem, c.used = 0;
-    layout(st, &c, cfg);
+    layout(st, &c);
     cuda_zero(box->mem, c.used);
     if (sparse_pattern_has(cfg->sparse_mask, SPF_KS_WEIGHTS)) {
         box->ks_mem = cuda_malloc(cuda_ks_state_bytes(max_tok, max_seq, st->N, st->k_c));

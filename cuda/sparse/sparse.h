@@ -50,7 +50,7 @@ typedef struct cu_sparse_state {
     int32_t *q_bucket, *k_bucket;// [max_tok] LSH buckets (-1 without LSH)
     float *hq_proj, *hk_proj;    // [max_tok, h] the projections (as the CPU's, float)
     double *lsh_stat;            // [max_tok, N] LSH statistics scratch
-    int *lsh_keys;               // [max_tok, k_c] the LSH component of each row (scratch)
+    int64_t *lsh_sorted;         // [max_tok] per sequence: (k bucket << 32 | position), sorted
     int *allow_cnt;              // [max_tok] allowed keys per query (0 for `full`)
     int *allow_key;              // [max_tok, row_cap] the sorted lists
     float *allow_p;              // [max_tok, row_cap] softmax probabilities
