@@ -54,6 +54,12 @@ static void layout(cu_sparse_state *st, carver *c) {
     st->allow_key = (int *)carve(c, sizeof(int) * T * cap);
     st->allow_p = (float *)carve(c, sizeof(float) * T * cap);
     st->allow_ds = (float *)carve(c, sizeof(float) * T * cap);
+    size_t W = ((size_t)st->max_len + 31) / 32;
+    st->tr_bits = (uint32_t *)carve(c, sizeof(uint32_t) * T * W);
+    st->tr_pre = (int *)carve(c, sizeof(int) * T * W);
+    st->tr_cnt = (int *)carve(c, sizeof(int) * T);
+    st->tr_off = (int *)carve(c, sizeof(int) * T);
+    st->tr_ent = (int *)carve(c, sizeof(int) * T * cap);
     st->lse = (float *)carve(c, sizeof(float) * T);
     st->rowD = (float *)carve(c, sizeof(float) * T);
     st->seq_sv = (double *)carve(c, sizeof(double) * S * E);
@@ -100,6 +106,9 @@ extern "C" cu_sparse_state *cuda_sparse_state_alloc(const hax_model_config *cfg,
     if (max_tok < 1 || max_seq < 1 || max_len < 1)
         hax_die("cu_sparse: state capacities: expected >= 1, found max_tok %d max_seq %d max_len %d",
                 max_tok, max_seq, max_len);
+    if ((size_t)max_tok * sparse_row_cap(cfg, max_len) > INT_MAX)
+        hax_die("cu_sparse: capacity: expected max_tok * row_cap below 2^31 list slots, found %d * %d", max_tok,
+                sparse_row_cap(cfg, max_len));
     state_box *box = (state_box *)xcalloc(1, sizeof(state_box));
     cu_sparse_state *st = &box->st;
     fill_shape(st, cfg, max_tok, max_seq, max_len);

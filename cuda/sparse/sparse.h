@@ -55,6 +55,12 @@ typedef struct cu_sparse_state {
     int *allow_key;              // [max_tok, row_cap] the sorted lists
     float *allow_p;              // [max_tok, row_cap] softmax probabilities
     float *allow_ds;             // [max_tok, row_cap] backward: d score
+    // the transposed lists (backward, cuda/sparse/trans.cu): key j's holders
+    // are tr_ent[tr_off[j] .. + tr_cnt[j]), list slots g * row_cap + e, queries ascending
+    uint32_t *tr_bits;           // [max_tok, W] per key: bit t = row t holds it (W = max_len / 32 rounded up)
+    int *tr_pre;                 // [max_tok, W] set bits before each word
+    int *tr_cnt, *tr_off;        // [max_tok]
+    int *tr_ent;                 // [max_tok, row_cap]
     float *lse, *rowD;           // [max_tok] `full` only
     double *seq_sv;              // [max_seq, E] sum_{j<n} V_j (reference empty rows)
     double *empty_work;          // [max_seq, 2EN + E + 2N] reference empty-row backward
