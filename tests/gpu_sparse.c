@@ -10,7 +10,8 @@
 // the increment to float cancellation).
 // Then the LSH buckets on unrounded data against the CPU's hash of the GPU's
 // own KQ (exact), and a paper-size timing (64 x ~464 positions, E 128, N 16
-// and 32, HAX = sign_bin_lsh+key_selection with 32+32 keys), CPU vs GPU.
+// and 32, HAX = sign_bin_lsh+key_selection with 32+32 keys), CPU vs GPU, with
+// the GPU's time per phase (lines "PHASE fwd|bwd <phase> <ms>").
 // Skips (exit 0) without a CUDA device. --quick: no paper-size timing.
 #include <math.h>
 #include <stdint.h>
@@ -307,6 +308,26 @@ static void time_paper(int N, const char *pattern) {
     float fwd = cuda_event_ms(e0, e1) / reps, bwd = cuda_event_ms(e1, e2) / reps;
     printf("      CPU fwd %.1f ms, bwd %.1f ms | GPU fwd %.3f ms, bwd %.3f ms (bwd timed after a forward)\n",
            (t1 - t0) * 1e3, (t2 - t1) * 1e3, fwd, bwd);
+    // the phases (cu_sparse_state.timing), mean of `reps` forward + backward pairs
+    double ph[2][CU_SP_MAX_EV] = {{0}};
+    const char *names[2][CU_SP_MAX_EV] = {{0}};
+    int n_ph[2] = {0, 0};
+    gs->timing = 1;
+    for (int r = 0; r < reps; r++)
+        for (int pass = 0; pass < 2; pass++) {
+            if (pass == 0)
+                cuda_sparse_forward(gs, p.d_off, n_seq, n, L, p.d_X, E, p.d_W, &dk, p.d_H, p.d_cand, 1, d_attn, E);
+            else
+                cuda_sparse_backward(gs, p.d_off, n_seq, n, p.d_dattn, E, 0.1f / n_seq, p.d_X, E, p.d_W, &dk,
+                                     p.d_dX, E, p.d_dW, &dg);
+            n_ph[pass] = gs->n_ev;
+            for (int i = 1; i < gs->n_ev; i++)
+                names[pass][i] = gs->ev_name[i], ph[pass][i] += cuda_event_ms(gs->ev[i - 1], gs->ev[i]) / reps;
+        }
+    gs->timing = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 1; i < n_ph[pass]; i++)
+            printf("      PHASE %s %-18s %.3f ms\n", pass ? "bwd" : "fwd", names[pass][i], ph[pass][i]);
     for (int i = 0; i < 6; i++) free(kg[i]);
     free(attn), free(dX), free(dW);
     cuda_free(d_attn);

@@ -432,11 +432,14 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
                                                      st->allow_key, st->KQ, V, ldv, dattn, ld_dattn,
                                                      seq_off, n_seq, n_tok, N, E, cap);
     CUDA_LAUNCHED();
+    cu_sp_phase(st, "attention dQ");
     cu_sp_transpose(st, seq_off);
+    cu_sp_phase(st, "transposed lists");
     attn_bwd_k_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, dV, ld_dv, st->allow_ds, st->allow_p, st->tr_off,
                                                      st->tr_cnt, st->tr_ent, st->KQ, dattn, ld_dattn, n_tok, N,
                                                      E, cap);
     CUDA_LAUNCHED();
+    cu_sp_phase(st, "attention dK dV");
     if (st->sem != SEMANTICS_REFERENCE) return;
     empty_prep_kernel<<<n_seq, 256, 0, sm>>>(st->empty_work, st->allow_cnt, st->KQ, V, ldv, st->seq_sv,
                                              dattn, ld_dattn, seq_off, N, E);
@@ -446,4 +449,5 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
                                                               ld_dattn, seq_off, n_seq, n_tok, N, E,
                                                               st->model_len);
     CUDA_LAUNCHED();
+    cu_sp_phase(st, "empty rows");
 }

@@ -74,6 +74,13 @@ __device__ __forceinline__ int cu_rule_key(int c, const cu_rule_query &q, int i)
     if constexpr (C == SP_N_COMPONENTS) return INT_MAX;
     else return c == C ? cu_rule<C>::key(q, i) : cu_rule_key<C + 1>(c, q, i);
 }
+// Phase timing (cu_sparse_state.timing): an event after the phase `name`.
+static inline void cu_sp_phase(cu_sparse_state *st, const char *name) {
+    if (!st->timing || st->n_ev >= CU_SP_MAX_EV) return;
+    st->ev_name[st->n_ev] = name;
+    st->ev[st->n_ev++] = cuda_event_record();
+}
+
 #define MAX_HASH 30  // sparse_pattern_check's limit of hash_bits
 
 // cuda/sparse/lsh.cu: the buckets of the queries (which = 1: Q = KQ[:, N:]) or

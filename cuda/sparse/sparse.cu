@@ -182,10 +182,13 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
     CUDA_CHECK(cudaMemsetAsync(st->has_empty, 0, sizeof(int), sm));
     CUDA_CHECK(cudaMemsetAsync(st->gate_loss, 0, sizeof(double), sm));
     if (n_tok == 0) return;
+    st->n_ev = 0;
+    cu_sp_phase(st, "start");
     cuda_linear_forward(st->KQ, 2 * N, X, ldX, W_xx, NULL, n_tok, E, 2 * N);
     scale_k_kernel<<<cu_blocks((long)n_tok * N, 256), 256, 0, sm>>>(st->KQ, n_tok, N,
                                                                     (float)sqrt((double)N));
     CUDA_LAUNCHED();
+    cu_sp_phase(st, "KQ projection");
     if (sparse_pattern_has(m, SPF_LSH)) {
         cu_sp_lsh_hash(st, seq_off, n_seq, n_tok, model_len, hash, 1);
         cu_sp_lsh_hash(st, seq_off, n_seq, n_tok, model_len, hash, 0);
@@ -193,6 +196,7 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
         fill_i32_kernel<<<cu_blocks(n_tok, 256), 256, 0, sm>>>(st->q_bucket, st->k_bucket, n_tok, -1);
         CUDA_LAUNCHED();
     }
+    cu_sp_phase(st, "LSH buckets");
     if (!sparse_pattern_has(m, SPF_DENSE)) {
         const int *sel = NULL;
         if (sparse_pattern_has(m, SPF_KS_WEIGHTS)) {
@@ -202,12 +206,15 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
             CUDA_CHECK(cudaMemcpyAsync(st->gate_loss, kst->loss, sizeof(double),
                                        cudaMemcpyDeviceToDevice, sm));
             sel = kst->sel;
+            cu_sp_phase(st, "key selection");
         }
         cu_sp_build_lists(st, sel, seq_off, n_seq, n_tok);
     } else {
         CUDA_CHECK(cudaMemsetAsync(st->allow_cnt, 0, sizeof(int) * n_tok, sm));
     }
+    cu_sp_phase(st, "allowed lists");
     cu_sp_attn_forward(st, seq_off, X, ldX, attn, ld_attn);
+    cu_sp_phase(st, "attention");
 }
 
 extern "C" void cuda_sparse_backward(cu_sparse_state *st, const int *seq_off, int n_seq, int n_tok,
@@ -220,12 +227,17 @@ extern "C" void cuda_sparse_backward(cu_sparse_state *st, const int *seq_off, in
                 "positions, found %d / %d", st->n_seq, st->n_tok, n_seq, n_tok);
     if (n_tok == 0) return;
     int N = st->N, E = st->E;
+    st->n_ev = 0;
+    cu_sp_phase(st, "start");
     cu_sp_attn_backward(st, seq_off, X, ldX, dattn, ld_dattn, dX, ld_dX);
     // d KQ[:, :N] = dK / sqrt(N): the same kernel as the forward's scaling
     scale_k_kernel<<<cu_blocks((long)n_tok * N, 256), 256, 0, cu_stream()>>>(
         st->dKQ, n_tok, N, (float)sqrt((double)N));
     CUDA_LAUNCHED();
     cuda_linear_backward(dX, ld_dX, dW_xx, NULL, st->dKQ, 2 * N, X, ldX, W_xx, n_tok, E, 2 * N);
-    if (sparse_pattern_has(st->mask, SPF_KS_WEIGHTS) && ks && dks)
+    cu_sp_phase(st, "KQ backward");
+    if (sparse_pattern_has(st->mask, SPF_KS_WEIGHTS) && ks && dks) {
         cuda_ks_backward((cuda_ks_state *)st->ks, ks, dks, gate_scale);
+        cu_sp_phase(st, "key selection");
+    }
 }

@@ -35,6 +35,8 @@ extern "C" {
 #include "src/model/model_config.h"
 #include "src/sparse/ks.h"  // ks_params / ks_grads: six weight pointers (here device pointers)
 
+#define CU_SP_MAX_EV 12  // phase-timing events per call
+
 typedef struct cu_sparse_state {
     // capacities, and the config it was made for
     int max_tok, max_seq, max_len, row_cap;
@@ -70,6 +72,11 @@ typedef struct cu_sparse_state {
     // the computed ones in the following forwards (NULL: computed ones).
     const int32_t *force_q_bucket, *force_k_bucket;
     void *ks;                    // key-selection state (cuda/sparse/ks.h), NULL without KS
+    // Phase timing (tests): with timing != 0, each forward / backward records
+    // an event (cuda_event_record) at its start, ev[0], and after each phase,
+    // ev[i] after the phase named ev_name[i]; n_ev events in all.
+    int timing, n_ev, ev[CU_SP_MAX_EV];
+    const char *ev_name[CU_SP_MAX_EV];
 } cu_sparse_state;
 
 // Device bytes a state of these capacities holds (for memory reports).
