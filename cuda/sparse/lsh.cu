@@ -11,6 +11,8 @@
 #include <math.h>
 
 #include "cuda/sparse/internal.cuh"
+#include "cuda/sparse/rng.cuh"
+#include "src/core/scalar.h"
 
 #define HAS(m, bit) (((m) & (bit)) != 0)
 
@@ -149,5 +151,30 @@ __global__ static void lsh_sort_kernel(int64_t *srt, const int32_t *k_bucket, co
 void cu_sp_lsh_sort(cu_sparse_state *st, const int *seq_off, int n_seq) {
     if (n_seq <= 0) return;
     lsh_sort_kernel<<<n_seq, LSH_SORT_THREADS, 0, cu_stream()>>>(st->lsh_sorted, st->k_bucket, seq_off);
+    CUDA_LAUNCHED();
+}
+
+// ---------------------------------------------------------------- the hash matrix
+
+// One thread per entry: entry i of the stream (seed, domain, a, b, 0) is
+// rng_normal_portable's i-th value, made of Philox block i (four words: two
+// uniforms), through the host's own Box-Muller (src/core/scalar.h).
+__global__ static void lsh_draw_kernel(float *H, int n, uint64_t seed, uint32_t domain, uint32_t a,
+                                       uint32_t b, int bf16) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    cu_rng r;
+    cu_rng_init(&r, seed, domain, a, b, 0);
+    r.ctr[0] = (uint32_t)i;
+    double u1 = __dsub_rn(1.0, cu_rng_uniform(&r));
+    double u2 = cu_rng_uniform(&r);
+    float h = (float)hax_box_muller(u1, u2);
+    H[i] = bf16 ? hax_bf16_round(h) : h;
+}
+
+extern "C" void cuda_lsh_draw_hash(float *H, int n, uint64_t seed, uint32_t domain, uint32_t a, uint32_t b,
+                                   int bf16) {
+    if (n <= 0) return;
+    lsh_draw_kernel<<<cu_blocks(n, 128), 128, 0, cu_stream()>>>(H, n, seed, domain, a, b, bf16);
     CUDA_LAUNCHED();
 }

@@ -66,6 +66,7 @@ static void layout(cu_sparse_state *st, carver *c) {
     st->empty_work = (double *)carve(c, sizeof(double) * S * cu_sp_empty_doubles((int)E, (int)N));
     st->has_empty = (int *)carve(c, sizeof(int));
     st->gate_loss = (double *)carve(c, sizeof(double));
+    st->sample_id = (int64_t *)carve(c, sizeof(int64_t) * S);
 }
 
 static void fill_shape(cu_sparse_state *st, const hax_model_config *cfg, int max_tok, int max_seq,
@@ -133,6 +134,22 @@ extern "C" void cuda_sparse_state_free(cu_sparse_state *st) {
     cuda_free(box->mem);
     if (box->ks_mem) cuda_free(box->ks_mem);
     free(box);
+}
+
+extern "C" void cuda_sparse_draw_candidates(cu_sparse_state *st, int *cand, const int *seq_off, int n_seq,
+                                            int n_seq_pad, const int64_t *sample_idx, uint64_t seed,
+                                            uint32_t step, uint32_t layer) {
+    if (n_seq_pad > st->max_seq || n_seq > n_seq_pad)
+        hax_die("cuda_sparse_draw_candidates: batch: expected n_seq <= n_seq_pad <= %d, found %d and %d",
+                st->max_seq, n_seq, n_seq_pad);
+    cudaStream_t sm = cu_stream();
+    if (n_seq > 0) {
+        cuda_upload(st->sample_id, sample_idx, sizeof(int64_t) * n_seq);
+        cuda_ks_sample_candidates(cand, seq_off, n_seq, st->sample_id, st->k_c, seed, step, layer);
+    }
+    if (n_seq_pad > n_seq)  // -1 is all bytes 0xff
+        CUDA_CHECK(cudaMemsetAsync(cand + (size_t)n_seq * st->k_c, 0xff,
+                                   sizeof(int) * (size_t)(n_seq_pad - n_seq) * st->k_c, sm));
 }
 
 extern "C" void cuda_sparse_force_buckets(cu_sparse_state *st, const int32_t *q_bucket,

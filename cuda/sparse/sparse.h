@@ -68,6 +68,7 @@ typedef struct cu_sparse_state {
     double *empty_work;          // [max_seq, 2EN + E + 2N] reference empty-row backward
     int *has_empty;              // [1] device flag: some row of the last forward was empty
     double *gate_loss;           // [1] device: the last forward's ranking-loss partial sum
+    int64_t *sample_id;          // [max_seq] the sample ids of cuda_sparse_draw_candidates
     // Bucket injection (golden README): device [n_tok] buckets that replace
     // the computed ones in the following forwards (NULL: computed ones).
     const int32_t *force_q_bucket, *force_k_bucket;
@@ -111,6 +112,18 @@ void cuda_sparse_backward(cu_sparse_state *st, const int *seq_off, int n_seq, in
                           const float *dattn, int ld_dattn, float gate_scale, const float *X,
                           int ldX, const float *W_xx, const ks_params *ks, float *dX, int ld_dX,
                           float *dW_xx, const ks_grads *dks);
+
+// The LSH hash matrix drawn on the device: H[i] (device, n entries) = the
+// i-th rng_normal_portable value of the stream (seed, domain, a, b, 0), as a
+// float, rounded to bf16 if bf16 (bf16-pure) -- the host's draw bit for bit.
+void cuda_lsh_draw_hash(float *H, int n, uint64_t seed, uint32_t domain, uint32_t a, uint32_t b, int bf16);
+
+// The key-selection candidates of the batch drawn on the device, as
+// ks_sample_candidates: cand [n_seq_pad, k_c] (device) for the first n_seq
+// sequences of seq_off (device), from the host sample ids sample_idx [n_seq]
+// (uploaded into the state), rows n_seq .. n_seq_pad - 1 all -1.
+void cuda_sparse_draw_candidates(cu_sparse_state *st, int *cand, const int *seq_off, int n_seq, int n_seq_pad,
+                                 const int64_t *sample_idx, uint64_t seed, uint32_t step, uint32_t layer);
 
 // Device buckets [n_tok] replacing the computed ones (NULL, NULL: computed).
 void cuda_sparse_force_buckets(cu_sparse_state *st, const int32_t *q_bucket,
