@@ -16,7 +16,10 @@
 
 #include "cuda/sparse/internal.cuh"
 
-#define WARPS 4  // rows per block of 128 threads
+// Rows per block: consecutive rows of a sequence share most of their keys
+// (window, sink, key selection) or queries, so a block of 16 of them on one
+// SM reads them largely from its L1.
+#define WARPS 16
 #define FULL_MASK 0xffffffffu
 
 // One query's share of a key's gradients (the gathers of both backwards):
@@ -96,12 +99,16 @@ __global__ static void attn_fwd_kernel(float *attn, int ld_attn, float *allow_p,
     for (int i = lane; i < cnt; i += 32) p[i] *= inv;
     __syncwarp();
     float acc[CU_SP_EPL] = {0};
-    for (int i = 0; i < cnt; i++) {
-        float pi = p[i];
-        const float *v = V + (size_t)(o + key[i]) * ldv;
+    for (int i0 = 0; i0 < cnt; i0 += 32) {  // keys and weights 32 at a time, one per lane
+        int nb = min(32, cnt - i0), kl = lane < nb ? key[i0 + lane] : 0;
+        float pl = lane < nb ? p[i0 + lane] : 0.0f;
+        for (int b = 0; b < nb; b++) {
+            float pi = __shfl_sync(FULL_MASK, pl, b);
+            const float *v = V + (size_t)(o + __shfl_sync(FULL_MASK, kl, b)) * ldv;
 #pragma unroll
-        for (int u = 0; u < CU_SP_EPL; u++)
-            if (lane + 32 * u < E) acc[u] += pi * v[lane + 32 * u];
+            for (int u = 0; u < CU_SP_EPL; u++)
+                if (lane + 32 * u < E) acc[u] += pi * v[lane + 32 * u];
+        }
     }
 #pragma unroll
     for (int u = 0; u < CU_SP_EPL; u++)
@@ -204,25 +211,33 @@ __global__ static void attn_bwd_q_kernel(float *dKQ, float *allow_ds, const floa
 #pragma unroll
     for (int u = 0; u < CU_SP_EPL; u++) dr[u] = lane + 32 * u < E ? da[lane + 32 * u] : 0.0f;
     double D = 0;
-    for (int i = 0; i < cnt; i++) {
-        const float *v = V + (size_t)(o + key[i]) * ldv;
-        float part = 0;
+    for (int i0 = 0; i0 < cnt; i0 += 32) {  // keys and weights 32 at a time, one per lane
+        int nb = min(32, cnt - i0), kl = lane < nb ? key[i0 + lane] : 0;
+        float pl = lane < nb ? p[i0 + lane] : 0.0f;
+        for (int b = 0; b < nb; b++) {
+            const float *v = V + (size_t)(o + __shfl_sync(FULL_MASK, kl, b)) * ldv;
+            float part = 0;
 #pragma unroll
-        for (int u = 0; u < CU_SP_EPL; u++)
-            if (lane + 32 * u < E) part += dr[u] * v[lane + 32 * u];
-        part = cu_warp_sumf(part);
-        D += (double)p[i] * part;  // every lane the same sum
-        if (lane == (i & 31)) ds[i] = part;
+            for (int u = 0; u < CU_SP_EPL; u++)
+                if (lane + 32 * u < E) part += dr[u] * v[lane + 32 * u];
+            part = cu_warp_sumf(part);
+            D += (double)__shfl_sync(FULL_MASK, pl, b) * part;  // every lane the same sum
+            if (lane == b) ds[i0 + b] = part;
+        }
     }
     for (int i = lane; i < cnt; i += 32) ds[i] = p[i] * (ds[i] - (float)D);
     __syncwarp();
     float acc[CU_SP_FPL] = {0};
-    for (int i = 0; i < cnt; i++) {
-        float dsi = ds[i];
-        const float *k = KQ + (size_t)(o + key[i]) * ldkq;
+    for (int i0 = 0; i0 < cnt; i0 += 32) {
+        int nb = min(32, cnt - i0), kl = lane < nb ? key[i0 + lane] : 0;
+        float dl = lane < nb ? ds[i0 + lane] : 0.0f;
+        for (int b = 0; b < nb; b++) {
+            float dsi = __shfl_sync(FULL_MASK, dl, b);
+            const float *k = KQ + (size_t)(o + __shfl_sync(FULL_MASK, kl, b)) * ldkq;
 #pragma unroll
-        for (int u = 0; u < CU_SP_FPL; u++)
-            if (lane + 32 * u < N) acc[u] += dsi * k[lane + 32 * u];
+            for (int u = 0; u < CU_SP_FPL; u++)
+                if (lane + 32 * u < N) acc[u] += dsi * k[lane + 32 * u];
+        }
     }
     float *dq = dKQ + (size_t)g * ldkq + N;
 #pragma unroll
