@@ -54,12 +54,13 @@ static void layout(cu_sparse_state *st, carver *c) {
     st->allow_key = (int *)carve(c, sizeof(int) * T * cap);
     st->allow_p = (float *)carve(c, sizeof(float) * T * cap);
     st->allow_ds = (float *)carve(c, sizeof(float) * T * cap);
-    size_t W = ((size_t)st->max_len + 31) / 32;
-    st->tr_bits = (uint32_t *)carve(c, sizeof(uint32_t) * T * W);
-    st->tr_pre = (int *)carve(c, sizeof(int) * T * W);
-    st->tr_cnt = (int *)carve(c, sizeof(int) * T);
-    st->tr_off = (int *)carve(c, sizeof(int) * T);
-    st->tr_ent = (int *)carve(c, sizeof(int) * T * cap);
+    // the transposed lists (not for `full`, which has no lists)
+    size_t W = sparse_pattern_has(st->mask, SPF_DENSE) ? 0 : ((size_t)st->max_len + 31) / 32;
+    size_t TL = W ? T : 0;
+    st->tr_bits = (uint32_t *)carve(c, sizeof(uint32_t) * TL * W);
+    st->tr_cnt = (int *)carve(c, sizeof(int) * TL);
+    st->tr_off = (int *)carve(c, sizeof(int) * TL);
+    st->tr_ent = (int *)carve(c, sizeof(int) * TL * cap);
     st->lse = (float *)carve(c, sizeof(float) * T);
     st->rowD = (float *)carve(c, sizeof(float) * T);
     st->seq_sv = (double *)carve(c, sizeof(double) * S * E);

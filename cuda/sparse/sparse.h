@@ -60,7 +60,6 @@ typedef struct cu_sparse_state {
     // the transposed lists (backward, cuda/sparse/trans.cu): key j's holders
     // are tr_ent[tr_off[j] .. + tr_cnt[j]), list slots g * row_cap + e, queries ascending
     uint32_t *tr_bits;           // [max_tok, W] per key: bit t = row t holds it (W = max_len / 32 rounded up)
-    int *tr_pre;                 // [max_tok, W] set bits before each word
     int *tr_cnt, *tr_off;        // [max_tok]
     int *tr_ent;                 // [max_tok, row_cap]
     float *lse, *rowD;           // [max_tok] `full` only

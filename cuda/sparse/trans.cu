@@ -6,10 +6,10 @@
 // Deterministic without a sort: each key has a bitmap over the local query
 // positions of its sequence (bit t: row t holds j), set by atomicOr (the
 // result does not depend on the order). The rank of pair (t, j) among j's
-// holders is then the popcount of the bits below t (word prefix counts plus
-// one masked popcount), so every pair lands at a fixed place: the list of key
+// holders is then the popcount of the bits below t, so every pair lands at
+// a fixed place: the list of key
 // j is tr_ent[tr_off[j] .. tr_off[j] + tr_cnt[j]), queries ascending, whatever
-// order the threads ran in.
+// order the threads ran in. Memory: max_tok * max_len / 8 bytes of bitmaps.
 #include "cuda/sparse/internal.cuh"
 
 #define TR_THREADS 256
@@ -30,22 +30,16 @@ __global__ static void tr_mark_kernel(uint32_t *bits, const int *allow_cnt, cons
     atomicOr(&bits[(size_t)(o + j) * W + t / 32], 1u << (t % 32));
 }
 
-// One warp per key: pre[j, w] = the set bits of words 0..w-1 (an exclusive
-// warp scan of the popcounts, words in order), cnt[j] = all of them.
-__global__ static void tr_count_kernel(int *pre, int *cnt, const uint32_t *bits, int n_tok, int W) {
+// One warp per key: cnt[j] = the set bits of its bitmap (words from the
+// key's own, lanes in order, a fixed shuffle tree).
+__global__ static void tr_count_kernel(int *cnt, const uint32_t *bits, const int *seq_off, int n_seq, int n_tok,
+                                       int W) {
     int j = blockIdx.x * (TR_THREADS / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (j >= n_tok) return;
-    int carry = 0;
-    for (int w0 = 0; w0 < W; w0 += 32) {
-        int w = w0 + lane, c = w < W ? __popc(bits[(size_t)j * W + w]) : 0, x = c;
-        for (int d = 1; d < 32; d <<= 1) {  // inclusive scan
-            int y = __shfl_up_sync(0xffffffffu, x, d);
-            if (lane >= d) x += y;
-        }
-        if (w < W) pre[(size_t)j * W + w] = carry + x - c;
-        carry += __shfl_sync(0xffffffffu, x, 31);
-    }
-    if (lane == 0) cnt[j] = carry;
+    int jl = j - seq_off[cu_seq_of(seq_off, n_seq, j)], c = 0;
+    for (int w = jl / 32 + lane; w < W; w += 32) c += __popc(bits[(size_t)j * W + w]);
+    for (int d = 16; d > 0; d >>= 1) c += __shfl_xor_sync(0xffffffffu, c, d);
+    if (lane == 0) cnt[j] = c;
 }
 
 // One block per sequence: off[o + j] = o * cap + the counts of keys 0..j-1
@@ -73,17 +67,19 @@ __global__ static void tr_offsets_kernel(int *off, const int *cnt, const int *se
     }
 }
 
-// One thread per list slot: the pair's place in its key's list.
-__global__ static void tr_fill_kernel(int *ent, const int *off, const int *pre, const uint32_t *bits,
-                                      const int *allow_cnt, const int *allow_key, const int *seq_off,
-                                      int n_seq, int n_tok, int cap, int W) {
+// One thread per list slot: the pair's place in its key's list (the bits
+// below t: whole words from the key's own, t >= j, then a masked one).
+__global__ static void tr_fill_kernel(int *ent, const int *off, const uint32_t *bits, const int *allow_cnt,
+                                      const int *allow_key, const int *seq_off, int n_seq, int n_tok, int cap,
+                                      int W) {
     long p = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (p >= (long)n_tok * cap) return;
     int g = (int)(p / cap), e = (int)(p % cap);
     if (e >= allow_cnt[g]) return;
     int o = seq_off[cu_seq_of(seq_off, n_seq, g)], t = g - o, j = allow_key[p];
-    size_t w = (size_t)(o + j) * W + t / 32;
-    int rank = pre[w] + __popc(bits[w] & ((1u << (t % 32)) - 1u));
+    const uint32_t *row = bits + (size_t)(o + j) * W;
+    int rank = __popc(row[t / 32] & ((1u << (t % 32)) - 1u));
+    for (int w = j / 32; w < t / 32; w++) rank += __popc(row[w]);
     ent[off[o + j] + rank] = (int)p;
 }
 
@@ -96,13 +92,13 @@ void cu_sp_transpose(cu_sparse_state *st, const int *seq_off) {
     tr_mark_kernel<<<cu_blocks(slots, TR_THREADS), TR_THREADS, 0, sm>>>(st->tr_bits, st->allow_cnt, st->allow_key,
                                                                         seq_off, n_seq, n_tok, cap, W);
     CUDA_LAUNCHED();
-    tr_count_kernel<<<cu_blocks(n_tok, TR_THREADS / 32), TR_THREADS, 0, sm>>>(st->tr_pre, st->tr_cnt, st->tr_bits,
-                                                                             n_tok, W);
+    tr_count_kernel<<<cu_blocks(n_tok, TR_THREADS / 32), TR_THREADS, 0, sm>>>(st->tr_cnt, st->tr_bits, seq_off,
+                                                                             n_seq, n_tok, W);
     CUDA_LAUNCHED();
     tr_offsets_kernel<<<n_seq, TR_SCAN, 0, sm>>>(st->tr_off, st->tr_cnt, seq_off, cap);
     CUDA_LAUNCHED();
-    tr_fill_kernel<<<cu_blocks(slots, TR_THREADS), TR_THREADS, 0, sm>>>(st->tr_ent, st->tr_off, st->tr_pre,
-                                                                        st->tr_bits, st->allow_cnt, st->allow_key,
-                                                                        seq_off, n_seq, n_tok, cap, W);
+    tr_fill_kernel<<<cu_blocks(slots, TR_THREADS), TR_THREADS, 0, sm>>>(st->tr_ent, st->tr_off, st->tr_bits,
+                                                                        st->allow_cnt, st->allow_key, seq_off, n_seq,
+                                                                        n_tok, cap, W);
     CUDA_LAUNCHED();
 }
