@@ -17,9 +17,10 @@
 #include "cuda/sparse/internal.cuh"
 
 // Rows per block: consecutive rows of a sequence share most of their keys
-// (window, sink, key selection) or queries, so a block of 16 of them on one
-// SM reads them largely from its L1.
-#define WARPS 16
+// (window, sink, key selection) or queries, so a block of 8 of them on one
+// SM reads them largely from its L1 (8, not more: at ~48 registers per
+// thread, 256-thread blocks keep the occupancy of 128-thread ones).
+#define WARPS 8
 #define FULL_MASK 0xffffffffu
 
 // One query's share of a key's gradients (the gathers of both backwards):
