@@ -10,7 +10,10 @@
 // the increment to float cancellation).
 // Then the LSH buckets on unrounded data against the CPU's hash of the GPU's
 // own KQ (exact), and a paper-size timing (64 x ~464 positions, E 128, N 16
-// and 32, HAX = sign_bin_lsh+key_selection with 32+32 keys), CPU vs GPU.
+// and 32, HAX = sign_bin_lsh+key_selection with 32+32 keys), CPU vs GPU, with
+// the GPU's time per phase (lines "PHASE fwd|bwd <phase> <ms>"). Also the
+// random inputs drawn on the device (hash matrices: 0 entries may differ
+// from the host's; candidates identical).
 // Skips (exit 0) without a CUDA device. --quick: no paper-size timing.
 #include <math.h>
 #include <stdint.h>
@@ -19,6 +22,8 @@
 #include <string.h>
 
 #include "src/core/common.h"
+#include "src/core/rng.h"
+#include "src/core/scalar.h"
 #include "cuda/core/common.h"
 #include "cuda/sparse/sparse.h"
 #include "src/sparse/sparse.h"
@@ -262,6 +267,56 @@ static void test_lsh_exact(void) {
         }
 }
 
+// The branch's random inputs drawn on the device: the hash matrices equal
+// the host's rng_normal_portable draws bit for bit (and libm's rng_normal
+// after the float rounding, counted), plain and bf16-rounded; the candidates
+// equal ks_sample_candidates, padding rows -1.
+static void test_device_draws(void) {
+    struct { uint64_t seed; uint32_t domain, a, b; int n; } cases[] = {
+        {7, RNG_LSH, 3, 1, 16 * 8}, {0x123456789abcdefull, RNG_LSH, 4000000000u, 0, 128 * 30},
+        {42, RNG_LSH_EVAL, 0, 5, 1 << 20}};
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++)
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            int n = cases[c].n;
+            float *host = xmalloc(sizeof(float) * n), *d_H = cuda_malloc(sizeof(float) * n);
+            hax_rng r, r2;
+            rng_init(&r, cases[c].seed, cases[c].domain, cases[c].a, cases[c].b, 0);
+            rng_init(&r2, cases[c].seed, cases[c].domain, cases[c].a, cases[c].b, 0);
+            long libm_diff = 0;
+            for (int i = 0; i < n; i++) {
+                float h = (float)rng_normal_portable(&r), hl = (float)rng_normal(&r2);
+                libm_diff += h != hl;
+                host[i] = bf16 ? hax_bf16_round(h) : h;
+            }
+            cuda_lsh_draw_hash(d_H, n, cases[c].seed, cases[c].domain, cases[c].a, cases[c].b, bf16);
+            float *g = down(d_H, sizeof(float) * n);
+            long bad = 0;
+            for (int i = 0; i < n; i++) bad += memcmp(&g[i], &host[i], sizeof(float)) != 0;
+            printf("    hash draw %zu%s: %d entries, %ld differ from the host (%ld floats differ from libm's)\n", c,
+                   bf16 ? " bf16" : "", n, bad, libm_diff);
+            CHECK(bad == 0, "hash draw %zu: %ld of %d entries differ from the host's", c, bad, n);
+            free(host), free(g), cuda_free(d_H);
+        }
+    // candidates of 10 sequences run as 12 (two padding rows)
+    hax_model_config cfg;
+    set_cfg(&cfg, "key_selection", 8, 16, 40, 4, 32, SEMANTICS_REFERENCE);
+    problem p;
+    make_problem(&p, k_lens, K_NSEQ, 128, 16, 40, 40, 4, cfg.k_c, 1);
+    int pad = 2, kc = cfg.k_c, rows = K_NSEQ + pad;
+    cu_sparse_state *gs = cuda_sparse_state_alloc(&cfg, p.b.n_tok + 4, rows, 128);
+    int *cand = xmalloc(sizeof(int) * rows * kc), *d_cand = cuda_malloc(sizeof(int) * rows * kc);
+    for (int i = 0; i < rows * kc; i++) cand[i] = -1;
+    ks_sample_candidates(cand, p.b.seq_off, K_NSEQ, p.b.sample_idx, kc, 0xfeedull << 32, 9, 1);
+    cuda_sparse_draw_candidates(gs, d_cand, p.d_off, K_NSEQ, rows, p.b.sample_idx, 0xfeedull << 32, 9, 1);
+    int *g = down(d_cand, sizeof(int) * rows * kc), bad = 0;
+    for (int i = 0; i < rows * kc; i++) bad += g[i] != cand[i];
+    printf("    candidates: %d of %d entries differ\n", bad, rows * kc);
+    CHECK(bad == 0, "device candidates: %d entries differ", bad);
+    free(cand), free(g), cuda_free(d_cand);
+    cuda_sparse_state_free(gs);
+    free_problem(&p);
+}
+
 // Paper size: CPU vs GPU time of forward + backward, results compared.
 static void time_paper(int N, const char *pattern) {
     int n_seq = 64, E = 128, h = 8, lens[64], L = 0;
@@ -307,6 +362,26 @@ static void time_paper(int N, const char *pattern) {
     float fwd = cuda_event_ms(e0, e1) / reps, bwd = cuda_event_ms(e1, e2) / reps;
     printf("      CPU fwd %.1f ms, bwd %.1f ms | GPU fwd %.3f ms, bwd %.3f ms (bwd timed after a forward)\n",
            (t1 - t0) * 1e3, (t2 - t1) * 1e3, fwd, bwd);
+    // the phases (cu_sparse_state.timing), mean of `reps` forward + backward pairs
+    double ph[2][CU_SP_MAX_EV] = {{0}};
+    const char *names[2][CU_SP_MAX_EV] = {{0}};
+    int n_ph[2] = {0, 0};
+    gs->timing = 1;
+    for (int r = 0; r < reps; r++)
+        for (int pass = 0; pass < 2; pass++) {
+            if (pass == 0)
+                cuda_sparse_forward(gs, p.d_off, n_seq, n, L, p.d_X, E, p.d_W, &dk, p.d_H, p.d_cand, 1, d_attn, E);
+            else
+                cuda_sparse_backward(gs, p.d_off, n_seq, n, p.d_dattn, E, 0.1f / n_seq, p.d_X, E, p.d_W, &dk,
+                                     p.d_dX, E, p.d_dW, &dg);
+            n_ph[pass] = gs->n_ev;
+            for (int i = 1; i < gs->n_ev; i++)
+                names[pass][i] = gs->ev_name[i], ph[pass][i] += cuda_event_ms(gs->ev[i - 1], gs->ev[i]) / reps;
+        }
+    gs->timing = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 1; i < n_ph[pass]; i++)
+            printf("      PHASE %s %-18s %.3f ms\n", pass ? "bwd" : "fwd", names[pass][i], ph[pass][i]);
     for (int i = 0; i < 6; i++) free(kg[i]);
     free(attn), free(dX), free(dW);
     cuda_free(d_attn);
@@ -332,6 +407,7 @@ int main(int argc, char **argv) {
     printf("device: %s\n", cuda_device_name());
     RUN(test_patterns);
     RUN(test_lsh_exact);
+    RUN(test_device_draws);
     if (!quick) RUN(test_paper);
     return test_summary();
 }

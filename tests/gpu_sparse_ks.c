@@ -1,12 +1,13 @@
 // gpu_sparse_ks.c: GPU key selection (cuda/sparse/ks.h) against the CPU's
 // (src/sparse/ks.h) on random ragged packed batches, both semantics: features
 // and scores within 1e-5, the cumulative top-k (given the CPU's scores, also
-// tie-heavy ones) and the candidates EXACTLY equal, targets and loss within
-// 1e-6, dscore and the MLP gradients within 1e-4 (normwise relative errors;
-// gradients accumulate into random initial values and the increments are
-// compared); then the per-layer state chained (forward + backward, also
-// replayed from a CUDA graph: bit-identical), and one paper-size timing CPU
-// vs GPU. Skips (exit 0) without a CUDA device.
+// tie-heavy ones; the chunked top-k around its chunk boundaries) and the
+// candidates EXACTLY equal, targets and loss within 1e-6, dscore and the MLP
+// gradients within 1e-4 (normwise relative errors; gradients accumulate into
+// random initial values and the increments are compared); then the per-layer
+// state chained (forward + backward, also replayed from a CUDA graph:
+// bit-identical), and one paper-size timing CPU vs GPU. Skips (exit 0)
+// without a CUDA device.
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -263,6 +264,37 @@ static void test_ops(void) {
     free_batch(&b);
 }
 
+// The chunked top-k (chunks of 64 positions merged in order, then each chunk
+// walked on its own) on lengths around the chunk boundaries and long ones,
+// k_c below, equal to and above the chunk size: random, tie-heavy and
+// constant scores, selections equal to the CPU's.
+static void test_topk_chunks(void) {
+    static const int lens[] = {1, 63, 64, 65, 127, 128, 129, 200, 300, 1000, 2, 700};
+    static const int kcs[] = {1, 8, 33, 64, 100, 200};
+    int ns = (int)(sizeof(lens) / sizeof(lens[0]));
+    tbatch b = make_batch(lens, ns, 0);
+    int n = b.n_tok;
+    float *score = rnd((size_t)n, -1.0f, 1.0f), *ties = xmalloc(sizeof(float) * n);
+    for (int kind = 0; kind < 3; kind++) {
+        for (int t = 0; t < n; t++) ties[t] = kind == 0 ? score[t] : kind == 1 ? floorf(score[t] * 4.0f) : 0.5f;
+        float *d_s = up(ties, sizeof(float) * n);
+        for (size_t i = 0; i < sizeof(kcs) / sizeof(kcs[0]); i++) {
+            int k_c = kcs[i];
+            int *sel = xmalloc(sizeof(int) * (size_t)n * k_c), *d_sel = cuda_malloc(sizeof(int) * (size_t)n * k_c);
+            ks_cumtopk(sel, ties, b.off, ns, k_c);
+            cuda_ks_cumtopk(d_sel, d_s, b.d_off, ns, k_c);
+            char what[64];
+            snprintf(what, sizeof what, "cumtopk %s, k_c %d", kind == 0 ? "random" : kind == 1 ? "ties" : "constant",
+                     k_c);
+            expect_ints(what, d_sel, sel, (size_t)n * k_c);
+            free(sel), cuda_free(d_sel);
+        }
+        cuda_free(d_s);
+    }
+    free(score), free(ties);
+    free_batch(&b);
+}
+
 // ---------------------------------------------------------------- per layer
 
 typedef struct {
@@ -500,6 +532,7 @@ int main(int argc, char **argv) {
     cuda_init(0);
     printf("device: %s\n", cuda_device_name());
     RUN(test_ops);
+    RUN(test_topk_chunks);
     RUN(test_state);
     if (!quick) RUN(test_paper_size);
     return test_summary();

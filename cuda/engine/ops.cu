@@ -69,6 +69,14 @@ static void cu_sparse_backward(void *st, const hax_model_config *cfg, const hax_
                          W_xx, ks, dX, ld_dX, dW_xx, dks);
 }
 
+// The branch's random inputs, drawn on the device (cuda/sparse/sparse.h).
+static void cu_ks_draw_candidates(void *st, int *cand, const hax_batch *b, const int *seq_off, int n_seq_pad, int k_c,
+                                  uint64_t seed, uint32_t step, uint32_t layer) {
+    cu_sparse_state *s = (cu_sparse_state *)st;
+    if (k_c != s->k_c) hax_die("cuda ks_draw_candidates: k_c: expected the state's %d, found %d", s->k_c, k_c);
+    cuda_sparse_draw_candidates(s, cand, seq_off, b->n_seq, n_seq_pad, b->sample_idx, seed, step, layer);
+}
+
 // ---------------------------------------------------------------- the table
 
 static hax_ops make_ops(void) {
@@ -95,6 +103,7 @@ static hax_ops make_ops(void) {
     o.sparse_alloc = cu_sparse_alloc, o.sparse_free = cu_sparse_free, o.sparse_force_buckets = cu_sparse_force_buckets;
     o.sparse_forward = cu_sparse_forward, o.sparse_gate_loss = cu_sparse_gate_loss;
     o.sparse_backward = cu_sparse_backward;
+    o.lsh_draw_hash = cuda_lsh_draw_hash, o.ks_draw_candidates = cu_ks_draw_candidates;
     return o;
 }
 

@@ -6,9 +6,8 @@
 // dV): a row of E values lives in registers, CU_SP_EPL per lane, and N
 // features CU_SP_FPL per lane. Every sum runs in a fixed order (keys or
 // queries ascending, warp sums by the same butterfly), so results repeat
-// exactly. dK and dV of a key are gathered over the queries t >= j whose list
-// holds j (a binary search in each sorted row, 32 queries at a time, the hits
-// taken in ascending order), so no atomics and no transposed lists are needed.
+// exactly. dK and dV of a key are gathered over the queries that hold it,
+// ascending, from the transposed lists of cuda/sparse/trans.cu (no atomics).
 //
 // Reference empty rows (uniform 1/L over all L padded positions) use the
 // CPU's factorised backward through per-sequence matrices M = sum_j V_j^T K_j
@@ -17,7 +16,11 @@
 
 #include "cuda/sparse/internal.cuh"
 
-#define WARPS 4  // rows per block of 128 threads
+// Rows per block: consecutive rows of a sequence share most of their keys
+// (window, sink, key selection) or queries, so a block of 8 of them on one
+// SM reads them largely from its L1 (8, not more: at ~48 registers per
+// thread, 256-thread blocks keep the occupancy of 128-thread ones).
+#define WARPS 8
 #define FULL_MASK 0xffffffffu
 
 // One query's share of a key's gradients (the gathers of both backwards):
@@ -97,12 +100,16 @@ __global__ static void attn_fwd_kernel(float *attn, int ld_attn, float *allow_p,
     for (int i = lane; i < cnt; i += 32) p[i] *= inv;
     __syncwarp();
     float acc[CU_SP_EPL] = {0};
-    for (int i = 0; i < cnt; i++) {
-        float pi = p[i];
-        const float *v = V + (size_t)(o + key[i]) * ldv;
+    for (int i0 = 0; i0 < cnt; i0 += 32) {  // keys and weights 32 at a time, one per lane
+        int nb = min(32, cnt - i0), kl = lane < nb ? key[i0 + lane] : 0;
+        float pl = lane < nb ? p[i0 + lane] : 0.0f;
+        for (int b = 0; b < nb; b++) {
+            float pi = __shfl_sync(FULL_MASK, pl, b);
+            const float *v = V + (size_t)(o + __shfl_sync(FULL_MASK, kl, b)) * ldv;
 #pragma unroll
-        for (int u = 0; u < CU_SP_EPL; u++)
-            if (lane + 32 * u < E) acc[u] += pi * v[lane + 32 * u];
+            for (int u = 0; u < CU_SP_EPL; u++)
+                if (lane + 32 * u < E) acc[u] += pi * v[lane + 32 * u];
+        }
     }
 #pragma unroll
     for (int u = 0; u < CU_SP_EPL; u++)
@@ -205,25 +212,33 @@ __global__ static void attn_bwd_q_kernel(float *dKQ, float *allow_ds, const floa
 #pragma unroll
     for (int u = 0; u < CU_SP_EPL; u++) dr[u] = lane + 32 * u < E ? da[lane + 32 * u] : 0.0f;
     double D = 0;
-    for (int i = 0; i < cnt; i++) {
-        const float *v = V + (size_t)(o + key[i]) * ldv;
-        float part = 0;
+    for (int i0 = 0; i0 < cnt; i0 += 32) {  // keys and weights 32 at a time, one per lane
+        int nb = min(32, cnt - i0), kl = lane < nb ? key[i0 + lane] : 0;
+        float pl = lane < nb ? p[i0 + lane] : 0.0f;
+        for (int b = 0; b < nb; b++) {
+            const float *v = V + (size_t)(o + __shfl_sync(FULL_MASK, kl, b)) * ldv;
+            float part = 0;
 #pragma unroll
-        for (int u = 0; u < CU_SP_EPL; u++)
-            if (lane + 32 * u < E) part += dr[u] * v[lane + 32 * u];
-        part = cu_warp_sumf(part);
-        D += (double)p[i] * part;  // every lane the same sum
-        if (lane == (i & 31)) ds[i] = part;
+            for (int u = 0; u < CU_SP_EPL; u++)
+                if (lane + 32 * u < E) part += dr[u] * v[lane + 32 * u];
+            part = cu_warp_sumf(part);
+            D += (double)__shfl_sync(FULL_MASK, pl, b) * part;  // every lane the same sum
+            if (lane == b) ds[i0 + b] = part;
+        }
     }
     for (int i = lane; i < cnt; i += 32) ds[i] = p[i] * (ds[i] - (float)D);
     __syncwarp();
     float acc[CU_SP_FPL] = {0};
-    for (int i = 0; i < cnt; i++) {
-        float dsi = ds[i];
-        const float *k = KQ + (size_t)(o + key[i]) * ldkq;
+    for (int i0 = 0; i0 < cnt; i0 += 32) {
+        int nb = min(32, cnt - i0), kl = lane < nb ? key[i0 + lane] : 0;
+        float dl = lane < nb ? ds[i0 + lane] : 0.0f;
+        for (int b = 0; b < nb; b++) {
+            float dsi = __shfl_sync(FULL_MASK, dl, b);
+            const float *k = KQ + (size_t)(o + __shfl_sync(FULL_MASK, kl, b)) * ldkq;
 #pragma unroll
-        for (int u = 0; u < CU_SP_FPL; u++)
-            if (lane + 32 * u < N) acc[u] += dsi * k[lane + 32 * u];
+            for (int u = 0; u < CU_SP_FPL; u++)
+                if (lane + 32 * u < N) acc[u] += dsi * k[lane + 32 * u];
+        }
     }
     float *dq = dKQ + (size_t)g * ldkq + N;
 #pragma unroll
@@ -232,44 +247,29 @@ __global__ static void attn_bwd_q_kernel(float *dKQ, float *allow_ds, const floa
 }
 
 // Per key j: dK_j = sum_t ds_tj Q_t, dV_j += sum_t P_tj dattn_t over the
-// queries t >= j of its sequence whose sorted list holds j, t ascending.
+// queries t that hold j, from its transposed list (cuda/sparse/trans.cu,
+// queries ascending): 32 entries loaded at a time, one per lane, then added
+// one after the other in list order.
 __global__ static void attn_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const float *allow_ds,
-                                         const float *allow_p, const int *allow_cnt,
-                                         const int *allow_key, const float *KQ, const float *dattn,
-                                         int ld_dattn, const int *seq_off, int n_seq, int n_tok,
-                                         int N, int E, int cap, unsigned m, int k, int delta) {
+                                         const float *allow_p, const int *tr_off, const int *tr_cnt,
+                                         const int *tr_ent, const float *KQ, const float *dattn,
+                                         int ld_dattn, int n_tok, int N, int E, int cap) {
     int j = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (j >= n_tok) return;
-    int s = cu_seq_of(seq_off, n_seq, j), o = seq_off[s], n = seq_off[s + 1] - o, jl = j - o;
-    int ldkq = 2 * N;
-    // The end of the queries that can hold j: the furthest reach of the
-    // pattern's components (the CUDA rules of cuda/sparse/internal.cuh).
-    cu_rule_query q = {jl, n, k, delta, NULL, 0, NULL, 0};
-    int t_end = jl;
-#pragma unroll
-    for (int c = 0; c < SP_N_COMPONENTS; c++)
-        if ((m >> c) & 1) t_end = max(t_end, cu_rule_reach(c, jl, q));
+    int ldkq = 2 * N, start = tr_off[j], cnt = tr_cnt[j];
     float dk[CU_SP_FPL] = {0}, dv[CU_SP_EPL] = {0};
-    for (int t0 = jl; t0 < t_end; t0 += 32) {
-        int t = t0 + lane, idx = -1;
-        if (t < t_end) {
-            const int *row = allow_key + (size_t)(o + t) * cap;
-            int lo = 0, hi = allow_cnt[o + t];
-            while (lo < hi) {  // first entry >= jl
-                int mid = (lo + hi) / 2;
-                if (row[mid] < jl) lo = mid + 1;
-                else hi = mid;
-            }
-            if (lo < allow_cnt[o + t] && row[lo] == jl) idx = lo;
+    for (int i0 = 0; i0 < cnt; i0 += 32) {
+        int nb = min(32, cnt - i0), gq = 0;
+        float d = 0.0f, p = 0.0f;
+        if (lane < nb) {
+            int slot = tr_ent[start + i0 + lane];
+            gq = slot / cap, d = allow_ds[slot], p = allow_p[slot];
         }
-        unsigned hits = __ballot_sync(FULL_MASK, idx >= 0);
-        while (hits) {
-            int b = __ffs(hits) - 1;
-            hits &= hits - 1;
-            int e = __shfl_sync(FULL_MASK, idx, b), gb = o + t0 + b;
-            float d = allow_ds[(size_t)gb * cap + e], p = allow_p[(size_t)gb * cap + e];
+        for (int b = 0; b < nb; b++) {
+            int gb = __shfl_sync(FULL_MASK, gq, b);
+            float db = __shfl_sync(FULL_MASK, d, b), pb = __shfl_sync(FULL_MASK, p, b);
             const float *q = KQ + (size_t)gb * ldkq + N, *da = dattn + (size_t)gb * ld_dattn;
-            key_grad_add(dk, dv, d, q, p, da, N, E, lane);
+            key_grad_add(dk, dv, db, q, pb, da, N, E, lane);
         }
     }
     key_grad_store(dKQ + (size_t)j * ldkq, dV + (size_t)j * ld_dv, dk, dv, N, E, lane);
@@ -448,11 +448,14 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
                                                      st->allow_key, st->KQ, V, ldv, dattn, ld_dattn,
                                                      seq_off, n_seq, n_tok, N, E, cap);
     CUDA_LAUNCHED();
-    attn_bwd_k_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, dV, ld_dv, st->allow_ds, st->allow_p,
-                                                     st->allow_cnt, st->allow_key, st->KQ, dattn,
-                                                     ld_dattn, seq_off, n_seq, n_tok, N, E, cap,
-                                                     st->mask, st->k_c, st->delta);
+    cu_sp_phase(st, "attention dQ");
+    cu_sp_transpose(st, seq_off);
+    cu_sp_phase(st, "transposed lists");
+    attn_bwd_k_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, dV, ld_dv, st->allow_ds, st->allow_p, st->tr_off,
+                                                     st->tr_cnt, st->tr_ent, st->KQ, dattn, ld_dattn, n_tok, N,
+                                                     E, cap);
     CUDA_LAUNCHED();
+    cu_sp_phase(st, "attention dK dV");
     if (st->sem != SEMANTICS_REFERENCE) return;
     empty_prep_kernel<<<n_seq, 256, 0, sm>>>(st->empty_work, st->allow_cnt, st->KQ, V, ldv, st->seq_sv,
                                              dattn, ld_dattn, seq_off, N, E);
@@ -462,4 +465,5 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
                                                               ld_dattn, seq_off, n_seq, n_tok, N, E,
                                                               st->model_len);
     CUDA_LAUNCHED();
+    cu_sp_phase(st, "empty rows");
 }

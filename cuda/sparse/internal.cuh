@@ -20,14 +20,12 @@ __host__ __device__ static inline size_t cu_sp_empty_doubles(int E, int N) { ret
 
 // ---- the CUDA rules: one per component of src/model/sparse_patterns.h
 // (src/sparse/masks.c holds the CPU ones). cu_rule<C>::key(q, i) is the i-th
-// allowed key of component C for query q, ascending, or INT_MAX past its last;
-// cu_rule<C>::reach(jl, q) is the end (exclusive) of the queries of the
-// sequence (n positions) that may hold key jl (jl itself: none).
-// cu_rule_key / cu_rule_reach dispatch on a run-time component over every
+// allowed key of component C for query q, ascending, or INT_MAX past its last.
+// cu_rule_key dispatches on a run-time component over every
 // C < SP_N_COMPONENTS, so a component without its cu_rule fails to compile.
 typedef struct {
     int t, n, k, delta;  // local query position, sequence length, k_c, dilation
-    const int *lk;       // LSH: the query's bucket keys, newest first ...
+    const int64_t *lk;   // LSH: the query's bucket keys (bucket << 32 | position), ascending ...
     int ln;              // ... and their count
     const int *sk;       // key selection: the query's selections, ascending ...
     int kn;              // ... and their count
@@ -43,12 +41,10 @@ struct cu_rule<SP_SLIDING_WINDOW> {
         int j = max(0, q.t - q.k + 1) + i;
         return j <= q.t ? j : INT_MAX;
     }
-    __device__ static int reach(int jl, const cu_rule_query &q) { return min(q.n, jl + q.k); }
 };
 template <>
 struct cu_rule<SP_SINK> {
     __device__ static int key(const cu_rule_query &q, int i) { return i < min(q.t + 1, q.k) ? i : INT_MAX; }
-    __device__ static int reach(int jl, const cu_rule_query &q) { return jl < q.k ? q.n : jl; }
 };
 template <>
 struct cu_rule<SP_DILATED> {
@@ -56,11 +52,9 @@ struct cu_rule<SP_DILATED> {
         int j = q.delta - 1 + i * q.delta;
         return j <= q.t ? j : INT_MAX;
     }
-    __device__ static int reach(int jl, const cu_rule_query &q) { return jl % q.delta == q.delta - 1 ? q.n : jl; }
 };
 struct cu_rule_lsh {  // both LSH kinds: the k_c most recent keys of the query's bucket
-    __device__ static int key(const cu_rule_query &q, int i) { return i < q.ln ? q.lk[q.ln - 1 - i] : INT_MAX; }
-    __device__ static int reach(int jl, const cu_rule_query &q) { return (void)jl, q.n; }
+    __device__ static int key(const cu_rule_query &q, int i) { return i < q.ln ? (int)(q.lk[i] & 0xffffffff) : INT_MAX; }
 };
 template <>
 struct cu_rule<SP_SIGN_BIN_LSH> : cu_rule_lsh {};
@@ -69,12 +63,10 @@ struct cu_rule<SP_ARGMAX_LSH> : cu_rule_lsh {};
 template <>
 struct cu_rule<SP_KEY_SELECTION> {
     __device__ static int key(const cu_rule_query &q, int i) { return i < q.kn ? q.sk[i] : INT_MAX; }
-    __device__ static int reach(int jl, const cu_rule_query &q) { return (void)jl, q.n; }
 };
 template <>
 struct cu_rule<SP_FULL> {  // dense: no lists (never called for them)
     __device__ static int key(const cu_rule_query &q, int i) { return (void)q, (void)i, INT_MAX; }
-    __device__ static int reach(int jl, const cu_rule_query &q) { return (void)jl, q.n; }
 };
 
 template <int C = 0>
@@ -82,10 +74,11 @@ __device__ __forceinline__ int cu_rule_key(int c, const cu_rule_query &q, int i)
     if constexpr (C == SP_N_COMPONENTS) return INT_MAX;
     else return c == C ? cu_rule<C>::key(q, i) : cu_rule_key<C + 1>(c, q, i);
 }
-template <int C = 0>
-__device__ __forceinline__ int cu_rule_reach(int c, int jl, const cu_rule_query &q) {
-    if constexpr (C == SP_N_COMPONENTS) return jl;
-    else return c == C ? cu_rule<C>::reach(jl, q) : cu_rule_reach<C + 1>(c, jl, q);
+// Phase timing (cu_sparse_state.timing): an event after the phase `name`.
+static inline void cu_sp_phase(cu_sparse_state *st, const char *name) {
+    if (!st->timing || st->n_ev >= CU_SP_MAX_EV) return;
+    st->ev_name[st->n_ev] = name;
+    st->ev[st->n_ev++] = cuda_event_record();
 }
 
 #define MAX_HASH 30  // sparse_pattern_check's limit of hash_bits
@@ -94,9 +87,15 @@ __device__ __forceinline__ int cu_rule_reach(int c, int jl, const cu_rule_query 
 // keys (which = 0) into st->q_bucket / k_bucket (forced ones where given).
 void cu_sp_lsh_hash(cu_sparse_state *st, const int *seq_off, int n_seq, int n_tok, int L, const float *hash,
                     int which);
+// cuda/sparse/lsh.cu: each sequence's keys sorted by (k bucket, position)
+// into st->lsh_sorted, as the CPU's (src/sparse/masks.c).
+void cu_sp_lsh_sort(cu_sparse_state *st, const int *seq_off, int n_seq);
 // cuda/sparse/masks.cu: the allowed lists of every query.
 void cu_sp_build_lists(cu_sparse_state *st, const int *sel, const int *seq_off, int n_seq, int n_tok);
 
+// cuda/sparse/trans.cu: the transposed lists of the last forward's rows
+// (st->tr_cnt, tr_off, tr_ent).
+void cu_sp_transpose(cu_sparse_state *st, const int *seq_off);
 // cuda/sparse/attn.cu: sparse attention over the fixed-stride lists, the
 // `full` dense causal attention, and the reference empty rows.
 void cu_sp_attn_forward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,

@@ -8,6 +8,8 @@
 #define KS_MAX_N 128  // features: at most 4 feature columns per lane
 #define KS_WARPS 8    // features: warps per sequence, each a contiguous chunk of positions
 #define KS_STAGE 1024 // features: floats of Q staged in shared memory per warp
+#define KS_TOPK_CHUNK 64  // cumulative top-k: positions per chunk (a multiple of 32)
+#define KS_TOPK_WARPS 8   // cumulative top-k: warps per sequence
 
 // ---------------------------------------------------------------- features
 
@@ -179,6 +181,30 @@ __global__ static void ks_gather_kernel(float *Tg, float *h1g, float *h2g, float
     if (k == 0) ds[r] = on ? dscore[i] : 0.0f;
 }
 
+// dbias[c] += sum_i dout[i, c] over n rows: one block per column, each
+// thread a fixed strided set of rows (double), then a fixed tree over the
+// block: deterministic, and parallel where cu_linear's bias gradient walks
+// the n rows in one thread per column.
+#define KS_BIAS_THREADS 256
+__global__ static void ks_bias_grad_kernel(float *dbias, const float *dout, int ld, int n) {
+    __shared__ double part[KS_BIAS_THREADS];
+    int c = blockIdx.x, tid = threadIdx.x;
+    double acc = 0.0;
+    for (int i = tid; i < n; i += KS_BIAS_THREADS) acc += dout[(size_t)i * ld + c];
+    part[tid] = acc;
+    __syncthreads();
+    for (int w = KS_BIAS_THREADS / 2; w > 0; w >>= 1) {
+        if (tid < w) part[tid] += part[tid + w];
+        __syncthreads();
+    }
+    if (tid == 0) dbias[c] += (float)part[0];
+}
+
+static void ks_bias_grad(float *dbias, const float *dout, int ld, int n, int cols) {
+    ks_bias_grad_kernel<<<cols, KS_BIAS_THREADS, 0, cu_stream()>>>(dbias, dout, ld, n);
+    CUDA_LAUNCHED();
+}
+
 extern "C" void cuda_ks_mlp_backward(const ks_grads *g, const ks_params *p, const float *T,
                                      const float *h1, const float *h2, const float *dscore,
                                      const int *rows, int n_rows, int N, void *work) {
@@ -191,38 +217,121 @@ extern "C" void cuda_ks_mlp_backward(const ks_grads *g, const ks_params *p, cons
                                                                   dscore, rows, n_rows, D);
     CUDA_LAUNCHED();
     cuda_zero(dh1, sizeof(float) * 2 * (size_t)nd);  // dh1 and dh2
-    cuda_linear_backward(dh2, D, g->w3, g->b3, ds, 1, h2g, D, p->w3, n_rows, D, 1);
+    // the bias gradients by ks_bias_grad (cu_linear's is one thread per column)
+    cuda_linear_backward(dh2, D, g->w3, NULL, ds, 1, h2g, D, p->w3, n_rows, D, 1);
+    ks_bias_grad(g->b3, ds, 1, n_rows, 1);
     relu_backward(dh2, h2g, nd);
-    cuda_linear_backward(dh1, D, g->w2, g->b2, dh2, D, h1g, D, p->w2, n_rows, D, D);
+    cuda_linear_backward(dh1, D, g->w2, NULL, dh2, D, h1g, D, p->w2, n_rows, D, D);
+    ks_bias_grad(g->b2, dh2, D, n_rows, D);
     relu_backward(dh1, h1g, nd);
-    cuda_linear_backward(NULL, 0, g->w1, g->b1, dh1, D, Tg, D, p->w1, n_rows, D, D);
+    cuda_linear_backward(NULL, 0, g->w1, NULL, dh1, D, Tg, D, p->w1, n_rows, D, D);
+    ks_bias_grad(g->b1, dh1, D, n_rows, D);
 }
 
 // ---------------------------------------------------------------- cumulative top-k
 
 // a is a worse key than b: a lower score, or an equal score and a higher
-// index (ties keep the lower index). Indices are distinct, so "the worst" of
-// a set is unique and any reduction order finds the same one.
+// index (ties keep the lower index). Indices are distinct, so this is a total
+// order: "the k best of a set" is unique, and any way of computing it (the
+// CPU's heap, a warp reduction, a merge of sorted runs) gives the same keys.
 __device__ __forceinline__ bool ks_worse(float sa, int a, float sb, int b) {
     return sa < sb || (sa == sb && a > b);
 }
 
-// One warp per sequence. The selected set changes by at most one key per
-// step (key t enters and evicts the worst, or does not enter), so the warp
-// keeps it in shared memory in ascending index order with the scores beside
-// (cur, cs: k_c each), finds the worst with a warp reduction, shifts it out
-// and appends t. Each row of sel is then written by the whole warp.
-__global__ static void ks_cumtopk_kernel(int *sel, const float *score, const int *seq_off, int k_c) {
-    extern __shared__ int topk_sh[];
-    int *cur = topk_sh;
-    float *cs = (float *)(topk_sh + k_c);
-    int s = blockIdx.x, lane = threadIdx.x;
-    int o = seq_off[s], n = seq_off[s + 1] - o;
+// The number of entries of the best-first array (as, ai)[0..len) that are
+// better than (s, i): a binary search (the array is sorted by ks_worse).
+__device__ __forceinline__ int ks_count_better(const float *as, const int *ai, int len, float s, int i) {
+    int lo = 0, hi = len;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2;
+        if (ks_worse(s, i, as[mid], ai[mid])) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo;
+}
+
+// Phase A (one warp): the top-k_c set before each chunk, chunk by chunk. The
+// set is kept best first (cur); a chunk's keys are ranked among themselves
+// (each lane holds KS_TOPK_CHUNK / 32 of them) into a best-first run (ck);
+// then every key's place in the merged order is its own rank plus the count
+// of better keys in the other run (a binary search): the first k_c places
+// are the new set. The set before chunk c >= 1 is written best first into
+// sel's row c*C - 1 (phase B puts it in index order).
+__device__ static void ks_topk_boundaries(int *sel, const float *score, int o, int n, int k_c, int *buf,
+                                          int lane) {
+    const int C = KS_TOPK_CHUNK, U = KS_TOPK_CHUNK / 32;
+    int *cur_i = buf, *nxt_i = buf + k_c, *ck_i = buf + 2 * k_c;
+    float *cur_s = (float *)(ck_i + C), *nxt_s = cur_s + k_c, *ck_s = nxt_s + k_c;
     int m = 0;
+    for (int t0 = 0; t0 + C < n; t0 += C) {  // the last chunk's merge is never needed
+        int cn = C;
+        float sc[U];
+        int rc[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) sc[u] = score[o + t0 + lane + 32 * u], rc[u] = 0;
+        for (int j = 0; j < cn; j++) {  // rank within the chunk
+            float bs = 0.0f;
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                float v = __shfl_sync(0xffffffffu, sc[u], j & 31);
+                if (j / 32 == u) bs = v;
+            }
+#pragma unroll
+            for (int u = 0; u < U; u++) rc[u] += ks_worse(sc[u], t0 + lane + 32 * u, bs, t0 + j);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) ck_i[rc[u]] = t0 + lane + 32 * u, ck_s[rc[u]] = sc[u];
+        __syncwarp();
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int pos = rc[u] + ks_count_better(cur_s, cur_i, m, sc[u], t0 + lane + 32 * u);
+            if (pos < k_c) nxt_i[pos] = t0 + lane + 32 * u, nxt_s[pos] = sc[u];
+        }
+        for (int i = lane; i < m; i += 32) {
+            int pos = i + ks_count_better(ck_s, ck_i, cn, cur_s[i], cur_i[i]);
+            if (pos < k_c) nxt_i[pos] = cur_i[i], nxt_s[pos] = cur_s[i];
+        }
+        __syncwarp();
+        int *ti = cur_i;
+        float *ts = cur_s;
+        cur_i = nxt_i, cur_s = nxt_s, nxt_i = ti, nxt_s = ts;
+        m = min(k_c, m + cn);
+        int *row = sel + (size_t)(o + t0 + C - 1) * k_c;
+        for (int j = lane; j < k_c; j += 32) row[j] = j < m ? cur_i[j] : -1;
+        __syncwarp();
+    }
+}
+
+// Phase B (one warp per chunk [t0, t1)): the set before the chunk from row
+// t0 - 1 (best first) is put in ascending index order (a rank sort) and that
+// row rewritten; then the chunk's steps run sequentially. The set changes by
+// at most one key per step (key t enters and evicts the worst, or does not
+// enter), so it is kept in shared memory in ascending index order with the
+// scores beside (cur, cs), the worst found by a warp reduction, shifted out
+// and t appended. Each row of sel is written by the whole warp. Row t1 - 1 of
+// a chunk that is not the last is left to the next chunk's warp.
+__device__ static void ks_topk_chunk(int *sel, const float *score, int o, int n, int k_c, int t0,
+                                     int *buf, int lane) {
+    int *cur = buf, *tmp_i = buf + 2 * k_c;
+    float *cs = (float *)(buf + k_c), *tmp_s = (float *)(buf + 3 * k_c);
+    int m = min(k_c, t0), t1 = min(n, t0 + KS_TOPK_CHUNK);
+    if (t0 > 0) {
+        int *row = sel + (size_t)(o + t0 - 1) * k_c;
+        for (int i = lane; i < m; i += 32) tmp_i[i] = row[i], tmp_s[i] = score[o + row[i]];
+        __syncwarp();
+        for (int i = lane; i < m; i += 32) {
+            int r = 0;
+            for (int j = 0; j < m; j++) r += tmp_i[j] < tmp_i[i];
+            cur[r] = tmp_i[i], cs[r] = tmp_s[i];
+        }
+        __syncwarp();
+        for (int j = lane; j < k_c; j += 32) row[j] = j < m ? cur[j] : -1;
+    }
+    int t_end = t1 < n ? t1 - 1 : t1;
     float s_lane = 0.0f;  // scores of the next 32 positions, one per lane
-    for (int t = 0; t < n; t++) {
-        if ((t & 31) == 0) s_lane = t + lane < n ? score[o + t + lane] : 0.0f;
-        float st = __shfl_sync(0xffffffffu, s_lane, t & 31);
+    for (int t = t0; t < t_end; t++) {
+        if (((t - t0) & 31) == 0) s_lane = t + lane < n ? score[o + t + lane] : 0.0f;
+        float st = __shfl_sync(0xffffffffu, s_lane, (t - t0) & 31);
         __syncwarp();
         if (m < k_c) {
             if (lane == 0) cur[m] = t, cs[m] = st;
@@ -259,14 +368,35 @@ __global__ static void ks_cumtopk_kernel(int *sel, const float *score, const int
     }
 }
 
+// One block of KS_TOPK_WARPS warps per sequence: warp 0 finds the set before
+// every chunk of KS_TOPK_CHUNK positions (phase A, ~n / 64 merges), then the
+// warps take the chunks in parallel (phase B, 64 steps each), instead of one
+// warp walking all n steps.
+__global__ static void ks_cumtopk_kernel(int *sel, const float *score, const int *seq_off, int k_c) {
+    extern __shared__ int topk_sh[];  // phase A: [4 k_c + 2 C]; phase B: [4 k_c] per warp
+    int s = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int o = seq_off[s], n = seq_off[s + 1] - o;
+    if (warp == 0) ks_topk_boundaries(sel, score, o, n, k_c, topk_sh, lane);
+    __syncthreads();
+    for (int t0 = warp * KS_TOPK_CHUNK; t0 < n; t0 += blockDim.x / 32 * KS_TOPK_CHUNK)
+        ks_topk_chunk(sel, score, o, n, k_c, t0, topk_sh + 4 * k_c * warp, lane);
+}
+
+// Shared bytes of ks_cumtopk_kernel with w warps.
+static size_t ks_topk_smem(int k_c, int w) {
+    size_t a = sizeof(int) * (4 * (size_t)k_c + 2 * KS_TOPK_CHUNK), b = sizeof(int) * 4 * (size_t)k_c * w;
+    return a > b ? a : b;
+}
+
 extern "C" void cuda_ks_cumtopk(int *sel, const float *score, const int *seq_off, int n_seq, int k_c) {
     if (k_c < 1) hax_die("cu_sparse_ks: k_c: expected at least 1 key per component, found %d", k_c);
     if (n_seq <= 0) return;
-    size_t smem = (sizeof(int) + sizeof(float)) * (size_t)k_c;
-    if (smem > 48 * 1024)
+    int w = KS_TOPK_WARPS;
+    while (w > 1 && ks_topk_smem(k_c, w) > 48 * 1024) w--;
+    if (ks_topk_smem(k_c, w) > 48 * 1024)
         hax_die("cu_sparse_ks: cumtopk: k_c: expected at most %d, found %d",
-                (int)(48 * 1024 / (sizeof(int) + sizeof(float))), k_c);
-    ks_cumtopk_kernel<<<n_seq, 32, smem, cu_stream()>>>(sel, score, seq_off, k_c);
+                (int)((48 * 1024 / sizeof(int) - 2 * KS_TOPK_CHUNK) / 4), k_c);
+    ks_cumtopk_kernel<<<n_seq, 32 * w, ks_topk_smem(k_c, w), cu_stream()>>>(sel, score, seq_off, k_c);
     CUDA_LAUNCHED();
 }
 

@@ -60,8 +60,9 @@ void cuda_ks_mlp_backward(const ks_grads *g, const ks_params *p, const float *T,
                           const float *h2, const float *dscore, const int *rows, int n_rows, int N,
                           void *work);
 
-// Cumulative top-k, as ks_cumtopk: sel [n_tok, k_c] (one warp per sequence,
-// sequential in time).
+// Cumulative top-k, as ks_cumtopk: sel [n_tok, k_c] (a block per sequence: the
+// set before every 64-position chunk by merges of sorted runs, then the chunks
+// walked in parallel). k_c at most 3040.
 void cuda_ks_cumtopk(int *sel, const float *score, const int *seq_off, int n_seq, int k_c);
 
 // Candidates, as ks_sample_candidates: cand [n_seq, k_c]; sample_id [n_seq]

@@ -11,6 +11,8 @@
 #include <math.h>
 
 #include "cuda/sparse/internal.cuh"
+#include "cuda/sparse/rng.cuh"
+#include "src/core/scalar.h"
 
 #define HAS(m, bit) (((m) & (bit)) != 0)
 
@@ -112,5 +114,67 @@ void cu_sp_lsh_hash(cu_sparse_state *st, const int *seq_off, int n_seq, int n_to
         which ? st->q_bucket : st->k_bucket, which ? st->hq_proj : st->hk_proj, x, 2 * N,
         st->lsh_stat, hash, st->h, N, HAS(st->mask, SPARSE_ARGMAX_LSH), ref, seq_off, n_seq, n_tok,
         which ? st->force_q_bucket : st->force_k_bucket);
+    CUDA_LAUNCHED();
+}
+
+// ---------------------------------------------------------------- keys by bucket
+
+#define LSH_SORT_THREADS 256
+#define LSH_SORT_TILE 2048  // packed keys staged in shared memory at a time
+
+// The CPU's packing (src/sparse/masks.c): bucket in the high word, position low.
+__device__ __forceinline__ int64_t lsh_pack(int32_t b, int j) {
+    return (int64_t)((uint64_t)(int64_t)b << 32) | j;
+}
+
+// One block per sequence: srt[o + r] = the key of rank r in (bucket,
+// position) order. A rank sort (the packed values are distinct): each
+// thread counts, for its keys, the smaller ones, read from shared tiles.
+__global__ static void lsh_sort_kernel(int64_t *srt, const int32_t *k_bucket, const int *seq_off) {
+    __shared__ int64_t tile[LSH_SORT_TILE];
+    int o = seq_off[blockIdx.x], n = seq_off[blockIdx.x + 1] - o, tid = threadIdx.x;
+    for (int base = 0; base < n; base += LSH_SORT_THREADS) {  // the same trip count for every thread
+        int j = base + tid, r = 0;
+        int64_t mine = j < n ? lsh_pack(k_bucket[o + j], j) : 0;
+        for (int tb = 0; tb < n; tb += LSH_SORT_TILE) {
+            int len = min(LSH_SORT_TILE, n - tb);
+            __syncthreads();
+            for (int i = tid; i < len; i += LSH_SORT_THREADS) tile[i] = lsh_pack(k_bucket[o + tb + i], tb + i);
+            __syncthreads();
+            if (j < n)
+                for (int i = 0; i < len; i++) r += tile[i] < mine;
+        }
+        if (j < n) srt[o + r] = mine;
+    }
+}
+
+void cu_sp_lsh_sort(cu_sparse_state *st, const int *seq_off, int n_seq) {
+    if (n_seq <= 0) return;
+    lsh_sort_kernel<<<n_seq, LSH_SORT_THREADS, 0, cu_stream()>>>(st->lsh_sorted, st->k_bucket, seq_off);
+    CUDA_LAUNCHED();
+}
+
+// ---------------------------------------------------------------- the hash matrix
+
+// One thread per entry: entry i of the stream (seed, domain, a, b, 0) is
+// rng_normal_portable's i-th value, made of Philox block i (four words: two
+// uniforms), through the host's own Box-Muller (src/core/scalar.h).
+__global__ static void lsh_draw_kernel(float *H, int n, uint64_t seed, uint32_t domain, uint32_t a,
+                                       uint32_t b, int bf16) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    cu_rng r;
+    cu_rng_init(&r, seed, domain, a, b, 0);
+    r.ctr[0] = (uint32_t)i;
+    double u1 = __dsub_rn(1.0, cu_rng_uniform(&r));
+    double u2 = cu_rng_uniform(&r);
+    float h = (float)hax_box_muller(u1, u2);
+    H[i] = bf16 ? hax_bf16_round(h) : h;
+}
+
+extern "C" void cuda_lsh_draw_hash(float *H, int n, uint64_t seed, uint32_t domain, uint32_t a, uint32_t b,
+                                   int bf16) {
+    if (n <= 0) return;
+    lsh_draw_kernel<<<cu_blocks(n, 128), 128, 0, cu_stream()>>>(H, n, seed, domain, a, b, bf16);
     CUDA_LAUNCHED();
 }

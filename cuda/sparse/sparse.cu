@@ -39,9 +39,9 @@ static void *carve(carver *c, size_t bytes) {
     return c->base ? c->base + at : NULL;
 }
 
-static void layout(cu_sparse_state *st, carver *c, const hax_model_config *cfg) {
+static void layout(cu_sparse_state *st, carver *c) {
     size_t T = st->max_tok, S = st->max_seq, N = st->N, E = st->E, cap = st->row_cap;
-    size_t k = cfg->k_c > 0 ? cfg->k_c : 1, h = st->h > 0 ? st->h : 1;
+    size_t h = st->h > 0 ? st->h : 1;
     st->KQ = (float *)carve(c, sizeof(float) * T * 2 * N);
     st->dKQ = (float *)carve(c, sizeof(float) * T * 2 * N);
     st->q_bucket = (int32_t *)carve(c, sizeof(int32_t) * T);
@@ -49,17 +49,25 @@ static void layout(cu_sparse_state *st, carver *c, const hax_model_config *cfg) 
     st->hq_proj = (float *)carve(c, sizeof(float) * T * h);
     st->hk_proj = (float *)carve(c, sizeof(float) * T * h);
     st->lsh_stat = (double *)carve(c, sizeof(double) * (T + 2 * S) * N);
-    st->lsh_keys = (int *)carve(c, sizeof(int) * T * k);
+    st->lsh_sorted = (int64_t *)carve(c, sizeof(int64_t) * T);
     st->allow_cnt = (int *)carve(c, sizeof(int) * T);
     st->allow_key = (int *)carve(c, sizeof(int) * T * cap);
     st->allow_p = (float *)carve(c, sizeof(float) * T * cap);
     st->allow_ds = (float *)carve(c, sizeof(float) * T * cap);
+    // the transposed lists (not for `full`, which has no lists)
+    size_t W = sparse_pattern_has(st->mask, SPF_DENSE) ? 0 : ((size_t)st->max_len + 31) / 32;
+    size_t TL = W ? T : 0;
+    st->tr_bits = (uint32_t *)carve(c, sizeof(uint32_t) * TL * W);
+    st->tr_cnt = (int *)carve(c, sizeof(int) * TL);
+    st->tr_off = (int *)carve(c, sizeof(int) * TL);
+    st->tr_ent = (int *)carve(c, sizeof(int) * TL * cap);
     st->lse = (float *)carve(c, sizeof(float) * T);
     st->rowD = (float *)carve(c, sizeof(float) * T);
     st->seq_sv = (double *)carve(c, sizeof(double) * S * E);
     st->empty_work = (double *)carve(c, sizeof(double) * S * cu_sp_empty_doubles((int)E, (int)N));
     st->has_empty = (int *)carve(c, sizeof(int));
     st->gate_loss = (double *)carve(c, sizeof(double));
+    st->sample_id = (int64_t *)carve(c, sizeof(int64_t) * S);
 }
 
 static void fill_shape(cu_sparse_state *st, const hax_model_config *cfg, int max_tok, int max_seq,
@@ -83,7 +91,7 @@ extern "C" size_t cuda_sparse_state_bytes(const hax_model_config *cfg, int max_t
     cu_sparse_state st = {};
     carver c = {NULL, 0};
     fill_shape(&st, cfg, max_tok, max_seq, max_len);
-    layout(&st, &c, cfg);
+    layout(&st, &c);
     return c.used + ks_bytes(cfg, max_tok, max_seq);
 }
 
@@ -100,14 +108,17 @@ extern "C" cu_sparse_state *cuda_sparse_state_alloc(const hax_model_config *cfg,
     if (max_tok < 1 || max_seq < 1 || max_len < 1)
         hax_die("cu_sparse: state capacities: expected >= 1, found max_tok %d max_seq %d max_len %d",
                 max_tok, max_seq, max_len);
+    if ((size_t)max_tok * sparse_row_cap(cfg, max_len) > INT_MAX)
+        hax_die("cu_sparse: capacity: expected max_tok * row_cap below 2^31 list slots, found %d * %d", max_tok,
+                sparse_row_cap(cfg, max_len));
     state_box *box = (state_box *)xcalloc(1, sizeof(state_box));
     cu_sparse_state *st = &box->st;
     fill_shape(st, cfg, max_tok, max_seq, max_len);
     carver c = {NULL, 0};
-    layout(st, &c, cfg);
+    layout(st, &c);
     box->mem = cuda_malloc(c.used);
     c.base = (char *)box->mem, c.used = 0;
-    layout(st, &c, cfg);
+    layout(st, &c);
     cuda_zero(box->mem, c.used);
     if (sparse_pattern_has(cfg->sparse_mask, SPF_KS_WEIGHTS)) {
         box->ks_mem = cuda_malloc(cuda_ks_state_bytes(max_tok, max_seq, st->N, st->k_c));
@@ -124,6 +135,22 @@ extern "C" void cuda_sparse_state_free(cu_sparse_state *st) {
     cuda_free(box->mem);
     if (box->ks_mem) cuda_free(box->ks_mem);
     free(box);
+}
+
+extern "C" void cuda_sparse_draw_candidates(cu_sparse_state *st, int *cand, const int *seq_off, int n_seq,
+                                            int n_seq_pad, const int64_t *sample_idx, uint64_t seed,
+                                            uint32_t step, uint32_t layer) {
+    if (n_seq_pad > st->max_seq || n_seq > n_seq_pad)
+        hax_die("cuda_sparse_draw_candidates: batch: expected n_seq <= n_seq_pad <= %d, found %d and %d",
+                st->max_seq, n_seq, n_seq_pad);
+    cudaStream_t sm = cu_stream();
+    if (n_seq > 0) {
+        cuda_upload(st->sample_id, sample_idx, sizeof(int64_t) * n_seq);
+        cuda_ks_sample_candidates(cand, seq_off, n_seq, st->sample_id, st->k_c, seed, step, layer);
+    }
+    if (n_seq_pad > n_seq)  // -1 is all bytes 0xff
+        CUDA_CHECK(cudaMemsetAsync(cand + (size_t)n_seq * st->k_c, 0xff,
+                                   sizeof(int) * (size_t)(n_seq_pad - n_seq) * st->k_c, sm));
 }
 
 extern "C" void cuda_sparse_force_buckets(cu_sparse_state *st, const int32_t *q_bucket,
@@ -173,10 +200,13 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
     CUDA_CHECK(cudaMemsetAsync(st->has_empty, 0, sizeof(int), sm));
     CUDA_CHECK(cudaMemsetAsync(st->gate_loss, 0, sizeof(double), sm));
     if (n_tok == 0) return;
+    st->n_ev = 0;
+    cu_sp_phase(st, "start");
     cuda_linear_forward(st->KQ, 2 * N, X, ldX, W_xx, NULL, n_tok, E, 2 * N);
     scale_k_kernel<<<cu_blocks((long)n_tok * N, 256), 256, 0, sm>>>(st->KQ, n_tok, N,
                                                                     (float)sqrt((double)N));
     CUDA_LAUNCHED();
+    cu_sp_phase(st, "KQ projection");
     if (sparse_pattern_has(m, SPF_LSH)) {
         cu_sp_lsh_hash(st, seq_off, n_seq, n_tok, model_len, hash, 1);
         cu_sp_lsh_hash(st, seq_off, n_seq, n_tok, model_len, hash, 0);
@@ -184,6 +214,7 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
         fill_i32_kernel<<<cu_blocks(n_tok, 256), 256, 0, sm>>>(st->q_bucket, st->k_bucket, n_tok, -1);
         CUDA_LAUNCHED();
     }
+    cu_sp_phase(st, "LSH buckets");
     if (!sparse_pattern_has(m, SPF_DENSE)) {
         const int *sel = NULL;
         if (sparse_pattern_has(m, SPF_KS_WEIGHTS)) {
@@ -193,12 +224,15 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
             CUDA_CHECK(cudaMemcpyAsync(st->gate_loss, kst->loss, sizeof(double),
                                        cudaMemcpyDeviceToDevice, sm));
             sel = kst->sel;
+            cu_sp_phase(st, "key selection");
         }
         cu_sp_build_lists(st, sel, seq_off, n_seq, n_tok);
     } else {
         CUDA_CHECK(cudaMemsetAsync(st->allow_cnt, 0, sizeof(int) * n_tok, sm));
     }
+    cu_sp_phase(st, "allowed lists");
     cu_sp_attn_forward(st, seq_off, X, ldX, attn, ld_attn);
+    cu_sp_phase(st, "attention");
 }
 
 extern "C" void cuda_sparse_backward(cu_sparse_state *st, const int *seq_off, int n_seq, int n_tok,
@@ -211,12 +245,17 @@ extern "C" void cuda_sparse_backward(cu_sparse_state *st, const int *seq_off, in
                 "positions, found %d / %d", st->n_seq, st->n_tok, n_seq, n_tok);
     if (n_tok == 0) return;
     int N = st->N, E = st->E;
+    st->n_ev = 0;
+    cu_sp_phase(st, "start");
     cu_sp_attn_backward(st, seq_off, X, ldX, dattn, ld_dattn, dX, ld_dX);
     // d KQ[:, :N] = dK / sqrt(N): the same kernel as the forward's scaling
     scale_k_kernel<<<cu_blocks((long)n_tok * N, 256), 256, 0, cu_stream()>>>(
         st->dKQ, n_tok, N, (float)sqrt((double)N));
     CUDA_LAUNCHED();
     cuda_linear_backward(dX, ld_dX, dW_xx, NULL, st->dKQ, 2 * N, X, ldX, W_xx, n_tok, E, 2 * N);
-    if (sparse_pattern_has(st->mask, SPF_KS_WEIGHTS) && ks && dks)
+    cu_sp_phase(st, "KQ backward");
+    if (sparse_pattern_has(st->mask, SPF_KS_WEIGHTS) && ks && dks) {
         cuda_ks_backward((cuda_ks_state *)st->ks, ks, dks, gate_scale);
+        cu_sp_phase(st, "key selection");
+    }
 }

@@ -35,6 +35,8 @@ extern "C" {
 #include "src/model/model_config.h"
 #include "src/sparse/ks.h"  // ks_params / ks_grads: six weight pointers (here device pointers)
 
+#define CU_SP_MAX_EV 12  // phase-timing events per call
+
 typedef struct cu_sparse_state {
     // capacities, and the config it was made for
     int max_tok, max_seq, max_len, row_cap;
@@ -50,20 +52,31 @@ typedef struct cu_sparse_state {
     int32_t *q_bucket, *k_bucket;// [max_tok] LSH buckets (-1 without LSH)
     float *hq_proj, *hk_proj;    // [max_tok, h] the projections (as the CPU's, float)
     double *lsh_stat;            // [max_tok, N] LSH statistics scratch
-    int *lsh_keys;               // [max_tok, k_c] the LSH component of each row (scratch)
+    int64_t *lsh_sorted;         // [max_tok] per sequence: (k bucket << 32 | position), sorted
     int *allow_cnt;              // [max_tok] allowed keys per query (0 for `full`)
     int *allow_key;              // [max_tok, row_cap] the sorted lists
     float *allow_p;              // [max_tok, row_cap] softmax probabilities
     float *allow_ds;             // [max_tok, row_cap] backward: d score
+    // the transposed lists (backward, cuda/sparse/trans.cu): key j's holders
+    // are tr_ent[tr_off[j] .. + tr_cnt[j]), list slots g * row_cap + e, queries ascending
+    uint32_t *tr_bits;           // [max_tok, W] per key: bit t = row t holds it (W = max_len / 32 rounded up)
+    int *tr_cnt, *tr_off;        // [max_tok]
+    int *tr_ent;                 // [max_tok, row_cap]
     float *lse, *rowD;           // [max_tok] `full` only
     double *seq_sv;              // [max_seq, E] sum_{j<n} V_j (reference empty rows)
     double *empty_work;          // [max_seq, 2EN + E + 2N] reference empty-row backward
     int *has_empty;              // [1] device flag: some row of the last forward was empty
     double *gate_loss;           // [1] device: the last forward's ranking-loss partial sum
+    int64_t *sample_id;          // [max_seq] the sample ids of cuda_sparse_draw_candidates
     // Bucket injection (golden README): device [n_tok] buckets that replace
     // the computed ones in the following forwards (NULL: computed ones).
     const int32_t *force_q_bucket, *force_k_bucket;
     void *ks;                    // key-selection state (cuda/sparse/ks.h), NULL without KS
+    // Phase timing (tests): with timing != 0, each forward / backward records
+    // an event (cuda_event_record) at its start, ev[0], and after each phase,
+    // ev[i] after the phase named ev_name[i]; n_ev events in all.
+    int timing, n_ev, ev[CU_SP_MAX_EV];
+    const char *ev_name[CU_SP_MAX_EV];
 } cu_sparse_state;
 
 // Device bytes a state of these capacities holds (for memory reports).
@@ -98,6 +111,18 @@ void cuda_sparse_backward(cu_sparse_state *st, const int *seq_off, int n_seq, in
                           const float *dattn, int ld_dattn, float gate_scale, const float *X,
                           int ldX, const float *W_xx, const ks_params *ks, float *dX, int ld_dX,
                           float *dW_xx, const ks_grads *dks);
+
+// The LSH hash matrix drawn on the device: H[i] (device, n entries) = the
+// i-th rng_normal_portable value of the stream (seed, domain, a, b, 0), as a
+// float, rounded to bf16 if bf16 (bf16-pure) -- the host's draw bit for bit.
+void cuda_lsh_draw_hash(float *H, int n, uint64_t seed, uint32_t domain, uint32_t a, uint32_t b, int bf16);
+
+// The key-selection candidates of the batch drawn on the device, as
+// ks_sample_candidates: cand [n_seq_pad, k_c] (device) for the first n_seq
+// sequences of seq_off (device), from the host sample ids sample_idx [n_seq]
+// (uploaded into the state), rows n_seq .. n_seq_pad - 1 all -1.
+void cuda_sparse_draw_candidates(cu_sparse_state *st, int *cand, const int *seq_off, int n_seq, int n_seq_pad,
+                                 const int64_t *sample_idx, uint64_t seed, uint32_t step, uint32_t layer);
 
 // Device buckets [n_tok] replacing the computed ones (NULL, NULL: computed).
 void cuda_sparse_force_buckets(cu_sparse_state *st, const int32_t *q_bucket,

@@ -4,6 +4,8 @@
 
 #include <math.h>
 
+#include "src/core/scalar.h"
+
 #define PHILOX_M0 0xD2511F53u
 #define PHILOX_M1 0xCD9E8D57u
 #define PHILOX_W0 0x9E3779B9u
@@ -74,6 +76,12 @@ uint32_t rng_below(hax_rng *r, uint32_t n) {
 double rng_uniform(hax_rng *r) { return (double)(rng_u64(r) >> 11) * 0x1.0p-53; }
 
 float rng_uniform_f(hax_rng *r) { return (float)(rng_u32(r) >> 8) * 0x1.0p-24f; }
+
+double rng_normal_portable(hax_rng *r) {
+    double u1 = 1.0 - rng_uniform(r);  // (0, 1], exact
+    double u2 = rng_uniform(r);
+    return hax_box_muller(u1, u2);
+}
 
 double rng_normal(hax_rng *r) {
     double u1 = 1.0 - rng_uniform(r);  // (0, 1]

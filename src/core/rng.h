@@ -40,5 +40,9 @@ double rng_uniform(hax_rng *r);
 float rng_uniform_f(hax_rng *r);
 // Standard normal (Box-Muller on two uniforms; one value per call).
 double rng_normal(hax_rng *r);
+// The same draw through hax_box_muller (src/core/scalar.h): the same bits as
+// the device's (cuda_lsh_draw_hash), for the LSH hash matrices. Each call
+// takes one Philox block, so value i of a fresh stream is block i's.
+double rng_normal_portable(hax_rng *r);
 
 #endif

@@ -53,6 +53,60 @@ HAX_HD HAX_INLINE float hax_bf16_round(float x) {
     return v.f;
 }
 
+// ---- the normal draw of the LSH hash matrices (Box-Muller), the same bits on
+// the host and the device. libm's log / cos (glibc) and CUDA's may differ in a
+// last bit, so both sides use these: every double operation rounds once, in
+// the same order (HAX_D*: explicit round-to-nearest intrinsics on the device,
+// where nvcc would fuse a*b+c; plain operators on the host, which builds with
+// -std=c11, i.e. without contraction, and SSE2 doubles). Accurate to a few
+// double ulps, so the float draws equal libm's (rng_normal) but for a rare
+// last-bit case.
+#ifdef __CUDA_ARCH__
+#define HAX_DADD(a, b) __dadd_rn(a, b)
+#define HAX_DSUB(a, b) __dsub_rn(a, b)
+#define HAX_DMUL(a, b) __dmul_rn(a, b)
+#define HAX_DDIV(a, b) __ddiv_rn(a, b)
+#define HAX_DSQRT(a) __dsqrt_rn(a)
+#else
+#define HAX_DADD(a, b) ((a) + (b))
+#define HAX_DSUB(a, b) ((a) - (b))
+#define HAX_DMUL(a, b) ((a) * (b))
+#define HAX_DDIV(a, b) ((a) / (b))
+#define HAX_DSQRT(a) sqrt(a)
+#endif
+
+// log x for a positive normal x: x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+// log m = 2 atanh(s), s = (m - 1) / (m + 1), |s| < 0.172: 13 terms of the series.
+HAX_HD HAX_INLINE double hax_log_portable(double x) {
+    int e;
+    double m = frexp(x, &e);                                  // [0.5, 1), exact
+    if (m < 0.70710678118654752440) m = HAX_DMUL(m, 2.0), e--;  // exact
+    double s = HAX_DDIV(HAX_DSUB(m, 1.0), HAX_DADD(m, 1.0)), s2 = HAX_DMUL(s, s), p = 0.0;
+    for (int k = 12; k >= 0; k--) p = HAX_DADD(HAX_DDIV(1.0, (double)(2 * k + 1)), HAX_DMUL(s2, p));
+    return HAX_DADD(HAX_DMUL((double)e, 0.69314718055994530942), HAX_DMUL(HAX_DMUL(2.0, s), p));
+}
+
+// cos(2 pi u) for u in [0, 1): reduced exactly (Sterbenz) to an angle in
+// [0, pi/4] of a cosine or a sine, then 10 nested Taylor factors.
+HAX_HD HAX_INLINE double hax_cos2pi_portable(double u) {
+    double a = fabs(u > 0.5 ? HAX_DSUB(u, 1.0) : u), sign = 1.0;  // cos is even: a in [0, 1/2]
+    if (a > 0.25) a = HAX_DSUB(0.5, a), sign = -1.0;               // cos 2pi a = -cos 2pi (1/2 - a)
+    int use_sin = a > 0.125;
+    if (use_sin) a = HAX_DSUB(0.25, a);                             // cos 2pi a = sin 2pi (1/4 - a)
+    double th = HAX_DMUL(6.28318530717958647693, a), t2 = HAX_DMUL(th, th), p = 1.0;
+    // cos th = 1 - t2/(1*2) (1 - t2/(3*4) (...)); sin th = th (1 - t2/(2*3) (1 - t2/(4*5) (...)))
+    for (int k = 10; k >= 1; k--) {
+        double d = use_sin ? (double)(2 * k * (2 * k + 1)) : (double)((2 * k - 1) * 2 * k);
+        p = HAX_DSUB(1.0, HAX_DDIV(HAX_DMUL(t2, p), d));
+    }
+    return HAX_DMUL(sign, use_sin ? HAX_DMUL(th, p) : p);
+}
+
+// Box-Muller from u1 in (0, 1] and u2 in [0, 1) (rng_normal's formula).
+HAX_HD HAX_INLINE double hax_box_muller(double u1, double u2) {
+    return HAX_DMUL(HAX_DSQRT(HAX_DMUL(-2.0, hax_log_portable(u1))), hax_cos2pi_portable(u2));
+}
+
 // ---- key selection's ranking loss (double)
 HAX_HD HAX_INLINE double hax_sigmoid_d(double a) { return 1.0 / (1.0 + exp(-a)); }
 // Pairwise target T_ab from the ranking targets y_a, y_b.

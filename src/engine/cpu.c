@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "src/core/common.h"
+#include "src/core/rng.h"
+#include "src/core/scalar.h"
 #include "src/engine/internal.h"
 #include "src/ops/basic.h"
 #include "src/ops/conv.h"
@@ -185,6 +187,22 @@ static void cpu_sparse_forward(void *st, const hax_model_config *cfg, const hax_
     sparse_forward(st, cfg, b, X, ldX, W_xx, ks, hash, cand, train, attn, ld_attn);
 }
 
+static void cpu_lsh_draw_hash(float *H, int n, uint64_t seed, uint32_t domain, uint32_t a, uint32_t b, int bf16) {
+    hax_rng r;
+    rng_init(&r, seed, domain, a, b, 0);
+    for (int i = 0; i < n; i++) {
+        float h = (float)rng_normal_portable(&r);
+        H[i] = bf16 ? hax_bf16_round(h) : h;
+    }
+}
+
+static void cpu_ks_draw_candidates(void *st, int *cand, const hax_batch *b, const int *seq_off, int n_seq_pad,
+                                   int k_c, uint64_t seed, uint32_t step, uint32_t layer) {
+    (void)st, (void)seq_off;
+    ks_sample_candidates(cand, b->seq_off, b->n_seq, b->sample_idx, k_c, seed, step, layer);
+    for (size_t i = (size_t)b->n_seq * k_c; i < (size_t)n_seq_pad * k_c; i++) cand[i] = -1;
+}
+
 static const double *cpu_sparse_gate_loss(const void *st) { return &((const hax_sparse_state *)st)->gate_loss; }
 
 static void cpu_sparse_backward(void *st, const hax_model_config *cfg, const hax_batch *b, const int *seq_off,
@@ -220,6 +238,7 @@ static const hax_ops cpu_ops = {
     .sparse_alloc = cpu_sparse_alloc, .sparse_free = cpu_sparse_free,
     .sparse_force_buckets = cpu_sparse_force_buckets, .sparse_forward = cpu_sparse_forward,
     .sparse_gate_loss = cpu_sparse_gate_loss, .sparse_backward = cpu_sparse_backward,
+    .lsh_draw_hash = cpu_lsh_draw_hash, .ks_draw_candidates = cpu_ks_draw_candidates,
 };
 
 const hax_ops *hax_cpu_ops(void) { return &cpu_ops; }
@@ -244,5 +263,5 @@ const float *engine_cpu_logits(const hax_engine *e) { return e->core->logits; }
 const struct hax_sparse_state *engine_cpu_sparse(const hax_engine *e, int layer) { return e->core->L[layer].sp; }
 const float *engine_cpu_hash(const hax_engine *e, int layer) {
     const eng_layer *L = &e->core->L[layer];
-    return L->have_hash ? L->hash : NULL;
+    return L->have_hash ? L->hash_dev : NULL;  // backend memory is host memory here
 }

@@ -388,6 +388,14 @@ const float *engine_logits(hax_engine *e) {
 }
 
 const float *engine_hash(hax_engine *e, int layer) {
-    const eng_layer *L = &e->core->L[layer];
-    return L->have_hash ? L->hash : NULL;
+    eng_core *c = e->core;
+    eng_layer *L = &c->L[layer];
+    if (!L->have_hash) return NULL;
+    if (c->ops->host) return L->hash_dev;  // backend memory is host memory
+    if (L->have_hash == 2) {               // drawn by the backend (mixer_inputs): fetched once
+        c->ops->download(L->hash, L->hash_dev, sizeof(float) * (size_t)e->model->cfg.state_size * e->model->cfg.num_hash);
+        c->ops->sync();
+        L->have_hash = 1;
+    }
+    return L->hash;
 }

@@ -100,16 +100,15 @@ void mixer_inputs(eng_core *c, const hax_model *m, const hax_batch *b, const hax
         if (eng_has_lsh(cfg)) {
             if (inj && inj->hash[l]) {
                 memcpy(L->hash, inj->hash[l], sizeof(float) * nh);
+                ops->upload(L->hash_dev, L->hash, sizeof(float) * nh);
+                L->have_hash = 1;
             } else {
-                hax_rng r;
-                rng_init(&r, o->seed, o->train ? RNG_LSH : RNG_LSH_EVAL, o->step, (uint32_t)l, 0);
-                for (size_t i = 0; i < nh; i++) L->hash[i] = (float)rng_normal(&r);
-                // bf16-pure: the reference draws H with torch.randn in bf16 (§5.4)
-                if (cfg->precision == PREC_BF16_PURE)
-                    for (size_t i = 0; i < nh; i++) L->hash[i] = hax_bf16_round(L->hash[i]);
+                // drawn by the backend, the same bits on each; bf16-pure: the
+                // reference draws H with torch.randn in bf16 (§5.4)
+                ops->lsh_draw_hash(L->hash_dev, (int)nh, o->seed, o->train ? RNG_LSH : RNG_LSH_EVAL, o->step,
+                                   (uint32_t)l, cfg->precision == PREC_BF16_PURE);
+                L->have_hash = 2;  // the backend's copy only (engine_hash fetches it)
             }
-            L->have_hash = 1;
-            ops->upload(L->hash_dev, L->hash, sizeof(float) * nh);
             if (inj && inj->q_bucket[l] && inj->k_bucket[l]) {
                 if (bd->n_tok != b->n_tok)
                     hax_die("engine %s: injected buckets: expected an unpadded batch, found %d padded positions",
@@ -122,12 +121,13 @@ void mixer_inputs(eng_core *c, const hax_model *m, const hax_batch *b, const hax
             }
         }
         if (eng_has_ks(cfg) && o->train) {
-            if (inj && inj->ks_cand[l])
+            if (inj && inj->ks_cand[l]) {
                 memcpy(L->cand, inj->ks_cand[l], sizeof(int) * (size_t)b->n_seq * kc);
-            else
-                ks_sample_candidates(L->cand, b->seq_off, b->n_seq, b->sample_idx, kc, o->seed, o->step, (uint32_t)l);
-            for (size_t i = (size_t)b->n_seq * kc; i < (size_t)bd->n_seq * kc; i++) L->cand[i] = -1;
-            ops->upload(L->cand_dev, L->cand, sizeof(int) * (size_t)bd->n_seq * kc);
+                for (size_t i = (size_t)b->n_seq * kc; i < (size_t)bd->n_seq * kc; i++) L->cand[i] = -1;
+                ops->upload(L->cand_dev, L->cand, sizeof(int) * (size_t)bd->n_seq * kc);
+            } else {  // drawn by the backend (c->seq_off: bd's, whose first sequences are b's)
+                ops->ks_draw_candidates(L->sp, L->cand_dev, b, c->seq_off, bd->n_seq, kc, o->seed, o->step, (uint32_t)l);
+            }
         }
     }
 }

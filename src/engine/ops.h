@@ -141,6 +141,15 @@ typedef struct hax_ops {
                             const float *dattn, int ld_dattn, float gate_scale, const float *X, int ldX,
                             const float *W_xx, const ks_params *ks, float *dX, int ld_dX, float *dW_xx,
                             ks_grads *dks);
+    // The branch's random inputs, drawn by the backend into backend memory,
+    // the same bits on every backend. lsh_draw_hash: H [n] = the
+    // rng_normal_portable values of the stream (seed, domain, a, b, 0) as
+    // floats, rounded to bf16 if bf16. ks_draw_candidates: cand [n_seq_pad, k_c]
+    // = ks_sample_candidates of b's sequences (host b, its backend seq_off
+    // copy; the run's first b->n_seq sequences), rows after them -1.
+    void (*lsh_draw_hash)(float *H, int n, uint64_t seed, uint32_t domain, uint32_t a, uint32_t b, int bf16);
+    void (*ks_draw_candidates)(void *st, int *cand, const hax_batch *b, const int *seq_off, int n_seq_pad, int k_c,
+                               uint64_t seed, uint32_t step, uint32_t layer);
 } hax_ops;
 
 // bf16 emulation in the neutral engine (train.precision, README "Precision").
