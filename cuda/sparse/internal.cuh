@@ -4,6 +4,8 @@
 #ifndef HAX_CU_SPARSE_INTERNAL_CUH
 #define HAX_CU_SPARSE_INTERNAL_CUH
 
+#define CU_SP_TR_MAX_BYTES (4.0 * 1073741824.0)  // the per-key bitmaps of the dK/dV lists at most (4 GiB)
+
 #include <limits.h>
 
 #include "cuda/core/common.cuh"

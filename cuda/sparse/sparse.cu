@@ -54,13 +54,17 @@ static void layout(cu_sparse_state *st, carver *c) {
     st->allow_key = (int *)carve(c, sizeof(int) * T * cap);
     st->allow_p = (float *)carve(c, sizeof(float) * T * cap);
     st->allow_ds = (float *)carve(c, sizeof(float) * T * cap);
-    // the transposed lists (not for `full`, which has no lists)
+    // the transposed lists of the dK/dV gather
+    // (not for `full`, which has no lists). The bitmaps take T·max_len/8
+    // bytes: beyond CU_SP_TR_MAX_BYTES (long evaluation batches, which run no
+    // backward) they are left out and a backward there stops with one line.
     size_t W = sparse_pattern_has(st->mask, SPF_DENSE) ? 0 : ((size_t)st->max_len + 31) / 32;
+    if (sizeof(uint32_t) * T * W > CU_SP_TR_MAX_BYTES) W = 0;
     size_t TL = W ? T : 0;
-    st->tr_bits = (uint32_t *)carve(c, sizeof(uint32_t) * TL * W);
-    st->tr_cnt = (int *)carve(c, sizeof(int) * TL);
-    st->tr_off = (int *)carve(c, sizeof(int) * TL);
-    st->tr_ent = (int *)carve(c, sizeof(int) * TL * cap);
+    st->tr_bits = TL ? (uint32_t *)carve(c, sizeof(uint32_t) * TL * W) : NULL;
+    st->tr_cnt = TL ? (int *)carve(c, sizeof(int) * TL) : NULL;
+    st->tr_off = TL ? (int *)carve(c, sizeof(int) * TL) : NULL;
+    st->tr_ent = TL ? (int *)carve(c, sizeof(int) * TL * cap) : NULL;
     st->lse = (float *)carve(c, sizeof(float) * T);
     st->rowD = (float *)carve(c, sizeof(float) * T);
     st->seq_sv = (double *)carve(c, sizeof(double) * S * E);

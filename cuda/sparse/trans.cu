@@ -87,6 +87,11 @@ void cu_sp_transpose(cu_sparse_state *st, const int *seq_off) {
     int n_tok = st->n_tok, n_seq = st->n_seq, cap = st->row_cap, W = tr_words(st);
     long slots = (long)n_tok * cap;
     if (n_tok == 0 || n_seq == 0) return;
+    if (!st->tr_bits)
+        hax_die("cuda: sparse backward: the per-key lists of %d positions of length up to %d: expected at most "
+                "%.0f GiB of bitmaps, found %.1f GiB needed (a backward this long is not supported; evaluation is)",
+                st->max_tok, st->max_len, CU_SP_TR_MAX_BYTES / 1073741824.0,
+                4.0 * st->max_tok * ((st->max_len + 31) / 32) / 1073741824.0);
     cudaStream_t sm = cu_stream();
     CUDA_CHECK(cudaMemsetAsync(st->tr_bits, 0, sizeof(uint32_t) * (size_t)n_tok * W, sm));
     tr_mark_kernel<<<cu_blocks(slots, TR_THREADS), TR_THREADS, 0, sm>>>(st->tr_bits, st->allow_cnt, st->allow_key,
