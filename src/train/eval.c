@@ -127,9 +127,14 @@ void train_evaluate(train_ctx *t, int split, const float *alt_emb, train_eval *e
                    .batch_size = cfg->train.batch_size, .vocab = cfg->model.vocab_size,
                    .hidden = cfg->model.hidden_size, .seed = cfg->train.seed,
                    .fixed_hash = cfg->train.eval_fixed_hash, .draws = &t->eval_draws};
+    double t0 = hax_now();
     if (split == SPLIT_VALID) {
-        if (!t->valid_set) t->valid_set = eval_set_build(&p, SPLIT_VALID);
+        if (!t->valid_set) {
+            t->valid_set = eval_set_build(&p, SPLIT_VALID);
+            t->valid_build_s += hax_now() - t0;
+        }
         p.set = t->valid_set;
     }
     eval_run(&p, split, alt_emb, ev, ev_alt);
+    if (split == SPLIT_VALID) t->valid_s += hax_now() - t0, t->n_valid++;
 }

@@ -58,6 +58,8 @@ typedef struct {
     train_inflight inflight[HAX_STEPS_IN_FLIGHT];  // steps begun, oldest at inflight_head
     int inflight_head, n_inflight;
     struct eval_set *valid_set;  // the validation split's batches, assembled at the first validation
+    double valid_s, valid_build_s;  // seconds in validation passes (this session), of them assembling valid_set
+    int n_valid;                    // validation passes (this session)
     double tokens0;         // tokens at the session's start
     int64_t step0;          // step at the session's start
     int64_t last_ckpt;      // step of the latest checkpoint written (-1: none)

@@ -306,13 +306,18 @@ static void print_progress(const train_ctx *t, const double row[M_COLS]) {
 // This session's time per step: in the loop (steps, waits for the batches
 // and the device, the host's work), in the engine (device backends with
 // asynchronous steps: the steps' time on the device; else the host's time in
-// forward, backward and AdamW), and the rest: the host's share.
+// forward, backward and AdamW), and the rest: the host's share. Then the
+// validation passes' mean time (the first one's assembly of the split apart).
 static void print_step_split(const train_ctx *t) {
     int64_t done = t->step - t->step0;
-    if (done <= 0) return;
-    double loop = t->train_s / done * 1e3, eng = t->engine_s / done * 1e3;
-    printf("hax-train: %.3f ms per step in the loop, %.3f ms in the engine%s, %.3f ms (%.1f%%) else\n", loop, eng,
-           async_steps(t) ? " (device)" : "", loop - eng, loop > 0 ? 100.0 * (loop - eng) / loop : 0.0);
+    if (done > 0) {
+        double loop = t->train_s / done * 1e3, eng = t->engine_s / done * 1e3;
+        printf("hax-train: %.3f ms per step in the loop, %.3f ms in the engine%s, %.3f ms (%.1f%%) else\n", loop,
+               eng, async_steps(t) ? " (device)" : "", loop - eng, loop > 0 ? 100.0 * (loop - eng) / loop : 0.0);
+    }
+    if (t->n_valid > 0)
+        printf("hax-train: %d validation passes, %.3f s each (assembling the split once: %.3f s)\n", t->n_valid,
+               (t->valid_s - t->valid_build_s) / t->n_valid, t->valid_build_s);
     fflush(stdout);
 }
 
@@ -459,6 +464,7 @@ int train_run(const train_opts *o) {
             begin_step(&t, s, b, n_scored, lr);  // returns before the device has run it
             prefetch_release(pf);
         } else {
+            double te = hax_now();
             step_stats st;
             train_step(&t, s, b, n_scored, &st);
             prefetch_release(pf);
@@ -466,7 +472,7 @@ int train_run(const train_opts *o) {
             if (t.eng->be->dev) t.eng->be->dev->adamw_step(t.eng, &t.opt, lr);
             else adamw_step(&t.opt, t.model.data, t.model.grad, lr);
             account(&t, s, &st);
-            t.engine_s += hax_now() - ts;
+            t.engine_s += hax_now() - te;
         }
         t.train_s += hax_now() - ts;
         if (o->slow_step > 0) usleep((useconds_t)(o->slow_step * 1e6));
