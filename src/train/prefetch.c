@@ -2,6 +2,7 @@
 // thread fills index i into slot i % PF_DEPTH once index i - PF_DEPTH was
 // released; the loop takes them in order.
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 
 #include "src/core/common.h"
@@ -57,7 +58,12 @@ train_prefetch *prefetch_start(hax_dataset *ds, int global_batch, int rank, int 
     for (int k = 0; k < PF_DEPTH; k++) dataset_batch_alloc(ds, global_batch, &pf->ring[k]);
     pthread_mutex_init(&pf->mu, NULL);
     pthread_cond_init(&pf->cv, NULL);
+    // the thread blocks every signal: SIGTERM / SIGUSR1 reach the loop's thread
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     int rc = pthread_create(&pf->thread, NULL, prefetch_main, pf);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc) hax_die("hax-train: batch prefetcher: expected a new thread, found pthread_create error %d", rc);
     return pf;
 }
