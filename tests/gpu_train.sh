@@ -4,7 +4,8 @@
 # steps, graph steps vs plain device steps, 2 ranks sharing the GPU (NCCL
 # refuses one device per two ranks: the host MPI all-reduce is taken then),
 # stop + resume bit for bit on the GPU, steps in flight (the same weights,
-# stop + resume, a non-finite step found late), device: auto picks cuda; then the
+# stop + resume, a non-finite step found late), with HAX_BASE_BIN=DIR the same
+# runs as an earlier build bit for bit, device: auto picks cuda; then the
 # tiny Mamba+HAX (configs/tiny.yaml: the sparse branch with LSH and key
 # selection) and the tiny Samba, GPU (graph steps) vs CPU curves. Prints
 # "SKIP: no CUDA device" and exits 0 without one. Not run by tests/run.sh.
@@ -110,6 +111,29 @@ check "gpu non-finite: exit 1" test $rc -eq 1
 check "gpu non-finite: one clear line" grep -q "^hax: step 23: non-finite" "$tmp/nan.log"
 check "gpu non-finite: result.json failed at step 22" grep -q '"steps": 22,' "$N/result.json"
 check "gpu non-finite: checkpoint of step 15 kept" grep -q '"step":"15"' <(head -c 4096 "$N/checkpoint.safetensors")
+
+# HAX_BASE_BIN=DIR (the bin/ of an earlier build, e.g. of the commit before
+# the steps in flight): the same GPU runs must match it bit for bit (metrics,
+# validation and test figures, weights)
+if [ -n "${HAX_BASE_BIN:-}" ]; then
+    for cfg in tiny_mamba tiny; do
+        A=(configs/$cfg.yaml data.path=$tmp/data train.steps=$STEPS train.valid_every=100 train.log_every=25
+           train.checkpoint_every=0 train.device=cuda)
+        "$HAX_BASE_BIN/hax-train" "${A[@]}" --results "$tmp/base_$cfg" >"$tmp/base_$cfg.log" 2>&1; rc=$?
+        check "$cfg: base build's run exits 0" test $rc -eq 0
+        "$T" "${A[@]}" --results "$tmp/new_$cfg" >"$tmp/new_$cfg.log" 2>&1; rc=$?
+        check "$cfg: this build's run exits 0" test $rc -eq 0
+        X=$tmp/base_$cfg/$cfg/lr_0.003/seed_1 Y=$tmp/new_$cfg/$cfg/lr_0.003/seed_1
+        check "$cfg vs base build: metrics.csv equal" cmp -s "$X/metrics.csv" "$Y/metrics.csv"
+        check "$cfg vs base build: checkpoint bit for bit" "$FILES" cmp "$X/checkpoint.safetensors" \
+            "$Y/checkpoint.safetensors" 0
+        check "$cfg vs base build: best.safetensors bit for bit" "$FILES" cmp "$X/best.safetensors" \
+            "$Y/best.safetensors" 0
+        check "$cfg vs base build: result.json equal apart from timing" \
+            cmp -s <(grep -Ev '"(wall_time|tokens_per_s|git_revision|output|heartbeat)"' "$X/result.json") \
+                   <(grep -Ev '"(wall_time|tokens_per_s|git_revision|output|heartbeat)"' "$Y/result.json")
+    done
+fi
 
 # device choice
 out=$("$T" "${RUNARGS[@]}" train.steps=2 train.warmup=1 train.device=auto --results "$tmp/auto" 2>&1); rc=$?
