@@ -3,7 +3,9 @@
 # the tiny plain Mamba (configs/tiny_mamba.yaml): the loss curves of 300
 # steps, graph steps vs plain device steps, 2 ranks sharing the GPU (NCCL
 # refuses one device per two ranks: the host MPI all-reduce is taken then),
-# stop + resume bit for bit on the GPU, device: auto picks cuda; then the
+# stop + resume bit for bit on the GPU, steps in flight (the same weights,
+# stop + resume, a non-finite step found late), with HAX_BASE_BIN=DIR the same
+# runs as an earlier build bit for bit, device: auto picks cuda; then the
 # tiny Mamba+HAX (configs/tiny.yaml: the sparse branch with LSH and key
 # selection) and the tiny Samba, GPU (graph steps) vs CPU curves. Prints
 # "SKIP: no CUDA device" and exits 0 without one. Not run by tests/run.sh.
@@ -73,6 +75,65 @@ check "resumed run exits 0" test $rc -eq 0
 S=$(run_dir stop)
 check "resume on the GPU: checkpoint bit for bit" "$FILES" cmp "$G/checkpoint.safetensors" "$S/checkpoint.safetensors" 0
 check "resume on the GPU: metrics.csv equal" cmp -s "$G/metrics.csv" "$S/metrics.csv"
+
+# steps in flight: with rows every 50 steps up to 3 steps are begun before
+# the oldest is ended (log_every=1 above ends each at once): the same weights
+# bit for bit; stop + resume bit for bit with the uninterrupted run; the
+# time split printed at the end
+PIPE=("${RUNARGS[@]}" train.log_every=50)
+"$T" "${PIPE[@]}" train.device=cuda --results "$tmp/pipe" >"$tmp/pipe.log" 2>&1; rc=$?
+check "steps in flight: run exits 0" test $rc -eq 0
+I=$(run_dir pipe)
+check "steps in flight: final weights bit for bit with one step at a time" \
+    "$FILES" cmp "$G/checkpoint.safetensors" "$I/checkpoint.safetensors" 0 --weights
+check "steps in flight: best.safetensors bit for bit" "$FILES" cmp "$G/best.safetensors" "$I/best.safetensors" 0
+check "steps in flight: same validation accuracies" \
+    cmp -s <(awk -F, 'NR > 1 && $6 != "" && $6 != "nan"' "$G/metrics.csv" | cut -d, -f1,6) \
+           <(awk -F, 'NR > 1 && $6 != "" && $6 != "nan"' "$I/metrics.csv" | cut -d, -f1,6)
+grep "ms per step\|validation passes" "$tmp/pipe.log"
+check "steps in flight: the time split is printed" grep -q "ms per step in the loop, .* in the engine (device)" \
+    "$tmp/pipe.log"
+"$T" "${PIPE[@]}" train.device=cuda --results "$tmp/pstop" --stop-after-step 170 >"$tmp/pstop.log" 2>&1; rc=$?
+check "steps in flight: stopped run exits 3" test $rc -eq 3
+"$T" "${PIPE[@]}" train.device=cuda --results "$tmp/pstop" >"$tmp/pstop2.log" 2>&1; rc=$?
+check "steps in flight: resumed run exits 0" test $rc -eq 0
+check "steps in flight: resume, checkpoint bit for bit" \
+    "$FILES" cmp "$I/checkpoint.safetensors" "$(run_dir pstop)/checkpoint.safetensors" 0
+check "steps in flight: resume, metrics.csv equal" cmp -s "$I/metrics.csv" "$(run_dir pstop)/metrics.csv"
+
+# a non-finite step found late (steps 24, 25 begun after it) stops the run
+# at that step; result.json names the step before it; the checkpoint of
+# step 15 is kept
+"$T" "${RUNARGS[@]}" train.log_every=10 train.checkpoint_every=15 train.device=cuda --results "$tmp/nan" \
+    --nan-at-step 23 >"$tmp/nan.log" 2>&1; rc=$?
+N=$(run_dir nan)
+check "gpu non-finite: exit 1" test $rc -eq 1
+check "gpu non-finite: one clear line" grep -q "^hax: step 23: non-finite" "$tmp/nan.log"
+check "gpu non-finite: result.json failed at step 22" grep -q '"steps": 22,' "$N/result.json"
+check "gpu non-finite: checkpoint of step 15 kept" grep -q '"step":"15"' <(head -c 4096 "$N/checkpoint.safetensors")
+
+# HAX_BASE_BIN=DIR (the bin/ of an earlier build, e.g. of the commit before
+# the steps in flight): the same GPU runs must match it bit for bit (metrics,
+# validation and test figures, weights)
+if [ -n "${HAX_BASE_BIN:-}" ]; then
+    for cfg in tiny_mamba tiny; do
+        A=(configs/$cfg.yaml data.path=$tmp/data train.steps=$STEPS train.valid_every=100 train.log_every=25
+           train.checkpoint_every=0 train.device=cuda)
+        "$HAX_BASE_BIN/hax-train" "${A[@]}" --results "$tmp/base_$cfg" >"$tmp/base_$cfg.log" 2>&1; rc=$?
+        check "$cfg: base build's run exits 0" test $rc -eq 0
+        "$T" "${A[@]}" --results "$tmp/new_$cfg" >"$tmp/new_$cfg.log" 2>&1; rc=$?
+        check "$cfg: this build's run exits 0" test $rc -eq 0
+        X=$tmp/base_$cfg/$cfg/lr_0.003/seed_1 Y=$tmp/new_$cfg/$cfg/lr_0.003/seed_1
+        check "$cfg vs base build: metrics.csv equal" cmp -s "$X/metrics.csv" "$Y/metrics.csv"
+        check "$cfg vs base build: checkpoint bit for bit" "$FILES" cmp "$X/checkpoint.safetensors" \
+            "$Y/checkpoint.safetensors" 0
+        check "$cfg vs base build: best.safetensors bit for bit" "$FILES" cmp "$X/best.safetensors" \
+            "$Y/best.safetensors" 0
+        check "$cfg vs base build: result.json equal apart from timing" \
+            cmp -s <(grep -Ev '"(wall_time|tokens_per_s|git_revision|output|heartbeat)"' "$X/result.json") \
+                   <(grep -Ev '"(wall_time|tokens_per_s|git_revision|output|heartbeat)"' "$Y/result.json")
+    done
+fi
 
 # device choice
 out=$("$T" "${RUNARGS[@]}" train.steps=2 train.warmup=1 train.device=auto --results "$tmp/auto" 2>&1); rc=$?

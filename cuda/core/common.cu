@@ -167,6 +167,20 @@ extern "C" void *cuda_download_new(const void *src, size_t bytes) {
     return h;
 }
 
+extern "C" void *cuda_host_alloc(size_t bytes) {
+    ensure_init();
+    void *p = NULL;
+    cudaError_t err = cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault);
+    if (err != cudaSuccess)
+        hax_die("cuda: cuda_host_alloc: could not allocate %zu bytes of pinned memory: %s", bytes,
+                cudaGetErrorString(err));
+    return p;
+}
+
+extern "C" void cuda_host_free(void *p) {
+    if (p) CUDA_CHECK(cudaFreeHost(p));
+}
+
 extern "C" int cuda_event_record(void) {
     int i = g_next_event;
     g_next_event = (g_next_event + 1) % N_EVENTS;

@@ -57,6 +57,13 @@ void *cuda_upload_new(const void *src_host, size_t bytes);
 // downloaded from the device (synchronises: setup and test code only).
 void *cuda_download_new(const void *src_dev, size_t bytes);
 
+// Pinned (page-locked) host memory, which copies on the stream read and
+// write asynchronously (never NULL; dies naming the size on failure). The
+// buffer must then stay unchanged (upload) / unread (download) until the
+// copy has run.
+void *cuda_host_alloc(size_t bytes);
+void cuda_host_free(void *p);
+
 // Timing on the stream: returns an opaque event index (0..63).
 int cuda_event_record(void);
 // Milliseconds between two recorded events (synchronises on the second).

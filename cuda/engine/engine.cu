@@ -14,6 +14,35 @@
 
 #define CU_MAX_GRAPHS 64  // graphs kept (one per padded batch shape)
 #define CU_BUCKET 256     // graph steps pad the packed positions to a multiple of this
+#define CU_SLOTS HAX_STEPS_IN_FLIGHT
+
+// A padded batch in pinned memory (uploaded from asynchronously) and its capacities.
+typedef struct {
+    hax_batch b;
+    int cap_tok, cap_seq;
+} cu_padded;
+
+// What one asynchronous step copies, in pinned memory: its scalars up, its figures down.
+typedef struct {
+    float ce_scale;
+    cuda_adamw_hp hp;
+    double ce_sum;
+    double gate[HAX_MAX_LAYERS];
+    int bad;  // the sticky non-finite flag after the step
+    int err;  // the kernels' error flag (cu_error_flag) after the step
+} cu_step_io;
+
+// One asynchronous step (step_begin .. step_end) and what it needs until it has run.
+typedef struct {
+    cu_padded pad;
+    cu_step_io *io;
+    int *correct, *count;  // pinned [cap_out]
+    int cap_out;
+    int n_seq, global_n_seq;  // of the batch as given
+    double ce_count;
+    cudaEvent_t start, end;
+    int busy;
+} cu_slot;
 
 typedef struct {
     float *w, *gr;            // device parameters and gradients [n_floats]
@@ -24,9 +53,11 @@ typedef struct {
     float *host_g;            // host staging of the gradients
     // graph steps: the batch padded to a bucket, the CE scale on the device,
     // and the graphs captured per padded shape
-    hax_batch pad;
-    int pad_cap_tok, pad_cap_seq;
+    cu_padded pad;
     float *ce_scale;
+    int *sticky;              // device: set once a step's gradients were not finite (never cleared)
+    cu_slot slots[CU_SLOTS];  // asynchronous steps, ticket % CU_SLOTS
+    int next_ticket, end_ticket;
     cuda_adamw_hp hp_host;
     float ce_scale_host;
     struct { int n, n_seq, global_n_seq, model_len; void *exec; } graphs[CU_MAX_GRAPHS];
@@ -34,6 +65,7 @@ typedef struct {
 } cu_impl;
 
 static cu_impl *impl_of(const hax_engine *e) { return (cu_impl *)e->impl; }
+static void padded_free(cu_padded *p);
 
 static void graphs_free(cu_impl *c) {
     for (int i = 0; i < c->n_graphs; i++) cuda_graph_free(c->graphs[i].exec);
@@ -66,35 +98,48 @@ static void cu_destroy(hax_engine *e) {
     cuda_sync();
     graphs_free(c);
     cuda_free(c->w), cuda_free(c->gr), cuda_free(c->am), cuda_free(c->av), cuda_free(c->hp), cuda_free(c->flag);
-    cuda_free(c->ce_scale);
-    free(c->pad.inputs), free(c->pad.labels), free(c->pad.loss_mask), free(c->pad.seq_off);
+    cuda_free(c->ce_scale), cuda_free(c->sticky);
+    padded_free(&c->pad);
+    for (int k = 0; k < CU_SLOTS; k++) {
+        cu_slot *sl = &c->slots[k];
+        padded_free(&sl->pad);
+        cuda_host_free(sl->io), cuda_host_free(sl->correct), cuda_host_free(sl->count);
+        CUDA_CHECK(cudaEventDestroy(sl->start));
+        CUDA_CHECK(cudaEventDestroy(sl->end));
+    }
     free(c->host_g), free(c);
 }
 
 // ---------------------------------------------------------------- graph steps
 
-// c->pad = b plus one sequence of padding (token 0, label 0, unscored) that
+static void padded_free(cu_padded *p) {
+    cuda_host_free(p->b.inputs), cuda_host_free(p->b.labels), cuda_host_free(p->b.loss_mask);
+    cuda_host_free(p->b.seq_off);
+    memset(p, 0, sizeof *p);
+}
+
+// pd->b = b plus one sequence of padding (token 0, label 0, unscored) that
 // brings the positions to a multiple of CU_BUCKET. The padding adds exact
 // zeros to every gradient (its CE gradient rows are zero) and its sequence
 // scores nothing, so only summation orders change. With the sparse branch
 // the padding is cut into sequences of at most model_len positions (the
 // branch's statistics assume no longer one) and gets no ranking candidates
 // (mixer_inputs), so it adds nothing to the ranking loss either.
-static void pad_batch(cu_impl *c, const hax_model_config *cfg, const hax_batch *b) {
+static void pad_batch(cu_padded *pd, const hax_model_config *cfg, const hax_batch *b) {
     int n = b->n_tok, np = (n + CU_BUCKET - 1) / CU_BUCKET * CU_BUCKET;
     if (np == 0) np = CU_BUCKET;
     int piece = cfg->sparse_mask && b->model_len > 0 ? b->model_len : CU_BUCKET;
     int n_pad_seq = (np - n + piece - 1) / piece;
     int ns = b->n_seq + n_pad_seq;
-    hax_batch *p = &c->pad;
-    if (np > c->pad_cap_tok || ns + 1 > c->pad_cap_seq) {
-        free(p->inputs), free(p->labels), free(p->loss_mask), free(p->seq_off);
-        c->pad_cap_tok = np > c->pad_cap_tok ? np : c->pad_cap_tok;
-        c->pad_cap_seq = ns + 1 > c->pad_cap_seq ? ns + 1 : c->pad_cap_seq;
-        p->inputs = (int32_t *)xmalloc(sizeof(int32_t) * c->pad_cap_tok);
-        p->labels = (int32_t *)xmalloc(sizeof(int32_t) * c->pad_cap_tok);
-        p->loss_mask = (uint8_t *)xmalloc(c->pad_cap_tok);
-        p->seq_off = (int *)xmalloc(sizeof(int) * (c->pad_cap_seq + 1));
+    hax_batch *p = &pd->b;
+    if (np > pd->cap_tok || ns + 1 > pd->cap_seq) {
+        int cap_tok = np > pd->cap_tok ? np : pd->cap_tok, cap_seq = ns + 1 > pd->cap_seq ? ns + 1 : pd->cap_seq;
+        padded_free(pd);
+        pd->cap_tok = cap_tok, pd->cap_seq = cap_seq;
+        p->inputs = (int32_t *)cuda_host_alloc(sizeof(int32_t) * cap_tok);
+        p->labels = (int32_t *)cuda_host_alloc(sizeof(int32_t) * cap_tok);
+        p->loss_mask = (uint8_t *)cuda_host_alloc(cap_tok);
+        p->seq_off = (int *)cuda_host_alloc(sizeof(int) * (cap_seq + 1));
     }
     memcpy(p->inputs, b->inputs, sizeof(int32_t) * n);
     memcpy(p->labels, b->labels, sizeof(int32_t) * n);
@@ -110,40 +155,48 @@ static void pad_batch(cu_impl *c, const hax_model_config *cfg, const hax_batch *
     p->model_len = b->model_len;
 }
 
+// Before AdamW: once the sticky flag is set (this step's gradients, or an
+// earlier step's, were not finite) the step leaves the weights as they are:
+// zero gradients, no decay, no step (the moments stay finite).
+__global__ static void guard_kernel(float *g, size_t n, const int *sticky, cuda_adamw_hp *hp) {
+    if (!*sticky) return;
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) g[i] = 0.0f;
+    if (i == 0) hp->decay = 1.0f, hp->neg_step_size = 0.0f;
+}
+
 // The kernels of one whole step: forward, backward, AdamW.
 static void step_enqueue(hax_engine *e) {
     cu_impl *c = impl_of(e);
+    size_t n = e->model->n_floats;
     engine_run_forward(e);
     engine_run_backward(e, c->ce_scale);
-    cuda_adamw_step(c->w, c->gr, c->am, c->av, e->model->n_floats, c->hp);
+    cuda_check_finite(c->sticky, c->gr, n);
+    if (n > 0) {
+        guard_kernel<<<cu_blocks((long)n, 256), 256, 0, cu_stream()>>>(c->gr, n, c->sticky, c->hp);
+        CUDA_LAUNCHED();
+    }
+    cuda_adamw_step(c->w, c->gr, c->am, c->av, n, c->hp);
 }
 
-static void cu_train_step(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_adamw *opt, double lr,
-                          hax_fwd_result *r) {
+// Enqueues the step of bd (b padded by pad_batch): prepare (uploads), the
+// step's scalars (host copies ce_scale, hp; start recorded after them), then
+// the graph of its shape (captured the first time: run as is, then recorded).
+static void step_launch(hax_engine *e, const hax_batch *bd, const hax_batch *b, const hax_fwd_opts *o,
+                        const float *ce_scale, const cuda_adamw_hp *hp, cudaEvent_t start) {
     cu_impl *c = impl_of(e);
-    hax_model *m = e->model;
-    if (!c->resident) hax_die("engine_cuda_train_step: expected resident weights (push first), found none");
-    pad_batch(c, &m->cfg, b);
     // sizes (a reallocation drops every graph), uploads the padded batch and
     // this step's hash matrices and candidates
-    engine_run_prepare(e, &c->pad, b, o);
-    double ce_count = o->ce_count;
-    if (ce_count <= 0) {
-        ce_count = 0;
-        for (int i = 0; i < b->n_tok; i++) ce_count += b->loss_mask ? b->loss_mask[i] != 0 : 1;
-    }
-    c->ce_scale_host = ce_count > 0 ? (float)(1.0 / ce_count) : 0.0f;
-    cuda_upload(c->ce_scale, &c->ce_scale_host, sizeof(float));
-    opt->step++;
-    cuda_adamw_hp_make(&c->hp_host, lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, opt->step);
-    c->hp_host.bf16_pure = opt->bf16_pure;
-    cuda_adamw_set(c->hp, &c->hp_host);
+    engine_run_prepare(e, bd, b, o);
+    cuda_upload(c->ce_scale, ce_scale, sizeof(float));
+    cuda_adamw_set(c->hp, hp);
+    if (start) CUDA_CHECK(cudaEventRecord(start, cu_stream()));
     int g = 0;
     // the key: every host value a capture bakes in (sizes, the gate scale's
     // global_n_seq, the branch's model_len)
-    while (g < c->n_graphs && (c->graphs[g].n != c->pad.n_tok || c->graphs[g].n_seq != c->pad.n_seq ||
-                               c->graphs[g].global_n_seq != c->pad.global_n_seq ||
-                               c->graphs[g].model_len != c->pad.model_len))
+    while (g < c->n_graphs && (c->graphs[g].n != bd->n_tok || c->graphs[g].n_seq != bd->n_seq ||
+                               c->graphs[g].global_n_seq != bd->global_n_seq ||
+                               c->graphs[g].model_len != bd->model_len))
         g++;
     if (g < c->n_graphs) {
         cuda_graph_launch(c->graphs[g].exec);
@@ -154,18 +207,116 @@ static void cu_train_step(hax_engine *e, const hax_batch *b, const hax_fwd_opts 
         if (c->n_graphs == CU_MAX_GRAPHS) graphs_free(c);
         cuda_graph_begin();
         step_enqueue(e);
-        c->graphs[c->n_graphs].n = c->pad.n_tok;
-        c->graphs[c->n_graphs].n_seq = c->pad.n_seq;
-        c->graphs[c->n_graphs].global_n_seq = c->pad.global_n_seq;
-        c->graphs[c->n_graphs].model_len = c->pad.model_len;
+        c->graphs[c->n_graphs].n = bd->n_tok;
+        c->graphs[c->n_graphs].n_seq = bd->n_seq;
+        c->graphs[c->n_graphs].global_n_seq = bd->global_n_seq;
+        c->graphs[c->n_graphs].model_len = bd->model_len;
         c->graphs[c->n_graphs].exec = cuda_graph_end();
         c->n_graphs++;
     }
+}
+
+// The CE normaliser of a step: o->ce_count, else b's scored positions.
+static double step_ce_count(const hax_batch *b, const hax_fwd_opts *o) {
+    double ce_count = o->ce_count;
+    if (ce_count <= 0) {
+        ce_count = 0;
+        for (int i = 0; i < b->n_tok; i++) ce_count += b->loss_mask ? b->loss_mask[i] != 0 : 1;
+    }
+    return ce_count;
+}
+
+static void cu_train_step(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_adamw *opt, double lr,
+                          hax_fwd_result *r) {
+    cu_impl *c = impl_of(e);
+    hax_model *m = e->model;
+    if (!c->resident) hax_die("engine_cuda_train_step: expected resident weights (push first), found none");
+    pad_batch(&c->pad, &m->cfg, b);
+    double ce_count = step_ce_count(b, o);
+    c->ce_scale_host = ce_count > 0 ? (float)(1.0 / ce_count) : 0.0f;
+    opt->step++;
+    cuda_adamw_hp_make(&c->hp_host, lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, opt->step);
+    c->hp_host.bf16_pure = opt->bf16_pure;
+    step_launch(e, &c->pad.b, b, o, &c->ce_scale_host, &c->hp_host, NULL);
     engine_run_collect(e, o, r);
     e->core->ce_count = ce_count;
     r->loss = ce_count > 0 ? r->ce_sum / ce_count : 0;
     r->total_loss = r->loss + m->cfg.gate_loss_weight * r->gate_loss;
 }
+
+// ---------------------------------------------------------------- asynchronous steps
+
+static void slot_reserve_out(cu_slot *sl, int n_seq) {
+    if (!sl->io) sl->io = (cu_step_io *)cuda_host_alloc(sizeof(cu_step_io));
+    if (n_seq <= sl->cap_out && sl->correct) return;
+    cuda_host_free(sl->correct), cuda_host_free(sl->count);
+    sl->cap_out = n_seq > 1 ? n_seq : 1;
+    sl->correct = (int *)cuda_host_alloc(sizeof(int) * sl->cap_out);
+    sl->count = (int *)cuda_host_alloc(sizeof(int) * sl->cap_out);
+}
+
+static int cu_step_begin(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_adamw *opt, double lr,
+                         int poison) {
+    cu_impl *c = impl_of(e);
+    hax_model *m = e->model;
+    const hax_ops *ops = e->core->ops;
+    if (!c->resident) hax_die("engine_cuda step_begin: expected resident weights (push first), found none");
+    int ticket = c->next_ticket;
+    cu_slot *sl = &c->slots[ticket % CU_SLOTS];
+    if (sl->busy)
+        hax_die("engine_cuda step_begin: expected at most %d steps in flight, found %d", CU_SLOTS,
+                c->next_ticket - c->end_ticket + 1);
+    // the slot's previous step has ended: its pinned buffers are free
+    pad_batch(&sl->pad, &m->cfg, b);
+    slot_reserve_out(sl, b->n_seq);
+    cu_step_io *io = sl->io;
+    sl->ce_count = step_ce_count(b, o);
+    sl->n_seq = b->n_seq, sl->global_n_seq = b->global_n_seq;
+    io->ce_scale = sl->ce_count > 0 ? (float)(1.0 / sl->ce_count) : 0.0f;
+    opt->step++;
+    cuda_adamw_hp_make(&io->hp, lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, opt->step);
+    io->hp.bf16_pure = opt->bf16_pure;
+    if (poison) {  // the test hook: this step counts as non-finite
+        static const int one = 1;
+        cuda_upload(c->sticky, &one, sizeof(int));
+    }
+    step_launch(e, &sl->pad.b, b, o, &io->ce_scale, &io->hp, sl->start);
+    // the figures, as engine_run_collect downloads them, without waiting
+    cuda_download(&io->ce_sum, e->core->loss, sizeof(double));
+    cuda_download(sl->correct, e->core->correct, sizeof(int) * b->n_seq);
+    cuda_download(sl->count, e->core->count, sizeof(int) * b->n_seq);
+    if (m->cfg.sparse_mask)
+        for (int l = 0; l < m->cfg.n_layers; l++)
+            cuda_download(&io->gate[l], ops->sparse_gate_loss(e->core->L[l].sp), sizeof(double));
+    cuda_download(&io->bad, c->sticky, sizeof(int));
+    cuda_download(&io->err, cu_error_flag(), sizeof(int));
+    CUDA_CHECK(cudaEventRecord(sl->end, cu_stream()));
+    sl->busy = 1;
+    e->core->ce_count = sl->ce_count;
+    c->next_ticket++;
+    return ticket;
+}
+
+static int cu_step_end(hax_engine *e, int ticket, hax_fwd_result *r, double *device_ms) {
+    cu_impl *c = impl_of(e);
+    cu_slot *sl = &c->slots[ticket % CU_SLOTS];
+    if (ticket != c->end_ticket || !sl->busy)
+        hax_die("engine_cuda step_end: expected ticket %d (steps end in order), found %d", c->end_ticket, ticket);
+    CUDA_CHECK(cudaEventSynchronize(sl->end));
+    if (sl->io->err) cuda_sync();  // dies with the kernels' message
+    float ms = 0.0f;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, sl->start, sl->end));
+    if (device_ms) *device_ms = ms;
+    const hax_model_config *cfg = &e->model->cfg;
+    engine_result(cfg, sl->n_seq, sl->global_n_seq, sl->io->ce_sum, sl->correct, sl->count, sl->io->gate,
+                  sl->ce_count, r);
+    sl->busy = 0;
+    c->end_ticket++;
+    return !sl->io->bad;
+}
+
+static void *cu_host_alloc(size_t bytes) { return cuda_host_alloc(bytes); }
+static void cu_host_free(void *p) { cuda_host_free(p); }
 
 extern "C" void engine_cuda_train_step(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_adamw *opt,
                                        double lr, hax_fwd_result *r) {
@@ -233,8 +384,9 @@ static void *cu_stream_of(hax_engine *e) {
     return cuda_stream_handle();
 }
 
-static const hax_device_ops cuda_dev_ops = {cu_push,        cu_pull,  cu_grad_buffer, cu_zero_grad,
-                                            cu_grad_finite, cu_adamw, cu_train_step,  cu_stream_of};
+static const hax_device_ops cuda_dev_ops = {cu_push,      cu_pull,       cu_grad_buffer, cu_zero_grad,
+                                            cu_grad_finite, cu_adamw,  cu_train_step,  cu_stream_of,
+                                            cu_step_begin, cu_step_end, cu_host_alloc,  cu_host_free};
 
 static hax_backend make_backend(void) {
     hax_backend b = {};
@@ -275,6 +427,12 @@ extern "C" hax_engine *engine_cuda_create(hax_model *m, int max_tok, int max_seq
     c->hp = (cuda_adamw_hp *)cuda_malloc(sizeof(cuda_adamw_hp));
     c->flag = (int *)cuda_malloc(sizeof(int));
     c->ce_scale = (float *)cuda_malloc(sizeof(float));
+    c->sticky = (int *)cuda_malloc(sizeof(int));
+    cuda_zero(c->sticky, sizeof(int));
+    for (int k = 0; k < CU_SLOTS; k++) {
+        CUDA_CHECK(cudaEventCreate(&c->slots[k].start));
+        CUDA_CHECK(cudaEventCreate(&c->slots[k].end));
+    }
     return engine_new(&cuda_backend, m, c->w, c->gr, c, max_tok, max_seq, max_len);
 }
 

@@ -50,6 +50,11 @@ hax_engine *engine_cuda_create(hax_model *m, int max_tok, int max_seq, int max_l
 // global_n_seq and model_len (the host values it bakes in).
 // The CE normaliser is applied on the device after the CE gradient (a last
 // float rounding differs from engine_backward's; results agree to ~1e-7).
+// Before AdamW the graph checks the gradients: once a step's are not finite
+// a device flag stays set and AdamW leaves the weights as they are (that
+// step's and every later one's). hax_device_ops.step_begin / step_end run
+// the same step without waiting (pinned copies of the padded batch and of the
+// figures per step in flight, up to HAX_STEPS_IN_FLIGHT).
 void engine_cuda_train_step(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_adamw *opt, double lr,
                             hax_fwd_result *r);
 // Graph replays so far (tests).

@@ -228,37 +228,45 @@ void engine_run_forward(hax_engine *e) {
                     b->n_seq, n, V, c->work);
 }
 
+void engine_result(const hax_model_config *cfg, int n_seq, int global_n_seq, double ce_sum, const int *correct,
+                   const int *count, const double *gate, double ce_count, hax_fwd_result *r) {
+    memset(r, 0, sizeof *r);
+    r->ce_sum = ce_sum;
+    double gate_sum = 0;
+    if (cfg->sparse_mask)
+        for (int l = 0; l < cfg->n_layers; l++) {
+            r->gate_layer[l] = gate[l] / global_n_seq;
+            gate_sum += gate[l];
+        }
+    double acc_sum = 0;
+    for (int s = 0; s < n_seq; s++) {
+        r->n_scored += count[s];
+        r->correct += correct[s];
+        // float32 per-sample ratio, as the reference's .float() (golden README Q20)
+        if (count[s] > 0) acc_sum += (double)((float)correct[s] / (float)count[s]);
+    }
+    if (ce_count <= 0) ce_count = (double)r->n_scored;
+    r->loss = ce_count > 0 ? r->ce_sum / ce_count : 0;
+    r->acc = acc_sum / global_n_seq;
+    r->gate_loss = gate_sum / global_n_seq;
+    r->total_loss = r->loss + cfg->gate_loss_weight * r->gate_loss;
+}
+
 void engine_run_collect(hax_engine *e, const hax_fwd_opts *o, hax_fwd_result *r) {
     eng_core *c = e->core;
     const hax_ops *ops = c->ops;
     const hax_model_config *cfg = &e->model->cfg;
     const hax_batch *b = c->run;
     int n_seq = b->n_seq, n_layers = cfg->n_layers;
-    memset(r, 0, sizeof *r);
-    ops->download(&r->ce_sum, c->loss, sizeof(double));
+    double ce_sum = 0;
+    ops->download(&ce_sum, c->loss, sizeof(double));
     ops->download(c->h_correct, c->correct, sizeof(int) * n_seq);
     ops->download(c->h_count, c->count, sizeof(int) * n_seq);
     if (cfg->sparse_mask)
         for (int l = 0; l < n_layers; l++) ops->download(&c->h_gate[l], ops->sparse_gate_loss(c->L[l].sp), sizeof(double));
     ops->sync();
-    double gate_sum = 0;
-    if (cfg->sparse_mask)
-        for (int l = 0; l < n_layers; l++) {
-            r->gate_layer[l] = c->h_gate[l] / b->global_n_seq;
-            gate_sum += c->h_gate[l];
-        }
-    double acc_sum = 0;
-    for (int s = 0; s < n_seq; s++) {
-        r->n_scored += c->h_count[s];
-        r->correct += c->h_correct[s];
-        // float32 per-sample ratio, as the reference's .float() (golden README Q20)
-        if (c->h_count[s] > 0) acc_sum += (double)((float)c->h_correct[s] / (float)c->h_count[s]);
-    }
+    engine_result(cfg, n_seq, b->global_n_seq, ce_sum, c->h_correct, c->h_count, c->h_gate, o->ce_count, r);
     c->ce_count = o->ce_count > 0 ? o->ce_count : (double)r->n_scored;
-    r->loss = c->ce_count > 0 ? r->ce_sum / c->ce_count : 0;
-    r->acc = acc_sum / b->global_n_seq;
-    r->gate_loss = gate_sum / b->global_n_seq;
-    r->total_loss = r->loss + cfg->gate_loss_weight * r->gate_loss;
 }
 
 void engine_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_fwd_result *r) {
@@ -269,6 +277,16 @@ void engine_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, ha
     engine_run_forward(e);
     engine_run_collect(e, o, r);
 }
+
+void engine_forward_counts(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, int *correct, int *count) {
+    eng_core *c = e->core;
+    engine_run_prepare(e, b, b, o);
+    engine_run_forward(e);
+    c->ops->download(correct, c->correct, sizeof(int) * b->n_seq);
+    c->ops->download(count, c->count, sizeof(int) * b->n_seq);
+}
+
+void engine_sync(hax_engine *e) { e->core->ops->sync(); }
 
 // ---------------------------------------------------------------- backward
 

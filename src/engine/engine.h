@@ -25,6 +25,7 @@
 #ifndef HAX_ENGINE_H
 #define HAX_ENGINE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "src/ops/adamw.h"
@@ -88,7 +89,27 @@ typedef struct {
     // The backend's stream (a cudaStream_t for CUDA; NULL: the default one),
     // for collectives enqueued beside the engine's work (mpi/dist_nccl.c).
     void *(*stream)(hax_engine *e);
+    // Asynchronous whole steps (one rank; the train_step's work): step_begin
+    // enqueues the step of batch b and the download of its figures and
+    // returns at once with a ticket, so the host prepares the next step while
+    // the device runs this one (b may be reused on return). Up to
+    // HAX_STEPS_IN_FLIGHT steps may be begun and not ended. A step whose
+    // gradients are not all finite (poison != 0: taken as such, a test hook)
+    // sets a device flag that stays set: this step's and every later step's
+    // AdamW then leave the weights as they are. step_end (tickets in order)
+    // waits for the step, fills r as train_step would and returns 1 when its
+    // gradients were finite (the flag still clear); *device_ms: the step's
+    // time on the device.
+    int (*step_begin)(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_adamw *opt, double lr,
+                      int poison);
+    int (*step_end)(hax_engine *e, int ticket, hax_fwd_result *r, double *device_ms);
+    // Host memory the device copies to and from asynchronously (CUDA: pinned);
+    // never NULL. host_free(NULL) is a no-op.
+    void *(*host_alloc)(size_t bytes);
+    void (*host_free)(void *p);
 } hax_device_ops;
+
+#define HAX_STEPS_IN_FLIGHT 3  // hax_device_ops.step_begin's limit
 
 struct hax_ops;
 
@@ -134,6 +155,13 @@ hax_engine *engine_create(const char *name, hax_model *m, int local_rank, int ma
 
 // Forward of one batch; keeps what backward needs until the next forward.
 void engine_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_fwd_result *r);
+// An evaluation forward that does not wait: enqueues the forward of b and the
+// copy of its per-sequence correct / scored counts into correct, count
+// (host [b->n_seq]; device backends: hax_device_ops.host_alloc memory, else
+// the copy waits), valid after engine_sync. b must stay unchanged until then.
+void engine_forward_counts(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, int *correct, int *count);
+// Waits for the engine's work (no-op on the CPU).
+void engine_sync(hax_engine *e);
 // Gradient of the last forward's total_loss share, ADDED to model->grad (the
 // caller zeroes it with model_zero_grad before a step).
 void engine_backward(hax_engine *e);

@@ -1,5 +1,11 @@
 // dataset_batch.c: packed batches of a dataset split, the reference's order
 // (PyTorch DataLoader, no shuffle, no drop_last) or a seeded shuffle per epoch.
+//
+// Threads: batches are filled with scratch of their own (the samples are
+// read-only), so an evaluation pass may fill batches while another thread
+// fills training batches (hax-train's prefetcher, src/train/prefetch.c). The
+// train split's epoch permutation is cached in the dataset: its batches are
+// taken from one thread at a time.
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,10 +60,8 @@ static const int64_t *epoch_perm(hax_dataset *ds, int64_t epoch) {
 // first .. first+n-1 (through perm when it is given).
 static void fill(hax_dataset *ds, int split, int64_t first, int n, const int64_t *perm, int rank, int n_ranks,
                  hax_batch *out) {
-    if (!ds->scratch_tok) {
-        ds->scratch_tok = xmalloc((size_t)ds->pad_len * sizeof(int32_t));
-        ds->scratch_mask = xmalloc((size_t)ds->pad_len);
-    }
+    int32_t *tok = xmalloc((size_t)ds->pad_len * sizeof(int32_t));  // one sample (this call's own)
+    uint8_t *mask = xmalloc((size_t)ds->pad_len);
     int lo = (int)((int64_t)n * rank / n_ranks), hi = (int)((int64_t)n * (rank + 1) / n_ranks);
     int model_len = ds->pad_len - 1;
     int at = 0;
@@ -68,7 +72,7 @@ static void fill(hax_dataset *ds, int split, int64_t first, int n, const int64_t
     for (int q = lo; q < hi; q++) {
         int64_t idx = perm ? perm[first + q] : first + q;
         int sizes[HAX_MAX_LEVELS];
-        int len = dataset_sample(ds, split, idx, ds->scratch_tok, ds->scratch_mask, sizes);
+        int len = dataset_sample(ds, split, idx, tok, mask, sizes);
         // The reference feeds tok[:-1] of the padded row, so a full-length
         // sample loses its last token; a shorter one keeps all of them and
         // its last label is the pad after it.
@@ -76,9 +80,9 @@ static void fill(hax_dataset *ds, int split, int64_t first, int n, const int64_t
         int k = q - lo;
         out->seq_off[k] = at;
         for (int t = 0; t < n_in; t++) {
-            out->inputs[at + t] = ds->scratch_tok[t];
-            out->labels[at + t] = t + 1 < len ? ds->scratch_tok[t + 1] : TOK_PAD;
-            out->loss_mask[at + t] = ds->scratch_mask[t];
+            out->inputs[at + t] = tok[t];
+            out->labels[at + t] = t + 1 < len ? tok[t + 1] : TOK_PAD;
+            out->loss_mask[at + t] = mask[t];
         }
         at += n_in;
         out->sample_idx[k] = idx;
@@ -91,6 +95,8 @@ static void fill(hax_dataset *ds, int split, int64_t first, int n, const int64_t
     }
     out->seq_off[out->n_seq] = at;
     out->n_tok = at;
+    free(tok);
+    free(mask);
 }
 
 int64_t dataset_batch(hax_dataset *ds, int split, int64_t batch, int global_batch, int rank, int n_ranks,

@@ -10,6 +10,7 @@
 #include "src/ops/basic.h"
 #include "src/train/eval.h"
 #include "src/train/internal.h"
+#include "src/train/eval_set.h"
 
 void train_eval_alloc(train_eval *ev, int nc, int nk) {
     memset(ev, 0, sizeof *ev);
@@ -40,33 +41,12 @@ static void eval_zero(train_eval *ev) {
     memset(ev->cnt, 0, n * sizeof(double));
 }
 
-// Scratch of one pass, grown to the largest batch seen.
-typedef struct {
-    int *correct, *count;  // [seq_cap]
-    float *logits;         // [tok_cap, V] logits with another output matrix
-    int seq_cap;
-    size_t tok_cap;
-} eval_scratch;
-
-static void scratch_reserve(eval_scratch *sc, const hax_batch *b, int vocab, int need_logits) {
-    if (b->n_seq > sc->seq_cap) {
-        sc->seq_cap = b->n_seq;
-        sc->correct = xrealloc(sc->correct, (size_t)sc->seq_cap * sizeof(int));
-        sc->count = xrealloc(sc->count, (size_t)sc->seq_cap * sizeof(int));
-    }
-    if (need_logits && (size_t)b->n_tok > sc->tok_cap) {
-        sc->tok_cap = (size_t)b->n_tok;
-        free(sc->logits);
-        sc->logits = xmalloc(sc->tok_cap * (size_t)vocab * sizeof(float));
-    }
-}
-
-// Adds the sequences of the batch, scored by logits [n_tok, V], to ev: the
-// reference's per-sample accuracy #correct / #scored in float32.
-static void eval_add(const hax_batch *b, int vocab, eval_scratch *sc, train_eval *ev, const float *logits) {
-    ce_forward(logits, b->labels, b->loss_mask, b->seq_off, b->n_seq, vocab, sc->correct, sc->count);
+// Adds the sequences of the batch, with correct / scored positions per
+// sequence, to ev: the reference's per-sample accuracy #correct / #scored in
+// float32.
+static void eval_add(const hax_batch *b, const int *correct, const int *count, train_eval *ev) {
     for (int s = 0; s < b->n_seq; s++) {
-        double a = sc->count[s] > 0 ? (double)((float)sc->correct[s] / (float)sc->count[s]) : 0.0;
+        double a = count[s] > 0 ? (double)((float)correct[s] / (float)count[s]) : 0.0;
         ev->acc += a;  // a sum until the reduction
         ev->n += 1;
         int c = b->n_context[s], k = b->n_key[s];
@@ -93,56 +73,68 @@ static void eval_reduce(const hax_dist *d, train_eval *ev) {
     free(buf);
 }
 
-// Dataset ids -> model ids in place (inputs and labels; pads and the
-// special tokens map to themselves).
-static void map_ids(const eval_pass *p, hax_batch *b) {
-    for (int i = 0; i < b->n_tok; i++) {
-        if (b->inputs[i] >= 0 && b->inputs[i] < p->n_ids) b->inputs[i] = p->id_map[b->inputs[i]];
-        if (b->labels[i] >= 0 && b->labels[i] < p->n_ids) b->labels[i] = p->id_map[b->labels[i]];
-    }
+// The quirk-1 figure of the batch just run: logits hf · alt_embᵀ on the
+// host (waits for the forward), scored into ev_alt.
+static void eval_add_alt(eval_pass *p, const hax_batch *b, const float *alt_emb, train_eval *ev_alt) {
+    float *logits = xmalloc((size_t)b->n_tok * p->vocab * sizeof(float));
+    int *correct = xmalloc((size_t)b->n_seq * sizeof(int)), *count = xmalloc((size_t)b->n_seq * sizeof(int));
+    logits_forward(logits, engine_hidden(p->eng), alt_emb, b->n_tok, p->hidden, p->vocab);
+    ce_forward(logits, b->labels, b->loss_mask, b->seq_off, b->n_seq, p->vocab, correct, count);
+    eval_add(b, correct, count, ev_alt);
+    free(logits), free(correct), free(count);
 }
 
 void eval_run(eval_pass *p, int split, const float *alt_emb, train_eval *ev, train_eval *ev_alt) {
-    eval_scratch sc;
-    memset(&sc, 0, sizeof sc);
     eval_zero(ev);
     if (ev_alt) eval_zero(ev_alt);
     double t0 = hax_now();
-    hax_batch *b = p->batch;
-    dataset_iter it;
-    dataset_iter_begin(&it, p->ds, split, p->batch_size, p->d->rank, p->d->size);
-    while (dataset_iter_next(&it, b)) {
+    eval_set *own = NULL, *set = p->set;
+    if (!set || eval_set_split(set) != split) set = own = eval_set_build(p, split);
+    int n = eval_set_batches(set);
+    // Every forward is enqueued without waiting (the counts land in the set);
+    // the accuracies are summed after one wait, batch by batch in order.
+    for (int i = 0; i < n; i++) {
+        const hax_batch *b = eval_set_batch(set, i);
         // Fixed matrices (paper App. D.2): draw 0 for every batch; else a new
         // draw per evaluation batch, as the reference (quirk 6).
         uint32_t draw = p->fixed_hash ? 0 : (uint32_t)(*p->draws + 1);
         (*p->draws)++;
         if (b->n_seq == 0) continue;
-        if (p->id_map) map_ids(p, b);
-        scratch_reserve(&sc, b, p->vocab, ev_alt != NULL);
         hax_fwd_opts fo = {.train = 0, .seed = p->seed, .step = draw, .ce_count = 0, .inject = p->inject};
-        hax_fwd_result r;
-        engine_forward(p->eng, b, &fo, &r);
-        eval_add(b, p->vocab, &sc, ev, engine_logits(p->eng));
-        if (ev_alt) {
-            logits_forward(sc.logits, engine_hidden(p->eng), alt_emb, b->n_tok, p->hidden, p->vocab);
-            eval_add(b, p->vocab, &sc, ev_alt, sc.logits);
-        }
+        int *correct, *count;
+        eval_set_counts(set, i, &correct, &count);
+        engine_forward_counts(p->eng, b, &fo, correct, count);
+        if (ev_alt) eval_add_alt(p, b, alt_emb, ev_alt);
         p->tokens += b->n_tok;
+    }
+    engine_sync(p->eng);
+    for (int i = 0; i < n; i++) {
+        int *correct, *count;
+        eval_set_counts(set, i, &correct, &count);
+        eval_add(eval_set_batch(set, i), correct, count, ev);
     }
     p->seconds += hax_now() - t0;
     eval_reduce(p->d, ev);
     if (ev_alt) eval_reduce(p->d, ev_alt);
-    free(sc.correct);
-    free(sc.count);
-    free(sc.logits);
+    eval_set_free(own);
 }
 
-// The training loop's pass: its engine, dataset, batch and redraw counter.
+// The training loop's pass: its engine, dataset, batch and redraw counter;
+// the validation split's batches are assembled once and kept (t->valid_set).
 void train_evaluate(train_ctx *t, int split, const float *alt_emb, train_eval *ev, train_eval *ev_alt) {
     const hax_config *cfg = t->cfg;
     eval_pass p = {.eng = t->eng, .ds = t->o->ds, .d = t->d, .batch = &t->batch,
                    .batch_size = cfg->train.batch_size, .vocab = cfg->model.vocab_size,
                    .hidden = cfg->model.hidden_size, .seed = cfg->train.seed,
                    .fixed_hash = cfg->train.eval_fixed_hash, .draws = &t->eval_draws};
+    double t0 = hax_now();
+    if (split == SPLIT_VALID) {
+        if (!t->valid_set) {
+            t->valid_set = eval_set_build(&p, SPLIT_VALID);
+            t->valid_build_s += hax_now() - t0;
+        }
+        p.set = t->valid_set;
+    }
     eval_run(&p, split, alt_emb, ev, ev_alt);
+    if (split == SPLIT_VALID) t->valid_s += hax_now() - t0, t->n_valid++;
 }

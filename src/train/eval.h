@@ -42,6 +42,7 @@ typedef struct {
     const int32_t *id_map;     // dataset token id -> model token id [n_ids], or NULL (ids as stored)
     int n_ids;
     double tokens, seconds;    // added to by every pass: positions run, seconds spent (all of this rank)
+    struct eval_set *set;      // the split's batches assembled already (eval_set.h), or NULL: assembled per pass
 } eval_pass;
 
 // One pass over a split with the engine's current weights (evaluation mode:

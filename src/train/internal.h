@@ -16,6 +16,15 @@
 // Columns of a metrics row (metrics.csv and the checkpoint's "metrics" tensor).
 enum { M_STEP, M_LOSS, M_GATE, M_ACC, M_LR, M_VALID, M_COLS };
 
+// A training step begun on the device and not ended yet (asynchronous steps).
+typedef struct {
+    int64_t s;      // the step
+    int ticket;     // hax_device_ops.step_begin's
+    double tokens;  // its batch's positions
+} train_inflight;
+
+struct eval_set;
+
 // Everything the loop carries from step to step. The fields marked (ckpt)
 // are saved in the resume checkpoint; the rest is rebuilt on start.
 typedef struct {
@@ -45,6 +54,12 @@ typedef struct {
     double train_before;    // (ckpt metadata) seconds of training steps in earlier sessions
 
     double t0, train_s;     // this session's start, seconds spent in training steps
+    double engine_s;        // of train_s: in the engine (device time of asynchronous steps)
+    train_inflight inflight[HAX_STEPS_IN_FLIGHT];  // steps begun, oldest at inflight_head
+    int inflight_head, n_inflight;
+    struct eval_set *valid_set;  // the validation split's batches, assembled at the first validation
+    double valid_s, valid_build_s;  // seconds in validation passes (this session), of them assembling valid_set
+    int n_valid;                    // validation passes (this session)
     double tokens0;         // tokens at the session's start
     int64_t step0;          // step at the session's start
     int64_t last_ckpt;      // step of the latest checkpoint written (-1: none)

@@ -18,6 +18,8 @@
 #include "mpi/dist_nccl.h"
 #include "src/ops/basic.h"
 #include "src/train/internal.h"
+#include "src/train/eval_set.h"
+#include "src/train/prefetch.h"
 
 // ---------------------------------------------------------------- signals
 
@@ -46,16 +48,34 @@ int train_stop_requested(void) { return stop_flag != 0; }
 typedef struct {
     double loss, gate, acc, total, tokens;
     int finite;  // loss and every gradient finite
-    int stepped; // the optimizer step was taken already (a CUDA graph step)
 } step_stats;
 
-static void train_step(train_ctx *t, int64_t s, step_stats *st) {
+// 1 when the steps run asynchronously (step_begin / step_end): one rank on
+// a device with whole-step graphs (HAX_CUDA_GRAPH=0 turns them off).
+static int async_steps(const train_ctx *t) {
+    const hax_device_ops *dev = t->eng->be->dev;
+    const char *genv = getenv("HAX_CUDA_GRAPH");
+    return dev && dev->step_begin && t->d->size == 1 && !(genv && !strcmp(genv, "0"));
+}
+
+// The step's figures from this rank's result r (summed over ranks).
+static void step_figures(train_ctx *t, const hax_fwd_result *r, double tokens, step_stats *st) {
+    double v[4] = {r->loss, r->gate_loss, r->acc, r->total_loss};
+    if (t->d->size > 1) dist_allreduce_sum_f64(v, 4);
+    st->loss = v[0];
+    st->gate = v[1];
+    st->acc = v[2];
+    st->total = v[3];
+    st->tokens = tokens;
+    st->finite = isfinite(st->total) && isfinite(st->loss);
+}
+
+// One synchronous step s on batch b (n_scored: its scored positions): the
+// forward and backward, the gradients summed over ranks (AdamW: the caller's).
+static void train_step(train_ctx *t, int64_t s, const hax_batch *b, double n_scored, step_stats *st) {
     const hax_config *cfg = t->cfg;
-    hax_batch *b = &t->batch;
     hax_model *m = &t->model;
-    dataset_batch(t->o->ds, SPLIT_TRAIN, s - 1, cfg->train.batch_size, t->d->rank, t->d->size, b);
-    double counts[2] = {0, (double)b->n_tok};  // scored positions, tokens
-    for (int i = 0; i < b->n_tok; i++) counts[0] += b->loss_mask[i] != 0;
+    double counts[2] = {n_scored, (double)b->n_tok};  // scored positions, tokens
     if (t->d->size > 1) dist_allreduce_sum_f64(counts, 2);
 
     const hax_device_ops *dev = t->eng->be->dev;
@@ -63,16 +83,9 @@ static void train_step(train_ctx *t, int64_t s, step_stats *st) {
     hax_fwd_result r;
     memset(&r, 0, sizeof r);
     int poison = s == t->o->nan_at_step && t->d->rank == 0;  // test hook
-    st->stepped = 0;
-    // One rank on a device with a whole-step op (CUDA: forward, backward and
-    // AdamW replayed as one graph; HAX_CUDA_GRAPH=0 turns it off).
-    const char *genv = getenv("HAX_CUDA_GRAPH");
     hax_fwd_opts fo = {.train = 1, .seed = cfg->train.seed, .step = (uint32_t)s, .ce_count = counts[0],
                        .inject = NULL};
-    if (dev && dev->train_step && t->d->size == 1 && b->n_seq > 0 && !poison && !(genv && !strcmp(genv, "0"))) {
-        dev->train_step(t->eng, b, &fo, &t->opt, adamw_schedule_lr(cfg->train.lr, s, cfg->train.warmup), &r);
-        st->stepped = 1;
-    } else if (b->n_seq > 0) {
+    if (b->n_seq > 0) {
         engine_forward(t->eng, b, &fo, &r);
         engine_backward(t->eng);  // on a device backend: zeroes, then fills the device gradients
     } else if (dev) {
@@ -85,17 +98,78 @@ static void train_step(train_ctx *t, int64_t s, step_stats *st) {
         if (poison) m->grad[0] = NAN;
         if (t->d->size > 1) dist_allreduce_sum_f32(m->grad, m->n_floats);
     }
-    double v[4] = {r.loss, r.gate_loss, r.acc, r.total_loss};
-    if (t->d->size > 1) dist_allreduce_sum_f64(v, 4);
-    st->loss = v[0];
-    st->gate = v[1];
-    st->acc = v[2];
-    st->total = v[3];
-    st->tokens = counts[1];
-    st->finite = isfinite(st->total) && isfinite(st->loss);
+    step_figures(t, &r, counts[1], st);
     if (dev) st->finite = st->finite && dev->grad_finite(t->eng, 0);
     for (size_t i = 0; !dev && st->finite && i < m->n_floats; i++)
         if (!isfinite(m->grad[i])) st->finite = 0;
+}
+
+// A non-finite step s stops the run: result.json says failed, the last
+// checkpoint is kept as it is.
+static void check_finite(train_ctx *t, int64_t s, const step_stats *st) {
+    if (st->finite) return;
+    char err[2048] = "";
+    if (t->d->rank == 0) {
+        snprintf(err, sizeof err,
+                 "step %lld: non-finite loss or gradient (loss %g, total %g); stopped, the last good checkpoint "
+                 "(step %lld) is kept in %s",
+                 (long long)s, st->loss, st->total, (long long)t->last_ckpt, t->o->run_dir);
+        char e2[1024];
+        train_write_result(t, "failed", NULL, err, e2, sizeof e2);
+    }
+    train_check_all(t->d, 1, err, HAX_EXIT_ERROR);  // result.json says failed already
+}
+
+// Step s is done: its figures join the loop's counters.
+static void account(train_ctx *t, int64_t s, const step_stats *st) {
+    t->step = s;
+    t->tokens += st->tokens;
+    t->run_sum[0] += st->loss;
+    t->run_sum[1] += st->gate;
+    t->run_sum[2] += st->acc;
+    t->run_sum[3] += 1;
+}
+
+// Ends the oldest step in flight (waits for it on the device), then checks
+// and counts it as the synchronous loop does.
+static void end_oldest(train_ctx *t) {
+    train_inflight *f = &t->inflight[t->inflight_head];
+    double ms = 0;
+    hax_fwd_result r;
+    int grads_ok = t->eng->be->dev->step_end(t->eng, f->ticket, &r, &ms);
+    t->engine_s += ms * 1e-3;
+    step_stats st;
+    step_figures(t, &r, f->tokens, &st);
+    st.finite = st.finite && grads_ok;
+    t->inflight_head = (t->inflight_head + 1) % HAX_STEPS_IN_FLIGHT;
+    t->n_inflight--;
+    check_finite(t, f->s, &st);
+    account(t, f->s, &st);
+}
+
+// Ends every step in flight: t->step and the counters are then current
+// (before anything reads them: rows, validation, checkpoints, result.json).
+// The wait counts as training time.
+static void drain(train_ctx *t) {
+    if (t->n_inflight == 0) return;
+    double t0 = hax_now();
+    while (t->n_inflight > 0) end_oldest(t);
+    t->train_s += hax_now() - t0;
+}
+
+// Step s, asynchronously: begun on the device (after ending the oldest step
+// when HAX_STEPS_IN_FLIGHT are in flight), ended later by drain / end_oldest.
+static void begin_step(train_ctx *t, int64_t s, const hax_batch *b, double n_scored, double lr) {
+    if (t->n_inflight == HAX_STEPS_IN_FLIGHT) end_oldest(t);
+    const hax_config *cfg = t->cfg;
+    hax_fwd_opts fo = {.train = 1, .seed = cfg->train.seed, .step = (uint32_t)s, .ce_count = n_scored,
+                       .inject = NULL};
+    int poison = s == t->o->nan_at_step;  // test hook: the step counts as non-finite
+    train_inflight *f = &t->inflight[(t->inflight_head + t->n_inflight) % HAX_STEPS_IN_FLIGHT];
+    f->s = s;
+    f->tokens = (double)b->n_tok;
+    f->ticket = t->eng->be->dev->step_begin(t->eng, b, &fo, &t->opt, lr, poison);
+    t->n_inflight++;
 }
 
 // ---------------------------------------------------------------- validation
@@ -197,6 +271,7 @@ static void ctx_init(train_ctx *t, const train_opts *o) {
 
 static void ctx_free(train_ctx *t) {
     if (t->nccl) dist_nccl_free(t->nccl);
+    eval_set_free(t->valid_set);  // the engine's memory
     engine_free(t->eng);
     adamw_free(&t->opt);
     hax_batch_free(&t->batch);
@@ -225,6 +300,24 @@ static void print_progress(const train_ctx *t, const double row[M_COLS]) {
     printf("step %lld/%lld | loss %.4f | gate %.4f | acc %.4f | lr %.3e | %.0f tok/s | ETA %s\n",
            (long long)t->step, (long long)t->cfg->train.steps, row[M_LOSS], row[M_GATE], row[M_ACC], row[M_LR],
            tps, e);
+    fflush(stdout);
+}
+
+// This session's time per step: in the loop (steps, waits for the batches
+// and the device, the host's work), in the engine (device backends with
+// asynchronous steps: the steps' time on the device; else the host's time in
+// forward, backward and AdamW), and the rest: the host's share. Then the
+// validation passes' mean time (the first one's assembly of the split apart).
+static void print_step_split(const train_ctx *t) {
+    int64_t done = t->step - t->step0;
+    if (done > 0) {
+        double loop = t->train_s / done * 1e3, eng = t->engine_s / done * 1e3;
+        printf("hax-train: %.3f ms per step in the loop, %.3f ms in the engine%s, %.3f ms (%.1f%%) else\n", loop,
+               eng, async_steps(t) ? " (device)" : "", loop - eng, loop > 0 ? 100.0 * (loop - eng) / loop : 0.0);
+    }
+    if (t->n_valid > 0)
+        printf("hax-train: %d validation passes, %.3f s each (assembling the split once: %.3f s)\n", t->n_valid,
+               (t->valid_s - t->valid_build_s) / t->n_valid, t->valid_build_s);
     fflush(stdout);
 }
 
@@ -360,55 +453,59 @@ int train_run(const train_opts *o) {
 
     train_eval ev;
     train_eval_alloc(&ev, t.nc, t.nk);
+    // the batches of steps t.step+1 .. steps (batch s-1 for step s), filled ahead
+    train_prefetch *pf = prefetch_start(o->ds, tc->batch_size, t.d->rank, t.d->size, t.step, tc->steps);
+    int async = async_steps(&t);
     for (int64_t s = t.step + 1; s <= tc->steps; s++) {
-        double ts = hax_now();
-        step_stats st;
-        train_step(&t, s, &st);
-        if (!st.finite) {
-            if (root) {
-                snprintf(err, sizeof err,
-                         "step %lld: non-finite loss or gradient (loss %g, total %g); stopped, the last good "
-                         "checkpoint (step %lld) is kept in %s",
-                         (long long)s, st.loss, st.total, (long long)t.last_ckpt, o->run_dir);
-                char e2[1024];
-                train_write_result(&t, "failed", NULL, err, e2, sizeof e2);
-            }
-            train_check_all(t.d, 1, err, HAX_EXIT_ERROR);  // result.json says failed already
-        }
+        double ts = hax_now(), n_scored = 0;
+        const hax_batch *b = prefetch_take(pf, s - 1, &n_scored);
         double lr = adamw_schedule_lr(tc->lr, s, tc->warmup);
-        if (st.stepped) {
-        } else if (t.eng->be->dev) t.eng->be->dev->adamw_step(t.eng, &t.opt, lr);
-        else adamw_step(&t.opt, t.model.data, t.model.grad, lr);
-        t.step = s;
-        t.tokens += st.tokens;
-        t.run_sum[0] += st.loss;
-        t.run_sum[1] += st.gate;
-        t.run_sum[2] += st.acc;
-        t.run_sum[3] += 1;
+        if (async) {
+            begin_step(&t, s, b, n_scored, lr);  // returns before the device has run it
+            prefetch_release(pf);
+        } else {
+            double te = hax_now();
+            step_stats st;
+            train_step(&t, s, b, n_scored, &st);
+            prefetch_release(pf);
+            check_finite(&t, s, &st);
+            if (t.eng->be->dev) t.eng->be->dev->adamw_step(t.eng, &t.opt, lr);
+            else adamw_step(&t.opt, t.model.data, t.model.grad, lr);
+            account(&t, s, &st);
+            t.engine_s += hax_now() - te;
+        }
         t.train_s += hax_now() - ts;
         if (o->slow_step > 0) usleep((useconds_t)(o->slow_step * 1e6));
 
+        // Whatever reads the counters or the weights ends the steps in flight first.
         int val = (s + 1) % tc->valid_every == 0;  // the reference's (step+1) % valid_step
-        if (val) validate(&t, s, &ev);
-        if (s % tc->log_every == 0 || val || s == tc->steps) close_row(&t, s, lr, val ? ev.acc : NAN);
+        if (val) drain(&t), validate(&t, s, &ev);
+        if (s % tc->log_every == 0 || val || s == tc->steps) drain(&t), close_row(&t, s, lr, val ? ev.acc : NAN);
         if (o->stop_after_step == s && root) raise(SIGTERM);
         int stop = dist_allreduce_max_int(train_stop_requested());
         int periodic = tc->checkpoint_every > 0 && s % tc->checkpoint_every == 0;  // 0: only on stop and at the end
-        if (stop || periodic) save_state(&t, stop ? "preempted" : "running");
-        else if (root && (val || hax_now() - t.last_result >= HAX_HEARTBEAT_S))
+        if (stop || periodic) {
+            drain(&t);
+            save_state(&t, stop ? "preempted" : "running");
+        } else if (root && (val || hax_now() - t.last_result >= HAX_HEARTBEAT_S)) {
+            drain(&t);
             train_write_result(&t, "running", NULL, NULL, err, sizeof err);  // rank 0 alone: no collective
             // (a write that fails here, a full disk, is caught collectively at the next checkpoint)
+        }
         if (stop) {
             if (root) {
                 printf("hax-train: stopped by a signal after step %lld; checkpoint written, exit %d (requeue "
                        "resumes)\n", (long long)s, HAX_EXIT_PREEMPTED);
                 fflush(stdout);
             }
+            prefetch_free(pf);
             train_eval_free(&ev);
             ctx_free(&t);
             return HAX_EXIT_PREEMPTED;
         }
     }
+    drain(&t);
+    prefetch_free(pf);
     train_eval_free(&ev);
 
     train_test test;
@@ -424,6 +521,7 @@ int train_run(const train_opts *o) {
         if (!rc) rc = train_write_result(&t, "complete", &test, NULL, err, sizeof err);
     }
     check_write(&t, rc, err);
+    if (root) print_step_split(&t);
     if (root) {
         double wall = train_wall(&t), tr = t.train_before + t.train_s;
         printf("hax-train: done: %lld steps, %.1f s (%.0f tok/s); best valid acc %.4f at step %lld; test acc "
