@@ -162,7 +162,7 @@ __global__ static void guard_kernel(float *g, size_t n, const int *sticky, cuda_
     if (!*sticky) return;
     size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) g[i] = 0.0f;
-    if (i == 0) hp->decay = 1.0f, hp->neg_step_size = 0.0f;
+    if (i == 0) hp->k.decay = 1.0f, hp->k.neg_step_size = 0.0f;
 }
 
 // The kernels of one whole step: forward, backward, AdamW.
