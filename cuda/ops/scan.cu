@@ -30,6 +30,8 @@
 // state entries n = k·G + l, k < N/G (G = N/4 within 1..32).
 #include "cuda/ops/scan_kernels.cuh"
 
+void (*cuda_scan_mark)(const char *kernel) = NULL;
+
 #define Q CU_SCAN_Q
 #define QT (CU_SCAN_Q / CU_SCAN_T)  // checkpoints per chunk
 
@@ -172,18 +174,33 @@ __global__ static void __launch_bounds__(geo_cpb_f(N) * geo_G(N)) chunk_fwd_kern
 
 // ---------------------------------------------------------------- steps 2 and 5
 
-// One thread per (sequence, c·N + n), chunk after chunk.
+// One thread per (sequence, c·N + n), chunk after chunk. The loads of
+// CARRY_B chunks are issued before their stores (only the carry is a
+// dependence), so a thread waits on memory once per CARRY_B chunks.
+#define CARRY_B 8
+
 __global__ static void carry_fwd_kernel(mamba_args a) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     int s = blockIdx.y;
     size_t EN = (size_t)a.E * a.N;
     if (i >= (long)EN) return;
-    int c = (int)(i / a.N), len = a.seq_off[s + 1] - a.seq_off[s];
+    int c = (int)(i / a.N), nc = (a.seq_off[s + 1] - a.seq_off[s] + Q - 1) / Q;
     float A = -expf(a.A_log[i]), st = 0.0f;
     size_t k0 = slot_base(a.seq_off, s, Q), m0 = slot_base(a.seq_off, s, T);
-    for (int j = 0; j * Q < len; j++) {
-        a.ck16[(m0 + (size_t)j * QT) * EN + i] = st;
-        st = expf(A * a.dsum[(k0 + j) * a.E + c]) * st + a.send[(k0 + j) * EN + i];
+    for (int j0 = 0; j0 < nc; j0 += CARRY_B) {
+        float ds[CARRY_B], se[CARRY_B];
+#pragma unroll
+        for (int b = 0; b < CARRY_B; b++) {
+            size_t k = k0 + j0 + b;
+            ds[b] = j0 + b < nc ? a.dsum[k * a.E + c] : 0.0f;
+            se[b] = j0 + b < nc ? a.send[k * EN + i] : 0.0f;
+        }
+#pragma unroll
+        for (int b = 0; b < CARRY_B; b++) {
+            if (j0 + b >= nc) break;
+            a.ck16[(m0 + (size_t)(j0 + b) * QT) * EN + i] = st;
+            st = expf(A * ds[b]) * st + se[b];
+        }
     }
 }
 
@@ -192,13 +209,23 @@ __global__ static void carry_bwd_kernel(mamba_args a) {
     int s = blockIdx.y;
     size_t EN = (size_t)a.E * a.N;
     if (i >= (long)EN) return;
-    int c = (int)(i / a.N), len = a.seq_off[s + 1] - a.seq_off[s];
+    int c = (int)(i / a.N), nc = (a.seq_off[s + 1] - a.seq_off[s] + Q - 1) / Q;
     float A = -expf(a.A_log[i]), r = 0.0f;
     size_t k0 = slot_base(a.seq_off, s, Q);
-    for (int j = (len + Q - 1) / Q - 1; j >= 0; j--) {
-        float l = a.carry[(k0 + j) * EN + i];
-        a.carry[(k0 + j) * EN + i] = r;
-        r = l + expf(A * a.dsum[(k0 + j) * a.E + c]) * r;
+    for (int j0 = nc - 1; j0 >= 0; j0 -= CARRY_B) {
+        float l[CARRY_B], ds[CARRY_B];
+#pragma unroll
+        for (int b = 0; b < CARRY_B; b++) {
+            size_t k = k0 + j0 - b;  // (not read past the first chunk)
+            l[b] = j0 - b >= 0 ? a.carry[k * EN + i] : 0.0f;
+            ds[b] = j0 - b >= 0 ? a.dsum[k * a.E + c] : 0.0f;
+        }
+#pragma unroll
+        for (int b = 0; b < CARRY_B; b++) {
+            if (j0 - b < 0) break;
+            a.carry[(k0 + j0 - b) * EN + i] = r;
+            r = l[b] + expf(A * ds[b]) * r;
+        }
     }
 }
 
@@ -457,10 +484,11 @@ static void allow_smem(K kernel, size_t bytes, size_t *raised) {
     }
 }
 
-static void carry_launch(void (*kernel)(mamba_args), const mamba_args &a) {
+static void carry_launch(void (*kernel)(mamba_args), const mamba_args &a, const char *name) {
     dim3 grid(cu_blocks((long)a.E * a.N, 256), a.n_seq);
     kernel<<<grid, 256, 0, cu_stream()>>>(a);
     CUDA_LAUNCHED();
+    CUDA_SCAN_MARK(name);
 }
 
 template <int N>
@@ -470,9 +498,11 @@ static void forward_n(const mamba_args &a) {
     size_t smem = fwd_smem_floats(N) * sizeof(float);  // under 48 KB for N <= 256
     chunk_fwd_kernel<N, false><<<grid, threads, smem, cu_stream()>>>(a);
     CUDA_LAUNCHED();
-    carry_launch(carry_fwd_kernel, a);
+    CUDA_SCAN_MARK("chunk_fwd_kernel (from zero)");
+    carry_launch(carry_fwd_kernel, a, "carry_fwd_kernel");
     chunk_fwd_kernel<N, true><<<grid, threads, smem, cu_stream()>>>(a);
     CUDA_LAUNCHED();
+    CUDA_SCAN_MARK("chunk_fwd_kernel (y)");
 }
 
 template <int N>
@@ -480,13 +510,15 @@ static void backward_n(const mamba_args &a) {
     dim3 grid_f((unsigned)slots_of(a.n_tok, a.n_seq, Q), (a.E + geo_cpb_f(N) - 1) / geo_cpb_f(N));
     chunk_adj_kernel<N><<<grid_f, geo_cpb_f(N) * geo_G(N), fwd_smem_floats(N) * sizeof(float), cu_stream()>>>(a);
     CUDA_LAUNCHED();
-    carry_launch(carry_bwd_kernel, a);
+    CUDA_SCAN_MARK("chunk_adj_kernel");
+    carry_launch(carry_bwd_kernel, a, "carry_bwd_kernel");
     static size_t raised = 0;
     size_t smem = bwd_smem_floats_n<N>() * sizeof(float);
     allow_smem(chunk_bwd_kernel<N>, smem, &raised);
     dim3 grid_b(grid_f.x, a.n_cb);
     chunk_bwd_kernel<N><<<grid_b, 32 * geo_w_b(N), smem, cu_stream()>>>(a);
     CUDA_LAUNCHED();
+    CUDA_SCAN_MARK("chunk_bwd_kernel");
 }
 
 #define SCAN_SWITCH_N(fn, a)                    \
@@ -518,6 +550,7 @@ extern "C" void cuda_scan_forward(float *y, float *ckpt, const float *x, int ld_
         s.n_seq = n_seq, s.n_tok = n_tok, s.E = E, s.N = N, s.H = E, s.P = 1, s.G = G, s.CPB = 256 / G;
         s.y = y, s.ld_y = E;
         launch_fwd<false>(s);
+        CUDA_SCAN_MARK("scan_fwd_kernel (sequential)");
         return;
     }
     mamba_args a = margs_of(x, ld_x, draw, dt_bias, A_log, Bm, Cm, ld_bc, D, seq_off, n_seq, n_tok, E, N);
@@ -548,9 +581,11 @@ extern "C" void cuda_scan_backward(float *dx, int ld_dx, float *ddraw, float *dB
         bc_sum_kernel<<<cu_blocks((long)n_tok * 2 * N, 256), 256, 0, cu_stream()>>>(dBm, dCm, ld_dbc, a.bc_part, a.n_cb,
                                                                                    n_tok, N);
         CUDA_LAUNCHED();
+        CUDA_SCAN_MARK("bc_sum_kernel");
     }
     long per = (long)EN + 2 * (long)E;
     par_sum_mamba_kernel<<<cu_blocks(per * 32, 256), 256, 0, cu_stream()>>>(dA_log, dD, ddt_bias, a.par, A_log,
                                                                              seq_off, n_seq, E, N);
     CUDA_LAUNCHED();
+    CUDA_SCAN_MARK("par_sum_mamba_kernel");
 }
