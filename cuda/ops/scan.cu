@@ -335,11 +335,19 @@ __global__ static void __launch_bounds__(32 * geo_w_b(N), 2) chunk_bwd_kernel(ma
         int tq = ta + q * T, Lq = L - q * T < T ? L - q * T : T;
         __syncthreads();  // the previous T positions are flushed
         stage_load<CPB>(a, st, tq, Lq, c0);
-        __syncthreads();
+        // With the stage (one wait on memory): dx and dΔraw as they are (the
+        // sweep adds to them, the flush stores), and the checkpoint.
+        for (int r = threadIdx.x; r < Lq * CPB; r += blockDim.x) {
+            int cc = c0 + r % CPB;
+            size_t t = (size_t)(tq + r / CPB);
+            sm_dx[r] = a.dx && cc < a.E ? a.dx[t * a.ld_dx + cc] : 0.0f;
+            sm_dr[r] = a.ddraw && cc < a.E ? a.ddraw[t * a.E + cc] : 0.0f;
+        }
         // The states of these T positions: S[i] is the state before position tq+i.
         float S[T + 1][NPL];
 #pragma unroll
         for (int k = 0; k < NPL; k++) S[0][k] = active ? a.ck16[(m16 + q) * EN + (size_t)c * N + k * G + lane] : 0.0f;
+        __syncthreads();
 #pragma unroll
         for (int i = 0; i < T; i++) {
             if (i < Lq) {
@@ -373,8 +381,8 @@ __global__ static void __launch_bounds__(32 * geo_w_b(N), 2) chunk_bwd_kernel(ma
                 warp_bc<N>(v, wl, wsum + ((size_t)i * W + warp) * 2 * N);
                 if (lane == 0) {
                     float dr = ddl * hax_dsoftplus(st.raw[i * CPB + ch]);
-                    sm_dx[i * CPB + ch] = dxt + g * Dc;
-                    sm_dr[i * CPB + ch] = dr;
+                    sm_dx[i * CPB + ch] += dxt + g * Dc;
+                    sm_dr[i * CPB + ch] += dr;
                     pD += g * xv;
                     pb += dr;
                 }
@@ -386,8 +394,8 @@ __global__ static void __launch_bounds__(32 * geo_w_b(N), 2) chunk_bwd_kernel(ma
             int cc = c0 + r % CPB;
             if (cc >= a.E) continue;
             size_t t = (size_t)(tq + r / CPB);
-            if (a.dx) a.dx[t * a.ld_dx + cc] += sm_dx[r];
-            if (a.ddraw) a.ddraw[t * a.E + cc] += sm_dr[r];
+            if (a.dx) a.dx[t * a.ld_dx + cc] = sm_dx[r];
+            if (a.ddraw) a.ddraw[t * a.E + cc] = sm_dr[r];
         }
         // dB|dC: the warps' rows added in warp order; one channel block adds
         // them in place, several leave block rows for bc_sum_kernel.
