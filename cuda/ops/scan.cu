@@ -40,7 +40,7 @@ static_assert(Q % T == 0, "CU_SCAN_Q must be a multiple of CU_SCAN_T");
 // exp(Δ·A), per (t, c, n), is the chunk kernels' most frequent operation.
 // CU_SCAN_EXP2 1 (the default): exp2(Δ·A₂) with A₂ = A·log2 e formed once per
 // (c, n), a multiply and one MUFU.EX2 instead of expf's range reduction
-// (about 9 instructions). Each factor differs from expf's by a few ulp
+// (about 9 instructions); the carries' exp(A·ΣΔ) likewise. Each factor differs from expf's by a few ulp
 // (the rounding of A₂ adds |Δ·A|·2⁻²⁴ relative), far inside the CPU op
 // tolerances (1e-5, 1e-4). CU_SCAN_EXP2 0: expf, as the CPU op.
 #ifndef CU_SCAN_EXP2
@@ -197,7 +197,7 @@ __global__ static void carry_fwd_kernel(mamba_args a) {
     size_t EN = (size_t)a.E * a.N;
     if (i >= (long)EN) return;
     int c = (int)(i / a.N), nc = (a.seq_off[s + 1] - a.seq_off[s] + Q - 1) / Q;
-    float A = -expf(a.A_log[i]), st = 0.0f;
+    float A = decay_rate(-expf(a.A_log[i])), st = 0.0f;
     size_t k0 = slot_base(a.seq_off, s, Q), m0 = slot_base(a.seq_off, s, T);
     for (int j0 = 0; j0 < nc; j0 += CARRY_B) {
         float ds[CARRY_B], se[CARRY_B];
@@ -211,7 +211,7 @@ __global__ static void carry_fwd_kernel(mamba_args a) {
         for (int b = 0; b < CARRY_B; b++) {
             if (j0 + b >= nc) break;
             a.ck16[(m0 + (size_t)(j0 + b) * QT) * EN + i] = st;
-            st = expf(A * ds[b]) * st + se[b];
+            st = decay(ds[b], A) * st + se[b];
         }
     }
 }
@@ -222,7 +222,7 @@ __global__ static void carry_bwd_kernel(mamba_args a) {
     size_t EN = (size_t)a.E * a.N;
     if (i >= (long)EN) return;
     int c = (int)(i / a.N), nc = (a.seq_off[s + 1] - a.seq_off[s] + Q - 1) / Q;
-    float A = -expf(a.A_log[i]), r = 0.0f;
+    float A = decay_rate(-expf(a.A_log[i])), r = 0.0f;
     size_t k0 = slot_base(a.seq_off, s, Q);
     for (int j0 = nc - 1; j0 >= 0; j0 -= CARRY_B) {
         float l[CARRY_B], ds[CARRY_B];
@@ -236,7 +236,7 @@ __global__ static void carry_bwd_kernel(mamba_args a) {
         for (int b = 0; b < CARRY_B; b++) {
             if (j0 - b < 0) break;
             a.carry[(k0 + j0 - b) * EN + i] = r;
-            r = l[b] + expf(A * ds[b]) * r;
+            r = l[b] + decay(ds[b], A) * r;
         }
     }
 }
