@@ -31,18 +31,19 @@
 #include "cuda/ops/scan_kernels.cuh"
 
 void (*cuda_scan_mark)(const char *kernel) = NULL;
+// After a launch: its errors, then the timing mark (cuda/ops/scan.h).
+#define LAUNCHED(name) do { CUDA_LAUNCHED(); CUDA_SCAN_MARK(name); } while (0)
 
 #define Q CU_SCAN_Q
 #define QT (CU_SCAN_Q / CU_SCAN_T)  // checkpoints per chunk
 
 static_assert(Q % T == 0, "CU_SCAN_Q must be a multiple of CU_SCAN_T");
 
-// exp(Δ·A), per (t, c, n), is the chunk kernels' most frequent operation.
-// CU_SCAN_EXP2 1 (the default): exp2(Δ·A₂) with A₂ = A·log2 e formed once per
-// (c, n), a multiply and one MUFU.EX2 instead of expf's range reduction
-// (about 9 instructions); the carries' exp(A·ΣΔ) likewise. Each factor differs from expf's by a few ulp
-// (the rounding of A₂ adds |Δ·A|·2⁻²⁴ relative), far inside the CPU op
-// tolerances (1e-5, 1e-4). CU_SCAN_EXP2 0: expf, as the CPU op.
+// exp(Δ·A) per (t, c, n), the chunk kernels' most frequent operation, and the
+// carries' exp(A·ΣΔ). CU_SCAN_EXP2 1: exp2(Δ·A₂), A₂ = A·log2 e formed once per
+// (c, n): a multiply and one MUFU.EX2 instead of expf's ~9 instructions; a
+// few ulp from expf (A₂'s rounding adds |Δ·A|·2⁻²⁴ relative), far inside the
+// CPU op tolerances (1e-5, 1e-4). CU_SCAN_EXP2 0: expf, as the CPU op.
 #ifndef CU_SCAN_EXP2
 #define CU_SCAN_EXP2 1
 #endif
@@ -190,7 +191,6 @@ __global__ static void __launch_bounds__(geo_cpb_f(N) * geo_G(N)) chunk_fwd_kern
 // CARRY_B chunks are issued before their stores (only the carry is a
 // dependence), so a thread waits on memory once per CARRY_B chunks.
 #define CARRY_B 8
-
 __global__ static void carry_fwd_kernel(mamba_args a) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     int s = blockIdx.y;
@@ -204,8 +204,7 @@ __global__ static void carry_fwd_kernel(mamba_args a) {
 #pragma unroll
         for (int b = 0; b < CARRY_B; b++) {
             size_t k = k0 + j0 + b;
-            ds[b] = j0 + b < nc ? a.dsum[k * a.E + c] : 0.0f;
-            se[b] = j0 + b < nc ? a.send[k * EN + i] : 0.0f;
+            ds[b] = j0 + b < nc ? a.dsum[k * a.E + c] : 0.0f, se[b] = j0 + b < nc ? a.send[k * EN + i] : 0.0f;
         }
 #pragma unroll
         for (int b = 0; b < CARRY_B; b++) {
@@ -228,9 +227,8 @@ __global__ static void carry_bwd_kernel(mamba_args a) {
         float l[CARRY_B], ds[CARRY_B];
 #pragma unroll
         for (int b = 0; b < CARRY_B; b++) {
-            size_t k = k0 + j0 - b;  // (not read past the first chunk)
-            l[b] = j0 - b >= 0 ? a.carry[k * EN + i] : 0.0f;
-            ds[b] = j0 - b >= 0 ? a.dsum[k * a.E + c] : 0.0f;
+            size_t k = k0 + j0 - b;  // (read only from the first chunk on)
+            l[b] = j0 - b >= 0 ? a.carry[k * EN + i] : 0.0f, ds[b] = j0 - b >= 0 ? a.dsum[k * a.E + c] : 0.0f;
         }
 #pragma unroll
         for (int b = 0; b < CARRY_B; b++) {
@@ -348,8 +346,7 @@ __global__ static void __launch_bounds__(32 * geo_w_b(N), 2) chunk_bwd_kernel(ma
         int tq = ta + q * T, Lq = L - q * T < T ? L - q * T : T;
         __syncthreads();  // the previous T positions are flushed
         stage_load<CPB>(a, st, tq, Lq, c0);
-        // With the stage (one wait on memory): dx and dΔraw as they are (the
-        // sweep adds to them, the flush stores), and the checkpoint.
+        // With the stage, in one wait on memory: the old dx, dΔraw (the sweep adds) and the checkpoint.
         for (int r = threadIdx.x; r < Lq * CPB; r += blockDim.x) {
             int cc = c0 + r % CPB;
             size_t t = (size_t)(tq + r / CPB);
@@ -508,8 +505,7 @@ static void allow_smem(K kernel, size_t bytes, size_t *raised) {
 static void carry_launch(void (*kernel)(mamba_args), const mamba_args &a, const char *name) {
     dim3 grid(cu_blocks((long)a.E * a.N, 256), a.n_seq);
     kernel<<<grid, 256, 0, cu_stream()>>>(a);
-    CUDA_LAUNCHED();
-    CUDA_SCAN_MARK(name);
+    LAUNCHED(name);
 }
 
 template <int N>
@@ -518,41 +514,31 @@ static void forward_n(const mamba_args &a) {
     int threads = geo_cpb_f(N) * geo_G(N);
     size_t smem = fwd_smem_floats(N) * sizeof(float);  // under 48 KB for N <= 256
     chunk_fwd_kernel<N, false><<<grid, threads, smem, cu_stream()>>>(a);
-    CUDA_LAUNCHED();
-    CUDA_SCAN_MARK("chunk_fwd_kernel (from zero)");
+    LAUNCHED("chunk_fwd_kernel (from zero)");
     carry_launch(carry_fwd_kernel, a, "carry_fwd_kernel");
     chunk_fwd_kernel<N, true><<<grid, threads, smem, cu_stream()>>>(a);
-    CUDA_LAUNCHED();
-    CUDA_SCAN_MARK("chunk_fwd_kernel (y)");
+    LAUNCHED("chunk_fwd_kernel (y)");
 }
 
 template <int N>
 static void backward_n(const mamba_args &a) {
     dim3 grid_f((unsigned)slots_of(a.n_tok, a.n_seq, Q), (a.E + geo_cpb_f(N) - 1) / geo_cpb_f(N));
     chunk_adj_kernel<N><<<grid_f, geo_cpb_f(N) * geo_G(N), fwd_smem_floats(N) * sizeof(float), cu_stream()>>>(a);
-    CUDA_LAUNCHED();
-    CUDA_SCAN_MARK("chunk_adj_kernel");
+    LAUNCHED("chunk_adj_kernel");
     carry_launch(carry_bwd_kernel, a, "carry_bwd_kernel");
     static size_t raised = 0;
     size_t smem = bwd_smem_floats_n<N>() * sizeof(float);
     allow_smem(chunk_bwd_kernel<N>, smem, &raised);
     dim3 grid_b(grid_f.x, a.n_cb);
     chunk_bwd_kernel<N><<<grid_b, 32 * geo_w_b(N), smem, cu_stream()>>>(a);
-    CUDA_LAUNCHED();
-    CUDA_SCAN_MARK("chunk_bwd_kernel");
+    LAUNCHED("chunk_bwd_kernel");
 }
 
-#define SCAN_SWITCH_N(fn, a)                    \
-    switch ((a).N) {                            \
-    case 1: fn<1>(a); break;                    \
-    case 2: fn<2>(a); break;                    \
-    case 4: fn<4>(a); break;                    \
-    case 8: fn<8>(a); break;                    \
-    case 16: fn<16>(a); break;                  \
-    case 32: fn<32>(a); break;                  \
-    case 64: fn<64>(a); break;                  \
-    case 128: fn<128>(a); break;                \
-    default: fn<256>(a); break;                 \
+#define SCAN_SWITCH_N(fn, a)                                                                   \
+    switch ((a).N) {                                                                           \
+    case 1: fn<1>(a); break;     case 2: fn<2>(a); break;   case 4: fn<4>(a); break;           \
+    case 8: fn<8>(a); break;     case 16: fn<16>(a); break; case 32: fn<32>(a); break;         \
+    case 64: fn<64>(a); break;   case 128: fn<128>(a); break; default: fn<256>(a); break;      \
     }
 
 extern "C" void cuda_scan_forward(float *y, float *ckpt, const float *x, int ld_x, const float *draw,
@@ -601,12 +587,10 @@ extern "C" void cuda_scan_backward(float *dx, int ld_dx, float *ddraw, float *dB
     if (a.n_cb > 1 && (dBm || dCm)) {
         bc_sum_kernel<<<cu_blocks((long)n_tok * 2 * N, 256), 256, 0, cu_stream()>>>(dBm, dCm, ld_dbc, a.bc_part, a.n_cb,
                                                                                    n_tok, N);
-        CUDA_LAUNCHED();
-        CUDA_SCAN_MARK("bc_sum_kernel");
+        LAUNCHED("bc_sum_kernel");
     }
     long per = (long)EN + 2 * (long)E;
     par_sum_mamba_kernel<<<cu_blocks(per * 32, 256), 256, 0, cu_stream()>>>(dA_log, dD, ddt_bias, a.par, A_log,
                                                                              seq_off, n_seq, E, N);
-    CUDA_LAUNCHED();
-    CUDA_SCAN_MARK("par_sum_mamba_kernel");
+    LAUNCHED("par_sum_mamba_kernel");
 }
