@@ -5,7 +5,8 @@
 // outputs within 1e-5, gradients within 1e-4 (normwise; gradients accumulate
 // into random initial values and the increments are compared); each replayed
 // from a CUDA graph (bit-identical). Then both at the paper's size (64
-// sequences of ~464 positions), compared and timed. Skips without a device.
+// sequences of ~464 positions), compared and timed, with a TIME line per
+// kernel (events around each launch, via cuda_scan_mark). Skips without a device.
 #include <stdint.h>
 
 #include "cuda/ops/scan.h"
