@@ -5,7 +5,8 @@
 // outputs within 1e-5, gradients within 1e-4 (normwise; gradients accumulate
 // into random initial values and the increments are compared); each replayed
 // from a CUDA graph (bit-identical). Then both at the paper's size (64
-// sequences of ~464 positions), compared and timed. Skips without a device.
+// sequences of ~464 positions), compared and timed, with a TIME line per
+// kernel (events around each launch, via cuda_scan_mark). Skips without a device.
 #include <stdint.h>
 
 #include "cuda/ops/scan.h"
@@ -13,6 +14,61 @@
 #include "src/ops/scan.h"
 #include "src/ops/ssd.h"
 #include "gpu_util.h"
+
+// ---------------------------------------------------------------- per-kernel timing
+
+// The ops call mark_kernel right after each launch (cuda_scan_mark), which
+// records an event there: consecutive events bound one kernel's time (launch
+// gaps included; the events themselves add a little).
+#define MAX_MARKS 16
+static int g_n_marks, g_mark_ev[MAX_MARKS + 1];
+static const char *g_mark_name[MAX_MARKS];
+
+static void mark_kernel(const char *kernel) {
+    if (g_n_marks < MAX_MARKS) g_mark_name[g_n_marks] = kernel, g_mark_ev[++g_n_marks] = cuda_event_record();
+}
+
+typedef struct {
+    int n;
+    const char *name[MAX_MARKS];
+    double ms[MAX_MARKS];
+} ktimes;
+
+static void ktimes_begin(void) {
+    g_n_marks = 0;
+    g_mark_ev[0] = cuda_event_record();
+    cuda_scan_mark = mark_kernel;
+}
+
+// Adds this call's kernel times to kt (the same kernels every call).
+static void ktimes_end(ktimes *kt) {
+    cuda_scan_mark = NULL;
+    for (int i = 0; i < g_n_marks; i++) {
+        kt->name[i] = g_mark_name[i];
+        kt->ms[i] += cuda_event_ms(g_mark_ev[i], g_mark_ev[i + 1]);
+    }
+    kt->n = g_n_marks;
+}
+
+static void ktimes_print(const char *op, const ktimes *kt, int reps) {
+    double total = 0.0;
+    for (int i = 0; i < kt->n; i++) total += kt->ms[i];
+    for (int i = 0; i < kt->n; i++)
+        printf("TIME   %-9s %-30s %8.4f ms  %5.1f%%\n", op, kt->name[i], kt->ms[i] / reps,
+               total > 0 ? 100.0 * kt->ms[i] / total : 0.0);
+}
+
+// Each kernel of `reps` calls of stmt, timed; prints the mean per call.
+#define TIME_KERNELS(op, reps, stmt)                    \
+    do {                                                \
+        ktimes kt_ = {0, {NULL}, {0.0}};                \
+        for (int r_ = 0; r_ < (reps); r_++) {           \
+            ktimes_begin();                             \
+            stmt;                                       \
+            ktimes_end(&kt_);                           \
+        }                                               \
+        ktimes_print(op, &kt_, reps);                   \
+    } while (0)
 
 // ---------------------------------------------------------------- Mamba scan
 
@@ -118,6 +174,10 @@ static void run_scan(const tbatch *b, int E, int N, int timing) {
         printf("TIME scan fwd (E=%d N=%d)   cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n", E, N, cpu_f * 1e3, gf, cpu_f * 1e3 / gf);
         printf("TIME scan bwd (E=%d N=%d)   cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n", E, N, cpu_b * 1e3, gb, cpu_b * 1e3 / gb);
         printf("TIME scan fwd+bwd per layer       gpu %8.3f ms (issue 11's target: 0.35 ms)\n", gf + gb);
+        TIME_KERNELS("scan fwd", reps,
+                     cuda_scan_forward(g_y, g_ck, g_x, c.ld_x, g_draw, g_dtb, g_A, g_bc, g_bc + N, c.ld_bc, g_D,
+                                       b->d_off, b->n_seq, n, E, N));
+        TIME_KERNELS("scan bwd", reps, GPU_SCAN_BWD());
     }
 #undef GPU_SCAN_BWD
     void *ptrs[] = {y, ck, dx, ddr, dbc, ddtb, dA, dD};
@@ -217,6 +277,9 @@ static void run_ssd(const tbatch *b, int H, int P, int N, int timing) {
         float gf = cuda_event_ms(e0, e1) / reps, gb = cuda_event_ms(e1, e2) / reps;
         printf("TIME ssd fwd (H=%d P=%d N=%d) cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n", H, P, N, cpu_f * 1e3, gf, cpu_f * 1e3 / gf);
         printf("TIME ssd bwd (H=%d P=%d N=%d) cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n", H, P, N, cpu_b * 1e3, gb, cpu_b * 1e3 / gb);
+        printf("TIME ssd fwd+bwd per layer        gpu %8.3f ms (issue 11's target: 0.25 ms)\n", gf + gb);
+        TIME_KERNELS("ssd fwd", reps, GPU_SSD_FWD());
+        TIME_KERNELS("ssd bwd", reps, GPU_SSD_BWD());
     }
 #undef GPU_SSD_FWD
 #undef GPU_SSD_BWD

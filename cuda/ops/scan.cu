@@ -30,10 +30,25 @@
 // state entries n = k·G + l, k < N/G (G = N/4 within 1..32).
 #include "cuda/ops/scan_kernels.cuh"
 
+void (*cuda_scan_mark)(const char *kernel) = NULL;
+// After a launch: its errors, then the timing mark (cuda/ops/scan.h).
+#define LAUNCHED(name) do { CUDA_LAUNCHED(); CUDA_SCAN_MARK(name); } while (0)
+
 #define Q CU_SCAN_Q
 #define QT (CU_SCAN_Q / CU_SCAN_T)  // checkpoints per chunk
 
 static_assert(Q % T == 0, "CU_SCAN_Q must be a multiple of CU_SCAN_T");
+
+// exp(Δ·A) per (t, c, n), the chunk kernels' most frequent operation, and the
+// carries' exp(A·ΣΔ). CU_SCAN_EXP2 1: exp2(Δ·A₂), A₂ = A·log2 e formed once per
+// (c, n): a multiply and one MUFU.EX2 instead of expf's ~9 instructions; a
+// few ulp from expf (A₂'s rounding adds |Δ·A|·2⁻²⁴ relative), far inside the
+// CPU op tolerances (1e-5, 1e-4). CU_SCAN_EXP2 0: expf, as the CPU op.
+#ifndef CU_SCAN_EXP2
+#define CU_SCAN_EXP2 1
+#endif
+__device__ __forceinline__ float decay_rate(float A) { return CU_SCAN_EXP2 ? A * 1.44269504088896341f : A; }
+__device__ __forceinline__ float decay(float dl, float Ar) { return CU_SCAN_EXP2 ? exp2f(dl * Ar) : expf(dl * Ar); }
 
 // ---------------------------------------------------------------- geometry
 
@@ -127,7 +142,7 @@ __global__ static void __launch_bounds__(geo_cpb_f(N) * geo_G(N)) chunk_fwd_kern
     float A[NPL], h[NPL];
 #pragma unroll
     for (int k = 0; k < NPL; k++) {
-        A[k] = -expf(a.A_log[(size_t)cl * N + k * G + lane]);
+        A[k] = decay_rate(-expf(a.A_log[(size_t)cl * N + k * G + lane]));
         h[k] = OUT && active ? a.ck16[m16 * EN + (size_t)c * N + k * G + lane] : 0.0f;
     }
     float Dc = a.D[cl], ds = 0.0f;
@@ -145,7 +160,7 @@ __global__ static void __launch_bounds__(geo_cpb_f(N) * geo_G(N)) chunk_fwd_kern
 #pragma unroll
             for (int k = 0; k < NPL; k++) {
                 int n = k * G + lane;
-                h[k] = expf(dl * A[k]) * h[k] + dxv * st.B[i * N + n];
+                h[k] = decay(dl, A[k]) * h[k] + dxv * st.B[i * N + n];
                 if (OUT) acc += st.C[i * N + n] * h[k];
             }
             if (OUT) {
@@ -172,18 +187,31 @@ __global__ static void __launch_bounds__(geo_cpb_f(N) * geo_G(N)) chunk_fwd_kern
 
 // ---------------------------------------------------------------- steps 2 and 5
 
-// One thread per (sequence, c·N + n), chunk after chunk.
+// One thread per (sequence, c·N + n), chunk after chunk. The loads of
+// CARRY_B chunks are issued before their stores (only the carry is a
+// dependence), so a thread waits on memory once per CARRY_B chunks.
+#define CARRY_B 8
 __global__ static void carry_fwd_kernel(mamba_args a) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     int s = blockIdx.y;
     size_t EN = (size_t)a.E * a.N;
     if (i >= (long)EN) return;
-    int c = (int)(i / a.N), len = a.seq_off[s + 1] - a.seq_off[s];
-    float A = -expf(a.A_log[i]), st = 0.0f;
+    int c = (int)(i / a.N), nc = (a.seq_off[s + 1] - a.seq_off[s] + Q - 1) / Q;
+    float A = decay_rate(-expf(a.A_log[i])), st = 0.0f;
     size_t k0 = slot_base(a.seq_off, s, Q), m0 = slot_base(a.seq_off, s, T);
-    for (int j = 0; j * Q < len; j++) {
-        a.ck16[(m0 + (size_t)j * QT) * EN + i] = st;
-        st = expf(A * a.dsum[(k0 + j) * a.E + c]) * st + a.send[(k0 + j) * EN + i];
+    for (int j0 = 0; j0 < nc; j0 += CARRY_B) {
+        float ds[CARRY_B], se[CARRY_B];
+#pragma unroll
+        for (int b = 0; b < CARRY_B; b++) {
+            size_t k = k0 + j0 + b;
+            ds[b] = j0 + b < nc ? a.dsum[k * a.E + c] : 0.0f, se[b] = j0 + b < nc ? a.send[k * EN + i] : 0.0f;
+        }
+#pragma unroll
+        for (int b = 0; b < CARRY_B; b++) {
+            if (j0 + b >= nc) break;
+            a.ck16[(m0 + (size_t)(j0 + b) * QT) * EN + i] = st;
+            st = decay(ds[b], A) * st + se[b];
+        }
     }
 }
 
@@ -192,13 +220,22 @@ __global__ static void carry_bwd_kernel(mamba_args a) {
     int s = blockIdx.y;
     size_t EN = (size_t)a.E * a.N;
     if (i >= (long)EN) return;
-    int c = (int)(i / a.N), len = a.seq_off[s + 1] - a.seq_off[s];
-    float A = -expf(a.A_log[i]), r = 0.0f;
+    int c = (int)(i / a.N), nc = (a.seq_off[s + 1] - a.seq_off[s] + Q - 1) / Q;
+    float A = decay_rate(-expf(a.A_log[i])), r = 0.0f;
     size_t k0 = slot_base(a.seq_off, s, Q);
-    for (int j = (len + Q - 1) / Q - 1; j >= 0; j--) {
-        float l = a.carry[(k0 + j) * EN + i];
-        a.carry[(k0 + j) * EN + i] = r;
-        r = l + expf(A * a.dsum[(k0 + j) * a.E + c]) * r;
+    for (int j0 = nc - 1; j0 >= 0; j0 -= CARRY_B) {
+        float l[CARRY_B], ds[CARRY_B];
+#pragma unroll
+        for (int b = 0; b < CARRY_B; b++) {
+            size_t k = k0 + j0 - b;  // (read only from the first chunk on)
+            l[b] = j0 - b >= 0 ? a.carry[k * EN + i] : 0.0f, ds[b] = j0 - b >= 0 ? a.dsum[k * a.E + c] : 0.0f;
+        }
+#pragma unroll
+        for (int b = 0; b < CARRY_B; b++) {
+            if (j0 - b < 0) break;
+            a.carry[(k0 + j0 - b) * EN + i] = r;
+            r = l[b] + decay(ds[b], A) * r;
+        }
     }
 }
 
@@ -216,7 +253,7 @@ __global__ static void __launch_bounds__(geo_cpb_f(N) * geo_G(N)) chunk_adj_kern
     mstage st = {NULL, smf, NULL, smf + T * CPB, NULL, smf + 2 * T * CPB};
     float A[NPL], h[NPL];
 #pragma unroll
-    for (int k = 0; k < NPL; k++) A[k] = -expf(a.A_log[(size_t)cl * N + k * G + lane]), h[k] = 0.0f;
+    for (int k = 0; k < NPL; k++) A[k] = decay_rate(-expf(a.A_log[(size_t)cl * N + k * G + lane])), h[k] = 0.0f;
     for (int q = (L - 1) / T; q >= 0; q--) {
         int tq = ta + q * T, Lq = L - q * T < T ? L - q * T : T;
         __syncthreads();
@@ -225,7 +262,7 @@ __global__ static void __launch_bounds__(geo_cpb_f(N) * geo_G(N)) chunk_adj_kern
         for (int i = Lq - 1; i >= 0; i--) {
             float g = st.g[i * CPB + ch], dl = st.dl[i * CPB + ch];
 #pragma unroll
-            for (int k = 0; k < NPL; k++) h[k] = (h[k] + g * st.C[i * N + k * G + lane]) * expf(dl * A[k]);
+            for (int k = 0; k < NPL; k++) h[k] = (h[k] + g * st.C[i * N + k * G + lane]) * decay(dl, A[k]);
         }
     }
     if (active) {
@@ -296,10 +333,11 @@ __global__ static void __launch_bounds__(32 * geo_w_b(N), 2) chunk_bwd_kernel(ma
     float *p = sm_dr + T * CPB;
     mstage st = {p, p + T * CPB, p + 2 * T * CPB, p + 3 * T * CPB, p + 4 * T * CPB, p + 4 * T * CPB + T * N};
     size_t EN = (size_t)a.E * N, m16 = slot_base(a.seq_off, s, T) + (size_t)j * QT;
-    float A[NPL], hadj[NPL], pA[NPL];
+    float A[NPL], Ar[NPL], hadj[NPL], pA[NPL];
 #pragma unroll
     for (int k = 0; k < NPL; k++) {
         A[k] = -expf(a.A_log[(size_t)cl * N + k * G + lane]);
+        Ar[k] = decay_rate(A[k]);
         hadj[k] = active ? a.carry[(size_t)slot * EN + (size_t)c * N + k * G + lane] : 0.0f;
         pA[k] = 0.0f;
     }
@@ -308,18 +346,25 @@ __global__ static void __launch_bounds__(32 * geo_w_b(N), 2) chunk_bwd_kernel(ma
         int tq = ta + q * T, Lq = L - q * T < T ? L - q * T : T;
         __syncthreads();  // the previous T positions are flushed
         stage_load<CPB>(a, st, tq, Lq, c0);
-        __syncthreads();
+        // With the stage, in one wait on memory: the old dx, dΔraw (the sweep adds) and the checkpoint.
+        for (int r = threadIdx.x; r < Lq * CPB; r += blockDim.x) {
+            int cc = c0 + r % CPB;
+            size_t t = (size_t)(tq + r / CPB);
+            sm_dx[r] = a.dx && cc < a.E ? a.dx[t * a.ld_dx + cc] : 0.0f;
+            sm_dr[r] = a.ddraw && cc < a.E ? a.ddraw[t * a.E + cc] : 0.0f;
+        }
         // The states of these T positions: S[i] is the state before position tq+i.
         float S[T + 1][NPL];
 #pragma unroll
         for (int k = 0; k < NPL; k++) S[0][k] = active ? a.ck16[(m16 + q) * EN + (size_t)c * N + k * G + lane] : 0.0f;
+        __syncthreads();
 #pragma unroll
         for (int i = 0; i < T; i++) {
             if (i < Lq) {
                 float dxv = st.dl[i * CPB + ch] * st.x[i * CPB + ch];
 #pragma unroll
                 for (int k = 0; k < NPL; k++)
-                    S[i + 1][k] = expf(st.dl[i * CPB + ch] * A[k]) * S[i][k] + dxv * st.B[i * N + k * G + lane];
+                    S[i + 1][k] = decay(st.dl[i * CPB + ch], Ar[k]) * S[i][k] + dxv * st.B[i * N + k * G + lane];
             }
         }
 #pragma unroll
@@ -331,7 +376,7 @@ __global__ static void __launch_bounds__(32 * geo_w_b(N), 2) chunk_bwd_kernel(ma
 #pragma unroll
                 for (int k = 0; k < NPL; k++) {
                     int n = k * G + lane;
-                    float e = expf(dl * A[k]);
+                    float e = decay(dl, Ar[k]);
                     float hn = hadj[k] + g * Ct[n];  // adjoint of the state after position t
                     v[NPL + k] = g * S[i + 1][k];    // dC share
                     v[k] = hn * dl * xv;             // dB share
@@ -346,8 +391,8 @@ __global__ static void __launch_bounds__(32 * geo_w_b(N), 2) chunk_bwd_kernel(ma
                 warp_bc<N>(v, wl, wsum + ((size_t)i * W + warp) * 2 * N);
                 if (lane == 0) {
                     float dr = ddl * hax_dsoftplus(st.raw[i * CPB + ch]);
-                    sm_dx[i * CPB + ch] = dxt + g * Dc;
-                    sm_dr[i * CPB + ch] = dr;
+                    sm_dx[i * CPB + ch] += dxt + g * Dc;
+                    sm_dr[i * CPB + ch] += dr;
                     pD += g * xv;
                     pb += dr;
                 }
@@ -359,8 +404,8 @@ __global__ static void __launch_bounds__(32 * geo_w_b(N), 2) chunk_bwd_kernel(ma
             int cc = c0 + r % CPB;
             if (cc >= a.E) continue;
             size_t t = (size_t)(tq + r / CPB);
-            if (a.dx) a.dx[t * a.ld_dx + cc] += sm_dx[r];
-            if (a.ddraw) a.ddraw[t * a.E + cc] += sm_dr[r];
+            if (a.dx) a.dx[t * a.ld_dx + cc] = sm_dx[r];
+            if (a.ddraw) a.ddraw[t * a.E + cc] = sm_dr[r];
         }
         // dB|dC: the warps' rows added in warp order; one channel block adds
         // them in place, several leave block rows for bc_sum_kernel.
@@ -457,10 +502,10 @@ static void allow_smem(K kernel, size_t bytes, size_t *raised) {
     }
 }
 
-static void carry_launch(void (*kernel)(mamba_args), const mamba_args &a) {
+static void carry_launch(void (*kernel)(mamba_args), const mamba_args &a, const char *name) {
     dim3 grid(cu_blocks((long)a.E * a.N, 256), a.n_seq);
     kernel<<<grid, 256, 0, cu_stream()>>>(a);
-    CUDA_LAUNCHED();
+    LAUNCHED(name);
 }
 
 template <int N>
@@ -469,37 +514,31 @@ static void forward_n(const mamba_args &a) {
     int threads = geo_cpb_f(N) * geo_G(N);
     size_t smem = fwd_smem_floats(N) * sizeof(float);  // under 48 KB for N <= 256
     chunk_fwd_kernel<N, false><<<grid, threads, smem, cu_stream()>>>(a);
-    CUDA_LAUNCHED();
-    carry_launch(carry_fwd_kernel, a);
+    LAUNCHED("chunk_fwd_kernel (from zero)");
+    carry_launch(carry_fwd_kernel, a, "carry_fwd_kernel");
     chunk_fwd_kernel<N, true><<<grid, threads, smem, cu_stream()>>>(a);
-    CUDA_LAUNCHED();
+    LAUNCHED("chunk_fwd_kernel (y)");
 }
 
 template <int N>
 static void backward_n(const mamba_args &a) {
     dim3 grid_f((unsigned)slots_of(a.n_tok, a.n_seq, Q), (a.E + geo_cpb_f(N) - 1) / geo_cpb_f(N));
     chunk_adj_kernel<N><<<grid_f, geo_cpb_f(N) * geo_G(N), fwd_smem_floats(N) * sizeof(float), cu_stream()>>>(a);
-    CUDA_LAUNCHED();
-    carry_launch(carry_bwd_kernel, a);
+    LAUNCHED("chunk_adj_kernel");
+    carry_launch(carry_bwd_kernel, a, "carry_bwd_kernel");
     static size_t raised = 0;
     size_t smem = bwd_smem_floats_n<N>() * sizeof(float);
     allow_smem(chunk_bwd_kernel<N>, smem, &raised);
     dim3 grid_b(grid_f.x, a.n_cb);
     chunk_bwd_kernel<N><<<grid_b, 32 * geo_w_b(N), smem, cu_stream()>>>(a);
-    CUDA_LAUNCHED();
+    LAUNCHED("chunk_bwd_kernel");
 }
 
-#define SCAN_SWITCH_N(fn, a)                    \
-    switch ((a).N) {                            \
-    case 1: fn<1>(a); break;                    \
-    case 2: fn<2>(a); break;                    \
-    case 4: fn<4>(a); break;                    \
-    case 8: fn<8>(a); break;                    \
-    case 16: fn<16>(a); break;                  \
-    case 32: fn<32>(a); break;                  \
-    case 64: fn<64>(a); break;                  \
-    case 128: fn<128>(a); break;                \
-    default: fn<256>(a); break;                 \
+#define SCAN_SWITCH_N(fn, a)                                                                   \
+    switch ((a).N) {                                                                           \
+    case 1: fn<1>(a); break;     case 2: fn<2>(a); break;   case 4: fn<4>(a); break;           \
+    case 8: fn<8>(a); break;     case 16: fn<16>(a); break; case 32: fn<32>(a); break;         \
+    case 64: fn<64>(a); break;   case 128: fn<128>(a); break; default: fn<256>(a); break;      \
     }
 
 extern "C" void cuda_scan_forward(float *y, float *ckpt, const float *x, int ld_x, const float *draw,
@@ -518,6 +557,7 @@ extern "C" void cuda_scan_forward(float *y, float *ckpt, const float *x, int ld_
         s.n_seq = n_seq, s.n_tok = n_tok, s.E = E, s.N = N, s.H = E, s.P = 1, s.G = G, s.CPB = 256 / G;
         s.y = y, s.ld_y = E;
         launch_fwd<false>(s);
+        CUDA_SCAN_MARK("scan_fwd_kernel (sequential)");
         return;
     }
     mamba_args a = margs_of(x, ld_x, draw, dt_bias, A_log, Bm, Cm, ld_bc, D, seq_off, n_seq, n_tok, E, N);
@@ -547,10 +587,10 @@ extern "C" void cuda_scan_backward(float *dx, int ld_dx, float *ddraw, float *dB
     if (a.n_cb > 1 && (dBm || dCm)) {
         bc_sum_kernel<<<cu_blocks((long)n_tok * 2 * N, 256), 256, 0, cu_stream()>>>(dBm, dCm, ld_dbc, a.bc_part, a.n_cb,
                                                                                    n_tok, N);
-        CUDA_LAUNCHED();
+        LAUNCHED("bc_sum_kernel");
     }
     long per = (long)EN + 2 * (long)E;
     par_sum_mamba_kernel<<<cu_blocks(per * 32, 256), 256, 0, cu_stream()>>>(dA_log, dD, ddt_bias, a.par, A_log,
                                                                              seq_off, n_seq, E, N);
-    CUDA_LAUNCHED();
+    LAUNCHED("par_sum_mamba_kernel");
 }

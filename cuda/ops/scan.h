@@ -35,6 +35,15 @@ extern "C" {
 #define CU_SCAN_T 16  // positions between two checkpoints
 #define CU_SCAN_Q 64  // positions of a chunk of the Mamba scan (a multiple of CU_SCAN_T)
 
+// Per-kernel timing for the tests (tests/gpu_scans.c): when set, the Mamba
+// scan and SSD ops call it right after each kernel launch with the kernel's
+// name (the caller records an event on the stream there). NULL: no calls.
+extern void (*cuda_scan_mark)(const char *kernel);
+#define CUDA_SCAN_MARK(kernel)                   \
+    do {                                         \
+        if (cuda_scan_mark) cuda_scan_mark(kernel); \
+    } while (0)
+
 // ---- Mamba selective scan (src/ops/scan.h)
 size_t cuda_scan_ckpt_floats(int n_tok, int n_seq, int E, int N);
 void cuda_scan_forward(float *y, float *ckpt, const float *x, int ld_x, const float *draw,

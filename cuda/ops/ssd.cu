@@ -4,6 +4,7 @@
 //   forward:  Δ; S_loc per chunk; pass (S_in per chunk, the checkpoint); y
 //   backward: dS_loc per chunk; reverse pass (dS_out); the chunk gradients;
 //             parameter gradients, one partial per sequence in sequence order.
+#include "cuda/ops/scan.h"
 #include "cuda/ops/ssd_chunk_bwd.cuh"
 
 // Δ [n_tok, H] = softplus(dt + dt_bias).
@@ -15,22 +16,45 @@ __global__ static void ssd_delta_kernel(float *delta, const float *dt, int ld_dt
     delta[i] = hax_softplus(dt[(size_t)t * ld_dt + h] + dt_bias[h]);
 }
 
-// The pass over one sequence's chunks for head blockIdx.y, entry by entry:
-// buf holds each chunk's own part (S_loc or dS_loc) and receives what flows
-// into it (S_in, or in reverse dS_out): run' = e^{a_last}·run + own.
-__global__ static void ssd_pass_kernel(float *buf, const float *dec, const int *seq_off, int H, int PN, bool reverse) {
-    int s = blockIdx.x, h = blockIdx.y;
+// The pass over one sequence's chunks (blockIdx.x) for head blockIdx.y, one
+// thread per state entry q: buf holds each chunk's own part (S_loc or
+// dS_loc) and receives what flows into it (S_in, or in reverse dS_out):
+// run' = e^{a_last}·run + own. The loads of SSD_PASS_B chunks are issued
+// before their stores (only run carries a dependence), so a thread waits on
+// memory once per SSD_PASS_B chunks instead of once per chunk.
+#define SSD_PASS_B 8
+#define SSD_PASS_THREADS 128
+__global__ static void __launch_bounds__(SSD_PASS_THREADS) ssd_pass_kernel(float *buf, const float *dec,
+                                                                            const int *seq_off, int H, int PN,
+                                                                            bool reverse) {
+    int s = blockIdx.x, h = blockIdx.y, q = blockIdx.z * blockDim.x + threadIdx.x;
+    if (q >= PN) return;
     int base = ssd_slot_base(seq_off, s), nc = (seq_off[s + 1] - seq_off[s] + SSD_Q - 1) / SSD_Q;
-    for (int q = threadIdx.x; q < PN; q += blockDim.x) {
-        float run = 0.0f;
-        for (int i = 0; i < nc; i++) {
-            size_t k = (size_t)base + (reverse ? nc - 1 - i : i);
-            float *e = buf + (k * H + h) * PN + q;
-            float own = *e;
-            *e = run;
-            run = dec[k * H + h] * run + own;
+    float run = 0.0f;
+    for (int i0 = 0; i0 < nc; i0 += SSD_PASS_B) {
+        float own[SSD_PASS_B], d[SSD_PASS_B];
+#pragma unroll
+        for (int b = 0; b < SSD_PASS_B; b++) {
+            size_t k = (size_t)base + (reverse ? nc - 1 - (i0 + b) : i0 + b);
+            own[b] = i0 + b < nc ? buf[(k * H + h) * PN + q] : 0.0f;
+            d[b] = i0 + b < nc ? dec[k * H + h] : 0.0f;
+        }
+#pragma unroll
+        for (int b = 0; b < SSD_PASS_B; b++) {
+            if (i0 + b >= nc) break;
+            size_t k = (size_t)base + (reverse ? nc - 1 - (i0 + b) : i0 + b);
+            buf[(k * H + h) * PN + q] = run;
+            run = d[b] * run + own[b];
         }
     }
+}
+
+static void ssd_pass(const ssd_args &g, float *buf, bool reverse) {
+    int PN = g.P * g.N;
+    dim3 grid(g.n_seq, g.H, cu_blocks(PN, SSD_PASS_THREADS));
+    ssd_pass_kernel<<<grid, SSD_PASS_THREADS, 0, cu_stream()>>>(buf, g.dec, g.seq_off, g.H, PN, reverse);
+    CUDA_LAUNCHED();
+    CUDA_SCAN_MARK(reverse ? "ssd_pass_kernel (reverse)" : "ssd_pass_kernel");
 }
 
 // Parameter gradients += the sequence partials (each the sum of its chunks in
@@ -71,7 +95,7 @@ static int ssd_tiles(int d) { return d <= 16 ? 1 : d <= 32 ? 2 : 4; }
 
 // Raises a kernel's dynamic shared-memory limit when needed (a host-side
 // attribute, set once per size; no synchronisation).
-#define SSD_LAUNCH(kernel, g, smem)                                                                      \
+#define SSD_LAUNCH(kernel, g, smem, name)                                                                    \
     do {                                                                                                 \
         static size_t raised_ = 48 * 1024;                                                               \
         if ((smem) > raised_) {                                                                          \
@@ -80,22 +104,21 @@ static int ssd_tiles(int d) { return d <= 16 ? 1 : d <= 32 ? 2 : 4; }
         }                                                                                                \
         kernel<<<(g).n_slots, SSD_THREADS, (smem), cu_stream()>>>(g);                                    \
         CUDA_LAUNCHED();                                                                                 \
+        CUDA_SCAN_MARK(name);                                                                            \
     } while (0)
 
 template <int RP, int RN>
 static void ssd_fwd_chunks(const ssd_args &g) {
-    SSD_LAUNCH((ssd_state_kernel<RP, RN, false>), g, ssd_state_smem(RP, RN));
-    ssd_pass_kernel<<<dim3(g.n_seq, g.H), SSD_THREADS, 0, cu_stream()>>>(g.S, g.dec, g.seq_off, g.H, g.P * g.N, false);
-    CUDA_LAUNCHED();
-    SSD_LAUNCH((ssd_out_kernel<RP, RN>), g, ssd_out_smem(RP, RN));
+    SSD_LAUNCH((ssd_state_kernel<RP, RN, false>), g, ssd_state_smem(RP, RN), "ssd_state_kernel (S_loc)");
+    ssd_pass(g, g.S, false);
+    SSD_LAUNCH((ssd_out_kernel<RP, RN>), g, ssd_out_smem(RP, RN), "ssd_out_kernel");
 }
 
 template <int RP, int RN>
 static void ssd_bwd_chunks(const ssd_args &g) {
-    SSD_LAUNCH((ssd_state_kernel<RP, RN, true>), g, ssd_state_smem(RP, RN));
-    ssd_pass_kernel<<<dim3(g.n_seq, g.H), SSD_THREADS, 0, cu_stream()>>>(g.dS, g.dec, g.seq_off, g.H, g.P * g.N, true);
-    CUDA_LAUNCHED();
-    SSD_LAUNCH((ssd_bwd_kernel<RP, RN>), g, ssd_bwd_smem(RP, RN));
+    SSD_LAUNCH((ssd_state_kernel<RP, RN, true>), g, ssd_state_smem(RP, RN), "ssd_state_kernel (dS_loc)");
+    ssd_pass(g, g.dS, true);
+    SSD_LAUNCH((ssd_bwd_kernel<RP, RN>), g, ssd_bwd_smem(RP, RN), "ssd_bwd_kernel");
 }
 
 // Calls F<RP, RN> for the tile counts of P and N (16, 32 or 64 rows each).
@@ -150,6 +173,7 @@ extern "C" void cuda_ssd_forward(float *y, int ld_y, float *delta, float *ckpt, 
     if (n_seq == 0 || n_tok == 0) return;
     ssd_delta_kernel<<<cu_blocks((long)n_tok * H, 256), 256, 0, cu_stream()>>>(delta, dt, ld_dt, dt_bias, n_tok, H);
     CUDA_LAUNCHED();
+    CUDA_SCAN_MARK("ssd_delta_kernel");
     if (!ckpt) hax_die("cuda: ssd: forward: expected a checkpoint buffer (cuda_ssd_ckpt_floats), found NULL");
     g.y = y, g.ld_y = ld_y;
     ssd_set_ckpt(&g, ckpt);
@@ -172,4 +196,5 @@ extern "C" void cuda_ssd_backward(float *dx, int ld_dx, float *ddt, int ld_ddt, 
     SSD_DISPATCH(ssd_bwd_chunks, g);
     ssd_par_kernel<<<H, SSD_THREADS, 0, cu_stream()>>>(dA_log, dD, ddt_bias, g.par, A_log, seq_off, n_seq, H);
     CUDA_LAUNCHED();
+    CUDA_SCAN_MARK("ssd_par_kernel");
 }

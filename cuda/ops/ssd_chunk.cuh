@@ -107,10 +107,19 @@ __device__ __forceinline__ void ssd_cumsum(float *a, const float *dl, float A) {
 }
 
 // Δ of the chunk for head h (zero past L) and a; callers synchronise after.
-__device__ __forceinline__ void ssd_load_a(const ssd_args &g, float *dl, float *a, int t0, int L, int h) {
+// A_log is read before the barrier, so its load overlaps Δ's (and the
+// caller's tile loads issued before this call): one wait on memory per head.
+// Returns A = -e^{A_log[h]} in warp 0 (0 elsewhere).
+__device__ __forceinline__ float ssd_load_a(const ssd_args &g, float *dl, float *a, int t0, int L, int h) {
+    float A = 0.0f;
+    if (threadIdx.x < 32) A = g.A_log[h];
     if (threadIdx.x < SSD_Q) dl[threadIdx.x] = (int)threadIdx.x < L ? g.delta[(size_t)(t0 + threadIdx.x) * g.H + h] : 0.0f;
     __syncthreads();
-    if (threadIdx.x < 32) ssd_cumsum(a, dl, -expf(g.A_log[h]));
+    if (threadIdx.x < 32) {
+        A = -expf(A);
+        ssd_cumsum(a, dl, A);
+    }
+    return A;
 }
 
 // The chunk's own end state (forward, BWD false) or its state adjoint (BWD):
@@ -182,6 +191,7 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_out_kernel(ssd_args g)
     for (int h = 0; h < g.H; h++) {
         ssd_load(X, ldP, SSD_Q, 16 * RP, g.x, g.ld_x, t0, h * P, L, P);
         ssd_load(Si, ldN, 16 * RP, 16 * RN, g.S + ((size_t)blockIdx.x * g.H + h) * P * N, N, 0, 0, P, N);
+        float Dh = g.D[h];  // (read with the tiles)
         ssd_load_a(g, dl, a, t0, L, h);
         __syncthreads();
 #pragma unroll
@@ -196,7 +206,6 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_out_kernel(ssd_args g)
         ssd_zero(yi), ssd_zero(yo);
         ssd_mm(yi, Ms, SSD_QP, 1, X, ldP, 1, L);
         ssd_mm(yo, Cs, ldN, 1, Si, 1, ldN, N);  // B(n, p) = S_in[p][n]
-        float Dh = g.D[h];
 #pragma unroll
         for (int r = 0; r < 4; r++)
 #pragma unroll

@@ -52,13 +52,34 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
     // Sums over heads, in head order, held by the thread that owns the entries.
     float Wsum[4][4], dCacc[4][RN], dBacc[4][RN];
     ssd_zero(Wsum), ssd_zero(dCacc), ssd_zero(dBacc);
+    // Every global value a head needs is read in its first phase, with the
+    // tiles (loads are not moved across barriers): the head waits on memory
+    // once. The gradients' old values too; the stores add to them.
+    int l = threadIdx.x & 31, k0 = SSD_Q - 1 - 2 * l, k1 = k0 - 1;  // warp 0's positions in the da phase
     for (int h = 0; h < g.H; h++) {
         size_t st = ((size_t)blockIdx.x * g.H + h) * PN;
         ssd_load(X, ldP, SSD_Q, 16 * RP, g.x, g.ld_x, t0, h * P, L, P);
         ssd_load(dY, ldP, SSD_Q, 16 * RP, g.dy, g.ld_dy, t0, h * P, L, P);
         ssd_load(Si, ldN, 16 * RP, 16 * RN, g.S + st, N, 0, 0, P, N);
         ssd_load(dSo, ldN, 16 * RP, 16 * RN, g.dS + st, N, 0, 0, P, N);
-        ssd_load_a(g, dl, a, t0, L, h);
+        float Dh = g.D[h], dxo[4][RP], dtv[2] = {0.0f, 0.0f}, ddo[2] = {0.0f, 0.0f}, bias = 0.0f;
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int c = 0; c < RP; c++) {
+                int j = ty + 16 * r, p = tx + 16 * c;
+                dxo[r][c] = g.dx && j < L && p < P ? g.dx[(size_t)(t0 + j) * g.ld_dx + h * P + p] : 0.0f;
+            }
+        if (threadIdx.x < 32) {
+            bias = g.dt_bias[h];
+            for (int e = 0; e < 2; e++) {
+                int kk = e ? k1 : k0;
+                if (kk >= L) continue;
+                dtv[e] = g.dt[(size_t)(t0 + kk) * g.ld_dt + h];
+                if (g.ddt) ddo[e] = g.ddt[(size_t)(t0 + kk) * g.ld_ddt + h];
+            }
+        }
+        float A = ssd_load_a(g, dl, a, t0, L, h);
         __syncthreads();
         float al = a[L - 1];
         {
@@ -102,7 +123,6 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
             ssd_zero(m), ssd_zero(rr);
             ssd_mm(m, Ms, 1, QP, dY, ldP, 1, L);
             ssd_mm(rr, Bs, ldN, 1, dSo, 1, ldN, N);
-            float Dh = g.D[h];
 #pragma unroll
             for (int r = 0; r < 4; r++)
 #pragma unroll
@@ -111,7 +131,8 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
                     float er = expf(al - a[j]) * rr[r][c], du = m[r][c] + er;
                     dU[j * ldP + p] = du;
                     eR[j * ldP + p] = er;
-                    if (g.dx && j < L && p < P) g.dx[(size_t)(t0 + j) * g.ld_dx + h * P + p] += dl[j] * du + Dh * dY[j * ldP + p];
+                    if (g.dx && j < L && p < P)
+                        g.dx[(size_t)(t0 + j) * g.ld_dx + h * P + p] = dxo[r][c] + (dl[j] * du + Dh * dY[j * ldP + p]);
                 }
         }
         __syncthreads();
@@ -145,7 +166,6 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
         if (threadIdx.x < 32) {
             // da (double: its terms cancel), its reverse cumulative sum, then dΔ,
             // ddt and the parameter partials. Lane l takes k = 63-2l, 62-2l.
-            int l = threadIdx.x, k0 = SSD_Q - 1 - 2 * l, k1 = k0 - 1;
             double vs = ssd_warp_sumd((double)Vv[k0] + (double)Vv[k1]);
             double d0 = (double)rs[k0] - cs[k0] + cz[k0] - Vv[k0], d1 = (double)rs[k1] - cs[k1] + cz[k1] - Vv[k1];
             double tail = (double)expf(al) * ss[0] + vs;
@@ -159,15 +179,14 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
             double ex = __shfl_up_sync(0xffffffffu, s, 1);
             if (l == 0) ex = 0.0;
             double rev[2] = {ex + d0, ex + d0 + d1};
-            float A = -expf(g.A_log[h]), bias = g.dt_bias[h];
             double pA = 0.0, pD = 0.0, pb = 0.0;
             for (int e = 0; e < 2; e++) {
                 int kk = e ? k1 : k0;
                 if (kk >= L) continue;
                 double dd = (double)xdu[kk] + (double)A * rev[e];
-                float u = g.dt[(size_t)(t0 + kk) * g.ld_dt + h] + bias;
+                float u = dtv[e] + bias;
                 double d_u = dd * (u > 20.0f ? 1.0 : (double)hax_sigmoid(u));
-                if (g.ddt) g.ddt[(size_t)(t0 + kk) * g.ld_ddt + h] += (float)d_u;
+                if (g.ddt) g.ddt[(size_t)(t0 + kk) * g.ld_ddt + h] = ddo[e] + (float)d_u;
                 pA += (double)dl[kk] * rev[e];
                 pD += (double)dyx[kk];
                 pb += d_u;
