@@ -50,8 +50,10 @@ static void test_linear(void) {
 
 // ---------------------------------------------------------------- embedding, norms, logits, CE
 
-static void test_embedding(void) {
-    int n = 2500, d = 64, V = 100;  // three chunks of the GPU's 1024 tokens
+// V 100: the shared-memory path (d 40: a partial 32-column tile); V 500: the
+// per-id scan. The backward twice from the same start must give the same bits.
+static void test_embedding_case(int n, int d, int V) {
+    printf("    n %d, d %d, V %d\n", n, d, V);
     int32_t *ids = xmalloc(sizeof(int32_t) * n);
     for (int t = 0; t < n; t++) ids[t] = (int32_t)((t * 37 + t / 7) % V);
     float *W = rnd((size_t)V * d, -1, 1), *out = rnd((size_t)n * d, 0, 1), *dout = rnd((size_t)n * d, -1, 1);
@@ -66,8 +68,19 @@ static void test_embedding(void) {
     embedding_backward(dW, dout, ids, n, d);
     cuda_embedding_backward(d_dW, d_dout, d_ids, n, d, V, work);
     expect("embedding dW", d_dW, dW, dW0, (size_t)V * d, TOL_BWD);
-    free(ids), free(W), free(out), free(dout), free(dW0), free(dW);
+    float *first = down(d_dW, (size_t)V * d);
+    cuda_upload(d_dW, dW0, sizeof(float) * V * d);
+    cuda_embedding_backward(d_dW, d_dout, d_ids, n, d, V, work);
+    float *again = down(d_dW, (size_t)V * d);
+    CHECK(memcmp(first, again, sizeof(float) * V * d) == 0, "embedding dW: expected the same bits on a rerun, found a difference");
+    free(ids), free(W), free(out), free(dout), free(dW0), free(dW), free(first), free(again);
     cuda_free(d_ids), cuda_free(d_W), cuda_free(d_out), cuda_free(d_dout), cuda_free(d_dW), cuda_free(work);
+}
+
+static void test_embedding(void) {
+    test_embedding_case(2500, 64, 100);
+    test_embedding_case(2500, 40, 100);
+    test_embedding_case(2500, 40, 500);
 }
 
 static void test_rmsnorm(int fused) {

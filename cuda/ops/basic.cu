@@ -22,12 +22,61 @@ __global__ static void embedding_fwd_kernel(float *out, const int32_t *ids, cons
     out[i] = W[(size_t)id * d + j];
 }
 
-// dW rows are summed per chunk of EMB_T tokens: block (v, chunk) scans the
-// chunk's ids (staged in shared memory) and adds the matching dout rows in
-// token order into part[chunk][v][:]; the chunks are then added in order.
-#define EMB_T 1024
+// dW rows are summed per chunk of tokens into part[chunk][v][:], then the
+// chunks are added in a fixed order (no atomics: the same bits every run).
+// A block takes a chunk and 32 columns; each of its warps adds the dout rows of
+// its EMB_W tokens, in token order, into its own shared rows acc[warp][v][:]
+// (lane = column), and the warps' rows are added in warp order. The shared
+// rows take V·128 bytes a warp: as many warps as fit the default 48 KB (V 100:
+// 3); past V = 384 the per-id scan below is used instead.
+#define EMB_W 32
+#define EMB_SMEM 49152
+#define EMB_T 1024      // tokens per chunk of the per-id scan
+
+static int emb_warps(int V) {
+    int nw = EMB_SMEM / (V * 32 * (int)sizeof(float));
+    return nw > 8 ? 8 : nw;
+}
+
+static int emb_chunks(int n_tok, int V) {
+    int per = emb_warps(V) >= 1 ? emb_warps(V) * EMB_W : EMB_T;
+    return (n_tok + per - 1) / per;
+}
 
 __global__ static void embedding_part_kernel(float *part, const float *dout, const int32_t *ids, int n_tok,
+                                             int d, int V) {
+    extern __shared__ float acc[];  // [warps][V][32]
+    int nw = blockDim.x / 32, w = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int chunk = blockIdx.x, j = blockIdx.y * 32 + lane;
+    float *mine = acc + (size_t)w * V * 32;
+    for (int v = 0; v < V; v++) mine[v * 32 + lane] = 0.0f;
+    int ta = (chunk * nw + w) * EMB_W, tb = ta + EMB_W < n_tok ? ta + EMB_W : n_tok;
+    int my_id = ta + lane < tb ? ids[ta + lane] : -1;  // the id of the warp's token lane
+    for (int t = ta; t < tb; t += 8) {
+        float val[8];
+        int id[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {  // the loads first (in flight together), then the adds
+            id[u] = __shfl_sync(0xffffffffu, my_id, (t - ta + u) & 31);
+            val[u] = j < d && t + u < tb ? dout[(size_t)(t + u) * d + j] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+            if (t + u < tb && id[u] >= 0 && id[u] < V) mine[id[u] * 32 + lane] += val[u];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < V * 32; i += blockDim.x) {
+        int v = i / 32, col = blockIdx.y * 32 + i % 32;
+        if (col >= d) continue;
+        float s = 0.0f;
+        for (int k = 0; k < nw; k++) s += acc[(size_t)k * V * 32 + i];
+        part[((size_t)chunk * V + v) * d + col] = s;
+    }
+}
+
+// The per-id scan (large V): block (v, chunk) adds the dout rows of the chunk's
+// tokens with id v, in token order.
+__global__ static void embedding_scan_kernel(float *part, const float *dout, const int32_t *ids, int n_tok,
                                              int d, int V) {
     __shared__ int32_t tile[EMB_T];
     int v = blockIdx.x, chunk = blockIdx.y, t0 = chunk * EMB_T;
@@ -42,12 +91,22 @@ __global__ static void embedding_part_kernel(float *part, const float *dout, con
     }
 }
 
-__global__ static void embedding_sum_kernel(float *dW, const float *part, int n_chunk, int d, int V) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long)V * d) return;
-    float acc = dW[i];
-    for (int ch = 0; ch < n_chunk; ch++) acc += part[(size_t)ch * V * d + i];
-    dW[i] = acc;
+// dW[i] += Σ_ch part[ch][i] (double): 32 entries (x) × 32 lanes over the
+// chunks (y, each in chunk order), the lanes combined in a fixed tree.
+__global__ static void embedding_sum_kernel(float *dW, const float *part, int n_chunk, int n) {
+    __shared__ double acc[32][33];
+    int x = threadIdx.x, y = threadIdx.y, i = blockIdx.x * 32 + x;
+    double a = 0.0;
+    if (i < n)
+#pragma unroll 4
+        for (int ch = y; ch < n_chunk; ch += 32) a += part[(size_t)ch * n + i];
+    acc[y][x] = a;
+    __syncthreads();
+    for (int h = 16; h > 0; h /= 2) {
+        if (y < h) acc[y][x] += acc[y + h][x];
+        __syncthreads();
+    }
+    if (y == 0 && i < n) dW[i] += (float)acc[0][x];
 }
 
 extern "C" void cuda_embedding_forward(float *out, const int32_t *ids, const float *W_emb, int n_tok,
@@ -59,17 +118,24 @@ extern "C" void cuda_embedding_forward(float *out, const int32_t *ids, const flo
 }
 
 extern "C" size_t cuda_embedding_workspace_bytes(int n_tok, int d, int V) {
-    return (size_t)((n_tok + EMB_T - 1) / EMB_T) * V * d * sizeof(float);
+    return (size_t)emb_chunks(n_tok, V) * V * d * sizeof(float);
 }
 
 extern "C" void cuda_embedding_backward(float *dW_emb, const float *dout, const int32_t *ids, int n_tok,
                                         int d, int V, void *work) {
-    if (n_tok == 0) return;
-    int n_chunk = (n_tok + EMB_T - 1) / EMB_T, threads = d < 128 ? (d + 31) / 32 * 32 : 128;
-    embedding_part_kernel<<<dim3(V, n_chunk), threads, 0, cu_stream()>>>((float *)work, dout, ids, n_tok, d, V);
+    if (n_tok == 0 || V <= 0 || d <= 0) return;
+    int n_chunk = emb_chunks(n_tok, V), nw = emb_warps(V);
+    if (nw >= 1) {
+        dim3 grid(n_chunk, cu_blocks(d, 32));
+        embedding_part_kernel<<<grid, nw * 32, (size_t)nw * V * 32 * sizeof(float), cu_stream()>>>(
+            (float *)work, dout, ids, n_tok, d, V);
+    } else {
+        int threads = d < 128 ? (d + 31) / 32 * 32 : 128;
+        embedding_scan_kernel<<<dim3(V, n_chunk), threads, 0, cu_stream()>>>((float *)work, dout, ids, n_tok, d, V);
+    }
     CUDA_LAUNCHED();
-    embedding_sum_kernel<<<cu_blocks((long)V * d, 256), 256, 0, cu_stream()>>>(dW_emb, (const float *)work,
-                                                                             n_chunk, d, V);
+    embedding_sum_kernel<<<cu_blocks((long)V * d, 32), dim3(32, 32), 0, cu_stream()>>>(dW_emb, (const float *)work,
+                                                                                       n_chunk, V * d);
     CUDA_LAUNCHED();
 }
 
