@@ -83,8 +83,9 @@ static void test_embedding(void) {
     test_embedding_case(2500, 40, 500);
 }
 
-static void test_rmsnorm(int fused) {
-    int n = 333, d = 64;
+// d 64: the fused backward with its dw partials; d 800: the separate dw kernels.
+static void test_rmsnorm(int fused, int d) {
+    int n = 333;
     size_t nd = (size_t)n * d;
     float *x = rnd(nd, -2, 2), *res = rnd(nd, -2, 2), *w = rnd(d, 0.5f, 1.5f), *dout = rnd(nd, -1, 1);
     float *ds = rnd(nd, -1, 1), *out = xmalloc(sizeof(float) * nd), *s = xmalloc(sizeof(float) * nd);
@@ -129,8 +130,9 @@ static void test_rmsnorm(int fused) {
     for (size_t i = 0; i < sizeof(dptrs) / sizeof(dptrs[0]); i++) cuda_free(dptrs[i]);
 }
 
-static void test_rmsnorm_plain(void) { test_rmsnorm(0); }
-static void test_add_rmsnorm(void) { test_rmsnorm(1); }
+static void test_rmsnorm_plain(void) { test_rmsnorm(0, 64); }
+static void test_add_rmsnorm(void) { test_rmsnorm(1, 64); }
+static void test_add_rmsnorm_wide(void) { test_rmsnorm(1, 800); }
 
 // Tied logits, then cross-entropy + accuracy over a ragged batch.
 static void test_logits_ce(void) {
@@ -371,6 +373,7 @@ int main(int argc, char **argv) {
     RUN(test_embedding);
     RUN(test_rmsnorm_plain);
     RUN(test_add_rmsnorm);
+    RUN(test_add_rmsnorm_wide);
     RUN(test_logits_ce);
     RUN(test_conv);
     RUN(test_gated_norm);

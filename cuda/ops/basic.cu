@@ -164,24 +164,51 @@ __global__ static void rmsnorm_fwd_kernel(float *out, float *s, float *rstd, con
     for (int j = lane; j < d; j += 32) out[o + j] = src[o + j] * r * w[j];
 }
 
-// Backward of one row per warp: g = r·(dy·w − x·r²·mean(dy·w·x)) (+ ds);
-// dx += g, dres += g (either NULL; they may be one buffer: this lane adds twice).
-__global__ static void rmsnorm_bwd_kernel(float *dx, float *dres, const float *dout, const float *ds,
-                                          const float *x, const float *rstd, const float *w, int n, int d) {
-    int row = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= n) return;
-    size_t o = (size_t)row * d;
-    float r = rstd[row];
-    double dot = 0.0;
-    for (int j = lane; j < d; j += 32) dot += (double)dout[o + j] * w[j] * x[o + j];
-    dot = cu_warp_sum(dot);
-    float c = (float)(dot / d) * r * r;
-    for (int j = lane; j < d; j += 32) {
-        float g = r * (dout[o + j] * w[j] - x[o + j] * c);
-        if (ds) g += ds[o + j];
-        if (dx) dx[o + j] += g;
-        if (dres) dres[o + j] += g;
+// The fused backwards (RMSNorm, gated RMSNorm) take BWD_ROWS rows a block,
+// BWD_ROWS / WARPS consecutive rows a warp, and with part != NULL also write the
+// block's dw partial part[block, :] (double; each warp's rows in order into its
+// shared row, then the warps' rows in warp order), so dout and x are read once.
+// Rows wider than NORM_PMAX (WARPS·d doubles of shared memory) take the
+// separate partial kernels below.
+#define BWD_ROWS 32
+#define NORM_PMAX 768
+
+// The block's partial from the warps' shared rows acc[WARPS][d].
+__device__ static void bwd_part_store(double *part, const double *acc, int d) {
+    __syncthreads();
+    for (int j = threadIdx.x; j < d; j += blockDim.x) {
+        double s = 0.0;
+        for (int k = 0; k < WARPS; k++) s += acc[(size_t)k * d + j];
+        part[(size_t)blockIdx.x * d + j] = s;
     }
+}
+
+// g = r·(dy·w − x·r²·mean(dy·w·x)) (+ ds); dx += g, dres += g (either NULL; they
+// may be one buffer: this lane adds twice); part: Σ_rows dy·x·r.
+__global__ static void rmsnorm_bwd_kernel(double *part, float *dx, float *dres, const float *dout, const float *ds,
+                                          const float *x, const float *rstd, const float *w, int n, int d) {
+    extern __shared__ double pacc[];  // [WARPS][d] with part
+    int wp = threadIdx.x / 32, lane = threadIdx.x % 32, r0 = blockIdx.x * BWD_ROWS + wp * (BWD_ROWS / WARPS);
+    double *mine = pacc + (size_t)wp * d;
+    if (part)
+        for (int j = lane; j < d; j += 32) mine[j] = 0.0;
+    for (int row = r0; row < r0 + BWD_ROWS / WARPS && row < n; row++) {
+        size_t o = (size_t)row * d;
+        float r = rstd[row];
+        double dot = 0.0;
+        for (int j = lane; j < d; j += 32) dot += (double)dout[o + j] * w[j] * x[o + j];
+        dot = cu_warp_sum(dot);
+        float c = (float)(dot / d) * r * r;
+        for (int j = lane; j < d; j += 32) {
+            float dy = dout[o + j], xv = x[o + j];
+            float g = r * (dy * w[j] - xv * c);
+            if (part) mine[j] += (double)dy * xv * r;
+            if (ds) g += ds[o + j];
+            if (dx) dx[o + j] += g;
+            if (dres) dres[o + j] += g;
+        }
+    }
+    if (part) bwd_part_store(part, pacc, d);
 }
 
 // part[ch, j] = Σ_{rows i of chunk ch} dy[i, j]·x[i, j]·r[i] (double, rows in order).
@@ -195,9 +222,9 @@ __global__ static void rmsnorm_dw_part_kernel(double *part, const float *dout, c
     part[(size_t)ch * d + j] = acc;
 }
 
-// dw[j] += Σ_ch part[ch, j], chunks in order.
+// The dw partials: per BWD_ROWS rows (fused) or per ROW_CHUNK rows (wide rows).
 extern "C" size_t cuda_norm_workspace_bytes(int n, int d) {
-    return (size_t)((n + ROW_CHUNK - 1) / ROW_CHUNK) * d * sizeof(double);
+    return (size_t)((n + BWD_ROWS - 1) / BWD_ROWS) * d * sizeof(double);
 }
 
 static void norm_dw(float *dw, const float *dout, const float *x, const float *rstd, int n, int d, void *work) {
@@ -206,6 +233,19 @@ static void norm_dw(float *dw, const float *dout, const float *x, const float *r
     rmsnorm_dw_part_kernel<<<grid, 64, 0, cu_stream()>>>((double *)work, dout, x, rstd, n, d);
     CUDA_LAUNCHED();
     cu_add_chunk_partials(dw, (const double *)work, n_chunk, d);
+}
+
+static void norm_backward(float *dx, float *dres, float *dw, const float *dout, const float *ds, const float *x,
+                          const float *rstd, const float *w, int n, int d, void *work) {
+    int fused = dw && d <= NORM_PMAX, n_blk = cu_blocks(n, BWD_ROWS);
+    if (dx || dres || fused) {
+        size_t smem = fused ? (size_t)WARPS * d * sizeof(double) : 0;
+        rmsnorm_bwd_kernel<<<n_blk, WARPS * 32, smem, cu_stream()>>>(fused ? (double *)work : NULL, dx, dres, dout,
+                                                                     ds, x, rstd, w, n, d);
+        CUDA_LAUNCHED();
+    }
+    if (fused) cu_add_chunk_partials(dw, (const double *)work, n_blk, d);
+    else if (dw) norm_dw(dw, dout, x, rstd, n, d, work);
 }
 
 extern "C" void cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int n, int d,
@@ -218,11 +258,7 @@ extern "C" void cuda_rmsnorm_forward(float *out, float *rstd, const float *x, co
 extern "C" void cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
                                       const float *rstd, const float *w, int n, int d, void *work) {
     if (n == 0) return;
-    if (dx) {
-        rmsnorm_bwd_kernel<<<cu_blocks(n, WARPS), WARPS * 32, 0, cu_stream()>>>(dx, NULL, dout, NULL, x, rstd, w, n, d);
-        CUDA_LAUNCHED();
-    }
-    if (dw) norm_dw(dw, dout, x, rstd, n, d, work);
+    norm_backward(dx, NULL, dw, dout, NULL, x, rstd, w, n, d, work);
 }
 
 extern "C" void cuda_add_rmsnorm_forward(float *out, float *s, float *rstd, const float *x,
@@ -236,12 +272,7 @@ extern "C" void cuda_add_rmsnorm_backward(float *dx, float *dresidual, float *dw
                                           const float *ds, const float *s, const float *rstd,
                                           const float *w, int n, int d, void *work) {
     if (n == 0) return;
-    if (dx || dresidual) {
-        rmsnorm_bwd_kernel<<<cu_blocks(n, WARPS), WARPS * 32, 0, cu_stream()>>>(dx, dresidual, dout, ds, s, rstd,
-                                                                               w, n, d);
-        CUDA_LAUNCHED();
-    }
-    if (dw) norm_dw(dw, dout, s, rstd, n, d, work);
+    norm_backward(dx, dresidual, dw, dout, ds, s, rstd, w, n, d, work);
 }
 
 // ---------------------------------------------------------------- logits
@@ -404,24 +435,33 @@ __global__ static void gated_fwd_kernel(float *out, int ld_out, float *rstd, con
     for (int c = lane; c < E; c += 32) ot[c] = gated_v(yt[c], zt[c]) * r * w[c];
 }
 
-// dv = r·w·do − v·r³/E·Σ_j w_j do_j v_j; dy += dv·silu(z); dz += dv·y·silu'(z).
-__global__ static void gated_bwd_kernel(float *dy, int ld_dy, float *dz, int ld_dz, const float *dout,
+// dv = r·w·do − v·r³/E·Σ_j w_j do_j v_j; dy += dv·silu(z); dz += dv·y·silu'(z);
+// part: Σ_rows do·v·r (BWD_ROWS rows a block, as rmsnorm_bwd_kernel).
+__global__ static void gated_bwd_kernel(double *part, float *dy, int ld_dy, float *dz, int ld_dz, const float *dout,
                                         int ld_dout, const float *rstd, const float *y, int ld_y,
                                         const float *z, int ld_z, const float *w, int n, int E) {
-    int row = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (row >= n) return;
-    const float *yt = y + (size_t)row * ld_y, *zt = z + (size_t)row * ld_z, *dot = dout + (size_t)row * ld_dout;
-    float r = rstd[row];
-    double s = 0.0;
-    for (int c = lane; c < E; c += 32) s += (double)w[c] * dot[c] * gated_v(yt[c], zt[c]);
-    s = cu_warp_sum(s);
-    float k = (float)(s * (double)r * r * r / E);
-    for (int c = lane; c < E; c += 32) {
-        float sg = hax_sigmoid(zt[c]), sl = zt[c] * sg, v = yt[c] * sl;
-        float dv = r * w[c] * dot[c] - v * k;
-        if (dy) dy[(size_t)row * ld_dy + c] += dv * sl;
-        if (dz) dz[(size_t)row * ld_dz + c] += dv * yt[c] * sg * (1.0f + zt[c] * (1.0f - sg));
+    extern __shared__ double pacc[];  // [WARPS][E] with part
+    int wp = threadIdx.x / 32, lane = threadIdx.x % 32, r0 = blockIdx.x * BWD_ROWS + wp * (BWD_ROWS / WARPS);
+    double *mine = pacc + (size_t)wp * E;
+    if (part)
+        for (int c = lane; c < E; c += 32) mine[c] = 0.0;
+    for (int row = r0; row < r0 + BWD_ROWS / WARPS && row < n; row++) {
+        const float *yt = y + (size_t)row * ld_y, *zt = z + (size_t)row * ld_z, *dot = dout + (size_t)row * ld_dout;
+        float r = rstd[row];
+        double s = 0.0;
+        for (int c = lane; c < E; c += 32) s += (double)w[c] * dot[c] * gated_v(yt[c], zt[c]);
+        s = cu_warp_sum(s);
+        float k = (float)(s * (double)r * r * r / E);
+        for (int c = lane; c < E; c += 32) {
+            float zc = zt[c], yc = yt[c], doc = dot[c];
+            float sg = hax_sigmoid(zc), sl = zc * sg, v = yc * sl;
+            float dv = r * w[c] * doc - v * k;
+            if (part) mine[c] += (double)doc * v * r;
+            if (dy) dy[(size_t)row * ld_dy + c] += dv * sl;
+            if (dz) dz[(size_t)row * ld_dz + c] += dv * yc * sg * (1.0f + zc * (1.0f - sg));
+        }
     }
+    if (part) bwd_part_store(part, pacc, E);
 }
 
 // part[ch, c] = Σ_{rows of chunk ch} do·v·r (double, rows in order).
@@ -448,12 +488,16 @@ extern "C" void cuda_gated_norm_backward(float *dy, int ld_dy, float *dz, int ld
                                          int ld_dout, const float *rstd, const float *y, int ld_y,
                                          const float *z, int ld_z, const float *w, int n, int E, void *work) {
     if (n == 0) return;
-    if (dy || dz) {
-        gated_bwd_kernel<<<cu_blocks(n, WARPS), WARPS * 32, 0, cu_stream()>>>(dy, ld_dy, dz, ld_dz, dout, ld_dout,
-                                                                              rstd, y, ld_y, z, ld_z, w, n, E);
+    int fused = dw && E <= NORM_PMAX, n_blk = cu_blocks(n, BWD_ROWS);
+    if (dy || dz || fused) {
+        size_t smem = fused ? (size_t)WARPS * E * sizeof(double) : 0;
+        gated_bwd_kernel<<<n_blk, WARPS * 32, smem, cu_stream()>>>(fused ? (double *)work : NULL, dy, ld_dy, dz, ld_dz,
+                                                                   dout, ld_dout, rstd, y, ld_y, z, ld_z, w, n, E);
         CUDA_LAUNCHED();
     }
-    if (dw) {
+    if (fused) {
+        cu_add_chunk_partials(dw, (const double *)work, n_blk, E);
+    } else if (dw) {
         int n_chunk = (n + ROW_CHUNK - 1) / ROW_CHUNK;
         dim3 grid(cu_blocks(E, 64), n_chunk);
         gated_dw_part_kernel<<<grid, 64, 0, cu_stream()>>>((double *)work, dout, ld_dout, rstd, y, ld_y, z, ld_z, n, E);
