@@ -14,10 +14,12 @@
 #include "cuda/ops/basic.h"
 #include "cuda/core/common.h"
 #include "cuda/ops/conv.h"
+#include "cuda/ops/gate.h"
 #include "cuda/ops/linear.h"
 #include "src/ops/linear.h"
 #include "src/ops/basic.h"
 #include "src/ops/conv.h"
+#include "src/ops/gate.h"
 #include "gpu_util.h"
 
 #include <sys/wait.h>
@@ -257,6 +259,52 @@ static void test_gated_norm(void) {
     for (size_t i = 0; i < sizeof(dptrs) / sizeof(dptrs[0]); i++) cuda_free(dptrs[i]);
 }
 
+// ---------------------------------------------------------------- gate, add_attn
+
+// The Mamba gate with and without the sparse branch's attn, and add_attn.
+static void test_gate(void) {
+    int n = 333, E = 96;
+    size_t nE = (size_t)n * E, n2E = 2 * nE;
+    float *y = rnd(nE, -2, 2), *xz = rnd(n2E, -3, 3), *attn = rnd(nE, -1, 1), *Ev = rnd(E, -1, 1);
+    float *dout = rnd(nE, -1, 1), *o = xmalloc(sizeof(float) * nE), *dy = xmalloc(sizeof(float) * nE);
+    float *dxz = rnd(n2E, -1, 1), *da0 = rnd(nE, -1, 1), *dE0 = rnd(E, -1, 1);
+    float *d_y = upf(y, nE), *d_xz = upf(xz, n2E), *d_attn = upf(attn, nE), *d_Ev = upf(Ev, E);
+    float *d_dout = upf(dout, nE), *d_o = cuda_malloc(sizeof(float) * nE), *d_dy = cuda_malloc(sizeof(float) * nE);
+    float *d_dxz = upf(dxz, n2E), *d_prod = cuda_malloc(sizeof(float) * nE);
+    void *work = cuda_malloc(cuda_gate_work_bytes(n, E));
+    for (int with_attn = 0; with_attn < 2; with_attn++) {
+        const float *a = with_attn ? attn : NULL, *g_a = with_attn ? d_attn : NULL;
+        float *da = copy(da0, nE), *dE = copy(dE0, E), *d_da = upf(da0, nE), *d_dE = upf(dE0, E);
+        mamba_gate_forward(o, y, xz, a, Ev, n, E);
+        cuda_gate_forward(d_o, d_y, d_xz, g_a, d_Ev, n, E);
+        expect("gate out", d_o, o, NULL, nE, TOL_FWD);
+        mamba_gate_backward(dy, dxz, with_attn ? da : NULL, with_attn ? dE : NULL, dout, y, xz, a, Ev, n, E);
+        cuda_gate_backward(d_dy, d_dxz, with_attn ? d_da : NULL, with_attn ? d_dE : NULL, d_prod, d_dout, d_y, d_xz,
+                           g_a, d_Ev, n, E, work);
+        expect("gate dy", d_dy, dy, NULL, nE, TOL_BWD);
+        expect("gate dxz", d_dxz, dxz, NULL, n2E, TOL_BWD);
+        if (with_attn) {
+            expect("gate dattn", d_da, da, da0, nE, TOL_BWD);
+            expect("gate dEv", d_dE, dE, dE0, E, TOL_BWD);
+            float *yy = copy(y, nE);
+            add_attn_forward(yy, attn, Ev, n, E);
+            cuda_add_attn_forward(d_y, d_attn, d_Ev, n, E);
+            expect("add_attn y", d_y, yy, NULL, nE, TOL_FWD);
+            add_attn_backward(da, dE, dout, attn, Ev, n, E);
+            cuda_add_attn_backward(d_da, d_dE, d_prod, d_dout, d_attn, d_Ev, n, E, work);
+            expect("add_attn dattn", d_da, da, da0, nE, TOL_BWD);
+            expect("add_attn dEv", d_dE, dE, dE0, E, TOL_BWD);
+            free(yy);
+        }
+        free(da), free(dE);
+        cuda_free(d_da), cuda_free(d_dE);
+    }
+    void *ptrs[] = {y, xz, attn, Ev, dout, o, dy, dxz, da0, dE0};
+    for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++) free(ptrs[i]);
+    void *dptrs[] = {d_y, d_xz, d_attn, d_Ev, d_dout, d_o, d_dy, d_dxz, d_prod, work};
+    for (size_t i = 0; i < sizeof(dptrs) / sizeof(dptrs[0]); i++) cuda_free(dptrs[i]);
+}
+
 // ---------------------------------------------------------------- paper size
 
 static void test_paper_size(void) {
@@ -377,6 +425,7 @@ int main(int argc, char **argv) {
     RUN(test_logits_ce);
     RUN(test_conv);
     RUN(test_gated_norm);
+    RUN(test_gate);
     RUN(test_bad_token_id);
     if (!quick) RUN(test_paper_size);
     return test_summary();
