@@ -9,17 +9,19 @@
 
 // ---------------------------------------------------------------- embedding
 
+// A warp per token (WARPS a block), the lanes over the row.
 __global__ static void embedding_fwd_kernel(float *out, const int32_t *ids, const float *W, int n_tok,
                                             int d, int V, int *flag) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long)n_tok * d) return;
-    int t = (int)(i / d), j = (int)(i % d), id = ids[t];
+    int t = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (t >= n_tok) return;
+    int id = ids[t];
+    float *o = out + (size_t)t * d;
     if (id < 0 || id >= V) {
-        if (j == 0) atomicOr(flag, CU_ERR_TOKEN_ID);
-        out[i] = 0.0f;
+        if (lane == 0) atomicOr(flag, CU_ERR_TOKEN_ID);
+        for (int j = lane; j < d; j += 32) o[j] = 0.0f;
         return;
     }
-    out[i] = W[(size_t)id * d + j];
+    for (int j = lane; j < d; j += 32) o[j] = W[(size_t)id * d + j];
 }
 
 // dW rows are summed per chunk of tokens into part[chunk][v][:], then the
@@ -112,8 +114,8 @@ __global__ static void embedding_sum_kernel(float *dW, const float *part, int n_
 extern "C" void cuda_embedding_forward(float *out, const int32_t *ids, const float *W_emb, int n_tok,
                                        int d, int V) {
     if (n_tok == 0) return;
-    embedding_fwd_kernel<<<cu_blocks((long)n_tok * d, 256), 256, 0, cu_stream()>>>(out, ids, W_emb, n_tok,
-                                                                                   d, V, cu_error_flag());
+    embedding_fwd_kernel<<<cu_blocks(n_tok, WARPS), WARPS * 32, 0, cu_stream()>>>(out, ids, W_emb, n_tok, d, V,
+                                                                                 cu_error_flag());
     CUDA_LAUNCHED();
 }
 

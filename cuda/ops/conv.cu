@@ -125,17 +125,23 @@ __global__ static void conv_seq_kernel(double *seq_part, const double *part, con
 }
 
 // dw, db += the sequence totals, each rounded to float and added in sequence
-// order as the CPU does; one thread per entry.
+// order as the CPU does. Block: 32 entries (x) × 32 lanes (y); per 32
+// sequences the lanes load the totals together into shared memory, then lane 0
+// adds them in order (one memory round trip per 32 sequences, not per sequence).
 __global__ static void conv_sum_kernel(float *dw, float *db, const double *seq_part, int n_seq, int C, int K) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x, per = C * (K + 1);
-    if (i >= per) return;
+    __shared__ float tot[32][33];
+    int x = threadIdx.x, y = threadIdx.y, i = blockIdx.x * 32 + x, per = C * (K + 1);
     int k = i / C, c = i % C;
-    float *dst = k < K ? dw + c * K + k : db ? db + c : NULL;
-    if (!dst) return;
-    float acc = *dst;
-#pragma unroll 8
-    for (int s = 0; s < n_seq; s++) acc += (float)seq_part[(size_t)s * per + i];
-    *dst = acc;
+    float *dst = i >= per ? NULL : k < K ? dw + c * K + k : db ? db + c : NULL;
+    float acc = dst && y == 0 ? *dst : 0.0f;
+    for (int s0 = 0; s0 < n_seq; s0 += 32) {
+        tot[y][x] = i < per && s0 + y < n_seq ? (float)seq_part[(size_t)(s0 + y) * per + i] : 0.0f;
+        __syncthreads();
+        if (y == 0)
+            for (int j = 0; j < 32 && s0 + j < n_seq; j++) acc += tot[j][x];
+        __syncthreads();
+    }
+    if (dst && y == 0) *dst = acc;
 }
 
 static void conv_check(int K) {
@@ -191,6 +197,6 @@ extern "C" void cuda_conv_silu_backward(float *dinp, int ld_dinp, float *dw, flo
     conv_seq_kernel<<<dim3(cu_blocks(per, 128), n_seq), 128, 0, cu_stream()>>>(seq_part, (const double *)work, seq_off,
                                                                               n_seq, per);
     CUDA_LAUNCHED();
-    conv_sum_kernel<<<cu_blocks(per, 128), 128, 0, cu_stream()>>>(dw, db, seq_part, n_seq, C, K);
+    conv_sum_kernel<<<cu_blocks(per, 32), dim3(32, 32), 0, cu_stream()>>>(dw, db, seq_part, n_seq, C, K);
     CUDA_LAUNCHED();
 }
