@@ -203,9 +203,13 @@ static void test_logits_ce(void) {
 
 // ---------------------------------------------------------------- conv + SiLU
 
-static void test_conv(void) {
-    tbatch b = make_batch(k_lens, K_NSEQ);
-    int n = b.n_tok, C = 72, K = 4, ld = C + 9;
+// K 4 and 2 on the ragged lengths; 40 sequences up to 140 long (several chunks
+// of 64 positions, more than 32 sequence totals). The backward twice from the
+// same start must give the same bits.
+static void test_conv_case(const int *lens, int n_seq, int K) {
+    printf("    %d sequences, K %d\n", n_seq, K);
+    tbatch b = make_batch(lens, n_seq);
+    int n = b.n_tok, C = 72, ld = C + 9;
     float *inp = rnd((size_t)n * ld, -1, 1), *w = rnd((size_t)C * K, -0.5f, 0.5f), *bias = rnd(C, -0.5f, 0.5f);
     float *out = xmalloc(sizeof(float) * n * C), *pre = xmalloc(sizeof(float) * n * C);
     float *dout = rnd((size_t)n * C, -1, 1);
@@ -225,11 +229,27 @@ static void test_conv(void) {
     expect("conv dinp", d_di, di, di0, (size_t)n * ld, TOL_BWD);
     expect("conv dw", d_dw, dw, dw0, (size_t)C * K, TOL_BWD);
     expect("conv db", d_db, db, db0, C, TOL_BWD);
+    float *di1 = down(d_di, (size_t)n * ld), *dw1 = down(d_dw, (size_t)C * K);
+    cuda_upload(d_di, di0, sizeof(float) * n * ld);
+    cuda_upload(d_dw, dw0, sizeof(float) * C * K);
+    cuda_conv_silu_backward(d_di, ld, d_dw, d_db, d_dout, d_pre, d_inp, ld, d_w, b.d_off, b.n_seq, n, C, K, work);
+    float *di2 = down(d_di, (size_t)n * ld), *dw2 = down(d_dw, (size_t)C * K);
+    CHECK(memcmp(di1, di2, sizeof(float) * n * ld) == 0 && memcmp(dw1, dw2, sizeof(float) * C * K) == 0,
+          "conv backward: expected the same bits on a rerun, found a difference");
+    free(di1), free(dw1), free(di2), free(dw2);
     void *ptrs[] = {inp, w, bias, out, pre, dout, di0, dw0, db0, di, dw, db};
     for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++) free(ptrs[i]);
     void *dptrs[] = {d_inp, d_w, d_b, d_out, d_pre, d_dout, d_di, d_dw, d_db, work};
     for (size_t i = 0; i < sizeof(dptrs) / sizeof(dptrs[0]); i++) cuda_free(dptrs[i]);
     free_batch(&b);
+}
+
+static void test_conv(void) {
+    test_conv_case(k_lens, K_NSEQ, 4);
+    test_conv_case(k_lens, K_NSEQ, 2);
+    int lens[40];
+    for (int s = 0; s < 40; s++) lens[s] = 1 + (s * 37) % 140;
+    test_conv_case(lens, 40, 4);
 }
 
 // ---------------------------------------------------------------- gated RMSNorm
