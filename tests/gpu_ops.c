@@ -378,6 +378,19 @@ static void test_paper_size(void) {
             gated_norm_backward(big, 2 * E, big + E, 2 * E, wE, outE, E, rstd, xz, 2 * E, xz + E, 2 * E, wE, n, E),
             cuda_gated_norm_backward(g_big, 2 * E, g_big + E, 2 * E, g_wE, g_outE, E, g_rstd, g_xz, 2 * E, g_xz + E, 2 * E,
                                      g_wE, n, E, work));
+    TIME_OP("gate fwd (E 128)", mamba_gate_forward(outE, pre, xz, NULL, NULL, n, E),
+            cuda_gate_forward(g_outE, g_pre, g_xz, NULL, NULL, n, E));
+    TIME_OP("gate bwd (E 128)", mamba_gate_backward(outE, big, NULL, NULL, pre, pre, xz, NULL, NULL, n, E),
+            cuda_gate_backward(g_outE, g_big, NULL, NULL, NULL, g_pre, g_pre, g_xz, NULL, NULL, n, E, work));
+    // The skinny GEMMs of the Mamba mixer: x_proj (E -> dt_rank + 2N = 36), out_proj (E -> d).
+    TIME_OP("x_proj fwd (128->36)", linear_forward(big, 36, outE, E, Win, NULL, n, E, 36),
+            cuda_linear_forward(g_big, 36, g_outE, E, g_Win, NULL, n, E, 36));
+    TIME_OP("x_proj bwd (128->36)", linear_backward(pre, E, dW, NULL, big, 36, outE, E, Win, n, E, 36),
+            cuda_linear_backward(g_pre, E, g_dW, NULL, g_big, 36, g_outE, E, g_Win, n, E, 36));
+    TIME_OP("out_proj fwd (128->64)", linear_forward(h2, d, outE, E, Win, NULL, n, E, d),
+            cuda_linear_forward(g_h2, d, g_outE, E, g_Win, NULL, n, E, d));
+    TIME_OP("out_proj bwd (128->64)", linear_backward(pre, E, dW, NULL, h2, d, outE, E, Win, n, E, d),
+            cuda_linear_backward(g_pre, E, g_dW, NULL, g_h2, d, g_outE, E, g_Win, n, E, d));
     TIME_OP("logits fwd (V 100)", logits_forward(logits, h, Wemb, n, d, V), cuda_logits_forward(g_logits, g_h, g_Wemb, n, d, V));
     TIME_OP("ce fwd", ce_forward(logits, ids, mask, b.off, n_seq, V, NULL, NULL),
             cuda_ce_forward(g_loss, NULL, NULL, g_logits, g_ids, g_mask, b.d_off, n_seq, n, V, work));
