@@ -1,5 +1,5 @@
 // cuda/ops/conv.cu: see cuda/ops/conv.h. The positions of each sequence are cut
-// into chunks of CONV_T; one thread per (chunk, channel) walks its chunk in
+// into chunks (CONV_FWD_T, CONV_T); one thread per (chunk, channel) walks its chunk in
 // order with the last K inputs (and, backward, the last K gradients) in
 // registers, so each element is loaded and its SiLU' computed once (channels
 // fastest across the threads: coalesced). The backward fuses dinp with the
@@ -10,27 +10,29 @@
 #include "cuda/ops/conv.h"
 
 #define KMAX 8
-#define CONV_T 64       // positions per chunk
+#define CONV_T 64       // positions per chunk of the backward (and its dw/db partials)
+#define CONV_FWD_T 16   // positions per chunk of the forward (no partials: more threads)
 #define CONV_THREADS 64 // channels per block
 
-// Sequence s owns the chunk slots base_s .. base_s + ceil(len_s / CONV_T) − 1,
-// base_s = s + seq_off[s] / CONV_T (strictly increasing in s; n_tok / CONV_T +
-// n_seq slots in all, some unused).
-__device__ __forceinline__ int conv_base(const int *seq_off, int s) { return s + seq_off[s] / CONV_T; }
+// With chunks of T positions, sequence s owns the chunk slots base_s .. base_s
+// + ceil(len_s / T) − 1, base_s = s + seq_off[s] / T (strictly increasing in s;
+// n_tok / T + n_seq slots in all, some unused).
+__device__ __forceinline__ int conv_base(const int *seq_off, int s, int T) { return s + seq_off[s] / T; }
 
 // The chunk of slot `slot`: positions ta .. tb−1 of the sequence t0 .. t1−1;
 // false for an unused slot (past its sequence's last chunk).
-__device__ static bool conv_chunk(const int *seq_off, int n_seq, int slot, int *t0, int *t1, int *ta, int *tb) {
+__device__ static bool conv_chunk(const int *seq_off, int n_seq, int T, int slot, int *t0, int *t1, int *ta,
+                                  int *tb) {
     int lo = 0, hi = n_seq - 1;  // the last s with base_s <= slot
     while (lo < hi) {
         int mid = (lo + hi + 1) / 2;
-        if (conv_base(seq_off, mid) <= slot) lo = mid;
+        if (conv_base(seq_off, mid, T) <= slot) lo = mid;
         else hi = mid - 1;
     }
     *t0 = seq_off[lo];
     *t1 = seq_off[lo + 1];
-    *ta = *t0 + (slot - conv_base(seq_off, lo)) * CONV_T;
-    *tb = *ta + CONV_T < *t1 ? *ta + CONV_T : *t1;
+    *ta = *t0 + (slot - conv_base(seq_off, lo, T)) * T;
+    *tb = *ta + T < *t1 ? *ta + T : *t1;
     return *ta < *t1;
 }
 
@@ -40,7 +42,7 @@ template <int K>
 __global__ static void conv_fwd_kernel(float *out, float *pre, const float *inp, int ld_inp, const float *w,
                                        const float *b, const int *seq_off, int n_seq, int C) {
     int slot = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x, t0, t1, ta, tb;
-    if (c >= C || !conv_chunk(seq_off, n_seq, slot, &t0, &t1, &ta, &tb)) return;
+    if (c >= C || !conv_chunk(seq_off, n_seq, CONV_FWD_T, slot, &t0, &t1, &ta, &tb)) return;
     float wk[K], x[K];  // x[k] = inp[t − (K−1) + k, c]
 #pragma unroll
     for (int k = 0; k < K; k++) {
@@ -72,7 +74,7 @@ __global__ static void conv_bwd_kernel(double *part, float *dinp, int ld_dinp, c
                                        const float *inp, int ld_inp, const float *w, const int *seq_off, int n_seq,
                                        int C) {
     int slot = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x, t0, t1, ta, tb;
-    if (c >= C || !conv_chunk(seq_off, n_seq, slot, &t0, &t1, &ta, &tb)) return;
+    if (c >= C || !conv_chunk(seq_off, n_seq, CONV_T, slot, &t0, &t1, &ta, &tb)) return;
     float wk[K], x[K], g[K];  // x[k] = inp[t − (K−1) + k, c], g[k] = g[t − (K−1) + k, c]
     double q[K], qb = 0.0;
 #pragma unroll
@@ -118,7 +120,7 @@ __global__ static void conv_seq_kernel(double *seq_part, const double *part, con
     int i = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y;
     if (i >= per || s >= n_seq) return;
     int n_ch = (seq_off[s + 1] - seq_off[s] + CONV_T - 1) / CONV_T;
-    const double *p0 = part + (size_t)conv_base(seq_off, s) * per + i;
+    const double *p0 = part + (size_t)conv_base(seq_off, s, CONV_T) * per + i;
     double acc = 0.0;
     for (int j = 0; j < n_ch; j++) acc += p0[(size_t)j * per];
     seq_part[(size_t)s * per + i] = acc;
@@ -161,13 +163,13 @@ static void conv_check(int K) {
     default: LAUNCH(8); break;     \
     }
 
-static int conv_slots(int n_tok, int n_seq) { return n_tok / CONV_T + n_seq; }
+static int conv_slots(int n_tok, int n_seq, int T) { return n_tok / T + n_seq; }
 
 extern "C" void cuda_conv_silu_forward(float *out, float *pre, const float *inp, int ld_inp, const float *w,
                                        const float *b, const int *seq_off, int n_seq, int n_tok, int C, int K) {
     conv_check(K);
     if (n_tok == 0 || n_seq == 0) return;
-    dim3 grid(conv_slots(n_tok, n_seq), cu_blocks(C, CONV_THREADS));
+    dim3 grid(conv_slots(n_tok, n_seq, CONV_FWD_T), cu_blocks(C, CONV_THREADS));
 #define FWD(KK)                                                                                              \
     conv_fwd_kernel<KK><<<grid, CONV_THREADS, 0, cu_stream()>>>(out, pre, inp, ld_inp, w, b, seq_off, n_seq, C)
     CONV_DISPATCH(K, FWD);
@@ -177,7 +179,7 @@ extern "C" void cuda_conv_silu_forward(float *out, float *pre, const float *inp,
 
 // Chunk partials [slots][C·(K+1)], then sequence totals [n_seq][C·(K+1)].
 extern "C" size_t cuda_conv_workspace_bytes(int n_tok, int n_seq, int C, int K) {
-    return ((size_t)conv_slots(n_tok, n_seq) + n_seq) * C * (K + 1) * sizeof(double);
+    return ((size_t)conv_slots(n_tok, n_seq, CONV_T) + n_seq) * C * (K + 1) * sizeof(double);
 }
 
 extern "C" void cuda_conv_silu_backward(float *dinp, int ld_dinp, float *dw, float *db, const float *dout,
@@ -185,7 +187,7 @@ extern "C" void cuda_conv_silu_backward(float *dinp, int ld_dinp, float *dw, flo
                                         const int *seq_off, int n_seq, int n_tok, int C, int K, void *work) {
     conv_check(K);
     if (n_tok == 0 || n_seq == 0) return;
-    dim3 grid(conv_slots(n_tok, n_seq), cu_blocks(C, CONV_THREADS));
+    dim3 grid(conv_slots(n_tok, n_seq, CONV_T), cu_blocks(C, CONV_THREADS));
 #define BWD(KK)                                                                                              \
     conv_bwd_kernel<KK><<<grid, CONV_THREADS, 0, cu_stream()>>>((double *)work, dinp, ld_dinp, dout, pre, inp, \
                                                                 ld_inp, w, seq_off, n_seq, C)
@@ -193,7 +195,7 @@ extern "C" void cuda_conv_silu_backward(float *dinp, int ld_dinp, float *dw, flo
 #undef BWD
     CUDA_LAUNCHED();
     int per = C * (K + 1);
-    double *seq_part = (double *)work + (size_t)conv_slots(n_tok, n_seq) * per;
+    double *seq_part = (double *)work + (size_t)conv_slots(n_tok, n_seq, CONV_T) * per;
     conv_seq_kernel<<<dim3(cu_blocks(per, 128), n_seq), 128, 0, cu_stream()>>>(seq_part, (const double *)work, seq_off,
                                                                               n_seq, per);
     CUDA_LAUNCHED();
