@@ -6,6 +6,7 @@
 
 #define ROW_CHUNK 64    // rows per dw partial: the CPU's value (src/ops/basic.c)
 #define WARPS 8         // warps per block of the row kernels
+#define ROW_REGS 8      // row values a lane keeps in registers in the forwards (rows up to 256 wide)
 
 // ---------------------------------------------------------------- embedding
 
@@ -150,20 +151,38 @@ __global__ static void rmsnorm_fwd_kernel(float *out, float *s, float *rstd, con
     int row = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (row >= n) return;
     size_t o = (size_t)row * d;
+    float v[ROW_REGS];  // this lane's first ROW_REGS values (j = lane + 32m), the rest reloaded
     double ss = 0.0;
-    for (int j = lane; j < d; j += 32) {
-        float v = x[o + j];
+#pragma unroll
+    for (int m = 0; m < ROW_REGS; m++) {
+        int j = lane + 32 * m;
+        v[m] = j < d ? x[o + j] : 0.0f;
+        if (residual && j < d) v[m] += residual[o + j];
+    }
+#pragma unroll
+    for (int m = 0; m < ROW_REGS; m++) {
+        int j = lane + 32 * m;
+        if (residual && j < d) s[o + j] = v[m];
+        ss += (double)v[m] * v[m];  // 0 past d
+    }
+    for (int j = lane + 32 * ROW_REGS; j < d; j += 32) {
+        float u = x[o + j];
         if (residual) {
-            v += residual[o + j];
-            s[o + j] = v;
+            u += residual[o + j];
+            s[o + j] = u;
         }
-        ss += (double)v * v;
+        ss += (double)u * u;
     }
     ss = cu_warp_sum(ss);
     float r = (float)(1.0 / sqrt(ss / d + eps));
     if (rstd && lane == 0) rstd[row] = r;
+#pragma unroll
+    for (int m = 0; m < ROW_REGS; m++) {
+        int j = lane + 32 * m;
+        if (j < d) out[o + j] = v[m] * r * w[j];
+    }
     const float *src = residual ? s : x;
-    for (int j = lane; j < d; j += 32) out[o + j] = src[o + j] * r * w[j];
+    for (int j = lane + 32 * ROW_REGS; j < d; j += 32) out[o + j] = src[o + j] * r * w[j];
 }
 
 // The fused backwards (RMSNorm, gated RMSNorm) take BWD_ROWS rows a block,
@@ -426,15 +445,27 @@ __global__ static void gated_fwd_kernel(float *out, int ld_out, float *rstd, con
     if (row >= n) return;
     const float *yt = y + (size_t)row * ld_y, *zt = z + (size_t)row * ld_z;
     float *ot = out + (size_t)row * ld_out;
+    float v[ROW_REGS];  // as rmsnorm_fwd_kernel
     double ss = 0.0;
-    for (int c = lane; c < E; c += 32) {
-        float v = gated_v(yt[c], zt[c]);
-        ss += (double)v * v;
+#pragma unroll
+    for (int m = 0; m < ROW_REGS; m++) {
+        int c = lane + 32 * m;
+        v[m] = c < E ? gated_v(yt[c], zt[c]) : 0.0f;
+        ss += (double)v[m] * v[m];
+    }
+    for (int c = lane + 32 * ROW_REGS; c < E; c += 32) {
+        float u = gated_v(yt[c], zt[c]);
+        ss += (double)u * u;
     }
     ss = cu_warp_sum(ss);
     float r = (float)(1.0 / sqrt(ss / E + (double)eps));
     if (rstd && lane == 0) rstd[row] = r;
-    for (int c = lane; c < E; c += 32) ot[c] = gated_v(yt[c], zt[c]) * r * w[c];
+#pragma unroll
+    for (int m = 0; m < ROW_REGS; m++) {
+        int c = lane + 32 * m;
+        if (c < E) ot[c] = v[m] * r * w[c];
+    }
+    for (int c = lane + 32 * ROW_REGS; c < E; c += 32) ot[c] = gated_v(yt[c], zt[c]) * r * w[c];
 }
 
 // dv = r·w·do − v·r³/E·Σ_j w_j do_j v_j; dy += dv·silu(z); dz += dv·y·silu'(z);
