@@ -216,12 +216,12 @@ extern "C" void cuda_graph_free(void *graph) {
     if (graph) CUDA_CHECK(cudaGraphExecDestroy((cudaGraphExec_t)graph));
 }
 
-// out[j] += Σ_ch part[ch, j] in a fixed order: a block takes 32 columns (x,
-// coalesced) and 32 lanes over the chunks (y); lane y sums the chunks y, y+32,
-// ... in order, then the 32 lane sums meet in a fixed pairwise tree. The same
-// inputs give the same bits on every run (no atomics).
-#define PART_COLS 32
-#define PART_LANES 32
+// out[j] += Σ_ch part[ch, j] in a fixed order: a block takes 16 columns (x;
+// 128 bytes of a chunk's row) and 64 lanes over the chunks (y); lane y sums the
+// chunks y, y+64, ... in order, then the 64 lane sums meet in a fixed pairwise
+// tree. The same inputs give the same bits on every run (no atomics).
+#define PART_COLS 16
+#define PART_LANES 64
 
 __global__ static void add_chunk_partials_kernel(float *out, const double *part, int n_chunk, int n) {
     __shared__ double acc[PART_LANES][PART_COLS + 1];
