@@ -113,31 +113,26 @@ __global__ static void conv_bwd_kernel(double *part, float *dinp, int ld_dinp, c
     p[(size_t)K * C + c] = qb;
 }
 
-// Each sequence's total of its chunk partials (in double, chunks in order):
-// seq_part[s][k·C + c], one thread per (sequence, entry).
-__global__ static void conv_seq_kernel(double *seq_part, const double *part, const int *seq_off, int n_seq,
-                                       int per) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y;
-    if (i >= per || s >= n_seq) return;
-    int n_ch = (seq_off[s + 1] - seq_off[s] + CONV_T - 1) / CONV_T;
-    const double *p0 = part + (size_t)conv_base(seq_off, s, CONV_T) * per + i;
-    double acc = 0.0;
-    for (int j = 0; j < n_ch; j++) acc += p0[(size_t)j * per];
-    seq_part[(size_t)s * per + i] = acc;
-}
-
-// dw, db += the sequence totals, each rounded to float and added in sequence
-// order as the CPU does. Block: 32 entries (x) × 32 lanes (y); per 32
-// sequences the lanes load the totals together into shared memory, then lane 0
-// adds them in order (one memory round trip per 32 sequences, not per sequence).
-__global__ static void conv_sum_kernel(float *dw, float *db, const double *seq_part, int n_seq, int C, int K) {
+// dw, db += the sequence totals (each the sum of its chunk partials in double,
+// chunks in order), each rounded to float and added in sequence order as the
+// CPU does. Block: 32 entries (x) × 32 lanes (y); per 32 sequences lane y
+// totals sequence s0 + y into shared memory, then lane 0 adds the 32 in order.
+__global__ static void conv_sum_kernel(float *dw, float *db, const double *part, const int *seq_off, int n_seq,
+                                       int C, int K) {
     __shared__ float tot[32][33];
     int x = threadIdx.x, y = threadIdx.y, i = blockIdx.x * 32 + x, per = C * (K + 1);
     int k = i / C, c = i % C;
     float *dst = i >= per ? NULL : k < K ? dw + c * K + k : db ? db + c : NULL;
     float acc = dst && y == 0 ? *dst : 0.0f;
     for (int s0 = 0; s0 < n_seq; s0 += 32) {
-        tot[y][x] = i < per && s0 + y < n_seq ? (float)seq_part[(size_t)(s0 + y) * per + i] : 0.0f;
+        int s = s0 + y;
+        double t = 0.0;
+        if (i < per && s < n_seq) {
+            int n_ch = (seq_off[s + 1] - seq_off[s] + CONV_T - 1) / CONV_T;
+            const double *p0 = part + (size_t)conv_base(seq_off, s, CONV_T) * per + i;
+            for (int j = 0; j < n_ch; j++) t += p0[(size_t)j * per];
+        }
+        tot[y][x] = (float)t;
         __syncthreads();
         if (y == 0)
             for (int j = 0; j < 32 && s0 + j < n_seq; j++) acc += tot[j][x];
@@ -177,9 +172,9 @@ extern "C" void cuda_conv_silu_forward(float *out, float *pre, const float *inp,
     CUDA_LAUNCHED();
 }
 
-// Chunk partials [slots][C·(K+1)], then sequence totals [n_seq][C·(K+1)].
+// Chunk partials [slots][C·(K+1)].
 extern "C" size_t cuda_conv_workspace_bytes(int n_tok, int n_seq, int C, int K) {
-    return ((size_t)conv_slots(n_tok, n_seq, CONV_T) + n_seq) * C * (K + 1) * sizeof(double);
+    return (size_t)conv_slots(n_tok, n_seq, CONV_T) * C * (K + 1) * sizeof(double);
 }
 
 extern "C" void cuda_conv_silu_backward(float *dinp, int ld_dinp, float *dw, float *db, const float *dout,
@@ -194,11 +189,7 @@ extern "C" void cuda_conv_silu_backward(float *dinp, int ld_dinp, float *dw, flo
     CONV_DISPATCH(K, BWD);
 #undef BWD
     CUDA_LAUNCHED();
-    int per = C * (K + 1);
-    double *seq_part = (double *)work + (size_t)conv_slots(n_tok, n_seq, CONV_T) * per;
-    conv_seq_kernel<<<dim3(cu_blocks(per, 128), n_seq), 128, 0, cu_stream()>>>(seq_part, (const double *)work, seq_off,
-                                                                              n_seq, per);
-    CUDA_LAUNCHED();
-    conv_sum_kernel<<<cu_blocks(per, 32), dim3(32, 32), 0, cu_stream()>>>(dw, db, seq_part, n_seq, C, K);
+    conv_sum_kernel<<<cu_blocks(C * (K + 1), 32), dim3(32, 32), 0, cu_stream()>>>(dw, db, (const double *)work,
+                                                                                  seq_off, n_seq, C, K);
     CUDA_LAUNCHED();
 }
