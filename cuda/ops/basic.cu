@@ -353,15 +353,20 @@ __global__ static void ce_rows_kernel(double *tok_loss, int *tok_ok, const float
     }
 }
 
-// Per sequence, one warp each: lane l takes positions l, l+32, ...; the
-// lanes' sums are combined in a fixed tree (deterministic).
+// Per sequence, one block of CE_SEQ_THREADS: thread i takes positions i, i +
+// CE_SEQ_THREADS, ...; the threads' sums meet in a fixed order (a butterfly
+// per warp, then the warps in order): deterministic.
+#define CE_SEQ_THREADS 256
+
 __global__ static void ce_seq_kernel(double *seq_loss, int *correct, int *count, const double *tok_loss,
                                      const int *tok_ok, const int *seq_off, int n_seq) {
-    int s = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    __shared__ double w_loss[CE_SEQ_THREADS / 32];
+    __shared__ int w_ok[CE_SEQ_THREADS / 32], w_scored[CE_SEQ_THREADS / 32];
+    int s = blockIdx.x, lane = threadIdx.x % 32, wp = threadIdx.x / 32;
     if (s >= n_seq) return;
     double acc = 0.0;
     int n_ok = 0, n_scored = 0;
-    for (int t = seq_off[s] + lane; t < seq_off[s + 1]; t += 32) {
+    for (int t = seq_off[s] + threadIdx.x; t < seq_off[s + 1]; t += CE_SEQ_THREADS) {
         if (tok_ok[t] < 0) continue;
         acc += tok_loss[t];
         n_ok += tok_ok[t];
@@ -372,16 +377,22 @@ __global__ static void ce_seq_kernel(double *seq_loss, int *correct, int *count,
         n_ok += __shfl_xor_sync(0xffffffffu, n_ok, o);
         n_scored += __shfl_xor_sync(0xffffffffu, n_scored, o);
     }
-    if (lane) return;
+    if (lane == 0) w_loss[wp] = acc, w_ok[wp] = n_ok, w_scored[wp] = n_scored;
+    __syncthreads();
+    if (threadIdx.x) return;
+    acc = 0.0, n_ok = 0, n_scored = 0;
+    for (int k = 0; k < CE_SEQ_THREADS / 32; k++) acc += w_loss[k], n_ok += w_ok[k], n_scored += w_scored[k];
     seq_loss[s] = acc;
     if (correct) correct[s] = n_ok;
     if (count) count[s] = n_scored;
 }
 
+// One warp: lane l adds the sequences l, l+32, ... in order, then a butterfly.
 __global__ static void ce_total_kernel(double *loss, const double *seq_loss, int n_seq) {
     double total = 0.0;
-    for (int s = 0; s < n_seq; s++) total += seq_loss[s];
-    *loss = total;
+    for (int s = threadIdx.x; s < n_seq; s += 32) total += seq_loss[s];
+    total = cu_warp_sum(total);
+    if (threadIdx.x == 0) *loss = total;
 }
 
 extern "C" size_t cuda_ce_workspace_bytes(int n_tok, int n_seq) {
@@ -399,11 +410,11 @@ extern "C" void cuda_ce_forward(double *loss, int *correct, int *count, const fl
         CUDA_LAUNCHED();
     }
     if (n_seq > 0) {
-        ce_seq_kernel<<<cu_blocks(n_seq, WARPS), WARPS * 32, 0, cu_stream()>>>(seq_loss, correct, count, tok_loss, tok_ok,
-                                                                   seq_off, n_seq);
+        ce_seq_kernel<<<n_seq, CE_SEQ_THREADS, 0, cu_stream()>>>(seq_loss, correct, count, tok_loss, tok_ok, seq_off,
+                                                                 n_seq);
         CUDA_LAUNCHED();
     }
-    ce_total_kernel<<<1, 1, 0, cu_stream()>>>(loss, seq_loss, n_seq);
+    ce_total_kernel<<<1, 32, 0, cu_stream()>>>(loss, seq_loss, n_seq);
     CUDA_LAUNCHED();
 }
 
