@@ -52,8 +52,8 @@ static void test_linear(void) {
 
 // ---------------------------------------------------------------- embedding, norms, logits, CE
 
-// V 100: the shared-memory path (d 40: a partial 32-column tile); V 500: the
-// per-id scan. The backward twice from the same start must give the same bits.
+// V 100: the shared-memory path (d 40: a partial 32-column tile; 60,000
+// tokens: several 32-token groups a warp); V 500: the per-id scan. The backward twice from the same start must give the same bits.
 static void test_embedding_case(int n, int d, int V) {
     printf("    n %d, d %d, V %d\n", n, d, V);
     int32_t *ids = xmalloc(sizeof(int32_t) * n);
@@ -83,6 +83,7 @@ static void test_embedding(void) {
     test_embedding_case(2500, 64, 100);
     test_embedding_case(2500, 40, 100);
     test_embedding_case(2500, 40, 500);
+    test_embedding_case(60000, 40, 100);  // more than 32 tokens a warp (the chunk count is capped)
 }
 
 // d 64: the fused backward with its dw partials; d 800: the separate dw kernels.

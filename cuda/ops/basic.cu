@@ -28,12 +28,13 @@ __global__ static void embedding_fwd_kernel(float *out, const int32_t *ids, cons
 // dW rows are summed per chunk of tokens into part[chunk][v][:], then the
 // chunks are added in a fixed order (no atomics: the same bits every run).
 // A block takes a chunk and 32 columns; each of its warps adds the dout rows of
-// its EMB_W tokens, in token order, into its own shared rows acc[warp][v][:]
-// (lane = column), and the warps' rows are added in warp order. The shared
-// rows take V·128 bytes a warp: as many warps as fit the default 48 KB (V 100:
-// 3); past V = 384 the per-id scan below is used instead.
-#define EMB_W 32
+// its tokens (a multiple of 32, at least 32: enough that there are at most
+// EMB_MAX_CHUNKS chunks, which bounds the workspace), in token order, into its
+// own shared rows acc[warp][v][:] (lane = column), and the warps' rows are added
+// in warp order. The shared rows take V·128 bytes a warp: as many warps as fit
+// the default 48 KB (V 100: 3); past V = 384 the per-id scan below is used.
 #define EMB_SMEM 49152
+#define EMB_MAX_CHUNKS 512
 #define EMB_T 1024      // tokens per chunk of the per-id scan
 
 static int emb_warps(int V) {
@@ -41,31 +42,39 @@ static int emb_warps(int V) {
     return nw > 8 ? 8 : nw;
 }
 
+static int emb_per_warp(int n_tok, int V) {
+    long per = ((long)n_tok + (long)EMB_MAX_CHUNKS * emb_warps(V) - 1) / ((long)EMB_MAX_CHUNKS * emb_warps(V));
+    return per <= 32 ? 32 : (int)((per + 31) / 32 * 32);
+}
+
 static int emb_chunks(int n_tok, int V) {
-    int per = emb_warps(V) >= 1 ? emb_warps(V) * EMB_W : EMB_T;
-    return (n_tok + per - 1) / per;
+    long per = emb_warps(V) >= 1 ? (long)emb_warps(V) * emb_per_warp(n_tok, V) : EMB_T;
+    return (int)((n_tok + per - 1) / per);
 }
 
 __global__ static void embedding_part_kernel(float *part, const float *dout, const int32_t *ids, int n_tok,
-                                             int d, int V) {
+                                             int d, int V, int per_warp) {
     extern __shared__ float acc[];  // [warps][V][32]
     int nw = blockDim.x / 32, w = threadIdx.x / 32, lane = threadIdx.x % 32;
     int chunk = blockIdx.x, j = blockIdx.y * 32 + lane;
     float *mine = acc + (size_t)w * V * 32;
     for (int v = 0; v < V; v++) mine[v * 32 + lane] = 0.0f;
-    int ta = (chunk * nw + w) * EMB_W, tb = ta + EMB_W < n_tok ? ta + EMB_W : n_tok;
-    int my_id = ta + lane < tb ? ids[ta + lane] : -1;  // the id of the warp's token lane
-    for (int t = ta; t < tb; t += 8) {
-        float val[8];
-        int id[8];
+    long ta = ((long)chunk * nw + w) * per_warp, te = ta + per_warp < n_tok ? ta + per_warp : n_tok;
+    for (long t0 = ta; t0 < te; t0 += 32) {  // 32 tokens at a time: lane l holds the id of token t0 + l
+        int tb = (int)(t0 + 32 < te ? t0 + 32 : te);
+        int my_id = t0 + lane < tb ? ids[t0 + lane] : -1;
+        for (int t = (int)t0; t < tb; t += 8) {
+            float val[8];
+            int id[8];
 #pragma unroll
-        for (int u = 0; u < 8; u++) {  // the loads first (in flight together), then the adds
-            id[u] = __shfl_sync(0xffffffffu, my_id, (t - ta + u) & 31);
-            val[u] = j < d && t + u < tb ? dout[(size_t)(t + u) * d + j] : 0.0f;
+            for (int u = 0; u < 8; u++) {  // the loads first (in flight together), then the adds
+                id[u] = __shfl_sync(0xffffffffu, my_id, (t - (int)t0 + u) & 31);
+                val[u] = j < d && t + u < tb ? dout[(size_t)(t + u) * d + j] : 0.0f;
+            }
+#pragma unroll
+            for (int u = 0; u < 8; u++)
+                if (t + u < tb && id[u] >= 0 && id[u] < V) mine[id[u] * 32 + lane] += val[u];
         }
-#pragma unroll
-        for (int u = 0; u < 8; u++)
-            if (t + u < tb && id[u] >= 0 && id[u] < V) mine[id[u] * 32 + lane] += val[u];
     }
     __syncthreads();
     for (int i = threadIdx.x; i < V * 32; i += blockDim.x) {
@@ -131,7 +140,7 @@ extern "C" void cuda_embedding_backward(float *dW_emb, const float *dout, const 
     if (nw >= 1) {
         dim3 grid(n_chunk, cu_blocks(d, 32));
         embedding_part_kernel<<<grid, nw * 32, (size_t)nw * V * 32 * sizeof(float), cu_stream()>>>(
-            (float *)work, dout, ids, n_tok, d, V);
+            (float *)work, dout, ids, n_tok, d, V, emb_per_warp(n_tok, V));
     } else {
         int threads = d < 128 ? (d + 31) / 32 * 32 : 128;
         embedding_scan_kernel<<<dim3(V, n_chunk), threads, 0, cu_stream()>>>((float *)work, dout, ids, n_tok, d, V);
