@@ -53,7 +53,8 @@ static void test_linear(void) {
 // ---------------------------------------------------------------- embedding, norms, logits, CE
 
 // V 100: the shared-memory path (d 40: a partial 32-column tile; 60,000
-// tokens: several 32-token groups a warp); V 500: the per-id scan. The backward twice from the same start must give the same bits.
+// tokens: several 32-token groups a warp); V 500: the per-id scan. The
+// backward twice from the same start must give the same bits.
 static void test_embedding_case(int n, int d, int V) {
     printf("    n %d, d %d, V %d\n", n, d, V);
     int32_t *ids = xmalloc(sizeof(int32_t) * n);
