@@ -75,7 +75,8 @@ static void test_embedding_case(int n, int d, int V) {
     cuda_upload(d_dW, dW0, sizeof(float) * V * d);
     cuda_embedding_backward(d_dW, d_dout, d_ids, n, d, V, work);
     float *again = down(d_dW, (size_t)V * d);
-    CHECK(memcmp(first, again, sizeof(float) * V * d) == 0, "embedding dW: expected the same bits on a rerun, found a difference");
+    CHECK(memcmp(first, again, sizeof(float) * V * d) == 0,
+          "embedding dW: expected the same bits on a rerun, found a difference");
     free(ids), free(W), free(out), free(dout), free(dW0), free(dW), free(first), free(again);
     cuda_free(d_ids), cuda_free(d_W), cuda_free(d_out), cuda_free(d_dout), cuda_free(d_dW), cuda_free(work);
 }
