@@ -1,6 +1,6 @@
 // gpu_ops.c: every CUDA op but the scans (cuda/ops/*.h) against its CPU op
 // (src/ops/*.h) on random ragged packed batches (lengths 1, 3, 4, 5 around the
-// conv width K = 4, up to 100): outputs within 1e-5 and every gradient within
+// conv width K = 4, up to 140): outputs within 1e-5 and every gradient within
 // 1e-4 (normwise relative error; gradients accumulate into random initial
 // values and the increments are compared). Then one timing per op at the
 // paper's size (64 sequences of ~464 positions, d 64, E 128), CPU vs GPU. The
