@@ -1,6 +1,6 @@
 // gpu_ops.c: every CUDA op but the scans (cuda/ops/*.h) against its CPU op
 // (src/ops/*.h) on random ragged packed batches (lengths 1, 3, 4, 5 around the
-// conv width K = 4, up to 100): outputs within 1e-5 and every gradient within
+// conv width K = 4, up to 140): outputs within 1e-5 and every gradient within
 // 1e-4 (normwise relative error; gradients accumulate into random initial
 // values and the increments are compared). Then one timing per op at the
 // paper's size (64 sequences of ~464 positions, d 64, E 128), CPU vs GPU. The
@@ -14,10 +14,12 @@
 #include "cuda/ops/basic.h"
 #include "cuda/core/common.h"
 #include "cuda/ops/conv.h"
+#include "cuda/ops/gate.h"
 #include "cuda/ops/linear.h"
 #include "src/ops/linear.h"
 #include "src/ops/basic.h"
 #include "src/ops/conv.h"
+#include "src/ops/gate.h"
 #include "gpu_util.h"
 
 #include <sys/wait.h>
@@ -50,8 +52,11 @@ static void test_linear(void) {
 
 // ---------------------------------------------------------------- embedding, norms, logits, CE
 
-static void test_embedding(void) {
-    int n = 2500, d = 64, V = 100;  // three chunks of the GPU's 1024 tokens
+// V 100: the shared-memory path (d 40: a partial 32-column tile; 60,000
+// tokens: several 32-token groups a warp); V 500: the per-id scan. The
+// backward twice from the same start must give the same bits.
+static void test_embedding_case(int n, int d, int V) {
+    printf("    n %d, d %d, V %d\n", n, d, V);
     int32_t *ids = xmalloc(sizeof(int32_t) * n);
     for (int t = 0; t < n; t++) ids[t] = (int32_t)((t * 37 + t / 7) % V);
     float *W = rnd((size_t)V * d, -1, 1), *out = rnd((size_t)n * d, 0, 1), *dout = rnd((size_t)n * d, -1, 1);
@@ -66,12 +71,26 @@ static void test_embedding(void) {
     embedding_backward(dW, dout, ids, n, d);
     cuda_embedding_backward(d_dW, d_dout, d_ids, n, d, V, work);
     expect("embedding dW", d_dW, dW, dW0, (size_t)V * d, TOL_BWD);
-    free(ids), free(W), free(out), free(dout), free(dW0), free(dW);
+    float *first = down(d_dW, (size_t)V * d);
+    cuda_upload(d_dW, dW0, sizeof(float) * V * d);
+    cuda_embedding_backward(d_dW, d_dout, d_ids, n, d, V, work);
+    float *again = down(d_dW, (size_t)V * d);
+    CHECK(memcmp(first, again, sizeof(float) * V * d) == 0,
+          "embedding dW: expected the same bits on a rerun, found a difference");
+    free(ids), free(W), free(out), free(dout), free(dW0), free(dW), free(first), free(again);
     cuda_free(d_ids), cuda_free(d_W), cuda_free(d_out), cuda_free(d_dout), cuda_free(d_dW), cuda_free(work);
 }
 
-static void test_rmsnorm(int fused) {
-    int n = 333, d = 64;
+static void test_embedding(void) {
+    test_embedding_case(2500, 64, 100);
+    test_embedding_case(2500, 40, 100);
+    test_embedding_case(2500, 40, 500);
+    test_embedding_case(60000, 40, 100);  // more than 32 tokens a warp (the chunk count is capped)
+}
+
+// d 64: the fused backward with its dw partials; d 800: the separate dw kernels.
+static void test_rmsnorm(int fused, int d) {
+    int n = 333;
     size_t nd = (size_t)n * d;
     float *x = rnd(nd, -2, 2), *res = rnd(nd, -2, 2), *w = rnd(d, 0.5f, 1.5f), *dout = rnd(nd, -1, 1);
     float *ds = rnd(nd, -1, 1), *out = xmalloc(sizeof(float) * nd), *s = xmalloc(sizeof(float) * nd);
@@ -116,8 +135,9 @@ static void test_rmsnorm(int fused) {
     for (size_t i = 0; i < sizeof(dptrs) / sizeof(dptrs[0]); i++) cuda_free(dptrs[i]);
 }
 
-static void test_rmsnorm_plain(void) { test_rmsnorm(0); }
-static void test_add_rmsnorm(void) { test_rmsnorm(1); }
+static void test_rmsnorm_plain(void) { test_rmsnorm(0, 64); }
+static void test_add_rmsnorm(void) { test_rmsnorm(1, 64); }
+static void test_add_rmsnorm_wide(void) { test_rmsnorm(1, 800); }
 
 // Tied logits, then cross-entropy + accuracy over a ragged batch.
 static void test_logits_ce(void) {
@@ -186,9 +206,13 @@ static void test_logits_ce(void) {
 
 // ---------------------------------------------------------------- conv + SiLU
 
-static void test_conv(void) {
-    tbatch b = make_batch(k_lens, K_NSEQ);
-    int n = b.n_tok, C = 72, K = 4, ld = C + 9;
+// K 4 and 2 on the ragged lengths; 40 sequences up to 140 long (several chunks
+// of 64 positions, more than 32 sequence totals). The backward twice from the
+// same start must give the same bits.
+static void test_conv_case(const int *lens, int n_seq, int K) {
+    printf("    %d sequences, K %d\n", n_seq, K);
+    tbatch b = make_batch(lens, n_seq);
+    int n = b.n_tok, C = 72, ld = C + 9;
     float *inp = rnd((size_t)n * ld, -1, 1), *w = rnd((size_t)C * K, -0.5f, 0.5f), *bias = rnd(C, -0.5f, 0.5f);
     float *out = xmalloc(sizeof(float) * n * C), *pre = xmalloc(sizeof(float) * n * C);
     float *dout = rnd((size_t)n * C, -1, 1);
@@ -208,11 +232,27 @@ static void test_conv(void) {
     expect("conv dinp", d_di, di, di0, (size_t)n * ld, TOL_BWD);
     expect("conv dw", d_dw, dw, dw0, (size_t)C * K, TOL_BWD);
     expect("conv db", d_db, db, db0, C, TOL_BWD);
+    float *di1 = down(d_di, (size_t)n * ld), *dw1 = down(d_dw, (size_t)C * K);
+    cuda_upload(d_di, di0, sizeof(float) * n * ld);
+    cuda_upload(d_dw, dw0, sizeof(float) * C * K);
+    cuda_conv_silu_backward(d_di, ld, d_dw, d_db, d_dout, d_pre, d_inp, ld, d_w, b.d_off, b.n_seq, n, C, K, work);
+    float *di2 = down(d_di, (size_t)n * ld), *dw2 = down(d_dw, (size_t)C * K);
+    CHECK(memcmp(di1, di2, sizeof(float) * n * ld) == 0 && memcmp(dw1, dw2, sizeof(float) * C * K) == 0,
+          "conv backward: expected the same bits on a rerun, found a difference");
+    free(di1), free(dw1), free(di2), free(dw2);
     void *ptrs[] = {inp, w, bias, out, pre, dout, di0, dw0, db0, di, dw, db};
     for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++) free(ptrs[i]);
     void *dptrs[] = {d_inp, d_w, d_b, d_out, d_pre, d_dout, d_di, d_dw, d_db, work};
     for (size_t i = 0; i < sizeof(dptrs) / sizeof(dptrs[0]); i++) cuda_free(dptrs[i]);
     free_batch(&b);
+}
+
+static void test_conv(void) {
+    test_conv_case(k_lens, K_NSEQ, 4);
+    test_conv_case(k_lens, K_NSEQ, 2);
+    int lens[40];
+    for (int s = 0; s < 40; s++) lens[s] = 1 + (s * 37) % 140;
+    test_conv_case(lens, 40, 4);
 }
 
 // ---------------------------------------------------------------- gated RMSNorm
@@ -239,6 +279,52 @@ static void test_gated_norm(void) {
     void *ptrs[] = {y, z, w, out, rstd, dout, dy0, dz0, dw0, dy, dz, dw};
     for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++) free(ptrs[i]);
     void *dptrs[] = {g_y, g_z, g_w, g_out, g_rstd, g_dout, g_dy, g_dz, g_dw, work};
+    for (size_t i = 0; i < sizeof(dptrs) / sizeof(dptrs[0]); i++) cuda_free(dptrs[i]);
+}
+
+// ---------------------------------------------------------------- gate, add_attn
+
+// The Mamba gate with and without the sparse branch's attn, and add_attn.
+static void test_gate(void) {
+    int n = 333, E = 96;
+    size_t nE = (size_t)n * E, n2E = 2 * nE;
+    float *y = rnd(nE, -2, 2), *xz = rnd(n2E, -3, 3), *attn = rnd(nE, -1, 1), *Ev = rnd(E, -1, 1);
+    float *dout = rnd(nE, -1, 1), *o = xmalloc(sizeof(float) * nE), *dy = xmalloc(sizeof(float) * nE);
+    float *dxz = rnd(n2E, -1, 1), *da0 = rnd(nE, -1, 1), *dE0 = rnd(E, -1, 1);
+    float *d_y = upf(y, nE), *d_xz = upf(xz, n2E), *d_attn = upf(attn, nE), *d_Ev = upf(Ev, E);
+    float *d_dout = upf(dout, nE), *d_o = cuda_malloc(sizeof(float) * nE), *d_dy = cuda_malloc(sizeof(float) * nE);
+    float *d_dxz = upf(dxz, n2E), *d_prod = cuda_malloc(sizeof(float) * nE);
+    void *work = cuda_malloc(cuda_gate_work_bytes(n, E));
+    for (int with_attn = 0; with_attn < 2; with_attn++) {
+        const float *a = with_attn ? attn : NULL, *g_a = with_attn ? d_attn : NULL;
+        float *da = copy(da0, nE), *dE = copy(dE0, E), *d_da = upf(da0, nE), *d_dE = upf(dE0, E);
+        mamba_gate_forward(o, y, xz, a, Ev, n, E);
+        cuda_gate_forward(d_o, d_y, d_xz, g_a, d_Ev, n, E);
+        expect("gate out", d_o, o, NULL, nE, TOL_FWD);
+        mamba_gate_backward(dy, dxz, with_attn ? da : NULL, with_attn ? dE : NULL, dout, y, xz, a, Ev, n, E);
+        cuda_gate_backward(d_dy, d_dxz, with_attn ? d_da : NULL, with_attn ? d_dE : NULL, d_prod, d_dout, d_y, d_xz,
+                           g_a, d_Ev, n, E, work);
+        expect("gate dy", d_dy, dy, NULL, nE, TOL_BWD);
+        expect("gate dxz", d_dxz, dxz, NULL, n2E, TOL_BWD);
+        if (with_attn) {
+            expect("gate dattn", d_da, da, da0, nE, TOL_BWD);
+            expect("gate dEv", d_dE, dE, dE0, E, TOL_BWD);
+            float *yy = copy(y, nE);
+            add_attn_forward(yy, attn, Ev, n, E);
+            cuda_add_attn_forward(d_y, d_attn, d_Ev, n, E);
+            expect("add_attn y", d_y, yy, NULL, nE, TOL_FWD);
+            add_attn_backward(da, dE, dout, attn, Ev, n, E);
+            cuda_add_attn_backward(d_da, d_dE, d_prod, d_dout, d_attn, d_Ev, n, E, work);
+            expect("add_attn dattn", d_da, da, da0, nE, TOL_BWD);
+            expect("add_attn dEv", d_dE, dE, dE0, E, TOL_BWD);
+            free(yy);
+        }
+        free(da), free(dE);
+        cuda_free(d_da), cuda_free(d_dE);
+    }
+    void *ptrs[] = {y, xz, attn, Ev, dout, o, dy, dxz, da0, dE0};
+    for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++) free(ptrs[i]);
+    void *dptrs[] = {d_y, d_xz, d_attn, d_Ev, d_dout, d_o, d_dy, d_dxz, d_prod, work};
     for (size_t i = 0; i < sizeof(dptrs) / sizeof(dptrs[0]); i++) cuda_free(dptrs[i]);
 }
 
@@ -295,6 +381,19 @@ static void test_paper_size(void) {
             gated_norm_backward(big, 2 * E, big + E, 2 * E, wE, outE, E, rstd, xz, 2 * E, xz + E, 2 * E, wE, n, E),
             cuda_gated_norm_backward(g_big, 2 * E, g_big + E, 2 * E, g_wE, g_outE, E, g_rstd, g_xz, 2 * E, g_xz + E, 2 * E,
                                      g_wE, n, E, work));
+    TIME_OP("gate fwd (E 128)", mamba_gate_forward(outE, pre, xz, NULL, NULL, n, E),
+            cuda_gate_forward(g_outE, g_pre, g_xz, NULL, NULL, n, E));
+    TIME_OP("gate bwd (E 128)", mamba_gate_backward(outE, big, NULL, NULL, pre, pre, xz, NULL, NULL, n, E),
+            cuda_gate_backward(g_outE, g_big, NULL, NULL, NULL, g_pre, g_pre, g_xz, NULL, NULL, n, E, work));
+    // The skinny GEMMs of the Mamba mixer: x_proj (E -> dt_rank + 2N = 36), out_proj (E -> d).
+    TIME_OP("x_proj fwd (128->36)", linear_forward(big, 36, outE, E, Win, NULL, n, E, 36),
+            cuda_linear_forward(g_big, 36, g_outE, E, g_Win, NULL, n, E, 36));
+    TIME_OP("x_proj bwd (128->36)", linear_backward(pre, E, dW, NULL, big, 36, outE, E, Win, n, E, 36),
+            cuda_linear_backward(g_pre, E, g_dW, NULL, g_big, 36, g_outE, E, g_Win, n, E, 36));
+    TIME_OP("out_proj fwd (128->64)", linear_forward(h2, d, outE, E, Win, NULL, n, E, d),
+            cuda_linear_forward(g_h2, d, g_outE, E, g_Win, NULL, n, E, d));
+    TIME_OP("out_proj bwd (128->64)", linear_backward(pre, E, dW, NULL, h2, d, outE, E, Win, n, E, d),
+            cuda_linear_backward(g_pre, E, g_dW, NULL, g_h2, d, g_outE, E, g_Win, n, E, d));
     TIME_OP("logits fwd (V 100)", logits_forward(logits, h, Wemb, n, d, V), cuda_logits_forward(g_logits, g_h, g_Wemb, n, d, V));
     TIME_OP("ce fwd", ce_forward(logits, ids, mask, b.off, n_seq, V, NULL, NULL),
             cuda_ce_forward(g_loss, NULL, NULL, g_logits, g_ids, g_mask, b.d_off, n_seq, n, V, work));
@@ -358,9 +457,11 @@ int main(int argc, char **argv) {
     RUN(test_embedding);
     RUN(test_rmsnorm_plain);
     RUN(test_add_rmsnorm);
+    RUN(test_add_rmsnorm_wide);
     RUN(test_logits_ce);
     RUN(test_conv);
     RUN(test_gated_norm);
+    RUN(test_gate);
     RUN(test_bad_token_id);
     if (!quick) RUN(test_paper_size);
     return test_summary();

@@ -1,146 +1,195 @@
-// cuda/ops/conv.cu: see cuda/ops/conv.h. One thread per (position, channel) for the
-// forward and dinp (channels fastest: coalesced), one per (channel, chunk of
-// CONV_T positions of a sequence) for the dw/db partials.
+// cuda/ops/conv.cu: see cuda/ops/conv.h. The positions of each sequence are cut
+// into chunks (CONV_FWD_T, CONV_T); one thread per (chunk, channel) walks its chunk in
+// order with the last K inputs (and, backward, the last K gradients) in
+// registers, so each element is loaded and its SiLU' computed once (channels
+// fastest across the threads: coalesced). The backward fuses dinp with the
+// dw/db chunk partials; the partials are then summed per sequence, and the
+// sequence totals in sequence order as on the CPU. K is a template argument
+// (1..KMAX) so the windows stay in registers.
 #include "cuda/core/common.cuh"
 #include "cuda/ops/conv.h"
 
 #define KMAX 8
+#define CONV_T 64       // positions per chunk of the backward (and its dw/db partials)
+#define CONV_FWD_T 16   // positions per chunk of the forward (no partials: more threads)
+#define CONV_THREADS 64 // channels per block
 
-__global__ static void conv_fwd_kernel(float *out, float *pre, const float *inp, int ld_inp, const float *w,
-                                       const float *b, const int *seq_off, int n_seq, int n_tok, int C, int K) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long)n_tok * C) return;
-    int t = (int)(i / C), c = (int)(i % C);
-    int t0 = seq_off[cu_seq_of(seq_off, n_seq, t)];
-    float acc = b ? b[c] : 0.0f;
-    for (int k = 0; k < K; k++) {
-        int src = t - (K - 1) + k;
-        if (src >= t0) acc += w[c * K + k] * inp[(size_t)src * ld_inp + c];
-    }
-    if (pre) pre[i] = acc;
-    out[i] = hax_silu(acc);
-}
+// With chunks of T positions, sequence s owns the chunk slots base_s .. base_s
+// + ceil(len_s / T) − 1, base_s = s + seq_off[s] / T (strictly increasing in s;
+// n_tok / T + n_seq slots in all, some unused).
+__device__ __forceinline__ int conv_base(const int *seq_off, int s, int T) { return s + seq_off[s] / T; }
 
-// dinp[src, c] += Σ_t g[t, c]·w[c, k] over the outputs t = src .. src+K−1 of
-// the same sequence (k = K−1−(t−src)), in increasing t as the CPU adds them.
-__global__ static void conv_dinp_kernel(float *dinp, int ld_dinp, const float *dout, const float *pre,
-                                        const float *w, const int *seq_off, int n_seq, int n_tok, int C, int K) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long)n_tok * C) return;
-    int src = (int)(i / C), c = (int)(i % C);
-    int t1 = seq_off[cu_seq_of(seq_off, n_seq, src) + 1];
-    float *d = dinp + (size_t)src * ld_dinp + c;
-    float acc = *d;
-    for (int t = src; t < src + K && t < t1; t++) {
-        float g = dout[(size_t)t * C + c] * hax_dsilu(pre[(size_t)t * C + c]);
-        acc += g * w[c * K + (K - 1 - (t - src))];
-    }
-    *d = acc;
-}
-
-// The dw/db partials are per chunk of CONV_T positions of a sequence (more
-// parallel work than one per sequence): sequence s owns the chunk slots
-// base_s .. base_s + ceil(len_s / CONV_T) − 1, base_s = s + seq_off[s] / CONV_T
-// (strictly increasing in s; n_tok / CONV_T + n_seq slots in all).
-#define CONV_T 64
-
-__device__ __forceinline__ int conv_base(const int *seq_off, int s) { return s + seq_off[s] / CONV_T; }
-
-// part[slot][k·C + c] = Σ_t g[t, c]·inp[t−(K−1)+k, c], part[slot][K·C + c] = Σ_t g[t, c]
-// over the positions t of the slot's chunk.
-__global__ static void conv_part_kernel(double *part, const float *dout, const float *pre, const float *inp,
-                                        int ld_inp, const int *seq_off, int n_seq, int C, int K) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x, slot = blockIdx.y;
-    // The sequence holding this slot: the last s with base_s <= slot.
-    int lo = 0, hi = n_seq - 1;
+// The chunk of slot `slot`: positions ta .. tb−1 of the sequence t0 .. t1−1;
+// false for an unused slot (past its sequence's last chunk).
+__device__ static bool conv_chunk(const int *seq_off, int n_seq, int T, int slot, int *t0, int *t1, int *ta,
+                                  int *tb) {
+    int lo = 0, hi = n_seq - 1;  // the last s with base_s <= slot
     while (lo < hi) {
         int mid = (lo + hi + 1) / 2;
-        if (conv_base(seq_off, mid) <= slot) lo = mid;
+        if (conv_base(seq_off, mid, T) <= slot) lo = mid;
         else hi = mid - 1;
     }
-    int s = lo, t0 = seq_off[s], t1 = seq_off[s + 1];
-    int ta = t0 + (slot - conv_base(seq_off, s)) * CONV_T, tb = ta + CONV_T < t1 ? ta + CONV_T : t1;
-    if (c >= C || ta >= t1) return;  // past the sequence's last chunk: an unused slot
-    double pw[KMAX], pb = 0.0;
+    *t0 = seq_off[lo];
+    *t1 = seq_off[lo + 1];
+    *ta = *t0 + (slot - conv_base(seq_off, lo, T)) * T;
+    *tb = *ta + T < *t1 ? *ta + T : *t1;
+    return *ta < *t1;
+}
+
+// out = silu(pre), pre[t, c] = b[c] + Σ_k w[c, k]·inp[t−(K−1)+k, c], k in
+// order (inputs before the sequence start are zero: adding w·0 leaves the sum).
+template <int K>
+__global__ static void conv_fwd_kernel(float *out, float *pre, const float *inp, int ld_inp, const float *w,
+                                       const float *b, const int *seq_off, int n_seq, int C) {
+    int slot = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x, t0, t1, ta, tb;
+    if (c >= C || !conv_chunk(seq_off, n_seq, CONV_FWD_T, slot, &t0, &t1, &ta, &tb)) return;
+    float wk[K], x[K];  // x[k] = inp[t − (K−1) + k, c]
 #pragma unroll
-    for (int k = 0; k < KMAX; k++) pw[k] = 0.0;
+    for (int k = 0; k < K; k++) {
+        wk[k] = w[c * K + k];
+        int src = ta - (K - 1) + k;
+        x[k] = k < K - 1 && src >= t0 ? inp[(size_t)src * ld_inp + c] : 0.0f;
+    }
+    float bias = b ? b[c] : 0.0f;
+#pragma unroll 4
     for (int t = ta; t < tb; t++) {
-        float g = dout[(size_t)t * C + c] * hax_dsilu(pre[(size_t)t * C + c]);
-        pb += g;
+        x[K - 1] = inp[(size_t)t * ld_inp + c];
+        float acc = bias;
 #pragma unroll
-        for (int k = 0; k < KMAX; k++) {
-            int src = t - (K - 1) + k;
-            if (k < K && src >= t0) pw[k] += (double)g * inp[(size_t)src * ld_inp + c];
+        for (int k = 0; k < K; k++) acc += wk[k] * x[k];
+        if (pre) pre[(size_t)t * C + c] = acc;
+        out[(size_t)t * C + c] = hax_silu(acc);
+#pragma unroll
+        for (int k = 0; k < K - 1; k++) x[k] = x[k + 1];
+    }
+}
+
+// With g[t, c] = dout·silu'(pre): dinp[src, c] += Σ_t g[t, c]·w[c, K−1−(t−src)]
+// over t = src .. src+K−1 of the sequence, in increasing t as the CPU adds them
+// (src in this chunk: g is computed up to K−1 positions past it; zero past the
+// sequence end); part[slot][k·C + c] = Σ_t g[t, c]·inp[t−(K−1)+k, c] and
+// part[slot][K·C + c] = Σ_t g[t, c] over the chunk's t (double, in order).
+template <int K>
+__global__ static void conv_bwd_kernel(double *part, float *dinp, int ld_dinp, const float *dout, const float *pre,
+                                       const float *inp, int ld_inp, const float *w, const int *seq_off, int n_seq,
+                                       int C) {
+    int slot = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x, t0, t1, ta, tb;
+    if (c >= C || !conv_chunk(seq_off, n_seq, CONV_T, slot, &t0, &t1, &ta, &tb)) return;
+    float wk[K], x[K], g[K];  // x[k] = inp[t − (K−1) + k, c], g[k] = g[t − (K−1) + k, c]
+    double q[K], qb = 0.0;
+#pragma unroll
+    for (int k = 0; k < K; k++) {
+        wk[k] = w[c * K + k];
+        int src = ta - (K - 1) + k;
+        x[k] = k < K - 1 && src >= t0 ? inp[(size_t)src * ld_inp + c] : 0.0f;
+        g[k] = 0.0f;
+        q[k] = 0.0;
+    }
+#pragma unroll 4
+    for (int t = ta; t < tb + K - 1; t++) {
+#pragma unroll
+        for (int k = 0; k < K - 1; k++) g[k] = g[k + 1];
+        g[K - 1] = t < t1 ? dout[(size_t)t * C + c] * hax_dsilu(pre[(size_t)t * C + c]) : 0.0f;
+        if (t < tb) {
+            x[K - 1] = inp[(size_t)t * ld_inp + c];
+            qb += g[K - 1];
+#pragma unroll
+            for (int k = 0; k < K; k++) q[k] += (double)g[K - 1] * x[k];
+#pragma unroll
+            for (int k = 0; k < K - 1; k++) x[k] = x[k + 1];
+        }
+        int src = t - (K - 1);
+        if (dinp && src >= ta) {
+            float *d = dinp + (size_t)src * ld_dinp + c;
+            float acc = *d;
+#pragma unroll
+            for (int k = 0; k < K; k++) acc += g[k] * wk[K - 1 - k];
+            *d = acc;
         }
     }
     double *p = part + (size_t)slot * C * (K + 1);
 #pragma unroll
-    for (int k = 0; k < KMAX; k++)
-        if (k < K) p[(size_t)k * C + c] = pw[k];
-    p[(size_t)K * C + c] = pb;
+    for (int k = 0; k < K; k++) p[(size_t)k * C + c] = q[k];
+    p[(size_t)K * C + c] = qb;
 }
 
-// Each sequence's total of its chunk partials (in double, chunks in order):
-// seq_part[s][k·C + c], one thread per (sequence, entry).
-__global__ static void conv_seq_kernel(double *seq_part, const double *part, const int *seq_off, int n_seq,
-                                       int per) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x, s = blockIdx.y;
-    if (i >= per || s >= n_seq) return;
-    int n_ch = (seq_off[s + 1] - seq_off[s] + CONV_T - 1) / CONV_T;
-    const double *p0 = part + (size_t)conv_base(seq_off, s) * per + i;
-    double acc = 0.0;
-    for (int j = 0; j < n_ch; j++) acc += p0[(size_t)j * per];
-    seq_part[(size_t)s * per + i] = acc;
-}
-
-// dw, db += the sequence totals, each rounded to float and added in sequence
-// order as the CPU does; one thread per entry.
-__global__ static void conv_sum_kernel(float *dw, float *db, const double *seq_part, int n_seq, int C, int K) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x, per = C * (K + 1);
-    if (i >= per) return;
+// dw, db += the sequence totals (each the sum of its chunk partials in double,
+// chunks in order), each rounded to float and added in sequence order as the
+// CPU does. Block: 32 entries (x) × 32 lanes (y); per 32 sequences lane y
+// totals sequence s0 + y into shared memory, then lane 0 adds the 32 in order.
+__global__ static void conv_sum_kernel(float *dw, float *db, const double *part, const int *seq_off, int n_seq,
+                                       int C, int K) {
+    __shared__ float tot[32][33];
+    int x = threadIdx.x, y = threadIdx.y, i = blockIdx.x * 32 + x, per = C * (K + 1);
     int k = i / C, c = i % C;
-    float *dst = k < K ? dw + c * K + k : db ? db + c : NULL;
-    if (!dst) return;
-    float acc = *dst;
-#pragma unroll 8
-    for (int s = 0; s < n_seq; s++) acc += (float)seq_part[(size_t)s * per + i];
-    *dst = acc;
+    float *dst = i >= per ? NULL : k < K ? dw + c * K + k : db ? db + c : NULL;
+    float acc = dst && y == 0 ? *dst : 0.0f;
+    for (int s0 = 0; s0 < n_seq; s0 += 32) {
+        int s = s0 + y;
+        double t = 0.0;
+        if (i < per && s < n_seq) {
+            int n_ch = (seq_off[s + 1] - seq_off[s] + CONV_T - 1) / CONV_T;
+            const double *p0 = part + (size_t)conv_base(seq_off, s, CONV_T) * per + i;
+            for (int j = 0; j < n_ch; j++) t += p0[(size_t)j * per];
+        }
+        tot[y][x] = (float)t;
+        __syncthreads();
+        if (y == 0)
+            for (int j = 0; j < 32 && s0 + j < n_seq; j++) acc += tot[j][x];
+        __syncthreads();
+    }
+    if (dst && y == 0) *dst = acc;
 }
+
+static void conv_check(int K) {
+    if (K < 1 || K > KMAX) hax_die("cuda: conv: kernel width K: expected 1..%d, found %d", KMAX, K);
+}
+
+// Runs LAUNCH(k) with k the compile-time value of K (1..KMAX).
+#define CONV_DISPATCH(K, LAUNCH)   \
+    switch (K) {                   \
+    case 1: LAUNCH(1); break;      \
+    case 2: LAUNCH(2); break;      \
+    case 3: LAUNCH(3); break;      \
+    case 4: LAUNCH(4); break;      \
+    case 5: LAUNCH(5); break;      \
+    case 6: LAUNCH(6); break;      \
+    case 7: LAUNCH(7); break;      \
+    default: LAUNCH(8); break;     \
+    }
+
+static int conv_slots(int n_tok, int n_seq, int T) { return n_tok / T + n_seq; }
 
 extern "C" void cuda_conv_silu_forward(float *out, float *pre, const float *inp, int ld_inp, const float *w,
                                        const float *b, const int *seq_off, int n_seq, int n_tok, int C, int K) {
-    if (K > KMAX) hax_die("cuda: conv: kernel width K: expected at most %d, found %d", KMAX, K);
-    if (n_tok == 0) return;
-    conv_fwd_kernel<<<cu_blocks((long)n_tok * C, 256), 256, 0, cu_stream()>>>(out, pre, inp, ld_inp, w, b,
-                                                                            seq_off, n_seq, n_tok, C, K);
+    conv_check(K);
+    if (n_tok == 0 || n_seq == 0) return;
+    dim3 grid(conv_slots(n_tok, n_seq, CONV_FWD_T), cu_blocks(C, CONV_THREADS));
+#define FWD(KK)                                                                                              \
+    conv_fwd_kernel<KK><<<grid, CONV_THREADS, 0, cu_stream()>>>(out, pre, inp, ld_inp, w, b, seq_off, n_seq, C)
+    CONV_DISPATCH(K, FWD);
+#undef FWD
     CUDA_LAUNCHED();
 }
 
-static int conv_slots(int n_tok, int n_seq) { return n_tok / CONV_T + n_seq; }
-
-// Chunk partials [slots][C·(K+1)], then sequence totals [n_seq][C·(K+1)].
+// Chunk partials [slots][C·(K+1)].
 extern "C" size_t cuda_conv_workspace_bytes(int n_tok, int n_seq, int C, int K) {
-    return ((size_t)conv_slots(n_tok, n_seq) + n_seq) * C * (K + 1) * sizeof(double);
+    return (size_t)conv_slots(n_tok, n_seq, CONV_T) * C * (K + 1) * sizeof(double);
 }
 
 extern "C" void cuda_conv_silu_backward(float *dinp, int ld_dinp, float *dw, float *db, const float *dout,
                                         const float *pre, const float *inp, int ld_inp, const float *w,
                                         const int *seq_off, int n_seq, int n_tok, int C, int K, void *work) {
-    if (K > KMAX) hax_die("cuda: conv: kernel width K: expected at most %d, found %d", KMAX, K);
+    conv_check(K);
     if (n_tok == 0 || n_seq == 0) return;
-    if (dinp) {
-        conv_dinp_kernel<<<cu_blocks((long)n_tok * C, 256), 256, 0, cu_stream()>>>(dinp, ld_dinp, dout, pre, w,
-                                                                                 seq_off, n_seq, n_tok, C, K);
-        CUDA_LAUNCHED();
-    }
-    dim3 grid(cu_blocks(C, 64), conv_slots(n_tok, n_seq));
-    conv_part_kernel<<<grid, 64, 0, cu_stream()>>>((double *)work, dout, pre, inp, ld_inp, seq_off, n_seq, C, K);
+    dim3 grid(conv_slots(n_tok, n_seq, CONV_T), cu_blocks(C, CONV_THREADS));
+#define BWD(KK)                                                                                              \
+    conv_bwd_kernel<KK><<<grid, CONV_THREADS, 0, cu_stream()>>>((double *)work, dinp, ld_dinp, dout, pre, inp, \
+                                                                ld_inp, w, seq_off, n_seq, C)
+    CONV_DISPATCH(K, BWD);
+#undef BWD
     CUDA_LAUNCHED();
-    int per = C * (K + 1);
-    double *seq_part = (double *)work + (size_t)conv_slots(n_tok, n_seq) * per;
-    conv_seq_kernel<<<dim3(cu_blocks(per, 128), n_seq), 128, 0, cu_stream()>>>(seq_part, (const double *)work, seq_off,
-                                                                              n_seq, per);
-    CUDA_LAUNCHED();
-    conv_sum_kernel<<<cu_blocks(per, 128), 128, 0, cu_stream()>>>(dw, db, seq_part, n_seq, C, K);
+    conv_sum_kernel<<<cu_blocks(C * (K + 1), 32), dim3(32, 32), 0, cu_stream()>>>(dw, db, (const double *)work,
+                                                                                  seq_off, n_seq, C, K);
     CUDA_LAUNCHED();
 }

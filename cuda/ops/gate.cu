@@ -1,45 +1,60 @@
-// cuda/ops/gate.cu: see gate.h (kernels moved from cuda/engine unchanged).
+// cuda/ops/gate.cu: see gate.h.
 #include "cuda/core/common.cuh"
 #include "cuda/ops/gate.h"
 
+// The row kernels: a warp per row t (GATE_ROWS rows a block), the lanes over
+// the columns c (coalesced; no 64-bit index division per element).
+#define GATE_ROWS 8
+
 __global__ static void gate_fwd_kernel(float *o, const float *y, const float *xz, const float *attn,
                                        const float *Ev, int n, int E) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long)n * E) return;
-    int t = (int)(i / E), c = (int)(i % E);
-    float g = hax_silu(xz[(size_t)t * 2 * E + E + c]);
-    o[i] = y[i] * g;
-    if (attn) o[i] += attn[i] * Ev[c] * g;
+    int t = blockIdx.x * GATE_ROWS + threadIdx.y;
+    if (t >= n) return;
+    size_t r = (size_t)t * E;
+    const float *zt = xz + (size_t)t * 2 * E + E;
+    for (int c = threadIdx.x; c < E; c += 32) {
+        float g = hax_silu(zt[c]), v = y[r + c] * g;
+        if (attn) v += attn[r + c] * Ev[c] * g;
+        o[r + c] = v;
+    }
 }
 
 __global__ static void gate_bwd_kernel(float *dy, float *dxz, float *dattn, float *prod, const float *do_,
                                        const float *y, const float *xz, const float *attn, const float *Ev, int n,
                                        int E) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long)n * E) return;
-    int t = (int)(i / E), c = (int)(i % E);
-    float z = xz[(size_t)t * 2 * E + E + c];
-    float g = hax_silu(z), v = y[i];
-    if (attn) {
-        v += attn[i] * Ev[c];
-        dattn[i] += do_[i] * Ev[c] * g;
-        prod[i] = do_[i] * attn[i] * g;
+    int t = blockIdx.x * GATE_ROWS + threadIdx.y;
+    if (t >= n) return;
+    size_t r = (size_t)t * E, rz = (size_t)t * 2 * E + E;
+    for (int c = threadIdx.x; c < E; c += 32) {
+        size_t i = r + c;
+        float z = xz[rz + c], d = do_[i];
+        float g = hax_silu(z), v = y[i];
+        if (attn) {
+            v += attn[i] * Ev[c];
+            dattn[i] += d * Ev[c] * g;
+            prod[i] = d * attn[i] * g;
+        }
+        dy[i] = d * g;
+        dxz[rz + c] = d * v * hax_dsilu(z);
     }
-    dy[i] = do_[i] * g;
-    dxz[(size_t)t * 2 * E + E + c] = do_[i] * v * hax_dsilu(z);
 }
 
 __global__ static void add_attn_kernel(float *y, const float *attn, const float *Ev, int n, int E) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < (long)n * E) y[i] += attn[i] * Ev[(int)(i % E)];
+    int t = blockIdx.x * GATE_ROWS + threadIdx.y;
+    if (t >= n) return;
+    size_t r = (size_t)t * E;
+    for (int c = threadIdx.x; c < E; c += 32) y[r + c] += attn[r + c] * Ev[c];
 }
 
 __global__ static void add_attn_bwd_kernel(float *dattn, float *prod, const float *dy, const float *attn,
                                            const float *Ev, int n, int E) {
-    long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (long)n * E) return;
-    dattn[i] += dy[i] * Ev[(int)(i % E)];
-    prod[i] = dy[i] * attn[i];
+    int t = blockIdx.x * GATE_ROWS + threadIdx.y;
+    if (t >= n) return;
+    size_t r = (size_t)t * E;
+    for (int c = threadIdx.x; c < E; c += 32) {
+        dattn[r + c] += dy[r + c] * Ev[c];
+        prod[r + c] = dy[r + c] * attn[r + c];
+    }
 }
 
 #define COLSUM_CHUNK 64
@@ -94,27 +109,32 @@ static void colsum_add(float *out, const float *x, int n, int E, void *work) {
 
 extern "C" void cuda_gate_forward(float *o, const float *y, const float *xz, const float *attn, const float *Ev,
                                   int n, int E) {
-    gate_fwd_kernel<<<cu_blocks((long)n * E, 256), 256, 0, cu_stream()>>>(o, y, xz, attn, Ev, n, E);
+    if (n <= 0) return;
+    gate_fwd_kernel<<<cu_blocks(n, GATE_ROWS), dim3(32, GATE_ROWS), 0, cu_stream()>>>(o, y, xz, attn, Ev, n, E);
     CUDA_LAUNCHED();
 }
 
 extern "C" void cuda_gate_backward(float *dy, float *dxz, float *dattn, float *dEv, float *prod, const float *do_,
                                    const float *y, const float *xz, const float *attn, const float *Ev, int n, int E,
                                    void *work) {
-    gate_bwd_kernel<<<cu_blocks((long)n * E, 256), 256, 0, cu_stream()>>>(dy, dxz, dattn, prod, do_, y, xz, attn,
-                                                                           Ev, n, E);
+    if (n <= 0) return;
+    gate_bwd_kernel<<<cu_blocks(n, GATE_ROWS), dim3(32, GATE_ROWS), 0, cu_stream()>>>(dy, dxz, dattn, prod, do_, y,
+                                                                                      xz, attn, Ev, n, E);
     CUDA_LAUNCHED();
     if (attn && dEv) colsum_add(dEv, prod, n, E, work);
 }
 
 extern "C" void cuda_add_attn_forward(float *y, const float *attn, const float *Ev, int n, int E) {
-    add_attn_kernel<<<cu_blocks((long)n * E, 256), 256, 0, cu_stream()>>>(y, attn, Ev, n, E);
+    if (n <= 0) return;
+    add_attn_kernel<<<cu_blocks(n, GATE_ROWS), dim3(32, GATE_ROWS), 0, cu_stream()>>>(y, attn, Ev, n, E);
     CUDA_LAUNCHED();
 }
 
 extern "C" void cuda_add_attn_backward(float *dattn, float *dEv, float *prod, const float *dy, const float *attn,
                                        const float *Ev, int n, int E, void *work) {
-    add_attn_bwd_kernel<<<cu_blocks((long)n * E, 256), 256, 0, cu_stream()>>>(dattn, prod, dy, attn, Ev, n, E);
+    if (n <= 0) return;
+    add_attn_bwd_kernel<<<cu_blocks(n, GATE_ROWS), dim3(32, GATE_ROWS), 0, cu_stream()>>>(dattn, prod, dy, attn, Ev,
+                                                                                          n, E);
     CUDA_LAUNCHED();
     if (dEv) colsum_add(dEv, prod, n, E, work);
 }
