@@ -67,7 +67,7 @@ done
 for i in "${!SIZES[@]}"; do
     n=${SIZES[$i]} s=${SAMPLES[$i]:-256}
     "$BIN/hax-datagen" --out "$W/len$n" --min-n-context "$n" --max-n-context "$n" --min-n-key "$n" --max-n-key "$n" \
-        --id-layout "$LAYOUT:$LAYOUT" --n-train-per-cell 0 --n-valid-per-cell 0 --n-test-per-cell "$s" \
+        --id-layout "$LAYOUT:$LAYOUT" --n-train-per-cell 0 --n-valid-per-cell 0 --n-test-per-cell "$s" --shard-size 4096 \
         >"$W/datagen_$n.log" 2>&1 || { echo "bench_eval_gpu.sh: hax-datagen n=$n failed: $(tail -n 1 "$W/datagen_$n.log")" >&2; exit 1; }
 done
 

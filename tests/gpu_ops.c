@@ -88,6 +88,32 @@ static void test_embedding(void) {
     test_embedding_case(60000, 40, 100);  // more than 32 tokens a warp (the chunk count is capped)
 }
 
+// The engine sizes one workspace for its largest batch and runs every smaller
+// batch in it, so each op's workspace must not shrink as n grows. (The
+// embedding's chunk count peaks where its tokens per warp leave 32: a size
+// taken from the count at n overflowed for a smaller batch, found by
+// compute-sanitizer in a V 288 run.)
+static void test_workspace_monotone(void) {
+    const int Vs[] = {100, 288, 384, 500};
+    int bad = 0;
+    for (int k = 0; k < 4; k++) {
+        size_t prev = 0;
+        for (int n = 1; n <= 120000; n += 13) {
+            size_t w = cuda_embedding_workspace_bytes(n, 64, Vs[k]);
+            if (w < prev && bad++ < 3) printf("    embedding V %d: %zu bytes at n %d, %zu before\n", Vs[k], w, n, prev);
+            prev = w;
+        }
+    }
+    size_t pn = 0, pc = 0, pe = 0;
+    for (int n = 1; n <= 120000; n += 13) {
+        size_t wn = cuda_norm_workspace_bytes(n, 128), wc = cuda_conv_workspace_bytes(n, 64, 256, 4);
+        size_t we = cuda_ce_workspace_bytes(n, 64);
+        if ((wn < pn || wc < pc || we < pe) && bad++ < 6) printf("    norm/conv/ce workspace shrinks at n %d\n", n);
+        pn = wn, pc = wc, pe = we;
+    }
+    CHECK(bad == 0, "%d workspace sizes shrink as the batch grows", bad);
+}
+
 // d 64: the fused backward with its dw partials; d 800: the separate dw kernels.
 static void test_rmsnorm(int fused, int d) {
     int n = 333;
@@ -455,6 +481,7 @@ int main(int argc, char **argv) {
     }
     RUN(test_linear);
     RUN(test_embedding);
+    RUN(test_workspace_monotone);
     RUN(test_rmsnorm_plain);
     RUN(test_add_rmsnorm);
     RUN(test_add_rmsnorm_wide);

@@ -129,8 +129,16 @@ extern "C" void cuda_embedding_forward(float *out, const int32_t *ids, const flo
     CUDA_LAUNCHED();
 }
 
+// Sized for every batch up to n_tok positions: emb_chunks is not monotone in
+// n_tok (it peaks at EMB_MAX_CHUNKS where the tokens per warp leave 32), so the
+// bound is the chunks of 32 tokens a warp, at most EMB_MAX_CHUNKS.
 extern "C" size_t cuda_embedding_workspace_bytes(int n_tok, int d, int V) {
-    return (size_t)emb_chunks(n_tok, V) * V * d * sizeof(float);
+    long chunks = emb_chunks(n_tok, V);
+    if (emb_warps(V) >= 1) {
+        long per = 32L * emb_warps(V), most = (n_tok + per - 1) / per;
+        chunks = most < EMB_MAX_CHUNKS ? most : EMB_MAX_CHUNKS;
+    }
+    return (size_t)chunks * V * d * sizeof(float);
 }
 
 extern "C" void cuda_embedding_backward(float *dW_emb, const float *dout, const int32_t *ids, int n_tok,
