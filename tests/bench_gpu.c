@@ -40,6 +40,7 @@
 #include "src/ops/basic.h"
 #include "src/train/eval.h"
 #include "src/train/grid.h"
+#include "engine_batch.h"
 
 typedef struct {
     const char *grid, *data, *only, *precision;
@@ -52,28 +53,7 @@ static int n_bad;  // non-finite figures seen
 // A packed batch owning its arrays: random tokens and labels (ids below V),
 // about a quarter of the positions scored, model_len as the dataset's.
 static hax_batch make_batch(const int *lens, int n_seq, int V, int model_len, unsigned seed) {
-    hax_batch b;
-    memset(&b, 0, sizeof b);
-    b.n_seq = b.global_n_seq = n_seq;
-    b.seq_off = xmalloc(sizeof(int) * (n_seq + 1));
-    b.seq_off[0] = 0;
-    for (int s = 0; s < n_seq; s++) b.seq_off[s + 1] = b.seq_off[s] + lens[s];
-    int n = b.n_tok = b.seq_off[n_seq];
-    b.inputs = xmalloc(sizeof(int32_t) * n);
-    b.labels = xmalloc(sizeof(int32_t) * n);
-    b.loss_mask = xmalloc(n);
-    unsigned r = seed * 2654435761u + 7u;
-    for (int i = 0; i < n; i++) {
-        r = r * 1664525u + 1013904223u;
-        b.inputs[i] = (int32_t)((r >> 8) % (unsigned)V);
-        r = r * 1664525u + 1013904223u;
-        b.labels[i] = (int32_t)((r >> 8) % (unsigned)V);
-        b.loss_mask[i] = (uint8_t)(((r >> 4) & 3) == 0);
-    }
-    b.sample_idx = xcalloc(n_seq, sizeof(int64_t));
-    b.n_context = xcalloc(n_seq, sizeof(int));
-    b.n_key = xcalloc(n_seq, sizeof(int));
-    for (int s = 0; s < n_seq; s++) b.sample_idx[s] = s;
+    hax_batch b = test_random_batch(lens, n_seq, V, seed);
     b.model_len = model_len;
     return b;
 }

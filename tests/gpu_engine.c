@@ -25,6 +25,7 @@
 #include "src/model/model.h"
 #include "src/sparse/sparse.h"
 #include "src/core/scalar.h"
+#include "engine_batch.h"
 #include "test.h"
 
 typedef struct {
@@ -33,44 +34,12 @@ typedef struct {
 } tbatch;
 
 static tbatch make_batch(const int *lens, int n_seq, int V, unsigned seed) {
-    tbatch t;
-    hax_batch *b = &t.b;
-    memset(b, 0, sizeof *b);
-    b->n_seq = n_seq;
-    b->seq_off = xmalloc(sizeof(int) * (n_seq + 1));
-    b->seq_off[0] = 0;
-    t.max_len = 0;
-    for (int s = 0; s < n_seq; s++) {
-        b->seq_off[s + 1] = b->seq_off[s] + lens[s];
-        if (lens[s] > t.max_len) t.max_len = lens[s];
-    }
-    int n = b->n_tok = b->seq_off[n_seq];
-    b->inputs = xmalloc(sizeof(int32_t) * n);
-    b->labels = xmalloc(sizeof(int32_t) * n);
-    b->loss_mask = xmalloc(n);
-    unsigned r = seed * 2654435761u + 7u;
-    for (int i = 0; i < n; i++) {
-        r = r * 1664525u + 1013904223u;
-        b->inputs[i] = (int32_t)((r >> 8) % (unsigned)V);
-        r = r * 1664525u + 1013904223u;
-        b->labels[i] = (int32_t)((r >> 8) % (unsigned)V);
-        b->loss_mask[i] = (uint8_t)(((r >> 4) & 3) == 0);  // about a quarter scored
-    }
-    b->sample_idx = xcalloc(n_seq, sizeof(int64_t));
-    b->n_context = xcalloc(n_seq, sizeof(int));
-    b->n_key = xcalloc(n_seq, sizeof(int));
-    for (int s = 0; s < n_seq; s++) b->sample_idx[s] = s;
-    b->model_len = t.max_len;
-    b->global_n_seq = n_seq;
-    b->first_seq = 0;
+    tbatch t = {test_random_batch(lens, n_seq, V, seed), 0};
+    t.max_len = t.b.model_len;
     return t;
 }
 
-static void free_batch(tbatch *t) {
-    hax_batch *b = &t->b;
-    free(b->seq_off), free(b->inputs), free(b->labels), free(b->loss_mask), free(b->sample_idx);
-    free(b->n_context), free(b->n_key);
-}
+static void free_batch(tbatch *t) { hax_batch_free(&t->b); }
 
 // The model's name in the printouts: arch, then the sparse pattern if any.
 static const char *cur_pattern = NULL;
