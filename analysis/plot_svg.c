@@ -27,9 +27,12 @@ static double nice_step(double range, int count) {
     return (f <= 1 ? 1 : f <= 2 ? 2 : f <= 5 ? 5 : 10) * p;
 }
 
-// Ten distinguishable colours; lines beyond ten also change their dash.
-static const char *const palette[10] = {"#1f5fa8", "#d9531e", "#2e9e44", "#c0392b", "#7b4fb0",
-                                        "#8c5a3c", "#d14fa0", "#555555", "#a8a81c", "#17a5b8"};
+// Twenty colours: ten distinguishable ones (the accuracy-vs-n lines use
+// these; beyond ten they also change their dash), then ten lighter ones (the
+// validation curves use all twenty).
+static const char *const palette[20] = {"#1f5fa8", "#d9531e", "#2e9e44", "#c0392b", "#7b4fb0", "#8c5a3c", "#d14fa0",
+                                        "#555555", "#a8a81c", "#17a5b8", "#7fa6d6", "#f2a36b", "#86cf8f", "#ea8c84",
+                                        "#b9a0d6", "#c49c84", "#ee9fcf", "#a5a5a5", "#d6d66a", "#7fd3df"};
 // Dashes: Table 1 places take col + 2 * regime (Mamba fp32 solid, Mamba2
 // fp32 dashed, then the bf16-pure and bf16 pairs); others cycle the first 3.
 static const char *const dashes[6] = {"", "6,3", "2,3", "10,3,2,3", "1,3", "14,4"};
@@ -73,6 +76,36 @@ static void svg_begin(FILE *out, int w, int h) {
 
 enum { LW = 960, LH = 560, L_LEFT = 70, L_RIGHT = 250, L_TOP = 50, L_BOTTOM = 60 };
 
+// The frame of an accuracy plot: the plot area at (left, top), pw × ph,
+// accuracy 0..100 % upwards with a grid line every 10, x from x0 to x1 with a
+// grid line and a tick every step (labels "%g", or "25k" for whole thousands
+// when k_ticks), the x title at x_title_y and the y title beside the axis.
+static void accuracy_axes(FILE *out, int left, int top, int pw, int ph, double x0, double x1, double step,
+                          int k_ticks, const char *x_title, int x_title_y, const char *y_title) {
+#define XPOS(v) (left + ((v) - x0) / (x1 - x0) * pw)
+#define YPOS(p) (top + ph - (p) / 100.0 * ph)
+    for (double p = 0; p <= 100.001; p += 10) {
+        fprintf(out, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#e4e4e4\"/>\n", left, YPOS(p),
+                left + pw, YPOS(p));
+        fprintf(out, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%.0f</text>\n", left - 6, YPOS(p) + 4, p);
+    }
+    for (double v = x0; v <= x1 + step / 2; v += step) {
+        char t[32];
+        if (k_ticks && v >= 1000 && fmod(v, 1000) == 0) snprintf(t, sizeof t, "%gk", v / 1000);
+        else snprintf(t, sizeof t, "%g", v);
+        fprintf(out, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#e4e4e4\"/>\n", XPOS(v), top, XPOS(v),
+                top + ph);
+        fprintf(out, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", XPOS(v), top + ph + 18, t);
+    }
+#undef XPOS
+#undef YPOS
+    fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"black\"/>\n", left, top,
+            pw, ph);
+    fprintf(out, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", left + pw / 2, x_title_y, x_title);
+    fprintf(out, "<text x=\"18\" y=\"%d\" text-anchor=\"middle\" transform=\"rotate(-90 18 %d)\">%s</text>\n",
+            top + ph / 2, top + ph / 2, y_title);
+}
+
 static void line_plot(FILE *out, const hax_summary *s) {
     int pw = LW - L_LEFT - L_RIGHT, ph = LH - L_TOP - L_BOTTOM;
     int nmin = 1 << 30, nmax = 0;
@@ -93,24 +126,8 @@ static void line_plot(FILE *out, const hax_summary *s) {
     fprintf(out, "<text x=\"%d\" y=\"28\" font-size=\"15\" text-anchor=\"middle\">Test accuracy against table size "
                  "n = n_c·n_k (best lr, mean over seeds)</text>\n",
             L_LEFT + pw / 2);
-    // grid and ticks
-    for (double p = 0; p <= 100.001; p += 10) {
-        fprintf(out, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#e4e4e4\"/>\n", L_LEFT, YPOS(p),
-                L_LEFT + pw, YPOS(p));
-        fprintf(out, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%.0f</text>\n", L_LEFT - 6, YPOS(p) + 4, p);
-    }
-    for (double v = x0; v <= x1 + step / 2; v += step) {
-        fprintf(out, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#e4e4e4\"/>\n", XPOS(v), L_TOP, XPOS(v),
-                L_TOP + ph);
-        fprintf(out, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%g</text>\n", XPOS(v), L_TOP + ph + 18, v);
-    }
-    fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"black\"/>\n", L_LEFT, L_TOP,
-            pw, ph);
-    fprintf(out, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">table size n = n_c · n_k</text>\n", L_LEFT + pw / 2,
-            LH - 18);
-    fprintf(out, "<text x=\"18\" y=\"%d\" text-anchor=\"middle\" transform=\"rotate(-90 18 %d)\">test accuracy (%%)"
-                 "</text>\n",
-            L_TOP + ph / 2, L_TOP + ph / 2);
+    accuracy_axes(out, L_LEFT, L_TOP, pw, ph, x0, x1, step, 0, "table size n = n_c · n_k", LH - 18,
+                  "test accuracy (%)");
     // one line per architecture, and its legend entry
     int shown = 0;
     for (int a = 0; a < s->n_archs; a++) {
@@ -225,11 +242,6 @@ static void heatmap(FILE *out, const hax_arch_stats *A) {
 // ---------------------------------------------------------------------------
 // Validation accuracy against step (metrics.csv), one line per run
 
-// Twenty colours for the curves: the ten above, then ten lighter ones.
-static const char *const palette20[20] = {"#1f5fa8", "#d9531e", "#2e9e44", "#c0392b", "#7b4fb0", "#8c5a3c", "#d14fa0",
-                                          "#555555", "#a8a81c", "#17a5b8", "#7fa6d6", "#f2a36b", "#86cf8f", "#ea8c84",
-                                          "#b9a0d6", "#c49c84", "#ee9fcf", "#a5a5a5", "#d6d66a", "#7fd3df"};
-
 enum { CW = 1060, C_LEFT = 70, C_RIGHT = 420, C_TOP = 50, C_BOTTOM = 60, C_PH = 450, C_ROW = 17 };
 
 typedef struct {
@@ -238,12 +250,6 @@ typedef struct {
     int n;
     char title[256];
 } curve_set;
-
-// A step as a tick label: 25000 -> "25k".
-static void step_text(double v, char *buf, size_t len) {
-    if (v >= 1000 && fmod(v, 1000) == 0) snprintf(buf, len, "%gk", v / 1000);
-    else snprintf(buf, len, "%g", v);
-}
 
 static void curve_plot(FILE *out, const curve_set *cs) {
     int pw = CW - C_LEFT - C_RIGHT, ph = C_PH;
@@ -261,25 +267,8 @@ static void curve_plot(FILE *out, const curve_set *cs) {
     fprintf(out, "<text x=\"%d\" y=\"28\" font-size=\"15\" text-anchor=\"middle\">", C_LEFT + pw / 2);
     xml_text(out, cs->title);
     fputs("</text>\n", out);
-    for (double p = 0; p <= 100.001; p += 10) {
-        fprintf(out, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#e4e4e4\"/>\n", C_LEFT, YPOS(p),
-                C_LEFT + pw, YPOS(p));
-        fprintf(out, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%.0f</text>\n", C_LEFT - 6, YPOS(p) + 4, p);
-    }
-    for (double v = 0; v <= x1 + step / 2; v += step) {
-        char t[32];
-        step_text(v, t, sizeof t);
-        fprintf(out, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#e4e4e4\"/>\n", XPOS(v), C_TOP, XPOS(v),
-                C_TOP + ph);
-        fprintf(out, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%s</text>\n", XPOS(v), C_TOP + ph + 18, t);
-    }
-    fprintf(out, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"black\"/>\n", C_LEFT, C_TOP,
-            pw, ph);
-    fprintf(out, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">training step</text>\n", C_LEFT + pw / 2,
-            C_TOP + ph + 42);
-    fprintf(out, "<text x=\"18\" y=\"%d\" text-anchor=\"middle\" transform=\"rotate(-90 18 %d)\">validation accuracy "
-                 "(%%)</text>\n",
-            C_TOP + ph / 2, C_TOP + ph / 2);
+    accuracy_axes(out, C_LEFT, C_TOP, pw, ph, 0, x1, step, 1, "training step", C_TOP + ph + 42,
+                  "validation accuracy (%)");
     // A colour per (architecture, lr, seed), in order of appearance; the
     // regime picks the dash (fp32 solid, bf16-pure dashed, bf16 dotted).
     int *key = xmalloc((size_t)(cs->n ? cs->n : 1) * sizeof *key), n_keys = 0;
@@ -290,7 +279,7 @@ static void curve_plot(FILE *out, const curve_set *cs) {
                           cs->c->v[cs->idx[j]].seed == c->seed))
             j++;
         key[k] = j < k ? key[j] : n_keys++;
-        const char *col = palette20[key[k] % 20];
+        const char *col = palette[key[k] % 20];
         int reg = regime_index(c->precision);
         const char *dash = dashes[reg > 0 ? reg : 0];
         fprintf(out, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.8\"%s%s%s points=\"", col,
