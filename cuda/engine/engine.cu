@@ -385,7 +385,7 @@ static void *cu_stream_of(hax_engine *e) {
 }
 
 static const hax_device_ops cuda_dev_ops = {cu_push,      cu_pull,       cu_grad_buffer, cu_zero_grad,
-                                            cu_grad_finite, cu_adamw,  cu_train_step,  cu_stream_of,
+                                            cu_grad_finite, cu_adamw,  cu_stream_of,
                                             cu_step_begin, cu_step_end, cu_host_alloc,  cu_host_free};
 
 static hax_backend make_backend(void) {

@@ -4,11 +4,12 @@
 // cuda/ops/attn.h, cuda/ops/mlp.h). The model runs in the shared engine
 // (src/engine/engine.c, mixer*.c) on the CUDA op table (cuda/engine/ops.cu);
 // this backend adds device memory, the device-resident training ops and the
-// whole step as one CUDA graph (hax_device_ops.train_step).
+// whole step as one CUDA graph (hax_device_ops.step_begin / step_end, and
+// engine_cuda_train_step for the tests and the benchmark).
 // The branch's random inputs (hash matrices, ranking candidates) are drawn
-// on the host by the shared engine from the keyed streams (engine.h) and
-// uploaded into fixed device buffers before each forward or graph replay, so
-// both backends use the same ones.
+// by the backend from the shared engine's keyed streams (engine.h), on the
+// device into fixed buffers before each forward or graph replay, with the
+// same bits as the CPU backend's host draws.
 //
 // Interface as the CPU backend (engine.h): weights are read from
 // model->data at every forward (uploaded) and the gradients of backward are

@@ -81,15 +81,12 @@ typedef struct {
     // opt->step++, then AdamW (src/ops/adamw.h, same float32 op order) with lr
     // on the device weights and moments.
     void (*adamw_step)(hax_engine *e, hax_adamw *opt, double lr);
-    // One whole training step of one rank (forward, backward, AdamW with
-    // opt->step++ and lr), e.g. replayed from a CUDA graph; NULL where the
-    // backend has none (then forward, backward, adamw_step).
-    void (*train_step)(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_adamw *opt, double lr,
-                       hax_fwd_result *r);
     // The backend's stream (a cudaStream_t for CUDA; NULL: the default one),
     // for collectives enqueued beside the engine's work (mpi/dist_nccl.c).
     void *(*stream)(hax_engine *e);
-    // Asynchronous whole steps (one rank; the train_step's work): step_begin
+    // Asynchronous whole steps of one rank (forward, backward, AdamW with
+    // opt->step++ and lr, e.g. replayed from a CUDA graph; NULL where the
+    // backend has none: then forward, backward, adamw_step): step_begin
     // enqueues the step of batch b and the download of its figures and
     // returns at once with a ticket, so the host prepares the next step while
     // the device runs this one (b may be reused on return). Up to
@@ -97,7 +94,7 @@ typedef struct {
     // gradients are not all finite (poison != 0: taken as such, a test hook)
     // sets a device flag that stays set: this step's and every later step's
     // AdamW then leave the weights as they are. step_end (tickets in order)
-    // waits for the step, fills r as train_step would and returns 1 when its
+    // waits for the step, fills r as engine_forward would and returns 1 when its
     // gradients were finite (the flag still clear); *device_ms: the step's
     // time on the device.
     int (*step_begin)(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_adamw *opt, double lr,
