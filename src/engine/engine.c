@@ -228,8 +228,8 @@ void engine_run_forward(hax_engine *e) {
                     b->n_seq, n, V, c->work);
 }
 
-void engine_result(const hax_model_config *cfg, int n_seq, int global_n_seq, double ce_sum, const int *correct,
-                   const int *count, const double *gate, double ce_count, hax_fwd_result *r) {
+double engine_result(const hax_model_config *cfg, int n_seq, int global_n_seq, double ce_sum, const int *correct,
+                     const int *count, const double *gate, double ce_count, hax_fwd_result *r) {
     memset(r, 0, sizeof *r);
     r->ce_sum = ce_sum;
     double gate_sum = 0;
@@ -250,6 +250,7 @@ void engine_result(const hax_model_config *cfg, int n_seq, int global_n_seq, dou
     r->acc = acc_sum / global_n_seq;
     r->gate_loss = gate_sum / global_n_seq;
     r->total_loss = r->loss + cfg->gate_loss_weight * r->gate_loss;
+    return ce_count;
 }
 
 void engine_run_collect(hax_engine *e, const hax_fwd_opts *o, hax_fwd_result *r) {
@@ -265,8 +266,7 @@ void engine_run_collect(hax_engine *e, const hax_fwd_opts *o, hax_fwd_result *r)
     if (cfg->sparse_mask)
         for (int l = 0; l < n_layers; l++) ops->download(&c->h_gate[l], ops->sparse_gate_loss(c->L[l].sp), sizeof(double));
     ops->sync();
-    engine_result(cfg, n_seq, b->global_n_seq, ce_sum, c->h_correct, c->h_count, c->h_gate, o->ce_count, r);
-    c->ce_count = o->ce_count > 0 ? o->ce_count : (double)r->n_scored;
+    c->ce_count = engine_result(cfg, n_seq, b->global_n_seq, ce_sum, c->h_correct, c->h_count, c->h_gate, o->ce_count, r);
 }
 
 void engine_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_fwd_result *r) {

@@ -100,9 +100,9 @@ void engine_run_collect(hax_engine *e, const hax_fwd_opts *o, hax_fwd_result *r)
 // collect's figures from the downloaded sums of a forward of n_seq sequences
 // (of global_n_seq; gate: per layer, read with a sparse branch only) and the
 // CE normaliser (<= 0: the scored positions), for a backend that downloads
-// them itself.
-void engine_result(const hax_model_config *cfg, int n_seq, int global_n_seq, double ce_sum, const int *correct,
-                   const int *count, const double *gate, double ce_count, hax_fwd_result *r);
+// them itself. Returns the normaliser used.
+double engine_result(const hax_model_config *cfg, int n_seq, int global_n_seq, double ce_sum, const int *correct,
+                     const int *count, const double *gate, double ce_count, hax_fwd_result *r);
 
 // mixer.c: one layer's mixer with the sparse branch between its halves.
 // The layer's tensors, for the activation table (n positions, n_seq sequences).
