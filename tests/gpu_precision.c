@@ -53,16 +53,6 @@
 #include "engine_batch.h"
 #include "test.h"
 
-static uint32_t bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
-static float from_bits(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 // ---------------------------------------------------------------- the round kernel
 
@@ -75,14 +65,14 @@ static void test_round_kernel(void) {
         0xffc12345u, 0x4b800000u, 0x4b808000u, 0x4b818000u, 0x7e7fffffu, 0x0080ffffu, 0x00808000u};
     int ns = (int)(sizeof special / sizeof special[0]), n = 200000;
     float *x = xmalloc(sizeof(float) * n), *want = xmalloc(sizeof(float) * n);
-    for (int i = 0; i < ns; i++) x[i] = from_bits(special[i]);
+    for (int i = 0; i < ns; i++) x[i] = f32_from_bits(special[i]);
     unsigned r = 99u;
     for (int i = ns; i < n; i++) {  // every bit pattern class: random exponents, low halves near the midpoint
         r = r * 1664525u + 1013904223u;
         uint32_t u = r;
         if (i % 4 == 0) u = (u & 0xffff0000u) | 0x8000u;          // exact ties
         if (i % 4 == 1) u = (u & 0xffff0000u) | (0x7ff0u + (r & 0x1f)); // a few ulps of fp32 around a tie
-        x[i] = from_bits(u);
+        x[i] = f32_from_bits(u);
     }
     for (int i = 0; i < n; i++) want[i] = hax_bf16_round(x[i]);
     float *dx = cuda_upload_new(x, sizeof(float) * n), *dy = cuda_malloc(sizeof(float) * n);
@@ -90,15 +80,15 @@ static void test_round_kernel(void) {
     float *got = cuda_download_new(dy, sizeof(float) * n);
     long bad = 0;
     for (int i = 0; i < n; i++)
-        if (bits(got[i]) != bits(want[i])) {
-            if (bad < 5) printf("    round: 0x%08x -> device 0x%08x, host 0x%08x\n", bits(x[i]), bits(got[i]), bits(want[i]));
+        if (f32_bits(got[i]) != f32_bits(want[i])) {
+            if (bad < 5) printf("    round: 0x%08x -> device 0x%08x, host 0x%08x\n", f32_bits(x[i]), f32_bits(got[i]), f32_bits(want[i]));
             bad++;
         }
     free(got);
     // in place, and the strided rows variant (the untouched columns stay)
     cuda_round_bf16(dx, dx, n);
     got = cuda_download_new(dx, sizeof(float) * n);
-    for (int i = 0; i < n; i++) bad += bits(got[i]) != bits(want[i]);
+    for (int i = 0; i < n; i++) bad += f32_bits(got[i]) != f32_bits(want[i]);
     free(got);
     int ld = 37, width = 29, rows = n / ld;
     cuda_upload(dx, x, sizeof(float) * n);
@@ -107,7 +97,7 @@ static void test_round_kernel(void) {
     round_bf16_rows(want, ld, width, rows);
     got = cuda_download_new(dx, sizeof(float) * n);
     long bad_rows = 0;
-    for (int i = 0; i < n; i++) bad_rows += bits(got[i]) != bits(want[i]);
+    for (int i = 0; i < n; i++) bad_rows += f32_bits(got[i]) != f32_bits(want[i]);
     printf("    round kernel: %d values (%d special): %ld differ from hax_bf16_round's bits; rows variant "
            "(ld %d, width %d): %ld differ\n", n, ns, bad, ld, width, bad_rows);
     CHECK(bad == 0 && bad_rows == 0, "round kernel: %ld / %ld values differ from the host's bits", bad, bad_rows);
@@ -156,8 +146,8 @@ static int64_t ordered(float f) {  // monotone in f: -0 and +0 both 0
 static void ulp_add(ulp_stats *s, const float *a, const float *b, size_t n) {
     for (size_t i = 0; i < n; i++) {
         s->n++;
-        s->not_bf16 += (bits(a[i]) & 0xffffu) != 0 && a[i] == a[i];
-        if (bits(a[i]) == bits(b[i])) continue;
+        s->not_bf16 += (f32_bits(a[i]) & 0xffffu) != 0 && a[i] == a[i];
+        if (f32_bits(a[i]) == f32_bits(b[i])) continue;
         int64_t d = ordered(a[i]) - ordered(b[i]);
         long u = (long)((d < 0 ? -d : d) >> 16);  // bf16 values: multiples of 2^16 apart
         s->differ++;

@@ -6,6 +6,7 @@
 #define HAX_TEST_H
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,18 @@ static const char *test_current_name;
         }                                                               \
         fflush(stdout);                                                 \
     } while (0)
+
+// A float's bit pattern and back.
+static inline uint32_t f32_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+static inline float f32_from_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
 
 static inline int test_summary(void) {
     printf("%d passed, %d failed\n", test_passed, test_failed);

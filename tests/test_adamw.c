@@ -176,16 +176,6 @@ static void test_first_step_lr_zero(void) {
 
 // ---------------------------------------------------------------- bf16
 
-static float from_bits(uint32_t u) {
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-static uint32_t bits(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    return u;
-}
 
 // hax_bf16_round: nearest, ties to even, on normals, subnormals, the
 // overflow edge, ±0, ±Inf and NaN; round_bf16 (the CPU op) agrees.
@@ -214,13 +204,13 @@ static void test_bf16_round(void) {
         {0xff800000u, 0xff800000u},  // -Inf
     };
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
-        uint32_t got = bits(hax_bf16_round(from_bits(cases[k][0])));
+        uint32_t got = f32_bits(hax_bf16_round(f32_from_bits(cases[k][0])));
         CHECK(got == cases[k][1], "bf16(0x%08x) = 0x%08x, expected 0x%08x", cases[k][0], got, cases[k][1]);
     }
     static const uint32_t nans[] = {0x7fc00000u, 0x7fc00001u, 0x7f800001u, 0xffffffffu, 0x7fffffffu};
     for (size_t k = 0; k < sizeof nans / sizeof nans[0]; k++) {
-        float r = hax_bf16_round(from_bits(nans[k]));
-        CHECK(r != r && (bits(r) & 0xffffu) == 0, "bf16(NaN 0x%08x) = 0x%08x", nans[k], bits(r));
+        float r = hax_bf16_round(f32_from_bits(nans[k]));
+        CHECK(r != r && (f32_bits(r) & 0xffffu) == 0, "bf16(NaN 0x%08x) = 0x%08x", nans[k], f32_bits(r));
     }
     // random values: the op equals the scalar, results are bf16, idempotent,
     // and the nearest (|x - r| <= half the spacing of bf16 around x)
@@ -234,7 +224,7 @@ static void test_bf16_round(void) {
     for (int i = 0; i < N; i++) {
         float s = hax_bf16_round(x[i]);
         double ulp = ldexp(1.0, ilogb(x[i]) - 7);
-        if (bits(s) != bits(y[i]) || (bits(s) & 0xffffu) || hax_bf16_round(s) != s ||
+        if (f32_bits(s) != f32_bits(y[i]) || (f32_bits(s) & 0xffffu) || hax_bf16_round(s) != s ||
             fabs((double)s - x[i]) > 0.5 * ulp)
             bad++;
     }
@@ -281,9 +271,9 @@ static void test_bf16_adamw(void) {
             adamw_step(&opt, p, g, lr);
             bf16_adamw_ref(pr, g, mr, vr, N, lr, b1, 0.999, 1e-8, 0.01, s);
             for (int i = 0; i < N; i++)
-                bad += bits(p[i]) != bits(pr[i]) || bits(opt.m[i]) != bits(mr[i]) || bits(opt.v[i]) != bits(vr[i]);
+                bad += f32_bits(p[i]) != f32_bits(pr[i]) || f32_bits(opt.m[i]) != f32_bits(mr[i]) || f32_bits(opt.v[i]) != f32_bits(vr[i]);
         }
-        for (int i = 0; i < N; i++) moved += (bits(p[i]) & 0xffffu) == 0 && (bits(opt.m[i]) & 0xffffu) == 0;
+        for (int i = 0; i < N; i++) moved += (f32_bits(p[i]) & 0xffffu) == 0 && (f32_bits(opt.m[i]) & 0xffffu) == 0;
         CHECK(bad == 0, "b1 %g lr %g: %d elements differ from the line-by-line reference", b1, lr, bad);
         CHECK(moved == N, "b1 %g lr %g: %d of %d parameters / moments not bf16", b1, lr, N - moved, N);
         adamw_free(&opt);
