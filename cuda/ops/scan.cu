@@ -50,16 +50,7 @@ static_assert(Q % T == 0, "CU_SCAN_Q must be a multiple of CU_SCAN_T");
 __device__ __forceinline__ float decay_rate(float A) { return CU_SCAN_EXP2 ? A * 1.44269504088896341f : A; }
 __device__ __forceinline__ float decay(float dl, float Ar) { return CU_SCAN_EXP2 ? exp2f(dl * Ar) : expf(dl * Ar); }
 
-// ---------------------------------------------------------------- geometry
-
-__host__ __device__ constexpr int geo_G(int N) { return N / 4 < 1 ? 1 : N / 4 > 32 ? 32 : N / 4; }
-// Steps 1, 3 and 4: CPB_F channels a block (at most 256 threads).
-__host__ __device__ constexpr int geo_cpb_f(int N) { return 256 / geo_G(N) < 128 ? 256 / geo_G(N) : 128; }
-// Step 6: W warps a block, so that the dB|dC rows of T positions ([T][W][2N]
-// floats) stay within 32 KB and a block has at most 64 channels.
-__host__ __device__ constexpr int cmin(int a, int b) { return a < b ? a : b; }
-__host__ __device__ constexpr int geo_w_b(int N) { return cmin(8, cmin(2 * geo_G(N), 256 / N < 1 ? 1 : 256 / N)); }
-__host__ __device__ constexpr int geo_cpb_b(int N) { return 32 * geo_w_b(N) / geo_G(N); }
+// (the lane geometry geo_*: cuda/ops/scan_kernels.cuh)
 
 static size_t slots_of(int n_tok, int n_seq, int q) { return (size_t)n_tok / q + (size_t)n_seq; }
 
@@ -273,52 +264,24 @@ __global__ static void __launch_bounds__(geo_cpb_f(N) * geo_G(N)) chunk_adj_kern
 
 // ---------------------------------------------------------------- step 6
 
-// dB|dC shares of a warp's channels (lanes ch·G + l), v[k] the dB share and
-// v[NPL + k] the dC share of n = k·G + l, summed over the channels by
-// recursive halving: at each channel bit o a lane keeps half of its values and
-// adds its partner's copy of them (the lanes whose bit o is set keep the upper
-// half: base counts where the kept values start); once one value is left,
-// plain pairwise sums. Fixed order: deterministic.
-template <int M, int O>
-__device__ __forceinline__ void halve(float *v, int wl, int &base) {
-    if constexpr (O < 32) {
-        if constexpr (M > 1) {
-            bool up = wl & O;
-#pragma unroll
-            for (int i = 0; i < M / 2; i++) {
-                float send = up ? v[i] : v[i + M / 2], keep = up ? v[i + M / 2] : v[i];
-                v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
-            }
-            if (up) base += M / 2;
-            halve<M / 2, O * 2>(v, wl, base);
-        } else {
-            v[0] += __shfl_xor_sync(0xffffffffu, v[0], O);
-            halve<1, O * 2>(v, wl, base);
-        }
-    }
-}
-
-// Sums the warp's shares and writes its row of 2N (dB then dC) to row.
-template <int N>
-__device__ __forceinline__ void warp_bc(float *v, int wl, float *row) {
-    constexpr int G = geo_G(N), NPL = N / G, M = 2 * NPL, CW = 32 / G, MF = M >= CW ? M / CW : 1;
-    int base = 0;
-    halve<M, G>(v, wl, base);
-    if (M < CW && wl / G >= M) return;  // a copy of a sum another lane writes
-#pragma unroll
-    for (int i = 0; i < MF; i++) {
-        int m = base + i, k = m % NPL;
-        row[(m >= NPL ? N : 0) + k * G + wl % G] = v[i];
-    }
-}
-
 template <int N>
 static size_t bwd_smem_floats_n() {
     return (size_t)T * (geo_w_b(N) * 2 * N + 6 * geo_cpb_b(N) + 2 * N);
 }
 
+// Step 6 holds the states of TS positions at a time (recomputed from the
+// checkpoint for each part of TS): CU_SCAN_BWD_TS 8 halves the state
+// registers (S[9][N/G] instead of S[17][N/G]) for 3 blocks an SM, at the cost
+// of stepping through the first 8 positions twice; 16: the whole T at once,
+// 2 blocks an SM.
+#ifndef CU_SCAN_BWD_TS
+#define CU_SCAN_BWD_TS 8
+#endif
+#define TS CU_SCAN_BWD_TS
+static_assert(T % TS == 0, "CU_SCAN_BWD_TS must divide CU_SCAN_T");
+
 template <int N>
-__global__ static void __launch_bounds__(32 * geo_w_b(N), 2) chunk_bwd_kernel(mamba_args a) {
+__global__ static void __launch_bounds__(32 * geo_w_b(N), TS < T ? 3 : 2) chunk_bwd_kernel(mamba_args a) {
     constexpr int G = geo_G(N), NPL = N / G, W = geo_w_b(N), CPB = geo_cpb_b(N);
     extern __shared__ float smf[];
     int s, j, ta, L, slot = blockIdx.x;
@@ -353,48 +316,68 @@ __global__ static void __launch_bounds__(32 * geo_w_b(N), 2) chunk_bwd_kernel(ma
             sm_dx[r] = a.dx && cc < a.E ? a.dx[t * a.ld_dx + cc] : 0.0f;
             sm_dr[r] = a.ddraw && cc < a.E ? a.ddraw[t * a.E + cc] : 0.0f;
         }
-        // The states of these T positions: S[i] is the state before position tq+i.
-        float S[T + 1][NPL];
+        float ck[NPL];  // the state before position tq
 #pragma unroll
-        for (int k = 0; k < NPL; k++) S[0][k] = active ? a.ck16[(m16 + q) * EN + (size_t)c * N + k * G + lane] : 0.0f;
+        for (int k = 0; k < NPL; k++) ck[k] = active ? a.ck16[(m16 + q) * EN + (size_t)c * N + k * G + lane] : 0.0f;
         __syncthreads();
+        // The T positions in parts of TS, the last first: S[i] is the state
+        // before position tq+i0+i, recomputed from ck (the first i0 positions
+        // stepped through again for each part).
 #pragma unroll
-        for (int i = 0; i < T; i++) {
-            if (i < Lq) {
-                float dxv = st.dl[i * CPB + ch] * st.x[i * CPB + ch];
+        for (int part = T / TS - 1; part >= 0; part--) {
+            const int i0 = part * TS;
+            float S[TS + 1][NPL];
 #pragma unroll
-                for (int k = 0; k < NPL; k++)
-                    S[i + 1][k] = decay(st.dl[i * CPB + ch], Ar[k]) * S[i][k] + dxv * st.B[i * N + k * G + lane];
-            }
-        }
+            for (int k = 0; k < NPL; k++) S[0][k] = ck[k];
 #pragma unroll
-        for (int i = T - 1; i >= 0; i--) {
-            if (i < Lq) {
-                float g = st.g[i * CPB + ch], xv = st.x[i * CPB + ch], dl = st.dl[i * CPB + ch];
-                const float *Bt = st.B + i * N, *Ct = st.C + i * N;
-                float v[2 * NPL], dxt = 0.0f, ddl = 0.0f;
+            for (int i = 0; i < i0; i++) {
+                if (i < Lq) {
+                    float dxv = st.dl[i * CPB + ch] * st.x[i * CPB + ch];
 #pragma unroll
-                for (int k = 0; k < NPL; k++) {
-                    int n = k * G + lane;
-                    float e = decay(dl, Ar[k]);
-                    float hn = hadj[k] + g * Ct[n];  // adjoint of the state after position t
-                    v[NPL + k] = g * S[i + 1][k];    // dC share
-                    v[k] = hn * dl * xv;             // dB share
-                    dxt += hn * dl * Bt[n];
-                    float da = hn * S[i][k];         // adjoint of exp(Δ·A)
-                    ddl += hn * Bt[n] * xv + da * e * A[k];
-                    pA[k] += da * e * dl;
-                    hadj[k] = hn * e;
+                    for (int k = 0; k < NPL; k++)
+                        S[0][k] = decay(st.dl[i * CPB + ch], Ar[k]) * S[0][k] + dxv * st.B[i * N + k * G + lane];
                 }
-                dxt = group_sum(dxt, G);
-                ddl = group_sum(ddl, G);
-                warp_bc<N>(v, wl, wsum + ((size_t)i * W + warp) * 2 * N);
-                if (lane == 0) {
-                    float dr = ddl * hax_dsoftplus(st.raw[i * CPB + ch]);
-                    sm_dx[i * CPB + ch] += dxt + g * Dc;
-                    sm_dr[i * CPB + ch] += dr;
-                    pD += g * xv;
-                    pb += dr;
+            }
+#pragma unroll
+            for (int i = 0; i < TS; i++) {
+                if (i0 + i < Lq) {
+                    float dxv = st.dl[(i0 + i) * CPB + ch] * st.x[(i0 + i) * CPB + ch];
+#pragma unroll
+                    for (int k = 0; k < NPL; k++)
+                        S[i + 1][k] = decay(st.dl[(i0 + i) * CPB + ch], Ar[k]) * S[i][k] +
+                                      dxv * st.B[(i0 + i) * N + k * G + lane];
+                }
+            }
+#pragma unroll
+            for (int si = TS - 1; si >= 0; si--) {
+                const int i = i0 + si;
+                if (i < Lq) {
+                    float g = st.g[i * CPB + ch], xv = st.x[i * CPB + ch], dl = st.dl[i * CPB + ch];
+                    const float *Bt = st.B + i * N, *Ct = st.C + i * N;
+                    float v[2 * NPL], dxt = 0.0f, ddl = 0.0f;
+#pragma unroll
+                    for (int k = 0; k < NPL; k++) {
+                        int n = k * G + lane;
+                        float e = decay(dl, Ar[k]);
+                        float hn = hadj[k] + g * Ct[n];  // adjoint of the state after position t
+                        v[NPL + k] = g * S[si + 1][k];   // dC share
+                        v[k] = hn * dl * xv;             // dB share
+                        dxt += hn * dl * Bt[n];
+                        float da = hn * S[si][k];        // adjoint of exp(Δ·A)
+                        ddl += hn * Bt[n] * xv + da * e * A[k];
+                        pA[k] += da * e * dl;
+                        hadj[k] = hn * e;
+                    }
+                    dxt = group_sum(dxt, G);
+                    ddl = group_sum(ddl, G);
+                    warp_bc<N>(v, wl, wsum + ((size_t)i * W + warp) * 2 * N);
+                    if (lane == 0) {
+                        float dr = ddl * hax_dsoftplus(st.raw[i * CPB + ch]);
+                        sm_dx[i * CPB + ch] += dxt + g * Dc;
+                        sm_dr[i * CPB + ch] += dr;
+                        pD += g * xv;
+                        pb += dr;
+                    }
                 }
             }
         }

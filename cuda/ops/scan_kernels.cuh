@@ -398,4 +398,55 @@ static inline void set_work(scan_args *a, void *work, int n_cb) {
     a->par = (double *)((char *)work + align256((size_t)n_cb * a->n_tok * 2 * a->N * sizeof(float)));
 }
 
+// ---------------------------------------------------------------- Mamba chunked scan
+// Lane geometry and the warp sums of dB|dC of cuda/ops/scan.cu.
+
+__host__ __device__ constexpr int geo_G(int N) { return N / 4 < 1 ? 1 : N / 4 > 32 ? 32 : N / 4; }
+// Steps 1, 3 and 4: CPB_F channels a block (at most 256 threads).
+__host__ __device__ constexpr int geo_cpb_f(int N) { return 256 / geo_G(N) < 128 ? 256 / geo_G(N) : 128; }
+// Step 6: W warps a block, so that the dB|dC rows of T positions ([T][W][2N]
+// floats) stay within 32 KB and a block has at most 64 channels.
+__host__ __device__ constexpr int cmin(int a, int b) { return a < b ? a : b; }
+__host__ __device__ constexpr int geo_w_b(int N) { return cmin(8, cmin(2 * geo_G(N), 256 / N < 1 ? 1 : 256 / N)); }
+__host__ __device__ constexpr int geo_cpb_b(int N) { return 32 * geo_w_b(N) / geo_G(N); }
+
+// dB|dC shares of a warp's channels (lanes ch·G + l), v[k] the dB share and
+// v[NPL + k] the dC share of n = k·G + l, summed over the channels by
+// recursive halving: at each channel bit o a lane keeps half of its values and
+// adds its partner's copy of them (the lanes whose bit o is set keep the upper
+// half: base counts where the kept values start); once one value is left,
+// plain pairwise sums. Fixed order: deterministic.
+template <int M, int O>
+__device__ __forceinline__ void halve(float *v, int wl, int &base) {
+    if constexpr (O < 32) {
+        if constexpr (M > 1) {
+            bool up = wl & O;
+#pragma unroll
+            for (int i = 0; i < M / 2; i++) {
+                float send = up ? v[i] : v[i + M / 2], keep = up ? v[i + M / 2] : v[i];
+                v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+            }
+            if (up) base += M / 2;
+            halve<M / 2, O * 2>(v, wl, base);
+        } else {
+            v[0] += __shfl_xor_sync(0xffffffffu, v[0], O);
+            halve<1, O * 2>(v, wl, base);
+        }
+    }
+}
+
+// Sums the warp's shares and writes its row of 2N (dB then dC) to row.
+template <int N>
+__device__ __forceinline__ void warp_bc(float *v, int wl, float *row) {
+    constexpr int G = geo_G(N), NPL = N / G, M = 2 * NPL, CW = 32 / G, MF = M >= CW ? M / CW : 1;
+    int base = 0;
+    halve<M, G>(v, wl, base);
+    if (M < CW && wl / G >= M) return;  // a copy of a sum another lane writes
+#pragma unroll
+    for (int i = 0; i < MF; i++) {
+        int m = base + i, k = m % NPL;
+        row[(m >= NPL ? N : 0) + k * G + wl % G] = v[i];
+    }
+}
+
 #endif
