@@ -27,27 +27,52 @@
 
 // ---------------------------------------------------------------- linear
 
-static void test_linear(void) {
-    int n = 300, in = 48, out = 80, ld_in = 53, ld_out = 85;  // n > the CPU's 256-row blocks
+// One shape (ld_in, ld_out: padded rows), with or without the bias. The
+// backward twice from the same start must give the same bits.
+static void test_linear_case(int n, int in, int out, int ld_in, int ld_out, int with_bias) {
+    printf("    n %d, %d -> %d%s\n", n, in, out, with_bias ? ", bias" : "");
     float *x = rnd((size_t)n * ld_in, -1, 1), *W = rnd((size_t)out * in, -0.3f, 0.3f), *b = rnd(out, -1, 1);
     float *y = rnd((size_t)n * ld_out, -1, 1), *dy = rnd((size_t)n * ld_out, -1, 1);
     float *dx0 = rnd((size_t)n * ld_in, -1, 1), *dW0 = rnd((size_t)out * in, -1, 1), *db0 = rnd(out, -1, 1);
     float *d_x = upf(x, (size_t)n * ld_in), *d_W = upf(W, (size_t)out * in), *d_b = upf(b, out);
     float *d_y = upf(y, (size_t)n * ld_out), *d_dy = upf(dy, (size_t)n * ld_out);
     float *d_dx = upf(dx0, (size_t)n * ld_in), *d_dW = upf(dW0, (size_t)out * in), *d_db = upf(db0, out);
-    linear_forward(y, ld_out, x, ld_in, W, b, n, in, out);
-    cuda_linear_forward(d_y, ld_out, d_x, ld_in, d_W, d_b, n, in, out);
+    const float *bb = with_bias ? b : NULL, *d_bb = with_bias ? d_b : NULL;
+    float *db_ = with_bias ? d_db : NULL;
+    linear_forward(y, ld_out, x, ld_in, W, bb, n, in, out);
+    cuda_linear_forward(d_y, ld_out, d_x, ld_in, d_W, d_bb, n, in, out);
     expect("linear out", d_y, y, NULL, (size_t)n * ld_out, TOL_FWD);
     float *dx = copy(dx0, (size_t)n * ld_in), *dW = copy(dW0, (size_t)out * in), *db = copy(db0, out);
-    linear_backward(dx, ld_in, dW, db, dy, ld_out, x, ld_in, W, n, in, out);
-    cuda_linear_backward(d_dx, ld_in, d_dW, d_db, d_dy, ld_out, d_x, ld_in, d_W, n, in, out);
+    linear_backward(dx, ld_in, dW, with_bias ? db : NULL, dy, ld_out, x, ld_in, W, n, in, out);
+    cuda_linear_backward(d_dx, ld_in, d_dW, db_, d_dy, ld_out, d_x, ld_in, d_W, n, in, out);
     expect("linear dinp", d_dx, dx, dx0, (size_t)n * ld_in, TOL_BWD);
     expect("linear dweight", d_dW, dW, dW0, (size_t)out * in, TOL_BWD);
-    expect("linear dbias", d_db, db, db0, out, TOL_BWD);
-    void *ptrs[] = {x, W, b, y, dy, dx0, dW0, db0, dx, dW, db};
+    if (with_bias) expect("linear dbias", d_db, db, db0, out, TOL_BWD);
+    float *w1 = down(d_dW, (size_t)out * in), *b1 = down(d_db, out);
+    cuda_upload(d_dW, dW0, sizeof(float) * out * in);
+    cuda_upload(d_db, db0, sizeof(float) * out);
+    cuda_linear_backward(NULL, 0, d_dW, db_, d_dy, ld_out, d_x, ld_in, d_W, n, in, out);
+    float *w2 = down(d_dW, (size_t)out * in), *b2 = down(d_db, out);
+    CHECK(memcmp(w1, w2, sizeof(float) * out * in) == 0 && memcmp(b1, b2, sizeof(float) * out) == 0,
+          "linear dweight/dbias: expected the same bits on a rerun, found a difference");
+    void *ptrs[] = {x, W, b, y, dy, dx0, dW0, db0, dx, dW, db, w1, b1, w2, b2};
     for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++) free(ptrs[i]);
     void *dptrs[] = {d_x, d_W, d_b, d_y, d_dy, d_dx, d_dW, d_db};
     for (size_t i = 0; i < sizeof(dptrs) / sizeof(dptrs[0]); i++) cuda_free(dptrs[i]);
+}
+
+// n > the CPU's 256-row blocks; the shapes of the mixers (dt_proj's 8 inputs
+// of a 40-wide row, x_proj's 40 outputs, Mamba-2's 328-wide in_proj: many
+// K chunks of the dW GEMM, 16-wide tiles); the key scorer's one output; fewer
+// rows than a chunk; a weight too big for the dW scratch (the cuBLAS path).
+static void test_linear(void) {
+    test_linear_case(300, 48, 80, 53, 85, 1);
+    test_linear_case(5000, 8, 128, 40, 128, 1);
+    test_linear_case(5000, 128, 40, 128, 40, 1);
+    test_linear_case(4099, 64, 328, 64, 328, 0);
+    test_linear_case(3000, 16, 1, 16, 1, 1);
+    test_linear_case(7, 5, 3, 6, 3, 1);
+    test_linear_case(40, 2048, 2049, 2048, 2049, 1);
 }
 
 // ---------------------------------------------------------------- embedding, norms, logits, CE
@@ -356,6 +381,40 @@ static void test_gate(void) {
 
 // ---------------------------------------------------------------- paper size
 
+// One linear layer at n rows: forward, backward (dinp and dweight) and the
+// dweight GEMM alone; inputs of row width ld_in, outputs ld_out (the mixers'
+// shared rows: dt_proj reads 8 of x_dbl's 40 columns).
+static void time_linear(const char *name, int n, int in, int out, int ld_in, int ld_out) {
+    size_t ni = (size_t)n * ld_in, no = (size_t)n * ld_out, w = (size_t)out * in;
+    float *x = rnd(ni, -1, 1), *y = rnd(no, -1, 1), *W = rnd(w, -0.2f, 0.2f), *dx = rnd(ni, -1, 1);
+    float *dW = xcalloc(w, sizeof(float));
+    float *g_x = upf(x, ni), *g_y = upf(y, no), *g_W = upf(W, w), *g_dx = upf(dx, ni), *g_dW = upf(dW, w);
+    char label[3][64];
+    snprintf(label[0], 64, "%s fwd (%d->%d)", name, in, out);
+    snprintf(label[1], 64, "%s bwd (%d->%d)", name, in, out);
+    snprintf(label[2], 64, "%s dW (%d->%d)", name, in, out);
+    TIME_OP(label[0], linear_forward(y, ld_out, x, ld_in, W, NULL, n, in, out),
+            cuda_linear_forward(g_y, ld_out, g_x, ld_in, g_W, NULL, n, in, out));
+    TIME_OP(label[1], linear_backward(dx, ld_in, dW, NULL, y, ld_out, x, ld_in, W, n, in, out),
+            cuda_linear_backward(g_dx, ld_in, g_dW, NULL, g_y, ld_out, g_x, ld_in, g_W, n, in, out));
+    TIME_OP(label[2], linear_backward(NULL, 0, dW, NULL, y, ld_out, x, ld_in, W, n, in, out),
+            cuda_linear_backward(NULL, 0, g_dW, NULL, g_y, ld_out, g_x, ld_in, g_W, n, in, out));
+    free(x), free(y), free(W), free(dx), free(dW);
+    cuda_free(g_x), cuda_free(g_y), cuda_free(g_W), cuda_free(g_dx), cuda_free(g_dW);
+}
+
+// Every GEMM shape of the paper's Mamba and Mamba-2 layers (d 64, E 128;
+// Mamba: N 16, dt_rank 8, x_dbl 40 wide; Mamba-2: N 32, 8 heads, in_proj
+// E + (E + 2N) + H = 328 wide) and the tied logits (V 100).
+static void time_gemms(int n) {
+    time_linear("in_proj", n, 64, 256, 64, 256);
+    time_linear("x_proj", n, 128, 40, 128, 40);
+    time_linear("dt_proj", n, 8, 128, 40, 128);
+    time_linear("out_proj", n, 128, 64, 128, 64);
+    time_linear("m2 in_proj", n, 64, 328, 64, 328);
+    time_linear("logits", n, 64, 100, 64, 100);
+}
+
 static void test_paper_size(void) {
     int n_seq = 64, lens[64];
     for (int s = 0; s < n_seq; s++) lens[s] = 400 + (s * 37) % 129;  // 400..528, mean ~464
@@ -411,15 +470,6 @@ static void test_paper_size(void) {
             cuda_gate_forward(g_outE, g_pre, g_xz, NULL, NULL, n, E));
     TIME_OP("gate bwd (E 128)", mamba_gate_backward(outE, big, NULL, NULL, pre, pre, xz, NULL, NULL, n, E),
             cuda_gate_backward(g_outE, g_big, NULL, NULL, NULL, g_pre, g_pre, g_xz, NULL, NULL, n, E, work));
-    // The skinny GEMMs of the Mamba mixer: x_proj (E -> dt_rank + 2N = 36), out_proj (E -> d).
-    TIME_OP("x_proj fwd (128->36)", linear_forward(big, 36, outE, E, Win, NULL, n, E, 36),
-            cuda_linear_forward(g_big, 36, g_outE, E, g_Win, NULL, n, E, 36));
-    TIME_OP("x_proj bwd (128->36)", linear_backward(pre, E, dW, NULL, big, 36, outE, E, Win, n, E, 36),
-            cuda_linear_backward(g_pre, E, g_dW, NULL, g_big, 36, g_outE, E, g_Win, n, E, 36));
-    TIME_OP("out_proj fwd (128->64)", linear_forward(h2, d, outE, E, Win, NULL, n, E, d),
-            cuda_linear_forward(g_h2, d, g_outE, E, g_Win, NULL, n, E, d));
-    TIME_OP("out_proj bwd (128->64)", linear_backward(pre, E, dW, NULL, h2, d, outE, E, Win, n, E, d),
-            cuda_linear_backward(g_pre, E, g_dW, NULL, g_h2, d, g_outE, E, g_Win, n, E, d));
     TIME_OP("logits fwd (V 100)", logits_forward(logits, h, Wemb, n, d, V), cuda_logits_forward(g_logits, g_h, g_Wemb, n, d, V));
     TIME_OP("ce fwd", ce_forward(logits, ids, mask, b.off, n_seq, V, NULL, NULL),
             cuda_ce_forward(g_loss, NULL, NULL, g_logits, g_ids, g_mask, b.d_off, n_seq, n, V, work));
@@ -427,6 +477,7 @@ static void test_paper_size(void) {
             cuda_ce_backward(g_dl, g_logits, g_ids, g_mask, n, V, 1e-3f));
     TIME_OP("logits bwd (V 100)", logits_backward(h, Wemb, dl, h2, Wemb, n, d, V),
             cuda_logits_backward(g_h, g_Wemb, g_dl, g_h2, g_Wemb, n, d, V));
+    time_gemms(n);
     cuda_sync();
     void *ptrs[] = {ids, mask, h, h2, Wemb, wd, Win, xz, big, wc, bc, wE, rstd, outE, pre, logits, dl, dW};
     for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++) free(ptrs[i]);

@@ -5,12 +5,20 @@
 // fastest across the threads: coalesced). The backward fuses dinp with the
 // dw/db chunk partials; the partials are then summed per sequence, and the
 // sequence totals in sequence order as on the CPU. K is a template argument
-// (1..KMAX) so the windows stay in registers.
+// (1..KMAX) so the windows stay in registers. In the backward CONV_SUB threads
+// share a chunk (CONV_T / CONV_SUB positions each, recomputing the K − 1
+// gradients past their piece), their partials added in thread order: more
+// threads for the same chunk partials.
 #include "cuda/core/common.cuh"
 #include "cuda/ops/conv.h"
 
 #define KMAX 8
 #define CONV_T 64       // positions per chunk of the backward (and its dw/db partials)
+#ifndef CONV_SUB
+#define CONV_SUB 4      // threads per (chunk, channel) in the backward; 1: the walk of the whole chunk
+#endif
+#define CONV_SUB_T (CONV_T / CONV_SUB)
+static_assert(CONV_T % CONV_SUB == 0, "CONV_SUB must divide CONV_T");
 #define CONV_FWD_T 16   // positions per chunk of the forward (no partials: more threads)
 #define CONV_THREADS 64 // channels per block
 
@@ -66,51 +74,65 @@ __global__ static void conv_fwd_kernel(float *out, float *pre, const float *inp,
 
 // With g[t, c] = dout·silu'(pre): dinp[src, c] += Σ_t g[t, c]·w[c, K−1−(t−src)]
 // over t = src .. src+K−1 of the sequence, in increasing t as the CPU adds them
-// (src in this chunk: g is computed up to K−1 positions past it; zero past the
-// sequence end); part[slot][k·C + c] = Σ_t g[t, c]·inp[t−(K−1)+k, c] and
-// part[slot][K·C + c] = Σ_t g[t, c] over the chunk's t (double, in order).
+// (src in this thread's piece of the chunk: g is computed up to K−1 positions
+// past it; zero past the sequence end); part[slot][k·C + c] = Σ_t g[t, c]·
+// inp[t−(K−1)+k, c] and part[slot][K·C + c] = Σ_t g[t, c] over the chunk's t
+// (double; each piece in order, then the CONV_SUB pieces in order). Block:
+// CONV_THREADS channels (x) × CONV_SUB pieces (y).
 template <int K>
 __global__ static void conv_bwd_kernel(double *part, float *dinp, int ld_dinp, const float *dout, const float *pre,
                                        const float *inp, int ld_inp, const float *w, const int *seq_off, int n_seq,
                                        int C) {
-    int slot = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x, t0, t1, ta, tb;
-    if (c >= C || !conv_chunk(seq_off, n_seq, CONV_T, slot, &t0, &t1, &ta, &tb)) return;
-    float wk[K], x[K], g[K];  // x[k] = inp[t − (K−1) + k, c], g[k] = g[t − (K−1) + k, c]
+    __shared__ double red[CONV_SUB][K + 1][CONV_THREADS];
+    int slot = blockIdx.x, x = threadIdx.x, y = threadIdx.y, c = blockIdx.y * blockDim.x + x, t0, t1, ta, tb;
+    if (!conv_chunk(seq_off, n_seq, CONV_T, slot, &t0, &t1, &ta, &tb)) return;  // the whole block
+    bool live = c < C;
+    int sa = ta + y * CONV_SUB_T, sb = sa + CONV_SUB_T < tb ? sa + CONV_SUB_T : tb;  // this thread's piece
+    float wk[K], xw[K], g[K];  // xw[k] = inp[t − (K−1) + k, c], g[k] = g[t − (K−1) + k, c]
     double q[K], qb = 0.0;
 #pragma unroll
     for (int k = 0; k < K; k++) {
-        wk[k] = w[c * K + k];
-        int src = ta - (K - 1) + k;
-        x[k] = k < K - 1 && src >= t0 ? inp[(size_t)src * ld_inp + c] : 0.0f;
+        wk[k] = live ? w[c * K + k] : 0.0f;
+        int src = sa - (K - 1) + k;
+        xw[k] = live && k < K - 1 && src >= t0 && src < t1 ? inp[(size_t)src * ld_inp + c] : 0.0f;
         g[k] = 0.0f;
         q[k] = 0.0;
     }
+    if (live && sa < sb)
 #pragma unroll 4
-    for (int t = ta; t < tb + K - 1; t++) {
+        for (int t = sa; t < sb + K - 1; t++) {
 #pragma unroll
-        for (int k = 0; k < K - 1; k++) g[k] = g[k + 1];
-        g[K - 1] = t < t1 ? dout[(size_t)t * C + c] * hax_dsilu(pre[(size_t)t * C + c]) : 0.0f;
-        if (t < tb) {
-            x[K - 1] = inp[(size_t)t * ld_inp + c];
-            qb += g[K - 1];
+            for (int k = 0; k < K - 1; k++) g[k] = g[k + 1];
+            g[K - 1] = t < t1 ? dout[(size_t)t * C + c] * hax_dsilu(pre[(size_t)t * C + c]) : 0.0f;
+            if (t < sb) {
+                xw[K - 1] = inp[(size_t)t * ld_inp + c];
+                qb += g[K - 1];
 #pragma unroll
-            for (int k = 0; k < K; k++) q[k] += (double)g[K - 1] * x[k];
+                for (int k = 0; k < K; k++) q[k] += (double)g[K - 1] * xw[k];
 #pragma unroll
-            for (int k = 0; k < K - 1; k++) x[k] = x[k + 1];
+                for (int k = 0; k < K - 1; k++) xw[k] = xw[k + 1];
+            }
+            int src = t - (K - 1);
+            if (dinp && src >= sa) {
+                float *d = dinp + (size_t)src * ld_dinp + c;
+                float acc = *d;
+#pragma unroll
+                for (int k = 0; k < K; k++) acc += g[k] * wk[K - 1 - k];
+                *d = acc;
+            }
         }
-        int src = t - (K - 1);
-        if (dinp && src >= ta) {
-            float *d = dinp + (size_t)src * ld_dinp + c;
-            float acc = *d;
 #pragma unroll
-            for (int k = 0; k < K; k++) acc += g[k] * wk[K - 1 - k];
-            *d = acc;
-        }
-    }
+    for (int k = 0; k < K; k++) red[y][k][x] = q[k];
+    red[y][K][x] = qb;
+    __syncthreads();
+    if (!live) return;
     double *p = part + (size_t)slot * C * (K + 1);
+    for (int k = y; k <= K; k += CONV_SUB) {  // the K + 1 sums spread over the pieces' threads
+        double a = red[0][k][x];
 #pragma unroll
-    for (int k = 0; k < K; k++) p[(size_t)k * C + c] = q[k];
-    p[(size_t)K * C + c] = qb;
+        for (int j = 1; j < CONV_SUB; j++) a += red[j][k][x];
+        p[(size_t)k * C + c] = a;
+    }
 }
 
 // dw, db += the sequence totals (each the sum of its chunk partials in double,
@@ -184,8 +206,9 @@ extern "C" void cuda_conv_silu_backward(float *dinp, int ld_dinp, float *dw, flo
     if (n_tok == 0 || n_seq == 0) return;
     dim3 grid(conv_slots(n_tok, n_seq, CONV_T), cu_blocks(C, CONV_THREADS));
 #define BWD(KK)                                                                                              \
-    conv_bwd_kernel<KK><<<grid, CONV_THREADS, 0, cu_stream()>>>((double *)work, dinp, ld_dinp, dout, pre, inp, \
-                                                                ld_inp, w, seq_off, n_seq, C)
+    conv_bwd_kernel<KK><<<grid, dim3(CONV_THREADS, CONV_SUB), 0, cu_stream()>>>((double *)work, dinp, ld_dinp,    \
+                                                                                 dout, pre, inp, ld_inp, w, seq_off, \
+                                                                                 n_seq, C)
     CONV_DISPATCH(K, BWD);
 #undef BWD
     CUDA_LAUNCHED();
