@@ -70,15 +70,15 @@ __global__ static void empty_sums_kernel(double *work, const int *allow_cnt, con
     int e0 = blockIdx.y * EB, eb = min(EB, E - e0), o = seq_off[s], n = seq_off[s + 1] - o, ldkq = 2 * N;
     float *tv = smem, *td = tv + SUM_TJ * EB, *tk = td + SUM_TJ * EB, *tq = tk + SUM_TJ * N;
     double *ta = (double *)(tq + SUM_TJ * N);  // 8-byte aligned: the float blocks above are multiples of SUM_TJ
-    int *temp = (int *)(ta + SUM_TJ);
+    int *tempty = (int *)(ta + SUM_TJ);
     bool on = grp < n_grp, side = blockIdx.y == 0 && grp == 0;
     double mm[SUM_R] = {0}, gg[SUM_R] = {0}, ds[SUM_R] = {0}, sk = 0, cc = 0;
     for (int j0 = 0; j0 < n; j0 += SUM_TJ) {
         int nj = min(SUM_TJ, n - j0);
         __syncthreads();  // the previous tile is consumed
         for (int i = tid; i < nj; i += SUM_THREADS) {
-            temp[i] = allow_cnt[o + j0 + i] == 0;
-            ta[i] = temp[i] ? a[o + j0 + i] : 0.0;
+            tempty[i] = allow_cnt[o + j0 + i] == 0;
+            ta[i] = tempty[i] ? a[o + j0 + i] : 0.0;
         }
         for (int i = tid; i < nj * eb; i += SUM_THREADS) {
             int jj = i / eb, e = i % eb, g = o + j0 + jj;
@@ -97,7 +97,7 @@ __global__ static void empty_sums_kernel(double *work, const int *allow_cnt, con
 #pragma unroll
             for (int r = 0; r < SUM_R; r++) mm[r] += (double)tv[jj * EB + grp * SUM_R + r] * k;  // exact products
             if (side) sk += tk[jj * N + f];
-            if (!temp[jj]) continue;  // the same for the whole block
+            if (!tempty[jj]) continue;  // the same for the whole block
             double q = tq[jj * N + f];
 #pragma unroll
             for (int r = 0; r < SUM_R; r++) {
