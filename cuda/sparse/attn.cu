@@ -234,7 +234,11 @@ __global__ static void attn_bwd_q_kernel(float *dKQ, float *allow_ds, const floa
 // Per key j: dK_j = sum_t ds_tj Q_t, dV_j += sum_t P_tj dattn_t over the
 // queries t that hold j, from its transposed list (cuda/sparse/trans.cu,
 // queries ascending): 32 entries loaded at a time, one per lane, then added
-// one after the other in list order.
+// one after the other in list order. A key can have hundreds of holders (a
+// dilated key, a popular key-selection pick): the Q and dattn rows of GATHER_U
+// holders are loaded before any is added, so their loads overlap instead of
+// each waiting for the previous row's adds (same adds, same order).
+#define GATHER_U 4
 __global__ static void attn_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const float *allow_ds,
                                          const float *allow_p, const int *tr_off, const int *tr_cnt,
                                          const int *tr_ent, const float *KQ, const float *dattn,
@@ -250,11 +254,28 @@ __global__ static void attn_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const
             int slot = tr_ent[start + i0 + lane];
             gq = slot / cap, d = allow_ds[slot], p = allow_p[slot];
         }
-        for (int b = 0; b < nb; b++) {
-            int gb = __shfl_sync(FULL_MASK, gq, b);
-            float db = __shfl_sync(FULL_MASK, d, b), pb = __shfl_sync(FULL_MASK, p, b);
-            const float *q = KQ + (size_t)gb * ldkq + N, *da = dattn + (size_t)gb * ld_dattn;
-            key_grad_add(dk, dv, db, q, pb, da, N, E, lane);
+        for (int b0 = 0; b0 < nb; b0 += GATHER_U) {
+            float qr[GATHER_U][CU_SP_FPL], dr[GATHER_U][CU_SP_EPL], db[GATHER_U], pb[GATHER_U];
+#pragma unroll
+            for (int w = 0; w < GATHER_U; w++) {  // past nb: the last holder again, not added
+                int b = min(b0 + w, nb - 1), gb = __shfl_sync(FULL_MASK, gq, b);
+                db[w] = __shfl_sync(FULL_MASK, d, b), pb[w] = __shfl_sync(FULL_MASK, p, b);
+                const float *q = KQ + (size_t)gb * ldkq + N, *da = dattn + (size_t)gb * ld_dattn;
+#pragma unroll
+                for (int u = 0; u < CU_SP_FPL; u++) qr[w][u] = lane + 32 * u < N ? q[lane + 32 * u] : 0.0f;
+#pragma unroll
+                for (int u = 0; u < CU_SP_EPL; u++) dr[w][u] = lane + 32 * u < E ? da[lane + 32 * u] : 0.0f;
+            }
+#pragma unroll
+            for (int w = 0; w < GATHER_U; w++) {
+                if (b0 + w >= nb) break;  // the same for the whole warp
+#pragma unroll
+                for (int u = 0; u < CU_SP_FPL; u++)
+                    if (lane + 32 * u < N) dk[u] += db[w] * qr[w][u];
+#pragma unroll
+                for (int u = 0; u < CU_SP_EPL; u++)
+                    if (lane + 32 * u < E) dv[u] += pb[w] * dr[w][u];
+            }
         }
     }
     key_grad_store(dKQ + (size_t)j * ldkq, dV + (size_t)j * ld_dv, dk, dv, N, E, lane);
