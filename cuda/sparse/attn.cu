@@ -9,9 +9,8 @@
 // exactly. dK and dV of a key are gathered over the queries that hold it,
 // ascending, from the transposed lists of cuda/sparse/trans.cu (no atomics).
 //
-// Reference empty rows (uniform 1/L over all L padded positions) use the
-// CPU's factorised backward through per-sequence matrices M = sum_j V_j^T K_j
-// and G = sum_{t empty} dattn_t^T Q_t (src/sparse/attn.c), in double.
+// Reference empty rows (uniform 1/L over all L padded positions): S_V and the
+// CPU's factorised backward are in cuda/sparse/empty.cu.
 #include <math.h>
 
 #include "cuda/sparse/internal.cuh"
@@ -50,17 +49,6 @@ __device__ __forceinline__ void key_grad_store(float *dk_row, float *dv_row, con
 __device__ __forceinline__ float warp_maxf(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
     return v;
-}
-
-// sv[s, e] = sum_{j<n} V_j[e] in double, positions in order.
-__global__ static void seq_sum_kernel(double *sv, const float *V, int ldv, const int *seq_off,
-                                      int n_seq, int E) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n_seq * E) return;
-    int s = i / E, e = i % E;
-    double acc = 0;
-    for (int j = seq_off[s]; j < seq_off[s + 1]; j++) acc += V[(size_t)j * ldv + e];
-    sv[i] = acc;
 }
 
 // ---------------------------------------------------------------- sparse forward
@@ -179,11 +167,8 @@ void cu_sp_attn_forward(cu_sparse_state *st, const int *seq_off, const float *V,
         return;
     }
     int ref = st->sem == SEMANTICS_REFERENCE;
-    if (ref) {  // needed only by empty rows; cheap, and no host wait to learn whether any exists
-        seq_sum_kernel<<<cu_blocks((long)n_seq * st->E, 128), 128, 0, sm>>>(st->seq_sv, V, ldv, seq_off,
-                                                                          n_seq, st->E);
-        CUDA_LAUNCHED();
-    }
+    cu_sp_empty_forward(st, seq_off, V, ldv);  // S_V of the sequences with an empty row
+    cu_sp_phase(st, "empty-row S_V");
     attn_fwd_kernel<<<blocks, 32 * WARPS, 0, sm>>>(attn, ld_attn, st->allow_p, st->allow_cnt,
                                                    st->allow_key, st->KQ, V, ldv, st->seq_sv, seq_off,
                                                    n_seq, n_tok, st->N, st->E, st->row_cap,
@@ -249,7 +234,11 @@ __global__ static void attn_bwd_q_kernel(float *dKQ, float *allow_ds, const floa
 // Per key j: dK_j = sum_t ds_tj Q_t, dV_j += sum_t P_tj dattn_t over the
 // queries t that hold j, from its transposed list (cuda/sparse/trans.cu,
 // queries ascending): 32 entries loaded at a time, one per lane, then added
-// one after the other in list order.
+// one after the other in list order. A key can have hundreds of holders (a
+// dilated key, a popular key-selection pick): the Q and dattn rows of GATHER_U
+// holders are loaded before any is added, so their loads overlap instead of
+// each waiting for the previous row's adds (same adds, same order).
+#define GATHER_U 4
 __global__ static void attn_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const float *allow_ds,
                                          const float *allow_p, const int *tr_off, const int *tr_cnt,
                                          const int *tr_ent, const float *KQ, const float *dattn,
@@ -265,11 +254,28 @@ __global__ static void attn_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const
             int slot = tr_ent[start + i0 + lane];
             gq = slot / cap, d = allow_ds[slot], p = allow_p[slot];
         }
-        for (int b = 0; b < nb; b++) {
-            int gb = __shfl_sync(FULL_MASK, gq, b);
-            float db = __shfl_sync(FULL_MASK, d, b), pb = __shfl_sync(FULL_MASK, p, b);
-            const float *q = KQ + (size_t)gb * ldkq + N, *da = dattn + (size_t)gb * ld_dattn;
-            key_grad_add(dk, dv, db, q, pb, da, N, E, lane);
+        for (int b0 = 0; b0 < nb; b0 += GATHER_U) {
+            float qr[GATHER_U][CU_SP_FPL], dr[GATHER_U][CU_SP_EPL], db[GATHER_U], pb[GATHER_U];
+#pragma unroll
+            for (int w = 0; w < GATHER_U; w++) {  // past nb: the last holder again, not added
+                int b = min(b0 + w, nb - 1), gb = __shfl_sync(FULL_MASK, gq, b);
+                db[w] = __shfl_sync(FULL_MASK, d, b), pb[w] = __shfl_sync(FULL_MASK, p, b);
+                const float *q = KQ + (size_t)gb * ldkq + N, *da = dattn + (size_t)gb * ld_dattn;
+#pragma unroll
+                for (int u = 0; u < CU_SP_FPL; u++) qr[w][u] = lane + 32 * u < N ? q[lane + 32 * u] : 0.0f;
+#pragma unroll
+                for (int u = 0; u < CU_SP_EPL; u++) dr[w][u] = lane + 32 * u < E ? da[lane + 32 * u] : 0.0f;
+            }
+#pragma unroll
+            for (int w = 0; w < GATHER_U; w++) {
+                if (b0 + w >= nb) break;  // the same for the whole warp
+#pragma unroll
+                for (int u = 0; u < CU_SP_FPL; u++)
+                    if (lane + 32 * u < N) dk[u] += db[w] * qr[w][u];
+#pragma unroll
+                for (int u = 0; u < CU_SP_EPL; u++)
+                    if (lane + 32 * u < E) dv[u] += pb[w] * dr[w][u];
+            }
         }
     }
     key_grad_store(dKQ + (size_t)j * ldkq, dV + (size_t)j * ld_dv, dk, dv, N, E, lane);
@@ -348,86 +354,6 @@ __global__ static void full_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const
     key_grad_store(dKQ + (size_t)j * ldkq, dV + (size_t)j * ld_dv, dk, dv, N, E, lane);
 }
 
-// ---------------------------------------------------------------- reference empty rows
-
-// One block per sequence: if some row is empty, the per-sequence sums
-// M [E, N], G [E, N], dsum [E], sk [N], c [N] of src/sparse/attn.c (double,
-// positions in order); the flag says whether the sequence has an empty row.
-__global__ static void empty_prep_kernel(double *work, const int *allow_cnt, const float *KQ,
-                                         const float *V, int ldv, const double *sv,
-                                         const float *dattn, int ld_dattn, const int *seq_off,
-                                         int N, int E) {
-    int s = blockIdx.x, o = seq_off[s], n = seq_off[s + 1] - o, ldkq = 2 * N;
-    double *M = work + (size_t)s * cu_sp_empty_doubles(E, N), *G = M + (size_t)E * N;
-    double *dsum = G + (size_t)E * N, *sk = dsum + E, *c = sk + N, *flag = c + N;
-    int any = 0;
-    for (int t = threadIdx.x; t < n; t += blockDim.x) any |= allow_cnt[o + t] == 0;
-    any = __syncthreads_or(any);
-    if (threadIdx.x == 0) *flag = any;
-    if (!any) return;
-    const double *svs = sv + (size_t)s * E;
-    for (int x = threadIdx.x; x < E * N; x += blockDim.x) {
-        int e = x / N, f = x % N;
-        double mm = 0, gg = 0;
-        for (int j = 0; j < n; j++) {
-            mm += (double)V[(size_t)(o + j) * ldv + e] * KQ[(size_t)(o + j) * ldkq + f];
-            if (allow_cnt[o + j] == 0)
-                gg += (double)dattn[(size_t)(o + j) * ld_dattn + e] * KQ[(size_t)(o + j) * ldkq + N + f];
-        }
-        M[x] = mm, G[x] = gg;
-    }
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
-        double d = 0;
-        for (int t = 0; t < n; t++)
-            if (allow_cnt[o + t] == 0) d += dattn[(size_t)(o + t) * ld_dattn + e];
-        dsum[e] = d;
-    }
-    for (int f = threadIdx.x; f < N; f += blockDim.x) {
-        double k = 0, cc = 0;
-        for (int t = 0; t < n; t++) {
-            k += KQ[(size_t)(o + t) * ldkq + f];
-            if (allow_cnt[o + t] != 0) continue;
-            const float *da = dattn + (size_t)(o + t) * ld_dattn;
-            double a = 0;
-            for (int e = 0; e < E; e++) a += (double)da[e] * svs[e];
-            cc += a * KQ[(size_t)(o + t) * ldkq + N + f];
-        }
-        sk[f] = k, c[f] = cc;
-    }
-}
-
-// One thread per row of a sequence with an empty row: dQ of the empty rows,
-// dK and dV of every row (src/sparse/attn.c empty_rows_backward).
-__global__ static void empty_apply_kernel(float *dKQ, float *dV, int ld_dv, const double *work,
-                                          const int *allow_cnt, const float *V, int ldv,
-                                          const double *sv, const float *dattn, int ld_dattn,
-                                          const int *seq_off, int n_seq, int n_tok, int N, int E,
-                                          int L) {
-    int g = blockIdx.x * blockDim.x + threadIdx.x;
-    if (g >= n_tok) return;
-    int s = cu_seq_of(seq_off, n_seq, g), ldkq = 2 * N;
-    const double *M = work + (size_t)s * cu_sp_empty_doubles(E, N), *G = M + (size_t)E * N;
-    const double *dsum = G + (size_t)E * N, *sk = dsum + E, *c = sk + N, *flag = c + N;
-    if (*flag == 0) return;
-    const float *v = V + (size_t)g * ldv, *da = dattn + (size_t)g * ld_dattn;
-    if (allow_cnt[g] == 0) {
-        const double *svs = sv + (size_t)s * E;
-        double a = 0;
-        for (int e = 0; e < E; e++) a += (double)da[e] * svs[e];
-        for (int f = 0; f < N; f++) {
-            double m = 0;
-            for (int e = 0; e < E; e++) m += (double)da[e] * M[(size_t)e * N + f];
-            dKQ[(size_t)g * ldkq + N + f] += (float)((m - a * sk[f] / L) / L);
-        }
-    }
-    for (int f = 0; f < N; f++) {
-        double m = 0;
-        for (int e = 0; e < E; e++) m += (double)v[e] * G[(size_t)e * N + f];
-        dKQ[(size_t)g * ldkq + f] += (float)((m - c[f] / L) / L);
-    }
-    for (int e = 0; e < E; e++) dV[(size_t)g * ld_dv + e] += (float)(dsum[e] / L);
-}
-
 void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,
                          const float *dattn, int ld_dattn, float *dV, int ld_dv) {
     int n_tok = st->n_tok, n_seq = st->n_seq, N = st->N, E = st->E, cap = st->row_cap;
@@ -456,14 +382,5 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
                                                      E, cap);
     CUDA_LAUNCHED();
     cu_sp_phase(st, "attention dK dV");
-    if (st->sem != SEMANTICS_REFERENCE) return;
-    empty_prep_kernel<<<n_seq, 256, 0, sm>>>(st->empty_work, st->allow_cnt, st->KQ, V, ldv, st->seq_sv,
-                                             dattn, ld_dattn, seq_off, N, E);
-    CUDA_LAUNCHED();
-    empty_apply_kernel<<<cu_blocks(n_tok, 128), 128, 0, sm>>>(st->dKQ, dV, ld_dv, st->empty_work,
-                                                              st->allow_cnt, V, ldv, st->seq_sv, dattn,
-                                                              ld_dattn, seq_off, n_seq, n_tok, N, E,
-                                                              st->model_len);
-    CUDA_LAUNCHED();
-    cu_sp_phase(st, "empty rows");
+    cu_sp_empty_backward(st, seq_off, V, ldv, dattn, ld_dattn, dV, ld_dv);  // its own phases
 }

@@ -16,9 +16,9 @@
 #define CU_SP_EPL 8  // E <= 256
 #define CU_SP_FPL 4  // N <= 128
 
-// Doubles of the reference empty-row workspace per sequence:
-// M [E, N], G [E, N], dsum [E], sk [N], c [N], and a flag (any empty row).
-__host__ __device__ static inline size_t cu_sp_empty_doubles(int E, int N) { return 2 * (size_t)E * N + E + 2 * N + 1; }
+// Doubles of the reference empty-row workspace per sequence (cuda/sparse/empty.cu):
+// M [E, N], G [E, N], dsum [E], sk [N], c [N].
+__host__ __device__ static inline size_t cu_sp_empty_doubles(int E, int N) { return 2 * (size_t)E * N + E + 2 * N; }
 
 // ---- the CUDA rules: one per component of src/model/sparse_patterns.h
 // (src/sparse/masks.c holds the CPU ones). cu_rule<C>::key(q, i) is the i-th
@@ -105,5 +105,12 @@ void cu_sp_attn_forward(cu_sparse_state *st, const int *seq_off, const float *V,
 // Zeroes st->dKQ, then writes dQ (unscaled K) / dK into it and adds dV into dV.
 void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,
                          const float *dattn, int ld_dattn, float *dV, int ld_dv);
+// cuda/sparse/empty.cu, reference semantics only (no-ops in causal): S_V of
+// the sequences with an empty row into st->seq_sv (forward, before the
+// attention), and the empty rows' backward added into st->dKQ and dV (after
+// the sparse gradients are written).
+void cu_sp_empty_forward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv);
+void cu_sp_empty_backward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, const float *dattn,
+                          int ld_dattn, float *dV, int ld_dv);
 
 #endif

@@ -21,7 +21,7 @@ __device__ __forceinline__ int lsh_lower_bound(const int64_t *srt, int n, int64_
 // cuda/sparse/internal.cuh) one smallest head at a time. Same lists as
 // src/sparse/masks.c build_row.
 __global__ static void build_lists_kernel(int *allow_cnt, int *allow_key, const int64_t *lsh_sorted,
-                                          int *has_empty, const int32_t *q_bucket, const int *sel,
+                                          int *has_empty, int *seq_empty, const int32_t *q_bucket, const int *sel,
                                           const int *seq_off, int n_seq, int n_tok, unsigned m,
                                           unsigned lsh_bits, int k, int delta, int cap) {
     int g = blockIdx.x * blockDim.x + threadIdx.x;
@@ -57,7 +57,10 @@ __global__ static void build_lists_kernel(int *allow_cnt, int *allow_key, const 
             if (head[c] == nxt) head[c] = cu_rule_key(c, q, ++idx[c]);
     }
     allow_cnt[g] = cnt;
-    if (cnt == 0) atomicOr(has_empty, 1);
+    if (cnt == 0) {  // flags: order-free
+        atomicOr(has_empty, 1);
+        atomicOr(seq_empty + s, 1);
+    }
 }
 
 // The allowed lists of the batch (st->allow_cnt, allow_key) from the buckets
@@ -65,7 +68,7 @@ __global__ static void build_lists_kernel(int *allow_cnt, int *allow_key, const 
 void cu_sp_build_lists(cu_sparse_state *st, const int *sel, const int *seq_off, int n_seq, int n_tok) {
     if (sparse_pattern_has(st->mask, SPF_LSH)) cu_sp_lsh_sort(st, seq_off, n_seq);
     build_lists_kernel<<<cu_blocks(n_tok, 128), 128, 0, cu_stream()>>>(
-        st->allow_cnt, st->allow_key, st->lsh_sorted, st->has_empty, st->q_bucket, sel, seq_off, n_seq,
+        st->allow_cnt, st->allow_key, st->lsh_sorted, st->has_empty, st->seq_empty, st->q_bucket, sel, seq_off, n_seq,
         n_tok, st->mask, sparse_pattern_bits(SPF_LSH), st->k_c, st->delta, st->row_cap);
     CUDA_LAUNCHED();
 }

@@ -69,7 +69,9 @@ static void layout(cu_sparse_state *st, carver *c) {
     st->rowD = (float *)carve(c, sizeof(float) * T);
     st->seq_sv = (double *)carve(c, sizeof(double) * S * E);
     st->empty_work = (double *)carve(c, sizeof(double) * S * cu_sp_empty_doubles((int)E, (int)N));
+    st->empty_a = (double *)carve(c, sizeof(double) * T);
     st->has_empty = (int *)carve(c, sizeof(int));
+    st->seq_empty = (int *)carve(c, sizeof(int) * S);
     st->gate_loss = (double *)carve(c, sizeof(double));
     st->sample_id = (int64_t *)carve(c, sizeof(int64_t) * S);
 }
@@ -202,6 +204,7 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
     if (sparse_pattern_has(m, SPF_LSH) && !hash)
         hax_die("cuda_sparse_forward: pattern needs a hash matrix, none given");
     CUDA_CHECK(cudaMemsetAsync(st->has_empty, 0, sizeof(int), sm));
+    if (n_seq > 0) CUDA_CHECK(cudaMemsetAsync(st->seq_empty, 0, sizeof(int) * n_seq, sm));
     CUDA_CHECK(cudaMemsetAsync(st->gate_loss, 0, sizeof(double), sm));
     if (n_tok == 0) return;
     st->n_ev = 0;

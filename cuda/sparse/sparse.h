@@ -63,9 +63,11 @@ typedef struct cu_sparse_state {
     int *tr_cnt, *tr_off;        // [max_tok]
     int *tr_ent;                 // [max_tok, row_cap]
     float *lse, *rowD;           // [max_tok] `full` only
-    double *seq_sv;              // [max_seq, E] sum_{j<n} V_j (reference empty rows)
+    double *seq_sv;              // [max_seq, E] sum_{j<n} V_j (reference empty rows; sequences with one only)
     double *empty_work;          // [max_seq, 2EN + E + 2N] reference empty-row backward
+    double *empty_a;             // [max_tok] reference empty-row backward: dattn_t . S_V of empty rows t
     int *has_empty;              // [1] device flag: some row of the last forward was empty
+    int *seq_empty;              // [max_seq] device flags: sequence s of the last forward has an empty row
     double *gate_loss;           // [1] device: the last forward's ranking-loss partial sum
     int64_t *sample_id;          // [max_seq] the sample ids of cuda_sparse_draw_candidates
     // Bucket injection (golden README): device [n_tok] buckets that replace
