@@ -18,6 +18,47 @@ __device__ __forceinline__ double ssd_warp_sumd(double v) {
     return v;
 }
 
+// Warp 0's last phase of both chunk backwards, for head h: da (double: its
+// terms cancel), its reverse cumulative sum, then dΔ into g.ddt (added to
+// ddo, the value it held) and this (chunk, head)'s partials of dA_log, dD
+// and the dt bias into par[0..2]. v holds the per-position arrays dl, a, rs,
+// cs, cz, xdu, V, dyx (SSD_Q floats each, one after another) and then ss[0]
+// = <dS_out, S_in>. Lane l takes positions k = 63-2l, 62-2l, whose Δ (before
+// the bias) are dtv[0..1].
+__device__ __forceinline__ void ssd_bwd_dt(const ssd_args &g, const float *v, int t0, int L, int h, float A,
+                                           const float dtv[2], const float ddo[2], float bias, double *par) {
+    const float *dl = v, *a = dl + SSD_Q, *rs = a + SSD_Q, *cs = rs + SSD_Q, *cz = cs + SSD_Q;
+    const float *xdu = cz + SSD_Q, *Vv = xdu + SSD_Q, *dyx = Vv + SSD_Q, *ss = dyx + SSD_Q;
+    int l = threadIdx.x & 31, k0 = SSD_Q - 1 - 2 * l, k1 = k0 - 1;
+    double vs = ssd_warp_sumd((double)Vv[k0] + (double)Vv[k1]);
+    double d0 = (double)rs[k0] - cs[k0] + cz[k0] - Vv[k0], d1 = (double)rs[k1] - cs[k1] + cz[k1] - Vv[k1];
+    double tail = (double)expf(a[L - 1]) * ss[0] + vs;
+    if (k0 == L - 1) d0 += tail;
+    if (k1 == L - 1) d1 += tail;
+    double s = d0 + d1;
+    for (int o = 1; o < 32; o <<= 1) {
+        double t = __shfl_up_sync(0xffffffffu, s, o);
+        if (l >= o) s += t;
+    }
+    double ex = __shfl_up_sync(0xffffffffu, s, 1);
+    if (l == 0) ex = 0.0;
+    double rev[2] = {ex + d0, ex + d0 + d1};
+    double pA = 0.0, pD = 0.0, pb = 0.0;
+    for (int e = 0; e < 2; e++) {
+        int kk = e ? k1 : k0;
+        if (kk >= L) continue;
+        double dd = (double)xdu[kk] + (double)A * rev[e];
+        float u = dtv[e] + bias;
+        double d_u = dd * (u > 20.0f ? 1.0 : (double)hax_sigmoid(u));
+        if (g.ddt) g.ddt[(size_t)(t0 + kk) * g.ld_ddt + h] = ddo[e] + (float)d_u;
+        pA += (double)dl[kk] * rev[e];
+        pD += (double)dyx[kk];
+        pb += d_u;
+    }
+    pA = ssd_warp_sumd(pA), pD = ssd_warp_sumd(pD), pb = ssd_warp_sumd(pb);
+    if (l == 0) par[0] = pA, par[1] = pD, par[2] = pb;
+}
+
 // Shared memory of the backward, in floats.
 static inline size_t ssd_bwd_smem(int RP, int RN) {
     size_t ldP = 16 * RP + 1, ldN = 16 * RN + 1;
@@ -163,40 +204,7 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
             if (threadIdx.x == 192) ss[0] = s;
         }
         __syncthreads();
-        if (threadIdx.x < 32) {
-            // da (double: its terms cancel), its reverse cumulative sum, then dΔ,
-            // ddt and the parameter partials. Lane l takes k = 63-2l, 62-2l.
-            double vs = ssd_warp_sumd((double)Vv[k0] + (double)Vv[k1]);
-            double d0 = (double)rs[k0] - cs[k0] + cz[k0] - Vv[k0], d1 = (double)rs[k1] - cs[k1] + cz[k1] - Vv[k1];
-            double tail = (double)expf(al) * ss[0] + vs;
-            if (k0 == L - 1) d0 += tail;
-            if (k1 == L - 1) d1 += tail;
-            double s = d0 + d1;
-            for (int o = 1; o < 32; o <<= 1) {
-                double t = __shfl_up_sync(0xffffffffu, s, o);
-                if (l >= o) s += t;
-            }
-            double ex = __shfl_up_sync(0xffffffffu, s, 1);
-            if (l == 0) ex = 0.0;
-            double rev[2] = {ex + d0, ex + d0 + d1};
-            double pA = 0.0, pD = 0.0, pb = 0.0;
-            for (int e = 0; e < 2; e++) {
-                int kk = e ? k1 : k0;
-                if (kk >= L) continue;
-                double dd = (double)xdu[kk] + (double)A * rev[e];
-                float u = dtv[e] + bias;
-                double d_u = dd * (u > 20.0f ? 1.0 : (double)hax_sigmoid(u));
-                if (g.ddt) g.ddt[(size_t)(t0 + kk) * g.ld_ddt + h] = ddo[e] + (float)d_u;
-                pA += (double)dl[kk] * rev[e];
-                pD += (double)dyx[kk];
-                pb += d_u;
-            }
-            pA = ssd_warp_sumd(pA), pD = ssd_warp_sumd(pD), pb = ssd_warp_sumd(pb);
-            if (l == 0) {
-                double *par = g.par + ((size_t)blockIdx.x * g.H + h) * 3;
-                par[0] = pA, par[1] = pD, par[2] = pb;
-            }
-        }
+        if (threadIdx.x < 32) ssd_bwd_dt(g, dl, t0, L, h, A, dtv, ddo, bias, g.par + ((size_t)blockIdx.x * g.H + h) * 3);
         __syncthreads();
     }
     // dC += Σ_h Z + Wsum·B, dB += Σ_h (dS_out part) + Wsumᵀ·C, in this chunk's rows.

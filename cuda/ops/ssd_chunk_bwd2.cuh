@@ -164,40 +164,7 @@ __global__ static void __launch_bounds__(SSD_THREADS, 2) ssd_bwd2_kernel(ssd_arg
         }
     }
     __syncthreads();
-    if (threadIdx.x < 32) {
-        // da (double: its terms cancel), its reverse cumulative sum, then dΔ,
-        // ddt and the parameter partials. Lane l takes k = 63-2l, 62-2l.
-        double vs = ssd_warp_sumd((double)Vv[k0] + (double)Vv[k1]);
-        double d0 = (double)rs[k0] - cs[k0] + cz[k0] - Vv[k0], d1 = (double)rs[k1] - cs[k1] + cz[k1] - Vv[k1];
-        double tail = (double)expf(al) * ss[0] + vs;
-        if (k0 == L - 1) d0 += tail;
-        if (k1 == L - 1) d1 += tail;
-        double s = d0 + d1;
-        for (int o = 1; o < 32; o <<= 1) {
-            double t = __shfl_up_sync(0xffffffffu, s, o);
-            if (l >= o) s += t;
-        }
-        double ex = __shfl_up_sync(0xffffffffu, s, 1);
-        if (l == 0) ex = 0.0;
-        double rev[2] = {ex + d0, ex + d0 + d1};
-        double pA = 0.0, pD = 0.0, pb = 0.0;
-        for (int e = 0; e < 2; e++) {
-            int kk = e ? k1 : k0;
-            if (kk >= L) continue;
-            double dd = (double)xdu[kk] + (double)A * rev[e];
-            float u = dtv[e] + bias;
-            double d_u = dd * (u > 20.0f ? 1.0 : (double)hax_sigmoid(u));
-            if (g.ddt) g.ddt[(size_t)(t0 + kk) * g.ld_ddt + h] = ddo[e] + (float)d_u;
-            pA += (double)dl[kk] * rev[e];
-            pD += (double)dyx[kk];
-            pb += d_u;
-        }
-        pA = ssd_warp_sumd(pA), pD = ssd_warp_sumd(pD), pb = ssd_warp_sumd(pb);
-        if (l == 0) {
-            double *par = g.par + ((size_t)blockIdx.x * H + h) * 3;
-            par[0] = pA, par[1] = pD, par[2] = pb;
-        }
-    }
+    if (threadIdx.x < 32) ssd_bwd_dt(g, dl, t0, L, h, A, dtv, ddo, bias, g.par + ((size_t)blockIdx.x * H + h) * 3);
     // Cross-head pass: every head's Ŵ, Z and K are complete. Block h takes
     // the row units u = h, h + H, ... of the chunk: dC_i = Σ_h Z_i + Σ_j
     // Wsum_ij B_j and dB_j = Σ_h K_j + Σ_i Wsum_ij C_i, Wsum = Σ_h Ŵ (head
