@@ -55,7 +55,11 @@ static void test_every_config(void) {
         int tiny = strncmp(stem, "tiny", 4) == 0;  // tiny*: small CPU configs, not the paper's settings
         n_tiny += tiny;
         n_paper += !tiny;
-        CHECK(strcmp(c.output.arch, stem) == 0, "%s: output.arch '%s'", stem, c.output.arch);
+        char want[300];  // the Table 1 configs train in bf16-pure (their labels end in @bf16-pure), tiny ones in fp32
+        snprintf(want, sizeof want, "%s%s", stem, tiny ? "" : "@bf16-pure");
+        CHECK(strcmp(c.output.arch, want) == 0, "%s: output.arch '%s', expected '%s'", stem, c.output.arch, want);
+        CHECK(c.train.precision == (tiny ? PREC_FP32 : PREC_BF16_PURE), "%s: train.precision %s", stem,
+              config_precision_name(c.train.precision));
         if (!tiny) {  // the paper's settings
             CHECK(c.train.batch_size == 64 && c.train.steps == 400000 && c.train.warmup == 5000 &&
                       c.train.valid_every == 500,
@@ -189,7 +193,7 @@ static void test_overrides(void) {
           "override values");
     char dir[1024];
     config_run_dir(&c, dir, sizeof dir);
-    CHECK(strcmp(dir, "results/mamba_hax/lr_0.0003/seed_2") == 0, "run dir %s", dir);
+    CHECK(strcmp(dir, "results/mamba_hax@bf16-pure/lr_0.0003/seed_2") == 0, "run dir %s", dir);
     // The architecture named by an override decides the model defaults.
     const char *ov2[] = {"model.arch=mamba2"};
     CHECK(config_load_text(&c, "t.yaml", "train:\n  seed: 3\n", 17, ov2, 1, err, sizeof err) == 0, "%s", err);

@@ -138,7 +138,7 @@ void config_defaults(hax_config *c) {
     t->test_output_layer = TEST_OUTPUT_BEST;
     t->validate_final = 1;
     t->eval_fixed_hash = 1;
-    t->precision = PREC_FP32;  // the Table 1 configs say so explicitly (README "Precision")
+    t->precision = PREC_FP32;  // the Table 1 base configs set bf16-pure (README "Precision")
     strcpy(c->output.root, "results");
 }
 
