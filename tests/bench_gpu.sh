@@ -8,7 +8,8 @@
 #   train  hax-train end to end, 2,000 steps (BENCH_TRAIN_STEPS) of
 #          configs/mamba2_hax.yaml and configs/mamba2.yaml on data/joint_recall
 #          (train.device=cuda, warm-up 100, validation every 1,000 steps, as
-#          README "CUDA backend" measured it): wall time and tokens/s
+#          README "CUDA backend" measured it), in fp32 and bf16-pure
+#          (BENCH_TRAIN_PRECISIONS): wall time and tokens/s
 #   eval   tests/bench_eval_gpu.sh: hax-eval tokens/s and GPU memory at
 #          1K-64K tokens per sample
 # data/joint_recall (the default dataset) is generated first when missing.
@@ -44,20 +45,21 @@ if want train; then
     trap 'rm -rf "$tmp"' EXIT
     echo
     echo "== hax-train, $STEPS steps on $DATA (train.device=cuda train.warmup=100 train.valid_every=1000)"
-    echo "| config | wall s | training tokens/s (hax-train) | done line |"
-    echo "|---|---:|---:|---|"
-    for cfg in mamba2_hax mamba2; do
+    echo "| config | precision | wall s | training tokens/s (hax-train) | done line |"
+    echo "|---|---|---:|---:|---|"
+    for run in $(for c in mamba2_hax mamba2; do for p in ${BENCH_TRAIN_PRECISIONS:-fp32 bf16-pure}; do echo "$c:$p"; done; done); do
+        cfg=${run%%:*} prec=${run#*:}
         t0=$(date +%s.%N)
         "$BIN/hax-train" "configs/$cfg.yaml" "data.path=$DATA" train.device=cuda "train.steps=$STEPS" \
-            train.warmup=100 train.valid_every=1000 --results "$tmp/r" >"$tmp/$cfg.log" 2>&1
+            "train.precision=$prec" train.warmup=100 train.valid_every=1000 --results "$tmp/r" >"$tmp/$cfg.$prec.log" 2>&1
         code=$?
         t1=$(date +%s.%N)
-        done_line=$(grep "^hax-train: done" "$tmp/$cfg.log" | tail -n 1)
+        done_line=$(grep "^hax-train: done" "$tmp/$cfg.$prec.log" | tail -n 1)
         tps=$(sed -n 's/.*(\([0-9]*\) tok\/s).*/\1/p' <<<"$done_line")
         if [ $code -ne 0 ]; then
-            echo "| $cfg | failed (exit $code): $(tail -n 1 "$tmp/$cfg.log") | | |"; rc=1; continue
+            echo "| $cfg | $prec | failed (exit $code): $(tail -n 1 "$tmp/$cfg.$prec.log") | | |"; rc=1; continue
         fi
-        echo "| $cfg | $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') | ${tps:-?} | $(sed "s/^hax-train: //; s/ -> .*//" <<<"$done_line") |"
+        echo "| $cfg | $prec | $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') | ${tps:-?} | $(sed "s/^hax-train: //; s/ -> .*//" <<<"$done_line") |"
     done
 fi
 if want eval; then
