@@ -4,12 +4,21 @@
 // the evaluation pass. One line per tensor (error, tolerance, verdict), one
 // summary line per case; exits 1 if anything is past its tolerance.
 //
-//   bin/hax-check [--tol X] [--grad-tol Y] [-q] CASE.safetensors...
+//   bin/hax-check [--tol X] [--grad-tol Y] [-q] [--precision fp32|bf16-pure]
+//                 [--noise FILE] [--noise-factor F] [--emit FILE] CASE.safetensors...
 //
 // Tolerances (golden README): forward tensors and losses normwise 1e-5
 // (--tol), gradients normwise 1e-4 per tensor (--grad-tol, default 10 x tol),
 // accuracies to 1e-6 absolute, discrete tensors exactly, AdamW parameters
 // |a - b| <= 0.05 lr + 1e-6 |b| elementwise.
+//
+// --precision bf16-pure runs the engine in the reference's regime (weights
+// and injected draws rounded to bf16, AdamW as adamw_bf16_update) on a case
+// made by tests/ref/ref_golden_bf16.py and counts, per tensor, the elements
+// equal, one bf16 ulp apart and further (check_util.h has the bounds;
+// --noise FILE, the same case from the reference's other kernel path, widens
+// them to --noise-factor times the reference's own differences). --emit FILE
+// writes what the engine computed in the golden format (one case only).
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +29,7 @@
 #include "src/engine/engine.h"
 #include "src/engine/case.h"
 #include "src/io/safetensors.h"
+#include "src/prog/check_util.h"
 #include "src/sparse/sparse.h"
 
 typedef struct {
@@ -32,6 +42,10 @@ typedef struct {
     // unchecked unnoticed (a misspelt name, a layer the model does not have).
     const st_file *f;
     unsigned char *used;  // [f->n_tensors]
+    int bf16;             // --precision bf16-pure
+    const st_file *noise; // --noise: the reference's other path (bf16-pure), or NULL
+    double noise_factor;
+    const char *emit;     // --emit FILE, or NULL
 } checker;
 
 static void mark_used(checker *k, const char *name) {
@@ -67,43 +81,18 @@ static double norm_rel(const float *a, const float *b, size_t n) {
 
 static double scalar_rel(double a, double b) { return b != 0 ? fabs(a - b) / fabs(b) : fabs(a - b); }
 
-static int is_float_dtype(st_dtype dt) { return dt == ST_F64 || dt == ST_F32 || dt == ST_F16 || dt == ST_BF16; }
-
-// A golden tensor, or NULL when the file lacks it. One that is there must
-// have the shape [s0, s1, s2][0..ndim) and a dtype of the expected kind
-// (floating point, or integer for ids and buckets); otherwise hax-check
-// stops with one line naming it, before reading any of its values.
-static const st_tensor *golden_tensor(const st_file *f, const char *name, int integer, int ndim, int64_t s0,
-                                      int64_t s1, int64_t s2) {
-    if (!st_find(f, name)) return NULL;
-    int64_t shape[3] = {s0, s1, s2};
-    char err[512];
-    const st_tensor *t = st_find_shaped(f, name, ndim, shape, err, sizeof err);
-    if (!t) hax_die("%s", err);
-    if (integer == is_float_dtype(t->dtype) || t->dtype == ST_BOOL)
-        hax_die("%s: tensor %s: expected %s dtype, found %s", f->path, name,
-                integer ? "an integer (I64, I32, I16, ...)" : "a floating-point (F32, F64, ...)",
-                st_dtype_name(t->dtype));
-    return t;
-}
-
-// A golden tensor as float32 (checked as above), or NULL when absent.
-static float *golden_f32(const st_file *f, const char *name, int ndim, int64_t s0, int64_t s1, int64_t s2) {
-    const st_tensor *t = golden_tensor(f, name, 0, ndim, s0, s1, s2);
-    if (!t) return NULL;
-    size_t n = st_numel(t);
-    float *out = xmalloc(sizeof(float) * (n ? n : 1));
-    st_tensor_to_f32(t, out);
-    return out;
-}
-
-static int64_t *golden_i64(const st_file *f, const char *name, int ndim, int64_t s0, int64_t s1, int64_t s2) {
-    const st_tensor *t = golden_tensor(f, name, 1, ndim, s0, s1, s2);
-    if (!t) return NULL;
-    size_t n = st_numel(t);
-    int64_t *out = xmalloc(sizeof(int64_t) * (n ? n : 1));
-    st_tensor_to_i64(t, out);
-    return out;
+// bf16-pure: ours against gold[0..n) in bf16 ulps, the noise file's values
+// (packed alike, or NULL) setting the bounds.
+static void cmp_bf16(checker *k, const char *name, const float *ours, const float *gold, const float *noise, size_t n,
+                     double *worst) {
+    bf16_stats s, sn;
+    bf16_stats_of(&s, ours, gold, n);
+    if (noise) bf16_stats_of(&sn, noise, gold, n);
+    double rb;
+    char note[384];
+    int ok = bf16_verdict(&s, noise ? &sn : NULL, k->noise_factor, &rb, note, sizeof note);
+    if (worst && s.rel > *worst) *worst = s.rel;
+    verdict_ok(k, name, "rel", s.rel, rb, ok, note);
 }
 
 // Non-pad rows of golden [B, L, C] ([B, L] where C is 0: one value per row)
@@ -112,9 +101,17 @@ static void cmp_rows(checker *k, const st_file *f, const hax_case *c, const char
                      int C) {
     float *g = golden_f32(f, name, C ? 3 : 2, c->B, c->L, C);
     if (!g) return;
+    int C0 = C;
     if (C == 0) C = 1;
     float *p = xmalloc(sizeof(float) * (size_t)n_tok * C);
     case_pack_rows_f32(c, g, C, p);
+    if (k->bf16) {
+        float *gn = k->noise ? golden_f32(k->noise, name, C0 ? 3 : 2, c->B, c->L, C0) : NULL, *pn = NULL;
+        if (gn) case_pack_rows_f32(c, gn, C, pn = xmalloc(sizeof(float) * (size_t)n_tok * C));
+        cmp_bf16(k, name, ours, p, pn, (size_t)n_tok * C, &k->worst_fwd);
+        free(gn), free(pn), free(p), free(g);
+        return;
+    }
     double e = norm_rel(ours, p, (size_t)n_tok * C);
     if (e > k->worst_fwd) k->worst_fwd = e;
     verdict(k, name, "rel", e, k->tol, "(non-pad rows)");
@@ -128,6 +125,12 @@ static void cmp_scalar(checker *k, const st_file *f, const char *name, double ou
     double g;
     st_tensor_to_f64(t, &g);
     double e = absolute ? fabs(ours - g) : scalar_rel(ours, g);
+    const st_tensor *tn = k->bf16 && k->noise ? golden_tensor(k->noise, name, 0, 0, 0, 0, 0) : NULL;
+    if (k->bf16) {  // a bf16 scalar: one or two ulps, or the reference's own spread
+        double en = 0, gn;
+        if (tn) st_tensor_to_f64(tn, &gn), en = absolute ? fabs(gn - g) : scalar_rel(gn, g);
+        tol = fmax(absolute ? BF16_ACC_FLOOR : BF16_SCALAR_REL_FLOOR, k->noise_factor * en);
+    }
     if (!absolute && e > k->worst_fwd) k->worst_fwd = e;
     verdict(k, name, absolute ? "abs" : "rel", e, tol, NULL);
 }
@@ -147,57 +150,6 @@ static void cmp_int_rows(checker *k, const st_file *f, const hax_case *c, const 
 }
 
 // ---------------------------------------------------------------- LSH bucket flips
-
-// Golden buckets of layer l packed as int32 [n_tok]; NULL when absent.
-static int32_t *golden_buckets(const st_file *f, const hax_case *c, const char *name, int n_tok) {
-    int64_t *g = golden_i64(f, name, 2, c->B, c->L, 0);
-    if (!g) return NULL;
-    int32_t *p = xmalloc(sizeof(int32_t) * n_tok);
-    size_t k = 0;
-    for (int b = 0; b < c->B; b++)
-        for (int t = 0; t < c->len[b]; t++) p[k++] = (int32_t)g[(size_t)b * c->L + t];
-    free(g);
-    return p;
-}
-
-// Whether our bucket `ours` of a row differs from the golden one only by sign
-// bits (sign_bin) or argmax choices whose golden projection is within 1e-5 of
-// the row norm of a tie (golden README: a float32 flip, not an error).
-static int flip_tolerated(const float *proj, int h, int32_t gold, int32_t ours, int argmax) {
-    double norm = 0;
-    for (int i = 0; i < h; i++) norm += (double)proj[i] * proj[i];
-    norm = sqrt(norm);
-    double eps = 1e-5 * (norm > 0 ? norm : 1);
-    if (argmax) return ours >= 0 && ours < h && fabs((double)proj[gold] - proj[ours]) <= eps;
-    for (int i = 0; i < h; i++)
-        if (((gold ^ ours) >> i & 1) && fabs(proj[i]) > eps) return 0;
-    return 1;
-}
-
-// Checks one layer's buckets (q or k) against the golden ones: returns the
-// number of mismatching rows, and in *n_tol how many of them are tolerated.
-static int bucket_mismatch(const st_file *f, const hax_case *c, const int32_t *ours, const int32_t *gold,
-                           const char *proj_name, int h, int argmax, int n_tok, int *n_tol, char *where, size_t wlen) {
-    float *proj = golden_f32(f, proj_name, 3, c->B, c->L, h);
-    float *pp = NULL;
-    if (proj) {
-        pp = xmalloc(sizeof(float) * (size_t)n_tok * h);
-        case_pack_rows_f32(c, proj, h, pp);
-    }
-    int bad = 0;
-    *n_tol = 0;
-    for (int t = 0; t < n_tok; t++) {
-        if (ours[t] == gold[t]) continue;
-        bad++;
-        if (pp && flip_tolerated(pp + (size_t)t * h, h, gold[t], ours[t], argmax)) {
-            (*n_tol)++;
-            if (where[0] == 0) snprintf(where, wlen, "packed row %d: bucket %d vs golden %d", t, ours[t], gold[t]);
-        }
-    }
-    free(proj);
-    free(pp);
-    return bad;
-}
 
 // ---------------------------------------------------------------- one case
 
@@ -313,53 +265,78 @@ static int is_degenerate(const char *name) {
     return strstr(name, "dx_proj_3.bias") != NULL;
 }
 
-static void cmp_grads_adamw(checker *k, const hax_model *m, const st_file *f, const hax_case *c) {
-    char name[128];
+// A gradient or a moment: normwise in fp32, in ulps in bf16-pure. The
+// degenerate bias (mathematically 0) only reported in bf16-pure.
+static void cmp_param_like(checker *k, const hax_param *p, const char *name, const float *ours, double *worst,
+                           int degenerate) {
+    float *gold = golden_f32(k->f, name, p->ndim, p->shape[0], p->shape[1], p->shape[2]);
+    if (!gold) return;
+    size_t n = p->numel;
+    if (degenerate) {  // mathematically 0 (the ranking loss is shift invariant)
+        double mx = 0;
+        for (size_t j = 0; j < n; j++) mx = fmax(mx, fabs(ours[j]));
+        verdict_ok(k, name, "abs", mx, 1e-8, k->bf16 ? 1 : -1,
+                   k->bf16 ? "(zero in exact arithmetic: bf16 rounding noise, not bounded)" : "(zero in exact arithmetic)");
+    } else if (k->bf16) {
+        float *gn = k->noise ? golden_f32(k->noise, name, p->ndim, p->shape[0], p->shape[1], p->shape[2]) : NULL;
+        cmp_bf16(k, name, ours, gold, gn, n, worst);
+        free(gn);
+    } else {
+        double e = norm_rel(ours, gold, n);
+        if (e > *worst) *worst = e;
+        verdict(k, name, "rel", e, k->grad_tol, NULL);
+    }
+    free(gold);
+}
+
+// fp32 AdamW parameters: |a - b| <= 0.05 lr + 1e-6 |b| per element; the
+// degenerate bias only within lr of the decayed parameter (golden README).
+static void cmp_adamw_fp32(checker *k, const hax_model *m, int i, const char *name, const float *w, const hax_case *c) {
+    const hax_param *p = &m->params[i];
+    float *gold = golden_f32(k->f, name, p->ndim, p->shape[0], p->shape[1], p->shape[2]);
+    if (!gold) return;
+    int degenerate = is_degenerate(p->name);
+    double worst = 0;
+    int ok = 1;
+    for (size_t j = 0; j < p->numel; j++) {
+        double ref = degenerate ? model_w(m, i)[j] * (1 - c->lr * c->weight_decay) : gold[j];
+        double diff = fabs((double)w[j] - ref);
+        double lim = degenerate ? c->lr : 0.05 * c->lr + 1e-6 * fabs(gold[j]);
+        if (!(diff <= lim)) ok = 0;
+        if (diff / c->lr > worst) worst = diff / c->lr;
+    }
+    if (!degenerate && worst > k->worst_adamw) k->worst_adamw = worst;
+    verdict_ok(k, name, "abs/lr", worst, degenerate ? 1.0 : 0.05, ok, degenerate ? "(vs the decayed parameter)" : NULL);
+    free(gold);
+}
+
+// Gradients, then one AdamW step from zero moments (torch's float32 update,
+// or the bf16-pure one): the parameters and, where the file has them, both
+// moments.
+static void cmp_grads_adamw(checker *k, const hax_model *m, const hax_case *c) {
+    char name[160];
     for (int i = 0; i < m->n_params; i++) {
         const hax_param *p = &m->params[i];
         const float *g = model_g(m, i);
         int degenerate = is_degenerate(p->name);
         snprintf(name, sizeof name, "grad.%s", p->name);
-        size_t n = p->numel;
-        float *gold = golden_f32(f, name, p->ndim, p->shape[0], p->shape[1], p->shape[2]);
-        if (gold) {
-            if (degenerate) {  // mathematically 0 (the ranking loss is shift invariant)
-                double mx = 0;
-                for (size_t j = 0; j < n; j++) mx = fmax(mx, fabs(g[j]));
-                verdict(k, name, "abs", mx, 1e-8, "(zero in exact arithmetic)");
-            } else {
-                double e = norm_rel(g, gold, n);
-                if (e > k->worst_grad) k->worst_grad = e;
-                verdict(k, name, "rel", e, k->grad_tol, NULL);
-            }
-            free(gold);
-        }
-        snprintf(name, sizeof name, "adamw.%s", p->name);
-        gold = golden_f32(f, name, p->ndim, p->shape[0], p->shape[1], p->shape[2]);
-        if (!gold) continue;
+        cmp_param_like(k, p, name, g, &k->worst_grad, degenerate);
         float *w = xmalloc(sizeof(float) * p->numel);
         float *mom = xcalloc(p->numel, sizeof(float));
         float *var = xcalloc(p->numel, sizeof(float));
         memcpy(w, model_w(m, i), sizeof(float) * p->numel);
-        adamw_update(w, g, mom, var, p->numel, c->lr, c->beta1, c->beta2, c->eps, c->weight_decay, 1);
-        // |a - b| <= 0.05 lr + 1e-6 |b| per element; the degenerate bias only
-        // within lr of the decayed parameter (golden README)
-        double worst = 0;
-        int ok = 1;
-        for (size_t j = 0; j < p->numel; j++) {
-            double ref = degenerate ? model_w(m, i)[j] * (1 - c->lr * c->weight_decay) : gold[j];
-            double diff = fabs((double)w[j] - ref);
-            double lim = degenerate ? c->lr : 0.05 * c->lr + 1e-6 * fabs(gold[j]);
-            if (!(diff <= lim)) ok = 0;
-            if (diff / c->lr > worst) worst = diff / c->lr;
-        }
-        if (!degenerate && worst > k->worst_adamw) k->worst_adamw = worst;
-        verdict_ok(k, name, "abs/lr", worst, degenerate ? 1.0 : 0.05, ok,
-                   degenerate ? "(vs the decayed parameter)" : NULL);
+        (k->bf16 ? adamw_bf16_update : adamw_update)(w, g, mom, var, p->numel, c->lr, c->beta1, c->beta2, c->eps,
+                                                     c->weight_decay, 1);
+        snprintf(name, sizeof name, "adamw.%s", p->name);
+        if (k->bf16) cmp_param_like(k, p, name, w, &k->worst_adamw, degenerate);
+        else cmp_adamw_fp32(k, m, i, name, w, c);
+        snprintf(name, sizeof name, "adamw.exp_avg.%s", p->name);
+        cmp_param_like(k, p, name, mom, &k->worst_adamw, degenerate);
+        snprintf(name, sizeof name, "adamw.exp_avg_sq.%s", p->name);
+        cmp_param_like(k, p, name, var, &k->worst_adamw, degenerate);
         free(w);
         free(mom);
         free(var);
-        free(gold);
     }
 }
 
@@ -432,6 +409,14 @@ static int check_case(checker *k, const char *path) {
            arch_name(cfg->arch),
            cfg->sparse_mask ? cfg->sparse_arch : "no sparse branch", cfg->n_layers, c.B, c.L, n);
     fflush(stdout);  // before any error line on stderr
+    const char *meta = st_meta(f, "hax_case");
+    if (!k->bf16 && meta && strstr(meta, "\"precision\": \"bf16-pure\""))
+        hax_die("%s: metadata hax_case: precision bf16-pure: expected hax-check --precision bf16-pure", path);
+    if (k->bf16) {  // the reference's cast of the model to bf16
+        m.cfg.precision = PREC_BF16_PURE;
+        long changed = bf16_round_count(m.data, m.n_floats);
+        if (changed) printf("  (%ld parameter values rounded to bf16)\n", changed);
+    }
     int fail0 = k->n_fail;
     k->worst_fwd = k->worst_grad = k->worst_adamw = 0;
     k->f = f;
@@ -445,6 +430,8 @@ static int check_case(checker *k, const char *path) {
     float *hash[HAX_MAX_LAYERS] = {0}, *ehash[HAX_MAX_LAYERS] = {0};
     int *cand[HAX_MAX_LAYERS] = {0};
     load_injection(k, &inj, hash, cand, f, &c, "rand.");
+    for (int l = 0; k->bf16 && l < cfg->n_layers; l++)  // torch.randn in bf16 (§5.4)
+        if (hash[l]) bf16_round_count(hash[l], (size_t)cfg->state_size * cfg->num_hash);
     hax_fwd_opts o = {1, 0, 0, 0, &inj};
     hax_fwd_result r;
     bucket_info bi;
@@ -466,22 +453,32 @@ static int check_case(checker *k, const char *path) {
     cmp_scalar(k, f, "out.acc", r.acc, 1, 1e-6);
     cmp_buckets(k, &bi, cfg->n_layers);
     cmp_sparse_dbg(k, e, f, &c, &b, cand);
-    cmp_grads_adamw(k, &m, f, &c);
+    cmp_grads_adamw(k, &m, &c);
+    if (k->emit) {
+        check_emit_in ei = {&c, &m, &b, engine_cpu_hidden(e), engine_cpu_logits(e), &r, k->bf16};
+        check_emit(k->emit, f, &ei);
+        printf("  wrote %s\n", k->emit);
+    }
 
-    // evaluation pass: its own hash matrices, no ranking loss, computed buckets
-    hax_inject einj;
-    memset(&einj, 0, sizeof einj);
-    load_injection(k, &einj, ehash, NULL, f, &c, "eval.rand.");
-    hax_fwd_opts eo = {0, 0, 0, 0, &einj};
-    engine_forward(e, &b, &eo, &r);
-    cmp_rows(k, f, &c, "eval.logits", engine_cpu_logits(e), n, V);
-    cmp_scalar(k, f, "eval.loss", r.loss, 0, k->tol);
-    cmp_scalar(k, f, "eval.acc", r.acc, 1, 1e-6);
+    // evaluation pass (where the file has one): its own hash matrices, no
+    // ranking loss, computed buckets
+    if (st_find(f, "eval.logits") || st_find(f, "eval.loss") || st_find(f, "eval.acc")) {
+        hax_inject einj;
+        memset(&einj, 0, sizeof einj);
+        load_injection(k, &einj, ehash, NULL, f, &c, "eval.rand.");
+        for (int l = 0; k->bf16 && l < cfg->n_layers; l++)
+            if (ehash[l]) bf16_round_count(ehash[l], (size_t)cfg->state_size * cfg->num_hash);
+        hax_fwd_opts eo = {0, 0, 0, 0, &einj};
+        engine_forward(e, &b, &eo, &r);
+        cmp_rows(k, f, &c, "eval.logits", engine_cpu_logits(e), n, V);
+        cmp_scalar(k, f, "eval.loss", r.loss, 0, k->tol);
+        cmp_scalar(k, f, "eval.acc", r.acc, 1, 1e-6);
+    }
     report_unused(k, &m);
 
     int fails = k->n_fail - fail0;
-    printf("%s: %s: forward worst %.1e, gradients worst %.1e, adamw worst %.1e lr\n", c.name,
-           fails ? "FAIL" : "ok", k->worst_fwd, k->worst_grad, k->worst_adamw);
+    printf("%s: %s: forward worst %.1e, gradients worst %.1e, adamw worst %.1e %s\n", c.name,
+           fails ? "FAIL" : "ok", k->worst_fwd, k->worst_grad, k->worst_adamw, k->bf16 ? "(normwise)" : "lr");
     if (fails) printf("%s: %d tensors past tolerance\n", c.name, fails);
     for (int l = 0; l < cfg->n_layers; l++) {
         free(hash[l]);
@@ -502,11 +499,17 @@ static int check_case(checker *k, const char *path) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: hax-check [--tol X] [--grad-tol Y] [-q] CASE.safetensors...\n"
+            "usage: hax-check [--tol X] [--grad-tol Y] [-q] [--precision fp32|bf16-pure] [--noise FILE]\n"
+            "                 [--noise-factor F] [--emit FILE] CASE.safetensors...\n"
             "  runs golden-format cases on the CPU engine and compares every tensor they hold\n"
-            "  --tol X       forward tensors and losses, normwise (default 1e-5)\n"
-            "  --grad-tol Y  gradients, normwise per tensor (default 10 x tol)\n"
-            "  -q            print only failures and one line per case\n");
+            "  --tol X          forward tensors and losses, normwise (default 1e-5)\n"
+            "  --grad-tol Y     gradients, normwise per tensor (default 10 x tol)\n"
+            "  -q               print only failures and one line per case\n"
+            "  --precision P    fp32 (default) or bf16-pure: the reference's regime, tensors compared in bf16 ulps\n"
+            "  --noise FILE     bf16-pure: the same case from the reference's other kernel path; bounds become\n"
+            "                   F x its differences where larger than the floors (one CASE)\n"
+            "  --noise-factor F (default 4)\n"
+            "  --emit FILE      write the engine's results for CASE in the golden format (one CASE)\n");
     exit(HAX_EXIT_USAGE);
 }
 
@@ -520,17 +523,39 @@ static double parse_tol(const char *flag, const char *s) {
     return v;
 }
 
+static double parse_factor(const char *s) {
+    char *end;
+    double v = s ? strtod(s, &end) : 0;
+    if (!s || end == s || *end || !(v >= 1) || v > 1e6) {
+        fprintf(stderr, "hax: hax-check: --noise-factor: expected a number from 1 to 1e6, found '%s'\n", s ? s : "");
+        exit(HAX_EXIT_USAGE);
+    }
+    return v;
+}
+
 int main(int argc, char **argv) {
     checker k;
     memset(&k, 0, sizeof k);
     k.tol = 1e-5;
     k.grad_tol = -1;
+    k.noise_factor = 4;
+    const char *noise = NULL;
     int n_files = 0;
     const char **files = xmalloc(sizeof(char *) * (argc > 1 ? argc : 1));
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--tol") == 0) k.tol = parse_tol("--tol", i + 1 < argc ? argv[++i] : NULL);
         else if (strcmp(argv[i], "--grad-tol") == 0) k.grad_tol = parse_tol("--grad-tol", i + 1 < argc ? argv[++i] : NULL);
         else if (strcmp(argv[i], "-q") == 0) k.quiet = 1;
+        else if (strcmp(argv[i], "--precision") == 0) {
+            const char *v = i + 1 < argc ? argv[++i] : "";
+            if (strcmp(v, "bf16-pure") != 0 && strcmp(v, "fp32") != 0) {
+                fprintf(stderr, "hax: hax-check: --precision: expected fp32 or bf16-pure, found '%s'\n", v);
+                exit(HAX_EXIT_USAGE);
+            }
+            k.bf16 = strcmp(v, "bf16-pure") == 0;
+        } else if (strcmp(argv[i], "--noise") == 0 && i + 1 < argc) noise = argv[++i];
+        else if (strcmp(argv[i], "--noise-factor") == 0) k.noise_factor = parse_factor(i + 1 < argc ? argv[++i] : NULL);
+        else if (strcmp(argv[i], "--emit") == 0 && i + 1 < argc) k.emit = argv[++i];
         else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) usage();
         else if (argv[i][0] == '-' && argv[i][1]) {
             fprintf(stderr, "hax: hax-check: unknown option '%s'\n", argv[i]);
@@ -538,11 +563,22 @@ int main(int argc, char **argv) {
         } else files[n_files++] = argv[i];
     }
     if (n_files == 0) usage();
+    if ((noise || k.emit) && n_files != 1) {
+        fprintf(stderr, "hax: hax-check: --noise and --emit: expected one CASE, found %d\n", n_files);
+        exit(HAX_EXIT_USAGE);
+    }
+    if (noise && !k.bf16) {
+        fprintf(stderr, "hax: hax-check: --noise: expected --precision bf16-pure with it\n");
+        exit(HAX_EXIT_USAGE);
+    }
+    st_file *nf = noise ? st_open(noise) : NULL;
+    k.noise = nf;
     if (k.grad_tol < 0) k.grad_tol = fmin(10 * k.tol, 0.5);
     int bad_cases = 0;
     for (int i = 0; i < n_files; i++) bad_cases += check_case(&k, files[i]) > 0;
     printf("%d of %d cases ok, %d tensors checked, %d past tolerance\n", n_files - bad_cases, n_files, k.n_checked,
            k.n_fail);
     free(files);
+    if (nf) st_close(nf);
     return bad_cases ? HAX_EXIT_ERROR : HAX_EXIT_OK;
 }

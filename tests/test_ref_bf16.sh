@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# test_ref_bf16.sh: hax-check --precision bf16-pure, the side of the bf16-pure
+# golden cases (tests/ref/ref_golden_bf16.py, made on a GPU) that runs here.
+# A case hax-check writes itself (--emit: the CPU engine's bf16-pure results
+# in the golden format) must pass with every tensor equal; perturbed copies
+# must fail where a bound is crossed and pass where it is not (one ulp
+# everywhere, or differences within the reference's own spread given by
+# --noise); a bf16-pure file is refused without --precision bf16-pure.
+source "$(dirname "$0")/lib.sh"
+G=$ROOT/tests/golden
+CHECK=$BIN/hax-check
+[ -x "$CHECK" ] || { fail "bin/hax-check not built"; finish; exit 1; }
+T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
+
+# perturb FILE TENSOR ULPS EVERY [FIRST]: adds ULPS bf16 ulps (2^16 in the
+# float32 bits) to every EVERY-th element of F32 tensor TENSOR, from FIRST.
+perturb() {
+    perl -e '
+        my ($f, $name, $ulps, $every, $first) = @ARGV;
+        open(my $fh, "+<", $f) or die "$f: $!"; binmode $fh;
+        read($fh, my $h8, 8); my $hl = unpack("Q<", $h8); read($fh, my $hdr, $hl);
+        $hdr =~ /"\Q$name\E":\{[^}]*"data_offsets":\[(\d+),(\d+)\]/ or die "$f: no tensor $name\n";
+        for (my $i = $1 + 4 * $first; $i < $2; $i += 4 * $every) {
+            seek($fh, 8 + $hl + $i, 0); read($fh, my $x, 4);
+            seek($fh, 8 + $hl + $i, 0); print $fh pack("L<", (unpack("L<", $x) + $ulps * 65536) & 0xffffffff);
+        }' "$1" "$2" "$3" "$4" "${5:-0}"
+}
+
+# every tensor equal: "equal N/N" on each compared float tensor, 0 past tolerance
+for c in mamba_base mamba2_base samba_base mamba_sign_bin_lsh__key_selection mamba2_sign_bin_lsh__key_selection; do
+    "$CHECK" -q --precision bf16-pure --emit "$T/$c.safetensors" "$G/$c.safetensors" > "$T/$c.emit.log" 2>&1
+    out=$("$CHECK" --precision bf16-pure "$T/$c.safetensors" 2>&1); rc=$?
+    unequal=$(printf '%s\n' "$out" | grep -E ' equal ' | grep -Ev ' equal ([0-9]+)/\1,' | head -n 3)
+    n=$(printf '%s\n' "$out" | grep -c ' equal ')
+    if [ $rc -eq 0 ] && printf '%s\n' "$out" | grep -q "^1 of 1 cases ok, [0-9]* tensors checked, 0 past" &&
+        [ -z "$unequal" ] && [ "$n" -gt 20 ]; then ok "bf16-pure self case $c: $n tensors, all equal"
+    else fail "bf16-pure self case $c (exit $rc)"; printf '%s\n' "$out" | grep -E "FAIL|hax:" | head -n 10; printf '%s\n' "$unequal"; fi
+done
+grep -qF 'precision\": \"bf16-pure' "$T/mamba_base.safetensors" && ok "emitted case records precision bf16-pure" ||
+    fail "emitted case records precision bf16-pure"
+
+# the same results against the float32 golden: bf16 rounding is far past the bounds
+out=$(cat "$T/mamba2_sign_bin_lsh__key_selection.emit.log")
+if printf '%s\n' "$out" | grep -q "out.logits .*FAIL"; then ok "bf16-pure against the fp32 golden fails (the bounds can fail)"
+else fail "bf16-pure against the fp32 golden fails"; fi
+
+ks=$T/mamba2_sign_bin_lsh__key_selection.safetensors
+grad=grad.layers.0.mixer.in_proj.weight
+# one ulp on every element: within the floors
+cp "$ks" "$T/one.safetensors"; perturb "$T/one.safetensors" "$grad" 1 1
+out=$("$CHECK" -q --precision bf16-pure "$T/one.safetensors" 2>&1); rc=$?
+if [ $rc -eq 0 ]; then ok "one ulp on every element passes"
+else fail "one ulp on every element passes (exit $rc)"; printf '%s\n' "$out" | grep FAIL | head -n 5; fi
+# three ulps on 5% of the elements: past the 1% floor of elements beyond one ulp
+cp "$ks" "$T/three.safetensors"; perturb "$T/three.safetensors" "$grad" 3 20
+out=$("$CHECK" -q --precision bf16-pure "$T/three.safetensors" 2>&1); rc=$?
+if [ $rc -ne 0 ] && printf '%s\n' "$out" | grep -q "$grad .*FAIL.*>1 ulp 68 (max 3)"; then ok "3 ulps on 5% of a gradient fails, counted"
+else fail "3 ulps on 5% of a gradient fails, counted (exit $rc)"; printf '%s\n' "$out" | grep -E "FAIL|hax:" | head -n 5; fi
+# a changed weight: the forward moves
+cp "$ks" "$T/weight.safetensors"; perturb "$T/weight.safetensors" layers.0.mixer.in_proj.weight 40 7
+out=$("$CHECK" -q --precision bf16-pure "$T/weight.safetensors" 2>&1); rc=$?
+if [ $rc -ne 0 ] && printf '%s\n' "$out" | grep -q "out.logits .*FAIL"; then ok "changed weights detected"
+else fail "changed weights detected (exit $rc)"; fi
+# --noise: the reference's own spread (3 ulps on 10% of the same gradient,
+# other elements) widens the bound for that tensor to 4 x its count
+cp "$ks" "$T/noise.safetensors"; perturb "$T/noise.safetensors" "$grad" 3 10 5
+out=$("$CHECK" -q --precision bf16-pure --noise "$T/noise.safetensors" "$T/three.safetensors" 2>&1); rc=$?
+if [ $rc -eq 0 ]; then ok "--noise widens the bound to the reference's own spread"
+else fail "--noise widens the bound (exit $rc)"; printf '%s\n' "$out" | grep -E "FAIL|hax:" | head -n 5; fi
+out=$("$CHECK" -q --precision bf16-pure --noise-factor 1 --noise "$T/noise.safetensors" "$T/three.safetensors" 2>&1); rc=$?
+if [ $rc -eq 0 ]; then ok "--noise-factor 1: 68 beyond one ulp against the reference's 135 passes"
+else fail "--noise-factor 1 (exit $rc)"; fi
+# a reference whose paths differ in one element: the floors hold
+cp "$T/three.safetensors" "$T/tight.safetensors"; perturb "$T/tight.safetensors" "$grad" 3 100000 11
+out=$("$CHECK" -q --precision bf16-pure --noise "$T/tight.safetensors" "$T/three.safetensors" 2>&1); rc=$?
+if [ $rc -ne 0 ] && printf '%s\n' "$out" | grep -q "$grad .*FAIL.*>1 ulp 68 (max 3) bound 14; reference paths: .* >1 ulp 1 (max 3)"; then
+    ok "--noise: a spread past 4 x the reference's fails"
+else fail "--noise: a spread past 4 x the reference's fails (exit $rc)"; fi
+
+# refusals
+check_fails "bf16-pure case refused in fp32" "precision bf16-pure: expected hax-check --precision bf16-pure" "$CHECK" "$ks"
+check_fails "--noise needs bf16-pure" "--noise: expected --precision bf16-pure" "$CHECK" --noise "$ks" "$ks"
+check_fails "--emit takes one case" "expected one CASE, found 2" "$CHECK" --emit "$T/x.safetensors" "$ks" "$ks"
+check_fails "unknown precision refused" "--precision: expected fp32 or bf16-pure, found 'bf16'" "$CHECK" --precision bf16 "$ks"
+
+# fp32 --emit: the engine's own float32 results (with both AdamW moments) pass as a float32 case
+"$CHECK" -q --emit "$T/fp32.safetensors" "$G/mamba_key_selection.safetensors" > /dev/null 2>&1
+out=$("$CHECK" -q --tol 1e-6 "$T/fp32.safetensors" 2>&1); rc=$?
+if [ $rc -eq 0 ] && printf '%s\n' "$out" | grep -q "0 past tolerance"; then ok "fp32 --emit case passes at 1e-6"
+else fail "fp32 --emit case passes (exit $rc)"; printf '%s\n' "$out" | grep -E "FAIL|hax:" | head -n 5; fi
+finish
