@@ -443,9 +443,21 @@ def ulp_table(torch, A, Bt, title):
     sys.stdout.flush()
 
 
+def plain(x):
+    """JSON without Infinity / NaN (the goldens store "inf"), tuples as lists."""
+    if isinstance(x, dict):
+        return {str(k): plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [plain(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    return x
+
+
 def save(path, out, meta):
     from safetensors.torch import save_file
-    save_file({k: v.contiguous() for k, v in out.items()}, path, metadata={"hax_case": json.dumps(meta, default=str)})
+    save_file({k: v.contiguous() for k, v in out.items()}, path,
+              metadata={"hax_case": json.dumps(plain(meta), default=str, allow_nan=False)})
 
 
 def main():
