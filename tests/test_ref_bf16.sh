@@ -5,7 +5,8 @@
 # in the golden format) must pass with every tensor equal; perturbed copies
 # must fail where a bound is crossed and pass where it is not (one ulp
 # everywhere, or differences within the reference's own spread given by
-# --noise); a bf16-pure file is refused without --precision bf16-pure.
+# --noise); LSH buckets that differ are counted and injected; a bf16-pure
+# file is refused without --precision bf16-pure.
 source "$(dirname "$0")/lib.sh"
 G=$ROOT/tests/golden
 CHECK=$BIN/hax-check
@@ -61,6 +62,12 @@ cp "$ks" "$T/weight.safetensors"; perturb "$T/weight.safetensors" layers.0.mixer
 out=$("$CHECK" -q --precision bf16-pure "$T/weight.safetensors" 2>&1); rc=$?
 if [ $rc -ne 0 ] && printf '%s\n' "$out" | grep -q "out.logits .*FAIL"; then ok "changed weights detected"
 else fail "changed weights detected (exit $rc)"; fi
+# LSH buckets of other rows than the engine's: counted (rows), injected, and past 1% of the rows
+cp "$ks" "$T/bucket.safetensors"; perturb "$T/bucket.safetensors" dbg.layers.0.q_bucket 1 20
+out=$("$CHECK" -q --precision bf16-pure "$T/bucket.safetensors" 2>&1); rc=$?
+if [ $rc -ne 0 ] && printf '%s\n' "$out" | grep -Eq "dbg.layers.0.q_bucket +differ +1\.[0-9]+e\+01 .*FAIL.*golden buckets injected"; then
+    ok "bucket differences counted and injected"
+else fail "bucket differences counted and injected (exit $rc)"; printf '%s\n' "$out" | grep -E "bucket|hax:" | head -n 5; fi
 # --noise: the reference's own spread (3 ulps on 10% of the same gradient,
 # other elements) widens the bound for that tensor to 4 x its count
 cp "$ks" "$T/noise.safetensors"; perturb "$T/noise.safetensors" "$grad" 3 10 5

@@ -9,6 +9,7 @@
 #include "src/core/common.h"
 #include "src/core/scalar.h"
 #include "src/ops/adamw.h"
+#include "src/sparse/sparse.h"
 
 static int is_float_dtype(st_dtype dt) { return dt == ST_F64 || dt == ST_F32 || dt == ST_F16 || dt == ST_BF16; }
 
@@ -44,6 +45,16 @@ int64_t *golden_i64(const st_file *f, const char *name, int ndim, int64_t s0, in
     return out;
 }
 
+double parse_number(const char *flag, const char *s, double lo, double hi, const char *range) {
+    char *end;
+    double v = s ? strtod(s, &end) : 0;
+    if (!s || end == s || *end || !(v > lo) || !(v < hi)) {
+        fprintf(stderr, "hax: hax-check: %s: expected a number %s, found '%s'\n", flag, range, s ? s : "");
+        exit(HAX_EXIT_USAGE);
+    }
+    return v;
+}
+
 // ---------------------------------------------------------------- LSH bucket flips
 
 // Golden buckets of layer l packed as int32 [n_tok]; NULL when absent.
@@ -59,13 +70,14 @@ int32_t *golden_buckets(const st_file *f, const hax_case *c, const char *name, i
 }
 
 // Whether our bucket `ours` of a row differs from the golden one only by sign
-// bits (sign_bin) or argmax choices whose golden projection is within 1e-5 of
-// the row norm of a tie (golden README: a float32 flip, not an error).
-static int flip_tolerated(const float *proj, int h, int32_t gold, int32_t ours, int argmax) {
+// bits (sign_bin) or argmax choices whose golden projection is within
+// eps_rel of the row norm of a tie (golden README: a float32 flip, not an
+// error).
+static int flip_tolerated(const float *proj, int h, int32_t gold, int32_t ours, int argmax, double eps_rel) {
     double norm = 0;
     for (int i = 0; i < h; i++) norm += (double)proj[i] * proj[i];
     norm = sqrt(norm);
-    double eps = 1e-5 * (norm > 0 ? norm : 1);
+    double eps = eps_rel * (norm > 0 ? norm : 1);
     if (argmax) return ours >= 0 && ours < h && fabs((double)proj[gold] - proj[ours]) <= eps;
     for (int i = 0; i < h; i++)
         if (((gold ^ ours) >> i & 1) && fabs(proj[i]) > eps) return 0;
@@ -75,7 +87,7 @@ static int flip_tolerated(const float *proj, int h, int32_t gold, int32_t ours, 
 // Checks one layer's buckets (q or k) against the golden ones: returns the
 // number of mismatching rows, and in *n_tol how many of them are tolerated.
 int bucket_mismatch(const st_file *f, const hax_case *c, const int32_t *ours, const int32_t *gold, const char *proj_name,
-                     int h, int argmax, int n_tok, int *n_tol, char *where, size_t wlen) {
+                     int h, int argmax, int n_tok, double eps_rel, int *n_tol, char *where, size_t wlen) {
     float *proj = golden_f32(f, proj_name, 3, c->B, c->L, h);
     float *pp = NULL;
     if (proj) {
@@ -87,7 +99,7 @@ int bucket_mismatch(const st_file *f, const hax_case *c, const int32_t *ours, co
     for (int t = 0; t < n_tok; t++) {
         if (ours[t] == gold[t]) continue;
         bad++;
-        if (pp && flip_tolerated(pp + (size_t)t * h, h, gold[t], ours[t], argmax)) {
+        if (isinf(eps_rel) || (pp && flip_tolerated(pp + (size_t)t * h, h, gold[t], ours[t], argmax, eps_rel))) {
             (*n_tol)++;
             if (where[0] == 0) snprintf(where, wlen, "packed row %d: bucket %d vs golden %d", t, ours[t], gold[t]);
         }
@@ -255,6 +267,22 @@ void check_emit(const char *path, const st_file *src, const check_emit_in *in) {
     st_writer_put(w, "out.last_hidden_state", ST_F32, 3, sh, keep(o, unpack_rows(c, in->hidden, (int)sh[2])));
     sh[2] = m->cfg.vocab_size;
     st_writer_put(w, "out.logits", ST_F32, 3, sh, keep(o, unpack_rows(c, in->logits, (int)sh[2])));
+    int lsh = in->cpu && sparse_pattern_has(m->cfg.sparse_mask, SPF_LSH);
+    for (int l = 0; lsh && l < m->cfg.n_layers; l++) {  // the buckets used (injected or computed)
+        const hax_sparse_state *st = engine_cpu_sparse(in->cpu, l);
+        if (!st || !st->q_bucket || !st->k_bucket) continue;
+        for (int qk = 0; qk < 2; qk++) {
+            int64_t *v = keep(o, xcalloc((size_t)c->B * c->L, sizeof(int64_t))), sh2[2] = {c->B, c->L};
+            const int32_t *bk = qk ? (st->force_k_bucket ? st->force_k_bucket : st->k_bucket)
+                                   : (st->force_q_bucket ? st->force_q_bucket : st->q_bucket);
+            size_t k = 0;
+            for (int s = 0; s < c->B; s++)
+                for (int t = 0; t < c->len[s]; t++) v[(size_t)s * c->L + t] = bk[k++];
+            char nm[64];
+            snprintf(nm, sizeof nm, "dbg.layers.%d.%s_bucket", l, qk ? "k" : "q");
+            st_writer_put(w, nm, ST_I64, 2, sh2, v);
+        }
+    }
     put_scalar(w, o, "out.loss", in->r->loss);
     put_scalar(w, o, "out.gate_loss", in->r->gate_loss);
     put_scalar(w, o, "out.total_loss", in->r->total_loss);

@@ -22,15 +22,19 @@ const st_tensor *golden_tensor(const st_file *f, const char *name, int integer, 
 float *golden_f32(const st_file *f, const char *name, int ndim, int64_t s0, int64_t s1, int64_t s2);
 int64_t *golden_i64(const st_file *f, const char *name, int ndim, int64_t s0, int64_t s1, int64_t s2);
 
-// ---- LSH bucket flips (float32 goldens)
+// A command-line number strictly between lo and hi; exits with usage status
+// and one line naming flag and range otherwise.
+double parse_number(const char *flag, const char *s, double lo, double hi, const char *range);
+
+// ---- LSH bucket flips
 // The golden buckets `name` ([B, L]) packed as int32 [n_tok]; NULL when absent.
 int32_t *golden_buckets(const st_file *f, const hax_case *c, const char *name, int n_tok);
 // Rows where ours differ from the golden buckets; *n_tol of them differ only
 // by sign bits (or argmax choices) whose golden projection (proj_name) is
-// within 1e-5 of the row norm of a tie: a float32 flip, not an error. where
-// gets the first tolerated one.
+// within eps_rel of the row norm of a tie: a float32 flip (1e-5), not an
+// error (bf16-pure: every flip, INFINITY). where gets the first tolerated one.
 int bucket_mismatch(const st_file *f, const hax_case *c, const int32_t *ours, const int32_t *gold, const char *proj_name,
-                    int h, int argmax, int n_tok, int *n_tol, char *where, size_t wlen);
+                    int h, int argmax, int n_tok, double eps_rel, int *n_tol, char *where, size_t wlen);
 
 // ---- bf16-pure comparison (hax-check --precision bf16-pure)
 //
@@ -72,10 +76,11 @@ typedef struct {
     const float *hidden, *logits;      // packed [n_tok, d], [n_tok, V]
     const hax_fwd_result *r;
     int bf16_pure;                     // rand.* floats rounded to bf16, AdamW in bf16-pure
+    const hax_engine *cpu;             // the CPU engine (its LSH buckets are written), or NULL
 } check_emit_in;
 
 // Writes path: the parameters, input_ids, loss_mask and rand.* tensors of src,
-// out.*, grad.*, and one AdamW step (adamw.*, adamw.exp_avg.*,
+// out.*, the LSH buckets used (dbg.layers.*.{q,k}_bucket), grad.*, and one AdamW step (adamw.*, adamw.exp_avg.*,
 // adamw.exp_avg_sq.*) from zero moments; metadata hax_case of src with
 // "precision" added. Dies with one line on a write error.
 void check_emit(const char *path, const st_file *src, const check_emit_in *in);

@@ -107,8 +107,13 @@ def setup(a):
     sys.path.insert(0, a.hax)
     import torch
     import torch.nn.functional as F
-    if not torch.cuda.is_available():
-        die("needs a CUDA device")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        die("needs a CUDA device (or --device cpu --path torch, a dry run)")
+    if a.device == "cpu":
+        if a.path != "torch":
+            die("--device cpu: expected --path torch (the Triton kernels need a GPU)")
+        import triton  # its autotuned kernels are imported, never run: no autotuning without a driver
+        triton.autotune = lambda *args, **kw: (lambda fn: fn)
     notes = {}
 
     def attn_fp32(q, k, v, causal, window_size, scale):  # one sequence [T, H, D]; flash-attn's mask rule
@@ -178,10 +183,19 @@ def setup(a):
         pad = (-L) % chunk_size  # whole chunks; zeros at the end change no earlier output
         if pad:
             x, dt, B, C = (F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad)) for t in (x, dt, B, C))
-        out = ssd.ssd_chunk_scan_combined_ref(x.float(), dt.float(), A.float(), B.float(), C.float(), chunk_size,
-                                              D=None if D is None else D.float(),
-                                              dt_bias=None if dt_bias is None else dt_bias.float(),
-                                              dt_softplus=dt_softplus)
+        # The ref takes exp of every segment sum and masks the upper triangle
+        # after: there exp(positive) overflows fp32 at this length, and the
+        # backward of the mask gives 0 * inf = NaN. Every unmasked argument is
+        # <= 0 (dA <= 0), so exp(min(x, 0)) changes no value the ref keeps.
+        exp = torch.exp
+        torch.exp = lambda t, *args, **kw: exp(t.clamp(max=0), *args, **kw)
+        try:
+            out = ssd.ssd_chunk_scan_combined_ref(x.float(), dt.float(), A.float(), B.float(), C.float(), chunk_size,
+                                                  D=None if D is None else D.float(),
+                                                  dt_bias=None if dt_bias is None else dt_bias.float(),
+                                                  dt_softplus=dt_softplus)
+        finally:
+            torch.exp = exp
         out = out[:, :L].to(x.dtype).contiguous()
         return (out, None) if return_final_states else out
 
@@ -235,6 +249,10 @@ def setup(a):
     flm2.is_fast_path_available = True
     flm2.causal_conv1d_fn, flm2.mamba_chunk_scan_combined = conv_fp32, scan
     flm2.mamba_split_conv1d_scan_combined = split_conv1d_scan
+    if a.device == "cpu":  # fla's mixers take their fast paths only for CUDA weights: the same paths here
+        def fast(self, hidden_states, cache_params=None, cache_position=None, attention_mask=None):
+            return self.cuda_kernels_forward(hidden_states, cache_params, cache_position, attention_mask)
+        flm1.MambaMixer.forward = flm2.Mamba2Mixer.forward = fast
     notes.update(selective_scan="mamba_ssm selective_scan_ref (GPU, fp32 inside)",
                  mamba_inner="mamba_ssm mamba_inner_ref", causal_conv1d="conv1d + SiLU in fp32, stored bf16",
                  split_conv1d_scan="conv, SSD, gated RMSNorm, out_proj composed")
@@ -280,14 +298,23 @@ def setup(a):
 class Inject:
     """torch.randn / torch.rand_like return the golden draws in call order (in
     the dtype and device asked for: bf16 on the GPU); the tensors handed out
-    are kept."""
+    are kept, and so are the products torch.matmul(., H) with a hash matrix
+    handed out (the LSH projections HQ2, HK2, in that order per layer)."""
 
     def __init__(self, torch, draws):
-        self.torch, self.draws, self.used = torch, list(draws), []
+        self.torch, self.draws, self.used, self.proj = torch, list(draws), [], []
 
     def __enter__(self):
         torch = self.torch
-        self.saved = torch.randn, torch.rand_like
+        self.saved = torch.randn, torch.rand_like, torch.matmul
+        matmul = torch.matmul
+
+        def matmul_seen(x, y, *args, **kw):
+            out = matmul(x, y, *args, **kw)
+            for name, t in self.used:
+                if y is t:
+                    self.proj.append((name, out.detach()))
+            return out
 
         def take(kind, shape, dtype, device):
             if not self.draws:
@@ -307,11 +334,11 @@ class Inject:
         def rand_like(x, dtype=None, **kw):
             return take("rand_like", x.shape, dtype or x.dtype, x.device)
 
-        torch.randn, torch.rand_like = randn, rand_like
+        torch.randn, torch.rand_like, torch.matmul = randn, rand_like, matmul_seen
         return self
 
     def __exit__(self, *exc):
-        self.torch.randn, self.torch.rand_like = self.saved
+        self.torch.randn, self.torch.rand_like, self.torch.matmul = self.saved
         if exc[0] is None and self.draws:
             die("%d golden draws unused" % len(self.draws))
 
@@ -334,7 +361,7 @@ def run_case(torch, jr, a, name):
     config.update(sparse_arch=sparse, sparse_keys=64, num_hash=8)
     jr.set_seed(a.seed)
     with contextlib.redirect_stdout(sys.stderr):  # its parameter count
-        model = jr.load_model(base, sparse, config, "cuda")
+        model = jr.load_model(base, sparse, config, a.device)
     params = dict(model.named_parameters())
     for n, p in params.items():
         if p.dtype != torch.bfloat16:
@@ -359,7 +386,7 @@ def run_case(torch, jr, a, name):
         if G is not None and "rand.layers.%d.ks_noise" % i in G:
             draws.append(("rand_like", "rand.layers.%d.ks_noise" % i, G["rand.layers.%d.ks_noise" % i]))
 
-    trainer = jr.Trainer(model, torch.nn.CrossEntropyLoss(), "cuda")
+    trainer = jr.Trainer(model, torch.nn.CrossEntropyLoss(), a.device)
     optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=LR)  # joint_recall.py's AdamW, lr of the goldens
     trainer.model.train()
     seen = {}
@@ -389,13 +416,24 @@ def run_case(torch, jr, a, name):
         out["adamw.exp_avg." + n] = st["exp_avg"].float().cpu()
         out["adamw.exp_avg_sq." + n] = st["exp_avg_sq"].float().cpu()
     out["input_ids"], out["loss_mask"] = ids.contiguous(), lm.contiguous()
-    valid = (ids[:, :-1] != 3).cuda()
+    valid = (ids[:, :-1] != 3).to(a.device)
     for key, t in inj.used:
         out[key] = t.float().cpu()
         if key.endswith("ks_noise"):  # the picks: the reference's own topk on that bf16 tensor
             k = cfg["sparse_keys"] // len(sparse.split("+"))
             idx = t.masked_fill(valid == 0, -1.0).topk(k, dim=1).indices
             out[key.replace("ks_noise", "ks_selected_idx")] = idx.long().cpu()
+    for key, _ in inj.used:  # the LSH projections and buckets (sign bits, EM:465-467)
+        P = [p for n, p in inj.proj if n == key]
+        if not key.endswith("hash_matrix"):
+            continue
+        if len(P) != 2:
+            die("%s: %s: expected 2 projections (queries, keys), found %d" % (name, key, len(P)))
+        bit = 1 << torch.arange(P[0].shape[-1], device=P[0].device, dtype=torch.long)
+        for t, proj in zip("qk", P):
+            pre = key.replace("rand.", "dbg.").replace("hash_matrix", "")
+            out[pre + "h%s_proj" % t] = proj.float().cpu()
+            out[pre + "%s_bucket" % t] = ((proj > 0).long() * bit).sum(-1).cpu()
     out["out.last_hidden_state"] = hidden.float().cpu()
     out["out.logits"] = logits.float().cpu()
     gl = gate_loss.detach() if torch.is_tensor(gate_loss) else torch.tensor(float(gate_loss))
@@ -414,7 +452,7 @@ def run_case(torch, jr, a, name):
                 gate_loss_weight=GATE_LOSS_WEIGHT, adamw=dict(lr=LR, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.01),
                 batch=list(ids.shape), true_lengths=lens, model_seq_len=ids.shape[1] - 1,
                 torch=torch.__version__, triton=__import__("triton").__version__,
-                gpu=torch.cuda.get_device_name(), kernels=a.notes)
+                gpu=torch.cuda.get_device_name() if a.device == "cuda" else "none (cpu dry run)", kernels=a.notes)
     return out, meta
 
 
@@ -471,6 +509,8 @@ def main():
     ap.add_argument("--hax", default="carry/hax", help="DeepGraphLearning/HAX (git archive)")
     ap.add_argument("--mamba", default="carry/mamba", help="state-spaces/mamba v2.2.4 (Triton SSD only)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                    help="cpu: a dry run of the torch path where there is no GPU (not a golden)")
     a = ap.parse_args()
     names = [n for n in a.only.split(",") if n] or list(CASES)
     for n in names:
