@@ -458,11 +458,19 @@ def run_case(torch, jr, a, name):
 
 # ---------------------------------------------------------------- comparisons
 
+def family(key):
+    for f in ("adamw.exp_avg_sq.", "adamw.exp_avg.", "adamw.", "grad.", "dbg.", "rand.", "out."):
+        if key.startswith(f):
+            return f + "*"
+    return "parameters"
+
+
 def ulp_table(torch, A, Bt, title):
     """Per float tensor of both: elements, differing, > 1 bf16 ulp, max ulps,
-    normwise relative difference."""
+    normwise relative difference; then the worst tensor of each family."""
     print(title)
     print("  %-44s %9s %9s %9s %9s %10s" % ("tensor", "elements", "differ", ">1 ulp", "max ulps", "rel"))
+    worst = {}
     for key in sorted(A):
         if key not in Bt or not A[key].is_floating_point() or A[key].dtype == torch.float64:
             if key in Bt and A[key].dtype == torch.float64:
@@ -476,8 +484,16 @@ def ulp_table(torch, A, Bt, title):
             return torch.where(i < 0, -(i & 0x7fffffff), i)
         d = (ordered(x) - ordered(y)).abs() >> 16
         rel = ((x - y).double().norm() / y.double().norm().clamp_min(1e-30)).item()
-        print("  %-44s %9d %9d %9d %9d %10.2e" % (key, x.numel(), int((d > 0).sum()), int((d > 1).sum()),
-                                                 int(d.max()) if d.numel() else 0, rel))
+        row = (x.numel(), int((d > 0).sum()), int((d > 1).sum()), int(d.max()) if d.numel() else 0, rel)
+        print("  %-44s %9d %9d %9d %9d %10.2e" % ((key,) + row))
+        w = worst.setdefault(family(key), [0.0, "", 0.0, ""])
+        if rel > w[0]:
+            w[0], w[1] = rel, key
+        if row[2] / max(row[0], 1) > w[2]:
+            w[2], w[3] = row[2] / max(row[0], 1), key
+    for f in sorted(worst):
+        w = worst[f]
+        print("  worst of %-20s rel %.2e (%s), beyond 1 ulp %.2f%% (%s)" % (f, w[0], w[1], 100 * w[2], w[3]))
     sys.stdout.flush()
 
 
