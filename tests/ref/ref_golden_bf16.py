@@ -12,7 +12,8 @@ foreach path on the bf16 parameters), and writes a file in the golden format
 
   parameters (before the step), input_ids, loss_mask, rand.layers.{i}.*
   (the bf16 draws actually used and the key-selection picks the reference
-  took), out.last_hidden_state, out.logits, out.loss, out.gate_loss,
+  took), dbg.layers.{i}.{hq,hk}_proj and {q,k}_bucket (its LSH projections
+  and buckets), out.last_hidden_state, out.logits, out.loss, out.gate_loss,
   out.total_loss, out.acc, grad.<param>, adamw.<param> (after the step),
   adamw.exp_avg.<param>, adamw.exp_avg_sq.<param> (both moments after it),
   and metadata hax_case with "precision": "bf16-pure", the kernel path and
@@ -26,8 +27,10 @@ Kernels (--path):
   torch   the same model with the authors' pure-PyTorch reference functions
           in their place: fla's rms_norm_ref (plain and gated) and
           rotary_embedding_ref, fla's torch swiglu formula, mamba_ssm's
-          ssd_chunk_scan_combined_ref and gated rms_norm_ref, each computing
-          in fp32 from the bf16 inputs and storing bf16 (as the kernels do).
+          ssd_chunk_scan_combined_ref (its exp of masked segment sums
+          clamped: fp32 overflow there makes NaN gradients) and gated
+          rms_norm_ref, each computing in fp32 from the bf16 inputs and
+          storing bf16.
 Both paths: Mamba-1's selective_scan_fn (a CUDA extension, not built on the
 lent machines) is mamba_ssm's selective_scan_ref on the GPU (fp32 inside,
 bf16 out), mamba_inner_fn (fla's MambaMixer fast path, Samba) is mamba_ssm's
@@ -50,10 +53,11 @@ true lengths 1058 and 268):
 
 usage (GPU machine, see tests/ref/README.md):
   PYTHONPATH=/tmp/site python3 tests/ref/ref_golden_bf16.py --out DIR [--path triton|torch]
-      [--only NAME] [--against DIR_OF_THE_OTHER_PATH] [--repeat]
+      [--only NAME] [--against DIR_OF_THE_OTHER_PATH] [--repeat] [--device cpu]
 writes DIR/NAME.PATH.safetensors; --against prints per tensor the elements
 that differ from the other path's file, in bf16 ulps; --repeat runs each case
-twice and prints the same for the two runs (is the path deterministic).
+twice and prints the same for the two runs (is the path deterministic);
+--device cpu --path torch is a dry run where there is no GPU (not a golden).
 """
 import argparse
 import contextlib
