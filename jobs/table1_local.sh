@@ -24,7 +24,11 @@
 #   --regimes LIST     train.precision values (default: fp32,bf16-pure)
 #   --lrs LIST         learning rates (default: 1e-3)
 #   --seeds LIST       seeds (default: 1)
-#   --jobs K           runs at a time (default 1: on one GPU, time-slicing gains nothing)
+#   --jobs K           runs at a time (default 1: on one GPU, time-slicing gains little)
+#   --mps              with --jobs > 1: the runs share the GPU through an MPS control daemon
+#                      the driver starts (and quits at its end), its pipe and log folders
+#                      under /tmp/hax-mps.<pid>; 4 runs under MPS gave ~1.2x the throughput
+#                      of one at a time on an H100 (README "Several runs on one GPU")
 #   --train-args "..." more hax-train arguments: section.field=value overrides (they also
 #                      decide the run folder) and options, e.g. "data.path=/data/jr"
 #   --time-limit SEC   after SEC seconds, ask the active runs to checkpoint and stop, then
@@ -58,7 +62,7 @@ grid_bin=$root/bin/hax-grid train_bin=$root/bin/hax-train
 me=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")
 
 # ---------------------------------------------------------------- options
-mode=run steps="" configs="" regimes=fp32,bf16-pure lrs=1e-3 seeds=1 jobs=1 train_args="" time_limit=0
+mode=run steps="" configs="" regimes=fp32,bf16-pure lrs=1e-3 seeds=1 jobs=1 train_args="" time_limit=0 mps=0
 background=0 dry=0 collect_dir="" with_best=0 with_ckpt=0 with_logs=0 wait_s=600
 pos=()
 all_args=("$@")
@@ -68,6 +72,7 @@ while [ $# -gt 0 ]; do
     -h | --help) sed -n '2,/^set -u/p' "$0" | grep -v '^set -u' | sed 's/^# \{0,1\}//'; exit 0 ;;
     --dry-run) dry=1; shift; continue ;;
     --background) background=1; shift; continue ;;
+    --mps) mps=1; shift; continue ;;
     --status) mode=status; shift; continue ;;
     --stop) mode=stop; shift; continue ;;
     --with-best) with_best=1; shift; continue ;;
@@ -220,6 +225,9 @@ fi
 [[ $steps =~ ^[1-9][0-9]*$ ]] || usage_fail "--steps: expected a positive integer, found '$steps'"
 [[ $jobs =~ ^[1-9][0-9]*$ ]] || usage_fail "--jobs: expected a positive integer, found '$jobs'"
 is_uint "$time_limit" || usage_fail "--time-limit: expected seconds (an integer >= 0), found '$time_limit'"
+if [ $mps = 1 ] && [ $dry = 0 ] && ! command -v nvidia-cuda-mps-control >/dev/null; then
+    usage_fail "--mps: expected nvidia-cuda-mps-control (NVIDIA's driver utilities) on the PATH, found none"
+fi
 split_list --regimes "$regimes" '^(fp32|bf16|bf16-pure)$' "fp32, bf16 or bf16-pure"; regime_list=("${LIST[@]}")
 split_list --lrs "$lrs" '^[0-9.]+([eE][-+]?[0-9]+)?$' "learning rates (numbers)"; lr_list=("${LIST[@]}")
 split_list --seeds "$seeds" '^[0-9]+$' "seeds (integers >= 0)"; seed_list=("${LIST[@]}")
@@ -326,6 +334,16 @@ ask_stop() {  # the runs write a checkpoint at the end of their step and exit 3
 }
 trap 'ask_stop SIGTERM' TERM
 trap 'ask_stop SIGINT' INT
+# MPS: kernels of the runs' processes run side by side instead of in time
+# slices. The daemon serves only processes that see its pipe folder.
+mps_quit() { :; }
+if [ $mps = 1 ]; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/hax-mps.$$ CUDA_MPS_LOG_DIRECTORY=/tmp/hax-mps.$$/log
+    mkdir -p "$CUDA_MPS_LOG_DIRECTORY" || fail "--mps: cannot create $CUDA_MPS_LOG_DIRECTORY"
+    nvidia-cuda-mps-control -d || fail "--mps: nvidia-cuda-mps-control -d failed (exit $?)"
+    mps_quit() { echo quit | nvidia-cuda-mps-control; rm -rf "$CUDA_MPS_PIPE_DIRECTORY"; }
+    say "MPS control daemon started ($CUDA_MPS_PIPE_DIRECTORY)"
+fi
 say "$n_runs runs (${#config_list[@]} configs x ${regime_list[*]} x lr ${lr_list[*]} x seed ${seed_list[*]}), $steps steps each, $jobs at a time"
 
 n_done=0 n_stopped=0 n_failed=0 next=0 last_progress=0
@@ -371,6 +389,7 @@ while :; do
     pids=("${keep_p[@]+"${keep_p[@]}"}") idxs=("${keep_i[@]+"${keep_i[@]}"}")
 done
 rm -f "$state/driver.pid"
+mps_quit
 write_progress
 left=$((n_runs - n_done - n_stopped - n_failed))
 say "$n_done complete, $n_stopped stopped with a checkpoint, $n_failed failed, $left not started"

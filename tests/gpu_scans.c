@@ -280,15 +280,6 @@ static void run_ssd(const tbatch *b, int H, int P, int N, int timing) {
         printf("TIME ssd fwd+bwd per layer        gpu %8.3f ms (issue 11's target: 0.25 ms)\n", gf + gb);
         TIME_KERNELS("ssd fwd", reps, GPU_SSD_FWD());
         TIME_KERNELS("ssd bwd", reps, GPU_SSD_BWD());
-        // The other chunk backward (cuda/ops/ssd.h's cuda_ssd_bwd_v2), timed beside it.
-        int v2 = cuda_ssd_bwd_v2;
-        cuda_ssd_bwd_v2 = !v2;
-        int e3 = cuda_event_record();
-        for (int r = 0; r < reps; r++) GPU_SSD_BWD();
-        int e4 = cuda_event_record();
-        printf("TIME ssd bwd with cuda_ssd_bwd_v2=%d  gpu %8.3f ms\n", cuda_ssd_bwd_v2, cuda_event_ms(e3, e4) / reps);
-        TIME_KERNELS(v2 ? "ssd bwd v1" : "ssd bwd v2", reps, GPU_SSD_BWD());
-        cuda_ssd_bwd_v2 = v2;
     }
 #undef GPU_SSD_FWD
 #undef GPU_SSD_BWD
@@ -310,16 +301,8 @@ static void test_ssd(void) {
     b = make_batch(k_ssd_lens, (int)(sizeof k_ssd_lens / sizeof k_ssd_lens[0]));
     run_ssd(&b, 3, 16, 32, 0);
     run_ssd(&b, 2, 40, 20, 0);  // P, N not multiples of 16 (zero-padded tiles)
-    run_ssd(&b, 9, 8, 16, 0);   // more heads than a cluster: the per-chunk backward
-    // The other chunk backward (cuda/ops/ssd.h's switch) on the same cases.
-    cuda_ssd_bwd_v2 = !cuda_ssd_bwd_v2;
-    printf("    with cuda_ssd_bwd_v2 = %d:\n", cuda_ssd_bwd_v2);
-    run_ssd(&b, 3, 16, 32, 0);
-    run_ssd(&b, 2, 40, 20, 0);
-    run_ssd(&b, 8, 16, 32, 0);
-    cuda_ssd_bwd_v2 = !cuda_ssd_bwd_v2;
-    run_ssd(&b, 8, 16, 32, 0);  // a full cluster of 8 heads
-    run_ssd(&b, 1, 64, 64, 0);  // one head: a cluster of one, all 8 row units
+    run_ssd(&b, 9, 8, 16, 0);   // more heads than the paper's 8
+    run_ssd(&b, 8, 16, 32, 0);  // the paper's heads and sizes
     free_batch(&b);
 }
 

@@ -17,10 +17,8 @@
 //   da_k      = Σ_j G_kj Ŵ_kj - Σ_i G_ik Ŵ_ik + C_k·Z_k - V_k (+ at k = last:
 //               e^{a_last} ⟨dS_out, S_in⟩ + Σ_j V_j),  V_j = e^{a_last-a_j} Σ_p u_j[p] Σ_n dS_out[p,n] B_j[n]
 //   dΔ_j      = Σ_p x_j[p] du_j[p] + A Σ_{k>=j} da_k,    dA += Σ_j Δ_j Σ_{k>=j} da_k
-// Both GPU chunk backwards compute exactly these terms: ssd_bwd_kernel (a block
-// per chunk, heads in turn) and ssd_bwd2_kernel (a block per (chunk, head), the
-// sums over h of dB, dC in a thread-block cluster, in head order); they differ
-// only in how rs, cs, C_k·Z_k and the sums over p are grouped.
+// The GPU chunk backward (ssd_bwd_kernel: a block per chunk, heads in turn)
+// computes exactly these terms.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -22,6 +22,9 @@ check_fails "option without its value: exit 2" "--lrs: expected a value after it
 check_fails "no --steps: exit 2" "--steps: expected the number of training steps" "$DRV" "$tmp/r"
 check_fails "--steps 0: exit 2" "--steps: expected a positive integer, found '0'" "$DRV" --steps 0 "$tmp/r"
 check_fails "--jobs x: exit 2" "--jobs: expected a positive integer, found 'x'" "$DRV" --steps 5 --jobs x "$tmp/r"
+if ! command -v nvidia-cuda-mps-control >/dev/null; then  # a machine without NVIDIA's driver utilities
+    check_fails "--mps without MPS: exit 2" "--mps: expected nvidia-cuda-mps-control" "$DRV" --steps 5 --mps "$tmp/r"
+fi
 check_fails "--regimes fp16: exit 2" "--regimes: expected fp32, bf16 or bf16-pure, found 'fp16'" "$DRV" --steps 5 --regimes fp32,fp16 "$tmp/r"
 check_fails "--lrs with an empty item: exit 2" "--lrs: expected learning rates \(numbers\), comma-separated, found '1e-3,,3e-3'" \
     "$DRV" --steps 5 --lrs 1e-3,,3e-3 "$tmp/r"

@@ -5,11 +5,7 @@
 //   backward: dS_loc per chunk; reverse pass (dS_out); the chunk gradients;
 //             parameter gradients, one partial per sequence in sequence order.
 #include "cuda/ops/scan.h"
-#include "cuda/ops/ssd.h"
-#include "cuda/ops/ssd_chunk_bwd2.cuh"
-
-// cuda/ops/ssd.h: 1 the per-(chunk, head) cluster backward, 0 the per-chunk one.
-int cuda_ssd_bwd_v2 = CU_SSD_BWD_V2;
+#include "cuda/ops/ssd_chunk_bwd.cuh"
 
 // Δ [n_tok, H] = softplus(dt + dt_bias).
 __global__ static void ssd_delta_kernel(float *delta, const float *dt, int ld_dt, const float *dt_bias,
@@ -118,35 +114,11 @@ static void ssd_fwd_chunks(const ssd_args &g) {
     SSD_LAUNCH((ssd_out_kernel<RP, RN>), g, ssd_out_smem(RP, RN), "ssd_out_kernel");
 }
 
-// ssd_bwd2_kernel: grid slots × H, clusters of the H blocks of one chunk.
-template <int RP, int RN>
-static void ssd_bwd2_launch(const ssd_args &g) {
-    static size_t raised = 48 * 1024;
-    size_t smem = ssd_bwd2_smem(RP, RN);
-    if (smem > raised) {
-        CUDA_CHECK(cudaFuncSetAttribute(ssd_bwd2_kernel<RP, RN>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        raised = smem;
-    }
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(g.n_slots, g.H, 1);
-    cfg.blockDim = dim3(SSD_THREADS, 1, 1);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = cu_stream();
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = 1, at[0].val.clusterDim.y = g.H, at[0].val.clusterDim.z = 1;
-    cfg.attrs = at, cfg.numAttrs = 1;
-    CUDA_CHECK(cudaLaunchKernelEx(&cfg, ssd_bwd2_kernel<RP, RN>, g));
-    CUDA_LAUNCHED();
-    CUDA_SCAN_MARK("ssd_bwd2_kernel");
-}
-
 template <int RP, int RN>
 static void ssd_bwd_chunks(const ssd_args &g) {
     SSD_LAUNCH((ssd_state_kernel<RP, RN, true>), g, ssd_state_smem(RP, RN), "ssd_state_kernel (dS_loc)");
     ssd_pass(g, g.dS, true);
-    if (cuda_ssd_bwd_v2 && g.H <= SSD2_MAX_H) ssd_bwd2_launch<RP, RN>(g);
-    else SSD_LAUNCH((ssd_bwd_kernel<RP, RN>), g, ssd_bwd_smem(RP, RN), "ssd_bwd_kernel");
+    SSD_LAUNCH((ssd_bwd_kernel<RP, RN>), g, ssd_bwd_smem(RP, RN), "ssd_bwd_kernel");
 }
 
 // Calls F<RP, RN> for the tile counts of P and N (16, 32 or 64 rows each).

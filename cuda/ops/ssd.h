@@ -13,16 +13,6 @@
 extern "C" {
 #endif
 
-// The chunk backward: CU_SSD_BWD_V2 1 (default) one block per (chunk, head),
-// the H blocks of a chunk a thread-block cluster (cuda/ops/ssd_chunk_bwd2.cuh;
-// H <= 8, else the per-chunk kernel); 0 one block per chunk for all heads
-// (cuda/ops/ssd_chunk_bwd.cuh). cuda_ssd_bwd_v2 starts as CU_SSD_BWD_V2 and
-// may be set between calls (tests/gpu_scans.c checks and times both).
-#ifndef CU_SSD_BWD_V2
-#define CU_SSD_BWD_V2 1
-#endif
-extern int cuda_ssd_bwd_v2;
-
 size_t cuda_ssd_ckpt_floats(int n_tok, int n_seq, int H, int P, int N);
 void cuda_ssd_forward(float *y, int ld_y, float *delta, float *ckpt, const float *x, int ld_x,
                       const float *dt, int ld_dt, const float *B, const float *C, int ld_bc,
