@@ -85,7 +85,8 @@ $BIN/hax-datagen --out $T/l32 --min-n-context 16 --max-n-context 32 --min-n-key 
 out=$($BIN/hax-eval $RL/best.safetensors --data $T/l32 2>"$T/errl")
 check "16..32 tables in the model's layout: scored, 289 cells" test "$(grep -c '^| [0-9]' <<<"$out")" = 289
 check "... the 32 x 32 cell: 4162 tokens per sample" grep -q '^| 32 | 32 | 1 | 4162 | ' <<<"$out"
-check "... a note that the tables are larger than the training ones" grep -q "larger than the training maxima 8" "$T/errl"
+check "... a note naming both levels and their untrained ids" \
+    grep -q "contexts up to 32 (training maxima 8: ids 66..89), keys up to 32 (training maxima 8: ids 34..57)" "$T/errl"
 $BIN/hax-datagen --out $T/l64 --min-n-context 2 --max-n-context 3 --min-n-key 2 --max-n-key 3 --id-layout 64:64 \
     --n-train-per-cell 1 --n-test-per-cell 1 >/dev/null 2>&1
 $BIN/hax-datagen --out $T/l8b --min-n-context 5 --max-n-context 8 --min-n-key 5 --max-n-key 8 \

@@ -268,16 +268,24 @@ static int write_plots(const report *r, const train_eval *ev, char *err, int err
 }
 
 // A dataset within the model's id layout whose tables are larger than the
-// training ones (length generalisation): one note on stderr, rank 0.
+// training ones (length generalisation): one note on stderr, rank 0, naming
+// every level that grew and its ids (in the model's layout) that training never
+// showed, so their embeddings are still the initial ones.
 static void note_larger_tables(const hax_data_params *trained, const hax_data_params *data, const char *name) {
     if (dist.rank != 0) return;
-    for (int l = 0; l < data->levels; l++)
-        if (data->max_size[l] > trained->max_size[l]) {
-            hax_warn("%s: tables up to %d at level %d, larger than the training maxima %d: within the model's id "
-                     "layout, ids %d.. of that level were never seen in training", name, data->max_size[l], l,
-                     trained->max_size[l], data_level_base(data, l) + trained->max_size[l]);
-            return;
-        }
+    char list[512] = "";
+    size_t len = 0;
+    for (int l = 0; l < data->levels && len < sizeof list; l++) {
+        if (data->max_size[l] <= trained->max_size[l]) continue;
+        const char *lv = l == data->levels - 1 ? "keys" : (l == data->levels - 2 ? "contexts" : "outer contexts");
+        int base = data_level_base(trained, l);
+        len += (size_t)snprintf(list + len, sizeof list - len, "%s%s up to %d (training maxima %d: ids %d..%d)",
+                                len ? ", " : "", lv, data->max_size[l], trained->max_size[l],
+                                base + trained->max_size[l], base + data->max_size[l] - 1);
+    }
+    if (len)
+        hax_warn("%s: tables larger than the training ones, within the model's id layout: %s; ids that were never "
+                 "seen in training keep their initial embeddings", name, list);
 }
 
 // ---------------------------------------------------------------- main
