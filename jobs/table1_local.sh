@@ -378,6 +378,12 @@ while :; do
         case $rc in
         0) n_done=$((n_done + 1)); say "run $i: done: $rel" ;;
         3) n_stopped=$((n_stopped + 1)); say "run $i: stopped with a checkpoint (exit 3): $rel" ;;
+        143)  # our SIGTERM reached it before hax-train had set its handler (a slow start): nothing lost
+            if [ -n "$stop" ]; then
+                n_stopped=$((n_stopped + 1)); say "run $i: stopped while starting (SIGTERM, exit 143): $rel; it resumes from its last checkpoint, if any"
+            else
+                n_failed=$((n_failed + 1)); say "run $i: FAILED (killed by SIGTERM, not the driver's): $rel"
+            fi ;;
         *)
             n_failed=$((n_failed + 1))
             say "run $i: FAILED (exit $rc): $rel; the end of its log:"

@@ -112,7 +112,7 @@ want="./progress.txt ./tiny/lr_0.003/seed_1/metrics.csv ./tiny/lr_0.003/seed_1/r
 K=$tmp/carry
 "$DRV" --collect "$K" --with-checkpoint "$T" >/dev/null
 n_ck=$(find "$K" -name checkpoint.safetensors | wc -l)
-"$DRV" --steps 100000 --jobs 2 --time-limit 1 --configs "$CFG" --lrs 3e-3 --train-args "$TA" "$K" >"$tmp/carry.log" 2>&1; rc=$?
+"$DRV" --steps 100000 --jobs 2 --time-limit 4 --configs "$CFG" --lrs 3e-3 --train-args "$TA" "$K" >"$tmp/carry.log" 2>&1; rc=$?
 n_res=$(cat "$K"/logs/*.log 2>/dev/null | grep -c "hax-train: resuming ")
 [ "$n_ck" = 2 ] && [ $rc -eq 3 ] && [ "$n_res" = 2 ] && ok "--collect --with-checkpoint: the 2 stopped runs resume in the collected folder" ||
     fail "--collect --with-checkpoint: resume in the collected folder ($n_ck checkpoints, exit $rc, $n_res resumed)"
