@@ -10,11 +10,12 @@
 //     each time (new hash matrices and candidates), mean of N after 3 warm-up
 //     steps: ms per step and tokens/s;
 //   - one validation pass: the valid split (--data DIR: the real one, through
-//     hax-train's own eval_run) or, without a dataset, the same number of
-//     synthetic sequences of the split's lengths (cell cycling fastest, as
-//     the generator stores them; 14,400 in 225 batches of 64 by default),
-//     each batch run as eval_run runs it (evaluation forward, logits to the
-//     host, the accuracy counted there);
+//     hax-train's own eval_run on the split assembled once, as hax-train
+//     keeps it) or, without a dataset, the same number of synthetic
+//     sequences of the split's lengths (cell cycling fastest, as the
+//     generator stores them; 14,400 in 225 batches of 64 by default), run as
+//     eval_run runs them (evaluation forwards enqueued without waiting, each
+//     copying its per-sequence counts to pinned host memory, one wait);
 //   - peak GPU memory: the most bytes the engine's buffers held (cuda_malloc,
 //     cuda/core/common.h) and the device's memory in use at the end
 //     (cudaMemGetInfo: with the context, cuBLAS's workspace and the graphs).
@@ -39,6 +40,7 @@
 #include "src/model/model.h"
 #include "src/ops/basic.h"
 #include "src/train/eval.h"
+#include "src/train/eval_set.h"
 #include "src/train/grid.h"
 #include "engine_batch.h"
 
@@ -93,27 +95,40 @@ static void synth_valid_free(synth_valid *sv) {
     free(sv->b);
 }
 
-// One synthetic validation pass, each batch as eval_run does it. Returns the
-// mean accuracy (its finiteness is all that matters here); adds positions.
-static double synth_valid_pass(hax_engine *e, const synth_valid *sv, const hax_config *c, double *tokens) {
-    int V = c->model.vocab_size, bs = c->train.batch_size;
-    int *correct = xmalloc(sizeof(int) * 2 * bs), *count = correct + bs;
-    double acc = 0;
+// One synthetic validation pass, each batch as eval_run runs it: every
+// evaluation forward enqueued without waiting (the per-sequence correct /
+// scored counts copied into pinned host memory), one wait, then the sums.
+// Returns the mean accuracy (its finiteness is all that matters here); adds
+// positions and the pass's seconds.
+static double synth_valid_pass(hax_engine *e, const synth_valid *sv, const hax_config *c, double *tokens,
+                               double *seconds) {
+    int bs = c->train.batch_size;
+    const hax_device_ops *dev = e->be->dev;
+    size_t bytes = sizeof(int) * 2 * (size_t)bs * sv->n_batches;
+    int *cnt = dev && dev->host_alloc ? dev->host_alloc(bytes) : xmalloc(bytes);
+    double t0 = hax_now(), acc = 0;
     for (int i = 0; i < sv->n_batches; i++) {
         const hax_batch *b = &sv->b[i % sv->n_distinct];
         hax_fwd_opts fo = {.train = 0, .seed = c->train.seed, .step = 0, .ce_count = 0, .inject = NULL};
-        hax_fwd_result r;
-        engine_forward(e, b, &fo, &r);
-        ce_forward(engine_logits(e), b->labels, b->loss_mask, b->seq_off, b->n_seq, V, correct, count);
-        for (int s = 0; s < b->n_seq; s++) acc += count[s] ? (double)correct[s] / count[s] : 0.0;
+        engine_forward_counts(e, b, &fo, cnt + (size_t)2 * bs * i, cnt + (size_t)2 * bs * i + bs);
         *tokens += b->n_tok;
     }
-    free(correct);
+    engine_sync(e);
+    for (int i = 0; i < sv->n_batches; i++) {
+        const int *correct = cnt + (size_t)2 * bs * i, *count = correct + bs;
+        for (int s = 0; s < sv->b[i % sv->n_distinct].n_seq; s++)
+            acc += count[s] ? (double)correct[s] / count[s] : 0.0;
+    }
+    *seconds = hax_now() - t0;
+    if (dev && dev->host_free) dev->host_free(cnt);
+    else free(cnt);
     return acc / ((double)sv->n_batches * bs);
 }
 
-// The real valid split through hax-train's pass (one rank, fixed hash draw 0).
-static double real_valid_pass(hax_engine *e, hax_dataset *ds, const hax_config *c, double *tokens) {
+// The real valid split through hax-train's pass (one rank, fixed hash draw
+// 0), its batches assembled once beforehand as hax-train does (not timed).
+static double real_valid_pass(hax_engine *e, hax_dataset *ds, const hax_config *c, double *tokens,
+                              double *seconds) {
     hax_dist d = {0, 1, 0, 1};
     hax_batch b;
     dataset_batch_alloc(ds, c->train.batch_size, &b);
@@ -126,13 +141,18 @@ static double real_valid_pass(hax_engine *e, hax_dataset *ds, const hax_config *
     for (int l = 0; l + 1 < p->levels; l++) nc *= p->max_size[l];
     train_eval ev;
     train_eval_alloc(&ev, nc + 1, p->max_size[p->levels - 1] + 1);
-    eval_run(&ep, 1, NULL, &ev, NULL);
+    ep.set = eval_set_build(&ep, SPLIT_VALID);
+    double t0 = hax_now();
+    eval_run(&ep, SPLIT_VALID, NULL, &ev, NULL);
+    *seconds = hax_now() - t0;
     double acc = ev.acc;
     *tokens += ep.tokens;
+    eval_set_free(ep.set);
     train_eval_free(&ev);
     hax_batch_free(&b);
     return acc;
 }
+
 
 // The training batch of tests/gpu_engine.c time_train: 64 sequences of 400-528.
 static hax_batch train_batch(const hax_config *c, int model_len) {
@@ -202,11 +222,8 @@ static void bench_case(const char *path, const char *regime, const bench_opts *b
     double step_s = (hax_now() - t0) / bo->reps;
     int finite = isfinite(r.loss) && e->be->dev->grad_finite(e, 0);
 
-    double vtok = 0;
-    t0 = hax_now();
-    double acc = ds ? real_valid_pass(e, ds, &c, &vtok) : synth_valid_pass(e, &sv, &c, &vtok);
-    cuda_sync();
-    double valid_s = hax_now() - t0;
+    double vtok = 0, valid_s = 0;
+    double acc = ds ? real_valid_pass(e, ds, &c, &vtok, &valid_s) : synth_valid_pass(e, &sv, &c, &vtok, &valid_s);
     finite &= isfinite(acc);
     size_t peak = cuda_mem_peak() - live0, used = cuda_mem_device_used();
     printf("| %s | %s | %.2f | %.2f M | %.2f | %.2f M | %.0f | %.0f |%s\n", name, regime, step_s * 1e3,
