@@ -20,6 +20,9 @@
 #   --gpus-per-task G     HAX_GPUS_PER_TASK  GPUs of each array task (1; 0: CPU only)
 #   --runs-per-task K     HAX_RUNS_PER_TASK  runs started side by side in one task, sharing
 #                                            its GPUs: K runs per GPU with G = 1 (1)
+#   --mps                 HAX_MPS=1          with --runs-per-task above 1: each task starts an
+#                                            MPS control daemon for its runs (they then share
+#                                            the GPU side by side: 4 runs ~1.2x one at a time)
 #   --ranks-per-run R     HAX_RANKS_PER_RUN  MPI ranks of each run, started with srun (1)
 #   --cpus-per-run C      HAX_CPUS_PER_RUN   CPUs (threads) of each rank (2)
 #   --mem-per-cpu M       HAX_MEM_PER_CPU    memory per CPU, e.g. 4G (default: the cluster's)
@@ -50,13 +53,14 @@ gpus=${HAX_GPUS_PER_TASK:-1} per_task=${HAX_RUNS_PER_TASK:-1} ranks=${HAX_RANKS_
 cpus=${HAX_CPUS_PER_RUN:-2} mem_per_cpu=${HAX_MEM_PER_CPU:-} throttle=${HAX_THROTTLE:-32}
 signal_time=${HAX_SIGNAL_TIME:-120} dg_nodes=${HAX_DATAGEN_NODES:-1} dg_tasks=${HAX_DATAGEN_TASKS:-8}
 dg_time=${HAX_DATAGEN_TIME:-2:00:00} sbatch_args=${HAX_SBATCH_ARGS:-} train_args=${HAX_TRAIN_ARGS:-}
-dry=0
+dry=0 mps=${HAX_MPS:-0}
 pos=()
 while [ $# -gt 0 ]; do
     opt=$1
     case $opt in
     -h | --help) sed -n '2,/^#SBATCH/p' "$0" | grep -v '^#SBATCH' | sed 's/^# \{0,1\}//'; exit 0 ;;
     --dry-run) dry=1; shift; continue ;;
+    --mps) mps=1; shift; continue ;;
     -*) [ $# -ge 2 ] || { echo "sweep.sh: $opt: expected a value, found none" >&2; exit 2; } ;;
     esac
     case $opt in
@@ -91,6 +95,9 @@ for v in gpus:$gpus per_task:$per_task ranks:$ranks cpus:$cpus throttle:$throttl
 done
 [ "$per_task" -ge 1 ] && [ "$ranks" -ge 1 ] && [ "$cpus" -ge 1 ] && [ "$throttle" -ge 1 ] ||
     fail "runs per task, ranks per run, cpus per run and throttle: expected at least 1, found $per_task, $ranks, $cpus, $throttle"
+case $mps in 0 | 1) ;; *) fail "HAX_MPS: expected 0 or 1, found '$mps'" ;; esac
+[ "$mps" -eq 0 ] || { [ "$per_task" -ge 2 ] && [ "$gpus" -ge 1 ]; } ||
+    fail "--mps: expected --runs-per-task above 1 and --gpus-per-task at least 1 (MPS shares a task's GPU between its runs), found $per_task and $gpus"
 if [ -z "${HAX_ROOT:-}" ]; then
     here=$(cd "$(dirname "$0")/.." 2>/dev/null && pwd)
     if [ -n "$here" ] && [ -x "$here/bin/hax-grid" ]; then HAX_ROOT=$here
@@ -133,7 +140,7 @@ common=(--chdir="$PWD" --parsable)
 [ -n "$account" ] && common+=(--account="$account")
 read -r -a more <<<"$sbatch_args"
 common+=("${more[@]}")
-export HAX_ROOT HAX_RUNS_PER_TASK=$per_task HAX_RANKS_PER_RUN=$ranks HAX_CPUS_PER_RUN=$cpus HAX_TRAIN_ARGS=$train_args
+export HAX_ROOT HAX_RUNS_PER_TASK=$per_task HAX_RANKS_PER_RUN=$ranks HAX_CPUS_PER_RUN=$cpus HAX_TRAIN_ARGS=$train_args HAX_MPS=$mps
 
 # submit NAME SBATCH-ARGS...: prints the job id (dry run: DRY-NAME).
 submit() {

@@ -19,7 +19,9 @@
 #
 # Environment (set by sweep.sh): HAX_ROOT (the hax checkout), HAX_RUNS_PER_TASK,
 # HAX_RANKS_PER_RUN (MPI ranks per run; > 1 starts each run with srun),
-# HAX_CPUS_PER_RUN (threads per rank), HAX_TRAIN_ARGS (extra hax-train options).
+# HAX_CPUS_PER_RUN (threads per rank), HAX_TRAIN_ARGS (extra hax-train options),
+# HAX_MPS (1: start an MPS control daemon for this task's runs, pipe folder
+# under ${TMPDIR:-/tmp}, and quit it when they have ended).
 #SBATCH --job-name=hax-train
 set -u
 
@@ -40,6 +42,9 @@ n=$("$grid_bin" "$grid" --size) || fail "$grid: the grid file does not load (mes
 first=$((task * per_task))
 last=$((first + per_task < n ? first + per_task : n))
 [ "$first" -lt "$n" ] || fail "array task $task: expected runs below $n (grid $grid), found first run $first"
+if [ "${HAX_MPS:-0}" = 1 ] && ! command -v nvidia-cuda-mps-control >/dev/null; then
+    fail "HAX_MPS=1: expected nvidia-cuda-mps-control (NVIDIA's driver utilities) on this node, found none"
+fi
 logs=$results/logs
 mkdir -p "$logs" || fail "$logs: cannot create the log folder"
 read -r -a extra <<<"${HAX_TRAIN_ARGS:-}"
@@ -59,6 +64,16 @@ on_signal() {
 }
 trap 'on_signal USR1' USR1
 trap 'on_signal TERM' TERM
+
+# MPS: the runs' kernels share the GPU side by side instead of in time slices.
+if [ "${HAX_MPS:-0}" = 1 ]; then
+    export CUDA_MPS_PIPE_DIRECTORY=${TMPDIR:-/tmp}/hax-mps.${SLURM_JOB_ID:-$$}.$task
+    export CUDA_MPS_LOG_DIRECTORY=$CUDA_MPS_PIPE_DIRECTORY/log
+    mkdir -p "$CUDA_MPS_LOG_DIRECTORY" || fail "$CUDA_MPS_LOG_DIRECTORY: cannot create the MPS folders"
+    nvidia-cuda-mps-control -d || fail "nvidia-cuda-mps-control -d failed"
+    trap 'echo quit | nvidia-cuda-mps-control; rm -rf "$CUDA_MPS_PIPE_DIRECTORY"' EXIT
+    say "MPS control daemon started ($CUDA_MPS_PIPE_DIRECTORY)"
+fi
 
 idx=()
 for ((i = first; i < last; i++)); do

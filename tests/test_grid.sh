@@ -124,7 +124,13 @@ check_fails "train.sh: a task past the grid's end" "array task 12: expected runs
     env HAX_ROOT="$ROOT" SLURM_ARRAY_TASK_ID=12 bash "$ROOT/jobs/train.sh" "$tmp/g.yaml" "$tmp/res_t"
 check_fails "train.sh: programs not built" "bin/hax-grid: expected the hax program" \
     env HAX_ROOT="$tmp/fake" SLURM_ARRAY_TASK_ID=0 bash "$ROOT/jobs/train.sh" "$tmp/g.yaml" "$tmp/res_t"
+if ! command -v nvidia-cuda-mps-control >/dev/null; then  # a node without NVIDIA's driver utilities
+    check_fails "train.sh: HAX_MPS=1 without MPS" "HAX_MPS=1: expected nvidia-cuda-mps-control" \
+        env HAX_ROOT="$ROOT" SLURM_ARRAY_TASK_ID=0 HAX_MPS=1 bash "$ROOT/jobs/train.sh" "$tmp/g.yaml" "$tmp/res_t"
+fi
 check "train.sh: nothing written by a refused task" test ! -e "$tmp/res_t"
+check_fails "sweep: --mps with one run per task" "--mps: expected --runs-per-task above 1" \
+    bash "$ROOT/jobs/sweep.sh" --dry-run --mps "$tmp/g.yaml" "$tmp/res_m"
 if ! command -v sbatch >/dev/null; then
     check_fails "sweep: no sbatch" "sbatch: expected Slurm's client" bash "$ROOT/jobs/sweep.sh" "$tmp/g.yaml"
 fi
