@@ -68,6 +68,9 @@ import os
 import sys
 import types
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ref_train import load_joint_recall  # noqa: E402  (joint_recall.py as a module, no network imports)
+
 CASES = {
     "mamba2_base": dict(base_arch="mamba2", sparse_arch=None, golden=None, batch="paper_mamba2_hax"),
     "mamba2_hax": dict(base_arch="mamba2", sparse_arch="sign_bin_lsh+key_selection", golden="paper_mamba2_hax",
@@ -81,22 +84,6 @@ LR, GATE_LOSS_WEIGHT = 1e-3, 0.1
 
 def die(msg):
     raise SystemExit("ref_golden_bf16.py: " + msg)
-
-
-def load_joint_recall(path):
-    """scripts/joint_recall.py as a module, its network imports (wandb,
-    datasets) replaced by None (as tests/ref/ref_train.py does)."""
-    src = open(path).read()
-    for line, repl in (("from datasets import Dataset, load_dataset", "Dataset = load_dataset = None"),
-                       ("import wandb", "wandb = None")):
-        if line not in src:
-            die("%s: expected the line '%s'" % (path, line))
-        src = src.replace(line, repl, 1)
-    mod = types.ModuleType("joint_recall")
-    mod.__file__ = path
-    sys.modules["joint_recall"] = mod
-    exec(compile(src, path, "exec"), mod.__dict__)
-    return mod
 
 
 # ---------------------------------------------------------------- kernels

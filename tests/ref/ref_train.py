@@ -44,7 +44,7 @@ def load_joint_recall(path):
     for line, repl in (("from datasets import Dataset, load_dataset", "Dataset = load_dataset = None"),
                        ("import wandb", "wandb = None")):
         if line not in src:
-            raise SystemExit("ref_train.py: %s: expected the line '%s'" % (path, line))
+            raise SystemExit("%s: expected the line '%s'" % (path, line))
         src = src.replace(line, repl, 1)
     mod = types.ModuleType("joint_recall")
     mod.__file__ = path
