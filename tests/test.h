@@ -53,6 +53,13 @@ static inline float f32_from_bits(uint32_t u) {
     return f;
 }
 
+// Removes a test's temporary folder and everything in it; 1 when that worked.
+static inline int test_remove_dir(const char *dir) {
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    return system(cmd) == 0;
+}
+
 static inline int test_summary(void) {
     printf("%d passed, %d failed\n", test_passed, test_failed);
     return test_failed ? 1 : 0;

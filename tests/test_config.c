@@ -352,9 +352,7 @@ static void tmp_begin(void) {
 }
 
 static void tmp_end(void) {
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp_dir);
-    CHECK(system(cmd) == 0, "%s", cmd);
+    CHECK(test_remove_dir(tmp_dir), "rm -rf %s", tmp_dir);
 }
 
 // A base is loaded first (paths relative to the including file's folder),

@@ -354,9 +354,7 @@ int main(int argc, char **argv) {
     RUN(test_shuffle);
     RUN(test_iterator);
     RUN(test_damage);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    if (system(cmd) != 0) hax_warn("could not remove %s", root);
+    if (!test_remove_dir(root)) hax_warn("could not remove %s", root);
     int rc = test_summary();
     MPI_Finalize();
     return rc;

@@ -118,9 +118,7 @@ int main(int argc, char **argv) {
     data_dir = make_data();
     RUN(test_prefetch_equals_dataset_batch);
     RUN(test_prefetch_stops_early);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-    if (system(cmd) != 0) hax_warn("could not remove %s", root);
+    if (!test_remove_dir(root)) hax_warn("could not remove %s", root);
     int rc = test_summary();
     MPI_Finalize();
     return rc;
