@@ -103,9 +103,7 @@ static void synth_valid_free(synth_valid *sv) {
 static double synth_valid_pass(hax_engine *e, const synth_valid *sv, const hax_config *c, double *tokens,
                                double *seconds) {
     int bs = c->train.batch_size;
-    const hax_device_ops *dev = e->be->dev;
-    size_t bytes = sizeof(int) * 2 * (size_t)bs * sv->n_batches;
-    int *cnt = dev && dev->host_alloc ? dev->host_alloc(bytes) : xmalloc(bytes);
+    int *cnt = engine_host_alloc(e, sizeof(int) * 2 * (size_t)bs * sv->n_batches);
     double t0 = hax_now(), acc = 0;
     for (int i = 0; i < sv->n_batches; i++) {
         const hax_batch *b = &sv->b[i % sv->n_distinct];
@@ -120,8 +118,7 @@ static double synth_valid_pass(hax_engine *e, const synth_valid *sv, const hax_c
             acc += count[s] ? (double)correct[s] / count[s] : 0.0;
     }
     *seconds = hax_now() - t0;
-    if (dev && dev->host_free) dev->host_free(cnt);
-    else free(cnt);
+    engine_host_free(e, cnt);
     return acc / ((double)sv->n_batches * bs);
 }
 

@@ -288,6 +288,17 @@ void engine_forward_counts(hax_engine *e, const hax_batch *b, const hax_fwd_opts
 
 void engine_sync(hax_engine *e) { e->core->ops->sync(); }
 
+void *engine_host_alloc(hax_engine *e, size_t bytes) {
+    const hax_device_ops *dev = e->be->dev;
+    return dev && dev->host_alloc ? dev->host_alloc(bytes) : xmalloc(bytes ? bytes : 1);
+}
+
+void engine_host_free(hax_engine *e, void *p) {
+    const hax_device_ops *dev = e->be->dev;
+    if (dev && dev->host_free) dev->host_free(p);
+    else free(p);
+}
+
 // ---------------------------------------------------------------- backward
 
 // The block norm's backward from c->da: its share of the input gradient added

@@ -159,6 +159,11 @@ void engine_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, ha
 void engine_forward_counts(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, int *correct, int *count);
 // Waits for the engine's work (no-op on the CPU).
 void engine_sync(hax_engine *e);
+// Host memory for engine_forward_counts and other asynchronous copies:
+// hax_device_ops.host_alloc on a device backend, plain memory on the CPU.
+// engine_host_free(e, NULL) is a no-op.
+void *engine_host_alloc(hax_engine *e, size_t bytes);
+void engine_host_free(hax_engine *e, void *p);
 // Gradient of the last forward's total_loss share, ADDED to model->grad (the
 // caller zeroes it with model_zero_grad before a step).
 void engine_backward(hax_engine *e);

@@ -21,17 +21,6 @@ struct eval_set {
     size_t n_tok, n_seq;
 };
 
-static void *host_alloc(hax_engine *e, size_t bytes) {
-    const hax_device_ops *dev = e->be->dev;
-    return dev && dev->host_alloc ? dev->host_alloc(bytes) : xmalloc(bytes ? bytes : 1);
-}
-
-static void host_free(hax_engine *e, void *p) {
-    const hax_device_ops *dev = e->be->dev;
-    if (dev && dev->host_free) dev->host_free(p);
-    else free(p);
-}
-
 // Appends n elements of elem bytes to the growing array *buf of *len (capacity *cap).
 static void append(void **buf, size_t *len, size_t *cap, const void *src, size_t n, size_t elem) {
     if (*len + n > *cap) {
@@ -44,7 +33,7 @@ static void append(void **buf, size_t *len, size_t *cap, const void *src, size_t
 
 // The array of len elements in the engine's host memory (frees src).
 static void *to_host(hax_engine *e, void *src, size_t len, size_t elem) {
-    void *dst = host_alloc(e, len * elem);
+    void *dst = engine_host_alloc(e, len * elem);
     if (len) memcpy(dst, src, len * elem);
     free(src);
     return dst;
@@ -98,8 +87,8 @@ eval_set *eval_set_build(const eval_pass *p, int split) {
     s->sample_idx = to_host(s->eng, idx, n_idx, sizeof(int64_t));
     s->n_context = to_host(s->eng, nc, n_nc, sizeof(int));
     s->n_key = to_host(s->eng, nk, n_nk, sizeof(int));
-    s->correct = host_alloc(s->eng, s->n_seq * sizeof(int));
-    s->count = host_alloc(s->eng, s->n_seq * sizeof(int));
+    s->correct = engine_host_alloc(s->eng, s->n_seq * sizeof(int));
+    s->count = engine_host_alloc(s->eng, s->n_seq * sizeof(int));
     for (int i = 0; i < s->n_batches; i++) {
         hax_batch *v = &s->b[i];
         size_t t0 = s->tok_base[i], q0 = s->seq_base[i];
@@ -112,10 +101,10 @@ eval_set *eval_set_build(const eval_pass *p, int split) {
 
 void eval_set_free(eval_set *s) {
     if (!s) return;
-    host_free(s->eng, s->inputs), host_free(s->eng, s->labels), host_free(s->eng, s->mask);
-    host_free(s->eng, s->seq_off), host_free(s->eng, s->sample_idx);
-    host_free(s->eng, s->n_context), host_free(s->eng, s->n_key);
-    host_free(s->eng, s->correct), host_free(s->eng, s->count);
+    engine_host_free(s->eng, s->inputs), engine_host_free(s->eng, s->labels), engine_host_free(s->eng, s->mask);
+    engine_host_free(s->eng, s->seq_off), engine_host_free(s->eng, s->sample_idx);
+    engine_host_free(s->eng, s->n_context), engine_host_free(s->eng, s->n_key);
+    engine_host_free(s->eng, s->correct), engine_host_free(s->eng, s->count);
     free(s->b), free(s->tok_base), free(s->seq_base);
     free(s);
 }
