@@ -114,6 +114,42 @@ static void test_config_values(void) {
           "tiny");
 }
 
+// config_eval_batch: train.eval_batch (default 256), batch_size for 0, and
+// batch_size for an LSH pattern whose evaluation matrices are redrawn per
+// batch (eval_fixed_hash false); other patterns keep eval_batch then.
+static void test_eval_batch(void) {
+    static const struct {
+        const char *text;
+        int want;
+    } cases[] = {
+        {"train:\n  batch_size: 64\n", 256},
+        {"train:\n  batch_size: 64\n  eval_batch: 0\n", 64},
+        {"train:\n  batch_size: 64\n  eval_batch: 64\n", 64},
+        {"train:\n  batch_size: 64\n  eval_batch: 100\n", 100},
+        {"train:\n  batch_size: 512\n  eval_batch: 16\n", 16},
+        {"sparse:\n  pattern: sign_bin_lsh+key_selection\ntrain:\n  batch_size: 64\n  eval_fixed_hash: false\n", 64},
+        {"sparse:\n  pattern: argmax_lsh\ntrain:\n  batch_size: 32\n  eval_fixed_hash: false\n", 32},
+        {"sparse:\n  pattern: sign_bin_lsh\ntrain:\n  batch_size: 32\n", 256},
+        {"sparse:\n  pattern: key_selection\ntrain:\n  batch_size: 32\n  eval_fixed_hash: false\n", 256},
+        {"train:\n  batch_size: 32\n  eval_fixed_hash: false\n", 256},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        hax_config c;
+        char err[512] = "";
+        CHECK(config_load_text(&c, "eb.yaml", cases[i].text, strlen(cases[i].text), NULL, 0, err, sizeof err) == 0,
+              "%s", err);
+        CHECK(config_eval_batch(&c) == cases[i].want, "case %zu: eval batch %d, expected %d", i, config_eval_batch(&c),
+              cases[i].want);
+    }
+    hax_config c;
+    char err[512] = "";
+    const char *ov[] = {"train.eval_batch=48"};
+    CHECK(config_load(&c, "configs/mamba2_hax.yaml", ov, 1, err, sizeof err) == 0, "%s", err);
+    CHECK(c.train.eval_batch == 48 && config_eval_batch(&c) == 48, "override: %d", c.train.eval_batch);
+    CHECK(config_load(&c, "configs/mamba2_hax.yaml", NULL, 0, err, sizeof err) == 0, "%s", err);
+    CHECK(c.train.eval_batch == 256 && config_eval_batch(&c) == 256, "mamba2_hax: %d", c.train.eval_batch);
+}
+
 // Every row of Table 1 by name: its base architecture, width and sparse
 // pattern, and every model and sparse field equal to the reference config
 // (model_config_reference: mamba.json, mamba2.json, *_double_size.json,
@@ -232,6 +268,10 @@ static void test_bad_configs(void) {
     expect_error("train:\n  lr: {a: 1}\n", NULL, "bad.yaml:2: train.lr: expected a single value, found a mapping");
     expect_error("train:\n  batch_size: 6.5\n", NULL, "bad.yaml:2: train.batch_size: expected an integer in 1..1048576, found '6.5'");
     expect_error("train:\n  batch_size: 0\n", NULL, "bad.yaml:2: train.batch_size: expected an integer in 1..1048576, found 0");
+    expect_error("train:\n  eval_batch: -1\n", NULL, "bad.yaml:2: train.eval_batch: expected an integer in 0..1048576, found -1");
+    expect_error("train:\n  eval_batch: 2.5\n", NULL, "bad.yaml:2: train.eval_batch: expected an integer in 0..1048576, found '2.5'");
+    expect_error("train:\n  eval_batch: 1048577\n", NULL, "train.eval_batch: expected an integer in 0..1048576, found 1048577");
+    expect_error("train:\n", "train.eval_batch=many", "override 'train.eval_batch=many': expected an integer in 0..1048576, found 'many'");
     expect_error("train:\n  lr: -0.1\n", NULL, "bad.yaml:2: train.lr: expected a number in (0, 1], found -0.1");
     expect_error("train:\n  seed: -1\n", NULL, "train.seed: expected a non-negative integer, found '-1'");
     expect_error("sparse:\n  hash_bits: 31\n", NULL, "bad.yaml:2: sparse.hash_bits: expected an integer in 1..30, found 31");
@@ -472,6 +512,7 @@ static void test_readme_documents_fields(void) {
 int main(void) {
     RUN(test_every_config);
     RUN(test_config_values);
+    RUN(test_eval_batch);
     RUN(test_table1_rows);
     RUN(test_first_difference);
     RUN(test_overrides);

@@ -83,6 +83,7 @@ const cfg_field cfg_fields[] = {
     NUM("train", "seed", F_U64, train.seed, 0, 0),
     POS("train", "lr", F_DOUBLE, train.lr, 1),
     NUM("train", "batch_size", F_INT, train.batch_size, 1, 1 << 20),
+    NUM("train", "eval_batch", F_INT, train.eval_batch, 0, 1 << 20),
     NUM("train", "steps", F_I64, train.steps, 1, 1e12),
     NUM("train", "warmup", F_I64, train.warmup, 0, 1e12),
     NUM("train", "valid_every", F_I64, train.valid_every, 1, 1e12),
@@ -125,6 +126,7 @@ void config_defaults(hax_config *c) {
     t->seed = 1;
     t->lr = 0.002;
     t->batch_size = 64;
+    t->eval_batch = 256;  // README "Configs": 4 of the paper's batches per evaluation forward
     t->steps = 400000;
     t->warmup = 5000;
     t->valid_every = 500;
@@ -361,6 +363,13 @@ int config_finalize(hax_config *c, char *err, int errlen) {
         }
     }
     return 0;
+}
+
+int config_eval_batch(const hax_config *c) {
+    const hax_train_config *t = &c->train;
+    int lsh = (c->model.sparse_mask & (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH)) != 0;
+    if (t->eval_batch <= 0 || (lsh && !t->eval_fixed_hash)) return t->batch_size;
+    return t->eval_batch;
 }
 
 void config_run_dir(const hax_config *c, char *buf, size_t n) {

@@ -38,6 +38,7 @@ typedef struct {
     uint64_t seed;           // init, hashing, candidate sampling (and shuffling)
     double lr;               // peak learning rate (0.002 in the reference CLI)
     int batch_size;          // global batch, over all ranks (64)
+    int eval_batch;          // global batch of each validation / test forward; 0: batch_size (256)
     int64_t steps;           // optimizer steps (400000)
     int64_t warmup;          // linear warm-up steps (5000)
     int64_t valid_every;     // validate after steps k*valid_every - 1 (reference) (500)
@@ -103,6 +104,13 @@ int config_equal(const hax_config *a, const hax_config *b);
 // equal.
 void config_first_difference(const hax_config *a, const hax_config *b, const char *label_a, const char *label_b,
                              char *out, size_t n);
+
+// The global batch of each forward of hax-train's validation and test
+// passes (and hax-eval's default): train.eval_batch, or train.batch_size
+// when that is 0 or when an LSH pattern redraws its evaluation hash matrices
+// per batch (eval_fixed_hash false: each of the reference's batches of
+// batch_size has its own draw, quirk 6, so those batches are kept).
+int config_eval_batch(const hax_config *c);
 
 // The run's folder: <root>/<arch>/lr_<lr>/seed_<seed> (lr printed with %g).
 void config_run_dir(const hax_config *c, char *buf, size_t n);
