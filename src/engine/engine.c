@@ -129,6 +129,10 @@ static void reserve(hax_engine *e, int n_tok, int n_seq, int max_len) {
     if (m->cfg.sparse_mask) sparse_reserve(c, m);
 }
 
+void engine_reserve(hax_engine *e, int max_tok, int max_seq, int max_len) {
+    reserve(e, max_tok > 0 ? max_tok : 1, max_seq > 0 ? max_seq : 1, max_len > 0 ? max_len : 1);
+}
+
 hax_engine *engine_new(const hax_backend *be, hax_model *m, float *w, float *g, void *impl, int max_tok,
                        int max_seq, int max_len) {
     if (m->cfg.n_layers > HAX_MAX_LAYERS)

@@ -150,6 +150,12 @@ int engine_backend_available(const char *name, const hax_model_config *cfg, char
 // the visible devices; no-op on the CPU), then creates the engine.
 hax_engine *engine_create(const char *name, hax_model *m, int local_rank, int max_tok, int max_seq, int max_len);
 
+// Grows the batch-sized buffers to hold batches of up to max_tok positions,
+// max_seq sequences and max_len positions per sequence (a no-op where they
+// do; buffers never shrink). Called before a series of forwards (an
+// evaluation pass), it keeps them from being reallocated midway, which on a
+// device backend waits for the device and drops its captured graphs.
+void engine_reserve(hax_engine *e, int max_tok, int max_seq, int max_len);
 // Forward of one batch; keeps what backward needs until the next forward.
 void engine_forward(hax_engine *e, const hax_batch *b, const hax_fwd_opts *o, hax_fwd_result *r);
 // An evaluation forward that does not wait: enqueues the forward of b and the

@@ -19,6 +19,7 @@ struct eval_set {
     int *n_context, *n_key;    // [n_seq]
     int *correct, *count;      // [n_seq] the last pass's counts
     size_t n_tok, n_seq;
+    int max_tok, max_seq, max_len;  // the largest batch (eval_set_max)
 };
 
 // Appends n elements of elem bytes to the growing array *buf of *len (capacity *cap).
@@ -48,6 +49,15 @@ static void map_ids(const eval_pass *p, hax_batch *b) {
     }
 }
 
+// Widens the set's largest-batch sizes to hold b.
+static void note_max(eval_set *s, const hax_batch *b) {
+    if (b->n_tok > s->max_tok) s->max_tok = b->n_tok;
+    if (b->n_seq > s->max_seq) s->max_seq = b->n_seq;
+    if (b->model_len > s->max_len) s->max_len = b->model_len;
+    for (int i = 0; i < b->n_seq; i++)
+        if (b->seq_off[i + 1] - b->seq_off[i] > s->max_len) s->max_len = b->seq_off[i + 1] - b->seq_off[i];
+}
+
 eval_set *eval_set_build(const eval_pass *p, int split) {
     eval_set *s = xcalloc(1, sizeof *s);
     s->eng = p->eng;
@@ -67,6 +77,7 @@ eval_set *eval_set_build(const eval_pass *p, int split) {
             s->tok_base = xrealloc(s->tok_base, (size_t)cap_b * sizeof *s->tok_base);
             s->seq_base = xrealloc(s->seq_base, (size_t)cap_b * sizeof *s->seq_base);
         }
+        note_max(s, b);
         s->b[s->n_batches] = *b;  // sizes now, pointers below
         s->tok_base[s->n_batches] = n_in;
         s->seq_base[s->n_batches] = n_idx;
@@ -116,4 +127,8 @@ const hax_batch *eval_set_batch(const eval_set *s, int i) { return &s->b[i]; }
 void eval_set_counts(eval_set *s, int i, int **correct, int **count) {
     *correct = s->correct + s->seq_base[i];
     *count = s->count + s->seq_base[i];
+}
+
+void eval_set_max(const eval_set *s, int *max_tok, int *max_seq, int *max_len) {
+    *max_tok = s->max_tok, *max_seq = s->max_seq, *max_len = s->max_len;
 }
