@@ -122,6 +122,7 @@ static int check_config(const train_ctx *t, const st_file *f, const char *path, 
     old.train.log_every = c->train.log_every;
     old.train.checkpoint_every = c->train.checkpoint_every;
     old.train.device = c->train.device;
+    old.train.eval_batch = c->train.eval_batch;  // how evaluation is batched, like the device: not the run
     snprintf(old.output.root, sizeof old.output.root, "%s", c->output.root);
     snprintf(old.data.path, sizeof old.data.path, "%s", c->data.path);
     old.data.generate = c->data.generate;

@@ -84,21 +84,42 @@ static void eval_add_alt(eval_pass *p, const hax_batch *b, const float *alt_emb,
     free(logits), free(correct), free(count);
 }
 
+// The reference's evaluation batches (of draw_batch sequences) that end in
+// evaluation batch i of a split of n sequences: a pass advances the redraw
+// counter by the reference's batch count, whatever its own batch (the sum
+// over i telescopes to ceil(n / draw_batch)); 1 per batch when they are equal.
+static int64_t draws_in(const eval_pass *p, int64_t n, int i) {
+    int64_t B = p->batch_size, R = p->draw_batch > 0 ? p->draw_batch : B;
+    int64_t g0 = (int64_t)i * B, g1 = g0 + B < n ? g0 + B : n;
+    return (g1 + R - 1) / R - (g0 + R - 1) / R;
+}
+
+// The engine sized for the set's largest batch before any forward, so none
+// of the enqueued forwards reallocates it.
+static void reserve_for(hax_engine *e, const eval_set *set) {
+    int max_tok, max_seq, max_len;
+    eval_set_max(set, &max_tok, &max_seq, &max_len);
+    engine_reserve(e, max_tok, max_seq, max_len);
+}
+
 void eval_run(eval_pass *p, int split, const float *alt_emb, train_eval *ev, train_eval *ev_alt) {
     eval_zero(ev);
     if (ev_alt) eval_zero(ev_alt);
     double t0 = hax_now();
     eval_set *own = NULL, *set = p->set;
     if (!set || eval_set_split(set) != split) set = own = eval_set_build(p, split);
+    reserve_for(p->eng, set);
     int n = eval_set_batches(set);
+    int64_t n_split = dataset_size(p->ds, split);
     // Every forward is enqueued without waiting (the counts land in the set);
     // the accuracies are summed after one wait, batch by batch in order.
     for (int i = 0; i < n; i++) {
         const hax_batch *b = eval_set_batch(set, i);
         // Fixed matrices (paper App. D.2): draw 0 for every batch; else a new
-        // draw per evaluation batch, as the reference (quirk 6).
+        // draw per evaluation batch, as the reference (quirk 6; then
+        // config_eval_batch keeps the reference's batches for LSH patterns).
         uint32_t draw = p->fixed_hash ? 0 : (uint32_t)(*p->draws + 1);
-        (*p->draws)++;
+        *p->draws += draws_in(p, n_split, i);
         if (b->n_seq == 0) continue;
         hax_fwd_opts fo = {.train = 0, .seed = p->seed, .step = draw, .ce_count = 0, .inject = p->inject};
         int *correct, *count;
@@ -124,13 +145,14 @@ void eval_run(eval_pass *p, int split, const float *alt_emb, train_eval *ev, tra
 void train_evaluate(train_ctx *t, int split, const float *alt_emb, train_eval *ev, train_eval *ev_alt) {
     const hax_config *cfg = t->cfg;
     eval_pass p = {.eng = t->eng, .ds = t->o->ds, .d = t->d, .batch = &t->batch,
-                   .batch_size = cfg->train.batch_size, .vocab = cfg->model.vocab_size,
-                   .hidden = cfg->model.hidden_size, .seed = cfg->train.seed,
+                   .batch_size = config_eval_batch(cfg), .draw_batch = cfg->train.batch_size,
+                   .vocab = cfg->model.vocab_size, .hidden = cfg->model.hidden_size, .seed = cfg->train.seed,
                    .fixed_hash = cfg->train.eval_fixed_hash, .draws = &t->eval_draws};
     double t0 = hax_now();
     if (split == SPLIT_VALID) {
-        if (!t->valid_set) {
+        if (!t->valid_set) {  // assembled, and the engine grown to its largest batch, once
             t->valid_set = eval_set_build(&p, SPLIT_VALID);
+            reserve_for(t->eng, t->valid_set);
             t->valid_build_s += hax_now() - t0;
         }
         p.set = t->valid_set;

@@ -32,12 +32,14 @@ typedef struct {
     hax_engine *eng;
     hax_dataset *ds;
     const hax_dist *d;
-    hax_batch *batch;          // filled batch by batch (dataset_batch_alloc)
-    int batch_size;            // the global batch
+    hax_batch *batch;          // filled batch by batch (dataset_batch_alloc for batch_size)
+    int batch_size;            // the global batch of each forward (config_eval_batch)
+    int draw_batch;            // the reference's evaluation batch (train.batch_size; 0: batch_size): the
+                               // redraw counter advances once per draw_batch sequences of a split
     int vocab, hidden;         // the model's V and d (the alternative logits)
     uint64_t seed;             // the run's seed (evaluation hash matrices)
     int fixed_hash;            // 1: draw 0 for every batch (paper App. D.2); 0: a new draw per batch (quirk 6)
-    int64_t *draws;            // evaluation batches so far (the redraw counter), advanced by every batch
+    int64_t *draws;            // the reference's evaluation batches so far (the redraw counter)
     const hax_inject *inject;  // hash matrices to use instead of drawing them, or NULL
     const int32_t *id_map;     // dataset token id -> model token id [n_ids], or NULL (ids as stored)
     int n_ids;
@@ -49,6 +51,12 @@ typedef struct {
 // no ranking loss). With alt_emb [V, d], each batch is also scored with
 // logits hf · alt_embᵀ into ev_alt (quirk 1's test figure). ev and ev_alt
 // are zeroed first; on return they hold the global figures on every rank.
+// The engine grows first to hold the split's largest batch (engine_reserve).
+// A sequence's counts do not depend on the other sequences of its forward
+// (MODEL.md §5.8: every padding term is the sequence's own), so batch_size
+// changes how many forwards a pass takes, not what they compute, except for
+// rounding where a backend's kernels round a row differently with the number
+// of rows (README "Configs", train.eval_batch).
 void eval_run(eval_pass *p, int split, const float *alt_emb, train_eval *ev, train_eval *ev_alt);
 
 #endif

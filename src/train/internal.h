@@ -35,7 +35,7 @@ typedef struct {
     hax_engine *eng;
     struct hax_nccl *nccl;  // the device gradient all-reduce (CUDA backend only)
     hax_adamw opt;          // (ckpt) moments and step count
-    hax_batch batch;
+    hax_batch batch;        // the evaluation passes' scratch (for config_eval_batch sequences)
     int nc, nk;             // per-cell table dimensions
 
     int64_t step;           // (ckpt) optimizer steps done

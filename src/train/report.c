@@ -220,6 +220,9 @@ int train_write_result(train_ctx *t, const char *status, const train_test *test,
     fprintf(f, ",\n  \"git_revision\": \"%s\"", t->git_rev[0] ? t->git_rev : "unknown");
     // Lines that differ between identical runs (timing, rank count) follow.
     fprintf(f, ",\n  \"ranks\": %d", t->d->size);
+    // the global batch of the evaluation forwards (config_eval_batch): on the
+    // GPU the figures may differ with it at rounding level (README "Configs")
+    fprintf(f, ",\n  \"eval_batch\": %d", config_eval_batch(c));
     fputs(",\n  \"wall_time\": ", f);
     put_num(f, round(wall * 1000) / 1000);
     fputs(",\n  \"tokens_per_s\": ", f);

@@ -248,7 +248,10 @@ static void ctx_init(train_ctx *t, const train_opts *o) {
     adamw_init(&t->opt, t->model.n_floats, tc->beta1, tc->beta2, tc->eps, tc->weight_decay);
     t->opt.bf16_pure = tc->precision == PREC_BF16_PURE;
     dataset_set_shuffle(o->ds, o->cfg->data.shuffle, tc->seed);
-    dataset_batch_alloc(o->ds, tc->batch_size, &t->batch);
+    dataset_batch_alloc(o->ds, config_eval_batch(cfg), &t->batch);  // the evaluation passes' scratch
+    // Sized for the training batches; the first validation grows the engine
+    // to the largest evaluation batch (engine_reserve, eval.h), of the
+    // validation split's actual lengths, not evaluation batch x max_len.
     int max_len = dataset_pad_len(o->ds) - 1;
     int max_seq = (tc->batch_size + t->d->size - 1) / t->d->size;
     const char *backend = o->use_cuda ? "cuda" : "cpu";
