@@ -37,8 +37,13 @@ out=$($BIN/hax-eval $R/best.safetensors --data $T/data --split valid)
 same "--split valid gives best_valid_acc" "$(acc "$out")" "$(field best_valid_acc $R/result.json)"
 check "25 cells with samples and tokens per sample" test "$(grep -c '^| [0-9]' <<<"$out")" = 25
 check "tokens/s and peak memory printed" grep -q "^eval: [0-9]* tokens/s, peak host memory" <<<"$out"
+check "the header names the run's evaluation batch (train.eval_batch 256)" grep -q ", 1 rank, batch 256$" <<<"$out"
 out=$($BIN/hax-eval $R/best.safetensors --data $T/data --batch 7)
 check "--batch 7 scores every sample" grep -q "over 500 samples" <<<"$out"
+# a sequence scores the same in any batch on the CPU (tests/test_eval_batch.c):
+# the run's batch_size gives result.json's figure too
+out=$($BIN/hax-eval $R/best.safetensors --data $T/data --batch 16)
+same "--batch 16 (the run's batch_size) gives test_acc" "$(acc "$out")" "$(field test_acc $R/result.json)"
 
 # ---- formats, -o, figures
 $BIN/hax-eval $R/best.safetensors --data $T/data --format json -o "$T/e.json" >/dev/null 2>&1
@@ -85,6 +90,8 @@ $BIN/hax-datagen --out $T/l32 --min-n-context 16 --max-n-context 32 --min-n-key 
 out=$($BIN/hax-eval $RL/best.safetensors --data $T/l32 2>"$T/errl")
 check "16..32 tables in the model's layout: scored, 289 cells" test "$(grep -c '^| [0-9]' <<<"$out")" = 289
 check "... the 32 x 32 cell: 4162 tokens per sample" grep -q '^| 32 | 32 | 1 | 4162 | ' <<<"$out"
+check "... in batches of 16: 256 rows of 274 tokens (the run's) hold as many positions as 16 of 4162" \
+    grep -q ", 1 rank, batch 16$" <<<"$out"
 check "... a note naming both levels and their untrained ids" \
     grep -q "contexts up to 32 (training maxima 8: ids 66..89), keys up to 32 (training maxima 8: ids 34..57)" "$T/errl"
 $BIN/hax-datagen --out $T/l64 --min-n-context 2 --max-n-context 3 --min-n-key 2 --max-n-key 3 --id-layout 64:64 \

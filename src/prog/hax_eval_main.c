@@ -37,7 +37,8 @@ static const char *usage =
     "\n"
     "  --data DIR            a dataset (hax-datagen) whose ids the model can read\n"
     "  --split S             test (default), valid or train\n"
-    "  --batch N             global batch (default: the run's train.batch_size, as hax-train scores)\n"
+    "  --batch N             global batch of each forward (default: the run's evaluation batch, as hax-train\n"
+    "                        scores, train.eval_batch; fewer on a dataset of longer rows)\n"
     "  --semantics S         the sparse branch's statistics (default: the run's sparse.semantics)\n"
     "  --output-layer L      best (default): the best model's own embedding; final: the last step's\n"
     "                        embedding (the reference's test figure, quirk 1; needs checkpoint.safetensors)\n"
@@ -53,7 +54,7 @@ static hax_dist dist;
 
 typedef struct {
     const char *model, *data, *plot, *out, *label;
-    int split, batch, semantics, final_layer, format, device;  // semantics -1: the run's
+    int split, batch, semantics, final_layer, format, device;  // semantics -1: the run's; batch 0: the run's
 } eval_opts;
 
 enum { FMT_MARKDOWN, FMT_CSV, FMT_JSON };
@@ -152,6 +153,16 @@ static const char *pick_backend(int device, const hax_model_config *mc) {
     return cuda ? "cuda" : "cpu";
 }
 
+// --batch's default: the run's evaluation batch (config_eval_batch), so its
+// test figures come out as hax-train's; on a dataset of longer rows, fewer
+// sequences, so that a forward holds no more positions than the run's did
+// (rows of 65,794 tokens would otherwise make forwards of 16.8 M positions).
+static int default_batch(const hax_config *c, const hax_dataset *ds) {
+    int64_t batch = config_eval_batch(c), run_len = data_pad_len(&c->data.gen), len = dataset_pad_len(ds);
+    if (len > run_len) batch = batch * run_len / len;
+    return batch > 1 ? (int)batch : 1;
+}
+
 // OpenMP threads as hax-train: the node's cores shared among its ranks, at
 // most one per 4096 tokens of a batch slice (unless OMP_NUM_THREADS is set).
 static void set_threads(int batch, const hax_dataset *ds) {
@@ -188,6 +199,7 @@ typedef struct {
     const saved_model *sm;
     const hax_data_params *p;
     const char *backend;
+    int batch;                            // the global batch of each forward
     double tok_per_s, host_mib, dev_mib;  // dev_mib < 0: no device
 } report;
 
@@ -197,9 +209,10 @@ static void put_header(FILE *f, const report *r, const train_eval *ev) {
     fmt_num(acc, sizeof acc, ev->acc);
     sparse_pattern_name(c->model.sparse_mask, pat, sizeof pat);
     fprintf(f, "hax-eval: %s (%s, %s, %s, step %lld) on %s, split %s: output layer %s, semantics %s, device %s, "
-            "%d rank%s\n", r->o->model, c->output.arch, config_arch_name(c->model.arch), pat,
+            "%d rank%s, batch %d\n", r->o->model, c->output.arch, config_arch_name(c->model.arch), pat,
             (long long)r->sm->best_step, r->o->data, hax_split_names[r->o->split], r->o->final_layer ? "final" : "best",
-            config_semantics_name(r->sm->model.cfg.semantics), r->backend, dist.size, dist.size == 1 ? "" : "s");
+            config_semantics_name(r->sm->model.cfg.semantics), r->backend, dist.size, dist.size == 1 ? "" : "s",
+            r->batch);
     fprintf(f, "accuracy %s over %.0f samples (chance %.4f)\n", acc, ev->n, 1.0 / r->p->n_value);
 }
 
@@ -220,9 +233,9 @@ static void write_table(FILE *f, const report *r, const train_eval *ev) {
         char acc[40];
         fmt_num(acc, sizeof acc, ev->acc);
         fprintf(f, "{\n  \"model\": \"%s\",\n  \"data\": \"%s\",\n  \"split\": \"%s\",\n  \"output_layer\": \"%s\","
-                "\n  \"step\": %lld,\n  \"acc\": %s,\n  \"n\": %.0f,\n  \"tokens_per_s\": %.0f,\n  \"peak_host_mib\": "
-                "%.0f,\n  \"cells\": [", r->o->model, r->o->data, hax_split_names[r->o->split],
-                r->o->final_layer ? "final" : "best", (long long)r->sm->best_step, acc, ev->n, r->tok_per_s,
+                "\n  \"step\": %lld,\n  \"batch\": %d,\n  \"acc\": %s,\n  \"n\": %.0f,\n  \"tokens_per_s\": %.0f,"
+                "\n  \"peak_host_mib\": %.0f,\n  \"cells\": [", r->o->model, r->o->data, hax_split_names[r->o->split],
+                r->o->final_layer ? "final" : "best", (long long)r->sm->best_step, r->batch, acc, ev->n, r->tok_per_s,
                 r->host_mib);
     }
     int first = 1;
@@ -322,13 +335,15 @@ int main(int argc, char **argv) {
         hax_warn("%s: the run redrew the evaluation hash matrices per batch (eval_fixed_hash: false); scored "
                  "with the fixed draw 0", o.model);
 
-    int batch = o.batch ? o.batch : sm.cfg.train.batch_size;
+    int batch = o.batch ? o.batch : default_batch(&sm.cfg, ds);
     set_threads(batch, ds);
     const char *backend = pick_backend(o.device, &sm.cfg.model);
     hax_batch b;
     dataset_batch_alloc(ds, batch, &b);
-    int max_len = dataset_pad_len(ds) - 1, max_seq = (batch + dist.size - 1) / dist.size;
-    hax_engine *eng = engine_create(backend, &sm.model, dist.local_rank, max_seq * max_len, max_seq, max_len);
+    // one sequence of the model length now: eval_run grows the engine to the
+    // split's largest batch (its actual lengths) before the first forward
+    int max_len = dataset_pad_len(ds) - 1;
+    hax_engine *eng = engine_create(backend, &sm.model, dist.local_rank, max_len, 1, max_len);
     if (eng->be->dev) eng->be->dev->push(eng, NULL);  // weights resident on the device
     hax_inject inj;
     memset(&inj, 0, sizeof inj);
@@ -336,7 +351,7 @@ int main(int argc, char **argv) {
     for (int l = 0; l < HAX_MAX_LAYERS; l++) injected |= (inj.hash[l] = sm.hash[l]) != NULL;
 
     int64_t draws = 0;
-    eval_pass ep = {.eng = eng, .ds = ds, .d = &dist, .batch = &b, .batch_size = batch,
+    eval_pass ep = {.eng = eng, .ds = ds, .d = &dist, .batch = &b, .batch_size = batch, .draw_batch = batch,
                     .vocab = sm.cfg.model.vocab_size, .hidden = sm.cfg.model.hidden_size, .seed = sm.cfg.train.seed,
                     .fixed_hash = 1, .draws = &draws, .inject = injected ? &inj : NULL, .id_map = id_map,
                     .n_ids = n_ids};
@@ -353,7 +368,7 @@ int main(int argc, char **argv) {
     dist_allreduce_sum_f64(perf, 1);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    report r = {.o = &o, .sm = &sm, .p = p, .backend = backend, .dev_mib = -1};
+    report r = {.o = &o, .sm = &sm, .p = p, .backend = backend, .batch = batch, .dev_mib = -1};
     r.host_mib = dist_allreduce_max_int((int)(ru.ru_maxrss / 1024));
     int ms = dist_allreduce_max_int((int)(ep.seconds * 1000 + 0.5));
     r.tok_per_s = perf[0] / (ms > 0 ? ms / 1000.0 : 1e-3);
