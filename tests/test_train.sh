@@ -67,9 +67,10 @@ check "result.json: valid JSON with every field of the issue" "$PY" -c '
 import json, sys
 r = json.load(open(sys.argv[1]))
 need = ["status", "config", "best_valid_acc", "best_step", "test_acc", "test_acc_reference", "valid_cells",
-        "test_cells", "test_cells_reference", "steps", "wall_time", "tokens_per_s", "git_revision"]
+        "test_cells", "test_cells_reference", "steps", "wall_time", "tokens_per_s", "git_revision", "eval_batch"]
 miss = [k for k in need if k not in r]
 assert not miss, miss
+assert r["eval_batch"] == 256 and r["config"]["train"]["eval_batch"] == 256, r["eval_batch"]
 assert r["config"]["train"]["valid_every"] == 10 and r["config"]["data"]["path"].endswith("/data"), r["config"]
 assert r["best_step"] in (9, 19, 29, 39, 40) and r["steps"] == 40 and r["tokens_per_s"] > 0
 cells = {(c["n_c"], c["n_k"]) for c in r["test_cells"]}
@@ -197,6 +198,30 @@ same_run "2 ranks stop+resume" "$B" "$(run_dir F)"
 # 250 samples: 40 steps of 16 cross two epoch boundaries); stopped and resumed
 # across an epoch boundary it ends bit-identical; 2 ranks within 1e-5
 SMALL=("${SHORT[@]}" data.path=$tmp/small data.train_per_cell=10)
+# ---- train.eval_batch: evaluation forwards of 16 sequences (0: batch_size,
+# the passes as before eval_batch) against run A's 256. On the CPU engine a
+# sequence scores the same in any batch (tests/test_eval_batch.c), so the runs
+# are the same bit for bit, the redraw counter in the checkpoint included;
+# only the recorded eval_batch differs. A run stopped at step 20 resumes with
+# another eval_batch (allowed, like another device) to the same end.
+"$T" "${SHORT[@]}" train.eval_batch=0 --results "$tmp/EB" >"$tmp/EB.log" 2>&1; rc=$?
+EB=$(run_dir EB)
+check "eval_batch=0: exit 0" test $rc -eq 0
+check "eval_batch=0: result.json records eval_batch 16" grep -q '^  "eval_batch": 16,$' "$EB/result.json"
+check "eval_batch=0: checkpoint tensors bit for bit with eval_batch 256" "$FILES" cmp "$A/checkpoint.safetensors" \
+    "$EB/checkpoint.safetensors" 0
+check "eval_batch=0: best.safetensors bit for bit" "$FILES" cmp "$A/best.safetensors" "$EB/best.safetensors" 0
+check "eval_batch=0: metrics.csv equal" cmp -s "$A/metrics.csv" "$EB/metrics.csv"
+check "eval_batch=0: result.json equal apart from timing and eval_batch" \
+    diff <(stable "$A/result.json" | grep -v eval_batch) <(stable "$EB/result.json" | grep -v eval_batch)
+"$T" "${SHORT[@]}" --results "$tmp/EBR" --stop-after-step 20 >"$tmp/EBR.log" 2>&1; rc=$?
+check "eval_batch: stopped after step 20: exit 3" test $rc -eq 3
+"$T" "${SHORT[@]}" train.eval_batch=7 --results "$tmp/EBR" >>"$tmp/EBR.log" 2>&1; rc=$?
+check "eval_batch: resumed with eval_batch 7: exit 0" test $rc -eq 0
+check "eval_batch: resumed with eval_batch 7: metrics.csv equal to run A" cmp -s "$A/metrics.csv" "$(run_dir EBR)/metrics.csv"
+check "eval_batch: resumed with eval_batch 7: best.safetensors bit for bit" "$FILES" cmp "$A/best.safetensors" \
+    "$(run_dir EBR)/best.safetensors" 0
+
 "$T" "${SMALL[@]}" --results "$tmp/U" >"$tmp/U.log" 2>&1
 "$T" "${SMALL[@]}" data.shuffle=true --results "$tmp/S" >"$tmp/S.log" 2>&1; rc=$?
 S=$(run_dir S)
