@@ -20,8 +20,10 @@
 #
 # Settings (environment): BENCH_EVAL_CONFIGS ("mamba2_hax mamba2"), BENCH_EVAL_STEPS (50),
 # BENCH_EVAL_SIZES ("16 32 64 128"), BENCH_EVAL_SAMPLES (samples per length,
-# "1024 512 256 256": at least 4 batches of 64 each), BENCH_EVAL_BATCH (the
-# global batch of hax-eval; default the run's 64), BENCH_EVAL_DEVICE (cuda;
+# "1024 512 256 256"), BENCH_EVAL_BATCH (the global batch of hax-eval; default
+# hax-eval's: the run's evaluation batch, 256 sequences of 1,058 tokens, and
+# on longer rows as many as hold that many positions: 65, 16 and 4 at 4K, 16K
+# and 64K), BENCH_EVAL_DEVICE (cuda;
 # cpu runs the same steps on the CPU, to check the script where there is no
 # GPU). Without a CUDA device (and BENCH_EVAL_DEVICE=cuda) it prints
 # "SKIP: no CUDA device" and exits 0.

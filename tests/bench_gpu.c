@@ -9,16 +9,22 @@
 //     device, engine_cuda_train_step (CUDA-graph steps), a new step number
 //     each time (new hash matrices and candidates), mean of N after 3 warm-up
 //     steps: ms per step and tokens/s;
-//   - one validation pass: the valid split (--data DIR: the real one, through
-//     hax-train's own eval_run on the split assembled once, as hax-train
-//     keeps it) or, without a dataset, the same number of synthetic
-//     sequences of the split's lengths (cell cycling fastest, as the
-//     generator stores them; 14,400 in 225 batches of 64 by default), run as
-//     eval_run runs them (evaluation forwards enqueued without waiting, each
-//     copying its per-sequence counts to pinned host memory, one wait);
+//   - one validation pass at 64 sequences per forward (the paper's batch,
+//     the passes before train.eval_batch) and one at the config's evaluation
+//     batch (config_eval_batch: 256 by default): the valid split (--data DIR:
+//     the real one, through hax-train's own eval_run on the split assembled
+//     once, as hax-train keeps it) or, without a dataset, the same number of
+//     synthetic sequences of the split's lengths (cell cycling fastest, as
+//     the generator stores them; 14,400: 225 batches of 64, 57 of 256), run
+//     as eval_run runs them (evaluation forwards enqueued without waiting,
+//     each copying its per-sequence counts to pinned host memory, one wait);
+//     the engine is grown to the largest batch before the timing, as
+//     hax-train grows it once at its first validation;
 //   - peak GPU memory: the most bytes the engine's buffers held (cuda_malloc,
-//     cuda/core/common.h) and the device's memory in use at the end
-//     (cudaMemGetInfo: with the context, cuBLAS's workspace and the graphs).
+//     cuda/core/common.h) after the training steps and after the passes (the
+//     engine grown for the evaluation batch), and the device's memory in use
+//     at the end (cudaMemGetInfo: with the context, cuBLAS's workspace and
+//     the graphs).
 // Figures are printed, never asserted; a non-finite loss or accuracy makes
 // the exit status 1. Without a CUDA device: "SKIP: no CUDA device", exit 0.
 //
@@ -60,38 +66,51 @@ static hax_batch make_batch(const int *lens, int n_seq, int V, int model_len, un
     return b;
 }
 
-// The synthetic valid split: batches of 64 sequences whose lengths are the
-// split's samples' in stored order (sample s has the cell of s; its model
-// positions are its tokens, at most model_len). The lengths repeat every
-// lcm(cells, 64) samples, so only that many distinct batches are built.
+// The synthetic valid split: batches of `batch` sequences whose lengths are
+// the split's samples' in stored order (sample s has the cell of s; its
+// model positions are its tokens, at most model_len), the last one partial
+// as the split's. The lengths repeat every lcm(cells, batch) samples, so
+// only that many distinct full batches are built.
 typedef struct {
-    hax_batch *b;
-    int n_distinct, n_batches;
+    hax_batch *b;  // [n_distinct] full batches, then the partial last one (if any)
+    int n_distinct, n_batches, batch, partial;
 } synth_valid;
 
+static hax_batch synth_batch(const hax_data_params *p, int V, int64_t first, int n_seq, unsigned seed) {
+    int model_len = (int)data_pad_len(p) - 1, *lens = xmalloc(sizeof(int) * n_seq), sizes[HAX_MAX_LEVELS];
+    for (int j = 0; j < n_seq; j++) {
+        data_cell_of(p, first + j, sizes);
+        int64_t len = data_sample_len(p, sizes);
+        lens[j] = (int)(len < model_len ? len : model_len);
+    }
+    hax_batch b = make_batch(lens, n_seq, V, model_len, seed);
+    free(lens);
+    return b;
+}
+
 static synth_valid synth_valid_make(const hax_data_params *p, int V, int batch) {
-    synth_valid sv;
+    synth_valid sv = {.batch = batch};
     int64_t n = data_split_size(p, 1), cells = data_n_cells(p);
     int64_t period = cells;
     while (period % batch) period += cells;
     sv.n_batches = (int)((n + batch - 1) / batch);
-    sv.n_distinct = (int)(period / batch) < sv.n_batches ? (int)(period / batch) : sv.n_batches;
-    sv.b = xmalloc(sizeof(hax_batch) * sv.n_distinct);
-    int model_len = (int)data_pad_len(p) - 1, *lens = xmalloc(sizeof(int) * batch), sizes[HAX_MAX_LEVELS];
-    for (int k = 0; k < sv.n_distinct; k++) {
-        for (int j = 0; j < batch; j++) {
-            data_cell_of(p, (int64_t)k * batch + j, sizes);
-            int64_t len = data_sample_len(p, sizes);
-            lens[j] = (int)(len < model_len ? len : model_len);
-        }
-        sv.b[k] = make_batch(lens, batch, V, model_len, 100u + (unsigned)k);
-    }
-    free(lens);
+    int n_full = (int)(n / batch);
+    sv.n_distinct = (int)(period / batch) < n_full ? (int)(period / batch) : n_full;
+    sv.partial = (int)(n % batch);
+    sv.b = xmalloc(sizeof(hax_batch) * (sv.n_distinct + 1));
+    for (int k = 0; k < sv.n_distinct; k++) sv.b[k] = synth_batch(p, V, (int64_t)k * batch, batch, 100u + (unsigned)k);
+    if (sv.partial) sv.b[sv.n_distinct] = synth_batch(p, V, n - sv.partial, sv.partial, 99u);
     return sv;
 }
 
+// Batch i of the pass.
+static const hax_batch *synth_valid_batch(const synth_valid *sv, int i) {
+    if (sv->partial && i == sv->n_batches - 1) return &sv->b[sv->n_distinct];
+    return &sv->b[i % sv->n_distinct];
+}
+
 static void synth_valid_free(synth_valid *sv) {
-    for (int k = 0; k < sv->n_distinct; k++) hax_batch_free(&sv->b[k]);
+    for (int k = 0; k < sv->n_distinct + (sv->partial > 0); k++) hax_batch_free(&sv->b[k]);
     free(sv->b);
 }
 
@@ -102,11 +121,14 @@ static void synth_valid_free(synth_valid *sv) {
 // positions and the pass's seconds.
 static double synth_valid_pass(hax_engine *e, const synth_valid *sv, const hax_config *c, double *tokens,
                                double *seconds) {
-    int bs = c->train.batch_size;
+    int bs = sv->batch, max_tok = 0;
+    for (int k = 0; k < sv->n_distinct + (sv->partial > 0); k++)
+        if (sv->b[k].n_tok > max_tok) max_tok = sv->b[k].n_tok;
+    engine_reserve(e, max_tok, bs, sv->b[0].model_len);  // as eval_run, before the timing
     int *cnt = engine_host_alloc(e, sizeof(int) * 2 * (size_t)bs * sv->n_batches);
-    double t0 = hax_now(), acc = 0;
+    double t0 = hax_now(), acc = 0, n_seq = 0;
     for (int i = 0; i < sv->n_batches; i++) {
-        const hax_batch *b = &sv->b[i % sv->n_distinct];
+        const hax_batch *b = synth_valid_batch(sv, i);
         hax_fwd_opts fo = {.train = 0, .seed = c->train.seed, .step = 0, .ce_count = 0, .inject = NULL};
         engine_forward_counts(e, b, &fo, cnt + (size_t)2 * bs * i, cnt + (size_t)2 * bs * i + bs);
         *tokens += b->n_tok;
@@ -114,31 +136,35 @@ static double synth_valid_pass(hax_engine *e, const synth_valid *sv, const hax_c
     engine_sync(e);
     for (int i = 0; i < sv->n_batches; i++) {
         const int *correct = cnt + (size_t)2 * bs * i, *count = correct + bs;
-        for (int s = 0; s < sv->b[i % sv->n_distinct].n_seq; s++)
+        for (int s = 0; s < synth_valid_batch(sv, i)->n_seq; s++, n_seq++)
             acc += count[s] ? (double)correct[s] / count[s] : 0.0;
     }
     *seconds = hax_now() - t0;
     engine_host_free(e, cnt);
-    return acc / ((double)sv->n_batches * bs);
+    return acc / n_seq;
 }
 
 // The real valid split through hax-train's pass (one rank, fixed hash draw
-// 0), its batches assembled once beforehand as hax-train does (not timed).
-static double real_valid_pass(hax_engine *e, hax_dataset *ds, const hax_config *c, double *tokens,
+// 0) at `batch` sequences per forward, its batches assembled and the engine
+// grown for them beforehand, as hax-train does once (not timed).
+static double real_valid_pass(hax_engine *e, hax_dataset *ds, const hax_config *c, int batch, double *tokens,
                               double *seconds) {
     hax_dist d = {0, 1, 0, 1};
     hax_batch b;
-    dataset_batch_alloc(ds, c->train.batch_size, &b);
+    dataset_batch_alloc(ds, batch, &b);
     const hax_data_params *p = dataset_params(ds);
     int64_t draws = 0;
-    eval_pass ep = {.eng = e, .ds = ds, .d = &d, .batch = &b, .batch_size = c->train.batch_size,
-                    .vocab = c->model.vocab_size, .hidden = c->model.hidden_size, .seed = c->train.seed,
-                    .fixed_hash = 1, .draws = &draws};
+    eval_pass ep = {.eng = e, .ds = ds, .d = &d, .batch = &b, .batch_size = batch,
+                    .draw_batch = c->train.batch_size, .vocab = c->model.vocab_size, .hidden = c->model.hidden_size,
+                    .seed = c->train.seed, .fixed_hash = 1, .draws = &draws};
     int nc = 1;
     for (int l = 0; l + 1 < p->levels; l++) nc *= p->max_size[l];
     train_eval ev;
     train_eval_alloc(&ev, nc + 1, p->max_size[p->levels - 1] + 1);
     ep.set = eval_set_build(&ep, SPLIT_VALID);
+    int max_tok, max_seq, max_len;
+    eval_set_max(ep.set, &max_tok, &max_seq, &max_len);
+    engine_reserve(e, max_tok, max_seq, max_len);
     double t0 = hax_now();
     eval_run(&ep, SPLIT_VALID, NULL, &ev, NULL);
     *seconds = hax_now() - t0;
@@ -199,8 +225,6 @@ static void bench_case(const char *path, const char *regime, const bench_opts *b
     const hax_data_params *dp = ds ? dataset_params(ds) : &c.data.gen;
     int model_len = (int)data_pad_len(dp) - 1;
     hax_batch tb = train_batch(&c, model_len);
-    synth_valid sv = {0};
-    if (!ds) sv = synth_valid_make(dp, c.model.vocab_size, c.train.batch_size);
 
     cuda_sync();
     size_t live0 = cuda_mem_live();
@@ -218,18 +242,30 @@ static void bench_case(const char *path, const char *regime, const bench_opts *b
     cuda_sync();
     double step_s = (hax_now() - t0) / bo->reps;
     int finite = isfinite(r.loss) && e->be->dev->grad_finite(e, 0);
+    size_t peak_train = cuda_mem_peak() - live0;
 
-    double vtok = 0, valid_s = 0;
-    double acc = ds ? real_valid_pass(e, ds, &c, &vtok, &valid_s) : synth_valid_pass(e, &sv, &c, &vtok, &valid_s);
-    finite &= isfinite(acc);
+    // the validation pass at 64 sequences per forward, then at the config's
+    // evaluation batch (the engine grows there, before the timing)
+    int eb = config_eval_batch(&c), batches[2] = {64, eb};
+    double valid_s[2] = {0, 0}, vtok[2] = {0, 0};
+    for (int k = 0; k < 2; k++) {
+        double acc;
+        if (ds) {
+            acc = real_valid_pass(e, ds, &c, batches[k], &vtok[k], &valid_s[k]);
+        } else {
+            synth_valid sv = synth_valid_make(dp, c.model.vocab_size, batches[k]);
+            acc = synth_valid_pass(e, &sv, &c, &vtok[k], &valid_s[k]);
+            synth_valid_free(&sv);
+        }
+        finite &= isfinite(acc);
+    }
     size_t peak = cuda_mem_peak() - live0, used = cuda_mem_device_used();
-    printf("| %s | %s | %.2f | %.2f M | %.2f | %.2f M | %.0f | %.0f |%s\n", name, regime, step_s * 1e3,
-           tb.n_tok / step_s / 1e6, valid_s, vtok / valid_s / 1e6, peak / 1048576.0, used / 1048576.0,
-           finite ? "" : " NON-FINITE");
+    printf("| %s | %s | %.2f | %.2f M | %.3f | %d | %.3f | %.2f M | %.0f | %.0f | %.0f |%s\n", name, regime,
+           step_s * 1e3, tb.n_tok / step_s / 1e6, valid_s[0], eb, valid_s[1], vtok[1] / valid_s[1] / 1e6,
+           peak_train / 1048576.0, peak / 1048576.0, used / 1048576.0, finite ? "" : " NON-FINITE");
     fflush(stdout);
     if (!finite) n_bad++;
     engine_free(e);
-    if (!ds) synth_valid_free(&sv);
     hax_batch_free(&tb);
     adamw_free(&opt);
     model_free(&m);
@@ -267,8 +303,9 @@ int main(int argc, char **argv) {
     if (bo.data && !(ds = dataset_open(bo.data, err, sizeof err))) hax_die("bench_gpu: --data: %s", err);
     printf("train step: 64 sequences of 400-528 positions, CUDA-graph steps, mean of %d after 3; validation: %s\n",
            bo.reps, ds ? "the dataset's valid split (eval_run)" : "synthetic sequences of the valid split's lengths");
-    printf("\n| config | precision | ms/step | tokens/s | valid pass s | valid tokens/s | engine peak MiB | device "
-           "MiB in use |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
+    printf("\n| config | precision | ms/step | tokens/s | valid pass s (64) | eval batch | valid pass s (eval batch) | "
+           "valid tokens/s (eval batch) | engine peak MiB (training) | engine peak MiB (with eval) | device MiB in use "
+           "|\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (int k = 0; k < g.n_configs; k++)
         for (int r = 0; r < 3; r++)
             if (!bo.precision || !strcmp(bo.precision, regimes[r])) bench_case(g.configs[k], regimes[r], &bo, ds);

@@ -4,12 +4,14 @@
 #   table  build/gpu/bench_gpu (tests/bench_gpu.c): every config of
 #          configs/grid_table1.yaml in fp32, bf16-pure and bf16: ms per
 #          training step (batch 64, CUDA graph), tokens/s, one validation pass
-#          over the real valid split of data/joint_recall, peak GPU memory
+#          over the real valid split of data/joint_recall at 64 sequences per
+#          forward and at the config's train.eval_batch, peak GPU memory
 #   train  hax-train end to end, 2,000 steps (BENCH_TRAIN_STEPS) of
 #          configs/mamba2_hax.yaml and configs/mamba2.yaml on data/joint_recall
 #          (train.device=cuda, warm-up 100, validation every 1,000 steps, as
 #          README "CUDA backend" measured it), in fp32 and bf16-pure
-#          (BENCH_TRAIN_PRECISIONS): wall time and tokens/s
+#          (BENCH_TRAIN_PRECISIONS): wall time, tokens/s and hax-train's own
+#          validation pass time (at the config's train.eval_batch)
 #   eval   tests/bench_eval_gpu.sh: hax-eval tokens/s and GPU memory at
 #          1K-64K tokens per sample
 # data/joint_recall (the default dataset) is generated first when missing.
@@ -45,8 +47,8 @@ if want train; then
     trap 'rm -rf "$tmp"' EXIT
     echo
     echo "== hax-train, $STEPS steps on $DATA (train.device=cuda train.warmup=100 train.valid_every=1000)"
-    echo "| config | precision | wall s | training tokens/s (hax-train) | done line |"
-    echo "|---|---|---:|---:|---|"
+    echo "| config | precision | wall s | training tokens/s (hax-train) | validation pass s | done line |"
+    echo "|---|---|---:|---:|---:|---|"
     for run in $(for c in mamba2_hax mamba2; do for p in ${BENCH_TRAIN_PRECISIONS:-fp32 bf16-pure}; do echo "$c:$p"; done; done); do
         cfg=${run%%:*} prec=${run#*:}
         t0=$(date +%s.%N)
@@ -56,10 +58,11 @@ if want train; then
         t1=$(date +%s.%N)
         done_line=$(grep "^hax-train: done" "$tmp/$cfg.$prec.log" | tail -n 1)
         tps=$(sed -n 's/.*(\([0-9]*\) tok\/s).*/\1/p' <<<"$done_line")
+        vps=$(sed -n 's/^hax-train: [0-9]* validation passes, \([0-9.]*\) s each.*/\1/p' "$tmp/$cfg.$prec.log")
         if [ $code -ne 0 ]; then
-            echo "| $cfg | $prec | failed (exit $code): $(tail -n 1 "$tmp/$cfg.$prec.log") | | |"; rc=1; continue
+            echo "| $cfg | $prec | failed (exit $code): $(tail -n 1 "$tmp/$cfg.$prec.log") | | | |"; rc=1; continue
         fi
-        echo "| $cfg | $prec | $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') | ${tps:-?} | $(sed "s/^hax-train: //; s/ -> .*//" <<<"$done_line") |"
+        echo "| $cfg | $prec | $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') | ${tps:-?} | ${vps:-?} | $(sed "s/^hax-train: //; s/ -> .*//" <<<"$done_line") |"
     done
 fi
 if want eval; then

@@ -6,9 +6,10 @@
 // every parameter's gradient within 1e-4 (normwise, per tensor), on a ragged
 // batch; then a training step at the paper's batch size (64 sequences of
 // ~464 positions), CPU vs GPU, with the loss and every gradient compared
-// there too; device training (plain and CUDA-graph steps) against the CPU
-// engine + AdamW; and the benchmark of a whole training step. Skips (exit 0)
-// without a CUDA device.
+// there too; evaluation forwards of 64 and of 256 sequences (train.eval_batch)
+// scoring the same sequences alike; device training (plain and CUDA-graph
+// steps) against the CPU engine + AdamW; and the benchmark of a whole
+// training step. Skips (exit 0) without a CUDA device.
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -224,6 +225,122 @@ static void test_engine_sparse(void) {
         cur_pattern = patterns[i];
         compare_engines(ARCH_MAMBA);
         compare_engines(ARCH_MAMBA2);
+    }
+    cur_pattern = NULL;
+}
+
+// ---------------------------------------------------------------- evaluation batch
+
+#define EB_SEQ 512  // sequences scored: 8 forwards of 64, 2 of 256
+
+// Sequences s0 .. s0+n-1 of b as a batch of their own (own arrays).
+static hax_batch sub_batch(const hax_batch *b, int s0, int n) {
+    int t0 = b->seq_off[s0], nt = b->seq_off[s0 + n] - t0;
+    hax_batch o;
+    memset(&o, 0, sizeof o);
+    o.n_seq = o.global_n_seq = n, o.n_tok = nt, o.model_len = b->model_len;
+    o.seq_off = xmalloc(sizeof(int) * (n + 1));
+    for (int s = 0; s <= n; s++) o.seq_off[s] = b->seq_off[s0 + s] - t0;
+    o.inputs = xmalloc(sizeof(int32_t) * nt), o.labels = xmalloc(sizeof(int32_t) * nt), o.loss_mask = xmalloc(nt);
+    memcpy(o.inputs, b->inputs + t0, sizeof(int32_t) * nt);
+    memcpy(o.labels, b->labels + t0, sizeof(int32_t) * nt);
+    memcpy(o.loss_mask, b->loss_mask + t0, nt);
+    o.sample_idx = xmalloc(sizeof(int64_t) * n), o.n_context = xcalloc(n, sizeof(int)), o.n_key = xcalloc(n, sizeof(int));
+    memcpy(o.sample_idx, b->sample_idx + s0, sizeof(int64_t) * n);
+    return o;
+}
+
+// Every sequence's correct / scored counts from evaluation forwards of
+// `batch` sequences, enqueued without waiting as eval_run does (fixed hash
+// draw 0), into correct, count (engine_host_alloc memory, [EB_SEQ]).
+static void eval_counts(hax_engine *e, const hax_batch *all, int batch, int *correct, int *count) {
+    hax_fwd_opts o = {0, 1, 0, 0.0, NULL};
+    int n_b = EB_SEQ / batch;
+    hax_batch *sb = xmalloc(sizeof(hax_batch) * n_b);
+    for (int i = 0; i < n_b; i++) {
+        sb[i] = sub_batch(all, i * batch, batch);
+        engine_forward_counts(e, &sb[i], &o, correct + i * batch, count + i * batch);
+    }
+    engine_sync(e);
+    for (int i = 0; i < n_b; i++) hax_batch_free(&sb[i]);
+    free(sb);
+}
+
+static int argmax_of(const float *v, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best]) best = i;
+    return best;
+}
+
+// The same sequences scored by evaluation forwards of 64 and of 256
+// (train.eval_batch): EB_SEQ sequences of the joint-recall lengths (cells
+// 5..16 x 5..16 cycling as the generator stores them; model_len 1057), every
+// position scored, each label the argmax of the 64-sequence forwards' logits,
+// so that at 64 every position is correct and a prediction that another
+// batch flips shows in the counts. A sequence's figures do not depend on its
+// batch (MODEL.md §5.8; bit for bit on the CPU engine with a row-wise GEMM,
+// tests/test_eval_batch.c), but cuBLAS may pick another algorithm for another
+// number of rows: at most 5 sequences may differ, counted and printed.
+static void eval_batch_counts(hax_arch arch) {
+    hax_model m;
+    build_model(&m, arch);
+    int V = m.cfg.vocab_size, lens[EB_SEQ];
+    for (int s = 0; s < EB_SEQ; s++) {
+        int C = 5 + s % 12, K = 5 + (s / 12) % 12;
+        lens[s] = 2 * C * (2 * K + 1) + 1;  // the sample's tokens - 1: model positions
+    }
+    hax_batch all = test_random_batch(lens, EB_SEQ, V, 11);
+    all.model_len = 1057;
+    memset(all.loss_mask, 1, all.n_tok);
+    hax_engine *e = engine_cuda_create(&m, 1057, 1, 1057);
+    e->be->dev->push(e, NULL);  // weights resident, as hax-eval
+    int half = all.seq_off[EB_SEQ / 2], max_tok = half > all.n_tok - half ? half : all.n_tok - half;
+    engine_reserve(e, max_tok, 256, 1057);  // as eval_run: sized for the largest forward first
+    hax_fwd_opts o = {0, 1, 0, 0.0, NULL};
+    for (int b0 = 0; b0 < EB_SEQ; b0 += 64) {  // the labels: what the forwards of 64 predict
+        hax_batch sb = sub_batch(&all, b0, 64);
+        hax_fwd_result r;
+        engine_forward(e, &sb, &o, &r);
+        const float *lg = engine_logits(e);
+        for (int t = 0; t < sb.n_tok; t++) all.labels[all.seq_off[b0] + t] = argmax_of(lg + (size_t)t * V, V);
+        hax_batch_free(&sb);
+    }
+    int *c64 = engine_host_alloc(e, sizeof(int) * 2 * EB_SEQ), *c256 = engine_host_alloc(e, sizeof(int) * 2 * EB_SEQ);
+    eval_counts(e, &all, 64, c64, c64 + EB_SEQ);
+    eval_counts(e, &all, 256, c256, c256 + EB_SEQ);
+    int wrong64 = 0, differ = 0;
+    long flipped = 0;
+    for (int s = 0; s < EB_SEQ; s++) {
+        wrong64 += c64[s] != c64[EB_SEQ + s] || c64[EB_SEQ + s] != lens[s];
+        if (c256[s] != c64[s] || c256[EB_SEQ + s] != c64[EB_SEQ + s]) {
+            if (differ < 8)
+                printf("    %s: sequence %d (%d positions): %d correct at 64, %d at 256\n", model_label(arch), s, lens[s],
+                       c64[s], c256[s]);
+            differ++;
+            flipped += labs((long)c64[s] - c256[s]);
+        }
+    }
+    printf("    %s: %d sequences, %d positions: counts differ between forwards of 64 and 256 in %d sequences (%ld "
+           "predictions)\n", model_label(arch), EB_SEQ, all.n_tok, differ, flipped);
+    CHECK(wrong64 == 0, "%s: %d sequences miss their own predictions at 64", model_label(arch), wrong64);
+    CHECK(differ <= 5, "%s: %d sequences score differently at 256 than at 64", model_label(arch), differ);
+    engine_host_free(e, c64), engine_host_free(e, c256);
+    engine_free(e);
+    hax_batch_free(&all);
+    model_free(&m);
+}
+
+static void test_eval_batch(void) {
+    eval_batch_counts(ARCH_MAMBA);
+    eval_batch_counts(ARCH_MAMBA2);
+    eval_batch_counts(ARCH_SAMBA);
+    static const char *patterns[] = {"sign_bin_lsh+key_selection", "sign_bin_lsh", "key_selection", "dilated",
+                                     "sliding_window+sink"};
+    for (int i = 0; i < 5; i++) {
+        cur_pattern = patterns[i];
+        eval_batch_counts(ARCH_MAMBA);
+        eval_batch_counts(ARCH_MAMBA2);
     }
     cur_pattern = NULL;
 }
@@ -485,6 +602,7 @@ int main(int argc, char **argv) {
     RUN(test_engine_mamba2);
     RUN(test_engine_samba);
     RUN(test_engine_sparse);
+    RUN(test_eval_batch);
     RUN(test_adamw_bitexact);
     RUN(test_adamw_bf16_bitexact);
     RUN(test_train_mamba);
