@@ -15,9 +15,9 @@
 // and final hidden states within 1e-6 normwise (1e-3 in the bf16 regimes,
 // where a rounding can move a value by a bf16 step). Not bit for bit: the
 // GEMMs (OpenBLAS, src/ops/linear.c) may round a row differently with the
-// rows around it (README "Configs", train.eval_batch), so the sequences that
-// are bit for bit the same are counted and printed; built with BLAS=none
-// (a plain C sgemm, one row at a time) all of them must be.
+// rows around it (README "Evaluation batch", under "Configs"), so the
+// sequences that are bit for bit the same are counted and printed; built
+// with BLAS=none (a plain C sgemm, one row at a time) all of them must be.
 #include <mpi.h>
 #include <stdint.h>
 
