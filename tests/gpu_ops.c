@@ -335,40 +335,74 @@ static void test_gated_norm(void) {
 
 // ---------------------------------------------------------------- gate, add_attn
 
-// The Mamba gate with and without the sparse branch's attn, and add_attn.
-static void test_gate(void) {
+// The Mamba gate with and without the sparse branch's attn, and add_attn,
+// in fp32 (bf16 = 0: normwise tolerances) and in bf16-pure (bf16 = 1: the
+// inputs the engine gives them are bf16 values, y excepted, which is the
+// scan's fp32 inside; every element compared in bf16 steps). The CPU and GPU
+// formulas are the same, only silu's expf and the device's fused
+// multiply-adds may round a last fp32 bit apart, which moves a bf16 rounding
+// only within ~2^-16 of a midpoint: at most 1% of the elements may differ, 0.2%
+// by more than one step (a flipped share inside dz's bf16 sum). The dEv sums
+// (bf16 products, summed in double in the same order) within 2e-3: one
+// flipped product of ~nE moves the sum by 2^-8 of a term.
+static void test_gate_regime(int bf16) {
     int n = 333, E = 96;
     size_t nE = (size_t)n * E, n2E = 2 * nE;
     float *y = rnd(nE, -2, 2), *xz = rnd(n2E, -3, 3), *attn = rnd(nE, -1, 1), *Ev = rnd(E, -1, 1);
     float *dout = rnd(nE, -1, 1), *o = xmalloc(sizeof(float) * nE), *dy = xmalloc(sizeof(float) * nE);
     float *dxz = rnd(n2E, -1, 1), *da0 = rnd(nE, -1, 1), *dE0 = rnd(E, -1, 1);
+    if (bf16) {
+        float *in[] = {xz, attn, Ev, dout, da0};
+        size_t len[] = {n2E, nE, E, nE, nE};
+        for (int i = 0; i < 5; i++) round_bf16(in[i], in[i], (long)len[i]);
+    }
     float *d_y = upf(y, nE), *d_xz = upf(xz, n2E), *d_attn = upf(attn, nE), *d_Ev = upf(Ev, E);
     float *d_dout = upf(dout, nE), *d_o = cuda_malloc(sizeof(float) * nE), *d_dy = cuda_malloc(sizeof(float) * nE);
     float *d_dxz = upf(dxz, n2E), *d_prod = cuda_malloc(sizeof(float) * nE);
     void *work = cuda_malloc(cuda_gate_work_bytes(n, E));
+    double tol_sum = bf16 ? 2e-3 : TOL_BWD;
     for (int with_attn = 0; with_attn < 2; with_attn++) {
         const float *a = with_attn ? attn : NULL, *g_a = with_attn ? d_attn : NULL;
         float *da = copy(da0, nE), *dE = copy(dE0, E), *d_da = upf(da0, nE), *d_dE = upf(dE0, E);
-        mamba_gate_forward(o, y, xz, a, Ev, n, E);
-        cuda_gate_forward(d_o, d_y, d_xz, g_a, d_Ev, n, E);
-        expect("gate out", d_o, o, NULL, nE, TOL_FWD);
-        mamba_gate_backward(dy, dxz, with_attn ? da : NULL, with_attn ? dE : NULL, dout, y, xz, a, Ev, n, E);
+        mamba_gate_forward(o, y, xz, a, Ev, n, E, bf16);
+        cuda_gate_forward(d_o, d_y, d_xz, g_a, d_Ev, n, E, bf16);
+        if (bf16) expect_bf16("gate out", d_o, o, nE, 0.01, 0.002);
+        else expect("gate out", d_o, o, NULL, nE, TOL_FWD);
+        mamba_gate_backward(dy, dxz, with_attn ? da : NULL, with_attn ? dE : NULL, dout, y, xz, a, Ev, n, E, bf16);
         cuda_gate_backward(d_dy, d_dxz, with_attn ? d_da : NULL, with_attn ? d_dE : NULL, d_prod, d_dout, d_y, d_xz,
-                           g_a, d_Ev, n, E, work);
-        expect("gate dy", d_dy, dy, NULL, nE, TOL_BWD);
-        expect("gate dxz", d_dxz, dxz, NULL, n2E, TOL_BWD);
+                           g_a, d_Ev, n, E, work, bf16);
+        expect("gate dy", d_dy, dy, NULL, nE, TOL_BWD);  // fp32 in both regimes (the scan's inside)
+        if (bf16) {  // the z half holds bf16 values; the x half is untouched
+            float *gz = down(d_dxz, n2E), *cz = xmalloc(sizeof(float) * nE), *hz = xmalloc(sizeof(float) * nE);
+            for (int t = 0; t < n; t++)
+                for (int c = 0; c < E; c++) {
+                    cz[(size_t)t * E + c] = dxz[(size_t)t * 2 * E + E + c];
+                    hz[(size_t)t * E + c] = gz[(size_t)t * 2 * E + E + c];
+                }
+            float *d_hz = upf(hz, nE);
+            expect_bf16("gate dz", d_hz, cz, nE, 0.01, 0.002);
+            expect("gate dxz (x half kept)", d_dxz, dxz, NULL, n2E, 0);
+            cuda_free(d_hz), free(gz), free(cz), free(hz);
+        } else {
+            expect("gate dxz", d_dxz, dxz, NULL, n2E, TOL_BWD);
+        }
         if (with_attn) {
-            expect("gate dattn", d_da, da, da0, nE, TOL_BWD);
-            expect("gate dEv", d_dE, dE, dE0, E, TOL_BWD);
+            if (bf16) expect_bf16("gate dattn", d_da, da, nE, 0.01, 0.002);
+            else expect("gate dattn", d_da, da, da0, nE, TOL_BWD);
+            expect("gate dEv", d_dE, dE, dE0, E, tol_sum);
             float *yy = copy(y, nE);
-            add_attn_forward(yy, attn, Ev, n, E);
-            cuda_add_attn_forward(d_y, d_attn, d_Ev, n, E);
-            expect("add_attn y", d_y, yy, NULL, nE, TOL_FWD);
-            add_attn_backward(da, dE, dout, attn, Ev, n, E);
-            cuda_add_attn_backward(d_da, d_dE, d_prod, d_dout, d_attn, d_Ev, n, E, work);
-            expect("add_attn dattn", d_da, da, da0, nE, TOL_BWD);
-            expect("add_attn dEv", d_dE, dE, dE0, E, TOL_BWD);
+            if (bf16) round_bf16(yy, yy, (long)nE), cuda_upload(d_y, yy, sizeof(float) * nE);  // the SSD's bf16 y
+            add_attn_forward(yy, attn, Ev, n, E, bf16);
+            cuda_add_attn_forward(d_y, d_attn, d_Ev, n, E, bf16);
+            if (bf16) expect_bf16("add_attn y", d_y, yy, nE, 0.01, 0.002);
+            else expect("add_attn y", d_y, yy, NULL, nE, TOL_FWD);
+            add_attn_backward(da, dE, dout, attn, Ev, n, E, bf16);
+            cuda_add_attn_backward(d_da, d_dE, d_prod, d_dout, d_attn, d_Ev, n, E, work, bf16);
+            if (bf16) expect_bf16("add_attn dattn", d_da, da, nE, 0.01, 0.002);
+            else expect("add_attn dattn", d_da, da, da0, nE, TOL_BWD);
+            expect("add_attn dEv", d_dE, dE, dE0, E, tol_sum);
             free(yy);
+            cuda_upload(d_y, y, sizeof(float) * nE);
         }
         free(da), free(dE);
         cuda_free(d_da), cuda_free(d_dE);
@@ -377,6 +411,23 @@ static void test_gate(void) {
     for (size_t i = 0; i < sizeof(ptrs) / sizeof(ptrs[0]); i++) free(ptrs[i]);
     void *dptrs[] = {d_y, d_xz, d_attn, d_Ev, d_dout, d_o, d_dy, d_dxz, d_prod, work};
     for (size_t i = 0; i < sizeof(dptrs) / sizeof(dptrs[0]); i++) cuda_free(dptrs[i]);
+}
+
+static void test_gate(void) { test_gate_regime(0); }
+static void test_gate_bf16(void) { test_gate_regime(1); }
+
+// bf16-pure's accumulation of a bf16 contribution (add_bf16_rows): strided
+// rows, the same formula on both sides, so bit for bit.
+static void test_add_bf16_rows(void) {
+    int rows = 301, width = 70, ld_d = 75, ld_s = 71;
+    float *dst = rnd((size_t)rows * ld_d, -4, 4), *src = rnd((size_t)rows * ld_s, -1, 1);
+    round_bf16(dst, dst, (long)rows * ld_d);
+    float *d_dst = upf(dst, (size_t)rows * ld_d), *d_src = upf(src, (size_t)rows * ld_s);
+    add_bf16_rows(dst, ld_d, src, ld_s, width, rows);
+    cuda_add_bf16_rows(d_dst, ld_d, d_src, ld_s, width, rows);
+    expect_bf16("add_bf16_rows", d_dst, dst, (size_t)rows * ld_d, 0, 0);
+    free(dst), free(src);
+    cuda_free(d_dst), cuda_free(d_src);
 }
 
 // ---------------------------------------------------------------- paper size
@@ -466,10 +517,10 @@ static void test_paper_size(void) {
             gated_norm_backward(big, 2 * E, big + E, 2 * E, wE, outE, E, rstd, xz, 2 * E, xz + E, 2 * E, wE, n, E),
             cuda_gated_norm_backward(g_big, 2 * E, g_big + E, 2 * E, g_wE, g_outE, E, g_rstd, g_xz, 2 * E, g_xz + E, 2 * E,
                                      g_wE, n, E, work));
-    TIME_OP("gate fwd (E 128)", mamba_gate_forward(outE, pre, xz, NULL, NULL, n, E),
-            cuda_gate_forward(g_outE, g_pre, g_xz, NULL, NULL, n, E));
-    TIME_OP("gate bwd (E 128)", mamba_gate_backward(outE, big, NULL, NULL, pre, pre, xz, NULL, NULL, n, E),
-            cuda_gate_backward(g_outE, g_big, NULL, NULL, NULL, g_pre, g_pre, g_xz, NULL, NULL, n, E, work));
+    TIME_OP("gate fwd (E 128)", mamba_gate_forward(outE, pre, xz, NULL, NULL, n, E, 0),
+            cuda_gate_forward(g_outE, g_pre, g_xz, NULL, NULL, n, E, 0));
+    TIME_OP("gate bwd (E 128)", mamba_gate_backward(outE, big, NULL, NULL, pre, pre, xz, NULL, NULL, n, E, 0),
+            cuda_gate_backward(g_outE, g_big, NULL, NULL, NULL, g_pre, g_pre, g_xz, NULL, NULL, n, E, work, 0));
     TIME_OP("logits fwd (V 100)", logits_forward(logits, h, Wemb, n, d, V), cuda_logits_forward(g_logits, g_h, g_Wemb, n, d, V));
     TIME_OP("ce fwd", ce_forward(logits, ids, mask, b.off, n_seq, V, NULL, NULL),
             cuda_ce_forward(g_loss, NULL, NULL, g_logits, g_ids, g_mask, b.d_off, n_seq, n, V, work));
@@ -540,6 +591,8 @@ int main(int argc, char **argv) {
     RUN(test_conv);
     RUN(test_gated_norm);
     RUN(test_gate);
+    RUN(test_gate_bf16);
+    RUN(test_add_bf16_rows);
     RUN(test_bad_token_id);
     if (!quick) RUN(test_paper_size);
     return test_summary();

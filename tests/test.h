@@ -53,6 +53,17 @@ static inline float f32_from_bits(uint32_t u) {
     return f;
 }
 
+// Distance in bf16 steps between two bf16 values (their low 16 bits zero):
+// the number of bf16 values from a to b, counted through zero when the signs
+// differ (0 and -0 are one value). NaNs are far from everything.
+static inline long bf16_ulps(float a, float b) {
+    if (a != a || b != b) return a != a && b != b ? 0 : 1L << 20;
+    uint32_t ua = f32_bits(a) >> 16, ub = f32_bits(b) >> 16;
+    long ma = (long)(ua & 0x7fffu), mb = (long)(ub & 0x7fffu);
+    long sa = ua & 0x8000u ? -ma : ma, sb = ub & 0x8000u ? -mb : mb;
+    return sa > sb ? sa - sb : sb - sa;
+}
+
 // Removes a test's temporary folder and everything in it; 1 when that worked.
 static inline int test_remove_dir(const char *dir) {
     char cmd[4200];

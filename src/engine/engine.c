@@ -207,13 +207,10 @@ void engine_run_forward(hax_engine *e) {
             hax_bf16_pure(ops, cfg, L->s, nd);
             hax_bf16_act(ops, cfg, L->a2, nd);
             mlp_params mp = {eng_wg(c, m, lp->gate_proj), eng_wg(c, m, lp->up_proj), eng_wg(c, m, lp->down_proj)};
-            ops->mlp_forward(c->tmp, d, &L->mlp, L->a2, d, &mp, n, d, cfg->mlp_hidden);
+            // bf16-pure: the op rounds g, u and s where the reference stores them (§4.2)
+            ops->mlp_forward(c->tmp, d, &L->mlp, L->a2, d, &mp, n, d, cfg->mlp_hidden,
+                             cfg->precision == PREC_BF16_PURE);
             hax_bf16_pure(ops, cfg, c->tmp, nd);
-            // g, u, s are bf16 in the reference (§4.2); the fused op used them
-            // in fp32, rounded here for its backward (not emulated inside)
-            long nm = (long)n * cfg->mlp_hidden;
-            hax_bf16_pure(ops, cfg, L->mlp.g, nm), hax_bf16_pure(ops, cfg, L->mlp.u, nm);
-            hax_bf16_pure(ops, cfg, L->mlp.s, nm);
             ops->add(next, L->s, c->tmp, nd);
         } else {
             ops->add(next, L->hin, c->tmp, nd);  // Mamba-2's fp32 residual sum, then bf16: the same value
@@ -363,7 +360,8 @@ void engine_run_backward(hax_engine *e, const float *ce_scale) {
             mlp_params mp = {eng_wg(c, m, lp->gate_proj), eng_wg(c, m, lp->up_proj), eng_wg(c, m, lp->down_proj)};
             mlp_grads mg = {eng_g(c, m, lp->gate_proj), eng_g(c, m, lp->up_proj), eng_g(c, m, lp->down_proj)};
             ops->zero(c->dh2, sizeof(float) * nd);  // d a2
-            ops->mlp_backward(c->dh2, d, &mg, dh, d, L->a2, d, &L->mlp, &mp, n, d, cfg->mlp_hidden, c->work);
+            ops->mlp_backward(c->dh2, d, &mg, dh, d, L->a2, d, &L->mlp, &mp, n, d, cfg->mlp_hidden, c->work,
+                              cfg->precision == PREC_BF16_PURE);
             hax_bf16_pure(ops, cfg, c->dh2, (long)nd);
             // s = mixer_out + hin receives dh directly and through the norm
             ops->zero(c->dmix, sizeof(float) * nd);
