@@ -254,8 +254,8 @@ static void test_lsh_exact(void) {
             float *KQ = down(gs->KQ, sizeof(float) * n * 2 * N);
             int32_t *qb = xmalloc(sizeof(int32_t) * n), *kb = xmalloc(sizeof(int32_t) * n);
             float *pq = xmalloc(sizeof(float) * n * h), *pk = xmalloc(sizeof(float) * n * h);
-            sparse_lsh_hash(qb, pq, KQ + N, 2 * N, N, p.H, h, a, p.b.seq_off, K_NSEQ, L, (hax_semantics)sem);
-            sparse_lsh_hash(kb, pk, KQ, 2 * N, N, p.H, h, a, p.b.seq_off, K_NSEQ, L, (hax_semantics)sem);
+            sparse_lsh_hash(qb, pq, KQ + N, 2 * N, N, p.H, h, a, p.b.seq_off, K_NSEQ, L, (hax_semantics)sem, 0);
+            sparse_lsh_hash(kb, pk, KQ, 2 * N, N, p.H, h, a, p.b.seq_off, K_NSEQ, L, (hax_semantics)sem, 0);
             int bad = bucket_mismatches(qb, gs->q_bucket, n) + bucket_mismatches(kb, gs->k_bucket, n);
             float *gq = down(gs->hq_proj, sizeof(float) * n * h);
             int pbad = memcmp(gq, pq, sizeof(float) * n * h) != 0;

@@ -137,11 +137,14 @@ __device__ __forceinline__ void row_times(double *acc, const float *x, const dou
     }
 }
 
-// One warp per row g of a sequence with an empty row: dK_g and dV_g, and dQ_g if g is empty.
+// One warp per row g of a sequence with an empty row: dK_g and dV_g, and dQ_g
+// if g is empty. bf16-pure: the empty row's P is R(1/L) (pe) in place of
+// 1/L, as the CPU (src/sparse/attn.c empty_rows_backward).
 __global__ static void empty_apply_kernel(float *dKQ, float *dV, int ld_dv, const double *work, const double *a,
                                           const int *allow_cnt, const float *V, int ldv, const float *dattn,
                                           int ld_dattn, const int *seq_off, const int *seq_empty, int n_seq,
-                                          int n_tok, int N, int E, int L) {
+                                          int n_tok, int N, int E, int L, int bf16) {
+    double pe = hax_bf16_round(1.0f / (float)L);
     int g = blockIdx.x * ROW_WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (g >= n_tok) return;  // the whole warp
     int s = cu_seq_of(seq_off, n_seq, g), ldkq = 2 * N;
@@ -158,8 +161,11 @@ __global__ static void empty_apply_kernel(float *dKQ, float *dV, int ld_dv, cons
     row_times(acc, x, G, N, E, lane);
 #pragma unroll
     for (int v = 0; v < CU_SP_FPL; v++)
-        if (lane + 32 * v < N) dKQ[(size_t)g * ldkq + lane + 32 * v] += (float)((acc[v] - c[lane + 32 * v] / L) / L);
-    for (int e = lane; e < E; e += 32) dV[(size_t)g * ld_dv + e] += (float)(dsum[e] / L);
+        if (lane + 32 * v < N)
+            dKQ[(size_t)g * ldkq + lane + 32 * v] += bf16 ? (float)__dmul_rn(__dsub_rn(acc[v], __dmul_rn(c[lane + 32 * v], pe)), pe)
+                                                          : (float)((acc[v] - c[lane + 32 * v] / L) / L);
+    for (int e = lane; e < E; e += 32)
+        dV[(size_t)g * ld_dv + e] += bf16 ? (float)(dsum[e] * pe) : (float)(dsum[e] / L);
     if (allow_cnt[g] != 0) return;
     // dQ_g = (dattn_g . M - a_g S_K / L) / L
 #pragma unroll
@@ -172,7 +178,9 @@ __global__ static void empty_apply_kernel(float *dKQ, float *dV, int ld_dv, cons
 #pragma unroll
     for (int v = 0; v < CU_SP_FPL; v++) {
         int f = lane + 32 * v;
-        if (f < N) dKQ[(size_t)g * ldkq + N + f] += (float)((acc[v] - __dmul_rn(ag, sk[f]) / L) / L);
+        if (f < N)
+            dKQ[(size_t)g * ldkq + N + f] += bf16 ? (float)__dmul_rn(__dsub_rn(acc[v], __dmul_rn(__dmul_rn(ag, sk[f]), pe)), pe)
+                                                  : (float)((acc[v] - __dmul_rn(ag, sk[f]) / L) / L);
     }
 }
 
@@ -198,7 +206,7 @@ void cu_sp_empty_backward(cu_sparse_state *st, const int *seq_off, const float *
     cu_sp_phase(st, "empty-row sums");
     empty_apply_kernel<<<cu_blocks(n_tok, ROW_WARPS), 32 * ROW_WARPS, 0, sm>>>(
         st->dKQ, dV, ld_dv, st->empty_work, st->empty_a, st->allow_cnt, V, ldv, dattn, ld_dattn, seq_off,
-        st->seq_empty, n_seq, n_tok, N, E, st->model_len);
+        st->seq_empty, n_seq, n_tok, N, E, st->model_len, st->bf16);
     CUDA_LAUNCHED();
     cu_sp_phase(st, "empty-row apply");
 }

@@ -19,12 +19,20 @@
 //   dV_j += (1/L) sum_{t empty} dattn_t,
 // so the cost is O(n E N) per sequence, not O(n L E). Causal semantics: an
 // empty row outputs 0 and has no gradient.
+//
+// bf16-pure (st->bf16, src/sparse/sparse.h): scores, probabilities, the
+// output, dP and d score are rounded per element as the reference's bf16
+// tensors; dQ, dK, dV are summed here and rounded by the caller (sparse.c).
+// Empty rows use P = R(1/L) in place of 1/L in the formulas above.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "src/core/common.h"
+#include "src/core/scalar.h"
 #include "src/sparse/internal.h"
+
+#define R hax_bf16_round
 
 // A dot product in float (vectorised: the lanes' order is fixed, so the result
 // does not depend on threads or on how the batch is packed).
@@ -54,8 +62,9 @@ static void sum_values(double *sv, const float *V, int ldv, const int *seq_off, 
 
 void sparse_attn_forward(hax_sparse_state *st, const float *V, int ldv, const int *seq_off,
                          int n_seq, int L, hax_semantics sem, float *attn, int ld_attn) {
-    int N = st->N, E = st->E, ldkq = 2 * N, n_tok = seq_off[n_seq];
+    int N = st->N, E = st->E, ldkq = 2 * N, n_tok = seq_off[n_seq], bf16 = st->bf16;
     const float *KQ = st->KQ;
+    float pe = R(1.0f / (float)L);  // bf16-pure: an empty row's probability
     if (st->has_empty && sem == SEMANTICS_REFERENCE) sum_values(st->seq_sv, V, ldv, seq_off, n_seq, E);
 #pragma omp parallel for schedule(static)
     for (int g = 0; g < n_tok; g++) {
@@ -64,8 +73,10 @@ void sparse_attn_forward(hax_sparse_state *st, const float *V, int ldv, const in
         int s = sparse_seq_of(seq_off, n_seq, g), o = seq_off[s];
         if (cnt == 0) {
             const double *sv = st->seq_sv + (size_t)s * E;
-            for (int e = 0; e < E; e++)
-                out[e] = sem == SEMANTICS_REFERENCE ? (float)(sv[e] / L) : 0.0f;
+            for (int e = 0; e < E; e++) {
+                if (sem != SEMANTICS_REFERENCE) out[e] = 0.0f;
+                else out[e] = bf16 ? R((float)(sv[e] * pe)) : (float)(sv[e] / L);
+            }
             continue;
         }
         const int *key = st->allow_key + off;
@@ -74,6 +85,7 @@ void sparse_attn_forward(hax_sparse_state *st, const float *V, int ldv, const in
         float mx = -INFINITY;
         for (int i = 0; i < cnt; i++) {
             p[i] = dot_f(q, KQ + (size_t)(o + key[i]) * ldkq, N);
+            if (bf16) p[i] = R(p[i]);
             if (p[i] > mx) mx = p[i];
         }
         double sum = 0;
@@ -84,10 +96,13 @@ void sparse_attn_forward(hax_sparse_state *st, const float *V, int ldv, const in
         float inv = (float)(1.0 / sum);
         for (int e = 0; e < E; e++) out[e] = 0;
         for (int i = 0; i < cnt; i++) {
-            p[i] *= inv;
+            if (bf16) p[i] = R(p[i] / (float)sum);  // softmax's epilogue exp(s - max) / sum
+            else p[i] *= inv;
             const float *v = V + (size_t)(o + key[i]) * ldv;
             axpy_f(out, p[i], v, E);
         }
+        if (bf16)
+            for (int e = 0; e < E; e++) out[e] = R(out[e]);
     }
 }
 
@@ -120,6 +135,7 @@ static void transpose_lists(hax_sparse_state *st, const int *seq_off, int n_seq)
 static void empty_rows_backward(hax_sparse_state *st, const float *V, int ldv, int o, int n, int L,
                                 const double *sv, const float *dattn, int ld_dattn, float *dV,
                                 int ld_dv, double *w) {
+    double pe = R(1.0f / (float)L);  // bf16-pure's P of an empty row (1/L otherwise, below)
     int N = st->N, E = st->E, ldkq = 2 * N;
     const float *KQ = st->KQ;
     double *M = w, *G = w + (size_t)E * N, *dsum = G + (size_t)E * N, *sk = dsum + E, *c = sk + N;
@@ -148,7 +164,7 @@ static void empty_rows_backward(hax_sparse_state *st, const float *V, int ldv, i
         for (int f = 0; f < N; f++) {
             double m = 0;
             for (int e = 0; e < E; e++) m += (double)da[e] * M[(size_t)e * N + f];
-            dq[f] += (float)((m - a * sk[f] / L) / L);
+            dq[f] += st->bf16 ? (float)((m - a * sk[f] * pe) * pe) : (float)((m - a * sk[f] / L) / L);
         }
     }
     for (int j = 0; j < n; j++) {
@@ -157,9 +173,9 @@ static void empty_rows_backward(hax_sparse_state *st, const float *V, int ldv, i
         for (int f = 0; f < N; f++) {
             double m = 0;
             for (int e = 0; e < E; e++) m += (double)v[e] * G[(size_t)e * N + f];
-            dk[f] += (float)((m - c[f] / L) / L);
+            dk[f] += st->bf16 ? (float)((m - c[f] * pe) * pe) : (float)((m - c[f] / L) / L);
         }
-        for (int e = 0; e < E; e++) dv[e] += (float)(dsum[e] / L);
+        for (int e = 0; e < E; e++) dv[e] += st->bf16 ? (float)(dsum[e] * pe) : (float)(dsum[e] / L);
     }
 }
 
@@ -181,10 +197,12 @@ void sparse_attn_backward(hax_sparse_state *st, const float *V, int ldv, const i
         double D = 0;
         for (int i = 0; i < cnt; i++) {
             ds[i] = dot_f(da, V + (size_t)(o + key[i]) * ldv, E);
+            if (st->bf16) ds[i] = R(ds[i]);  // dP, a bf16 GEMM output
             D += (double)p[i] * ds[i];
         }
         for (int i = 0; i < cnt; i++) {
             ds[i] = p[i] * (ds[i] - (float)D);
+            if (st->bf16) ds[i] = R(ds[i]);  // softmax backward's bf16 output
             const float *k = KQ + (size_t)(o + key[i]) * ldkq;
             axpy_f(dq, ds[i], k, N);
         }
@@ -230,24 +248,32 @@ void sparse_full_forward(hax_sparse_state *st, const float *V, int ldv, const in
             float mx = -INFINITY;
             for (int j = 0; j <= t; j++) {
                 sc[j] = dot_f(q, KQ + (size_t)(o + j) * ldkq, N);
+                if (st->bf16) sc[j] = R(sc[j]);
                 if (sc[j] > mx) mx = sc[j];
             }
             double sum = 0;
-            for (int j = 0; j <= t; j++) {
-                sc[j] = expf(sc[j] - mx);
-                sum += sc[j];
-            }
+            for (int j = 0; j <= t; j++) sum += expf(sc[j] - mx);
             float inv = (float)(1.0 / sum), *out = attn + (size_t)g * ld_attn;
+            st->lse[g] = mx + (float)log(sum);
             for (int e = 0; e < E; e++) out[e] = 0;
             for (int j = 0; j <= t; j++) {
                 const float *v = V + (size_t)(o + j) * ldv;
-                float p = sc[j] * inv;
+                // bf16-pure: P = R(exp(s - lse)), as the backward recomputes it
+                float p = st->bf16 ? R(expf(sc[j] - st->lse[g])) : expf(sc[j] - mx) * inv;
                 axpy_f(out, p, v, E);
             }
-            st->lse[g] = mx + (float)log(sum);
+            if (st->bf16)
+                for (int e = 0; e < E; e++) out[e] = R(out[e]);
         }
         free(sc);
     }
+}
+
+// `full`: P_tj from the row's log-sum-exp (bf16-pure: the rounded score and
+// a rounded P).
+static inline float full_p(const float *q, const float *k, int N, float lse, int bf16) {
+    float s = dot_f(q, k, N);
+    return bf16 ? R(expf(R(s) - lse)) : expf(s - lse);
 }
 
 void sparse_full_backward(hax_sparse_state *st, const float *V, int ldv, const int *seq_off,
@@ -265,14 +291,16 @@ void sparse_full_backward(hax_sparse_state *st, const float *V, int ldv, const i
             const float *q = KQ + (size_t)g * ldkq + N, *da = dattn + (size_t)g * ld_dattn;
             double D = 0;
             for (int j = 0; j <= t; j++) {
-                pp[j] = expf(dot_f(q, KQ + (size_t)(o + j) * ldkq, N) - st->lse[g]);
+                pp[j] = full_p(q, KQ + (size_t)(o + j) * ldkq, N, st->lse[g], st->bf16);
                 dp[j] = dot_f(da, V + (size_t)(o + j) * ldv, E);
+                if (st->bf16) dp[j] = R(dp[j]);
                 D += (double)pp[j] * dp[j];
             }
             st->rowD[g] = (float)D;
             float *dq = st->dKQ + (size_t)g * ldkq + N;
             for (int j = 0; j <= t; j++) {
                 float ds = pp[j] * (dp[j] - (float)D);
+                if (st->bf16) ds = R(ds);
                 const float *k = KQ + (size_t)(o + j) * ldkq;
                 axpy_f(dq, ds, k, N);
             }
@@ -287,8 +315,9 @@ void sparse_full_backward(hax_sparse_state *st, const float *V, int ldv, const i
         float *dk = st->dKQ + (size_t)j * ldkq, *dv = dV + (size_t)j * ld_dv;
         for (int g = j; g < end; g++) {
             const float *q = KQ + (size_t)g * ldkq + N, *da = dattn + (size_t)g * ld_dattn;
-            float p = expf(dot_f(q, k, N) - st->lse[g]);
-            float ds = p * (dot_f(da, v, E) - st->rowD[g]);
+            float p = full_p(q, k, N, st->lse[g], st->bf16), dp = dot_f(da, v, E);
+            float ds = p * ((st->bf16 ? R(dp) : dp) - st->rowD[g]);
+            if (st->bf16) ds = R(ds);
             axpy_f(dk, ds, q, N);
             axpy_f(dv, p, da, E);
         }
