@@ -138,6 +138,8 @@ hax_engine *engine_new(const hax_backend *be, hax_model *m, float *w, float *g, 
     e->be = be, e->model = m, e->impl = impl, e->core = c;
     c->ops = be->ops, c->w = w, c->g = g;
     if (m->cfg.precision == PREC_BF16) c->wq = c->ops->alloc(sizeof(float) * m->n_floats);
+    // small ([V, d]); the precision may be set after the engine is made (tests)
+    c->gemb = c->ops->alloc(sizeof(float) * (size_t)m->cfg.vocab_size * m->cfg.hidden_size);
     c->L = xcalloc(m->cfg.n_layers, sizeof(eng_layer));
     c->loss = c->ops->alloc(sizeof(double));
     c->h_gate = xcalloc(m->cfg.n_layers, sizeof(double));
@@ -153,6 +155,7 @@ void engine_free(hax_engine *e) {
     for (int l = 0; l < e->model->cfg.n_layers; l++) c->ops->free(c->L[l].hash_dev), free(c->L[l].hash);
     c->ops->free(c->loss);
     c->ops->free(c->wq);
+    c->ops->free(c->gemb);
     if (e->be->destroy) e->be->destroy(e);
     free(c->h_gate), free(c->L), free(c);
     free(e);
@@ -379,8 +382,16 @@ void engine_run_backward(hax_engine *e, const float *ce_scale) {
             block_norm_backward(c, m, l, dh);
         }
     }
-    ops->embedding_backward(dW_emb, dh, c->ids, n, d, V, c->work);
-    // bf16-pure: each parameter's .grad is a bf16 tensor (W_emb: bf16 + bf16)
+    if (cfg->precision == PREC_BF16_PURE) {
+        // the lookup's share is a bf16 tensor of its own: W_emb's .grad is
+        // bf16(bf16(logits' share) + bf16(lookup's share)), as autograd adds them
+        ops->zero(c->gemb, sizeof(float) * (size_t)V * d);
+        ops->embedding_backward(c->gemb, dh, c->ids, n, d, V, c->work);
+        ops->add_bf16_rows(dW_emb, d, c->gemb, d, d, V);
+    } else {
+        ops->embedding_backward(dW_emb, dh, c->ids, n, d, V, c->work);
+    }
+    // bf16-pure: each parameter's .grad is a bf16 tensor
     hax_bf16_pure(ops, cfg, c->g, (long)m->n_floats);
 }
 
