@@ -2,7 +2,9 @@
 // (src/ops/*.h) on random ragged packed batches (lengths 1, 3, 4, 5 around the
 // conv width K = 4, up to 140): outputs within 1e-5 and every gradient within
 // 1e-4 (normwise relative error; gradients accumulate into random initial
-// values and the increments are compared). Then one timing per op at the
+// values and the increments are compared). The gate, add_attn, the MLP and
+// the attention also in bf16-pure (their bf16 tensors element by element, in
+// bf16 steps; gpu_util.h expect_bf16). Then one timing per op at the
 // paper's size (64 sequences of ~464 positions, d 64, E 128), CPU vs GPU. The
 // scans are in tests/gpu_scans.c. Skips (exit 0) without a CUDA device.
 #include <stdint.h>
@@ -14,12 +16,16 @@
 #include "cuda/ops/basic.h"
 #include "cuda/core/common.h"
 #include "cuda/ops/conv.h"
+#include "cuda/ops/attn.h"
 #include "cuda/ops/gate.h"
 #include "cuda/ops/linear.h"
+#include "cuda/ops/mlp.h"
 #include "src/ops/linear.h"
 #include "src/ops/basic.h"
+#include "src/ops/attn.h"
 #include "src/ops/conv.h"
 #include "src/ops/gate.h"
+#include "src/ops/mlp.h"
 #include "gpu_util.h"
 
 #include <sys/wait.h>
@@ -430,6 +436,112 @@ static void test_add_bf16_rows(void) {
     cuda_free(d_dst), cuda_free(d_src);
 }
 
+// ---------------------------------------------------------------- Samba's GatedMLP and attention
+
+// The MLP on a batch, CPU vs GPU, fp32 (bf16 = 0: normwise) or bf16-pure
+// (bf16 inputs; g, u, s, da in bf16 steps: the GEMMs sum in other orders,
+// so a rounding may move one step, at most 1% of the elements, 0.5% by more
+// (da's two shares summed in bf16); out and the weight gradients are fp32
+// sums of bf16 values, within 2e-3 normwise).
+static void test_mlp_regime(int bf16) {
+    int n = 301, d = 32, M = 256;
+    size_t nd = (size_t)n * d, nw = 3 * (size_t)M * d;
+    float *a = rnd(nd, -1, 1), *w = rnd(nw, -0.2f, 0.2f), *dout = rnd(nd, -1, 1), *da0 = rnd(nd, -1, 1);
+    float *g0 = rnd(nw, -1, 1);
+    if (bf16) round_bf16(a, a, (long)nd), round_bf16(w, w, (long)nw), round_bf16(dout, dout, (long)nd),
+        round_bf16(da0, da0, (long)nd);
+    float *buf = xmalloc(sizeof(float) * mlp_acts_floats(n, M)), *out = xmalloc(sizeof(float) * nd);
+    float *scratch = xmalloc(sizeof(float) * mlp_bwd_floats(n, d, M)), *da = copy(da0, nd), *g = copy(g0, nw);
+    mlp_acts acts;
+    mlp_acts_assign(&acts, buf, n, M);
+    mlp_params p = {w, w + M * d, w + 2 * M * d};
+    mlp_grads gr = {g, g + M * d, g + 2 * M * d};
+    float *d_a = upf(a, nd), *d_w = upf(w, nw), *d_dout = upf(dout, nd), *d_da = upf(da0, nd), *d_g = upf(g0, nw);
+    float *d_buf = cuda_malloc(sizeof(float) * mlp_acts_floats(n, M)), *d_out = cuda_malloc(sizeof(float) * nd);
+    void *work = cuda_malloc(cuda_mlp_workspace_bytes(n, d, M));
+    mlp_acts dacts;
+    mlp_acts_assign(&dacts, d_buf, n, M);
+    mlp_params dp = {d_w, d_w + M * d, d_w + 2 * M * d};
+    mlp_grads dgr = {d_g, d_g + M * d, d_g + 2 * M * d};
+    mlp_forward(out, d, &acts, a, d, &p, n, d, M, bf16);
+    mlp_backward(da, d, &gr, scratch, dout, d, a, d, &acts, &p, n, d, M, bf16);
+    cuda_mlp_forward(d_out, d, &dacts, d_a, d, &dp, n, d, M, bf16);
+    cuda_mlp_backward(d_da, d, &dgr, d_dout, d, d_a, d, &dacts, &dp, n, d, M, work, bf16);
+    size_t nm = (size_t)n * M;
+    if (bf16) {
+        expect_bf16("mlp g", dacts.g, acts.g, nm, 0.01, 0.005);
+        expect_bf16("mlp u", dacts.u, acts.u, nm, 0.01, 0.005);
+        expect_bf16("mlp s", dacts.s, acts.s, nm, 0.01, 0.005);
+        expect_bf16("mlp da", d_da, da, nd, 0.01, 0.005);
+    } else {
+        expect("mlp s", dacts.s, acts.s, NULL, nm, TOL_FWD);
+        expect("mlp da", d_da, da, da0, nd, TOL_BWD);
+    }
+    expect("mlp out", d_out, out, NULL, nd, bf16 ? 2e-3 : TOL_FWD);
+    expect("mlp weight grads", d_g, g, g0, nw, bf16 ? 2e-3 : TOL_BWD);
+    void *h[] = {a, w, dout, da0, g0, buf, out, scratch, da, g};
+    for (size_t i = 0; i < sizeof h / sizeof h[0]; i++) free(h[i]);
+    void *dv[] = {d_a, d_w, d_dout, d_da, d_g, d_buf, d_out, work};
+    for (size_t i = 0; i < sizeof dv / sizeof dv[0]; i++) cuda_free(dv[i]);
+}
+
+// The sliding-window attention on a ragged batch (Samba's sizes: d 32, 4
+// heads, window 64), CPU vs GPU, in fp32 and in bf16-pure (cfg->precision):
+// q, k, v, o, da in bf16 steps (as the MLP; the softmax's expf and sums run
+// in other orders too), out and the weight gradients within 2e-3.
+static void test_attn_regime(int bf16) {
+    hax_model_config cfg = {0};
+    cfg.hidden_size = 32, cfg.attn_heads = 4, cfg.attn_kv_heads = 4, cfg.window_size = 64, cfg.rope_theta = 10000.0f;
+    cfg.precision = bf16 ? PREC_BF16_PURE : PREC_FP32;
+    int d = 32, lens[] = {70, 1, 130, 5, 64}, n_seq = 5;
+    tbatch b = make_batch(lens, n_seq);
+    int n = b.n_tok;
+    size_t nd = (size_t)n * d, nw = 4 * (size_t)d * d;
+    float *a = rnd(nd, -1, 1), *w = rnd(nw, -0.3f, 0.3f), *dout = rnd(nd, -1, 1), *da0 = rnd(nd, -1, 1);
+    float *g0 = rnd(nw, -1, 1);
+    if (bf16) round_bf16(a, a, (long)nd), round_bf16(w, w, (long)nw), round_bf16(dout, dout, (long)nd),
+        round_bf16(da0, da0, (long)nd);
+    float *buf = xmalloc(sizeof(float) * attn_acts_floats(&cfg, n)), *out = xmalloc(sizeof(float) * nd);
+    float *scratch = xmalloc(sizeof(float) * attn_bwd_floats(&cfg, n)), *da = copy(da0, nd), *g = copy(g0, nw);
+    attn_acts acts;
+    attn_acts_assign(&acts, buf, &cfg, n);
+    attn_params p = {w, w + d * d, w + 2 * d * d, w + 3 * d * d};
+    attn_grads gr = {g, g + d * d, g + 2 * d * d, g + 3 * d * d};
+    float *d_a = upf(a, nd), *d_w = upf(w, nw), *d_dout = upf(dout, nd), *d_da = upf(da0, nd), *d_g = upf(g0, nw);
+    float *d_buf = cuda_malloc(sizeof(float) * attn_acts_floats(&cfg, n)), *d_out = cuda_malloc(sizeof(float) * nd);
+    void *work = cuda_malloc(cuda_attn_workspace_bytes(&cfg, n));
+    attn_acts dacts;
+    attn_acts_assign(&dacts, d_buf, &cfg, n);
+    attn_params dp = {d_w, d_w + d * d, d_w + 2 * d * d, d_w + 3 * d * d};
+    attn_grads dgr = {d_g, d_g + d * d, d_g + 2 * d * d, d_g + 3 * d * d};
+    attn_forward(out, d, &acts, a, d, &p, &cfg, b.off, n_seq);
+    attn_backward(da, d, &gr, scratch, dout, d, a, d, &acts, &p, &cfg, b.off, n_seq);
+    cuda_attn_forward(d_out, d, &dacts, d_a, d, &dp, &cfg, b.d_off, n_seq, n);
+    cuda_attn_backward(d_da, d, &dgr, d_dout, d, d_a, d, &dacts, &dp, &cfg, b.d_off, n_seq, n, work);
+    if (bf16) {
+        expect_bf16("attn q", dacts.q, acts.q, nd, 0.01, 0.005);
+        expect_bf16("attn k", dacts.k, acts.k, nd, 0.01, 0.005);
+        expect_bf16("attn v", dacts.v, acts.v, nd, 0.01, 0.005);
+        expect_bf16("attn o", dacts.o, acts.o, nd, 0.01, 0.005);
+        expect_bf16("attn da", d_da, da, nd, 0.02, 0.01);
+    } else {
+        expect("attn o", dacts.o, acts.o, NULL, nd, TOL_FWD);
+        expect("attn da", d_da, da, da0, nd, TOL_BWD);
+    }
+    expect("attn out", d_out, out, NULL, nd, bf16 ? 2e-3 : TOL_FWD);
+    expect("attn weight grads", d_g, g, g0, nw, bf16 ? 2e-3 : TOL_BWD);
+    void *h[] = {a, w, dout, da0, g0, buf, out, scratch, da, g};
+    for (size_t i = 0; i < sizeof h / sizeof h[0]; i++) free(h[i]);
+    void *dv[] = {d_a, d_w, d_dout, d_da, d_g, d_buf, d_out, work};
+    for (size_t i = 0; i < sizeof dv / sizeof dv[0]; i++) cuda_free(dv[i]);
+    free_batch(&b);
+}
+
+static void test_mlp(void) { test_mlp_regime(0); }
+static void test_mlp_bf16(void) { test_mlp_regime(1); }
+static void test_attn(void) { test_attn_regime(0); }
+static void test_attn_bf16(void) { test_attn_regime(1); }
+
 // ---------------------------------------------------------------- paper size
 
 // One linear layer at n rows: forward, backward (dinp and dweight) and the
@@ -593,6 +705,10 @@ int main(int argc, char **argv) {
     RUN(test_gate);
     RUN(test_gate_bf16);
     RUN(test_add_bf16_rows);
+    RUN(test_mlp);
+    RUN(test_mlp_bf16);
+    RUN(test_attn);
+    RUN(test_attn_bf16);
     RUN(test_bad_token_id);
     if (!quick) RUN(test_paper_size);
     return test_summary();

@@ -50,29 +50,12 @@ static inline void expect(const char *what, const float *d_gpu, const float *cpu
     free(c);
 }
 
-// bf16-pure results (every value a bf16 value on both sides): the elements
-// that differ, and those more than one bf16 step apart (tests/test.h
-// bf16_ulps), are counted and printed, and bounded by the fractions
-// max_diff and max_far of n (a flipped rounding of one op moves its result
-// by one step; an op after it, summing that element with others of the
-// opposite sign, may move further).
+// bf16-pure results: the device tensor against the CPU's, element by element
+// in bf16 steps (tests/test.h check_bf16_close).
 static inline void expect_bf16(const char *what, const float *d_gpu, const float *cpu, size_t n, double max_diff,
                                double max_far) {
     float *g = down(d_gpu, n);
-    size_t diff = 0, far = 0, not16 = 0;
-    long worst = 0;
-    for (size_t i = 0; i < n; i++) {
-        not16 += hax_bf16_round(g[i]) != g[i] || hax_bf16_round(cpu[i]) != cpu[i];
-        long u = bf16_ulps(g[i], cpu[i]);
-        diff += u != 0, far += u > 1;
-        if (u > worst) worst = u;
-    }
-    printf("    %-30s bf16: %zu of %zu differ, %zu by > 1 step (worst %ld)\n", what, diff, n, far, worst);
-    CHECK(not16 == 0, "%s: %zu values are not bf16 values", what, not16);
-    CHECK(diff <= max_diff * n, "%s: %zu of %zu elements differ, expected at most %.3g of them", what, diff, n,
-          max_diff);
-    CHECK(far <= max_far * n, "%s: %zu of %zu elements differ by more than one bf16 step, expected at most %.3g",
-          what, far, n, max_far);
+    check_bf16_close(what, g, cpu, n, max_diff, max_far);
     free(g);
 }
 

@@ -39,8 +39,8 @@ __device__ __forceinline__ void gate_bwd_bf16(float *dy, float *dz, float *dattn
     }
     float t1 = hax_bf16_round(*attn * Ev), dt1 = hax_bf16_round(d * hax_bf16_round(g));
     float dsz = hax_bf16_round(d * t1);
-    *dattn = hax_bf16_round(*dattn + hax_bf16_round(dt1 * Ev));
-    *prod = hax_bf16_round(dt1 * *attn);
+    if (dattn) *dattn = hax_bf16_round(*dattn + hax_bf16_round(dt1 * Ev));
+    if (prod) *prod = hax_bf16_round(dt1 * *attn);
     *dz = hax_bf16_round(dz_scan + hax_bf16_round(dsz * dg));
 }
 
@@ -54,8 +54,8 @@ __global__ static void gate_bwd_kernel(float *dy, float *dxz, float *dattn, floa
         size_t i = r + c;
         float z = xz[rz + c], d = do_[i];
         if (bf16) {
-            gate_bwd_bf16(dy + i, dxz + rz + c, attn ? dattn + i : NULL, attn ? prod + i : NULL, d, y[i], z,
-                          attn ? attn + i : NULL, attn ? Ev[c] : 0.0f);
+            gate_bwd_bf16(dy + i, dxz + rz + c, attn && dattn ? dattn + i : NULL, attn && prod ? prod + i : NULL, d,
+                          y[i], z, attn ? attn + i : NULL, attn ? Ev[c] : 0.0f);
             continue;
         }
         float g = hax_silu(z), v = y[i];

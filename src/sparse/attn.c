@@ -23,7 +23,9 @@
 // bf16-pure (st->bf16, src/sparse/sparse.h): scores, probabilities, the
 // output, dP and d score are rounded per element as the reference's bf16
 // tensors; dQ, dK, dV are summed here and rounded by the caller (sparse.c).
-// Empty rows use P = R(1/L) in place of 1/L in the formulas above.
+// Empty rows have P = R(1/L); their backward runs dense (every dP and d
+// score of the row rounded), O(n (E + N)) per empty row instead of the
+// factorised sums.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,7 +137,6 @@ static void transpose_lists(hax_sparse_state *st, const int *seq_off, int n_seq)
 static void empty_rows_backward(hax_sparse_state *st, const float *V, int ldv, int o, int n, int L,
                                 const double *sv, const float *dattn, int ld_dattn, float *dV,
                                 int ld_dv, double *w) {
-    double pe = R(1.0f / (float)L);  // bf16-pure's P of an empty row (1/L otherwise, below)
     int N = st->N, E = st->E, ldkq = 2 * N;
     const float *KQ = st->KQ;
     double *M = w, *G = w + (size_t)E * N, *dsum = G + (size_t)E * N, *sk = dsum + E, *c = sk + N;
@@ -164,7 +165,7 @@ static void empty_rows_backward(hax_sparse_state *st, const float *V, int ldv, i
         for (int f = 0; f < N; f++) {
             double m = 0;
             for (int e = 0; e < E; e++) m += (double)da[e] * M[(size_t)e * N + f];
-            dq[f] += st->bf16 ? (float)((m - a * sk[f] * pe) * pe) : (float)((m - a * sk[f] / L) / L);
+            dq[f] += (float)((m - a * sk[f] / L) / L);
         }
     }
     for (int j = 0; j < n; j++) {
@@ -173,9 +174,39 @@ static void empty_rows_backward(hax_sparse_state *st, const float *V, int ldv, i
         for (int f = 0; f < N; f++) {
             double m = 0;
             for (int e = 0; e < E; e++) m += (double)v[e] * G[(size_t)e * N + f];
-            dk[f] += st->bf16 ? (float)((m - c[f] * pe) * pe) : (float)((m - c[f] / L) / L);
+            dk[f] += (float)((m - c[f] / L) / L);
         }
-        for (int e = 0; e < E; e++) dv[e] += st->bf16 ? (float)(dsum[e] * pe) : (float)(dsum[e] / L);
+        for (int e = 0; e < E; e++) dv[e] += (float)(dsum[e] / L);
+    }
+}
+
+// The reference's empty rows of one sequence in bf16-pure, dense as autograd
+// runs them (the factorised form above would skip the per-element roundings):
+// with pe = R(1/L) on every one of the L keys, per empty row t:
+//   dP_tj = R(dattn_t . V_j), D_t = sum_j pe dP_tj (pads: dP = 0),
+//   ds_tj = R(pe (dP_tj - D_t)); dQ_t += sum_j ds_tj K_j (keys ascending),
+//   then, rows ascending, dK_j += ds_tj Q_t and dV_j += pe dattn_t (pads' K
+//   and V are 0, so they add nothing). dp: n floats.
+static void empty_rows_backward_bf16(hax_sparse_state *st, const float *V, int ldv, int o, int n, int L,
+                                     const float *dattn, int ld_dattn, float *dV, int ld_dv, float *dp) {
+    int N = st->N, E = st->E, ldkq = 2 * N;
+    const float *KQ = st->KQ;
+    float pe = R(1.0f / (float)L);
+    for (int t = 0; t < n; t++) {
+        if (st->allow_off[o + t + 1] != st->allow_off[o + t]) continue;
+        const float *da = dattn + (size_t)(o + t) * ld_dattn, *q = KQ + (size_t)(o + t) * ldkq + N;
+        double D = 0;
+        for (int j = 0; j < n; j++) {
+            dp[j] = R(dot_f(da, V + (size_t)(o + j) * ldv, E));
+            D += (double)pe * dp[j];
+        }
+        float Df = (float)D, *dq = st->dKQ + (size_t)(o + t) * ldkq + N;
+        for (int j = 0; j < n; j++) {
+            float ds = R(pe * (dp[j] - Df));
+            axpy_f(dq, ds, KQ + (size_t)(o + j) * ldkq, N);
+            axpy_f(st->dKQ + (size_t)(o + j) * ldkq, ds, q, N);
+            axpy_f(dV + (size_t)(o + j) * ld_dv, pe, da, E);
+        }
     }
 }
 
@@ -221,6 +252,18 @@ void sparse_attn_backward(hax_sparse_state *st, const float *V, int ldv, const i
         }
     }
     if (!(st->has_empty && sem == SEMANTICS_REFERENCE)) return;
+    if (st->bf16) {
+#pragma omp parallel
+        {
+            float *dp = xmalloc(sizeof(float) * (size_t)st->max_len);
+#pragma omp for schedule(dynamic, 1)
+            for (int s = 0; s < n_seq; s++)
+                empty_rows_backward_bf16(st, V, ldv, seq_off[s], seq_off[s + 1] - seq_off[s], L, dattn, ld_dattn,
+                                         dV, ld_dv, dp);
+            free(dp);
+        }
+        return;
+    }
 #pragma omp parallel
     {
         double *w = xmalloc(sizeof(double) * (2 * (size_t)E * N + E + 2 * N));

@@ -34,8 +34,8 @@
 //   backward: dP = R(dattn·V), ds = R(P (dP − Σ P dP)), dQ = R(Σ ds K),
 //   dK = R(Σ ds Q), dV = R(Σ P dattn), dK_raw = R(dK · fl(1/√N)); dV and
 //   xx_proj's dX reach dX as two bf16 contributions, dX = R(dX + R(share)).
-// Empty rows' backward keeps its factorised fp32 form (with P = R(1/L)): their
-// per-element dP and ds are not rounded.
+// Empty rows (P = R(1/L) on all L keys) run their backward dense in
+// bf16-pure, every dP and ds of the row rounded (not the factorised sums).
 //
 // Typical use per layer and step:
 //   st = sparse_state_alloc(cfg, max_tok, max_seq, max_len);   // once
