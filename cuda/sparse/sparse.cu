@@ -45,7 +45,7 @@ static void layout(cu_sparse_state *st, carver *c) {
     size_t h = st->h > 0 ? st->h : 1;
     st->KQ = (float *)carve(c, sizeof(float) * T * 2 * N);
     st->dKQ = (float *)carve(c, sizeof(float) * T * 2 * N);
-    st->dXs = (float *)carve(c, sizeof(float) * T * E);
+    st->dXs = st->bf16_made ? (float *)carve(c, sizeof(float) * T * E) : NULL;
     st->q_bucket = (int32_t *)carve(c, sizeof(int32_t) * T);
     st->k_bucket = (int32_t *)carve(c, sizeof(int32_t) * T);
     st->hq_proj = (float *)carve(c, sizeof(float) * T * h);
@@ -87,6 +87,7 @@ static void fill_shape(cu_sparse_state *st, const hax_model_config *cfg, int max
     st->k_c = cfg->k_c;
     st->delta = sparse_pattern_has(cfg->sparse_mask, SPF_DILATION) ? cfg->data_max_length / cfg->k_c : 0;
     st->mask = cfg->sparse_mask, st->sem = cfg->semantics;
+    st->bf16_made = cfg->precision == PREC_BF16_PURE;
 }
 
 static size_t ks_bytes(const hax_model_config *cfg, int max_tok, int max_seq) {
@@ -267,6 +268,9 @@ extern "C" void cuda_sparse_backward(cu_sparse_state *st, const int *seq_off, in
     st->n_ev = 0;
     cu_sp_phase(st, "start");
     // bf16-pure: dV is a bf16 tensor of its own (dXs), added into dX in bf16
+    if (st->bf16 && !st->bf16_made)
+        hax_die("cuda_sparse_backward: bf16-pure: expected a state made for train.precision bf16-pure, found one "
+                "made for another precision");
     if (st->bf16) cuda_zero(st->dXs, sizeof(float) * (size_t)n_tok * E);
     cu_sp_attn_backward(st, seq_off, X, ldX, dattn, ld_dattn, st->bf16 ? st->dXs : dX, st->bf16 ? E : ld_dX);
     if (st->bf16) cuda_add_bf16_rows(dX, ld_dX, st->dXs, E, E, n_tok);

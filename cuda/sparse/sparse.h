@@ -49,13 +49,15 @@ typedef struct cu_sparse_state {
     unsigned mask;               // cfg->sparse_mask
     hax_semantics sem;
     int bf16;                    // bf16-pure (set by the caller; the backward uses the forward's)
+    int bf16_made;               // made for cfg->precision bf16-pure: dXs allocated
     // the last forward's shape
     int n_tok, n_seq, model_len;
 
     // device buffers (read-only for the caller, except the forced buckets)
     float *KQ;                   // [max_tok, 2N]: K / sqrt(N) in [:, :N], Q in [:, N:]
     float *dKQ;                  // [max_tok, 2N] backward scratch
-    float *dXs;                  // [max_tok, E] backward, bf16-pure: one share of dX at a time
+    float *dXs;                  // [max_tok, E] backward, bf16-pure: one share of dX at a time (NULL
+                                 // unless bf16_made: fp32 runs keep their memory)
     int32_t *q_bucket, *k_bucket;// [max_tok] LSH buckets (-1 without LSH)
     float *hq_proj, *hk_proj;    // [max_tok, h] the projections (as the CPU's, float)
     double *lsh_stat;            // [max_tok, N] LSH statistics scratch

@@ -30,7 +30,8 @@ static int hash_bits(const hax_model_config *cfg) {
 
 size_t sparse_state_bytes(const hax_model_config *cfg, int max_tok, int max_seq, int max_len) {
     size_t N = cfg->state_size, E = cfg->intermediate_size, T = max_tok, h = hash_bits(cfg);
-    size_t bytes = sizeof(hax_sparse_state) + 2 * T * 2 * N * sizeof(float) + T * E * sizeof(float);  // KQ, dKQ, dXs
+    size_t bytes = sizeof(hax_sparse_state) + 2 * T * 2 * N * sizeof(float);  // KQ, dKQ
+    if (cfg->precision == PREC_BF16_PURE) bytes += T * E * sizeof(float);     // dXs
     bytes += 2 * T * sizeof(int32_t) + 2 * T * h * sizeof(float) + T * sizeof(int64_t);
     bytes += 2 * (T + 1) * sizeof(int) + (size_t)max_seq * E * sizeof(double);
     if (sparse_pattern_has(cfg->sparse_mask, SPF_DENSE)) return bytes + 2 * T * sizeof(float);
@@ -56,7 +57,6 @@ hax_sparse_state *sparse_state_alloc(const hax_model_config *cfg, int max_tok, i
     st->N = (int)N, st->E = (int)E, st->h = hash_bits(cfg), st->k_c = cfg->k_c;
     st->KQ = xmalloc(sizeof(float) * T * 2 * N);
     st->dKQ = xmalloc(sizeof(float) * T * 2 * N);
-    st->dXs = xmalloc(sizeof(float) * T * E);
     st->q_bucket = xmalloc(sizeof(int32_t) * T);
     st->k_bucket = xmalloc(sizeof(int32_t) * T);
     st->hq_proj = xcalloc(T * st->h + 1, sizeof(float));
@@ -196,7 +196,9 @@ void sparse_backward(hax_sparse_state *st, const hax_model_config *cfg, const ha
         hax_die("sparse_backward: batch: expected the last forward's %d sequences / %d positions, "
                 "found %d / %d", st->n_seq, st->n_tok, n_seq, n_tok);
     if (n_tok == 0) return;
-    // bf16-pure: dV is a bf16 tensor of its own (dXs), added into dX in bf16
+    // bf16-pure: dV is a bf16 tensor of its own (dXs, made on first use: fp32
+    // runs keep their memory), added into dX in bf16
+    if (st->bf16 && !st->dXs) st->dXs = xmalloc(sizeof(float) * (size_t)st->max_tok * E);
     float *dV = st->bf16 ? st->dXs : dX;
     int ld_dV = st->bf16 ? E : ld_dX;
     if (st->bf16) memset(st->dXs, 0, sizeof(float) * (size_t)n_tok * E);

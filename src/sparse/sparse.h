@@ -118,7 +118,8 @@ typedef struct hax_sparse_state {
     double *seq_sv;          // [max_seq, E] sum_{j<n} V_j per sequence (reference empty rows)
     int64_t *lsh_sorted;     // [max_tok] per sequence: (bucket << 32 | position), sorted
     float *dKQ;              // [max_tok, 2N] backward
-    float *dXs;              // [max_tok, E] backward, bf16-pure: one share of dX at a time
+    float *dXs;              // [max_tok, E] backward, bf16-pure: one share of dX at a time (made
+                             // by the first bf16-pure backward)
 } hax_sparse_state;
 
 // Allocates the state for batches of at most max_tok packed positions,
