@@ -251,7 +251,8 @@ static void check_pattern_bf16(problem *p, const hax_model_config *cfg_in, int m
     hax_model_config c = *cfg_in, *cfg = &c;
     cfg->precision = PREC_BF16_PURE;
     int n = p->b.n_tok, N = p->N, E = p->E, ldX = p->ldX, ks_on = (cfg->sparse_mask & SPARSE_KEY_SELECTION) != 0;
-    printf("    %s / %s, bf16-pure\n", cfg->sparse_arch, cfg->semantics == SEMANTICS_REFERENCE ? "reference" : "causal");
+    printf("    %s / %s, bf16-pure\n", cfg->sparse_arch,
+           cfg->semantics == SEMANTICS_REFERENCE ? "reference" : "causal");
     hax_sparse_state *cs = sparse_state_alloc(cfg, n, p->b.n_seq, max_len);
     cu_sparse_state *gs = cuda_sparse_state_alloc(cfg, n, p->b.n_seq, max_len);
     gs->bf16 = 1;
@@ -284,7 +285,10 @@ static void check_pattern_bf16(problem *p, const hax_model_config *cfg_in, int m
     CHECK(fabs(ggl - gl) <= 1e-3 * (fabs(gl) + 1e-3), "bf16 gate loss %.9g vs CPU %.9g", ggl, gl);
     float *dX = xmalloc(sizeof(float) * n * ldX), *dW = xmalloc(sizeof(float) * 2 * N * E), *kg[6];
     memcpy(dX, p->dX0, sizeof(float) * n * ldX), memcpy(dW, p->dW0, sizeof(float) * 2 * N * E);
-    for (int i = 0; i < 6; i++) kg[i] = xmalloc(sizeof(float) * kp_size(i, N)), memcpy(kg[i], p->kg0[i], sizeof(float) * kp_size(i, N));
+    for (int i = 0; i < 6; i++) {
+        kg[i] = xmalloc(sizeof(float) * kp_size(i, N));
+        memcpy(kg[i], p->kg0[i], sizeof(float) * kp_size(i, N));
+    }
     ks_grads hg = host_kg(kg), dg = host_kg(p->d_kg);
     float gate_scale = hax_bf16_round(0.1f) / p->b.n_seq;
     sparse_backward(cs, cfg, &p->b, p->dattn, E, gate_scale, p->X, ldX, p->W, &hk, dX, ldX, dW, &hg);

@@ -587,7 +587,8 @@ static void gemm_bf16_t(float *dx, const float *dy, const float *W, int n, int i
 static void test_mlp_bf16(void) {
     int n = 29, d = 8, M = 20;
     size_t nd = (size_t)n * d, nm = (size_t)n * M;
-    float *a = xmalloc(sizeof(float) * nd), *w = xmalloc(sizeof(float) * 3 * M * d), *dout = xmalloc(sizeof(float) * nd);
+    float *a = xmalloc(sizeof(float) * nd), *w = xmalloc(sizeof(float) * 3 * M * d);
+    float *dout = xmalloc(sizeof(float) * nd);
     test_fill(a, nd, 11, 1.0f), test_fill(w, 3 * M * d, 12, 0.5f), test_fill(dout, nd, 13, 1.0f);
     round_all(a, nd), round_all(w, 3 * (size_t)M * d), round_all(dout, nd);
     mlp_params p = {w, w + M * d, w + 2 * M * d};
@@ -638,7 +639,8 @@ static void test_attn_bf16(void) {
     cfg.precision = PREC_BF16_PURE;
     int d = 16, H = 2, hd = 8, W = 5, off[] = {0, 9, 21}, n_seq = 2, n = 21;
     size_t nd = (size_t)n * d;
-    float *a = xmalloc(sizeof(float) * nd), *w = xmalloc(sizeof(float) * 4 * d * d), *dout = xmalloc(sizeof(float) * nd);
+    float *a = xmalloc(sizeof(float) * nd), *w = xmalloc(sizeof(float) * 4 * d * d);
+    float *dout = xmalloc(sizeof(float) * nd);
     test_fill(a, nd, 21, 1.0f), test_fill(w, 4 * (size_t)d * d, 22, 0.4f), test_fill(dout, nd, 23, 1.0f);
     round_all(a, nd), round_all(w, 4 * (size_t)d * d), round_all(dout, nd);
     attn_params p = {w, w + d * d, w + 2 * d * d, w + 3 * d * d};
@@ -699,13 +701,16 @@ static void test_attn_bf16(void) {
         for (int t = off[s]; t < off[s + 1]; t++)
             for (int h = 0; h < H; h++)
                 for (int i = 0; i < hd / 2; i++) {
-                    rope_pair(dq + t * d + h * hd + i, dq + t * d + h * hd + i + hd / 2, t - off[s], i, hd, 10000.0f, 1);
-                    rope_pair(dk + t * d + h * hd + i, dk + t * d + h * hd + i + hd / 2, t - off[s], i, hd, 10000.0f, 1);
+                    float *x = dq + t * d + h * hd + i, *y = dk + t * d + h * hd + i;
+                    rope_pair(x, x + hd / 2, t - off[s], i, hd, 10000.0f, 1);
+                    rope_pair(y, y + hd / 2, t - off[s], i, hd, 10000.0f, 1);
                 }
     // da: three bf16 shares in autograd's order (v, k, q)
     float *cv = xmalloc(sizeof(float) * nd), *ck = xmalloc(sizeof(float) * nd), *cq = xmalloc(sizeof(float) * nd);
     float *mda = xmalloc(sizeof(float) * nd);
-    gemm_bf16_t(cv, dv, p.v_proj, n, d, d), gemm_bf16_t(ck, dk, p.k_proj, n, d, d), gemm_bf16_t(cq, dq, p.q_proj, n, d, d);
+    gemm_bf16_t(cv, dv, p.v_proj, n, d, d);
+    gemm_bf16_t(ck, dk, p.k_proj, n, d, d);
+    gemm_bf16_t(cq, dq, p.q_proj, n, d, d);
     for (size_t i = 0; i < nd; i++) mda[i] = R(R(cv[i] + ck[i]) + cq[i]);
     cmp_bf16("attn q (rotated)", acts.q, d, q, d, n, d, 0.02, 0.005);
     cmp_bf16("attn k (rotated)", acts.k, d, k, d, n, d, 0.02, 0.005);
@@ -744,7 +749,8 @@ static void unload(loaded *x) {
     case_free(&x->c);
 }
 
-#define EXPECT_BF16(what, p, n) CHECK(not_bf16((p), (n)) == 0, "%s: %s: %ld values not bf16", file, what, not_bf16((p), (n)))
+#define EXPECT_BF16(what, p, n) \
+    CHECK(not_bf16((p), (n)) == 0, "%s: %s: %ld values not bf16", file, what, not_bf16((p), (n)))
 
 // One forward and backward in bf16-pure: the tensors the ops now round inside
 // hold bf16 values (each layer's; the sparse branch's inside; Samba's q, k,
