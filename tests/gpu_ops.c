@@ -2,7 +2,9 @@
 // (src/ops/*.h) on random ragged packed batches (lengths 1, 3, 4, 5 around the
 // conv width K = 4, up to 140): outputs within 1e-5 and every gradient within
 // 1e-4 (normwise relative error; gradients accumulate into random initial
-// values and the increments are compared). Then one timing per op at the
+// values and the increments are compared). The gate, add_attn, the MLP and
+// the attention also in bf16-pure (their bf16 tensors element by element, in
+// bf16 steps; gpu_util.h expect_bf16). Then one timing per op at the
 // paper's size (64 sequences of ~464 positions, d 64, E 128), CPU vs GPU. The
 // scans are in tests/gpu_scans.c. Skips (exit 0) without a CUDA device.
 #include <stdint.h>
@@ -14,12 +16,16 @@
 #include "cuda/ops/basic.h"
 #include "cuda/core/common.h"
 #include "cuda/ops/conv.h"
+#include "cuda/ops/attn.h"
 #include "cuda/ops/gate.h"
 #include "cuda/ops/linear.h"
+#include "cuda/ops/mlp.h"
 #include "src/ops/linear.h"
 #include "src/ops/basic.h"
+#include "src/ops/attn.h"
 #include "src/ops/conv.h"
 #include "src/ops/gate.h"
+#include "src/ops/mlp.h"
 #include "gpu_util.h"
 
 #include <sys/wait.h>
@@ -335,40 +341,74 @@ static void test_gated_norm(void) {
 
 // ---------------------------------------------------------------- gate, add_attn
 
-// The Mamba gate with and without the sparse branch's attn, and add_attn.
-static void test_gate(void) {
+// The Mamba gate with and without the sparse branch's attn, and add_attn,
+// in fp32 (bf16 = 0: normwise tolerances) and in bf16-pure (bf16 = 1: the
+// inputs the engine gives them are bf16 values, y excepted, which is the
+// scan's fp32 inside; every element compared in bf16 steps). The CPU and GPU
+// formulas are the same, only silu's expf and the device's fused
+// multiply-adds may round a last fp32 bit apart, which moves a bf16 rounding
+// only within ~2^-16 of a midpoint: at most 1% of the elements may differ, 0.2%
+// by more than one step (a flipped share inside dz's bf16 sum). The dEv sums
+// (bf16 products, summed in double in the same order) within 2e-3: one
+// flipped product of ~nE moves the sum by 2^-8 of a term.
+static void test_gate_regime(int bf16) {
     int n = 333, E = 96;
     size_t nE = (size_t)n * E, n2E = 2 * nE;
     float *y = rnd(nE, -2, 2), *xz = rnd(n2E, -3, 3), *attn = rnd(nE, -1, 1), *Ev = rnd(E, -1, 1);
     float *dout = rnd(nE, -1, 1), *o = xmalloc(sizeof(float) * nE), *dy = xmalloc(sizeof(float) * nE);
     float *dxz = rnd(n2E, -1, 1), *da0 = rnd(nE, -1, 1), *dE0 = rnd(E, -1, 1);
+    if (bf16) {
+        float *in[] = {xz, attn, Ev, dout, da0};
+        size_t len[] = {n2E, nE, E, nE, nE};
+        for (int i = 0; i < 5; i++) round_bf16(in[i], in[i], (long)len[i]);
+    }
     float *d_y = upf(y, nE), *d_xz = upf(xz, n2E), *d_attn = upf(attn, nE), *d_Ev = upf(Ev, E);
     float *d_dout = upf(dout, nE), *d_o = cuda_malloc(sizeof(float) * nE), *d_dy = cuda_malloc(sizeof(float) * nE);
     float *d_dxz = upf(dxz, n2E), *d_prod = cuda_malloc(sizeof(float) * nE);
     void *work = cuda_malloc(cuda_gate_work_bytes(n, E));
+    double tol_sum = bf16 ? 2e-3 : TOL_BWD;
     for (int with_attn = 0; with_attn < 2; with_attn++) {
         const float *a = with_attn ? attn : NULL, *g_a = with_attn ? d_attn : NULL;
         float *da = copy(da0, nE), *dE = copy(dE0, E), *d_da = upf(da0, nE), *d_dE = upf(dE0, E);
-        mamba_gate_forward(o, y, xz, a, Ev, n, E);
-        cuda_gate_forward(d_o, d_y, d_xz, g_a, d_Ev, n, E);
-        expect("gate out", d_o, o, NULL, nE, TOL_FWD);
-        mamba_gate_backward(dy, dxz, with_attn ? da : NULL, with_attn ? dE : NULL, dout, y, xz, a, Ev, n, E);
+        mamba_gate_forward(o, y, xz, a, Ev, n, E, bf16);
+        cuda_gate_forward(d_o, d_y, d_xz, g_a, d_Ev, n, E, bf16);
+        if (bf16) expect_bf16("gate out", d_o, o, nE, 0.01, 0.002);
+        else expect("gate out", d_o, o, NULL, nE, TOL_FWD);
+        mamba_gate_backward(dy, dxz, with_attn ? da : NULL, with_attn ? dE : NULL, dout, y, xz, a, Ev, n, E, bf16);
         cuda_gate_backward(d_dy, d_dxz, with_attn ? d_da : NULL, with_attn ? d_dE : NULL, d_prod, d_dout, d_y, d_xz,
-                           g_a, d_Ev, n, E, work);
-        expect("gate dy", d_dy, dy, NULL, nE, TOL_BWD);
-        expect("gate dxz", d_dxz, dxz, NULL, n2E, TOL_BWD);
+                           g_a, d_Ev, n, E, work, bf16);
+        expect("gate dy", d_dy, dy, NULL, nE, TOL_BWD);  // fp32 in both regimes (the scan's inside)
+        if (bf16) {  // the z half holds bf16 values; the x half is untouched
+            float *gz = down(d_dxz, n2E), *cz = xmalloc(sizeof(float) * nE), *hz = xmalloc(sizeof(float) * nE);
+            for (int t = 0; t < n; t++)
+                for (int c = 0; c < E; c++) {
+                    cz[(size_t)t * E + c] = dxz[(size_t)t * 2 * E + E + c];
+                    hz[(size_t)t * E + c] = gz[(size_t)t * 2 * E + E + c];
+                }
+            float *d_hz = upf(hz, nE);
+            expect_bf16("gate dz", d_hz, cz, nE, 0.01, 0.002);
+            expect("gate dxz (x half kept)", d_dxz, dxz, NULL, n2E, 0);
+            cuda_free(d_hz), free(gz), free(cz), free(hz);
+        } else {
+            expect("gate dxz", d_dxz, dxz, NULL, n2E, TOL_BWD);
+        }
         if (with_attn) {
-            expect("gate dattn", d_da, da, da0, nE, TOL_BWD);
-            expect("gate dEv", d_dE, dE, dE0, E, TOL_BWD);
+            if (bf16) expect_bf16("gate dattn", d_da, da, nE, 0.01, 0.002);
+            else expect("gate dattn", d_da, da, da0, nE, TOL_BWD);
+            expect("gate dEv", d_dE, dE, dE0, E, tol_sum);
             float *yy = copy(y, nE);
-            add_attn_forward(yy, attn, Ev, n, E);
-            cuda_add_attn_forward(d_y, d_attn, d_Ev, n, E);
-            expect("add_attn y", d_y, yy, NULL, nE, TOL_FWD);
-            add_attn_backward(da, dE, dout, attn, Ev, n, E);
-            cuda_add_attn_backward(d_da, d_dE, d_prod, d_dout, d_attn, d_Ev, n, E, work);
-            expect("add_attn dattn", d_da, da, da0, nE, TOL_BWD);
-            expect("add_attn dEv", d_dE, dE, dE0, E, TOL_BWD);
+            if (bf16) round_bf16(yy, yy, (long)nE), cuda_upload(d_y, yy, sizeof(float) * nE);  // the SSD's bf16 y
+            add_attn_forward(yy, attn, Ev, n, E, bf16);
+            cuda_add_attn_forward(d_y, d_attn, d_Ev, n, E, bf16);
+            if (bf16) expect_bf16("add_attn y", d_y, yy, nE, 0.01, 0.002);
+            else expect("add_attn y", d_y, yy, NULL, nE, TOL_FWD);
+            add_attn_backward(da, dE, dout, attn, Ev, n, E, bf16);
+            cuda_add_attn_backward(d_da, d_dE, d_prod, d_dout, d_attn, d_Ev, n, E, work, bf16);
+            if (bf16) expect_bf16("add_attn dattn", d_da, da, nE, 0.01, 0.002);
+            else expect("add_attn dattn", d_da, da, da0, nE, TOL_BWD);
+            expect("add_attn dEv", d_dE, dE, dE0, E, tol_sum);
             free(yy);
+            cuda_upload(d_y, y, sizeof(float) * nE);
         }
         free(da), free(dE);
         cuda_free(d_da), cuda_free(d_dE);
@@ -378,6 +418,129 @@ static void test_gate(void) {
     void *dptrs[] = {d_y, d_xz, d_attn, d_Ev, d_dout, d_o, d_dy, d_dxz, d_prod, work};
     for (size_t i = 0; i < sizeof(dptrs) / sizeof(dptrs[0]); i++) cuda_free(dptrs[i]);
 }
+
+static void test_gate(void) { test_gate_regime(0); }
+static void test_gate_bf16(void) { test_gate_regime(1); }
+
+// bf16-pure's accumulation of a bf16 contribution (add_bf16_rows): strided
+// rows, the same formula on both sides, so bit for bit.
+static void test_add_bf16_rows(void) {
+    int rows = 301, width = 70, ld_d = 75, ld_s = 71;
+    float *dst = rnd((size_t)rows * ld_d, -4, 4), *src = rnd((size_t)rows * ld_s, -1, 1);
+    round_bf16(dst, dst, (long)rows * ld_d);
+    float *d_dst = upf(dst, (size_t)rows * ld_d), *d_src = upf(src, (size_t)rows * ld_s);
+    add_bf16_rows(dst, ld_d, src, ld_s, width, rows);
+    cuda_add_bf16_rows(d_dst, ld_d, d_src, ld_s, width, rows);
+    expect_bf16("add_bf16_rows", d_dst, dst, (size_t)rows * ld_d, 0, 0);
+    free(dst), free(src);
+    cuda_free(d_dst), cuda_free(d_src);
+}
+
+// ---------------------------------------------------------------- Samba's GatedMLP and attention
+
+// The MLP on a batch, CPU vs GPU, fp32 (bf16 = 0: normwise) or bf16-pure
+// (bf16 inputs; g, u, s, da in bf16 steps: the GEMMs sum in other orders,
+// so a rounding may move one step, at most 1% of the elements, 0.5% by more
+// (da's two shares summed in bf16); out and the weight gradients are fp32
+// sums of bf16 values, within 2e-3 normwise).
+static void test_mlp_regime(int bf16) {
+    int n = 301, d = 32, M = 256;
+    size_t nd = (size_t)n * d, nw = 3 * (size_t)M * d;
+    float *a = rnd(nd, -1, 1), *w = rnd(nw, -0.2f, 0.2f), *dout = rnd(nd, -1, 1), *da0 = rnd(nd, -1, 1);
+    float *g0 = rnd(nw, -1, 1);
+    if (bf16) round_bf16(a, a, (long)nd), round_bf16(w, w, (long)nw), round_bf16(dout, dout, (long)nd),
+        round_bf16(da0, da0, (long)nd);
+    float *buf = xmalloc(sizeof(float) * mlp_acts_floats(n, M)), *out = xmalloc(sizeof(float) * nd);
+    float *scratch = xmalloc(sizeof(float) * mlp_bwd_floats(n, d, M)), *da = copy(da0, nd), *g = copy(g0, nw);
+    mlp_acts acts;
+    mlp_acts_assign(&acts, buf, n, M);
+    mlp_params p = {w, w + M * d, w + 2 * M * d};
+    mlp_grads gr = {g, g + M * d, g + 2 * M * d};
+    float *d_a = upf(a, nd), *d_w = upf(w, nw), *d_dout = upf(dout, nd), *d_da = upf(da0, nd), *d_g = upf(g0, nw);
+    float *d_buf = cuda_malloc(sizeof(float) * mlp_acts_floats(n, M)), *d_out = cuda_malloc(sizeof(float) * nd);
+    void *work = cuda_malloc(cuda_mlp_workspace_bytes(n, d, M));
+    mlp_acts dacts;
+    mlp_acts_assign(&dacts, d_buf, n, M);
+    mlp_params dp = {d_w, d_w + M * d, d_w + 2 * M * d};
+    mlp_grads dgr = {d_g, d_g + M * d, d_g + 2 * M * d};
+    mlp_forward(out, d, &acts, a, d, &p, n, d, M, bf16);
+    mlp_backward(da, d, &gr, scratch, dout, d, a, d, &acts, &p, n, d, M, bf16);
+    cuda_mlp_forward(d_out, d, &dacts, d_a, d, &dp, n, d, M, bf16);
+    cuda_mlp_backward(d_da, d, &dgr, d_dout, d, d_a, d, &dacts, &dp, n, d, M, work, bf16);
+    size_t nm = (size_t)n * M;
+    if (bf16) {
+        expect_bf16("mlp g", dacts.g, acts.g, nm, 0.01, 0.005);
+        expect_bf16("mlp u", dacts.u, acts.u, nm, 0.01, 0.005);
+        expect_bf16("mlp s", dacts.s, acts.s, nm, 0.01, 0.005);
+        expect_bf16("mlp da", d_da, da, nd, 0.01, 0.005);
+    } else {
+        expect("mlp s", dacts.s, acts.s, NULL, nm, TOL_FWD);
+        expect("mlp da", d_da, da, da0, nd, TOL_BWD);
+    }
+    expect("mlp out", d_out, out, NULL, nd, bf16 ? 2e-3 : TOL_FWD);
+    expect("mlp weight grads", d_g, g, g0, nw, bf16 ? 2e-3 : TOL_BWD);
+    void *h[] = {a, w, dout, da0, g0, buf, out, scratch, da, g};
+    for (size_t i = 0; i < sizeof h / sizeof h[0]; i++) free(h[i]);
+    void *dv[] = {d_a, d_w, d_dout, d_da, d_g, d_buf, d_out, work};
+    for (size_t i = 0; i < sizeof dv / sizeof dv[0]; i++) cuda_free(dv[i]);
+}
+
+// The sliding-window attention on a ragged batch (Samba's sizes: d 32, 4
+// heads, window 64), CPU vs GPU, in fp32 and in bf16-pure (cfg->precision):
+// q, k, v, o, da in bf16 steps (as the MLP; the softmax's expf and sums run
+// in other orders too), out and the weight gradients within 2e-3.
+static void test_attn_regime(int bf16) {
+    hax_model_config cfg = {0};
+    cfg.hidden_size = 32, cfg.attn_heads = 4, cfg.attn_kv_heads = 4, cfg.window_size = 64, cfg.rope_theta = 10000.0f;
+    cfg.precision = bf16 ? PREC_BF16_PURE : PREC_FP32;
+    int d = 32, lens[] = {70, 1, 130, 5, 64}, n_seq = 5;
+    tbatch b = make_batch(lens, n_seq);
+    int n = b.n_tok;
+    size_t nd = (size_t)n * d, nw = 4 * (size_t)d * d;
+    float *a = rnd(nd, -1, 1), *w = rnd(nw, -0.3f, 0.3f), *dout = rnd(nd, -1, 1), *da0 = rnd(nd, -1, 1);
+    float *g0 = rnd(nw, -1, 1);
+    if (bf16) round_bf16(a, a, (long)nd), round_bf16(w, w, (long)nw), round_bf16(dout, dout, (long)nd),
+        round_bf16(da0, da0, (long)nd);
+    float *buf = xmalloc(sizeof(float) * attn_acts_floats(&cfg, n)), *out = xmalloc(sizeof(float) * nd);
+    float *scratch = xmalloc(sizeof(float) * attn_bwd_floats(&cfg, n)), *da = copy(da0, nd), *g = copy(g0, nw);
+    attn_acts acts;
+    attn_acts_assign(&acts, buf, &cfg, n);
+    attn_params p = {w, w + d * d, w + 2 * d * d, w + 3 * d * d};
+    attn_grads gr = {g, g + d * d, g + 2 * d * d, g + 3 * d * d};
+    float *d_a = upf(a, nd), *d_w = upf(w, nw), *d_dout = upf(dout, nd), *d_da = upf(da0, nd), *d_g = upf(g0, nw);
+    float *d_buf = cuda_malloc(sizeof(float) * attn_acts_floats(&cfg, n)), *d_out = cuda_malloc(sizeof(float) * nd);
+    void *work = cuda_malloc(cuda_attn_workspace_bytes(&cfg, n));
+    attn_acts dacts;
+    attn_acts_assign(&dacts, d_buf, &cfg, n);
+    attn_params dp = {d_w, d_w + d * d, d_w + 2 * d * d, d_w + 3 * d * d};
+    attn_grads dgr = {d_g, d_g + d * d, d_g + 2 * d * d, d_g + 3 * d * d};
+    attn_forward(out, d, &acts, a, d, &p, &cfg, b.off, n_seq);
+    attn_backward(da, d, &gr, scratch, dout, d, a, d, &acts, &p, &cfg, b.off, n_seq);
+    cuda_attn_forward(d_out, d, &dacts, d_a, d, &dp, &cfg, b.d_off, n_seq, n);
+    cuda_attn_backward(d_da, d, &dgr, d_dout, d, d_a, d, &dacts, &dp, &cfg, b.d_off, n_seq, n, work);
+    if (bf16) {
+        expect_bf16("attn q", dacts.q, acts.q, nd, 0.01, 0.005);
+        expect_bf16("attn k", dacts.k, acts.k, nd, 0.01, 0.005);
+        expect_bf16("attn v", dacts.v, acts.v, nd, 0.01, 0.005);
+        expect_bf16("attn o", dacts.o, acts.o, nd, 0.01, 0.005);
+        expect_bf16("attn da", d_da, da, nd, 0.02, 0.01);
+    } else {
+        expect("attn o", dacts.o, acts.o, NULL, nd, TOL_FWD);
+        expect("attn da", d_da, da, da0, nd, TOL_BWD);
+    }
+    expect("attn out", d_out, out, NULL, nd, bf16 ? 2e-3 : TOL_FWD);
+    expect("attn weight grads", d_g, g, g0, nw, bf16 ? 2e-3 : TOL_BWD);
+    void *h[] = {a, w, dout, da0, g0, buf, out, scratch, da, g};
+    for (size_t i = 0; i < sizeof h / sizeof h[0]; i++) free(h[i]);
+    void *dv[] = {d_a, d_w, d_dout, d_da, d_g, d_buf, d_out, work};
+    for (size_t i = 0; i < sizeof dv / sizeof dv[0]; i++) cuda_free(dv[i]);
+    free_batch(&b);
+}
+
+static void test_mlp(void) { test_mlp_regime(0); }
+static void test_mlp_bf16(void) { test_mlp_regime(1); }
+static void test_attn(void) { test_attn_regime(0); }
+static void test_attn_bf16(void) { test_attn_regime(1); }
 
 // ---------------------------------------------------------------- paper size
 
@@ -466,10 +629,10 @@ static void test_paper_size(void) {
             gated_norm_backward(big, 2 * E, big + E, 2 * E, wE, outE, E, rstd, xz, 2 * E, xz + E, 2 * E, wE, n, E),
             cuda_gated_norm_backward(g_big, 2 * E, g_big + E, 2 * E, g_wE, g_outE, E, g_rstd, g_xz, 2 * E, g_xz + E, 2 * E,
                                      g_wE, n, E, work));
-    TIME_OP("gate fwd (E 128)", mamba_gate_forward(outE, pre, xz, NULL, NULL, n, E),
-            cuda_gate_forward(g_outE, g_pre, g_xz, NULL, NULL, n, E));
-    TIME_OP("gate bwd (E 128)", mamba_gate_backward(outE, big, NULL, NULL, pre, pre, xz, NULL, NULL, n, E),
-            cuda_gate_backward(g_outE, g_big, NULL, NULL, NULL, g_pre, g_pre, g_xz, NULL, NULL, n, E, work));
+    TIME_OP("gate fwd (E 128)", mamba_gate_forward(outE, pre, xz, NULL, NULL, n, E, 0),
+            cuda_gate_forward(g_outE, g_pre, g_xz, NULL, NULL, n, E, 0));
+    TIME_OP("gate bwd (E 128)", mamba_gate_backward(outE, big, NULL, NULL, pre, pre, xz, NULL, NULL, n, E, 0),
+            cuda_gate_backward(g_outE, g_big, NULL, NULL, NULL, g_pre, g_pre, g_xz, NULL, NULL, n, E, work, 0));
     TIME_OP("logits fwd (V 100)", logits_forward(logits, h, Wemb, n, d, V), cuda_logits_forward(g_logits, g_h, g_Wemb, n, d, V));
     TIME_OP("ce fwd", ce_forward(logits, ids, mask, b.off, n_seq, V, NULL, NULL),
             cuda_ce_forward(g_loss, NULL, NULL, g_logits, g_ids, g_mask, b.d_off, n_seq, n, V, work));
@@ -540,6 +703,12 @@ int main(int argc, char **argv) {
     RUN(test_conv);
     RUN(test_gated_norm);
     RUN(test_gate);
+    RUN(test_gate_bf16);
+    RUN(test_add_bf16_rows);
+    RUN(test_mlp);
+    RUN(test_mlp_bf16);
+    RUN(test_attn);
+    RUN(test_attn_bf16);
     RUN(test_bad_token_id);
     if (!quick) RUN(test_paper_size);
     return test_summary();

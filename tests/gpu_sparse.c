@@ -216,6 +216,107 @@ static void check_pattern(problem *p, const hax_model_config *cfg, int max_len) 
     cuda_sparse_state_free(gs);
 }
 
+// ---------------------------------------------------------------- bf16-pure
+
+// The problem's inputs as bf16 values (X and W_xx, multiples of 1/16, are
+// already), host and device.
+static void problem_to_bf16(problem *p) {
+    int n = p->b.n_tok, N = p->N, E = p->E;
+    float *h[] = {p->X, p->W, p->H, p->dattn, p->dX0, p->dW0};
+    float *d[] = {p->d_X, p->d_W, p->d_H, p->d_dattn, p->d_dX, p->d_dW};
+    size_t len[] = {(size_t)n * p->ldX, 2 * (size_t)N * E, (size_t)N * p->h, (size_t)n * E, (size_t)n * p->ldX,
+                    2 * (size_t)N * E};
+    for (int i = 0; i < 6; i++) {
+        for (size_t j = 0; j < len[i]; j++) h[i][j] = hax_bf16_round(h[i][j]);
+        cuda_upload(d[i], h[i], sizeof(float) * len[i]);
+    }
+    for (int i = 0; i < 6; i++) {
+        for (size_t j = 0; j < kp_size(i, N); j++) p->kp[i][j] = hax_bf16_round(p->kp[i][j]);
+        cuda_upload(p->d_kp[i], p->kp[i], sizeof(float) * kp_size(i, N));
+    }
+    cuda_sync();
+}
+
+// check_pattern in bf16-pure (cfg->precision on the CPU, the state's bf16 on
+// the GPU). KQ is exact on both sides (1/16 multiples), so the LSH buckets
+// (the same float / double operations in the same order) must be equal. The
+// rest sums in other orders (cuBLAS, warp trees) or calls the device's expf:
+// a bf16 rounding moves one step where a float result lies within ~2^-16 of a
+// midpoint, so bf16 tensors may differ in a few elements (at most 3%, 2% by
+// more than a step: a flipped key score can also swap one key-selection
+// pick, which changes a whole row, counted in `lists`, at most 2% of the
+// rows); the fp32 gradient sums of bf16 values within 5e-3 (one flipped
+// element of dKQ moves a sum by 2^-8 of one term).
+static void check_pattern_bf16(problem *p, const hax_model_config *cfg_in, int max_len) {
+    hax_model_config c = *cfg_in, *cfg = &c;
+    cfg->precision = PREC_BF16_PURE;
+    int n = p->b.n_tok, N = p->N, E = p->E, ldX = p->ldX, ks_on = (cfg->sparse_mask & SPARSE_KEY_SELECTION) != 0;
+    printf("    %s / %s, bf16-pure\n", cfg->sparse_arch,
+           cfg->semantics == SEMANTICS_REFERENCE ? "reference" : "causal");
+    hax_sparse_state *cs = sparse_state_alloc(cfg, n, p->b.n_seq, max_len);
+    cu_sparse_state *gs = cuda_sparse_state_alloc(cfg, n, p->b.n_seq, max_len);
+    gs->bf16 = 1;
+    ks_params hk = host_ks(p->kp), dk = host_ks(p->d_kp);
+    float *attn = xcalloc((size_t)n * E, sizeof(float)), *d_attn = cuda_malloc(sizeof(float) * n * E);
+    double gl = sparse_forward(cs, cfg, &p->b, p->X, ldX, p->W, &hk, p->H, p->cand, 1, attn, E);
+    cuda_sparse_forward(gs, p->d_off, p->b.n_seq, n, p->b.model_len, p->d_X, ldX, p->d_W, &dk, p->d_H,
+                        p->d_cand, 1, d_attn, E);
+    cuda_sync();
+    CHECK(cs->bf16 == 1, "the CPU branch did not run in bf16-pure");
+    float *gkq = down(gs->KQ, sizeof(float) * n * 2 * N);
+    check_bf16_close("KQ", gkq, cs->KQ, (size_t)n * 2 * N, 0, 0);
+    int bq = bucket_mismatches(cs->q_bucket, gs->q_bucket, n), bk = bucket_mismatches(cs->k_bucket, gs->k_bucket, n);
+    CHECK(bq == 0 && bk == 0, "%s bf16: buckets differ at %d query / %d key rows", cfg->sparse_arch, bq, bk);
+    if (cs->h) {
+        float *gp = down(gs->hq_proj, sizeof(float) * n * cs->h);
+        check_bf16_close("LSH projections (queries)", gp, cs->hq_proj, (size_t)n * cs->h, 0, 0);
+        free(gp);
+    }
+    if (!(cfg->sparse_mask & SPARSE_FULL)) {
+        int bad = list_mismatches(cs, gs, n);
+        printf("      lists: %d rows, %d differ\n", n, bad);
+        CHECK(bad <= 0.02 * n, "%s bf16: %d allowed lists differ", cfg->sparse_arch, bad);
+    }
+    float *ga = down(d_attn, sizeof(float) * n * E);
+    check_bf16_close("attn", ga, attn, (size_t)n * E, 0.03, 0.02);
+    double ggl = 0;
+    cuda_download(&ggl, gs->gate_loss, sizeof(double));
+    cuda_sync();
+    CHECK(fabs(ggl - gl) <= 1e-3 * (fabs(gl) + 1e-3), "bf16 gate loss %.9g vs CPU %.9g", ggl, gl);
+    float *dX = xmalloc(sizeof(float) * n * ldX), *dW = xmalloc(sizeof(float) * 2 * N * E), *kg[6];
+    memcpy(dX, p->dX0, sizeof(float) * n * ldX), memcpy(dW, p->dW0, sizeof(float) * 2 * N * E);
+    for (int i = 0; i < 6; i++) {
+        kg[i] = xmalloc(sizeof(float) * kp_size(i, N));
+        memcpy(kg[i], p->kg0[i], sizeof(float) * kp_size(i, N));
+    }
+    ks_grads hg = host_kg(kg), dg = host_kg(p->d_kg);
+    float gate_scale = hax_bf16_round(0.1f) / p->b.n_seq;
+    sparse_backward(cs, cfg, &p->b, p->dattn, E, gate_scale, p->X, ldX, p->W, &hk, dX, ldX, dW, &hg);
+    cuda_sparse_backward(gs, p->d_off, p->b.n_seq, n, p->d_dattn, E, gate_scale, p->d_X, ldX, p->d_W, &dk,
+                         p->d_dX, ldX, p->d_dW, &dg);
+    cuda_sync();
+    float *gdx = down(p->d_dX, sizeof(float) * n * ldX), *gdX = xmalloc(sizeof(float) * n * E);
+    float *cdX = xmalloc(sizeof(float) * n * E);
+    for (int g = 0; g < n; g++)  // the first E columns: dX's bf16 sums (the rest is untouched)
+        memcpy(gdX + (size_t)g * E, gdx + (size_t)g * ldX, sizeof(float) * E),
+            memcpy(cdX + (size_t)g * E, dX + (size_t)g * ldX, sizeof(float) * E);
+    check_bf16_close("dX", gdX, cdX, (size_t)n * E, 0.03, 0.02);
+    cmp("dW_xx", p->d_dW, dW, p->dW0, (size_t)2 * N * E, 5e-3);
+    if (ks_on) {
+        const char *names[6] = {"d w1", "d b1", "d w2", "d b2", "d w3", "d b3"};
+        for (int i = 0; i < 4; i++) cmp(names[i], p->d_kg[i], kg[i], p->kg0[i], kp_size(i, N), 5e-3);
+        cmp(names[4], p->d_kg[4], kg[4], p->kg0[4], kp_size(4, N), 5e-3);
+    }
+    cuda_upload(p->d_dX, p->dX0, sizeof(float) * n * ldX), cuda_upload(p->d_dW, p->dW0, sizeof(float) * 2 * N * E);
+    for (int i = 0; i < 6; i++) cuda_upload(p->d_kg[i], p->kg0[i], sizeof(float) * kp_size(i, N));
+    cuda_sync();
+    for (int i = 0; i < 6; i++) free(kg[i]);
+    free(dX), free(dW), free(attn), free(gkq), free(ga), free(gdx), free(gdX), free(cdX);
+    cuda_free(d_attn);
+    sparse_state_free(cs);
+    cuda_sparse_state_free(gs);
+}
+
 static const char *k_patterns[] = {"sliding_window", "sink", "dilated", "sign_bin_lsh", "argmax_lsh",
                                    "key_selection", "full", "sliding_window+sink",
                                    "sign_bin_lsh+key_selection", "sink+dilated+argmax_lsh"};
@@ -237,8 +338,29 @@ static void test_patterns(void) {
         }
 }
 
+// Every pattern in bf16-pure, both semantics (causal semantics rounds the
+// same tensors but keeps its double LSH statistics and key-selection
+// features, rounded).
+static void test_patterns_bf16(void) {
+    int N = 16, E = 40, ldX = 45, h = 4, L = 128;
+    for (int sem = 0; sem < 2; sem++)
+        for (size_t i = 0; i < sizeof(k_patterns) / sizeof(k_patterns[0]); i++) {
+            hax_model_config cfg;
+            int parts = 1;
+            for (const char *c = k_patterns[i]; *c; c++) parts += *c == '+';
+            set_cfg(&cfg, k_patterns[i], 8 * parts, N, E, h, 32, (hax_semantics)sem);
+            problem p;
+            make_problem(&p, k_lens, K_NSEQ, L, N, E, ldX, h, cfg.k_c > 0 ? cfg.k_c : 1, 1);
+            problem_to_bf16(&p);
+            check_pattern_bf16(&p, &cfg, L);
+            free_problem(&p);
+        }
+}
+
 // Unrounded data: the GPU's buckets must equal the CPU hash of the GPU's KQ.
-static void test_lsh_exact(void) {
+// bf16-pure (bf16 = 1): the same with the bf16 statistics and projections
+// (reference semantics) on bf16 inputs.
+static void lsh_exact(int bf16) {
     int N = 32, E = 64, h = 8, L = 128;
     const char *pats[2] = {"sign_bin_lsh", "argmax_lsh"};
     for (int sem = 0; sem < 2; sem++)
@@ -247,20 +369,22 @@ static void test_lsh_exact(void) {
             set_cfg(&cfg, pats[a], 8, N, E, h, 64, (hax_semantics)sem);
             problem p;
             make_problem(&p, k_lens, K_NSEQ, L, N, E, E, h, cfg.k_c, 0);
+            if (bf16) problem_to_bf16(&p);
             int n = p.b.n_tok;
             cu_sparse_state *gs = cuda_sparse_state_alloc(&cfg, n, K_NSEQ, L);
+            gs->bf16 = bf16;
             float *d_attn = cuda_malloc(sizeof(float) * n * E);
             cuda_sparse_forward(gs, p.d_off, K_NSEQ, n, L, p.d_X, E, p.d_W, NULL, p.d_H, NULL, 0, d_attn, E);
             float *KQ = down(gs->KQ, sizeof(float) * n * 2 * N);
             int32_t *qb = xmalloc(sizeof(int32_t) * n), *kb = xmalloc(sizeof(int32_t) * n);
             float *pq = xmalloc(sizeof(float) * n * h), *pk = xmalloc(sizeof(float) * n * h);
-            sparse_lsh_hash(qb, pq, KQ + N, 2 * N, N, p.H, h, a, p.b.seq_off, K_NSEQ, L, (hax_semantics)sem);
-            sparse_lsh_hash(kb, pk, KQ, 2 * N, N, p.H, h, a, p.b.seq_off, K_NSEQ, L, (hax_semantics)sem);
+            sparse_lsh_hash(qb, pq, KQ + N, 2 * N, N, p.H, h, a, p.b.seq_off, K_NSEQ, L, (hax_semantics)sem, bf16);
+            sparse_lsh_hash(kb, pk, KQ, 2 * N, N, p.H, h, a, p.b.seq_off, K_NSEQ, L, (hax_semantics)sem, bf16);
             int bad = bucket_mismatches(qb, gs->q_bucket, n) + bucket_mismatches(kb, gs->k_bucket, n);
             float *gq = down(gs->hq_proj, sizeof(float) * n * h);
             int pbad = memcmp(gq, pq, sizeof(float) * n * h) != 0;
-            printf("    %s / %s: %d positions, %d bucket mismatches, projections %s\n", pats[a],
-                   sem ? "causal" : "reference", n, bad, pbad ? "DIFFER" : "bit-identical");
+            printf("    %s / %s%s: %d positions, %d bucket mismatches, projections %s\n", pats[a],
+                   sem ? "causal" : "reference", bf16 ? " / bf16-pure" : "", n, bad, pbad ? "DIFFER" : "bit-identical");
             CHECK(bad == 0 && !pbad, "%s: LSH on the GPU's KQ differs from the CPU's", pats[a]);
             free(KQ), free(qb), free(kb), free(pq), free(pk), free(gq);
             cuda_free(d_attn);
@@ -268,6 +392,9 @@ static void test_lsh_exact(void) {
             free_problem(&p);
         }
 }
+
+static void test_lsh_exact(void) { lsh_exact(0); }
+static void test_lsh_exact_bf16(void) { lsh_exact(1); }
 
 // The branch's random inputs drawn on the device: the hash matrices equal
 // the host's rng_normal_portable draws bit for bit (and libm's rng_normal
@@ -417,7 +544,9 @@ int main(int argc, char **argv) {
     cuda_init(0);
     printf("device: %s\n", cuda_device_name());
     RUN(test_patterns);
+    RUN(test_patterns_bf16);
     RUN(test_lsh_exact);
+    RUN(test_lsh_exact_bf16);
     RUN(test_device_draws);
     if (!quick) RUN(test_paper);
     return test_summary();

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "src/core/common.h"
+#include "src/core/scalar.h"
 #include "cuda/core/common.h"
 #include "cuda/sparse/ks.h"
 #include "src/sparse/ks.h"
@@ -251,8 +252,117 @@ static void run_ops(const tbatch *b, int N, int k_c, int ldk, int ldq, hax_seman
     for (size_t i = 0; i < sizeof(dp) / sizeof(dp[0]); i++) cuda_free(dp[i]);
 }
 
+// ---------------------------------------------------------------- the bf16-pure ops
+
+static void round_host(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = hax_bf16_round(x[i]);
+}
+
+// The bf16-pure ops (src/sparse/ks.h *_bf16, cuda/sparse/ks.h) on bf16 inputs,
+// each GPU op from the CPU's inputs. The features run the CPU's float and
+// double operations in the CPU's order (sequential positions), so they must
+// be equal, for both accumulators; the MLP's GEMMs (cuBLAS / the CPU's rows)
+// and the targets' double sums (lanes + warp tree / in order) sum in other
+// orders, and the loss terms' expf / log1pf may round a last fp32 bit apart,
+// which moves a bf16 rounding only within ~2^-16 of a midpoint: at most 1%
+// of the elements may differ, 0.2% by more than a step. The MLP's parameter
+// gradients are fp32 sums of those bf16 values: within 2e-3 (one flipped
+// dh element among the n_rows of a column moves the sum by 2^-8 of one term).
+static void run_ops_bf16(const tbatch *b, int N, int k_c, int ldk, int ldq) {
+    printf("  bf16-pure ops: %d sequences, %d tokens, N %d, k_c %d\n", b->n_seq, b->n_tok, N, k_c);
+    int n = b->n_tok, D = 2 * N, ns = b->n_seq;
+    size_t nD = (size_t)n * D, nc = (size_t)ns * k_c;
+    float *K = rnd((size_t)n * ldk, -0.6f, 0.6f), *Q = rnd((size_t)n * ldq, -0.6f, 0.6f);
+    round_host(K, (size_t)n * ldk), round_host(Q, (size_t)n * ldq);
+    float *d_K = up(K, sizeof(float) * n * ldk), *d_Q = up(Q, sizeof(float) * n * ldq);
+    tparams p = make_params(N, 1.0f / sqrtf((float)D));
+    round_host(p.h, p.n);
+    cuda_upload(p.d, p.h, sizeof(float) * p.n);
+
+    float *T = xmalloc(sizeof(float) * nD), *d_T = cuda_malloc(sizeof(float) * nD);
+    for (int acc = 0; acc < 2; acc++) {
+        ks_features_bf16(T, K, ldk, Q, ldq, b->off, ns, b->model_len, N, acc);
+        cuda_ks_features_bf16(d_T, d_K, ldk, d_Q, ldq, b->d_off, ns, b->model_len, N, acc);
+        float *g = down(d_T, sizeof(float) * nD);
+        check_bf16_close(acc ? "features T (bf16 accumulator)" : "features T (fp32 accumulator)", g, T, nD, 0, 0);
+        free(g);
+    }
+    float *h1 = xmalloc(sizeof(float) * nD), *h2 = xmalloc(sizeof(float) * nD), *score = xmalloc(sizeof(float) * n);
+    float *d_h1 = cuda_malloc(sizeof(float) * nD), *d_h2 = cuda_malloc(sizeof(float) * nD);
+    float *d_score = cuda_malloc(sizeof(float) * n);
+    cuda_upload(d_T, T, sizeof(float) * nD);
+    ks_mlp_forward_bf16(score, h1, h2, T, &p.hp, n, N);
+    cuda_ks_mlp_forward_bf16(d_score, d_h1, d_h2, d_T, &p.dp, n, N);
+    float *gh1 = down(d_h1, sizeof(float) * nD), *gh2 = down(d_h2, sizeof(float) * nD);
+    float *gsc = down(d_score, sizeof(float) * n);
+    check_bf16_close("mlp h1", gh1, h1, nD, 0.01, 0.002);
+    check_bf16_close("mlp h2", gh2, h2, nD, 0.01, 0.002);
+    check_bf16_close("key score", gsc, score, n, 0.01, 0.002);
+
+    int64_t *sid = xmalloc(sizeof(int64_t) * ns);
+    for (int s = 0; s < ns; s++) sid[s] = 31 * s + 5;
+    int *cand = xmalloc(sizeof(int) * nc);
+    ks_sample_candidates(cand, b->off, ns, sid, k_c, 99, 3, 0);
+    int *d_cand = up(cand, sizeof(int) * nc);
+    for (int sem = 0; sem < 2; sem++) {
+        double *y = xmalloc(sizeof(double) * nc), *d_y = cuda_malloc(sizeof(double) * nc);
+        ks_rank_targets_bf16(y, K, ldk, Q, ldq, cand, b->off, ns, b->model_len, N, k_c, (hax_semantics)sem);
+        cuda_ks_rank_targets_bf16(d_y, d_K, ldk, d_Q, ldq, d_cand, b->d_off, ns, b->model_len, N, k_c,
+                                  (hax_semantics)sem);
+        double *gy = down(d_y, sizeof(double) * nc);
+        float *fy = xmalloc(sizeof(float) * nc), *fgy = xmalloc(sizeof(float) * nc);
+        for (size_t i = 0; i < nc; i++) fy[i] = (float)y[i], fgy[i] = (float)gy[i];
+        check_bf16_close(sem ? "targets y (causal)" : "targets y (reference)", fgy, fy, nc, 0.02, 0.002);
+        free(y), free(gy), free(fy), free(fgy), cuda_free(d_y);
+    }
+    // loss and its backward on the CPU's scores and (reference) targets
+    double *y = xmalloc(sizeof(double) * nc);
+    ks_rank_targets_bf16(y, K, ldk, Q, ldq, cand, b->off, ns, b->model_len, N, k_c, SEMANTICS_REFERENCE);
+    double *d_y = up(y, sizeof(double) * nc), *d_loss = cuda_malloc(sizeof(double));
+    float *d_cs = up(score, sizeof(float) * n);
+    void *lw = cuda_malloc(cuda_ks_loss_workspace_bytes(ns));
+    double loss = ks_rank_loss_pairs_bf16(score, y, cand, b->off, ns, k_c);
+    cuda_ks_rank_loss_pairs_bf16(d_loss, d_cs, d_y, d_cand, b->d_off, ns, k_c, lw);
+    double *gl = down(d_loss, sizeof(double));
+    double el = fabs(*gl - loss) / fmax(fabs(loss), 1e-30);
+    printf("    %-34s %.9f vs %.9f rel err %.2e\n", "loss (bf16 terms)", *gl, loss, el);
+    CHECK(el <= 1e-4, "bf16 loss: gpu %.12g cpu %.12g", *gl, loss);
+    float scale = hax_bf16_round(0.1f) / 8.0f;
+    float *ds = xcalloc(n, sizeof(float)), *d_ds = cuda_malloc(sizeof(float) * n);
+    cuda_zero(d_ds, sizeof(float) * n);
+    ks_rank_loss_backward_bf16(ds, score, y, cand, b->off, ns, k_c, scale);
+    cuda_ks_rank_loss_backward_bf16(d_ds, d_cs, d_y, d_cand, b->d_off, ns, k_c, scale);
+    float *gds = down(d_ds, sizeof(float) * n);
+    check_bf16_close("dscore", gds, ds, n, 0.01, 0.002);
+    // the MLP's backward from the CPU's dscore and activations
+    int *rows = xmalloc(sizeof(int) * nc), *d_rows = cuda_malloc(sizeof(int) * nc);
+    int n_rows = ks_candidate_rows(rows, cand, b->off, ns, k_c);
+    cuda_ks_candidate_rows(d_rows, d_cand, b->d_off, ns, k_c);
+    float *d_ds2 = up(ds, sizeof(float) * n), *d_h1c = up(h1, sizeof(float) * nD), *d_h2c = up(h2, sizeof(float) * nD);
+    float *g0 = xcalloc(p.n, sizeof(float)), *gc = xcalloc(p.n, sizeof(float)), *d_g = up(g0, sizeof(float) * p.n);
+    ks_grads hg = grads_of(gc, N), dg = grads_of(d_g, N);
+    float *scratch = xmalloc(sizeof(float) * ks_mlp_scratch_floats((int)nc, N));
+    void *mw = cuda_malloc(cuda_ks_mlp_workspace_bytes((int)nc, N));
+    ks_mlp_backward_bf16(&hg, &p.hp, T, h1, h2, ds, rows, n_rows, N, scratch);
+    cuda_ks_mlp_backward_bf16(&dg, &p.dp, d_T, d_h1c, d_h2c, d_ds2, d_rows, (int)nc, N, mw);
+    expect("mlp grads bf16 (all six)", d_g, gc, NULL, p.n, 2e-3);
+
+    void *hp[] = {K, Q, T, h1, h2, score, gh1, gh2, gsc, sid, cand, y, gl, ds, gds, rows, g0, gc, scratch, p.h};
+    for (size_t i = 0; i < sizeof(hp) / sizeof(hp[0]); i++) free(hp[i]);
+    void *dp[] = {d_K, d_Q, d_T, d_h1, d_h2, d_score, d_cand, d_y, d_loss, d_cs, lw, d_ds, d_rows, d_ds2,
+                  d_h1c, d_h2c, d_g, mw, p.d};
+    for (size_t i = 0; i < sizeof(dp) / sizeof(dp[0]); i++) cuda_free(dp[i]);
+}
+
 static const int k_lens[] = {5, 1, 17, 3, 100, 4, 40, 1, 64, 33, 2, 130};
 #define K_NSEQ ((int)(sizeof(k_lens) / sizeof(k_lens[0])))
+
+static void test_ops_bf16(void) {
+    tbatch b = make_batch(k_lens, K_NSEQ, 7);
+    run_ops_bf16(&b, 16, 8, 16, 16);
+    run_ops_bf16(&b, 32, 32, 96, 96);
+    free_batch(&b);
+}
 
 static void test_ops(void) {
     tbatch b = make_batch(k_lens, K_NSEQ, 7);
@@ -532,6 +642,7 @@ int main(int argc, char **argv) {
     cuda_init(0);
     printf("device: %s\n", cuda_device_name());
     RUN(test_ops);
+    RUN(test_ops_bf16);
     RUN(test_topk_chunks);
     RUN(test_state);
     if (!quick) RUN(test_paper_size);

@@ -10,6 +10,7 @@
 
 #include "cuda/core/common.h"
 #include "src/core/common.h"
+#include "src/core/scalar.h"
 #include "test.h"
 
 #define TOL_FWD 1e-5
@@ -47,6 +48,15 @@ static inline void expect(const char *what, const float *d_gpu, const float *cpu
     CHECK(err <= tol, "%s: relative error %.3e above %.0e", what, err, tol);
     free(g);
     free(c);
+}
+
+// bf16-pure results: the device tensor against the CPU's, element by element
+// in bf16 steps (tests/test.h check_bf16_close).
+static inline void expect_bf16(const char *what, const float *d_gpu, const float *cpu, size_t n, double max_diff,
+                               double max_far) {
+    float *g = down(d_gpu, n);
+    check_bf16_close(what, g, cpu, n, max_diff, max_far);
+    free(g);
 }
 
 typedef struct {

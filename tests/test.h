@@ -53,6 +53,42 @@ static inline float f32_from_bits(uint32_t u) {
     return f;
 }
 
+// Distance in bf16 steps between two bf16 values (their low 16 bits zero):
+// the number of bf16 values from a to b, counted through zero when the signs
+// differ (0 and -0 are one value). NaNs are far from everything.
+static inline long bf16_ulps(float a, float b) {
+    if (a != a || b != b) return a != a && b != b ? 0 : 1L << 20;
+    uint32_t ua = f32_bits(a) >> 16, ub = f32_bits(b) >> 16;
+    long ma = (long)(ua & 0x7fffu), mb = (long)(ub & 0x7fffu);
+    long sa = ua & 0x8000u ? -ma : ma, sb = ub & 0x8000u ? -mb : mb;
+    return sa > sb ? sa - sb : sb - sa;
+}
+
+// bf16-pure results computed two ways (CPU and GPU op, say): both must hold
+// bf16 values only; the elements that differ, and those more than one bf16
+// step apart, are counted, printed and bounded by the fractions max_diff and
+// max_far of n (a flipped rounding of one op moves its result by one step;
+// an op after it, summing that element with others of the opposite sign,
+// may move further).
+static inline void check_bf16_close(const char *what, const float *got, const float *want, size_t n,
+                                    double max_diff, double max_far) {
+    size_t diff = 0, far = 0, not16 = 0;
+    long worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        not16 += (got[i] == got[i] && (f32_bits(got[i]) & 0xffffu)) ||
+                 (want[i] == want[i] && (f32_bits(want[i]) & 0xffffu));
+        long u = bf16_ulps(got[i], want[i]);
+        diff += u != 0, far += u > 1;
+        if (u > worst) worst = u;
+    }
+    printf("    %-34s bf16: %zu of %zu differ, %zu by > 1 step (worst %ld)\n", what, diff, n, far, worst);
+    CHECK(not16 == 0, "%s: %zu values are not bf16 values", what, not16);
+    CHECK(diff <= max_diff * n, "%s: %zu of %zu elements differ, expected at most %.3g of them", what, diff, n,
+          max_diff);
+    CHECK(far <= max_far * n, "%s: %zu of %zu elements differ by more than one bf16 step, expected at most %.3g",
+          what, far, n, max_far);
+}
+
 // Removes a test's temporary folder and everything in it; 1 when that worked.
 static inline int test_remove_dir(const char *dir) {
     char cmd[4200];

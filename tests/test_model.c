@@ -416,6 +416,42 @@ static long not_bf16(const float *x, size_t n) {
     return bad;
 }
 
+// The allowed-key lists of every layer's sparse branch after a forward (CPU
+// state), flattened as "count, keys..." per row; *len gets their length.
+static int *snapshot_lists(const loaded *x, size_t *len) {
+    const hax_model_config *cfg = &x->m.cfg;
+    *len = 0;
+    if (!cfg->sparse_mask || sparse_pattern_has(cfg->sparse_mask, SPF_DENSE)) return NULL;
+    size_t cap = 0;
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const hax_sparse_state *st = x->e->core->L[l].sp;
+        cap += (size_t)st->n_tok + st->allow_off[st->n_tok];
+    }
+    int *out = xmalloc(sizeof(int) * (cap ? cap : 1));
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const hax_sparse_state *st = x->e->core->L[l].sp;
+        for (int g = 0; g < st->n_tok; g++) {
+            out[(*len)++] = st->allow_off[g + 1] - st->allow_off[g];
+            for (int e = st->allow_off[g]; e < st->allow_off[g + 1]; e++) out[(*len)++] = st->allow_key[e];
+        }
+    }
+    return out;
+}
+
+// Rows (over all layers) whose list differs between two snapshots.
+static long lists_changed(const loaded *x, const int *a, size_t na, const int *b, size_t nb) {
+    long changed = 0;
+    size_t i = 0, j = 0;
+    for (int l = 0; l < x->m.cfg.n_layers && a && b; l++)
+        for (int g = 0; g < x->b.n_tok && i < na && j < nb; g++) {
+            int ca = a[i], cb = b[j];
+            int same = ca == cb && !memcmp(a + i + 1, b + j + 1, sizeof(int) * (size_t)(ca < cb ? ca : cb));
+            changed += !same;
+            i += 1 + (size_t)ca, j += 1 + (size_t)cb;
+        }
+    return changed;
+}
+
 // A golden case in bf16-pure (weights rounded to bf16): the logits are the
 // fp32 forward's (same rounded weights) within bf16 tolerance, and the
 // tensors the engine rounds are bf16 values after the forward, the
@@ -434,8 +470,15 @@ static void pure_once(const char *file, const char *const *names, double tol, do
     engine_forward(x.e, &x.b, &o, &r32);
     float *ref = xmalloc(sizeof(float) * nV);
     memcpy(ref, engine_cpu_logits(x.e), sizeof(float) * nV);
+    size_t n32, n16;
+    int *lists32 = snapshot_lists(&x, &n32);
     m->cfg.precision = PREC_BF16_PURE;  // the engine reads it at every call
     engine_forward(x.e, &x.b, &o, &r16);
+    int *lists16 = snapshot_lists(&x, &n16);
+    if (lists32)
+        printf("  %s: sparse rows whose allowed keys changed in bf16-pure: %ld of %d\n", file,
+               lists_changed(&x, lists32, n32, lists16, n16), m->cfg.n_layers * x.b.n_tok);
+    free(lists32), free(lists16);
     const float *lg = engine_cpu_logits(x.e);
     double worst = 0, scale = 0;
     for (size_t i = 0; i < nV; i++) {
@@ -482,8 +525,17 @@ static void test_bf16_pure_forward(void) {
     static const char *const mamba[] = {"mamba.xz", "mamba.X", "mamba.x_dbl", "mamba.draw", "sparse.attn", NULL};
     static const char *const mamba2[] = {"mamba2.p", "mamba2.xbc", "mamba2.y", "mamba2.g", "sparse.attn", NULL};
     static const char *const samba[] = {"mamba.xz", "mamba.X", "attn.q", "attn.o", NULL};
-    pure_once("paper_mamba_hax", mamba, 0.02, 0.01);
-    pure_once("paper_mamba2_hax", mamba2, 0.02, 0.01);
+    // The HAX cases allow 4% of the logits beyond 0.02 of the largest. Measured
+    // (this build, deterministic): 361 and 2641 of 132500 (0.27%, 2.0%), with
+    // 1138 and 870 of the 2650 sparse rows' allowed-key lists changed by
+    // flipped LSH buckets and key-selection picks (printed above). With the
+    // branch's inside in fp32 (before issue 10's sparse emulation) the same
+    // cases had 94 and 770 far logits and 597 / 408 changed rows: emulating
+    // the bf16 statistics, projections and key scores (coarse bf16 scores tie
+    // and reorder) doubles the discrete flips; the models without a sparse
+    // branch stay at 0.
+    pure_once("paper_mamba_hax", mamba, 0.02, 0.04);
+    pure_once("paper_mamba2_hax", mamba2, 0.02, 0.04);
     pure_once("mamba_base", mamba, 0.02, 0);
     pure_once("mamba2_base", mamba2, 0.02, 0);
     pure_once("samba_base", samba, 0.02, 0);

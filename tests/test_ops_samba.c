@@ -200,11 +200,11 @@ static void test_rope_inverse(void) {
     float x[40 * D], y[40 * D];
     test_fill(x, 40 * D, 5, 1.0f);
     memcpy(y, x, sizeof x);
-    rope_apply(y, D, off, 2, HEADS, HD, 10000.0f, 0);
+    rope_apply(y, D, off, 2, HEADS, HD, 10000.0f, 0, 0);
     CHECK(rel_err(y, x, 40 * D) > 1e-2, "the rotation changed nothing");
     CHECK(!memcmp(y, x, D * sizeof(float)) && !memcmp(y + 7 * D, x + 7 * D, D * sizeof(float)),
           "position 0 of each sequence must be unrotated");
-    rope_apply(y, D, off, 2, HEADS, HD, 10000.0f, 1);
+    rope_apply(y, D, off, 2, HEADS, HD, 10000.0f, 1, 0);
     double e = rel_err(y, x, 40 * D);
     CHECK(e < 1e-6, "inverse rotation: rel err %.3g", e);
 }
@@ -266,13 +266,13 @@ static double mlp_naive_loss(void *ctx) {
 
 static void mlp_run(case_t *c) {
     float *acts_buf = xmalloc(mlp_acts_floats(c->n, M) * sizeof(float));
-    float *scratch = xmalloc(mlp_bwd_floats(c->n, M) * sizeof(float));
+    float *scratch = xmalloc(mlp_bwd_floats(c->n, D, M) * sizeof(float));
     mlp_acts acts;
     mlp_acts_assign(&acts, acts_buf, c->n, M);
     mlp_params w = {c->wbuf, c->wbuf + M * D, c->wbuf + 2 * M * D};
     mlp_grads g = {c->gbuf, c->gbuf + M * D, c->gbuf + 2 * M * D};
-    mlp_forward(c->out, D, &acts, c->a, D, &w, c->n, D, M);
-    mlp_backward(c->da, D, &g, scratch, c->R, D, c->a, D, &acts, &w, c->n, D, M);
+    mlp_forward(c->out, D, &acts, c->a, D, &w, c->n, D, M, 0);
+    mlp_backward(c->da, D, &g, scratch, c->R, D, c->a, D, &acts, &w, c->n, D, M, 0);
     free(acts_buf);
     free(scratch);
 }

@@ -34,7 +34,7 @@ static size_t cu_work_bytes(const hax_model *m, int n, int n_seq) {
     else w = max_sz(w, cuda_scan_workspace_bytes(n, n_seq, E, N));
     if (arch_info(cfg->arch)->attn_every || arch_has_mlp(cfg)) {
         w = max_sz(w, cuda_attn_workspace_bytes(cfg, n));
-        w = max_sz(w, cuda_mlp_workspace_bytes(n, cfg->mlp_hidden));
+        w = max_sz(w, cuda_mlp_workspace_bytes(n, d, cfg->mlp_hidden));
     }
     if (cfg->sparse_mask) w = max_sz(w, cuda_gate_work_bytes(n, E));
     return w;
@@ -53,7 +53,7 @@ static void cu_sparse_force_buckets(void *st, const int32_t *q, const int32_t *k
 static void cu_sparse_forward(void *st, const hax_model_config *cfg, const hax_batch *b, const int *seq_off,
                               const float *X, int ldX, const float *W_xx, const ks_params *ks, const float *hash,
                               const int *cand, int train, float *attn, int ld_attn) {
-    (void)cfg;
+    ((cu_sparse_state *)st)->bf16 = cfg->precision == PREC_BF16_PURE;  // read at every forward, as the CPU's
     cuda_sparse_forward((cu_sparse_state *)st, seq_off, b->n_seq, b->n_tok, b->model_len, X, ldX, W_xx, ks, hash,
                         cand, train, attn, ld_attn);
 }
@@ -90,7 +90,7 @@ static hax_ops make_ops(void) {
     o.add_rmsnorm_forward = cuda_add_rmsnorm_forward, o.add_rmsnorm_backward = cuda_add_rmsnorm_backward;
     o.add = cuda_add, o.logits_forward = cuda_logits_forward, o.logits_backward = cuda_logits_backward;
     o.ce_forward = cuda_ce_forward, o.ce_backward = cuda_ce_backward, o.scale = cuda_scale;
-    o.round_bf16 = cuda_round_bf16, o.round_bf16_rows = cuda_round_bf16_rows;
+    o.round_bf16 = cuda_round_bf16, o.round_bf16_rows = cuda_round_bf16_rows, o.add_bf16_rows = cuda_add_bf16_rows;
     o.linear_forward = cuda_linear_forward, o.linear_backward = cuda_linear_backward;
     o.conv_silu_forward = cuda_conv_silu_forward, o.conv_silu_backward = cuda_conv_silu_backward;
     o.scan_forward = cuda_scan_forward, o.scan_backward = cuda_scan_backward;

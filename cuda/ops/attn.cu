@@ -7,6 +7,7 @@
 
 #include "cuda/ops/attn.h"
 #include "cuda/core/common.cuh"
+#include "cuda/ops/gate.h"
 #include "cuda/ops/linear.h"
 
 #define CU_ATTN_MAX_HD 128
@@ -27,28 +28,31 @@ static void check_cfg(const hax_model_config *cfg) {
 // One thread per (position, frequency i): rotates the pair (i, i + hd/2) of
 // every head, with the CPU's float angle pos·inv_freq_i.
 __global__ static void rope_kernel(float *x, int ld_x, const int *seq_off, int n_seq, int n_tok, int H, int hd,
-                                   float theta, int inverse) {
+                                   float theta, int inverse, int bf16) {
     int half = hd / 2;
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)n_tok * half) return;
     int t = (int)(idx / half), i = (int)(idx % half);
     float pos = (float)(t - seq_off[cu_seq_of(seq_off, n_seq, t)]);
     float inv = 1.0f / powf(theta, (float)(2 * i) / (float)hd);
-    float ang = pos * inv, c = cosf(ang), sn = inverse ? -sinf(ang) : sinf(ang);
+    float ang = pos * inv, c = cosf(ang), sn = sinf(ang);
+    if (bf16) c = hax_bf16_round(c), sn = hax_bf16_round(sn);  // the bf16 cos/sin cache
+    if (inverse) sn = -sn;
     for (int h = 0; h < H; h++) {
         float *xh = x + (size_t)t * ld_x + h * hd;
         float x1 = xh[i], x2 = xh[i + half];
         xh[i] = x1 * c - x2 * sn;
         xh[i + half] = x2 * c + x1 * sn;
+        if (bf16) xh[i] = hax_bf16_round(xh[i]), xh[i + half] = hax_bf16_round(xh[i + half]);
     }
 }
 
 extern "C" void cuda_rope_apply(float *x, int ld_x, const int *seq_off, int n_seq, int n_tok, int n_heads, int hd,
-                                float theta, int inverse) {
+                                float theta, int inverse, int bf16) {
     long n = (long)n_tok * (hd / 2);
     if (n == 0) return;
     rope_kernel<<<cu_blocks(n, 256), 256, 0, cu_stream()>>>(x, ld_x, seq_off, n_seq, n_tok, n_heads, hd, theta,
-                                                             inverse);
+                                                             inverse, bf16);
     CUDA_LAUNCHED();
 }
 
@@ -121,15 +125,23 @@ extern "C" void cuda_attn_forward(float *out, int ld_out, const attn_acts *acts,
     check_cfg(cfg);
     int d = cfg->hidden_size, H = cfg->attn_heads, hd = d / H, W = cfg->window_size;
     float scale = 1.0f / sqrtf((float)hd);
+    int bf16 = cfg->precision == PREC_BF16_PURE;  // src/ops/attn.h's bf16-pure roundings
+    long nd = (long)n_tok * d;
     if (n_tok == 0) return;
     cuda_linear_forward(acts->q, d, a, ld_a, w->q_proj, NULL, n_tok, d, d);
     cuda_linear_forward(acts->k, d, a, ld_a, w->k_proj, NULL, n_tok, d, d);
     cuda_linear_forward(acts->v, d, a, ld_a, w->v_proj, NULL, n_tok, d, d);
-    cuda_rope_apply(acts->q, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 0);
-    cuda_rope_apply(acts->k, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 0);
+    if (bf16) {
+        cuda_round_bf16(acts->q, acts->q, nd);
+        cuda_round_bf16(acts->k, acts->k, nd);
+        cuda_round_bf16(acts->v, acts->v, nd);
+    }
+    cuda_rope_apply(acts->q, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 0, bf16);
+    cuda_rope_apply(acts->k, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 0, bf16);
     long n = (long)n_tok * H;
     ATTN_DISPATCH(hd, attn_fwd_kernel, cu_blocks(n, 128), 128, acts->o, acts->lse, acts->q, acts->k, acts->v,
                   seq_off, n_seq, n_tok, d, H, hd, W, scale);
+    if (bf16) cuda_round_bf16(acts->o, acts->o, nd);
     cuda_linear_forward(out, ld_out, acts->o, d, w->o_proj, NULL, n_tok, d, d);
 }
 
@@ -228,8 +240,10 @@ extern "C" void cuda_attn_backward(float *da, int ld_da, const attn_grads *gr, c
     if (n_tok == 0) return;
     size_t nd = (size_t)n_tok * d;
     float *dO = (float *)work, *dq = dO + nd, *dk = dq + nd, *dv = dk + nd, *D = dv + nd;
+    int bf16 = cfg->precision == PREC_BF16_PURE;
     cuda_zero(dO, sizeof(float) * nd);
     cuda_linear_backward(dO, d, gr->o_proj, NULL, dout, ld_dout, acts->o, d, w->o_proj, n_tok, d, d);
+    if (bf16) cuda_round_bf16(dO, dO, (long)nd);
     long n = (long)n_tok * H;
     attn_rowdot_kernel<<<cu_blocks(n, 256), 256, 0, cu_stream()>>>(D, dO, acts->o, n_tok, d, H, hd);
     CUDA_LAUNCHED();
@@ -237,10 +251,27 @@ extern "C" void cuda_attn_backward(float *da, int ld_da, const attn_grads *gr, c
                   seq_off, n_seq, n_tok, d, H, hd, W, scale);
     ATTN_DISPATCH(hd, attn_dkv_kernel, cu_blocks(n, 128), 128, dk, dv, dO, D, acts->lse, acts->q, acts->k, acts->v,
                   seq_off, n_seq, n_tok, d, H, hd, W, scale);
+    if (bf16) {  // flash-attn's bf16 dq, dk, dv
+        cuda_round_bf16(dq, dq, (long)nd);
+        cuda_round_bf16(dk, dk, (long)nd);
+        cuda_round_bf16(dv, dv, (long)nd);
+    }
     // The rotation is orthogonal: its backward is its inverse.
-    cuda_rope_apply(dq, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 1);
-    cuda_rope_apply(dk, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 1);
-    cuda_linear_backward(da, ld_da, gr->q_proj, NULL, dq, d, a, ld_a, w->q_proj, n_tok, d, d);
-    cuda_linear_backward(da, ld_da, gr->k_proj, NULL, dk, d, a, ld_a, w->k_proj, n_tok, d, d);
-    cuda_linear_backward(da, ld_da, gr->v_proj, NULL, dv, d, a, ld_a, w->v_proj, n_tok, d, d);
+    cuda_rope_apply(dq, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 1, bf16);
+    cuda_rope_apply(dk, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 1, bf16);
+    if (!bf16) {
+        cuda_linear_backward(da, ld_da, gr->q_proj, NULL, dq, d, a, ld_a, w->q_proj, n_tok, d, d);
+        cuda_linear_backward(da, ld_da, gr->k_proj, NULL, dk, d, a, ld_a, w->k_proj, n_tok, d, d);
+        cuda_linear_backward(da, ld_da, gr->v_proj, NULL, dv, d, a, ld_a, w->v_proj, n_tok, d, d);
+        return;
+    }
+    // bf16-pure: three bf16 contributions to da in the CPU's order (v, k, q),
+    // each through dO's free slot
+    const float *dsrc[3] = {dv, dk, dq}, *wsrc[3] = {w->v_proj, w->k_proj, w->q_proj};
+    float *gdst[3] = {gr->v_proj, gr->k_proj, gr->q_proj};
+    for (int i = 0; i < 3; i++) {
+        cuda_zero(dO, sizeof(float) * nd);
+        cuda_linear_backward(da ? dO : NULL, d, gdst[i], NULL, dsrc[i], d, a, ld_a, wsrc[i], n_tok, d, d);
+        if (da) cuda_add_bf16_rows(da, ld_da, dO, d, d, n_tok);
+    }
 }

@@ -25,7 +25,8 @@ extern "C" {
 // [n_tok, d] and D [n_tok, attn_heads]).
 size_t cuda_attn_workspace_bytes(const hax_model_config *cfg, int n_tok);
 
-// Forward: a [n_tok, d] (ld_a) -> out [n_tok, d] (ld_out, written); acts
+// cfg->precision bf16-pure: the roundings of src/ops/attn.h, at the same
+// points. Forward: a [n_tok, d] (ld_a) -> out [n_tok, d] (ld_out, written); acts
 // filled. n_tok = seq_off[n_seq] given by the host. Dies (host check) on a
 // config src/ops/attn.c refuses, or a head size above 128.
 void cuda_attn_forward(float *out, int ld_out, const attn_acts *acts, const float *a, int ld_a,
@@ -39,9 +40,10 @@ void cuda_attn_backward(float *da, int ld_da, const attn_grads *gr, const float 
                         const hax_model_config *cfg, const int *seq_off, int n_seq, int n_tok, void *work);
 
 // RoPE in place on x [n_tok, n_heads·hd] (ld_x), positions 0.. per sequence;
-// inverse = 1 applies the transpose (as rope_apply).
+// inverse = 1 applies the transpose, bf16 = 1 rounds cos, sin and the result
+// (as rope_apply).
 void cuda_rope_apply(float *x, int ld_x, const int *seq_off, int n_seq, int n_tok, int n_heads, int hd,
-                     float theta, int inverse);
+                     float theta, int inverse, int bf16);
 
 #ifdef __cplusplus
 }

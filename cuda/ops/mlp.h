@@ -13,15 +13,17 @@
 extern "C" {
 #endif
 
-// Scratch bytes of cuda_mlp_backward (ds, dg, du [n_tok, M]).
-size_t cuda_mlp_workspace_bytes(int n_tok, int M);
+// Scratch bytes of cuda_mlp_backward (ds, dg, du [n_tok, M]; ds's slot
+// holds n_tok·max(M, d) floats, as mlp_bwd_floats).
+size_t cuda_mlp_workspace_bytes(int n_tok, int d, int M);
 
+// bf16 != 0: the bf16-pure roundings of src/ops/mlp.h.
 void cuda_mlp_forward(float *out, int ld_out, const mlp_acts *acts, const float *a, int ld_a,
-                      const mlp_params *w, int n_tok, int d, int M);
+                      const mlp_params *w, int n_tok, int d, int M, int bf16);
 
 void cuda_mlp_backward(float *da, int ld_da, const mlp_grads *gr, const float *dout, int ld_dout,
                        const float *a, int ld_a, const mlp_acts *acts, const mlp_params *w, int n_tok, int d,
-                       int M, void *work);
+                       int M, void *work, int bf16);
 
 #ifdef __cplusplus
 }

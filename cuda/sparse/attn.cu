@@ -11,6 +11,10 @@
 //
 // Reference empty rows (uniform 1/L over all L padded positions): S_V and the
 // CPU's factorised backward are in cuda/sparse/empty.cu.
+//
+// bf16-pure (bf16 != 0): the CPU's roundings (src/sparse/attn.c): scores,
+// P = R(exp(s - max) / sum), the output, dP, d score per element (the
+// sums dQ, dK, dV are rounded by the caller, cuda/sparse/sparse.cu).
 #include <math.h>
 
 #include "cuda/sparse/internal.cuh"
@@ -56,14 +60,17 @@ __device__ __forceinline__ float warp_maxf(float v) {
 __global__ static void attn_fwd_kernel(float *attn, int ld_attn, float *allow_p, const int *allow_cnt,
                                        const int *allow_key, const float *KQ, const float *V, int ldv,
                                        const double *sv, const int *seq_off, int n_seq, int n_tok,
-                                       int N, int E, int cap, int L, int ref) {
+                                       int N, int E, int cap, int L, int ref, int bf16) {
     int g = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (g >= n_tok) return;  // the whole warp
     int s = cu_seq_of(seq_off, n_seq, g), o = seq_off[s], cnt = allow_cnt[g], ldkq = 2 * N;
     float *out = attn + (size_t)g * ld_attn;
     if (cnt == 0) {
-        for (int e = lane; e < E; e += 32)
-            out[e] = ref ? (float)(sv[(size_t)s * E + e] / L) : 0.0f;
+        float pe = hax_bf16_round(1.0f / (float)L);  // bf16-pure: the uniform row's bf16 P
+        for (int e = lane; e < E; e += 32) {
+            double v = sv[(size_t)s * E + e];
+            out[e] = !ref ? 0.0f : bf16 ? hax_bf16_round((float)(v * pe)) : (float)(v / L);
+        }
         return;
     }
     const int *key = allow_key + (size_t)g * cap;
@@ -74,6 +81,7 @@ __global__ static void attn_fwd_kernel(float *attn, int ld_attn, float *allow_p,
         const float *k = KQ + (size_t)(o + key[i]) * ldkq;
         float sc = 0;
         for (int f = 0; f < N; f++) sc += q[f] * k[f];
+        if (bf16) sc = hax_bf16_round(sc);
         p[i] = sc;
         mx = fmaxf(mx, sc);
     }
@@ -84,8 +92,9 @@ __global__ static void attn_fwd_kernel(float *attn, int ld_attn, float *allow_p,
         p[i] = ex;
         sum += ex;
     }
-    float inv = (float)(1.0 / cu_warp_sum(sum));
-    for (int i = lane; i < cnt; i += 32) p[i] *= inv;
+    sum = cu_warp_sum(sum);
+    float inv = (float)(1.0 / sum);
+    for (int i = lane; i < cnt; i += 32) p[i] = bf16 ? hax_bf16_round(p[i] / (float)sum) : p[i] * inv;
     __syncwarp();
     float acc[CU_SP_EPL] = {0};
     for (int i0 = 0; i0 < cnt; i0 += 32) {  // keys and weights 32 at a time, one per lane
@@ -101,7 +110,7 @@ __global__ static void attn_fwd_kernel(float *attn, int ld_attn, float *allow_p,
     }
 #pragma unroll
     for (int u = 0; u < CU_SP_EPL; u++)
-        if (lane + 32 * u < E) out[lane + 32 * u] = acc[u];
+        if (lane + 32 * u < E) out[lane + 32 * u] = bf16 ? hax_bf16_round(acc[u]) : acc[u];
 }
 
 // ---------------------------------------------------------------- full forward
@@ -111,7 +120,7 @@ __global__ static void attn_fwd_kernel(float *attn, int ld_attn, float *allow_p,
 // probabilities broadcast by shuffles into the E-lane accumulators.
 __global__ static void full_fwd_kernel(float *attn, int ld_attn, float *lse, const float *KQ,
                                        const float *V, int ldv, const int *seq_off, int n_seq,
-                                       int n_tok, int N, int E) {
+                                       int n_tok, int N, int E, int bf16) {
     int g = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (g >= n_tok) return;
     int o = seq_off[cu_seq_of(seq_off, n_seq, g)], t = g - o, ldkq = 2 * N;
@@ -121,6 +130,7 @@ __global__ static void full_fwd_kernel(float *attn, int ld_attn, float *lse, con
         const float *k = KQ + (size_t)(o + j) * ldkq;
         float sc = 0;
         for (int f = 0; f < N; f++) sc += q[f] * k[f];
+        if (bf16) sc = hax_bf16_round(sc);
         if (sc > m) l = l * expf(m - sc) + 1.0f, m = sc;
         else l += expf(sc - m);
     }
@@ -139,7 +149,7 @@ __global__ static void full_fwd_kernel(float *attn, int ld_attn, float *lse, con
             const float *k = KQ + (size_t)(o + j) * ldkq;
             float sc = 0;
             for (int f = 0; f < N; f++) sc += q[f] * k[f];
-            p = expf(sc - ls);
+            p = bf16 ? hax_bf16_round(expf(hax_bf16_round(sc) - ls)) : expf(sc - ls);
         }
         for (int b = 0; b < nb; b++) {
             float pb = __shfl_sync(FULL_MASK, p, b);
@@ -152,7 +162,7 @@ __global__ static void full_fwd_kernel(float *attn, int ld_attn, float *lse, con
     float *out = attn + (size_t)g * ld_attn;
 #pragma unroll
     for (int u = 0; u < CU_SP_EPL; u++)
-        if (lane + 32 * u < E) out[lane + 32 * u] = acc[u];
+        if (lane + 32 * u < E) out[lane + 32 * u] = bf16 ? hax_bf16_round(acc[u]) : acc[u];
     if (lane == 0) lse[g] = ls;
 }
 
@@ -162,7 +172,7 @@ void cu_sp_attn_forward(cu_sparse_state *st, const int *seq_off, const float *V,
     cudaStream_t sm = cu_stream();
     if (sparse_pattern_has(st->mask, SPF_DENSE)) {
         full_fwd_kernel<<<blocks, 32 * WARPS, 0, sm>>>(attn, ld_attn, st->lse, st->KQ, V, ldv, seq_off,
-                                                       n_seq, n_tok, st->N, st->E);
+                                                       n_seq, n_tok, st->N, st->E, st->bf16);
         CUDA_LAUNCHED();
         return;
     }
@@ -172,7 +182,7 @@ void cu_sp_attn_forward(cu_sparse_state *st, const int *seq_off, const float *V,
     attn_fwd_kernel<<<blocks, 32 * WARPS, 0, sm>>>(attn, ld_attn, st->allow_p, st->allow_cnt,
                                                    st->allow_key, st->KQ, V, ldv, st->seq_sv, seq_off,
                                                    n_seq, n_tok, st->N, st->E, st->row_cap,
-                                                   st->model_len, ref);
+                                                   st->model_len, ref, st->bf16);
     CUDA_LAUNCHED();
 }
 
@@ -184,7 +194,7 @@ __global__ static void attn_bwd_q_kernel(float *dKQ, float *allow_ds, const floa
                                          const int *allow_cnt, const int *allow_key, const float *KQ,
                                          const float *V, int ldv, const float *dattn, int ld_dattn,
                                          const int *seq_off, int n_seq, int n_tok, int N, int E,
-                                         int cap) {
+                                         int cap, int bf16) {
     int g = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (g >= n_tok) return;
     int cnt = allow_cnt[g], ldkq = 2 * N;
@@ -207,11 +217,15 @@ __global__ static void attn_bwd_q_kernel(float *dKQ, float *allow_ds, const floa
             for (int u = 0; u < CU_SP_EPL; u++)
                 if (lane + 32 * u < E) part += dr[u] * v[lane + 32 * u];
             part = cu_warp_sumf(part);
+            if (bf16) part = hax_bf16_round(part);  // dP, a bf16 GEMM output
             D += (double)__shfl_sync(FULL_MASK, pl, b) * part;  // every lane the same sum
             if (lane == b) ds[i0 + b] = part;
         }
     }
-    for (int i = lane; i < cnt; i += 32) ds[i] = p[i] * (ds[i] - (float)D);
+    for (int i = lane; i < cnt; i += 32) {
+        float d = p[i] * (ds[i] - (float)D);
+        ds[i] = bf16 ? hax_bf16_round(d) : d;
+    }
     __syncwarp();
     float acc[CU_SP_FPL] = {0};
     for (int i0 = 0; i0 < cnt; i0 += 32) {
@@ -300,9 +314,20 @@ __device__ __forceinline__ float dot_e(const float *r, const float *x, int E, in
 }
 
 // Per query: D_t = sum_{j<=t} P dP (double), then dQ_t = sum_j P (dP - D) K_j.
+// `full`'s P_tj and dP_tj from the warp dot products (bf16-pure: the rounded
+// score, P = R(exp(s - lse)), dP rounded; src/sparse/attn.c full_p).
+__device__ __forceinline__ float full_p_dev(float s, float lse, int bf16) {
+    return bf16 ? hax_bf16_round(expf(hax_bf16_round(s) - lse)) : expf(s - lse);
+}
+__device__ __forceinline__ float full_dp_dev(float dp, int bf16) { return bf16 ? hax_bf16_round(dp) : dp; }
+__device__ __forceinline__ float full_ds_dev(float p, float dp, float D, int bf16) {
+    float d = p * (dp - D);
+    return bf16 ? hax_bf16_round(d) : d;
+}
+
 __global__ static void full_bwd_q_kernel(float *dKQ, float *rowD, const float *lse, const float *KQ,
                                          const float *V, int ldv, const float *dattn, int ld_dattn,
-                                         const int *seq_off, int n_seq, int n_tok, int N, int E) {
+                                         const int *seq_off, int n_seq, int n_tok, int N, int E, int bf16) {
     int g = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (g >= n_tok) return;
     int o = seq_off[cu_seq_of(seq_off, n_seq, g)], t = g - o, ldkq = 2 * N;
@@ -314,14 +339,14 @@ __global__ static void full_bwd_q_kernel(float *dKQ, float *rowD, const float *l
     for (int u = 0; u < CU_SP_EPL; u++) dr[u] = lane + 32 * u < E ? da[lane + 32 * u] : 0.0f;
     double D = 0;
     for (int j = 0; j <= t; j++) {
-        float p = expf(dot_n(qr, KQ + (size_t)(o + j) * ldkq, N, lane) - ls);
-        D += (double)p * dot_e(dr, V + (size_t)(o + j) * ldv, E, lane);
+        float p = full_p_dev(dot_n(qr, KQ + (size_t)(o + j) * ldkq, N, lane), ls, bf16);
+        D += (double)p * full_dp_dev(dot_e(dr, V + (size_t)(o + j) * ldv, E, lane), bf16);
     }
     float Df = (float)D, acc[CU_SP_FPL] = {0};
     for (int j = 0; j <= t; j++) {
         const float *k = KQ + (size_t)(o + j) * ldkq;
-        float p = expf(dot_n(qr, k, N, lane) - ls);
-        float d = p * (dot_e(dr, V + (size_t)(o + j) * ldv, E, lane) - Df);
+        float p = full_p_dev(dot_n(qr, k, N, lane), ls, bf16);
+        float d = full_ds_dev(p, full_dp_dev(dot_e(dr, V + (size_t)(o + j) * ldv, E, lane), bf16), Df, bf16);
 #pragma unroll
         for (int u = 0; u < CU_SP_FPL; u++)
             if (lane + 32 * u < N) acc[u] += d * k[lane + 32 * u];
@@ -336,7 +361,7 @@ __global__ static void full_bwd_q_kernel(float *dKQ, float *rowD, const float *l
 __global__ static void full_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const float *lse,
                                          const float *rowD, const float *KQ, const float *V, int ldv,
                                          const float *dattn, int ld_dattn, const int *seq_off,
-                                         int n_seq, int n_tok, int N, int E) {
+                                         int n_seq, int n_tok, int N, int E, int bf16) {
     int j = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (j >= n_tok) return;
     int end = seq_off[cu_seq_of(seq_off, n_seq, j) + 1], ldkq = 2 * N;
@@ -347,8 +372,8 @@ __global__ static void full_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const
     for (int u = 0; u < CU_SP_EPL; u++) vr[u] = lane + 32 * u < E ? V[(size_t)j * ldv + lane + 32 * u] : 0.0f;
     for (int g = j; g < end; g++) {
         const float *q = KQ + (size_t)g * ldkq + N, *da = dattn + (size_t)g * ld_dattn;
-        float p = expf(dot_n(kr, q, N, lane) - lse[g]);
-        float d = p * (dot_e(vr, da, E, lane) - rowD[g]);
+        float p = full_p_dev(dot_n(kr, q, N, lane), lse[g], bf16);
+        float d = full_ds_dev(p, full_dp_dev(dot_e(vr, da, E, lane), bf16), rowD[g], bf16);
         key_grad_add(dk, dv, d, q, p, da, N, E, lane);
     }
     key_grad_store(dKQ + (size_t)j * ldkq, dV + (size_t)j * ld_dv, dk, dv, N, E, lane);
@@ -362,17 +387,17 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
     CUDA_CHECK(cudaMemsetAsync(st->dKQ, 0, sizeof(float) * (size_t)n_tok * 2 * N, sm));
     if (sparse_pattern_has(st->mask, SPF_DENSE)) {
         full_bwd_q_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, st->rowD, st->lse, st->KQ, V, ldv,
-                                                         dattn, ld_dattn, seq_off, n_seq, n_tok, N, E);
+                                                         dattn, ld_dattn, seq_off, n_seq, n_tok, N, E, st->bf16);
         CUDA_LAUNCHED();
         full_bwd_k_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, dV, ld_dv, st->lse, st->rowD, st->KQ,
                                                          V, ldv, dattn, ld_dattn, seq_off, n_seq,
-                                                         n_tok, N, E);
+                                                         n_tok, N, E, st->bf16);
         CUDA_LAUNCHED();
         return;
     }
     attn_bwd_q_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, st->allow_ds, st->allow_p, st->allow_cnt,
                                                      st->allow_key, st->KQ, V, ldv, dattn, ld_dattn,
-                                                     seq_off, n_seq, n_tok, N, E, cap);
+                                                     seq_off, n_seq, n_tok, N, E, cap, st->bf16);
     CUDA_LAUNCHED();
     cu_sp_phase(st, "attention dQ");
     cu_sp_transpose(st, seq_off);

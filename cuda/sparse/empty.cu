@@ -15,6 +15,14 @@
 // Work is spread over the sequence's (e, f) entries, not serial per sequence:
 // the sums kernel gives each thread R consecutive e of one f and walks the
 // positions in shared-memory tiles; the apply kernel is one warp per row.
+//
+// bf16-pure (st->bf16): the empty rows' backward runs dense instead, as the
+// CPU's empty_rows_backward_bf16 (src/sparse/attn.c): every dP and d score of
+// an empty row rounded to bf16 (P = R(1/L) on all L keys). One warp per empty
+// row for D_t and dQ_t, one warp per key of a sequence with an empty row for
+// dK_j and dV_j, each adding in the CPU's order onto what the sparse rows
+// left (keys ascending for dQ, empty rows ascending for dK and dV; products
+// by __fmul_rn, so no fused multiply-add moves a bit).
 #include "cuda/sparse/internal.cuh"
 
 #define FULL_MASK 0xffffffffu
@@ -176,6 +184,104 @@ __global__ static void empty_apply_kernel(float *dKQ, float *dV, int ld_dv, cons
     }
 }
 
+// ---------------------------------------------------------------- bf16-pure: dense empty rows
+
+// The warp dot product of a register row r (element lane + 32 u in r[u]) with
+// x in memory: per-lane partials in u order, then the butterfly. dP_tj is
+// the same bits whichever of dattn_t, V_j is in registers.
+__device__ __forceinline__ float empty_dot(const float *r, const float *x, int E, int lane) {
+    float part = 0;
+#pragma unroll
+    for (int u = 0; u < CU_SP_EPL; u++)
+        if (lane + 32 * u < E) part += r[u] * x[lane + 32 * u];
+    return cu_warp_sumf(part);
+}
+
+// One warp per empty row g: D_g = sum_j pe dP_gj (j ascending), kept in
+// rowD[g]; dQ_g = sum_j R(pe (dP_gj - D_g)) K_j into dKQ (zero there: the
+// sparse kernel skips empty rows).
+__global__ static void empty_q_bf16_kernel(float *dKQ, float *rowD, const int *allow_cnt, const float *KQ,
+                                           const float *V, int ldv, const float *dattn, int ld_dattn,
+                                           const int *seq_off, int n_seq, int n_tok, int N, int E, int L) {
+    int g = blockIdx.x * ROW_WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (g >= n_tok || allow_cnt[g] != 0) return;  // the whole warp
+    int s = cu_seq_of(seq_off, n_seq, g), o = seq_off[s], n = seq_off[s + 1] - o, ldkq = 2 * N;
+    float pe = hax_bf16_round(1.0f / (float)L), dr[CU_SP_EPL], acc[CU_SP_FPL] = {0};
+#pragma unroll
+    for (int u = 0; u < CU_SP_EPL; u++)
+        dr[u] = lane + 32 * u < E ? dattn[(size_t)g * ld_dattn + lane + 32 * u] : 0.0f;
+    double D = 0;
+    for (int j = 0; j < n; j++)
+        D += (double)pe * hax_bf16_round(empty_dot(dr, V + (size_t)(o + j) * ldv, E, lane));
+    float Df = (float)D;
+    for (int j = 0; j < n; j++) {
+        float dp = hax_bf16_round(empty_dot(dr, V + (size_t)(o + j) * ldv, E, lane));
+        float ds = hax_bf16_round(pe * (dp - Df));
+        const float *k = KQ + (size_t)(o + j) * ldkq;
+#pragma unroll
+        for (int u = 0; u < CU_SP_FPL; u++)
+            if (lane + 32 * u < N) acc[u] = acc[u] + __fmul_rn(ds, k[lane + 32 * u]);
+    }
+#pragma unroll
+    for (int u = 0; u < CU_SP_FPL; u++)
+        if (lane + 32 * u < N) dKQ[(size_t)g * ldkq + N + lane + 32 * u] += acc[u];
+    if (lane == 0) rowD[g] = Df;
+}
+
+// One warp per key j of a sequence with an empty row: over the empty rows t
+// ascending, dK_j += R(pe (dP_tj - D_t)) Q_t and dV_j += pe dattn_t, onto
+// the values already there.
+__global__ static void empty_kv_bf16_kernel(float *dKQ, float *dV, int ld_dv, const float *rowD,
+                                            const int *allow_cnt, const float *KQ, const float *V, int ldv,
+                                            const float *dattn, int ld_dattn, const int *seq_off,
+                                            const int *seq_empty, int n_seq, int n_tok, int N, int E, int L) {
+    int j = blockIdx.x * ROW_WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (j >= n_tok) return;  // the whole warp
+    int s = cu_seq_of(seq_off, n_seq, j), o = seq_off[s], n = seq_off[s + 1] - o, ldkq = 2 * N;
+    if (!seq_empty[s]) return;
+    float pe = hax_bf16_round(1.0f / (float)L), vr[CU_SP_EPL], dk[CU_SP_FPL], dv[CU_SP_EPL];
+#pragma unroll
+    for (int u = 0; u < CU_SP_EPL; u++) {
+        int e = lane + 32 * u;
+        vr[u] = e < E ? V[(size_t)j * ldv + e] : 0.0f;
+        dv[u] = e < E ? dV[(size_t)j * ld_dv + e] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < CU_SP_FPL; u++) dk[u] = lane + 32 * u < N ? dKQ[(size_t)j * ldkq + lane + 32 * u] : 0.0f;
+    for (int t = o; t < o + n; t++) {
+        if (allow_cnt[t] != 0) continue;  // the same for the whole warp
+        const float *da = dattn + (size_t)t * ld_dattn, *q = KQ + (size_t)t * ldkq + N;
+        float ds = hax_bf16_round(pe * (hax_bf16_round(empty_dot(vr, da, E, lane)) - rowD[t]));
+#pragma unroll
+        for (int u = 0; u < CU_SP_FPL; u++)
+            if (lane + 32 * u < N) dk[u] = dk[u] + __fmul_rn(ds, q[lane + 32 * u]);
+#pragma unroll
+        for (int u = 0; u < CU_SP_EPL; u++)
+            if (lane + 32 * u < E) dv[u] = dv[u] + __fmul_rn(pe, da[lane + 32 * u]);
+    }
+#pragma unroll
+    for (int u = 0; u < CU_SP_FPL; u++)
+        if (lane + 32 * u < N) dKQ[(size_t)j * ldkq + lane + 32 * u] = dk[u];
+#pragma unroll
+    for (int u = 0; u < CU_SP_EPL; u++)
+        if (lane + 32 * u < E) dV[(size_t)j * ld_dv + lane + 32 * u] = dv[u];
+}
+
+static void empty_backward_bf16(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,
+                                const float *dattn, int ld_dattn, float *dV, int ld_dv) {
+    int n_tok = st->n_tok, blocks = cu_blocks(n_tok, ROW_WARPS);
+    cudaStream_t sm = cu_stream();
+    empty_q_bf16_kernel<<<blocks, 32 * ROW_WARPS, 0, sm>>>(st->dKQ, st->rowD, st->allow_cnt, st->KQ, V, ldv, dattn,
+                                                         ld_dattn, seq_off, st->n_seq, n_tok, st->N, st->E,
+                                                         st->model_len);
+    CUDA_LAUNCHED();
+    empty_kv_bf16_kernel<<<blocks, 32 * ROW_WARPS, 0, sm>>>(st->dKQ, dV, ld_dv, st->rowD, st->allow_cnt, st->KQ, V,
+                                                          ldv, dattn, ld_dattn, seq_off, st->seq_empty, st->n_seq,
+                                                          n_tok, st->N, st->E, st->model_len);
+    CUDA_LAUNCHED();
+    cu_sp_phase(st, "empty-row dense bf16");
+}
+
 // Shared bytes of a sums block.
 static size_t sums_smem(int N) {
     int EB = SUM_R * (SUM_THREADS / N);
@@ -185,6 +291,10 @@ static size_t sums_smem(int N) {
 void cu_sp_empty_backward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, const float *dattn,
                           int ld_dattn, float *dV, int ld_dv) {
     if (st->sem != SEMANTICS_REFERENCE || st->n_seq == 0) return;
+    if (st->bf16) {
+        empty_backward_bf16(st, seq_off, V, ldv, dattn, ld_dattn, dV, ld_dv);
+        return;
+    }
     int n_tok = st->n_tok, n_seq = st->n_seq, N = st->N, E = st->E;
     cudaStream_t sm = cu_stream();
     empty_dot_kernel<<<cu_blocks(n_tok, 128), 128, 0, sm>>>(st->empty_a, st->allow_cnt, st->seq_sv, dattn, ld_dattn,

@@ -2,6 +2,7 @@
 // cumulative top-k and the per-layer state (the ranking loss and the
 // candidates are in cuda/sparse/ks_rank.cu). See cuda/sparse/ks.h.
 #include "cuda/core/common.cuh"
+#include "cuda/ops/gate.h"
 #include "cuda/ops/linear.h"
 #include "cuda/sparse/ks.h"
 
@@ -125,6 +126,51 @@ extern "C" void cuda_ks_features(float *T, const float *K, int ldk, const float 
     CUDA_LAUNCHED();
 }
 
+// ---------------------------------------------------------------- bf16 features
+
+// One thread per (sequence s, feature i), the CPU's features_seq_bf16
+// (src/sparse/ks.c) line by line: the running sum over the positions in
+// order (bf16 or fp32 accumulator), C_t kept in T's TQ half, the column
+// norm's double sum in order (products of bf16 values are exact, so the
+// device's fused multiply-adds change nothing), then TQ = R(C / den).
+__global__ static void ks_features_bf16_kernel(float *T, const float *K, int ldk, const float *Q, int ldq,
+                                               const int *seq_off, int n_seq, int model_len, int N, int bf16_acc,
+                                               int *err) {
+    int id = blockIdx.x * blockDim.x + threadIdx.x;
+    if (id >= n_seq * N) return;
+    int s = id / N, i = id % N, D = 2 * N, o = seq_off[s], n = seq_off[s + 1] - o, n_pad = model_len - n;
+    if (n_pad < 0) {
+        atomicOr(err, CU_ERR_KS);
+        return;
+    }
+    float acc = 0.0f, c = 0.0f;
+    double s2 = 0.0;
+    for (int t = 0; t < n; t++) {
+        size_t g = (size_t)(o + t);
+        T[g * D + i] = K[g * ldk + i];  // TK = K
+        float q = Q[g * ldq + i];
+        acc = bf16_acc ? hax_bf16_round(acc + q) : acc + q;
+        c = hax_bf16_round(acc);
+        T[g * D + N + i] = c;
+        s2 = __dadd_rn(s2, __dmul_rn((double)c, (double)c));
+    }
+    double v = __dadd_rn(s2, __dmul_rn(__dmul_rn((double)n_pad, (double)c), (double)c));  // pads hold C_{n-1}
+    float den = hax_bf16_round(fmaxf(hax_bf16_round(sqrtf((float)v)), 1e-12f));
+    for (int t = 0; t < n; t++) {
+        float *tq = T + (size_t)(o + t) * D + N + i;
+        *tq = hax_bf16_round(*tq / den);
+    }
+}
+
+extern "C" void cuda_ks_features_bf16(float *T, const float *K, int ldk, const float *Q, int ldq,
+                                      const int *seq_off, int n_seq, int model_len, int N, int bf16_acc) {
+    if (N < 1 || N > KS_MAX_N) hax_die("cu_sparse_ks: features: N: expected 1..%d, found %d", KS_MAX_N, N);
+    if (n_seq <= 0) return;
+    ks_features_bf16_kernel<<<cu_blocks((long)n_seq * N, 128), 128, 0, cu_stream()>>>(
+        T, K, ldk, Q, ldq, seq_off, n_seq, model_len, N, bf16_acc, cu_error_flag());
+    CUDA_LAUNCHED();
+}
+
 // ---------------------------------------------------------------- score MLP
 
 __global__ static void relu_kernel(float *x, long n) {
@@ -159,6 +205,21 @@ extern "C" void cuda_ks_mlp_forward(float *score, float *h1, float *h2, const fl
     cuda_linear_forward(h2, D, h1, D, p->w2, p->b2, n_tok, D, D);
     relu(h2, (long)n_tok * D);
     cuda_linear_forward(score, 1, h2, D, p->w3, p->b3, n_tok, D, 1);
+}
+
+extern "C" void cuda_ks_mlp_forward_bf16(float *score, float *h1, float *h2, const float *T,
+                                         const ks_params *p, int n_tok, int N) {
+    int D = 2 * N;
+    long nd = (long)n_tok * D;
+    if (n_tok <= 0) return;
+    cuda_linear_forward(h1, D, T, D, p->w1, p->b1, n_tok, D, D);
+    cuda_round_bf16(h1, h1, nd);
+    relu(h1, nd);
+    cuda_linear_forward(h2, D, h1, D, p->w2, p->b2, n_tok, D, D);
+    cuda_round_bf16(h2, h2, nd);
+    relu(h2, nd);
+    cuda_linear_forward(score, 1, h2, D, p->w3, p->b3, n_tok, D, 1);
+    cuda_round_bf16(score, score, n_tok);
 }
 
 extern "C" size_t cuda_ks_mlp_workspace_bytes(int n_rows, int N) {
@@ -205,9 +266,9 @@ static void ks_bias_grad(float *dbias, const float *dout, int ld, int n, int col
     CUDA_LAUNCHED();
 }
 
-extern "C" void cuda_ks_mlp_backward(const ks_grads *g, const ks_params *p, const float *T,
-                                     const float *h1, const float *h2, const float *dscore,
-                                     const int *rows, int n_rows, int N, void *work) {
+// cuda_ks_mlp_backward, and with bf16 its bf16-pure form (dh2, dh1 rounded).
+static void mlp_backward(const ks_grads *g, const ks_params *p, const float *T, const float *h1, const float *h2,
+                         const float *dscore, const int *rows, int n_rows, int N, void *work, int bf16) {
     if (n_rows <= 0) return;
     int D = 2 * N;
     long nd = (long)n_rows * D;
@@ -220,12 +281,26 @@ extern "C" void cuda_ks_mlp_backward(const ks_grads *g, const ks_params *p, cons
     // the bias gradients by ks_bias_grad (cu_linear's is one thread per column)
     cuda_linear_backward(dh2, D, g->w3, NULL, ds, 1, h2g, D, p->w3, n_rows, D, 1);
     ks_bias_grad(g->b3, ds, 1, n_rows, 1);
+    if (bf16) cuda_round_bf16(dh2, dh2, nd);
     relu_backward(dh2, h2g, nd);
     cuda_linear_backward(dh1, D, g->w2, NULL, dh2, D, h1g, D, p->w2, n_rows, D, D);
     ks_bias_grad(g->b2, dh2, D, n_rows, D);
+    if (bf16) cuda_round_bf16(dh1, dh1, nd);
     relu_backward(dh1, h1g, nd);
     cuda_linear_backward(NULL, 0, g->w1, NULL, dh1, D, Tg, D, p->w1, n_rows, D, D);
     ks_bias_grad(g->b1, dh1, D, n_rows, D);
+}
+
+extern "C" void cuda_ks_mlp_backward(const ks_grads *g, const ks_params *p, const float *T,
+                                     const float *h1, const float *h2, const float *dscore,
+                                     const int *rows, int n_rows, int N, void *work) {
+    mlp_backward(g, p, T, h1, h2, dscore, rows, n_rows, N, work, 0);
+}
+
+extern "C" void cuda_ks_mlp_backward_bf16(const ks_grads *g, const ks_params *p, const float *T,
+                                          const float *h1, const float *h2, const float *dscore,
+                                          const int *rows, int n_rows, int N, void *work) {
+    mlp_backward(g, p, T, h1, h2, dscore, rows, n_rows, N, work, 1);
 }
 
 // ---------------------------------------------------------------- cumulative top-k
@@ -454,8 +529,14 @@ extern "C" void cuda_ks_forward(cuda_ks_state *st, const ks_params *p, const flo
     st->n_tok = n_tok;
     st->n_seq = n_seq;
     st->seq_off = seq_off;
-    cuda_ks_features(st->T, K, ldk, Q, ldq, seq_off, n_seq, n_tok, model_len, st->N, sem);
-    cuda_ks_mlp_forward(st->score, st->h1, st->h2, st->T, p, n_tok, st->N);
+    if (st->bf16 && sem == SEMANTICS_REFERENCE) {
+        cuda_ks_features_bf16(st->T, K, ldk, Q, ldq, seq_off, n_seq, model_len, st->N, ks_cumsum_bf16_acc());
+    } else {
+        cuda_ks_features(st->T, K, ldk, Q, ldq, seq_off, n_seq, n_tok, model_len, st->N, sem);
+        if (st->bf16) cuda_round_bf16(st->T, st->T, (long)n_tok * 2 * st->N);  // causal semantics (ks_forward)
+    }
+    if (st->bf16) cuda_ks_mlp_forward_bf16(st->score, st->h1, st->h2, st->T, p, n_tok, st->N);
+    else cuda_ks_mlp_forward(st->score, st->h1, st->h2, st->T, p, n_tok, st->N);
     cuda_ks_cumtopk(st->sel, st->score, seq_off, n_seq, st->k_c);
     st->has_loss = cand != NULL;
     if (!cand) {
@@ -466,6 +547,12 @@ extern "C" void cuda_ks_forward(cuda_ks_state *st, const ks_params *p, const flo
     if (cand != st->cand && nc)
         CUDA_CHECK(cudaMemcpyAsync(st->cand, cand, sizeof(int) * nc, cudaMemcpyDeviceToDevice,
                                    cu_stream()));
+    if (st->bf16) {
+        cuda_ks_rank_targets_bf16(st->y, K, ldk, Q, ldq, st->cand, seq_off, n_seq, model_len, st->N, st->k_c,
+                                  sem);
+        cuda_ks_rank_loss_pairs_bf16(st->loss, st->score, st->y, st->cand, seq_off, n_seq, st->k_c, st->work);
+        return;
+    }
     cuda_ks_rank_targets(st->y, K, ldk, Q, ldq, st->cand, seq_off, n_seq, model_len, st->N,
                          st->k_c, sem);
     cuda_ks_rank_loss_pairs(st->loss, st->score, st->y, st->cand, seq_off, n_seq, st->k_c,
@@ -485,6 +572,12 @@ extern "C" void cuda_ks_backward(cuda_ks_state *st, const ks_params *p, const ks
     cuda_ks_candidate_rows(st->rows, st->cand, st->seq_off, st->n_seq, st->k_c);
     ks_zero_rows_kernel<<<cu_blocks(n_rows, 256), 256, 0, cu_stream()>>>(st->dscore, st->rows, n_rows);
     CUDA_LAUNCHED();
+    if (st->bf16) {
+        cuda_ks_rank_loss_backward_bf16(st->dscore, st->score, st->y, st->cand, st->seq_off, st->n_seq, st->k_c,
+                                        scale);
+        cuda_ks_mlp_backward_bf16(g, p, st->T, st->h1, st->h2, st->dscore, st->rows, n_rows, st->N, st->work);
+        return;
+    }
     cuda_ks_rank_loss_backward(st->dscore, st->score, st->y, st->cand, st->seq_off, st->n_seq,
                                st->k_c, scale);
     cuda_ks_mlp_backward(g, p, st->T, st->h1, st->h2, st->dscore, st->rows, n_rows, st->N,

@@ -91,10 +91,34 @@ void cuda_ks_rank_loss_backward(float *dscore, const float *score, const double 
 // an unused slot (for cuda_ks_mlp_backward with n_rows = n_seq * k_c).
 void cuda_ks_candidate_rows(int *rows, const int *cand, const int *seq_off, int n_seq, int k_c);
 
+// ---------------------------------------------------------------- bf16-pure
+//
+// The bf16-pure ops of src/sparse/ks.h (the same roundings at the same
+// points, the same summation orders where a sum is sequential): features
+// (reference semantics; one thread per (sequence, feature), sequential over
+// the positions as the bf16 running sum must be), MLP forward / backward,
+// targets (lanes over the queries, warp sum: the CPU sums in order, so y may
+// differ where the double sum rounds apart), loss, loss backward.
+void cuda_ks_features_bf16(float *T, const float *K, int ldk, const float *Q, int ldq, const int *seq_off,
+                           int n_seq, int model_len, int N, int bf16_acc);
+void cuda_ks_mlp_forward_bf16(float *score, float *h1, float *h2, const float *T, const ks_params *p,
+                              int n_tok, int N);
+void cuda_ks_mlp_backward_bf16(const ks_grads *g, const ks_params *p, const float *T, const float *h1,
+                               const float *h2, const float *dscore, const int *rows, int n_rows, int N,
+                               void *work);
+void cuda_ks_rank_targets_bf16(double *y, const float *K, int ldk, const float *Q, int ldq,
+                               const int *cand, const int *seq_off, int n_seq, int model_len, int N,
+                               int k_c, hax_semantics sem);
+void cuda_ks_rank_loss_pairs_bf16(double *loss, const float *score, const double *y, const int *cand,
+                                  const int *seq_off, int n_seq, int k_c, void *work);
+void cuda_ks_rank_loss_backward_bf16(float *dscore, const float *score, const double *y, const int *cand,
+                                     const int *seq_off, int n_seq, int k_c, float scale);
+
 // ---------------------------------------------------------------- per layer
 
 typedef struct {
     int max_tok, max_seq, N, k_c;  // capacity
+    int bf16;                      // set by the caller: 1 runs the bf16-pure ops (as ks_state.bf16)
     int n_tok, n_seq;              // the last forward
     const int *seq_off;            // the last forward's (device; kept by the caller until backward)
     float *T, *h1, *h2;            // [max_tok, 2N]

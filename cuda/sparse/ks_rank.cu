@@ -251,3 +251,129 @@ extern "C" void cuda_ks_candidate_rows(int *rows, const int *cand, const int *se
     ks_rows_kernel<<<cu_blocks(slots, 256), 256, 0, cu_stream()>>>(rows, cand, seq_off, n_seq, k_c);
     CUDA_LAUNCHED();
 }
+
+// ---------------------------------------------------------------- bf16-pure (ks.h)
+
+// ks_targets_kernel with the bf16 ops of ks_rank_targets_bf16: a_tm =
+// R(Q_t . K_I) (the dot in double, i in order, as the CPU: bf16 products are
+// exact, so fused multiply-adds change nothing), s = R(sigmoid(a)), the lane
+// sums of s added by the warp tree, y = R(sum + 0.5 n_pad).
+__global__ static void ks_targets_bf16_kernel(double *y, const float *K, int ldk, const float *Q, int ldq,
+                                              const int *cand, const int *seq_off, int n_seq, int model_len, int N,
+                                              int k_c, int causal, int *err) {
+    long slot = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (slot >= (long)n_seq * k_c) return;
+    int s = (int)(slot / k_c), a = (int)(slot % k_c);
+    int o = seq_off[s], n = seq_off[s + 1] - o;
+    const int *row = cand + (size_t)s * k_c;
+    int m = ks_count(row, k_c);
+    if (a >= m) {
+        if (lane == 0) {
+            if (row[a] >= 0) atomicOr(err, CU_ERR_KS);
+            y[slot] = 0.0;
+        }
+        return;
+    }
+    bool ok = ks_slot_ok(row, a, n, err) && (causal || model_len >= n);
+    if (!ok) {
+        if (lane == 0) {
+            atomicOr(err, CU_ERR_KS);
+            y[slot] = 0.0;
+        }
+        return;
+    }
+    int I = row[a];
+    const float *k = K + (size_t)(o + I) * ldk;
+    double sum = 0.0;
+    for (int t = I + lane; t < n; t += 32) {
+        const float *q = Q + (size_t)(o + t) * ldq;
+        double dot = 0.0;
+        for (int i = 0; i < N; i++) dot = __dadd_rn(dot, __dmul_rn((double)q[i], (double)k[i]));
+        sum += hax_bf16_round(hax_sigmoid(hax_bf16_round((float)dot)));
+    }
+    sum = cu_warp_sum(sum);
+    if (!causal) sum += 0.5 * (double)(model_len - n);  // quirk 5
+    if (lane == 0) y[slot] = hax_bf16_round((float)sum);
+}
+
+extern "C" void cuda_ks_rank_targets_bf16(double *y, const float *K, int ldk, const float *Q, int ldq,
+                                          const int *cand, const int *seq_off, int n_seq, int model_len, int N,
+                                          int k_c, hax_semantics sem) {
+    long slots = (long)n_seq * k_c;
+    if (slots <= 0) return;
+    ks_targets_bf16_kernel<<<cu_blocks(slots * 32, 128), 128, 0, cu_stream()>>>(
+        y, K, ldk, Q, ldq, cand, seq_off, n_seq, model_len, N, k_c, sem == SEMANTICS_CAUSAL, cu_error_flag());
+    CUDA_LAUNCHED();
+}
+
+// ks_loss_seq_kernel with the bf16 term (src/core/scalar.h hax_bce_term_bf16).
+__global__ static void ks_loss_seq_bf16_kernel(double *loss_s, const float *score, const double *y,
+                                               const int *cand, const int *seq_off, int k_c) {
+    extern __shared__ double row_sum_bf16[];  // [k_c]
+    int s = blockIdx.x;
+    int o = seq_off[s];
+    const int *I = cand + (size_t)s * k_c;
+    const double *ys = y + (size_t)s * k_c;
+    const float *x = score + o;
+    int m = ks_count(I, k_c);
+    if (!ks_row_inside(I, m, seq_off[s + 1] - o)) m = 0;
+    for (int a = threadIdx.x; a < m; a += blockDim.x) {
+        double l = 0.0;
+        for (int b = 0; b < m; b++) l += hax_bce_term_bf16(x[I[a]], x[I[b]], ys[a], ys[b]);
+        row_sum_bf16[a] = l;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double l = 0.0;
+        for (int a = 0; a < m; a++) l += row_sum_bf16[a];
+        loss_s[s] = m > 0 ? l / ((double)m * m) : 0.0;
+    }
+}
+
+extern "C" void cuda_ks_rank_loss_pairs_bf16(double *loss, const float *score, const double *y, const int *cand,
+                                             const int *seq_off, int n_seq, int k_c, void *work) {
+    if (n_seq <= 0) {
+        cuda_zero(loss, sizeof(double));
+        return;
+    }
+    long slots = (long)n_seq * k_c;
+    ks_check_kernel<<<cu_blocks(slots, 256), 256, 0, cu_stream()>>>(cand, seq_off, n_seq, k_c, cu_error_flag());
+    CUDA_LAUNCHED();
+    double *loss_s = (double *)work;
+    ks_loss_seq_bf16_kernel<<<n_seq, 64, sizeof(double) * (size_t)k_c, cu_stream()>>>(loss_s, score, y, cand,
+                                                                                     seq_off, k_c);
+    CUDA_LAUNCHED();
+    ks_loss_total_kernel<<<1, 1, 0, cu_stream()>>>(loss, loss_s, n_seq);
+    CUDA_LAUNCHED();
+}
+
+// ks_rank_loss_backward_bf16: thread a sums its row and column of d loss /
+// d P (src/core/scalar.h hax_bce_dpair_bf16) in double, b in order.
+__global__ static void ks_loss_backward_bf16_kernel(float *dscore, const float *score, const double *y,
+                                                    const int *cand, const int *seq_off, int k_c, float scale) {
+    int s = blockIdx.x;
+    int o = seq_off[s];
+    const int *I = cand + (size_t)s * k_c;
+    const double *ys = y + (size_t)s * k_c;
+    const float *x = score + o;
+    int m = ks_count(I, k_c);
+    if (m == 0 || !ks_row_inside(I, m, seq_off[s + 1] - o)) return;
+    float inv_m2 = 1.0f / (float)(m * m);
+    for (int a = threadIdx.x; a < m; a += blockDim.x) {
+        double row = 0.0, col = 0.0;
+        for (int b = 0; b < m; b++) {
+            row += hax_bce_dpair_bf16(x[I[a]], x[I[b]], ys[a], ys[b], scale, inv_m2);
+            col += hax_bce_dpair_bf16(x[I[b]], x[I[a]], ys[b], ys[a], scale, inv_m2);
+        }
+        dscore[o + I[a]] += hax_bf16_round(hax_bf16_round((float)row) + hax_bf16_round((float)-col));
+    }
+}
+
+extern "C" void cuda_ks_rank_loss_backward_bf16(float *dscore, const float *score, const double *y,
+                                                const int *cand, const int *seq_off, int n_seq, int k_c,
+                                                float scale) {
+    if (n_seq <= 0) return;
+    ks_loss_backward_bf16_kernel<<<n_seq, 64, 0, cu_stream()>>>(dscore, score, y, cand, seq_off, k_c, scale);
+    CUDA_LAUNCHED();
+}

@@ -36,6 +36,26 @@ __global__ static void lsh_stats_reference(double *stat, const float *x, int ldx
     stat[(size_t)s * 2 * N + N + f] = __ddiv_rn(1.0, fmax(__dsqrt_rn(v), 1e-12));
 }
 
+// bf16-pure reference statistics (src/sparse/lsh.c hash_seq_reference_bf16,
+// the same double sums in the same order): stat[s, 0:N] = mu = R(sum x ·
+// fl(1/L)), stat[s, N:2N] = den = R(max(R(sqrt(sum c^2 + n_pad mu^2)), 1e-12)).
+__global__ static void lsh_stats_reference_bf16(double *stat, const float *x, int ldx, const int *seq_off,
+                                                int n_seq, int N, int L) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_seq * N) return;
+    int s = i / N, f = i % N, o = seq_off[s], n = seq_off[s + 1] - o;
+    double sum = 0;
+    for (int t = 0; t < n; t++) sum = __dadd_rn(sum, (double)x[(size_t)(o + t) * ldx + f]);
+    float m = hax_bf16_round((float)sum * (1.0f / (float)L));
+    double v = __dmul_rn(__dmul_rn((double)(L - n), (double)m), (double)m);  // the pads: c = -mu
+    for (int t = 0; t < n; t++) {
+        float c = hax_bf16_round(x[(size_t)(o + t) * ldx + f] - m);
+        v = __dadd_rn(v, __dmul_rn((double)c, (double)c));
+    }
+    stat[(size_t)s * 2 * N + f] = m;
+    stat[(size_t)s * 2 * N + N + f] = hax_bf16_round(fmaxf(hax_bf16_round(sqrtf((float)v)), 1e-12f));
+}
+
 // Causal statistics: stat[g, f] = sum_{p <= t} x_pf within the sequence.
 __global__ static void lsh_stats_causal(double *stat, const float *x, int ldx, const int *seq_off,
                                         int n_seq, int N) {
@@ -65,11 +85,23 @@ __device__ __forceinline__ double lsh_centred(const float *x, int ldx, const dou
 // forced one). bucket = -1 rows never reach here.
 __global__ static void lsh_project_kernel(int32_t *bucket, float *proj_out, const float *x, int ldx,
                                           const double *stat, const float *H, int h, int N,
-                                          int argmax, int ref, const int *seq_off, int n_seq,
+                                          int argmax, int ref, int bf16, const int *seq_off, int n_seq,
                                           int n_tok, const int32_t *force) {
     int g = blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= n_tok) return;
     int s = cu_seq_of(seq_off, n_seq, g), t = g - seq_off[s];
+    double proj[MAX_HASH];
+    for (int i = 0; i < h; i++) proj[i] = 0;
+    if (ref && bf16) {  // x~ = R(R(x - mu) / den), proj = R(x~ . H) (the CPU's order)
+        const double *st = stat + (size_t)s * 2 * N;
+        for (int f = 0; f < N; f++) {
+            float c = hax_bf16_round(x[(size_t)g * ldx + f] - (float)st[f]);
+            double xt = hax_bf16_round(c / (float)st[N + f]);
+            const float *hrow = H + (size_t)f * h;
+            for (int i = 0; i < h; i++) proj[i] = __dadd_rn(proj[i], __dmul_rn(xt, (double)hrow[i]));
+        }
+        for (int i = 0; i < h; i++) proj[i] = hax_bf16_round((float)proj[i]);
+    }
     double inv = 1.0;
     if (!ref) {  // causal: the vector's own norm
         double nrm = 0;
@@ -79,9 +111,7 @@ __global__ static void lsh_project_kernel(int32_t *bucket, float *proj_out, cons
         }
         inv = __ddiv_rn(1.0, fmax(__dsqrt_rn(nrm), 1e-12));
     }
-    double proj[MAX_HASH];
-    for (int i = 0; i < h; i++) proj[i] = 0;
-    for (int f = 0; f < N; f++) {
+    for (int f = 0; f < N && !(ref && bf16); f++) {
         double c = lsh_centred(x, ldx, stat, N, ref, s, g, t, f);
         if (!ref) c = __dmul_rn(c, inv);
         const float *hrow = H + (size_t)f * h;
@@ -105,14 +135,16 @@ void cu_sp_lsh_hash(cu_sparse_state *st, const int *seq_off, int n_seq, int n_to
     int N = st->N, ref = st->sem == SEMANTICS_REFERENCE;
     const float *x = st->KQ + (which ? N : 0);
     cudaStream_t sm = cu_stream();
-    if (ref) lsh_stats_reference<<<cu_blocks((long)n_seq * N, 128), 128, 0, sm>>>(
+    if (ref && st->bf16) lsh_stats_reference_bf16<<<cu_blocks((long)n_seq * N, 128), 128, 0, sm>>>(
+        st->lsh_stat, x, 2 * N, seq_off, n_seq, N, L);
+    else if (ref) lsh_stats_reference<<<cu_blocks((long)n_seq * N, 128), 128, 0, sm>>>(
         st->lsh_stat, x, 2 * N, seq_off, n_seq, N, L);
     else lsh_stats_causal<<<cu_blocks((long)n_seq * N, 128), 128, 0, sm>>>(
         st->lsh_stat, x, 2 * N, seq_off, n_seq, N);
     CUDA_LAUNCHED();
     lsh_project_kernel<<<cu_blocks(n_tok, 128), 128, 0, sm>>>(
         which ? st->q_bucket : st->k_bucket, which ? st->hq_proj : st->hk_proj, x, 2 * N,
-        st->lsh_stat, hash, st->h, N, HAS(st->mask, SPARSE_ARGMAX_LSH), ref, seq_off, n_seq, n_tok,
+        st->lsh_stat, hash, st->h, N, HAS(st->mask, SPARSE_ARGMAX_LSH), ref, st->bf16, seq_off, n_seq, n_tok,
         which ? st->force_q_bucket : st->force_k_bucket);
     CUDA_LAUNCHED();
 }

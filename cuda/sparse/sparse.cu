@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <math.h>
 
+#include "cuda/ops/gate.h"
 #include "cuda/ops/linear.h"
 #include "cuda/sparse/internal.cuh"
 #include "cuda/sparse/ks.h"
@@ -44,6 +45,7 @@ static void layout(cu_sparse_state *st, carver *c) {
     size_t h = st->h > 0 ? st->h : 1;
     st->KQ = (float *)carve(c, sizeof(float) * T * 2 * N);
     st->dKQ = (float *)carve(c, sizeof(float) * T * 2 * N);
+    st->dXs = st->bf16_made ? (float *)carve(c, sizeof(float) * T * E) : NULL;
     st->q_bucket = (int32_t *)carve(c, sizeof(int32_t) * T);
     st->k_bucket = (int32_t *)carve(c, sizeof(int32_t) * T);
     st->hq_proj = (float *)carve(c, sizeof(float) * T * h);
@@ -85,6 +87,7 @@ static void fill_shape(cu_sparse_state *st, const hax_model_config *cfg, int max
     st->k_c = cfg->k_c;
     st->delta = sparse_pattern_has(cfg->sparse_mask, SPF_DILATION) ? cfg->data_max_length / cfg->k_c : 0;
     st->mask = cfg->sparse_mask, st->sem = cfg->semantics;
+    st->bf16_made = cfg->precision == PREC_BF16_PURE;
 }
 
 static size_t ks_bytes(const hax_model_config *cfg, int max_tok, int max_seq) {
@@ -167,12 +170,23 @@ extern "C" void cuda_sparse_force_buckets(cu_sparse_state *st, const int32_t *q_
 
 // ---------------------------------------------------------------- Q/K projection
 
-// K = KQ[:, :N] / sqrt(N) in place (the CPU's float division).
-__global__ static void scale_k_kernel(float *KQ, int n_tok, int N, float sqrt_n) {
+// K = KQ[:, :N] / sqrt(N) in place (the CPU's float division); bf16-pure:
+// R(K · inv), inv = 1 / sqrt(N) in float (sparse.c scale_keys).
+__global__ static void scale_k_kernel(float *KQ, int n_tok, int N, float sqrt_n, float inv, int bf16) {
     long i = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (long)n_tok * N) return;
     int g = (int)(i / N), f = (int)(i % N);
-    KQ[(size_t)g * 2 * N + f] /= sqrt_n;
+    float *k = KQ + (size_t)g * 2 * N + f;
+    *k = bf16 ? hax_bf16_round(*k * inv) : *k / sqrt_n;
+}
+
+// The keys' scaling (forward on K, backward on dK), as sparse.c scale_keys:
+// bf16-pure first rounds all of KQ (the GEMM's bf16 output / dQ, dK sums).
+static void scale_keys(float *KQ, int n_tok, int N, int bf16) {
+    float sqrt_n = (float)sqrt((double)N), inv = 1.0f / sqrt_n;
+    if (bf16) cuda_round_bf16(KQ, KQ, (long)n_tok * 2 * N);
+    scale_k_kernel<<<cu_blocks((long)n_tok * N, 256), 256, 0, cu_stream()>>>(KQ, n_tok, N, sqrt_n, inv, bf16);
+    CUDA_LAUNCHED();
 }
 
 __global__ static void fill_i32_kernel(int32_t *a, int32_t *b, int n, int32_t v) {
@@ -210,9 +224,7 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
     st->n_ev = 0;
     cu_sp_phase(st, "start");
     cuda_linear_forward(st->KQ, 2 * N, X, ldX, W_xx, NULL, n_tok, E, 2 * N);
-    scale_k_kernel<<<cu_blocks((long)n_tok * N, 256), 256, 0, sm>>>(st->KQ, n_tok, N,
-                                                                    (float)sqrt((double)N));
-    CUDA_LAUNCHED();
+    scale_keys(st->KQ, n_tok, N, st->bf16);
     cu_sp_phase(st, "KQ projection");
     if (sparse_pattern_has(m, SPF_LSH)) {
         cu_sp_lsh_hash(st, seq_off, n_seq, n_tok, model_len, hash, 1);
@@ -226,6 +238,7 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
         const int *sel = NULL;
         if (sparse_pattern_has(m, SPF_KS_WEIGHTS)) {
             cuda_ks_state *kst = (cuda_ks_state *)st->ks;
+            kst->bf16 = st->bf16;
             cuda_ks_forward(kst, ks, st->KQ, 2 * N, st->KQ + N, 2 * N, seq_off, n_seq, n_tok,
                             model_len, st->sem, training ? ks_cand : NULL);
             CUDA_CHECK(cudaMemcpyAsync(st->gate_loss, kst->loss, sizeof(double),
@@ -254,12 +267,22 @@ extern "C" void cuda_sparse_backward(cu_sparse_state *st, const int *seq_off, in
     int N = st->N, E = st->E;
     st->n_ev = 0;
     cu_sp_phase(st, "start");
-    cu_sp_attn_backward(st, seq_off, X, ldX, dattn, ld_dattn, dX, ld_dX);
-    // d KQ[:, :N] = dK / sqrt(N): the same kernel as the forward's scaling
-    scale_k_kernel<<<cu_blocks((long)n_tok * N, 256), 256, 0, cu_stream()>>>(
-        st->dKQ, n_tok, N, (float)sqrt((double)N));
-    CUDA_LAUNCHED();
-    cuda_linear_backward(dX, ld_dX, dW_xx, NULL, st->dKQ, 2 * N, X, ldX, W_xx, n_tok, E, 2 * N);
+    // bf16-pure: dV is a bf16 tensor of its own (dXs), added into dX in bf16
+    if (st->bf16 && !st->bf16_made)
+        hax_die("cuda_sparse_backward: bf16-pure: expected a state made for train.precision bf16-pure, found one "
+                "made for another precision");
+    if (st->bf16) cuda_zero(st->dXs, sizeof(float) * (size_t)n_tok * E);
+    cu_sp_attn_backward(st, seq_off, X, ldX, dattn, ld_dattn, st->bf16 ? st->dXs : dX, st->bf16 ? E : ld_dX);
+    if (st->bf16) cuda_add_bf16_rows(dX, ld_dX, st->dXs, E, E, n_tok);
+    // d KQ[:, :N] = dK / sqrt(N), as the forward's scaling (bf16: dQ, dK rounded first)
+    scale_keys(st->dKQ, n_tok, N, st->bf16);
+    if (st->bf16) {  // xx_proj's share of dX, a bf16 tensor, then added in bf16
+        cuda_zero(st->dXs, sizeof(float) * (size_t)n_tok * E);
+        cuda_linear_backward(st->dXs, E, dW_xx, NULL, st->dKQ, 2 * N, X, ldX, W_xx, n_tok, E, 2 * N);
+        cuda_add_bf16_rows(dX, ld_dX, st->dXs, E, E, n_tok);
+    } else {
+        cuda_linear_backward(dX, ld_dX, dW_xx, NULL, st->dKQ, 2 * N, X, ldX, W_xx, n_tok, E, 2 * N);
+    }
     cu_sp_phase(st, "KQ backward");
     if (sparse_pattern_has(st->mask, SPF_KS_WEIGHTS) && ks && dks) {
         cuda_ks_backward((cuda_ks_state *)st->ks, ks, dks, gate_scale);

@@ -22,6 +22,11 @@
 // lists (dense causal, O(n^2)). Empty rows: reference semantics uniform 1/L
 // over all L padded positions with the CPU's factorised backward; causal 0.
 // All sums run in a fixed order: results repeat exactly run to run.
+//
+// bf16-pure (bf16 = 1, set by the caller before each forward): the roundings
+// of src/sparse/sparse.h at the same points (KQ, K, the LSH statistics and
+// projections, key selection, scores, P, the output; dP, d score, dQ, dK,
+// dV and dX's two bf16 shares in the backward).
 #ifndef HAX_CU_SPARSE_H
 #define HAX_CU_SPARSE_H
 
@@ -43,12 +48,16 @@ typedef struct cu_sparse_state {
     int N, E, h, k_c, delta;     // delta: dilation (data_max_length / k_c), 0 without `dilated`
     unsigned mask;               // cfg->sparse_mask
     hax_semantics sem;
+    int bf16;                    // bf16-pure (set by the caller; the backward uses the forward's)
+    int bf16_made;               // made for cfg->precision bf16-pure: dXs allocated
     // the last forward's shape
     int n_tok, n_seq, model_len;
 
     // device buffers (read-only for the caller, except the forced buckets)
     float *KQ;                   // [max_tok, 2N]: K / sqrt(N) in [:, :N], Q in [:, N:]
     float *dKQ;                  // [max_tok, 2N] backward scratch
+    float *dXs;                  // [max_tok, E] backward, bf16-pure: one share of dX at a time (NULL
+                                 // unless bf16_made: fp32 runs keep their memory)
     int32_t *q_bucket, *k_bucket;// [max_tok] LSH buckets (-1 without LSH)
     float *hq_proj, *hk_proj;    // [max_tok, h] the projections (as the CPU's, float)
     double *lsh_stat;            // [max_tok, N] LSH statistics scratch

@@ -114,4 +114,20 @@ HAX_HD HAX_INLINE double hax_rank_target(double ya, double yb) { return ya > yb 
 // BCE with logits, the stable form max(P,0) - P T + log(1 + e^{-|P|}).
 HAX_HD HAX_INLINE double hax_bce_logits(double P, double T) { return fmax(P, 0.0) - P * T + log1p(exp(-fabs(P))); }
 
+// ---- the ranking loss in bf16-pure (src/sparse/ks.h's *_bf16): torch's ops
+// on bf16 tensors, each result rounded once. One pair's loss term (torch 2.x
+// binary_cross_entropy_with_logits: (1 - T) P - log_sigmoid(P)), with P =
+// bf16(x_a - x_b):
+HAX_HD HAX_INLINE float hax_bce_term_bf16(float xa, float xb, double ya, double yb) {
+    float P = hax_bf16_round(xa - xb), T = (float)hax_rank_target(ya, yb);
+    float ls = hax_bf16_round(fminf(P, 0.0f) - log1pf(expf(-fabsf(P))));
+    return hax_bf16_round(hax_bf16_round((1.0f - T) * P) - ls);
+}
+// d loss / d P_ab: the explicit backward (sigmoid(P) - T) times the incoming
+// gradient g, then the mean's division (a multiplication by inv = 1/count).
+HAX_HD HAX_INLINE float hax_bce_dpair_bf16(float xa, float xb, double ya, double yb, float g, float inv) {
+    float P = hax_bf16_round(xa - xb), T = (float)hax_rank_target(ya, yb);
+    return hax_bf16_round(hax_bf16_round(hax_bf16_round(hax_bf16_round(hax_sigmoid(P)) - T) * g) * inv);
+}
+
 #endif

@@ -37,7 +37,7 @@ static size_t cpu_work_bytes(const hax_model *m, int n_tok, int n_seq) {
     (void)n_seq;
     const hax_model_config *cfg = &m->cfg;
     if (!arch_has_mlp(cfg) && !arch_info(cfg->arch)->attn_every) return 0;
-    size_t a = attn_bwd_floats(cfg, n_tok), b = mlp_bwd_floats(n_tok, cfg->mlp_hidden);
+    size_t a = attn_bwd_floats(cfg, n_tok), b = mlp_bwd_floats(n_tok, cfg->hidden_size, cfg->mlp_hidden);
     return sizeof(float) * (a > b ? a : b);  // the attention / MLP backward scratch
 }
 
@@ -132,15 +132,15 @@ static void cpu_gated_norm_backward(float *dy, int ld_dy, float *dz, int ld_dz, 
 // The gate's dEv sum runs in double inside the CPU kernel (prod unused).
 static void cpu_gate_backward(float *dy, float *dxz, float *dattn, float *dEv, float *prod, const float *do_,
                               const float *y, const float *xz, const float *attn, const float *Ev, int n, int E,
-                              void *work) {
+                              void *work, int bf16) {
     (void)prod, (void)work;
-    mamba_gate_backward(dy, dxz, dattn, dEv, do_, y, xz, attn, Ev, n, E);
+    mamba_gate_backward(dy, dxz, dattn, dEv, do_, y, xz, attn, Ev, n, E, bf16);
 }
 
 static void cpu_add_attn_backward(float *dattn, float *dEv, float *prod, const float *dy, const float *attn,
-                                  const float *Ev, int n, int E, void *work) {
+                                  const float *Ev, int n, int E, void *work, int bf16) {
     (void)prod, (void)work;
-    add_attn_backward(dattn, dEv, dy, attn, Ev, n, E);
+    add_attn_backward(dattn, dEv, dy, attn, Ev, n, E, bf16);
 }
 
 static void cpu_attn_forward(float *out, int ld_out, const attn_acts *acts, const float *a, int ld_a,
@@ -160,16 +160,16 @@ static void cpu_attn_backward(float *da, int ld_da, const attn_grads *gr, const 
 }
 
 static void cpu_mlp_forward(float *out, int ld_out, const mlp_acts *acts, const float *a, int ld_a,
-                            const mlp_params *w, int n_tok, int d, int M) {
+                            const mlp_params *w, int n_tok, int d, int M, int bf16) {
     mlp_acts x = *acts;
-    mlp_forward(out, ld_out, &x, a, ld_a, w, n_tok, d, M);
+    mlp_forward(out, ld_out, &x, a, ld_a, w, n_tok, d, M, bf16);
 }
 
 static void cpu_mlp_backward(float *da, int ld_da, const mlp_grads *gr, const float *dout, int ld_dout,
                              const float *a, int ld_a, const mlp_acts *acts, const mlp_params *w, int n_tok, int d,
-                             int M, void *work) {
+                             int M, void *work, int bf16) {
     mlp_grads g = *gr;
-    mlp_backward(da, ld_da, &g, work, dout, ld_dout, a, ld_a, acts, w, n_tok, d, M);
+    mlp_backward(da, ld_da, &g, work, dout, ld_dout, a, ld_a, acts, w, n_tok, d, M, bf16);
 }
 
 // ---------------------------------------------------------------- sparse branch
@@ -225,7 +225,7 @@ static const hax_ops cpu_ops = {
     .add_rmsnorm_forward = add_rmsnorm_forward, .add_rmsnorm_backward = cpu_add_rmsnorm_backward, .add = cpu_add,
     .logits_forward = logits_forward, .logits_backward = logits_backward, .ce_forward = cpu_ce_forward,
     .ce_backward = ce_backward, .scale = NULL,
-    .round_bf16 = round_bf16, .round_bf16_rows = round_bf16_rows,
+    .round_bf16 = round_bf16, .round_bf16_rows = round_bf16_rows, .add_bf16_rows = add_bf16_rows,
     .linear_forward = linear_forward, .linear_backward = linear_backward,
     .conv_silu_forward = cpu_conv_silu_forward, .conv_silu_backward = cpu_conv_silu_backward,
     .scan_forward = cpu_scan_forward, .scan_backward = cpu_scan_backward,

@@ -142,6 +142,8 @@ hax_engine *engine_new(const hax_backend *be, hax_model *m, float *w, float *g, 
     e->be = be, e->model = m, e->impl = impl, e->core = c;
     c->ops = be->ops, c->w = w, c->g = g;
     if (m->cfg.precision == PREC_BF16) c->wq = c->ops->alloc(sizeof(float) * m->n_floats);
+    // small ([V, d]); the precision may be set after the engine is made (tests)
+    c->gemb = c->ops->alloc(sizeof(float) * (size_t)m->cfg.vocab_size * m->cfg.hidden_size);
     c->L = xcalloc(m->cfg.n_layers, sizeof(eng_layer));
     c->loss = c->ops->alloc(sizeof(double));
     c->h_gate = xcalloc(m->cfg.n_layers, sizeof(double));
@@ -157,6 +159,7 @@ void engine_free(hax_engine *e) {
     for (int l = 0; l < e->model->cfg.n_layers; l++) c->ops->free(c->L[l].hash_dev), free(c->L[l].hash);
     c->ops->free(c->loss);
     c->ops->free(c->wq);
+    c->ops->free(c->gemb);
     if (e->be->destroy) e->be->destroy(e);
     free(c->h_gate), free(c->L), free(c);
     free(e);
@@ -211,13 +214,10 @@ void engine_run_forward(hax_engine *e) {
             hax_bf16_pure(ops, cfg, L->s, nd);
             hax_bf16_act(ops, cfg, L->a2, nd);
             mlp_params mp = {eng_wg(c, m, lp->gate_proj), eng_wg(c, m, lp->up_proj), eng_wg(c, m, lp->down_proj)};
-            ops->mlp_forward(c->tmp, d, &L->mlp, L->a2, d, &mp, n, d, cfg->mlp_hidden);
+            // bf16-pure: the op rounds g, u and s where the reference stores them (§4.2)
+            ops->mlp_forward(c->tmp, d, &L->mlp, L->a2, d, &mp, n, d, cfg->mlp_hidden,
+                             cfg->precision == PREC_BF16_PURE);
             hax_bf16_pure(ops, cfg, c->tmp, nd);
-            // g, u, s are bf16 in the reference (§4.2); the fused op used them
-            // in fp32, rounded here for its backward (not emulated inside)
-            long nm = (long)n * cfg->mlp_hidden;
-            hax_bf16_pure(ops, cfg, L->mlp.g, nm), hax_bf16_pure(ops, cfg, L->mlp.u, nm);
-            hax_bf16_pure(ops, cfg, L->mlp.s, nm);
             ops->add(next, L->s, c->tmp, nd);
         } else {
             ops->add(next, L->hin, c->tmp, nd);  // Mamba-2's fp32 residual sum, then bf16: the same value
@@ -367,7 +367,8 @@ void engine_run_backward(hax_engine *e, const float *ce_scale) {
             mlp_params mp = {eng_wg(c, m, lp->gate_proj), eng_wg(c, m, lp->up_proj), eng_wg(c, m, lp->down_proj)};
             mlp_grads mg = {eng_g(c, m, lp->gate_proj), eng_g(c, m, lp->up_proj), eng_g(c, m, lp->down_proj)};
             ops->zero(c->dh2, sizeof(float) * nd);  // d a2
-            ops->mlp_backward(c->dh2, d, &mg, dh, d, L->a2, d, &L->mlp, &mp, n, d, cfg->mlp_hidden, c->work);
+            ops->mlp_backward(c->dh2, d, &mg, dh, d, L->a2, d, &L->mlp, &mp, n, d, cfg->mlp_hidden, c->work,
+                              cfg->precision == PREC_BF16_PURE);
             hax_bf16_pure(ops, cfg, c->dh2, (long)nd);
             // s = mixer_out + hin receives dh directly and through the norm
             ops->zero(c->dmix, sizeof(float) * nd);
@@ -385,8 +386,16 @@ void engine_run_backward(hax_engine *e, const float *ce_scale) {
             block_norm_backward(c, m, l, dh);
         }
     }
-    ops->embedding_backward(dW_emb, dh, c->ids, n, d, V, c->work);
-    // bf16-pure: each parameter's .grad is a bf16 tensor (W_emb: bf16 + bf16)
+    if (cfg->precision == PREC_BF16_PURE) {
+        // the lookup's share is a bf16 tensor of its own: W_emb's .grad is
+        // bf16(bf16(logits' share) + bf16(lookup's share)), as autograd adds them
+        ops->zero(c->gemb, sizeof(float) * (size_t)V * d);
+        ops->embedding_backward(c->gemb, dh, c->ids, n, d, V, c->work);
+        ops->add_bf16_rows(dW_emb, d, c->gemb, d, d, V);
+    } else {
+        ops->embedding_backward(dW_emb, dh, c->ids, n, d, V, c->work);
+    }
+    // bf16-pure: each parameter's .grad is a bf16 tensor
     hax_bf16_pure(ops, cfg, c->g, (long)m->n_floats);
 }
 

@@ -35,6 +35,7 @@ typedef struct eng_core {
     const hax_ops *ops;
     float *w, *g;            // the backend's weights and gradients [n_floats]
     float *wq;               // mixed bf16 only: bf16(w), what the GEMMs read (else NULL)
+    float *gemb;             // [V, d] bf16-pure: the embedding lookup's share of dW_emb
     int cap_tok, cap_seq, cap_len;
     float *arena;            // the activation table's tensors
     size_t arena_floats;

@@ -145,8 +145,8 @@ static void branch_forward(eng_core *c, const hax_model *m, int l, const float *
                            eng_has_ks(cfg) ? &kp : NULL, eng_has_lsh(cfg) ? L->hash_dev : NULL,
                            eng_has_ks(cfg) && c->train ? L->cand_dev : NULL, c->train, L->attn,
                            cfg->intermediate_size);
-    // bf16-pure: the branch's output is a bf16 tensor (its inside — LSH, key
-    // selection, the sparse softmax — computes in fp32 here: not emulated)
+    // bf16-pure: the branch rounds its inside itself (cfg->precision,
+    // src/sparse/sparse.h); its output is a bf16 tensor
     hax_bf16_pure(c->ops, cfg, L->attn, (long)c->run->n_tok * cfg->intermediate_size);
 }
 
@@ -156,7 +156,11 @@ static void branch_backward(eng_core *c, const hax_model *m, int l, const float 
     const hax_layer_params *lp = &m->layers[l];
     ks_params kp = ks_w(c, m, lp);
     ks_grads kg = ks_g(c, m, lp);
-    float gate_scale = (float)(cfg->gate_loss_weight / c->run->global_n_seq);
+    // d loss / d (the layer's ranking-loss sum); bf16-pure: the weight is the
+    // bf16 scalar the reference multiplies by (its gradient bf16(w))
+    double w = cfg->gate_loss_weight;
+    if (cfg->precision == PREC_BF16_PURE) w = hax_bf16_round((float)w);
+    float gate_scale = (float)(w / c->run->global_n_seq);
     c->ops->sparse_backward(c->L[l].sp, cfg, c->run, c->seq_off, c->dattn, cfg->intermediate_size, gate_scale, X,
                             ldX, eng_wg(c, m, lp->xx_proj), eng_has_ks(cfg) ? &kp : NULL, dX, ld_dX,
                             eng_g(c, m, lp->xx_proj), eng_has_ks(cfg) ? &kg : NULL);
@@ -172,13 +176,8 @@ void mixer_forward(eng_core *c, const hax_model *m, int l, float *out) {
     int n = c->run->n_tok, n_seq = c->run->n_seq, d = cfg->hidden_size;
     if (lp->is_attn) {
         attn_params p = attn_w(c, m, lp);
+        // bf16-pure: the op rounds q, k, v, o where the reference stores them (src/ops/attn.h)
         ops->attn_forward(out, d, &L->att, L->a, d, &p, cfg, c->seq_off, n_seq, n);
-        // bf16-pure: q, k, v, o are bf16 tensors in the reference; the fused op
-        // computes them in fp32 and they are rounded afterwards, for the
-        // backward (an approximation: the forward used the fp32 values)
-        size_t nd = (size_t)n * d;
-        hax_bf16_pure(ops, cfg, L->att.q, nd), hax_bf16_pure(ops, cfg, L->att.k, nd);
-        hax_bf16_pure(ops, cfg, L->att.v, nd), hax_bf16_pure(ops, cfg, L->att.o, nd);
     } else if (arch_ssm_mixer(cfg) == MIXER_MAMBA2) {
         mamba2_params p = mamba2_w(c, m, lp);
         mamba2_pre_forward(ops, &L->mam2, L->a, d, &p, cfg, c->seq_off, n_seq, n);

@@ -2,11 +2,16 @@
 // ran before the orchestration was shared (the CUDA kernels launch in it).
 // bf16 emulation (ops.h's hax_bf16_pure / hax_bf16_act; no-ops in fp32):
 // forward, each op's output where the reference stores bf16 (MODEL.md §2.2:
-// xz, x' = silu(conv), x_dbl, Δraw, the gated scan output o); backward, each
-// gradient tensor autograd passes between ops (do, dy, dz, dattn, dX, dΔraw,
-// dx_dbl, dx). A tensor that receives several contributions (dX: the scan,
-// x_proj, the sparse branch) is rounded after each op that adds to it, so a
-// sum is bf16(bf16 + fp32 contribution) where the reference adds two bf16s.
+// xz, x' = silu(conv), x_dbl, Δraw, the gated scan output o; the Enhanced
+// merge's steps inside the gate op, src/ops/gate.h); backward, each gradient
+// tensor autograd passes between ops (do, dz, dattn, dX, dΔraw, dx_dbl, dx).
+// dy = do·silu(z) is not one: it lives inside the selective scan's fused
+// backward (fp32). dX receives several contributions (the scan, x_proj, the
+// sparse branch). The plain mixer's fused mamba_inner_fn adds x_proj's share
+// with one addmm into the scan's bf16 dX, so dX = bf16(dX + fp32 share); the
+// Enhanced mixer runs them as separate autograd ops, so each share is a bf16
+// tensor first and the sum is bf16(dX + bf16(share)) (the branch rounds its
+// own shares the same way, src/sparse/sparse.h).
 #include "src/engine/mixer_mamba.h"
 
 #include "src/core/common.h"
@@ -102,9 +107,9 @@ void mamba_post_forward(const hax_ops *ops, float *out, int ld_out, mamba_acts *
     // the scan: fp32 inside (A = -exp(A_log), the dt bias, y), its output is o
     ops->scan_forward(acts->y, acts->ckpt, acts->X, m.E, acts->draw, w->dt_proj_b, w->A_log, xd + m.R,
                       xd + m.R + m.N, m.RN, w->D, seq_off, n_seq, n_tok, m.E, m.N);
-    ops->gate_forward(s->o, acts->y, acts->xz, attn, w->E, n_tok, m.E);
-    // o = y·silu(z) is the scan kernel's bf16 output. Enhanced Mamba (§5.7)
-    // rounds the merge's steps too; the fused gate rounds only its result.
+    // o = y·silu(z) is the scan kernel's bf16 output; in bf16-pure the gate
+    // op rounds it and the Enhanced merge's steps (§5.7), src/ops/gate.h
+    ops->gate_forward(s->o, acts->y, acts->xz, attn, w->E, n_tok, m.E, cfg->precision == PREC_BF16_PURE);
     hax_bf16_act(ops, cfg, s->o, (long)n_tok * m.E);
     ops->linear_forward(out, ld_out, s->o, m.E, w->out_proj, NULL, n_tok, m.E, m.d);
 }
@@ -115,16 +120,17 @@ void mamba_post_backward(const hax_ops *ops, mamba_bwd *s, float *dattn, const f
     mamba_dims m = dims_of(cfg);
     size_t nE = (size_t)n_tok * m.E;
     const float *xd = acts->x_dbl;
+    int pure = cfg->precision == PREC_BF16_PURE;
     // out_proj (its input o is recomputed rather than kept per layer)
-    ops->gate_forward(s->o, acts->y, acts->xz, attn, w->E, n_tok, m.E);
+    ops->gate_forward(s->o, acts->y, acts->xz, attn, w->E, n_tok, m.E, pure);
     hax_bf16_act(ops, cfg, s->o, (long)nE);  // as in the forward
     ops->zero(s->do_, sizeof(float) * nE);
     ops->linear_backward(s->do_, m.E, gr->out_proj, NULL, dout, ld_dout, s->o, m.E, w->out_proj, n_tok, m.E, m.d);
     hax_bf16_pure(ops, cfg, s->do_, (long)nE);
-    // with the branch, s->ddraw (zeroed below) is the dE sum's scratch
+    // with the branch, s->ddraw (zeroed below) is the dE sum's scratch; dy
+    // stays fp32 (the scan's inside), dz and dattn come out bf16 in bf16-pure
     ops->gate_backward(s->dy, s->dxz, dattn, gr->E, s->ddraw, s->do_, acts->y, acts->xz, attn, w->E, n_tok, m.E,
-                       work);
-    hax_bf16_pure(ops, cfg, s->dy, (long)nE);
+                       work, pure);
     hax_bf16_pure_rows(ops, cfg, s->dxz + m.E, 2 * m.E, m.E, n_tok);  // dz
     if (attn) hax_bf16_pure(ops, cfg, dattn, (long)nE);
     // scan → dX (=, from zero), dΔraw, dB, dC and the scan parameters
@@ -140,6 +146,13 @@ void mamba_post_backward(const hax_ops *ops, mamba_bwd *s, float *dattn, const f
     ops->linear_backward(s->dx_dbl, m.RN, gr->dt_proj_w, NULL, s->ddraw, m.E, xd, m.RN, w->dt_proj_w, n_tok, m.R,
                          m.E);
     hax_bf16_pure(ops, cfg, s->dx_dbl, (long)n_tok * m.RN);  // dδ | dB | dC
+    if (attn && pure) {  // Enhanced: x_proj's share is a bf16 tensor of its own (ddraw is free)
+        ops->zero(s->ddraw, sizeof(float) * nE);
+        ops->linear_backward(s->ddraw, m.E, gr->x_proj, NULL, s->dx_dbl, m.RN, acts->X, m.E, w->x_proj, n_tok, m.E,
+                             m.RN);
+        ops->add_bf16_rows(s->dX, m.E, s->ddraw, m.E, m.E, n_tok);
+        return;
+    }
     ops->linear_backward(s->dX, m.E, gr->x_proj, NULL, s->dx_dbl, m.RN, acts->X, m.E, w->x_proj, n_tok, m.E, m.RN);
     hax_bf16_pure(ops, cfg, s->dX, (long)nE);
 }

@@ -1,9 +1,10 @@
 // mixer_mamba2.c: the (Enhanced) Mamba-2 mixer in two halves (see mixer_mamba2.h).
 // bf16 emulation (ops.h; no-ops in fp32): forward, p, xBC' = silu(conv), the
-// SSD output y (fp32 inside: A = -exp(A_log), the dt bias, Δ), y' = y +
-// attn·E (one rounding for the fused merge, where §5.7 has two bf16 ops) and
-// g; backward, dg, dy, dattn, dxBC' (after the SSD and after the branch) and
-// dp (z, xBC, dt parts) before in_proj's backward.
+// SSD output y (fp32 inside: A = -exp(A_log), the dt bias, Δ), y' =
+// bf16(y + bf16(attn·E)) (§5.7's two bf16 ops, inside add_attn) and g;
+// backward, dg, dy, dattn, dE's bf16 products (inside add_attn's backward),
+// dxBC' (after the SSD and after the branch, which adds its shares as bf16
+// tensors) and dp (z, xBC, dt parts) before in_proj's backward.
 #include "src/engine/mixer_mamba2.h"
 
 #include "src/core/common.h"
@@ -95,7 +96,7 @@ void mamba2_post_forward(const hax_ops *ops, float *out, int ld_out, mamba2_acts
     if (attn) {
         if (!w->E) hax_die("mixer_mamba2: an attention output was given but the parameter E is NULL");
         // Enhanced Mamba-2 (MODEL.md §5.7): y' = y + attn ⊙ E before the gated norm.
-        ops->add_attn_forward(acts->y, attn, w->E, n, E);
+        ops->add_attn_forward(acts->y, attn, w->E, n, E, cfg->precision == PREC_BF16_PURE);
         hax_bf16_pure(ops, cfg, acts->y, (long)n * E);
     }
     ops->gated_norm_forward(acts->g, E, acts->rstd, acts->y, E, acts->p, W, w->norm_w, n, E, cfg->norm_eps);
@@ -121,7 +122,8 @@ void mamba2_post_backward(const hax_ops *ops, mamba2_bwd *s, float *dattn, const
                              n, E, work);
     hax_bf16_pure(ops, cfg, s->dy, (long)nE);
     // y' = y + attn·E: dattn += dy·E, dE += Σ_t dy·attn (dg is free again: the sum's scratch)
-    if (attn) ops->add_attn_backward(dattn, gr->E, s->dg, s->dy, attn, w->E, n, E, work);
+    if (attn)
+        ops->add_attn_backward(dattn, gr->E, s->dg, s->dy, attn, w->E, n, E, work, cfg->precision == PREC_BF16_PURE);
     if (attn) hax_bf16_pure(ops, cfg, dattn, (long)nE);
     const float *X = acts->xbc, *dt = acts->p + E + cd;
     ops->ssd_backward(s->dxbc, cd, s->dp + E + cd, W, s->dxbc + E, s->dxbc + E + N, cd, gr->dt_bias, gr->A_log,

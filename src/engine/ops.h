@@ -103,17 +103,21 @@ typedef struct hax_ops {
                                 const float *w, int n, int E, void *work);
     // Mamba gate o = y·silu(z) (+ attn·Ev·silu(z)), z = xz[:, E:2E], and its
     // backward (dy, the z half of dxz =; dattn +=; dEv += Σ_t do·attn·silu(z),
-    // prod [n, E] is scratch for it); attn may be NULL (plain Mamba).
+    // prod [n, E] is scratch for it); attn may be NULL (plain Mamba). bf16:
+    // the bf16-pure merge, each intermediate rounded (src/ops/gate.h).
     void (*gate_forward)(float *o, const float *y, const float *xz, const float *attn, const float *Ev, int n,
-                         int E);
+                         int E, int bf16);
     void (*gate_backward)(float *dy, float *dxz, float *dattn, float *dEv, float *prod, const float *do_,
                           const float *y, const float *xz, const float *attn, const float *Ev, int n, int E,
-                          void *work);
+                          void *work, int bf16);
     // Enhanced Mamba-2: y += attn·Ev, and its backward (dattn += dy·Ev,
-    // dEv += Σ_t dy·attn; prod [n, E] scratch).
-    void (*add_attn_forward)(float *y, const float *attn, const float *Ev, int n, int E);
+    // dEv += Σ_t dy·attn; prod [n, E] scratch). bf16: as gate_forward.
+    void (*add_attn_forward)(float *y, const float *attn, const float *Ev, int n, int E, int bf16);
     void (*add_attn_backward)(float *dattn, float *dEv, float *prod, const float *dy, const float *attn,
-                              const float *Ev, int n, int E, void *work);
+                              const float *Ev, int n, int E, void *work, int bf16);
+    // A gradient accumulated from several bf16 contributions (bf16-pure):
+    // dst = bf16(dst + bf16(src)) on rows t < rows, columns j < width.
+    void (*add_bf16_rows)(float *dst, int ld_dst, const float *src, int ld_src, int width, int rows);
 
     // ---- Samba (src/ops/attn.h, mlp.h)
     void (*attn_forward)(float *out, int ld_out, const attn_acts *acts, const float *a, int ld_a,
@@ -122,10 +126,14 @@ typedef struct hax_ops {
     void (*attn_backward)(float *da, int ld_da, const attn_grads *gr, const float *dout, int ld_dout,
                           const float *a, int ld_a, const attn_acts *acts, const attn_params *w,
                           const hax_model_config *cfg, const int *seq_off, int n_seq, int n_tok, void *work);
+    // bf16: g, u, s, ds, dg, du rounded where the reference stores them and
+    // da's two shares added in bf16 (src/ops/mlp.h); attn_forward/backward
+    // read cfg->precision (src/ops/attn.h).
     void (*mlp_forward)(float *out, int ld_out, const mlp_acts *acts, const float *a, int ld_a,
-                        const mlp_params *w, int n_tok, int d, int M);
+                        const mlp_params *w, int n_tok, int d, int M, int bf16);
     void (*mlp_backward)(float *da, int ld_da, const mlp_grads *gr, const float *dout, int ld_dout, const float *a,
-                         int ld_a, const mlp_acts *acts, const mlp_params *w, int n_tok, int d, int M, void *work);
+                         int ld_a, const mlp_acts *acts, const mlp_params *w, int n_tok, int d, int M, void *work,
+                         int bf16);
 
     // ---- the sparse branch (src/sparse/sparse.h). b is the batch as run
     // (host arrays), seq_off its backend copy. forward leaves the layer's

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "src/core/common.h"
+#include "src/ops/basic.h"
 #include "src/ops/linear.h"
 
 size_t attn_acts_floats(const hax_model_config *cfg, int n_tok) {
@@ -46,7 +47,7 @@ static void rope_inv_freq(float *inv, int hd, float theta) {
 }
 
 void rope_apply(float *x, int ld_x, const int *seq_off, int n_seq, int n_heads, int hd,
-                float theta, int inverse) {
+                float theta, int inverse, int bf16) {
     int half = hd / 2;
     float *inv = xmalloc((size_t)half * sizeof(float));
     rope_inv_freq(inv, hd, theta);
@@ -55,12 +56,15 @@ void rope_apply(float *x, int ld_x, const int *seq_off, int n_seq, int n_heads, 
         for (int t = seq_off[s]; t < seq_off[s + 1]; t++) {
             float pos = (float)(t - seq_off[s]);
             for (int i = 0; i < half; i++) {
-                float ang = pos * inv[i], c = cosf(ang), sn = inverse ? -sinf(ang) : sinf(ang);
+                float ang = pos * inv[i], c = cosf(ang), sn = sinf(ang);
+                if (bf16) c = hax_bf16_round(c), sn = hax_bf16_round(sn);  // the bf16 cos/sin cache
+                if (inverse) sn = -sn;
                 for (int h = 0; h < n_heads; h++) {
                     float *xh = x + (size_t)t * ld_x + h * hd;
                     float x1 = xh[i], x2 = xh[i + half];
                     xh[i] = x1 * c - x2 * sn;
                     xh[i + half] = x2 * c + x1 * sn;
+                    if (bf16) xh[i] = hax_bf16_round(xh[i]), xh[i + half] = hax_bf16_round(xh[i + half]);
                 }
             }
         }
@@ -106,11 +110,18 @@ void attn_forward(float *out, int ld_out, attn_acts *acts, const float *a, int l
     int n = seq_off[n_seq], d = cfg->hidden_size, H = cfg->attn_heads, hd = d / H;
     int W = cfg->window_size;
     float scale = 1.0f / sqrtf((float)hd);
+    int bf16 = cfg->precision == PREC_BF16_PURE;
+    size_t nd = (size_t)n * d;
     linear_forward(acts->q, d, a, ld_a, w->q_proj, NULL, n, d, d);
     linear_forward(acts->k, d, a, ld_a, w->k_proj, NULL, n, d, d);
     linear_forward(acts->v, d, a, ld_a, w->v_proj, NULL, n, d, d);
-    rope_apply(acts->q, d, seq_off, n_seq, H, hd, cfg->rope_theta, 0);
-    rope_apply(acts->k, d, seq_off, n_seq, H, hd, cfg->rope_theta, 0);
+    if (bf16) {
+        round_bf16(acts->q, acts->q, (long)nd);
+        round_bf16(acts->k, acts->k, (long)nd);
+        round_bf16(acts->v, acts->v, (long)nd);
+    }
+    rope_apply(acts->q, d, seq_off, n_seq, H, hd, cfg->rope_theta, 0, bf16);
+    rope_apply(acts->k, d, seq_off, n_seq, H, hd, cfg->rope_theta, 0, bf16);
 #pragma omp parallel
     {
         float *sc = xmalloc((size_t)W * sizeof(float));
@@ -120,6 +131,7 @@ void attn_forward(float *out, int ld_out, attn_acts *acts, const float *a, int l
                 attn_head_forward(acts, d, H, hd, W, scale, seq_off[s], seq_off[s + 1], h, sc);
         free(sc);
     }
+    if (bf16) round_bf16(acts->o, acts->o, (long)nd);  // flash-attn's bf16 output
     linear_forward(out, ld_out, acts->o, d, w->o_proj, NULL, n, d, d);
 }
 
@@ -159,17 +171,37 @@ void attn_backward(float *da, int ld_da, attn_grads *gr, float *scratch, const f
     float scale = 1.0f / sqrtf((float)hd);
     size_t nd = (size_t)n * d;
     float *dO = scratch, *dq = scratch + nd, *dk = scratch + 2 * nd, *dv = scratch + 3 * nd;
+    int bf16 = cfg->precision == PREC_BF16_PURE;
     memset(scratch, 0, 4 * nd * sizeof(float));
     linear_backward(dO, d, gr->o_proj, NULL, dout, ld_dout, acts->o, d, w->o_proj, n, d, d);
+    if (bf16) round_bf16(dO, dO, (long)nd);
 #pragma omp parallel for schedule(dynamic, 1) collapse(2)
     for (int s = 0; s < n_seq; s++)
         for (int h = 0; h < H; h++)
             attn_head_backward(dq, dk, dv, dO, acts, d, H, hd, W, scale, seq_off[s],
                                seq_off[s + 1], h);
+    if (bf16) {  // flash-attn's bf16 dq, dk, dv
+        round_bf16(dq, dq, (long)nd);
+        round_bf16(dk, dk, (long)nd);
+        round_bf16(dv, dv, (long)nd);
+    }
     // The rotation is orthogonal: its backward is its inverse.
-    rope_apply(dq, d, seq_off, n_seq, H, hd, cfg->rope_theta, 1);
-    rope_apply(dk, d, seq_off, n_seq, H, hd, cfg->rope_theta, 1);
-    linear_backward(da, ld_da, gr->q_proj, NULL, dq, d, a, ld_a, w->q_proj, n, d, d);
-    linear_backward(da, ld_da, gr->k_proj, NULL, dk, d, a, ld_a, w->k_proj, n, d, d);
-    linear_backward(da, ld_da, gr->v_proj, NULL, dv, d, a, ld_a, w->v_proj, n, d, d);
+    rope_apply(dq, d, seq_off, n_seq, H, hd, cfg->rope_theta, 1, bf16);
+    rope_apply(dk, d, seq_off, n_seq, H, hd, cfg->rope_theta, 1, bf16);
+    if (!bf16) {
+        linear_backward(da, ld_da, gr->q_proj, NULL, dq, d, a, ld_a, w->q_proj, n, d, d);
+        linear_backward(da, ld_da, gr->k_proj, NULL, dk, d, a, ld_a, w->k_proj, n, d, d);
+        linear_backward(da, ld_da, gr->v_proj, NULL, dv, d, a, ld_a, w->v_proj, n, d, d);
+        return;
+    }
+    // bf16-pure: da receives three bf16 contributions, added in autograd's
+    // order for fla's Attention (v, k, q: the later-created nodes run first);
+    // dO's slot is free for each share
+    const float *dsrc[3] = {dv, dk, dq}, *wsrc[3] = {w->v_proj, w->k_proj, w->q_proj};
+    float *gdst[3] = {gr->v_proj, gr->k_proj, gr->q_proj};
+    for (int i = 0; i < 3; i++) {
+        memset(dO, 0, nd * sizeof(float));
+        linear_backward(da ? dO : NULL, d, gdst[i], NULL, dsrc[i], d, a, ld_a, wsrc[i], n, d, d);
+        if (da) add_bf16_rows(da, ld_da, dO, d, d, n);
+    }
 }

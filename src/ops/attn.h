@@ -11,6 +11,15 @@
 //   out = o·W_oᵀ                              [n_tok, d]
 // Cost O(n_tok·W·d). Dimensions from hax_model_config: d = hidden_size,
 // attn_heads, window_size, rope_theta (attn_kv_heads must equal attn_heads).
+//
+// cfg->precision bf16-pure (README "Precision", MODEL.md §4.3): the tensors
+// the reference stores are rounded to bf16 where its ops store them: q, k, v
+// (the projections), the rotary's cos/sin cache and its output q', k', the
+// attention output o (flash-attn: fp32 inside), and in backward dO, flash-
+// attn's dq', dk', dv, the rotary backward's dq, dk, and da as three bf16
+// contributions in autograd's order (v, k, q). Inside flash-attn (scores,
+// softmax, its bf16 P tiles) the computation stays fp32. Other precisions:
+// bit for bit as before.
 #ifndef HAX_OPS_ATTN_H
 #define HAX_OPS_ATTN_H
 
@@ -55,8 +64,9 @@ void attn_backward(float *da, int ld_da, attn_grads *gr, float *scratch, const f
                    int n_seq);
 
 // RoPE in place on x [n_tok, n_heads·hd] (ld_x), positions 0.. per sequence;
-// inverse = 1 applies the transpose (the backward of the rotation).
+// inverse = 1 applies the transpose (the backward of the rotation); bf16 = 1
+// rounds cos, sin and the result to bf16.
 void rope_apply(float *x, int ld_x, const int *seq_off, int n_seq, int n_heads, int hd,
-                float theta, int inverse);
+                float theta, int inverse, int bf16);
 
 #endif

@@ -27,6 +27,15 @@ void round_bf16_rows(float *x, int ld, int width, int rows) {
     for (int t = 0; t < rows; t++) round_bf16(x + (size_t)t * ld, x + (size_t)t * ld, width);
 }
 
+void add_bf16_rows(float *dst, int ld_dst, const float *src, int ld_src, int width, int rows) {
+#pragma omp parallel for schedule(static) if ((long)rows * width > (1 << 16))
+    for (int t = 0; t < rows; t++)
+        for (int j = 0; j < width; j++) {
+            float *d = dst + (size_t)t * ld_dst + j;
+            *d = hax_bf16_round(*d + hax_bf16_round(src[(size_t)t * ld_src + j]));
+        }
+}
+
 // ---------------------------------------------------------------- embedding
 
 void embedding_forward(float *out, const int32_t *ids, const float *W_emb, int n_tok, int d, int V) {

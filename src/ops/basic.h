@@ -24,6 +24,10 @@
 // rounds x[t*ld + 0..width) for t < rows in place.
 void round_bf16(float *out, const float *x, long n);
 void round_bf16_rows(float *x, int ld, int width, int rows);
+// A gradient that autograd accumulates from several bf16 contributions:
+// dst = bf16(dst + bf16(src)) on rows t < rows, columns j < width (the first
+// use of a contribution rounds it, then the bf16 sum is rounded).
+void add_bf16_rows(float *dst, int ld_dst, const float *src, int ld_src, int width, int rows);
 
 // ---- embedding (§1.1): out[t, :] = W_emb[ids[t], :], W_emb [V, d].
 // Dies (naming the position and id) on an id outside [0, V).

@@ -19,12 +19,22 @@
 //   dV_j += (1/L) sum_{t empty} dattn_t,
 // so the cost is O(n E N) per sequence, not O(n L E). Causal semantics: an
 // empty row outputs 0 and has no gradient.
+//
+// bf16-pure (st->bf16, src/sparse/sparse.h): scores, probabilities, the
+// output, dP and d score are rounded per element as the reference's bf16
+// tensors; dQ, dK, dV are summed here and rounded by the caller (sparse.c).
+// Empty rows have P = R(1/L); their backward runs dense (every dP and d
+// score of the row rounded), O(n (E + N)) per empty row instead of the
+// factorised sums.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "src/core/common.h"
+#include "src/core/scalar.h"
 #include "src/sparse/internal.h"
+
+#define R hax_bf16_round
 
 // A dot product in float (vectorised: the lanes' order is fixed, so the result
 // does not depend on threads or on how the batch is packed).
@@ -54,8 +64,9 @@ static void sum_values(double *sv, const float *V, int ldv, const int *seq_off, 
 
 void sparse_attn_forward(hax_sparse_state *st, const float *V, int ldv, const int *seq_off,
                          int n_seq, int L, hax_semantics sem, float *attn, int ld_attn) {
-    int N = st->N, E = st->E, ldkq = 2 * N, n_tok = seq_off[n_seq];
+    int N = st->N, E = st->E, ldkq = 2 * N, n_tok = seq_off[n_seq], bf16 = st->bf16;
     const float *KQ = st->KQ;
+    float pe = R(1.0f / (float)L);  // bf16-pure: an empty row's probability
     if (st->has_empty && sem == SEMANTICS_REFERENCE) sum_values(st->seq_sv, V, ldv, seq_off, n_seq, E);
 #pragma omp parallel for schedule(static)
     for (int g = 0; g < n_tok; g++) {
@@ -64,8 +75,10 @@ void sparse_attn_forward(hax_sparse_state *st, const float *V, int ldv, const in
         int s = sparse_seq_of(seq_off, n_seq, g), o = seq_off[s];
         if (cnt == 0) {
             const double *sv = st->seq_sv + (size_t)s * E;
-            for (int e = 0; e < E; e++)
-                out[e] = sem == SEMANTICS_REFERENCE ? (float)(sv[e] / L) : 0.0f;
+            for (int e = 0; e < E; e++) {
+                if (sem != SEMANTICS_REFERENCE) out[e] = 0.0f;
+                else out[e] = bf16 ? R((float)(sv[e] * pe)) : (float)(sv[e] / L);
+            }
             continue;
         }
         const int *key = st->allow_key + off;
@@ -74,6 +87,7 @@ void sparse_attn_forward(hax_sparse_state *st, const float *V, int ldv, const in
         float mx = -INFINITY;
         for (int i = 0; i < cnt; i++) {
             p[i] = dot_f(q, KQ + (size_t)(o + key[i]) * ldkq, N);
+            if (bf16) p[i] = R(p[i]);
             if (p[i] > mx) mx = p[i];
         }
         double sum = 0;
@@ -84,10 +98,13 @@ void sparse_attn_forward(hax_sparse_state *st, const float *V, int ldv, const in
         float inv = (float)(1.0 / sum);
         for (int e = 0; e < E; e++) out[e] = 0;
         for (int i = 0; i < cnt; i++) {
-            p[i] *= inv;
+            if (bf16) p[i] = R(p[i] / (float)sum);  // softmax's epilogue exp(s - max) / sum
+            else p[i] *= inv;
             const float *v = V + (size_t)(o + key[i]) * ldv;
             axpy_f(out, p[i], v, E);
         }
+        if (bf16)
+            for (int e = 0; e < E; e++) out[e] = R(out[e]);
     }
 }
 
@@ -163,6 +180,36 @@ static void empty_rows_backward(hax_sparse_state *st, const float *V, int ldv, i
     }
 }
 
+// The reference's empty rows of one sequence in bf16-pure, dense as autograd
+// runs them (the factorised form above would skip the per-element roundings):
+// with pe = R(1/L) on every one of the L keys, per empty row t:
+//   dP_tj = R(dattn_t . V_j), D_t = sum_j pe dP_tj (pads: dP = 0),
+//   ds_tj = R(pe (dP_tj - D_t)); dQ_t += sum_j ds_tj K_j (keys ascending),
+//   then, rows ascending, dK_j += ds_tj Q_t and dV_j += pe dattn_t (pads' K
+//   and V are 0, so they add nothing). dp: n floats.
+static void empty_rows_backward_bf16(hax_sparse_state *st, const float *V, int ldv, int o, int n, int L,
+                                     const float *dattn, int ld_dattn, float *dV, int ld_dv, float *dp) {
+    int N = st->N, E = st->E, ldkq = 2 * N;
+    const float *KQ = st->KQ;
+    float pe = R(1.0f / (float)L);
+    for (int t = 0; t < n; t++) {
+        if (st->allow_off[o + t + 1] != st->allow_off[o + t]) continue;
+        const float *da = dattn + (size_t)(o + t) * ld_dattn, *q = KQ + (size_t)(o + t) * ldkq + N;
+        double D = 0;
+        for (int j = 0; j < n; j++) {
+            dp[j] = R(dot_f(da, V + (size_t)(o + j) * ldv, E));
+            D += (double)pe * dp[j];
+        }
+        float Df = (float)D, *dq = st->dKQ + (size_t)(o + t) * ldkq + N;
+        for (int j = 0; j < n; j++) {
+            float ds = R(pe * (dp[j] - Df));
+            axpy_f(dq, ds, KQ + (size_t)(o + j) * ldkq, N);
+            axpy_f(st->dKQ + (size_t)(o + j) * ldkq, ds, q, N);
+            axpy_f(dV + (size_t)(o + j) * ld_dv, pe, da, E);
+        }
+    }
+}
+
 void sparse_attn_backward(hax_sparse_state *st, const float *V, int ldv, const int *seq_off,
                           int n_seq, int L, hax_semantics sem, const float *dattn, int ld_dattn,
                           float *dV, int ld_dv) {
@@ -181,10 +228,12 @@ void sparse_attn_backward(hax_sparse_state *st, const float *V, int ldv, const i
         double D = 0;
         for (int i = 0; i < cnt; i++) {
             ds[i] = dot_f(da, V + (size_t)(o + key[i]) * ldv, E);
+            if (st->bf16) ds[i] = R(ds[i]);  // dP, a bf16 GEMM output
             D += (double)p[i] * ds[i];
         }
         for (int i = 0; i < cnt; i++) {
             ds[i] = p[i] * (ds[i] - (float)D);
+            if (st->bf16) ds[i] = R(ds[i]);  // softmax backward's bf16 output
             const float *k = KQ + (size_t)(o + key[i]) * ldkq;
             axpy_f(dq, ds[i], k, N);
         }
@@ -203,6 +252,18 @@ void sparse_attn_backward(hax_sparse_state *st, const float *V, int ldv, const i
         }
     }
     if (!(st->has_empty && sem == SEMANTICS_REFERENCE)) return;
+    if (st->bf16) {
+#pragma omp parallel
+        {
+            float *dp = xmalloc(sizeof(float) * (size_t)st->max_len);
+#pragma omp for schedule(dynamic, 1)
+            for (int s = 0; s < n_seq; s++)
+                empty_rows_backward_bf16(st, V, ldv, seq_off[s], seq_off[s + 1] - seq_off[s], L, dattn, ld_dattn,
+                                         dV, ld_dv, dp);
+            free(dp);
+        }
+        return;
+    }
 #pragma omp parallel
     {
         double *w = xmalloc(sizeof(double) * (2 * (size_t)E * N + E + 2 * N));
@@ -230,24 +291,32 @@ void sparse_full_forward(hax_sparse_state *st, const float *V, int ldv, const in
             float mx = -INFINITY;
             for (int j = 0; j <= t; j++) {
                 sc[j] = dot_f(q, KQ + (size_t)(o + j) * ldkq, N);
+                if (st->bf16) sc[j] = R(sc[j]);
                 if (sc[j] > mx) mx = sc[j];
             }
             double sum = 0;
-            for (int j = 0; j <= t; j++) {
-                sc[j] = expf(sc[j] - mx);
-                sum += sc[j];
-            }
+            for (int j = 0; j <= t; j++) sum += expf(sc[j] - mx);
             float inv = (float)(1.0 / sum), *out = attn + (size_t)g * ld_attn;
+            st->lse[g] = mx + (float)log(sum);
             for (int e = 0; e < E; e++) out[e] = 0;
             for (int j = 0; j <= t; j++) {
                 const float *v = V + (size_t)(o + j) * ldv;
-                float p = sc[j] * inv;
+                // bf16-pure: P = R(exp(s - lse)), as the backward recomputes it
+                float p = st->bf16 ? R(expf(sc[j] - st->lse[g])) : expf(sc[j] - mx) * inv;
                 axpy_f(out, p, v, E);
             }
-            st->lse[g] = mx + (float)log(sum);
+            if (st->bf16)
+                for (int e = 0; e < E; e++) out[e] = R(out[e]);
         }
         free(sc);
     }
+}
+
+// `full`: P_tj from the row's log-sum-exp (bf16-pure: the rounded score and
+// a rounded P).
+static inline float full_p(const float *q, const float *k, int N, float lse, int bf16) {
+    float s = dot_f(q, k, N);
+    return bf16 ? R(expf(R(s) - lse)) : expf(s - lse);
 }
 
 void sparse_full_backward(hax_sparse_state *st, const float *V, int ldv, const int *seq_off,
@@ -265,14 +334,16 @@ void sparse_full_backward(hax_sparse_state *st, const float *V, int ldv, const i
             const float *q = KQ + (size_t)g * ldkq + N, *da = dattn + (size_t)g * ld_dattn;
             double D = 0;
             for (int j = 0; j <= t; j++) {
-                pp[j] = expf(dot_f(q, KQ + (size_t)(o + j) * ldkq, N) - st->lse[g]);
+                pp[j] = full_p(q, KQ + (size_t)(o + j) * ldkq, N, st->lse[g], st->bf16);
                 dp[j] = dot_f(da, V + (size_t)(o + j) * ldv, E);
+                if (st->bf16) dp[j] = R(dp[j]);
                 D += (double)pp[j] * dp[j];
             }
             st->rowD[g] = (float)D;
             float *dq = st->dKQ + (size_t)g * ldkq + N;
             for (int j = 0; j <= t; j++) {
                 float ds = pp[j] * (dp[j] - (float)D);
+                if (st->bf16) ds = R(ds);
                 const float *k = KQ + (size_t)(o + j) * ldkq;
                 axpy_f(dq, ds, k, N);
             }
@@ -287,8 +358,9 @@ void sparse_full_backward(hax_sparse_state *st, const float *V, int ldv, const i
         float *dk = st->dKQ + (size_t)j * ldkq, *dv = dV + (size_t)j * ld_dv;
         for (int g = j; g < end; g++) {
             const float *q = KQ + (size_t)g * ldkq + N, *da = dattn + (size_t)g * ld_dattn;
-            float p = expf(dot_f(q, k, N) - st->lse[g]);
-            float ds = p * (dot_f(da, v, E) - st->rowD[g]);
+            float p = full_p(q, k, N, st->lse[g], st->bf16), dp = dot_f(da, v, E);
+            float ds = p * ((st->bf16 ? R(dp) : dp) - st->rowD[g]);
+            if (st->bf16) ds = R(ds);
             axpy_f(dk, ds, q, N);
             axpy_f(dv, p, da, E);
         }

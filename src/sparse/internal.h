@@ -21,9 +21,10 @@ static inline int sparse_seq_of(const int *seq_off, int n_seq, int g) {
 // normalised (reference: per feature over the padded sequence of length L;
 // causal: the prefix mean and the vector's own norm); bucket = sign-bin code
 // sum_i 2^i [proj_i > 0], or with argmax != 0 the first index of the maximum.
+// bf16 (bf16-pure, reference semantics): the reference's bf16 ops (lsh.c).
 void sparse_lsh_hash(int32_t *bucket, float *proj, const float *x, int ldx, int N,
                      const float *H, int h, int argmax, const int *seq_off, int n_seq, int L,
-                     hax_semantics sem);
+                     hax_semantics sem, int bf16);
 
 // src/sparse/masks.c: builds st->allow_off / allow_key (the union per query) for
 // the components of cfg->sparse_mask except `full`; KS selections are read

@@ -82,6 +82,65 @@ void ks_features(float *T, const float *K, int ldk, const float *Q, int ldq, con
     }
 }
 
+// ---------------------------------------------------------------- bf16 features
+
+#define R hax_bf16_round
+
+int ks_cumsum_bf16_acc(void) {
+    const char *v = getenv("HAX_KS_CUMSUM_BF16_ACC");
+    if (!v || !*v || !strcmp(v, "1")) return 1;
+    if (!strcmp(v, "0")) return 0;
+    hax_die("HAX_KS_CUMSUM_BF16_ACC: expected 0 or 1, found '%s'", v);
+    return 1;
+}
+
+// One sequence (ks.h's ks_features_bf16): C_t is kept in T's TQ half until
+// the column norms are known. w2: N doubles.
+static void features_seq_bf16(float *T, const float *K, int ldk, const float *Q, int ldq, int n, int n_pad,
+                              int N, int bf16_acc, double *w2) {
+    int twoN = 2 * N;
+    for (int t = 0; t < n; t++) memcpy(T + (size_t)t * twoN, K + (size_t)t * ldk, sizeof(float) * N);
+    for (int i = 0; i < N; i++) {
+        float acc = 0.0f, c = 0.0f;
+        double s2 = 0.0;
+        for (int t = 0; t < n; t++) {
+            acc = bf16_acc ? R(acc + Q[(size_t)t * ldq + i]) : acc + Q[(size_t)t * ldq + i];
+            c = R(acc);
+            T[(size_t)t * twoN + N + i] = c;
+            s2 += (double)c * c;
+        }
+        // the n_pad pad positions hold C_{n-1}
+        w2[i] = R(fmaxf(R(sqrtf((float)(s2 + (double)n_pad * c * c))), 1e-12f));
+    }
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < N; i++) {
+            float *tq = T + (size_t)t * twoN + N + i;
+            *tq = R(*tq / (float)w2[i]);
+        }
+}
+
+void ks_features_bf16(float *T, const float *K, int ldk, const float *Q, int ldq, const int *seq_off,
+                      int n_seq, int model_len, int N, int bf16_acc) {
+    for (int s = 0; s < n_seq; s++) {
+        int n = seq_off[s + 1] - seq_off[s];
+        if (n > model_len)
+            hax_die("sparse_ks: batch model_len: expected at least every sequence length, found %d < length %d "
+                    "of sequence %d", model_len, n, s);
+    }
+#pragma omp parallel
+    {
+        double *w2 = xmalloc(sizeof(double) * N);
+#pragma omp for schedule(dynamic, 1)
+        for (int s = 0; s < n_seq; s++) {
+            size_t o = (size_t)seq_off[s];
+            int n = seq_off[s + 1] - seq_off[s];
+            features_seq_bf16(T + o * 2 * N, K + o * ldk, ldk, Q + o * ldq, ldq, n, model_len - n, N, bf16_acc,
+                              w2);
+        }
+        free(w2);
+    }
+}
+
 // ---------------------------------------------------------------- score MLP
 
 static void relu_inplace(float *x, size_t n) {
@@ -101,6 +160,20 @@ void ks_mlp_forward(float *score, float *h1, float *h2, const float *T, const ks
     linear_forward_rows(score, 1, h2, D, p->w3, p->b3, n_tok, D, 1);
 }
 
+void ks_mlp_forward_bf16(float *score, float *h1, float *h2, const float *T, const ks_params *p,
+                         int n_tok, int N) {
+    int D = 2 * N;
+    size_t nd = (size_t)n_tok * D;
+    linear_forward_rows(h1, D, T, D, p->w1, p->b1, n_tok, D, D);
+    for (size_t i = 0; i < nd; i++) h1[i] = R(h1[i]);
+    relu_inplace(h1, nd);
+    linear_forward_rows(h2, D, h1, D, p->w2, p->b2, n_tok, D, D);
+    for (size_t i = 0; i < nd; i++) h2[i] = R(h2[i]);
+    relu_inplace(h2, nd);
+    linear_forward_rows(score, 1, h2, D, p->w3, p->b3, n_tok, D, 1);
+    for (int i = 0; i < n_tok; i++) score[i] = R(score[i]);
+}
+
 size_t ks_mlp_scratch_floats(int n_rows, int N) {
     return (size_t)n_rows * (5 * (size_t)(2 * N) + 1);
 }
@@ -112,9 +185,9 @@ static void relu_backward(float *dh, const float *h, size_t n) {
         if (!(h[i] > 0.0f)) dh[i] = 0.0f;
 }
 
-void ks_mlp_backward(const ks_grads *g, const ks_params *p, const float *T, const float *h1,
-                     const float *h2, const float *dscore, const int *rows, int n_rows, int N,
-                     float *scratch) {
+// ks_mlp_backward, and with bf16 its bf16-pure form (dh2, dh1 rounded).
+static void mlp_backward(const ks_grads *g, const ks_params *p, const float *T, const float *h1, const float *h2,
+                         const float *dscore, const int *rows, int n_rows, int N, float *scratch, int bf16) {
     if (n_rows <= 0) return;
     int D = 2 * N;
     size_t nd = (size_t)n_rows * D;
@@ -131,10 +204,26 @@ void ks_mlp_backward(const ks_grads *g, const ks_params *p, const float *T, cons
     memset(dh1, 0, sizeof(float) * nd);
     memset(dh2, 0, sizeof(float) * nd);
     linear_backward(dh2, D, g->w3, g->b3, ds, 1, h2g, D, p->w3, n_rows, D, 1);
+    if (bf16)
+        for (size_t i = 0; i < nd; i++) dh2[i] = R(dh2[i]);
     relu_backward(dh2, h2g, nd);
     linear_backward(dh1, D, g->w2, g->b2, dh2, D, h1g, D, p->w2, n_rows, D, D);
+    if (bf16)
+        for (size_t i = 0; i < nd; i++) dh1[i] = R(dh1[i]);
     relu_backward(dh1, h1g, nd);
     linear_backward(NULL, 0, g->w1, g->b1, dh1, D, Tg, D, p->w1, n_rows, D, D);
+}
+
+void ks_mlp_backward(const ks_grads *g, const ks_params *p, const float *T, const float *h1,
+                     const float *h2, const float *dscore, const int *rows, int n_rows, int N,
+                     float *scratch) {
+    mlp_backward(g, p, T, h1, h2, dscore, rows, n_rows, N, scratch, 0);
+}
+
+void ks_mlp_backward_bf16(const ks_grads *g, const ks_params *p, const float *T, const float *h1,
+                          const float *h2, const float *dscore, const int *rows, int n_rows, int N,
+                          float *scratch) {
+    mlp_backward(g, p, T, h1, h2, dscore, rows, n_rows, N, scratch, 1);
 }
 
 // ---------------------------------------------------------------- cumulative top-k
@@ -265,13 +354,25 @@ double ks_forward(ks_state *st, const ks_params *p, const float *K, int ldk, con
     st->n_tok = n_tok;
     st->n_seq = n_seq;
     st->seq_off = seq_off;
-    ks_features(st->T, K, ldk, Q, ldq, seq_off, n_seq, model_len, st->N, sem);
-    ks_mlp_forward(st->score, st->h1, st->h2, st->T, p, n_tok, st->N);
+    if (st->bf16 && sem == SEMANTICS_REFERENCE) {
+        ks_features_bf16(st->T, K, ldk, Q, ldq, seq_off, n_seq, model_len, st->N, ks_cumsum_bf16_acc());
+    } else {
+        ks_features(st->T, K, ldk, Q, ldq, seq_off, n_seq, model_len, st->N, sem);
+        if (st->bf16)  // causal semantics: no reference op sequence; the features as bf16 values
+            for (size_t i = 0; i < (size_t)n_tok * 2 * st->N; i++) st->T[i] = R(st->T[i]);
+    }
+    if (st->bf16) ks_mlp_forward_bf16(st->score, st->h1, st->h2, st->T, p, n_tok, st->N);
+    else ks_mlp_forward(st->score, st->h1, st->h2, st->T, p, n_tok, st->N);
     ks_cumtopk(st->sel, st->score, seq_off, n_seq, st->k_c);
     st->has_loss = cand != NULL;
     st->gate_loss = 0.0;
     if (!cand) return 0.0;
     memcpy(st->cand, cand, sizeof(int) * (size_t)n_seq * st->k_c);
+    if (st->bf16) {
+        ks_rank_targets_bf16(st->y, K, ldk, Q, ldq, st->cand, seq_off, n_seq, model_len, st->N, st->k_c, sem);
+        st->gate_loss = ks_rank_loss_pairs_bf16(st->score, st->y, st->cand, seq_off, n_seq, st->k_c);
+        return st->gate_loss;
+    }
     st->gate_loss = ks_rank_loss_forward(st->y, st->score, K, ldk, Q, ldq, st->cand, seq_off,
                                          n_seq, model_len, st->N, st->k_c, sem);
     return st->gate_loss;
@@ -281,6 +382,11 @@ void ks_backward(ks_state *st, const ks_params *p, const ks_grads *g, float scal
     if (!st->has_loss) return;
     int n_rows = ks_candidate_rows(st->rows, st->cand, st->seq_off, st->n_seq, st->k_c);
     for (int r = 0; r < n_rows; r++) st->dscore[st->rows[r]] = 0.0f;
+    if (st->bf16) {
+        ks_rank_loss_backward_bf16(st->dscore, st->score, st->y, st->cand, st->seq_off, st->n_seq, st->k_c, scale);
+        ks_mlp_backward_bf16(g, p, st->T, st->h1, st->h2, st->dscore, st->rows, n_rows, st->N, st->scratch);
+        return;
+    }
     ks_rank_loss_backward(st->dscore, st->score, st->y, st->cand, st->seq_off, st->n_seq,
                           st->k_c, scale);
     ks_mlp_backward(g, p, st->T, st->h1, st->h2, st->dscore, st->rows, n_rows, st->N,

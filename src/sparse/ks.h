@@ -114,10 +114,63 @@ void ks_rank_loss_backward(float *dscore, const float *score, const double *y, c
 // rows: at least n_seq * k_c ints. Returns the number written.
 int ks_candidate_rows(int *rows, const int *cand, const int *seq_off, int n_seq, int k_c);
 
+// ---------------------------------------------------------------- bf16-pure
+//
+// The same ops in the reference's pure-bf16 regime (train.precision
+// bf16-pure, MODEL.md §0, §5.5; README "Precision"): every tensor the
+// reference materialises is a bf16 value, each op computing in fp32 from bf16
+// inputs (sums accumulate in fp32; here in double, then rounded to float)
+// and rounding its output once. K and Q are bf16 values (the branch rounds
+// them). Written R() below.
+
+// The running query sum's accumulator (torch.cumsum over the sequence axis,
+// dim 1 of [B, L, N], an outer dimension: PyTorch's scan_outer_dim kernel
+// carries the running sum in the tensor's dtype, rounding after every add):
+// 1 (the default) or, with HAX_KS_CUMSUM_BF16_ACC=0, an fp32 accumulator
+// rounded only as each output is stored. Dies on another value.
+int ks_cumsum_bf16_acc(void);
+
+// Features (reference semantics): TK = K; C_t = R(C_{t-1} + Q_t) (bf16
+// accumulator; fp32 with bf16_acc = 0, C_t = R(acc)); the pads repeat C_{n-1};
+// w = R(sqrt(sum_t C_t^2 + n_pad C_{n-1}^2)); den = R(max(w, 1e-12));
+// TQ = R(C / den) (F.normalize: norm, clamp_min, divide, each a bf16 op).
+void ks_features_bf16(float *T, const float *K, int ldk, const float *Q, int ldq, const int *seq_off,
+                      int n_seq, int model_len, int N, int bf16_acc);
+
+// MLP: h1 = relu(R(W1 T + b1)), h2 = relu(R(W2 h1 + b2)), score = R(W3 h2 + b3).
+void ks_mlp_forward_bf16(float *score, float *h1, float *h2, const float *T, const ks_params *p,
+                         int n_tok, int N);
+// Its backward: dh2 = R(dscore W3), dh1 = R(dh2' W2) (ReLU masks exact); the
+// parameter gradients as ks_mlp_backward (the engine rounds them).
+void ks_mlp_backward_bf16(const ks_grads *g, const ks_params *p, const float *T, const float *h1,
+                          const float *h2, const float *dscore, const int *rows, int n_rows, int N,
+                          float *scratch);
+
+// Targets: a_tm = R(Q_t . K_I) (a bf16 GEMM), s = R(sigmoid(a)), y_m =
+// R(sum_{t >= I} s + 0.5 n_pad) (the pads' sigmoid(0) in reference semantics).
+void ks_rank_targets_bf16(double *y, const float *K, int ldk, const float *Q, int ldq, const int *cand,
+                          const int *seq_off, int n_seq, int model_len, int N, int k_c,
+                          hax_semantics sem);
+// Loss (torch 2.x binary_cross_entropy_with_logits on bf16): P = R(x_a - x_b),
+// term = R(R((1 - T) P) - R(log_sigmoid(P))), per sequence the mean of its
+// m^2 terms in double (the reference's final bf16 mean is not rounded here:
+// it is a reported number only).
+double ks_rank_loss_pairs_bf16(const float *score, const double *y, const int *cand, const int *seq_off,
+                               int n_seq, int k_c);
+// Backward (autograd's: the explicit binary_cross_entropy_with_logits
+// backward, the mean's division, then the broadcast subtraction's two sums):
+// dP_ab = R(R(R(R(sigmoid(P_ab)) - T_ab) scale) / m^2), scale the bf16 weight
+// over the sequence count (the engine's gate_scale in bf16-pure);
+// dscore[I_a] += R(R(sum_b dP_ab) + R(-sum_b dP_ba)).
+void ks_rank_loss_backward_bf16(float *dscore, const float *score, const double *y, const int *cand,
+                                const int *seq_off, int n_seq, int k_c, float scale);
+
 // ---------------------------------------------------------------- per layer
 
 typedef struct {
     int max_tok, max_seq, N, k_c;  // capacity
+    int bf16;                      // set by the caller: 1 runs the bf16-pure ops (causal semantics: the
+                                   // double features rounded, no reference to follow)
     int n_tok, n_seq;              // the last forward
     const int *seq_off;            // the last forward's (the caller keeps it until backward)
     float *T;                      // [max_tok, 2N] features

@@ -186,3 +186,86 @@ int ks_candidate_rows(int *rows, const int *cand, const int *seq_off, int n_seq,
     }
     return n_rows;
 }
+
+// ---------------------------------------------------------------- bf16-pure (ks.h)
+
+#define R hax_bf16_round
+
+void ks_rank_targets_bf16(double *y, const float *K, int ldk, const float *Q, int ldq, const int *cand,
+                          const int *seq_off, int n_seq, int model_len, int N, int k_c,
+                          hax_semantics sem) {
+    check_candidates(cand, seq_off, n_seq, k_c);
+    for (int s = 0; s < n_seq; s++) {
+        int n = seq_off[s + 1] - seq_off[s];
+        if (sem == SEMANTICS_REFERENCE && n > model_len)
+            hax_die("sparse_ks: batch model_len: expected at least every sequence length, found "
+                    "%d < length %d of sequence %d", model_len, n, s);
+    }
+#pragma omp parallel for schedule(dynamic, 8)
+    for (long j = 0; j < (long)n_seq * k_c; j++) {
+        int s = (int)(j / k_c);
+        size_t o = (size_t)seq_off[s];
+        int n = seq_off[s + 1] - seq_off[s];
+        int Ia = cand[j];
+        if (Ia < 0) {
+            y[j] = 0.0;
+            continue;
+        }
+        const float *k = K + (o + (size_t)Ia) * ldk;
+        double sum = 0.0;
+        for (int t = Ia; t < n; t++) {
+            const float *q = Q + (o + (size_t)t) * ldq;
+            double dot = 0.0;  // bf16 products are exact in double; the GEMM's sum rounded once
+            for (int i = 0; i < N; i++) dot += (double)q[i] * (double)k[i];
+            sum += R(hax_sigmoid(R((float)dot)));
+        }
+        if (sem == SEMANTICS_REFERENCE) sum += 0.5 * (double)(model_len - n);  // quirk 5
+        y[j] = R((float)sum);
+    }
+}
+
+double ks_rank_loss_pairs_bf16(const float *score, const double *y, const int *cand, const int *seq_off,
+                               int n_seq, int k_c) {
+    check_candidates(cand, seq_off, n_seq, k_c);
+    double *loss_s = xmalloc(sizeof(double) * (size_t)(n_seq > 0 ? n_seq : 1));
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int s = 0; s < n_seq; s++) {
+        const int *I = cand + (size_t)s * k_c;
+        const double *ys = y + (size_t)s * k_c;
+        const float *x = score + seq_off[s];
+        int m = n_candidates(I, k_c);
+        double l = 0.0;
+        for (int a = 0; a < m; a++)
+            for (int b = 0; b < m; b++) l += hax_bce_term_bf16(x[I[a]], x[I[b]], ys[a], ys[b]);
+        loss_s[s] = m > 0 ? l / ((double)m * m) : 0.0;
+    }
+    double total = 0.0;
+    for (int s = 0; s < n_seq; s++) total += loss_s[s];
+    free(loss_s);
+    return total;
+}
+
+void ks_rank_loss_backward_bf16(float *dscore, const float *score, const double *y, const int *cand,
+                                const int *seq_off, int n_seq, int k_c, float scale) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int s = 0; s < n_seq; s++) {
+        size_t o = (size_t)seq_off[s];
+        const int *I = cand + (size_t)s * k_c;
+        const double *ys = y + (size_t)s * k_c;
+        const float *x = score + o;
+        int m = n_candidates(I, k_c);
+        if (m == 0) continue;
+        float inv_m2 = 1.0f / (float)(m * m);
+        for (int a = 0; a < m; a++) {
+            // P = x.unsqueeze(-1) - x.unsqueeze(-2): x_a's gradient is the sum
+            // over its row of dP plus minus the sum over its column, each a
+            // bf16 reduction, added in bf16
+            double row = 0.0, col = 0.0;
+            for (int b = 0; b < m; b++) {
+                row += hax_bce_dpair_bf16(x[I[a]], x[I[b]], ys[a], ys[b], scale, inv_m2);
+                col += hax_bce_dpair_bf16(x[I[b]], x[I[a]], ys[b], ys[a], scale, inv_m2);
+            }
+            dscore[o + (size_t)I[a]] += R(R((float)row) + R((float)-col));
+        }
+    }
+}

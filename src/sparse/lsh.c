@@ -13,10 +13,16 @@
 //   argmax:   bucket = the first i with the largest proj_ti.
 // Everything here is in double: a sign that float rounding could flip is then
 // decided as the float64 golden decides it whenever x itself agrees.
+//
+// bf16-pure, reference semantics (src/sparse/sparse.h): the reference's bf16
+// ops instead, each rounded once (sums in double, then to float):
+//   mu = R(sum_t x · fl(1/L)), c = R(x - mu), nu = R(sqrt(sum_t c^2 + n_pad mu^2)),
+//   den = R(max(nu, 1e-12)), x~ = R(c / den), proj = R(x~ . H).
 #include <math.h>
 #include <stdlib.h>
 
 #include "src/core/common.h"
+#include "src/core/scalar.h"
 #include "src/sparse/internal.h"
 
 static int32_t bucket_of(const double *proj, int h, int argmax) {
@@ -65,6 +71,37 @@ static void hash_seq_reference(int32_t *bucket, float *proj, const float *x, int
     }
 }
 
+// One sequence, reference semantics in bf16-pure. w: 3N + h doubles.
+static void hash_seq_reference_bf16(int32_t *bucket, float *proj, const float *x, int ldx, int N,
+                                    const float *H, int h, int argmax, int n, int L, double *w) {
+    double *mu = w, *den = w + N, *pr = w + 3 * N;
+    float inv_L = 1.0f / (float)L;
+    for (int f = 0; f < N; f++) {
+        double s = 0;
+        for (int t = 0; t < n; t++) s += x[(size_t)t * ldx + f];
+        float m = hax_bf16_round((float)s * inv_L);
+        double v = (double)(L - n) * m * m;  // the pads: c = R(0 - mu) = -mu
+        for (int t = 0; t < n; t++) {
+            float c = hax_bf16_round(x[(size_t)t * ldx + f] - m);
+            v += (double)c * c;
+        }
+        mu[f] = m;
+        den[f] = hax_bf16_round(fmaxf(hax_bf16_round(sqrtf((float)v)), 1e-12f));
+    }
+    for (int t = 0; t < n; t++) {
+        for (int i = 0; i < h; i++) pr[i] = 0;
+        for (int f = 0; f < N; f++) {
+            float c = hax_bf16_round(x[(size_t)t * ldx + f] - (float)mu[f]);
+            double xt = hax_bf16_round(c / (float)den[f]);
+            const float *hrow = H + (size_t)f * h;
+            for (int i = 0; i < h; i++) pr[i] += xt * (double)hrow[i];  // bf16 products: exact
+        }
+        for (int i = 0; i < h; i++) pr[i] = hax_bf16_round((float)pr[i]);
+        for (int i = 0; i < h; i++) proj[(size_t)t * h + i] = (float)pr[i];
+        bucket[t] = bucket_of(pr, h, argmax);
+    }
+}
+
 // One sequence, causal semantics (prefix mean, per-vector norm).
 static void hash_seq_causal(int32_t *bucket, float *proj, const float *x, int ldx, int N,
                             const float *H, int h, int argmax, int n, double *w) {
@@ -86,14 +123,17 @@ static void hash_seq_causal(int32_t *bucket, float *proj, const float *x, int ld
 
 void sparse_lsh_hash(int32_t *bucket, float *proj, const float *x, int ldx, int N,
                      const float *H, int h, int argmax, const int *seq_off, int n_seq, int L,
-                     hax_semantics sem) {
+                     hax_semantics sem, int bf16) {
 #pragma omp parallel
     {
         double *w = xmalloc(sizeof(double) * (3 * (size_t)N + h));
 #pragma omp for schedule(dynamic, 1)
         for (int s = 0; s < n_seq; s++) {
             int o = seq_off[s], n = seq_off[s + 1] - o;
-            if (sem == SEMANTICS_REFERENCE)
+            if (sem == SEMANTICS_REFERENCE && bf16)
+                hash_seq_reference_bf16(bucket + o, proj + (size_t)o * h, x + (size_t)o * ldx, ldx, N,
+                                        H, h, argmax, n, L, w);
+            else if (sem == SEMANTICS_REFERENCE)
                 hash_seq_reference(bucket + o, proj + (size_t)o * h, x + (size_t)o * ldx, ldx, N,
                                    H, h, argmax, n, L, w);
             else

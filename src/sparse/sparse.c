@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "src/core/common.h"
+#include "src/ops/basic.h"
 #include "src/ops/linear.h"
 #include "src/sparse/internal.h"
 
@@ -30,6 +31,7 @@ static int hash_bits(const hax_model_config *cfg) {
 size_t sparse_state_bytes(const hax_model_config *cfg, int max_tok, int max_seq, int max_len) {
     size_t N = cfg->state_size, E = cfg->intermediate_size, T = max_tok, h = hash_bits(cfg);
     size_t bytes = sizeof(hax_sparse_state) + 2 * T * 2 * N * sizeof(float);  // KQ, dKQ
+    if (cfg->precision == PREC_BF16_PURE) bytes += T * E * sizeof(float);     // dXs
     bytes += 2 * T * sizeof(int32_t) + 2 * T * h * sizeof(float) + T * sizeof(int64_t);
     bytes += 2 * (T + 1) * sizeof(int) + (size_t)max_seq * E * sizeof(double);
     if (sparse_pattern_has(cfg->sparse_mask, SPF_DENSE)) return bytes + 2 * T * sizeof(float);
@@ -89,7 +91,7 @@ void sparse_state_free(hax_sparse_state *st) {
         ks_state_free(st->ks);
         free(st->ks);
     }
-    free(st->KQ), free(st->dKQ), free(st->q_bucket), free(st->k_bucket);
+    free(st->KQ), free(st->dKQ), free(st->dXs), free(st->q_bucket), free(st->k_bucket);
     free(st->hq_proj), free(st->hk_proj), free(st->lsh_sorted), free(st->allow_off);
     free(st->tr_off), free(st->seq_sv), free(st->lse), free(st->rowD), free(st->allow_key);
     free(st->allow_p), free(st->allow_ds), free(st->tr_ent), free(st->ent_row);
@@ -99,6 +101,20 @@ void sparse_state_free(hax_sparse_state *st) {
 void sparse_force_buckets(hax_sparse_state *st, const int32_t *q_bucket, const int32_t *k_bucket) {
     st->force_q_bucket = q_bucket;
     st->force_k_bucket = k_bucket;
+}
+
+// K = KQ[:, :N] / sqrt(N) in place (as the float division); bf16-pure: KQ is
+// the bf16 GEMM output and K = R(KQ_k · (1/sqrt(N))), the float reciprocal
+// (sparse.h). The backward scales dK the same way.
+static void scale_keys(float *KQ, int n_tok, int N, int bf16) {
+    float sqrt_n = (float)sqrt((double)N), inv = 1.0f / sqrt_n;
+    if (bf16)
+        for (size_t i = 0; i < (size_t)n_tok * 2 * N; i++) KQ[i] = hax_bf16_round(KQ[i]);
+    for (int g = 0; g < n_tok; g++)
+        for (int f = 0; f < N; f++) {
+            float *k = KQ + (size_t)g * 2 * N + f;
+            *k = bf16 ? hax_bf16_round(*k * inv) : *k / sqrt_n;
+        }
 }
 
 static void check_batch(const hax_sparse_state *st, const hax_model_config *cfg,
@@ -127,9 +143,9 @@ static void compute_buckets(hax_sparse_state *st, const hax_model_config *cfg, c
     }
     if (!hash) hax_die("sparse_forward: pattern '%s' needs a hash matrix, none given", cfg->sparse_arch);
     sparse_lsh_hash(st->q_bucket, st->hq_proj, st->KQ + N, 2 * N, N, hash, st->h, argmax,
-                    b->seq_off, b->n_seq, b->model_len, cfg->semantics);
+                    b->seq_off, b->n_seq, b->model_len, cfg->semantics, st->bf16);
     sparse_lsh_hash(st->k_bucket, st->hk_proj, st->KQ, 2 * N, N, hash, st->h, argmax, b->seq_off,
-                    b->n_seq, b->model_len, cfg->semantics);
+                    b->n_seq, b->model_len, cfg->semantics, st->bf16);
     if (st->force_q_bucket) memcpy(st->q_bucket, st->force_q_bucket, sizeof(int32_t) * n_tok);
     if (st->force_k_bucket) memcpy(st->k_bucket, st->force_k_bucket, sizeof(int32_t) * n_tok);
 }
@@ -144,13 +160,12 @@ double sparse_forward(hax_sparse_state *st, const hax_model_config *cfg, const h
     st->n_tok = n_tok, st->n_seq = n_seq;
     st->gate_loss = 0;
     st->has_empty = 0;
-    if (st->ks) st->ks->has_loss = 0;
+    st->bf16 = cfg->precision == PREC_BF16_PURE;
+    if (st->ks) st->ks->has_loss = 0, st->ks->bf16 = st->bf16;
     if (n_tok == 0) return 0;  // a rank holding no sequence of this batch
     // KQ = X W_xx^T; K = KQ[:, :N] / sqrt(N) in place (Q is not scaled)
     linear_forward(st->KQ, 2 * N, X, ldX, W_xx, NULL, n_tok, E, 2 * N);
-    float sqrt_n = (float)sqrt((double)N);
-    for (int g = 0; g < n_tok; g++)
-        for (int f = 0; f < N; f++) st->KQ[(size_t)g * 2 * N + f] /= sqrt_n;
+    scale_keys(st->KQ, n_tok, N, st->bf16);
     if (sparse_pattern_has(cfg->sparse_mask, SPF_DENSE)) {
         for (int g = 0; g < n_tok; g++) st->q_bucket[g] = st->k_bucket[g] = -1;
         memset(st->allow_off, 0, sizeof(int) * (n_tok + 1));
@@ -181,15 +196,30 @@ void sparse_backward(hax_sparse_state *st, const hax_model_config *cfg, const ha
         hax_die("sparse_backward: batch: expected the last forward's %d sequences / %d positions, "
                 "found %d / %d", st->n_seq, st->n_tok, n_seq, n_tok);
     if (n_tok == 0) return;
+    // bf16-pure: dV is a bf16 tensor of its own (dXs, made on first use: fp32
+    // runs keep their memory), added into dX in bf16
+    if (st->bf16 && !st->dXs) st->dXs = xmalloc(sizeof(float) * (size_t)st->max_tok * E);
+    float *dV = st->bf16 ? st->dXs : dX;
+    int ld_dV = st->bf16 ? E : ld_dX;
+    if (st->bf16) memset(st->dXs, 0, sizeof(float) * (size_t)n_tok * E);
     if (sparse_pattern_has(cfg->sparse_mask, SPF_DENSE))
-        sparse_full_backward(st, X, ldX, b->seq_off, n_seq, dattn, ld_dattn, dX, ld_dX);
+        sparse_full_backward(st, X, ldX, b->seq_off, n_seq, dattn, ld_dattn, dV, ld_dV);
     else
         sparse_attn_backward(st, X, ldX, b->seq_off, n_seq, b->model_len, cfg->semantics, dattn,
-                             ld_dattn, dX, ld_dX);
-    float sqrt_n = (float)sqrt((double)N);
-    for (int g = 0; g < n_tok; g++)
-        for (int f = 0; f < N; f++) st->dKQ[(size_t)g * 2 * N + f] /= sqrt_n;
-    linear_backward(dX, ld_dX, dW_xx, NULL, st->dKQ, 2 * N, X, ldX, W_xx, n_tok, E, 2 * N);
+                             ld_dattn, dV, ld_dV);
+    if (st->bf16) {  // dQ, dK, dV: the GEMMs' bf16 outputs, every share summed first
+        round_bf16(st->dKQ, st->dKQ, (long)n_tok * 2 * N);
+        add_bf16_rows(dX, ld_dX, st->dXs, E, E, n_tok);
+    }
+    // d KQ[:, :N] = dK / sqrt(N), as the forward's scaling (KQ is rounded already)
+    scale_keys(st->dKQ, n_tok, N, st->bf16);
+    if (st->bf16) {  // xx_proj's share of dX, a bf16 tensor, then added in bf16
+        memset(st->dXs, 0, sizeof(float) * (size_t)n_tok * E);
+        linear_backward(st->dXs, E, dW_xx, NULL, st->dKQ, 2 * N, X, ldX, W_xx, n_tok, E, 2 * N);
+        add_bf16_rows(dX, ld_dX, st->dXs, E, E, n_tok);
+    } else {
+        linear_backward(dX, ld_dX, dW_xx, NULL, st->dKQ, 2 * N, X, ldX, W_xx, n_tok, E, 2 * N);
+    }
     if (st->ks && st->ks->has_loss && ks && dks) ks_backward(st->ks, ks, dks, gate_scale);
 }
 

@@ -19,6 +19,24 @@
 // (MODEL.md §5.6, golden README Q3); SEMANTICS_CAUSAL outputs 0 there and gives
 // no gradient.
 //
+// bf16-pure (cfg->precision, read at every forward; README "Precision",
+// MODEL.md §0, §5.2-§5.6): every tensor the reference materialises is rounded
+// to bf16 where its op stores it (R() below; fp32 inside each op):
+//   KQ = R(X·W_xxᵀ); K = R(KQ_k · fl(1/√N)) (torch divides a CUDA tensor by a
+//   Python scalar as a multiplication by its float reciprocal)
+//   LSH (reference semantics): μ = R(Σ_t x · fl(1/L)); c = R(x − μ);
+//   ν = R(√(Σ c² + n_pad μ²)); den = R(max(ν, 1e-12)); x̃ = R(c / den);
+//   proj = R(x̃·H), buckets from its signs (causal semantics: no reference
+//   sequence to follow, the double path as in fp32)
+//   key selection: src/sparse/ks.h's bf16 ops
+//   softmax: s = R(Q·K), P = R(exp(s − max) / Σ exp), attn = R(Σ P V);
+//   empty rows P = R(1/L), attn = R(P·Σ V) (`full`: P = R(exp(s − lse)))
+//   backward: dP = R(dattn·V), ds = R(P (dP − Σ P dP)), dQ = R(Σ ds K),
+//   dK = R(Σ ds Q), dV = R(Σ P dattn), dK_raw = R(dK · fl(1/√N)); dV and
+//   xx_proj's dX reach dX as two bf16 contributions, dX = R(dX + R(share)).
+// Empty rows (P = R(1/L) on all L keys) run their backward dense in
+// bf16-pure, every dP and ds of the row rounded (not the factorised sums).
+//
 // Typical use per layer and step:
 //   st = sparse_state_alloc(cfg, max_tok, max_seq, max_len);   // once
 //   gl = sparse_forward(st, cfg, batch, X, ldX, W_xx, &ks, H, cand, training, attn, E);
@@ -60,6 +78,7 @@ typedef struct hax_sparse_state {
     int max_tok, max_seq, max_len, row_cap;
     int n_tok, n_seq, N, E, h, k_c;
     int has_empty;           // 1 if some row of the last forward had no allowed key
+    int bf16;                // the last forward ran in bf16-pure (cfg->precision)
 
     float *KQ;               // [max_tok, 2N]: K (already / sqrt(N)) in [:, :N], Q in [:, N:]
 
@@ -99,6 +118,8 @@ typedef struct hax_sparse_state {
     double *seq_sv;          // [max_seq, E] sum_{j<n} V_j per sequence (reference empty rows)
     int64_t *lsh_sorted;     // [max_tok] per sequence: (bucket << 32 | position), sorted
     float *dKQ;              // [max_tok, 2N] backward
+    float *dXs;              // [max_tok, E] backward, bf16-pure: one share of dX at a time (made
+                             // by the first bf16-pure backward)
 } hax_sparse_state;
 
 // Allocates the state for batches of at most max_tok packed positions,
