@@ -2,6 +2,8 @@
 #include "cuda/core/common.cuh"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 static int g_ready = 0;
 static int g_device = -1;
@@ -48,6 +50,21 @@ extern "C" void cuda_init(int device) {
 
 static void ensure_init(void) {
     if (!g_ready) cuda_init(0);
+}
+
+extern "C" void cuda_gemm_tf32(int on) {
+    static int current = 0, env = -1;
+    if (env < 0) {
+        const char *v = getenv("HAX_BF16_TF32");
+        if (v && strcmp(v, "0") != 0 && strcmp(v, "1") != 0)
+            hax_die("cuda: HAX_BF16_TF32: expected 0 or 1, found '%s'", v);
+        env = !(v && strcmp(v, "0") == 0);
+    }
+    on = on && env;
+    ensure_init();
+    if (on == current) return;
+    CUBLAS_CHECK(cublasSetMathMode(g_blas, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_PEDANTIC_MATH));
+    current = on;
 }
 
 cudaStream_t cu_stream(void) {

@@ -28,6 +28,12 @@ int cuda_device_count(void);
 // no TF32). Idempotent. Every other function calls it for device 0 if the
 // program has not.
 void cuda_init(int device);
+// The GEMMs' maths from here on: 0 plain FP32 (the default), 1 TF32 tensor
+// cores. TF32 is exact for bf16-pure's GEMMs: their inputs are bf16 values
+// (8 significant bits, TF32 keeps 11), the products are exact in FP32 and
+// the sums stay FP32, as the reference's bf16 GEMMs. HAX_BF16_TF32=0 keeps
+// plain FP32 for them too (to compare).
+void cuda_gemm_tf32(int on);
 // The device's name (after cuda_init).
 const char *cuda_device_name(void);
 

@@ -75,6 +75,9 @@ static void graphs_free(cu_impl *c) {
 // ---------------------------------------------------------------- hooks
 
 static void cu_before_forward(hax_engine *e) {
+    // bf16-pure GEMMs on TF32 tensor cores (exact for bf16 inputs: cuda_gemm_tf32);
+    // set at every forward, since a program may hold engines of several regimes.
+    cuda_gemm_tf32(e->model->cfg.precision == PREC_BF16_PURE);
     if (!impl_of(e)->resident) cuda_upload(impl_of(e)->w, e->model->data, sizeof(float) * e->model->n_floats);
 }
 

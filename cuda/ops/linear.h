@@ -1,4 +1,4 @@
-// cuda/ops/linear.h: dense layers on the GPU (cuBLAS, FP32, no TF32), with the
+// cuda/ops/linear.h: dense layers on the GPU (cuBLAS, FP32; TF32 in bf16-pure: cuda_gemm_tf32), with the
 // CPU's linear_forward/linear_backward arguments (src/ops/linear.h): row-major
 // activations with leading dimensions, weights [out_dim, in_dim].
 #ifndef HAX_CU_LINEAR_H
