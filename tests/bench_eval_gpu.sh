@@ -57,7 +57,10 @@ for cfg in $CONFIGS; do
         "model.vocab_size=$VOCAB" "train.steps=$STEPS" train.warmup=10 "train.valid_every=$STEPS" train.checkpoint_every=0 \
         "train.log_every=$STEPS" "train.device=$DEV" --results "$W/res" >"$log" 2>&1
     code=$?
-    best=$(find "$W/res/$cfg" -name best.safetensors 2>/dev/null | head -n 1)
+    # the run folder hax-train names on its last line (its label may carry a
+    # precision suffix: mamba2_hax@bf16-pure)
+    run=$(sed -n 's/^hax-train: done: .* -> //p' "$log" | tail -n 1)
+    best=; [ -n "$run" ] && [ -f "$run/best.safetensors" ] && best=$run/best.safetensors
     if [ $code -ne 0 ] || [ -z "$best" ]; then
         echo "bench_eval_gpu.sh: $cfg: hax-train failed (exit $code): $(tail -n 1 "$log")" >&2; rc=1; continue
     fi
