@@ -111,8 +111,7 @@ static void reserve(hax_engine *e, int n_tok, int n_seq, int max_len) {
     acts_table(&t, c, m, c->cap_tok, c->cap_seq);
     c->arena_floats = acts_layout(&t, NULL, ops->align);
     c->arena = ops->alloc(sizeof(float) * c->arena_floats);
-    acts_layout(&t, c->arena, ops->align);
-    acts_clear(&t);
+    acts_layout_clear(&t, c->arena, ops->align);
     c->work = ops->alloc(ops->work_bytes(m, c->cap_tok, c->cap_seq));
     c->ids = ops->alloc(sizeof(int32_t) * c->cap_tok);
     c->labels = ops->alloc(sizeof(int32_t) * c->cap_tok);
