@@ -237,8 +237,7 @@ static void test_names_vs_golden(void) {
     if (!dir) return;
     int files = 0;
     for (struct dirent *de; (de = readdir(dir));) {
-        size_t len = strlen(de->d_name);
-        if (len < 12 || strcmp(de->d_name + len - 12, ".safetensors") != 0) continue;
+        if (!test_ends_with(de->d_name, ".safetensors")) continue;
         char path[512];
         snprintf(path, sizeof path, GOLDEN "%s", de->d_name);
         st_file *f = st_open(path);

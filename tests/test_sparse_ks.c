@@ -642,9 +642,8 @@ static void test_threads_large(void) {
 // the golden scores and targets through ks_rank_loss_pairs the golden
 // per-layer gate loss (the reference's mean over B k^2 pairs).
 static void check_golden_case(const char *name, int ks_only) {
-    const char *dir = getenv("HAX_GOLDEN") ? getenv("HAX_GOLDEN") : "tests/golden";
     char path[512], key[128];
-    snprintf(path, sizeof(path), "%s/%s.safetensors", dir, name);
+    snprintf(path, sizeof(path), "%s/%s.safetensors", test_golden_dir(), name);
     char err[512];
     st_file *f = st_load(path, err, sizeof(err));
     CHECK(f != NULL, "%s", err);
