@@ -283,7 +283,7 @@ typedef struct {
 
 static double impl_loss(void *p) {
     fd_ctx *x = p;
-    ks_params kp = ks_view(x->c->ksp);
+    ks_params kp = ks_flat_params(x->c->ksp, NN);
     double g = sparse_forward(x->st, &x->c->cfg, &x->c->b, x->c->X, LDX, x->c->W, &kp, x->c->Hm,
                               x->c->cand, 1, x->attn, EE);
     if (x->gate) return g;

@@ -8,6 +8,7 @@
 #include "src/ops/linear.h"
 #include "src/io/safetensors.h"
 #include "src/sparse/ks.h"
+#include "ks_flat.h"
 #include "test.h"
 
 #define NN 4       // state size N of the tests (2N = 8 features)
@@ -28,20 +29,8 @@ static void make_batch(void) {
 }
 
 // The flat KS parameter buffer: w1 [D,D], b1 [D], w2 [D,D], b2 [D], w3 [D], b3 [1].
-#define NPARAM (2 * DD * DD + 3 * DD + 1)
+#define NPARAM KS_FLAT_FLOATS(NN)
 static float params[NPARAM];
-
-static ks_params params_view(const float *buf) {
-    ks_params p = {buf, buf + DD * DD, buf + DD * DD + DD, buf + 2 * DD * DD + DD,
-                   buf + 2 * DD * DD + 2 * DD, buf + 2 * DD * DD + 3 * DD};
-    return p;
-}
-
-static ks_grads grads_view(float *buf) {
-    ks_grads g = {buf, buf + DD * DD, buf + DD * DD + DD, buf + 2 * DD * DD + DD,
-                  buf + 2 * DD * DD + 2 * DD, buf + 2 * DD * DD + 3 * DD};
-    return g;
-}
 
 static void make_params(unsigned seed) {
     test_fill(params, NPARAM, seed, 0.6f);
@@ -135,7 +124,7 @@ static double relu_d(double x) { return x > 0 ? x : 0; }
 
 // Double-precision MLP on rows 0..n-1 of T.
 static void naive_mlp(double *score, const double *T, const float *buf, int n) {
-    ks_params p = params_view(buf);
+    ks_params p = ks_flat_params(buf, NN);
     for (int t = 0; t < n; t++) {
         double h1[DD], h2[DD];
         for (int o = 0; o < DD; o++) {
@@ -181,7 +170,7 @@ static void test_mlp(void) {
     float *h1 = xmalloc(sizeof(float) * (size_t)n_tok * DD), *h2 = xmalloc(sizeof(float) * (size_t)n_tok * DD);
     float *score = xmalloc(sizeof(float) * n_tok);
     double *sn = xmalloc(sizeof(double) * n_tok);
-    ks_params p = params_view(params);
+    ks_params p = ks_flat_params(params, NN);
     ks_mlp_forward(score, h1, h2, T, &p, n_tok, NN);
     double *Td = xmalloc(sizeof(double) * (size_t)n_tok * DD);
     for (int j = 0; j < n_tok * DD; j++) Td[j] = T[j];
@@ -205,7 +194,7 @@ static void test_mlp(void) {
     }
     float *grad = xcalloc(NPARAM, sizeof(float)), *grad_all = xcalloc(NPARAM, sizeof(float));
     float *scratch = xmalloc(sizeof(float) * ks_mlp_scratch_floats(n_tok, NN));
-    ks_grads g = grads_view(grad), ga = grads_view(grad_all);
+    ks_grads g = ks_flat_grads(grad, NN), ga = ks_flat_grads(grad_all, NN);
     ks_mlp_backward(&g, &p, T, h1, h2, dscore, rows, n_rows, NN, scratch);
     ks_mlp_backward(&ga, &p, T, h1, h2, dscore, NULL, n_tok, NN, scratch);
     CHECK(rel_err(grad, grad_all, NPARAM) < 1e-6, "row subset vs all rows: %.3g", rel_err(grad, grad_all, NPARAM));
@@ -488,8 +477,8 @@ static void test_layer_fd(void) {
     for (int sem = 0; sem < 2; sem++) {
         layer_ctx c = {kq, cand, (hax_semantics)sem};
         float *grad = xcalloc(NPARAM, sizeof(float));
-        ks_grads g = grads_view(grad);
-        ks_params p = params_view(params);
+        ks_grads g = ks_flat_grads(grad, NN);
+        ks_params p = ks_flat_params(params, NN);
         double l = ks_forward(&st, &p, kq, LDKQ, kq + NN, LDKQ, seq_off, NSEQ, L_PAD,
                               (hax_semantics)sem, cand);
         double ln = layer_loss_naive(&c);
@@ -518,8 +507,8 @@ typedef struct {
 
 static void run_layer(layer_out *out, ks_state *st, const float *kq, const int *off, int ns,
                       const int *cand, hax_semantics sem) {
-    ks_params p = params_view(params);
-    ks_grads g = grads_view(out->grad);
+    ks_params p = ks_flat_params(params, NN);
+    ks_grads g = ks_flat_grads(out->grad, NN);
     memset(out->grad, 0, sizeof(out->grad));
     out->loss = ks_forward(st, &p, kq, LDKQ, kq + NN, LDKQ, off, ns, L_PAD, sem, cand);
     ks_backward(st, &p, &g, 0.25f);
@@ -567,9 +556,9 @@ static void test_packed_and_threads(void) {
         CHECK(memcmp(&a, &b, sizeof(a)) == 0, "semantics %d: 1 vs 2 threads differ", sem);
     }
     // Eval (no candidates): no loss, backward is a no-op.
-    ks_params p = params_view(params);
+    ks_params p = ks_flat_params(params, NN);
     float grad[NPARAM] = {0};
-    ks_grads g = grads_view(grad);
+    ks_grads g = ks_flat_grads(grad, NN);
     double l = ks_forward(&st, &p, kq, LDKQ, kq + NN, LDKQ, seq_off, NSEQ, L_PAD, SEMANTICS_REFERENCE, NULL);
     ks_backward(&st, &p, &g, 1.0f);
     int nz = 0;
@@ -584,10 +573,8 @@ static void test_packed_and_threads(void) {
 static void run_big(float *score, int *sel, double *y, double *loss, float *grad, ks_state *st,
                     const float *par, const float *kq, const int *off, int ns, const int *cand) {
     enum { N = 16, D = 32 };
-    ks_params p = {par, par + D * D, par + D * D + D, par + 2 * D * D + D, par + 2 * D * D + 2 * D,
-                   par + 2 * D * D + 3 * D};
-    ks_grads g = {grad, grad + D * D, grad + D * D + D, grad + 2 * D * D + D,
-                  grad + 2 * D * D + 2 * D, grad + 2 * D * D + 3 * D};
+    ks_params p = ks_flat_params(par, N);
+    ks_grads g = ks_flat_grads(grad, N);
     *loss = ks_forward(st, &p, kq, D, kq + N, D, off, ns, 1057, SEMANTICS_REFERENCE, cand);
     ks_backward(st, &p, &g, 0.01f);
     memcpy(score, st->score, sizeof(float) * off[ns]);
@@ -596,7 +583,7 @@ static void run_big(float *score, int *sel, double *y, double *loss, float *grad
 }
 
 static void test_threads_large(void) {
-    enum { NS = 12, N = 16, D = 32, K = 32, NP = 2 * D * D + 3 * D + 1 };
+    enum { NS = 12, N = 16, D = 32, K = 32, NP = KS_FLAT_FLOATS(N) };
     int off[NS + 1] = {0};
     int64_t ids[NS];
     for (int s = 0; s < NS; s++) {
