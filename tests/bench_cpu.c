@@ -22,7 +22,6 @@
 // A batch shaped like joint recall: random cells, random ids, loss at n_c n_k
 // positions of the second half.
 static void make_batch(hax_batch *b, int n_seq, int fixed_len, int model_len, uint64_t seed) {
-    memset(b, 0, sizeof *b);
     hax_rng r;
     rng_init(&r, seed, RNG_DATAGEN, 99, 0, 0);
     int *len = xmalloc(sizeof(int) * n_seq);
@@ -32,15 +31,9 @@ static void make_batch(hax_batch *b, int n_seq, int fixed_len, int model_len, ui
         len[s] = fixed_len ? fixed_len : 2 + 2 * nc * (1 + 2 * nk) - 1;  // model inputs: one less than the row
         n_tok += len[s];
     }
+    hax_batch_alloc(b, n_seq, (size_t)n_tok);
     b->n_seq = n_seq;
     b->n_tok = n_tok;
-    b->seq_off = xmalloc(sizeof(int) * (n_seq + 1));
-    b->inputs = xmalloc(sizeof(int32_t) * n_tok);
-    b->labels = xmalloc(sizeof(int32_t) * n_tok);
-    b->loss_mask = xmalloc(n_tok);
-    b->sample_idx = xmalloc(sizeof(int64_t) * n_seq);
-    b->n_context = xcalloc(n_seq, sizeof(int));
-    b->n_key = xcalloc(n_seq, sizeof(int));
     b->model_len = model_len;
     b->global_n_seq = n_seq;
     int k = 0;

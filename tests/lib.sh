@@ -20,4 +20,13 @@ check_fails() {
     if [ $rc -ne 0 ] && printf '%s' "$err" | grep -Eq -- "$pattern"; then ok "$name"
     else fail "$name (exit $rc, stderr: $(printf '%s' "$err" | tail -n 3))"; fi
 }
+# check_output_fails NAME PATTERN CMD...: passes when CMD exits non-zero and
+# its output (stdout and stderr together) has a line matching PATTERN (grep).
+check_output_fails() {
+    local name=$1 pattern=$2; shift 2
+    local out rc
+    out=$("$@" 2>&1); rc=$?
+    if [ $rc -ne 0 ] && printf '%s\n' "$out" | grep -q -- "$pattern"; then ok "$name"
+    else fail "$name (exit $rc)"; fi
+}
 finish() { echo "$HAX_TEST_PASSED passed, $HAX_TEST_FAILED failed"; [ $HAX_TEST_FAILED -eq 0 ]; }

@@ -1,7 +1,7 @@
 // sparse_case.h: the small ragged test case of the sparse branch shared by
 // test_sparse.c (against the dense mirror) and test_sparse_rules.c (list
-// rules, packing, threads, refusals): sizes, make_case / run_impl, the
-// key-selection parameter views and a normwise error.
+// rules, packing, threads, refusals): sizes, make_case / run_impl and a
+// normwise error.
 #ifndef HAX_TESTS_SPARSE_CASE_H
 #define HAX_TESTS_SPARSE_CASE_H
 
@@ -14,6 +14,7 @@
 #include "src/core/common.h"
 #include "src/model/model_config.h"
 #include "src/sparse/sparse.h"
+#include "ks_flat.h"
 #include "test.h"
 
 #define NN 4          // state size N
@@ -23,7 +24,7 @@
 #define L_PAD 24      // model_len
 #define KEYS 8        // sparse_keys
 #define DML 40        // data_max_length: dilation 5 (k_c 8) or 10 (k_c 4)
-#define NPARAM (2 * 4 * NN * NN + 3 * 2 * NN + 1)
+#define NPARAM KS_FLAT_FLOATS(NN)  // the key-selection MLP
 
 // A ragged batch: lengths 1, 7, 20, 3 (1 and 3 shorter than k_c).
 static const int LENS[] = {1, 7, 20, 3};
@@ -75,20 +76,6 @@ static inline void free_case(tcase *c) {
     free(c->X), free(c->W), free(c->Hm), free(c->ksp), free(c->R), free(c->cand);
 }
 
-static inline ks_params ks_view(const float *p) {
-    int D = 2 * NN;
-    ks_params v = {p, p + D * D, p + D * D + D, p + 2 * D * D + D, p + 2 * D * D + 2 * D,
-                   p + 2 * D * D + 3 * D};
-    return v;
-}
-
-static inline ks_grads ks_gview(float *p) {
-    int D = 2 * NN;
-    ks_grads v = {p, p + D * D, p + D * D + D, p + 2 * D * D + D, p + 2 * D * D + 2 * D,
-                  p + 2 * D * D + 3 * D};
-    return v;
-}
-
 // The implementation: forward (training), then backward with dattn = R.
 typedef struct {
     float *attn, *dX, *dW, *dks;
@@ -97,14 +84,14 @@ typedef struct {
 
 static inline hax_sparse_state *run_impl(tcase *c, tresult *r, float gate_scale, int backward) {
     hax_sparse_state *st = sparse_state_alloc(&c->cfg, c->n_tok, c->b.n_seq, L_PAD);
-    ks_params kp = ks_view(c->ksp);
+    ks_params kp = ks_flat_params(c->ksp, NN);
     r->attn = xcalloc((size_t)c->n_tok * EE, sizeof(float));
     r->dX = xcalloc((size_t)c->n_tok * LDX, sizeof(float));
     r->dW = xcalloc(2 * NN * EE, sizeof(float));
     r->dks = xcalloc(NPARAM, sizeof(float));
     r->gate = sparse_forward(st, &c->cfg, &c->b, c->X, LDX, c->W, &kp, c->Hm, c->cand, 1, r->attn, EE);
     if (backward) {
-        ks_grads g = ks_gview(r->dks);
+        ks_grads g = ks_flat_grads(r->dks, NN);
         sparse_backward(st, &c->cfg, &c->b, c->R, EE, gate_scale, c->X, LDX, c->W, &kp, r->dX, LDX,
                         r->dW, &g);
     }

@@ -89,6 +89,18 @@ static inline void check_bf16_close(const char *what, const float *got, const fl
           what, far, n, max_far);
 }
 
+// The golden files' folder: $HAX_GOLDEN, else tests/golden.
+static inline const char *test_golden_dir(void) {
+    const char *d = getenv("HAX_GOLDEN");
+    return d ? d : "tests/golden";
+}
+
+// 1 when s ends with suffix.
+static inline int test_ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
 // Removes a test's temporary folder and everything in it; 1 when that worked.
 static inline int test_remove_dir(const char *dir) {
     char cmd[4200];

@@ -11,11 +11,6 @@
 #include "src/io/safetensors.h"
 #include "test.h"
 
-static const char *golden_dir(void) {
-    const char *d = getenv("HAX_GOLDEN");
-    return d ? d : "tests/golden";
-}
-
 // One step from zero state with the golden gradients (lr 1e-3); tolerance of
 // the golden README: |a - b| <= 0.05*lr + 1e-6*|b|. Mathematically zero
 // gradients (|g| < 1e-8 everywhere) are compared as |a - p(1 - lr*wd)| <= lr.
@@ -75,17 +70,16 @@ static void check_golden_file(const char *path, int *n_tensors, double *worst) {
 }
 
 static void test_golden_step(void) {
-    DIR *d = opendir(golden_dir());
-    CHECK(d != NULL, "cannot open %s", golden_dir());
+    DIR *d = opendir(test_golden_dir());
+    CHECK(d != NULL, "cannot open %s", test_golden_dir());
     if (!d) return;
     int n_files = 0, n_tensors = 0;
     double worst = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
-        size_t l = strlen(e->d_name);
-        if (l < 12 || strcmp(e->d_name + l - 12, ".safetensors") != 0) continue;
+        if (!test_ends_with(e->d_name, ".safetensors")) continue;
         char path[1024];
-        snprintf(path, sizeof path, "%s/%s", golden_dir(), e->d_name);
+        snprintf(path, sizeof path, "%s/%s", test_golden_dir(), e->d_name);
         check_golden_file(path, &n_tensors, &worst);
         n_files++;
     }

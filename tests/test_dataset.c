@@ -9,31 +9,8 @@
 #include "src/core/common.h"
 #include "data-gen/datagen.h"
 #include "src/io/dataset.h"
+#include "dataset_tmp.h"
 #include "test.h"
-
-static char root[256];
-
-static void params_small(hax_data_params *p, int n_value) {
-    memset(p, 0, sizeof *p);
-    p->levels = 2;
-    p->min_size[0] = 2, p->max_size[0] = 4;  // 3 x 2 = 6 cells
-    p->min_size[1] = 3, p->max_size[1] = 4;
-    p->n_value = n_value;
-    p->n_per_cell[SPLIT_TRAIN] = 30;  // 180 samples: 2 full batches of 64 and one of 52
-    p->n_per_cell[SPLIT_VALID] = 5;
-    p->n_per_cell[SPLIT_TEST] = 4;
-    p->seed = 11;
-}
-
-// Generates a dataset into root/name (one rank) and returns its path.
-static const char *make(const char *name, const hax_data_params *p, int64_t shard_size) {
-    static char path[512];
-    snprintf(path, sizeof path, "%s/%s", root, name);
-    datagen_opts o = {.p = *p, .out = path, .shard_size = shard_size, .format = FORMAT_SHARDS, .force = 1};
-    int rc = datagen_run(&o, 0, 1);  // prints its final line
-    CHECK(rc == 0, "datagen_run %s: %d", name, rc);
-    return path;
-}
 
 static void test_params(void) {
     hax_data_params p;
@@ -93,10 +70,10 @@ static void roundtrip(const char *dir, const hax_data_params *p) {
 static void test_roundtrip(void) {
     hax_data_params p;
     params_small(&p, 16);
-    roundtrip(make("rt8", &p, 50), &p);
+    roundtrip(make_dataset("rt8", &p, 50), &p);
     params_small(&p, 300);  // ids beyond 255: uint16 tokens
     p.n_per_cell[SPLIT_TRAIN] = 3;
-    const char *dir = make("rt16", &p, 7);
+    const char *dir = make_dataset("rt16", &p, 7);
     roundtrip(dir, &p);
     char err[256];
     hax_dataset *ds = dataset_open(dir, err, sizeof err);
@@ -143,7 +120,7 @@ static void test_batches_reference_order(void) {
     hax_data_params p;
     params_small(&p, 16);
     char err[256];
-    hax_dataset *ds = dataset_open(make("rt8", &p, 50), err, sizeof err);
+    hax_dataset *ds = dataset_open(make_dataset("rt8", &p, 50), err, sizeof err);
     CHECK(ds != NULL, "%s", err);
     if (!ds) return;
     hax_batch b;
@@ -185,7 +162,7 @@ static void test_rank_independence(void) {
     hax_data_params p;
     params_small(&p, 16);
     char err[256];
-    hax_dataset *ds = dataset_open(make("rt8", &p, 50), err, sizeof err);
+    hax_dataset *ds = dataset_open(make_dataset("rt8", &p, 50), err, sizeof err);
     if (!ds) return;
     dataset_set_shuffle(ds, 1, 99);
     hax_batch one, part;
@@ -224,7 +201,7 @@ static void test_shuffle(void) {
     hax_data_params p;
     params_small(&p, 16);
     char err[256];
-    const char *dir = make("rt8", &p, 50);
+    const char *dir = make_dataset("rt8", &p, 50);
     hax_dataset *a = dataset_open(dir, err, sizeof err), *b2 = dataset_open(dir, err, sizeof err);
     if (!a || !b2) return;
     dataset_set_shuffle(a, 1, 5);
@@ -271,7 +248,7 @@ static void test_iterator(void) {
     hax_data_params p;
     params_small(&p, 16);
     char err[256];
-    hax_dataset *ds = dataset_open(make("rt8", &p, 50), err, sizeof err);
+    hax_dataset *ds = dataset_open(make_dataset("rt8", &p, 50), err, sizeof err);
     if (!ds) return;
     hax_batch b;
     dataset_batch_alloc(ds, 8, &b);
@@ -302,7 +279,7 @@ static int copy_dir(const char *from, const char *to) {
 static void test_damage(void) {
     hax_data_params p;
     params_small(&p, 16);
-    const char *dir = make("rt8", &p, 50);
+    const char *dir = make_dataset("rt8", &p, 50);
     char bad_dir[600], path[700], err[512];
     snprintf(bad_dir, sizeof bad_dir, "%s/damaged", root);
     CHECK(copy_dir(dir, bad_dir) == 0, "copy");
@@ -343,9 +320,7 @@ static void test_damage(void) {
 }
 
 int main(int argc, char **argv) {
-    MPI_Init(&argc, &argv);
-    snprintf(root, sizeof root, "/tmp/hax_test_dataset.XXXXXX");
-    if (!mkdtemp(root)) hax_die("mkdtemp failed");
+    tmp_root_begin(&argc, &argv, "hax_test_dataset");
     RUN(test_params);
     RUN(test_roundtrip);
     RUN(test_sample_check);
@@ -354,8 +329,5 @@ int main(int argc, char **argv) {
     RUN(test_shuffle);
     RUN(test_iterator);
     RUN(test_damage);
-    if (!test_remove_dir(root)) hax_warn("could not remove %s", root);
-    int rc = test_summary();
-    MPI_Finalize();
-    return rc;
+    return tmp_root_end();
 }

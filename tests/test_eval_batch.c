@@ -30,11 +30,11 @@
 #include "src/ops/basic.h"
 #include "src/train/eval.h"
 #include "src/train/eval_set.h"
+#include "dataset_tmp.h"
 #include "test.h"
 
 #define BATCH 16  // tiny.yaml's train.batch_size
 
-static char root[256];
 static hax_dataset *ds;
 
 // tiny.yaml's dataset shape (contexts and keys 2..6, 25 cells) with 12
@@ -246,16 +246,11 @@ static void test_samba(void) {
 }
 
 int main(int argc, char **argv) {
-    MPI_Init(&argc, &argv);
-    snprintf(root, sizeof root, "/tmp/hax_test_eval_batch.XXXXXX");
-    if (!mkdtemp(root)) hax_die("mkdtemp failed");
+    tmp_root_begin(&argc, &argv, "hax_test_eval_batch");
     make_data();
     RUN(test_mamba);
     RUN(test_mamba2);
     RUN(test_samba);
     dataset_close(ds);
-    if (!test_remove_dir(root)) hax_warn("could not remove %s", root);
-    int rc = test_summary();
-    MPI_Finalize();
-    return rc;
+    return tmp_root_end();
 }

@@ -14,6 +14,7 @@
 #include "src/io/safetensors.h"
 #include "src/sparse/sparse.h"
 #include "src/core/common.h"
+#include "golden_engine.h"
 #include "test.h"
 
 #define GOLDEN "tests/golden/"
@@ -237,8 +238,7 @@ static void test_names_vs_golden(void) {
     if (!dir) return;
     int files = 0;
     for (struct dirent *de; (de = readdir(dir));) {
-        size_t len = strlen(de->d_name);
-        if (len < 12 || strcmp(de->d_name + len - 12, ".safetensors") != 0) continue;
+        if (!test_ends_with(de->d_name, ".safetensors")) continue;
         char path[512];
         snprintf(path, sizeof path, GOLDEN "%s", de->d_name);
         st_file *f = st_open(path);
@@ -275,38 +275,15 @@ static void test_names_vs_golden(void) {
 
 // ---------------------------------------------------------------- engine runs
 
-typedef struct {
-    hax_model m;
-    hax_case c;
-    hax_batch b;
-    hax_engine *e;
-} loaded;
-
-static void load_case(loaded *x, const char *file, int causal) {
-    char path[512];
-    snprintf(path, sizeof path, GOLDEN "%s.safetensors", file);
-    st_file *f = st_open(path);
-    case_load(&x->c, f);
-    if (causal) x->c.cfg.semantics = SEMANTICS_CAUSAL;
-    model_build(&x->m, &x->c.cfg);
-    case_load_params(&x->m, f);
-    st_close(f);
-    case_batch(&x->c, &x->b);
-    x->e = engine_cpu_create(&x->m, 16, 1, 16);  // deliberately small: the workspace grows
-}
-
-static void unload(loaded *x) {
-    engine_free(x->e);
-    hax_batch_free(&x->b);
-    model_free(&x->m);
-    case_free(&x->c);
+static void load_case(golden_engine *x, const char *file, int causal) {
+    golden_engine_load(x, file, causal, 16, 1, 16);  // deliberately small: the workspace grows
 }
 
 // A packed batch gives the same logits, loss shares and (summed) gradients as
 // its sequences run one at a time, with random inputs drawn from the rng
 // (keyed by global sample index, so the draws agree).
 static void packed_vs_single(const char *file, int causal) {
-    loaded x;
+    golden_engine x;
     load_case(&x, file, causal);
     hax_model *m = &x.m;
     int V = m->cfg.vocab_size;
@@ -349,7 +326,7 @@ static void packed_vs_single(const char *file, int causal) {
     }
     free(logits);
     free(grad);
-    unload(&x);
+    golden_engine_free(&x);
 }
 
 static void test_packed_vs_single(void) {
@@ -365,7 +342,7 @@ static void test_packed_vs_single(void) {
 
 // Forward and backward are bit-identical with 1 and 2 threads.
 static void threads_once(const char *file) {
-    loaded x;
+    golden_engine x;
     load_case(&x, file, 0);
     hax_model *m = &x.m;
     size_t nl = (size_t)x.b.n_tok * m->cfg.vocab_size;
@@ -397,7 +374,7 @@ static void threads_once(const char *file) {
         free(logits[k]);
         free(grad[k]);
     }
-    unload(&x);
+    golden_engine_free(&x);
 }
 
 static void test_thread_independence(void) {
@@ -418,7 +395,7 @@ static long not_bf16(const float *x, size_t n) {
 
 // The allowed-key lists of every layer's sparse branch after a forward (CPU
 // state), flattened as "count, keys..." per row; *len gets their length.
-static int *snapshot_lists(const loaded *x, size_t *len) {
+static int *snapshot_lists(const golden_engine *x, size_t *len) {
     const hax_model_config *cfg = &x->m.cfg;
     *len = 0;
     if (!cfg->sparse_mask || sparse_pattern_has(cfg->sparse_mask, SPF_DENSE)) return NULL;
@@ -439,7 +416,7 @@ static int *snapshot_lists(const loaded *x, size_t *len) {
 }
 
 // Rows (over all layers) whose list differs between two snapshots.
-static long lists_changed(const loaded *x, const int *a, size_t na, const int *b, size_t nb) {
+static long lists_changed(const golden_engine *x, const int *a, size_t na, const int *b, size_t nb) {
     long changed = 0;
     size_t i = 0, j = 0;
     for (int l = 0; l < x->m.cfg.n_layers && a && b; l++)
@@ -460,7 +437,7 @@ static long lists_changed(const loaded *x, const int *a, size_t na, const int *b
 // largest: with a sparse branch, bf16 inputs can flip an LSH sign or a key
 // selection, which moves whole rows (a discrete choice, not a rounding error).
 static void pure_once(const char *file, const char *const *names, double tol, double frac) {
-    loaded x;
+    golden_engine x;
     load_case(&x, file, 0);
     hax_model *m = &x.m;
     round_bf16(m->data, m->data, (long)m->n_floats);
@@ -517,7 +494,7 @@ static void pure_once(const char *file, const char *const *names, double tol, do
     for (size_t i = 0; i < m->n_floats; i++) nz += m->grad[i] != 0;
     CHECK(nz > (long)m->n_floats / 4, "%s: only %ld nonzero gradients", file, nz);
     free(ref);
-    unload(&x);
+    golden_engine_free(&x);
 }
 
 static void test_bf16_pure_forward(void) {
@@ -545,7 +522,7 @@ static void test_bf16_pure_forward(void) {
 // candidates, another step other ones; evaluation uses its own stream. And
 // injected buckets equal to the computed ones change nothing, others do.
 static void test_random_inputs_and_injection(void) {
-    loaded x;
+    golden_engine x;
     load_case(&x, "mamba_sign_bin_lsh__key_selection", 0);
     hax_model *m = &x.m;
     int L = m->cfg.n_layers;
@@ -599,7 +576,7 @@ static void test_random_inputs_and_injection(void) {
     }
     free(logits);
     free(h1);
-    unload(&x);
+    golden_engine_free(&x);
 }
 
 int main(void) {

@@ -68,6 +68,46 @@ static double weighted_sum(const double *out, const float *R, int n) {
     return L;
 }
 
+// A naive double-precision version of the op under test: out [n, D].
+typedef void (*naive_fn)(double *out, const case_t *c);
+
+typedef struct {
+    case_t *c;
+    naive_fn naive;
+} naive_ctx;
+
+// The test loss sum(R . out) of the naive version.
+static double naive_loss(void *ctx) {
+    naive_ctx *x = ctx;
+    double *out = xmalloc((size_t)x->c->n * D * sizeof(double));
+    x->naive(out, x->c);
+    double L = weighted_sum(out, x->c->R, x->c->n * D);
+    free(out);
+    return L;
+}
+
+// The forward (c->out) against the naive version, and the gradients (c->da,
+// then each of the n_w weight blocks of w_size floats) against central
+// finite differences of its loss.
+static void check_vs_naive(case_t *c, naive_fn naive, const char *const *names, int n_w, int w_size) {
+    naive_ctx x = {c, naive};
+    size_t nd = (size_t)c->n * D;
+    double *ref = xmalloc(nd * sizeof(double));
+    float *reff = xmalloc(nd * sizeof(float));
+    naive(ref, c);
+    for (size_t i = 0; i < nd; i++) reff[i] = (float)ref[i];
+    double e = max_rel_err(c->out, reff, nd);
+    CHECK(e < 1e-5, "forward vs naive double: max rel err %.3g", e);
+    e = fd_exact(c->a, nd, c->da, naive_loss, &x, 1e-3f, 200, 1e-4);
+    CHECK(e < 1e-3, "d a: worst FD rel err %.3g", e);
+    for (int i = 0; i < n_w; i++) {
+        e = fd_exact(c->wbuf + i * w_size, w_size, c->gbuf + i * w_size, naive_loss, &x, 1e-3f, 64, 1e-4);
+        CHECK(e < 1e-3, "d %s: worst FD rel err %.3g", names[i], e);
+    }
+    free(ref);
+    free(reff);
+}
+
 // ---------------------------------------------------------------------------
 // Attention
 
@@ -137,15 +177,6 @@ static void attn_naive(double *out, const case_t *c) {
     free(o);
 }
 
-static double attn_naive_loss(void *ctx) {
-    case_t *c = ctx;
-    double *out = xmalloc((size_t)c->n * D * sizeof(double));
-    attn_naive(out, c);
-    double L = weighted_sum(out, c->R, c->n * D);
-    free(out);
-    return L;
-}
-
 static attn_params attn_w(const case_t *c) {
     return (attn_params){c->wbuf, c->wbuf + D * D, c->wbuf + 2 * D * D, c->wbuf + 3 * D * D};
 }
@@ -176,22 +207,8 @@ static void test_attn_forward_and_fd(void) {
     case_t c;
     case_init(&c, 4 * D * D, 1);
     attn_run(&c, 0, NSEQ);
-    double *ref = xmalloc((size_t)c.n * D * sizeof(double));
-    float *reff = xmalloc((size_t)c.n * D * sizeof(float));
-    attn_naive(ref, &c);
-    for (int i = 0; i < c.n * D; i++) reff[i] = (float)ref[i];
-    double e = max_rel_err(c.out, reff, (size_t)c.n * D);
-    CHECK(e < 1e-5, "forward vs naive double: max rel err %.3g", e);
-    e = fd_exact(c.a, (size_t)c.n * D, c.da, attn_naive_loss, &c, 1e-3f, 200, 1e-4);
-    CHECK(e < 1e-3, "d a: worst FD rel err %.3g", e);
-    const char *names[4] = {"q_proj", "k_proj", "v_proj", "o_proj"};
-    for (int i = 0; i < 4; i++) {
-        e = fd_exact(c.wbuf + i * D * D, D * D, c.gbuf + i * D * D, attn_naive_loss, &c, 1e-3f, 64,
-                     1e-4);
-        CHECK(e < 1e-3, "d %s: worst FD rel err %.3g", names[i], e);
-    }
-    free(ref);
-    free(reff);
+    static const char *const names[4] = {"q_proj", "k_proj", "v_proj", "o_proj"};
+    check_vs_naive(&c, attn_naive, names, 4, D * D);
     case_free(&c);
 }
 
@@ -255,15 +272,6 @@ static void mlp_naive(double *out, const case_t *c) {
     }
 }
 
-static double mlp_naive_loss(void *ctx) {
-    case_t *c = ctx;
-    double *out = xmalloc((size_t)c->n * D * sizeof(double));
-    mlp_naive(out, c);
-    double L = weighted_sum(out, c->R, c->n * D);
-    free(out);
-    return L;
-}
-
 static void mlp_run(case_t *c) {
     float *acts_buf = xmalloc(mlp_acts_floats(c->n, M) * sizeof(float));
     float *scratch = xmalloc(mlp_bwd_floats(c->n, D, M) * sizeof(float));
@@ -289,22 +297,8 @@ static void test_mlp(void) {
     CHECK(!memcmp(c.out, two.out, nd * sizeof(float)) && !memcmp(c.da, two.da, nd * sizeof(float)) &&
               !memcmp(c.gbuf, two.gbuf, 3 * M * D * sizeof(float)),
           "1 thread differs from 2 threads");
-    double *ref = xmalloc(nd * sizeof(double));
-    float *reff = xmalloc(nd * sizeof(float));
-    mlp_naive(ref, &c);
-    for (size_t i = 0; i < nd; i++) reff[i] = (float)ref[i];
-    double e = max_rel_err(c.out, reff, nd);
-    CHECK(e < 1e-5, "forward vs naive double: max rel err %.3g", e);
-    e = fd_exact(c.a, nd, c.da, mlp_naive_loss, &c, 1e-3f, 200, 1e-4);
-    CHECK(e < 1e-3, "d a: worst FD rel err %.3g", e);
-    const char *names[3] = {"gate_proj", "up_proj", "down_proj"};
-    for (int i = 0; i < 3; i++) {
-        e = fd_exact(c.wbuf + i * M * D, M * D, c.gbuf + i * M * D, mlp_naive_loss, &c, 1e-3f, 64,
-                     1e-4);
-        CHECK(e < 1e-3, "d %s: worst FD rel err %.3g", names[i], e);
-    }
-    free(ref);
-    free(reff);
+    static const char *const names[3] = {"gate_proj", "up_proj", "down_proj"};
+    check_vs_naive(&c, mlp_naive, names, 3, M * D);
     case_free(&c);
     case_free(&two);
 }

@@ -42,10 +42,9 @@
 #include "src/ops/mlp.h"
 #include "src/sparse/ks.h"
 #include "src/sparse/sparse.h"
+#include "golden_engine.h"
 #include "sparse_case.h"
 #include "test.h"
-
-#define GOLDEN "tests/golden/"
 
 static inline float R(float x) { return hax_bf16_round(x); }
 
@@ -723,32 +722,6 @@ static void test_attn_bf16(void) {
 
 // ---------------------------------------------------------------- tiny models through the engine
 
-typedef struct {
-    hax_model m;
-    hax_case c;
-    hax_batch b;
-    hax_engine *e;
-} loaded;
-
-static void load_case(loaded *x, const char *file) {
-    char path[512];
-    snprintf(path, sizeof path, GOLDEN "%s.safetensors", file);
-    st_file *f = st_open(path);
-    case_load(&x->c, f);
-    model_build(&x->m, &x->c.cfg);
-    case_load_params(&x->m, f);
-    st_close(f);
-    case_batch(&x->c, &x->b);
-    x->e = engine_cpu_create(&x->m, 16, 1, 16);
-}
-
-static void unload(loaded *x) {
-    engine_free(x->e);
-    hax_batch_free(&x->b);
-    model_free(&x->m);
-    case_free(&x->c);
-}
-
 #define EXPECT_BF16(what, p, n) \
     CHECK(not_bf16((p), (n)) == 0, "%s: %s: %ld values not bf16", file, what, not_bf16((p), (n)))
 
@@ -756,8 +729,8 @@ static void unload(loaded *x) {
 // hold bf16 values (each layer's; the sparse branch's inside; Samba's q, k,
 // v, o, g, u, s), and so do the gradients.
 static void engine_once(const char *file) {
-    loaded x;
-    load_case(&x, file);
+    golden_engine x;
+    golden_engine_load(&x, file, 0, 16, 1, 16);
     hax_model *m = &x.m;
     const hax_model_config *cfg = &m->cfg;
     round_bf16(m->data, m->data, (long)m->n_floats);
@@ -823,7 +796,7 @@ static void engine_once(const char *file) {
     for (size_t i = 0; i < m->n_floats; i++) nz += m->grad[i] != 0;
     CHECK(nz > (long)m->n_floats / 4, "%s: only %ld nonzero gradients", file, nz);
     printf("  %s: loss %.6f gate %.6f, all checked tensors bf16\n", file, r.loss, r.gate_loss);
-    unload(&x);
+    golden_engine_free(&x);
 }
 
 static void test_engine_mamba_hax(void) { engine_once("mamba_sign_bin_lsh__key_selection"); }

@@ -8,11 +8,6 @@
 #include "src/io/safetensors.h"
 #include "test.h"
 
-static const char *golden_dir(void) {
-    const char *d = getenv("HAX_GOLDEN");
-    return d ? d : "tests/golden";
-}
-
 static void test_round_trip(void) {
     float a[6] = {1.5f, -2.0f, 3.25f, 0.0f, -0.0f, 1e-30f};
     int64_t ids[4] = {0, -1, (int64_t)1 << 40, 7};
@@ -101,21 +96,16 @@ static void test_conversions(void) {
     st_close(f);
 }
 
-static int ends_with(const char *s, const char *suffix) {
-    size_t a = strlen(s), b = strlen(suffix);
-    return a >= b && strcmp(s + a - b, suffix) == 0;
-}
-
 static void test_golden_files(void) {
-    DIR *d = opendir(golden_dir());
-    CHECK(d != NULL, "cannot open %s", golden_dir());
+    DIR *d = opendir(test_golden_dir());
+    CHECK(d != NULL, "cannot open %s", test_golden_dir());
     if (!d) return;
     int n_files = 0;
     struct dirent *e;
     while ((e = readdir(d))) {
-        if (!ends_with(e->d_name, ".safetensors")) continue;
+        if (!test_ends_with(e->d_name, ".safetensors")) continue;
         char path[1024], err[512];
-        snprintf(path, sizeof path, "%s/%s", golden_dir(), e->d_name);
+        snprintf(path, sizeof path, "%s/%s", test_golden_dir(), e->d_name);
         st_file *f = st_load(path, err, sizeof err);
         CHECK(f != NULL, "%s", err);
         if (!f) continue;
@@ -222,7 +212,7 @@ static void test_bad_files(void) {
 static void test_truncated_files(void) {
     // A real golden file cut short, and a header length past the end.
     char path[1024], err[512];
-    snprintf(path, sizeof path, "%s/mamba_base.safetensors", golden_dir());
+    snprintf(path, sizeof path, "%s/mamba_base.safetensors", test_golden_dir());
     size_t len;
     char *buf = hax_read_file(path, &len);
     CHECK(buf != NULL, "cannot read %s", path);

@@ -178,6 +178,18 @@ static double mirror_loss(const tcase *c, const double *xd, const double *Wd, co
     return l;
 }
 
+// Central difference of the mirror's loss in one of its inputs, *v (an
+// element of xd or Wd), with step h.
+static double mirror_fd(const tcase *c, double *xd, double *Wd, const float *kscore, double *v, double h) {
+    double sv = *v;
+    *v = sv + h;
+    double lp = mirror_loss(c, xd, Wd, kscore);
+    *v = sv - h;
+    double lm = mirror_loss(c, xd, Wd, kscore);
+    *v = sv;
+    return (lp - lm) / (2 * h);
+}
+
 static const char *PATTERNS[] = {
     "sliding_window", "sink", "sliding_window+sink", "dilated", "sliding_window+dilated",
     "sign_bin_lsh", "argmax_lsh", "key_selection", "sign_bin_lsh+key_selection", "full",
@@ -237,23 +249,11 @@ static void check_pattern(const char *pattern, hax_semantics sem) {
         double worst = 0, hstep = 1e-6;
         for (int i = 0; i < c.n_tok * LDX; i += 3) {
             if (i % LDX >= EE) continue;
-            double sv = xd[i];
-            xd[i] = sv + hstep;
-            double lp = mirror_loss(&c, xd, Wd, st->key_score);
-            xd[i] = sv - hstep;
-            double lm = mirror_loss(&c, xd, Wd, st->key_score);
-            xd[i] = sv;
-            double fd = (lp - lm) / (2 * hstep), an = dX[(i / LDX) * EE + i % LDX];
+            double fd = mirror_fd(&c, xd, Wd, st->key_score, xd + i, hstep), an = dX[(i / LDX) * EE + i % LDX];
             worst = fmax(worst, fabs(fd - an) / (fabs(fd) + fabs(an) + 1e-6));
         }
         for (int i = 0; i < 2 * NN * EE; i += 2) {
-            double sv = Wd[i];
-            Wd[i] = sv + hstep;
-            double lp = mirror_loss(&c, xd, Wd, st->key_score);
-            Wd[i] = sv - hstep;
-            double lm = mirror_loss(&c, xd, Wd, st->key_score);
-            Wd[i] = sv;
-            double fd = (lp - lm) / (2 * hstep);
+            double fd = mirror_fd(&c, xd, Wd, st->key_score, Wd + i, hstep);
             worst = fmax(worst, fabs(fd - dW[i]) / (fabs(fd) + fabs(dW[i]) + 1e-6));
         }
         CHECK(worst < 1e-5, "%s sem %d: mirror gradient vs FD: worst rel %.3g", pattern, sem, worst);
@@ -283,7 +283,7 @@ typedef struct {
 
 static double impl_loss(void *p) {
     fd_ctx *x = p;
-    ks_params kp = ks_view(x->c->ksp);
+    ks_params kp = ks_flat_params(x->c->ksp, NN);
     double g = sparse_forward(x->st, &x->c->cfg, &x->c->b, x->c->X, LDX, x->c->W, &kp, x->c->Hm,
                               x->c->cand, 1, x->attn, EE);
     if (x->gate) return g;

@@ -182,7 +182,7 @@ static void test_empty_batch(void) {
     hax_sparse_state *st = sparse_state_alloc(&c.cfg, c.n_tok, NSEQ, L_PAD);
     hax_batch b0 = c.b;
     b0.n_seq = 0, b0.n_tok = 0;
-    ks_params kp = ks_view(c.ksp);
+    ks_params kp = ks_flat_params(c.ksp, NN);
     float attn[1] = {7}, dX[1] = {0}, dW[1] = {0};
     double gl = sparse_forward(st, &c.cfg, &b0, c.X, LDX, c.W, &kp, c.Hm, c.cand, 1, attn, EE);
     sparse_backward(st, &c.cfg, &b0, attn, EE, 1.0f, c.X, LDX, c.W, &kp, dX, LDX, dW, NULL);
@@ -228,7 +228,7 @@ static void die_no_cand(void) {  // key selection in training without candidates
     make_case(&c, "key_selection", SEMANTICS_REFERENCE, 1, LENS, NSEQ);
     hax_sparse_state *st = sparse_state_alloc(&c.cfg, c.n_tok, NSEQ, L_PAD);
     float *attn = xmalloc(sizeof(float) * c.n_tok * EE);
-    ks_params kp = ks_view(c.ksp);
+    ks_params kp = ks_flat_params(c.ksp, NN);
     sparse_forward(st, &c.cfg, &c.b, c.X, LDX, c.W, &kp, NULL, NULL, 1, attn, EE);
 }
 
@@ -273,16 +273,14 @@ static void bench_hax(int n, double *us_per_tok, double *keys_per_row, int *max_
     float *X = xmalloc(sizeof(float) * n * E), *W = xmalloc(sizeof(float) * D * E);
     float *Hm = xmalloc(sizeof(float) * N * 8), *attn = xmalloc(sizeof(float) * n * E);
     float *dX = xcalloc((size_t)n * E, sizeof(float)), *dW = xcalloc(D * E, sizeof(float));
-    int np = 2 * D * D + 3 * D + 1;
+    int np = KS_FLAT_FLOATS(N);
     float *kp = xmalloc(sizeof(float) * np), *dk = xcalloc(np, sizeof(float));
     int *cand = xmalloc(sizeof(int) * k);
     test_fill(X, (size_t)n * E, 1, 1.0f), test_fill(W, D * E, 2, 0.1f), test_fill(Hm, N * 8, 3, 1.0f);
     test_fill(kp, np, 4, 0.1f);
     for (int i = 0; i < k; i++) cand[i] = (int)((long)i * n / k);
-    ks_params p = {kp, kp + D * D, kp + D * D + D, kp + 2 * D * D + D, kp + 2 * D * D + 2 * D,
-                   kp + 2 * D * D + 3 * D};
-    ks_grads g = {dk, dk + D * D, dk + D * D + D, dk + 2 * D * D + D, dk + 2 * D * D + 2 * D,
-                  dk + 2 * D * D + 3 * D};
+    ks_params p = ks_flat_params(kp, N);
+    ks_grads g = ks_flat_grads(dk, N);
     hax_sparse_state *st = sparse_state_alloc(&cfg, n, 1, n);
     double t0 = hax_now();
     int reps = n <= 1024 ? 4 : 1;

@@ -12,44 +12,21 @@
 #include "src/engine/case.h"
 #include "src/model/model.h"
 #include "src/io/safetensors.h"
+#include "golden_engine.h"
 #include "test.h"
 
-#define CASE "tests/golden/mamba_sign_bin_lsh__key_selection.safetensors"
-
-typedef struct {
-    hax_model m;
-    hax_case c;
-    hax_batch b;
-    hax_engine *e;
-} loaded;
-
-static void load(loaded *x) {
-    st_file *f = st_open(CASE);
-    case_load(&x->c, f);
-    model_build(&x->m, &x->c.cfg);
-    case_load_params(&x->m, f);
-    st_close(f);
-    case_batch(&x->c, &x->b);
-    x->e = engine_cpu_create(&x->m, x->b.n_tok, x->b.n_seq, x->c.L);
-}
-
-static void unload(loaded *x) {
-    engine_free(x->e);
-    hax_batch_free(&x->b);
-    model_free(&x->m);
-    case_free(&x->c);
-}
+#define CASE "mamba_sign_bin_lsh__key_selection"  // tests/golden/CASE.safetensors
 
 // An evaluation forward, as train.c's evaluate runs it (fixed hash draw 0).
-static void eval_forward(loaded *x) {
+static void eval_forward(golden_engine *x) {
     hax_fwd_opts o = {.train = 0, .seed = 3, .step = 0, .ce_count = 0, .inject = NULL};
     hax_fwd_result r;
     engine_forward(x->e, &x->b, &o, &r);
 }
 
 static void test_cpu_outputs_through_table(void) {
-    loaded x;
-    load(&x);
+    golden_engine x;
+    golden_engine_load(&x, CASE, 0, 0, 0, 0);  // an engine for the case's batch
     eval_forward(&x);
     CHECK(x.e->be->ops->host, "the CPU backend's memory is the host's");
     CHECK(engine_hidden(x.e) == engine_cpu_hidden(x.e), "engine_hidden is the CPU hidden state");
@@ -61,14 +38,14 @@ static void test_cpu_outputs_through_table(void) {
         lsh_layers += engine_hash(x.e, l) != NULL;
     }
     CHECK(lsh_layers > 0, "an LSH case draws hash matrices in evaluation");
-    unload(&x);
+    golden_engine_free(&x);
 }
 
 // The CPU kernels behind a table that says its memory is not the host's: the
 // outputs are copies (other buffers) of the same numbers.
 static void test_device_style_outputs(void) {
-    loaded x;
-    load(&x);
+    golden_engine x;
+    golden_engine_load(&x, CASE, 0, 0, 0, 0);  // an engine for the case's batch
     eval_forward(&x);
     hax_ops ops = *hax_cpu_ops();
     ops.name = "copy", ops.host = 0;
@@ -87,7 +64,7 @@ static void test_device_style_outputs(void) {
         CHECK(engine_hash(e, l) && !memcmp(engine_hash(e, l), engine_cpu_hash(x.e, l), sizeof(float) * nh),
               "layer %d: the same hash matrix", l);
     engine_free(e);
-    unload(&x);
+    golden_engine_free(&x);
 }
 
 int main(void) {

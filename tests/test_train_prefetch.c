@@ -11,28 +11,10 @@
 #include "data-gen/datagen.h"
 #include "src/io/dataset.h"
 #include "src/train/prefetch.h"
+#include "dataset_tmp.h"
 #include "test.h"
 
-static char root[256];
 static const char *data_dir;
-
-static const char *make_data(void) {
-    static char path[512];
-    hax_data_params p;
-    memset(&p, 0, sizeof p);
-    p.levels = 2;
-    p.min_size[0] = 2, p.max_size[0] = 4;
-    p.min_size[1] = 3, p.max_size[1] = 4;
-    p.n_value = 16;
-    p.n_per_cell[SPLIT_TRAIN] = 30;  // 180 samples: batches of 64, 64, 52 per epoch
-    p.n_per_cell[SPLIT_VALID] = 5;
-    p.n_per_cell[SPLIT_TEST] = 4;
-    p.seed = 11;
-    snprintf(path, sizeof path, "%s/data", root);
-    datagen_opts o = {.p = p, .out = path, .shard_size = 50, .format = FORMAT_SHARDS, .force = 1};
-    CHECK(datagen_run(&o, 0, 1) == 0, "datagen_run");
-    return path;
-}
 
 static hax_dataset *open_data(int shuffle) {
     char err[512];
@@ -112,14 +94,11 @@ static void test_prefetch_stops_early(void) {
 }
 
 int main(int argc, char **argv) {
-    MPI_Init(&argc, &argv);
-    snprintf(root, sizeof root, "/tmp/hax_test_prefetch.XXXXXX");
-    if (!mkdtemp(root)) hax_die("mkdtemp failed");
-    data_dir = make_data();
+    tmp_root_begin(&argc, &argv, "hax_test_prefetch");
+    hax_data_params p;
+    params_small(&p, 16);  // 180 train samples: batches of 64, 64, 52 per epoch
+    data_dir = make_dataset("data", &p, 50);
     RUN(test_prefetch_equals_dataset_batch);
     RUN(test_prefetch_stops_early);
-    if (!test_remove_dir(root)) hax_warn("could not remove %s", root);
-    int rc = test_summary();
-    MPI_Finalize();
-    return rc;
+    return tmp_root_end();
 }

@@ -27,3 +27,9 @@ void acts_clear(hax_act_table *t) {
     t->v = NULL;
     t->n = t->cap = 0;
 }
+
+size_t acts_layout_clear(hax_act_table *t, float *base, int align) {
+    size_t n = acts_layout(t, base, align);
+    acts_clear(t);
+    return n;
+}

@@ -22,5 +22,7 @@ void acts_add(hax_act_table *t, const char *name, float **slot, size_t n);
 // Floats the table takes; assigns the slots into base when base != NULL.
 size_t acts_layout(const hax_act_table *t, float *base, int align);
 void acts_clear(hax_act_table *t);
+// acts_layout, then acts_clear: the floats the table took.
+size_t acts_layout_clear(hax_act_table *t, float *base, int align);
 
 #endif

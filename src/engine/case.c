@@ -210,18 +210,11 @@ void case_free(hax_case *c) {
 
 // The batch of sequences s0 .. s0+ns-1.
 static void make_batch(const hax_case *c, int s0, int ns, hax_batch *b) {
-    memset(b, 0, sizeof *b);
     int n_tok = 0;
     for (int s = s0; s < s0 + ns; s++) n_tok += c->len[s];
+    hax_batch_alloc(b, ns, (size_t)n_tok);
     b->n_seq = ns;
     b->n_tok = n_tok;
-    b->seq_off = xmalloc(sizeof(int) * (ns + 1));
-    b->inputs = xmalloc(sizeof(int32_t) * n_tok);
-    b->labels = xmalloc(sizeof(int32_t) * n_tok);
-    b->loss_mask = xmalloc(n_tok);
-    b->sample_idx = xmalloc(sizeof(int64_t) * ns);
-    b->n_context = xcalloc(ns, sizeof(int));
-    b->n_key = xcalloc(ns, sizeof(int));
     b->model_len = c->L;
     b->global_n_seq = ns;
     b->first_seq = s0;

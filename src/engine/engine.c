@@ -111,8 +111,7 @@ static void reserve(hax_engine *e, int n_tok, int n_seq, int max_len) {
     acts_table(&t, c, m, c->cap_tok, c->cap_seq);
     c->arena_floats = acts_layout(&t, NULL, ops->align);
     c->arena = ops->alloc(sizeof(float) * c->arena_floats);
-    acts_layout(&t, c->arena, ops->align);
-    acts_clear(&t);
+    acts_layout_clear(&t, c->arena, ops->align);
     c->work = ops->alloc(ops->work_bytes(m, c->cap_tok, c->cap_seq));
     c->ids = ops->alloc(sizeof(int32_t) * c->cap_tok);
     c->labels = ops->alloc(sizeof(int32_t) * c->cap_tok);
@@ -407,26 +406,27 @@ void engine_backward(hax_engine *e) {
 
 // ---------------------------------------------------------------- outputs
 
+// A forward's output [n_tok, width] on the host: the backend's own buffer
+// where its memory is the host's, else its host copy, downloaded once per
+// forward (*ok says it is done).
+static const float *host_output(eng_core *c, float *host, const float *dev, int width, int *ok) {
+    if (c->ops->host) return dev;
+    if (!*ok) {
+        c->ops->download(host, dev, sizeof(float) * (size_t)c->run->n_tok * width);
+        c->ops->sync();
+        *ok = 1;
+    }
+    return host;
+}
+
 const float *engine_hidden(hax_engine *e) {
     eng_core *c = e->core;
-    if (c->ops->host) return c->hf;
-    if (!c->hidden_ok) {
-        c->ops->download(c->h_hidden, c->hf, sizeof(float) * (size_t)c->run->n_tok * e->model->cfg.hidden_size);
-        c->ops->sync();
-        c->hidden_ok = 1;
-    }
-    return c->h_hidden;
+    return host_output(c, c->h_hidden, c->hf, e->model->cfg.hidden_size, &c->hidden_ok);
 }
 
 const float *engine_logits(hax_engine *e) {
     eng_core *c = e->core;
-    if (c->ops->host) return c->logits;
-    if (!c->logits_ok) {
-        c->ops->download(c->h_logits, c->logits, sizeof(float) * (size_t)c->run->n_tok * e->model->cfg.vocab_size);
-        c->ops->sync();
-        c->logits_ok = 1;
-    }
-    return c->h_logits;
+    return host_output(c, c->h_logits, c->logits, e->model->cfg.vocab_size, &c->logits_ok);
 }
 
 const float *engine_hash(hax_engine *e, int layer) {

@@ -55,33 +55,27 @@ size_t mamba_acts_floats(const hax_ops *ops, const hax_model_config *cfg, int n_
     mamba_acts a;
     hax_act_table t = {0};
     mamba_acts_list(&t, ops, &a, cfg, n_tok, n_seq);
-    size_t k = acts_layout(&t, NULL, ops->align);
-    acts_clear(&t);
-    return k;
+    return acts_layout_clear(&t, NULL, ops->align);
 }
 
 void mamba_acts_assign(const hax_ops *ops, mamba_acts *acts, float *buf, const hax_model_config *cfg, int n_tok,
                        int n_seq) {
     hax_act_table t = {0};
     mamba_acts_list(&t, ops, acts, cfg, n_tok, n_seq);
-    acts_layout(&t, buf, ops->align);
-    acts_clear(&t);
+    acts_layout_clear(&t, buf, ops->align);
 }
 
 size_t mamba_bwd_floats(const hax_ops *ops, const hax_model_config *cfg, int n_tok) {
     mamba_bwd s;
     hax_act_table t = {0};
     mamba_bwd_list(&t, &s, cfg, n_tok);
-    size_t k = acts_layout(&t, NULL, ops->align);
-    acts_clear(&t);
-    return k;
+    return acts_layout_clear(&t, NULL, ops->align);
 }
 
 void mamba_bwd_assign(const hax_ops *ops, mamba_bwd *s, float *buf, const hax_model_config *cfg, int n_tok) {
     hax_act_table t = {0};
     mamba_bwd_list(&t, s, cfg, n_tok);
-    acts_layout(&t, buf, ops->align);
-    acts_clear(&t);
+    acts_layout_clear(&t, buf, ops->align);
 }
 
 void mamba_pre_forward(const hax_ops *ops, mamba_acts *acts, const float *a, int ld_a, const mamba_params *w,

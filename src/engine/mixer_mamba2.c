@@ -44,33 +44,27 @@ size_t mamba2_acts_floats(const hax_ops *ops, const hax_model_config *cfg, int n
     mamba2_acts a;
     hax_act_table t = {0};
     mamba2_acts_list(&t, ops, &a, cfg, n_tok, n_seq);
-    size_t k = acts_layout(&t, NULL, ops->align);
-    acts_clear(&t);
-    return k;
+    return acts_layout_clear(&t, NULL, ops->align);
 }
 
 void mamba2_acts_assign(const hax_ops *ops, mamba2_acts *acts, float *buf, const hax_model_config *cfg, int n_tok,
                         int n_seq) {
     hax_act_table t = {0};
     mamba2_acts_list(&t, ops, acts, cfg, n_tok, n_seq);
-    acts_layout(&t, buf, ops->align);
-    acts_clear(&t);
+    acts_layout_clear(&t, buf, ops->align);
 }
 
 size_t mamba2_bwd_floats(const hax_ops *ops, const hax_model_config *cfg, int n_tok) {
     mamba2_bwd s;
     hax_act_table t = {0};
     mamba2_bwd_list(&t, &s, cfg, n_tok);
-    size_t k = acts_layout(&t, NULL, ops->align);
-    acts_clear(&t);
-    return k;
+    return acts_layout_clear(&t, NULL, ops->align);
 }
 
 void mamba2_bwd_assign(const hax_ops *ops, mamba2_bwd *s, float *buf, const hax_model_config *cfg, int n_tok) {
     hax_act_table t = {0};
     mamba2_bwd_list(&t, s, cfg, n_tok);
-    acts_layout(&t, buf, ops->align);
-    acts_clear(&t);
+    acts_layout_clear(&t, buf, ops->align);
 }
 
 void mamba2_pre_forward(const hax_ops *ops, mamba2_acts *acts, const float *a, int ld_a, const mamba2_params *w,

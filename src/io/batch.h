@@ -3,6 +3,7 @@
 #ifndef HAX_BATCH_H
 #define HAX_BATCH_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {
@@ -20,6 +21,11 @@ typedef struct {
     int global_n_seq;      // sequences in the global batch, over all ranks (normalisers)
     int first_seq;         // global position of this rank's first sequence within the batch
 } hax_batch;
+
+// Zeroes a batch and gives it arrays for up to max_seq sequences and max_tok
+// positions (the per-sequence ones zeroed); the caller sets the counts and
+// fills them. Free with hax_batch_free.
+void hax_batch_alloc(hax_batch *b, int max_seq, size_t max_tok);
 
 // Frees the arrays of a batch that owns them (the reader's and the golden
 // loader's batches) and zeroes it.

@@ -24,15 +24,7 @@ int64_t dataset_batches_per_epoch(const hax_dataset *ds, int split, int global_b
 }
 
 void dataset_batch_alloc(const hax_dataset *ds, int global_batch, hax_batch *b) {
-    memset(b, 0, sizeof *b);
-    size_t max_tok = (size_t)global_batch * (size_t)(ds->pad_len - 1);
-    b->seq_off = xcalloc((size_t)global_batch + 1, sizeof(int));
-    b->inputs = xmalloc(max_tok * sizeof(int32_t));
-    b->labels = xmalloc(max_tok * sizeof(int32_t));
-    b->loss_mask = xmalloc(max_tok);
-    b->sample_idx = xcalloc((size_t)global_batch, sizeof(int64_t));
-    b->n_context = xcalloc((size_t)global_batch, sizeof(int));
-    b->n_key = xcalloc((size_t)global_batch, sizeof(int));
+    hax_batch_alloc(b, global_batch, (size_t)global_batch * (size_t)(ds->pad_len - 1));
     b->model_len = ds->pad_len - 1;
 }
 

@@ -54,6 +54,19 @@ static void add_ks_mlp(hax_model *m, int i, hax_layer_params *l, float ir) {
     l->dx3_b = P1(INIT_ZEROS, 0, 1, "layers.%d.mixer.dx_proj_3.bias", i);
 }
 
+// The out_proj [d, E] of both SSM mixers, their last parameter: with
+// rescale_prenorm_residual Kaiming-uniform over sqrt(n_layers), else normal.
+static void add_out_proj(hax_model *m, int i, hax_layer_params *l) {
+    const hax_model_config *c = &m->cfg;
+    int E = c->intermediate_size, d = c->hidden_size;
+    float ir = c->initializer_range;
+    if (c->rescale_prenorm_residual)
+        l->out_proj = P2(INIT_UNIFORM, kaiming_bound(E) / sqrtf((float)c->n_layers), d, E,
+                         "layers.%d.mixer.out_proj.weight", i);
+    else
+        l->out_proj = P2(INIT_NORMAL, ir, d, E, "layers.%d.mixer.out_proj.weight", i);
+}
+
 // fla MambaMixer (+ EnhancedMambaMixer): own parameters (E, A_log, D) first,
 // then submodules in registration order.
 static void add_mamba_mixer(hax_model *m, int i, hax_layer_params *l) {
@@ -72,11 +85,7 @@ static void add_mamba_mixer(hax_model *m, int i, hax_layer_params *l) {
     l->dt_proj_b = P1(INIT_DT_BIAS, 0, E, "layers.%d.mixer.dt_proj.bias", i);
     if (sparse) l->xx_proj = P2(INIT_NORMAL, ir, 2 * N, E, "layers.%d.mixer.xx_proj.weight", i);
     if (ks) add_ks_mlp(m, i, l, ir);
-    if (c->rescale_prenorm_residual)
-        l->out_proj = P2(INIT_UNIFORM, kaiming_bound(E) / sqrtf((float)c->n_layers), d, E,
-                         "layers.%d.mixer.out_proj.weight", i);
-    else
-        l->out_proj = P2(INIT_NORMAL, ir, d, E, "layers.%d.mixer.out_proj.weight", i);
+    add_out_proj(m, i, l);
 }
 
 // fla Mamba2Mixer (+ EnhancedMamba2Mixer): E, dt_bias, A_log, D, then xx_proj,
@@ -96,11 +105,7 @@ static void add_mamba2_mixer(hax_model *m, int i, hax_layer_params *l) {
     l->conv_b = P1(INIT_ZEROS, 0, m->conv_dim, "layers.%d.mixer.conv1d.bias", i);
     l->in_proj = P2(INIT_NORMAL, ir, m->in_proj_dim, d, "layers.%d.mixer.in_proj.weight", i);
     l->gnorm = P1(INIT_ONES, 0, E, "layers.%d.mixer.norm.weight", i);
-    if (c->rescale_prenorm_residual)
-        l->out_proj = P2(INIT_UNIFORM, kaiming_bound(E) / sqrtf((float)c->n_layers), d, E,
-                         "layers.%d.mixer.out_proj.weight", i);
-    else
-        l->out_proj = P2(INIT_NORMAL, ir, d, E, "layers.%d.mixer.out_proj.weight", i);
+    add_out_proj(m, i, l);
 }
 
 // Samba's attention layers (q, k, v, o projections).

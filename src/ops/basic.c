@@ -97,26 +97,11 @@ void add_partials(float *dw, const double *part, int n_chunk, int d) {
     }
 }
 
+// The plain RMSNorm's backward is the fused one's with no residual (s = x):
+// the same per-row gradients, added to dx alone.
 void rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x, const float *rstd,
                       const float *w, int n, int d) {
-    int n_chunk = (n + ROW_CHUNK - 1) / ROW_CHUNK;
-    double *part = dw ? xcalloc((size_t)n_chunk * d, sizeof(double)) : NULL;
-#pragma omp parallel
-    {
-        float *g = xmalloc(sizeof(float) * d);
-#pragma omp for schedule(static)
-        for (int ch = 0; ch < n_chunk; ch++) {
-            for (int i = ch * ROW_CHUNK; i < min_int(n, (ch + 1) * ROW_CHUNK); i++) {
-                size_t o = (size_t)i * d;
-                rmsnorm_row_backward(g, part ? part + (size_t)ch * d : NULL, dout + o, x + o, rstd[i], w, d);
-                if (dx)
-                    for (int j = 0; j < d; j++) dx[o + j] += g[j];
-            }
-        }
-        free(g);
-    }
-    if (dw) add_partials(dw, part, n_chunk, d);
-    free(part);
+    add_rmsnorm_backward(dx, NULL, dw, dout, NULL, x, rstd, w, n, d);
 }
 
 // ---------------------------------------------------------------- fused add + RMSNorm

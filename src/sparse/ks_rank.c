@@ -111,9 +111,11 @@ double ks_rank_loss_pairs(const float *score, const double *y, const int *cand, 
     return total;
 }
 
-void ks_rank_targets(double *y, const float *K, int ldk, const float *Q, int ldq, const int *cand,
-                     const int *seq_off, int n_seq, int model_len, int N, int k_c,
-                     hax_semantics sem) {
+// The arguments of ks_rank_targets and ks_rank_targets_bf16: the candidates
+// (dies on a bad one) and, in reference semantics, no sequence longer than
+// model_len.
+static void check_target_args(const int *cand, const int *seq_off, int n_seq, int model_len, int k_c,
+                              hax_semantics sem) {
     check_candidates(cand, seq_off, n_seq, k_c);
     for (int s = 0; s < n_seq; s++) {
         int n = seq_off[s + 1] - seq_off[s];
@@ -121,6 +123,12 @@ void ks_rank_targets(double *y, const float *K, int ldk, const float *Q, int ldq
             hax_die("sparse_ks: batch model_len: expected at least every sequence length, found "
                     "%d < length %d of sequence %d", model_len, n, s);
     }
+}
+
+void ks_rank_targets(double *y, const float *K, int ldk, const float *Q, int ldq, const int *cand,
+                     const int *seq_off, int n_seq, int model_len, int N, int k_c,
+                     hax_semantics sem) {
+    check_target_args(cand, seq_off, n_seq, model_len, k_c, sem);
     // One task per (sequence, candidate slot), so that a long single
     // sequence still spreads over the threads; each writes its own y.
 #pragma omp parallel for schedule(dynamic, 8)
@@ -194,13 +202,7 @@ int ks_candidate_rows(int *rows, const int *cand, const int *seq_off, int n_seq,
 void ks_rank_targets_bf16(double *y, const float *K, int ldk, const float *Q, int ldq, const int *cand,
                           const int *seq_off, int n_seq, int model_len, int N, int k_c,
                           hax_semantics sem) {
-    check_candidates(cand, seq_off, n_seq, k_c);
-    for (int s = 0; s < n_seq; s++) {
-        int n = seq_off[s + 1] - seq_off[s];
-        if (sem == SEMANTICS_REFERENCE && n > model_len)
-            hax_die("sparse_ks: batch model_len: expected at least every sequence length, found "
-                    "%d < length %d of sequence %d", model_len, n, s);
-    }
+    check_target_args(cand, seq_off, n_seq, model_len, k_c, sem);
 #pragma omp parallel for schedule(dynamic, 8)
     for (long j = 0; j < (long)n_seq * k_c; j++) {
         int s = (int)(j / k_c);
