@@ -39,7 +39,13 @@ in fp32 stored bf16, the fused mamba_split_conv1d_scan_combined of fla's
 Mamba2Mixer (needs causal_conv1d's CUDA extension) is composed of that conv,
 the SSD of the path, mamba_ssm's gated RMSNorm of the path and out_proj, and
 flash-attn (when not installed) is the masked softmax attention in fp32
-stored bf16. The comparison of the two paths (--against) is the reference
+stored bf16. With --ext DIR (--path triton only; DIR is carry/ext, holding
+selective_scan_cuda and causal_conv1d_cuda built for sm_90 and causal-conv1d's
+Python package, see tests/ref/README.md) the triton path runs the real ones
+instead: mamba_ssm's selective_scan_fn and mamba_inner_fn on its CUDA scan,
+causal-conv1d's causal_conv1d_fn and the fused
+mamba_split_conv1d_scan_combined; the metadata's kernels say which ran. The
+comparison of the two paths (--against) is the reference
 against itself: its counts bound hax's tolerance (bin/hax-check --noise).
 
 Cases (Table 1 sizes; batch: the 2 real-size samples of paper_mamba2_hax,
@@ -53,7 +59,7 @@ true lengths 1058 and 268):
 
 usage (GPU machine, see tests/ref/README.md):
   PYTHONPATH=/tmp/site python3 tests/ref/ref_golden_bf16.py --out DIR [--path triton|torch]
-      [--only NAME] [--against DIR_OF_THE_OTHER_PATH] [--repeat] [--device cpu]
+      [--ext carry/ext] [--only NAME] [--against DIR_OF_THE_OTHER_PATH] [--repeat] [--device cpu]
 writes DIR/NAME.PATH.safetensors; --against prints per tensor the elements
 that differ from the other path's file, in bf16 ulps; --repeat runs each case
 twice and prints the same for the two runs (is the path deterministic);
@@ -69,7 +75,7 @@ import sys
 import types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ref_train import load_joint_recall  # noqa: E402  (joint_recall.py as a module, no network imports)
+from ref_train import load_joint_recall, use_ext, fake_selective_scan_cuda, check_ext  # noqa: E402
 
 CASES = {
     "mamba2_base": dict(base_arch="mamba2", sparse_arch=None, golden=None, batch="paper_mamba2_hax"),
@@ -91,9 +97,11 @@ def die(msg):
 def setup(a):
     """Imports the reference and puts in the kernels of path a.path. Returns
     (torch, joint_recall module, notes)."""
-    ssc = types.ModuleType("selective_scan_cuda")  # imported by mamba_ssm, never called
-    ssc.__spec__ = importlib.machinery.ModuleSpec("selective_scan_cuda", None)
-    sys.modules.setdefault("selective_scan_cuda", ssc)
+    if a.ext and (a.path != "triton" or a.device != "cuda"):
+        die("--ext: expected --path triton on cuda (the torch path is the reference functions)")
+    ext = use_ext(a.ext) if a.ext else None
+    if not ext:
+        fake_selective_scan_cuda()  # imported by mamba_ssm, never called
     sys.path.insert(0, a.mamba)
     sys.path.insert(0, a.hax)
     import torch
@@ -231,22 +239,29 @@ def setup(a):
                                       delta_bias=delta_bias, delta_softplus=delta_softplus,
                                       return_last_state=return_last_state)
 
-    ssi.causal_conv1d_fn = conv_fp32          # mamba_inner_ref's globals
-    ssi.selective_scan_fn = selective_scan
-    EM.causal_conv1d_fn, EM.selective_scan_fn = conv_fp32, selective_scan
-    EM2.causal_conv1d_fn, EM2.mamba_chunk_scan_combined = conv_fp32, scan
-    flm1.is_fast_path_available, flm1.mamba_inner_fn = True, ssi.mamba_inner_ref
-    flm1.causal_conv1d_fn, flm1.selective_scan_fn = conv_fp32, selective_scan
-    flm2.is_fast_path_available = True
-    flm2.causal_conv1d_fn, flm2.mamba_chunk_scan_combined = conv_fp32, scan
-    flm2.mamba_split_conv1d_scan_combined = split_conv1d_scan
+    if ext:  # the modules imported the real kernels: leave them
+        check_ext(a.ext)
+        notes.update(ext=ext, selective_scan="mamba_ssm selective_scan_fn (selective_scan_cuda)",
+                     mamba_inner="mamba_ssm mamba_inner_fn (causal_conv1d_cuda, selective_scan_cuda)",
+                     causal_conv1d="causal-conv1d causal_conv1d_fn (causal_conv1d_cuda)",
+                     split_conv1d_scan="mamba_ssm mamba_split_conv1d_scan_combined (fused)")
+    else:
+        ssi.causal_conv1d_fn = conv_fp32          # mamba_inner_ref's globals
+        ssi.selective_scan_fn = selective_scan
+        EM.causal_conv1d_fn, EM.selective_scan_fn = conv_fp32, selective_scan
+        EM2.causal_conv1d_fn, EM2.mamba_chunk_scan_combined = conv_fp32, scan
+        flm1.is_fast_path_available, flm1.mamba_inner_fn = True, ssi.mamba_inner_ref
+        flm1.causal_conv1d_fn, flm1.selective_scan_fn = conv_fp32, selective_scan
+        flm2.is_fast_path_available = True
+        flm2.causal_conv1d_fn, flm2.mamba_chunk_scan_combined = conv_fp32, scan
+        flm2.mamba_split_conv1d_scan_combined = split_conv1d_scan
+        notes.update(selective_scan="mamba_ssm selective_scan_ref (GPU, fp32 inside)",
+                     mamba_inner="mamba_ssm mamba_inner_ref", causal_conv1d="conv1d + SiLU in fp32, stored bf16",
+                     split_conv1d_scan="conv, SSD, gated RMSNorm, out_proj composed")
     if a.device == "cpu":  # fla's mixers take their fast paths only for CUDA weights: the same paths here
         def fast(self, hidden_states, cache_params=None, cache_position=None, attention_mask=None):
             return self.cuda_kernels_forward(hidden_states, cache_params, cache_position, attention_mask)
         flm1.MambaMixer.forward = flm2.Mamba2Mixer.forward = fast
-    notes.update(selective_scan="mamba_ssm selective_scan_ref (GPU, fp32 inside)",
-                 mamba_inner="mamba_ssm mamba_inner_ref", causal_conv1d="conv1d + SiLU in fp32, stored bf16",
-                 split_conv1d_scan="conv, SSD, gated RMSNorm, out_proj composed")
 
     if a.path == "torch":
         def rmsnorm_torch(self, x, residual=None, prenorm=False, residual_in_fp32=False):
@@ -516,6 +531,8 @@ def main():
     ap.add_argument("--hax", default="carry/hax", help="DeepGraphLearning/HAX (git archive)")
     ap.add_argument("--mamba", default="carry/mamba", help="state-spaces/mamba v2.2.4 (Triton SSD only)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--ext", default=None, help="folder of the CUDA extensions selective_scan_cuda and "
+                    "causal_conv1d_cuda (carry/ext): the triton path runs them (default: their substitutes)")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                     help="cpu: a dry run of the torch path where there is no GPU (not a golden)")
     a = ap.parse_args()

@@ -13,7 +13,11 @@ reference --format text` writes byte-equal to scripts/create_dataset.py), and
 causal_conv1d's CUDA extension (PyTorch's depthwise conv1d + SiLU, as
 /work/shared/oracle/ref_gpu_bench.py does; mamba_ssm's Triton SSD kernel is the
 real one). Mamba-1 needs mamba_ssm's selective_scan CUDA extension and is not
-run here.
+run that way. With --ext DIR (carry/ext: selective_scan_cuda and
+causal_conv1d_cuda built for sm_90, and causal-conv1d's Python package; see
+tests/ref/README.md) nothing is replaced but wandb and datasets: the real
+selective_scan_fn, mamba_inner_fn, causal_conv1d_fn and fused
+mamba_split_conv1d_scan_combined run, and Mamba-1 models can be trained.
 
 One JSON line per step: step, loss, gate_loss, acc, lr (as the script logs them
 to wandb), and a first line naming the GPU, torch, triton and the run.
@@ -26,14 +30,67 @@ tests/ref/README.md):
       flash-linear-attention==0.2.0
   bin/hax-datagen --out data/ref --compat reference --format text
   PYTHONPATH=/tmp/site python3 tests/ref/ref_train.py --data data/ref --base_arch mamba2 \
-      --sparse_arch sign_bin_lsh+key_selection --lr 1e-3 --steps 3000 --seed 1 > ref_seed1.jsonl
+      --sparse_arch sign_bin_lsh+key_selection --lr 1e-3 --steps 3000 --seed 1 [--ext carry/ext] > ref_seed1.jsonl
 """
 import argparse
+import glob
+import hashlib
+import importlib.machinery
 import json
 import os
 import sys
 import time
 import types
+
+EXT_MODULES = ("selective_scan_cuda", "causal_conv1d_cuda")
+
+
+def use_ext(d):
+    """Puts the CUDA extensions of folder d (carry/ext) first on sys.path, before
+    mamba_ssm, causal_conv1d and the reference are imported. Returns the note
+    for the run's metadata: each file's name and the start of its sha256."""
+    files = {}
+    for mod in EXT_MODULES:
+        found = glob.glob(os.path.join(d, mod + ".cpython-%d%d-*.so" % sys.version_info[:2]))
+        if len(found) != 1:
+            raise SystemExit("--ext %s: expected one %s.cpython-%d%d-*.so, found %d" % (
+                (d, mod) + sys.version_info[:2] + (len(found),)))
+        files[mod] = found[0]
+    if not os.path.isfile(os.path.join(d, "causal_conv1d", "__init__.py")):
+        raise SystemExit("--ext %s: expected causal_conv1d/__init__.py (causal-conv1d's Python package)" % d)
+    sys.path.insert(0, d)
+    return {os.path.basename(f): hashlib.sha256(open(f, "rb").read()).hexdigest()[:16] for f in files.values()}
+
+
+def fake_selective_scan_cuda():
+    """mamba_ssm's Mamba-1 kernel module (a CUDA extension) when it is not
+    built: imported by mamba_ssm, never called."""
+    ssc = types.ModuleType("selective_scan_cuda")
+    ssc.__spec__ = importlib.machinery.ModuleSpec("selective_scan_cuda", None)
+    sys.modules.setdefault("selective_scan_cuda", ssc)
+
+
+def check_ext(d):
+    """After the reference is imported: every module that picks a kernel at
+    import picked the real one from d (an import error there is silently
+    replaced by None in mamba_ssm, fla and the reference)."""
+    import mamba_ssm.ops.selective_scan_interface as ssi
+    import mamba_ssm.ops.triton.ssd_combined as ssd
+    for mod in EXT_MODULES:
+        m = sys.modules.get(mod)
+        where = os.path.abspath(getattr(m, "__file__", None) or "none")
+        if not where.startswith(os.path.abspath(d) + os.sep):
+            raise SystemExit("--ext %s: module %s: expected it loaded from there, found %s" % (d, mod, where))
+    uses = [(ssi, "selective_scan_cuda"), (ssi, "causal_conv1d_cuda"), (ssi, "causal_conv1d_fn"),
+            (ssd, "causal_conv1d_cuda"), (ssd, "causal_conv1d_fn")]
+    for name in ("src.modeling_enhanced_mamba", "src.modeling_enhanced_mamba2", "fla.models.mamba.modeling_mamba",
+                 "fla.models.mamba2.modeling_mamba2"):
+        if name in sys.modules:
+            uses += [(sys.modules[name], "causal_conv1d_fn"), (sys.modules[name], "is_fast_path_available")]
+    for m, attr in uses:
+        if not getattr(m, attr, None):
+            raise SystemExit("--ext %s: %s.%s: expected the real kernel, found %r" % (
+                d, m.__name__, attr, getattr(m, attr, None)))
 
 
 def load_joint_recall(path):
@@ -92,13 +149,13 @@ def main():
     ap.add_argument("--warmup_step", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--bsz", type=int, default=64)
+    ap.add_argument("--ext", default=None,
+                    help="folder of the CUDA extensions selective_scan_cuda, causal_conv1d_cuda (carry/ext)")
     a = ap.parse_args()
 
-    # mamba_ssm's Mamba-1 kernel module (a CUDA extension, not built): imported, never called here
-    import importlib.machinery
-    ssc = types.ModuleType("selective_scan_cuda")
-    ssc.__spec__ = importlib.machinery.ModuleSpec("selective_scan_cuda", None)
-    sys.modules.setdefault("selective_scan_cuda", ssc)
+    ext = use_ext(a.ext) if a.ext else None
+    if not ext:
+        fake_selective_scan_cuda()
     sys.path.insert(0, a.mamba)
     sys.path.insert(0, a.hax)
     sys.argv = ["joint_recall.py", "--base_arch", a.base_arch, "--lr", str(a.lr), "--step", str(a.steps),
@@ -106,9 +163,12 @@ def main():
                 "--config_dir", os.path.join(a.hax, "configs")] + (["--sparse_arch", a.sparse_arch] if a.sparse_arch else [])
     import torch
     jr = load_joint_recall(os.path.join(a.hax, "scripts", "joint_recall.py"))
-    for mod in ("src.modeling_enhanced_mamba", "src.modeling_enhanced_mamba2"):
-        if mod in sys.modules and hasattr(sys.modules[mod], "causal_conv1d_fn"):
-            sys.modules[mod].causal_conv1d_fn = conv_ref
+    if ext:
+        check_ext(a.ext)
+    else:
+        for mod in ("src.modeling_enhanced_mamba", "src.modeling_enhanced_mamba2"):
+            if mod in sys.modules and hasattr(sys.modules[mod], "causal_conv1d_fn"):
+                sys.modules[mod].causal_conv1d_fn = conv_ref
 
     args = jr.parse_args()
     jr.args = args  # lr_lambda reads the module's global args
@@ -126,7 +186,9 @@ def main():
     trainer.model.train()
     print(json.dumps(dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
                           triton=__import__("triton").__version__, config=name, sparse_arch=args.sparse_arch,
-                          lr=args.lr, seed=args.seed, steps=args.step, warmup=args.warmup_step)), flush=True)
+                          lr=args.lr, seed=args.seed, steps=args.step, warmup=args.warmup_step,
+                          kernels=dict(ext=ext) if ext else "causal_conv1d_fn: conv1d + SiLU (torch, bf16)")),
+          flush=True)
     t0 = time.time()
     for step, data in enumerate(batches(a.data, args.bsz), 1):
         if step > args.step:
