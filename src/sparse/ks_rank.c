@@ -86,8 +86,10 @@ static inline int n_candidates(const int *row, int k_c) {
     return m;
 }
 
-double ks_rank_loss_pairs(const float *score, const double *y, const int *cand, const int *seq_off,
-                          int n_seq, int k_c) {
+// The ranking loss over each sequence's candidate pairs: fp32's BCE terms in
+// double, or (bf16) the reference's bf16 ops per term (hax_bce_term_bf16).
+static double loss_pairs(const float *score, const double *y, const int *cand, const int *seq_off, int n_seq,
+                         int k_c, int bf16) {
     check_candidates(cand, seq_off, n_seq, k_c);
     // Per-sequence losses, summed in sequence order afterwards (thread-count
     // independent).
@@ -101,7 +103,8 @@ double ks_rank_loss_pairs(const float *score, const double *y, const int *cand, 
         double l = 0.0;
         for (int a = 0; a < m; a++)
             for (int b = 0; b < m; b++)
-                l += hax_bce_logits((double)x[I[a]] - (double)x[I[b]], hax_rank_target(ys[a], ys[b]));
+                l += bf16 ? hax_bce_term_bf16(x[I[a]], x[I[b]], ys[a], ys[b])
+                          : hax_bce_logits((double)x[I[a]] - (double)x[I[b]], hax_rank_target(ys[a], ys[b]));
         // Quirk 8: the mean runs over all m^2 pairs, the diagonal included.
         loss_s[s] = m > 0 ? l / ((double)m * m) : 0.0;
     }
@@ -109,6 +112,11 @@ double ks_rank_loss_pairs(const float *score, const double *y, const int *cand, 
     for (int s = 0; s < n_seq; s++) total += loss_s[s];
     free(loss_s);
     return total;
+}
+
+double ks_rank_loss_pairs(const float *score, const double *y, const int *cand, const int *seq_off,
+                          int n_seq, int k_c) {
+    return loss_pairs(score, y, cand, seq_off, n_seq, k_c, 0);
 }
 
 // The arguments of ks_rank_targets and ks_rank_targets_bf16: the candidates
@@ -228,23 +236,7 @@ void ks_rank_targets_bf16(double *y, const float *K, int ldk, const float *Q, in
 
 double ks_rank_loss_pairs_bf16(const float *score, const double *y, const int *cand, const int *seq_off,
                                int n_seq, int k_c) {
-    check_candidates(cand, seq_off, n_seq, k_c);
-    double *loss_s = xmalloc(sizeof(double) * (size_t)(n_seq > 0 ? n_seq : 1));
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int s = 0; s < n_seq; s++) {
-        const int *I = cand + (size_t)s * k_c;
-        const double *ys = y + (size_t)s * k_c;
-        const float *x = score + seq_off[s];
-        int m = n_candidates(I, k_c);
-        double l = 0.0;
-        for (int a = 0; a < m; a++)
-            for (int b = 0; b < m; b++) l += hax_bce_term_bf16(x[I[a]], x[I[b]], ys[a], ys[b]);
-        loss_s[s] = m > 0 ? l / ((double)m * m) : 0.0;
-    }
-    double total = 0.0;
-    for (int s = 0; s < n_seq; s++) total += loss_s[s];
-    free(loss_s);
-    return total;
+    return loss_pairs(score, y, cand, seq_off, n_seq, k_c, 1);
 }
 
 void ks_rank_loss_backward_bf16(float *dscore, const float *score, const double *y, const int *cand,
