@@ -133,9 +133,12 @@ static void check_target_args(const int *cand, const int *seq_off, int n_seq, in
     }
 }
 
-void ks_rank_targets(double *y, const float *K, int ldk, const float *Q, int ldq, const int *cand,
-                     const int *seq_off, int n_seq, int model_len, int N, int k_c,
-                     hax_semantics sem) {
+// y_a for each candidate slot: how much the later queries (and the key's own
+// position) attend to key I_a under a sigmoid "linear attention" (detached).
+// bf16: the reference's bf16 ops per term (the dot rounded once: bf16
+// products are exact in double; the sigmoid rounded) and on the sum.
+static void targets(double *y, const float *K, int ldk, const float *Q, int ldq, const int *cand, const int *seq_off,
+                    int n_seq, int model_len, int N, int k_c, hax_semantics sem, int bf16) {
     check_target_args(cand, seq_off, n_seq, model_len, k_c, sem);
     // One task per (sequence, candidate slot), so that a long single
     // sequence still spreads over the threads; each writes its own y.
@@ -149,20 +152,24 @@ void ks_rank_targets(double *y, const float *K, int ldk, const float *Q, int ldq
             y[j] = 0.0;
             continue;
         }
-        // y_a: how much the later queries (and the key's own position) attend
-        // to key I_a under a sigmoid "linear attention" (detached).
         const float *k = K + (o + (size_t)Ia) * ldk;
         double sum = 0.0;
         for (int t = Ia; t < n; t++) {
             const float *q = Q + (o + (size_t)t) * ldq;
             double dot = 0.0;
             for (int i = 0; i < N; i++) dot += (double)q[i] * (double)k[i];
-            sum += hax_sigmoid_d(dot);
+            sum += bf16 ? hax_bf16_round(hax_sigmoid(hax_bf16_round((float)dot))) : hax_sigmoid_d(dot);
         }
         // Quirk 5: each pad query (Q = 0) adds sigmoid(0) = 0.5.
         if (sem == SEMANTICS_REFERENCE) sum += 0.5 * (double)(model_len - n);
-        y[j] = sum;
+        y[j] = bf16 ? hax_bf16_round((float)sum) : sum;
     }
+}
+
+void ks_rank_targets(double *y, const float *K, int ldk, const float *Q, int ldq, const int *cand,
+                     const int *seq_off, int n_seq, int model_len, int N, int k_c,
+                     hax_semantics sem) {
+    targets(y, K, ldk, Q, ldq, cand, seq_off, n_seq, model_len, N, k_c, sem, 0);
 }
 
 double ks_rank_loss_forward(double *y, const float *score, const float *K, int ldk,
@@ -210,28 +217,7 @@ int ks_candidate_rows(int *rows, const int *cand, const int *seq_off, int n_seq,
 void ks_rank_targets_bf16(double *y, const float *K, int ldk, const float *Q, int ldq, const int *cand,
                           const int *seq_off, int n_seq, int model_len, int N, int k_c,
                           hax_semantics sem) {
-    check_target_args(cand, seq_off, n_seq, model_len, k_c, sem);
-#pragma omp parallel for schedule(dynamic, 8)
-    for (long j = 0; j < (long)n_seq * k_c; j++) {
-        int s = (int)(j / k_c);
-        size_t o = (size_t)seq_off[s];
-        int n = seq_off[s + 1] - seq_off[s];
-        int Ia = cand[j];
-        if (Ia < 0) {
-            y[j] = 0.0;
-            continue;
-        }
-        const float *k = K + (o + (size_t)Ia) * ldk;
-        double sum = 0.0;
-        for (int t = Ia; t < n; t++) {
-            const float *q = Q + (o + (size_t)t) * ldq;
-            double dot = 0.0;  // bf16 products are exact in double; the GEMM's sum rounded once
-            for (int i = 0; i < N; i++) dot += (double)q[i] * (double)k[i];
-            sum += R(hax_sigmoid(R((float)dot)));
-        }
-        if (sem == SEMANTICS_REFERENCE) sum += 0.5 * (double)(model_len - n);  // quirk 5
-        y[j] = R((float)sum);
-    }
+    targets(y, K, ldk, Q, ldq, cand, seq_off, n_seq, model_len, N, k_c, sem, 1);
 }
 
 double ks_rank_loss_pairs_bf16(const float *score, const double *y, const int *cand, const int *seq_off,
