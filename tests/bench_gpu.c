@@ -28,8 +28,10 @@
 // Figures are printed, never asserted; a non-finite loss or accuracy makes
 // the exit status 1. Without a CUDA device: "SKIP: no CUDA device", exit 0.
 //
-// usage: bench_gpu [--grid FILE] [--data DIR] [--reps N] [--only NAME,NAME...] [--precision P]
-//   --only: configs by file name without .yaml (mamba2_hax,samba); --precision: one regime
+// usage: bench_gpu [--grid FILE] [--data DIR] [--reps N] [--only NAME,NAME...] [--precision P] [--eval 0|1]
+//   --only: configs by file name without .yaml (mamba2_hax,samba); --precision: one regime;
+//   --eval 0: training steps only, no validation passes (their columns print 0), so that a
+//   profiler (nsys, ncu) run over the bench sees the training step's kernels alone
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -52,7 +54,7 @@
 
 typedef struct {
     const char *grid, *data, *only, *precision;
-    int reps;
+    int reps, eval;  // eval: 0 skips the validation passes (profiling the step alone)
 } bench_opts;
 
 static const char *const regimes[] = {"fp32", "bf16-pure", "bf16"};
@@ -248,7 +250,7 @@ static void bench_case(const char *path, const char *regime, const bench_opts *b
     // evaluation batch (the engine grows there, before the timing)
     int eb = config_eval_batch(&c), batches[2] = {64, eb};
     double valid_s[2] = {0, 0}, vtok[2] = {0, 0};
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 2 && bo->eval; k++) {
         double acc;
         if (ds) {
             acc = real_valid_pass(e, ds, &c, batches[k], &vtok[k], &valid_s[k]);
@@ -261,7 +263,8 @@ static void bench_case(const char *path, const char *regime, const bench_opts *b
     }
     size_t peak = cuda_mem_peak() - live0, used = cuda_mem_device_used();
     printf("| %s | %s | %.2f | %.2f M | %.3f | %d | %.3f | %.2f M | %.0f | %.0f | %.0f |%s\n", name, regime,
-           step_s * 1e3, tb.n_tok / step_s / 1e6, valid_s[0], eb, valid_s[1], vtok[1] / valid_s[1] / 1e6,
+           step_s * 1e3, tb.n_tok / step_s / 1e6, valid_s[0], eb, valid_s[1],
+           valid_s[1] > 0 ? vtok[1] / valid_s[1] / 1e6 : 0.0,
            peak_train / 1048576.0, peak / 1048576.0, used / 1048576.0, finite ? "" : " NON-FINITE");
     fflush(stdout);
     if (!finite) n_bad++;
@@ -272,7 +275,7 @@ static void bench_case(const char *path, const char *regime, const bench_opts *b
 }
 
 static void parse_args(int argc, char **argv, bench_opts *bo) {
-    *bo = (bench_opts){.grid = "configs/grid_table1.yaml", .reps = 20};
+    *bo = (bench_opts){.grid = "configs/grid_table1.yaml", .reps = 20, .eval = 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) hax_die("bench_gpu: %s: expected a value after it, found the end of the arguments", a);
@@ -281,9 +284,11 @@ static void parse_args(int argc, char **argv, bench_opts *bo) {
         else if (!strcmp(a, "--only")) bo->only = v;
         else if (!strcmp(a, "--precision")) bo->precision = v;
         else if (!strcmp(a, "--reps")) bo->reps = atoi(v);
-        else hax_die("bench_gpu: expected --grid, --data, --reps, --only or --precision, found '%s'", a);
+        else if (!strcmp(a, "--eval")) bo->eval = !strcmp(v, "1") ? 1 : !strcmp(v, "0") ? 0 : -1;
+        else hax_die("bench_gpu: expected --grid, --data, --reps, --only, --precision or --eval, found '%s'", a);
         i++;
     }
+    if (bo->eval < 0) hax_die("bench_gpu: --eval: expected 0 or 1");
     if (bo->reps < 1) hax_die("bench_gpu: --reps: expected a count of at least 1, found %d", bo->reps);
 }
 

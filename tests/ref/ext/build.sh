@@ -4,7 +4,7 @@
 # torch 2.11.0+cu130, on a machine without GPU. See README.txt.
 # Usage: build.sh WORKDIR OUTDIR   (PY: a python3.12 with torch 2.11.0 and ninja)
 set -eu
-W=$1; OUT=$2; HERE=$(cd "$(dirname "$0")" && pwd)
+W=$1; OUT=$(mkdir -p "$2" && cd "$2" && pwd); HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${PY:-python3}
 MAMBA=${MAMBA:-/work/.mirror/state-spaces+mamba/repo}
 CC1D=${CC1D:-/work/.mirror/Dao-AILab+causal-conv1d/repo}
