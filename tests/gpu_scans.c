@@ -7,6 +7,7 @@
 // from a CUDA graph (bit-identical). Then both at the paper's size (64
 // sequences of ~464 positions), compared and timed, with a TIME line per
 // kernel (events around each launch, via cuda_scan_mark). Skips without a device.
+#include <math.h>
 #include <stdint.h>
 
 #include "cuda/ops/scan.h"
@@ -54,7 +55,7 @@ static void ktimes_print(const char *op, const ktimes *kt, int reps) {
     double total = 0.0;
     for (int i = 0; i < kt->n; i++) total += kt->ms[i];
     for (int i = 0; i < kt->n; i++)
-        printf("TIME   %-9s %-30s %8.4f ms  %5.1f%%\n", op, kt->name[i], kt->ms[i] / reps,
+        printf("TIME   %-13s %-30s %8.4f ms  %5.1f%%\n", op, kt->name[i], kt->ms[i] / reps,
                total > 0 ? 100.0 * kt->ms[i] / total : 0.0);
 }
 
@@ -68,6 +69,37 @@ static void ktimes_print(const char *op, const ktimes *kt, int reps) {
             ktimes_end(&kt_);                           \
         }                                               \
         ktimes_print(op, &kt_, reps);                   \
+    } while (0)
+
+// ---------------------------------------------------------------- old vs fast
+
+// The backward chunk kernels' two versions (cuda/ops/scan.h: the fast ones by
+// default, the previous ones with HAX_SCAN_KERNELS=old) form every output by
+// the same operations in the same order: the same bits. Counts the elements
+// whose bits differ (and the normwise difference) and fails on any.
+static void ab_check(const char *what, const float *old, const float *fast, size_t n) {
+    size_t differ = 0;
+    double d2 = 0.0, r2 = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        if (memcmp(&old[i], &fast[i], sizeof(float)) != 0) differ++;
+        double d = (double)fast[i] - old[i];
+        d2 += d * d, r2 += (double)old[i] * old[i];
+    }
+    printf("    %-30s old vs fast: %zu of %zu differ (normwise %.1e)\n", what, differ, n,
+           r2 > 0 ? sqrt(d2 / r2) : sqrt(d2));
+    CHECK(differ == 0, "%s: the fast backward kernel differs from the old one in %zu of %zu values", what, differ, n);
+}
+
+// Runs the statements with the old backward kernels (v = 0), then with the
+// fast ones (v = 1), and leaves the version chosen as it was.
+#define FOR_BOTH_VERSIONS(v, ...)                           \
+    do {                                                    \
+        int keep_ = cuda_scan_old_kernels();                \
+        for (int v = 0; v < 2; v++) {                       \
+            cuda_scan_set_old_kernels(v == 0);              \
+            __VA_ARGS__;                                    \
+        }                                                   \
+        cuda_scan_set_old_kernels(keep_);                   \
     } while (0)
 
 // ---------------------------------------------------------------- Mamba scan
@@ -161,6 +193,24 @@ static void run_scan(const tbatch *b, int E, int N, int timing) {
         cuda_graph_free(graph);
         free(y1), free(dx1), free(dbc1), free(dA1), free(y2), free(dx2), free(dbc2), free(dA2);
     }
+    {
+        // The old backward (HAX_SCAN_KERNELS=old) against the fast one, from the same gradients: bit for bit.
+        float *o[2][6];
+        FOR_BOTH_VERSIONS(v, {
+            cuda_upload(g_dx, c.dx0, sizeof(float) * nx);
+            cuda_upload(g_ddr, c.ddr0, sizeof(float) * nE);
+            cuda_upload(g_dbc, c.dbc0, sizeof(float) * nbc);
+            cuda_upload(g_ddtb, c.ddtb0, sizeof(float) * E);
+            cuda_upload(g_dA, c.dA0, sizeof(float) * E * N);
+            cuda_upload(g_dD, c.dD0, sizeof(float) * E);
+            GPU_SCAN_BWD();
+            o[v][0] = down(g_dx, nx), o[v][1] = down(g_ddr, nE), o[v][2] = down(g_dbc, nbc);
+            o[v][3] = down(g_ddtb, E), o[v][4] = down(g_dA, (size_t)E * N), o[v][5] = down(g_dD, E);
+        });
+        const char *what[6] = {"scan dx", "scan ddraw", "scan dB|dC", "scan ddt_bias", "scan dA_log", "scan dD"};
+        size_t len[6] = {nx, nE, nbc, (size_t)E, (size_t)E * N, (size_t)E};
+        for (int k = 0; k < 6; k++) ab_check(what[k], o[0][k], o[1][k], len[k]), free(o[0][k]), free(o[1][k]);
+    }
     if (timing) {
         int reps = 10;
         int e0 = cuda_event_record();
@@ -178,6 +228,16 @@ static void run_scan(const tbatch *b, int E, int N, int timing) {
                      cuda_scan_forward(g_y, g_ck, g_x, c.ld_x, g_draw, g_dtb, g_A, g_bc, g_bc + N, c.ld_bc, g_D,
                                        b->d_off, b->n_seq, n, E, N));
         TIME_KERNELS("scan bwd", reps, GPU_SCAN_BWD());
+        // Both versions of the backward, one after the other on the same buffers (printed, not asserted).
+        FOR_BOTH_VERSIONS(v, {
+            GPU_SCAN_BWD();  // warm-up
+            int b0 = cuda_event_record();
+            for (int r = 0; r < reps; r++) GPU_SCAN_BWD();
+            int b1 = cuda_event_record();
+            printf("TIME scan bwd %-4s (E=%d N=%d)        gpu %8.3f ms\n", v ? "fast" : "old", E, N,
+                   cuda_event_ms(b0, b1) / reps);
+            TIME_KERNELS(v ? "scan bwd fast" : "scan bwd old", reps, GPU_SCAN_BWD());
+        });
     }
 #undef GPU_SCAN_BWD
     void *ptrs[] = {y, ck, dx, ddr, dbc, ddtb, dA, dD};
@@ -267,6 +327,20 @@ static void run_ssd(const tbatch *b, int H, int P, int N, int timing) {
         cuda_graph_free(graph);
         free(y1), free(dx1), free(ddt1), free(dp1), free(y2), free(dx2), free(ddt2), free(dp2);
     }
+    {
+        // The old backward (HAX_SCAN_KERNELS=old) against the fast one, from the same gradients: bit for bit.
+        float *o[2][3];
+        FOR_BOTH_VERSIONS(v, {
+            cuda_upload(g_dx, dx0, sizeof(float) * nx);
+            cuda_upload(g_ddt, ddt0, sizeof(float) * ndt);
+            cuda_upload(g_dp, dp0, sizeof(float) * 3 * H);
+            GPU_SSD_BWD();
+            o[v][0] = down(g_dx, nx), o[v][1] = down(g_ddt, ndt), o[v][2] = down(g_dp, 3 * H);
+        });
+        const char *what[3] = {"ssd dx|dB|dC", "ssd ddt", "ssd ddt_bias|dA_log|dD"};
+        size_t len[3] = {nx, ndt, (size_t)3 * H};
+        for (int k = 0; k < 3; k++) ab_check(what[k], o[0][k], o[1][k], len[k]), free(o[0][k]), free(o[1][k]);
+    }
     if (timing) {
         int reps = 10;
         int e0 = cuda_event_record();
@@ -280,6 +354,16 @@ static void run_ssd(const tbatch *b, int H, int P, int N, int timing) {
         printf("TIME ssd fwd+bwd per layer        gpu %8.3f ms (issue 11's target: 0.25 ms)\n", gf + gb);
         TIME_KERNELS("ssd fwd", reps, GPU_SSD_FWD());
         TIME_KERNELS("ssd bwd", reps, GPU_SSD_BWD());
+        // Both versions of the backward, one after the other on the same buffers (printed, not asserted).
+        FOR_BOTH_VERSIONS(v, {
+            GPU_SSD_BWD();  // warm-up
+            int b0 = cuda_event_record();
+            for (int r = 0; r < reps; r++) GPU_SSD_BWD();
+            int b1 = cuda_event_record();
+            printf("TIME ssd bwd %-4s (H=%d P=%d N=%d)    gpu %8.3f ms\n", v ? "fast" : "old", H, P, N,
+                   cuda_event_ms(b0, b1) / reps);
+            TIME_KERNELS(v ? "ssd bwd fast" : "ssd bwd old", reps, GPU_SSD_BWD());
+        });
     }
 #undef GPU_SSD_FWD
 #undef GPU_SSD_BWD

@@ -28,9 +28,29 @@
 //
 // Lane layout (per N, compile-time): G lanes per channel, lane l holding the
 // state entries n = k·G + l, k < N/G (G = N/4 within 1..32).
+#include <stdlib.h>
+#include <string.h>
+
+#include <type_traits>
+
 #include "cuda/ops/scan_kernels.cuh"
 
 void (*cuda_scan_mark)(const char *kernel) = NULL;
+
+// HAX_SCAN_KERNELS, read once (cuda/ops/scan.h); -1: not read yet.
+static int g_old_kernels = -1;
+
+extern "C" int cuda_scan_old_kernels(void) {
+    if (g_old_kernels < 0) {
+        const char *v = getenv("HAX_SCAN_KERNELS");
+        if (v && strcmp(v, "old") != 0 && strcmp(v, "new") != 0)
+            hax_die("HAX_SCAN_KERNELS: expected old or new, found '%s'", v);
+        g_old_kernels = v && strcmp(v, "old") == 0;
+    }
+    return g_old_kernels;
+}
+
+extern "C" void cuda_scan_set_old_kernels(int old) { g_old_kernels = old != 0; }
 // After a launch: its errors, then the timing mark (cuda/ops/scan.h).
 #define LAUNCHED(name) do { CUDA_LAUNCHED(); CUDA_SCAN_MARK(name); } while (0)
 
@@ -91,6 +111,7 @@ struct mamba_args {
 // and shares).
 struct mstage {
     float *x, *dl, *raw, *g, *B, *C;
+    float *dsp;  // softplus'(Δ's pre-activation), the factor of dΔraw (the fast backward; NULL elsewhere)
 };
 
 template <int CPB>
@@ -103,6 +124,7 @@ __device__ static void stage_load(const mamba_args &a, const mstage &st, int ta,
         if (st.x) st.x[q] = in ? a.x[(size_t)t * a.ld_x + c] : 0.0f;
         if (st.dl) st.dl[q] = hax_softplus(r);
         if (st.raw) st.raw[q] = r;
+        if (st.dsp) st.dsp[q] = hax_dsoftplus(r);
         if (st.g) st.g[q] = in ? a.dy[(size_t)t * a.E + c] : 0.0f;
     }
     for (int q = threadIdx.x; q < L * N; q += blockDim.x) {
@@ -415,6 +437,157 @@ __global__ static void __launch_bounds__(32 * geo_w_b(N), TS < T ? 3 : 2) chunk_
     }
 }
 
+// The fast step 6 (default; chunk_bwd_kernel: HAX_SCAN_KERNELS=old): the
+// same operations in the same order (the same bits), with softplus'(Δraw)
+// formed while staging (by all threads, 4 a thread, instead of by lane 0 of
+// each channel inside the sweep: an expf and a division on the serial path of
+// every position) and the sweep of a full T-position part compiled without
+// per-position guards.
+template <int N>
+__global__ static void __launch_bounds__(32 * geo_w_b(N), TS < T ? 3 : 2) chunk_bwd_fast_kernel(mamba_args a) {
+    constexpr int G = geo_G(N), NPL = N / G, W = geo_w_b(N), CPB = geo_cpb_b(N);
+    extern __shared__ float smf[];
+    int s, j, ta, L, slot = blockIdx.x;
+    if (!chunk_at(a.seq_off, a.n_seq, slot, &s, &j, &ta, &L)) return;
+    int ch = threadIdx.x / G, lane = threadIdx.x % G, warp = threadIdx.x / 32, wl = threadIdx.x % 32;
+    int cb = blockIdx.y, c0 = cb * CPB, c = c0 + ch;
+    bool active = c < a.E;
+    int cl = active ? c : a.E - 1;
+    float *wsum = smf;                        // [T][W][2N] the warps' dB|dC rows
+    float *sm_dx = wsum + T * W * 2 * N;      // [T][CPB]
+    float *sm_dr = sm_dx + T * CPB;           // [T][CPB] dΔraw
+    float *p = sm_dr + T * CPB;
+    // (the raw slot holds softplus'(raw) instead: dsp)
+    mstage st = {p, p + T * CPB, NULL, p + 3 * T * CPB, p + 4 * T * CPB, p + 4 * T * CPB + T * N, p + 2 * T * CPB};
+    size_t EN = (size_t)a.E * N, m16 = slot_base(a.seq_off, s, T) + (size_t)j * QT;
+    float A[NPL], Ar[NPL], hadj[NPL], pA[NPL];
+#pragma unroll
+    for (int k = 0; k < NPL; k++) {
+        A[k] = -expf(a.A_log[(size_t)cl * N + k * G + lane]);
+        Ar[k] = decay_rate(A[k]);
+        hadj[k] = active ? a.carry[(size_t)slot * EN + (size_t)c * N + k * G + lane] : 0.0f;
+        pA[k] = 0.0f;
+    }
+    float Dc = a.D[cl], pD = 0.0f, pb = 0.0f;
+    for (int q = (L - 1) / T; q >= 0; q--) {
+        int tq = ta + q * T, Lq = L - q * T < T ? L - q * T : T;
+        __syncthreads();  // the previous T positions are flushed
+        stage_load<CPB>(a, st, tq, Lq, c0);
+        // With the stage, in one wait on memory: the old dx, dΔraw (the sweep adds) and the checkpoint.
+        for (int r = threadIdx.x; r < Lq * CPB; r += blockDim.x) {
+            int cc = c0 + r % CPB;
+            size_t t = (size_t)(tq + r / CPB);
+            sm_dx[r] = a.dx && cc < a.E ? a.dx[t * a.ld_dx + cc] : 0.0f;
+            sm_dr[r] = a.ddraw && cc < a.E ? a.ddraw[t * a.E + cc] : 0.0f;
+        }
+        float ck[NPL];  // the state before position tq
+#pragma unroll
+        for (int k = 0; k < NPL; k++) ck[k] = active ? a.ck16[(m16 + q) * EN + (size_t)c * N + k * G + lane] : 0.0f;
+        __syncthreads();
+        // The T positions in parts of TS, the last first: S[i] is the state
+        // before position tq+i0+i, recomputed from ck (the first i0 positions
+        // stepped through again for each part). sweep(full) with full a
+        // compile-time true (all T positions there, the common case) has no
+        // per-position guards: one straight run of code, so the compiler
+        // overlaps a position's sums (shuffles) with the next one's products.
+        auto sweep = [&](auto full) {
+            constexpr bool FULL = decltype(full)::value;
+            const int Lc = FULL ? T : Lq;
+#pragma unroll
+            for (int part = T / TS - 1; part >= 0; part--) {
+                const int i0 = part * TS;
+                float S[TS + 1][NPL];
+#pragma unroll
+                for (int k = 0; k < NPL; k++) S[0][k] = ck[k];
+#pragma unroll
+                for (int i = 0; i < i0; i++) {
+                    if (i < Lc) {
+                        float dxv = st.dl[i * CPB + ch] * st.x[i * CPB + ch];
+#pragma unroll
+                        for (int k = 0; k < NPL; k++)
+                            S[0][k] = decay(st.dl[i * CPB + ch], Ar[k]) * S[0][k] + dxv * st.B[i * N + k * G + lane];
+                    }
+                }
+#pragma unroll
+                for (int i = 0; i < TS; i++) {
+                    if (i0 + i < Lc) {
+                        float dxv = st.dl[(i0 + i) * CPB + ch] * st.x[(i0 + i) * CPB + ch];
+#pragma unroll
+                        for (int k = 0; k < NPL; k++)
+                            S[i + 1][k] = decay(st.dl[(i0 + i) * CPB + ch], Ar[k]) * S[i][k] +
+                                          dxv * st.B[(i0 + i) * N + k * G + lane];
+                    }
+                }
+#pragma unroll
+                for (int si = TS - 1; si >= 0; si--) {
+                    const int i = i0 + si;
+                    if (i < Lc) {
+                        float g = st.g[i * CPB + ch], xv = st.x[i * CPB + ch], dl = st.dl[i * CPB + ch];
+                        const float *Bt = st.B + i * N, *Ct = st.C + i * N;
+                        float v[2 * NPL], dxt = 0.0f, ddl = 0.0f;
+#pragma unroll
+                        for (int k = 0; k < NPL; k++) {
+                            int n = k * G + lane;
+                            float e = decay(dl, Ar[k]);
+                            float hn = hadj[k] + g * Ct[n];  // adjoint of the state after position t
+                            v[NPL + k] = g * S[si + 1][k];   // dC share
+                            v[k] = hn * dl * xv;             // dB share
+                            dxt += hn * dl * Bt[n];
+                            float da = hn * S[si][k];        // adjoint of exp(Δ·A)
+                            ddl += hn * Bt[n] * xv + da * e * A[k];
+                            pA[k] += da * e * dl;
+                            hadj[k] = hn * e;
+                        }
+                        dxt = group_sum(dxt, G);
+                        ddl = group_sum(ddl, G);
+                        warp_bc<N>(v, wl, wsum + ((size_t)i * W + warp) * 2 * N);
+                        if (lane == 0) {
+                            float dr = ddl * st.dsp[i * CPB + ch];
+                            sm_dx[i * CPB + ch] += dxt + g * Dc;
+                            sm_dr[i * CPB + ch] += dr;
+                            pD += g * xv;
+                            pb += dr;
+                        }
+                    }
+                }
+            }
+        };
+        if (Lq == T) sweep(std::true_type());
+        else sweep(std::false_type());
+        __syncthreads();
+        // dx and dΔraw of these positions, one coalesced pass (each (t, c) has one owner).
+        for (int r = threadIdx.x; r < Lq * CPB; r += blockDim.x) {
+            int cc = c0 + r % CPB;
+            if (cc >= a.E) continue;
+            size_t t = (size_t)(tq + r / CPB);
+            if (a.dx) a.dx[t * a.ld_dx + cc] = sm_dx[r];
+            if (a.ddraw) a.ddraw[t * a.E + cc] = sm_dr[r];
+        }
+        // dB|dC: the warps' rows added in warp order; one channel block adds
+        // them in place, several leave block rows for bc_sum_kernel.
+        for (int r = threadIdx.x; r < Lq * 2 * N; r += blockDim.x) {
+            int i = r / (2 * N), jn = r % (2 * N);
+            float acc = 0.0f;
+#pragma unroll
+            for (int w = 0; w < W; w++) acc += wsum[((size_t)i * W + w) * 2 * N + jn];
+            size_t t = (size_t)(tq + i);
+            if (a.n_cb > 1) {
+                a.bc_part[((size_t)cb * a.n_tok + t) * 2 * N + jn] = acc;
+            } else {
+                float *dst = jn < N ? a.dB : a.dC;
+                if (dst) dst[t * a.ld_dbc + jn % N] += acc;
+            }
+        }
+    }
+    // This chunk's parameter partials: dA (w.r.t. A), dD, dΔbias.
+    if (active) {
+        float *par = a.par + (size_t)slot * (EN + 2 * (size_t)a.E);
+#pragma unroll
+        for (int k = 0; k < NPL; k++) par[(size_t)c * N + k * G + lane] = pA[k];
+        if (lane == 0) par[EN + c] = pD, par[EN + a.E + c] = pb;
+    }
+}
+
 // Parameter gradients += the partials: one warp per entry i; lane l sums the
 // chunk partials of sequence s0 + l in chunk order (double), then the
 // sequences' sums, each rounded to float as the CPU adds them, are added in
@@ -509,12 +682,18 @@ static void backward_n(const mamba_args &a) {
     chunk_adj_kernel<N><<<grid_f, geo_cpb_f(N) * geo_G(N), fwd_smem_floats(N) * sizeof(float), cu_stream()>>>(a);
     LAUNCHED("chunk_adj_kernel");
     carry_launch(carry_bwd_kernel, a, "carry_bwd_kernel");
-    static size_t raised = 0;
+    static size_t raised = 0, raised_fast = 0;
     size_t smem = bwd_smem_floats_n<N>() * sizeof(float);
-    allow_smem(chunk_bwd_kernel<N>, smem, &raised);
     dim3 grid_b(grid_f.x, a.n_cb);
-    chunk_bwd_kernel<N><<<grid_b, 32 * geo_w_b(N), smem, cu_stream()>>>(a);
-    LAUNCHED("chunk_bwd_kernel");
+    if (cuda_scan_old_kernels()) {
+        allow_smem(chunk_bwd_kernel<N>, smem, &raised);
+        chunk_bwd_kernel<N><<<grid_b, 32 * geo_w_b(N), smem, cu_stream()>>>(a);
+        LAUNCHED("chunk_bwd_kernel (old)");
+    } else {
+        allow_smem(chunk_bwd_fast_kernel<N>, smem, &raised_fast);
+        chunk_bwd_fast_kernel<N><<<grid_b, 32 * geo_w_b(N), smem, cu_stream()>>>(a);
+        LAUNCHED("chunk_bwd_fast_kernel");
+    }
 }
 
 #define SCAN_SWITCH_N(fn, a)                                                                   \

@@ -44,6 +44,14 @@ extern void (*cuda_scan_mark)(const char *kernel);
         if (cuda_scan_mark) cuda_scan_mark(kernel); \
     } while (0)
 
+// The backward chunk kernels of both scans come in two versions that give the
+// same results: the fast ones (default) and the previous ones, kept for A/B
+// timing in one binary: HAX_SCAN_KERNELS=old picks them (read once, at the
+// first scan call; "new" or unset: the fast ones; anything else is an
+// error). cuda_scan_set_old_kernels overrides it (tests).
+int cuda_scan_old_kernels(void);
+void cuda_scan_set_old_kernels(int old);
+
 // ---- Mamba selective scan (src/ops/scan.h)
 size_t cuda_scan_ckpt_floats(int n_tok, int n_seq, int E, int N);
 void cuda_scan_forward(float *y, float *ckpt, const float *x, int ld_x, const float *draw,

@@ -118,7 +118,10 @@ template <int RP, int RN>
 static void ssd_bwd_chunks(const ssd_args &g) {
     SSD_LAUNCH((ssd_state_kernel<RP, RN, true>), g, ssd_state_smem(RP, RN), "ssd_state_kernel (dS_loc)");
     ssd_pass(g, g.dS, true);
-    SSD_LAUNCH((ssd_bwd_kernel<RP, RN>), g, ssd_bwd_smem(RP, RN), "ssd_bwd_kernel");
+    if (cuda_scan_old_kernels())
+        SSD_LAUNCH((ssd_bwd_kernel<RP, RN>), g, ssd_bwd_smem(RP, RN), "ssd_bwd_kernel (old)");
+    else
+        SSD_LAUNCH((ssd_bwd_fast_kernel<RP, RN>), g, ssd_bwd_fast_smem(RP, RN), "ssd_bwd_fast_kernel");
 }
 
 // Calls F<RP, RN> for the tile counts of P and N (16, 32 or 64 rows each).

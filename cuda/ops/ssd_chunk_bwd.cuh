@@ -226,4 +226,356 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
         }
 }
 
+// ---------------------------------------------------------------- the fast backward
+// ssd_bwd_fast_kernel: the same algebra as ssd_bwd_kernel, with every output
+// formed by the same operations in the same order (so the same bits), laid
+// out for fewer shared-memory accesses and fewer block-wide waits (the old
+// kernel stays, HAX_SCAN_KERNELS=old: cuda/ops/scan.h):
+//  - the products give each thread one output row and a quarter of its
+//    columns (ssd_mm_row): per k one scalar load of A (8 rows a warp, one
+//    wavefront) and vector loads of B's row k, 1 + CW/4 loads for CW FMAs
+//    instead of the 16 × 16 grid's RM + RC loads for RM·RC FMAs (1.25 loads
+//    per FMA for du and R); the B operands that the grid read by columns
+//    (xᵀ, Bᵀ, dS_outᵀ) get a transposed copy when they are loaded;
+//  - the per-position sums (over j, n, p: rs, cz, xdu, V, dyx; cs over i) are
+//    chains passed along the 4 lanes of a row (ssd_chain), in the old loops'
+//    order, from registers where the product left them;
+//  - e^{a_i}, e^{a_last-a_i} once per position (the old kernel called expf per
+//    output entry, with the same argument);
+//  - the next head's global reads are issued before this head's products (into
+//    registers), so the wait on memory overlaps compute; 3 barriers a head
+//    instead of 6;
+//  - the dΔ phase (ssd_bwd_dt, one warp) runs for up to 8 heads at once after
+//    them, warp w taking head w, instead of one warp while 7 wait, per head.
+
+// CW floats from p (16-byte aligned when CW is a multiple of 4).
+template <int CW>
+__device__ __forceinline__ void ssd_ldv(float (&v)[CW], const float *p) {
+    if constexpr (CW % 4 == 0) {
+#pragma unroll
+        for (int c = 0; c < CW; c += 4) {
+            float4 t = *reinterpret_cast<const float4 *>(p + c);
+            v[c] = t.x, v[c + 1] = t.y, v[c + 2] = t.z, v[c + 3] = t.w;
+        }
+    } else {
+#pragma unroll
+        for (int c = 0; c < CW; c++) v[c] = p[c];
+    }
+}
+
+// acc[c] += Σ_{k<K} A[k·ak]·B[k·ldb + c] (c < CW) in k order: one output row
+// of this thread; A points at its row's operand, B at its first column.
+template <int CW>
+__device__ __forceinline__ void ssd_mm_row(float (&acc)[CW], const float *A, int ak, const float *B, int ldb, int K) {
+#pragma unroll 2
+    for (int k = 0; k < K; k++) {
+        float av = A[k * ak], bv[CW];
+        ssd_ldv(bv, B + k * ldb);
+#pragma unroll
+        for (int c = 0; c < CW; c++) acc[c] = fmaf(av, bv[c], acc[c]);
+    }
+}
+
+// Two products sharing A (Ŵ's dy·xᵀ and Z's dy·S_in).
+template <int C1, int C2>
+__device__ __forceinline__ void ssd_mm_row2(float (&a1)[C1], float (&a2)[C2], const float *A, const float *B1, int ld1,
+                                            const float *B2, int ld2, int K) {
+#pragma unroll 2
+    for (int k = 0; k < K; k++) {
+        float av = A[k], b1[C1], b2[C2];
+        ssd_ldv(b1, B1 + k * ld1);
+        ssd_ldv(b2, B2 + k * ld2);
+#pragma unroll
+        for (int c = 0; c < C1; c++) a1[c] = fmaf(av, b1[c], a1[c]);
+#pragma unroll
+        for (int c = 0; c < C2; c++) a2[c] = fmaf(av, b2[c], a2[c]);
+    }
+}
+
+// NS running sums of a row chained along its 4 lanes (lane q = threadIdx.x & 3
+// holds the q-th quarter of the terms): lane 0 adds its terms, hands the sums
+// to lane 1, and so on, so each sum is formed in one sequence, first term
+// to last (the order of the old kernel's per-position loops). part(s) adds
+// this lane's terms to s[]; every lane of the row returns the sums.
+template <int NS, typename F>
+__device__ __forceinline__ void ssd_chain(float (&s)[NS], F part) {
+    int q = threadIdx.x & 3, base = threadIdx.x & 28;
+#pragma unroll
+    for (int k = 0; k < NS; k++) s[k] = 0.0f;
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        if (q == r) part(s);
+#pragma unroll
+        for (int k = 0; k < NS; k++) s[k] = __shfl_sync(0xffffffffu, s[k], base + r);
+    }
+}
+
+// Shared-memory geometry of the fast backward (floats). Row-major tiles read
+// with scalar A loads of 8 rows a warp have a leading dimension of width + 4
+// (rows 8 apart in banks, 16-byte aligned for the vector loads); the 64 × 64
+// matrices read by columns (cs) keep 65.
+template <int RP, int RN>
+struct ssd_fast_geo {
+    static constexpr int PP = 16 * RP, NP = 16 * RN, QP = SSD_QP;
+    static constexpr int ldX = PP + 4, ldXt = SSD_Q + 4, ldS = NP + 4, ldST = PP + 4, ldB = NP + 4;
+    static constexpr int CWn = NP / 4, CWp = PP / 4;  // a thread's columns of N- and P-wide outputs
+    static constexpr int HV = 8 * SSD_Q + 4;          // a head's dΔ-phase arrays (ssd_bwd_dt's v)
+    static constexpr int oB = 0, oC = oB + SSD_Q * ldB, oG = oC + SSD_Q * ldB, oW = oG + SSD_Q * QP;
+    static constexpr int oM = oW + SSD_Q * QP, oX = oM + SSD_Q * QP, oY = oX + SSD_Q * ldX, oXt = oY + SSD_Q * ldX;
+    static constexpr int oSi = oXt + PP * ldXt, oSo = oSi + PP * ldS, oSoT = oSo + PP * ldS, oEa = oSoT + NP * ldST;
+    static constexpr int oEd = oEa + SSD_Q, oHV = oEd + SSD_Q, total = oHV + 8 * HV;
+    static_assert(NP * ldXt <= 2 * SSD_Q * QP, "Bᵀ must fit in the Ŵ and M tiles");
+};
+
+static inline size_t ssd_bwd_fast_smem(int RP, int RN) {
+    switch (RP * 10 + RN) {
+    case 11: return sizeof(float) * ssd_fast_geo<1, 1>::total;
+    case 12: return sizeof(float) * ssd_fast_geo<1, 2>::total;
+    case 14: return sizeof(float) * ssd_fast_geo<1, 4>::total;
+    case 21: return sizeof(float) * ssd_fast_geo<2, 1>::total;
+    case 22: return sizeof(float) * ssd_fast_geo<2, 2>::total;
+    case 24: return sizeof(float) * ssd_fast_geo<2, 4>::total;
+    case 41: return sizeof(float) * ssd_fast_geo<4, 1>::total;
+    case 42: return sizeof(float) * ssd_fast_geo<4, 2>::total;
+    default: return sizeof(float) * ssd_fast_geo<4, 4>::total;
+    }
+}
+
+// A head's global inputs, read into registers a head ahead: x and dy tiles
+// (element e = threadIdx.x + 256u of the 64 × PP tile), S_in and dS_out
+// (of the PP × NP tile), warp 0's Δ at positions 2l, 2l+1, and A_log.
+template <int RP, int RN>
+struct ssd_fetch {
+    float x[4 * RP], dy[4 * RP], si[RP * RN], so[RP * RN], dl[2], alog;
+};
+
+template <int RP, int RN>
+__device__ __forceinline__ void ssd_fetch_head(const ssd_args &g, ssd_fetch<RP, RN> &f, int h, int t0, int L) {
+    using Geo = ssd_fast_geo<RP, RN>;
+    int P = g.P, N = g.N;
+#pragma unroll
+    for (int u = 0; u < 4 * RP; u++) {
+        int e = threadIdx.x + SSD_THREADS * u, i = e / Geo::PP, p = e % Geo::PP;
+        bool in = i < L && p < P;
+        f.x[u] = in ? g.x[(size_t)(t0 + i) * g.ld_x + h * P + p] : 0.0f;
+        f.dy[u] = in ? g.dy[(size_t)(t0 + i) * g.ld_dy + h * P + p] : 0.0f;
+    }
+    size_t st = ((size_t)blockIdx.x * g.H + h) * P * N;
+#pragma unroll
+    for (int u = 0; u < RP * RN; u++) {
+        int e = threadIdx.x + SSD_THREADS * u, p = e / Geo::NP, n = e % Geo::NP;
+        bool in = p < P && n < N;
+        f.si[u] = in ? g.S[st + p * N + n] : 0.0f;
+        f.so[u] = in ? g.dS[st + p * N + n] : 0.0f;
+    }
+    f.alog = 0.0f, f.dl[0] = f.dl[1] = 0.0f;
+    if (threadIdx.x < 32) {
+        int l = threadIdx.x;
+        f.alog = g.A_log[h];
+        f.dl[0] = 2 * l < L ? g.delta[(size_t)(t0 + 2 * l) * g.H + h] : 0.0f;
+        f.dl[1] = 2 * l + 1 < L ? g.delta[(size_t)(t0 + 2 * l + 1) * g.H + h] : 0.0f;
+    }
+}
+
+// The fetched head into shared memory (x, xᵀ, dy, S_in, dS_out, dS_outᵀ), and
+// warp 0: a (the cumulative sum, as ssd_cumsum), e^{a_i}, e^{a_last-a_i}, Δ.
+// Returns A = -e^{A_log} in warp 0.
+template <int RP, int RN>
+__device__ __forceinline__ float ssd_fill_head(const ssd_fetch<RP, RN> &f, float *sm, float *hv, int L) {
+    using Geo = ssd_fast_geo<RP, RN>;
+#pragma unroll
+    for (int u = 0; u < 4 * RP; u++) {
+        int e = threadIdx.x + SSD_THREADS * u, i = e / Geo::PP, p = e % Geo::PP;
+        sm[Geo::oX + i * Geo::ldX + p] = f.x[u];
+        sm[Geo::oXt + p * Geo::ldXt + i] = f.x[u];
+        sm[Geo::oY + i * Geo::ldX + p] = f.dy[u];
+    }
+#pragma unroll
+    for (int u = 0; u < RP * RN; u++) {
+        int e = threadIdx.x + SSD_THREADS * u, p = e / Geo::NP, n = e % Geo::NP;
+        sm[Geo::oSi + p * Geo::ldS + n] = f.si[u];
+        sm[Geo::oSo + p * Geo::ldS + n] = f.so[u];
+        sm[Geo::oSoT + n * Geo::ldST + p] = f.so[u];
+    }
+    float A = 0.0f;
+    if (threadIdx.x < 32) {
+        int l = threadIdx.x;
+        float *dl = hv, *a = hv + SSD_Q, *ea = sm + Geo::oEa, *ed = sm + Geo::oEd;
+        A = -expf(f.alog);
+        // ssd_cumsum on the values in registers
+        float v0 = f.dl[0] * A, v1 = f.dl[1] * A, s = v0 + v1;
+        for (int o = 1; o < 32; o <<= 1) {
+            float t = __shfl_up_sync(0xffffffffu, s, o);
+            if (l >= o) s += t;
+        }
+        float ex = __shfl_up_sync(0xffffffffu, s, 1);
+        if (l == 0) ex = 0.0f;
+        float a0 = ex + v0, a1 = (ex + v0) + v1;
+        float al = __shfl_sync(0xffffffffu, (L - 1) & 1 ? a1 : a0, (L - 1) >> 1);
+        dl[2 * l] = f.dl[0], dl[2 * l + 1] = f.dl[1];
+        a[2 * l] = a0, a[2 * l + 1] = a1;
+        ea[2 * l] = expf(a0), ea[2 * l + 1] = expf(a1);
+        ed[2 * l] = expf(al - a0), ed[2 * l + 1] = expf(al - a1);
+    }
+    return A;
+}
+
+template <int RP, int RN>
+__global__ static void __launch_bounds__(SSD_THREADS, RP * RN <= 2 ? 2 : 1) ssd_bwd_fast_kernel(ssd_args g) {
+    using Geo = ssd_fast_geo<RP, RN>;
+    constexpr int NP = Geo::NP, QP = Geo::QP, CWn = Geo::CWn, CWp = Geo::CWp;
+    constexpr int ldX = Geo::ldX, ldXt = Geo::ldXt, ldS = Geo::ldS, ldST = Geo::ldST, ldB = Geo::ldB;
+    ssd_chunk ch;
+    if (!ssd_chunk_at(g.seq_off, g.n_seq, blockIdx.x, &ch)) return;
+    extern __shared__ float sm[];
+    float *Bs = sm + Geo::oB, *Cs = sm + Geo::oC, *Gs = sm + Geo::oG, *Ws = sm + Geo::oW, *Ms = sm + Geo::oM;
+    float *X = sm + Geo::oX, *dY = sm + Geo::oY, *Xt = sm + Geo::oXt, *Si = sm + Geo::oSi, *dSo = sm + Geo::oSo;
+    float *dSoT = sm + Geo::oSoT, *ea = sm + Geo::oEa, *ed = sm + Geo::oEd, *hvs = sm + Geo::oHV;
+    int P = g.P, N = g.N, H = g.H, t0 = ch.t0, L = ch.L;
+    int row = threadIdx.x >> 2, q = threadIdx.x & 3, warp = threadIdx.x >> 5;
+    ssd_fetch<RP, RN> f;
+    ssd_fetch_head(g, f, 0, t0, L);
+    // B, C (row-major) and Bᵀ (in the Ŵ, M tiles until G is formed); G = C·Bᵀ.
+    for (int e = threadIdx.x; e < SSD_Q * NP; e += SSD_THREADS) {
+        int i = e / NP, n = e % NP;
+        bool in = i < L && n < N;
+        float b = in ? g.B[(size_t)(t0 + i) * g.ld_bc + n] : 0.0f, c = in ? g.C[(size_t)(t0 + i) * g.ld_bc + n] : 0.0f;
+        Bs[i * ldB + n] = b, Cs[i * ldB + n] = c, Ws[n * ldXt + i] = b;
+    }
+    __syncthreads();
+    {
+        float acc[16] = {};
+        ssd_mm_row(acc, Cs + row * ldB, 1, Ws + q * 16, ldXt, N);  // G_ij = C_i·B_j
+#pragma unroll
+        for (int c = 0; c < 16; c++) Gs[row * QP + q * 16 + c] = acc[c];
+    }
+    // Sums over heads, in head order, for this thread's row: Σ Ŵ (columns
+    // q·16..), dC and dB (columns q·CWn..).
+    float Wsum[16] = {}, dCacc[CWn] = {}, dBacc[CWn] = {};
+    for (int h = 0; h < H; h++) {
+        float *hv = hvs + (h % 8) * Geo::HV;  // dl, a, rs, cs, cz, xdu, V, dyx, ss of this head
+        float *dl = hv, *a = dl + SSD_Q, *rs = a + SSD_Q, *cs = rs + SSD_Q, *cz = cs + SSD_Q;
+        float *xdu = cz + SSD_Q, *Vv = xdu + SSD_Q, *dyx = Vv + SSD_Q, *ss = dyx + SSD_Q;
+        __syncthreads();  // the previous head (and G's use of Bᵀ) is done with the tiles
+        ssd_fill_head(f, sm, hv, L);
+        __syncthreads();
+        // This head's late reads (dx's old values, D): in flight during the products.
+        float dxo[CWp], Dh = g.D[h];
+#pragma unroll
+        for (int c = 0; c < CWp; c++) {
+            int p = q * CWp + c;
+            dxo[c] = g.dx && row < L && p < P ? g.dx[(size_t)(t0 + row) * g.ld_dx + h * P + p] : 0.0f;
+        }
+        {
+            // Ŵ (rows of dy·xᵀ), Z (dy·S_in) and dB's dS_out part (x·dS_out).
+            float w[16] = {}, z[CWn] = {}, k[CWn] = {};
+            ssd_mm_row2(w, z, dY + row * ldX, Xt + q * 16, ldXt, Si + q * CWn, ldS, P);
+            ssd_mm_row(k, X + row * ldX, 1, dSo + q * CWn, ldS, P);
+            int i = row;
+            float ai = a[i];
+#pragma unroll
+            for (int c = 0; c < 16; c++) {
+                int j = q * 16 + c;
+                float e = j <= i ? expf(ai - a[j]) : 0.0f;
+                float wh = w[c] * e * dl[j];
+                Ws[i * QP + j] = wh;
+                Wsum[c] += wh;
+                Ms[i * QP + j] = Gs[i * QP + j] * e;
+                w[c] = wh;
+            }
+#pragma unroll
+            for (int c = 0; c < CWn; c++) {
+                float zz = ea[i] * z[c];
+                dCacc[c] += zz;
+                z[c] = zz;
+                dBacc[c] += ed[i] * (dl[i] * k[c]);
+            }
+            // rs_i = Σ_{j<=i} G_ij Ŵ_ij, cz_i = Σ_n C_i[n] Z_i[n], dyx_i = Σ_p x_i[p] dy_i[p]
+            float s3[3];
+            ssd_chain(s3, [&](float (&s)[3]) {
+#pragma unroll
+                for (int c = 0; c < 16; c++)
+                    if (q * 16 + c <= i) s[0] += Gs[i * QP + q * 16 + c] * w[c];
+#pragma unroll
+                for (int c = 0; c < CWn; c++)
+                    if (q * CWn + c < N) s[1] += Cs[i * ldB + q * CWn + c] * z[c];
+#pragma unroll
+                for (int c = 0; c < CWp; c++)
+                    if (q * CWp + c < P) s[2] += X[i * ldX + q * CWp + c] * dY[i * ldX + q * CWp + c];
+            });
+            if (q == 0) rs[i] = s3[0], cz[i] = s3[1], dyx[i] = s3[2];
+        }
+        if (warp == 7) {  // ss = <dS_out, S_in> (the old kernel's lane order and warp sum)
+            float s = 0.0f;
+            for (int e = threadIdx.x - 224; e < P * N; e += 32) s += dSo[(e / N) * ldS + e % N] * Si[(e / N) * ldS + e % N];
+            s = cu_warp_sumf(s);
+            if (threadIdx.x == 224) ss[0] = s;
+        }
+        __syncthreads();
+        // The next head's inputs: in flight during du's products (issued here,
+        // not earlier, where Ŵ's registers are live).
+        if (h + 1 < H) ssd_fetch_head(g, f, h + 1, t0, L);
+        {
+            // du = Mᵀ dy + e^{a_last-a_j} R, R_j[p] = Σ_n B_j[n] dS_out[p,n]; dx.
+            int j = row;
+            float m[CWp] = {}, rr[CWp] = {}, du[CWp], er[CWp];
+            ssd_mm_row(m, Ms + j, QP, dY + q * CWp, ldX, L);
+            ssd_mm_row(rr, Bs + j * ldB, 1, dSoT + q * CWp, ldST, N);
+#pragma unroll
+            for (int c = 0; c < CWp; c++) {
+                int p = q * CWp + c;
+                er[c] = ed[j] * rr[c], du[c] = m[c] + er[c];
+                if (g.dx && j < L && p < P)
+                    g.dx[(size_t)(t0 + j) * g.ld_dx + h * P + p] = dxo[c] + (dl[j] * du[c] + Dh * dY[j * ldX + p]);
+            }
+            // xdu_j = Σ_p x_j[p] du_j[p], V_j = Δ_j Σ_p x_j[p] (e^{a_last-a_j} R_j[p]), cs_j = Σ_{i>=j} G_ij Ŵ_ij
+            float s3[3];
+            ssd_chain(s3, [&](float (&s)[3]) {
+#pragma unroll
+                for (int c = 0; c < CWp; c++) {
+                    int p = q * CWp + c;
+                    if (p < P) {
+                        float xv = X[j * ldX + p];
+                        s[0] += xv * du[c];
+                        s[1] += xv * er[c];
+                    }
+                }
+                for (int i = max(j, q * 16); i < q * 16 + 16; i++) s[2] += Gs[i * QP + j] * Ws[i * QP + j];
+            });
+            if (q == 0) xdu[j] = s3[0], Vv[j] = dl[j] * s3[1], cs[j] = s3[2];
+        }
+        if (h % 8 == 7 || h == H - 1) {
+            // The dΔ phase of this group of heads, warp w taking head h0 + w.
+            __syncthreads();
+            int h0 = h - h % 8, hw = h0 + warp;
+            if (hw <= h) {
+                int l = threadIdx.x & 31, k0 = SSD_Q - 1 - 2 * l, k1 = k0 - 1;
+                float dtv[2] = {0.0f, 0.0f}, ddo[2] = {0.0f, 0.0f}, bias = g.dt_bias[hw], A = -expf(g.A_log[hw]);
+                for (int e = 0; e < 2; e++) {
+                    int kk = e ? k1 : k0;
+                    if (kk >= L) continue;
+                    dtv[e] = g.dt[(size_t)(t0 + kk) * g.ld_dt + hw];
+                    if (g.ddt) ddo[e] = g.ddt[(size_t)(t0 + kk) * g.ld_ddt + hw];
+                }
+                ssd_bwd_dt(g, hvs + warp * Geo::HV, t0, L, hw, A, dtv, ddo, bias,
+                           g.par + ((size_t)blockIdx.x * H + hw) * 3);
+            }
+        }
+    }
+    // dC += Σ_h Z + Wsum·B, dB += Σ_h (dS_out part) + Wsumᵀ·C, in this chunk's rows.
+    __syncthreads();
+#pragma unroll
+    for (int c = 0; c < 16; c++) Ws[row * QP + q * 16 + c] = Wsum[c];
+    __syncthreads();
+    ssd_mm_row(dCacc, Ws + row * QP, 1, Bs + q * CWn, ldB, L);
+    ssd_mm_row(dBacc, Ws + row, QP, Cs + q * CWn, ldB, L);
+#pragma unroll
+    for (int c = 0; c < CWn; c++) {
+        int n = q * CWn + c;
+        if (row >= L || n >= N) continue;
+        if (g.dC) g.dC[(size_t)(t0 + row) * g.ld_dbc + n] += dCacc[c];
+        if (g.dB) g.dB[(size_t)(t0 + row) * g.ld_dbc + n] += dBacc[c];
+    }
+}
+
 #endif
