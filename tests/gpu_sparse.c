@@ -12,10 +12,14 @@
 // own KQ (exact), and a paper-size timing (64 x ~464 positions, E 128, N 16
 // and 32: HAX = sign_bin_lsh+key_selection with 32+32 keys, window+sink,
 // full, and sign_bin_lsh / dilated alone with 64 keys in both semantics),
-// CPU vs GPU, with the GPU's time per phase (lines "PHASE fwd|bwd <phase>
-// <ms>"). Also the
+// CPU vs GPU, with the GPU's time per phase (lines "PHASE new|old
+// fwd|bwd <phase> <ms>"). Also the
 // random inputs drawn on the device (hash matrices: 0 entries may differ
-// from the host's; candidates identical).
+// from the host's; candidates identical), and the default attention gathers
+// (cuda/sparse/attn_gather.cu) against the previous ones (cuda/sparse/attn.cu,
+// cu_sparse_state.attn_old): every output bit for bit, on every pattern and
+// at the paper size, whose timings ("PHASE new|old fwd|bwd <phase> <ms>",
+// "GATHERS new ... old ...") cover both.
 // Skips (exit 0) without a CUDA device. --quick: no paper-size timing.
 #include <math.h>
 #include <stdint.h>
@@ -359,6 +363,101 @@ static void test_patterns_bf16(void) {
         }
 }
 
+// ---------------------------------------------------------------- default vs previous gathers
+
+// The GPU outputs of one forward + backward (host copies): attn, P and d
+// score (allow_p, allow_ds: [n_tok, row_cap]), dKQ, dX, dW_xx and the KS
+// MLP gradients.
+#define N_OUT 12
+typedef struct {
+    float *t[N_OUT];
+    size_t n[N_OUT];
+} gpu_outputs;
+
+static const char *k_out_names[N_OUT] = {"attn", "P", "d score", "dKQ", "dX", "dW_xx",
+                                         "d w1", "d b1", "d w2", "d b2", "d w3", "d b3"};
+
+// One GPU forward + backward of problem p with the previous attention
+// kernels (old = 1, cu_sparse_state.attn_old) or the default ones; the
+// outputs into r (free_outputs), the device gradients reset after.
+static void run_gpu(gpu_outputs *r, problem *p, cu_sparse_state *gs, int old, float *d_attn) {
+    int n = p->b.n_tok, N = p->N, E = p->E, ldX = p->ldX, n_seq = p->b.n_seq;
+    ks_params dk = host_ks(p->d_kp);
+    ks_grads dg = host_kg(p->d_kg);
+    int was = gs->attn_old;
+    gs->attn_old = old;
+    cuda_sparse_forward(gs, p->d_off, n_seq, n, p->b.model_len, p->d_X, ldX, p->d_W, &dk, p->d_H, p->d_cand, 1,
+                        d_attn, E);
+    cuda_sparse_backward(gs, p->d_off, n_seq, n, p->d_dattn, E, 0.1f / n_seq, p->d_X, ldX, p->d_W, &dk, p->d_dX,
+                         ldX, p->d_dW, &dg);
+    cuda_sync();
+    const float *src[N_OUT] = {d_attn, gs->allow_p, gs->allow_ds, gs->dKQ, p->d_dX, p->d_dW};
+    size_t cap = (size_t)n * gs->row_cap;
+    size_t len[N_OUT] = {(size_t)n * E, cap, cap, (size_t)n * 2 * N, (size_t)n * ldX, (size_t)2 * N * E};
+    for (int i = 0; i < 6; i++) src[6 + i] = p->d_kg[i], len[6 + i] = kp_size(i, N);
+    for (int i = 0; i < N_OUT; i++) r->t[i] = down(src[i], sizeof(float) * len[i]), r->n[i] = len[i];
+    cuda_upload(p->d_dX, p->dX0, sizeof(float) * n * ldX), cuda_upload(p->d_dW, p->dW0, sizeof(float) * 2 * N * E);
+    for (int i = 0; i < 6; i++) cuda_upload(p->d_kg[i], p->kg0[i], sizeof(float) * kp_size(i, N));
+    cuda_sync();
+    gs->attn_old = was;
+}
+
+static void free_outputs(gpu_outputs *r) {
+    for (int i = 0; i < N_OUT; i++) free(r->t[i]);
+}
+
+// The default attention kernels (cuda/sparse/attn_gather.cu) against the
+// previous ones (cuda/sparse/attn.cu) on one state: every output bit for
+// bit (they add the same terms in the same order). Prints the counts of
+// differing elements.
+static void check_variants(problem *p, cu_sparse_state *gs) {
+    float *d_attn = cuda_malloc(sizeof(float) * (size_t)p->b.n_tok * p->E);
+    gpu_outputs a, b;
+    run_gpu(&a, p, gs, 0, d_attn);
+    run_gpu(&b, p, gs, 1, d_attn);
+    long ks_bad = 0;
+    printf("      gathers vs previous kernels, differing elements:");
+    for (int i = 0; i < N_OUT; i++) {
+        long bad = 0;
+        for (size_t k = 0; k < a.n[i]; k++) bad += memcmp(&a.t[i][k], &b.t[i][k], sizeof(float)) != 0;
+        if (i < 6) printf(" %s %ld,", k_out_names[i], bad);
+        else ks_bad += bad;
+        CHECK(bad == 0, "gathers vs previous kernels: %ld of %zu elements of %s differ", bad, a.n[i], k_out_names[i]);
+    }
+    printf(" KS gradients %ld\n", ks_bad);
+    free_outputs(&a), free_outputs(&b);
+    cuda_free(d_attn);
+}
+
+// Every pattern, both semantics, fp32 and bf16-pure, with X's rows padded to
+// E + 5 floats (the element-per-lane loads of V) and E + 8 (float4 loads),
+// at N 16 E 40, N 18 (scalar loads of the score rows) and N 40 E 136 (the
+// kernels' large instances).
+static void test_gather_variants(void) {
+    int h = 4, L = 128, sizes[3][2] = {{16, 40}, {18, 40}, {40, 136}};
+    for (int z = 0; z < 3; z++)
+        for (int bf16 = 0; bf16 < 2; bf16++)
+            for (int sem = 0; sem < 2; sem++)
+                for (int pad = 5; pad <= 8; pad += 3)
+                    for (size_t i = 0; i < sizeof(k_patterns) / sizeof(k_patterns[0]); i++) {
+                        int N = sizes[z][0], E = sizes[z][1], ldX = E + pad, parts = 1;
+                        hax_model_config cfg;
+                        for (const char *c = k_patterns[i]; *c; c++) parts += *c == '+';
+                        set_cfg(&cfg, k_patterns[i], 8 * parts, N, E, h, 32, (hax_semantics)sem);
+                        if (bf16) cfg.precision = PREC_BF16_PURE;
+                        printf("    %s / %s%s, N %d, E %d, ldX %d\n", cfg.sparse_arch, sem ? "causal" : "reference",
+                               bf16 ? " / bf16-pure" : "", N, E, ldX);
+                        problem p;
+                        make_problem(&p, k_lens, K_NSEQ, L, N, E, ldX, h, cfg.k_c > 0 ? cfg.k_c : 1, 1);
+                        if (bf16) problem_to_bf16(&p);
+                        cu_sparse_state *gs = cuda_sparse_state_alloc(&cfg, p.b.n_tok, p.b.n_seq, L);
+                        gs->bf16 = bf16;
+                        check_variants(&p, gs);
+                        cuda_sparse_state_free(gs);
+                        free_problem(&p);
+                    }
+}
+
 // Unrounded data: the GPU's buckets must equal the CPU hash of the GPU's KQ.
 // bf16-pure (bf16 = 1): the same with the bf16 statistics and projections
 // (reference semantics) on bf16 inputs.
@@ -448,6 +547,54 @@ static void test_device_draws(void) {
     free_problem(&p);
 }
 
+// The GPU's forward and backward of problem p with the previous attention
+// kernels (old) or the default ones: the mean times of `reps` calls, then
+// the phases (cu_sparse_state.timing), mean of `reps` forward + backward
+// pairs, as lines "PHASE new|old fwd|bwd <phase> <ms>". Returns the times in
+// t: forward, backward, and the three attention gathers (phases attention,
+// attention dQ, attention dK dV).
+static void time_gpu(double t[3], problem *p, cu_sparse_state *gs, float *d_attn, int old) {
+    int reps = 10, n = p->b.n_tok, n_seq = p->b.n_seq, L = p->b.model_len, E = p->E;
+    const char *variant = old ? "old" : "new";
+    ks_params dk = host_ks(p->d_kp);
+    ks_grads dg = host_kg(p->d_kg);
+    int was = gs->attn_old;
+    gs->attn_old = old;
+    int e0 = cuda_event_record();
+    for (int r = 0; r < reps; r++)
+        cuda_sparse_forward(gs, p->d_off, n_seq, n, L, p->d_X, E, p->d_W, &dk, p->d_H, p->d_cand, 1, d_attn, E);
+    int e1 = cuda_event_record();
+    for (int r = 0; r < reps; r++)
+        cuda_sparse_backward(gs, p->d_off, n_seq, n, p->d_dattn, E, 0.1f / n_seq, p->d_X, E, p->d_W, &dk, p->d_dX, E,
+                             p->d_dW, &dg);
+    int e2 = cuda_event_record();
+    t[0] = cuda_event_ms(e0, e1) / reps, t[1] = cuda_event_ms(e1, e2) / reps, t[2] = 0;
+    double ph[2][CU_SP_MAX_EV] = {{0}};
+    const char *names[2][CU_SP_MAX_EV] = {{0}};
+    int n_ph[2] = {0, 0};
+    gs->timing = 1;
+    for (int r = 0; r < reps; r++)
+        for (int pass = 0; pass < 2; pass++) {
+            if (pass == 0)
+                cuda_sparse_forward(gs, p->d_off, n_seq, n, L, p->d_X, E, p->d_W, &dk, p->d_H, p->d_cand, 1, d_attn,
+                                    E);
+            else
+                cuda_sparse_backward(gs, p->d_off, n_seq, n, p->d_dattn, E, 0.1f / n_seq, p->d_X, E, p->d_W, &dk,
+                                     p->d_dX, E, p->d_dW, &dg);
+            n_ph[pass] = gs->n_ev;
+            for (int i = 1; i < gs->n_ev; i++)
+                names[pass][i] = gs->ev_name[i], ph[pass][i] += cuda_event_ms(gs->ev[i - 1], gs->ev[i]) / reps;
+        }
+    gs->timing = 0, gs->attn_old = was;
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 1; i < n_ph[pass]; i++) {
+            printf("      PHASE %s %s %-18s %.3f ms\n", variant, pass ? "bwd" : "fwd", names[pass][i], ph[pass][i]);
+            const char *nm = names[pass][i];
+            if (!strcmp(nm, pass ? "attention dQ" : "attention") || (pass && !strcmp(nm, "attention dK dV")))
+                t[2] += ph[pass][i];
+        }
+}
+
 // Paper size: CPU vs GPU time of forward + backward, results compared.
 static void time_paper(int N, const char *pattern, hax_semantics sem) {
     int n_seq = 64, E = 128, h = 8, lens[64], L = 0;
@@ -484,37 +631,15 @@ static void time_paper(int N, const char *pattern, hax_semantics sem) {
     cmp("attn", d_attn, attn, NULL, (size_t)n * E, bad ? 1e-2 : TOL_FWD);
     cmp("dX", p.d_dX, dX, p.dX0, (size_t)n * E, bad ? 1e-2 : TOL_BWD);
     cmp("dW_xx", p.d_dW, dW, p.dW0, (size_t)2 * N * E, bad ? 1e-2 : TOL_BWD);
-    int reps = 10, e0 = cuda_event_record();
-    for (int r = 0; r < reps; r++)
-        cuda_sparse_forward(gs, p.d_off, n_seq, n, L, p.d_X, E, p.d_W, &dk, p.d_H, p.d_cand, 1, d_attn, E);
-    int e1 = cuda_event_record();
-    for (int r = 0; r < reps; r++)
-        cuda_sparse_backward(gs, p.d_off, n_seq, n, p.d_dattn, E, 0.1f / n_seq, p.d_X, E, p.d_W, &dk,
-                             p.d_dX, E, p.d_dW, &dg);
-    int e2 = cuda_event_record();
-    float fwd = cuda_event_ms(e0, e1) / reps, bwd = cuda_event_ms(e1, e2) / reps;
-    printf("      CPU fwd %.1f ms, bwd %.1f ms | GPU fwd %.3f ms, bwd %.3f ms (bwd timed after a forward)\n",
-           (t1 - t0) * 1e3, (t2 - t1) * 1e3, fwd, bwd);
-    // the phases (cu_sparse_state.timing), mean of `reps` forward + backward pairs
-    double ph[2][CU_SP_MAX_EV] = {{0}};
-    const char *names[2][CU_SP_MAX_EV] = {{0}};
-    int n_ph[2] = {0, 0};
-    gs->timing = 1;
-    for (int r = 0; r < reps; r++)
-        for (int pass = 0; pass < 2; pass++) {
-            if (pass == 0)
-                cuda_sparse_forward(gs, p.d_off, n_seq, n, L, p.d_X, E, p.d_W, &dk, p.d_H, p.d_cand, 1, d_attn, E);
-            else
-                cuda_sparse_backward(gs, p.d_off, n_seq, n, p.d_dattn, E, 0.1f / n_seq, p.d_X, E, p.d_W, &dk,
-                                     p.d_dX, E, p.d_dW, &dg);
-            n_ph[pass] = gs->n_ev;
-            for (int i = 1; i < gs->n_ev; i++)
-                names[pass][i] = gs->ev_name[i], ph[pass][i] += cuda_event_ms(gs->ev[i - 1], gs->ev[i]) / reps;
-        }
-    gs->timing = 0;
-    for (int pass = 0; pass < 2; pass++)
-        for (int i = 1; i < n_ph[pass]; i++)
-            printf("      PHASE %s %-18s %.3f ms\n", pass ? "bwd" : "fwd", names[pass][i], ph[pass][i]);
+    cuda_upload(p.d_dX, p.dX0, sizeof(float) * n * E), cuda_upload(p.d_dW, p.dW0, sizeof(float) * 2 * N * E);
+    for (int i = 0; i < 6; i++) cuda_upload(p.d_kg[i], p.kg0[i], sizeof(float) * kp_size(i, N));
+    check_variants(&p, gs);
+    double t[2][3];  // [new, old][fwd, bwd, gathers]
+    for (int old = 0; old < 2; old++) time_gpu(t[old], &p, gs, d_attn, old);
+    printf("      CPU fwd %.1f ms, bwd %.1f ms | GPU fwd %.3f ms, bwd %.3f ms (bwd timed after a forward; previous "
+           "gathers: fwd %.3f ms, bwd %.3f ms)\n", (t1 - t0) * 1e3, (t2 - t1) * 1e3, t[0][0], t[0][1], t[1][0], t[1][1]);
+    printf("      GATHERS new %.3f ms, old %.3f ms (fwd attention + bwd attention dQ + attention dK dV): %.2fx\n",
+           t[0][2], t[1][2], t[0][2] > 0 ? t[1][2] / t[0][2] : 0.0);
     for (int i = 0; i < 6; i++) free(kg[i]);
     free(attn), free(dX), free(dW);
     cuda_free(d_attn);
@@ -547,6 +672,7 @@ int main(int argc, char **argv) {
     printf("device: %s\n", cuda_device_name());
     RUN(test_patterns);
     RUN(test_patterns_bf16);
+    RUN(test_gather_variants);
     RUN(test_lsh_exact);
     RUN(test_lsh_exact_bf16);
     RUN(test_device_draws);

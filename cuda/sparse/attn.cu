@@ -12,6 +12,10 @@
 // Reference empty rows (uniform 1/L over all L padded positions): S_V and the
 // CPU's factorised backward are in cuda/sparse/empty.cu.
 //
+// The sparse kernels here are the previous ones, run with st->attn_old
+// (HAX_SPARSE_ATTN=old) or rows longer than the default ones take; the
+// default gathers, equal to them bit for bit, are in cuda/sparse/attn_gather.cu.
+//
 // bf16-pure (bf16 != 0): the CPU's roundings (src/sparse/attn.c): scores,
 // P = R(exp(s - max) / sum), the output, dP, d score per element (the
 // sums dQ, dK, dV are rounded by the caller, cuda/sparse/sparse.cu).
@@ -179,6 +183,10 @@ void cu_sp_attn_forward(cu_sparse_state *st, const int *seq_off, const float *V,
     int ref = st->sem == SEMANTICS_REFERENCE;
     cu_sp_empty_forward(st, seq_off, V, ldv);  // S_V of the sequences with an empty row
     cu_sp_phase(st, "empty-row S_V");
+    if (!st->attn_old && cu_sp_gather_fits(st)) {
+        cu_sp_gather_forward(st, seq_off, V, ldv, attn, ld_attn);
+        return;
+    }
     attn_fwd_kernel<<<blocks, 32 * WARPS, 0, sm>>>(attn, ld_attn, st->allow_p, st->allow_cnt,
                                                    st->allow_key, st->KQ, V, ldv, st->seq_sv, seq_off,
                                                    n_seq, n_tok, st->N, st->E, st->row_cap,
@@ -395,17 +403,25 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
         CUDA_LAUNCHED();
         return;
     }
-    attn_bwd_q_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, st->allow_ds, st->allow_p, st->allow_cnt,
-                                                     st->allow_key, st->KQ, V, ldv, dattn, ld_dattn,
-                                                     seq_off, n_seq, n_tok, N, E, cap, st->bf16);
-    CUDA_LAUNCHED();
+    if (!st->attn_old && cu_sp_gather_fits(st)) {
+        cu_sp_gather_backward_q(st, seq_off, V, ldv, dattn, ld_dattn);
+    } else {
+        attn_bwd_q_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, st->allow_ds, st->allow_p, st->allow_cnt,
+                                                         st->allow_key, st->KQ, V, ldv, dattn, ld_dattn,
+                                                         seq_off, n_seq, n_tok, N, E, cap, st->bf16);
+        CUDA_LAUNCHED();
+    }
     cu_sp_phase(st, "attention dQ");
     cu_sp_transpose(st, seq_off);
     cu_sp_phase(st, "transposed lists");
-    attn_bwd_k_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, dV, ld_dv, st->allow_ds, st->allow_p, st->tr_off,
-                                                     st->tr_cnt, st->tr_ent, st->KQ, dattn, ld_dattn, n_tok, N,
-                                                     E, cap);
-    CUDA_LAUNCHED();
+    if (!st->attn_old) {
+        cu_sp_gather_backward_kv(st, dattn, ld_dattn, dV, ld_dv);
+    } else {
+        attn_bwd_k_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, dV, ld_dv, st->allow_ds, st->allow_p,
+                                                         st->tr_off, st->tr_cnt, st->tr_ent, st->KQ, dattn,
+                                                         ld_dattn, n_tok, N, E, cap);
+        CUDA_LAUNCHED();
+    }
     cu_sp_phase(st, "attention dK dV");
     cu_sp_empty_backward(st, seq_off, V, ldv, dattn, ld_dattn, dV, ld_dv);  // its own phases
 }

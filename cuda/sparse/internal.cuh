@@ -105,6 +105,19 @@ void cu_sp_attn_forward(cu_sparse_state *st, const int *seq_off, const float *V,
 // Zeroes st->dKQ, then writes dQ (unscaled K) / dK into it and adds dV into dV.
 void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,
                          const float *dattn, int ld_dattn, float *dV, int ld_dv);
+// cuda/sparse/attn_gather.cu: the default gathers of the sparse attention
+// (the previous ones, st->attn_old, stay in attn.cu): the forward, dQ (with
+// allow_ds) and dK/dV over the transposed lists, each as its attn.cu
+// counterpart. cu_sp_gather_fits: the state's rows are short enough for the
+// forward and dQ (row_cap <= 128); cu_sp_gather_setup: before the first
+// launch (the dK/dV kernel's shared-memory limit; not a stream operation).
+int cu_sp_gather_fits(const cu_sparse_state *st);
+void cu_sp_gather_setup(void);
+void cu_sp_gather_forward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, float *attn,
+                          int ld_attn);
+void cu_sp_gather_backward_q(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, const float *dattn,
+                             int ld_dattn);
+void cu_sp_gather_backward_kv(cu_sparse_state *st, const float *dattn, int ld_dattn, float *dV, int ld_dv);
 // cuda/sparse/empty.cu, reference semantics only (no-ops in causal): S_V of
 // the sequences with an empty row into st->seq_sv (forward, before the
 // attention), and the empty rows' backward added into st->dKQ and dV (after

@@ -4,6 +4,8 @@
 // (cuda/sparse/masks.cu) and the attention (cuda/sparse/attn.cu).
 #include <limits.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cuda/ops/gate.h"
 #include "cuda/ops/linear.h"
@@ -104,6 +106,20 @@ extern "C" size_t cuda_sparse_state_bytes(const hax_model_config *cfg, int max_t
     return c.used + ks_bytes(cfg, max_tok, max_seq);
 }
 
+// HAX_SPARSE_ATTN: `old` runs the previous attention gathers
+// (cuda/sparse/attn.cu), `new` or unset the default ones
+// (cuda/sparse/attn_gather.cu); read once, for A/B timing in one binary.
+static int attn_old_env(void) {
+    static int env = -1;
+    if (env < 0) {
+        const char *v = getenv("HAX_SPARSE_ATTN");
+        if (v && strcmp(v, "old") != 0 && strcmp(v, "new") != 0)
+            hax_die("cu_sparse: HAX_SPARSE_ATTN: expected old or new, found '%s'", v);
+        env = v && strcmp(v, "old") == 0;
+    }
+    return env;
+}
+
 // The device memory block is stored right after the KS state (or alone).
 typedef struct {
     cu_sparse_state st;
@@ -123,9 +139,11 @@ extern "C" cu_sparse_state *cuda_sparse_state_alloc(const hax_model_config *cfg,
     state_box *box = (state_box *)xcalloc(1, sizeof(state_box));
     cu_sparse_state *st = &box->st;
     fill_shape(st, cfg, max_tok, max_seq, max_len);
+    st->attn_old = attn_old_env();
     carver c = {NULL, 0};
     layout(st, &c);
     box->mem = cuda_malloc(c.used);
+    cu_sp_gather_setup();  // (after cuda_malloc: the device is chosen)
     c.base = (char *)box->mem, c.used = 0;
     layout(st, &c);
     cuda_zero(box->mem, c.used);

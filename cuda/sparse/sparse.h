@@ -50,6 +50,8 @@ typedef struct cu_sparse_state {
     hax_semantics sem;
     int bf16;                    // bf16-pure (set by the caller; the backward uses the forward's)
     int bf16_made;               // made for cfg->precision bf16-pure: dXs allocated
+    int attn_old;                // the previous attention gathers (cuda/sparse/attn.cu), for A/B
+                                 // timing: set at alloc from HAX_SPARSE_ATTN=old; tests may set it
     // the last forward's shape
     int n_tok, n_seq, model_len;
 

@@ -1,0 +1,533 @@
+// cuda/sparse/attn_gather.cu: the sparse attention's gathers over the allowed
+// lists (forward, dQ, dK/dV), the default kernels. cuda/sparse/attn.cu keeps
+// the previous ones (cu_sparse_state.attn_old, HAX_SPARSE_ATTN=old), the
+// dense `full` kernels and the dispatch.
+//
+// Every value is the previous kernels' bit for bit: each sum adds the same
+// terms in the same order with the same roundings (bf16-pure included);
+// what changed is how the rows reach the adds:
+// - forward, dQ: one warp per query as before, but a row's list entries, its
+//   scores and probabilities stay in registers (one pass over the list, P
+//   written once), and GROUP keys' rows are loaded before any is added, so
+//   their loads overlap (the previous loops waited for each row). The
+//   forward reads K and V rows as float4 (a lane then owns 4 consecutive
+//   elements of attn instead of every 32nd: each element still adds its keys
+//   in list order). dQ's dP_i = dattn . V_key keeps the previous lane layout
+//   (its warp sum's tree depends on it) and sums GROUP keys at once, with
+//   the same adds but 10 shuffles for 8 keys instead of 40
+//   (warp_sums_group).
+// - dK/dV: a block takes KV_TILE consecutive keys and walks their holders'
+//   rows (Q_t, dattn_t) in chunks of KV_ROWS consecutive queries staged in
+//   shared memory, so a query row is read once per tile instead of once per
+//   key that it holds; each key still adds its holders in ascending order.
+//   The previous kernel was one warp per key: a popular key-selection pick
+//   has hundreds of holders, each row a round trip to L2 for that warp
+//   alone, and those warps set the kernel's time.
+// Rows of more than 32 * LIST_CHUNKS keys run the previous forward and dQ.
+#include <limits.h>
+#include <math.h>
+
+#include "cuda/sparse/internal.cuh"
+
+#define WARPS 8  // rows (forward, dQ) or 4-key groups (dK/dV) per block, as attn.cu
+#define FULL_MASK 0xffffffffu
+#define LIST_CHUNKS 4  // list entries per lane in registers: rows of up to 32 * 4 keys
+#define KV_KEYS 4      // dK/dV: keys per warp ...
+#define KV_TILE (WARPS * KV_KEYS)  // ... and per block (consecutive)
+// dK/dV: query rows per chunk, the warp width: a key has at most one entry per
+// query, so a chunk's entries of a key lie in one 32-entry window of its list.
+#define KV_ROWS 32
+
+// The kernels' per-lane sizes as template arguments: EU values of an E-wide
+// row per lane (4: E <= 128; 8: E <= 256 = 32 * CU_SP_EPL), FU of an N-wide
+// one (1: N <= 32; 4: N <= 128 = 32 * CU_SP_FPL); GROUP_OF: rows loaded ahead.
+#define GROUP_OF(EU) ((EU) == 4 ? 8 : 4)
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// One step of warp_sums_group: lanes a and a ^ O each keep one half of the
+// 2H sums they carry (the upper half where bit O of the lane is set) and add
+// the partner's share of it.
+template <int O, int H, int G>
+__device__ __forceinline__ void warp_sums_step(float (&v)[G], int lane) {
+    int up = (lane & O) != 0;
+#pragma unroll
+    for (int k = 0; k < H; k++) {
+        float send = up ? v[k] : v[k + H], keep = up ? v[k + H] : v[k];
+        v[k] = keep + __shfl_xor_sync(FULL_MASK, send, O);
+    }
+}
+
+// The warp sums of v[k], k < G (4 or 8): for each k the adds of
+// cu_warp_sumf(v[k]) (at the step of bit o, lane a adds lane a ^ o's partial
+// sum to its own: the butterfly's pairs, and a + b == b + a), so the same
+// bits, with fewer shuffles (10 for 8 sums, not 40): the first steps halve
+// the sums a lane carries on, the last add whole ones. Returns the sum of
+// v[lane >> (5 - log2 G)] (key k's on lanes k * 32 / G ...).
+template <int G>
+__device__ __forceinline__ float warp_sums_group(float (&v)[G], int lane) {
+    static_assert(G == 4 || G == 8, "warp_sums_group: G is 4 or 8");
+    warp_sums_step<16, G / 2>(v, lane);
+    warp_sums_step<8, G / 4>(v, lane);
+    if constexpr (G == 8) warp_sums_step<4, 1>(v, lane);
+    float s = v[0];
+    if constexpr (G == 4) s += __shfl_xor_sync(FULL_MASK, s, 4);
+    s += __shfl_xor_sync(FULL_MASK, s, 2);
+    s += __shfl_xor_sync(FULL_MASK, s, 1);
+    return s;
+}
+
+// Q_g . K_j over f ascending, one rounding per multiply-add (the previous
+// kernel's expression); float4 loads where N % 4 == 0 (rows 16-byte aligned).
+__device__ __forceinline__ float score_dot(const float *q, const float *k, int N, int vec) {
+    float sc = 0;
+    if (vec) {
+        const float4 *q4 = (const float4 *)q, *k4 = (const float4 *)k;
+        for (int c = 0; c < N / 4; c++) {
+            float4 a = q4[c], b = k4[c];
+            sc += a.x * b.x;
+            sc += a.y * b.y;
+            sc += a.z * b.z;
+            sc += a.w * b.w;
+        }
+    } else {
+        for (int f = 0; f < N; f++) sc += q[f] * k[f];
+    }
+    return sc;
+}
+
+// ---------------------------------------------------------------- forward
+
+// attn_g = sum_i p_i V_key(i), keys in list order, GROUP rows loaded ahead.
+// vec: lane owns float4 c = lane + 32 v of the row (V rows 16-byte aligned,
+// E % 4 == 0); else element lane + 32 u, as the previous kernel.
+template <int EU>
+__device__ __forceinline__ void fwd_values(float *out, const int *kr, const float *pr, int cnt, const float *V,
+                                           int ldv, int o, int E, int bf16, int vec, int lane) {
+    const int G = GROUP_OF(EU), EV = EU / 4;
+    if (vec) {
+        int E4 = E / 4;
+        float4 acc[EV];
+#pragma unroll
+        for (int v = 0; v < EV; v++) acc[v] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int m = 0; m < LIST_CHUNKS; m++) {
+            int nb = min(32, cnt - 32 * m);
+            if (nb <= 0) break;
+            for (int b0 = 0; b0 < nb; b0 += G) {
+                float4 x[G][EV];
+#pragma unroll
+                for (int w = 0; w < G; w++) {  // past nb: the last key again, not added
+                    int b = min(b0 + w, nb - 1);
+                    const float4 *row = (const float4 *)(V + (size_t)(o + __shfl_sync(FULL_MASK, kr[m], b)) * ldv);
+#pragma unroll
+                    for (int v = 0; v < EV; v++)
+                        x[w][v] = lane + 32 * v < E4 ? row[lane + 32 * v] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                }
+#pragma unroll
+                for (int w = 0; w < G; w++) {
+                    if (b0 + w >= nb) break;  // the same for the whole warp
+                    float pb = __shfl_sync(FULL_MASK, pr[m], b0 + w);
+#pragma unroll
+                    for (int v = 0; v < EV; v++) {
+                        acc[v].x += pb * x[w][v].x;
+                        acc[v].y += pb * x[w][v].y;
+                        acc[v].z += pb * x[w][v].z;
+                        acc[v].w += pb * x[w][v].w;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int v = 0; v < EV; v++) {
+            int c = lane + 32 * v;
+            if (c >= E4) continue;
+            float a[4] = {acc[v].x, acc[v].y, acc[v].z, acc[v].w};
+            for (int i = 0; i < 4; i++) out[4 * c + i] = bf16 ? hax_bf16_round(a[i]) : a[i];
+        }
+        return;
+    }
+    float acc[EU] = {0};
+#pragma unroll
+    for (int m = 0; m < LIST_CHUNKS; m++) {
+        int nb = min(32, cnt - 32 * m);
+        if (nb <= 0) break;
+        for (int b0 = 0; b0 < nb; b0 += G) {
+            float x[G][EU];
+#pragma unroll
+            for (int w = 0; w < G; w++) {
+                const float *row = V + (size_t)(o + __shfl_sync(FULL_MASK, kr[m], min(b0 + w, nb - 1))) * ldv;
+#pragma unroll
+                for (int u = 0; u < EU; u++) x[w][u] = lane + 32 * u < E ? row[lane + 32 * u] : 0.0f;
+            }
+#pragma unroll
+            for (int w = 0; w < G; w++) {
+                if (b0 + w >= nb) break;
+                float pb = __shfl_sync(FULL_MASK, pr[m], b0 + w);
+#pragma unroll
+                for (int u = 0; u < EU; u++)
+                    if (lane + 32 * u < E) acc[u] += pb * x[w][u];
+            }
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < EU; u++)
+        if (lane + 32 * u < E) out[lane + 32 * u] = bf16 ? hax_bf16_round(acc[u]) : acc[u];
+}
+
+// One warp per query: the lane's entries i = lane + 32 m (key, score, then P)
+// in registers; max, exp, the double sum per lane (m ascending) and the warp
+// sums exactly as the previous kernel; P written to allow_p once.
+template <int EU>
+__global__ static void gather_fwd_kernel(float *attn, int ld_attn, float *allow_p, const int *allow_cnt,
+                                         const int *allow_key, const float *KQ, const float *V, int ldv,
+                                         const double *sv, const int *seq_off, int n_seq, int n_tok, int N,
+                                         int E, int cap, int L, int ref, int bf16, int vec_k, int vec_v) {
+    int g = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (g >= n_tok) return;  // the whole warp
+    int s = cu_seq_of(seq_off, n_seq, g), o = seq_off[s], cnt = allow_cnt[g], ldkq = 2 * N;
+    float *out = attn + (size_t)g * ld_attn;
+    if (cnt == 0) {
+        float pe = hax_bf16_round(1.0f / (float)L);  // bf16-pure: the uniform row's bf16 P
+        for (int e = lane; e < E; e += 32) {
+            double v = sv[(size_t)s * E + e];
+            out[e] = !ref ? 0.0f : bf16 ? hax_bf16_round((float)(v * pe)) : (float)(v / L);
+        }
+        return;
+    }
+    const int *key = allow_key + (size_t)g * cap;
+    const float *q = KQ + (size_t)g * ldkq + N;
+    int kr[LIST_CHUNKS];
+    float pr[LIST_CHUNKS];
+#pragma unroll
+    for (int m = 0; m < LIST_CHUNKS; m++) kr[m] = lane + 32 * m < cnt ? key[lane + 32 * m] : 0;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int m = 0; m < LIST_CHUNKS; m++) {
+        pr[m] = 0.0f;
+        if (lane + 32 * m >= cnt) continue;
+        float sc = score_dot(q, KQ + (size_t)(o + kr[m]) * ldkq, N, vec_k);
+        if (bf16) sc = hax_bf16_round(sc);
+        pr[m] = sc;
+        mx = fmaxf(mx, sc);
+    }
+    mx = warp_max(mx);
+    double sum = 0;
+#pragma unroll
+    for (int m = 0; m < LIST_CHUNKS; m++)
+        if (lane + 32 * m < cnt) {
+            pr[m] = expf(pr[m] - mx);
+            sum += pr[m];
+        }
+    sum = cu_warp_sum(sum);
+    float inv = (float)(1.0 / sum), *p = allow_p + (size_t)g * cap;
+#pragma unroll
+    for (int m = 0; m < LIST_CHUNKS; m++)
+        if (lane + 32 * m < cnt) {
+            pr[m] = bf16 ? hax_bf16_round(pr[m] / (float)sum) : pr[m] * inv;
+            p[lane + 32 * m] = pr[m];
+        }
+    fwd_values<EU>(out, kr, pr, cnt, V, ldv, o, E, bf16, vec_v, lane);
+}
+
+// ---------------------------------------------------------------- dQ
+
+// Per query: dP_i = dattn . V_key (bf16: rounded), D = sum_i p_i dP_i in
+// double, keys ascending, ds_i = p_i (dP_i - D) into allow_ds, dQ = sum_i ds_i
+// K_key, keys ascending: the previous kernel's values. The lanes' partial
+// dot products of GROUP keys go to warp_sums_group, whose sums are then
+// moved so that lane b holds key b's dP (b < 32, a chunk of the list); the
+// products p_b dP_b (exact in double) pass through shared memory for the
+// ordered sum.
+template <int EU, int FU>
+__global__ static void gather_bwd_q_kernel(float *dKQ, float *allow_ds, const float *allow_p, const int *allow_cnt,
+                                           const int *allow_key, const float *KQ, const float *V, int ldv,
+                                           const float *dattn, int ld_dattn, const int *seq_off, int n_seq,
+                                           int n_tok, int N, int E, int cap, int bf16) {
+    const int G = GROUP_OF(EU);
+    __shared__ double prod[WARPS][32];
+    int w = threadIdx.x / 32, g = blockIdx.x * WARPS + w, lane = threadIdx.x & 31;
+    if (g >= n_tok) return;  // the whole warp (only __syncwarp below)
+    int cnt = allow_cnt[g], ldkq = 2 * N;
+    if (cnt == 0) return;
+    int o = seq_off[cu_seq_of(seq_off, n_seq, g)];
+    const int *key = allow_key + (size_t)g * cap;
+    const float *p = allow_p + (size_t)g * cap, *da = dattn + (size_t)g * ld_dattn;
+    float dr[EU];
+#pragma unroll
+    for (int u = 0; u < EU; u++) dr[u] = lane + 32 * u < E ? da[lane + 32 * u] : 0.0f;
+    int kr[LIST_CHUNKS];
+    float pr[LIST_CHUNKS], dsr[LIST_CHUNKS];
+#pragma unroll
+    for (int m = 0; m < LIST_CHUNKS; m++) {
+        int i = lane + 32 * m;
+        kr[m] = i < cnt ? key[i] : 0, pr[m] = i < cnt ? p[i] : 0.0f, dsr[m] = 0.0f;
+    }
+    double D = 0;
+#pragma unroll
+    for (int m = 0; m < LIST_CHUNKS; m++) {
+        int nb = min(32, cnt - 32 * m);
+        if (nb <= 0) break;
+        float dp = 0.0f;  // on lane b: key b's dP
+        for (int b0 = 0; b0 < nb; b0 += G) {
+            float x[G][EU], part[G];  // part[c]: this lane's share of dattn . V_key(b0 + c)
+#pragma unroll
+            for (int c = 0; c < G; c++) {  // past nb: the last key again, its sum unused
+                const float *row = V + (size_t)(o + __shfl_sync(FULL_MASK, kr[m], min(b0 + c, nb - 1))) * ldv;
+#pragma unroll
+                for (int u = 0; u < EU; u++) x[c][u] = lane + 32 * u < E ? row[lane + 32 * u] : 0.0f;
+            }
+#pragma unroll
+            for (int c = 0; c < G; c++) {
+                float s = 0;
+#pragma unroll
+                for (int u = 0; u < EU; u++)
+                    if (lane + 32 * u < E) s += dr[u] * x[c][u];
+                part[c] = s;
+            }
+            float sum = warp_sums_group<G>(part, lane);  // key b0 + (lane >> sh)'s
+            const int sh = G == 8 ? 2 : 3;
+            float got = __shfl_sync(FULL_MASK, sum, (lane & (G - 1)) << sh);
+            if ((lane & ~(G - 1)) == b0) dp = got;
+        }
+        if (bf16) dp = hax_bf16_round(dp);           // dP, a bf16 GEMM output
+        dsr[m] = dp;
+        prod[w][lane] = (double)pr[m] * dp;  // exact: D += it rounds as D += p * dP did
+        __syncwarp();
+        for (int b = 0; b < nb; b++) D += prod[w][b];
+        __syncwarp();  // prod is rewritten by the next chunk
+    }
+    float Df = (float)D;
+    float *ds = allow_ds + (size_t)g * cap;
+#pragma unroll
+    for (int m = 0; m < LIST_CHUNKS; m++) {
+        int i = lane + 32 * m;
+        if (i >= cnt) continue;
+        float d = pr[m] * (dsr[m] - Df);
+        dsr[m] = bf16 ? hax_bf16_round(d) : d;
+        ds[i] = dsr[m];
+    }
+    const int G2 = FU == 1 ? 32 : G;  // K rows loaded ahead: a whole chunk's where N <= 32
+    float acc[FU] = {0};
+#pragma unroll
+    for (int m = 0; m < LIST_CHUNKS; m++) {
+        int nb = min(32, cnt - 32 * m);
+        if (nb <= 0) break;
+        for (int b0 = 0; b0 < nb; b0 += G2) {
+            float x[G2][FU];
+#pragma unroll
+            for (int c = 0; c < G2; c++) {
+                const float *k = KQ + (size_t)(o + __shfl_sync(FULL_MASK, kr[m], min(b0 + c, nb - 1))) * ldkq;
+#pragma unroll
+                for (int u = 0; u < FU; u++) x[c][u] = lane + 32 * u < N ? k[lane + 32 * u] : 0.0f;
+            }
+#pragma unroll
+            for (int c = 0; c < G2; c++) {
+                if (b0 + c >= nb) break;  // the same for the whole warp
+                float d = __shfl_sync(FULL_MASK, dsr[m], b0 + c);
+#pragma unroll
+                for (int u = 0; u < FU; u++)
+                    if (lane + 32 * u < N) acc[u] += d * x[c][u];
+            }
+        }
+    }
+    float *dq = dKQ + (size_t)g * ldkq + N;
+#pragma unroll
+    for (int u = 0; u < FU; u++)
+        if (lane + 32 * u < N) dq[lane + 32 * u] = acc[u];
+}
+
+// ---------------------------------------------------------------- dK, dV
+
+// Floats of a staged query row: dattn_t (E, padded to a multiple of 4), then Q_t.
+__host__ __device__ static inline int kv_row_floats(int N, int E) { return 4 * ((E + 3) / 4) + 4 * ((N + 3) / 4); }
+static size_t kv_smem_bytes(int N, int E) { return sizeof(float) * KV_ROWS * kv_row_floats(N, E); }
+
+// A key's window: its next (up to) 32 list entries, one per lane (ent: the
+// first of them, left: the entries left in its list): first the list slots
+// (-1 past the end), then from each slot the query g (INT_MAX past the end),
+// d score and P. Two steps so that every key's slot loads are in flight at once.
+__device__ __forceinline__ int kv_slot(const int *ent, int left, int lane) { return lane < left ? ent[lane] : -1; }
+__device__ __forceinline__ void kv_entry(int &hg, float &hd, float &hp, int slot, const float *allow_ds,
+                                         const float *allow_p, int cap) {
+    hg = slot >= 0 ? slot / cap : INT_MAX;
+    hd = slot >= 0 ? allow_ds[slot] : 0.0f;
+    hp = slot >= 0 ? allow_p[slot] : 0.0f;
+}
+
+// Keys j = the block's KV_TILE, KV_KEYS per warp: dK_j = sum_t ds_tj Q_t
+// (written), dV_j += sum_t P_tj dattn_t, holders t ascending from the
+// transposed lists. Each round the block starts a chunk at the smallest next
+// holder of its keys, cs, stages the rows t in [cs, cs + KV_ROWS) that some
+// key holds (Q_t, dattn_t; a bit mask), and every key adds its holders in the
+// chunk: the prefix of its window with t < cs + KV_ROWS. The adds per element
+// are the previous kernel's (same products, same order); a lane owns 4
+// consecutive elements of dV (float4 reads of the staged row).
+template <int EU, int FU>  // small instance: 4 blocks per SM (64 registers; the block waits on its rows)
+__global__ static void __launch_bounds__(32 * WARPS, EU == 4 ? 4 : 1)
+    gather_bwd_kv_kernel(float *dKQ, float *dV, int ld_dv, const float *allow_ds, const float *allow_p,
+                         const int *tr_off, const int *tr_cnt, const int *tr_ent, const float *KQ,
+                         const float *dattn, int ld_dattn, int n_tok, int N, int E, int cap) {
+    const int EV = EU / 4;
+    extern __shared__ float4 rows4[];  // [KV_ROWS][kv_row_floats] (float4: 16-byte aligned)
+    __shared__ int next_of[WARPS];
+    __shared__ unsigned used;
+    float *rows = (float *)rows4;
+    int w = threadIdx.x / 32, lane = threadIdx.x & 31, ldkq = 2 * N;
+    int E4 = (E + 3) / 4, qoff = 4 * E4, rs = kv_row_floats(N, E);
+    int j0 = blockIdx.x * KV_TILE + w * KV_KEYS;
+    int at[KV_KEYS], left[KV_KEYS], hg[KV_KEYS], slot[KV_KEYS];  // at: the window's first entry in tr_ent
+    float hd[KV_KEYS], hp[KV_KEYS], dk[KV_KEYS][FU];
+    float4 dv[KV_KEYS][EV];
+#pragma unroll
+    for (int k = 0; k < KV_KEYS; k++) {
+        int j = j0 + k;
+        at[k] = j < n_tok ? tr_off[j] : 0, left[k] = j < n_tok ? tr_cnt[j] : 0;
+        slot[k] = kv_slot(tr_ent + at[k], left[k], lane);
+#pragma unroll
+        for (int u = 0; u < FU; u++) dk[k][u] = 0.0f;
+#pragma unroll
+        for (int v = 0; v < EV; v++) dv[k][v] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+#pragma unroll
+    for (int k = 0; k < KV_KEYS; k++) kv_entry(hg[k], hd[k], hp[k], slot[k], allow_ds, allow_p, cap);
+    for (;;) {
+        int first = INT_MAX;  // the warp's smallest next holder (lane 0 holds each key's next)
+#pragma unroll
+        for (int k = 0; k < KV_KEYS; k++) first = min(first, __shfl_sync(FULL_MASK, hg[k], 0));
+        if (lane == 0) next_of[w] = first;
+        if (threadIdx.x == 0) used = 0;
+        __syncthreads();
+        int cs = INT_MAX;
+        for (int i = 0; i < WARPS; i++) cs = min(cs, next_of[i]);
+        if (cs == INT_MAX) break;  // every key's list is done (the same for the whole block)
+        unsigned mark = 0;  // the chunk's rows held by this warp's keys (hg >= cs: no overflow)
+#pragma unroll
+        for (int k = 0; k < KV_KEYS; k++)
+            if (hg[k] - cs < KV_ROWS) mark |= 1u << (hg[k] - cs);
+        mark = __reduce_or_sync(FULL_MASK, mark);
+        if (lane == 0 && mark) atomicOr(&used, mark);
+        __syncthreads();
+        unsigned need = used;
+        for (int r = w; r < KV_ROWS; r += WARPS) {
+            if (!(need >> r & 1)) continue;
+            const float *da = dattn + (size_t)(cs + r) * ld_dattn, *q = KQ + (size_t)(cs + r) * ldkq + N;
+            float *row = rows + r * rs;
+            for (int e = lane; e < qoff; e += 32) row[e] = e < E ? da[e] : 0.0f;
+            for (int f = lane; f < rs - qoff; f += 32) row[qoff + f] = f < N ? q[f] : 0.0f;
+        }
+        __syncthreads();
+        int nt[KV_KEYS];  // each key's entries in the chunk: a prefix of its window
+#pragma unroll
+        for (int k = 0; k < KV_KEYS; k++) {
+            nt[k] = __popc(__ballot_sync(FULL_MASK, hg[k] - cs < KV_ROWS));
+            if (nt[k] > 0)  // the next window's slots: loads in flight during the adds
+                at[k] += nt[k], left[k] -= nt[k], slot[k] = kv_slot(tr_ent + at[k], left[k], lane);
+        }
+#pragma unroll
+        for (int k = 0; k < KV_KEYS; k++) {
+            for (int b = 0; b < nt[k]; b++) {
+                const float *row = rows + (__shfl_sync(FULL_MASK, hg[k], b) - cs) * rs;
+                float d = __shfl_sync(FULL_MASK, hd[k], b), pb = __shfl_sync(FULL_MASK, hp[k], b);
+#pragma unroll
+                for (int v = 0; v < EV; v++) {
+                    if (lane + 32 * v >= E4) continue;
+                    float4 a = ((const float4 *)row)[lane + 32 * v];
+                    dv[k][v].x += pb * a.x;
+                    dv[k][v].y += pb * a.y;
+                    dv[k][v].z += pb * a.z;
+                    dv[k][v].w += pb * a.w;
+                }
+#pragma unroll
+                for (int u = 0; u < FU; u++)
+                    if (lane + 32 * u < N) dk[k][u] += d * row[qoff + lane + 32 * u];
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < KV_KEYS; k++)
+            if (nt[k] > 0) kv_entry(hg[k], hd[k], hp[k], slot[k], allow_ds, allow_p, cap);
+        __syncthreads();  // rows, next_of and used are rewritten by the next round
+    }
+#pragma unroll
+    for (int k = 0; k < KV_KEYS; k++) {
+        int j = j0 + k;
+        if (j >= n_tok) continue;
+        float *dk_row = dKQ + (size_t)j * ldkq, *dv_row = dV + (size_t)j * ld_dv;
+#pragma unroll
+        for (int u = 0; u < FU; u++)
+            if (lane + 32 * u < N) dk_row[lane + 32 * u] = dk[k][u];
+#pragma unroll
+        for (int v = 0; v < EV; v++) {
+            int c = lane + 32 * v;
+            float a[4] = {dv[k][v].x, dv[k][v].y, dv[k][v].z, dv[k][v].w};
+            for (int i = 0; i < 4; i++)
+                if (4 * c + i < E) dv_row[4 * c + i] += a[i];
+        }
+    }
+}
+
+// ---------------------------------------------------------------- launches
+
+// The small instances (EU 4, FU 1) serve E <= 128 and N <= 32 (the paper's models).
+static int small_rows(const cu_sparse_state *st) { return st->E <= 128 && st->N <= 32; }
+
+int cu_sp_gather_fits(const cu_sparse_state *st) { return st->row_cap <= 32 * LIST_CHUNKS; }
+
+void cu_sp_gather_setup(void) {
+    // The large dK/dV instance stages up to 48 KiB of rows (E 256, N 128):
+    // with its static arrays over the default limit, hence the opt-in (the
+    // limit, not the size launched; the small instance stays under 21 KiB).
+    int bytes = (int)kv_smem_bytes(32 * CU_SP_FPL, 32 * CU_SP_EPL);
+    CUDA_CHECK(cudaFuncSetAttribute(gather_bwd_kv_kernel<8, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
+void cu_sp_gather_forward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, float *attn,
+                          int ld_attn) {
+    int n_tok = st->n_tok, N = st->N, E = st->E, blocks = cu_blocks(n_tok, WARPS);
+    int ref = st->sem == SEMANTICS_REFERENCE;
+    int vec_k = N % 4 == 0;  // KQ rows of 2N floats from a 256-byte aligned buffer
+    int vec_v = E % 4 == 0 && ldv % 4 == 0 && ((uintptr_t)V & 15) == 0;
+    cudaStream_t sm = cu_stream();
+    if (small_rows(st))
+        gather_fwd_kernel<4><<<blocks, 32 * WARPS, 0, sm>>>(attn, ld_attn, st->allow_p, st->allow_cnt, st->allow_key,
+                                                           st->KQ, V, ldv, st->seq_sv, seq_off, st->n_seq, n_tok, N,
+                                                           E, st->row_cap, st->model_len, ref, st->bf16, vec_k, vec_v);
+    else
+        gather_fwd_kernel<8><<<blocks, 32 * WARPS, 0, sm>>>(attn, ld_attn, st->allow_p, st->allow_cnt, st->allow_key,
+                                                           st->KQ, V, ldv, st->seq_sv, seq_off, st->n_seq, n_tok, N,
+                                                           E, st->row_cap, st->model_len, ref, st->bf16, vec_k, vec_v);
+    CUDA_LAUNCHED();
+}
+
+void cu_sp_gather_backward_q(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, const float *dattn,
+                             int ld_dattn) {
+    int n_tok = st->n_tok, blocks = cu_blocks(n_tok, WARPS);
+    cudaStream_t sm = cu_stream();
+    if (small_rows(st))
+        gather_bwd_q_kernel<4, 1><<<blocks, 32 * WARPS, 0, sm>>>(
+            st->dKQ, st->allow_ds, st->allow_p, st->allow_cnt, st->allow_key, st->KQ, V, ldv, dattn, ld_dattn,
+            seq_off, st->n_seq, n_tok, st->N, st->E, st->row_cap, st->bf16);
+    else
+        gather_bwd_q_kernel<8, 4><<<blocks, 32 * WARPS, 0, sm>>>(
+            st->dKQ, st->allow_ds, st->allow_p, st->allow_cnt, st->allow_key, st->KQ, V, ldv, dattn, ld_dattn,
+            seq_off, st->n_seq, n_tok, st->N, st->E, st->row_cap, st->bf16);
+    CUDA_LAUNCHED();
+}
+
+void cu_sp_gather_backward_kv(cu_sparse_state *st, const float *dattn, int ld_dattn, float *dV, int ld_dv) {
+    int n_tok = st->n_tok, blocks = cu_blocks(n_tok, KV_TILE);
+    size_t smem = kv_smem_bytes(st->N, st->E);
+    cudaStream_t sm = cu_stream();
+    if (small_rows(st))
+        gather_bwd_kv_kernel<4, 1><<<blocks, 32 * WARPS, smem, sm>>>(
+            st->dKQ, dV, ld_dv, st->allow_ds, st->allow_p, st->tr_off, st->tr_cnt, st->tr_ent, st->KQ, dattn,
+            ld_dattn, n_tok, st->N, st->E, st->row_cap);
+    else
+        gather_bwd_kv_kernel<8, 4><<<blocks, 32 * WARPS, smem, sm>>>(
+            st->dKQ, dV, ld_dv, st->allow_ds, st->allow_p, st->tr_off, st->tr_cnt, st->tr_ent, st->KQ, dattn,
+            ld_dattn, n_tok, st->N, st->E, st->row_cap);
+    CUDA_LAUNCHED();
+}
