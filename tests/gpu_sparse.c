@@ -20,6 +20,11 @@
 // cu_sparse_state.attn_old): every output bit for bit, on every pattern and
 // at the paper size, whose timings ("PHASE new|old fwd|bwd <phase> <ms>",
 // "GATHERS new ... old ...") cover both.
+// Then the new kernels of the other phases (HAX_SPARSE_KS=new: LSH buckets,
+// key selection, lists, transposed lists) against the previous ones
+// (cu_sparse_state.ks_old): every output bit for bit on every pattern and at
+// the paper size, timed both ways ("PHASE ks-new|ks-old fwd|bwd <phase>
+// <ms>", "KS PHASES new ... old ...").
 // Skips (exit 0) without a CUDA device. --quick: no paper-size timing.
 #include <math.h>
 #include <stdint.h>
@@ -31,6 +36,7 @@
 #include "src/core/rng.h"
 #include "src/core/scalar.h"
 #include "cuda/core/common.h"
+#include "cuda/sparse/ks.h"
 #include "cuda/sparse/sparse.h"
 #include "src/sparse/sparse.h"
 #include "src/sparse/internal.h"
@@ -458,6 +464,158 @@ static void test_gather_variants(void) {
                     }
 }
 
+// ---------------------------------------------------------------- new vs previous kernels of the other phases
+
+// What one forward + backward leaves that the HAX_SPARSE_KS kernels make or
+// feed (host copies, compared byte for byte): the buckets and projections,
+// the lists (per row: count, keys), the LSH keys by bucket, the transposed
+// lists (per key: count, offset, entries), the key selection's features,
+// scores, picks, targets and loss, then attn, P, d score, dKQ, dX, dW_xx and
+// the KS gradients. Empty where the pattern has no such thing.
+#define N_KS_OUT 24
+typedef struct {
+    void *t[N_KS_OUT];
+    size_t bytes[N_KS_OUT], elem[N_KS_OUT];
+} ks_run;
+
+static const char *k_ks_names[N_KS_OUT] = {
+    "q bucket", "k bucket", "q proj", "k proj", "lists", "LSH keys", "transposed lists", "KS T", "KS score",
+    "KS sel", "KS y", "gate loss", "attn", "P", "d score", "dKQ", "dX", "dW_xx", "d w1", "d b1", "d w2", "d b2",
+    "d w3", "d b3"};
+
+// A device array downloaded into r's slot i (n elements of size el).
+static void ks_take(ks_run *r, int i, const void *d, size_t n, size_t el) {
+    r->t[i] = down(d, n * el), r->bytes[i] = n * el, r->elem[i] = el;
+}
+
+// The lists as one host array: per row its count, then its keys.
+static void ks_take_lists(ks_run *r, int i, const cu_sparse_state *gs, int n) {
+    int *cnt = down(gs->allow_cnt, sizeof(int) * n), *key = down(gs->allow_key, sizeof(int) * (size_t)n * gs->row_cap);
+    int *out = xmalloc(sizeof(int) * ((size_t)n * (gs->row_cap + 1) + 1));
+    size_t k = 0;
+    for (int g = 0; g < n; g++) {
+        out[k++] = cnt[g];
+        for (int e = 0; e < cnt[g] && e < gs->row_cap; e++) out[k++] = key[(size_t)g * gs->row_cap + e];
+    }
+    r->t[i] = out, r->bytes[i] = sizeof(int) * k, r->elem[i] = sizeof(int);
+    free(cnt), free(key);
+}
+
+// The transposed lists as one host array: per key its count, offset, entries.
+static void ks_take_trans(ks_run *r, int i, const cu_sparse_state *gs, int n) {
+    int *cnt = down(gs->tr_cnt, sizeof(int) * n), *off = down(gs->tr_off, sizeof(int) * n);
+    int *ent = down(gs->tr_ent, sizeof(int) * (size_t)n * gs->row_cap);
+    int *out = xmalloc(sizeof(int) * ((size_t)n * (gs->row_cap + 2) + 1));
+    size_t k = 0, total = (size_t)n * gs->row_cap;
+    for (int j = 0; j < n; j++) {
+        out[k++] = cnt[j], out[k++] = off[j];
+        for (int e = 0; e < cnt[j] && (size_t)off[j] + e < total; e++) out[k++] = ent[off[j] + e];
+    }
+    r->t[i] = out, r->bytes[i] = sizeof(int) * k, r->elem[i] = sizeof(int);
+    free(cnt), free(off), free(ent);
+}
+
+// One GPU forward + backward of problem p with the previous (ks_old = 1) or
+// the new kernels of the non-attention phases; the outputs into r
+// (free_ks_run), the device gradients reset after.
+static void run_ks(ks_run *r, problem *p, cu_sparse_state *gs, int ks_old, float *d_attn) {
+    int n = p->b.n_tok, N = p->N, E = p->E, ldX = p->ldX, n_seq = p->b.n_seq;
+    unsigned m = gs->mask;
+    ks_params dk = host_ks(p->d_kp);
+    ks_grads dg = host_kg(p->d_kg);
+    int was = gs->ks_old;
+    memset(r, 0, sizeof(*r));
+    gs->ks_old = ks_old;
+    cuda_sparse_forward(gs, p->d_off, n_seq, n, p->b.model_len, p->d_X, ldX, p->d_W, &dk, p->d_H, p->d_cand, 1,
+                        d_attn, E);
+    // the forward's outputs (the backward reuses some of the buffers)
+    ks_take(r, 0, gs->q_bucket, n, sizeof(int32_t)), ks_take(r, 1, gs->k_bucket, n, sizeof(int32_t));
+    ks_take(r, 2, gs->hq_proj, (size_t)n * gs->h, sizeof(float));
+    ks_take(r, 3, gs->hk_proj, (size_t)n * gs->h, sizeof(float));
+    if (!(m & SPARSE_FULL)) ks_take_lists(r, 4, gs, n);
+    if (m & (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH)) ks_take(r, 5, gs->lsh_sorted, n, sizeof(int64_t));
+    const cuda_ks_state *ks = (const cuda_ks_state *)gs->ks;
+    if (ks) {
+        ks_take(r, 7, ks->T, (size_t)n * 2 * N, sizeof(float)), ks_take(r, 8, ks->score, n, sizeof(float));
+        ks_take(r, 9, ks->sel, (size_t)n * ks->k_c, sizeof(int));
+        ks_take(r, 10, ks->y, (size_t)n_seq * ks->k_c, sizeof(double));
+    }
+    ks_take(r, 11, gs->gate_loss, 1, sizeof(double));
+    cuda_sparse_backward(gs, p->d_off, n_seq, n, p->d_dattn, E, 0.1f / n_seq, p->d_X, ldX, p->d_W, &dk, p->d_dX, ldX,
+                         p->d_dW, &dg);
+    cuda_sync();
+    if (!(m & SPARSE_FULL)) ks_take_trans(r, 6, gs, n);
+    size_t cap = (size_t)n * gs->row_cap;
+    ks_take(r, 12, d_attn, (size_t)n * E, sizeof(float));
+    ks_take(r, 13, gs->allow_p, cap, sizeof(float)), ks_take(r, 14, gs->allow_ds, cap, sizeof(float));
+    ks_take(r, 15, gs->dKQ, (size_t)n * 2 * N, sizeof(float)), ks_take(r, 16, p->d_dX, (size_t)n * ldX, sizeof(float));
+    ks_take(r, 17, p->d_dW, (size_t)2 * N * E, sizeof(float));
+    for (int i = 0; i < 6; i++) ks_take(r, 18 + i, p->d_kg[i], kp_size(i, N), sizeof(float));
+    cuda_upload(p->d_dX, p->dX0, sizeof(float) * n * ldX), cuda_upload(p->d_dW, p->dW0, sizeof(float) * 2 * N * E);
+    for (int i = 0; i < 6; i++) cuda_upload(p->d_kg[i], p->kg0[i], sizeof(float) * kp_size(i, N));
+    cuda_sync();
+    gs->ks_old = was;
+}
+
+static void free_ks_run(ks_run *r) {
+    for (int i = 0; i < N_KS_OUT; i++) free(r->t[i]);
+}
+
+// The new kernels of the non-attention phases against the previous ones on
+// one state: every output byte for byte. Prints the counts of differing
+// elements.
+static void check_ks_variants(problem *p, cu_sparse_state *gs) {
+    float *d_attn = cuda_malloc(sizeof(float) * (size_t)p->b.n_tok * p->E);
+    ks_run a, b;
+    run_ks(&a, p, gs, 1, d_attn);
+    run_ks(&b, p, gs, 0, d_attn);
+    printf("      new vs previous KS/LSH/list kernels, differing elements:");
+    long total = 0;
+    for (int i = 0; i < N_KS_OUT; i++) {
+        long bad = 0;
+        if (a.bytes[i] != b.bytes[i]) {
+            bad = -1;
+        } else {
+            const char *x = a.t[i], *y = b.t[i];
+            for (size_t k = 0; k < a.bytes[i]; k += a.elem[i]) bad += memcmp(x + k, y + k, a.elem[i]) != 0;
+        }
+        if (a.bytes[i]) printf(" %s %ld,", k_ks_names[i], bad);
+        total += bad != 0;
+        CHECK(bad == 0, "new vs previous kernels: %s differs (%ld elements, -1: lengths %zu vs %zu bytes)",
+              k_ks_names[i], bad, b.bytes[i], a.bytes[i]);
+    }
+    printf(" outputs differing %ld\n", total);
+    free_ks_run(&a), free_ks_run(&b);
+    cuda_free(d_attn);
+}
+
+// Every pattern, both semantics, fp32 and bf16-pure, at N 16 E 40, N 18
+// and N 40 E 136 (the sizes of test_gather_variants): the new kernels of the
+// non-attention phases equal the previous ones.
+static void test_ks_variants(void) {
+    int h = 4, L = 128, sizes[3][2] = {{16, 40}, {18, 40}, {40, 136}};
+    for (int z = 0; z < 3; z++)
+        for (int bf16 = 0; bf16 < 2; bf16++)
+            for (int sem = 0; sem < 2; sem++)
+                for (size_t i = 0; i < sizeof(k_patterns) / sizeof(k_patterns[0]); i++) {
+                    int N = sizes[z][0], E = sizes[z][1], ldX = E + 5, parts = 1;
+                    hax_model_config cfg;
+                    for (const char *c = k_patterns[i]; *c; c++) parts += *c == '+';
+                    set_cfg(&cfg, k_patterns[i], 8 * parts, N, E, h, 32, (hax_semantics)sem);
+                    if (bf16) cfg.precision = PREC_BF16_PURE;
+                    printf("    %s / %s%s, N %d, E %d\n", cfg.sparse_arch, sem ? "causal" : "reference",
+                           bf16 ? " / bf16-pure" : "", N, E);
+                    problem p;
+                    make_problem(&p, k_lens, K_NSEQ, L, N, E, ldX, h, cfg.k_c > 0 ? cfg.k_c : 1, 1);
+                    if (bf16) problem_to_bf16(&p);
+                    cu_sparse_state *gs = cuda_sparse_state_alloc(&cfg, p.b.n_tok, p.b.n_seq, L);
+                    gs->bf16 = bf16;
+                    check_ks_variants(&p, gs);
+                    cuda_sparse_state_free(gs);
+                    free_problem(&p);
+                }
+}
+
 // Unrounded data: the GPU's buckets must equal the CPU hash of the GPU's KQ.
 // bf16-pure (bf16 = 1): the same with the bf16 statistics and projections
 // (reference semantics) on bf16 inputs.
@@ -547,19 +705,28 @@ static void test_device_draws(void) {
     free_problem(&p);
 }
 
-// The GPU's forward and backward of problem p with the previous attention
-// kernels (old) or the default ones: the mean times of `reps` calls, then
-// the phases (cu_sparse_state.timing), mean of `reps` forward + backward
-// pairs, as lines "PHASE new|old fwd|bwd <phase> <ms>". Returns the times in
-// t: forward, backward, and the three attention gathers (phases attention,
-// attention dQ, attention dK dV).
-static void time_gpu(double t[3], problem *p, cu_sparse_state *gs, float *d_attn, int old) {
+// The phases the HAX_SPARSE_KS kernels serve (pass 0: forward, 1: backward).
+static int ks_phase(int pass, const char *nm) {
+    if (pass == 0)
+        return !strcmp(nm, "KQ projection") || !strcmp(nm, "LSH buckets") || !strcmp(nm, "key selection") ||
+               !strcmp(nm, "allowed lists");
+    return !strcmp(nm, "transposed lists") || !strcmp(nm, "KQ backward") || !strcmp(nm, "key selection");
+}
+
+// The GPU's forward and backward of problem p with the attention gathers
+// attn_old and the other phases' kernels ks_old (1: the previous ones): the
+// mean times of `reps` calls, then the phases (cu_sparse_state.timing),
+// mean of `reps` forward + backward pairs, as lines "PHASE <label> fwd|bwd
+// <phase> <ms>". Returns the times in t: forward, backward, the three
+// attention gathers (phases attention, attention dQ, attention dK dV), and
+// the phases of ks_phase.
+static void time_gpu(double t[4], problem *p, cu_sparse_state *gs, float *d_attn, const char *label, int attn_old,
+                     int ks_old) {
     int reps = 10, n = p->b.n_tok, n_seq = p->b.n_seq, L = p->b.model_len, E = p->E;
-    const char *variant = old ? "old" : "new";
     ks_params dk = host_ks(p->d_kp);
     ks_grads dg = host_kg(p->d_kg);
-    int was = gs->attn_old;
-    gs->attn_old = old;
+    int was = gs->attn_old, was_ks = gs->ks_old;
+    gs->attn_old = attn_old, gs->ks_old = ks_old;
     int e0 = cuda_event_record();
     for (int r = 0; r < reps; r++)
         cuda_sparse_forward(gs, p->d_off, n_seq, n, L, p->d_X, E, p->d_W, &dk, p->d_H, p->d_cand, 1, d_attn, E);
@@ -568,7 +735,7 @@ static void time_gpu(double t[3], problem *p, cu_sparse_state *gs, float *d_attn
         cuda_sparse_backward(gs, p->d_off, n_seq, n, p->d_dattn, E, 0.1f / n_seq, p->d_X, E, p->d_W, &dk, p->d_dX, E,
                              p->d_dW, &dg);
     int e2 = cuda_event_record();
-    t[0] = cuda_event_ms(e0, e1) / reps, t[1] = cuda_event_ms(e1, e2) / reps, t[2] = 0;
+    t[0] = cuda_event_ms(e0, e1) / reps, t[1] = cuda_event_ms(e1, e2) / reps, t[2] = 0, t[3] = 0;
     double ph[2][CU_SP_MAX_EV] = {{0}};
     const char *names[2][CU_SP_MAX_EV] = {{0}};
     int n_ph[2] = {0, 0};
@@ -585,13 +752,14 @@ static void time_gpu(double t[3], problem *p, cu_sparse_state *gs, float *d_attn
             for (int i = 1; i < gs->n_ev; i++)
                 names[pass][i] = gs->ev_name[i], ph[pass][i] += cuda_event_ms(gs->ev[i - 1], gs->ev[i]) / reps;
         }
-    gs->timing = 0, gs->attn_old = was;
+    gs->timing = 0, gs->attn_old = was, gs->ks_old = was_ks;
     for (int pass = 0; pass < 2; pass++)
         for (int i = 1; i < n_ph[pass]; i++) {
-            printf("      PHASE %s %s %-18s %.3f ms\n", variant, pass ? "bwd" : "fwd", names[pass][i], ph[pass][i]);
+            printf("      PHASE %s %s %-18s %.3f ms\n", label, pass ? "bwd" : "fwd", names[pass][i], ph[pass][i]);
             const char *nm = names[pass][i];
             if (!strcmp(nm, pass ? "attention dQ" : "attention") || (pass && !strcmp(nm, "attention dK dV")))
                 t[2] += ph[pass][i];
+            if (ks_phase(pass, nm)) t[3] += ph[pass][i];
         }
 }
 
@@ -634,12 +802,17 @@ static void time_paper(int N, const char *pattern, hax_semantics sem) {
     cuda_upload(p.d_dX, p.dX0, sizeof(float) * n * E), cuda_upload(p.d_dW, p.dW0, sizeof(float) * 2 * N * E);
     for (int i = 0; i < 6; i++) cuda_upload(p.d_kg[i], p.kg0[i], sizeof(float) * kp_size(i, N));
     check_variants(&p, gs);
-    double t[2][3];  // [new, old][fwd, bwd, gathers]
-    for (int old = 0; old < 2; old++) time_gpu(t[old], &p, gs, d_attn, old);
+    check_ks_variants(&p, gs);
+    double t[2][4], tk[2][4];  // [new, old][fwd, bwd, gathers, KS phases]
+    for (int old = 0; old < 2; old++) time_gpu(t[old], &p, gs, d_attn, old ? "old" : "new", old, gs->ks_old);
+    for (int old = 0; old < 2; old++) time_gpu(tk[old], &p, gs, d_attn, old ? "ks-old" : "ks-new", gs->attn_old, old);
     printf("      CPU fwd %.1f ms, bwd %.1f ms | GPU fwd %.3f ms, bwd %.3f ms (bwd timed after a forward; previous "
            "gathers: fwd %.3f ms, bwd %.3f ms)\n", (t1 - t0) * 1e3, (t2 - t1) * 1e3, t[0][0], t[0][1], t[1][0], t[1][1]);
     printf("      GATHERS new %.3f ms, old %.3f ms (fwd attention + bwd attention dQ + attention dK dV): %.2fx\n",
            t[0][2], t[1][2], t[0][2] > 0 ? t[1][2] / t[0][2] : 0.0);
+    printf("      KS PHASES new %.3f ms, old %.3f ms (fwd KQ projection + LSH buckets + key selection + allowed lists, "
+           "bwd transposed lists + KQ backward + key selection): %.2fx; whole fwd + bwd new %.3f ms, old %.3f ms\n",
+           tk[0][3], tk[1][3], tk[0][3] > 0 ? tk[1][3] / tk[0][3] : 0.0, tk[0][0] + tk[0][1], tk[1][0] + tk[1][1]);
     for (int i = 0; i < 6; i++) free(kg[i]);
     free(attn), free(dX), free(dW);
     cuda_free(d_attn);
@@ -673,6 +846,7 @@ int main(int argc, char **argv) {
     RUN(test_patterns);
     RUN(test_patterns_bf16);
     RUN(test_gather_variants);
+    RUN(test_ks_variants);
     RUN(test_lsh_exact);
     RUN(test_lsh_exact_bf16);
     RUN(test_device_draws);

@@ -6,7 +6,10 @@
 // gradients within 1e-4 (normwise relative errors; gradients accumulate into
 // random initial values and the increments are compared); then the per-layer
 // state chained (forward + backward, also replayed from a CUDA graph:
-// bit-identical), and one paper-size timing CPU vs GPU. Skips (exit 0)
+// bit-identical), with the previous kernels and the new ones
+// (cuda_ks_state.old, HAX_SPARSE_KS; the new top-k cuda_ks_cumtopk_exit on
+// every top-k case): both as the CPU, and the same bits; and one paper-size
+// timing CPU vs GPU, both kernel sets ("TIME ks ... old|new"). Skips (exit 0)
 // without a CUDA device.
 #include <math.h>
 #include <stdint.h>
@@ -172,15 +175,21 @@ static void run_ops(const tbatch *b, int N, int k_c, int ldk, int ldq, hax_seman
     // cumulative top-k on the CPU's scores, then on tie-heavy scores
     float *d_cs = up(score, sizeof(float) * n);
     int *sel = xmalloc(sizeof(int) * n * k_c), *d_sel = cuda_malloc(sizeof(int) * n * k_c);
+    int *d_exit = cuda_malloc(sizeof(int) * n);
     ks_cumtopk(sel, score, b->off, ns, k_c);
     cuda_ks_cumtopk(d_sel, d_cs, b->d_off, ns, k_c);
     expect_ints("cumtopk sel", d_sel, sel, (size_t)n * k_c);
+    cuda_ks_cumtopk_exit(d_sel, d_exit, d_cs, b->d_off, ns, n, k_c);
+    expect_ints("cumtopk sel (exit positions)", d_sel, sel, (size_t)n * k_c);
     float *ties = xmalloc(sizeof(float) * n);
     for (int t = 0; t < n; t++) ties[t] = floorf(score[t] * 8.0f) / 8.0f;  // a few levels only
     float *d_ties = up(ties, sizeof(float) * n);
     ks_cumtopk(sel, ties, b->off, ns, k_c);
     cuda_ks_cumtopk(d_sel, d_ties, b->d_off, ns, k_c);
     expect_ints("cumtopk sel (ties)", d_sel, sel, (size_t)n * k_c);
+    cuda_ks_cumtopk_exit(d_sel, d_exit, d_ties, b->d_off, ns, n, k_c);
+    expect_ints("cumtopk sel (ties, exit positions)", d_sel, sel, (size_t)n * k_c);
+    cuda_free(d_exit);
 
     // candidates: a 64-bit seed, sample ids past 2^32 (truncated like the CPU)
     int64_t *sid = xmalloc(sizeof(int64_t) * ns);
@@ -383,7 +392,7 @@ static void test_topk_chunks(void) {
     static const int kcs[] = {1, 8, 33, 64, 100, 200};
     int ns = (int)(sizeof(lens) / sizeof(lens[0]));
     tbatch b = make_batch(lens, ns, 0);
-    int n = b.n_tok;
+    int n = b.n_tok, *d_exit = cuda_malloc(sizeof(int) * n);
     float *score = rnd((size_t)n, -1.0f, 1.0f), *ties = xmalloc(sizeof(float) * n);
     for (int kind = 0; kind < 3; kind++) {
         for (int t = 0; t < n; t++) ties[t] = kind == 0 ? score[t] : kind == 1 ? floorf(score[t] * 4.0f) : 0.5f;
@@ -393,15 +402,19 @@ static void test_topk_chunks(void) {
             int *sel = xmalloc(sizeof(int) * (size_t)n * k_c), *d_sel = cuda_malloc(sizeof(int) * (size_t)n * k_c);
             ks_cumtopk(sel, ties, b.off, ns, k_c);
             cuda_ks_cumtopk(d_sel, d_s, b.d_off, ns, k_c);
-            char what[64];
-            snprintf(what, sizeof what, "cumtopk %s, k_c %d", kind == 0 ? "random" : kind == 1 ? "ties" : "constant",
-                     k_c);
+            char what[80];
+            const char *kn = kind == 0 ? "random" : kind == 1 ? "ties" : "constant";
+            snprintf(what, sizeof what, "cumtopk %s, k_c %d", kn, k_c);
+            expect_ints(what, d_sel, sel, (size_t)n * k_c);
+            cuda_zero(d_sel, sizeof(int) * (size_t)n * k_c);  // every entry is written again
+            cuda_ks_cumtopk_exit(d_sel, d_exit, d_s, b.d_off, ns, n, k_c);
+            snprintf(what, sizeof what, "cumtopk (exit positions) %s, k_c %d", kn, k_c);
             expect_ints(what, d_sel, sel, (size_t)n * k_c);
             free(sel), cuda_free(d_sel);
         }
         cuda_free(d_s);
     }
-    free(score), free(ties);
+    free(score), free(ties), cuda_free(d_exit);
     free_batch(&b);
 }
 
@@ -478,49 +491,63 @@ static void run_state(const tbatch *b, int N, int k_c, hax_semantics sem) {
     double loss = ks_forward(&cs, &p.hp, K, ldk, Q, ldq, b->off, ns, b->model_len, sem, cand);
     ks_backward(&cs, &p.hp, &hg, scale);
 
-    // GPU, plain and from a graph
+    // GPU, plain and from a graph, with the previous kernels (old = 1) and the new ones
     cuda_ks_state st;
     void *mem = cuda_malloc(cuda_ks_state_bytes(n + 5, ns + 1, N, k_c));
     cuda_ks_state_init(&st, mem, n + 5, ns + 1, N, k_c);
     float *d_g = cuda_malloc(sizeof(float) * p.n);
-    state_out o = gpu_state_run(&st, &p, b, d_K, ldk, d_Q, ldq, d_sid, sem, scale, d_g, g0, 0);
-    float *d_tmp = up(o.score, sizeof(float) * n);
-    expect("state score", d_tmp, cs.score, NULL, n, TOL_FWD);
-    cuda_free(d_tmp);
-    size_t bad = 0;
-    for (size_t i = 0; i < (size_t)n * k_c; i++) bad += o.sel[i] != cs.sel[i];
-    printf("    %-34s %zu of %zu differ\n", "state sel (own scores)", bad, (size_t)n * k_c);
-    CHECK(bad == 0, "state sel: %zu entries differ", bad);
-    double el = fabs(o.loss - loss) / fmax(fabs(loss), 1e-30);
-    printf("    %-34s %.9f vs %.9f rel err %.2e\n", "state loss", o.loss, loss, el);
-    CHECK(el <= TOL_DBL, "state loss: gpu %.12g cpu %.12g", o.loss, loss);
-    d_tmp = up(o.grads, sizeof(float) * p.n);
-    expect("state mlp grads", d_tmp, gc, g0, p.n, TOL_BWD);
-    cuda_free(d_tmp);
-
-    state_out o2 = gpu_state_run(&st, &p, b, d_K, ldk, d_Q, ldq, d_sid, sem, scale, d_g, g0, 1);
     size_t nD = (size_t)n * 2 * N;
-    int same = memcmp(o.T, o2.T, sizeof(float) * nD) == 0 &&
-               memcmp(o.score, o2.score, sizeof(float) * n) == 0 &&
-               memcmp(o.sel, o2.sel, sizeof(int) * (size_t)n * k_c) == 0 && o.loss == o2.loss &&
-               memcmp(o.grads, o2.grads, sizeof(float) * p.n) == 0;
-    printf("    %-34s %s\n", "graph replay bit-identical", same ? "yes" : "NO");
-    CHECK(same, "the graph replay differs from the plain run");
+    state_out o[2];
+    for (int old = 1; old >= 0; old--) {
+        printf("    (%s kernels)\n", old ? "previous" : "new");
+        st.old = old;
+        o[old] = gpu_state_run(&st, &p, b, d_K, ldk, d_Q, ldq, d_sid, sem, scale, d_g, g0, 0);
+        state_out *oo = &o[old];
+        float *d_tmp = up(oo->score, sizeof(float) * n);
+        expect("state score", d_tmp, cs.score, NULL, n, TOL_FWD);
+        cuda_free(d_tmp);
+        size_t bad = 0;
+        for (size_t i = 0; i < (size_t)n * k_c; i++) bad += oo->sel[i] != cs.sel[i];
+        printf("    %-34s %zu of %zu differ\n", "state sel (own scores)", bad, (size_t)n * k_c);
+        CHECK(bad == 0, "state sel: %zu entries differ", bad);
+        double el = fabs(oo->loss - loss) / fmax(fabs(loss), 1e-30);
+        printf("    %-34s %.9f vs %.9f rel err %.2e\n", "state loss", oo->loss, loss, el);
+        CHECK(el <= TOL_DBL, "state loss: gpu %.12g cpu %.12g", oo->loss, loss);
+        d_tmp = up(oo->grads, sizeof(float) * p.n);
+        expect("state mlp grads", d_tmp, gc, g0, p.n, TOL_BWD);
+        cuda_free(d_tmp);
 
-    // without candidates: no loss, and backward is a no-op
-    cuda_upload(d_g, g0, sizeof(float) * p.n);
-    ks_grads dg = grads_of(d_g, N);
-    cuda_ks_forward(&st, &p.dp, d_K, ldk, d_Q, ldq, b->d_off, ns, n, b->model_len, sem, NULL);
-    cuda_ks_backward(&st, &p.dp, &dg, scale);
-    double *l = down(st.loss, sizeof(double));
-    float *g = down(d_g, sizeof(float) * p.n);
-    CHECK(*l == 0.0 && memcmp(g, g0, sizeof(float) * p.n) == 0,
-          "eval forward: expected loss 0 and untouched gradients, found loss %g", *l);
-    free(l);
-    free(g);
+        state_out o2 = gpu_state_run(&st, &p, b, d_K, ldk, d_Q, ldq, d_sid, sem, scale, d_g, g0, 1);
+        int same = memcmp(oo->T, o2.T, sizeof(float) * nD) == 0 &&
+                   memcmp(oo->score, o2.score, sizeof(float) * n) == 0 &&
+                   memcmp(oo->sel, o2.sel, sizeof(int) * (size_t)n * k_c) == 0 && oo->loss == o2.loss &&
+                   memcmp(oo->grads, o2.grads, sizeof(float) * p.n) == 0;
+        printf("    %-34s %s\n", "graph replay bit-identical", same ? "yes" : "NO");
+        CHECK(same, "the graph replay differs from the plain run");
+        free_out(&o2);
 
-    free_out(&o);
-    free_out(&o2);
+        // without candidates: no loss, and backward is a no-op
+        cuda_upload(d_g, g0, sizeof(float) * p.n);
+        ks_grads dg = grads_of(d_g, N);
+        cuda_ks_forward(&st, &p.dp, d_K, ldk, d_Q, ldq, b->d_off, ns, n, b->model_len, sem, NULL);
+        cuda_ks_backward(&st, &p.dp, &dg, scale);
+        double *l = down(st.loss, sizeof(double));
+        float *g = down(d_g, sizeof(float) * p.n);
+        CHECK(*l == 0.0 && memcmp(g, g0, sizeof(float) * p.n) == 0,
+              "eval forward: expected loss 0 and untouched gradients, found loss %g", *l);
+        free(l);
+        free(g);
+    }
+    // the new kernels against the previous ones: the same bits
+    int same = memcmp(o[0].T, o[1].T, sizeof(float) * nD) == 0 &&
+               memcmp(o[0].score, o[1].score, sizeof(float) * n) == 0 &&
+               memcmp(o[0].sel, o[1].sel, sizeof(int) * (size_t)n * k_c) == 0 &&
+               memcmp(&o[0].loss, &o[1].loss, sizeof(double)) == 0 &&
+               memcmp(o[0].grads, o[1].grads, sizeof(float) * p.n) == 0;
+    printf("    %-34s %s\n", "new kernels = previous, bit for bit", same ? "yes" : "NO");
+    CHECK(same, "the new kernels' T, scores, picks, loss or gradients differ from the previous ones");
+    free_out(&o[0]);
+    free_out(&o[1]);
     ks_state_free(&cs);
     void *hp[] = {K, Q, sid, cand, g0, gc, p.h};
     for (size_t i = 0; i < sizeof(hp) / sizeof(hp[0]); i++) free(hp[i]);
@@ -573,56 +600,61 @@ static void test_paper_size(void) {
             cuda_ks_state_init(&st, mem, n, ns, N, k_c);
             float *d_g = cuda_malloc(sizeof(float) * p.n);
             ks_grads dg = grads_of(d_g, N);
-            cuda_zero(d_g, sizeof(float) * p.n);
-            float ms[6] = {0};
-            for (int rep = 0; rep < 11; rep++) {  // the first is a warm-up
-                int e[7];
-                e[0] = cuda_event_record();
-                cuda_ks_features(st.T, d_K, ldk, d_Q, ldq, b.d_off, ns, n, b.model_len, N,
-                                 (hax_semantics)sem);
-                e[1] = cuda_event_record();
-                cuda_ks_mlp_forward(st.score, st.h1, st.h2, st.T, &p.dp, n, N);
-                e[2] = cuda_event_record();
-                cuda_ks_cumtopk(st.sel, st.score, b.d_off, ns, k_c);
-                e[3] = cuda_event_record();
-                cuda_ks_sample_candidates(st.cand, b.d_off, ns, d_sid, k_c, 5, 1, 0);
-                e[4] = cuda_event_record();
-                cuda_ks_forward(&st, &p.dp, d_K, ldk, d_Q, ldq, b.d_off, ns, n, b.model_len,
-                                (hax_semantics)sem, st.cand);
-                e[5] = cuda_event_record();
-                cuda_ks_backward(&st, &p.dp, &dg, 1.0f / ns);
-                e[6] = cuda_event_record();
-                if (rep == 0) {
-                    cuda_zero(d_g, sizeof(float) * p.n);
-                    cuda_sync();
-                    continue;
+            for (int old = 1; old >= 0; old--) {  // the previous kernels, then the new ones
+                const char *v = old ? "old" : "new";
+                st.old = old;
+                cuda_zero(d_g, sizeof(float) * p.n);
+                float ms[6] = {0};
+                for (int rep = 0; rep < 11; rep++) {  // the first is a warm-up
+                    int e[7];
+                    e[0] = cuda_event_record();
+                    cuda_ks_features(st.T, d_K, ldk, d_Q, ldq, b.d_off, ns, n, b.model_len, N, (hax_semantics)sem);
+                    e[1] = cuda_event_record();
+                    cuda_ks_mlp_forward(st.score, st.h1, st.h2, st.T, &p.dp, n, N);
+                    e[2] = cuda_event_record();
+                    if (old) cuda_ks_cumtopk(st.sel, st.score, b.d_off, ns, k_c);
+                    else cuda_ks_cumtopk_exit(st.sel, st.exit_at, st.score, b.d_off, ns, n, k_c);
+                    e[3] = cuda_event_record();
+                    cuda_ks_sample_candidates(st.cand, b.d_off, ns, d_sid, k_c, 5, 1, 0);
+                    e[4] = cuda_event_record();
+                    cuda_ks_forward(&st, &p.dp, d_K, ldk, d_Q, ldq, b.d_off, ns, n, b.model_len, (hax_semantics)sem,
+                                    st.cand);
+                    e[5] = cuda_event_record();
+                    cuda_ks_backward(&st, &p.dp, &dg, 1.0f / ns);
+                    e[6] = cuda_event_record();
+                    if (rep == 0) {
+                        cuda_zero(d_g, sizeof(float) * p.n);
+                        cuda_sync();
+                        continue;
+                    }
+                    for (int i = 0; i < 6; i++) ms[i] += cuda_event_ms(e[i], e[i + 1]) / 10;
                 }
-                for (int i = 0; i < 6; i++) ms[i] += cuda_event_ms(e[i], e[i + 1]) / 10;
+                double *l = down(st.loss, sizeof(double));
+                float *g = down(d_g, sizeof(float) * p.n);
+                // the gradients accumulated 10 backwards (after the zeroing)
+                for (size_t i = 0; i < p.n; i++) g[i] /= 10.0f;
+                double el = fabs(*l - loss) / fmax(fabs(loss), 1e-30);
+                double eg = rel_err(g, gc, p.n);
+                int *sel = down(st.sel, sizeof(int) * (size_t)n * k_c);
+                size_t bad = 0;
+                for (size_t i = 0; i < (size_t)n * k_c; i++) bad += sel[i] != cs.sel[i];
+                printf("    %s kernels: selections differing from the CPU's (own scores): %zu of %zu\n", v, bad,
+                       (size_t)n * k_c);
+                free(sel);
+                printf("    %s kernels: loss %.9f vs CPU %.9f (rel err %.1e), grads rel err %.1e\n", v, *l, loss, el,
+                       eg);
+                CHECK(el <= TOL_DBL && eg <= TOL_BWD, "paper size: loss err %.2e grads err %.2e", el, eg);
+                printf("TIME ks features (previous)         gpu %8.3f ms\n", ms[0]);
+                printf("TIME ks mlp fwd (previous)          gpu %8.3f ms\n", ms[1]);
+                printf("TIME ks cumtopk %s                 gpu %8.3f ms\n", v, ms[2]);
+                printf("TIME ks candidates                  gpu %8.3f ms\n", ms[3]);
+                printf("TIME ks forward %s (whole, +loss)  cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n", v, (t1 - t0) * 1e3,
+                       ms[4], (t1 - t0) * 1e3 / ms[4]);
+                printf("TIME ks backward %s                cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n", v, (t2 - t1) * 1e3,
+                       ms[5], (t2 - t1) * 1e3 / ms[5]);
+                free(l);
+                free(g);
             }
-            double *l = down(st.loss, sizeof(double));
-            float *g = down(d_g, sizeof(float) * p.n);
-            // the gradients accumulated 10 backwards (after the zeroing)
-            for (size_t i = 0; i < p.n; i++) g[i] /= 10.0f;
-            double el = fabs(*l - loss) / fmax(fabs(loss), 1e-30);
-            double eg = rel_err(g, gc, p.n);
-            int *sel = down(st.sel, sizeof(int) * (size_t)n * k_c);
-            size_t bad = 0;
-            for (size_t i = 0; i < (size_t)n * k_c; i++) bad += sel[i] != cs.sel[i];
-            printf("    selections differing from the CPU's (own scores): %zu of %zu\n", bad,
-                   (size_t)n * k_c);
-            free(sel);
-            printf("    loss %.9f vs CPU %.9f (rel err %.1e), grads rel err %.1e\n", *l, loss, el, eg);
-            CHECK(el <= TOL_DBL && eg <= TOL_BWD, "paper size: loss err %.2e grads err %.2e", el, eg);
-            printf("TIME ks features                gpu %8.3f ms\n", ms[0]);
-            printf("TIME ks mlp fwd                 gpu %8.3f ms\n", ms[1]);
-            printf("TIME ks cumtopk                 gpu %8.3f ms\n", ms[2]);
-            printf("TIME ks candidates              gpu %8.3f ms\n", ms[3]);
-            printf("TIME ks forward (whole, +loss)  cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n",
-                   (t1 - t0) * 1e3, ms[4], (t1 - t0) * 1e3 / ms[4]);
-            printf("TIME ks backward                cpu %9.3f ms  gpu %8.3f ms  %6.0fx\n",
-                   (t2 - t1) * 1e3, ms[5], (t2 - t1) * 1e3 / ms[5]);
-            free(l);
-            free(g);
             ks_state_free(&cs);
             void *hp[] = {K, Q, sid, cand, gc, p.h};
             for (size_t i = 0; i < sizeof(hp) / sizeof(hp[0]); i++) free(hp[i]);

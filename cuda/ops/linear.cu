@@ -84,19 +84,29 @@ static void bias_grad(float *dbias, const float *dout, int ld_dout, int n, int o
     CUDA_LAUNCHED();
 }
 
+// outᵀ [out_dim, n] = Wᵀᵀ · inpᵀ (+ outᵀ with beta 1): W as stored is Wᵀ [in_dim, out_dim] to cuBLAS.
+static void linear_gemm(float *out, int ld_out, const float *inp, int ld_inp, const float *weight, int n,
+                        int in_dim, int out_dim, float beta) {
+    float one = 1.0f;
+    CUBLAS_CHECK(cublasSgemm(cu_blas(), CUBLAS_OP_T, CUBLAS_OP_N, out_dim, n, in_dim, &one, weight,
+                             in_dim, inp, ld_inp, &beta, out, ld_out));
+}
+
 extern "C" void cuda_linear_forward(float *out, int ld_out, const float *inp, int ld_inp,
                                     const float *weight, const float *bias, int n, int in_dim,
                                     int out_dim) {
     if (n == 0) return;
-    float one = 1.0f, beta = 0.0f;
     if (bias) {
         fill_bias_kernel<<<cu_blocks(n, 8), dim3(32, 8), 0, cu_stream()>>>(out, ld_out, bias, n, out_dim);
         CUDA_LAUNCHED();
-        beta = 1.0f;
     }
-    // outᵀ [out_dim, n] = Wᵀᵀ · inpᵀ: W as stored is Wᵀ [in_dim, out_dim] to cuBLAS.
-    CUBLAS_CHECK(cublasSgemm(cu_blas(), CUBLAS_OP_T, CUBLAS_OP_N, out_dim, n, in_dim, &one, weight,
-                             in_dim, inp, ld_inp, &beta, out, ld_out));
+    linear_gemm(out, ld_out, inp, ld_inp, weight, n, in_dim, out_dim, bias ? 1.0f : 0.0f);
+}
+
+extern "C" void cuda_linear_forward_add(float *out, int ld_out, const float *inp, int ld_inp, const float *weight,
+                                        int n, int in_dim, int out_dim) {
+    if (n == 0) return;
+    linear_gemm(out, ld_out, inp, ld_inp, weight, n, in_dim, out_dim, 1.0f);
 }
 
 extern "C" void cuda_linear_backward(float *dinp, int ld_dinp, float *dweight, float *dbias,

@@ -12,6 +12,12 @@ extern "C" {
 void cuda_linear_forward(float *out, int ld_out, const float *inp, int ld_inp, const float *weight,
                          const float *bias, int n, int in_dim, int out_dim);
 
+// out[n, out_dim] += inp . weight^T: cuda_linear_forward's GEMM with the
+// output preset by the caller (to the bias, it is cuda_linear_forward with
+// that bias: the same call, the same bits).
+void cuda_linear_forward_add(float *out, int ld_out, const float *inp, int ld_inp, const float *weight, int n,
+                             int in_dim, int out_dim);
+
 // Accumulates (+=): dinp += dout . weight; dweight += dout^T . inp;
 // dbias += column sums of dout (fixed order: deterministic). Any of dinp,
 // dweight, dbias may be NULL.

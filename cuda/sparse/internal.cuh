@@ -89,6 +89,12 @@ static inline void cu_sp_phase(cu_sparse_state *st, const char *name) {
 // keys (which = 0) into st->q_bucket / k_bucket (forced ones where given).
 void cu_sp_lsh_hash(cu_sparse_state *st, const int *seq_off, int n_seq, int n_tok, int L, const float *hash,
                     int which);
+// cuda/sparse/lsh.cu, the new kernels (HAX_SPARSE_KS=new): the buckets of
+// the queries and the keys in one launch, a block per sequence and kind;
+// cu_sp_lsh_setup before the first launch (its shared-memory limit; not a
+// stream operation).
+void cu_sp_lsh_hash_seq(cu_sparse_state *st, const int *seq_off, int n_seq, int L, const float *hash);
+void cu_sp_lsh_setup(void);
 // cuda/sparse/lsh.cu: each sequence's keys sorted by (k bucket, position)
 // into st->lsh_sorted, as the CPU's (src/sparse/masks.c).
 void cu_sp_lsh_sort(cu_sparse_state *st, const int *seq_off, int n_seq);

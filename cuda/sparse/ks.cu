@@ -113,6 +113,202 @@ __global__ static void ks_features_kernel(float *T, const float *K, int ldk, con
     ks_feature_pass(KS_WRITE_REF, c0, w2, T, Q, ldq, o, t0, t1, N, stage, lane);
 }
 
+// ---------------------------------------------------------------- features, staged (new)
+//
+// ks_features_kernel stages a warp's rows anew in each of its (up to) three
+// passes, one load per lane at a time (a load's latency for every 32
+// floats, as is its copy of K): ~0.04 ms at the paper size for ~1 us of
+// adds. ks_features_staged_kernel stages a warp's chunk once when it fits
+// the warp's share of shared memory (8 loads per lane in flight) and reads
+// it in all passes; the causal norms of 8 rows go through one warp sum (the
+// 8 trees interleaved) instead of one row's at a time, the rows' running
+// sums formed twice (the same adds, the same values). The chunks, their
+// order and every operation are ks_features_kernel's, its multiply-adds
+// written out as the fused ones nvcc made of them (w2 += c*c and nrm2 +=
+// c*c are fused, sum + n_pad*C*C is a product then a fused multiply-add):
+// the same bits.
+
+#define KS_FEAT_SMEM (96 * 1024)  // shared memory of a block at most (opt-in above 48 KiB)
+#define KS_GROUP 8                // causal: rows per interleaved warp sum
+
+// Floats of a warp's stage: a chunk of a model_len sequence (ceil(model_len
+// / KS_WARPS) rows), or what is left of KS_FEAT_SMEM after part and w2p;
+// whole rows of N.
+static int ks_stage_floats(int N, int model_len) {
+    int f = (int)((KS_FEAT_SMEM - sizeof(double) * 2 * KS_WARPS * (size_t)N) / (sizeof(float) * KS_WARPS));
+    int rows = (model_len > 0 ? model_len + KS_WARPS - 1 : KS_WARPS) / KS_WARPS;
+    return rows * N < f ? rows * N : f - f % N;
+}
+
+// A warp's stage: rows [tb, tb + rows) of Q (tb = -1: none), cap rows at most.
+typedef struct {
+    float *buf;
+    int cap, tb, rows;
+} ks_stage;
+
+// Stages rows [tb, tb + rows) of the sequence at o (a no-op if staged).
+__device__ static void ks_stage_rows(ks_stage *sg, const float *Q, int ldq, int o, int tb, int rows, int N,
+                                     int lane) {
+    if (sg->tb == tb && sg->rows == rows) return;
+    int total = rows * N;
+    __syncwarp();
+    for (int base = 0; base < total; base += 8 * 32) {
+        float v[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            int e = base + 32 * u + lane;
+            v[u] = e < total ? Q[(size_t)(o + tb + e / N) * ldq + e % N] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            int e = base + 32 * u + lane;
+            if (e < total) sg->buf[e] = v[u];
+        }
+    }
+    __syncwarp();
+    sg->tb = tb, sg->rows = rows;
+}
+
+// Causal rows [t, t + g) of the staged tile (g <= KS_GROUP): their norms
+// first (the running sums on a copy of c), the g warp sums interleaved, then
+// the sums formed again and written times 1 / max(norm, 1e-12).
+__device__ static void ks_causal_group(double *c, float *T, const float *stage, int o, int tb, int t, int g, int N,
+                                       int lane) {
+    const int R = KS_MAX_N / 32;
+    int D = 2 * N;
+    double cc[R], nrm2[KS_GROUP];
+    for (int r = 0; r < R; r++) cc[r] = c[r];
+#pragma unroll
+    for (int q = 0; q < KS_GROUP; q++) {
+        nrm2[q] = 0.0;
+        if (q >= g) continue;
+        for (int r = 0; r < R && lane + 32 * r < N; r++) {
+            cc[r] = __dadd_rn(cc[r], (double)stage[(t + q) * N + lane + 32 * r]);
+            nrm2[q] = __fma_rn(cc[r], cc[r], nrm2[q]);
+        }
+    }
+    for (int off = 16; off > 0; off >>= 1)  // cu_warp_sum's tree, for each row
+#pragma unroll
+        for (int q = 0; q < KS_GROUP; q++) nrm2[q] = __dadd_rn(nrm2[q], __shfl_xor_sync(0xffffffffu, nrm2[q], off));
+#pragma unroll
+    for (int q = 0; q < KS_GROUP; q++) {
+        if (q >= g) continue;
+        double inv = 1.0 / fmax(sqrt(nrm2[q]), 1e-12);
+        float *tq = T + (size_t)(o + tb + t + q) * D + N;
+        for (int r = 0; r < R && lane + 32 * r < N; r++) {
+            c[r] = __dadd_rn(c[r], (double)stage[(t + q) * N + lane + 32 * r]);
+            tq[lane + 32 * r] = (float)__dmul_rn(c[r], inv);
+        }
+    }
+}
+
+// ks_feature_pass over the staged rows (see above).
+__device__ static void ks_feature_pass_staged(int mode, double *c, double *w2, float *T, const float *Q, int ldq,
+                                              int o, int t0, int t1, int N, ks_stage *sg, int lane) {
+    int D = 2 * N;
+    for (int tb = t0; tb < t1; tb += sg->cap) {
+        int rows = min(sg->cap, t1 - tb);
+        ks_stage_rows(sg, Q, ldq, o, tb, rows, N, lane);
+        const float *stage = sg->buf;
+        if (mode == KS_WRITE_CAUSAL) {
+            for (int t = 0; t < rows; t += KS_GROUP)
+                ks_causal_group(c, T, stage, o, tb, t, min(KS_GROUP, rows - t), N, lane);
+            continue;
+        }
+        for (int t = 0; t < rows; t++) {
+            float *tq = T + (size_t)(o + tb + t) * D + N;
+            for (int r = 0; r < KS_MAX_N / 32 && lane + 32 * r < N; r++) {
+                c[r] = __dadd_rn(c[r], (double)stage[t * N + lane + 32 * r]);
+                if (mode == KS_SUM_W2) w2[r] = __fma_rn(c[r], c[r], w2[r]);
+                if (mode == KS_WRITE_REF) tq[lane + 32 * r] = (float)__dmul_rn(c[r], w2[r]);
+            }
+        }
+    }
+}
+
+// T[:, :N] = K for the n rows at o (all threads of the block, 8 loads each
+// in flight).
+__device__ static void ks_copy_k(float *T, const float *K, int ldk, int o, int n, int N) {
+    int D = 2 * N, total = n * N;
+    for (int base = 0; base < total; base += 8 * (int)blockDim.x) {
+        float v[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            int e = base + u * blockDim.x + threadIdx.x;
+            v[u] = e < total ? K[(size_t)(o + e / N) * ldk + e % N] : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            int e = base + u * blockDim.x + threadIdx.x;
+            if (e < total) T[(size_t)(o + e / N) * D + e % N] = v[u];
+        }
+    }
+}
+
+// ks_features_kernel with the staging above (stage: floats per warp).
+__global__ static void ks_features_staged_kernel(float *T, const float *K, int ldk, const float *Q, int ldq,
+                                                 const int *seq_off, int model_len, int N, int causal, int stage,
+                                                 int *err) {
+    extern __shared__ double feat_staged_sh[];  // part [KS_WARPS][N], w2p [KS_WARPS][N], stages
+    double *part = feat_staged_sh, *w2p = part + KS_WARPS * N;
+    int s = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    ks_stage sg = {(float *)(w2p + KS_WARPS * N) + (size_t)warp * stage, stage / N, -1, 0};
+    int o = seq_off[s], n = seq_off[s + 1] - o;
+    int n_pad = model_len - n;
+    if (!causal && n_pad < 0) {
+        if (threadIdx.x == 0) atomicOr(err, CU_ERR_KS);
+        return;
+    }
+    ks_copy_k(T, K, ldk, o, n, N);
+    int len = (n + KS_WARPS - 1) / KS_WARPS;
+    int t0 = min(n, warp * len), t1 = min(n, t0 + len);
+    const int R = KS_MAX_N / 32;
+    double c[R], w2[R];
+    for (int r = 0; r < R; r++) c[r] = 0.0, w2[r] = 0.0;
+    ks_feature_pass_staged(KS_SUM, c, w2, T, Q, ldq, o, t0, t1, N, &sg, lane);
+    for (int r = 0; r < R && lane + 32 * r < N; r++) part[warp * N + lane + 32 * r] = c[r];
+    __syncthreads();
+    // c = this chunk's starting sum; total = C_{n-1}
+    double total[R];
+    for (int r = 0; r < R; r++) c[r] = 0.0, total[r] = 0.0;
+    for (int r = 0; r < R; r++) {
+        int i = lane + 32 * r;
+        if (i >= N) break;
+        for (int w = 0; w < KS_WARPS; w++) {
+            if (w == warp) c[r] = total[r];
+            total[r] = __dadd_rn(total[r], part[w * N + i]);
+        }
+    }
+    if (causal) {
+        ks_feature_pass_staged(KS_WRITE_CAUSAL, c, w2, T, Q, ldq, o, t0, t1, N, &sg, lane);
+        return;
+    }
+    double c0[R];
+    for (int r = 0; r < R; r++) c0[r] = c[r];
+    ks_feature_pass_staged(KS_SUM_W2, c, w2, T, Q, ldq, o, t0, t1, N, &sg, lane);
+    for (int r = 0; r < R && lane + 32 * r < N; r++) w2p[warp * N + lane + 32 * r] = w2[r];
+    __syncthreads();
+    for (int r = 0; r < R; r++) {
+        int i = lane + 32 * r;
+        if (i >= N) break;
+        double sum = 0.0;
+        for (int w = 0; w < KS_WARPS; w++) sum = __dadd_rn(sum, w2p[w * N + i]);
+        // the n_pad pad positions hold the total C_{n-1}
+        w2[r] = 1.0 / fmax(sqrt(__fma_rn(__dmul_rn((double)n_pad, total[r]), total[r], sum)), 1e-12);
+    }
+    ks_feature_pass_staged(KS_WRITE_REF, c0, w2, T, Q, ldq, o, t0, t1, N, &sg, lane);
+}
+
+static void ks_features_staged(float *T, const float *K, int ldk, const float *Q, int ldq, const int *seq_off,
+                               int n_seq, int model_len, int N, hax_semantics sem) {
+    if (n_seq <= 0) return;
+    int stage = ks_stage_floats(N, model_len);
+    size_t smem = sizeof(double) * 2 * KS_WARPS * (size_t)N + sizeof(float) * KS_WARPS * (size_t)stage;
+    ks_features_staged_kernel<<<n_seq, 32 * KS_WARPS, smem, cu_stream()>>>(
+        T, K, ldk, Q, ldq, seq_off, model_len, N, sem == SEMANTICS_CAUSAL, stage, cu_error_flag());
+    CUDA_LAUNCHED();
+}
+
 extern "C" void cuda_ks_features(float *T, const float *K, int ldk, const float *Q, int ldq,
                                  const int *seq_off, int n_seq, int n_tok, int model_len, int N,
                                  hax_semantics sem) {
@@ -303,6 +499,102 @@ extern "C" void cuda_ks_mlp_backward_bf16(const ks_grads *g, const ks_params *p,
     mlp_backward(g, p, T, h1, h2, dscore, rows, n_rows, N, work, 1);
 }
 
+// ---------------------------------------------------------------- score MLP, fewer launches (new)
+//
+// cuda_ks_mlp_forward is 8 launches (each layer's bias fill, GEMM, ReLU) and
+// mlp_backward 15 at the paper size, each a few microseconds of almost no
+// work. The new forward fills the next layer's bias in the same kernel as
+// this layer's ReLU (and bf16 rounding), then runs the same GEMMs
+// (cuda_linear_forward_add: the call cuda_linear_forward makes with a bias);
+// the new backward gathers the candidate rows in the loss backward's kernel
+// (cuda_ks_loss_backward_gather) and applies each ReLU' in the kernel of the
+// bias gradient that reads it (the same per-thread sums and tree as
+// ks_bias_grad_kernel). Every value is the same.
+
+// relu: h [n, D] = ReLU(h) (bf16: of R(h)), if h != NULL; fill: out[i, :out_dim] = bias (row stride ld_out).
+__global__ static void ks_relu_fill_kernel(float *h, int D, int bf16, float *out, int ld_out, const float *bias,
+                                           int out_dim, int n) {
+    long e = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (long)n * D) return;
+    int i = (int)(e / D), k = (int)(e % D);
+    if (h) {
+        float v = bf16 ? hax_bf16_round(h[e]) : h[e];
+        h[e] = v > 0.0f ? v : 0.0f;  // as relu_kernel: not (v > 0), NaN included, gives 0
+    }
+    if (k < out_dim) out[(size_t)i * ld_out + k] = bias[k];
+}
+
+static void ks_relu_fill(float *h, int D, int bf16, float *out, int ld_out, const float *bias, int out_dim, int n) {
+    ks_relu_fill_kernel<<<cu_blocks((long)n * D, 256), 256, 0, cu_stream()>>>(h, D, bf16, out, ld_out, bias,
+                                                                              out_dim, n);
+    CUDA_LAUNCHED();
+}
+
+// cuda_ks_mlp_forward / cuda_ks_mlp_forward_bf16 in 6 launches (+ the score's rounding).
+static void ks_mlp_forward_fused(float *score, float *h1, float *h2, const float *T, const ks_params *p, int n_tok,
+                                 int N, int bf16) {
+    int D = 2 * N;
+    if (n_tok <= 0) return;
+    ks_relu_fill(NULL, D, 0, h1, D, p->b1, D, n_tok);
+    cuda_linear_forward_add(h1, D, T, D, p->w1, n_tok, D, D);
+    ks_relu_fill(h1, D, bf16, h2, D, p->b2, D, n_tok);
+    cuda_linear_forward_add(h2, D, h1, D, p->w2, n_tok, D, D);
+    ks_relu_fill(h2, D, bf16, score, 1, p->b3, 1, n_tok);
+    cuda_linear_forward_add(score, 1, h2, D, p->w3, n_tok, D, 1);
+    if (bf16) cuda_round_bf16(score, score, n_tok);
+}
+
+// Block c < D: dh[:, c] *= relu'(h[:, c]) (read from the post-ReLU h, as
+// relu_backward_kernel) and dbias[c] += the column's sum; block D (extra
+// != NULL): dextra[0] += the sum of extra [n] (no ReLU'). The sums of
+// ks_bias_grad_kernel: strided partials in double, then its tree.
+__global__ static void ks_relu_bias_grad_kernel(float *dbias, float *dh, const float *h, int n, int D, float *dextra,
+                                                const float *extra) {
+    __shared__ double part[KS_BIAS_THREADS];
+    int c = blockIdx.x, tid = threadIdx.x;
+    double acc = 0.0;
+    if (c < D) {
+        for (int i = tid; i < n; i += KS_BIAS_THREADS) {
+            size_t e = (size_t)i * D + c;
+            float v = dh[e];
+            if (!(h[e] > 0.0f)) v = 0.0f, dh[e] = 0.0f;
+            acc += v;
+        }
+    } else {
+        for (int i = tid; i < n; i += KS_BIAS_THREADS) acc += extra[i];
+    }
+    part[tid] = acc;
+    __syncthreads();
+    for (int w = KS_BIAS_THREADS / 2; w > 0; w >>= 1) {
+        if (tid < w) part[tid] += part[tid + w];
+        __syncthreads();
+    }
+    if (tid == 0) *(c < D ? dbias + c : dextra) += (float)part[0];
+}
+
+static void ks_relu_bias_grad(float *dbias, float *dh, const float *h, int n, int D, float *dextra,
+                              const float *extra) {
+    ks_relu_bias_grad_kernel<<<D + (extra ? 1 : 0), KS_BIAS_THREADS, 0, cu_stream()>>>(dbias, dh, h, n, D, dextra,
+                                                                                       extra);
+    CUDA_LAUNCHED();
+}
+
+// The new backward (see above): 8 launches in fp32.
+static void ks_backward_fused(cuda_ks_state *st, const ks_params *p, const ks_grads *g, float scale) {
+    int n_rows = st->n_seq * st->k_c, D = 2 * st->N, bf16 = st->bf16;
+    long nd = (long)n_rows * D;
+    float *Tg = (float *)st->work, *h1g = Tg + nd, *h2g = h1g + nd, *dh1 = h2g + nd, *dh2 = dh1 + nd;
+    float *ds = dh2 + nd;
+    cuda_ks_loss_backward_gather(st, scale, Tg, h1g, h2g, dh1, dh2, ds);
+    cuda_linear_backward(dh2, D, g->w3, NULL, ds, 1, h2g, D, p->w3, n_rows, D, 1);
+    if (bf16) cuda_round_bf16(dh2, dh2, nd);
+    ks_relu_bias_grad(g->b2, dh2, h2g, n_rows, D, g->b3, ds);
+    cuda_linear_backward(dh1, D, g->w2, NULL, dh2, D, h1g, D, p->w2, n_rows, D, D);
+    if (bf16) cuda_round_bf16(dh1, dh1, nd);
+    ks_relu_bias_grad(g->b1, dh1, h1g, n_rows, D, NULL, NULL);
+    cuda_linear_backward(NULL, 0, g->w1, NULL, dh1, D, Tg, D, p->w1, n_rows, D, D);
+}
+
 // ---------------------------------------------------------------- cumulative top-k
 
 // a is a worse key than b: a lower score, or an equal score and a higher
@@ -475,6 +767,109 @@ extern "C" void cuda_ks_cumtopk(int *sel, const float *score, const int *seq_off
     CUDA_LAUNCHED();
 }
 
+// ---------------------------------------------------------------- cumulative top-k by exit positions (new)
+//
+// The kernel above spends its time in serial steps: one warp merging the
+// chunk boundaries of a sequence (~n/64 merges), then 64 steps per chunk
+// with a warp reduction and a shift each, 64 blocks in all. Here: under the
+// total order of ks_worse, key j is among the k_c best of positions 0..t
+// exactly when fewer than k_c keys i <= t are better than j. That count only
+// grows with t, so j is selected at the steps j <= t < exit_j, exit_j the
+// position at which the count of better keys (positions in order) reaches
+// k_c, or n. Phase 1 finds exit_j, a thread per key scanning the sequence's
+// scores in shared memory; phase 2 writes every row on its own: the keys of
+// row t are those j <= t with exit_j > t, in index order, found among the
+// chunk's candidates (a warp per row, a ballot per 32 candidates). The rows
+// are the CPU's heap's selections exactly, as the kernel above's.
+
+#define KS_EXIT_THREADS 256
+#define KS_EXIT_TILE 4096   // scores staged at a time
+#define KS_ROWS_CHUNK 64    // phase 2: rows per chunk
+#define KS_ROWS_WARPS 8     // phase 2: warps per block
+#define KS_MAX_KC 6000      // phase 2's shared memory (2 (k_c + chunk) ints within 48 KiB)
+
+// Phase 1, block (s, y): keys j = y*256 + tid, + gridDim.y*256, ... of
+// sequence s. A key never reached by k_c better ones exits at n; a key with
+// k_c better ones before itself exits before it (never selected).
+__global__ static void ks_exit_kernel(int *exit_at, const float *score, const int *seq_off, int k_c) {
+    __shared__ float tile[KS_EXIT_TILE];
+    int o = seq_off[blockIdx.x], n = seq_off[blockIdx.x + 1] - o;
+    for (int jb = blockIdx.y * KS_EXIT_THREADS; jb < n; jb += gridDim.y * KS_EXIT_THREADS) {
+        int j = jb + threadIdx.x, count = 0, ex = n;
+        bool live = j < n;  // still counting
+        float sj = live ? score[o + j] : 0.0f;
+        for (int tb = 0; tb < n; tb += KS_EXIT_TILE) {
+            int len = min(KS_EXIT_TILE, n - tb);
+            if (!__syncthreads_or(live)) break;  // (a barrier: the last tile's readers are done)
+            for (int i = threadIdx.x; i < len; i += KS_EXIT_THREADS) tile[i] = score[o + tb + i];
+            __syncthreads();
+            for (int i = 0; live && i < len; i++)
+                if (ks_worse(sj, j, tile[i], tb + i) && ++count == k_c) ex = tb + i, live = false;
+        }
+        if (j < n) exit_at[o + j] = ex;
+    }
+}
+
+// Phase 2, block (s, y): chunks y, y + gridDim.y, ... of KS_ROWS_CHUNK rows
+// of sequence s. A chunk's candidates, in index order: the keys j < t0 with
+// exit_j > t0 (row t0's keys from before the chunk, at most k_c) and the
+// chunk's own keys that are ever selected (exit_j > j); kept in shared
+// memory (cap entries at most: more only with NaN scores, which ks_worse
+// does not order; the rows stay in bounds then).
+__global__ static void ks_topk_rows_kernel(int *sel, const int *exit_at, const int *seq_off, int k_c) {
+    extern __shared__ int rows_sh[];  // cand [cap], cexit [cap]
+    __shared__ int warp_cnt[KS_ROWS_WARPS];
+    int cap = k_c + KS_ROWS_CHUNK, *cand = rows_sh, *cexit = rows_sh + cap;
+    int o = seq_off[blockIdx.x], n = seq_off[blockIdx.x + 1] - o;
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    for (int t0 = blockIdx.y * KS_ROWS_CHUNK; t0 < n; t0 += gridDim.y * KS_ROWS_CHUNK) {
+        int t1 = min(n, t0 + KS_ROWS_CHUNK), nc = 0;
+        for (int jb = 0; jb < t1; jb += 32 * KS_ROWS_WARPS) {  // the candidates, a block-wide compaction
+            int j = jb + threadIdx.x, e = j < t1 ? exit_at[o + j] : 0;
+            bool in = j < t1 && e > max(j, t0);
+            unsigned ball = __ballot_sync(0xffffffffu, in);
+            if (lane == 0) warp_cnt[warp] = __popc(ball);
+            __syncthreads();
+            int at = nc;
+            for (int w = 0; w < warp; w++) at += warp_cnt[w];
+            at += __popc(ball & ((1u << lane) - 1u));
+            if (in && at < cap) cand[at] = j, cexit[at] = e;
+            for (int w = 0; w < KS_ROWS_WARPS; w++) nc += warp_cnt[w];
+            __syncthreads();  // warp_cnt is rewritten next
+        }
+        nc = min(nc, cap);
+        for (int t = t0 + warp; t < t1; t += KS_ROWS_WARPS) {
+            int *row = sel + (size_t)(o + t) * k_c, m = 0;
+            for (int cb = 0; cb < nc && cand[cb] <= t; cb += 32) {
+                int i = cb + lane;
+                bool in = i < nc && cand[i] <= t && cexit[i] > t;
+                unsigned ball = __ballot_sync(0xffffffffu, in);
+                int at = m + __popc(ball & ((1u << lane) - 1u));
+                if (in && at < k_c) row[at] = cand[i];
+                m += __popc(ball);
+            }
+            for (int i = min(m, k_c) + lane; i < k_c; i += 32) row[i] = -1;
+        }
+        __syncthreads();  // cand is rewritten by the next chunk
+    }
+}
+
+extern "C" void cuda_ks_cumtopk_exit(int *sel, int *exit_at, const float *score, const int *seq_off, int n_seq,
+                                     int n_tok, int k_c) {
+    if (k_c < 1 || k_c > KS_MAX_KC)
+        hax_die("cu_sparse_ks: cumtopk: k_c: expected 1..%d, found %d", KS_MAX_KC, k_c);
+    if (n_seq <= 0 || n_tok <= 0) return;
+    // blocks per sequence: about the mean length's worth of keys / chunks (a
+    // longer sequence's blocks take several)
+    int mean = (n_tok + n_seq - 1) / n_seq;
+    int y1 = min(cu_blocks(mean, KS_EXIT_THREADS), 64), y2 = min(cu_blocks(mean, KS_ROWS_CHUNK), 64);
+    ks_exit_kernel<<<dim3(n_seq, y1), KS_EXIT_THREADS, 0, cu_stream()>>>(exit_at, score, seq_off, k_c);
+    CUDA_LAUNCHED();
+    size_t smem = sizeof(int) * 2 * ((size_t)k_c + KS_ROWS_CHUNK);
+    ks_topk_rows_kernel<<<dim3(n_seq, y2), 32 * KS_ROWS_WARPS, smem, cu_stream()>>>(sel, exit_at, seq_off, k_c);
+    CUDA_LAUNCHED();
+}
+
 // ---------------------------------------------------------------- per layer
 
 static size_t align256(size_t b) { return (b + 255) / 256 * 256; }
@@ -486,12 +881,15 @@ static size_t ks_carve(cuda_ks_state *st, char *mem, int max_tok, int max_seq, i
     size_t work = cuda_ks_mlp_workspace_bytes((int)nc, N);
     size_t lw = cuda_ks_loss_workspace_bytes(max_seq);
     if (lw > work) work = lw;
+    size_t ns = (size_t)(max_seq > 0 ? max_seq : 1);
     size_t sizes[] = {sizeof(float) * nt * D, sizeof(float) * nt * D, sizeof(float) * nt * D,
                       sizeof(float) * nt, sizeof(int) * nt * k_c, sizeof(int) * nc,
-                      sizeof(double) * nc, sizeof(double), sizeof(float) * nt, sizeof(int) * nc, work};
+                      sizeof(double) * nc, sizeof(double), sizeof(float) * nt, sizeof(int) * nc, work,
+                      sizeof(int) * nt, sizeof(int) * ns, sizeof(double) * nc};
     void **ptrs[] = {(void **)&st->T, (void **)&st->h1, (void **)&st->h2, (void **)&st->score,
                      (void **)&st->sel, (void **)&st->cand, (void **)&st->y, (void **)&st->loss,
-                     (void **)&st->dscore, (void **)&st->rows, &st->work};
+                     (void **)&st->dscore, (void **)&st->rows, &st->work, (void **)&st->exit_at,
+                     (void **)&st->cand_m, (void **)&st->row_loss};
     size_t off = 0;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
         if (mem) *ptrs[i] = mem + off;
@@ -505,6 +903,18 @@ extern "C" size_t cuda_ks_state_bytes(int max_tok, int max_seq, int N, int k_c) 
     return ks_carve(&tmp, NULL, max_tok, max_seq, N, k_c);
 }
 
+extern "C" int cuda_ks_old_kernels(void) {
+    static int env = -1;
+    if (env < 0) {
+        const char *v = getenv("HAX_SPARSE_KS");
+        if (v && strcmp(v, "old") != 0 && strcmp(v, "new") != 0)
+            hax_die("cu_sparse_ks: HAX_SPARSE_KS: expected old or new, found '%s'", v);
+        // old until the new kernels have run on a GPU (tests/gpu_sparse.c: new vs old bit for bit)
+        env = !(v && strcmp(v, "new") == 0);
+    }
+    return env;
+}
+
 extern "C" void cuda_ks_state_init(cuda_ks_state *st, void *mem, int max_tok, int max_seq, int N,
                                    int k_c) {
     memset(st, 0, sizeof(*st));
@@ -515,9 +925,33 @@ extern "C" void cuda_ks_state_init(cuda_ks_state *st, void *mem, int max_tok, in
     st->max_seq = max_seq;
     st->N = N;
     st->k_c = k_c;
+    st->old = cuda_ks_old_kernels();
     ks_carve(st, (char *)mem, max_tok, max_seq, N, k_c);
+    // the staged features' shared memory (a limit, not a stream operation)
+    CUDA_CHECK(cudaFuncSetAttribute(ks_features_staged_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    KS_FEAT_SMEM));
     cuda_zero(st->dscore, sizeof(float) * (size_t)(max_tok > 0 ? max_tok : 1));
     cuda_zero(st->loss, sizeof(double));
+}
+
+// cuda_ks_forward with the new kernels (st->old == 0).
+static void ks_forward_new(cuda_ks_state *st, const ks_params *p, const float *K, int ldk, const float *Q, int ldq,
+                           const int *seq_off, int n_seq, int n_tok, int model_len, hax_semantics sem,
+                           const int *cand) {
+    if (st->bf16 && sem == SEMANTICS_REFERENCE) {  // its one sequential bf16 chain per column: as before
+        cuda_ks_features_bf16(st->T, K, ldk, Q, ldq, seq_off, n_seq, model_len, st->N, ks_cumsum_bf16_acc());
+    } else {
+        ks_features_staged(st->T, K, ldk, Q, ldq, seq_off, n_seq, model_len, st->N, sem);
+        if (st->bf16) cuda_round_bf16(st->T, st->T, (long)n_tok * 2 * st->N);  // causal semantics (ks_forward)
+    }
+    ks_mlp_forward_fused(st->score, st->h1, st->h2, st->T, p, n_tok, st->N, st->bf16);
+    cuda_ks_cumtopk_exit(st->sel, st->exit_at, st->score, seq_off, n_seq, n_tok, st->k_c);
+    st->has_loss = cand != NULL;
+    if (!cand) {
+        cuda_zero(st->loss, sizeof(double));
+        return;
+    }
+    cuda_ks_targets_loss(st, K, ldk, Q, ldq, cand, model_len, sem);
 }
 
 extern "C" void cuda_ks_forward(cuda_ks_state *st, const ks_params *p, const float *K, int ldk,
@@ -529,6 +963,10 @@ extern "C" void cuda_ks_forward(cuda_ks_state *st, const ks_params *p, const flo
     st->n_tok = n_tok;
     st->n_seq = n_seq;
     st->seq_off = seq_off;
+    if (!st->old) {
+        ks_forward_new(st, p, K, ldk, Q, ldq, seq_off, n_seq, n_tok, model_len, sem, cand);
+        return;
+    }
     if (st->bf16 && sem == SEMANTICS_REFERENCE) {
         cuda_ks_features_bf16(st->T, K, ldk, Q, ldq, seq_off, n_seq, model_len, st->N, ks_cumsum_bf16_acc());
     } else {
@@ -568,6 +1006,10 @@ __global__ static void ks_zero_rows_kernel(float *dscore, const int *rows, int n
 extern "C" void cuda_ks_backward(cuda_ks_state *st, const ks_params *p, const ks_grads *g,
                                  float scale) {
     if (!st->has_loss || st->n_seq == 0) return;
+    if (!st->old) {
+        ks_backward_fused(st, p, g, scale);
+        return;
+    }
     int n_rows = st->n_seq * st->k_c;
     cuda_ks_candidate_rows(st->rows, st->cand, st->seq_off, st->n_seq, st->k_c);
     ks_zero_rows_kernel<<<cu_blocks(n_rows, 256), 256, 0, cu_stream()>>>(st->dscore, st->rows, n_rows);

@@ -62,8 +62,18 @@ void cuda_ks_mlp_backward(const ks_grads *g, const ks_params *p, const float *T,
 
 // Cumulative top-k, as ks_cumtopk: sel [n_tok, k_c] (a block per sequence: the
 // set before every 64-position chunk by merges of sorted runs, then the chunks
-// walked in parallel). k_c at most 3040.
+// walked in parallel). k_c at most 3040. The previous kernel
+// (HAX_SPARSE_KS=old); cuda_ks_cumtopk_exit is the new one.
 void cuda_ks_cumtopk(int *sel, const float *score, const int *seq_off, int n_seq, int k_c);
+
+// The same selections from each key's exit position: key j is selected at
+// step t exactly when j <= t < exit_at[j], exit_at[j] the position where the
+// count of keys better than j (any position, in order) reaches k_c (n if it
+// never does). One thread per key finds it, then every row is written on its
+// own (one warp per row). exit_at [n_tok] is workspace; n_tok = seq_off[n_seq].
+// k_c at most 6000.
+void cuda_ks_cumtopk_exit(int *sel, int *exit_at, const float *score, const int *seq_off, int n_seq, int n_tok,
+                          int k_c);
 
 // Candidates, as ks_sample_candidates: cand [n_seq, k_c]; sample_id [n_seq]
 // (device int64, batch->sample_idx). Same stream and algorithm as the CPU.
@@ -116,9 +126,18 @@ void cuda_ks_rank_loss_backward_bf16(float *dscore, const float *score, const do
 
 // ---------------------------------------------------------------- per layer
 
+// HAX_SPARSE_KS (environment, read once): `old` (or unset, for now) runs the
+// previous kernels of the sparse branch's non-attention phases (LSH buckets,
+// key selection forward and backward, allowed lists, transposed lists),
+// `new` the faster ones; anything else is an error. Both give the same bits.
+// Returns 1 for old.
+int cuda_ks_old_kernels(void);
+
 typedef struct {
     int max_tok, max_seq, N, k_c;  // capacity
     int bf16;                      // set by the caller: 1 runs the bf16-pure ops (as ks_state.bf16)
+    int old;                       // 1: the previous kernels (set at init from cuda_ks_old_kernels; the
+                                   // caller may change it between calls)
     int n_tok, n_seq;              // the last forward
     const int *seq_off;            // the last forward's (device; kept by the caller until backward)
     float *T, *h1, *h2;            // [max_tok, 2N]
@@ -131,7 +150,22 @@ typedef struct {
     float *dscore;                 // [max_tok]
     int *rows;                     // [max_seq * k_c]
     void *work;                    // loss + MLP-backward workspace
+    int *exit_at;                  // [max_tok] new kernels: each key's exit position (cuda_ks_cumtopk_exit)
+    int *cand_m;                   // [max_seq] new kernels: the usable candidates of each sequence (0 for a
+                                   // row with a position outside its sequence)
+    double *row_loss;              // [max_seq * k_c] new kernels: each candidate's row of pair terms
 } cuda_ks_state;
+
+// Steps of cuda_ks_forward / cuda_ks_backward with the new kernels (old ==
+// 0; cuda/sparse/ks_rank.cu). Forward, after the scores: the targets
+// (cand, device [n_seq, k_c], copied into st->cand; st->cand_m), the loss
+// rows and their sum into *st->loss. Backward: st->rows, st->dscore at the
+// candidate rows and the MLP backward's gathered rows (its workspace
+// layout): ds [n_seq * k_c], Tg, h1g, h2g [n_seq * k_c, 2N], dh1 = dh2 = 0.
+void cuda_ks_targets_loss(cuda_ks_state *st, const float *K, int ldk, const float *Q, int ldq, const int *cand,
+                          int model_len, hax_semantics sem);
+void cuda_ks_loss_backward_gather(cuda_ks_state *st, float scale, float *Tg, float *h1g, float *h2g, float *dh1,
+                                  float *dh2, float *ds);
 
 // Device bytes a state of this capacity needs (one block, carved by init).
 size_t cuda_ks_state_bytes(int max_tok, int max_seq, int N, int k_c);

@@ -377,3 +377,253 @@ extern "C" void cuda_ks_rank_loss_backward_bf16(float *dscore, const float *scor
     ks_loss_backward_bf16_kernel<<<n_seq, 64, 0, cu_stream()>>>(dscore, score, y, cand, seq_off, k_c, scale);
     CUDA_LAUNCHED();
 }
+
+// ---------------------------------------------------------------- the new kernels (HAX_SPARSE_KS=new)
+//
+// The loss above is one block of 64 threads per sequence, each thread adding
+// its candidate's k_c pair terms (an exp and a log1p in double each) one
+// after another: 2 warps on each of 64 SMs, latency-bound. Here a warp takes
+// one candidate: its lanes form 32 pair terms at once, then the terms are
+// added in b order by shuffles (the same sum in the same order). The
+// backward likewise (a warp per candidate), with the candidate rows'
+// gathers of cuda_ks_mlp_backward in the same kernel. The targets kernel
+// also copies the candidates into the state, finds each sequence's usable
+// count (which the check, loss and row kernels above each looked for, one
+// load at a time), and its row checks are warp-parallel.
+
+// ks_count by one warp: the entries before the first -1.
+__device__ static int ks_count_warp(const int *row, int k_c, int lane) {
+    for (int base = 0; base < k_c; base += 32) {
+        unsigned neg = __ballot_sync(0xffffffffu, base + lane < k_c && row[base + lane] < 0);
+        if (neg) return base + __ffs(neg) - 1;
+    }
+    return k_c;
+}
+
+// ks_slot_ok by one warp, without the flag: 0 <= row[a] < n, not in an earlier slot.
+__device__ static bool ks_slot_ok_warp(const int *row, int a, int n, int lane) {
+    int v = row[a];
+    bool dup = false;
+    for (int b = lane; b < a; b += 32) dup |= row[b] == v;
+    return v >= 0 && v < n && !__any_sync(0xffffffffu, dup);
+}
+
+// ks_row_inside by one warp.
+__device__ static bool ks_row_inside_warp(const int *row, int m, int n, int lane) {
+    bool out = false;
+    for (int a = lane; a < m; a += 32) out |= row[a] >= n;
+    return !__any_sync(0xffffffffu, out);
+}
+
+// ks_targets_kernel / ks_targets_bf16_kernel (the same sums), plus:
+// cand_copy[slot] = cand[slot] (cand_copy may be NULL), and cand_m[s] = the usable count of row s
+// (0 if a position lies outside the sequence: the loss then skips it). The
+// flags of ks_check_kernel are a subset of this kernel's.
+template <int BF16>
+__global__ static void ks_targets_new_kernel(double *y, int *cand_copy, int *cand_m, const float *K, int ldk,
+                                             const float *Q, int ldq, const int *cand, const int *seq_off, int n_seq,
+                                             int model_len, int N, int k_c, int causal, int *err) {
+    long slot = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (slot >= (long)n_seq * k_c) return;
+    int s = (int)(slot / k_c), a = (int)(slot % k_c);
+    int o = seq_off[s], n = seq_off[s + 1] - o;
+    const int *row = cand + (size_t)s * k_c;
+    if (cand_copy && lane == 0) cand_copy[slot] = row[a];
+    int m = ks_count_warp(row, k_c, lane);
+    if (a == 0) {
+        bool inside = ks_row_inside_warp(row, m, n, lane);
+        if (lane == 0) cand_m[s] = inside ? m : 0;
+    }
+    if (a >= m) {
+        if (lane == 0) {
+            if (row[a] >= 0) atomicOr(err, CU_ERR_KS);
+            y[slot] = 0.0;
+        }
+        return;
+    }
+    if (!(ks_slot_ok_warp(row, a, n, lane) && (causal || model_len >= n))) {
+        if (lane == 0) {
+            atomicOr(err, CU_ERR_KS);
+            y[slot] = 0.0;
+        }
+        return;
+    }
+    int I = row[a];
+    const float *k = K + (size_t)(o + I) * ldk;
+    double sum = 0.0;
+    for (int t = I + lane; t < n; t += 32) {
+        const float *q = Q + (size_t)(o + t) * ldq;
+        double dot = 0.0;
+        if (BF16) {
+            for (int i = 0; i < N; i++) dot = __dadd_rn(dot, __dmul_rn((double)q[i], (double)k[i]));
+            sum += hax_bf16_round(hax_sigmoid(hax_bf16_round((float)dot)));
+        } else {  // ks_targets_kernel's dot += q k, fused by nvcc
+            for (int i = 0; i < N; i++) dot = __fma_rn((double)q[i], (double)k[i], dot);
+            sum += hax_sigmoid_d(dot);
+        }
+    }
+    sum = cu_warp_sum(sum);
+    if (!causal) sum += 0.5 * (double)(model_len - n);  // quirk 5 (exact: a multiple of 0.5)
+    if (lane == 0) y[slot] = BF16 ? (double)hax_bf16_round((float)sum) : sum;
+}
+
+// One pair's loss term, as ks_loss_seq_kernel / ks_loss_seq_bf16_kernel add it.
+template <int BF16>
+__device__ __forceinline__ double ks_pair_term(float xa, float xb, double ya, double yb) {
+    if (BF16) return hax_bce_term_bf16(xa, xb, ya, yb);
+    return hax_bce_logits((double)xa - (double)xb, hax_rank_target(ya, yb));
+}
+
+// Block (s, y), warp w: candidate a = 8y + w of sequence s: row_loss[s, a] =
+// the sum over b of its pair terms, b in order (lanes form 32 terms, the
+// shuffles hand them to the sum one by one).
+template <int BF16>
+__global__ static void ks_loss_rows_kernel(double *row_loss, const float *score, const double *y, const int *cand,
+                                           const int *cand_m, const int *seq_off, int k_c) {
+    int s = blockIdx.x, a = blockIdx.y * 8 + threadIdx.x / 32, lane = threadIdx.x % 32, m = cand_m[s];
+    if (a >= m) return;
+    const int *I = cand + (size_t)s * k_c;
+    const double *ys = y + (size_t)s * k_c;
+    const float *x = score + seq_off[s];
+    float xa = x[I[a]];
+    double ya = ys[a], l = 0.0;
+    for (int b0 = 0; b0 < m; b0 += 32) {
+        int b = b0 + lane;
+        double term = b < m ? ks_pair_term<BF16>(xa, x[I[b]], ya, ys[b]) : 0.0;
+        for (int j = 0; j < 32 && b0 + j < m; j++) l += __shfl_sync(0xffffffffu, term, j);
+    }
+    if (lane == 0) row_loss[(size_t)s * k_c + a] = l;
+}
+
+// One block: loss_s[s] = the mean over sequence s's m^2 pairs (its rows
+// added in order), then *loss = the sum over s in order (ks_loss_seq_kernel's
+// thread 0, then ks_loss_total_kernel).
+__global__ static void ks_loss_finish_kernel(double *loss, double *loss_s, const double *row_loss, const int *cand_m,
+                                             int n_seq, int k_c) {
+    for (int s = threadIdx.x; s < n_seq; s += blockDim.x) {
+        int m = cand_m[s];
+        double l = 0.0;
+        for (int a = 0; a < m; a++) l += row_loss[(size_t)s * k_c + a];
+        loss_s[s] = m > 0 ? l / ((double)m * m) : 0.0;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0.0;
+        for (int s = 0; s < n_seq; s++) total += loss_s[s];
+        *loss = total;
+    }
+}
+
+extern "C" void cuda_ks_targets_loss(cuda_ks_state *st, const float *K, int ldk, const float *Q, int ldq,
+                                     const int *cand, int model_len, hax_semantics sem) {
+    int n_seq = st->n_seq, k_c = st->k_c, causal = sem == SEMANTICS_CAUSAL;
+    long slots = (long)n_seq * k_c;
+    int *copy = cand == st->cand ? NULL : st->cand;
+    cudaStream_t sm = cu_stream();
+    if (slots <= 0) {
+        cuda_zero(st->loss, sizeof(double));
+        return;
+    }
+    if (st->bf16)
+        ks_targets_new_kernel<1><<<cu_blocks(slots * 32, 128), 128, 0, sm>>>(
+            st->y, copy, st->cand_m, K, ldk, Q, ldq, cand, st->seq_off, n_seq, model_len, st->N, k_c, causal,
+            cu_error_flag());
+    else
+        ks_targets_new_kernel<0><<<cu_blocks(slots * 32, 128), 128, 0, sm>>>(
+            st->y, copy, st->cand_m, K, ldk, Q, ldq, cand, st->seq_off, n_seq, model_len, st->N, k_c, causal,
+            cu_error_flag());
+    CUDA_LAUNCHED();
+    dim3 grid(n_seq, cu_blocks(k_c, 8));
+    if (st->bf16)
+        ks_loss_rows_kernel<1><<<grid, 256, 0, sm>>>(st->row_loss, st->score, st->y, st->cand, st->cand_m,
+                                                    st->seq_off, k_c);
+    else
+        ks_loss_rows_kernel<0><<<grid, 256, 0, sm>>>(st->row_loss, st->score, st->y, st->cand, st->cand_m,
+                                                    st->seq_off, k_c);
+    CUDA_LAUNCHED();
+    ks_loss_finish_kernel<<<1, 256, 0, sm>>>(st->loss, (double *)st->work, st->row_loss, st->cand_m, n_seq, k_c);
+    CUDA_LAUNCHED();
+}
+
+// A warp per candidate slot (s, a): rows[slot] (ks_rows_kernel), the row's
+// d score = 0 + the loss backward's value (ks_loss_backward_kernel /
+// ks_loss_backward_bf16_kernel: the sums over b in order; 0 for a sequence
+// whose row lies partly outside it) into dscore and ds[slot], and the
+// gathers of cuda_ks_mlp_backward: Tg, h1g, h2g = the row's T, h1, h2 (0 for
+// an unused slot), dh1 = dh2 = 0.
+template <int BF16>
+__global__ static void ks_loss_backward_gather_kernel(float *dscore, float *ds, int *rows, float *Tg, float *h1g,
+                                                      float *h2g, float *dh1, float *dh2, const float *T,
+                                                      const float *h1, const float *h2, const float *score,
+                                                      const double *y, const int *cand, const int *cand_m,
+                                                      const int *seq_off, int n_seq, int k_c, int D, float scale) {
+    long slot = ((long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    int lane = threadIdx.x % 32;
+    if (slot >= (long)n_seq * k_c) return;
+    int s = (int)(slot / k_c), a = (int)(slot % k_c);
+    int o = seq_off[s], n = seq_off[s + 1] - o, m = cand_m[s];
+    const int *I = cand + (size_t)s * k_c;
+    bool on = a < ks_count_warp(I, k_c, lane) && I[a] < n;
+    float v = 0.0f;
+    if (on && m > 0) {  // then a < m
+        const double *ys = y + (size_t)s * k_c;
+        const float *x = score + o;
+        float xa = x[I[a]];
+        double ya = ys[a];
+        if (BF16) {
+            float inv_m2 = 1.0f / (float)(m * m);
+            double r = 0.0, c = 0.0;
+            for (int b0 = 0; b0 < m; b0 += 32) {
+                int b = b0 + lane;
+                float xb = b < m ? x[I[b]] : 0.0f;
+                double yb = b < m ? ys[b] : 0.0;
+                float tr = b < m ? hax_bce_dpair_bf16(xa, xb, ya, yb, scale, inv_m2) : 0.0f;
+                float tc = b < m ? hax_bce_dpair_bf16(xb, xa, yb, ya, scale, inv_m2) : 0.0f;
+                for (int j = 0; j < 32 && b0 + j < m; j++) {
+                    r += __shfl_sync(0xffffffffu, tr, j);
+                    c += __shfl_sync(0xffffffffu, tc, j);
+                }
+            }
+            v = 0.0f + hax_bf16_round(hax_bf16_round((float)r) + hax_bf16_round((float)-c));
+        } else {
+            double c = 2.0 * (double)scale / ((double)m * m), g = 0.0;
+            for (int b0 = 0; b0 < m; b0 += 32) {
+                int b = b0 + lane;
+                double term = b < m ? hax_sigmoid_d((double)xa - (double)x[I[b]]) - hax_rank_target(ya, ys[b]) : 0.0;
+                for (int j = 0; j < 32 && b0 + j < m; j++) g += __shfl_sync(0xffffffffu, term, j);
+            }
+            v = 0.0f + (float)(c * g);
+        }
+    }
+    int i = on ? o + I[a] : -1;
+    if (lane == 0) {
+        rows[slot] = i;
+        ds[slot] = v;
+        if (on) dscore[i] = v;
+    }
+    size_t src = (size_t)(on ? i : 0) * D, dst = (size_t)slot * D;
+    for (int k = lane; k < D; k += 32) {
+        Tg[dst + k] = on ? T[src + k] : 0.0f;
+        h1g[dst + k] = on ? h1[src + k] : 0.0f;
+        h2g[dst + k] = on ? h2[src + k] : 0.0f;
+        dh1[dst + k] = 0.0f;
+        dh2[dst + k] = 0.0f;
+    }
+}
+
+extern "C" void cuda_ks_loss_backward_gather(cuda_ks_state *st, float scale, float *Tg, float *h1g, float *h2g,
+                                             float *dh1, float *dh2, float *ds) {
+    long slots = (long)st->n_seq * st->k_c;
+    if (slots <= 0) return;
+    int blocks = cu_blocks(slots * 32, 256), D = 2 * st->N;
+    if (st->bf16)
+        ks_loss_backward_gather_kernel<1><<<blocks, 256, 0, cu_stream()>>>(
+            st->dscore, ds, st->rows, Tg, h1g, h2g, dh1, dh2, st->T, st->h1, st->h2, st->score, st->y, st->cand,
+            st->cand_m, st->seq_off, st->n_seq, st->k_c, D, scale);
+    else
+        ks_loss_backward_gather_kernel<0><<<blocks, 256, 0, cu_stream()>>>(
+            st->dscore, ds, st->rows, Tg, h1g, h2g, dh1, dh2, st->T, st->h1, st->h2, st->score, st->y, st->cand,
+            st->cand_m, st->seq_off, st->n_seq, st->k_c, D, scale);
+    CUDA_LAUNCHED();
+}

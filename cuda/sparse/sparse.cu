@@ -141,10 +141,12 @@ extern "C" cu_sparse_state *cuda_sparse_state_alloc(const hax_model_config *cfg,
     cu_sparse_state *st = &box->st;
     fill_shape(st, cfg, max_tok, max_seq, max_len);
     st->attn_old = attn_old_env();
+    st->ks_old = cuda_ks_old_kernels();
     carver c = {NULL, 0};
     layout(st, &c);
     box->mem = cuda_malloc(c.used);
     cu_sp_gather_setup();  // (after cuda_malloc: the device is chosen)
+    cu_sp_lsh_setup();
     c.base = (char *)box->mem, c.used = 0;
     layout(st, &c);
     cuda_zero(box->mem, c.used);
@@ -245,7 +247,9 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
     cuda_linear_forward(st->KQ, 2 * N, X, ldX, W_xx, NULL, n_tok, E, 2 * N);
     scale_keys(st->KQ, n_tok, N, st->bf16);
     cu_sp_phase(st, "KQ projection");
-    if (sparse_pattern_has(m, SPF_LSH)) {
+    if (sparse_pattern_has(m, SPF_LSH) && !st->ks_old) {
+        cu_sp_lsh_hash_seq(st, seq_off, n_seq, model_len, hash);
+    } else if (sparse_pattern_has(m, SPF_LSH)) {
         cu_sp_lsh_hash(st, seq_off, n_seq, n_tok, model_len, hash, 1);
         cu_sp_lsh_hash(st, seq_off, n_seq, n_tok, model_len, hash, 0);
     } else {
@@ -258,6 +262,7 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
         if (sparse_pattern_has(m, SPF_KS_WEIGHTS)) {
             cuda_ks_state *kst = (cuda_ks_state *)st->ks;
             kst->bf16 = st->bf16;
+            kst->old = st->ks_old;
             cuda_ks_forward(kst, ks, st->KQ, 2 * N, st->KQ + N, 2 * N, seq_off, n_seq, n_tok,
                             model_len, st->sem, training ? ks_cand : NULL);
             CUDA_CHECK(cudaMemcpyAsync(st->gate_loss, kst->loss, sizeof(double),
@@ -304,6 +309,7 @@ extern "C" void cuda_sparse_backward(cu_sparse_state *st, const int *seq_off, in
     }
     cu_sp_phase(st, "KQ backward");
     if (sparse_pattern_has(st->mask, SPF_KS_WEIGHTS) && ks && dks) {
+        ((cuda_ks_state *)st->ks)->old = st->ks_old;
         cuda_ks_backward((cuda_ks_state *)st->ks, ks, dks, gate_scale);
         cu_sp_phase(st, "key selection");
     }

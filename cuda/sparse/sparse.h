@@ -52,6 +52,9 @@ typedef struct cu_sparse_state {
     int bf16_made;               // made for cfg->precision bf16-pure: dXs allocated
     int attn_old;                // the previous attention gathers (cuda/sparse/attn.cu), for A/B
                                  // timing: set at alloc from HAX_SPARSE_ATTN=old; tests may set it
+    int ks_old;                  // the previous kernels of the other phases (LSH buckets, key
+                                 // selection, allowed lists, transposed lists): set at alloc from
+                                 // HAX_SPARSE_KS (cuda_ks_old_kernels, cuda/sparse/ks.h); tests may set it
     // the last forward's shape
     int n_tok, n_seq, model_len;
 
