@@ -45,10 +45,12 @@ extern void (*cuda_scan_mark)(const char *kernel);
     } while (0)
 
 // The backward chunk kernels of both scans come in two versions that give the
-// same results: the fast ones (default) and the previous ones, kept for A/B
-// timing in one binary: HAX_SCAN_KERNELS=old picks them (read once, at the
-// first scan call; "new" or unset: the fast ones; anything else is an
-// error). cuda_scan_set_old_kernels overrides it (tests).
+// same results: the fast ones and the previous ones, kept for A/B timing in
+// one binary. HAX_SCAN_KERNELS (read once, at the first scan call): "old" (1)
+// the previous ones in both scans, "new" (0) the fast ones in both, unset (2)
+// the faster of each as measured on an H200 (2026-12-07): the fast Mamba scan
+// backward, the previous SSD backward (its fast version measured slower);
+// anything else is an error. cuda_scan_set_old_kernels overrides it (tests).
 int cuda_scan_old_kernels(void);
 void cuda_scan_set_old_kernels(int old);
 

@@ -118,7 +118,7 @@ template <int RP, int RN>
 static void ssd_bwd_chunks(const ssd_args &g) {
     SSD_LAUNCH((ssd_state_kernel<RP, RN, true>), g, ssd_state_smem(RP, RN), "ssd_state_kernel (dS_loc)");
     ssd_pass(g, g.dS, true);
-    if (cuda_scan_old_kernels())
+    if (cuda_scan_old_kernels() != 0)  // 2, the default: the old one is the faster (cuda/ops/scan.h)
         SSD_LAUNCH((ssd_bwd_kernel<RP, RN>), g, ssd_bwd_smem(RP, RN), "ssd_bwd_kernel (old)");
     else
         SSD_LAUNCH((ssd_bwd_fast_kernel<RP, RN>), g, ssd_bwd_fast_smem(RP, RN), "ssd_bwd_fast_kernel");

@@ -183,7 +183,7 @@ void cu_sp_attn_forward(cu_sparse_state *st, const int *seq_off, const float *V,
     int ref = st->sem == SEMANTICS_REFERENCE;
     cu_sp_empty_forward(st, seq_off, V, ldv);  // S_V of the sequences with an empty row
     cu_sp_phase(st, "empty-row S_V");
-    if (!st->attn_old && cu_sp_gather_fits(st)) {
+    if (st->attn_old != 1 && cu_sp_gather_fits(st)) {
         cu_sp_gather_forward(st, seq_off, V, ldv, attn, ld_attn);
         return;
     }
@@ -403,7 +403,7 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
         CUDA_LAUNCHED();
         return;
     }
-    if (!st->attn_old && cu_sp_gather_fits(st)) {
+    if (st->attn_old == 0 && cu_sp_gather_fits(st)) {
         cu_sp_gather_backward_q(st, seq_off, V, ldv, dattn, ld_dattn);
     } else {
         attn_bwd_q_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, st->allow_ds, st->allow_p, st->allow_cnt,
@@ -414,7 +414,7 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
     cu_sp_phase(st, "attention dQ");
     cu_sp_transpose(st, seq_off);
     cu_sp_phase(st, "transposed lists");
-    if (!st->attn_old) {
+    if (st->attn_old == 0) {
         cu_sp_gather_backward_kv(st, dattn, ld_dattn, dV, ld_dv);
     } else {
         attn_bwd_k_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, dV, ld_dv, st->allow_ds, st->allow_p,

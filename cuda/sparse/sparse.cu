@@ -106,17 +106,21 @@ extern "C" size_t cuda_sparse_state_bytes(const hax_model_config *cfg, int max_t
     return c.used + ks_bytes(cfg, max_tok, max_seq);
 }
 
-// HAX_SPARSE_ATTN: `old` runs the previous attention gathers
-// (cuda/sparse/attn.cu), `new` or unset the default ones
-// (cuda/sparse/attn_gather.cu); read once, for A/B timing in one binary.
+// HAX_SPARSE_ATTN: `old` (1) runs the previous attention gathers
+// (cuda/sparse/attn.cu), `new` (0) the new ones (cuda/sparse/attn_gather.cu),
+// unset (2) the new forward and the previous backward; read once, for A/B
+// timing in one binary.
 static int attn_old_env(void) {
     static int env = -1;
     if (env < 0) {
         const char *v = getenv("HAX_SPARSE_ATTN");
         if (v && strcmp(v, "old") != 0 && strcmp(v, "new") != 0)
             hax_die("cu_sparse: HAX_SPARSE_ATTN: expected old or new, found '%s'", v);
-        // old until the new gathers have run on a GPU (tests/gpu_sparse.c: new vs old bit for bit)
-        env = !(v && strcmp(v, "new") == 0);
+        // Unset (2): the new forward gather with the previous dQ and dK/dV ones, the
+        // fastest mix measured (H200, 2026-12-07, gpu_sparse at the paper size: the
+        // new forward 2.1x faster for HAX; the new dQ and dK/dV slower for LSH alone,
+        // equal for HAX). All of them give the same bits.
+        env = !v ? 2 : strcmp(v, "old") == 0;
     }
     return env;
 }

@@ -50,7 +50,8 @@ typedef struct cu_sparse_state {
     hax_semantics sem;
     int bf16;                    // bf16-pure (set by the caller; the backward uses the forward's)
     int bf16_made;               // made for cfg->precision bf16-pure: dXs allocated
-    int attn_old;                // the previous attention gathers (cuda/sparse/attn.cu), for A/B
+    int attn_old;                // 1: the previous attention gathers (cuda/sparse/attn.cu), 0: the new ones,
+                                 // 2: new forward, previous backward (the default; HAX_SPARSE_ATTN), for A/B
                                  // timing: set at alloc from HAX_SPARSE_ATTN=old; tests may set it
     int ks_old;                  // the previous kernels of the other phases (LSH buckets, key
                                  // selection, allowed lists, transposed lists): set at alloc from
