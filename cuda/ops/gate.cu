@@ -20,9 +20,12 @@ __global__ static void gate_fwd_kernel(float *o, const float *y, const float *xz
             o[r + c] = v;
             continue;
         }
-        float v = y[r + c] * g;
-        if (attn) v += attn[r + c] * Ev[c] * g;
-        o[r + c] = v;
+        // fp32: written with explicit roundings, the operations nvcc chose
+        // for `v = y·g; if (attn) v += attn·Ev·g` before the bf16 branch
+        // existed (y·g fused into the merge's FMA). With the branch in the
+        // loop it fused attn·Ev·g instead: different bits (issue 10).
+        float yv = y[r + c];
+        o[r + c] = attn ? __fmaf_rn(yv, g, __fmul_rn(__fmul_rn(attn[r + c], Ev[c]), g)) : __fmul_rn(yv, g);
     }
 }
 
