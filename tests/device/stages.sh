@@ -7,14 +7,15 @@
 # Needs: .deps (libyaml, README "Build and test on a GPU machine"); for the reference goldens
 # carry/{wheels,ext,hax,mamba} (tests/ref/README.md); for the fp32 bit check an older build's
 # sources in carry/base (git archive REV minus tests/golden, tests/ref, analysis/examples).
-# GRID_CONFIGS / GRID_REGIMES pick the Table 1 runs that fill the rest of the call.
+# GRID_CONFIGS / GRID_REGIMES pick the Table 1 runs that fill the rest of the call (NOGRID=1: none);
+# SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
 export NCCL_NVLS_ENABLE=0
 R=$PWD/R; rm -rf R; mkdir -p R results/stages
 log() { echo "[$((SECONDS - T0)) s] $*" | tee -a R/timeline.txt; }
 left() { echo $((BUDGET - (SECONDS - T0))); }
-want() { [ ! -e results/stages/$1 ] && [ "$(left)" -gt "$2" ] && log "stage $1 (left $(left) s)"; }
+want() { case " ${SKIP:-} " in *" $1 "*) return 1;; esac; [ ! -e results/stages/$1 ] && [ "$(left)" -gt "$2" ] && log "stage $1 (left $(left) s)"; }
 done_() { touch results/stages/$1; log "stage $1 done"; tar czf $OUT/r.tgz R; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee R/gpu.txt
 M="make -j12 CC=mpicc BLAS=none YAML_PREFIX=$PWD/.deps/usr"
@@ -27,8 +28,25 @@ if [ -d carry/wheels ] && [ ! -e results/stages/pip ]; then
   (P="python3 -m pip install -q --no-index --find-links carry/wheels --target /tmp/site"
    $P transformers==4.49.0 einops numpy safetensors && $P --no-deps flash-linear-attention==0.2.0 && touch results/stages/pip) > results/pip.log 2>&1 &
 fi
-if want bench_eval 150; then tests/bench_eval_gpu.sh > R/bench_eval.txt 2>&1; done_ bench_eval; fi
-if want run_gpu 150; then HAX_SCAN_KERNELS=new HAX_SPARSE_ATTN=new HAX_SPARSE_KS=new tests/run_gpu.sh --quick > R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 R/run_gpu.txt)"; done_ run_gpu; fi
+# the full GPU suite (make test-gpu) with the default kernels, then the training checks
+if want run_gpu 240; then tests/run_gpu.sh > R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 R/run_gpu.txt)"; done_ run_gpu; fi
+if want gpu_train 150; then
+  [ -d carry/base ] && (cd carry/base && $M bin/hax-train > ../../R/make_base.log 2>&1)
+  HAX_BASE_BIN=$PWD/carry/base/bin tests/gpu_train.sh > R/gpu_train.txt 2>&1; log "gpu_train: $(tail -n 1 R/gpu_train.txt)"; done_ gpu_train
+fi
+if want det 90 && [ -d carry/base ]; then
+  [ -x carry/base/bin/hax-train ] || (cd carry/base && $M bin/hax-train > ../../R/make_base.log 2>&1)
+  for r in det1 det2; do bin/hax-train configs/tiny.yaml train.device=cuda train.steps=300 --results R/$r > R/$r.log 2>&1; done
+  HAX_SCAN_KERNELS=old HAX_SPARSE_ATTN=old HAX_SPARSE_KS=old bin/hax-train configs/tiny.yaml train.device=cuda train.steps=300 --results R/detold > R/detold.log 2>&1
+  carry/base/bin/hax-train configs/tiny.yaml train.device=cuda train.steps=300 --results R/detbase > R/detbase.log 2>&1
+  d=tiny/lr_0.003/seed_1
+  for r in det2 detbase detold; do
+    echo "== det1 vs $r" >> R/det.txt
+    cmp R/det1/$d/metrics.csv R/$r/$d/metrics.csv >> R/det.txt 2>&1 && echo "metrics identical" >> R/det.txt
+    diff R/det1/$d/metrics.csv R/$r/$d/metrics.csv | head -6 >> R/det.txt
+    python3 tests/device/cmp_st.py R/det1/$d/best.safetensors R/$r/$d/best.safetensors >> R/det.txt 2>&1
+  done
+  rm -rf R/det1 R/det2 R/detold R/detbase/*/*/*/*.safetensors; done_ det
 if want ref 330; then for i in $(seq 90); do [ -e results/stages/pip ] && break; sleep 2; done; fi
 if [ ! -e results/stages/ref ] && [ -e results/stages/pip ] && [ "$(left)" -gt 300 ]; then
   mkdir -p R/ref; export PYTHONPATH=/tmp/site
@@ -41,19 +59,8 @@ if [ ! -e results/stages/ref ] && [ -e results/stages/pip ] && [ "$(left)" -gt 3
     echo "$c $be rc=$? $(tail -n 1 R/hax_${c}_$be.txt)" | tee -a R/summary.txt; done; done
   done_ ref
 fi
-if want det 90 && [ -d carry/base ]; then
-  (cd carry/base && $M bin/hax-train > ../../R/make_base.log 2>&1)
-  for r in det1 det2; do bin/hax-train configs/tiny.yaml train.device=cuda train.steps=300 --results R/$r > R/$r.log 2>&1; done
-  carry/base/bin/hax-train configs/tiny.yaml train.device=cuda train.steps=300 --results R/detbase > R/detbase.log 2>&1
-  d=tiny/lr_0.003/seed_1
-  for r in det2 detbase; do
-    echo "== det1 vs $r" >> R/det.txt
-    cmp R/det1/$d/metrics.csv R/$r/$d/metrics.csv >> R/det.txt 2>&1 && echo "metrics identical" >> R/det.txt
-    diff R/det1/$d/metrics.csv R/$r/$d/metrics.csv | head -6 >> R/det.txt
-    python3 tests/device/cmp_st.py R/det1/$d/best.safetensors R/$r/$d/best.safetensors >> R/det.txt 2>&1
-  done
-  rm -rf R/det1 R/det2 R/detbase/*/*/*/*.safetensors; done_ det
 fi
+if want bench_eval 150; then tests/bench_eval_gpu.sh > R/bench_eval.txt 2>&1; done_ bench_eval; fi
 if want scanfast 200; then
   build/gpu/gpu_scans > R/gpu_scans.txt 2>&1; log "gpu_scans: $(tail -n 1 R/gpu_scans.txt)"
   build/gpu/gpu_sparse > R/gpu_sparse.txt 2>&1; log "gpu_sparse: $(tail -n 1 R/gpu_sparse.txt)"
@@ -72,12 +79,14 @@ if want profile 100; then
 fi
 if want curve 120; then
   while [ ! -e results/stages/datagen ]; do sleep 2; done
-  bin/hax-train configs/mamba2_hax.yaml data.path=data/ref data.compat=true train.lr=1e-3 train.steps=2500 train.log_every=100 train.precision=bf16-pure --results R/curve > R/curve_bf16.log 2>&1
-  rm -f R/curve/*/*/*/*.safetensors; done_ curve
+  C="bin/hax-train configs/mamba2_hax.yaml data.path=data/ref data.compat=true train.lr=1e-3 train.steps=2500 train.log_every=100 train.precision=bf16-pure train.device=cuda"
+  $C train.seed=2 --results R/curve2 > R/curve_bf16_seed2.log 2>&1
+  for f in carry/init/*.safetensors; do [ -e "$f" ] || continue; n=$(basename $f .safetensors)
+    $C train.init_from=$f --results R/curve_$n > R/curve_bf16_$n.log 2>&1; done
+  rm -f R/curve*/*/*/*/*.safetensors; done_ curve
 fi
 if want racecheck 100; then compute-sanitizer --tool racecheck build/gpu/gpu_sparse --quick > R/racecheck.txt 2>&1; log "racecheck: $(tail -n 2 R/racecheck.txt | tr '\n' ' ')"; done_ racecheck; fi
-if want gpu_train 150; then HAX_BASE_BIN=$PWD/carry/base/bin tests/gpu_train.sh > R/gpu_train.txt 2>&1; log "gpu_train: $(tail -n 1 R/gpu_train.txt)"; done_ gpu_train; fi
-if [ "$(left)" -gt 90 ]; then
+if [ -z "${NOGRID:-}" ] && [ "$(left)" -gt 90 ]; then
   while [ ! -e results/stages/datagen ]; do sleep 2; done
   TL=$(( $(left) - 25 )); log "grid, time limit $TL"
   jobs/table1_local.sh --steps 30000 --configs ${GRID_CONFIGS:-configs/mamba_a.yaml,configs/mamba_lsh.yaml,configs/mamba_ks.yaml,configs/mamba_hax.yaml,configs/mamba_2x.yaml} --regimes ${GRID_REGIMES:-fp32} --jobs 4 --mps --time-limit $TL --train-args "data.path=data/joint_recall train.valid_every=1000" results/table1 > R/grid.log 2>&1
