@@ -29,7 +29,7 @@ if [ -d carry/wheels ] && [ ! -e results/stages/pip ]; then
    $P transformers==4.49.0 einops numpy safetensors && $P --no-deps flash-linear-attention==0.2.0 && touch results/stages/pip) > results/pip.log 2>&1 &
 fi
 # the full GPU suite (make test-gpu) with the default kernels, then the training checks
-if want run_gpu 240; then tests/run_gpu.sh > R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 R/run_gpu.txt)"; done_ run_gpu; fi
+if want run_gpu 150; then tests/run_gpu.sh ${RUN_GPU_ARGS:---quick} > R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 R/run_gpu.txt)"; done_ run_gpu; fi
 if want gpu_train 150; then
   [ -d carry/base ] && (cd carry/base && $M bin/hax-train > ../../R/make_base.log 2>&1)
   HAX_BASE_BIN=$PWD/carry/base/bin tests/gpu_train.sh > R/gpu_train.txt 2>&1; log "gpu_train: $(tail -n 1 R/gpu_train.txt)"; done_ gpu_train
@@ -60,7 +60,6 @@ if [ ! -e results/stages/ref ] && [ -e results/stages/pip ] && [ "$(left)" -gt 3
   done_ ref
 fi
 fi
-if want bench_eval 150; then tests/bench_eval_gpu.sh > R/bench_eval.txt 2>&1; done_ bench_eval; fi
 if want scanfast 200; then
   build/gpu/gpu_scans > R/gpu_scans.txt 2>&1; log "gpu_scans: $(tail -n 1 R/gpu_scans.txt)"
   build/gpu/gpu_sparse > R/gpu_sparse.txt 2>&1; log "gpu_sparse: $(tail -n 1 R/gpu_sparse.txt)"
@@ -86,6 +85,7 @@ if want curve 120; then
   rm -f R/curve*/*/*/*/*.safetensors; done_ curve
 fi
 if want racecheck 100; then compute-sanitizer --tool racecheck build/gpu/gpu_sparse --quick > R/racecheck.txt 2>&1; log "racecheck: $(tail -n 2 R/racecheck.txt | tr '\n' ' ')"; done_ racecheck; fi
+if want bench_eval 150; then tests/bench_eval_gpu.sh > R/bench_eval.txt 2>&1; done_ bench_eval; fi
 if [ -z "${NOGRID:-}" ] && [ "$(left)" -gt 90 ]; then
   while [ ! -e results/stages/datagen ]; do sleep 2; done
   TL=$(( $(left) - 25 )); log "grid, time limit $TL"
