@@ -26,6 +26,7 @@
 // the paper size, timed both ways ("PHASE ks-new|ks-old fwd|bwd <phase>
 // <ms>", "KS PHASES new ... old ...").
 // Skips (exit 0) without a CUDA device. --quick: no paper-size timing.
+// --lengths N_SEQxLEN,... [N]: only the eval forward's phases at those lengths (timings).
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -821,6 +822,56 @@ static void time_paper(int N, const char *pattern, hax_semantics sem) {
     free_problem(&p);
 }
 
+// Long sequences (issue 14: hax-eval's cost per token at 1K..64K tokens per
+// sample): the GPU forward of Mamba-2+HAX's branch (N 32, E 128, h 8, k 64,
+// evaluation: training 0) at each "N_SEQxLEN" of spec, e.g.
+// "256x1024,64x4096,16x16384,4x65536" (the same tokens per batch), timed per
+// phase. Prints figures only; no CPU comparison (a 64K CPU forward takes minutes).
+static void time_lengths(const char *spec, int N) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", spec);
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        int n_seq = 0, len = 0;
+        if (sscanf(tok, "%dx%d", &n_seq, &len) != 2 || n_seq < 1 || len < 2)
+            hax_die("gpu_sparse --lengths: expected N_SEQxLEN (for example 4x65536), found \"%s\"", tok);
+        int E = 128, h = 8, *lens = xmalloc(sizeof(int) * n_seq);
+        for (int s = 0; s < n_seq; s++) lens[s] = len;
+        hax_model_config cfg;
+        set_cfg(&cfg, "sign_bin_lsh+key_selection", 64, N, E, h, 2048, SEMANTICS_REFERENCE);
+        problem p;
+        make_problem(&p, lens, n_seq, len, N, E, E, h, cfg.k_c, 1);
+        int n = p.b.n_tok, reps = 5;
+        cu_sparse_state *gs = cuda_sparse_state_alloc(&cfg, n, n_seq, len);
+        ks_params dk = host_ks(p.d_kp);
+        float *d_attn = cuda_malloc(sizeof(float) * n * E);
+        cuda_sparse_forward(gs, p.d_off, n_seq, n, len, p.d_X, E, p.d_W, &dk, p.d_H, p.d_cand, 0, d_attn, E);
+        cuda_sync();
+        int e0 = cuda_event_record();
+        for (int r = 0; r < reps; r++)
+            cuda_sparse_forward(gs, p.d_off, n_seq, n, len, p.d_X, E, p.d_W, &dk, p.d_H, p.d_cand, 0, d_attn, E);
+        int e1 = cuda_event_record();
+        double total = cuda_event_ms(e0, e1) / reps, ph[CU_SP_MAX_EV] = {0};
+        const char *names[CU_SP_MAX_EV] = {0};
+        int n_ph = 0;
+        gs->timing = 1;
+        for (int r = 0; r < reps; r++) {
+            cuda_sparse_forward(gs, p.d_off, n_seq, n, len, p.d_X, E, p.d_W, &dk, p.d_H, p.d_cand, 0, d_attn, E);
+            n_ph = gs->n_ev;
+            for (int i = 1; i < gs->n_ev; i++)
+                names[i] = gs->ev_name[i], ph[i] += cuda_event_ms(gs->ev[i - 1], gs->ev[i]) / reps;
+        }
+        gs->timing = 0;
+        printf("    LENGTH %d x %d (%d tokens), N %d: eval forward %.3f ms, %.1f ns per token\n", n_seq, len, n, N,
+               total, total * 1e6 / n);
+        for (int i = 1; i < n_ph; i++)
+            printf("      LPHASE %dx%d %-18s %.3f ms\n", n_seq, len, names[i], ph[i]);
+        cuda_free(d_attn);
+        cuda_sparse_state_free(gs);
+        free_problem(&p);
+        free(lens);
+    }
+}
+
 // HAX, window+sink and full; then the single patterns with empty rows (the
 // Table 1 LSH-only and dilated-only models, issue 11) in both semantics, at
 // Mamba's N 16 and Mamba-2's N 32.
@@ -843,6 +894,10 @@ int main(int argc, char **argv) {
     }
     cuda_init(0);
     printf("device: %s\n", cuda_device_name());
+    if (argc > 2 && strcmp(argv[1], "--lengths") == 0) {  // timings only (issue 14)
+        time_lengths(argv[2], argc > 3 ? atoi(argv[3]) : 32);
+        return 0;
+    }
     RUN(test_patterns);
     RUN(test_patterns_bf16);
     RUN(test_gather_variants);

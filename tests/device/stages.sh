@@ -85,7 +85,10 @@ if want curve 120; then
   rm -f R/curve*/*/*/*/*.safetensors; done_ curve
 fi
 if want racecheck 100; then compute-sanitizer --tool racecheck build/gpu/gpu_sparse --quick > R/racecheck.txt 2>&1; log "racecheck: $(tail -n 2 R/racecheck.txt | tr '\n' ' ')"; done_ racecheck; fi
-if want bench_eval 150; then tests/bench_eval_gpu.sh > R/bench_eval.txt 2>&1; done_ bench_eval; fi
+if want bench_eval 150; then
+  build/gpu/gpu_sparse --lengths 256x1024,64x4096,16x16384,4x65536 > R/lengths.txt 2>&1
+  tests/bench_eval_gpu.sh > R/bench_eval.txt 2>&1; done_ bench_eval
+fi
 if [ -z "${NOGRID:-}" ] && [ "$(left)" -gt 90 ]; then
   while [ ! -e results/stages/datagen ]; do sleep 2; done
   TL=$(( $(left) - 25 )); log "grid, time limit $TL"
