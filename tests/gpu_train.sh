@@ -5,7 +5,8 @@
 # refuses one device per two ranks: the host MPI all-reduce is taken then),
 # stop + resume bit for bit on the GPU, steps in flight (the same weights,
 # stop + resume, a non-finite step found late), with HAX_BASE_BIN=DIR the same
-# runs as an earlier build bit for bit, device: auto picks cuda; then the
+# runs as an earlier build bit for bit, train.init_from (seed 2 from seed
+# 1's weights = seed 1), device: auto picks cuda; then the
 # tiny Mamba+HAX (configs/tiny.yaml: the sparse branch with LSH and key
 # selection) and the tiny Samba, GPU (graph steps) vs CPU curves. Prints
 # "SKIP: no CUDA device" and exits 0 without one. Not run by tests/run.sh.
@@ -136,6 +137,24 @@ if [ -n "${HAX_BASE_BIN:-}" ]; then
                    <(grep -Ev '"(wall_time|tokens_per_s|git_revision|output|heartbeat|eval_batch|train)"' "$Y/result.json")
     done
 fi
+
+# train.init_from on the GPU: seed 2 from seed 1's initial weights (hax-train
+# --save-init) trains exactly as seed 1 (plain Mamba: the seed is only the
+# init), in fp32 and bf16-pure
+for prec in fp32 bf16-pure; do
+    I=("${RUNARGS[@]}" train.steps=20 train.precision=$prec train.device=cuda output.arch=init)
+    "$T" "${I[@]}" --save-init "$tmp/init_$prec.st" >/dev/null 2>&1
+    "$T" "${I[@]}" --results "$tmp/i1_$prec" >/dev/null 2>&1
+    "$T" "${I[@]}" train.seed=2 train.init_from="$tmp/init_$prec.st" --results "$tmp/i2_$prec" >"$tmp/i2_$prec.log" 2>&1
+    rc=$?; check "gpu init_from $prec: exit 0" test $rc -eq 0
+    lab=init; [ $prec = fp32 ] || lab=init@$prec
+    X=$tmp/i1_$prec/$lab/lr_0.003/seed_1 Y=$tmp/i2_$prec/$lab/lr_0.003/seed_2
+    check "gpu init_from $prec: loads the file" grep -q "initial weights from" "$tmp/i2_$prec.log"
+    check "gpu init_from $prec: seed 2 from seed 1's weights: metrics.csv equals seed 1's" \
+        cmp -s "$X/metrics.csv" "$Y/metrics.csv"
+    check "gpu init_from $prec: checkpoint bit for bit" "$FILES" cmp "$X/checkpoint.safetensors" \
+        "$Y/checkpoint.safetensors" 0
+done
 
 # device choice
 out=$("$T" "${RUNARGS[@]}" train.steps=2 train.warmup=1 train.device=auto --results "$tmp/auto" 2>&1); rc=$?

@@ -98,6 +98,7 @@ const cfg_field cfg_fields[] = {
     BOOL("train", "validate_final", train.validate_final),
     BOOL("train", "eval_fixed_hash", train.eval_fixed_hash),
     ENUM("train", "precision", train.precision, precision_names),
+    STR("train", "init_from", train.init_from, 0),
 
     STR("output", "root", output.root, 1),
     STR("output", "arch", output.arch, 0),

@@ -50,6 +50,9 @@ typedef struct {
     int validate_final;      // 1: also validate the final weights (fixes quirk 15); 0: reference
     int eval_fixed_hash;     // 1: fixed seeded hash matrices in evaluation (paper); 0: redrawn (quirk 6)
     hax_precision precision; // fp32 | bf16 | bf16-pure (README "Precision")
+    // safetensors file of initial weights under the state_dict names ("":
+    // hax's own init); a fresh start only, resume takes the checkpoint's (src/train/init.h)
+    char init_from[HAX_PATH_MAX];
 } hax_train_config;
 
 typedef struct {

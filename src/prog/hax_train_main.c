@@ -15,10 +15,11 @@
 #include "data-gen/datagen.h"
 #include "src/io/dataset.h"
 #include "mpi/dist.h"
+#include "src/train/init.h"
 #include "src/train/train.h"
 
 static const char *usage =
-    "usage: hax-train CONFIG.yaml [section.field=value ...] [--force] [--results DIR]\n"
+    "usage: hax-train CONFIG.yaml [section.field=value ...] [--force] [--results DIR] [--save-init FILE]\n"
     "\n"
     "Trains the model of CONFIG (the reference's protocol; README \"Training\") on all ranks it is\n"
     "started with, and writes result.json, metrics.csv, best.safetensors and checkpoint.safetensors\n"
@@ -28,6 +29,8 @@ static const char *usage =
     "  section.field=value   override a config field (train.lr=3e-4 train.seed=2 ...)\n"
     "  --force               start over: ignore a complete result and the checkpoint\n"
     "  --results DIR         the results root (output.root)\n"
+    "  --save-init FILE      write the weights a fresh run's first step starts from (the seed's init, or\n"
+    "                        train.init_from's) to FILE (safetensors, F32) and exit without training\n"
     "  --help                this text\n"
     "\n"
     "exit status: 0 done (or skipped), 1 error, 2 usage, 3 stopped by SIGTERM/SIGUSR1 after writing a\n"
@@ -146,6 +149,25 @@ static hax_dataset *open_dataset(const hax_config *cfg) {
     return ds;
 }
 
+// --save-init FILE: rank 0 writes the initial weights; no dataset, no run folder.
+static int write_init(const hax_config *cfg, const char *text, const char *path) {
+    char err[2048] = "";
+    int rc = 0;
+    if (!path[0]) {
+        snprintf(err, sizeof err, "--save-init: expected a file name, found an empty string");
+        rc = -1;
+    } else if (dist.rank == 0) {
+        rc = train_save_init(cfg, text, path, err, sizeof err);
+        if (!rc) printf("hax-train: wrote the initial weights (train.seed %llu%s%s) to %s\n",
+                        (unsigned long long)cfg->train.seed, cfg->train.init_from[0] ? ", train.init_from " : "",
+                        cfg->train.init_from, path);
+        fflush(stdout);
+    }
+    train_check_all(&dist, rc != 0, err, HAX_EXIT_ERROR);
+    dist_finalize();
+    return HAX_EXIT_OK;
+}
+
 int main(int argc, char **argv) {
     // SIGTERM/SIGUSR1 from the very start: a job preempted while starting up
     // stops at the first step with a checkpoint and exit 3, not with 143
@@ -155,7 +177,7 @@ int main(int argc, char **argv) {
     train_install_signals();
     train_opts o;
     memset(&o, 0, sizeof o);
-    const char *config_path = NULL, *results = NULL;
+    const char *config_path = NULL, *results = NULL, *save_init = NULL;
     const char **over = xcalloc((size_t)argc + 1, sizeof(char *));
     int n_over = 0;
     for (int i = 1; i < argc; i++) {
@@ -166,11 +188,12 @@ int main(int argc, char **argv) {
             return HAX_EXIT_OK;
         } else if (!strcmp(a, "--force")) {
             o.force = 1;
-        } else if (!strcmp(a, "--results") || !strcmp(a, "--stop-after-step") || !strcmp(a, "--slow-step") ||
-                   !strcmp(a, "--nan-at-step")) {
+        } else if (!strcmp(a, "--results") || !strcmp(a, "--save-init") || !strcmp(a, "--stop-after-step") ||
+                   !strcmp(a, "--slow-step") || !strcmp(a, "--nan-at-step")) {
             if (i + 1 >= argc) usage_error("%s: expected a value, found none", a);
             const char *v = argv[++i];
             if (!strcmp(a, "--results")) results = v;
+            else if (!strcmp(a, "--save-init")) save_init = v;
             else if (!strcmp(a, "--stop-after-step")) o.stop_after_step = (int64_t)parse_num(a, v);
             else if (!strcmp(a, "--nan-at-step")) o.nan_at_step = (int64_t)parse_num(a, v);
             else o.slow_step = parse_num(a, v);  // test hooks, not in --help
@@ -215,6 +238,7 @@ int main(int argc, char **argv) {
                config_device_name(cfg.train.device), use_cuda ? "cuda" : "cpu", text);
         fflush(stdout);
     }
+    if (save_init) return write_init(&cfg, text, save_init);
     o.cfg = &cfg;
     o.use_cuda = use_cuda;
     o.config_text = text;

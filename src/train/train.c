@@ -19,6 +19,7 @@
 #include "src/ops/basic.h"
 #include "src/train/internal.h"
 #include "src/train/eval_set.h"
+#include "src/train/init.h"
 #include "src/train/prefetch.h"
 
 // ---------------------------------------------------------------- signals
@@ -241,10 +242,8 @@ static void ctx_init(train_ctx *t, const train_opts *o) {
     t->nk = p->max_size[p->levels - 1] + 1;
 
     model_build(&t->model, &cfg->model);
-    model_init(&t->model, cfg->train.seed);
+    train_init_weights(&t->model, cfg);  // train.init_from replaces them on a fresh start (train_run)
     const hax_train_config *tc = &cfg->train;
-    // bf16-pure: the reference casts the fp32 init to bf16 (MODEL.md §1.7)
-    if (tc->precision == PREC_BF16_PURE) round_bf16(t->model.data, t->model.data, (long)t->model.n_floats);
     adamw_init(&t->opt, t->model.n_floats, tc->beta1, tc->beta2, tc->eps, tc->weight_decay);
     t->opt.bf16_pure = tc->precision == PREC_BF16_PURE;
     dataset_set_shuffle(o->ds, o->cfg->data.shuffle, tc->seed);
@@ -282,6 +281,26 @@ static void ctx_free(train_ctx *t) {
     train_eval_free(&t->best_valid);
     free(t->best);
     free(t->rows);
+}
+
+// A fresh start with train.init_from: every rank replaces hax's initial
+// weights (drawn all the same, so the random streams are as without it) by the
+// file's, and the ranks check that they hold the same bits.
+static void init_from(train_ctx *t) {
+    const char *path = t->cfg->train.init_from;
+    char err[2048] = "";
+    int ignored = train_load_init(&t->model, path, t->cfg->train.precision, err, sizeof err);
+    train_check_all(t->d, ignored < 0, err, HAX_EXIT_ERROR);
+    int same = dist_all_equal(t->model.data, t->model.n_floats * sizeof(float));
+    snprintf(err, sizeof err, "train.init_from: %s: expected the same weights on every rank, found other bytes on "
+             "some rank (is the file the same on every node?)", path);
+    train_check_all(t->d, !same, err, HAX_EXIT_ERROR);
+    if (t->d->rank == 0) {
+        printf("hax-train: initial weights from %s (%d parameters", path, t->model.n_params);
+        if (ignored > 0) printf("; %d evaluation hash matrices in it ignored", ignored);
+        printf(")\n");
+        fflush(stdout);
+    }
 }
 
 // ---------------------------------------------------------------- progress
@@ -434,6 +453,7 @@ int train_run(const train_opts *o) {
         // was: that run is still resumable with the right config, not failed
         train_check_all(t.d, loaded < 0, err, HAX_EXIT_ERROR);
     }
+    if (!loaded && tc->init_from[0]) init_from(&t);
     dev_push(&t, 1);  // a device backend trains from here on its own copies
     if (root) {
         int rc = hax_mkdir_p(o->run_dir);

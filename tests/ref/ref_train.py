@@ -22,6 +22,16 @@ mamba_split_conv1d_scan_combined run, and Mamba-1 models can be trained.
 One JSON line per step: step, loss, gate_loss, acc, lr (as the script logs them
 to wandb), and a first line naming the GPU, torch, triton and the run.
 
+--save_init FILE writes the model's initial weights, right after load_model's
+bf16 cast, as F32 safetensors under the state_dict names (hax's names:
+hax-train train.init_from=FILE starts from them); --steps 0 then stops there.
+--device cpu puts the model on the CPU (with --steps 0 only: training runs
+Triton kernels): the reference constructs the model on the CPU before
+.to(device), so the initial weights are the same as on the GPU (a dump needs
+no GPU:
+  PYTHONPATH=/tmp/site python3 tests/ref/ref_train.py --base_arch mamba2 \
+      --sparse_arch sign_bin_lsh+key_selection --seed 1 --steps 0 --device cpu --save_init init.safetensors).
+
 On a GPU machine, with carry/ holding the wheels and sources (see
 tests/ref/README.md):
   python3 -m pip install -q --no-index --find-links carry/wheels --target /tmp/site \
@@ -137,21 +147,56 @@ def batches(data, bsz):
                "mask": [list(map(int, b.split())) for _, b in rows]}
 
 
+def triton_version():
+    try:
+        return __import__("triton").__version__
+    except ImportError:
+        return None
+
+
+def save_init(model, path, meta):
+    """The model's weights as F32 safetensors under the state_dict names (the
+    bf16 values exactly: widening is exact), with the run in the metadata.
+    The state_dict must hold exactly the parameters: a buffer in it would be
+    a tensor hax does not train (and refuses in train.init_from)."""
+    import torch
+    from safetensors.torch import save_file
+    sd = model.state_dict()
+    params = {n for n, _ in model.named_parameters()}
+    if set(sd) != params:
+        raise SystemExit("--save_init: expected the state_dict to hold exactly the parameters, found also %s" %
+                         sorted(set(sd) ^ params))
+    tensors = {n: t.detach().to("cpu", torch.float32).contiguous() for n, t in sd.items()}
+    save_file(tensors, path, metadata=dict(meta, format="pt", what="ref_train.py --save_init: the weights "
+                                           "after load_model's bf16 cast, as F32"))
+    print(json.dumps(dict(save_init=path, tensors=len(tensors), params=sum(t.numel() for t in tensors.values()),
+                          dtypes=sorted({str(t.dtype) for t in sd.values()}))), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", required=True)
+    ap.add_argument("--data", default=None, help="the reference dataset's text files (needed unless --steps 0)")
     ap.add_argument("--hax", default="carry/hax", help="a checkout of DeepGraphLearning/HAX")
     ap.add_argument("--mamba", default="carry/mamba", help="state-spaces/mamba v2.2.4 (Triton SSD only)")
     ap.add_argument("--base_arch", default="mamba2")
     ap.add_argument("--sparse_arch", default=None)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=3000, help="0: no training (with --save_init: dump and exit)")
     ap.add_argument("--warmup_step", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--bsz", type=int, default=64)
     ap.add_argument("--ext", default=None,
                     help="folder of the CUDA extensions selective_scan_cuda, causal_conv1d_cuda (carry/ext)")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--save_init", default=None, metavar="FILE",
+                    help="write the initial weights (after the bf16 cast) as F32 safetensors")
     a = ap.parse_args()
+    if a.steps < 0 or (a.steps > 0 and not a.data):
+        raise SystemExit("ref_train.py: --steps: expected 0, or a positive count with --data; found %d%s" % (
+            a.steps, "" if a.data else " without --data"))
+    if a.device == "cpu" and a.steps > 0:  # fla's RMSNorm and mamba_ssm's SSD are Triton kernels
+        raise SystemExit("ref_train.py: --device cpu: expected --steps 0 (the --save_init dump), found --steps %d: "
+                         "the training path runs fla's and mamba_ssm's Triton kernels, GPU only" % a.steps)
 
     ext = use_ext(a.ext) if a.ext else None
     if not ext:
@@ -179,14 +224,20 @@ def main():
     config.update(sparse_arch=args.sparse_arch, sparse_keys=args.sparse_keys, num_hash=args.num_hash)
     import contextlib
     with contextlib.redirect_stdout(sys.stderr):  # its parameter count: not a JSON line
-        model = jr.load_model(args.base_arch, args.sparse_arch, config, "cuda")
-    trainer = jr.Trainer(model, torch.nn.CrossEntropyLoss(), "cuda")
+        model = jr.load_model(args.base_arch, args.sparse_arch, config, a.device)
+    if a.save_init:
+        save_init(model, a.save_init, dict(ref_config=name, sparse_arch=str(args.sparse_arch), seed=str(args.seed),
+                                           torch=torch.__version__))
+    if a.steps == 0:
+        return
+    trainer = jr.Trainer(model, torch.nn.CrossEntropyLoss(), a.device)
     optimizer = torch.optim.AdamW(trainer.model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=jr.lr_lambda)
     trainer.model.train()
-    print(json.dumps(dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__,
-                          triton=__import__("triton").__version__, config=name, sparse_arch=args.sparse_arch,
-                          lr=args.lr, seed=args.seed, steps=args.step, warmup=args.warmup_step,
+    gpu = torch.cuda.get_device_name() if a.device == "cuda" else "cpu"
+    print(json.dumps(dict(gpu=gpu, torch=torch.__version__, triton=triton_version(), config=name,
+                          sparse_arch=args.sparse_arch, lr=args.lr, seed=args.seed, steps=args.step,
+                          warmup=args.warmup_step,
                           kernels=dict(ext=ext) if ext else "causal_conv1d_fn: conv1d + SiLU (torch, bf16)")),
           flush=True)
     t0 = time.time()
