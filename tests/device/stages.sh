@@ -32,6 +32,26 @@ if [ -d carry/wheels ] && [ ! -e results/stages/pip ]; then
 fi
 # the full GPU suite (make test-gpu) with the default kernels, then the training checks
 if want run_gpu 150; then tests/run_gpu.sh ${RUN_GPU_ARGS:---quick} > R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 R/run_gpu.txt)"; done_ run_gpu; fi
+if want curve 120; then
+  while [ ! -e results/stages/datagen ]; do sleep 2; done
+  C="bin/hax-train configs/mamba2_hax.yaml data.path=data/ref data.compat=true train.lr=1e-3 train.steps=2500 train.log_every=100 train.precision=bf16-pure train.device=cuda"
+  $C train.seed=2 --results R/curve2 > R/curve_bf16_seed2.log 2>&1
+  for f in carry/init/*.safetensors; do [ -e "$f" ] || continue; n=$(basename $f .safetensors)
+    $C train.init_from=$f --results R/curve_$n > R/curve_bf16_$n.log 2>&1; done
+  rm -f R/curve*/*/*/*/*.safetensors; done_ curve
+fi
+if want ref 330; then for i in $(seq 90); do [ -e results/stages/pip ] && break; sleep 2; done; fi
+if [ ! -e results/stages/ref ] && [ -e results/stages/pip ] && [ "$(left)" -gt 300 ]; then
+  mkdir -p R/ref; export PYTHONPATH=/tmp/site
+  Rr="python3 tests/ref/ref_golden_bf16.py --out R/ref"
+  $Rr --path triton --ext carry/ext > R/ref_triton.txt 2> R/ref_triton.err; log "triton rc=$?"
+  $Rr --path torch --against R/ref > R/ref_torch.txt 2> R/ref_torch.err; log "torch rc=$?"
+  grep "worst of" R/ref_torch.txt | head -40 > R/worst.txt
+  for c in mamba2_base mamba2_hax mamba_hax samba; do for be in cpu cuda; do
+    bin/hax-check --precision bf16-pure --backend $be --noise R/ref/$c.torch.safetensors R/ref/$c.triton.safetensors > R/hax_${c}_$be.txt 2>&1
+    echo "$c $be rc=$? $(tail -n 1 R/hax_${c}_$be.txt)" | tee -a R/summary.txt; done; done
+  done_ ref
+fi
 if want gpu_train 150; then
   [ -d carry/base ] && (cd carry/base && $M bin/hax-train > ../../R/make_base.log 2>&1)
   HAX_BASE_BIN=$PWD/carry/base/bin tests/gpu_train.sh > R/gpu_train.txt 2>&1; log "gpu_train: $(tail -n 1 R/gpu_train.txt)"; done_ gpu_train
@@ -49,18 +69,6 @@ if want det 90 && [ -d carry/base ]; then
     python3 tests/device/cmp_st.py R/det1/$d/best.safetensors R/$r/$d/best.safetensors >> R/det.txt 2>&1
   done
   rm -rf R/det1 R/det2 R/detold R/detbase/*/*/*/*.safetensors; done_ det
-if want ref 330; then for i in $(seq 90); do [ -e results/stages/pip ] && break; sleep 2; done; fi
-if [ ! -e results/stages/ref ] && [ -e results/stages/pip ] && [ "$(left)" -gt 300 ]; then
-  mkdir -p R/ref; export PYTHONPATH=/tmp/site
-  Rr="python3 tests/ref/ref_golden_bf16.py --out R/ref"
-  $Rr --path triton --ext carry/ext > R/ref_triton.txt 2> R/ref_triton.err; log "triton rc=$?"
-  $Rr --path torch --against R/ref > R/ref_torch.txt 2> R/ref_torch.err; log "torch rc=$?"
-  grep "worst of" R/ref_torch.txt | head -40 > R/worst.txt
-  for c in mamba2_base mamba2_hax mamba_hax samba; do for be in cpu cuda; do
-    bin/hax-check --precision bf16-pure --backend $be --noise R/ref/$c.torch.safetensors R/ref/$c.triton.safetensors > R/hax_${c}_$be.txt 2>&1
-    echo "$c $be rc=$? $(tail -n 1 R/hax_${c}_$be.txt)" | tee -a R/summary.txt; done; done
-  done_ ref
-fi
 fi
 if want scanfast 200; then
   build/gpu/gpu_scans > R/gpu_scans.txt 2>&1; log "gpu_scans: $(tail -n 1 R/gpu_scans.txt)"
@@ -77,14 +85,6 @@ if want profile 100; then
       $PROF stats -r cuda_gpu_kern_sum -f csv -o R/kern_${n}_$p R/prof_${n}_$p.nsys-rep > /dev/null 2>&1
   done
   rm -f R/*.nsys-rep R/*.sqlite; done_ profile
-fi
-if want curve 120; then
-  while [ ! -e results/stages/datagen ]; do sleep 2; done
-  C="bin/hax-train configs/mamba2_hax.yaml data.path=data/ref data.compat=true train.lr=1e-3 train.steps=2500 train.log_every=100 train.precision=bf16-pure train.device=cuda"
-  $C train.seed=2 --results R/curve2 > R/curve_bf16_seed2.log 2>&1
-  for f in carry/init/*.safetensors; do [ -e "$f" ] || continue; n=$(basename $f .safetensors)
-    $C train.init_from=$f --results R/curve_$n > R/curve_bf16_$n.log 2>&1; done
-  rm -f R/curve*/*/*/*/*.safetensors; done_ curve
 fi
 if want racecheck 100; then compute-sanitizer --tool racecheck build/gpu/gpu_sparse --quick > R/racecheck.txt 2>&1; log "racecheck: $(tail -n 2 R/racecheck.txt | tr '\n' ' ')"; done_ racecheck; fi
 if want bench_eval 150; then
