@@ -2,7 +2,7 @@
 # run by the device tool in the checkout's root: `BUDGET=SECONDS bash tests/device/stages.sh`,
 # carry [".deps", "carry"]). A stage done on this (still warm) machine is skipped (marker
 # results/stages/NAME); a stage starts only if its estimate fits the time left of the call
-# (BUDGET, default 575 s); after each stage everything under R/ is packed into $OUT/r.tgz, so a
+# (BUDGET, default 575 s); after each stage everything under $R/ is packed into $OUT/r.tgz, so a
 # call cut by its limit still returns what finished (the tool returns at most ~8 files).
 # Needs: .deps (libyaml, README "Build and test on a GPU machine"); for the reference goldens
 # carry/{wheels,ext,hax,mamba} (tests/ref/README.md); for the fp32 bit check an older build's
@@ -12,16 +12,21 @@
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
 export NCCL_NVLS_ENABLE=0
-R=$PWD/R; rm -rf R; mkdir -p R results/stages
-log() { echo "[$((SECONDS - T0)) s] $*" | tee -a R/timeline.txt; }
+# R lives in an ignored folder: the device tool mirrors the checkout on every call and removes
+# untracked paths that are not in it (an $R/ at the root was gone by the next call).
+R=$PWD/results/R; rm -rf $R; mkdir -p $R results/stages
+log() { echo "[$((SECONDS - T0)) s] $*" | tee -a $R/timeline.txt; }
 left() { echo $((BUDGET - (SECONDS - T0))); }
 want() { case " ${SKIP:-} " in *" $1 "*) return 1;; esac; [ ! -e results/stages/$1 ] && [ "$(left)" -gt "$2" ] && log "stage $1 (left $(left) s)"; }
-done_() { touch results/stages/$1; log "stage $1 done"; tar czf $OUT/r.tgz R; }
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee R/gpu.txt
+# pack: the small files into $OUT/r.tgz (a file over the tool's size limit does not come back at
+# all), weights and checkpoints apart into $OUT/w.tgz
+pack() { tar czf $OUT/r.tgz -C results --exclude='*.safetensors' R; tar czf $OUT/w.tgz -C results R/runs R/ref 2>/dev/null; }
+done_() { touch results/stages/$1; log "stage $1 done"; pack; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $R/gpu.txt
 M="make -j12 CC=mpicc BLAS=none YAML_PREFIX=$PWD/.deps/usr"
 # carry/base.tgz: carry/base packed (the carry limit)
 [ -f carry/base.tgz ] && [ ! -d carry/base ] && mkdir -p carry/base && tar xzf carry/base.tgz -C carry/base
-$M all > R/make.log 2>&1 || { tail -30 R/make.log; tar czf $OUT/r.tgz R; exit 1; }
+$M all > $R/make.log 2>&1 || { tail -30 $R/make.log; pack; exit 1; }
 log built
 if [ ! -e results/stages/datagen ]; then
   (bin/hax-datagen --out data/joint_recall > results/datagen.log 2>&1; bin/hax-datagen --out data/ref --compat reference >> results/datagen.log 2>&1; touch results/stages/datagen) &
@@ -31,49 +36,49 @@ if [ -d carry/wheels ] && [ ! -e results/stages/pip ]; then
    $P transformers==4.49.0 einops numpy safetensors && $P --no-deps flash-linear-attention==0.2.0 && touch results/stages/pip) > results/pip.log 2>&1 &
 fi
 # the full GPU suite (make test-gpu) with the default kernels, then the training checks
-if want run_gpu 150; then tests/run_gpu.sh ${RUN_GPU_ARGS:---quick} > R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 R/run_gpu.txt)"; done_ run_gpu; fi
+if want run_gpu 150; then tests/run_gpu.sh ${RUN_GPU_ARGS:---quick} > $R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 $R/run_gpu.txt)"; done_ run_gpu; fi
 if want curve 120; then
   while [ ! -e results/stages/datagen ]; do sleep 2; done
   C="bin/hax-train configs/mamba2_hax.yaml data.path=data/ref data.compat=true train.lr=1e-3 train.steps=2500 train.log_every=100 train.precision=bf16-pure train.device=cuda"
-  $C train.seed=2 --results R/curve2 > R/curve_bf16_seed2.log 2>&1
+  $C train.seed=2 --results $R/curve2 > $R/curve_bf16_seed2.log 2>&1
   for f in carry/init/*.safetensors; do [ -e "$f" ] || continue; n=$(basename $f .safetensors)
-    $C train.init_from=$f --results R/curve_$n > R/curve_bf16_$n.log 2>&1; done
-  rm -f R/curve*/*/*/*/*.safetensors; done_ curve
+    $C train.init_from=$f --results $R/curve_$n > $R/curve_bf16_$n.log 2>&1; done
+  rm -f $R/curve*/*/*/*/*.safetensors; done_ curve
 fi
 if want ref 330; then for i in $(seq 90); do [ -e results/stages/pip ] && break; sleep 2; done; fi
 if [ ! -e results/stages/ref ] && [ -e results/stages/pip ] && [ "$(left)" -gt 300 ]; then
-  mkdir -p R/ref; export PYTHONPATH=/tmp/site
-  Rr="python3 tests/ref/ref_golden_bf16.py --out R/ref"
-  $Rr --path triton --ext carry/ext > R/ref_triton.txt 2> R/ref_triton.err; log "triton rc=$?"
-  $Rr --path torch --against R/ref > R/ref_torch.txt 2> R/ref_torch.err; log "torch rc=$?"
-  grep "worst of" R/ref_torch.txt | head -40 > R/worst.txt
+  mkdir -p $R/ref; export PYTHONPATH=/tmp/site
+  Rr="python3 tests/ref/ref_golden_bf16.py --out $R/ref"
+  $Rr --path triton --ext carry/ext > $R/ref_triton.txt 2> $R/ref_triton.err; log "triton rc=$?"
+  $Rr --path torch --against $R/ref > $R/ref_torch.txt 2> $R/ref_torch.err; log "torch rc=$?"
+  grep "worst of" $R/ref_torch.txt | head -40 > $R/worst.txt
   for c in mamba2_base mamba2_hax mamba_hax samba; do for be in cpu cuda; do
-    bin/hax-check --precision bf16-pure --backend $be --noise R/ref/$c.torch.safetensors R/ref/$c.triton.safetensors > R/hax_${c}_$be.txt 2>&1
-    echo "$c $be rc=$? $(tail -n 1 R/hax_${c}_$be.txt)" | tee -a R/summary.txt; done; done
+    bin/hax-check --precision bf16-pure --backend $be --noise $R/ref/$c.torch.safetensors $R/ref/$c.triton.safetensors > $R/hax_${c}_$be.txt 2>&1
+    echo "$c $be rc=$? $(tail -n 1 $R/hax_${c}_$be.txt)" | tee -a $R/summary.txt; done; done
   done_ ref
 fi
 if want gpu_train 150; then
-  [ -d carry/base ] && (cd carry/base && $M bin/hax-train > ../../R/make_base.log 2>&1)
-  HAX_BASE_BIN=$PWD/carry/base/bin tests/gpu_train.sh > R/gpu_train.txt 2>&1; log "gpu_train: $(tail -n 1 R/gpu_train.txt)"; done_ gpu_train
+  [ -d carry/base ] && (cd carry/base && $M bin/hax-train > $R/make_base.log 2>&1)
+  HAX_BASE_BIN=$PWD/carry/base/bin tests/gpu_train.sh > $R/gpu_train.txt 2>&1; log "gpu_train: $(tail -n 1 $R/gpu_train.txt)"; done_ gpu_train
 fi
 if want det 90 && [ -d carry/base ]; then
-  [ -x carry/base/bin/hax-train ] || (cd carry/base && $M bin/hax-train > ../../R/make_base.log 2>&1)
-  for r in det1 det2; do bin/hax-train configs/tiny.yaml train.device=cuda train.steps=300 --results R/$r > R/$r.log 2>&1; done
-  HAX_SCAN_KERNELS=old HAX_SPARSE_ATTN=old HAX_SPARSE_KS=old bin/hax-train configs/tiny.yaml train.device=cuda train.steps=300 --results R/detold > R/detold.log 2>&1
-  carry/base/bin/hax-train configs/tiny.yaml train.device=cuda train.steps=300 --results R/detbase > R/detbase.log 2>&1
+  [ -x carry/base/bin/hax-train ] || (cd carry/base && $M bin/hax-train > $R/make_base.log 2>&1)
+  for r in det1 det2; do bin/hax-train configs/tiny.yaml train.device=cuda train.steps=300 --results $R/$r > $R/$r.log 2>&1; done
+  HAX_SCAN_KERNELS=old HAX_SPARSE_ATTN=old HAX_SPARSE_KS=old bin/hax-train configs/tiny.yaml train.device=cuda train.steps=300 --results $R/detold > $R/detold.log 2>&1
+  carry/base/bin/hax-train configs/tiny.yaml train.device=cuda train.steps=300 --results $R/detbase > $R/detbase.log 2>&1
   d=tiny/lr_0.003/seed_1
   for r in det2 detbase detold; do
-    echo "== det1 vs $r" >> R/det.txt
-    cmp R/det1/$d/metrics.csv R/$r/$d/metrics.csv >> R/det.txt 2>&1 && echo "metrics identical" >> R/det.txt
-    diff R/det1/$d/metrics.csv R/$r/$d/metrics.csv | head -6 >> R/det.txt
-    python3 tests/device/cmp_st.py R/det1/$d/best.safetensors R/$r/$d/best.safetensors >> R/det.txt 2>&1
+    echo "== det1 vs $r" >> $R/det.txt
+    cmp $R/det1/$d/metrics.csv $R/$r/$d/metrics.csv >> $R/det.txt 2>&1 && echo "metrics identical" >> $R/det.txt
+    diff $R/det1/$d/metrics.csv $R/$r/$d/metrics.csv | head -6 >> $R/det.txt
+    python3 tests/device/cmp_st.py $R/det1/$d/best.safetensors $R/$r/$d/best.safetensors >> $R/det.txt 2>&1
   done
-  rm -rf R/det1 R/det2 R/detold R/detbase/*/*/*/*.safetensors; done_ det
+  rm -rf $R/det1 $R/det2 $R/detold $R/detbase/*/*/*/*.safetensors; done_ det
 fi
 if want scanfast 200; then
-  build/gpu/gpu_scans > R/gpu_scans.txt 2>&1; log "gpu_scans: $(tail -n 1 R/gpu_scans.txt)"
-  build/gpu/gpu_sparse > R/gpu_sparse.txt 2>&1; log "gpu_sparse: $(tail -n 1 R/gpu_sparse.txt)"
-  for v in old new; do HAX_SCAN_KERNELS=$v HAX_SPARSE_ATTN=$v build/gpu/bench_gpu --only mamba,mamba2,mamba_hax,mamba2_hax --precision fp32 --eval 0 --reps 30 > R/bench_fast_$v.txt 2>&1; done
+  build/gpu/gpu_scans > $R/gpu_scans.txt 2>&1; log "gpu_scans: $(tail -n 1 $R/gpu_scans.txt)"
+  build/gpu/gpu_sparse > $R/gpu_sparse.txt 2>&1; log "gpu_sparse: $(tail -n 1 $R/gpu_sparse.txt)"
+  for v in old new; do HAX_SCAN_KERNELS=$v HAX_SPARSE_ATTN=$v build/gpu/bench_gpu --only mamba,mamba2,mamba_hax,mamba2_hax --precision fp32 --eval 0 --reps 30 > $R/bench_fast_$v.txt 2>&1; done
   done_ scanfast
 fi
 if want profile 100; then
@@ -81,22 +86,22 @@ if want profile 100; then
   log "nsys: $PROF"
   for c in mamba2_hax:fp32 mamba2:fp32 mamba_hax:fp32 samba:fp32 mamba2_hax:bf16-pure; do
     n=${c%%:*}; p=${c#*:}
-    [ -n "$PROF" ] && $PROF profile -o R/prof_${n}_$p --force-overwrite true build/gpu/bench_gpu --only $n --precision $p --reps 30 --eval 0 > R/prof_${n}_$p.log 2>&1 &&
-      $PROF stats -r cuda_gpu_kern_sum -f csv -o R/kern_${n}_$p R/prof_${n}_$p.nsys-rep > /dev/null 2>&1
+    [ -n "$PROF" ] && $PROF profile -o $R/prof_${n}_$p --force-overwrite true build/gpu/bench_gpu --only $n --precision $p --reps 30 --eval 0 > $R/prof_${n}_$p.log 2>&1 &&
+      $PROF stats -r cuda_gpu_kern_sum -f csv -o $R/kern_${n}_$p $R/prof_${n}_$p.nsys-rep > /dev/null 2>&1
   done
-  rm -f R/*.nsys-rep R/*.sqlite; done_ profile
+  rm -f $R/*.nsys-rep $R/*.sqlite; done_ profile
 fi
-if want racecheck 100; then compute-sanitizer --tool racecheck build/gpu/gpu_sparse --quick > R/racecheck.txt 2>&1; log "racecheck: $(tail -n 2 R/racecheck.txt | tr '\n' ' ')"; done_ racecheck; fi
+if want racecheck 100; then compute-sanitizer --tool racecheck build/gpu/gpu_sparse --quick > $R/racecheck.txt 2>&1; log "racecheck: $(tail -n 2 $R/racecheck.txt | tr '\n' ' ')"; done_ racecheck; fi
 if want bench_eval 150; then
-  build/gpu/gpu_sparse --lengths 256x1024,64x4096,16x16384,4x65536 > R/lengths.txt 2>&1
-  tests/bench_eval_gpu.sh > R/bench_eval.txt 2>&1; done_ bench_eval
+  build/gpu/gpu_sparse --lengths 256x1024,64x4096,16x16384,4x65536 > $R/lengths.txt 2>&1
+  tests/bench_eval_gpu.sh > $R/bench_eval.txt 2>&1; done_ bench_eval
 fi
 if [ -z "${NOGRID:-}" ] && [ "$(left)" -gt 90 ]; then
   while [ ! -e results/stages/datagen ]; do sleep 2; done
   TL=$(( $(left) - 25 )); log "grid, time limit $TL"
-  jobs/table1_local.sh --steps 30000 --configs ${GRID_CONFIGS:-configs/mamba_a.yaml,configs/mamba_lsh.yaml,configs/mamba_ks.yaml,configs/mamba_hax.yaml,configs/mamba_2x.yaml} --regimes ${GRID_REGIMES:-fp32} --jobs 4 --mps --time-limit $TL --train-args "data.path=data/joint_recall train.valid_every=1000" results/table1 > R/grid.log 2>&1
+  jobs/table1_local.sh --steps 30000 --configs ${GRID_CONFIGS:-configs/mamba_a.yaml,configs/mamba_lsh.yaml,configs/mamba_ks.yaml,configs/mamba_hax.yaml,configs/mamba_2x.yaml} --regimes ${GRID_REGIMES:-fp32} --jobs 4 --mps --time-limit $TL --train-args "data.path=data/joint_recall train.valid_every=1000" results/table1 > $R/grid.log 2>&1
   log "grid rc=$?"
-  jobs/table1_local.sh --status results/table1 > R/grid_status.txt 2>&1
-  jobs/table1_local.sh --collect R/runs --with-checkpoint --with-logs results/table1 >> R/grid_status.txt 2>&1
+  jobs/table1_local.sh --status results/table1 > $R/grid_status.txt 2>&1
+  jobs/table1_local.sh --collect $R/runs --with-checkpoint --with-logs results/table1 >> $R/grid_status.txt 2>&1
 fi
-tar czf $OUT/r.tgz R; log end
+log end; pack
