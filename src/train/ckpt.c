@@ -37,8 +37,7 @@ static void shape_of(const hax_param *p, int64_t *shape) {
     for (int i = 0; i < p->ndim; i++) shape[i] = p->shape[i];
 }
 
-// Adds every parameter of one flat buffer under prefix + name.
-static int add_params(st_writer *w, const hax_model *m, const char *prefix, const float *buf, char *err,
+int train_add_params(st_writer *w, const hax_model *m, const char *prefix, const float *buf, char *err,
                       int errlen) {
     for (int i = 0; i < m->n_params; i++) {
         const hax_param *p = &m->params[i];
@@ -67,10 +66,10 @@ int train_ckpt_write(train_ctx *t, char *err, int errlen) {
     state[S_BEST_MEAN] = t->best_valid.acc;
 
     st_writer *w = st_writer_new();
-    int rc = add_params(w, m, "", m->data, err, errlen);
-    if (!rc) rc = add_params(w, m, "adamw.m.", t->opt.m, err, errlen);
-    if (!rc) rc = add_params(w, m, "adamw.v.", t->opt.v, err, errlen);
-    if (!rc && t->have_best) rc = add_params(w, m, "best.", t->best, err, errlen);
+    int rc = train_add_params(w, m, "", m->data, err, errlen);
+    if (!rc) rc = train_add_params(w, m, "adamw.m.", t->opt.m, err, errlen);
+    if (!rc) rc = train_add_params(w, m, "adamw.v.", t->opt.v, err, errlen);
+    if (!rc && t->have_best) rc = train_add_params(w, m, "best.", t->best, err, errlen);
     int64_t cells[2] = {t->nc, t->nk}, st_shape[1] = {S_COUNT}, rows[2] = {t->n_rows, M_COLS};
     if (!rc) rc = st_writer_add(w, "best_valid.sum", ST_F64, 2, cells, t->best_valid.sum, err, errlen);
     if (!rc) rc = st_writer_add(w, "best_valid.cnt", ST_F64, 2, cells, t->best_valid.cnt, err, errlen);
@@ -235,7 +234,7 @@ int train_best_write(train_ctx *t, char *err, int errlen) {
     const hax_model *m = &t->model;
     const hax_model_config *mc = &m->cfg;
     st_writer *w = st_writer_new();
-    int rc = add_params(w, m, "", t->best, err, errlen);
+    int rc = train_add_params(w, m, "", t->best, err, errlen);
     // The fixed evaluation hash matrices (the last forward was an evaluation
     // with draw 0), so anyone can recompute the validation and test figures.
     int lsh = (mc->sparse_mask & (SPARSE_SIGN_BIN_LSH | SPARSE_ARGMAX_LSH)) != 0;

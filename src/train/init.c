@@ -10,6 +10,7 @@
 #include "src/core/common.h"
 #include "src/io/safetensors.h"
 #include "src/ops/basic.h"
+#include "src/train/internal.h"
 #include "src/train/saved.h"
 
 void train_init_weights(hax_model *m, const hax_config *cfg) {
@@ -106,12 +107,7 @@ int train_save_init(const hax_config *cfg, const char *config_text, const char *
     int rc = 0;
     if (cfg->train.init_from[0]) rc = train_load_init(&m, cfg->train.init_from, cfg->train.precision, err, errlen) < 0;
     st_writer *w = st_writer_new();
-    for (int i = 0; !rc && i < m.n_params; i++) {
-        const hax_param *p = &m.params[i];
-        int64_t shape[3];
-        for (int k = 0; k < p->ndim; k++) shape[k] = p->shape[k];
-        rc = st_writer_add(w, p->name, ST_F32, p->ndim, shape, m.data + p->offset, err, errlen) != 0;
-    }
+    if (!rc) rc = train_add_params(w, &m, "", m.data, err, errlen) != 0;
     // best.safetensors' metadata, step 0: hax-eval scores the untrained model from it
     st_writer_meta(w, "format", "pt");
     st_writer_meta(w, "step", "0");

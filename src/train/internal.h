@@ -8,6 +8,7 @@
 
 #include "src/ops/adamw.h"
 #include "src/io/batch.h"
+#include "src/io/safetensors.h"
 #include "src/engine/engine.h"
 #include "src/model/model.h"
 #include "src/train/eval.h"
@@ -75,6 +76,9 @@ void train_evaluate(train_ctx *t, int split, const float *alt_emb, train_eval *e
 
 // ---- checkpoint and best model (src/train/ckpt.c) ----
 // Writes checkpoint.safetensors (rank 0; the other ranks return). 0 or -1 with err.
+// Adds every parameter of m, its values from the flat buffer buf (laid out as
+// m->data), to w as F32 tensors named prefix + the parameter's name.
+int train_add_params(st_writer *w, const hax_model *m, const char *prefix, const float *buf, char *err, int errlen);
 int train_ckpt_write(train_ctx *t, char *err, int errlen);
 // Loads <run_dir>/checkpoint.safetensors into t when it exists (every rank
 // reads it). Returns 1 when loaded, 0 when there is none, -1 with err when it
