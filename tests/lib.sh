@@ -20,6 +20,15 @@ check_fails() {
     if [ $rc -ne 0 ] && printf '%s' "$err" | grep -Eq -- "$pattern"; then ok "$name"
     else fail "$name (exit $rc, stderr: $(printf '%s' "$err" | tail -n 3))"; fi
 }
+# check_refused NAME PATTERN CMD...: check_fails, and stderr is exactly one line
+# (runs CMD twice: two checks).
+check_refused() {
+    local name=$1 pattern=$2; shift 2
+    check_fails "$name" "$pattern" "$@"
+    local lines
+    lines=$("$@" 2>&1 >/dev/null | wc -l)
+    check "$name: one line on stderr ($lines)" test "$lines" -eq 1
+}
 # check_output_fails NAME PATTERN CMD...: passes when CMD exits non-zero and
 # its output (stdout and stderr together) has a line matching PATTERN (grep).
 check_output_fails() {

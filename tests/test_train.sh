@@ -25,14 +25,6 @@ json_num() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),*\$/\1/p" "$1/result.json"; }
 # near A B: |A-B| <= 1e-5 * max(|B|, 1e-3)
 near() { awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; if (d < 0) d = -d; m = b < 0 ? -b : b; if (m < 1e-3) m = 1e-3;
     exit !(a != "" && b != "" && d <= 1e-5 * m) }'; }
-# refuses NAME PATTERN CMD...: check_fails, and stderr is exactly one line
-refuses() {
-    local name=$1 pattern=$2; shift 2
-    check_fails "$name" "$pattern" "$@"
-    local lines
-    lines=$("$@" 2>&1 >/dev/null | wc -l)
-    check "$name: one line on stderr ($lines)" test "$lines" -eq 1
-}
 PY=/usr/bin/python3
 same_run() {  # same_run NAME DIR_A DIR_B: every tensor and record bit for bit
     local a=$2 b=$3
@@ -260,28 +252,28 @@ check "non-finite: checkpoint of step 15 kept" grep -q '"step":"15"' <(head -c 4
 # ---- bad inputs: one line, non-zero exit, nothing overwritten
 printf 'model:\n  arch: mamba\n  hidden_size: [16\n' >"$tmp/bad_yaml.yaml"
 printf 'model:\n  arch: mamba\n  hiden_size: 16\n' >"$tmp/bad_key.yaml"
-refuses "malformed YAML" "bad_yaml.yaml:[0-9]+: expected valid YAML" "$T" "$tmp/bad_yaml.yaml"
-refuses "unknown key" "bad_key.yaml:3: .*hiden_size" "$T" "$tmp/bad_key.yaml"
-refuses "bad override value" "train.lr" "$T" "${SHORT[@]}" train.lr=fast --results "$tmp/X"
-refuses "unknown override field" "train.speed" "$T" "${SHORT[@]}" train.speed=1 --results "$tmp/X"
-refuses "no config: usage" "expected a CONFIG.yaml" "$T"
+check_refused "malformed YAML" "bad_yaml.yaml:[0-9]+: expected valid YAML" "$T" "$tmp/bad_yaml.yaml"
+check_refused "unknown key" "bad_key.yaml:3: .*hiden_size" "$T" "$tmp/bad_key.yaml"
+check_refused "bad override value" "train.lr" "$T" "${SHORT[@]}" train.lr=fast --results "$tmp/X"
+check_refused "unknown override field" "train.speed" "$T" "${SHORT[@]}" train.speed=1 --results "$tmp/X"
+check_refused "no config: usage" "expected a CONFIG.yaml" "$T"
 "$T" --bogus >/dev/null 2>&1
 check "unknown option exits 2" test $? -eq 2
-refuses "device cuda without CUDA" "train.device" "$T" "${SHORT[@]}" train.device=cuda --results "$tmp/X"
-refuses "missing dataset" "data.path: expected a dataset .*manifest.yaml" \
+check_refused "device cuda without CUDA" "train.device" "$T" "${SHORT[@]}" train.device=cuda --results "$tmp/X"
+check_refused "missing dataset" "data.path: expected a dataset .*manifest.yaml" \
     "$T" "${SHORT[@]}" data.path=$tmp/nodata data.generate=false --results "$tmp/X"
-refuses "dataset made with other parameters" "n_value: the config expects 12, the dataset has 16" \
+check_refused "dataset made with other parameters" "n_value: the config expects 12, the dataset has 16" \
     "$T" "${SHORT[@]}" data.n_value=12 --results "$tmp/X"
 cp -r "$tmp/data" "$tmp/corrupt"
 shard=$(ls "$tmp/corrupt"/train-*.bin | head -n 1)
 printf '\x55' | dd of="$shard" bs=1 seek=4000 conv=notrunc 2>/dev/null
-refuses "corrupt dataset (a flipped byte)" "corrupt.*train-00000" \
+check_refused "corrupt dataset (a flipped byte)" "corrupt.*train-00000" \
     "$T" "${SHORT[@]}" data.path=$tmp/corrupt --results "$tmp/X"
 truncate -s 1000 "$shard"
-refuses "corrupt dataset (a truncated shard)" "corrupt.*train-00000" \
+check_refused "corrupt dataset (a truncated shard)" "corrupt.*train-00000" \
     "$T" "${SHORT[@]}" data.path=$tmp/corrupt --results "$tmp/X"
 # (a missing dataset too, so that nothing is written under / should the check break)
-refuses "empty --results" "--results: expected a folder, found an empty string" \
+check_refused "empty --results" "--results: expected a folder, found an empty string" \
     "$T" "${SHORT[@]}" data.path=$tmp/nodata data.generate=false --results ""
 check "no results written by the bad inputs" test ! -e "$tmp/X"
 
@@ -289,17 +281,17 @@ check "no results written by the bad inputs" test ! -e "$tmp/X"
 H=$tmp/H/tiny/$RUN
 mkdir -p "$(dirname "$H")" && cp -r "$tmp/C_stopped" "$H"
 sum=$(md5sum "$H"/*)
-refuses "checkpoint of another config" "checkpoint.safetensors: .*gate_loss_weight: checkpoint has 0.1, config has 0.2" \
+check_refused "checkpoint of another config" "checkpoint.safetensors: .*gate_loss_weight: checkpoint has 0.1, config has 0.2" \
     "$T" "${SHORT[@]}" sparse.gate_loss_weight=0.2 --results "$tmp/H"
 check "mismatched checkpoint left alone" test "$sum" = "$(md5sum "$H"/*)"
 truncate -s 5000 "$H/checkpoint.safetensors"
 sum=$(md5sum "$H"/*)
-refuses "corrupt checkpoint" "checkpoint.safetensors: .*truncated" "$T" "${SHORT[@]}" --results "$tmp/H"
+check_refused "corrupt checkpoint" "checkpoint.safetensors: .*truncated" "$T" "${SHORT[@]}" --results "$tmp/H"
 check "corrupt checkpoint left alone" test "$sum" = "$(md5sum "$H"/*)"
 out=$("$T" "${SHORT[@]}" --results "$tmp/H" --force 2>&1); rc=$?
 check "--force starts over from a corrupt checkpoint (exit $rc)" test $rc -eq 0 -a "$(status_of "$H")" = complete
 touch "$tmp/afile"
-refuses "unwritable results folder" "cannot create the results folder" \
+check_refused "unwritable results folder" "cannot create the results folder" \
     "$T" "${SHORT[@]}" --results "$tmp/afile/results"
 
 # ---- the tiny config learns (the README's first command, 1500 steps)

@@ -23,14 +23,6 @@ SW=(configs/tiny.yaml data.path=$tmp/data sparse.pattern=sliding_window train.st
 PURE=(train.precision=bf16-pure)
 run_dir() { echo "$tmp/$1/$2/lr_0.003/seed_$3"; }
 first_loss() { sed -n 's/^1,\([^,]*\),.*/\1/p' "$1/metrics.csv"; }
-# refuses NAME PATTERN CMD...: exits non-zero with exactly one stderr line matching PATTERN
-refuses() {
-    local name=$1 pattern=$2; shift 2
-    check_fails "$name" "$pattern" "$@"
-    local lines
-    lines=$("$@" 2>&1 >/dev/null | wc -l)
-    check "$name: one line on stderr ($lines)" test "$lines" -eq 1
-}
 # edit IN OUT OP [NAME]: a copy of a safetensors file with one change (standard library only):
 # drop NAME, flatten NAME, extra NAME (adds a tensor), f16 NAME, nan NAME, bf16 (every F32 tensor as BF16,
 # by dropping the low 16 bits: exact for bf16 values)
@@ -163,7 +155,7 @@ cp "$tmp/sw1.st" "$tmp/sw1_copy.st"
 "$T" "${SW[@]}" train.seed=2 train.init_from="$tmp/sw1_copy.st" --results "$tmp/G" --stop-after-step 4 \
     >/dev/null 2>&1; rc=$?
 check "run G stopped after step 4 (exit 3)" test $rc -eq 3
-refuses "resume with another init_from: refused (the checkpoint's config)" \
+check_refused "resume with another init_from: refused (the checkpoint's config)" \
     "found one of another config \(train.init_from: checkpoint has \".*sw1_copy.st\", config has \"\"\)" \
     "$T" "${SW[@]}" train.seed=2 --results "$tmp/G"
 rm "$tmp/sw1_copy.st"
@@ -178,7 +170,7 @@ check "stopped + resumed run equals the uninterrupted one bit for bit" \
 F=$tmp/sw1.st
 bad() {  # bad NAME PATTERN FILE [overrides]: refused, no run folder
     local name=$1 pattern=$2 file=$3; shift 3
-    refuses "$name" "$pattern" "$T" "${SW[@]}" train.seed=2 train.init_from="$file" "$@" --results "$tmp/X"
+    check_refused "$name" "$pattern" "$T" "${SW[@]}" train.seed=2 train.init_from="$file" "$@" --results "$tmp/X"
     check "$name: nothing written" test ! -e "$tmp/X"
 }
 edit "$F" "$tmp/drop.st" drop layers.1.mixer.D
@@ -199,7 +191,7 @@ bad "a hax-train checkpoint" "$A/checkpoint.safetensors: expected a file of mode
 bad "a file that is not there" "^hax: train.init_from: $tmp/none.st: " "$tmp/none.st"
 printf 'not safetensors' >"$tmp/junk.st"
 bad "a file that is not safetensors" "^hax: train.init_from: $tmp/junk.st: " "$tmp/junk.st"
-refuses "--save-init with a bad init_from: refused" "tensor layers.1.mixer.D: expected it" \
+check_refused "--save-init with a bad init_from: refused" "tensor layers.1.mixer.D: expected it" \
     "$T" "${SW[@]}" train.init_from="$tmp/drop.st" --save-init "$tmp/never.st"
 check "--save-init with a bad init_from: nothing written" test ! -e "$tmp/never.st"
 
