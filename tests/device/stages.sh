@@ -8,7 +8,7 @@
 # carry/{wheels,ext,hax,mamba} (tests/ref/README.md); for the fp32 bit check an older build's
 # sources in carry/base (git archive REV minus tests/golden, tests/ref, analysis/examples).
 # GRID_CONFIGS / GRID_REGIMES pick the Table 1 runs that fill the rest of the call (NOGRID=1: none);
-# SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
+# HEADLINE_STOP=N starts the headline runs (below); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
 export NCCL_NVLS_ENABLE=0
@@ -20,7 +20,7 @@ left() { echo $((BUDGET - (SECONDS - T0))); }
 want() { case " ${SKIP:-} " in *" $1 "*) return 1;; esac; [ ! -e results/stages/$1 ] && [ "$(left)" -gt "$2" ] && log "stage $1 (left $(left) s)"; }
 # pack: the small files into $OUT/r.tgz (a file over the tool's size limit does not come back at
 # all), weights and checkpoints apart into $OUT/w.tgz
-pack() { tar czf $OUT/r.tgz -C results --exclude='*.safetensors' R; tar czf $OUT/w.tgz -C results R/runs R/ref 2>/dev/null; }
+pack() { tar czf $OUT/r.tgz -C results --exclude='*.safetensors' R; tar czf $OUT/w.tgz -C results R/runs R/ref R/headline 2>/dev/null; }
 done_() { touch results/stages/$1; log "stage $1 done"; pack; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $R/gpu.txt
 M="make -j12 CC=mpicc BLAS=none YAML_PREFIX=$PWD/.deps/usr"
@@ -37,6 +37,22 @@ if [ -d carry/wheels ] && [ ! -e results/stages/pip ]; then
 fi
 # the full GPU suite (make test-gpu) with the default kernels, then the training checks
 if want run_gpu 150; then tests/run_gpu.sh ${RUN_GPU_ARGS:---quick} > $R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 $R/run_gpu.txt)"; done_ run_gpu; fi
+if want bench_eval 150; then
+  build/gpu/gpu_sparse --lengths 256x1024,64x4096,16x16384,4x65536 > $R/lengths.txt 2>&1
+  tests/bench_eval_gpu.sh > $R/bench_eval.txt 2>&1; done_ bench_eval
+fi
+# the headline runs (issue 12: Mamba2 and Mamba2+HAX at the paper's 400,000-step schedule, fp32 and
+# bf16-pure; issue 10's 40,000-step curves) train in the background from here on, HEADLINE_STOP
+# steps at most (--stop-after-step), while the stages below run; the grid takes the rest of the call.
+HL=results/headline
+hl_alive() { local p; p=$(cat $HL/.table1_local/driver.pid 2>/dev/null) && kill -0 "$p" 2>/dev/null; }
+if [ -n "${HEADLINE_STOP:-}" ] && [ ! -e results/stages/headline ] && ! hl_alive; then
+  while [ ! -e results/stages/datagen ]; do sleep 2; done
+  jobs/table1_local.sh --steps 400000 --configs configs/mamba2.yaml,configs/mamba2_hax.yaml --regimes fp32,bf16-pure \
+    --jobs 4 --mps --background --train-args "data.path=data/joint_recall train.valid_every=1000 --stop-after-step $HEADLINE_STOP" \
+    $HL > $R/headline_start.txt 2>&1
+  log "headline: $(tail -n 1 $R/headline_start.txt)"
+fi
 if want curve 120; then
   while [ ! -e results/stages/datagen ]; do sleep 2; done
   C="bin/hax-train configs/mamba2_hax.yaml data.path=data/ref data.compat=true train.lr=1e-3 train.steps=2500 train.log_every=100 train.precision=bf16-pure train.device=cuda"
@@ -92,9 +108,12 @@ if want profile 100; then
   rm -f $R/*.nsys-rep $R/*.sqlite; done_ profile
 fi
 if want racecheck 100; then compute-sanitizer --tool racecheck build/gpu/gpu_sparse --quick > $R/racecheck.txt 2>&1; log "racecheck: $(tail -n 2 $R/racecheck.txt | tr '\n' ' ')"; done_ racecheck; fi
-if want bench_eval 150; then
-  build/gpu/gpu_sparse --lengths 256x1024,64x4096,16x16384,4x65536 > $R/lengths.txt 2>&1
-  tests/bench_eval_gpu.sh > $R/bench_eval.txt 2>&1; done_ bench_eval
+while hl_alive && [ "$(left)" -gt 45 ]; do sleep 10; done
+if [ -d $HL ]; then
+  hl_alive || { [ -e results/stages/headline ] || log "headline runs stopped"; touch results/stages/headline; }
+  jobs/table1_local.sh --status $HL > $R/headline_status.txt 2>&1
+  jobs/table1_local.sh --collect $R/headline --with-checkpoint --with-best --with-logs $HL >> $R/headline_status.txt 2>&1
+  pack
 fi
 if [ -z "${NOGRID:-}" ] && [ "$(left)" -gt 90 ]; then
   while [ ! -e results/stages/datagen ]; do sleep 2; done
