@@ -244,6 +244,17 @@ static void test_logits_ce(void) {
         ce_backward(dl, logits, lab, m, n, V, scale);
         cuda_ce_backward(d_dl, d_logits, d_lab, dm, n, V, scale);
         expect(with_mask ? "ce dlogits (mask)" : "ce dlogits", d_dl, dl, NULL, (size_t)n * V, TOL_BWD);
+        // bf16-pure: torch's op sequence on bf16 logits (src/ops/basic.h), the scale as a
+        // value and from device memory (a graph step's normaliser)
+        float *lg16 = copy(logits, (size_t)n * V), G = hax_ce_grad_scale(1, 37.0);
+        round_bf16(lg16, lg16, (long)n * V);
+        float *d_lg16 = upf(lg16, (size_t)n * V), *d_G = upf(&G, 1);
+        ce_backward_bf16(dl, lg16, lab, m, n, V, G);
+        cuda_ce_backward_bf16(d_dl, d_lg16, d_lab, dm, n, V, G, NULL);
+        expect_bf16(with_mask ? "ce dlogits bf16 (mask)" : "ce dlogits bf16", d_dl, dl, (size_t)n * V, 0.001, 0);
+        cuda_ce_backward_bf16(d_dl, d_lg16, d_lab, dm, n, V, 0.0f, d_G);
+        expect_bf16("ce dlogits bf16, device scale", d_dl, dl, (size_t)n * V, 0.001, 0);
+        free(lg16), cuda_free(d_lg16), cuda_free(d_G);
         cuda_free(d_dl);
     }
     // Logits backward from those dlogits.

@@ -623,6 +623,61 @@ static void test_mlp_bf16(void) {
     for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) free(f[i]);
 }
 
+// The CE backward against torch's op sequence on bf16 logits: log_softmax
+// (fp32 inside, bf16 out), nll_loss's mean backward (−G at the label, G =
+// bf16(1 / bf16(N)) from its bf16 total_weight), log_softmax's backward
+// g − exp(logp)·Σg (fp32, contracted to one FMA by nvcc), bf16 out.
+static void test_ce_bf16(void) {
+    // G·N as torch 2.11 computes it (1 / bf16(N) rounded to bf16), for N = 256, 300, 319, 531, 1000
+    const double n_tok[] = {256, 300, 319, 531, 1000};
+    const double g_times_n[] = {1.0, 0.9979248046875, 0.9978485107421875, 0.9965972900390625, 0.99945068359375};
+    for (int i = 0; i < 5; i++)
+        CHECK((double)hax_ce_grad_scale(1, n_tok[i]) * n_tok[i] == g_times_n[i], "bf16 CE scale at N = %g: %.17g",
+              n_tok[i], (double)hax_ce_grad_scale(1, n_tok[i]) * n_tok[i]);
+    CHECK(hax_ce_grad_scale(0, 319) == (float)(1.0 / 319), "fp32 CE scale changed");
+    CHECK(hax_ce_grad_scale(1, 0) == 0.0f, "CE scale of no scored position: expected 0");
+    int n = 41, V = 100, N = 0;
+    float *lg = xmalloc(sizeof(float) * n * V), *dl = xmalloc(sizeof(float) * n * V);
+    float *ref = xcalloc((size_t)n * V, sizeof(float)), *dl32 = xmalloc(sizeof(float) * n * V);
+    int32_t *lab = xmalloc(sizeof(int32_t) * n);
+    uint8_t *mask = xmalloc((size_t)n);
+    test_fill(lg, (size_t)n * V, 31, 6.0f), round_all(lg, (size_t)n * V);
+    for (int t = 0; t < n; t++) lab[t] = (t * 37 + 11) % V, mask[t] = t % 5 != 2, N += mask[t];
+    float G = hax_ce_grad_scale(1, N);
+    ce_backward_bf16(dl, lg, lab, mask, n, V, G);
+    ce_backward(dl32, lg, lab, mask, n, V, (float)(1.0 / N));
+    float *lp = xmalloc(sizeof(float) * V), *g = xmalloc(sizeof(float) * V);
+    int differ = 0, far = 0;
+    for (int t = 0; t < n; t++) {
+        const float *l = lg + (size_t)t * V;
+        float *r = ref + (size_t)t * V;
+        if (!mask[t]) continue;  // torch sees only the selected rows; the others stay 0
+        float mx = -INFINITY;
+        for (int v = 0; v < V; v++) mx = fmaxf(mx, l[v]);
+        double sum = 0;
+        for (int v = 0; v < V; v++) sum += exp((double)l[v] - mx);
+        for (int v = 0; v < V; v++) lp[v] = R(l[v] - mx - (float)log(sum));
+        float gsum = 0;
+        for (int v = 0; v < V; v++) g[v] = v == lab[t] ? -G : 0.0f, gsum += g[v];
+        for (int v = 0; v < V; v++) r[v] = R(fmaf(-expf(lp[v]), gsum, g[v]));
+    }
+    for (int i = 0; i < n * V; i++) {
+        differ += dl[i] != ref[i];
+        // against the exact fp32 gradient: bf16 steps (the log-probabilities' ulp is 2^-5 near -5), the scale
+        far += fabsf(dl[i] - dl32[i]) > 0.03f * fabsf(dl32[i]) + 1e-7f;
+    }
+    printf("    ce bf16 (N %d, G·N %.6f): %d of %d elements differ from the op-by-op mirror, %d beyond 3%% of fp32\n",
+           N, (double)G * N, differ, n * V, far);
+    CHECK(differ == 0, "ce bf16: %d elements differ from torch's op sequence", differ);
+    CHECK(far == 0, "ce bf16: %d elements beyond 3%% of the fp32 gradient", far);
+    int masked_zero = 1;
+    for (int t = 0; t < n; t++)
+        for (int v = 0; v < V && !mask[t]; v++) masked_zero &= dl[(size_t)t * V + v] == 0.0f;
+    CHECK(masked_zero, "ce bf16: an unscored row is not 0");
+    void *f[] = {lg, dl, ref, dl32, lab, mask, lp, g};
+    for (size_t i = 0; i < sizeof f / sizeof f[0]; i++) free(f[i]);
+}
+
 // Rotary of one (position, pair) with bf16 cos / sin (fla's cache), bf16 out.
 static void rope_pair(float *x1, float *x2, int pos, int i, int hd, float theta, int inverse) {
     float inv = 1.0f / powf(theta, (float)(2 * i) / (float)hd), ang = (float)pos * inv;
@@ -811,6 +866,7 @@ int main(void) {
     RUN(test_branch_empty_rows);
     RUN(test_cumsum_switch);
     RUN(test_merges);
+    RUN(test_ce_bf16);
     RUN(test_mlp_bf16);
     RUN(test_attn_bf16);
     RUN(test_engine_mamba_hax);

@@ -236,7 +236,7 @@ static void cu_train_step(hax_engine *e, const hax_batch *b, const hax_fwd_opts 
     if (!c->resident) hax_die("engine_cuda_train_step: expected resident weights (push first), found none");
     pad_batch(&c->pad, &m->cfg, b);
     double ce_count = step_ce_count(b, o);
-    c->ce_scale_host = ce_count > 0 ? (float)(1.0 / ce_count) : 0.0f;
+    c->ce_scale_host = hax_ce_grad_scale(m->cfg.precision == PREC_BF16_PURE, ce_count);
     opt->step++;
     cuda_adamw_hp_make(&c->hp_host, lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, opt->step);
     c->hp_host.bf16_pure = opt->bf16_pure;
@@ -275,7 +275,7 @@ static int cu_step_begin(hax_engine *e, const hax_batch *b, const hax_fwd_opts *
     cu_step_io *io = sl->io;
     sl->ce_count = step_ce_count(b, o);
     sl->n_seq = b->n_seq, sl->global_n_seq = b->global_n_seq;
-    io->ce_scale = sl->ce_count > 0 ? (float)(1.0 / sl->ce_count) : 0.0f;
+    io->ce_scale = hax_ce_grad_scale(m->cfg.precision == PREC_BF16_PURE, sl->ce_count);
     opt->step++;
     cuda_adamw_hp_make(&io->hp, lr, opt->beta1, opt->beta2, opt->eps, opt->weight_decay, opt->step);
     io->hp.bf16_pure = opt->bf16_pure;

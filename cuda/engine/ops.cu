@@ -89,7 +89,8 @@ static hax_ops make_ops(void) {
     o.rmsnorm_forward = cuda_rmsnorm_forward, o.rmsnorm_backward = cuda_rmsnorm_backward;
     o.add_rmsnorm_forward = cuda_add_rmsnorm_forward, o.add_rmsnorm_backward = cuda_add_rmsnorm_backward;
     o.add = cuda_add, o.logits_forward = cuda_logits_forward, o.logits_backward = cuda_logits_backward;
-    o.ce_forward = cuda_ce_forward, o.ce_backward = cuda_ce_backward, o.scale = cuda_scale;
+    o.ce_forward = cuda_ce_forward, o.ce_backward = cuda_ce_backward, o.ce_backward_bf16 = cuda_ce_backward_bf16,
+    o.scale = cuda_scale;
     o.round_bf16 = cuda_round_bf16, o.round_bf16_rows = cuda_round_bf16_rows, o.add_bf16_rows = cuda_add_bf16_rows;
     o.linear_forward = cuda_linear_forward, o.linear_backward = cuda_linear_backward;
     o.conv_silu_forward = cuda_conv_silu_forward, o.conv_silu_backward = cuda_conv_silu_backward;

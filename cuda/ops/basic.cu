@@ -463,6 +463,45 @@ extern "C" void cuda_ce_backward(float *dlogits, const float *logits, const int3
     CUDA_LAUNCHED();
 }
 
+// bf16-pure, one warp per row: ce_backward_bf16 (src/ops/basic.c) with the
+// same max, the same double sum rounded to float once, expf and one FMA at
+// the label (the reference's log_softmax backward, contracted by nvcc).
+__global__ static void ce_bwd_bf16_kernel(float *dl, const float *logits, const int32_t *labels,
+                                          const uint8_t *mask, int n_tok, int V, float scale,
+                                          const float *scale_dev, int *flag) {
+    int t = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (t >= n_tok) return;
+    float *d = dl + (size_t)t * V;
+    int lab = labels[t];
+    if ((mask && !mask[t]) || lab < 0 || lab >= V) {
+        if (lane == 0 && !(mask && !mask[t])) atomicOr(flag, CU_ERR_LABEL);
+        for (int v = lane; v < V; v += 32) d[v] = 0.0f;
+        return;
+    }
+    if (scale_dev) scale = *scale_dev;
+    const float *l = logits + (size_t)t * V;
+    float mx = -INFINITY;
+    for (int v = lane; v < V; v += 32) mx = fmaxf(mx, l[v]);
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    double sum = 0.0;
+    for (int v = lane; v < V; v += 32) sum += exp((double)(l[v] - mx));
+    sum = cu_warp_sum(sum);
+    float log_sum = (float)log(sum);
+    for (int v = lane; v < V; v += 32) {
+        float p = expf(hax_bf16_round(__fsub_rn(l[v] - mx, log_sum)));
+        d[v] = hax_bf16_round(v == lab ? __fmaf_rn(p, scale, -scale) : __fmul_rn(p, scale));
+    }
+}
+
+extern "C" void cuda_ce_backward_bf16(float *dlogits, const float *logits, const int32_t *labels,
+                                      const uint8_t *mask, int n_tok, int V, float scale, const float *scale_dev) {
+    if (n_tok == 0) return;
+    ce_bwd_bf16_kernel<<<cu_blocks(n_tok, WARPS), WARPS * 32, 0, cu_stream()>>>(dlogits, logits, labels, mask,
+                                                                               n_tok, V, scale, scale_dev,
+                                                                               cu_error_flag());
+    CUDA_LAUNCHED();
+}
+
 // ---------------------------------------------------------------- gated RMSNorm
 
 __device__ __forceinline__ float gated_v(float y, float z) { return y * (z * hax_sigmoid(z)); }

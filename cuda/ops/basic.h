@@ -52,6 +52,9 @@ void cuda_ce_forward(double *loss, int *correct, int *count, const float *logits
 // WRITES dlogits = (softmax − onehot) · scale at scored positions, 0 elsewhere.
 void cuda_ce_backward(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask,
                       int n_tok, int V, float scale);
+// bf16-pure (ce_backward_bf16, src/ops/basic.h); scale_dev (device memory) replaces scale when not NULL.
+void cuda_ce_backward_bf16(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask,
+                           int n_tok, int V, float scale, const float *scale_dev);
 
 // Gated RMSNorm of Mamba-2 (src/ops/ssd.h gated_norm_*): v = y ⊙ silu(z),
 // out = v ⊙ w / sqrt(mean(v²) + eps). rstd may be NULL in the forward. The

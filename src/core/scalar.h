@@ -53,6 +53,16 @@ HAX_HD HAX_INLINE float hax_bf16_round(float x) {
     return v.f;
 }
 
+// The CE gradient's normaliser, 1/N for N scored positions. bf16-pure: torch's
+// nll_loss keeps N in a bf16 tensor (total_weight) and its backward divides the
+// bf16 gradient 1 by it in bf16, so the reference's scale is bf16(1 / bf16(N)):
+// 0.2% below 1/N at N = 319, up to about 0.4% for N in [512, 1024).
+HAX_HD HAX_INLINE float hax_ce_grad_scale(int bf16_pure, double n) {
+    if (n <= 0) return 0.0f;
+    if (!bf16_pure) return (float)(1.0 / n);
+    return hax_bf16_round(1.0f / hax_bf16_round((float)n));
+}
+
 // ---- the normal draw of the LSH hash matrices (Box-Muller), the same bits on
 // the host and the device. libm's log / cos (glibc) and CUDA's may differ in a
 // last bit, so both sides use these: every double operation rounds once, in

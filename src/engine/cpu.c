@@ -73,6 +73,11 @@ static void cpu_ce_forward(double *loss, int *correct, int *count, const float *
     *loss = ce_forward(logits, labels, mask, seq_off, n_seq, V, correct, count);
 }
 
+static void cpu_ce_backward_bf16(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask,
+                                 int n_tok, int V, float scale, const float *scale_dev) {
+    ce_backward_bf16(dlogits, logits, labels, mask, n_tok, V, scale_dev ? *scale_dev : scale);
+}
+
 static void cpu_conv_silu_forward(float *out, float *pre, const float *inp, int ld_inp, const float *w,
                                   const float *b, const int *seq_off, int n_seq, int n_tok, int C, int K) {
     (void)n_tok;
@@ -224,7 +229,7 @@ static const hax_ops cpu_ops = {
     .rmsnorm_forward = rmsnorm_forward, .rmsnorm_backward = cpu_rmsnorm_backward,
     .add_rmsnorm_forward = add_rmsnorm_forward, .add_rmsnorm_backward = cpu_add_rmsnorm_backward, .add = cpu_add,
     .logits_forward = logits_forward, .logits_backward = logits_backward, .ce_forward = cpu_ce_forward,
-    .ce_backward = ce_backward, .scale = NULL,
+    .ce_backward = ce_backward, .ce_backward_bf16 = cpu_ce_backward_bf16, .scale = NULL,
     .round_bf16 = round_bf16, .round_bf16_rows = round_bf16_rows, .add_bf16_rows = add_bf16_rows,
     .linear_forward = linear_forward, .linear_backward = linear_backward,
     .conv_silu_forward = cpu_conv_silu_forward, .conv_silu_backward = cpu_conv_silu_backward,

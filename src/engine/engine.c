@@ -20,6 +20,7 @@
 
 #include "src/core/common.h"
 #include "src/engine/internal.h"
+#include "src/core/scalar.h"
 
 // ---------------------------------------------------------------- buffers
 
@@ -340,14 +341,15 @@ void engine_run_backward(hax_engine *e, const float *ce_scale) {
     const uint8_t *mask = b->loss_mask ? c->mask : NULL;
     float *dW_emb = eng_g(c, m, m->embeddings);
     if (e->be->backward_sets_grads) ops->zero(c->g, sizeof(float) * m->n_floats);
-    if (ce_scale) {  // the normaliser from backend memory: a graph replays with each step's
+    if (cfg->precision == PREC_BF16_PURE) {  // the reference's rounded ops and its bf16 normaliser
+        ops->ce_backward_bf16(c->dlogits, c->logits, c->labels, mask, n, V, hax_ce_grad_scale(1, c->ce_count),
+                              ce_scale);
+    } else if (ce_scale) {  // the normaliser from backend memory: a graph replays with each step's
         ops->ce_backward(c->dlogits, c->logits, c->labels, mask, n, V, 1.0f);
         ops->scale(c->dlogits, (long)n * V, ce_scale);
     } else {
-        ops->ce_backward(c->dlogits, c->logits, c->labels, mask, n, V,
-                         c->ce_count > 0 ? (float)(1.0 / c->ce_count) : 0.0f);
+        ops->ce_backward(c->dlogits, c->logits, c->labels, mask, n, V, hax_ce_grad_scale(0, c->ce_count));
     }
-    hax_bf16_pure(ops, cfg, c->dlogits, (long)n * V);
     ops->zero(c->dh2, sizeof(float) * nd);  // d hf
     ops->logits_backward(c->dh2, dW_emb, c->dlogits, c->hf, eng_wg(c, m, m->embeddings), n, d, V);
     hax_bf16_pure(ops, cfg, c->dh2, (long)nd);

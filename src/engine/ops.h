@@ -62,6 +62,10 @@ typedef struct hax_ops {
                        const uint8_t *mask, const int *seq_off, int n_seq, int n_tok, int V, void *work);
     void (*ce_backward)(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask, int n_tok,
                         int V, float scale);
+    // bf16-pure: the reference's torch ops (ce_backward_bf16, src/ops/basic.h); scale_dev (backend memory,
+    // a graph step's normaliser) replaces scale when not NULL
+    void (*ce_backward_bf16)(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask,
+                             int n_tok, int V, float scale, const float *scale_dev);
     // bf16 emulation (train.precision): out[0..n) = bf16(x) (out may be x),
     // and in place on rows x[t*ld + 0..width), t < rows.
     void (*round_bf16)(float *out, const float *x, long n);

@@ -220,6 +220,34 @@ void ce_backward(float *dlogits, const float *logits, const int32_t *labels, con
     }
 }
 
+// bf16-pure: torch's cross_entropy on bf16 logits, op by op. log_softmax stores
+// bf16(x − max − log Σ exp(x − max)) (fp32 inside); nll_loss's backward writes
+// −G at the label, G = scale (bf16(1 / bf16(N)), hax_ce_grad_scale); the
+// log_softmax backward gives g − exp(logp) · Σg in fp32 (one FMA on the GPU),
+// stored bf16: exp(logp) · G off the label, exp(logp) · G − G on it.
+void ce_backward_bf16(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask,
+                      int n_tok, int V, float scale) {
+    check_labels(labels, mask, 0, n_tok, V);
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < n_tok; t++) {
+        float *dl = dlogits + (size_t)t * V;
+        if (mask && !mask[t]) {
+            memset(dl, 0, sizeof(float) * V);
+            continue;
+        }
+        const float *l = logits + (size_t)t * V;
+        float mx = l[0];
+        for (int v = 1; v < V; v++) mx = fmaxf(mx, l[v]);
+        double sum = 0.0;
+        for (int v = 0; v < V; v++) sum += exp((double)(l[v] - mx));
+        float log_sum = (float)log(sum);
+        for (int v = 0; v < V; v++) {
+            float p = expf(hax_bf16_round((l[v] - mx) - log_sum));
+            dl[v] = hax_bf16_round(v == labels[t] ? fmaf(p, scale, -scale) : p * scale);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Gated RMSNorm
 

@@ -73,6 +73,11 @@ double ce_forward(const float *logits, const int32_t *labels, const uint8_t *mas
 // scored positions and 0 elsewhere (scale = dloss / global scored count).
 void ce_backward(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask,
                  int n_tok, int V, float scale);
+// bf16-pure (the reference's torch ops on bf16 logits): dlogits = bf16 of
+// exp(bf16 log_softmax) · scale, minus scale at the label (basic.c says how);
+// scale = hax_ce_grad_scale(1, N).
+void ce_backward_bf16(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask,
+                      int n_tok, int V, float scale);
 
 // Gated RMSNorm (fla RMSNormGated, norm_before_gate=False, one group of all E
 // channels), row by row:  v = y ⊙ silu(z);  out = v ⊙ w / sqrt(mean(v²) + eps).
