@@ -435,40 +435,14 @@ extern "C" void cuda_ce_forward(double *loss, int *correct, int *count, const fl
     CUDA_LAUNCHED();
 }
 
+// One warp per row. fp32: (softmax − onehot) · scale. bf16-pure
+// (ce_backward_bf16, src/ops/basic.c): the same max, the same double sum
+// rounded to float once, expf and one FMA at the label (the reference's
+// log_softmax backward, contracted by nvcc). scale_dev, when not NULL,
+// replaces scale (a graph step's normaliser).
 __global__ static void ce_bwd_kernel(float *dl, const float *logits, const int32_t *labels,
-                                     const uint8_t *mask, int n_tok, int V, float scale, int *flag) {
-    int t = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (t >= n_tok) return;
-    float *d = dl + (size_t)t * V;
-    int lab = labels[t];
-    if ((mask && !mask[t]) || lab < 0 || lab >= V) {
-        if (lane == 0 && !(mask && !mask[t])) atomicOr(flag, CU_ERR_LABEL);
-        for (int v = lane; v < V; v += 32) d[v] = 0.0f;
-        return;
-    }
-    const float *l = logits + (size_t)t * V;
-    int am;
-    double lse = row_lse(l, V, lane, &am);
-    for (int v = lane; v < V; v += 32) {
-        float g = (float)exp((double)l[v] - lse) * scale;
-        d[v] = v == lab ? g - scale : g;
-    }
-}
-
-extern "C" void cuda_ce_backward(float *dlogits, const float *logits, const int32_t *labels,
-                                 const uint8_t *mask, int n_tok, int V, float scale) {
-    if (n_tok == 0) return;
-    ce_bwd_kernel<<<cu_blocks(n_tok, WARPS), WARPS * 32, 0, cu_stream()>>>(dlogits, logits, labels, mask, n_tok,
-                                                                          V, scale, cu_error_flag());
-    CUDA_LAUNCHED();
-}
-
-// bf16-pure, one warp per row: ce_backward_bf16 (src/ops/basic.c) with the
-// same max, the same double sum rounded to float once, expf and one FMA at
-// the label (the reference's log_softmax backward, contracted by nvcc).
-__global__ static void ce_bwd_bf16_kernel(float *dl, const float *logits, const int32_t *labels,
-                                          const uint8_t *mask, int n_tok, int V, float scale,
-                                          const float *scale_dev, int *flag) {
+                                     const uint8_t *mask, int n_tok, int V, float scale, const float *scale_dev,
+                                     int bf16, int *flag) {
     int t = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
     if (t >= n_tok) return;
     float *d = dl + (size_t)t * V;
@@ -480,6 +454,15 @@ __global__ static void ce_bwd_bf16_kernel(float *dl, const float *logits, const 
     }
     if (scale_dev) scale = *scale_dev;
     const float *l = logits + (size_t)t * V;
+    if (!bf16) {
+        int am;
+        double lse = row_lse(l, V, lane, &am);
+        for (int v = lane; v < V; v += 32) {
+            float g = (float)exp((double)l[v] - lse) * scale;
+            d[v] = v == lab ? g - scale : g;
+        }
+        return;
+    }
     float mx = -INFINITY;
     for (int v = lane; v < V; v += 32) mx = fmaxf(mx, l[v]);
     for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
@@ -493,13 +476,22 @@ __global__ static void ce_bwd_bf16_kernel(float *dl, const float *logits, const 
     }
 }
 
+static void ce_bwd_launch(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask,
+                          int n_tok, int V, float scale, const float *scale_dev, int bf16) {
+    if (n_tok == 0) return;
+    ce_bwd_kernel<<<cu_blocks(n_tok, WARPS), WARPS * 32, 0, cu_stream()>>>(dlogits, logits, labels, mask, n_tok, V,
+                                                                          scale, scale_dev, bf16, cu_error_flag());
+    CUDA_LAUNCHED();
+}
+
+extern "C" void cuda_ce_backward(float *dlogits, const float *logits, const int32_t *labels,
+                                 const uint8_t *mask, int n_tok, int V, float scale) {
+    ce_bwd_launch(dlogits, logits, labels, mask, n_tok, V, scale, NULL, 0);
+}
+
 extern "C" void cuda_ce_backward_bf16(float *dlogits, const float *logits, const int32_t *labels,
                                       const uint8_t *mask, int n_tok, int V, float scale, const float *scale_dev) {
-    if (n_tok == 0) return;
-    ce_bwd_bf16_kernel<<<cu_blocks(n_tok, WARPS), WARPS * 32, 0, cu_stream()>>>(dlogits, logits, labels, mask,
-                                                                               n_tok, V, scale, scale_dev,
-                                                                               cu_error_flag());
-    CUDA_LAUNCHED();
+    ce_bwd_launch(dlogits, logits, labels, mask, n_tok, V, scale, scale_dev, 1);
 }
 
 // ---------------------------------------------------------------- gated RMSNorm

@@ -203,21 +203,11 @@ double ce_forward(const float *logits, const int32_t *labels, const uint8_t *mas
     return total;
 }
 
-void ce_backward(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask,
-                 int n_tok, int V, float scale) {
-    check_labels(labels, mask, 0, n_tok, V);
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < n_tok; t++) {
-        float *dl = dlogits + (size_t)t * V;
-        if (mask && !mask[t]) {
-            memset(dl, 0, sizeof(float) * V);
-            continue;
-        }
-        const float *l = logits + (size_t)t * V;
-        double lse = row_logsumexp(l, V, NULL);
-        for (int v = 0; v < V; v++) dl[v] = (float)exp((double)l[v] - lse) * scale;
-        dl[labels[t]] -= scale;
-    }
+// One scored row of the fp32 backward: (softmax − onehot) · scale.
+static void ce_row(float *dl, const float *l, int label, int V, float scale) {
+    double lse = row_logsumexp(l, V, NULL);
+    for (int v = 0; v < V; v++) dl[v] = (float)exp((double)l[v] - lse) * scale;
+    dl[label] -= scale;
 }
 
 // bf16-pure: torch's cross_entropy on bf16 logits, op by op. log_softmax stores
@@ -225,27 +215,41 @@ void ce_backward(float *dlogits, const float *logits, const int32_t *labels, con
 // −G at the label, G = scale (bf16(1 / bf16(N)), hax_ce_grad_scale); the
 // log_softmax backward gives g − exp(logp) · Σg in fp32 (one FMA on the GPU),
 // stored bf16: exp(logp) · G off the label, exp(logp) · G − G on it.
-void ce_backward_bf16(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask,
-                      int n_tok, int V, float scale) {
+static void ce_row_bf16(float *dl, const float *l, int label, int V, float scale) {
+    float mx = l[0];
+    for (int v = 1; v < V; v++) mx = fmaxf(mx, l[v]);
+    double sum = 0.0;
+    for (int v = 0; v < V; v++) sum += exp((double)(l[v] - mx));
+    float log_sum = (float)log(sum);
+    for (int v = 0; v < V; v++) {
+        float p = expf(hax_bf16_round((l[v] - mx) - log_sum));
+        dl[v] = hax_bf16_round(v == label ? fmaf(p, scale, -scale) : p * scale);
+    }
+}
+
+static void ce_rows(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask, int n_tok,
+                    int V, float scale, int bf16) {
     check_labels(labels, mask, 0, n_tok, V);
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < n_tok; t++) {
         float *dl = dlogits + (size_t)t * V;
-        if (mask && !mask[t]) {
+        if (mask && !mask[t])
             memset(dl, 0, sizeof(float) * V);
-            continue;
-        }
-        const float *l = logits + (size_t)t * V;
-        float mx = l[0];
-        for (int v = 1; v < V; v++) mx = fmaxf(mx, l[v]);
-        double sum = 0.0;
-        for (int v = 0; v < V; v++) sum += exp((double)(l[v] - mx));
-        float log_sum = (float)log(sum);
-        for (int v = 0; v < V; v++) {
-            float p = expf(hax_bf16_round((l[v] - mx) - log_sum));
-            dl[v] = hax_bf16_round(v == labels[t] ? fmaf(p, scale, -scale) : p * scale);
-        }
+        else if (bf16)
+            ce_row_bf16(dl, logits + (size_t)t * V, labels[t], V, scale);
+        else
+            ce_row(dl, logits + (size_t)t * V, labels[t], V, scale);
     }
+}
+
+void ce_backward(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask,
+                 int n_tok, int V, float scale) {
+    ce_rows(dlogits, logits, labels, mask, n_tok, V, scale, 0);
+}
+
+void ce_backward_bf16(float *dlogits, const float *logits, const int32_t *labels, const uint8_t *mask,
+                      int n_tok, int V, float scale) {
+    ce_rows(dlogits, logits, labels, mask, n_tok, V, scale, 1);
 }
 
 // ---------------------------------------------------------------------------
