@@ -126,13 +126,33 @@ void summary_note(hax_note **v, int *n, const char *path, const char *fmt, ...) 
     *v = xrealloc(*v, (size_t)(*n + 1) * sizeof **v);
     (*v)[*n].path = xstrdup(path);
     (*v)[*n].text = xstrdup(text);
+    (*v)[*n].detail = NULL;
     (*n)++;
+}
+
+// How far an incomplete run got, from what its result.json says: "step 40000
+// of 400000, best validation accuracy 32.94% at step 39999"; NULL when it
+// says nothing of it (no steps and no validation yet).
+static char *run_progress(const hax_run *r) {
+    char buf[256] = "";
+    int n = 0;
+    if (r->steps >= 0 && r->steps_planned >= 0)
+        n = snprintf(buf, sizeof buf, "step %lld of %lld", (long long)r->steps, (long long)r->steps_planned);
+    else if (r->steps >= 0)
+        n = snprintf(buf, sizeof buf, "step %lld", (long long)r->steps);
+    if (!isnan(r->best_valid_acc)) {
+        n += snprintf(buf + n, sizeof buf - (size_t)n, "%sbest validation accuracy %.2f%%", n ? ", " : "",
+                      100 * r->best_valid_acc);
+        if (r->best_step >= 0) snprintf(buf + n, sizeof buf - (size_t)n, " at step %lld", (long long)r->best_step);
+    }
+    return buf[0] ? xstrdup(buf) : NULL;
 }
 
 static void notes_free(hax_note *v, int n) {
     for (int i = 0; i < n; i++) {
         free(v[i].path);
         free(v[i].text);
+        free(v[i].detail);
     }
     free(v);
 }
@@ -419,8 +439,10 @@ void aggregate_runs(const hax_run *runs, int n_runs, hax_summary *s) {
     int n_ok = 0;
     for (int i = 0; i < n_runs; i++) {
         const hax_run *r = &runs[i];
-        if (r->status != RUN_COMPLETE)
+        if (r->status != RUN_COMPLETE) {
             summary_note(&s->incomplete, &s->n_incomplete, r->path, "%s", r->status_name);
+            s->incomplete[s->n_incomplete - 1].detail = run_progress(r);
+        }
         else if (s->metric == METRIC_TEST_REFERENCE && isnan(r->test_acc_reference))
             summary_note(&s->unreadable, &s->n_unreadable, r->path,
                          "test_acc_reference: expected a number in [0, 1] (--metric test_reference), found nothing");

@@ -2,14 +2,17 @@
 //
 //   hax-aggregate [--format markdown|csv|json] [--paper] [--plot DIR] [--curves LABELS]
 //                 [--metric test|test_reference] [--precision P] [--output FILE]
-//                 [--stale-after SECONDS] RESULTS_DIR
+//                 [--stale-after SECONDS] [--incomplete-ok] RESULTS_DIR
 //
 // Reads every result.json under RESULTS_DIR, averages complete runs over
 // seeds per (architecture label, lr), picks each architecture's lr by mean
 // validation accuracy and prints the table on stdout, one Table 1 per
 // precision regime (or the one --precision names). Exit 0 when something
 // was aggregated (a footer may list what was not), 1 when nothing was (or
-// the folder is missing), 2 for a bad command line.
+// the folder is missing), 2 for a bad command line. With --incomplete-ok, a
+// folder of runs none of which is complete yet (the 400,000-step headline
+// runs, preempted at 40,000) is not an error: the footer lists them with how
+// far they got, and --plot draws their curves.
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,7 +29,7 @@
 static void usage(FILE *out) {
     fputs("usage: hax-aggregate [--format markdown|csv|json] [--paper] [--plot DIR] [--curves LABELS]\n"
           "                     [--metric test|test_reference] [--precision P] [--output FILE] [--stale-after SECONDS]\n"
-          "                     RESULTS_DIR\n"
+          "                     [--incomplete-ok] RESULTS_DIR\n"
           "  Reads RESULTS_DIR/**/result.json, averages complete runs over seeds, picks each\n"
           "  architecture's learning rate by mean validation accuracy (ties: the smaller lr)\n"
           "  and prints the paper's Table 1 (test accuracy %, mean ± sample std) on stdout,\n"
@@ -46,13 +49,16 @@ static void usage(FILE *out) {
           "  --precision fp32, bf16 or bf16-pure: only this regime's Table 1 (the other\n"
           "             regimes' runs are listed below it); default: one Table 1 per regime\n"
           "  --stale-after  a 'running' result.json whose heartbeat (unix seconds) is older\n"
-          "             than this is reported as 'stale': no live process (default 900; 0: never)\n",
+          "             than this is reported as 'stale': no live process (default 900; 0: never)\n"
+          "  --incomplete-ok  no complete run is not an error when some runs are incomplete\n"
+          "             (preempted, running, failed): the table lists them with the steps done and\n"
+          "             their best validation accuracy, and --plot draws their curves (exit 0)\n",
           out);
 }
 
 int main(int argc, char **argv) {
     const char *format = "markdown", *plot_dir = NULL, *dir = NULL, *output = NULL, *curves_sel = NULL;
-    int paper = 0;
+    int paper = 0, incomplete_ok = 0;
     double stale_after = 900;
     hax_summary s;
     memset(&s, 0, sizeof s);
@@ -64,6 +70,8 @@ int main(int argc, char **argv) {
             return 0;
         } else if (strcmp(a, "--paper") == 0) {
             paper = 1;
+        } else if (strcmp(a, "--incomplete-ok") == 0) {
+            incomplete_ok = 1;
         } else if (strcmp(a, "--format") == 0 && has_value) {
             format = argv[++i];
             if (strcmp(format, "markdown") && strcmp(format, "csv") && strcmp(format, "json"))
@@ -95,7 +103,7 @@ int main(int argc, char **argv) {
                 hax_die_code(HAX_EXIT_USAGE, "--stale-after: expected seconds in [0, 1e9], found '%s'", v);
         } else if (a[0] == '-' && a[1]) {
             hax_die_code(HAX_EXIT_USAGE, "%s: expected --format, --paper, --plot DIR, --curves, --metric, --output FILE, "
-                         "--precision P, --stale-after SECONDS or --help%s", a,
+                         "--precision P, --stale-after SECONDS, --incomplete-ok or --help%s", a,
                          has_value ? "" : " (or a missing value)");
         } else if (dir) {
             hax_die_code(HAX_EXIT_USAGE, "expected one RESULTS_DIR, found '%s' and '%s'", dir, a);
@@ -134,12 +142,14 @@ int main(int argc, char **argv) {
     free(paths);
     s.n_files = n;
     aggregate_runs(runs, n_read, &s);
+    // Only incomplete runs (and --incomplete-ok): tables of the footer alone, and their curves.
+    int only_incomplete = s.n_archs == 0 && incomplete_ok && s.n_incomplete > 0;
     hax_curves curves = {NULL, 0};
-    if (plot_dir && s.n_archs) curves_load(runs, n_read, curves_sel, &curves);
+    if (plot_dir && (s.n_archs || only_incomplete)) curves_load(runs, n_read, curves_sel, &curves);
     for (int i = 0; i < n_read; i++) results_run_free(&runs[i]);
     free(runs);
 
-    if (s.n_archs == 0) {  // one line: the counts and the first file not averaged
+    if (s.n_archs == 0 && !only_incomplete) {  // one line: the counts and the first file not averaged
         if (n == 0) hax_die("%s: expected result.json files under the folder, found none", dir);
         const hax_note *first = s.n_unreadable ? &s.unreadable[0] : s.n_incomplete ? &s.incomplete[0] : NULL;
         hax_die("%s: expected at least one complete, readable result.json, found none (%d files: %d incomplete, %d "
@@ -172,7 +182,8 @@ int main(int argc, char **argv) {
         if (w < 0) hax_die("--plot: %s", err);
         int wc = plot_write_curves(plot_dir, &curves, err, sizeof err);
         if (wc < 0) hax_die("--plot: %s", err);
-        if (w == 0) hax_warn("--plot %s: no run reports per-cell accuracies; no heatmap written", plot_dir);
+        if (w == 0 && s.n_archs)  // incomplete runs have no test cells: nothing to warn of
+            hax_warn("--plot %s: no run reports per-cell accuracies; no heatmap written", plot_dir);
         if (wc == 0) hax_warn("--plot %s: no run has validation rows in a metrics.csv; no curve written", plot_dir);
         if (w + wc) fprintf(stderr, "hax-aggregate: wrote %d figure%s into %s\n", w + wc, w + wc == 1 ? "" : "s", plot_dir);
     }

@@ -13,8 +13,11 @@
 #   analysis/publish.sh --check analysis/results/table1  make them aside and compare byte for byte
 #
 # The tables are hax-aggregate --paper --stale-after 0 (no dependence on the
-# clock) in markdown, csv and json, run inside DIR on "runs", so the paths in
-# them do not depend on where the checkout is. Writing replaces tables/ and
+# clock) --incomplete-ok (a folder of runs not complete yet, such as the
+# 400,000-step headline runs preempted on the way, is published: the tables
+# list each run with the steps done and its best validation accuracy, the
+# plots draw its curve) in markdown, csv and json, run inside DIR on "runs",
+# so the paths in them do not depend on where the checkout is. Writing replaces tables/ and
 # plots/ whole (a figure that is no longer made disappears). --check exits
 # 1 and names every file that differs, is missing or is not made any more.
 # Environment: HAX_AGGREGATE (default: bin/hax-aggregate of this checkout).
@@ -47,9 +50,9 @@ make_into() {
     mkdir -p "$out/tables" || return 1
     (
         cd "$dir" || exit 1
-        "$agg" --paper --stale-after 0 --plot "$out/plots" "${sel[@]+"${sel[@]}"}" --output "$out/tables/table.md" runs &&
-            "$agg" --paper --stale-after 0 --format csv --output "$out/tables/table.csv" runs 2>/dev/null &&
-            "$agg" --paper --stale-after 0 --format json --output "$out/tables/table.json" runs
+        "$agg" --paper --stale-after 0 --incomplete-ok --plot "$out/plots" "${sel[@]+"${sel[@]}"}" --output "$out/tables/table.md" runs &&
+            "$agg" --paper --stale-after 0 --incomplete-ok --format csv --output "$out/tables/table.csv" runs 2>/dev/null &&
+            "$agg" --paper --stale-after 0 --incomplete-ok --format json --output "$out/tables/table.json" runs
     ) 2> >(grep -v '^hax-aggregate: wrote ' >&2)
 }
 

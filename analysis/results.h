@@ -43,6 +43,7 @@ typedef struct {
     // complete run: best_valid_acc and test_acc.
     double best_valid_acc, test_acc, test_acc_reference;
     int64_t best_step, steps;  // -1 when absent
+    int64_t steps_planned;     // train.steps of the run (result.json "steps_planned"); -1 when absent
     double heartbeat;          // unix seconds of the writer's last sign of life; NaN when absent
     hax_cells valid_cells, test_cells;  // per-cell accuracies (may be empty)
     hax_cells test_ref_cells;           // per-cell test accuracies, reference style (may be empty)

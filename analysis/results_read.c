@@ -327,6 +327,7 @@ static int read_fields(ynode root, ynode cfg, const char *path, hax_run *r, char
     if (read_acc(root, "test_acc_reference", &r->test_acc_reference, 0, err, errlen)) return -1;
     if (read_int(root, "best_step", -1, INT64_MAX, &r->best_step, err, errlen) < 0) return -1;
     if (read_int(root, "steps", 0, INT64_MAX, &r->steps, err, errlen) < 0) return -1;
+    if (read_int(root, "steps_planned", 0, INT64_MAX, &r->steps_planned, err, errlen) < 0) return -1;
     ynode hb = get(root, "heartbeat");
     if (hb.node && !is_null(hb) && (!as_number(hb, &r->heartbeat) || !(r->heartbeat >= 0)))
         return hax_errf(err, errlen, "heartbeat: expected unix seconds (a number >= 0), found '%s'",
@@ -341,7 +342,7 @@ int results_read_text(const char *path, const char *text, size_t len, hax_run *r
     memset(r, 0, sizeof *r);
     snprintf(r->path, sizeof r->path, "%s", path);
     r->best_valid_acc = r->test_acc = r->test_acc_reference = NAN;
-    r->best_step = r->steps = -1;
+    r->best_step = r->steps = r->steps_planned = -1;
     r->heartbeat = NAN;
     yaml_document_t doc, cdoc;
     if (load_doc(&doc, text, len, "result.json", err, errlen)) return -1;

@@ -128,7 +128,11 @@ static void md_lrs(FILE *out, const hax_summary *s) {
 static void md_notes(FILE *out, const char *title, const hax_note *v, int n) {
     if (!n) return;
     fprintf(out, "\n%s (%d):\n\n", title, n);
-    for (int i = 0; i < n; i++) fprintf(out, "- `%s`: %s\n", v[i].path, v[i].text);
+    for (int i = 0; i < n; i++) {
+        fprintf(out, "- `%s`: %s", v[i].path, v[i].text);
+        if (v[i].detail) fprintf(out, " (%s)", v[i].detail);
+        fputc('\n', out);
+    }
 }
 
 void table_markdown(FILE *out, const hax_summary *s, int paper) {
@@ -141,7 +145,10 @@ void table_markdown(FILE *out, const hax_summary *s, int paper) {
     fprintf(out, "Test accuracy (%%, metric %s): mean ± sample std (n-1) over seeds, at the learning rate with the best "
                  "mean validation accuracy (ties: the smaller lr). %d complete runs of %d result files. ",
             metric_name(s->metric), s->n_runs, s->n_files);
-    if (n_reg == 1) {
+    if (s->n_runs == 0) {  // hax-aggregate --incomplete-ok
+        fputs("No run is complete yet, so Table 1 has none of ours; the runs are listed below with how far they "
+              "got.\n", out);
+    } else if (n_reg == 1) {
         fprintf(out, "Table 1 holds the %s runs.\n", regime_name(reg[0]));
     } else {
         fputs("One Table 1 per precision regime (never averaged together):", out);
@@ -176,8 +183,12 @@ void table_markdown(FILE *out, const hax_summary *s, int paper) {
 }
 
 void table_footer_lines(FILE *out, const hax_summary *s, const char *prefix) {
-    for (int i = 0; i < s->n_incomplete; i++)
-        fprintf(out, "%sincomplete: %s: %s\n", prefix, s->incomplete[i].path, s->incomplete[i].text);
+    for (int i = 0; i < s->n_incomplete; i++) {
+        const hax_note *v = &s->incomplete[i];
+        fprintf(out, "%sincomplete: %s: %s", prefix, v->path, v->text);
+        if (v->detail) fprintf(out, " (%s)", v->detail);
+        fputc('\n', out);
+    }
     for (int i = 0; i < s->n_missing; i++)
         fprintf(out, "%smissing: %s: %s\n", prefix, s->missing[i].path, s->missing[i].text);
     for (int i = 0; i < s->n_unreadable; i++)
@@ -303,13 +314,20 @@ static void json_stats(FILE *out, const hax_lr_stats *st) {
     }
 }
 
-static void json_notes(FILE *out, const char *name, const char *k1, const char *k2, const hax_note *v, int n) {
+// k3: the key of the notes' detail (NULL: not written; null where a note has none).
+static void json_notes(FILE *out, const char *name, const char *k1, const char *k2, const char *k3, const hax_note *v,
+                       int n) {
     fprintf(out, "  \"%s\": [", name);
     for (int i = 0; i < n; i++) {
         fprintf(out, "%s\n    {\"%s\": ", i ? "," : "", k1);
         json_str(out, v[i].path);
         fprintf(out, ", \"%s\": ", k2);
         json_str(out, v[i].text);
+        if (k3) {
+            fprintf(out, ", \"%s\": ", k3);
+            if (v[i].detail) json_str(out, v[i].detail);
+            else fputs("null", out);
+        }
         fputc('}', out);
     }
     fputs(n ? "\n  ]" : "]", out);
@@ -369,10 +387,10 @@ void table_json(FILE *out, const hax_summary *s, int paper) {
         json_arch(out, &s->archs[i], paper);
     }
     fputs(s->n_archs ? "\n  ],\n" : "],\n", out);
-    json_notes(out, "incomplete", "path", "status", s->incomplete, s->n_incomplete);
+    json_notes(out, "incomplete", "path", "status", "progress", s->incomplete, s->n_incomplete);
     fputs(",\n", out);
-    json_notes(out, "missing", "label", "what", s->missing, s->n_missing);
+    json_notes(out, "missing", "label", "what", NULL, s->missing, s->n_missing);
     fputs(",\n", out);
-    json_notes(out, "unreadable", "path", "reason", s->unreadable, s->n_unreadable);
+    json_notes(out, "unreadable", "path", "reason", NULL, s->unreadable, s->n_unreadable);
     fputs("\n}\n", out);
 }

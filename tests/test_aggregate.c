@@ -119,6 +119,16 @@ static void test_read_shapes(void) {
     CHECK(r.status == RUN_RUNNING && isnan(r.test_acc) && r.valid_cells.n == 1 && r.test_cells.n == 1 &&
               r.valid_cells.v[0].acc == 0.1 && r.test_cells.v[0].acc == 0.2,
           "c: combined cells, null metrics");
+    CHECK(r.steps == -1 && r.steps_planned == -1, "c: no steps: -1 (found %lld, %lld)", (long long)r.steps,
+          (long long)r.steps_planned);
+    results_run_free(&r);
+
+    // a preempted run: how far it got (steps of steps_planned)
+    const char *d = "{\"status\": \"preempted\", \"label\": \"l\", \"lr\": 1e-3, \"seed\": 1, \"steps\": 40000,"
+                    " \"steps_planned\": 400000, \"best_valid_acc\": 0.25, \"best_step\": 39999, \"test_acc\": null}";
+    CHECK(parse("result.json", d, &r, err, sizeof err) == 0, "d: %s", err);
+    CHECK(r.status == RUN_PREEMPTED && r.steps == 40000 && r.steps_planned == 400000 && r.best_step == 39999,
+          "d: steps %lld of %lld", (long long)r.steps, (long long)r.steps_planned);
     results_run_free(&r);
 }
 
@@ -164,6 +174,8 @@ static void test_read_refusals(void) {
            "valid_cells[0].acc: expected a number in [0, 1]");
     refuse("bad cell key", "{" BASE "\"status\": \"failed\", \"test_cells\": {\"5by6\": 0.5}}",
            "test_cells: expected keys 'N_CxN_K'");
+    refuse("steps_planned negative", "{" BASE "\"status\": \"preempted\", \"steps_planned\": -5}",
+           "steps_planned: expected an integer in [0, ");
 #undef BASE
 }
 
@@ -242,6 +254,34 @@ static void test_statistics(void) {
     aggregate_runs(runs, n, &s);
     CHECK(s.n_archs == 1 && s.archs[0].lrs[0].n == 1 && s.n_unreadable == 2, "duplicate and mixed config: %d archs, %d notes",
           s.n_archs, s.n_unreadable);
+    summary_free(&s);
+
+    // incomplete runs only: nothing averaged; each footer note says how far
+    // the run got (what --incomplete-ok publishes), or nothing when unknown
+    n = 0;
+    runs[n] = mk("mamba2_hax", 1e-3, 1, 0.3936, NAN);
+    snprintf(runs[n].status_name, sizeof runs[n].status_name, "preempted");
+    runs[n].status = RUN_PREEMPTED;
+    runs[n].steps = 40000;
+    runs[n].steps_planned = 400000;
+    runs[n++].best_step = 39999;
+    runs[n] = mk("mamba2", 1e-3, 1, NAN, NAN);
+    snprintf(runs[n].status_name, sizeof runs[n].status_name, "running");
+    runs[n].status = RUN_RUNNING;
+    runs[n].steps = runs[n].steps_planned = runs[n].best_step = -1;
+    n++;
+    memset(&s, 0, sizeof s);
+    aggregate_runs(runs, n, &s);
+    CHECK(s.n_archs == 0 && s.n_runs == 0 && s.n_incomplete == 2, "incomplete only: %d archs, %d incomplete", s.n_archs,
+          s.n_incomplete);
+    if (s.n_incomplete == 2) {
+        const char *want = "step 40000 of 400000, best validation accuracy 39.36% at step 39999";
+        CHECK(strcmp(s.incomplete[0].text, "preempted") == 0 && s.incomplete[0].detail &&
+                  strcmp(s.incomplete[0].detail, want) == 0,
+              "preempted: '%s' (%s), expected 'preempted' (%s)", s.incomplete[0].text,
+              s.incomplete[0].detail ? s.incomplete[0].detail : "none", want);
+        CHECK(strcmp(s.incomplete[1].text, "running") == 0 && !s.incomplete[1].detail, "running, nothing known: no detail");
+    }
     summary_free(&s);
 }
 

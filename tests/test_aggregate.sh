@@ -454,6 +454,40 @@ rm "$V/mamba/lr_0.001/seed_2/metrics.csv" && mkfifo "$V/mamba/lr_0.001/seed_2/me
 timeout 10 "$AGG" --plot "$tmp/vfifo" "$V" >/dev/null 2>"$tmp/vfifo.err"; rc=$?
 [ $rc -eq 0 ] && grep -q "seed_2/metrics.csv: expected a regular file, found a FIFO; no curve for this run" "$tmp/vfifo.err" &&
     ok "a FIFO metrics.csv: a warning, no hang" || fail "a FIFO metrics.csv (exit $rc: $(cat "$tmp/vfifo.err"))"
+# --- Only incomplete runs: --incomplete-ok publishes them ------------------------
+# (the 400,000-step headline runs, preempted at 40,000: their curves and how
+# far each got, no Table 1 average)
+I=$tmp/incomplete
+gen "
+for p in (None, 'bf16-pure'):
+    f = run('$I', 'mamba2' + ('@' + p if p else ''), 'mamba2', 'none', 64, 2, 1e-3, 1, 0.3, 0.3, status='preempted',
+            precision=p, metrics=3)
+    r = json.load(open(f))
+    r.update(steps=300, steps_planned=4000, best_step=299)
+    json.dump(r, open(f, 'w'))
+"
+check_refused "only preempted runs, without --incomplete-ok: exit 1, one line" "found none \(2 files: 2 incomplete" "$AGG" "$I"
+"$AGG" --incomplete-ok --paper --plot "$tmp/iplots" --output "$tmp/i.md" "$I" 2>"$tmp/i.err"; rc=$?
+check "--incomplete-ok: exit 0 (exit $rc: $(grep -v wrote "$tmp/i.err"))" test $rc -eq 0
+if grep -q "0 complete runs of 2 result files. No run is complete yet" "$tmp/i.md" &&
+    grep -q "^Incomplete or failed runs (2):" "$tmp/i.md" &&
+    grep -qF 'mamba2/lr_0.001/seed_1/result.json`: preempted (step 300 of 4000, best validation accuracy 30.00% at step 299)' "$tmp/i.md" &&
+    grep -qF 'mamba2@bf16-pure/lr_0.001/seed_1/result.json`: preempted (step 300 of 4000, best validation accuracy 30.00% at step 299)' "$tmp/i.md"
+then ok "--incomplete-ok: the table says none is complete and lists each run with how far it got"
+else fail "--incomplete-ok: the table lists the runs"; cat "$tmp/i.md"; fi
+check "--incomplete-ok: curves.svg and curves_mamba2.svg, no heatmap; no warning on stderr" \
+    test "$(ls "$tmp/iplots" | tr '\n' ' ')" = "curves.svg curves_mamba2.svg " -a -z "$(grep -v 'wrote 2 figures' "$tmp/i.err")"
+check "--incomplete-ok: the legend names the runs as preempted" grep -q "mamba2@bf16-pure, lr 0.001, seed 1, preempted at step 300" "$tmp/iplots/curves.svg"
+"$AGG" --incomplete-ok --format json "$I" >"$tmp/i.json" 2>/dev/null
+check "--incomplete-ok json: status and progress of each incomplete run" $PY -c "
+import json
+d = json.load(open('$tmp/i.json'))
+assert d['n_runs'] == 0 and d['architectures'] == [], d
+got = sorted((i['status'], i['progress']) for i in d['incomplete'])
+assert got == [('preempted', 'step 300 of 4000, best validation accuracy 30.00% at step 299')] * 2, got"
+check_fails "--incomplete-ok with only unreadable files: still exit 1" "found none \(1 files: 0 incomplete, 1 unreadable" \
+    "$AGG" --incomplete-ok "$tmp/bad"
+
 check_fails "--curves without --plot: exit 2" "--curves: expected --plot DIR with it" "$AGG" --curves mamba "$V"
 check_fails "--curves with an empty label: exit 2" "--curves: expected comma-separated labels, found 'a,,b'" "$AGG" --plot "$tmp/x" --curves a,,b "$V"
 

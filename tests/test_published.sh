@@ -4,7 +4,8 @@
 # plots that analysis/publish.sh makes from its committed runs, byte for
 # byte; and the check catches a hand-edited table or plot, a stale or a
 # missing file and an edited result.json (on a copy), which publish.sh then
-# repairs.
+# repairs; in a folder of runs not complete yet too (their progress in the
+# footer, their curves).
 source "$(dirname "$0")/lib.sh"
 PUB=$ROOT/analysis/publish.sh
 tmp=$(mktemp -d)
@@ -24,9 +25,16 @@ for d in "${dirs[@]}"; do
 done
 
 # --- The check catches every kind of drift (on a copy) ----------------------------
-[ ${#dirs[@]} -gt 0 ] || { finish; exit 1; }
+# The copy: the first folder with a complete run (a number in its Table 1);
+# a folder of runs not complete yet (analysis/results/headline) has none.
+full="" partial=""
+for d in "${dirs[@]}"; do
+    if grep -q '^  "n_runs": 0,$' "$d/tables/table.json"; then [ -n "$partial" ] || partial=$d
+    else [ -n "$full" ] || full=$d; fi
+done
+[ -n "$full" ] && ok "a published folder with complete runs: ${full#"$ROOT"/}" || { fail "a published folder with complete runs"; finish; exit 1; }
 C=$tmp/copy
-cp -r "${dirs[0]}" "$C"
+cp -r "$full" "$C"
 # expect_drift NAME PATTERN: --check exits 1 with a line matching PATTERN; publish.sh
 # then rewrites the folder and --check passes again.
 expect_drift() {
@@ -60,6 +68,26 @@ m=$(find "$C/runs" -name metrics.csv | sort | head -n 1)
 sed -i '$s/,\([0-9.]*\)$/,0.5/' "$m"
 printf '%s\n' "$(tail -n 1 "$m")" | grep -q ',0.5$' || sed -i '$s/$/0.5/' "$m"
 expect_drift "an edited metrics.csv (the curves change)" "copy/plots/curves.*: differs"
+
+# --- A folder of runs none of which is complete yet (on a copy) -----------------
+# (publish.sh passes hax-aggregate --incomplete-ok): the footer's progress of
+# each run and its curve are checked as the numbers of complete runs are.
+if [ -n "$partial" ]; then
+    rm -rf "$C" && cp -r "$partial" "$C"
+    bash "$PUB" --check "$C" >/dev/null && ok "a copy of ${partial#"$ROOT"/} checks as the original" ||
+        fail "a copy of ${partial#"$ROOT"/} checks as the original"
+    check "${partial#"$ROOT"/}: table.md lists its runs as incomplete, with their steps" \
+        grep -q '^- `runs/.*/result.json`: preempted (step [0-9]* of [0-9]*, best validation accuracy' "$C/tables/table.md"
+    r=$(find "$C/runs" -name result.json | sort | head -n 1)
+    sed -i 's/^  "best_valid_acc": 0\.[0-9]*,$/  "best_valid_acc": 0.987654,/' "$r"
+    expect_drift "incomplete runs: an edited best_valid_acc (the footer changes)" "copy/tables/table.(md|json): differs"
+    sed -i 's/^  "steps": [0-9]*,$/  "steps": 12345,/' "$r"
+    expect_drift "incomplete runs: an edited steps (the footer and the legend change)" "copy/(tables/table.(md|json)|plots/curves.*): differs"
+    m=$(find "$C/runs" -name metrics.csv | sort | head -n 1)
+    sed -i '$s/,\([0-9.]*\)$/,0.5/' "$m"
+    printf '%s\n' "$(tail -n 1 "$m")" | grep -q ',0.5$' || sed -i '$s/$/0.5/' "$m"
+    expect_drift "incomplete runs: an edited metrics.csv (the curves change)" "copy/plots/curves.*: differs"
+fi
 
 # --- The command line ---------------------------------------------------------
 check_fails "publish.sh on a folder without runs/: exit 1" "expected a published results folder with runs/" bash "$PUB" "$tmp"
