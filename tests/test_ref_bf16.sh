@@ -40,6 +40,37 @@ done
 grep -qF 'precision\": \"bf16-pure' "$T/mamba_base.safetensors" && ok "emitted case records precision bf16-pure" ||
     fail "emitted case records precision bf16-pure"
 
+# block inputs (dbg.layers.*.hidden_in, dbg.norm_f.hidden_in): one per block
+# and norm_f in each emitted case, every one compared and equal; with numpy,
+# what they hold (layer 0 the embedding rows, norm_f of the last one the
+# last hidden state: tests/block_inputs_numpy.py)
+PY=
+for p in ${HAX_PYTHON:-} /usr/bin/python3 python3; do
+    if "$p" -c 'import numpy' 2>/dev/null; then PY=$p; break; fi
+done
+for c in mamba2_base samba_base; do
+    out=$("$CHECK" --precision bf16-pure "$T/$c.safetensors" 2>&1)
+    layers=$(printf '%s\n' "$out" | sed -n '1s/.*, \([0-9]*\) layers,.*/\1/p')
+    n=$(printf '%s\n' "$out" | grep -cE '^  dbg\.(layers\.[0-9]+|norm_f)\.hidden_in +rel .* ok  equal ([0-9]+)/\2,')
+    if [ -n "$layers" ] && [ "$layers" -gt 0 ] && [ "$n" -eq $((layers + 1)) ]; then
+        ok "$c: $n block inputs ($layers layers and norm_f) compared, all equal"
+    else fail "$c: block inputs compared ($n of ${layers:-?} layers + 1)"; printf '%s\n' "$out" | grep hidden_in; fi
+    if [ -z "$PY" ]; then fail "numpy not found (install python3-numpy): block inputs not checked"; continue; fi
+    check "$c: block inputs hold the embedding rows and norm_f's input" \
+        "$PY" "$ROOT/tests/block_inputs_numpy.py" "$T/$c.safetensors"
+done
+m2=$T/mamba2_base.safetensors
+# one element of layer 1's input 2^10 times larger: that tensor fails, layer 0's stays equal
+cp "$m2" "$T/hin.safetensors"; perturb "$T/hin.safetensors" dbg.layers.1.hidden_in 1280 1000000000
+out=$("$CHECK" -q --precision bf16-pure "$T/hin.safetensors" 2>&1); rc=$?
+if [ $rc -ne 0 ] && printf '%s\n' "$out" | grep -q "dbg.layers.1.hidden_in .*FAIL  equal [0-9]*/[0-9]*, 1 ulp 0, >1 ulp 1 (max 1280)" &&
+    [ "$(printf '%s\n' "$out" | grep -c "^  .* FAIL")" -eq 1 ]; then ok "one element of a block input changed: that tensor alone fails"
+else fail "one element of a block input changed: that tensor alone fails (exit $rc)"; printf '%s\n' "$out" | grep -E "FAIL|hax:" | head -n 5; fi
+# a block input of a layer the model lacks is not skipped
+perl -pi -e 's/"dbg\.layers\.1\.hidden_in"/"dbg.layers.9.hidden_in"/' "$T/hin.safetensors"
+check_output_fails "a block input of a layer the model lacks fails" "dbg.layers.9.hidden_in .*unknown .*FAIL" \
+    "$CHECK" -q --precision bf16-pure "$T/hin.safetensors"
+
 # the same results against the float32 golden: bf16 rounding is far past the bounds
 out=$(cat "$T/mamba2_sign_bin_lsh__key_selection.emit.log")
 if printf '%s\n' "$out" | grep -q "out.logits .*FAIL"; then ok "bf16-pure against the fp32 golden fails (the bounds can fail)"
@@ -93,4 +124,8 @@ check_fails "unknown precision refused" "--precision: expected fp32 or bf16-pure
 out=$("$CHECK" -q --tol 1e-6 "$T/fp32.safetensors" 2>&1); rc=$?
 if [ $rc -eq 0 ] && printf '%s\n' "$out" | grep -q "0 past tolerance"; then ok "fp32 --emit case passes at 1e-6"
 else fail "fp32 --emit case passes (exit $rc)"; printf '%s\n' "$out" | grep -E "FAIL|hax:" | head -n 5; fi
+# float32: norm_f's input with one element doubled fails at the default 1e-5
+cp "$T/fp32.safetensors" "$T/fp32hin.safetensors"; perturb "$T/fp32hin.safetensors" dbg.norm_f.hidden_in 128 1000000000 5
+check_output_fails "fp32: one element of norm_f's input doubled fails" "dbg.norm_f.hidden_in .*FAIL" \
+    "$CHECK" -q "$T/fp32hin.safetensors"
 finish

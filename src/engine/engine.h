@@ -178,6 +178,11 @@ void engine_free(hax_engine *e);
 const float *engine_hidden(hax_engine *e);
 const float *engine_logits(hax_engine *e);
 const float *engine_hash(hax_engine *e, int layer);
+// The residual stream entering block `layer` in the last forward (layer ==
+// n_layers: the input of norm_f), packed rows [n_tok, d]: its first n_tok
+// rows copied to host out (probe.c; any backend). Backward leaves it
+// unchanged; the next forward overwrites it.
+void engine_block_input(hax_engine *e, int layer, float *out, int n_tok);
 
 // CPU backend outputs of the last forward (packed rows, host memory; the
 // same pointers as engine_hidden / engine_logits / engine_hash there):

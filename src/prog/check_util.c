@@ -178,6 +178,11 @@ long bf16_round_count(float *x, size_t n) {
     return changed;
 }
 
+void block_input_name(char *buf, size_t len, int layer, int n_layers) {
+    if (layer < n_layers) snprintf(buf, len, "dbg.layers.%d.hidden_in", layer);
+    else snprintf(buf, len, "dbg.norm_f.hidden_in");
+}
+
 // ---------------------------------------------------------------- --emit
 
 // Packed rows [n_tok, C] back to [B, L, C], zeros at padding positions.
@@ -265,6 +270,11 @@ void check_emit(const char *path, const st_file *src, const check_emit_in *in) {
     }
     int64_t sh[3] = {c->B, c->L, m->cfg.hidden_size};
     st_writer_put(w, "out.last_hidden_state", ST_F32, 3, sh, keep(o, unpack_rows(c, in->hidden, (int)sh[2])));
+    for (int l = 0; l <= m->cfg.n_layers; l++) {
+        char nm[64];
+        block_input_name(nm, sizeof nm, l, m->cfg.n_layers);
+        st_writer_put(w, nm, ST_F32, 3, sh, keep(o, unpack_rows(c, in->block_in[l], (int)sh[2])));
+    }
     sh[2] = m->cfg.vocab_size;
     st_writer_put(w, "out.logits", ST_F32, 3, sh, keep(o, unpack_rows(c, in->logits, (int)sh[2])));
     int lsh = in->cpu && sparse_pattern_has(m->cfg.sparse_mask, SPF_LSH);

@@ -68,19 +68,26 @@ int bf16_verdict(const bf16_stats *s, const bf16_stats *noise, double factor, do
 // Rounds x[0..n) to bf16 in place; returns how many values changed.
 long bf16_round_count(float *x, size_t n);
 
+// The golden name of the residual stream entering block `layer`
+// ("dbg.layers.L.hidden_in"), or norm_f's input ("dbg.norm_f.hidden_in")
+// where layer == n_layers.
+void block_input_name(char *buf, size_t len, int layer, int n_layers);
+
 // ---- --emit: the engine's results for a case, in the golden format
 typedef struct {
     const hax_case *c;
     const hax_model *m;                // weights before the AdamW step, gradients
     const hax_batch *b;
     const float *hidden, *logits;      // packed [n_tok, d], [n_tok, V]
+    float *const *block_in;            // [n_layers + 1] packed [n_tok, d] (engine_block_input)
     const hax_fwd_result *r;
     int bf16_pure;                     // rand.* floats rounded to bf16, AdamW in bf16-pure
     const hax_engine *cpu;             // the CPU engine (its LSH buckets are written), or NULL
 } check_emit_in;
 
 // Writes path: the parameters, input_ids, loss_mask and rand.* tensors of src,
-// out.*, the LSH buckets used (dbg.layers.*.{q,k}_bucket), grad.*, and one AdamW step (adamw.*, adamw.exp_avg.*,
+// out.*, the block inputs (dbg.layers.*.hidden_in, dbg.norm_f.hidden_in), the
+// LSH buckets used (dbg.layers.*.{q,k}_bucket), grad.*, and one AdamW step (adamw.*, adamw.exp_avg.*,
 // adamw.exp_avg_sq.*) from zero moments; metadata hax_case of src with
 // "precision" added. Dies with one line on a write error.
 void check_emit(const char *path, const st_file *src, const check_emit_in *in);

@@ -1,7 +1,8 @@
 // hax_check_main.c: bin/hax-check — runs cases in the golden format
 // (tests/golden/README.md) on the CPU engine and compares every tensor the
-// file holds: outputs, discrete intermediates, gradients, one AdamW step, and
-// the evaluation pass. One line per tensor (error, tolerance, verdict), one
+// file holds: outputs, the block inputs (dbg.layers.*.hidden_in,
+// dbg.norm_f.hidden_in), discrete intermediates, gradients, one AdamW step,
+// and the evaluation pass. One line per tensor (error, tolerance, verdict), one
 // summary line per case; exits 1 if anything is past its tolerance.
 //
 //   bin/hax-check [--tol X] [--grad-tol Y] [-q] [--precision fp32|bf16-pure]
@@ -89,7 +90,8 @@ static void cmp_bf16(checker *k, const char *name, const float *ours, const floa
     if (noise) bf16_stats_of(&sn, noise, gold, n);
     double rb;
     char note[384];
-    if (strncmp(name, "dbg.", 4) == 0) s.not_bf16 = 0;  // the branch's inside is fp32 in hax (README "Precision")
+    // the branch's inside is fp32 in hax (README "Precision"); the residual stream is bf16 there
+    if (strncmp(name, "dbg.", 4) == 0 && !strstr(name, ".hidden_in")) s.not_bf16 = 0;
     int ok = bf16_verdict(&s, noise ? &sn : NULL, k->noise_factor, &rb, note, sizeof note);
     if (worst && s.rel > *worst) *worst = s.rel;
     verdict_ok(k, name, "rel", s.rel, rb, ok, note);
@@ -284,6 +286,18 @@ static void cmp_sparse_dbg(checker *k, const hax_engine *e, const st_file *f, co
     }
 }
 
+// The residual stream entering each block and norm_f (engine_block_input,
+// taken right after the forward), where the file has it: the layer where a
+// forward difference starts.
+static void cmp_block_inputs(checker *k, const st_file *f, const hax_case *c, float *const *hin, int n_layers,
+                             int n_tok, int d) {
+    char name[64];
+    for (int l = 0; l <= n_layers; l++) {
+        block_input_name(name, sizeof name, l, n_layers);
+        cmp_rows(k, f, c, name, hin[l], n_tok, d);
+    }
+}
+
 static int is_degenerate(const char *name) {
     return strstr(name, "dx_proj_3.bias") != NULL;
 }
@@ -469,8 +483,14 @@ static int check_case(checker *k, const char *path) {
     model_zero_grad(&m);
     bi.cpu = k->cpu;
     forward_with_flips(e, &b, &o, &inj, f, &c, &bi, &r);
+    float *hin[HAX_MAX_LAYERS + 1];  // the forward's block inputs, before anything else runs
+    for (int l = 0; l <= cfg->n_layers; l++) {
+        hin[l] = xmalloc(sizeof(float) * (size_t)(n > 0 ? n : 1) * d);
+        engine_block_input(e, l, hin[l], n);
+    }
     engine_backward(e);
 
+    cmp_block_inputs(k, f, &c, hin, cfg->n_layers, n, d);
     cmp_rows(k, f, &c, "out.last_hidden_state", engine_hidden(e), n, d);
     cmp_rows(k, f, &c, "out.logits", engine_logits(e), n, V);
     cmp_scalar(k, f, "out.loss", r.loss, 0, k->tol);
@@ -486,7 +506,7 @@ static int check_case(checker *k, const char *path) {
     if (k->cpu) cmp_sparse_dbg(k, e, f, &c, &b, cand);
     cmp_grads_adamw(k, &m, &c);
     if (k->emit) {
-        check_emit_in ei = {&c, &m, &b, engine_hidden(e), engine_logits(e), &r, k->bf16, k->cpu ? e : NULL};
+        check_emit_in ei = {&c, &m, &b, engine_hidden(e), engine_logits(e), hin, &r, k->bf16, k->cpu ? e : NULL};
         check_emit(k->emit, f, &ei);
         printf("  wrote %s\n", k->emit);
     }
@@ -518,6 +538,7 @@ static int check_case(checker *k, const char *path) {
         free(bi.gq[l]);
         free(bi.gk[l]);
     }
+    for (int l = 0; l <= cfg->n_layers; l++) free(hin[l]);
     free(k->used);
     engine_free(e);
     hax_batch_free(&b);

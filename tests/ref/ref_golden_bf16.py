@@ -13,11 +13,14 @@ foreach path on the bf16 parameters), and writes a file in the golden format
   parameters (before the step), input_ids, loss_mask, rand.layers.{i}.*
   (the bf16 draws actually used and the key-selection picks the reference
   took), dbg.layers.{i}.{hq,hk}_proj and {q,k}_bucket (its LSH projections
-  and buckets), out.last_hidden_state, out.logits, out.loss, out.gate_loss,
-  out.total_loss, out.acc, grad.<param>, adamw.<param> (after the step),
-  adamw.exp_avg.<param>, adamw.exp_avg_sq.<param> (both moments after it),
-  and metadata hax_case with "precision": "bf16-pure", the kernel path and
-  the torch / triton / GPU versions.
+  and buckets), dbg.layers.{i}.hidden_in and dbg.norm_f.hidden_in (the
+  residual stream entering block i and norm_f, [B, L, d] like
+  out.last_hidden_state: where a forward gap starts), out.last_hidden_state,
+  out.logits, out.loss, out.gate_loss, out.total_loss, out.acc, grad.<param>,
+  adamw.<param> (after the step), adamw.exp_avg.<param>,
+  adamw.exp_avg_sq.<param> (both moments after it), and metadata hax_case
+  with "precision": "bf16-pure", the kernel path and the torch / triton / GPU
+  versions.
 
 Kernels (--path):
   triton  the real GPU kernels where the lent machines have them: fla 0.2.0's
@@ -349,6 +352,44 @@ class Inject:
             die("%d golden draws unused" % len(self.draws))
 
 
+class BlockInputs:
+    """Forward pre-hooks on the model's blocks and norm_f: the residual stream
+    h entering block i (MODEL.md 1.5, 4.2) as dbg.layers.{i}.hidden_in and the
+    input of norm_f as dbg.norm_f.hidden_in, bf16 [B, L, d], kept as float32
+    copies. Every block of these models (fla MambaBlock, Mamba2Block,
+    SambaBlock, the Enhanced blocks) takes h alone as its first argument and
+    returns the new h in bf16 (residual_in_fp32 adds in fp32 inside the block
+    and casts back; Samba's fused add+norm pairs stay inside its block), so
+    that argument is h itself."""
+
+    def __init__(self, torch, model, case, nl):
+        self.torch, self.case, self.seen, self.handles = torch, case, {}, []
+        if len(model.layers) != nl:
+            die("%s: the model has %d blocks, its config %d layers" % (case, len(model.layers), nl))
+        mods = [("dbg.layers.%d.hidden_in" % i, b) for i, b in enumerate(model.layers)]
+        for key, mod in mods + [("dbg.norm_f.hidden_in", model.norm_f)]:
+            self.handles.append(mod.register_forward_pre_hook(self.keep(key), with_kwargs=True))
+
+    def keep(self, key):
+        def pre(module, args, kwargs):
+            h = args[0] if args else kwargs.get("hidden_states")
+            if not self.torch.is_tensor(h) or h.dtype != self.torch.bfloat16:
+                die("%s: %s: expected a bfloat16 tensor entering %s, found %s" % (
+                    self.case, key, type(module).__name__, getattr(h, "dtype", type(h).__name__)))
+            if key in self.seen:  # gradient checkpointing would call a block again
+                die("%s: %s: the module was called twice in one forward" % (self.case, key))
+            self.seen[key] = h.detach().float().cpu()
+        return pre
+
+    def collect(self):
+        """Removes the hooks; returns {key: tensor}, all of them present."""
+        for h in self.handles:
+            h.remove()
+        if len(self.seen) != len(self.handles):
+            die("%s: %d of %d block / norm_f inputs seen" % (self.case, len(self.seen), len(self.handles)))
+        return self.seen
+
+
 def read_golden(torch, path):
     from safetensors import safe_open
     with safe_open(path, "pt") as f:
@@ -397,9 +438,11 @@ def run_case(torch, jr, a, name):
     trainer.model.train()
     seen = {}
     hook = model.register_forward_hook(lambda m, i, o: seen.__setitem__("h", o["last_hidden_state"]))
+    hooks = BlockInputs(torch, model, name, nl)
     with Inject(torch, draws) as inj:
         loss, gate_loss, acc = trainer.forward({"inputs": ids, "mask": lm})
     hook.remove()
+    block_in = hooks.collect()
     total = loss + gate_loss * GATE_LOSS_WEIGHT  # joint_recall.py's objective (grad_acc 1)
     total.backward()
     hidden = seen["h"].detach()
@@ -440,6 +483,11 @@ def run_case(torch, jr, a, name):
             pre = key.replace("rand.", "dbg.").replace("hash_matrix", "")
             out[pre + "h%s_proj" % t] = proj.float().cpu()
             out[pre + "%s_bucket" % t] = ((proj > 0).long() * bit).sum(-1).cpu()
+    for key, h in block_in.items():
+        if tuple(h.shape) != tuple(hidden.shape):
+            die("%s: %s: shape %s, expected that of last_hidden_state %s" % (name, key, tuple(h.shape),
+                                                                              tuple(hidden.shape)))
+        out[key] = h
     out["out.last_hidden_state"] = hidden.float().cpu()
     out["out.logits"] = logits.float().cpu()
     gl = gate_loss.detach() if torch.is_tensor(gate_loss) else torch.tensor(float(gate_loss))
