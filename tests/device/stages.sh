@@ -109,6 +109,13 @@ if want profile 100; then
     [ -n "$PROF" ] && $PROF profile -o $R/prof_${n}_$p --force-overwrite true build/gpu/bench_gpu --only $n --precision $p --reps 30 --eval 0 > $R/prof_${n}_$p.log 2>&1 &&
       $PROF stats -r cuda_gpu_kern_sum -f csv -o $R/kern_${n}_$p $R/prof_${n}_$p.nsys-rep > /dev/null 2>&1
   done
+  # no Nsight Systems on the lent machines so far: Nsight Compute's per-kernel durations instead
+  # (every kernel replayed for its metric: slow, so 3 steps of each config)
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
+  if [ -z "$PROF" ] && [ -n "$NCU" ]; then for c in mamba2_hax:fp32 mamba2:fp32 mamba_hax:fp32 samba:fp32; do
+    n=${c%%:*}; p=${c#*:}
+    timeout 60 $NCU --metrics gpu__time_duration.sum --csv --print-units base build/gpu/bench_gpu --only $n --precision $p \
+      --reps 3 --eval 0 > $R/ncu_${n}_$p.csv 2> $R/ncu_${n}_$p.err; done; fi
   rm -f $R/*.nsys-rep $R/*.sqlite; done_ profile
 fi
 if want racecheck 100; then compute-sanitizer --tool racecheck build/gpu/gpu_sparse --quick > $R/racecheck.txt 2>&1; log "racecheck: $(tail -n 2 $R/racecheck.txt | tr '\n' ' ')"; done_ racecheck; fi
