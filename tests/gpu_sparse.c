@@ -25,8 +25,17 @@
 // (cu_sparse_state.ks_old): every output bit for bit on every pattern and at
 // the paper size, timed both ways ("PHASE ks-new|ks-old fwd|bwd <phase>
 // <ms>", "KS PHASES new ... old ...").
+// Then the long-sequence kernels (HAX_SPARSE_LONG, cu_sparse_state.long_mode:
+// LSH buckets, key selection's features and top-k, the LSH keys by bucket)
+// against the previous ones on tiny, ragged and few long sequences (2 x
+// 20000, 3 x 7000), fp32 and bf16-pure, both semantics: every output byte for
+// byte ("long vs previous kernels ..., differing elements: ..."), and against
+// the CPU (buckets, LSH keys and lists exact, selections exactly the CPU's
+// top-k of the GPU's scores, attn within tolerance).
 // Skips (exit 0) without a CUDA device. --quick: no paper-size timing.
-// --lengths N_SEQxLEN,... [N]: only the eval forward's phases at those lengths (timings).
+// --lengths N_SEQxLEN,... [N]: only the eval forward's phases at those
+// lengths, previous and long-sequence kernels ("LPHASE old|new ...", "LONG
+// ..."; their outputs must be equal).
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -47,6 +56,9 @@
 #define TOL_BWD 1e-4
 
 static unsigned g_seed = 7;
+// The long-sequence kernels in check_pattern / check_pattern_bf16:
+// cu_sparse_state.long_mode (-1: as allocated, from HAX_SPARSE_LONG).
+static int g_long_mode = -1;
 
 static float *rnd(size_t n, float scale) {
     float *p = xmalloc(sizeof(float) * (n ? n : 1));
@@ -172,6 +184,7 @@ static void check_pattern(problem *p, const hax_model_config *cfg, int max_len) 
     printf("    %s / %s\n", cfg->sparse_arch, cfg->semantics == SEMANTICS_REFERENCE ? "reference" : "causal");
     hax_sparse_state *cs = sparse_state_alloc(cfg, n, p->b.n_seq, max_len);
     cu_sparse_state *gs = cuda_sparse_state_alloc(cfg, n, p->b.n_seq, max_len);
+    if (g_long_mode >= 0) gs->long_mode = g_long_mode;
     ks_params hk = host_ks(p->kp), dk = host_ks(p->d_kp);
     float *attn = xcalloc((size_t)n * E, sizeof(float));
     float *d_attn = cuda_malloc(sizeof(float) * n * E);
@@ -179,6 +192,7 @@ static void check_pattern(problem *p, const hax_model_config *cfg, int max_len) 
     cuda_sparse_forward(gs, p->d_off, p->b.n_seq, n, p->b.model_len, p->d_X, ldX, p->d_W, &dk, p->d_H,
                         p->d_cand, 1, d_attn, E);
     cuda_sync();
+    CHECK(g_long_mode != 2 || gs->long_on, "long_mode 2: the long-sequence kernels did not run");
     int bq = bucket_mismatches(cs->q_bucket, gs->q_bucket, n), bk = bucket_mismatches(cs->k_bucket, gs->k_bucket, n);
     CHECK(bq == 0 && bk == 0, "%s: buckets differ at %d query / %d key rows", cfg->sparse_arch, bq, bk);
     if (!(cfg->sparse_mask & SPARSE_FULL)) {
@@ -267,12 +281,14 @@ static void check_pattern_bf16(problem *p, const hax_model_config *cfg_in, int m
     hax_sparse_state *cs = sparse_state_alloc(cfg, n, p->b.n_seq, max_len);
     cu_sparse_state *gs = cuda_sparse_state_alloc(cfg, n, p->b.n_seq, max_len);
     gs->bf16 = 1;
+    if (g_long_mode >= 0) gs->long_mode = g_long_mode;
     ks_params hk = host_ks(p->kp), dk = host_ks(p->d_kp);
     float *attn = xcalloc((size_t)n * E, sizeof(float)), *d_attn = cuda_malloc(sizeof(float) * n * E);
     double gl = sparse_forward(cs, cfg, &p->b, p->X, ldX, p->W, &hk, p->H, p->cand, 1, attn, E);
     cuda_sparse_forward(gs, p->d_off, p->b.n_seq, n, p->b.model_len, p->d_X, ldX, p->d_W, &dk, p->d_H,
                         p->d_cand, 1, d_attn, E);
     cuda_sync();
+    CHECK(g_long_mode != 2 || gs->long_on, "long_mode 2: the long-sequence kernels did not run");
     CHECK(cs->bf16 == 1, "the CPU branch did not run in bf16-pure");
     float *gkq = down(gs->KQ, sizeof(float) * n * 2 * N);
     check_bf16_close("KQ", gkq, cs->KQ, (size_t)n * 2 * N, 0, 0);
@@ -517,18 +533,22 @@ static void ks_take_trans(ks_run *r, int i, const cu_sparse_state *gs, int n) {
 }
 
 // One GPU forward + backward of problem p with the previous (ks_old = 1) or
-// the new kernels of the non-attention phases; the outputs into r
-// (free_ks_run), the device gradients reset after.
-static void run_ks(ks_run *r, problem *p, cu_sparse_state *gs, int ks_old, float *d_attn) {
+// the new kernels of the non-attention phases, and the long-sequence kernels
+// per long_mode (cu_sparse_state.long_mode); the outputs into r
+// (free_ks_run), the device gradients reset after. training 0: an
+// evaluation forward alone (no candidates, loss or backward; the backward's
+// outputs left empty).
+static void run_ks(ks_run *r, problem *p, cu_sparse_state *gs, int ks_old, int long_mode, int training,
+                   float *d_attn) {
     int n = p->b.n_tok, N = p->N, E = p->E, ldX = p->ldX, n_seq = p->b.n_seq;
     unsigned m = gs->mask;
     ks_params dk = host_ks(p->d_kp);
     ks_grads dg = host_kg(p->d_kg);
-    int was = gs->ks_old;
+    int was = gs->ks_old, was_long = gs->long_mode;
     memset(r, 0, sizeof(*r));
-    gs->ks_old = ks_old;
-    cuda_sparse_forward(gs, p->d_off, n_seq, n, p->b.model_len, p->d_X, ldX, p->d_W, &dk, p->d_H, p->d_cand, 1,
-                        d_attn, E);
+    gs->ks_old = ks_old, gs->long_mode = long_mode;
+    cuda_sparse_forward(gs, p->d_off, n_seq, n, p->b.model_len, p->d_X, ldX, p->d_W, &dk, p->d_H,
+                        training ? p->d_cand : NULL, training, d_attn, E);
     // the forward's outputs (the backward reuses some of the buffers)
     ks_take(r, 0, gs->q_bucket, n, sizeof(int32_t)), ks_take(r, 1, gs->k_bucket, n, sizeof(int32_t));
     ks_take(r, 2, gs->hq_proj, (size_t)n * gs->h, sizeof(float));
@@ -542,6 +562,12 @@ static void run_ks(ks_run *r, problem *p, cu_sparse_state *gs, int ks_old, float
         ks_take(r, 10, ks->y, (size_t)n_seq * ks->k_c, sizeof(double));
     }
     ks_take(r, 11, gs->gate_loss, 1, sizeof(double));
+    if (!training) {
+        size_t cap = (size_t)n * gs->row_cap;
+        ks_take(r, 12, d_attn, (size_t)n * E, sizeof(float)), ks_take(r, 13, gs->allow_p, cap, sizeof(float));
+        gs->ks_old = was, gs->long_mode = was_long;
+        return;
+    }
     cuda_sparse_backward(gs, p->d_off, n_seq, n, p->d_dattn, E, 0.1f / n_seq, p->d_X, ldX, p->d_W, &dk, p->d_dX, ldX,
                          p->d_dW, &dg);
     cuda_sync();
@@ -555,11 +581,32 @@ static void run_ks(ks_run *r, problem *p, cu_sparse_state *gs, int ks_old, float
     cuda_upload(p->d_dX, p->dX0, sizeof(float) * n * ldX), cuda_upload(p->d_dW, p->dW0, sizeof(float) * 2 * N * E);
     for (int i = 0; i < 6; i++) cuda_upload(p->d_kg[i], p->kg0[i], sizeof(float) * kp_size(i, N));
     cuda_sync();
-    gs->ks_old = was;
+    gs->ks_old = was, gs->long_mode = was_long;
 }
 
 static void free_ks_run(ks_run *r) {
     for (int i = 0; i < N_KS_OUT; i++) free(r->t[i]);
+}
+
+// Two runs' outputs byte for byte: prints the count of differing elements
+// of each output (-1: different lengths) and requires none.
+static void compare_ks_runs(const char *what, const ks_run *a, const ks_run *b) {
+    printf("      %s, differing elements:", what);
+    long total = 0;
+    for (int i = 0; i < N_KS_OUT; i++) {
+        long bad = 0;
+        if (a->bytes[i] != b->bytes[i]) {
+            bad = -1;
+        } else {
+            const char *x = a->t[i], *y = b->t[i];
+            for (size_t k = 0; k < a->bytes[i]; k += a->elem[i]) bad += memcmp(x + k, y + k, a->elem[i]) != 0;
+        }
+        if (a->bytes[i]) printf(" %s %ld,", k_ks_names[i], bad);
+        total += bad != 0;
+        CHECK(bad == 0, "%s: %s differs (%ld elements, -1: lengths %zu vs %zu bytes)", what, k_ks_names[i], bad,
+              b->bytes[i], a->bytes[i]);
+    }
+    printf(" outputs differing %ld\n", total);
 }
 
 // The new kernels of the non-attention phases against the previous ones on
@@ -568,24 +615,9 @@ static void free_ks_run(ks_run *r) {
 static void check_ks_variants(problem *p, cu_sparse_state *gs) {
     float *d_attn = cuda_malloc(sizeof(float) * (size_t)p->b.n_tok * p->E);
     ks_run a, b;
-    run_ks(&a, p, gs, 1, d_attn);
-    run_ks(&b, p, gs, 0, d_attn);
-    printf("      new vs previous KS/LSH/list kernels, differing elements:");
-    long total = 0;
-    for (int i = 0; i < N_KS_OUT; i++) {
-        long bad = 0;
-        if (a.bytes[i] != b.bytes[i]) {
-            bad = -1;
-        } else {
-            const char *x = a.t[i], *y = b.t[i];
-            for (size_t k = 0; k < a.bytes[i]; k += a.elem[i]) bad += memcmp(x + k, y + k, a.elem[i]) != 0;
-        }
-        if (a.bytes[i]) printf(" %s %ld,", k_ks_names[i], bad);
-        total += bad != 0;
-        CHECK(bad == 0, "new vs previous kernels: %s differs (%ld elements, -1: lengths %zu vs %zu bytes)",
-              k_ks_names[i], bad, b.bytes[i], a.bytes[i]);
-    }
-    printf(" outputs differing %ld\n", total);
+    run_ks(&a, p, gs, 1, gs->long_mode, 1, d_attn);
+    run_ks(&b, p, gs, 0, gs->long_mode, 1, d_attn);
+    compare_ks_runs("new vs previous KS/LSH/list kernels", &a, &b);
     free_ks_run(&a), free_ks_run(&b);
     cuda_free(d_attn);
 }
@@ -617,34 +649,228 @@ static void test_ks_variants(void) {
                 }
 }
 
+// ---------------------------------------------------------------- long-sequence kernels (HAX_SPARSE_LONG)
+
+// The long-sequence kernels (cu_sparse_state.long_mode 2) against the
+// previous ones (long_mode 0) on one state, with both sets of the other
+// phases' kernels (ks_old 0 and 1): a training forward + backward and an
+// evaluation forward, every output byte for byte (compare_ks_runs: buckets,
+// projections, lists, LSH keys by bucket, KS features, scores and
+// selections, attn, P, and the backward's outputs); long_on must say which
+// kernels ran.
+static void check_long_variants(problem *p, cu_sparse_state *gs) {
+    float *d_attn = cuda_malloc(sizeof(float) * (size_t)p->b.n_tok * p->E);
+    for (int ks_old = 0; ks_old < 2; ks_old++)
+        for (int training = 1; training >= 0; training--) {
+            ks_run a, b;
+            run_ks(&a, p, gs, ks_old, 0, training, d_attn);
+            CHECK(gs->long_on == 0, "long_mode 0: the long-sequence kernels ran");
+            run_ks(&b, p, gs, ks_old, 2, training, d_attn);
+            CHECK(gs->long_on == 1, "long_mode 2: the long-sequence kernels did not run");
+            char what[120];
+            snprintf(what, sizeof what, "long vs previous kernels (%s, HAX_SPARSE_KS=%s)",
+                     training ? "training fwd + bwd" : "evaluation fwd", ks_old ? "old" : "new");
+            compare_ks_runs(what, &a, &b);
+            free_ks_run(&a), free_ks_run(&b);
+        }
+    cuda_free(d_attn);
+}
+
+// The shapes of the long-kernel tests: tiny sequences (length 1, shorter than
+// the top-k's 64-position chunk, around it, the counting sort's 256), the
+// ragged batch of the other tests, then few long ones, ragged: 3 x 7000
+// (7000, 6500, 3) and 2 x 20000 (20000, 19993).
+static const int k_long_tiny[] = {1, 5, 63, 64, 65, 1, 130, 2, 257};
+static const int k_long_3[] = {7000, 6500, 3};
+static const int k_long_2[] = {20000, 19993};
+typedef struct {
+    const int *lens;
+    int n_seq, longs;  // longs: the long shapes (fewer patterns and sizes)
+} long_shape;
+static const long_shape k_long_shapes[] = {
+    {k_long_tiny, 9, 0}, {k_lens, K_NSEQ, 0}, {k_long_3, 3, 1}, {k_long_2, 2, 1}};
+#define K_LONG_SHAPES ((int)(sizeof(k_long_shapes) / sizeof(k_long_shapes[0])))
+// Patterns of the long shapes: those with LSH or key selection, the only
+// users of the long kernels (`full` and the fixed patterns have neither).
+static const char *k_long_patterns[] = {"sign_bin_lsh+key_selection", "sign_bin_lsh", "key_selection",
+                                        "sink+dilated+argmax_lsh"};
+
+static int max_len_of(const int *lens, int n_seq) {
+    int L = 1;
+    for (int s = 0; s < n_seq; s++) L = lens[s] > L ? lens[s] : L;
+    return L;
+}
+
+// The config of a long-kernel case: keys per part 8 (tiny shapes) or 32
+// (long ones: the paper's 32 + 32 of HAX), dilation from 32 or 2048.
+static void long_cfg(hax_model_config *cfg, const char *pattern, int longs, int N, int E, int h, int sem,
+                     int bf16) {
+    int parts = 1;
+    for (const char *c = pattern; *c; c++) parts += *c == '+';
+    set_cfg(cfg, pattern, (longs ? 32 : 8) * parts, N, E, h, longs ? 2048 : 32, (hax_semantics)sem);
+    if (bf16) cfg->precision = PREC_BF16_PURE;
+}
+
+// Every shape, both semantics, fp32 and bf16-pure: the long kernels equal
+// the previous ones byte for byte (check_long_variants). Tiny shapes: every
+// pattern at N 16 E 40 h 8, N 32 E 64 h 10 (1024 buckets: the counting
+// sort's largest), N 40 E 136 h 4 (two feature columns per lane) and N 16
+// h 11 (2048 buckets: the rank sort instead); long shapes: the LSH and KS
+// patterns at N 16 h 8 and N 32 h 10.
+static void test_long_variants(void) {
+    int sizes[4][3] = {{16, 40, 8}, {32, 64, 10}, {40, 136, 4}, {16, 40, 11}};
+    for (int sh = 0; sh < K_LONG_SHAPES; sh++) {
+        const long_shape *ls = &k_long_shapes[sh];
+        int L = max_len_of(ls->lens, ls->n_seq), n_pat = ls->longs ? 4 : (int)(sizeof(k_patterns) / sizeof(k_patterns[0]));
+        for (int z = 0; z < (ls->longs ? 2 : 4); z++)
+            for (int bf16 = 0; bf16 < 2; bf16++)
+                for (int sem = 0; sem < 2; sem++)
+                    for (int i = 0; i < n_pat; i++) {
+                        const char *pat = ls->longs ? k_long_patterns[i] : k_patterns[i];
+                        int N = sizes[z][0], E = sizes[z][1], h = sizes[z][2];
+                        hax_model_config cfg;
+                        long_cfg(&cfg, pat, ls->longs, N, E, h, sem, bf16);
+                        printf("    %s / %s%s, N %d, E %d, h %d, %d sequences of at most %d\n", cfg.sparse_arch,
+                               sem ? "causal" : "reference", bf16 ? " / bf16-pure" : "", N, E, h, ls->n_seq, L);
+                        problem p;
+                        make_problem(&p, ls->lens, ls->n_seq, L, N, E, E + 5, h, cfg.k_c > 0 ? cfg.k_c : 1, 1);
+                        if (bf16) problem_to_bf16(&p);
+                        cu_sparse_state *gs = cuda_sparse_state_alloc(&cfg, p.b.n_tok, p.b.n_seq, L);
+                        gs->bf16 = bf16;
+                        check_long_variants(&p, gs);
+                        cuda_sparse_state_free(gs);
+                        free_problem(&p);
+                    }
+    }
+}
+
+// Long sequences against the CPU (an evaluation forward, long_mode 2):
+// buckets and the LSH keys by bucket equal the CPU's; the KS features within
+// 1e-6 (fp32: the GPU's chunked double sums; bf16-pure: bf16 steps), and the
+// selections EXACTLY the CPU's cumulative top-k of the GPU's own scores (the
+// GPU's MLP sums in another order, so near-equal scores may order apart);
+// the allowed lists exactly the CPU's union built from those selections,
+// and attn within 1e-5 (bf16-pure: at most 3% of the elements a bf16 step
+// apart, 2% more) of the CPU's attention over them.
+static void check_long_cpu(problem *p, const hax_model_config *cfg, int max_len) {
+    int n = p->b.n_tok, N = p->N, E = p->E, ldX = p->ldX, n_seq = p->b.n_seq, bf16 = cfg->precision == PREC_BF16_PURE;
+    int ks_on = sparse_pattern_has(cfg->sparse_mask, SPF_KS_WEIGHTS), lsh = sparse_pattern_has(cfg->sparse_mask, SPF_LSH);
+    printf("    %s / %s%s: %d sequences, %d positions\n", cfg->sparse_arch,
+           cfg->semantics == SEMANTICS_REFERENCE ? "reference" : "causal", bf16 ? " / bf16-pure" : "", n_seq, n);
+    hax_sparse_state *cs = sparse_state_alloc(cfg, n, n_seq, max_len);
+    cu_sparse_state *gs = cuda_sparse_state_alloc(cfg, n, n_seq, max_len);
+    gs->bf16 = bf16, gs->long_mode = 2;
+    ks_params hk = host_ks(p->kp), dk = host_ks(p->d_kp);
+    float *attn = xcalloc((size_t)n * E, sizeof(float)), *d_attn = cuda_malloc(sizeof(float) * n * E);
+    sparse_forward(cs, cfg, &p->b, p->X, ldX, p->W, &hk, p->H, NULL, 0, attn, E);
+    cuda_sparse_forward(gs, p->d_off, n_seq, n, p->b.model_len, p->d_X, ldX, p->d_W, &dk, p->d_H, NULL, 0, d_attn, E);
+    cuda_sync();
+    CHECK(gs->long_on, "long_mode 2: the long-sequence kernels did not run");
+    int bq = bucket_mismatches(cs->q_bucket, gs->q_bucket, n), bk = bucket_mismatches(cs->k_bucket, gs->k_bucket, n);
+    long srt_bad = 0;
+    if (lsh) {
+        int64_t *g = down(gs->lsh_sorted, sizeof(int64_t) * n);
+        for (int i = 0; i < n; i++) srt_bad += g[i] != cs->lsh_sorted[i];
+        free(g);
+    }
+    printf("      buckets differing: %d query, %d key; LSH keys by bucket differing: %ld\n", bq, bk, srt_bad);
+    CHECK(bq == 0 && bk == 0 && srt_bad == 0, "long kernels: LSH differs from the CPU's");
+    if (ks_on) {
+        const cuda_ks_state *ks = (const cuda_ks_state *)gs->ks;
+        int k = ks->k_c;
+        float *score = down(ks->score, sizeof(float) * n), *T = down(ks->T, sizeof(float) * n * 2 * N);
+        int *sel = down(ks->sel, sizeof(int) * (size_t)n * k), *want = xmalloc(sizeof(int) * (size_t)n * k);
+        if (bf16) check_bf16_close("KS features", T, cs->ks->T, (size_t)n * 2 * N, 1e-3, 1e-3);
+        else {
+            double err = rel_err(T, cs->ks->T, (size_t)n * 2 * N);
+            printf("      %-12s rel err %.2e\n", "KS features", err);
+            CHECK(err <= 1e-6, "long kernels: KS features relative error %.3e above 1e-6", err);
+        }
+        ks_cumtopk(want, score, p->b.seq_off, n_seq, k);
+        long bad = 0;
+        for (size_t i = 0; i < (size_t)n * k; i++) bad += sel[i] != want[i];
+        printf("      KS selections differing from the CPU's top-k of the GPU's scores: %ld of %zu\n", bad,
+               (size_t)n * k);
+        CHECK(bad == 0, "long kernels: %ld KS selections differ", bad);
+        memcpy(cs->ks->sel, sel, sizeof(int) * (size_t)n * k);  // the CPU's lists and attention from them
+        cs->has_empty = sparse_build_union(cs, cfg, p->b.seq_off, n_seq);
+        sparse_attn_forward(cs, p->X, ldX, p->b.seq_off, n_seq, p->b.model_len, cfg->semantics, attn, E);
+        free(score), free(T), free(sel), free(want);
+    }
+    int bad = list_mismatches(cs, gs, n);
+    printf("      lists: %d rows, %d differ\n", n, bad);
+    CHECK(bad == 0, "long kernels: %d allowed lists differ", bad);
+    float *ga = down(d_attn, sizeof(float) * n * E);
+    if (bf16) check_bf16_close("attn", ga, attn, (size_t)n * E, 0.03, 0.02);
+    else cmp("attn", d_attn, attn, NULL, (size_t)n * E, TOL_FWD);
+    free(ga), free(attn);
+    cuda_free(d_attn);
+    sparse_state_free(cs);
+    cuda_sparse_state_free(gs);
+}
+
+static void lsh_exact_at(int bf16, const int *lens, int n_seq, int L, int long_mode);
+
+// Against the CPU with the long kernels: test_patterns and
+// test_patterns_bf16 again (every pattern, both semantics, forward and
+// backward: check_pattern, check_pattern_bf16), then every shape through
+// check_long_cpu (the LSH and KS patterns, both semantics, fp32 and
+// bf16-pure, N 32 E 64 h 8), and the LSH on unrounded data (lsh_exact) at
+// 3 x 7000.
+static void test_long_cpu(void) {
+    g_long_mode = 2;
+    test_patterns();
+    test_patterns_bf16();
+    g_long_mode = -1;
+    for (int sh = 0; sh < K_LONG_SHAPES; sh++)
+        for (int bf16 = 0; bf16 < 2; bf16++)
+            for (int sem = 0; sem < 2; sem++)
+                for (int i = 0; i < 4; i++) {
+                    const long_shape *ls = &k_long_shapes[sh];
+                    int L = max_len_of(ls->lens, ls->n_seq);
+                    hax_model_config cfg;
+                    long_cfg(&cfg, k_long_patterns[i], ls->longs, 32, 64, 8, sem, bf16);
+                    problem p;
+                    make_problem(&p, ls->lens, ls->n_seq, L, 32, 64, 64, 8, cfg.k_c, 1);
+                    if (bf16) problem_to_bf16(&p);
+                    check_long_cpu(&p, &cfg, L);
+                    free_problem(&p);
+                }
+    for (int bf16 = 0; bf16 < 2; bf16++) lsh_exact_at(bf16, k_long_3, 3, 7000, 2);
+}
+
 // Unrounded data: the GPU's buckets must equal the CPU hash of the GPU's KQ.
 // bf16-pure (bf16 = 1): the same with the bf16 statistics and projections
-// (reference semantics) on bf16 inputs.
-static void lsh_exact(int bf16) {
-    int N = 32, E = 64, h = 8, L = 128;
+// (reference semantics) on bf16 inputs. Sequences lens [n_seq] padded to L;
+// long_mode the state's cu_sparse_state.long_mode (-1: as allocated, from
+// HAX_SPARSE_LONG).
+static void lsh_exact_at(int bf16, const int *lens, int n_seq, int L, int long_mode) {
+    int N = 32, E = 64, h = 8;
     const char *pats[2] = {"sign_bin_lsh", "argmax_lsh"};
     for (int sem = 0; sem < 2; sem++)
         for (int a = 0; a < 2; a++) {
             hax_model_config cfg;
             set_cfg(&cfg, pats[a], 8, N, E, h, 64, (hax_semantics)sem);
             problem p;
-            make_problem(&p, k_lens, K_NSEQ, L, N, E, E, h, cfg.k_c, 0);
+            make_problem(&p, lens, n_seq, L, N, E, E, h, cfg.k_c, 0);
             if (bf16) problem_to_bf16(&p);
             int n = p.b.n_tok;
-            cu_sparse_state *gs = cuda_sparse_state_alloc(&cfg, n, K_NSEQ, L);
+            cu_sparse_state *gs = cuda_sparse_state_alloc(&cfg, n, n_seq, L);
             gs->bf16 = bf16;
+            if (long_mode >= 0) gs->long_mode = long_mode;
             float *d_attn = cuda_malloc(sizeof(float) * n * E);
-            cuda_sparse_forward(gs, p.d_off, K_NSEQ, n, L, p.d_X, E, p.d_W, NULL, p.d_H, NULL, 0, d_attn, E);
+            cuda_sparse_forward(gs, p.d_off, n_seq, n, L, p.d_X, E, p.d_W, NULL, p.d_H, NULL, 0, d_attn, E);
             float *KQ = down(gs->KQ, sizeof(float) * n * 2 * N);
             int32_t *qb = xmalloc(sizeof(int32_t) * n), *kb = xmalloc(sizeof(int32_t) * n);
             float *pq = xmalloc(sizeof(float) * n * h), *pk = xmalloc(sizeof(float) * n * h);
-            sparse_lsh_hash(qb, pq, KQ + N, 2 * N, N, p.H, h, a, p.b.seq_off, K_NSEQ, L, (hax_semantics)sem, bf16);
-            sparse_lsh_hash(kb, pk, KQ, 2 * N, N, p.H, h, a, p.b.seq_off, K_NSEQ, L, (hax_semantics)sem, bf16);
+            sparse_lsh_hash(qb, pq, KQ + N, 2 * N, N, p.H, h, a, p.b.seq_off, n_seq, L, (hax_semantics)sem, bf16);
+            sparse_lsh_hash(kb, pk, KQ, 2 * N, N, p.H, h, a, p.b.seq_off, n_seq, L, (hax_semantics)sem, bf16);
             int bad = bucket_mismatches(qb, gs->q_bucket, n) + bucket_mismatches(kb, gs->k_bucket, n);
             float *gq = down(gs->hq_proj, sizeof(float) * n * h);
             int pbad = memcmp(gq, pq, sizeof(float) * n * h) != 0;
-            printf("    %s / %s%s: %d positions, %d bucket mismatches, projections %s\n", pats[a],
-                   sem ? "causal" : "reference", bf16 ? " / bf16-pure" : "", n, bad, pbad ? "DIFFER" : "bit-identical");
+            printf("    %s / %s%s%s: %d positions, %d bucket mismatches, projections %s\n", pats[a],
+                   sem ? "causal" : "reference", bf16 ? " / bf16-pure" : "", gs->long_on ? " / long kernels" : "", n, bad,
+                   pbad ? "DIFFER" : "bit-identical");
             CHECK(bad == 0 && !pbad, "%s: LSH on the GPU's KQ differs from the CPU's", pats[a]);
             free(KQ), free(qb), free(kb), free(pq), free(pk), free(gq);
             cuda_free(d_attn);
@@ -652,6 +878,8 @@ static void lsh_exact(int bf16) {
             free_problem(&p);
         }
 }
+
+static void lsh_exact(int bf16) { lsh_exact_at(bf16, k_lens, K_NSEQ, 128, -1); }
 
 static void test_lsh_exact(void) { lsh_exact(0); }
 static void test_lsh_exact_bf16(void) { lsh_exact(1); }
@@ -822,11 +1050,44 @@ static void time_paper(int N, const char *pattern, hax_semantics sem) {
     free_problem(&p);
 }
 
+// The eval forward of problem p on state gs with long_mode (0: the previous
+// kernels, 2: the long-sequence ones), timed: the mean of reps calls, then
+// per phase (cu_sparse_state.timing). Prints "LPHASE <label> <n_seq>x<len>
+// <phase> <ms>" lines; returns the total and fills ph / names / *n_ph.
+static double time_eval_forward(problem *p, cu_sparse_state *gs, float *d_attn, int long_mode, const char *label,
+                                int len, double *ph, const char **names, int *n_ph) {
+    int n = p->b.n_tok, n_seq = p->b.n_seq, E = p->E, reps = 5;
+    ks_params dk = host_ks(p->d_kp);
+    gs->long_mode = long_mode;
+    cuda_sparse_forward(gs, p->d_off, n_seq, n, len, p->d_X, E, p->d_W, &dk, p->d_H, NULL, 0, d_attn, E);  // warm-up
+    cuda_sync();
+    int e0 = cuda_event_record();
+    for (int r = 0; r < reps; r++)
+        cuda_sparse_forward(gs, p->d_off, n_seq, n, len, p->d_X, E, p->d_W, &dk, p->d_H, NULL, 0, d_attn, E);
+    int e1 = cuda_event_record();
+    double total = cuda_event_ms(e0, e1) / reps;
+    for (int i = 0; i < CU_SP_MAX_EV; i++) ph[i] = 0, names[i] = NULL;
+    gs->timing = 1;
+    for (int r = 0; r < reps; r++) {
+        cuda_sparse_forward(gs, p->d_off, n_seq, n, len, p->d_X, E, p->d_W, &dk, p->d_H, NULL, 0, d_attn, E);
+        *n_ph = gs->n_ev;
+        for (int i = 1; i < gs->n_ev; i++)
+            names[i] = gs->ev_name[i], ph[i] += cuda_event_ms(gs->ev[i - 1], gs->ev[i]) / reps;
+    }
+    gs->timing = 0;
+    CHECK(gs->long_on == (long_mode == 2), "%s: long_on %d with long_mode %d", label, gs->long_on, long_mode);
+    for (int i = 1; i < *n_ph; i++) printf("      LPHASE %s %dx%d %-18s %.3f ms\n", label, n_seq, len, names[i], ph[i]);
+    return total;
+}
+
 // Long sequences (issue 14: hax-eval's cost per token at 1K..64K tokens per
 // sample): the GPU forward of Mamba-2+HAX's branch (N 32, E 128, h 8, k 64,
 // evaluation: training 0) at each "N_SEQxLEN" of spec, e.g.
 // "256x1024,64x4096,16x16384,4x65536" (the same tokens per batch), timed per
-// phase. Prints figures only; no CPU comparison (a 64K CPU forward takes minutes).
+// phase with the previous kernels (`old`) and the long-sequence ones (`new`,
+// HAX_SPARSE_LONG=all), whose outputs must equal the previous ones byte for
+// byte (buckets, lists, LSH keys, KS features, scores, selections, attn, P).
+// No CPU comparison (a 64K CPU forward takes minutes).
 static void time_lengths(const char *spec, int N) {
     char buf[256];
     snprintf(buf, sizeof buf, "%s", spec);
@@ -840,37 +1101,38 @@ static void time_lengths(const char *spec, int N) {
         set_cfg(&cfg, "sign_bin_lsh+key_selection", 64, N, E, h, 2048, SEMANTICS_REFERENCE);
         problem p;
         make_problem(&p, lens, n_seq, len, N, E, E, h, cfg.k_c, 1);
-        int n = p.b.n_tok, reps = 5;
+        int n = p.b.n_tok;
         cu_sparse_state *gs = cuda_sparse_state_alloc(&cfg, n, n_seq, len);
-        ks_params dk = host_ks(p.d_kp);
         float *d_attn = cuda_malloc(sizeof(float) * n * E);
-        cuda_sparse_forward(gs, p.d_off, n_seq, n, len, p.d_X, E, p.d_W, &dk, p.d_H, p.d_cand, 0, d_attn, E);
-        cuda_sync();
-        int e0 = cuda_event_record();
-        for (int r = 0; r < reps; r++)
-            cuda_sparse_forward(gs, p.d_off, n_seq, n, len, p.d_X, E, p.d_W, &dk, p.d_H, p.d_cand, 0, d_attn, E);
-        int e1 = cuda_event_record();
-        double total = cuda_event_ms(e0, e1) / reps, ph[CU_SP_MAX_EV] = {0};
-        const char *names[CU_SP_MAX_EV] = {0};
-        int n_ph = 0;
-        gs->timing = 1;
-        for (int r = 0; r < reps; r++) {
-            cuda_sparse_forward(gs, p.d_off, n_seq, n, len, p.d_X, E, p.d_W, &dk, p.d_H, p.d_cand, 0, d_attn, E);
-            n_ph = gs->n_ev;
-            for (int i = 1; i < gs->n_ev; i++)
-                names[i] = gs->ev_name[i], ph[i] += cuda_event_ms(gs->ev[i - 1], gs->ev[i]) / reps;
+        double ph[2][CU_SP_MAX_EV], total[2];
+        const char *names[2][CU_SP_MAX_EV];
+        int n_ph[2] = {0, 0};
+        for (int v = 0; v < 2; v++) {
+            total[v] = time_eval_forward(&p, gs, d_attn, v ? 2 : 0, v ? "new" : "old", len, ph[v], names[v], &n_ph[v]);
+            printf("    LENGTH %s %d x %d (%d tokens), N %d: eval forward %.3f ms, %.1f ns per token\n", v ? "new" : "old",
+                   n_seq, len, n, N, total[v], total[v] * 1e6 / n);
         }
-        gs->timing = 0;
-        printf("    LENGTH %d x %d (%d tokens), N %d: eval forward %.3f ms, %.1f ns per token\n", n_seq, len, n, N,
-               total, total * 1e6 / n);
-        for (int i = 1; i < n_ph; i++)
-            printf("      LPHASE %dx%d %-18s %.3f ms\n", n_seq, len, names[i], ph[i]);
+        printf("    LONG %dx%d old %.3f ms, new %.3f ms: %.2fx;", n_seq, len, total[0], total[1],
+               total[1] > 0 ? total[0] / total[1] : 0.0);
+        for (int i = 1; i < n_ph[0] && i < n_ph[1]; i++)
+            if (names[0][i] && names[1][i] && !strcmp(names[0][i], names[1][i]))
+                printf(" %s %.3f -> %.3f,", names[0][i], ph[0][i], ph[1][i]);
+        printf("\n");
+        ks_run a, b;  // the same outputs
+        run_ks(&a, &p, gs, gs->ks_old, 0, 0, d_attn);
+        run_ks(&b, &p, gs, gs->ks_old, 2, 0, d_attn);
+        compare_ks_runs("long vs previous kernels (evaluation fwd)", &a, &b);
+        free_ks_run(&a), free_ks_run(&b);
         cuda_free(d_attn);
         cuda_sparse_state_free(gs);
         free_problem(&p);
         free(lens);
     }
 }
+
+static const char *g_lengths;  // --lengths SPEC [N]
+static int g_lengths_n;
+static void test_lengths(void) { time_lengths(g_lengths, g_lengths_n); }
 
 // HAX, window+sink and full; then the single patterns with empty rows (the
 // Table 1 LSH-only and dilated-only models, issue 11) in both semantics, at
@@ -894,14 +1156,17 @@ int main(int argc, char **argv) {
     }
     cuda_init(0);
     printf("device: %s\n", cuda_device_name());
-    if (argc > 2 && strcmp(argv[1], "--lengths") == 0) {  // timings only (issue 14)
-        time_lengths(argv[2], argc > 3 ? atoi(argv[3]) : 32);
-        return 0;
+    if (argc > 2 && strcmp(argv[1], "--lengths") == 0) {  // timings, old vs long kernels (issue 14)
+        g_lengths = argv[2], g_lengths_n = argc > 3 ? atoi(argv[3]) : 32;
+        RUN(test_lengths);
+        return test_summary();
     }
     RUN(test_patterns);
     RUN(test_patterns_bf16);
     RUN(test_gather_variants);
     RUN(test_ks_variants);
+    RUN(test_long_variants);
+    RUN(test_long_cpu);
     RUN(test_lsh_exact);
     RUN(test_lsh_exact_bf16);
     RUN(test_device_draws);

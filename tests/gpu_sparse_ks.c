@@ -8,9 +8,12 @@
 // state chained (forward + backward, also replayed from a CUDA graph:
 // bit-identical), with the previous kernels and the new ones
 // (cuda_ks_state.old, HAX_SPARSE_KS; the new top-k cuda_ks_cumtopk_exit on
-// every top-k case): both as the CPU, and the same bits; and one paper-size
-// timing CPU vs GPU, both kernel sets ("TIME ks ... old|new"). Skips (exit 0)
-// without a CUDA device.
+// every top-k case): both as the CPU, and the same bits; the long-sequence
+// kernels (HAX_SPARSE_LONG: cuda_ks_features_long, cuda_ks_cumtopk_long, and
+// the state with long_mode 2) on every case above and on few long ragged
+// sequences (test_topk_long): the previous kernels' bits and the CPU's
+// selections; and one paper-size timing CPU vs GPU, all three kernel sets
+// ("TIME ks ... old|new|long"). Skips (exit 0) without a CUDA device.
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -144,6 +147,45 @@ static const char *sem_name(hax_semantics sem) {
 
 // ---------------------------------------------------------------- the ops
 
+// Two device float arrays of n elements byte for byte: prints and requires
+// no differing element.
+static void expect_same(const char *what, const float *d_a, const float *d_b, size_t n) {
+    float *a = down(d_a, sizeof(float) * n), *b = down(d_b, sizeof(float) * n);
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += memcmp(&a[i], &b[i], sizeof(float)) != 0;
+    printf("    %-34s %zu of %zu differ (bits)\n", what, bad, n);
+    CHECK(bad == 0, "%s: %zu elements differ", what, bad);
+    free(a), free(b);
+}
+
+// The long-sequence features (cuda_ks_features_long, HAX_SPARSE_LONG) on the
+// batch of d_T's features, made by `what`: the same bits. bf16_ref:
+// bf16-pure reference semantics (as cuda_ks_features_bf16 with accumulator
+// acc), else as cuda_ks_features.
+static void expect_features_long(const char *what, const float *d_T, const tbatch *b, const float *d_K, int ldk,
+                                 const float *d_Q, int ldq, int N, hax_semantics sem, int bf16_ref, int acc) {
+    size_t nD = (size_t)b->n_tok * 2 * N;
+    float *d_L = cuda_malloc(sizeof(float) * nD);
+    double *cbuf = cuda_malloc(sizeof(double) * b->n_tok * N);
+    double *work = cuda_malloc(sizeof(double) * cuda_ks_features_long_doubles(b->n_seq, N));
+    cuda_ks_features_long(d_L, cbuf, work, d_K, ldk, d_Q, ldq, b->d_off, b->n_seq, b->n_tok, b->model_len, N, sem,
+                          bf16_ref, acc);
+    expect_same(what, d_L, d_T, nD);
+    cuda_free(d_L), cuda_free(cbuf), cuda_free(work);
+}
+
+// The long-sequence top-k (cuda_ks_cumtopk_long) on the device scores d_s
+// of batch b against the CPU's selections sel [n_tok, k_c]: equal. Every
+// entry of d_sel is written.
+static void expect_topk_long(const char *what, int *d_sel, const float *d_s, const tbatch *b, const int *sel,
+                             int k_c) {
+    int n = b->n_tok, *work = cuda_malloc(sizeof(int) * cuda_ks_cumtopk_long_ints(n, b->n_seq, k_c));
+    cuda_zero(d_sel, sizeof(int) * (size_t)n * k_c);
+    cuda_ks_cumtopk_long(d_sel, work, d_s, b->d_off, b->n_seq, n, b->model_len, k_c);
+    expect_ints(what, d_sel, sel, (size_t)n * k_c);
+    cuda_free(work);
+}
+
 // Every op once, on one batch, inputs shared with the CPU where exactness is
 // asked (top-k on the CPU's scores, loss on the CPU's scores and targets).
 static void run_ops(const tbatch *b, int N, int k_c, int ldk, int ldq, hax_semantics sem) {
@@ -160,6 +202,7 @@ static void run_ops(const tbatch *b, int N, int k_c, int ldk, int ldq, hax_seman
     ks_features(T, K, ldk, Q, ldq, b->off, ns, b->model_len, N, sem);
     cuda_ks_features(d_T, d_K, ldk, d_Q, ldq, b->d_off, ns, n, b->model_len, N, sem);
     expect("features T", d_T, T, NULL, nD, TOL_FWD);
+    expect_features_long("features T (long kernels)", d_T, b, d_K, ldk, d_Q, ldq, N, sem, 0, 0);
 
     // MLP forward (from each side's own features)
     float *h1 = xmalloc(sizeof(float) * nD), *h2 = xmalloc(sizeof(float) * nD);
@@ -181,6 +224,7 @@ static void run_ops(const tbatch *b, int N, int k_c, int ldk, int ldq, hax_seman
     expect_ints("cumtopk sel", d_sel, sel, (size_t)n * k_c);
     cuda_ks_cumtopk_exit(d_sel, d_exit, d_cs, b->d_off, ns, n, k_c);
     expect_ints("cumtopk sel (exit positions)", d_sel, sel, (size_t)n * k_c);
+    expect_topk_long("cumtopk sel (long kernels)", d_sel, d_cs, b, sel, k_c);
     float *ties = xmalloc(sizeof(float) * n);
     for (int t = 0; t < n; t++) ties[t] = floorf(score[t] * 8.0f) / 8.0f;  // a few levels only
     float *d_ties = up(ties, sizeof(float) * n);
@@ -189,6 +233,7 @@ static void run_ops(const tbatch *b, int N, int k_c, int ldk, int ldq, hax_seman
     expect_ints("cumtopk sel (ties)", d_sel, sel, (size_t)n * k_c);
     cuda_ks_cumtopk_exit(d_sel, d_exit, d_ties, b->d_off, ns, n, k_c);
     expect_ints("cumtopk sel (ties, exit positions)", d_sel, sel, (size_t)n * k_c);
+    expect_topk_long("cumtopk sel (ties, long kernels)", d_sel, d_ties, b, sel, k_c);
     cuda_free(d_exit);
 
     // candidates: a 64-bit seed, sample ids past 2^32 (truncated like the CPU)
@@ -294,6 +339,9 @@ static void run_ops_bf16(const tbatch *b, int N, int k_c, int ldk, int ldq) {
         cuda_ks_features_bf16(d_T, d_K, ldk, d_Q, ldq, b->d_off, ns, b->model_len, N, acc);
         float *g = down(d_T, sizeof(float) * nD);
         check_bf16_close(acc ? "features T (bf16 accumulator)" : "features T (fp32 accumulator)", g, T, nD, 0, 0);
+        expect_features_long(acc ? "features T (bf16 accumulator, long kernels)"
+                                 : "features T (fp32 accumulator, long kernels)",
+                             d_T, b, d_K, ldk, d_Q, ldq, N, SEMANTICS_REFERENCE, 1, acc);
         free(g);
     }
     float *h1 = xmalloc(sizeof(float) * nD), *h2 = xmalloc(sizeof(float) * nD), *score = xmalloc(sizeof(float) * n);
@@ -410,11 +458,70 @@ static void test_topk_chunks(void) {
             cuda_ks_cumtopk_exit(d_sel, d_exit, d_s, b.d_off, ns, n, k_c);
             snprintf(what, sizeof what, "cumtopk (exit positions) %s, k_c %d", kn, k_c);
             expect_ints(what, d_sel, sel, (size_t)n * k_c);
+            snprintf(what, sizeof what, "cumtopk (long kernels) %s, k_c %d", kn, k_c);
+            expect_topk_long(what, d_sel, d_s, &b, sel, k_c);
             free(sel), cuda_free(d_sel);
         }
         cuda_free(d_s);
     }
     free(score), free(ties), cuda_free(d_exit);
+    free_batch(&b);
+}
+
+// The long-sequence top-k (cuda_ks_cumtopk_long: chunks of 64, groups of
+// ceil(sqrt(chunks)) chunks) on few long sequences, ragged (20000, 7000,
+// 6500, 3, 1: one to 313 chunks, groups of 1 to 18), random, tie-heavy,
+// constant, increasing (every key leaves k_c steps after it enters) and
+// decreasing scores (the first k_c keys stay), k_c 1 to KS_LONG_MAX_KC:
+// equal to the CPU's heap; the previous top-k (exit positions) too.
+static void test_topk_long(void) {
+    static const int lens[] = {20000, 7000, 6500, 3, 1};
+    static const int kcs[] = {1, 32, 64, 100, KS_LONG_MAX_KC};
+    int ns = (int)(sizeof(lens) / sizeof(lens[0]));
+    tbatch b = make_batch(lens, ns, 0);
+    int n = b.n_tok, *d_exit = cuda_malloc(sizeof(int) * n);
+    float *score = rnd((size_t)n, -1.0f, 1.0f), *s = xmalloc(sizeof(float) * n);
+    const char *names[5] = {"random", "ties", "constant", "increasing", "decreasing"};
+    for (int kind = 0; kind < 5; kind++) {
+        for (int q = 0; q < ns; q++)
+            for (int t = 0; t < lens[q]; t++) {
+                int g = b.off[q] + t;
+                s[g] = kind == 0 ? score[g] : kind == 1 ? floorf(score[g] * 4.0f) : kind == 2 ? 0.5f
+                       : kind == 3 ? (float)t : -(float)t;
+            }
+        float *d_s = up(s, sizeof(float) * n);
+        for (size_t i = 0; i < sizeof(kcs) / sizeof(kcs[0]); i++) {
+            int k_c = kcs[i];
+            if (k_c > 100 && kind != 0) continue;  // the largest k_c once (its CPU heap is slow)
+            int *sel = xmalloc(sizeof(int) * (size_t)n * k_c), *d_sel = cuda_malloc(sizeof(int) * (size_t)n * k_c);
+            ks_cumtopk(sel, s, b.off, ns, k_c);
+            char what[80];
+            snprintf(what, sizeof what, "cumtopk (long kernels) %s, k_c %d", names[kind], k_c);
+            expect_topk_long(what, d_sel, d_s, &b, sel, k_c);
+            cuda_zero(d_sel, sizeof(int) * (size_t)n * k_c);
+            cuda_ks_cumtopk_exit(d_sel, d_exit, d_s, b.d_off, ns, n, k_c);
+            snprintf(what, sizeof what, "cumtopk (exit positions) %s, k_c %d", names[kind], k_c);
+            expect_ints(what, d_sel, sel, (size_t)n * k_c);
+            free(sel), cuda_free(d_sel);
+        }
+        cuda_free(d_s);
+    }
+    // the long features at these lengths: the previous kernels' bits (both semantics, fp32; bf16-pure reference)
+    int N = 32, ldk = N + 3, ldq = N + 5;
+    float *K = rnd((size_t)n * ldk, -0.6f, 0.6f), *Q = rnd((size_t)n * ldq, -0.6f, 0.6f);
+    float *d_K = up(K, sizeof(float) * n * ldk), *d_Q = up(Q, sizeof(float) * n * ldq);
+    float *d_T = cuda_malloc(sizeof(float) * (size_t)n * 2 * N);
+    for (int sem = 0; sem < 2; sem++) {
+        cuda_ks_features(d_T, d_K, ldk, d_Q, ldq, b.d_off, ns, n, b.model_len, N, (hax_semantics)sem);
+        expect_features_long(sem ? "features T, long (causal)" : "features T, long (reference)", d_T, &b, d_K, ldk,
+                             d_Q, ldq, N, (hax_semantics)sem, 0, 0);
+    }
+    round_host(Q, (size_t)n * ldq);
+    cuda_upload(d_Q, Q, sizeof(float) * n * ldq);
+    cuda_ks_features_bf16(d_T, d_K, ldk, d_Q, ldq, b.d_off, ns, b.model_len, N, 1);
+    expect_features_long("features T, long (bf16-pure)", d_T, &b, d_K, ldk, d_Q, ldq, N, SEMANTICS_REFERENCE, 1, 1);
+    free(score), free(s), free(K), free(Q);
+    cuda_free(d_exit), cuda_free(d_K), cuda_free(d_Q), cuda_free(d_T);
     free_batch(&b);
 }
 
@@ -497,12 +604,14 @@ static void run_state(const tbatch *b, int N, int k_c, hax_semantics sem) {
     cuda_ks_state_init(&st, mem, n + 5, ns + 1, N, k_c);
     float *d_g = cuda_malloc(sizeof(float) * p.n);
     size_t nD = (size_t)n * 2 * N;
-    state_out o[2];
-    for (int old = 1; old >= 0; old--) {
-        printf("    (%s kernels)\n", old ? "previous" : "new");
-        st.old = old;
-        o[old] = gpu_state_run(&st, &p, b, d_K, ldk, d_Q, ldq, d_sid, sem, scale, d_g, g0, 0);
-        state_out *oo = &o[old];
+    // v 2: the previous kernels, 1: the new ones, 0: the new ones with the long-sequence kernels
+    state_out o[3];
+    const char *vname[3] = {"new + long-sequence", "new", "previous"};
+    for (int v = 2; v >= 0; v--) {
+        printf("    (%s kernels)\n", vname[v]);
+        st.old = v == 2, st.long_mode = v == 0 ? 2 : 0;
+        o[v] = gpu_state_run(&st, &p, b, d_K, ldk, d_Q, ldq, d_sid, sem, scale, d_g, g0, 0);
+        state_out *oo = &o[v];
         float *d_tmp = up(oo->score, sizeof(float) * n);
         expect("state score", d_tmp, cs.score, NULL, n, TOL_FWD);
         cuda_free(d_tmp);
@@ -538,16 +647,18 @@ static void run_state(const tbatch *b, int N, int k_c, hax_semantics sem) {
         free(l);
         free(g);
     }
-    // the new kernels against the previous ones: the same bits
-    int same = memcmp(o[0].T, o[1].T, sizeof(float) * nD) == 0 &&
-               memcmp(o[0].score, o[1].score, sizeof(float) * n) == 0 &&
-               memcmp(o[0].sel, o[1].sel, sizeof(int) * (size_t)n * k_c) == 0 &&
-               memcmp(&o[0].loss, &o[1].loss, sizeof(double)) == 0 &&
-               memcmp(o[0].grads, o[1].grads, sizeof(float) * p.n) == 0;
-    printf("    %-34s %s\n", "new kernels = previous, bit for bit", same ? "yes" : "NO");
-    CHECK(same, "the new kernels' T, scores, picks, loss or gradients differ from the previous ones");
-    free_out(&o[0]);
-    free_out(&o[1]);
+    // the new kernels, and the long-sequence ones, against the previous ones: the same bits
+    for (int v = 1; v >= 0; v--) {
+        int same = memcmp(o[v].T, o[2].T, sizeof(float) * nD) == 0 &&
+                   memcmp(o[v].score, o[2].score, sizeof(float) * n) == 0 &&
+                   memcmp(o[v].sel, o[2].sel, sizeof(int) * (size_t)n * k_c) == 0 &&
+                   memcmp(&o[v].loss, &o[2].loss, sizeof(double)) == 0 &&
+                   memcmp(o[v].grads, o[2].grads, sizeof(float) * p.n) == 0;
+        printf("    %-34s %s\n", v ? "new kernels = previous, bit for bit" : "long kernels = previous, bit for bit",
+               same ? "yes" : "NO");
+        CHECK(same, "the %s kernels' T, scores, picks, loss or gradients differ from the previous ones", vname[v]);
+    }
+    for (int v = 0; v < 3; v++) free_out(&o[v]);
     ks_state_free(&cs);
     void *hp[] = {K, Q, sid, cand, g0, gc, p.h};
     for (size_t i = 0; i < sizeof(hp) / sizeof(hp[0]); i++) free(hp[i]);
@@ -600,9 +711,10 @@ static void test_paper_size(void) {
             cuda_ks_state_init(&st, mem, n, ns, N, k_c);
             float *d_g = cuda_malloc(sizeof(float) * p.n);
             ks_grads dg = grads_of(d_g, N);
-            for (int old = 1; old >= 0; old--) {  // the previous kernels, then the new ones
-                const char *v = old ? "old" : "new";
-                st.old = old;
+            for (int var = 2; var >= 0; var--) {  // the previous kernels, the new ones, the long-sequence ones
+                const char *v = var == 2 ? "old" : var == 1 ? "new" : "long";
+                int old = var == 2;
+                st.old = old, st.long_mode = var == 0 ? 2 : 0;
                 cuda_zero(d_g, sizeof(float) * p.n);
                 float ms[6] = {0};
                 for (int rep = 0; rep < 11; rep++) {  // the first is a warm-up
@@ -613,7 +725,8 @@ static void test_paper_size(void) {
                     cuda_ks_mlp_forward(st.score, st.h1, st.h2, st.T, &p.dp, n, N);
                     e[2] = cuda_event_record();
                     if (old) cuda_ks_cumtopk(st.sel, st.score, b.d_off, ns, k_c);
-                    else cuda_ks_cumtopk_exit(st.sel, st.exit_at, st.score, b.d_off, ns, n, k_c);
+                    else if (var == 1) cuda_ks_cumtopk_exit(st.sel, st.exit_at, st.score, b.d_off, ns, n, k_c);
+                    else cuda_ks_cumtopk_long(st.sel, st.long_topk, st.score, b.d_off, ns, n, b.model_len, k_c);
                     e[3] = cuda_event_record();
                     cuda_ks_sample_candidates(st.cand, b.d_off, ns, d_sid, k_c, 5, 1, 0);
                     e[4] = cuda_event_record();
@@ -676,6 +789,7 @@ int main(int argc, char **argv) {
     RUN(test_ops);
     RUN(test_ops_bf16);
     RUN(test_topk_chunks);
+    RUN(test_topk_long);
     RUN(test_state);
     if (!quick) RUN(test_paper_size);
     return test_summary();

@@ -95,9 +95,28 @@ void cu_sp_lsh_hash(cu_sparse_state *st, const int *seq_off, int n_seq, int n_to
 // stream operation).
 void cu_sp_lsh_hash_seq(cu_sparse_state *st, const int *seq_off, int n_seq, int L, const float *hash);
 void cu_sp_lsh_setup(void);
+// The CPU's packing of the LSH keys (src/sparse/masks.c): bucket in the high
+// word, position low; each sequence's keys sorted by it (st->lsh_sorted).
+__device__ __forceinline__ int64_t lsh_pack(int32_t b, int j) {
+    return (int64_t)((uint64_t)(int64_t)b << 32) | j;
+}
+
 // cuda/sparse/lsh.cu: each sequence's keys sorted by (k bucket, position)
 // into st->lsh_sorted, as the CPU's (src/sparse/masks.c).
 void cu_sp_lsh_sort(cu_sparse_state *st, const int *seq_off, int n_seq);
+// cuda/sparse/lsh_long.cu, the long-sequence kernels (HAX_SPARSE_LONG,
+// st->long_on): the buckets of the queries and the keys (the statistics'
+// chains a warp per sequence and kind, the rest over all positions; causal
+// semantics keeps the keys' running sums in st->dKQ during the forward), and
+// the keys by bucket as a counting sort where cu_sp_lsh_sort_long_fits
+// (computed buckets, at most CU_SP_LSH_CS_MAX_B values: its workspace
+// st->lsh_hist, cu_sp_lsh_hist_ints ints). The same bits as lsh.cu's.
+#define CU_SP_LSH_CS_MAX_B 1024
+void cu_sp_lsh_hash_long(cu_sparse_state *st, const int *seq_off, int n_seq, int n_tok, int L, const float *hash);
+int cu_sp_lsh_n_buckets(unsigned mask, int h);
+size_t cu_sp_lsh_hist_ints(int max_tok, int max_seq, int n_buckets);
+int cu_sp_lsh_sort_long_fits(const cu_sparse_state *st);
+void cu_sp_lsh_sort_long(cu_sparse_state *st, const int *seq_off, int n_seq, int n_tok);
 // cuda/sparse/masks.cu: the allowed lists of every query.
 void cu_sp_build_lists(cu_sparse_state *st, const int *sel, const int *seq_off, int n_seq, int n_tok);
 

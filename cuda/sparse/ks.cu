@@ -5,9 +5,8 @@
 #include "cuda/ops/gate.h"
 #include "cuda/ops/linear.h"
 #include "cuda/sparse/ks.h"
-
-#define KS_MAX_N 128  // features: at most 4 feature columns per lane
-#define KS_WARPS 8    // features: warps per sequence, each a contiguous chunk of positions
+#include "cuda/sparse/ks_common.cuh"  // KS_MAX_N, KS_WARPS (warps per sequence, each a contiguous chunk of positions)
+#include "cuda/sparse/long.cuh"
 #define KS_STAGE 1024 // features: floats of Q staged in shared memory per warp
 #define KS_TOPK_CHUNK 64  // cumulative top-k: positions per chunk (a multiple of 32)
 #define KS_TOPK_WARPS 8   // cumulative top-k: warps per sequence
@@ -597,25 +596,7 @@ static void ks_backward_fused(cuda_ks_state *st, const ks_params *p, const ks_gr
 
 // ---------------------------------------------------------------- cumulative top-k
 
-// a is a worse key than b: a lower score, or an equal score and a higher
-// index (ties keep the lower index). Indices are distinct, so this is a total
-// order: "the k best of a set" is unique, and any way of computing it (the
-// CPU's heap, a warp reduction, a merge of sorted runs) gives the same keys.
-__device__ __forceinline__ bool ks_worse(float sa, int a, float sb, int b) {
-    return sa < sb || (sa == sb && a > b);
-}
-
-// The number of entries of the best-first array (as, ai)[0..len) that are
-// better than (s, i): a binary search (the array is sorted by ks_worse).
-__device__ __forceinline__ int ks_count_better(const float *as, const int *ai, int len, float s, int i) {
-    int lo = 0, hi = len;
-    while (lo < hi) {
-        int mid = (lo + hi) / 2;
-        if (ks_worse(s, i, as[mid], ai[mid])) lo = mid + 1;
-        else hi = mid;
-    }
-    return lo;
-}
+// ks_worse, ks_count_better: cuda/sparse/ks_common.cuh.
 
 // Phase A (one warp): the top-k_c set before each chunk, chunk by chunk. The
 // set is kept best first (cur); a chunk's keys are ranked among themselves
@@ -885,14 +866,17 @@ static size_t ks_carve(cuda_ks_state *st, char *mem, int max_tok, int max_seq, i
     size_t sizes[] = {sizeof(float) * nt * D, sizeof(float) * nt * D, sizeof(float) * nt * D,
                       sizeof(float) * nt, sizeof(int) * nt * k_c, sizeof(int) * nc,
                       sizeof(double) * nc, sizeof(double), sizeof(float) * nt, sizeof(int) * nc, work,
-                      sizeof(int) * nt, sizeof(int) * ns, sizeof(double) * nc};
+                      sizeof(int) * nt, sizeof(int) * ns, sizeof(double) * nc,
+                      sizeof(double) * cuda_ks_features_long_doubles(max_seq, N),
+                      k_c <= KS_LONG_MAX_KC ? sizeof(int) * cuda_ks_cumtopk_long_ints(max_tok, max_seq, k_c) : 0};
     void **ptrs[] = {(void **)&st->T, (void **)&st->h1, (void **)&st->h2, (void **)&st->score,
                      (void **)&st->sel, (void **)&st->cand, (void **)&st->y, (void **)&st->loss,
                      (void **)&st->dscore, (void **)&st->rows, &st->work, (void **)&st->exit_at,
-                     (void **)&st->cand_m, (void **)&st->row_loss};
+                     (void **)&st->cand_m, (void **)&st->row_loss, (void **)&st->long_feat,
+                     (void **)&st->long_topk};
     size_t off = 0;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
-        if (mem) *ptrs[i] = mem + off;
+        if (mem) *ptrs[i] = sizes[i] ? mem + off : NULL;
         off += align256(sizes[i]);
     }
     return off;
@@ -916,6 +900,22 @@ extern "C" int cuda_ks_old_kernels(void) {
     return env;
 }
 
+extern "C" int cuda_sparse_long_env(void) {
+    static int env = -1;
+    if (env < 0) {
+        const char *v = getenv("HAX_SPARSE_LONG");
+        if (v && strcmp(v, "old") != 0 && strcmp(v, "new") != 0 && strcmp(v, "all") != 0)
+            hax_die("cu_sparse: HAX_SPARSE_LONG: expected old, new or all, found '%s'", v);
+        // old by default: the long-sequence kernels have not run on a GPU yet
+        env = !v || strcmp(v, "old") == 0 ? 0 : strcmp(v, "new") == 0 ? 1 : 2;
+    }
+    return env;
+}
+
+extern "C" int cuda_sparse_long_use(int mode, int n_seq, int n_tok) {
+    return mode == 2 || (mode == 1 && n_seq > 0 && n_tok / n_seq >= CU_SP_LONG_MIN_LEN);
+}
+
 extern "C" void cuda_ks_state_init(cuda_ks_state *st, void *mem, int max_tok, int max_seq, int N,
                                    int k_c) {
     memset(st, 0, sizeof(*st));
@@ -927,6 +927,7 @@ extern "C" void cuda_ks_state_init(cuda_ks_state *st, void *mem, int max_tok, in
     st->N = N;
     st->k_c = k_c;
     st->old = cuda_ks_old_kernels();
+    st->long_mode = cuda_sparse_long_env();
     ks_carve(st, (char *)mem, max_tok, max_seq, N, k_c);
     // the staged features' shared memory (a limit, not a stream operation)
     CUDA_CHECK(cudaFuncSetAttribute(ks_features_staged_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -935,24 +936,28 @@ extern "C" void cuda_ks_state_init(cuda_ks_state *st, void *mem, int max_tok, in
     cuda_zero(st->loss, sizeof(double));
 }
 
-// cuda_ks_forward with the new kernels (st->old == 0).
-static void ks_forward_new(cuda_ks_state *st, const ks_params *p, const float *K, int ldk, const float *Q, int ldq,
-                           const int *seq_off, int n_seq, int n_tok, int model_len, hax_semantics sem,
-                           const int *cand) {
-    if (st->bf16 && sem == SEMANTICS_REFERENCE) {  // its one sequential bf16 chain per column: as before
-        cuda_ks_features_bf16(st->T, K, ldk, Q, ldq, seq_off, n_seq, model_len, st->N, ks_cumsum_bf16_acc());
-    } else {
-        ks_features_staged(st->T, K, ldk, Q, ldq, seq_off, n_seq, model_len, st->N, sem);
-        if (st->bf16) cuda_round_bf16(st->T, st->T, (long)n_tok * 2 * st->N);  // causal semantics (ks_forward)
-    }
-    ks_mlp_forward_fused(st->score, st->h1, st->h2, st->T, p, n_tok, st->N, st->bf16);
-    cuda_ks_cumtopk_exit(st->sel, st->exit_at, st->score, seq_off, n_seq, n_tok, st->k_c);
-    st->has_loss = cand != NULL;
-    if (!cand) {
-        cuda_zero(st->loss, sizeof(double));
-        return;
-    }
-    cuda_ks_targets_loss(st, K, ldk, Q, ldq, cand, model_len, sem);
+// The features of cuda_ks_forward: the long-sequence kernels (lng), else
+// the new or the previous ones; bf16-pure reference semantics has its own
+// op sequence (one bf16 chain per column), causal semantics rounds fp32's.
+static void ks_forward_features(cuda_ks_state *st, const float *K, int ldk, const float *Q, int ldq,
+                                const int *seq_off, int n_seq, int n_tok, int model_len, hax_semantics sem, int lng) {
+    int bf16_ref = st->bf16 && sem == SEMANTICS_REFERENCE, N = st->N;
+    if (lng)  // cuda/sparse/ks_long.cu, h1 as its scratch (the MLP writes h1 next)
+        cuda_ks_features_long(st->T, (double *)st->h1, st->long_feat, K, ldk, Q, ldq, seq_off, n_seq, n_tok,
+                              model_len, N, sem, bf16_ref, bf16_ref ? ks_cumsum_bf16_acc() : 0);
+    else if (bf16_ref) cuda_ks_features_bf16(st->T, K, ldk, Q, ldq, seq_off, n_seq, model_len, N, ks_cumsum_bf16_acc());
+    else if (st->old) cuda_ks_features(st->T, K, ldk, Q, ldq, seq_off, n_seq, n_tok, model_len, N, sem);
+    else ks_features_staged(st->T, K, ldk, Q, ldq, seq_off, n_seq, model_len, N, sem);
+    if (st->bf16 && !bf16_ref) cuda_round_bf16(st->T, st->T, (long)n_tok * 2 * N);  // causal semantics (ks_forward)
+}
+
+// The cumulative top-k of cuda_ks_forward (the same selections every way).
+static void ks_forward_topk(cuda_ks_state *st, const int *seq_off, int n_seq, int n_tok, int model_len, int lng) {
+    if (lng && st->long_topk)
+        cuda_ks_cumtopk_long(st->sel, st->long_topk, st->score, seq_off, n_seq, n_tok,
+                             cu_long_len_hint(n_tok, n_seq, model_len), st->k_c);
+    else if (st->old) cuda_ks_cumtopk(st->sel, st->score, seq_off, n_seq, st->k_c);
+    else cuda_ks_cumtopk_exit(st->sel, st->exit_at, st->score, seq_off, n_seq, n_tok, st->k_c);
 }
 
 extern "C" void cuda_ks_forward(cuda_ks_state *st, const ks_params *p, const float *K, int ldk,
@@ -964,22 +969,19 @@ extern "C" void cuda_ks_forward(cuda_ks_state *st, const ks_params *p, const flo
     st->n_tok = n_tok;
     st->n_seq = n_seq;
     st->seq_off = seq_off;
-    if (!st->old) {
-        ks_forward_new(st, p, K, ldk, Q, ldq, seq_off, n_seq, n_tok, model_len, sem, cand);
-        return;
-    }
-    if (st->bf16 && sem == SEMANTICS_REFERENCE) {
-        cuda_ks_features_bf16(st->T, K, ldk, Q, ldq, seq_off, n_seq, model_len, st->N, ks_cumsum_bf16_acc());
-    } else {
-        cuda_ks_features(st->T, K, ldk, Q, ldq, seq_off, n_seq, n_tok, model_len, st->N, sem);
-        if (st->bf16) cuda_round_bf16(st->T, st->T, (long)n_tok * 2 * st->N);  // causal semantics (ks_forward)
-    }
-    if (st->bf16) cuda_ks_mlp_forward_bf16(st->score, st->h1, st->h2, st->T, p, n_tok, st->N);
+    int lng = cuda_sparse_long_use(st->long_mode, n_seq, n_tok);
+    ks_forward_features(st, K, ldk, Q, ldq, seq_off, n_seq, n_tok, model_len, sem, lng);
+    if (!st->old) ks_mlp_forward_fused(st->score, st->h1, st->h2, st->T, p, n_tok, st->N, st->bf16);
+    else if (st->bf16) cuda_ks_mlp_forward_bf16(st->score, st->h1, st->h2, st->T, p, n_tok, st->N);
     else cuda_ks_mlp_forward(st->score, st->h1, st->h2, st->T, p, n_tok, st->N);
-    cuda_ks_cumtopk(st->sel, st->score, seq_off, n_seq, st->k_c);
+    ks_forward_topk(st, seq_off, n_seq, n_tok, model_len, lng);
     st->has_loss = cand != NULL;
     if (!cand) {
         cuda_zero(st->loss, sizeof(double));
+        return;
+    }
+    if (!st->old) {
+        cuda_ks_targets_loss(st, K, ldk, Q, ldq, cand, model_len, sem);
         return;
     }
     size_t nc = (size_t)n_seq * st->k_c;

@@ -124,12 +124,49 @@ void cuda_ks_rank_loss_pairs_bf16(double *loss, const float *score, const double
 void cuda_ks_rank_loss_backward_bf16(float *dscore, const float *score, const double *y, const int *cand,
                                      const int *seq_off, int n_seq, int k_c, float scale);
 
+// ---------------------------------------------------------------- long sequences (HAX_SPARSE_LONG)
+//
+// cuda/sparse/ks_long.cu: the features and the cumulative top-k with
+// parallelism that grows with the sequence length (issue 14), the same bits
+// as the ops above (see that file). Not yet run on a GPU.
+
+// HAX_SPARSE_LONG (environment, read once): `old` or unset (0) never runs
+// the long-sequence kernels of the sparse branch (LSH buckets, key
+// selection's features and top-k, the LSH keys by bucket); `new` (1) runs
+// them where cuda_sparse_long_use says the batch's sequences are long; `all`
+// (2) always (timings, tests); anything else is an error.
+int cuda_sparse_long_env(void);
+// Mode 1's rule: at least CU_SP_LONG_MIN_LEN positions per sequence on
+// average (the previous kernels take a block per sequence; the long ones
+// spread a sequence over blocks but take more launches). Mode 2: always.
+#define CU_SP_LONG_MIN_LEN 2048
+int cuda_sparse_long_use(int mode, int n_seq, int n_tok);
+
+// Features as cuda_ks_features (bf16_ref = 0, the same bits in both
+// semantics) or cuda_ks_features_bf16 (bf16_ref = 1, bf16-pure reference
+// semantics, accumulator bf16_acc): cbuf [n_tok, N] doubles of scratch
+// (fp32 only; the state passes its h1, which the MLP then overwrites), work
+// cuda_ks_features_long_doubles(n_seq, N) doubles.
+size_t cuda_ks_features_long_doubles(int max_seq, int N);
+void cuda_ks_features_long(float *T, double *cbuf, double *work, const float *K, int ldk, const float *Q,
+                           int ldq, const int *seq_off, int n_seq, int n_tok, int model_len, int N,
+                           hax_semantics sem, int bf16_ref, int bf16_acc);
+
+// Cumulative top-k as cuda_ks_cumtopk (the same selections) for k_c up to
+// KS_LONG_MAX_KC: work cuda_ks_cumtopk_long_ints(max_tok, max_seq, k_c) ints
+// for any batch within max_tok positions and max_seq sequences; len_hint:
+// a guess of the longest sequence (sizes the grids only).
+#define KS_LONG_MAX_KC 1024
+size_t cuda_ks_cumtopk_long_ints(int max_tok, int max_seq, int k_c);
+void cuda_ks_cumtopk_long(int *sel, int *work, const float *score, const int *seq_off, int n_seq, int n_tok,
+                          int len_hint, int k_c);
+
 // ---------------------------------------------------------------- per layer
 
-// HAX_SPARSE_KS (environment, read once): `old` (or unset, for now) runs the
-// previous kernels of the sparse branch's non-attention phases (LSH buckets,
-// key selection forward and backward, allowed lists, transposed lists),
-// `new` the faster ones; anything else is an error. Both give the same bits.
+// HAX_SPARSE_KS (environment, read once): `old` runs the previous kernels of
+// the sparse branch's non-attention phases (LSH buckets, key selection
+// forward and backward, allowed lists, transposed lists), `new` (or unset)
+// the faster ones; anything else is an error. Both give the same bits.
 // Returns 1 for old.
 int cuda_ks_old_kernels(void);
 
@@ -154,6 +191,11 @@ typedef struct {
     int *cand_m;                   // [max_seq] new kernels: the usable candidates of each sequence (0 for a
                                    // row with a position outside its sequence)
     double *row_loss;              // [max_seq * k_c] new kernels: each candidate's row of pair terms
+    int long_mode;                 // the long-sequence kernels (HAX_SPARSE_LONG: 0 never, 1 by
+                                   // cuda_sparse_long_use, 2 always; set at init, the caller may change it)
+    double *long_feat;             // their features' workspace (cuda_ks_features_long_doubles)
+    int *long_topk;                // their top-k's workspace (cuda_ks_cumtopk_long_ints; NULL for k_c
+                                   // above KS_LONG_MAX_KC, where the top-k of the new kernels runs)
 } cuda_ks_state;
 
 // Steps of cuda_ks_forward / cuda_ks_backward with the new kernels (old ==

@@ -384,10 +384,7 @@ void cu_sp_lsh_hash_seq(cu_sparse_state *st, const int *seq_off, int n_seq, int 
 #define LSH_SORT_THREADS 256
 #define LSH_SORT_TILE 2048  // packed keys staged in shared memory at a time
 
-// The CPU's packing (src/sparse/masks.c): bucket in the high word, position low.
-__device__ __forceinline__ int64_t lsh_pack(int32_t b, int j) {
-    return (int64_t)((uint64_t)(int64_t)b << 32) | j;
-}
+// lsh_pack: cuda/sparse/internal.cuh.
 
 // One block per sequence: srt[o + r] = the key of rank r in (bucket,
 // position) order. A rank sort (the packed values are distinct): each

@@ -125,7 +125,10 @@ static int staged_rows(int cap) {
 // The allowed lists of the batch (st->allow_cnt, allow_key) from the buckets
 // and, with key selection, its selections sel (may be NULL).
 void cu_sp_build_lists(cu_sparse_state *st, const int *sel, const int *seq_off, int n_seq, int n_tok) {
-    if (sparse_pattern_has(st->mask, SPF_LSH)) cu_sp_lsh_sort(st, seq_off, n_seq);
+    if (sparse_pattern_has(st->mask, SPF_LSH) && st->long_on && cu_sp_lsh_sort_long_fits(st))
+        cu_sp_lsh_sort_long(st, seq_off, n_seq, n_tok);  // cuda/sparse/lsh_long.cu: the same array
+    else if (sparse_pattern_has(st->mask, SPF_LSH))
+        cu_sp_lsh_sort(st, seq_off, n_seq);
     int rows = staged_rows(st->row_cap);
     if (!st->ks_old && rows > 0) {
         size_t smem = sizeof(int) * (size_t)rows * (st->row_cap + 2);

@@ -52,8 +52,10 @@ static void layout(cu_sparse_state *st, carver *c) {
     st->k_bucket = (int32_t *)carve(c, sizeof(int32_t) * T);
     st->hq_proj = (float *)carve(c, sizeof(float) * T * h);
     st->hk_proj = (float *)carve(c, sizeof(float) * T * h);
-    st->lsh_stat = (double *)carve(c, sizeof(double) * (T + 2 * S) * N);
+    st->lsh_stat = (double *)carve(c, sizeof(double) * (T + 4 * S) * N);
     st->lsh_sorted = (int64_t *)carve(c, sizeof(int64_t) * T);
+    size_t hist = st->h > 0 ? cu_sp_lsh_hist_ints(st->max_tok, st->max_seq, cu_sp_lsh_n_buckets(st->mask, st->h)) : 0;
+    st->lsh_hist = hist ? (int *)carve(c, sizeof(int) * hist) : NULL;
     st->allow_cnt = (int *)carve(c, sizeof(int) * T);
     st->allow_key = (int *)carve(c, sizeof(int) * T * cap);
     st->allow_p = (float *)carve(c, sizeof(float) * T * cap);
@@ -146,6 +148,7 @@ extern "C" cu_sparse_state *cuda_sparse_state_alloc(const hax_model_config *cfg,
     fill_shape(st, cfg, max_tok, max_seq, max_len);
     st->attn_old = attn_old_env();
     st->ks_old = cuda_ks_old_kernels();
+    st->long_mode = cuda_sparse_long_env();
     carver c = {NULL, 0};
     layout(st, &c);
     box->mem = cuda_malloc(c.used);
@@ -236,6 +239,7 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
     int N = st->N, E = st->E;
     cudaStream_t sm = cu_stream();
     st->n_tok = n_tok, st->n_seq = n_seq, st->model_len = model_len;
+    st->long_on = cuda_sparse_long_use(st->long_mode, n_seq, n_tok);
     if (sparse_pattern_has(m, SPF_KS_WEIGHTS) && !ks)
         hax_die("cuda_sparse_forward: pattern needs the dx_proj parameters, none given");
     if (sparse_pattern_has(m, SPF_KS_WEIGHTS) && training && !ks_cand)
@@ -251,7 +255,9 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
     cuda_linear_forward(st->KQ, 2 * N, X, ldX, W_xx, NULL, n_tok, E, 2 * N);
     scale_keys(st->KQ, n_tok, N, st->bf16);
     cu_sp_phase(st, "KQ projection");
-    if (sparse_pattern_has(m, SPF_LSH) && !st->ks_old) {
+    if (sparse_pattern_has(m, SPF_LSH) && st->long_on) {
+        cu_sp_lsh_hash_long(st, seq_off, n_seq, n_tok, model_len, hash);  // cuda/sparse/lsh_long.cu
+    } else if (sparse_pattern_has(m, SPF_LSH) && !st->ks_old) {
         cu_sp_lsh_hash_seq(st, seq_off, n_seq, model_len, hash);
     } else if (sparse_pattern_has(m, SPF_LSH)) {
         cu_sp_lsh_hash(st, seq_off, n_seq, n_tok, model_len, hash, 1);
@@ -267,6 +273,7 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
             cuda_ks_state *kst = (cuda_ks_state *)st->ks;
             kst->bf16 = st->bf16;
             kst->old = st->ks_old;
+            kst->long_mode = st->long_mode;
             cuda_ks_forward(kst, ks, st->KQ, 2 * N, st->KQ + N, 2 * N, seq_off, n_seq, n_tok,
                             model_len, st->sem, training ? ks_cand : NULL);
             CUDA_CHECK(cudaMemcpyAsync(st->gate_loss, kst->loss, sizeof(double),

@@ -56,18 +56,26 @@ typedef struct cu_sparse_state {
     int ks_old;                  // the previous kernels of the other phases (LSH buckets, key
                                  // selection, allowed lists, transposed lists): set at alloc from
                                  // HAX_SPARSE_KS (cuda_ks_old_kernels, cuda/sparse/ks.h); tests may set it
+    int long_mode;               // the long-sequence kernels (HAX_SPARSE_LONG, cuda_sparse_long_env of
+                                 // cuda/sparse/ks.h): 0 never, 1 where cuda_sparse_long_use says the
+                                 // batch's sequences are long, 2 always; set at alloc, tests may set it
     // the last forward's shape
     int n_tok, n_seq, model_len;
+    int long_on;                 // the last forward ran the long-sequence kernels (LSH buckets, key
+                                 // selection's features and top-k, the LSH keys by bucket; the same bits)
 
     // device buffers (read-only for the caller, except the forced buckets)
     float *KQ;                   // [max_tok, 2N]: K / sqrt(N) in [:, :N], Q in [:, N:]
-    float *dKQ;                  // [max_tok, 2N] backward scratch
+    float *dKQ;                  // [max_tok, 2N] backward scratch (the long kernels' forward keeps the
+                                 // keys' causal LSH running sums there, [max_tok, N] doubles)
     float *dXs;                  // [max_tok, E] backward, bf16-pure: one share of dX at a time (NULL
                                  // unless bf16_made: fp32 runs keep their memory)
     int32_t *q_bucket, *k_bucket;// [max_tok] LSH buckets (-1 without LSH)
     float *hq_proj, *hk_proj;    // [max_tok, h] the projections (as the CPU's, float)
-    double *lsh_stat;            // [max_tok, N] LSH statistics scratch
+    double *lsh_stat;            // [max_tok + 4 max_seq, N] LSH statistics scratch
     int64_t *lsh_sorted;         // [max_tok] per sequence: (k bucket << 32 | position), sorted
+    int *lsh_hist;               // the long kernels' counting sort of the LSH keys (NULL without LSH or
+                                 // with more than CU_SP_LSH_CS_MAX_B buckets): per-chunk bucket counts
     int *allow_cnt;              // [max_tok] allowed keys per query (0 for `full`)
     int *allow_key;              // [max_tok, row_cap] the sorted lists
     float *allow_p;              // [max_tok, row_cap] softmax probabilities
