@@ -23,10 +23,16 @@ want() { case " ${SKIP:-} " in *" $1 "*) return 1;; esac; [ ! -e results/stages/
 pack() { tar czf $OUT/r.tgz -C results --exclude='*.safetensors' R; tar czf $OUT/w.tgz -C results R/runs R/ref R/headline 2>/dev/null; }
 done_() { touch results/stages/$1; log "stage $1 done"; pack; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $R/gpu.txt
-# a fresh machine resumes the committed runs: the headline runs and the reduced grid's stopped runs
-# (analysis/results/*/README.md); a warm machine keeps its own folders
-[ -d results/headline ] || [ ! -d analysis/results/headline/runs ] || { mkdir -p results/headline && cp -r analysis/results/headline/runs/. results/headline/; }
-[ -d results/table1 ] || [ ! -d analysis/results/table1/resume ] || { mkdir -p results/table1 && cp -r analysis/results/table1/resume/. results/table1/; }
+# resume: a fresh machine continues the committed runs (analysis/results/*/README.md) when they
+# come with their checkpoints (a call may leave them out of the working tree for the carry limit);
+# a warm machine keeps its own folders
+resume() {  # resume FROM TO
+  [ -d "$2" ] && return 0
+  ls "$1"/*/*/*/checkpoint.safetensors > /dev/null 2>&1 || return 0
+  mkdir -p "$2" && cp -r "$1"/. "$2"/ && log "resuming the runs of $1 in $2"
+}
+[ -z "${HEADLINE_STOP:-}" ] || resume analysis/results/headline/runs results/headline
+[ -n "${NOGRID:-}" ] || resume analysis/results/table1/resume results/table1
 M="make -j12 CC=mpicc BLAS=none YAML_PREFIX=$PWD/.deps/usr"
 # carry/base.tgz: carry/base packed (the carry limit)
 [ -f carry/base.tgz ] && [ ! -d carry/base ] && mkdir -p carry/base && tar xzf carry/base.tgz -C carry/base
