@@ -121,7 +121,8 @@ if want profile 100; then
   if [ -z "$PROF" ] && [ -n "$NCU" ]; then for c in mamba2_hax:fp32 mamba2:fp32 mamba_hax:fp32 samba:fp32; do
     n=${c%%:*}; p=${c#*:}
     timeout 60 $NCU --metrics gpu__time_duration.sum --csv --print-units base build/gpu/bench_gpu --only $n --precision $p \
-      --reps 3 --eval 0 > $R/ncu_${n}_$p.csv 2> $R/ncu_${n}_$p.err; done; fi
+      --reps 3 --eval 0 > $R/ncu_${n}_$p.csv 2> $R/ncu_${n}_$p.err
+    python3 tests/device/ncu_sum.py $R/ncu_${n}_$p.csv 6 > $R/ncu_${n}_$p.txt 2>&1; done; fi  # 3 warm-up + 3 steps
   rm -f $R/*.nsys-rep $R/*.sqlite; done_ profile
 fi
 if want racecheck 100; then compute-sanitizer --tool racecheck build/gpu/gpu_sparse --quick > $R/racecheck.txt 2>&1; log "racecheck: $(tail -n 2 $R/racecheck.txt | tr '\n' ' ')"; done_ racecheck; fi
