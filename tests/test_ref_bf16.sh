@@ -66,6 +66,14 @@ out=$("$CHECK" -q --precision bf16-pure "$T/hin.safetensors" 2>&1); rc=$?
 if [ $rc -ne 0 ] && printf '%s\n' "$out" | grep -q "dbg.layers.1.hidden_in .*FAIL  equal [0-9]*/[0-9]*, 1 ulp 0, >1 ulp 1 (max 1280)" &&
     [ "$(printf '%s\n' "$out" | grep -c "^  .* FAIL")" -eq 1 ]; then ok "one element of a block input changed: that tensor alone fails"
 else fail "one element of a block input changed: that tensor alone fails (exit $rc)"; printf '%s\n' "$out" | grep -E "FAIL|hax:" | head -n 5; fi
+# a --noise file without one of the case's tensors: that line says its bound is the floors alone
+cp "$m2" "$T/noise_lacks.safetensors"
+perl -pi -e 's/"dbg\.layers\.1\.hidden_in"/"dbg.layers.1.hidden_xx"/' "$T/noise_lacks.safetensors"
+out=$("$CHECK" --precision bf16-pure --noise "$T/noise_lacks.safetensors" "$m2" 2>&1)
+if printf '%s\n' "$out" | grep -q "dbg.layers.1.hidden_in .*the --noise file lacks it: floors only" &&
+    ! printf '%s\n' "$out" | grep -q "dbg.layers.0.hidden_in .*lacks it"; then
+    ok "a tensor the --noise file lacks is compared with the floors, and the line says so"
+else fail "a tensor the --noise file lacks: the line says so"; printf '%s\n' "$out" | grep hidden_in; fi
 # a block input of a layer the model lacks is not skipped
 perl -pi -e 's/"dbg\.layers\.1\.hidden_in"/"dbg.layers.9.hidden_in"/' "$T/hin.safetensors"
 check_output_fails "a block input of a layer the model lacks fails" "dbg.layers.9.hidden_in .*unknown .*FAIL" \

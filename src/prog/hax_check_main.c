@@ -93,6 +93,9 @@ static void cmp_bf16(checker *k, const char *name, const float *ours, const floa
     // the branch's inside is fp32 in hax (README "Precision"); the residual stream is bf16 there
     if (strncmp(name, "dbg.", 4) == 0 && !strstr(name, ".hidden_in")) s.not_bf16 = 0;
     int ok = bf16_verdict(&s, noise ? &sn : NULL, k->noise_factor, &rb, note, sizeof note);
+    size_t used = strlen(note);
+    if (k->noise && !noise && used < sizeof note)  // say so: the bounds are the floors alone
+        snprintf(note + used, sizeof note - used, "%sthe --noise file lacks it: floors only", used ? "; " : "");
     if (worst && s.rel > *worst) *worst = s.rel;
     verdict_ok(k, name, "rel", s.rel, rb, ok, note);
 }
