@@ -456,6 +456,21 @@ static void check_variants(problem *p, cu_sparse_state *gs) {
 // E + 5 floats (the element-per-lane loads of V) and E + 8 (float4 loads),
 // at N 16 E 40, N 18 (scalar loads of the score rows) and N 40 E 136 (the
 // kernels' large instances).
+// One problem of cfg's sizes (N, E, h) on the batch lens (bf16-pure values when bf16),
+// a fresh device state for it, and check(problem, state).
+static void on_problem(const hax_model_config *cfg, const int *lens, int n_seq, int L, int ldX, int bf16,
+                       void (*check)(problem *, cu_sparse_state *)) {
+    problem p;
+    make_problem(&p, lens, n_seq, L, cfg->state_size, cfg->intermediate_size, ldX, cfg->num_hash,
+                 cfg->k_c > 0 ? cfg->k_c : 1, 1);
+    if (bf16) problem_to_bf16(&p);
+    cu_sparse_state *gs = cuda_sparse_state_alloc(cfg, p.b.n_tok, p.b.n_seq, L);
+    gs->bf16 = bf16;
+    check(&p, gs);
+    cuda_sparse_state_free(gs);
+    free_problem(&p);
+}
+
 static void test_gather_variants(void) {
     int h = 4, L = 128, sizes[3][2] = {{16, 40}, {18, 40}, {40, 136}};
     for (int z = 0; z < 3; z++)
@@ -470,14 +485,7 @@ static void test_gather_variants(void) {
                         if (bf16) cfg.precision = PREC_BF16_PURE;
                         printf("    %s / %s%s, N %d, E %d, ldX %d\n", cfg.sparse_arch, sem ? "causal" : "reference",
                                bf16 ? " / bf16-pure" : "", N, E, ldX);
-                        problem p;
-                        make_problem(&p, k_lens, K_NSEQ, L, N, E, ldX, h, cfg.k_c > 0 ? cfg.k_c : 1, 1);
-                        if (bf16) problem_to_bf16(&p);
-                        cu_sparse_state *gs = cuda_sparse_state_alloc(&cfg, p.b.n_tok, p.b.n_seq, L);
-                        gs->bf16 = bf16;
-                        check_variants(&p, gs);
-                        cuda_sparse_state_free(gs);
-                        free_problem(&p);
+                        on_problem(&cfg, k_lens, K_NSEQ, L, ldX, bf16, check_variants);
                     }
 }
 
@@ -732,14 +740,7 @@ static void test_long_variants(void) {
                         long_cfg(&cfg, pat, ls->longs, N, E, h, sem, bf16);
                         printf("    %s / %s%s, N %d, E %d, h %d, %d sequences of at most %d\n", cfg.sparse_arch,
                                sem ? "causal" : "reference", bf16 ? " / bf16-pure" : "", N, E, h, ls->n_seq, L);
-                        problem p;
-                        make_problem(&p, ls->lens, ls->n_seq, L, N, E, E + 5, h, cfg.k_c > 0 ? cfg.k_c : 1, 1);
-                        if (bf16) problem_to_bf16(&p);
-                        cu_sparse_state *gs = cuda_sparse_state_alloc(&cfg, p.b.n_tok, p.b.n_seq, L);
-                        gs->bf16 = bf16;
-                        check_long_variants(&p, gs);
-                        cuda_sparse_state_free(gs);
-                        free_problem(&p);
+                        on_problem(&cfg, ls->lens, ls->n_seq, L, E + 5, bf16, check_long_variants);
                     }
     }
 }

@@ -64,9 +64,15 @@ r=$(find "$C/runs" -name result.json | sort | head -n 1)
 sed -i 's/^  "test_acc": 0\.[0-9]/  "test_acc": 0.9/' "$r"
 sed -i 's/^  "test_acc": 0\.9[0-9]*,$/  "test_acc": 0.987654,/' "$r"
 expect_drift "an edited result.json (the tables change)" "copy/tables/table.(md|csv|json): differs"
-m=$(find "$C/runs" -name metrics.csv | sort | head -n 1)
-sed -i '$s/,\([0-9.]*\)$/,0.5/' "$m"
-printf '%s\n' "$(tail -n 1 "$m")" | grep -q ',0.5$' || sed -i '$s/$/0.5/' "$m"
+# edit_last_valid FOLDER: the last row of the first metrics.csv under FOLDER/runs
+# gets validation accuracy 0.5 (the curves change)
+edit_last_valid() {
+    local m
+    m=$(find "$1/runs" -name metrics.csv | sort | head -n 1)
+    sed -i '$s/,\([0-9.]*\)$/,0.5/' "$m"
+    printf '%s\n' "$(tail -n 1 "$m")" | grep -q ',0.5$' || sed -i '$s/$/0.5/' "$m"
+}
+edit_last_valid "$C"
 expect_drift "an edited metrics.csv (the curves change)" "copy/plots/curves.*: differs"
 
 # --- A folder of runs none of which is complete yet (on a copy) -----------------
@@ -83,9 +89,7 @@ if [ -n "$partial" ]; then
     expect_drift "incomplete runs: an edited best_valid_acc (the footer changes)" "copy/tables/table.(md|json): differs"
     sed -i 's/^  "steps": [0-9]*,$/  "steps": 12345,/' "$r"
     expect_drift "incomplete runs: an edited steps (the footer and the legend change)" "copy/(tables/table.(md|json)|plots/curves.*): differs"
-    m=$(find "$C/runs" -name metrics.csv | sort | head -n 1)
-    sed -i '$s/,\([0-9.]*\)$/,0.5/' "$m"
-    printf '%s\n' "$(tail -n 1 "$m")" | grep -q ',0.5$' || sed -i '$s/$/0.5/' "$m"
+    edit_last_valid "$C"
     expect_drift "incomplete runs: an edited metrics.csv (the curves change)" "copy/plots/curves.*: differs"
 fi
 

@@ -95,6 +95,33 @@ void cu_sp_lsh_hash(cu_sparse_state *st, const int *seq_off, int n_seq, int n_to
 // stream operation).
 void cu_sp_lsh_hash_seq(cu_sparse_state *st, const int *seq_off, int n_seq, int L, const float *hash);
 void cu_sp_lsh_setup(void);
+// A row's LSH bucket from its h projections, as the CPU's sparse_lsh_hash:
+// the first maximum (argmax) or one bit per positive projection (sign_bin).
+__device__ __forceinline__ int32_t lsh_code(const double *proj, int h, int argmax) {
+    int32_t code = 0;
+    if (argmax) {
+        for (int i = 1; i < h; i++)
+            if (proj[i] > proj[code]) code = i;
+    } else {
+        for (int i = 0; i < h; i++)
+            if (proj[i] > 0) code |= (int32_t)1 << i;
+    }
+    return code;
+}
+// Projection i of a row of N features: Σ_f x[f]·H[f, i], f in order, each
+// product and add rounded on its own (no FMA: the CPU's sum).
+__device__ __forceinline__ double lsh_proj(const double *x, int N, const float *H, int h, int i) {
+    double p = 0;
+    for (int f = 0; f < N; f++) p = __dadd_rn(p, __dmul_rn(x[f], (double)H[(size_t)f * h + i]));
+    return p;
+}
+// 1 / max(‖x‖, 1e-12) of a row of N features, the squares summed in order (F.normalize).
+__device__ __forceinline__ double lsh_rinv(const double *x, int N) {
+    double nrm = 0;
+    for (int f = 0; f < N; f++) nrm = __dadd_rn(nrm, __dmul_rn(x[f], x[f]));
+    return __ddiv_rn(1.0, fmax(__dsqrt_rn(nrm), 1e-12));
+}
+
 // The CPU's packing of the LSH keys (src/sparse/masks.c): bucket in the high
 // word, position low; each sequence's keys sorted by it (st->lsh_sorted).
 __device__ __forceinline__ int64_t lsh_pack(int32_t b, int j) {

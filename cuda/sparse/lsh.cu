@@ -117,14 +117,7 @@ __global__ static void lsh_project_kernel(int32_t *bucket, float *proj_out, cons
         const float *hrow = H + (size_t)f * h;
         for (int i = 0; i < h; i++) proj[i] = __dadd_rn(proj[i], __dmul_rn(c, (double)hrow[i]));
     }
-    int32_t code = 0;
-    if (argmax) {
-        for (int i = 1; i < h; i++)
-            if (proj[i] > proj[code]) code = i;
-    } else {
-        for (int i = 0; i < h; i++)
-            if (proj[i] > 0) code |= (int32_t)1 << i;
-    }
+    int32_t code = lsh_code(proj, h, argmax);
     for (int i = 0; i < h; i++) proj_out[(size_t)g * h + i] = (float)proj[i];
     bucket[g] = force ? force[g] : code;
 }
@@ -275,8 +268,7 @@ __device__ static void lsh_seq_project(const lsh_rows *r, const double *xt, doub
     int N = r->N;
     for (int e = threadIdx.x; e < rows * h; e += LSH_THREADS) {
         int q = e / h, i = e % h;
-        double p = 0;
-        for (int f = 0; f < N; f++) p = __dadd_rn(p, __dmul_rn(xt[q * N + f], (double)H[(size_t)f * h + i]));
+        double p = lsh_proj(xt + q * N, N, H, h, i);
         if (bf16) p = hax_bf16_round((float)p);
         pr[e] = p;
         proj_out[(size_t)(o + t0 + q) * h + i] = (float)p;
@@ -284,14 +276,7 @@ __device__ static void lsh_seq_project(const lsh_rows *r, const double *xt, doub
     __syncthreads();
     for (int q = threadIdx.x; q < rows; q += LSH_THREADS) {
         const double *pq = pr + q * h;
-        int32_t code = 0;
-        if (argmax) {
-            for (int i = 1; i < h; i++)
-                if (pq[i] > pq[code]) code = i;
-        } else {
-            for (int i = 0; i < h; i++)
-                if (pq[i] > 0) code |= (int32_t)1 << i;
-        }
+        int32_t code = lsh_code(pq, h, argmax);
         int g = o + t0 + q;
         bucket[g] = force ? force[g] : code;
     }
@@ -330,11 +315,7 @@ __device__ static void lsh_seq_normalise(const lsh_rows *r, const double *stat, 
     for (int e = threadIdx.x; e < rows * N; e += LSH_THREADS)
         xt[e] = __dsub_rn((double)xs[e], __ddiv_rn(xt[e], (double)(t0 + e / N + 1)));
     __syncthreads();
-    for (int q = threadIdx.x; q < rows; q += LSH_THREADS) {
-        double nrm = 0;
-        for (int f = 0; f < N; f++) nrm = __dadd_rn(nrm, __dmul_rn(xt[q * N + f], xt[q * N + f]));
-        rinv[q] = __ddiv_rn(1.0, fmax(__dsqrt_rn(nrm), 1e-12));
-    }
+    for (int q = threadIdx.x; q < rows; q += LSH_THREADS) rinv[q] = lsh_rinv(xt + q * N, N);
     __syncthreads();
     for (int e = threadIdx.x; e < rows * N; e += LSH_THREADS) xt[e] = __dmul_rn(xt[e], rinv[e / N]);
     __syncthreads();

@@ -154,11 +154,7 @@ __global__ static void ll_tiles_kernel(int32_t *q_bucket, int32_t *k_bucket, flo
     }
     __syncthreads();
     if (!ref) {
-        for (int q = tid; q < rows; q += LL_TILE_THREADS) {
-            double nrm = 0;
-            for (int f = 0; f < N; f++) nrm = __dadd_rn(nrm, __dmul_rn(xt[q * N + f], xt[q * N + f]));
-            rinv[q] = __ddiv_rn(1.0, fmax(__dsqrt_rn(nrm), 1e-12));
-        }
+        for (int q = tid; q < rows; q += LL_TILE_THREADS) rinv[q] = lsh_rinv(xt + q * N, N);
         __syncthreads();
         for (int e = tid; e < rows * N; e += LL_TILE_THREADS) xt[e] = __dmul_rn(xt[e], rinv[e / N]);
         __syncthreads();
@@ -166,8 +162,7 @@ __global__ static void ll_tiles_kernel(int32_t *q_bucket, int32_t *k_bucket, flo
     float *proj_out = kind ? q_proj : k_proj;
     for (int e = tid; e < rows * h; e += LL_TILE_THREADS) {
         int q = e / h, i = e % h;
-        double p = 0;
-        for (int f = 0; f < N; f++) p = __dadd_rn(p, __dmul_rn(xt[q * N + f], (double)H[(size_t)f * h + i]));
+        double p = lsh_proj(xt + q * N, N, H, h, i);
         if (ref && bf16) p = hax_bf16_round((float)p);
         pr[e] = p;
         proj_out[(size_t)(g0 + q) * h + i] = (float)p;
@@ -177,14 +172,7 @@ __global__ static void ll_tiles_kernel(int32_t *q_bucket, int32_t *k_bucket, flo
     const int32_t *force = kind ? force_q : force_k;
     for (int q = tid; q < rows; q += LL_TILE_THREADS) {
         const double *pq = pr + q * h;
-        int32_t code = 0;
-        if (argmax) {
-            for (int i = 1; i < h; i++)
-                if (pq[i] > pq[code]) code = i;
-        } else {
-            for (int i = 0; i < h; i++)
-                if (pq[i] > 0) code |= (int32_t)1 << i;
-        }
+        int32_t code = lsh_code(pq, h, argmax);
         int g = g0 + q;
         bucket[g] = force ? force[g] : code;
     }
