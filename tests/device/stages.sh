@@ -19,8 +19,10 @@ log() { echo "[$((SECONDS - T0)) s] $*" | tee -a $R/timeline.txt; }
 left() { echo $((BUDGET - (SECONDS - T0))); }
 want() { case " ${SKIP:-} " in *" $1 "*) return 1;; esac; [ ! -e results/stages/$1 ] && [ "$(left)" -gt "$2" ] && log "stage $1 (left $(left) s)"; }
 # pack: the small files into $OUT/r.tgz (a file over the tool's size limit does not come back at
-# all), weights and checkpoints apart into $OUT/w.tgz
-pack() { tar czf $OUT/r.tgz -C results --exclude='*.safetensors' R; tar czf $OUT/w.tgz -C results R/runs R/ref R/headline 2>/dev/null; }
+# all), the runs' weights and checkpoints apart into $OUT/w.tgz. The reference goldens (R/ref, tens
+# of MB) stay on the machine: with them w.tgz was over the limit on 2026-12-07 and did not come
+# back at all, checkpoints included; their comparisons come back in r.tgz.
+pack() { tar czf $OUT/r.tgz -C results --exclude='*.safetensors' R; tar czf $OUT/w.tgz -C results R/runs R/headline 2>/dev/null; }
 done_() { touch results/stages/$1; log "stage $1 done"; pack; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $R/gpu.txt
 # resume: a fresh machine continues the committed runs (analysis/results/*/README.md) when they
