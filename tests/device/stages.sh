@@ -9,6 +9,8 @@
 # sources in carry/base (git archive REV minus tests/golden, tests/ref, analysis/examples).
 # GRID_CONFIGS / GRID_REGIMES pick the Table 1 runs that fill the rest of the call (NOGRID=1: none);
 # HEADLINE_STOP=N starts the headline runs (below); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
+# GRID_BG=1 starts the grid in the background right after the timing stages (bench_eval, scanfast,
+# profile: PROFILE_CONFIGS="config:regime ..."), so it trains while the other stages run.
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
 export NCCL_NVLS_ENABLE=0
@@ -28,13 +30,19 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $R/gp
 # resume: a fresh machine continues the committed runs (analysis/results/*/README.md) when they
 # come with their checkpoints (a call may leave them out of the working tree for the carry limit);
 # a warm machine keeps its own folders
-resume() {  # resume FROM TO
-  [ -d "$2" ] && return 0
-  ls "$1"/*/*/*/checkpoint.safetensors > /dev/null 2>&1 || return 0
-  mkdir -p "$2" && cp -r "$1"/. "$2"/ && log "resuming the runs of $1 in $2"
+resume() {  # resume FROM TO: each run of FROM that TO lacks, if complete or with its checkpoint
+  local f d n=0
+  for f in "$1"/*/*/*/result.json; do
+    [ -e "$f" ] || continue
+    d=${f%/result.json}
+    grep -q '^  "status": "complete",$' "$f" || [ -e "$d/checkpoint.safetensors" ] || continue
+    d=${d#"$1"/}; [ -d "$2/$d" ] && continue
+    mkdir -p "$2/$d" && cp -r "$1/$d"/. "$2/$d"/ && n=$((n + 1))
+  done
+  [ $n = 0 ] || log "from $1: $n runs into $2"
 }
 [ -z "${HEADLINE_STOP:-}" ] || resume analysis/results/headline/runs results/headline
-[ -n "${NOGRID:-}" ] || resume analysis/results/table1/resume results/table1
+[ -n "${NOGRID:-}" ] || { resume analysis/results/table1/runs results/table1; resume analysis/results/table1/resume results/table1; }
 M="make -j12 CC=mpicc BLAS=none YAML_PREFIX=$PWD/.deps/usr"
 # carry/base.tgz: carry/base packed (the carry limit)
 [ -f carry/base.tgz ] && [ ! -d carry/base ] && mkdir -p carry/base && tar xzf carry/base.tgz -C carry/base
@@ -44,15 +52,58 @@ if [ ! -e results/stages/datagen ]; then
   (bin/hax-datagen --out data/joint_recall > results/datagen.log 2>&1; bin/hax-datagen --out data/ref --compat reference >> results/datagen.log 2>&1; touch results/stages/datagen) &
 fi
 if [ -d carry/wheels ] && [ ! -e results/stages/pip ]; then
-  (P="python3 -m pip install -q --no-index --find-links carry/wheels --target /tmp/site"
-   $P transformers==4.49.0 einops numpy safetensors && $P --no-deps flash-linear-attention==0.2.0 && touch results/stages/pip) > results/pip.log 2>&1 &
+  # every wheel without dependency resolution: hf_xet (4 MB, which huggingface_hub asks for but
+  # never imports here) can then stay behind for the carry limit
+  (P="python3 -m pip install -q --no-index --target /tmp/site"
+   $P --no-deps carry/wheels/*.whl && touch results/stages/pip) > results/pip.log 2>&1 &
 fi
-# the full GPU suite (make test-gpu) with the default kernels, then the training checks
-if want run_gpu 150; then tests/run_gpu.sh ${RUN_GPU_ARGS:---quick} > $R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 $R/run_gpu.txt)"; done_ run_gpu; fi
 if want bench_eval 150; then
   build/gpu/gpu_sparse --lengths 256x1024,64x4096,16x16384,4x65536 > $R/lengths.txt 2>&1
-  tests/bench_eval_gpu.sh > $R/bench_eval.txt 2>&1; done_ bench_eval
+  tests/bench_eval_gpu.sh > $R/bench_eval.txt 2>&1
+  HAX_SPARSE_LONG=new tests/bench_eval_gpu.sh > $R/bench_eval_long_new.txt 2>&1; done_ bench_eval
 fi
+# the timing stages run before anything trains in the background
+if want scanfast 200; then
+  build/gpu/gpu_scans > $R/gpu_scans.txt 2>&1; log "gpu_scans: $(tail -n 1 $R/gpu_scans.txt)"
+  build/gpu/gpu_sparse > $R/gpu_sparse.txt 2>&1; log "gpu_sparse: $(tail -n 1 $R/gpu_sparse.txt)"
+  for v in old new; do HAX_SCAN_KERNELS=$v HAX_SPARSE_ATTN=$v build/gpu/bench_gpu --only mamba,mamba2,mamba_hax,mamba2_hax --precision fp32 --eval 0 --reps 30 > $R/bench_fast_$v.txt 2>&1; done
+  done_ scanfast
+fi
+if want profile 100; then
+  PROF=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
+  log "nsys: $PROF"
+  for c in mamba2_hax:fp32 mamba2:fp32 mamba_hax:fp32 samba:fp32 mamba2_hax:bf16-pure; do
+    n=${c%%:*}; p=${c#*:}
+    [ -n "$PROF" ] && $PROF profile -o $R/prof_${n}_$p --force-overwrite true build/gpu/bench_gpu --only $n --precision $p --reps 30 --eval 0 > $R/prof_${n}_$p.log 2>&1 &&
+      $PROF stats -r cuda_gpu_kern_sum -f csv -o $R/kern_${n}_$p $R/prof_${n}_$p.nsys-rep > /dev/null 2>&1
+  done
+  # no Nsight Systems on the lent machines so far: Nsight Compute's per-kernel durations instead
+  # (every kernel replayed for its metric: slow, so 3 steps of each config)
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
+  if [ -z "$PROF" ] && [ -n "$NCU" ]; then for c in ${PROFILE_CONFIGS:-mamba2_hax:fp32 mamba2:fp32 mamba_hax:fp32 samba:fp32}; do
+    n=${c%%:*}; p=${c#*:}
+    timeout 60 $NCU --metrics gpu__time_duration.sum --csv --print-units base build/gpu/bench_gpu --only $n --precision $p \
+      --reps 3 --eval 0 > $R/ncu_${n}_$p.csv 2> $R/ncu_${n}_$p.err
+    python3 tests/device/ncu_sum.py $R/ncu_${n}_$p.csv 6 > $R/ncu_${n}_$p.txt 2>&1; done; fi  # 3 warm-up + 3 steps
+  rm -f $R/*.nsys-rep $R/*.sqlite; done_ profile
+fi
+# the reduced Table 1 grid (issue 12): GRID_CONFIGS x GRID_REGIMES, 30,000 steps, 4 at a time under
+# MPS, a driver in the background with a time limit 40 s before the call's end (then checkpoints);
+# GRID_BG=1 starts it here, after the timing stages above, so it trains while the checks below run;
+# otherwise it takes the rest of the call after them.
+GR=results/table1
+gr_alive() { local p; p=$(cat $GR/.table1_local/driver.pid 2>/dev/null) && kill -0 "$p" 2>/dev/null; }
+grid_start() {
+  while [ ! -e results/stages/datagen ]; do sleep 2; done
+  local TL=$(( $(left) - 40 )); log "grid, time limit $TL"
+  jobs/table1_local.sh --steps 30000 --configs ${GRID_CONFIGS:-configs/mamba_a.yaml,configs/mamba_lsh.yaml,configs/mamba_ks.yaml,configs/mamba_hax.yaml,configs/mamba_2x.yaml} \
+    --regimes ${GRID_REGIMES:-fp32} --jobs 4 --mps --background --time-limit $TL \
+    --train-args "data.path=data/joint_recall train.valid_every=1000" $GR > $R/grid.log 2>&1
+  log "grid: $(tail -n 1 $R/grid.log)"
+}
+if [ -n "${GRID_BG:-}" ] && [ -z "${NOGRID:-}" ] && ! gr_alive && [ "$(left)" -gt 90 ]; then grid_start; fi
+# the full GPU suite (make test-gpu) with the default kernels, then the training checks
+if want run_gpu 150; then tests/run_gpu.sh ${RUN_GPU_ARGS:---quick} > $R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 $R/run_gpu.txt)"; done_ run_gpu; fi
 # the headline runs (issue 12: Mamba2 and Mamba2+HAX at the paper's 400,000-step schedule, fp32 and
 # bf16-pure; issue 10's 40,000-step curves) train in the background from here on, HEADLINE_STOP
 # steps at most (--stop-after-step), while the stages below run; the grid takes the rest of the call.
@@ -103,30 +154,6 @@ if want det 90 && [ -d carry/base ]; then
   done
   rm -rf $R/det1 $R/det2 $R/detold $R/detbase/*/*/*/*.safetensors; done_ det
 fi
-if want scanfast 200; then
-  build/gpu/gpu_scans > $R/gpu_scans.txt 2>&1; log "gpu_scans: $(tail -n 1 $R/gpu_scans.txt)"
-  build/gpu/gpu_sparse > $R/gpu_sparse.txt 2>&1; log "gpu_sparse: $(tail -n 1 $R/gpu_sparse.txt)"
-  for v in old new; do HAX_SCAN_KERNELS=$v HAX_SPARSE_ATTN=$v build/gpu/bench_gpu --only mamba,mamba2,mamba_hax,mamba2_hax --precision fp32 --eval 0 --reps 30 > $R/bench_fast_$v.txt 2>&1; done
-  done_ scanfast
-fi
-if want profile 100; then
-  PROF=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
-  log "nsys: $PROF"
-  for c in mamba2_hax:fp32 mamba2:fp32 mamba_hax:fp32 samba:fp32 mamba2_hax:bf16-pure; do
-    n=${c%%:*}; p=${c#*:}
-    [ -n "$PROF" ] && $PROF profile -o $R/prof_${n}_$p --force-overwrite true build/gpu/bench_gpu --only $n --precision $p --reps 30 --eval 0 > $R/prof_${n}_$p.log 2>&1 &&
-      $PROF stats -r cuda_gpu_kern_sum -f csv -o $R/kern_${n}_$p $R/prof_${n}_$p.nsys-rep > /dev/null 2>&1
-  done
-  # no Nsight Systems on the lent machines so far: Nsight Compute's per-kernel durations instead
-  # (every kernel replayed for its metric: slow, so 3 steps of each config)
-  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
-  if [ -z "$PROF" ] && [ -n "$NCU" ]; then for c in mamba2_hax:fp32 mamba2:fp32 mamba_hax:fp32 samba:fp32; do
-    n=${c%%:*}; p=${c#*:}
-    timeout 60 $NCU --metrics gpu__time_duration.sum --csv --print-units base build/gpu/bench_gpu --only $n --precision $p \
-      --reps 3 --eval 0 > $R/ncu_${n}_$p.csv 2> $R/ncu_${n}_$p.err
-    python3 tests/device/ncu_sum.py $R/ncu_${n}_$p.csv 6 > $R/ncu_${n}_$p.txt 2>&1; done; fi  # 3 warm-up + 3 steps
-  rm -f $R/*.nsys-rep $R/*.sqlite; done_ profile
-fi
 if want racecheck 100; then compute-sanitizer --tool racecheck build/gpu/gpu_sparse --quick > $R/racecheck.txt 2>&1; log "racecheck: $(tail -n 2 $R/racecheck.txt | tr '\n' ' ')"; done_ racecheck; fi
 while hl_alive && [ "$(left)" -gt 45 ]; do sleep 10; done
 if [ -d $HL ]; then
@@ -135,12 +162,12 @@ if [ -d $HL ]; then
   jobs/table1_local.sh --collect $R/headline --with-checkpoint --with-best --with-logs $HL >> $R/headline_status.txt 2>&1
   pack
 fi
-if [ -z "${NOGRID:-}" ] && [ "$(left)" -gt 90 ]; then
-  while [ ! -e results/stages/datagen ]; do sleep 2; done
-  TL=$(( $(left) - 25 )); log "grid, time limit $TL"
-  jobs/table1_local.sh --steps 30000 --configs ${GRID_CONFIGS:-configs/mamba_a.yaml,configs/mamba_lsh.yaml,configs/mamba_ks.yaml,configs/mamba_hax.yaml,configs/mamba_2x.yaml} --regimes ${GRID_REGIMES:-fp32} --jobs 4 --mps --time-limit $TL --train-args "data.path=data/joint_recall train.valid_every=1000" results/table1 > $R/grid.log 2>&1
-  log "grid rc=$?"
-  jobs/table1_local.sh --status results/table1 > $R/grid_status.txt 2>&1
-  jobs/table1_local.sh --collect $R/runs --with-checkpoint --with-logs results/table1 >> $R/grid_status.txt 2>&1
+if [ -z "${NOGRID:-}" ] && [ "$(left)" -gt 90 ] && ! gr_alive; then
+  [ -n "${GRID_BG:-}" ] || grid_start
+fi
+while gr_alive; do sleep 5; done
+if [ -d $GR ]; then
+  jobs/table1_local.sh --status $GR > $R/grid_status.txt 2>&1
+  jobs/table1_local.sh --collect $R/runs --with-checkpoint --with-logs $GR >> $R/grid_status.txt 2>&1
 fi
 log end; pack
