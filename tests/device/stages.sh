@@ -53,7 +53,7 @@ if [ ! -e results/stages/datagen ]; then
 fi
 if [ -d carry/wheels ] && [ ! -e results/stages/pip ]; then
   # every wheel without dependency resolution: hf_xet (4 MB, which huggingface_hub asks for but
-  # never imports here) can then stay behind for the carry limit
+  # never imports here) and numpy (16 MB; the machines have numpy 2.5) can then stay behind
   (P="python3 -m pip install -q --no-index --target /tmp/site"
    $P --no-deps carry/wheels/*.whl && touch results/stages/pip) > results/pip.log 2>&1 &
 fi
@@ -102,6 +102,26 @@ grid_start() {
   log "grid: $(tail -n 1 $R/grid.log)"
 }
 if [ -n "${GRID_BG:-}" ] && [ -z "${NOGRID:-}" ] && ! gr_alive && [ "$(left)" -gt 90 ]; then grid_start; fi
+# the reference's bf16-pure goldens (issue 10) and hax-check against them; REF_BG=1 runs this stage
+# beside the others (it needs about 300 s: the reference's Triton kernels compile)
+ref_stage() {
+  for i in $(seq 90); do [ -e results/stages/pip ] && break; sleep 2; done
+  [ -e results/stages/pip ] || { log "ref: no pip"; return; }
+  mkdir -p $R/ref; export PYTHONPATH=/tmp/site
+  Rr="python3 tests/ref/ref_golden_bf16.py --out $R/ref"
+  $Rr --path triton --ext carry/ext > $R/ref_triton.txt 2> $R/ref_triton.err; log "triton rc=$?"
+  $Rr --path torch --against $R/ref > $R/ref_torch.txt 2> $R/ref_torch.err; log "torch rc=$?"
+  grep "worst of" $R/ref_torch.txt | head -40 > $R/worst.txt
+  # the goldens of the two cases past the bounds come back for study here (each tgz at most 16 MiB)
+  for c in samba mamba_hax; do tar czf $OUT/ref_$c.tgz -C $R ref/$c.torch.safetensors ref/$c.triton.safetensors
+    [ $(stat -c %s $OUT/ref_$c.tgz) -lt 16000000 ] || rm -f $OUT/ref_$c.tgz; done
+  for c in mamba2_base mamba2_hax mamba_hax samba; do for be in cpu cuda; do
+    bin/hax-check --precision bf16-pure --backend $be --noise $R/ref/$c.torch.safetensors $R/ref/$c.triton.safetensors > $R/hax_${c}_$be.txt 2>&1
+    echo "$c $be rc=$? $(tail -n 1 $R/hax_${c}_$be.txt)" | tee -a $R/summary.txt; done; done
+  done_ ref
+}
+REF_PID=""
+if [ -n "${REF_BG:-}" ] && want ref 300; then ref_stage & REF_PID=$!; fi
 # the full GPU suite (make test-gpu) with the default kernels, then the training checks
 if want run_gpu 150; then tests/run_gpu.sh ${RUN_GPU_ARGS:---quick} > $R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 $R/run_gpu.txt)"; done_ run_gpu; fi
 # the headline runs (issue 12: Mamba2 and Mamba2+HAX at the paper's 400,000-step schedule, fp32 and
@@ -124,18 +144,7 @@ if want curve 120; then
     $C train.init_from=$f --results $R/curve_$n > $R/curve_bf16_$n.log 2>&1; done
   rm -f $R/curve*/*/*/*/*.safetensors; done_ curve
 fi
-if want ref 330; then for i in $(seq 90); do [ -e results/stages/pip ] && break; sleep 2; done; fi
-if [ ! -e results/stages/ref ] && [ -e results/stages/pip ] && [ "$(left)" -gt 300 ]; then
-  mkdir -p $R/ref; export PYTHONPATH=/tmp/site
-  Rr="python3 tests/ref/ref_golden_bf16.py --out $R/ref"
-  $Rr --path triton --ext carry/ext > $R/ref_triton.txt 2> $R/ref_triton.err; log "triton rc=$?"
-  $Rr --path torch --against $R/ref > $R/ref_torch.txt 2> $R/ref_torch.err; log "torch rc=$?"
-  grep "worst of" $R/ref_torch.txt | head -40 > $R/worst.txt
-  for c in mamba2_base mamba2_hax mamba_hax samba; do for be in cpu cuda; do
-    bin/hax-check --precision bf16-pure --backend $be --noise $R/ref/$c.torch.safetensors $R/ref/$c.triton.safetensors > $R/hax_${c}_$be.txt 2>&1
-    echo "$c $be rc=$? $(tail -n 1 $R/hax_${c}_$be.txt)" | tee -a $R/summary.txt; done; done
-  done_ ref
-fi
+if [ -z "${REF_BG:-}" ] && want ref 330; then ref_stage; fi
 if want gpu_train 150; then
   [ -d carry/base ] && (cd carry/base && $M bin/hax-train > $R/make_base.log 2>&1)
   HAX_BASE_BIN=$PWD/carry/base/bin tests/gpu_train.sh > $R/gpu_train.txt 2>&1; log "gpu_train: $(tail -n 1 $R/gpu_train.txt)"; done_ gpu_train
@@ -165,6 +174,7 @@ fi
 if [ -z "${NOGRID:-}" ] && [ "$(left)" -gt 90 ] && ! gr_alive; then
   [ -n "${GRID_BG:-}" ] || grid_start
 fi
+[ -z "$REF_PID" ] || wait $REF_PID
 while gr_alive; do sleep 5; done
 if [ -d $GR ]; then
   jobs/table1_local.sh --status $GR > $R/grid_status.txt 2>&1
