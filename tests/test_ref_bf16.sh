@@ -120,10 +120,32 @@ out=$("$CHECK" -q --precision bf16-pure --noise "$T/tight.safetensors" "$T/three
 if [ $rc -ne 0 ] && printf '%s\n' "$out" | grep -q "$grad .*FAIL.*>1 ulp 68 (max 3) bound 14; reference paths: .* >1 ulp 1 (max 3)"; then
     ok "--noise: a spread past 4 x the reference's fails"
 else fail "--noise: a spread past 4 x the reference's fails (exit $rc)"; fi
+# several --noise files (the reference's other path, another device): the largest spread of any
+# of them sets the bound, whichever comes first
+out=$("$CHECK" -q --precision bf16-pure --noise "$T/tight.safetensors" --noise "$T/noise.safetensors" "$T/three.safetensors" 2>&1); rc=$?
+if [ $rc -eq 0 ]; then ok "--noise twice: the wider spread of the two sets the bound"
+else fail "--noise twice: the wider spread sets the bound (exit $rc)"; printf '%s\n' "$out" | grep -E "FAIL|hax:" | head -n 5; fi
+out=$("$CHECK" -q --precision bf16-pure --noise "$T/noise.safetensors" --noise "$T/tight.safetensors" "$T/three.safetensors" 2>&1); rc=$?
+if [ $rc -eq 0 ]; then ok "--noise twice, in the other order: the same"
+else fail "--noise twice, other order (exit $rc)"; fi
+out=$("$CHECK" -q --precision bf16-pure --noise "$T/tight.safetensors" --noise "$T/tight.safetensors" "$T/three.safetensors" 2>&1); rc=$?
+if [ $rc -ne 0 ] && printf '%s\n' "$out" | grep -q "$grad .*FAIL.*bound 14; reference paths: .* >1 ulp 1 (max 3)"; then
+    ok "--noise twice, both tight: still fails"
+else fail "--noise twice, both tight: fails (exit $rc)"; fi
+# a --noise file lacking the tensor beside one that has it: the one that has it sets the bound
+cp "$T/noise.safetensors" "$T/noise_lacks2.safetensors"
+perl -pi -e 's/"\Q'"$grad"'\E"/"'"${grad%?}"'X"/' "$T/noise_lacks2.safetensors"
+out=$("$CHECK" -q --precision bf16-pure --noise "$T/noise_lacks2.safetensors" "$T/three.safetensors" 2>&1); rc=$?
+if [ $rc -ne 0 ] && printf '%s\n' "$out" | grep -q "$grad .*FAIL.*the --noise file lacks it: floors only"; then ok "--noise: the renamed tensor is missing from that file"
+else fail "--noise: the renamed tensor is missing from that file (exit $rc)"; printf '%s\n' "$out" | grep -E "FAIL|hax:" | head -n 5; fi
+out=$("$CHECK" -q --precision bf16-pure --noise "$T/noise_lacks2.safetensors" --noise "$T/noise.safetensors" "$T/three.safetensors" 2>&1); rc=$?
+if [ $rc -eq 0 ] && ! printf '%s\n' "$out" | grep -q "floors only"; then ok "--noise: a file lacking a tensor beside one holding it"
+else fail "--noise: a file lacking a tensor beside one holding it (exit $rc)"; printf '%s\n' "$out" | grep -E "FAIL|floors|hax:" | head -n 5; fi
 
 # refusals
 check_fails "bf16-pure case refused in fp32" "precision bf16-pure: expected hax-check --precision bf16-pure" "$CHECK" "$ks"
 check_fails "--noise needs bf16-pure" "--noise: expected --precision bf16-pure" "$CHECK" --noise "$ks" "$ks"
+check_fails "at most 4 --noise files" "--noise: expected at most 4 files, found more" "$CHECK" --precision bf16-pure --noise "$ks" --noise "$ks" --noise "$ks" --noise "$ks" --noise "$ks" "$ks"
 check_fails "--emit takes one case" "expected one CASE, found 2" "$CHECK" --emit "$T/x.safetensors" "$ks" "$ks"
 check_fails "unknown precision refused" "--precision: expected fp32 or bf16-pure, found 'bf16'" "$CHECK" --precision bf16 "$ks"
 

@@ -6,7 +6,7 @@
 // summary line per case; exits 1 if anything is past its tolerance.
 //
 //   bin/hax-check [--tol X] [--grad-tol Y] [-q] [--precision fp32|bf16-pure]
-//                 [--noise FILE] [--noise-factor F] [--emit FILE] [--backend cpu|cuda] CASE...
+//                 [--noise FILE]... [--noise-factor F] [--emit FILE] [--backend cpu|cuda] CASE...
 //
 // Tolerances (golden README): forward tensors and losses normwise 1e-5
 // (--tol), gradients normwise 1e-4 per tensor (--grad-tol, default 10 x tol),
@@ -15,7 +15,8 @@
 //
 // --precision bf16-pure: the reference's regime on a tests/ref/ref_golden_bf16.py
 // case, tensors counted in bf16 ulps (bounds: check_util.h; --noise widens them
-// to the reference's own spread). --emit writes the engine's results; --backend
+// to the reference's own spread: the largest over the --noise files, each the same case from
+// another run of the reference). --emit writes the engine's results; --backend
 // cuda runs the CUDA engine (the branch's intermediates are not compared there).
 #include <math.h>
 #include <stdio.h>
@@ -30,6 +31,8 @@
 #include "src/prog/check_util.h"
 #include "src/sparse/sparse.h"
 
+enum { CHECK_MAX_NOISE = 4 };
+
 typedef struct {
     double tol, grad_tol;
     int quiet;
@@ -41,7 +44,10 @@ typedef struct {
     const st_file *f;
     unsigned char *used;  // [f->n_tensors]
     int bf16;             // --precision bf16-pure
-    const st_file *noise; // --noise: the reference's other path (bf16-pure), or NULL
+    // --noise (bf16-pure, repeatable): the same case from other runs of the reference (its other
+    // kernel path, another device); the bounds follow the largest spread of any of them
+    const st_file *noise[CHECK_MAX_NOISE];
+    int n_noise;
     double noise_factor;
     const char *emit;     // --emit FILE, or NULL
     const char *backend;  // --backend: "cpu" (default) or "cuda"
@@ -81,23 +87,36 @@ static double norm_rel(const float *a, const float *b, size_t n) {
 
 static double scalar_rel(double a, double b) { return b != 0 ? fabs(a - b) / fabs(b) : fabs(a - b); }
 
-// bf16-pure: ours against gold[0..n) in bf16 ulps, the noise file's values
-// (packed alike, or NULL) setting the bounds.
-static void cmp_bf16(checker *k, const char *name, const float *ours, const float *gold, const float *noise, size_t n,
+// bf16-pure: ours against gold[0..n) in bf16 ulps; noise[0..n_noise) (packed alike, NULL where a
+// --noise file lacks the tensor) set the bounds: the largest spread of any of them against gold.
+static void cmp_bf16(checker *k, const char *name, const float *ours, const float *gold, float *const *noise, size_t n,
                      double *worst) {
-    bf16_stats s, sn;
+    bf16_stats s, sn, one;
     bf16_stats_of(&s, ours, gold, n);
-    if (noise) bf16_stats_of(&sn, noise, gold, n);
+    memset(&sn, 0, sizeof sn);
+    int have = 0;
+    for (int i = 0; i < k->n_noise; i++) {
+        if (!noise[i]) continue;
+        bf16_stats_of(&one, noise[i], gold, n);
+        if (!have || one.rel > sn.rel) sn.rel = one.rel;
+        if (!have || one.beyond > sn.beyond) sn.beyond = one.beyond;
+        if (!have || one.max_ulps > sn.max_ulps) sn.max_ulps = one.max_ulps;
+        have = 1;
+    }
     double rb;
     char note[384];
     // the branch's inside is fp32 in hax (README "Precision"); the residual stream is bf16 there
     if (strncmp(name, "dbg.", 4) == 0 && !strstr(name, ".hidden_in")) s.not_bf16 = 0;
-    int ok = bf16_verdict(&s, noise ? &sn : NULL, k->noise_factor, &rb, note, sizeof note);
+    int ok = bf16_verdict(&s, have ? &sn : NULL, k->noise_factor, &rb, note, sizeof note);
     size_t used = strlen(note);
-    if (k->noise && !noise && used < sizeof note)  // say so: the bounds are the floors alone
+    if (k->n_noise && !have && used < sizeof note)  // say so: the bounds are the floors alone
         snprintf(note + used, sizeof note - used, "%sthe --noise file lacks it: floors only", used ? "; " : "");
     if (worst && s.rel > *worst) *worst = s.rel;
     verdict_ok(k, name, "rel", s.rel, rb, ok, note);
+}
+
+static void free_noise(checker *k, float **noise) {
+    for (int i = 0; i < k->n_noise; i++) free(noise[i]), noise[i] = NULL;
 }
 
 // Non-pad rows of golden [B, L, C] ([B, L] where C is 0: one value per row)
@@ -111,10 +130,14 @@ static void cmp_rows(checker *k, const st_file *f, const hax_case *c, const char
     float *p = xmalloc(sizeof(float) * (size_t)n_tok * C);
     case_pack_rows_f32(c, g, C, p);
     if (k->bf16) {
-        float *gn = k->noise ? golden_f32(k->noise, name, C0 ? 3 : 2, c->B, c->L, C0) : NULL, *pn = NULL;
-        if (gn) case_pack_rows_f32(c, gn, C, pn = xmalloc(sizeof(float) * (size_t)n_tok * C));
+        float *pn[CHECK_MAX_NOISE] = {0};
+        for (int i = 0; i < k->n_noise; i++) {
+            float *gn = golden_f32(k->noise[i], name, C0 ? 3 : 2, c->B, c->L, C0);
+            if (gn) case_pack_rows_f32(c, gn, C, pn[i] = xmalloc(sizeof(float) * (size_t)n_tok * C));
+            free(gn);
+        }
         cmp_bf16(k, name, ours, p, pn, (size_t)n_tok * C, &k->worst_fwd);
-        free(gn), free(pn), free(p), free(g);
+        free_noise(k, pn), free(p), free(g);
         return;
     }
     double e = norm_rel(ours, p, (size_t)n_tok * C);
@@ -130,10 +153,12 @@ static void cmp_scalar(checker *k, const st_file *f, const char *name, double ou
     double g;
     st_tensor_to_f64(t, &g);
     double e = absolute ? fabs(ours - g) : scalar_rel(ours, g);
-    const st_tensor *tn = k->bf16 && k->noise ? golden_tensor(k->noise, name, 0, 0, 0, 0, 0) : NULL;
     if (k->bf16) {  // a bf16 scalar: one or two ulps, or the reference's own spread
         double en = 0, gn;
-        if (tn) st_tensor_to_f64(tn, &gn), en = absolute ? fabs(gn - g) : scalar_rel(gn, g);
+        for (int i = 0; i < k->n_noise; i++) {
+            const st_tensor *tn = golden_tensor(k->noise[i], name, 0, 0, 0, 0, 0);
+            if (tn) st_tensor_to_f64(tn, &gn), en = fmax(en, absolute ? fabs(gn - g) : scalar_rel(gn, g));
+        }
         tol = fmax(absolute ? BF16_ACC_FLOOR : BF16_SCALAR_REL_FLOOR, k->noise_factor * en);
     }
     if (!absolute && e > k->worst_fwd) k->worst_fwd = e;
@@ -215,14 +240,18 @@ static void forward_with_flips(hax_engine *e, const hax_batch *b, hax_fwd_opts *
 // bf16-pure: rows whose bucket differs (then injected), bounded like the ulp counts.
 static void cmp_buckets_bf16(checker *k, const char *name, int bad, int inj, const int32_t *gold, const hax_case *c,
                              int n_tok) {
-    int32_t *gn = k->noise ? golden_buckets(k->noise, c, name, n_tok) : NULL;
     long nb = 0, bound = (long)ceil(BF16_BEYOND_FRAC * n_tok);
-    for (int t = 0; gn && t < n_tok; t++) nb += gn[t] != gold[t];
+    for (int i = 0; i < k->n_noise; i++) {
+        int32_t *gn = golden_buckets(k->noise[i], c, name, n_tok);
+        long ni = 0;
+        for (int t = 0; gn && t < n_tok; t++) ni += gn[t] != gold[t];
+        if (ni > nb) nb = ni;
+        free(gn);
+    }
     if (k->noise_factor * nb > bound) bound = (long)ceil(k->noise_factor * nb);
     char note[160];
     snprintf(note, sizeof note, "(rows%s; reference paths: %ld)", inj ? ", golden buckets injected" : "", nb);
     verdict(k, name, "differ", bad, (double)bound, note);
-    free(gn);
 }
 
 static void cmp_buckets(checker *k, const bucket_info *bi, int n_layers, const hax_case *c, int n_tok) {
@@ -318,9 +347,11 @@ static void cmp_param_like(checker *k, const hax_param *p, const char *name, con
         verdict_ok(k, name, "abs", mx, 1e-8, k->bf16 ? 1 : -1,
                    k->bf16 ? "(zero in exact arithmetic: bf16 rounding noise, not bounded)" : "(zero in exact arithmetic)");
     } else if (k->bf16) {
-        float *gn = k->noise ? golden_f32(k->noise, name, p->ndim, p->shape[0], p->shape[1], p->shape[2]) : NULL;
+        float *gn[CHECK_MAX_NOISE] = {0};
+        for (int i = 0; i < k->n_noise; i++)
+            gn[i] = golden_f32(k->noise[i], name, p->ndim, p->shape[0], p->shape[1], p->shape[2]);
         cmp_bf16(k, name, ours, gold, gn, n, worst);
-        free(gn);
+        free_noise(k, gn);
     } else {
         double e = norm_rel(ours, gold, n);
         if (e > *worst) *worst = e;
@@ -554,15 +585,16 @@ static int check_case(checker *k, const char *path) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: hax-check [--tol X] [--grad-tol Y] [-q] [--precision fp32|bf16-pure] [--noise FILE]\n"
+            "usage: hax-check [--tol X] [--grad-tol Y] [-q] [--precision fp32|bf16-pure] [--noise FILE]...\n"
             "                 [--noise-factor F] [--emit FILE] CASE.safetensors...\n"
             "  runs golden-format cases on the CPU engine and compares every tensor they hold\n"
             "  --tol X          forward tensors and losses, normwise (default 1e-5)\n"
             "  --grad-tol Y     gradients, normwise per tensor (default 10 x tol)\n"
             "  -q               print only failures and one line per case\n"
             "  --precision P    fp32 (default) or bf16-pure: the reference's regime, tensors compared in bf16 ulps\n"
-            "  --noise FILE     bf16-pure: the same case from the reference's other kernel path; bounds become\n"
-            "                   F x its differences where larger than the floors (one CASE)\n"
+            "  --noise FILE     bf16-pure: the same case from another run of the reference (its other kernel\n"
+            "                   path, another device); bounds become F x its differences where larger than\n"
+            "                   the floors (one CASE); up to 4 files: the largest difference of any of them\n"
             "  --noise-factor F (default 4)\n"
             "  --emit FILE      write the engine's results for CASE in the golden format (one CASE)\n"
             "  --backend B      cpu (default) or cuda (where built; the branch's intermediates not compared)\n");
@@ -576,8 +608,8 @@ int main(int argc, char **argv) {
     k.grad_tol = -1;
     k.noise_factor = 4;
     k.backend = "cpu";
-    const char *noise = NULL;
-    int n_files = 0;
+    const char *noise[CHECK_MAX_NOISE];
+    int n_noise = 0, n_files = 0;
     const char **files = xmalloc(sizeof(char *) * (argc > 1 ? argc : 1));
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--tol") == 0) k.tol = parse_number("--tol", i + 1 < argc ? argv[++i] : NULL, 0, 1, "in (0, 1)");
@@ -590,7 +622,13 @@ int main(int argc, char **argv) {
                 exit(HAX_EXIT_USAGE);
             }
             k.bf16 = strcmp(v, "bf16-pure") == 0;
-        } else if (strcmp(argv[i], "--noise") == 0 && i + 1 < argc) noise = argv[++i];
+        } else if (strcmp(argv[i], "--noise") == 0 && i + 1 < argc) {
+            if (n_noise == CHECK_MAX_NOISE) {
+                fprintf(stderr, "hax: hax-check: --noise: expected at most %d files, found more\n", CHECK_MAX_NOISE);
+                exit(HAX_EXIT_USAGE);
+            }
+            noise[n_noise++] = argv[++i];
+        }
         else if (strcmp(argv[i], "--noise-factor") == 0) k.noise_factor = parse_number("--noise-factor", i + 1 < argc ? argv[++i] : NULL, 0.999, 1e6, "from 1 to 1e6");
         else if (strcmp(argv[i], "--emit") == 0 && i + 1 < argc) k.emit = argv[++i];
         else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc) k.backend = argv[++i];
@@ -601,23 +639,24 @@ int main(int argc, char **argv) {
         } else files[n_files++] = argv[i];
     }
     if (n_files == 0) usage();
-    if ((noise || k.emit) && n_files != 1) {
+    if ((n_noise || k.emit) && n_files != 1) {
         fprintf(stderr, "hax: hax-check: --noise and --emit: expected one CASE, found %d\n", n_files);
         exit(HAX_EXIT_USAGE);
     }
-    if (noise && !k.bf16) {
+    if (n_noise && !k.bf16) {
         fprintf(stderr, "hax: hax-check: --noise: expected --precision bf16-pure with it\n");
         exit(HAX_EXIT_USAGE);
     }
     k.cpu = strcmp(k.backend, "cpu") == 0;
-    st_file *nf = noise ? st_open(noise) : NULL;
-    k.noise = nf;
+    st_file *nf[CHECK_MAX_NOISE];
+    for (int i = 0; i < n_noise; i++) k.noise[i] = nf[i] = st_open(noise[i]);
+    k.n_noise = n_noise;
     if (k.grad_tol < 0) k.grad_tol = fmin(10 * k.tol, 0.5);
     int bad_cases = 0;
     for (int i = 0; i < n_files; i++) bad_cases += check_case(&k, files[i]) > 0;
     printf("%d of %d cases ok, %d tensors checked, %d past tolerance\n", n_files - bad_cases, n_files, k.n_checked,
            k.n_fail);
     free(files);
-    if (nf) st_close(nf);
+    for (int i = 0; i < n_noise; i++) st_close(nf[i]);
     return bad_cases ? HAX_EXIT_ERROR : HAX_EXIT_OK;
 }
