@@ -57,10 +57,37 @@ if [ -d carry/wheels ] && [ ! -e results/stages/pip ]; then
   (P="python3 -m pip install -q --no-index --target /tmp/site"
    $P --no-deps carry/wheels/*.whl && touch results/stages/pip) > results/pip.log 2>&1 &
 fi
+# the reference's bf16-pure goldens (issue 10) and hax-check against them; REF_BG=1 runs this stage
+# beside the others (it needs about 300 s: the reference's Triton kernels compile)
+ref_stage() {
+  for i in $(seq 90); do [ -e results/stages/pip ] && break; sleep 2; done
+  [ -e results/stages/pip ] || { log "ref: no pip"; return; }
+  mkdir -p $R/ref; export PYTHONPATH=/tmp/site
+  Rr="python3 tests/ref/ref_golden_bf16.py --out $R/ref"
+  $Rr --path triton --ext carry/ext > $R/ref_triton.txt 2> $R/ref_triton.err; log "triton rc=$?"
+  $Rr --path torch --against $R/ref > $R/ref_torch.txt 2> $R/ref_torch.err; log "torch rc=$?"
+  # a third run of the reference: its torch path on the CPU (other GEMM kernels and sums in every
+  # layer, where the two GPU paths may share a kernel and then differ nowhere)
+  python3 tests/ref/ref_golden_bf16.py --out $R/refcpu --path torch --device cpu > $R/ref_cpu.txt 2> $R/ref_cpu.err; log "torch cpu rc=$?"
+  grep "worst of" $R/ref_torch.txt | head -40 > $R/worst.txt
+  # the goldens of the two cases past the bounds come back for study here (each tgz at most 16 MiB)
+  for c in samba mamba_hax; do tar czf $OUT/ref_$c.tgz -C $R ref/$c.torch.safetensors ref/$c.triton.safetensors refcpu/$c.torch.safetensors
+    [ $(stat -c %s $OUT/ref_$c.tgz) -lt 16000000 ] || rm -f $OUT/ref_$c.tgz; done
+  for c in mamba2_base mamba2_hax mamba_hax samba; do for be in cpu cuda; do
+    bin/hax-check --precision bf16-pure --backend $be --noise $R/ref/$c.torch.safetensors $R/ref/$c.triton.safetensors > $R/hax_${c}_$be.txt 2>&1
+    echo "$c $be rc=$? $(tail -n 1 $R/hax_${c}_$be.txt)" | tee -a $R/summary.txt
+    bin/hax-check --precision bf16-pure --backend $be --noise $R/ref/$c.torch.safetensors --noise $R/refcpu/$c.torch.safetensors \
+      $R/ref/$c.triton.safetensors > $R/hax2_${c}_$be.txt 2>&1
+    echo "$c $be, both noises: rc=$? $(tail -n 1 $R/hax2_${c}_$be.txt)" | tee -a $R/summary.txt; done; done
+  done_ ref
+}
+REF_PID=""
+if [ -n "${REF_BG:-}" ] && want ref 300; then ref_stage & REF_PID=$!; fi
 if want bench_eval 150; then
   build/gpu/gpu_sparse --lengths 256x1024,64x4096,16x16384,4x65536 > $R/lengths.txt 2>&1
-  tests/bench_eval_gpu.sh > $R/bench_eval.txt 2>&1
-  HAX_SPARSE_LONG=new tests/bench_eval_gpu.sh > $R/bench_eval_long_new.txt 2>&1; done_ bench_eval
+  # hax-eval per length with the long-sequence kernels (BENCH_EVAL_LONG="old new": both, one after the other)
+  for v in ${BENCH_EVAL_LONG:-new}; do HAX_SPARSE_LONG=$v tests/bench_eval_gpu.sh > $R/bench_eval_long_$v.txt 2>&1; done
+  done_ bench_eval
 fi
 # the timing stages run before anything trains in the background
 if want scanfast 200; then
@@ -102,32 +129,6 @@ grid_start() {
   log "grid: $(tail -n 1 $R/grid.log)"
 }
 if [ -n "${GRID_BG:-}" ] && [ -z "${NOGRID:-}" ] && ! gr_alive && [ "$(left)" -gt 90 ]; then grid_start; fi
-# the reference's bf16-pure goldens (issue 10) and hax-check against them; REF_BG=1 runs this stage
-# beside the others (it needs about 300 s: the reference's Triton kernels compile)
-ref_stage() {
-  for i in $(seq 90); do [ -e results/stages/pip ] && break; sleep 2; done
-  [ -e results/stages/pip ] || { log "ref: no pip"; return; }
-  mkdir -p $R/ref; export PYTHONPATH=/tmp/site
-  Rr="python3 tests/ref/ref_golden_bf16.py --out $R/ref"
-  $Rr --path triton --ext carry/ext > $R/ref_triton.txt 2> $R/ref_triton.err; log "triton rc=$?"
-  $Rr --path torch --against $R/ref > $R/ref_torch.txt 2> $R/ref_torch.err; log "torch rc=$?"
-  # a third run of the reference: its torch path on the CPU (other GEMM kernels and sums in every
-  # layer, where the two GPU paths may share a kernel and then differ nowhere)
-  python3 tests/ref/ref_golden_bf16.py --out $R/refcpu --path torch --device cpu > $R/ref_cpu.txt 2> $R/ref_cpu.err; log "torch cpu rc=$?"
-  grep "worst of" $R/ref_torch.txt | head -40 > $R/worst.txt
-  # the goldens of the two cases past the bounds come back for study here (each tgz at most 16 MiB)
-  for c in samba mamba_hax; do tar czf $OUT/ref_$c.tgz -C $R ref/$c.torch.safetensors ref/$c.triton.safetensors refcpu/$c.torch.safetensors
-    [ $(stat -c %s $OUT/ref_$c.tgz) -lt 16000000 ] || rm -f $OUT/ref_$c.tgz; done
-  for c in mamba2_base mamba2_hax mamba_hax samba; do for be in cpu cuda; do
-    bin/hax-check --precision bf16-pure --backend $be --noise $R/ref/$c.torch.safetensors $R/ref/$c.triton.safetensors > $R/hax_${c}_$be.txt 2>&1
-    echo "$c $be rc=$? $(tail -n 1 $R/hax_${c}_$be.txt)" | tee -a $R/summary.txt
-    bin/hax-check --precision bf16-pure --backend $be --noise $R/ref/$c.torch.safetensors --noise $R/refcpu/$c.torch.safetensors \
-      $R/ref/$c.triton.safetensors > $R/hax2_${c}_$be.txt 2>&1
-    echo "$c $be, both noises: rc=$? $(tail -n 1 $R/hax2_${c}_$be.txt)" | tee -a $R/summary.txt; done; done
-  done_ ref
-}
-REF_PID=""
-if [ -n "${REF_BG:-}" ] && want ref 300; then ref_stage & REF_PID=$!; fi
 # the full GPU suite (make test-gpu) with the default kernels, then the training checks
 if want run_gpu 150; then tests/run_gpu.sh ${RUN_GPU_ARGS:---quick} > $R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 $R/run_gpu.txt)"; done_ run_gpu; fi
 # the headline runs (issue 12: Mamba2 and Mamba2+HAX at the paper's 400,000-step schedule, fp32 and
