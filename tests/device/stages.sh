@@ -13,6 +13,8 @@
 # profile: PROFILE_CONFIGS="config:regime ..."), so it trains while the other stages run.
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
+# each starts its own MPS control daemon: one driver at a time on the GPU
+[ -n "${GRID_BG:-}" ] && [ -n "${HEADLINE_STOP:-}" ] && { echo "stages.sh: GRID_BG and HEADLINE_STOP: expected one of them, found both"; exit 2; }
 export NCCL_NVLS_ENABLE=0
 # R lives in an ignored folder: the device tool mirrors the checkout on every call and removes
 # untracked paths that are not in it (an $R/ at the root was gone by the next call).
@@ -181,7 +183,8 @@ fi
 if [ -z "${NOGRID:-}" ] && [ "$(left)" -gt 90 ] && ! gr_alive; then
   [ -n "${GRID_BG:-}" ] || grid_start
 fi
-[ -z "$REF_PID" ] || wait $REF_PID
+# the reference stage beside the others: waited for until 15 s before the call's end, then left running
+while [ -n "$REF_PID" ] && kill -0 $REF_PID 2>/dev/null && [ "$(left)" -gt 15 ]; do sleep 2; done
 while gr_alive; do sleep 5; done
 if [ -d $GR ]; then
   jobs/table1_local.sh --status $GR > $R/grid_status.txt 2>&1
