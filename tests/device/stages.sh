@@ -78,6 +78,10 @@ ref_stage() {
   for c in mamba2_base mamba2_hax mamba_hax samba; do for be in cpu cuda; do
     bin/hax-check --precision bf16-pure --backend $be --noise $R/ref/$c.torch.safetensors $R/ref/$c.triton.safetensors > $R/hax_${c}_$be.txt 2>&1
     echo "$c $be rc=$? $(tail -n 1 $R/hax_${c}_$be.txt)" | tee -a $R/summary.txt
+    # the CPU run as a second noise only for the models without the branch: with it, the CPU run's
+    # own key selections and the Enhanced Mamba layer put it 2-5x further from hax than the GPU
+    # paths are from each other (tests/ref/README.md), which would loosen the HAX models' bounds
+    case $c in mamba2_base|samba) ;; *) continue ;; esac
     bin/hax-check --precision bf16-pure --backend $be --noise $R/ref/$c.torch.safetensors --noise $R/refcpu/$c.torch.safetensors \
       $R/ref/$c.triton.safetensors > $R/hax2_${c}_$be.txt 2>&1
     echo "$c $be, both noises: rc=$? $(tail -n 1 $R/hax2_${c}_$be.txt)" | tee -a $R/summary.txt; done; done
