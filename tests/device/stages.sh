@@ -65,6 +65,7 @@ ref_stage() {
   for i in $(seq 90); do [ -e results/stages/pip ] && break; sleep 2; done
   [ -e results/stages/pip ] || { log "ref: no pip"; return; }
   mkdir -p $R/ref; export PYTHONPATH=/tmp/site
+  python3 tests/ref/cumsum_bf16.py > $R/cumsum_bf16.txt 2>&1  # hax's HAX_KS_CUMSUM_BF16_ACC default against the GPU's torch
   Rr="python3 tests/ref/ref_golden_bf16.py --out $R/ref"
   $Rr --path triton --ext carry/ext > $R/ref_triton.txt 2> $R/ref_triton.err; log "triton rc=$?"
   $Rr --path torch --against $R/ref > $R/ref_torch.txt 2> $R/ref_torch.err; log "torch rc=$?"
