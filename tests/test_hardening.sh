@@ -156,8 +156,9 @@ check "hax-datagen: a live process's temporary folder is kept" test -d "$D/.hax-
 # 0.1 s later.
 caught_term() {  # waits (up to 60 s) until process $1 catches SIGTERM (bit 14 of SigCgt)
     # 60 s, not 10: twice under a heavily loaded 2-core machine the run died with 143, which only a
-    # signal before the handler gives; a CUDA build maps cuBLAS and the CUDA runtime first, and
-    # the old 10 s wait then sent the signal anyway. Now a missing handler fails in its own words.
+    # signal before the handler gives, and the old wait sent the signal after 10 s whether or not
+    # the handler was there. A slow start (a CUDA build maps cuBLAS and the CUDA runtime first) is
+    # the suspected cause, not reproduced. Now a missing handler fails in its own words.
     local m
     for _ in $(seq 6000); do
         m=$(awk '/^SigCgt/ {print $2}' "/proc/$1/status" 2>/dev/null)

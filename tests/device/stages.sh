@@ -26,7 +26,10 @@ want() { case " ${SKIP:-} " in *" $1 "*) return 1;; esac; [ ! -e results/stages/
 # all), the runs' weights and checkpoints apart into $OUT/w.tgz. The reference goldens (R/ref, tens
 # of MB) stay on the machine: with them w.tgz was over the limit on 2026-12-07 and did not come
 # back at all, checkpoints included; their comparisons come back in r.tgz.
-pack() { tar czf $OUT/r.tgz -C results --exclude='*.safetensors' R; tar czf $OUT/w.tgz -C results R/runs R/headline 2>/dev/null; }
+# One pack at a time (flock, where the machine has it): with REF_BG the reference stage packs from
+# its own process.
+pack_now() { tar czf $OUT/r.tgz -C results --exclude='*.safetensors' R; tar czf $OUT/w.tgz -C results R/runs R/headline 2>/dev/null; }
+pack() { if command -v flock > /dev/null; then (flock 9; pack_now) 9> results/.pack.lock; else pack_now; fi; }
 done_() { touch results/stages/$1; log "stage $1 done"; pack; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $R/gpu.txt
 # resume: a fresh machine continues the committed runs (analysis/results/*/README.md) when they
