@@ -140,7 +140,9 @@ grid_start() {
 }
 if [ -n "${GRID_BG:-}" ] && [ -z "${NOGRID:-}" ] && ! gr_alive && [ "$(left)" -gt 90 ]; then grid_start; fi
 # the full GPU suite (make test-gpu) with the default kernels, then the training checks
-if want run_gpu 150; then tests/run_gpu.sh ${RUN_GPU_ARGS:---quick} > $R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 $R/run_gpu.txt)"; done_ run_gpu; fi
+# each stage below is cut 60 s before the call's end (on 2026-12-07 run_gpu beside the grid and the
+# reference stage took the whole call and nothing after it came back)
+if want run_gpu 150; then timeout $(( $(left) - 60 )) tests/run_gpu.sh ${RUN_GPU_ARGS:---quick} > $R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 $R/run_gpu.txt)"; done_ run_gpu; fi
 # the headline runs (issue 12: Mamba2 and Mamba2+HAX at the paper's 400,000-step schedule, fp32 and
 # bf16-pure; issue 10's 40,000-step curves) train in the background from here on, HEADLINE_STOP
 # steps at most (--stop-after-step), while the stages below run; the grid takes the rest of the call.
@@ -164,7 +166,7 @@ fi
 if [ -z "${REF_BG:-}" ] && want ref 330; then ref_stage; fi
 if want gpu_train 150; then
   [ -d carry/base ] && (cd carry/base && $M bin/hax-train > $R/make_base.log 2>&1)
-  HAX_BASE_BIN=$PWD/carry/base/bin tests/gpu_train.sh > $R/gpu_train.txt 2>&1; log "gpu_train: $(tail -n 1 $R/gpu_train.txt)"; done_ gpu_train
+  HAX_BASE_BIN=$PWD/carry/base/bin timeout $(( $(left) - 60 )) tests/gpu_train.sh > $R/gpu_train.txt 2>&1; log "gpu_train: $(tail -n 1 $R/gpu_train.txt)"; done_ gpu_train
 fi
 if want det 90 && [ -d carry/base ]; then
   [ -x carry/base/bin/hax-train ] || (cd carry/base && $M bin/hax-train > $R/make_base.log 2>&1)
