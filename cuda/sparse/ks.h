@@ -128,18 +128,19 @@ void cuda_ks_rank_loss_backward_bf16(float *dscore, const float *score, const do
 //
 // cuda/sparse/ks_long.cu: the features and the cumulative top-k with
 // parallelism that grows with the sequence length (issue 14), the same bits
-// as the ops above (see that file). Not yet run on a GPU.
+// as the ops above (see that file); run on an H100 on 2026-12-07 (README).
 
-// HAX_SPARSE_LONG (environment, read once): `old` or unset (0) never runs
-// the long-sequence kernels of the sparse branch (LSH buckets, key
-// selection's features and top-k, the LSH keys by bucket); `new` (1) runs
-// them where cuda_sparse_long_use says the batch's sequences are long; `all`
+// HAX_SPARSE_LONG (environment, read once): `old` (0) never runs the
+// long-sequence kernels of the sparse branch (LSH buckets, key selection's
+// features and top-k, the LSH keys by bucket); `new` or unset (1) runs them
+// where cuda_sparse_long_use says the batch's sequences are long; `all`
 // (2) always (timings, tests); anything else is an error.
 int cuda_sparse_long_env(void);
 // Mode 1's rule: at least CU_SP_LONG_MIN_LEN positions per sequence on
 // average (the previous kernels take a block per sequence; the long ones
-// spread a sequence over blocks but take more launches). Mode 2: always.
-#define CU_SP_LONG_MIN_LEN 2048
+// spread a sequence over blocks but take more launches; measured faster from
+// 1,024 up, the shortest length measured). Mode 2: always.
+#define CU_SP_LONG_MIN_LEN 1024
 int cuda_sparse_long_use(int mode, int n_seq, int n_tok);
 
 // Features as cuda_ks_features (bf16_ref = 0, the same bits in both
