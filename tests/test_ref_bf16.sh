@@ -96,6 +96,20 @@ cp "$ks" "$T/three.safetensors"; perturb "$T/three.safetensors" "$grad" 3 20
 out=$("$CHECK" -q --precision bf16-pure "$T/three.safetensors" 2>&1); rc=$?
 if [ $rc -ne 0 ] && printf '%s\n' "$out" | grep -q "$grad .*FAIL.*>1 ulp 68 (max 3)"; then ok "3 ulps on 5% of a gradient fails, counted"
 else fail "3 ulps on 5% of a gradient fails, counted (exit $rc)"; printf '%s\n' "$out" | grep -E "FAIL|hax:" | head -n 5; fi
+# AdamW's second moment, (1 - beta2) g^2: a gradient one ulp off is two ulps off there, so its
+# floors count in units of two ulps (BF16_SQ_REL_FLOOR); the first moment keeps one ulp
+sq=adamw.exp_avg_sq.layers.0.mixer.in_proj.weight
+cp "$ks" "$T/sq2.safetensors"; perturb "$T/sq2.safetensors" "$sq" 2 1
+out=$("$CHECK" -q --precision bf16-pure "$T/sq2.safetensors" 2>&1); rc=$?
+if [ $rc -eq 0 ]; then ok "two ulps on every element of a second moment pass"
+else fail "two ulps on every element of a second moment pass (exit $rc)"; printf '%s\n' "$out" | grep FAIL | head -n 5; fi
+m1=adamw.exp_avg.layers.0.mixer.in_proj.weight
+cp "$ks" "$T/m2.safetensors"; perturb "$T/m2.safetensors" "$m1" 2 1
+check_output_fails "two ulps on every element of a first moment fail" "$m1 .*FAIL.*>1 ulp" \
+    "$CHECK" -q --precision bf16-pure "$T/m2.safetensors"
+cp "$ks" "$T/sq3.safetensors"; perturb "$T/sq3.safetensors" "$sq" 3 20
+check_output_fails "three ulps on 5% of a second moment fail, counted in two-ulp units" "$sq .*FAIL.*1..2 ulps 0, >2 ulps 68 (max 3)" \
+    "$CHECK" -q --precision bf16-pure "$T/sq3.safetensors"
 # a changed weight: the forward moves
 cp "$ks" "$T/weight.safetensors"; perturb "$T/weight.safetensors" layers.0.mixer.in_proj.weight 40 7
 check_output_fails "changed weights detected" "out.logits .*FAIL" "$CHECK" -q --precision bf16-pure "$T/weight.safetensors"

@@ -123,8 +123,9 @@ static int64_t ordered(float f) {
     return (u >> 31) ? -(int64_t)(u & 0x7fffffffu) : (int64_t)u;
 }
 
-void bf16_stats_of(bf16_stats *s, const float *ours, const float *gold, size_t n) {
+void bf16_stats_of(bf16_stats *s, const float *ours, const float *gold, size_t n, long unit) {
     memset(s, 0, sizeof *s);
+    s->unit = unit;
     double num = 0, den = 0;
     for (size_t i = 0; i < n; i++) {
         double d = (double)ours[i] - gold[i];
@@ -140,7 +141,7 @@ void bf16_stats_of(bf16_stats *s, const float *ours, const float *gold, size_t n
         // NaN against a number, or values off the bf16 grid: at least 2 ulps
         long u = ours[i] != ours[i] || gold[i] != gold[i] ? 1L << 30 : (long)((dd < 0 ? -dd : dd) >> 16);
         if (u < 1) u = 1;
-        if (u == 1) s->one++;
+        if (u <= unit) s->one++;
         else s->beyond++;
         if (u > s->max_ulps) s->max_ulps = u;
     }
@@ -148,9 +149,9 @@ void bf16_stats_of(bf16_stats *s, const float *ours, const float *gold, size_t n
     if (isnan(s->rel)) s->rel = INFINITY;
 }
 
-int bf16_verdict(const bf16_stats *s, const bf16_stats *noise, double factor, double *rel_bound, char *note,
-                 size_t note_len) {
-    double rb = BF16_REL_FLOOR;
+int bf16_verdict(const bf16_stats *s, const bf16_stats *noise, double factor, double rel_floor, double *rel_bound,
+                 char *note, size_t note_len) {
+    double rb = rel_floor;
     long bb = (long)ceil(BF16_BEYOND_FRAC * s->n);
     if (noise) {
         rb = fmax(rb, factor * noise->rel);
@@ -158,10 +159,12 @@ int bf16_verdict(const bf16_stats *s, const bf16_stats *noise, double factor, do
     }
     *rel_bound = rb;
     int ok = s->rel <= rb && s->beyond <= bb && s->not_bf16 == 0;
-    int k = snprintf(note, note_len, "equal %ld/%ld, 1 ulp %ld, >1 ulp %ld (max %ld) bound %ld", s->equal, s->n,
-                     s->one, s->beyond, s->max_ulps, bb);
+    const char *one = s->unit > 1 ? "1..2 ulps" : "1 ulp";
+    const char *beyond = s->unit > 1 ? ">2 ulps" : ">1 ulp";
+    int k = snprintf(note, note_len, "equal %ld/%ld, %s %ld, %s %ld (max %ld) bound %ld", s->equal, s->n, one,
+                     s->one, beyond, s->beyond, s->max_ulps, bb);
     if (noise && k > 0 && (size_t)k < note_len)
-        k += snprintf(note + k, note_len - k, "; reference paths: rel %.2e, >1 ulp %ld (max %ld)", noise->rel,
+        k += snprintf(note + k, note_len - k, "; reference paths: rel %.2e, %s %ld (max %ld)", noise->rel, beyond,
                       noise->beyond, noise->max_ulps);
     if (s->not_bf16 && k > 0 && (size_t)k < note_len)
         snprintf(note + k, note_len - k, "; %ld values not bf16", s->not_bf16);
