@@ -439,6 +439,52 @@ static void test_branch_empty_rows(void) {
     check_branch("dilated");
 }
 
+// The bf16-pure score Q_t . K_j is one float sum over the features in order
+// (the CUDA engine's expression; src/sparse/attn.c dot_seq). N = 16; query 1
+// against key 0 has the products a_0 = a_1 = 2^-24, a_4 = 1.0625^2 =
+// 1 + 2^-3 + 2^-8 (a bf16 rounding tie), the rest 0: in order 2^-24 + 2^-24
+// is exact and lifts the tie to 1.1328125; a 4-lane vector sum (lane 0: a_0
+// + a_4, the tie kept, then the lanes added: gcc's omp simd dot_f) rounds it
+// to even, 1.125. In the Mamba+HAX golden such a score moved one P of layer
+// 0 and, through layer 1's K, the ranking loss's dx_proj gradients.
+static void test_score_order(void) {
+    enum { N = 16, E = EE, n = 2 };
+    hax_model_config cfg = {0};
+    cfg.state_size = N, cfg.intermediate_size = E, cfg.sparse_keys = KEYS, cfg.num_hash = HB;
+    cfg.data_max_length = DML, cfg.semantics = SEMANTICS_REFERENCE, cfg.precision = PREC_BF16_PURE;
+    char err[200];
+    if (model_config_set_sparse(&cfg, "sliding_window", err, sizeof err)) hax_die("%s", err);
+    int seq_off[2] = {0, n};
+    hax_batch b = {0};
+    b.n_seq = 1, b.n_tok = n, b.seq_off = seq_off, b.model_len = L_PAD, b.global_n_seq = 1;
+    // KQ_t = X_t W^T with X_t the unit row t: KQ_t[col] = W[col][t]; K = KQ_k / 4
+    float X[n * LDX] = {0}, W[2 * N * E] = {0}, attn[n * E];
+    X[0] = 1.0f, X[LDX + 1] = 1.0f;
+    float v[N] = {0};
+    v[0] = v[1] = 0x1p-12f, v[4] = 1.0625f;
+    for (int f = 0; f < N; f++) W[f * E + 0] = 4.0f * v[f], W[(N + f) * E + 1] = v[f];
+    hax_sparse_state *st = sparse_state_alloc(&cfg, n, 1, L_PAD);
+    sparse_forward(st, &cfg, &b, X, LDX, W, NULL, NULL, NULL, 0, attn, E);
+    float s_in = 0, lane[4] = {0}, s_lane = 0;
+    for (int f = 0; f < N; f++) s_in += v[f] * v[f], lane[f % 4] += v[f] * v[f];
+    for (int l = 0; l < 4; l++) s_lane += lane[l];
+    s_in = R(s_in), s_lane = R(s_lane);
+    CHECK(s_in == 1.1328125f && s_lane == 1.125f, "score_order: the case lost its tie (%g, %g)", s_in, s_lane);
+    // row 1: keys 0 and 1 (score 0: K_1 = 0), P = R(exp(s - max) / sum)
+    int off = st->allow_off[1];
+    CHECK(st->allow_off[2] - off == 2 && st->allow_key[off] == 0 && st->allow_key[off + 1] == 1,
+          "score_order: expected keys 0 and 1 for query 1");
+    float e1 = expf(0.0f - s_in), e1l = expf(0.0f - s_lane);
+    double sum = 1.0 + e1, suml = 1.0 + e1l;
+    float p0 = R(1.0f / (float)sum), p1 = R(e1 / (float)sum);
+    CHECK(R(1.0f / (float)suml) != p0, "score_order: the two orders give the same P");
+    CHECK(st->allow_p[off] == p0 && st->allow_p[off + 1] == p1,
+          "score_order: P of query 1: expected %g %g (in-order score %g), found %g %g", p0, p1, s_in,
+          st->allow_p[off], st->allow_p[off + 1]);
+    printf("  score in order %g (4 lanes: %g), P %g %g\n", s_in, s_lane, p0, p1);
+    sparse_state_free(st);
+}
+
 // The running sum's accumulator: bf16 by default, fp32 with
 // HAX_KS_CUMSUM_BF16_ACC=0 (each against the mirror in that mode); another
 // value stops the program with one line.
@@ -864,6 +910,7 @@ int main(void) {
     RUN(test_branch_window_sink);
     RUN(test_branch_full);
     RUN(test_branch_empty_rows);
+    RUN(test_score_order);
     RUN(test_cumsum_switch);
     RUN(test_merges);
     RUN(test_ce_bf16);

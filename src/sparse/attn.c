@@ -45,6 +45,19 @@ static inline float dot_f(const float *a, const float *b, int n) {
     return s;
 }
 
+// The bf16-pure score Q_t . K_j before its rounding: the CUDA engine's
+// expression (cuda/sparse/attn.cu, attn_gather.cu score_dot), one float sum
+// over f ascending. Products of bf16 values are exact in float, so only the
+// order of the adds matters; dot_f's vector lanes add in another order, and
+// where the sum falls on a bf16 rounding tie the score, P and the output
+// row differ (a 1-ulp different P in layer 0 of Mamba+HAX moved layer 1's
+// input and, through its K, the ranking loss's dx_proj gradients).
+static inline float dot_seq(const float *a, const float *b, int n) {
+    float s = 0;
+    for (int i = 0; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
 // y += a x over n floats.
 static inline void axpy_f(float *restrict y, float a, const float *restrict x, int n) {
 #pragma omp simd
@@ -86,8 +99,8 @@ void sparse_attn_forward(hax_sparse_state *st, const float *V, int ldv, const in
         const float *q = KQ + (size_t)g * ldkq + N;
         float mx = -INFINITY;
         for (int i = 0; i < cnt; i++) {
-            p[i] = dot_f(q, KQ + (size_t)(o + key[i]) * ldkq, N);
-            if (bf16) p[i] = R(p[i]);
+            const float *k = KQ + (size_t)(o + key[i]) * ldkq;
+            p[i] = bf16 ? R(dot_seq(q, k, N)) : dot_f(q, k, N);
             if (p[i] > mx) mx = p[i];
         }
         double sum = 0;
