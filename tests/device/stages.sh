@@ -76,12 +76,17 @@ ref_stage() {
   # layer, where the two GPU paths may share a kernel and then differ nowhere)
   python3 tests/ref/ref_golden_bf16.py --out $R/refcpu --path torch --device cpu > $R/ref_cpu.txt 2> $R/ref_cpu.err; log "torch cpu rc=$?"
   grep "worst of" $R/ref_torch.txt | head -40 > $R/worst.txt
-  # the goldens of the two cases past the bounds come back for study here (each tgz at most 16 MiB)
-  for c in samba mamba_hax; do tar czf $OUT/ref_$c.tgz -C $R ref/$c.torch.safetensors ref/$c.triton.safetensors refcpu/$c.torch.safetensors
+  # the goldens come back for study here (each tgz at most 16 MiB)
+  for c in samba mamba_hax mamba2_base mamba2_hax; do tar czf $OUT/ref_$c.tgz -C $R ref/$c.torch.safetensors ref/$c.triton.safetensors refcpu/$c.torch.safetensors
     [ $(stat -c %s $OUT/ref_$c.tgz) -lt 16000000 ] || rm -f $OUT/ref_$c.tgz; done
+  mkdir -p $R/emit
   for c in mamba2_base mamba2_hax mamba_hax samba; do for be in cpu cuda; do
     bin/hax-check --precision bf16-pure --backend $be --noise $R/ref/$c.torch.safetensors $R/ref/$c.triton.safetensors > $R/hax_${c}_$be.txt 2>&1
     echo "$c $be rc=$? $(tail -n 1 $R/hax_${c}_$be.txt)" | tee -a $R/summary.txt
+    # the CUDA engine's own tensors (--emit, a run of its own: with it the LSH buckets are the
+    # engine's, not the golden's flips), so that later rules can be applied without a GPU
+    [ $be != cuda ] || bin/hax-check --precision bf16-pure --backend cuda --emit $R/emit/${c}_cuda.safetensors \
+      $R/ref/$c.triton.safetensors > $R/emit/${c}_cuda.log 2>&1
     # the CPU run as a second noise only for the models without the branch: with it, the CPU run's
     # own key selections and the Enhanced Mamba layer put it 2-5x further from hax than the GPU
     # paths are from each other (tests/ref/README.md), which would loosen the HAX models' bounds
@@ -98,6 +103,9 @@ ref_stage() {
     bin/hax-check --precision bf16-pure --backend $be --noise $R/ref/$c.torch.safetensors --noise $R/refcpu/$c.torch.safetensors \
       --noise $R/refnoise/$c.safetensors $R/ref/$c.triton.safetensors > $R/hax3_${c}_$be.txt 2>&1
     echo "$c $be, three noises: rc=$? $(tail -n 1 $R/hax3_${c}_$be.txt)" | tee -a $R/summary.txt; done; done
+  tar czf $OUT/emit_cuda.tgz -C $R emit/mamba2_base_cuda.safetensors emit/mamba2_hax_cuda.safetensors \
+    emit/mamba_hax_cuda.safetensors emit/samba_cuda.safetensors 2>/dev/null
+  [ $(stat -c %s $OUT/emit_cuda.tgz) -lt 16000000 ] || rm -f $OUT/emit_cuda.tgz
   done_ ref
 }
 REF_PID=""
