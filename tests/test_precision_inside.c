@@ -446,7 +446,8 @@ static void test_branch_empty_rows(void) {
 // is exact and lifts the tie to 1.1328125; a 4-lane vector sum (lane 0: a_0
 // + a_4, the tie kept, then the lanes added: gcc's omp simd dot_f) rounds it
 // to even, 1.125. In the Mamba+HAX golden such a score moved one P of layer
-// 0 and, through layer 1's K, the ranking loss's dx_proj gradients.
+// 0 and, through layer 1's K, the ranking loss's dx_proj gradients. The same
+// case in `full`'s forward (its row log-sum-exp).
 static void test_score_order(void) {
     enum { N = 16, E = EE, n = 2 };
     hax_model_config cfg = {0};
@@ -483,6 +484,81 @@ static void test_score_order(void) {
           st->allow_p[off], st->allow_p[off + 1]);
     printf("  score in order %g (4 lanes: %g), P %g %g\n", s_in, s_lane, p0, p1);
     sparse_state_free(st);
+    // `full`'s forward scores too (its log-sum-exp: max + log of the double sum)
+    if (model_config_set_sparse(&cfg, "full", err, sizeof err)) hax_die("%s", err);
+    st = sparse_state_alloc(&cfg, n, 1, L_PAD);
+    sparse_forward(st, &cfg, &b, X, LDX, W, NULL, NULL, NULL, 0, attn, E);
+    float lse = s_in + (float)log(sum), lsel = s_lane + (float)log(suml);
+    CHECK(lse != lsel, "score_order: the two orders give the same log-sum-exp");
+    CHECK(st->lse[1] == lse, "score_order: full: log-sum-exp of query 1: expected %.9g, found %.9g", lse, st->lse[1]);
+    sparse_state_free(st);
+}
+
+// The bf16-pure dP_tj = dattn_t . V_j is the CUDA engine's warp dot product
+// (src/sparse/attn.c dot_warp; cuda/sparse/attn.cu, attn_gather.cu): lane l
+// of 32 sums the products of elements l, l + 32, ..., then the butterfly
+// adds lane l ^ o for o = 16, 8, 4, 2, 1. E = 24; dattn_1 = V_0 = v with
+// products a_0 = a_16 = 2^-24 and a_8 = 1.0625^2 (a bf16 rounding tie), the
+// rest 0. The warp adds lanes 0 and 16 first (2^-23, exact) and lifts the tie
+// to 1.1328125; in order (a_0 + a_8 keeps the tie, then a_16 is lost too) and
+// in 4 lanes (lane 0 adds a_0, a_8, a_16 in that order: gcc's omp simd dot_f)
+// the sum rounds to even, 1.125. W = 0, so every score is 0 and query 1 has
+// P = 0.5 on keys 0 and 1; V_1 = 0, so dP_1 = 0 and D = dP_0 / 2. Seen in
+// d score (sparse patterns: ds_0 = R(0.5 (dP_0 - D)) = dP_0 / 4) and in
+// `full`'s row sum D (rowD). Mamba+HAX's bf16 golden has 3 such dP in layer 0.
+static void dp_order_case(const char *pattern, float dp_warp) {
+    enum { N = NN, E = 24, n = 2 };
+    hax_model_config cfg = {0};
+    cfg.state_size = N, cfg.intermediate_size = E, cfg.sparse_keys = KEYS, cfg.num_hash = HB;
+    cfg.data_max_length = DML, cfg.semantics = SEMANTICS_REFERENCE, cfg.precision = PREC_BF16_PURE;
+    char err[200];
+    if (model_config_set_sparse(&cfg, pattern, err, sizeof err)) hax_die("%s", err);
+    int seq_off[2] = {0, n};
+    hax_batch b = {0};
+    b.n_seq = 1, b.n_tok = n, b.seq_off = seq_off, b.model_len = L_PAD, b.global_n_seq = 1;
+    float X[n * E] = {0}, dattn[n * E] = {0}, W[2 * N * E] = {0}, attn[n * E], dX[n * E] = {0}, dW[2 * N * E] = {0};
+    X[0] = X[16] = 0x1p-12f, X[8] = 1.0625f;  // V_0 = v
+    memcpy(dattn + E, X, sizeof(float) * E);  // dattn_1 = v
+    hax_sparse_state *st = sparse_state_alloc(&cfg, n, 1, L_PAD);
+    sparse_forward(st, &cfg, &b, X, E, W, NULL, NULL, NULL, 0, attn, E);
+    sparse_backward(st, &cfg, &b, dattn, E, 0.0f, X, E, W, NULL, dX, E, dW, NULL);
+    if (sparse_pattern_has(cfg.sparse_mask, SPF_DENSE)) {
+        CHECK(R(expf(0.0f - st->lse[1])) == 0.5f, "dp_order %s: expected P = 0.5 on query 1", pattern);
+        CHECK(st->rowD[1] == 0.5f * dp_warp, "dp_order %s: D of query 1: expected %g (dP %g), found %g", pattern,
+              0.5f * dp_warp, dp_warp, st->rowD[1]);
+        printf("  %s: D %g\n", pattern, st->rowD[1]);
+    } else {
+        int off = st->allow_off[1];
+        CHECK(st->allow_off[2] - off == 2 && st->allow_key[off] == 0 && st->allow_key[off + 1] == 1,
+              "dp_order %s: expected keys 0 and 1 for query 1", pattern);
+        CHECK(st->allow_p[off] == 0.5f && st->allow_p[off + 1] == 0.5f, "dp_order %s: expected P = 0.5", pattern);
+        CHECK(st->allow_ds[off] == 0.25f * dp_warp && st->allow_ds[off + 1] == -0.25f * dp_warp,
+              "dp_order %s: d score of query 1: expected %g %g (dP %g), found %g %g", pattern, 0.25f * dp_warp,
+              -0.25f * dp_warp, dp_warp, st->allow_ds[off], st->allow_ds[off + 1]);
+        printf("  %s: d score %g %g\n", pattern, st->allow_ds[off], st->allow_ds[off + 1]);
+    }
+    sparse_state_free(st);
+}
+
+static void test_dp_order(void) {
+    enum { E = 24 };
+    float v[E] = {0};
+    v[0] = v[16] = 0x1p-12f, v[8] = 1.0625f;
+    // the three orders, written out here: in order, 4 lanes, the warp's butterfly
+    float s_in = 0, lane4[4] = {0}, s_lane = 0, warp[32] = {0};
+    for (int e = 0; e < E; e++) s_in += v[e] * v[e], lane4[e % 4] += v[e] * v[e], warp[e % 32] += v[e] * v[e];
+    s_lane = (lane4[0] + lane4[1]) + (lane4[2] + lane4[3]);
+    for (int o = 16; o > 0; o >>= 1) {
+        float next[32];
+        for (int l = 0; l < 32; l++) next[l] = warp[l] + warp[l ^ o];  // __shfl_xor_sync
+        memcpy(warp, next, sizeof warp);
+    }
+    float dp_in = R(s_in), dp_lane = R(s_lane), dp_warp = R(warp[0]);
+    CHECK(dp_warp == 1.1328125f && dp_in == 1.125f && dp_lane == 1.125f,
+          "dp_order: the case lost its tie (warp %g, in order %g, 4 lanes %g)", dp_warp, dp_in, dp_lane);
+    printf("  dP warp %g (in order %g, 4 lanes %g)\n", dp_warp, dp_in, dp_lane);
+    dp_order_case("sliding_window", dp_warp);
+    dp_order_case("full", dp_warp);
 }
 
 // The running sum's accumulator: bf16 by default, fp32 with
@@ -911,6 +987,7 @@ int main(void) {
     RUN(test_branch_full);
     RUN(test_branch_empty_rows);
     RUN(test_score_order);
+    RUN(test_dp_order);
     RUN(test_cumsum_switch);
     RUN(test_merges);
     RUN(test_ce_bf16);

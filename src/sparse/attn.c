@@ -25,7 +25,8 @@
 // tensors; dQ, dK, dV are summed here and rounded by the caller (sparse.c).
 // Empty rows have P = R(1/L); their backward runs dense (every dP and d
 // score of the row rounded), O(n (E + N)) per empty row instead of the
-// factorised sums.
+// factorised sums. The rounded dot products follow the CUDA engine's sums
+// (dot_seq, dot_warp below), so that both engines round the same ties.
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,17 +46,38 @@ static inline float dot_f(const float *a, const float *b, int n) {
     return s;
 }
 
-// The bf16-pure score Q_t . K_j before its rounding: the CUDA engine's
-// expression (cuda/sparse/attn.cu, attn_gather.cu score_dot), one float sum
-// over f ascending. Products of bf16 values are exact in float, so only the
-// order of the adds matters; dot_f's vector lanes add in another order, and
-// where the sum falls on a bf16 rounding tie the score, P and the output
-// row differ (a 1-ulp different P in layer 0 of Mamba+HAX moved layer 1's
-// input and, through its K, the ranking loss's dx_proj gradients).
+// The bf16-pure dot products before their rounding, in the CUDA engine's
+// orders. Products of bf16 values are exact in float, so only the order of
+// the adds matters; dot_f's vector lanes add in another order, and where a
+// sum falls on a bf16 rounding tie the two round one step apart (a 1-ulp
+// different P in layer 0 of Mamba+HAX moved layer 1's input and, through its
+// K, the ranking loss's dx_proj gradients).
+//
+// dot_seq: one float sum over i ascending, the CUDA engine's scores
+// (cuda/sparse/attn_gather.cu score_dot, attn.cu attn_fwd_kernel and
+// full_fwd_kernel): the sparse scores and `full`'s forward scores.
 static inline float dot_seq(const float *a, const float *b, int n) {
     float s = 0;
     for (int i = 0; i < n; i++) s += a[i] * b[i];
     return s;
+}
+
+// dot_warp: the CUDA engine's warp dot product, its dP = dattn . V (sparse
+// dQ kernels, the empty rows' dense backward, `full`) and `full`'s backward
+// scores (cuda/sparse/attn.cu dot_n, dot_e; empty.cu empty_dot): lane l of
+// 32 sums the products of i = l, l + 32, ... in that order, then the
+// butterfly (cu_warp_sumf, cuda/core/common.cuh) adds lane l + o into lane
+// l for o = 16, 8, 4, 2, 1 (the pairs' sums are the same on both lanes of a
+// pair: a + b == b + a). attn_gather.cu's warp_sums_group makes these adds.
+static inline float dot_warp(const float *a, const float *b, int n) {
+    float lane[32] = {0};
+    for (int i0 = 0; i0 < n; i0 += 32) {
+        int m = n - i0 < 32 ? n - i0 : 32;
+        for (int l = 0; l < m; l++) lane[l] += a[i0 + l] * b[i0 + l];
+    }
+    for (int o = 16; o > 0; o >>= 1)
+        for (int l = 0; l < o; l++) lane[l] += lane[l + o];
+    return lane[0];
 }
 
 // y += a x over n floats.
@@ -210,7 +232,7 @@ static void empty_rows_backward_bf16(hax_sparse_state *st, const float *V, int l
         const float *da = dattn + (size_t)(o + t) * ld_dattn, *q = KQ + (size_t)(o + t) * ldkq + N;
         double D = 0;
         for (int j = 0; j < n; j++) {
-            dp[j] = R(dot_f(da, V + (size_t)(o + j) * ldv, E));
+            dp[j] = R(dot_warp(da, V + (size_t)(o + j) * ldv, E));
             D += (double)pe * dp[j];
         }
         float Df = (float)D, *dq = st->dKQ + (size_t)(o + t) * ldkq + N;
@@ -240,8 +262,8 @@ void sparse_attn_backward(hax_sparse_state *st, const float *V, int ldv, const i
         float *ds = st->allow_ds + off, *dq = st->dKQ + (size_t)g * ldkq + N;
         double D = 0;
         for (int i = 0; i < cnt; i++) {
-            ds[i] = dot_f(da, V + (size_t)(o + key[i]) * ldv, E);
-            if (st->bf16) ds[i] = R(ds[i]);  // dP, a bf16 GEMM output
+            const float *v = V + (size_t)(o + key[i]) * ldv;
+            ds[i] = st->bf16 ? R(dot_warp(da, v, E)) : dot_f(da, v, E);  // bf16: dP, a bf16 GEMM output
             D += (double)p[i] * ds[i];
         }
         for (int i = 0; i < cnt; i++) {
@@ -303,8 +325,8 @@ void sparse_full_forward(hax_sparse_state *st, const float *V, int ldv, const in
             const float *q = KQ + (size_t)g * ldkq + N;
             float mx = -INFINITY;
             for (int j = 0; j <= t; j++) {
-                sc[j] = dot_f(q, KQ + (size_t)(o + j) * ldkq, N);
-                if (st->bf16) sc[j] = R(sc[j]);
+                const float *k = KQ + (size_t)(o + j) * ldkq;
+                sc[j] = st->bf16 ? R(dot_seq(q, k, N)) : dot_f(q, k, N);
                 if (sc[j] > mx) mx = sc[j];
             }
             double sum = 0;
@@ -326,10 +348,16 @@ void sparse_full_forward(hax_sparse_state *st, const float *V, int ldv, const in
 }
 
 // `full`: P_tj from the row's log-sum-exp (bf16-pure: the rounded score and
-// a rounded P).
+// a rounded P). The score in bf16-pure is the CUDA backward's warp dot
+// (full_bwd_*_kernel's dot_n), not its forward's in-order sum: on a bf16
+// tie the two give a different P, on both engines alike.
 static inline float full_p(const float *q, const float *k, int N, float lse, int bf16) {
-    float s = dot_f(q, k, N);
-    return bf16 ? R(expf(R(s) - lse)) : expf(s - lse);
+    return bf16 ? R(expf(R(dot_warp(q, k, N)) - lse)) : expf(dot_f(q, k, N) - lse);
+}
+
+// `full`'s dP_tj = dattn_t . V_j (bf16-pure: the warp dot, rounded).
+static inline float full_dp(const float *da, const float *v, int E, int bf16) {
+    return bf16 ? R(dot_warp(da, v, E)) : dot_f(da, v, E);
 }
 
 void sparse_full_backward(hax_sparse_state *st, const float *V, int ldv, const int *seq_off,
@@ -348,8 +376,7 @@ void sparse_full_backward(hax_sparse_state *st, const float *V, int ldv, const i
             double D = 0;
             for (int j = 0; j <= t; j++) {
                 pp[j] = full_p(q, KQ + (size_t)(o + j) * ldkq, N, st->lse[g], st->bf16);
-                dp[j] = dot_f(da, V + (size_t)(o + j) * ldv, E);
-                if (st->bf16) dp[j] = R(dp[j]);
+                dp[j] = full_dp(da, V + (size_t)(o + j) * ldv, E, st->bf16);
                 D += (double)pp[j] * dp[j];
             }
             st->rowD[g] = (float)D;
@@ -371,8 +398,8 @@ void sparse_full_backward(hax_sparse_state *st, const float *V, int ldv, const i
         float *dk = st->dKQ + (size_t)j * ldkq, *dv = dV + (size_t)j * ld_dv;
         for (int g = j; g < end; g++) {
             const float *q = KQ + (size_t)g * ldkq + N, *da = dattn + (size_t)g * ld_dattn;
-            float p = full_p(q, k, N, st->lse[g], st->bf16), dp = dot_f(da, v, E);
-            float ds = p * ((st->bf16 ? R(dp) : dp) - st->rowD[g]);
+            float p = full_p(q, k, N, st->lse[g], st->bf16), dp = full_dp(da, v, E, st->bf16);
+            float ds = p * (dp - st->rowD[g]);
             if (st->bf16) ds = R(ds);
             axpy_f(dk, ds, q, N);
             axpy_f(dv, p, da, E);
