@@ -2,7 +2,8 @@
 #
 #   make               programs (CPU suite; the CUDA parts too where nvcc is found)
 #   make test          every test that needs no GPU (tests/run.sh)
-#   make test-gpu      CUDA ops against their CPU ops (skips without a GPU)
+#   make test-gpu      CUDA ops against their CPU ops, then tests/gpu_multi.sh
+#                      (NCCL on 2+ GPUs; skips without a GPU / with one)
 #   make bench-cpu     forward+backward tokens/s of the CPU engine
 #   make bench-datagen dataset generation speed
 #   make bench-gpu     the CUDA engine on every Table 1 config and regime, hax-train
@@ -82,9 +83,10 @@ LIBS     := -Wl,--start-group $(HAX_LIBS) -Wl,--end-group -Wl,--as-needed $(YAML
 # GPU test programs (tests/gpu_*.c -> build/gpu/gpu_*): built where CUDA is,
 # run by make test-gpu only (tests/run.sh runs build/tests/test_* alone).
 GPU_TESTS := $(if $(CU_DIRS),$(patsubst tests/%.c,$(BUILD)/gpu/%,$(wildcard tests/gpu_*.c)))
-# The GPU benchmark (tests/bench_gpu.c -> build/gpu/bench_gpu: outside
-# run_gpu.sh's build/gpu/gpu_* glob, run by make bench-gpu only).
-GPU_BENCH := $(if $(CU_DIRS),$(BUILD)/gpu/bench_gpu)
+# The GPU benchmarks (tests/bench_gpu.c -> build/gpu/bench_gpu, run by make
+# bench-gpu; tests/bench_allreduce.c -> build/gpu/bench_allreduce, run by
+# tests/gpu_multi.sh; both outside run_gpu.sh's build/gpu/gpu_* glob).
+GPU_BENCH := $(if $(CU_DIRS),$(BUILD)/gpu/bench_gpu $(BUILD)/gpu/bench_allreduce)
 DEPFLAGS  = -MMD -MP -MF $(basename $@).d -MT $@
 
 # Parallel jobs of the builds that test, demo and asan start themselves

@@ -2,8 +2,10 @@
 # run_gpu.sh: runs every GPU test program (build/gpu/gpu_*, built by make from
 # tests/gpu_*.c where nvcc is found) and prints the total "N passed, N failed".
 # Without a CUDA device (or without a CUDA build) it prints
-# "SKIP: no CUDA device" and exits 0. Usage: tests/run_gpu.sh [--quick]
-# (--quick: no paper-size timings).
+# "SKIP: no CUDA device" and exits 0. Then tests/gpu_multi.sh (several GPUs
+# through NCCL; it prints "SKIP: fewer than 2 GPUs" with one), its counts
+# added. Usage: tests/run_gpu.sh [--quick] (--quick: no paper-size timings;
+# gpu_multi.sh: the equality checks only).
 set -u
 cd "$(dirname "$0")/.."
 shopt -s nullglob
@@ -29,5 +31,17 @@ for t in "${progs[@]}"; do
     passed=$((passed + p)); failed=$((failed + f))
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); echo "broken: $t (exit $rc)"; fi
 done
+echo "== tests/gpu_multi.sh $*"
+out=$(tests/gpu_multi.sh "$@" 2>&1); rc=$?
+printf '%s\n' "$out"
+if ! printf '%s\n' "$out" | grep -q '^SKIP: fewer than 2 GPUs'; then
+    line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
+    if [ -z "$line" ]; then failed=$((failed + 1)); echo "broken: tests/gpu_multi.sh (exit $rc, no summary)"
+    else
+        p=${line%% passed*}; f=${line#*, }; f=${f%% failed*}
+        passed=$((passed + p)); failed=$((failed + f))
+        if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); echo "broken: tests/gpu_multi.sh (exit $rc)"; fi
+    fi
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
