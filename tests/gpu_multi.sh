@@ -61,7 +61,6 @@ else
 fi
 TOL=${MULTI_TOL:-1e-5}
 T=$BIN/hax-train
-FILES=$ROOT/${HAX_BUILD:-build}/tests/test_train_files
 DATA=data/joint_recall
 tmp=$(mktemp -d /tmp/hax_gpu_multi.XXXXXX)
 cleanup() { [ -d "$tmp/cluster" ] && "$ROOT/tests/slurm_cluster.sh" stop "$tmp/cluster"; rm -rf "$tmp"; }
@@ -84,10 +83,6 @@ need_data() {  # data/joint_recall for mamba2_hax, once
 }
 # the one run folder under a --results root
 run_dir() { dirname "$(find "$1" -name result.json | head -n 1)"; }
-stable() { grep -Ev '"(wall_time|tokens_per_s|ranks|git_revision|output|heartbeat)"' "$1"; }
-json_num() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),*\$/\1/p" "$1/result.json"; }
-near() { awk -v a="$1" -v b="$2" -v t="$TOL" 'BEGIN { d = a - b; if (d < 0) d = -d; m = b < 0 ? -b : b;
-    if (m < 1e-3) m = 1e-3; exit !(a != "" && b != "" && d <= t * m) }'; }
 # the gradient path a 2-rank log names ("" when it names none: the CPU engine)
 path_of() { sed -n 's/^hax-train: gradients summed through \([a-z-]*\)$/\1/p' "$1" | head -n 1; }
 # the path the mode must take: nccl on GPUs; the CPU engine prints no line
@@ -129,16 +124,9 @@ ranks_rule() {
     check "$l: best weights within $TOL ($out)" test $rc -eq 0
     for k in best_valid_acc final_valid_acc test_acc test_acc_reference; do
         check "$l: result.json $k within $TOL ($(json_num "$a" $k) vs $(json_num "$b" $k))" \
-            near "$(json_num "$b" $k)" "$(json_num "$a" $k)"
+            near "$(json_num "$b" $k)" "$(json_num "$a" $k)" "$TOL"
     done
     check "$l: same best step" test "$(json_num "$a" best_step)" = "$(json_num "$b" best_step)"
-}
-# bit_for_bit LABEL A B: every tensor and record equal
-bit_for_bit() {
-    check "$1: checkpoint bit for bit" "$FILES" cmp "$2/checkpoint.safetensors" "$3/checkpoint.safetensors" 0
-    check "$1: best.safetensors bit for bit" "$FILES" cmp "$2/best.safetensors" "$3/best.safetensors" 0
-    check "$1: metrics.csv equal" cmp -s "$2/metrics.csv" "$3/metrics.csv"
-    check "$1: result.json equal apart from timing" diff <(stable "$2/result.json") <(stable "$3/result.json")
 }
 # train NAME RANKS CONFIG [ARGS...]: a run into $tmp/NAME (log $tmp/NAME.log); its exit status
 train() {
@@ -175,7 +163,7 @@ for cfg in tiny mamba2_hax; do
     check "$cfg: 2 ranks resumed: exit 0" test $rc -eq 0
     check "$cfg: resumed at step $STOP" grep -q "resuming .* at step $STOP" "$tmp/stop_$cfg.log"
     check "$cfg: resumed run on the same gradient path" path_ok "$tmp/stop_$cfg.log"
-    bit_for_bit "$cfg: 2 ranks stop+resume vs uninterrupted" "$(run_dir "$tmp/two_$cfg")" "$(run_dir "$tmp/stop_$cfg")"
+    same_run "$cfg: 2 ranks stop+resume vs uninterrupted" "$(run_dir "$tmp/two_$cfg")" "$(run_dir "$tmp/stop_$cfg")"
 done
 
 # ---- self-checks: the comparisons above refuse runs that differ

@@ -38,4 +38,22 @@ check_output_fails() {
     if [ $rc -ne 0 ] && printf '%s\n' "$out" | grep -q -- "$pattern"; then ok "$name"
     else fail "$name (exit $rc)"; fi
 }
+# ---- hax-train run folders (test_train.sh, gpu_multi.sh)
+FILES=$ROOT/${HAX_BUILD:-build}/tests/test_train_files
+# result.json without the lines that differ between equal runs (timing, ranks,
+# the results root inside the stored config)
+stable() { grep -Ev '"(wall_time|tokens_per_s|ranks|git_revision|output|heartbeat)"' "$1"; }
+# json_num DIR KEY: a top-level number of DIR/result.json
+json_num() { sed -n "s/^  \"$2\": \([0-9.e+-]*\),*\$/\1/p" "$1/result.json"; }
+# near A B [TOL]: |A-B| <= TOL * max(|B|, 1e-3), TOL 1e-5 by default
+near() { awk -v a="$1" -v b="$2" -v t="${3:-1e-5}" 'BEGIN { d = a - b; if (d < 0) d = -d; m = b < 0 ? -b : b;
+    if (m < 1e-3) m = 1e-3; exit !(a != "" && b != "" && d <= t * m) }'; }
+# same_run NAME DIR_A DIR_B: every tensor and record bit for bit
+same_run() {
+    local a=$2 b=$3
+    check "$1: checkpoint bit for bit" "$FILES" cmp "$a/checkpoint.safetensors" "$b/checkpoint.safetensors" 0
+    check "$1: best.safetensors bit for bit" "$FILES" cmp "$a/best.safetensors" "$b/best.safetensors" 0
+    check "$1: metrics.csv equal" cmp -s "$a/metrics.csv" "$b/metrics.csv"
+    check "$1: result.json equal apart from timing" diff <(stable "$a/result.json") <(stable "$b/result.json")
+}
 finish() { echo "$HAX_TEST_PASSED passed, $HAX_TEST_FAILED failed"; [ $HAX_TEST_FAILED -eq 0 ]; }

@@ -19,29 +19,26 @@ if [ ${#progs[@]} -eq 0 ]; then
     exit 1
 fi
 passed=0 failed=0
-for t in "${progs[@]}"; do
-    [ -x "$t" ] || continue
-    echo "== $t"
-    out=$("$t" "$@" 2>&1); rc=$?
+# counted SKIP_LINE CMD...: runs CMD, prints its output and adds its "N passed,
+# N failed" to the totals (nothing where it printed SKIP_LINE; a failure where it
+# printed no summary or exited non-zero with none failed)
+counted() {
+    local skip=$1 out rc line p f
+    shift
+    echo "== $*"
+    out=$("$@" 2>&1); rc=$?
     printf '%s\n' "$out"
-    if printf '%s\n' "$out" | grep -q '^SKIP: no CUDA device'; then continue; fi
+    if printf '%s\n' "$out" | grep -q "^$skip"; then return; fi
     line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
-    if [ -z "$line" ]; then failed=$((failed + 1)); echo "broken: $t (exit $rc, no summary)"; continue; fi
+    if [ -z "$line" ]; then failed=$((failed + 1)); echo "broken: $1 (exit $rc, no summary)"; return; fi
     p=${line%% passed*}; f=${line#*, }; f=${f%% failed*}
     passed=$((passed + p)); failed=$((failed + f))
-    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); echo "broken: $t (exit $rc)"; fi
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); echo "broken: $1 (exit $rc)"; fi
+}
+for t in "${progs[@]}"; do
+    [ -x "$t" ] || continue
+    counted 'SKIP: no CUDA device' "$t" "$@"
 done
-echo "== tests/gpu_multi.sh $*"
-out=$(tests/gpu_multi.sh "$@" 2>&1); rc=$?
-printf '%s\n' "$out"
-if ! printf '%s\n' "$out" | grep -q '^SKIP: fewer than 2 GPUs'; then
-    line=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed' | tail -n 1)
-    if [ -z "$line" ]; then failed=$((failed + 1)); echo "broken: tests/gpu_multi.sh (exit $rc, no summary)"
-    else
-        p=${line%% passed*}; f=${line#*, }; f=${f%% failed*}
-        passed=$((passed + p)); failed=$((failed + f))
-        if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then failed=$((failed + 1)); echo "broken: tests/gpu_multi.sh (exit $rc)"; fi
-    fi
-fi
+counted 'SKIP: fewer than 2 GPUs' tests/gpu_multi.sh "$@"
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

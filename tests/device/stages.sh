@@ -79,10 +79,17 @@ ref_stage() {
   # the goldens come back for study here (each tgz at most 16 MiB)
   for c in samba mamba_hax mamba2_base mamba2_hax; do tar czf $OUT/ref_$c.tgz -C $R ref/$c.torch.safetensors ref/$c.triton.safetensors refcpu/$c.torch.safetensors
     [ $(stat -c %s $OUT/ref_$c.tgz) -lt 16000000 ] || rm -f $OUT/ref_$c.tgz; done
+  # refcheck FILE LABEL CASE BACKEND NOISE...: hax-check of CASE against its Triton golden, the bounds
+  # from the NOISE files (other runs of the reference), into $R/FILE and a line of summary.txt
+  refcheck() {
+    local out=$1 label=$2 c=$3 be=$4 n nz=(); shift 4
+    for n in "$@"; do nz+=(--noise "$n"); done
+    bin/hax-check --precision bf16-pure --backend $be "${nz[@]}" $R/ref/$c.triton.safetensors > $R/$out 2>&1
+    echo "$label rc=$? $(tail -n 1 $R/$out)" | tee -a $R/summary.txt
+  }
   mkdir -p $R/emit
   for c in mamba2_base mamba2_hax mamba_hax samba; do for be in cpu cuda; do
-    bin/hax-check --precision bf16-pure --backend $be --noise $R/ref/$c.torch.safetensors $R/ref/$c.triton.safetensors > $R/hax_${c}_$be.txt 2>&1
-    echo "$c $be rc=$? $(tail -n 1 $R/hax_${c}_$be.txt)" | tee -a $R/summary.txt
+    refcheck hax_${c}_$be.txt "$c $be" $c $be $R/ref/$c.torch.safetensors
     # the CUDA engine's own tensors (--emit, a run of its own: with it the LSH buckets are the
     # engine's, not the golden's flips), so that later rules can be applied without a GPU
     [ $be != cuda ] || bin/hax-check --precision bf16-pure --backend cuda --emit $R/emit/${c}_cuda.safetensors \
@@ -91,18 +98,15 @@ ref_stage() {
     # own key selections and the Enhanced Mamba layer put it 2-5x further from hax than the GPU
     # paths are from each other (tests/ref/README.md), which would loosen the HAX models' bounds
     case $c in mamba2_base|samba) ;; *) continue ;; esac
-    bin/hax-check --precision bf16-pure --backend $be --noise $R/ref/$c.torch.safetensors --noise $R/refcpu/$c.torch.safetensors \
-      $R/ref/$c.triton.safetensors > $R/hax2_${c}_$be.txt 2>&1
-    echo "$c $be, both noises: rc=$? $(tail -n 1 $R/hax2_${c}_$be.txt)" | tee -a $R/summary.txt
+    refcheck hax2_${c}_$be.txt "$c $be, both noises:" $c $be $R/ref/$c.torch.safetensors $R/refcpu/$c.torch.safetensors
     # Samba: a third run of the reference whose GEMMs sum in another order (its torch path on an
     # AVX-512 BF16 CPU, made on the development machine: tests/ref/README.md, "Samba's forward gap
     # is one near-tie"), carried as carry/refnoise/samba.*.safetensors.gz
     n3=$(ls carry/refnoise/$c.*.safetensors.gz 2>/dev/null | head -n 1)
     [ -n "$n3" ] || continue
     mkdir -p $R/refnoise; [ -e $R/refnoise/$c.safetensors ] || gunzip -c $n3 > $R/refnoise/$c.safetensors
-    bin/hax-check --precision bf16-pure --backend $be --noise $R/ref/$c.torch.safetensors --noise $R/refcpu/$c.torch.safetensors \
-      --noise $R/refnoise/$c.safetensors $R/ref/$c.triton.safetensors > $R/hax3_${c}_$be.txt 2>&1
-    echo "$c $be, three noises: rc=$? $(tail -n 1 $R/hax3_${c}_$be.txt)" | tee -a $R/summary.txt; done; done
+    refcheck hax3_${c}_$be.txt "$c $be, three noises:" $c $be $R/ref/$c.torch.safetensors $R/refcpu/$c.torch.safetensors \
+      $R/refnoise/$c.safetensors; done; done
   tar czf $OUT/emit_cuda.tgz -C $R emit/mamba2_base_cuda.safetensors emit/mamba2_hax_cuda.safetensors \
     emit/mamba_hax_cuda.safetensors emit/samba_cuda.safetensors 2>/dev/null
   [ $(stat -c %s $OUT/emit_cuda.tgz) -lt 16000000 ] || rm -f $OUT/emit_cuda.tgz
