@@ -97,7 +97,7 @@ out=$("$CHECK" -q --precision bf16-pure "$T/three.safetensors" 2>&1); rc=$?
 if [ $rc -ne 0 ] && printf '%s\n' "$out" | grep -q "$grad .*FAIL.*>1 ulp 68 (max 3)"; then ok "3 ulps on 5% of a gradient fails, counted"
 else fail "3 ulps on 5% of a gradient fails, counted (exit $rc)"; printf '%s\n' "$out" | grep -E "FAIL|hax:" | head -n 5; fi
 # AdamW's second moment, (1 - beta2) g^2: a gradient one ulp off is two ulps off there, so its
-# floors count in units of two ulps (BF16_SQ_REL_FLOOR); the first moment keeps one ulp
+# floors count in units of two ulps (bf16_stats.unit, check_util.h); the first moment keeps one ulp
 sq=adamw.exp_avg_sq.layers.0.mixer.in_proj.weight
 cp "$ks" "$T/sq2.safetensors"; perturb "$T/sq2.safetensors" "$sq" 2 1
 out=$("$CHECK" -q --precision bf16-pure "$T/sq2.safetensors" 2>&1); rc=$?

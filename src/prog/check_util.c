@@ -149,9 +149,9 @@ void bf16_stats_of(bf16_stats *s, const float *ours, const float *gold, size_t n
     if (isnan(s->rel)) s->rel = INFINITY;
 }
 
-int bf16_verdict(const bf16_stats *s, const bf16_stats *noise, double factor, double rel_floor, double *rel_bound,
-                 char *note, size_t note_len) {
-    double rb = rel_floor;
+int bf16_verdict(const bf16_stats *s, const bf16_stats *noise, double factor, double *rel_bound, char *note,
+                 size_t note_len) {
+    double rb = s->unit * BF16_REL_FLOOR;  // s->unit ulps (check_util.h)
     long bb = (long)ceil(BF16_BEYOND_FRAC * s->n);
     if (noise) {
         rb = fmax(rb, factor * noise->rel);

@@ -49,13 +49,6 @@ int bucket_mismatch(const st_file *f, const hax_case *c, const int32_t *ours, co
 // factor x the reference's own difference, where that is larger.
 #define BF16_REL_FLOOR 0.0078125         // 2^-7
 #define BF16_SCALAR_REL_FLOOR 0.0078125  // 2^-7: a bf16 scalar, one ulp
-// AdamW's second moment after one step is (1 - beta2) g^2: a gradient one ulp
-// off (within BF16_REL_FLOOR) is two ulps off there. Where one element
-// dominates a small tensor, its normwise difference is that element's: on
-// 2026-12-07 Mamba+HAX's layer-0 dt_proj.bias (one gradient element 8x the
-// next, hax 1 ulp off it, 4.4e-3) and Mamba2's layer-1 A_log (8 elements)
-// failed the one-ulp floor with gradients within theirs.
-#define BF16_SQ_REL_FLOOR (2 * BF16_REL_FLOOR)
 #define BF16_BEYOND_FRAC 0.01
 #define BF16_ACC_FLOOR 0.02           // accuracy: about two argmax flips in a short sample
 
@@ -65,17 +58,22 @@ typedef struct {
     double rel;
 } bf16_stats;
 
-// unit: 1, or 2 for AdamW's second moment (BF16_SQ_REL_FLOOR: a gradient one
-// ulp off is two ulps off in its square)
+// unit: 1, or 2 for AdamW's second moment. After one step that is
+// (1 - beta2) g^2: a gradient one ulp off (within BF16_REL_FLOOR) is two ulps
+// off there. Where one element dominates a small tensor, its normwise
+// difference is that element's: on 2026-12-07 Mamba+HAX's layer-0
+// dt_proj.bias (one gradient element 8x the next, hax 1 ulp off it, 4.4e-3)
+// and Mamba2's layer-1 A_log (8 elements) failed a one-ulp floor with
+// gradients within theirs.
 void bf16_stats_of(bf16_stats *s, const float *ours, const float *gold, size_t n, long unit);
 
 // Verdict of ours (s) against the golden, the noise (the reference's other
-// path against the same golden) may be NULL; rel_floor is the normwise floor
-// (BF16_REL_FLOOR, or BF16_SQ_REL_FLOOR for AdamW's second moment). Writes
-// the relative bound to *rel_bound and a one-line note (counts and bounds)
-// to note.
-int bf16_verdict(const bf16_stats *s, const bf16_stats *noise, double factor, double rel_floor, double *rel_bound,
-                 char *note, size_t note_len);
+// path against the same golden) may be NULL. The normwise floor is s->unit
+// ulps: s->unit x BF16_REL_FLOOR.
+// Writes the relative bound to *rel_bound and a one-line note (counts and
+// bounds) to note.
+int bf16_verdict(const bf16_stats *s, const bf16_stats *noise, double factor, double *rel_bound, char *note,
+                 size_t note_len);
 
 // Rounds x[0..n) to bf16 in place; returns how many values changed.
 long bf16_round_count(float *x, size_t n);

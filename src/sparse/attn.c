@@ -80,6 +80,15 @@ static inline float dot_warp(const float *a, const float *b, int n) {
     return lane[0];
 }
 
+// A score Q_t . K_j (bf16-pure: dot_seq, rounded) and a dP = dattn_t . V_j
+// (bf16-pure: dot_warp, rounded, a bf16 GEMM output); fp32: dot_f.
+static inline float score_of(const float *q, const float *k, int N, int bf16) {
+    return bf16 ? R(dot_seq(q, k, N)) : dot_f(q, k, N);
+}
+static inline float dp_of(const float *da, const float *v, int E, int bf16) {
+    return bf16 ? R(dot_warp(da, v, E)) : dot_f(da, v, E);
+}
+
 // y += a x over n floats.
 static inline void axpy_f(float *restrict y, float a, const float *restrict x, int n) {
 #pragma omp simd
@@ -121,8 +130,7 @@ void sparse_attn_forward(hax_sparse_state *st, const float *V, int ldv, const in
         const float *q = KQ + (size_t)g * ldkq + N;
         float mx = -INFINITY;
         for (int i = 0; i < cnt; i++) {
-            const float *k = KQ + (size_t)(o + key[i]) * ldkq;
-            p[i] = bf16 ? R(dot_seq(q, k, N)) : dot_f(q, k, N);
+            p[i] = score_of(q, KQ + (size_t)(o + key[i]) * ldkq, N, bf16);
             if (p[i] > mx) mx = p[i];
         }
         double sum = 0;
@@ -232,7 +240,7 @@ static void empty_rows_backward_bf16(hax_sparse_state *st, const float *V, int l
         const float *da = dattn + (size_t)(o + t) * ld_dattn, *q = KQ + (size_t)(o + t) * ldkq + N;
         double D = 0;
         for (int j = 0; j < n; j++) {
-            dp[j] = R(dot_warp(da, V + (size_t)(o + j) * ldv, E));
+            dp[j] = dp_of(da, V + (size_t)(o + j) * ldv, E, 1);
             D += (double)pe * dp[j];
         }
         float Df = (float)D, *dq = st->dKQ + (size_t)(o + t) * ldkq + N;
@@ -262,8 +270,7 @@ void sparse_attn_backward(hax_sparse_state *st, const float *V, int ldv, const i
         float *ds = st->allow_ds + off, *dq = st->dKQ + (size_t)g * ldkq + N;
         double D = 0;
         for (int i = 0; i < cnt; i++) {
-            const float *v = V + (size_t)(o + key[i]) * ldv;
-            ds[i] = st->bf16 ? R(dot_warp(da, v, E)) : dot_f(da, v, E);  // bf16: dP, a bf16 GEMM output
+            ds[i] = dp_of(da, V + (size_t)(o + key[i]) * ldv, E, st->bf16);
             D += (double)p[i] * ds[i];
         }
         for (int i = 0; i < cnt; i++) {
@@ -325,8 +332,7 @@ void sparse_full_forward(hax_sparse_state *st, const float *V, int ldv, const in
             const float *q = KQ + (size_t)g * ldkq + N;
             float mx = -INFINITY;
             for (int j = 0; j <= t; j++) {
-                const float *k = KQ + (size_t)(o + j) * ldkq;
-                sc[j] = st->bf16 ? R(dot_seq(q, k, N)) : dot_f(q, k, N);
+                sc[j] = score_of(q, KQ + (size_t)(o + j) * ldkq, N, st->bf16);
                 if (sc[j] > mx) mx = sc[j];
             }
             double sum = 0;
@@ -355,11 +361,6 @@ static inline float full_p(const float *q, const float *k, int N, float lse, int
     return bf16 ? R(expf(R(dot_warp(q, k, N)) - lse)) : expf(dot_f(q, k, N) - lse);
 }
 
-// `full`'s dP_tj = dattn_t . V_j (bf16-pure: the warp dot, rounded).
-static inline float full_dp(const float *da, const float *v, int E, int bf16) {
-    return bf16 ? R(dot_warp(da, v, E)) : dot_f(da, v, E);
-}
-
 void sparse_full_backward(hax_sparse_state *st, const float *V, int ldv, const int *seq_off,
                           int n_seq, const float *dattn, int ld_dattn, float *dV, int ld_dv) {
     int N = st->N, E = st->E, ldkq = 2 * N, n_tok = seq_off[n_seq];
@@ -376,7 +377,7 @@ void sparse_full_backward(hax_sparse_state *st, const float *V, int ldv, const i
             double D = 0;
             for (int j = 0; j <= t; j++) {
                 pp[j] = full_p(q, KQ + (size_t)(o + j) * ldkq, N, st->lse[g], st->bf16);
-                dp[j] = full_dp(da, V + (size_t)(o + j) * ldv, E, st->bf16);
+                dp[j] = dp_of(da, V + (size_t)(o + j) * ldv, E, st->bf16);
                 D += (double)pp[j] * dp[j];
             }
             st->rowD[g] = (float)D;
@@ -398,7 +399,7 @@ void sparse_full_backward(hax_sparse_state *st, const float *V, int ldv, const i
         float *dk = st->dKQ + (size_t)j * ldkq, *dv = dV + (size_t)j * ld_dv;
         for (int g = j; g < end; g++) {
             const float *q = KQ + (size_t)g * ldkq + N, *da = dattn + (size_t)g * ld_dattn;
-            float p = full_p(q, k, N, st->lse[g], st->bf16), dp = full_dp(da, v, E, st->bf16);
+            float p = full_p(q, k, N, st->lse[g], st->bf16), dp = dp_of(da, v, E, st->bf16);
             float ds = p * (dp - st->rowD[g]);
             if (st->bf16) ds = R(ds);
             axpy_f(dk, ds, q, N);
