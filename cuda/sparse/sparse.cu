@@ -71,6 +71,13 @@ static void layout(cu_sparse_state *st, carver *c) {
     st->tr_cnt = TL ? (int *)carve(c, sizeof(int) * TL) : NULL;
     st->tr_off = TL ? (int *)carve(c, sizeof(int) * TL) : NULL;
     st->tr_ent = TL ? (int *)carve(c, sizeof(int) * TL * cap) : NULL;
+    // the dense backward's blocks (cuda/sparse/attn_dense.cu), only where selected
+    size_t Lc = st->dense_cap, DR = S * Lc;  // rows of the padded blocks
+    st->dn_mat = Lc ? (float *)carve(c, sizeof(float) * DR * Lc) : NULL;
+    st->dn_kq = Lc ? (float *)carve(c, sizeof(float) * DR * 2 * N) : NULL;
+    st->dn_dkq = Lc ? (float *)carve(c, sizeof(float) * DR * 2 * N) : NULL;
+    st->dn_do = Lc ? (float *)carve(c, sizeof(float) * DR * E) : NULL;
+    st->dn_v = Lc ? (float *)carve(c, sizeof(float) * DR * E) : NULL;
     st->lse = (float *)carve(c, sizeof(float) * T);
     st->rowD = (float *)carve(c, sizeof(float) * T);
     st->seq_sv = (double *)carve(c, sizeof(double) * S * E);
@@ -92,6 +99,7 @@ static void fill_shape(cu_sparse_state *st, const hax_model_config *cfg, int max
     st->delta = sparse_pattern_has(cfg->sparse_mask, SPF_DILATION) ? cfg->data_max_length / cfg->k_c : 0;
     st->mask = cfg->sparse_mask, st->sem = cfg->semantics;
     st->bf16_made = cfg->precision == PREC_BF16_PURE;
+    st->dense_cap = cu_sp_dense_cap(cfg, max_len);  // 0 unless HAX_SPARSE_ATTN_BWD=dense
 }
 
 static size_t ks_bytes(const hax_model_config *cfg, int max_tok, int max_seq) {
@@ -149,6 +157,7 @@ extern "C" cu_sparse_state *cuda_sparse_state_alloc(const hax_model_config *cfg,
     st->attn_old = attn_old_env();
     st->ks_old = cuda_ks_old_kernels();
     st->long_mode = cuda_sparse_long_env();
+    st->attn_dense = st->dense_cap > 0;
     carver c = {NULL, 0};
     layout(st, &c);
     box->mem = cuda_malloc(c.used);
