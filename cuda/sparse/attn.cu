@@ -392,7 +392,7 @@ __global__ static void full_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const
 }
 
 void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,
-                         const float *dattn, int ld_dattn, float *dV, int ld_dv) {
+                         const float *dattn, int ld_dattn, float *dV, int ld_dv, int empty_rows) {
     int n_tok = st->n_tok, n_seq = st->n_seq, N = st->N, E = st->E, cap = st->row_cap;
     int blocks = cu_blocks(n_tok, WARPS);
     cudaStream_t sm = cu_stream();
@@ -411,7 +411,7 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
     st->dense_ran = cu_sp_dense_fits(st);
     if (st->dense_ran) {  // HAX_SPARSE_ATTN_BWD=dense: per-sequence GEMMs (cuda/sparse/attn_dense.cu)
         cu_sp_dense_backward(st, seq_off, V, ldv, dattn, ld_dattn, dV, ld_dv);  // its own phases
-        cu_sp_empty_backward(st, seq_off, V, ldv, dattn, ld_dattn, dV, ld_dv);
+        if (empty_rows) cu_sp_empty_backward(st, seq_off, V, ldv, dattn, ld_dattn, dV, ld_dv);
         return;
     }
     if (st->attn_old == 0 && cu_sp_gather_fits(st)) {
@@ -434,5 +434,5 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
         CUDA_LAUNCHED();
     }
     cu_sp_phase(st, "attention dK dV");
-    cu_sp_empty_backward(st, seq_off, V, ldv, dattn, ld_dattn, dV, ld_dv);  // its own phases
+    if (empty_rows) cu_sp_empty_backward(st, seq_off, V, ldv, dattn, ld_dattn, dV, ld_dv);  // its own phases
 }

@@ -154,9 +154,10 @@ void cu_sp_transpose(cu_sparse_state *st, const int *seq_off);
 // `full` dense causal attention, and the reference empty rows.
 void cu_sp_attn_forward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,
                         float *attn, int ld_attn);
-// Zeroes st->dKQ, then writes dQ (unscaled K) / dK into it and adds dV into dV.
+// Zeroes st->dKQ, then writes dQ (unscaled K) / dK into it and adds dV into dV;
+// then, with empty_rows (always but in tests), the empty rows' backward.
 void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,
-                         const float *dattn, int ld_dattn, float *dV, int ld_dv);
+                         const float *dattn, int ld_dattn, float *dV, int ld_dv, int empty_rows);
 // cuda/sparse/attn_gather.cu: the default gathers of the sparse attention
 // (the previous ones, st->attn_old, stay in attn.cu): the forward, dQ (with
 // allow_ds) and dK/dV over the transposed lists, each as its attn.cu

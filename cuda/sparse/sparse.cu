@@ -299,6 +299,16 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
     cu_sp_phase(st, "attention");
 }
 
+static long g_dense_count;  // backwards enqueued through the dense products (cuda_sparse_dense_count)
+
+extern "C" long cuda_sparse_dense_count(void) { return g_dense_count; }
+
+extern "C" void cuda_sparse_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,
+                                          const float *dattn, int ld_dattn, float *dV, int ld_dv, int empty_rows) {
+    if (st->n_tok == 0) return;
+    cu_sp_attn_backward(st, seq_off, V, ldv, dattn, ld_dattn, dV, ld_dv, empty_rows);
+}
+
 extern "C" void cuda_sparse_backward(cu_sparse_state *st, const int *seq_off, int n_seq, int n_tok,
                                      const float *dattn, int ld_dattn, float gate_scale,
                                      const float *X, int ldX, const float *W_xx,
@@ -316,7 +326,8 @@ extern "C" void cuda_sparse_backward(cu_sparse_state *st, const int *seq_off, in
         hax_die("cuda_sparse_backward: bf16-pure: expected a state made for train.precision bf16-pure, found one "
                 "made for another precision");
     if (st->bf16) cuda_zero(st->dXs, sizeof(float) * (size_t)n_tok * E);
-    cu_sp_attn_backward(st, seq_off, X, ldX, dattn, ld_dattn, st->bf16 ? st->dXs : dX, st->bf16 ? E : ld_dX);
+    cu_sp_attn_backward(st, seq_off, X, ldX, dattn, ld_dattn, st->bf16 ? st->dXs : dX, st->bf16 ? E : ld_dX, 1);
+    if (st->dense_ran) g_dense_count++;
     if (st->bf16) cuda_add_bf16_rows(dX, ld_dX, st->dXs, E, E, n_tok);
     // d KQ[:, :N] = dK / sqrt(N), as the forward's scaling (bf16: dQ, dK rounded first)
     scale_keys(st->dKQ, n_tok, N, st->bf16);

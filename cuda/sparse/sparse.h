@@ -179,6 +179,17 @@ void cuda_sparse_set_attn_bwd(int dense);
 // sequence than dense_len sets the device error flag (cuda_sync dies).
 int cuda_sparse_dense_len(const int *seq_off, int n_seq);
 
+// Tests: the attention part of cuda_sparse_backward alone, for the last
+// forward, with the state's kernels (gathers or dense): st->dKQ := [dK | dQ]
+// (unscaled: before the keys' 1 / sqrt(N) and bf16-pure's rounding),
+// allow_ds, dV [n_tok, ld_dv] += the attention's share (unrounded); the
+// reference empty rows' share too where empty_rows. And the number of
+// backwards enqueued through the dense products so far in this process
+// (host calls: a replayed CUDA graph counts nothing).
+void cuda_sparse_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, const float *dattn,
+                               int ld_dattn, float *dV, int ld_dv, int empty_rows);
+long cuda_sparse_dense_count(void);
+
 // Device buckets [n_tok] replacing the computed ones (NULL, NULL: computed).
 void cuda_sparse_force_buckets(cu_sparse_state *st, const int32_t *q_bucket,
                                const int32_t *k_bucket);
