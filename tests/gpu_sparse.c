@@ -32,6 +32,13 @@
 // byte ("long vs previous kernels ..., differing elements: ..."), and against
 // the CPU (buckets, LSH keys and lists exact, selections exactly the CPU's
 // top-k of the GPU's scores, attn within tolerance).
+// Then the backward through per-sequence dense products (HAX_SPARSE_ATTN_BWD=
+// dense, cuda/sparse/attn_dense.cu) against the gathers on one state, every
+// pattern, both semantics, fp32 and bf16-pure, and at the paper size for
+// every pattern of the configs: the attention backward's d score, dKQ and dV
+// within per-element worst-case bounds of the two summation orders
+// (attn_bounds_of), the whole backward within the GPU-vs-CPU tolerances, and
+// lines "TIME attn bwd gather|dense <ms> ms (...)".
 // Skips (exit 0) without a CUDA device. --quick: no paper-size timing.
 // --lengths N_SEQxLEN,... [N]: only the eval forward's phases at those
 // lengths, previous and long-sequence kernels ("LPHASE old|new ...", "LONG
@@ -487,6 +494,435 @@ static void test_gather_variants(void) {
                                bf16 ? " / bf16-pure" : "", N, E, ldX);
                         on_problem(&cfg, k_lens, K_NSEQ, L, ldX, bf16, check_variants);
                     }
+}
+
+// ---------------------------------------------------------------- dense vs gathered backward
+
+// The attention backward through per-sequence dense products
+// (HAX_SPARSE_ATTN_BWD=dense, cuda/sparse/attn_dense.cu) against the gathers
+// (the default) on one state: the states are allocated with the dense
+// selection (cuda_sparse_set_attn_bwd) and cu_sparse_state.attn_dense picks
+// the path per call. The forward is the same code either way (attn and P
+// equal bit for bit); the backward's sums run in other orders, so d score,
+// dKQ and dV are checked against per-element worst-case bounds of that
+// (attn_bounds_of), and the whole backward's dX, dW_xx within tolerance.
+
+#define DV_PAD 3  // dV's rows in the attention-only runs: E + 3 floats (ld_dv != E)
+
+// What an attention-only backward leaves (host copies): d score [n, row_cap],
+// dKQ [n, 2N] (unscaled [dK | dQ]) and dV [n, E + DV_PAD].
+typedef struct {
+    float *ds, *dkq, *dv;
+} attn_grads;
+
+static void free_attn_grads(attn_grads *r) { free(r->ds), free(r->dkq), free(r->dv); }
+
+// The state's dense backward on (dense = 1) or off for problem p's batch.
+static void set_dense(cu_sparse_state *gs, const problem *p, int dense) {
+    gs->attn_dense = dense;
+    gs->dense_len = cuda_sparse_dense_len(p->b.seq_off, p->b.n_seq);
+}
+
+// The attention backward alone (no empty rows: the same code after either
+// path) of the state's last forward, gathers or dense, adding into dV's
+// initial values dv0 [n, E + DV_PAD]; host copies into r.
+static void attn_bwd_run(attn_grads *r, problem *p, cu_sparse_state *gs, int dense, const float *dv0, float *d_dv) {
+    int n = p->b.n_tok, N = p->N, E = p->E, ld = E + DV_PAD;
+    set_dense(gs, p, dense);
+    cuda_upload(d_dv, dv0, sizeof(float) * n * ld);
+    cuda_sparse_attn_backward(gs, p->d_off, p->d_X, p->ldX, p->d_dattn, E, d_dv, ld, 0);
+    cuda_sync();
+    CHECK(gs->dense_ran == dense, "attn_dense %d: the dense backward %s", dense, gs->dense_ran ? "ran" : "did not run");
+    r->ds = down(gs->allow_ds, sizeof(float) * (size_t)n * gs->row_cap);
+    r->dkq = down(gs->dKQ, sizeof(float) * (size_t)n * 2 * N);
+    r->dv = down(d_dv, sizeof(float) * (size_t)n * ld);
+}
+
+static double gamma_n(int n) {
+    double u = ldexp(1.0, -24);
+    return n * u / (1 - n * u);
+}
+
+// Per-element bounds on |dense - gathers| of d score, dKQ and dV, from the
+// gathers' run g and the inputs, worst case (u = 2^-24 per float rounding;
+// a sum of n terms in any order, fused or not, lies within gamma(n) =
+// n u / (1 - n u) times the sum of the terms' magnitudes of the exact one):
+//   dP_i = dattn_t . V_j (key j, entry i of query t's list): two orders of the
+//     same E products differ by e_i <= 2 gamma(E) B_i, B_i = sum_e |dattn_t[e]
+//     V_j[e]|; bf16-pure rounds both to bf16, which adds at most one bf16
+//     step: + 2^-7 (|dP_i| + e_i);
+//   D = sum_i p_i dP_i (double, the same order both ways): <= eD = sum_i p_i e_i;
+//   ds_i = p_i (dP_i - (float)D): <= x_i = p_i (e_i + eD + 2u |D| +
+//     2u |dP_i - D|) + 2u |ds_i| (the float conversion, subtraction and
+//     product roundings of two nearby values); bf16-pure: + 2^-7 (|ds_i| + x_i);
+//   dQ_t[f] = sum_i ds_i K_j[f]: <= 2 gamma(cnt) sum_i |ds_i K_j[f]| +
+//     sum_i x_i |K_j[f]| (the dense sum adds exact zeros besides the list's
+//     terms); dK_j[f] = sum over the holders t of j (h_j of them) of ds Q_t[f]:
+//     the same with gamma(h_j);
+//   dV_j[e] = dv0 + sum_t p dattn_t[e] (P and dattn identical both ways):
+//     <= 2 gamma(h_j) sum_t |p dattn_t[e]| + 2u |dV_j[e]| (the final add).
+// |dP_i| and |D| are the exact values (double). Every bound gets a factor
+// 1.01 for the second-order terms. A wrong scale, a missing, doubled or
+// misplaced term breaks them (dense_check also checks that a copy scaled
+// by 1 + 1e-3 fails them).
+typedef struct {
+    double *ds, *dkq, *dv;
+} attn_bounds;
+
+static void attn_bounds_of(attn_bounds *bd, const problem *p, const cu_sparse_state *gs, const int *cnt,
+                           const int *key, const float *P, const float *kq, const attn_grads *g, int bf16) {
+    int n = p->b.n_tok, N = p->N, E = p->E, cap = gs->row_cap, ld = E + DV_PAD, ldX = p->ldX;
+    double u = ldexp(1.0, -24), b16 = bf16 ? ldexp(1.0, -7) : 0.0;
+    bd->ds = xcalloc((size_t)n * cap + 1, sizeof(double));
+    bd->dkq = xcalloc((size_t)n * 2 * N, sizeof(double));
+    bd->dv = xcalloc((size_t)n * ld, sizeof(double));
+    double *ak = xcalloc((size_t)n * N, sizeof(double)), *ek = xcalloc((size_t)n * N, sizeof(double));
+    double *av = xcalloc((size_t)n * E, sizeof(double)), *aq = xmalloc(sizeof(double) * N);
+    double *eq = xmalloc(sizeof(double) * N), *e_dp = xmalloc(sizeof(double) * (cap + 1));
+    double *dpd = xmalloc(sizeof(double) * (cap + 1));
+    int *hold = xcalloc(n, sizeof(int));
+    for (int s = 0; s < p->b.n_seq; s++) {
+        int o = p->b.seq_off[s];
+        for (int t = o; t < p->b.seq_off[s + 1]; t++) {
+            int c = cnt[t];
+            const int *kk = key + (size_t)t * cap;
+            const float *pp = P + (size_t)t * cap, *dsg = g->ds + (size_t)t * cap;
+            const float *da = p->dattn + (size_t)t * E, *q = kq + (size_t)t * 2 * N + N;
+            double eD = 0, D = 0;
+            for (int i = 0; i < c; i++) {
+                const float *v = p->X + (size_t)(o + kk[i]) * ldX;
+                double B = 0, dp = 0;
+                for (int e = 0; e < E; e++) B += fabs((double)da[e] * v[e]), dp += (double)da[e] * v[e];
+                double ei = 2 * gamma_n(E) * B;
+                ei += b16 * (fabs(dp) + ei);
+                e_dp[i] = ei, dpd[i] = dp, eD += pp[i] * ei, D += pp[i] * dp;
+            }
+            for (int f = 0; f < N; f++) aq[f] = eq[f] = 0;
+            for (int i = 0; i < c; i++) {
+                int j = o + kk[i];
+                double x = pp[i] * (e_dp[i] + eD + 2 * u * fabs(D) + 2 * u * fabs(dpd[i] - D)) + 2 * u * fabs(dsg[i]);
+                x += b16 * (fabs(dsg[i]) + x);
+                bd->ds[(size_t)t * cap + i] = 1.01 * x;
+                const float *k = kq + (size_t)j * 2 * N;
+                for (int f = 0; f < N; f++) {
+                    aq[f] += fabs((double)dsg[i] * k[f]), eq[f] += x * fabs(k[f]);
+                    ak[(size_t)j * N + f] += fabs((double)dsg[i] * q[f]), ek[(size_t)j * N + f] += x * fabs(q[f]);
+                }
+                for (int e = 0; e < E; e++) av[(size_t)j * E + e] += fabs((double)pp[i] * da[e]);
+                hold[j]++;
+            }
+            for (int f = 0; f < N; f++) bd->dkq[(size_t)t * 2 * N + N + f] = 1.01 * (2 * gamma_n(c) * aq[f] + eq[f]);
+        }
+    }
+    for (int j = 0; j < n; j++) {
+        for (int f = 0; f < N; f++)
+            bd->dkq[(size_t)j * 2 * N + f] = 1.01 * (2 * gamma_n(hold[j]) * ak[(size_t)j * N + f] + ek[(size_t)j * N + f]);
+        for (int e = 0; e < E; e++)  // (columns E.. of dV's rows: untouched, bound 0)
+            bd->dv[(size_t)j * ld + e] =
+                1.01 * (2 * gamma_n(hold[j]) * av[(size_t)j * E + e] + 2 * u * fabs(g->dv[(size_t)j * ld + e]));
+    }
+    free(ak), free(ek), free(av), free(aq), free(eq), free(e_dp), free(dpd), free(hold);
+}
+
+static void free_attn_bounds(attn_bounds *bd) { free(bd->ds), free(bd->dkq), free(bd->dv); }
+
+// Elements of a (times scale) farther from b than their bound; the largest
+// |a - b| / bound into *worst (0 where equal).
+static long over_bound(const float *a, const float *b, const double *bound, size_t n, double scale, double *worst) {
+    long bad = 0;
+    double w = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] * scale - (double)b[i]);
+        bad += !(d <= bound[i]);
+        double r = d == 0 ? 0 : bound[i] > 0 ? d / bound[i] : INFINITY;
+        if (r > w) w = r;
+    }
+    if (worst) *worst = w;
+    return bad;
+}
+
+// The d score entries (within the lists) of a and b that differ in any bit.
+static long ds_differ(const float *a, const float *b, const int *cnt, int n, int cap) {
+    long bad = 0;
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < cnt[t]; i++) bad += memcmp(&a[(size_t)t * cap + i], &b[(size_t)t * cap + i], sizeof(float)) != 0;
+    return bad;
+}
+
+// bf16-pure: the sums a and b as the caller rounds them (one bf16 rounding
+// each); the elements one bf16 step apart and those further into *one, *far.
+static void bf16_steps(const float *a, const float *b, size_t n, long *one, long *far) {
+    *one = *far = 0;
+    for (size_t i = 0; i < n; i++) {
+        long s = bf16_ulps(hax_bf16_round(a[i]), hax_bf16_round(b[i]));
+        *one += s == 1, *far += s > 1;
+    }
+}
+
+// The attention backward alone, gathers vs dense, on the state's last
+// forward: d score, dKQ and dV within attn_bounds_of's bounds everywhere
+// (and a copy of the dense dKQ / dV scaled by 1 + 1e-3 outside them
+// somewhere: the check can fail). fp32: dV onto random initial values (the
+// backward adds into dV); bf16-pure onto zeros (the engine's bf16 dV share),
+// then the bf16 steps between the rounded sums, counted and bounded: a d
+// score differs only where a rounded dP does (the fp32 dP, ~1e-7 apart,
+// straddle a bf16 rounding point: rare), and one step of a d score (2^-8 of
+// it) moves dQ_t and dK_j, N elements each, by 2^-8 |ds K| or |ds Q|, more
+// than a step of theirs where their sums cancel: so dKQ's elements more than
+// a step apart are at most 2N per differing d score, plus 1e-3 of them for
+// sums that cancel to near zero, whose order alone can move them a step
+// (dV: P and dattn are the same both ways, so only that).
+static void attn_only_check(problem *p, cu_sparse_state *gs) {
+    int n = p->b.n_tok, N = p->N, E = p->E, ld = E + DV_PAD, cap = gs->row_cap, bf16 = gs->bf16;
+    float *dv0 = bf16 ? xcalloc((size_t)n * ld, sizeof(float)) : rnd((size_t)n * ld, 1.0f);
+    float *d_dv = cuda_malloc(sizeof(float) * (size_t)n * ld);
+    attn_grads g, d;
+    attn_bwd_run(&g, p, gs, 0, dv0, d_dv);
+    attn_bwd_run(&d, p, gs, 1, dv0, d_dv);
+    int *cnt = down(gs->allow_cnt, sizeof(int) * n), *key = down(gs->allow_key, sizeof(int) * (size_t)n * cap);
+    float *P = down(gs->allow_p, sizeof(float) * (size_t)n * cap), *kq = down(gs->KQ, sizeof(float) * (size_t)n * 2 * N);
+    attn_bounds bd;
+    attn_bounds_of(&bd, p, gs, cnt, key, P, kq, &g, bf16);
+    long entries = 0;
+    for (int t = 0; t < n; t++) entries += cnt[t];
+    size_t nkq = (size_t)n * 2 * N, nv = (size_t)n * ld;
+    double w_ds, w_kq, w_v;
+    long o_ds = over_bound(d.ds, g.ds, bd.ds, (size_t)n * cap, 1.0, &w_ds);
+    long o_kq = over_bound(d.dkq, g.dkq, bd.dkq, nkq, 1.0, &w_kq), o_v = over_bound(d.dv, g.dv, bd.dv, nv, 1.0, &w_v);
+    // (bf16-pure's dKQ bounds allow every d score a bf16 step, 2^-7 of it: their scaled copy is checked at 1.1;
+    // a smaller scale error there fails the step counts below)
+    double kq_scale = bf16 ? 1.1 : 1.001;
+    long s_kq = over_bound(d.dkq, g.dkq, bd.dkq, nkq, kq_scale, NULL), s_v = over_bound(d.dv, g.dv, bd.dv, nv, 1.001, NULL);
+    long dsd = ds_differ(d.ds, g.ds, cnt, n, cap);
+    printf("      dense vs gathers: d score %ld of %ld entries differ, dKQ rel err %.2e, dV rel err %.2e; beyond the "
+           "bounds: d score %ld, dKQ %ld, dV %ld (worst |diff| / bound %.3f, %.3f, %.3f); scaled copies beyond them: "
+           "dKQ x %g %ld, dV x 1.001 %ld\n",
+           dsd, entries, rel_err(d.dkq, g.dkq, nkq), rel_err(d.dv, g.dv, nv), o_ds, o_kq, o_v, w_ds, w_kq, w_v, kq_scale,
+           s_kq, s_v);
+    CHECK(o_ds == 0 && o_kq == 0 && o_v == 0, "dense vs gathers: %ld d score, %ld dKQ, %ld dV elements beyond the bounds",
+          o_ds, o_kq, o_v);
+    int any = 0;  // a copy scaled by 1 + 1e-3 must fail the bounds (unless the sums are all 0)
+    for (size_t i = 0; i < nkq && !any; i++) any = g.dkq[i] != 0;
+    CHECK(s_kq > 0 || !any, "dense vs gathers: dKQ x %g within the bounds: they cannot fail", kq_scale);
+    CHECK(s_v > 0, "dense vs gathers: dV x 1.001 within the bounds: they cannot fail");
+    if (bf16) {
+        long one_kq, far_kq, one_v, far_v;
+        bf16_steps(d.dkq, g.dkq, nkq, &one_kq, &far_kq);
+        bf16_steps(d.dv, g.dv, nv, &one_v, &far_v);
+        printf("      bf16 steps of the rounded sums: dKQ %ld by one, %ld by more (of %zu), dV %ld by one, %ld by more "
+               "(of %zu)\n", one_kq, far_kq, nkq, one_v, far_v, nv);
+        CHECK(dsd <= 0.01 * entries + 8, "bf16: %ld of %ld d score entries differ", dsd, entries);
+        CHECK(far_kq <= 2L * N * dsd + 1e-3 * nkq, "bf16: %ld dKQ elements more than a step apart (%ld d scores differ)",
+              far_kq, dsd);
+        CHECK(far_v <= 1e-3 * nv, "bf16: %ld dV elements more than a step apart", far_v);
+        CHECK(one_kq + far_kq <= 2L * N * dsd + 0.01 * nkq && one_v + far_v <= 0.01 * nv,
+              "bf16: %ld dKQ, %ld dV elements differ", one_kq + far_kq, one_v + far_v);
+    }
+    free_attn_bounds(&bd);
+    free(cnt), free(key), free(P), free(kq), free(dv0);
+    free_attn_grads(&g), free_attn_grads(&d);
+    cuda_free(d_dv);
+}
+
+// The whole forward + backward, gathers vs dense (run_gpu with the state's
+// dense backward off / on): attn, P and the KS gradients (no part of the
+// attention backward) equal bit for bit; dKQ, dX and dW_xx within the
+// GPU-vs-CPU tolerances (fp32 1e-4 normwise on the increments; bf16-pure:
+// dX's bf16 elements as check_pattern_bf16, dW_xx 5e-3); `full` (no lists:
+// never dense) everything bit for bit.
+static void whole_check(problem *p, cu_sparse_state *gs, float *d_attn) {
+    int n = p->b.n_tok, E = p->E, ldX = p->ldX, full = (gs->mask & SPARSE_FULL) != 0;
+    gpu_outputs a, b;
+    set_dense(gs, p, 0);
+    run_gpu(&a, p, gs, gs->attn_old, d_attn);
+    CHECK(!gs->dense_ran, "gathers: the dense backward ran");
+    set_dense(gs, p, 1);
+    run_gpu(&b, p, gs, gs->attn_old, d_attn);
+    CHECK(gs->dense_ran == !full, "dense: the dense backward %s", gs->dense_ran ? "ran on `full`" : "did not run");
+    printf("      whole backward, dense vs gathers, differing elements:");
+    for (int i = 0; i < N_OUT; i++) {
+        long bad = 0;
+        for (size_t k = 0; k < a.n[i]; k++) bad += memcmp(&a.t[i][k], &b.t[i][k], sizeof(float)) != 0;
+        if (i < 6) printf(" %s %ld,", k_out_names[i], bad);
+        int exact = full || i < 2 || i >= 6;
+        if (exact) CHECK(bad == 0, "dense vs gathers: %ld of %zu elements of %s differ", bad, a.n[i], k_out_names[i]);
+    }
+    printf("\n");
+    if (!full) {
+        size_t nx = (size_t)n * ldX, nw = (size_t)2 * p->N * E;
+        float *inc[2][2];  // [gathers, dense][dX, dW_xx] increments over the initial values
+        for (int v = 0; v < 2; v++) {
+            const gpu_outputs *o = v ? &b : &a;
+            inc[v][0] = xmalloc(sizeof(float) * nx), inc[v][1] = xmalloc(sizeof(float) * nw);
+            for (size_t k = 0; k < nx; k++) inc[v][0][k] = o->t[4][k] - p->dX0[k];
+            for (size_t k = 0; k < nw; k++) inc[v][1][k] = o->t[5][k] - p->dW0[k];
+        }
+        double ek = rel_err(b.t[3], a.t[3], a.n[3]), ex = rel_err(inc[1][0], inc[0][0], nx);
+        double ew = rel_err(inc[1][1], inc[0][1], nw);
+        printf("      whole backward, dense vs gathers: dKQ rel err %.2e, dX %.2e, dW_xx %.2e\n", ek, ex, ew);
+        double tol = gs->bf16 ? 5e-3 : TOL_BWD;
+        CHECK(ek <= tol && ew <= tol && (gs->bf16 || ex <= tol), "dense vs gathers: dKQ %.3e dX %.3e dW_xx %.3e", ek,
+              ex, ew);
+        if (gs->bf16) {  // dX's first E columns hold bf16 sums: compare them as check_pattern_bf16 does
+            float *ga = xmalloc(sizeof(float) * (size_t)n * E), *gb = xmalloc(sizeof(float) * (size_t)n * E);
+            for (int r = 0; r < n; r++)
+                for (int e = 0; e < E; e++)
+                    ga[(size_t)r * E + e] = a.t[4][(size_t)r * ldX + e], gb[(size_t)r * E + e] = b.t[4][(size_t)r * ldX + e];
+            check_bf16_close("dX (dense vs gathers)", gb, ga, (size_t)n * E, 0.03, 0.02);
+            free(ga), free(gb);
+        }
+        for (int v = 0; v < 2; v++) free(inc[v][0]), free(inc[v][1]);
+    }
+    free_outputs(&a), free_outputs(&b);
+}
+
+// Both checks on one state (allocated with the dense selection).
+static void check_dense(problem *p, cu_sparse_state *gs) {
+    int full = (gs->mask & SPARSE_FULL) != 0;
+    CHECK(full ? gs->dense_cap == 0 : gs->dense_cap >= cuda_sparse_dense_len(p->b.seq_off, p->b.n_seq),
+          "dense buffers: %d rows per sequence for a batch needing %d", gs->dense_cap,
+          cuda_sparse_dense_len(p->b.seq_off, p->b.n_seq));
+    float *d_attn = cuda_malloc(sizeof(float) * (size_t)p->b.n_tok * p->E);
+    whole_check(p, gs, d_attn);
+    if (!full) {
+        ks_params dk = host_ks(p->d_kp);
+        cuda_sparse_forward(gs, p->d_off, p->b.n_seq, p->b.n_tok, p->b.model_len, p->d_X, p->ldX, p->d_W, &dk, p->d_H,
+                            p->d_cand, 1, d_attn, p->E);
+        attn_only_check(p, gs);
+        // a batch longer than the dense buffers runs the gathers
+        set_dense(gs, p, 1);
+        gs->dense_len = gs->dense_cap + 32;
+        float *d_dv = cuda_malloc(sizeof(float) * (size_t)p->b.n_tok * (p->E + DV_PAD));
+        cuda_zero(d_dv, sizeof(float) * (size_t)p->b.n_tok * (p->E + DV_PAD));
+        cuda_sparse_attn_backward(gs, p->d_off, p->d_X, p->ldX, p->d_dattn, p->E, d_dv, p->E + DV_PAD, 1);
+        cuda_sync();
+        CHECK(!gs->dense_ran, "dense_len %d above the buffers' %d: the dense backward ran", gs->dense_len, gs->dense_cap);
+        cuda_free(d_dv);
+    }
+    set_dense(gs, p, 1);
+    cuda_free(d_attn);
+}
+
+// A state allocated with the dense backward selected, then check_dense.
+static void on_problem_dense(const hax_model_config *cfg, const int *lens, int n_seq, int L, int ldX, int bf16) {
+    cuda_sparse_set_attn_bwd(1);
+    on_problem(cfg, lens, n_seq, L, ldX, bf16, check_dense);
+    cuda_sparse_set_attn_bwd(-1);
+}
+
+// Every pattern, both semantics, fp32 and bf16-pure, X rows of E + 5 floats,
+// at N 16 E 40 and N 40 E 136, on the ragged batch with empty rows.
+static void test_dense_variants(void) {
+    int h = 4, L = 128, sizes[2][2] = {{16, 40}, {40, 136}};
+    for (int z = 0; z < 2; z++)
+        for (int bf16 = 0; bf16 < 2; bf16++)
+            for (int sem = 0; sem < 2; sem++)
+                for (size_t i = 0; i < sizeof(k_patterns) / sizeof(k_patterns[0]); i++) {
+                    int N = sizes[z][0], E = sizes[z][1], parts = 1;
+                    hax_model_config cfg;
+                    for (const char *c = k_patterns[i]; *c; c++) parts += *c == '+';
+                    set_cfg(&cfg, k_patterns[i], 8 * parts, N, E, h, 32, (hax_semantics)sem);
+                    if (bf16) cfg.precision = PREC_BF16_PURE;
+                    printf("    %s / %s%s, N %d, E %d (dense backward)\n", cfg.sparse_arch, sem ? "causal" : "reference",
+                           bf16 ? " / bf16-pure" : "", N, E);
+                    on_problem_dense(&cfg, k_lens, K_NSEQ, L, E + 5, bf16);
+                }
+}
+
+// The backward (after one forward) with the gathers or the dense products:
+// the mean of `reps` calls, then its phases (cu_sparse_state.timing); prints
+// "TIME attn bwd gather|dense <ms> ms (...)", the attention's phases (gathers:
+// attention dQ, transposed lists, attention dK dV; dense: dense dP dS, dense
+// dQ dK, dense dV; the empty rows' phases are the same code either way).
+static void time_attn_bwd(problem *p, cu_sparse_state *gs, float *d_attn, int dense, const char *what) {
+    int reps = 20, n = p->b.n_tok, n_seq = p->b.n_seq, E = p->E;
+    ks_params dk = host_ks(p->d_kp);
+    ks_grads dg = host_kg(p->d_kg);
+    set_dense(gs, p, dense);
+    cuda_sparse_forward(gs, p->d_off, n_seq, n, p->b.model_len, p->d_X, E, p->d_W, &dk, p->d_H, p->d_cand, 1, d_attn, E);
+    cuda_sparse_backward(gs, p->d_off, n_seq, n, p->d_dattn, E, 0.1f / n_seq, p->d_X, E, p->d_W, &dk, p->d_dX, E,
+                         p->d_dW, &dg);  // warm-up
+    int e0 = cuda_event_record();
+    for (int r = 0; r < reps; r++)
+        cuda_sparse_backward(gs, p->d_off, n_seq, n, p->d_dattn, E, 0.1f / n_seq, p->d_X, E, p->d_W, &dk, p->d_dX, E,
+                             p->d_dW, &dg);
+    int e1 = cuda_event_record();
+    double whole = cuda_event_ms(e0, e1) / reps, ph[CU_SP_MAX_EV] = {0}, attn = 0;
+    const char *names[CU_SP_MAX_EV] = {0};
+    int n_ph = 0;
+    gs->timing = 1;
+    for (int r = 0; r < reps; r++) {
+        cuda_sparse_backward(gs, p->d_off, n_seq, n, p->d_dattn, E, 0.1f / n_seq, p->d_X, E, p->d_W, &dk, p->d_dX, E,
+                             p->d_dW, &dg);
+        n_ph = gs->n_ev;
+        for (int i = 1; i < gs->n_ev; i++) names[i] = gs->ev_name[i], ph[i] += cuda_event_ms(gs->ev[i - 1], gs->ev[i]) / reps;
+    }
+    gs->timing = 0;
+    CHECK(gs->dense_ran == dense, "timing: the dense backward %s", gs->dense_ran ? "ran" : "did not run");
+    char list[512] = "";
+    for (int i = 1; i < n_ph; i++) {
+        const char *nm = names[i];
+        if (strcmp(nm, "attention dQ") && strcmp(nm, "transposed lists") && strcmp(nm, "attention dK dV") &&
+            strncmp(nm, "dense ", 6))
+            continue;
+        attn += ph[i];
+        size_t at = strlen(list);
+        snprintf(list + at, sizeof list - at, "%s%s %.3f", at ? ", " : "", nm, ph[i]);
+    }
+    printf("      TIME attn bwd %s %.3f ms (%s; %s), whole backward %.3f ms\n", dense ? "dense" : "gather", attn, what,
+           list, whole);
+    // reset the accumulated device gradients
+    cuda_upload(p->d_dX, p->dX0, sizeof(float) * (size_t)n * E), cuda_upload(p->d_dW, p->dW0, sizeof(float) * 2 * p->N * E);
+    for (int i = 0; i < 6; i++) cuda_upload(p->d_kg[i], p->kg0[i], sizeof(float) * kp_size(i, p->N));
+    cuda_sync();
+}
+
+// Paper size (64 sequences of 400-528 positions, E 128, 64 keys) for every
+// pattern of the configs (D, SW, SW+D, A = window+sink, LSH, KS, HAX at N 16,
+// HAX at N 32; D and LSH, with empty rows, in both semantics), fp32 and
+// bf16-pure: check_dense, then the backward timed both ways.
+static void test_dense_paper(void) {
+    static const struct {
+        const char *pattern;
+        int N;
+        hax_semantics sem;
+    } cases[] = {{"dilated", 16, SEMANTICS_REFERENCE},
+                 {"dilated", 16, SEMANTICS_CAUSAL},
+                 {"sliding_window", 16, SEMANTICS_REFERENCE},
+                 {"sliding_window+dilated", 16, SEMANTICS_REFERENCE},
+                 {"sliding_window+sink", 16, SEMANTICS_REFERENCE},
+                 {"sign_bin_lsh", 16, SEMANTICS_REFERENCE},
+                 {"sign_bin_lsh", 16, SEMANTICS_CAUSAL},
+                 {"key_selection", 16, SEMANTICS_REFERENCE},
+                 {"sign_bin_lsh+key_selection", 16, SEMANTICS_REFERENCE},
+                 {"sign_bin_lsh+key_selection", 32, SEMANTICS_REFERENCE}};
+    int n_seq = 64, E = 128, h = 8, lens[64], L = 0;
+    for (int s = 0; s < n_seq; s++) lens[s] = 400 + (int)((s * 37u) % 129), L = lens[s] > L ? lens[s] : L;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++)
+        for (int bf16 = 0; bf16 < 2; bf16++) {
+            hax_model_config cfg;
+            set_cfg(&cfg, cases[c].pattern, 64, cases[c].N, E, h, 2048, cases[c].sem);
+            if (bf16) cfg.precision = PREC_BF16_PURE;
+            problem p;
+            make_problem(&p, lens, n_seq, L, cases[c].N, E, E, h, cfg.k_c, 1);
+            if (bf16) problem_to_bf16(&p);
+            char what[160];
+            snprintf(what, sizeof what, "%s / %s / %s, N %d, %d positions", cases[c].pattern,
+                     cases[c].sem == SEMANTICS_REFERENCE ? "reference" : "causal", bf16 ? "bf16-pure" : "fp32",
+                     cases[c].N, p.b.n_tok);
+            printf("    %s (dense backward)\n", what);
+            cuda_sparse_set_attn_bwd(1);
+            cu_sparse_state *gs = cuda_sparse_state_alloc(&cfg, p.b.n_tok, n_seq, L);
+            cuda_sparse_set_attn_bwd(-1);
+            gs->bf16 = bf16;
+            check_dense(&p, gs);
+            float *d_attn = cuda_malloc(sizeof(float) * (size_t)p.b.n_tok * E);
+            time_attn_bwd(&p, gs, d_attn, 0, what);
+            time_attn_bwd(&p, gs, d_attn, 1, what);
+            cuda_free(d_attn);
+            cuda_sparse_state_free(gs);
+            free_problem(&p);
+        }
 }
 
 // ---------------------------------------------------------------- new vs previous kernels of the other phases
@@ -1171,6 +1607,8 @@ int main(int argc, char **argv) {
     RUN(test_lsh_exact);
     RUN(test_lsh_exact_bf16);
     RUN(test_device_draws);
+    RUN(test_dense_variants);
     if (!quick) RUN(test_paper);
+    if (!quick) RUN(test_dense_paper);
     return test_summary();
 }
