@@ -127,6 +127,16 @@ if want scanfast 200; then
   for v in old new; do HAX_SCAN_KERNELS=$v HAX_SPARSE_ATTN=$v build/gpu/bench_gpu --only mamba,mamba2,mamba_hax,mamba2_hax --precision fp32 --eval 0 --reps 30 > $R/bench_fast_$v.txt 2>&1; done
   done_ scanfast
 fi
+# the dense backward of the sparse branch (HAX_SPARSE_ATTN_BWD=dense, cuda/sparse/attn_dense.cu) against
+# today's gathers: its paper-size checks and TIME lines, then whole steps, one after the other
+if want densebwd 150; then
+  build/gpu/gpu_sparse > $R/gpu_sparse_dense.txt 2>&1; log "gpu_sparse: $(tail -n 1 $R/gpu_sparse_dense.txt)"
+  for v in gather dense; do HAX_SPARSE_ATTN_BWD=$v build/gpu/bench_gpu --only mamba2_hax,mamba_hax,mamba2_d,mamba2_sw,mamba2_lsh \
+    --precision fp32 --eval 0 --reps 30 > $R/bench_bwd_$v.txt 2>&1; done
+  HAX_SPARSE_ATTN_BWD=dense build/gpu/bench_gpu --only mamba2_hax --precision bf16-pure --eval 0 --reps 30 > $R/bench_bwd_dense_bf16.txt 2>&1
+  build/gpu/bench_gpu --only mamba2_hax --precision bf16-pure --eval 0 --reps 30 > $R/bench_bwd_gather_bf16.txt 2>&1
+  done_ densebwd
+fi
 if want profile 100; then
   PROF=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
   log "nsys: $PROF"
