@@ -12,7 +12,9 @@
 // bf16-pure lines where B is bf16-pure, the fp32 ones otherwise). The update
 // "vanishes" where bf16(bf16(p*decay) + u) == bf16(p), p B's weight: in
 // bf16-pure the weight does not move. |u| is also given in units of half a
-// bf16 ulp of p (below 1: vanishes, up to ties).
+// bf16 ulp of p (below 1: vanishes, up to ties) and of lr (Adam's normalised
+// step). Between two checkpoints, the moments table counts the elements of m
+// and v that changed, and those of v that shrank or grew.
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +35,8 @@ static void usage(FILE *out) {
             "elements, the fraction bit-identical in A and B, median |value| in A and in B; where B holds\n"
             "AdamW moments (a checkpoint): the fraction of elements whose update at B's step (MODEL.md\n"
             "8.5, from B's m and v) vanishes in bf16 (bf16(p + u) == p), and the median |u| in units of\n"
-            "half a bf16 ulp of p. Then the same per tensor family (layer indices replaced by *).\n"
+            "half a bf16 ulp of p and in units of lr. Then the same per tensor family (layer indices\n"
+            "replaced by *); between two checkpoints, how many of the moments changed.\n"
             "\n"
             "options:\n"
             "  --families     only the family table\n"
@@ -238,7 +241,7 @@ static double half_ulp_bf16(float p) {
 typedef struct {
     char name[160];
     size_t n, same, vanish;
-    float *abs_a, *abs_b, *ratio;  // for the medians [n]
+    float *abs_a, *abs_b, *ratio, *step;  // for the medians [n]: |A|, |B|, |u| / half ulp, |u| / lr
     // both files' moments (two checkpoints): elements of m, of v unchanged, v smaller in B, v larger
     size_t m_same, v_same, v_down, v_up;
 } pd_stat;
@@ -258,7 +261,9 @@ static float median(float *x, size_t n) {
 static void stat_grow(pd_stat *s, size_t extra, int with_ratio) {
     s->abs_a = xrealloc(s->abs_a, (s->n + extra) * sizeof(float));
     s->abs_b = xrealloc(s->abs_b, (s->n + extra) * sizeof(float));
-    if (with_ratio) s->ratio = xrealloc(s->ratio, (s->n + extra) * sizeof(float));
+    if (!with_ratio) return;
+    s->ratio = xrealloc(s->ratio, (s->n + extra) * sizeof(float));
+    s->step = xrealloc(s->step, (s->n + extra) * sizeof(float));
 }
 
 // Adds the moments of one tensor in A (ma, va) and in B (mb, vb).
@@ -292,6 +297,9 @@ static void stat_add(pd_stat *s, const pd_opt *o, const float *a, const float *b
         float moved = hax_bf16_round(hax_bf16_round(p * o->k.decay) + u);
         s->vanish += moved == p;
         s->ratio[s->n + i] = (float)(fabsf(u) / half_ulp_bf16(p));
+        // Adam's step in units of lr: 1 for a steady gradient, small where v
+        // remembers larger gradients than m holds now
+        s->step[s->n + i] = o->lr > 0 ? (float)(fabsf(u) / o->lr) : NAN;
     }
     s->n += n;
 }
@@ -301,14 +309,15 @@ static void pct(char *buf, size_t n, size_t k, size_t total) {
 }
 
 static void stat_print(pd_stat *s, int width, int with_update) {
-    char same[32], van[32] = "-", ratio[32] = "-";
+    char same[32], van[32] = "-", ratio[32] = "-", step[32] = "-";
     pct(same, sizeof same, s->same, s->n);
     float ma = median(s->abs_a, s->n), mb = median(s->abs_b, s->n);
     if (with_update && s->ratio) {
         pct(van, sizeof van, s->vanish, s->n);
         snprintf(ratio, sizeof ratio, "%.3g", median(s->ratio, s->n));
+        snprintf(step, sizeof step, "%.3g", median(s->step, s->n));
     }
-    printf("%-*s %9zu %9s %11.4g %11.4g %8s %9s\n", width, s->name, s->n, same, ma, mb, van, ratio);
+    printf("%-*s %9zu %9s %11.4g %11.4g %8s %9s %8s\n", width, s->name, s->n, same, ma, mb, van, ratio, step);
 }
 
 // The moments line of a family: how AdamW's state itself moved from A to B.
@@ -325,6 +334,7 @@ static void stat_free(pd_stat *s) {
     free(s->abs_a);
     free(s->abs_b);
     free(s->ratio);
+    free(s->step);
 }
 
 // "layers.12.mixer.D" -> "layers.*.mixer.D"
@@ -342,8 +352,8 @@ static void family_of(const char *name, char *out, size_t n) {
 }
 
 static void print_header(int width) {
-    printf("%-*s %9s %9s %11s %11s %8s %9s\n", width, "tensor", "elements", "identical", "median|A|", "median|B|",
-           "vanish", "|u|/hulp");
+    printf("%-*s %9s %9s %11s %11s %8s %9s %8s\n", width, "tensor", "elements", "identical", "median|A|", "median|B|",
+           "vanish", "|u|/hulp", "|u|/lr");
 }
 
 // ---------------------------------------------------------------- main
