@@ -6,7 +6,10 @@
 // the attention also in bf16-pure (their bf16 tensors element by element, in
 // bf16 steps; gpu_util.h expect_bf16). Then one timing per op at the
 // paper's size (64 sequences of ~464 positions, d 64, E 128), CPU vs GPU. The
-// scans are in tests/gpu_scans.c. Skips (exit 0) without a CUDA device.
+// attention's window kernels old vs tiled (HAX_WINDOW_ATTN) bit for bit on
+// small odd cases and the whole op, then at the paper's size with a TIME
+// attn line per kernel and version. The scans are in tests/gpu_scans.c.
+// Skips (exit 0) without a CUDA device.
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>

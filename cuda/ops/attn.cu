@@ -241,8 +241,10 @@ __global__ static void attn_dkv_kernel(float *dk, float *dv, const float *dO, co
 // [lo, hi) whatever sequence it is in, and a tile crossing a sequence start
 // stages only rows that its positions read (no idle threads at sequence ends).
 // All heads in a block: a row's d floats are one contiguous run (coalesced
-// staging), and with rows padded to d+1 floats (d is even) the 32 threads of
-// a warp (32/H positions × H heads) read distinct banks.
+// staging), and rows are padded to d+1 floats (d is even): at Samba's shape
+// (d 32, 4 heads of 8) a warp's 8 positions × 4 heads read 32 distinct banks
+// (bank t + 8h + i at lane i), where today's threads read 32 scattered floats
+// from 32 sectors per load.
 
 // HAX_WINDOW_ATTN, read once (cuda/ops/attn.h); -1: not read yet.
 static int g_window_tiled = -1;
