@@ -6,7 +6,10 @@
 // the attention also in bf16-pure (their bf16 tensors element by element, in
 // bf16 steps; gpu_util.h expect_bf16). Then one timing per op at the
 // paper's size (64 sequences of ~464 positions, d 64, E 128), CPU vs GPU. The
-// scans are in tests/gpu_scans.c. Skips (exit 0) without a CUDA device.
+// attention's window kernels old vs tiled (HAX_WINDOW_ATTN) bit for bit on
+// small odd cases and the whole op, then at the paper's size with a TIME
+// attn line per kernel and version. The scans are in tests/gpu_scans.c.
+// Skips (exit 0) without a CUDA device.
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -552,6 +555,217 @@ static void test_attn_regime(int bf16) {
     free_batch(&b);
 }
 
+// ---------------------------------------------------------------- window attention: old vs tiled
+
+// The window kernels' two versions (cuda/ops/attn.h, HAX_WINDOW_ATTN: today's
+// and the tiled ones staging their rows in shared memory) perform the same
+// operations in the same order: the same bits. Counts the elements whose
+// bits differ and fails on any.
+static void bits_check(const char *what, const float *d_old, const float *d_tiled, size_t n) {
+    float *a = down(d_old, n), *b = down(d_tiled, n);
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], sizeof(float)) != 0) differ++;
+    printf("    %-30s old vs tiled: %zu of %zu differ\n", what, differ, n);
+    CHECK(differ == 0, "%s: the tiled window kernel differs from the old one in %zu of %zu values", what, differ, n);
+    free(a), free(b);
+}
+
+// Inputs and outputs of the window kernels alone on one batch: q, k, v, dO
+// [n, d] (bf16: rounded to bf16, as bf16-pure's), D = dO·o per (position,
+// head) from the old forward, as attn_rowdot_kernel.
+typedef struct {
+    int n, d, H, W;
+    float *q, *k, *v, *dO, *D;          // device inputs
+    float *o[2], *lse[2], *dq[2], *dk[2], *dv[2];  // device outputs: [0] old, [1] tiled
+} window_case;
+
+static window_case window_case_new(const tbatch *b, int d, int H, int W, int bf16) {
+    window_case c = {b->n_tok, d, H, W, NULL, NULL, NULL, NULL, NULL, {NULL}, {NULL}, {NULL}, {NULL}, {NULL}};
+    size_t nd = (size_t)c.n * d, nh = (size_t)c.n * H;
+    float *in[4];
+    for (int i = 0; i < 4; i++) {
+        in[i] = rnd(nd, -2, 2);
+        if (bf16) round_bf16(in[i], in[i], (long)nd);
+    }
+    c.q = upf(in[0], nd), c.k = upf(in[1], nd), c.v = upf(in[2], nd), c.dO = upf(in[3], nd);
+    for (int i = 0; i < 4; i++) free(in[i]);
+    c.D = cuda_malloc(sizeof(float) * (nh ? nh : 1));
+    for (int v = 0; v < 2; v++) {
+        c.o[v] = cuda_malloc(sizeof(float) * (nd ? nd : 1)), c.lse[v] = cuda_malloc(sizeof(float) * (nh ? nh : 1));
+        c.dq[v] = cuda_malloc(sizeof(float) * (nd ? nd : 1)), c.dk[v] = cuda_malloc(sizeof(float) * (nd ? nd : 1));
+        c.dv[v] = cuda_malloc(sizeof(float) * (nd ? nd : 1));
+    }
+    return c;
+}
+
+static void window_case_free(window_case *c) {
+    float *p[] = {c->q, c->k, c->v, c->dO, c->D};
+    for (int i = 0; i < 5; i++) cuda_free(p[i]);
+    for (int v = 0; v < 2; v++)
+        cuda_free(c->o[v]), cuda_free(c->lse[v]), cuda_free(c->dq[v]), cuda_free(c->dk[v]), cuda_free(c->dv[v]);
+}
+
+// D from the old forward's o (the float sum in lane order of attn_rowdot_kernel).
+static void window_case_D(window_case *c) {
+    size_t nd = (size_t)c->n * c->d;
+    int hd = c->d / c->H;
+    float *o = down(c->o[0], nd), *dO = down(c->dO, nd), *D = xmalloc(sizeof(float) * ((size_t)c->n * c->H + 1));
+    for (size_t r = 0; r < (size_t)c->n * c->H; r++) {
+        float acc = 0.0f;
+        for (int i = 0; i < hd; i++) acc += dO[r * hd + i] * o[r * hd + i];
+        D[r] = acc;
+    }
+    cuda_upload(c->D, D, sizeof(float) * (size_t)c->n * c->H);
+    free(o), free(dO), free(D);
+}
+
+// The three window kernels in version v (0 old, 1 tiled); the backward from
+// the old forward's lse (the same inputs for both versions).
+static void window_run(window_case *c, const tbatch *b, int v, int which) {
+    cuda_attn_set_window_tiled(v);
+    if (which & 1)
+        cuda_attn_window_forward(c->o[v], c->lse[v], c->q, c->k, c->v, b->d_off, b->n_seq, c->n, c->d, c->H, c->W);
+    if (which & 2)
+        cuda_attn_window_dq(c->dq[v], c->dO, c->D, c->lse[0], c->q, c->k, c->v, b->d_off, b->n_seq, c->n, c->d, c->H,
+                            c->W);
+    if (which & 4)
+        cuda_attn_window_dkv(c->dk[v], c->dv[v], c->dO, c->D, c->lse[0], c->q, c->k, c->v, b->d_off, b->n_seq, c->n,
+                             c->d, c->H, c->W);
+}
+
+// Old vs tiled on one case: o, lse, dq, dk, dv bit for bit.
+static void window_ab(const window_case *c) {
+    size_t nd = (size_t)c->n * c->d, nh = (size_t)c->n * c->H;
+    bits_check("window o", c->o[0], c->o[1], nd);
+    bits_check("window lse", c->lse[0], c->lse[1], nh);
+    bits_check("window dq", c->dq[0], c->dq[1], nd);
+    bits_check("window dk", c->dk[0], c->dk[1], nd);
+    bits_check("window dv", c->dv[0], c->dv[1], nd);
+}
+
+// One batch and shape, old vs tiled. tiled_runs: whether the tiled kernels
+// are expected to fit this shape (else both runs are the old kernels); the
+// case fails where the fitting is not as expected.
+static void window_ab_case(const int *lens, int n_seq, int d, int H, int W, int bf16, int tiled_runs) {
+    int tp = cuda_attn_tile_positions(d, H, W, 0), tp_kv = cuda_attn_tile_positions(d, H, W, 1);
+    printf("    %d sequences, d %d, %d heads (hd %d), window %d, %s: tiles of %d (dK/dV %d) positions\n", n_seq, d, H,
+           d / H, W, bf16 ? "bf16" : "fp32", tp, tp_kv);
+    CHECK((tp > 0 && tp_kv > 0) == tiled_runs, "d %d, H %d, W %d: expected the tiled kernels to %s, found tiles %d, %d",
+          d, H, W, tiled_runs ? "fit" : "fall back", tp, tp_kv);
+    tbatch b = make_batch(lens, n_seq);
+    window_case c = window_case_new(&b, d, H, W, bf16);
+    int keep = cuda_attn_window_tiled();
+    window_run(&c, &b, 0, 1);
+    window_case_D(&c);
+    window_run(&c, &b, 0, 6);
+    window_run(&c, &b, 1, 7);
+    cuda_attn_set_window_tiled(keep);
+    window_ab(&c);
+    window_case_free(&c);
+    free_batch(&b);
+}
+
+// Sequences shorter than the window and than a tile (1, 2, 5), empty ones,
+// lengths off the tile sizes; every head-size bound HDM (hd 2, 6, 8: 8; 12,
+// 16: 16; 32; 64; 96, 128: 128; hd 8 is Samba's), 3 heads (126-thread blocks),
+// windows of 1, shorter than a tile and longer than most sequences; fp32 and
+// bf16 inputs; and shapes whose rows do not fit a block (the old kernels run).
+static void test_window_tiled(void) {
+    static const int lens[] = {70, 1, 130, 5, 0, 64, 200, 2, 33, 97};
+    int n_seq = (int)(sizeof lens / sizeof lens[0]);
+    for (int bf16 = 0; bf16 < 2; bf16++) {
+        window_ab_case(lens, n_seq, 32, 4, 64, bf16, 1);  // Samba's shape
+        window_ab_case(lens, n_seq, 32, 4, 7, bf16, 1);
+        window_ab_case(lens, n_seq, 32, 4, 1, bf16, 1);
+        window_ab_case(lens, n_seq, 12, 2, 64, bf16, 1);
+        window_ab_case(lens, n_seq, 4, 2, 3, bf16, 1);
+        window_ab_case(lens, n_seq, 48, 3, 20, bf16, 1);
+        window_ab_case(lens, n_seq, 48, 4, 40, bf16, 1);
+        window_ab_case(lens, n_seq, 64, 2, 64, bf16, 1);  // tiles halved to fit
+        window_ab_case(lens, n_seq, 64, 1, 33, bf16, 1);
+        window_ab_case(lens, n_seq, 96, 1, 16, bf16, 1);
+        window_ab_case(lens, n_seq, 256, 2, 5, bf16, 1);
+        window_ab_case(lens, n_seq, 32, 4, 1000, bf16, 0);  // falls back
+        window_ab_case(lens, n_seq, 256, 2, 64, bf16, 0);   // falls back
+    }
+}
+
+// The whole op old vs tiled (Samba's config, fp32 and bf16-pure): the
+// activations (q, k, v, o, lse), out, da and the weight gradients bit for bit.
+static void attn_op_ab(int bf16) {
+    hax_model_config cfg = {0};
+    cfg.hidden_size = 32, cfg.attn_heads = 4, cfg.attn_kv_heads = 4, cfg.window_size = 64, cfg.rope_theta = 10000.0f;
+    cfg.precision = bf16 ? PREC_BF16_PURE : PREC_FP32;
+    int d = 32, lens[] = {70, 1, 130, 5, 64, 300}, n_seq = 6;
+    tbatch b = make_batch(lens, n_seq);
+    int n = b.n_tok;
+    size_t nd = (size_t)n * d, nw = 4 * (size_t)d * d, na = attn_acts_floats(&cfg, n);
+    float *a = rnd(nd, -1, 1), *w = rnd(nw, -0.3f, 0.3f), *dout = rnd(nd, -1, 1), *da0 = rnd(nd, -1, 1);
+    float *g0 = rnd(nw, -1, 1);
+    if (bf16) round_bf16(a, a, (long)nd), round_bf16(w, w, (long)nw), round_bf16(dout, dout, (long)nd),
+        round_bf16(da0, da0, (long)nd);
+    float *d_a = upf(a, nd), *d_w = upf(w, nw), *d_dout = upf(dout, nd);
+    void *work = cuda_malloc(cuda_attn_workspace_bytes(&cfg, n));
+    attn_params dp = {d_w, d_w + d * d, d_w + 2 * d * d, d_w + 3 * d * d};
+    float *buf[2], *out[2], *da[2], *g[2];
+    int keep = cuda_attn_window_tiled();
+    for (int v = 0; v < 2; v++) {
+        buf[v] = cuda_malloc(sizeof(float) * na), out[v] = cuda_malloc(sizeof(float) * nd);
+        da[v] = upf(da0, nd), g[v] = upf(g0, nw);
+        attn_acts acts;
+        attn_acts_assign(&acts, buf[v], &cfg, n);
+        attn_grads gr = {g[v], g[v] + d * d, g[v] + 2 * d * d, g[v] + 3 * d * d};
+        cuda_attn_set_window_tiled(v);
+        cuda_attn_forward(out[v], d, &acts, d_a, d, &dp, &cfg, b.d_off, n_seq, n);
+        cuda_attn_backward(da[v], d, &gr, d_dout, d, d_a, d, &acts, &dp, &cfg, b.d_off, n_seq, n, work);
+    }
+    cuda_attn_set_window_tiled(keep);
+    printf("    the op, %s:\n", bf16 ? "bf16-pure" : "fp32");
+    bits_check("attn acts (q k v o lse)", buf[0], buf[1], na);
+    bits_check("attn out", out[0], out[1], nd);
+    bits_check("attn da", da[0], da[1], nd);
+    bits_check("attn weight grads", g[0], g[1], nw);
+    free(a), free(w), free(dout), free(da0), free(g0);
+    for (int v = 0; v < 2; v++) cuda_free(buf[v]), cuda_free(out[v]), cuda_free(da[v]), cuda_free(g[v]);
+    cuda_free(d_a), cuda_free(d_w), cuda_free(d_dout), cuda_free(work);
+    free_batch(&b);
+}
+
+static void test_attn_op_tiled(void) {
+    attn_op_ab(0);
+    attn_op_ab(1);
+}
+
+// The window kernels at the paper's size (64 sequences of 400..528
+// positions, Samba's d 32, 4 heads, window 64), old vs tiled: the same bits,
+// and a TIME line per kernel and version (mean of 20 calls after one).
+static void test_window_paper(void) {
+    int n_seq = 64, lens[64];
+    for (int s = 0; s < n_seq; s++) lens[s] = 400 + (s * 37) % 129;  // 400..528, mean ~464
+    tbatch b = make_batch(lens, n_seq);
+    printf("    paper size: %d sequences, %d positions, d 32, 4 heads, window 64; tiles of %d (dK/dV %d)\n", n_seq,
+           b.n_tok, cuda_attn_tile_positions(32, 4, 64, 0), cuda_attn_tile_positions(32, 4, 64, 1));
+    window_case c = window_case_new(&b, 32, 4, 64, 0);
+    int keep = cuda_attn_window_tiled();
+    window_run(&c, &b, 0, 1);
+    window_case_D(&c);
+    window_run(&c, &b, 0, 6);
+    window_run(&c, &b, 1, 7);
+    window_ab(&c);
+    static const char *kname[3] = {"fwd", "dq", "dkv"}, *vname[2] = {"old", "tiled"};
+    for (int kk = 0; kk < 3; kk++)
+        for (int v = 0; v < 2; v++) {
+            window_run(&c, &b, v, 1 << kk);
+            int e0 = cuda_event_record();
+            for (int r = 0; r < 20; r++) window_run(&c, &b, v, 1 << kk);
+            printf("TIME attn %-3s %-5s %8.4f ms\n", kname[kk], vname[v], cuda_event_ms(e0, cuda_event_record()) / 20);
+        }
+    cuda_attn_set_window_tiled(keep);
+    window_case_free(&c);
+    free_batch(&b);
+}
+
 static void test_mlp(void) { test_mlp_regime(0); }
 static void test_mlp_bf16(void) { test_mlp_regime(1); }
 static void test_attn(void) { test_attn_regime(0); }
@@ -706,6 +920,7 @@ int main(int argc, char **argv) {
     printf("device: %s\n", cuda_device_name());
     if (argc > 1 && strcmp(argv[1], "--paper-only") == 0) {  // for profilers: the paper-size part alone
         RUN(test_paper_size);
+        RUN(test_window_paper);
         return test_summary();
     }
     RUN(test_linear);
@@ -724,7 +939,10 @@ int main(int argc, char **argv) {
     RUN(test_mlp_bf16);
     RUN(test_attn);
     RUN(test_attn_bf16);
+    RUN(test_window_tiled);
+    RUN(test_attn_op_tiled);
     RUN(test_bad_token_id);
     if (!quick) RUN(test_paper_size);
+    if (!quick) RUN(test_window_paper);
     return test_summary();
 }

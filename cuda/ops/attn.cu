@@ -4,6 +4,8 @@
 // 128 (fully unrolled loops over HDM lanes, lanes >= hd skipped), so the
 // arrays stay in registers (hd <= CU_ATTN_MAX_HD).
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "cuda/ops/attn.h"
 #include "cuda/core/common.cuh"
@@ -124,7 +126,6 @@ extern "C" void cuda_attn_forward(float *out, int ld_out, const attn_acts *acts,
                                   int n_tok) {
     check_cfg(cfg);
     int d = cfg->hidden_size, H = cfg->attn_heads, hd = d / H, W = cfg->window_size;
-    float scale = 1.0f / sqrtf((float)hd);
     int bf16 = cfg->precision == PREC_BF16_PURE;  // src/ops/attn.h's bf16-pure roundings
     long nd = (long)n_tok * d;
     if (n_tok == 0) return;
@@ -138,9 +139,7 @@ extern "C" void cuda_attn_forward(float *out, int ld_out, const attn_acts *acts,
     }
     cuda_rope_apply(acts->q, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 0, bf16);
     cuda_rope_apply(acts->k, d, seq_off, n_seq, n_tok, H, hd, cfg->rope_theta, 0, bf16);
-    long n = (long)n_tok * H;
-    ATTN_DISPATCH(hd, attn_fwd_kernel, cu_blocks(n, 128), 128, acts->o, acts->lse, acts->q, acts->k, acts->v,
-                  seq_off, n_seq, n_tok, d, H, hd, W, scale);
+    cuda_attn_window_forward(acts->o, acts->lse, acts->q, acts->k, acts->v, seq_off, n_seq, n_tok, d, H, W);
     if (bf16) cuda_round_bf16(acts->o, acts->o, nd);
     cuda_linear_forward(out, ld_out, acts->o, d, w->o_proj, NULL, n_tok, d, d);
 }
@@ -225,6 +224,273 @@ __global__ static void attn_dkv_kernel(float *dk, float *dv, const float *dO, co
         if (i < hd) dk[rj + i] = ak[i], dv[rj + i] = av[i];
 }
 
+// ---------------------------------------------------------------- tiled window kernels
+//
+// HAX_WINDOW_ATTN=tiled (off by default): the same three kernels with a block
+// per tile of TP consecutive positions (all heads: thread idx = t·H + h as
+// today, so the grid, the thread of each (position, head) and its loops are
+// today's), which first stages the rows its tile's windows read in shared
+// memory: for the forward and dQ the keys and values of positions
+// lo .. p0+TP-1 (lo = max(p0-W+1, the start of p0's sequence)), for dK/dV the
+// queries, dO, lse and D of positions p0 .. hi-1 (hi = min(p0+TP+W-1, the end
+// of the tile's last sequence)). Every thread then runs today's loops over
+// the same keys (queries) in the same order with the same expressions; only
+// the operands come from shared memory instead of global memory/L2, so every
+// output has today's bits (tests/gpu_ops.c compares them). The tiles run over
+// the packed positions, not per sequence: a thread's window lies inside
+// [lo, hi) whatever sequence it is in, and a tile crossing a sequence start
+// stages only rows that its positions read (no idle threads at sequence ends).
+// All heads in a block: a row's d floats are one contiguous run (coalesced
+// staging), and rows are padded to d+1 floats (d is even): at Samba's shape
+// (d 32, 4 heads of 8) a warp's 8 positions × 4 heads read 32 distinct banks
+// (bank t + 8h + i at lane i), where today's threads read 32 scattered floats
+// from 32 sectors per load.
+
+// HAX_WINDOW_ATTN, read once (cuda/ops/attn.h); -1: not read yet.
+static int g_window_tiled = -1;
+
+extern "C" int cuda_attn_window_tiled(void) {
+    if (g_window_tiled < 0) {
+        const char *v = getenv("HAX_WINDOW_ATTN");
+        if (v && strcmp(v, "old") != 0 && strcmp(v, "tiled") != 0)
+            hax_die("HAX_WINDOW_ATTN: expected old or tiled, found '%s'", v);
+        g_window_tiled = v && strcmp(v, "tiled") == 0;
+    }
+    return g_window_tiled;
+}
+
+extern "C" void cuda_attn_set_window_tiled(int tiled) { g_window_tiled = tiled; }
+
+// Threads per block the tiles aim at (TP = this / H positions), the shared
+// memory a block may use (the default limit: no opt-in attribute), the
+// fewest threads a block may shrink to before the old kernels run instead,
+// and the most (H >= CU_ATTN_TILE_THREADS heads: one position a block; the
+// HDM 128 kernels use 255 registers a thread, 256 threads fill an SM's 64K).
+#ifndef CU_ATTN_TILE_THREADS
+#define CU_ATTN_TILE_THREADS 128
+#endif
+#define CU_ATTN_TILE_SMEM 49152
+#define CU_ATTN_TILE_MIN_THREADS 32
+#define CU_ATTN_TILE_MAX_THREADS 256
+
+// Shared bytes of a tile of tp positions: two arrays of tp+W-1 rows of d+1
+// floats (K and V, or Q and dO), for dK/dV also lse and D of those rows.
+static size_t tile_smem(int tp, int d, int H, int W, int dkv) {
+    size_t rows = (size_t)tp + W - 1;
+    return sizeof(float) * (2 * rows * (d + 1) + (dkv ? 2 * rows * H : 0));
+}
+
+// Positions per block of the tiled kernels for this shape: CU_ATTN_TILE_THREADS / H
+// (at least 1), halved while the rows do not fit CU_ATTN_TILE_SMEM and the
+// block keeps CU_ATTN_TILE_MIN_THREADS threads; 0 where they never fit (or
+// a block would exceed CU_ATTN_TILE_MAX_THREADS threads): the old kernels run.
+extern "C" int cuda_attn_tile_positions(int d, int H, int W, int dkv) {
+    int tp = H >= CU_ATTN_TILE_THREADS ? 1 : CU_ATTN_TILE_THREADS / H;
+    if ((long)tp * H > CU_ATTN_TILE_MAX_THREADS) return 0;
+    while (tile_smem(tp, d, H, W, dkv) > CU_ATTN_TILE_SMEM && tp > 1 && (tp / 2) * H >= CU_ATTN_TILE_MIN_THREADS)
+        tp /= 2;
+    return tile_smem(tp, d, H, W, dkv) <= CU_ATTN_TILE_SMEM ? tp : 0;
+}
+
+// Copies rows lo .. hi-1 of x (rows of d floats) into s (rows of d+1), all
+// threads of the block.
+__device__ __forceinline__ void stage_rows(float *s, const float *x, int lo, int hi, int d) {
+    int n = (hi - lo) * d;
+    const float *src = x + (size_t)lo * d;
+    for (int e = threadIdx.x; e < n; e += blockDim.x) s[(e / d) * (d + 1) + e % d] = src[e];
+}
+
+// attn_fwd_kernel with its keys and values in shared memory (tp positions a block).
+template <int HDM>
+__global__ static void attn_fwd_tiled_kernel(float *o, float *lse, const float *q, const float *k, const float *v,
+                                             const int *seq_off, int n_seq, int n_tok, int d, int H, int hd, int W,
+                                             float scale, int tp) {
+    extern __shared__ float smem[];
+    int p0 = blockIdx.x * tp, pe = p0 + tp < n_tok ? p0 + tp : n_tok;
+    int s0 = seq_off[cu_seq_of(seq_off, n_seq, p0)];
+    int lo = p0 - W + 1 > s0 ? p0 - W + 1 : s0, S = d + 1;
+    float *sk = smem, *sv = smem + (size_t)(tp + W - 1) * S;
+    stage_rows(sk, k, lo, pe, d);
+    stage_rows(sv, v, lo, pe, d);
+    __syncthreads();
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)n_tok * H) return;
+    int t = (int)(idx / H), h = (int)(idx % H);
+    int t0 = seq_off[cu_seq_of(seq_off, n_seq, t)];
+    int j0 = t - W + 1 > t0 ? t - W + 1 : t0;
+    float qt[HDM], acc[HDM];
+    const float *qp = q + (size_t)t * d + h * hd;
+#pragma unroll
+    for (int i = 0; i < HDM; i++) qt[i] = i < hd ? qp[i] : 0.0f, acc[i] = 0.0f;
+    float m = -INFINITY;
+    for (int j = j0; j <= t; j++) m = fmaxf(m, scale * dot_reg<HDM>(qt, sk + (j - lo) * S + h * hd, hd));
+    double sum = 0.0;
+    for (int j = j0; j <= t; j++) {
+        const float *vj = sv + (j - lo) * S + h * hd;
+        float p = expf(scale * dot_reg<HDM>(qt, sk + (j - lo) * S + h * hd, hd) - m);
+        sum += p;
+#pragma unroll
+        for (int i = 0; i < HDM; i++)
+            if (i < hd) acc[i] += p * vj[i];
+    }
+    float rs = (float)(1.0 / sum);
+    float *ot = o + (size_t)t * d + h * hd;
+#pragma unroll
+    for (int i = 0; i < HDM; i++)
+        if (i < hd) ot[i] = acc[i] * rs;
+    lse[(size_t)t * H + h] = m + (float)log(sum);
+}
+
+// attn_dq_kernel with its keys and values in shared memory.
+template <int HDM>
+__global__ static void attn_dq_tiled_kernel(float *dq, const float *dO, const float *D, const float *lse,
+                                            const float *q, const float *k, const float *v, const int *seq_off,
+                                            int n_seq, int n_tok, int d, int H, int hd, int W, float scale, int tp) {
+    extern __shared__ float smem[];
+    int p0 = blockIdx.x * tp, pe = p0 + tp < n_tok ? p0 + tp : n_tok;
+    int s0 = seq_off[cu_seq_of(seq_off, n_seq, p0)];
+    int lo = p0 - W + 1 > s0 ? p0 - W + 1 : s0, S = d + 1;
+    float *sk = smem, *sv = smem + (size_t)(tp + W - 1) * S;
+    stage_rows(sk, k, lo, pe, d);
+    stage_rows(sv, v, lo, pe, d);
+    __syncthreads();
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)n_tok * H) return;
+    int t = (int)(idx / H), h = (int)(idx % H);
+    int t0 = seq_off[cu_seq_of(seq_off, n_seq, t)];
+    int j0 = t - W + 1 > t0 ? t - W + 1 : t0;
+    size_t rt = (size_t)t * d + h * hd;
+    float qt[HDM], dot[HDM], acc[HDM];
+#pragma unroll
+    for (int i = 0; i < HDM; i++) {
+        qt[i] = i < hd ? q[rt + i] : 0.0f;
+        dot[i] = i < hd ? dO[rt + i] : 0.0f;
+        acc[i] = 0.0f;
+    }
+    float Dt = D[idx], l = lse[idx];
+    for (int j = j0; j <= t; j++) {
+        int rj = (j - lo) * S + h * hd;
+        // the CPU's order: q·k, then dO·v
+        float p = expf(scale * dot_reg<HDM>(qt, sk + rj, hd) - l);
+        float ds = p * (dot_reg<HDM>(dot, sv + rj, hd) - Dt) * scale;
+#pragma unroll
+        for (int i = 0; i < HDM; i++)
+            if (i < hd) acc[i] += ds * sk[rj + i];
+    }
+#pragma unroll
+    for (int i = 0; i < HDM; i++)
+        if (i < hd) dq[rt + i] = acc[i];
+}
+
+// attn_dkv_kernel with the queries, dO, lse and D of its tile's windows in
+// shared memory.
+template <int HDM>
+__global__ static void attn_dkv_tiled_kernel(float *dk, float *dv, const float *dO, const float *D, const float *lse,
+                                             const float *q, const float *k, const float *v, const int *seq_off,
+                                             int n_seq, int n_tok, int d, int H, int hd, int W, float scale, int tp) {
+    extern __shared__ float smem[];
+    int p0 = blockIdx.x * tp, pl = (p0 + tp < n_tok ? p0 + tp : n_tok) - 1;  // the tile's last position
+    int s1 = seq_off[cu_seq_of(seq_off, n_seq, pl) + 1];
+    int hi = pl + W < s1 ? pl + W : s1, S = d + 1, rows = tp + W - 1;
+    float *sq = smem, *sdo = sq + (size_t)rows * S, *sl = sdo + (size_t)rows * S, *sd = sl + (size_t)rows * H;
+    stage_rows(sq, q, p0, hi, d);
+    stage_rows(sdo, dO, p0, hi, d);
+    for (int e = threadIdx.x; e < (hi - p0) * H; e += blockDim.x)
+        sl[e] = lse[(size_t)p0 * H + e], sd[e] = D[(size_t)p0 * H + e];
+    __syncthreads();
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)n_tok * H) return;
+    int j = (int)(idx / H), h = (int)(idx % H);
+    int t1 = seq_off[cu_seq_of(seq_off, n_seq, j) + 1];
+    int tl = j + W - 1 < t1 - 1 ? j + W - 1 : t1 - 1;
+    size_t rj = (size_t)j * d + h * hd;
+    float kj[HDM], vj[HDM], ak[HDM], av[HDM];
+#pragma unroll
+    for (int i = 0; i < HDM; i++) {
+        kj[i] = i < hd ? k[rj + i] : 0.0f;
+        vj[i] = i < hd ? v[rj + i] : 0.0f;
+        ak[i] = 0.0f, av[i] = 0.0f;
+    }
+    for (int t = j; t <= tl; t++) {
+        int rt = (t - p0) * S + h * hd;
+        const float *qt = sq + rt, *dot = sdo + rt;
+        // the CPU's q_t·k_j in q order (a·b = b·a lane by lane, same sum order)
+        float p = expf(scale * dot_reg<HDM>(kj, qt, hd) - sl[(t - p0) * H + h]);
+        float ds = p * (dot_reg<HDM>(vj, dot, hd) - sd[(t - p0) * H + h]) * scale;
+#pragma unroll
+        for (int i = 0; i < HDM; i++)
+            if (i < hd) ak[i] += ds * qt[i], av[i] += p * dot[i];
+    }
+#pragma unroll
+    for (int i = 0; i < HDM; i++)
+        if (i < hd) dk[rj + i] = ak[i], dv[rj + i] = av[i];
+}
+
+// ATTN_DISPATCH with dynamic shared memory.
+#define ATTN_DISPATCH_SMEM(hd, KERNEL, grid, block, smem, ...)                                \
+    do {                                                                                      \
+        if ((hd) <= 8) KERNEL<8><<<grid, block, smem, cu_stream()>>>(__VA_ARGS__);            \
+        else if ((hd) <= 16) KERNEL<16><<<grid, block, smem, cu_stream()>>>(__VA_ARGS__);     \
+        else if ((hd) <= 32) KERNEL<32><<<grid, block, smem, cu_stream()>>>(__VA_ARGS__);     \
+        else if ((hd) <= 64) KERNEL<64><<<grid, block, smem, cu_stream()>>>(__VA_ARGS__);     \
+        else KERNEL<128><<<grid, block, smem, cu_stream()>>>(__VA_ARGS__);                    \
+        CUDA_LAUNCHED();                                                                      \
+    } while (0)
+
+// The window kernels alone, old or tiled (cuda_attn_window_tiled and the
+// tile fitting); the ops below and the tests call these.
+static void check_window(int d, int H) {
+    if (H <= 0 || d % H != 0 || d / H > CU_ATTN_MAX_HD)
+        hax_die("cu_attn: heads: expected a divisor of %d with a head size <= %d, found %d", d, CU_ATTN_MAX_HD, H);
+}
+
+extern "C" void cuda_attn_window_forward(float *o, float *lse, const float *q, const float *k, const float *v,
+                                         const int *seq_off, int n_seq, int n_tok, int d, int H, int W) {
+    check_window(d, H);
+    int hd = d / H, tp = cuda_attn_window_tiled() ? cuda_attn_tile_positions(d, H, W, 0) : 0;
+    float scale = 1.0f / sqrtf((float)hd);
+    long n = (long)n_tok * H;
+    if (n == 0) return;
+    if (tp > 0)
+        ATTN_DISPATCH_SMEM(hd, attn_fwd_tiled_kernel, cu_blocks(n_tok, tp), tp * H, tile_smem(tp, d, H, W, 0), o, lse,
+                           q, k, v, seq_off, n_seq, n_tok, d, H, hd, W, scale, tp);
+    else
+        ATTN_DISPATCH(hd, attn_fwd_kernel, cu_blocks(n, 128), 128, o, lse, q, k, v, seq_off, n_seq, n_tok, d, H, hd,
+                      W, scale);
+}
+
+extern "C" void cuda_attn_window_dq(float *dq, const float *dO, const float *D, const float *lse, const float *q,
+                                    const float *k, const float *v, const int *seq_off, int n_seq, int n_tok, int d,
+                                    int H, int W) {
+    check_window(d, H);
+    int hd = d / H, tp = cuda_attn_window_tiled() ? cuda_attn_tile_positions(d, H, W, 0) : 0;
+    float scale = 1.0f / sqrtf((float)hd);
+    long n = (long)n_tok * H;
+    if (n == 0) return;
+    if (tp > 0)
+        ATTN_DISPATCH_SMEM(hd, attn_dq_tiled_kernel, cu_blocks(n_tok, tp), tp * H, tile_smem(tp, d, H, W, 0), dq, dO,
+                           D, lse, q, k, v, seq_off, n_seq, n_tok, d, H, hd, W, scale, tp);
+    else
+        ATTN_DISPATCH(hd, attn_dq_kernel, cu_blocks(n, 128), 128, dq, dO, D, lse, q, k, v, seq_off, n_seq, n_tok, d,
+                      H, hd, W, scale);
+}
+
+extern "C" void cuda_attn_window_dkv(float *dk, float *dv, const float *dO, const float *D, const float *lse,
+                                     const float *q, const float *k, const float *v, const int *seq_off, int n_seq,
+                                     int n_tok, int d, int H, int W) {
+    check_window(d, H);
+    int hd = d / H, tp = cuda_attn_window_tiled() ? cuda_attn_tile_positions(d, H, W, 1) : 0;
+    float scale = 1.0f / sqrtf((float)hd);
+    long n = (long)n_tok * H;
+    if (n == 0) return;
+    if (tp > 0)
+        ATTN_DISPATCH_SMEM(hd, attn_dkv_tiled_kernel, cu_blocks(n_tok, tp), tp * H, tile_smem(tp, d, H, W, 1), dk, dv,
+                           dO, D, lse, q, k, v, seq_off, n_seq, n_tok, d, H, hd, W, scale, tp);
+    else
+        ATTN_DISPATCH(hd, attn_dkv_kernel, cu_blocks(n, 128), 128, dk, dv, dO, D, lse, q, k, v, seq_off, n_seq, n_tok,
+                      d, H, hd, W, scale);
+}
+
 extern "C" size_t cuda_attn_workspace_bytes(const hax_model_config *cfg, int n_tok) {
     size_t nd = (size_t)n_tok * cfg->hidden_size;
     return sizeof(float) * (4 * nd + (size_t)n_tok * (cfg->attn_heads > 0 ? cfg->attn_heads : 1)) + 256;
@@ -236,7 +502,6 @@ extern "C" void cuda_attn_backward(float *da, int ld_da, const attn_grads *gr, c
                                    void *work) {
     check_cfg(cfg);
     int d = cfg->hidden_size, H = cfg->attn_heads, hd = d / H, W = cfg->window_size;
-    float scale = 1.0f / sqrtf((float)hd);
     if (n_tok == 0) return;
     size_t nd = (size_t)n_tok * d;
     float *dO = (float *)work, *dq = dO + nd, *dk = dq + nd, *dv = dk + nd, *D = dv + nd;
@@ -247,10 +512,8 @@ extern "C" void cuda_attn_backward(float *da, int ld_da, const attn_grads *gr, c
     long n = (long)n_tok * H;
     attn_rowdot_kernel<<<cu_blocks(n, 256), 256, 0, cu_stream()>>>(D, dO, acts->o, n_tok, d, H, hd);
     CUDA_LAUNCHED();
-    ATTN_DISPATCH(hd, attn_dq_kernel, cu_blocks(n, 128), 128, dq, dO, D, acts->lse, acts->q, acts->k, acts->v,
-                  seq_off, n_seq, n_tok, d, H, hd, W, scale);
-    ATTN_DISPATCH(hd, attn_dkv_kernel, cu_blocks(n, 128), 128, dk, dv, dO, D, acts->lse, acts->q, acts->k, acts->v,
-                  seq_off, n_seq, n_tok, d, H, hd, W, scale);
+    cuda_attn_window_dq(dq, dO, D, acts->lse, acts->q, acts->k, acts->v, seq_off, n_seq, n_tok, d, H, W);
+    cuda_attn_window_dkv(dk, dv, dO, D, acts->lse, acts->q, acts->k, acts->v, seq_off, n_seq, n_tok, d, H, W);
     if (bf16) {  // flash-attn's bf16 dq, dk, dv
         cuda_round_bf16(dq, dq, (long)nd);
         cuda_round_bf16(dk, dk, (long)nd);

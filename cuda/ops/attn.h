@@ -45,6 +45,34 @@ void cuda_attn_backward(float *da, int ld_da, const attn_grads *gr, const float 
 void cuda_rope_apply(float *x, int ld_x, const int *seq_off, int n_seq, int n_tok, int n_heads, int hd,
                      float theta, int inverse, int bf16);
 
+// The window kernels (one thread per (position, head)) come in two versions
+// that give the same bits: today's, each thread reading its window's rows
+// from global memory, and tiled ones, a block per tile of consecutive
+// positions (all heads) staging the rows its windows read in shared memory
+// once (cuda/ops/attn.cu). HAX_WINDOW_ATTN (read once, at the first attention
+// call): "old" (0, also when unset) or "tiled" (1); anything else is an
+// error. cuda_attn_set_window_tiled overrides it (tests). Where a shape's
+// rows do not fit a block's 48 KiB (cuda_attn_tile_positions 0: a long
+// window or wide rows) the old kernels run either way.
+int cuda_attn_window_tiled(void);
+void cuda_attn_set_window_tiled(int tiled);
+// Positions per block of the tiled kernels for rows of d floats, H heads,
+// window W (dkv: the dK/dV kernel's larger tile), 0 where they do not fit.
+int cuda_attn_tile_positions(int d, int H, int W, int dkv);
+
+// The window kernels alone (the ops above call them; tests time them), the
+// version chosen as above: q, k (after RoPE), v, o, dO, dq, dk, dv [n_tok, d]
+// (d = H·hd, hd <= 128), lse, D [n_tok, H]. Forward: o, lse (=). dq (=) from
+// dO, D = dO·o per (position, head), lse; dk, dv (=) the same.
+void cuda_attn_window_forward(float *o, float *lse, const float *q, const float *k, const float *v,
+                              const int *seq_off, int n_seq, int n_tok, int d, int H, int W);
+void cuda_attn_window_dq(float *dq, const float *dO, const float *D, const float *lse, const float *q,
+                         const float *k, const float *v, const int *seq_off, int n_seq, int n_tok, int d, int H,
+                         int W);
+void cuda_attn_window_dkv(float *dk, float *dv, const float *dO, const float *D, const float *lse, const float *q,
+                          const float *k, const float *v, const int *seq_off, int n_seq, int n_tok, int d, int H,
+                          int W);
+
 #ifdef __cplusplus
 }
 #endif

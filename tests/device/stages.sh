@@ -10,7 +10,7 @@
 # GRID_CONFIGS / GRID_REGIMES pick the Table 1 runs that fill the rest of the call (NOGRID=1: none);
 # HEADLINE_STOP=N starts the headline runs (below); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
 # GRID_BG=1 starts the grid in the background right after the timing stages (bench_eval, scanfast,
-# profile: PROFILE_CONFIGS="config:regime ..."), so it trains while the other stages run.
+# densebwd, windowtile, profile: PROFILE_CONFIGS="config:regime ..."), so it trains while the other stages run.
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
 # each starts its own MPS control daemon: one driver at a time on the GPU
@@ -136,6 +136,15 @@ if want densebwd 150; then
   HAX_SPARSE_ATTN_BWD=dense build/gpu/bench_gpu --only mamba2_hax --precision bf16-pure --eval 0 --reps 30 > $R/bench_bwd_dense_bf16.txt 2>&1
   build/gpu/bench_gpu --only mamba2_hax --precision bf16-pure --eval 0 --reps 30 > $R/bench_bwd_gather_bf16.txt 2>&1
   done_ densebwd
+fi
+# the tiled window attention (HAX_WINDOW_ATTN=tiled, cuda/ops/attn.cu) against today's kernels: gpu_ops'
+# old-vs-tiled bit checks and TIME attn fwd|dq|dkv old|tiled lines at the paper size, then Samba's whole
+# steps with each, one after the other
+if want windowtile 150; then
+  build/gpu/gpu_ops > $R/gpu_ops_window.txt 2>&1; log "gpu_ops: $(tail -n 1 $R/gpu_ops_window.txt)"
+  for p in fp32 bf16-pure; do for v in old tiled; do HAX_WINDOW_ATTN=$v build/gpu/bench_gpu --only samba --precision $p \
+    --eval 0 --reps 30 > $R/bench_window_${v}_$p.txt 2>&1; done; done
+  done_ windowtile
 fi
 if want profile 100; then
   PROF=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
