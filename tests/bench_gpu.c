@@ -292,6 +292,19 @@ static void parse_args(int argc, char **argv, bench_opts *bo) {
     if (bo->reps < 1) hax_die("bench_gpu: --reps: expected a count of at least 1, found %d", bo->reps);
 }
 
+// The kernel selections this run takes from the environment (unset: each
+// family's default), so that an A/B table says which side it is.
+static void print_kernel_env(void) {
+    static const char *vars[] = {"HAX_SCAN_KERNELS", "HAX_SPARSE_ATTN", "HAX_SPARSE_ATTN_BWD",
+                                 "HAX_WINDOW_ATTN", "HAX_SPARSE_LONG", "HAX_BF16_TF32"};
+    printf("kernels:");
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        printf(" %s=%s", vars[i], v ? v : "(default)");
+    }
+    printf("\n");
+}
+
 int main(int argc, char **argv) {
     bench_opts bo;
     parse_args(argc, argv, &bo);
@@ -301,6 +314,7 @@ int main(int argc, char **argv) {
     }
     cuda_init(0);
     printf("device: %s\n", cuda_device_name());
+    print_kernel_env();
     char err[768];
     hax_grid g;
     if (grid_load(&g, bo.grid, err, sizeof err)) hax_die("bench_gpu: %s", err);
