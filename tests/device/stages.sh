@@ -128,21 +128,22 @@ if want scanfast 200; then
   done_ scanfast
 fi
 # the dense backward of the sparse branch (HAX_SPARSE_ATTN_BWD=dense, cuda/sparse/attn_dense.cu) against
-# today's gathers: its paper-size checks and TIME lines, then whole steps, one after the other
+# today's gathers: its paper-size checks and TIME lines, then whole steps, one after the other (each
+# command cut 60 s before the call's end, as run_gpu below)
 if want densebwd 150; then
-  build/gpu/gpu_sparse > $R/gpu_sparse_dense.txt 2>&1; log "gpu_sparse: $(tail -n 1 $R/gpu_sparse_dense.txt)"
-  for v in gather dense; do HAX_SPARSE_ATTN_BWD=$v build/gpu/bench_gpu --only mamba2_hax,mamba_hax,mamba2_d,mamba2_sw,mamba2_lsh \
+  timeout $(( $(left) - 60 )) build/gpu/gpu_sparse > $R/gpu_sparse_dense.txt 2>&1; log "gpu_sparse: $(tail -n 1 $R/gpu_sparse_dense.txt)"
+  for v in gather dense; do HAX_SPARSE_ATTN_BWD=$v timeout $(( $(left) - 60 )) build/gpu/bench_gpu --only mamba2_hax,mamba_hax,mamba2_d,mamba2_sw,mamba2_lsh \
     --precision fp32 --eval 0 --reps 30 > $R/bench_bwd_$v.txt 2>&1; done
-  HAX_SPARSE_ATTN_BWD=dense build/gpu/bench_gpu --only mamba2_hax --precision bf16-pure --eval 0 --reps 30 > $R/bench_bwd_dense_bf16.txt 2>&1
-  build/gpu/bench_gpu --only mamba2_hax --precision bf16-pure --eval 0 --reps 30 > $R/bench_bwd_gather_bf16.txt 2>&1
+  HAX_SPARSE_ATTN_BWD=dense timeout $(( $(left) - 60 )) build/gpu/bench_gpu --only mamba2_hax --precision bf16-pure --eval 0 --reps 30 > $R/bench_bwd_dense_bf16.txt 2>&1
+  timeout $(( $(left) - 60 )) build/gpu/bench_gpu --only mamba2_hax --precision bf16-pure --eval 0 --reps 30 > $R/bench_bwd_gather_bf16.txt 2>&1
   done_ densebwd
 fi
 # the tiled window attention (HAX_WINDOW_ATTN=tiled, cuda/ops/attn.cu) against today's kernels: gpu_ops'
 # old-vs-tiled bit checks and TIME attn fwd|dq|dkv old|tiled lines at the paper size, then Samba's whole
 # steps with each, one after the other
 if want windowtile 150; then
-  build/gpu/gpu_ops > $R/gpu_ops_window.txt 2>&1; log "gpu_ops: $(tail -n 1 $R/gpu_ops_window.txt)"
-  for p in fp32 bf16-pure; do for v in old tiled; do HAX_WINDOW_ATTN=$v build/gpu/bench_gpu --only samba --precision $p \
+  timeout $(( $(left) - 60 )) build/gpu/gpu_ops > $R/gpu_ops_window.txt 2>&1; log "gpu_ops: $(tail -n 1 $R/gpu_ops_window.txt)"
+  for p in fp32 bf16-pure; do for v in old tiled; do HAX_WINDOW_ATTN=$v timeout $(( $(left) - 60 )) build/gpu/bench_gpu --only samba --precision $p \
     --eval 0 --reps 30 > $R/bench_window_${v}_$p.txt 2>&1; done; done
   done_ windowtile
 fi
