@@ -1,5 +1,7 @@
 // test_common.c: the shared foundations: checksum, counter-based rng, atomic files.
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "src/core/checksum.h"
@@ -82,11 +84,50 @@ static void test_atomic_write(void) {
     CHECK(system(cmd) == 0, "cleanup");
 }
 
+// The exit status of hax_env_choice(var, choices, 0) in a child, its one
+// error line sent to /dev/null.
+static int env_choice_status(const char *var, const char *choices) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open("/dev/null", O_WRONLY);
+        if (fd >= 0) dup2(fd, 2);
+        hax_env_choice(var, choices, 0);
+        _exit(0);
+    }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void test_env_choice(void) {
+    const char *var = "HAX_TEST_ENV_CHOICE";
+    unsetenv(var);
+    CHECK(hax_env_choice(var, "new old", 2) == 2, "unset: the caller's value");
+    setenv(var, "new", 1);
+    CHECK(hax_env_choice(var, "new old", 2) == 0, "first word");
+    setenv(var, "old", 1);
+    CHECK(hax_env_choice(var, "new old", 2) == 1, "second word");
+    setenv(var, "all", 1);
+    CHECK(hax_env_choice(var, "old new all", 1) == 2, "third word");
+    CHECK(hax_env_choice(var, "all", 0) == 0, "one word");
+    CHECK(env_choice_status(var, "new old") == HAX_EXIT_ERROR, "a value not listed is an error");
+    setenv(var, "ol", 1);
+    CHECK(env_choice_status(var, "new old") == HAX_EXIT_ERROR, "a prefix of a word is an error");
+    setenv(var, "old new", 1);
+    CHECK(env_choice_status(var, "old new") == HAX_EXIT_ERROR, "the list itself is an error");
+    setenv(var, "", 1);
+    CHECK(env_choice_status(var, "old new") == HAX_EXIT_ERROR, "the empty value is an error");
+    setenv(var, "1", 1);
+    CHECK(env_choice_status(var, "0 1") == 0, "a listed value exits normally");
+    unsetenv(var);
+}
+
 int main(void) {
     RUN(test_crc32c_known_value);
     RUN(test_philox_known_answer);
     RUN(test_rng_streams_keyed);
     RUN(test_rng_distributions);
     RUN(test_atomic_write);
+    RUN(test_env_choice);
     return test_summary();
 }

@@ -54,12 +54,7 @@ static void ensure_init(void) {
 
 extern "C" void cuda_gemm_tf32(int on) {
     static int current = 0, env = -1;
-    if (env < 0) {
-        const char *v = getenv("HAX_BF16_TF32");
-        if (v && strcmp(v, "0") != 0 && strcmp(v, "1") != 0)
-            hax_die("cuda: HAX_BF16_TF32: expected 0 or 1, found '%s'", v);
-        env = !(v && strcmp(v, "0") == 0);
-    }
+    if (env < 0) env = hax_env_choice("HAX_BF16_TF32", "0 1", 1);
     on = on && env;
     ensure_init();
     if (on == current) return;

@@ -41,15 +41,10 @@ void (*cuda_scan_mark)(const char *kernel) = NULL;
 static int g_old_kernels = -1;
 
 extern "C" int cuda_scan_old_kernels(void) {
-    if (g_old_kernels < 0) {
-        const char *v = getenv("HAX_SCAN_KERNELS");
-        if (v && strcmp(v, "old") != 0 && strcmp(v, "new") != 0)
-            hax_die("HAX_SCAN_KERNELS: expected old or new, found '%s'", v);
-        // Unset: the fast Mamba scan backward and the old SSD backward, as measured
-        // (H200, 2026-12-07, tests/gpu_scans.c: chunk_bwd 0.250 -> 0.221 ms, the fast
-        // SSD backward 0.304 -> 0.360 ms, slower); both versions give the same bits.
-        g_old_kernels = !v ? 2 : strcmp(v, "old") == 0;
-    }
+    // new 0, old 1; unset (2): the fast Mamba scan backward and the old SSD backward,
+    // as measured (H200, 2026-12-07, tests/gpu_scans.c: chunk_bwd 0.250 -> 0.221 ms, the
+    // fast SSD backward 0.304 -> 0.360 ms, slower); both versions give the same bits.
+    if (g_old_kernels < 0) g_old_kernels = hax_env_choice("HAX_SCAN_KERNELS", "new old", 2);
     return g_old_kernels;
 }
 

@@ -50,12 +50,7 @@
 static int g_dense = -1;
 
 extern "C" int cuda_sparse_attn_bwd_dense(void) {
-    if (g_dense < 0) {
-        const char *v = getenv("HAX_SPARSE_ATTN_BWD");
-        if (v && strcmp(v, "gather") != 0 && strcmp(v, "dense") != 0)
-            hax_die("cu_sparse: HAX_SPARSE_ATTN_BWD: expected gather or dense, found '%s'", v);
-        g_dense = v && strcmp(v, "dense") == 0;
-    }
+    if (g_dense < 0) g_dense = hax_env_choice("HAX_SPARSE_ATTN_BWD", "gather dense", 0);
     return g_dense;
 }
 

@@ -889,28 +889,18 @@ extern "C" size_t cuda_ks_state_bytes(int max_tok, int max_seq, int N, int k_c) 
 
 extern "C" int cuda_ks_old_kernels(void) {
     static int env = -1;
-    if (env < 0) {
-        const char *v = getenv("HAX_SPARSE_KS");
-        if (v && strcmp(v, "old") != 0 && strcmp(v, "new") != 0)
-            hax_die("cu_sparse_ks: HAX_SPARSE_KS: expected old or new, found '%s'", v);
-        // new by default: on an H200 (2026-12-07) they gave the previous kernels' bits in
-        // every GPU test and took the HAX phases from 0.611 to 0.430 ms (gpu_sparse)
-        env = v && strcmp(v, "old") == 0;
-    }
+    // new (0) by default: on an H200 (2026-12-07) they gave the previous kernels' bits in
+    // every GPU test and took the HAX phases from 0.611 to 0.430 ms (gpu_sparse)
+    if (env < 0) env = hax_env_choice("HAX_SPARSE_KS", "new old", 0);
     return env;
 }
 
 extern "C" int cuda_sparse_long_env(void) {
     static int env = -1;
-    if (env < 0) {
-        const char *v = getenv("HAX_SPARSE_LONG");
-        if (v && strcmp(v, "old") != 0 && strcmp(v, "new") != 0 && strcmp(v, "all") != 0)
-            hax_die("cu_sparse: HAX_SPARSE_LONG: expected old, new or all, found '%s'", v);
-        // new by default: on an H100 (2026-12-07) they gave the previous kernels' bits in every
-        // GPU test (gpu_sparse, gpu_sparse_ks) and at every length of --lengths, and were faster
-        // at each (1.14x at 256 x 1,024 to 4.80x at 4 x 65,536)
-        env = v && strcmp(v, "old") == 0 ? 0 : v && strcmp(v, "all") == 0 ? 2 : 1;
-    }
+    // old 0, new 1, all 2; new by default: on an H100 (2026-12-07) they gave the previous
+    // kernels' bits in every GPU test (gpu_sparse, gpu_sparse_ks) and at every length of
+    // --lengths, and were faster at each (1.14x at 256 x 1,024 to 4.80x at 4 x 65,536)
+    if (env < 0) env = hax_env_choice("HAX_SPARSE_LONG", "old new all", 1);
     return env;
 }
 

@@ -122,16 +122,11 @@ extern "C" size_t cuda_sparse_state_bytes(const hax_model_config *cfg, int max_t
 // timing in one binary.
 static int attn_old_env(void) {
     static int env = -1;
-    if (env < 0) {
-        const char *v = getenv("HAX_SPARSE_ATTN");
-        if (v && strcmp(v, "old") != 0 && strcmp(v, "new") != 0)
-            hax_die("cu_sparse: HAX_SPARSE_ATTN: expected old or new, found '%s'", v);
-        // Unset (2): the new forward gather with the previous dQ and dK/dV ones, the
-        // fastest mix measured (H200, 2026-12-07, gpu_sparse at the paper size: the
-        // new forward 2.1x faster for HAX; the new dQ and dK/dV slower for LSH alone,
-        // equal for HAX). All of them give the same bits.
-        env = !v ? 2 : strcmp(v, "old") == 0;
-    }
+    // Unset (2): the new forward gather with the previous dQ and dK/dV ones, the
+    // fastest mix measured (H200, 2026-12-07, gpu_sparse at the paper size: the
+    // new forward 2.1x faster for HAX; the new dQ and dK/dV slower for LSH alone,
+    // equal for HAX). All of them give the same bits.
+    if (env < 0) env = hax_env_choice("HAX_SPARSE_ATTN", "new old", 2);
     return env;
 }
 

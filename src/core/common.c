@@ -229,3 +229,22 @@ char *hax_path_beside(const char *from, const char *path) {
     snprintf(out, n, "%.*s/%s", (int)dl, from, path);
     return out;
 }
+
+int hax_env_choice(const char *var, const char *choices, int unset) {
+    const char *v = getenv(var);
+    if (!v) return unset;
+    char list[256] = "";
+    int i = 0, n_words = 0;
+    for (const char *c = choices; *c; c += *c == ' ') n_words++, c += strcspn(c, " ");
+    for (const char *c = choices; *c; i++) {
+        size_t n = strcspn(c, " ");
+        if (strlen(v) == n && strncmp(v, c, n) == 0) return i;
+        // "a", "a or b", "a, b or c"
+        const char *sep = i == 0 ? "" : i == n_words - 1 ? " or " : ", ";
+        size_t used = strlen(list);
+        snprintf(list + used, sizeof list - used, "%s%.*s", sep, (int)n, c);
+        c += n;
+        c += *c == ' ';
+    }
+    hax_die("%s: expected %s, found '%s'", var, list, v);
+}

@@ -64,4 +64,10 @@ double hax_now(void);
 // 1 if stderr is a terminal (live progress lines are only drawn there).
 int hax_stderr_is_tty(void);
 
+// A kernel or mode choice from the environment: the position of variable
+// var's value in choices (space-separated words, "new old" -> 0 or 1), or
+// unset when var is not set; any other value (the empty one included) is an
+// error naming var and the choices. Callers read it once and keep it.
+int hax_env_choice(const char *var, const char *choices, int unset);
+
 #endif
