@@ -77,15 +77,16 @@ __device__ __forceinline__ float dot_hd(const float *a, const float *b, int hd) 
 }
 
 // Launches KERNEL<HDM> for the smallest HDM >= hd (check_cfg bounds hd).
-#define ATTN_DISPATCH(hd, KERNEL, grid, block, ...)                                        \
-    do {                                                                                   \
-        if ((hd) <= 8) KERNEL<8><<<grid, block, 0, cu_stream()>>>(__VA_ARGS__);            \
-        else if ((hd) <= 16) KERNEL<16><<<grid, block, 0, cu_stream()>>>(__VA_ARGS__);     \
-        else if ((hd) <= 32) KERNEL<32><<<grid, block, 0, cu_stream()>>>(__VA_ARGS__);     \
-        else if ((hd) <= 64) KERNEL<64><<<grid, block, 0, cu_stream()>>>(__VA_ARGS__);     \
-        else KERNEL<128><<<grid, block, 0, cu_stream()>>>(__VA_ARGS__);                    \
-        CUDA_LAUNCHED();                                                                   \
+#define ATTN_DISPATCH_SMEM(hd, KERNEL, grid, block, smem, ...)                                \
+    do {                                                                                      \
+        if ((hd) <= 8) KERNEL<8><<<grid, block, smem, cu_stream()>>>(__VA_ARGS__);            \
+        else if ((hd) <= 16) KERNEL<16><<<grid, block, smem, cu_stream()>>>(__VA_ARGS__);     \
+        else if ((hd) <= 32) KERNEL<32><<<grid, block, smem, cu_stream()>>>(__VA_ARGS__);     \
+        else if ((hd) <= 64) KERNEL<64><<<grid, block, smem, cu_stream()>>>(__VA_ARGS__);     \
+        else KERNEL<128><<<grid, block, smem, cu_stream()>>>(__VA_ARGS__);                    \
+        CUDA_LAUNCHED();                                                                      \
     } while (0)
+#define ATTN_DISPATCH(hd, KERNEL, grid, block, ...) ATTN_DISPATCH_SMEM(hd, KERNEL, grid, block, 0, __VA_ARGS__)
 
 // One thread per (query t, head h): scores of keys max(t0, t-W+1) .. t, the
 // max, then exp, their double sum and the weighted sum of v (as the CPU).
@@ -250,12 +251,7 @@ __global__ static void attn_dkv_kernel(float *dk, float *dv, const float *dO, co
 static int g_window_tiled = -1;
 
 extern "C" int cuda_attn_window_tiled(void) {
-    if (g_window_tiled < 0) {
-        const char *v = getenv("HAX_WINDOW_ATTN");
-        if (v && strcmp(v, "old") != 0 && strcmp(v, "tiled") != 0)
-            hax_die("HAX_WINDOW_ATTN: expected old or tiled, found '%s'", v);
-        g_window_tiled = v && strcmp(v, "tiled") == 0;
-    }
+    if (g_window_tiled < 0) g_window_tiled = hax_env_choice("HAX_WINDOW_ATTN", "old tiled", 0);
     return g_window_tiled;
 }
 
@@ -425,17 +421,6 @@ __global__ static void attn_dkv_tiled_kernel(float *dk, float *dv, const float *
     for (int i = 0; i < HDM; i++)
         if (i < hd) dk[rj + i] = ak[i], dv[rj + i] = av[i];
 }
-
-// ATTN_DISPATCH with dynamic shared memory.
-#define ATTN_DISPATCH_SMEM(hd, KERNEL, grid, block, smem, ...)                                \
-    do {                                                                                      \
-        if ((hd) <= 8) KERNEL<8><<<grid, block, smem, cu_stream()>>>(__VA_ARGS__);            \
-        else if ((hd) <= 16) KERNEL<16><<<grid, block, smem, cu_stream()>>>(__VA_ARGS__);     \
-        else if ((hd) <= 32) KERNEL<32><<<grid, block, smem, cu_stream()>>>(__VA_ARGS__);     \
-        else if ((hd) <= 64) KERNEL<64><<<grid, block, smem, cu_stream()>>>(__VA_ARGS__);     \
-        else KERNEL<128><<<grid, block, smem, cu_stream()>>>(__VA_ARGS__);                    \
-        CUDA_LAUNCHED();                                                                      \
-    } while (0)
 
 // The window kernels alone, old or tiled (cuda_attn_window_tiled and the
 // tile fitting); the ops below and the tests call these.
