@@ -55,8 +55,7 @@ void adamw_update(float *p, const float *g, float *m, float *v, size_t n, double
         float mi = k.lerp_low ? m[i] + k.w1 * diff : gi - diff * k.one_minus_w1;
         float vi = v[i] * k.b2;
         vi = vi + k.w2 * gi * gi;
-        float denom = sqrtf(vi) / k.bc2_sqrt + k.eps;
-        p[i] = pi + k.neg_step_size * mi / denom;
+        p[i] = pi + adamw_step_term(&k, mi, vi);
         m[i] = mi;
         v[i] = vi;
     }
@@ -73,10 +72,7 @@ void adamw_bf16_update(float *p, const float *g, float *m, float *v, size_t n, d
         float mi = hax_bf16_round(k.lerp_low ? m[i] + k.w1 * diff : gi - diff * k.one_minus_w1);
         float vi = hax_bf16_round(v[i] * k.b2);
         vi = hax_bf16_round(vi + k.w2 * (gi * gi));
-        float den = hax_bf16_round(sqrtf(vi));
-        den = hax_bf16_round(den / k.bc2_sqrt);
-        den = hax_bf16_round(den + k.eps);
-        p[i] = hax_bf16_round(pi + k.neg_step_size * (mi / den));
+        p[i] = hax_bf16_round(pi + adamw_bf16_step_term(&k, mi, vi));
         m[i] = mi;
         v[i] = vi;
     }

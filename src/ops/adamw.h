@@ -25,8 +25,11 @@
 #ifndef HAX_ADAMW_H
 #define HAX_ADAMW_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "src/core/scalar.h"
 
 typedef struct {
     double beta1, beta2, eps, weight_decay;  // 0.9, 0.999, 1e-8, 0.01 (doubles, as PyTorch's hyperparameters)
@@ -50,6 +53,21 @@ typedef struct {
 } adamw_scalars;
 adamw_scalars adamw_scalars_of(double lr, double beta1, double beta2, double eps, double weight_decay,
                                int64_t step);
+
+// The step's addition to the decayed weight, from the moments m, v after the
+// step: -(lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps) in float32, and in
+// bf16-pure with den's three lines rounded (above; the caller rounds p + u).
+// One expression for the updates below and for hax-pdiff's prediction.
+static inline float adamw_step_term(const adamw_scalars *k, float m, float v) {
+    float denom = sqrtf(v) / k->bc2_sqrt + k->eps;
+    return k->neg_step_size * m / denom;
+}
+static inline float adamw_bf16_step_term(const adamw_scalars *k, float m, float v) {
+    float den = hax_bf16_round(sqrtf(v));
+    den = hax_bf16_round(den / k->bc2_sqrt);
+    den = hax_bf16_round(den + k->eps);
+    return k->neg_step_size * (m / den);
+}
 
 // Allocates zeroed moments for n parameters.
 void adamw_init(hax_adamw *opt, size_t n, double beta1, double beta2, double eps, double weight_decay);

@@ -218,12 +218,7 @@ static pd_opt opt_of(const st_file *b, const pd_args *args) {
 
 // The update §8.5 adds to the decayed weight, from the moments after the step.
 static float update_of(const pd_opt *o, float m, float v) {
-    const adamw_scalars *k = &o->k;
-    if (!o->bf16_pure) return k->neg_step_size * m / (sqrtf(v) / k->bc2_sqrt + k->eps);
-    float den = hax_bf16_round(sqrtf(v));
-    den = hax_bf16_round(den / k->bc2_sqrt);
-    den = hax_bf16_round(den + k->eps);
-    return k->neg_step_size * (m / den);
+    return o->bf16_pure ? adamw_bf16_step_term(&o->k, m, v) : adamw_step_term(&o->k, m, v);
 }
 
 // Half a bf16 ulp of p (bf16: 8 significant bits, fp32's exponents; the
