@@ -5,7 +5,9 @@
 // bench follows the configs. For each (config, regime), at the paper's size:
 //   - a training step as hax-train runs it on one GPU: 64 sequences of the
 //     joint-recall lengths 400-528 (tests/gpu_engine.c time_train's batch,
-//     model_len 1057 as the dataset's), weights and AdamW resident on the
+//     model_len 1057 as the dataset's; --batch N: N such sequences, to see
+//     how the step grows with the batch, the bound on what training several
+//     runs as one batched model could gain, issue 11), weights and AdamW resident on the
 //     device, engine_cuda_train_step (CUDA-graph steps), a new step number
 //     each time (new hash matrices and candidates), mean of N after 3 warm-up
 //     steps: ms per step and tokens/s;
@@ -28,7 +30,7 @@
 // Figures are printed, never asserted; a non-finite loss or accuracy makes
 // the exit status 1. Without a CUDA device: "SKIP: no CUDA device", exit 0.
 //
-// usage: bench_gpu [--grid FILE] [--data DIR] [--reps N] [--only NAME,NAME...] [--precision P] [--eval 0|1]
+// usage: bench_gpu [--grid FILE] [--data DIR] [--reps N] [--only NAME,NAME...] [--precision P] [--eval 0|1] [--batch N]
 //   --only: configs by file name without .yaml (mamba2_hax,samba); --precision: one regime;
 //   --eval 0: training steps only, no validation passes (their columns print 0), so that a
 //   profiler (nsys, ncu) run over the bench sees the training step's kernels alone
@@ -55,6 +57,7 @@
 typedef struct {
     const char *grid, *data, *only, *precision;
     int reps, eval;  // eval: 0 skips the validation passes (profiling the step alone)
+    int batch;       // training sequences per step (64: the paper's)
 } bench_opts;
 
 static const char *const regimes[] = {"fp32", "bf16-pure", "bf16"};
@@ -179,11 +182,14 @@ static double real_valid_pass(hax_engine *e, hax_dataset *ds, const hax_config *
 }
 
 
-// The training batch of tests/gpu_engine.c time_train: 64 sequences of 400-528.
-static hax_batch train_batch(const hax_config *c, int model_len) {
-    int lens[64];
-    for (int s = 0; s < 64; s++) lens[s] = 400 + (s * 37) % 129;
-    return make_batch(lens, 64, c->model.vocab_size, model_len, 5);
+// The training batch of tests/gpu_engine.c time_train: 64 sequences of 400-528
+// (n of them: the same lengths repeating).
+static hax_batch train_batch(const hax_config *c, int model_len, int n) {
+    int *lens = xmalloc(sizeof(int) * n);
+    for (int s = 0; s < n; s++) lens[s] = 400 + (s % 64 * 37) % 129;
+    hax_batch b = make_batch(lens, n, c->model.vocab_size, model_len, 5);
+    free(lens);
+    return b;
 }
 
 // The config's name: its file name without the folder and ".yaml".
@@ -226,13 +232,13 @@ static void bench_case(const char *path, const char *regime, const bench_opts *b
     opt.bf16_pure = c.train.precision == PREC_BF16_PURE;
     const hax_data_params *dp = ds ? dataset_params(ds) : &c.data.gen;
     int model_len = (int)data_pad_len(dp) - 1;
-    hax_batch tb = train_batch(&c, model_len);
+    hax_batch tb = train_batch(&c, model_len, bo->batch);
 
     cuda_sync();
     size_t live0 = cuda_mem_live();
     cuda_mem_reset_peak();
     // sized as hax-train sizes it: the batch of sequences of the model length
-    int bs = c.train.batch_size;
+    int bs = c.train.batch_size > bo->batch ? c.train.batch_size : bo->batch;
     hax_engine *e = engine_cuda_create(&m, bs * model_len, bs, model_len);
     e->be->dev->push(e, &opt);
     hax_fwd_opts o = {1, c.train.seed, 0, 0.0, NULL};
@@ -275,7 +281,7 @@ static void bench_case(const char *path, const char *regime, const bench_opts *b
 }
 
 static void parse_args(int argc, char **argv, bench_opts *bo) {
-    *bo = (bench_opts){.grid = "configs/grid_table1.yaml", .reps = 20, .eval = 1};
+    *bo = (bench_opts){.grid = "configs/grid_table1.yaml", .reps = 20, .eval = 1, .batch = 64};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) hax_die("bench_gpu: %s: expected a value after it, found the end of the arguments", a);
@@ -285,10 +291,12 @@ static void parse_args(int argc, char **argv, bench_opts *bo) {
         else if (!strcmp(a, "--precision")) bo->precision = v;
         else if (!strcmp(a, "--reps")) bo->reps = atoi(v);
         else if (!strcmp(a, "--eval")) bo->eval = !strcmp(v, "1") ? 1 : !strcmp(v, "0") ? 0 : -1;
-        else hax_die("bench_gpu: expected --grid, --data, --reps, --only, --precision or --eval, found '%s'", a);
+        else if (!strcmp(a, "--batch")) bo->batch = atoi(v);
+        else hax_die("bench_gpu: expected --grid, --data, --reps, --only, --precision, --eval or --batch, found '%s'", a);
         i++;
     }
     if (bo->eval < 0) hax_die("bench_gpu: --eval: expected 0 or 1");
+    if (bo->batch < 1) hax_die("bench_gpu: --batch: expected a count of at least 1, found %d", bo->batch);
     if (bo->reps < 1) hax_die("bench_gpu: --reps: expected a count of at least 1, found %d", bo->reps);
 }
 
@@ -320,8 +328,8 @@ int main(int argc, char **argv) {
     if (grid_load(&g, bo.grid, err, sizeof err)) hax_die("bench_gpu: %s", err);
     hax_dataset *ds = NULL;
     if (bo.data && !(ds = dataset_open(bo.data, err, sizeof err))) hax_die("bench_gpu: --data: %s", err);
-    printf("train step: 64 sequences of 400-528 positions, CUDA-graph steps, mean of %d after 3; validation: %s\n",
-           bo.reps, ds ? "the dataset's valid split (eval_run)" : "synthetic sequences of the valid split's lengths");
+    printf("train step: %d sequences of 400-528 positions, CUDA-graph steps, mean of %d after 3; validation: %s\n",
+           bo.batch, bo.reps, ds ? "the dataset's valid split (eval_run)" : "synthetic sequences of the valid split's lengths");
     printf("\n| config | precision | ms/step | tokens/s | valid pass s (64) | eval batch | valid pass s (eval batch) | "
            "valid tokens/s (eval batch) | engine peak MiB (training) | engine peak MiB (with eval) | device MiB in use "
            "|\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");

@@ -10,7 +10,7 @@
 # GRID_CONFIGS / GRID_REGIMES pick the Table 1 runs that fill the rest of the call (NOGRID=1: none);
 # HEADLINE_STOP=N starts the headline runs (below); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
 # GRID_BG=1 starts the grid in the background right after the timing stages (bench_eval, scanfast,
-# densebwd, windowtile, profile: PROFILE_CONFIGS="config:regime ..."), so it trains while the other stages run.
+# densebwd, windowtile, batch, profile: PROFILE_CONFIGS="config:regime ..."), so it trains while the other stages run.
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
 # each starts its own MPS control daemon: one driver at a time on the GPU
@@ -146,6 +146,13 @@ if want windowtile 150; then
   for p in fp32 bf16-pure; do for v in old tiled; do HAX_WINDOW_ATTN=$v timeout $(( $(left) - 60 )) build/gpu/bench_gpu --only samba --precision $p \
     --eval 0 --reps 30 > $R/bench_window_${v}_$p.txt 2>&1; done; done
   done_ windowtile
+fi
+# the step against its batch (bench_gpu --batch): what one process training several runs of an
+# architecture as one batched model could gain at most (issue 11), and the batch-512 step of issue 15
+if want batch 100; then
+  for b in 64 128 256 512; do timeout $(( $(left) - 60 )) build/gpu/bench_gpu --only mamba2,mamba2_hax,mamba_hax,samba --precision fp32 \
+    --eval 0 --reps 20 --batch $b > $R/bench_batch_$b.txt 2>&1; done
+  done_ batch
 fi
 if want profile 100; then
   PROF=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
