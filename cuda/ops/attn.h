@@ -46,11 +46,12 @@ void cuda_rope_apply(float *x, int ld_x, const int *seq_off, int n_seq, int n_to
                      float theta, int inverse, int bf16);
 
 // The window kernels (one thread per (position, head)) come in two versions
-// that give the same bits: today's, each thread reading its window's rows
-// from global memory, and tiled ones, a block per tile of consecutive
+// that give the same bits: the old ones, each thread reading its window's
+// rows from global memory, and tiled ones, a block per tile of consecutive
 // positions (all heads) staging the rows its windows read in shared memory
-// once (cuda/ops/attn.cu). HAX_WINDOW_ATTN (read once, at the first attention
-// call): "old" (0, also when unset) or "tiled" (1); anything else is an
+// once (cuda/ops/attn.cu; 4.7x faster at Samba's paper size, README "Window
+// attention kernels"). HAX_WINDOW_ATTN (read once, at the first attention
+// call): "old" (0) or "tiled" (1, also when unset); anything else is an
 // error. cuda_attn_set_window_tiled overrides it (tests). Where a shape's
 // rows do not fit a block's 48 KiB (cuda_attn_tile_positions 0: a long
 // window or wide rows) the old kernels run either way.
