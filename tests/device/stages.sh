@@ -28,7 +28,12 @@ want() { case " ${SKIP:-} " in *" $1 "*) return 1;; esac; [ ! -e results/stages/
 # back at all, checkpoints included; their comparisons come back in r.tgz.
 # One pack at a time (flock, where the machine has it): with REF_BG the reference stage packs from
 # its own process.
-pack_now() { tar czf $OUT/r.tgz -C results --exclude='*.safetensors' R; tar czf $OUT/w.tgz -C results R/runs R/headline 2>/dev/null; }
+pack_now() {
+  tar czf $OUT/r.tgz -C results --exclude='*.safetensors' R
+  # only the folders that exist (a missing one made tar, and so the whole call, exit 2)
+  local w=() d; for d in R/runs R/headline; do [ -d results/$d ] && w+=($d); done
+  [ ${#w[@]} = 0 ] || tar czf $OUT/w.tgz -C results "${w[@]}"
+}
 pack() { if command -v flock > /dev/null; then (flock 9; pack_now) 9> results/.pack.lock; else pack_now; fi; }
 done_() { touch results/stages/$1; log "stage $1 done"; pack; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee $R/gpu.txt
