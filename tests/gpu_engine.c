@@ -48,8 +48,7 @@ static char name_buf[96];
 static const char *model_label(hax_arch a) {
     const char *base = arch_name(a);
     if (!cur_pattern) return base;
-    snprintf(name_buf, sizeof name_buf, "%s+%s%s", base, cur_pattern,
-             cuda_sparse_attn_bwd_dense() ? " (dense bwd)" : "");  // HAX_SPARSE_ATTN_BWD=dense
+    snprintf(name_buf, sizeof name_buf, "%s+%s", base, cur_pattern);
     return name_buf;
 }
 
@@ -395,10 +394,6 @@ static void test_step_time(void) {
     cur_pattern = "sign_bin_lsh+key_selection";
     time_step(ARCH_MAMBA);
     time_step(ARCH_MAMBA2);
-    cuda_sparse_set_attn_bwd(1);  // the same with the dense backward (labels "... (dense bwd)")
-    time_step(ARCH_MAMBA);
-    time_step(ARCH_MAMBA2);
-    cuda_sparse_set_attn_bwd(-1);
     cur_pattern = NULL;
 }
 
@@ -530,79 +525,6 @@ static void train_compare(hax_arch arch) {
     model_free(&mc), model_free(&mg), model_free(&mh);
 }
 
-// Graph steps (engine_cuda_train_step) with the dense backward on two
-// batches of one graph shape (3 sequences + 1 of padding, 256 positions,
-// model_len 200) whose longest sequences, 100 and 200, give different dense
-// lengths (128, 224): each needs its own graph, so the graphs must be keyed
-// on the dense length (else the second batch replays the first's GEMM sizes
-// and the device flag stops the run at the next cuda_sync). The losses of
-// 6 alternating steps against the CPU engine + AdamW; steps 3 to 6 replay.
-static void dense_graph_keys(hax_arch arch) {
-    static const int la[] = {100, 100, 40}, lb[] = {200, 20, 20};
-    hax_model mc, mh;
-    build_model(&mc, arch), build_model(&mh, arch);
-    tbatch tb[2] = {make_batch(la, 3, mc.cfg.vocab_size, 21), make_batch(lb, 3, mc.cfg.vocab_size, 22)};
-    tb[0].b.model_len = tb[1].b.model_len = 200;
-    hax_adamw oc, oh;
-    adamw_init(&oc, mc.n_floats, 0.9, 0.999, 1e-8, 0.01);
-    adamw_init(&oh, mh.n_floats, 0.9, 0.999, 1e-8, 0.01);
-    hax_engine *cpu = engine_cpu_create(&mc, 300, 8, 200), *gra = engine_cuda_create(&mh, 300, 8, 200);
-    gra->be->dev->push(gra, &oh);
-    double worst = 0;
-    for (int s = 1; s <= 6; s++) {
-        const hax_batch *b = &tb[s % 2].b;
-        double lr = adamw_schedule_lr(3e-3, s, 2);
-        hax_fwd_opts o = {1, 1, (uint32_t)s, 0.0, NULL};
-        hax_fwd_result rc, rh;
-        model_zero_grad(&mc);
-        engine_forward(cpu, b, &o, &rc);
-        engine_backward(cpu);
-        adamw_step(&oc, mc.data, mc.grad, lr);
-        engine_cuda_train_step(gra, b, &o, &oh, lr, &rh);
-        double e = fabs(rh.loss - rc.loss) / fabs(rc.loss);
-        if (e > worst) worst = e;
-    }
-    gra->be->dev->pull(gra, &oh);
-    int launches = engine_cuda_graph_launches(gra);
-    printf("    %s: graph steps on two dense lengths: loss rel err %.2e, %d graph replays\n", model_label(arch), worst,
-           launches);
-    CHECK(worst <= 1e-4, "%s: graph steps with two dense lengths: loss differs by %.3e", model_label(arch), worst);
-    CHECK(launches == 4, "%s: %d of the 4 later steps replayed a graph", model_label(arch), launches);
-    engine_free(cpu), engine_free(gra);
-    adamw_free(&oc), adamw_free(&oh);
-    for (int i = 0; i < 2; i++) free_batch(&tb[i]);
-    model_free(&mc), model_free(&mh);
-}
-
-// The sparse branch's backward through dense products (HAX_SPARSE_ATTN_BWD=
-// dense, selected by cuda_sparse_set_attn_bwd before the engines are made):
-// compare_engines (HAX in both mixers, dilated with reference empty rows,
-// window+sink), train_compare (HAX, plain and graph steps) and
-// dense_graph_keys, each required to have run dense backwards
-// (cuda_sparse_dense_count).
-static void test_engine_dense(void) {
-    cuda_sparse_set_attn_bwd(1);
-    static const char *patterns[] = {"sign_bin_lsh+key_selection", "dilated", "sliding_window+sink"};
-    for (int i = 0; i < 3; i++)
-        for (int a = 0; a < 2; a++) {
-            hax_arch arch = a ? ARCH_MAMBA2 : ARCH_MAMBA;
-            cur_pattern = patterns[i];
-            long before = cuda_sparse_dense_count();
-            compare_engines(arch);
-            CHECK(cuda_sparse_dense_count() > before, "%s: no backward ran the dense products", model_label(arch));
-        }
-    cur_pattern = "sign_bin_lsh+key_selection";
-    long before = cuda_sparse_dense_count();
-    train_compare(ARCH_MAMBA);
-    CHECK(cuda_sparse_dense_count() > before, "%s: no backward ran the dense products", model_label(ARCH_MAMBA));
-    cur_pattern = "sliding_window+sink";
-    before = cuda_sparse_dense_count();
-    dense_graph_keys(ARCH_MAMBA);
-    CHECK(cuda_sparse_dense_count() > before, "%s: no backward ran the dense products", model_label(ARCH_MAMBA));
-    cur_pattern = NULL;
-    cuda_sparse_set_attn_bwd(-1);
-}
-
 static void test_train_mamba(void) { train_compare(ARCH_MAMBA); }
 static void test_train_mamba2(void) { train_compare(ARCH_MAMBA2); }
 static void test_train_samba(void) { train_compare(ARCH_SAMBA); }
@@ -665,10 +587,6 @@ static void test_train_time(void) {
     cur_pattern = "sign_bin_lsh+key_selection";
     time_train(ARCH_MAMBA);
     time_train(ARCH_MAMBA2);
-    cuda_sparse_set_attn_bwd(1);  // the same with the dense backward (labels "... (dense bwd)")
-    time_train(ARCH_MAMBA);
-    time_train(ARCH_MAMBA2);
-    cuda_sparse_set_attn_bwd(-1);
     cur_pattern = NULL;
 }
 
@@ -691,7 +609,6 @@ int main(int argc, char **argv) {
     RUN(test_train_mamba2);
     RUN(test_train_samba);
     RUN(test_train_hax);
-    RUN(test_engine_dense);
     if (!quick) RUN(test_step_time);
     if (!quick) RUN(test_train_time);
     return test_summary();

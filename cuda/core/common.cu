@@ -95,9 +95,6 @@ extern "C" void cuda_sync(void) {
     if (flag & CU_ERR_KS)
         hax_die("cuda: key selection: candidates: expected distinct positions inside each sequence (and sequences "
                 "no longer than model_len), found one outside (checked on the device)");
-    if (flag & CU_ERR_DENSE)
-        hax_die("cuda: sparse dense backward: sequence length: expected at most the state's dense_len "
-                "(cuda_sparse_dense_len of the batch), found a longer sequence (checked on the device)");
 }
 
 // The live allocations of cuda_malloc (pointer, size), for the accounting of

@@ -41,7 +41,6 @@ cublasHandle_t cu_blas(void);
 int *cu_error_flag(void);
 #define CU_ERR_TOKEN_ID 1  // embedding: a token id outside [0, V)
 #define CU_ERR_LABEL 2     // cross-entropy: a scored label outside [0, V)
-#define CU_ERR_DENSE 8     // sparse dense backward: a sequence longer than the state's dense_len
 #ifndef CU_ERR_KS
 #define CU_ERR_KS 4        // key selection: bad candidate rows, or a sequence longer than model_len
 #endif

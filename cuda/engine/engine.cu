@@ -11,7 +11,6 @@
 #include "cuda/engine/engine.h"
 #include "cuda/engine/internal.h"
 #include "cuda/ops/adamw.h"
-#include "cuda/sparse/sparse.h"
 
 #define CU_MAX_GRAPHS 64  // graphs kept (one per padded batch shape)
 #define CU_BUCKET 256     // graph steps pad the packed positions to a multiple of this
@@ -61,7 +60,7 @@ typedef struct {
     int next_ticket, end_ticket;
     cuda_adamw_hp hp_host;
     float ce_scale_host;
-    struct { int n, n_seq, global_n_seq, model_len, dense_len; void *exec; } graphs[CU_MAX_GRAPHS];
+    struct { int n, n_seq, global_n_seq, model_len; void *exec; } graphs[CU_MAX_GRAPHS];
     int n_graphs, graph_launches;
 } cu_impl;
 
@@ -197,13 +196,10 @@ static void step_launch(hax_engine *e, const hax_batch *bd, const hax_batch *b, 
     if (start) CUDA_CHECK(cudaEventRecord(start, cu_stream()));
     int g = 0;
     // the key: every host value a capture bakes in (sizes, the gate scale's
-    // global_n_seq, the branch's model_len, and with HAX_SPARSE_ATTN_BWD=dense
-    // the dense backward's GEMM sizes: cu_sparse_forward of cuda/engine/ops.cu)
-    int dense_len = e->model->cfg.sparse_mask && cuda_sparse_attn_bwd_dense()
-                        ? cuda_sparse_dense_len(bd->seq_off, bd->n_seq) : 0;
+    // global_n_seq, the branch's model_len)
     while (g < c->n_graphs && (c->graphs[g].n != bd->n_tok || c->graphs[g].n_seq != bd->n_seq ||
                                c->graphs[g].global_n_seq != bd->global_n_seq ||
-                               c->graphs[g].model_len != bd->model_len || c->graphs[g].dense_len != dense_len))
+                               c->graphs[g].model_len != bd->model_len))
         g++;
     if (g < c->n_graphs) {
         cuda_graph_launch(c->graphs[g].exec);
@@ -218,7 +214,6 @@ static void step_launch(hax_engine *e, const hax_batch *bd, const hax_batch *b, 
         c->graphs[c->n_graphs].n_seq = bd->n_seq;
         c->graphs[c->n_graphs].global_n_seq = bd->global_n_seq;
         c->graphs[c->n_graphs].model_len = bd->model_len;
-        c->graphs[c->n_graphs].dense_len = dense_len;
         c->graphs[c->n_graphs].exec = cuda_graph_end();
         c->n_graphs++;
     }

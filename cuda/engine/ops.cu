@@ -53,11 +53,7 @@ static void cu_sparse_force_buckets(void *st, const int32_t *q, const int32_t *k
 static void cu_sparse_forward(void *st, const hax_model_config *cfg, const hax_batch *b, const int *seq_off,
                               const float *X, int ldX, const float *W_xx, const ks_params *ks, const float *hash,
                               const int *cand, int train, float *attn, int ld_attn) {
-    cu_sparse_state *s = (cu_sparse_state *)st;
-    s->bf16 = cfg->precision == PREC_BF16_PURE;  // read at every forward, as the CPU's
-    // the dense backward's rows per sequence for this batch (HAX_SPARSE_ATTN_BWD=dense; the
-    // graph steps of cuda/engine/engine.cu are keyed on the same value)
-    s->dense_len = s->attn_dense && cuda_sparse_attn_bwd_dense() ? cuda_sparse_dense_len(b->seq_off, b->n_seq) : 0;
+    ((cu_sparse_state *)st)->bf16 = cfg->precision == PREC_BF16_PURE;  // read at every forward, as the CPU's
     cuda_sparse_forward((cu_sparse_state *)st, seq_off, b->n_seq, b->n_tok, b->model_len, X, ldX, W_xx, ks, hash,
                         cand, train, attn, ld_attn);
 }

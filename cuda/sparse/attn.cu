@@ -12,10 +12,6 @@
 // Reference empty rows (uniform 1/L over all L padded positions): S_V and the
 // CPU's factorised backward are in cuda/sparse/empty.cu.
 //
-// The backward's gathers here and in attn_gather.cu are replaced by
-// per-sequence dense products (cuda/sparse/attn_dense.cu) with
-// HAX_SPARSE_ATTN_BWD=dense where the batch's sequences fit them.
-//
 // The sparse kernels here are the previous ones, run with st->attn_old
 // (HAX_SPARSE_ATTN=old) or rows longer than the default ones take; the
 // default gathers, equal to them bit for bit, are in cuda/sparse/attn_gather.cu.
@@ -392,12 +388,11 @@ __global__ static void full_bwd_k_kernel(float *dKQ, float *dV, int ld_dv, const
 }
 
 void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,
-                         const float *dattn, int ld_dattn, float *dV, int ld_dv, int empty_rows) {
+                         const float *dattn, int ld_dattn, float *dV, int ld_dv) {
     int n_tok = st->n_tok, n_seq = st->n_seq, N = st->N, E = st->E, cap = st->row_cap;
     int blocks = cu_blocks(n_tok, WARPS);
     cudaStream_t sm = cu_stream();
     CUDA_CHECK(cudaMemsetAsync(st->dKQ, 0, sizeof(float) * (size_t)n_tok * 2 * N, sm));
-    st->dense_ran = 0;
     if (sparse_pattern_has(st->mask, SPF_DENSE)) {
         full_bwd_q_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, st->rowD, st->lse, st->KQ, V, ldv,
                                                          dattn, ld_dattn, seq_off, n_seq, n_tok, N, E, st->bf16);
@@ -406,12 +401,6 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
                                                          V, ldv, dattn, ld_dattn, seq_off, n_seq,
                                                          n_tok, N, E, st->bf16);
         CUDA_LAUNCHED();
-        return;
-    }
-    st->dense_ran = cu_sp_dense_fits(st);
-    if (st->dense_ran) {  // HAX_SPARSE_ATTN_BWD=dense: per-sequence GEMMs (cuda/sparse/attn_dense.cu)
-        cu_sp_dense_backward(st, seq_off, V, ldv, dattn, ld_dattn, dV, ld_dv);  // its own phases
-        if (empty_rows) cu_sp_empty_backward(st, seq_off, V, ldv, dattn, ld_dattn, dV, ld_dv);
         return;
     }
     if (st->attn_old == 0 && cu_sp_gather_fits(st)) {
@@ -434,5 +423,5 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
         CUDA_LAUNCHED();
     }
     cu_sp_phase(st, "attention dK dV");
-    if (empty_rows) cu_sp_empty_backward(st, seq_off, V, ldv, dattn, ld_dattn, dV, ld_dv);  // its own phases
+    cu_sp_empty_backward(st, seq_off, V, ldv, dattn, ld_dattn, dV, ld_dv);  // its own phases
 }

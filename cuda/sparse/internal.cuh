@@ -154,10 +154,9 @@ void cu_sp_transpose(cu_sparse_state *st, const int *seq_off);
 // `full` dense causal attention, and the reference empty rows.
 void cu_sp_attn_forward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,
                         float *attn, int ld_attn);
-// Zeroes st->dKQ, then writes dQ (unscaled K) / dK into it and adds dV into dV;
-// then, with empty_rows (always but in tests), the empty rows' backward.
+// Zeroes st->dKQ, then writes dQ (unscaled K) / dK into it and adds dV into dV.
 void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,
-                         const float *dattn, int ld_dattn, float *dV, int ld_dv, int empty_rows);
+                         const float *dattn, int ld_dattn, float *dV, int ld_dv);
 // cuda/sparse/attn_gather.cu: the default gathers of the sparse attention
 // (the previous ones, st->attn_old, stay in attn.cu): the forward, dQ (with
 // allow_ds) and dK/dV over the transposed lists, each as its attn.cu
@@ -171,17 +170,6 @@ void cu_sp_gather_forward(cu_sparse_state *st, const int *seq_off, const float *
 void cu_sp_gather_backward_q(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, const float *dattn,
                              int ld_dattn);
 void cu_sp_gather_backward_kv(cu_sparse_state *st, const float *dattn, int ld_dattn, float *dV, int ld_dv);
-// cuda/sparse/attn_dense.cu: the backward's attention through per-sequence
-// dense products (HAX_SPARSE_ATTN_BWD=dense). cu_sp_dense_cap: the dense
-// buffers' rows per sequence for a state of this config (0: dense not
-// selected, or `full`); cu_sp_dense_fits: the state runs the dense backward
-// for its last forward (selected, buffers, st->dense_len set and within them);
-// cu_sp_dense_backward: as cu_sp_attn_backward after its memset (writes dKQ,
-// adds into dV, writes allow_ds), before the empty rows.
-int cu_sp_dense_cap(const hax_model_config *cfg, int max_len);
-int cu_sp_dense_fits(const cu_sparse_state *st);
-void cu_sp_dense_backward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, const float *dattn,
-                          int ld_dattn, float *dV, int ld_dv);
 // cuda/sparse/empty.cu, reference semantics only (no-ops in causal): S_V of
 // the sequences with an empty row into st->seq_sv (forward, before the
 // attention), and the empty rows' backward added into st->dKQ and dV (after

@@ -71,13 +71,6 @@ static void layout(cu_sparse_state *st, carver *c) {
     st->tr_cnt = TL ? (int *)carve(c, sizeof(int) * TL) : NULL;
     st->tr_off = TL ? (int *)carve(c, sizeof(int) * TL) : NULL;
     st->tr_ent = TL ? (int *)carve(c, sizeof(int) * TL * cap) : NULL;
-    // the dense backward's blocks (cuda/sparse/attn_dense.cu), only where selected
-    size_t Lc = st->dense_cap, DR = S * Lc;  // rows of the padded blocks
-    st->dn_mat = Lc ? (float *)carve(c, sizeof(float) * DR * Lc) : NULL;
-    st->dn_kq = Lc ? (float *)carve(c, sizeof(float) * DR * 2 * N) : NULL;
-    st->dn_dkq = Lc ? (float *)carve(c, sizeof(float) * DR * 2 * N) : NULL;
-    st->dn_do = Lc ? (float *)carve(c, sizeof(float) * DR * E) : NULL;
-    st->dn_v = Lc ? (float *)carve(c, sizeof(float) * DR * E) : NULL;
     st->lse = (float *)carve(c, sizeof(float) * T);
     st->rowD = (float *)carve(c, sizeof(float) * T);
     st->seq_sv = (double *)carve(c, sizeof(double) * S * E);
@@ -99,7 +92,6 @@ static void fill_shape(cu_sparse_state *st, const hax_model_config *cfg, int max
     st->delta = sparse_pattern_has(cfg->sparse_mask, SPF_DILATION) ? cfg->data_max_length / cfg->k_c : 0;
     st->mask = cfg->sparse_mask, st->sem = cfg->semantics;
     st->bf16_made = cfg->precision == PREC_BF16_PURE;
-    st->dense_cap = cu_sp_dense_cap(cfg, max_len);  // 0 unless HAX_SPARSE_ATTN_BWD=dense
 }
 
 static size_t ks_bytes(const hax_model_config *cfg, int max_tok, int max_seq) {
@@ -152,7 +144,6 @@ extern "C" cu_sparse_state *cuda_sparse_state_alloc(const hax_model_config *cfg,
     st->attn_old = attn_old_env();
     st->ks_old = cuda_ks_old_kernels();
     st->long_mode = cuda_sparse_long_env();
-    st->attn_dense = st->dense_cap > 0;
     carver c = {NULL, 0};
     layout(st, &c);
     box->mem = cuda_malloc(c.used);
@@ -294,16 +285,6 @@ extern "C" void cuda_sparse_forward(cu_sparse_state *st, const int *seq_off, int
     cu_sp_phase(st, "attention");
 }
 
-static long g_dense_count;  // backwards enqueued through the dense products (cuda_sparse_dense_count)
-
-extern "C" long cuda_sparse_dense_count(void) { return g_dense_count; }
-
-extern "C" void cuda_sparse_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv,
-                                          const float *dattn, int ld_dattn, float *dV, int ld_dv, int empty_rows) {
-    if (st->n_tok == 0) return;
-    cu_sp_attn_backward(st, seq_off, V, ldv, dattn, ld_dattn, dV, ld_dv, empty_rows);
-}
-
 extern "C" void cuda_sparse_backward(cu_sparse_state *st, const int *seq_off, int n_seq, int n_tok,
                                      const float *dattn, int ld_dattn, float gate_scale,
                                      const float *X, int ldX, const float *W_xx,
@@ -321,8 +302,7 @@ extern "C" void cuda_sparse_backward(cu_sparse_state *st, const int *seq_off, in
         hax_die("cuda_sparse_backward: bf16-pure: expected a state made for train.precision bf16-pure, found one "
                 "made for another precision");
     if (st->bf16) cuda_zero(st->dXs, sizeof(float) * (size_t)n_tok * E);
-    cu_sp_attn_backward(st, seq_off, X, ldX, dattn, ld_dattn, st->bf16 ? st->dXs : dX, st->bf16 ? E : ld_dX, 1);
-    if (st->dense_ran) g_dense_count++;
+    cu_sp_attn_backward(st, seq_off, X, ldX, dattn, ld_dattn, st->bf16 ? st->dXs : dX, st->bf16 ? E : ld_dX);
     if (st->bf16) cuda_add_bf16_rows(dX, ld_dX, st->dXs, E, E, n_tok);
     // d KQ[:, :N] = dK / sqrt(N), as the forward's scaling (bf16: dQ, dK rounded first)
     scale_keys(st->dKQ, n_tok, N, st->bf16);

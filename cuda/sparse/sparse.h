@@ -56,14 +56,6 @@ typedef struct cu_sparse_state {
     int ks_old;                  // the previous kernels of the other phases (LSH buckets, key
                                  // selection, allowed lists, transposed lists): set at alloc from
                                  // HAX_SPARSE_KS (cuda_ks_old_kernels, cuda/sparse/ks.h); tests may set it
-    int attn_dense;              // 1: the backward's attention through per-sequence dense products
-                                 // (cuda/sparse/attn_dense.cu) where cu_sp_dense_fits; set at alloc from
-                                 // HAX_SPARSE_ATTN_BWD=dense (cuda_sparse_attn_bwd_dense), whose buffers are
-                                 // allocated then (dense_cap > 0); tests may clear it (the gathers)
-    int dense_cap;               // the dense buffers' rows per sequence (0: none allocated)
-    int dense_len;               // rows per sequence of the next dense backward: set by the caller with each
-                                 // batch (cuda_sparse_dense_len of its host seq_off, or 0: the gathers)
-    int dense_ran;               // the last backward ran the dense products
     int long_mode;               // the long-sequence kernels (HAX_SPARSE_LONG, cuda_sparse_long_env of
                                  // cuda/sparse/ks.h): 0 never, 1 where cuda_sparse_long_use says the
                                  // batch's sequences are long, 2 always; set at alloc, tests may set it
@@ -94,10 +86,6 @@ typedef struct cu_sparse_state {
     int *tr_cnt, *tr_off;        // [max_tok]
     int *tr_ent;                 // [max_tok, row_cap]
     float *lse, *rowD;           // [max_tok] `full` only
-    // the dense backward's blocks (NULL unless dense_cap; Lc = dense_cap rows per sequence):
-    float *dn_mat;               // [max_seq, Lc, Lc] dP, then dS, then P of each sequence
-    float *dn_kq, *dn_dkq;       // [max_seq, Lc, 2N] KQ's rows padded ([K | Q]), and [dK | dQ]
-    float *dn_do, *dn_v;         // [max_seq, Lc, E] dattn's and V's rows padded (dV replaces V)
     double *seq_sv;              // [max_seq, E] sum_{j<n} V_j (reference empty rows; sequences with one only)
     double *empty_work;          // [max_seq, 2EN + E + 2N] reference empty-row backward
     double *empty_a;             // [max_tok] reference empty-row backward: dattn_t . S_V of empty rows t
@@ -160,35 +148,6 @@ void cuda_lsh_draw_hash(float *H, int n, uint64_t seed, uint32_t domain, uint32_
 // (uploaded into the state), rows n_seq .. n_seq_pad - 1 all -1.
 void cuda_sparse_draw_candidates(cu_sparse_state *st, int *cand, const int *seq_off, int n_seq, int n_seq_pad,
                                  const int64_t *sample_idx, uint64_t seed, uint32_t step, uint32_t layer);
-
-// The backward's attention (issue 11): the gathers (default) or per-sequence
-// dense products through cuBLAS (cuda/sparse/attn_dense.cu), selected by
-// HAX_SPARSE_ATTN_BWD=gather|dense (read once; anything else is an error);
-// cuda_sparse_set_attn_bwd overrides it (1 dense, 0 gather, -1 the
-// environment again). A state takes the selection when allocated (its dense
-// buffers: 4 bytes x max_seq x Lc x (Lc + 4N + 2E), Lc = max_len rounded up to
-// 32, at most CU_SP_DENSE_MAX_LEN).
-#define CU_SP_DENSE_MAX_LEN 2048
-int cuda_sparse_attn_bwd_dense(void);
-void cuda_sparse_set_attn_bwd(int dense);
-// The rows per sequence a dense backward of a batch uses (host seq_off
-// [n_seq + 1]): its longest sequence rounded up to a multiple of 32, or 0
-// (the gathers) above CU_SP_DENSE_MAX_LEN. The caller stores it in
-// st->dense_len with each batch (the GEMMs' sizes are host values: a CUDA
-// graph bakes it in, so graphs are keyed on it); a batch with a longer
-// sequence than dense_len sets the device error flag (cuda_sync dies).
-int cuda_sparse_dense_len(const int *seq_off, int n_seq);
-
-// Tests: the attention part of cuda_sparse_backward alone, for the last
-// forward, with the state's kernels (gathers or dense): st->dKQ := [dK | dQ]
-// (unscaled: before the keys' 1 / sqrt(N) and bf16-pure's rounding),
-// allow_ds, dV [n_tok, ld_dv] += the attention's share (unrounded); the
-// reference empty rows' share too where empty_rows. And the number of
-// backwards enqueued through the dense products so far in this process
-// (host calls: a replayed CUDA graph counts nothing).
-void cuda_sparse_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, const float *dattn,
-                               int ld_dattn, float *dV, int ld_dv, int empty_rows);
-long cuda_sparse_dense_count(void);
 
 // Device buckets [n_tok] replacing the computed ones (NULL, NULL: computed).
 void cuda_sparse_force_buckets(cu_sparse_state *st, const int32_t *q_bucket,

@@ -10,7 +10,7 @@
 # GRID_CONFIGS / GRID_REGIMES pick the Table 1 runs that fill the rest of the call (NOGRID=1: none);
 # HEADLINE_STOP=N starts the headline runs (below); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
 # GRID_BG=1 starts the grid in the background right after the timing stages (bench_eval, scanfast,
-# densebwd, windowtile, batch, profile: PROFILE_CONFIGS="config:regime ..."), so it trains while the other stages run.
+# windowtile, batch, profile: PROFILE_CONFIGS="config:regime ..."), so it trains while the other stages run.
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
 # each starts its own MPS control daemon: one driver at a time on the GPU
@@ -131,17 +131,6 @@ if want scanfast 200; then
   build/gpu/gpu_sparse > $R/gpu_sparse.txt 2>&1; log "gpu_sparse: $(tail -n 1 $R/gpu_sparse.txt)"
   for v in old new; do HAX_SCAN_KERNELS=$v HAX_SPARSE_ATTN=$v build/gpu/bench_gpu --only mamba,mamba2,mamba_hax,mamba2_hax --precision fp32 --eval 0 --reps 30 > $R/bench_fast_$v.txt 2>&1; done
   done_ scanfast
-fi
-# the dense backward of the sparse branch (HAX_SPARSE_ATTN_BWD=dense, cuda/sparse/attn_dense.cu) against
-# today's gathers: its paper-size checks and TIME lines, then whole steps, one after the other (each
-# command cut 60 s before the call's end, as run_gpu below)
-if want densebwd 150; then
-  timeout $(( $(left) - 60 )) build/gpu/gpu_sparse > $R/gpu_sparse_dense.txt 2>&1; log "gpu_sparse: $(tail -n 1 $R/gpu_sparse_dense.txt)"
-  for v in gather dense; do HAX_SPARSE_ATTN_BWD=$v timeout $(( $(left) - 60 )) build/gpu/bench_gpu --only mamba2_hax,mamba_hax,mamba2_d,mamba2_sw,mamba2_lsh \
-    --precision fp32 --eval 0 --reps 30 > $R/bench_bwd_$v.txt 2>&1; done
-  HAX_SPARSE_ATTN_BWD=dense timeout $(( $(left) - 60 )) build/gpu/bench_gpu --only mamba2_hax --precision bf16-pure --eval 0 --reps 30 > $R/bench_bwd_dense_bf16.txt 2>&1
-  timeout $(( $(left) - 60 )) build/gpu/bench_gpu --only mamba2_hax --precision bf16-pure --eval 0 --reps 30 > $R/bench_bwd_gather_bf16.txt 2>&1
-  done_ densebwd
 fi
 # the tiled window attention (HAX_WINDOW_ATTN=tiled, cuda/ops/attn.cu) against today's kernels: gpu_ops'
 # old-vs-tiled bit checks and TIME attn fwd|dq|dkv old|tiled lines at the paper size, then Samba's whole
