@@ -66,8 +66,11 @@ check "skip leaves the files alone" test "$sum" = "$(md5sum "$A"/*)"
 # ---- --force runs a complete run again from step 0 (the same files: runs are deterministic)
 AF=$(run_dir AF)
 mkdir -p "$(dirname "$AF")" && cp -r "$A" "$AF"
-out=$("$T" "${SHORT[@]}" --results "$tmp/AF" --force 2>&1); rc=$?
+out=$(HAX_GIT_REVISION=0123456789ab-dirty "$T" "${SHORT[@]}" --results "$tmp/AF" --force 2>&1); rc=$?
 check "--force on a complete run: exit 0" test $rc -eq 0
+check "HAX_GIT_REVISION names the tree in result.json" grep -q '"git_revision": "0123456789ab-dirty"' "$AF/result.json"
+check_refused "HAX_GIT_REVISION not a commit: refused" "HAX_GIT_REVISION: expected a commit .*found 'main'" \
+    env HAX_GIT_REVISION=main "$T" "${SHORT[@]}" --results "$tmp/AG"
 check "--force: not skipped, not resumed" bash -c "! grep -Eq 'skipped|resuming' <<<'$out'"
 same_run "--force rerun" "$A" "$AF"
 

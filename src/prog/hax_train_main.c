@@ -208,6 +208,8 @@ int main(int argc, char **argv) {
         }
     }
     if (!config_path) usage_error("%sexpected a CONFIG.yaml argument, found none", "");
+    char rev[64];
+    train_env_git_revision(rev, sizeof rev);  // a bad HAX_GIT_REVISION stops here, before anything is written
 
     hax_config cfg;
     char err[2048] = "";

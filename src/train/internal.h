@@ -100,7 +100,8 @@ int train_write_result(train_ctx *t, const char *status, const train_test *test,
 int train_write_metrics(train_ctx *t, char *err, int errlen);
 // Appends a metrics row.
 void train_add_row(train_ctx *t, const double row[M_COLS]);
-// The git revision of the source tree the program was built from ("unknown").
+// The git revision of the source tree the program was built from ("unknown"),
+// or HAX_GIT_REVISION where set (checked: a commit, optionally -dirty).
 void train_git_revision(char *buf, size_t n);
 // Seconds of wall time over all sessions.
 double train_wall(const train_ctx *t);

@@ -316,7 +316,22 @@ int train_check_dataset(const hax_dataset *ds, const hax_data_params *want, cons
     return 0;
 }
 
+// HAX_GIT_REVISION, when set: the revision of a copy of the tree whose .git is
+// not its own (the lent GPU machines get the working tree with the .git of the
+// session's start, so rev-parse there names an older commit, "-dirty").
+// src/train/train.h.
+int train_env_git_revision(char *buf, size_t n) {
+    const char *v = getenv("HAX_GIT_REVISION");
+    if (!v) return 0;
+    size_t hex = strspn(v, "0123456789abcdef");
+    if (hex < 7 || hex > 40 || (v[hex] && strcmp(v + hex, "-dirty") != 0))
+        hax_die("HAX_GIT_REVISION: expected a commit (7 to 40 hex digits, optionally -dirty), found '%s'", v);
+    snprintf(buf, n, "%s", v);
+    return 1;
+}
+
 void train_git_revision(char *buf, size_t n) {
+    if (train_env_git_revision(buf, n)) return;
     snprintf(buf, n, "unknown");
     char exe[PATH_MAX];
     ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);

@@ -46,6 +46,10 @@ int train_pick_device(const hax_config *cfg, char *why, int why_len);
 // Installs the SIGTERM / SIGUSR1 handlers: they only set a flag that the loop
 // checks at each step boundary (then: checkpoint, exit 3).
 void train_install_signals(void);
+// HAX_GIT_REVISION into buf (1) or unset (0); any other value than a commit
+// (7 to 40 hex digits, optionally "-dirty") stops the program with one line.
+// hax-train checks it before it writes anything; result.json's git_revision.
+int train_env_git_revision(char *buf, size_t n);
 // 1 once a stop signal arrived on this rank.
 int train_stop_requested(void);
 

@@ -16,6 +16,10 @@ T0=$SECONDS; BUDGET=${BUDGET:-575}
 # each starts its own MPS control daemon: one driver at a time on the GPU
 [ -n "${GRID_BG:-}" ] && [ -n "${HEADLINE_STOP:-}" ] && { echo "stages.sh: GRID_BG and HEADLINE_STOP: expected one of them, found both"; exit 2; }
 export NCCL_NVLS_ENABLE=0
+# REV=<commit>: the tree's commit, for result.json's git_revision (this machine's .git is the
+# session start's, so rev-parse here names an older commit; give REV=$(git rev-parse --short=12 HEAD)
+# as the call's text, with -dirty for uncommitted changes)
+[ -z "${REV:-}" ] || export HAX_GIT_REVISION=$REV
 # R lives in an ignored folder: the device tool mirrors the checkout on every call and removes
 # untracked paths that are not in it (an $R/ at the root was gone by the next call).
 R=$PWD/results/R; rm -rf $R; mkdir -p $R results/stages
