@@ -7,7 +7,7 @@
 # Needs: .deps (libyaml, README "Build and test on a GPU machine"); for the reference goldens
 # carry/{wheels,ext,hax,mamba} (tests/ref/README.md); for the fp32 bit check an older build's
 # sources in carry/base (git archive REV minus tests/golden, tests/ref, analysis/examples).
-# GRID_CONFIGS / GRID_REGIMES pick the Table 1 runs that fill the rest of the call (NOGRID=1: none);
+# GRID_CONFIGS / GRID_REGIMES / GRID_LRS (default 1e-3) pick the Table 1 runs that fill the rest of the call (NOGRID=1: none);
 # HEADLINE_STOP=N starts the headline runs (below); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
 # GRID_BG=1 starts the grid in the background right after the timing stages (bench_eval, scanfast,
 # windowtile, batch, profile: PROFILE_CONFIGS="config:regime ..."), so it trains while the other stages run.
@@ -180,7 +180,7 @@ grid_start() {
   while [ ! -e results/stages/datagen ]; do sleep 2; done
   local TL=$(( $(left) - 40 )); log "grid, time limit $TL"
   jobs/table1_local.sh --steps 30000 --configs ${GRID_CONFIGS:-configs/mamba_a.yaml,configs/mamba_lsh.yaml,configs/mamba_ks.yaml,configs/mamba_hax.yaml,configs/mamba_2x.yaml} \
-    --regimes ${GRID_REGIMES:-fp32} --jobs 4 --mps --background --time-limit $TL \
+    --regimes ${GRID_REGIMES:-fp32} --lrs ${GRID_LRS:-1e-3} --jobs 4 --mps --background --time-limit $TL \
     --train-args "data.path=data/joint_recall train.valid_every=1000" $GR > $R/grid.log 2>&1
   log "grid: $(tail -n 1 $R/grid.log)"
 }
