@@ -60,7 +60,15 @@ echo '<svg/>' >"$C/plots/old_figure.svg"
 expect_drift "a figure that the runs no longer make" "copy/plots/old_figure.svg: expected no such file"
 rm "$C/tables/table.csv"
 expect_drift "a missing table" "copy/tables/table.csv: expected the committed file, found none"
+# the Table 1 by the reference's test figure: made beside table.md, and checked as it is
+for d in "${dirs[@]}"; do
+    grep -q '^Test accuracy (%, metric test_reference)' "$d/tables/table_reference.md" &&
+        ok "${d#"$ROOT"/}: table_reference.md, by the reference's test figure" ||
+        fail "${d#"$ROOT"/}: table_reference.md, by the reference's test figure"
+done
 r=$(find "$C/runs" -name result.json | sort | head -n 1)
+sed -i 's/^  "test_acc_reference": 0\.[0-9]*/  "test_acc_reference": 0.987654/' "$r"
+expect_drift "an edited test_acc_reference (table_reference.md changes)" "copy/tables/table_reference.md: differs"
 sed -i 's/^  "test_acc": 0\.[0-9]/  "test_acc": 0.9/' "$r"
 sed -i 's/^  "test_acc": 0\.9[0-9]*,$/  "test_acc": 0.987654,/' "$r"
 expect_drift "an edited result.json (the tables change)" "copy/tables/table.(md|csv|json): differs"
