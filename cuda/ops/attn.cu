@@ -88,15 +88,23 @@ __device__ __forceinline__ float dot_hd(const float *a, const float *b, int hd) 
     } while (0)
 #define ATTN_DISPATCH(hd, KERNEL, grid, block, ...) ATTN_DISPATCH_SMEM(hd, KERNEL, grid, block, 0, __VA_ARGS__)
 
+// Where a window kernel reads the rows of a [n_tok, d] tensor: row r at
+// base + (r - r0) * ld (global memory: r0 0, ld d; a tile's rows staged in
+// shared memory: r0 its first staged row, ld d + 1). The old and the tiled
+// kernels run the same per-thread functions below on their own rows, so
+// their outputs are the same bits by construction.
+struct attn_rows {
+    const float *base;
+    int r0, ld;
+    __device__ const float *at(int r, int col) const { return base + (size_t)(r - r0) * ld + col; }
+};
+
 // One thread per (query t, head h): scores of keys max(t0, t-W+1) .. t, the
 // max, then exp, their double sum and the weighted sum of v (as the CPU).
 template <int HDM>
-__global__ static void attn_fwd_kernel(float *o, float *lse, const float *q, const float *k, const float *v,
-                                       const int *seq_off, int n_seq, int n_tok, int d, int H, int hd, int W,
-                                       float scale) {
-    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long)n_tok * H) return;
-    int t = (int)(idx / H), h = (int)(idx % H);
+__device__ __forceinline__ void attn_fwd_thread(float *o, float *lse, const float *q, attn_rows k, attn_rows v,
+                                                const int *seq_off, int n_seq, int t, int h, int d, int H, int hd,
+                                                int W, float scale) {
     int t0 = seq_off[cu_seq_of(seq_off, n_seq, t)];
     int j0 = t - W + 1 > t0 ? t - W + 1 : t0;
     float qt[HDM], acc[HDM];
@@ -104,11 +112,11 @@ __global__ static void attn_fwd_kernel(float *o, float *lse, const float *q, con
 #pragma unroll
     for (int i = 0; i < HDM; i++) qt[i] = i < hd ? qp[i] : 0.0f, acc[i] = 0.0f;
     float m = -INFINITY;
-    for (int j = j0; j <= t; j++) m = fmaxf(m, scale * dot_reg<HDM>(qt, k + (size_t)j * d + h * hd, hd));
+    for (int j = j0; j <= t; j++) m = fmaxf(m, scale * dot_reg<HDM>(qt, k.at(j, h * hd), hd));
     double sum = 0.0;
     for (int j = j0; j <= t; j++) {
-        const float *vj = v + (size_t)j * d + h * hd;
-        float p = expf(scale * dot_reg<HDM>(qt, k + (size_t)j * d + h * hd, hd) - m);
+        const float *vj = v.at(j, h * hd);
+        float p = expf(scale * dot_reg<HDM>(qt, k.at(j, h * hd), hd) - m);
         sum += p;
 #pragma unroll
         for (int i = 0; i < HDM; i++)
@@ -120,6 +128,17 @@ __global__ static void attn_fwd_kernel(float *o, float *lse, const float *q, con
     for (int i = 0; i < HDM; i++)
         if (i < hd) ot[i] = acc[i] * rs;
     lse[(size_t)t * H + h] = m + (float)log(sum);
+}
+
+// The forward reading its keys and values from global memory/L2.
+template <int HDM>
+__global__ static void attn_fwd_kernel(float *o, float *lse, const float *q, const float *k, const float *v,
+                                       const int *seq_off, int n_seq, int n_tok, int d, int H, int hd, int W,
+                                       float scale) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)n_tok * H) return;
+    attn_fwd_thread<HDM>(o, lse, q, attn_rows{k, 0, d}, attn_rows{v, 0, d}, seq_off, n_seq, (int)(idx / H),
+                         (int)(idx % H), d, H, hd, W, scale);
 }
 
 extern "C" void cuda_attn_forward(float *out, int ld_out, const attn_acts *acts, const float *a, int ld_a,
@@ -162,15 +181,12 @@ __global__ static void attn_rowdot_kernel(float *D, const float *dO, const float
 }
 
 template <int HDM>
-__global__ static void attn_dq_kernel(float *dq, const float *dO, const float *D, const float *lse, const float *q,
-                                      const float *k, const float *v, const int *seq_off, int n_seq, int n_tok, int d,
-                                      int H, int hd, int W, float scale) {
-    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (long)n_tok * H) return;
-    int t = (int)(idx / H), h = (int)(idx % H);
+__device__ __forceinline__ void attn_dq_thread(float *dq, const float *dO, const float *D, const float *lse,
+                                               const float *q, attn_rows k, attn_rows v, const int *seq_off,
+                                               int n_seq, int t, int h, int d, int H, int hd, int W, float scale) {
     int t0 = seq_off[cu_seq_of(seq_off, n_seq, t)];
     int j0 = t - W + 1 > t0 ? t - W + 1 : t0;
-    size_t rt = (size_t)t * d + h * hd;
+    size_t rt = (size_t)t * d + h * hd, it = (size_t)t * H + h;
     float qt[HDM], dot[HDM], acc[HDM];
 #pragma unroll
     for (int i = 0; i < HDM; i++) {
@@ -178,15 +194,15 @@ __global__ static void attn_dq_kernel(float *dq, const float *dO, const float *D
         dot[i] = i < hd ? dO[rt + i] : 0.0f;
         acc[i] = 0.0f;
     }
-    float Dt = D[idx], l = lse[idx];
+    float Dt = D[it], l = lse[it];
     for (int j = j0; j <= t; j++) {
-        size_t rj = (size_t)j * d + h * hd;
+        const float *kj = k.at(j, h * hd);
         // the CPU's order: q·k, then dO·v
-        float p = expf(scale * dot_reg<HDM>(qt, k + rj, hd) - l);
-        float ds = p * (dot_reg<HDM>(dot, v + rj, hd) - Dt) * scale;
+        float p = expf(scale * dot_reg<HDM>(qt, kj, hd) - l);
+        float ds = p * (dot_reg<HDM>(dot, v.at(j, h * hd), hd) - Dt) * scale;
 #pragma unroll
         for (int i = 0; i < HDM; i++)
-            if (i < hd) acc[i] += ds * k[rj + i];
+            if (i < hd) acc[i] += ds * kj[i];
     }
 #pragma unroll
     for (int i = 0; i < HDM; i++)
@@ -194,12 +210,22 @@ __global__ static void attn_dq_kernel(float *dq, const float *dO, const float *D
 }
 
 template <int HDM>
-__global__ static void attn_dkv_kernel(float *dk, float *dv, const float *dO, const float *D, const float *lse,
-                                       const float *q, const float *k, const float *v, const int *seq_off, int n_seq,
-                                       int n_tok, int d, int H, int hd, int W, float scale) {
+__global__ static void attn_dq_kernel(float *dq, const float *dO, const float *D, const float *lse, const float *q,
+                                      const float *k, const float *v, const int *seq_off, int n_seq, int n_tok, int d,
+                                      int H, int hd, int W, float scale) {
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)n_tok * H) return;
-    int j = (int)(idx / H), h = (int)(idx % H);
+    attn_dq_thread<HDM>(dq, dO, D, lse, q, attn_rows{k, 0, d}, attn_rows{v, 0, d}, seq_off, n_seq, (int)(idx / H),
+                        (int)(idx % H), d, H, hd, W, scale);
+}
+
+// One thread per (key j, head h) over the queries j .. min(t1-1, j+W-1): the
+// rows of q and dO where qr, dor say, lse and D at lr, dr + (t - r0) * H + h.
+template <int HDM>
+__device__ __forceinline__ void attn_dkv_thread(float *dk, float *dv, attn_rows qr, attn_rows dor, const float *lr,
+                                                const float *dr, int r0, const float *k, const float *v,
+                                                const int *seq_off, int n_seq, int j, int h, int d, int H, int hd,
+                                                int W, float scale) {
     int t1 = seq_off[cu_seq_of(seq_off, n_seq, j) + 1];
     int tl = j + W - 1 < t1 - 1 ? j + W - 1 : t1 - 1;
     size_t rj = (size_t)j * d + h * hd;
@@ -211,11 +237,11 @@ __global__ static void attn_dkv_kernel(float *dk, float *dv, const float *dO, co
         ak[i] = 0.0f, av[i] = 0.0f;
     }
     for (int t = j; t <= tl; t++) {
-        size_t rt = (size_t)t * d + h * hd;
-        const float *qt = q + rt, *dot = dO + rt;
+        const float *qt = qr.at(t, h * hd), *dot = dor.at(t, h * hd);
+        size_t it = (size_t)(t - r0) * H + h;
         // the CPU's q_t·k_j in q order (a·b = b·a lane by lane, same sum order)
-        float p = expf(scale * dot_reg<HDM>(kj, qt, hd) - lse[(size_t)t * H + h]);
-        float ds = p * (dot_reg<HDM>(vj, dot, hd) - D[(size_t)t * H + h]) * scale;
+        float p = expf(scale * dot_reg<HDM>(kj, qt, hd) - lr[it]);
+        float ds = p * (dot_reg<HDM>(vj, dot, hd) - dr[it]) * scale;
 #pragma unroll
         for (int i = 0; i < HDM; i++)
             if (i < hd) ak[i] += ds * qt[i], av[i] += p * dot[i];
@@ -223,6 +249,16 @@ __global__ static void attn_dkv_kernel(float *dk, float *dv, const float *dO, co
 #pragma unroll
     for (int i = 0; i < HDM; i++)
         if (i < hd) dk[rj + i] = ak[i], dv[rj + i] = av[i];
+}
+
+template <int HDM>
+__global__ static void attn_dkv_kernel(float *dk, float *dv, const float *dO, const float *D, const float *lse,
+                                       const float *q, const float *k, const float *v, const int *seq_off, int n_seq,
+                                       int n_tok, int d, int H, int hd, int W, float scale) {
+    long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (long)n_tok * H) return;
+    attn_dkv_thread<HDM>(dk, dv, attn_rows{q, 0, d}, attn_rows{dO, 0, d}, lse, D, 0, k, v, seq_off, n_seq,
+                         (int)(idx / H), (int)(idx % H), d, H, hd, W, scale);
 }
 
 // ---------------------------------------------------------------- tiled window kernels
@@ -236,10 +272,12 @@ __global__ static void attn_dkv_kernel(float *dk, float *dv, const float *dO, co
 // memory: for the forward and dQ the keys and values of positions
 // lo .. p0+TP-1 (lo = max(p0-W+1, the start of p0's sequence)), for dK/dV the
 // queries, dO, lse and D of positions p0 .. hi-1 (hi = min(p0+TP+W-1, the end
-// of the tile's last sequence)). Every thread then runs the old loops over
-// the same keys (queries) in the same order with the same expressions; only
-// the operands come from shared memory instead of global memory/L2, so every
-// output has the old kernels' bits (tests/gpu_ops.c compares them). The tiles
+// of the tile's last sequence)). Every thread then runs the old kernels'
+// per-thread function (attn_fwd_thread, attn_dq_thread, attn_dkv_thread) on
+// the staged rows: the same keys (queries) in the same order with the same
+// expressions, only the operands read from shared memory instead of global
+// memory/L2, so every output has the old kernels' bits (tests/gpu_ops.c
+// compares them). The tiles
 // run over the packed positions, not per sequence: a thread's window lies
 // inside [lo, hi) whatever sequence it is in, and a tile crossing a sequence
 // start stages only rows that its positions read (no idle threads at
@@ -314,30 +352,8 @@ __global__ static void attn_fwd_tiled_kernel(float *o, float *lse, const float *
     __syncthreads();
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)n_tok * H) return;
-    int t = (int)(idx / H), h = (int)(idx % H);
-    int t0 = seq_off[cu_seq_of(seq_off, n_seq, t)];
-    int j0 = t - W + 1 > t0 ? t - W + 1 : t0;
-    float qt[HDM], acc[HDM];
-    const float *qp = q + (size_t)t * d + h * hd;
-#pragma unroll
-    for (int i = 0; i < HDM; i++) qt[i] = i < hd ? qp[i] : 0.0f, acc[i] = 0.0f;
-    float m = -INFINITY;
-    for (int j = j0; j <= t; j++) m = fmaxf(m, scale * dot_reg<HDM>(qt, sk + (j - lo) * S + h * hd, hd));
-    double sum = 0.0;
-    for (int j = j0; j <= t; j++) {
-        const float *vj = sv + (j - lo) * S + h * hd;
-        float p = expf(scale * dot_reg<HDM>(qt, sk + (j - lo) * S + h * hd, hd) - m);
-        sum += p;
-#pragma unroll
-        for (int i = 0; i < HDM; i++)
-            if (i < hd) acc[i] += p * vj[i];
-    }
-    float rs = (float)(1.0 / sum);
-    float *ot = o + (size_t)t * d + h * hd;
-#pragma unroll
-    for (int i = 0; i < HDM; i++)
-        if (i < hd) ot[i] = acc[i] * rs;
-    lse[(size_t)t * H + h] = m + (float)log(sum);
+    attn_fwd_thread<HDM>(o, lse, q, attn_rows{sk, lo, S}, attn_rows{sv, lo, S}, seq_off, n_seq, (int)(idx / H),
+                         (int)(idx % H), d, H, hd, W, scale);
 }
 
 // attn_dq_kernel with its keys and values in shared memory.
@@ -355,30 +371,8 @@ __global__ static void attn_dq_tiled_kernel(float *dq, const float *dO, const fl
     __syncthreads();
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)n_tok * H) return;
-    int t = (int)(idx / H), h = (int)(idx % H);
-    int t0 = seq_off[cu_seq_of(seq_off, n_seq, t)];
-    int j0 = t - W + 1 > t0 ? t - W + 1 : t0;
-    size_t rt = (size_t)t * d + h * hd;
-    float qt[HDM], dot[HDM], acc[HDM];
-#pragma unroll
-    for (int i = 0; i < HDM; i++) {
-        qt[i] = i < hd ? q[rt + i] : 0.0f;
-        dot[i] = i < hd ? dO[rt + i] : 0.0f;
-        acc[i] = 0.0f;
-    }
-    float Dt = D[idx], l = lse[idx];
-    for (int j = j0; j <= t; j++) {
-        int rj = (j - lo) * S + h * hd;
-        // the CPU's order: q·k, then dO·v
-        float p = expf(scale * dot_reg<HDM>(qt, sk + rj, hd) - l);
-        float ds = p * (dot_reg<HDM>(dot, sv + rj, hd) - Dt) * scale;
-#pragma unroll
-        for (int i = 0; i < HDM; i++)
-            if (i < hd) acc[i] += ds * sk[rj + i];
-    }
-#pragma unroll
-    for (int i = 0; i < HDM; i++)
-        if (i < hd) dq[rt + i] = acc[i];
+    attn_dq_thread<HDM>(dq, dO, D, lse, q, attn_rows{sk, lo, S}, attn_rows{sv, lo, S}, seq_off, n_seq,
+                        (int)(idx / H), (int)(idx % H), d, H, hd, W, scale);
 }
 
 // attn_dkv_kernel with the queries, dO, lse and D of its tile's windows in
@@ -399,30 +393,8 @@ __global__ static void attn_dkv_tiled_kernel(float *dk, float *dv, const float *
     __syncthreads();
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)n_tok * H) return;
-    int j = (int)(idx / H), h = (int)(idx % H);
-    int t1 = seq_off[cu_seq_of(seq_off, n_seq, j) + 1];
-    int tl = j + W - 1 < t1 - 1 ? j + W - 1 : t1 - 1;
-    size_t rj = (size_t)j * d + h * hd;
-    float kj[HDM], vj[HDM], ak[HDM], av[HDM];
-#pragma unroll
-    for (int i = 0; i < HDM; i++) {
-        kj[i] = i < hd ? k[rj + i] : 0.0f;
-        vj[i] = i < hd ? v[rj + i] : 0.0f;
-        ak[i] = 0.0f, av[i] = 0.0f;
-    }
-    for (int t = j; t <= tl; t++) {
-        int rt = (t - p0) * S + h * hd;
-        const float *qt = sq + rt, *dot = sdo + rt;
-        // the CPU's q_t·k_j in q order (a·b = b·a lane by lane, same sum order)
-        float p = expf(scale * dot_reg<HDM>(kj, qt, hd) - sl[(t - p0) * H + h]);
-        float ds = p * (dot_reg<HDM>(vj, dot, hd) - sd[(t - p0) * H + h]) * scale;
-#pragma unroll
-        for (int i = 0; i < HDM; i++)
-            if (i < hd) ak[i] += ds * qt[i], av[i] += p * dot[i];
-    }
-#pragma unroll
-    for (int i = 0; i < HDM; i++)
-        if (i < hd) dk[rj + i] = ak[i], dv[rj + i] = av[i];
+    attn_dkv_thread<HDM>(dk, dv, attn_rows{sq, p0, S}, attn_rows{sdo, p0, S}, sl, sd, p0, k, v, seq_off, n_seq,
+                         (int)(idx / H), (int)(idx % H), d, H, hd, W, scale);
 }
 
 // The window kernels alone, old or tiled (cuda_attn_window_tiled and the
