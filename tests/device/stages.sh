@@ -188,7 +188,13 @@ if [ -n "${GRID_BG:-}" ] && [ -z "${NOGRID:-}" ] && ! gr_alive && [ "$(left)" -g
 # the full GPU suite (make test-gpu) with the default kernels, then the training checks
 # each stage below is cut 60 s before the call's end (on 2026-12-07 run_gpu beside the grid and the
 # reference stage took the whole call and nothing after it came back)
-if want run_gpu 150; then timeout $(( $(left) - 60 )) tests/run_gpu.sh ${RUN_GPU_ARGS:---quick} > $R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 $R/run_gpu.txt)"; done_ run_gpu; fi
+# A suite that does not pass (or was cut) trains nothing in this call: the grid's runs are resumed
+# across calls, so a broken build would go on into the published results. No stage marker then,
+# so a later call on the warm machine runs the suite again before any grid.
+if want run_gpu 150; then
+  timeout $(( $(left) - 60 )) tests/run_gpu.sh ${RUN_GPU_ARGS:---quick} > $R/run_gpu.txt 2>&1; log "run_gpu: $(tail -n 1 $R/run_gpu.txt)"
+  if tail -n 1 $R/run_gpu.txt | grep -Eq '^[0-9]+ passed, 0 failed$'; then done_ run_gpu; else log "run_gpu did not pass: no grid in this call"; NOGRID=1; pack; fi
+fi
 # the headline runs (issue 12: Mamba2 and Mamba2+HAX at the paper's 400,000-step schedule, fp32 and
 # bf16-pure; issue 10's 40,000-step curves) train in the background from here on, HEADLINE_STOP
 # steps at most (--stop-after-step), while the stages below run; the grid takes the rest of the call.
