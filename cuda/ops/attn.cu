@@ -337,22 +337,34 @@ __device__ __forceinline__ void stage_rows(float *s, const float *x, int lo, int
     for (int e = threadIdx.x; e < n; e += blockDim.x) s[(e / d) * (d + 1) + e % d] = src[e];
 }
 
+// The forward's and dQ's tile (tp positions from blockIdx.x·tp): the keys and
+// values of rows lo .. the tile's end staged in smem, lo = max(p0-W+1, the
+// start of p0's sequence), their views into *sk, *sv; all threads, then a
+// barrier.
+__device__ __forceinline__ void stage_kv_tile(float *smem, const float *k, const float *v, const int *seq_off,
+                                              int n_seq, int n_tok, int d, int W, int tp, attn_rows *sk,
+                                              attn_rows *sv) {
+    int p0 = blockIdx.x * tp, pe = p0 + tp < n_tok ? p0 + tp : n_tok;
+    int s0 = seq_off[cu_seq_of(seq_off, n_seq, p0)];
+    int lo = p0 - W + 1 > s0 ? p0 - W + 1 : s0, S = d + 1;
+    float *kk = smem, *vv = smem + (size_t)(tp + W - 1) * S;
+    stage_rows(kk, k, lo, pe, d);
+    stage_rows(vv, v, lo, pe, d);
+    __syncthreads();
+    *sk = attn_rows{kk, lo, S}, *sv = attn_rows{vv, lo, S};
+}
+
 // attn_fwd_kernel with its keys and values in shared memory (tp positions a block).
 template <int HDM>
 __global__ static void attn_fwd_tiled_kernel(float *o, float *lse, const float *q, const float *k, const float *v,
                                              const int *seq_off, int n_seq, int n_tok, int d, int H, int hd, int W,
                                              float scale, int tp) {
     extern __shared__ float smem[];
-    int p0 = blockIdx.x * tp, pe = p0 + tp < n_tok ? p0 + tp : n_tok;
-    int s0 = seq_off[cu_seq_of(seq_off, n_seq, p0)];
-    int lo = p0 - W + 1 > s0 ? p0 - W + 1 : s0, S = d + 1;
-    float *sk = smem, *sv = smem + (size_t)(tp + W - 1) * S;
-    stage_rows(sk, k, lo, pe, d);
-    stage_rows(sv, v, lo, pe, d);
-    __syncthreads();
+    attn_rows sk, sv;
+    stage_kv_tile(smem, k, v, seq_off, n_seq, n_tok, d, W, tp, &sk, &sv);
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)n_tok * H) return;
-    attn_fwd_thread<HDM>(o, lse, q, attn_rows{sk, lo, S}, attn_rows{sv, lo, S}, seq_off, n_seq, (int)(idx / H),
+    attn_fwd_thread<HDM>(o, lse, q, sk, sv, seq_off, n_seq, (int)(idx / H),
                          (int)(idx % H), d, H, hd, W, scale);
 }
 
@@ -362,16 +374,11 @@ __global__ static void attn_dq_tiled_kernel(float *dq, const float *dO, const fl
                                             const float *q, const float *k, const float *v, const int *seq_off,
                                             int n_seq, int n_tok, int d, int H, int hd, int W, float scale, int tp) {
     extern __shared__ float smem[];
-    int p0 = blockIdx.x * tp, pe = p0 + tp < n_tok ? p0 + tp : n_tok;
-    int s0 = seq_off[cu_seq_of(seq_off, n_seq, p0)];
-    int lo = p0 - W + 1 > s0 ? p0 - W + 1 : s0, S = d + 1;
-    float *sk = smem, *sv = smem + (size_t)(tp + W - 1) * S;
-    stage_rows(sk, k, lo, pe, d);
-    stage_rows(sv, v, lo, pe, d);
-    __syncthreads();
+    attn_rows sk, sv;
+    stage_kv_tile(smem, k, v, seq_off, n_seq, n_tok, d, W, tp, &sk, &sv);
     long idx = (long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long)n_tok * H) return;
-    attn_dq_thread<HDM>(dq, dO, D, lse, q, attn_rows{sk, lo, S}, attn_rows{sv, lo, S}, seq_off, n_seq,
+    attn_dq_thread<HDM>(dq, dO, D, lse, q, sk, sv, seq_off, n_seq,
                         (int)(idx / H), (int)(idx % H), d, H, hd, W, scale);
 }
 
