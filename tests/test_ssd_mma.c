@@ -11,7 +11,10 @@
 //     a warp's tiles in the same 16 rows;
 //   - the 3xTF32 split (cvt.rna modelled) within 1e-6 of the exact product
 //     relative to Σ_k |a_ik b_kj|, and one tf32 product alone not (so the
-//     check can fail).
+//     check can fail);
+//   - the k order (ssd_tc_k) a permutation, and the fragment loads' shared-
+//     memory bank conflicts at the kernels' strides: none for 32- and 64-wide
+//     sums, at most 2-way for 16-wide ones (printed beside the natural order's).
 // No GPU needed: it proves the layout, not the hardware's rounding.
 #include <math.h>
 #include <stdint.h>
@@ -82,19 +85,19 @@ static int mma_model(float d[32][4], uint32_t a[32][4], uint32_t b[32][2]) {
 // The block's accumulators: acc[w][s][lane][r].
 typedef float block_acc[WARPS][MAX_SLOTS][32][4];
 
-// ssd_mm_tc for all 8 warps: acc += A·B, k from 0 in steps of 8 while k0 < K.
+// ssd_mm_tc for all 8 warps: acc += A·B over KS steps of 8 (k order ssd_tc_k).
 // terms 3: the 3xTF32 split (small terms first); 1: a_hi·b_hi alone.
-static int mm_tc_model(int MT, int NT, block_acc acc, const float *A, int ai, int ak, const float *Bm, int bk, int bj,
-                       int K, int terms) {
+static int mm_tc_model(int MT, int NT, int KS, block_acc acc, const float *A, int ai, int ak, const float *Bm, int bk,
+                       int bj, int terms) {
     int ok = 1;
     for (int w = 0; w < WARPS; w++) {
         if (w >= MT * NT) continue;
         int mt = w % MT;
-        for (int k0 = 0; k0 < K; k0 += 8) {
+        for (int ks = 0; ks < KS; ks++) {
             uint32_t ah[32][4], al[32][4];
             for (int l = 0; l < 32; l++) {
                 float af[4];
-                ssd_tc_load_a(af, A, ai, ak, mt, k0, l);
+                ssd_tc_load_a(af, A, ai, ak, mt, KS, ks, l);
                 for (int r = 0; r < 4; r++) split(af[r], &ah[l][r], &al[l][r]);
             }
             for (int s = 0; s < SSD_TC_SLOTS(MT, NT); s++) {
@@ -104,7 +107,7 @@ static int mm_tc_model(int MT, int NT, block_acc acc, const float *A, int ai, in
                 uint32_t bh[32][2], bl[32][2];
                 for (int l = 0; l < 32; l++) {
                     float bf[2];
-                    ssd_tc_load_b(bf, Bm, bk, bj, tn, k0, l);
+                    ssd_tc_load_b(bf, Bm, bk, bj, tn, KS, ks, l);
                     for (int r = 0; r < 2; r++) split(bf[r], &bh[l][r], &bl[l][r]);
                 }
                 if (terms == 3) {
@@ -161,6 +164,68 @@ static void test_index_functions_match_ptx_tables(void) {
     CHECK(f32_from_bits(tf32_rna(1.0f + 0x1p-12f)) == 1.0f, "tf32(1 + 2^-12): expected 1");
 }
 
+// The k order: for each KS a permutation of 0..8·KS-1.
+static void test_k_order_is_a_permutation(void) {
+    for (int KS = 1; KS <= 8; KS *= 2) {
+        int seen[64] = {0}, ok = 1;
+        for (int s = 0; s < KS; s++)
+            for (int c = 0; c < 8; c++) {
+                int k = ssd_tc_k(KS, s, c);
+                if (k < 0 || k >= 8 * KS) ok = 0;
+                else seen[k]++;
+            }
+        for (int k = 0; k < 8 * KS; k++) ok &= seen[k] == 1;
+        CHECK(ok, "ssd_tc_k(%d, ., .): expected each k of 0..%d once", KS, 8 * KS - 1);
+    }
+}
+
+// Wavefronts of one shared-memory load of the 32 lanes' word offsets: the
+// most distinct words that fall on one of the 32 banks.
+static int wavefronts(const int at[32]) {
+    int most = 1;
+    for (int b = 0; b < 32; b++) {
+        int words[32], n = 0;
+        for (int l = 0; l < 32; l++) {
+            if (((at[l] % 32) + 32) % 32 != b) continue;
+            int dup = 0;
+            for (int q = 0; q < n; q++) dup |= words[q] == at[l];
+            if (!dup) words[n++] = at[l];
+        }
+        if (n > most) most = n;
+    }
+    return most;
+}
+
+// The fragment loads of one product (all warps, steps, tiles): total and
+// worst wavefronts, in ssd_tc_k's order (natural 0) or in natural order
+// (k = 8s + c, natural 1).
+static void bank_count(int MT, int NT, int KS, int ai, int ak, int bk, int bj, int natural, int *total, int *worst) {
+    *total = 0, *worst = 0;
+    for (int w = 0; w < WARPS && w < MT * NT; w++)
+        for (int ks = 0; ks < KS; ks++) {
+            for (int r = 0; r < 4; r++) {
+                int at[32];
+                for (int l = 0; l < 32; l++)
+                    at[l] = natural ? (16 * (w % MT) + ssd_tc_a_row(l, r)) * ai + (8 * ks + ssd_tc_a_col(l, r)) * ak
+                                    : ssd_tc_a_at(ai, ak, w % MT, KS, ks, l, r);
+                int f = wavefronts(at);
+                *total += f, *worst = f > *worst ? f : *worst;
+            }
+            for (int s = 0; s < SSD_TC_SLOTS(MT, NT); s++) {
+                int mt, nt;
+                if (!ssd_tc_tile(MT, NT, w, s, &mt, &nt)) continue;
+                for (int r = 0; r < 2; r++) {
+                    int at[32];
+                    for (int l = 0; l < 32; l++)
+                        at[l] = natural ? (8 * ks + ssd_tc_b_row(l, r)) * bk + (8 * nt + ssd_tc_b_col(l)) * bj
+                                        : ssd_tc_b_at(bk, bj, nt, KS, ks, l, r);
+                    int f = wavefronts(at);
+                    *total += f, *worst = f > *worst ? f : *worst;
+                }
+            }
+        }
+}
+
 static float urand(unsigned *st) {
     *st = *st * 1664525u + 1013904223u;
     return (float)((*st >> 8) & 0xffffff) / 16777216.0f * 2.0f - 1.0f;
@@ -180,7 +245,7 @@ typedef struct {
     int MT, NT;             // output tiles of 16 × 8
     int a_rows, a_ld, ai, ak, a_zr, a_zc;  // A's tile and A(i, k) = A[i·ai + k·ak], zero from row a_zr / column a_zc
     int b_rows, b_ld, bk, bj, b_zr, b_zc;  // B's tile and B(k, j) = B[k·bk + j·bj]
-    int K;
+    int KS;                 // steps of 8 (K' = 8·KS)
 } mm_case;
 
 // One product of the kernels' shapes: the 3xTF32 model against the exact
@@ -197,7 +262,7 @@ static void check_case(const mm_case *c, unsigned seed) {
         int terms = pass == 0 ? 3 : 1;
         memset(acc, 0, sizeof acc);
         memset(hits, 0, sizeof(int) * M * Nc);
-        int ok = mm_tc_model(c->MT, c->NT, acc, A, c->ai, c->ak, B, c->bk, c->bj, c->K, terms);
+        int ok = mm_tc_model(c->MT, c->NT, c->KS, acc, A, c->ai, c->ak, B, c->bk, c->bj, terms);
         CHECK(ok, "%s: the mma tables did not fill each matrix once, or a warp's tiles are not in one row band", c->what);
         tc_each_model(c->MT, c->NT, acc, out, Nc, hits);
         int once = 1;
@@ -206,7 +271,7 @@ static void check_case(const mm_case *c, unsigned seed) {
         for (int i = 0; i < M; i++)
             for (int j = 0; j < Nc; j++) {
                 double s = 0.0, mag = 0.0;
-                for (int k = 0; k < c->K; k++) {
+                for (int k = 0; k < 8 * c->KS; k++) {
                     double p = (double)A[i * c->ai + k * c->ak] * B[k * c->bk + j * c->bj];
                     s += p, mag += fabs(p);
                 }
@@ -214,9 +279,14 @@ static void check_case(const mm_case *c, unsigned seed) {
                 if (e > worst[pass]) worst[pass] = e;
             }
     }
-    printf("    %-34s 3xTF32 %.1e (one tf32 product %.1e)\n", c->what, worst[0], worst[1]);
+    int tot, most, tot_nat, most_nat;
+    bank_count(c->MT, c->NT, c->KS, c->ai, c->ak, c->bk, c->bj, 0, &tot, &most);
+    bank_count(c->MT, c->NT, c->KS, c->ai, c->ak, c->bk, c->bj, 1, &tot_nat, &most_nat);
+    printf("    %-34s 3xTF32 %.1e (one tf32 product %.1e); load wavefronts %d, worst %d-way (natural k order %d, %d-way)\n",
+           c->what, worst[0], worst[1], tot, most, tot_nat, most_nat);
     CHECK(worst[0] <= 1e-6, "%s: 3xTF32 error %.2e above 1e-6 of Σ|a·b|", c->what, worst[0]);
     CHECK(worst[1] > 1e-5, "%s: one tf32 product alone within %.2e: the check cannot tell", c->what, worst[1]);
+    CHECK(most <= (c->KS >= 4 ? 1 : 2), "%s: fragment loads %d-way bank-conflicted (K' %d)", c->what, most, 8 * c->KS);
     free(A), free(B), free(out), free(hits);
 }
 
@@ -225,28 +295,32 @@ static void test_kernel_products(void) {
     // (ldP 17, ldN 33, QP 65) and at P 40, N 20 (RP 4, RN 2: ldP 65, ldN 33),
     // with chunk lengths L of 64 and 37 (K = L, not a multiple of 8).
     const mm_case cases[] = {
-        // G = C·Bᵀ: A = Cs (ldN, 1), B(n, j) = Bs[j·ldN + n]
-        {"G = C·B^T (N 32)", 4, 8, 64, 33, 33, 1, 64, 32, 64, 33, 1, 33, 64, 32, 32},
-        {"G = C·B^T (N 20, L 37)", 4, 8, 64, 33, 33, 1, 37, 20, 64, 33, 1, 33, 37, 20, 20},
-        // S_loc = Xᵀ·V: A(p, i) = X[i·ldP + p], B = V (ldN, 1), K = L
-        {"S_loc = X^T·B (P 16, N 32)", 1, 4, 64, 17, 1, 17, 64, 16, 64, 33, 33, 1, 64, 32, 64},
-        {"S_loc = X^T·B (P 40, N 20, L 37)", 4, 4, 64, 65, 1, 65, 37, 40, 64, 33, 33, 1, 37, 20, 37},
-        // y's Ms·X: A = Ms (QP, 1), B = X (ldP, 1), K = L
-        {"y: M·X (P 16, L 37)", 4, 2, 64, 65, 65, 1, 64, 37, 64, 17, 17, 1, 37, 16, 37},
-        // y's C·S_inᵀ: A = Cs, B(n, p) = Si[p·ldN + n], K = N
-        {"y: C·S_in^T (P 40, N 20)", 4, 8, 64, 33, 33, 1, 64, 20, 64, 33, 1, 33, 40, 20, 20},
-        // du's Mᵀ·dy: A(j, i) = Ms[i·QP + j], B = dY, K = L
-        {"du: M^T·dy (P 16, L 64)", 4, 2, 64, 65, 1, 65, 64, 64, 64, 17, 17, 1, 64, 16, 64},
-        // Ŵ's dy·xᵀ: A = dY (ldP, 1), B(p, j) = X[j·ldP + p], K = P
-        {"W: dy·x^T (P 40)", 4, 8, 64, 65, 65, 1, 64, 40, 64, 65, 1, 65, 64, 40, 40},
-        // dB += Ŵᵀ·C: A(j, i) = Ws[i·QP + j], B = Cs, K = L
-        {"dB: W^T·C (N 32, L 37)", 4, 4, 64, 65, 1, 65, 37, 37, 64, 33, 33, 1, 37, 32, 37},
+        // G = C·Bᵀ: A = Cs (ldN, 1), B(n, j) = Bs[j·ldN + n], K' = 16·RN
+        {"G = C·B^T (N 32)", 4, 8, 64, 33, 33, 1, 64, 32, 64, 33, 1, 33, 64, 32, 4},
+        {"G = C·B^T (N 20, L 37)", 4, 8, 64, 33, 33, 1, 37, 20, 64, 33, 1, 33, 37, 20, 4},
+        // S_loc = Xᵀ·V: A(p, i) = X[i·ldP + p], B = V (ldN, 1), all 64 positions
+        {"S_loc = X^T·B (P 16, N 32)", 1, 4, 64, 17, 1, 17, 64, 16, 64, 33, 33, 1, 64, 32, 8},
+        {"S_loc = X^T·B (P 40, N 20, L 37)", 4, 4, 64, 65, 1, 65, 37, 40, 64, 33, 33, 1, 37, 20, 8},
+        // y's Ms·X: A = Ms (QP, 1), B = X (ldP, 1), all 64 positions
+        {"y: M·X (P 16, L 37)", 4, 2, 64, 65, 65, 1, 64, 37, 64, 17, 17, 1, 37, 16, 8},
+        // y's C·S_inᵀ: A = Cs, B(n, p) = Si[p·ldN + n], K' = 16·RN
+        {"y: C·S_in^T (P 40, N 20)", 4, 8, 64, 33, 33, 1, 64, 20, 64, 33, 1, 33, 40, 20, 4},
+        // du's Mᵀ·dy: A(j, i) = Ms[i·QP + j], B = dY, all 64 positions
+        {"du: M^T·dy (P 16, L 64)", 4, 2, 64, 65, 1, 65, 64, 64, 64, 17, 17, 1, 64, 16, 8},
+        // Ŵ's dy·xᵀ: A = dY (ldP, 1), B(p, j) = X[j·ldP + p], K' = 16·RP
+        {"W: dy·x^T (P 40)", 4, 8, 64, 65, 65, 1, 64, 40, 64, 65, 1, 65, 64, 40, 8},
+        {"W: dy·x^T (P 16)", 4, 8, 64, 17, 17, 1, 64, 16, 64, 17, 1, 17, 64, 16, 2},
+        // Z's dy·S_in: A = dY, B = Si (ldN, 1), K' = 16·RP
+        {"Z: dy·S_in (P 16, N 32)", 4, 4, 64, 17, 17, 1, 64, 16, 16, 33, 33, 1, 16, 32, 2},
+        // dB += Ŵᵀ·C: A(j, i) = Ws[i·QP + j], B = Cs, all 64 positions
+        {"dB: W^T·C (N 32, L 37)", 4, 4, 64, 65, 1, 65, 37, 37, 64, 33, 33, 1, 37, 32, 8},
     };
     for (size_t q = 0; q < sizeof cases / sizeof cases[0]; q++) check_case(&cases[q], 1000u + (unsigned)q);
 }
 
 int main(void) {
     RUN(test_index_functions_match_ptx_tables);
+    RUN(test_k_order_is_a_permutation);
     RUN(test_kernel_products);
     return test_summary();
 }

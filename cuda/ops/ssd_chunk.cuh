@@ -95,11 +95,12 @@ __device__ __forceinline__ void ssd_zero(float (&acc)[RM][RC]) {
 //
 // Fragments are loaded per lane straight from the shared-memory tiles with
 // their strides (cuda/ops/ssd_tc.h), so the tiles keep the FMA path's layout.
-// Cost of that: with the odd leading dimensions (16·R + 1, 65) a row-major
-// fragment load (a lane at row g, column t) falls on bank (g + t) mod 32, up
-// to 4-way conflicts; a leading dimension ≡ 4 (mod 32) would make them
-// conflict-free but breaks the FMA path's column reads, so it is left for a
-// measured follow-up.
+// With their odd leading dimensions a fragment in natural k order would take
+// up to 4-way bank conflicts; the k order of ssd_tc_k spreads a step's k
+// instead (conflict-free for K' 32 and 64, 2-way for 16-wide operands). Each
+// product runs over the operands' padded width K' (16·RP, 16·RN) or all SSD_Q
+// positions (the tiles are zero past the chunk's L): a chunk shorter than 64
+// costs as much as a full one in these products.
 //
 // The accumulators are in the mma's C layout, not acc[r][c]'s 16 × 16 grid:
 // each product's epilogue is written a second time for the tc path, walking
@@ -144,21 +145,23 @@ __device__ __forceinline__ void ssd_mma(float (&d)[4], const unsigned (&a)[4], c
 #endif
 }
 
-// acc += Σ_{k<K} A(i, k)·B(k, j) over this warp's tiles, A(i, k) = A[i·ai + k·ak],
-// B(k, j) = Bm[k·bk + j·bj], k in steps of 8 from 0: the callers' tiles are
-// zero (in A or B, the other finite) from K up to K rounded up to 8. Called
-// by all threads (mma.sync: whole warps; a warp without a tile returns).
-template <int MT, int NT>
+// acc += Σ_{k<8·KS} A(i, k)·B(k, j) over this warp's tiles, A(i, k) = A[i·ai + k·ak],
+// B(k, j) = Bm[k·bk + j·bj], in KS steps of 8 (k order: ssd_tc_k). The callers'
+// tiles are zero (in A or B, the other finite) from the true K up to 8·KS.
+// Called by all threads (mma.sync: whole warps; a warp without a tile returns).
+template <int MT, int NT, int KS>
 __device__ __forceinline__ void ssd_mm_tc(ssd_tc_acc<MT, NT> &acc, const float *A, int ai, int ak, const float *Bm,
-                                          int bk, int bj, int K) {
+                                          int bk, int bj) {
     static_assert(SSD_TC_WARPS % MT == 0, "a warp's tiles must share their rows (one A fragment per k step)");
+    static_assert(KS == 1 || KS == 2 || KS == 4 || KS == 8, "ssd_tc_k: 1, 2, 4 or 8 steps");
     int w = threadIdx.x >> 5, l = threadIdx.x & 31;
     if (w >= MT * NT) return;
     int mt = w % MT;
-    for (int k0 = 0; k0 < K; k0 += 8) {
+#pragma unroll 2
+    for (int ks = 0; ks < KS; ks++) {
         float af[4];
         unsigned ah[4], al[4];
-        ssd_tc_load_a(af, A, ai, ak, mt, k0, l);
+        ssd_tc_load_a(af, A, ai, ak, mt, KS, ks, l);
 #pragma unroll
         for (int r = 0; r < 4; r++) ssd_tf32_split(af[r], ah[r], al[r]);
 #pragma unroll
@@ -167,7 +170,7 @@ __device__ __forceinline__ void ssd_mm_tc(ssd_tc_acc<MT, NT> &acc, const float *
             if (!ssd_tc_tile(MT, NT, w, s, &tm, &tn)) continue;
             float bf[2];
             unsigned bh[2], bl[2];
-            ssd_tc_load_b(bf, Bm, bk, bj, tn, k0, l);
+            ssd_tc_load_b(bf, Bm, bk, bj, tn, KS, ks, l);
 #pragma unroll
             for (int r = 0; r < 2; r++) ssd_tf32_split(bf[r], bh[r], bl[r]);
             ssd_mma(acc.v[s], al, bh);  // the small terms first
@@ -259,7 +262,7 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_state_kernel(ssd_args 
         if constexpr (TC) {
             ssd_tc_acc<RP, 2 * RN> acc;
             ssd_tc_zero(acc);
-            ssd_mm_tc(acc, X, 1, ldP, V, ldN, 1, L);  // A(p, i) = X[i][p]
+            ssd_mm_tc<RP, 2 * RN, SSD_Q / 8>(acc, X, 1, ldP, V, ldN, 1);  // A(p, i) = X[i][p], all SSD_Q positions
             ssd_tc_each<RP, 2 * RN>([&](int s, int r, int p, int n) {
                 if (p < P && n < N) out[p * N + n] = acc.v[s][r];
             });
@@ -303,7 +306,7 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_out_kernel(ssd_args g)
     if constexpr (TC) {
         ssd_tc_acc<4, 8> acc;
         ssd_tc_zero(acc);
-        ssd_mm_tc(acc, Cs, ldN, 1, Bs, 1, ldN, N);  // G_ij = C_i·B_j
+        ssd_mm_tc<4, 8, 2 * RN>(acc, Cs, ldN, 1, Bs, 1, ldN);  // G_ij = C_i·B_j
         ssd_tc_each<4, 8>([&](int s, int r, int i, int j) { Gs[i * SSD_QP + j] = acc.v[s][r]; });
     } else {
         float acc[4][4];
@@ -331,8 +334,8 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_out_kernel(ssd_args g)
         if constexpr (TC) {
             ssd_tc_acc<4, 2 * RP> yi, yo;
             ssd_tc_zero(yi), ssd_tc_zero(yo);
-            ssd_mm_tc(yi, Ms, SSD_QP, 1, X, ldP, 1, L);
-            ssd_mm_tc(yo, Cs, ldN, 1, Si, 1, ldN, N);  // B(n, p) = S_in[p][n]
+            ssd_mm_tc<4, 2 * RP, SSD_Q / 8>(yi, Ms, SSD_QP, 1, X, ldP, 1);
+            ssd_mm_tc<4, 2 * RP, 2 * RN>(yo, Cs, ldN, 1, Si, 1, ldN);  // B(n, p) = S_in[p][n]
             ssd_tc_each<4, 2 * RP>([&](int s, int r, int i, int p) {
                 if (i < L && p < P)
                     g.y[(size_t)(t0 + i) * g.ld_y + h * P + p] = yi.v[s][r] + expf(a[i]) * yo.v[s][r] + Dh * X[i * ldP + p];

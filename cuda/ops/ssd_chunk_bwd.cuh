@@ -87,7 +87,7 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
     if constexpr (TC) {
         ssd_tc_acc<4, 8> acc;
         ssd_tc_zero(acc);
-        ssd_mm_tc(acc, Cs, ldN, 1, Bs, 1, ldN, N);  // G_ij = C_i·B_j
+        ssd_mm_tc<4, 8, 2 * RN>(acc, Cs, ldN, 1, Bs, 1, ldN);  // G_ij = C_i·B_j
         ssd_tc_each<4, 8>([&](int s, int r, int i, int j) { Gs[i * QP + j] = acc.v[s][r]; });
     } else {
         float acc[4][4];
@@ -145,7 +145,7 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
         if constexpr (TC) {
             ssd_tc_acc<4, 8> w;
             ssd_tc_zero(w);
-            ssd_mm_tc(w, dY, ldP, 1, X, 1, ldP, P);  // dy_i·x_j
+            ssd_mm_tc<4, 8, 2 * RP>(w, dY, ldP, 1, X, 1, ldP);  // dy_i·x_j
             ssd_tc_each<4, 8>([&](int s, int r, int i, int j) {
                 float e = j <= i ? expf(a[i] - a[j]) : 0.0f;
                 float wh = w.v[s][r] * e * dl[j];
@@ -155,8 +155,8 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
             });
             ssd_tc_acc<4, 2 * RN> z, k;
             ssd_tc_zero(z), ssd_tc_zero(k);
-            ssd_mm_tc(z, dY, ldP, 1, Si, ldN, 1, P);
-            ssd_mm_tc(k, X, ldP, 1, dSo, ldN, 1, P);
+            ssd_mm_tc<4, 2 * RN, 2 * RP>(z, dY, ldP, 1, Si, ldN, 1);
+            ssd_mm_tc<4, 2 * RN, 2 * RP>(k, X, ldP, 1, dSo, ldN, 1);
             ssd_tc_each<4, 2 * RN>([&](int s, int r, int i, int n) {
                 float zz = expf(a[i]) * z.v[s][r];
                 Zs[i * ldN + n] = zz;
@@ -204,8 +204,8 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
             // du = Mᵀ dy + e^{a_last-a_j} R, R_j[p] = Σ_n B_j[n] dS_out[p,n]; dx.
             ssd_tc_acc<4, 2 * RP> m, rr;
             ssd_tc_zero(m), ssd_tc_zero(rr);
-            ssd_mm_tc(m, Ms, 1, QP, dY, ldP, 1, L);
-            ssd_mm_tc(rr, Bs, ldN, 1, dSo, 1, ldN, N);
+            ssd_mm_tc<4, 2 * RP, SSD_Q / 8>(m, Ms, 1, QP, dY, ldP, 1);
+            ssd_mm_tc<4, 2 * RP, 2 * RN>(rr, Bs, ldN, 1, dSo, 1, ldN);
             ssd_tc_each<4, 2 * RP>([&](int s, int r, int j, int p) {
                 float er = expf(al - a[j]) * rr.v[s][r], du = m.v[s][r] + er;
                 dU[j * ldP + p] = du;
@@ -266,8 +266,8 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
     if constexpr (TC) {
         ssd_tc_each<4, 8>([&](int s, int r, int i, int j) { Ws[i * QP + j] = tWsum.v[s][r]; });
         __syncthreads();
-        ssd_mm_tc(tdC, Ws, QP, 1, Bs, ldN, 1, L);
-        ssd_mm_tc(tdB, Ws, 1, QP, Cs, ldN, 1, L);
+        ssd_mm_tc<4, 2 * RN, SSD_Q / 8>(tdC, Ws, QP, 1, Bs, ldN, 1);
+        ssd_mm_tc<4, 2 * RN, SSD_Q / 8>(tdB, Ws, 1, QP, Cs, ldN, 1);
         ssd_tc_each<4, 2 * RN>([&](int s, int r, int i, int n) {
             if (i >= L || n >= N) return;
             if (g.dC) g.dC[(size_t)(t0 + i) * g.ld_dbc + n] += tdC.v[s][r];

@@ -16,6 +16,18 @@
 // q = w + 8s), tile q at tile row q % MT and tile column q / MT. With MT
 // dividing 8 every tile of a warp lies in the same 16 rows, so one A fragment
 // per k step serves all of them.
+//
+// The k order: a product runs KS steps of 8 over K' = 8·KS values of k (K'
+// = the operands' padded width, or SSD_Q for sums over positions: the tiles
+// are zero beyond the true K), and slot c of step s (the fragment's column c
+// of A, row c of B) takes k = ssd_tc_k(KS, s, c), a permutation of 0..K'-1
+// (any order gives the same product; only the summation order changes). It
+// spreads a step's k so that the lanes' loads fall on distinct banks: with
+// the tiles' leading dimensions (≡ 1 mod 32, or 17) a lane's word address is
+// g·ld + k or k·ld + g, and k = s + 8t (+ 32 for slots 4..7) at KS 8, s + 8t
+// + 4h at KS 4 put the 32 lanes of a load on 32 banks; at KS 2 (a 16-wide
+// operand) two lanes share a bank. In natural order (k = 8s + c) the same
+// loads would take up to 4 wavefronts (tests/test_ssd_mma.c counts them).
 #ifndef HAX_CU_SSD_TC_H
 #define HAX_CU_SSD_TC_H
 
@@ -38,6 +50,12 @@ SSD_TC_FN int ssd_tc_b_col(int l) { return l >> 2; }
 SSD_TC_FN int ssd_tc_c_row(int l, int r) { return (l >> 2) + 8 * (r >> 1); }
 SSD_TC_FN int ssd_tc_c_col(int l, int r) { return 2 * (l & 3) + (r & 1); }
 
+// k of slot c (0..7) of step s (0..KS-1), KS = 1, 2, 4 or 8; t = c % 4, h = c / 4.
+SSD_TC_FN int ssd_tc_k(int KS, int s, int c) {
+    int t = c & 3, h = c >> 2;
+    return KS >= 8 ? s + 8 * t + 32 * h : s + KS * h + 2 * KS * t;
+}
+
 // Warp w's tile in slot s of an MT × NT output: 1 and its tile row, column;
 // 0 when the warp has no tile there.
 SSD_TC_FN int ssd_tc_tile(int MT, int NT, int w, int s, int *mt, int *nt) {
@@ -47,14 +65,21 @@ SSD_TC_FN int ssd_tc_tile(int MT, int NT, int w, int s, int *mt, int *nt) {
     return 1;
 }
 
-// Lane l's A fragment of tile row mt and k = k0..k0+7, where A(i, k) = A[i·ai + k·ak].
-SSD_TC_FN void ssd_tc_load_a(float a[4], const float *A, int ai, int ak, int mt, int k0, int l) {
-    for (int r = 0; r < 4; r++) a[r] = A[(16 * mt + ssd_tc_a_row(l, r)) * ai + (k0 + ssd_tc_a_col(l, r)) * ak];
+// Word offsets of lane l's A fragment (tile row mt, step s of KS), where
+// A(i, k) = A[i·ai + k·ak], and of its B fragment (tile column nt), where
+// B(k, j) = Bm[k·bk + j·bj].
+SSD_TC_FN int ssd_tc_a_at(int ai, int ak, int mt, int KS, int s, int l, int r) {
+    return (16 * mt + ssd_tc_a_row(l, r)) * ai + ssd_tc_k(KS, s, ssd_tc_a_col(l, r)) * ak;
+}
+SSD_TC_FN int ssd_tc_b_at(int bk, int bj, int nt, int KS, int s, int l, int r) {
+    return ssd_tc_k(KS, s, ssd_tc_b_row(l, r)) * bk + (8 * nt + ssd_tc_b_col(l)) * bj;
 }
 
-// Lane l's B fragment of tile column nt and k = k0..k0+7, where B(k, j) = Bm[k·bk + j·bj].
-SSD_TC_FN void ssd_tc_load_b(float b[2], const float *Bm, int bk, int bj, int nt, int k0, int l) {
-    for (int r = 0; r < 2; r++) b[r] = Bm[(k0 + ssd_tc_b_row(l, r)) * bk + (8 * nt + ssd_tc_b_col(l)) * bj];
+SSD_TC_FN void ssd_tc_load_a(float a[4], const float *A, int ai, int ak, int mt, int KS, int s, int l) {
+    for (int r = 0; r < 4; r++) a[r] = A[ssd_tc_a_at(ai, ak, mt, KS, s, l, r)];
+}
+SSD_TC_FN void ssd_tc_load_b(float b[2], const float *Bm, int bk, int bj, int nt, int KS, int s, int l) {
+    for (int r = 0; r < 2; r++) b[r] = Bm[ssd_tc_b_at(bk, bj, nt, KS, s, l, r)];
 }
 
 #endif
