@@ -4,9 +4,12 @@
 // lengths across the GPU's 64-position chunks and the CPU's checkpoints:
 // outputs within 1e-5, gradients within 1e-4 (normwise; gradients accumulate
 // into random initial values and the increments are compared); each replayed
-// from a CUDA graph (bit-identical). Then both at the paper's size (64
-// sequences of ~464 positions), compared and timed, with a TIME line per
-// kernel (events around each launch, via cuda_scan_mark). Skips without a device.
+// from a CUDA graph (bit-identical). The SSD also with its chunk products on
+// tensor cores (HAX_SSD_MMA=tc, cuda/ops/ssd.h) against the CPU op and against
+// the FMA path (within the same tolerances; not the same bits). Then both at
+// the paper's size (64 sequences of ~464 positions), compared and timed, with a
+// TIME line per kernel (events around each launch, via cuda_scan_mark), and
+// TIME ssd fwd|bwd fma|tc. Skips without a device.
 #include <math.h>
 #include <stdint.h>
 
@@ -101,6 +104,29 @@ static void ab_check(const char *what, const float *old, const float *fast, size
         }                                                   \
         cuda_scan_set_old_kernels(keep_);                   \
     } while (0)
+
+// Runs the statements with the SSD's chunk products on FMAs (m = 0), then on
+// tensor cores (m = 1), and leaves the choice as it was (HAX_SSD_MMA).
+#define FOR_BOTH_MMA(m, ...)                                \
+    do {                                                    \
+        int keep_ = cuda_ssd_mma();                         \
+        for (int m = 0; m < 2; m++) {                       \
+            cuda_ssd_set_mma(m);                            \
+            __VA_ARGS__;                                    \
+        }                                                   \
+        cuda_ssd_set_mma(keep_);                            \
+    } while (0)
+
+// tc against fma: printed (normwise and largest relative error) and held to
+// the CPU comparison's tolerance; the two paths need not agree bit for bit.
+static void mma_check(const char *what, const float *fma, const float *tc, size_t n, double tol) {
+    size_t differ = 0;
+    for (size_t i = 0; i < n; i++) differ += memcmp(&fma[i], &tc[i], sizeof(float)) != 0;
+    double e = rel_err(tc, fma, n);
+    printf("    %-30s tc vs fma: rel err %.2e, max rel err %.2e (%zu of %zu differ)\n", what, e,
+           max_rel_err(tc, fma, n), differ, n);
+    CHECK(e <= tol, "%s: tensor-core path vs FMA path: relative error %.3e above %.0e", what, e, tol);
+}
 
 // ---------------------------------------------------------------- Mamba scan
 
@@ -328,8 +354,11 @@ static void run_ssd(const tbatch *b, int H, int P, int N, int timing) {
         free(y1), free(dx1), free(ddt1), free(dp1), free(y2), free(dx2), free(ddt2), free(dp2);
     }
     {
-        // The old backward (HAX_SCAN_KERNELS=old) against the fast one, from the same gradients: bit for bit.
+        // The old backward (HAX_SCAN_KERNELS=old) against the fast one, from the same gradients: bit for bit
+        // (both on FMAs: the fast one has no tensor-core version).
         float *o[2][3];
+        int keep_mma = cuda_ssd_mma();
+        cuda_ssd_set_mma(0);
         FOR_BOTH_VERSIONS(v, {
             cuda_upload(g_dx, dx0, sizeof(float) * nx);
             cuda_upload(g_ddt, ddt0, sizeof(float) * ndt);
@@ -337,9 +366,37 @@ static void run_ssd(const tbatch *b, int H, int P, int N, int timing) {
             GPU_SSD_BWD();
             o[v][0] = down(g_dx, nx), o[v][1] = down(g_ddt, ndt), o[v][2] = down(g_dp, 3 * H);
         });
+        cuda_ssd_set_mma(keep_mma);
         const char *what[3] = {"ssd dx|dB|dC", "ssd ddt", "ssd ddt_bias|dA_log|dD"};
         size_t len[3] = {nx, ndt, (size_t)3 * H};
         for (int k = 0; k < 3; k++) ab_check(what[k], o[0][k], o[1][k], len[k]), free(o[0][k]), free(o[1][k]);
+    }
+    {
+        // The chunk products on FMAs and on tensor cores (HAX_SSD_MMA=fma|tc): each against the CPU op,
+        // then tc against fma. The forward's checkpoint is the mode's own.
+        float *o[2][4];
+        FOR_BOTH_MMA(m, {
+            const char *mode = m ? "tc" : "fma";
+            cuda_zero(g_y, sizeof(float) * ny);
+            GPU_SSD_FWD();
+            snprintf(name, sizeof name, "ssd y %s (H=%d P=%d N=%d)", mode, H, P, N);
+            expect(name, g_y, y, NULL, ny, TOL_FWD);
+            cuda_upload(g_dx, dx0, sizeof(float) * nx);
+            cuda_upload(g_ddt, ddt0, sizeof(float) * ndt);
+            cuda_upload(g_dp, dp0, sizeof(float) * 3 * H);
+            GPU_SSD_BWD();
+            snprintf(name, sizeof name, "ssd dx|dB|dC %s", mode);
+            expect(name, g_dx, dx, dx0, nx, TOL_BWD);
+            snprintf(name, sizeof name, "ssd ddt %s", mode);
+            expect(name, g_ddt, ddt, ddt0, ndt, TOL_BWD);
+            snprintf(name, sizeof name, "ssd ddt_bias|dA_log|dD %s", mode);
+            expect(name, g_dp, dp, dp0, 3 * H, TOL_BWD);
+            o[m][0] = down(g_y, ny), o[m][1] = down(g_dx, nx), o[m][2] = down(g_ddt, ndt), o[m][3] = down(g_dp, 3 * H);
+        });
+        const char *what[4] = {"ssd y", "ssd dx|dB|dC", "ssd ddt", "ssd ddt_bias|dA_log|dD"};
+        size_t len[4] = {ny, nx, ndt, (size_t)3 * H};
+        for (int k = 0; k < 4; k++)
+            mma_check(what[k], o[0][k], o[1][k], len[k], k ? TOL_BWD : TOL_FWD), free(o[0][k]), free(o[1][k]);
     }
     if (timing) {
         int reps = 10;
@@ -363,6 +420,26 @@ static void run_ssd(const tbatch *b, int H, int P, int N, int timing) {
             printf("TIME ssd bwd %-4s (H=%d P=%d N=%d)    gpu %8.3f ms\n", v ? "fast" : "old", H, P, N,
                    cuda_event_ms(b0, b1) / reps);
             TIME_KERNELS(v ? "ssd bwd fast" : "ssd bwd old", reps, GPU_SSD_BWD());
+        });
+        // The chunk products on FMAs and on tensor cores (HAX_SSD_MMA), one after the other on the same
+        // buffers, with the backward kernels chosen as the environment says (printed, not asserted).
+        FOR_BOTH_MMA(m, {
+            const char *mode = m ? "tc" : "fma";
+            char op[32];
+            GPU_SSD_FWD();  // warm-up
+            int f0 = cuda_event_record();
+            for (int r = 0; r < reps; r++) GPU_SSD_FWD();
+            int f1 = cuda_event_record();
+            GPU_SSD_BWD();  // warm-up
+            int b0 = cuda_event_record();
+            for (int r = 0; r < reps; r++) GPU_SSD_BWD();
+            int b1 = cuda_event_record();
+            printf("TIME ssd fwd %-4s (H=%d P=%d N=%d)    gpu %8.3f ms\n", mode, H, P, N, cuda_event_ms(f0, f1) / reps);
+            printf("TIME ssd bwd %-4s (H=%d P=%d N=%d)    gpu %8.3f ms\n", mode, H, P, N, cuda_event_ms(b0, b1) / reps);
+            snprintf(op, sizeof op, "ssd fwd %s", mode);
+            TIME_KERNELS(op, reps, GPU_SSD_FWD());
+            snprintf(op, sizeof op, "ssd bwd %s", mode);
+            TIME_KERNELS(op, reps, GPU_SSD_BWD());
         });
     }
 #undef GPU_SSD_FWD

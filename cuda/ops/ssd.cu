@@ -5,7 +5,18 @@
 //   backward: dS_loc per chunk; reverse pass (dS_out); the chunk gradients;
 //             parameter gradients, one partial per sequence in sequence order.
 #include "cuda/ops/scan.h"
+#include "cuda/ops/ssd.h"
 #include "cuda/ops/ssd_chunk_bwd.cuh"
+
+// HAX_SSD_MMA, read once (cuda/ops/ssd.h); -1: not read yet.
+static int g_ssd_mma = -1;
+
+extern "C" int cuda_ssd_mma(void) {
+    if (g_ssd_mma < 0) g_ssd_mma = hax_env_choice("HAX_SSD_MMA", "fma tc", 0);
+    return g_ssd_mma;
+}
+
+extern "C" void cuda_ssd_set_mma(int tc) { g_ssd_mma = tc; }
 
 // Δ [n_tok, H] = softplus(dt + dt_bias).
 __global__ static void ssd_delta_kernel(float *delta, const float *dt, int ld_dt, const float *dt_bias,
@@ -107,21 +118,40 @@ static int ssd_tiles(int d) { return d <= 16 ? 1 : d <= 32 ? 2 : 4; }
         CUDA_SCAN_MARK(name);                                                                            \
     } while (0)
 
+// TC: the chunk products on tensor cores (HAX_SSD_MMA=tc, cuda/ops/ssd.h); the
+// same shared memory and grid as the FMA kernels.
+template <int RP, int RN, bool TC>
+static void ssd_fwd_launch(const ssd_args &g) {
+    SSD_LAUNCH((ssd_state_kernel<RP, RN, false, TC>), g, ssd_state_smem(RP, RN),
+               TC ? "ssd_state_kernel (S_loc, tc)" : "ssd_state_kernel (S_loc)");
+    ssd_pass(g, g.S, false);
+    SSD_LAUNCH((ssd_out_kernel<RP, RN, TC>), g, ssd_out_smem(RP, RN), TC ? "ssd_out_kernel (tc)" : "ssd_out_kernel");
+}
+
+// The fast backward (HAX_SCAN_KERNELS=new) has no tensor-core version: it
+// stays on FMAs under HAX_SSD_MMA=tc (its state kernel does not).
+template <int RP, int RN, bool TC>
+static void ssd_bwd_launch(const ssd_args &g) {
+    SSD_LAUNCH((ssd_state_kernel<RP, RN, true, TC>), g, ssd_state_smem(RP, RN),
+               TC ? "ssd_state_kernel (dS_loc, tc)" : "ssd_state_kernel (dS_loc)");
+    ssd_pass(g, g.dS, true);
+    if (cuda_scan_old_kernels() != 0)  // 2, the default: the old one is the faster (cuda/ops/scan.h)
+        SSD_LAUNCH((ssd_bwd_kernel<RP, RN, TC>), g, ssd_bwd_smem(RP, RN),
+                   TC ? "ssd_bwd_kernel (old, tc)" : "ssd_bwd_kernel (old)");
+    else
+        SSD_LAUNCH((ssd_bwd_fast_kernel<RP, RN>), g, ssd_bwd_fast_smem(RP, RN), "ssd_bwd_fast_kernel");
+}
+
 template <int RP, int RN>
 static void ssd_fwd_chunks(const ssd_args &g) {
-    SSD_LAUNCH((ssd_state_kernel<RP, RN, false>), g, ssd_state_smem(RP, RN), "ssd_state_kernel (S_loc)");
-    ssd_pass(g, g.S, false);
-    SSD_LAUNCH((ssd_out_kernel<RP, RN>), g, ssd_out_smem(RP, RN), "ssd_out_kernel");
+    if (cuda_ssd_mma() == 1) ssd_fwd_launch<RP, RN, true>(g);
+    else ssd_fwd_launch<RP, RN, false>(g);
 }
 
 template <int RP, int RN>
 static void ssd_bwd_chunks(const ssd_args &g) {
-    SSD_LAUNCH((ssd_state_kernel<RP, RN, true>), g, ssd_state_smem(RP, RN), "ssd_state_kernel (dS_loc)");
-    ssd_pass(g, g.dS, true);
-    if (cuda_scan_old_kernels() != 0)  // 2, the default: the old one is the faster (cuda/ops/scan.h)
-        SSD_LAUNCH((ssd_bwd_kernel<RP, RN>), g, ssd_bwd_smem(RP, RN), "ssd_bwd_kernel (old)");
-    else
-        SSD_LAUNCH((ssd_bwd_fast_kernel<RP, RN>), g, ssd_bwd_fast_smem(RP, RN), "ssd_bwd_fast_kernel");
+    if (cuda_ssd_mma() == 1) ssd_bwd_launch<RP, RN, true>(g);
+    else ssd_bwd_launch<RP, RN, false>(g);
 }
 
 // Calls F<RP, RN> for the tile counts of P and N (16, 32 or 64 rows each).

@@ -13,6 +13,16 @@
 extern "C" {
 #endif
 
+// The chunk kernels' matrix products (cuda/ops/ssd_chunk.cuh): HAX_SSD_MMA
+// (read once, at the first SSD call) "fma" (0, the default) fp32 FMAs, "tc"
+// (1) tensor cores, mma.m16n8k8 with each operand split in two tf32 values
+// (3xTF32: about fp32's accuracy, not its bits) in the forward's state and
+// output kernels and the backward's state kernel and ssd_bwd_kernel (the
+// fast backward of HAX_SCAN_KERNELS=new stays on FMAs); anything else is an
+// error. cuda_ssd_set_mma overrides it (tests).
+int cuda_ssd_mma(void);
+void cuda_ssd_set_mma(int tc);
+
 size_t cuda_ssd_ckpt_floats(int n_tok, int n_seq, int H, int P, int N);
 void cuda_ssd_forward(float *y, int ld_y, float *delta, float *ckpt, const float *x, int ld_x,
                       const float *dt, int ld_dt, const float *B, const float *C, int ld_bc,

@@ -65,7 +65,10 @@ static inline size_t ssd_bwd_smem(int RP, int RN) {
     return sizeof(float) * (3 * SSD_Q * ldN + 3 * SSD_Q * SSD_QP + 4 * SSD_Q * ldP + 2 * 16 * RP * ldN + 9 * SSD_Q + 32);
 }
 
-template <int RP, int RN>
+// TC: every product on tensor cores (ssd_mm_tc); the sums over heads (Ŵ, dC,
+// dB) and dx's old values are then held in the mma's accumulator layout, and
+// each epilogue is the FMA path's, walking that layout (ssd_tc_each).
+template <int RP, int RN, bool TC>
 __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g) {
     ssd_chunk ch;
     if (!ssd_chunk_at(g.seq_off, g.n_seq, blockIdx.x, &ch)) return;
@@ -81,7 +84,12 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
     ssd_load(Bs, ldN, SSD_Q, 16 * RN, g.B, g.ld_bc, t0, 0, L, N);
     ssd_load(Cs, ldN, SSD_Q, 16 * RN, g.C, g.ld_bc, t0, 0, L, N);
     __syncthreads();
-    {
+    if constexpr (TC) {
+        ssd_tc_acc<4, 8> acc;
+        ssd_tc_zero(acc);
+        ssd_mm_tc<4, 8, 2 * RN>(acc, Cs, ldN, 1, Bs, 1, ldN);  // G_ij = C_i·B_j
+        ssd_tc_each<4, 8>([&](int s, int r, int i, int j) { Gs[i * QP + j] = acc.v[s][r]; });
+    } else {
         float acc[4][4];
         ssd_zero(acc);
         ssd_mm(acc, Cs, ldN, 1, Bs, 1, ldN, N);  // G_ij = C_i·B_j
@@ -90,9 +98,13 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
 #pragma unroll
             for (int c = 0; c < 4; c++) Gs[(ty + 16 * r) * QP + tx + 16 * c] = acc[r][c];
     }
-    // Sums over heads, in head order, held by the thread that owns the entries.
+    // Sums over heads, in head order, held by the thread that owns the entries
+    // (TC: the t* ones, in the mma's layout; the unused set is optimised away).
     float Wsum[4][4], dCacc[4][RN], dBacc[4][RN];
-    ssd_zero(Wsum), ssd_zero(dCacc), ssd_zero(dBacc);
+    ssd_tc_acc<4, 8> tWsum;
+    ssd_tc_acc<4, 2 * RN> tdC, tdB;
+    if constexpr (TC) ssd_tc_zero(tWsum), ssd_tc_zero(tdC), ssd_tc_zero(tdB);
+    else ssd_zero(Wsum), ssd_zero(dCacc), ssd_zero(dBacc);
     // Every global value a head needs is read in its first phase, with the
     // tiles (loads are not moved across barriers): the head waits on memory
     // once. The gradients' old values too; the stores add to them.
@@ -104,13 +116,20 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
         ssd_load(Si, ldN, 16 * RP, 16 * RN, g.S + st, N, 0, 0, P, N);
         ssd_load(dSo, ldN, 16 * RP, 16 * RN, g.dS + st, N, 0, 0, P, N);
         float Dh = g.D[h], dxo[4][RP], dtv[2] = {0.0f, 0.0f}, ddo[2] = {0.0f, 0.0f}, bias = 0.0f;
+        ssd_tc_acc<4, 2 * RP> tdxo;
+        if constexpr (TC) {
+            ssd_tc_each<4, 2 * RP>([&](int s, int r, int j, int p) {
+                tdxo.v[s][r] = g.dx && j < L && p < P ? g.dx[(size_t)(t0 + j) * g.ld_dx + h * P + p] : 0.0f;
+            });
+        } else {
 #pragma unroll
-        for (int r = 0; r < 4; r++)
+            for (int r = 0; r < 4; r++)
 #pragma unroll
-            for (int c = 0; c < RP; c++) {
-                int j = ty + 16 * r, p = tx + 16 * c;
-                dxo[r][c] = g.dx && j < L && p < P ? g.dx[(size_t)(t0 + j) * g.ld_dx + h * P + p] : 0.0f;
-            }
+                for (int c = 0; c < RP; c++) {
+                    int j = ty + 16 * r, p = tx + 16 * c;
+                    dxo[r][c] = g.dx && j < L && p < P ? g.dx[(size_t)(t0 + j) * g.ld_dx + h * P + p] : 0.0f;
+                }
+        }
         if (threadIdx.x < 32) {
             bias = g.dt_bias[h];
             for (int e = 0; e < 2; e++) {
@@ -123,42 +142,78 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
         float A = ssd_load_a(g, dl, a, t0, L, h);
         __syncthreads();
         float al = a[L - 1];
-        {
-            // Ŵ (and the masked decay of G, for du).
-            float w[4][4];
-            ssd_zero(w);
-            ssd_mm(w, dY, ldP, 1, X, 1, ldP, P);  // dy_i·x_j
+        if constexpr (TC) {
+            ssd_tc_acc<4, 8> w;
+            ssd_tc_zero(w);
+            ssd_mm_tc<4, 8, 2 * RP>(w, dY, ldP, 1, X, 1, ldP);  // dy_i·x_j
+            ssd_tc_each<4, 8>([&](int s, int r, int i, int j) {
+                float e = j <= i ? expf(a[i] - a[j]) : 0.0f;
+                float wh = w.v[s][r] * e * dl[j];
+                Ws[i * QP + j] = wh;
+                tWsum.v[s][r] += wh;
+                Ms[i * QP + j] = Gs[i * QP + j] * e;
+            });
+            ssd_tc_acc<4, 2 * RN> z, k;
+            ssd_tc_zero(z), ssd_tc_zero(k);
+            ssd_mm_tc<4, 2 * RN, 2 * RP>(z, dY, ldP, 1, Si, ldN, 1);
+            ssd_mm_tc<4, 2 * RN, 2 * RP>(k, X, ldP, 1, dSo, ldN, 1);
+            ssd_tc_each<4, 2 * RN>([&](int s, int r, int i, int n) {
+                float zz = expf(a[i]) * z.v[s][r];
+                Zs[i * ldN + n] = zz;
+                tdC.v[s][r] += zz;
+                tdB.v[s][r] += expf(al - a[i]) * (dl[i] * k.v[s][r]);
+            });
+        } else {
+            {
+                // Ŵ (and the masked decay of G, for du).
+                float w[4][4];
+                ssd_zero(w);
+                ssd_mm(w, dY, ldP, 1, X, 1, ldP, P);  // dy_i·x_j
 #pragma unroll
-            for (int r = 0; r < 4; r++)
+                for (int r = 0; r < 4; r++)
 #pragma unroll
-                for (int c = 0; c < 4; c++) {
-                    int i = ty + 16 * r, j = tx + 16 * c;
-                    float e = j <= i ? expf(a[i] - a[j]) : 0.0f;
-                    float wh = w[r][c] * e * dl[j];
-                    Ws[i * QP + j] = wh;
-                    Wsum[r][c] += wh;
-                    Ms[i * QP + j] = Gs[i * QP + j] * e;
-                }
-        }
-        {
-            // Z, and dB's dS_out part.
-            float z[4][RN], k[4][RN];
-            ssd_zero(z), ssd_zero(k);
-            ssd_mm(z, dY, ldP, 1, Si, ldN, 1, P);
-            ssd_mm(k, X, ldP, 1, dSo, ldN, 1, P);
+                    for (int c = 0; c < 4; c++) {
+                        int i = ty + 16 * r, j = tx + 16 * c;
+                        float e = j <= i ? expf(a[i] - a[j]) : 0.0f;
+                        float wh = w[r][c] * e * dl[j];
+                        Ws[i * QP + j] = wh;
+                        Wsum[r][c] += wh;
+                        Ms[i * QP + j] = Gs[i * QP + j] * e;
+                    }
+            }
+            {
+                // Z, and dB's dS_out part.
+                float z[4][RN], k[4][RN];
+                ssd_zero(z), ssd_zero(k);
+                ssd_mm(z, dY, ldP, 1, Si, ldN, 1, P);
+                ssd_mm(k, X, ldP, 1, dSo, ldN, 1, P);
 #pragma unroll
-            for (int r = 0; r < 4; r++)
+                for (int r = 0; r < 4; r++)
 #pragma unroll
-                for (int c = 0; c < RN; c++) {
-                    int i = ty + 16 * r, n = tx + 16 * c;
-                    float zz = expf(a[i]) * z[r][c];
-                    Zs[i * ldN + n] = zz;
-                    dCacc[r][c] += zz;
-                    dBacc[r][c] += expf(al - a[i]) * (dl[i] * k[r][c]);
-                }
+                    for (int c = 0; c < RN; c++) {
+                        int i = ty + 16 * r, n = tx + 16 * c;
+                        float zz = expf(a[i]) * z[r][c];
+                        Zs[i * ldN + n] = zz;
+                        dCacc[r][c] += zz;
+                        dBacc[r][c] += expf(al - a[i]) * (dl[i] * k[r][c]);
+                    }
+            }
         }
         __syncthreads();
-        {
+        if constexpr (TC) {
+            // du = Mᵀ dy + e^{a_last-a_j} R, R_j[p] = Σ_n B_j[n] dS_out[p,n]; dx.
+            ssd_tc_acc<4, 2 * RP> m, rr;
+            ssd_tc_zero(m), ssd_tc_zero(rr);
+            ssd_mm_tc<4, 2 * RP, SSD_Q / 8>(m, Ms, 1, QP, dY, ldP, 1);
+            ssd_mm_tc<4, 2 * RP, 2 * RN>(rr, Bs, ldN, 1, dSo, 1, ldN);
+            ssd_tc_each<4, 2 * RP>([&](int s, int r, int j, int p) {
+                float er = expf(al - a[j]) * rr.v[s][r], du = m.v[s][r] + er;
+                dU[j * ldP + p] = du;
+                eR[j * ldP + p] = er;
+                if (g.dx && j < L && p < P)
+                    g.dx[(size_t)(t0 + j) * g.ld_dx + h * P + p] = tdxo.v[s][r] + (dl[j] * du + Dh * dY[j * ldP + p]);
+            });
+        } else {
             // du = Mᵀ dy + e^{a_last-a_j} R, R_j[p] = Σ_n B_j[n] dS_out[p,n]; dx.
             float m[4][RP], rr[4][RP];
             ssd_zero(m), ssd_zero(rr);
@@ -208,22 +263,34 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
         __syncthreads();
     }
     // dC += Σ_h Z + Wsum·B, dB += Σ_h (dS_out part) + Wsumᵀ·C, in this chunk's rows.
+    if constexpr (TC) {
+        ssd_tc_each<4, 8>([&](int s, int r, int i, int j) { Ws[i * QP + j] = tWsum.v[s][r]; });
+        __syncthreads();
+        ssd_mm_tc<4, 2 * RN, SSD_Q / 8>(tdC, Ws, QP, 1, Bs, ldN, 1);
+        ssd_mm_tc<4, 2 * RN, SSD_Q / 8>(tdB, Ws, 1, QP, Cs, ldN, 1);
+        ssd_tc_each<4, 2 * RN>([&](int s, int r, int i, int n) {
+            if (i >= L || n >= N) return;
+            if (g.dC) g.dC[(size_t)(t0 + i) * g.ld_dbc + n] += tdC.v[s][r];
+            if (g.dB) g.dB[(size_t)(t0 + i) * g.ld_dbc + n] += tdB.v[s][r];
+        });
+    } else {
 #pragma unroll
-    for (int r = 0; r < 4; r++)
+        for (int r = 0; r < 4; r++)
 #pragma unroll
-        for (int c = 0; c < 4; c++) Ws[(ty + 16 * r) * QP + tx + 16 * c] = Wsum[r][c];
-    __syncthreads();
-    ssd_mm(dCacc, Ws, QP, 1, Bs, ldN, 1, L);
-    ssd_mm(dBacc, Ws, 1, QP, Cs, ldN, 1, L);
+            for (int c = 0; c < 4; c++) Ws[(ty + 16 * r) * QP + tx + 16 * c] = Wsum[r][c];
+        __syncthreads();
+        ssd_mm(dCacc, Ws, QP, 1, Bs, ldN, 1, L);
+        ssd_mm(dBacc, Ws, 1, QP, Cs, ldN, 1, L);
 #pragma unroll
-    for (int r = 0; r < 4; r++)
+        for (int r = 0; r < 4; r++)
 #pragma unroll
-        for (int c = 0; c < RN; c++) {
-            int i = ty + 16 * r, n = tx + 16 * c;
-            if (i >= L || n >= N) continue;
-            if (g.dC) g.dC[(size_t)(t0 + i) * g.ld_dbc + n] += dCacc[r][c];
-            if (g.dB) g.dB[(size_t)(t0 + i) * g.ld_dbc + n] += dBacc[r][c];
-        }
+            for (int c = 0; c < RN; c++) {
+                int i = ty + 16 * r, n = tx + 16 * c;
+                if (i >= L || n >= N) continue;
+                if (g.dC) g.dC[(size_t)(t0 + i) * g.ld_dbc + n] += dCacc[r][c];
+                if (g.dB) g.dB[(size_t)(t0 + i) * g.ld_dbc + n] += dBacc[r][c];
+            }
+    }
 }
 
 // ---------------------------------------------------------------- the fast backward

@@ -9,7 +9,7 @@
 # sources in carry/base (git archive REV minus tests/golden, tests/ref, analysis/examples).
 # GRID_CONFIGS / GRID_REGIMES / GRID_LRS (default 1e-3) pick the Table 1 runs that fill the rest of the call (NOGRID=1: none);
 # HEADLINE_STOP=N starts the headline runs (below); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
-# GRID_BG=1 starts the grid in the background right after the timing stages (bench_eval, scanfast,
+# GRID_BG=1 starts the grid in the background right after the timing stages (bench_eval, scanfast, ssdtc,
 # windowtile, batch, profile: PROFILE_CONFIGS="config:regime ..."), so it trains while the other stages run.
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
@@ -135,6 +135,16 @@ if want scanfast 200; then
   build/gpu/gpu_sparse > $R/gpu_sparse.txt 2>&1; log "gpu_sparse: $(tail -n 1 $R/gpu_sparse.txt)"
   for v in old new; do HAX_SCAN_KERNELS=$v HAX_SPARSE_ATTN=$v build/gpu/bench_gpu --only mamba,mamba2,mamba_hax,mamba2_hax --precision fp32 --eval 0 --reps 30 > $R/bench_fast_$v.txt 2>&1; done
   done_ scanfast
+fi
+# the SSD's chunk products on tensor cores (HAX_SSD_MMA=tc, cuda/ops/ssd.h) against the FMA path: gpu_scans'
+# checks of both against the CPU op and of tc against fma, TIME ssd fwd|bwd fma|tc lines at the paper size, then
+# Mamba2's and Mamba2+HAX's whole steps with each, fp32 and bf16-pure, one after the other
+if want ssdtc 150; then
+  timeout $(( $(left) - 60 )) build/gpu/gpu_scans > $R/gpu_scans_ssdtc.txt 2>&1
+  log "ssdtc: gpu_scans: $(tail -n 1 $R/gpu_scans_ssdtc.txt); $(awk '/^TIME ssd (fwd|bwd) (fma|tc) /{printf "%s %s %s ms; ", $3, $4, $(NF-1)}' $R/gpu_scans_ssdtc.txt)"
+  for p in fp32 bf16-pure; do for v in fma tc; do HAX_SSD_MMA=$v timeout $(( $(left) - 60 )) build/gpu/bench_gpu --only mamba2,mamba2_hax \
+    --precision $p --eval 0 --reps 30 > $R/bench_ssdtc_${v}_$p.txt 2>&1; done; done
+  done_ ssdtc
 fi
 # the tiled window attention (HAX_WINDOW_ATTN=tiled, cuda/ops/attn.cu) against today's kernels: gpu_ops'
 # old-vs-tiled bit checks and TIME attn fwd|dq|dkv old|tiled lines at the paper size, then Samba's whole
