@@ -8,7 +8,8 @@
 # carry/{wheels,ext,hax,mamba} (tests/ref/README.md); for the fp32 bit check an older build's
 # sources in carry/base (git archive REV minus tests/golden, tests/ref, analysis/examples).
 # GRID_CONFIGS / GRID_REGIMES / GRID_LRS (default 1e-3) pick the Table 1 runs that fill the rest of the call (NOGRID=1: none);
-# HEADLINE_STOP=N starts the headline runs (below); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
+# HEADLINE_STOP=N starts the headline runs (below; HEADLINE_CONFIGS, HEADLINE_REGIMES, HEADLINE_LRS pick them, default
+# mamba2 and mamba2_hax, fp32,bf16-pure, 1e-3: the 2026-12-07 runs; bf16-pure at 3e-3 is the rate that trains, README Results); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
 # GRID_BG=1 starts the grid in the background right after the timing stages (bench_eval, scanfast, ssdtc,
 # windowtile, batch, profile: PROFILE_CONFIGS="config:regime ..."), so it trains while the other stages run.
 set -u
@@ -212,8 +213,8 @@ HL=results/headline
 hl_alive() { local p; p=$(cat $HL/.table1_local/driver.pid 2>/dev/null) && kill -0 "$p" 2>/dev/null; }
 if [ -n "${HEADLINE_STOP:-}" ] && [ ! -e results/stages/headline ] && ! hl_alive; then
   while [ ! -e results/stages/datagen ]; do sleep 2; done
-  jobs/table1_local.sh --steps 400000 --configs configs/mamba2.yaml,configs/mamba2_hax.yaml --regimes fp32,bf16-pure \
-    --jobs 4 --mps --background --train-args "data.path=data/joint_recall train.valid_every=1000 --stop-after-step $HEADLINE_STOP" \
+  jobs/table1_local.sh --steps 400000 --configs ${HEADLINE_CONFIGS:-configs/mamba2.yaml,configs/mamba2_hax.yaml} \
+    --regimes ${HEADLINE_REGIMES:-fp32,bf16-pure} --lrs ${HEADLINE_LRS:-1e-3} --jobs 4 --mps --background --train-args "data.path=data/joint_recall train.valid_every=1000 --stop-after-step $HEADLINE_STOP" \
     $HL > $R/headline_start.txt 2>&1
   log "headline: $(tail -n 1 $R/headline_start.txt)"
 fi
