@@ -194,6 +194,29 @@ __device__ __forceinline__ void ssd_tc_each(F f) {
     }
 }
 
+// G_ij = C_i·B_j over a chunk's positions i, j (Cs, Bs: [SSD_Q][16·RN + 1]
+// tiles, N features) into Gs [SSD_Q][SSD_QP]: the forward's and the
+// backward's chunk kernels both start from it. TC: on tensor cores.
+template <int RN, bool TC>
+__device__ __forceinline__ void ssd_gram(float *Gs, const float *Cs, const float *Bs, int N) {
+    const int ldN = 16 * RN + 1;
+    if constexpr (TC) {
+        ssd_tc_acc<4, 8> acc;
+        ssd_tc_zero(acc);
+        ssd_mm_tc<4, 8, 2 * RN>(acc, Cs, ldN, 1, Bs, 1, ldN);
+        ssd_tc_each<4, 8>([&](int s, int r, int i, int j) { Gs[i * SSD_QP + j] = acc.v[s][r]; });
+    } else {
+        int tx = threadIdx.x & 15, ty = threadIdx.x >> 4;
+        float acc[4][4];
+        ssd_zero(acc);
+        ssd_mm(acc, Cs, ldN, 1, Bs, 1, ldN, N);
+#pragma unroll
+        for (int r = 0; r < 4; r++)
+#pragma unroll
+            for (int c = 0; c < 4; c++) Gs[(ty + 16 * r) * SSD_QP + tx + 16 * c] = acc[r][c];
+    }
+}
+
 // rows × cols of a global matrix (row t0 + i, column col0 + j) into a shared
 // [R][ld] tile, zero outside L rows and cols columns (R·16 ≥ rows).
 __device__ __forceinline__ void ssd_load(float *dst, int ld, int R, int W, const float *src, int ld_src, int t0,
@@ -303,20 +326,7 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_out_kernel(ssd_args g)
     ssd_load(Bs, ldN, SSD_Q, 16 * RN, g.B, g.ld_bc, t0, 0, L, N);
     ssd_load(Cs, ldN, SSD_Q, 16 * RN, g.C, g.ld_bc, t0, 0, L, N);
     __syncthreads();
-    if constexpr (TC) {
-        ssd_tc_acc<4, 8> acc;
-        ssd_tc_zero(acc);
-        ssd_mm_tc<4, 8, 2 * RN>(acc, Cs, ldN, 1, Bs, 1, ldN);  // G_ij = C_i·B_j
-        ssd_tc_each<4, 8>([&](int s, int r, int i, int j) { Gs[i * SSD_QP + j] = acc.v[s][r]; });
-    } else {
-        float acc[4][4];
-        ssd_zero(acc);
-        ssd_mm(acc, Cs, ldN, 1, Bs, 1, ldN, N);  // G_ij = C_i·B_j
-#pragma unroll
-        for (int r = 0; r < 4; r++)
-#pragma unroll
-            for (int c = 0; c < 4; c++) Gs[(ty + 16 * r) * SSD_QP + tx + 16 * c] = acc[r][c];
-    }
+    ssd_gram<RN, TC>(Gs, Cs, Bs, N);
     for (int h = 0; h < g.H; h++) {
         ssd_load(X, ldP, SSD_Q, 16 * RP, g.x, g.ld_x, t0, h * P, L, P);
         ssd_load(Si, ldN, 16 * RP, 16 * RN, g.S + ((size_t)blockIdx.x * g.H + h) * P * N, N, 0, 0, P, N);

@@ -84,20 +84,7 @@ __global__ static void __launch_bounds__(SSD_THREADS) ssd_bwd_kernel(ssd_args g)
     ssd_load(Bs, ldN, SSD_Q, 16 * RN, g.B, g.ld_bc, t0, 0, L, N);
     ssd_load(Cs, ldN, SSD_Q, 16 * RN, g.C, g.ld_bc, t0, 0, L, N);
     __syncthreads();
-    if constexpr (TC) {
-        ssd_tc_acc<4, 8> acc;
-        ssd_tc_zero(acc);
-        ssd_mm_tc<4, 8, 2 * RN>(acc, Cs, ldN, 1, Bs, 1, ldN);  // G_ij = C_i·B_j
-        ssd_tc_each<4, 8>([&](int s, int r, int i, int j) { Gs[i * QP + j] = acc.v[s][r]; });
-    } else {
-        float acc[4][4];
-        ssd_zero(acc);
-        ssd_mm(acc, Cs, ldN, 1, Bs, 1, ldN, N);  // G_ij = C_i·B_j
-#pragma unroll
-        for (int r = 0; r < 4; r++)
-#pragma unroll
-            for (int c = 0; c < 4; c++) Gs[(ty + 16 * r) * QP + tx + 16 * c] = acc[r][c];
-    }
+    ssd_gram<RN, TC>(Gs, Cs, Bs, N);
     // Sums over heads, in head order, held by the thread that owns the entries
     // (TC: the t* ones, in the mma's layout; the unused set is optimised away).
     float Wsum[4][4], dCacc[4][RN], dBacc[4][RN];
