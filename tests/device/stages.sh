@@ -11,7 +11,8 @@
 # HEADLINE_STOP=N starts the headline runs (below; HEADLINE_CONFIGS, HEADLINE_REGIMES, HEADLINE_LRS pick them, default
 # mamba2 and mamba2_hax, fp32,bf16-pure, 1e-3: the 2026-12-07 runs; bf16-pure at 3e-3 is the rate that trains, README Results); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
 # GRID_BG=1 starts the grid in the background right after the timing stages (bench_eval, scanfast, ssdtc,
-# windowtile, batch, profile: PROFILE_CONFIGS="config:regime ..."), so it trains while the other stages run.
+# windowtile, batch, profile: PROFILE_CONFIGS="config:regime ...", stalls: STALLS="name:config:regex[:env] ..."),
+# so it trains while the other stages run.
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
 # each starts its own MPS control daemon: one driver at a time on the GPU
@@ -180,6 +181,20 @@ if want profile 100; then
       --reps 3 --eval 0 > $R/ncu_${n}_$p.csv 2> $R/ncu_${n}_$p.err
     python3 tests/device/ncu_sum.py $R/ncu_${n}_$p.csv 6 > $R/ncu_${n}_$p.txt 2>&1; done; fi  # 3 warm-up + 3 steps
   rm -f $R/*.nsys-rep $R/*.sqlite; done_ profile
+fi
+# why the largest kernels run below both roofs (issue 11): Nsight Compute's sections (throughput, occupancy,
+# warp states, memory, schedulers) for the 4 first launches of each kernel family, whole text in $R/stalls/,
+# the lines that answer "smem- or latency-bound?" in $R/stalls/summary.txt. STALLS="name:config:regex[:env] ..."
+if want stalls 120; then
+  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1); mkdir -p $R/stalls
+  S="--section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SchedulerStats"
+  for c in ${STALLS:-ssd:mamba2:ssd_.*_kernel ssdtc:mamba2:ssd_.*_kernel:HAX_SSD_MMA=tc branch:mamba2_hax:attn_bwd_k_kernel|attn_bwd_q|gather_fwd|ks_targets_new conv:mamba2:conv_bwd_kernel|gated_bwd_kernel|rmsnorm_bwd scan:mamba:chunk_bwd}; do
+    IFS=: read -r n cf rx ev <<< "$c"
+    [ -n "$NCU" ] && [ "$(left)" -gt 70 ] || break
+    env $ev timeout 60 $NCU $S -k "regex:$rx" -c 4 build/gpu/bench_gpu --only $cf --precision fp32 --eval 0 --reps 1 > $R/stalls/$n.txt 2>&1
+    { echo "== $n ($cf, $rx ${ev:-})"; grep -E "^  [A-Za-z_].*\(|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per|Compute \(SM\) Throughput|Memory Throughput|Shared Memory|L1/TEX Hit|L2 Hit|Issued Warp Per|No Eligible|Block Limit|Warp Cycles Per Issued" $R/stalls/$n.txt; } >> $R/stalls/summary.txt
+  done
+  log "stalls: ncu $NCU, $(grep -c '^==' $R/stalls/summary.txt 2>/dev/null) families"; done_ stalls
 fi
 # the reduced Table 1 grid (issue 12): GRID_CONFIGS x GRID_REGIMES, 30,000 steps, 4 at a time under
 # MPS, a driver in the background with a time limit 40 s before the call's end (then checkpoints);
