@@ -11,7 +11,7 @@
 # HEADLINE_STOP=N starts the headline runs (below; HEADLINE_CONFIGS, HEADLINE_REGIMES, HEADLINE_LRS pick them, default
 # mamba2 and mamba2_hax, fp32,bf16-pure, 1e-3: the 2026-12-07 runs; bf16-pure at 3e-3 is the rate that trains, README Results); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
 # GRID_BG=1 starts the grid in the background right after the timing stages (bench_eval, scanfast, ssdtc,
-# windowtile, batch, profile: PROFILE_CONFIGS="config:regime ...", stalls: STALLS="name:config:regex[:env] ..."),
+# tcskip, convsub, windowtile, batch, profile: PROFILE_CONFIGS="config:regime ...", stalls: STALLS="name:config:regex[:env] ..."),
 # so it trains while the other stages run.
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
@@ -147,6 +147,29 @@ if want ssdtc 150; then
   for p in fp32 bf16-pure; do for v in fma tc; do HAX_SSD_MMA=$v timeout $(( $(left) - 60 )) build/gpu/bench_gpu --only mamba2,mamba2_hax \
     --precision $p --eval 0 --reps 30 > $R/bench_ssdtc_${v}_$p.txt 2>&1; done; done
   done_ ssdtc
+fi
+# A/B builds aside (issue 11), each in a copy of the tree under /tmp, timed against this tree's build:
+# tcskip: the tc SSD skipping an mma whose operands' lo halves are all zero (warp vote; bf16-valued operands
+# need one mma, not three), tests/device/patches/ssd_tc_skip.patch, not in main until measured: gpu_scans'
+# checks and TIME lines, then bench_gpu mamba2,mamba2_hax with HAX_SSD_MMA=tc, fp32 and bf16-pure;
+# convsub: the conv backward with CONV_SUB 8 threads per (chunk, channel), not 4: gpu_ops' conv TIME lines
+if want tcskip 120; then
+  rm -rf /tmp/tcskip && cp -a . /tmp/tcskip
+  if (cd /tmp/tcskip && git apply tests/device/patches/ssd_tc_skip.patch && $M build/gpu/gpu_scans build/gpu/bench_gpu) > $R/tcskip_make.log 2>&1; then
+    (cd /tmp/tcskip && timeout 60 build/gpu/gpu_scans > $R/tcskip_scans.txt 2>&1)
+    for p in fp32 bf16-pure; do (cd /tmp/tcskip && HAX_SSD_MMA=tc timeout 40 build/gpu/bench_gpu --only mamba2,mamba2_hax \
+      --precision $p --eval 0 --reps 30 > $R/tcskip_bench_$p.txt 2>&1); done
+    log "tcskip: gpu_scans: $(tail -n 1 $R/tcskip_scans.txt); $(awk '/^TIME ssd (fwd|bwd) (fma|tc) /{printf "%s %s %s ms; ", $3, $4, $(NF-1)}' $R/tcskip_scans.txt)"
+  else log "tcskip: build failed ($(tail -n 1 $R/tcskip_make.log))"; fi
+  done_ tcskip
+fi
+if want convsub 60; then
+  rm -rf /tmp/convsub && cp -a . /tmp/convsub && touch /tmp/convsub/cuda/ops/conv.cu
+  if (cd /tmp/convsub && $M NVCCFLAGS="-O3 -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Wextra,-Werror -I. -DCONV_SUB=8" build/gpu/gpu_ops) > $R/convsub_make.log 2>&1; then
+    timeout 30 build/gpu/gpu_ops > $R/convsub_4.txt 2>&1; (cd /tmp/convsub && timeout 30 build/gpu/gpu_ops > $R/convsub_8.txt 2>&1)
+    log "convsub: 4: $(grep -h 'TIME conv+silu bwd' $R/convsub_4.txt | tr -s ' '); 8: $(grep -h 'TIME conv+silu bwd' $R/convsub_8.txt | tr -s ' '); $(tail -n 1 $R/convsub_8.txt)"
+  else log "convsub: build failed ($(tail -n 1 $R/convsub_make.log))"; fi
+  done_ convsub
 fi
 # the tiled window attention (HAX_WINDOW_ATTN=tiled, cuda/ops/attn.cu) against today's kernels: gpu_ops'
 # old-vs-tiled bit checks and TIME attn fwd|dq|dkv old|tiled lines at the paper size, then Samba's whole
