@@ -11,7 +11,7 @@
 # HEADLINE_STOP=N starts the headline runs (below; HEADLINE_CONFIGS, HEADLINE_REGIMES, HEADLINE_LRS pick them, default
 # mamba2 and mamba2_hax, fp32,bf16-pure, 1e-3: the 2026-12-07 runs; bf16-pure at 3e-3 is the rate that trains, README Results); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
 # GRID_BG=1 starts the grid in the background right after the timing stages (bench_eval, scanfast, ssdtc,
-# tcskip, convsub, windowtile, batch, profile: PROFILE_CONFIGS="config:regime ...", stalls: STALLS="name:config:regex[:env] ..."),
+# tcskip, convsub, ksv4, windowtile, batch, profile: PROFILE_CONFIGS="config:regime ...", stalls: STALLS="name:config:regex[:env] ..."),
 # so it trains while the other stages run.
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
@@ -170,6 +170,19 @@ if want convsub 60; then
     log "convsub: 4: $(grep -h 'TIME conv+silu bwd' $R/convsub_4.txt | tr -s ' '); 8: $(grep -h 'TIME conv+silu bwd' $R/convsub_8.txt | tr -s ' '); $(tail -n 1 $R/convsub_8.txt)"
   else log "convsub: build failed ($(tail -n 1 $R/convsub_make.log))"; fi
   done_ convsub
+fi
+# ksv4: key selection's targets kernel reading the query rows as float4 (tests/device/patches/ks_targets_v4.patch,
+# the same sums; not in main until measured): gpu_sparse_ks' checks and TIME lines, then bench_gpu mamba2_hax
+# fp32, in this tree and in the copy
+if want ksv4 120; then
+  rm -rf /tmp/ksv4 && cp -a . /tmp/ksv4
+  if (cd /tmp/ksv4 && git apply tests/device/patches/ks_targets_v4.patch && $M build/gpu/gpu_sparse_ks build/gpu/bench_gpu) > $R/ksv4_make.log 2>&1; then
+    for d in . /tmp/ksv4; do v=$([ $d = . ] && echo main || echo v4)
+      (cd $d && timeout 60 build/gpu/gpu_sparse_ks > $R/ksv4_ks_$v.txt 2>&1
+       timeout 30 build/gpu/bench_gpu --only mamba2_hax,mamba_hax --precision fp32 --eval 0 --reps 30 > $R/ksv4_bench_$v.txt 2>&1); done
+    log "ksv4: gpu_sparse_ks v4: $(tail -n 1 $R/ksv4_ks_v4.txt); forward new main | v4: $(grep -h 'TIME ks forward new' $R/ksv4_ks_main.txt $R/ksv4_ks_v4.txt | awk '{printf "%s ms ", $(NF-2)}')"
+  else log "ksv4: build failed ($(tail -n 1 $R/ksv4_make.log))"; fi
+  done_ ksv4
 fi
 # the tiled window attention (HAX_WINDOW_ATTN=tiled, cuda/ops/attn.cu) against today's kernels: gpu_ops'
 # old-vs-tiled bit checks and TIME attn fwd|dq|dkv old|tiled lines at the paper size, then Samba's whole
