@@ -148,14 +148,20 @@ if want ssdtc 150; then
     --precision $p --eval 0 --reps 30 > $R/bench_ssdtc_${v}_$p.txt 2>&1; done; done
   done_ ssdtc
 fi
+# aside NAME PATCH|- [MAKE ARGS...]: a copy of the tree in /tmp/NAME, PATCH applied (- none), then $M with the
+# args there (make log in $R/NAME_make.log); false when the patch or the build fails. A stage that changes
+# only compile flags names the files they reach with make's -W: make does not see a flag change.
+aside() {
+  local n=$1 p=$2; shift 2
+  rm -rf /tmp/$n && cp -a . /tmp/$n && (cd /tmp/$n && { [ "$p" = - ] || git apply "$p"; } && $M "$@") > $R/${n}_make.log 2>&1
+}
 # A/B builds aside (issue 11), each in a copy of the tree under /tmp, timed against this tree's build:
 # tcskip: the tc SSD skipping an mma whose operands' lo halves are all zero (warp vote; bf16-valued operands
 # need one mma, not three), tests/device/patches/ssd_tc_skip.patch, not in main until measured: gpu_scans'
 # checks and TIME lines, then bench_gpu mamba2,mamba2_hax with HAX_SSD_MMA=tc, fp32 and bf16-pure;
 # convsub: the conv backward with CONV_SUB 8 threads per (chunk, channel), not 4: gpu_ops' conv TIME lines
 if want tcskip 120; then
-  rm -rf /tmp/tcskip && cp -a . /tmp/tcskip
-  if (cd /tmp/tcskip && git apply tests/device/patches/ssd_tc_skip.patch && $M build/gpu/gpu_scans build/gpu/bench_gpu) > $R/tcskip_make.log 2>&1; then
+  if aside tcskip tests/device/patches/ssd_tc_skip.patch build/gpu/gpu_scans build/gpu/bench_gpu; then
     (cd /tmp/tcskip && timeout 60 build/gpu/gpu_scans > $R/tcskip_scans.txt 2>&1)
     for p in fp32 bf16-pure; do (cd /tmp/tcskip && HAX_SSD_MMA=tc timeout 40 build/gpu/bench_gpu --only mamba2,mamba2_hax \
       --precision $p --eval 0 --reps 30 > $R/tcskip_bench_$p.txt 2>&1); done
@@ -164,8 +170,8 @@ if want tcskip 120; then
   done_ tcskip
 fi
 if want convsub 60; then
-  rm -rf /tmp/convsub && cp -a . /tmp/convsub && touch /tmp/convsub/cuda/ops/conv.cu
-  if (cd /tmp/convsub && $M NVCCFLAGS="-O3 -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Wextra,-Werror -I. -DCONV_SUB=8" build/gpu/gpu_ops) > $R/convsub_make.log 2>&1; then
+  # NVCCFLAGS: the Makefile's default, plus the define
+  if aside convsub - -W cuda/ops/conv.cu NVCCFLAGS="-O3 -std=c++17 -arch=sm_90 -Xcompiler -Wall,-Wextra,-Werror -I. -DCONV_SUB=8" build/gpu/gpu_ops; then
     timeout 30 build/gpu/gpu_ops > $R/convsub_4.txt 2>&1; (cd /tmp/convsub && timeout 30 build/gpu/gpu_ops > $R/convsub_8.txt 2>&1)
     log "convsub: 4: $(grep -h 'TIME conv+silu bwd' $R/convsub_4.txt | tr -s ' '); 8: $(grep -h 'TIME conv+silu bwd' $R/convsub_8.txt | tr -s ' '); $(tail -n 1 $R/convsub_8.txt)"
   else log "convsub: build failed ($(tail -n 1 $R/convsub_make.log))"; fi
@@ -175,8 +181,7 @@ fi
 # the same sums; not in main until measured): gpu_sparse_ks' checks and TIME lines, then bench_gpu mamba2_hax
 # fp32, in this tree and in the copy
 if want ksv4 120; then
-  rm -rf /tmp/ksv4 && cp -a . /tmp/ksv4
-  if (cd /tmp/ksv4 && git apply tests/device/patches/ks_targets_v4.patch && $M build/gpu/gpu_sparse_ks build/gpu/bench_gpu) > $R/ksv4_make.log 2>&1; then
+  if aside ksv4 tests/device/patches/ks_targets_v4.patch build/gpu/gpu_sparse_ks build/gpu/bench_gpu; then
     for d in . /tmp/ksv4; do v=$([ $d = . ] && echo main || echo v4)
       (cd $d && timeout 60 build/gpu/gpu_sparse_ks > $R/ksv4_ks_$v.txt 2>&1
        timeout 30 build/gpu/bench_gpu --only mamba2_hax,mamba_hax --precision fp32 --eval 0 --reps 30 > $R/ksv4_bench_$v.txt 2>&1); done
@@ -200,6 +205,8 @@ if want batch 100; then
     --eval 0 --reps 20 --batch $b > $R/bench_batch_$b.txt 2>&1; done
   done_ batch
 fi
+# Nsight Compute: on PATH, else where the toolkit or its own installer puts it (stages profile, stalls)
+ncu_bin() { command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1; }
 if want profile 100; then
   PROF=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n 1)
   log "nsys: $PROF"
@@ -210,7 +217,7 @@ if want profile 100; then
   done
   # no Nsight Systems on the lent machines so far: Nsight Compute's per-kernel durations instead
   # (every kernel replayed for its metric: slow, so 3 steps of each config)
-  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
+  NCU=$(ncu_bin)
   if [ -z "$PROF" ] && [ -n "$NCU" ]; then for c in ${PROFILE_CONFIGS:-mamba2_hax:fp32 mamba2:fp32 mamba_hax:fp32 samba:fp32}; do
     n=${c%%:*}; p=${c#*:}
     timeout 60 $NCU --metrics gpu__time_duration.sum --csv --print-units base build/gpu/bench_gpu --only $n --precision $p \
@@ -222,7 +229,7 @@ fi
 # warp states, memory, schedulers) for the 4 first launches of each kernel family, whole text in $R/stalls/,
 # the lines that answer "smem- or latency-bound?" in $R/stalls/summary.txt. STALLS="name:config:regex[:env] ..."
 if want stalls 120; then
-  NCU=$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1); mkdir -p $R/stalls
+  NCU=$(ncu_bin); mkdir -p $R/stalls
   S="--section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SchedulerStats"
   for c in ${STALLS:-ssd:mamba2:ssd_.*_kernel ssdtc:mamba2:ssd_.*_kernel:HAX_SSD_MMA=tc branch:mamba2_hax:attn_bwd_k_kernel|attn_bwd_q|gather_fwd|ks_targets_new conv:mamba2:conv_bwd_kernel|gated_bwd_kernel|rmsnorm_bwd scan:mamba:chunk_bwd}; do
     IFS=: read -r n cf rx ev <<< "$c"
