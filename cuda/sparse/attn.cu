@@ -414,7 +414,9 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
     cu_sp_phase(st, "attention dQ");
     cu_sp_transpose(st, seq_off);
     cu_sp_phase(st, "transposed lists");
-    if (st->attn_old == 0) {
+    if (st->kv_tile && cu_sp_tile_fits(st)) {
+        cu_sp_tile_backward_kv(st, dattn, ld_dattn, dV, ld_dv);
+    } else if (st->attn_old == 0) {
         cu_sp_gather_backward_kv(st, dattn, ld_dattn, dV, ld_dv);
     } else {
         attn_bwd_k_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, dV, ld_dv, st->allow_ds, st->allow_p,

@@ -469,6 +469,156 @@ __global__ static void __launch_bounds__(32 * WARPS, EU == 4 ? 4 : 1)
     }
 }
 
+// ---------------------------------------------------------------- dK, dV by dense tiles
+
+// The same sums as gather_bwd_kv_kernel, as small dense products: a block
+// takes TILE_K consecutive keys and walks the queries in rounds of TILE_Q
+// rows, starting each round at the smallest next holder of its keys, cs. A
+// round writes the keys' list entries with holder t in [cs, cs + TILE_Q)
+// into two zeroed TILE_Q x TILE_K tiles (d score and P, from the transposed
+// lists), stages those rows' dattn_t and Q_t, and then every thread adds, for
+// its 4 keys and 10 columns, all TILE_Q rows in ascending order:
+// dK_j += dS_tj Q_t, dV_j += P_tj dattn_t. A row that key j does not hold
+// adds 0 * x, which leaves a finite sum as it was (bit for bit: the
+// accumulators start at +0, and x + (+-0) = x), so each element gets the list
+// kernels' products in their order, holders ascending. The work no longer
+// depends on how the entries fall on keys: a key-selection pick with hundreds
+// of holders is spread over the block's 256 threads instead of one warp.
+// (Rows nobody in the tile holds are staged as zeros, so a non-finite value
+// there cannot reach a key; a non-finite value in a held row reaches every
+// key of the tile, where the list kernels give it only to its holders: the
+// step's gradient is then non-finite either way.) Small rows only: N <= 32,
+// E <= 128 (the paper's models).
+#define TILE_K 64
+#define TILE_Q 64
+#define TILE_LD (TILE_K + 4)  // d score / P tile rows: 4 floats of padding, so the scatter's column
+                              // writes (one key, rows from all lanes) meet at most 4 to a bank
+#define TILE_E 128
+#define TILE_N 32
+#define TILE_KEYS_W (TILE_K / WARPS)  // keys per warp in the scatter
+
+static size_t tile_smem_bytes(void) { return sizeof(float) * (2 * TILE_Q * TILE_LD + TILE_Q * (TILE_E + TILE_N)); }
+
+__device__ __forceinline__ void fma4(float4 &acc, float s, float4 a) {
+    acc.x += s * a.x, acc.y += s * a.y, acc.z += s * a.z, acc.w += s * a.w;
+}
+
+__global__ static void __launch_bounds__(32 * WARPS, 2)
+    tile_bwd_kv_kernel(float *dKQ, float *dV, int ld_dv, const float *allow_ds, const float *allow_p,
+                       const int *tr_off, const int *tr_cnt, const int *tr_ent, const float *KQ,
+                       const float *dattn, int ld_dattn, int n_tok, int N, int E, int cap) {
+    extern __shared__ float4 tile4[];
+    float *S = (float *)tile4, *P = S + TILE_Q * TILE_LD, *A = P + TILE_Q * TILE_LD, *Q = A + TILE_Q * TILE_E;
+    __shared__ int at_s[TILE_K], left_s[TILE_K], next_s[TILE_K];  // each key's list: next entry, entries left,
+                                                                 // its holder (or a lower bound; INT_MAX: done)
+    __shared__ unsigned used[2];  // the rows of the round some key holds (TILE_Q = 64)
+    __shared__ int cs_s;
+    int tid = threadIdx.x, w = tid / 32, lane = tid & 31, ldkq = 2 * N, j0 = blockIdx.x * TILE_K;
+    if (tid < TILE_K) {
+        int j = j0 + tid, a = j < n_tok ? tr_off[j] : 0, n = j < n_tok ? tr_cnt[j] : 0;
+        at_s[tid] = a, left_s[tid] = n, next_s[tid] = n > 0 ? tr_ent[a] / cap : INT_MAX;
+    }
+    int ty = tid / 16, tx = tid % 16;  // keys 4ty..4ty+3; dV columns 4tx.. and 64 + 4tx..; dK columns tx, 16 + tx
+    float4 dv[4][2];
+    float dk[4][2];
+#pragma unroll
+    for (int k = 0; k < 4; k++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) dv[k][h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f), dk[k][h] = 0.0f;
+    for (;;) {
+        __syncthreads();  // the lists' state written; the previous round's products done
+        if (w == 0) {
+            int m = min(next_s[lane], next_s[lane + 32]);
+            for (int o = 16; o > 0; o >>= 1) m = min(m, __shfl_xor_sync(FULL_MASK, m, o));
+            if (lane == 0) cs_s = m;
+            if (lane < 2) used[lane] = 0;
+        }
+        for (int i = tid; i < 2 * TILE_Q * TILE_LD / 4; i += 32 * WARPS) tile4[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        __syncthreads();
+        int cs = cs_s;
+        if (cs == INT_MAX) break;  // every key's list is done (the same for the whole block)
+        // The scatter, in passes: each of the warp's keys whose next holder
+        // may lie in the round loads its next window (up to 32 entries, one per
+        // lane) at once, and writes the entries below cs + TILE_Q.
+        unsigned mark0 = 0, mark1 = 0;  // the rows [0, 32) and [32, 64) this lane wrote
+        for (;;) {
+            int slot[TILE_KEYS_W];
+            unsigned act = 0;
+#pragma unroll
+            for (int k = 0; k < TILE_KEYS_W; k++) {
+                int key = w * TILE_KEYS_W + k, on = next_s[key] < cs + TILE_Q;
+                act |= (unsigned)on << k;
+                slot[k] = on && lane < left_s[key] ? tr_ent[at_s[key] + lane] : -1;
+            }
+            if (!act) break;  // the same for the whole warp
+            float d[TILE_KEYS_W], p[TILE_KEYS_W];
+#pragma unroll
+            for (int k = 0; k < TILE_KEYS_W; k++)
+                d[k] = slot[k] >= 0 ? allow_ds[slot[k]] : 0.0f, p[k] = slot[k] >= 0 ? allow_p[slot[k]] : 0.0f;
+            __syncwarp();  // every lane has read the lists' state before lane 0 moves it on
+#pragma unroll
+            for (int k = 0; k < TILE_KEYS_W; k++) {
+                if (!(act >> k & 1)) continue;
+                int key = w * TILE_KEYS_W + k, g = slot[k] >= 0 ? slot[k] / cap : INT_MAX, in = g < cs + TILE_Q;
+                if (in) {
+                    int r = g - cs;
+                    S[r * TILE_LD + key] = d[k], P[r * TILE_LD + key] = p[k];
+                    if (r < 32) mark0 |= 1u << r;
+                    else mark1 |= 1u << (r - 32);
+                }
+                int n = __popc(__ballot_sync(FULL_MASK, in)), left = left_s[key] - n;
+                // the next holder: the first lane not taken; after a whole window, only a lower bound
+                int nxt = n < 32 ? __shfl_sync(FULL_MASK, g, n) : __shfl_sync(FULL_MASK, g, 31) + 1;
+                __syncwarp();
+                if (lane == 0) at_s[key] += n, left_s[key] = left, next_s[key] = left > 0 ? nxt : INT_MAX;
+                __syncwarp();
+            }
+        }
+        mark0 = __reduce_or_sync(FULL_MASK, mark0), mark1 = __reduce_or_sync(FULL_MASK, mark1);
+        if (lane == 0 && mark0) atomicOr(&used[0], mark0);
+        if (lane == 0 && mark1) atomicOr(&used[1], mark1);
+        __syncthreads();
+        // the rows of the round (zeros where nobody holds the row, and past E and N)
+        for (int i = tid; i < TILE_Q * TILE_E; i += 32 * WARPS) {
+            int r = i / TILE_E, c = i % TILE_E;
+            A[i] = c < E && (used[r / 32] >> (r % 32) & 1) ? dattn[(size_t)(cs + r) * ld_dattn + c] : 0.0f;
+        }
+        for (int i = tid; i < TILE_Q * TILE_N; i += 32 * WARPS) {
+            int r = i / TILE_N, c = i % TILE_N;
+            Q[i] = c < N && (used[r / 32] >> (r % 32) & 1) ? KQ[(size_t)(cs + r) * ldkq + N + c] : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll 4
+        for (int r = 0; r < TILE_Q; r++) {
+            float4 s = ((const float4 *)(S + r * TILE_LD))[ty], p = ((const float4 *)(P + r * TILE_LD))[ty];
+            float4 a0 = ((const float4 *)(A + r * TILE_E))[tx], a1 = ((const float4 *)(A + r * TILE_E))[16 + tx];
+            float q0 = Q[r * TILE_N + tx], q1 = Q[r * TILE_N + 16 + tx];
+            float sk[4] = {s.x, s.y, s.z, s.w}, pk[4] = {p.x, p.y, p.z, p.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                fma4(dv[k][0], pk[k], a0), fma4(dv[k][1], pk[k], a1);
+                dk[k][0] += sk[k] * q0, dk[k][1] += sk[k] * q1;
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        int j = j0 + 4 * ty + k;
+        if (j >= n_tok) continue;
+        float *dk_row = dKQ + (size_t)j * ldkq, *dv_row = dV + (size_t)j * ld_dv;
+        if (tx < N) dk_row[tx] = dk[k][0];
+        if (16 + tx < N) dk_row[16 + tx] = dk[k][1];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float a[4] = {dv[k][h].x, dv[k][h].y, dv[k][h].z, dv[k][h].w};
+            for (int i = 0; i < 4; i++) {
+                int c = 64 * h + 4 * tx + i;
+                if (c < E) dv_row[c] += a[i];
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------- launches
 
 // The small instances (EU 4, FU 1) serve E <= 128 and N <= 32 (the paper's models).
@@ -482,6 +632,9 @@ void cu_sp_gather_setup(void) {
     // limit, not the size launched; the small instance stays under 21 KiB).
     int bytes = (int)kv_smem_bytes(32 * CU_SP_FPL, 32 * CU_SP_EPL);
     CUDA_CHECK(cudaFuncSetAttribute(gather_bwd_kv_kernel<8, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    // the dense tiles' 74 KiB: 2 blocks per SM
+    CUDA_CHECK(cudaFuncSetAttribute(tile_bwd_kv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)tile_smem_bytes()));
 }
 
 void cu_sp_gather_forward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, float *attn,
@@ -529,5 +682,15 @@ void cu_sp_gather_backward_kv(cu_sparse_state *st, const float *dattn, int ld_da
         gather_bwd_kv_kernel<8, 4><<<blocks, 32 * WARPS, smem, sm>>>(
             st->dKQ, dV, ld_dv, st->allow_ds, st->allow_p, st->tr_off, st->tr_cnt, st->tr_ent, st->KQ, dattn,
             ld_dattn, n_tok, st->N, st->E, st->row_cap);
+    CUDA_LAUNCHED();
+}
+
+int cu_sp_tile_fits(const cu_sparse_state *st) { return st->N <= TILE_N && st->E <= TILE_E; }
+
+void cu_sp_tile_backward_kv(cu_sparse_state *st, const float *dattn, int ld_dattn, float *dV, int ld_dv) {
+    int n_tok = st->n_tok;
+    tile_bwd_kv_kernel<<<cu_blocks(n_tok, TILE_K), 32 * WARPS, tile_smem_bytes(), cu_stream()>>>(
+        st->dKQ, dV, ld_dv, st->allow_ds, st->allow_p, st->tr_off, st->tr_cnt, st->tr_ent, st->KQ, dattn, ld_dattn,
+        n_tok, st->N, st->E, st->row_cap);
     CUDA_LAUNCHED();
 }

@@ -170,6 +170,10 @@ void cu_sp_gather_forward(cu_sparse_state *st, const int *seq_off, const float *
 void cu_sp_gather_backward_q(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, const float *dattn,
                              int ld_dattn);
 void cu_sp_gather_backward_kv(cu_sparse_state *st, const float *dattn, int ld_dattn, float *dV, int ld_dv);
+// dK/dV as dense tiles of the sparse d score and P (st->kv_tile, HAX_SPARSE_KV):
+// the same bits as cu_sp_gather_backward_kv; cu_sp_tile_fits: N <= 32, E <= 128.
+int cu_sp_tile_fits(const cu_sparse_state *st);
+void cu_sp_tile_backward_kv(cu_sparse_state *st, const float *dattn, int ld_dattn, float *dV, int ld_dv);
 // cuda/sparse/empty.cu, reference semantics only (no-ops in causal): S_V of
 // the sequences with an empty row into st->seq_sv (forward, before the
 // attention), and the empty rows' backward added into st->dKQ and dV (after

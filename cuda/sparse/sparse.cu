@@ -99,6 +99,8 @@ static size_t ks_bytes(const hax_model_config *cfg, int max_tok, int max_seq) {
     return sizeof(cuda_ks_state) + cuda_ks_state_bytes(max_tok, max_seq, cfg->state_size, cfg->k_c);
 }
 
+extern "C" int cuda_sparse_kv_tile_fits(const cu_sparse_state *st) { return cu_sp_tile_fits(st); }
+
 extern "C" size_t cuda_sparse_state_bytes(const hax_model_config *cfg, int max_tok, int max_seq,
                                           int max_len) {
     cu_sparse_state st = {};
@@ -122,6 +124,16 @@ static int attn_old_env(void) {
     return env;
 }
 
+// HAX_SPARSE_KV: `tile` (1, the default) computes dK/dV by dense tiles
+// (cu_sp_tile_backward_kv: the same bits, the work independent of how many
+// queries hold a key), `list` (0) by the transposed lists as HAX_SPARSE_ATTN
+// says; read once.
+static int kv_tile_env(void) {
+    static int env = -1;
+    if (env < 0) env = hax_env_choice("HAX_SPARSE_KV", "list tile", 1);
+    return env;
+}
+
 // The device memory block is stored right after the KS state (or alone).
 typedef struct {
     cu_sparse_state st;
@@ -142,6 +154,7 @@ extern "C" cu_sparse_state *cuda_sparse_state_alloc(const hax_model_config *cfg,
     cu_sparse_state *st = &box->st;
     fill_shape(st, cfg, max_tok, max_seq, max_len);
     st->attn_old = attn_old_env();
+    st->kv_tile = kv_tile_env();
     st->ks_old = cuda_ks_old_kernels();
     st->long_mode = cuda_sparse_long_env();
     carver c = {NULL, 0};

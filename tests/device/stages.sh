@@ -11,7 +11,7 @@
 # HEADLINE_STOP=N starts the headline runs (below; HEADLINE_CONFIGS, HEADLINE_REGIMES, HEADLINE_LRS pick them, default
 # mamba2 and mamba2_hax, fp32,bf16-pure, 1e-3: the 2026-12-07 runs; bf16-pure at 3e-3 is the rate that trains, README Results); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
 # GRID_BG=1 starts the grid in the background right after the timing stages (bench_eval, scanfast, ssdtc,
-# tcskip, convsub, ksv4, windowtile, batch, profile: PROFILE_CONFIGS="config:regime ...", stalls: STALLS="name:config:regex[:env] ..."),
+# kvtile, tcskip, convsub, ksv4, windowtile, batch, profile: PROFILE_CONFIGS="config:regime ...", stalls: STALLS="name:config:regex[:env] ..."),
 # so it trains while the other stages run.
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
@@ -148,6 +148,16 @@ if want ssdtc 150; then
     --precision $p --eval 0 --reps 30 > $R/bench_ssdtc_${v}_$p.txt 2>&1; done; done
   done_ ssdtc
 fi
+# dK/dV by dense tiles (HAX_SPARSE_KV=tile, cuda/sparse/attn_gather.cu) against the lists: gpu_sparse's bit checks
+# (tiles vs lists on every pattern) and its GATHERS tile line at the paper size, then the whole steps of the sparse
+# rows with each, one after the other
+if want kvtile 150; then
+  timeout $(( $(left) - 60 )) build/gpu/gpu_sparse > $R/gpu_sparse_kvtile.txt 2>&1
+  log "kvtile: gpu_sparse: $(tail -n 1 $R/gpu_sparse_kvtile.txt); $(grep -c 'dK dV tiles vs lists' $R/gpu_sparse_kvtile.txt) tile checks"
+  for p in fp32 bf16-pure; do for v in list tile; do HAX_SPARSE_KV=$v timeout $(( $(left) - 60 )) build/gpu/bench_gpu \
+    --only mamba2_hax,mamba_hax,mamba2_ks,mamba2_a,mamba2_swd --precision $p --eval 0 --reps 30 > $R/bench_kv_${v}_$p.txt 2>&1; done; done
+  done_ kvtile
+fi
 # aside NAME PATCH|- [MAKE ARGS...]: a copy of the tree in /tmp/NAME, PATCH applied (- none), then $M with the
 # args there (make log in $R/NAME_make.log); false when the patch or the build fails. A stage that changes
 # only compile flags names the files they reach with make's -W: make does not see a flag change.
@@ -231,7 +241,7 @@ fi
 if want stalls 120; then
   NCU=$(ncu_bin); mkdir -p $R/stalls
   S="--section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SchedulerStats"
-  for c in ${STALLS:-ssd:mamba2:ssd_.*_kernel ssdtc:mamba2:ssd_.*_kernel:HAX_SSD_MMA=tc branch:mamba2_hax:attn_bwd_k_kernel|attn_bwd_q|gather_fwd|ks_targets_new conv:mamba2:conv_bwd_kernel|gated_bwd_kernel|rmsnorm_bwd scan:mamba:chunk_bwd}; do
+  for c in ${STALLS:-ssd:mamba2:ssd_.*_kernel ssdtc:mamba2:ssd_.*_kernel:HAX_SSD_MMA=tc branch:mamba2_hax:attn_bwd_k_kernel|attn_bwd_q|gather_fwd|ks_targets_new:HAX_SPARSE_KV=list tile:mamba2_hax:tile_bwd_kv conv:mamba2:conv_bwd_kernel|gated_bwd_kernel|rmsnorm_bwd scan:mamba:chunk_bwd}; do
     IFS=: read -r n cf rx ev <<< "$c"
     [ -n "$NCU" ] && [ "$(left)" -gt 70 ] || break
     env $ev timeout 60 $NCU $S -k "regex:$rx" -c 4 build/gpu/bench_gpu --only $cf --precision fp32 --eval 0 --reps 1 > $R/stalls/$n.txt 2>&1
