@@ -768,6 +768,26 @@ static void test_paper_size(void) {
                 free(l);
                 free(g);
             }
+            // the new kernels' targets (+ loss) alone: one warp per candidate against the
+            // shared-memory tiles (HAX_KS_TARGETS), the same bits
+            double tt[2];
+            unsigned char *yv[2];
+            size_t ybytes = sizeof(double) * (size_t)ns * k_c;
+            for (int tw = 0; tw < 2; tw++) {
+                st.old = 0, st.long_mode = 0, st.targets_warp = tw;
+                cuda_ks_targets_loss(&st, d_K, ldk, d_Q, ldq, st.cand, b.model_len, (hax_semantics)sem);
+                int e0 = cuda_event_record();
+                for (int rep = 0; rep < 10; rep++)
+                    cuda_ks_targets_loss(&st, d_K, ldk, d_Q, ldq, st.cand, b.model_len, (hax_semantics)sem);
+                tt[tw] = cuda_event_ms(e0, cuda_event_record()) / 10;
+                yv[tw] = down(st.y, ybytes);
+            }
+            long ybad = 0;
+            for (size_t i = 0; i < ybytes; i += sizeof(double)) ybad += memcmp(yv[0] + i, yv[1] + i, sizeof(double)) != 0;
+            printf("    targets, tiles vs one warp per candidate: %ld of %d differ\n", ybad, ns * k_c);
+            CHECK(ybad == 0, "paper size: targets by tiles and by warps: %ld of %d differ", ybad, ns * k_c);
+            printf("TIME ks targets+loss warp %.3f ms, tile %.3f ms\n", tt[1], tt[0]);
+            free(yv[0]), free(yv[1]);
             ks_state_free(&cs);
             void *hp[] = {K, Q, sid, cand, gc, p.h};
             for (size_t i = 0; i < sizeof(hp) / sizeof(hp[0]); i++) free(hp[i]);

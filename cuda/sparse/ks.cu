@@ -895,6 +895,12 @@ extern "C" int cuda_ks_old_kernels(void) {
     return env;
 }
 
+extern "C" int cuda_ks_targets_warp(void) {
+    static int env = -1;
+    if (env < 0) env = hax_env_choice("HAX_KS_TARGETS", "tile warp", 0);
+    return env;
+}
+
 extern "C" int cuda_sparse_long_env(void) {
     static int env = -1;
     // old 0, new 1, all 2; new by default: on an H100 (2026-12-07) they gave the previous
@@ -919,6 +925,7 @@ extern "C" void cuda_ks_state_init(cuda_ks_state *st, void *mem, int max_tok, in
     st->N = N;
     st->k_c = k_c;
     st->old = cuda_ks_old_kernels();
+    st->targets_warp = cuda_ks_targets_warp();
     st->long_mode = cuda_sparse_long_env();
     ks_carve(st, (char *)mem, max_tok, max_seq, N, k_c);
     // the staged features' shared memory (a limit, not a stream operation)

@@ -171,11 +171,21 @@ void cuda_ks_cumtopk_long(int *sel, int *work, const float *score, const int *se
 // Returns 1 for old.
 int cuda_ks_old_kernels(void);
 
+// HAX_KS_TARGETS (environment, read once): `warp` runs the new kernels'
+// targets one warp per candidate (ks_targets_new_kernel), `tile` (or unset)
+// from shared-memory tiles (ks_targets_tile_kernel); the same bits. Returns 1
+// for warp.
+int cuda_ks_targets_warp(void);
+
 typedef struct {
     int max_tok, max_seq, N, k_c;  // capacity
     int bf16;                      // set by the caller: 1 runs the bf16-pure ops (as ks_state.bf16)
     int old;                       // 1: the previous kernels (set at init from cuda_ks_old_kernels; the
                                    // caller may change it between calls)
+    int targets_warp;              // 1: the new kernels' targets by one warp per candidate reading its rows
+                                   // from global memory (HAX_KS_TARGETS=warp), 0: from tiles staged in
+                                   // shared memory for 8 candidates at once (the same bits; set at init from
+                                   // cuda_ks_targets_warp, the caller may change it)
     int n_tok, n_seq;              // the last forward
     const int *seq_off;            // the last forward's (device; kept by the caller until backward)
     float *T, *h1, *h2;            // [max_tok, 2N]

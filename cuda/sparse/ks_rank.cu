@@ -3,6 +3,7 @@
 // ranking targets, the pairwise loss and its backward. See cuda/sparse/ks.h.
 #include "cuda/core/common.cuh"
 #include "cuda/sparse/ks.h"
+#include "cuda/sparse/ks_common.cuh"
 #include "cuda/sparse/rng.cuh"
 
 // ---------------------------------------------------------------- candidates
@@ -468,6 +469,78 @@ __global__ static void ks_targets_new_kernel(double *y, int *cand_copy, int *can
     if (lane == 0) y[slot] = BF16 ? (double)hax_bf16_round((float)sum) : sum;
 }
 
+// ks_targets_new_kernel's sums with the query rows staged in shared memory.
+// There each lane reads another query row, one scalar per feature, so every
+// load instruction touches 32 rows (32 cache lines), the L1 serving one line
+// a cycle. Here a block takes KS_TG_WARPS candidates of one sequence (a warp
+// each) and walks the sequence's rows in tiles of 32 from the smallest of
+// their positions; each tile is staged once (coalesced) for all of them, at
+// an odd row stride so the 32 lanes' reads of one feature fall on 32 banks.
+// Lane l of candidate a still takes the rows t = I + l + 32 m in ascending
+// order (each tile holds exactly one of them), with the same products in the
+// same order, so y is ks_targets_new_kernel's bit for bit.
+#define KS_TG_WARPS 8
+template <int BF16>
+__global__ static void __launch_bounds__(32 * KS_TG_WARPS)
+    ks_targets_tile_kernel(double *y, int *cand_copy, int *cand_m, const float *K, int ldk, const float *Q, int ldq,
+                           const int *cand, const int *seq_off, int model_len, int N, int k_c, int causal, int *err) {
+    __shared__ float qs[32 * (KS_MAX_N + 1)], ks[KS_TG_WARPS * KS_MAX_N];
+    __shared__ int first[KS_TG_WARPS];
+    int s = blockIdx.x, w = threadIdx.x / 32, lane = threadIdx.x % 32, a = blockIdx.y * KS_TG_WARPS + w;
+    int o = seq_off[s], n = seq_off[s + 1] - o, NP = N | 1;
+    const int *row = cand + (size_t)s * k_c;
+    long slot = (long)s * k_c + a;
+    int I = INT_MAX;  // this warp's candidate position, INT_MAX when it adds nothing
+    if (a < k_c) {
+        if (cand_copy && lane == 0) cand_copy[slot] = row[a];
+        int m = ks_count_warp(row, k_c, lane);
+        if (a == 0) {
+            bool inside = ks_row_inside_warp(row, m, n, lane);
+            if (lane == 0) cand_m[s] = inside ? m : 0;
+        }
+        if (a >= m) {
+            if (lane == 0) {
+                if (row[a] >= 0) atomicOr(err, CU_ERR_KS);
+                y[slot] = 0.0;
+            }
+        } else if (!(ks_slot_ok_warp(row, a, n, lane) && (causal || model_len >= n))) {
+            if (lane == 0) atomicOr(err, CU_ERR_KS), y[slot] = 0.0;
+        } else {
+            I = row[a];
+            for (int i = lane; i < N; i += 32) ks[w * N + i] = K[(size_t)(o + I) * ldk + i];
+        }
+    }
+    if (lane == 0) first[w] = I;
+    __syncthreads();
+    int t0 = INT_MAX;
+    for (int i = 0; i < KS_TG_WARPS; i++) t0 = min(t0, first[i]);
+    double sum = 0.0;
+    for (; t0 < n; t0 += 32) {  // t0 == INT_MAX: no candidate of the block adds anything
+        for (int i = threadIdx.x; i < 32 * N; i += 32 * KS_TG_WARPS) {
+            int r = i / N, f = i % N;
+            qs[r * NP + f] = t0 + r < n ? Q[(size_t)(o + t0 + r) * ldq + f] : 0.0f;
+        }
+        __syncthreads();
+        int t = t0 + (((I - t0) % 32 + 32 + lane) % 32);  // this lane's row in the tile (I < INT_MAX)
+        if (I != INT_MAX && t >= I && t < n) {
+            const float *q = qs + (t - t0) * NP, *k = ks + w * N;
+            double dot = 0.0;
+            if (BF16) {
+                for (int i = 0; i < N; i++) dot = __dadd_rn(dot, __dmul_rn((double)q[i], (double)k[i]));
+                sum += hax_bf16_round(hax_sigmoid(hax_bf16_round((float)dot)));
+            } else {
+                for (int i = 0; i < N; i++) dot = __fma_rn((double)q[i], (double)k[i], dot);
+                sum += hax_sigmoid_d(dot);
+            }
+        }
+        __syncthreads();  // the tile is rewritten next
+    }
+    if (I == INT_MAX) return;
+    sum = cu_warp_sum(sum);
+    if (!causal) sum += 0.5 * (double)(model_len - n);  // quirk 5 (exact: a multiple of 0.5)
+    if (lane == 0) y[slot] = BF16 ? (double)hax_bf16_round((float)sum) : sum;
+}
+
 // One pair's loss term, as ks_loss_seq_kernel / ks_loss_seq_bf16_kernel add it.
 template <int BF16>
 __device__ __forceinline__ double ks_pair_term(float xa, float xb, double ya, double yb) {
@@ -525,7 +598,16 @@ extern "C" void cuda_ks_targets_loss(cuda_ks_state *st, const float *K, int ldk,
         cuda_zero(st->loss, sizeof(double));
         return;
     }
-    if (st->bf16)
+    dim3 tg(n_seq, cu_blocks(k_c, KS_TG_WARPS));
+    if (!st->targets_warp && st->bf16)
+        ks_targets_tile_kernel<1><<<tg, 32 * KS_TG_WARPS, 0, sm>>>(st->y, copy, st->cand_m, K, ldk, Q, ldq, cand,
+                                                                  st->seq_off, model_len, st->N, k_c, causal,
+                                                                  cu_error_flag());
+    else if (!st->targets_warp)
+        ks_targets_tile_kernel<0><<<tg, 32 * KS_TG_WARPS, 0, sm>>>(st->y, copy, st->cand_m, K, ldk, Q, ldq, cand,
+                                                                  st->seq_off, model_len, st->N, k_c, causal,
+                                                                  cu_error_flag());
+    else if (st->bf16)
         ks_targets_new_kernel<1><<<cu_blocks(slots * 32, 128), 128, 0, sm>>>(
             st->y, copy, st->cand_m, K, ldk, Q, ldq, cand, st->seq_off, n_seq, model_len, st->N, k_c, causal,
             cu_error_flag());

@@ -187,16 +187,21 @@ if want convsub 60; then
   else log "convsub: build failed ($(tail -n 1 $R/convsub_make.log))"; fi
   done_ convsub
 fi
-# ksv4: key selection's targets kernel reading the query rows as float4 (tests/device/patches/ks_targets_v4.patch,
-# the same sums; not in main until measured): gpu_sparse_ks' checks and TIME lines, then bench_gpu mamba2_hax
-# fp32, in this tree and in the copy
+# ksv4: key selection's targets, one warp per candidate, reading the query rows as float4
+# (tests/device/patches/ks_targets_v4.patch, the same sums; not in main until measured), against main's warp
+# kernel and its shared-memory tiles (HAX_KS_TARGETS=warp|tile, tile the default): gpu_sparse_ks' checks and
+# TIME lines (its "TIME ks targets+loss warp" is the patched kernel in the copy), then bench_gpu mamba2_hax and
+# mamba_hax fp32: main tile, main warp, v4 warp
 if want ksv4 120; then
+  timeout 60 build/gpu/gpu_sparse_ks > $R/ksv4_ks_main.txt 2>&1
+  for v in tile warp; do HAX_KS_TARGETS=$v timeout 30 build/gpu/bench_gpu --only mamba2_hax,mamba_hax --precision fp32 --eval 0 \
+    --reps 30 > $R/ksv4_bench_main_$v.txt 2>&1; done
   if aside ksv4 tests/device/patches/ks_targets_v4.patch build/gpu/gpu_sparse_ks build/gpu/bench_gpu; then
-    for d in . /tmp/ksv4; do v=$([ $d = . ] && echo main || echo v4)
-      (cd $d && timeout 60 build/gpu/gpu_sparse_ks > $R/ksv4_ks_$v.txt 2>&1
-       timeout 30 build/gpu/bench_gpu --only mamba2_hax,mamba_hax --precision fp32 --eval 0 --reps 30 > $R/ksv4_bench_$v.txt 2>&1); done
-    log "ksv4: gpu_sparse_ks v4: $(tail -n 1 $R/ksv4_ks_v4.txt); forward new main | v4: $(grep -h 'TIME ks forward new' $R/ksv4_ks_main.txt $R/ksv4_ks_v4.txt | awk '{printf "%s ms ", $(NF-2)}')"
+    (cd /tmp/ksv4 && timeout 60 build/gpu/gpu_sparse_ks > $R/ksv4_ks_v4.txt 2>&1
+     HAX_KS_TARGETS=warp timeout 30 build/gpu/bench_gpu --only mamba2_hax,mamba_hax --precision fp32 --eval 0 --reps 30 \
+       > $R/ksv4_bench_v4_warp.txt 2>&1)
   else log "ksv4: build failed ($(tail -n 1 $R/ksv4_make.log))"; fi
+  log "ksv4: gpu_sparse_ks main: $(tail -n 1 $R/ksv4_ks_main.txt), v4: $(tail -n 1 $R/ksv4_ks_v4.txt 2>/dev/null); main $(grep -h 'TIME ks targets' $R/ksv4_ks_main.txt | head -n 1); v4 $(grep -h 'TIME ks targets' $R/ksv4_ks_v4.txt 2>/dev/null | head -n 1)"
   done_ ksv4
 fi
 # the tiled window attention (HAX_WINDOW_ATTN=tiled, cuda/ops/attn.cu) against today's kernels: gpu_ops'
@@ -241,7 +246,7 @@ fi
 if want stalls 120; then
   NCU=$(ncu_bin); mkdir -p $R/stalls
   S="--section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SchedulerStats"
-  for c in ${STALLS:-ssd:mamba2:ssd_.*_kernel ssdtc:mamba2:ssd_.*_kernel:HAX_SSD_MMA=tc branch:mamba2_hax:attn_bwd_k_kernel|attn_bwd_q|gather_fwd|ks_targets_new:HAX_SPARSE_KV=list tile:mamba2_hax:tile_bwd_kv conv:mamba2:conv_bwd_kernel|gated_bwd_kernel|rmsnorm_bwd scan:mamba:chunk_bwd}; do
+  for c in ${STALLS:-ssd:mamba2:ssd_.*_kernel ssdtc:mamba2:ssd_.*_kernel:HAX_SSD_MMA=tc branch:mamba2_hax:attn_bwd_k_kernel|attn_bwd_q|gather_fwd|ks_targets:HAX_SPARSE_KV=list tile:mamba2_hax:tile_bwd_kv conv:mamba2:conv_bwd_kernel|gated_bwd_kernel|rmsnorm_bwd scan:mamba:chunk_bwd}; do
     IFS=: read -r n cf rx ev <<< "$c"
     [ -n "$NCU" ] && [ "$(left)" -gt 70 ] || break
     env $ev timeout 60 $NCU $S -k "regex:$rx" -c 4 build/gpu/bench_gpu --only $cf --precision fp32 --eval 0 --reps 1 > $R/stalls/$n.txt 2>&1
