@@ -639,6 +639,16 @@ static void check_ks_variants(problem *p, cu_sparse_state *gs) {
     run_ks(&a, p, gs, 1, gs->long_mode, 1, d_attn);
     run_ks(&b, p, gs, 0, gs->long_mode, 1, d_attn);
     compare_ks_runs("new vs previous KS/LSH/list kernels", &a, &b);
+    cuda_ks_state *ks = (cuda_ks_state *)gs->ks;
+    if (ks) {  // the new kernels' other way to the targets (HAX_KS_TARGETS: warp / tile)
+        ks_run c;
+        int was = ks->targets_warp;
+        ks->targets_warp = !was;
+        run_ks(&c, p, gs, 0, gs->long_mode, 1, d_attn);
+        ks->targets_warp = was;
+        compare_ks_runs(was ? "targets by tiles vs previous kernels" : "targets by warps vs previous kernels", &a, &c);
+        free_ks_run(&c);
+    }
     free_ks_run(&a), free_ks_run(&b);
     cuda_free(d_attn);
 }

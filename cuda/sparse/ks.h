@@ -171,8 +171,8 @@ void cuda_ks_cumtopk_long(int *sel, int *work, const float *score, const int *se
 // Returns 1 for old.
 int cuda_ks_old_kernels(void);
 
-// HAX_KS_TARGETS (environment, read once): `warp` runs the new kernels'
-// targets one warp per candidate (ks_targets_new_kernel), `tile` (or unset)
+// HAX_KS_TARGETS (environment, read once): `warp` (or unset) runs the new
+// kernels' targets one warp per candidate (ks_targets_new_kernel), `tile`
 // from shared-memory tiles (ks_targets_tile_kernel); the same bits. Returns 1
 // for warp.
 int cuda_ks_targets_warp(void);

@@ -124,13 +124,14 @@ static int attn_old_env(void) {
     return env;
 }
 
-// HAX_SPARSE_KV: `tile` (1, the default) computes dK/dV by dense tiles
+// HAX_SPARSE_KV: `tile` (1) computes dK/dV by dense tiles
 // (cu_sp_tile_backward_kv: the same bits, the work independent of how many
-// queries hold a key), `list` (0) by the transposed lists as HAX_SPARSE_ATTN
-// says; read once.
+// queries hold a key), `list` (0, the default until the tiles have run on a
+// GPU: stage kvtile of tests/device/stages.sh) by the transposed lists as
+// HAX_SPARSE_ATTN says; read once.
 static int kv_tile_env(void) {
     static int env = -1;
-    if (env < 0) env = hax_env_choice("HAX_SPARSE_KV", "list tile", 1);
+    if (env < 0) env = hax_env_choice("HAX_SPARSE_KV", "list tile", 0);
     return env;
 }
 

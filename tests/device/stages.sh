@@ -189,7 +189,7 @@ if want convsub 60; then
 fi
 # ksv4: key selection's targets, one warp per candidate, reading the query rows as float4
 # (tests/device/patches/ks_targets_v4.patch, the same sums; not in main until measured), against main's warp
-# kernel and its shared-memory tiles (HAX_KS_TARGETS=warp|tile, tile the default): gpu_sparse_ks' checks and
+# kernel and its shared-memory tiles (HAX_KS_TARGETS=warp|tile, warp the default until measured): gpu_sparse_ks' checks and
 # TIME lines (its "TIME ks targets+loss warp" is the patched kernel in the copy), then bench_gpu mamba2_hax and
 # mamba_hax fp32: main tile, main warp, v4 warp
 if want ksv4 120; then
@@ -242,14 +242,14 @@ if want profile 100; then
 fi
 # why the largest kernels run below both roofs (issue 11): Nsight Compute's sections (throughput, occupancy,
 # warp states, memory, schedulers) for the 4 first launches of each kernel family, whole text in $R/stalls/,
-# the lines that answer "smem- or latency-bound?" in $R/stalls/summary.txt. STALLS="name:config:regex[:env] ..."
+# the lines that answer "smem- or latency-bound?" in $R/stalls/summary.txt. STALLS="name:config:regex[:VAR=V,VAR=V] ..."
 if want stalls 120; then
   NCU=$(ncu_bin); mkdir -p $R/stalls
   S="--section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SchedulerStats"
-  for c in ${STALLS:-ssd:mamba2:ssd_.*_kernel ssdtc:mamba2:ssd_.*_kernel:HAX_SSD_MMA=tc branch:mamba2_hax:attn_bwd_k_kernel|attn_bwd_q|gather_fwd|ks_targets:HAX_SPARSE_KV=list tile:mamba2_hax:tile_bwd_kv conv:mamba2:conv_bwd_kernel|gated_bwd_kernel|rmsnorm_bwd scan:mamba:chunk_bwd}; do
+  for c in ${STALLS:-ssd:mamba2:ssd_.*_kernel ssdtc:mamba2:ssd_.*_kernel:HAX_SSD_MMA=tc branch:mamba2_hax:attn_bwd_k_kernel|attn_bwd_q|gather_fwd|ks_targets:HAX_SPARSE_KV=list tile:mamba2_hax:tile_bwd_kv|ks_targets_tile:HAX_SPARSE_KV=tile,HAX_KS_TARGETS=tile conv:mamba2:conv_bwd_kernel|gated_bwd_kernel|rmsnorm_bwd scan:mamba:chunk_bwd}; do
     IFS=: read -r n cf rx ev <<< "$c"
     [ -n "$NCU" ] && [ "$(left)" -gt 70 ] || break
-    env $ev timeout 60 $NCU $S -k "regex:$rx" -c 4 build/gpu/bench_gpu --only $cf --precision fp32 --eval 0 --reps 1 > $R/stalls/$n.txt 2>&1
+    env ${ev//,/ } timeout 60 $NCU $S -k "regex:$rx" -c 4 build/gpu/bench_gpu --only $cf --precision fp32 --eval 0 --reps 1 > $R/stalls/$n.txt 2>&1
     { echo "== $n ($cf, $rx ${ev:-})"; grep -E "^  [A-Za-z_].*\(|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per|Compute \(SM\) Throughput|Memory Throughput|Shared Memory|L1/TEX Hit|L2 Hit|Issued Warp Per|No Eligible|Block Limit|Warp Cycles Per Issued" $R/stalls/$n.txt; } >> $R/stalls/summary.txt
   done
   log "stalls: ncu $NCU, $(grep -c '^==' $R/stalls/summary.txt 2>/dev/null) families"; done_ stalls
