@@ -28,6 +28,7 @@
 #include <math.h>
 
 #include "cuda/sparse/internal.cuh"
+#include "cuda/sparse/tiles.h"
 
 #define WARPS 8  // rows (forward, dQ) or 4-key groups (dK/dV) per block, as attn.cu
 #define FULL_MASK 0xffffffffu
@@ -489,13 +490,8 @@ __global__ static void __launch_bounds__(32 * WARPS, EU == 4 ? 4 : 1)
 // key of the tile, where the list kernels give it only to its holders: the
 // step's gradient is then non-finite either way.) Small rows only: N <= 32,
 // E <= 128 (the paper's models).
-#define TILE_K 64
-#define TILE_Q 64
-#define TILE_LD (TILE_K + 4)  // d score / P tile rows: 4 floats of padding, so the scatter's column
-                              // writes (one key, rows from all lanes) meet at most 4 to a bank
-#define TILE_E 128
-#define TILE_N 32
-#define TILE_KEYS_W (TILE_K / WARPS)  // keys per warp in the scatter
+// (TILE_K, TILE_Q, TILE_LD, TILE_E, TILE_N and the next-holder rule: cuda/sparse/tiles.h)
+static_assert(TILE_WARPS == WARPS, "cuda/sparse/tiles.h: the scatter's warps are the block's");
 
 static size_t tile_smem_bytes(void) { return sizeof(float) * (2 * TILE_Q * TILE_LD + TILE_Q * (TILE_E + TILE_N)); }
 
@@ -568,7 +564,7 @@ __global__ static void __launch_bounds__(32 * WARPS, 2)
                 }
                 int n = __popc(__ballot_sync(FULL_MASK, in)), left = left_s[key] - n;
                 // the next holder: the first lane not taken; after a whole window, only a lower bound
-                int nxt = n < 32 ? __shfl_sync(FULL_MASK, g, n) : __shfl_sync(FULL_MASK, g, 31) + 1;
+                int nxt = tile_next_holder(n, __shfl_sync(FULL_MASK, g, n % 32), __shfl_sync(FULL_MASK, g, 31));
                 __syncwarp();
                 if (lane == 0) at_s[key] += n, left_s[key] = left, next_s[key] = left > 0 ? nxt : INT_MAX;
                 __syncwarp();

@@ -4,6 +4,7 @@
 #include "cuda/core/common.cuh"
 #include "cuda/sparse/ks.h"
 #include "cuda/sparse/ks_common.cuh"
+#include "cuda/sparse/tiles.h"
 #include "cuda/sparse/rng.cuh"
 
 // ---------------------------------------------------------------- candidates
@@ -479,7 +480,6 @@ __global__ static void ks_targets_new_kernel(double *y, int *cand_copy, int *can
 // Lane l of candidate a still takes the rows t = I + l + 32 m in ascending
 // order (each tile holds exactly one of them), with the same products in the
 // same order, so y is ks_targets_new_kernel's bit for bit.
-#define KS_TG_WARPS 8
 template <int BF16>
 __global__ static void __launch_bounds__(32 * KS_TG_WARPS)
     ks_targets_tile_kernel(double *y, int *cand_copy, int *cand_m, const float *K, int ldk, const float *Q, int ldq,
@@ -521,7 +521,7 @@ __global__ static void __launch_bounds__(32 * KS_TG_WARPS)
             qs[r * NP + f] = t0 + r < n ? Q[(size_t)(o + t0 + r) * ldq + f] : 0.0f;
         }
         __syncthreads();
-        int t = t0 + (((I - t0) % 32 + 32 + lane) % 32);  // this lane's row in the tile (I < INT_MAX)
+        int t = tile_lane_row(I, t0, lane);  // (meaningful for I < INT_MAX)
         if (I != INT_MAX && t >= I && t < n) {
             const float *q = qs + (t - t0) * NP, *k = ks + w * N;
             double dot = 0.0;
