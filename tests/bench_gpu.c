@@ -303,7 +303,7 @@ static void parse_args(int argc, char **argv, bench_opts *bo) {
 // The kernel selections this run takes from the environment (unset: each
 // family's default), so that an A/B table says which side it is.
 static void print_kernel_env(void) {
-    static const char *vars[] = {"HAX_SCAN_KERNELS", "HAX_SPARSE_ATTN", "HAX_SPARSE_KS",  "HAX_SPARSE_KV",
+    static const char *vars[] = {"HAX_SCAN_KERNELS", "HAX_SPARSE_ATTN", "HAX_SPARSE_KS",  "HAX_SPARSE_TILES",
                                  "HAX_KS_TARGETS",   "HAX_WINDOW_ATTN", "HAX_SPARSE_LONG", "HAX_BF16_TF32",
                                  "HAX_SSD_MMA"};
     printf("kernels:");

@@ -401,15 +401,15 @@ static const char *k_out_names[N_OUT] = {"attn", "P", "d score", "dKQ", "dX", "d
                                          "d w1", "d b1", "d w2", "d b2", "d w3", "d b3"};
 
 // One GPU forward + backward of problem p with the previous attention
-// kernels (old = 1, cu_sparse_state.attn_old) or the new ones, dK/dV by the
-// lists (tile = 0) or by dense tiles (1, cu_sparse_state.kv_tile); the
+// kernels (old = 1, cu_sparse_state.attn_old) or the new ones, with the
+// gathers of the mask `tiles` by tiles (cu_sparse_state.tiles); the
 // outputs into r (free_outputs), the device gradients reset after.
-static void run_gpu(gpu_outputs *r, problem *p, cu_sparse_state *gs, int old, int tile, float *d_attn) {
+static void run_gpu(gpu_outputs *r, problem *p, cu_sparse_state *gs, int old, int tiles, float *d_attn) {
     int n = p->b.n_tok, N = p->N, E = p->E, ldX = p->ldX, n_seq = p->b.n_seq;
     ks_params dk = host_ks(p->d_kp);
     ks_grads dg = host_kg(p->d_kg);
-    int was = gs->attn_old, was_tile = gs->kv_tile;
-    gs->attn_old = old, gs->kv_tile = tile;
+    int was = gs->attn_old, was_tiles = gs->tiles;
+    gs->attn_old = old, gs->tiles = tiles;
     cuda_sparse_forward(gs, p->d_off, n_seq, n, p->b.model_len, p->d_X, ldX, p->d_W, &dk, p->d_H, p->d_cand, 1,
                         d_attn, E);
     cuda_sparse_backward(gs, p->d_off, n_seq, n, p->d_dattn, E, 0.1f / n_seq, p->d_X, ldX, p->d_W, &dk, p->d_dX,
@@ -423,7 +423,7 @@ static void run_gpu(gpu_outputs *r, problem *p, cu_sparse_state *gs, int old, in
     cuda_upload(p->d_dX, p->dX0, sizeof(float) * n * ldX), cuda_upload(p->d_dW, p->dW0, sizeof(float) * 2 * N * E);
     for (int i = 0; i < 6; i++) cuda_upload(p->d_kg[i], p->kg0[i], sizeof(float) * kp_size(i, N));
     cuda_sync();
-    gs->attn_old = was, gs->kv_tile = was_tile;
+    gs->attn_old = was, gs->tiles = was_tiles;
 }
 
 static void free_outputs(gpu_outputs *r) {
@@ -447,19 +447,22 @@ static void same_outputs(const gpu_outputs *a, const gpu_outputs *b, const char 
 
 // The new attention kernels (cuda/sparse/attn_gather.cu) against the
 // previous ones (cuda/sparse/attn.cu) on one state, and dK/dV by dense tiles
-// (where they fit: N <= 32, E <= 128) against the lists: every output bit for
-// bit (they add the same terms in the same order). Prints the counts of
-// differing elements.
+// and dQ by staged key rounds (where they fit: N <= 32, E <= 128) against the
+// lists: every output bit for bit (they add the same terms in the same
+// order). Prints the counts of differing elements.
 static void check_variants(problem *p, cu_sparse_state *gs) {
     float *d_attn = cuda_malloc(sizeof(float) * (size_t)p->b.n_tok * p->E);
     gpu_outputs a, b, c;
     run_gpu(&a, p, gs, 0, 0, d_attn);
     run_gpu(&b, p, gs, 1, 0, d_attn);
     same_outputs(&a, &b, "gathers vs previous kernels");
-    if (cuda_sparse_kv_tile_fits(gs)) {
-        run_gpu(&c, p, gs, 1, 1, d_attn);
-        same_outputs(&c, &b, "dK dV tiles vs lists");
-        free_outputs(&c);
+    if (cuda_sparse_tiles_fit(gs)) {
+        const char *what[3] = {"dK dV tiles vs lists", "dQ tiles vs lists", "all tiles vs lists"};
+        for (int t = 1; t <= 3; t++) {
+            run_gpu(&c, p, gs, 1, t, d_attn);
+            same_outputs(&c, &b, what[t - 1]);
+            free_outputs(&c);
+        }
     }
     free_outputs(&a), free_outputs(&b);
     cuda_free(d_attn);
@@ -974,12 +977,12 @@ static int ks_phase(int pass, const char *nm) {
 // attention gathers (phases attention, attention dQ, attention dK dV), and
 // the phases of ks_phase.
 static void time_gpu(double t[4], problem *p, cu_sparse_state *gs, float *d_attn, const char *label, int attn_old,
-                     int kv_tile, int ks_old) {
+                     int tiles, int ks_old) {
     int reps = 10, n = p->b.n_tok, n_seq = p->b.n_seq, L = p->b.model_len, E = p->E;
     ks_params dk = host_ks(p->d_kp);
     ks_grads dg = host_kg(p->d_kg);
-    int was = gs->attn_old, was_ks = gs->ks_old, was_tile = gs->kv_tile;
-    gs->attn_old = attn_old, gs->ks_old = ks_old, gs->kv_tile = kv_tile;
+    int was = gs->attn_old, was_ks = gs->ks_old, was_tiles = gs->tiles;
+    gs->attn_old = attn_old, gs->ks_old = ks_old, gs->tiles = tiles;
     int e0 = cuda_event_record();
     for (int r = 0; r < reps; r++)
         cuda_sparse_forward(gs, p->d_off, n_seq, n, L, p->d_X, E, p->d_W, &dk, p->d_H, p->d_cand, 1, d_attn, E);
@@ -1005,7 +1008,7 @@ static void time_gpu(double t[4], problem *p, cu_sparse_state *gs, float *d_attn
             for (int i = 1; i < gs->n_ev; i++)
                 names[pass][i] = gs->ev_name[i], ph[pass][i] += cuda_event_ms(gs->ev[i - 1], gs->ev[i]) / reps;
         }
-    gs->timing = 0, gs->attn_old = was, gs->ks_old = was_ks, gs->kv_tile = was_tile;
+    gs->timing = 0, gs->attn_old = was, gs->ks_old = was_ks, gs->tiles = was_tiles;
     for (int pass = 0; pass < 2; pass++)
         for (int i = 1; i < n_ph[pass]; i++) {
             printf("      PHASE %s %s %-18s %.3f ms\n", label, pass ? "bwd" : "fwd", names[pass][i], ph[pass][i]);
@@ -1056,16 +1059,16 @@ static void time_paper(int N, const char *pattern, hax_semantics sem) {
     for (int i = 0; i < 6; i++) cuda_upload(p.d_kg[i], p.kg0[i], sizeof(float) * kp_size(i, N));
     check_variants(&p, gs);
     check_ks_variants(&p, gs);
-    double t[3][4], tk[2][4];  // [new, old, default with dK/dV tiles][fwd, bwd, gathers, KS phases]
+    double t[3][4], tk[2][4];  // [new, old, default with both tiles][fwd, bwd, gathers, KS phases]
     for (int old = 0; old < 2; old++) time_gpu(t[old], &p, gs, d_attn, old ? "old" : "new", old, 0, gs->ks_old);
-    time_gpu(t[2], &p, gs, d_attn, "tile", gs->attn_old, 1, gs->ks_old);
+    time_gpu(t[2], &p, gs, d_attn, "tile", gs->attn_old, 3, gs->ks_old);
     for (int old = 0; old < 2; old++)
-        time_gpu(tk[old], &p, gs, d_attn, old ? "ks-old" : "ks-new", gs->attn_old, gs->kv_tile, old);
+        time_gpu(tk[old], &p, gs, d_attn, old ? "ks-old" : "ks-new", gs->attn_old, gs->tiles, old);
     printf("      CPU fwd %.1f ms, bwd %.1f ms | GPU fwd %.3f ms, bwd %.3f ms (bwd timed after a forward; previous "
            "gathers: fwd %.3f ms, bwd %.3f ms)\n", (t1 - t0) * 1e3, (t2 - t1) * 1e3, t[0][0], t[0][1], t[1][0], t[1][1]);
     printf("      GATHERS new %.3f ms, old %.3f ms (fwd attention + bwd attention dQ + attention dK dV): %.2fx\n",
            t[0][2], t[1][2], t[0][2] > 0 ? t[1][2] / t[0][2] : 0.0);
-    printf("      GATHERS tile %.3f ms (HAX_SPARSE_ATTN's default with dK/dV by dense tiles), whole bwd %.3f ms\n",
+    printf("      GATHERS tile %.3f ms (HAX_SPARSE_ATTN's default with HAX_SPARSE_TILES=all), whole bwd %.3f ms\n",
            t[2][2], t[2][1]);
     printf("      KS PHASES new %.3f ms, old %.3f ms (fwd KQ projection + LSH buckets + key selection + allowed lists, "
            "bwd transposed lists + KQ backward + key selection): %.2fx; whole fwd + bwd new %.3f ms, old %.3f ms\n",

@@ -1,7 +1,7 @@
-// test_sparse_tiles.c: the sparse branch's two tiled kernels of issue 11
+// test_sparse_tiles.c: the sparse branch's tiled kernels of issue 11
 // modelled on the CPU (they are compiled but have not run on a GPU yet; both
 // must give the bits of the kernels they replace):
-//   - tile_bwd_kv_kernel (cuda/sparse/attn_gather.cu, HAX_SPARSE_KV=tile):
+//   - tile_bwd_kv_kernel (cuda/sparse/attn_gather.cu, HAX_SPARSE_TILES=kv):
 //     the block's rounds over 64 query rows from the smallest next holder of
 //     its 64 keys, each warp's scatter passes over 32-entry windows of its 8
 //     keys' transposed lists (with tile_next_holder of cuda/sparse/tiles.h),
@@ -11,6 +11,11 @@
 //     for bit, the rows a key does not hold adding 0 * x. The lists have keys
 //     with more than 32 holders in one round (the lower-bound path), blocks
 //     spanning sequences, and ragged sizes (N 18, E 40; N 32, E 128).
+//   - tile_bwd_q_kernel (the same file, HAX_SPARSE_TILES=q): blocks of 64
+//     queries walk their keys in rounds of 64 rows from the smallest next
+//     key; each pass must take every query's entries once, in list order, in
+//     chunks of 32 that are prefixes of the rest of the list, each entry's key
+//     row among the rows the round staged.
 //   - ks_targets_tile_kernel (cuda/sparse/ks_rank.cu, HAX_KS_TARGETS=tile):
 //     with tile_lane_row, each lane takes the rows of the loop t = I + lane,
 //     I + lane + 32, ... in the same order, whatever the block's first tile.
@@ -269,6 +274,83 @@ static void test_kv_faults(void) {
           b.bad_k, b.st.writes, b.entries);
 }
 
+// ---------------------------------------------------------------- the dQ rounds' model
+
+// tile_bwd_q_kernel's rounds (the lists' keys here are global rows: the
+// kernel adds the sequence's first row to its stored positions): for blocks
+// of 64 queries, both passes. Returns the number of entries taken out of
+// order, taken twice or missed, plus those whose key row the round did not
+// stage; counts rounds and chunks of 32. fault 1: the rounds' last row never
+// marked for staging.
+static long q_rounds(const lists *L, long *rounds, long *chunks, int fault) {
+    const int QQ = 64;
+    long bad = 0;
+    for (int g0 = 0; g0 < L->n_tok; g0 += QQ)
+        for (int pass = 0; pass < 2; pass++) {
+            int pos[64], next[64];
+            for (int q = 0; q < QQ; q++) {
+                int g = g0 + q, c = g < L->n_tok ? L->cnt[g] : 0;
+                pos[q] = 0, next[q] = c > 0 ? L->key[(size_t)g * L->cap] : INT_MAX;
+            }
+            for (;;) {
+                int ks = INT_MAX;
+                for (int q = 0; q < QQ; q++) ks = next[q] < ks ? next[q] : ks;
+                if (ks == INT_MAX) break;
+                int end = ks + TILE_K;
+                (*rounds)++;
+                uint64_t used = 0;
+                for (int q = 0; q < QQ; q++) {
+                    int g = g0 + q;
+                    if (next[q] >= end) continue;
+                    for (int i = pos[q]; i < L->cnt[g]; i++) {
+                        int r = L->key[(size_t)g * L->cap + i] - ks;
+                        if (r >= TILE_K) break;
+                        if (!(fault == 1 && r == TILE_K - 1)) used |= 1ull << r;
+                    }
+                }
+                for (int q = 0; q < QQ; q++) {
+                    int g = g0 + q, cnt = g < L->n_tok ? L->cnt[g] : 0;
+                    if (next[q] >= end) continue;
+                    for (;;) {  // 32 lanes: entry pos + lane
+                        int nb = 0, prefix = 1;
+                        for (int l = 0; l < 32; l++) {
+                            int i = pos[q] + l, kl = i < cnt ? L->key[(size_t)g * L->cap + i] : INT_MAX, in = kl < end;
+                            prefix &= !in || nb == l;
+                            if (in) bad += kl < ks || !(used >> (kl - ks) & 1);  // a row not staged
+                            nb += in;
+                        }
+                        bad += !prefix;
+                        if (nb == 0) break;
+                        (*chunks)++;
+                        pos[q] += nb;
+                        if (nb < 32) break;
+                    }
+                    next[q] = pos[q] < cnt ? L->key[(size_t)g * L->cap + pos[q]] : INT_MAX;
+                }
+            }
+            for (int q = 0; q < QQ && g0 + q < L->n_tok; q++) bad += pos[q] != L->cnt[g0 + q];  // every entry, once
+        }
+    return bad;
+}
+
+static void test_q_rounds(void) {
+    int n_seq = (int)(sizeof(k_lens) / sizeof(k_lens[0]));
+    int caps[3] = {48, 128, 24}, pops[3] = {40, 4, 0};
+    for (int c = 0; c < 3; c++) {
+        hax_rng r;
+        rng_init(&r, 31 + c, 0, 0, 0, 0);
+        lists L;
+        make_lists(&L, k_lens, n_seq, caps[c], pops[c], &r);
+        long rounds = 0, chunks = 0, rf = 0, cf = 0;
+        long bad = q_rounds(&L, &rounds, &chunks, 0), bad_fault = q_rounds(&L, &rf, &cf, 1);
+        printf("    cap %d: %ld rounds, %ld chunks of 32, %ld entries wrong; with the last row unstaged: %ld\n",
+               caps[c], rounds, chunks, bad, bad_fault);
+        CHECK(bad == 0, "dQ rounds: %ld entries missed, repeated, out of order or unstaged", bad);
+        CHECK(bad_fault > 0, "an unstaged row not seen");
+        free_lists(&L);
+    }
+}
+
 // ---------------------------------------------------------------- the targets' rows
 
 // ks_targets_tile_kernel: the block's tiles start at the smallest position t0
@@ -300,6 +382,7 @@ static void test_target_rows(void) {
 int main(void) {
     RUN(test_kv_tiles);
     RUN(test_kv_faults);
+    RUN(test_q_rounds);
     RUN(test_target_rows);
     return test_summary();
 }

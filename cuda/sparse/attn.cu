@@ -403,7 +403,9 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
         CUDA_LAUNCHED();
         return;
     }
-    if (st->attn_old == 0 && cu_sp_gather_fits(st)) {
+    if ((st->tiles & SP_TILES_Q) && cu_sp_tile_fits(st)) {
+        cu_sp_tile_backward_q(st, seq_off, V, ldv, dattn, ld_dattn);
+    } else if (st->attn_old == 0 && cu_sp_gather_fits(st)) {
         cu_sp_gather_backward_q(st, seq_off, V, ldv, dattn, ld_dattn);
     } else {
         attn_bwd_q_kernel<<<blocks, 32 * WARPS, 0, sm>>>(st->dKQ, st->allow_ds, st->allow_p, st->allow_cnt,
@@ -414,7 +416,7 @@ void cu_sp_attn_backward(cu_sparse_state *st, const int *seq_off, const float *V
     cu_sp_phase(st, "attention dQ");
     cu_sp_transpose(st, seq_off);
     cu_sp_phase(st, "transposed lists");
-    if (st->kv_tile && cu_sp_tile_fits(st)) {
+    if ((st->tiles & SP_TILES_KV) && cu_sp_tile_fits(st)) {
         cu_sp_tile_backward_kv(st, dattn, ld_dattn, dV, ld_dv);
     } else if (st->attn_old == 0) {
         cu_sp_gather_backward_kv(st, dattn, ld_dattn, dV, ld_dv);

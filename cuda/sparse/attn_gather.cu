@@ -615,6 +615,172 @@ __global__ static void __launch_bounds__(32 * WARPS, 2)
     }
 }
 
+// ---------------------------------------------------------------- dQ by staged key rounds
+
+// gather_bwd_q_kernel<4, 1>'s values (so the previous kernel's) with the key
+// rows read from shared memory. There each warp gathers its query's V and K
+// rows from global memory, one row per list entry (V's 512 bytes at E 128),
+// a few queries per block sharing them through L1 at best. Here a block takes
+// QT_Q = 64 consecutive queries (8 per warp, one after another) and walks
+// their keys in rounds of TILE_K consecutive rows from the smallest next key
+// of its queries: a round stages the rows some query of the block holds
+// (V in the first pass, K in the second), and each query adds its entries in
+// the round, a prefix of the rest of its sorted list, exactly as before:
+//   pass 1: dP_i = dattn . V_key by warp_sums_group (the previous warp tree),
+//           bf16-pure rounded, D += p_i dP_i in double in list order, dP_i
+//           into allow_ds; then ds_i = p_i (dP_i - (float) D) in place;
+//   pass 2: dQ += ds_i K_key, list order, one lane per feature.
+// The rounds go in key order, so each query's entries in list order.
+#define QT_Q 64
+#define QT_W (QT_Q / WARPS)  // queries per warp
+
+static size_t qtile_smem_bytes(void) { return sizeof(float) * TILE_K * (TILE_E + TILE_N); }
+
+__global__ static void __launch_bounds__(32 * WARPS)
+    tile_bwd_q_kernel(float *dKQ, float *allow_ds, const float *allow_p, const int *allow_cnt, const int *allow_key,
+                      const float *KQ, const float *V, int ldv, const float *dattn, int ld_dattn, const int *seq_off,
+                      int n_seq, int n_tok, int N, int E, int cap, int bf16) {
+    const int G = GROUP_OF(4);
+    extern __shared__ float4 qt4[];
+    float *Vs = (float *)qt4, *Ks = Vs + TILE_K * TILE_E;  // the round's rows (only the held ones are written)
+    __shared__ int pos_s[QT_Q], next_s[QT_Q], off_s[QT_Q];  // per query: next list entry, its key (global
+                                                            // row; INT_MAX: done), the sequence's first row
+    __shared__ double D_s[QT_Q], prod[WARPS][32];
+    __shared__ float dq_s[QT_Q][TILE_N];
+    __shared__ unsigned used[2];
+    __shared__ int ks_s;
+    int tid = threadIdx.x, w = tid / 32, lane = tid & 31, g0 = blockIdx.x * QT_Q, ldkq = 2 * N;
+    if (tid < QT_Q) {
+        int g = g0 + tid, c = g < n_tok ? allow_cnt[g] : 0, o = g < n_tok ? seq_off[cu_seq_of(seq_off, n_seq, g)] : 0;
+        off_s[tid] = o, pos_s[tid] = 0, D_s[tid] = 0.0;
+        next_s[tid] = c > 0 ? o + allow_key[(size_t)g * cap] : INT_MAX;
+    }
+    for (int i = tid; i < QT_Q * TILE_N; i += 32 * WARPS) dq_s[i / TILE_N][i % TILE_N] = 0.0f;
+    for (int pass = 0; pass < 2; pass++) {
+        for (;;) {
+            __syncthreads();  // the lists' state written; the previous round's reads done
+            if (w == 0) {
+                int m = min(next_s[lane], next_s[lane + 32]);
+                for (int o = 16; o > 0; o >>= 1) m = min(m, __shfl_xor_sync(FULL_MASK, m, o));
+                if (lane == 0) ks_s = m;
+                if (lane < 2) used[lane] = 0;
+            }
+            __syncthreads();
+            int ks = ks_s, end = ks + TILE_K;
+            if (ks == INT_MAX) break;  // every list is done (the same for the whole block)
+            unsigned m0 = 0, m1 = 0;   // the rows this lane saw held
+            for (int q = 0; q < QT_W; q++) {
+                int ql = w * QT_W + q, g = g0 + ql;
+                if (next_s[ql] >= end) continue;
+                int cnt = allow_cnt[g], o = off_s[ql];
+                for (int i = pos_s[ql] + lane; i < cnt; i += 32) {
+                    int r = o + allow_key[(size_t)g * cap + i] - ks;
+                    if (r >= TILE_K) break;  // the list is sorted
+                    if (r < 32) m0 |= 1u << r;
+                    else m1 |= 1u << (r - 32);
+                }
+            }
+            m0 = __reduce_or_sync(FULL_MASK, m0), m1 = __reduce_or_sync(FULL_MASK, m1);
+            if (lane == 0 && m0) atomicOr(&used[0], m0);
+            if (lane == 0 && m1) atomicOr(&used[1], m1);
+            __syncthreads();
+            if (pass == 0) {
+                for (int i = tid; i < TILE_K * TILE_E; i += 32 * WARPS) {
+                    int r = i / TILE_E, c = i % TILE_E;
+                    if (c < E && (used[r / 32] >> (r % 32) & 1)) Vs[i] = V[(size_t)(ks + r) * ldv + c];
+                }
+            } else {
+                for (int i = tid; i < TILE_K * TILE_N; i += 32 * WARPS) {
+                    int r = i / TILE_N, c = i % TILE_N;
+                    if (c < N && (used[r / 32] >> (r % 32) & 1)) Ks[i] = KQ[(size_t)(ks + r) * ldkq + c];
+                }
+            }
+            __syncthreads();
+            for (int q = 0; q < QT_W; q++) {
+                int ql = w * QT_W + q, g = g0 + ql;
+                if (next_s[ql] >= end) continue;  // the same for the whole warp
+                int cnt = allow_cnt[g], o = off_s[ql], pos = pos_s[ql];
+                const int *key = allow_key + (size_t)g * cap;
+                const float *p = allow_p + (size_t)g * cap;
+                float *ds = allow_ds + (size_t)g * cap;
+                double D = D_s[ql];
+                float dr[4];
+                if (pass == 0) {
+                    const float *da = dattn + (size_t)g * ld_dattn;
+#pragma unroll
+                    for (int u = 0; u < 4; u++) dr[u] = lane + 32 * u < E ? da[lane + 32 * u] : 0.0f;
+                }
+                for (;;) {  // the query's entries in the round, 32 at a time (lane b: entry pos + b)
+                    int i = pos + lane, kl = i < cnt ? o + key[i] : INT_MAX, in = kl < end;
+                    int nb = __popc(__ballot_sync(FULL_MASK, in));
+                    if (nb == 0) break;
+                    if (pass == 0) {
+                        float pl = in ? p[i] : 0.0f, dp = 0.0f;  // on lane b: entry b's dP
+                        for (int b0 = 0; b0 < nb; b0 += G) {
+                            float x[G][4], part[G];
+#pragma unroll
+                            for (int c = 0; c < G; c++) {  // past nb: the last entry again, its sum unused
+                                const float *row = Vs + (__shfl_sync(FULL_MASK, kl, min(b0 + c, nb - 1)) - ks) * TILE_E;
+#pragma unroll
+                                for (int u = 0; u < 4; u++) x[c][u] = lane + 32 * u < E ? row[lane + 32 * u] : 0.0f;
+                            }
+#pragma unroll
+                            for (int c = 0; c < G; c++) {
+                                float s = 0;
+#pragma unroll
+                                for (int u = 0; u < 4; u++)
+                                    if (lane + 32 * u < E) s += dr[u] * x[c][u];
+                                part[c] = s;
+                            }
+                            float sum = warp_sums_group<G>(part, lane);
+                            float got = __shfl_sync(FULL_MASK, sum, (lane & (G - 1)) << 2);
+                            if ((lane & ~(G - 1)) == b0) dp = got;
+                        }
+                        if (bf16) dp = hax_bf16_round(dp);  // dP, a bf16 GEMM output
+                        prod[w][lane] = (double)pl * dp;    // exact: D += it rounds as D += p * dP did
+                        __syncwarp();
+                        for (int b = 0; b < nb; b++) D += prod[w][b];
+                        __syncwarp();  // prod is rewritten by the next 32
+                        if (in) ds[i] = dp;
+                    } else {
+                        float dl = in ? ds[i] : 0.0f, acc = dq_s[ql][lane];
+                        for (int b = 0; b < nb; b++) {
+                            float d = __shfl_sync(FULL_MASK, dl, b);
+                            const float *k = Ks + (__shfl_sync(FULL_MASK, kl, b) - ks) * TILE_N;
+                            if (lane < N) acc += d * k[lane];
+                        }
+                        dq_s[ql][lane] = acc;
+                    }
+                    pos += nb;
+                    if (nb < 32) break;
+                }
+                __syncwarp();  // every lane has read the query's state
+                if (lane == 0) pos_s[ql] = pos, next_s[ql] = pos < cnt ? o + key[pos] : INT_MAX, D_s[ql] = D;
+                __syncwarp();
+            }
+        }
+        if (pass == 1) break;
+        // ds_i = p_i (dP_i - D) for the warp's queries, and their lists from the start again
+        for (int q = 0; q < QT_W; q++) {
+            int ql = w * QT_W + q, g = g0 + ql;
+            if (g >= n_tok) continue;
+            int cnt = allow_cnt[g];
+            const float *p = allow_p + (size_t)g * cap;
+            float *ds = allow_ds + (size_t)g * cap, Df = (float)D_s[ql];
+            for (int i = lane; i < cnt; i += 32) {
+                float d = p[i] * (ds[i] - Df);
+                ds[i] = bf16 ? hax_bf16_round(d) : d;
+            }
+            __syncwarp();  // pass 2 reads them back
+            if (lane == 0) pos_s[ql] = 0, next_s[ql] = cnt > 0 ? off_s[ql] + allow_key[(size_t)g * cap] : INT_MAX;
+        }
+    }
+    for (int q = 0; q < QT_W; q++) {  // rows without entries: 0, as the memset left them
+        int g = g0 + w * QT_W + q;
+        if (g < n_tok && lane < N) dKQ[(size_t)g * ldkq + N + lane] = dq_s[w * QT_W + q][lane];
+    }
+}
+
 // ---------------------------------------------------------------- launches
 
 // The small instances (EU 4, FU 1) serve E <= 128 and N <= 32 (the paper's models).
@@ -631,6 +797,9 @@ void cu_sp_gather_setup(void) {
     // the dense tiles' 74 KiB: 2 blocks per SM
     CUDA_CHECK(cudaFuncSetAttribute(tile_bwd_kv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     (int)tile_smem_bytes()));
+    // dQ's 40 KiB of rows beside its 11 KiB of static arrays: over the default 48 KiB in all
+    CUDA_CHECK(cudaFuncSetAttribute(tile_bwd_q_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)qtile_smem_bytes()));
 }
 
 void cu_sp_gather_forward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, float *attn,
@@ -681,12 +850,21 @@ void cu_sp_gather_backward_kv(cu_sparse_state *st, const float *dattn, int ld_da
     CUDA_LAUNCHED();
 }
 
-int cu_sp_tile_fits(const cu_sparse_state *st) { return st->N <= TILE_N && st->E <= TILE_E; }
+int cu_sp_tile_fits(const cu_sparse_state *st) { return st->N <= TILE_N && st->E <= TILE_E && cu_sp_gather_fits(st); }
 
 void cu_sp_tile_backward_kv(cu_sparse_state *st, const float *dattn, int ld_dattn, float *dV, int ld_dv) {
     int n_tok = st->n_tok;
     tile_bwd_kv_kernel<<<cu_blocks(n_tok, TILE_K), 32 * WARPS, tile_smem_bytes(), cu_stream()>>>(
         st->dKQ, dV, ld_dv, st->allow_ds, st->allow_p, st->tr_off, st->tr_cnt, st->tr_ent, st->KQ, dattn, ld_dattn,
         n_tok, st->N, st->E, st->row_cap);
+    CUDA_LAUNCHED();
+}
+
+void cu_sp_tile_backward_q(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, const float *dattn,
+                           int ld_dattn) {
+    int n_tok = st->n_tok;
+    tile_bwd_q_kernel<<<cu_blocks(n_tok, QT_Q), 32 * WARPS, qtile_smem_bytes(), cu_stream()>>>(
+        st->dKQ, st->allow_ds, st->allow_p, st->allow_cnt, st->allow_key, st->KQ, V, ldv, dattn, ld_dattn, seq_off,
+        st->n_seq, n_tok, st->N, st->E, st->row_cap, st->bf16);
     CUDA_LAUNCHED();
 }

@@ -170,10 +170,16 @@ void cu_sp_gather_forward(cu_sparse_state *st, const int *seq_off, const float *
 void cu_sp_gather_backward_q(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, const float *dattn,
                              int ld_dattn);
 void cu_sp_gather_backward_kv(cu_sparse_state *st, const float *dattn, int ld_dattn, float *dV, int ld_dv);
-// dK/dV as dense tiles of the sparse d score and P (st->kv_tile, HAX_SPARSE_KV):
-// the same bits as cu_sp_gather_backward_kv; cu_sp_tile_fits: N <= 32, E <= 128.
+// The backward's gathers by tiles (st->tiles, HAX_SPARSE_TILES), the same bits
+// as the lists' kernels: dK/dV as dense tiles of the sparse d score and P,
+// dQ (with allow_ds) by rounds of key rows staged for 64 queries;
+// cu_sp_tile_fits: N <= 32, E <= 128, rows of at most 128 keys.
+#define SP_TILES_KV 1
+#define SP_TILES_Q 2
 int cu_sp_tile_fits(const cu_sparse_state *st);
 void cu_sp_tile_backward_kv(cu_sparse_state *st, const float *dattn, int ld_dattn, float *dV, int ld_dv);
+void cu_sp_tile_backward_q(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, const float *dattn,
+                           int ld_dattn);
 // cuda/sparse/empty.cu, reference semantics only (no-ops in causal): S_V of
 // the sequences with an empty row into st->seq_sv (forward, before the
 // attention), and the empty rows' backward added into st->dKQ and dV (after

@@ -99,7 +99,7 @@ static size_t ks_bytes(const hax_model_config *cfg, int max_tok, int max_seq) {
     return sizeof(cuda_ks_state) + cuda_ks_state_bytes(max_tok, max_seq, cfg->state_size, cfg->k_c);
 }
 
-extern "C" int cuda_sparse_kv_tile_fits(const cu_sparse_state *st) { return cu_sp_tile_fits(st); }
+extern "C" int cuda_sparse_tiles_fit(const cu_sparse_state *st) { return cu_sp_tile_fits(st); }
 
 extern "C" size_t cuda_sparse_state_bytes(const hax_model_config *cfg, int max_tok, int max_seq,
                                           int max_len) {
@@ -124,14 +124,16 @@ static int attn_old_env(void) {
     return env;
 }
 
-// HAX_SPARSE_KV: `tile` (1) computes dK/dV by dense tiles
-// (cu_sp_tile_backward_kv: the same bits, the work independent of how many
-// queries hold a key), `list` (0, the default until the tiles have run on a
-// GPU: stage kvtile of tests/device/stages.sh) by the transposed lists as
-// HAX_SPARSE_ATTN says; read once.
-static int kv_tile_env(void) {
+// HAX_SPARSE_TILES: which of the backward's gathers run by tiles (the same
+// bits): `kv` dK/dV by dense tiles (cu_sp_tile_backward_kv: the work
+// independent of how many queries hold a key), `q` dQ by staged key rounds
+// (cu_sp_tile_backward_q), `all` both, `none` (the default until the tiles
+// have run on a GPU: stage kvtile of tests/device/stages.sh) neither, the
+// lists' kernels as HAX_SPARSE_ATTN says; read once. The value is the bit
+// mask of cu_sparse_state.tiles.
+static int tiles_env(void) {
     static int env = -1;
-    if (env < 0) env = hax_env_choice("HAX_SPARSE_KV", "list tile", 0);
+    if (env < 0) env = hax_env_choice("HAX_SPARSE_TILES", "none kv q all", 0);
     return env;
 }
 
@@ -155,7 +157,7 @@ extern "C" cu_sparse_state *cuda_sparse_state_alloc(const hax_model_config *cfg,
     cu_sparse_state *st = &box->st;
     fill_shape(st, cfg, max_tok, max_seq, max_len);
     st->attn_old = attn_old_env();
-    st->kv_tile = kv_tile_env();
+    st->tiles = tiles_env();
     st->ks_old = cuda_ks_old_kernels();
     st->long_mode = cuda_sparse_long_env();
     carver c = {NULL, 0};

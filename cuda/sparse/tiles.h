@@ -1,8 +1,9 @@
 // cuda/sparse/tiles.h: the shapes and the two index rules of the sparse
-// branch's tiled kernels (issue 11): dK/dV by dense tiles
-// (tile_bwd_kv_kernel, cuda/sparse/attn_gather.cu, HAX_SPARSE_KV=tile) and
-// key selection's targets from staged query rows (ks_targets_tile_kernel,
-// cuda/sparse/ks_rank.cu, HAX_KS_TARGETS=tile). Plain C as well as CUDA, so
+// branch's tiled kernels (issue 11): dK/dV by dense tiles and dQ by staged
+// key rounds (tile_bwd_kv_kernel, tile_bwd_q_kernel in
+// cuda/sparse/attn_gather.cu, HAX_SPARSE_TILES) and key selection's targets
+// from staged query rows (ks_targets_tile_kernel, cuda/sparse/ks_rank.cu,
+// HAX_KS_TARGETS=tile). Plain C as well as CUDA, so
 // that tests/test_sparse_tiles.c runs the same rules on the CPU in a model of
 // each kernel's rounds.
 #ifndef HAX_CU_SPARSE_TILES_H
@@ -16,7 +17,8 @@
 #define SP_TILE_FN static inline
 #endif
 
-// dK/dV: a block's keys and the query rows of a round; the d score and P
+// dK/dV: a block's keys and the query rows of a round (dQ: the key rows of a
+// round, TILE_K, staged TILE_E and TILE_N wide); the d score and P
 // tiles' row stride (4 floats of padding, so the scatter's writes of one key,
 // rows from all lanes, meet at most 4 to a bank, and a row stays 16-byte
 // aligned); the staged dattn and Q widths (E <= 128, N <= 32); the keys each of

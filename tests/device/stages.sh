@@ -148,14 +148,16 @@ if want ssdtc 150; then
     --precision $p --eval 0 --reps 30 > $R/bench_ssdtc_${v}_$p.txt 2>&1; done; done
   done_ ssdtc
 fi
-# dK/dV by dense tiles (HAX_SPARSE_KV=tile, cuda/sparse/attn_gather.cu) against the lists: gpu_sparse's bit checks
-# (tiles vs lists on every pattern) and its GATHERS tile line at the paper size, then the whole steps of the sparse
-# rows with each, one after the other
+# the backward's gathers by tiles (HAX_SPARSE_TILES=kv|q|all, cuda/sparse/attn_gather.cu) against the lists:
+# gpu_sparse's bit checks (dK/dV tiles, dQ tiles, both, each vs the lists, on every pattern) and its GATHERS tile
+# line at the paper size, then the whole steps of the sparse rows: fp32 with none, kv, q and all, bf16-pure with
+# none and all, one after the other
 if want kvtile 150; then
   timeout $(( $(left) - 60 )) build/gpu/gpu_sparse > $R/gpu_sparse_kvtile.txt 2>&1
-  log "kvtile: gpu_sparse: $(tail -n 1 $R/gpu_sparse_kvtile.txt); $(grep -c 'dK dV tiles vs lists' $R/gpu_sparse_kvtile.txt) tile checks"
-  for p in fp32 bf16-pure; do for v in list tile; do HAX_SPARSE_KV=$v timeout $(( $(left) - 60 )) build/gpu/bench_gpu \
-    --only mamba2_hax,mamba_hax,mamba2_ks,mamba2_a,mamba2_swd --precision $p --eval 0 --reps 30 > $R/bench_kv_${v}_$p.txt 2>&1; done; done
+  log "kvtile: gpu_sparse: $(tail -n 1 $R/gpu_sparse_kvtile.txt); $(grep -c 'tiles vs lists' $R/gpu_sparse_kvtile.txt) tile checks"
+  for pv in fp32:none fp32:kv fp32:q fp32:all bf16-pure:none bf16-pure:all; do p=${pv%%:*}; v=${pv#*:}
+    HAX_SPARSE_TILES=$v timeout $(( $(left) - 60 )) build/gpu/bench_gpu --only mamba2_hax,mamba_hax,mamba2_ks,mamba2_a,mamba2_swd \
+      --precision $p --eval 0 --reps 30 > $R/bench_tiles_${v}_$p.txt 2>&1; done
   done_ kvtile
 fi
 # aside NAME PATCH|- [MAKE ARGS...]: a copy of the tree in /tmp/NAME, PATCH applied (- none), then $M with the
@@ -246,7 +248,7 @@ fi
 if want stalls 120; then
   NCU=$(ncu_bin); mkdir -p $R/stalls
   S="--section SpeedOfLight --section Occupancy --section WarpStateStats --section LaunchStats --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis --section SchedulerStats"
-  for c in ${STALLS:-ssd:mamba2:ssd_.*_kernel ssdtc:mamba2:ssd_.*_kernel:HAX_SSD_MMA=tc branch:mamba2_hax:attn_bwd_k_kernel|attn_bwd_q|gather_fwd|ks_targets:HAX_SPARSE_KV=list tile:mamba2_hax:tile_bwd_kv|ks_targets_tile:HAX_SPARSE_KV=tile,HAX_KS_TARGETS=tile conv:mamba2:conv_bwd_kernel|gated_bwd_kernel|rmsnorm_bwd scan:mamba:chunk_bwd}; do
+  for c in ${STALLS:-ssd:mamba2:ssd_.*_kernel ssdtc:mamba2:ssd_.*_kernel:HAX_SSD_MMA=tc branch:mamba2_hax:attn_bwd_k_kernel|attn_bwd_q|gather_fwd|ks_targets tile:mamba2_hax:tile_bwd|ks_targets_tile:HAX_SPARSE_TILES=all,HAX_KS_TARGETS=tile conv:mamba2:conv_bwd_kernel|gated_bwd_kernel|rmsnorm_bwd scan:mamba:chunk_bwd}; do
     IFS=: read -r n cf rx ev <<< "$c"
     [ -n "$NCU" ] && [ "$(left)" -gt 70 ] || break
     env ${ev//,/ } timeout 60 $NCU $S -k "regex:$rx" -c 4 build/gpu/bench_gpu --only $cf --precision fp32 --eval 0 --reps 1 > $R/stalls/$n.txt 2>&1
