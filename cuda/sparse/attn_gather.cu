@@ -499,6 +499,24 @@ __device__ __forceinline__ void fma4(float4 &acc, float s, float4 a) {
     acc.x += s * a.x, acc.y += s * a.y, acc.z += s * a.z, acc.w += s * a.w;
 }
 
+// Warp 0 of a tiled kernel's block, at the start of a round: *start = the
+// smallest of the TILE_K next rows (INT_MAX: all done), the round's held-row
+// mask cleared.
+__device__ __forceinline__ void tile_round_begin(int *start, unsigned *used, const int *next, int lane) {
+    int m = min(next[lane], next[lane + 32]);
+    for (int o = 16; o > 0; o >>= 1) m = min(m, __shfl_xor_sync(FULL_MASK, m, o));
+    if (lane == 0) *start = m;
+    if (lane < 2) used[lane] = 0;
+}
+
+// The rows of a round this warp's lanes saw held (m0: rows 0..31, m1: 32..63)
+// into the block's mask.
+__device__ __forceinline__ void tile_mark_rows(unsigned *used, unsigned m0, unsigned m1, int lane) {
+    m0 = __reduce_or_sync(FULL_MASK, m0), m1 = __reduce_or_sync(FULL_MASK, m1);
+    if (lane == 0 && m0) atomicOr(&used[0], m0);
+    if (lane == 0 && m1) atomicOr(&used[1], m1);
+}
+
 __global__ static void __launch_bounds__(32 * WARPS, 2)
     tile_bwd_kv_kernel(float *dKQ, float *dV, int ld_dv, const float *allow_ds, const float *allow_p,
                        const int *tr_off, const int *tr_cnt, const int *tr_ent, const float *KQ,
@@ -523,12 +541,7 @@ __global__ static void __launch_bounds__(32 * WARPS, 2)
         for (int h = 0; h < 2; h++) dv[k][h] = make_float4(0.0f, 0.0f, 0.0f, 0.0f), dk[k][h] = 0.0f;
     for (;;) {
         __syncthreads();  // the lists' state written; the previous round's products done
-        if (w == 0) {
-            int m = min(next_s[lane], next_s[lane + 32]);
-            for (int o = 16; o > 0; o >>= 1) m = min(m, __shfl_xor_sync(FULL_MASK, m, o));
-            if (lane == 0) cs_s = m;
-            if (lane < 2) used[lane] = 0;
-        }
+        if (w == 0) tile_round_begin(&cs_s, used, next_s, lane);
         for (int i = tid; i < 2 * TILE_Q * TILE_LD / 4; i += 32 * WARPS) tile4[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         __syncthreads();
         int cs = cs_s;
@@ -570,9 +583,7 @@ __global__ static void __launch_bounds__(32 * WARPS, 2)
                 __syncwarp();
             }
         }
-        mark0 = __reduce_or_sync(FULL_MASK, mark0), mark1 = __reduce_or_sync(FULL_MASK, mark1);
-        if (lane == 0 && mark0) atomicOr(&used[0], mark0);
-        if (lane == 0 && mark1) atomicOr(&used[1], mark1);
+        tile_mark_rows(used, mark0, mark1, lane);
         __syncthreads();
         // the rows of the round (zeros where nobody holds the row, and past E and N)
         for (int i = tid; i < TILE_Q * TILE_E; i += 32 * WARPS) {
@@ -659,12 +670,7 @@ __global__ static void __launch_bounds__(32 * WARPS)
     for (int pass = 0; pass < 2; pass++) {
         for (;;) {
             __syncthreads();  // the lists' state written; the previous round's reads done
-            if (w == 0) {
-                int m = min(next_s[lane], next_s[lane + 32]);
-                for (int o = 16; o > 0; o >>= 1) m = min(m, __shfl_xor_sync(FULL_MASK, m, o));
-                if (lane == 0) ks_s = m;
-                if (lane < 2) used[lane] = 0;
-            }
+            if (w == 0) tile_round_begin(&ks_s, used, next_s, lane);
             __syncthreads();
             int ks = ks_s, end = ks + TILE_K;
             if (ks == INT_MAX) break;  // every list is done (the same for the whole block)
@@ -680,9 +686,7 @@ __global__ static void __launch_bounds__(32 * WARPS)
                     else m1 |= 1u << (r - 32);
                 }
             }
-            m0 = __reduce_or_sync(FULL_MASK, m0), m1 = __reduce_or_sync(FULL_MASK, m1);
-            if (lane == 0 && m0) atomicOr(&used[0], m0);
-            if (lane == 0 && m1) atomicOr(&used[1], m1);
+            tile_mark_rows(used, m0, m1, lane);
             __syncthreads();
             if (pass == 0) {
                 for (int i = tid; i < TILE_K * TILE_E; i += 32 * WARPS) {

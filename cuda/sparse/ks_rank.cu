@@ -417,6 +417,46 @@ __device__ static bool ks_row_inside_warp(const int *row, int m, int n, int lane
     return !__any_sync(0xffffffffu, out);
 }
 
+// The checks of candidate slot (s, a) for its target, by one warp:
+// cand_copy[slot] = row[a] (cand_copy may be NULL), *cand_m_s = the usable
+// count of the row (for a == 0; 0 if a position lies outside the sequence),
+// and for a slot that adds nothing (unused, or bad: bit CU_ERR_KS) y[slot] =
+// 0. Returns the candidate's position, or -1 for such a slot.
+__device__ static int ks_target_slot(double *y, int *cand_copy, int *cand_m_s, const int *row, long slot, int a,
+                                     int k_c, int n, int model_len, int causal, int *err, int lane) {
+    if (cand_copy && lane == 0) cand_copy[slot] = row[a];
+    int m = ks_count_warp(row, k_c, lane);
+    if (a == 0) {
+        bool inside = ks_row_inside_warp(row, m, n, lane);
+        if (lane == 0) *cand_m_s = inside ? m : 0;
+    }
+    bool unused = a >= m;
+    if (unused || !(ks_slot_ok_warp(row, a, n, lane) && (causal || model_len >= n))) {
+        if (lane == 0) {
+            if (!unused || row[a] >= 0) atomicOr(err, CU_ERR_KS);
+            y[slot] = 0.0;
+        }
+        return -1;
+    }
+    return row[a];
+}
+
+// One query row's term of a target: sigmoid(q . k) in double, features in
+// order (bf16-pure: a product then a sum, each rounded, and the score and
+// sigmoid rounded to bf16, as ks_targets_bf16_kernel; fp32: ks_targets_kernel's
+// dot += q k, fused by nvcc).
+template <int BF16>
+__device__ __forceinline__ double ks_target_term(const float *q, const float *k, int N) {
+    double dot = 0.0;
+    if constexpr (BF16) {
+        for (int i = 0; i < N; i++) dot = __dadd_rn(dot, __dmul_rn((double)q[i], (double)k[i]));
+        return hax_bf16_round(hax_sigmoid(hax_bf16_round((float)dot)));
+    } else {
+        for (int i = 0; i < N; i++) dot = __fma_rn((double)q[i], (double)k[i], dot);
+        return hax_sigmoid_d(dot);
+    }
+}
+
 // ks_targets_kernel / ks_targets_bf16_kernel (the same sums), plus:
 // cand_copy[slot] = cand[slot] (cand_copy may be NULL), and cand_m[s] = the usable count of row s
 // (0 if a position lies outside the sequence: the loss then skips it). The
@@ -430,41 +470,12 @@ __global__ static void ks_targets_new_kernel(double *y, int *cand_copy, int *can
     if (slot >= (long)n_seq * k_c) return;
     int s = (int)(slot / k_c), a = (int)(slot % k_c);
     int o = seq_off[s], n = seq_off[s + 1] - o;
-    const int *row = cand + (size_t)s * k_c;
-    if (cand_copy && lane == 0) cand_copy[slot] = row[a];
-    int m = ks_count_warp(row, k_c, lane);
-    if (a == 0) {
-        bool inside = ks_row_inside_warp(row, m, n, lane);
-        if (lane == 0) cand_m[s] = inside ? m : 0;
-    }
-    if (a >= m) {
-        if (lane == 0) {
-            if (row[a] >= 0) atomicOr(err, CU_ERR_KS);
-            y[slot] = 0.0;
-        }
-        return;
-    }
-    if (!(ks_slot_ok_warp(row, a, n, lane) && (causal || model_len >= n))) {
-        if (lane == 0) {
-            atomicOr(err, CU_ERR_KS);
-            y[slot] = 0.0;
-        }
-        return;
-    }
-    int I = row[a];
+    int I = ks_target_slot(y, cand_copy, cand_m + s, cand + (size_t)s * k_c, slot, a, k_c, n, model_len, causal, err,
+                           lane);
+    if (I < 0) return;
     const float *k = K + (size_t)(o + I) * ldk;
     double sum = 0.0;
-    for (int t = I + lane; t < n; t += 32) {
-        const float *q = Q + (size_t)(o + t) * ldq;
-        double dot = 0.0;
-        if (BF16) {
-            for (int i = 0; i < N; i++) dot = __dadd_rn(dot, __dmul_rn((double)q[i], (double)k[i]));
-            sum += hax_bf16_round(hax_sigmoid(hax_bf16_round((float)dot)));
-        } else {  // ks_targets_kernel's dot += q k, fused by nvcc
-            for (int i = 0; i < N; i++) dot = __fma_rn((double)q[i], (double)k[i], dot);
-            sum += hax_sigmoid_d(dot);
-        }
-    }
+    for (int t = I + lane; t < n; t += 32) sum += ks_target_term<BF16>(Q + (size_t)(o + t) * ldq, k, N);
     sum = cu_warp_sum(sum);
     if (!causal) sum += 0.5 * (double)(model_len - n);  // quirk 5 (exact: a multiple of 0.5)
     if (lane == 0) y[slot] = BF16 ? (double)hax_bf16_round((float)sum) : sum;
@@ -488,25 +499,13 @@ __global__ static void __launch_bounds__(32 * KS_TG_WARPS)
     __shared__ int first[KS_TG_WARPS];
     int s = blockIdx.x, w = threadIdx.x / 32, lane = threadIdx.x % 32, a = blockIdx.y * KS_TG_WARPS + w;
     int o = seq_off[s], n = seq_off[s + 1] - o, NP = N | 1;
-    const int *row = cand + (size_t)s * k_c;
     long slot = (long)s * k_c + a;
     int I = INT_MAX;  // this warp's candidate position, INT_MAX when it adds nothing
     if (a < k_c) {
-        if (cand_copy && lane == 0) cand_copy[slot] = row[a];
-        int m = ks_count_warp(row, k_c, lane);
-        if (a == 0) {
-            bool inside = ks_row_inside_warp(row, m, n, lane);
-            if (lane == 0) cand_m[s] = inside ? m : 0;
-        }
-        if (a >= m) {
-            if (lane == 0) {
-                if (row[a] >= 0) atomicOr(err, CU_ERR_KS);
-                y[slot] = 0.0;
-            }
-        } else if (!(ks_slot_ok_warp(row, a, n, lane) && (causal || model_len >= n))) {
-            if (lane == 0) atomicOr(err, CU_ERR_KS), y[slot] = 0.0;
-        } else {
-            I = row[a];
+        int v = ks_target_slot(y, cand_copy, cand_m + s, cand + (size_t)s * k_c, slot, a, k_c, n, model_len, causal,
+                               err, lane);
+        if (v >= 0) {
+            I = v;
             for (int i = lane; i < N; i += 32) ks[w * N + i] = K[(size_t)(o + I) * ldk + i];
         }
     }
@@ -522,17 +521,7 @@ __global__ static void __launch_bounds__(32 * KS_TG_WARPS)
         }
         __syncthreads();
         int t = tile_lane_row(I, t0, lane);  // (meaningful for I < INT_MAX)
-        if (I != INT_MAX && t >= I && t < n) {
-            const float *q = qs + (t - t0) * NP, *k = ks + w * N;
-            double dot = 0.0;
-            if (BF16) {
-                for (int i = 0; i < N; i++) dot = __dadd_rn(dot, __dmul_rn((double)q[i], (double)k[i]));
-                sum += hax_bf16_round(hax_sigmoid(hax_bf16_round((float)dot)));
-            } else {
-                for (int i = 0; i < N; i++) dot = __fma_rn((double)q[i], (double)k[i], dot);
-                sum += hax_sigmoid_d(dot);
-            }
-        }
+        if (I != INT_MAX && t >= I && t < n) sum += ks_target_term<BF16>(qs + (t - t0) * NP, ks + w * N, N);
         __syncthreads();  // the tile is rewritten next
     }
     if (I == INT_MAX) return;
