@@ -446,9 +446,9 @@ static void same_outputs(const gpu_outputs *a, const gpu_outputs *b, const char 
 }
 
 // The new attention kernels (cuda/sparse/attn_gather.cu) against the
-// previous ones (cuda/sparse/attn.cu) on one state, and dK/dV by dense tiles
-// and dQ by staged key rounds (where they fit: N <= 32, E <= 128) against the
-// lists: every output bit for bit (they add the same terms in the same
+// previous ones (cuda/sparse/attn.cu) on one state, and dK/dV by dense tiles,
+// dQ and the forward by staged key rounds (where they fit: N <= 32, E <= 128)
+// against the lists: every output bit for bit (they add the same terms in the same
 // order). Prints the counts of differing elements.
 static void check_variants(problem *p, cu_sparse_state *gs) {
     float *d_attn = cuda_malloc(sizeof(float) * (size_t)p->b.n_tok * p->E);
@@ -457,10 +457,12 @@ static void check_variants(problem *p, cu_sparse_state *gs) {
     run_gpu(&b, p, gs, 1, 0, d_attn);
     same_outputs(&a, &b, "gathers vs previous kernels");
     if (cuda_sparse_tiles_fit(gs)) {
-        const char *what[3] = {"dK dV tiles vs lists", "dQ tiles vs lists", "all tiles vs lists"};
-        for (int t = 1; t <= 3; t++) {
-            run_gpu(&c, p, gs, 1, t, d_attn);
-            same_outputs(&c, &b, what[t - 1]);
+        const char *what[4] = {"dK dV tiles vs lists", "dQ tiles vs lists", "forward tiles vs lists",
+                               "all tiles vs lists"};
+        const int masks[4] = {1, 2, 4, 7};  // cu_sparse_state.tiles
+        for (int t = 0; t < 4; t++) {
+            run_gpu(&c, p, gs, 1, masks[t], d_attn);
+            same_outputs(&c, &b, what[t]);
             free_outputs(&c);
         }
     }
@@ -1059,9 +1061,9 @@ static void time_paper(int N, const char *pattern, hax_semantics sem) {
     for (int i = 0; i < 6; i++) cuda_upload(p.d_kg[i], p.kg0[i], sizeof(float) * kp_size(i, N));
     check_variants(&p, gs);
     check_ks_variants(&p, gs);
-    double t[3][4], tk[2][4];  // [new, old, default with both tiles][fwd, bwd, gathers, KS phases]
+    double t[3][4], tk[2][4];  // [new, old, all tiles][fwd, bwd, gathers, KS phases]
     for (int old = 0; old < 2; old++) time_gpu(t[old], &p, gs, d_attn, old ? "old" : "new", old, 0, gs->ks_old);
-    time_gpu(t[2], &p, gs, d_attn, "tile", gs->attn_old, 3, gs->ks_old);
+    time_gpu(t[2], &p, gs, d_attn, "tile", gs->attn_old, 7, gs->ks_old);
     for (int old = 0; old < 2; old++)
         time_gpu(tk[old], &p, gs, d_attn, old ? "ks-old" : "ks-new", gs->attn_old, gs->tiles, old);
     printf("      CPU fwd %.1f ms, bwd %.1f ms | GPU fwd %.3f ms, bwd %.3f ms (bwd timed after a forward; previous "

@@ -11,11 +11,12 @@
 //     for bit, the rows a key does not hold adding 0 * x. The lists have keys
 //     with more than 32 holders in one round (the lower-bound path), blocks
 //     spanning sequences, and ragged sizes (N 18, E 40; N 32, E 128).
-//   - tile_bwd_q_kernel (the same file, HAX_SPARSE_TILES=q): blocks of 64
-//     queries walk their keys in rounds of 64 rows from the smallest next
-//     key; each pass must take every query's entries once, in list order, in
-//     chunks of 32 that are prefixes of the rest of the list, each entry's key
-//     row among the rows the round staged.
+//   - tile_bwd_q_kernel and tile_fwd_kernel (the same file,
+//     HAX_SPARSE_TILES=q, fwd; their rounds are the same helpers, rounds_*):
+//     blocks of 64 queries walk their keys in rounds of 64 rows from the
+//     smallest next key; each pass must take every query's entries once, in
+//     list order, in chunks of 32 that are prefixes of the rest of the list,
+//     each entry's key row among the rows the round staged.
 //   - ks_targets_tile_kernel (cuda/sparse/ks_rank.cu, HAX_KS_TARGETS=tile):
 //     with tile_lane_row, each lane takes the rows of the loop t = I + lane,
 //     I + lane + 32, ... in the same order, whatever the block's first tile.

@@ -183,6 +183,10 @@ void cu_sp_attn_forward(cu_sparse_state *st, const int *seq_off, const float *V,
     int ref = st->sem == SEMANTICS_REFERENCE;
     cu_sp_empty_forward(st, seq_off, V, ldv);  // S_V of the sequences with an empty row
     cu_sp_phase(st, "empty-row S_V");
+    if ((st->tiles & SP_TILES_FWD) && cu_sp_tile_fits(st)) {
+        cu_sp_tile_forward(st, seq_off, V, ldv, attn, ld_attn);
+        return;
+    }
     if (st->attn_old != 1 && cu_sp_gather_fits(st)) {
         cu_sp_gather_forward(st, seq_off, V, ldv, attn, ld_attn);
         return;

@@ -628,6 +628,86 @@ __global__ static void __launch_bounds__(32 * WARPS, 2)
 
 // ---------------------------------------------------------------- dQ by staged key rounds
 
+#define QT_Q 64
+#define QT_W (QT_Q / WARPS)  // queries per warp
+
+// The round kernels' lists (tile_bwd_q_kernel, tile_fwd_kernel): per query
+// ql of the block (g0 + ql), its next list entry pos[ql], that entry's key as
+// a global row next[ql] (INT_MAX: done) and its sequence's first row off[ql].
+// rounds_start: from each list's start (off as well when with_off).
+__device__ __forceinline__ void rounds_start(int *pos, int *next, int *off, int with_off, const int *allow_cnt,
+                                             const int *allow_key, const int *seq_off, int n_seq, int n_tok, int cap,
+                                             int g0, int ql) {
+    int g = g0 + ql, c = g < n_tok ? allow_cnt[g] : 0;
+    if (with_off) off[ql] = g < n_tok ? seq_off[cu_seq_of(seq_off, n_seq, g)] : 0;
+    pos[ql] = 0, next[ql] = c > 0 ? off[ql] + allow_key[(size_t)g * cap] : INT_MAX;
+}
+
+// Every warp marks the rows [ks, ks + TILE_K) its queries' lists hold from
+// their next entries on, into the block's mask used.
+__device__ __forceinline__ void rounds_mark(unsigned *used, const int *pos, const int *next, const int *off,
+                                            const int *allow_cnt, const int *allow_key, int cap, int g0, int ks,
+                                            int w, int lane) {
+    unsigned m0 = 0, m1 = 0;  // the rows this lane saw held
+    for (int q = 0; q < QT_W; q++) {
+        int ql = w * QT_W + q, g = g0 + ql;
+        if (next[ql] >= ks + TILE_K) continue;
+        int cnt = allow_cnt[g];
+        for (int i = pos[ql] + lane; i < cnt; i += 32) {
+            int r = off[ql] + allow_key[(size_t)g * cap + i] - ks;
+            if (r >= TILE_K) break;  // the list is sorted
+            if (r < 32) m0 |= 1u << r;
+            else m1 |= 1u << (r - 32);
+        }
+    }
+    tile_mark_rows(used, m0, m1, lane);
+}
+
+// A round's start for the whole block: its first key row, the smallest next
+// key of its queries (INT_MAX: every list is done), and the rows held from
+// there marked in used.
+__device__ __forceinline__ int rounds_begin(int *ks_s, unsigned *used, const int *pos, const int *next, const int *off,
+                                            const int *allow_cnt, const int *allow_key, int cap, int g0, int w,
+                                            int lane) {
+    __syncthreads();  // the lists' state written; the previous round's reads done
+    if (w == 0) tile_round_begin(ks_s, used, next, lane);
+    __syncthreads();
+    int ks = *ks_s;
+    if (ks == INT_MAX) return ks;  // the same for the whole block
+    rounds_mark(used, pos, next, off, allow_cnt, allow_key, cap, g0, ks, w, lane);
+    __syncthreads();
+    return ks;
+}
+
+// A query's next entries in the round, up to 32 (lane b: entry i = pos + b,
+// its key row kl, INT_MAX past the list, and whether it lies in the round):
+// returns how many do, a prefix, the list being sorted.
+__device__ __forceinline__ int rounds_chunk(int &i, int &kl, int &in, const int *key, int pos, int cnt, int o, int end,
+                                            int lane) {
+    i = pos + lane, kl = i < cnt ? o + key[i] : INT_MAX, in = kl < end;
+    return __popc(__ballot_sync(FULL_MASK, in));
+}
+
+// After a query's entries in the round (pos: its next entry now): its state
+// for the next round, written once every lane has read it.
+__device__ __forceinline__ void rounds_moved(int *pos_s, int *next_s, int ql, int pos, int cnt, int o, const int *key,
+                                             int lane) {
+    __syncwarp();
+    if (lane == 0) pos_s[ql] = pos, next_s[ql] = pos < cnt ? o + key[pos] : INT_MAX;
+    __syncwarp();
+}
+
+// The marked rows of the round, `width` floats each, from src (rows ks + r,
+// stride ld_src) into dst (stride ld_dst); the block's threads.
+__device__ __forceinline__ void rounds_stage(float *dst, int ld_dst, const float *src, int ld_src, int width,
+                                             const unsigned *used, int ks, int tid) {
+    for (int i = tid; i < TILE_K * width; i += 32 * WARPS) {
+        int r = i / width, c = i % width;
+        if (used[r / 32] >> (r % 32) & 1) dst[r * ld_dst + c] = src[(size_t)(ks + r) * ld_src + c];
+    }
+}
+
+
 // gather_bwd_q_kernel<4, 1>'s values (so the previous kernel's) with the key
 // rows read from shared memory. There each warp gathers its query's V and K
 // rows from global memory, one row per list entry (V's 512 bytes at E 128),
@@ -642,9 +722,6 @@ __global__ static void __launch_bounds__(32 * WARPS, 2)
 //           into allow_ds; then ds_i = p_i (dP_i - (float) D) in place;
 //   pass 2: dQ += ds_i K_key, list order, one lane per feature.
 // The rounds go in key order, so each query's entries in list order.
-#define QT_Q 64
-#define QT_W (QT_Q / WARPS)  // queries per warp
-
 static size_t qtile_smem_bytes(void) { return sizeof(float) * TILE_K * (TILE_E + TILE_N); }
 
 __global__ static void __launch_bounds__(32 * WARPS)
@@ -662,43 +739,17 @@ __global__ static void __launch_bounds__(32 * WARPS)
     __shared__ int ks_s;
     int tid = threadIdx.x, w = tid / 32, lane = tid & 31, g0 = blockIdx.x * QT_Q, ldkq = 2 * N;
     if (tid < QT_Q) {
-        int g = g0 + tid, c = g < n_tok ? allow_cnt[g] : 0, o = g < n_tok ? seq_off[cu_seq_of(seq_off, n_seq, g)] : 0;
-        off_s[tid] = o, pos_s[tid] = 0, D_s[tid] = 0.0;
-        next_s[tid] = c > 0 ? o + allow_key[(size_t)g * cap] : INT_MAX;
+        rounds_start(pos_s, next_s, off_s, 1, allow_cnt, allow_key, seq_off, n_seq, n_tok, cap, g0, tid);
+        D_s[tid] = 0.0;
     }
     for (int i = tid; i < QT_Q * TILE_N; i += 32 * WARPS) dq_s[i / TILE_N][i % TILE_N] = 0.0f;
     for (int pass = 0; pass < 2; pass++) {
         for (;;) {
-            __syncthreads();  // the lists' state written; the previous round's reads done
-            if (w == 0) tile_round_begin(&ks_s, used, next_s, lane);
-            __syncthreads();
-            int ks = ks_s, end = ks + TILE_K;
-            if (ks == INT_MAX) break;  // every list is done (the same for the whole block)
-            unsigned m0 = 0, m1 = 0;   // the rows this lane saw held
-            for (int q = 0; q < QT_W; q++) {
-                int ql = w * QT_W + q, g = g0 + ql;
-                if (next_s[ql] >= end) continue;
-                int cnt = allow_cnt[g], o = off_s[ql];
-                for (int i = pos_s[ql] + lane; i < cnt; i += 32) {
-                    int r = o + allow_key[(size_t)g * cap + i] - ks;
-                    if (r >= TILE_K) break;  // the list is sorted
-                    if (r < 32) m0 |= 1u << r;
-                    else m1 |= 1u << (r - 32);
-                }
-            }
-            tile_mark_rows(used, m0, m1, lane);
-            __syncthreads();
-            if (pass == 0) {
-                for (int i = tid; i < TILE_K * TILE_E; i += 32 * WARPS) {
-                    int r = i / TILE_E, c = i % TILE_E;
-                    if (c < E && (used[r / 32] >> (r % 32) & 1)) Vs[i] = V[(size_t)(ks + r) * ldv + c];
-                }
-            } else {
-                for (int i = tid; i < TILE_K * TILE_N; i += 32 * WARPS) {
-                    int r = i / TILE_N, c = i % TILE_N;
-                    if (c < N && (used[r / 32] >> (r % 32) & 1)) Ks[i] = KQ[(size_t)(ks + r) * ldkq + c];
-                }
-            }
+            int ks = rounds_begin(&ks_s, used, pos_s, next_s, off_s, allow_cnt, allow_key, cap, g0, w, lane);
+            if (ks == INT_MAX) break;
+            int end = ks + TILE_K;
+            if (pass == 0) rounds_stage(Vs, TILE_E, V, ldv, E, used, ks, tid);
+            else rounds_stage(Ks, TILE_N, KQ, ldkq, N, used, ks, tid);
             __syncthreads();
             for (int q = 0; q < QT_W; q++) {
                 int ql = w * QT_W + q, g = g0 + ql;
@@ -715,8 +766,7 @@ __global__ static void __launch_bounds__(32 * WARPS)
                     for (int u = 0; u < 4; u++) dr[u] = lane + 32 * u < E ? da[lane + 32 * u] : 0.0f;
                 }
                 for (;;) {  // the query's entries in the round, 32 at a time (lane b: entry pos + b)
-                    int i = pos + lane, kl = i < cnt ? o + key[i] : INT_MAX, in = kl < end;
-                    int nb = __popc(__ballot_sync(FULL_MASK, in));
+                    int i, kl, in, nb = rounds_chunk(i, kl, in, key, pos, cnt, o, end, lane);
                     if (nb == 0) break;
                     if (pass == 0) {
                         float pl = in ? p[i] : 0.0f, dp = 0.0f;  // on lane b: entry b's dP
@@ -758,9 +808,8 @@ __global__ static void __launch_bounds__(32 * WARPS)
                     pos += nb;
                     if (nb < 32) break;
                 }
-                __syncwarp();  // every lane has read the query's state
-                if (lane == 0) pos_s[ql] = pos, next_s[ql] = pos < cnt ? o + key[pos] : INT_MAX, D_s[ql] = D;
-                __syncwarp();
+                if (lane == 0) D_s[ql] = D;  // (every lane read it before the first chunk's ballot)
+                rounds_moved(pos_s, next_s, ql, pos, cnt, o, key, lane);
             }
         }
         if (pass == 1) break;
@@ -776,12 +825,134 @@ __global__ static void __launch_bounds__(32 * WARPS)
                 ds[i] = bf16 ? hax_bf16_round(d) : d;
             }
             __syncwarp();  // pass 2 reads them back
-            if (lane == 0) pos_s[ql] = 0, next_s[ql] = cnt > 0 ? off_s[ql] + allow_key[(size_t)g * cap] : INT_MAX;
+            if (lane == 0) rounds_start(pos_s, next_s, off_s, 0, allow_cnt, allow_key, seq_off, n_seq, n_tok, cap, g0, ql);
         }
     }
     for (int q = 0; q < QT_W; q++) {  // rows without entries: 0, as the memset left them
         int g = g0 + w * QT_W + q;
         if (g < n_tok && lane < N) dKQ[(size_t)g * ldkq + N + lane] = dq_s[w * QT_W + q][lane];
+    }
+}
+
+// ---------------------------------------------------------------- forward by staged key rounds
+
+// gather_fwd_kernel's values with the key rows read from shared memory, the
+// rounds of tile_bwd_q_kernel (64 queries per block, 8 per warp):
+//   pass 1 (K rows staged at an odd stride: a lane per entry reads its own
+//           row): each entry's score Q_g . K_key, f ascending, bf16-pure
+//           rounded, into allow_p for now; then per query, as gather_fwd_kernel
+//           on its lane layout (entry i on lane i % 32): the max, exp(s - max),
+//           the double sums per lane then over the warp, P into allow_p;
+//   pass 2 (V rows staged): attn_g += P_i V_key, list order, each lane 4
+//           consecutive elements kept in shared memory across the rounds.
+// Each element adds the same products in the same order, so the same bits.
+static size_t ftile_smem_bytes(void) {
+    return sizeof(float) * (TILE_K * (TILE_N + 1) + QT_Q * (TILE_N + 1) + TILE_K * TILE_E + QT_Q * TILE_E);
+}
+
+__global__ static void __launch_bounds__(32 * WARPS)
+    tile_fwd_kernel(float *attn, int ld_attn, float *allow_p, const int *allow_cnt, const int *allow_key,
+                    const float *KQ, const float *V, int ldv, const double *sv, const int *seq_off, int n_seq,
+                    int n_tok, int N, int E, int cap, int L, int ref, int bf16) {
+    const int KS = TILE_N + 1;  // the staged score rows' stride (odd: 32 lanes, 32 rows, 32 banks)
+    extern __shared__ float4 ft4[];
+    float *Vs = (float *)ft4, *acc = Vs + TILE_K * TILE_E, *Ks = acc + QT_Q * TILE_E, *Qs = Ks + TILE_K * KS;
+    __shared__ int pos_s[QT_Q], next_s[QT_Q], off_s[QT_Q];
+    __shared__ unsigned used[2];
+    __shared__ int ks_s;
+    int tid = threadIdx.x, w = tid / 32, lane = tid & 31, g0 = blockIdx.x * QT_Q, ldkq = 2 * N;
+    if (tid < QT_Q) rounds_start(pos_s, next_s, off_s, 1, allow_cnt, allow_key, seq_off, n_seq, n_tok, cap, g0, tid);
+    for (int i = tid; i < QT_Q * TILE_E; i += 32 * WARPS) acc[i] = 0.0f;
+    for (int i = tid; i < QT_Q * TILE_N; i += 32 * WARPS) {
+        int q = i / TILE_N, f = i % TILE_N, g = g0 + q;
+        Qs[q * KS + f] = g < n_tok && f < N ? KQ[(size_t)g * ldkq + N + f] : 0.0f;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        for (;;) {
+            int ks = rounds_begin(&ks_s, used, pos_s, next_s, off_s, allow_cnt, allow_key, cap, g0, w, lane);
+            if (ks == INT_MAX) break;
+            int end = ks + TILE_K;
+            if (pass == 0) rounds_stage(Ks, KS, KQ, ldkq, N, used, ks, tid);
+            else rounds_stage(Vs, TILE_E, V, ldv, E, used, ks, tid);
+            __syncthreads();
+            for (int q = 0; q < QT_W; q++) {
+                int ql = w * QT_W + q, g = g0 + ql;
+                if (next_s[ql] >= end) continue;  // the same for the whole warp
+                int cnt = allow_cnt[g], o = off_s[ql], pos = pos_s[ql];
+                const int *key = allow_key + (size_t)g * cap;
+                float *p = allow_p + (size_t)g * cap;
+                float4 a4 = ((const float4 *)(acc + ql * TILE_E))[lane];
+                for (;;) {  // the query's entries in the round, 32 at a time (lane b: entry pos + b)
+                    int i, kl, in, nb = rounds_chunk(i, kl, in, key, pos, cnt, o, end, lane);
+                    if (nb == 0) break;
+                    if (pass == 0) {
+                        if (in) {
+                            const float *k = Ks + (kl - ks) * KS, *qr = Qs + ql * KS;
+                            float sc = 0;
+                            for (int f = 0; f < N; f++) sc += qr[f] * k[f];
+                            p[i] = bf16 ? hax_bf16_round(sc) : sc;
+                        }
+                    } else {
+                        float pl = in ? p[i] : 0.0f;
+                        for (int b = 0; b < nb; b++) {
+                            float pb = __shfl_sync(FULL_MASK, pl, b);
+                            float4 x = ((const float4 *)(Vs + (__shfl_sync(FULL_MASK, kl, b) - ks) * TILE_E))[lane];
+                            a4.x += pb * x.x, a4.y += pb * x.y, a4.z += pb * x.z, a4.w += pb * x.w;
+                        }
+                    }
+                    pos += nb;
+                    if (nb < 32) break;
+                }
+                if (pass == 1) ((float4 *)(acc + ql * TILE_E))[lane] = a4;
+                rounds_moved(pos_s, next_s, ql, pos, cnt, o, key, lane);
+            }
+        }
+        if (pass == 1) break;
+        // P from the scores, as gather_fwd_kernel; the lists from the start again
+        for (int q = 0; q < QT_W; q++) {
+            int ql = w * QT_W + q, g = g0 + ql;
+            if (g >= n_tok) continue;
+            int cnt = allow_cnt[g];
+            float *p = allow_p + (size_t)g * cap, pr[LIST_CHUNKS], mx = -INFINITY;
+#pragma unroll
+            for (int m = 0; m < LIST_CHUNKS; m++) {
+                pr[m] = lane + 32 * m < cnt ? p[lane + 32 * m] : 0.0f;
+                if (lane + 32 * m < cnt) mx = fmaxf(mx, pr[m]);
+            }
+            mx = warp_max(mx);
+            double sum = 0;
+#pragma unroll
+            for (int m = 0; m < LIST_CHUNKS; m++)
+                if (lane + 32 * m < cnt) {
+                    pr[m] = expf(pr[m] - mx);
+                    sum += pr[m];
+                }
+            sum = cu_warp_sum(sum);
+            float inv = (float)(1.0 / sum);
+#pragma unroll
+            for (int m = 0; m < LIST_CHUNKS; m++)
+                if (lane + 32 * m < cnt) p[lane + 32 * m] = bf16 ? hax_bf16_round(pr[m] / (float)sum) : pr[m] * inv;
+            __syncwarp();  // pass 2 reads them back
+            if (lane == 0) rounds_start(pos_s, next_s, off_s, 0, allow_cnt, allow_key, seq_off, n_seq, n_tok, cap, g0, ql);
+        }
+    }
+    for (int q = 0; q < QT_W; q++) {
+        int ql = w * QT_W + q, g = g0 + ql;
+        if (g >= n_tok) continue;
+        float *out = attn + (size_t)g * ld_attn;
+        if (allow_cnt[g] == 0) {  // an empty row, as gather_fwd_kernel
+            int s = cu_seq_of(seq_off, n_seq, g);
+            float pe = hax_bf16_round(1.0f / (float)L);
+            for (int e = lane; e < E; e += 32) {
+                double v = sv[(size_t)s * E + e];
+                out[e] = !ref ? 0.0f : bf16 ? hax_bf16_round((float)(v * pe)) : (float)(v / L);
+            }
+            continue;
+        }
+        for (int e = lane; e < E; e += 32) {
+            float a = acc[ql * TILE_E + e];
+            out[e] = bf16 ? hax_bf16_round(a) : a;
+        }
     }
 }
 
@@ -804,6 +975,8 @@ void cu_sp_gather_setup(void) {
     // dQ's 40 KiB of rows beside its 11 KiB of static arrays: over the default 48 KiB in all
     CUDA_CHECK(cudaFuncSetAttribute(tile_bwd_q_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     (int)qtile_smem_bytes()));
+    CUDA_CHECK(cudaFuncSetAttribute(tile_fwd_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)ftile_smem_bytes()));
 }
 
 void cu_sp_gather_forward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, float *attn,
@@ -870,5 +1043,13 @@ void cu_sp_tile_backward_q(cu_sparse_state *st, const int *seq_off, const float 
     tile_bwd_q_kernel<<<cu_blocks(n_tok, QT_Q), 32 * WARPS, qtile_smem_bytes(), cu_stream()>>>(
         st->dKQ, st->allow_ds, st->allow_p, st->allow_cnt, st->allow_key, st->KQ, V, ldv, dattn, ld_dattn, seq_off,
         st->n_seq, n_tok, st->N, st->E, st->row_cap, st->bf16);
+    CUDA_LAUNCHED();
+}
+
+void cu_sp_tile_forward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, float *attn, int ld_attn) {
+    int n_tok = st->n_tok;
+    tile_fwd_kernel<<<cu_blocks(n_tok, QT_Q), 32 * WARPS, ftile_smem_bytes(), cu_stream()>>>(
+        attn, ld_attn, st->allow_p, st->allow_cnt, st->allow_key, st->KQ, V, ldv, st->seq_sv, seq_off, st->n_seq, n_tok,
+        st->N, st->E, st->row_cap, st->model_len, st->sem == SEMANTICS_REFERENCE, st->bf16);
     CUDA_LAUNCHED();
 }

@@ -170,14 +170,17 @@ void cu_sp_gather_forward(cu_sparse_state *st, const int *seq_off, const float *
 void cu_sp_gather_backward_q(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, const float *dattn,
                              int ld_dattn);
 void cu_sp_gather_backward_kv(cu_sparse_state *st, const float *dattn, int ld_dattn, float *dV, int ld_dv);
-// The backward's gathers by tiles (st->tiles, HAX_SPARSE_TILES), the same bits
+// The attention's gathers by tiles (st->tiles, HAX_SPARSE_TILES), the same bits
 // as the lists' kernels: dK/dV as dense tiles of the sparse d score and P,
-// dQ (with allow_ds) by rounds of key rows staged for 64 queries;
-// cu_sp_tile_fits: N <= 32, E <= 128, rows of at most 128 keys.
+// dQ (with allow_ds) and the forward (with allow_p) by rounds of key rows
+// staged for 64 queries; cu_sp_tile_fits: N <= 32, E <= 128, rows of at most
+// 128 keys.
 #define SP_TILES_KV 1
 #define SP_TILES_Q 2
+#define SP_TILES_FWD 4
 int cu_sp_tile_fits(const cu_sparse_state *st);
 void cu_sp_tile_backward_kv(cu_sparse_state *st, const float *dattn, int ld_dattn, float *dV, int ld_dv);
+void cu_sp_tile_forward(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, float *attn, int ld_attn);
 void cu_sp_tile_backward_q(cu_sparse_state *st, const int *seq_off, const float *V, int ldv, const float *dattn,
                            int ld_dattn);
 // cuda/sparse/empty.cu, reference semantics only (no-ops in causal): S_V of

@@ -124,16 +124,17 @@ static int attn_old_env(void) {
     return env;
 }
 
-// HAX_SPARSE_TILES: which of the backward's gathers run by tiles (the same
+// HAX_SPARSE_TILES: which of the attention's gathers run by tiles (the same
 // bits): `kv` dK/dV by dense tiles (cu_sp_tile_backward_kv: the work
-// independent of how many queries hold a key), `q` dQ by staged key rounds
-// (cu_sp_tile_backward_q), `all` both, `none` (the default until the tiles
+// independent of how many queries hold a key), `q` dQ and `fwd` the forward
+// by staged key rounds (cu_sp_tile_backward_q, cu_sp_tile_forward), joined
+// by `+` in this order, `all` the three, `none` (the default until the tiles
 // have run on a GPU: stage kvtile of tests/device/stages.sh) neither, the
-// lists' kernels as HAX_SPARSE_ATTN says; read once. The value is the bit
-// mask of cu_sparse_state.tiles.
+// lists' kernels as HAX_SPARSE_ATTN says; read once. The index of the choice
+// is the bit mask of cu_sparse_state.tiles (SP_TILES_*).
 static int tiles_env(void) {
     static int env = -1;
-    if (env < 0) env = hax_env_choice("HAX_SPARSE_TILES", "none kv q all", 0);
+    if (env < 0) env = hax_env_choice("HAX_SPARSE_TILES", "none kv q kv+q fwd kv+fwd q+fwd all", 0);
     return env;
 }
 

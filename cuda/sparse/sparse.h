@@ -53,10 +53,10 @@ typedef struct cu_sparse_state {
     int attn_old;                // 1: the previous attention gathers (cuda/sparse/attn.cu), 0: the new ones,
                                  // 2: new forward, previous backward (the default; HAX_SPARSE_ATTN), for A/B
                                  // timing: set at alloc from HAX_SPARSE_ATTN=old; tests may set it
-    int tiles;                   // the backward's gathers by tiles where they fit (HAX_SPARSE_TILES, set at
+    int tiles;                   // the attention's gathers by tiles where they fit (HAX_SPARSE_TILES, set at
                                  // alloc; tests may set it): bit 1 dK/dV by dense tiles (cu_sp_tile_backward_kv),
-                                 // bit 2 dQ by staged key rounds (cu_sp_tile_backward_q); else the lists' kernels
-                                 // as attn_old says
+                                 // bit 2 dQ and bit 4 the forward by staged key rounds (cu_sp_tile_backward_q,
+                                 // cu_sp_tile_forward); else the lists' kernels as attn_old says
     int ks_old;                  // the previous kernels of the other phases (LSH buckets, key
                                  // selection, allowed lists, transposed lists): set at alloc from
                                  // HAX_SPARSE_KS (cuda_ks_old_kernels, cuda/sparse/ks.h); tests may set it
@@ -153,7 +153,7 @@ void cuda_lsh_draw_hash(float *H, int n, uint64_t seed, uint32_t domain, uint32_
 void cuda_sparse_draw_candidates(cu_sparse_state *st, int *cand, const int *seq_off, int n_seq, int n_seq_pad,
                                  const int64_t *sample_idx, uint64_t seed, uint32_t step, uint32_t layer);
 
-// Whether the backward can take its gathers by tiles (st->tiles): N <= 32, E <= 128, rows of at most 128 keys.
+// Whether the attention can take its gathers by tiles (st->tiles): N <= 32, E <= 128, rows of at most 128 keys.
 int cuda_sparse_tiles_fit(const cu_sparse_state *st);
 
 // Device buckets [n_tok] replacing the computed ones (NULL, NULL: computed).

@@ -148,14 +148,14 @@ if want ssdtc 150; then
     --precision $p --eval 0 --reps 30 > $R/bench_ssdtc_${v}_$p.txt 2>&1; done; done
   done_ ssdtc
 fi
-# the backward's gathers by tiles (HAX_SPARSE_TILES=kv|q|all, cuda/sparse/attn_gather.cu) against the lists:
-# gpu_sparse's bit checks (dK/dV tiles, dQ tiles, both, each vs the lists, on every pattern) and its GATHERS tile
-# line at the paper size, then the whole steps of the sparse rows: fp32 with none, kv, q and all, bf16-pure with
-# none and all, one after the other
+# the attention's gathers by tiles (HAX_SPARSE_TILES=kv|q|fwd|all, cuda/sparse/attn_gather.cu) against the lists:
+# gpu_sparse's bit checks (dK/dV, dQ, forward and all tiles, each vs the lists, on every pattern) and its GATHERS
+# tile line at the paper size, then the whole steps of the sparse rows: fp32 with none, kv, q, fwd and all,
+# bf16-pure with none and all, one after the other
 if want kvtile 150; then
   timeout $(( $(left) - 60 )) build/gpu/gpu_sparse > $R/gpu_sparse_kvtile.txt 2>&1
   log "kvtile: gpu_sparse: $(tail -n 1 $R/gpu_sparse_kvtile.txt); $(grep -c 'tiles vs lists' $R/gpu_sparse_kvtile.txt) tile checks"
-  for pv in fp32:none fp32:kv fp32:q fp32:all bf16-pure:none bf16-pure:all; do p=${pv%%:*}; v=${pv#*:}
+  for pv in fp32:none fp32:kv fp32:q fp32:fwd fp32:all bf16-pure:none bf16-pure:all; do p=${pv%%:*}; v=${pv#*:}
     HAX_SPARSE_TILES=$v timeout $(( $(left) - 60 )) build/gpu/bench_gpu --only mamba2_hax,mamba_hax,mamba2_ks,mamba2_a,mamba2_swd \
       --precision $p --eval 0 --reps 30 > $R/bench_tiles_${v}_$p.txt 2>&1; done
   done_ kvtile
