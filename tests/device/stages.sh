@@ -11,7 +11,7 @@
 # HEADLINE_STOP=N starts the headline runs (below; HEADLINE_CONFIGS, HEADLINE_REGIMES, HEADLINE_LRS pick them, default
 # mamba2 and mamba2_hax, fp32,bf16-pure, 1e-3: the 2026-12-07 runs; bf16-pure at 3e-3 is the rate that trains, README Results); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
 # GRID_BG=1 starts the grid in the background right after the timing stages (bench_eval, scanfast, ssdtc,
-# kvtile, tcskip, convsub, ksv4, windowtile, batch, profile: PROFILE_CONFIGS="config:regime ...", stalls: STALLS="name:config:regex[:env] ..."),
+# kvtile, ksv4, tcskip, convsub, windowtile, batch, profile: PROFILE_CONFIGS="config:regime ...", stalls: STALLS="name:config:regex[:env] ..."),
 # so it trains while the other stages run.
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
@@ -138,6 +138,13 @@ if want scanfast 200; then
   for v in old new; do HAX_SCAN_KERNELS=$v HAX_SPARSE_ATTN=$v build/gpu/bench_gpu --only mamba,mamba2,mamba_hax,mamba2_hax --precision fp32 --eval 0 --reps 30 > $R/bench_fast_$v.txt 2>&1; done
   done_ scanfast
 fi
+# aside NAME PATCH|- [MAKE ARGS...]: a copy of the tree in /tmp/NAME, PATCH applied (- none), then $M with the
+# args there (make log in $R/NAME_make.log); false when the patch or the build fails. A stage that changes
+# only compile flags names the files they reach with make's -W: make does not see a flag change.
+aside() {
+  local n=$1 p=$2; shift 2
+  rm -rf /tmp/$n && cp -a . /tmp/$n && (cd /tmp/$n && { [ "$p" = - ] || git apply "$p"; } && $M "$@") > $R/${n}_make.log 2>&1
+}
 # the SSD's chunk products on tensor cores (HAX_SSD_MMA=tc, cuda/ops/ssd.h) against the FMA path: gpu_scans'
 # checks of both against the CPU op and of tc against fma, TIME ssd fwd|bwd fma|tc lines at the paper size, then
 # Mamba2's and Mamba2+HAX's whole steps with each, fp32 and bf16-pure, one after the other
@@ -160,13 +167,23 @@ if want kvtile 150; then
       --precision $p --eval 0 --reps 30 > $R/bench_tiles_${v}_$p.txt 2>&1; done
   done_ kvtile
 fi
-# aside NAME PATCH|- [MAKE ARGS...]: a copy of the tree in /tmp/NAME, PATCH applied (- none), then $M with the
-# args there (make log in $R/NAME_make.log); false when the patch or the build fails. A stage that changes
-# only compile flags names the files they reach with make's -W: make does not see a flag change.
-aside() {
-  local n=$1 p=$2; shift 2
-  rm -rf /tmp/$n && cp -a . /tmp/$n && (cd /tmp/$n && { [ "$p" = - ] || git apply "$p"; } && $M "$@") > $R/${n}_make.log 2>&1
-}
+# ksv4: key selection's targets, one warp per candidate, reading the query rows as float4
+# (tests/device/patches/ks_targets_v4.patch, the same sums; not in main until measured), against main's warp
+# kernel and its shared-memory tiles (HAX_KS_TARGETS=warp|tile, warp the default until measured): gpu_sparse_ks' checks and
+# TIME lines (its "TIME ks targets+loss warp" is the patched kernel in the copy), then bench_gpu mamba2_hax and
+# mamba_hax fp32: main tile, main warp, v4 warp
+if want ksv4 120; then
+  timeout 60 build/gpu/gpu_sparse_ks > $R/ksv4_ks_main.txt 2>&1
+  for v in tile warp; do HAX_KS_TARGETS=$v timeout 30 build/gpu/bench_gpu --only mamba2_hax,mamba_hax --precision fp32 --eval 0 \
+    --reps 30 > $R/ksv4_bench_main_$v.txt 2>&1; done
+  if aside ksv4 tests/device/patches/ks_targets_v4.patch build/gpu/gpu_sparse_ks build/gpu/bench_gpu; then
+    (cd /tmp/ksv4 && timeout 60 build/gpu/gpu_sparse_ks > $R/ksv4_ks_v4.txt 2>&1
+     HAX_KS_TARGETS=warp timeout 30 build/gpu/bench_gpu --only mamba2_hax,mamba_hax --precision fp32 --eval 0 --reps 30 \
+       > $R/ksv4_bench_v4_warp.txt 2>&1)
+  else log "ksv4: build failed ($(tail -n 1 $R/ksv4_make.log))"; fi
+  log "ksv4: gpu_sparse_ks main: $(tail -n 1 $R/ksv4_ks_main.txt), v4: $(tail -n 1 $R/ksv4_ks_v4.txt 2>/dev/null); main $(grep -h 'TIME ks targets' $R/ksv4_ks_main.txt | head -n 1); v4 $(grep -h 'TIME ks targets' $R/ksv4_ks_v4.txt 2>/dev/null | head -n 1)"
+  done_ ksv4
+fi
 # A/B builds aside (issue 11), each in a copy of the tree under /tmp, timed against this tree's build:
 # tcskip: the tc SSD skipping an mma whose operands' lo halves are all zero (warp vote; bf16-valued operands
 # need one mma, not three), tests/device/patches/ssd_tc_skip.patch, not in main until measured: gpu_scans'
@@ -188,23 +205,6 @@ if want convsub 60; then
     log "convsub: 4: $(grep -h 'TIME conv+silu bwd' $R/convsub_4.txt | tr -s ' '); 8: $(grep -h 'TIME conv+silu bwd' $R/convsub_8.txt | tr -s ' '); $(tail -n 1 $R/convsub_8.txt)"
   else log "convsub: build failed ($(tail -n 1 $R/convsub_make.log))"; fi
   done_ convsub
-fi
-# ksv4: key selection's targets, one warp per candidate, reading the query rows as float4
-# (tests/device/patches/ks_targets_v4.patch, the same sums; not in main until measured), against main's warp
-# kernel and its shared-memory tiles (HAX_KS_TARGETS=warp|tile, warp the default until measured): gpu_sparse_ks' checks and
-# TIME lines (its "TIME ks targets+loss warp" is the patched kernel in the copy), then bench_gpu mamba2_hax and
-# mamba_hax fp32: main tile, main warp, v4 warp
-if want ksv4 120; then
-  timeout 60 build/gpu/gpu_sparse_ks > $R/ksv4_ks_main.txt 2>&1
-  for v in tile warp; do HAX_KS_TARGETS=$v timeout 30 build/gpu/bench_gpu --only mamba2_hax,mamba_hax --precision fp32 --eval 0 \
-    --reps 30 > $R/ksv4_bench_main_$v.txt 2>&1; done
-  if aside ksv4 tests/device/patches/ks_targets_v4.patch build/gpu/gpu_sparse_ks build/gpu/bench_gpu; then
-    (cd /tmp/ksv4 && timeout 60 build/gpu/gpu_sparse_ks > $R/ksv4_ks_v4.txt 2>&1
-     HAX_KS_TARGETS=warp timeout 30 build/gpu/bench_gpu --only mamba2_hax,mamba_hax --precision fp32 --eval 0 --reps 30 \
-       > $R/ksv4_bench_v4_warp.txt 2>&1)
-  else log "ksv4: build failed ($(tail -n 1 $R/ksv4_make.log))"; fi
-  log "ksv4: gpu_sparse_ks main: $(tail -n 1 $R/ksv4_ks_main.txt), v4: $(tail -n 1 $R/ksv4_ks_v4.txt 2>/dev/null); main $(grep -h 'TIME ks targets' $R/ksv4_ks_main.txt | head -n 1); v4 $(grep -h 'TIME ks targets' $R/ksv4_ks_v4.txt 2>/dev/null | head -n 1)"
-  done_ ksv4
 fi
 # the tiled window attention (HAX_WINDOW_ATTN=tiled, cuda/ops/attn.cu) against today's kernels: gpu_ops'
 # old-vs-tiled bit checks and TIME attn fwd|dq|dkv old|tiled lines at the paper size, then Samba's whole
