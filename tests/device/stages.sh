@@ -320,6 +320,14 @@ if want det 90 && [ -d carry/base ]; then
   done
   rm -rf $R/det1 $R/det2 $R/detold $R/detbase/*/*/*/*.safetensors; done_ det
 fi
+# the never-run tile kernels under compute-sanitizer (gpu_sparse's variant checks run them through
+# cu_sparse_state.tiles and the targets' other way, whatever the defaults): memcheck, then racecheck
+if want tilesan 150; then
+  for t in memcheck racecheck; do timeout $(( ($(left) - 30) / 2 )) compute-sanitizer --tool $t build/gpu/gpu_sparse --quick \
+    > $R/tilesan_$t.txt 2>&1; done
+  log "tilesan: memcheck $(tail -n 1 $R/tilesan_memcheck.txt | tr '\n' ' '); racecheck $(tail -n 1 $R/tilesan_racecheck.txt | tr '\n' ' ')"
+  done_ tilesan
+fi
 if want racecheck 100; then compute-sanitizer --tool racecheck build/gpu/gpu_sparse --quick > $R/racecheck.txt 2>&1; log "racecheck: $(tail -n 2 $R/racecheck.txt | tr '\n' ' ')"; done_ racecheck; fi
 while hl_alive && [ "$(left)" -gt 45 ]; do sleep 10; done
 if [ -d $HL ]; then
