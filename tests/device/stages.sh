@@ -11,8 +11,8 @@
 # HEADLINE_STOP=N starts the headline runs (below; HEADLINE_CONFIGS, HEADLINE_REGIMES, HEADLINE_LRS pick them, default
 # mamba2 and mamba2_hax, fp32,bf16-pure, 1e-3: the 2026-12-07 runs; bf16-pure at 3e-3 is the rate that trains, README Results); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
 # GRID_BG=1 starts the grid in the background right after the timing stages (bench_eval, scanfast, ssdtc,
-# kvtile, ksv4, tcskip, convsub, windowtile, batch, profile: PROFILE_CONFIGS="config:regime ...", stalls: STALLS="name:config:regex[:env] ..."),
-# so it trains while the other stages run.
+# kvtile, ksv4, tcskip, convsub, windowtile, batch, profile: PROFILE_CONFIGS="config:regime ...", stalls: STALLS="name:config:regex[:VAR=V,VAR=V] ..."),
+# so it trains while the other stages run (run_gpu, the training checks, tilesan, racecheck).
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
 # each starts its own MPS control daemon: one driver at a time on the GPU
