@@ -100,6 +100,43 @@ __device__ __forceinline__ float score_dot(const float *q, const float *k, int N
     return sc;
 }
 
+// A row's P from its scores (entry lane + 32 m in pr[m], cnt entries): the
+// max, exp(s - max), the double sums per lane (m ascending) then over the
+// warp, P = e / sum (bf16-pure: rounded to bf16), into pr and p.
+__device__ __forceinline__ void row_softmax(float (&pr)[LIST_CHUNKS], float *p, int cnt, int bf16, int lane) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int m = 0; m < LIST_CHUNKS; m++)
+        if (lane + 32 * m < cnt) mx = fmaxf(mx, pr[m]);
+    mx = warp_max(mx);
+    double sum = 0;
+#pragma unroll
+    for (int m = 0; m < LIST_CHUNKS; m++)
+        if (lane + 32 * m < cnt) {
+            pr[m] = expf(pr[m] - mx);
+            sum += pr[m];
+        }
+    sum = cu_warp_sum(sum);
+    float inv = (float)(1.0 / sum);
+#pragma unroll
+    for (int m = 0; m < LIST_CHUNKS; m++)
+        if (lane + 32 * m < cnt) {
+            pr[m] = bf16 ? hax_bf16_round(pr[m] / (float)sum) : pr[m] * inv;
+            p[lane + 32 * m] = pr[m];
+        }
+}
+
+// The output of a row without keys (the sequence s's S_V, sv): reference
+// semantics the uniform row (bf16-pure: its bf16 P), causal 0.
+__device__ __forceinline__ void empty_row_out(float *out, const double *sv, int s, int E, int L, int ref, int bf16,
+                                              int lane) {
+    float pe = hax_bf16_round(1.0f / (float)L);  // bf16-pure: the uniform row's bf16 P
+    for (int e = lane; e < E; e += 32) {
+        double v = sv[(size_t)s * E + e];
+        out[e] = !ref ? 0.0f : bf16 ? hax_bf16_round((float)(v * pe)) : (float)(v / L);
+    }
+}
+
 // ---------------------------------------------------------------- forward
 
 // attn_g = sum_i p_i V_key(i), keys in list order, GROUP rows loaded ahead.
@@ -192,11 +229,7 @@ __global__ static void gather_fwd_kernel(float *attn, int ld_attn, float *allow_
     int s = cu_seq_of(seq_off, n_seq, g), o = seq_off[s], cnt = allow_cnt[g], ldkq = 2 * N;
     float *out = attn + (size_t)g * ld_attn;
     if (cnt == 0) {
-        float pe = hax_bf16_round(1.0f / (float)L);  // bf16-pure: the uniform row's bf16 P
-        for (int e = lane; e < E; e += 32) {
-            double v = sv[(size_t)s * E + e];
-            out[e] = !ref ? 0.0f : bf16 ? hax_bf16_round((float)(v * pe)) : (float)(v / L);
-        }
+        empty_row_out(out, sv, s, E, L, ref, bf16, lane);
         return;
     }
     const int *key = allow_key + (size_t)g * cap;
@@ -205,36 +238,50 @@ __global__ static void gather_fwd_kernel(float *attn, int ld_attn, float *allow_
     float pr[LIST_CHUNKS];
 #pragma unroll
     for (int m = 0; m < LIST_CHUNKS; m++) kr[m] = lane + 32 * m < cnt ? key[lane + 32 * m] : 0;
-    float mx = -INFINITY;
 #pragma unroll
     for (int m = 0; m < LIST_CHUNKS; m++) {
         pr[m] = 0.0f;
         if (lane + 32 * m >= cnt) continue;
         float sc = score_dot(q, KQ + (size_t)(o + kr[m]) * ldkq, N, vec_k);
-        if (bf16) sc = hax_bf16_round(sc);
-        pr[m] = sc;
-        mx = fmaxf(mx, sc);
+        pr[m] = bf16 ? hax_bf16_round(sc) : sc;
     }
-    mx = warp_max(mx);
-    double sum = 0;
-#pragma unroll
-    for (int m = 0; m < LIST_CHUNKS; m++)
-        if (lane + 32 * m < cnt) {
-            pr[m] = expf(pr[m] - mx);
-            sum += pr[m];
-        }
-    sum = cu_warp_sum(sum);
-    float inv = (float)(1.0 / sum), *p = allow_p + (size_t)g * cap;
-#pragma unroll
-    for (int m = 0; m < LIST_CHUNKS; m++)
-        if (lane + 32 * m < cnt) {
-            pr[m] = bf16 ? hax_bf16_round(pr[m] / (float)sum) : pr[m] * inv;
-            p[lane + 32 * m] = pr[m];
-        }
+    row_softmax(pr, allow_p + (size_t)g * cap, cnt, bf16, lane);
     fwd_values<EU>(out, kr, pr, cnt, V, ldv, o, E, bf16, vec_v, lane);
 }
 
 // ---------------------------------------------------------------- dQ
+
+// dP = dattn . V_key of a chunk's nb <= 32 entries (entry b's row: base +
+// (key on lane b + off) * ld; dr: this lane's dattn elements lane + 32 u),
+// GROUP rows loaded before any is added, each lane's partial sums handed to
+// warp_sums_group: the previous kernel's warp tree. On lane b: entry b's dP.
+template <int EU>
+__device__ __forceinline__ float chunk_dp(const float *base, int ld, int key, int off, int nb, const float (&dr)[EU],
+                                          int E, int lane) {
+    const int G = GROUP_OF(EU), sh = G == 8 ? 2 : 3;
+    float dp = 0.0f;
+    for (int b0 = 0; b0 < nb; b0 += G) {
+        float x[G][EU], part[G];  // part[c]: this lane's share of dattn . V_key(b0 + c)
+#pragma unroll
+        for (int c = 0; c < G; c++) {  // past nb: the last key again, its sum unused
+            const float *row = base + (size_t)(__shfl_sync(FULL_MASK, key, min(b0 + c, nb - 1)) + off) * ld;
+#pragma unroll
+            for (int u = 0; u < EU; u++) x[c][u] = lane + 32 * u < E ? row[lane + 32 * u] : 0.0f;
+        }
+#pragma unroll
+        for (int c = 0; c < G; c++) {
+            float s = 0;
+#pragma unroll
+            for (int u = 0; u < EU; u++)
+                if (lane + 32 * u < E) s += dr[u] * x[c][u];
+            part[c] = s;
+        }
+        float sum = warp_sums_group<G>(part, lane);  // key b0 + (lane >> sh)'s
+        float got = __shfl_sync(FULL_MASK, sum, (lane & (G - 1)) << sh);
+        if ((lane & ~(G - 1)) == b0) dp = got;
+    }
+    return dp;
+}
 
 // Per query: dP_i = dattn . V_key (bf16: rounded), D = sum_i p_i dP_i in
 // double, keys ascending, ds_i = p_i (dP_i - D) into allow_ds, dQ = sum_i ds_i
@@ -272,28 +319,7 @@ __global__ static void gather_bwd_q_kernel(float *dKQ, float *allow_ds, const fl
     for (int m = 0; m < LIST_CHUNKS; m++) {
         int nb = min(32, cnt - 32 * m);
         if (nb <= 0) break;
-        float dp = 0.0f;  // on lane b: key b's dP
-        for (int b0 = 0; b0 < nb; b0 += G) {
-            float x[G][EU], part[G];  // part[c]: this lane's share of dattn . V_key(b0 + c)
-#pragma unroll
-            for (int c = 0; c < G; c++) {  // past nb: the last key again, its sum unused
-                const float *row = V + (size_t)(o + __shfl_sync(FULL_MASK, kr[m], min(b0 + c, nb - 1))) * ldv;
-#pragma unroll
-                for (int u = 0; u < EU; u++) x[c][u] = lane + 32 * u < E ? row[lane + 32 * u] : 0.0f;
-            }
-#pragma unroll
-            for (int c = 0; c < G; c++) {
-                float s = 0;
-#pragma unroll
-                for (int u = 0; u < EU; u++)
-                    if (lane + 32 * u < E) s += dr[u] * x[c][u];
-                part[c] = s;
-            }
-            float sum = warp_sums_group<G>(part, lane);  // key b0 + (lane >> sh)'s
-            const int sh = G == 8 ? 2 : 3;
-            float got = __shfl_sync(FULL_MASK, sum, (lane & (G - 1)) << sh);
-            if ((lane & ~(G - 1)) == b0) dp = got;
-        }
+        float dp = chunk_dp<EU>(V, ldv, kr[m], o, nb, dr, E, lane);  // on lane b: key b's dP
         if (bf16) dp = hax_bf16_round(dp);           // dP, a bf16 GEMM output
         dsr[m] = dp;
         prod[w][lane] = (double)pr[m] * dp;  // exact: D += it rounds as D += p * dP did
@@ -728,7 +754,6 @@ __global__ static void __launch_bounds__(32 * WARPS)
     tile_bwd_q_kernel(float *dKQ, float *allow_ds, const float *allow_p, const int *allow_cnt, const int *allow_key,
                       const float *KQ, const float *V, int ldv, const float *dattn, int ld_dattn, const int *seq_off,
                       int n_seq, int n_tok, int N, int E, int cap, int bf16) {
-    const int G = GROUP_OF(4);
     extern __shared__ float4 qt4[];
     float *Vs = (float *)qt4, *Ks = Vs + TILE_K * TILE_E;  // the round's rows (only the held ones are written)
     __shared__ int pos_s[QT_Q], next_s[QT_Q], off_s[QT_Q];  // per query: next list entry, its key (global
@@ -769,27 +794,7 @@ __global__ static void __launch_bounds__(32 * WARPS)
                     int i, kl, in, nb = rounds_chunk(i, kl, in, key, pos, cnt, o, end, lane);
                     if (nb == 0) break;
                     if (pass == 0) {
-                        float pl = in ? p[i] : 0.0f, dp = 0.0f;  // on lane b: entry b's dP
-                        for (int b0 = 0; b0 < nb; b0 += G) {
-                            float x[G][4], part[G];
-#pragma unroll
-                            for (int c = 0; c < G; c++) {  // past nb: the last entry again, its sum unused
-                                const float *row = Vs + (__shfl_sync(FULL_MASK, kl, min(b0 + c, nb - 1)) - ks) * TILE_E;
-#pragma unroll
-                                for (int u = 0; u < 4; u++) x[c][u] = lane + 32 * u < E ? row[lane + 32 * u] : 0.0f;
-                            }
-#pragma unroll
-                            for (int c = 0; c < G; c++) {
-                                float s = 0;
-#pragma unroll
-                                for (int u = 0; u < 4; u++)
-                                    if (lane + 32 * u < E) s += dr[u] * x[c][u];
-                                part[c] = s;
-                            }
-                            float sum = warp_sums_group<G>(part, lane);
-                            float got = __shfl_sync(FULL_MASK, sum, (lane & (G - 1)) << 2);
-                            if ((lane & ~(G - 1)) == b0) dp = got;
-                        }
+                        float pl = in ? p[i] : 0.0f, dp = chunk_dp<4>(Vs, TILE_E, kl, -ks, nb, dr, E, lane);
                         if (bf16) dp = hax_bf16_round(dp);  // dP, a bf16 GEMM output
                         prod[w][lane] = (double)pl * dp;    // exact: D += it rounds as D += p * dP did
                         __syncwarp();
@@ -913,25 +918,10 @@ __global__ static void __launch_bounds__(32 * WARPS)
             int ql = w * QT_W + q, g = g0 + ql;
             if (g >= n_tok) continue;
             int cnt = allow_cnt[g];
-            float *p = allow_p + (size_t)g * cap, pr[LIST_CHUNKS], mx = -INFINITY;
+            float *p = allow_p + (size_t)g * cap, pr[LIST_CHUNKS];
 #pragma unroll
-            for (int m = 0; m < LIST_CHUNKS; m++) {
-                pr[m] = lane + 32 * m < cnt ? p[lane + 32 * m] : 0.0f;
-                if (lane + 32 * m < cnt) mx = fmaxf(mx, pr[m]);
-            }
-            mx = warp_max(mx);
-            double sum = 0;
-#pragma unroll
-            for (int m = 0; m < LIST_CHUNKS; m++)
-                if (lane + 32 * m < cnt) {
-                    pr[m] = expf(pr[m] - mx);
-                    sum += pr[m];
-                }
-            sum = cu_warp_sum(sum);
-            float inv = (float)(1.0 / sum);
-#pragma unroll
-            for (int m = 0; m < LIST_CHUNKS; m++)
-                if (lane + 32 * m < cnt) p[lane + 32 * m] = bf16 ? hax_bf16_round(pr[m] / (float)sum) : pr[m] * inv;
+            for (int m = 0; m < LIST_CHUNKS; m++) pr[m] = lane + 32 * m < cnt ? p[lane + 32 * m] : 0.0f;
+            row_softmax(pr, p, cnt, bf16, lane);
             __syncwarp();  // pass 2 reads them back
             if (lane == 0) rounds_start(pos_s, next_s, off_s, 0, allow_cnt, allow_key, seq_off, n_seq, n_tok, cap, g0, ql);
         }
@@ -940,13 +930,8 @@ __global__ static void __launch_bounds__(32 * WARPS)
         int ql = w * QT_W + q, g = g0 + ql;
         if (g >= n_tok) continue;
         float *out = attn + (size_t)g * ld_attn;
-        if (allow_cnt[g] == 0) {  // an empty row, as gather_fwd_kernel
-            int s = cu_seq_of(seq_off, n_seq, g);
-            float pe = hax_bf16_round(1.0f / (float)L);
-            for (int e = lane; e < E; e += 32) {
-                double v = sv[(size_t)s * E + e];
-                out[e] = !ref ? 0.0f : bf16 ? hax_bf16_round((float)(v * pe)) : (float)(v / L);
-            }
+        if (allow_cnt[g] == 0) {
+            empty_row_out(out, sv, cu_seq_of(seq_off, n_seq, g), E, L, ref, bf16, lane);
             continue;
         }
         for (int e = lane; e < E; e += 32) {
