@@ -577,6 +577,24 @@ __global__ static void ks_loss_finish_kernel(double *loss, double *loss_s, const
     }
 }
 
+// The targets y of the state's n_seq x k_c candidate slots (and cand_copy,
+// cand_m), by one warp per candidate or by the staged tiles (st->targets_warp).
+template <int BF16>
+static void ks_targets_launch(cuda_ks_state *st, int *copy, const float *K, int ldk, const float *Q, int ldq,
+                              const int *cand, int model_len, int causal) {
+    int n_seq = st->n_seq, k_c = st->k_c;
+    cudaStream_t sm = cu_stream();
+    if (st->targets_warp)
+        ks_targets_new_kernel<BF16><<<cu_blocks((long)n_seq * k_c * 32, 128), 128, 0, sm>>>(
+            st->y, copy, st->cand_m, K, ldk, Q, ldq, cand, st->seq_off, n_seq, model_len, st->N, k_c, causal,
+            cu_error_flag());
+    else
+        ks_targets_tile_kernel<BF16><<<dim3(n_seq, cu_blocks(k_c, KS_TG_WARPS)), 32 * KS_TG_WARPS, 0, sm>>>(
+            st->y, copy, st->cand_m, K, ldk, Q, ldq, cand, st->seq_off, model_len, st->N, k_c, causal,
+            cu_error_flag());
+    CUDA_LAUNCHED();
+}
+
 extern "C" void cuda_ks_targets_loss(cuda_ks_state *st, const float *K, int ldk, const float *Q, int ldq,
                                      const int *cand, int model_len, hax_semantics sem) {
     int n_seq = st->n_seq, k_c = st->k_c, causal = sem == SEMANTICS_CAUSAL;
@@ -587,24 +605,8 @@ extern "C" void cuda_ks_targets_loss(cuda_ks_state *st, const float *K, int ldk,
         cuda_zero(st->loss, sizeof(double));
         return;
     }
-    dim3 tg(n_seq, cu_blocks(k_c, KS_TG_WARPS));
-    if (!st->targets_warp && st->bf16)
-        ks_targets_tile_kernel<1><<<tg, 32 * KS_TG_WARPS, 0, sm>>>(st->y, copy, st->cand_m, K, ldk, Q, ldq, cand,
-                                                                  st->seq_off, model_len, st->N, k_c, causal,
-                                                                  cu_error_flag());
-    else if (!st->targets_warp)
-        ks_targets_tile_kernel<0><<<tg, 32 * KS_TG_WARPS, 0, sm>>>(st->y, copy, st->cand_m, K, ldk, Q, ldq, cand,
-                                                                  st->seq_off, model_len, st->N, k_c, causal,
-                                                                  cu_error_flag());
-    else if (st->bf16)
-        ks_targets_new_kernel<1><<<cu_blocks(slots * 32, 128), 128, 0, sm>>>(
-            st->y, copy, st->cand_m, K, ldk, Q, ldq, cand, st->seq_off, n_seq, model_len, st->N, k_c, causal,
-            cu_error_flag());
-    else
-        ks_targets_new_kernel<0><<<cu_blocks(slots * 32, 128), 128, 0, sm>>>(
-            st->y, copy, st->cand_m, K, ldk, Q, ldq, cand, st->seq_off, n_seq, model_len, st->N, k_c, causal,
-            cu_error_flag());
-    CUDA_LAUNCHED();
+    if (st->bf16) ks_targets_launch<1>(st, copy, K, ldk, Q, ldq, cand, model_len, causal);
+    else ks_targets_launch<0>(st, copy, K, ldk, Q, ldq, cand, model_len, causal);
     dim3 grid(n_seq, cu_blocks(k_c, 8));
     if (st->bf16)
         ks_loss_rows_kernel<1><<<grid, 256, 0, sm>>>(st->row_loss, st->score, st->y, st->cand, st->cand_m,
