@@ -6,7 +6,6 @@
 #include <stdint.h>
 
 #include "src/core/common.h"
-#include "src/ops/linear.h"
 #include "src/engine/mixer_mamba2.h"
 #include "src/ops/basic.h"
 #include "src/ops/ssd.h"
@@ -22,14 +21,9 @@ static void make_offsets(int *seq_off, const int *lens, int n_seq) {
     for (int s = 0; s < n_seq; s++) seq_off[s + 1] = seq_off[s] + lens[s];
 }
 
-// OpenMP's threads only: hax_sgemm runs BLAS on one thread per call and
-// splits the work itself (src/ops/linear.c), as every program does. BLAS's own
-// threads split it otherwise: OpenBLAS 0.3.21 on an AMD EPYC gave the key
-// selection's weight gradients other last bits at 2 threads (2026-12-08).
-static void set_threads(int n) {
-    omp_set_num_threads(n);
-    hax_blas_set_threads(1);
-}
+// OpenMP's threads only: BLAS stays on the one thread src/ops/linear.c sets at
+// load, as in every program (hax_sgemm splits the work itself).
+static void set_threads(int n) { omp_set_num_threads(n); }
 
 // ---------------------------------------------------------------------------
 // SSD

@@ -6,7 +6,6 @@
 #include <omp.h>
 
 #include "src/core/common.h"
-#include "src/ops/linear.h"
 #include "src/ops/attn.h"
 #include "src/ops/mlp.h"
 #include "test.h"
@@ -17,14 +16,9 @@ static const int LENS[] = {1, 3, 5, 12, 40};
 #define NSEQ 5
 enum { D = 8, HEADS = 2, HD = D / HEADS, WIN = 5, M = 16 };
 
-// OpenMP's threads only: hax_sgemm runs BLAS on one thread per call and
-// splits the work itself (src/ops/linear.c), as every program does. BLAS's own
-// threads split it otherwise: OpenBLAS 0.3.21 on an AMD EPYC gave the key
-// selection's weight gradients other last bits at 2 threads (2026-12-08).
-static void set_threads(int n) {
-    omp_set_num_threads(n);
-    hax_blas_set_threads(1);
-}
+// OpenMP's threads only: BLAS stays on the one thread src/ops/linear.c sets at
+// load, as in every program (hax_sgemm splits the work itself).
+static void set_threads(int n) { omp_set_num_threads(n); }
 
 typedef struct {
     hax_model_config cfg;

@@ -9,7 +9,6 @@
 #include <stdint.h>
 
 #include "src/core/common.h"
-#include "src/ops/linear.h"
 #include "src/io/safetensors.h"
 #include "src/sparse/ks.h"
 #include "ks_flat.h"
@@ -588,14 +587,11 @@ static void check_packed_vs_alone(ks_state *st, const ks_case *c, const int *can
     CHECK(rel_err(a.grad, gsum, NPARAM) < 1e-5, "packed grads vs alone: %.3g", rel_err(a.grad, gsum, NPARAM));
 }
 
-// OpenMP's threads only: hax_sgemm runs BLAS on one thread per call and
-// splits the work itself (src/ops/linear.c), as every program does. BLAS's own
+// OpenMP's threads only: BLAS stays on the one thread src/ops/linear.c sets at
+// load, as in every program (hax_sgemm splits the work itself). BLAS's own
 // threads split it otherwise: OpenBLAS 0.3.21 on an AMD EPYC gave the key
 // selection's weight gradients other last bits at 2 threads (2026-12-08).
-static void set_threads(int n) {
-    omp_set_num_threads(n);
-    hax_blas_set_threads(1);
-}
+static void set_threads(int n) { omp_set_num_threads(n); }
 
 static void test_packed_and_threads(void) {
     ks_case c;
