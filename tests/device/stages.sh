@@ -12,7 +12,7 @@
 # mamba2 and mamba2_hax, fp32,bf16-pure, 1e-3: the 2026-12-07 runs; bf16-pure at 3e-3 is the rate that trains, README Results); SKIP="a b" skips stages a and b; the curve stage trains from each carry/init/*.safetensors too.
 # GRID_BG=1 starts the grid in the background right after the timing stages (bench_eval, scanfast, ssdtc,
 # kvtile, ksv4, tcskip, convsub, windowtile, batch, profile: PROFILE_CONFIGS="config:regime ...", stalls: STALLS="name:config:regex[:VAR=V,VAR=V] ..."),
-# so it trains while the other stages run (run_gpu, the training checks, tilesan, racecheck).
+# so it trains while the other stages run (run_gpu, the training checks, memcheck, racecheck).
 set -u
 T0=$SECONDS; BUDGET=${BUDGET:-575}
 # each starts its own MPS control daemon: one driver at a time on the GPU
@@ -320,13 +320,11 @@ if want det 90 && [ -d carry/base ]; then
   done
   rm -rf $R/det1 $R/det2 $R/detold $R/detbase/*/*/*/*.safetensors; done_ det
 fi
-# the never-run tile kernels under compute-sanitizer (gpu_sparse's variant checks run them through
-# cu_sparse_state.tiles and the targets' other way, whatever the defaults): memcheck, then racecheck
-if want tilesan 150; then
-  for t in memcheck racecheck; do timeout $(( ($(left) - 30) / 2 )) compute-sanitizer --tool $t build/gpu/gpu_sparse --quick \
-    > $R/tilesan_$t.txt 2>&1; done
-  log "tilesan: memcheck $(tail -n 1 $R/tilesan_memcheck.txt | tr '\n' ' '); racecheck $(tail -n 1 $R/tilesan_racecheck.txt | tr '\n' ' ')"
-  done_ tilesan
+# gpu_sparse under compute-sanitizer memcheck (its variant checks run the never-run tile kernels through
+# cu_sparse_state.tiles and the targets' other way, whatever the defaults); racecheck: the stage below
+if want memcheck 150; then
+  timeout $(( $(left) - 30 )) compute-sanitizer --tool memcheck build/gpu/gpu_sparse --quick > $R/memcheck.txt 2>&1
+  log "memcheck: $(tail -n 2 $R/memcheck.txt | tr '\n' ' ')"; done_ memcheck
 fi
 if want racecheck 100; then compute-sanitizer --tool racecheck build/gpu/gpu_sparse --quick > $R/racecheck.txt 2>&1; log "racecheck: $(tail -n 2 $R/racecheck.txt | tr '\n' ' ')"; done_ racecheck; fi
 while hl_alive && [ "$(left)" -gt 45 ]; do sleep 10; done
